@@ -1,0 +1,74 @@
+//! `#[qtasks::plugin(on = "..")]`: keeps the handler fn as written and registers, through
+//! inventory, a shim that picks the trigger's payload out of the event and calls the handler.
+//! The trigger is emitted as a `::qtasks::Trigger` variant: the runtime never matches names.
+
+mod parse;
+
+use proc_macro2::{Ident, Span, TokenStream};
+use quote::{quote, quote_spanned};
+use syn::ItemFn;
+use syn::spanned::Spanned;
+
+use crate::errors::Errors;
+
+pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
+    let mut errors = Errors::default();
+    let trigger = parse::parse_trigger(args, &mut errors);
+    let function: ItemFn = match syn::parse2(item.clone()) {
+        Ok(function) => function,
+        Err(_) => {
+            errors.push(syn::Error::new(
+                Span::call_site(),
+                "`#[qtasks::plugin]` goes on a fn: `#[qtasks::plugin(on = \"..\")] fn handler(event: &..) { .. }`",
+            ));
+            return errors.emit_with_item(item);
+        }
+    };
+    let Some(trigger) = trigger else { return errors.emit_with_item(item) };
+    let param = parse::check_handler(&function, trigger, &mut errors);
+    match param {
+        Some(param) if errors.is_empty() => {
+            let registration = emit(&function, trigger, &param);
+            quote! { #item #registration }
+        }
+        _ => errors.emit_with_item(item),
+    }
+}
+
+fn emit(function: &ItemFn, trigger: qtasks_triggers::Trigger, param: &syn::Type) -> TokenStream {
+    let ident = &function.sig.ident;
+    let ident_name = ident.to_string();
+    let variant = Ident::new(trigger.variant_str(), Span::call_site());
+    // Spanned on the user's parameter type, so a handler that does not fit the trigger is
+    // reported there, with the expected signature from the trait's diagnostic.
+    let call = if function.sig.asyncness.is_some() {
+        quote_spanned! {param.span()=> ::qtasks::__private::call_async(#ident, payload) }
+    } else {
+        quote_spanned! {param.span()=> ::qtasks::__private::call_sync(#ident, payload) }
+    };
+    quote! {
+        #[doc(hidden)]
+        #[allow(unused_qualifications, clippy::all, clippy::pedantic)]
+        const _: () = {
+            fn __qtasks_plugin_shim<'a>(
+                event: ::qtasks::TriggerEvent<'a>,
+            ) -> ::qtasks::__private::HandlerCall<'a> {
+                match event {
+                    ::qtasks::TriggerEvent::#variant(payload) => #call,
+                    _ => ::qtasks::__private::HandlerCall::Skip,
+                }
+            }
+
+            ::qtasks::__private::inventory::submit! {
+                ::qtasks::__private::PluginRegistration {
+                    trigger: ::qtasks::Trigger::#variant,
+                    name: ::core::concat!(::core::module_path!(), "::", #ident_name),
+                    module_path: ::core::module_path!(),
+                    file: ::core::file!(),
+                    line: ::core::line!(),
+                    handler: __qtasks_plugin_shim,
+                }
+            }
+        };
+    }
+}

@@ -1,0 +1,258 @@
+//! Parsing and validating `#[qtasks::task(..)]` and the fn it is on.
+
+use proc_macro2::TokenStream;
+use syn::parse::Parser;
+use syn::{Expr, FnArg, Ident, ItemFn, LitBool, LitStr, Pat, Token, Type};
+
+use crate::errors::Errors;
+
+/// The options the attribute accepts now.
+const OPTIONS: &[&str] = &["name", "echo", "priority", "tags", "description"];
+
+/// Options of the original that qtasks will implement; refused rather than ignored until then.
+const NOT_YET: &[&str] = &[
+    "max_time",
+    "timeout",
+    "retry",
+    "retry_on_exc",
+    "decode",
+    "generate_handler",
+    "executor",
+    "middlewares_before",
+    "middlewares_after",
+    "router",
+];
+
+#[derive(Default)]
+pub(crate) struct TaskOptions {
+    pub(crate) name: Option<LitStr>,
+    pub(crate) echo: bool,
+    pub(crate) priority: Option<Expr>,
+    pub(crate) tags: Vec<LitStr>,
+    pub(crate) description: Option<LitStr>,
+}
+
+/// A parameter filled from the task's arguments.
+pub(crate) struct Param {
+    pub(crate) name: Ident,
+    pub(crate) ty: Type,
+}
+
+/// Everything the emitter needs, validated.
+pub(crate) struct Task {
+    pub(crate) options: TaskOptions,
+    pub(crate) function: ItemFn,
+    /// The context parameter's type, when `echo = true`.
+    pub(crate) context: Option<Type>,
+    pub(crate) params: Vec<Param>,
+}
+
+impl Task {
+    pub(crate) fn name(&self) -> String {
+        self.options.name.as_ref().map_or_else(|| self.function.sig.ident.to_string(), LitStr::value)
+    }
+}
+
+pub(crate) fn parse_options(args: TokenStream, errors: &mut Errors) -> TaskOptions {
+    let mut options = TaskOptions::default();
+    let mut seen: Vec<String> = Vec::new();
+    let parser = syn::meta::parser(|meta| {
+        let key = meta.path.get_ident().map(Ident::to_string).unwrap_or_default();
+        if seen.contains(&key) {
+            errors.spanned(&meta.path, format!("`{key}` is given more than once"));
+        }
+        seen.push(key.clone());
+        match key.as_str() {
+            "name" => {
+                let name: LitStr = meta.value()?.parse()?;
+                check_name(&name, errors);
+                options.name = Some(name);
+            }
+            "echo" => {
+                // A bare `echo` means `echo = true`.
+                options.echo = if meta.input.peek(Token![=]) {
+                    let value = meta.value()?;
+                    match value.parse::<LitBool>() {
+                        Ok(flag) => flag.value,
+                        Err(_) => {
+                            let other: Expr = value.parse()?;
+                            errors.spanned(other, "`echo` takes `true` or `false`");
+                            false
+                        }
+                    }
+                } else {
+                    true
+                };
+            }
+            "priority" => options.priority = Some(meta.value()?.parse()?),
+            "tags" => {
+                let list: Expr = meta.value()?.parse()?;
+                options.tags = parse_tags(&list, errors);
+            }
+            "description" => options.description = Some(meta.value()?.parse()?),
+            other => {
+                // Read the value, if any, so the remaining options are still checked.
+                if meta.input.peek(Token![=]) {
+                    let _: Expr = meta.value()?.parse()?;
+                }
+                if NOT_YET.contains(&other) {
+                    errors.spanned(
+                        &meta.path,
+                        format!(
+                            "`{other}` is not supported yet by `#[qtasks::task]`; remove it \
+                             (qtasks refuses options it would otherwise ignore)"
+                        ),
+                    );
+                } else {
+                    let mut message = format!("unknown option `{other}` of `#[qtasks::task]`");
+                    if let Some(close) = closest(other, OPTIONS) {
+                        message.push_str(&format!("\n= help: did you mean `{close}`?"));
+                    }
+                    message.push_str(&format!("\n= note: the options are: {}", OPTIONS.join(", ")));
+                    errors.spanned(&meta.path, message);
+                }
+            }
+        }
+        Ok(())
+    });
+    if let Err(error) = parser.parse2(args) {
+        errors.push(error);
+    }
+    options
+}
+
+fn check_name(name: &LitStr, errors: &mut Errors) {
+    let value = name.value();
+    if value.is_empty() {
+        errors.spanned(name, "the task name cannot be empty");
+    } else if value.contains(':') {
+        errors.spanned(
+            name,
+            format!(
+                "task name `{value}` contains `:`, which separates the fields of queue entries\n\
+                 = help: use another separator, for example `{}`",
+                value.replace(':', ".")
+            ),
+        );
+    }
+}
+
+fn parse_tags(list: &Expr, errors: &mut Errors) -> Vec<LitStr> {
+    let Expr::Array(array) = list else {
+        errors.spanned(list, "`tags` takes a list of strings: `tags = [\"billing\", \"slow\"]`");
+        return Vec::new();
+    };
+    let mut tags = Vec::new();
+    for element in &array.elems {
+        match element {
+            Expr::Lit(syn::ExprLit { lit: syn::Lit::Str(tag), .. }) => tags.push(tag.clone()),
+            other => errors.spanned(other, "a tag must be a string literal"),
+        }
+    }
+    tags
+}
+
+/// Validates the fn and splits its parameters into the context and the decoded ones.
+pub(crate) fn parse_fn(options: TaskOptions, function: ItemFn, errors: &mut Errors) -> Task {
+    let sig = &function.sig;
+    if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
+        errors.spanned(
+            &sig.generics,
+            "a task fn cannot be generic: the worker decodes its arguments from JSON and must know \
+             their concrete types",
+        );
+    }
+    if let Some(constness) = &sig.constness {
+        errors.spanned(constness, "a task fn cannot be `const`");
+    }
+    if let Some(unsafety) = &sig.unsafety {
+        errors.spanned(unsafety, "a task fn cannot be `unsafe`: the worker calls it like any other fn");
+    }
+
+    let mut inputs = sig.inputs.iter();
+    let mut context = None;
+    if options.echo {
+        match inputs.next() {
+            Some(FnArg::Typed(first)) => context = Some((*first.ty).clone()),
+            Some(FnArg::Receiver(receiver)) => errors.spanned(receiver, "a task fn cannot take `self`"),
+            None => errors.push(syn::Error::new(
+                sig.paren_token.span.join(),
+                "with `echo = true` the first parameter receives the task's context\n\
+                 = help: add it: `ctx: qtasks::TaskContext`",
+            )),
+        }
+    }
+
+    let mut params = Vec::new();
+    for input in inputs {
+        let typed = match input {
+            FnArg::Typed(typed) => typed,
+            FnArg::Receiver(receiver) => {
+                errors.spanned(receiver, "a task fn cannot take `self`; tasks are free fns");
+                continue;
+            }
+        };
+        let name = match &*typed.pat {
+            Pat::Ident(ident) if ident.by_ref.is_none() && ident.subpat.is_none() => ident.ident.clone(),
+            other => {
+                errors.spanned(
+                    other,
+                    "a task parameter must be a plain name (`amount: u64`): keyword arguments are \
+                     matched by parameter name",
+                );
+                continue;
+            }
+        };
+        check_param_type(&typed.ty, options.echo, errors);
+        params.push(Param { name, ty: (*typed.ty).clone() });
+    }
+    Task { options, function, context, params }
+}
+
+fn check_param_type(ty: &Type, echo: bool, errors: &mut Errors) {
+    match ty {
+        Type::Reference(reference) => {
+            let hint = match &*reference.elem {
+                Type::Path(path) if path.path.is_ident("str") => "use `String` instead of `&str`",
+                Type::Slice(_) => "use `Vec<T>` instead of `&[T]`",
+                _ => "take the value itself",
+            };
+            errors.spanned(
+                ty,
+                format!("a task parameter cannot be a reference: arguments are decoded from JSON into owned values; {hint}"),
+            );
+        }
+        Type::ImplTrait(_) => errors.spanned(ty, "a task parameter cannot be `impl Trait`: use a concrete type"),
+        Type::Path(path) if !echo && path.path.segments.last().is_some_and(|s| s.ident == "TaskContext") => {
+            errors.spanned(
+                ty,
+                "this task takes a `TaskContext`, which the executor passes only with `echo = true`\n\
+                 = help: write `#[qtasks::task(echo = true)]`",
+            );
+        }
+        _ => {}
+    }
+}
+
+/// The option the user probably meant, by edit distance.
+fn closest<'a>(unknown: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    candidates
+        .iter()
+        .map(|c| (edit_distance(unknown, c), *c))
+        .filter(|(distance, c)| *distance <= (c.len() / 3).max(1))
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, c)| c)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut current = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            current[j + 1] = (previous[j] + usize::from(ca != *cb)).min(previous[j + 1] + 1).min(current[j] + 1);
+        }
+        previous = current;
+    }
+    previous[b.len()]
+}

@@ -1,0 +1,313 @@
+//! Not public API. Used by the code `#[qtasks::task]` and `#[qtasks::plugin]` generate.
+//!
+//! Everything here may change in any release. Generated code names only items of this module
+//! (through `::qtasks::__private`), so the macros never depend on the runtime's layout.
+
+use std::fmt::Display;
+use std::future::Future;
+use std::pin::Pin;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+pub use inventory;
+pub use serde_json;
+
+pub use crate::triggers::{IntoReply, Payload, Reply, TriggerEvent};
+use crate::panic::panic_message;
+use crate::plugin::BoxFuture;
+use crate::{ArgumentError, Error, QueueTasks, Result, TaskContext, TaskDefinition, TaskError, TaskHandle, Trigger};
+
+// ---------------------------------------------------------------------------------------------
+// Registrations collected by inventory.
+
+/// Not public API. One `#[qtasks::task]`.
+pub struct TaskRegistration(pub &'static TaskDefinition);
+
+inventory::collect!(TaskRegistration);
+
+/// Not public API. One `#[qtasks::plugin]` handler.
+pub struct PluginRegistration {
+    /// The trigger it handles.
+    pub trigger: Trigger,
+    /// `module::fn_name`, for logs.
+    pub name: &'static str,
+    /// For the deterministic order of handlers.
+    pub module_path: &'static str,
+    /// For messages.
+    pub file: &'static str,
+    /// For the deterministic order of handlers.
+    pub line: u32,
+    /// The generated shim that picks the payload out of the event and calls the handler.
+    pub handler: PluginShim,
+}
+
+inventory::collect!(PluginRegistration);
+
+/// Not public API. The signature of a plugin shim.
+pub type PluginShim = for<'a> fn(TriggerEvent<'a>) -> HandlerCall<'a>;
+
+/// Not public API. What one handler gave back; `Err` is a failure to log.
+pub type HandlerOutcome = std::result::Result<Option<Reply>, String>;
+
+/// Not public API. The result of calling a shim: sync handlers finish at once (no allocation),
+/// async ones hand back a future.
+pub enum HandlerCall<'a> {
+    /// The event was for another trigger (cannot happen with a correct table).
+    Skip,
+    /// A sync handler ran.
+    Ready(HandlerOutcome),
+    /// An async handler is running.
+    Pending(BoxFuture<'a, HandlerOutcome>),
+}
+
+// ---------------------------------------------------------------------------------------------
+// Plugin handler signatures. The traits carry the error a user sees when a handler does not fit
+// its trigger.
+
+/// Not public API. What a plugin handler may return.
+#[diagnostic::on_unimplemented(
+    message = "a plugin handler for this trigger cannot return `{Self}`",
+    label = "this return type does not fit the trigger",
+    note = "return `()`, `Option<{O}>` or `Result<Option<{O}>, E>` with `E: Display`"
+)]
+pub trait PluginReturn<O> {
+    /// Converts the handler's return value.
+    fn into_outcome(self) -> HandlerOutcome;
+}
+
+impl<O> PluginReturn<O> for () {
+    fn into_outcome(self) -> HandlerOutcome {
+        Ok(None)
+    }
+}
+
+impl<O: IntoReply> PluginReturn<O> for Option<O> {
+    fn into_outcome(self) -> HandlerOutcome {
+        Ok(self.and_then(IntoReply::into_reply))
+    }
+}
+
+impl<O: IntoReply, E: Display> PluginReturn<O> for std::result::Result<Option<O>, E> {
+    fn into_outcome(self) -> HandlerOutcome {
+        self.map(|o| o.and_then(IntoReply::into_reply)).map_err(|e| e.to_string())
+    }
+}
+
+impl<O, E: Display> PluginReturn<O> for std::result::Result<(), E> {
+    fn into_outcome(self) -> HandlerOutcome {
+        self.map(|()| None).map_err(|e| e.to_string())
+    }
+}
+
+/// Not public API. A sync fn that handles the trigger whose payload is `P`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot handle this trigger",
+    label = "expected a fn taking `&{P}`",
+    note = "a handler for this trigger looks like `fn handler(event: &{P}) -> Option<..>`; see the trigger's payload type in `qtasks::triggers`"
+)]
+pub trait SyncHandler<P: Payload> {
+    /// Calls the handler.
+    fn call_handler(&self, payload: &P) -> HandlerOutcome;
+}
+
+impl<P: Payload, F, R> SyncHandler<P> for F
+where
+    F: Fn(&P) -> R,
+    R: PluginReturn<P::Output>,
+{
+    fn call_handler(&self, payload: &P) -> HandlerOutcome {
+        self(payload).into_outcome()
+    }
+}
+
+/// Not public API. An async fn that handles the trigger whose payload is `P`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot handle this trigger",
+    label = "expected an async fn taking `&{P}`",
+    note = "a handler for this trigger looks like `async fn handler(event: &{P}) -> Option<..>`, and its future must be `Send`"
+)]
+pub trait AsyncHandler<'a, P: Payload + 'a> {
+    /// Calls the handler.
+    fn call_handler(&self, payload: &'a P) -> BoxFuture<'a, HandlerOutcome>;
+}
+
+impl<'a, P, F, Fut> AsyncHandler<'a, P> for F
+where
+    P: Payload + 'a,
+    F: Fn(&'a P) -> Fut,
+    Fut: Future + Send + 'a,
+    Fut::Output: PluginReturn<P::Output>,
+{
+    fn call_handler(&self, payload: &'a P) -> BoxFuture<'a, HandlerOutcome> {
+        let future = self(payload);
+        Box::pin(async move { future.await.into_outcome() })
+    }
+}
+
+/// Not public API. Calls a sync handler from a shim.
+pub fn call_sync<'a, P: Payload, F: SyncHandler<P>>(handler: F, payload: &P) -> HandlerCall<'a> {
+    HandlerCall::Ready(handler.call_handler(payload))
+}
+
+/// Not public API. Calls an async handler from a shim.
+pub fn call_async<'a, P: Payload + 'a, F: AsyncHandler<'a, P>>(handler: F, payload: &'a P) -> HandlerCall<'a> {
+    HandlerCall::Pending(handler.call_handler(payload))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tasks.
+
+/// Not public API. The future a task shim returns.
+pub type TaskFuture = Pin<Box<dyn Future<Output = std::result::Result<Value, TaskError>> + Send>>;
+
+/// Not public API. The shim `#[qtasks::task]` generates: decodes arguments, calls the fn.
+pub type InvokeFn = fn(TaskContext, TaskArgs) -> TaskFuture;
+
+/// Not public API. A task's arguments while the shim decodes them into parameters, following
+/// the original: positional arguments fill parameters in order, keyword arguments by name.
+pub struct TaskArgs {
+    task: &'static str,
+    args: Vec<Value>,
+    kwargs: Map<String, Value>,
+}
+
+impl TaskArgs {
+    pub(crate) fn new(task: &'static str, args: Vec<Value>, kwargs: Map<String, Value>) -> Self {
+        TaskArgs { task, args, kwargs }
+    }
+
+    fn problem(&self, problem: String) -> TaskError {
+        ArgumentError { task: self.task.to_owned(), problem }.into()
+    }
+
+    /// Decodes parameter number `index`, called `name`. A missing argument decodes from
+    /// `null`, so `Option` parameters are optional.
+    pub fn take<T: DeserializeOwned>(&mut self, index: usize, name: &str) -> std::result::Result<T, TaskError> {
+        let value = if index < self.args.len() {
+            if self.kwargs.contains_key(name) {
+                return Err(self.problem(format!("got two values for parameter `{name}`, one positional and one by keyword")));
+            }
+            std::mem::take(&mut self.args[index])
+        } else if let Some(value) = self.kwargs.remove(name) {
+            value
+        } else {
+            return serde_json::from_value(Value::Null)
+                .map_err(|_| self.problem(format!("missing argument for parameter `{name}`")));
+        };
+        serde_json::from_value(value)
+            .map_err(|e| self.problem(format!("argument for parameter `{name}` does not decode: {e}")))
+    }
+
+    /// Checks that no argument was left over once `params` parameters were taken.
+    pub fn finish(self, params: usize) -> std::result::Result<(), TaskError> {
+        if self.args.len() > params {
+            return Err(self.problem(format!(
+                "takes {params} positional argument(s) but {} were given",
+                self.args.len()
+            )));
+        }
+        if let Some(key) = self.kwargs.keys().next() {
+            return Err(self.problem(format!("got an unexpected keyword argument `{key}`")));
+        }
+        Ok(())
+    }
+}
+
+/// Not public API. Runs a plain-fn task on the blocking thread pool, never on the async
+/// worker threads.
+pub async fn run_blocking<R, F>(f: F) -> std::result::Result<R, TaskError>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(output) => Ok(output),
+        Err(e) if e.is_panic() => Err(TaskError::panicked(&panic_message(e.into_panic().as_ref()))),
+        Err(e) => Err(TaskError::msg(format!("the blocking task did not finish: {e}"))),
+    }
+}
+
+/// Not public API. Encodes one argument of a typed `add_task` call.
+pub fn encode_arg<T: Serialize + ?Sized>(task: &str, param: &str, value: &T) -> Result<Value> {
+    serde_json::to_value(value).map_err(|e| Error::InvalidArguments {
+        task: task.to_owned(),
+        reason: format!("argument for parameter `{param}` does not encode as JSON: {e}"),
+    })
+}
+
+/// Not public API. Enqueues a task whose definition the caller holds.
+pub async fn enqueue(app: &QueueTasks, definition: &'static TaskDefinition, args: Vec<Value>) -> Result<TaskHandle> {
+    app.enqueue_defined(definition, args, Map::new()).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Return values: `Result<T, E>` with `E: Display` or any `T: Serialize`. The shim picks the
+// conversion by autoref specialisation on the concrete return type.
+
+/// Not public API. Wraps a task's return value to pick its conversion.
+pub struct ReturnProbe<'a, T>(pub &'a T);
+
+/// Not public API. The conversion for `Result<T, E>`.
+pub struct ResultReturn;
+
+/// Not public API. The conversion for any serializable value.
+pub struct ValueReturn;
+
+/// Not public API. Picked for `Result` (one autoref less than [`ValueReturnKind`]).
+pub trait ResultReturnKind {
+    /// Picks [`ResultReturn`].
+    fn __qtasks_return_kind(&self) -> ResultReturn {
+        ResultReturn
+    }
+}
+
+impl<T, E> ResultReturnKind for &ReturnProbe<'_, std::result::Result<T, E>> {}
+
+/// Not public API. Picked for everything else.
+pub trait ValueReturnKind {
+    /// Picks [`ValueReturn`].
+    fn __qtasks_return_kind(&self) -> ValueReturn {
+        ValueReturn
+    }
+}
+
+impl<T> ValueReturnKind for ReturnProbe<'_, T> {}
+
+impl ResultReturn {
+    /// `Ok` is serialized; `Err` becomes the task's error.
+    pub fn convert<T: Serialize, E: Display + 'static>(
+        self,
+        returned: std::result::Result<T, E>,
+    ) -> std::result::Result<Value, TaskError> {
+        match returned {
+            Ok(value) => ValueReturn.convert(value),
+            Err(e) => Err(TaskError::from_display(e)),
+        }
+    }
+}
+
+impl ValueReturn {
+    /// Serializes the value.
+    pub fn convert<T: Serialize>(self, returned: T) -> std::result::Result<Value, TaskError> {
+        serde_json::to_value(returned)
+            .map_err(|e| TaskError::msg(format!("the task's result does not encode as JSON: {e}")))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checks that give readable errors for mistakes only the type checker can see.
+
+/// Not public API. Implemented only by [`TaskContext`].
+#[diagnostic::on_unimplemented(
+    message = "with `echo = true` the first parameter must be `qtasks::TaskContext`, not `{Self}`",
+    label = "expected `qtasks::TaskContext`",
+    note = "write `async fn my_task(ctx: qtasks::TaskContext, ...)`, or remove `echo = true`"
+)]
+pub trait EchoContext {}
+
+impl EchoContext for TaskContext {}
+
+/// Not public API. Fails to compile unless `T` is the task context.
+pub const fn assert_echo_context<T: EchoContext>() {}

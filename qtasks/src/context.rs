@@ -1,0 +1,101 @@
+//! The context a task receives with `echo = true`.
+
+use std::fmt;
+
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::{PluginTriggerError, QueueConfig, QueueTasks, Result, TaskError, TaskHandle, TaskRecord};
+
+/// What a task declared with `echo = true` gets as its first argument: its identity, the app
+/// it runs in, and the two ways to end early (`plugin_error` and `cancel`).
+///
+/// Unlike in the original, the context is always bound to the running app, so `config`,
+/// `get_task` and nested `add_task` work inside workers.
+///
+/// ```
+/// #[qtasks::task(echo = true)]
+/// async fn report(ctx: qtasks::TaskContext, amount: i64) -> qtasks::TaskResult<i64> {
+///     if amount < 0 {
+///         return Err(ctx.cancel("negative amounts are not reported"));
+///     }
+///     tracing::info!(parent: ctx.span(), amount, "reporting");
+///     Ok(amount)
+/// }
+/// # fn main() {}
+/// ```
+#[derive(Clone)]
+pub struct TaskContext {
+    app: QueueTasks,
+    uuid: Uuid,
+    task_name: &'static str,
+    span: tracing::Span,
+}
+
+impl TaskContext {
+    pub(crate) fn new(app: QueueTasks, uuid: Uuid, task_name: &'static str, span: tracing::Span) -> Self {
+        TaskContext { app, uuid, task_name, span }
+    }
+
+    /// The running task's id.
+    pub fn task_uuid(&self) -> Uuid {
+        self.uuid
+    }
+
+    /// The running task's name.
+    pub fn task_name(&self) -> &'static str {
+        self.task_name
+    }
+
+    /// The app the task runs in.
+    pub fn app(&self) -> &QueueTasks {
+        &self.app
+    }
+
+    /// The app's configuration.
+    pub fn config(&self) -> &QueueConfig {
+        self.app.config()
+    }
+
+    /// The tracing span of this run (fields `task` and `uuid`); the original's logger.
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    /// Starts a [`PluginTriggerError`]: return it (`.into()`) and the executor fires
+    /// `task_executor_run_task_trigger_error`; a handler's value becomes the result.
+    ///
+    /// ```
+    /// #[qtasks::task(echo = true)]
+    /// async fn charge(ctx: qtasks::TaskContext) -> qtasks::TaskResult<String> {
+    ///     Err(ctx.plugin_error().with("message", "card declined").with("retry_in", 60).into())
+    /// }
+    /// # fn main() {}
+    /// ```
+    pub fn plugin_error(&self) -> PluginTriggerError {
+        PluginTriggerError::new()
+    }
+
+    /// Ends the task with status `cancel` and this reason (return it as the error). An empty
+    /// reason becomes `"<task>.cancel"`, as in the original.
+    pub fn cancel(&self, reason: impl Into<String>) -> TaskError {
+        let reason = reason.into();
+        if reason.is_empty() { TaskError::cancel(format!("{}.cancel", self.task_name)) } else { TaskError::cancel(reason) }
+    }
+
+    /// Adds another task by name; wait on the handle to use its result.
+    pub async fn add_task(&self, task_name: &str, args: impl Serialize, kwargs: impl Serialize) -> Result<TaskHandle> {
+        self.app.add_task(task_name, args, kwargs).await
+    }
+
+    /// Reads any task's record.
+    pub async fn get_task(&self, uuid: Uuid) -> Result<Option<TaskRecord>> {
+        self.app.get(uuid).await
+    }
+}
+
+impl fmt::Debug for TaskContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskContext").field("task", &self.task_name).field("uuid", &self.uuid).finish()
+    }
+}

@@ -1,0 +1,314 @@
+//! Errors: [`Error`] for the app's own operations, [`TaskError`] for what a task fails with,
+//! and [`PluginTriggerError`], the error that hands a failure to plugins.
+
+use std::any::Any;
+use std::error::Error as StdError;
+use std::fmt;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::backend::BackendError;
+use crate::plugin::BoxError;
+
+/// The result of the app's own operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What can go wrong when adding, waiting for or running tasks through the app.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// `wait` gave up; the task itself goes on.
+    #[error("timed out after {timeout:?} waiting for task {uuid} to finish")]
+    WaitTimeout {
+        /// The task waited for.
+        uuid: Uuid,
+        /// How long the caller waited.
+        timeout: Duration,
+    },
+    /// No task with this id is stored.
+    #[error("task {0} does not exist")]
+    TaskNotFound(Uuid),
+    /// The arguments given to `add_task` cannot be sent.
+    #[error("cannot add task `{task}`: {reason}")]
+    InvalidArguments {
+        /// The task name.
+        task: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// Two `#[qtasks::task]` fns share a name.
+    #[error("task name `{name}` is registered twice: at {first} and at {second}; give one of them `name = \"...\"`")]
+    DuplicateTask {
+        /// The shared name.
+        name: &'static str,
+        /// `file:line` of one registration.
+        first: String,
+        /// `file:line` of the other.
+        second: String,
+    },
+    /// `start` was called on an app that is running.
+    #[error("the app is already running; call `stop()` first")]
+    AlreadyRunning,
+    /// A plugin's `start` or `stop` failed.
+    #[error("plugin `{plugin}` failed to {phase}: {reason}")]
+    PluginLifecycle {
+        /// The plugin's name.
+        plugin: String,
+        /// `"start"` or `"stop"`.
+        phase: &'static str,
+        /// What it said.
+        reason: String,
+    },
+    /// The broker or storage failed.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+/// The result type of a task fn: `Ok` is stored as the task's result.
+pub type TaskResult<T> = std::result::Result<T, TaskError>;
+
+/// Why a task did not succeed.
+///
+/// Any error type converts into it with `?` or `.into()`. Two errors are special:
+/// [`PluginTriggerError`] (from [`TaskContext::plugin_error`](crate::TaskContext::plugin_error))
+/// hands the failure to the `task_executor_run_task_trigger_error` plugins, and
+/// [`TaskError::cancel`] (from [`TaskContext::cancel`](crate::TaskContext::cancel)) ends the
+/// task with status `cancel`.
+///
+/// Like `anyhow::Error`, it does not implement `std::error::Error` itself, so that the blanket
+/// conversion from every error type is possible.
+pub struct TaskError {
+    repr: Repr,
+}
+
+enum Repr {
+    Plugin(PluginTriggerError),
+    Cancel(String),
+    Failed { type_name: &'static str, error: BoxError },
+    Message { type_name: &'static str, message: String },
+}
+
+impl TaskError {
+    /// A failure with a message.
+    pub fn msg(message: impl fmt::Display) -> Self {
+        TaskError { repr: Repr::Message { type_name: "TaskError", message: message.to_string() } }
+    }
+
+    /// Ends the task with status `cancel` and this reason. A cancelled task is never retried.
+    pub fn cancel(reason: impl Into<String>) -> Self {
+        TaskError { repr: Repr::Cancel(reason.into()) }
+    }
+
+    /// A task that panicked: the panic is caught and the task ends `error`.
+    pub(crate) fn panicked(message: &str) -> Self {
+        TaskError {
+            repr: Repr::Message { type_name: "TaskPanic", message: format!("task panicked: {message}") },
+        }
+    }
+
+    /// The plugin error this task failed with, if it is one.
+    pub fn as_plugin_error(&self) -> Option<&PluginTriggerError> {
+        match &self.repr {
+            Repr::Plugin(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// The cancel reason, if the task cancelled itself.
+    pub fn cancel_reason(&self) -> Option<&str> {
+        match &self.repr {
+            Repr::Cancel(reason) => Some(reason),
+            _ => None,
+        }
+    }
+
+    /// The error the task returned, for downcasting to the task's own error type.
+    pub fn source_error(&self) -> Option<&(dyn StdError + Send + Sync + 'static)> {
+        match &self.repr {
+            Repr::Failed { error, .. } => Some(error.as_ref()),
+            _ => None,
+        }
+    }
+
+    /// The short name of the error type: `TaskPluginTriggerError`, `ParseIntError`, ...
+    pub fn type_name(&self) -> &'static str {
+        match &self.repr {
+            Repr::Plugin(_) => "TaskPluginTriggerError",
+            Repr::Cancel(_) => "TaskCancelError",
+            Repr::Failed { type_name, .. } | Repr::Message { type_name, .. } => type_name,
+        }
+    }
+
+    /// Converts a returned `Err(e)` of any `Display + 'static` type, keeping the special
+    /// errors special. Used by the code `#[task]` generates.
+    pub(crate) fn from_display<E: fmt::Display + 'static>(e: E) -> Self {
+        let mut slot = Some(e);
+        let any: &mut dyn Any = &mut slot;
+        if let Some(task_error) = any.downcast_mut::<Option<TaskError>>() {
+            return task_error.take().expect("slot is filled");
+        }
+        if let Some(plugin_error) = any.downcast_mut::<Option<PluginTriggerError>>() {
+            return plugin_error.take().expect("slot is filled").into();
+        }
+        let e = slot.take().expect("slot is filled");
+        TaskError {
+            repr: Repr::Message { type_name: short_type_name::<E>(), message: e.to_string() },
+        }
+    }
+
+    /// The text stored as the task's `traceback`: `ErrorType: message`, then the causes.
+    pub fn traceback(&self) -> String {
+        let mut text = format!("{}: {}", self.type_name(), self);
+        if let Repr::Failed { error, .. } = &self.repr {
+            let mut source = error.source();
+            while let Some(cause) = source {
+                text.push_str(&format!("\ncaused by: {cause}"));
+                source = cause.source();
+            }
+        }
+        text
+    }
+}
+
+impl<E: StdError + Send + Sync + 'static> From<E> for TaskError {
+    fn from(error: E) -> Self {
+        let mut slot = Some(error);
+        let any: &mut dyn Any = &mut slot;
+        if let Some(plugin_error) = any.downcast_mut::<Option<PluginTriggerError>>() {
+            let plugin_error = plugin_error.take().expect("slot is filled");
+            return TaskError { repr: Repr::Plugin(plugin_error) };
+        }
+        let error = slot.take().expect("slot is filled");
+        TaskError { repr: Repr::Failed { type_name: short_type_name::<E>(), error: Box::new(error) } }
+    }
+}
+
+impl fmt::Display for TaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.repr {
+            Repr::Plugin(e) => e.fmt(f),
+            Repr::Cancel(reason) => write!(f, "cancelled: {reason}"),
+            Repr::Failed { error, .. } => error.fmt(f),
+            Repr::Message { message, .. } => f.write_str(message),
+        }
+    }
+}
+
+impl fmt::Debug for TaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TaskError({})", self.traceback())
+    }
+}
+
+/// `core::num::error::ParseIntError` → `ParseIntError` (generic arguments kept).
+fn short_type_name<T: ?Sized>() -> &'static str {
+    let full = std::any::type_name::<T>();
+    let path_end = full.find('<').unwrap_or(full.len());
+    match full[..path_end].rfind("::") {
+        Some(i) => &full[i + 2..],
+        None => full,
+    }
+}
+
+/// The error that hands a task's failure to plugins (the original's `TaskPluginTriggerError`).
+///
+/// Build it with [`TaskContext::plugin_error`](crate::TaskContext::plugin_error) and add
+/// key/value pairs with [`with`](Self::with); handlers of
+/// `task_executor_run_task_trigger_error` read them back.
+///
+/// ```
+/// let e = qtasks::PluginTriggerError::new().with("message", "disk full").with("code", 28);
+/// assert_eq!(e.message(), Some("disk full"));
+/// assert_eq!(e.get("code"), Some(&serde_json::json!(28)));
+/// assert_eq!(e.to_string(), "disk full");
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PluginTriggerError {
+    kwargs: Map<String, Value>,
+}
+
+impl PluginTriggerError {
+    /// An error with no key/value pairs.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An error with just a `message` (the original's `raise TaskPluginTriggerError("...")`).
+    pub fn with_message(message: impl Into<String>) -> Self {
+        Self::new().with("message", message.into())
+    }
+
+    /// Adds a key/value pair for the plugins to read.
+    #[must_use]
+    pub fn with(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
+        self.kwargs.insert(key.into(), value.into());
+        self
+    }
+
+    /// All key/value pairs (the original's `e.kwargs`).
+    pub fn kwargs(&self) -> &Map<String, Value> {
+        &self.kwargs
+    }
+
+    /// One value by key.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.kwargs.get(key)
+    }
+
+    /// The `message` value, if it is a string.
+    pub fn message(&self) -> Option<&str> {
+        self.kwargs.get("message").and_then(Value::as_str)
+    }
+}
+
+impl fmt::Display for PluginTriggerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.message() {
+            Some(message) if self.kwargs.len() == 1 => f.write_str(message),
+            Some(message) => write!(f, "{message} {}", Value::Object(self.kwargs.clone())),
+            None => write!(f, "plugin error {}", Value::Object(self.kwargs.clone())),
+        }
+    }
+}
+
+impl StdError for PluginTriggerError {}
+
+/// A task argument that is missing, extra or does not decode into the parameter's type.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("task `{task}`: {problem}")]
+pub struct ArgumentError {
+    /// The task name.
+    pub task: String,
+    /// What is wrong, naming the parameter.
+    pub problem: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_keep_their_type_name_in_the_traceback() {
+        let e: TaskError = "x".parse::<i32>().unwrap_err().into();
+        assert_eq!(e.traceback(), "ParseIntError: invalid digit found in string");
+    }
+
+    #[test]
+    fn a_plugin_error_stays_a_plugin_error_through_into() {
+        let e: TaskError = PluginTriggerError::with_message("boom").into();
+        assert_eq!(e.as_plugin_error().and_then(PluginTriggerError::message), Some("boom"));
+        assert_eq!(e.traceback(), "TaskPluginTriggerError: boom");
+        let e = TaskError::from_display(PluginTriggerError::with_message("again"));
+        assert!(e.as_plugin_error().is_some());
+    }
+
+    #[test]
+    fn display_errors_convert() {
+        let e = TaskError::from_display(String::from("plain text"));
+        assert_eq!(e.traceback(), "String: plain text");
+        let e = TaskError::from_display(TaskError::cancel("stop"));
+        assert_eq!(e.cancel_reason(), Some("stop"));
+    }
+}

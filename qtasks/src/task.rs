@@ -1,0 +1,227 @@
+//! The task model: definitions (what `#[task]` registers), queued tasks (what the broker
+//! carries), records (what storage keeps) and handles (what `add_task` returns).
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::__private::InvokeFn;
+use crate::{QueueTasks, Result};
+
+/// The status of a task, as the original names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskStatus {
+    /// Waiting in the queue.
+    New,
+    /// Taken by a worker and running.
+    Process,
+    /// Finished; `returning` holds the result.
+    Success,
+    /// Failed; `traceback` holds the reason.
+    Error,
+    /// Cancelled; `cancel_reason` holds the reason.
+    Cancel,
+}
+
+impl TaskStatus {
+    /// Whether the task has ended (success, error or cancel).
+    pub const fn is_final(self) -> bool {
+        matches!(self, TaskStatus::Success | TaskStatus::Error | TaskStatus::Cancel)
+    }
+
+    /// The wire name (`"new"`, `"process"`, ...).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::New => "new",
+            TaskStatus::Process => "process",
+            TaskStatus::Success => "success",
+            TaskStatus::Error => "error",
+            TaskStatus::Cancel => "cancel",
+        }
+    }
+}
+
+impl fmt::Display for TaskStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One parameter of a task, as declared in its signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskParam {
+    /// The parameter name; keyword arguments are matched against it.
+    pub name: &'static str,
+    /// The Rust type as written in the signature.
+    pub type_name: &'static str,
+}
+
+/// A task registered with `#[qtasks::task]`: its name, options and parameters.
+///
+/// Built at compile time by the macro; read it through the typed handle's `DEFINITION` or from
+/// plugin payloads. New fields may be added in minor releases.
+pub struct TaskDefinition {
+    /// The task name used on the queue (defaults to the fn name).
+    pub name: &'static str,
+    /// The priority of new tasks (lower runs first); `None` takes the app's
+    /// [`task_default_priority`](crate::QueueConfig::task_default_priority).
+    pub priority: Option<i64>,
+    /// Whether the task receives its [`TaskContext`](crate::TaskContext) as first argument.
+    pub echo: bool,
+    /// Free-form tags (metadata only).
+    pub tags: &'static [&'static str],
+    /// A description (metadata only).
+    pub description: Option<&'static str>,
+    /// The parameters filled from the task's arguments (the context is not among them).
+    pub params: &'static [TaskParam],
+    /// Whether the fn is a plain `fn`, run on the blocking thread pool.
+    pub blocking: bool,
+    /// The module the task fn is declared in.
+    pub module_path: &'static str,
+    /// The source file of the declaration.
+    pub file: &'static str,
+    /// The source line of the declaration.
+    pub line: u32,
+    #[doc(hidden)]
+    pub invoke: InvokeFn,
+}
+
+impl TaskDefinition {
+    /// `file:line` of the declaration, for messages.
+    pub fn location(&self) -> String {
+        format!("{}:{}", self.file, self.line)
+    }
+}
+
+impl fmt::Debug for TaskDefinition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskDefinition")
+            .field("name", &self.name)
+            .field("priority", &self.priority)
+            .field("echo", &self.echo)
+            .field("tags", &self.tags)
+            .field("description", &self.description)
+            .field("params", &self.params)
+            .field("blocking", &self.blocking)
+            .field("location", &format_args!("{}:{}", self.file, self.line))
+            .finish()
+    }
+}
+
+/// A task as the broker hands it to a worker (the original's `task_broker`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueuedTask {
+    /// The task's id.
+    pub uuid: Uuid,
+    /// The registered name of the task to run.
+    pub task_name: String,
+    /// Lower runs first.
+    pub priority: i64,
+    /// Positional arguments, as JSON.
+    pub args: Vec<Value>,
+    /// Keyword arguments, as JSON.
+    pub kwargs: Map<String, Value>,
+    /// Unix time in seconds when the task was added.
+    pub created_at: f64,
+    /// The definition, when the enqueuing process already knew it: saves the worker a lookup
+    /// by name. Never sent over the wire.
+    #[serde(skip)]
+    pub(crate) definition: Option<&'static TaskDefinition>,
+}
+
+/// The stored state of a task (the original's `Task` model).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct TaskRecord {
+    /// The task's id.
+    pub uuid: Uuid,
+    /// The registered name of the task.
+    pub task_name: String,
+    /// Where the task is in its life.
+    pub status: TaskStatus,
+    /// Lower runs first.
+    pub priority: i64,
+    /// Positional arguments, as JSON.
+    pub args: Vec<Value>,
+    /// Keyword arguments, as JSON.
+    pub kwargs: Map<String, Value>,
+    /// Unix time in seconds when the task was added.
+    pub created_at: f64,
+    /// Unix time in seconds of the last status change.
+    pub updated_at: f64,
+    /// The result, for `success`.
+    pub returning: Option<Value>,
+    /// The reason, for `error`: `ErrorType: message`.
+    pub traceback: Option<String>,
+    /// The reason, for `cancel`.
+    pub cancel_reason: Option<String>,
+}
+
+impl TaskRecord {
+    pub(crate) fn new(queued: &QueuedTask) -> Self {
+        TaskRecord {
+            uuid: queued.uuid,
+            task_name: queued.task_name.clone(),
+            status: TaskStatus::New,
+            priority: queued.priority,
+            args: queued.args.clone(),
+            kwargs: queued.kwargs.clone(),
+            created_at: queued.created_at,
+            updated_at: queued.created_at,
+            returning: None,
+            traceback: None,
+            cancel_reason: None,
+        }
+    }
+}
+
+/// How a task ended, as the worker hands it to storage.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Status `success` with this result.
+    Success(Value),
+    /// Status `error` with this traceback.
+    Error(String),
+    /// Status `cancel` with this reason.
+    Cancel(String),
+}
+
+/// A task that was added: wait for it or read its record.
+#[derive(Debug, Clone)]
+pub struct TaskHandle {
+    uuid: Uuid,
+    app: QueueTasks,
+}
+
+impl TaskHandle {
+    pub(crate) fn new(uuid: Uuid, app: QueueTasks) -> Self {
+        TaskHandle { uuid, app }
+    }
+
+    /// The task's id.
+    pub fn uuid(&self) -> Uuid {
+        self.uuid
+    }
+
+    /// Waits until the task ends and returns its record.
+    ///
+    /// Resolves as soon as the worker stores the result (there is no polling interval). Fails
+    /// with [`Error::WaitTimeout`](crate::Error::WaitTimeout) when `timeout` passes first; the
+    /// task itself goes on.
+    pub async fn wait(&self, timeout: Duration) -> Result<TaskRecord> {
+        self.app.wait(self.uuid, timeout).await
+    }
+
+    /// The task's record as it is now.
+    pub async fn get(&self) -> Result<Option<TaskRecord>> {
+        self.app.get(self.uuid).await
+    }
+}
+
+pub(crate) fn unix_now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
