@@ -76,3 +76,4 @@ pub use qtasks_macros::{plugin, task};
 pub use qtasks_triggers::{Component, Trigger, TriggerKind, UnknownTrigger};
 pub use task::{Outcome, QueuedTask, TaskDefinition, TaskHandle, TaskParam, TaskRecord, TaskStatus};
 pub use triggers::{Reply, TriggerEvent};
+pub use uuid::Uuid;
