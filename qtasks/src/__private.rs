@@ -12,7 +12,6 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 pub use inventory;
-pub use serde_json;
 
 pub use crate::triggers::{IntoReply, Payload, Reply, TriggerEvent};
 use crate::panic::panic_message;
@@ -305,9 +304,19 @@ impl ValueReturn {
     label = "expected `qtasks::TaskContext`",
     note = "write `async fn my_task(ctx: qtasks::TaskContext, ...)`, or remove `echo = true`"
 )]
-pub trait EchoContext {}
+pub trait EchoContext {
+    /// Converts the context into the first parameter's type (which can only be the context).
+    fn from_context(context: TaskContext) -> Self;
+}
 
-impl EchoContext for TaskContext {}
+impl EchoContext for TaskContext {
+    fn from_context(context: TaskContext) -> Self {
+        context
+    }
+}
 
-/// Not public API. Fails to compile unless `T` is the task context.
-pub const fn assert_echo_context<T: EchoContext>() {}
+/// Not public API. Hands the context to the first parameter; fails to compile, with the
+/// message above, unless that parameter is a `TaskContext`.
+pub fn echo_context<T: EchoContext>(context: TaskContext) -> T {
+    T::from_context(context)
+}

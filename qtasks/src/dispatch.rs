@@ -119,3 +119,110 @@ fn static_registrations() -> &'static [&'static PluginRegistration] {
         all
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+
+    use super::*;
+    use crate::__private::{TaskArgs, TaskFuture};
+    use crate::triggers::TaskExecutorBeforeExecute;
+    use crate::{QueueTasks, QueuedTask, TaskContext, TaskDefinition, TaskExecutor};
+
+    /// Counts this thread's allocations, to show that firing a trigger without handlers
+    /// allocates nothing.
+    struct CountingAllocator;
+
+    thread_local! {
+        static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+    }
+
+    unsafe impl GlobalAlloc for CountingAllocator {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            ALLOCATIONS.with(|count| count.set(count.get() + 1));
+            // SAFETY: forwarded unchanged to the system allocator.
+            unsafe { System.alloc(layout) }
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: forwarded unchanged to the system allocator.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+    }
+
+    #[global_allocator]
+    static ALLOCATOR: CountingAllocator = CountingAllocator;
+
+    fn never_invoked(_: TaskContext, _: TaskArgs) -> TaskFuture {
+        unreachable!("the dispatch tests do not run tasks")
+    }
+
+    static DEFINITION: TaskDefinition = TaskDefinition {
+        name: "dispatch_test",
+        priority: None,
+        echo: false,
+        tags: &[],
+        description: None,
+        params: &[],
+        blocking: false,
+        module_path: module_path!(),
+        file: file!(),
+        line: line!(),
+        invoke: never_invoked,
+    };
+
+    fn executor() -> TaskExecutor {
+        let queued = QueuedTask {
+            uuid: uuid::Uuid::nil(),
+            task_name: "dispatch_test".into(),
+            priority: 0,
+            args: Vec::new(),
+            kwargs: serde_json::Map::new(),
+            created_at: 0.0,
+            definition: None,
+        };
+        TaskExecutor::new(QueueTasks::new(), &DEFINITION, queued)
+    }
+
+    #[test]
+    fn a_trigger_without_handlers_returns_at_once_and_allocates_nothing() {
+        let dispatch = Dispatch::build(&[]);
+        assert_eq!(dispatch.handler_count(Trigger::TaskExecutorBeforeExecute), 0);
+        let executor = executor();
+        let payload = TaskExecutorBeforeExecute { executor: &executor };
+        let mut context = Context::from_waker(Waker::noop());
+
+        let before = ALLOCATIONS.with(Cell::get);
+        let mut fire = pin!(dispatch.fire(&payload));
+        let ready = matches!(fire.as_mut().poll(&mut context), Poll::Ready(None));
+        let allocations = ALLOCATIONS.with(Cell::get) - before;
+
+        assert!(ready, "no handler: the trigger completes in one poll");
+        assert_eq!(allocations, 0);
+    }
+
+    struct Counting;
+
+    impl crate::Plugin for Counting {
+        async fn trigger(&self, _event: crate::TriggerEvent<'_>) -> Result<Option<crate::Reply>, crate::BoxError> {
+            Ok(Some(crate::Reply::value(1)))
+        }
+    }
+
+    #[test]
+    fn runtime_plugins_are_indexed_only_under_their_triggers() {
+        let plugin: Arc<dyn DynPlugin> = Arc::new(Counting);
+        let dispatch = Dispatch::build(&[RuntimePlugin {
+            plugin,
+            triggers: vec![Trigger::TaskExecutorRunTask, Trigger::WorkerStart],
+        }]);
+        for trigger in Trigger::ALL {
+            let expected = usize::from(matches!(trigger, Trigger::TaskExecutorRunTask | Trigger::WorkerStart));
+            assert_eq!(dispatch.handler_count(*trigger), expected, "{trigger}");
+        }
+    }
+}

@@ -41,10 +41,16 @@ fn emit(function: &ItemFn, trigger: qtasks_triggers::Trigger, param: &syn::Type)
     let variant = Ident::new(trigger.variant_str(), Span::call_site());
     // Spanned on the user's parameter type, so a handler that does not fit the trigger is
     // reported there, with the expected signature from the trait's diagnostic.
+    // The payload type is named, not inferred from the handler, so a wrong parameter type is
+    // reported as "cannot handle this trigger" rather than as a confusing inference error.
     let call = if function.sig.asyncness.is_some() {
-        quote_spanned! {param.span()=> ::qtasks::__private::call_async(#ident, payload) }
+        quote_spanned! {param.span()=>
+            ::qtasks::__private::call_async::<::qtasks::triggers::#variant<'_>, _>(#ident, payload)
+        }
     } else {
-        quote_spanned! {param.span()=> ::qtasks::__private::call_sync(#ident, payload) }
+        quote_spanned! {param.span()=>
+            ::qtasks::__private::call_sync::<::qtasks::triggers::#variant<'_>, _>(#ident, payload)
+        }
     };
     quote! {
         #[doc(hidden)]

@@ -58,15 +58,13 @@ fn emit(task: &Task) -> TokenStream {
     let indices: Vec<usize> = (0..task.params.len()).collect();
     let param_count = task.params.len();
 
-    // The context goes first when `echo = true`; the check gives a readable error if the
-    // first parameter is not a `TaskContext`.
-    let (context_arg, context_check) = match &task.context {
-        Some(ty) => (
-            quote! { ctx, },
-            quote_spanned! {ty.span()=> const _: () = ::qtasks::__private::assert_echo_context::<#ty>(); },
-        ),
-        None => (quote! {}, quote! { ::core::mem::drop(ctx); }),
+    // The context goes first when `echo = true`. Passing it through `echo_context` turns a
+    // first parameter of another type into one readable error, spanned on that type.
+    let context_arg = match &task.context {
+        Some(ty) => quote_spanned! {ty.span()=> ::qtasks::__private::echo_context::<#ty>(ctx), },
+        None => quote! {},
     };
+    let context_unused = if task.context.is_none() { quote! { ::core::mem::drop(ctx); } } else { quote! {} };
     let call = if blocking {
         quote! { ::qtasks::__private::run_blocking(move || super::#ident(#context_arg #(#decoded),*)).await? }
     } else {
@@ -119,7 +117,7 @@ fn emit(task: &Task) -> TokenStream {
                 ctx: ::qtasks::TaskContext,
                 mut args: ::qtasks::__private::TaskArgs,
             ) -> ::qtasks::__private::TaskFuture {
-                #context_check
+                #context_unused
                 ::std::boxed::Box::pin(async move {
                     #(let #decoded: #param_types = args.take(#indices, #param_names)?;)*
                     args.finish(#param_count)?;

@@ -2,7 +2,7 @@
 
 use proc_macro2::TokenStream;
 use syn::parse::Parser;
-use syn::{Expr, FnArg, Ident, ItemFn, LitBool, LitStr, Pat, Token, Type};
+use syn::{Expr, FnArg, Ident, ItemFn, LitStr, Pat, Token, Type};
 
 use crate::errors::Errors;
 
@@ -71,13 +71,13 @@ pub(crate) fn parse_options(args: TokenStream, errors: &mut Errors) -> TaskOptio
             "echo" => {
                 // A bare `echo` means `echo = true`.
                 options.echo = if meta.input.peek(Token![=]) {
-                    let value = meta.value()?;
-                    match value.parse::<LitBool>() {
-                        Ok(flag) => flag.value,
-                        Err(_) => {
-                            let other: Expr = value.parse()?;
+                    match meta.value()?.parse::<Expr>()? {
+                        Expr::Lit(syn::ExprLit { lit: syn::Lit::Bool(flag), .. }) => flag.value,
+                        other => {
                             errors.spanned(other, "`echo` takes `true` or `false`");
-                            false
+                            // Assume the user meant to turn it on, so the fn is checked
+                            // against that and no second error follows from this one.
+                            true
                         }
                     }
                 } else {

@@ -1,0 +1,6 @@
+#[qtasks::plugin(on = "task_executor_run_task_trigger_error")]
+fn recover(_event: &String) -> Option<serde_json::Value> {
+    None
+}
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[qtasks::plugin(on = "worker_start")]
+fn handler<T>(_event: &T) {}
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[qtasks::plugin]
+fn handler(_event: &qtasks::triggers::WorkerStart<'_>) {}
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[qtasks::plugin(on = "worker_start")]
+struct NotAFn;
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[qtasks::task(name = "billing:charge")]
+async fn charge() {}
+
+fn main() {}

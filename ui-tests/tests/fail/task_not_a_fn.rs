@@ -1,0 +1,4 @@
+#[qtasks::task]
+const NOT_A_FN: u32 = 1;
+
+fn main() {}
