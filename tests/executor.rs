@@ -8,7 +8,9 @@ use qtasks::triggers::{
     ArgsUpdate, MiddlewarePosition, TaskExecutorAfterExecuteResultReplace, TaskExecutorArgsReplace,
     TaskExecutorDecode, TaskExecutorRunTask,
 };
-use qtasks::{BoxError, Plugin, QueueTasks, Reply, TaskContext, TaskResult, TaskStatus, Trigger, TriggerEvent};
+use qtasks::{
+    BoxError, Plugin, QueueTasks, Reply, TaskContext, TaskResult, TaskStatus, Trigger, TriggerEvent,
+};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -22,24 +24,46 @@ struct Recorder {
 impl Plugin for &'static Recorder {
     async fn trigger(&self, event: TriggerEvent<'_>) -> Result<Option<Reply>, BoxError> {
         let line = match event {
-            TriggerEvent::TaskExecutorMiddlewaresExecute(e) if e.executor.task().name == self.task => {
-                let at = if e.position == MiddlewarePosition::Before { "before" } else { "after" };
+            TriggerEvent::TaskExecutorMiddlewaresExecute(e)
+                if e.executor.task().name == self.task =>
+            {
+                let at = if e.position == MiddlewarePosition::Before {
+                    "before"
+                } else {
+                    "after"
+                };
                 format!("middlewares_execute {at}")
             }
             TriggerEvent::TaskExecutorArgsReplace(e) if e.executor.task().name == self.task => {
-                format!("args_replace {:?} {:?}", e.args, e.params.iter().map(|p| p.name).collect::<Vec<_>>())
+                format!(
+                    "args_replace {:?} {:?}",
+                    e.args,
+                    e.params.iter().map(|p| p.name).collect::<Vec<_>>()
+                )
             }
-            TriggerEvent::TaskExecutorBeforeExecute(e) if e.executor.task().name == self.task => "before_execute".into(),
-            TriggerEvent::TaskExecutorRunTask(e) if e.executor.task().name == self.task => format!("run_task {}", e.result),
+            TriggerEvent::TaskExecutorBeforeExecute(e) if e.executor.task().name == self.task => {
+                "before_execute".into()
+            }
+            TriggerEvent::TaskExecutorRunTask(e) if e.executor.task().name == self.task => {
+                format!("run_task {}", e.result)
+            }
             TriggerEvent::TaskExecutorRunTaskTriggerError(e) if e.task.name == self.task => {
                 format!("run_task_trigger_error {}", e.error)
             }
-            TriggerEvent::TaskExecutorAfterExecute(e) if e.executor.task().name == self.task => "after_execute".into(),
-            TriggerEvent::TaskExecutorAfterExecuteResultReplace(e) if e.executor.task().name == self.task => {
+            TriggerEvent::TaskExecutorAfterExecute(e) if e.executor.task().name == self.task => {
+                "after_execute".into()
+            }
+            TriggerEvent::TaskExecutorAfterExecuteResultReplace(e)
+                if e.executor.task().name == self.task =>
+            {
                 format!("after_execute_result_replace {}", e.result)
             }
-            TriggerEvent::TaskExecutorDecode(e) if e.executor.task().name == self.task => format!("decode {}", e.result),
-            TriggerEvent::TaskExecutorTaskClose(e) if e.task.name == self.task => "task_close".into(),
+            TriggerEvent::TaskExecutorDecode(e) if e.executor.task().name == self.task => {
+                format!("decode {}", e.result)
+            }
+            TriggerEvent::TaskExecutorTaskClose(e) if e.task.name == self.task => {
+                "task_close".into()
+            }
             _ => return Ok(None),
         };
         self.seen.lock().unwrap().push(line);
@@ -58,11 +82,19 @@ async fn double(x: i64) -> i64 {
 
 #[tokio::test]
 async fn a_successful_run_fires_every_step_in_order() {
-    static RECORDER: Recorder = Recorder { task: "double", seen: Mutex::new(Vec::new()) };
+    static RECORDER: Recorder = Recorder {
+        task: "double",
+        seen: Mutex::new(Vec::new()),
+    };
     let app = QueueTasks::new();
     app.add_plugin(&RECORDER, &executor_triggers()).unwrap();
     app.start().await.unwrap();
-    let done = double::add_task(&app, 21).await.unwrap().wait(WAIT).await.unwrap();
+    let done = double::add_task(&app, 21)
+        .await
+        .unwrap()
+        .wait(WAIT)
+        .await
+        .unwrap();
     assert_eq!(done.returning, Some(json!(42)));
     assert_eq!(
         *RECORDER.seen.lock().unwrap(),
@@ -93,23 +125,41 @@ async fn fails_plainly() -> TaskResult<i64> {
 
 #[tokio::test]
 async fn a_recovered_run_continues_after_the_error_trigger_and_a_failed_run_still_closes() {
-    static RECOVERED: Recorder = Recorder { task: "fails_then_recovered", seen: Mutex::new(Vec::new()) };
-    static FAILED: Recorder = Recorder { task: "fails_plainly", seen: Mutex::new(Vec::new()) };
+    static RECOVERED: Recorder = Recorder {
+        task: "fails_then_recovered",
+        seen: Mutex::new(Vec::new()),
+    };
+    static FAILED: Recorder = Recorder {
+        task: "fails_plainly",
+        seen: Mutex::new(Vec::new()),
+    };
 
     struct Recover;
     impl Plugin for Recover {
         async fn trigger(&self, event: TriggerEvent<'_>) -> Result<Option<Reply>, BoxError> {
-            Ok(matches!(event, TriggerEvent::TaskExecutorRunTaskTriggerError(_)).then(|| Reply::value(7)))
+            Ok(
+                matches!(event, TriggerEvent::TaskExecutorRunTaskTriggerError(_))
+                    .then(|| Reply::value(7)),
+            )
         }
     }
 
     let app = QueueTasks::new();
     app.add_plugin(&RECOVERED, &executor_triggers()).unwrap();
     app.add_plugin(&FAILED, &executor_triggers()).unwrap();
-    app.add_plugin(Recover, &[Trigger::TaskExecutorRunTaskTriggerError]).unwrap();
+    app.add_plugin(Recover, &[Trigger::TaskExecutorRunTaskTriggerError])
+        .unwrap();
     app.start().await.unwrap();
-    let done = fails_then_recovered::add_task(&app).await.unwrap().wait(WAIT).await.unwrap();
-    assert_eq!((done.status, done.returning), (TaskStatus::Success, Some(json!(7))));
+    let done = fails_then_recovered::add_task(&app)
+        .await
+        .unwrap()
+        .wait(WAIT)
+        .await
+        .unwrap();
+    assert_eq!(
+        (done.status, done.returning),
+        (TaskStatus::Success, Some(json!(7)))
+    );
     assert_eq!(
         *RECOVERED.seen.lock().unwrap(),
         [
@@ -125,13 +175,26 @@ async fn a_recovered_run_continues_after_the_error_trigger_and_a_failed_run_stil
         ]
     );
 
-    let failed = fails_plainly::add_task(&app).await.unwrap().wait(WAIT).await.unwrap();
+    let failed = fails_plainly::add_task(&app)
+        .await
+        .unwrap()
+        .wait(WAIT)
+        .await
+        .unwrap();
     assert_eq!(failed.status, TaskStatus::Error);
-    assert_eq!(failed.traceback.as_deref(), Some("TaskError: plain failure"));
+    assert_eq!(
+        failed.traceback.as_deref(),
+        Some("TaskError: plain failure")
+    );
     // Not a plugin error: the error trigger does not fire; the close step still does.
     assert_eq!(
         *FAILED.seen.lock().unwrap(),
-        ["middlewares_execute before", "args_replace [] []", "before_execute", "task_close"]
+        [
+            "middlewares_execute before",
+            "args_replace [] []",
+            "before_execute",
+            "task_close"
+        ]
     );
     app.stop().await.unwrap();
 }
@@ -150,7 +213,10 @@ fn shout_the_name(event: &TaskExecutorArgsReplace<'_>) -> Option<ArgsUpdate> {
     }
     let name = event.args.first()?.as_str()?.to_uppercase();
     // Only the positional args change; the keyword arguments stay as they were.
-    Some(ArgsUpdate { args: Some(vec![json!(name)]), kwargs: None })
+    Some(ArgsUpdate {
+        args: Some(vec![json!(name)]),
+        kwargs: None,
+    })
 }
 
 #[qtasks::plugin(on = "task_executor_run_task")]
@@ -181,9 +247,18 @@ async fn wrap_stored(event: &TaskExecutorDecode<'_>) -> Result<Option<Value>, St
 async fn replacing_triggers_take_effect_end_to_end() {
     let app = QueueTasks::new();
     app.start().await.unwrap();
-    let done = app.add_task("greet", ["ada"], json!({"punctuation": "!"})).await.unwrap().wait(WAIT).await.unwrap();
+    let done = app
+        .add_task("greet", ["ada"], json!({"punctuation": "!"}))
+        .await
+        .unwrap()
+        .wait(WAIT)
+        .await
+        .unwrap();
     assert_eq!(done.status, TaskStatus::Success);
-    assert_eq!(done.returning, Some(json!({"stored": "hello ADA! [run] [after]"})));
+    assert_eq!(
+        done.returning,
+        Some(json!({"stored": "hello ADA! [run] [after]"}))
+    );
     // The stored arguments are the ones the caller gave.
     assert_eq!(done.args, [json!("ada")]);
     app.stop().await.unwrap();
@@ -215,10 +290,19 @@ impl Plugin for Failing {
 #[tokio::test]
 async fn failing_or_mistyped_plugins_are_skipped_and_the_task_goes_on() {
     let app = QueueTasks::new();
-    app.add_plugin(WrongKind, &[Trigger::TaskExecutorRunTask]).unwrap();
+    app.add_plugin(WrongKind, &[Trigger::TaskExecutorRunTask])
+        .unwrap();
     app.add_plugin(Failing, Trigger::ALL).unwrap();
     app.start().await.unwrap();
-    let done = constant::add_task(&app).await.unwrap().wait(WAIT).await.unwrap();
-    assert_eq!((done.status, done.returning), (TaskStatus::Success, Some(json!(1))));
+    let done = constant::add_task(&app)
+        .await
+        .unwrap()
+        .wait(WAIT)
+        .await
+        .unwrap();
+    assert_eq!(
+        (done.status, done.returning),
+        (TaskStatus::Success, Some(json!(1)))
+    );
     app.stop().await.unwrap();
 }

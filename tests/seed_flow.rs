@@ -7,13 +7,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use qtasks::triggers::TaskExecutorRunTaskTriggerError;
-use qtasks::{BoxError, Plugin, QueueTasks, Reply, TaskContext, TaskResult, TaskStatus, Trigger, TriggerEvent};
+use qtasks::{
+    BoxError, Plugin, QueueTasks, Reply, TaskContext, TaskResult, TaskStatus, Trigger, TriggerEvent,
+};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(10);
 
 fn fails_with_plugin_error(ctx: &TaskContext) -> qtasks::TaskError {
-    ctx.plugin_error().with("message", "Non-standard situation").into()
+    ctx.plugin_error()
+        .with("message", "Non-standard situation")
+        .into()
 }
 
 // -- a handler returns a value: the task succeeds with it ---------------------------------------
@@ -32,7 +36,12 @@ fn recover_with_123(event: &TaskExecutorRunTaskTriggerError<'_>) -> Option<Value
 async fn a_handler_value_becomes_the_result_and_the_task_succeeds() {
     let app = QueueTasks::new();
     app.start().await.unwrap();
-    let done = recovered::add_task(&app).await.unwrap().wait(WAIT).await.unwrap();
+    let done = recovered::add_task(&app)
+        .await
+        .unwrap()
+        .wait(WAIT)
+        .await
+        .unwrap();
     assert_eq!(done.status, TaskStatus::Success);
     assert_eq!(done.returning, Some(json!(123)));
     assert_eq!(done.traceback, None);
@@ -50,10 +59,18 @@ async fn unhandled(ctx: TaskContext) -> TaskResult<String> {
 async fn without_a_handler_the_task_ends_error_with_the_message() {
     let app = QueueTasks::new();
     app.start().await.unwrap();
-    let done = unhandled::add_task(&app).await.unwrap().wait(WAIT).await.unwrap();
+    let done = unhandled::add_task(&app)
+        .await
+        .unwrap()
+        .wait(WAIT)
+        .await
+        .unwrap();
     assert_eq!(done.status, TaskStatus::Error);
     assert_eq!(done.returning, None);
-    assert_eq!(done.traceback.as_deref(), Some("TaskPluginTriggerError: Non-standard situation"));
+    assert_eq!(
+        done.traceback.as_deref(),
+        Some("TaskPluginTriggerError: Non-standard situation")
+    );
     app.stop().await.unwrap();
 }
 
@@ -78,9 +95,18 @@ fn observe_without_value(event: &TaskExecutorRunTaskTriggerError<'_>) -> Option<
 async fn a_handler_that_returns_nothing_leaves_the_error() {
     let app = QueueTasks::new();
     app.start().await.unwrap();
-    let done = observed_only::add_task(&app).await.unwrap().wait(WAIT).await.unwrap();
+    let done = observed_only::add_task(&app)
+        .await
+        .unwrap()
+        .wait(WAIT)
+        .await
+        .unwrap();
     assert_eq!(done.status, TaskStatus::Error);
-    assert_eq!(OBSERVED.load(Ordering::SeqCst), 1, "the handler ran exactly once");
+    assert_eq!(
+        OBSERVED.load(Ordering::SeqCst),
+        1,
+        "the handler ran exactly once"
+    );
     app.stop().await.unwrap();
 }
 
@@ -105,9 +131,18 @@ fn second_of_two(event: &TaskExecutorRunTaskTriggerError<'_>) -> Option<Value> {
 async fn with_two_handlers_the_last_value_wins() {
     let app = QueueTasks::new();
     app.start().await.unwrap();
-    let done = two_handlers::add_task(&app).await.unwrap().wait(WAIT).await.unwrap();
+    let done = two_handlers::add_task(&app)
+        .await
+        .unwrap()
+        .wait(WAIT)
+        .await
+        .unwrap();
     assert_eq!(done.status, TaskStatus::Success);
-    assert_eq!(done.returning, Some(json!("second")), "handlers run in source order; the later one wins");
+    assert_eq!(
+        done.returning,
+        Some(json!("second")),
+        "handlers run in source order; the later one wins"
+    );
     app.stop().await.unwrap();
 }
 
@@ -115,7 +150,12 @@ async fn with_two_handlers_the_last_value_wins() {
 
 #[qtasks::task(echo = true)]
 async fn with_details(ctx: TaskContext, order: u64) -> TaskResult<String> {
-    Err(ctx.plugin_error().with("message", "card declined").with("order", order).with("retry", true).into())
+    Err(ctx
+        .plugin_error()
+        .with("message", "card declined")
+        .with("order", order)
+        .with("retry", true)
+        .into())
 }
 
 #[qtasks::plugin(on = "task_executor_run_task_trigger_error")]
@@ -168,7 +208,12 @@ fn recover_direct(event: &TaskExecutorRunTaskTriggerError<'_>) -> Option<Value> 
 async fn a_plugin_error_returned_directly_reaches_the_handlers() {
     let app = QueueTasks::new();
     app.start().await.unwrap();
-    let done = direct_error::add_task(&app).await.unwrap().wait(WAIT).await.unwrap();
+    let done = direct_error::add_task(&app)
+        .await
+        .unwrap()
+        .wait(WAIT)
+        .await
+        .unwrap();
     assert_eq!(done.status, TaskStatus::Success);
     assert_eq!(done.returning, Some(json!("Ошибка напрямую")));
     app.stop().await.unwrap();
@@ -199,7 +244,12 @@ async fn a_panicking_handler_does_not_stop_the_others_or_the_worker() {
     let app = QueueTasks::new();
     app.start().await.unwrap();
     for _ in 0..3 {
-        let done = panicky_plugin_task::add_task(&app).await.unwrap().wait(WAIT).await.unwrap();
+        let done = panicky_plugin_task::add_task(&app)
+            .await
+            .unwrap()
+            .wait(WAIT)
+            .await
+            .unwrap();
         assert_eq!(done.status, TaskStatus::Success);
         assert_eq!(done.returning, Some(json!("still handled")));
     }
@@ -236,8 +286,12 @@ impl Plugin for &'static TestPlugin {
 
     async fn trigger(&self, event: TriggerEvent<'_>) -> Result<Option<Reply>, BoxError> {
         match event {
-            TriggerEvent::TaskExecutorRunTaskTriggerError(e) if e.task.name == "runtime_recovered" => {
-                Ok(Some(Reply::value(json!({ "handled_by": "TestPlugin", "message": e.error.message() }))))
+            TriggerEvent::TaskExecutorRunTaskTriggerError(e)
+                if e.task.name == "runtime_recovered" =>
+            {
+                Ok(Some(Reply::value(
+                    json!({ "handled_by": "TestPlugin", "message": e.error.message() }),
+                )))
             }
             _ => Ok(None),
         }
@@ -246,14 +300,29 @@ impl Plugin for &'static TestPlugin {
 
 #[tokio::test]
 async fn a_runtime_plugin_recovers_and_is_started_and_stopped_once() {
-    static PLUGIN: TestPlugin = TestPlugin { started: AtomicUsize::new(0), stopped: AtomicUsize::new(0) };
+    static PLUGIN: TestPlugin = TestPlugin {
+        started: AtomicUsize::new(0),
+        stopped: AtomicUsize::new(0),
+    };
     let app = QueueTasks::new();
-    app.add_plugin(&PLUGIN, &[Trigger::TaskExecutorRunTaskTriggerError]).unwrap();
+    app.add_plugin(&PLUGIN, &[Trigger::TaskExecutorRunTaskTriggerError])
+        .unwrap();
     app.start().await.unwrap();
-    assert!(matches!(app.add_plugin(&PLUGIN, &[]), Err(qtasks::Error::AlreadyRunning)));
-    let done = runtime_recovered::add_task(&app).await.unwrap().wait(WAIT).await.unwrap();
+    assert!(matches!(
+        app.add_plugin(&PLUGIN, &[]),
+        Err(qtasks::Error::AlreadyRunning)
+    ));
+    let done = runtime_recovered::add_task(&app)
+        .await
+        .unwrap()
+        .wait(WAIT)
+        .await
+        .unwrap();
     assert_eq!(done.status, TaskStatus::Success);
-    assert_eq!(done.returning, Some(json!({"handled_by": "TestPlugin", "message": "Non-standard situation"})));
+    assert_eq!(
+        done.returning,
+        Some(json!({"handled_by": "TestPlugin", "message": "Non-standard situation"}))
+    );
     app.stop().await.unwrap();
     app.stop().await.unwrap();
     assert_eq!(PLUGIN.started.load(Ordering::SeqCst), 1);
@@ -262,7 +331,12 @@ async fn a_runtime_plugin_recovers_and_is_started_and_stopped_once() {
     // Another app without the plugin does not see it.
     let other = QueueTasks::new();
     other.start().await.unwrap();
-    let done = runtime_recovered::add_task(&other).await.unwrap().wait(WAIT).await.unwrap();
+    let done = runtime_recovered::add_task(&other)
+        .await
+        .unwrap()
+        .wait(WAIT)
+        .await
+        .unwrap();
     assert_eq!(done.status, TaskStatus::Error);
     other.stop().await.unwrap();
 }

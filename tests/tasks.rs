@@ -44,9 +44,15 @@ async fn the_typed_handle_runs_the_task_and_stores_the_result() {
 async fn untyped_add_task_fills_parameters_from_args_and_kwargs() {
     let app = started_app().await;
     let positional = app.add_task("add", (1, 2), ()).await.unwrap();
-    let by_name = app.add_task("add", (), json!({"b": 20, "a": 10})).await.unwrap();
+    let by_name = app
+        .add_task("add", (), json!({"b": 20, "a": 10}))
+        .await
+        .unwrap();
     let mixed = app.add_task("add", [100], json!({"b": 200})).await.unwrap();
-    assert_eq!(positional.wait(WAIT).await.unwrap().returning, Some(json!(3)));
+    assert_eq!(
+        positional.wait(WAIT).await.unwrap().returning,
+        Some(json!(3))
+    );
     assert_eq!(by_name.wait(WAIT).await.unwrap().returning, Some(json!(30)));
     assert_eq!(mixed.wait(WAIT).await.unwrap().returning, Some(json!(300)));
     app.stop().await.unwrap();
@@ -56,41 +62,92 @@ async fn untyped_add_task_fills_parameters_from_args_and_kwargs() {
 async fn add_task_refuses_arguments_that_are_not_a_list_or_an_object() {
     let app = QueueTasks::new();
     let err = app.add_task("add", "1, 2", ()).await.unwrap_err();
-    assert_eq!(err.to_string(), "cannot add task `add`: args must be a list (a tuple or a Vec), not a string");
+    assert_eq!(
+        err.to_string(),
+        "cannot add task `add`: args must be a list (a tuple or a Vec), not a string"
+    );
     let err = app.add_task("add", (), [1]).await.unwrap_err();
-    assert_eq!(err.to_string(), "cannot add task `add`: kwargs must be an object (a struct or a map), not a list");
+    assert_eq!(
+        err.to_string(),
+        "cannot add task `add`: kwargs must be an object (a struct or a map), not a list"
+    );
     let err = app.add_task("a:b", (), ()).await.unwrap_err();
-    assert_eq!(err.to_string(), "cannot add task `a:b`: task names cannot contain `:`");
+    assert_eq!(
+        err.to_string(),
+        "cannot add task `a:b`: task names cannot contain `:`"
+    );
 }
 
 #[tokio::test]
 async fn arguments_that_do_not_decode_fail_the_task_naming_the_parameter() {
     let app = started_app().await;
-    let wrong_type = app.add_task("add", (1, "two"), ()).await.unwrap().wait(WAIT).await.unwrap();
+    let wrong_type = app
+        .add_task("add", (1, "two"), ())
+        .await
+        .unwrap()
+        .wait(WAIT)
+        .await
+        .unwrap();
     assert_eq!(wrong_type.status, TaskStatus::Error);
     assert_eq!(
         wrong_type.traceback.as_deref(),
-        Some("ArgumentError: task `add`: argument for parameter `b` does not decode: invalid type: string \"two\", expected i64")
+        Some(
+            "ArgumentError: task `add`: argument for parameter `b` does not decode: invalid type: string \"two\", expected i64"
+        )
     );
-    let missing = app.add_task("add", (1,), ()).await.unwrap().wait(WAIT).await.unwrap();
-    assert_eq!(missing.traceback.as_deref(), Some("ArgumentError: task `add`: missing argument for parameter `b`"));
-    let extra = app.add_task("add", (1, 2, 3), ()).await.unwrap().wait(WAIT).await.unwrap();
+    let missing = app
+        .add_task("add", (1,), ())
+        .await
+        .unwrap()
+        .wait(WAIT)
+        .await
+        .unwrap();
+    assert_eq!(
+        missing.traceback.as_deref(),
+        Some("ArgumentError: task `add`: missing argument for parameter `b`")
+    );
+    let extra = app
+        .add_task("add", (1, 2, 3), ())
+        .await
+        .unwrap()
+        .wait(WAIT)
+        .await
+        .unwrap();
     assert_eq!(
         extra.traceback.as_deref(),
         Some("ArgumentError: task `add`: takes 2 positional argument(s) but 3 were given")
     );
-    let unknown_kwarg = app.add_task("add", (1, 2), json!({"c": 3})).await.unwrap().wait(WAIT).await.unwrap();
+    let unknown_kwarg = app
+        .add_task("add", (1, 2), json!({"c": 3}))
+        .await
+        .unwrap()
+        .wait(WAIT)
+        .await
+        .unwrap();
     assert_eq!(
         unknown_kwarg.traceback.as_deref(),
         Some("ArgumentError: task `add`: got an unexpected keyword argument `c`")
     );
-    let twice = app.add_task("add", (1, 2), json!({"a": 3})).await.unwrap().wait(WAIT).await.unwrap();
+    let twice = app
+        .add_task("add", (1, 2), json!({"a": 3}))
+        .await
+        .unwrap()
+        .wait(WAIT)
+        .await
+        .unwrap();
     assert_eq!(
         twice.traceback.as_deref(),
-        Some("ArgumentError: task `add`: got two values for parameter `a`, one positional and one by keyword")
+        Some(
+            "ArgumentError: task `add`: got two values for parameter `a`, one positional and one by keyword"
+        )
     );
     // The worker went on.
-    let fine = add::add_task(&app, 1, 1).await.unwrap().wait(WAIT).await.unwrap();
+    let fine = add::add_task(&app, 1, 1)
+        .await
+        .unwrap()
+        .wait(WAIT)
+        .await
+        .unwrap();
     assert_eq!(fine.status, TaskStatus::Success);
     app.stop().await.unwrap();
 }
@@ -98,15 +155,28 @@ async fn arguments_that_do_not_decode_fail_the_task_naming_the_parameter() {
 #[tokio::test]
 async fn an_unknown_task_name_fails_that_task_and_names_it() {
     let app = started_app().await;
-    let done = app.add_task("no_such_task", (), ()).await.unwrap().wait(WAIT).await.unwrap();
+    let done = app
+        .add_task("no_such_task", (), ())
+        .await
+        .unwrap()
+        .wait(WAIT)
+        .await
+        .unwrap();
     assert_eq!(done.status, TaskStatus::Error);
     let traceback = done.traceback.unwrap();
     assert!(
-        traceback.starts_with("UnknownTask: task `no_such_task` is not registered in this worker; registered tasks: "),
+        traceback.starts_with(
+            "UnknownTask: task `no_such_task` is not registered in this worker; registered tasks: "
+        ),
         "{traceback}"
     );
     assert!(traceback.contains("add"), "{traceback}");
-    let fine = add::add_task(&app, 2, 2).await.unwrap().wait(WAIT).await.unwrap();
+    let fine = add::add_task(&app, 2, 2)
+        .await
+        .unwrap()
+        .wait(WAIT)
+        .await
+        .unwrap();
     assert_eq!(fine.returning, Some(json!(4)));
     app.stop().await.unwrap();
 }
@@ -119,7 +189,12 @@ struct Invoice {
 
 #[qtasks::task(name = "invoice.summary", priority = 3, tags = ["billing"], description = "Summarises an invoice")]
 async fn summary(invoice: Invoice, note: Option<String>) -> String {
-    format!("{}: {} lines{}", invoice.id, invoice.lines.len(), note.map(|n| format!(" ({n})")).unwrap_or_default())
+    format!(
+        "{}: {} lines{}",
+        invoice.id,
+        invoice.lines.len(),
+        note.map(|n| format!(" ({n})")).unwrap_or_default()
+    )
 }
 
 #[tokio::test]
@@ -127,18 +202,36 @@ async fn serde_types_options_and_optional_parameters() {
     assert_eq!(summary::NAME, "invoice.summary");
     assert_eq!(summary::DEFINITION.priority, Some(3));
     assert_eq!(summary::DEFINITION.tags, ["billing"]);
-    assert_eq!(summary::DEFINITION.description, Some("Summarises an invoice"));
-    let params: Vec<(&str, &str)> = summary::DEFINITION.params.iter().map(|p| (p.name, p.type_name)).collect();
+    assert_eq!(
+        summary::DEFINITION.description,
+        Some("Summarises an invoice")
+    );
+    let params: Vec<(&str, &str)> = summary::DEFINITION
+        .params
+        .iter()
+        .map(|p| (p.name, p.type_name))
+        .collect();
     assert_eq!(params, [("invoice", "Invoice"), ("note", "Option<String>")]);
 
     let app = started_app().await;
-    let invoice = Invoice { id: 7, lines: vec!["a".into(), "b".into()] };
-    let with_note = summary::add_task(&app, invoice.clone(), Some("paid".into())).await.unwrap();
+    let invoice = Invoice {
+        id: 7,
+        lines: vec!["a".into(), "b".into()],
+    };
+    let with_note = summary::add_task(&app, invoice.clone(), Some("paid".into()))
+        .await
+        .unwrap();
     let done = with_note.wait(WAIT).await.unwrap();
     assert_eq!(done.returning, Some(json!("7: 2 lines (paid)")));
     assert_eq!(done.priority, 3);
     // Leaving out an `Option` parameter is allowed when adding by name.
-    let without = app.add_task("invoice.summary", (invoice,), ()).await.unwrap().wait(WAIT).await.unwrap();
+    let without = app
+        .add_task("invoice.summary", (invoice,), ())
+        .await
+        .unwrap()
+        .wait(WAIT)
+        .await
+        .unwrap();
     assert_eq!(without.returning, Some(json!("7: 2 lines")));
     app.stop().await.unwrap();
 }
@@ -158,7 +251,11 @@ async fn introspect(ctx: TaskContext, label: String) -> serde_json::Value {
 
 #[tokio::test]
 async fn the_echo_context_is_bound_to_the_running_app() {
-    let app = QueueTasks::with_config(QueueConfig { name: "ctx-app".into(), max_tasks_process: 3, ..Default::default() });
+    let app = QueueTasks::with_config(QueueConfig {
+        name: "ctx-app".into(),
+        max_tasks_process: 3,
+        ..Default::default()
+    });
     app.start().await.unwrap();
     let handle = introspect::add_task(&app, "x".into()).await.unwrap();
     let done = handle.wait(WAIT).await.unwrap();
@@ -178,7 +275,10 @@ async fn the_echo_context_is_bound_to_the_running_app() {
 
 #[qtasks::task(echo = true)]
 async fn parent(ctx: TaskContext, n: i64) -> TaskResult<i64> {
-    let child = ctx.add_task("add", (n, n), ()).await.map_err(qtasks::TaskError::msg)?;
+    let child = ctx
+        .add_task("add", (n, n), ())
+        .await
+        .map_err(qtasks::TaskError::msg)?;
     let done = child.wait(WAIT).await.map_err(qtasks::TaskError::msg)?;
     Ok(done.returning.and_then(|v| v.as_i64()).unwrap_or_default() + 1)
 }
@@ -186,7 +286,12 @@ async fn parent(ctx: TaskContext, n: i64) -> TaskResult<i64> {
 #[tokio::test]
 async fn a_task_adds_and_waits_for_a_nested_task() {
     let app = started_app().await;
-    let done = parent::add_task(&app, 5).await.unwrap().wait(WAIT).await.unwrap();
+    let done = parent::add_task(&app, 5)
+        .await
+        .unwrap()
+        .wait(WAIT)
+        .await
+        .unwrap();
     assert_eq!(done.returning, Some(json!(11)));
     app.stop().await.unwrap();
 }
@@ -199,11 +304,24 @@ async fn cancels_itself(ctx: TaskContext, reason: String) -> TaskResult<()> {
 #[tokio::test]
 async fn ctx_cancel_ends_the_task_with_status_cancel_and_the_reason() {
     let app = started_app().await;
-    let done = cancels_itself::add_task(&app, "not needed".into()).await.unwrap().wait(WAIT).await.unwrap();
+    let done = cancels_itself::add_task(&app, "not needed".into())
+        .await
+        .unwrap()
+        .wait(WAIT)
+        .await
+        .unwrap();
     assert_eq!(done.status, TaskStatus::Cancel);
     assert_eq!(done.cancel_reason.as_deref(), Some("not needed"));
-    let default_reason = cancels_itself::add_task(&app, String::new()).await.unwrap().wait(WAIT).await.unwrap();
-    assert_eq!(default_reason.cancel_reason.as_deref(), Some("cancels_itself.cancel"));
+    let default_reason = cancels_itself::add_task(&app, String::new())
+        .await
+        .unwrap()
+        .wait(WAIT)
+        .await
+        .unwrap();
+    assert_eq!(
+        default_reason.cancel_reason.as_deref(),
+        Some("cancels_itself.cancel")
+    );
     app.stop().await.unwrap();
 }
 
@@ -226,11 +344,26 @@ async fn errors_and_panics_fail_only_their_task_with_a_readable_reason() {
     assert_eq!(ok.wait(WAIT).await.unwrap().returning, Some(json!(42)));
     let bad = bad.wait(WAIT).await.unwrap();
     assert_eq!(bad.status, TaskStatus::Error);
-    assert_eq!(bad.traceback.as_deref(), Some("ParseIntError: invalid digit found in string"));
+    assert_eq!(
+        bad.traceback.as_deref(),
+        Some("ParseIntError: invalid digit found in string")
+    );
     let panicked = panicked.wait(WAIT).await.unwrap();
     assert_eq!(panicked.status, TaskStatus::Error);
-    assert_eq!(panicked.traceback.as_deref(), Some("TaskPanic: task panicked: boom"));
-    assert_eq!(add::add_task(&app, 1, 2).await.unwrap().wait(WAIT).await.unwrap().returning, Some(json!(3)));
+    assert_eq!(
+        panicked.traceback.as_deref(),
+        Some("TaskPanic: task panicked: boom")
+    );
+    assert_eq!(
+        add::add_task(&app, 1, 2)
+            .await
+            .unwrap()
+            .wait(WAIT)
+            .await
+            .unwrap()
+            .returning,
+        Some(json!(3))
+    );
     app.stop().await.unwrap();
 }
 
@@ -266,8 +399,16 @@ async fn a_plain_fn_runs_on_the_blocking_pool_not_on_the_async_thread() {
     SIGNAL.store(true, Ordering::SeqCst);
     let done = handle.wait(WAIT).await.unwrap();
     assert_eq!(done.returning, Some(json!("signalled")));
-    let panicked = blocking_panics::add_task(&app).await.unwrap().wait(WAIT).await.unwrap();
-    assert_eq!(panicked.traceback.as_deref(), Some("TaskPanic: task panicked: blocking boom"));
+    let panicked = blocking_panics::add_task(&app)
+        .await
+        .unwrap()
+        .wait(WAIT)
+        .await
+        .unwrap();
+    assert_eq!(
+        panicked.traceback.as_deref(),
+        Some("TaskPanic: task panicked: blocking boom")
+    );
     app.stop().await.unwrap();
 }
 
@@ -284,7 +425,10 @@ async fn counted_sleep(ms: u64) {
 
 #[tokio::test]
 async fn the_worker_runs_at_most_max_tasks_process_at_once() {
-    let app = QueueTasks::with_config(QueueConfig { max_tasks_process: 3, ..Default::default() });
+    let app = QueueTasks::with_config(QueueConfig {
+        max_tasks_process: 3,
+        ..Default::default()
+    });
     app.start().await.unwrap();
     let mut handles = Vec::new();
     for _ in 0..12 {
@@ -307,7 +451,11 @@ async fn slow(ms: u64) -> &'static str {
 async fn statuses_go_new_process_success() {
     let app = QueueTasks::new();
     let handle = slow::add_task(&app, 300).await.unwrap();
-    assert_eq!(handle.get().await.unwrap().unwrap().status, TaskStatus::New, "no worker yet");
+    assert_eq!(
+        handle.get().await.unwrap().unwrap().status,
+        TaskStatus::New,
+        "no worker yet"
+    );
     app.start().await.unwrap();
     let mut saw_process = false;
     for _ in 0..200 {
@@ -354,7 +502,10 @@ async fn stop_lets_running_tasks_finish_and_run_forever_returns() {
     assert!(matches!(app.start().await, Err(Error::AlreadyRunning)));
     app.stop().await.unwrap();
     // Graceful: the running task finished before `stop` returned.
-    assert_eq!(handle.get().await.unwrap().unwrap().status, TaskStatus::Success);
+    assert_eq!(
+        handle.get().await.unwrap().unwrap().status,
+        TaskStatus::Success
+    );
     runner.await.unwrap().unwrap();
     // A stopped app takes no new task, and can be started again.
     let queued = add::add_task(&app, 1, 2).await.unwrap();

@@ -154,7 +154,10 @@ impl Component {
 
     /// The triggers this component fires, in catalogue order.
     pub fn triggers(self) -> impl Iterator<Item = Trigger> {
-        Trigger::ALL.iter().copied().filter(move |t| t.component() == self)
+        Trigger::ALL
+            .iter()
+            .copied()
+            .filter(move |t| t.component() == self)
     }
 }
 
@@ -293,7 +296,11 @@ mod tests {
         assert_eq!(names.len(), Trigger::COUNT);
         for (i, t) in Trigger::ALL.iter().enumerate() {
             assert_eq!(Trigger::from_name(t.name()), Some(*t));
-            assert_eq!(t.index(), i, "discriminants must be dense for table indexing");
+            assert_eq!(
+                t.index(),
+                i,
+                "discriminants must be dense for table indexing"
+            );
         }
     }
 
@@ -301,7 +308,11 @@ mod tests {
     fn every_name_starts_with_its_component() {
         for t in Trigger::ALL {
             let prefix = format!("{}_", t.component().prefix());
-            assert!(t.name().starts_with(&prefix), "{} does not start with {prefix}", t.name());
+            assert!(
+                t.name().starts_with(&prefix),
+                "{} does not start with {prefix}",
+                t.name()
+            );
         }
     }
 
@@ -313,7 +324,9 @@ mod tests {
                 .split('_')
                 .map(|w| {
                     let mut c = w.chars();
-                    c.next().map(|f| f.to_ascii_uppercase().to_string() + c.as_str()).unwrap_or_default()
+                    c.next()
+                        .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                        .unwrap_or_default()
                 })
                 .collect();
             assert_eq!(camel, t.variant_str());
@@ -322,7 +335,9 @@ mod tests {
 
     #[test]
     fn parsing_an_unknown_name_suggests_the_close_one() {
-        let err = "task_executor_run_task_trigger_eror".parse::<Trigger>().unwrap_err();
+        let err = "task_executor_run_task_trigger_eror"
+            .parse::<Trigger>()
+            .unwrap_err();
         assert_eq!(
             err.to_string(),
             "unknown trigger `task_executor_run_task_trigger_eror`; did you mean `task_executor_run_task_trigger_error`?"

@@ -32,10 +32,10 @@ pub fn suggest(unknown: &str) -> Suggestion {
         .iter()
         .map(|t| (edit_distance(unknown, t.name()), *t))
         .min_by_key(|(distance, _)| *distance);
-    if let Some((distance, trigger)) = best {
-        if distance <= threshold {
-            return Suggestion::DidYouMean(trigger);
-        }
+    if let Some((distance, trigger)) = best
+        && distance <= threshold
+    {
+        return Suggestion::DidYouMean(trigger);
     }
     // The longest matching prefix wins, so `task_executor_x` is not taken for a `task_` prefix.
     Component::ALL
@@ -78,7 +78,10 @@ mod tests {
             suggest("task_executor_run_task_trigger_eror"),
             Suggestion::DidYouMean(Trigger::TaskExecutorRunTaskTriggerError)
         );
-        assert_eq!(suggest("qtasks_gte"), Suggestion::DidYouMean(Trigger::QtasksGet));
+        assert_eq!(
+            suggest("qtasks_gte"),
+            Suggestion::DidYouMean(Trigger::QtasksGet)
+        );
     }
 
     #[test]

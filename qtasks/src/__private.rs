@@ -13,10 +13,13 @@ use serde_json::{Map, Value};
 
 pub use inventory;
 
-pub use crate::triggers::{IntoReply, Payload, Reply, TriggerEvent};
 use crate::panic::panic_message;
 use crate::plugin::BoxFuture;
-use crate::{ArgumentError, Error, QueueTasks, Result, TaskContext, TaskDefinition, TaskError, TaskHandle, Trigger};
+pub use crate::triggers::{IntoReply, Payload, Reply, TriggerEvent};
+use crate::{
+    ArgumentError, Error, QueueTasks, Result, TaskContext, TaskDefinition, TaskError, TaskHandle,
+    Trigger,
+};
 
 // ---------------------------------------------------------------------------------------------
 // Registrations collected by inventory.
@@ -90,7 +93,8 @@ impl<O: IntoReply> PluginReturn<O> for Option<O> {
 
 impl<O: IntoReply, E: Display> PluginReturn<O> for std::result::Result<Option<O>, E> {
     fn into_outcome(self) -> HandlerOutcome {
-        self.map(|o| o.and_then(IntoReply::into_reply)).map_err(|e| e.to_string())
+        self.map(|o| o.and_then(IntoReply::into_reply))
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -146,12 +150,17 @@ where
 }
 
 /// Not public API. Calls a sync handler from a shim.
+#[allow(clippy::needless_pass_by_value)] // handlers are fn items: zero-sized, passed by value
 pub fn call_sync<'a, P: Payload, F: SyncHandler<P>>(handler: F, payload: &P) -> HandlerCall<'a> {
     HandlerCall::Ready(handler.call_handler(payload))
 }
 
 /// Not public API. Calls an async handler from a shim.
-pub fn call_async<'a, P: Payload + 'a, F: AsyncHandler<'a, P>>(handler: F, payload: &'a P) -> HandlerCall<'a> {
+#[allow(clippy::needless_pass_by_value)] // handlers are fn items: zero-sized, passed by value
+pub fn call_async<'a, P: Payload + 'a, F: AsyncHandler<'a, P>>(
+    handler: F,
+    payload: &'a P,
+) -> HandlerCall<'a> {
     HandlerCall::Pending(handler.call_handler(payload))
 }
 
@@ -178,15 +187,25 @@ impl TaskArgs {
     }
 
     fn problem(&self, problem: String) -> TaskError {
-        ArgumentError { task: self.task.to_owned(), problem }.into()
+        ArgumentError {
+            task: self.task.to_owned(),
+            problem,
+        }
+        .into()
     }
 
     /// Decodes parameter number `index`, called `name`. A missing argument decodes from
     /// `null`, so `Option` parameters are optional.
-    pub fn take<T: DeserializeOwned>(&mut self, index: usize, name: &str) -> std::result::Result<T, TaskError> {
+    pub fn take<T: DeserializeOwned>(
+        &mut self,
+        index: usize,
+        name: &str,
+    ) -> std::result::Result<T, TaskError> {
         let value = if index < self.args.len() {
             if self.kwargs.contains_key(name) {
-                return Err(self.problem(format!("got two values for parameter `{name}`, one positional and one by keyword")));
+                return Err(self.problem(format!(
+                    "got two values for parameter `{name}`, one positional and one by keyword"
+                )));
             }
             std::mem::take(&mut self.args[index])
         } else if let Some(value) = self.kwargs.remove(name) {
@@ -195,8 +214,11 @@ impl TaskArgs {
             return serde_json::from_value(Value::Null)
                 .map_err(|_| self.problem(format!("missing argument for parameter `{name}`")));
         };
-        serde_json::from_value(value)
-            .map_err(|e| self.problem(format!("argument for parameter `{name}` does not decode: {e}")))
+        serde_json::from_value(value).map_err(|e| {
+            self.problem(format!(
+                "argument for parameter `{name}` does not decode: {e}"
+            ))
+        })
     }
 
     /// Checks that no argument was left over once `params` parameters were taken.
@@ -224,7 +246,9 @@ where
     match tokio::task::spawn_blocking(f).await {
         Ok(output) => Ok(output),
         Err(e) if e.is_panic() => Err(TaskError::panicked(&panic_message(e.into_panic().as_ref()))),
-        Err(e) => Err(TaskError::msg(format!("the blocking task did not finish: {e}"))),
+        Err(e) => Err(TaskError::msg(format!(
+            "the blocking task did not finish: {e}"
+        ))),
     }
 }
 
@@ -237,7 +261,11 @@ pub fn encode_arg<T: Serialize + ?Sized>(task: &str, param: &str, value: &T) -> 
 }
 
 /// Not public API. Enqueues a task whose definition the caller holds.
-pub async fn enqueue(app: &QueueTasks, definition: &'static TaskDefinition, args: Vec<Value>) -> Result<TaskHandle> {
+pub async fn enqueue(
+    app: &QueueTasks,
+    definition: &'static TaskDefinition,
+    args: Vec<Value>,
+) -> Result<TaskHandle> {
     app.enqueue_defined(definition, args, Map::new()).await
 }
 

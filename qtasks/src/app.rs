@@ -16,7 +16,10 @@ use crate::dispatch::{Dispatch, RuntimePlugin};
 use crate::plugin::DynPlugin;
 use crate::registry::TaskTable;
 use crate::task::unix_now;
-use crate::{Error, Plugin, QueueConfig, QueuedTask, Result, TaskDefinition, TaskHandle, TaskRecord, Trigger, worker};
+use crate::{
+    Error, Plugin, QueueConfig, QueuedTask, Result, TaskDefinition, TaskHandle, TaskRecord,
+    Trigger, worker,
+};
 
 /// The app: adds tasks, reads their results, runs a worker and holds plugins.
 ///
@@ -60,11 +63,19 @@ impl QueueTasks {
 
     /// An app with this config and the in-memory broker and storage.
     pub fn with_config(config: QueueConfig) -> Self {
-        Self::with_backend(config, Arc::new(MemoryBroker::new()), Arc::new(MemoryStorage::new()))
+        Self::with_backend(
+            config,
+            Arc::new(MemoryBroker::new()),
+            Arc::new(MemoryStorage::new()),
+        )
     }
 
     /// An app on the given broker and storage.
-    pub fn with_backend(config: QueueConfig, broker: Arc<dyn Broker>, storage: Arc<dyn Storage>) -> Self {
+    pub fn with_backend(
+        config: QueueConfig,
+        broker: Arc<dyn Broker>,
+        storage: Arc<dyn Storage>,
+    ) -> Self {
         QueueTasks {
             inner: Arc::new(Inner {
                 config,
@@ -97,7 +108,13 @@ impl QueueTasks {
     }
 
     pub(crate) fn dispatch(&self) -> Arc<Dispatch> {
-        Arc::clone(&self.inner.dispatch.read().unwrap_or_else(PoisonError::into_inner))
+        Arc::clone(
+            &self
+                .inner
+                .dispatch
+                .read()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
     }
 
     /// Registers a runtime plugin for these triggers (the original's `add_plugin`). Pass
@@ -112,10 +129,21 @@ impl QueueTasks {
             return Err(Error::AlreadyRunning);
         }
         let plugin: Arc<dyn DynPlugin> = Arc::new(plugin);
-        let mut plugins = self.inner.plugins.lock().unwrap_or_else(PoisonError::into_inner);
-        plugins.push(RuntimePlugin { plugin, triggers: triggers.to_vec() });
+        let mut plugins = self
+            .inner
+            .plugins
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        plugins.push(RuntimePlugin {
+            plugin,
+            triggers: triggers.to_vec(),
+        });
         let dispatch = Arc::new(Dispatch::build(&plugins));
-        *self.inner.dispatch.write().unwrap_or_else(PoisonError::into_inner) = dispatch;
+        *self
+            .inner
+            .dispatch
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = dispatch;
         Ok(())
     }
 
@@ -129,7 +157,7 @@ impl QueueTasks {
     /// A name no worker knows is accepted here (the worker may be another program) and ends
     /// `error` on the worker, naming it.
     ///
-    /// ```
+    /// ```rust,standalone_crate
     /// #[qtasks::task]
     /// async fn add(a: i64, b: i64) -> i64 {
     ///     a + b
@@ -145,25 +173,58 @@ impl QueueTasks {
     ///     app.stop().await
     /// }
     /// ```
-    pub async fn add_task(&self, task_name: &str, args: impl Serialize, kwargs: impl Serialize) -> Result<TaskHandle> {
-        let invalid = |reason: String| Error::InvalidArguments { task: task_name.to_owned(), reason };
+    pub async fn add_task(
+        &self,
+        task_name: &str,
+        args: impl Serialize,
+        kwargs: impl Serialize,
+    ) -> Result<TaskHandle> {
+        let invalid = |reason: String| Error::InvalidArguments {
+            task: task_name.to_owned(),
+            reason,
+        };
         if task_name.contains(':') {
             return Err(invalid("task names cannot contain `:`".to_owned()));
         }
-        let args = match serde_json::to_value(args).map_err(|e| invalid(format!("args do not encode as JSON: {e}")))? {
+        let args = match serde_json::to_value(args)
+            .map_err(|e| invalid(format!("args do not encode as JSON: {e}")))?
+        {
             Value::Array(items) => items,
             Value::Null => Vec::new(),
-            other => return Err(invalid(format!("args must be a list (a tuple or a Vec), not {}", json_kind(&other)))),
+            other => {
+                return Err(invalid(format!(
+                    "args must be a list (a tuple or a Vec), not {}",
+                    json_kind(&other)
+                )));
+            }
         };
-        let kwargs = match serde_json::to_value(kwargs).map_err(|e| invalid(format!("kwargs do not encode as JSON: {e}")))? {
+        let kwargs = match serde_json::to_value(kwargs)
+            .map_err(|e| invalid(format!("kwargs do not encode as JSON: {e}")))?
+        {
             Value::Object(map) => map,
             Value::Null => Map::new(),
-            other => return Err(invalid(format!("kwargs must be an object (a struct or a map), not {}", json_kind(&other)))),
+            other => {
+                return Err(invalid(format!(
+                    "kwargs must be an object (a struct or a map), not {}",
+                    json_kind(&other)
+                )));
+            }
         };
-        let definition = TaskTable::global().ok().and_then(|table| table.get(task_name));
+        let definition = TaskTable::global()
+            .ok()
+            .and_then(|table| table.get(task_name));
         match definition {
             Some(definition) => self.enqueue_defined(definition, args, kwargs).await,
-            None => self.enqueue(task_name.to_owned(), self.config().task_default_priority, args, kwargs, None).await,
+            None => {
+                self.enqueue(
+                    task_name.to_owned(),
+                    self.config().task_default_priority,
+                    args,
+                    kwargs,
+                    None,
+                )
+                .await
+            }
         }
     }
 
@@ -173,8 +234,17 @@ impl QueueTasks {
         args: Vec<Value>,
         kwargs: Map<String, Value>,
     ) -> Result<TaskHandle> {
-        let priority = definition.priority.unwrap_or(self.config().task_default_priority);
-        self.enqueue(definition.name.to_owned(), priority, args, kwargs, Some(definition)).await
+        let priority = definition
+            .priority
+            .unwrap_or(self.config().task_default_priority);
+        self.enqueue(
+            definition.name.to_owned(),
+            priority,
+            args,
+            kwargs,
+            Some(definition),
+        )
+        .await
     }
 
     async fn enqueue(
@@ -185,7 +255,15 @@ impl QueueTasks {
         kwargs: Map<String, Value>,
         definition: Option<&'static TaskDefinition>,
     ) -> Result<TaskHandle> {
-        let queued = QueuedTask { uuid: Uuid::new_v4(), task_name, priority, args, kwargs, created_at: unix_now(), definition };
+        let queued = QueuedTask {
+            uuid: Uuid::new_v4(),
+            task_name,
+            priority,
+            args,
+            kwargs,
+            created_at: unix_now(),
+            definition,
+        };
         let uuid = queued.uuid;
         self.inner.storage.add(TaskRecord::new(&queued)).await?;
         self.inner.broker.push(queued).await?;
@@ -221,7 +299,12 @@ impl QueueTasks {
             return Err(Error::AlreadyRunning);
         }
         self.inner.running.store(true, Ordering::Release);
-        let plugins = self.inner.plugins.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let plugins = self
+            .inner
+            .plugins
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         for (started, entry) in plugins.iter().enumerate() {
             if let Err(error) = entry.plugin.start().await {
                 stop_plugins(&plugins[..started]).await;
@@ -235,7 +318,11 @@ impl QueueTasks {
         }
         let (shutdown, stop_requested) = watch::channel(false);
         let worker = tokio::spawn(worker::run(self.clone(), tasks, stop_requested.clone()));
-        *lifecycle = Some(Running { shutdown, worker, plugins });
+        *lifecycle = Some(Running {
+            shutdown,
+            worker,
+            plugins,
+        });
         Ok(stop_requested)
     }
 
@@ -244,14 +331,20 @@ impl QueueTasks {
     /// nothing.
     pub async fn stop(&self) -> Result<()> {
         let mut lifecycle = self.inner.lifecycle.lock().await;
-        let Some(running) = lifecycle.take() else { return Ok(()) };
+        let Some(running) = lifecycle.take() else {
+            return Ok(());
+        };
         tracing::info!(app = self.name(), "stopping");
         let _ = running.shutdown.send(true);
         if let Err(error) = running.worker.await {
             tracing::error!(app = self.name(), "the worker ended abnormally: {error}");
         }
         let result = match stop_plugins(&running.plugins).await {
-            Some((plugin, reason)) => Err(Error::PluginLifecycle { plugin, phase: "stop", reason }),
+            Some((plugin, reason)) => Err(Error::PluginLifecycle {
+                plugin,
+                phase: "stop",
+                reason,
+            }),
             None => Ok(()),
         };
         self.inner.running.store(false, Ordering::Release);

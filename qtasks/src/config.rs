@@ -19,6 +19,10 @@ pub struct QueueConfig {
 
 impl Default for QueueConfig {
     fn default() -> Self {
-        QueueConfig { name: "QueueTasks".to_owned(), max_tasks_process: 10, task_default_priority: 0 }
+        QueueConfig {
+            name: "QueueTasks".to_owned(),
+            max_tasks_process: 10,
+            task_default_priority: 0,
+        }
     }
 }

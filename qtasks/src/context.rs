@@ -5,7 +5,9 @@ use std::fmt;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::{PluginTriggerError, QueueConfig, QueueTasks, Result, TaskError, TaskHandle, TaskRecord};
+use crate::{
+    PluginTriggerError, QueueConfig, QueueTasks, Result, TaskError, TaskHandle, TaskRecord,
+};
 
 /// What a task declared with `echo = true` gets as its first argument: its identity, the app
 /// it runs in, and the two ways to end early (`plugin_error` and `cancel`).
@@ -13,7 +15,7 @@ use crate::{PluginTriggerError, QueueConfig, QueueTasks, Result, TaskError, Task
 /// Unlike in the original, the context is always bound to the running app, so `config`,
 /// `get_task` and nested `add_task` work inside workers.
 ///
-/// ```
+/// ```rust,standalone_crate
 /// #[qtasks::task(echo = true)]
 /// async fn report(ctx: qtasks::TaskContext, amount: i64) -> qtasks::TaskResult<i64> {
 ///     if amount < 0 {
@@ -33,8 +35,18 @@ pub struct TaskContext {
 }
 
 impl TaskContext {
-    pub(crate) fn new(app: QueueTasks, uuid: Uuid, task_name: &'static str, span: tracing::Span) -> Self {
-        TaskContext { app, uuid, task_name, span }
+    pub(crate) fn new(
+        app: QueueTasks,
+        uuid: Uuid,
+        task_name: &'static str,
+        span: tracing::Span,
+    ) -> Self {
+        TaskContext {
+            app,
+            uuid,
+            task_name,
+            span,
+        }
     }
 
     /// The running task's id.
@@ -65,7 +77,7 @@ impl TaskContext {
     /// Starts a [`PluginTriggerError`]: return it (`.into()`) and the executor fires
     /// `task_executor_run_task_trigger_error`; a handler's value becomes the result.
     ///
-    /// ```
+    /// ```rust,standalone_crate
     /// #[qtasks::task(echo = true)]
     /// async fn charge(ctx: qtasks::TaskContext) -> qtasks::TaskResult<String> {
     ///     Err(ctx.plugin_error().with("message", "card declined").with("retry_in", 60).into())
@@ -80,11 +92,20 @@ impl TaskContext {
     /// reason becomes `"<task>.cancel"`, as in the original.
     pub fn cancel(&self, reason: impl Into<String>) -> TaskError {
         let reason = reason.into();
-        if reason.is_empty() { TaskError::cancel(format!("{}.cancel", self.task_name)) } else { TaskError::cancel(reason) }
+        if reason.is_empty() {
+            TaskError::cancel(format!("{}.cancel", self.task_name))
+        } else {
+            TaskError::cancel(reason)
+        }
     }
 
     /// Adds another task by name; wait on the handle to use its result.
-    pub async fn add_task(&self, task_name: &str, args: impl Serialize, kwargs: impl Serialize) -> Result<TaskHandle> {
+    pub async fn add_task(
+        &self,
+        task_name: &str,
+        args: impl Serialize,
+        kwargs: impl Serialize,
+    ) -> Result<TaskHandle> {
         self.app.add_task(task_name, args, kwargs).await
     }
 
@@ -96,6 +117,9 @@ impl TaskContext {
 
 impl fmt::Debug for TaskContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TaskContext").field("task", &self.task_name).field("uuid", &self.uuid).finish()
+        f.debug_struct("TaskContext")
+            .field("task", &self.task_name)
+            .field("uuid", &self.uuid)
+            .finish()
     }
 }

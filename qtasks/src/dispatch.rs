@@ -11,10 +11,10 @@
 use std::sync::{Arc, OnceLock};
 
 use crate::__private::{HandlerCall, HandlerOutcome, PluginRegistration};
+use crate::Trigger;
 use crate::panic::{CatchUnwind, panic_message};
 use crate::plugin::DynPlugin;
 use crate::triggers::{FromReply, Payload, wrong_reply_message};
-use crate::Trigger;
 
 #[derive(Clone)]
 enum Handler {
@@ -53,7 +53,9 @@ impl Dispatch {
                 table[trigger.index()].push(Handler::Runtime(Arc::clone(&entry.plugin)));
             }
         }
-        Dispatch { table: table.into_boxed_slice() }
+        Dispatch {
+            table: table.into_boxed_slice(),
+        }
     }
 
     /// How many handlers a trigger has.
@@ -81,7 +83,9 @@ impl Dispatch {
                         Ok(HandlerCall::Skip) => Ok(None),
                         Ok(HandlerCall::Ready(outcome)) => outcome,
                         Ok(HandlerCall::Pending(future)) => flatten(CatchUnwind::new(future).await),
-                        Err(payload) => Err(format!("panicked: {}", panic_message(payload.as_ref()))),
+                        Err(payload) => {
+                            Err(format!("panicked: {}", panic_message(payload.as_ref())))
+                        }
                     }
                 }
                 Handler::Runtime(plugin) => {
@@ -93,7 +97,11 @@ impl Dispatch {
                 Ok(None) => {}
                 Ok(Some(reply)) => match P::Output::from_reply(reply) {
                     Ok(value) => last = Some(value),
-                    Err(reply) => report(handler, P::TRIGGER, &wrong_reply_message::<P::Output>(P::TRIGGER, &reply)),
+                    Err(reply) => report(
+                        handler,
+                        P::TRIGGER,
+                        &wrong_reply_message::<P::Output>(P::TRIGGER, &reply),
+                    ),
                 },
                 Err(message) => report(handler, P::TRIGGER, &message),
             }
@@ -103,18 +111,25 @@ impl Dispatch {
 }
 
 fn flatten(result: Result<HandlerOutcome, String>) -> HandlerOutcome {
-    result.map_err(|panic| format!("panicked: {panic}")).and_then(|outcome| outcome)
+    result
+        .map_err(|panic| format!("panicked: {panic}"))
+        .and_then(|outcome| outcome)
 }
 
 fn report(handler: &Handler, trigger: Trigger, message: &str) {
-    tracing::error!(plugin = handler.name(), trigger = trigger.name(), "plugin handler failed: {message}");
+    tracing::error!(
+        plugin = handler.name(),
+        trigger = trigger.name(),
+        "plugin handler failed: {message}"
+    );
 }
 
 /// The `#[qtasks::plugin]` registrations in their documented order, sorted once per process.
 fn static_registrations() -> &'static [&'static PluginRegistration] {
     static SORTED: OnceLock<Vec<&'static PluginRegistration>> = OnceLock::new();
     SORTED.get_or_init(|| {
-        let mut all: Vec<&'static PluginRegistration> = inventory::iter::<PluginRegistration>().collect();
+        let mut all: Vec<&'static PluginRegistration> =
+            inventory::iter::<PluginRegistration>().collect();
         all.sort_by(|a, b| (a.module_path, a.line, a.name).cmp(&(b.module_path, b.line, b.name)));
         all
     })
@@ -191,9 +206,14 @@ mod tests {
     #[test]
     fn a_trigger_without_handlers_returns_at_once_and_allocates_nothing() {
         let dispatch = Dispatch::build(&[]);
-        assert_eq!(dispatch.handler_count(Trigger::TaskExecutorBeforeExecute), 0);
+        assert_eq!(
+            dispatch.handler_count(Trigger::TaskExecutorBeforeExecute),
+            0
+        );
         let executor = executor();
-        let payload = TaskExecutorBeforeExecute { executor: &executor };
+        let payload = TaskExecutorBeforeExecute {
+            executor: &executor,
+        };
         let mut context = Context::from_waker(Waker::noop());
 
         let before = ALLOCATIONS.with(Cell::get);
@@ -208,7 +228,10 @@ mod tests {
     struct Counting;
 
     impl crate::Plugin for Counting {
-        async fn trigger(&self, _event: crate::TriggerEvent<'_>) -> Result<Option<crate::Reply>, crate::BoxError> {
+        async fn trigger(
+            &self,
+            _event: crate::TriggerEvent<'_>,
+        ) -> Result<Option<crate::Reply>, crate::BoxError> {
             Ok(Some(crate::Reply::value(1)))
         }
     }
@@ -221,7 +244,10 @@ mod tests {
             triggers: vec![Trigger::TaskExecutorRunTask, Trigger::WorkerStart],
         }]);
         for trigger in Trigger::ALL {
-            let expected = usize::from(matches!(trigger, Trigger::TaskExecutorRunTask | Trigger::WorkerStart));
+            let expected = usize::from(matches!(
+                trigger,
+                Trigger::TaskExecutorRunTask | Trigger::WorkerStart
+            ));
             assert_eq!(dispatch.handler_count(*trigger), expected, "{trigger}");
         }
     }

@@ -39,7 +39,9 @@ pub enum Error {
         reason: String,
     },
     /// Two `#[qtasks::task]` fns share a name.
-    #[error("task name `{name}` is registered twice: at {first} and at {second}; give one of them `name = \"...\"`")]
+    #[error(
+        "task name `{name}` is registered twice: at {first} and at {second}; give one of them `name = \"...\"`"
+    )]
     DuplicateTask {
         /// The shared name.
         name: &'static str,
@@ -86,25 +88,41 @@ pub struct TaskError {
 enum Repr {
     Plugin(PluginTriggerError),
     Cancel(String),
-    Failed { type_name: &'static str, error: BoxError },
-    Message { type_name: &'static str, message: String },
+    Failed {
+        type_name: &'static str,
+        error: BoxError,
+    },
+    Message {
+        type_name: &'static str,
+        message: String,
+    },
 }
 
 impl TaskError {
     /// A failure with a message.
     pub fn msg(message: impl fmt::Display) -> Self {
-        TaskError { repr: Repr::Message { type_name: "TaskError", message: message.to_string() } }
+        TaskError {
+            repr: Repr::Message {
+                type_name: "TaskError",
+                message: message.to_string(),
+            },
+        }
     }
 
     /// Ends the task with status `cancel` and this reason. A cancelled task is never retried.
     pub fn cancel(reason: impl Into<String>) -> Self {
-        TaskError { repr: Repr::Cancel(reason.into()) }
+        TaskError {
+            repr: Repr::Cancel(reason.into()),
+        }
     }
 
     /// A task that panicked: the panic is caught and the task ends `error`.
     pub(crate) fn panicked(message: &str) -> Self {
         TaskError {
-            repr: Repr::Message { type_name: "TaskPanic", message: format!("task panicked: {message}") },
+            repr: Repr::Message {
+                type_name: "TaskPanic",
+                message: format!("task panicked: {message}"),
+            },
         }
     }
 
@@ -154,7 +172,10 @@ impl TaskError {
         }
         let e = slot.take().expect("slot is filled");
         TaskError {
-            repr: Repr::Message { type_name: short_type_name::<E>(), message: e.to_string() },
+            repr: Repr::Message {
+                type_name: short_type_name::<E>(),
+                message: e.to_string(),
+            },
         }
     }
 
@@ -178,10 +199,17 @@ impl<E: StdError + Send + Sync + 'static> From<E> for TaskError {
         let any: &mut dyn Any = &mut slot;
         if let Some(plugin_error) = any.downcast_mut::<Option<PluginTriggerError>>() {
             let plugin_error = plugin_error.take().expect("slot is filled");
-            return TaskError { repr: Repr::Plugin(plugin_error) };
+            return TaskError {
+                repr: Repr::Plugin(plugin_error),
+            };
         }
         let error = slot.take().expect("slot is filled");
-        TaskError { repr: Repr::Failed { type_name: short_type_name::<E>(), error: Box::new(error) } }
+        TaskError {
+            repr: Repr::Failed {
+                type_name: short_type_name::<E>(),
+                error: Box::new(error),
+            },
+        }
     }
 }
 
@@ -264,10 +292,10 @@ impl PluginTriggerError {
 }
 
 impl fmt::Display for PluginTriggerError {
+    /// The `message` value; without one, all key/value pairs as JSON.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.message() {
-            Some(message) if self.kwargs.len() == 1 => f.write_str(message),
-            Some(message) => write!(f, "{message} {}", Value::Object(self.kwargs.clone())),
+            Some(message) => f.write_str(message),
             None => write!(f, "plugin error {}", Value::Object(self.kwargs.clone())),
         }
     }
@@ -292,13 +320,19 @@ mod tests {
     #[test]
     fn errors_keep_their_type_name_in_the_traceback() {
         let e: TaskError = "x".parse::<i32>().unwrap_err().into();
-        assert_eq!(e.traceback(), "ParseIntError: invalid digit found in string");
+        assert_eq!(
+            e.traceback(),
+            "ParseIntError: invalid digit found in string"
+        );
     }
 
     #[test]
     fn a_plugin_error_stays_a_plugin_error_through_into() {
         let e: TaskError = PluginTriggerError::with_message("boom").into();
-        assert_eq!(e.as_plugin_error().and_then(PluginTriggerError::message), Some("boom"));
+        assert_eq!(
+            e.as_plugin_error().and_then(PluginTriggerError::message),
+            Some("boom")
+        );
         assert_eq!(e.traceback(), "TaskPluginTriggerError: boom");
         let e = TaskError::from_display(PluginTriggerError::with_message("again"));
         assert!(e.as_plugin_error().is_some());

@@ -17,9 +17,10 @@ use crate::dispatch::Dispatch;
 use crate::panic::CatchUnwind;
 use crate::task::Outcome;
 use crate::triggers::{
-    MiddlewarePosition, TaskExecutorAfterExecute, TaskExecutorAfterExecuteResultReplace, TaskExecutorArgsReplace,
-    TaskExecutorBeforeExecute, TaskExecutorDecode, TaskExecutorMiddlewaresExecute, TaskExecutorRunTask,
-    TaskExecutorRunTaskTriggerError, TaskExecutorTaskClose,
+    MiddlewarePosition, TaskExecutorAfterExecute, TaskExecutorAfterExecuteResultReplace,
+    TaskExecutorArgsReplace, TaskExecutorBeforeExecute, TaskExecutorDecode,
+    TaskExecutorMiddlewaresExecute, TaskExecutorRunTask, TaskExecutorRunTaskTriggerError,
+    TaskExecutorTaskClose,
 };
 use crate::{QueueTasks, QueuedTask, TaskDefinition, TaskError};
 
@@ -60,7 +61,13 @@ impl TaskExecutor {
         let outcome = self.run_steps(dispatch, span).await;
         // Fires whatever the outcome, so task-scoped resources are always released (the
         // original skips this step when the task fails).
-        dispatch.fire(&TaskExecutorTaskClose { executor: self, task: self.task, queued: &self.queued }).await;
+        dispatch
+            .fire(&TaskExecutorTaskClose {
+                executor: self,
+                task: self.task,
+                queued: &self.queued,
+            })
+            .await;
         outcome
     }
 
@@ -69,13 +76,19 @@ impl TaskExecutor {
 
         // 1. Middlewares before (per-task and worker middlewares arrive with the execution
         //    semantics work; the trigger fires already so plugins see the step).
-        self.fire_middlewares(dispatch, MiddlewarePosition::Before).await;
+        self.fire_middlewares(dispatch, MiddlewarePosition::Before)
+            .await;
 
         // 2. Echo context and arguments replacement.
         let context = TaskContext::new(self.app.clone(), self.queued.uuid, self.task.name, span);
         let mut args = self.queued.args.clone();
         let mut kwargs = self.queued.kwargs.clone();
-        let replace = TaskExecutorArgsReplace { executor: self, args: &args, kwargs: &kwargs, params: self.task.params };
+        let replace = TaskExecutorArgsReplace {
+            executor: self,
+            args: &args,
+            kwargs: &kwargs,
+            params: self.task.params,
+        };
         if let Some(update) = dispatch.fire(&replace).await {
             if let Some(new_args) = update.args {
                 args = new_args;
@@ -84,12 +97,20 @@ impl TaskExecutor {
                 kwargs = new_kwargs;
             }
         }
-        dispatch.fire(&TaskExecutorBeforeExecute { executor: self }).await;
+        dispatch
+            .fire(&TaskExecutorBeforeExecute { executor: self })
+            .await;
 
         // 3. Run.
         let invocation = (self.task.invoke)(context, TaskArgs::new(self.task.name, args, kwargs));
         let mut result = match CatchUnwind::new(invocation).await {
-            Ok(Ok(value)) => match dispatch.fire(&TaskExecutorRunTask { executor: self, result: &value }).await {
+            Ok(Ok(value)) => match dispatch
+                .fire(&TaskExecutorRunTask {
+                    executor: self,
+                    result: &value,
+                })
+                .await
+            {
                 Some(replaced) => replaced,
                 None => value,
             },
@@ -101,16 +122,31 @@ impl TaskExecutor {
         };
 
         // 4. After execute and result replacement.
-        dispatch.fire(&TaskExecutorAfterExecute { executor: self }).await;
-        if let Some(replaced) = dispatch.fire(&TaskExecutorAfterExecuteResultReplace { executor: self, result: &result }).await {
+        dispatch
+            .fire(&TaskExecutorAfterExecute { executor: self })
+            .await;
+        if let Some(replaced) = dispatch
+            .fire(&TaskExecutorAfterExecuteResultReplace {
+                executor: self,
+                result: &result,
+            })
+            .await
+        {
             result = replaced;
         }
 
         // 5. Middlewares after.
-        self.fire_middlewares(dispatch, MiddlewarePosition::After).await;
+        self.fire_middlewares(dispatch, MiddlewarePosition::After)
+            .await;
 
         // 6. Decode: the result is JSON already; plugins may replace the stored value.
-        if let Some(decoded) = dispatch.fire(&TaskExecutorDecode { executor: self, result: &result }).await {
+        if let Some(decoded) = dispatch
+            .fire(&TaskExecutorDecode {
+                executor: self,
+                result: &result,
+            })
+            .await
+        {
             result = decoded;
         }
         Outcome::Success(result)
@@ -144,7 +180,13 @@ impl TaskExecutor {
     }
 
     async fn fire_middlewares(&self, dispatch: &Dispatch, position: MiddlewarePosition) {
-        dispatch.fire(&TaskExecutorMiddlewaresExecute { executor: self, position, middlewares: &[] }).await;
+        dispatch
+            .fire(&TaskExecutorMiddlewaresExecute {
+                executor: self,
+                position,
+                middlewares: &[],
+            })
+            .await;
     }
 }
 

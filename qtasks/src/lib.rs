@@ -11,7 +11,7 @@
 //! `task_executor_run_task_trigger_error`, and if a handler returns a value that value
 //! becomes the task's result.
 //!
-//! ```
+//! ```rust,standalone_crate
 //! use std::time::Duration;
 //! use qtasks::triggers::TaskExecutorRunTaskTriggerError;
 //!
@@ -39,6 +39,10 @@
 //!     app.stop().await
 //! }
 //! ```
+//!
+//! Tasks and `#[qtasks::plugin]` handlers are registered per binary (collected at link time):
+//! every app in the process knows every task, and two tasks with one name are an error that
+//! names both places. Runtime plugins ([`QueueTasks::add_plugin`]) belong to one app.
 //!
 //! Where this crate differs from the Python original on purpose, the item's docs say so; the
 //! README has the full list.
@@ -74,6 +78,13 @@ pub use executor::TaskExecutor;
 pub use plugin::{BoxError, BoxFuture, Plugin};
 pub use qtasks_macros::{plugin, task};
 pub use qtasks_triggers::{Component, Trigger, TriggerKind, UnknownTrigger};
-pub use task::{Outcome, QueuedTask, TaskDefinition, TaskHandle, TaskParam, TaskRecord, TaskStatus};
+pub use task::{
+    Outcome, QueuedTask, TaskDefinition, TaskHandle, TaskParam, TaskRecord, TaskStatus,
+};
 pub use triggers::{Reply, TriggerEvent};
 pub use uuid::Uuid;
+
+/// The README's examples, compiled and run as doc tests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

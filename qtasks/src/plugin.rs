@@ -68,7 +68,10 @@ pub(crate) trait DynPlugin: Send + Sync + 'static {
     fn name(&self) -> &str;
     fn start(&self) -> BoxFuture<'_, Result<(), BoxError>>;
     fn stop(&self) -> BoxFuture<'_, Result<(), BoxError>>;
-    fn trigger<'a>(&'a self, event: TriggerEvent<'a>) -> BoxFuture<'a, Result<Option<Reply>, BoxError>>;
+    fn trigger<'a>(
+        &'a self,
+        event: TriggerEvent<'a>,
+    ) -> BoxFuture<'a, Result<Option<Reply>, BoxError>>;
 }
 
 impl<P: Plugin> DynPlugin for P {
@@ -81,7 +84,10 @@ impl<P: Plugin> DynPlugin for P {
     fn stop(&self) -> BoxFuture<'_, Result<(), BoxError>> {
         Box::pin(Plugin::stop(self))
     }
-    fn trigger<'a>(&'a self, event: TriggerEvent<'a>) -> BoxFuture<'a, Result<Option<Reply>, BoxError>> {
+    fn trigger<'a>(
+        &'a self,
+        event: TriggerEvent<'a>,
+    ) -> BoxFuture<'a, Result<Option<Reply>, BoxError>> {
         Box::pin(Plugin::trigger(self, event))
     }
 }

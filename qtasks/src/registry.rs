@@ -15,11 +15,15 @@ impl TaskTable {
     /// naming both places.
     pub(crate) fn global() -> Result<&'static TaskTable, Error> {
         static TABLE: OnceLock<Result<TaskTable, (&'static str, String, String)>> = OnceLock::new();
-        match TABLE.get_or_init(|| TaskTable::build(inventory::iter::<TaskRegistration>().map(|r| r.0))) {
+        match TABLE
+            .get_or_init(|| TaskTable::build(inventory::iter::<TaskRegistration>().map(|r| r.0)))
+        {
             Ok(table) => Ok(table),
-            Err((name, first, second)) => {
-                Err(Error::DuplicateTask { name, first: first.clone(), second: second.clone() })
-            }
+            Err((name, first, second)) => Err(Error::DuplicateTask {
+                name,
+                first: first.clone(),
+                second: second.clone(),
+            }),
         }
     }
 
@@ -35,7 +39,10 @@ impl TaskTable {
     }
 
     pub(crate) fn get(&self, name: &str) -> Option<&'static TaskDefinition> {
-        self.by_name.binary_search_by(|d| d.name.cmp(name)).ok().map(|i| self.by_name[i])
+        self.by_name
+            .binary_search_by(|d| d.name.cmp(name))
+            .ok()
+            .map(|i| self.by_name[i])
     }
 
     pub(crate) fn names(&self) -> impl Iterator<Item = &'static str> + '_ {

@@ -30,7 +30,10 @@ pub enum TaskStatus {
 impl TaskStatus {
     /// Whether the task has ended (success, error or cancel).
     pub const fn is_final(self) -> bool {
-        matches!(self, TaskStatus::Success | TaskStatus::Error | TaskStatus::Cancel)
+        matches!(
+            self,
+            TaskStatus::Success | TaskStatus::Error | TaskStatus::Cancel
+        )
     }
 
     /// The wire name (`"new"`, `"process"`, ...).
@@ -113,7 +116,7 @@ impl fmt::Debug for TaskDefinition {
 }
 
 /// A task as the broker hands it to a worker (the original's `task_broker`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct QueuedTask {
     /// The task's id.
     pub uuid: Uuid,
@@ -131,6 +134,19 @@ pub struct QueuedTask {
     /// by name. Never sent over the wire.
     #[serde(skip)]
     pub(crate) definition: Option<&'static TaskDefinition>,
+}
+
+impl fmt::Debug for QueuedTask {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueuedTask")
+            .field("uuid", &self.uuid)
+            .field("task_name", &self.task_name)
+            .field("priority", &self.priority)
+            .field("args", &self.args)
+            .field("kwargs", &self.kwargs)
+            .field("created_at", &self.created_at)
+            .finish()
+    }
 }
 
 /// The stored state of a task (the original's `Task` model).
@@ -223,5 +239,7 @@ impl TaskHandle {
 }
 
 pub(crate) fn unix_now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }

@@ -107,7 +107,11 @@ impl FromReply for ArgsUpdate {
 }
 
 pub(crate) fn wrong_reply_message<O: FromReply>(trigger: Trigger, reply: &Reply) -> String {
-    format!("returned {} for `{trigger}`, which takes {}", reply.kind(), O::EXPECTED)
+    format!(
+        "returned {} for `{trigger}`, which takes {}",
+        reply.kind(),
+        O::EXPECTED
+    )
 }
 
 /// Turns a handler's output into a [`Reply`]; the inverse of [`FromReply`].

@@ -16,7 +16,11 @@ use crate::{QueueTasks, QueuedTask};
 const BROKER_RETRY_DELAY: Duration = Duration::from_millis(500);
 
 /// Runs until `shutdown` turns true, then waits for the tasks it started to finish.
-pub(crate) async fn run(app: QueueTasks, tasks: &'static TaskTable, mut shutdown: watch::Receiver<bool>) {
+pub(crate) async fn run(
+    app: QueueTasks,
+    tasks: &'static TaskTable,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let limit = app.config().max_tasks_process.max(1);
     let slots = Arc::new(Semaphore::new(limit));
     let broker = app.broker();
@@ -44,7 +48,10 @@ pub(crate) async fn run(app: QueueTasks, tasks: &'static TaskTable, mut shutdown
             }
             Ok(None) => break,
             Err(error) => {
-                tracing::error!(app = app.name(), "the broker failed: {error}; asking again in {BROKER_RETRY_DELAY:?}");
+                tracing::error!(
+                    app = app.name(),
+                    "the broker failed: {error}; asking again in {BROKER_RETRY_DELAY:?}"
+                );
                 tokio::select! {
                     _ = shutdown.wait_for(|stop| *stop) => break,
                     () = tokio::time::sleep(BROKER_RETRY_DELAY) => {}
@@ -52,7 +59,10 @@ pub(crate) async fn run(app: QueueTasks, tasks: &'static TaskTable, mut shutdown
             }
         }
     }
-    tracing::info!(app = app.name(), "worker stopping; waiting for running tasks");
+    tracing::info!(
+        app = app.name(),
+        "worker stopping; waiting for running tasks"
+    );
     let all = u32::try_from(limit).unwrap_or(u32::MAX);
     let _all_slots = slots.acquire_many(all).await;
     tracing::info!(app = app.name(), "worker stopped");
@@ -75,7 +85,10 @@ async fn run_one(app: QueueTasks, tasks: &'static TaskTable, queued: QueuedTask)
     let span = tracing::info_span!("task", task = definition.name, uuid = %uuid);
     let dispatch = app.dispatch();
     let executor = TaskExecutor::new(app.clone(), definition, queued);
-    let outcome = executor.execute(&dispatch, span.clone()).instrument(span).await;
+    let outcome = executor
+        .execute(&dispatch, span.clone())
+        .instrument(span)
+        .await;
     if let Err(error) = storage.finish(uuid, outcome).await {
         tracing::error!(uuid = %uuid, "could not store the result of task {uuid}: {error}");
     }

@@ -13,7 +13,10 @@ fn macro_errors() {
     cases.pass("tests/pass/*.rs");
 }
 
-#[rustversion::attr(not(stable(1.95)), ignore = "stderr snapshots are pinned to rustc 1.95")]
+#[rustversion::attr(
+    not(stable(1.95)),
+    ignore = "stderr snapshots are pinned to rustc 1.95"
+)]
 #[test]
 fn type_check_errors() {
     trybuild::TestCases::new().compile_fail("tests/fail-typeck/*.rs");

@@ -24,7 +24,9 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
             return errors.emit_with_item(item);
         }
     };
-    let Some(trigger) = trigger else { return errors.emit_with_item(item) };
+    let Some(trigger) = trigger else {
+        return errors.emit_with_item(item);
+    };
     let param = parse::check_handler(&function, trigger, &mut errors);
     match param {
         Some(param) if errors.is_empty() => {

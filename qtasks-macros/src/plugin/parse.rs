@@ -14,9 +14,15 @@ pub(crate) fn parse_trigger(args: TokenStream, errors: &mut Errors) -> Option<Tr
         if meta.path.is_ident("on") {
             let value: Expr = meta.value()?.parse()?;
             match value {
-                Expr::Lit(syn::ExprLit { lit: syn::Lit::Str(name), .. }) => {
+                Expr::Lit(syn::ExprLit {
+                    lit: syn::Lit::Str(name),
+                    ..
+                }) => {
                     if on.is_some() {
-                        errors.spanned(&meta.path, "`on` is given more than once; a handler handles one trigger");
+                        errors.spanned(
+                            &meta.path,
+                            "`on` is given more than once; a handler handles one trigger",
+                        );
                     }
                     on = Some(name);
                 }
@@ -30,7 +36,11 @@ pub(crate) fn parse_trigger(args: TokenStream, errors: &mut Errors) -> Option<Tr
             if meta.input.peek(syn::Token![=]) {
                 let _: Expr = meta.value()?.parse()?;
             }
-            let key = meta.path.get_ident().map(Ident::to_string).unwrap_or_default();
+            let key = meta
+                .path
+                .get_ident()
+                .map(Ident::to_string)
+                .unwrap_or_default();
             errors.spanned(
                 &meta.path,
                 format!("unknown option `{key}` of `#[qtasks::plugin]`\n= note: the only option is `on = \"trigger_name\"`"),
@@ -57,12 +67,20 @@ pub(crate) fn parse_trigger(args: TokenStream, errors: &mut Errors) -> Option<Tr
         Some(trigger) => Some(trigger),
         None => {
             let help = match suggest(&name) {
-                Suggestion::DidYouMean(close) => format!("= help: did you mean `{}`?", close.name()),
+                Suggestion::DidYouMean(close) => {
+                    format!("= help: did you mean `{}`?", close.name())
+                }
                 Suggestion::SameComponent(component) => {
                     let names: Vec<&str> = component.triggers().map(Trigger::name).collect();
-                    format!("= help: the `{}` triggers are: {}", component.prefix(), names.join(", "))
+                    format!(
+                        "= help: the `{}` triggers are: {}",
+                        component.prefix(),
+                        names.join(", ")
+                    )
                 }
-                Suggestion::None => "= note: see `qtasks::Trigger` for the list of triggers".to_owned(),
+                Suggestion::None => {
+                    "= note: see `qtasks::Trigger` for the list of triggers".to_owned()
+                }
             };
             errors.spanned(&on, format!("unknown trigger `{name}`\n{help}"));
             None
@@ -71,11 +89,18 @@ pub(crate) fn parse_trigger(args: TokenStream, errors: &mut Errors) -> Option<Tr
 }
 
 /// The handler's parameter type, after checking the shape of the fn.
-pub(crate) fn check_handler(function: &ItemFn, trigger: Trigger, errors: &mut Errors) -> Option<Type> {
+pub(crate) fn check_handler(
+    function: &ItemFn,
+    trigger: Trigger,
+    errors: &mut Errors,
+) -> Option<Type> {
     let sig = &function.sig;
     let expected = expected_signature(function, trigger);
     if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
-        errors.spanned(&sig.generics, format!("a plugin handler cannot be generic\n= help: {expected}"));
+        errors.spanned(
+            &sig.generics,
+            format!("a plugin handler cannot be generic\n= help: {expected}"),
+        );
     }
     let mut inputs = sig.inputs.iter();
     let param = match (inputs.next(), inputs.next()) {
@@ -91,14 +116,23 @@ pub(crate) fn check_handler(function: &ItemFn, trigger: Trigger, errors: &mut Er
     match &*param.ty {
         Type::Reference(reference) if reference.mutability.is_none() => Some((*param.ty).clone()),
         other => {
-            errors.spanned(other, format!("a handler takes the trigger's data by shared reference\n= help: {expected}"));
+            errors.spanned(
+                other,
+                format!(
+                    "a handler takes the trigger's data by shared reference\n= help: {expected}"
+                ),
+            );
             None
         }
     }
 }
 
 fn expected_signature(function: &ItemFn, trigger: Trigger) -> String {
-    let asyncness = if function.sig.asyncness.is_some() { "async " } else { "" };
+    let asyncness = if function.sig.asyncness.is_some() {
+        "async "
+    } else {
+        ""
+    };
     let output = match trigger.kind() {
         TriggerKind::Notify => "",
         TriggerKind::Replace => " -> Option<..>",

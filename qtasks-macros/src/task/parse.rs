@@ -49,7 +49,10 @@ pub(crate) struct Task {
 
 impl Task {
     pub(crate) fn name(&self) -> String {
-        self.options.name.as_ref().map_or_else(|| self.function.sig.ident.to_string(), LitStr::value)
+        self.options
+            .name
+            .as_ref()
+            .map_or_else(|| self.function.sig.ident.to_string(), LitStr::value)
     }
 }
 
@@ -57,7 +60,11 @@ pub(crate) fn parse_options(args: TokenStream, errors: &mut Errors) -> TaskOptio
     let mut options = TaskOptions::default();
     let mut seen: Vec<String> = Vec::new();
     let parser = syn::meta::parser(|meta| {
-        let key = meta.path.get_ident().map(Ident::to_string).unwrap_or_default();
+        let key = meta
+            .path
+            .get_ident()
+            .map(Ident::to_string)
+            .unwrap_or_default();
         if seen.contains(&key) {
             errors.spanned(&meta.path, format!("`{key}` is given more than once"));
         }
@@ -72,7 +79,10 @@ pub(crate) fn parse_options(args: TokenStream, errors: &mut Errors) -> TaskOptio
                 // A bare `echo` means `echo = true`.
                 options.echo = if meta.input.peek(Token![=]) {
                     match meta.value()?.parse::<Expr>()? {
-                        Expr::Lit(syn::ExprLit { lit: syn::Lit::Bool(flag), .. }) => flag.value,
+                        Expr::Lit(syn::ExprLit {
+                            lit: syn::Lit::Bool(flag),
+                            ..
+                        }) => flag.value,
                         other => {
                             errors.spanned(other, "`echo` takes `true` or `false`");
                             // Assume the user meant to turn it on, so the fn is checked
@@ -108,7 +118,10 @@ pub(crate) fn parse_options(args: TokenStream, errors: &mut Errors) -> TaskOptio
                     if let Some(close) = closest(other, OPTIONS) {
                         message.push_str(&format!("\n= help: did you mean `{close}`?"));
                     }
-                    message.push_str(&format!("\n= note: the options are: {}", OPTIONS.join(", ")));
+                    message.push_str(&format!(
+                        "\n= note: the options are: {}",
+                        OPTIONS.join(", ")
+                    ));
                     errors.spanned(&meta.path, message);
                 }
             }
@@ -139,13 +152,19 @@ fn check_name(name: &LitStr, errors: &mut Errors) {
 
 fn parse_tags(list: &Expr, errors: &mut Errors) -> Vec<LitStr> {
     let Expr::Array(array) = list else {
-        errors.spanned(list, "`tags` takes a list of strings: `tags = [\"billing\", \"slow\"]`");
+        errors.spanned(
+            list,
+            "`tags` takes a list of strings: `tags = [\"billing\", \"slow\"]`",
+        );
         return Vec::new();
     };
     let mut tags = Vec::new();
     for element in &array.elems {
         match element {
-            Expr::Lit(syn::ExprLit { lit: syn::Lit::Str(tag), .. }) => tags.push(tag.clone()),
+            Expr::Lit(syn::ExprLit {
+                lit: syn::Lit::Str(tag),
+                ..
+            }) => tags.push(tag.clone()),
             other => errors.spanned(other, "a tag must be a string literal"),
         }
     }
@@ -166,7 +185,10 @@ pub(crate) fn parse_fn(options: TaskOptions, function: ItemFn, errors: &mut Erro
         errors.spanned(constness, "a task fn cannot be `const`");
     }
     if let Some(unsafety) = &sig.unsafety {
-        errors.spanned(unsafety, "a task fn cannot be `unsafe`: the worker calls it like any other fn");
+        errors.spanned(
+            unsafety,
+            "a task fn cannot be `unsafe`: the worker calls it like any other fn",
+        );
     }
 
     let mut inputs = sig.inputs.iter();
@@ -174,7 +196,9 @@ pub(crate) fn parse_fn(options: TaskOptions, function: ItemFn, errors: &mut Erro
     if options.echo {
         match inputs.next() {
             Some(FnArg::Typed(first)) => context = Some((*first.ty).clone()),
-            Some(FnArg::Receiver(receiver)) => errors.spanned(receiver, "a task fn cannot take `self`"),
+            Some(FnArg::Receiver(receiver)) => {
+                errors.spanned(receiver, "a task fn cannot take `self`; tasks are free fns");
+            }
             None => errors.push(syn::Error::new(
                 sig.paren_token.span.join(),
                 "with `echo = true` the first parameter receives the task's context\n\
@@ -193,7 +217,9 @@ pub(crate) fn parse_fn(options: TaskOptions, function: ItemFn, errors: &mut Erro
             }
         };
         let name = match &*typed.pat {
-            Pat::Ident(ident) if ident.by_ref.is_none() && ident.subpat.is_none() => ident.ident.clone(),
+            Pat::Ident(ident) if ident.by_ref.is_none() && ident.subpat.is_none() => {
+                ident.ident.clone()
+            }
             other => {
                 errors.spanned(
                     other,
@@ -204,9 +230,17 @@ pub(crate) fn parse_fn(options: TaskOptions, function: ItemFn, errors: &mut Erro
             }
         };
         check_param_type(&typed.ty, options.echo, errors);
-        params.push(Param { name, ty: (*typed.ty).clone() });
+        params.push(Param {
+            name,
+            ty: (*typed.ty).clone(),
+        });
     }
-    Task { options, function, context, params }
+    Task {
+        options,
+        function,
+        context,
+        params,
+    }
 }
 
 fn check_param_type(ty: &Type, echo: bool, errors: &mut Errors) {
@@ -222,8 +256,18 @@ fn check_param_type(ty: &Type, echo: bool, errors: &mut Errors) {
                 format!("a task parameter cannot be a reference: arguments are decoded from JSON into owned values; {hint}"),
             );
         }
-        Type::ImplTrait(_) => errors.spanned(ty, "a task parameter cannot be `impl Trait`: use a concrete type"),
-        Type::Path(path) if !echo && path.path.segments.last().is_some_and(|s| s.ident == "TaskContext") => {
+        Type::ImplTrait(_) => errors.spanned(
+            ty,
+            "a task parameter cannot be `impl Trait`: use a concrete type",
+        ),
+        Type::Path(path)
+            if !echo
+                && path
+                    .path
+                    .segments
+                    .last()
+                    .is_some_and(|s| s.ident == "TaskContext") =>
+        {
             errors.spanned(
                 ty,
                 "this task takes a `TaskContext`, which the executor passes only with `echo = true`\n\
@@ -250,7 +294,9 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, ca) in a.chars().enumerate() {
         let mut current = vec![i + 1; b.len() + 1];
         for (j, cb) in b.iter().enumerate() {
-            current[j + 1] = (previous[j] + usize::from(ca != *cb)).min(previous[j + 1] + 1).min(current[j] + 1);
+            current[j + 1] = (previous[j] + usize::from(ca != *cb))
+                .min(previous[j + 1] + 1)
+                .min(current[j] + 1);
         }
         previous = current;
     }

@@ -16,7 +16,9 @@ use crate::{QueuedTask, TaskRecord, TaskStatus};
 /// Locks a mutex, ignoring poisoning: every critical section here leaves the data consistent
 /// (they only push, pop, insert or assign).
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// An in-memory priority queue: lowest priority number first, FIFO among equals.
@@ -86,7 +88,11 @@ impl Broker for MemoryBroker {
             let mut queue = lock(&self.queue);
             let sequence = queue.next_sequence;
             queue.next_sequence += 1;
-            queue.heap.push(Entry { priority: task.priority, sequence, task });
+            queue.heap.push(Entry {
+                priority: task.priority,
+                sequence,
+                task,
+            });
         }
         self.available.notify_one();
         Box::pin(async { Ok(()) })
@@ -141,7 +147,13 @@ impl MemoryStorage {
 
 impl Storage for MemoryStorage {
     fn add(&self, record: TaskRecord) -> BoxFuture<'_, Result<(), BackendError>> {
-        lock(&self.slots).insert(record.uuid, Slot { record, finished: None });
+        lock(&self.slots).insert(
+            record.uuid,
+            Slot {
+                record,
+                finished: None,
+            },
+        );
         Box::pin(async { Ok(()) })
     }
 
@@ -190,7 +202,9 @@ impl Storage for MemoryStorage {
                 let notified;
                 {
                     let mut slots = lock(&self.slots);
-                    let Some(slot) = slots.get_mut(&uuid) else { return Ok(None) };
+                    let Some(slot) = slots.get_mut(&uuid) else {
+                        return Ok(None);
+                    };
                     if slot.record.status.is_final() {
                         return Ok(Some(slot.record.clone()));
                     }

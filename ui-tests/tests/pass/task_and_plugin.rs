@@ -39,6 +39,6 @@ async fn recover_async(_event: &TaskExecutorRunTaskTriggerError<'_>) -> Result<O
 fn observe(_event: &WorkerStart<'_>) {}
 
 fn main() {
-    let _ = (sum::NAME, blocking::NAME, private_task::NAME, &sum::DEFINITION);
+    let _ = (sum::NAME, blocking::NAME, private_task::NAME, sum::DEFINITION);
     let _ = private_task::add_task;
 }
