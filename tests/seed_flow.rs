@@ -4,6 +4,7 @@
 //! answers only for the task it is about and each test uses its own task.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use qtasks::triggers::TaskExecutorRunTaskTriggerError;
@@ -239,8 +240,32 @@ fn handler_after_the_panicking_one(event: &TaskExecutorRunTaskTriggerError<'_>) 
     (event.task.name == "panicky_plugin_task").then(|| json!("still handled"))
 }
 
-#[tokio::test]
-async fn a_panicking_handler_does_not_stop_the_others_or_the_worker() {
+/// Collects what the `tracing` subscriber writes.
+#[derive(Clone, Default)]
+struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+// Current-thread runtime: the worker runs on this thread, under this thread's subscriber.
+#[tokio::test(flavor = "current_thread")]
+async fn a_panicking_handler_is_logged_with_its_name_and_does_not_stop_the_others() {
+    let logs = CapturedLogs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
     let app = QueueTasks::new();
     app.start().await.unwrap();
     for _ in 0..3 {
@@ -254,6 +279,28 @@ async fn a_panicking_handler_does_not_stop_the_others_or_the_worker() {
         assert_eq!(done.returning, Some(json!("still handled")));
     }
     app.stop().await.unwrap();
+
+    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let reports: Vec<&str> = logs
+        .lines()
+        .filter(|line| line.contains("plugin handler failed"))
+        .collect();
+    assert_eq!(reports.len(), 3, "{logs}");
+    for report in reports {
+        assert!(report.contains("ERROR"), "{report}");
+        assert!(
+            report.contains("plugin=\"seed_flow::panicking_handler\""),
+            "{report}"
+        );
+        assert!(
+            report.contains("trigger=\"task_executor_run_task_trigger_error\""),
+            "{report}"
+        );
+        assert!(
+            report.contains("panicked: this handler is broken"),
+            "{report}"
+        );
+    }
 }
 
 // -- a runtime plugin, as in the original ------------------------------------------------------

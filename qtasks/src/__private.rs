@@ -13,13 +13,15 @@ use serde_json::{Map, Value};
 
 pub use inventory;
 
+// Everything generated code names, re-exported here so the macros reach the runtime through
+// this one module.
+pub use crate::triggers;
+pub use crate::{QueueTasks, Result, TaskContext, TaskDefinition, TaskHandle, TaskParam, Trigger};
+
 use crate::panic::panic_message;
 use crate::plugin::BoxFuture;
 pub use crate::triggers::{IntoReply, Payload, Reply, TriggerEvent};
-use crate::{
-    ArgumentError, Error, QueueTasks, Result, TaskContext, TaskDefinition, TaskError, TaskHandle,
-    Trigger,
-};
+use crate::{ArgumentError, Error, TaskError};
 
 // ---------------------------------------------------------------------------------------------
 // Registrations collected by inventory.

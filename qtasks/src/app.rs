@@ -361,12 +361,68 @@ impl QueueTasks {
     /// }
     /// ```
     pub async fn run_forever(&self) -> Result<()> {
+        // Listen before the worker starts, so a signal that comes early is not lost (it
+        // would otherwise kill the process with the default action).
+        let mut signals = ShutdownSignals::listen();
         let mut stop_requested = self.start_worker().await?;
         tokio::select! {
-            () = shutdown_signal() => tracing::info!(app = self.name(), "shutdown signal received"),
+            () = signals.recv() => tracing::info!(app = self.name(), "shutdown signal received"),
             _ = stop_requested.wait_for(|stop| *stop) => {}
         }
         self.stop().await
+    }
+}
+
+/// Ctrl-C, and SIGTERM on Unix. A signal that cannot be listened for is left out.
+struct ShutdownSignals {
+    #[cfg(unix)]
+    interrupt: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+impl ShutdownSignals {
+    fn listen() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let listen = |kind: SignalKind| match signal(kind) {
+                Ok(listener) => Some(listener),
+                Err(error) => {
+                    tracing::warn!("cannot listen for {kind:?}: {error}");
+                    None
+                }
+            };
+            ShutdownSignals {
+                interrupt: listen(SignalKind::interrupt()),
+                terminate: listen(SignalKind::terminate()),
+            }
+        }
+        #[cfg(not(unix))]
+        ShutdownSignals {}
+    }
+
+    /// Resolves on the first signal; never, if none can be listened for.
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn next(listener: &mut Option<tokio::signal::unix::Signal>) {
+                match listener {
+                    Some(listener) => {
+                        listener.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            tokio::select! {
+                () = next(&mut self.interrupt) => {}
+                () = next(&mut self.terminate) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 }
 
@@ -381,30 +437,6 @@ async fn stop_plugins(plugins: &[RuntimePlugin]) -> Option<(String, String)> {
         }
     }
     first_failure
-}
-
-/// Ctrl-C, or SIGTERM on Unix. If no signal can be listened for, never resolves.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
-    }
 }
 
 fn json_kind(value: &Value) -> &'static str {

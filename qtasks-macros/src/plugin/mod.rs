@@ -47,11 +47,11 @@ fn emit(function: &ItemFn, trigger: qtasks_triggers::Trigger, param: &syn::Type)
     // reported as "cannot handle this trigger" rather than as a confusing inference error.
     let call = if function.sig.asyncness.is_some() {
         quote_spanned! {param.span()=>
-            ::qtasks::__private::call_async::<::qtasks::triggers::#variant<'_>, _>(#ident, payload)
+            ::qtasks::__private::call_async::<::qtasks::__private::triggers::#variant<'_>, _>(#ident, payload)
         }
     } else {
         quote_spanned! {param.span()=>
-            ::qtasks::__private::call_sync::<::qtasks::triggers::#variant<'_>, _>(#ident, payload)
+            ::qtasks::__private::call_sync::<::qtasks::__private::triggers::#variant<'_>, _>(#ident, payload)
         }
     };
     quote! {
@@ -59,17 +59,17 @@ fn emit(function: &ItemFn, trigger: qtasks_triggers::Trigger, param: &syn::Type)
         #[allow(unused_qualifications, clippy::all, clippy::pedantic)]
         const _: () = {
             fn __qtasks_plugin_shim<'a>(
-                event: ::qtasks::TriggerEvent<'a>,
+                event: ::qtasks::__private::TriggerEvent<'a>,
             ) -> ::qtasks::__private::HandlerCall<'a> {
                 match event {
-                    ::qtasks::TriggerEvent::#variant(payload) => #call,
+                    ::qtasks::__private::TriggerEvent::#variant(payload) => #call,
                     _ => ::qtasks::__private::HandlerCall::Skip,
                 }
             }
 
             ::qtasks::__private::inventory::submit! {
                 ::qtasks::__private::PluginRegistration {
-                    trigger: ::qtasks::Trigger::#variant,
+                    trigger: ::qtasks::__private::Trigger::#variant,
                     name: ::core::concat!(::core::module_path!(), "::", #ident_name),
                     module_path: ::core::module_path!(),
                     file: ::core::file!(),

@@ -110,9 +110,9 @@ fn emit(task: &Task) -> TokenStream {
             pub const NAME: &'static str = #name;
 
             /// The task's definition, as registered.
-            pub const DEFINITION: &'static ::qtasks::TaskDefinition = {
+            pub const DEFINITION: &'static ::qtasks::__private::TaskDefinition = {
                 fn __qtasks_invoke(
-                    ctx: ::qtasks::TaskContext,
+                    ctx: ::qtasks::__private::TaskContext,
                     mut args: ::qtasks::__private::TaskArgs,
                 ) -> ::qtasks::__private::TaskFuture {
                     #context_unused
@@ -126,13 +126,13 @@ fn emit(task: &Task) -> TokenStream {
                     })
                 }
 
-                static DEFINITION: ::qtasks::TaskDefinition = ::qtasks::TaskDefinition {
+                static DEFINITION: ::qtasks::__private::TaskDefinition = ::qtasks::__private::TaskDefinition {
                     name: #name,
                     priority: #priority,
                     echo: #echo,
                     tags: &[#(#tags),*],
                     description: #description,
-                    params: &[#(::qtasks::TaskParam { name: #param_names, type_name: #param_type_names }),*],
+                    params: &[#(::qtasks::__private::TaskParam { name: #param_names, type_name: #param_type_names }),*],
                     blocking: #blocking,
                     module_path: ::core::module_path!(),
                     file: ::core::file!(),
@@ -144,9 +144,9 @@ fn emit(task: &Task) -> TokenStream {
 
             #[doc = #add_task_doc]
             pub async fn add_task(
-                app: &::qtasks::QueueTasks,
+                app: &::qtasks::__private::QueueTasks,
                 #(#param_idents: #param_types),*
-            ) -> ::qtasks::Result<::qtasks::TaskHandle> {
+            ) -> ::qtasks::__private::Result<::qtasks::__private::TaskHandle> {
                 let args = ::std::vec![
                     #(::qtasks::__private::encode_arg(Self::NAME, #param_names, &#param_idents)?),*
                 ];

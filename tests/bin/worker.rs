@@ -1,0 +1,29 @@
+//! A worker process for the signal tests: runs one slow task under `run_forever`, says when the
+//! task is running, and after the shutdown prints the task's final status.
+
+use std::time::Duration;
+
+use qtasks::{QueueTasks, TaskStatus};
+
+#[qtasks::task]
+async fn slow_job(ms: u64) -> &'static str {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    "finished"
+}
+
+#[tokio::main]
+async fn main() -> qtasks::Result<()> {
+    let app = QueueTasks::new();
+    let handle = slow_job::add_task(&app, 500).await?;
+    let watcher = handle.clone();
+    tokio::spawn(async move {
+        while watcher.get().await.ok().flatten().map(|r| r.status) != Some(TaskStatus::Process) {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        println!("running");
+    });
+    app.run_forever().await?;
+    let record = handle.get().await?.expect("the task is stored");
+    println!("stopped: {} {:?}", record.status, record.returning);
+    Ok(())
+}

@@ -1,0 +1,43 @@
+//! A worker process stops gracefully on Ctrl-C (SIGINT) and SIGTERM: the running task
+//! finishes and is stored before the process exits 0.
+
+#![cfg(unix)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+fn stop_worker_with(signal: &str) {
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_qtasks-test-worker"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the worker binary starts");
+    let mut lines = BufReader::new(worker.stdout.take().expect("stdout is piped")).lines();
+    let first = lines
+        .next()
+        .expect("the worker prints a line")
+        .expect("stdout is readable");
+    assert_eq!(first, "running");
+
+    let sent = Command::new("kill")
+        .args([signal, &worker.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success());
+
+    let status = worker.wait().expect("the worker exits");
+    let rest: Vec<String> = lines
+        .map(|line| line.expect("stdout is readable"))
+        .collect();
+    assert!(status.success(), "exit status {status:?}, output {rest:?}");
+    assert_eq!(rest, ["stopped: success Some(String(\"finished\"))"]);
+}
+
+#[test]
+fn ctrl_c_stops_the_worker_after_the_running_task() {
+    stop_worker_with("-INT");
+}
+
+#[test]
+fn sigterm_stops_the_worker_after_the_running_task() {
+    stop_worker_with("-TERM");
+}
