@@ -63,11 +63,39 @@ impl QueueTasks {
 
     /// An app with this config and the in-memory broker and storage.
     pub fn with_config(config: QueueConfig) -> Self {
+        let storage = Arc::new(MemoryStorage::new());
         Self::with_backend(
             config,
-            Arc::new(MemoryBroker::new()),
-            Arc::new(MemoryStorage::new()),
+            Arc::new(MemoryBroker::new(Arc::clone(&storage))),
+            storage,
         )
+    }
+
+    /// An app on Redis, named `QueueTasks` (the key prefix), with default options. The
+    /// worker heartbeat, queue and records use Python QTasks' keys, so Rust and Python
+    /// clients and workers can share the queue.
+    ///
+    /// Fails at once, saying so, when Redis cannot be reached.
+    #[cfg(feature = "redis")]
+    pub async fn redis(url: &str) -> Result<Self> {
+        Self::redis_with(url, QueueConfig::default(), crate::RedisOptions::default()).await
+    }
+
+    /// An app on Redis with this config (its `name` is the key prefix) and these options.
+    #[cfg(feature = "redis")]
+    pub async fn redis_with(
+        url: &str,
+        config: QueueConfig,
+        options: crate::RedisOptions,
+    ) -> Result<Self> {
+        if config.name.is_empty() || config.name.contains(':') {
+            return Err(Error::InvalidConfig(format!(
+                "the app name `{}` is the Redis key prefix: it must be non-empty and contain no `:`",
+                config.name
+            )));
+        }
+        let (broker, storage) = crate::backend::redis::connect(url, &config.name, &options).await?;
+        Ok(Self::with_backend(config, broker, storage))
     }
 
     /// An app on the given broker and storage.
@@ -101,10 +129,6 @@ impl QueueTasks {
 
     pub(crate) fn broker(&self) -> Arc<dyn Broker> {
         Arc::clone(&self.inner.broker)
-    }
-
-    pub(crate) fn storage(&self) -> Arc<dyn Storage> {
-        Arc::clone(&self.inner.storage)
     }
 
     pub(crate) fn dispatch(&self) -> Arc<Dispatch> {
@@ -179,6 +203,25 @@ impl QueueTasks {
         args: impl Serialize,
         kwargs: impl Serialize,
     ) -> Result<TaskHandle> {
+        self.add_task_with(task_name, args, kwargs, AddOptions::default())
+            .await
+    }
+
+    /// [`add_task`](Self::add_task) with options, such as a priority for this call.
+    ///
+    /// ```
+    /// # async fn demo(app: &qtasks::QueueTasks) -> qtasks::Result<()> {
+    /// let urgent = qtasks::AddOptions::default().priority(-10);
+    /// app.add_task_with("report", (2026,), (), urgent).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn add_task_with(
+        &self,
+        task_name: &str,
+        args: impl Serialize,
+        kwargs: impl Serialize,
+        options: AddOptions,
+    ) -> Result<TaskHandle> {
         let invalid = |reason: String| Error::InvalidArguments {
             task: task_name.to_owned(),
             reason,
@@ -213,19 +256,12 @@ impl QueueTasks {
         let definition = TaskTable::global()
             .ok()
             .and_then(|table| table.get(task_name));
-        match definition {
-            Some(definition) => self.enqueue_defined(definition, args, kwargs).await,
-            None => {
-                self.enqueue(
-                    task_name.to_owned(),
-                    self.config().task_default_priority,
-                    args,
-                    kwargs,
-                    None,
-                )
-                .await
-            }
-        }
+        let priority = options
+            .priority
+            .or_else(|| definition.and_then(|d| d.priority))
+            .unwrap_or(self.config().task_default_priority);
+        self.enqueue(task_name.to_owned(), priority, args, kwargs, definition)
+            .await
     }
 
     pub(crate) async fn enqueue_defined(
@@ -265,9 +301,22 @@ impl QueueTasks {
             definition,
         };
         let uuid = queued.uuid;
-        self.inner.storage.add(TaskRecord::new(&queued)).await?;
-        self.inner.broker.push(queued).await?;
+        self.inner.broker.add(queued).await?;
         Ok(TaskHandle::new(uuid, self.clone()))
+    }
+
+    /// Deletes this app's queued tasks and records (and nothing of other apps).
+    pub async fn flush_all(&self) -> Result<()> {
+        Ok(self.inner.broker.flush_all().await?)
+    }
+
+    /// Whether a worker of this app is running: on Redis, any worker process (its heartbeat,
+    /// as the original's `ping`); in memory, this app's own worker.
+    pub async fn ping(&self) -> Result<bool> {
+        match self.inner.broker.ping().await? {
+            Some(alive) => Ok(alive),
+            None => Ok(self.inner.running.load(Ordering::Acquire)),
+        }
     }
 
     /// A task's record as it is now; `None` for an unknown id.
@@ -423,6 +472,24 @@ impl ShutdownSignals {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
         }
+    }
+}
+
+/// Options of one [`QueueTasks::add_task_with`] call.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AddOptions {
+    /// The priority of this task (lower runs first); `None` takes the task's, then the app's
+    /// default.
+    pub priority: Option<i64>,
+}
+
+impl AddOptions {
+    /// Sets the priority.
+    #[must_use]
+    pub fn priority(mut self, priority: i64) -> Self {
+        self.priority = Some(priority);
+        self
     }
 }
 

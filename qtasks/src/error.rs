@@ -50,6 +50,9 @@ pub enum Error {
         /// `file:line` of the other.
         second: String,
     },
+    /// The configuration cannot work.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
     /// `start` was called on an app that is running.
     #[error("the app is already running; call `stop()` first")]
     AlreadyRunning,

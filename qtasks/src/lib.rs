@@ -69,8 +69,10 @@ mod worker;
 #[doc(hidden)]
 pub mod __private;
 
-pub use app::QueueTasks;
-pub use backend::{BackendError, Broker, MemoryBroker, MemoryStorage, Storage};
+pub use app::{AddOptions, QueueTasks};
+#[cfg(feature = "redis")]
+pub use backend::RedisOptions;
+pub use backend::{BackendError, Broker, Delivery, MemoryBroker, MemoryStorage, Storage};
 pub use config::QueueConfig;
 pub use context::TaskContext;
 pub use error::{ArgumentError, Error, PluginTriggerError, Result, TaskError, TaskResult};

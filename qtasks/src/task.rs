@@ -25,6 +25,8 @@ pub enum TaskStatus {
     Error,
     /// Cancelled; `cancel_reason` holds the reason.
     Cancel,
+    /// Failed and was retried as a new task (written by the original's retry plugin).
+    Retry,
 }
 
 impl TaskStatus {
@@ -44,6 +46,7 @@ impl TaskStatus {
             TaskStatus::Success => "success",
             TaskStatus::Error => "error",
             TaskStatus::Cancel => "cancel",
+            TaskStatus::Retry => "retry",
         }
     }
 }

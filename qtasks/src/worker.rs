@@ -7,10 +7,11 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, watch};
 use tracing::Instrument;
 
+use crate::QueueTasks;
+use crate::backend::Delivery;
 use crate::executor::TaskExecutor;
 use crate::registry::TaskTable;
 use crate::task::Outcome;
-use crate::{QueueTasks, QueuedTask};
 
 /// How long the worker waits before asking a failing broker again.
 const BROKER_RETRY_DELAY: Duration = Duration::from_millis(500);
@@ -24,6 +25,10 @@ pub(crate) async fn run(
     let limit = app.config().max_tasks_process.max(1);
     let slots = Arc::new(Semaphore::new(limit));
     let broker = app.broker();
+    if let Err(error) = broker.start().await {
+        tracing::error!(app = app.name(), "the broker did not start: {error}");
+        return;
+    }
     tracing::info!(app = app.name(), concurrency = limit, "worker started");
     loop {
         // A slot first, then a task: tasks wait in the broker (where priorities apply), not
@@ -36,13 +41,13 @@ pub(crate) async fn run(
         let next = tokio::select! {
             biased;
             _ = shutdown.wait_for(|stop| *stop) => break,
-            next = broker.pop() => next,
+            next = broker.next() => next,
         };
         match next {
-            Ok(Some(queued)) => {
+            Ok(Some(delivery)) => {
                 let app = app.clone();
                 tokio::spawn(async move {
-                    run_one(app, tasks, queued).await;
+                    run_one(app, tasks, delivery).await;
                     drop(slot);
                 });
             }
@@ -65,31 +70,36 @@ pub(crate) async fn run(
     );
     let all = u32::try_from(limit).unwrap_or(u32::MAX);
     let _all_slots = slots.acquire_many(all).await;
+    if let Err(error) = broker.stop().await {
+        tracing::error!(app = app.name(), "the broker did not stop cleanly: {error}");
+    }
     tracing::info!(app = app.name(), "worker stopped");
 }
 
-async fn run_one(app: QueueTasks, tasks: &'static TaskTable, queued: QueuedTask) {
-    let uuid = queued.uuid;
-    let storage = app.storage();
-    let Some(definition) = queued.definition.or_else(|| tasks.get(&queued.task_name)) else {
-        let reason = unknown_task(&queued.task_name, tasks);
-        tracing::warn!(uuid = %uuid, "{reason}");
-        if let Err(error) = storage.finish(uuid, Outcome::Error(reason)).await {
-            tracing::error!(uuid = %uuid, "could not store the failure of task {uuid}: {error}");
+async fn run_one(app: QueueTasks, tasks: &'static TaskTable, delivery: Delivery) {
+    let uuid = delivery.task.uuid;
+    let broker = app.broker();
+    let definition = delivery
+        .task
+        .definition
+        .or_else(|| tasks.get(&delivery.task.task_name));
+    let outcome = match definition {
+        Some(definition) => {
+            let span = tracing::info_span!("task", task = definition.name, uuid = %uuid);
+            let dispatch = app.dispatch();
+            let executor = TaskExecutor::new(app.clone(), definition, delivery.task.clone());
+            executor
+                .execute(&dispatch, span.clone())
+                .instrument(span)
+                .await
         }
-        return;
+        None => {
+            let reason = unknown_task(&delivery.task.task_name, tasks);
+            tracing::warn!(uuid = %uuid, "{reason}");
+            Outcome::Error(reason)
+        }
     };
-    if let Err(error) = storage.mark_running(uuid).await {
-        tracing::error!(uuid = %uuid, "could not mark task {uuid} running: {error}");
-    }
-    let span = tracing::info_span!("task", task = definition.name, uuid = %uuid);
-    let dispatch = app.dispatch();
-    let executor = TaskExecutor::new(app.clone(), definition, queued);
-    let outcome = executor
-        .execute(&dispatch, span.clone())
-        .instrument(span)
-        .await;
-    if let Err(error) = storage.finish(uuid, outcome).await {
+    if let Err(error) = broker.finish(&delivery, outcome).await {
         tracing::error!(uuid = %uuid, "could not store the result of task {uuid}: {error}");
     }
 }

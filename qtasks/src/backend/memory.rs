@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use super::{BackendError, Broker, Storage};
+use super::{BackendError, Broker, Delivery, Storage};
 use crate::plugin::BoxFuture;
 use crate::task::{Outcome, unix_now};
 use crate::{QueuedTask, TaskRecord, TaskStatus};
@@ -21,9 +21,10 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// An in-memory priority queue: lowest priority number first, FIFO among equals.
-#[derive(Default)]
+/// An in-memory priority queue (lowest priority number first, FIFO among equals) writing to a
+/// [`MemoryStorage`].
 pub struct MemoryBroker {
+    storage: Arc<MemoryStorage>,
     queue: Mutex<Queue>,
     available: Notify,
 }
@@ -62,9 +63,13 @@ impl PartialEq for Entry {
 impl Eq for Entry {}
 
 impl MemoryBroker {
-    /// An empty queue.
-    pub fn new() -> Self {
-        Self::default()
+    /// An empty queue writing records to `storage`.
+    pub fn new(storage: Arc<MemoryStorage>) -> Self {
+        MemoryBroker {
+            storage,
+            queue: Mutex::default(),
+            available: Notify::new(),
+        }
     }
 
     /// How many tasks wait.
@@ -83,7 +88,8 @@ impl MemoryBroker {
 }
 
 impl Broker for MemoryBroker {
-    fn push(&self, task: QueuedTask) -> BoxFuture<'_, Result<(), BackendError>> {
+    fn add(&self, task: QueuedTask) -> BoxFuture<'_, Result<(), BackendError>> {
+        self.storage.insert(TaskRecord::new(&task));
         {
             let mut queue = lock(&self.queue);
             let sequence = queue.next_sequence;
@@ -98,7 +104,7 @@ impl Broker for MemoryBroker {
         Box::pin(async { Ok(()) })
     }
 
-    fn pop(&self) -> BoxFuture<'_, Result<Option<QueuedTask>, BackendError>> {
+    fn next(&self) -> BoxFuture<'_, Result<Option<Delivery>, BackendError>> {
         Box::pin(async move {
             loop {
                 // Register for a wake-up before looking, so a push between the look and the
@@ -107,11 +113,33 @@ impl Broker for MemoryBroker {
                 tokio::pin!(notified);
                 notified.as_mut().enable();
                 if let Some(task) = self.take() {
-                    return Ok(Some(task));
+                    self.storage.update(task.uuid, |slot| {
+                        slot.record.status = TaskStatus::Process;
+                        slot.record.updated_at = unix_now();
+                    })?;
+                    return Ok(Some(Delivery {
+                        receipt: task.uuid.to_string(),
+                        task,
+                    }));
                 }
                 notified.await;
             }
         })
+    }
+
+    fn finish(
+        &self,
+        delivery: &Delivery,
+        outcome: Outcome,
+    ) -> BoxFuture<'_, Result<(), BackendError>> {
+        let result = self.storage.finish(delivery.task.uuid, outcome);
+        Box::pin(async move { result })
+    }
+
+    fn flush_all(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        lock(&self.queue).heap.clear();
+        lock(&self.storage.slots).clear();
+        Box::pin(async { Ok(()) })
     }
 }
 
@@ -145,8 +173,8 @@ impl MemoryStorage {
     }
 }
 
-impl Storage for MemoryStorage {
-    fn add(&self, record: TaskRecord) -> BoxFuture<'_, Result<(), BackendError>> {
+impl MemoryStorage {
+    fn insert(&self, record: TaskRecord) {
         lock(&self.slots).insert(
             record.uuid,
             Slot {
@@ -154,24 +182,10 @@ impl Storage for MemoryStorage {
                 finished: None,
             },
         );
-        Box::pin(async { Ok(()) })
     }
 
-    fn get(&self, uuid: Uuid) -> BoxFuture<'_, Result<Option<TaskRecord>, BackendError>> {
-        let record = lock(&self.slots).get(&uuid).map(|slot| slot.record.clone());
-        Box::pin(async move { Ok(record) })
-    }
-
-    fn mark_running(&self, uuid: Uuid) -> BoxFuture<'_, Result<(), BackendError>> {
-        let result = self.update(uuid, |slot| {
-            slot.record.status = TaskStatus::Process;
-            slot.record.updated_at = unix_now();
-        });
-        Box::pin(async move { result })
-    }
-
-    fn finish(&self, uuid: Uuid, outcome: Outcome) -> BoxFuture<'_, Result<(), BackendError>> {
-        let result = self.update(uuid, |slot| {
+    fn finish(&self, uuid: Uuid, outcome: Outcome) -> Result<(), BackendError> {
+        self.update(uuid, |slot| {
             let record = &mut slot.record;
             record.updated_at = unix_now();
             match outcome {
@@ -191,8 +205,14 @@ impl Storage for MemoryStorage {
             if let Some(finished) = slot.finished.take() {
                 finished.notify_waiters();
             }
-        });
-        Box::pin(async move { result })
+        })
+    }
+}
+
+impl Storage for MemoryStorage {
+    fn get(&self, uuid: Uuid) -> BoxFuture<'_, Result<Option<TaskRecord>, BackendError>> {
+        let record = lock(&self.slots).get(&uuid).map(|slot| slot.record.clone());
+        Box::pin(async move { Ok(record) })
     }
 
     fn wait_finished(&self, uuid: Uuid) -> BoxFuture<'_, Result<Option<TaskRecord>, BackendError>> {

@@ -1,0 +1,400 @@
+//! The Redis broker: add, take (under a lease) and finish, each one round trip.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use redis::Script;
+use redis::aio::ConnectionManager;
+use tokio::task::JoinHandle;
+
+use super::wire::{
+    decode_record, new_record_fields, outcome_fields, pairs, parse_entry, queue_entry,
+};
+use super::{Keys, RedisOptions, failure, scripts};
+use crate::QueuedTask;
+use crate::backend::{BackendError, Broker, Delivery};
+use crate::plugin::BoxFuture;
+use crate::task::{Outcome, unix_now};
+
+/// How often the worker heartbeat (`N:GlobalConfig:main`, read by `ping`) is refreshed, and
+/// how long it lives without a refresh: the original's 17 s and 20 s.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(17);
+const HEARTBEAT_TTL_SECONDS: i64 = 20;
+
+/// How many times a finished task's result is written before giving up (the task then runs
+/// again when its lease runs out, so nothing is lost).
+const FINISH_ATTEMPTS: u32 = 5;
+
+/// How long an idle worker blocks waiting for a new entry before it looks for expired leases.
+pub(super) fn idle_wait(options: &RedisOptions) -> Duration {
+    (options.lease / 4).clamp(Duration::from_millis(100), Duration::from_secs(5))
+}
+
+pub(crate) struct RedisBroker {
+    keys: Keys,
+    commands: ConnectionManager,
+    blocking: ConnectionManager,
+    options: RedisOptions,
+    take: Script,
+    renew: Script,
+    /// The lease members this process holds, renewed while it lives.
+    held: Arc<Mutex<HashSet<String>>>,
+    background: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl RedisBroker {
+    pub(super) fn new(
+        keys: Keys,
+        commands: ConnectionManager,
+        blocking: ConnectionManager,
+        options: RedisOptions,
+    ) -> Self {
+        RedisBroker {
+            keys,
+            commands,
+            blocking,
+            options,
+            take: Script::new(scripts::TAKE),
+            renew: Script::new(scripts::RENEW),
+            held: Arc::default(),
+            background: Mutex::default(),
+        }
+    }
+
+    fn lease_ms(&self) -> u64 {
+        u64::try_from(self.options.lease.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    async fn take_one(&self) -> Result<Option<(String, Vec<String>)>, BackendError> {
+        let mut con = self.commands.clone();
+        let taken: Vec<(String, Vec<String>)> = self
+            .take
+            .key(&self.keys.queue)
+            .key(&self.keys.incoming)
+            .key(&self.keys.ready)
+            .key(&self.keys.sequence)
+            .key(&self.keys.leases)
+            .arg(self.lease_ms())
+            .arg(1)
+            .arg(&self.keys.prefix)
+            .invoke_async(&mut con)
+            .await
+            .map_err(|e| failure("taking a task failed".to_owned(), e))?;
+        Ok(taken.into_iter().next())
+    }
+
+    /// Turns a taken member into a delivery, or fails it (a poison entry) and returns `None`.
+    async fn deliver(
+        &self,
+        member: String,
+        fields: Vec<String>,
+    ) -> Result<Option<Delivery>, BackendError> {
+        let entry = member
+            .split_once('|')
+            .map_or(member.as_str(), |(_, entry)| entry);
+        let (task_name, uuid, priority) = match parse_entry(entry) {
+            Ok(parsed) => parsed,
+            Err(reason) => {
+                tracing::error!(app = %self.keys.prefix, "dropping a malformed queue entry: {reason}");
+                let dead = serde_json::json!({ "entry": entry, "reason": reason }).to_string();
+                let mut con = self.commands.clone();
+                redis::pipe()
+                    .atomic()
+                    .rpush(&self.keys.dead, dead)
+                    .zrem(&self.keys.leases, &member)
+                    .exec_async(&mut con)
+                    .await
+                    .map_err(|e| failure("moving a malformed entry aside failed".to_owned(), e))?;
+                self.release(&member);
+                return Ok(None);
+            }
+        };
+        let record = if fields.is_empty() {
+            Err(format!(
+                "QueueEntryError: the queue entry `{entry}` has no task record"
+            ))
+        } else {
+            decode_record(uuid, pairs(fields)).map_err(|reason| format!("RecordError: {reason}"))
+        };
+        match record {
+            Ok(record) => Ok(Some(Delivery {
+                task: QueuedTask {
+                    uuid,
+                    task_name: record.task_name,
+                    priority: record.priority,
+                    args: record.args,
+                    kwargs: record.kwargs,
+                    created_at: record.created_at,
+                    definition: None,
+                },
+                receipt: member,
+            })),
+            Err(traceback) => {
+                tracing::error!(app = %self.keys.prefix, uuid = %uuid, "failing a task that cannot run: {traceback}");
+                let now = unix_now().to_string();
+                let key = self.keys.record(uuid);
+                let mut con = self.commands.clone();
+                redis::pipe()
+                    .atomic()
+                    .hset_nx(&key, "task_name", task_name)
+                    .hset_nx(&key, "priority", priority)
+                    .hset_nx(&key, "args", "[]")
+                    .hset_nx(&key, "kwargs", "{}")
+                    .hset_nx(&key, "created_at", &now)
+                    .hset_multiple(
+                        &key,
+                        &[
+                            ("updated_at", now.as_str()),
+                            ("status", "error"),
+                            ("traceback", traceback.as_str()),
+                        ],
+                    )
+                    .zrem(&self.keys.leases, &member)
+                    .publish(&self.keys.done_channel, uuid.to_string())
+                    .exec_async(&mut con)
+                    .await
+                    .map_err(|e| failure(format!("failing task {uuid} failed"), e))?;
+                self.release(&member);
+                Ok(None)
+            }
+        }
+    }
+
+    fn hold(&self, member: &str) {
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(member.to_owned());
+    }
+
+    fn release(&self, member: &str) {
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(member);
+    }
+
+    async fn write_outcome(
+        &self,
+        delivery: &Delivery,
+        outcome: &Outcome,
+    ) -> Result<(), redis::RedisError> {
+        let key = self.keys.record(delivery.task.uuid);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hset_multiple(&key, &outcome_fields(outcome, unix_now()))
+            .zrem(&self.keys.leases, &delivery.receipt);
+        if let Some(ttl) = self.options.result_ttl {
+            pipe.pexpire(&key, i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+        }
+        pipe.publish(&self.keys.done_channel, delivery.task.uuid.to_string());
+        let mut con = self.commands.clone();
+        pipe.exec_async(&mut con).await
+    }
+}
+
+impl Broker for RedisBroker {
+    fn start(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(async move {
+            let renewer = {
+                let held = Arc::clone(&self.held);
+                let renew = self.renew.clone();
+                let leases = self.keys.leases.clone();
+                let mut con = self.commands.clone();
+                let lease_ms = self.lease_ms();
+                let every = self.options.lease / 3;
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(every).await;
+                        let members: Vec<String> = held
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .iter()
+                            .cloned()
+                            .collect();
+                        if members.is_empty() {
+                            continue;
+                        }
+                        let mut invocation = renew.key(&leases);
+                        invocation.arg(lease_ms).arg(&members);
+                        if let Err(error) = invocation.invoke_async::<i64>(&mut con).await {
+                            tracing::warn!(
+                                "renewing {} task lease(s) failed: {error}",
+                                members.len()
+                            );
+                        }
+                    }
+                })
+            };
+            let heartbeat = {
+                let key = self.keys.heartbeat.clone();
+                let name = self.keys.prefix.clone();
+                let mut con = self.commands.clone();
+                tokio::spawn(async move {
+                    loop {
+                        let beat = redis::pipe()
+                            .hset_multiple(&key, &[("name", name.as_str()), ("status", "running")])
+                            .expire(&key, HEARTBEAT_TTL_SECONDS)
+                            .exec_async(&mut con)
+                            .await;
+                        if let Err(error) = beat {
+                            tracing::warn!(app = %name, "the worker heartbeat failed: {error}");
+                        }
+                        tokio::time::sleep(HEARTBEAT_EVERY).await;
+                    }
+                })
+            };
+            self.background
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend([renewer, heartbeat]);
+            Ok(())
+        })
+    }
+
+    fn stop(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(async move {
+            for task in self
+                .background
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .drain(..)
+            {
+                task.abort();
+            }
+            let mut con = self.commands.clone();
+            redis::cmd("DEL")
+                .arg(&self.keys.heartbeat)
+                .exec_async(&mut con)
+                .await
+                .map_err(|e| failure("clearing the worker heartbeat failed".to_owned(), e))
+        })
+    }
+
+    fn add(&self, task: QueuedTask) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(async move {
+            let mut con = self.commands.clone();
+            redis::pipe()
+                .atomic()
+                .hset_multiple(self.keys.record(task.uuid), &new_record_fields(&task))
+                .rpush(&self.keys.queue, queue_entry(&task))
+                .exec_async(&mut con)
+                .await
+                .map_err(|e| failure(format!("adding task `{}` failed", task.task_name), e))
+        })
+    }
+
+    fn next(&self) -> BoxFuture<'_, Result<Option<Delivery>, BackendError>> {
+        Box::pin(async move {
+            loop {
+                if let Some((member, fields)) = self.take_one().await? {
+                    self.hold(&member);
+                    match self.deliver(member, fields).await? {
+                        Some(delivery) => return Ok(Some(delivery)),
+                        None => continue,
+                    }
+                }
+                // Nothing ready: block until a client pushes (the entry is parked in
+                // `incoming`, where any worker's next take finds it), or until it is time to
+                // look for expired leases.
+                let mut con = self.blocking.clone();
+                let _: Option<String> = redis::cmd("BLMOVE")
+                    .arg(&self.keys.queue)
+                    .arg(&self.keys.incoming)
+                    .arg("LEFT")
+                    .arg("RIGHT")
+                    .arg(idle_wait(&self.options).as_secs_f64())
+                    .query_async(&mut con)
+                    .await
+                    .map_err(|e| failure("waiting for tasks failed".to_owned(), e))?;
+            }
+        })
+    }
+
+    fn finish(
+        &self,
+        delivery: &Delivery,
+        outcome: Outcome,
+    ) -> BoxFuture<'_, Result<(), BackendError>> {
+        let delivery = delivery.clone();
+        Box::pin(async move {
+            let mut delay = Duration::from_millis(100);
+            let mut attempt = 1;
+            let result = loop {
+                match self.write_outcome(&delivery, &outcome).await {
+                    Ok(()) => break Ok(()),
+                    Err(error) if attempt < FINISH_ATTEMPTS => {
+                        tracing::warn!(uuid = %delivery.task.uuid, "storing the result failed (attempt {attempt}): {error}");
+                        tokio::time::sleep(delay).await;
+                        delay *= 2;
+                        attempt += 1;
+                    }
+                    Err(error) => {
+                        break Err(failure(
+                            format!("storing the result of task {} failed", delivery.task.uuid),
+                            error,
+                        ));
+                    }
+                }
+            };
+            self.release(&delivery.receipt);
+            result
+        })
+    }
+
+    fn flush_all(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(async move {
+            let pattern = format!("{}:*", glob_escape(&self.keys.prefix));
+            let mut con = self.commands.clone();
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut con)
+                    .await
+                    .map_err(|e| failure("listing the app's keys failed".to_owned(), e))?;
+                if !keys.is_empty() {
+                    redis::cmd("UNLINK")
+                        .arg(&keys)
+                        .exec_async(&mut con)
+                        .await
+                        .map_err(|e| failure("deleting the app's keys failed".to_owned(), e))?;
+                }
+                if next == 0 {
+                    return Ok(());
+                }
+                cursor = next;
+            }
+        })
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<Option<bool>, BackendError>> {
+        Box::pin(async move {
+            let mut con = self.commands.clone();
+            let status: Option<String> = redis::cmd("HGET")
+                .arg(&self.keys.heartbeat)
+                .arg("status")
+                .query_async(&mut con)
+                .await
+                .map_err(|e| failure("reading the worker heartbeat failed".to_owned(), e))?;
+            Ok(Some(status.is_some()))
+        })
+    }
+}
+
+/// Escapes glob characters, so an app named `a*` flushes only its own keys.
+fn glob_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}

@@ -1,0 +1,82 @@
+//! The Lua scripts that make each step of a task one atomic round trip.
+//!
+//! Keys (prefix `N` = the app name):
+//! - `N:task_queue` (LIST): entries `name:uuid:priority`, pushed by Rust and Python clients
+//!   alike, exactly as Python QTasks does.
+//! - `N:qtasks:incoming` (LIST): where an idle worker's blocking `BLMOVE` parks an entry; the
+//!   next take script moves it on, so a worker that dies in between loses nothing.
+//! - `N:qtasks:ready` (ZSET): waiting tasks; score = priority, member = `{seq:020}|{entry}`, so
+//!   equal priorities come out in arrival order.
+//! - `N:qtasks:leases` (ZSET): tasks being run; score = lease deadline (ms, Redis clock).
+//! - `N:qtasks:seq` (STRING): the arrival counter.
+//! - `N:{uuid}` (HASH): the task record, in Python QTasks' layout.
+
+/// Takes up to `ARGV[2]` tasks.
+///
+/// 1. Expired leases go back to `ready` (their holder died), keeping their place.
+/// 2. Entries in `incoming` and `task_queue` move to `ready`.
+/// 3. The lowest (priority, seq) members are popped, leased, and their records marked
+///    `process` and returned.
+///
+/// KEYS: task_queue, incoming, ready, seq, leases. ARGV: lease_ms, count, prefix.
+/// Returns `[member, record_fields]` pairs; `record_fields` is empty when the entry is
+/// malformed or its record is missing (the caller fails it).
+pub(super) const TAKE: &str = r#"
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now_s = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+
+local function priority_of(entry)
+  local p = tonumber(string.match(entry, ':(%-?%d+)$'))
+  return p or 0
+end
+
+local expired = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now_ms)
+for _, member in ipairs(expired) do
+  redis.call('ZREM', KEYS[5], member)
+  local entry = string.sub(member, 22)
+  redis.call('ZADD', KEYS[3], priority_of(entry), member)
+end
+
+for _, list in ipairs({KEYS[2], KEYS[1]}) do
+  while true do
+    local entries = redis.call('LPOP', list, 1000)
+    if not entries then break end
+    for _, entry in ipairs(entries) do
+      local seq = redis.call('INCR', KEYS[4])
+      redis.call('ZADD', KEYS[3], priority_of(entry), string.format('%020d', seq) .. '|' .. entry)
+    end
+  end
+end
+
+local taken = redis.call('ZPOPMIN', KEYS[3], tonumber(ARGV[2]))
+local out = {}
+for i = 1, #taken, 2 do
+  local member = taken[i]
+  redis.call('ZADD', KEYS[5], now_ms + tonumber(ARGV[1]), member)
+  local entry = string.sub(member, 22)
+  local uuid = string.match(entry, '^[^:]+:([^:]+):%-?%d+$')
+  local fields = {}
+  if uuid then
+    local key = ARGV[3] .. ':' .. uuid
+    if redis.call('EXISTS', key) == 1 then
+      redis.call('HSET', key, 'status', 'process', 'updated_at', now_s)
+      fields = redis.call('HGETALL', key)
+    end
+  end
+  out[#out + 1] = {member, fields}
+end
+return out
+"#;
+
+/// Extends the leases of the given members that are still leased (a reclaimed one stays
+/// reclaimed). KEYS: leases. ARGV: lease_ms, members...
+pub(super) const RENEW: &str = r#"
+local t = redis.call('TIME')
+local deadline = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
+local renewed = 0
+for i = 2, #ARGV do
+  renewed = renewed + redis.call('ZADD', KEYS[1], 'XX', 'CH', deadline, ARGV[i])
+end
+return renewed
+"#;

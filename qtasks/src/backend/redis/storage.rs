@@ -1,0 +1,211 @@
+//! The Redis storage: reads records, and wakes waiters when a worker publishes a result.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::aio::ConnectionManager;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use super::wire::{decode_record, pairs};
+use super::{Keys, failure};
+use crate::TaskRecord;
+use crate::backend::{BackendError, Storage};
+use crate::plugin::BoxFuture;
+
+/// How often a waiter looks at the record anyway. Python workers do not publish results, and
+/// a message can be missed while the subscription reconnects; this bounds the delay then.
+const FALLBACK_CHECK: Duration = Duration::from_secs(1);
+
+/// The longest pause between retries of a read over a dropped connection.
+const MAX_READ_RETRY_DELAY: Duration = Duration::from_secs(2);
+
+/// Errors after which the same command may well succeed on a new connection.
+pub(super) fn is_transient(error: &redis::RedisError) -> bool {
+    error.is_io_error() || error.is_connection_dropped() || error.is_connection_refusal() || error.is_timeout()
+}
+
+/// Waiters by task id; the subscriber wakes them when a result is published.
+#[derive(Default)]
+struct Waiters {
+    by_task: Mutex<HashMap<Uuid, Weak<Notify>>>,
+}
+
+impl Waiters {
+    fn register(&self, uuid: Uuid) -> Arc<Notify> {
+        let mut by_task = self.by_task.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(existing) = by_task.get(&uuid).and_then(Weak::upgrade) {
+            return existing;
+        }
+        let notify = Arc::new(Notify::new());
+        by_task.insert(uuid, Arc::downgrade(&notify));
+        notify
+    }
+
+    fn wake(&self, uuid: Uuid) {
+        let mut by_task = self.by_task.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(notify) = by_task.remove(&uuid).and_then(|weak| weak.upgrade()) {
+            notify.notify_waiters();
+        }
+    }
+
+    fn forget(&self, uuid: Uuid) {
+        let mut by_task = self.by_task.lock().unwrap_or_else(PoisonError::into_inner);
+        if by_task
+            .get(&uuid)
+            .is_some_and(|weak| weak.strong_count() == 0)
+        {
+            by_task.remove(&uuid);
+        }
+    }
+}
+
+pub(crate) struct RedisStorage {
+    keys: Keys,
+    commands: ConnectionManager,
+    waiters: Arc<Waiters>,
+}
+
+impl RedisStorage {
+    /// Subscribes to the result channel before returning, so no result published after this
+    /// is missed.
+    pub(super) async fn connect(
+        client: redis::Client,
+        keys: Keys,
+        commands: ConnectionManager,
+    ) -> Result<Self, BackendError> {
+        let waiters = Arc::new(Waiters::default());
+        let pubsub = subscribe(&client, &keys.done_channel).await?;
+        tokio::spawn(listen(
+            client,
+            keys.done_channel.clone(),
+            pubsub,
+            Arc::downgrade(&waiters),
+        ));
+        Ok(RedisStorage {
+            keys,
+            commands,
+            waiters,
+        })
+    }
+
+    /// Reads a record. A read is safe to repeat, so a dropped connection is retried (the
+    /// connection manager reconnects in the meantime).
+    async fn read(&self, uuid: Uuid) -> Result<Option<TaskRecord>, BackendError> {
+        let mut delay = Duration::from_millis(50);
+        let fields: Vec<String> = loop {
+            let mut con = self.commands.clone();
+            match redis::cmd("HGETALL").arg(self.keys.record(uuid)).query_async(&mut con).await {
+                Ok(fields) => break fields,
+                Err(error) if is_transient(&error) && delay <= MAX_READ_RETRY_DELAY => {
+                    tracing::debug!(uuid = %uuid, "reading the record failed, retrying: {error}");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                Err(error) => return Err(failure(format!("reading task {uuid} failed"), error)),
+            }
+        };
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        decode_record(uuid, pairs(fields))
+            .map(Some)
+            .map_err(|reason| BackendError {
+                backend: "redis",
+                message: reason,
+                source: None,
+            })
+    }
+}
+
+impl Storage for RedisStorage {
+    fn get(&self, uuid: Uuid) -> BoxFuture<'_, Result<Option<TaskRecord>, BackendError>> {
+        Box::pin(self.read(uuid))
+    }
+
+    fn wait_finished(&self, uuid: Uuid) -> BoxFuture<'_, Result<Option<TaskRecord>, BackendError>> {
+        Box::pin(async move {
+            let notify = self.waiters.register(uuid);
+            let result = loop {
+                // Listen first, then look: a result published in between still wakes us.
+                let notified = notify.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                match self.read(uuid).await {
+                    Ok(Some(record)) if !record.status.is_final() => {}
+                    other => break other,
+                }
+                tokio::select! {
+                    () = notified => {}
+                    () = tokio::time::sleep(FALLBACK_CHECK) => {}
+                }
+            };
+            drop(notify);
+            self.waiters.forget(uuid);
+            result
+        })
+    }
+}
+
+async fn subscribe(
+    client: &redis::Client,
+    channel: &str,
+) -> Result<redis::aio::PubSub, BackendError> {
+    let mut pubsub = client
+        .get_async_pubsub()
+        .await
+        .map_err(|e| failure("connecting the result subscription failed".to_owned(), e))?;
+    pubsub
+        .subscribe(channel)
+        .await
+        .map_err(|e| failure("subscribing to results failed".to_owned(), e))?;
+    Ok(pubsub)
+}
+
+/// Wakes waiters for each published result; resubscribes with backoff when the connection
+/// drops. Ends when the storage is gone.
+async fn listen(
+    client: redis::Client,
+    channel: String,
+    first: redis::aio::PubSub,
+    waiters: Weak<Waiters>,
+) {
+    let mut pubsub = Some(first);
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let Some(mut current) = pubsub.take() else {
+            if waiters.strong_count() == 0 {
+                return;
+            }
+            tokio::time::sleep(delay).await;
+            match subscribe(&client, &channel).await {
+                Ok(subscribed) => {
+                    delay = Duration::from_millis(100);
+                    pubsub = Some(subscribed);
+                }
+                Err(error) => {
+                    tracing::warn!("result subscription: {error}; retrying in {delay:?}");
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+            continue;
+        };
+        let mut messages = current.on_message();
+        while let Some(message) = messages.next().await {
+            let Some(waiters) = waiters.upgrade() else {
+                return;
+            };
+            if let Ok(uuid) = message
+                .get_payload::<String>()
+                .map(|text| Uuid::parse_str(&text))
+            {
+                if let Ok(uuid) = uuid {
+                    waiters.wake(uuid);
+                }
+            }
+        }
+        tracing::warn!("the result subscription dropped; reconnecting");
+    }
+}

@@ -1,0 +1,382 @@
+//! The Redis backend with an embedded worker, against the machine's Redis
+//! (`QTASKS_TEST_REDIS_URL`). Every test uses its own key prefix.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use qtasks::{QueueTasks, RedisOptions, TaskContext, TaskResult, TaskStatus};
+use redis::AsyncCommands;
+use serde_json::json;
+use support::{WAIT, raw_connection, redis_app, redis_url, unique_prefix};
+
+#[qtasks::task]
+async fn concat(a: String, b: String) -> String {
+    format!("{a}{b}")
+}
+
+#[qtasks::task(echo = true)]
+async fn redis_cancels(ctx: TaskContext) -> TaskResult<()> {
+    Err(ctx.cancel("no longer needed"))
+}
+
+#[qtasks::task]
+async fn redis_fails() -> TaskResult<()> {
+    Err(qtasks::TaskError::msg("it went wrong"))
+}
+
+#[tokio::test]
+async fn tasks_run_and_records_use_the_python_layout() {
+    let Some(url) = redis_url("tasks_run_and_records_use_the_python_layout") else {
+        return;
+    };
+    let prefix = unique_prefix("roundtrip");
+    let app = redis_app(&url, &prefix, RedisOptions::default(), 4).await;
+    app.start().await.unwrap();
+
+    let ok = concat::add_task(&app, "при".into(), "вет".into())
+        .await
+        .unwrap();
+    let by_name = app
+        .add_task("concat", ("a",), json!({"b": "b"}))
+        .await
+        .unwrap();
+    let cancelled = redis_cancels::add_task(&app).await.unwrap();
+    let failed = redis_fails::add_task(&app).await.unwrap();
+    let unknown = app.add_task("no_such_task", (), ()).await.unwrap();
+
+    let ok = ok.wait(WAIT).await.unwrap();
+    assert_eq!(
+        (ok.status, ok.returning),
+        (TaskStatus::Success, Some(json!("привет")))
+    );
+    assert_eq!(
+        by_name.wait(WAIT).await.unwrap().returning,
+        Some(json!("ab"))
+    );
+    let cancelled = cancelled.wait(WAIT).await.unwrap();
+    assert_eq!(
+        (cancelled.status, cancelled.cancel_reason.as_deref()),
+        (TaskStatus::Cancel, Some("no longer needed"))
+    );
+    let failed = failed.wait(WAIT).await.unwrap();
+    assert_eq!(
+        (failed.status, failed.traceback.as_deref()),
+        (TaskStatus::Error, Some("TaskError: it went wrong"))
+    );
+    let unknown = unknown.wait(WAIT).await.unwrap();
+    assert!(
+        unknown
+            .traceback
+            .unwrap()
+            .starts_with("UnknownTask: task `no_such_task`")
+    );
+
+    // The hash is what Python QTasks writes and reads.
+    let mut con = raw_connection(&url).await;
+    let fields: HashMap<String, String> =
+        con.hgetall(format!("{prefix}:{}", ok.uuid)).await.unwrap();
+    assert_eq!(fields["task_name"], "concat");
+    assert_eq!(fields["priority"], "0");
+    assert_eq!(fields["args"], "[\"при\",\"вет\"]");
+    assert_eq!(fields["kwargs"], "{}");
+    assert_eq!(fields["status"], "success");
+    assert_eq!(fields["returning"], "\"привет\"");
+    assert!(fields["created_at"].parse::<f64>().unwrap() > 1.0e9);
+    assert_eq!(
+        app.get(ok.uuid).await.unwrap().unwrap().status,
+        TaskStatus::Success
+    );
+
+    app.stop().await.unwrap();
+    app.flush_all().await.unwrap();
+}
+
+static ORDER: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+#[qtasks::task]
+async fn record_order(label: String) {
+    ORDER.lock().unwrap().push(label);
+}
+
+#[tokio::test]
+async fn lower_priority_numbers_run_first_and_equal_ones_in_order() {
+    let Some(url) = redis_url("lower_priority_numbers_run_first_and_equal_ones_in_order") else {
+        return;
+    };
+    let prefix = unique_prefix("priority");
+    let app = redis_app(&url, &prefix, RedisOptions::default(), 1).await;
+    // Enqueued while no worker runs, with priorities mixed.
+    let priorities = [5, 1, 3, 1, 0, 5, 3, 0, 2, 1];
+    let mut handles = Vec::new();
+    for (i, priority) in priorities.iter().enumerate() {
+        let options = qtasks::AddOptions::default().priority(*priority);
+        handles.push(
+            app.add_task_with("record_order", (format!("{priority}.{i}"),), (), options)
+                .await
+                .unwrap(),
+        );
+    }
+    app.start().await.unwrap();
+    for handle in handles {
+        assert_eq!(handle.wait(WAIT).await.unwrap().status, TaskStatus::Success);
+    }
+    let mut expected: Vec<(i64, usize)> = priorities
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (*p, i))
+        .collect();
+    expected.sort_unstable();
+    let expected: Vec<String> = expected.iter().map(|(p, i)| format!("{p}.{i}")).collect();
+    assert_eq!(*ORDER.lock().unwrap(), expected);
+    app.stop().await.unwrap();
+    app.flush_all().await.unwrap();
+}
+
+#[tokio::test]
+async fn poison_entries_fail_alone_and_the_worker_goes_on() {
+    let Some(url) = redis_url("poison_entries_fail_alone_and_the_worker_goes_on") else {
+        return;
+    };
+    let prefix = unique_prefix("poison");
+    let app = redis_app(&url, &prefix, RedisOptions::default(), 2).await;
+    let mut con = raw_connection(&url).await;
+    let orphan = qtasks::Uuid::new_v4();
+    let queue = format!("{prefix}:task_queue");
+    let _: () = con.rpush(&queue, "garbage").await.unwrap();
+    let _: () = con.rpush(&queue, "concat:not-a-uuid:1").await.unwrap();
+    let _: () = con
+        .rpush(&queue, format!("concat:{orphan}:0"))
+        .await
+        .unwrap();
+    let _: () = con
+        .hset_multiple(
+            format!("{prefix}:{}", qtasks::Uuid::nil()),
+            &[("status", "new")],
+        )
+        .await
+        .unwrap();
+    let _: () = con
+        .rpush(&queue, format!("concat:{}:0", qtasks::Uuid::nil()))
+        .await
+        .unwrap();
+    app.start().await.unwrap();
+
+    let fine = concat::add_task(&app, "still ".into(), "working".into())
+        .await
+        .unwrap();
+    assert_eq!(
+        fine.wait(WAIT).await.unwrap().returning,
+        Some(json!("still working"))
+    );
+
+    let orphan = app.wait(orphan, WAIT).await.unwrap();
+    assert_eq!(orphan.status, TaskStatus::Error);
+    assert!(
+        orphan
+            .traceback
+            .unwrap()
+            .starts_with("QueueEntryError: the queue entry `concat:")
+    );
+    let broken = app.wait(qtasks::Uuid::nil(), WAIT).await.unwrap();
+    assert_eq!(broken.status, TaskStatus::Error);
+    assert!(
+        broken.traceback.unwrap().starts_with(
+            "RecordError: task 00000000-0000-0000-0000-000000000000: the record has no"
+        )
+    );
+
+    let dead: Vec<String> = con
+        .lrange(format!("{prefix}:qtasks:dead"), 0, -1)
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    assert!(
+        dead[0].contains("`garbage` is not `name:uuid:priority`"),
+        "{dead:?}"
+    );
+    assert!(dead[1].contains("malformed uuid"), "{dead:?}");
+    app.stop().await.unwrap();
+    app.flush_all().await.unwrap();
+}
+
+#[tokio::test]
+async fn finished_records_expire_when_a_retention_is_set() {
+    let Some(url) = redis_url("finished_records_expire_when_a_retention_is_set") else {
+        return;
+    };
+    let kept = unique_prefix("kept");
+    let expiring = unique_prefix("expiring");
+    let options = RedisOptions {
+        result_ttl: Some(Duration::from_secs(3600)),
+        ..Default::default()
+    };
+    let keep_app = redis_app(&url, &kept, RedisOptions::default(), 1).await;
+    let expire_app = redis_app(&url, &expiring, options, 1).await;
+    keep_app.start().await.unwrap();
+    expire_app.start().await.unwrap();
+    let a = concat::add_task(&keep_app, "a".into(), "b".into())
+        .await
+        .unwrap()
+        .wait(WAIT)
+        .await
+        .unwrap();
+    let b = concat::add_task(&expire_app, "a".into(), "b".into())
+        .await
+        .unwrap()
+        .wait(WAIT)
+        .await
+        .unwrap();
+    let mut con = raw_connection(&url).await;
+    let kept_ttl: i64 = con.pttl(format!("{kept}:{}", a.uuid)).await.unwrap();
+    let expiring_ttl: i64 = con.pttl(format!("{expiring}:{}", b.uuid)).await.unwrap();
+    assert_eq!(
+        kept_ttl, -1,
+        "no retention: kept forever, as in the original"
+    );
+    assert!(
+        expiring_ttl > 0 && expiring_ttl <= 3_600_000,
+        "{expiring_ttl}"
+    );
+    for app in [keep_app, expire_app] {
+        app.stop().await.unwrap();
+        app.flush_all().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn flush_all_clears_only_this_apps_keys() {
+    let Some(url) = redis_url("flush_all_clears_only_this_apps_keys") else {
+        return;
+    };
+    let prefix = unique_prefix("flush");
+    let neighbour = format!("{prefix}x"); // shares the prefix text, not the app
+    let app = redis_app(&url, &prefix, RedisOptions::default(), 1).await;
+    let other = redis_app(&url, &neighbour, RedisOptions::default(), 1).await;
+    app.add_task("concat", ("a", "b"), ()).await.unwrap();
+    other.add_task("concat", ("a", "b"), ()).await.unwrap();
+    let mut con = raw_connection(&url).await;
+    let count = |pattern: String| {
+        let mut con = con.clone();
+        async move { con.keys::<_, Vec<String>>(pattern).await.unwrap().len() }
+    };
+    assert_eq!(count(format!("{prefix}:*")).await, 2); // the record and the queue
+    app.flush_all().await.unwrap();
+    assert_eq!(count(format!("{prefix}:*")).await, 0);
+    assert_eq!(count(format!("{neighbour}:*")).await, 2);
+    other.flush_all().await.unwrap();
+    let _: () = con.del("unused").await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_is_reported_at_start() {
+    let error = QueueTasks::redis("redis://127.0.0.1:1/")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.starts_with("redis backend: cannot connect to Redis at redis://127.0.0.1:1/"),
+        "{error}"
+    );
+    let error = QueueTasks::redis("redis://user:secret@127.0.0.1:1/")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        !error.contains("secret"),
+        "the password is not shown: {error}"
+    );
+    let error = QueueTasks::redis("not a url")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.starts_with("redis backend: invalid Redis URL `not a url`"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn ping_sees_the_worker_heartbeat() {
+    let Some(url) = redis_url("ping_sees_the_worker_heartbeat") else {
+        return;
+    };
+    let prefix = unique_prefix("ping");
+    let worker = redis_app(&url, &prefix, RedisOptions::default(), 1).await;
+    let client = redis_app(&url, &prefix, RedisOptions::default(), 1).await;
+    assert!(!client.ping().await.unwrap());
+    worker.start().await.unwrap();
+    // The heartbeat is written when the worker starts; a client in another process sees it.
+    let mut alive = false;
+    for _ in 0..100 {
+        alive = client.ping().await.unwrap();
+        if alive {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(alive);
+    worker.stop().await.unwrap();
+    assert!(!client.ping().await.unwrap());
+    worker.flush_all().await.unwrap();
+}
+
+#[qtasks::task]
+async fn slow_concat(a: String, ms: u64) -> String {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    a
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_connections_reconnect_and_nothing_is_lost() {
+    let Some(url) = redis_url("dropped_connections_reconnect_and_nothing_is_lost") else {
+        return;
+    };
+    let prefix = unique_prefix("clientkill");
+    let app = redis_app(&url, &prefix, RedisOptions::default(), 8).await;
+    let mut handles = Vec::new();
+    for i in 0..300 {
+        handles.push(
+            slow_concat::add_task(&app, format!("t{i}"), 5)
+                .await
+                .unwrap(),
+        );
+    }
+    app.start().await.unwrap();
+    let killer = {
+        let url = url.clone();
+        tokio::spawn(async move {
+            let mut con = raw_connection(&url).await;
+            let mut killed = 0;
+            for _ in 0..5 {
+                tokio::time::sleep(Duration::from_millis(40)).await;
+                let n: i64 = redis::cmd("CLIENT")
+                    .arg("KILL")
+                    .arg("TYPE")
+                    .arg("normal")
+                    .arg("SKIPME")
+                    .arg("yes")
+                    .query_async(&mut con)
+                    .await
+                    .unwrap();
+                killed += n;
+            }
+            killed
+        })
+    };
+    for (i, handle) in handles.into_iter().enumerate() {
+        let done = handle.wait(WAIT).await.unwrap();
+        assert_eq!(
+            (done.status, done.returning),
+            (TaskStatus::Success, Some(json!(format!("t{i}"))))
+        );
+    }
+    assert!(
+        killer.await.unwrap() > 0,
+        "connections were killed during the run"
+    );
+    app.stop().await.unwrap();
+    app.flush_all().await.unwrap();
+}

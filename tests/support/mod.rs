@@ -1,0 +1,60 @@
+//! Helpers shared by the Redis tests.
+
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use qtasks::{QueueConfig, QueueTasks, RedisOptions};
+
+/// The Redis URL of the machine, or `None` (the test prints that it was skipped).
+pub(crate) fn redis_url(test: &str) -> Option<String> {
+    match std::env::var("QTASKS_TEST_REDIS_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            println!("skipped {test}: QTASKS_TEST_REDIS_URL is not set");
+            None
+        }
+    }
+}
+
+/// A key prefix (app name) no other test uses, also across processes and runs.
+pub(crate) fn unique_prefix(test: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "qt_{test}_{}_{}_{nanos}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// An app on Redis under its own prefix.
+pub(crate) async fn redis_app(
+    url: &str,
+    prefix: &str,
+    options: RedisOptions,
+    concurrency: usize,
+) -> QueueTasks {
+    let config = QueueConfig {
+        name: prefix.to_owned(),
+        max_tasks_process: concurrency,
+        ..Default::default()
+    };
+    QueueTasks::redis_with(url, config, options)
+        .await
+        .expect("Redis is reachable")
+}
+
+pub(crate) async fn raw_connection(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+pub(crate) const WAIT: Duration = Duration::from_secs(30);
