@@ -1,1 +1,237 @@
-//! placeholder
+//! The Redis backend with real worker processes: no task lost when a worker is killed, none
+//! run twice while its worker lives, exactly once across several workers, and priorities across
+//! the whole queue.
+
+#![cfg(unix)]
+
+mod support;
+
+use std::collections::HashMap;
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use qtasks::{AddOptions, QueueTasks, RedisOptions, TaskStatus};
+use redis::AsyncCommands;
+use serde_json::json;
+use support::{WAIT, raw_connection, redis_app, redis_url, unique_prefix};
+
+/// A worker process, killed (SIGKILL) when dropped unless stopped first.
+struct Worker(Child);
+
+impl Worker {
+    fn spawn(prefix: &str, lease_ms: u64, concurrency: usize) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_qtasks-test-redis-worker"))
+            .args([prefix, &lease_ms.to_string(), &concurrency.to_string()])
+            .spawn()
+            .expect("the worker binary starts");
+        Worker(child)
+    }
+
+    fn kill(mut self) {
+        self.0.kill().expect("SIGKILL is delivered");
+        self.0.wait().expect("the killed worker is reaped");
+    }
+
+    fn stop(mut self) {
+        let pid = self.0.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill runs");
+        let status = self.0.wait().expect("the worker exits");
+        assert!(
+            status.success(),
+            "the worker stopped gracefully: {status:?}"
+        );
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn runs(url: &str, prefix: &str) -> HashMap<String, i64> {
+    raw_connection(url)
+        .await
+        .hgetall(format!("{prefix}:test:runs"))
+        .await
+        .unwrap()
+}
+
+async fn wait_until_started(url: &str, prefix: &str, label: &str) {
+    for _ in 0..3000 {
+        if runs(url, prefix).await.contains_key(label) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("task {label} never started");
+}
+
+async fn client(url: &str, prefix: &str) -> QueueTasks {
+    redis_app(url, prefix, RedisOptions::default(), 1).await
+}
+
+#[tokio::test]
+async fn a_task_of_a_killed_worker_runs_again_on_a_live_worker() {
+    let Some(url) = redis_url("a_task_of_a_killed_worker_runs_again_on_a_live_worker") else {
+        return;
+    };
+    let prefix = unique_prefix("sigkill");
+    let app = client(&url, &prefix).await;
+    let first = Worker::spawn(&prefix, 1500, 1);
+    let task = app
+        .add_task("record_run", ("victim", 3000), ())
+        .await
+        .unwrap();
+    wait_until_started(&url, &prefix, "victim").await;
+
+    first.kill(); // mid-task: the task is leased to a dead worker
+    let second = Worker::spawn(&prefix, 1500, 1);
+    let done = task.wait(WAIT).await.unwrap();
+    assert_eq!(
+        (done.status, done.returning),
+        (TaskStatus::Success, Some(json!("victim")))
+    );
+    assert_eq!(
+        runs(&url, &prefix).await["victim"],
+        2,
+        "started once on each worker"
+    );
+    second.stop();
+    app.flush_all().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_task_held_by_a_live_worker_is_never_taken_twice() {
+    let Some(url) = redis_url("a_task_held_by_a_live_worker_is_never_taken_twice") else {
+        return;
+    };
+    let prefix = unique_prefix("longtask");
+    let app = client(&url, &prefix).await;
+    // The task runs for five lease times while another worker keeps looking for expired leases.
+    let workers = [
+        Worker::spawn(&prefix, 500, 2),
+        Worker::spawn(&prefix, 500, 2),
+    ];
+    let long = app
+        .add_task("record_run", ("long", 2500), ())
+        .await
+        .unwrap();
+    let mut short = Vec::new();
+    for i in 0..20 {
+        short.push(
+            app.add_task("record_run", (format!("short{i}"), 100), ())
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(long.wait(WAIT).await.unwrap().status, TaskStatus::Success);
+    for handle in short {
+        assert_eq!(handle.wait(WAIT).await.unwrap().status, TaskStatus::Success);
+    }
+    let runs = runs(&url, &prefix).await;
+    assert_eq!(runs.len(), 21);
+    assert!(
+        runs.values().all(|n| *n == 1),
+        "every task ran once: {runs:?}"
+    );
+    for worker in workers {
+        worker.stop();
+    }
+    app.flush_all().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_tasks_across_three_workers_run_exactly_once() {
+    let Some(url) = redis_url("ten_thousand_tasks_across_three_workers_run_exactly_once") else {
+        return;
+    };
+    let prefix = unique_prefix("tenk");
+    let app = client(&url, &prefix).await;
+    let workers = [
+        Worker::spawn(&prefix, 30_000, 10),
+        Worker::spawn(&prefix, 30_000, 10),
+        Worker::spawn(&prefix, 30_000, 10),
+    ];
+    let mut handles = Vec::with_capacity(10_000);
+    for i in 0..10_000 {
+        handles.push(
+            app.add_task("record_run", (format!("t{i}"), 0), ())
+                .await
+                .unwrap(),
+        );
+    }
+    for handle in handles {
+        assert_eq!(handle.wait(WAIT).await.unwrap().status, TaskStatus::Success);
+    }
+    let runs = runs(&url, &prefix).await;
+    assert_eq!(runs.len(), 10_000);
+    let repeated: Vec<_> = runs.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(
+        repeated.is_empty(),
+        "tasks run more than once: {repeated:?}"
+    );
+    for worker in workers {
+        worker.stop();
+    }
+    app.flush_all().await.unwrap();
+}
+
+#[tokio::test]
+async fn priorities_hold_across_worker_processes() {
+    let Some(url) = redis_url("priorities_hold_across_worker_processes") else {
+        return;
+    };
+    let prefix = unique_prefix("prioprocs");
+    let app = client(&url, &prefix).await;
+    let mut expected = Vec::new();
+    let mut handles = Vec::new();
+    for i in 0..40_i64 {
+        let priority = (i * 7) % 5; // mixed, with repeats
+        let label = format!("p{priority}-{i:02}");
+        expected.push((priority, i, label.clone()));
+        let options = AddOptions::default().priority(priority);
+        handles.push(
+            app.add_task_with("record_run", (label, 50), (), options)
+                .await
+                .unwrap(),
+        );
+    }
+    let workers = [
+        Worker::spawn(&prefix, 30_000, 1),
+        Worker::spawn(&prefix, 30_000, 1),
+    ];
+    for handle in handles {
+        assert_eq!(handle.wait(WAIT).await.unwrap().status, TaskStatus::Success);
+    }
+    expected.sort();
+    let rank: HashMap<String, usize> = expected
+        .into_iter()
+        .enumerate()
+        .map(|(rank, (_, _, label))| (label, rank))
+        .collect();
+    let order: Vec<String> = raw_connection(&url)
+        .await
+        .lrange(format!("{prefix}:test:order"), 0, -1)
+        .await
+        .unwrap();
+    assert_eq!(order.len(), 40);
+    // Two workers take tasks in exact (priority, arrival) order; the order in which they
+    // *record* their start may swap neighbours.
+    for (position, label) in order.iter().enumerate() {
+        let displacement = rank[label].abs_diff(position);
+        assert!(
+            displacement <= 2,
+            "{label} ran at {position}, expected near {}: {order:?}",
+            rank[label]
+        );
+    }
+    for worker in workers {
+        worker.stop();
+    }
+    app.flush_all().await.unwrap();
+}

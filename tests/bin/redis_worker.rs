@@ -1,1 +1,52 @@
-fn main() {}
+//! A Redis worker process for the multi-process tests.
+//!
+//! `qtasks-test-redis-worker <prefix> <lease_ms> <concurrency>`, with the Redis URL in
+//! `QTASKS_TEST_REDIS_URL`. Its one task, `record_run(label, ms)`, counts its runs in
+//! `<prefix>:test:runs` and its start order in `<prefix>:test:order`, then sleeps `ms`.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use qtasks::{QueueConfig, QueueTasks, RedisOptions};
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+
+static RECORDER: OnceLock<(ConnectionManager, String)> = OnceLock::new();
+
+#[qtasks::task]
+async fn record_run(label: String, ms: u64) -> qtasks::TaskResult<String> {
+    let (con, prefix) = RECORDER.get().expect("set in main");
+    let mut con = con.clone();
+    let _: i64 = con.hincr(format!("{prefix}:test:runs"), &label, 1).await?;
+    let _: i64 = con.rpush(format!("{prefix}:test:order"), &label).await?;
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    Ok(label)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, prefix, lease_ms, concurrency] = &args[..] else {
+        return Err("usage: qtasks-test-redis-worker <prefix> <lease_ms> <concurrency>".into());
+    };
+    let url = std::env::var("QTASKS_TEST_REDIS_URL")?;
+    let recorder = redis::Client::open(url.as_str())?
+        .get_connection_manager()
+        .await?;
+    RECORDER
+        .set((recorder, prefix.clone()))
+        .map_err(|_| "set once")?;
+
+    let config = QueueConfig {
+        name: prefix.clone(),
+        max_tasks_process: concurrency.parse()?,
+        ..Default::default()
+    };
+    let options = RedisOptions {
+        lease: Duration::from_millis(lease_ms.parse()?),
+        ..Default::default()
+    };
+    let app = QueueTasks::redis_with(&url, config, options).await?;
+    app.run_forever().await?;
+    Ok(())
+}

@@ -24,7 +24,10 @@ const MAX_READ_RETRY_DELAY: Duration = Duration::from_secs(2);
 
 /// Errors after which the same command may well succeed on a new connection.
 pub(super) fn is_transient(error: &redis::RedisError) -> bool {
-    error.is_io_error() || error.is_connection_dropped() || error.is_connection_refusal() || error.is_timeout()
+    error.is_io_error()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+        || error.is_timeout()
 }
 
 /// Waiters by task id; the subscriber wakes them when a result is published.
@@ -97,7 +100,11 @@ impl RedisStorage {
         let mut delay = Duration::from_millis(50);
         let fields: Vec<String> = loop {
             let mut con = self.commands.clone();
-            match redis::cmd("HGETALL").arg(self.keys.record(uuid)).query_async(&mut con).await {
+            match redis::cmd("HGETALL")
+                .arg(self.keys.record(uuid))
+                .query_async(&mut con)
+                .await
+            {
                 Ok(fields) => break fields,
                 Err(error) if is_transient(&error) && delay <= MAX_READ_RETRY_DELAY => {
                     tracing::debug!(uuid = %uuid, "reading the record failed, retrying: {error}");
