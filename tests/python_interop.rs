@@ -1,1 +1,140 @@
-//! placeholder
+//! Interoperability with Python QTasks 1.7.3 on one Redis, in both directions, against the
+//! real package (installed by this test into a virtual environment under the target dir).
+
+#![cfg(unix)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use qtasks::{RedisOptions, TaskContext, TaskResult, TaskStatus};
+use serde_json::{Value, json};
+use support::{redis_app, redis_url, unique_prefix};
+
+const PYTHON_QTASKS: &str = "qtasks==1.7.3";
+
+/// The Python of a virtual environment with QTasks 1.7.3, made on first use.
+fn python() -> &'static Path {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("python-qtasks-1.7.3");
+        let python = venv.join("bin/python");
+        let ready = venv.join(".installed");
+        if !ready.exists() {
+            let run = |command: &mut Command| {
+                let status = command.status().expect("the command starts");
+                assert!(status.success(), "{command:?} failed: {status}");
+            };
+            run(Command::new("python3").args(["-m", "venv", "--clear"]).arg(&venv));
+            run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", "--disable-pip-version-check", PYTHON_QTASKS]));
+            std::fs::write(&ready, PYTHON_QTASKS).unwrap();
+        }
+        python
+    })
+}
+
+fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("python").join(name)
+}
+
+#[qtasks::task]
+async fn interop_add(a: i64, b: i64) -> i64 {
+    a + b
+}
+
+#[qtasks::task]
+async fn interop_greet(who: String) -> String {
+    format!("привет, {who} ✓")
+}
+
+#[qtasks::task]
+async fn interop_fail() -> TaskResult<()> {
+    Err(qtasks::TaskError::msg("ошибка: bad input"))
+}
+
+#[qtasks::task(echo = true)]
+async fn interop_cancel(ctx: TaskContext, reason: String) -> TaskResult<()> {
+    Err(ctx.cancel(reason))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_client_uses_a_rust_worker() {
+    let Some(url) = redis_url("a_python_client_uses_a_rust_worker") else { return };
+    let prefix = unique_prefix("py_client");
+    let python = tokio::task::spawn_blocking(python).await.unwrap();
+    let app = redis_app(&url, &prefix, RedisOptions::default(), 4).await;
+    app.start().await.unwrap();
+
+    let output = tokio::process::Command::new(python)
+        .arg(script("client.py"))
+        .args([&url, &prefix])
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "client.py failed: {}", String::from_utf8_lossy(&output.stderr));
+    let got: Value = serde_json::from_slice(&output.stdout).expect("client.py prints JSON");
+
+    assert_eq!(got["add"]["status"], "success");
+    assert_eq!(got["add"]["returning"], 7);
+    assert_eq!(got["add"]["args"], json!([2]));
+    assert_eq!(got["add"]["kwargs"], json!({"b": 5}));
+    assert_eq!(got["unicode"]["returning"], "привет, мир ✓");
+    assert_eq!(got["error"]["status"], "error");
+    assert_eq!(got["error"]["traceback"], "TaskError: ошибка: bad input");
+    assert_eq!(got["cancel"]["status"], "cancel");
+    assert_eq!(got["cancel"]["cancel_reason"], "не нужно");
+    assert_eq!(got["get"]["status"], "success");
+    assert_eq!(got["get"]["returning"], 2);
+    assert_eq!(got["get"]["priority"], 3);
+
+    app.stop().await.unwrap();
+    app.flush_all().await.unwrap();
+}
+
+/// The Python worker process, ended when dropped.
+struct PythonWorker(Child);
+
+impl Drop for PythonWorker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rust_client_uses_a_python_worker() {
+    let Some(url) = redis_url("a_rust_client_uses_a_python_worker") else { return };
+    let prefix = unique_prefix("py_worker");
+    let python = tokio::task::spawn_blocking(python).await.unwrap();
+    let _worker = PythonWorker(
+        Command::new(python)
+            .arg(script("worker.py"))
+            .args([&url, &prefix])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // A client only: no Rust worker takes these tasks.
+    let app = redis_app(&url, &prefix, RedisOptions::default(), 1).await;
+    let wait = Duration::from_secs(60);
+
+    let mul = app.add_task("py_mul", (6, 7), ()).await.unwrap();
+    let greet = app.add_task("py_greet", ("мир",), json!({"punctuation": "?"})).await.unwrap();
+    let fail = app.add_task("py_fail", (), ()).await.unwrap();
+
+    let mul = mul.wait(wait).await.unwrap();
+    assert_eq!((mul.status, mul.returning), (TaskStatus::Success, Some(json!(42))));
+    assert_eq!(mul.args, [json!(6), json!(7)]);
+    let greet = greet.wait(wait).await.unwrap();
+    assert_eq!(greet.returning, Some(json!({"text": "привет, мир?"})));
+    let fail = fail.wait(wait).await.unwrap();
+    assert_eq!(fail.status, TaskStatus::Error);
+    let traceback = fail.traceback.unwrap();
+    assert!(traceback.contains("ValueError: bad value"), "{traceback}");
+
+    app.flush_all().await.unwrap();
+}
