@@ -28,8 +28,15 @@ fn python() -> &'static Path {
                 let status = command.status().expect("the command starts");
                 assert!(status.success(), "{command:?} failed: {status}");
             };
-            run(Command::new("python3").args(["-m", "venv", "--clear"]).arg(&venv));
-            run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", "--disable-pip-version-check", PYTHON_QTASKS]));
+            run(Command::new("python3")
+                .args(["-m", "venv", "--clear"])
+                .arg(&venv));
+            run(Command::new(venv.join("bin/pip")).args([
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                PYTHON_QTASKS,
+            ]));
             std::fs::write(&ready, PYTHON_QTASKS).unwrap();
         }
         python
@@ -37,7 +44,9 @@ fn python() -> &'static Path {
 }
 
 fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("python").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("python")
+        .join(name)
 }
 
 #[qtasks::task]
@@ -62,7 +71,9 @@ async fn interop_cancel(ctx: TaskContext, reason: String) -> TaskResult<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_client_uses_a_rust_worker() {
-    let Some(url) = redis_url("a_python_client_uses_a_rust_worker") else { return };
+    let Some(url) = redis_url("a_python_client_uses_a_rust_worker") else {
+        return;
+    };
     let prefix = unique_prefix("py_client");
     let python = tokio::task::spawn_blocking(python).await.unwrap();
     let app = redis_app(&url, &prefix, RedisOptions::default(), 4).await;
@@ -74,7 +85,11 @@ async fn a_python_client_uses_a_rust_worker() {
         .output()
         .await
         .unwrap();
-    assert!(output.status.success(), "client.py failed: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "client.py failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let got: Value = serde_json::from_slice(&output.stdout).expect("client.py prints JSON");
 
     assert_eq!(got["add"]["status"], "success");
@@ -106,7 +121,9 @@ impl Drop for PythonWorker {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rust_client_uses_a_python_worker() {
-    let Some(url) = redis_url("a_rust_client_uses_a_python_worker") else { return };
+    let Some(url) = redis_url("a_rust_client_uses_a_python_worker") else {
+        return;
+    };
     let prefix = unique_prefix("py_worker");
     let python = tokio::task::spawn_blocking(python).await.unwrap();
     let _worker = PythonWorker(
@@ -123,11 +140,17 @@ async fn a_rust_client_uses_a_python_worker() {
     let wait = Duration::from_secs(60);
 
     let mul = app.add_task("py_mul", (6, 7), ()).await.unwrap();
-    let greet = app.add_task("py_greet", ("мир",), json!({"punctuation": "?"})).await.unwrap();
+    let greet = app
+        .add_task("py_greet", ("мир",), json!({"punctuation": "?"}))
+        .await
+        .unwrap();
     let fail = app.add_task("py_fail", (), ()).await.unwrap();
 
     let mul = mul.wait(wait).await.unwrap();
-    assert_eq!((mul.status, mul.returning), (TaskStatus::Success, Some(json!(42))));
+    assert_eq!(
+        (mul.status, mul.returning),
+        (TaskStatus::Success, Some(json!(42)))
+    );
     assert_eq!(mul.args, [json!(6), json!(7)]);
     let greet = greet.wait(wait).await.unwrap();
     assert_eq!(greet.returning, Some(json!({"text": "привет, мир?"})));

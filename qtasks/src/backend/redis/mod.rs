@@ -52,6 +52,11 @@ pub struct RedisOptions {
     pub connect_timeout: Duration,
     /// The timeout of one command. Default 10 s.
     pub response_timeout: Duration,
+    /// For `rediss://` URLs: the PEM certificate of the authority that signed the server's
+    /// certificate, when it is not in the system's trust store (a private CA). `None` trusts
+    /// the system's roots.
+    #[cfg(feature = "redis-tls")]
+    pub tls_root_certificate: Option<Vec<u8>>,
 }
 
 impl Default for RedisOptions {
@@ -61,6 +66,8 @@ impl Default for RedisOptions {
             result_ttl: None,
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(10),
+            #[cfg(feature = "redis-tls")]
+            tls_root_certificate: None,
         }
     }
 }
@@ -106,8 +113,8 @@ pub(crate) async fn connect(
     options: &RedisOptions,
 ) -> Result<(Arc<RedisBroker>, Arc<RedisStorage>), BackendError> {
     let shown = redacted(url);
-    let client =
-        redis::Client::open(url).map_err(|e| failure(format!("invalid Redis URL `{shown}`"), e))?;
+    let client = open_client(url, options)
+        .map_err(|e| failure(format!("invalid Redis URL `{shown}`"), e))?;
     let connect = |response_timeout: Duration| {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(options.connect_timeout))
@@ -128,6 +135,31 @@ pub(crate) async fn connect(
     let storage = RedisStorage::connect(client, keys.clone(), commands.clone()).await?;
     let broker = RedisBroker::new(keys, commands, blocking, options.clone());
     Ok((Arc::new(broker), Arc::new(storage)))
+}
+
+#[cfg(feature = "redis-tls")]
+fn open_client(url: &str, options: &RedisOptions) -> redis::RedisResult<redis::Client> {
+    match &options.tls_root_certificate {
+        Some(root) => redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(root.clone()),
+            },
+        ),
+        None => redis::Client::open(url),
+    }
+}
+
+#[cfg(not(feature = "redis-tls"))]
+fn open_client(url: &str, _options: &RedisOptions) -> redis::RedisResult<redis::Client> {
+    if url.starts_with("rediss://") {
+        return Err(redis::RedisError::from((
+            redis::ErrorKind::InvalidClientConfig,
+            "`rediss://` (TLS) needs the `redis-tls` feature of qtasks",
+        )));
+    }
+    redis::Client::open(url)
 }
 
 /// The URL without its password, for messages.
