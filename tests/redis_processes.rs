@@ -82,15 +82,36 @@ async fn a_task_of_a_killed_worker_runs_again_on_a_live_worker() {
     };
     let prefix = unique_prefix("sigkill");
     let app = client(&url, &prefix).await;
-    let first = Worker::spawn(&prefix, 1500, 1);
+    // Two workers run from the start; nothing is started or restarted after the kill.
+    let mut workers = vec![
+        Worker::spawn(&prefix, 1500, 1),
+        Worker::spawn(&prefix, 1500, 1),
+    ];
     let task = app
         .add_task("record_run", ("victim", 3000), ())
         .await
         .unwrap();
     wait_until_started(&url, &prefix, "victim").await;
 
-    first.kill(); // mid-task: the task is leased to a dead worker
-    let second = Worker::spawn(&prefix, 1500, 1);
+    let pid = |label: &'static str| {
+        let url = url.clone();
+        let prefix = prefix.clone();
+        async move {
+            let pids: HashMap<String, u32> = raw_connection(&url)
+                .await
+                .hgetall(format!("{prefix}:test:pid"))
+                .await
+                .unwrap();
+            pids[label]
+        }
+    };
+    let first = pid("victim").await;
+    let holder = workers
+        .iter()
+        .position(|w| w.0.id() == first)
+        .expect("one of ours runs it");
+    workers.remove(holder).kill(); // mid-task: the task is leased to a dead worker
+
     let done = task.wait(WAIT).await.unwrap();
     assert_eq!(
         (done.status, done.returning),
@@ -101,7 +122,12 @@ async fn a_task_of_a_killed_worker_runs_again_on_a_live_worker() {
         2,
         "started once on each worker"
     );
-    second.stop();
+    assert_eq!(
+        pid("victim").await,
+        workers[0].0.id(),
+        "the live worker ran it again"
+    );
+    workers.remove(0).stop();
     app.flush_all().await.unwrap();
 }
 

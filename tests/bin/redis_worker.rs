@@ -2,7 +2,8 @@
 //!
 //! `qtasks-test-redis-worker <prefix> <lease_ms> <concurrency>`, with the Redis URL in
 //! `QTASKS_TEST_REDIS_URL`. Its one task, `record_run(label, ms)`, counts its runs in
-//! `<prefix>:test:runs` and its start order in `<prefix>:test:order`, then sleeps `ms`.
+//! `<prefix>:test:runs`, its start order in `<prefix>:test:order` and the process that ran it
+//! last in `<prefix>:test:pid`, then sleeps `ms`.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -19,6 +20,9 @@ async fn record_run(label: String, ms: u64) -> qtasks::TaskResult<String> {
     let mut con = con.clone();
     let _: i64 = con.hincr(format!("{prefix}:test:runs"), &label, 1).await?;
     let _: i64 = con.rpush(format!("{prefix}:test:order"), &label).await?;
+    let _: i64 = con
+        .hset(format!("{prefix}:test:pid"), &label, std::process::id())
+        .await?;
     tokio::time::sleep(Duration::from_millis(ms)).await;
     Ok(label)
 }

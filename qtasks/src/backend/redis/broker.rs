@@ -115,7 +115,7 @@ impl RedisBroker {
                 "QueueEntryError: the queue entry `{entry}` has no task record"
             ))
         } else {
-            decode_record(uuid, pairs(fields)).map_err(|reason| format!("RecordError: {reason}"))
+            decode_record(uuid, &pairs(fields)).map_err(|reason| format!("RecordError: {reason}"))
         };
         match record {
             Ok(record) => Ok(Some(Delivery {

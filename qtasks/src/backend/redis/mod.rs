@@ -181,6 +181,7 @@ fn redacted(url: &str) -> String {
     }
 }
 
+#[allow(clippy::needless_pass_by_value)] // called with `format!` results
 fn failure(message: String, error: redis::RedisError) -> BackendError {
     BackendError {
         backend: "redis",

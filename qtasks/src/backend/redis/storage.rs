@@ -117,7 +117,7 @@ impl RedisStorage {
         if fields.is_empty() {
             return Ok(None);
         }
-        decode_record(uuid, pairs(fields))
+        decode_record(uuid, &pairs(fields))
             .map(Some)
             .map_err(|reason| BackendError {
                 backend: "redis",
@@ -204,13 +204,9 @@ async fn listen(
             let Some(waiters) = waiters.upgrade() else {
                 return;
             };
-            if let Ok(uuid) = message
-                .get_payload::<String>()
-                .map(|text| Uuid::parse_str(&text))
-            {
-                if let Ok(uuid) = uuid {
-                    waiters.wake(uuid);
-                }
+            let published = message.get_payload::<String>().ok();
+            if let Some(uuid) = published.and_then(|text| Uuid::parse_str(&text).ok()) {
+                waiters.wake(uuid);
             }
         }
         tracing::warn!("the result subscription dropped; reconnecting");

@@ -70,7 +70,7 @@ pub(super) fn parse_entry(entry: &str) -> Result<(&str, Uuid, i64), String> {
 /// Builds a record from a hash; `Err` names the field that does not parse.
 pub(super) fn decode_record(
     uuid: Uuid,
-    fields: HashMap<String, String>,
+    fields: &HashMap<String, String>,
 ) -> Result<TaskRecord, String> {
     let text = |name: &str| fields.get(name).map(String::as_str);
     let required =
@@ -164,7 +164,7 @@ mod tests {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
-        let record = decode_record(Uuid::nil(), fields).unwrap();
+        let record = decode_record(Uuid::nil(), &fields).unwrap();
         assert_eq!(record.status, TaskStatus::Success);
         assert_eq!(record.args, vec![serde_json::json!(2)]);
         assert_eq!(record.kwargs.get("b"), Some(&serde_json::json!(5)));
