@@ -275,7 +275,7 @@ struct WrongKind;
 
 impl Plugin for WrongKind {
     async fn trigger(&self, _event: TriggerEvent<'_>) -> Result<Option<Reply>, BoxError> {
-        Ok(Some(Reply::Values(vec![json!(1)])))
+        Ok(Some(Reply::typed(vec![json!(1)])))
     }
 }
 

@@ -74,7 +74,7 @@ async fn add_task_refuses_arguments_that_are_not_a_list_or_an_object() {
     let err = app.add_task("a:b", (), ()).await.unwrap_err();
     assert_eq!(
         err.to_string(),
-        "cannot add task `a:b`: task names cannot contain `:`"
+        "cannot add task `a:b`: task names cannot contain `:`, which separates the fields of queue entries"
     );
 }
 

@@ -16,11 +16,13 @@ pub use inventory;
 // Everything generated code names, re-exported here so the macros reach the runtime through
 // this one module.
 pub use crate::triggers;
-pub use crate::{QueueTasks, Result, TaskContext, TaskDefinition, TaskHandle, TaskParam, Trigger};
+pub use crate::{
+    Executor, QueueTasks, Result, TaskContext, TaskDefinition, TaskHandle, TaskParam, Trigger,
+};
 
 use crate::panic::panic_message;
 use crate::plugin::BoxFuture;
-pub use crate::triggers::{IntoReply, Payload, Reply, TriggerEvent};
+pub use crate::triggers::{Payload, Reply, TriggerEvent};
 use crate::{ArgumentError, Error, TaskError};
 
 // ---------------------------------------------------------------------------------------------
@@ -87,16 +89,15 @@ impl<O> PluginReturn<O> for () {
     }
 }
 
-impl<O: IntoReply> PluginReturn<O> for Option<O> {
+impl<O: Send + 'static> PluginReturn<O> for Option<O> {
     fn into_outcome(self) -> HandlerOutcome {
-        Ok(self.and_then(IntoReply::into_reply))
+        Ok(self.map(Reply::typed))
     }
 }
 
-impl<O: IntoReply, E: Display> PluginReturn<O> for std::result::Result<Option<O>, E> {
+impl<O: Send + 'static, E: Display> PluginReturn<O> for std::result::Result<Option<O>, E> {
     fn into_outcome(self) -> HandlerOutcome {
-        self.map(|o| o.and_then(IntoReply::into_reply))
-            .map_err(|e| e.to_string())
+        self.map(|o| o.map(Reply::typed)).map_err(|e| e.to_string())
     }
 }
 

@@ -1,6 +1,7 @@
 //! The app: `QueueTasks`, the object users add tasks to and run workers from.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
@@ -11,42 +12,73 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use crate::backend::{Broker, MemoryBroker, MemoryStorage, Storage};
-use crate::dispatch::{Dispatch, RuntimePlugin};
+use crate::backend::{Broker, Storage};
+use crate::components::{Executor, GlobalConfig, StartSteps, Starter, StopSteps, Worker};
+use crate::dispatch::{Dispatch, RuntimePlugin, chain};
+use crate::events::{Event, EventKind, Events};
+use crate::inspect::{AppStats, Inspection, TaskStats};
 use crate::plugin::DynPlugin;
 use crate::registry::TaskTable;
+use crate::signals::ShutdownSignals;
 use crate::task::unix_now;
+use crate::triggers::{
+    BrokerAddAfter, BrokerAddBefore, BrokerFlushAll, BrokerGet, GlobalConfigGet,
+    GlobalConfigGetAll, GlobalConfigGetMatch, GlobalConfigSet, QtasksAddTaskAfterBroker,
+    QtasksAddTaskBeforeBroker, QtasksFlushAll, QtasksGet, QtasksPing, QtasksStop, StatsInspect,
+    StorageAdd, StorageFlushAll, StorageGet, StorageGetAll,
+};
 use crate::{
-    Error, Plugin, QueueConfig, QueuedTask, Result, TaskDefinition, TaskHandle, TaskRecord,
-    Trigger, worker,
+    AppBuilder, Component, ConfigError, Error, Plugin, QueueConfig, QueuedTask, Result,
+    TaskDefinition, TaskHandle, TaskRecord, TaskStatus, Trigger,
 };
 
 /// The app: adds tasks, reads their results, runs a worker and holds plugins.
 ///
-/// Cheap to clone; clones share everything. [`QueueTasks::new`] uses the in-memory broker and
-/// storage, so it needs no server.
+/// Cheap to clone; clones share everything. [`QueueTasks::new`] uses the in-memory backend,
+/// so it needs no server; [`QueueTasks::builder`] replaces any part.
 ///
 /// A process can be a client (only `add_task`/`get`), a worker (`run_forever`), or both (an
 /// embedded worker started with `start`, as tests and examples do).
 #[derive(Clone)]
 pub struct QueueTasks {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    config: QueueConfig,
-    broker: Arc<dyn Broker>,
-    storage: Arc<dyn Storage>,
+type ConfigSubscriber = Arc<dyn Fn(&QueueConfig, &str, &Value) + Send + Sync>;
+
+pub(crate) struct Inner {
+    config: RwLock<Arc<QueueConfig>>,
+    config_subscribers: Mutex<Vec<ConfigSubscriber>>,
+    pub(crate) broker: Arc<dyn Broker>,
+    pub(crate) storage: Arc<dyn Storage>,
+    pub(crate) global_config: Arc<dyn GlobalConfig>,
+    pub(crate) worker: Arc<dyn Worker>,
+    pub(crate) starter: Arc<dyn Starter>,
+    pub(crate) executor: Arc<dyn Executor>,
     plugins: Mutex<Vec<RuntimePlugin>>,
     dispatch: RwLock<Arc<Dispatch>>,
-    running: AtomicBool,
-    lifecycle: tokio::sync::Mutex<Option<Running>>,
+    pub(crate) events: Events,
+    pub(crate) running: AtomicBool,
+    pub(crate) lifecycle: tokio::sync::Mutex<Option<Running>>,
 }
 
-struct Running {
-    shutdown: watch::Sender<bool>,
-    worker: JoinHandle<()>,
-    plugins: Vec<RuntimePlugin>,
+/// What a started app holds until it stops.
+pub(crate) struct Running {
+    pub(crate) shutdown: watch::Sender<bool>,
+    pub(crate) worker: JoinHandle<()>,
+    pub(crate) heartbeat: JoinHandle<()>,
+    pub(crate) plugins: Vec<RuntimePlugin>,
+}
+
+/// The parts an app is built from (see [`AppBuilder`]).
+pub(crate) struct Parts {
+    pub(crate) config: QueueConfig,
+    pub(crate) broker: Arc<dyn Broker>,
+    pub(crate) storage: Arc<dyn Storage>,
+    pub(crate) global_config: Arc<dyn GlobalConfig>,
+    pub(crate) worker: Arc<dyn Worker>,
+    pub(crate) starter: Arc<dyn Starter>,
+    pub(crate) executor: Arc<dyn Executor>,
 }
 
 impl Default for QueueTasks {
@@ -56,24 +88,25 @@ impl Default for QueueTasks {
 }
 
 impl QueueTasks {
-    /// An app with the default config and the in-memory broker and storage.
+    /// An app with the default config on the in-memory backend.
     pub fn new() -> Self {
-        Self::with_config(QueueConfig::default())
+        Self::builder().build()
     }
 
-    /// An app with this config and the in-memory broker and storage.
+    /// An app with this config on the in-memory backend.
     pub fn with_config(config: QueueConfig) -> Self {
-        let storage = Arc::new(MemoryStorage::new());
-        Self::with_backend(
-            config,
-            Arc::new(MemoryBroker::new(Arc::clone(&storage))),
-            storage,
-        )
+        Self::builder().config(config).build()
+    }
+
+    /// A builder to replace the app's parts: backend, global config, worker, starter,
+    /// executor.
+    pub fn builder() -> AppBuilder {
+        AppBuilder::default()
     }
 
     /// An app on Redis, named `QueueTasks` (the key prefix), with default options. The
-    /// worker heartbeat, queue and records use Python QTasks' keys, so Rust and Python
-    /// clients and workers can share the queue.
+    /// queue, records and worker heartbeat use Python QTasks' keys, so Rust and Python clients
+    /// and workers can share them.
     ///
     /// Fails at once, saying so, when Redis cannot be reached.
     #[cfg(feature = "redis")]
@@ -88,47 +121,114 @@ impl QueueTasks {
         config: QueueConfig,
         options: crate::RedisOptions,
     ) -> Result<Self> {
-        if config.name.is_empty() || config.name.contains(':') {
-            return Err(Error::InvalidConfig(format!(
-                "the app name `{}` is the Redis key prefix: it must be non-empty and contain no `:`",
-                config.name
-            )));
-        }
-        let (broker, storage) = crate::backend::redis::connect(url, &config.name, &options).await?;
-        Ok(Self::with_backend(config, broker, storage))
+        Ok(Self::builder()
+            .config(config)
+            .redis(url, options)
+            .await?
+            .build())
     }
 
-    /// An app on the given broker and storage.
-    pub fn with_backend(
-        config: QueueConfig,
-        broker: Arc<dyn Broker>,
-        storage: Arc<dyn Storage>,
-    ) -> Self {
+    pub(crate) fn from_parts(parts: Parts) -> Self {
         QueueTasks {
             inner: Arc::new(Inner {
-                config,
-                broker,
-                storage,
-                plugins: Mutex::new(Vec::new()),
+                config: RwLock::new(Arc::new(parts.config)),
+                config_subscribers: Mutex::default(),
+                broker: parts.broker,
+                storage: parts.storage,
+                global_config: parts.global_config,
+                worker: parts.worker,
+                starter: parts.starter,
+                executor: parts.executor,
+                plugins: Mutex::default(),
                 dispatch: RwLock::new(Arc::new(Dispatch::build(&[]))),
+                events: Events::default(),
                 running: AtomicBool::new(false),
                 lifecycle: tokio::sync::Mutex::new(None),
             }),
         }
     }
 
+    // -- Parts ---------------------------------------------------------------------------------
+
     /// The app name.
-    pub fn name(&self) -> &str {
-        &self.inner.config.name
+    pub fn name(&self) -> String {
+        self.config().name.clone()
     }
 
-    /// The app's config.
-    pub fn config(&self) -> &QueueConfig {
-        &self.inner.config
+    /// The app's config, as it is now.
+    pub fn config(&self) -> Arc<QueueConfig> {
+        Arc::clone(
+            &self
+                .inner
+                .config
+                .read()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
     }
 
-    pub(crate) fn broker(&self) -> Arc<dyn Broker> {
-        Arc::clone(&self.inner.broker)
+    /// Changes one config field from its text form (as an environment variable would) and
+    /// tells the subscribers. The app name cannot change.
+    pub fn set_config(&self, field: &str, value: &str) -> Result<(), ConfigError> {
+        self.update_config(|config| config.set_field(field, value))
+    }
+
+    /// Changes the config with a closure and tells the subscribers which fields changed.
+    ///
+    /// Settings read at start (`max_tasks_process`, the heartbeat timings) take effect at the
+    /// next start.
+    pub fn update_config(
+        &self,
+        change: impl FnOnce(&mut QueueConfig) -> Result<(), ConfigError>,
+    ) -> Result<(), ConfigError> {
+        let before = self.config();
+        let mut after = (*before).clone();
+        change(&mut after)?;
+        if after.name != before.name {
+            return Err(ConfigError {
+                source_name: "name".to_owned(),
+                value: after.name,
+                expected: "the app's name: it cannot change while the app exists".to_owned(),
+            });
+        }
+        let after = Arc::new(after);
+        *self
+            .inner
+            .config
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::clone(&after);
+        let (Value::Object(old), Value::Object(new)) = (
+            serde_json::to_value(&*before).unwrap_or_default(),
+            serde_json::to_value(&*after).unwrap_or_default(),
+        ) else {
+            return Ok(());
+        };
+        let subscribers = self
+            .inner
+            .config_subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        for (field, value) in &new {
+            if old.get(field) != Some(value) {
+                for subscriber in &subscribers {
+                    subscriber(&after, field, value);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Calls `callback(config, field, new_value)` for every field a later change sets to a new
+    /// value (the original's `config.subscribe`).
+    pub fn subscribe_config(
+        &self,
+        callback: impl Fn(&QueueConfig, &str, &Value) + Send + Sync + 'static,
+    ) {
+        self.inner
+            .config_subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Arc::new(callback));
     }
 
     pub(crate) fn dispatch(&self) -> Arc<Dispatch> {
@@ -141,27 +241,67 @@ impl QueueTasks {
         )
     }
 
-    /// Registers a runtime plugin for these triggers (the original's `add_plugin`). Pass
-    /// [`Trigger::ALL`] for every trigger.
+    pub(crate) fn runtime_plugins(&self) -> Vec<RuntimePlugin> {
+        self.inner
+            .plugins
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    // -- Plugins and events --------------------------------------------------------------------
+
+    /// Registers a runtime plugin on the app for these triggers (the original's
+    /// `add_plugin`). An app plugin may ask for any trigger; pass [`Trigger::ALL`] for all.
     ///
     /// Its handlers run after the `#[qtasks::plugin]` handlers of the same trigger, in the
     /// order plugins were added. `start` and `stop` run once each when the app starts and
     /// stops. Plugins are added while the app is stopped; adding one to a running app is
     /// [`Error::AlreadyRunning`].
     pub fn add_plugin(&self, plugin: impl Plugin, triggers: &[Trigger]) -> Result<()> {
+        self.register_plugin(Arc::new(plugin), triggers.to_vec())
+    }
+
+    /// Registers a runtime plugin for one component's triggers, as the original's
+    /// `add_plugin(plugin, trigger_names, component=..)` does. `None` means all of them (the
+    /// original's `"Globals"`). The worker's triggers include the executor's, as in the
+    /// original. A trigger of another component is [`Error::TriggerNotOfComponent`].
+    pub fn add_component_plugin(
+        &self,
+        component: Component,
+        plugin: impl Plugin,
+        triggers: Option<&[Trigger]>,
+    ) -> Result<()> {
+        let belongs = |trigger: &Trigger| {
+            trigger.component() == component
+                || (component == Component::Worker
+                    && trigger.component() == Component::TaskExecutor)
+        };
+        let triggers: Vec<Trigger> = match triggers {
+            Some(triggers) => {
+                if let Some(foreign) = triggers.iter().find(|t| !belongs(t)) {
+                    return Err(Error::TriggerNotOfComponent {
+                        trigger: *foreign,
+                        component,
+                    });
+                }
+                triggers.to_vec()
+            }
+            None => Trigger::ALL.iter().copied().filter(belongs).collect(),
+        };
+        self.register_plugin(Arc::new(plugin), triggers)
+    }
+
+    fn register_plugin(&self, plugin: Arc<dyn DynPlugin>, triggers: Vec<Trigger>) -> Result<()> {
         if self.inner.running.load(Ordering::Acquire) {
             return Err(Error::AlreadyRunning);
         }
-        let plugin: Arc<dyn DynPlugin> = Arc::new(plugin);
         let mut plugins = self
             .inner
             .plugins
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        plugins.push(RuntimePlugin {
-            plugin,
-            triggers: triggers.to_vec(),
-        });
+        plugins.push(RuntimePlugin { plugin, triggers });
         let dispatch = Arc::new(Dispatch::build(&plugins));
         *self
             .inner
@@ -170,6 +310,31 @@ impl QueueTasks {
             .unwrap_or_else(PoisonError::into_inner) = dispatch;
         Ok(())
     }
+
+    /// Calls `callback` at every event of this kind (the original's `@app.events.on.<kind>()`).
+    ///
+    /// ```
+    /// use qtasks::{EventKind, QueueTasks};
+    ///
+    /// let app = QueueTasks::new();
+    /// app.on_event(EventKind::TaskError, |event| {
+    ///     eprintln!("task {:?} failed: {:?}", event.task.as_ref().map(|t| &t.task_name), event.outcome);
+    /// });
+    /// ```
+    pub fn on_event(&self, kind: EventKind, callback: impl Fn(&Event) + Send + Sync + 'static) {
+        self.inner.events.on(kind, callback);
+    }
+
+    /// Calls an async `callback` at every event of this kind.
+    pub fn on_event_async<F, Fut>(&self, kind: EventKind, callback: F)
+    where
+        F: Fn(Event) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.inner.events.on_async(kind, callback);
+    }
+
+    // -- Tasks ---------------------------------------------------------------------------------
 
     /// Adds a task by name with JSON-serializable arguments (the original's `add_task`).
     ///
@@ -226,9 +391,6 @@ impl QueueTasks {
             task: task_name.to_owned(),
             reason,
         };
-        if task_name.contains(':') {
-            return Err(invalid("task names cannot contain `:`".to_owned()));
-        }
         let args = match serde_json::to_value(args)
             .map_err(|e| invalid(format!("args do not encode as JSON: {e}")))?
         {
@@ -283,6 +445,8 @@ impl QueueTasks {
         .await
     }
 
+    /// Adds a task: `qtasks_add_task_before_broker`, `broker_add_before` and `storage_add` may
+    /// change it, then the broker stores and queues it.
     async fn enqueue(
         &self,
         task_name: String,
@@ -291,113 +455,317 @@ impl QueueTasks {
         kwargs: Map<String, Value>,
         definition: Option<&'static TaskDefinition>,
     ) -> Result<TaskHandle> {
-        let queued = QueuedTask {
+        let mut task = QueuedTask {
             uuid: Uuid::new_v4(),
             task_name,
             priority,
             args,
             kwargs,
             created_at: unix_now(),
+            retry: None,
+            retry_parent_uuid: None,
             definition,
         };
-        let uuid = queued.uuid;
-        self.inner.broker.add(queued).await?;
-        Ok(TaskHandle::new(uuid, self.clone()))
-    }
-
-    /// Deletes this app's queued tasks and records (and nothing of other apps).
-    pub async fn flush_all(&self) -> Result<()> {
-        Ok(self.inner.broker.flush_all().await?)
-    }
-
-    /// Whether a worker of this app is running: on Redis, any worker process (its heartbeat,
-    /// as the original's `ping`); in memory, this app's own worker.
-    pub async fn ping(&self) -> Result<bool> {
-        match self.inner.broker.ping().await? {
-            Some(alive) => Ok(alive),
-            None => Ok(self.inner.running.load(Ordering::Acquire)),
+        let dispatch = self.dispatch();
+        let (broker, storage) = (&*self.inner.broker, &*self.inner.storage);
+        chain!(
+            dispatch,
+            Trigger::QtasksAddTaskBeforeBroker,
+            QtasksAddTaskBeforeBroker {
+                app: self,
+                broker,
+                task: &task
+            },
+            |update| update.apply_to(&mut task)
+        );
+        chain!(
+            dispatch,
+            Trigger::BrokerAddBefore,
+            BrokerAddBefore {
+                broker,
+                storage,
+                task: &task
+            },
+            |update| update.apply_to(&mut task)
+        );
+        chain!(
+            dispatch,
+            Trigger::StorageAdd,
+            StorageAdd {
+                storage,
+                uuid: task.uuid,
+                task: &task
+            },
+            |update| update.apply_to(&mut task)
+        );
+        if task.task_name.contains(':') {
+            return Err(Error::InvalidArguments {
+                task: task.task_name,
+                reason:
+                    "task names cannot contain `:`, which separates the fields of queue entries"
+                        .to_owned(),
+            });
         }
+        broker.add(task.clone()).await?;
+        dispatch
+            .fire(&BrokerAddAfter {
+                broker,
+                storage,
+                task: &task,
+            })
+            .await;
+        dispatch
+            .fire(&QtasksAddTaskAfterBroker {
+                app: self,
+                broker,
+                task: &task,
+            })
+            .await;
+        Ok(TaskHandle::new(task.uuid, self.clone()))
     }
 
-    /// A task's record as it is now; `None` for an unknown id.
+    /// A task's record as it is now; `None` for an unknown id. `storage_get`, `broker_get` and
+    /// `qtasks_get` may change what is returned.
     pub async fn get(&self, uuid: Uuid) -> Result<Option<TaskRecord>> {
-        Ok(self.inner.storage.get(uuid).await?)
+        let mut record = self.inner.storage.get(uuid).await?;
+        self.adjust_read(&mut record).await;
+        Ok(record)
     }
 
-    /// Waits until a task ends and returns its record; see [`TaskHandle::wait`].
+    async fn adjust_read(&self, record: &mut Option<TaskRecord>) {
+        let dispatch = self.dispatch();
+        let (broker, storage) = (&*self.inner.broker, &*self.inner.storage);
+        if let Some(found) = record.as_mut() {
+            chain!(
+                dispatch,
+                Trigger::StorageGet,
+                StorageGet {
+                    storage,
+                    record: found
+                },
+                |update| update.apply_to(found)
+            );
+        }
+        chain!(
+            dispatch,
+            Trigger::BrokerGet,
+            BrokerGet {
+                broker,
+                task: record.as_ref()
+            },
+            |update| {
+                if let Some(found) = record.as_mut() {
+                    update.apply_to(found);
+                }
+            }
+        );
+        chain!(
+            dispatch,
+            Trigger::QtasksGet,
+            QtasksGet {
+                app: self,
+                broker,
+                task: record.as_ref()
+            },
+            |update| {
+                if let Some(found) = record.as_mut() {
+                    update.apply_to(found);
+                }
+            }
+        );
+    }
+
+    /// Every record of this app, oldest first. `storage_get_all` may change the list.
+    pub async fn get_all(&self) -> Result<Vec<TaskRecord>> {
+        let mut records = self.inner.storage.get_all().await?;
+        let storage = &*self.inner.storage;
+        chain!(
+            self.dispatch(),
+            Trigger::StorageGetAll,
+            StorageGetAll {
+                storage,
+                records: &records
+            },
+            |replaced| { records = replaced }
+        );
+        Ok(records)
+    }
+
+    /// Waits until a task ends and returns its record; see [`TaskHandle::wait`]. A retried
+    /// task is followed to its last attempt.
     pub async fn wait(&self, uuid: Uuid, timeout: Duration) -> Result<TaskRecord> {
-        match tokio::time::timeout(timeout, self.inner.storage.wait_finished(uuid)).await {
-            Ok(Ok(Some(record))) => Ok(record),
-            Ok(Ok(None)) => Err(Error::TaskNotFound(uuid)),
-            Ok(Err(error)) => Err(error.into()),
+        let ends = self.config().result_statuses_end.clone();
+        let follow = async {
+            let mut current = uuid;
+            loop {
+                let Some(record) = self.inner.storage.wait_finished(current).await? else {
+                    return Err(Error::TaskNotFound(current));
+                };
+                match (record.status, record.retry_child_uuid) {
+                    (TaskStatus::Retry, Some(child)) => current = child,
+                    (status, _) if ends.contains(&status) || status.is_final() => {
+                        let mut record = Some(record);
+                        self.adjust_read(&mut record).await;
+                        return Ok(record.expect("present"));
+                    }
+                    _ => unreachable!("wait_finished returns ended records"),
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, follow).await {
+            Ok(result) => result,
             Err(_elapsed) => Err(Error::WaitTimeout { uuid, timeout }),
         }
     }
 
-    /// Starts plugins and a worker in the background of the current tokio runtime, and
-    /// returns. Stop it with [`stop`](Self::stop). For a worker process, use
-    /// [`run_forever`](Self::run_forever).
-    pub async fn start(&self) -> Result<()> {
-        self.start_worker().await.map(drop)
+    /// Deletes this app's queued tasks and records, and nothing of other apps.
+    pub async fn flush_all(&self) -> Result<()> {
+        let dispatch = self.dispatch();
+        let (broker, storage) = (&*self.inner.broker, &*self.inner.storage);
+        dispatch.fire(&QtasksFlushAll { app: self, broker }).await;
+        dispatch.fire(&BrokerFlushAll { broker }).await;
+        broker.flush_all().await?;
+        dispatch.fire(&StorageFlushAll { storage }).await;
+        storage.flush_all().await?;
+        Ok(())
     }
 
-    async fn start_worker(&self) -> Result<watch::Receiver<bool>> {
-        let tasks = TaskTable::global()?;
-        let mut lifecycle = self.inner.lifecycle.lock().await;
-        if lifecycle.is_some() {
-            return Err(Error::AlreadyRunning);
-        }
-        self.inner.running.store(true, Ordering::Release);
-        let plugins = self
-            .inner
-            .plugins
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        for (started, entry) in plugins.iter().enumerate() {
-            if let Err(error) = entry.plugin.start().await {
-                stop_plugins(&plugins[..started]).await;
-                self.inner.running.store(false, Ordering::Release);
-                return Err(Error::PluginLifecycle {
-                    plugin: entry.plugin.name().to_owned(),
-                    phase: "start",
-                    reason: error.to_string(),
-                });
+    /// Whether a worker of this app is running anywhere: its heartbeat in the global config
+    /// (on Redis, any worker process, as the original's `ping`).
+    pub async fn ping(&self) -> Result<bool> {
+        let global_config = &*self.inner.global_config;
+        self.dispatch()
+            .fire(&QtasksPing {
+                app: self,
+                global_config,
+            })
+            .await;
+        Ok(global_config.status().await?)
+    }
+
+    // -- Global config -------------------------------------------------------------------------
+
+    /// Writes a global config entry (`global_config_set` may change it).
+    pub async fn config_set(&self, name: &str, key: &str, value: &str) -> Result<()> {
+        let global_config = &*self.inner.global_config;
+        let (mut name, mut key, mut value) = (name.to_owned(), key.to_owned(), value.to_owned());
+        chain!(
+            self.dispatch(),
+            Trigger::GlobalConfigSet,
+            GlobalConfigSet {
+                global_config,
+                name: &name,
+                key: &key,
+                value: &value
+            },
+            |update| {
+                if let Some(new) = update.name {
+                    name = new;
+                }
+                if let Some(new) = update.key {
+                    key = new;
+                }
+                if let Some(new) = update.value {
+                    value = new;
+                }
             }
-        }
-        let (shutdown, stop_requested) = watch::channel(false);
-        let worker = tokio::spawn(worker::run(self.clone(), tasks, stop_requested.clone()));
-        *lifecycle = Some(Running {
-            shutdown,
-            worker,
-            plugins,
-        });
-        Ok(stop_requested)
+        );
+        Ok(global_config.set(&name, &key, &value).await?)
     }
 
-    /// Stops gracefully: the worker takes no new task, the running ones finish, then each
-    /// plugin's `stop` runs once. Tasks still queued stay queued. Stopping a stopped app does
-    /// nothing.
+    /// Reads a global config entry (`global_config_get` may change it).
+    pub async fn config_get(&self, name: &str, key: &str) -> Result<Option<String>> {
+        let global_config = &*self.inner.global_config;
+        let mut value = global_config.get(name, key).await?;
+        chain!(
+            self.dispatch(),
+            Trigger::GlobalConfigGet,
+            GlobalConfigGet {
+                global_config,
+                name,
+                key,
+                value: value.as_deref()
+            },
+            |replaced| value = Some(replaced)
+        );
+        Ok(value)
+    }
+
+    /// Reads all global config entries of a name (`global_config_get_all` may change them).
+    pub async fn config_get_all(
+        &self,
+        name: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>> {
+        let global_config = &*self.inner.global_config;
+        let mut values = global_config.get_all(name).await?;
+        chain!(
+            self.dispatch(),
+            Trigger::GlobalConfigGetAll,
+            GlobalConfigGetAll {
+                global_config,
+                name,
+                values: &values
+            },
+            |replaced| values = replaced
+        );
+        Ok(values)
+    }
+
+    /// Reads the entries of every name matching a glob pattern, keyed `name:key`
+    /// (`global_config_get_match` may change them).
+    pub async fn config_get_match(
+        &self,
+        pattern: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>> {
+        let global_config = &*self.inner.global_config;
+        let mut values = global_config.get_match(pattern).await?;
+        chain!(
+            self.dispatch(),
+            Trigger::GlobalConfigGetMatch,
+            GlobalConfigGetMatch {
+                global_config,
+                pattern,
+                values: &values
+            },
+            |replaced| values = replaced
+        );
+        Ok(values)
+    }
+
+    // -- Lifecycle -----------------------------------------------------------------------------
+
+    /// Starts plugins, components and a worker in the background of the current tokio
+    /// runtime, and returns (through the app's [`Starter`]). Stop it with
+    /// [`stop`](Self::stop). For a worker process, use [`run_forever`](Self::run_forever).
+    pub async fn start(&self) -> Result<()> {
+        let starter = Arc::clone(&self.inner.starter);
+        starter
+            .start(StartSteps {
+                app: self,
+                starter: &*starter,
+            })
+            .await
+    }
+
+    /// Stops gracefully: the worker takes no new task, the running ones finish, the components
+    /// stop, then each plugin's `stop` runs once. Tasks still queued stay queued. Stopping a
+    /// stopped app does nothing.
     pub async fn stop(&self) -> Result<()> {
-        let mut lifecycle = self.inner.lifecycle.lock().await;
-        let Some(running) = lifecycle.take() else {
-            return Ok(());
-        };
-        tracing::info!(app = self.name(), "stopping");
-        let _ = running.shutdown.send(true);
-        if let Err(error) = running.worker.await {
-            tracing::error!(app = self.name(), "the worker ended abnormally: {error}");
+        let starter = Arc::clone(&self.inner.starter);
+        if self.inner.running.load(Ordering::Acquire) {
+            self.dispatch()
+                .fire(&QtasksStop {
+                    app: self,
+                    starter: &*starter,
+                })
+                .await;
         }
-        let result = match stop_plugins(&running.plugins).await {
-            Some((plugin, reason)) => Err(Error::PluginLifecycle {
-                plugin,
-                phase: "stop",
-                reason,
-            }),
-            None => Ok(()),
-        };
-        self.inner.running.store(false, Ordering::Release);
-        result
+        starter
+            .stop(StopSteps {
+                app: self,
+                starter: &*starter,
+            })
+            .await
     }
 
     /// Runs a worker until Ctrl-C (or SIGTERM on Unix) or [`stop`](Self::stop), then stops
@@ -410,67 +778,49 @@ impl QueueTasks {
     /// }
     /// ```
     pub async fn run_forever(&self) -> Result<()> {
-        // Listen before the worker starts, so a signal that comes early is not lost (it
-        // would otherwise kill the process with the default action).
         let mut signals = ShutdownSignals::listen();
-        let mut stop_requested = self.start_worker().await?;
+        self.start().await?;
+        let mut stop_requested = match self.inner.lifecycle.lock().await.as_ref() {
+            Some(running) => running.shutdown.subscribe(),
+            None => return Ok(()), // stopped already
+        };
         tokio::select! {
-            () = signals.recv() => tracing::info!(app = self.name(), "shutdown signal received"),
+            () = signals.recv() => tracing::info!(app = %self.name(), "shutdown signal received"),
             _ = stop_requested.wait_for(|stop| *stop) => {}
         }
         self.stop().await
     }
-}
 
-/// Ctrl-C, and SIGTERM on Unix. A signal that cannot be listened for is left out.
-struct ShutdownSignals {
-    #[cfg(unix)]
-    interrupt: Option<tokio::signal::unix::Signal>,
-    #[cfg(unix)]
-    terminate: Option<tokio::signal::unix::Signal>,
-}
-
-impl ShutdownSignals {
-    fn listen() -> Self {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            let listen = |kind: SignalKind| match signal(kind) {
-                Ok(listener) => Some(listener),
-                Err(error) => {
-                    tracing::warn!("cannot listen for {kind:?}: {error}");
-                    None
-                }
-            };
-            ShutdownSignals {
-                interrupt: listen(SignalKind::interrupt()),
-                terminate: listen(SignalKind::terminate()),
-            }
-        }
-        #[cfg(not(unix))]
-        ShutdownSignals {}
-    }
-
-    /// Resolves on the first signal; never, if none can be listened for.
-    async fn recv(&mut self) {
-        #[cfg(unix)]
-        {
-            async fn next(listener: &mut Option<tokio::signal::unix::Signal>) {
-                match listener {
-                    Some(listener) => {
-                        listener.recv().await;
-                    }
-                    None => std::future::pending().await,
-                }
-            }
-            tokio::select! {
-                () = next(&mut self.interrupt) => {}
-                () = next(&mut self.terminate) => {}
-            }
-        }
-        #[cfg(not(unix))]
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
+    /// What the app is made of and which tasks it knows (`stats_inspect` fires first).
+    pub async fn inspect(&self) -> Inspection {
+        self.dispatch().fire(&StatsInspect { app: self }).await;
+        let tasks: Vec<TaskStats> = TaskTable::global()
+            .map(|table| {
+                table
+                    .definitions()
+                    .iter()
+                    .map(|d| TaskStats::of(d))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let inner = &self.inner;
+        Inspection {
+            app: AppStats {
+                name: self.name(),
+                version: env!("CARGO_PKG_VERSION"),
+                config: (*self.config()).clone(),
+                tasks_count: tasks.len(),
+                plugins_count: crate::dispatch::static_registrations().len()
+                    + self.runtime_plugins().len(),
+                events_count: inner.events.count(),
+                broker: inner.broker.name().to_owned(),
+                storage: inner.storage.name().to_owned(),
+                global_config: inner.global_config.name().to_owned(),
+                worker: inner.worker.name().to_owned(),
+                starter: inner.starter.name().to_owned(),
+                executor: inner.executor.name().to_owned(),
+            },
+            tasks,
         }
     }
 }
@@ -491,19 +841,6 @@ impl AddOptions {
         self.priority = Some(priority);
         self
     }
-}
-
-/// Stops plugins once each; returns the first failure, after logging every one.
-async fn stop_plugins(plugins: &[RuntimePlugin]) -> Option<(String, String)> {
-    let mut first_failure = None;
-    for entry in plugins {
-        if let Err(error) = entry.plugin.stop().await {
-            let name = entry.plugin.name().to_owned();
-            tracing::error!(plugin = %name, "plugin failed to stop: {error}");
-            first_failure.get_or_insert((name, error.to_string()));
-        }
-    }
-    first_failure
 }
 
 fn json_kind(value: &Value) -> &'static str {

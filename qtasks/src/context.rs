@@ -64,8 +64,8 @@ impl TaskContext {
         &self.app
     }
 
-    /// The app's configuration.
-    pub fn config(&self) -> &QueueConfig {
+    /// The app's configuration, as it is now.
+    pub fn config(&self) -> std::sync::Arc<QueueConfig> {
         self.app.config()
     }
 

@@ -14,10 +14,10 @@ use crate::__private::{HandlerCall, HandlerOutcome, PluginRegistration};
 use crate::Trigger;
 use crate::panic::{CatchUnwind, panic_message};
 use crate::plugin::DynPlugin;
-use crate::triggers::{FromReply, Payload, wrong_reply_message};
+use crate::triggers::{FromReply, Payload};
 
 #[derive(Clone)]
-enum Handler {
+pub(crate) enum Handler {
     Static(&'static PluginRegistration),
     Runtime(Arc<dyn DynPlugin>),
 }
@@ -64,51 +64,74 @@ impl Dispatch {
         self.table[trigger.index()].len()
     }
 
-    /// Runs every handler of `P`'s trigger in order and returns the last value one returned.
-    ///
-    /// A handler that fails or panics is logged with its name and skipped; the others still
-    /// run. (The original stops at the first failing plugin.)
-    pub(crate) async fn fire<P: Payload>(&self, payload: &P) -> Option<P::Output> {
-        let handlers = &self.table[P::TRIGGER.index()];
-        if handlers.is_empty() {
-            return None;
+    /// The handlers of a trigger, in order. For replacing triggers, callers run them one by
+    /// one with [`call`](Self::call), rebuilding the payload from the updated data each time,
+    /// so updates chain (see the `chain!` macro).
+    pub(crate) fn handlers(&self, trigger: Trigger) -> &[Handler] {
+        &self.table[trigger.index()]
+    }
+
+    /// Runs every handler of `P`'s trigger, ignoring what they return (observers).
+    pub(crate) async fn fire<P: Payload>(&self, payload: &P) {
+        for handler in self.handlers(P::TRIGGER) {
+            Self::call(handler, payload).await;
         }
+    }
+
+    /// Runs one handler. A handler that fails, panics or returns something that does not fit
+    /// the trigger is logged with its name and its answer dropped; the task goes on. (The
+    /// original stops at the first failing plugin.)
+    pub(crate) async fn call<P: Payload>(handler: &Handler, payload: &P) -> Option<P::Output> {
         let event = payload.event();
-        let mut last = None;
-        for handler in handlers {
-            let outcome = match handler {
-                Handler::Static(registration) => {
-                    let shim = registration.handler;
-                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shim(event))) {
-                        Ok(HandlerCall::Skip) => Ok(None),
-                        Ok(HandlerCall::Ready(outcome)) => outcome,
-                        Ok(HandlerCall::Pending(future)) => flatten(CatchUnwind::new(future).await),
-                        Err(payload) => {
-                            Err(format!("panicked: {}", panic_message(payload.as_ref())))
-                        }
-                    }
+        let outcome = match handler {
+            Handler::Static(registration) => {
+                let shim = registration.handler;
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shim(event))) {
+                    Ok(HandlerCall::Skip) => Ok(None),
+                    Ok(HandlerCall::Ready(outcome)) => outcome,
+                    Ok(HandlerCall::Pending(future)) => flatten(CatchUnwind::new(future).await),
+                    Err(panic) => Err(format!("panicked: {}", panic_message(panic.as_ref()))),
                 }
-                Handler::Runtime(plugin) => {
-                    let result = CatchUnwind::new(plugin.trigger(event)).await;
-                    flatten(result.map(|r| r.map_err(|e| e.to_string())))
+            }
+            Handler::Runtime(plugin) => {
+                let result = CatchUnwind::new(plugin.trigger(event)).await;
+                flatten(result.map(|r| r.map_err(|e| e.to_string())))
+            }
+        };
+        match outcome {
+            Ok(None) => None,
+            // Observe-only triggers ignore answers.
+            Ok(Some(_)) if !P::TRIGGER.returns_value() => None,
+            Ok(Some(reply)) => match P::Output::from_reply(reply) {
+                Ok(output) => Some(output),
+                Err(message) => {
+                    report(handler, P::TRIGGER, &message);
+                    None
                 }
-            };
-            match outcome {
-                Ok(None) => {}
-                Ok(Some(reply)) => match P::Output::from_reply(reply) {
-                    Ok(value) => last = Some(value),
-                    Err(reply) => report(
-                        handler,
-                        P::TRIGGER,
-                        &wrong_reply_message::<P::Output>(P::TRIGGER, &reply),
-                    ),
-                },
-                Err(message) => report(handler, P::TRIGGER, &message),
+            },
+            Err(message) => {
+                report(handler, P::TRIGGER, &message);
+                None
             }
         }
-        last
     }
 }
+
+/// Runs the handlers of a replacing trigger one by one: builds the payload from the current
+/// data, and applies each handler's answer before the next handler sees the data.
+///
+/// `chain!(dispatch, Trigger, payload_expr, |answer| apply_expr)`
+macro_rules! chain {
+    ($dispatch:expr, $trigger:expr, $payload:expr, |$answer:ident| $apply:expr) => {
+        for handler in $dispatch.handlers($trigger) {
+            let payload = $payload;
+            if let Some($answer) = $crate::dispatch::Dispatch::call(handler, &payload).await {
+                $apply;
+            }
+        }
+    };
+}
+pub(crate) use chain;
 
 fn flatten(result: Result<HandlerOutcome, String>) -> HandlerOutcome {
     result
@@ -125,7 +148,7 @@ fn report(handler: &Handler, trigger: Trigger, message: &str) {
 }
 
 /// The `#[qtasks::plugin]` registrations in their documented order, sorted once per process.
-fn static_registrations() -> &'static [&'static PluginRegistration] {
+pub(crate) fn static_registrations() -> &'static [&'static PluginRegistration] {
     static SORTED: OnceLock<Vec<&'static PluginRegistration>> = OnceLock::new();
     SORTED.get_or_init(|| {
         let mut all: Vec<&'static PluginRegistration> =
@@ -184,6 +207,8 @@ mod tests {
         description: None,
         params: &[],
         blocking: false,
+        retry: None,
+        executor: None,
         module_path: module_path!(),
         file: file!(),
         line: line!(),
@@ -198,9 +223,18 @@ mod tests {
             args: Vec::new(),
             kwargs: serde_json::Map::new(),
             created_at: 0.0,
+            retry: None,
+            retry_parent_uuid: None,
             definition: None,
         };
-        TaskExecutor::new(QueueTasks::new(), &DEFINITION, queued)
+        let dispatch = Arc::new(Dispatch::build(&[]));
+        TaskExecutor::new(
+            QueueTasks::new(),
+            &DEFINITION,
+            queued,
+            dispatch,
+            tracing::Span::none(),
+        )
     }
 
     #[test]
@@ -218,7 +252,7 @@ mod tests {
 
         let before = ALLOCATIONS.with(Cell::get);
         let mut fire = pin!(dispatch.fire(&payload));
-        let ready = matches!(fire.as_mut().poll(&mut context), Poll::Ready(None));
+        let ready = fire.as_mut().poll(&mut context).is_ready();
         let allocations = ALLOCATIONS.with(Cell::get) - before;
 
         assert!(ready, "no handler: the trigger completes in one poll");

@@ -53,6 +53,20 @@ pub enum Error {
     /// The configuration cannot work.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
+    /// A plugin registered for a component asked for another component's trigger.
+    #[error(
+        "trigger `{trigger}` is fired by the {fired_by:?}, not the {component:?}; register the plugin for that component, or on the app",
+        fired_by = trigger.component()
+    )]
+    TriggerNotOfComponent {
+        /// The trigger asked for.
+        trigger: crate::Trigger,
+        /// The component the plugin was registered for.
+        component: crate::Component,
+    },
+    /// The configuration does not parse.
+    #[error(transparent)]
+    Config(#[from] crate::ConfigError),
     /// `start` was called on an app that is running.
     #[error("the app is already running; call `stop()` first")]
     AlreadyRunning,

@@ -1,19 +1,21 @@
-//! The task executor: runs one task through the original's steps, firing each
-//! `task_executor_*` trigger at its place.
+//! One run of one task through the original's steps, firing each `task_executor_*` trigger at
+//! its place.
 //!
 //! Steps (spec section 7): middlewares before, echo context and arguments replacement, before
 //! execute, run (with `task_executor_run_task`, or `task_executor_run_task_trigger_error` when
 //! the task fails with a plugin error), after execute and result replacement, middlewares
-//! after, decode, task close.
+//! after, decode, task close. Replacing triggers chain: each handler sees what the one before
+//! it returned.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde_json::Value;
 use uuid::Uuid;
 
 use crate::__private::TaskArgs;
 use crate::context::TaskContext;
-use crate::dispatch::Dispatch;
+use crate::dispatch::{Dispatch, chain};
 use crate::panic::CatchUnwind;
 use crate::task::Outcome;
 use crate::triggers::{
@@ -22,18 +24,33 @@ use crate::triggers::{
     TaskExecutorMiddlewaresExecute, TaskExecutorRunTask, TaskExecutorRunTaskTriggerError,
     TaskExecutorTaskClose,
 };
-use crate::{QueueTasks, QueuedTask, TaskDefinition, TaskError};
+use crate::{QueueTasks, QueuedTask, TaskDefinition, TaskError, Trigger};
 
-/// One run of one task. Plugins receive it as `executor` in every `task_executor_*` payload.
+/// One run of one task: what an [`Executor`](crate::Executor) runs, and what plugins receive
+/// as `executor` in every `task_executor_*` payload.
 pub struct TaskExecutor {
     app: QueueTasks,
     task: &'static TaskDefinition,
     queued: QueuedTask,
+    dispatch: Arc<Dispatch>,
+    span: tracing::Span,
 }
 
 impl TaskExecutor {
-    pub(crate) fn new(app: QueueTasks, task: &'static TaskDefinition, queued: QueuedTask) -> Self {
-        TaskExecutor { app, task, queued }
+    pub(crate) fn new(
+        app: QueueTasks,
+        task: &'static TaskDefinition,
+        queued: QueuedTask,
+        dispatch: Arc<Dispatch>,
+        span: tracing::Span,
+    ) -> Self {
+        TaskExecutor {
+            app,
+            task,
+            queued,
+            dispatch,
+            span,
+        }
     }
 
     /// The definition of the running task (the original's `task_func`).
@@ -56,12 +73,13 @@ impl TaskExecutor {
         &self.app
     }
 
-    /// Runs the task to its outcome. Never panics on the task's or a plugin's account.
-    pub(crate) async fn execute(&self, dispatch: &Dispatch, span: tracing::Span) -> Outcome {
-        let outcome = self.run_steps(dispatch, span).await;
+    /// Runs the original's steps to the task's outcome. Never panics on the task's or a
+    /// plugin's account: a panic becomes an `error` outcome.
+    pub async fn run_default(&self) -> Outcome {
+        let outcome = self.run_steps().await;
         // Fires whatever the outcome, so task-scoped resources are always released (the
         // original skips this step when the task fails).
-        dispatch
+        self.dispatch
             .fire(&TaskExecutorTaskClose {
                 executor: self,
                 task: self.task,
@@ -71,32 +89,41 @@ impl TaskExecutor {
         outcome
     }
 
-    async fn run_steps(&self, dispatch: &Dispatch, span: tracing::Span) -> Outcome {
+    async fn run_steps(&self) -> Outcome {
+        let dispatch = &*self.dispatch;
         tracing::debug!(task = self.task.name, uuid = %self.queued.uuid, "execute");
 
         // 1. Middlewares before (per-task and worker middlewares arrive with the execution
         //    semantics work; the trigger fires already so plugins see the step).
-        self.fire_middlewares(dispatch, MiddlewarePosition::Before)
-            .await;
+        self.fire_middlewares(MiddlewarePosition::Before).await;
 
         // 2. Echo context and arguments replacement.
-        let context = TaskContext::new(self.app.clone(), self.queued.uuid, self.task.name, span);
+        let context = TaskContext::new(
+            self.app.clone(),
+            self.queued.uuid,
+            self.task.name,
+            self.span.clone(),
+        );
         let mut args = self.queued.args.clone();
         let mut kwargs = self.queued.kwargs.clone();
-        let replace = TaskExecutorArgsReplace {
-            executor: self,
-            args: &args,
-            kwargs: &kwargs,
-            params: self.task.params,
-        };
-        if let Some(update) = dispatch.fire(&replace).await {
-            if let Some(new_args) = update.args {
-                args = new_args;
+        chain!(
+            dispatch,
+            Trigger::TaskExecutorArgsReplace,
+            TaskExecutorArgsReplace {
+                executor: self,
+                args: &args,
+                kwargs: &kwargs,
+                params: self.task.params
+            },
+            |update| {
+                if let Some(new_args) = update.args {
+                    args = new_args;
+                }
+                if let Some(new_kwargs) = update.kwargs {
+                    kwargs = new_kwargs;
+                }
             }
-            if let Some(new_kwargs) = update.kwargs {
-                kwargs = new_kwargs;
-            }
-        }
+        );
         dispatch
             .fire(&TaskExecutorBeforeExecute { executor: self })
             .await;
@@ -104,17 +131,19 @@ impl TaskExecutor {
         // 3. Run.
         let invocation = (self.task.invoke)(context, TaskArgs::new(self.task.name, args, kwargs));
         let mut result = match CatchUnwind::new(invocation).await {
-            Ok(Ok(value)) => match dispatch
-                .fire(&TaskExecutorRunTask {
-                    executor: self,
-                    result: &value,
-                })
-                .await
-            {
-                Some(replaced) => replaced,
-                None => value,
-            },
-            Ok(Err(error)) => match self.recover(dispatch, &error).await {
+            Ok(Ok(mut value)) => {
+                chain!(
+                    dispatch,
+                    Trigger::TaskExecutorRunTask,
+                    TaskExecutorRunTask {
+                        executor: self,
+                        result: &value
+                    },
+                    |replaced| value = replaced
+                );
+                value
+            }
+            Ok(Err(error)) => match self.recover(&error).await {
                 Some(value) => value,
                 None => return self.failed(&error),
             },
@@ -125,44 +154,49 @@ impl TaskExecutor {
         dispatch
             .fire(&TaskExecutorAfterExecute { executor: self })
             .await;
-        if let Some(replaced) = dispatch
-            .fire(&TaskExecutorAfterExecuteResultReplace {
+        chain!(
+            dispatch,
+            Trigger::TaskExecutorAfterExecuteResultReplace,
+            TaskExecutorAfterExecuteResultReplace {
                 executor: self,
-                result: &result,
-            })
-            .await
-        {
-            result = replaced;
-        }
+                result: &result
+            },
+            |replaced| result = replaced
+        );
 
         // 5. Middlewares after.
-        self.fire_middlewares(dispatch, MiddlewarePosition::After)
-            .await;
+        self.fire_middlewares(MiddlewarePosition::After).await;
 
         // 6. Decode: the result is JSON already; plugins may replace the stored value.
-        if let Some(decoded) = dispatch
-            .fire(&TaskExecutorDecode {
+        chain!(
+            dispatch,
+            Trigger::TaskExecutorDecode,
+            TaskExecutorDecode {
                 executor: self,
-                result: &result,
-            })
-            .await
-        {
-            result = decoded;
-        }
+                result: &result
+            },
+            |decoded| result = decoded
+        );
         Outcome::Success(result)
     }
 
     /// The seed flow: a plugin error goes to `task_executor_run_task_trigger_error`; the last
     /// value a handler returns becomes the result.
-    async fn recover(&self, dispatch: &Dispatch, error: &TaskError) -> Option<Value> {
+    async fn recover(&self, error: &TaskError) -> Option<Value> {
         let plugin_error = error.as_plugin_error()?;
-        let payload = TaskExecutorRunTaskTriggerError {
-            executor: self,
-            task: self.task,
-            queued: &self.queued,
-            error: plugin_error,
-        };
-        dispatch.fire(&payload).await
+        let mut recovered = None;
+        chain!(
+            self.dispatch,
+            Trigger::TaskExecutorRunTaskTriggerError,
+            TaskExecutorRunTaskTriggerError {
+                executor: self,
+                task: self.task,
+                queued: &self.queued,
+                error: plugin_error,
+            },
+            |value| recovered = Some(value)
+        );
+        recovered
     }
 
     fn failed(&self, error: &TaskError) -> Outcome {
@@ -179,8 +213,8 @@ impl TaskExecutor {
         }
     }
 
-    async fn fire_middlewares(&self, dispatch: &Dispatch, position: MiddlewarePosition) {
-        dispatch
+    async fn fire_middlewares(&self, position: MiddlewarePosition) {
+        self.dispatch
             .fire(&TaskExecutorMiddlewaresExecute {
                 executor: self,
                 position,

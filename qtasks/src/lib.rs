@@ -54,17 +54,21 @@ extern crate self as qtasks;
 
 mod app;
 mod backend;
+mod builder;
+mod components;
 mod config;
 mod context;
 mod dispatch;
 mod error;
+mod events;
 mod executor;
+mod inspect;
 mod panic;
 mod plugin;
 mod registry;
+mod signals;
 mod task;
 pub mod triggers;
-mod worker;
 
 #[doc(hidden)]
 pub mod __private;
@@ -73,10 +77,17 @@ pub use app::{AddOptions, QueueTasks};
 #[cfg(feature = "redis")]
 pub use backend::RedisOptions;
 pub use backend::{BackendError, Broker, Delivery, MemoryBroker, MemoryStorage, Storage};
-pub use config::QueueConfig;
+pub use builder::AppBuilder;
+pub use components::{
+    ConcurrentWorker, DefaultExecutor, DefaultStarter, Executor, GlobalConfig, MemoryGlobalConfig,
+    StartSteps, Starter, StopSteps, Worker, WorkerHost,
+};
+pub use config::{ConfigError, QueueConfig};
 pub use context::TaskContext;
 pub use error::{ArgumentError, Error, PluginTriggerError, Result, TaskError, TaskResult};
+pub use events::{Event, EventKind};
 pub use executor::TaskExecutor;
+pub use inspect::{AppStats, Inspection, TaskStats};
 pub use plugin::{BoxError, BoxFuture, Plugin};
 pub use qtasks_macros::{plugin, task};
 pub use qtasks_triggers::{Component, Trigger, TriggerKind, UnknownTrigger};

@@ -86,6 +86,10 @@ pub struct TaskDefinition {
     pub params: &'static [TaskParam],
     /// Whether the fn is a plain `fn`, run on the blocking thread pool.
     pub blocking: bool,
+    /// How many times a failed run is retried as a new task.
+    pub retry: Option<u32>,
+    /// The executor of this task, instead of the app's.
+    pub executor: Option<&'static dyn crate::Executor>,
     /// The module the task fn is declared in.
     pub module_path: &'static str,
     /// The source file of the declaration.
@@ -113,6 +117,8 @@ impl fmt::Debug for TaskDefinition {
             .field("description", &self.description)
             .field("params", &self.params)
             .field("blocking", &self.blocking)
+            .field("retry", &self.retry)
+            .field("executor", &self.executor.map(|e| e.name()))
             .field("location", &format_args!("{}:{}", self.file, self.line))
             .finish()
     }
@@ -133,10 +139,28 @@ pub struct QueuedTask {
     pub kwargs: Map<String, Value>,
     /// Unix time in seconds when the task was added.
     pub created_at: f64,
+    /// For a retry: how many retries are left after this attempt.
+    pub retry: Option<u32>,
+    /// For a retry: the attempt that failed before this one.
+    pub retry_parent_uuid: Option<Uuid>,
     /// The definition, when the enqueuing process already knew it: saves the worker a lookup
     /// by name. Never sent over the wire.
     #[serde(skip)]
     pub(crate) definition: Option<&'static TaskDefinition>,
+}
+
+impl PartialEq for QueuedTask {
+    /// Compares the task's data; the cached definition is not part of it.
+    fn eq(&self, other: &Self) -> bool {
+        self.uuid == other.uuid
+            && self.task_name == other.task_name
+            && self.priority == other.priority
+            && self.args == other.args
+            && self.kwargs == other.kwargs
+            && self.created_at == other.created_at
+            && self.retry == other.retry
+            && self.retry_parent_uuid == other.retry_parent_uuid
+    }
 }
 
 impl fmt::Debug for QueuedTask {
@@ -148,6 +172,8 @@ impl fmt::Debug for QueuedTask {
             .field("args", &self.args)
             .field("kwargs", &self.kwargs)
             .field("created_at", &self.created_at)
+            .field("retry", &self.retry)
+            .field("retry_parent_uuid", &self.retry_parent_uuid)
             .finish()
     }
 }
@@ -178,6 +204,12 @@ pub struct TaskRecord {
     pub traceback: Option<String>,
     /// The reason, for `cancel`.
     pub cancel_reason: Option<String>,
+    /// For retries: how many retries were left for this attempt.
+    pub retry: Option<u32>,
+    /// For a retry: the attempt before this one.
+    pub retry_parent_uuid: Option<Uuid>,
+    /// For status `retry`: the attempt after this one.
+    pub retry_child_uuid: Option<Uuid>,
 }
 
 impl TaskRecord {
@@ -194,12 +226,16 @@ impl TaskRecord {
             returning: None,
             traceback: None,
             cancel_reason: None,
+            retry: queued.retry,
+            retry_parent_uuid: queued.retry_parent_uuid,
+            retry_child_uuid: None,
         }
     }
 }
 
 /// How a task ended, as the worker hands it to storage.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Outcome {
     /// Status `success` with this result.
     Success(Value),
@@ -207,6 +243,26 @@ pub enum Outcome {
     Error(String),
     /// Status `cancel` with this reason.
     Cancel(String),
+    /// Status `retry`: the attempt failed with `traceback` and `child` runs it again, with
+    /// `retries_left` retries after it.
+    Retry {
+        /// Why the attempt failed.
+        traceback: String,
+        /// The next attempt, already built; the broker adds it when it stores this outcome.
+        child: Box<QueuedTask>,
+    },
+}
+
+impl Outcome {
+    /// The status this outcome stores.
+    pub fn status(&self) -> TaskStatus {
+        match self {
+            Outcome::Success(_) => TaskStatus::Success,
+            Outcome::Error(_) => TaskStatus::Error,
+            Outcome::Cancel(_) => TaskStatus::Cancel,
+            Outcome::Retry { .. } => TaskStatus::Retry,
+        }
+    }
 }
 
 /// A task that was added: wait for it or read its record.

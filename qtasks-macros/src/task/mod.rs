@@ -52,6 +52,17 @@ fn emit(task: &Task) -> TokenStream {
         None => quote! { ::core::option::Option::None },
     };
     let tags = &task.options.tags;
+    let retry = match &task.options.retry {
+        Some(retry) => quote! { ::core::option::Option::Some(#retry) },
+        None => quote! { ::core::option::Option::None },
+    };
+    // A `static` implementing `Executor`, referenced from the task's static definition.
+    let executor = match &task.options.executor {
+        Some(executor) => quote_spanned! {executor.span()=>
+            ::core::option::Option::Some(&#executor as &'static dyn ::qtasks::__private::Executor)
+        },
+        None => quote! { ::core::option::Option::None },
+    };
     let description = match &task.options.description {
         Some(description) => quote! { ::core::option::Option::Some(#description) },
         None => quote! { ::core::option::Option::None },
@@ -134,6 +145,8 @@ fn emit(task: &Task) -> TokenStream {
                     description: #description,
                     params: &[#(::qtasks::__private::TaskParam { name: #param_names, type_name: #param_type_names }),*],
                     blocking: #blocking,
+                    retry: #retry,
+                    executor: #executor,
                     module_path: ::core::module_path!(),
                     file: ::core::file!(),
                     line: ::core::line!(),

@@ -7,17 +7,23 @@ use syn::{Expr, FnArg, Ident, ItemFn, LitStr, Pat, Token, Type};
 use crate::errors::Errors;
 
 /// The options the attribute accepts now.
-const OPTIONS: &[&str] = &["name", "echo", "priority", "tags", "description"];
+const OPTIONS: &[&str] = &[
+    "name",
+    "echo",
+    "priority",
+    "tags",
+    "description",
+    "retry",
+    "executor",
+];
 
 /// Options of the original that qtasks will implement; refused rather than ignored until then.
 const NOT_YET: &[&str] = &[
     "max_time",
     "timeout",
-    "retry",
     "retry_on_exc",
     "decode",
     "generate_handler",
-    "executor",
     "middlewares_before",
     "middlewares_after",
     "router",
@@ -30,6 +36,8 @@ pub(crate) struct TaskOptions {
     pub(crate) priority: Option<Expr>,
     pub(crate) tags: Vec<LitStr>,
     pub(crate) description: Option<LitStr>,
+    pub(crate) retry: Option<Expr>,
+    pub(crate) executor: Option<Expr>,
 }
 
 /// A parameter filled from the task's arguments.
@@ -100,6 +108,8 @@ pub(crate) fn parse_options(args: TokenStream, errors: &mut Errors) -> TaskOptio
                 options.tags = parse_tags(&list, errors);
             }
             "description" => options.description = Some(meta.value()?.parse()?),
+            "retry" => options.retry = Some(meta.value()?.parse()?),
+            "executor" => options.executor = Some(meta.value()?.parse()?),
             other => {
                 // Read the value, if any, so the remaining options are still checked.
                 if meta.input.peek(Token![=]) {

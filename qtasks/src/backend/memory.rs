@@ -11,6 +11,7 @@ use uuid::Uuid;
 use super::{BackendError, Broker, Delivery, Storage};
 use crate::plugin::BoxFuture;
 use crate::task::{Outcome, unix_now};
+use crate::triggers::RecordUpdate;
 use crate::{QueuedTask, TaskRecord, TaskStatus};
 
 /// Locks a mutex, ignoring poisoning: every critical section here leaves the data consistent
@@ -19,6 +20,14 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn not_stored(uuid: Uuid) -> BackendError {
+    BackendError {
+        backend: "memory",
+        message: format!("task {uuid} is not stored"),
+        source: None,
+    }
 }
 
 /// An in-memory priority queue (lowest priority number first, FIFO among equals) writing to a
@@ -82,13 +91,7 @@ impl MemoryBroker {
         self.len() == 0
     }
 
-    fn take(&self) -> Option<QueuedTask> {
-        lock(&self.queue).heap.pop().map(|entry| entry.task)
-    }
-}
-
-impl Broker for MemoryBroker {
-    fn add(&self, task: QueuedTask) -> BoxFuture<'_, Result<(), BackendError>> {
+    fn push(&self, task: QueuedTask) {
         self.storage.insert(TaskRecord::new(&task));
         {
             let mut queue = lock(&self.queue);
@@ -101,6 +104,20 @@ impl Broker for MemoryBroker {
             });
         }
         self.available.notify_one();
+    }
+
+    fn take(&self) -> Option<QueuedTask> {
+        lock(&self.queue).heap.pop().map(|entry| entry.task)
+    }
+}
+
+impl Broker for MemoryBroker {
+    fn name(&self) -> &str {
+        "MemoryBroker"
+    }
+
+    fn add(&self, task: QueuedTask) -> BoxFuture<'_, Result<(), BackendError>> {
+        self.push(task);
         Box::pin(async { Ok(()) })
     }
 
@@ -113,13 +130,14 @@ impl Broker for MemoryBroker {
                 tokio::pin!(notified);
                 notified.as_mut().enable();
                 if let Some(task) = self.take() {
-                    self.storage.update(task.uuid, |slot| {
+                    self.storage.change(task.uuid, |slot| {
                         slot.record.status = TaskStatus::Process;
                         slot.record.updated_at = unix_now();
                     })?;
                     return Ok(Some(Delivery {
                         receipt: task.uuid.to_string(),
                         task,
+                        recovered: false,
                     }));
                 }
                 notified.await;
@@ -132,13 +150,19 @@ impl Broker for MemoryBroker {
         delivery: &Delivery,
         outcome: Outcome,
     ) -> BoxFuture<'_, Result<(), BackendError>> {
+        let child = match &outcome {
+            Outcome::Retry { child, .. } => Some((**child).clone()),
+            _ => None,
+        };
         let result = self.storage.finish(delivery.task.uuid, outcome);
+        if let (Ok(()), Some(child)) = (&result, child) {
+            self.push(child);
+        }
         Box::pin(async move { result })
     }
 
     fn flush_all(&self) -> BoxFuture<'_, Result<(), BackendError>> {
         lock(&self.queue).heap.clear();
-        lock(&self.storage.slots).clear();
         Box::pin(async { Ok(()) })
     }
 }
@@ -161,19 +185,6 @@ impl MemoryStorage {
         Self::default()
     }
 
-    fn update(&self, uuid: Uuid, change: impl FnOnce(&mut Slot)) -> Result<(), BackendError> {
-        let mut slots = lock(&self.slots);
-        let slot = slots.get_mut(&uuid).ok_or_else(|| BackendError {
-            backend: "memory",
-            message: format!("task {uuid} is not stored"),
-            source: None,
-        })?;
-        change(slot);
-        Ok(())
-    }
-}
-
-impl MemoryStorage {
     fn insert(&self, record: TaskRecord) {
         lock(&self.slots).insert(
             record.uuid,
@@ -184,22 +195,26 @@ impl MemoryStorage {
         );
     }
 
+    fn change(&self, uuid: Uuid, change: impl FnOnce(&mut Slot)) -> Result<(), BackendError> {
+        let mut slots = lock(&self.slots);
+        let slot = slots.get_mut(&uuid).ok_or_else(|| not_stored(uuid))?;
+        change(slot);
+        Ok(())
+    }
+
     fn finish(&self, uuid: Uuid, outcome: Outcome) -> Result<(), BackendError> {
-        self.update(uuid, |slot| {
+        self.change(uuid, |slot| {
             let record = &mut slot.record;
             record.updated_at = unix_now();
+            record.status = outcome.status();
             match outcome {
-                Outcome::Success(value) => {
-                    record.status = TaskStatus::Success;
-                    record.returning = Some(value);
-                }
-                Outcome::Error(traceback) => {
-                    record.status = TaskStatus::Error;
+                Outcome::Success(value) => record.returning = Some(value),
+                Outcome::Error(traceback) => record.traceback = Some(traceback),
+                Outcome::Cancel(reason) => record.cancel_reason = Some(reason),
+                Outcome::Retry { traceback, child } => {
                     record.traceback = Some(traceback);
-                }
-                Outcome::Cancel(reason) => {
-                    record.status = TaskStatus::Cancel;
-                    record.cancel_reason = Some(reason);
+                    record.retry_child_uuid = Some(child.uuid);
+                    record.retry = child.retry.map(|left| left + 1);
                 }
             }
             if let Some(finished) = slot.finished.take() {
@@ -210,9 +225,30 @@ impl MemoryStorage {
 }
 
 impl Storage for MemoryStorage {
+    fn name(&self) -> &str {
+        "MemoryStorage"
+    }
+
     fn get(&self, uuid: Uuid) -> BoxFuture<'_, Result<Option<TaskRecord>, BackendError>> {
         let record = lock(&self.slots).get(&uuid).map(|slot| slot.record.clone());
         Box::pin(async move { Ok(record) })
+    }
+
+    fn get_all(&self) -> BoxFuture<'_, Result<Vec<TaskRecord>, BackendError>> {
+        let mut records: Vec<TaskRecord> = lock(&self.slots)
+            .values()
+            .map(|slot| slot.record.clone())
+            .collect();
+        records.sort_by(|a, b| a.created_at.total_cmp(&b.created_at));
+        Box::pin(async move { Ok(records) })
+    }
+
+    fn update(&self, uuid: Uuid, update: RecordUpdate) -> BoxFuture<'_, Result<(), BackendError>> {
+        let result = self.change(uuid, |slot| {
+            update.apply_to(&mut slot.record);
+            slot.record.updated_at = unix_now();
+        });
+        Box::pin(async move { result })
     }
 
     fn wait_finished(&self, uuid: Uuid) -> BoxFuture<'_, Result<Option<TaskRecord>, BackendError>> {
@@ -236,5 +272,18 @@ impl Storage for MemoryStorage {
                 notified.await;
             }
         })
+    }
+
+    fn delete_finished(&self) -> BoxFuture<'_, Result<usize, BackendError>> {
+        let mut slots = lock(&self.slots);
+        let before = slots.len();
+        slots.retain(|_, slot| !slot.record.status.is_final());
+        let deleted = before - slots.len();
+        Box::pin(async move { Ok(deleted) })
+    }
+
+    fn flush_all(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        lock(&self.slots).clear();
+        Box::pin(async { Ok(()) })
     }
 }

@@ -1,23 +1,26 @@
 //! The broker and storage traits, and the backends that implement them: in memory (the
 //! default) and Redis (the `redis` feature).
 //!
-//! The worker and executor only speak to these traits; a backend never reaches into them.
-//! The broker owns the write path of a task (add, take, finish) so that a server backend can do
-//! each step in one round trip; the storage answers reads (`get`, `wait_finished`).
+//! The worker and executor only speak to these traits; a backend never reaches into them. The
+//! broker owns the write path of a task (add, take, finish) so that a server backend can do
+//! each step in one round trip; the storage answers reads and the rarer writes.
+//!
+//! Backends do storage work only: the framework fires the `broker_*` and `storage_*` triggers
+//! around these calls, so a custom backend gets them for free.
 
 mod memory;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
 
+use uuid::Uuid;
+
 #[cfg(feature = "redis")]
 pub use self::redis::RedisOptions;
-
 pub use memory::{MemoryBroker, MemoryStorage};
-
-use uuid::Uuid;
 
 use crate::plugin::{BoxError, BoxFuture};
 use crate::task::Outcome;
+use crate::triggers::RecordUpdate;
 use crate::{QueuedTask, TaskRecord};
 
 /// A broker or storage failure.
@@ -40,10 +43,17 @@ pub struct Delivery {
     pub task: QueuedTask,
     /// The broker's handle on this delivery (a lease, a queue entry...); opaque to the worker.
     pub receipt: String,
+    /// Whether the task was taken before by a worker that died without finishing it.
+    pub recovered: bool,
 }
 
 /// The queue of waiting tasks, and the writes of a task's life.
 pub trait Broker: Send + Sync + 'static {
+    /// The name shown by `inspect` and in payloads; the type name by default.
+    fn name(&self) -> &str {
+        std::any::type_name::<Self>()
+    }
+
     /// Starts background work (for example lease renewal). Called when a worker starts.
     fn start(&self) -> BoxFuture<'_, Result<(), BackendError>> {
         Box::pin(async { Ok(()) })
@@ -65,29 +75,57 @@ pub trait Broker: Send + Sync + 'static {
     /// again later (a lease that runs out).
     fn next(&self) -> BoxFuture<'_, Result<Option<Delivery>, BackendError>>;
 
-    /// Stores how a delivered task ended, releases it, and wakes whoever waits for it.
+    /// Stores how a delivered task ended, releases it, and wakes whoever waits for it. An
+    /// [`Outcome::Retry`] also adds its child task.
     fn finish(
         &self,
         delivery: &Delivery,
         outcome: Outcome,
     ) -> BoxFuture<'_, Result<(), BackendError>>;
 
-    /// Deletes this app's tasks: queued entries and records.
+    /// Deletes this app's queued tasks.
     fn flush_all(&self) -> BoxFuture<'_, Result<(), BackendError>>;
 
-    /// Whether a worker of this app is running anywhere, when the backend can tell (the
-    /// Redis worker heartbeat); `None` leaves the answer to the app, which knows its own
-    /// worker.
-    fn ping(&self) -> BoxFuture<'_, Result<Option<bool>, BackendError>> {
-        Box::pin(async { Ok(None) })
+    /// Puts every taken, unfinished task back in the queue at once (at start, with
+    /// `QueueConfig::running_older_tasks`); returns how many. Brokers without leases have
+    /// nothing to put back.
+    fn requeue_taken(&self) -> BoxFuture<'_, Result<usize, BackendError>> {
+        Box::pin(async { Ok(0) })
     }
 }
 
 /// Task records and results.
 pub trait Storage: Send + Sync + 'static {
+    /// The name shown by `inspect` and in payloads; the type name by default.
+    fn name(&self) -> &str {
+        std::any::type_name::<Self>()
+    }
+
+    /// Called when the app starts.
+    fn start(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Called when the app stops.
+    fn stop(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(async { Ok(()) })
+    }
+
     /// Reads a record.
     fn get(&self, uuid: Uuid) -> BoxFuture<'_, Result<Option<TaskRecord>, BackendError>>;
 
+    /// Reads every record of this app.
+    fn get_all(&self) -> BoxFuture<'_, Result<Vec<TaskRecord>, BackendError>>;
+
+    /// Changes a record.
+    fn update(&self, uuid: Uuid, update: RecordUpdate) -> BoxFuture<'_, Result<(), BackendError>>;
+
     /// Resolves with the record once the task has ended; `None` if there is no such task.
     fn wait_finished(&self, uuid: Uuid) -> BoxFuture<'_, Result<Option<TaskRecord>, BackendError>>;
+
+    /// Deletes the records of finished tasks; returns how many.
+    fn delete_finished(&self) -> BoxFuture<'_, Result<usize, BackendError>>;
+
+    /// Deletes every record of this app.
+    fn flush_all(&self) -> BoxFuture<'_, Result<(), BackendError>>;
 }

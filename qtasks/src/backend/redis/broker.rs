@@ -17,11 +17,6 @@ use crate::backend::{BackendError, Broker, Delivery};
 use crate::plugin::BoxFuture;
 use crate::task::{Outcome, unix_now};
 
-/// How often the worker heartbeat (`N:GlobalConfig:main`, read by `ping`) is refreshed, and
-/// how long it lives without a refresh: the original's 17 s and 20 s.
-const HEARTBEAT_EVERY: Duration = Duration::from_secs(17);
-const HEARTBEAT_TTL_SECONDS: i64 = 20;
-
 /// How many times a finished task's result is written before giving up (the task then runs
 /// again when its lease runs out, so nothing is lost).
 const FINISH_ATTEMPTS: u32 = 5;
@@ -38,9 +33,10 @@ pub(crate) struct RedisBroker {
     options: RedisOptions,
     take: Script,
     renew: Script,
+    requeue: Script,
     /// The lease members this process holds, renewed while it lives.
     held: Arc<Mutex<HashSet<String>>>,
-    background: Mutex<Vec<JoinHandle<()>>>,
+    renewer: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl RedisBroker {
@@ -57,8 +53,9 @@ impl RedisBroker {
             options,
             take: Script::new(scripts::TAKE),
             renew: Script::new(scripts::RENEW),
+            requeue: Script::new(scripts::REQUEUE_TAKEN),
             held: Arc::default(),
-            background: Mutex::default(),
+            renewer: Mutex::default(),
         }
     }
 
@@ -66,22 +63,26 @@ impl RedisBroker {
         u64::try_from(self.options.lease.as_millis()).unwrap_or(u64::MAX)
     }
 
-    async fn take_one(&self) -> Result<Option<(String, Vec<String>)>, BackendError> {
+    async fn take_one(&self) -> Result<Option<(String, Vec<String>, bool)>, BackendError> {
         let mut con = self.commands.clone();
-        let taken: Vec<(String, Vec<String>)> = self
+        let taken: Vec<(String, Vec<String>, i64)> = self
             .take
             .key(&self.keys.queue)
             .key(&self.keys.incoming)
             .key(&self.keys.ready)
             .key(&self.keys.sequence)
             .key(&self.keys.leases)
+            .key(&self.keys.recovered)
             .arg(self.lease_ms())
             .arg(1)
             .arg(&self.keys.prefix)
             .invoke_async(&mut con)
             .await
             .map_err(|e| failure("taking a task failed".to_owned(), e))?;
-        Ok(taken.into_iter().next())
+        Ok(taken
+            .into_iter()
+            .next()
+            .map(|(member, fields, recovered)| (member, fields, recovered == 1)))
     }
 
     /// Turns a taken member into a delivery, or fails it (a poison entry) and returns `None`.
@@ -89,6 +90,7 @@ impl RedisBroker {
         &self,
         member: String,
         fields: Vec<String>,
+        recovered: bool,
     ) -> Result<Option<Delivery>, BackendError> {
         let entry = member
             .split_once('|')
@@ -126,9 +128,12 @@ impl RedisBroker {
                     args: record.args,
                     kwargs: record.kwargs,
                     created_at: record.created_at,
+                    retry: record.retry,
+                    retry_parent_uuid: record.retry_parent_uuid,
                     definition: None,
                 },
                 receipt: member,
+                recovered,
             })),
             Err(traceback) => {
                 tracing::error!(app = %self.keys.prefix, uuid = %uuid, "failing a task that cannot run: {traceback}");
@@ -175,6 +180,8 @@ impl RedisBroker {
             .remove(member);
     }
 
+    /// One transaction: the outcome, the lease released, the child of a retry added, the
+    /// expiry set, and the waiters told.
     async fn write_outcome(
         &self,
         delivery: &Delivery,
@@ -185,6 +192,10 @@ impl RedisBroker {
         pipe.atomic()
             .hset_multiple(&key, &outcome_fields(outcome, unix_now()))
             .zrem(&self.keys.leases, &delivery.receipt);
+        if let Outcome::Retry { child, .. } = outcome {
+            pipe.hset_multiple(self.keys.record(child.uuid), &new_record_fields(child))
+                .rpush(&self.keys.queue, queue_entry(child));
+        }
         if let Some(ttl) = self.options.result_ttl {
             pipe.pexpire(&key, i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
         }
@@ -195,81 +206,59 @@ impl RedisBroker {
 }
 
 impl Broker for RedisBroker {
+    fn name(&self) -> &str {
+        "RedisBroker"
+    }
+
     fn start(&self) -> BoxFuture<'_, Result<(), BackendError>> {
         Box::pin(async move {
-            let renewer = {
-                let held = Arc::clone(&self.held);
-                let renew = self.renew.clone();
-                let leases = self.keys.leases.clone();
-                let mut con = self.commands.clone();
-                let lease_ms = self.lease_ms();
-                let every = self.options.lease / 3;
-                tokio::spawn(async move {
-                    loop {
-                        tokio::time::sleep(every).await;
-                        let members: Vec<String> = held
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .iter()
-                            .cloned()
-                            .collect();
-                        if members.is_empty() {
-                            continue;
-                        }
-                        let mut invocation = renew.key(&leases);
-                        invocation.arg(lease_ms).arg(&members);
-                        if let Err(error) = invocation.invoke_async::<i64>(&mut con).await {
-                            tracing::warn!(
-                                "renewing {} task lease(s) failed: {error}",
-                                members.len()
-                            );
-                        }
+            let held = Arc::clone(&self.held);
+            let renew = self.renew.clone();
+            let leases = self.keys.leases.clone();
+            let mut con = self.commands.clone();
+            let lease_ms = self.lease_ms();
+            let every = self.options.lease / 3;
+            let renewer = tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    let members: Vec<String> = held
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .iter()
+                        .cloned()
+                        .collect();
+                    if members.is_empty() {
+                        continue;
                     }
-                })
-            };
-            let heartbeat = {
-                let key = self.keys.heartbeat.clone();
-                let name = self.keys.prefix.clone();
-                let mut con = self.commands.clone();
-                tokio::spawn(async move {
-                    loop {
-                        let beat = redis::pipe()
-                            .hset_multiple(&key, &[("name", name.as_str()), ("status", "running")])
-                            .expire(&key, HEARTBEAT_TTL_SECONDS)
-                            .exec_async(&mut con)
-                            .await;
-                        if let Err(error) = beat {
-                            tracing::warn!(app = %name, "the worker heartbeat failed: {error}");
-                        }
-                        tokio::time::sleep(HEARTBEAT_EVERY).await;
+                    let mut invocation = renew.key(&leases);
+                    invocation.arg(lease_ms).arg(&members);
+                    if let Err(error) = invocation.invoke_async::<i64>(&mut con).await {
+                        tracing::warn!("renewing {} task lease(s) failed: {error}", members.len());
                     }
-                })
-            };
-            self.background
+                }
+            });
+            if let Some(previous) = self
+                .renewer
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .extend([renewer, heartbeat]);
+                .replace(renewer)
+            {
+                previous.abort();
+            }
             Ok(())
         })
     }
 
     fn stop(&self) -> BoxFuture<'_, Result<(), BackendError>> {
-        Box::pin(async move {
-            for task in self
-                .background
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .drain(..)
-            {
-                task.abort();
-            }
-            let mut con = self.commands.clone();
-            redis::cmd("DEL")
-                .arg(&self.keys.heartbeat)
-                .exec_async(&mut con)
-                .await
-                .map_err(|e| failure("clearing the worker heartbeat failed".to_owned(), e))
-        })
+        if let Some(renewer) = self
+            .renewer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            renewer.abort();
+        }
+        Box::pin(async { Ok(()) })
     }
 
     fn add(&self, task: QueuedTask) -> BoxFuture<'_, Result<(), BackendError>> {
@@ -288,9 +277,9 @@ impl Broker for RedisBroker {
     fn next(&self) -> BoxFuture<'_, Result<Option<Delivery>, BackendError>> {
         Box::pin(async move {
             loop {
-                if let Some((member, fields)) = self.take_one().await? {
+                if let Some((member, fields, recovered)) = self.take_one().await? {
                     self.hold(&member);
-                    match self.deliver(member, fields).await? {
+                    match self.deliver(member, fields, recovered).await? {
                         Some(delivery) => return Ok(Some(delivery)),
                         None => continue,
                     }
@@ -345,56 +334,34 @@ impl Broker for RedisBroker {
 
     fn flush_all(&self) -> BoxFuture<'_, Result<(), BackendError>> {
         Box::pin(async move {
-            let pattern = format!("{}:*", glob_escape(&self.keys.prefix));
+            let keys = &self.keys;
             let mut con = self.commands.clone();
-            let mut cursor: u64 = 0;
-            loop {
-                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query_async(&mut con)
-                    .await
-                    .map_err(|e| failure("listing the app's keys failed".to_owned(), e))?;
-                if !keys.is_empty() {
-                    redis::cmd("UNLINK")
-                        .arg(&keys)
-                        .exec_async(&mut con)
-                        .await
-                        .map_err(|e| failure("deleting the app's keys failed".to_owned(), e))?;
-                }
-                if next == 0 {
-                    return Ok(());
-                }
-                cursor = next;
-            }
+            redis::cmd("UNLINK")
+                .arg(&[
+                    &keys.queue,
+                    &keys.incoming,
+                    &keys.ready,
+                    &keys.sequence,
+                    &keys.leases,
+                    &keys.dead,
+                    &keys.recovered,
+                ])
+                .exec_async(&mut con)
+                .await
+                .map_err(|e| failure("deleting the queue failed".to_owned(), e))
         })
     }
 
-    fn ping(&self) -> BoxFuture<'_, Result<Option<bool>, BackendError>> {
+    fn requeue_taken(&self) -> BoxFuture<'_, Result<usize, BackendError>> {
         Box::pin(async move {
             let mut con = self.commands.clone();
-            let status: Option<String> = redis::cmd("HGET")
-                .arg(&self.keys.heartbeat)
-                .arg("status")
-                .query_async(&mut con)
+            self.requeue
+                .key(&self.keys.ready)
+                .key(&self.keys.leases)
+                .key(&self.keys.recovered)
+                .invoke_async(&mut con)
                 .await
-                .map_err(|e| failure("reading the worker heartbeat failed".to_owned(), e))?;
-            Ok(Some(status.is_some()))
+                .map_err(|e| failure("putting taken tasks back failed".to_owned(), e))
         })
     }
-}
-
-/// Escapes glob characters, so an app named `a*` flushes only its own keys.
-fn glob_escape(text: &str) -> String {
-    let mut escaped = String::with_capacity(text.len());
-    for c in text.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            escaped.push('\\');
-        }
-        escaped.push(c);
-    }
-    escaped
 }

@@ -16,6 +16,7 @@
 //! The key layout is in [`scripts`].
 
 mod broker;
+mod global_config;
 mod scripts;
 mod storage;
 mod wire;
@@ -26,6 +27,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 pub(crate) use broker::RedisBroker;
+pub(crate) use global_config::RedisGlobalConfig;
 pub(crate) use storage::RedisStorage;
 
 use super::BackendError;
@@ -81,6 +83,7 @@ pub(crate) struct Keys {
     ready: String,
     sequence: String,
     leases: String,
+    recovered: String,
     dead: String,
     done_channel: String,
     heartbeat: String,
@@ -95,6 +98,7 @@ impl Keys {
             ready: format!("{prefix}:qtasks:ready"),
             sequence: format!("{prefix}:qtasks:seq"),
             leases: format!("{prefix}:qtasks:leases"),
+            recovered: format!("{prefix}:qtasks:recovered"),
             dead: format!("{prefix}:qtasks:dead"),
             done_channel: format!("{prefix}:qtasks:done"),
             heartbeat: format!("{prefix}:GlobalConfig:main"),
@@ -107,11 +111,21 @@ impl Keys {
 }
 
 /// Connects the broker and storage of the app named `prefix`.
+/// The Redis parts of one app.
+pub(crate) struct RedisParts {
+    pub(crate) broker: Arc<dyn crate::Broker>,
+    pub(crate) storage: Arc<dyn crate::Storage>,
+    pub(crate) global_config: Arc<dyn crate::GlobalConfig>,
+}
+
+/// Connects the broker, storage and global config of the app named `prefix`.
+/// `fallback_check` is how often a waiter looks at a record that no message announces.
 pub(crate) async fn connect(
     url: &str,
     prefix: &str,
     options: &RedisOptions,
-) -> Result<(Arc<RedisBroker>, Arc<RedisStorage>), BackendError> {
+    fallback_check: Duration,
+) -> Result<RedisParts, BackendError> {
     let shown = redacted(url);
     let client = open_client(url, options)
         .map_err(|e| failure(format!("invalid Redis URL `{shown}`"), e))?;
@@ -132,9 +146,27 @@ pub(crate) async fn connect(
         .await
         .map_err(unreachable)?;
     let keys = Keys::new(prefix);
-    let storage = RedisStorage::connect(client, keys.clone(), commands.clone()).await?;
+    let storage =
+        RedisStorage::connect(client, keys.clone(), commands.clone(), fallback_check).await?;
+    let global_config = RedisGlobalConfig::new(keys.clone(), commands.clone());
     let broker = RedisBroker::new(keys, commands, blocking, options.clone());
-    Ok((Arc::new(broker), Arc::new(storage)))
+    Ok(RedisParts {
+        broker: Arc::new(broker),
+        storage: Arc::new(storage),
+        global_config: Arc::new(global_config),
+    })
+}
+
+/// Escapes glob characters, so an app named `a*` matches only its own keys.
+pub(super) fn glob_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
 }
 
 #[cfg(feature = "redis-tls")]

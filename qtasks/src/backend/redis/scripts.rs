@@ -9,6 +9,7 @@
 //!   equal priorities come out in arrival order.
 //! - `N:qtasks:leases` (ZSET): tasks being run; score = lease deadline (ms, Redis clock).
 //! - `N:qtasks:seq` (STRING): the arrival counter.
+//! - `N:qtasks:recovered` (SET): members taken back from a dead worker, until taken again.
 //! - `N:{uuid}` (HASH): the task record, in Python QTasks' layout.
 
 /// Takes up to `ARGV[2]` tasks.
@@ -18,9 +19,10 @@
 /// 3. The lowest (priority, seq) members are popped, leased, and their records marked
 ///    `process` and returned.
 ///
-/// KEYS: task_queue, incoming, ready, seq, leases. ARGV: lease_ms, count, prefix.
-/// Returns `[member, record_fields]` pairs; `record_fields` is empty when the entry is
-/// malformed or its record is missing (the caller fails it).
+/// KEYS: task_queue, incoming, ready, seq, leases, recovered. ARGV: lease_ms, count, prefix.
+/// Returns `[member, record_fields, recovered]` triples; `record_fields` is empty when the
+/// entry is malformed or its record is missing (the caller fails it), `recovered` is 1 for a
+/// task taken back from a dead worker.
 pub(super) const TAKE: &str = r#"
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -36,6 +38,7 @@ for _, member in ipairs(expired) do
   redis.call('ZREM', KEYS[5], member)
   local entry = string.sub(member, 22)
   redis.call('ZADD', KEYS[3], priority_of(entry), member)
+  redis.call('SADD', KEYS[6], member)
 end
 
 for _, list in ipairs({KEYS[2], KEYS[1]}) do
@@ -64,9 +67,22 @@ for i = 1, #taken, 2 do
       fields = redis.call('HGETALL', key)
     end
   end
-  out[#out + 1] = {member, fields}
+  out[#out + 1] = {member, fields, redis.call('SREM', KEYS[6], member)}
 end
 return out
+"#;
+
+/// Puts every leased member back in `ready` at once, marked recovered; returns how many.
+/// KEYS: ready, leases, recovered.
+pub(super) const REQUEUE_TAKEN: &str = r#"
+local members = redis.call('ZRANGE', KEYS[2], 0, -1)
+for _, member in ipairs(members) do
+  local p = tonumber(string.match(string.sub(member, 22), ':(%-?%d+)$')) or 0
+  redis.call('ZADD', KEYS[1], p, member)
+  redis.call('SADD', KEYS[3], member)
+end
+redis.call('DEL', KEYS[2])
+return #members
 "#;
 
 /// Extends the leases of the given members that are still leased (a reclaimed one stays

@@ -9,15 +9,13 @@ use redis::aio::ConnectionManager;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use super::wire::{decode_record, pairs};
+use super::wire::{decode_record, pairs, update_fields};
 use super::{Keys, failure};
 use crate::TaskRecord;
 use crate::backend::{BackendError, Storage};
 use crate::plugin::BoxFuture;
-
-/// How often a waiter looks at the record anyway. Python workers do not publish results, and
-/// a message can be missed while the subscription reconnects; this bounds the delay then.
-const FALLBACK_CHECK: Duration = Duration::from_secs(1);
+use crate::task::unix_now;
+use crate::triggers::RecordUpdate;
 
 /// The longest pause between retries of a read over a dropped connection.
 const MAX_READ_RETRY_DELAY: Duration = Duration::from_secs(2);
@@ -69,6 +67,10 @@ pub(crate) struct RedisStorage {
     keys: Keys,
     commands: ConnectionManager,
     waiters: Arc<Waiters>,
+    /// How often a waiter looks at the record anyway (`QueueConfig::result_time_interval`).
+    /// Python workers do not publish results, and a message can be missed while the
+    /// subscription reconnects; this bounds the delay then.
+    fallback_check: Duration,
 }
 
 impl RedisStorage {
@@ -78,6 +80,7 @@ impl RedisStorage {
         client: redis::Client,
         keys: Keys,
         commands: ConnectionManager,
+        fallback_check: Duration,
     ) -> Result<Self, BackendError> {
         let waiters = Arc::new(Waiters::default());
         let pubsub = subscribe(&client, &keys.done_channel).await?;
@@ -91,7 +94,18 @@ impl RedisStorage {
             keys,
             commands,
             waiters,
+            fallback_check,
         })
+    }
+
+    /// The keys of this app that hold task records (`N:{uuid}`).
+    async fn record_keys(&self) -> Result<Vec<(Uuid, String)>, BackendError> {
+        let prefix = format!("{}:", self.keys.prefix);
+        let keys = scan(&self.commands, &format!("{}*", super::glob_escape(&prefix))).await?;
+        Ok(keys
+            .into_iter()
+            .filter_map(|key| Some((Uuid::parse_str(key.strip_prefix(&prefix)?).ok()?, key)))
+            .collect())
     }
 
     /// Reads a record. A read is safe to repeat, so a dropped connection is retried (the
@@ -128,8 +142,88 @@ impl RedisStorage {
 }
 
 impl Storage for RedisStorage {
+    fn name(&self) -> &str {
+        "RedisStorage"
+    }
+
     fn get(&self, uuid: Uuid) -> BoxFuture<'_, Result<Option<TaskRecord>, BackendError>> {
         Box::pin(self.read(uuid))
+    }
+
+    fn get_all(&self) -> BoxFuture<'_, Result<Vec<TaskRecord>, BackendError>> {
+        Box::pin(async move {
+            let keys = self.record_keys().await?;
+            let mut pipe = redis::pipe();
+            for (_, key) in &keys {
+                pipe.hgetall(key);
+            }
+            let mut con = self.commands.clone();
+            let hashes: Vec<Vec<String>> = pipe
+                .query_async(&mut con)
+                .await
+                .map_err(|e| failure("reading the records failed".to_owned(), e))?;
+            let mut records = Vec::with_capacity(keys.len());
+            for ((uuid, _), fields) in keys.into_iter().zip(hashes) {
+                // A key that expired meanwhile, or a hash that is no task record, is skipped.
+                if let Ok(record) = decode_record(uuid, &pairs(fields)) {
+                    records.push(record);
+                }
+            }
+            records.sort_by(|a, b| a.created_at.total_cmp(&b.created_at));
+            Ok(records)
+        })
+    }
+
+    fn update(&self, uuid: Uuid, update: RecordUpdate) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(async move {
+            let mut con = self.commands.clone();
+            redis::cmd("HSET")
+                .arg(self.keys.record(uuid))
+                .arg(update_fields(&update, unix_now()))
+                .exec_async(&mut con)
+                .await
+                .map_err(|e| failure(format!("updating task {uuid} failed"), e))
+        })
+    }
+
+    fn delete_finished(&self) -> BoxFuture<'_, Result<usize, BackendError>> {
+        Box::pin(async move {
+            let finished: Vec<String> = self
+                .get_all()
+                .await?
+                .into_iter()
+                .filter(|record| record.status.is_final())
+                .map(|record| self.keys.record(record.uuid))
+                .collect();
+            if !finished.is_empty() {
+                let mut con = self.commands.clone();
+                redis::cmd("UNLINK")
+                    .arg(&finished)
+                    .exec_async(&mut con)
+                    .await
+                    .map_err(|e| failure("deleting finished records failed".to_owned(), e))?;
+            }
+            Ok(finished.len())
+        })
+    }
+
+    fn flush_all(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(async move {
+            let keys = scan(
+                &self.commands,
+                &format!("{}:*", super::glob_escape(&self.keys.prefix)),
+            )
+            .await?;
+            for chunk in keys.chunks(1000) {
+                let mut con = self.commands.clone();
+                redis::cmd("UNLINK")
+                    .arg(chunk)
+                    .exec_async(&mut con)
+                    .await
+                    .map_err(|e| failure("deleting the app's keys failed".to_owned(), e))?;
+            }
+            Ok(())
+        })
     }
 
     fn wait_finished(&self, uuid: Uuid) -> BoxFuture<'_, Result<Option<TaskRecord>, BackendError>> {
@@ -146,13 +240,39 @@ impl Storage for RedisStorage {
                 }
                 tokio::select! {
                     () = notified => {}
-                    () = tokio::time::sleep(FALLBACK_CHECK) => {}
+                    () = tokio::time::sleep(self.fallback_check) => {}
                 }
             };
             drop(notify);
             self.waiters.forget(uuid);
             result
         })
+    }
+}
+
+/// Every key matching a glob pattern (SCAN, so Redis is not blocked).
+pub(super) async fn scan(
+    commands: &ConnectionManager,
+    pattern: &str,
+) -> Result<Vec<String>, BackendError> {
+    let mut con = commands.clone();
+    let mut keys = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut con)
+            .await
+            .map_err(|e| failure("listing keys failed".to_owned(), e))?;
+        keys.extend(batch);
+        if next == 0 {
+            return Ok(keys);
+        }
+        cursor = next;
     }
 }
 

@@ -12,12 +12,13 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::task::Outcome;
+use crate::triggers::RecordUpdate;
 use crate::{QueuedTask, TaskRecord, TaskStatus};
 
 /// The fields written when a task is added (the original's `TaskStatusNewSchema`, in its
 /// order).
 pub(super) fn new_record_fields(task: &QueuedTask) -> Vec<(&'static str, String)> {
-    vec![
+    let mut fields = vec![
         ("task_name", task.task_name.clone()),
         ("priority", task.priority.to_string()),
         ("args", Value::Array(task.args.clone()).to_string()),
@@ -25,7 +26,41 @@ pub(super) fn new_record_fields(task: &QueuedTask) -> Vec<(&'static str, String)
         ("created_at", task.created_at.to_string()),
         ("updated_at", task.created_at.to_string()),
         ("status", TaskStatus::New.as_str().to_owned()),
-    ]
+    ];
+    if let Some(retry) = task.retry {
+        fields.push(("retry", retry.to_string()));
+    }
+    if let Some(parent) = task.retry_parent_uuid {
+        fields.push(("retry_parent_uuid", parent.to_string()));
+    }
+    fields
+}
+
+/// The fields a [`RecordUpdate`] changes.
+pub(super) fn update_fields(update: &RecordUpdate, now: f64) -> Vec<(&'static str, String)> {
+    let mut fields = vec![("updated_at", now.to_string())];
+    if let Some(status) = update.status {
+        fields.push(("status", status.as_str().to_owned()));
+    }
+    if let Some(priority) = update.priority {
+        fields.push(("priority", priority.to_string()));
+    }
+    if let Some(args) = &update.args {
+        fields.push(("args", Value::Array(args.clone()).to_string()));
+    }
+    if let Some(kwargs) = &update.kwargs {
+        fields.push(("kwargs", Value::Object(kwargs.clone()).to_string()));
+    }
+    if let Some(returning) = &update.returning {
+        fields.push(("returning", returning.to_string()));
+    }
+    if let Some(traceback) = &update.traceback {
+        fields.push(("traceback", traceback.clone()));
+    }
+    if let Some(reason) = &update.cancel_reason {
+        fields.push(("cancel_reason", reason.clone()));
+    }
+    fields
 }
 
 /// The fields written when a task ends; the others keep what `add` wrote.
@@ -43,6 +78,14 @@ pub(super) fn outcome_fields(outcome: &Outcome, now: f64) -> Vec<(&'static str, 
         Outcome::Cancel(reason) => {
             fields.push(("status", TaskStatus::Cancel.as_str().to_owned()));
             fields.push(("cancel_reason", reason.clone()));
+        }
+        Outcome::Retry { traceback, child } => {
+            fields.push(("status", TaskStatus::Retry.as_str().to_owned()));
+            fields.push(("traceback", traceback.clone()));
+            fields.push(("retry_child_uuid", child.uuid.to_string()));
+            if let Some(left) = child.retry {
+                fields.push(("retry", (left + 1).to_string()));
+            }
         }
     }
     fields
@@ -114,6 +157,9 @@ pub(super) fn decode_record(
         returning,
         traceback: text("traceback").map(str::to_owned),
         cancel_reason: text("cancel_reason").map(str::to_owned),
+        retry: text("retry").and_then(|n| n.parse().ok()),
+        retry_parent_uuid: text("retry_parent_uuid").and_then(|u| Uuid::parse_str(u).ok()),
+        retry_child_uuid: text("retry_child_uuid").and_then(|u| Uuid::parse_str(u).ok()),
     })
 }
 

@@ -1,0 +1,153 @@
+//! The Redis global config: entries in `N:GlobalConfig:{name}` hashes and the worker heartbeat
+//! in `N:GlobalConfig:main` (`name`, `status=running`, with a time to live), as the original
+//! writes them, so a Python client's `ping` sees a Rust worker and the other way round.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+
+use super::storage::scan;
+use super::{Keys, failure, glob_escape};
+use crate::backend::BackendError;
+use crate::components::GlobalConfig;
+use crate::plugin::BoxFuture;
+
+pub(crate) struct RedisGlobalConfig {
+    keys: Keys,
+    commands: ConnectionManager,
+}
+
+impl RedisGlobalConfig {
+    pub(super) fn new(keys: Keys, commands: ConnectionManager) -> Self {
+        RedisGlobalConfig { keys, commands }
+    }
+
+    fn hash(&self, name: &str) -> String {
+        format!("{}:GlobalConfig:{name}", self.keys.prefix)
+    }
+}
+
+impl GlobalConfig for RedisGlobalConfig {
+    fn name(&self) -> &str {
+        "RedisGlobalConfig"
+    }
+
+    fn set<'a>(
+        &'a self,
+        name: &'a str,
+        key: &'a str,
+        value: &'a str,
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            let mut con = self.commands.clone();
+            redis::cmd("HSET")
+                .arg(self.hash(name))
+                .arg(key)
+                .arg(value)
+                .exec_async(&mut con)
+                .await
+                .map_err(|e| failure(format!("writing global config `{name}.{key}` failed"), e))
+        })
+    }
+
+    fn get<'a>(
+        &'a self,
+        name: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, BackendError>> {
+        Box::pin(async move {
+            let mut con = self.commands.clone();
+            redis::cmd("HGET")
+                .arg(self.hash(name))
+                .arg(key)
+                .query_async(&mut con)
+                .await
+                .map_err(|e| failure(format!("reading global config `{name}.{key}` failed"), e))
+        })
+    }
+
+    fn get_all<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<BTreeMap<String, String>, BackendError>> {
+        Box::pin(async move {
+            let mut con = self.commands.clone();
+            redis::cmd("HGETALL")
+                .arg(self.hash(name))
+                .query_async(&mut con)
+                .await
+                .map_err(|e| failure(format!("reading global config `{name}` failed"), e))
+        })
+    }
+
+    fn get_match<'a>(
+        &'a self,
+        pattern: &'a str,
+    ) -> BoxFuture<'a, Result<BTreeMap<String, String>, BackendError>> {
+        Box::pin(async move {
+            let hash_prefix = self.hash("");
+            let keys = scan(
+                &self.commands,
+                &format!("{}{pattern}", glob_escape(&hash_prefix)),
+            )
+            .await?;
+            let mut found = BTreeMap::new();
+            for key in keys {
+                let name = key.strip_prefix(&hash_prefix).unwrap_or(&key).to_owned();
+                let mut con = self.commands.clone();
+                let entries: BTreeMap<String, String> = redis::cmd("HGETALL")
+                    .arg(&key)
+                    .query_async(&mut con)
+                    .await
+                    .map_err(|e| failure(format!("reading global config `{name}` failed"), e))?;
+                for (field, value) in entries {
+                    found.insert(format!("{name}:{field}"), value);
+                }
+            }
+            Ok(found)
+        })
+    }
+
+    fn set_status(&self, ttl: Duration) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(async move {
+            let mut con = self.commands.clone();
+            redis::pipe()
+                .hset_multiple(
+                    &self.keys.heartbeat,
+                    &[("name", self.keys.prefix.as_str()), ("status", "running")],
+                )
+                .expire(
+                    &self.keys.heartbeat,
+                    i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX).max(1),
+                )
+                .exec_async(&mut con)
+                .await
+                .map_err(|e| failure("writing the worker heartbeat failed".to_owned(), e))
+        })
+    }
+
+    fn clear_status(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(async move {
+            let mut con = self.commands.clone();
+            redis::cmd("DEL")
+                .arg(&self.keys.heartbeat)
+                .exec_async(&mut con)
+                .await
+                .map_err(|e| failure("clearing the worker heartbeat failed".to_owned(), e))
+        })
+    }
+
+    fn status(&self) -> BoxFuture<'_, Result<bool, BackendError>> {
+        Box::pin(async move {
+            let mut con = self.commands.clone();
+            let status: Option<String> = redis::cmd("HGET")
+                .arg(&self.keys.heartbeat)
+                .arg("status")
+                .query_async(&mut con)
+                .await
+                .map_err(|e| failure("reading the worker heartbeat failed".to_owned(), e))?;
+            Ok(status.is_some())
+        })
+    }
+}

@@ -1,0 +1,115 @@
+//! `AppBuilder`: an app with replaced parts.
+
+use std::sync::Arc;
+
+use crate::app::Parts;
+use crate::backend::{Broker, MemoryBroker, MemoryStorage, Storage};
+use crate::components::{
+    ConcurrentWorker, DefaultExecutor, DefaultStarter, Executor, GlobalConfig, MemoryGlobalConfig,
+    Starter, Worker,
+};
+use crate::{QueueConfig, QueueTasks};
+
+/// Builds a [`QueueTasks`] with replaced parts; what is not set is the default (in-memory
+/// backend and global config, [`ConcurrentWorker`], [`DefaultStarter`], [`DefaultExecutor`]).
+///
+/// ```
+/// use std::sync::Arc;
+/// use qtasks::{ConcurrentWorker, QueueConfig, QueueTasks};
+///
+/// let app = QueueTasks::builder()
+///     .config(QueueConfig { name: "billing".into(), ..Default::default() })
+///     .worker(Arc::new(ConcurrentWorker))
+///     .build();
+/// assert_eq!(app.name(), "billing");
+/// ```
+#[derive(Default)]
+#[must_use]
+pub struct AppBuilder {
+    config: Option<QueueConfig>,
+    backend: Option<(Arc<dyn Broker>, Arc<dyn Storage>)>,
+    global_config: Option<Arc<dyn GlobalConfig>>,
+    worker: Option<Arc<dyn Worker>>,
+    starter: Option<Arc<dyn Starter>>,
+    executor: Option<Arc<dyn Executor>>,
+}
+
+impl AppBuilder {
+    /// The configuration.
+    pub fn config(mut self, config: QueueConfig) -> Self {
+        self.config = Some(config);
+        self
+    }
+
+    /// The broker and the storage it writes to (they come as a pair: the broker owns the write
+    /// path of a task, the storage answers reads).
+    pub fn backend(mut self, broker: Arc<dyn Broker>, storage: Arc<dyn Storage>) -> Self {
+        self.backend = Some((broker, storage));
+        self
+    }
+
+    /// The global config (entries and the worker heartbeat).
+    pub fn global_config(mut self, global_config: Arc<dyn GlobalConfig>) -> Self {
+        self.global_config = Some(global_config);
+        self
+    }
+
+    /// The worker.
+    pub fn worker(mut self, worker: Arc<dyn Worker>) -> Self {
+        self.worker = Some(worker);
+        self
+    }
+
+    /// The starter.
+    pub fn starter(mut self, starter: Arc<dyn Starter>) -> Self {
+        self.starter = Some(starter);
+        self
+    }
+
+    /// The executor of tasks that do not choose their own.
+    pub fn executor(mut self, executor: Arc<dyn Executor>) -> Self {
+        self.executor = Some(executor);
+        self
+    }
+
+    /// The Redis backend and global config, connected now (the config's `name` is the key
+    /// prefix: set the config first). Fails at once when Redis cannot be reached.
+    #[cfg(feature = "redis")]
+    pub async fn redis(mut self, url: &str, options: crate::RedisOptions) -> crate::Result<Self> {
+        let config = self.config.get_or_insert_with(QueueConfig::default);
+        if config.name.is_empty() || config.name.contains(':') {
+            return Err(crate::Error::InvalidConfig(format!(
+                "the app name `{}` is the Redis key prefix: it must be non-empty and contain no `:`",
+                config.name
+            )));
+        }
+        let redis =
+            crate::backend::redis::connect(url, &config.name, &options, config.result_interval())
+                .await?;
+        self.backend = Some((redis.broker, redis.storage));
+        self.global_config = Some(redis.global_config);
+        Ok(self)
+    }
+
+    /// The app.
+    pub fn build(self) -> QueueTasks {
+        let (broker, storage) = self.backend.unwrap_or_else(|| {
+            let storage = Arc::new(MemoryStorage::new());
+            (
+                Arc::new(MemoryBroker::new(Arc::clone(&storage))) as Arc<dyn Broker>,
+                storage as Arc<dyn Storage>,
+            )
+        });
+        QueueTasks::from_parts(Parts {
+            config: self.config.unwrap_or_default(),
+            broker,
+            storage,
+            global_config: self
+                .global_config
+                .unwrap_or_else(|| Arc::new(MemoryGlobalConfig::new())),
+            worker: self.worker.unwrap_or_else(|| Arc::new(ConcurrentWorker)),
+            starter: self.starter.unwrap_or_else(|| Arc::new(DefaultStarter)),
+            executor: self.executor.unwrap_or_else(|| Arc::new(DefaultExecutor)),
+        })
+    }
+}

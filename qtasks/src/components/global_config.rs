@@ -1,0 +1,151 @@
+//! The in-memory global config: entries and the worker heartbeat of one process.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use super::GlobalConfig;
+use crate::backend::BackendError;
+use crate::plugin::BoxFuture;
+
+/// Entries and heartbeat in memory.
+#[derive(Debug, Default)]
+pub struct MemoryGlobalConfig {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    entries: BTreeMap<String, BTreeMap<String, String>>,
+    heartbeat_until: Option<Instant>,
+}
+
+impl MemoryGlobalConfig {
+    /// No entries, no heartbeat.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl GlobalConfig for MemoryGlobalConfig {
+    fn name(&self) -> &str {
+        "MemoryGlobalConfig"
+    }
+
+    fn set<'a>(
+        &'a self,
+        name: &'a str,
+        key: &'a str,
+        value: &'a str,
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
+        self.state()
+            .entries
+            .entry(name.to_owned())
+            .or_default()
+            .insert(key.to_owned(), value.to_owned());
+        Box::pin(async { Ok(()) })
+    }
+
+    fn get<'a>(
+        &'a self,
+        name: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, BackendError>> {
+        let value = self
+            .state()
+            .entries
+            .get(name)
+            .and_then(|entries| entries.get(key))
+            .cloned();
+        Box::pin(async move { Ok(value) })
+    }
+
+    fn get_all<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<BTreeMap<String, String>, BackendError>> {
+        let entries = self.state().entries.get(name).cloned().unwrap_or_default();
+        Box::pin(async move { Ok(entries) })
+    }
+
+    fn get_match<'a>(
+        &'a self,
+        pattern: &'a str,
+    ) -> BoxFuture<'a, Result<BTreeMap<String, String>, BackendError>> {
+        let mut found = BTreeMap::new();
+        for (name, entries) in &self.state().entries {
+            if glob_match(pattern, name) {
+                for (key, value) in entries {
+                    found.insert(format!("{name}:{key}"), value.clone());
+                }
+            }
+        }
+        Box::pin(async move { Ok(found) })
+    }
+
+    fn set_status(&self, ttl: Duration) -> BoxFuture<'_, Result<(), BackendError>> {
+        self.state().heartbeat_until = Some(Instant::now() + ttl);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn clear_status(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        self.state().heartbeat_until = None;
+        Box::pin(async { Ok(()) })
+    }
+
+    fn status(&self) -> BoxFuture<'_, Result<bool, BackendError>> {
+        let alive = self
+            .state()
+            .heartbeat_until
+            .is_some_and(|until| until > Instant::now());
+        Box::pin(async move { Ok(alive) })
+    }
+}
+
+/// Glob matching with `*` (any run) and `?` (any one character), as Redis `MATCH` does.
+pub(crate) fn glob_match(pattern: &str, text: &str) -> bool {
+    let (pattern, text): (Vec<char>, Vec<char>) =
+        (pattern.chars().collect(), text.chars().collect());
+    let (mut p, mut t) = (0, 0);
+    let mut backtrack: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match pattern.get(p) {
+            Some('*') => {
+                backtrack = Some((p, t));
+                p += 1;
+            }
+            Some(&c) if c == '?' || c == text[t] => {
+                p += 1;
+                t += 1;
+            }
+            _ => match backtrack {
+                Some((star, matched)) => {
+                    p = star + 1;
+                    t = matched + 1;
+                    backtrack = Some((star, matched + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|c| *c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_match;
+
+    #[test]
+    fn globs_match_like_redis() {
+        assert!(glob_match("work*", "workers"));
+        assert!(glob_match("w?rk", "work"));
+        assert!(glob_match("*", ""));
+        assert!(glob_match("a*c*e", "abcde"));
+        assert!(!glob_match("a*c", "abd"));
+        assert!(!glob_match("work", "workers"));
+    }
+}

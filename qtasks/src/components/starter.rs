@@ -1,0 +1,263 @@
+//! The start and stop sequences of an app, run by its [`Starter`].
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::{Starter, WorkerHost};
+use crate::app::Running;
+use crate::backend::BackendError;
+use crate::dispatch::RuntimePlugin;
+use crate::events::{Event, EventKind};
+use crate::registry::TaskTable;
+use crate::triggers::{
+    BrokerStart, BrokerStop, GlobalConfigSetStatus, GlobalConfigStart, GlobalConfigStop,
+    StarterStart, StarterStop, StorageDeleteFinishedTasks, StorageStart, StorageStop, WorkerStart,
+    WorkerStop,
+};
+use crate::{Error, QueueTasks, Result};
+
+/// The default starter: runs the standard sequences and nothing else.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DefaultStarter;
+
+impl Starter for DefaultStarter {
+    fn name(&self) -> &str {
+        "DefaultStarter"
+    }
+}
+
+/// The standard start sequence, handed to [`Starter::start`].
+///
+/// In order: `starter_start`; each runtime plugin's `start` (once); the `starting` event; the
+/// storage (`storage_start`), the global config (`global_config_start`), with
+/// `delete_finished_tasks` the clean-up (`storage_delete_finished_tasks`), with
+/// `running_older_tasks` the recovery of taken tasks, the broker (`broker_start`); the worker
+/// heartbeat (`global_config_set_status` at every refresh); the worker (`worker_start`), which
+/// then runs in the background.
+pub struct StartSteps<'a> {
+    pub(crate) app: &'a QueueTasks,
+    pub(crate) starter: &'a dyn Starter,
+}
+
+impl StartSteps<'_> {
+    /// The app being started.
+    pub fn app(&self) -> &QueueTasks {
+        self.app
+    }
+
+    /// Runs the sequence. Fails with [`Error::AlreadyRunning`] if the app runs.
+    pub async fn run(self) -> Result<()> {
+        let app = self.app;
+        let tasks = TaskTable::global()?;
+        let mut lifecycle = app.inner.lifecycle.lock().await;
+        if lifecycle.is_some() {
+            return Err(Error::AlreadyRunning);
+        }
+        app.inner
+            .running
+            .store(true, std::sync::atomic::Ordering::Release);
+        let result = self.start_parts(tasks).await;
+        match result {
+            Ok(running) => {
+                *lifecycle = Some(running);
+                Ok(())
+            }
+            Err(error) => {
+                app.inner
+                    .running
+                    .store(false, std::sync::atomic::Ordering::Release);
+                Err(error)
+            }
+        }
+    }
+
+    async fn start_parts(&self, tasks: &'static TaskTable) -> Result<Running> {
+        let app = self.app;
+        let inner = &app.inner;
+        let dispatch = app.dispatch();
+        let config = app.config();
+        dispatch
+            .fire(&StarterStart {
+                starter: self.starter,
+            })
+            .await;
+
+        let plugins = app.runtime_plugins();
+        for (started, entry) in plugins.iter().enumerate() {
+            if let Err(error) = entry.plugin.start().await {
+                stop_plugins(&plugins[..started]).await;
+                return Err(Error::PluginLifecycle {
+                    plugin: entry.plugin.name().to_owned(),
+                    phase: "start",
+                    reason: error.to_string(),
+                });
+            }
+        }
+        inner
+            .events
+            .fire(EventKind::Starting, || {
+                Event::new(EventKind::Starting, app.name())
+            })
+            .await;
+
+        let (broker, storage, global_config, worker) = (
+            &*inner.broker,
+            &*inner.storage,
+            &*inner.global_config,
+            &*inner.worker,
+        );
+        dispatch.fire(&StorageStart { storage }).await;
+        storage.start().await?;
+        dispatch.fire(&GlobalConfigStart { global_config }).await;
+        global_config.start().await?;
+        if config.delete_finished_tasks {
+            dispatch.fire(&StorageDeleteFinishedTasks { storage }).await;
+            let deleted = storage.delete_finished().await?;
+            tracing::info!(
+                app = app.name(),
+                deleted,
+                "deleted the records of finished tasks"
+            );
+        }
+        if config.running_older_tasks {
+            let requeued = broker.requeue_taken().await?;
+            tracing::info!(
+                app = app.name(),
+                requeued,
+                "put taken, unfinished tasks back in the queue"
+            );
+        }
+        dispatch.fire(&BrokerStart { broker, worker }).await;
+        broker.start().await?;
+
+        let (shutdown, stop_requested) = watch::channel(false);
+        let heartbeat = tokio::spawn(heartbeat(app.clone(), stop_requested.clone()));
+        dispatch.fire(&WorkerStart { worker }).await;
+        let host = WorkerHost::new(app.clone(), tasks, stop_requested);
+        let worker_task = {
+            let worker = std::sync::Arc::clone(&inner.worker);
+            tokio::spawn(async move { worker.run(host).await })
+        };
+        Ok(Running {
+            shutdown,
+            worker: worker_task,
+            heartbeat,
+            plugins,
+        })
+    }
+}
+
+/// Refreshes the worker heartbeat until the app stops.
+async fn heartbeat(app: QueueTasks, mut stop_requested: watch::Receiver<bool>) {
+    loop {
+        let config = app.config();
+        let global_config = &*app.inner.global_config;
+        app.dispatch()
+            .fire(&GlobalConfigSetStatus { global_config })
+            .await;
+        if let Err(error) = global_config
+            .set_status(Duration::from_secs(config.global_config_status_ttl))
+            .await
+        {
+            tracing::warn!(app = app.name(), "the worker heartbeat failed: {error}");
+        }
+        let every = Duration::from_secs(config.global_config_status_set_periodic.max(1));
+        tokio::select! {
+            _ = stop_requested.wait_for(|stop| *stop) => return,
+            () = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// The standard stop sequence, handed to [`Starter::stop`].
+///
+/// In order: `starter_stop`; the worker is told to stop (`worker_stop`) and its running tasks
+/// finish; the broker (`broker_stop`); the heartbeat is cleared and the global config stops
+/// (`global_config_stop`); the storage (`storage_stop`); the `stopping` event; each runtime
+/// plugin's `stop` (once). Tasks still queued stay queued.
+pub struct StopSteps<'a> {
+    pub(crate) app: &'a QueueTasks,
+    pub(crate) starter: &'a dyn Starter,
+}
+
+impl StopSteps<'_> {
+    /// The app being stopped.
+    pub fn app(&self) -> &QueueTasks {
+        self.app
+    }
+
+    /// Runs the sequence. Stopping a stopped app does nothing.
+    pub async fn run(self) -> Result<()> {
+        let app = self.app;
+        let inner = &app.inner;
+        let mut lifecycle = inner.lifecycle.lock().await;
+        let Some(running) = lifecycle.take() else {
+            return Ok(());
+        };
+        tracing::info!(app = app.name(), "stopping");
+        let dispatch = app.dispatch();
+        let (broker, storage, global_config, worker) = (
+            &*inner.broker,
+            &*inner.storage,
+            &*inner.global_config,
+            &*inner.worker,
+        );
+        dispatch
+            .fire(&StarterStop {
+                starter: self.starter,
+            })
+            .await;
+
+        let _ = running.shutdown.send(true);
+        dispatch.fire(&WorkerStop { worker }).await;
+        if let Err(error) = running.worker.await {
+            tracing::error!(app = app.name(), "the worker ended abnormally: {error}");
+        }
+        let mut first_failure: Option<Error> = None;
+        let mut note = |result: std::result::Result<(), BackendError>| {
+            if let Err(error) = result {
+                tracing::error!(app = app.name(), "stopping: {error}");
+                first_failure.get_or_insert(Error::Backend(error));
+            }
+        };
+        dispatch.fire(&BrokerStop { broker }).await;
+        note(broker.stop().await);
+        running.heartbeat.abort();
+        note(global_config.clear_status().await);
+        dispatch.fire(&GlobalConfigStop { global_config }).await;
+        note(global_config.stop().await);
+        dispatch.fire(&StorageStop { storage }).await;
+        note(storage.stop().await);
+        inner
+            .events
+            .fire(EventKind::Stopping, || {
+                Event::new(EventKind::Stopping, app.name())
+            })
+            .await;
+        if let Some((plugin, reason)) = stop_plugins(&running.plugins).await {
+            first_failure.get_or_insert(Error::PluginLifecycle {
+                plugin,
+                phase: "stop",
+                reason,
+            });
+        }
+        inner
+            .running
+            .store(false, std::sync::atomic::Ordering::Release);
+        first_failure.map_or(Ok(()), Err)
+    }
+}
+
+/// Stops plugins once each; returns the first failure, after logging every one.
+async fn stop_plugins(plugins: &[RuntimePlugin]) -> Option<(String, String)> {
+    let mut first_failure = None;
+    for entry in plugins {
+        if let Err(error) = entry.plugin.stop().await {
+            let name = entry.plugin.name().to_owned();
+            tracing::error!(plugin = %name, "plugin failed to stop: {error}");
+            first_failure.get_or_insert((name, error.to_string()));
+        }
+    }
+    first_failure
+}

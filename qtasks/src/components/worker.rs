@@ -1,0 +1,469 @@
+//! The worker host (what a [`Worker`] uses to take and run tasks) and the default worker.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, watch};
+use tracing::Instrument;
+use uuid::Uuid;
+
+use super::Worker;
+use crate::backend::Delivery;
+use crate::dispatch::chain;
+use crate::events::{Event, EventKind};
+use crate::panic::CatchUnwind;
+use crate::plugin::BoxFuture;
+use crate::registry::TaskTable;
+use crate::task::{Outcome, unix_now};
+use crate::triggers::{
+    BrokerAddWorker, BrokerListenStart, BrokerRemoveFinishedTask, BrokerRunningOlderTasks,
+    BrokerUpdate, RecordUpdate, StorageAddProcess, StorageRemoveFinishedTask,
+    StorageRunningOlderTasks, StorageUpdate, WorkerAdd, WorkerExecuteAfter, WorkerExecuteBefore,
+    WorkerRemoveFinishedTask, WorkerRunTaskBefore, WorkerTaskErrorRetry,
+};
+use crate::{QueueTasks, QueuedTask, TaskDefinition, TaskExecutor, TaskStatus, Trigger};
+
+/// How long the worker waits before asking a failing broker again.
+const BROKER_RETRY_DELAY: Duration = Duration::from_millis(500);
+
+/// What a [`Worker`] uses to take and run tasks: every trigger and event of a task's life
+/// happens in here, so a custom worker only decides when to call it.
+#[derive(Clone)]
+pub struct WorkerHost {
+    inner: Arc<HostInner>,
+}
+
+struct HostInner {
+    app: QueueTasks,
+    tasks: &'static TaskTable,
+    stop_requested: watch::Receiver<bool>,
+    listening: AtomicBool,
+}
+
+impl WorkerHost {
+    pub(crate) fn new(
+        app: QueueTasks,
+        tasks: &'static TaskTable,
+        stop_requested: watch::Receiver<bool>,
+    ) -> Self {
+        WorkerHost {
+            inner: Arc::new(HostInner {
+                app,
+                tasks,
+                stop_requested,
+                listening: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// The app the worker serves.
+    pub fn app(&self) -> &QueueTasks {
+        &self.inner.app
+    }
+
+    /// How many tasks the worker should run at once (`max_tasks_process`, at least 1).
+    pub fn concurrency(&self) -> usize {
+        self.app().config().max_tasks_process.max(1)
+    }
+
+    /// Resolves when the app asks the worker to stop.
+    pub async fn stop_requested(&self) {
+        let mut stop_requested = self.inner.stop_requested.clone();
+        let _ = stop_requested.wait_for(|stop| *stop).await;
+    }
+
+    /// Takes the next task, waiting while the queue is empty; `None` once the app is stopping.
+    /// Broker failures are logged and retried.
+    pub async fn next(&self) -> Option<Delivery> {
+        let app = self.app();
+        let (broker, worker) = (&*app.inner.broker, &*app.inner.worker);
+        if !self.inner.listening.swap(true, Ordering::AcqRel) {
+            app.dispatch()
+                .fire(&BrokerListenStart { broker, worker })
+                .await;
+        }
+        loop {
+            let next = tokio::select! {
+                biased;
+                () = self.stop_requested() => return None,
+                next = broker.next() => next,
+            };
+            match next {
+                Ok(Some(mut delivery)) => {
+                    self.accept(&mut delivery).await;
+                    return Some(delivery);
+                }
+                Ok(None) => return None,
+                Err(error) => {
+                    tracing::error!(
+                        app = app.name(),
+                        "the broker failed: {error}; asking again in {BROKER_RETRY_DELAY:?}"
+                    );
+                    tokio::select! {
+                        () = self.stop_requested() => return None,
+                        () = tokio::time::sleep(BROKER_RETRY_DELAY) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// The triggers of a task arriving at the worker; each may change the task.
+    async fn accept(&self, delivery: &mut Delivery) {
+        let app = self.app();
+        let dispatch = app.dispatch();
+        let (broker, storage, worker) =
+            (&*app.inner.broker, &*app.inner.storage, &*app.inner.worker);
+        let task = &mut delivery.task;
+        if delivery.recovered {
+            dispatch
+                .fire(&BrokerRunningOlderTasks {
+                    broker,
+                    worker,
+                    tasks: std::slice::from_ref(task),
+                })
+                .await;
+            chain!(
+                dispatch,
+                Trigger::StorageRunningOlderTasks,
+                StorageRunningOlderTasks {
+                    storage,
+                    worker,
+                    task
+                },
+                |update| update.apply_to(task)
+            );
+        }
+        chain!(
+            dispatch,
+            Trigger::BrokerAddWorker,
+            BrokerAddWorker {
+                broker,
+                worker,
+                task
+            },
+            |update| update.apply_to(task)
+        );
+        chain!(
+            dispatch,
+            Trigger::StorageAddProcess,
+            StorageAddProcess { storage, task },
+            |update| update.apply_to(task)
+        );
+        chain!(
+            dispatch,
+            Trigger::WorkerAdd,
+            WorkerAdd { worker, task },
+            |update| update.apply_to(task)
+        );
+    }
+
+    /// Runs one delivered task to its end and stores the outcome, with all its triggers and
+    /// events. Never panics on the task's or a plugin's account.
+    pub async fn execute(&self, mut delivery: Delivery) {
+        let app = self.app();
+        let dispatch = app.dispatch();
+        let (broker, storage, worker) =
+            (&*app.inner.broker, &*app.inner.storage, &*app.inner.worker);
+        let uuid = delivery.task.uuid;
+        let definition = delivery
+            .task
+            .definition
+            .or_else(|| self.inner.tasks.get(&delivery.task.task_name));
+        let mut outcome = match definition {
+            Some(definition) => self.run(&mut delivery.task, definition).await,
+            None => {
+                let reason = unknown_task(&delivery.task.task_name, self.inner.tasks);
+                tracing::warn!(uuid = %uuid, "{reason}");
+                Outcome::Error(reason)
+            }
+        };
+        let task = &delivery.task;
+        chain!(
+            dispatch,
+            Trigger::WorkerRemoveFinishedTask,
+            WorkerRemoveFinishedTask {
+                worker,
+                broker,
+                task,
+                definition,
+                outcome: &outcome
+            },
+            |replaced| outcome = replaced
+        );
+        chain!(
+            dispatch,
+            Trigger::BrokerRemoveFinishedTask,
+            BrokerRemoveFinishedTask {
+                broker,
+                storage,
+                task,
+                outcome: &outcome
+            },
+            |replaced| outcome = replaced
+        );
+        if let Err(error) = broker.finish(&delivery, outcome.clone()).await {
+            tracing::error!(uuid = %uuid, "could not store the result of task {uuid}: {error}");
+            return;
+        }
+        dispatch
+            .fire(&StorageRemoveFinishedTask {
+                storage,
+                task,
+                outcome: &outcome,
+            })
+            .await;
+        dispatch
+            .fire(&WorkerExecuteAfter {
+                task,
+                definition,
+                outcome: &outcome,
+            })
+            .await;
+        let kind = match outcome.status() {
+            TaskStatus::Success => EventKind::TaskSuccess,
+            TaskStatus::Cancel => EventKind::TaskCancel,
+            _ => EventKind::TaskError,
+        };
+        self.task_event(kind, task, Some(&outcome)).await;
+    }
+
+    /// The running part: the `process` record, the executor, and retries.
+    async fn run(&self, task: &mut QueuedTask, definition: &'static TaskDefinition) -> Outcome {
+        let app = self.app();
+        let dispatch = app.dispatch();
+        let (broker, storage, worker) =
+            (&*app.inner.broker, &*app.inner.storage, &*app.inner.worker);
+        let uuid = task.uuid;
+
+        // The record is `process` already (the broker marked it when it handed the task out);
+        // plugins may lay more over it, which is then stored.
+        let marked = RecordUpdate {
+            status: Some(TaskStatus::Process),
+            ..RecordUpdate::default()
+        };
+        let mut update = marked.clone();
+        chain!(
+            dispatch,
+            Trigger::WorkerExecuteBefore,
+            WorkerExecuteBefore {
+                worker,
+                task,
+                definition,
+                update: &update
+            },
+            |more| update.merge(more)
+        );
+        chain!(
+            dispatch,
+            Trigger::BrokerUpdate,
+            BrokerUpdate {
+                broker,
+                uuid,
+                update: &update
+            },
+            |more| update.merge(more)
+        );
+        chain!(
+            dispatch,
+            Trigger::StorageUpdate,
+            StorageUpdate {
+                storage,
+                uuid,
+                update: &update
+            },
+            |more| update.merge(more)
+        );
+        if update != marked {
+            if let Err(error) = storage.update(uuid, update).await {
+                tracing::error!(uuid = %uuid, "could not store the plugins' update of task {uuid}: {error}");
+            }
+        }
+        self.task_event(EventKind::TaskRunning, task, None).await;
+        chain!(
+            dispatch,
+            Trigger::WorkerRunTaskBefore,
+            WorkerRunTaskBefore {
+                worker,
+                task,
+                definition
+            },
+            |changed| changed.apply_to(task)
+        );
+
+        let span = tracing::info_span!("task", task = definition.name, uuid = %uuid);
+        let executor = definition.executor.unwrap_or(&*app.inner.executor);
+        let run = TaskExecutor::new(
+            app.clone(),
+            definition,
+            task.clone(),
+            Arc::clone(&dispatch),
+            span.clone(),
+        );
+        let outcome = match CatchUnwind::new(executor.execute(&run))
+            .instrument(span)
+            .await
+        {
+            Ok(outcome) => outcome,
+            Err(panic) => Outcome::Error(format!(
+                "ExecutorPanic: the executor `{}` panicked: {panic}",
+                executor.name()
+            )),
+        };
+        drop(run);
+        self.task_event(EventKind::TaskStopping, task, Some(&outcome))
+            .await;
+        self.retry_or(task, definition, outcome).await
+    }
+
+    /// A failed attempt with retries left becomes `retry`, with the next attempt as a child
+    /// task, unless a `worker_task_error_retry` handler decides otherwise.
+    async fn retry_or(
+        &self,
+        task: &QueuedTask,
+        definition: &TaskDefinition,
+        outcome: Outcome,
+    ) -> Outcome {
+        let Outcome::Error(traceback) = &outcome else {
+            return outcome;
+        };
+        let retries_left = task.retry.or(definition.retry).unwrap_or(0);
+        if retries_left == 0 {
+            return outcome;
+        }
+        let app = self.app();
+        let mut decided = None;
+        chain!(
+            app.dispatch(),
+            Trigger::WorkerTaskErrorRetry,
+            WorkerTaskErrorRetry {
+                broker: &*app.inner.broker,
+                task,
+                definition,
+                traceback,
+                retries_left
+            },
+            |instead| decided = Some(instead)
+        );
+        if let Some(instead) = decided {
+            return instead;
+        }
+        tracing::info!(task = definition.name, uuid = %task.uuid, retries_left, "the task failed and will be retried");
+        let child = QueuedTask {
+            uuid: Uuid::new_v4(),
+            task_name: task.task_name.clone(),
+            priority: task.priority,
+            args: task.args.clone(),
+            kwargs: task.kwargs.clone(),
+            created_at: unix_now(),
+            retry: Some(retries_left - 1),
+            retry_parent_uuid: Some(task.uuid),
+            definition: task.definition,
+        };
+        Outcome::Retry {
+            traceback: traceback.clone(),
+            child: Box::new(child),
+        }
+    }
+
+    async fn task_event(&self, kind: EventKind, task: &QueuedTask, outcome: Option<&Outcome>) {
+        let app = self.app();
+        app.inner
+            .events
+            .fire(kind, || {
+                let mut event = Event::new(kind, app.name());
+                event.task = Some(task.clone());
+                event.outcome = outcome.cloned();
+                event
+            })
+            .await;
+    }
+
+    /// Fires the `worker_running` event for worker loop `number`.
+    pub async fn running(&self, number: usize) {
+        self.worker_event(EventKind::WorkerRunning, number).await;
+    }
+
+    /// Fires the `worker_stopping` event for worker loop `number`.
+    pub async fn stopping(&self, number: usize) {
+        self.worker_event(EventKind::WorkerStopping, number).await;
+    }
+
+    async fn worker_event(&self, kind: EventKind, number: usize) {
+        let app = self.app();
+        app.inner
+            .events
+            .fire(kind, || {
+                let mut event = Event::new(kind, app.name());
+                event.worker_number = Some(number);
+                event
+            })
+            .await;
+    }
+}
+
+/// The default worker: one loop taking a task whenever one of `max_tasks_process` slots is
+/// free, each task running in its own tokio task.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ConcurrentWorker;
+
+impl Worker for ConcurrentWorker {
+    fn name(&self) -> &str {
+        "ConcurrentWorker"
+    }
+
+    fn run(&self, host: WorkerHost) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let limit = host.concurrency();
+            let slots = Arc::new(Semaphore::new(limit));
+            tracing::info!(
+                app = host.app().name(),
+                concurrency = limit,
+                "worker started"
+            );
+            host.running(0).await;
+            loop {
+                // A slot first, then a task: tasks wait in the broker (where priorities
+                // apply), not in the worker.
+                let slot = tokio::select! {
+                    biased;
+                    () = host.stop_requested() => break,
+                    slot = Arc::clone(&slots).acquire_owned() => slot.expect("the semaphore is never closed"),
+                };
+                let Some(delivery) = host.next().await else {
+                    break;
+                };
+                let host = host.clone();
+                tokio::spawn(async move {
+                    host.execute(delivery).await;
+                    drop(slot);
+                });
+            }
+            tracing::info!(
+                app = host.app().name(),
+                "worker stopping; waiting for running tasks"
+            );
+            let all = u32::try_from(limit).unwrap_or(u32::MAX);
+            let _all_slots = slots.acquire_many(all).await;
+            host.stopping(0).await;
+            tracing::info!(app = host.app().name(), "worker stopped");
+        })
+    }
+}
+
+fn unknown_task(name: &str, tasks: &TaskTable) -> String {
+    const SHOWN: usize = 20;
+    let names: Vec<&str> = tasks.names().take(SHOWN).collect();
+    let more = tasks.definitions().len().saturating_sub(SHOWN);
+    let mut reason = format!("UnknownTask: task `{name}` is not registered in this worker; ");
+    if names.is_empty() {
+        reason.push_str("no tasks are registered");
+    } else {
+        reason.push_str(&format!("registered tasks: {}", names.join(", ")));
+        if more > 0 {
+            reason.push_str(&format!(" and {more} more"));
+        }
+    }
+    reason
+}
