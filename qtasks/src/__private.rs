@@ -6,6 +6,9 @@
 use std::fmt::Display;
 use std::future::Future;
 use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_core::Stream;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -170,8 +173,20 @@ pub fn call_async<'a, P: Payload + 'a, F: AsyncHandler<'a, P>>(
 // ---------------------------------------------------------------------------------------------
 // Tasks.
 
+/// Not public API. What a task produced: a value, or a stream of items (a stream task).
+pub enum TaskOutput {
+    /// The task's result.
+    Value(Value),
+    /// The items of a stream task, each encoded as JSON.
+    Stream(ItemStream),
+}
+
+/// Not public API. The items of a stream task.
+pub type ItemStream = Pin<Box<dyn Stream<Item = std::result::Result<Value, TaskError>> + Send>>;
+
 /// Not public API. The future a task shim returns.
-pub type TaskFuture = Pin<Box<dyn Future<Output = std::result::Result<Value, TaskError>> + Send>>;
+pub type TaskFuture =
+    Pin<Box<dyn Future<Output = std::result::Result<TaskOutput, TaskError>> + Send>>;
 
 /// Not public API. The shim `#[qtasks::task]` generates: decodes arguments, calls the fn.
 pub type InvokeFn = fn(TaskContext, TaskArgs) -> TaskFuture;
@@ -273,8 +288,10 @@ pub async fn enqueue(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Return values: `Result<T, E>` with `E: Display` or any `T: Serialize`. The shim picks the
-// conversion by autoref specialisation on the concrete return type.
+// Return values: `Result<T, E>` with `E: Display`, a `Stream` of serializable items, or any
+// `T: Serialize`. The shim picks the conversion by autoref specialisation on the concrete
+// return type: `(&&&ReturnProbe(&value)).__qtasks_return_kind()` finds the `Result` impl
+// first, then the `Stream` one, then the catch-all.
 
 /// Not public API. Wraps a task's return value to pick its conversion.
 pub struct ReturnProbe<'a, T>(pub &'a T);
@@ -282,10 +299,13 @@ pub struct ReturnProbe<'a, T>(pub &'a T);
 /// Not public API. The conversion for `Result<T, E>`.
 pub struct ResultReturn;
 
+/// Not public API. The conversion for a stream of items.
+pub struct StreamReturn;
+
 /// Not public API. The conversion for any serializable value.
 pub struct ValueReturn;
 
-/// Not public API. Picked for `Result` (one autoref less than [`ValueReturnKind`]).
+/// Not public API. Picked for `Result` (two autorefs less than [`ValueReturnKind`]).
 pub trait ResultReturnKind {
     /// Picks [`ResultReturn`].
     fn __qtasks_return_kind(&self) -> ResultReturn {
@@ -293,7 +313,17 @@ pub trait ResultReturnKind {
     }
 }
 
-impl<T, E> ResultReturnKind for &ReturnProbe<'_, std::result::Result<T, E>> {}
+impl<T, E> ResultReturnKind for &&ReturnProbe<'_, std::result::Result<T, E>> {}
+
+/// Not public API. Picked for streams.
+pub trait StreamReturnKind {
+    /// Picks [`StreamReturn`].
+    fn __qtasks_return_kind(&self) -> StreamReturn {
+        StreamReturn
+    }
+}
+
+impl<S: Stream> StreamReturnKind for &ReturnProbe<'_, S> {}
 
 /// Not public API. Picked for everything else.
 pub trait ValueReturnKind {
@@ -310,7 +340,7 @@ impl ResultReturn {
     pub fn convert<T: Serialize, E: Display + 'static>(
         self,
         returned: std::result::Result<T, E>,
-    ) -> std::result::Result<Value, TaskError> {
+    ) -> std::result::Result<TaskOutput, TaskError> {
         match returned {
             Ok(value) => ValueReturn.convert(value),
             Err(e) => Err(TaskError::from_display(e)),
@@ -318,11 +348,50 @@ impl ResultReturn {
     }
 }
 
+impl StreamReturn {
+    /// Encodes each item as it comes.
+    pub fn convert<S>(self, returned: S) -> std::result::Result<TaskOutput, TaskError>
+    where
+        S: Stream + Send + 'static,
+        S::Item: Serialize,
+    {
+        Ok(TaskOutput::Stream(Box::pin(EncodeItems {
+            items: Box::pin(returned),
+        })))
+    }
+}
+
 impl ValueReturn {
     /// Serializes the value.
-    pub fn convert<T: Serialize>(self, returned: T) -> std::result::Result<Value, TaskError> {
+    pub fn convert<T: Serialize>(self, returned: T) -> std::result::Result<TaskOutput, TaskError> {
         serde_json::to_value(returned)
+            .map(TaskOutput::Value)
             .map_err(|e| TaskError::msg(format!("the task's result does not encode as JSON: {e}")))
+    }
+}
+
+/// Encodes the items of a stream task as JSON.
+struct EncodeItems<S: Stream> {
+    items: Pin<Box<S>>,
+}
+
+impl<S> Stream for EncodeItems<S>
+where
+    S: Stream,
+    S::Item: Serialize,
+{
+    type Item = std::result::Result<Value, TaskError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.items.as_mut().poll_next(cx).map(|item| {
+            item.map(|item| {
+                serde_json::to_value(item).map_err(|e| {
+                    TaskError::msg(format!(
+                        "an item of the stream does not encode as JSON: {e}"
+                    ))
+                })
+            })
+        })
     }
 }
 

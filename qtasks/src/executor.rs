@@ -13,7 +13,7 @@ use std::sync::Arc;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::__private::TaskArgs;
+use crate::__private::{ItemStream, TaskArgs, TaskOutput};
 use crate::context::TaskContext;
 use crate::dispatch::{Dispatch, chain};
 use crate::panic::CatchUnwind;
@@ -21,8 +21,8 @@ use crate::task::Outcome;
 use crate::triggers::{
     MiddlewarePosition, TaskExecutorAfterExecute, TaskExecutorAfterExecuteResultReplace,
     TaskExecutorArgsReplace, TaskExecutorBeforeExecute, TaskExecutorDecode,
-    TaskExecutorMiddlewaresExecute, TaskExecutorRunTask, TaskExecutorRunTaskTriggerError,
-    TaskExecutorTaskClose,
+    TaskExecutorMiddlewaresExecute, TaskExecutorRunTask, TaskExecutorRunTaskGen,
+    TaskExecutorRunTaskTriggerError, TaskExecutorTaskClose,
 };
 use crate::{QueueTasks, QueuedTask, TaskDefinition, TaskError, Trigger};
 
@@ -131,7 +131,7 @@ impl TaskExecutor {
         // 3. Run.
         let invocation = (self.task.invoke)(context, TaskArgs::new(self.task.name, args, kwargs));
         let mut result = match CatchUnwind::new(invocation).await {
-            Ok(Ok(mut value)) => {
+            Ok(Ok(TaskOutput::Value(mut value))) => {
                 chain!(
                     dispatch,
                     Trigger::TaskExecutorRunTask,
@@ -143,6 +143,21 @@ impl TaskExecutor {
                 );
                 value
             }
+            Ok(Ok(TaskOutput::Stream(items))) => match self.collect(items).await {
+                Ok(mut items) => {
+                    chain!(
+                        dispatch,
+                        Trigger::TaskExecutorRunTaskGen,
+                        TaskExecutorRunTaskGen {
+                            executor: self,
+                            results: &items
+                        },
+                        |replaced| items = replaced
+                    );
+                    Value::Array(items)
+                }
+                Err(error) => return self.failed(&error),
+            },
             Ok(Err(error)) => match self.recover(&error).await {
                 Some(value) => value,
                 None => return self.failed(&error),
@@ -178,6 +193,22 @@ impl TaskExecutor {
             |decoded| result = decoded
         );
         Outcome::Success(result)
+    }
+
+    /// Runs a stream task to its end, collecting its items. A panic while producing an item
+    /// fails the task like a panic in any task.
+    async fn collect(&self, mut items: ItemStream) -> Result<Vec<Value>, TaskError> {
+        let collecting = Box::pin(async move {
+            let mut collected = Vec::new();
+            while let Some(item) = std::future::poll_fn(|cx| items.as_mut().poll_next(cx)).await {
+                collected.push(item?);
+            }
+            Ok(collected)
+        });
+        match CatchUnwind::new(collecting).await {
+            Ok(result) => result,
+            Err(panic) => Err(TaskError::panicked(&panic)),
+        }
     }
 
     /// The seed flow: a plugin error goes to `task_executor_run_task_trigger_error`; the last

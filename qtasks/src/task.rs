@@ -30,11 +30,12 @@ pub enum TaskStatus {
 }
 
 impl TaskStatus {
-    /// Whether the task has ended (success, error or cancel).
+    /// Whether this record will not change again: success, error, cancel, or retry (the
+    /// attempt ended and a child task carries on; [`TaskHandle::wait`] follows it).
     pub const fn is_final(self) -> bool {
         matches!(
             self,
-            TaskStatus::Success | TaskStatus::Error | TaskStatus::Cancel
+            TaskStatus::Success | TaskStatus::Error | TaskStatus::Cancel | TaskStatus::Retry
         )
     }
 

@@ -131,8 +131,8 @@ fn emit(task: &Task) -> TokenStream {
                         #(let #decoded: #param_types = args.take(#indices, #param_names)?;)*
                         args.finish(#param_count)?;
                         let returned = #call;
-                        use ::qtasks::__private::{ResultReturnKind as _, ValueReturnKind as _};
-                        let kind = (&&::qtasks::__private::ReturnProbe(&returned)).__qtasks_return_kind();
+                        use ::qtasks::__private::{ResultReturnKind as _, StreamReturnKind as _, ValueReturnKind as _};
+                        let kind = (&&&::qtasks::__private::ReturnProbe(&returned)).__qtasks_return_kind();
                         kind.convert(returned)
                     })
                 }

@@ -93,6 +93,10 @@ impl MemoryBroker {
 
     fn push(&self, task: QueuedTask) {
         self.storage.insert(TaskRecord::new(&task));
+        self.enqueue(task);
+    }
+
+    fn enqueue(&self, task: QueuedTask) {
         {
             let mut queue = lock(&self.queue);
             let sequence = queue.next_sequence;
@@ -150,13 +154,18 @@ impl Broker for MemoryBroker {
         delivery: &Delivery,
         outcome: Outcome,
     ) -> BoxFuture<'_, Result<(), BackendError>> {
+        // A retry's child is stored before the parent ends, so whoever follows the parent to
+        // the child finds it.
         let child = match &outcome {
-            Outcome::Retry { child, .. } => Some((**child).clone()),
+            Outcome::Retry { child, .. } => {
+                self.storage.insert(TaskRecord::new(child));
+                Some((**child).clone())
+            }
             _ => None,
         };
         let result = self.storage.finish(delivery.task.uuid, outcome);
         if let (Ok(()), Some(child)) = (&result, child) {
-            self.push(child);
+            self.enqueue(child);
         }
         Box::pin(async move { result })
     }
