@@ -132,6 +132,7 @@ impl StartSteps<'_> {
         broker.start().await?;
 
         let (shutdown, stop_requested) = watch::channel(false);
+        beat(app).await;
         let heartbeat = tokio::spawn(heartbeat(app.clone(), stop_requested.clone()));
         dispatch.fire(&WorkerStart { worker }).await;
         let host = WorkerHost::new(app.clone(), tasks, stop_requested);
@@ -148,25 +149,29 @@ impl StartSteps<'_> {
     }
 }
 
-/// Refreshes the worker heartbeat until the app stops.
+/// Writes the worker heartbeat once.
+async fn beat(app: &QueueTasks) {
+    let global_config = &*app.inner.global_config;
+    app.dispatch()
+        .fire(&GlobalConfigSetStatus { global_config })
+        .await;
+    let ttl = Duration::from_secs(app.config().global_config_status_ttl);
+    if let Err(error) = global_config.set_status(ttl).await {
+        tracing::warn!(app = %app.name(), "the worker heartbeat failed: {error}");
+    }
+}
+
+/// Refreshes the worker heartbeat until the app stops (the first beat is written at start).
 async fn heartbeat(app: QueueTasks, mut stop_requested: watch::Receiver<bool>) {
     loop {
-        let config = app.config();
-        let global_config = &*app.inner.global_config;
-        app.dispatch()
-            .fire(&GlobalConfigSetStatus { global_config })
-            .await;
-        if let Err(error) = global_config
-            .set_status(Duration::from_secs(config.global_config_status_ttl))
+        let every = Duration::from_secs(app.config().global_config_status_set_periodic.max(1));
+        let stopped = tokio::time::timeout(every, stop_requested.wait_for(|stop| *stop))
             .await
-        {
-            tracing::warn!(app = app.name(), "the worker heartbeat failed: {error}");
+            .is_ok();
+        if stopped {
+            return;
         }
-        let every = Duration::from_secs(config.global_config_status_set_periodic.max(1));
-        tokio::select! {
-            _ = stop_requested.wait_for(|stop| *stop) => return,
-            () = tokio::time::sleep(every) => {}
-        }
+        beat(&app).await;
     }
 }
 
