@@ -150,22 +150,22 @@ impl QueueConfig {
         match field {
             "name" => self.name = value.to_owned(),
             "max_tasks_process" => {
-                self.max_tasks_process = parse_number(field, value, "a whole number")?
+                self.max_tasks_process = parse_number(field, value, "a whole number")?;
             }
             "running_older_tasks" => {
-                self.running_older_tasks = parse_bool(value).ok_or_else(|| invalid("a boolean"))?
+                self.running_older_tasks = parse_bool(value).ok_or_else(|| invalid("a boolean"))?;
             }
             "delete_finished_tasks" => {
                 self.delete_finished_tasks =
-                    parse_bool(value).ok_or_else(|| invalid("a boolean"))?
+                    parse_bool(value).ok_or_else(|| invalid("a boolean"))?;
             }
             "task_default_priority" => {
-                self.task_default_priority = parse_number(field, value, "an integer")?
+                self.task_default_priority = parse_number(field, value, "an integer")?;
             }
             "task_default_decode" => self.task_default_decode = Some(value.to_owned()),
             "global_config_status_ttl" => {
                 self.global_config_status_ttl =
-                    parse_number(field, value, "a whole number of seconds")?
+                    parse_number(field, value, "a whole number of seconds")?;
             }
             "global_config_status_set_periodic" => {
                 self.global_config_status_set_periodic =

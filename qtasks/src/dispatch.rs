@@ -164,7 +164,7 @@ mod tests {
     use std::cell::Cell;
     use std::future::Future;
     use std::pin::pin;
-    use std::task::{Context, Poll, Waker};
+    use std::task::{Context, Waker};
 
     use super::*;
     use crate::__private::{TaskArgs, TaskFuture};

@@ -678,7 +678,7 @@ payloads! {
         result: &'a Value,
     }
     /// `task_executor_run_task_gen`: a stream task produced all its items; a list replaces
-    /// them. (Fires for stream tasks, which come with the execution-semantics work.)
+    /// them.
     TaskExecutorRunTaskGen -> Vec<Value> {
         /// The running executor (`task_executor`).
         executor: &'a TaskExecutor,

@@ -134,6 +134,11 @@ pub trait Starter: Send + Sync + 'static {
 /// }
 /// # fn main() {}
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a task executor",
+    label = "`executor = ..` takes a `static` whose type implements `qtasks::Executor`",
+    note = "implement `qtasks::Executor` for the type, or remove the option to use the app's executor"
+)]
 pub trait Executor: Send + Sync + 'static {
     /// The name shown by `inspect`; the type name by default.
     fn name(&self) -> &str {

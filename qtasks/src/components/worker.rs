@@ -275,10 +275,10 @@ impl WorkerHost {
             },
             |more| update.merge(more)
         );
-        if update != marked {
-            if let Err(error) = storage.update(uuid, update).await {
-                tracing::error!(uuid = %uuid, "could not store the plugins' update of task {uuid}: {error}");
-            }
+        if update != marked
+            && let Err(error) = storage.update(uuid, update).await
+        {
+            tracing::error!(uuid = %uuid, "could not store the plugins' update of task {uuid}: {error}");
         }
         self.task_event(EventKind::TaskRunning, task, None).await;
         chain!(

@@ -1,4 +1,4 @@
-#[qtasks::task(retry = 3, max_time = 10)]
+#[qtasks::task(max_time = 10, retry_on_exc = [std::io::Error])]
 async fn flaky() {}
 
 fn main() {}
