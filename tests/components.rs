@@ -779,33 +779,9 @@ async fn running_older_tasks_puts_taken_tasks_back_at_start_on_redis() {
     let app = QueueTasks::redis_with(&url, config, qtasks::RedisOptions::default())
         .await
         .unwrap();
-    // A task taken by a worker that is gone, with a lease that would last an hour.
-    let uuid = qtasks::Uuid::new_v4();
+    // A task taken by a worker that is gone, with a lease that would last until 2100.
+    let uuid = support::plant_taken_task(&url, &prefix, "double", "[4]", 4_102_444_800_000).await;
     let mut con = support::raw_connection(&url).await;
-    let _: () = con
-        .hset_multiple(
-            format!("{prefix}:{uuid}"),
-            &[
-                ("task_name", "double"),
-                ("priority", "0"),
-                ("args", "[4]"),
-                ("kwargs", "{}"),
-                ("created_at", "1.0"),
-                ("updated_at", "1.0"),
-                ("status", "process"),
-            ],
-        )
-        .await
-        .unwrap();
-    let far: i64 = 4_102_444_800_000;
-    let _: () = con
-        .zadd(
-            format!("{prefix}:qtasks:leases"),
-            format!("{:020}|double:{uuid}:0", 1),
-            far,
-        )
-        .await
-        .unwrap();
     app.start().await.unwrap();
     assert_eq!(
         app.wait(uuid, WAIT).await.unwrap().returning,

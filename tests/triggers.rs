@@ -368,7 +368,6 @@ async fn recovered(
     url: &str,
     reply: Option<(Trigger, Value)>,
 ) -> (Arc<Recorder>, qtasks::TaskRecord) {
-    use redis::AsyncCommands;
     let prefix = support::unique_prefix("recovered");
     let config = QueueConfig {
         name: prefix.clone(),
@@ -385,31 +384,7 @@ async fn recovered(
             .unwrap();
     }
     // What a worker that died mid-task leaves: a `process` record and an expired lease.
-    let uuid = qtasks::Uuid::new_v4();
-    let mut con = support::raw_connection(url).await;
-    let _: () = con
-        .hset_multiple(
-            format!("{prefix}:{uuid}"),
-            &[
-                ("task_name", "pair"),
-                ("priority", "0"),
-                ("args", "[5, 6]"),
-                ("kwargs", "{}"),
-                ("created_at", "1.0"),
-                ("updated_at", "1.0"),
-                ("status", "process"),
-            ],
-        )
-        .await
-        .unwrap();
-    let _: () = con
-        .zadd(
-            format!("{prefix}:qtasks:leases"),
-            format!("{:020}|pair:{uuid}:0", 1),
-            0,
-        )
-        .await
-        .unwrap();
+    let uuid = support::plant_taken_task(url, &prefix, "pair", "[5, 6]", 0).await;
     app.start().await.unwrap();
     let done = app.wait(uuid, WAIT).await.unwrap();
     app.stop().await.unwrap();

@@ -58,3 +58,36 @@ pub(crate) async fn raw_connection(url: &str) -> redis::aio::MultiplexedConnecti
 }
 
 pub(crate) const WAIT: Duration = Duration::from_secs(30);
+
+/// What a worker that died mid-task leaves on Redis: a `process` record for `task_name(args)`
+/// and a lease that ends at `lease_deadline_ms` (Unix milliseconds; 0 has run out already).
+pub(crate) async fn plant_taken_task(
+    url: &str,
+    prefix: &str,
+    task_name: &str,
+    args: &str,
+    lease_deadline_ms: i64,
+) -> qtasks::Uuid {
+    use redis::AsyncCommands;
+    let uuid = qtasks::Uuid::new_v4();
+    let mut con = raw_connection(url).await;
+    let record = [
+        ("task_name", task_name),
+        ("priority", "0"),
+        ("args", args),
+        ("kwargs", "{}"),
+        ("created_at", "1.0"),
+        ("updated_at", "1.0"),
+        ("status", "process"),
+    ];
+    let _: () = con
+        .hset_multiple(format!("{prefix}:{uuid}"), &record)
+        .await
+        .unwrap();
+    let member = format!("{:020}|{task_name}:{uuid}:0", 1);
+    let _: () = con
+        .zadd(format!("{prefix}:qtasks:leases"), member, lease_deadline_ms)
+        .await
+        .unwrap();
+    uuid
+}
