@@ -18,15 +18,57 @@ pub use inventory;
 
 // Everything generated code names, re-exported here so the macros reach the runtime through
 // this one module.
+pub use crate::deps::Extract;
 pub use crate::triggers;
 pub use crate::{
-    Executor, QueueTasks, Result, TaskContext, TaskDefinition, TaskHandle, TaskParam, Trigger,
+    Executor, Middleware, QueueTasks, Result, RetryBackoff, TaskContext, TaskDefinition,
+    TaskHandle, TaskParam, Trigger,
 };
 
+/// Not public API. Makes an extractor parameter (`Depends<T>`, `State<T>`).
+pub async fn extract<T: Extract>(ctx: &TaskContext) -> std::result::Result<T, TaskError> {
+    T::extract(ctx).await
+}
+
+/// Not public API. Whether an error is of type `E` (for `retry_on_exc`).
+pub fn error_is<E: 'static>(error: &TaskError) -> bool {
+    error.is::<E>()
+}
+
+/// Not public API. What a `decode` fn may return.
+pub trait DecodeOutput {
+    /// The stored value, or why decoding failed.
+    fn into_decoded(self) -> std::result::Result<Value, String>;
+}
+
+impl DecodeOutput for Value {
+    fn into_decoded(self) -> std::result::Result<Value, String> {
+        Ok(self)
+    }
+}
+
+impl<E: Display> DecodeOutput for std::result::Result<Value, E> {
+    fn into_decoded(self) -> std::result::Result<Value, String> {
+        self.map_err(|e| e.to_string())
+    }
+}
+
+/// Not public API. Calls a task's `decode` fn.
+pub fn run_decode<R: DecodeOutput>(
+    decode: fn(Value) -> R,
+    value: Value,
+) -> std::result::Result<Value, String> {
+    decode(value).into_decoded()
+}
+
+pub use crate::TaskError;
 use crate::panic::panic_message;
 use crate::plugin::BoxFuture;
 pub use crate::triggers::{Payload, Reply, TriggerEvent};
-use crate::{ArgumentError, Error, TaskError};
+use crate::{ArgumentError, Error};
+
+/// Not public API. JSON values in generated signatures.
+pub type JsonValue = Value;
 
 // ---------------------------------------------------------------------------------------------
 // Registrations collected by inventory.

@@ -1,5 +1,6 @@
 //! The app: `QueueTasks`, the object users add tasks to and run workers from.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +15,7 @@ use uuid::Uuid;
 
 use crate::backend::{Broker, Storage};
 use crate::components::{Executor, GlobalConfig, StartSteps, Starter, StopSteps, Worker};
+use crate::deps::Dependencies;
 use crate::dispatch::{Dispatch, RuntimePlugin, chain};
 use crate::events::{Event, EventKind, Events};
 use crate::inspect::{AppStats, Inspection, TaskStats};
@@ -24,12 +26,13 @@ use crate::task::unix_now;
 use crate::triggers::{
     BrokerAddAfter, BrokerAddBefore, BrokerFlushAll, BrokerGet, GlobalConfigGet,
     GlobalConfigGetAll, GlobalConfigGetMatch, GlobalConfigSet, QtasksAddTaskAfterBroker,
-    QtasksAddTaskBeforeBroker, QtasksFlushAll, QtasksGet, QtasksPing, QtasksStop, StatsInspect,
-    StorageAdd, StorageFlushAll, StorageGet, StorageGetAll,
+    QtasksAddTaskBeforeBroker, QtasksFlushAll, QtasksGet, QtasksPing, QtasksStop, RecordUpdate,
+    StatsInspect, StorageAdd, StorageFlushAll, StorageGet, StorageGetAll,
 };
 use crate::{
-    AppBuilder, Component, ConfigError, Error, Plugin, QueueConfig, QueuedTask, Result,
-    TaskDefinition, TaskHandle, TaskRecord, TaskStatus, Trigger,
+    AppBuilder, BoxError, Component, ConfigError, DependencyScope, Error, Middleware, Plugin,
+    QueueConfig, QueuedTask, Result, TaskContext, TaskDefinition, TaskHandle, TaskRecord,
+    TaskStatus, Trigger,
 };
 
 /// The app: adds tasks, reads their results, runs a worker and holds plugins.
@@ -58,6 +61,11 @@ pub(crate) struct Inner {
     plugins: Mutex<Vec<RuntimePlugin>>,
     dispatch: RwLock<Arc<Dispatch>>,
     pub(crate) events: Events,
+    pub(crate) middlewares: Vec<Arc<dyn Middleware>>,
+    /// The routers whose tasks this app runs; `None` runs every task.
+    pub(crate) routers: Option<Vec<String>>,
+    pub(crate) dependencies: Dependencies,
+    pub(crate) cancels: Cancels,
     pub(crate) running: AtomicBool,
     pub(crate) lifecycle: tokio::sync::Mutex<Option<Running>>,
 }
@@ -79,6 +87,61 @@ pub(crate) struct Parts {
     pub(crate) worker: Arc<dyn Worker>,
     pub(crate) starter: Arc<dyn Starter>,
     pub(crate) executor: Arc<dyn Executor>,
+    pub(crate) middlewares: Vec<Arc<dyn Middleware>>,
+    pub(crate) routers: Option<Vec<String>>,
+}
+
+/// The running tasks of this process that can be cancelled, and cancels that arrived before
+/// their task started running.
+#[derive(Default)]
+pub(crate) struct Cancels {
+    running: Mutex<HashMap<Uuid, watch::Sender<Option<String>>>>,
+    early: Mutex<HashMap<Uuid, String>>,
+}
+
+impl Cancels {
+    /// Registers a task about to run; its receiver says when to stop.
+    pub(crate) fn register(&self, uuid: Uuid) -> watch::Receiver<Option<String>> {
+        let early = self
+            .early
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&uuid);
+        let (sender, receiver) = watch::channel(early);
+        self.running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(uuid, sender);
+        receiver
+    }
+
+    pub(crate) fn unregister(&self, uuid: Uuid) {
+        self.running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&uuid);
+    }
+
+    /// Cancels a task running in this process; `false` if none is.
+    pub(crate) fn cancel_running(&self, uuid: Uuid, reason: &str) -> bool {
+        match self
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&uuid)
+        {
+            Some(sender) => sender.send(Some(reason.to_owned())).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Remembers a cancel for a task that has not registered yet.
+    pub(crate) fn cancel_early(&self, uuid: Uuid, reason: &str) {
+        self.early
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(uuid, reason.to_owned());
+    }
 }
 
 impl Default for QueueTasks {
@@ -142,6 +205,10 @@ impl QueueTasks {
                 plugins: Mutex::default(),
                 dispatch: RwLock::new(Arc::new(Dispatch::build(&[]))),
                 events: Events::default(),
+                middlewares: parts.middlewares,
+                routers: parts.routers,
+                dependencies: Dependencies::default(),
+                cancels: Cancels::default(),
                 running: AtomicBool::new(false),
                 lifecycle: tokio::sync::Mutex::new(None),
             }),
@@ -241,6 +308,20 @@ impl QueueTasks {
         )
     }
 
+    pub(crate) fn middlewares(&self) -> &[Arc<dyn Middleware>] {
+        &self.inner.middlewares
+    }
+
+    /// Whether this app runs `definition` (all tasks, or those of its routers).
+    pub(crate) fn runs(&self, definition: &TaskDefinition) -> bool {
+        match &self.inner.routers {
+            None => true,
+            Some(routers) => definition
+                .router
+                .is_some_and(|router| routers.iter().any(|r| r == router)),
+        }
+    }
+
     pub(crate) fn runtime_plugins(&self) -> Vec<RuntimePlugin> {
         self.inner
             .plugins
@@ -332,6 +413,46 @@ impl QueueTasks {
         Fut: Future<Output = ()> + Send + 'static,
     {
         self.inner.events.on_async(kind, callback);
+    }
+
+    // -- Dependencies --------------------------------------------------------------------------
+
+    /// Registers the provider of `Depends<T>` task parameters: `make` builds the value, per
+    /// task or once per worker (see [`Depends`](crate::Depends)). A provider that fails fails
+    /// the task, naming the type.
+    pub fn provide<T, F, Fut>(&self, scope: DependencyScope, make: F)
+    where
+        T: Send + Sync + 'static,
+        F: Fn(TaskContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<T, BoxError>> + Send + 'static,
+    {
+        self.inner.dependencies.provide(scope, make, None);
+    }
+
+    /// [`provide`](Self::provide) with a `close` step, run when the value's scope ends: the task
+    /// (also when it fails) or the app (at stop).
+    pub fn provide_with_close<T, F, Fut, C, CFut>(&self, scope: DependencyScope, make: F, close: C)
+    where
+        T: Send + Sync + 'static,
+        F: Fn(TaskContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<T, BoxError>> + Send + 'static,
+        C: Fn(Arc<T>) -> CFut + Send + Sync + 'static,
+        CFut: Future<Output = ()> + Send + 'static,
+    {
+        let close = Arc::new(
+            move |value: Arc<dyn std::any::Any + Send + Sync>| -> crate::BoxFuture<'static, ()> {
+                match value.downcast::<T>() {
+                    Ok(value) => Box::pin(close(value)),
+                    Err(_) => Box::pin(async {}),
+                }
+            },
+        );
+        self.inner.dependencies.provide(scope, make, Some(close));
+    }
+
+    /// Sets the value `State<T>` task parameters receive, shared by the app's tasks.
+    pub fn set_state<T: Send + Sync + 'static>(&self, value: T) {
+        self.inner.dependencies.set_state(value);
     }
 
     // -- Tasks ---------------------------------------------------------------------------------
@@ -464,6 +585,7 @@ impl QueueTasks {
             created_at: unix_now(),
             retry: None,
             retry_parent_uuid: None,
+            run_at: None,
             definition,
         };
         let dispatch = self.dispatch();
@@ -615,6 +737,38 @@ impl QueueTasks {
         match tokio::time::timeout(timeout, follow).await {
             Ok(result) => result,
             Err(_elapsed) => Err(Error::WaitTimeout { uuid, timeout }),
+        }
+    }
+
+    /// Cancels a task: one still queued never runs; a running one is stopped (an async task at
+    /// its next `.await`; a plain `fn` cannot be stopped mid-call, so it ends `cancel` and its
+    /// thread finishes in the background). Either way it ends `cancel` with the reason and is
+    /// not retried. Returns `false` when the task had ended already.
+    pub async fn cancel(&self, uuid: Uuid, reason: &str) -> Result<bool> {
+        if self.inner.cancels.cancel_running(uuid, reason) {
+            return Ok(true);
+        }
+        let Some(record) = self.inner.storage.get(uuid).await? else {
+            return Err(Error::TaskNotFound(uuid));
+        };
+        match record.status {
+            TaskStatus::New => {
+                let update = RecordUpdate {
+                    status: Some(TaskStatus::Cancel),
+                    cancel_reason: Some(reason.to_owned()),
+                    ..RecordUpdate::default()
+                };
+                self.inner.storage.update(uuid, update).await?;
+                // In case a worker of this process took it meanwhile.
+                self.inner.cancels.cancel_early(uuid, reason);
+                Ok(true)
+            }
+            TaskStatus::Process => {
+                self.inner.cancels.cancel_early(uuid, reason);
+                self.inner.broker.request_cancel(uuid, reason).await?;
+                Ok(true)
+            }
+            _ => Ok(false),
         }
     }
 

@@ -8,7 +8,7 @@ use crate::components::{
     ConcurrentWorker, DefaultExecutor, DefaultStarter, Executor, GlobalConfig, MemoryGlobalConfig,
     Starter, Worker,
 };
-use crate::{QueueConfig, QueueTasks};
+use crate::{Middleware, QueueConfig, QueueTasks};
 
 /// Builds a [`QueueTasks`] with replaced parts; what is not set is the default (in-memory
 /// backend and global config, [`ConcurrentWorker`], [`DefaultStarter`], [`DefaultExecutor`]).
@@ -32,6 +32,8 @@ pub struct AppBuilder {
     worker: Option<Arc<dyn Worker>>,
     starter: Option<Arc<dyn Starter>>,
     executor: Option<Arc<dyn Executor>>,
+    middlewares: Vec<Arc<dyn Middleware>>,
+    routers: Option<Vec<String>>,
 }
 
 impl AppBuilder {
@@ -69,6 +71,20 @@ impl AppBuilder {
     /// The executor of tasks that do not choose their own.
     pub fn executor(mut self, executor: Arc<dyn Executor>) -> Self {
         self.executor = Some(executor);
+        self
+    }
+
+    /// A middleware run around every task of the app (see [`Middleware`]); added in order.
+    pub fn middleware(mut self, middleware: Arc<dyn Middleware>) -> Self {
+        self.middlewares.push(middleware);
+        self
+    }
+
+    /// Runs only the tasks of these routers (`#[qtasks::task(router = "billing")]`); a task of
+    /// another router that reaches this app's worker ends `error`, named unknown. By default an
+    /// app runs every task. Apps that run different routers should use different names (queues).
+    pub fn routers<I: IntoIterator<Item = S>, S: Into<String>>(mut self, routers: I) -> Self {
+        self.routers = Some(routers.into_iter().map(Into::into).collect());
         self
     }
 
@@ -110,6 +126,8 @@ impl AppBuilder {
             worker: self.worker.unwrap_or_else(|| Arc::new(ConcurrentWorker)),
             starter: self.starter.unwrap_or_else(|| Arc::new(DefaultStarter)),
             executor: self.executor.unwrap_or_else(|| Arc::new(DefaultExecutor)),
+            middlewares: self.middlewares,
+            routers: self.routers,
         })
     }
 }

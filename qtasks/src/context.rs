@@ -5,6 +5,7 @@ use std::fmt;
 use serde::Serialize;
 use uuid::Uuid;
 
+pub(crate) use crate::deps::Scope;
 use crate::{
     PluginTriggerError, QueueConfig, QueueTasks, Result, TaskError, TaskHandle, TaskRecord,
 };
@@ -32,6 +33,7 @@ pub struct TaskContext {
     uuid: Uuid,
     task_name: &'static str,
     span: tracing::Span,
+    scope: Scope,
 }
 
 impl TaskContext {
@@ -40,13 +42,30 @@ impl TaskContext {
         uuid: Uuid,
         task_name: &'static str,
         span: tracing::Span,
+        scope: Scope,
     ) -> Self {
         TaskContext {
             app,
             uuid,
             task_name,
             span,
+            scope,
         }
+    }
+
+    /// The resources of this run, closed when it ends.
+    pub(crate) fn scope(&self) -> &Scope {
+        &self.scope
+    }
+
+    /// The running task's own record, as stored now (the original's `get_metadata`).
+    pub async fn metadata(&self) -> Result<Option<TaskRecord>> {
+        self.app.get(self.uuid).await
+    }
+
+    /// Sleeps without blocking the worker.
+    pub async fn sleep(&self, duration: std::time::Duration) {
+        tokio::time::sleep(duration).await;
     }
 
     /// The running task's id.

@@ -1,7 +1,7 @@
 //! Errors: [`Error`] for the app's own operations, [`TaskError`] for what a task fails with,
 //! and [`PluginTriggerError`], the error that hands a failure to plugins.
 
-use std::any::Any;
+use std::any::{Any, TypeId};
 use std::error::Error as StdError;
 use std::fmt;
 use std::time::Duration;
@@ -107,10 +107,12 @@ enum Repr {
     Cancel(String),
     Failed {
         type_name: &'static str,
+        type_id: TypeId,
         error: BoxError,
     },
     Message {
         type_name: &'static str,
+        type_id: Option<TypeId>,
         message: String,
     },
 }
@@ -121,6 +123,7 @@ impl TaskError {
         TaskError {
             repr: Repr::Message {
                 type_name: "TaskError",
+                type_id: None,
                 message: message.to_string(),
             },
         }
@@ -133,13 +136,43 @@ impl TaskError {
         }
     }
 
+    /// A failure of qtasks' own making with a type name for the traceback
+    /// (`DecodeError: ...`).
+    pub(crate) fn named(type_name: &'static str, message: String) -> Self {
+        TaskError {
+            repr: Repr::Message {
+                type_name,
+                type_id: None,
+                message,
+            },
+        }
+    }
+
     /// A task that panicked: the panic is caught and the task ends `error`.
     pub(crate) fn panicked(message: &str) -> Self {
         TaskError {
             repr: Repr::Message {
                 type_name: "TaskPanic",
+                type_id: None,
                 message: format!("task panicked: {message}"),
             },
+        }
+    }
+
+    /// Whether the task failed with an error of type `E` (what `retry_on_exc` matches).
+    ///
+    /// ```
+    /// let e: qtasks::TaskError = "x".parse::<u8>().unwrap_err().into();
+    /// assert!(e.is::<std::num::ParseIntError>());
+    /// assert!(!e.is::<std::io::Error>());
+    /// ```
+    pub fn is<E: 'static>(&self) -> bool {
+        let wanted = TypeId::of::<E>();
+        match &self.repr {
+            Repr::Plugin(_) => wanted == TypeId::of::<PluginTriggerError>(),
+            Repr::Cancel(_) => false,
+            Repr::Failed { type_id, .. } => *type_id == wanted,
+            Repr::Message { type_id, .. } => *type_id == Some(wanted),
         }
     }
 
@@ -191,6 +224,7 @@ impl TaskError {
         TaskError {
             repr: Repr::Message {
                 type_name: short_type_name::<E>(),
+                type_id: Some(TypeId::of::<E>()),
                 message: e.to_string(),
             },
         }
@@ -224,6 +258,7 @@ impl<E: StdError + Send + Sync + 'static> From<E> for TaskError {
         TaskError {
             repr: Repr::Failed {
                 type_name: short_type_name::<E>(),
+                type_id: TypeId::of::<E>(),
                 error: Box::new(error),
             },
         }
@@ -319,6 +354,16 @@ impl fmt::Display for PluginTriggerError {
 }
 
 impl StdError for PluginTriggerError {}
+
+/// A task ran over its time limit (`max_time`). Match it with `retry_on_exc = [qtasks::TimeoutError]`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("time limit exceeded for task `{task}`: {seconds} seconds")]
+pub struct TimeoutError {
+    /// The task name.
+    pub task: String,
+    /// The limit, in seconds.
+    pub seconds: f64,
+}
 
 /// A task argument that is missing, extra or does not decode into the parameter's type.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

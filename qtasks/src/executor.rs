@@ -2,19 +2,23 @@
 //! its place.
 //!
 //! Steps (spec section 7): middlewares before, echo context and arguments replacement, before
-//! execute, run (with `task_executor_run_task`, or `task_executor_run_task_trigger_error` when
-//! the task fails with a plugin error), after execute and result replacement, middlewares
-//! after, decode, task close. Replacing triggers chain: each handler sees what the one before
-//! it returned.
+//! execute, run (with `task_executor_run_task`, `task_executor_run_task_gen` for a stream task,
+//! or `task_executor_run_task_trigger_error` when the task fails with a plugin error), after
+//! execute and result replacement, middlewares after, decode, task close. Replacing triggers
+//! chain: each handler sees what the one before it returned.
 
 use std::fmt;
-use std::sync::Arc;
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use serde_json::Value;
+use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::__private::{ItemStream, TaskArgs, TaskOutput};
 use crate::context::TaskContext;
+use crate::deps::Scope;
 use crate::dispatch::{Dispatch, chain};
 use crate::panic::CatchUnwind;
 use crate::task::Outcome;
@@ -24,7 +28,7 @@ use crate::triggers::{
     TaskExecutorMiddlewaresExecute, TaskExecutorRunTask, TaskExecutorRunTaskGen,
     TaskExecutorRunTaskTriggerError, TaskExecutorTaskClose,
 };
-use crate::{QueueTasks, QueuedTask, TaskDefinition, TaskError, Trigger};
+use crate::{Middleware, QueueTasks, QueuedTask, TaskDefinition, TaskError, TimeoutError, Trigger};
 
 /// One run of one task: what an [`Executor`](crate::Executor) runs, and what plugins receive
 /// as `executor` in every `task_executor_*` payload.
@@ -34,6 +38,21 @@ pub struct TaskExecutor {
     queued: QueuedTask,
     dispatch: Arc<Dispatch>,
     span: tracing::Span,
+    cancel: watch::Receiver<Option<String>>,
+    /// The error the run failed with, for the worker's retry decision.
+    failure: Mutex<Option<TaskError>>,
+}
+
+/// What made a run stop early.
+enum Stopped {
+    Failed(TaskError),
+    Cancelled(String),
+}
+
+impl From<TaskError> for Stopped {
+    fn from(error: TaskError) -> Self {
+        Stopped::Failed(error)
+    }
 }
 
 impl TaskExecutor {
@@ -43,6 +62,7 @@ impl TaskExecutor {
         queued: QueuedTask,
         dispatch: Arc<Dispatch>,
         span: tracing::Span,
+        cancel: watch::Receiver<Option<String>>,
     ) -> Self {
         TaskExecutor {
             app,
@@ -50,6 +70,8 @@ impl TaskExecutor {
             queued,
             dispatch,
             span,
+            cancel,
+            failure: Mutex::new(None),
         }
     }
 
@@ -73,12 +95,28 @@ impl TaskExecutor {
         &self.app
     }
 
+    pub(crate) fn take_failure(&self) -> Option<TaskError> {
+        self.failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+
     /// Runs the original's steps to the task's outcome. Never panics on the task's or a
     /// plugin's account: a panic becomes an `error` outcome.
     pub async fn run_default(&self) -> Outcome {
-        let outcome = self.run_steps().await;
-        // Fires whatever the outcome, so task-scoped resources are always released (the
-        // original skips this step when the task fails).
+        let scope = Scope::default();
+        let outcome = match self.run_steps(&scope).await {
+            Ok(result) => Outcome::Success(result),
+            Err(Stopped::Cancelled(reason)) => {
+                tracing::info!(task = self.task.name, uuid = %self.queued.uuid, reason, "task cancelled");
+                Outcome::Cancel(reason)
+            }
+            Err(Stopped::Failed(error)) => self.failed(error),
+        };
+        // Task-scoped dependencies close, and the close trigger fires, whatever the outcome
+        // (the original skips both when the task fails).
+        scope.close().await;
         self.dispatch
             .fire(&TaskExecutorTaskClose {
                 executor: self,
@@ -89,13 +127,28 @@ impl TaskExecutor {
         outcome
     }
 
-    async fn run_steps(&self) -> Outcome {
+    async fn run_steps(&self, scope: &Scope) -> Result<Value, Stopped> {
         let dispatch = &*self.dispatch;
         tracing::debug!(task = self.task.name, uuid = %self.queued.uuid, "execute");
+        let app_middlewares = self.app.middlewares();
+        let mut args = self.queued.args.clone();
+        let mut kwargs = self.queued.kwargs.clone();
 
-        // 1. Middlewares before (per-task and worker middlewares arrive with the execution
-        //    semantics work; the trigger fires already so plugins see the step).
-        self.fire_middlewares(MiddlewarePosition::Before).await;
+        // 1. Middlewares before: the app's, then the task's.
+        let before: Vec<&dyn Middleware> = app_middlewares
+            .iter()
+            .map(|m| &**m as &dyn Middleware)
+            .chain(self.task.middlewares_before.iter().copied())
+            .collect();
+        self.fire_middlewares(MiddlewarePosition::Before, &before)
+            .await;
+        for middleware in &before {
+            self.guarded(
+                middleware.name(),
+                middleware.before(self.task, &mut args, &mut kwargs),
+            )
+            .await?;
+        }
 
         // 2. Echo context and arguments replacement.
         let context = TaskContext::new(
@@ -103,9 +156,8 @@ impl TaskExecutor {
             self.queued.uuid,
             self.task.name,
             self.span.clone(),
+            scope.clone(),
         );
-        let mut args = self.queued.args.clone();
-        let mut kwargs = self.queued.kwargs.clone();
         chain!(
             dispatch,
             Trigger::TaskExecutorArgsReplace,
@@ -128,10 +180,18 @@ impl TaskExecutor {
             .fire(&TaskExecutorBeforeExecute { executor: self })
             .await;
 
-        // 3. Run.
+        // 3. Run, within the time limit, until done or cancelled.
         let invocation = (self.task.invoke)(context, TaskArgs::new(self.task.name, args, kwargs));
-        let mut result = match CatchUnwind::new(invocation).await {
-            Ok(Ok(TaskOutput::Value(mut value))) => {
+        let output = self
+            .limited(async {
+                match CatchUnwind::new(invocation).await {
+                    Ok(output) => output,
+                    Err(panic) => Err(TaskError::panicked(&panic)),
+                }
+            })
+            .await?;
+        let mut result = match output {
+            Ok(TaskOutput::Value(mut value)) => {
                 chain!(
                     dispatch,
                     Trigger::TaskExecutorRunTask,
@@ -143,26 +203,23 @@ impl TaskExecutor {
                 );
                 value
             }
-            Ok(Ok(TaskOutput::Stream(items))) => match self.collect(items).await {
-                Ok(mut items) => {
-                    chain!(
-                        dispatch,
-                        Trigger::TaskExecutorRunTaskGen,
-                        TaskExecutorRunTaskGen {
-                            executor: self,
-                            results: &items
-                        },
-                        |replaced| items = replaced
-                    );
-                    Value::Array(items)
-                }
-                Err(error) => return self.failed(&error),
-            },
-            Ok(Err(error)) => match self.recover(&error).await {
+            Ok(TaskOutput::Stream(items)) => {
+                let mut items = self.limited(self.collect(items)).await??;
+                chain!(
+                    dispatch,
+                    Trigger::TaskExecutorRunTaskGen,
+                    TaskExecutorRunTaskGen {
+                        executor: self,
+                        results: &items
+                    },
+                    |replaced| items = replaced
+                );
+                Value::Array(items)
+            }
+            Err(error) => match self.recover(&error).await {
                 Some(value) => value,
-                None => return self.failed(&error),
+                None => return Err(error.into()),
             },
-            Err(panic) => return self.failed(&TaskError::panicked(&panic)),
         };
 
         // 4. After execute and result replacement.
@@ -179,10 +236,42 @@ impl TaskExecutor {
             |replaced| result = replaced
         );
 
-        // 5. Middlewares after.
-        self.fire_middlewares(MiddlewarePosition::After).await;
+        // 5. Middlewares after: the task's, then the app's.
+        let after: Vec<&dyn Middleware> = self
+            .task
+            .middlewares_after
+            .iter()
+            .copied()
+            .chain(app_middlewares.iter().map(|m| &**m as &dyn Middleware))
+            .collect();
+        self.fire_middlewares(MiddlewarePosition::After, &after)
+            .await;
+        for middleware in &after {
+            self.guarded(middleware.name(), middleware.after(self.task, &mut result))
+                .await?;
+        }
 
-        // 6. Decode: the result is JSON already; plugins may replace the stored value.
+        // 6. Decode: the task's own decode, then plugins may replace the stored value.
+        if let Some(decode) = self.task.decode {
+            result = match std::panic::catch_unwind(|| decode(result)) {
+                Ok(Ok(decoded)) => decoded,
+                Ok(Err(reason)) => {
+                    return Err(TaskError::named(
+                        "DecodeError",
+                        format!("the task's decode failed: {reason}"),
+                    )
+                    .into());
+                }
+                Err(panic) => {
+                    let message = crate::panic::panic_message(panic.as_ref());
+                    return Err(TaskError::named(
+                        "DecodeError",
+                        format!("the task's decode panicked: {message}"),
+                    )
+                    .into());
+                }
+            };
+        }
         chain!(
             dispatch,
             Trigger::TaskExecutorDecode,
@@ -192,16 +281,76 @@ impl TaskExecutor {
             },
             |decoded| result = decoded
         );
-        Outcome::Success(result)
+        Ok(result)
     }
 
-    /// Runs a stream task to its end, collecting its items. A panic while producing an item
-    /// fails the task like a panic in any task.
+    /// Runs `step` until it ends, the time limit passes, or the task is cancelled.
+    async fn limited<T>(&self, step: impl Future<Output = T>) -> Result<T, Stopped> {
+        let mut cancel = self.cancel.clone();
+        let cancelled = async move {
+            // The guard `wait_for` returns is let go at once: it must not live across an await.
+            let reason = cancel
+                .wait_for(Option::is_some)
+                .await
+                .map(|reason| reason.clone());
+            match reason {
+                Ok(reason) => reason.unwrap_or_default(),
+                // The worker let go of the sender: no cancel can come any more.
+                Err(_) => std::future::pending().await,
+            }
+        };
+        let limit = self.task.max_time.filter(|seconds| *seconds > 0.0);
+        let timed = async {
+            match limit {
+                Some(seconds) => tokio::time::timeout(Duration::from_secs_f64(seconds), step)
+                    .await
+                    .map_err(|_| TimeoutError {
+                        task: self.task.name.to_owned(),
+                        seconds,
+                    }),
+                None => Ok(step.await),
+            }
+        };
+        tokio::select! {
+            done = timed => done.map_err(|timeout| Stopped::Failed(timeout.into())),
+            reason = cancelled => Err(Stopped::Cancelled(reason)),
+        }
+    }
+
+    /// Runs a middleware step; an error or a panic fails the task, naming the middleware.
+    async fn guarded(
+        &self,
+        name: &str,
+        step: crate::BoxFuture<'_, Result<(), TaskError>>,
+    ) -> Result<(), Stopped> {
+        match CatchUnwind::new(step).await {
+            Ok(result) => result.map_err(Stopped::Failed),
+            Err(panic) => Err(Stopped::Failed(TaskError::named(
+                "MiddlewarePanic",
+                format!("the middleware `{name}` panicked: {panic}"),
+            ))),
+        }
+    }
+
+    /// Runs a stream task to its end, mapping each item through the task's
+    /// `generate_handler` and storing it as it comes, so callers can read the items while the
+    /// task runs and keep them if it fails half-way.
     async fn collect(&self, mut items: ItemStream) -> Result<Vec<Value>, TaskError> {
+        let storage = Arc::clone(&self.app.inner.storage);
+        let uuid = self.queued.uuid;
+        let handler = self.task.generate_handler;
         let collecting = Box::pin(async move {
             let mut collected = Vec::new();
             while let Some(item) = std::future::poll_fn(|cx| items.as_mut().poll_next(cx)).await {
-                collected.push(item?);
+                let item = item?;
+                let item = match handler {
+                    Some(map) => map(item),
+                    None => item,
+                };
+                if let Err(error) = storage.append_item(uuid, item.clone()).await {
+                    tracing::warn!(uuid = %uuid, "could not store a stream item: {error}");
+                }
+                collected.push(item);
             }
             Ok(collected)
         });
@@ -230,8 +379,8 @@ impl TaskExecutor {
         recovered
     }
 
-    fn failed(&self, error: &TaskError) -> Outcome {
-        match error.cancel_reason() {
+    fn failed(&self, error: TaskError) -> Outcome {
+        let outcome = match error.cancel_reason() {
             Some(reason) => {
                 tracing::info!(task = self.task.name, uuid = %self.queued.uuid, reason, "task cancelled");
                 Outcome::Cancel(reason.to_owned())
@@ -241,15 +390,29 @@ impl TaskExecutor {
                 tracing::error!(task = self.task.name, uuid = %self.queued.uuid, "task failed: {traceback}");
                 Outcome::Error(traceback)
             }
-        }
+        };
+        *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(error);
+        outcome
     }
 
-    async fn fire_middlewares(&self, position: MiddlewarePosition) {
+    async fn fire_middlewares(
+        &self,
+        position: MiddlewarePosition,
+        middlewares: &[&dyn Middleware],
+    ) {
+        if self
+            .dispatch
+            .handlers(Trigger::TaskExecutorMiddlewaresExecute)
+            .is_empty()
+        {
+            return;
+        }
+        let names: Vec<&str> = middlewares.iter().map(|m| m.name()).collect();
         self.dispatch
             .fire(&TaskExecutorMiddlewaresExecute {
                 executor: self,
                 position,
-                middlewares: &[],
+                middlewares: &names,
             })
             .await;
     }

@@ -58,11 +58,13 @@ mod builder;
 mod components;
 mod config;
 mod context;
+mod deps;
 mod dispatch;
 mod error;
 mod events;
 mod executor;
 mod inspect;
+mod middleware;
 mod panic;
 mod plugin;
 mod registry;
@@ -76,7 +78,9 @@ pub mod __private;
 pub use app::{AddOptions, QueueTasks};
 #[cfg(feature = "redis")]
 pub use backend::RedisOptions;
-pub use backend::{BackendError, Broker, Delivery, MemoryBroker, MemoryStorage, Storage};
+pub use backend::{
+    BackendError, Broker, Delivery, ItemsRead, MemoryBroker, MemoryStorage, Storage,
+};
 pub use builder::AppBuilder;
 pub use components::{
     ConcurrentWorker, DefaultExecutor, DefaultStarter, Executor, GlobalConfig, MemoryGlobalConfig,
@@ -84,15 +88,20 @@ pub use components::{
 };
 pub use config::{ConfigError, QueueConfig};
 pub use context::TaskContext;
-pub use error::{ArgumentError, Error, PluginTriggerError, Result, TaskError, TaskResult};
+pub use deps::{DependencyScope, Depends, State};
+pub use error::{
+    ArgumentError, Error, PluginTriggerError, Result, TaskError, TaskResult, TimeoutError,
+};
 pub use events::{Event, EventKind};
 pub use executor::TaskExecutor;
 pub use inspect::{AppStats, Inspection, TaskStats};
+pub use middleware::Middleware;
 pub use plugin::{BoxError, BoxFuture, Plugin};
 pub use qtasks_macros::{plugin, task};
 pub use qtasks_triggers::{Component, Trigger, TriggerKind, UnknownTrigger};
 pub use task::{
-    Outcome, QueuedTask, TaskDefinition, TaskHandle, TaskParam, TaskRecord, TaskStatus,
+    Outcome, QueuedTask, RetryBackoff, TaskDefinition, TaskHandle, TaskParam, TaskRecord,
+    TaskStatus,
 };
 pub use triggers::{Reply, TriggerEvent};
 pub use uuid::Uuid;

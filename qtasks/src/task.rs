@@ -58,6 +58,35 @@ impl fmt::Display for TaskStatus {
     }
 }
 
+/// The wait before a retry: `delay` seconds, doubling with each retry when `exponential`
+/// (with jitter: a random part of up to half of it is taken off, so retries of many tasks do not
+/// arrive together).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryBackoff {
+    /// The first wait, in seconds.
+    pub delay: f64,
+    /// Whether the wait doubles with each retry.
+    pub exponential: bool,
+}
+
+impl RetryBackoff {
+    /// The wait before retry number `retry` (1 for the first).
+    pub fn delay_for(&self, retry: u32) -> Duration {
+        let base = if self.exponential {
+            self.delay * 2f64.powi(retry.saturating_sub(1).min(30) as i32)
+        } else {
+            self.delay
+        };
+        let jitter = if self.exponential {
+            // Up to half of the wait, from the randomness of a fresh uuid (no extra dependency).
+            (Uuid::new_v4().as_u128() % 1_000) as f64 / 1_000.0 * base / 2.0
+        } else {
+            0.0
+        };
+        Duration::from_secs_f64((base - jitter).max(0.0))
+    }
+}
+
 /// One parameter of a task, as declared in its signature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TaskParam {
@@ -89,6 +118,22 @@ pub struct TaskDefinition {
     pub blocking: bool,
     /// How many times a failed run is retried as a new task.
     pub retry: Option<u32>,
+    /// Which errors are retried (`retry_on_exc`); `None` retries any error but a cancel.
+    pub retry_on: Option<fn(&crate::TaskError) -> bool>,
+    /// The wait before each retry; `None` retries at once.
+    pub retry_backoff: Option<RetryBackoff>,
+    /// The time limit of one run, in seconds (`max_time`, alias `timeout`).
+    pub max_time: Option<f64>,
+    /// Turns the result into the stored value; `None` stores the JSON result.
+    pub decode: Option<fn(Value) -> Result<Value, String>>,
+    /// Maps each item of a stream task before it is stored.
+    pub generate_handler: Option<fn(Value) -> Value>,
+    /// Middlewares run before this task, after the app's.
+    pub middlewares_before: &'static [&'static dyn crate::Middleware],
+    /// Middlewares run after this task, before the app's.
+    pub middlewares_after: &'static [&'static dyn crate::Middleware],
+    /// The router the task belongs to; an app can run only some routers' tasks.
+    pub router: Option<&'static str>,
     /// The executor of this task, instead of the app's.
     pub executor: Option<&'static dyn crate::Executor>,
     /// The module the task fn is declared in.
@@ -119,6 +164,9 @@ impl fmt::Debug for TaskDefinition {
             .field("params", &self.params)
             .field("blocking", &self.blocking)
             .field("retry", &self.retry)
+            .field("retry_backoff", &self.retry_backoff)
+            .field("max_time", &self.max_time)
+            .field("router", &self.router)
             .field("executor", &self.executor.map(|e| e.name()))
             .field("location", &format_args!("{}:{}", self.file, self.line))
             .finish()
@@ -144,6 +192,8 @@ pub struct QueuedTask {
     pub retry: Option<u32>,
     /// For a retry: the attempt that failed before this one.
     pub retry_parent_uuid: Option<Uuid>,
+    /// Unix time in seconds before which the task does not run (a retry's backoff).
+    pub run_at: Option<f64>,
     /// The definition, when the enqueuing process already knew it: saves the worker a lookup
     /// by name. Never sent over the wire.
     #[serde(skip)]
@@ -161,6 +211,7 @@ impl PartialEq for QueuedTask {
             && self.created_at == other.created_at
             && self.retry == other.retry
             && self.retry_parent_uuid == other.retry_parent_uuid
+            && self.run_at == other.run_at
     }
 }
 

@@ -651,7 +651,7 @@ payloads! {
         /// Before or after the run (`middlewares_before` or `middlewares_after`).
         position: MiddlewarePosition,
         /// The names of the middlewares about to run.
-        middlewares: &'a [&'static str],
+        middlewares: &'a [&'a str],
     }
     /// `task_executor_args_replace`: the arguments are about to be decoded; an [`ArgsUpdate`]
     /// changes them.

@@ -68,15 +68,85 @@ fn emit(task: &Task) -> TokenStream {
         None => quote! { ::core::option::Option::None },
     };
 
-    let param_names: Vec<String> = task.params.iter().map(|p| p.name.to_string()).collect();
-    let param_idents: Vec<_> = task.params.iter().map(|p| &p.name).collect();
-    let param_types: Vec<_> = task.params.iter().map(|p| &p.ty).collect();
+    // Parameters filled from the arguments (the extractors are filled by the executor).
+    let arg_params: Vec<_> = task.params.iter().filter(|p| !p.extractor).collect();
+    let param_names: Vec<String> = arg_params.iter().map(|p| p.name.to_string()).collect();
+    let param_idents: Vec<_> = arg_params.iter().map(|p| &p.name).collect();
+    let param_types: Vec<_> = arg_params.iter().map(|p| &p.ty).collect();
     let param_type_names: Vec<String> = param_types.iter().map(|ty| type_name(ty)).collect();
+    let param_count = arg_params.len();
     let decoded: Vec<_> = (0..task.params.len())
         .map(|i| format_ident!("__qtasks_arg{i}"))
         .collect();
-    let indices: Vec<usize> = (0..task.params.len()).collect();
-    let param_count = task.params.len();
+    let mut next_index = 0_usize;
+    let fill: Vec<TokenStream> = task
+        .params
+        .iter()
+        .zip(&decoded)
+        .map(|(param, var)| {
+            let ty = &param.ty;
+            if param.extractor {
+                quote_spanned! {ty.span()=> let #var: #ty = ::qtasks::__private::extract::<#ty>(&ctx).await?; }
+            } else {
+                let index = next_index;
+                next_index += 1;
+                let name = param.name.to_string();
+                quote! { let #var: #ty = args.take(#index, #name)?; }
+            }
+        })
+        .collect();
+    let has_extractors = task.params.iter().any(|p| p.extractor);
+
+    let options = &task.options;
+    let retry_on = if options.retry_on_exc.is_empty() {
+        quote! { ::core::option::Option::None }
+    } else {
+        let types = &options.retry_on_exc;
+        quote! {
+            ::core::option::Option::Some({
+                fn __qtasks_retry_on(error: &::qtasks::__private::TaskError) -> bool {
+                    false #(|| ::qtasks::__private::error_is::<#types>(error))*
+                }
+                __qtasks_retry_on
+            })
+        }
+    };
+    let retry_backoff = match (&options.retry_delay, options.retry_exponential) {
+        (Some(delay), exponential) => quote! {
+            ::core::option::Option::Some(::qtasks::__private::RetryBackoff { delay: (#delay) as f64, exponential: #exponential })
+        },
+        (None, true) => quote! {
+            ::core::option::Option::Some(::qtasks::__private::RetryBackoff { delay: 1.0, exponential: true })
+        },
+        (None, false) => quote! { ::core::option::Option::None },
+    };
+    let max_time = match &options.max_time {
+        Some(seconds) => quote! { ::core::option::Option::Some((#seconds) as f64) },
+        None => quote! { ::core::option::Option::None },
+    };
+    let decode = match &options.decode {
+        Some(decode) => quote_spanned! {decode.span()=>
+            ::core::option::Option::Some({
+                fn __qtasks_decode(
+                    value: ::qtasks::__private::JsonValue,
+                ) -> ::core::result::Result<::qtasks::__private::JsonValue, ::std::string::String> {
+                    ::qtasks::__private::run_decode(#decode, value)
+                }
+                __qtasks_decode
+            })
+        },
+        None => quote! { ::core::option::Option::None },
+    };
+    let generate_handler = match &options.generate_handler {
+        Some(handler) => quote_spanned! {handler.span()=> ::core::option::Option::Some(#handler) },
+        None => quote! { ::core::option::Option::None },
+    };
+    let middlewares_before = &options.middlewares_before;
+    let middlewares_after = &options.middlewares_after;
+    let router = match &options.router {
+        Some(router) => quote! { ::core::option::Option::Some(#router) },
+        None => quote! { ::core::option::Option::None },
+    };
 
     // The context goes first when `echo = true`. Passing it through `echo_context` turns a
     // first parameter of another type into one readable error, spanned on that type.
@@ -84,7 +154,7 @@ fn emit(task: &Task) -> TokenStream {
         Some(ty) => quote_spanned! {ty.span()=> ::qtasks::__private::echo_context::<#ty>(ctx), },
         None => quote! {},
     };
-    let context_unused = if task.context.is_none() {
+    let context_unused = if task.context.is_none() && !has_extractors {
         quote! { ::core::mem::drop(ctx); }
     } else {
         quote! {}
@@ -128,7 +198,7 @@ fn emit(task: &Task) -> TokenStream {
                 ) -> ::qtasks::__private::TaskFuture {
                     #context_unused
                     ::std::boxed::Box::pin(async move {
-                        #(let #decoded: #param_types = args.take(#indices, #param_names)?;)*
+                        #(#fill)*
                         args.finish(#param_count)?;
                         let returned = #call;
                         use ::qtasks::__private::{ResultReturnKind as _, StreamReturnKind as _, ValueReturnKind as _};
@@ -146,6 +216,14 @@ fn emit(task: &Task) -> TokenStream {
                     params: &[#(::qtasks::__private::TaskParam { name: #param_names, type_name: #param_type_names }),*],
                     blocking: #blocking,
                     retry: #retry,
+                    retry_on: #retry_on,
+                    retry_backoff: #retry_backoff,
+                    max_time: #max_time,
+                    decode: #decode,
+                    generate_handler: #generate_handler,
+                    middlewares_before: &[#(&#middlewares_before as &'static dyn ::qtasks::__private::Middleware),*],
+                    middlewares_after: &[#(&#middlewares_after as &'static dyn ::qtasks::__private::Middleware),*],
+                    router: #router,
                     executor: #executor,
                     module_path: ::core::module_path!(),
                     file: ::core::file!(),

@@ -6,7 +6,7 @@ use syn::{Expr, FnArg, Ident, ItemFn, LitStr, Pat, Token, Type};
 
 use crate::errors::Errors;
 
-/// The options the attribute accepts now.
+/// The options the attribute accepts.
 const OPTIONS: &[&str] = &[
     "name",
     "echo",
@@ -14,19 +14,17 @@ const OPTIONS: &[&str] = &[
     "tags",
     "description",
     "retry",
-    "executor",
-];
-
-/// Options of the original that qtasks will implement; refused rather than ignored until then.
-const NOT_YET: &[&str] = &[
+    "retry_on_exc",
+    "retry_delay",
+    "retry_backoff",
     "max_time",
     "timeout",
-    "retry_on_exc",
     "decode",
     "generate_handler",
     "middlewares_before",
     "middlewares_after",
     "router",
+    "executor",
 ];
 
 #[derive(Default)]
@@ -37,13 +35,24 @@ pub(crate) struct TaskOptions {
     pub(crate) tags: Vec<LitStr>,
     pub(crate) description: Option<LitStr>,
     pub(crate) retry: Option<Expr>,
+    pub(crate) retry_on_exc: Vec<Type>,
+    pub(crate) retry_delay: Option<Expr>,
+    pub(crate) retry_exponential: bool,
+    pub(crate) max_time: Option<Expr>,
+    pub(crate) decode: Option<Expr>,
+    pub(crate) generate_handler: Option<Expr>,
+    pub(crate) middlewares_before: Vec<Expr>,
+    pub(crate) middlewares_after: Vec<Expr>,
+    pub(crate) router: Option<LitStr>,
     pub(crate) executor: Option<Expr>,
 }
 
-/// A parameter filled from the task's arguments.
+/// A parameter: filled from the task's arguments, or (an extractor: `Depends<T>`, `State<T>`)
+/// by the executor.
 pub(crate) struct Param {
     pub(crate) name: Ident,
     pub(crate) ty: Type,
+    pub(crate) extractor: bool,
 }
 
 /// Everything the emitter needs, validated.
@@ -109,31 +118,57 @@ pub(crate) fn parse_options(args: TokenStream, errors: &mut Errors) -> TaskOptio
             }
             "description" => options.description = Some(meta.value()?.parse()?),
             "retry" => options.retry = Some(meta.value()?.parse()?),
+            "retry_on_exc" => {
+                let list: Expr = meta.value()?.parse()?;
+                options.retry_on_exc = parse_types(&list, errors);
+            }
+            "retry_delay" => options.retry_delay = Some(meta.value()?.parse()?),
+            "retry_backoff" => {
+                let kind: LitStr = meta.value()?.parse()?;
+                match kind.value().as_str() {
+                    "fixed" => options.retry_exponential = false,
+                    "exponential" => options.retry_exponential = true,
+                    other => errors.spanned(
+                        &kind,
+                        format!("`retry_backoff` is \"fixed\" or \"exponential\", not \"{other}\""),
+                    ),
+                }
+            }
+            "max_time" | "timeout" => {
+                if options.max_time.is_some() {
+                    errors.spanned(
+                        &meta.path,
+                        "`max_time` and `timeout` are the same option; give one",
+                    );
+                }
+                options.max_time = Some(meta.value()?.parse()?);
+            }
+            "decode" => options.decode = Some(meta.value()?.parse()?),
+            "generate_handler" => options.generate_handler = Some(meta.value()?.parse()?),
+            "middlewares_before" => {
+                let list: Expr = meta.value()?.parse()?;
+                options.middlewares_before = parse_list(&list, "middlewares_before", errors);
+            }
+            "middlewares_after" => {
+                let list: Expr = meta.value()?.parse()?;
+                options.middlewares_after = parse_list(&list, "middlewares_after", errors);
+            }
+            "router" => options.router = Some(meta.value()?.parse()?),
             "executor" => options.executor = Some(meta.value()?.parse()?),
             other => {
                 // Read the value, if any, so the remaining options are still checked.
                 if meta.input.peek(Token![=]) {
                     let _: Expr = meta.value()?.parse()?;
                 }
-                if NOT_YET.contains(&other) {
-                    errors.spanned(
-                        &meta.path,
-                        format!(
-                            "`{other}` is not supported yet by `#[qtasks::task]`; remove it \
-                             (qtasks refuses options it would otherwise ignore)"
-                        ),
-                    );
-                } else {
-                    let mut message = format!("unknown option `{other}` of `#[qtasks::task]`");
-                    if let Some(close) = closest(other, OPTIONS) {
-                        message.push_str(&format!("\n= help: did you mean `{close}`?"));
-                    }
-                    message.push_str(&format!(
-                        "\n= note: the options are: {}",
-                        OPTIONS.join(", ")
-                    ));
-                    errors.spanned(&meta.path, message);
+                let mut message = format!("unknown option `{other}` of `#[qtasks::task]`");
+                if let Some(close) = closest(other, OPTIONS) {
+                    message.push_str(&format!("\n= help: did you mean `{close}`?"));
                 }
+                message.push_str(&format!(
+                    "\n= note: the options are: {}",
+                    OPTIONS.join(", ")
+                ));
+                errors.spanned(&meta.path, message);
             }
         }
         Ok(())
@@ -157,6 +192,42 @@ fn check_name(name: &LitStr, errors: &mut Errors) {
                 value.replace(':', ".")
             ),
         );
+    }
+}
+
+/// `[A, B]`: the error types `retry_on_exc` matches.
+fn parse_types(list: &Expr, errors: &mut Errors) -> Vec<Type> {
+    let Expr::Array(array) = list else {
+        errors.spanned(
+            list,
+            "`retry_on_exc` takes a list of error types: `retry_on_exc = [std::io::Error]`",
+        );
+        return Vec::new();
+    };
+    let mut types = Vec::new();
+    for element in &array.elems {
+        match element {
+            Expr::Path(path) => types.push(Type::Path(syn::TypePath {
+                qself: None,
+                path: path.path.clone(),
+            })),
+            other => errors.spanned(other, "an entry of `retry_on_exc` must be an error type"),
+        }
+    }
+    types
+}
+
+/// `[A, B]`: a list of expressions (statics).
+fn parse_list(list: &Expr, option: &str, errors: &mut Errors) -> Vec<Expr> {
+    match list {
+        Expr::Array(array) => array.elems.iter().cloned().collect(),
+        other => {
+            errors.spanned(
+                other,
+                format!("`{option}` takes a list of statics: `{option} = [MY_MIDDLEWARE]`"),
+            );
+            Vec::new()
+        }
     }
 }
 
@@ -243,6 +314,7 @@ pub(crate) fn parse_fn(options: TaskOptions, function: ItemFn, errors: &mut Erro
         params.push(Param {
             name,
             ty: (*typed.ty).clone(),
+            extractor: is_extractor(&typed.ty),
         });
     }
     Task {
@@ -286,6 +358,20 @@ fn check_param_type(ty: &Type, echo: bool, errors: &mut Errors) {
         }
         _ => {}
     }
+}
+
+/// `Depends<T>` and `State<T>` (plain or `qtasks::`-qualified, with one type argument) are filled
+/// by the executor.
+fn is_extractor(ty: &Type) -> bool {
+    let Type::Path(path) = ty else { return false };
+    let segments = &path.path.segments;
+    let Some(last) = segments.last() else {
+        return false;
+    };
+    let qualified_ok = segments.len() == 1 || segments.first().is_some_and(|s| s.ident == "qtasks");
+    let one_argument =
+        matches!(&last.arguments, syn::PathArguments::AngleBracketed(a) if a.args.len() == 1);
+    qualified_ok && one_argument && (last.ident == "Depends" || last.ident == "State")
 }
 
 /// The option the user probably meant, by edit distance.

@@ -3,12 +3,13 @@
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use super::{BackendError, Broker, Delivery, Storage};
+use super::{BackendError, Broker, Delivery, ItemsRead, Storage};
 use crate::plugin::BoxFuture;
 use crate::task::{Outcome, unix_now};
 use crate::triggers::RecordUpdate;
@@ -40,9 +41,37 @@ pub struct MemoryBroker {
 
 #[derive(Default)]
 struct Queue {
+    /// Tasks that may run now.
     heap: BinaryHeap<Entry>,
+    /// Tasks that may run later (a retry's backoff), earliest first.
+    delayed: BinaryHeap<Delayed>,
     next_sequence: u64,
 }
+
+struct Delayed {
+    run_at: f64,
+    entry: Entry,
+}
+
+impl Ord for Delayed {
+    fn cmp(&self, other: &Self) -> Ordering {
+        other.run_at.total_cmp(&self.run_at)
+    }
+}
+
+impl PartialOrd for Delayed {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Delayed {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Delayed {}
 
 struct Entry {
     priority: i64,
@@ -101,17 +130,31 @@ impl MemoryBroker {
             let mut queue = lock(&self.queue);
             let sequence = queue.next_sequence;
             queue.next_sequence += 1;
-            queue.heap.push(Entry {
+            let entry = Entry {
                 priority: task.priority,
                 sequence,
                 task,
-            });
+            };
+            match entry.task.run_at {
+                Some(run_at) if run_at > unix_now() => {
+                    queue.delayed.push(Delayed { run_at, entry })
+                }
+                _ => queue.heap.push(entry),
+            }
         }
         self.available.notify_one();
     }
 
-    fn take(&self) -> Option<QueuedTask> {
-        lock(&self.queue).heap.pop().map(|entry| entry.task)
+    /// The next task that may run now, and otherwise when the next delayed one may.
+    fn take(&self) -> (Option<QueuedTask>, Option<f64>) {
+        let mut queue = lock(&self.queue);
+        let now = unix_now();
+        while queue.delayed.peek().is_some_and(|d| d.run_at <= now) {
+            let due = queue.delayed.pop().expect("peeked").entry;
+            queue.heap.push(due);
+        }
+        let next_due = queue.delayed.peek().map(|d| d.run_at);
+        (queue.heap.pop().map(|entry| entry.task), next_due)
     }
 }
 
@@ -133,18 +176,37 @@ impl Broker for MemoryBroker {
                 let notified = self.available.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
-                if let Some(task) = self.take() {
+                let (task, next_due) = self.take();
+                if let Some(task) = task {
+                    // A task cancelled while it waited is skipped; its record says so already.
+                    let mut cancelled = false;
                     self.storage.change(task.uuid, |slot| {
-                        slot.record.status = TaskStatus::Process;
-                        slot.record.updated_at = unix_now();
+                        cancelled = slot.record.status == TaskStatus::Cancel;
+                        if !cancelled {
+                            slot.record.status = TaskStatus::Process;
+                            slot.record.updated_at = unix_now();
+                        }
                     })?;
+                    if cancelled {
+                        continue;
+                    }
                     return Ok(Some(Delivery {
                         receipt: task.uuid.to_string(),
                         task,
                         recovered: false,
                     }));
                 }
-                notified.await;
+                match next_due {
+                    Some(run_at) => {
+                        let wait =
+                            std::time::Duration::from_secs_f64((run_at - unix_now()).max(0.0));
+                        tokio::select! {
+                            () = notified => {}
+                            () = tokio::time::sleep(wait) => {}
+                        }
+                    }
+                    None => notified.await,
+                }
             }
         })
     }
@@ -171,7 +233,10 @@ impl Broker for MemoryBroker {
     }
 
     fn flush_all(&self) -> BoxFuture<'_, Result<(), BackendError>> {
-        lock(&self.queue).heap.clear();
+        let mut queue = lock(&self.queue);
+        queue.heap.clear();
+        queue.delayed.clear();
+        drop(queue);
         Box::pin(async { Ok(()) })
     }
 }
@@ -184,8 +249,8 @@ pub struct MemoryStorage {
 
 struct Slot {
     record: TaskRecord,
-    /// Created only when somebody waits.
-    finished: Option<Arc<Notify>>,
+    /// Woken at every change of the record; created only when somebody waits.
+    changed: Option<Arc<Notify>>,
 }
 
 impl MemoryStorage {
@@ -199,7 +264,7 @@ impl MemoryStorage {
             record.uuid,
             Slot {
                 record,
-                finished: None,
+                changed: None,
             },
         );
     }
@@ -208,6 +273,9 @@ impl MemoryStorage {
         let mut slots = lock(&self.slots);
         let slot = slots.get_mut(&uuid).ok_or_else(|| not_stored(uuid))?;
         change(slot);
+        if let Some(changed) = slot.changed.take() {
+            changed.notify_waiters();
+        }
         Ok(())
     }
 
@@ -226,10 +294,44 @@ impl MemoryStorage {
                     record.retry = child.retry.map(|left| left + 1);
                 }
             }
-            if let Some(finished) = slot.finished.take() {
-                finished.notify_waiters();
-            }
         })
+    }
+}
+
+/// A wait for the next change of a record.
+type Changed = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+fn items_of(record: &TaskRecord) -> &[serde_json::Value] {
+    match &record.returning {
+        Some(serde_json::Value::Array(items)) => items,
+        _ => &[],
+    }
+}
+
+impl MemoryStorage {
+    /// Looks at a record: `Some(..)` when it is missing (`Some(None)`) or `ready` says so;
+    /// otherwise a future woken at its next change, registered under the lock so no change
+    /// between the look and the wait is missed.
+    fn look(
+        &self,
+        uuid: Uuid,
+        ready: impl Fn(&TaskRecord) -> bool,
+    ) -> (Option<Option<TaskRecord>>, Option<Changed>) {
+        let mut slots = lock(&self.slots);
+        let Some(slot) = slots.get_mut(&uuid) else {
+            return (Some(None), None);
+        };
+        if ready(&slot.record) {
+            return (Some(Some(slot.record.clone())), None);
+        }
+        let changed = Arc::clone(slot.changed.get_or_insert_with(Default::default));
+        let mut notified = Box::pin(async move { changed.notified().await });
+        // Poll once so the `Notified` registers now, while the lock is held.
+        let waker = std::task::Waker::noop();
+        let _ = notified
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(waker));
+        (None, Some(notified))
     }
 }
 
@@ -263,22 +365,54 @@ impl Storage for MemoryStorage {
     fn wait_finished(&self, uuid: Uuid) -> BoxFuture<'_, Result<Option<TaskRecord>, BackendError>> {
         Box::pin(async move {
             loop {
-                let finished;
-                let notified;
-                {
-                    let mut slots = lock(&self.slots);
-                    let Some(slot) = slots.get_mut(&uuid) else {
-                        return Ok(None);
-                    };
-                    if slot.record.status.is_final() {
-                        return Ok(Some(slot.record.clone()));
-                    }
-                    finished = Arc::clone(slot.finished.get_or_insert_with(Default::default));
-                    // Created under the lock: `finish` needs the lock, so it cannot wake
-                    // waiters between our look and this registration.
-                    notified = finished.notified();
+                let (record, changed) = self.look(uuid, |record| record.status.is_final());
+                match (record, changed) {
+                    (Some(found), _) => return Ok(found),
+                    (None, Some(changed)) => changed.await,
+                    (None, None) => unreachable!("look registers when it returns nothing"),
                 }
-                notified.await;
+            }
+        })
+    }
+
+    fn append_item(
+        &self,
+        uuid: Uuid,
+        item: serde_json::Value,
+    ) -> BoxFuture<'_, Result<(), BackendError>> {
+        let result = self.change(uuid, |slot| match &mut slot.record.returning {
+            Some(serde_json::Value::Array(items)) => items.push(item),
+            other => *other = Some(serde_json::Value::Array(vec![item])),
+        });
+        Box::pin(async move { result })
+    }
+
+    fn wait_items(
+        &self,
+        uuid: Uuid,
+        seen: usize,
+    ) -> BoxFuture<'_, Result<ItemsRead, BackendError>> {
+        Box::pin(async move {
+            loop {
+                let has_news =
+                    |record: &TaskRecord| record.status.is_final() || items_of(record).len() > seen;
+                match self.look(uuid, has_news) {
+                    (Some(Some(record)), _) => {
+                        let items = items_of(&record).iter().skip(seen).cloned().collect();
+                        return Ok(ItemsRead {
+                            items,
+                            ended: record.status.is_final(),
+                        });
+                    }
+                    (Some(None), _) => {
+                        return Ok(ItemsRead {
+                            items: Vec::new(),
+                            ended: true,
+                        });
+                    }
+                    (None, Some(changed)) => changed.await,
+                    (None, None) => unreachable!("look registers when it returns nothing"),
+                }
             }
         })
     }

@@ -47,6 +47,15 @@ pub struct Delivery {
     pub recovered: bool,
 }
 
+/// New items of a stream task, from [`Storage::wait_items`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemsRead {
+    /// The items not read before.
+    pub items: Vec<serde_json::Value>,
+    /// Whether the task has ended (no more items will come).
+    pub ended: bool,
+}
+
 /// The queue of waiting tasks, and the writes of a task's life.
 pub trait Broker: Send + Sync + 'static {
     /// The name shown by `inspect` and in payloads; the type name by default.
@@ -86,6 +95,18 @@ pub trait Broker: Send + Sync + 'static {
     /// Deletes this app's queued tasks.
     fn flush_all(&self) -> BoxFuture<'_, Result<(), BackendError>>;
 
+    /// Tells the workers of the app, wherever they run, to cancel a running task. Brokers whose
+    /// workers all live in this process leave it to the app, which knows its own tasks.
+    fn request_cancel(&self, uuid: Uuid, reason: &str) -> BoxFuture<'_, Result<(), BackendError>> {
+        let _ = (uuid, reason);
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Cancel requests sent by [`request_cancel`](Self::request_cancel) from other processes.
+    fn cancel_requests(&self) -> Option<tokio::sync::broadcast::Receiver<(Uuid, String)>> {
+        None
+    }
+
     /// Puts every taken, unfinished task back in the queue at once (at start, with
     /// `QueueConfig::running_older_tasks`); returns how many. Brokers without leases have
     /// nothing to put back.
@@ -122,6 +143,34 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Resolves with the record once the task has ended; `None` if there is no such task.
     fn wait_finished(&self, uuid: Uuid) -> BoxFuture<'_, Result<Option<TaskRecord>, BackendError>>;
+
+    /// Appends one item of a running stream task to its record's `returning` list (and wakes
+    /// whoever reads the items live). The default keeps nothing until the task ends.
+    fn append_item(
+        &self,
+        uuid: Uuid,
+        item: serde_json::Value,
+    ) -> BoxFuture<'_, Result<(), BackendError>> {
+        let _ = (uuid, item);
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Waits until a stream task has more than `seen` items, or has ended; returns the items
+    /// after the first `seen` and whether the task has ended. The default waits for the end.
+    fn wait_items(
+        &self,
+        uuid: Uuid,
+        seen: usize,
+    ) -> BoxFuture<'_, Result<ItemsRead, BackendError>> {
+        Box::pin(async move {
+            let record = self.wait_finished(uuid).await?;
+            let items = match record.and_then(|r| r.returning) {
+                Some(serde_json::Value::Array(items)) => items.into_iter().skip(seen).collect(),
+                _ => Vec::new(),
+            };
+            Ok(ItemsRead { items, ended: true })
+        })
+    }
 
     /// Deletes the records of finished tasks; returns how many.
     fn delete_finished(&self) -> BoxFuture<'_, Result<usize, BackendError>>;

@@ -135,6 +135,24 @@ impl StartSteps<'_> {
         beat(app).await;
         let heartbeat = tokio::spawn(heartbeat(app.clone(), stop_requested.clone()));
         dispatch.fire(&WorkerStart { worker }).await;
+        if let Some(mut requests) = broker.cancel_requests() {
+            let app = app.clone();
+            let mut stop = stop_requested.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.wait_for(|stop| *stop) => return,
+                        request = requests.recv() => match request {
+                            Ok((uuid, reason)) => {
+                                app.inner.cancels.cancel_running(uuid, &reason);
+                            }
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                        },
+                    }
+                }
+            });
+        }
         let host = WorkerHost::new(app.clone(), tasks, stop_requested);
         let worker_task = {
             let worker = std::sync::Arc::clone(&inner.worker);
@@ -234,6 +252,7 @@ impl StopSteps<'_> {
         note(global_config.stop().await);
         dispatch.fire(&StorageStop { storage }).await;
         note(storage.stop().await);
+        inner.dependencies.close_worker_values().await;
         inner
             .events
             .fire(EventKind::Stopping, || {

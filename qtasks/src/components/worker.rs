@@ -170,7 +170,8 @@ impl WorkerHost {
         let definition = delivery
             .task
             .definition
-            .or_else(|| self.inner.tasks.get(&delivery.task.task_name));
+            .or_else(|| self.inner.tasks.get(&delivery.task.task_name))
+            .filter(|definition| app.runs(definition));
         let mut outcome = match definition {
             Some(definition) => self.run(&mut delivery.task, definition).await,
             None => {
@@ -294,12 +295,14 @@ impl WorkerHost {
 
         let span = tracing::info_span!("task", task = definition.name, uuid = %uuid);
         let executor = definition.executor.unwrap_or(&*app.inner.executor);
+        let cancel = app.inner.cancels.register(uuid);
         let run = TaskExecutor::new(
             app.clone(),
             definition,
             task.clone(),
             Arc::clone(&dispatch),
             span.clone(),
+            cancel,
         );
         let outcome = match CatchUnwind::new(executor.execute(&run))
             .instrument(span)
@@ -311,19 +314,24 @@ impl WorkerHost {
                 executor.name()
             )),
         };
+        app.inner.cancels.unregister(uuid);
+        let failure = run.take_failure();
         drop(run);
         self.task_event(EventKind::TaskStopping, task, Some(&outcome))
             .await;
-        self.retry_or(task, definition, outcome).await
+        self.retry_or(task, definition, outcome, failure.as_ref())
+            .await
     }
 
     /// A failed attempt with retries left becomes `retry`, with the next attempt as a child
-    /// task, unless a `worker_task_error_retry` handler decides otherwise.
+    /// task (after the backoff, if any), unless the error is not one `retry_on_exc` names or a
+    /// `worker_task_error_retry` handler decides otherwise. A cancelled task is never retried.
     async fn retry_or(
         &self,
         task: &QueuedTask,
         definition: &TaskDefinition,
         outcome: Outcome,
+        failure: Option<&crate::TaskError>,
     ) -> Outcome {
         let Outcome::Error(traceback) = &outcome else {
             return outcome;
@@ -331,6 +339,12 @@ impl WorkerHost {
         let retries_left = task.retry.or(definition.retry).unwrap_or(0);
         if retries_left == 0 {
             return outcome;
+        }
+        if let Some(retry_on) = definition.retry_on {
+            // A custom executor may fail without telling why: then only a plain retry applies.
+            if !failure.is_some_and(retry_on) {
+                return outcome;
+            }
         }
         let app = self.app();
         let mut decided = None;
@@ -349,6 +363,14 @@ impl WorkerHost {
         if let Some(instead) = decided {
             return instead;
         }
+        let attempt = definition
+            .retry
+            .unwrap_or(retries_left)
+            .saturating_sub(retries_left)
+            + 1;
+        let run_at = definition
+            .retry_backoff
+            .map(|backoff| unix_now() + backoff.delay_for(attempt).as_secs_f64());
         tracing::info!(task = definition.name, uuid = %task.uuid, retries_left, "the task failed and will be retried");
         let child = QueuedTask {
             uuid: Uuid::new_v4(),
@@ -359,6 +381,7 @@ impl WorkerHost {
             created_at: unix_now(),
             retry: Some(retries_left - 1),
             retry_parent_uuid: Some(task.uuid),
+            run_at,
             definition: task.definition,
         };
         Outcome::Retry {

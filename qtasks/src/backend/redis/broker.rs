@@ -6,16 +6,18 @@ use std::time::Duration;
 
 use redis::Script;
 use redis::aio::ConnectionManager;
+use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
+use uuid::Uuid;
 
 use super::wire::{
     decode_record, new_record_fields, outcome_fields, pairs, parse_entry, queue_entry,
 };
 use super::{Keys, RedisOptions, failure, scripts};
-use crate::QueuedTask;
 use crate::backend::{BackendError, Broker, Delivery};
 use crate::plugin::BoxFuture;
 use crate::task::{Outcome, unix_now};
+use crate::{QueuedTask, TaskStatus};
 
 /// How many times a finished task's result is written before giving up (the task then runs
 /// again when its lease runs out, so nothing is lost).
@@ -37,6 +39,7 @@ pub(crate) struct RedisBroker {
     /// The lease members this process holds, renewed while it lives.
     held: Arc<Mutex<HashSet<String>>>,
     renewer: Mutex<Option<JoinHandle<()>>>,
+    cancels: broadcast::Sender<(Uuid, String)>,
 }
 
 impl RedisBroker {
@@ -45,6 +48,7 @@ impl RedisBroker {
         commands: ConnectionManager,
         blocking: ConnectionManager,
         options: RedisOptions,
+        cancels: broadcast::Sender<(Uuid, String)>,
     ) -> Self {
         RedisBroker {
             keys,
@@ -56,6 +60,7 @@ impl RedisBroker {
             requeue: Script::new(scripts::REQUEUE_TAKEN),
             held: Arc::default(),
             renewer: Mutex::default(),
+            cancels,
         }
     }
 
@@ -63,9 +68,12 @@ impl RedisBroker {
         u64::try_from(self.options.lease.as_millis()).unwrap_or(u64::MAX)
     }
 
-    async fn take_one(&self) -> Result<Option<(String, Vec<String>, bool)>, BackendError> {
+    /// Takes one task; also returns when the next delayed task may run (ms, Redis clock).
+    async fn take_one(
+        &self,
+    ) -> Result<(Option<(String, Vec<String>, bool)>, Option<i64>), BackendError> {
         let mut con = self.commands.clone();
-        let taken: Vec<(String, Vec<String>, i64)> = self
+        let (taken, next_due): (Vec<(String, Vec<String>, i64)>, Option<f64>) = self
             .take
             .key(&self.keys.queue)
             .key(&self.keys.incoming)
@@ -73,16 +81,18 @@ impl RedisBroker {
             .key(&self.keys.sequence)
             .key(&self.keys.leases)
             .key(&self.keys.recovered)
+            .key(&self.keys.delayed)
             .arg(self.lease_ms())
             .arg(1)
             .arg(&self.keys.prefix)
             .invoke_async(&mut con)
             .await
             .map_err(|e| failure("taking a task failed".to_owned(), e))?;
-        Ok(taken
+        let first = taken
             .into_iter()
             .next()
-            .map(|(member, fields, recovered)| (member, fields, recovered == 1)))
+            .map(|(member, fields, recovered)| (member, fields, recovered == 1));
+        Ok((first, next_due.map(|ms| ms as i64)))
     }
 
     /// Turns a taken member into a delivery, or fails it (a poison entry) and returns `None`.
@@ -120,6 +130,18 @@ impl RedisBroker {
             decode_record(uuid, &pairs(fields)).map_err(|reason| format!("RecordError: {reason}"))
         };
         match record {
+            Ok(record) if record.status == TaskStatus::Cancel => {
+                // Cancelled while it waited: it never runs.
+                let mut con = self.commands.clone();
+                redis::cmd("ZREM")
+                    .arg(&self.keys.leases)
+                    .arg(&member)
+                    .exec_async(&mut con)
+                    .await
+                    .map_err(|e| failure("dropping a cancelled task failed".to_owned(), e))?;
+                self.release(&member);
+                Ok(None)
+            }
             Ok(record) => Ok(Some(Delivery {
                 task: QueuedTask {
                     uuid,
@@ -130,6 +152,7 @@ impl RedisBroker {
                     created_at: record.created_at,
                     retry: record.retry,
                     retry_parent_uuid: record.retry_parent_uuid,
+                    run_at: None,
                     definition: None,
                 },
                 receipt: member,
@@ -166,6 +189,23 @@ impl RedisBroker {
         }
     }
 
+    /// Queues a task: in `task_queue` (as Python clients do), or in `delayed` when it may only
+    /// run later.
+    fn queue_command(&self, pipe: &mut redis::Pipeline, task: &QueuedTask) {
+        match task.run_at.filter(|run_at| *run_at > unix_now()) {
+            Some(run_at) => {
+                pipe.zadd(
+                    &self.keys.delayed,
+                    queue_entry(task),
+                    (run_at * 1000.0) as i64,
+                );
+            }
+            None => {
+                pipe.rpush(&self.keys.queue, queue_entry(task));
+            }
+        }
+    }
+
     fn hold(&self, member: &str) {
         self.held
             .lock()
@@ -193,8 +233,8 @@ impl RedisBroker {
             .hset_multiple(&key, &outcome_fields(outcome, unix_now()))
             .zrem(&self.keys.leases, &delivery.receipt);
         if let Outcome::Retry { child, .. } = outcome {
-            pipe.hset_multiple(self.keys.record(child.uuid), &new_record_fields(child))
-                .rpush(&self.keys.queue, queue_entry(child));
+            pipe.hset_multiple(self.keys.record(child.uuid), &new_record_fields(child));
+            self.queue_command(&mut pipe, child);
         }
         if let Some(ttl) = self.options.result_ttl {
             pipe.pexpire(&key, i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
@@ -264,11 +304,11 @@ impl Broker for RedisBroker {
     fn add(&self, task: QueuedTask) -> BoxFuture<'_, Result<(), BackendError>> {
         Box::pin(async move {
             let mut con = self.commands.clone();
-            redis::pipe()
-                .atomic()
-                .hset_multiple(self.keys.record(task.uuid), &new_record_fields(&task))
-                .rpush(&self.keys.queue, queue_entry(&task))
-                .exec_async(&mut con)
+            let mut pipe = redis::pipe();
+            pipe.atomic()
+                .hset_multiple(self.keys.record(task.uuid), &new_record_fields(&task));
+            self.queue_command(&mut pipe, &task);
+            pipe.exec_async(&mut con)
                 .await
                 .map_err(|e| failure(format!("adding task `{}` failed", task.task_name), e))
         })
@@ -277,7 +317,8 @@ impl Broker for RedisBroker {
     fn next(&self) -> BoxFuture<'_, Result<Option<Delivery>, BackendError>> {
         Box::pin(async move {
             loop {
-                if let Some((member, fields, recovered)) = self.take_one().await? {
+                let (taken, next_due_ms) = self.take_one().await?;
+                if let Some((member, fields, recovered)) = taken {
                     self.hold(&member);
                     match self.deliver(member, fields, recovered).await? {
                         Some(delivery) => return Ok(Some(delivery)),
@@ -285,15 +326,22 @@ impl Broker for RedisBroker {
                     }
                 }
                 // Nothing ready: block until a client pushes (the entry is parked in
-                // `incoming`, where any worker's next take finds it), or until it is time to
-                // look for expired leases.
+                // `incoming`, where any worker's next take finds it), until a delayed task may
+                // run, or until it is time to look for expired leases.
+                let mut wait = idle_wait(&self.options);
+                if let Some(due_ms) = next_due_ms {
+                    let until_due = Duration::from_millis(
+                        u64::try_from(due_ms - (unix_now() * 1000.0) as i64).unwrap_or(0),
+                    );
+                    wait = wait.min(until_due).max(Duration::from_millis(10));
+                }
                 let mut con = self.blocking.clone();
                 let _: Option<String> = redis::cmd("BLMOVE")
                     .arg(&self.keys.queue)
                     .arg(&self.keys.incoming)
                     .arg("LEFT")
                     .arg("RIGHT")
-                    .arg(idle_wait(&self.options).as_secs_f64())
+                    .arg(wait.as_secs_f64())
                     .query_async(&mut con)
                     .await
                     .map_err(|e| failure("waiting for tasks failed".to_owned(), e))?;
@@ -350,6 +398,23 @@ impl Broker for RedisBroker {
                 .await
                 .map_err(|e| failure("deleting the queue failed".to_owned(), e))
         })
+    }
+
+    fn request_cancel(&self, uuid: Uuid, reason: &str) -> BoxFuture<'_, Result<(), BackendError>> {
+        let message = format!("{uuid} {reason}");
+        Box::pin(async move {
+            let mut con = self.commands.clone();
+            redis::cmd("PUBLISH")
+                .arg(&self.keys.cancel_channel)
+                .arg(message)
+                .exec_async(&mut con)
+                .await
+                .map_err(|e| failure("sending the cancel request failed".to_owned(), e))
+        })
+    }
+
+    fn cancel_requests(&self) -> Option<broadcast::Receiver<(Uuid, String)>> {
+        Some(self.cancels.subscribe())
     }
 
     fn requeue_taken(&self) -> BoxFuture<'_, Result<usize, BackendError>> {

@@ -84,8 +84,10 @@ pub(crate) struct Keys {
     sequence: String,
     leases: String,
     recovered: String,
+    delayed: String,
     dead: String,
     done_channel: String,
+    cancel_channel: String,
     heartbeat: String,
 }
 
@@ -99,8 +101,10 @@ impl Keys {
             sequence: format!("{prefix}:qtasks:seq"),
             leases: format!("{prefix}:qtasks:leases"),
             recovered: format!("{prefix}:qtasks:recovered"),
+            delayed: format!("{prefix}:qtasks:delayed"),
             dead: format!("{prefix}:qtasks:dead"),
             done_channel: format!("{prefix}:qtasks:done"),
+            cancel_channel: format!("{prefix}:qtasks:cancel"),
             heartbeat: format!("{prefix}:GlobalConfig:main"),
         }
     }
@@ -146,10 +150,18 @@ pub(crate) async fn connect(
         .await
         .map_err(unreachable)?;
     let keys = Keys::new(prefix);
-    let storage =
-        RedisStorage::connect(client, keys.clone(), commands.clone(), fallback_check).await?;
+    // Cancel requests from other processes arrive on the storage's subscription.
+    let (cancels, _) = tokio::sync::broadcast::channel(64);
+    let storage = RedisStorage::connect(
+        client,
+        keys.clone(),
+        commands.clone(),
+        fallback_check,
+        cancels.clone(),
+    )
+    .await?;
     let global_config = RedisGlobalConfig::new(keys.clone(), commands.clone());
-    let broker = RedisBroker::new(keys, commands, blocking, options.clone());
+    let broker = RedisBroker::new(keys, commands, blocking, options.clone(), cancels);
     Ok(RedisParts {
         broker: Arc::new(broker),
         storage: Arc::new(storage),

@@ -10,6 +10,8 @@
 //! - `N:qtasks:leases` (ZSET): tasks being run; score = lease deadline (ms, Redis clock).
 //! - `N:qtasks:seq` (STRING): the arrival counter.
 //! - `N:qtasks:recovered` (SET): members taken back from a dead worker, until taken again.
+//! - `N:qtasks:delayed` (ZSET): entries that may run later (a retry's backoff); score = the
+//!   time they may run (ms, Redis clock).
 //! - `N:{uuid}` (HASH): the task record, in Python QTasks' layout.
 
 /// Takes up to `ARGV[2]` tasks.
@@ -19,10 +21,13 @@
 /// 3. The lowest (priority, seq) members are popped, leased, and their records marked
 ///    `process` and returned.
 ///
-/// KEYS: task_queue, incoming, ready, seq, leases, recovered. ARGV: lease_ms, count, prefix.
-/// Returns `[member, record_fields, recovered]` triples; `record_fields` is empty when the
-/// entry is malformed or its record is missing (the caller fails it), `recovered` is 1 for a
-/// task taken back from a dead worker.
+/// KEYS: task_queue, incoming, ready, seq, leases, recovered, delayed. ARGV: lease_ms, count,
+/// prefix.
+/// Returns `{[member, record_fields, recovered]..., next_due_ms}`: `record_fields` is empty
+/// when the entry is malformed or its record is missing (the caller fails it), `recovered` is 1
+/// for a task taken back from a dead worker; `next_due_ms` is when the next delayed task may
+/// run (or false). A task cancelled while it waited is returned as it is (status `cancel`), not
+/// marked `process`; the caller skips it.
 pub(super) const TAKE: &str = r#"
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -39,6 +44,13 @@ for _, member in ipairs(expired) do
   local entry = string.sub(member, 22)
   redis.call('ZADD', KEYS[3], priority_of(entry), member)
   redis.call('SADD', KEYS[6], member)
+end
+
+local due = redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', now_ms)
+for _, entry in ipairs(due) do
+  redis.call('ZREM', KEYS[7], entry)
+  local seq = redis.call('INCR', KEYS[4])
+  redis.call('ZADD', KEYS[3], priority_of(entry), string.format('%020d', seq) .. '|' .. entry)
 end
 
 for _, list in ipairs({KEYS[2], KEYS[1]}) do
@@ -63,13 +75,30 @@ for i = 1, #taken, 2 do
   if uuid then
     local key = ARGV[3] .. ':' .. uuid
     if redis.call('EXISTS', key) == 1 then
-      redis.call('HSET', key, 'status', 'process', 'updated_at', now_s)
+      if redis.call('HGET', key, 'status') ~= 'cancel' then
+        redis.call('HSET', key, 'status', 'process', 'updated_at', now_s)
+      end
       fields = redis.call('HGETALL', key)
     end
   end
   out[#out + 1] = {member, fields, redis.call('SREM', KEYS[6], member)}
 end
-return out
+local next_due = redis.call('ZRANGE', KEYS[7], 0, 0, 'WITHSCORES')
+return {out, next_due[2] or false}
+"#;
+
+/// Appends one JSON item to the `returning` list of a running stream task and tells waiters.
+/// KEYS: the record. ARGV: item JSON, done channel, uuid.
+pub(super) const APPEND_ITEM: &str = r#"
+local r = redis.call('HGET', KEYS[1], 'returning')
+if (not r) or r == '' or r == 'null' or r == '[]' then
+  r = '[' .. ARGV[1] .. ']'
+else
+  r = string.sub(r, 1, -2) .. ',' .. ARGV[1] .. ']'
+end
+redis.call('HSET', KEYS[1], 'returning', r)
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 1
 "#;
 
 /// Puts every leased member back in `ready` at once, marked recovered; returns how many.

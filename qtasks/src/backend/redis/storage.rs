@@ -6,16 +6,16 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use redis::aio::ConnectionManager;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, broadcast};
 use uuid::Uuid;
 
 use super::wire::{decode_record, pairs, update_fields};
 use super::{Keys, failure};
-use crate::TaskRecord;
-use crate::backend::{BackendError, Storage};
+use crate::backend::{BackendError, ItemsRead, Storage};
 use crate::plugin::BoxFuture;
 use crate::task::unix_now;
 use crate::triggers::RecordUpdate;
+use crate::{TaskRecord, TaskStatus};
 
 /// The longest pause between retries of a read over a dropped connection.
 const MAX_READ_RETRY_DELAY: Duration = Duration::from_secs(2);
@@ -71,6 +71,7 @@ pub(crate) struct RedisStorage {
     /// Python workers do not publish results, and a message can be missed while the
     /// subscription reconnects; this bounds the delay then.
     fallback_check: Duration,
+    append: redis::Script,
 }
 
 impl RedisStorage {
@@ -81,21 +82,55 @@ impl RedisStorage {
         keys: Keys,
         commands: ConnectionManager,
         fallback_check: Duration,
+        cancels: broadcast::Sender<(Uuid, String)>,
     ) -> Result<Self, BackendError> {
         let waiters = Arc::new(Waiters::default());
-        let pubsub = subscribe(&client, &keys.done_channel).await?;
+        let channels = Channels {
+            done: keys.done_channel.clone(),
+            cancel: keys.cancel_channel.clone(),
+        };
+        let pubsub = subscribe(&client, &channels).await?;
         tokio::spawn(listen(
             client,
-            keys.done_channel.clone(),
+            channels,
             pubsub,
             Arc::downgrade(&waiters),
+            cancels,
         ));
+        let append = redis::Script::new(super::scripts::APPEND_ITEM);
         Ok(RedisStorage {
             keys,
             commands,
             waiters,
             fallback_check,
+            append,
         })
+    }
+
+    /// Waits until `ready` says the record is worth returning (or it is missing).
+    async fn wait_until(
+        &self,
+        uuid: Uuid,
+        ready: impl Fn(&TaskRecord) -> bool,
+    ) -> Result<Option<TaskRecord>, BackendError> {
+        let notify = self.waiters.register(uuid);
+        let result = loop {
+            // Listen first, then look: a change published in between still wakes us.
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.read(uuid).await {
+                Ok(Some(record)) if !ready(&record) => {}
+                other => break other,
+            }
+            tokio::select! {
+                () = notified => {}
+                () = tokio::time::sleep(self.fallback_check) => {}
+            }
+        };
+        drop(notify);
+        self.waiters.forget(uuid);
+        result
     }
 
     /// The keys of this app that hold task records (`N:{uuid}`).
@@ -177,10 +212,13 @@ impl Storage for RedisStorage {
     fn update(&self, uuid: Uuid, update: RecordUpdate) -> BoxFuture<'_, Result<(), BackendError>> {
         Box::pin(async move {
             let mut con = self.commands.clone();
-            redis::cmd("HSET")
-                .arg(self.keys.record(uuid))
-                .arg(update_fields(&update, unix_now()))
-                .exec_async(&mut con)
+            let mut pipe = redis::pipe();
+            pipe.atomic()
+                .hset_multiple(self.keys.record(uuid), &update_fields(&update, unix_now()));
+            if update.status.is_some_and(TaskStatus::is_final) {
+                pipe.publish(&self.keys.done_channel, uuid.to_string());
+            }
+            pipe.exec_async(&mut con)
                 .await
                 .map_err(|e| failure(format!("updating task {uuid} failed"), e))
         })
@@ -227,25 +265,59 @@ impl Storage for RedisStorage {
     }
 
     fn wait_finished(&self, uuid: Uuid) -> BoxFuture<'_, Result<Option<TaskRecord>, BackendError>> {
+        Box::pin(self.wait_until(uuid, |record| record.status.is_final()))
+    }
+
+    fn append_item(
+        &self,
+        uuid: Uuid,
+        item: serde_json::Value,
+    ) -> BoxFuture<'_, Result<(), BackendError>> {
         Box::pin(async move {
-            let notify = self.waiters.register(uuid);
-            let result = loop {
-                // Listen first, then look: a result published in between still wakes us.
-                let notified = notify.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                match self.read(uuid).await {
-                    Ok(Some(record)) if !record.status.is_final() => {}
-                    other => break other,
-                }
-                tokio::select! {
-                    () = notified => {}
-                    () = tokio::time::sleep(self.fallback_check) => {}
-                }
+            let mut con = self.commands.clone();
+            self.append
+                .key(self.keys.record(uuid))
+                .arg(item.to_string())
+                .arg(&self.keys.done_channel)
+                .arg(uuid.to_string())
+                .invoke_async::<i64>(&mut con)
+                .await
+                .map(drop)
+                .map_err(|e| failure(format!("storing an item of task {uuid} failed"), e))
+        })
+    }
+
+    fn wait_items(
+        &self,
+        uuid: Uuid,
+        seen: usize,
+    ) -> BoxFuture<'_, Result<ItemsRead, BackendError>> {
+        Box::pin(async move {
+            let count = |record: &TaskRecord| match &record.returning {
+                Some(serde_json::Value::Array(items)) => items.len(),
+                _ => 0,
             };
-            drop(notify);
-            self.waiters.forget(uuid);
-            result
+            let record = self
+                .wait_until(uuid, |record| {
+                    record.status.is_final() || count(record) > seen
+                })
+                .await?;
+            Ok(match record {
+                Some(record) => {
+                    let ended = record.status.is_final();
+                    let items = match record.returning {
+                        Some(serde_json::Value::Array(items)) => {
+                            items.into_iter().skip(seen).collect()
+                        }
+                        _ => Vec::new(),
+                    };
+                    ItemsRead { items, ended }
+                }
+                None => ItemsRead {
+                    items: Vec::new(),
+                    ended: true,
+                },
+            })
         })
     }
 }
@@ -276,28 +348,35 @@ pub(super) async fn scan(
     }
 }
 
+/// The channels the storage listens to.
+struct Channels {
+    done: String,
+    cancel: String,
+}
+
 async fn subscribe(
     client: &redis::Client,
-    channel: &str,
+    channels: &Channels,
 ) -> Result<redis::aio::PubSub, BackendError> {
     let mut pubsub = client
         .get_async_pubsub()
         .await
         .map_err(|e| failure("connecting the result subscription failed".to_owned(), e))?;
     pubsub
-        .subscribe(channel)
+        .subscribe(&[&channels.done, &channels.cancel])
         .await
         .map_err(|e| failure("subscribing to results failed".to_owned(), e))?;
     Ok(pubsub)
 }
 
-/// Wakes waiters for each published result; resubscribes with backoff when the connection
-/// drops. Ends when the storage is gone.
+/// Wakes waiters for each published result, and passes cancel requests on; resubscribes with
+/// backoff when the connection drops. Ends when the storage is gone.
 async fn listen(
     client: redis::Client,
-    channel: String,
+    channels: Channels,
     first: redis::aio::PubSub,
     waiters: Weak<Waiters>,
+    cancels: broadcast::Sender<(Uuid, String)>,
 ) {
     let mut pubsub = Some(first);
     let mut delay = Duration::from_millis(100);
@@ -307,7 +386,7 @@ async fn listen(
                 return;
             }
             tokio::time::sleep(delay).await;
-            match subscribe(&client, &channel).await {
+            match subscribe(&client, &channels).await {
                 Ok(subscribed) => {
                     delay = Duration::from_millis(100);
                     pubsub = Some(subscribed);
@@ -324,8 +403,15 @@ async fn listen(
             let Some(waiters) = waiters.upgrade() else {
                 return;
             };
-            let published = message.get_payload::<String>().ok();
-            if let Some(uuid) = published.and_then(|text| Uuid::parse_str(&text).ok()) {
+            let Ok(text) = message.get_payload::<String>() else {
+                continue;
+            };
+            if message.get_channel_name() == channels.cancel {
+                let (uuid, reason) = text.split_once(' ').unwrap_or((text.as_str(), ""));
+                if let Ok(uuid) = Uuid::parse_str(uuid) {
+                    let _ = cancels.send((uuid, reason.to_owned()));
+                }
+            } else if let Ok(uuid) = Uuid::parse_str(&text) {
                 waiters.wake(uuid);
             }
         }
