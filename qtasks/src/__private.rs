@@ -21,7 +21,7 @@ pub use inventory;
 pub use crate::deps::Extract;
 pub use crate::triggers;
 pub use crate::{
-    Executor, Middleware, QueueTasks, Result, RetryBackoff, TaskContext, TaskDefinition,
+    Executor, Middleware, QueueTasks, Result, RetryBackoff, TaskCall, TaskContext, TaskDefinition,
     TaskHandle, TaskParam, Trigger,
 };
 
@@ -320,6 +320,11 @@ pub fn encode_arg<T: Serialize + ?Sized>(task: &str, param: &str, value: &T) -> 
     })
 }
 
+/// Not public API. Builds a call of a task whose definition the caller holds.
+pub fn call(definition: &'static TaskDefinition, args: Result<Vec<Value>>) -> TaskCall {
+    TaskCall::defined(definition, args)
+}
+
 /// Not public API. Enqueues a task whose definition the caller holds.
 pub async fn enqueue(
     app: &QueueTasks,
@@ -356,6 +361,64 @@ pub trait ResultReturnKind {
 }
 
 impl<T, E> ResultReturnKind for &&ReturnProbe<'_, std::result::Result<T, E>> {}
+
+/// Not public API. Picked for streams of `Result` items (a stream that can fail half-way);
+/// never applies to the same type as [`ResultReturnKind`].
+pub trait ResultStreamReturnKind {
+    /// Picks [`ResultStreamReturn`].
+    fn __qtasks_return_kind(&self) -> ResultStreamReturn {
+        ResultStreamReturn
+    }
+}
+
+impl<S, T, E> ResultStreamReturnKind for &&ReturnProbe<'_, S> where
+    S: Stream<Item = std::result::Result<T, E>>
+{
+}
+
+/// Not public API. The conversion for a stream of `Result` items: the first `Err` ends the task
+/// with that error; the items before it are kept.
+pub struct ResultStreamReturn;
+
+impl ResultStreamReturn {
+    /// Encodes each `Ok` item as it comes; an `Err` becomes the task's error.
+    pub fn convert<S, T, E>(self, returned: S) -> std::result::Result<TaskOutput, TaskError>
+    where
+        S: Stream<Item = std::result::Result<T, E>> + Send + 'static,
+        T: Serialize,
+        E: Display + 'static,
+    {
+        Ok(TaskOutput::Stream(Box::pin(EncodeResults {
+            items: Box::pin(returned),
+        })))
+    }
+}
+
+struct EncodeResults<S: Stream> {
+    items: Pin<Box<S>>,
+}
+
+impl<S, T, E> Stream for EncodeResults<S>
+where
+    S: Stream<Item = std::result::Result<T, E>>,
+    T: Serialize,
+    E: Display + 'static,
+{
+    type Item = std::result::Result<Value, TaskError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.items.as_mut().poll_next(cx).map(|item| {
+            item.map(|item| match item {
+                Ok(item) => serde_json::to_value(item).map_err(|e| {
+                    TaskError::msg(format!(
+                        "an item of the stream does not encode as JSON: {e}"
+                    ))
+                }),
+                Err(error) => Err(TaskError::from_display(error)),
+            })
+        })
+    }
+}
 
 /// Not public API. Picked for streams.
 pub trait StreamReturnKind {

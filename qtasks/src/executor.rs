@@ -143,11 +143,8 @@ impl TaskExecutor {
         self.fire_middlewares(MiddlewarePosition::Before, &before)
             .await;
         for middleware in &before {
-            self.guarded(
-                middleware.name(),
-                middleware.before(self.task, &mut args, &mut kwargs),
-            )
-            .await?;
+            let step = catching(|| middleware.before(self.task, &mut args, &mut kwargs));
+            self.guarded(middleware.name(), step).await?;
         }
 
         // 2. Echo context and arguments replacement.
@@ -247,8 +244,8 @@ impl TaskExecutor {
         self.fire_middlewares(MiddlewarePosition::After, &after)
             .await;
         for middleware in &after {
-            self.guarded(middleware.name(), middleware.after(self.task, &mut result))
-                .await?;
+            let step = catching(|| middleware.after(self.task, &mut result));
+            self.guarded(middleware.name(), step).await?;
         }
 
         // 6. Decode: the task's own decode, then plugins may replace the stored value.
@@ -317,18 +314,23 @@ impl TaskExecutor {
         }
     }
 
-    /// Runs a middleware step; an error or a panic fails the task, naming the middleware.
+    /// Runs a middleware step (its future, or the panic making it); an error or a panic fails
+    /// the task, naming the middleware.
     async fn guarded(
         &self,
         name: &str,
-        step: crate::BoxFuture<'_, Result<(), TaskError>>,
+        step: std::thread::Result<crate::BoxFuture<'_, Result<(), TaskError>>>,
     ) -> Result<(), Stopped> {
-        match CatchUnwind::new(step).await {
-            Ok(result) => result.map_err(Stopped::Failed),
-            Err(panic) => Err(Stopped::Failed(TaskError::named(
+        let panicked = |panic: String| {
+            Stopped::Failed(TaskError::named(
                 "MiddlewarePanic",
                 format!("the middleware `{name}` panicked: {panic}"),
-            ))),
+            ))
+        };
+        let step = step.map_err(|panic| panicked(crate::panic::panic_message(panic.as_ref())))?;
+        match CatchUnwind::new(step).await {
+            Ok(result) => result.map_err(Stopped::Failed),
+            Err(panic) => Err(panicked(panic)),
         }
     }
 
@@ -416,6 +418,11 @@ impl TaskExecutor {
             })
             .await;
     }
+}
+
+/// Calls `make`, catching a panic (a middleware that panics before it returns its future).
+fn catching<R>(make: impl FnOnce() -> R) -> std::thread::Result<R> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(make))
 }
 
 impl fmt::Debug for TaskExecutor {

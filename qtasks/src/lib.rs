@@ -55,6 +55,7 @@ extern crate self as qtasks;
 mod app;
 mod backend;
 mod builder;
+mod call;
 mod components;
 mod config;
 mod context;
@@ -70,6 +71,7 @@ mod plugin;
 mod registry;
 mod signals;
 mod task;
+pub mod testing;
 pub mod triggers;
 
 #[doc(hidden)]
@@ -82,6 +84,7 @@ pub use backend::{
     BackendError, Broker, Delivery, ItemsRead, MemoryBroker, MemoryStorage, Storage,
 };
 pub use builder::AppBuilder;
+pub use call::{Chain, TaskCall, chain};
 pub use components::{
     ConcurrentWorker, DefaultExecutor, DefaultStarter, Executor, GlobalConfig, MemoryGlobalConfig,
     StartSteps, Starter, StopSteps, Worker, WorkerHost,

@@ -347,6 +347,42 @@ impl TaskHandle {
     pub async fn get(&self) -> Result<Option<TaskRecord>> {
         self.app.get(self.uuid).await
     }
+
+    /// The items of a stream task as the worker stores them, while it runs; the stream ends
+    /// when the task ends (the items of a task that failed half-way are the ones it produced).
+    pub fn items(&self) -> impl futures_core::Stream<Item = Result<Value>> + Send + 'static {
+        let storage = std::sync::Arc::clone(&self.app.inner.storage);
+        let start = (
+            storage,
+            self.uuid,
+            0_usize,
+            std::collections::VecDeque::new(),
+            false,
+        );
+        futures_util::stream::unfold(
+            start,
+            |(storage, uuid, mut seen, mut buffered, mut ended)| async move {
+                loop {
+                    if let Some(item) = buffered.pop_front() {
+                        return Some((Ok(item), (storage, uuid, seen, buffered, ended)));
+                    }
+                    if ended {
+                        return None;
+                    }
+                    match storage.wait_items(uuid, seen).await {
+                        Ok(read) => {
+                            seen += read.items.len();
+                            buffered.extend(read.items);
+                            ended = read.ended;
+                        }
+                        Err(error) => {
+                            return Some((Err(error.into()), (storage, uuid, seen, buffered, true)));
+                        }
+                    }
+                }
+            },
+        )
+    }
 }
 
 pub(crate) fn unix_now() -> f64 {

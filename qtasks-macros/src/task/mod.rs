@@ -75,6 +75,10 @@ fn emit(task: &Task) -> TokenStream {
     let param_types: Vec<_> = arg_params.iter().map(|p| &p.ty).collect();
     let param_type_names: Vec<String> = param_types.iter().map(|ty| type_name(ty)).collect();
     let param_count = arg_params.len();
+    let but_last = param_count.saturating_sub(1);
+    let param_idents_but_last = &param_idents[..but_last];
+    let param_types_but_last = &param_types[..but_last];
+    let param_names_but_last = &param_names[..but_last];
     let decoded: Vec<_> = (0..task.params.len())
         .map(|i| format_ident!("__qtasks_arg{i}"))
         .collect();
@@ -201,7 +205,7 @@ fn emit(task: &Task) -> TokenStream {
                         #(#fill)*
                         args.finish(#param_count)?;
                         let returned = #call;
-                        use ::qtasks::__private::{ResultReturnKind as _, StreamReturnKind as _, ValueReturnKind as _};
+                        use ::qtasks::__private::{ResultReturnKind as _, ResultStreamReturnKind as _, StreamReturnKind as _, ValueReturnKind as _};
                         let kind = (&&&::qtasks::__private::ReturnProbe(&returned)).__qtasks_return_kind();
                         kind.convert(returned)
                     })
@@ -232,6 +236,28 @@ fn emit(task: &Task) -> TokenStream {
                 };
                 &DEFINITION
             };
+
+            /// A call of the task with these arguments, built but not sent (see
+            /// `qtasks::TaskCall`).
+            pub fn call(#(#param_idents: #param_types),*) -> ::qtasks::__private::TaskCall {
+                let args = (|| -> ::qtasks::Result<::std::vec::Vec<::qtasks::__private::JsonValue>> {
+                    ::core::result::Result::Ok(::std::vec![
+                        #(::qtasks::__private::encode_arg(Self::NAME, #param_names, &#param_idents)?),*
+                    ])
+                })();
+                ::qtasks::__private::call(Self::DEFINITION, args)
+            }
+
+            /// Like `call`, for a call whose last argument a chain fills with the previous
+            /// task's result.
+            pub fn call_with(#(#param_idents_but_last: #param_types_but_last),*) -> ::qtasks::__private::TaskCall {
+                let args = (|| -> ::qtasks::Result<::std::vec::Vec<::qtasks::__private::JsonValue>> {
+                    ::core::result::Result::Ok(::std::vec![
+                        #(::qtasks::__private::encode_arg(Self::NAME, #param_names_but_last, &#param_idents_but_last)?),*
+                    ])
+                })();
+                ::qtasks::__private::call(Self::DEFINITION, args)
+            }
 
             #[doc = #add_task_doc]
             pub async fn add_task(

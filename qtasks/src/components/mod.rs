@@ -153,6 +153,10 @@ pub trait Executor: Send + Sync + 'static {
 pub struct DefaultExecutor;
 
 impl Executor for DefaultExecutor {
+    fn name(&self) -> &str {
+        "DefaultExecutor"
+    }
+
     fn execute<'a>(&'a self, run: &'a TaskExecutor) -> BoxFuture<'a, Outcome> {
         Box::pin(run.run_default())
     }
