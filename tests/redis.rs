@@ -335,7 +335,13 @@ async fn dropped_connections_reconnect_and_nothing_is_lost() {
         return;
     };
     let prefix = unique_prefix("clientkill");
-    let app = redis_app(&url, &prefix, RedisOptions::default(), 8).await;
+    // A take whose reply is lost with the connection leaves its task leased to nobody; the
+    // lease brings it back. A short lease keeps the test short.
+    let options = RedisOptions {
+        lease: Duration::from_secs(2),
+        ..Default::default()
+    };
+    let app = redis_app(&url, &prefix, options, 8).await;
     let mut handles = Vec::new();
     for i in 0..300 {
         handles.push(
@@ -376,6 +382,47 @@ async fn dropped_connections_reconnect_and_nothing_is_lost() {
     assert!(
         killer.await.unwrap() > 0,
         "connections were killed during the run"
+    );
+    app.stop().await.unwrap();
+    app.flush_all().await.unwrap();
+}
+
+#[qtasks::task(retry = 1, retry_delay = 0.3)]
+async fn redis_fails_twice() -> TaskResult<()> {
+    Err(qtasks::TaskError::msg("still failing"))
+}
+
+#[qtasks::task]
+async fn redis_stream(n: u32) -> futures_util::stream::Iter<std::ops::Range<u32>> {
+    futures_util::stream::iter(0..n)
+}
+
+#[tokio::test]
+async fn retries_wait_their_backoff_and_stream_items_are_stored_on_redis() {
+    let Some(url) = redis_url("retries_wait_their_backoff_and_stream_items_are_stored_on_redis")
+    else {
+        return;
+    };
+    let prefix = unique_prefix("redis_retry");
+    let app = redis_app(&url, &prefix, RedisOptions::default(), 2).await;
+    app.start().await.unwrap();
+    let handle = redis_fails_twice::add_task(&app).await.unwrap();
+    let last = handle.wait(WAIT).await.unwrap();
+    assert_eq!((last.status, last.retry), (TaskStatus::Error, Some(0)));
+    let first = app.get(handle.uuid()).await.unwrap().unwrap();
+    assert_eq!(
+        (first.status, first.retry_child_uuid),
+        (TaskStatus::Retry, Some(last.uuid))
+    );
+    assert!(
+        last.updated_at - first.updated_at >= 0.3,
+        "the retry waited in the delayed set"
+    );
+
+    let stream = redis_stream::add_task(&app, 3).await.unwrap();
+    assert_eq!(
+        stream.wait(WAIT).await.unwrap().returning,
+        Some(json!([0, 1, 2]))
     );
     app.stop().await.unwrap();
     app.flush_all().await.unwrap();

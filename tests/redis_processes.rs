@@ -261,3 +261,30 @@ async fn priorities_hold_across_worker_processes() {
     }
     app.flush_all().await.unwrap();
 }
+
+#[tokio::test]
+async fn cancel_reaches_a_task_running_in_another_process() {
+    let Some(url) = redis_url("cancel_reaches_a_task_running_in_another_process") else {
+        return;
+    };
+    let prefix = unique_prefix("xcancel");
+    let app = client(&url, &prefix).await;
+    let worker = Worker::spawn(&prefix, 30_000, 1);
+    let task = app
+        .add_task("record_run", ("slow", 30_000), ())
+        .await
+        .unwrap();
+    wait_until_started(&url, &prefix, "slow").await;
+    assert!(
+        app.cancel(task.uuid(), "stopped from another process")
+            .await
+            .unwrap()
+    );
+    let done = task.wait(WAIT).await.unwrap();
+    assert_eq!(
+        (done.status, done.cancel_reason.as_deref()),
+        (TaskStatus::Cancel, Some("stopped from another process"))
+    );
+    worker.stop();
+    app.flush_all().await.unwrap();
+}

@@ -194,10 +194,10 @@ impl Dependencies {
                 .unwrap_or_else(PoisonError::into_inner)
                 .get(&type_id)
                 .cloned();
-            if let Some(close) = provider.and_then(|p| p.close.clone()) {
-                if let Err(panic) = CatchUnwind::new(close(value)).await {
-                    tracing::error!("closing a worker dependency panicked: {panic}");
-                }
+            if let Some(close) = provider.and_then(|p| p.close.clone())
+                && let Err(panic) = CatchUnwind::new(close(value)).await
+            {
+                tracing::error!("closing a worker dependency panicked: {panic}");
             }
         }
     }
@@ -260,11 +260,14 @@ impl<T: Send + Sync + 'static> Extract for State<T> {
 /// The resources of one run, closed when it ends.
 #[derive(Clone, Default)]
 pub(crate) struct Scope {
-    closers: Arc<Mutex<Vec<Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>>>>,
+    closers: Arc<Mutex<Vec<Closer>>>,
 }
 
+/// One resource's close step.
+pub(crate) type Closer = Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>;
+
 impl Scope {
-    pub(crate) fn defer(&self, close: Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>) {
+    pub(crate) fn defer(&self, close: Closer) {
         self.closers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

@@ -208,6 +208,14 @@ mod tests {
         params: &[],
         blocking: false,
         retry: None,
+        retry_on: None,
+        retry_backoff: None,
+        max_time: None,
+        decode: None,
+        generate_handler: None,
+        middlewares_before: &[],
+        middlewares_after: &[],
+        router: None,
         executor: None,
         module_path: module_path!(),
         file: file!(),
@@ -225,6 +233,7 @@ mod tests {
             created_at: 0.0,
             retry: None,
             retry_parent_uuid: None,
+            run_at: None,
             definition: None,
         };
         let dispatch = Arc::new(Dispatch::build(&[]));
@@ -234,6 +243,7 @@ mod tests {
             queued,
             dispatch,
             tracing::Span::none(),
+            tokio::sync::watch::channel(None).1,
         )
     }
 

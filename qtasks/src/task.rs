@@ -376,7 +376,10 @@ impl TaskHandle {
                             ended = read.ended;
                         }
                         Err(error) => {
-                            return Some((Err(error.into()), (storage, uuid, seen, buffered, true)));
+                            return Some((
+                                Err(error.into()),
+                                (storage, uuid, seen, buffered, true),
+                            ));
                         }
                     }
                 }

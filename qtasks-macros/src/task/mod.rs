@@ -145,8 +145,14 @@ fn emit(task: &Task) -> TokenStream {
         Some(handler) => quote_spanned! {handler.span()=> ::core::option::Option::Some(#handler) },
         None => quote! { ::core::option::Option::None },
     };
-    let middlewares_before = &options.middlewares_before;
-    let middlewares_after = &options.middlewares_after;
+    // Each entry spanned on itself, so a static that is no middleware is reported there.
+    let middleware_list = |list: &[syn::Expr]| -> Vec<TokenStream> {
+        list.iter()
+            .map(|m| quote_spanned! {m.span()=> &#m as &'static dyn ::qtasks::__private::Middleware })
+            .collect()
+    };
+    let middlewares_before = middleware_list(&options.middlewares_before);
+    let middlewares_after = middleware_list(&options.middlewares_after);
     let router = match &options.router {
         Some(router) => quote! { ::core::option::Option::Some(#router) },
         None => quote! { ::core::option::Option::None },
@@ -225,8 +231,8 @@ fn emit(task: &Task) -> TokenStream {
                     max_time: #max_time,
                     decode: #decode,
                     generate_handler: #generate_handler,
-                    middlewares_before: &[#(&#middlewares_before as &'static dyn ::qtasks::__private::Middleware),*],
-                    middlewares_after: &[#(&#middlewares_after as &'static dyn ::qtasks::__private::Middleware),*],
+                    middlewares_before: &[#(#middlewares_before),*],
+                    middlewares_after: &[#(#middlewares_after),*],
                     router: #router,
                     executor: #executor,
                     module_path: ::core::module_path!(),

@@ -137,7 +137,7 @@ impl MemoryBroker {
             };
             match entry.task.run_at {
                 Some(run_at) if run_at > unix_now() => {
-                    queue.delayed.push(Delayed { run_at, entry })
+                    queue.delayed.push(Delayed { run_at, entry });
                 }
                 _ => queue.heap.push(entry),
             }

@@ -42,3 +42,52 @@ fn main() {
     let _ = (sum::NAME, blocking::NAME, private_task::NAME, sum::DEFINITION);
     let _ = private_task::add_task;
 }
+
+/// Every execution option at once, in a crate that denies the usual lints.
+pub mod options {
+    use qtasks::{BoxFuture, Depends, Executor, Middleware, Outcome, State, TaskExecutor};
+    use serde_json::Value;
+
+    /// A middleware.
+    pub struct Noop;
+    impl Middleware for Noop {}
+    /// The middleware static.
+    pub static NOOP: Noop = Noop;
+
+    /// An executor.
+    pub struct Plain;
+    impl Executor for Plain {
+        fn execute<'a>(&'a self, run: &'a TaskExecutor) -> BoxFuture<'a, Outcome> {
+            Box::pin(run.run_default())
+        }
+    }
+    /// The executor static.
+    pub static PLAIN: Plain = Plain;
+
+    /// A decode.
+    pub fn keep(value: Value) -> Value {
+        value
+    }
+
+    /// A settings type.
+    pub struct Settings;
+
+    /// All the options.
+    #[qtasks::task(
+        retry = 3,
+        retry_on_exc = [std::io::Error, qtasks::TimeoutError],
+        retry_delay = 0.5,
+        retry_backoff = "exponential",
+        max_time = 10,
+        decode = keep,
+        generate_handler = keep,
+        middlewares_before = [NOOP],
+        middlewares_after = [NOOP],
+        router = "billing",
+        executor = PLAIN
+    )]
+    pub async fn everything(settings: State<Settings>, items: Vec<u32>, db: Depends<String>) -> usize {
+        let _ = (&*settings, db.len());
+        items.len()
+    }
+}

@@ -28,6 +28,9 @@ pub(super) fn idle_wait(options: &RedisOptions) -> Duration {
     (options.lease / 4).clamp(Duration::from_millis(100), Duration::from_secs(5))
 }
 
+/// One task the take script returned: lease member, record fields, recovered (1 or 0).
+type Taken = (String, Vec<String>, i64);
+
 pub(crate) struct RedisBroker {
     keys: Keys,
     commands: ConnectionManager,
@@ -73,7 +76,7 @@ impl RedisBroker {
         &self,
     ) -> Result<(Option<(String, Vec<String>, bool)>, Option<i64>), BackendError> {
         let mut con = self.commands.clone();
-        let (taken, next_due): (Vec<(String, Vec<String>, i64)>, Option<f64>) = self
+        let (taken, next_due): (Vec<Taken>, Option<f64>) = self
             .take
             .key(&self.keys.queue)
             .key(&self.keys.incoming)
@@ -204,6 +207,33 @@ impl RedisBroker {
                 pipe.rpush(&self.keys.queue, queue_entry(task));
             }
         }
+    }
+
+    /// A delayed task moves to `task_queue` when it is due, which wakes a waiting worker at
+    /// once. (If this process is gone by then, the next take script moves it.)
+    fn release_when_due(&self, task: &QueuedTask) {
+        let Some(run_at) = task.run_at.filter(|run_at| *run_at > unix_now()) else {
+            return;
+        };
+        let script = Script::new(scripts::RELEASE_DELAYED);
+        let (delayed, queue, entry) = (
+            self.keys.delayed.clone(),
+            self.keys.queue.clone(),
+            queue_entry(task),
+        );
+        let mut con = self.commands.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs_f64((run_at - unix_now()).max(0.0))).await;
+            let released: Result<i64, _> = script
+                .key(delayed)
+                .key(queue)
+                .arg(entry)
+                .invoke_async(&mut con)
+                .await;
+            if let Err(error) = released {
+                tracing::warn!("releasing a delayed task failed (a take will): {error}");
+            }
+        });
     }
 
     fn hold(&self, member: &str) {
@@ -360,7 +390,12 @@ impl Broker for RedisBroker {
             let mut attempt = 1;
             let result = loop {
                 match self.write_outcome(&delivery, &outcome).await {
-                    Ok(()) => break Ok(()),
+                    Ok(()) => {
+                        if let Outcome::Retry { child, .. } = &outcome {
+                            self.release_when_due(child);
+                        }
+                        break Ok(());
+                    }
                     Err(error) if attempt < FINISH_ATTEMPTS => {
                         tracing::warn!(uuid = %delivery.task.uuid, "storing the result failed (attempt {attempt}): {error}");
                         tokio::time::sleep(delay).await;

@@ -125,3 +125,13 @@ for i = 2, #ARGV do
 end
 return renewed
 "#;
+
+/// Moves one delayed entry to `task_queue` if it is still delayed (so only one of the timer
+/// and a take script moves it). KEYS: delayed, task_queue. ARGV: entry.
+pub(super) const RELEASE_DELAYED: &str = r#"
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
+  redis.call('RPUSH', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+"#;
