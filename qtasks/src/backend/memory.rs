@@ -145,8 +145,8 @@ impl MemoryBroker {
         self.available.notify_one();
     }
 
-    /// The next task that may run now, and otherwise when the next delayed one may.
-    fn take(&self) -> (Option<QueuedTask>, Option<f64>) {
+    /// Up to `max` tasks that may run now, and otherwise when the next delayed one may.
+    fn take(&self, max: usize) -> (Vec<QueuedTask>, Option<f64>) {
         let mut queue = lock(&self.queue);
         let now = unix_now();
         while queue.delayed.peek().is_some_and(|d| d.run_at <= now) {
@@ -154,7 +154,14 @@ impl MemoryBroker {
             queue.heap.push(due);
         }
         let next_due = queue.delayed.peek().map(|d| d.run_at);
-        (queue.heap.pop().map(|entry| entry.task), next_due)
+        let mut tasks = Vec::with_capacity(max.min(queue.heap.len()));
+        while tasks.len() < max {
+            match queue.heap.pop() {
+                Some(entry) => tasks.push(entry.task),
+                None => break,
+            }
+        }
+        (tasks, next_due)
     }
 }
 
@@ -169,6 +176,10 @@ impl Broker for MemoryBroker {
     }
 
     fn next(&self) -> BoxFuture<'_, Result<Option<Delivery>, BackendError>> {
+        Box::pin(async move { Ok(self.next_batch(1).await?.into_iter().next()) })
+    }
+
+    fn next_batch(&self, max: usize) -> BoxFuture<'_, Result<Vec<Delivery>, BackendError>> {
         Box::pin(async move {
             loop {
                 // Register for a wake-up before looking, so a push between the look and the
@@ -176,8 +187,9 @@ impl Broker for MemoryBroker {
                 let notified = self.available.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
-                let (task, next_due) = self.take();
-                if let Some(task) = task {
+                let (tasks, next_due) = self.take(max.max(1));
+                let mut deliveries = Vec::with_capacity(tasks.len());
+                for task in tasks {
                     // A task cancelled while it waited is skipped; its record says so already.
                     let mut cancelled = false;
                     self.storage.change(task.uuid, |slot| {
@@ -187,19 +199,16 @@ impl Broker for MemoryBroker {
                             slot.record.updated_at = unix_now();
                         }
                     })?;
-                    if cancelled {
-                        continue;
+                    if !cancelled {
+                        deliveries.push(Delivery { receipt: task.uuid.to_string(), task, recovered: false });
                     }
-                    return Ok(Some(Delivery {
-                        receipt: task.uuid.to_string(),
-                        task,
-                        recovered: false,
-                    }));
+                }
+                if !deliveries.is_empty() {
+                    return Ok(deliveries);
                 }
                 match next_due {
                     Some(run_at) => {
-                        let wait =
-                            std::time::Duration::from_secs_f64((run_at - unix_now()).max(0.0));
+                        let wait = std::time::Duration::from_secs_f64((run_at - unix_now()).max(0.0));
                         tokio::select! {
                             () = notified => {}
                             () = tokio::time::sleep(wait) => {}

@@ -84,6 +84,15 @@ pub trait Broker: Send + Sync + 'static {
     /// again later (a lease that runs out).
     fn next(&self) -> BoxFuture<'_, Result<Option<Delivery>, BackendError>>;
 
+    /// Takes up to `max` tasks in one go (a worker with `max` free slots asks for that many);
+    /// waits like [`next`](Self::next) while there are none, and returns at least one unless
+    /// the broker will deliver no more. The default takes one with `next`. A worker never
+    /// takes more than it can start at once, so priorities hold across workers.
+    fn next_batch(&self, max: usize) -> BoxFuture<'_, Result<Vec<Delivery>, BackendError>> {
+        let _ = max;
+        Box::pin(async move { Ok(self.next().await?.into_iter().collect()) })
+    }
+
     /// Stores how a delivered task ended, releases it, and wakes whoever waits for it. An
     /// [`Outcome::Retry`] also adds its child task.
     fn finish(

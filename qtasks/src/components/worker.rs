@@ -76,32 +76,34 @@ impl WorkerHost {
     /// Takes the next task, waiting while the queue is empty; `None` once the app is stopping.
     /// Broker failures are logged and retried.
     pub async fn next(&self) -> Option<Delivery> {
+        self.next_batch(1).await.into_iter().next()
+    }
+
+    /// Takes up to `max` tasks at once (call it with the number of tasks the worker can start
+    /// now), waiting while the queue is empty; empty once the app is stopping.
+    pub async fn next_batch(&self, max: usize) -> Vec<Delivery> {
         let app = self.app();
         let (broker, worker) = (&*app.inner.broker, &*app.inner.worker);
         if !self.inner.listening.swap(true, Ordering::AcqRel) {
-            app.dispatch()
-                .fire(&BrokerListenStart { broker, worker })
-                .await;
+            app.dispatch().fire(&BrokerListenStart { broker, worker }).await;
         }
         loop {
             let next = tokio::select! {
                 biased;
-                () = self.stop_requested() => return None,
-                next = broker.next() => next,
+                () = self.stop_requested() => return Vec::new(),
+                next = broker.next_batch(max.max(1)) => next,
             };
             match next {
-                Ok(Some(mut delivery)) => {
-                    self.accept(&mut delivery).await;
-                    return Some(delivery);
+                Ok(mut deliveries) => {
+                    for delivery in &mut deliveries {
+                        self.accept(delivery).await;
+                    }
+                    return deliveries;
                 }
-                Ok(None) => return None,
                 Err(error) => {
-                    tracing::error!(
-                        app = app.name(),
-                        "the broker failed: {error}; asking again in {BROKER_RETRY_DELAY:?}"
-                    );
+                    tracing::error!(app = %app.name(), "the broker failed: {error}; asking again in {BROKER_RETRY_DELAY:?}");
                     tokio::select! {
-                        () = self.stop_requested() => return None,
+                        () = self.stop_requested() => return Vec::new(),
                         () = tokio::time::sleep(BROKER_RETRY_DELAY) => {}
                     }
                 }
@@ -447,21 +449,29 @@ impl Worker for ConcurrentWorker {
             );
             host.running(0).await;
             loop {
-                // A slot first, then a task: tasks wait in the broker (where priorities
-                // apply), not in the worker.
-                let slot = tokio::select! {
+                // Slots first, then as many tasks as there are free slots: tasks wait in the
+                // broker (where priorities apply), never in the worker.
+                let first = tokio::select! {
                     biased;
                     () = host.stop_requested() => break,
                     slot = Arc::clone(&slots).acquire_owned() => slot.expect("the semaphore is never closed"),
                 };
-                let Some(delivery) = host.next().await else {
+                let mut free = vec![first];
+                while let Ok(slot) = Arc::clone(&slots).try_acquire_owned() {
+                    free.push(slot);
+                }
+                let deliveries = host.next_batch(free.len()).await;
+                if deliveries.is_empty() {
                     break;
-                };
-                let host = host.clone();
-                tokio::spawn(async move {
-                    host.execute(delivery).await;
-                    drop(slot);
-                });
+                }
+                // Slots left over (fewer tasks than asked for) are given back here.
+                for (delivery, slot) in deliveries.into_iter().zip(free) {
+                    let host = host.clone();
+                    tokio::spawn(async move {
+                        host.execute(delivery).await;
+                        drop(slot);
+                    });
+                }
             }
             tracing::info!(
                 app = host.app().name(),

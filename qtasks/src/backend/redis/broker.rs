@@ -71,10 +71,9 @@ impl RedisBroker {
         u64::try_from(self.options.lease.as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Takes one task; also returns when the next delayed task may run (ms, Redis clock).
-    async fn take_one(
-        &self,
-    ) -> Result<(Option<(String, Vec<String>, bool)>, Option<i64>), BackendError> {
+    /// Takes up to `max` tasks; also returns when the next delayed task may run (ms, Redis
+    /// clock).
+    async fn take_batch(&self, max: usize) -> Result<(Vec<(String, Vec<String>, bool)>, Option<i64>), BackendError> {
         let mut con = self.commands.clone();
         let (taken, next_due): (Vec<Taken>, Option<f64>) = self
             .take
@@ -86,16 +85,13 @@ impl RedisBroker {
             .key(&self.keys.recovered)
             .key(&self.keys.delayed)
             .arg(self.lease_ms())
-            .arg(1)
+            .arg(max.max(1))
             .arg(&self.keys.prefix)
             .invoke_async(&mut con)
             .await
-            .map_err(|e| failure("taking a task failed".to_owned(), e))?;
-        let first = taken
-            .into_iter()
-            .next()
-            .map(|(member, fields, recovered)| (member, fields, recovered == 1));
-        Ok((first, next_due.map(|ms| ms as i64)))
+            .map_err(|e| failure("taking tasks failed".to_owned(), e))?;
+        let taken = taken.into_iter().map(|(member, fields, recovered)| (member, fields, recovered == 1)).collect();
+        Ok((taken, next_due.map(|ms| ms as i64)))
     }
 
     /// Turns a taken member into a delivery, or fails it (a poison entry) and returns `None`.
@@ -345,24 +341,35 @@ impl Broker for RedisBroker {
     }
 
     fn next(&self) -> BoxFuture<'_, Result<Option<Delivery>, BackendError>> {
+        Box::pin(async move { Ok(self.next_batch(1).await?.into_iter().next()) })
+    }
+
+    fn next_batch(&self, max: usize) -> BoxFuture<'_, Result<Vec<Delivery>, BackendError>> {
         Box::pin(async move {
             loop {
-                let (taken, next_due_ms) = self.take_one().await?;
-                if let Some((member, fields, recovered)) = taken {
-                    self.hold(&member);
-                    match self.deliver(member, fields, recovered).await? {
-                        Some(delivery) => return Ok(Some(delivery)),
-                        None => continue,
+                let (taken, next_due_ms) = self.take_batch(max).await?;
+                let any_taken = !taken.is_empty();
+                for (member, _, _) in &taken {
+                    self.hold(member);
+                }
+                let mut deliveries = Vec::with_capacity(taken.len());
+                for (member, fields, recovered) in taken {
+                    if let Some(delivery) = self.deliver(member, fields, recovered).await? {
+                        deliveries.push(delivery);
                     }
+                }
+                if !deliveries.is_empty() {
+                    return Ok(deliveries);
+                }
+                if any_taken {
+                    continue; // all of them were poison or cancelled
                 }
                 // Nothing ready: block until a client pushes (the entry is parked in
                 // `incoming`, where any worker's next take finds it), until a delayed task may
                 // run, or until it is time to look for expired leases.
                 let mut wait = idle_wait(&self.options);
                 if let Some(due_ms) = next_due_ms {
-                    let until_due = Duration::from_millis(
-                        u64::try_from(due_ms - (unix_now() * 1000.0) as i64).unwrap_or(0),
-                    );
+                    let until_due = Duration::from_millis(u64::try_from(due_ms - (unix_now() * 1000.0) as i64).unwrap_or(0));
                     wait = wait.min(until_due).max(Duration::from_millis(10));
                 }
                 let mut con = self.blocking.clone();

@@ -54,6 +54,7 @@ pub struct RedisOptions {
     pub connect_timeout: Duration,
     /// The timeout of one command. Default 10 s.
     pub response_timeout: Duration,
+
     /// For `rediss://` URLs: the PEM certificate of the authority that signed the server's
     /// certificate, when it is not in the system's trust store (a private CA). `None` trusts
     /// the system's roots.

@@ -1,0 +1,230 @@
+//! The benchmark program: the workloads of the peer harness (`../shared/bench/`), in memory and
+//! on Redis, printing one `BENCH_JSON {...}` line as the harness expects.
+//!
+//! ```text
+//! qtasks-bench enqueue --url URL --n N          # W1: enqueue N no-op tasks (no worker)
+//! qtasks-bench worker  --url URL                # a worker process, until SIGTERM
+//! qtasks-bench w2      --url URL --n N --warmup W   # sequential add-and-wait round trips
+//! qtasks-bench inmem   --n N [--lat-n 500]      # in memory: e2e, W1, W2, peak RSS, and the
+//!                                               # bare tokio channel ceiling measured alongside
+//! ```
+//!
+//! The no-op task takes a small integer and returns it. Everything a real deployment keeps on
+//! stays on: leases (at-least-once), priorities, the plugin triggers and events.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt;
+use qtasks::{QueueConfig, QueueTasks, RedisOptions, TaskStatus};
+use serde_json::{Value, json};
+
+/// The no-op task of every workload.
+#[qtasks::task]
+async fn noop(i: u64) -> u64 {
+    i
+}
+
+const APP: &str = "QueueTasks";
+
+fn arg<T: std::str::FromStr>(key: &str, default: T) -> T {
+    let args: Vec<String> = std::env::args().collect();
+    args.windows(2).find(|w| w[0] == key).and_then(|w| w[1].parse().ok()).unwrap_or(default)
+}
+
+fn now_s() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn emit(value: &Value) {
+    println!("BENCH_JSON {value}");
+}
+
+fn percentile(values: &[f64], p: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn peak_rss_kb() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn redis_app(url: &str, concurrency: usize) -> QueueTasks {
+    let config = QueueConfig { name: APP.to_owned(), max_tasks_process: concurrency, ..Default::default() };
+    QueueTasks::redis_with(url, config, RedisOptions::default()).await.expect("Redis is reachable")
+}
+
+/// Adds `n` tasks with `in_flight` adds on the wire at once.
+async fn add_many(app: &QueueTasks, n: u64, in_flight: usize) -> Vec<qtasks::TaskHandle> {
+    futures_util::stream::iter(0..n)
+        .map(|i| {
+            let app = app.clone();
+            async move { noop::add_task(&app, i).await.expect("the task is added") }
+        })
+        .buffered(in_flight)
+        .collect()
+        .await
+}
+
+async fn enqueue(url: &str, n: u64) {
+    let app = redis_app(url, 1).await;
+    let t_start = now_s();
+    add_many(&app, n, 64).await;
+    emit(&json!({"t_start": t_start, "t_end": now_s(), "n": n}));
+}
+
+async fn worker(url: &str, concurrency: usize) {
+    let app = redis_app(url, concurrency).await;
+    app.run_forever().await.expect("the worker runs");
+}
+
+async fn round_trips(app: &QueueTasks, n: usize, warmup: usize) -> (Vec<f64>, usize) {
+    for i in 0..warmup {
+        let _ = noop::add_task(app, i as u64).await.expect("added").wait(Duration::from_secs(30)).await;
+    }
+    let mut latencies = Vec::with_capacity(n);
+    let mut timeouts = 0;
+    for i in 0..n {
+        let started = Instant::now();
+        match noop::add_task(app, i as u64).await.expect("added").wait(Duration::from_secs(30)).await {
+            Ok(done) => assert_eq!(done.returning, Some(json!(i))),
+            Err(_) => timeouts += 1,
+        }
+        latencies.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    (latencies, timeouts)
+}
+
+async fn w2(url: &str, n: usize, warmup: usize) {
+    let app = redis_app(url, 1).await;
+    let (latencies, timeouts) = round_trips(&app, n, warmup).await;
+    emit(&json!({
+        "n": n, "timeouts": timeouts,
+        "p50_ms": percentile(&latencies, 50.0), "p99_ms": percentile(&latencies, 99.0),
+        "max_ms": percentile(&latencies, 100.0), "lat_ms": latencies,
+    }));
+}
+
+/// Waits for every handle, checking each result.
+async fn wait_all(handles: Vec<qtasks::TaskHandle>) {
+    for (i, handle) in handles.into_iter().enumerate() {
+        let done = handle.wait(Duration::from_secs(120)).await.expect("the task ends");
+        assert_eq!((done.status, done.returning), (TaskStatus::Success, Some(json!(i))));
+    }
+}
+
+fn memory_app(concurrency: usize) -> QueueTasks {
+    QueueTasks::with_config(QueueConfig { max_tasks_process: concurrency, ..Default::default() })
+}
+
+async fn inmem(n: u64, lat_n: usize, concurrency: usize) {
+    // e2e: the worker runs while the tasks are added.
+    let app = memory_app(concurrency);
+    app.start().await.unwrap();
+    let t0 = Instant::now();
+    let handles = add_many(&app, n, 1).await;
+    let producer_s = t0.elapsed().as_secs_f64();
+    wait_all(handles).await;
+    let e2e_s = t0.elapsed().as_secs_f64();
+    app.stop().await.unwrap();
+    drop(app);
+
+    // W1: add all with no worker, then start one and drain.
+    let app = memory_app(concurrency);
+    let t0 = Instant::now();
+    let handles = add_many(&app, n, 1).await;
+    let enqueue_s = t0.elapsed().as_secs_f64();
+    let t_drain = Instant::now();
+    app.start().await.unwrap();
+    wait_all(handles).await;
+    let drain_s = t_drain.elapsed().as_secs_f64();
+    let total_s = t0.elapsed().as_secs_f64();
+
+    // W2: round trips on the running worker.
+    let (latencies, _) = round_trips(&app, lat_n, 50).await;
+    app.stop().await.unwrap();
+
+    // The ceiling, in the same process: a bare tokio channel with oneshot replies.
+    let ceiling = channel_ceiling(n).await;
+    emit(&json!({
+        "system": "qtasks-inmem",
+        "config": {"n": n, "concurrency": concurrency},
+        "e2e": {"n": n, "total_s": e2e_s, "rate": n as f64 / e2e_s, "producer_s": producer_s},
+        "w1": {"n": n, "enqueue_s": enqueue_s, "enqueue_rate": n as f64 / enqueue_s,
+               "drain_s": drain_s, "drain_rate": n as f64 / drain_s, "total_rate": n as f64 / total_s},
+        "w2": {"n": lat_n, "p50_ms": percentile(&latencies, 50.0), "p99_ms": percentile(&latencies, 99.0),
+               "max_ms": percentile(&latencies, 100.0)},
+        "ceiling": ceiling,
+        "drain_vs_ceiling": (n as f64 / drain_s) / ceiling["drain_rate"].as_f64().unwrap_or(f64::NAN),
+        "vmhwm_kb": peak_rss_kb(),
+    }));
+}
+
+/// W1 through a bare tokio channel: N boxed no-op jobs with oneshot replies, drained by 4
+/// workers (the harness's `inmem` peer, measured here so the ratio is from one run).
+async fn channel_ceiling(n: u64) -> Value {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::Arc;
+    type Job = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = u64> + Send>> + Send>;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(Job, tokio::sync::oneshot::Sender<u64>)>();
+    let mut replies = Vec::with_capacity(n as usize);
+    let t0 = Instant::now();
+    for i in 0..n {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || Box::pin(async move { i }));
+        tx.send((job, reply)).expect("open");
+        replies.push(answer);
+    }
+    let enqueue_s = t0.elapsed().as_secs_f64();
+    drop(tx);
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let t_drain = Instant::now();
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let rx = Arc::clone(&rx);
+            tokio::spawn(async move {
+                loop {
+                    let next = { rx.lock().await.recv().await };
+                    let Some((job, reply)) = next else { break };
+                    let _ = reply.send(job().await);
+                }
+            })
+        })
+        .collect();
+    let mut sum = 0;
+    for answer in replies {
+        sum += answer.await.expect("answered");
+    }
+    let drain_s = t_drain.elapsed().as_secs_f64();
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    assert_eq!(sum, n * (n - 1) / 2);
+    json!({"enqueue_rate": n as f64 / enqueue_s, "drain_rate": n as f64 / drain_s})
+}
+
+fn main() {
+    let command = std::env::args().nth(1).unwrap_or_default();
+    let url: String = arg("--url", "redis://127.0.0.1:6391/0".to_owned());
+    let threads: usize = arg("--threads", 2);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build().unwrap();
+    runtime.block_on(async {
+        match command.as_str() {
+            "enqueue" => enqueue(&url, arg("--n", 20_000)).await,
+            "worker" => worker(&url, arg("--concurrency", 64)).await,
+            "w2" => w2(&url, arg("--n", 500), arg("--warmup", 5)).await,
+            "inmem" => inmem(arg("--n", 200_000), arg("--lat-n", 500), arg("--concurrency", 64)).await,
+            other => {
+                eprintln!("unknown command `{other}`: enqueue, worker, w2 or inmem");
+                std::process::exit(2);
+            }
+        }
+    });
+}
