@@ -43,4 +43,6 @@ JSON
 fi
 export BENCH_YOURS_JSON="$config"
 bash "$harness/compare.sh" "${peers[@]}" "$@" | tee "$results/last-compare.txt"
-"${BENCH_PY:-/tmp/benchvenv/bin/python}" "$here/chart.py" "$results" "$root/bench/chart.png" || true
+py="${BENCH_PY:-/tmp/benchvenv/bin/python}"
+"$py" -c "import matplotlib" 2>/dev/null || "$py" -m pip install -q matplotlib
+[ "${peers[0]}" = "qtasks" ] && "$py" "$here/chart.py" "$results" "$root/bench/chart.png"

@@ -28,11 +28,16 @@ const APP: &str = "QueueTasks";
 
 fn arg<T: std::str::FromStr>(key: &str, default: T) -> T {
     let args: Vec<String> = std::env::args().collect();
-    args.windows(2).find(|w| w[0] == key).and_then(|w| w[1].parse().ok()).unwrap_or(default)
+    args.windows(2)
+        .find(|w| w[0] == key)
+        .and_then(|w| w[1].parse().ok())
+        .unwrap_or(default)
 }
 
 fn now_s() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 fn emit(value: &Value) {
@@ -56,8 +61,14 @@ fn peak_rss_kb() -> u64 {
 }
 
 async fn redis_app(url: &str, concurrency: usize) -> QueueTasks {
-    let config = QueueConfig { name: APP.to_owned(), max_tasks_process: concurrency, ..Default::default() };
-    QueueTasks::redis_with(url, config, RedisOptions::default()).await.expect("Redis is reachable")
+    let config = QueueConfig {
+        name: APP.to_owned(),
+        max_tasks_process: concurrency,
+        ..Default::default()
+    };
+    QueueTasks::redis_with(url, config, RedisOptions::default())
+        .await
+        .expect("Redis is reachable")
 }
 
 /// Adds `n` tasks with `in_flight` adds on the wire at once.
@@ -86,13 +97,22 @@ async fn worker(url: &str, concurrency: usize) {
 
 async fn round_trips(app: &QueueTasks, n: usize, warmup: usize) -> (Vec<f64>, usize) {
     for i in 0..warmup {
-        let _ = noop::add_task(app, i as u64).await.expect("added").wait(Duration::from_secs(30)).await;
+        let _ = noop::add_task(app, i as u64)
+            .await
+            .expect("added")
+            .wait(Duration::from_secs(30))
+            .await;
     }
     let mut latencies = Vec::with_capacity(n);
     let mut timeouts = 0;
     for i in 0..n {
         let started = Instant::now();
-        match noop::add_task(app, i as u64).await.expect("added").wait(Duration::from_secs(30)).await {
+        match noop::add_task(app, i as u64)
+            .await
+            .expect("added")
+            .wait(Duration::from_secs(30))
+            .await
+        {
             Ok(done) => assert_eq!(done.returning, Some(json!(i))),
             Err(_) => timeouts += 1,
         }
@@ -114,13 +134,22 @@ async fn w2(url: &str, n: usize, warmup: usize) {
 /// Waits for every handle, checking each result.
 async fn wait_all(handles: Vec<qtasks::TaskHandle>) {
     for (i, handle) in handles.into_iter().enumerate() {
-        let done = handle.wait(Duration::from_secs(120)).await.expect("the task ends");
-        assert_eq!((done.status, done.returning), (TaskStatus::Success, Some(json!(i))));
+        let done = handle
+            .wait(Duration::from_secs(120))
+            .await
+            .expect("the task ends");
+        assert_eq!(
+            (done.status, done.returning),
+            (TaskStatus::Success, Some(json!(i)))
+        );
     }
 }
 
 fn memory_app(concurrency: usize) -> QueueTasks {
-    QueueTasks::with_config(QueueConfig { max_tasks_process: concurrency, ..Default::default() })
+    QueueTasks::with_config(QueueConfig {
+        max_tasks_process: concurrency,
+        ..Default::default()
+    })
 }
 
 async fn inmem(n: u64, lat_n: usize, concurrency: usize) {
@@ -173,7 +202,8 @@ async fn channel_ceiling(n: u64) -> Value {
     use std::pin::Pin;
     use std::sync::Arc;
     type Job = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = u64> + Send>> + Send>;
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(Job, tokio::sync::oneshot::Sender<u64>)>();
+    let (tx, rx) =
+        tokio::sync::mpsc::unbounded_channel::<(Job, tokio::sync::oneshot::Sender<u64>)>();
     let mut replies = Vec::with_capacity(n as usize);
     let t0 = Instant::now();
     for i in 0..n {
@@ -214,13 +244,24 @@ fn main() {
     let command = std::env::args().nth(1).unwrap_or_default();
     let url: String = arg("--url", "redis://127.0.0.1:6391/0".to_owned());
     let threads: usize = arg("--threads", 2);
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
         match command.as_str() {
             "enqueue" => enqueue(&url, arg("--n", 20_000)).await,
             "worker" => worker(&url, arg("--concurrency", 64)).await,
             "w2" => w2(&url, arg("--n", 500), arg("--warmup", 5)).await,
-            "inmem" => inmem(arg("--n", 200_000), arg("--lat-n", 500), arg("--concurrency", 64)).await,
+            "inmem" => {
+                inmem(
+                    arg("--n", 200_000),
+                    arg("--lat-n", 500),
+                    arg("--concurrency", 64),
+                )
+                .await
+            }
             other => {
                 eprintln!("unknown command `{other}`: enqueue, worker, w2 or inmem");
                 std::process::exit(2);

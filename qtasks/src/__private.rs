@@ -525,3 +525,120 @@ impl EchoContext for TaskContext {
 pub fn echo_context<T: EchoContext>(context: TaskContext) -> T {
     T::from_context(context)
 }
+
+/// Not public API. Hooks for the micro-benchmarks in `bench/`: parts of the hot path that are
+/// not reachable through the public API on their own.
+pub mod bench {
+    use std::sync::Arc;
+
+    use serde_json::Value;
+
+    use super::{TaskArgs, TaskFuture};
+    use crate::dispatch::{Dispatch, RuntimePlugin};
+    use crate::triggers::TaskExecutorBeforeExecute;
+    use crate::{
+        BoxError, Plugin, QueueTasks, QueuedTask, Reply, TaskContext, TaskDefinition, TaskError,
+        TaskExecutor, Trigger, TriggerEvent,
+    };
+
+    struct Observer;
+
+    impl Plugin for Observer {
+        async fn trigger(&self, _event: TriggerEvent<'_>) -> Result<Option<Reply>, BoxError> {
+            Ok(None)
+        }
+    }
+
+    fn never_invoked(_: TaskContext, _: TaskArgs) -> TaskFuture {
+        unreachable!("the benchmarks do not run this task")
+    }
+
+    static DEFINITION: TaskDefinition = TaskDefinition {
+        name: "bench",
+        priority: None,
+        echo: false,
+        tags: &[],
+        description: None,
+        params: &[],
+        blocking: false,
+        retry: None,
+        retry_on: None,
+        retry_backoff: None,
+        max_time: None,
+        decode: None,
+        generate_handler: None,
+        middlewares_before: &[],
+        middlewares_after: &[],
+        router: None,
+        executor: None,
+        module_path: module_path!(),
+        file: file!(),
+        line: line!(),
+        invoke: never_invoked,
+    };
+
+    /// Fires `task_executor_before_execute` with a number of observing handlers.
+    pub struct TriggerBench {
+        dispatch: Dispatch,
+        executor: TaskExecutor,
+    }
+
+    impl TriggerBench {
+        /// A table with `handlers` handlers on the trigger.
+        pub fn new(handlers: usize) -> Self {
+            let plugins: Vec<RuntimePlugin> = (0..handlers)
+                .map(|_| RuntimePlugin {
+                    plugin: Arc::new(Observer),
+                    triggers: vec![Trigger::TaskExecutorBeforeExecute],
+                })
+                .collect();
+            let queued = QueuedTask {
+                uuid: uuid::Uuid::nil(),
+                task_name: "bench".into(),
+                priority: 0,
+                args: Vec::new(),
+                kwargs: serde_json::Map::new(),
+                created_at: 0.0,
+                retry: None,
+                retry_parent_uuid: None,
+                run_at: None,
+                definition: None,
+            };
+            let executor = TaskExecutor::new(
+                QueueTasks::new(),
+                &DEFINITION,
+                queued,
+                Arc::new(Dispatch::build(&[])),
+                tracing::Span::none(),
+                tokio::sync::watch::channel(None).1,
+            );
+            TriggerBench {
+                dispatch: Dispatch::build(&plugins),
+                executor,
+            }
+        }
+
+        /// Fires the trigger once.
+        pub async fn fire(&self) {
+            self.dispatch
+                .fire(&TaskExecutorBeforeExecute {
+                    executor: &self.executor,
+                })
+                .await;
+        }
+    }
+
+    /// Decodes the arguments of a task `(a: i64, name: String, items: Vec<u32>)` from JSON, as
+    /// the code `#[task]` generates does.
+    pub fn decode_args(
+        args: Vec<Value>,
+        kwargs: serde_json::Map<String, Value>,
+    ) -> Result<(i64, String, Vec<u32>), TaskError> {
+        let mut args = TaskArgs::new("bench", args, kwargs);
+        let a = args.take(0, "a")?;
+        let name = args.take(1, "name")?;
+        let items = args.take(2, "items")?;
+        args.finish(3)?;
+        Ok((a, name, items))
+    }
+}

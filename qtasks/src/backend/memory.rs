@@ -200,7 +200,11 @@ impl Broker for MemoryBroker {
                         }
                     })?;
                     if !cancelled {
-                        deliveries.push(Delivery { receipt: task.uuid.to_string(), task, recovered: false });
+                        deliveries.push(Delivery {
+                            receipt: task.uuid.to_string(),
+                            task,
+                            recovered: false,
+                        });
                     }
                 }
                 if !deliveries.is_empty() {
@@ -208,7 +212,8 @@ impl Broker for MemoryBroker {
                 }
                 match next_due {
                     Some(run_at) => {
-                        let wait = std::time::Duration::from_secs_f64((run_at - unix_now()).max(0.0));
+                        let wait =
+                            std::time::Duration::from_secs_f64((run_at - unix_now()).max(0.0));
                         tokio::select! {
                             () = notified => {}
                             () = tokio::time::sleep(wait) => {}

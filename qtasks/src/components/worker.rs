@@ -85,7 +85,9 @@ impl WorkerHost {
         let app = self.app();
         let (broker, worker) = (&*app.inner.broker, &*app.inner.worker);
         if !self.inner.listening.swap(true, Ordering::AcqRel) {
-            app.dispatch().fire(&BrokerListenStart { broker, worker }).await;
+            app.dispatch()
+                .fire(&BrokerListenStart { broker, worker })
+                .await;
         }
         loop {
             let next = tokio::select! {

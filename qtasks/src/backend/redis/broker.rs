@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use super::wire::{
-    decode_record, new_record_fields, outcome_fields, pairs, parse_entry, queue_entry,
+    decode_record, new_record_fields, outcome_fields, parse_entry, queue_entry, taken_fields,
 };
 use super::{Keys, RedisOptions, failure, scripts};
 use crate::backend::{BackendError, Broker, Delivery};
@@ -29,7 +29,7 @@ pub(super) fn idle_wait(options: &RedisOptions) -> Duration {
 }
 
 /// One task the take script returned: lease member, record fields, recovered (1 or 0).
-type Taken = (String, Vec<String>, i64);
+type Taken = (String, Vec<Option<String>>, i64);
 
 pub(crate) struct RedisBroker {
     keys: Keys,
@@ -73,7 +73,10 @@ impl RedisBroker {
 
     /// Takes up to `max` tasks; also returns when the next delayed task may run (ms, Redis
     /// clock).
-    async fn take_batch(&self, max: usize) -> Result<(Vec<(String, Vec<String>, bool)>, Option<i64>), BackendError> {
+    async fn take_batch(
+        &self,
+        max: usize,
+    ) -> Result<(Vec<(String, Vec<Option<String>>, bool)>, Option<i64>), BackendError> {
         let mut con = self.commands.clone();
         let (taken, next_due): (Vec<Taken>, Option<f64>) = self
             .take
@@ -90,7 +93,10 @@ impl RedisBroker {
             .invoke_async(&mut con)
             .await
             .map_err(|e| failure("taking tasks failed".to_owned(), e))?;
-        let taken = taken.into_iter().map(|(member, fields, recovered)| (member, fields, recovered == 1)).collect();
+        let taken = taken
+            .into_iter()
+            .map(|(member, fields, recovered)| (member, fields, recovered == 1))
+            .collect();
         Ok((taken, next_due.map(|ms| ms as i64)))
     }
 
@@ -98,7 +104,7 @@ impl RedisBroker {
     async fn deliver(
         &self,
         member: String,
-        fields: Vec<String>,
+        fields: Vec<Option<String>>,
         recovered: bool,
     ) -> Result<Option<Delivery>, BackendError> {
         let entry = member
@@ -126,7 +132,8 @@ impl RedisBroker {
                 "QueueEntryError: the queue entry `{entry}` has no task record"
             ))
         } else {
-            decode_record(uuid, &pairs(fields)).map_err(|reason| format!("RecordError: {reason}"))
+            decode_record(uuid, &taken_fields(fields))
+                .map_err(|reason| format!("RecordError: {reason}"))
         };
         match record {
             Ok(record) if record.status == TaskStatus::Cancel => {
@@ -255,8 +262,12 @@ impl RedisBroker {
     ) -> Result<(), redis::RedisError> {
         let key = self.keys.record(delivery.task.uuid);
         let mut pipe = redis::pipe();
-        pipe.atomic()
-            .hset_multiple(&key, &outcome_fields(outcome, unix_now()))
+        // The writes are idempotent and a failed finish is sent again whole, so only a retry,
+        // which adds a child task, needs a transaction.
+        if matches!(outcome, Outcome::Retry { .. }) {
+            pipe.atomic();
+        }
+        pipe.hset_multiple(&key, &outcome_fields(outcome, unix_now()))
             .zrem(&self.keys.leases, &delivery.receipt);
         if let Outcome::Retry { child, .. } = outcome {
             pipe.hset_multiple(self.keys.record(child.uuid), &new_record_fields(child));
@@ -369,7 +380,9 @@ impl Broker for RedisBroker {
                 // run, or until it is time to look for expired leases.
                 let mut wait = idle_wait(&self.options);
                 if let Some(due_ms) = next_due_ms {
-                    let until_due = Duration::from_millis(u64::try_from(due_ms - (unix_now() * 1000.0) as i64).unwrap_or(0));
+                    let until_due = Duration::from_millis(
+                        u64::try_from(due_ms - (unix_now() * 1000.0) as i64).unwrap_or(0),
+                    );
                     wait = wait.min(until_due).max(Duration::from_millis(10));
                 }
                 let mut con = self.blocking.clone();

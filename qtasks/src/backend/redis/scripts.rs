@@ -23,9 +23,10 @@
 ///
 /// KEYS: task_queue, incoming, ready, seq, leases, recovered, delayed. ARGV: lease_ms, count,
 /// prefix.
-/// Returns `{[member, record_fields, recovered]..., next_due_ms}`: `record_fields` is empty
-/// when the entry is malformed or its record is missing (the caller fails it), `recovered` is 1
-/// for a task taken back from a dead worker; `next_due_ms` is when the next delayed task may
+/// Returns `{[member, record_fields, recovered]..., next_due_ms}`: `record_fields` are the
+/// record's `status, task_name, priority, args, kwargs, created_at, retry, retry_parent_uuid`
+/// (empty when the entry is malformed or its record is missing: the caller fails it),
+/// `recovered` is 1 for a task taken back from a dead worker; `next_due_ms` is when the next delayed task may
 /// run (or false). A task cancelled while it waited is returned as it is (status `cancel`), not
 /// marked `process`; the caller skips it.
 pub(super) const TAKE: &str = r#"
@@ -38,51 +39,74 @@ local function priority_of(entry)
   return p or 0
 end
 
-local expired = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now_ms)
-for _, member in ipairs(expired) do
-  redis.call('ZREM', KEYS[5], member)
-  local entry = string.sub(member, 22)
-  redis.call('ZADD', KEYS[3], priority_of(entry), member)
-  redis.call('SADD', KEYS[6], member)
-end
-
-local due = redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', now_ms)
-for _, entry in ipairs(due) do
-  redis.call('ZREM', KEYS[7], entry)
-  local seq = redis.call('INCR', KEYS[4])
-  redis.call('ZADD', KEYS[3], priority_of(entry), string.format('%020d', seq) .. '|' .. entry)
-end
-
-for _, list in ipairs({KEYS[2], KEYS[1]}) do
-  while true do
-    local entries = redis.call('LPOP', list, 1000)
-    if not entries then break end
-    for _, entry in ipairs(entries) do
-      local seq = redis.call('INCR', KEYS[4])
-      redis.call('ZADD', KEYS[3], priority_of(entry), string.format('%020d', seq) .. '|' .. entry)
-    end
+-- Redis takes at most a few thousand arguments per call from Lua: add in chunks.
+local function zadd_pairs(key, pairs)
+  for i = 1, #pairs, 2000 do
+    redis.call('ZADD', key, unpack(pairs, i, math.min(i + 1999, #pairs)))
   end
 end
 
+-- 1. Expired leases: their worker died; back to `ready`, keeping their place.
+local expired = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now_ms)
+if #expired > 0 then
+  local back = {}
+  for _, member in ipairs(expired) do
+    back[#back + 1] = priority_of(string.sub(member, 22))
+    back[#back + 1] = member
+    redis.call('SADD', KEYS[6], member)
+  end
+  zadd_pairs(KEYS[3], back)
+  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now_ms)
+end
+
+-- 2. Due delayed entries and pushed entries move to `ready`, numbered in arrival order.
+local entries = redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', now_ms)
+if #entries > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now_ms)
+end
+for _, list in ipairs({KEYS[2], KEYS[1]}) do
+  while true do
+    local got = redis.call('LPOP', list, 1000)
+    if not got then break end
+    for _, entry in ipairs(got) do entries[#entries + 1] = entry end
+  end
+end
+if #entries > 0 then
+  local first = redis.call('INCRBY', KEYS[4], #entries) - #entries + 1
+  local pairs = {}
+  for i, entry in ipairs(entries) do
+    pairs[#pairs + 1] = priority_of(entry)
+    pairs[#pairs + 1] = string.format('%020d', first + i - 1) .. '|' .. entry
+  end
+  zadd_pairs(KEYS[3], pairs)
+end
+
+-- 3. The lowest (priority, seq) are leased, marked `process` and returned with their record.
 local taken = redis.call('ZPOPMIN', KEYS[3], tonumber(ARGV[2]))
 local out = {}
+local leases = {}
+local lease_end = now_ms + tonumber(ARGV[1])
+local any_recovered = redis.call('SCARD', KEYS[6]) > 0
 for i = 1, #taken, 2 do
   local member = taken[i]
-  redis.call('ZADD', KEYS[5], now_ms + tonumber(ARGV[1]), member)
-  local entry = string.sub(member, 22)
-  local uuid = string.match(entry, '^[^:]+:([^:]+):%-?%d+$')
+  leases[#leases + 1] = lease_end
+  leases[#leases + 1] = member
+  local uuid = string.match(string.sub(member, 22), '^[^:]+:([^:]+):%-?%d+$')
   local fields = {}
   if uuid then
     local key = ARGV[3] .. ':' .. uuid
-    if redis.call('EXISTS', key) == 1 then
-      if redis.call('HGET', key, 'status') ~= 'cancel' then
-        redis.call('HSET', key, 'status', 'process', 'updated_at', now_s)
-      end
-      fields = redis.call('HGETALL', key)
+    fields = redis.call('HMGET', key, 'status', 'task_name', 'priority', 'args', 'kwargs', 'created_at', 'retry', 'retry_parent_uuid')
+    if not fields[1] then
+      fields = {}
+    elseif fields[1] ~= 'cancel' then
+      redis.call('HSET', key, 'status', 'process', 'updated_at', now_s)
     end
   end
-  out[#out + 1] = {member, fields, redis.call('SREM', KEYS[6], member)}
+  local recovered = 0
+  if any_recovered then recovered = redis.call('SREM', KEYS[6], member) end
+  out[#out + 1] = {member, fields, recovered}
 end
+if #leases > 0 then zadd_pairs(KEYS[5], leases) end
 local next_due = redis.call('ZRANGE', KEYS[7], 0, 0, 'WITHSCORES')
 return {out, next_due[2] or false}
 "#;

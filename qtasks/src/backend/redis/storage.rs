@@ -72,11 +72,15 @@ pub(crate) struct RedisStorage {
     /// subscription reconnects; this bounds the delay then.
     fallback_check: Duration,
     append: redis::Script,
+    client: redis::Client,
+    /// The result subscription, made at the first wait: a worker that never waits gets no
+    /// message per finished task.
+    done_subscription: tokio::sync::OnceCell<()>,
 }
 
 impl RedisStorage {
-    /// Subscribes to the result channel before returning, so no result published after this
-    /// is missed.
+    /// Subscribes to cancel requests before returning; results are subscribed to at the first
+    /// wait.
     pub(super) async fn connect(
         client: redis::Client,
         keys: Keys,
@@ -86,12 +90,12 @@ impl RedisStorage {
     ) -> Result<Self, BackendError> {
         let waiters = Arc::new(Waiters::default());
         let channels = Channels {
-            done: keys.done_channel.clone(),
-            cancel: keys.cancel_channel.clone(),
+            done: None,
+            cancel: Some(keys.cancel_channel.clone()),
         };
         let pubsub = subscribe(&client, &channels).await?;
         tokio::spawn(listen(
-            client,
+            client.clone(),
             channels,
             pubsub,
             Arc::downgrade(&waiters),
@@ -104,7 +108,36 @@ impl RedisStorage {
             waiters,
             fallback_check,
             append,
+            client,
+            done_subscription: tokio::sync::OnceCell::new(),
         })
+    }
+
+    /// Subscribes to results once; a failure leaves waiters to their fallback look.
+    async fn subscribe_to_results(&self) {
+        self.done_subscription
+            .get_or_init(|| async {
+                let channels = Channels {
+                    done: Some(self.keys.done_channel.clone()),
+                    cancel: None,
+                };
+                match subscribe(&self.client, &channels).await {
+                    Ok(pubsub) => {
+                        let (unused, _) = broadcast::channel(1);
+                        tokio::spawn(listen(
+                            self.client.clone(),
+                            channels,
+                            pubsub,
+                            Arc::downgrade(&self.waiters),
+                            unused,
+                        ));
+                    }
+                    Err(error) => {
+                        tracing::warn!("subscribing to results failed, waits will poll: {error}")
+                    }
+                }
+            })
+            .await;
     }
 
     /// Waits until `ready` says the record is worth returning (or it is missing).
@@ -113,6 +146,7 @@ impl RedisStorage {
         uuid: Uuid,
         ready: impl Fn(&TaskRecord) -> bool,
     ) -> Result<Option<TaskRecord>, BackendError> {
+        self.subscribe_to_results().await;
         let notify = self.waiters.register(uuid);
         let result = loop {
             // Listen first, then look: a change published in between still wakes us.
@@ -350,8 +384,8 @@ pub(super) async fn scan(
 
 /// The channels the storage listens to.
 struct Channels {
-    done: String,
-    cancel: String,
+    done: Option<String>,
+    cancel: Option<String>,
 }
 
 async fn subscribe(
@@ -361,11 +395,12 @@ async fn subscribe(
     let mut pubsub = client
         .get_async_pubsub()
         .await
-        .map_err(|e| failure("connecting the result subscription failed".to_owned(), e))?;
+        .map_err(|e| failure("connecting a subscription failed".to_owned(), e))?;
+    let names: Vec<&String> = channels.done.iter().chain(&channels.cancel).collect();
     pubsub
-        .subscribe(&[&channels.done, &channels.cancel])
+        .subscribe(&names)
         .await
-        .map_err(|e| failure("subscribing to results failed".to_owned(), e))?;
+        .map_err(|e| failure("subscribing failed".to_owned(), e))?;
     Ok(pubsub)
 }
 
@@ -406,7 +441,7 @@ async fn listen(
             let Ok(text) = message.get_payload::<String>() else {
                 continue;
             };
-            if message.get_channel_name() == channels.cancel {
+            if channels.cancel.as_deref() == Some(message.get_channel_name()) {
                 let (uuid, reason) = text.split_once(' ').unwrap_or((text.as_str(), ""));
                 if let Ok(uuid) = Uuid::parse_str(uuid) {
                     let _ = cancels.send((uuid, reason.to_owned()));

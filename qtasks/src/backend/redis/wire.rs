@@ -163,6 +163,32 @@ pub(super) fn decode_record(
     })
 }
 
+/// The fields the take script reads, in its order.
+pub(super) const TAKEN_FIELDS: [&str; 8] = [
+    "status",
+    "task_name",
+    "priority",
+    "args",
+    "kwargs",
+    "created_at",
+    "retry",
+    "retry_parent_uuid",
+];
+
+/// The record fields the take script returned, by name (missing fields left out).
+pub(super) fn taken_fields(values: Vec<Option<String>>) -> HashMap<String, String> {
+    let mut map: HashMap<String, String> = TAKEN_FIELDS
+        .iter()
+        .zip(values)
+        .filter_map(|(name, value)| Some(((*name).to_owned(), value?)))
+        .collect();
+    // The take script does not read `updated_at`; a record always has one.
+    if let Some(created) = map.get("created_at").cloned() {
+        map.entry("updated_at".to_owned()).or_insert(created);
+    }
+    map
+}
+
 /// Pairs a flat `HGETALL` reply.
 pub(super) fn pairs(flat: Vec<String>) -> HashMap<String, String> {
     let mut map = HashMap::with_capacity(flat.len() / 2);
