@@ -260,7 +260,7 @@ fn main() {
                     arg("--lat-n", 500),
                     arg("--concurrency", 64),
                 )
-                .await
+                .await;
             }
             other => {
                 eprintln!("unknown command `{other}`: enqueue, worker, w2 or inmem");

@@ -133,7 +133,7 @@ impl RedisStorage {
                         ));
                     }
                     Err(error) => {
-                        tracing::warn!("subscribing to results failed, waits will poll: {error}")
+                        tracing::warn!("subscribing to results failed, waits will poll: {error}");
                     }
                 }
             })
