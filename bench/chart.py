@@ -14,7 +14,7 @@ for line in newest.read_text().splitlines():
     row = json.loads(line)
     if row.get("workload") == "w1" and row.get("drain_rate"):
         rates.setdefault(row.get("peer") or row.get("system"), []).append(row["drain_rate"])
-names = {"qtasks": "Python QTasks 1.7.3", "yours": "qtasks (Rust)", "apalis": "apalis 1.0"}
+names = {"qtasks": "Python QTasks 1.7.3", "yours": "qtasks (Rust)", "apalis": "apalis 1.0", "apalis-7k": "apalis 1.0 (7k backlog)"}
 labels = [names.get(k, k) for k in rates]
 medians = [statistics.median(v) for v in rates.values()]
 

@@ -2,7 +2,7 @@
 # Runs qtasks against its peers with the shared harness (../shared/bench), alternating them
 # round by round on one Redis, and prints the ratios; then draws the chart.
 #
-#   bash bench/compare.sh                 # Redis: Python QTasks 1.7.3, qtasks, apalis
+#   bash bench/compare.sh                 # Redis: Python QTasks 1.7.3, qtasks, apalis (7k backlog)
 #   bash bench/compare.sh --inmem         # in memory: qtasks against the bare tokio channel
 #   BENCH_N=20000 BENCH_REPS=3 bash bench/compare.sh
 #
@@ -28,18 +28,19 @@ if [ "${1:-}" = "--inmem" ]; then
 JSON
   peers=(inmem yours)
 else
-  # Done when the queue, the ready set and the leases are empty (a finished task releases its
-  # lease in the same transaction that stores its result).
+  # Done when the queue, the ready set and the leases are empty (a finished task's pipeline
+  # stores its result before it releases the lease). The worker runs one runtime thread: on two
+  # cores Redis needs the other one, and two worker threads measured slower.
   cat > "$config" <<JSON
 {"enqueue_cmd": ["$bin", "enqueue", "--url", "{url}", "--n", "{n}"],
- "worker_cmd": ["$bin", "worker", "--url", "{url}"],
+ "worker_cmd": ["$bin", "worker", "--url", "{url}", "--threads", "1"],
  "started": {"kind": "below", "db": 0, "cmds": [["LLEN", "QueueTasks:task_queue"]]},
  "done": {"kind": "empty", "db": 0, "cmds": [["LLEN", "QueueTasks:task_queue"], ["LLEN", "QueueTasks:qtasks:incoming"], ["ZCARD", "QueueTasks:qtasks:ready"], ["ZCARD", "QueueTasks:qtasks:leases"]]},
  "w2": [{"label": "default", "n": 500, "warmup": 5,
          "client_cmd": ["$bin", "w2", "--url", "{url}", "--n", "{n}", "--warmup", "{warmup}"]}],
  "env": {"RUST_LOG": "warn"}}
 JSON
-  peers=(qtasks yours apalis)
+  peers=(qtasks yours apalis-7k)
 fi
 export BENCH_YOURS_JSON="$config"
 bash "$harness/compare.sh" "${peers[@]}" "$@" | tee "$results/last-compare.txt"

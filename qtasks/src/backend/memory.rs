@@ -2,7 +2,8 @@
 //! the [`Broker`] and [`Storage`] traits.
 
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -41,19 +42,35 @@ pub struct MemoryBroker {
 
 #[derive(Default)]
 struct Queue {
-    /// Tasks that may run now.
-    heap: BinaryHeap<Entry>,
+    /// Tasks that may run now: one FIFO line per priority, the lowest priority served first.
+    /// Priorities are few, so this beats a binary heap of whole tasks: no sifting, no moves.
+    /// Emptied lines are kept so a busy priority does not reallocate its buffer.
+    ready: BTreeMap<i64, VecDeque<QueuedTask>>,
+    ready_len: usize,
     /// Tasks that may run later (a retry's backoff), earliest first.
     delayed: BinaryHeap<Delayed>,
-    next_sequence: u64,
+}
+
+impl Queue {
+    fn push_ready(&mut self, task: QueuedTask) {
+        self.ready.entry(task.priority).or_default().push_back(task);
+        self.ready_len += 1;
+    }
+
+    fn pop_ready(&mut self) -> Option<QueuedTask> {
+        let task = self.ready.values_mut().find_map(VecDeque::pop_front)?;
+        self.ready_len -= 1;
+        Some(task)
+    }
 }
 
 struct Delayed {
     run_at: f64,
-    entry: Entry,
+    task: QueuedTask,
 }
 
 impl Ord for Delayed {
+    // BinaryHeap pops the greatest: the greatest is the earliest.
     fn cmp(&self, other: &Self) -> Ordering {
         other.run_at.total_cmp(&self.run_at)
     }
@@ -73,33 +90,6 @@ impl PartialEq for Delayed {
 
 impl Eq for Delayed {}
 
-struct Entry {
-    priority: i64,
-    sequence: u64,
-    task: QueuedTask,
-}
-
-impl Ord for Entry {
-    // BinaryHeap pops the greatest entry: the greatest is the lowest (priority, sequence).
-    fn cmp(&self, other: &Self) -> Ordering {
-        (other.priority, other.sequence).cmp(&(self.priority, self.sequence))
-    }
-}
-
-impl PartialOrd for Entry {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl PartialEq for Entry {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
-    }
-}
-
-impl Eq for Entry {}
-
 impl MemoryBroker {
     /// An empty queue writing records to `storage`.
     pub fn new(storage: Arc<MemoryStorage>) -> Self {
@@ -112,7 +102,7 @@ impl MemoryBroker {
 
     /// How many tasks wait.
     pub fn len(&self) -> usize {
-        lock(&self.queue).heap.len()
+        lock(&self.queue).ready_len
     }
 
     /// Whether no task waits.
@@ -128,18 +118,9 @@ impl MemoryBroker {
     fn enqueue(&self, task: QueuedTask) {
         {
             let mut queue = lock(&self.queue);
-            let sequence = queue.next_sequence;
-            queue.next_sequence += 1;
-            let entry = Entry {
-                priority: task.priority,
-                sequence,
-                task,
-            };
-            match entry.task.run_at {
-                Some(run_at) if run_at > unix_now() => {
-                    queue.delayed.push(Delayed { run_at, entry });
-                }
-                _ => queue.heap.push(entry),
+            match task.run_at {
+                Some(run_at) if run_at > unix_now() => queue.delayed.push(Delayed { run_at, task }),
+                _ => queue.push_ready(task),
             }
         }
         self.available.notify_one();
@@ -150,14 +131,14 @@ impl MemoryBroker {
         let mut queue = lock(&self.queue);
         let now = unix_now();
         while queue.delayed.peek().is_some_and(|d| d.run_at <= now) {
-            let due = queue.delayed.pop().expect("peeked").entry;
-            queue.heap.push(due);
+            let due = queue.delayed.pop().expect("peeked").task;
+            queue.push_ready(due);
         }
         let next_due = queue.delayed.peek().map(|d| d.run_at);
-        let mut tasks = Vec::with_capacity(max.min(queue.heap.len()));
+        let mut tasks = Vec::with_capacity(max.min(queue.ready_len));
         while tasks.len() < max {
-            match queue.heap.pop() {
-                Some(entry) => tasks.push(entry.task),
+            match queue.pop_ready() {
+                Some(task) => tasks.push(task),
                 None => break,
             }
         }
@@ -248,17 +229,40 @@ impl Broker for MemoryBroker {
 
     fn flush_all(&self) -> BoxFuture<'_, Result<(), BackendError>> {
         let mut queue = lock(&self.queue);
-        queue.heap.clear();
+        queue.ready.clear();
+        queue.ready_len = 0;
         queue.delayed.clear();
         drop(queue);
         Box::pin(async { Ok(()) })
     }
 }
 
+/// Hashes a task's uuid by folding its bytes: a v4 uuid is random already, so the default
+/// SipHash only added cost on every status change (it showed in profiles of the hot path).
+#[derive(Default)]
+struct UuidHasher(u64);
+
+impl Hasher for UuidHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(29) ^ u64::from_le_bytes(word);
+        }
+    }
+
+    // The length a slice writes before its bytes tells nothing about a uuid.
+    fn write_usize(&mut self, _: usize) {}
+}
+
 /// In-memory task records, with waiters woken the moment a task ends.
 #[derive(Default)]
 pub struct MemoryStorage {
-    slots: Mutex<HashMap<Uuid, Slot>>,
+    slots: Mutex<HashMap<Uuid, Slot, BuildHasherDefault<UuidHasher>>>,
 }
 
 struct Slot {

@@ -253,8 +253,10 @@ impl RedisBroker {
             .remove(member);
     }
 
-    /// One transaction: the outcome, the lease released, the child of a retry added, the
-    /// expiry set, and the waiters told.
+    /// One pipelined round trip: the outcome, the lease released, the child of a retry added,
+    /// the expiry set, and the waiters told. Redis runs a pipeline's commands in order, so the
+    /// lease is only released after the outcome is stored: a worker that dies half way leaves
+    /// the lease to expire and the task runs again (at least once).
     async fn write_outcome(
         &self,
         delivery: &Delivery,
