@@ -44,6 +44,15 @@ fn emit(value: &Value) {
     println!("BENCH_JSON {value}");
 }
 
+/// A Markdown table of `rows` on stderr, for a person running the binary by hand; stdout keeps
+/// the one JSON line the harness parses.
+fn table(rows: &[(&str, String)]) {
+    eprintln!("| measure | value |\n|---|---|");
+    for (name, value) in rows {
+        eprintln!("| {name} | {value} |");
+    }
+}
+
 fn percentile(values: &[f64], p: f64) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
@@ -129,6 +138,12 @@ async fn w2(url: &str, n: usize, warmup: usize) {
         "p50_ms": percentile(&latencies, 50.0), "p99_ms": percentile(&latencies, 99.0),
         "max_ms": percentile(&latencies, 100.0), "lat_ms": latencies,
     }));
+    table(&[
+        ("W2 round trips", n.to_string()),
+        ("W2 p50", format!("{:.3} ms", percentile(&latencies, 50.0))),
+        ("W2 p99", format!("{:.3} ms", percentile(&latencies, 99.0))),
+        ("timeouts", timeouts.to_string()),
+    ]);
 }
 
 /// Waits for every handle, checking each result.
@@ -193,6 +208,22 @@ async fn inmem(n: u64, lat_n: usize, concurrency: usize) {
         "drain_vs_ceiling": (n as f64 / drain_s) / ceiling["drain_rate"].as_f64().unwrap_or(f64::NAN),
         "vmhwm_kb": peak_rss_kb(),
     }));
+    let ceiling_drain = ceiling["drain_rate"].as_f64().unwrap_or(f64::NAN);
+    table(&[
+        ("W1 enqueue", format!("{:.0} tasks/s", n as f64 / enqueue_s)),
+        ("W1 drain", format!("{:.0} tasks/s", n as f64 / drain_s)),
+        ("end to end", format!("{:.0} tasks/s", n as f64 / e2e_s)),
+        ("W2 p50", format!("{:.3} ms", percentile(&latencies, 50.0))),
+        (
+            "bare channel drain (same process)",
+            format!("{ceiling_drain:.0} tasks/s"),
+        ),
+        (
+            "W1 drain / channel",
+            format!("{:.1} %", 100.0 * n as f64 / drain_s / ceiling_drain),
+        ),
+        ("peak RSS", format!("{} kB", peak_rss_kb())),
+    ]);
 }
 
 /// W1 through a bare tokio channel: N boxed no-op jobs with oneshot replies, drained by 4
