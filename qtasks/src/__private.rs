@@ -550,7 +550,7 @@ pub mod bench {
     }
 
     fn never_invoked(_: TaskContext, _: TaskArgs) -> TaskFuture {
-        unreachable!("the benchmarks do not run this task")
+        unreachable!("a detached executor never runs its task")
     }
 
     static DEFINITION: TaskDefinition = TaskDefinition {
@@ -577,6 +577,31 @@ pub mod bench {
         invoke: never_invoked,
     };
 
+    /// An executor for a task that never runs, with no handlers: the payload that executor
+    /// triggers carry, for firing them outside a worker (here and in the dispatch tests).
+    pub(crate) fn detached_executor() -> TaskExecutor {
+        let queued = QueuedTask {
+            uuid: uuid::Uuid::nil(),
+            task_name: DEFINITION.name.into(),
+            priority: 0,
+            args: Vec::new(),
+            kwargs: serde_json::Map::new(),
+            created_at: 0.0,
+            retry: None,
+            retry_parent_uuid: None,
+            run_at: None,
+            definition: None,
+        };
+        TaskExecutor::new(
+            QueueTasks::new(),
+            &DEFINITION,
+            queued,
+            Arc::new(Dispatch::build(&[])),
+            tracing::Span::none(),
+            tokio::sync::watch::channel(None).1,
+        )
+    }
+
     /// Fires `task_executor_before_execute` with a number of observing handlers.
     pub struct TriggerBench {
         dispatch: Dispatch,
@@ -592,29 +617,9 @@ pub mod bench {
                     triggers: vec![Trigger::TaskExecutorBeforeExecute],
                 })
                 .collect();
-            let queued = QueuedTask {
-                uuid: uuid::Uuid::nil(),
-                task_name: "bench".into(),
-                priority: 0,
-                args: Vec::new(),
-                kwargs: serde_json::Map::new(),
-                created_at: 0.0,
-                retry: None,
-                retry_parent_uuid: None,
-                run_at: None,
-                definition: None,
-            };
-            let executor = TaskExecutor::new(
-                QueueTasks::new(),
-                &DEFINITION,
-                queued,
-                Arc::new(Dispatch::build(&[])),
-                tracing::Span::none(),
-                tokio::sync::watch::channel(None).1,
-            );
             TriggerBench {
                 dispatch: Dispatch::build(&plugins),
-                executor,
+                executor: detached_executor(),
             }
         }
 

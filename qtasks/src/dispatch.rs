@@ -167,9 +167,8 @@ mod tests {
     use std::task::{Context, Waker};
 
     use super::*;
-    use crate::__private::{TaskArgs, TaskFuture};
+    use crate::__private::bench::detached_executor;
     use crate::triggers::TaskExecutorBeforeExecute;
-    use crate::{QueueTasks, QueuedTask, TaskContext, TaskDefinition, TaskExecutor};
 
     /// Counts this thread's allocations, to show that firing a trigger without handlers
     /// allocates nothing.
@@ -195,58 +194,6 @@ mod tests {
     #[global_allocator]
     static ALLOCATOR: CountingAllocator = CountingAllocator;
 
-    fn never_invoked(_: TaskContext, _: TaskArgs) -> TaskFuture {
-        unreachable!("the dispatch tests do not run tasks")
-    }
-
-    static DEFINITION: TaskDefinition = TaskDefinition {
-        name: "dispatch_test",
-        priority: None,
-        echo: false,
-        tags: &[],
-        description: None,
-        params: &[],
-        blocking: false,
-        retry: None,
-        retry_on: None,
-        retry_backoff: None,
-        max_time: None,
-        decode: None,
-        generate_handler: None,
-        middlewares_before: &[],
-        middlewares_after: &[],
-        router: None,
-        executor: None,
-        module_path: module_path!(),
-        file: file!(),
-        line: line!(),
-        invoke: never_invoked,
-    };
-
-    fn executor() -> TaskExecutor {
-        let queued = QueuedTask {
-            uuid: uuid::Uuid::nil(),
-            task_name: "dispatch_test".into(),
-            priority: 0,
-            args: Vec::new(),
-            kwargs: serde_json::Map::new(),
-            created_at: 0.0,
-            retry: None,
-            retry_parent_uuid: None,
-            run_at: None,
-            definition: None,
-        };
-        let dispatch = Arc::new(Dispatch::build(&[]));
-        TaskExecutor::new(
-            QueueTasks::new(),
-            &DEFINITION,
-            queued,
-            dispatch,
-            tracing::Span::none(),
-            tokio::sync::watch::channel(None).1,
-        )
-    }
-
     #[test]
     fn a_trigger_without_handlers_returns_at_once_and_allocates_nothing() {
         let dispatch = Dispatch::build(&[]);
@@ -254,7 +201,7 @@ mod tests {
             dispatch.handler_count(Trigger::TaskExecutorBeforeExecute),
             0
         );
-        let executor = executor();
+        let executor = detached_executor();
         let payload = TaskExecutorBeforeExecute {
             executor: &executor,
         };

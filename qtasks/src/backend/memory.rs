@@ -169,25 +169,16 @@ impl Broker for MemoryBroker {
                 tokio::pin!(notified);
                 notified.as_mut().enable();
                 let (tasks, next_due) = self.take(max.max(1));
-                let mut deliveries = Vec::with_capacity(tasks.len());
-                for task in tasks {
-                    // A task cancelled while it waited is skipped; its record says so already.
-                    let mut cancelled = false;
-                    self.storage.change(task.uuid, |slot| {
-                        cancelled = slot.record.status == TaskStatus::Cancel;
-                        if !cancelled {
-                            slot.record.status = TaskStatus::Process;
-                            slot.record.updated_at = unix_now();
-                        }
-                    })?;
-                    if !cancelled {
-                        deliveries.push(Delivery {
-                            receipt: task.uuid.to_string(),
-                            task,
-                            recovered: false,
-                        });
-                    }
-                }
+                let deliveries: Vec<Delivery> = self
+                    .storage
+                    .start(tasks)
+                    .into_iter()
+                    .map(|task| Delivery {
+                        receipt: task.uuid.to_string(),
+                        task,
+                        recovered: false,
+                    })
+                    .collect();
                 if !deliveries.is_empty() {
                     return Ok(deliveries);
                 }
@@ -273,6 +264,14 @@ struct Slot {
     changed: Option<Arc<Notify>>,
 }
 
+impl Slot {
+    fn wake_waiters(&mut self) {
+        if let Some(changed) = self.changed.take() {
+            changed.notify_waiters();
+        }
+    }
+}
+
 impl MemoryStorage {
     /// An empty storage.
     pub fn new() -> Self {
@@ -293,10 +292,32 @@ impl MemoryStorage {
         let mut slots = lock(&self.slots);
         let slot = slots.get_mut(&uuid).ok_or_else(|| not_stored(uuid))?;
         change(slot);
-        if let Some(changed) = slot.changed.take() {
-            changed.notify_waiters();
-        }
+        slot.wake_waiters();
         Ok(())
+    }
+
+    /// Marks a batch of taken tasks `process` under one lock and returns those to run. A task
+    /// cancelled while it waited is left out (its record says so already), and so is one whose
+    /// record was flushed meanwhile.
+    fn start(&self, tasks: Vec<QueuedTask>) -> Vec<QueuedTask> {
+        let now = unix_now();
+        let mut slots = lock(&self.slots);
+        tasks
+            .into_iter()
+            .filter(|task| {
+                let Some(slot) = slots.get_mut(&task.uuid) else {
+                    tracing::warn!("task {} has no record any more; not run", task.uuid);
+                    return false;
+                };
+                if slot.record.status == TaskStatus::Cancel {
+                    return false;
+                }
+                slot.record.status = TaskStatus::Process;
+                slot.record.updated_at = now;
+                slot.wake_waiters();
+                true
+            })
+            .collect()
     }
 
     fn finish(&self, uuid: Uuid, outcome: Outcome) -> Result<(), BackendError> {

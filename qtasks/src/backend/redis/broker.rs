@@ -11,7 +11,8 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use super::wire::{
-    decode_record, new_record_fields, outcome_fields, parse_entry, queue_entry, taken_fields,
+    TAKEN_FIELDS, decode_record, new_record_fields, outcome_fields, parse_entry, queue_entry,
+    taken_fields,
 };
 use super::{Keys, RedisOptions, failure, scripts};
 use crate::backend::{BackendError, Broker, Delivery};
@@ -90,6 +91,7 @@ impl RedisBroker {
             .arg(self.lease_ms())
             .arg(max.max(1))
             .arg(&self.keys.prefix)
+            .arg(&TAKEN_FIELDS[..])
             .invoke_async(&mut con)
             .await
             .map_err(|e| failure("taking tasks failed".to_owned(), e))?;

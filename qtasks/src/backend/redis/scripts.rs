@@ -22,10 +22,9 @@
 ///    `process` and returned.
 ///
 /// KEYS: task_queue, incoming, ready, seq, leases, recovered, delayed. ARGV: lease_ms, count,
-/// prefix.
+/// prefix, then the record fields to return (`wire::TAKEN_FIELDS`, `status` first).
 /// Returns `{[member, record_fields, recovered]..., next_due_ms}`: `record_fields` are the
-/// record's `status, task_name, priority, args, kwargs, created_at, retry, retry_parent_uuid`
-/// (empty when the entry is malformed or its record is missing: the caller fails it),
+/// values of those fields (empty when the entry is malformed or its record is missing: the caller fails it),
 /// `recovered` is 1 for a task taken back from a dead worker; `next_due_ms` is when the next delayed task may
 /// run (or false). A task cancelled while it waited is returned as it is (status `cancel`), not
 /// marked `process`; the caller skips it.
@@ -82,6 +81,7 @@ if #entries > 0 then
 end
 
 -- 3. The lowest (priority, seq) are leased, marked `process` and returned with their record.
+local wanted = {unpack(ARGV, 4)}
 local taken = redis.call('ZPOPMIN', KEYS[3], tonumber(ARGV[2]))
 local out = {}
 local leases = {}
@@ -95,7 +95,7 @@ for i = 1, #taken, 2 do
   local fields = {}
   if uuid then
     local key = ARGV[3] .. ':' .. uuid
-    fields = redis.call('HMGET', key, 'status', 'task_name', 'priority', 'args', 'kwargs', 'created_at', 'retry', 'retry_parent_uuid')
+    fields = redis.call('HMGET', key, unpack(wanted))
     if not fields[1] then
       fields = {}
     elseif fields[1] ~= 'cancel' then

@@ -163,7 +163,8 @@ pub(super) fn decode_record(
     })
 }
 
-/// The fields the take script reads, in its order.
+/// The record fields the take script returns, in this order. `status` must come first: the
+/// script reads it to skip cancelled tasks.
 pub(super) const TAKEN_FIELDS: [&str; 8] = [
     "status",
     "task_name",
