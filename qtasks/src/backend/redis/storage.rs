@@ -91,7 +91,7 @@ impl RedisStorage {
         let waiters = Arc::new(Waiters::default());
         let channels = Channels {
             done: None,
-            cancel: Some(keys.cancel_channel.clone()),
+            cancel: Some((keys.cancel_channel.clone(), cancels)),
         };
         let pubsub = subscribe(&client, &channels).await?;
         tokio::spawn(listen(
@@ -99,7 +99,6 @@ impl RedisStorage {
             channels,
             pubsub,
             Arc::downgrade(&waiters),
-            cancels,
         ));
         let append = redis::Script::new(super::scripts::APPEND_ITEM);
         Ok(RedisStorage {
@@ -123,13 +122,11 @@ impl RedisStorage {
                 };
                 match subscribe(&self.client, &channels).await {
                     Ok(pubsub) => {
-                        let (unused, _) = broadcast::channel(1);
                         tokio::spawn(listen(
                             self.client.clone(),
                             channels,
                             pubsub,
                             Arc::downgrade(&self.waiters),
-                            unused,
                         ));
                     }
                     Err(error) => {
@@ -384,8 +381,10 @@ pub(super) async fn scan(
 
 /// The channels the storage listens to.
 struct Channels {
+    /// Results: each message names a finished task; its waiters are woken.
     done: Option<String>,
-    cancel: Option<String>,
+    /// Cancel requests, and where they are passed on.
+    cancel: Option<(String, broadcast::Sender<(Uuid, String)>)>,
 }
 
 async fn subscribe(
@@ -396,7 +395,11 @@ async fn subscribe(
         .get_async_pubsub()
         .await
         .map_err(|e| failure("connecting a subscription failed".to_owned(), e))?;
-    let names: Vec<&String> = channels.done.iter().chain(&channels.cancel).collect();
+    let names: Vec<&String> = channels
+        .done
+        .iter()
+        .chain(channels.cancel.as_ref().map(|(name, _)| name))
+        .collect();
     pubsub
         .subscribe(&names)
         .await
@@ -411,7 +414,6 @@ async fn listen(
     channels: Channels,
     first: redis::aio::PubSub,
     waiters: Weak<Waiters>,
-    cancels: broadcast::Sender<(Uuid, String)>,
 ) {
     let mut pubsub = Some(first);
     let mut delay = Duration::from_millis(100);
@@ -441,7 +443,11 @@ async fn listen(
             let Ok(text) = message.get_payload::<String>() else {
                 continue;
             };
-            if channels.cancel.as_deref() == Some(message.get_channel_name()) {
+            if let Some((_, cancels)) = channels
+                .cancel
+                .as_ref()
+                .filter(|(name, _)| name == message.get_channel_name())
+            {
                 let (uuid, reason) = text.split_once(' ').unwrap_or((text.as_str(), ""));
                 if let Ok(uuid) = Uuid::parse_str(uuid) {
                     let _ = cancels.send((uuid, reason.to_owned()));
