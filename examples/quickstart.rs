@@ -46,7 +46,7 @@ async fn test_task(ctx: TaskContext) -> TaskResult<String> {
 fn recover(event: &TaskExecutorRunTaskTriggerError<'_>) -> Option<Value> {
     println!(
         "  plugin saw `{}` fail with {:?}",
-        event.task.name,
+        event.task.name(),
         event.error.kwargs()
     );
     Some(123.into())

@@ -5,7 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use qtasks::{QueueConfig, QueueTasks, RedisOptions, TaskStatus};
+use qtasks::redis::RedisOptions;
+use qtasks::{QueueConfig, TaskStatus};
 
 #[qtasks::task]
 async fn square(x: i64) -> i64 {
@@ -21,7 +22,7 @@ async fn main() -> qtasks::Result<()> {
         name: "qtasks_example".to_owned(),
         ..Default::default()
     };
-    let app = QueueTasks::redis_with(&url, config, RedisOptions::default()).await?;
+    let app = qtasks::redis::connect_with(&url, config, RedisOptions::default()).await?;
     app.start().await?; // the worker; a separate process would call `run_forever`
 
     let started = Instant::now();

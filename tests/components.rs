@@ -8,12 +8,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use qtasks::backend::{BackendError, Broker, Delivery, Storage};
+use qtasks::components::{
+    Executor, GlobalConfig, StartSteps, Starter, StopSteps, TaskExecutor, Worker, WorkerHost,
+};
 use qtasks::triggers::RecordUpdate;
 use qtasks::{
-    BackendError, BoxError, BoxFuture, Broker, Component, Delivery, EventKind, Executor,
-    GlobalConfig, Outcome, Plugin, QueueConfig, QueueTasks, QueuedTask, Reply, StartSteps, Starter,
-    StopSteps, Storage, TaskContext, TaskExecutor, TaskRecord, TaskResult, TaskStatus, Trigger,
-    TriggerEvent, Worker, WorkerHost,
+    BoxError, BoxFuture, Component, EventKind, Outcome, Plugin, QueueConfig, QueueTasks,
+    QueuedTask, Reply, TaskContext, TaskRecord, TaskResult, TaskStatus, Trigger, TriggerEvent,
 };
 use serde_json::{Value, json};
 use tokio::sync::Notify;
@@ -340,9 +342,16 @@ async fn user_written_components_of_every_kind_run_tasks() {
         Some(json!({"own": 2})),
         "the task's own executor ran it"
     );
-    app.config_set("limits", "rate", "5").await.unwrap();
+    app.global_config()
+        .set("limits", "rate", "5")
+        .await
+        .unwrap();
     assert_eq!(
-        app.config_get("limits", "rate").await.unwrap().as_deref(),
+        app.global_config()
+            .get("limits", "rate")
+            .await
+            .unwrap()
+            .as_deref(),
         Some("5")
     );
     app.stop().await.unwrap();
@@ -776,7 +785,7 @@ async fn running_older_tasks_puts_taken_tasks_back_at_start_on_redis() {
         running_older_tasks: true,
         ..Default::default()
     };
-    let app = QueueTasks::redis_with(&url, config, qtasks::RedisOptions::default())
+    let app = qtasks::redis::connect_with(&url, config, qtasks::redis::RedisOptions::default())
         .await
         .unwrap();
     // A task taken by a worker that is gone, with a lease that would last until 2100.

@@ -358,7 +358,7 @@ impl Middleware for Wrapping {
         task: &'a TaskDefinition,
         result: &'a mut Value,
     ) -> BoxFuture<'a, Result<(), TaskError>> {
-        *result = json!({ task.name: result.take() });
+        *result = json!({ task.name(): result.take() });
         Box::pin(async { Ok(()) })
     }
 }

@@ -25,7 +25,7 @@ impl Plugin for &'static Recorder {
     async fn trigger(&self, event: TriggerEvent<'_>) -> Result<Option<Reply>, BoxError> {
         let line = match event {
             TriggerEvent::TaskExecutorMiddlewaresExecute(e)
-                if e.executor.task().name == self.task =>
+                if e.executor.task().name() == self.task =>
             {
                 let at = if e.position == MiddlewarePosition::Before {
                     "before"
@@ -34,34 +34,34 @@ impl Plugin for &'static Recorder {
                 };
                 format!("middlewares_execute {at}")
             }
-            TriggerEvent::TaskExecutorArgsReplace(e) if e.executor.task().name == self.task => {
+            TriggerEvent::TaskExecutorArgsReplace(e) if e.executor.task().name() == self.task => {
                 format!(
                     "args_replace {:?} {:?}",
                     e.args,
                     e.params.iter().map(|p| p.name).collect::<Vec<_>>()
                 )
             }
-            TriggerEvent::TaskExecutorBeforeExecute(e) if e.executor.task().name == self.task => {
+            TriggerEvent::TaskExecutorBeforeExecute(e) if e.executor.task().name() == self.task => {
                 "before_execute".into()
             }
-            TriggerEvent::TaskExecutorRunTask(e) if e.executor.task().name == self.task => {
+            TriggerEvent::TaskExecutorRunTask(e) if e.executor.task().name() == self.task => {
                 format!("run_task {}", e.result)
             }
-            TriggerEvent::TaskExecutorRunTaskTriggerError(e) if e.task.name == self.task => {
+            TriggerEvent::TaskExecutorRunTaskTriggerError(e) if e.task.name() == self.task => {
                 format!("run_task_trigger_error {}", e.error)
             }
-            TriggerEvent::TaskExecutorAfterExecute(e) if e.executor.task().name == self.task => {
+            TriggerEvent::TaskExecutorAfterExecute(e) if e.executor.task().name() == self.task => {
                 "after_execute".into()
             }
             TriggerEvent::TaskExecutorAfterExecuteResultReplace(e)
-                if e.executor.task().name == self.task =>
+                if e.executor.task().name() == self.task =>
             {
                 format!("after_execute_result_replace {}", e.result)
             }
-            TriggerEvent::TaskExecutorDecode(e) if e.executor.task().name == self.task => {
+            TriggerEvent::TaskExecutorDecode(e) if e.executor.task().name() == self.task => {
                 format!("decode {}", e.result)
             }
-            TriggerEvent::TaskExecutorTaskClose(e) if e.task.name == self.task => {
+            TriggerEvent::TaskExecutorTaskClose(e) if e.task.name() == self.task => {
                 "task_close".into()
             }
             _ => return Ok(None),
@@ -208,7 +208,7 @@ async fn greet(name: String, punctuation: String) -> String {
 
 #[qtasks::plugin(on = "task_executor_args_replace")]
 fn shout_the_name(event: &TaskExecutorArgsReplace<'_>) -> Option<ArgsUpdate> {
-    if event.executor.task().name != "greet" {
+    if event.executor.task().name() != "greet" {
         return None;
     }
     let name = event.args.first()?.as_str()?.to_uppercase();
@@ -221,7 +221,7 @@ fn shout_the_name(event: &TaskExecutorArgsReplace<'_>) -> Option<ArgsUpdate> {
 
 #[qtasks::plugin(on = "task_executor_run_task")]
 fn mark_run(event: &TaskExecutorRunTask<'_>) -> Option<Value> {
-    if event.executor.task().name != "greet" {
+    if event.executor.task().name() != "greet" {
         return None;
     }
     Some(json!(format!("{} [run]", event.result.as_str()?)))
@@ -229,7 +229,7 @@ fn mark_run(event: &TaskExecutorRunTask<'_>) -> Option<Value> {
 
 #[qtasks::plugin(on = "task_executor_after_execute_result_replace")]
 fn mark_after(event: &TaskExecutorAfterExecuteResultReplace<'_>) -> Option<Value> {
-    if event.executor.task().name != "greet" {
+    if event.executor.task().name() != "greet" {
         return None;
     }
     Some(json!(format!("{} [after]", event.result.as_str()?)))
@@ -237,7 +237,7 @@ fn mark_after(event: &TaskExecutorAfterExecuteResultReplace<'_>) -> Option<Value
 
 #[qtasks::plugin(on = "task_executor_decode")]
 async fn wrap_stored(event: &TaskExecutorDecode<'_>) -> Result<Option<Value>, String> {
-    if event.executor.task().name != "greet" {
+    if event.executor.task().name() != "greet" {
         return Ok(None);
     }
     Ok(Some(json!({ "stored": event.result })))

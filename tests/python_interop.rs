@@ -10,7 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use qtasks::{RedisOptions, TaskContext, TaskResult, TaskStatus};
+use qtasks::redis::RedisOptions;
+use qtasks::{TaskContext, TaskResult, TaskStatus};
 use serde_json::{Value, json};
 use support::{redis_app, redis_url, unique_prefix};
 

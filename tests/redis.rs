@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use qtasks::{QueueTasks, RedisOptions, TaskContext, TaskResult, TaskStatus};
+use qtasks::redis::RedisOptions;
+use qtasks::{TaskContext, TaskResult, TaskStatus};
 use redis::AsyncCommands;
 use serde_json::json;
 use support::{WAIT, raw_connection, redis_app, redis_url, unique_prefix};
@@ -272,7 +273,7 @@ async fn flush_all_clears_only_this_apps_keys() {
 
 #[tokio::test]
 async fn an_unreachable_redis_is_reported_at_start() {
-    let error = QueueTasks::redis("redis://127.0.0.1:1/")
+    let error = qtasks::redis::connect("redis://127.0.0.1:1/")
         .await
         .unwrap_err()
         .to_string();
@@ -280,7 +281,7 @@ async fn an_unreachable_redis_is_reported_at_start() {
         error.starts_with("redis backend: cannot connect to Redis at redis://127.0.0.1:1/"),
         "{error}"
     );
-    let error = QueueTasks::redis("redis://user:secret@127.0.0.1:1/")
+    let error = qtasks::redis::connect("redis://user:secret@127.0.0.1:1/")
         .await
         .unwrap_err()
         .to_string();
@@ -288,7 +289,7 @@ async fn an_unreachable_redis_is_reported_at_start() {
         !error.contains("secret"),
         "the password is not shown: {error}"
     );
-    let error = QueueTasks::redis("not a url")
+    let error = qtasks::redis::connect("not a url")
         .await
         .unwrap_err()
         .to_string();

@@ -10,7 +10,8 @@ use std::collections::HashMap;
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use qtasks::{AddOptions, QueueTasks, RedisOptions, TaskStatus};
+use qtasks::redis::RedisOptions;
+use qtasks::{AddOptions, QueueTasks, TaskStatus};
 use redis::AsyncCommands;
 use serde_json::json;
 use support::{WAIT, raw_connection, redis_app, redis_url, unique_prefix};

@@ -10,7 +10,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use qtasks::{QueueConfig, QueueTasks, RedisOptions, TaskStatus};
+use qtasks::redis::RedisOptions;
+use qtasks::{QueueConfig, TaskStatus};
 use serde_json::json;
 use support::{WAIT, redis_url, unique_prefix};
 
@@ -161,7 +162,7 @@ async fn a_rediss_url_with_a_password_works() {
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    let app = QueueTasks::redis_with(&url, config(), options())
+    let app = qtasks::redis::connect_with(&url, config(), options())
         .await
         .expect("the TLS server accepts the connection");
     app.start().await.unwrap();
@@ -178,7 +179,7 @@ async fn a_rediss_url_with_a_password_works() {
     app.stop().await.unwrap();
 
     let wrong = format!("rediss://:wrong@127.0.0.1:{port}/");
-    let error = QueueTasks::redis_with(&wrong, config(), options())
+    let error = qtasks::redis::connect_with(&wrong, config(), options())
         .await
         .unwrap_err()
         .to_string();

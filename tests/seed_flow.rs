@@ -30,7 +30,7 @@ async fn recovered(ctx: TaskContext) -> TaskResult<String> {
 
 #[qtasks::plugin(on = "task_executor_run_task_trigger_error")]
 fn recover_with_123(event: &TaskExecutorRunTaskTriggerError<'_>) -> Option<Value> {
-    (event.task.name == "recovered").then(|| json!(123))
+    (event.task.name() == "recovered").then(|| json!(123))
 }
 
 #[tokio::test]
@@ -86,7 +86,7 @@ async fn observed_only(ctx: TaskContext) -> TaskResult<String> {
 
 #[qtasks::plugin(on = "task_executor_run_task_trigger_error")]
 fn observe_without_value(event: &TaskExecutorRunTaskTriggerError<'_>) -> Option<Value> {
-    if event.task.name == "observed_only" {
+    if event.task.name() == "observed_only" {
         OBSERVED.fetch_add(1, Ordering::SeqCst);
     }
     None
@@ -120,12 +120,12 @@ async fn two_handlers(ctx: TaskContext) -> TaskResult<String> {
 
 #[qtasks::plugin(on = "task_executor_run_task_trigger_error")]
 fn first_of_two(event: &TaskExecutorRunTaskTriggerError<'_>) -> Option<Value> {
-    (event.task.name == "two_handlers").then(|| json!("first"))
+    (event.task.name() == "two_handlers").then(|| json!("first"))
 }
 
 #[qtasks::plugin(on = "task_executor_run_task_trigger_error")]
 fn second_of_two(event: &TaskExecutorRunTaskTriggerError<'_>) -> Option<Value> {
-    (event.task.name == "two_handlers").then(|| json!("second"))
+    (event.task.name() == "two_handlers").then(|| json!("second"))
 }
 
 #[tokio::test]
@@ -161,7 +161,7 @@ async fn with_details(ctx: TaskContext, order: u64) -> TaskResult<String> {
 
 #[qtasks::plugin(on = "task_executor_run_task_trigger_error")]
 async fn echo_details(event: &TaskExecutorRunTaskTriggerError<'_>) -> Option<Value> {
-    if event.task.name != "with_details" {
+    if event.task.name() != "with_details" {
         return None;
     }
     tokio::task::yield_now().await;
@@ -202,7 +202,7 @@ async fn direct_error() -> TaskResult<i32> {
 
 #[qtasks::plugin(on = "task_executor_run_task_trigger_error")]
 fn recover_direct(event: &TaskExecutorRunTaskTriggerError<'_>) -> Option<Value> {
-    (event.task.name == "direct_error").then(|| json!(event.error.message()))
+    (event.task.name() == "direct_error").then(|| json!(event.error.message()))
 }
 
 #[tokio::test]
@@ -229,7 +229,7 @@ async fn panicky_plugin_task(ctx: TaskContext) -> TaskResult<String> {
 
 #[qtasks::plugin(on = "task_executor_run_task_trigger_error")]
 fn panicking_handler(event: &TaskExecutorRunTaskTriggerError<'_>) -> Option<Value> {
-    if event.task.name == "panicky_plugin_task" {
+    if event.task.name() == "panicky_plugin_task" {
         panic!("this handler is broken");
     }
     None
@@ -237,7 +237,7 @@ fn panicking_handler(event: &TaskExecutorRunTaskTriggerError<'_>) -> Option<Valu
 
 #[qtasks::plugin(on = "task_executor_run_task_trigger_error")]
 fn handler_after_the_panicking_one(event: &TaskExecutorRunTaskTriggerError<'_>) -> Option<Value> {
-    (event.task.name == "panicky_plugin_task").then(|| json!("still handled"))
+    (event.task.name() == "panicky_plugin_task").then(|| json!("still handled"))
 }
 
 /// Collects what the `tracing` subscriber writes.
@@ -334,7 +334,7 @@ impl Plugin for &'static TestPlugin {
     async fn trigger(&self, event: TriggerEvent<'_>) -> Result<Option<Reply>, BoxError> {
         match event {
             TriggerEvent::TaskExecutorRunTaskTriggerError(e)
-                if e.task.name == "runtime_recovered" =>
+                if e.task.name() == "runtime_recovered" =>
             {
                 Ok(Some(Reply::value(
                     json!({ "handled_by": "TestPlugin", "message": e.error.message() }),

@@ -200,14 +200,14 @@ async fn summary(invoice: Invoice, note: Option<String>) -> String {
 #[tokio::test]
 async fn serde_types_options_and_optional_parameters() {
     assert_eq!(summary::NAME, "invoice.summary");
-    assert_eq!(summary::DEFINITION.priority, Some(3));
-    assert_eq!(summary::DEFINITION.tags, ["billing"]);
+    assert_eq!(summary::DEFINITION.priority(), Some(3));
+    assert_eq!(summary::DEFINITION.tags(), ["billing"]);
     assert_eq!(
-        summary::DEFINITION.description,
+        summary::DEFINITION.description(),
         Some("Summarises an invoice")
     );
     let params: Vec<(&str, &str)> = summary::DEFINITION
-        .params
+        .params()
         .iter()
         .map(|p| (p.name, p.type_name))
         .collect();

@@ -205,18 +205,23 @@ fn describe(event: TriggerEvent<'_>) -> String {
             "{} {} {} {:?}",
             e.worker.name(),
             task(e.task),
-            e.definition.name,
+            e.definition.name(),
             e.update
         ),
         E::WorkerRunTaskBefore(e) => {
-            format!("{} {} {}", e.worker.name(), task(e.task), e.definition.name)
+            format!(
+                "{} {} {}",
+                e.worker.name(),
+                task(e.task),
+                e.definition.name()
+            )
         }
         E::WorkerTaskErrorRetry(e) => {
             format!(
                 "{} {} {} {} left={}",
                 e.broker.name(),
                 task(e.task),
-                e.definition.name,
+                e.definition.name(),
                 e.traceback,
                 e.retries_left
             )
@@ -226,51 +231,51 @@ fn describe(event: TriggerEvent<'_>) -> String {
             e.worker.name(),
             e.broker.name(),
             task(e.task),
-            e.definition.map(|d| d.name),
+            e.definition.map(|d| d.name()),
             outcome(e.outcome)
         ),
         E::WorkerExecuteAfter(e) => format!(
             "{} {:?} {}",
             task(e.task),
-            e.definition.map(|d| d.name),
+            e.definition.map(|d| d.name()),
             outcome(e.outcome)
         ),
         E::TaskExecutorMiddlewaresExecute(e) => format!(
             "{} {:?} {:?}",
-            e.executor.task().name,
+            e.executor.task().name(),
             e.position,
             e.middlewares
         ),
         E::TaskExecutorArgsReplace(e) => format!(
             "{} {} {} {:?}",
-            e.executor.task().name,
+            e.executor.task().name(),
             Value::Array(e.args.to_vec()),
             Value::Object(e.kwargs.clone()),
             e.params.iter().map(|p| p.name).collect::<Vec<_>>()
         ),
-        E::TaskExecutorBeforeExecute(e) => e.executor.task().name.to_owned(),
-        E::TaskExecutorRunTask(e) => format!("{} {}", e.executor.task().name, e.result),
+        E::TaskExecutorBeforeExecute(e) => e.executor.task().name().to_owned(),
+        E::TaskExecutorRunTask(e) => format!("{} {}", e.executor.task().name(), e.result),
         E::TaskExecutorRunTaskGen(e) => format!(
             "{} {}",
-            e.executor.task().name,
+            e.executor.task().name(),
             Value::Array(e.results.to_vec())
         ),
         E::TaskExecutorRunTaskTriggerError(e) => format!(
             "{} {} {} {}",
-            e.executor.task().name,
-            e.task.name,
+            e.executor.task().name(),
+            e.task.name(),
             task(e.queued),
             e.error
         ),
-        E::TaskExecutorAfterExecute(e) => e.executor.task().name.to_owned(),
+        E::TaskExecutorAfterExecute(e) => e.executor.task().name().to_owned(),
         E::TaskExecutorAfterExecuteResultReplace(e) => {
-            format!("{} {}", e.executor.task().name, e.result)
+            format!("{} {}", e.executor.task().name(), e.result)
         }
-        E::TaskExecutorDecode(e) => format!("{} {}", e.executor.task().name, e.result),
+        E::TaskExecutorDecode(e) => format!("{} {}", e.executor.task().name(), e.result),
         E::TaskExecutorTaskClose(e) => format!(
             "{} {} {}",
-            e.executor.task().name,
-            e.task.name,
+            e.executor.task().name(),
+            e.task.name(),
             task(e.queued)
         ),
         E::StarterStart(e) => e.starter.name().to_owned(),
@@ -311,10 +316,13 @@ async fn full_life() -> Arc<Recorder> {
         .await
         .unwrap();
     assert_eq!(done.returning, Some(json!([1, 2])));
-    app.config_set("limits", "rate", "10").await.unwrap();
-    app.config_get("limits", "rate").await.unwrap();
-    app.config_get_all("limits").await.unwrap();
-    app.config_get_match("lim*").await.unwrap();
+    app.global_config()
+        .set("limits", "rate", "10")
+        .await
+        .unwrap();
+    app.global_config().get("limits", "rate").await.unwrap();
+    app.global_config().get_all("limits").await.unwrap();
+    app.global_config().get_match("lim*").await.unwrap();
     app.ping().await.unwrap();
     app.inspect().await;
     app.get_all().await.unwrap();
@@ -373,7 +381,7 @@ async fn recovered(
         name: prefix.clone(),
         ..Default::default()
     };
-    let app = QueueTasks::redis_with(url, config, qtasks::RedisOptions::default())
+    let app = qtasks::redis::connect_with(url, config, qtasks::redis::RedisOptions::default())
         .await
         .unwrap();
     let recorder = Arc::new(Recorder::default());
@@ -974,22 +982,33 @@ async fn the_global_config_triggers_change_what_is_written_and_read() {
         Trigger::GlobalConfigSet,
         json!({"value": "changed"}),
     );
-    app.config_set("limits", "rate", "10").await.unwrap();
+    app.global_config()
+        .set("limits", "rate", "10")
+        .await
+        .unwrap();
     assert_eq!(
-        app.config_get("limits", "rate").await.unwrap().as_deref(),
+        app.global_config()
+            .get("limits", "rate")
+            .await
+            .unwrap()
+            .as_deref(),
         Some("changed"),
         "stored as replaced"
     );
 
     let app = replaced_app("gc_get", Trigger::GlobalConfigGet, json!("replaced"));
     assert_eq!(
-        app.config_get("limits", "rate").await.unwrap().as_deref(),
+        app.global_config()
+            .get("limits", "rate")
+            .await
+            .unwrap()
+            .as_deref(),
         Some("replaced")
     );
 
     let app = replaced_app("gc_get_all", Trigger::GlobalConfigGetAll, json!({"k": "v"}));
     assert_eq!(
-        app.config_get_all("limits").await.unwrap(),
+        app.global_config().get_all("limits").await.unwrap(),
         [("k".to_owned(), "v".to_owned())].into()
     );
 
@@ -999,7 +1018,7 @@ async fn the_global_config_triggers_change_what_is_written_and_read() {
         json!({"x:y": "z"}),
     );
     assert_eq!(
-        app.config_get_match("*").await.unwrap(),
+        app.global_config().get_match("*").await.unwrap(),
         [("x:y".to_owned(), "z".to_owned())].into()
     );
 }

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use qtasks::__private::bench::{TriggerBench, decode_args};
+use qtasks::bench_hooks::{TriggerBench, decode_args};
 use serde_json::{Map, json};
 
 #[qtasks::task]

@@ -15,7 +15,8 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
-use qtasks::{QueueConfig, QueueTasks, RedisOptions, TaskStatus};
+use qtasks::redis::RedisOptions;
+use qtasks::{QueueConfig, QueueTasks, TaskStatus};
 use serde_json::{Value, json};
 
 /// The no-op task of every workload.
@@ -75,7 +76,7 @@ async fn redis_app(url: &str, concurrency: usize) -> QueueTasks {
         max_tasks_process: concurrency,
         ..Default::default()
     };
-    QueueTasks::redis_with(url, config, RedisOptions::default())
+    qtasks::redis::connect_with(url, config, RedisOptions::default())
         .await
         .expect("Redis is reachable")
 }

@@ -22,7 +22,7 @@
 //!
 //! #[qtasks::plugin(on = "task_executor_run_task_trigger_error")]
 //! fn recover(event: &TaskExecutorRunTaskTriggerError<'_>) -> Option<serde_json::Value> {
-//!     if event.task.name != "flaky" {
+//!     if event.task.name() != "flaky" {
 //!         return None;
 //!     }
 //!     assert_eq!(event.error.message(), Some("Non-standard situation"));
@@ -44,70 +44,30 @@
 //! every app in the process knows every task, and two tasks with one name are an error that
 //! names both places. Runtime plugins ([`QueueTasks::add_plugin`]) belong to one app.
 //!
+//! # Engines and surfaces
+//!
+//! This crate is a facade: the runtime lives in `qtasks-core`, the macros in `qtasks-macros`,
+//! and each engine in a crate of its own, turned on by a cargo feature of the same name:
+//!
+//! | feature | what it adds |
+//! |---|---|
+//! | `redis` | [`redis`]: the Redis backend, wire-compatible with Python QTasks |
+//! | `redis-tls` | `rediss://` URLs for it |
+//!
 //! Where this crate differs from the Python original on purpose, the item's docs say so; the
 //! README has the full list.
 #![warn(missing_docs)]
 
-// Lets the macros' absolute `::qtasks::...` paths work inside this crate's own tests and docs.
-#[allow(unused_extern_crates)]
-extern crate self as qtasks;
+#[doc(inline)]
+pub use qtasks_core::*;
 
-mod app;
-mod backend;
-mod builder;
-mod call;
-mod components;
-mod config;
-mod context;
-mod deps;
-mod dispatch;
-mod error;
-mod events;
-mod executor;
-mod inspect;
-mod middleware;
-mod panic;
-mod plugin;
-mod registry;
-mod signals;
-mod task;
-pub mod testing;
-pub mod triggers;
-
-#[doc(hidden)]
-pub mod __private;
-
-pub use app::{AddOptions, QueueTasks};
-#[cfg(feature = "redis")]
-pub use backend::RedisOptions;
-pub use backend::{
-    BackendError, Broker, Delivery, ItemsRead, MemoryBroker, MemoryStorage, Storage,
-};
-pub use builder::AppBuilder;
-pub use call::{Chain, TaskCall, chain};
-pub use components::{
-    ConcurrentWorker, DefaultExecutor, DefaultStarter, Executor, GlobalConfig, MemoryGlobalConfig,
-    StartSteps, Starter, StopSteps, Worker, WorkerHost,
-};
-pub use config::{ConfigError, QueueConfig};
-pub use context::TaskContext;
-pub use deps::{DependencyScope, Depends, State};
-pub use error::{
-    ArgumentError, Error, PluginTriggerError, Result, TaskError, TaskResult, TimeoutError,
-};
-pub use events::{Event, EventKind};
-pub use executor::TaskExecutor;
-pub use inspect::{AppStats, Inspection, TaskStats};
-pub use middleware::Middleware;
-pub use plugin::{BoxError, BoxFuture, Plugin};
+#[doc(inline)]
 pub use qtasks_macros::{plugin, task};
-pub use qtasks_triggers::{Component, Trigger, TriggerKind, UnknownTrigger};
-pub use task::{
-    Outcome, QueuedTask, RetryBackoff, TaskDefinition, TaskHandle, TaskParam, TaskRecord,
-    TaskStatus,
-};
-pub use triggers::{Reply, TriggerEvent};
-pub use uuid::Uuid;
+
+/// The Redis backend (feature `redis`): `qtasks::redis::connect(url)`.
+#[cfg(feature = "redis")]
+#[doc(inline)]
+pub use qtasks_redis as redis;
 
 /// The README's examples, compiled and run as doc tests so they cannot rot (with the `redis`
 /// feature, which one of them uses).

@@ -8,7 +8,8 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use qtasks::{QueueConfig, QueueTasks, RedisOptions};
+use qtasks::QueueConfig;
+use qtasks::redis::RedisOptions;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 
@@ -50,7 +51,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         lease: Duration::from_millis(lease_ms.parse()?),
         ..Default::default()
     };
-    let app = QueueTasks::redis_with(&url, config, options).await?;
+    let app = qtasks::redis::connect_with(&url, config, options).await?;
     app.run_forever().await?;
     Ok(())
 }

@@ -5,7 +5,8 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use qtasks::{QueueConfig, QueueTasks, RedisOptions};
+use qtasks::redis::RedisOptions;
+use qtasks::{QueueConfig, QueueTasks};
 
 /// The Redis URL of the machine, or `None` (the test prints that it was skipped).
 pub(crate) fn redis_url(test: &str) -> Option<String> {
@@ -44,7 +45,7 @@ pub(crate) async fn redis_app(
         max_tasks_process: concurrency,
         ..Default::default()
     };
-    QueueTasks::redis_with(url, config, options)
+    qtasks::redis::connect_with(url, config, options)
         .await
         .expect("Redis is reachable")
 }

@@ -217,7 +217,7 @@ fn emit(task: &Task) -> TokenStream {
                     })
                 }
 
-                static DEFINITION: ::qtasks::__private::TaskDefinition = ::qtasks::__private::TaskDefinition {
+                static DEFINITION: ::qtasks::__private::TaskDefinition = ::qtasks::__private::define_task(::qtasks::__private::TaskDefinitionParts {
                     name: #name,
                     priority: #priority,
                     echo: #echo,
@@ -239,14 +239,14 @@ fn emit(task: &Task) -> TokenStream {
                     file: ::core::file!(),
                     line: ::core::line!(),
                     invoke: __qtasks_invoke,
-                };
+                });
                 &DEFINITION
             };
 
             /// A call of the task with these arguments, built but not sent (see
             /// `qtasks::TaskCall`).
             pub fn call(#(#param_idents: #param_types),*) -> ::qtasks::__private::TaskCall {
-                let args = (|| -> ::qtasks::Result<::std::vec::Vec<::qtasks::__private::JsonValue>> {
+                let args = (|| -> ::qtasks::__private::Result<::std::vec::Vec<::qtasks::__private::JsonValue>> {
                     ::core::result::Result::Ok(::std::vec![
                         #(::qtasks::__private::encode_arg(Self::NAME, #param_names, &#param_idents)?),*
                     ])
@@ -257,7 +257,7 @@ fn emit(task: &Task) -> TokenStream {
             /// Like `call`, for a call whose last argument a chain fills with the previous
             /// task's result.
             pub fn call_with(#(#param_idents_but_last: #param_types_but_last),*) -> ::qtasks::__private::TaskCall {
-                let args = (|| -> ::qtasks::Result<::std::vec::Vec<::qtasks::__private::JsonValue>> {
+                let args = (|| -> ::qtasks::__private::Result<::std::vec::Vec<::qtasks::__private::JsonValue>> {
                     ::core::result::Result::Ok(::std::vec![
                         #(::qtasks::__private::encode_arg(Self::NAME, #param_names_but_last, &#param_idents_but_last)?),*
                     ])

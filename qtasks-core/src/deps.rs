@@ -6,11 +6,12 @@
 //!   ([`DependencyScope::Task`]: made for the run and closed when it ends, also when it fails)
 //!   or per worker ([`DependencyScope::Worker`]: made once, closed when the app stops).
 
+use crate::sync::MutexExt;
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::future::Future;
 use std::ops::Deref;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use crate::TaskError;
 use crate::context::TaskContext;
@@ -119,20 +120,18 @@ impl Dependencies {
             close,
         };
         self.providers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+            .lock_unpoisoned()
             .insert(TypeId::of::<T>(), Arc::new(provider));
     }
 
     pub(crate) fn set_state<T: Send + Sync + 'static>(&self, value: T) {
         self.state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+            .lock_unpoisoned()
             .insert(TypeId::of::<T>(), Arc::new(value));
     }
 
     fn state<T: Send + Sync + 'static>(&self) -> Option<Arc<T>> {
-        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let state = self.state.lock_unpoisoned();
         state
             .get(&TypeId::of::<T>())
             .cloned()
@@ -145,8 +144,7 @@ impl Dependencies {
     ) -> Result<Arc<T>, TaskError> {
         let provider = self
             .providers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+            .lock_unpoisoned()
             .get(&TypeId::of::<T>())
             .cloned();
         let Some(provider) = provider else {
@@ -188,12 +186,7 @@ impl Dependencies {
     pub(crate) async fn close_worker_values(&self) {
         let values: Vec<(TypeId, AnyArc)> = self.worker_values.lock().await.drain().collect();
         for (type_id, value) in values {
-            let provider = self
-                .providers
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get(&type_id)
-                .cloned();
+            let provider = self.providers.lock_unpoisoned().get(&type_id).cloned();
             if let Some(close) = provider.and_then(|p| p.close.clone())
                 && let Err(panic) = CatchUnwind::new(close(value)).await
             {
@@ -268,21 +261,12 @@ pub(crate) type Closer = Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>;
 
 impl Scope {
     pub(crate) fn defer(&self, close: Closer) {
-        self.closers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(close);
+        self.closers.lock_unpoisoned().push(close);
     }
 
     /// Runs the closers, last made first; a panicking one is logged.
     pub(crate) async fn close(&self) {
-        let closers: Vec<_> = self
-            .closers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .drain(..)
-            .rev()
-            .collect();
+        let closers: Vec<_> = self.closers.lock_unpoisoned().drain(..).rev().collect();
         for close in closers {
             if let Err(panic) = CatchUnwind::new(close()).await {
                 tracing::error!("closing a task dependency panicked: {panic}");

@@ -27,7 +27,7 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 ///     async fn trigger(&self, event: TriggerEvent<'_>) -> Result<Option<Reply>, BoxError> {
 ///         match event {
 ///             TriggerEvent::TaskExecutorRunTaskTriggerError(e) => {
-///                 println!("{} failed: {}", e.task.name, e.error);
+///                 println!("{} failed: {}", e.task.name(), e.error);
 ///                 Ok(Some(Reply::value("fallback")))
 ///             }
 ///             _ => Ok(None),

@@ -18,12 +18,89 @@ pub use inventory;
 
 // Everything generated code names, re-exported here so the macros reach the runtime through
 // this one module.
+pub use crate::components::Executor;
 pub use crate::deps::Extract;
 pub use crate::triggers;
 pub use crate::{
-    Executor, Middleware, QueueTasks, Result, RetryBackoff, TaskCall, TaskContext, TaskDefinition,
+    Middleware, QueueTasks, Result, RetryBackoff, TaskCall, TaskContext, TaskDefinition,
     TaskHandle, TaskParam, Trigger,
 };
+
+/// Not public API. Every field of a [`TaskDefinition`], as `#[task]` fills them; the
+/// definition's own fields are private so options can be added without breaking users.
+pub struct TaskDefinitionParts {
+    pub name: &'static str,
+    pub priority: Option<i64>,
+    pub echo: bool,
+    pub tags: &'static [&'static str],
+    pub description: Option<&'static str>,
+    pub params: &'static [TaskParam],
+    pub blocking: bool,
+    pub retry: Option<u32>,
+    pub retry_on: Option<fn(&TaskError) -> bool>,
+    pub retry_backoff: Option<RetryBackoff>,
+    pub max_time: Option<f64>,
+    pub decode: Option<fn(Value) -> std::result::Result<Value, String>>,
+    pub generate_handler: Option<fn(Value) -> Value>,
+    pub middlewares_before: &'static [&'static dyn Middleware],
+    pub middlewares_after: &'static [&'static dyn Middleware],
+    pub router: Option<&'static str>,
+    pub executor: Option<&'static dyn Executor>,
+    pub module_path: &'static str,
+    pub file: &'static str,
+    pub line: u32,
+    pub invoke: InvokeFn,
+}
+
+/// Not public API. The definition `#[task]` registers (a `const fn`, so it can be a `static`).
+pub const fn define_task(parts: TaskDefinitionParts) -> TaskDefinition {
+    let TaskDefinitionParts {
+        name,
+        priority,
+        echo,
+        tags,
+        description,
+        params,
+        blocking,
+        retry,
+        retry_on,
+        retry_backoff,
+        max_time,
+        decode,
+        generate_handler,
+        middlewares_before,
+        middlewares_after,
+        router,
+        executor,
+        module_path,
+        file,
+        line,
+        invoke,
+    } = parts;
+    TaskDefinition {
+        name,
+        priority,
+        echo,
+        tags,
+        description,
+        params,
+        blocking,
+        retry,
+        retry_on,
+        retry_backoff,
+        max_time,
+        decode,
+        generate_handler,
+        middlewares_before,
+        middlewares_after,
+        router,
+        executor,
+        module_path,
+        file,
+        line,
+        invoke,
+    }
+}
 
 /// Not public API. Makes an extractor parameter (`Depends<T>`, `State<T>`).
 pub async fn extract<T: Extract>(ctx: &TaskContext) -> std::result::Result<T, TaskError> {
@@ -524,126 +601,4 @@ impl EchoContext for TaskContext {
 /// message above, unless that parameter is a `TaskContext`.
 pub fn echo_context<T: EchoContext>(context: TaskContext) -> T {
     T::from_context(context)
-}
-
-/// Not public API. Hooks for the micro-benchmarks in `bench/`: parts of the hot path that are
-/// not reachable through the public API on their own.
-pub mod bench {
-    use std::sync::Arc;
-
-    use serde_json::Value;
-
-    use super::{TaskArgs, TaskFuture};
-    use crate::dispatch::{Dispatch, RuntimePlugin};
-    use crate::triggers::TaskExecutorBeforeExecute;
-    use crate::{
-        BoxError, Plugin, QueueTasks, QueuedTask, Reply, TaskContext, TaskDefinition, TaskError,
-        TaskExecutor, Trigger, TriggerEvent,
-    };
-
-    struct Observer;
-
-    impl Plugin for Observer {
-        async fn trigger(&self, _event: TriggerEvent<'_>) -> Result<Option<Reply>, BoxError> {
-            Ok(None)
-        }
-    }
-
-    fn never_invoked(_: TaskContext, _: TaskArgs) -> TaskFuture {
-        unreachable!("a detached executor never runs its task")
-    }
-
-    static DEFINITION: TaskDefinition = TaskDefinition {
-        name: "bench",
-        priority: None,
-        echo: false,
-        tags: &[],
-        description: None,
-        params: &[],
-        blocking: false,
-        retry: None,
-        retry_on: None,
-        retry_backoff: None,
-        max_time: None,
-        decode: None,
-        generate_handler: None,
-        middlewares_before: &[],
-        middlewares_after: &[],
-        router: None,
-        executor: None,
-        module_path: module_path!(),
-        file: file!(),
-        line: line!(),
-        invoke: never_invoked,
-    };
-
-    /// An executor for a task that never runs, with no handlers: the payload that executor
-    /// triggers carry, for firing them outside a worker (here and in the dispatch tests).
-    pub(crate) fn detached_executor() -> TaskExecutor {
-        let queued = QueuedTask {
-            uuid: uuid::Uuid::nil(),
-            task_name: DEFINITION.name.into(),
-            priority: 0,
-            args: Vec::new(),
-            kwargs: serde_json::Map::new(),
-            created_at: 0.0,
-            retry: None,
-            retry_parent_uuid: None,
-            run_at: None,
-            definition: None,
-        };
-        TaskExecutor::new(
-            QueueTasks::new(),
-            &DEFINITION,
-            queued,
-            Arc::new(Dispatch::build(&[])),
-            tracing::Span::none(),
-            tokio::sync::watch::channel(None).1,
-        )
-    }
-
-    /// Fires `task_executor_before_execute` with a number of observing handlers.
-    pub struct TriggerBench {
-        dispatch: Dispatch,
-        executor: TaskExecutor,
-    }
-
-    impl TriggerBench {
-        /// A table with `handlers` handlers on the trigger.
-        pub fn new(handlers: usize) -> Self {
-            let plugins: Vec<RuntimePlugin> = (0..handlers)
-                .map(|_| RuntimePlugin {
-                    plugin: Arc::new(Observer),
-                    triggers: vec![Trigger::TaskExecutorBeforeExecute],
-                })
-                .collect();
-            TriggerBench {
-                dispatch: Dispatch::build(&plugins),
-                executor: detached_executor(),
-            }
-        }
-
-        /// Fires the trigger once.
-        pub async fn fire(&self) {
-            self.dispatch
-                .fire(&TaskExecutorBeforeExecute {
-                    executor: &self.executor,
-                })
-                .await;
-        }
-    }
-
-    /// Decodes the arguments of a task `(a: i64, name: String, items: Vec<u32>)` from JSON, as
-    /// the code `#[task]` generates does.
-    pub fn decode_args(
-        args: Vec<Value>,
-        kwargs: serde_json::Map<String, Value>,
-    ) -> Result<(i64, String, Vec<u32>), TaskError> {
-        let mut args = TaskArgs::new("bench", args, kwargs);
-        let a = args.take(0, "a")?;
-        let name = args.take(1, "name")?;
-        let items = args.take(2, "items")?;
-        args.finish(3)?;
-        Ok((a, name, items))
-    }
 }

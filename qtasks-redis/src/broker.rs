@@ -15,10 +15,9 @@ use super::wire::{
     taken_fields,
 };
 use super::{Keys, RedisOptions, failure, scripts};
-use crate::backend::{BackendError, Broker, Delivery};
-use crate::plugin::BoxFuture;
-use crate::task::{Outcome, unix_now};
-use crate::{QueuedTask, TaskStatus};
+use qtasks_core::BoxFuture;
+use qtasks_core::backend::{BackendError, Broker, Delivery, unix_now};
+use qtasks_core::{Outcome, QueuedTask, TaskStatus};
 
 /// How many times a finished task's result is written before giving up (the task then runs
 /// again when its lease runs out, so nothing is lost).
@@ -151,18 +150,7 @@ impl RedisBroker {
                 Ok(None)
             }
             Ok(record) => Ok(Some(Delivery {
-                task: QueuedTask {
-                    uuid,
-                    task_name: record.task_name,
-                    priority: record.priority,
-                    args: record.args,
-                    kwargs: record.kwargs,
-                    created_at: record.created_at,
-                    retry: record.retry,
-                    retry_parent_uuid: record.retry_parent_uuid,
-                    run_at: None,
-                    definition: None,
-                },
+                task: QueuedTask::from_record(&record),
                 receipt: member,
                 recovered,
             })),

@@ -10,19 +10,21 @@ use uuid::Uuid;
 
 use super::Worker;
 use crate::backend::Delivery;
+use crate::backend::unix_now;
+use crate::components::TaskExecutor;
 use crate::dispatch::chain;
 use crate::events::{Event, EventKind};
 use crate::panic::CatchUnwind;
 use crate::plugin::BoxFuture;
 use crate::registry::TaskTable;
-use crate::task::{Outcome, unix_now};
+use crate::task::Outcome;
 use crate::triggers::{
     BrokerAddWorker, BrokerListenStart, BrokerRemoveFinishedTask, BrokerRunningOlderTasks,
     BrokerUpdate, RecordUpdate, StorageAddProcess, StorageRemoveFinishedTask,
     StorageRunningOlderTasks, StorageUpdate, WorkerAdd, WorkerExecuteAfter, WorkerExecuteBefore,
     WorkerRemoveFinishedTask, WorkerRunTaskBefore, WorkerTaskErrorRetry,
 };
-use crate::{QueueTasks, QueuedTask, TaskDefinition, TaskExecutor, TaskStatus, Trigger};
+use crate::{QueueTasks, QueuedTask, TaskDefinition, TaskStatus, Trigger};
 
 /// How long the worker waits before asking a failing broker again.
 const BROKER_RETRY_DELAY: Duration = Duration::from_millis(500);

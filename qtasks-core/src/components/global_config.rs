@@ -1,7 +1,8 @@
 //! The in-memory global config: entries and the worker heartbeat of one process.
 
+use crate::sync::MutexExt;
 use std::collections::BTreeMap;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::GlobalConfig;
@@ -27,7 +28,7 @@ impl MemoryGlobalConfig {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.state.lock_unpoisoned()
     }
 }
 

@@ -23,10 +23,11 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
+use crate::backend::unix_now;
+use crate::components::TaskExecutor;
 use crate::panic::CatchUnwind;
 use crate::registry::TaskTable;
-use crate::task::unix_now;
-use crate::{Error, Outcome, QueueTasks, QueuedTask, Result, TaskCall, TaskExecutor};
+use crate::{Error, Outcome, QueueTasks, QueuedTask, Result, TaskCall};
 
 /// Runs one call to its outcome with the app's executor (or the task's own), plugins and
 /// middlewares; nothing is queued or stored. Retries do not happen here: a failed run is an

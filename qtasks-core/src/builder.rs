@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use crate::app::Parts;
-use crate::backend::{Broker, MemoryBroker, MemoryStorage, Storage};
+use crate::backend::{Broker, Connector, MemoryBroker, MemoryStorage, Storage};
 use crate::components::{
     ConcurrentWorker, DefaultExecutor, DefaultStarter, Executor, GlobalConfig, MemoryGlobalConfig,
     Starter, Worker,
@@ -15,7 +15,8 @@ use crate::{Middleware, QueueConfig, QueueTasks};
 ///
 /// ```
 /// use std::sync::Arc;
-/// use qtasks::{ConcurrentWorker, QueueConfig, QueueTasks};
+/// use qtasks::components::ConcurrentWorker;
+/// use qtasks::{QueueConfig, QueueTasks};
 ///
 /// let app = QueueTasks::builder()
 ///     .config(QueueConfig { name: "billing".into(), ..Default::default() })
@@ -88,22 +89,26 @@ impl AppBuilder {
         self
     }
 
-    /// The Redis backend and global config, connected now (the config's `name` is the key
-    /// prefix: set the config first). Fails at once when Redis cannot be reached.
-    #[cfg(feature = "redis")]
-    pub async fn redis(mut self, url: &str, options: crate::RedisOptions) -> crate::Result<Self> {
+    /// The backend of an engine (Redis, ...), connected now with the config set so far (set
+    /// the config first: engines take their key prefix or queue name from the app name).
+    /// Fails at once, saying why, when the engine cannot connect.
+    ///
+    /// With the `redis` feature of `qtasks`:
+    ///
+    /// ```text
+    /// let app = QueueTasks::builder()
+    ///     .config(QueueConfig { name: "billing".into(), ..Default::default() })
+    ///     .connect(qtasks::redis::Redis::new("redis://127.0.0.1:6379/0"))
+    ///     .await?
+    ///     .build();
+    /// ```
+    ///
+    /// [`Connector`] shows an engine of your own.
+    pub async fn connect(mut self, connector: impl Connector) -> crate::Result<Self> {
         let config = self.config.get_or_insert_with(QueueConfig::default);
-        if config.name.is_empty() || config.name.contains(':') {
-            return Err(crate::Error::InvalidConfig(format!(
-                "the app name `{}` is the Redis key prefix: it must be non-empty and contain no `:`",
-                config.name
-            )));
-        }
-        let redis =
-            crate::backend::redis::connect(url, &config.name, &options, config.result_interval())
-                .await?;
-        self.backend = Some((redis.broker, redis.storage));
-        self.global_config = Some(redis.global_config);
+        let parts = connector.connect(config).await?;
+        self.backend = Some((parts.broker, parts.storage));
+        self.global_config = Some(parts.global_config);
         Ok(self)
     }
 

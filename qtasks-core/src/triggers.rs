@@ -20,11 +20,12 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::backend::{Broker, Storage};
+use crate::components::TaskExecutor;
 use crate::components::{GlobalConfig, Starter, Worker};
 use crate::task::Outcome;
 use crate::{
-    PluginTriggerError, QueueTasks, QueuedTask, TaskDefinition, TaskExecutor, TaskParam,
-    TaskRecord, TaskStatus, Trigger,
+    PluginTriggerError, QueueTasks, QueuedTask, TaskDefinition, TaskParam, TaskRecord, TaskStatus,
+    Trigger,
 };
 
 /// A trigger's data type. Implemented by every payload in this module.

@@ -11,11 +11,10 @@ use uuid::Uuid;
 
 use super::wire::{decode_record, pairs, update_fields};
 use super::{Keys, failure};
-use crate::backend::{BackendError, ItemsRead, Storage};
-use crate::plugin::BoxFuture;
-use crate::task::unix_now;
-use crate::triggers::RecordUpdate;
-use crate::{TaskRecord, TaskStatus};
+use qtasks_core::BoxFuture;
+use qtasks_core::backend::{BackendError, ItemsRead, Storage, unix_now};
+use qtasks_core::triggers::RecordUpdate;
+use qtasks_core::{TaskRecord, TaskStatus};
 
 /// The longest pause between retries of a read over a dropped connection.
 const MAX_READ_RETRY_DELAY: Duration = Duration::from_secs(2);
@@ -199,11 +198,7 @@ impl RedisStorage {
         }
         decode_record(uuid, &pairs(fields))
             .map(Some)
-            .map_err(|reason| BackendError {
-                backend: "redis",
-                message: reason,
-                source: None,
-            })
+            .map_err(|reason| BackendError::new("redis", reason))
     }
 }
 

@@ -7,9 +7,10 @@
 //! execute and result replacement, middlewares after, decode, task close. Replacing triggers
 //! chain: each handler sees what the one before it returned.
 
+use crate::sync::MutexExt;
 use std::fmt;
 use std::future::Future;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -96,10 +97,7 @@ impl TaskExecutor {
     }
 
     pub(crate) fn take_failure(&self) -> Option<TaskError> {
-        self.failure
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
+        self.failure.lock_unpoisoned().take()
     }
 
     /// Runs the original's steps to the task's outcome. Never panics on the task's or a
@@ -393,7 +391,7 @@ impl TaskExecutor {
                 Outcome::Error(traceback)
             }
         };
-        *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(error);
+        *self.failure.lock_unpoisoned() = Some(error);
         outcome
     }
 
@@ -432,5 +430,73 @@ impl fmt::Debug for TaskExecutor {
             .field("task", &self.task.name)
             .field("uuid", &self.queued.uuid)
             .finish()
+    }
+}
+
+#[cfg(any(test, feature = "__bench"))]
+mod detached {
+    use std::sync::Arc;
+
+    use uuid::Uuid;
+
+    use super::TaskExecutor;
+    use crate::__private::{TaskArgs, TaskFuture};
+    use crate::dispatch::Dispatch;
+    use crate::{QueueTasks, QueuedTask, TaskContext, TaskDefinition};
+
+    fn never_invoked(_: TaskContext, _: TaskArgs) -> TaskFuture {
+        unreachable!("a detached executor never runs its task")
+    }
+
+    static DETACHED: TaskDefinition = TaskDefinition {
+        name: "bench",
+        priority: None,
+        echo: false,
+        tags: &[],
+        description: None,
+        params: &[],
+        blocking: false,
+        retry: None,
+        retry_on: None,
+        retry_backoff: None,
+        max_time: None,
+        decode: None,
+        generate_handler: None,
+        middlewares_before: &[],
+        middlewares_after: &[],
+        router: None,
+        executor: None,
+        module_path: module_path!(),
+        file: file!(),
+        line: line!(),
+        invoke: never_invoked,
+    };
+
+    impl TaskExecutor {
+        /// An executor for a task that never runs, with no handlers: the payload that executor
+        /// triggers carry, for firing them outside a worker (the dispatch tests and the
+        /// micro-benchmarks).
+        pub(crate) fn detached() -> TaskExecutor {
+            let queued = QueuedTask {
+                uuid: Uuid::nil(),
+                task_name: DETACHED.name.into(),
+                priority: 0,
+                args: Vec::new(),
+                kwargs: serde_json::Map::new(),
+                created_at: 0.0,
+                retry: None,
+                retry_parent_uuid: None,
+                run_at: None,
+                definition: None,
+            };
+            TaskExecutor::new(
+                QueueTasks::new(),
+                &DETACHED,
+                queued,
+                Arc::new(Dispatch::build(&[])),
+                tracing::Span::none(),
+                tokio::sync::watch::channel(None).1,
+            )
+        }
     }
 }

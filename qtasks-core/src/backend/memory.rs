@@ -10,18 +10,18 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+use super::unix_now;
 use super::{BackendError, Broker, Delivery, ItemsRead, Storage};
 use crate::plugin::BoxFuture;
-use crate::task::{Outcome, unix_now};
+use crate::sync::MutexExt;
+use crate::task::Outcome;
 use crate::triggers::RecordUpdate;
 use crate::{QueuedTask, TaskRecord, TaskStatus};
 
 /// Locks a mutex, ignoring poisoning: every critical section here leaves the data consistent
 /// (they only push, pop, insert or assign).
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex.lock_unpoisoned()
 }
 
 fn not_stored(uuid: Uuid) -> BackendError {

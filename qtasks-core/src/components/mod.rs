@@ -18,10 +18,12 @@ pub use global_config::MemoryGlobalConfig;
 pub use starter::{DefaultStarter, StartSteps, StopSteps};
 pub use worker::{ConcurrentWorker, WorkerHost};
 
+pub use crate::executor::TaskExecutor;
+
+use crate::Result;
 use crate::backend::{BackendError, Broker, Storage};
 use crate::plugin::BoxFuture;
 use crate::task::Outcome;
-use crate::{Result, TaskExecutor};
 
 /// Shared settings and the worker heartbeat (the original's `GlobalConfig`).
 ///
@@ -111,7 +113,8 @@ pub trait Starter: Send + Sync + 'static {
 /// A custom executor usually wraps the default steps:
 ///
 /// ```
-/// use qtasks::{BoxFuture, Executor, Outcome, TaskExecutor};
+/// use qtasks::{BoxFuture, Outcome};
+/// use qtasks::components::{Executor, TaskExecutor};
 ///
 /// struct Timed;
 ///
@@ -120,7 +123,7 @@ pub trait Starter: Send + Sync + 'static {
 ///         Box::pin(async move {
 ///             let started = std::time::Instant::now();
 ///             let outcome = run.run_default().await;
-///             tracing::info!(task = run.task().name, elapsed = ?started.elapsed(), "ran");
+///             tracing::info!(task = run.task().name(), elapsed = ?started.elapsed(), "ran");
 ///             outcome
 ///         })
 ///     }
@@ -136,8 +139,8 @@ pub trait Starter: Send + Sync + 'static {
 /// ```
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a task executor",
-    label = "`executor = ..` takes a `static` whose type implements `qtasks::Executor`",
-    note = "implement `qtasks::Executor` for the type, or remove the option to use the app's executor"
+    label = "`executor = ..` takes a `static` whose type implements `qtasks::components::Executor`",
+    note = "implement `qtasks::components::Executor` for the type, or remove the option to use the app's executor"
 )]
 pub trait Executor: Send + Sync + 'static {
     /// The name shown by `inspect`; the type name by default.

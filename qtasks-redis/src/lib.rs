@@ -1,5 +1,16 @@
-//! The Redis backend (`redis` feature): broker, storage and the worker heartbeat on one Redis,
-//! wire-compatible with Python QTasks 1.7.3.
+//! The Redis backend of qtasks: broker, storage and the worker heartbeat on one Redis,
+//! wire-compatible with Python QTasks 1.7.3. Turn it on with the `redis` feature of `qtasks`
+//! and reach it as `qtasks::redis`.
+//!
+//! ```no_run
+//! # async fn demo() -> qtasks::Result<()> {
+//! let app = qtasks::redis::connect("redis://127.0.0.1:6379/0").await?;
+//! app.run_forever().await
+//! # }
+//! ```
+//!
+//! This crate uses the core's public API and nothing else: it is also the worked example of an
+//! engine written out of tree (see `qtasks::backend`).
 //!
 //! What it adds to the original, and how:
 //! - **Tasks are not lost.** A worker takes a task under a lease (`RedisOptions::lease`) that it
@@ -26,22 +37,123 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-pub(crate) use broker::RedisBroker;
-pub(crate) use global_config::RedisGlobalConfig;
-pub(crate) use storage::RedisStorage;
+use qtasks_core::backend::{BackendError, BackendParts, Connector};
+use qtasks_core::{BoxFuture, QueueConfig, QueueTasks};
 
-use super::BackendError;
+use crate::broker::RedisBroker;
+use crate::global_config::RedisGlobalConfig;
+use crate::storage::RedisStorage;
 
-/// Settings of the Redis backend.
+/// An app on Redis, named `QueueTasks` (the key prefix), with default options. The queue,
+/// records and worker heartbeat use Python QTasks' keys, so Rust and Python clients and
+/// workers can share them.
+///
+/// Fails at once, saying so, when Redis cannot be reached.
+pub async fn connect(url: &str) -> qtasks_core::Result<QueueTasks> {
+    connect_with(url, QueueConfig::default(), RedisOptions::default()).await
+}
+
+/// An app on Redis with this config (its `name` is the key prefix) and these options.
 ///
 /// ```no_run
 /// use std::time::Duration;
+/// use qtasks::redis::RedisOptions;
 ///
 /// # async fn demo() -> qtasks::Result<()> {
-/// let options = qtasks::RedisOptions { result_ttl: Some(Duration::from_secs(24 * 3600)), ..Default::default() };
-/// let app = qtasks::QueueTasks::redis_with("redis://127.0.0.1:6379/0", qtasks::QueueConfig::default(), options).await?;
+/// let options = RedisOptions { result_ttl: Some(Duration::from_secs(24 * 3600)), ..Default::default() };
+/// let app = qtasks::redis::connect_with("redis://127.0.0.1:6379/0", qtasks::QueueConfig::default(), options).await?;
 /// # Ok(()) }
 /// ```
+pub async fn connect_with(
+    url: &str,
+    config: QueueConfig,
+    options: RedisOptions,
+) -> qtasks_core::Result<QueueTasks> {
+    Ok(QueueTasks::builder()
+        .config(config)
+        .connect(Redis::new(url).options(options))
+        .await?
+        .build())
+}
+
+/// The Redis engine as a [`Connector`], for [`AppBuilder::connect`](qtasks_core::AppBuilder::connect)
+/// when the app needs other parts replaced too.
+///
+/// ```no_run
+/// # async fn demo() -> qtasks::Result<()> {
+/// use qtasks::{QueueConfig, QueueTasks};
+/// use qtasks::redis::Redis;
+///
+/// let app = QueueTasks::builder()
+///     .config(QueueConfig { name: "billing".into(), ..Default::default() })
+///     .routers(["billing"])
+///     .connect(Redis::new("redis://127.0.0.1:6379/0"))
+///     .await?
+///     .build();
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Redis {
+    url: String,
+    options: RedisOptions,
+}
+
+impl Redis {
+    /// The Redis at `url` (`redis://`, `rediss://` with the `redis-tls` feature, `unix://`),
+    /// with default options.
+    pub fn new(url: impl Into<String>) -> Self {
+        Redis {
+            url: url.into(),
+            options: RedisOptions::default(),
+        }
+    }
+
+    /// Replaces the options.
+    #[must_use]
+    pub fn options(mut self, options: RedisOptions) -> Self {
+        self.options = options;
+        self
+    }
+}
+
+impl std::fmt::Debug for Redis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redis")
+            .field("url", &redacted(&self.url))
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+impl Connector for Redis {
+    fn connect<'a>(
+        &'a self,
+        config: &'a QueueConfig,
+    ) -> BoxFuture<'a, Result<BackendParts, BackendError>> {
+        Box::pin(async move {
+            if config.name.is_empty() || config.name.contains(':') {
+                return Err(BackendError::new(
+                    "redis",
+                    format!(
+                        "the app name `{}` is the Redis key prefix: it must be non-empty and contain no `:`",
+                        config.name
+                    ),
+                ));
+            }
+            connect_parts(
+                &self.url,
+                &config.name,
+                &self.options,
+                config.result_interval(),
+            )
+            .await
+        })
+    }
+}
+
+/// Settings of the Redis backend.
+///
+/// See [`connect_with`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisOptions {
     /// How long a taken task stays with its worker without a renewal. The worker renews it
@@ -58,7 +170,7 @@ pub struct RedisOptions {
     /// For `rediss://` URLs: the PEM certificate of the authority that signed the server's
     /// certificate, when it is not in the system's trust store (a private CA). `None` trusts
     /// the system's roots.
-    #[cfg(feature = "redis-tls")]
+    #[cfg(feature = "tls")]
     pub tls_root_certificate: Option<Vec<u8>>,
 }
 
@@ -69,7 +181,7 @@ impl Default for RedisOptions {
             result_ttl: None,
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(10),
-            #[cfg(feature = "redis-tls")]
+            #[cfg(feature = "tls")]
             tls_root_certificate: None,
         }
     }
@@ -115,22 +227,14 @@ impl Keys {
     }
 }
 
-/// Connects the broker and storage of the app named `prefix`.
-/// The Redis parts of one app.
-pub(crate) struct RedisParts {
-    pub(crate) broker: Arc<dyn crate::Broker>,
-    pub(crate) storage: Arc<dyn crate::Storage>,
-    pub(crate) global_config: Arc<dyn crate::GlobalConfig>,
-}
-
 /// Connects the broker, storage and global config of the app named `prefix`.
 /// `fallback_check` is how often a waiter looks at a record that no message announces.
-pub(crate) async fn connect(
+async fn connect_parts(
     url: &str,
     prefix: &str,
     options: &RedisOptions,
     fallback_check: Duration,
-) -> Result<RedisParts, BackendError> {
+) -> Result<BackendParts, BackendError> {
     let shown = redacted(url);
     let client = open_client(url, options)
         .map_err(|e| failure(format!("invalid Redis URL `{shown}`"), e))?;
@@ -163,15 +267,15 @@ pub(crate) async fn connect(
     .await?;
     let global_config = RedisGlobalConfig::new(keys.clone(), commands.clone());
     let broker = RedisBroker::new(keys, commands, blocking, options.clone(), cancels);
-    Ok(RedisParts {
-        broker: Arc::new(broker),
-        storage: Arc::new(storage),
-        global_config: Arc::new(global_config),
-    })
+    Ok(BackendParts::new(
+        Arc::new(broker),
+        Arc::new(storage),
+        Arc::new(global_config),
+    ))
 }
 
 /// Escapes glob characters, so an app named `a*` matches only its own keys.
-pub(super) fn glob_escape(text: &str) -> String {
+pub(crate) fn glob_escape(text: &str) -> String {
     let mut escaped = String::with_capacity(text.len());
     for c in text.chars() {
         if matches!(c, '*' | '?' | '[' | ']' | '\\') {
@@ -182,7 +286,7 @@ pub(super) fn glob_escape(text: &str) -> String {
     escaped
 }
 
-#[cfg(feature = "redis-tls")]
+#[cfg(feature = "tls")]
 fn open_client(url: &str, options: &RedisOptions) -> redis::RedisResult<redis::Client> {
     match &options.tls_root_certificate {
         Some(root) => redis::Client::build_with_tls(
@@ -196,7 +300,7 @@ fn open_client(url: &str, options: &RedisOptions) -> redis::RedisResult<redis::C
     }
 }
 
-#[cfg(not(feature = "redis-tls"))]
+#[cfg(not(feature = "tls"))]
 fn open_client(url: &str, _options: &RedisOptions) -> redis::RedisResult<redis::Client> {
     if url.starts_with("rediss://") {
         return Err(redis::RedisError::from((
@@ -226,13 +330,10 @@ fn redacted(url: &str) -> String {
     }
 }
 
+/// A Redis failure: what was being done, and the client's error as the source.
 #[allow(clippy::needless_pass_by_value)] // called with `format!` results
 fn failure(message: String, error: redis::RedisError) -> BackendError {
-    BackendError {
-        backend: "redis",
-        message: format!("{message}: {error}"),
-        source: Some(Box::new(error)),
-    }
+    BackendError::new("redis", message).with_source(error)
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! The broker and storage traits, and the backends that implement them: in memory (the
-//! default) and Redis (the `redis` feature).
+//! Backends: the [`Broker`] and [`Storage`] traits, the in-memory backend that is the default
+//! and the reference implementation, and what an engine crate needs to plug in.
 //!
 //! The worker and executor only speak to these traits; a backend never reaches into them. The
 //! broker owns the write path of a task (add, take, finish) so that a server backend can do
@@ -7,33 +7,157 @@
 //!
 //! Backends do storage work only: the framework fires the `broker_*` and `storage_*` triggers
 //! around these calls, so a custom backend gets them for free.
+//!
+//! # Writing an engine
+//!
+//! An engine is a crate that depends on `qtasks` (or `qtasks-core`) alone. It implements
+//! [`Broker`], [`Storage`] and usually [`GlobalConfig`](crate::components::GlobalConfig), and
+//! a [`Connector`] that builds the three for an app's [`QueueConfig`]; users hand the connector
+//! to [`AppBuilder::connect`](crate::AppBuilder::connect). The Redis engine (`qtasks-redis`)
+//! is written this way and is the worked example: it uses nothing that is not public here.
 
 mod memory;
-#[cfg(feature = "redis")]
-pub(crate) mod redis;
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use uuid::Uuid;
 
-#[cfg(feature = "redis")]
-pub use self::redis::RedisOptions;
 pub use memory::{MemoryBroker, MemoryStorage};
 
+use crate::components::GlobalConfig;
 use crate::plugin::{BoxError, BoxFuture};
 use crate::task::Outcome;
 use crate::triggers::RecordUpdate;
-use crate::{QueuedTask, TaskRecord};
+use crate::{QueueConfig, QueuedTask, TaskRecord};
 
-/// A broker or storage failure.
+/// A broker or storage failure: which backend, what it was doing, and the underlying error
+/// (as [`source`](std::error::Error::source), not repeated in the message).
+///
+/// ```
+/// use qtasks::backend::BackendError;
+///
+/// let io = std::io::Error::other("connection reset");
+/// let error = BackendError::new("redis", "storing the result of task 42").with_source(io);
+/// assert_eq!(error.to_string(), "redis backend: storing the result of task 42");
+/// assert_eq!(std::error::Error::source(&error).unwrap().to_string(), "connection reset");
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[error("{backend} backend: {message}")]
 pub struct BackendError {
-    /// Which backend failed (`"memory"`, `"redis"`, ...).
-    pub backend: &'static str,
-    /// What went wrong.
-    pub message: String,
-    /// The underlying error, if any.
+    backend: &'static str,
+    message: String,
     #[source]
-    pub source: Option<BoxError>,
+    source: Option<BoxError>,
+}
+
+impl BackendError {
+    /// A failure of `backend` (`"memory"`, `"redis"`, ...) while doing what `message` says.
+    pub fn new(backend: &'static str, message: impl Into<String>) -> Self {
+        BackendError {
+            backend,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// The underlying error.
+    #[must_use]
+    pub fn with_source(mut self, source: impl Into<BoxError>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    /// Which backend failed.
+    pub fn backend(&self) -> &'static str {
+        self.backend
+    }
+
+    /// What went wrong, without the underlying error.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+/// The current Unix time in seconds: the clock of records' `created_at` and `updated_at`.
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The backend parts an engine provides for one app: a broker, the storage it writes to, and
+/// the global config.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct BackendParts {
+    /// The queue and the write path of a task's life.
+    pub broker: Arc<dyn Broker>,
+    /// Records and results.
+    pub storage: Arc<dyn Storage>,
+    /// Shared entries and the worker heartbeat.
+    pub global_config: Arc<dyn GlobalConfig>,
+}
+
+impl BackendParts {
+    /// The three parts.
+    pub fn new(
+        broker: Arc<dyn Broker>,
+        storage: Arc<dyn Storage>,
+        global_config: Arc<dyn GlobalConfig>,
+    ) -> Self {
+        BackendParts {
+            broker,
+            storage,
+            global_config,
+        }
+    }
+}
+
+impl std::fmt::Debug for BackendParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendParts")
+            .field("broker", &self.broker.name())
+            .field("storage", &self.storage.name())
+            .field("global_config", &self.global_config.name())
+            .finish()
+    }
+}
+
+/// How an engine connects an app: builds its [`BackendParts`] for the app's config (the app
+/// name is usually the key prefix or queue name). The seam between the core and engine crates:
+/// [`AppBuilder::connect`](crate::AppBuilder::connect) takes any connector.
+///
+/// ```
+/// use std::sync::Arc;
+/// use qtasks::backend::{BackendError, BackendParts, Connector, MemoryBroker, MemoryStorage};
+/// use qtasks::components::MemoryGlobalConfig;
+/// use qtasks::{BoxFuture, QueueConfig, QueueTasks};
+///
+/// /// An "engine" that hands out the in-memory parts.
+/// struct InMemory;
+///
+/// impl Connector for InMemory {
+///     fn connect<'a>(&'a self, _config: &'a QueueConfig) -> BoxFuture<'a, Result<BackendParts, BackendError>> {
+///         Box::pin(async {
+///             let storage = Arc::new(MemoryStorage::new());
+///             let broker = Arc::new(MemoryBroker::new(Arc::clone(&storage)));
+///             Ok(BackendParts::new(broker, storage, Arc::new(MemoryGlobalConfig::new())))
+///         })
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> qtasks::Result<()> {
+/// let app = QueueTasks::builder().connect(InMemory).await?.build();
+/// # Ok(()) }
+/// ```
+pub trait Connector: Send + Sync {
+    /// Connects, or says why not (an unreachable server, a config the engine cannot use).
+    fn connect<'a>(
+        &'a self,
+        config: &'a QueueConfig,
+    ) -> BoxFuture<'a, Result<BackendParts, BackendError>>;
 }
 
 /// A task taken from the broker: what to run, and the receipt to finish it with.

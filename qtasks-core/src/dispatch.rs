@@ -167,7 +167,6 @@ mod tests {
     use std::task::{Context, Waker};
 
     use super::*;
-    use crate::__private::bench::detached_executor;
     use crate::triggers::TaskExecutorBeforeExecute;
 
     /// Counts this thread's allocations, to show that firing a trigger without handlers
@@ -201,7 +200,7 @@ mod tests {
             dispatch.handler_count(Trigger::TaskExecutorBeforeExecute),
             0
         );
-        let executor = detached_executor();
+        let executor = crate::components::TaskExecutor::detached();
         let payload = TaskExecutorBeforeExecute {
             executor: &executor,
         };

@@ -2,13 +2,14 @@
 //! carries), records (what storage keeps) and handles (what `add_task` returns).
 
 use std::fmt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::__private::InvokeFn;
+use crate::backend::unix_now;
 use crate::{QueueTasks, Result};
 
 /// The status of a task, as the original names them.
@@ -99,54 +100,136 @@ pub struct TaskParam {
 /// A task registered with `#[qtasks::task]`: its name, options and parameters.
 ///
 /// Built at compile time by the macro; read it through the typed handle's `DEFINITION` or from
-/// plugin payloads. New fields may be added in minor releases.
+/// plugin payloads (`event.task.name()`). Its fields are private so that options can be added
+/// in minor releases; each has an accessor.
 pub struct TaskDefinition {
     /// The task name used on the queue (defaults to the fn name).
-    pub name: &'static str,
+    pub(crate) name: &'static str,
     /// The priority of new tasks (lower runs first); `None` takes the app's
     /// [`task_default_priority`](crate::QueueConfig::task_default_priority).
-    pub priority: Option<i64>,
+    pub(crate) priority: Option<i64>,
     /// Whether the task receives its [`TaskContext`](crate::TaskContext) as first argument.
-    pub echo: bool,
+    pub(crate) echo: bool,
     /// Free-form tags (metadata only).
-    pub tags: &'static [&'static str],
+    pub(crate) tags: &'static [&'static str],
     /// A description (metadata only).
-    pub description: Option<&'static str>,
+    pub(crate) description: Option<&'static str>,
     /// The parameters filled from the task's arguments (the context is not among them).
-    pub params: &'static [TaskParam],
+    pub(crate) params: &'static [TaskParam],
     /// Whether the fn is a plain `fn`, run on the blocking thread pool.
-    pub blocking: bool,
+    pub(crate) blocking: bool,
     /// How many times a failed run is retried as a new task.
-    pub retry: Option<u32>,
+    pub(crate) retry: Option<u32>,
     /// Which errors are retried (`retry_on_exc`); `None` retries any error but a cancel.
-    pub retry_on: Option<fn(&crate::TaskError) -> bool>,
+    pub(crate) retry_on: Option<fn(&crate::TaskError) -> bool>,
     /// The wait before each retry; `None` retries at once.
-    pub retry_backoff: Option<RetryBackoff>,
+    pub(crate) retry_backoff: Option<RetryBackoff>,
     /// The time limit of one run, in seconds (`max_time`, alias `timeout`).
-    pub max_time: Option<f64>,
+    pub(crate) max_time: Option<f64>,
     /// Turns the result into the stored value; `None` stores the JSON result.
-    pub decode: Option<fn(Value) -> Result<Value, String>>,
+    pub(crate) decode: Option<fn(Value) -> Result<Value, String>>,
     /// Maps each item of a stream task before it is stored.
-    pub generate_handler: Option<fn(Value) -> Value>,
+    pub(crate) generate_handler: Option<fn(Value) -> Value>,
     /// Middlewares run before this task, after the app's.
-    pub middlewares_before: &'static [&'static dyn crate::Middleware],
+    pub(crate) middlewares_before: &'static [&'static dyn crate::Middleware],
     /// Middlewares run after this task, before the app's.
-    pub middlewares_after: &'static [&'static dyn crate::Middleware],
+    pub(crate) middlewares_after: &'static [&'static dyn crate::Middleware],
     /// The router the task belongs to; an app can run only some routers' tasks.
-    pub router: Option<&'static str>,
+    pub(crate) router: Option<&'static str>,
     /// The executor of this task, instead of the app's.
-    pub executor: Option<&'static dyn crate::Executor>,
+    pub(crate) executor: Option<&'static dyn crate::components::Executor>,
     /// The module the task fn is declared in.
-    pub module_path: &'static str,
+    pub(crate) module_path: &'static str,
     /// The source file of the declaration.
-    pub file: &'static str,
+    pub(crate) file: &'static str,
     /// The source line of the declaration.
-    pub line: u32,
-    #[doc(hidden)]
-    pub invoke: InvokeFn,
+    pub(crate) line: u32,
+    pub(crate) invoke: InvokeFn,
 }
 
 impl TaskDefinition {
+    /// The task name used on the queue (defaults to the fn name).
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The priority of new tasks (lower runs first); `None` takes the app's
+    /// [`task_default_priority`](crate::QueueConfig::task_default_priority).
+    pub fn priority(&self) -> Option<i64> {
+        self.priority
+    }
+
+    /// Whether the task receives its [`TaskContext`](crate::TaskContext) as first argument.
+    pub fn echo(&self) -> bool {
+        self.echo
+    }
+
+    /// Free-form tags (metadata only).
+    pub fn tags(&self) -> &'static [&'static str] {
+        self.tags
+    }
+
+    /// A description (metadata only).
+    pub fn description(&self) -> Option<&'static str> {
+        self.description
+    }
+
+    /// The parameters filled from the task's arguments (the context is not among them).
+    pub fn params(&self) -> &'static [TaskParam] {
+        self.params
+    }
+
+    /// Whether the fn is a plain `fn`, run on the blocking thread pool.
+    pub fn blocking(&self) -> bool {
+        self.blocking
+    }
+
+    /// How many times a failed run is retried as a new task.
+    pub fn retry(&self) -> Option<u32> {
+        self.retry
+    }
+
+    /// Whether `error` is one the task is retried on (`retry_on_exc`; without it, any error
+    /// but a cancel).
+    pub fn retries_on(&self, error: &crate::TaskError) -> bool {
+        self.retry_on.is_none_or(|matches| matches(error))
+    }
+
+    /// The wait before each retry; `None` retries at once.
+    pub fn retry_backoff(&self) -> Option<RetryBackoff> {
+        self.retry_backoff
+    }
+
+    /// The time limit of one run, in seconds (`max_time`, alias `timeout`).
+    pub fn max_time(&self) -> Option<f64> {
+        self.max_time
+    }
+
+    /// The router the task belongs to; an app can run only some routers' tasks.
+    pub fn router(&self) -> Option<&'static str> {
+        self.router
+    }
+
+    /// The executor of this task, instead of the app's.
+    pub fn executor(&self) -> Option<&'static dyn crate::components::Executor> {
+        self.executor
+    }
+
+    /// The module the task fn is declared in.
+    pub fn module_path(&self) -> &'static str {
+        self.module_path
+    }
+
+    /// The source file of the declaration.
+    pub fn file(&self) -> &'static str {
+        self.file
+    }
+
+    /// The source line of the declaration.
+    pub fn line(&self) -> u32 {
+        self.line
+    }
+
     /// `file:line` of the declaration, for messages.
     pub fn location(&self) -> String {
         format!("{}:{}", self.file, self.line)
@@ -174,7 +257,11 @@ impl fmt::Debug for TaskDefinition {
 }
 
 /// A task as the broker hands it to a worker (the original's `task_broker`).
+///
+/// Build one with [`QueuedTask::new`] (or [`QueuedTask::from_record`], for a broker that reads
+/// the record back), then set the public fields.
 #[derive(Clone, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct QueuedTask {
     /// The task's id.
     pub uuid: Uuid,
@@ -198,6 +285,46 @@ pub struct QueuedTask {
     /// by name. Never sent over the wire.
     #[serde(skip)]
     pub(crate) definition: Option<&'static TaskDefinition>,
+}
+
+impl QueuedTask {
+    /// A task of this name with no arguments, the default priority 0, created now.
+    ///
+    /// ```
+    /// let mut task = qtasks::QueuedTask::new(qtasks::Uuid::new_v4(), "add");
+    /// task.args = vec![2.into(), 3.into()];
+    /// assert_eq!(task.priority, 0);
+    /// ```
+    pub fn new(uuid: Uuid, task_name: impl Into<String>) -> Self {
+        QueuedTask {
+            uuid,
+            task_name: task_name.into(),
+            priority: 0,
+            args: Vec::new(),
+            kwargs: Map::new(),
+            created_at: unix_now(),
+            retry: None,
+            retry_parent_uuid: None,
+            run_at: None,
+            definition: None,
+        }
+    }
+
+    /// The task a stored record describes (what a broker that keeps only ids hands out).
+    pub fn from_record(record: &TaskRecord) -> Self {
+        QueuedTask {
+            uuid: record.uuid,
+            task_name: record.task_name.clone(),
+            priority: record.priority,
+            args: record.args.clone(),
+            kwargs: record.kwargs.clone(),
+            created_at: record.created_at,
+            retry: record.retry,
+            retry_parent_uuid: record.retry_parent_uuid,
+            run_at: None,
+            definition: None,
+        }
+    }
 }
 
 impl PartialEq for QueuedTask {
@@ -265,7 +392,8 @@ pub struct TaskRecord {
 }
 
 impl TaskRecord {
-    pub(crate) fn new(queued: &QueuedTask) -> Self {
+    /// The record of a task just added: status `new`, the task's data, no result.
+    pub fn new(queued: &QueuedTask) -> Self {
         TaskRecord {
             uuid: queued.uuid,
             task_name: queued.task_name.clone(),
@@ -386,10 +514,4 @@ impl TaskHandle {
             },
         )
     }
-}
-
-pub(crate) fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }

@@ -11,9 +11,9 @@ use std::collections::HashMap;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::task::Outcome;
-use crate::triggers::RecordUpdate;
-use crate::{QueuedTask, TaskRecord, TaskStatus};
+use qtasks_core::Outcome;
+use qtasks_core::triggers::RecordUpdate;
+use qtasks_core::{QueuedTask, TaskRecord, TaskStatus};
 
 /// The fields written when a task is added (the original's `TaskStatusNewSchema`, in its
 /// order).
@@ -143,24 +143,23 @@ pub(super) fn decode_record(
     // A `decode` of the original may store text that is not JSON; keep it as a string then.
     let returning = text("returning")
         .map(|raw| serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_owned())));
-    Ok(TaskRecord {
-        uuid,
-        task_name: required("task_name")?.to_owned(),
-        status,
-        priority: required("priority")?
-            .parse()
-            .map_err(|e| format!("task {uuid}: `priority` is not an integer: {e}"))?,
-        args,
-        kwargs,
-        created_at: number("created_at")?,
-        updated_at: number("updated_at")?,
-        returning,
-        traceback: text("traceback").map(str::to_owned),
-        cancel_reason: text("cancel_reason").map(str::to_owned),
-        retry: text("retry").and_then(|n| n.parse().ok()),
-        retry_parent_uuid: text("retry_parent_uuid").and_then(|u| Uuid::parse_str(u).ok()),
-        retry_child_uuid: text("retry_child_uuid").and_then(|u| Uuid::parse_str(u).ok()),
-    })
+    let mut task = QueuedTask::new(uuid, required("task_name")?);
+    task.priority = required("priority")?
+        .parse()
+        .map_err(|e| format!("task {uuid}: `priority` is not an integer: {e}"))?;
+    task.args = args;
+    task.kwargs = kwargs;
+    task.created_at = number("created_at")?;
+    task.retry = text("retry").and_then(|n| n.parse().ok());
+    task.retry_parent_uuid = text("retry_parent_uuid").and_then(|u| Uuid::parse_str(u).ok());
+    let mut record = TaskRecord::new(&task);
+    record.status = status;
+    record.updated_at = number("updated_at")?;
+    record.returning = returning;
+    record.traceback = text("traceback").map(str::to_owned);
+    record.cancel_reason = text("cancel_reason").map(str::to_owned);
+    record.retry_child_uuid = text("retry_child_uuid").and_then(|u| Uuid::parse_str(u).ok());
+    Ok(record)
 }
 
 /// The record fields the take script returns, in this order. `status` must come first: the

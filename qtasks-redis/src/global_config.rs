@@ -9,9 +9,9 @@ use redis::aio::ConnectionManager;
 
 use super::storage::scan;
 use super::{Keys, failure, glob_escape};
-use crate::backend::BackendError;
-use crate::components::GlobalConfig;
-use crate::plugin::BoxFuture;
+use qtasks_core::BoxFuture;
+use qtasks_core::backend::BackendError;
+use qtasks_core::components::GlobalConfig;
 
 pub(crate) struct RedisGlobalConfig {
     keys: Keys,

@@ -1,0 +1,117 @@
+//! Running the app: `start`, `stop` and `run_forever` (through its [`Starter`]), the worker
+//! heartbeat (`ping`) and `inspect`.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crate::components::{StartSteps, StopSteps};
+use crate::inspect::{AppStats, Inspection, TaskStats};
+use crate::registry::TaskTable;
+use crate::signals::ShutdownSignals;
+use crate::triggers::{QtasksPing, QtasksStop, StatsInspect};
+use crate::{QueueTasks, Result};
+
+impl QueueTasks {
+    /// Starts plugins, components and a worker in the background of the current tokio
+    /// runtime, and returns (through the app's [`Starter`]). Stop it with
+    /// [`stop`](Self::stop). For a worker process, use [`run_forever`](Self::run_forever).
+    pub async fn start(&self) -> Result<()> {
+        let starter = Arc::clone(&self.inner.starter);
+        starter
+            .start(StartSteps {
+                app: self,
+                starter: &*starter,
+            })
+            .await
+    }
+
+    /// Stops gracefully: the worker takes no new task, the running ones finish, the components
+    /// stop, then each plugin's `stop` runs once. Tasks still queued stay queued. Stopping a
+    /// stopped app does nothing.
+    pub async fn stop(&self) -> Result<()> {
+        let starter = Arc::clone(&self.inner.starter);
+        if self.inner.running.load(Ordering::Acquire) {
+            self.dispatch()
+                .fire(&QtasksStop {
+                    app: self,
+                    starter: &*starter,
+                })
+                .await;
+        }
+        starter
+            .stop(StopSteps {
+                app: self,
+                starter: &*starter,
+            })
+            .await
+    }
+
+    /// Runs a worker until Ctrl-C (or SIGTERM on Unix) or [`stop`](Self::stop), then stops
+    /// gracefully. This is what a worker process's `main` calls.
+    ///
+    /// ```no_run
+    /// #[tokio::main]
+    /// async fn main() -> qtasks::Result<()> {
+    ///     qtasks::QueueTasks::new().run_forever().await
+    /// }
+    /// ```
+    pub async fn run_forever(&self) -> Result<()> {
+        let mut signals = ShutdownSignals::listen();
+        self.start().await?;
+        let mut stop_requested = match self.inner.lifecycle.lock().await.as_ref() {
+            Some(running) => running.shutdown.subscribe(),
+            None => return Ok(()), // stopped already
+        };
+        tokio::select! {
+            () = signals.recv() => tracing::info!(app = %self.name(), "shutdown signal received"),
+            _ = stop_requested.wait_for(|stop| *stop) => {}
+        }
+        self.stop().await
+    }
+
+    /// Whether a worker of this app is running anywhere: its heartbeat in the global config
+    /// (on Redis, any worker process, as the original's `ping`).
+    pub async fn ping(&self) -> Result<bool> {
+        let global_config = &*self.inner.global_config;
+        self.dispatch()
+            .fire(&QtasksPing {
+                app: self,
+                global_config,
+            })
+            .await;
+        Ok(global_config.status().await?)
+    }
+
+    /// What the app is made of and which tasks it knows (`stats_inspect` fires first).
+    pub async fn inspect(&self) -> Inspection {
+        self.dispatch().fire(&StatsInspect { app: self }).await;
+        let tasks: Vec<TaskStats> = TaskTable::global()
+            .map(|table| {
+                table
+                    .definitions()
+                    .iter()
+                    .map(|d| TaskStats::of(d))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let inner = &self.inner;
+        Inspection {
+            app: AppStats {
+                name: self.name(),
+                version: env!("CARGO_PKG_VERSION"),
+                config: (*self.config()).clone(),
+                tasks_count: tasks.len(),
+                plugins_count: crate::dispatch::static_registrations().len()
+                    + self.runtime_plugins().len(),
+                events_count: inner.events.count(),
+                broker: inner.broker.name().to_owned(),
+                storage: inner.storage.name().to_owned(),
+                global_config: inner.global_config.name().to_owned(),
+                worker: inner.worker.name().to_owned(),
+                starter: inner.starter.name().to_owned(),
+                executor: inner.executor.name().to_owned(),
+            },
+            tasks,
+        }
+    }
+}

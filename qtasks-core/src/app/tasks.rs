@@ -1,0 +1,345 @@
+//! Adding tasks and reading them back: `add_task`, `get`, `get_all`, `wait`, `flush_all`.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::dispatch::chain;
+use crate::registry::TaskTable;
+use crate::triggers::{
+    BrokerAddAfter, BrokerAddBefore, BrokerFlushAll, BrokerGet, QtasksAddTaskAfterBroker,
+    QtasksAddTaskBeforeBroker, QtasksFlushAll, QtasksGet, StorageAdd, StorageFlushAll, StorageGet,
+    StorageGetAll,
+};
+use crate::{
+    Error, QueueTasks, QueuedTask, Result, TaskDefinition, TaskHandle, TaskRecord, TaskStatus,
+    Trigger, backend::unix_now,
+};
+
+impl QueueTasks {
+    /// Adds a task by name with JSON-serializable arguments (the original's `add_task`).
+    ///
+    /// `args` must serialize to an array (a tuple, a `Vec`, `json!([..])`) or to nothing
+    /// (`()`); `kwargs` to an object (a struct, a map, `json!({..})`) or to nothing. The typed
+    /// handle the `#[task]` macro generates (`my_task::add_task(&app, ..)`) checks the
+    /// argument types at compile time instead.
+    ///
+    /// A name no worker knows is accepted here (the worker may be another program) and ends
+    /// `error` on the worker, naming it.
+    ///
+    /// ```rust,standalone_crate
+    /// #[qtasks::task]
+    /// async fn add(a: i64, b: i64) -> i64 {
+    ///     a + b
+    /// }
+    ///
+    /// #[tokio::main]
+    /// async fn main() -> qtasks::Result<()> {
+    ///     let app = qtasks::QueueTasks::new();
+    ///     app.start().await?;
+    ///     let task = app.add_task("add", (2,), serde_json::json!({ "b": 3 })).await?;
+    ///     let done = task.wait(std::time::Duration::from_secs(5)).await?;
+    ///     assert_eq!(done.returning, Some(serde_json::json!(5)));
+    ///     app.stop().await
+    /// }
+    /// ```
+    pub async fn add_task(
+        &self,
+        task_name: &str,
+        args: impl Serialize,
+        kwargs: impl Serialize,
+    ) -> Result<TaskHandle> {
+        self.add_task_with(task_name, args, kwargs, AddOptions::default())
+            .await
+    }
+
+    /// [`add_task`](Self::add_task) with options, such as a priority for this call.
+    ///
+    /// ```
+    /// # async fn demo(app: &qtasks::QueueTasks) -> qtasks::Result<()> {
+    /// let urgent = qtasks::AddOptions::default().priority(-10);
+    /// app.add_task_with("report", (2026,), (), urgent).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn add_task_with(
+        &self,
+        task_name: &str,
+        args: impl Serialize,
+        kwargs: impl Serialize,
+        options: AddOptions,
+    ) -> Result<TaskHandle> {
+        let invalid = |reason: String| Error::InvalidArguments {
+            task: task_name.to_owned(),
+            reason,
+        };
+        let args = match serde_json::to_value(args)
+            .map_err(|e| invalid(format!("args do not encode as JSON: {e}")))?
+        {
+            Value::Array(items) => items,
+            Value::Null => Vec::new(),
+            other => {
+                return Err(invalid(format!(
+                    "args must be a list (a tuple or a Vec), not {}",
+                    json_kind(&other)
+                )));
+            }
+        };
+        let kwargs = match serde_json::to_value(kwargs)
+            .map_err(|e| invalid(format!("kwargs do not encode as JSON: {e}")))?
+        {
+            Value::Object(map) => map,
+            Value::Null => Map::new(),
+            other => {
+                return Err(invalid(format!(
+                    "kwargs must be an object (a struct or a map), not {}",
+                    json_kind(&other)
+                )));
+            }
+        };
+        let definition = TaskTable::global()
+            .ok()
+            .and_then(|table| table.get(task_name));
+        let priority = options
+            .priority
+            .or_else(|| definition.and_then(|d| d.priority))
+            .unwrap_or(self.config().task_default_priority);
+        self.enqueue(task_name.to_owned(), priority, args, kwargs, definition)
+            .await
+    }
+
+    pub(crate) async fn enqueue_defined(
+        &self,
+        definition: &'static TaskDefinition,
+        args: Vec<Value>,
+        kwargs: Map<String, Value>,
+    ) -> Result<TaskHandle> {
+        let priority = definition
+            .priority
+            .unwrap_or(self.config().task_default_priority);
+        self.enqueue(
+            definition.name.to_owned(),
+            priority,
+            args,
+            kwargs,
+            Some(definition),
+        )
+        .await
+    }
+
+    /// Adds a task: `qtasks_add_task_before_broker`, `broker_add_before` and `storage_add` may
+    /// change it, then the broker stores and queues it.
+    async fn enqueue(
+        &self,
+        task_name: String,
+        priority: i64,
+        args: Vec<Value>,
+        kwargs: Map<String, Value>,
+        definition: Option<&'static TaskDefinition>,
+    ) -> Result<TaskHandle> {
+        let mut task = QueuedTask {
+            uuid: Uuid::new_v4(),
+            task_name,
+            priority,
+            args,
+            kwargs,
+            created_at: unix_now(),
+            retry: None,
+            retry_parent_uuid: None,
+            run_at: None,
+            definition,
+        };
+        let dispatch = self.dispatch();
+        let (broker, storage) = (&*self.inner.broker, &*self.inner.storage);
+        chain!(
+            dispatch,
+            Trigger::QtasksAddTaskBeforeBroker,
+            QtasksAddTaskBeforeBroker {
+                app: self,
+                broker,
+                task: &task
+            },
+            |update| update.apply_to(&mut task)
+        );
+        chain!(
+            dispatch,
+            Trigger::BrokerAddBefore,
+            BrokerAddBefore {
+                broker,
+                storage,
+                task: &task
+            },
+            |update| update.apply_to(&mut task)
+        );
+        chain!(
+            dispatch,
+            Trigger::StorageAdd,
+            StorageAdd {
+                storage,
+                uuid: task.uuid,
+                task: &task
+            },
+            |update| update.apply_to(&mut task)
+        );
+        if task.task_name.contains(':') {
+            return Err(Error::InvalidArguments {
+                task: task.task_name,
+                reason:
+                    "task names cannot contain `:`, which separates the fields of queue entries"
+                        .to_owned(),
+            });
+        }
+        broker.add(task.clone()).await?;
+        dispatch
+            .fire(&BrokerAddAfter {
+                broker,
+                storage,
+                task: &task,
+            })
+            .await;
+        dispatch
+            .fire(&QtasksAddTaskAfterBroker {
+                app: self,
+                broker,
+                task: &task,
+            })
+            .await;
+        Ok(TaskHandle::new(task.uuid, self.clone()))
+    }
+
+    /// A task's record as it is now; `None` for an unknown id. `storage_get`, `broker_get` and
+    /// `qtasks_get` may change what is returned.
+    pub async fn get(&self, uuid: Uuid) -> Result<Option<TaskRecord>> {
+        let mut record = self.inner.storage.get(uuid).await?;
+        self.adjust_read(&mut record).await;
+        Ok(record)
+    }
+
+    async fn adjust_read(&self, record: &mut Option<TaskRecord>) {
+        let dispatch = self.dispatch();
+        let (broker, storage) = (&*self.inner.broker, &*self.inner.storage);
+        if let Some(found) = record.as_mut() {
+            chain!(
+                dispatch,
+                Trigger::StorageGet,
+                StorageGet {
+                    storage,
+                    record: found
+                },
+                |update| update.apply_to(found)
+            );
+        }
+        chain!(
+            dispatch,
+            Trigger::BrokerGet,
+            BrokerGet {
+                broker,
+                task: record.as_ref()
+            },
+            |update| {
+                if let Some(found) = record.as_mut() {
+                    update.apply_to(found);
+                }
+            }
+        );
+        chain!(
+            dispatch,
+            Trigger::QtasksGet,
+            QtasksGet {
+                app: self,
+                broker,
+                task: record.as_ref()
+            },
+            |update| {
+                if let Some(found) = record.as_mut() {
+                    update.apply_to(found);
+                }
+            }
+        );
+    }
+
+    /// Every record of this app, oldest first. `storage_get_all` may change the list.
+    pub async fn get_all(&self) -> Result<Vec<TaskRecord>> {
+        let mut records = self.inner.storage.get_all().await?;
+        let storage = &*self.inner.storage;
+        chain!(
+            self.dispatch(),
+            Trigger::StorageGetAll,
+            StorageGetAll {
+                storage,
+                records: &records
+            },
+            |replaced| { records = replaced }
+        );
+        Ok(records)
+    }
+
+    /// Waits until a task ends and returns its record; see [`TaskHandle::wait`]. A retried
+    /// task is followed to its last attempt.
+    pub async fn wait(&self, uuid: Uuid, timeout: Duration) -> Result<TaskRecord> {
+        let ends = self.config().result_statuses_end.clone();
+        let follow = async {
+            let mut current = uuid;
+            loop {
+                let Some(record) = self.inner.storage.wait_finished(current).await? else {
+                    return Err(Error::TaskNotFound(current));
+                };
+                match (record.status, record.retry_child_uuid) {
+                    (TaskStatus::Retry, Some(child)) => current = child,
+                    (status, _) if ends.contains(&status) || status.is_final() => {
+                        let mut record = Some(record);
+                        self.adjust_read(&mut record).await;
+                        return Ok(record.expect("present"));
+                    }
+                    _ => unreachable!("wait_finished returns ended records"),
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, follow).await {
+            Ok(result) => result,
+            Err(_elapsed) => Err(Error::WaitTimeout { uuid, timeout }),
+        }
+    }
+
+    /// Deletes this app's queued tasks and records, and nothing of other apps.
+    pub async fn flush_all(&self) -> Result<()> {
+        let dispatch = self.dispatch();
+        let (broker, storage) = (&*self.inner.broker, &*self.inner.storage);
+        dispatch.fire(&QtasksFlushAll { app: self, broker }).await;
+        dispatch.fire(&BrokerFlushAll { broker }).await;
+        broker.flush_all().await?;
+        dispatch.fire(&StorageFlushAll { storage }).await;
+        storage.flush_all().await?;
+        Ok(())
+    }
+}
+
+/// Options of one [`QueueTasks::add_task_with`] call.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AddOptions {
+    /// The priority of this task (lower runs first); `None` takes the task's, then the app's
+    /// default.
+    pub priority: Option<i64>,
+}
+
+impl AddOptions {
+    /// Sets the priority.
+    #[must_use]
+    pub fn priority(mut self, priority: i64) -> Self {
+        self.priority = Some(priority);
+        self
+    }
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
