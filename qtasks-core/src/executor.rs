@@ -348,7 +348,7 @@ impl TaskExecutor {
                     None => item,
                 };
                 if let Err(error) = storage.append_item(uuid, item.clone()).await {
-                    tracing::warn!(uuid = %uuid, "could not store a stream item: {error}");
+                    tracing::warn!(uuid = %uuid, "could not store a stream item: {}", crate::backend::ErrorChain(&error));
                 }
                 collected.push(item);
             }

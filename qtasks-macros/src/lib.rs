@@ -12,18 +12,123 @@ mod task;
 
 use proc_macro::TokenStream;
 
-/// Registers a fn as a task. See the `qtasks` crate docs for the full description.
+/// Registers an `async fn` (or a plain `fn`, run on the blocking pool) as a task.
 ///
-/// Options: `name = "..."`, `echo = true`, `priority = N`, `tags = ["..."]`,
-/// `description = "..."`.
+/// The fn stays as it is, callable directly; next to it the attribute adds a module of the same
+/// name holding `NAME`, `DEFINITION`, `add_task(&app, args..)` (typed: argument types are checked
+/// at compile time), `call(args..)` and `call_with(..)` (for chains).
+///
+/// ```rust,standalone_crate
+/// use std::time::Duration;
+///
+/// #[qtasks::task(name = "math.add", priority = 1, tags = ["math"], max_time = 5)]
+/// async fn add(a: i64, b: i64) -> i64 {
+///     a + b
+/// }
+///
+/// #[tokio::main]
+/// async fn main() -> qtasks::Result<()> {
+///     let app = qtasks::QueueTasks::new();
+///     app.start().await?;
+///     let done = add::add_task(&app, 2, 3).await?.wait(Duration::from_secs(5)).await?;
+///     assert_eq!(done.returning, Some(serde_json::json!(5)));
+///     assert_eq!(add::NAME, "math.add");
+///     app.stop().await
+/// }
+/// ```
+///
+/// Parameters are any serde types (an `Option` may be left out by the caller), plus
+/// `Depends<T>` and `State<T>` extractors. The fn returns any `Serialize` value,
+/// `Result<T, E>` with `E: Display`, or a `Stream` of items.
+///
+/// # Options
+///
+/// | option | what it does |
+/// |---|---|
+/// | `name = "..."` | the name on the queue; default: the fn's name. `:` is refused. |
+/// | `echo = true` | the first parameter is the task's `qtasks::TaskContext` |
+/// | `priority = N` | the priority of new tasks, lower runs first; default: the app's |
+/// | `tags = ["..."]` | free-form tags (metadata) |
+/// | `description = "..."` | a description (metadata) |
+/// | `retry = N` | retry a failed run up to N more times, each as a linked child task |
+/// | `retry_on_exc = [Type, ..]` | retry only errors of these types (`qtasks::TimeoutError` for timeouts) |
+/// | `retry_delay = SECONDS` | the wait before a retry |
+/// | `retry_backoff = "fixed" \| "exponential"` | the same wait each time, or doubling with jitter |
+/// | `max_time = SECONDS` | the time limit of one run; ends `error` with `TimeoutError` |
+/// | `timeout = SECONDS` | another name for `max_time` (give one of them) |
+/// | `decode = path` | a `fn(Value) -> Value` (or `-> Result<Value, E>`) that turns the result into the stored value |
+/// | `generate_handler = path` | a `fn(Value) -> Value` applied to each item of a stream task |
+/// | `middlewares_before = [STATIC, ..]` | `qtasks::Middleware` statics run before this task, after the app's |
+/// | `middlewares_after = [STATIC, ..]` | `qtasks::Middleware` statics run after this task, before the app's |
+/// | `router = "..."` | the router the task belongs to (`AppBuilder::routers`) |
+/// | `executor = STATIC` | a `static` implementing `qtasks::components::Executor`, instead of the app's |
+///
+/// ```rust,standalone_crate
+/// use qtasks::{TaskContext, TaskResult};
+///
+/// fn shout(value: serde_json::Value) -> serde_json::Value {
+///     value.as_str().map(str::to_uppercase).into()
+/// }
+///
+/// #[qtasks::task(
+///     echo = true,
+///     retry = 3, retry_on_exc = [std::io::Error], retry_delay = 0.5, retry_backoff = "exponential",
+///     timeout = 30,
+///     decode = shout,
+///     router = "greetings",
+///     description = "Greets someone, loudly",
+/// )]
+/// async fn greet(ctx: TaskContext, who: String) -> TaskResult<String> {
+///     tracing::info!(parent: ctx.span(), "greeting {who}");
+///     Ok(format!("hello, {who}"))
+/// }
+///
+/// fn main() {
+///     assert_eq!(greet::DEFINITION.retry(), Some(3));
+///     assert_eq!(greet::DEFINITION.router(), Some("greetings"));
+/// }
+/// ```
+///
+/// An unknown option, a misspelt one, a wrong value or a fn the attribute cannot register is
+/// a compile error that says how to fix it ("did you mean ...").
 #[proc_macro_attribute]
 pub fn task(args: TokenStream, item: TokenStream) -> TokenStream {
     debug("task", task::expand(args.into(), item.into())).into()
 }
 
-/// Registers a fn as the handler of a plugin trigger. See the `qtasks` crate docs.
+/// Registers a fn as the handler of a named plugin trigger, for every app of the binary.
 ///
-/// `#[qtasks::plugin(on = "task_executor_run_task_trigger_error")]`
+/// The one option, `on = "..."`, names the trigger as the Python original spells it; the name
+/// is checked at compile time against the catalogue (a misspelt one is an error with a "did you
+/// mean"). The fn, sync or `async`, takes `&` the trigger's payload type
+/// (`qtasks::triggers::<TriggerInCamelCase>`) and returns:
+///
+/// - `()` or `Result<(), E>` (with `E: Display`) for any trigger;
+/// - for a replacing trigger, also `Option<V>` or `Result<Option<V>, E>`, where `V` is what the
+///   trigger replaces (a JSON value, or a partial update such as `qtasks::triggers::TaskUpdate`):
+///   the last value returned wins.
+///
+/// A handler that fails or panics is logged and skipped; the others still run.
+///
+/// ```rust,standalone_crate
+/// use qtasks::triggers::{TaskExecutorRunTaskTriggerError, TaskExecutorAfterExecute};
+///
+/// // Turns a task's `plugin_error` into a result: the task then succeeds with it.
+/// #[qtasks::plugin(on = "task_executor_run_task_trigger_error")]
+/// fn recover(event: &TaskExecutorRunTaskTriggerError<'_>) -> Option<serde_json::Value> {
+///     (event.task.name() == "fetch").then(|| serde_json::json!("cached"))
+/// }
+///
+/// // Observes every run; an async handler is fine too.
+/// #[qtasks::plugin(on = "task_executor_after_execute")]
+/// async fn audit(event: &TaskExecutorAfterExecute<'_>) {
+///     tracing::debug!(task = event.executor.task().name(), "ran");
+/// }
+/// # fn main() {}
+/// ```
+///
+/// Handlers run in a fixed order for every trigger: by module path, then source line; runtime
+/// plugins (`QueueTasks::add_plugin`) after them.
 #[proc_macro_attribute]
 pub fn plugin(args: TokenStream, item: TokenStream) -> TokenStream {
     debug("plugin", plugin::expand(args.into(), item.into())).into()

@@ -16,7 +16,7 @@ use super::wire::{
 };
 use super::{Keys, RedisOptions, failure, scripts};
 use qtasks_core::BoxFuture;
-use qtasks_core::backend::{BackendError, Broker, Delivery, unix_now};
+use qtasks_core::backend::{BackendError, Broker, Delivery, ErrorChain, unix_now};
 use qtasks_core::{Outcome, QueuedTask, TaskStatus};
 
 /// How many times a finished task's result is written before giving up (the task then runs
@@ -224,7 +224,10 @@ impl RedisBroker {
                 .invoke_async(&mut con)
                 .await;
             if let Err(error) = released {
-                tracing::warn!("releasing a delayed task failed (a take will): {error}");
+                tracing::warn!(
+                    "releasing a delayed task failed (a take will): {}",
+                    ErrorChain(&error)
+                );
             }
         });
     }
@@ -302,7 +305,11 @@ impl Broker for RedisBroker {
                     let mut invocation = renew.key(&leases);
                     invocation.arg(lease_ms).arg(&members);
                     if let Err(error) = invocation.invoke_async::<i64>(&mut con).await {
-                        tracing::warn!("renewing {} task lease(s) failed: {error}", members.len());
+                        tracing::warn!(
+                            "renewing {} task lease(s) failed: {}",
+                            members.len(),
+                            ErrorChain(&error)
+                        );
                     }
                 }
             });
@@ -409,7 +416,7 @@ impl Broker for RedisBroker {
                         break Ok(());
                     }
                     Err(error) if attempt < FINISH_ATTEMPTS => {
-                        tracing::warn!(uuid = %delivery.task.uuid, "storing the result failed (attempt {attempt}): {error}");
+                        tracing::warn!(uuid = %delivery.task.uuid, "storing the result failed (attempt {attempt}): {}", ErrorChain(&error));
                         tokio::time::sleep(delay).await;
                         delay *= 2;
                         attempt += 1;

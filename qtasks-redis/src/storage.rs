@@ -129,7 +129,10 @@ impl RedisStorage {
                         ));
                     }
                     Err(error) => {
-                        tracing::warn!("subscribing to results failed, waits will poll: {error}");
+                        tracing::warn!(
+                            "subscribing to results failed, waits will poll: {}",
+                            qtasks_core::backend::ErrorChain(&error)
+                        );
                     }
                 }
             })
@@ -186,7 +189,7 @@ impl RedisStorage {
             {
                 Ok(fields) => break fields,
                 Err(error) if is_transient(&error) && delay <= MAX_READ_RETRY_DELAY => {
-                    tracing::debug!(uuid = %uuid, "reading the record failed, retrying: {error}");
+                    tracing::debug!(uuid = %uuid, "reading the record failed, retrying: {}", qtasks_core::backend::ErrorChain(&error));
                     tokio::time::sleep(delay).await;
                     delay *= 2;
                 }
@@ -424,7 +427,10 @@ async fn listen(
                     pubsub = Some(subscribed);
                 }
                 Err(error) => {
-                    tracing::warn!("result subscription: {error}; retrying in {delay:?}");
+                    tracing::warn!(
+                        "result subscription: {}; retrying in {delay:?}",
+                        qtasks_core::backend::ErrorChain(&error)
+                    );
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
             }

@@ -106,6 +106,7 @@ macro_rules! for_each_trigger {
 
 /// The component of the architecture that fires a trigger.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
 pub enum Component {
     /// The app object, `QueueTasks`.
     QueueTasks,
@@ -176,9 +177,11 @@ macro_rules! define_trigger_enum {
         /// A plugin trigger: a named point where the framework calls plugin handlers.
         ///
         /// The discriminants are dense (`0..Trigger::COUNT`), so the runtime indexes its
-        /// dispatch table with `trigger as usize` instead of hashing names.
+        /// dispatch table with `trigger as usize` instead of hashing names. New triggers may
+        /// come in minor releases, so a `match` outside this crate needs a `_` arm.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
         #[repr(u8)]
+        #[non_exhaustive]
         pub enum Trigger {
             $(
                 #[doc = concat!("`", $name, "`, fired by the ", stringify!($component), " (", stringify!($kind), ").")]

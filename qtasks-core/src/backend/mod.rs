@@ -25,6 +25,8 @@ use uuid::Uuid;
 
 pub use memory::{MemoryBroker, MemoryStorage};
 
+pub use crate::error::ErrorChain;
+
 use crate::components::GlobalConfig;
 use crate::plugin::{BoxError, BoxFuture};
 use crate::task::Outcome;

@@ -175,7 +175,7 @@ async fn beat(app: &QueueTasks) {
         .await;
     let ttl = Duration::from_secs(app.config().global_config_status_ttl);
     if let Err(error) = global_config.set_status(ttl).await {
-        tracing::warn!(app = %app.name(), "the worker heartbeat failed: {error}");
+        tracing::warn!(app = %app.name(), "the worker heartbeat failed: {}", crate::backend::ErrorChain(&error));
     }
 }
 
@@ -235,12 +235,20 @@ impl StopSteps<'_> {
         let _ = running.shutdown.send(true);
         dispatch.fire(&WorkerStop { worker }).await;
         if let Err(error) = running.worker.await {
-            tracing::error!(app = app.name(), "the worker ended abnormally: {error}");
+            tracing::error!(
+                app = app.name(),
+                "the worker ended abnormally: {}",
+                crate::backend::ErrorChain(&error)
+            );
         }
         let mut first_failure: Option<Error> = None;
         let mut note = |result: std::result::Result<(), BackendError>| {
             if let Err(error) = result {
-                tracing::error!(app = app.name(), "stopping: {error}");
+                tracing::error!(
+                    app = app.name(),
+                    "stopping: {}",
+                    crate::backend::ErrorChain(&error)
+                );
                 first_failure.get_or_insert(Error::Backend(error));
             }
         };

@@ -105,7 +105,7 @@ impl WorkerHost {
                     return deliveries;
                 }
                 Err(error) => {
-                    tracing::error!(app = %app.name(), "the broker failed: {error}; asking again in {BROKER_RETRY_DELAY:?}");
+                    tracing::error!(app = %app.name(), "the broker failed: {}; asking again in {BROKER_RETRY_DELAY:?}", crate::backend::ErrorChain(&error));
                     tokio::select! {
                         () = self.stop_requested() => return Vec::new(),
                         () = tokio::time::sleep(BROKER_RETRY_DELAY) => {}
@@ -211,7 +211,7 @@ impl WorkerHost {
             |replaced| outcome = replaced
         );
         if let Err(error) = broker.finish(&delivery, outcome.clone()).await {
-            tracing::error!(uuid = %uuid, "could not store the result of task {uuid}: {error}");
+            tracing::error!(uuid = %uuid, "could not store the result of task {uuid}: {}", crate::backend::ErrorChain(&error));
             return;
         }
         dispatch
@@ -285,7 +285,7 @@ impl WorkerHost {
         if update != marked
             && let Err(error) = storage.update(uuid, update).await
         {
-            tracing::error!(uuid = %uuid, "could not store the plugins' update of task {uuid}: {error}");
+            tracing::error!(uuid = %uuid, "could not store the plugins' update of task {uuid}: {}", crate::backend::ErrorChain(&error));
         }
         self.task_event(EventKind::TaskRunning, task, None).await;
         chain!(
