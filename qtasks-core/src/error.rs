@@ -375,6 +375,36 @@ pub struct ArgumentError {
     pub problem: String,
 }
 
+/// Shows an error with its sources, `outer: inner: innermost`, for logs and messages. Errors of
+/// qtasks keep their causes as [`source`](StdError::source) rather than in their own message,
+/// as Rust errors should; this puts them back on one line.
+///
+/// ```
+/// use qtasks::backend::{BackendError, ErrorChain};
+///
+/// let error = BackendError::new("redis", "reading task 7").with_source(std::io::Error::other("connection refused"));
+/// assert_eq!(ErrorChain(&error).to_string(), "redis backend: reading task 7: connection refused");
+/// ```
+pub struct ErrorChain<'a>(pub &'a (dyn StdError + 'static));
+
+impl fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for ErrorChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -406,35 +436,5 @@ mod tests {
         assert_eq!(e.traceback(), "String: plain text");
         let e = TaskError::from_display(TaskError::cancel("stop"));
         assert_eq!(e.cancel_reason(), Some("stop"));
-    }
-}
-
-/// Shows an error with its sources, `outer: inner: innermost`, for logs and messages. Errors of
-/// qtasks keep their causes as [`source`](StdError::source) rather than in their own message,
-/// as Rust errors should; this puts them back on one line.
-///
-/// ```
-/// use qtasks::backend::{BackendError, ErrorChain};
-///
-/// let error = BackendError::new("redis", "reading task 7").with_source(std::io::Error::other("connection refused"));
-/// assert_eq!(ErrorChain(&error).to_string(), "redis backend: reading task 7: connection refused");
-/// ```
-pub struct ErrorChain<'a>(pub &'a (dyn StdError + 'static));
-
-impl fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(cause) = source {
-            write!(f, ": {cause}")?;
-            source = cause.source();
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Debug for ErrorChain<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
     }
 }
