@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use qtasks::backend::{BackendError, Broker, Delivery, Storage};
+use qtasks::backend::{
+    BackendError, BackendParts, Broker, Connector, Delivery, ErrorChain, Storage,
+};
 use qtasks::components::{
     Executor, GlobalConfig, StartSteps, Starter, StopSteps, TaskExecutor, Worker, WorkerHost,
 };
@@ -63,11 +65,7 @@ impl Broker for FifoBroker {
                 if let Some(task) = self.queue.lock().unwrap().pop_front() {
                     self.storage
                         .change(task.uuid, |r| r.status = TaskStatus::Process);
-                    return Ok(Some(Delivery {
-                        receipt: String::new(),
-                        task,
-                        recovered: false,
-                    }));
+                    return Ok(Some(Delivery::new(task, String::new())));
                 }
                 notified.await;
             }
@@ -95,14 +93,7 @@ impl Broker for FifoBroker {
 }
 
 fn new_record(task: &QueuedTask) -> TaskRecord {
-    // Records can only be built by qtasks or decoded: go through JSON, as a real store would.
-    serde_json::from_value(json!({
-        "uuid": task.uuid, "task_name": task.task_name, "status": "new", "priority": task.priority,
-        "args": task.args, "kwargs": task.kwargs, "created_at": task.created_at, "updated_at": task.created_at,
-        "returning": null, "traceback": null, "cancel_reason": null,
-        "retry": null, "retry_parent_uuid": null, "retry_child_uuid": null,
-    }))
-    .unwrap()
+    TaskRecord::new(task)
 }
 
 /// Records in a map; waiters poll every millisecond (a user's simple choice).
@@ -298,6 +289,90 @@ static OWN_EXECUTOR: WrappingExecutor = WrappingExecutor("own");
 #[qtasks::task(executor = OWN_EXECUTOR)]
 async fn with_own_executor(x: i64) -> i64 {
     x + 1
+}
+
+/// A user's engine: hands out [`FifoBroker`], [`MapStorage`] and [`FlagGlobalConfig`] through
+/// the same seam the Redis crate uses, or refuses an app name it cannot serve.
+struct FifoEngine;
+
+impl Connector for FifoEngine {
+    fn connect<'a>(
+        &'a self,
+        config: &'a QueueConfig,
+    ) -> BoxFuture<'a, Result<BackendParts, BackendError>> {
+        Box::pin(async move {
+            if config.name == "forbidden" {
+                return Err(BackendError::new(
+                    "fifo",
+                    "this engine serves no app named `forbidden`",
+                )
+                .with_source(std::io::Error::other("refused by policy")));
+            }
+            let storage = Arc::new(MapStorage::default());
+            let broker = Arc::new(FifoBroker {
+                storage: Arc::clone(&storage),
+                queue: Mutex::default(),
+                arrived: Notify::new(),
+                added: AtomicUsize::new(0),
+            });
+            Ok(BackendParts::new(
+                broker,
+                storage,
+                Arc::new(FlagGlobalConfig::default()),
+            ))
+        })
+    }
+}
+
+#[tokio::test]
+async fn an_engine_written_outside_qtasks_plugs_in_through_a_connector() {
+    let app = QueueTasks::builder()
+        .config(QueueConfig {
+            name: "engine".into(),
+            ..Default::default()
+        })
+        .connect(FifoEngine)
+        .await
+        .unwrap()
+        .build();
+    let inspection = app.inspect().await;
+    assert!(
+        inspection.app.broker.ends_with("FifoBroker"),
+        "{}",
+        inspection.app.broker
+    );
+    assert!(
+        inspection.app.storage.ends_with("MapStorage"),
+        "{}",
+        inspection.app.storage
+    );
+    app.start().await.unwrap();
+    let done = double::add_task(&app, 21)
+        .await
+        .unwrap()
+        .wait(WAIT)
+        .await
+        .unwrap();
+    assert_eq!(done.returning, Some(json!(42)));
+    app.stop().await.unwrap();
+
+    // A connector that refuses says why, with its cause as the error's source.
+    let refused = QueueTasks::builder()
+        .config(QueueConfig {
+            name: "forbidden".into(),
+            ..Default::default()
+        })
+        .connect(FifoEngine)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.to_string(),
+        "fifo backend: this engine serves no app named `forbidden`"
+    );
+    assert_eq!(
+        ErrorChain(&refused).to_string(),
+        "fifo backend: this engine serves no app named `forbidden`: refused by policy"
+    );
 }
 
 #[tokio::test]

@@ -37,6 +37,26 @@ pub struct AppBuilder {
     routers: Option<Vec<String>>,
 }
 
+impl std::fmt::Debug for AppBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The parts are trait objects: show which are set, by their names.
+        f.debug_struct("AppBuilder")
+            .field("config", &self.config)
+            .field("broker", &self.backend.as_ref().map(|(b, _)| b.name()))
+            .field("storage", &self.backend.as_ref().map(|(_, s)| s.name()))
+            .field(
+                "global_config",
+                &self.global_config.as_ref().map(|g| g.name()),
+            )
+            .field("worker", &self.worker.as_ref().map(|w| w.name()))
+            .field("starter", &self.starter.as_ref().map(|s| s.name()))
+            .field("executor", &self.executor.as_ref().map(|e| e.name()))
+            .field("middlewares", &self.middlewares.len())
+            .field("routers", &self.routers)
+            .finish()
+    }
+}
+
 impl AppBuilder {
     /// The configuration.
     pub fn config(mut self, config: QueueConfig) -> Self {

@@ -8,6 +8,7 @@ use crate::{QueueConfig, TaskDefinition};
 
 /// An app's stats and tasks (the original's `InspectStats`).
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct Inspection {
     /// The app.
     pub app: AppStats,
@@ -17,6 +18,7 @@ pub struct Inspection {
 
 /// The app part of an [`Inspection`].
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct AppStats {
     /// The app name.
     pub name: String,
@@ -46,6 +48,7 @@ pub struct AppStats {
 
 /// One task of an [`Inspection`].
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct TaskStats {
     /// The task name.
     pub name: &'static str,

@@ -310,14 +310,15 @@ impl QueuedTask {
         }
     }
 
-    /// The task a stored record describes (what a broker that keeps only ids hands out).
-    pub fn from_record(record: &TaskRecord) -> Self {
+    /// The task a stored record describes (what a broker that keeps only ids hands out); takes
+    /// the record's arguments without copying them.
+    pub fn from_record(record: TaskRecord) -> Self {
         QueuedTask {
             uuid: record.uuid,
-            task_name: record.task_name.clone(),
+            task_name: record.task_name,
             priority: record.priority,
-            args: record.args.clone(),
-            kwargs: record.kwargs.clone(),
+            args: record.args,
+            kwargs: record.kwargs,
             created_at: record.created_at,
             retry: record.retry,
             retry_parent_uuid: record.retry_parent_uuid,
@@ -392,15 +393,16 @@ pub struct TaskRecord {
 }
 
 impl TaskRecord {
-    /// The record of a task just added: status `new`, the task's data, no result.
-    pub fn new(queued: &QueuedTask) -> Self {
+    /// The record of a task just added, taking the task's arguments without copying them:
+    /// status `new`, no result.
+    pub fn from_task(queued: QueuedTask) -> Self {
         TaskRecord {
             uuid: queued.uuid,
-            task_name: queued.task_name.clone(),
+            task_name: queued.task_name,
             status: TaskStatus::New,
             priority: queued.priority,
-            args: queued.args.clone(),
-            kwargs: queued.kwargs.clone(),
+            args: queued.args,
+            kwargs: queued.kwargs,
             created_at: queued.created_at,
             updated_at: queued.created_at,
             returning: None,
@@ -410,6 +412,11 @@ impl TaskRecord {
             retry_parent_uuid: queued.retry_parent_uuid,
             retry_child_uuid: None,
         }
+    }
+
+    /// The record of a task just added: status `new`, the task's data, no result.
+    pub fn new(queued: &QueuedTask) -> Self {
+        Self::from_task(queued.clone())
     }
 }
 

@@ -1,7 +1,7 @@
 //! The Redis broker: add, take (under a lease) and finish, each one round trip.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::Script;
@@ -149,11 +149,9 @@ impl RedisBroker {
                 self.release(&member);
                 Ok(None)
             }
-            Ok(record) => Ok(Some(Delivery {
-                task: QueuedTask::from_record(&record),
-                receipt: member,
-                recovered,
-            })),
+            Ok(record) => Ok(Some(
+                Delivery::new(QueuedTask::from_record(record), member).recovered(recovered),
+            )),
             Err(traceback) => {
                 tracing::error!(app = %self.keys.prefix, uuid = %uuid, "failing a task that cannot run: {traceback}");
                 let now = unix_now().to_string();
@@ -233,17 +231,11 @@ impl RedisBroker {
     }
 
     fn hold(&self, member: &str) {
-        self.held
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(member.to_owned());
+        crate::lock(&self.held).insert(member.to_owned());
     }
 
     fn release(&self, member: &str) {
-        self.held
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(member);
+        crate::lock(&self.held).remove(member);
     }
 
     /// One pipelined round trip: the outcome, the lease released, the child of a retry added,
@@ -293,12 +285,7 @@ impl Broker for RedisBroker {
             let renewer = tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(every).await;
-                    let members: Vec<String> = held
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .iter()
-                        .cloned()
-                        .collect();
+                    let members: Vec<String> = crate::lock(&held).iter().cloned().collect();
                     if members.is_empty() {
                         continue;
                     }
@@ -313,12 +300,7 @@ impl Broker for RedisBroker {
                     }
                 }
             });
-            if let Some(previous) = self
-                .renewer
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .replace(renewer)
-            {
+            if let Some(previous) = crate::lock(&self.renewer).replace(renewer) {
                 previous.abort();
             }
             Ok(())
@@ -326,12 +308,7 @@ impl Broker for RedisBroker {
     }
 
     fn stop(&self) -> BoxFuture<'_, Result<(), BackendError>> {
-        if let Some(renewer) = self
-            .renewer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-        {
+        if let Some(renewer) = crate::lock(&self.renewer).take() {
             renewer.abort();
         }
         Box::pin(async { Ok(()) })

@@ -1,7 +1,7 @@
 //! The Redis storage: reads records, and wakes waiters when a worker publishes a result.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -35,7 +35,7 @@ struct Waiters {
 
 impl Waiters {
     fn register(&self, uuid: Uuid) -> Arc<Notify> {
-        let mut by_task = self.by_task.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut by_task = crate::lock(&self.by_task);
         if let Some(existing) = by_task.get(&uuid).and_then(Weak::upgrade) {
             return existing;
         }
@@ -45,14 +45,14 @@ impl Waiters {
     }
 
     fn wake(&self, uuid: Uuid) {
-        let mut by_task = self.by_task.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut by_task = crate::lock(&self.by_task);
         if let Some(notify) = by_task.remove(&uuid).and_then(|weak| weak.upgrade()) {
             notify.notify_waiters();
         }
     }
 
     fn forget(&self, uuid: Uuid) {
-        let mut by_task = self.by_task.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut by_task = crate::lock(&self.by_task);
         if by_task
             .get(&uuid)
             .is_some_and(|weak| weak.strong_count() == 0)
@@ -340,12 +340,9 @@ impl Storage for RedisStorage {
                         }
                         _ => Vec::new(),
                     };
-                    ItemsRead { items, ended }
+                    ItemsRead::new(items, ended)
                 }
-                None => ItemsRead {
-                    items: Vec::new(),
-                    ended: true,
-                },
+                None => ItemsRead::new(Vec::new(), true),
             })
         })
     }

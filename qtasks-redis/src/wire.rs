@@ -152,7 +152,7 @@ pub(super) fn decode_record(
     task.created_at = number("created_at")?;
     task.retry = text("retry").and_then(|n| n.parse().ok());
     task.retry_parent_uuid = text("retry_parent_uuid").and_then(|u| Uuid::parse_str(u).ok());
-    let mut record = TaskRecord::new(&task);
+    let mut record = TaskRecord::from_task(task);
     record.status = status;
     record.updated_at = number("updated_at")?;
     record.returning = returning;

@@ -164,6 +164,7 @@ pub trait Connector: Send + Sync {
 
 /// A task taken from the broker: what to run, and the receipt to finish it with.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Delivery {
     /// The task to run.
     pub task: QueuedTask,
@@ -173,13 +174,39 @@ pub struct Delivery {
     pub recovered: bool,
 }
 
+impl Delivery {
+    /// A first delivery of `task` (not `recovered`), finished later with `receipt`.
+    pub fn new(task: QueuedTask, receipt: impl Into<String>) -> Self {
+        Delivery {
+            task,
+            receipt: receipt.into(),
+            recovered: false,
+        }
+    }
+
+    /// Marks a task taken again after its worker died.
+    #[must_use]
+    pub fn recovered(mut self, recovered: bool) -> Self {
+        self.recovered = recovered;
+        self
+    }
+}
+
 /// New items of a stream task, from [`Storage::wait_items`].
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct ItemsRead {
     /// The items not read before.
     pub items: Vec<serde_json::Value>,
     /// Whether the task has ended (no more items will come).
     pub ended: bool,
+}
+
+impl ItemsRead {
+    /// These new items; `ended` when the task will produce no more.
+    pub fn new(items: Vec<serde_json::Value>, ended: bool) -> Self {
+        ItemsRead { items, ended }
+    }
 }
 
 /// The queue of waiting tasks, and the writes of a task's life.
