@@ -428,3 +428,84 @@ async fn retries_wait_their_backoff_and_stream_items_are_stored_on_redis() {
     app.stop().await.unwrap();
     app.flush_all().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_finish_sent_again_is_stored_once_and_a_stale_delivery_is_refused() {
+    use qtasks::backend::Connector;
+    use qtasks::{Outcome, QueueConfig, QueuedTask};
+    let Some(url) = redis_url("a_finish_sent_again_is_stored_once") else {
+        return;
+    };
+    let prefix = unique_prefix("fence");
+    let config = QueueConfig {
+        name: prefix.clone(),
+        ..Default::default()
+    };
+    // The broker on its own, through the public engine seam, as a backend author would test it.
+    let options = RedisOptions {
+        lease: Duration::from_millis(1000),
+        ..Default::default()
+    };
+    let parts = qtasks::redis::Redis::new(&url)
+        .options(options)
+        .connect(&config)
+        .await
+        .unwrap();
+    let broker = parts.broker;
+    let mut con = raw_connection(&url).await;
+
+    let task = QueuedTask::new(qtasks::Uuid::new_v4(), "concat");
+    broker.add(task.clone()).await.unwrap();
+    let delivery = broker.next().await.unwrap().unwrap();
+    assert_eq!(delivery.task.uuid, task.uuid);
+    let mut child = QueuedTask::new(qtasks::Uuid::new_v4(), "concat");
+    child.retry_parent_uuid = Some(task.uuid);
+    let retry = Outcome::Retry {
+        traceback: "Boom: once".into(),
+        child: Box::new(child.clone()),
+    };
+    // As if the reply to the first finish were lost: the second one is a replay.
+    broker.finish(&delivery, retry.clone()).await.unwrap();
+    broker.finish(&delivery, retry).await.unwrap();
+    let queued: Vec<String> = con
+        .lrange(format!("{prefix}:task_queue"), 0, -1)
+        .await
+        .unwrap();
+    assert_eq!(
+        queued
+            .iter()
+            .filter(|e| e.contains(&child.uuid.to_string()))
+            .count(),
+        1,
+        "the next attempt is queued once: {queued:?}"
+    );
+
+    // A delivery whose lease ran out and was taken over is refused, and writes nothing.
+    let stale = broker.next().await.unwrap().unwrap();
+    assert_eq!(stale.task.uuid, child.uuid);
+    tokio::time::sleep(Duration::from_millis(1100)).await; // the lease (1 s) runs out
+    let current = broker.next().await.unwrap().unwrap(); // the take revokes the old token
+    assert_eq!(current.task.uuid, child.uuid);
+    assert!(current.recovered);
+    let refused = broker
+        .finish(&stale, Outcome::Success(json!("late")))
+        .await
+        .unwrap_err();
+    assert!(refused.is_refused(), "{refused}");
+    let status: String = con
+        .hget(format!("{prefix}:{}", child.uuid), "status")
+        .await
+        .unwrap();
+    assert_eq!(status, "process", "the late write changed nothing");
+    broker
+        .finish(&current, Outcome::Success(json!("on time")))
+        .await
+        .unwrap();
+    let returning: String = con
+        .hget(format!("{prefix}:{}", child.uuid), "returning")
+        .await
+        .unwrap();
+    assert_eq!(returning, "\"on time\"");
+    broker.flush_all().await.unwrap();
+    parts.storage.flush_all().await.unwrap();
+}

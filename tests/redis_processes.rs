@@ -289,3 +289,98 @@ async fn cancel_reaches_a_task_running_in_another_process() {
     worker.stop();
     app.flush_all().await.unwrap();
 }
+
+/// Counts the "done" messages per task on the app's channel: one per recorded outcome.
+async fn count_outcomes(
+    url: &str,
+    prefix: &str,
+) -> std::sync::Arc<std::sync::Mutex<HashMap<String, u32>>> {
+    use futures_util::StreamExt;
+    let counts = std::sync::Arc::new(std::sync::Mutex::new(HashMap::new()));
+    let mut pubsub = redis::Client::open(url)
+        .unwrap()
+        .get_async_pubsub()
+        .await
+        .unwrap();
+    pubsub
+        .subscribe(format!("{prefix}:qtasks:done"))
+        .await
+        .unwrap();
+    let sink = std::sync::Arc::clone(&counts);
+    tokio::spawn(async move {
+        let mut messages = pubsub.into_on_message();
+        while let Some(message) = messages.next().await {
+            let uuid: String = message.get_payload().unwrap();
+            *sink.lock().unwrap().entry(uuid).or_insert(0) += 1;
+        }
+    });
+    counts
+}
+
+fn signal(worker: &Worker, name: &str) {
+    let status = Command::new("kill")
+        .args([name, &worker.0.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill {name} was delivered");
+}
+
+#[tokio::test]
+async fn a_worker_stalled_past_its_lease_records_nothing_and_the_new_holder_records_once() {
+    let Some(url) = redis_url("a_worker_stalled_past_its_lease_records_nothing") else {
+        return;
+    };
+    let prefix = unique_prefix("stall");
+    let app = client(&url, &prefix).await;
+    let outcomes = count_outcomes(&url, &prefix).await;
+    let stalled = Worker::spawn(&prefix, 1000, 4);
+    let labels: Vec<String> = (0..4).map(|i| format!("stall{i}")).collect();
+    let mut handles = Vec::new();
+    for label in &labels {
+        handles.push(app.add_task("record_run", (label, 3000), ()).await.unwrap());
+    }
+    for label in &labels {
+        wait_until_started(&url, &prefix, label).await;
+    }
+    // The first worker freezes (as a paused process or a starved runtime would) past its
+    // 1 s lease; a second one takes its tasks over. Barrier: all four started again there.
+    signal(&stalled, "-STOP");
+    let takeover = Worker::spawn(&prefix, 1000, 4);
+    for _ in 0..3000 {
+        let runs = runs(&url, &prefix).await;
+        if labels.iter().all(|label| runs.get(label) == Some(&2)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    signal(&stalled, "-CONT");
+    for handle in handles {
+        let done = handle.wait(WAIT).await.unwrap();
+        assert_eq!(done.status, TaskStatus::Success);
+    }
+    // Barrier: a gracefully stopped worker has finished (and tried to record) every run.
+    stalled.stop();
+    takeover.stop();
+    let runs = runs(&url, &prefix).await;
+    for label in &labels {
+        assert_eq!(
+            runs[label], 2,
+            "{label} started on both workers (the stall forced it)"
+        );
+    }
+    // Every task has exactly one recorded outcome: the stalled worker's late ones were refused.
+    // (Its subscription may lag a moment behind the last write.)
+    for _ in 0..100 {
+        if outcomes.lock().unwrap().len() == labels.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let outcomes = outcomes.lock().unwrap().clone();
+    assert_eq!(outcomes.len(), labels.len(), "{outcomes:?}");
+    assert!(
+        outcomes.values().all(|n| *n == 1),
+        "one outcome per task: {outcomes:?}"
+    );
+    app.flush_all().await.unwrap();
+}

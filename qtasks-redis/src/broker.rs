@@ -1,6 +1,6 @@
 //! The Redis broker: add, take (under a lease) and finish, each one round trip.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,17 +19,44 @@ use qtasks_core::BoxFuture;
 use qtasks_core::backend::{BackendError, Broker, Delivery, ErrorChain, unix_now};
 use qtasks_core::{Outcome, QueuedTask, TaskStatus};
 
-/// How many times a finished task's result is written before giving up (the task then runs
-/// again when its lease runs out, so nothing is lost).
-const FINISH_ATTEMPTS: u32 = 5;
+/// The longest wait between two attempts to store an outcome during an outage.
+const FINISH_MAX_DELAY: Duration = Duration::from_secs(2);
+
+/// How long an outcome is retried through an outage, in leases: past that the lease is long
+/// gone and another worker runs the task (so nothing is lost by giving up).
+const FINISH_PATIENCE_LEASES: u32 = 10;
+
+/// Why a run stops when its worker lost the lease.
+const LEASE_LOST: &str =
+    "LeaseLost: the task's lease ran out while this worker stalled; another worker runs it";
+
+/// The length of a delivery token: 28 random hex digits per take call, then 4 for the task's
+/// place in the batch.
+const TOKEN_LEN: usize = 32;
 
 /// How long an idle worker blocks waiting for a new entry before it looks for expired leases.
 pub(super) fn idle_wait(options: &RedisOptions) -> Duration {
     (options.lease / 4).clamp(Duration::from_millis(100), Duration::from_secs(5))
 }
 
-/// One task the take script returned: lease member, record fields, recovered (1 or 0).
-type Taken = (String, Vec<Option<String>>, i64);
+/// One task the take script returned: lease member, record fields, recovered (1 or 0), token.
+type Taken = (String, Vec<Option<String>>, i64, String);
+
+/// A delivery's receipt: its token, then its lease member (the token has a fixed length).
+fn receipt(token: &str, member: &str) -> String {
+    format!("{token}{member}")
+}
+
+/// The token and the lease member of a receipt.
+fn split_receipt(receipt: &str) -> (&str, &str) {
+    receipt.split_at(TOKEN_LEN.min(receipt.len()))
+}
+
+/// The uuid in a lease member (`{seq}|name:uuid:priority`), if it has one.
+fn member_uuid(member: &str) -> Option<Uuid> {
+    let entry = member.split_once('|').map_or(member, |(_, entry)| entry);
+    parse_entry(entry).ok().map(|(_, uuid, _)| uuid)
+}
 
 pub(crate) struct RedisBroker {
     keys: Keys,
@@ -39,8 +66,9 @@ pub(crate) struct RedisBroker {
     take: Script,
     renew: Script,
     requeue: Script,
-    /// The lease members this process holds, renewed while it lives.
-    held: Arc<Mutex<HashSet<String>>>,
+    finish: Script,
+    /// The lease members this process holds, with their tokens, renewed while it lives.
+    held: Arc<Mutex<HashMap<String, String>>>,
     renewer: Mutex<Option<JoinHandle<()>>>,
     cancels: broadcast::Sender<(Uuid, String)>,
 }
@@ -60,7 +88,8 @@ impl RedisBroker {
             options,
             take: Script::new(scripts::TAKE),
             renew: Script::new(scripts::RENEW),
-            requeue: Script::new(scripts::REQUEUE_TAKEN),
+            requeue: Script::new(scripts::REQUEUE_EXPIRED),
+            finish: Script::new(scripts::FINISH),
             held: Arc::default(),
             renewer: Mutex::default(),
             cancels,
@@ -73,11 +102,9 @@ impl RedisBroker {
 
     /// Takes up to `max` tasks; also returns when the next delayed task may run (ms, Redis
     /// clock).
-    async fn take_batch(
-        &self,
-        max: usize,
-    ) -> Result<(Vec<(String, Vec<Option<String>>, bool)>, Option<i64>), BackendError> {
+    async fn take_batch(&self, max: usize) -> Result<(Vec<Taken>, Option<i64>), BackendError> {
         let mut con = self.commands.clone();
+        let token_prefix = &Uuid::new_v4().simple().to_string()[..TOKEN_LEN - 4];
         let (taken, next_due): (Vec<Taken>, Option<f64>) = self
             .take
             .key(&self.keys.queue)
@@ -87,17 +114,15 @@ impl RedisBroker {
             .key(&self.keys.leases)
             .key(&self.keys.recovered)
             .key(&self.keys.delayed)
+            .key(&self.keys.owners)
             .arg(self.lease_ms())
             .arg(max.max(1))
             .arg(&self.keys.prefix)
+            .arg(token_prefix)
             .arg(&TAKEN_FIELDS[..])
             .invoke_async(&mut con)
             .await
             .map_err(|e| failure("taking tasks failed".to_owned(), e))?;
-        let taken = taken
-            .into_iter()
-            .map(|(member, fields, recovered)| (member, fields, recovered == 1))
-            .collect();
         Ok((taken, next_due.map(|ms| ms as i64)))
     }
 
@@ -107,6 +132,7 @@ impl RedisBroker {
         member: String,
         fields: Vec<Option<String>>,
         recovered: bool,
+        token: String,
     ) -> Result<Option<Delivery>, BackendError> {
         let entry = member
             .split_once('|')
@@ -121,6 +147,7 @@ impl RedisBroker {
                     .atomic()
                     .rpush(&self.keys.dead, dead)
                     .zrem(&self.keys.leases, &member)
+                    .hdel(&self.keys.owners, &member)
                     .exec_async(&mut con)
                     .await
                     .map_err(|e| failure("moving a malformed entry aside failed".to_owned(), e))?;
@@ -140,9 +167,9 @@ impl RedisBroker {
             Ok(record) if record.status == TaskStatus::Cancel => {
                 // Cancelled while it waited: it never runs.
                 let mut con = self.commands.clone();
-                redis::cmd("ZREM")
-                    .arg(&self.keys.leases)
-                    .arg(&member)
+                redis::pipe()
+                    .zrem(&self.keys.leases, &member)
+                    .hdel(&self.keys.owners, &member)
                     .exec_async(&mut con)
                     .await
                     .map_err(|e| failure("dropping a cancelled task failed".to_owned(), e))?;
@@ -150,7 +177,8 @@ impl RedisBroker {
                 Ok(None)
             }
             Ok(record) => Ok(Some(
-                Delivery::new(QueuedTask::from_record(record), member).recovered(recovered),
+                Delivery::new(QueuedTask::from_record(record), receipt(&token, &member))
+                    .recovered(recovered),
             )),
             Err(traceback) => {
                 tracing::error!(app = %self.keys.prefix, uuid = %uuid, "failing a task that cannot run: {traceback}");
@@ -173,6 +201,7 @@ impl RedisBroker {
                         ],
                     )
                     .zrem(&self.keys.leases, &member)
+                    .hdel(&self.keys.owners, &member)
                     .publish(&self.keys.done_channel, uuid.to_string())
                     .exec_async(&mut con)
                     .await
@@ -230,42 +259,61 @@ impl RedisBroker {
         });
     }
 
-    fn hold(&self, member: &str) {
-        crate::lock(&self.held).insert(member.to_owned());
+    fn hold(&self, member: &str, token: &str) {
+        crate::lock(&self.held).insert(member.to_owned(), token.to_owned());
     }
 
     fn release(&self, member: &str) {
         crate::lock(&self.held).remove(member);
     }
 
-    /// One pipelined round trip: the outcome, the lease released, the child of a retry added,
-    /// the expiry set, and the waiters told. Redis runs a pipeline's commands in order, so the
-    /// lease is only released after the outcome is stored: a worker that dies half way leaves
-    /// the lease to expire and the task runs again (at least once).
+    /// One script: the outcome, the lease released, the child of a retry added, the expiry
+    /// set, and the waiters told, all only if this delivery's token still holds the lease
+    /// (`scripts::FINISH`). `Ok(true)`: stored now or by an earlier attempt whose reply was
+    /// lost; `Ok(false)`: refused, the lease is another worker's.
     async fn write_outcome(
         &self,
         delivery: &Delivery,
         outcome: &Outcome,
-    ) -> Result<(), redis::RedisError> {
-        let key = self.keys.record(delivery.task.uuid);
-        let mut pipe = redis::pipe();
-        // The writes are idempotent and a failed finish is sent again whole, so only a retry,
-        // which adds a child task, needs a transaction.
-        if matches!(outcome, Outcome::Retry { .. }) {
-            pipe.atomic();
-        }
-        pipe.hset_multiple(&key, &outcome_fields(outcome, unix_now()))
-            .zrem(&self.keys.leases, &delivery.receipt);
+    ) -> Result<bool, redis::RedisError> {
+        let (token, member) = split_receipt(&delivery.receipt);
+        let mut invocation = self.finish.key(&self.keys.leases);
+        invocation
+            .key(&self.keys.owners)
+            .key(self.keys.record(delivery.task.uuid))
+            .key(self.keys.finished(token));
+        let fields = outcome_fields(outcome, unix_now());
+        let ttl_ms = self
+            .options
+            .result_ttl
+            .map_or(0, |ttl| i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+        invocation
+            .arg(member)
+            .arg(token)
+            .arg(ttl_ms)
+            .arg(&self.keys.done_channel)
+            .arg(delivery.task.uuid.to_string())
+            .arg(fields.len())
+            .arg(&fields);
         if let Outcome::Retry { child, .. } = outcome {
-            pipe.hset_multiple(self.keys.record(child.uuid), &new_record_fields(child));
-            self.queue_command(&mut pipe, child);
+            let due = child.run_at.filter(|run_at| *run_at > unix_now());
+            invocation
+                .key(self.keys.record(child.uuid))
+                .key(if due.is_some() {
+                    &self.keys.delayed
+                } else {
+                    &self.keys.queue
+                });
+            let child_fields = new_record_fields(child);
+            invocation
+                .arg(child_fields.len())
+                .arg(&child_fields)
+                .arg(queue_entry(child))
+                .arg(due.map_or_else(String::new, |run_at| ((run_at * 1000.0) as i64).to_string()));
         }
-        if let Some(ttl) = self.options.result_ttl {
-            pipe.pexpire(&key, i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
-        }
-        pipe.publish(&self.keys.done_channel, delivery.task.uuid.to_string());
         let mut con = self.commands.clone();
-        pipe.exec_async(&mut con).await
+        let answer: i64 = invocation.invoke_async(&mut con).await?;
+        Ok(answer != 0)
     }
 }
 
@@ -278,25 +326,43 @@ impl Broker for RedisBroker {
         Box::pin(async move {
             let held = Arc::clone(&self.held);
             let renew = self.renew.clone();
-            let leases = self.keys.leases.clone();
+            let (leases, owners) = (self.keys.leases.clone(), self.keys.owners.clone());
+            let cancels = self.cancels.clone();
             let mut con = self.commands.clone();
             let lease_ms = self.lease_ms();
             let every = self.options.lease / 3;
             let renewer = tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(every).await;
-                    let members: Vec<String> = crate::lock(&held).iter().cloned().collect();
-                    if members.is_empty() {
+                    let pairs: Vec<(String, String)> = crate::lock(&held)
+                        .iter()
+                        .map(|(member, token)| (member.clone(), token.clone()))
+                        .collect();
+                    if pairs.is_empty() {
                         continue;
                     }
                     let mut invocation = renew.key(&leases);
-                    invocation.arg(lease_ms).arg(&members);
-                    if let Err(error) = invocation.invoke_async::<i64>(&mut con).await {
-                        tracing::warn!(
+                    invocation.key(&owners).arg(lease_ms);
+                    for (member, token) in &pairs {
+                        invocation.arg(member).arg(token);
+                    }
+                    match invocation.invoke_async::<Vec<String>>(&mut con).await {
+                        Ok(lost) => {
+                            for member in lost {
+                                // Stalled past the lease: the task is another worker's now.
+                                // Stop this run; its outcome would be refused anyway.
+                                crate::lock(&held).remove(&member);
+                                if let Some(uuid) = member_uuid(&member) {
+                                    tracing::warn!(uuid = %uuid, "the lease of task {uuid} was lost (this worker stalled past it); stopping this run");
+                                    let _ = cancels.send((uuid, LEASE_LOST.to_owned()));
+                                }
+                            }
+                        }
+                        Err(error) => tracing::warn!(
                             "renewing {} task lease(s) failed: {}",
-                            members.len(),
+                            pairs.len(),
                             ErrorChain(&error)
-                        );
+                        ),
                     }
                 }
             });
@@ -336,12 +402,14 @@ impl Broker for RedisBroker {
             loop {
                 let (taken, next_due_ms) = self.take_batch(max).await?;
                 let any_taken = !taken.is_empty();
-                for (member, _, _) in &taken {
-                    self.hold(member);
+                for (member, _, _, token) in &taken {
+                    self.hold(member, token);
                 }
                 let mut deliveries = Vec::with_capacity(taken.len());
-                for (member, fields, recovered) in taken {
-                    if let Some(delivery) = self.deliver(member, fields, recovered).await? {
+                for (member, fields, recovered, token) in taken {
+                    if let Some(delivery) =
+                        self.deliver(member, fields, recovered == 1, token).await?
+                    {
                         deliveries.push(delivery);
                     }
                 }
@@ -382,31 +450,47 @@ impl Broker for RedisBroker {
     ) -> BoxFuture<'_, Result<(), BackendError>> {
         let delivery = delivery.clone();
         Box::pin(async move {
-            let mut delay = Duration::from_millis(100);
+            // Kept and sent again through an outage: the script is idempotent, so a reply lost
+            // after the write only makes the next attempt answer "stored".
+            let patience = self.options.lease * FINISH_PATIENCE_LEASES;
+            let started = tokio::time::Instant::now();
+            let mut delay = Duration::from_millis(50);
             let mut attempt = 1;
             let result = loop {
                 match self.write_outcome(&delivery, &outcome).await {
-                    Ok(()) => {
+                    Ok(true) => {
                         if let Outcome::Retry { child, .. } = &outcome {
                             self.release_when_due(child);
                         }
                         break Ok(());
                     }
-                    Err(error) if attempt < FINISH_ATTEMPTS => {
-                        tracing::warn!(uuid = %delivery.task.uuid, "storing the result failed (attempt {attempt}): {}", ErrorChain(&error));
+                    Ok(false) => {
+                        break Err(BackendError::refused(
+                            "redis",
+                            format!(
+                                "the outcome of task {} was refused: its lease is another worker's now (this worker stalled past it)",
+                                delivery.task.uuid
+                            ),
+                        ));
+                    }
+                    Err(error) if started.elapsed() < patience => {
+                        tracing::warn!(uuid = %delivery.task.uuid, "storing the result failed (attempt {attempt}, trying again in {delay:?}): {}", ErrorChain(&error));
                         tokio::time::sleep(delay).await;
-                        delay *= 2;
+                        delay = (delay * 2).min(FINISH_MAX_DELAY);
                         attempt += 1;
                     }
                     Err(error) => {
                         break Err(failure(
-                            format!("storing the result of task {} failed", delivery.task.uuid),
+                            format!(
+                                "storing the result of task {} failed for {patience:?}; its lease has run out and the task runs again",
+                                delivery.task.uuid
+                            ),
                             error,
                         ));
                     }
                 }
             };
-            self.release(&delivery.receipt);
+            self.release(split_receipt(&delivery.receipt).1);
             result
         })
     }
@@ -422,6 +506,7 @@ impl Broker for RedisBroker {
                     &keys.ready,
                     &keys.sequence,
                     &keys.leases,
+                    &keys.owners,
                     &keys.dead,
                     &keys.recovered,
                 ])
@@ -455,6 +540,7 @@ impl Broker for RedisBroker {
                 .key(&self.keys.ready)
                 .key(&self.keys.leases)
                 .key(&self.keys.recovered)
+                .key(&self.keys.owners)
                 .invoke_async(&mut con)
                 .await
                 .map_err(|e| failure("putting taken tasks back failed".to_owned(), e))

@@ -196,6 +196,7 @@ pub(crate) struct Keys {
     ready: String,
     sequence: String,
     leases: String,
+    owners: String,
     recovered: String,
     delayed: String,
     dead: String,
@@ -213,6 +214,7 @@ impl Keys {
             ready: format!("{prefix}:qtasks:ready"),
             sequence: format!("{prefix}:qtasks:seq"),
             leases: format!("{prefix}:qtasks:leases"),
+            owners: format!("{prefix}:qtasks:owners"),
             recovered: format!("{prefix}:qtasks:recovered"),
             delayed: format!("{prefix}:qtasks:delayed"),
             dead: format!("{prefix}:qtasks:dead"),
@@ -224,6 +226,11 @@ impl Keys {
 
     fn record(&self, uuid: uuid::Uuid) -> String {
         format!("{}:{uuid}", self.prefix)
+    }
+
+    /// The marker that the delivery holding `token` stored its outcome.
+    fn finished(&self, token: &str) -> String {
+        format!("{}:qtasks:finished:{token}", self.prefix)
     }
 }
 

@@ -8,6 +8,10 @@
 //! - `N:qtasks:ready` (ZSET): waiting tasks; score = priority, member = `{seq:020}|{entry}`, so
 //!   equal priorities come out in arrival order.
 //! - `N:qtasks:leases` (ZSET): tasks being run; score = lease deadline (ms, Redis clock).
+//! - `N:qtasks:owners` (HASH): lease member → the delivery token of the take that holds it.
+//!   Only the holder of the token may renew the lease or record the outcome (fencing).
+//! - `N:qtasks:finished:{token}` (STRING, expires): the outcome of that delivery was stored, so
+//!   a finish sent again after a lost reply is recognised as done, not refused.
 //! - `N:qtasks:seq` (STRING): the arrival counter.
 //! - `N:qtasks:recovered` (SET): members taken back from a dead worker, until taken again.
 //! - `N:qtasks:delayed` (ZSET): entries that may run later (a retry's backoff); score = the
@@ -21,13 +25,18 @@
 /// 3. The lowest (priority, seq) members are popped, leased, and their records marked
 ///    `process` and returned.
 ///
-/// KEYS: task_queue, incoming, ready, seq, leases, recovered, delayed. ARGV: lease_ms, count,
-/// prefix, then the record fields to return (`wire::TAKEN_FIELDS`, `status` first).
-/// Returns `{[member, record_fields, recovered]..., next_due_ms}`: `record_fields` are the
-/// values of those fields (empty when the entry is malformed or its record is missing: the caller fails it),
-/// `recovered` is 1 for a task taken back from a dead worker; `next_due_ms` is when the next delayed task may
-/// run (or false). A task cancelled while it waited is returned as it is (status `cancel`), not
-/// marked `process`; the caller skips it.
+/// KEYS: task_queue, incoming, ready, seq, leases, recovered, delayed, owners. ARGV: lease_ms,
+/// count, prefix, token prefix (unique per call), then the record fields to return
+/// (`wire::TAKEN_FIELDS`, `status` first).
+/// Returns `{[member, record_fields, recovered, token]..., next_due_ms}`: `record_fields` are
+/// the values of those fields (empty when the entry is malformed or its record is missing: the
+/// caller fails it), `recovered` is 1 for a task taken back from a dead worker, `token` the
+/// delivery token that fences this lease; `next_due_ms` is when the next delayed task may run
+/// (or false). A task whose record is final already (cancelled while it waited, or finished by
+/// a worker whose lease had run out) is dropped here without running.
+///
+/// At most `MOVE_LIMIT` pushed entries move to `ready` per call, so one call never holds Redis
+/// for a whole backlog; the rest move on the next calls.
 pub(super) const TAKE: &str = r#"
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -45,7 +54,8 @@ local function zadd_pairs(key, pairs)
   end
 end
 
--- 1. Expired leases: their worker died; back to `ready`, keeping their place.
+-- 1. Expired leases: their worker died or stalled; back to `ready`, keeping their place. The
+--    old token no longer holds: that worker's renewals and finish are refused from now on.
 local expired = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now_ms)
 if #expired > 0 then
   local back = {}
@@ -53,6 +63,7 @@ if #expired > 0 then
     back[#back + 1] = priority_of(string.sub(member, 22))
     back[#back + 1] = member
     redis.call('SADD', KEYS[6], member)
+    redis.call('HDEL', KEYS[8], member)
   end
   zadd_pairs(KEYS[3], back)
   redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now_ms)
@@ -63,9 +74,10 @@ local entries = redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', now_ms)
 if #entries > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now_ms)
 end
+local move_limit = 10000
 for _, list in ipairs({KEYS[2], KEYS[1]}) do
-  while true do
-    local got = redis.call('LPOP', list, 1000)
+  while #entries < move_limit do
+    local got = redis.call('LPOP', list, math.min(1000, move_limit - #entries))
     if not got then break end
     for _, entry in ipairs(got) do entries[#entries + 1] = entry end
   end
@@ -81,7 +93,8 @@ if #entries > 0 then
 end
 
 -- 3. The lowest (priority, seq) are leased, marked `process` and returned with their record.
-local wanted = {unpack(ARGV, 4)}
+local final = {success = true, error = true, cancel = true, retry = true}
+local wanted = {unpack(ARGV, 5)}
 local taken = redis.call('ZPOPMIN', KEYS[3], tonumber(ARGV[2]))
 local out = {}
 local leases = {}
@@ -89,22 +102,29 @@ local lease_end = now_ms + tonumber(ARGV[1])
 local any_recovered = redis.call('SCARD', KEYS[6]) > 0
 for i = 1, #taken, 2 do
   local member = taken[i]
-  leases[#leases + 1] = lease_end
-  leases[#leases + 1] = member
   local uuid = string.match(string.sub(member, 22), '^[^:]+:([^:]+):%-?%d+$')
   local fields = {}
+  local skip = false
   if uuid then
     local key = ARGV[3] .. ':' .. uuid
     fields = redis.call('HMGET', key, unpack(wanted))
     if not fields[1] then
       fields = {}
-    elseif fields[1] ~= 'cancel' then
+    elseif final[fields[1]] then
+      skip = true
+    else
       redis.call('HSET', key, 'status', 'process', 'updated_at', now_s)
     end
   end
   local recovered = 0
   if any_recovered then recovered = redis.call('SREM', KEYS[6], member) end
-  out[#out + 1] = {member, fields, recovered}
+  if not skip then
+    local token = ARGV[4] .. string.format('%04x', (i + 1) / 2)
+    redis.call('HSET', KEYS[8], member, token)
+    leases[#leases + 1] = lease_end
+    leases[#leases + 1] = member
+    out[#out + 1] = {member, fields, recovered, token}
+  end
 end
 if #leases > 0 then zadd_pairs(KEYS[5], leases) end
 local next_due = redis.call('ZRANGE', KEYS[7], 0, 0, 'WITHSCORES')
@@ -125,29 +145,79 @@ redis.call('PUBLISH', ARGV[2], ARGV[3])
 return 1
 "#;
 
-/// Puts every leased member back in `ready` at once, marked recovered; returns how many.
-/// KEYS: ready, leases, recovered.
-pub(super) const REQUEUE_TAKEN: &str = r#"
-local members = redis.call('ZRANGE', KEYS[2], 0, -1)
+/// Puts the members whose lease has run out back in `ready` at once, marked recovered, and
+/// revokes their tokens; returns how many. Live workers' leases are left alone.
+/// KEYS: ready, leases, recovered, owners.
+pub(super) const REQUEUE_EXPIRED: &str = r#"
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local members = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now_ms)
 for _, member in ipairs(members) do
   local p = tonumber(string.match(string.sub(member, 22), ':(%-?%d+)$')) or 0
   redis.call('ZADD', KEYS[1], p, member)
   redis.call('SADD', KEYS[3], member)
+  redis.call('HDEL', KEYS[4], member)
 end
-redis.call('DEL', KEYS[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now_ms)
 return #members
 "#;
 
-/// Extends the leases of the given members that are still leased (a reclaimed one stays
-/// reclaimed). KEYS: leases. ARGV: lease_ms, members...
+/// Records a delivery's outcome if, and only if, its token still holds the lease: writes the
+/// record's fields, releases the lease, adds a retry's next attempt, sets the expiry and tells
+/// the waiters, in one step. Sent again after a lost reply, it answers "stored" without
+/// writing twice (so a retry's next attempt is added once).
+///
+/// KEYS: leases, owners, record, finished marker (`N:qtasks:finished:{token}`), then for a
+/// retry: the child's record, and the child's queue (`task_queue`, or `delayed` with a time).
+/// ARGV: member, token, ttl_ms (0: keep), done channel, uuid, field count, the fields and
+/// values, then for a retry: the child's field count, its fields and values, its queue entry and
+/// its due time in ms ('' to queue it now).
+/// Returns 1 stored, 2 stored before (a replay), 0 refused (the token no longer holds).
+pub(super) const FINISH: &str = r#"
+if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then
+  if redis.call('EXISTS', KEYS[4]) == 1 then return 2 end
+  return 0
+end
+local n = tonumber(ARGV[6])
+redis.call('HSET', KEYS[3], unpack(ARGV, 7, 6 + 2 * n))
+local next_arg = 7 + 2 * n
+if KEYS[5] then
+  local c = tonumber(ARGV[next_arg])
+  redis.call('HSET', KEYS[5], unpack(ARGV, next_arg + 1, next_arg + 2 * c))
+  local entry = ARGV[next_arg + 2 * c + 1]
+  local due = ARGV[next_arg + 2 * c + 2]
+  if due == '' then
+    redis.call('RPUSH', KEYS[6], entry)
+  else
+    redis.call('ZADD', KEYS[6], tonumber(due), entry)
+  end
+end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('SET', KEYS[4], '1', 'PX', 3600000)
+local ttl = tonumber(ARGV[3])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[3], ttl) end
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return 1
+"#;
+
+/// Extends the leases this worker still holds: those whose token is still the owner's. Returns
+/// the members it lost (their lease ran out and was revoked, or another worker holds them now);
+/// the worker stops those runs. KEYS: leases, owners. ARGV: lease_ms, then member and token
+/// pairs.
 pub(super) const RENEW: &str = r#"
 local t = redis.call('TIME')
 local deadline = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
-local renewed = 0
-for i = 2, #ARGV do
-  renewed = renewed + redis.call('ZADD', KEYS[1], 'XX', 'CH', deadline, ARGV[i])
+local lost = {}
+for i = 2, #ARGV, 2 do
+  local member, token = ARGV[i], ARGV[i + 1]
+  if redis.call('HGET', KEYS[2], member) == token then
+    redis.call('ZADD', KEYS[1], 'XX', deadline, member)
+  else
+    lost[#lost + 1] = member
+  end
 end
-return renewed
+return lost
 "#;
 
 /// Moves one delayed entry to `task_queue` if it is still delayed (so only one of the timer

@@ -67,7 +67,15 @@ pub(crate) struct Inner {
     pub(crate) dependencies: Dependencies,
     pub(crate) cancels: Cancels,
     pub(crate) running: AtomicBool,
+    pub(crate) counters: Counters,
     pub(crate) lifecycle: tokio::sync::Mutex<Option<Running>>,
+}
+
+/// What this process's worker counts as it goes.
+#[derive(Default)]
+pub(crate) struct Counters {
+    /// Outcomes the broker refused: the worker had stalled past its lease.
+    pub(crate) refused_outcomes: std::sync::atomic::AtomicU64,
 }
 
 /// What a started app holds until it stops.
@@ -133,6 +141,7 @@ impl QueueTasks {
                 dependencies: Dependencies::default(),
                 cancels: Cancels::default(),
                 running: AtomicBool::new(false),
+                counters: Counters::default(),
                 lifecycle: tokio::sync::Mutex::new(None),
             }),
         }

@@ -114,4 +114,12 @@ impl QueueTasks {
             tasks,
         }
     }
+
+    /// How many outcomes of this process's worker the broker refused since the app was built:
+    /// the worker stalled past a task's lease (a paused process, an outage longer than the
+    /// lease), another worker took the task over, and this worker's late write was dropped so
+    /// that each attempt has one recorded outcome. Each refusal is also logged.
+    pub fn refused_outcomes(&self) -> u64 {
+        self.inner.counters.refused_outcomes.load(Ordering::Relaxed)
+    }
 }

@@ -25,11 +25,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 fn not_stored(uuid: Uuid) -> BackendError {
-    BackendError {
-        backend: "memory",
-        message: format!("task {uuid} is not stored"),
-        source: None,
-    }
+    BackendError::new("memory", format!("task {uuid} is not stored"))
 }
 
 /// An in-memory priority queue (lowest priority number first, FIFO among equals) writing to a

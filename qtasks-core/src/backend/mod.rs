@@ -51,6 +51,7 @@ pub struct BackendError {
     message: String,
     #[source]
     source: Option<BoxError>,
+    refused: bool,
 }
 
 impl BackendError {
@@ -60,7 +61,23 @@ impl BackendError {
             backend,
             message: message.into(),
             source: None,
+            refused: false,
         }
+    }
+
+    /// The backend refused a write that is no longer this worker's to make: the delivery's
+    /// lease ran out (the worker stalled past it) and another worker holds the task now.
+    /// Trying again will not help; the other worker records the outcome.
+    pub fn refused(backend: &'static str, message: impl Into<String>) -> Self {
+        BackendError {
+            refused: true,
+            ..BackendError::new(backend, message)
+        }
+    }
+
+    /// Whether this is a [`refused`](Self::refused) write.
+    pub fn is_refused(&self) -> bool {
+        self.refused
     }
 
     /// The underlying error.
@@ -248,6 +265,10 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Stores how a delivered task ended, releases it, and wakes whoever waits for it. An
     /// [`Outcome::Retry`] also adds its child task.
+    ///
+    /// A broker with leases records the outcome only while the delivery still holds its lease;
+    /// otherwise it returns a [`BackendError::refused`] error and writes nothing, so each
+    /// attempt has one recorded outcome.
     fn finish(
         &self,
         delivery: &Delivery,
@@ -269,9 +290,9 @@ pub trait Broker: Send + Sync + 'static {
         None
     }
 
-    /// Puts every taken, unfinished task back in the queue at once (at start, with
-    /// `QueueConfig::running_older_tasks`); returns how many. Brokers without leases have
-    /// nothing to put back.
+    /// Puts the taken, unfinished tasks whose worker is gone (their lease ran out) back in the
+    /// queue at once (at start, with `QueueConfig::running_older_tasks`); returns how many.
+    /// Live workers keep theirs. Brokers without leases have nothing to put back.
     fn requeue_taken(&self) -> BoxFuture<'_, Result<usize, BackendError>> {
         Box::pin(async { Ok(0) })
     }

@@ -211,7 +211,15 @@ impl WorkerHost {
             |replaced| outcome = replaced
         );
         if let Err(error) = broker.finish(&delivery, outcome.clone()).await {
-            tracing::error!(uuid = %uuid, "could not store the result of task {uuid}: {}", crate::backend::ErrorChain(&error));
+            if error.is_refused() {
+                app.inner
+                    .counters
+                    .refused_outcomes
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(uuid = %uuid, "{error}");
+            } else {
+                tracing::error!(uuid = %uuid, "could not store the result of task {uuid}: {}", crate::backend::ErrorChain(&error));
+            }
             return;
         }
         dispatch
