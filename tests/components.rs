@@ -847,7 +847,7 @@ async fn a_retried_task_is_a_chain_of_linked_attempts_and_wait_follows_it() {
 // -- Redis: running_older_tasks and the heartbeat's time to live ----------------------------------
 
 #[tokio::test]
-async fn running_older_tasks_puts_taken_tasks_back_at_start_on_redis() {
+async fn running_older_tasks_puts_dead_workers_tasks_back_at_start_on_redis() {
     use redis::AsyncCommands;
     let Some(url) =
         support::redis_url("running_older_tasks_puts_taken_tasks_back_at_start_on_redis")
@@ -863,13 +863,27 @@ async fn running_older_tasks_puts_taken_tasks_back_at_start_on_redis() {
     let app = qtasks::redis::connect_with(&url, config, qtasks::redis::RedisOptions::default())
         .await
         .unwrap();
-    // A task taken by a worker that is gone, with a lease that would last until 2100.
-    let uuid = support::plant_taken_task(&url, &prefix, "double", "[4]", 4_102_444_800_000).await;
+    // A task taken by a worker that is gone (its lease ran out), and one a live worker holds
+    // (its lease lasts until 2100): only the first is put back.
+    let uuid = support::plant_taken_task(&url, &prefix, "double", "[4]", 1).await;
+    let live = support::plant_taken_task(&url, &prefix, "double", "[5]", 4_102_444_800_000).await;
     let mut con = support::raw_connection(&url).await;
     app.start().await.unwrap();
     assert_eq!(
         app.wait(uuid, WAIT).await.unwrap().returning,
         Some(json!(8))
+    );
+    let leased: Vec<String> = con
+        .zrange(format!("{prefix}:qtasks:leases"), 0, -1)
+        .await
+        .unwrap();
+    assert!(
+        leased.iter().any(|member| member.contains(&live.to_string())),
+        "a live worker's task stays with it: {leased:?}"
+    );
+    assert_eq!(
+        app.get(live).await.unwrap().unwrap().status,
+        TaskStatus::Process
     );
     let ttl: i64 = con
         .ttl(format!("{prefix}:GlobalConfig:main"))

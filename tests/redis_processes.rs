@@ -384,3 +384,53 @@ async fn a_worker_stalled_past_its_lease_records_nothing_and_the_new_holder_reco
     );
     app.flush_all().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_cancel_racing_a_take_always_wins_and_nothing_overwrites_it() {
+    let Some(url) = redis_url("a_cancel_racing_a_take_always_wins") else {
+        return;
+    };
+    let prefix = unique_prefix("cancelrace");
+    let app = client(&url, &prefix).await;
+    // Two worker processes take as fast as they can while each task is cancelled right after it
+    // is added: some are cancelled while they wait, some just after a worker took them.
+    let workers = [
+        Worker::spawn(&prefix, 30_000, 8),
+        Worker::spawn(&prefix, 30_000, 8),
+    ];
+    let mut handles = Vec::new();
+    for i in 0..60 {
+        let handle = app
+            .add_task("record_run", (format!("race{i}"), 20_000), ())
+            .await
+            .unwrap();
+        assert!(
+            app.cancel(handle.uuid(), "raced").await.unwrap(),
+            "told it was cancelled"
+        );
+        handles.push(handle);
+    }
+    for handle in handles {
+        let done = handle.wait(WAIT).await.unwrap();
+        assert_eq!(
+            (done.status, done.cancel_reason.as_deref()),
+            (TaskStatus::Cancel, Some("raced")),
+            "a cancelled task ends cancelled, whoever took it"
+        );
+    }
+    // A finished task keeps its status.
+    let finished = app.add_task("record_run", ("done", 0), ()).await.unwrap();
+    assert_eq!(
+        finished.wait(WAIT).await.unwrap().status,
+        TaskStatus::Success
+    );
+    assert!(!app.cancel(finished.uuid(), "too late").await.unwrap());
+    assert_eq!(
+        finished.get().await.unwrap().unwrap().status,
+        TaskStatus::Success
+    );
+    for worker in workers {
+        worker.stop();
+    }
+    app.flush_all().await.unwrap();
+}

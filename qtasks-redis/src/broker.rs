@@ -12,11 +12,11 @@ use uuid::Uuid;
 
 use super::wire::{
     TAKEN_FIELDS, decode_record, new_record_fields, outcome_fields, parse_entry, queue_entry,
-    taken_fields,
+    status_named, taken_fields,
 };
 use super::{Keys, RedisOptions, failure, scripts};
 use qtasks_core::BoxFuture;
-use qtasks_core::backend::{BackendError, Broker, Delivery, ErrorChain, unix_now};
+use qtasks_core::backend::{BackendError, Broker, CancelState, Delivery, ErrorChain, unix_now};
 use qtasks_core::{Outcome, QueuedTask, TaskStatus};
 
 /// The longest wait between two attempts to store an outcome during an outage.
@@ -513,6 +513,38 @@ impl Broker for RedisBroker {
                 .exec_async(&mut con)
                 .await
                 .map_err(|e| failure("deleting the queue failed".to_owned(), e))
+        })
+    }
+
+    fn cancel(
+        &self,
+        uuid: Uuid,
+        reason: &str,
+    ) -> BoxFuture<'_, Result<Option<CancelState>, BackendError>> {
+        let reason = reason.to_owned();
+        Box::pin(async move {
+            let ttl_ms = self
+                .options
+                .result_ttl
+                .map_or(0, |ttl| i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+            let mut con = self.commands.clone();
+            let found: String = Script::new(scripts::CANCEL)
+                .key(self.keys.record(uuid))
+                .key(&self.keys.delayed)
+                .arg(&reason)
+                .arg(&self.keys.done_channel)
+                .arg(&self.keys.cancel_channel)
+                .arg(uuid.to_string())
+                .arg(ttl_ms)
+                .invoke_async(&mut con)
+                .await
+                .map_err(|e| failure(format!("cancelling task {uuid} failed"), e))?;
+            Ok(Some(match found.as_str() {
+                "missing" => CancelState::NotFound,
+                "new" => CancelState::Cancelled,
+                "process" => CancelState::Running,
+                other => CancelState::Ended(status_named(other).unwrap_or(TaskStatus::Error)),
+            }))
         })
     }
 

@@ -229,3 +229,28 @@ if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
 end
 return 0
 "#;
+
+/// Cancels a task by its status at this moment, in one step (so no worker takes it in
+/// between): `new` becomes `cancel` (a take drops it; a delayed one leaves `delayed` at once)
+/// and its waiters are told; for `process` the workers are asked to stop it; any other status
+/// stays. KEYS: record, delayed. ARGV: reason, done channel, cancel channel, uuid, ttl_ms (0:
+/// keep). Returns the status found (`missing` for no record).
+pub(super) const CANCEL: &str = r#"
+local found = redis.call('HMGET', KEYS[1], 'status', 'task_name', 'priority')
+local status = found[1]
+if not status then return 'missing' end
+if status == 'new' then
+  local t = redis.call('TIME')
+  local now_s = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+  redis.call('HSET', KEYS[1], 'status', 'cancel', 'cancel_reason', ARGV[1], 'updated_at', now_s)
+  if found[2] and found[3] then
+    redis.call('ZREM', KEYS[2], found[2] .. ':' .. ARGV[4] .. ':' .. found[3])
+  end
+  local ttl = tonumber(ARGV[5])
+  if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
+  redis.call('PUBLISH', ARGV[2], ARGV[4])
+elseif status == 'process' then
+  redis.call('PUBLISH', ARGV[3], ARGV[4] .. ' ' .. ARGV[1])
+end
+return status
+"#;

@@ -110,6 +110,19 @@ pub(super) fn parse_entry(entry: &str) -> Result<(&str, Uuid, i64), String> {
     Ok((name, uuid, priority))
 }
 
+/// The status of this wire name.
+pub(super) fn status_named(name: &str) -> Option<TaskStatus> {
+    Some(match name {
+        "new" => TaskStatus::New,
+        "process" => TaskStatus::Process,
+        "success" => TaskStatus::Success,
+        "error" => TaskStatus::Error,
+        "cancel" => TaskStatus::Cancel,
+        "retry" => TaskStatus::Retry,
+        _ => return None,
+    })
+}
+
 /// Builds a record from a hash; `Err` names the field that does not parse.
 pub(super) fn decode_record(
     uuid: Uuid,
@@ -123,15 +136,9 @@ pub(super) fn decode_record(
             .parse()
             .map_err(|e| format!("task {uuid}: `{name}` is not a number: {e}"))
     };
-    let status = match required("status")? {
-        "new" => TaskStatus::New,
-        "process" => TaskStatus::Process,
-        "success" => TaskStatus::Success,
-        "error" => TaskStatus::Error,
-        "cancel" => TaskStatus::Cancel,
-        "retry" => TaskStatus::Retry,
-        other => return Err(format!("task {uuid}: unknown status `{other}`")),
-    };
+    let status_name = required("status")?;
+    let status = status_named(status_name)
+        .ok_or_else(|| format!("task {uuid}: unknown status `{status_name}`"))?;
     let args = match serde_json::from_str(required("args")?) {
         Ok(Value::Array(items)) => items,
         _ => return Err(format!("task {uuid}: `args` is not a JSON list")),

@@ -2,26 +2,36 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use crate::backend::CancelState;
 use crate::sync::MutexExt;
 use crate::triggers::RecordUpdate;
 use crate::{Error, QueueTasks, Result, TaskStatus};
 
+/// How long a cancel for a task that has not started running here is remembered. A taken task
+/// registers within moments; a request for a task another process runs is forgotten after this.
+const EARLY_CANCEL_TTL: Duration = Duration::from_secs(60);
+
 /// The running tasks of this process that can be cancelled, and cancels that arrived before
-/// their task started running.
+/// their task started running (kept for [`EARLY_CANCEL_TTL`], so they do not pile up).
 #[derive(Default)]
 pub(crate) struct Cancels {
     running: Mutex<HashMap<Uuid, watch::Sender<Option<String>>>>,
-    early: Mutex<HashMap<Uuid, String>>,
+    early: Mutex<HashMap<Uuid, (String, Instant)>>,
 }
 
 impl Cancels {
     /// Registers a task about to run; its receiver says when to stop.
     pub(crate) fn register(&self, uuid: Uuid) -> watch::Receiver<Option<String>> {
-        let early = self.early.lock_unpoisoned().remove(&uuid);
+        let early = self
+            .early
+            .lock_unpoisoned()
+            .remove(&uuid)
+            .map(|(reason, _)| reason);
         let (sender, receiver) = watch::channel(early);
         self.running.lock_unpoisoned().insert(uuid, sender);
         receiver
@@ -39,9 +49,23 @@ impl Cancels {
         }
     }
 
-    /// Remembers a cancel for a task that has not registered yet.
-    pub(crate) fn cancel_early(&self, uuid: Uuid, reason: &str) {
-        self.early.lock_unpoisoned().insert(uuid, reason.to_owned());
+    /// Cancels a task running in this process, or remembers the cancel for a while in case it
+    /// is about to start here (taken, not yet registered).
+    pub(crate) fn cancel_here(&self, uuid: Uuid, reason: &str) -> bool {
+        if self.cancel_running(uuid, reason) {
+            return true;
+        }
+        let now = Instant::now();
+        let mut early = self.early.lock_unpoisoned();
+        early.retain(|_, (_, at)| now.duration_since(*at) < EARLY_CANCEL_TTL);
+        early.insert(uuid, (reason.to_owned(), now));
+        false
+    }
+
+    /// How many early cancels are remembered (for tests of the pruning).
+    #[cfg(test)]
+    pub(crate) fn early_len(&self) -> usize {
+        self.early.lock_unpoisoned().len()
     }
 }
 
@@ -50,14 +74,37 @@ impl QueueTasks {
     /// its next `.await`; a plain `fn` cannot be stopped mid-call, so it ends `cancel` and its
     /// thread finishes in the background). Either way it ends `cancel` with the reason and is
     /// not retried. Returns `false` when the task had ended already.
+    ///
+    /// The decision is atomic on backends that support it (in memory and on Redis): a `new`
+    /// task becomes `cancel` and never runs; a running one is asked to stop; a finished one
+    /// keeps its status (and this returns `false`). No worker can take the task in between.
     pub async fn cancel(&self, uuid: Uuid, reason: &str) -> Result<bool> {
         if self.inner.cancels.cancel_running(uuid, reason) {
             return Ok(true);
         }
-        let Some(record) = self.inner.storage.get(uuid).await? else {
-            return Err(Error::TaskNotFound(uuid));
+        let state = match self.inner.broker.cancel(uuid, reason).await? {
+            Some(state) => state,
+            None => self.cancel_by_reading(uuid, reason).await?,
         };
-        match record.status {
+        match state {
+            CancelState::Cancelled => Ok(true),
+            CancelState::Running => {
+                // Taken by this process's worker and about to start: it stops at once.
+                self.inner.cancels.cancel_here(uuid, reason);
+                Ok(true)
+            }
+            CancelState::Ended(_) => Ok(false),
+            CancelState::NotFound => Err(Error::TaskNotFound(uuid)),
+        }
+    }
+
+    /// Cancels through the storage for a broker that cannot decide atomically: read, then
+    /// write (a worker may take the task in between; it then runs).
+    async fn cancel_by_reading(&self, uuid: Uuid, reason: &str) -> Result<CancelState> {
+        let Some(record) = self.inner.storage.get(uuid).await? else {
+            return Ok(CancelState::NotFound);
+        };
+        Ok(match record.status {
             TaskStatus::New => {
                 let update = RecordUpdate {
                     status: Some(TaskStatus::Cancel),
@@ -65,16 +112,34 @@ impl QueueTasks {
                     ..RecordUpdate::default()
                 };
                 self.inner.storage.update(uuid, update).await?;
-                // In case a worker of this process took it meanwhile.
-                self.inner.cancels.cancel_early(uuid, reason);
-                Ok(true)
+                CancelState::Cancelled
             }
             TaskStatus::Process => {
-                self.inner.cancels.cancel_early(uuid, reason);
                 self.inner.broker.request_cancel(uuid, reason).await?;
-                Ok(true)
+                CancelState::Running
             }
-            _ => Ok(false),
-        }
+            status => CancelState::Ended(status),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn early_cancels_are_used_once_and_pruned() {
+        let cancels = Cancels::default();
+        let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
+        assert!(!cancels.cancel_here(first, "stop"));
+        assert_eq!(*cancels.register(first).borrow(), Some("stop".to_owned()));
+        assert_eq!(cancels.early_len(), 0, "used when the task registers");
+
+        cancels
+            .early
+            .lock_unpoisoned()
+            .insert(second, ("old".into(), Instant::now() - EARLY_CANCEL_TTL));
+        assert!(!cancels.cancel_here(first, "again"));
+        assert_eq!(cancels.early_len(), 1, "the expired one was pruned");
     }
 }

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use super::unix_now;
 use super::{BackendError, Broker, Delivery, ItemsRead, Storage};
+use super::{CancelState, unix_now};
 use crate::plugin::BoxFuture;
 use crate::sync::MutexExt;
 use crate::task::Outcome;
@@ -214,6 +214,17 @@ impl Broker for MemoryBroker {
         Box::pin(async move { result })
     }
 
+    fn cancel(
+        &self,
+        uuid: Uuid,
+        reason: &str,
+    ) -> BoxFuture<'_, Result<Option<CancelState>, BackendError>> {
+        // Under the records' lock, which `start` takes too: a task is either cancelled before
+        // it is marked `process` (and `start` leaves it out), or found running.
+        let state = self.storage.cancel_if_waiting(uuid, reason);
+        Box::pin(async move { Ok(Some(state)) })
+    }
+
     fn flush_all(&self) -> BoxFuture<'_, Result<(), BackendError>> {
         let mut queue = lock(&self.queue);
         queue.ready.clear();
@@ -314,6 +325,25 @@ impl MemoryStorage {
                 true
             })
             .collect()
+    }
+
+    /// `new` → `cancel`; otherwise reports the status, all under one lock.
+    fn cancel_if_waiting(&self, uuid: Uuid, reason: &str) -> CancelState {
+        let mut slots = lock(&self.slots);
+        let Some(slot) = slots.get_mut(&uuid) else {
+            return CancelState::NotFound;
+        };
+        match slot.record.status {
+            TaskStatus::New => {
+                slot.record.status = TaskStatus::Cancel;
+                slot.record.cancel_reason = Some(reason.to_owned());
+                slot.record.updated_at = unix_now();
+                slot.wake_waiters();
+                CancelState::Cancelled
+            }
+            TaskStatus::Process => CancelState::Running,
+            status => CancelState::Ended(status),
+        }
     }
 
     fn finish(&self, uuid: Uuid, outcome: Outcome) -> Result<(), BackendError> {

@@ -179,6 +179,20 @@ pub trait Connector: Send + Sync {
     ) -> BoxFuture<'a, Result<BackendParts, BackendError>>;
 }
 
+/// What [`Broker::cancel`] found and did, in one atomic step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CancelState {
+    /// The task was waiting: it is `cancel` now and will never run.
+    Cancelled,
+    /// The task is running (or taken): its worker was asked to stop it.
+    Running,
+    /// The task had ended already with this status, which stays.
+    Ended(crate::TaskStatus),
+    /// No such task.
+    NotFound,
+}
+
 /// A task taken from the broker: what to run, and the receipt to finish it with.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -277,6 +291,22 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Deletes this app's queued tasks.
     fn flush_all(&self) -> BoxFuture<'_, Result<(), BackendError>>;
+
+    /// Cancels a task in one atomic step, by its status at that moment: a `new` task becomes
+    /// `cancel` (with the reason) and is never handed out; for a taken one the workers are asked
+    /// to stop it (as [`request_cancel`](Self::request_cancel)); an ended one is left as it is.
+    /// Waiters of a cancelled task are woken.
+    ///
+    /// `None` (the default) means the broker cannot decide atomically: the app then reads the
+    /// record and writes the cancel itself, and a worker may take the task in between.
+    fn cancel(
+        &self,
+        uuid: Uuid,
+        reason: &str,
+    ) -> BoxFuture<'_, Result<Option<CancelState>, BackendError>> {
+        let _ = (uuid, reason);
+        Box::pin(async { Ok(None) })
+    }
 
     /// Tells the workers of the app, wherever they run, to cancel a running task. Brokers whose
     /// workers all live in this process leave it to the app, which knows its own tasks.

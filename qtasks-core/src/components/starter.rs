@@ -144,7 +144,7 @@ impl StartSteps<'_> {
                         _ = stop.wait_for(|stop| *stop) => return,
                         request = requests.recv() => match request {
                             Ok((uuid, reason)) => {
-                                app.inner.cancels.cancel_running(uuid, &reason);
+                                app.inner.cancels.cancel_here(uuid, &reason);
                             }
                             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
