@@ -878,7 +878,9 @@ async fn running_older_tasks_puts_dead_workers_tasks_back_at_start_on_redis() {
         .await
         .unwrap();
     assert!(
-        leased.iter().any(|member| member.contains(&live.to_string())),
+        leased
+            .iter()
+            .any(|member| member.contains(&live.to_string())),
         "a live worker's task stays with it: {leased:?}"
     );
     assert_eq!(

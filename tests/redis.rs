@@ -281,14 +281,31 @@ async fn an_unreachable_redis_is_reported_at_start() {
         error.starts_with("redis backend: cannot connect to Redis at redis://127.0.0.1:1/"),
         "{error}"
     );
-    let error = qtasks::redis::connect("redis://user:secret@127.0.0.1:1/")
+    // Whatever form the URL takes, the password shows nowhere in the error or its causes.
+    for url in [
+        "redis://user:secret@127.0.0.1:1/",
+        "redis://secret@127.0.0.1:1/",
+        "rediss://user:secret@127.0.0.1:1/0",
+        "unix:///nonexistent/redis.sock?db=0&pass=secret",
+        "redis+unix:///nonexistent/redis.sock?password=secret",
+    ] {
+        let error = qtasks::redis::connect(url).await.unwrap_err();
+        let shown = format!("{} / {:?}", qtasks::backend::ErrorChain(&error), error);
+        assert!(
+            !shown.contains("secret"),
+            "the password is not shown: {shown}"
+        );
+    }
+    // A lease under a second is refused before anything connects.
+    let options = RedisOptions {
+        lease: Duration::from_millis(500),
+        ..Default::default()
+    };
+    let error = qtasks::redis::connect_with("redis://127.0.0.1:1/", Default::default(), options)
         .await
         .unwrap_err()
         .to_string();
-    assert!(
-        !error.contains("secret"),
-        "the password is not shown: {error}"
-    );
+    assert!(error.contains("a lease of 500ms is too short"), "{error}");
     let error = qtasks::redis::connect("not a url")
         .await
         .unwrap_err()

@@ -139,13 +139,13 @@ async fn a_task_held_by_a_live_worker_is_never_taken_twice() {
     };
     let prefix = unique_prefix("longtask");
     let app = client(&url, &prefix).await;
-    // The task runs for five lease times while another worker keeps looking for expired leases.
+    // The task runs for four lease times while another worker keeps looking for expired leases.
     let workers = [
-        Worker::spawn(&prefix, 500, 2),
-        Worker::spawn(&prefix, 500, 2),
+        Worker::spawn(&prefix, 1000, 2),
+        Worker::spawn(&prefix, 1000, 2),
     ];
     let long = app
-        .add_task("record_run", ("long", 2500), ())
+        .add_task("record_run", ("long", 4000), ())
         .await
         .unwrap();
     let mut short = Vec::new();

@@ -203,9 +203,13 @@ impl QueueConfig {
         Ok(())
     }
 
-    /// [`result_time_interval`](Self::result_time_interval) as a duration.
+    /// [`result_time_interval`](Self::result_time_interval) as a duration (one second when
+    /// it is not a finite, positive number).
     pub fn result_interval(&self) -> Duration {
-        Duration::from_secs_f64(self.result_time_interval)
+        Duration::try_from_secs_f64(self.result_time_interval)
+            .ok()
+            .filter(|interval| !interval.is_zero())
+            .unwrap_or(Duration::from_secs(1))
     }
 }
 

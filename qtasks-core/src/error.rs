@@ -50,6 +50,16 @@ pub enum Error {
         /// `file:line` of the other.
         second: String,
     },
+    /// An option of a `#[qtasks::task]` that the compiler could not check does not work.
+    #[error("task `{task}` at {location}: {reason}")]
+    InvalidTaskOption {
+        /// The task name.
+        task: &'static str,
+        /// `file:line` of the task.
+        location: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// The configuration cannot work.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),

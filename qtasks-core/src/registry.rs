@@ -5,6 +5,37 @@ use std::sync::OnceLock;
 use crate::__private::TaskRegistration;
 use crate::{Error, TaskDefinition};
 
+/// Why the table cannot be built (kept in the `OnceLock`, so it is plain data).
+enum Refused {
+    /// Two tasks with one name: the name and both places.
+    Duplicate(&'static str, String, String),
+    /// A task option that cannot work: the task, its place, why.
+    Option(&'static str, String, String),
+}
+
+/// Options the macro could not check at compile time (a `const` rather than a literal): a
+/// number of seconds must be finite and not negative.
+fn check_options(definition: &TaskDefinition) -> Result<(), Refused> {
+    let seconds = [
+        ("retry_delay", definition.retry_backoff.map(|b| b.delay)),
+        ("max_time", definition.max_time),
+    ];
+    for (option, value) in seconds {
+        if let Some(value) = value
+            && !(value.is_finite() && value >= 0.0)
+        {
+            return Err(Refused::Option(
+                definition.name,
+                definition.location(),
+                format!(
+                    "`{option}` is {value}; it must be a finite, non-negative number of seconds"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Every registered task, sorted by name. Looked up by binary search: no string hashing.
 pub(crate) struct TaskTable {
     by_name: Vec<&'static TaskDefinition>,
@@ -14,26 +45,38 @@ impl TaskTable {
     /// The process-wide table, built on first use. Two tasks with one name are an error
     /// naming both places.
     pub(crate) fn global() -> Result<&'static TaskTable, Error> {
-        static TABLE: OnceLock<Result<TaskTable, (&'static str, String, String)>> = OnceLock::new();
+        static TABLE: OnceLock<Result<TaskTable, Refused>> = OnceLock::new();
         match TABLE
             .get_or_init(|| TaskTable::build(inventory::iter::<TaskRegistration>().map(|r| r.0)))
         {
             Ok(table) => Ok(table),
-            Err((name, first, second)) => Err(Error::DuplicateTask {
+            Err(Refused::Duplicate(name, first, second)) => Err(Error::DuplicateTask {
                 name,
                 first: first.clone(),
                 second: second.clone(),
+            }),
+            Err(Refused::Option(task, location, reason)) => Err(Error::InvalidTaskOption {
+                task,
+                location: location.clone(),
+                reason: reason.clone(),
             }),
         }
     }
 
     fn build(
         definitions: impl Iterator<Item = &'static TaskDefinition>,
-    ) -> Result<TaskTable, (&'static str, String, String)> {
+    ) -> Result<TaskTable, Refused> {
         let mut by_name: Vec<&'static TaskDefinition> = definitions.collect();
         by_name.sort_by(|a, b| (a.name, a.file, a.line).cmp(&(b.name, b.file, b.line)));
         if let Some(pair) = by_name.windows(2).find(|pair| pair[0].name == pair[1].name) {
-            return Err((pair[0].name, pair[0].location(), pair[1].location()));
+            return Err(Refused::Duplicate(
+                pair[0].name,
+                pair[0].location(),
+                pair[1].location(),
+            ));
+        }
+        for definition in &by_name {
+            check_options(definition)?;
         }
         Ok(TaskTable { by_name })
     }
@@ -51,5 +94,59 @@ impl TaskTable {
 
     pub(crate) fn definitions(&self) -> &[&'static TaskDefinition] {
         &self.by_name
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::RetryBackoff;
+    use crate::__private::{TaskArgs, TaskFuture};
+
+    fn never_run(_: crate::TaskContext, _: TaskArgs) -> TaskFuture {
+        unreachable!("not run")
+    }
+
+    fn leaked(retry_delay: f64, max_time: Option<f64>) -> &'static TaskDefinition {
+        Box::leak(Box::new(TaskDefinition {
+            name: "checked",
+            priority: None,
+            echo: false,
+            tags: &[],
+            description: None,
+            params: &[],
+            blocking: false,
+            retry: Some(1),
+            retry_on: None,
+            retry_backoff: Some(RetryBackoff {
+                delay: retry_delay,
+                exponential: false,
+            }),
+            max_time,
+            decode: None,
+            generate_handler: None,
+            middlewares_before: &[],
+            middlewares_after: &[],
+            router: None,
+            executor: None,
+            module_path: module_path!(),
+            file: file!(),
+            line: line!(),
+            invoke: never_run,
+        }))
+    }
+
+    #[test]
+    fn seconds_that_are_not_finite_or_are_negative_refuse_the_table() {
+        assert!(TaskTable::build([leaked(0.5, Some(30.0))].into_iter()).is_ok());
+        for (delay, limit) in [(f64::NAN, None), (-1.0, None), (0.5, Some(f64::INFINITY))] {
+            match TaskTable::build([leaked(delay, limit)].into_iter()) {
+                Err(Refused::Option(task, _, reason)) => {
+                    assert_eq!(task, "checked");
+                    assert!(reason.contains("finite, non-negative"), "{reason}");
+                }
+                _ => panic!("{delay} / {limit:?} was accepted"),
+            }
+        }
     }
 }

@@ -84,7 +84,9 @@ impl RetryBackoff {
         } else {
             0.0
         };
-        Duration::from_secs_f64((base - jitter).max(0.0))
+        // A delay that is not a finite number waits not at all rather than panicking (the
+        // registry refuses such a task before it can run; this guards a hand-built backoff).
+        Duration::try_from_secs_f64((base - jitter).max(0.0)).unwrap_or(Duration::ZERO)
     }
 }
 

@@ -243,7 +243,10 @@ impl RedisBroker {
         );
         let mut con = self.commands.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs_f64((run_at - unix_now()).max(0.0))).await;
+            tokio::time::sleep(
+                Duration::try_from_secs_f64((run_at - unix_now()).max(0.0)).unwrap_or_default(),
+            )
+            .await;
             let released: Result<i64, _> = script
                 .key(delayed)
                 .key(queue)

@@ -131,6 +131,15 @@ impl Connector for Redis {
         config: &'a QueueConfig,
     ) -> BoxFuture<'a, Result<BackendParts, BackendError>> {
         Box::pin(async move {
+            if self.options.lease < MIN_LEASE {
+                return Err(BackendError::new(
+                    "redis",
+                    format!(
+                        "a lease of {:?} is too short: workers renew it every third of it, and under {MIN_LEASE:?} a renewal would race the network; use at least {MIN_LEASE:?}",
+                        self.options.lease
+                    ),
+                ));
+            }
             if config.name.is_empty() || config.name.contains(':') {
                 return Err(BackendError::new(
                     "redis",
@@ -151,6 +160,9 @@ impl Connector for Redis {
     }
 }
 
+/// The shortest lease [`RedisOptions::lease`] accepts.
+pub const MIN_LEASE: Duration = Duration::from_secs(1);
+
 /// Settings of the Redis backend.
 ///
 /// See [`connect_with`].
@@ -158,7 +170,8 @@ impl Connector for Redis {
 pub struct RedisOptions {
     /// How long a taken task stays with its worker without a renewal. The worker renews it
     /// every third of this while it lives; when a worker dies, its tasks run again on a live
-    /// worker after at most this long. Default 30 s.
+    /// worker after at most this long. Default 30 s; at least [`MIN_LEASE`] (1 s), or
+    /// connecting fails saying so.
     pub lease: Duration,
     /// Finished task records expire after this. `None` keeps them, as the original does.
     pub result_ttl: Option<Duration>,
@@ -320,21 +333,29 @@ fn open_client(url: &str, _options: &RedisOptions) -> redis::RedisResult<redis::
 
 /// The URL without its password, for messages.
 fn redacted(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    // `scheme://user:password@host` (or `scheme://secret@host`): the secret goes.
+    let mut shown = match (url.find("://"), url.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             let credentials = &url[scheme_end + 3..at];
-            match credentials.find(':') {
-                Some(colon) => format!(
-                    "{}{}:***{}",
-                    &url[..scheme_end + 3],
-                    &credentials[..colon],
-                    &url[at..]
-                ),
-                None => url.to_owned(),
-            }
+            let user = credentials.split_once(':').map_or("", |(user, _)| user);
+            format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..])
         }
         _ => url.to_owned(),
+    };
+    // `unix:///path?db=0&pass=secret` and the like: the values of secret parameters go.
+    if let Some(query_start) = shown.find('?') {
+        let (base, query) = shown.split_at(query_start + 1);
+        let query = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) if matches!(key, "pass" | "password") => format!("{key}=***"),
+                _ => pair.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join("&");
+        shown = format!("{base}{query}");
     }
+    shown
 }
 
 /// Locks a mutex, ignoring poisoning: the sets and maps behind this crate's locks are whole
@@ -362,6 +383,19 @@ mod tests {
             "redis://user:***@host:6379/0"
         );
         assert_eq!(redacted("redis://:secret@host"), "redis://:***@host");
+        assert_eq!(redacted("redis://secret@host"), "redis://:***@host");
+        assert_eq!(
+            redacted("rediss://u:p%40ss@host:6380/1"),
+            "rediss://u:***@host:6380/1"
+        );
+        assert_eq!(
+            redacted("unix:///run/redis.sock?db=2&pass=secret"),
+            "unix:///run/redis.sock?db=2&pass=***"
+        );
+        assert_eq!(
+            redacted("redis+unix:///run/redis.sock?password=secret&db=0"),
+            "redis+unix:///run/redis.sock?password=***&db=0"
+        );
         assert_eq!(redacted("redis://host:6379"), "redis://host:6379");
     }
 }

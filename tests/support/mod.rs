@@ -8,15 +8,52 @@ use std::time::Duration;
 use qtasks::redis::RedisOptions;
 use qtasks::{QueueConfig, QueueTasks};
 
-/// The Redis URL of the machine, or `None` (the test prints that it was skipped).
+/// The Redis URL of the machine, or `None`: locally, a test without a reachable Redis is
+/// skipped with a line on stderr. When `CI` is set, a missing or unreachable Redis fails the
+/// test instead, so a green CI run always means the Redis tests ran.
 pub(crate) fn redis_url(test: &str) -> Option<String> {
-    match std::env::var("QTASKS_TEST_REDIS_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
+    let on_ci = std::env::var_os("CI").is_some_and(|value| !value.is_empty());
+    let url = match std::env::var("QTASKS_TEST_REDIS_URL") {
+        Ok(url) if !url.is_empty() => url,
         _ => {
-            println!("skipped {test}: QTASKS_TEST_REDIS_URL is not set");
-            None
+            assert!(
+                !on_ci,
+                "{test}: QTASKS_TEST_REDIS_URL is not set, and CI is"
+            );
+            eprintln!("skipped {test}: QTASKS_TEST_REDIS_URL is not set");
+            return None;
         }
+    };
+    if let Err(reason) = reachable(&url) {
+        assert!(
+            !on_ci,
+            "{test}: Redis at {url} is unreachable ({reason}), and CI is set"
+        );
+        eprintln!("skipped {test}: Redis at {url} is unreachable ({reason})");
+        return None;
     }
+    Some(url)
+}
+
+/// Whether something answers on the host and port of a `redis://` or `rediss://` URL.
+fn reachable(url: &str) -> Result<(), String> {
+    use std::net::ToSocketAddrs;
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+    let host_port = if host_port.contains(':') {
+        host_port.to_owned()
+    } else {
+        format!("{host_port}:6379")
+    };
+    let address = host_port
+        .to_socket_addrs()
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or("no address")?;
+    std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2))
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 /// A key prefix (app name) no other test uses, also across processes and runs.

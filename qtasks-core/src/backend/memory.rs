@@ -181,7 +181,8 @@ impl Broker for MemoryBroker {
                 match next_due {
                     Some(run_at) => {
                         let wait =
-                            std::time::Duration::from_secs_f64((run_at - unix_now()).max(0.0));
+                            std::time::Duration::try_from_secs_f64((run_at - unix_now()).max(0.0))
+                                .unwrap_or_default();
                         tokio::select! {
                             () = notified => {}
                             () = tokio::time::sleep(wait) => {}

@@ -122,7 +122,11 @@ pub(crate) fn parse_options(args: TokenStream, errors: &mut Errors) -> TaskOptio
                 let list: Expr = meta.value()?.parse()?;
                 options.retry_on_exc = parse_types(&list, errors);
             }
-            "retry_delay" => options.retry_delay = Some(meta.value()?.parse()?),
+            "retry_delay" => {
+                let delay: Expr = meta.value()?.parse()?;
+                check_seconds(&delay, "retry_delay", errors);
+                options.retry_delay = Some(delay);
+            }
             "retry_backoff" => {
                 let kind: LitStr = meta.value()?.parse()?;
                 match kind.value().as_str() {
@@ -141,7 +145,14 @@ pub(crate) fn parse_options(args: TokenStream, errors: &mut Errors) -> TaskOptio
                         "`max_time` and `timeout` are the same option; give one",
                     );
                 }
-                options.max_time = Some(meta.value()?.parse()?);
+                let written = if meta.path.is_ident("timeout") {
+                    "timeout"
+                } else {
+                    "max_time"
+                };
+                let limit: Expr = meta.value()?.parse()?;
+                check_seconds(&limit, written, errors);
+                options.max_time = Some(limit);
             }
             "decode" => options.decode = Some(meta.value()?.parse()?),
             "generate_handler" => options.generate_handler = Some(meta.value()?.parse()?),
@@ -177,6 +188,44 @@ pub(crate) fn parse_options(args: TokenStream, errors: &mut Errors) -> TaskOptio
         errors.push(error);
     }
     options
+}
+
+/// A number of seconds written as a literal must be finite and not negative (a `const` or
+/// another expression is checked when the task is registered).
+fn check_seconds(value: &Expr, option: &str, errors: &mut Errors) {
+    let (negative, literal) = match value {
+        Expr::Unary(syn::ExprUnary {
+            op: syn::UnOp::Neg(_),
+            expr,
+            ..
+        }) => (true, &**expr),
+        other => (false, other),
+    };
+    let Expr::Lit(syn::ExprLit { lit, .. }) = literal else {
+        return;
+    };
+    let seconds = match lit {
+        syn::Lit::Int(int) => int.base10_parse::<f64>().ok(),
+        syn::Lit::Float(float) => float.base10_parse::<f64>().ok(),
+        _ => {
+            errors.spanned(
+                value,
+                format!("`{option}` takes a number of seconds, like `{option} = 2.5`"),
+            );
+            return;
+        }
+    };
+    match seconds {
+        Some(seconds) if negative && seconds > 0.0 => errors.spanned(
+            value,
+            format!("`{option}` cannot be negative\n= help: give a number of seconds, like `{option} = 2.5`"),
+        ),
+        Some(seconds) if !seconds.is_finite() => errors.spanned(
+            value,
+            format!("`{option}` must be a finite number of seconds"),
+        ),
+        _ => {}
+    }
 }
 
 fn check_name(name: &LitStr, errors: &mut Errors) {
