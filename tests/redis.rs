@@ -526,3 +526,121 @@ async fn a_finish_sent_again_is_stored_once_and_a_stale_delivery_is_refused() {
     broker.flush_all().await.unwrap();
     parts.storage.flush_all().await.unwrap();
 }
+
+#[tokio::test]
+async fn every_poison_kind_fails_alone_and_its_record_can_be_read() {
+    let Some(url) = redis_url("every_poison_kind_fails_alone") else {
+        return;
+    };
+    let prefix = unique_prefix("poisonkinds");
+    // Sixteen slots: the worker takes the good and the bad entries in one batch.
+    let app = redis_app(&url, &prefix, RedisOptions::default(), 16).await;
+    let mut con = raw_connection(&url).await;
+    let queue = format!("{prefix}:task_queue");
+    let record = |uuid: qtasks::Uuid| format!("{prefix}:{uuid}");
+    let plant = |args: &'static [u8]| {
+        [
+            ("task_name", b"concat".as_slice()),
+            ("priority", b"0"),
+            ("args", args),
+            ("kwargs", b"{}"),
+            ("created_at", b"1.0"),
+            ("updated_at", b"1.0"),
+            ("status", b"new"),
+        ]
+    };
+    let mut good = Vec::new();
+    good.push(
+        concat::add_task(&app, "a".into(), "1".into())
+            .await
+            .unwrap(),
+    );
+    // An entry that is not UTF-8.
+    let _: () = con
+        .rpush(&queue, b"concat:\xff\xfe:0".as_slice())
+        .await
+        .unwrap();
+    good.push(
+        concat::add_task(&app, "b".into(), "2".into())
+            .await
+            .unwrap(),
+    );
+    // Entries whose priority is a word, or overflows: their records exist.
+    let (word, overflow) = (qtasks::Uuid::new_v4(), qtasks::Uuid::new_v4());
+    let _: () = con
+        .hset_multiple(record(word), &plant(b"[\"x\", \"y\"]"))
+        .await
+        .unwrap();
+    let _: () = con
+        .rpush(&queue, format!("concat:{word}:high"))
+        .await
+        .unwrap();
+    let _: () = con
+        .hset_multiple(record(overflow), &plant(b"[\"x\", \"y\"]"))
+        .await
+        .unwrap();
+    let _: () = con
+        .rpush(&queue, format!("concat:{overflow}:99999999999999999999"))
+        .await
+        .unwrap();
+    // Records whose arguments are not UTF-8, or not JSON.
+    let (bytes, text) = (qtasks::Uuid::new_v4(), qtasks::Uuid::new_v4());
+    let _: () = con
+        .hset_multiple(record(bytes), &plant(b"[\"\xff\"]"))
+        .await
+        .unwrap();
+    let _: () = con
+        .rpush(&queue, format!("concat:{bytes}:0"))
+        .await
+        .unwrap();
+    let _: () = con
+        .hset_multiple(record(text), &plant(b"[1, 2"))
+        .await
+        .unwrap();
+    let _: () = con.rpush(&queue, format!("concat:{text}:0")).await.unwrap();
+    good.push(
+        concat::add_task(&app, "c".into(), "3".into())
+            .await
+            .unwrap(),
+    );
+    app.start().await.unwrap();
+
+    for (handle, expected) in good.into_iter().zip(["a1", "b2", "c3"]) {
+        assert_eq!(
+            handle.wait(WAIT).await.unwrap().returning,
+            Some(json!(expected))
+        );
+    }
+    for (uuid, reason) in [
+        (word, "malformed priority"),
+        (overflow, "malformed priority"),
+        (bytes, "`args` is not UTF-8"),
+        (text, "`args` is not a JSON list"),
+    ] {
+        let done = app.wait(uuid, WAIT).await.unwrap();
+        assert_eq!(done.status, TaskStatus::Error, "{uuid}");
+        let traceback = done.traceback.unwrap_or_default();
+        assert!(traceback.contains(reason), "{traceback}");
+    }
+    // A record with unreadable fields still reads back, those fields raw.
+    let unreadable = app.get(text).await.unwrap().unwrap();
+    assert_eq!(
+        unreadable.unreadable.get("args").map(String::as_str),
+        Some("[1, 2")
+    );
+    let unreadable = app.get(bytes).await.unwrap().unwrap();
+    assert!(unreadable.unreadable.contains_key("args"));
+
+    let dead: Vec<String> = con
+        .lrange(format!("{prefix}:qtasks:dead"), 0, -1)
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 3, "{dead:?}");
+    assert!(dead.iter().any(|d| d.contains("is not UTF-8")), "{dead:?}");
+    let ttl: i64 = con.ttl(format!("{prefix}:qtasks:dead")).await.unwrap();
+    assert!(ttl > 0, "the dead letters expire: {ttl}");
+    let leased: i64 = con.zcard(format!("{prefix}:qtasks:leases")).await.unwrap();
+    assert_eq!(leased, 0, "no lease is left behind");
+    app.stop().await.unwrap();
+    app.flush_all().await.unwrap();
+}

@@ -100,8 +100,8 @@ impl TaskTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::RetryBackoff;
     use crate::__private::{TaskArgs, TaskFuture};
+    use crate::RetryBackoff;
 
     fn never_run(_: crate::TaskContext, _: TaskArgs) -> TaskFuture {
         unreachable!("not run")

@@ -392,6 +392,11 @@ pub struct TaskRecord {
     pub retry_parent_uuid: Option<Uuid>,
     /// For status `retry`: the attempt after this one.
     pub retry_child_uuid: Option<Uuid>,
+    /// Fields of the stored record that could not be read (bad bytes, text that is not the
+    /// JSON or the number it should be), as they were stored; the typed field above holds its
+    /// default then. Empty for every record qtasks wrote itself.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub unreadable: std::collections::BTreeMap<String, String>,
 }
 
 impl TaskRecord {
@@ -413,6 +418,7 @@ impl TaskRecord {
             retry: queued.retry,
             retry_parent_uuid: queued.retry_parent_uuid,
             retry_child_uuid: None,
+            unreadable: std::collections::BTreeMap::new(),
         }
     }
 

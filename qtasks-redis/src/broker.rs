@@ -40,7 +40,8 @@ pub(super) fn idle_wait(options: &RedisOptions) -> Duration {
 }
 
 /// One task the take script returned: lease member, record fields, recovered (1 or 0), token.
-type Taken = (String, Vec<Option<String>>, i64, String);
+/// Member and fields stay bytes until each is decoded on its own.
+type Taken = (Vec<u8>, Vec<Option<Vec<u8>>>, i64, String);
 
 /// A delivery's receipt: its token, then its lease member (the token has a fixed length).
 fn receipt(token: &str, member: &str) -> String {
@@ -50,6 +51,14 @@ fn receipt(token: &str, member: &str) -> String {
 /// The token and the lease member of a receipt.
 fn split_receipt(receipt: &str) -> (&str, &str) {
     receipt.split_at(TOKEN_LEN.min(receipt.len()))
+}
+
+/// The uuid a malformed entry names in its second field, if it names one.
+fn entry_uuid(entry: &str) -> Option<Uuid> {
+    entry
+        .split(':')
+        .nth(1)
+        .and_then(|uuid| Uuid::parse_str(uuid).ok())
 }
 
 /// The uuid in a lease member (`{seq}|name:uuid:priority`), if it has one.
@@ -127,30 +136,38 @@ impl RedisBroker {
     }
 
     /// Turns a taken member into a delivery, or fails it (a poison entry) and returns `None`.
+    /// Each member is decoded on its own: a bad one never holds up the others of its batch.
     async fn deliver(
         &self,
-        member: String,
-        fields: Vec<Option<String>>,
+        member: Vec<u8>,
+        fields: Vec<Option<Vec<u8>>>,
         recovered: bool,
         token: String,
     ) -> Result<Option<Delivery>, BackendError> {
+        let member = match String::from_utf8(member) {
+            Ok(member) => member,
+            Err(error) => {
+                let raw = error.into_bytes();
+                let shown = String::from_utf8_lossy(&raw).into_owned();
+                let entry = shown.split_once('|').map_or(shown.as_str(), |(_, e)| e);
+                let reason = format!("QueueEntryError: the queue entry `{entry}` is not UTF-8");
+                let uuid = entry_uuid(entry);
+                self.dead_letter(&raw, entry, uuid, &reason).await?;
+                return Ok(None);
+            }
+        };
         let entry = member
             .split_once('|')
             .map_or(member.as_str(), |(_, entry)| entry);
-        let (task_name, uuid, priority) = match parse_entry(entry) {
-            Ok(parsed) => parsed,
+        let (task_name, uuid) = match parse_entry(entry) {
+            Ok((task_name, uuid, _)) => (task_name, uuid),
             Err(reason) => {
-                tracing::error!(app = %self.keys.prefix, "dropping a malformed queue entry: {reason}");
-                let dead = serde_json::json!({ "entry": entry, "reason": reason }).to_string();
-                let mut con = self.commands.clone();
-                redis::pipe()
-                    .atomic()
-                    .rpush(&self.keys.dead, dead)
-                    .zrem(&self.keys.leases, &member)
-                    .hdel(&self.keys.owners, &member)
-                    .exec_async(&mut con)
-                    .await
-                    .map_err(|e| failure("moving a malformed entry aside failed".to_owned(), e))?;
+                // It cannot run; a record it names ends `error` with the reason, so its waiters
+                // learn why.
+                let reason = format!("QueueEntryError: {reason}");
+                let uuid = entry_uuid(entry);
+                self.dead_letter(member.as_bytes(), entry, uuid, &reason)
+                    .await?;
                 self.release(&member);
                 return Ok(None);
             }
@@ -182,34 +199,105 @@ impl RedisBroker {
             )),
             Err(traceback) => {
                 tracing::error!(app = %self.keys.prefix, uuid = %uuid, "failing a task that cannot run: {traceback}");
-                let now = unix_now().to_string();
-                let key = self.keys.record(uuid);
+                let mut pipe = redis::pipe();
+                pipe.atomic();
+                self.fail_record(&mut pipe, uuid, task_name, &traceback);
+                pipe.zrem(&self.keys.leases, &member)
+                    .hdel(&self.keys.owners, &member);
                 let mut con = self.commands.clone();
-                redis::pipe()
-                    .atomic()
-                    .hset_nx(&key, "task_name", task_name)
-                    .hset_nx(&key, "priority", priority)
-                    .hset_nx(&key, "args", "[]")
-                    .hset_nx(&key, "kwargs", "{}")
-                    .hset_nx(&key, "created_at", &now)
-                    .hset_multiple(
-                        &key,
-                        &[
-                            ("updated_at", now.as_str()),
-                            ("status", "error"),
-                            ("traceback", traceback.as_str()),
-                        ],
-                    )
-                    .zrem(&self.keys.leases, &member)
-                    .hdel(&self.keys.owners, &member)
-                    .publish(&self.keys.done_channel, uuid.to_string())
-                    .exec_async(&mut con)
+                pipe.exec_async(&mut con)
                     .await
                     .map_err(|e| failure(format!("failing task {uuid} failed"), e))?;
                 self.release(&member);
                 Ok(None)
             }
         }
+    }
+
+    /// Ends a record `error` with `traceback` (creating what it lacks, so a reader can read it),
+    /// applies the retention and tells its waiters.
+    fn fail_record(
+        &self,
+        pipe: &mut redis::Pipeline,
+        uuid: Uuid,
+        task_name: &str,
+        traceback: &str,
+    ) {
+        let now = unix_now().to_string();
+        let key = self.keys.record(uuid);
+        pipe.hset_nx(&key, "task_name", task_name)
+            .hset_nx(&key, "priority", 0)
+            .hset_nx(&key, "args", "[]")
+            .hset_nx(&key, "kwargs", "{}")
+            .hset_nx(&key, "created_at", &now)
+            .hset_multiple(
+                &key,
+                &[
+                    ("updated_at", now.as_str()),
+                    ("status", "error"),
+                    ("traceback", traceback),
+                ],
+            );
+        if let Some(ttl) = self.options.result_ttl {
+            pipe.pexpire(&key, i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+        }
+        pipe.publish(&self.keys.done_channel, uuid.to_string());
+    }
+
+    /// Moves a queue entry that cannot run to the dead letters (`N:qtasks:dead`, capped and
+    /// expiring) with the reason, releases its lease, and fails the record it names, if any.
+    async fn dead_letter(
+        &self,
+        raw_member: &[u8],
+        entry: &str,
+        names: Option<Uuid>,
+        reason: &str,
+    ) -> Result<(), BackendError> {
+        tracing::error!(app = %self.keys.prefix, "moving a queue entry that cannot run to the dead letters: {reason}");
+        let dead = serde_json::json!({ "entry": entry, "reason": reason, "at": unix_now() });
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .rpush(&self.keys.dead, dead.to_string())
+            .ltrim(
+                &self.keys.dead,
+                -isize::try_from(self.options.dead_letters_max.max(1)).unwrap_or(isize::MAX),
+                -1,
+            )
+            .zrem(&self.keys.leases, raw_member)
+            .hdel(&self.keys.owners, raw_member);
+        if let Some(ttl) = self.options.dead_letters_ttl {
+            pipe.pexpire(
+                &self.keys.dead,
+                i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX),
+            );
+        }
+        if let Some(uuid) = names {
+            self.fail_record_if_stored(&mut pipe, uuid, reason);
+        }
+        let mut con = self.commands.clone();
+        pipe.exec_async(&mut con)
+            .await
+            .map_err(|e| failure("moving an entry to the dead letters failed".to_owned(), e))
+    }
+
+    /// [`fail_record`](Self::fail_record), for a record that exists: an entry with a uuid but
+    /// no record leaves nothing behind but its dead letter.
+    fn fail_record_if_stored(&self, pipe: &mut redis::Pipeline, uuid: Uuid, traceback: &str) {
+        // Within the transaction: the record is written only if it exists.
+        let key = self.keys.record(uuid);
+        pipe.cmd("EVAL")
+            .arg(scripts::FAIL_IF_STORED)
+            .arg(1)
+            .arg(&key)
+            .arg(traceback)
+            .arg(unix_now().to_string())
+            .arg(
+                self.options
+                    .result_ttl
+                    .map_or(0, |ttl| i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)),
+            )
+            .arg(&self.keys.done_channel)
+            .arg(uuid.to_string());
     }
 
     /// Queues a task: in `task_queue` (as Python clients do), or in `delayed` when it may only
@@ -406,7 +494,9 @@ impl Broker for RedisBroker {
                 let (taken, next_due_ms) = self.take_batch(max).await?;
                 let any_taken = !taken.is_empty();
                 for (member, _, _, token) in &taken {
-                    self.hold(member, token);
+                    if let Ok(member) = std::str::from_utf8(member) {
+                        self.hold(member, token);
+                    }
                 }
                 let mut deliveries = Vec::with_capacity(taken.len());
                 for (member, fields, recovered, token) in taken {

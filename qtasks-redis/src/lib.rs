@@ -175,6 +175,12 @@ pub struct RedisOptions {
     pub lease: Duration,
     /// Finished task records expire after this. `None` keeps them, as the original does.
     pub result_ttl: Option<Duration>,
+    /// How many dead letters (queue entries that could not run, with the reason) are kept in
+    /// `N:qtasks:dead`: the newest this many. Default 10,000.
+    pub dead_letters_max: usize,
+    /// The dead-letter list expires this long after its last entry. Default 7 days; `None`
+    /// keeps it.
+    pub dead_letters_ttl: Option<Duration>,
     /// The timeout of one connection attempt. Default 5 s.
     pub connect_timeout: Duration,
     /// The timeout of one command. Default 10 s.
@@ -192,6 +198,8 @@ impl Default for RedisOptions {
         RedisOptions {
             lease: Duration::from_secs(30),
             result_ttl: None,
+            dead_letters_max: 10_000,
+            dead_letters_ttl: Some(Duration::from_secs(7 * 24 * 3600)),
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(10),
             #[cfg(feature = "tls")]

@@ -254,3 +254,15 @@ elseif status == 'process' then
 end
 return status
 "#;
+
+/// Ends a record `error` with a reason if, and only if, it exists (an entry that cannot run
+/// names it), applies the retention and tells its waiters. KEYS: record. ARGV: traceback, now,
+/// ttl_ms (0: keep), done channel, uuid.
+pub(super) const FAIL_IF_STORED: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'error', 'traceback', ARGV[1], 'updated_at', ARGV[2])
+local ttl = tonumber(ARGV[3])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return 1
+"#;

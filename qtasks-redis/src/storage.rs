@@ -9,7 +9,7 @@ use redis::aio::ConnectionManager;
 use tokio::sync::{Notify, broadcast};
 use uuid::Uuid;
 
-use super::wire::{decode_record, pairs, update_fields};
+use super::wire::{fields_are_foreign, pairs, read_record, update_fields};
 use super::{Keys, failure};
 use qtasks_core::BoxFuture;
 use qtasks_core::backend::{BackendError, ItemsRead, Storage, unix_now};
@@ -180,7 +180,7 @@ impl RedisStorage {
     /// connection manager reconnects in the meantime).
     async fn read(&self, uuid: Uuid) -> Result<Option<TaskRecord>, BackendError> {
         let mut delay = Duration::from_millis(50);
-        let fields: Vec<String> = loop {
+        let fields: Vec<Vec<u8>> = loop {
             let mut con = self.commands.clone();
             match redis::cmd("HGETALL")
                 .arg(self.keys.record(uuid))
@@ -199,9 +199,12 @@ impl RedisStorage {
         if fields.is_empty() {
             return Ok(None);
         }
-        decode_record(uuid, &pairs(fields))
-            .map(Some)
-            .map_err(|reason| BackendError::new("redis", reason))
+        // A record is returned however damaged: unreadable fields come back raw.
+        let (record, problems) = read_record(uuid, &pairs(fields));
+        if !problems.is_empty() {
+            tracing::debug!(uuid = %uuid, "the record has unreadable fields: {}", problems.join("; "));
+        }
+        Ok(Some(record))
     }
 }
 
@@ -222,16 +225,19 @@ impl Storage for RedisStorage {
                 pipe.hgetall(key);
             }
             let mut con = self.commands.clone();
-            let hashes: Vec<Vec<String>> = pipe
+            let hashes: Vec<Vec<Vec<u8>>> = pipe
                 .query_async(&mut con)
                 .await
                 .map_err(|e| failure("reading the records failed".to_owned(), e))?;
             let mut records = Vec::with_capacity(keys.len());
             for ((uuid, _), fields) in keys.into_iter().zip(hashes) {
-                // A key that expired meanwhile, or a hash that is no task record, is skipped.
-                if let Ok(record) = decode_record(uuid, &pairs(fields)) {
-                    records.push(record);
+                // A key that expired meanwhile, or a hash that is no task record, is skipped;
+                // a damaged record is listed with its unreadable fields raw.
+                let fields = pairs(fields);
+                if fields.is_empty() || fields_are_foreign(&fields) {
+                    continue;
                 }
+                records.push(read_record(uuid, &fields).0);
             }
             records.sort_by(|a, b| a.created_at.total_cmp(&b.created_at));
             Ok(records)

@@ -123,50 +123,149 @@ pub(super) fn status_named(name: &str) -> Option<TaskStatus> {
     })
 }
 
-/// Builds a record from a hash; `Err` names the field that does not parse.
-pub(super) fn decode_record(
-    uuid: Uuid,
-    fields: &HashMap<String, String>,
-) -> Result<TaskRecord, String> {
-    let text = |name: &str| fields.get(name).map(String::as_str);
-    let required =
-        |name: &str| text(name).ok_or_else(|| format!("task {uuid}: the record has no `{name}`"));
-    let number = |name: &str| -> Result<f64, String> {
-        required(name)?
-            .parse()
-            .map_err(|e| format!("task {uuid}: `{name}` is not a number: {e}"))
+/// A record's fields as Redis returned them: text where the bytes are UTF-8, and the names of
+/// the fields whose bytes were not (their text is then a lossy copy).
+#[derive(Debug, Default)]
+pub(super) struct Fields {
+    text: HashMap<String, String>,
+    not_utf8: Vec<String>,
+}
+
+impl Fields {
+    fn insert(&mut self, name: String, bytes: Vec<u8>) {
+        match String::from_utf8(bytes) {
+            Ok(text) => {
+                self.text.insert(name, text);
+            }
+            Err(error) => {
+                let text = String::from_utf8_lossy(error.as_bytes()).into_owned();
+                self.not_utf8.push(name.clone());
+                self.text.insert(name, text);
+            }
+        }
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.text.is_empty()
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.text.get(name).map(String::as_str)
+    }
+}
+
+/// Reads a record from its fields, as far as they can be read: a field that cannot be (bad
+/// bytes, text that is not the JSON or number it should be, a missing required one) keeps its
+/// default, its stored text goes to `unreadable`, and the second value says what was wrong.
+pub(super) fn read_record(uuid: Uuid, fields: &Fields) -> (TaskRecord, Vec<String>) {
+    let mut problems = Vec::new();
+    let mut unreadable = std::collections::BTreeMap::new();
+    for name in &fields.not_utf8 {
+        problems.push(format!("task {uuid}: `{name}` is not UTF-8"));
+        unreadable.insert(
+            name.clone(),
+            fields.get(name).unwrap_or_default().to_owned(),
+        );
+    }
+    let mut read = |name: &str, required: bool, parse: &dyn Fn(&str) -> Result<(), String>| {
+        if fields.not_utf8.iter().any(|bad| bad == name) {
+            return None;
+        }
+        match fields.get(name) {
+            None if required => {
+                problems.push(format!("task {uuid}: the record has no `{name}`"));
+                None
+            }
+            None => None,
+            Some(text) => match parse(text) {
+                Ok(()) => Some(text.to_owned()),
+                Err(why) => {
+                    problems.push(format!("task {uuid}: `{name}` {why}"));
+                    unreadable.insert(name.to_owned(), text.to_owned());
+                    None
+                }
+            },
+        }
     };
-    let status_name = required("status")?;
-    let status = status_named(status_name)
-        .ok_or_else(|| format!("task {uuid}: unknown status `{status_name}`"))?;
-    let args = match serde_json::from_str(required("args")?) {
-        Ok(Value::Array(items)) => items,
-        _ => return Err(format!("task {uuid}: `args` is not a JSON list")),
+    let number = |text: &str| {
+        text.parse::<f64>()
+            .map(drop)
+            .map_err(|e| format!("is not a number: {e}"))
     };
-    let kwargs: Map<String, Value> = match serde_json::from_str(required("kwargs")?) {
-        Ok(Value::Object(map)) => map,
-        _ => return Err(format!("task {uuid}: `kwargs` is not a JSON object")),
+    let status = read("status", true, &|text| {
+        status_named(text)
+            .map(drop)
+            .ok_or_else(|| format!("is an unknown status `{text}`"))
+    });
+    let task_name = read("task_name", true, &|_| Ok(()));
+    let priority = read("priority", true, &|text| {
+        text.parse::<i64>()
+            .map(drop)
+            .map_err(|e| format!("is not an integer: {e}"))
+    });
+    let args = read("args", true, &|text| match serde_json::from_str(text) {
+        Ok(Value::Array(_)) => Ok(()),
+        _ => Err("is not a JSON list".to_owned()),
+    });
+    let kwargs = read("kwargs", true, &|text| match serde_json::from_str(text) {
+        Ok(Value::Object(_)) => Ok(()),
+        _ => Err("is not a JSON object".to_owned()),
+    });
+    let created_at = read("created_at", true, &number);
+    let updated_at = read("updated_at", true, &number);
+    let returning = read("returning", false, &|_| Ok(()));
+    let traceback = read("traceback", false, &|_| Ok(()));
+    let cancel_reason = read("cancel_reason", false, &|_| Ok(()));
+    let retry = read("retry", false, &|_| Ok(()));
+    let retry_parent = read("retry_parent_uuid", false, &|_| Ok(()));
+    let retry_child = read("retry_child_uuid", false, &|_| Ok(()));
+
+    let mut task = QueuedTask::new(uuid, task_name.unwrap_or_default());
+    task.priority = priority.and_then(|p| p.parse().ok()).unwrap_or_default();
+    task.args = match args.map(|a| serde_json::from_str(&a)) {
+        Some(Ok(Value::Array(items))) => items,
+        _ => Vec::new(),
     };
-    // A `decode` of the original may store text that is not JSON; keep it as a string then.
-    let returning = text("returning")
-        .map(|raw| serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_owned())));
-    let mut task = QueuedTask::new(uuid, required("task_name")?);
-    task.priority = required("priority")?
-        .parse()
-        .map_err(|e| format!("task {uuid}: `priority` is not an integer: {e}"))?;
-    task.args = args;
-    task.kwargs = kwargs;
-    task.created_at = number("created_at")?;
-    task.retry = text("retry").and_then(|n| n.parse().ok());
-    task.retry_parent_uuid = text("retry_parent_uuid").and_then(|u| Uuid::parse_str(u).ok());
+    task.kwargs = match kwargs.map(|k| serde_json::from_str(&k)) {
+        Some(Ok(Value::Object(map))) => map,
+        _ => Map::new(),
+    };
+    task.created_at = created_at.and_then(|t| t.parse().ok()).unwrap_or_default();
+    task.retry = retry.and_then(|n| n.parse().ok());
+    task.retry_parent_uuid = retry_parent.and_then(|u| Uuid::parse_str(&u).ok());
     let mut record = TaskRecord::from_task(task);
-    record.status = status;
-    record.updated_at = number("updated_at")?;
-    record.returning = returning;
-    record.traceback = text("traceback").map(str::to_owned);
-    record.cancel_reason = text("cancel_reason").map(str::to_owned);
-    record.retry_child_uuid = text("retry_child_uuid").and_then(|u| Uuid::parse_str(u).ok());
-    Ok(record)
+    // A record that cannot say what state it is in is reported as failed.
+    record.status = status
+        .as_deref()
+        .and_then(status_named)
+        .unwrap_or(TaskStatus::Error);
+    record.updated_at = updated_at
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(record.created_at);
+    // A `decode` of the original may store text that is not JSON; keep it as a string then.
+    record.returning =
+        returning.map(|raw| serde_json::from_str(&raw).unwrap_or(Value::String(raw)));
+    record.traceback = traceback;
+    record.cancel_reason = cancel_reason;
+    record.retry_child_uuid = retry_child.and_then(|u| Uuid::parse_str(&u).ok());
+    record.unreadable = unreadable;
+    (record, problems)
+}
+
+/// Whether a hash under a record's key is no task record at all (no `status`, no
+/// `task_name`): something else that shares the prefix.
+pub(super) fn fields_are_foreign(fields: &Fields) -> bool {
+    fields.get("status").is_none() && fields.get("task_name").is_none()
+}
+
+/// Reads a record that is about to run: every field must be readable; `Err` names the first
+/// that is not.
+pub(super) fn decode_record(uuid: Uuid, fields: &Fields) -> Result<TaskRecord, String> {
+    let (record, problems) = read_record(uuid, fields);
+    match problems.into_iter().next() {
+        Some(problem) => Err(problem),
+        None => Ok(record),
+    }
 }
 
 /// The record fields the take script returns, in this order. `status` must come first: the
@@ -183,27 +282,31 @@ pub(super) const TAKEN_FIELDS: [&str; 8] = [
 ];
 
 /// The record fields the take script returned, by name (missing fields left out).
-pub(super) fn taken_fields(values: Vec<Option<String>>) -> HashMap<String, String> {
-    let mut map: HashMap<String, String> = TAKEN_FIELDS
-        .iter()
-        .zip(values)
-        .filter_map(|(name, value)| Some(((*name).to_owned(), value?)))
-        .collect();
-    // The take script does not read `updated_at`; a record always has one.
-    if let Some(created) = map.get("created_at").cloned() {
-        map.entry("updated_at".to_owned()).or_insert(created);
+pub(super) fn taken_fields(values: Vec<Option<Vec<u8>>>) -> Fields {
+    let mut fields = Fields::default();
+    for (name, value) in TAKEN_FIELDS.iter().zip(values) {
+        if let Some(bytes) = value {
+            fields.insert((*name).to_owned(), bytes);
+        }
     }
-    map
+    // The take script does not read `updated_at`; a record always has one.
+    if let Some(created) = fields.get("created_at").map(str::to_owned) {
+        fields
+            .text
+            .entry("updated_at".to_owned())
+            .or_insert(created);
+    }
+    fields
 }
 
 /// Pairs a flat `HGETALL` reply.
-pub(super) fn pairs(flat: Vec<String>) -> HashMap<String, String> {
-    let mut map = HashMap::with_capacity(flat.len() / 2);
+pub(super) fn pairs(flat: Vec<Vec<u8>>) -> Fields {
+    let mut fields = Fields::default();
     let mut items = flat.into_iter();
     while let (Some(key), Some(value)) = (items.next(), items.next()) {
-        map.insert(key, value);
+        fields.insert(String::from_utf8_lossy(&key).into_owned(), value);
     }
-    map
+    fields
 }
 
 #[cfg(test)]
@@ -228,25 +331,58 @@ mod tests {
         );
     }
 
+    fn fields(pairs: &[(&str, &[u8])]) -> Fields {
+        let mut fields = Fields::default();
+        for (name, value) in pairs {
+            fields.insert((*name).to_owned(), value.to_vec());
+        }
+        fields
+    }
+
     #[test]
     fn python_records_decode() {
-        let fields: HashMap<String, String> = [
-            ("task_name", "add"),
-            ("priority", "3"),
-            ("args", "[2]"),
-            ("kwargs", "{\"b\": 5}"),
-            ("created_at", "1795847286.895575"),
-            ("updated_at", "1795847287.5"),
-            ("status", "success"),
-            ("returning", "\"привет\""),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
+        let fields = fields(&[
+            ("task_name", b"add"),
+            ("priority", b"3"),
+            ("args", b"[2]"),
+            ("kwargs", b"{\"b\": 5}"),
+            ("created_at", b"1795847286.895575"),
+            ("updated_at", b"1795847287.5"),
+            ("status", b"success"),
+            ("returning", "\"привет\"".as_bytes()),
+        ]);
         let record = decode_record(Uuid::nil(), &fields).unwrap();
         assert_eq!(record.status, TaskStatus::Success);
         assert_eq!(record.args, vec![serde_json::json!(2)]);
         assert_eq!(record.kwargs.get("b"), Some(&serde_json::json!(5)));
         assert_eq!(record.returning, Some(serde_json::json!("привет")));
+    }
+
+    #[test]
+    fn unreadable_fields_are_kept_raw_and_named() {
+        let fields = fields(&[
+            ("task_name", b"add"),
+            ("priority", b"high"),
+            ("args", b"[1, 2"),
+            ("kwargs", b"{}"),
+            ("created_at", b"1.5"),
+            ("updated_at", b"2.5"),
+            ("status", b"error"),
+            ("traceback", b"Boom: \xff\xfe"),
+        ]);
+        let (record, problems) = read_record(Uuid::nil(), &fields);
+        assert_eq!(record.status, TaskStatus::Error);
+        assert_eq!((record.priority, record.args.len()), (0, 0));
+        assert_eq!(
+            record.unreadable.get("priority").map(String::as_str),
+            Some("high")
+        );
+        assert_eq!(
+            record.unreadable.get("args").map(String::as_str),
+            Some("[1, 2")
+        );
+        assert!(record.unreadable["traceback"].starts_with("Boom: "));
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(decode_record(Uuid::nil(), &fields).is_err());
     }
 }
