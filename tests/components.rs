@@ -898,3 +898,33 @@ async fn running_older_tasks_puts_dead_workers_tasks_back_at_start_on_redis() {
     app.stop().await.unwrap();
     app.flush_all().await.unwrap();
 }
+
+#[tokio::test]
+async fn finished_records_in_memory_are_kept_for_their_retention_only() {
+    use qtasks::backend::{MemoryBroker, MemoryStorage};
+    let storage = Arc::new(MemoryStorage::with_result_ttl(Some(Duration::from_millis(
+        50,
+    ))));
+    let broker = Arc::new(MemoryBroker::new(Arc::clone(&storage)));
+    let app = QueueTasks::builder().backend(broker, storage).build();
+    app.start().await.unwrap();
+    let first = double::add_task(&app, 1).await.unwrap();
+    assert_eq!(first.wait(WAIT).await.unwrap().returning, Some(json!(2)));
+    assert!(
+        first.get().await.unwrap().is_some(),
+        "kept while its retention lasts"
+    );
+    tokio::time::sleep(Duration::from_millis(60)).await; // the retention (50 ms) passes
+    // Expired records are dropped as later ones change: no timer, no scan.
+    let second = double::add_task(&app, 2).await.unwrap();
+    assert_eq!(second.wait(WAIT).await.unwrap().returning, Some(json!(4)));
+    assert!(
+        first.get().await.unwrap().is_none(),
+        "dropped after its retention"
+    );
+    assert!(second.get().await.unwrap().is_some());
+    app.stop().await.unwrap();
+
+    // The default keeps them an hour; `None` for the life of the process.
+    assert_eq!(MemoryStorage::DEFAULT_RESULT_TTL, Duration::from_secs(3600));
+}

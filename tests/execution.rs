@@ -2,7 +2,7 @@
 //! middlewares, decode, dependencies and state, the context, calls and chains, routers, and the
 //! test harness, including their failure paths.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -876,4 +876,69 @@ async fn the_test_harness_runs_a_task_through_the_executor_and_plugins_without_a
         Vec::new(),
         "nothing was stored"
     );
+}
+
+// -- Stopping: the stop timeout and stop_now hand interrupted tasks back --------------------------
+
+static SLOW_THEN_FAST_RUNS: AtomicU32 = AtomicU32::new(0);
+
+/// Slow on its first run, instant after: shows a handed-back task running again.
+#[qtasks::task]
+async fn slow_then_fast() -> u32 {
+    let run = SLOW_THEN_FAST_RUNS.fetch_add(1, Ordering::SeqCst) + 1;
+    if run == 1 {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
+    run
+}
+
+#[tokio::test]
+async fn a_stop_that_cannot_wait_hands_running_tasks_back_to_the_queue() {
+    let app = QueueTasks::with_config(QueueConfig {
+        name: "stop_timeout".into(),
+        stop_timeout: 0.2, // a minute-long task will not finish in time
+        ..Default::default()
+    });
+    app.start().await.unwrap();
+    let task = slow_then_fast::add_task(&app).await.unwrap();
+    wait_for_status(&app, task.uuid(), TaskStatus::Process).await;
+    app.stop().await.unwrap(); // returns after the stop timeout, not after a minute
+    let record = task.get().await.unwrap().unwrap();
+    assert_eq!(
+        record.status,
+        TaskStatus::New,
+        "handed back, not cancelled or lost"
+    );
+    app.start().await.unwrap();
+    let done = task.wait(WAIT).await.unwrap();
+    assert_eq!(done.returning, Some(json!(2)), "it ran again");
+
+    app.stop().await.unwrap();
+}
+
+static SLOW_ONCE_RUNS: AtomicU32 = AtomicU32::new(0);
+
+#[qtasks::task]
+async fn slow_once() -> u32 {
+    let run = SLOW_ONCE_RUNS.fetch_add(1, Ordering::SeqCst) + 1;
+    if run == 1 {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
+    run
+}
+
+#[tokio::test]
+async fn stop_now_hands_running_tasks_back_without_waiting() {
+    let app = QueueTasks::with_config(QueueConfig {
+        name: "stop_now".into(),
+        ..Default::default() // a 30 s stop timeout: `stop_now` does not wait for it
+    });
+    app.start().await.unwrap();
+    let task = slow_once::add_task(&app).await.unwrap();
+    wait_for_status(&app, task.uuid(), TaskStatus::Process).await;
+    app.stop_now().await.unwrap();
+    assert_eq!(task.get().await.unwrap().unwrap().status, TaskStatus::New);
+    app.start().await.unwrap();
+    assert_eq!(task.wait(WAIT).await.unwrap().returning, Some(json!(2)));
+    app.stop().await.unwrap();
 }

@@ -21,8 +21,13 @@ struct Worker(Child);
 
 impl Worker {
     fn spawn(prefix: &str, lease_ms: u64, concurrency: usize) -> Self {
+        Self::spawn_with(prefix, lease_ms, concurrency, &[])
+    }
+
+    fn spawn_with(prefix: &str, lease_ms: u64, concurrency: usize, env: &[(&str, &str)]) -> Self {
         let child = Command::new(env!("CARGO_BIN_EXE_qtasks-test-redis-worker"))
             .args([prefix, &lease_ms.to_string(), &concurrency.to_string()])
+            .envs(env.iter().copied())
             .spawn()
             .expect("the worker binary starts");
         Worker(child)
@@ -432,5 +437,39 @@ async fn a_cancel_racing_a_take_always_wins_and_nothing_overwrites_it() {
     for worker in workers {
         worker.stop();
     }
+    app.flush_all().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_worker_past_its_stop_timeout_hands_its_tasks_to_another_at_once() {
+    let Some(url) = redis_url("a_worker_past_its_stop_timeout_hands_its_tasks_back") else {
+        return;
+    };
+    let prefix = unique_prefix("handback");
+    let app = client(&url, &prefix).await;
+    // A minute-long lease: waiting for it to run out would outlast this test's waits.
+    let stopping = Worker::spawn_with(&prefix, 60_000, 1, &[("QTASKS_STOP_TIMEOUT", "0.3")]);
+    let task = app
+        .add_task("record_run", ("handed", 20_000), ())
+        .await
+        .unwrap();
+    wait_until_started(&url, &prefix, "handed").await;
+    let other = Worker::spawn(&prefix, 60_000, 1);
+    stopping.stop(); // SIGTERM; the task cannot finish within 0.3 s
+    // The other worker starts it again at once (not a minute later); barrier: its second start.
+    for _ in 0..3000 {
+        if runs(&url, &prefix).await.get("handed") == Some(&2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(runs(&url, &prefix).await["handed"], 2);
+    assert_eq!(
+        task.get().await.unwrap().unwrap().status,
+        TaskStatus::Process
+    );
+    app.cancel(task.uuid(), "done testing").await.unwrap();
+    assert_eq!(task.wait(WAIT).await.unwrap().status, TaskStatus::Cancel);
+    other.stop();
     app.flush_all().await.unwrap();
 }

@@ -1,5 +1,6 @@
 //! A worker process stops gracefully on Ctrl-C (SIGINT) and SIGTERM: the running task
-//! finishes and is stored before the process exits 0.
+//! finishes and is stored before the process exits 0. A second signal stops it at once: the
+//! running task is handed back to the queue.
 
 #![cfg(unix)]
 
@@ -8,6 +9,7 @@ use std::process::{Command, Stdio};
 
 fn stop_worker_with(signal: &str) {
     let mut worker = Command::new(env!("CARGO_BIN_EXE_qtasks-test-worker"))
+        .arg("500")
         .stdout(Stdio::piped())
         .spawn()
         .expect("the worker binary starts");
@@ -29,7 +31,45 @@ fn stop_worker_with(signal: &str) {
         .map(|line| line.expect("stdout is readable"))
         .collect();
     assert!(status.success(), "exit status {status:?}, output {rest:?}");
-    assert_eq!(rest, ["stopped: success Some(String(\"finished\"))"]);
+    assert_eq!(
+        rest,
+        ["stopping", "stopped: success Some(String(\"finished\"))"]
+    );
+}
+
+#[test]
+fn a_second_signal_stops_at_once_and_hands_the_running_task_back() {
+    // A task of a minute, and the default 30 s stop timeout: only the second signal can make
+    // this worker exit within the test.
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_qtasks-test-worker"))
+        .arg("60000")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the worker binary starts");
+    let mut lines = BufReader::new(worker.stdout.take().expect("stdout is piped")).lines();
+    let mut next_line = || {
+        lines
+            .next()
+            .expect("the worker prints a line")
+            .expect("stdout is readable")
+    };
+    assert_eq!(next_line(), "running");
+    let kill = |signal: &str| {
+        let sent = Command::new("kill")
+            .args([signal, &worker.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success());
+    };
+    kill("-TERM");
+    assert_eq!(next_line(), "stopping", "the graceful stop began");
+    kill("-INT");
+    assert_eq!(
+        next_line(),
+        "stopped: new None",
+        "handed back, waiting again"
+    );
+    assert!(worker.wait().expect("the worker exits").success());
 }
 
 #[test]

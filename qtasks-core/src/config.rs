@@ -51,6 +51,11 @@ pub struct QueueConfig {
     pub result_time_interval: f64,
     /// The statuses `wait` returns on. (`retry` is followed to the next attempt.)
     pub result_statuses_end: Vec<TaskStatus>,
+    /// How long a graceful stop waits for running tasks, in seconds. Past it, the async tasks
+    /// still running are interrupted and handed back to the queue at once, so another worker
+    /// starts them without waiting for their lease to run out. A second Ctrl-C or SIGTERM (or
+    /// [`QueueTasks::stop_now`](crate::QueueTasks::stop_now)) does the same at once.
+    pub stop_timeout: f64,
     /// The prefix of the environment variables [`QueueConfig::from_env`] reads.
     pub environ_prefix: String,
 }
@@ -72,6 +77,7 @@ impl Default for QueueConfig {
                 .to_owned(),
             result_time_interval: 1.0,
             result_statuses_end: vec![TaskStatus::Success, TaskStatus::Error, TaskStatus::Cancel],
+            stop_timeout: 30.0,
             environ_prefix: "QTASKS_".to_owned(),
         }
     }
@@ -137,6 +143,7 @@ impl QueueConfig {
         "logs_format",
         "result_time_interval",
         "result_statuses_end",
+        "stop_timeout",
         "environ_prefix",
     ];
 
@@ -188,6 +195,13 @@ impl QueueConfig {
                     .collect::<Option<_>>()
                     .ok_or_else(|| invalid("a comma-separated list of statuses (new, process, success, error, cancel, retry)"))?;
             }
+            "stop_timeout" => {
+                let seconds: f64 = parse_number(field, value, "a number of seconds")?;
+                if !(seconds.is_finite() && seconds >= 0.0) {
+                    return Err(invalid("a finite, non-negative number of seconds"));
+                }
+                self.stop_timeout = seconds;
+            }
             "environ_prefix" => self.environ_prefix = value.to_owned(),
             other => {
                 return Err(ConfigError {
@@ -201,6 +215,12 @@ impl QueueConfig {
             }
         }
         Ok(())
+    }
+
+    /// [`stop_timeout`](Self::stop_timeout) as a duration (30 s when it is not a finite,
+    /// non-negative number).
+    pub fn stop_limit(&self) -> Duration {
+        Duration::try_from_secs_f64(self.stop_timeout).unwrap_or(Duration::from_secs(30))
     }
 
     /// [`result_time_interval`](Self::result_time_interval) as a duration (one second when

@@ -43,6 +43,24 @@ pub(super) fn idle_wait(options: &RedisOptions) -> Duration {
 /// Member and fields stay bytes until each is decoded on its own.
 type Taken = (Vec<u8>, Vec<Option<Vec<u8>>>, i64, String);
 
+/// Stops holding the members of a take if the call that took them is dropped before it hands
+/// them over (so they are not renewed forever by a live worker that will never run them).
+struct HoldGuard<'a> {
+    held: &'a Mutex<HashMap<String, String>>,
+    members: Vec<String>,
+}
+
+impl Drop for HoldGuard<'_> {
+    fn drop(&mut self) {
+        if !self.members.is_empty() {
+            let mut held = crate::lock(self.held);
+            for member in &self.members {
+                held.remove(member);
+            }
+        }
+    }
+}
+
 /// A delivery's receipt: its token, then its lease member (the token has a fixed length).
 fn receipt(token: &str, member: &str) -> String {
     format!("{token}{member}")
@@ -168,7 +186,7 @@ impl RedisBroker {
                 let uuid = entry_uuid(entry);
                 self.dead_letter(member.as_bytes(), entry, uuid, &reason)
                     .await?;
-                self.release(&member);
+                self.unhold(&member);
                 return Ok(None);
             }
         };
@@ -190,7 +208,7 @@ impl RedisBroker {
                     .exec_async(&mut con)
                     .await
                     .map_err(|e| failure("dropping a cancelled task failed".to_owned(), e))?;
-                self.release(&member);
+                self.unhold(&member);
                 Ok(None)
             }
             Ok(record) => Ok(Some(
@@ -208,7 +226,7 @@ impl RedisBroker {
                 pipe.exec_async(&mut con)
                     .await
                     .map_err(|e| failure(format!("failing task {uuid} failed"), e))?;
-                self.release(&member);
+                self.unhold(&member);
                 Ok(None)
             }
         }
@@ -354,7 +372,7 @@ impl RedisBroker {
         crate::lock(&self.held).insert(member.to_owned(), token.to_owned());
     }
 
-    fn release(&self, member: &str) {
+    fn unhold(&self, member: &str) {
         crate::lock(&self.held).remove(member);
     }
 
@@ -493,19 +511,34 @@ impl Broker for RedisBroker {
             loop {
                 let (taken, next_due_ms) = self.take_batch(max).await?;
                 let any_taken = !taken.is_empty();
+                // Held (renewed) from now on; should this call be dropped before it hands the
+                // deliveries over, the guard stops holding them and their leases run out, so
+                // another take runs them.
+                let mut guard = HoldGuard {
+                    held: &self.held,
+                    members: Vec::with_capacity(taken.len()),
+                };
                 for (member, _, _, token) in &taken {
                     if let Ok(member) = std::str::from_utf8(member) {
                         self.hold(member, token);
+                        guard.members.push(member.to_owned());
                     }
                 }
                 let mut deliveries = Vec::with_capacity(taken.len());
                 for (member, fields, recovered, token) in taken {
-                    if let Some(delivery) =
-                        self.deliver(member, fields, recovered == 1, token).await?
-                    {
-                        deliveries.push(delivery);
+                    let shown = String::from_utf8_lossy(&member).into_owned();
+                    match self.deliver(member, fields, recovered == 1, token).await {
+                        Ok(Some(delivery)) => deliveries.push(delivery),
+                        Ok(None) => {}
+                        Err(error) => {
+                            // This entry alone: its lease is no longer renewed and runs out,
+                            // then a take tries it again. The others of the batch go on.
+                            tracing::error!(app = %self.keys.prefix, "handing out `{shown}` failed; it is taken again when its lease runs out: {}", ErrorChain(&error));
+                            self.unhold(&shown);
+                        }
                     }
                 }
+                guard.members.clear(); // handed over: finish or the renewer owns them now
                 if !deliveries.is_empty() {
                     return Ok(deliveries);
                 }
@@ -583,8 +616,40 @@ impl Broker for RedisBroker {
                     }
                 }
             };
-            self.release(split_receipt(&delivery.receipt).1);
+            self.unhold(split_receipt(&delivery.receipt).1);
             result
+        })
+    }
+
+    fn release(&self, delivery: &Delivery) -> BoxFuture<'_, Result<(), BackendError>> {
+        let delivery = delivery.clone();
+        Box::pin(async move {
+            let (token, member) = split_receipt(&delivery.receipt);
+            // Stop renewing first: if the script cannot run, the lease runs out instead.
+            self.unhold(member);
+            let priority = member
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<i64>().ok())
+                .unwrap_or(delivery.task.priority);
+            let mut con = self.commands.clone();
+            let _handed_back: i64 = Script::new(scripts::RELEASE)
+                .key(&self.keys.leases)
+                .key(&self.keys.owners)
+                .key(&self.keys.ready)
+                .key(&self.keys.recovered)
+                .key(self.keys.record(delivery.task.uuid))
+                .arg(member)
+                .arg(token)
+                .arg(priority)
+                .invoke_async(&mut con)
+                .await
+                .map_err(|e| {
+                    failure(
+                        format!("handing task {} back failed", delivery.task.uuid),
+                        e,
+                    )
+                })?;
+            Ok(())
         })
     }
 

@@ -266,3 +266,20 @@ if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
 redis.call('PUBLISH', ARGV[4], ARGV[5])
 return 1
 "#;
+
+/// Hands a delivery back without an outcome, if its token still holds the lease: the member
+/// returns to `ready` at its place (marked recovered) and the record to `new`, so any worker
+/// takes it at once. KEYS: leases, owners, ready, recovered, record. ARGV: member, token,
+/// priority. Returns 1, or 0 when the lease was not this delivery's any more.
+pub(super) const RELEASE: &str = r#"
+if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('ZADD', KEYS[3], tonumber(ARGV[3]), ARGV[1])
+redis.call('SADD', KEYS[4], ARGV[1])
+if redis.call('EXISTS', KEYS[5]) == 1 then
+  local t = redis.call('TIME')
+  redis.call('HSET', KEYS[5], 'status', 'new', 'updated_at', t[1] .. '.' .. string.format('%06d', tonumber(t[2])))
+end
+return 1
+"#;

@@ -42,10 +42,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .set((recorder, prefix.clone()))
         .map_err(|_| "set once")?;
 
+    // Other settings from `QTASKS_*` variables (a test sets `QTASKS_STOP_TIMEOUT`).
     let config = QueueConfig {
         name: prefix.clone(),
         max_tasks_process: concurrency.parse()?,
-        ..Default::default()
+        ..QueueConfig::from_env()?
     };
     let options = RedisOptions {
         lease: Duration::from_millis(lease_ms.parse()?),

@@ -1,5 +1,6 @@
-//! A worker process for the signal tests: runs one slow task under `run_forever`, says when the
-//! task is running, and after the shutdown prints the task's final status.
+//! A worker process for the signal tests: runs one slow task (`qtasks-test-worker [MS]`, 500 ms
+//! by default) under `run_forever`, says when the task is running and when the stop begins,
+//! and after the shutdown prints the task's final status.
 
 use std::time::Duration;
 
@@ -11,10 +12,20 @@ async fn slow_job(ms: u64) -> &'static str {
     "finished"
 }
 
+/// Tells the test that the graceful stop has begun (so its second signal comes after it).
+#[qtasks::plugin(on = "qtasks_stop")]
+fn announce_stop(_event: &qtasks::triggers::QtasksStop<'_>) {
+    println!("stopping");
+}
+
 #[tokio::main]
 async fn main() -> qtasks::Result<()> {
+    let ms = std::env::args()
+        .nth(1)
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or(500);
     let app = QueueTasks::new();
-    let handle = slow_job::add_task(&app, 500).await?;
+    let handle = slow_job::add_task(&app, ms).await?;
     let watcher = handle.clone();
     tokio::spawn(async move {
         while watcher.get().await.ok().flatten().map(|r| r.status) != Some(TaskStatus::Process) {

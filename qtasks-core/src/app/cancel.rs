@@ -49,6 +49,15 @@ impl Cancels {
         }
     }
 
+    /// Cancels every task running in this process (a stop that cannot wait any longer).
+    pub(crate) fn cancel_all(&self, reason: &str) -> usize {
+        let running = self.running.lock_unpoisoned();
+        for sender in running.values() {
+            let _ = sender.send(Some(reason.to_owned()));
+        }
+        running.len()
+    }
+
     /// Cancels a task running in this process, or remembers the cancel for a while in case it
     /// is about to start here (taken, not yet registered).
     pub(crate) fn cancel_here(&self, uuid: Uuid, reason: &str) -> bool {

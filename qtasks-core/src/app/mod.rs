@@ -26,6 +26,7 @@ use tokio::task::JoinHandle;
 
 pub(crate) use self::cancel::Cancels;
 pub use self::config::GlobalEntries;
+pub(crate) use self::running::INTERRUPTED;
 pub use self::tasks::AddOptions;
 use crate::backend::{Broker, Storage};
 use crate::components::{Executor, GlobalConfig, Starter, Worker};
@@ -68,6 +69,11 @@ pub(crate) struct Inner {
     pub(crate) cancels: Cancels,
     pub(crate) running: AtomicBool,
     pub(crate) counters: Counters,
+    /// Set while a stop interrupts the running tasks (its timeout passed, a second signal, or
+    /// `stop_now`): the interrupted deliveries are handed back, not finished.
+    pub(crate) interrupting: AtomicBool,
+    /// Wakes a stop that waits for running tasks, to interrupt them now.
+    pub(crate) interrupt: tokio::sync::Notify,
     pub(crate) lifecycle: tokio::sync::Mutex<Option<Running>>,
 }
 
@@ -142,6 +148,8 @@ impl QueueTasks {
                 cancels: Cancels::default(),
                 running: AtomicBool::new(false),
                 counters: Counters::default(),
+                interrupting: AtomicBool::new(false),
+                interrupt: tokio::sync::Notify::new(),
                 lifecycle: tokio::sync::Mutex::new(None),
             }),
         }

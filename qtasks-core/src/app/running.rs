@@ -11,6 +11,10 @@ use crate::signals::ShutdownSignals;
 use crate::triggers::{QtasksPing, QtasksStop, StatsInspect};
 use crate::{QueueTasks, Result};
 
+/// The reason an interrupted run stops with; its delivery is handed back, not finished.
+pub(crate) const INTERRUPTED: &str =
+    "Interrupted: the worker is stopping and hands the task back to the queue";
+
 impl QueueTasks {
     /// Starts plugins, components and a worker in the background of the current tokio
     /// runtime, and returns (through the app's [`Starter`]). Stop it with
@@ -46,8 +50,32 @@ impl QueueTasks {
             .await
     }
 
+    /// Stops now: the async tasks still running are interrupted and handed back to the queue
+    /// (status `new`), so another worker starts them at once; then the app stops as
+    /// [`stop`](Self::stop) does. A plain `fn` task cannot be stopped mid-call: its thread runs
+    /// to the end in the background, its result dropped.
+    pub async fn stop_now(&self) -> Result<()> {
+        self.interrupt_running();
+        self.stop().await
+    }
+
+    /// Interrupts the running tasks of this process so that a stop need not wait for them.
+    pub(crate) fn interrupt_running(&self) {
+        if !self.inner.running.load(Ordering::Acquire) {
+            return;
+        }
+        self.inner.interrupting.store(true, Ordering::Release);
+        let interrupted = self.inner.cancels.cancel_all(INTERRUPTED);
+        if interrupted > 0 {
+            tracing::warn!(app = %self.name(), interrupted, "interrupting the running tasks; they are handed back to the queue");
+        }
+        self.inner.interrupt.notify_one();
+    }
+
     /// Runs a worker until Ctrl-C (or SIGTERM on Unix) or [`stop`](Self::stop), then stops
-    /// gracefully. This is what a worker process's `main` calls.
+    /// gracefully: running tasks get [`QueueConfig::stop_timeout`](crate::QueueConfig::stop_timeout)
+    /// to finish. A second signal interrupts them at once and hands them back to the queue.
+    /// This is what a worker process's `main` calls.
     ///
     /// ```no_run
     /// #[tokio::main]
@@ -63,10 +91,19 @@ impl QueueTasks {
             None => return Ok(()), // stopped already
         };
         tokio::select! {
-            () = signals.recv() => tracing::info!(app = %self.name(), "shutdown signal received"),
+            () = signals.recv() => tracing::info!(app = %self.name(), "shutdown signal received; stopping gracefully (a second one stops now)"),
             _ = stop_requested.wait_for(|stop| *stop) => {}
         }
-        self.stop().await
+        let stop = self.stop();
+        tokio::pin!(stop);
+        tokio::select! {
+            result = &mut stop => return result,
+            () = signals.recv() => {
+                tracing::warn!(app = %self.name(), "second shutdown signal: interrupting the running tasks and handing them back");
+                self.interrupt_running();
+            }
+        }
+        stop.await
     }
 
     /// Whether a worker of this app is running anywhere: its heartbeat in the global config

@@ -215,6 +215,19 @@ impl Broker for MemoryBroker {
         Box::pin(async move { result })
     }
 
+    fn release(&self, delivery: &Delivery) -> BoxFuture<'_, Result<(), BackendError>> {
+        let result = self.storage.change(delivery.task.uuid, |slot| {
+            slot.record.status = TaskStatus::New;
+            slot.record.updated_at = unix_now();
+        });
+        if result.is_ok() {
+            let mut task = delivery.task.clone();
+            task.run_at = None;
+            self.enqueue(task);
+        }
+        Box::pin(async move { result })
+    }
+
     fn cancel(
         &self,
         uuid: Uuid,
@@ -259,11 +272,25 @@ impl Hasher for UuidHasher {
 }
 
 /// In-memory task records, with waiters woken the moment a task ends.
-#[derive(Default)]
+///
+/// Finished records are kept for a while ([`MemoryStorage::DEFAULT_RESULT_TTL`], one hour, by
+/// default) and then dropped, so a long-running process does not grow without bound; a task
+/// still waiting or running is never dropped.
 pub struct MemoryStorage {
     // Boxed: a record is a few hundred bytes, and a growing map would copy every one of them
     // at each resize (that copying was a tenth of the in-memory hot path).
     slots: Mutex<HashMap<Uuid, Box<Slot>, BuildHasherDefault<UuidHasher>>>,
+    /// How long a finished record is kept; `None` keeps it.
+    result_ttl: Option<std::time::Duration>,
+    /// Finished records by the time they expire, oldest first (one TTL for all, so pushing at
+    /// the back keeps the order). Locked after `slots`, never before.
+    expiries: Mutex<VecDeque<(std::time::Instant, Uuid)>>,
+}
+
+impl Default for MemoryStorage {
+    fn default() -> Self {
+        Self::with_result_ttl(Some(Self::DEFAULT_RESULT_TTL))
+    }
 }
 
 struct Slot {
@@ -281,9 +308,62 @@ impl Slot {
 }
 
 impl MemoryStorage {
-    /// An empty storage.
+    /// How long finished records are kept by default: one hour.
+    pub const DEFAULT_RESULT_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+    /// An empty storage that keeps finished records for [`DEFAULT_RESULT_TTL`](Self::DEFAULT_RESULT_TTL).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty storage that keeps finished records this long (`None`: for the life of the
+    /// process).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use qtasks::backend::{MemoryBroker, MemoryStorage};
+    ///
+    /// let storage = Arc::new(MemoryStorage::with_result_ttl(Some(Duration::from_secs(60))));
+    /// let broker = Arc::new(MemoryBroker::new(Arc::clone(&storage)));
+    /// let app = qtasks::QueueTasks::builder().backend(broker, storage).build();
+    /// ```
+    pub fn with_result_ttl(result_ttl: Option<std::time::Duration>) -> Self {
+        MemoryStorage {
+            slots: Mutex::default(),
+            result_ttl,
+            expiries: Mutex::default(),
+        }
+    }
+
+    /// Called with the records' lock held, after `uuid`'s record changed: a record that just
+    /// became final is given its expiry, and records whose expiry has passed are dropped (if
+    /// they are still final: a record is only ever dropped finished).
+    fn retain(
+        &self,
+        slots: &mut HashMap<Uuid, Box<Slot>, BuildHasherDefault<UuidHasher>>,
+        became_final: Option<Uuid>,
+    ) {
+        let Some(ttl) = self.result_ttl else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        let mut expiries = lock(&self.expiries);
+        if let Some(uuid) = became_final {
+            expiries.push_back((now + ttl, uuid));
+        }
+        while let Some(&(deadline, uuid)) = expiries.front() {
+            if deadline > now {
+                break;
+            }
+            expiries.pop_front();
+            if slots
+                .get(&uuid)
+                .is_some_and(|slot| slot.record.status.is_final())
+            {
+                slots.remove(&uuid);
+            }
+        }
     }
 
     fn insert(&self, record: TaskRecord) {
@@ -299,8 +379,11 @@ impl MemoryStorage {
     fn change(&self, uuid: Uuid, change: impl FnOnce(&mut Slot)) -> Result<(), BackendError> {
         let mut slots = lock(&self.slots);
         let slot = slots.get_mut(&uuid).ok_or_else(|| not_stored(uuid))?;
+        let was_final = slot.record.status.is_final();
         change(slot);
         slot.wake_waiters();
+        let became_final = (!was_final && slot.record.status.is_final()).then_some(uuid);
+        self.retain(&mut slots, became_final);
         Ok(())
     }
 
@@ -340,6 +423,7 @@ impl MemoryStorage {
                 slot.record.cancel_reason = Some(reason.to_owned());
                 slot.record.updated_at = unix_now();
                 slot.wake_waiters();
+                self.retain(&mut slots, Some(uuid));
                 CancelState::Cancelled
             }
             TaskStatus::Process => CancelState::Running,

@@ -289,6 +289,15 @@ pub trait Broker: Send + Sync + 'static {
         outcome: Outcome,
     ) -> BoxFuture<'_, Result<(), BackendError>>;
 
+    /// Hands a delivery back without an outcome: the worker is stopping and interrupted it
+    /// (see [`QueueConfig::stop_timeout`](crate::QueueConfig::stop_timeout)). The task waits
+    /// again at once, status `new`, for any worker. The default does nothing: the delivery's
+    /// lease runs out and the task is taken again then.
+    fn release(&self, delivery: &Delivery) -> BoxFuture<'_, Result<(), BackendError>> {
+        let _ = delivery;
+        Box::pin(async { Ok(()) })
+    }
+
     /// Deletes this app's queued tasks.
     fn flush_all(&self) -> BoxFuture<'_, Result<(), BackendError>>;
 

@@ -234,7 +234,34 @@ impl StopSteps<'_> {
 
         let _ = running.shutdown.send(true);
         dispatch.fire(&WorkerStop { worker }).await;
-        if let Err(error) = running.worker.await {
+        // Running tasks get `stop_timeout` to finish; past it (or on a second signal, or
+        // `stop_now`) they are interrupted and handed back to the queue.
+        let mut worker_task = running.worker;
+        let limit = app.config().stop_limit();
+        let joined = if inner
+            .interrupting
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            None
+        } else {
+            tokio::select! {
+                joined = &mut worker_task => Some(joined),
+                () = tokio::time::sleep(limit) => {
+                    tracing::warn!(app = app.name(), "the running tasks did not finish within the stop timeout ({limit:?})");
+                    app.interrupt_running();
+                    None
+                }
+                () = inner.interrupt.notified() => None,
+            }
+        };
+        let joined = match joined {
+            Some(joined) => joined,
+            None => worker_task.await,
+        };
+        inner
+            .interrupting
+            .store(false, std::sync::atomic::Ordering::Release);
+        if let Err(error) = joined {
             tracing::error!(
                 app = app.name(),
                 "the worker ended abnormally: {}",

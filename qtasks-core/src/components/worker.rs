@@ -186,6 +186,13 @@ impl WorkerHost {
                 Outcome::Error(reason)
             }
         };
+        if matches!(&outcome, Outcome::Cancel(reason) if reason == crate::app::INTERRUPTED) {
+            // Interrupted by a stop that could not wait: no outcome; the task waits again.
+            if let Err(error) = broker.release(&delivery).await {
+                tracing::error!(uuid = %uuid, "handing task {uuid} back failed (it is taken again when its lease runs out): {}", crate::backend::ErrorChain(&error));
+            }
+            return;
+        }
         let task = &delivery.task;
         chain!(
             dispatch,
