@@ -10,6 +10,7 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+use super::storage::is_transient;
 use super::wire::{
     TAKEN_FIELDS, decode_record, new_record_fields, outcome_fields, parse_entry, queue_entry,
     status_named, taken_fields,
@@ -19,8 +20,8 @@ use qtasks_core::BoxFuture;
 use qtasks_core::backend::{BackendError, Broker, CancelState, Delivery, ErrorChain, unix_now};
 use qtasks_core::{Outcome, QueuedTask, TaskStatus};
 
-/// The longest wait between two attempts to store an outcome during an outage.
-const FINISH_MAX_DELAY: Duration = Duration::from_secs(2);
+/// How many times a take is sent again when its connection drops.
+const TAKE_RETRIES: usize = 3;
 
 /// How long an outcome is retried through an outage, in leases: past that the lease is long
 /// gone and another worker runs the task (so nothing is lost by giving up).
@@ -130,24 +131,33 @@ impl RedisBroker {
     /// Takes up to `max` tasks; also returns when the next delayed task may run (ms, Redis
     /// clock).
     async fn take_batch(&self, max: usize) -> Result<(Vec<Taken>, Option<i64>), BackendError> {
-        let mut con = self.commands.clone();
+        use backon::Retryable;
         let token_prefix = &Uuid::new_v4().simple().to_string()[..TOKEN_LEN - 4];
-        let (taken, next_due): (Vec<Taken>, Option<f64>) = self
-            .take
-            .key(&self.keys.queue)
-            .key(&self.keys.incoming)
-            .key(&self.keys.ready)
-            .key(&self.keys.sequence)
-            .key(&self.keys.leases)
-            .key(&self.keys.recovered)
-            .key(&self.keys.delayed)
-            .key(&self.keys.owners)
-            .arg(self.lease_ms())
-            .arg(max.max(1))
-            .arg(&self.keys.prefix)
-            .arg(token_prefix)
-            .arg(&TAKEN_FIELDS[..])
-            .invoke_async(&mut con)
+        let take = || async {
+            let mut con = self.commands.clone();
+            self.take
+                .key(&self.keys.queue)
+                .key(&self.keys.incoming)
+                .key(&self.keys.ready)
+                .key(&self.keys.sequence)
+                .key(&self.keys.leases)
+                .key(&self.keys.recovered)
+                .key(&self.keys.delayed)
+                .key(&self.keys.owners)
+                .arg(self.lease_ms())
+                .arg(max.max(1))
+                .arg(&self.keys.prefix)
+                .arg(token_prefix)
+                .arg(&TAKEN_FIELDS[..])
+                .invoke_async::<(Vec<Taken>, Option<f64>)>(&mut con)
+                .await
+        };
+        // A dropped connection is replaced by the next command: try again soon. (Had the
+        // dropped call taken tasks, their leases run out and they are taken again: nothing is
+        // lost.) A longer outage goes back to the worker, which asks again later.
+        let (taken, next_due) = take
+            .retry(crate::reconnect_pauses().take(TAKE_RETRIES))
+            .when(is_transient)
             .await
             .map_err(|e| failure("taking tasks failed".to_owned(), e))?;
         Ok((taken, next_due.map(|ms| ms as i64)))
@@ -556,15 +566,25 @@ impl Broker for RedisBroker {
                     wait = wait.min(until_due).max(Duration::from_millis(10));
                 }
                 let mut con = self.blocking.clone();
-                let _: Option<String> = redis::cmd("BLMOVE")
+                let waited: redis::RedisResult<Option<String>> = redis::cmd("BLMOVE")
                     .arg(&self.keys.queue)
                     .arg(&self.keys.incoming)
                     .arg("LEFT")
                     .arg("RIGHT")
                     .arg(wait.as_secs_f64())
                     .query_async(&mut con)
-                    .await
-                    .map_err(|e| failure("waiting for tasks failed".to_owned(), e))?;
+                    .await;
+                match waited {
+                    // A dropped connection only cut the wait short: look again (after a moment,
+                    // so a connection that keeps failing does not spin).
+                    Err(error) if is_transient(&error) => {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    Err(error) => {
+                        return Err(failure("waiting for tasks failed".to_owned(), error));
+                    }
+                    Ok(_) => {}
+                }
             }
         })
     }
@@ -578,43 +598,37 @@ impl Broker for RedisBroker {
         Box::pin(async move {
             // Kept and sent again through an outage: the script is idempotent, so a reply lost
             // after the write only makes the next attempt answer "stored".
+            use backon::Retryable;
             let patience = self.options.lease * FINISH_PATIENCE_LEASES;
             let started = tokio::time::Instant::now();
-            let mut delay = Duration::from_millis(50);
-            let mut attempt = 1;
-            let result = loop {
-                match self.write_outcome(&delivery, &outcome).await {
-                    Ok(true) => {
-                        if let Outcome::Retry { child, .. } = &outcome {
-                            self.release_when_due(child);
-                        }
-                        break Ok(());
+            let written = (|| self.write_outcome(&delivery, &outcome))
+                .retry(crate::reconnect_pauses())
+                .when(|_| started.elapsed() < patience)
+                .notify(|error, pause| {
+                    tracing::warn!(uuid = %delivery.task.uuid, "storing the result failed (trying again in {pause:?}): {}", ErrorChain(error));
+                })
+                .await;
+            let result = match written {
+                Ok(true) => {
+                    if let Outcome::Retry { child, .. } = &outcome {
+                        self.release_when_due(child);
                     }
-                    Ok(false) => {
-                        break Err(BackendError::refused(
-                            "redis",
-                            format!(
-                                "the outcome of task {} was refused: its lease is another worker's now (this worker stalled past it)",
-                                delivery.task.uuid
-                            ),
-                        ));
-                    }
-                    Err(error) if started.elapsed() < patience => {
-                        tracing::warn!(uuid = %delivery.task.uuid, "storing the result failed (attempt {attempt}, trying again in {delay:?}): {}", ErrorChain(&error));
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(FINISH_MAX_DELAY);
-                        attempt += 1;
-                    }
-                    Err(error) => {
-                        break Err(failure(
-                            format!(
-                                "storing the result of task {} failed for {patience:?}; its lease has run out and the task runs again",
-                                delivery.task.uuid
-                            ),
-                            error,
-                        ));
-                    }
+                    Ok(())
                 }
+                Ok(false) => Err(BackendError::refused(
+                    "redis",
+                    format!(
+                        "the outcome of task {} was refused: its lease is another worker's now (this worker stalled past it)",
+                        delivery.task.uuid
+                    ),
+                )),
+                Err(error) => Err(failure(
+                    format!(
+                        "storing the result of task {} failed for {patience:?}; its lease has run out and the task runs again",
+                        delivery.task.uuid
+                    ),
+                    error,
+                )),
             };
             self.unhold(split_receipt(&delivery.receipt).1);
             result

@@ -366,6 +366,21 @@ fn redacted(url: &str) -> String {
     shown
 }
 
+/// The pauses between tries of a command whose connection dropped: a try at once (the
+/// connection manager has a new connection by then), then after a pause that doubles from 50 ms
+/// to 2 s, with jitter, each pause followed by another immediate try. Connections cut faster
+/// than a pause (a flapping network, `CLIENT KILL`) are thereby always tried fresh.
+fn reconnect_pauses() -> impl Iterator<Item = Duration> + Send + Sync + Unpin {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(Duration::from_secs(2))
+        .with_jitter()
+        .without_max_times()
+        .build()
+        .flat_map(|pause| [Duration::ZERO, pause])
+}
+
 /// Locks a mutex, ignoring poisoning: the sets and maps behind this crate's locks are whole
 /// after every statement, so a panic elsewhere leaves nothing half written.
 fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -10,8 +10,9 @@
 //! - `N:qtasks:leases` (ZSET): tasks being run; score = lease deadline (ms, Redis clock).
 //! - `N:qtasks:owners` (HASH): lease member → the delivery token of the take that holds it.
 //!   Only the holder of the token may renew the lease or record the outcome (fencing).
-//! - `N:qtasks:finished:{token}` (STRING, expires): the outcome of that delivery was stored, so
-//!   a finish sent again after a lost reply is recognised as done, not refused.
+//! - `N:qtasks:finished:{token}` (STRING, expires after an hour): the uuid of the task whose
+//!   outcome that delivery stored, so a finish sent again after a lost reply is recognised as
+//!   done, not refused (and the stored outcomes of a task can be counted).
 //! - `N:qtasks:seq` (STRING): the arrival counter.
 //! - `N:qtasks:recovered` (SET): members taken back from a dead worker, until taken again.
 //! - `N:qtasks:delayed` (ZSET): entries that may run later (a retry's backoff); score = the
@@ -194,7 +195,7 @@ if KEYS[5] then
 end
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('SET', KEYS[4], '1', 'PX', 3600000)
+redis.call('SET', KEYS[4], ARGV[5], 'PX', 3600000)
 local ttl = tonumber(ARGV[3])
 if ttl > 0 then redis.call('PEXPIRE', KEYS[3], ttl) end
 redis.call('PUBLISH', ARGV[4], ARGV[5])

@@ -16,8 +16,9 @@ use qtasks_core::backend::{BackendError, ItemsRead, Storage, unix_now};
 use qtasks_core::triggers::RecordUpdate;
 use qtasks_core::{TaskRecord, TaskStatus};
 
-/// The longest pause between retries of a read over a dropped connection.
-const MAX_READ_RETRY_DELAY: Duration = Duration::from_secs(2);
+/// How many times `get` sends a read again when its connection drops (about 1 s in all; a
+/// waiter tries until its own timeout).
+const READ_RETRIES: usize = 8;
 
 /// Errors after which the same command may well succeed on a new connection.
 pub(super) fn is_transient(error: &redis::RedisError) -> bool {
@@ -152,7 +153,7 @@ impl RedisStorage {
             let notified = notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match self.read(uuid).await {
+            match self.read(uuid, true).await {
                 Ok(Some(record)) if !ready(&record) => {}
                 other => break other,
             }
@@ -177,25 +178,27 @@ impl RedisStorage {
     }
 
     /// Reads a record. A read is safe to repeat, so a dropped connection is retried (the
-    /// connection manager reconnects in the meantime).
-    async fn read(&self, uuid: Uuid) -> Result<Option<TaskRecord>, BackendError> {
-        let mut delay = Duration::from_millis(50);
-        let fields: Vec<Vec<u8>> = loop {
+    /// connection manager reconnects in the meantime), a few times for `get` (`patient` off),
+    /// and for a waiter until its own timeout ends the wait (`patient` on).
+    async fn read(&self, uuid: Uuid, patient: bool) -> Result<Option<TaskRecord>, BackendError> {
+        use backon::Retryable;
+        let key = self.keys.record(uuid);
+        let hgetall = || async {
             let mut con = self.commands.clone();
-            match redis::cmd("HGETALL")
-                .arg(self.keys.record(uuid))
-                .query_async(&mut con)
+            redis::cmd("HGETALL")
+                .arg(&key)
+                .query_async::<Vec<Vec<u8>>>(&mut con)
                 .await
-            {
-                Ok(fields) => break fields,
-                Err(error) if is_transient(&error) && delay <= MAX_READ_RETRY_DELAY => {
-                    tracing::debug!(uuid = %uuid, "reading the record failed, retrying: {}", qtasks_core::backend::ErrorChain(&error));
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                }
-                Err(error) => return Err(failure(format!("reading task {uuid} failed"), error)),
-            }
         };
+        let tries = if patient { usize::MAX } else { READ_RETRIES };
+        let fields = hgetall
+            .retry(crate::reconnect_pauses().take(tries))
+            .when(is_transient)
+            .notify(|error, pause| {
+                tracing::debug!(uuid = %uuid, "reading the record failed, retrying in {pause:?}: {}", qtasks_core::backend::ErrorChain(error));
+            })
+            .await
+            .map_err(|e| failure(format!("reading task {uuid} failed"), e))?;
         if fields.is_empty() {
             return Ok(None);
         }
@@ -214,7 +217,7 @@ impl Storage for RedisStorage {
     }
 
     fn get(&self, uuid: Uuid) -> BoxFuture<'_, Result<Option<TaskRecord>, BackendError>> {
-        Box::pin(self.read(uuid))
+        Box::pin(self.read(uuid, false))
     }
 
     fn get_all(&self) -> BoxFuture<'_, Result<Vec<TaskRecord>, BackendError>> {

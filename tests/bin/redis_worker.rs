@@ -1,9 +1,14 @@
 //! A Redis worker process for the multi-process tests.
 //!
 //! `qtasks-test-redis-worker <prefix> <lease_ms> <concurrency>`, with the Redis URL in
-//! `QTASKS_TEST_REDIS_URL`. Its one task, `record_run(label, ms)`, counts its runs in
-//! `<prefix>:test:runs`, its start order in `<prefix>:test:order` and the process that ran it
-//! last in `<prefix>:test:pid`, then sleeps `ms`.
+//! `QTASKS_TEST_REDIS_URL`. Its tasks:
+//! - `record_run(label, ms)` counts its runs in `<prefix>:test:runs`, its start order in
+//!   `<prefix>:test:order` and the process that ran it last in `<prefix>:test:pid`, then sleeps
+//!   `ms`;
+//! - `log_run(label, ms)` touches no Redis (for the fault tests, where Redis goes away): it
+//!   appends `uuid label pid` to the file named by `QTASKS_TEST_EXEC_LOG`, sleeps `ms` and
+//!   returns the label;
+//! - `measure(text)` returns the length of its argument.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -28,12 +33,37 @@ async fn record_run(label: String, ms: u64) -> qtasks::TaskResult<String> {
     Ok(label)
 }
 
+#[qtasks::task(echo = true)]
+async fn log_run(ctx: qtasks::TaskContext, label: String, ms: u64) -> qtasks::TaskResult<String> {
+    use std::io::Write;
+    let path = std::env::var("QTASKS_TEST_EXEC_LOG").map_err(qtasks::TaskError::msg)?;
+    // One `write` of one short line to a file opened for appending: lines never interleave.
+    let line = format!("{} {label} {}\n", ctx.task_uuid(), std::process::id());
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?
+        .write_all(line.as_bytes())?;
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    Ok(label)
+}
+
+#[qtasks::task]
+async fn measure(text: String) -> usize {
+    text.len()
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let [_, prefix, lease_ms, concurrency] = &args[..] else {
         return Err("usage: qtasks-test-redis-worker <prefix> <lease_ms> <concurrency>".into());
     };
+    // Logs on stderr, as `RUST_LOG` asks (nothing by default).
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     let url = std::env::var("QTASKS_TEST_REDIS_URL")?;
     let recorder = redis::Client::open(url.as_str())?
         .get_connection_manager()

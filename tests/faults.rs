@@ -1,0 +1,527 @@
+//! Fault injection on Redis: worker processes killed or frozen, Redis killed and restarted with
+//! its append-only file, connections cut every 100 ms, a 5 MB argument. Each scenario runs on a
+//! Redis server of its own (its own port and folder), never the shared one.
+//!
+//! Executions are counted outside Redis: the workers' `log_run` task appends `uuid label pid` to
+//! a file per scenario. Recorded outcomes are counted by the markers the finish script leaves
+//! (`N:qtasks:finished:{token}`, whose value is the task's uuid: one per stored outcome). Every
+//! scenario asserts 0 lost tasks, 0 duplicate recorded outcomes and that every waiter gets the
+//! right record; executions repeat only where a crash makes it unavoidable, and are reported
+//! (`cargo test --test faults -- --nocapture` prints the table RELIABILITY.md shows).
+
+#![cfg(unix)]
+
+mod support;
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use qtasks::redis::RedisOptions;
+use qtasks::{QueueConfig, QueueTasks, TaskStatus, Uuid};
+use redis::AsyncCommands;
+use serde_json::json;
+use support::{redis_url, unique_prefix};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+// -- A Redis of the scenario's own ------------------------------------------------------------
+
+/// A `redis-server` on a free port with its own folder; killed when dropped.
+struct OwnRedis {
+    port: u16,
+    dir: PathBuf,
+    aof: bool,
+    child: Option<Child>,
+}
+
+impl OwnRedis {
+    fn start(name: &str, aof: bool) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique_prefix(name));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut redis = OwnRedis {
+            port,
+            dir,
+            aof,
+            child: None,
+        };
+        redis.launch();
+        redis
+    }
+
+    fn launch(&mut self) {
+        let mut command = Command::new("redis-server");
+        command
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null());
+        if self.aof {
+            command.args(["--appendonly", "yes", "--appendfsync", "always"]);
+        } else {
+            command.args(["--appendonly", "no"]);
+        }
+        self.child = Some(command.spawn().expect("redis-server starts"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server never listened");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: no goodbye, nothing flushed but what the append-only file already holds.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+// -- Worker processes ---------------------------------------------------------------------------
+
+struct Worker(Child);
+
+impl Worker {
+    fn spawn(url: &str, prefix: &str, lease_ms: u64, concurrency: usize, log: &Path) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_qtasks-test-redis-worker"))
+            .args([prefix, &lease_ms.to_string(), &concurrency.to_string()])
+            .env("QTASKS_TEST_REDIS_URL", url)
+            .env("QTASKS_TEST_EXEC_LOG", log)
+            .env("QTASKS_STOP_TIMEOUT", "5")
+            .spawn()
+            .expect("the worker binary starts");
+        Worker(child)
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([name, &self.0.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {name}");
+    }
+
+    fn kill(mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+
+    fn stop(mut self) {
+        self.signal("-TERM");
+        assert!(
+            self.0.wait().unwrap().success(),
+            "the worker stopped cleanly"
+        );
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+// -- Accounting ---------------------------------------------------------------------------------
+
+/// Executions per task, from the append-only log.
+fn executions(log: &Path) -> HashMap<Uuid, usize> {
+    let mut counts = HashMap::new();
+    for line in std::fs::read_to_string(log).unwrap_or_default().lines() {
+        if let Some(uuid) = line.split(' ').next().and_then(|u| Uuid::parse_str(u).ok()) {
+            *counts.entry(uuid).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+fn executed(log: &Path) -> usize {
+    executions(log).len()
+}
+
+/// Recorded outcomes per task: the finish script's markers.
+async fn recorded_outcomes(url: &str, prefix: &str) -> HashMap<Uuid, usize> {
+    let mut con = support::raw_connection(url).await;
+    let keys: Vec<String> = con
+        .keys(format!("{prefix}:qtasks:finished:*"))
+        .await
+        .unwrap();
+    let mut counts = HashMap::new();
+    for key in keys {
+        let uuid: String = con.get(&key).await.unwrap();
+        *counts.entry(Uuid::parse_str(&uuid).unwrap()).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// One scenario's figures, printed as a row of RELIABILITY.md's table.
+struct Report {
+    scenario: &'static str,
+    tasks: usize,
+    lost: usize,
+    duplicate_outcomes: usize,
+    repeated_executions: usize,
+    seconds: f64,
+}
+
+impl Report {
+    fn print(&self) {
+        eprintln!(
+            "| {} | {} | {} | {} | {} | {:.1} s |",
+            self.scenario,
+            self.tasks,
+            self.lost,
+            self.duplicate_outcomes,
+            self.repeated_executions,
+            self.seconds
+        );
+    }
+}
+
+/// Waits for every task concurrently (each waiter must get its own, right record) and checks
+/// the books: none lost, one recorded outcome each; returns the figures.
+async fn settle(
+    scenario: &'static str,
+    app: &QueueTasks,
+    url: &str,
+    prefix: &str,
+    log: &Path,
+    tasks: &[(Uuid, String)],
+    started: Instant,
+) -> Report {
+    let lost = wait_all(scenario, app, tasks).await;
+    account(scenario, url, prefix, log, tasks, started, lost).await
+}
+
+/// Waits for every task concurrently; returns how many did not end as they should.
+async fn wait_all(scenario: &'static str, app: &QueueTasks, tasks: &[(Uuid, String)]) -> usize {
+    let waits = tasks.iter().map(|(uuid, label)| {
+        let app = app.clone();
+        let (uuid, label) = (*uuid, label.clone());
+        async move {
+            let record = app.wait(uuid, WAIT).await;
+            match record {
+                Ok(record)
+                    if record.status == TaskStatus::Success
+                        && record.returning == Some(json!(label)) =>
+                {
+                    0
+                }
+                other => {
+                    let now = app.get(uuid).await.ok().flatten().map(|r| r.status);
+                    eprintln!("{scenario}: task {uuid} ({label}) ended as {other:?}; its record now: {now:?}");
+                    1
+                }
+            }
+        }
+    });
+    futures_util::future::join_all(waits)
+        .await
+        .into_iter()
+        .sum()
+}
+
+/// The books, once the faults have stopped: none lost, one recorded outcome each.
+async fn account(
+    scenario: &'static str,
+    url: &str,
+    prefix: &str,
+    log: &Path,
+    tasks: &[(Uuid, String)],
+    started: Instant,
+    lost: usize,
+) -> Report {
+    let seconds = started.elapsed().as_secs_f64();
+    let outcomes = recorded_outcomes(url, prefix).await;
+    let duplicate_outcomes = outcomes.values().filter(|n| **n > 1).count();
+    let missing_outcomes = tasks
+        .iter()
+        .filter(|(uuid, _)| !outcomes.contains_key(uuid))
+        .count();
+    let runs = executions(log);
+    let repeated_executions = runs.values().filter(|n| **n > 1).count();
+    let report = Report {
+        scenario,
+        tasks: tasks.len(),
+        lost: lost + missing_outcomes,
+        duplicate_outcomes,
+        repeated_executions,
+        seconds,
+    };
+    report.print();
+    assert_eq!(report.lost, 0, "{scenario}: no task is lost");
+    assert_eq!(
+        report.duplicate_outcomes, 0,
+        "{scenario}: one recorded outcome per task"
+    );
+    report
+}
+
+async fn client(url: &str, prefix: &str) -> QueueTasks {
+    let config = QueueConfig {
+        name: prefix.to_owned(),
+        ..Default::default()
+    };
+    qtasks::redis::connect_with(url, config, RedisOptions::default())
+        .await
+        .expect("the scenario's Redis is up")
+}
+
+async fn add_all(
+    app: &QueueTasks,
+    labels: impl Iterator<Item = String>,
+    ms: u64,
+) -> Vec<(Uuid, String)> {
+    let mut tasks = Vec::new();
+    for label in labels {
+        let handle = app.add_task("log_run", (&label, ms), ()).await.unwrap();
+        tasks.push((handle.uuid(), label));
+    }
+    tasks
+}
+
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !done() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Whether the fault tests run: they need `redis-server` here, as the Redis tests need Redis.
+fn enabled(test: &str) -> bool {
+    redis_url(test).is_some()
+}
+
+// -- The scenarios --------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_drain() {
+    if !enabled("sigkill_mid_drain") {
+        return;
+    }
+    let redis = OwnRedis::start("fault_kill", false);
+    let (url, prefix) = (redis.url(), unique_prefix("kill"));
+    let log = redis.dir.join("executions.log");
+    let app = client(&url, &prefix).await;
+    let tasks = add_all(&app, (0..3000).map(|i| format!("k{i}")), 2).await;
+    let started = Instant::now();
+    let mut workers: Vec<Worker> = (0..3)
+        .map(|_| Worker::spawn(&url, &prefix, 2000, 8, &log))
+        .collect();
+    until("a third ran", || executed(&log) >= 1000).await;
+    workers.remove(0).kill();
+    let report = settle(
+        "SIGKILL of one of 3 workers mid-drain",
+        &app,
+        &url,
+        &prefix,
+        &log,
+        &tasks,
+        started,
+    )
+    .await;
+    assert!(
+        report.repeated_executions <= 8,
+        "only the killed worker's tasks in flight run again: {}",
+        report.repeated_executions
+    );
+    for worker in workers {
+        worker.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigstop_past_the_lease_then_sigcont() {
+    if !enabled("sigstop_past_the_lease_then_sigcont") {
+        return;
+    }
+    let redis = OwnRedis::start("fault_stop", false);
+    let (url, prefix) = (redis.url(), unique_prefix("stop"));
+    let log = redis.dir.join("executions.log");
+    let app = client(&url, &prefix).await;
+    let tasks = add_all(&app, (0..300).map(|i| format!("s{i}")), 50).await;
+    let started = Instant::now();
+    let frozen = Worker::spawn(&url, &prefix, 1000, 8, &log);
+    until("the first worker runs", || executed(&log) >= 40).await;
+    frozen.signal("-STOP");
+    // Past its 1 s lease: another worker takes its tasks over and drains most of the queue.
+    let other = Worker::spawn(&url, &prefix, 1000, 8, &log);
+    until("the other worker drained most", || executed(&log) >= 200).await;
+    frozen.signal("-CONT");
+    let report = settle(
+        "SIGSTOP of a worker past its lease, then SIGCONT",
+        &app,
+        &url,
+        &prefix,
+        &log,
+        &tasks,
+        started,
+    )
+    .await;
+    assert!(
+        report.repeated_executions <= 8,
+        "only the frozen worker's tasks in flight run again: {}",
+        report.repeated_executions
+    );
+    frozen.stop();
+    other.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_and_restarted_with_its_append_only_file() {
+    if !enabled("redis_killed_and_restarted") {
+        return;
+    }
+    let mut redis = OwnRedis::start("fault_restart", true);
+    let (url, prefix) = (redis.url(), unique_prefix("restart"));
+    let log = redis.dir.join("executions.log");
+    let app = client(&url, &prefix).await;
+    let started = Instant::now();
+    let workers: Vec<Worker> = (0..2)
+        .map(|_| Worker::spawn(&url, &prefix, 5000, 8, &log))
+        .collect();
+    // Clients enqueue throughout; an add that fails during the outage is tried again (a retried
+    // add whose first reply was lost would be a second task: the books are kept per uuid).
+    let mut tasks = Vec::new();
+    for i in 0..1000 {
+        let label = format!("r{i}");
+        if i == 300 {
+            redis.kill();
+            tokio::time::sleep(Duration::from_millis(500)).await; // Redis stays down a while
+            redis.launch();
+        }
+        loop {
+            match app.add_task("log_run", (&label, 2), ()).await {
+                Ok(handle) => {
+                    tasks.push((handle.uuid(), label));
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+    let report = settle(
+        "Redis SIGKILLed and restarted (appendonly, fsync always) under load",
+        &app,
+        &url,
+        &prefix,
+        &log,
+        &tasks,
+        started,
+    )
+    .await;
+    assert_eq!(
+        report.repeated_executions, 0,
+        "no worker died: nothing runs twice"
+    );
+    for worker in workers {
+        worker.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_kill_every_100_ms() {
+    if !enabled("client_kill_every_100_ms") {
+        return;
+    }
+    let redis = OwnRedis::start("fault_clientkill", false);
+    let (url, prefix) = (redis.url(), unique_prefix("clientkill"));
+    let log = redis.dir.join("executions.log");
+    let app = client(&url, &prefix).await;
+    let tasks = add_all(&app, (0..2000).map(|i| format!("c{i}")), 1).await;
+    let started = Instant::now();
+    let workers: Vec<Worker> = (0..2)
+        .map(|_| Worker::spawn(&url, &prefix, 5000, 8, &log))
+        .collect();
+    let killer = {
+        let url = url.clone();
+        tokio::spawn(async move {
+            let mut con = support::raw_connection(&url).await;
+            let mut kills = 0;
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                for kind in ["normal", "pubsub"] {
+                    let killed: redis::RedisResult<i64> = redis::cmd("CLIENT")
+                        .arg("KILL")
+                        .arg("TYPE")
+                        .arg(kind)
+                        .arg("SKIPME")
+                        .arg("yes")
+                        .query_async(&mut con)
+                        .await;
+                    kills += killed.unwrap_or(0);
+                }
+                if kills > 10_000 {
+                    return;
+                }
+            }
+        })
+    };
+    let scenario = "CLIENT KILL of every connection every 100 ms";
+    let lost = wait_all(scenario, &app, &tasks).await;
+    killer.abort();
+    let report = account(scenario, &url, &prefix, &log, &tasks, started, lost).await;
+    assert_eq!(
+        report.repeated_executions, 0,
+        "no worker died: nothing runs twice"
+    );
+    for worker in workers {
+        worker.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_five_megabyte_argument() {
+    if !enabled("a_five_megabyte_argument") {
+        return;
+    }
+    let redis = OwnRedis::start("fault_big", false);
+    let (url, prefix) = (redis.url(), unique_prefix("big"));
+    let log = redis.dir.join("executions.log");
+    let app = client(&url, &prefix).await;
+    let worker = Worker::spawn(&url, &prefix, 30_000, 2, &log);
+    let started = Instant::now();
+    let text = "x".repeat(5 * 1024 * 1024);
+    let handle = app.add_task("measure", (&text,), ()).await.unwrap();
+    let done = handle.wait(WAIT).await.unwrap();
+    assert_eq!(
+        (done.status, done.returning),
+        (TaskStatus::Success, Some(json!(text.len())))
+    );
+    assert_eq!(
+        done.args,
+        vec![json!(text)],
+        "the argument reads back whole"
+    );
+    Report {
+        scenario: "a 5 MB argument",
+        tasks: 1,
+        lost: 0,
+        duplicate_outcomes: 0,
+        repeated_executions: 0,
+        seconds: started.elapsed().as_secs_f64(),
+    }
+    .print();
+    worker.stop();
+}
