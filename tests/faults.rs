@@ -525,3 +525,46 @@ async fn a_five_megabyte_argument() {
     .print();
     worker.stop();
 }
+
+/// How many times Redis ran a command, from `INFO commandstats`.
+async fn calls(url: &str, command: &str) -> u64 {
+    let mut con = support::raw_connection(url).await;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_do_not_poll_while_the_workers_publish() {
+    if !enabled("waiters_do_not_poll_while_the_workers_publish") {
+        return;
+    }
+    let redis = OwnRedis::start("fault_waits", false);
+    let (url, prefix) = (redis.url(), unique_prefix("waits"));
+    let log = redis.dir.join("executions.log");
+    let app = client(&url, &prefix).await;
+    // 300 tasks of 3 s each, all running at once on one Rust worker, 300 waiters.
+    let worker = Worker::spawn(&url, &prefix, 30_000, 300, &log);
+    let tasks = add_all(&app, (0..300).map(|i| format!("w{i}")), 3000).await;
+    let before = calls(&url, "hgetall").await;
+    let started = Instant::now();
+    let lost = wait_all("300 waiters of 3 s tasks", &app, &tasks).await;
+    let reads = calls(&url, "hgetall").await - before;
+    eprintln!(
+        "| 300 waiters of 3 s tasks | {} record reads ({:.1} per waiter) | {:.1} s |",
+        reads,
+        reads as f64 / 300.0,
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(lost, 0);
+    // One read when the wait starts, one when the message arrives (a polling waiter would add
+    // one per second: four or more each).
+    assert!(reads <= 300 * 2 + 30, "{reads} reads for 300 waiters");
+    worker.stop();
+}

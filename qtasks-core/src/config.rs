@@ -46,8 +46,9 @@ pub struct QueueConfig {
     pub logs_default_level_client: String,
     /// A log format for the program's subscriber (the original's logging format string).
     pub logs_format: String,
-    /// Seconds between looks at a result when no notification can arrive (a Redis task run
-    /// by a Python worker, which publishes none); normally results wake waiters at once.
+    /// Seconds between looks at a result when no notification can arrive (on Redis, while no
+    /// Rust worker of the app is alive: Python workers publish no results); otherwise results
+    /// wake waiters at once and no periodic look is made.
     pub result_time_interval: f64,
     /// The statuses `wait` returns on. (`retry` is followed to the next attempt.)
     pub result_statuses_end: Vec<TaskStatus>,

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::TaskError;
 use crate::context::TaskContext;
-use crate::panic::CatchUnwind;
+use crate::panic::catch_panic;
 use crate::plugin::{BoxError, BoxFuture};
 
 /// How long a provided dependency lives.
@@ -188,7 +188,7 @@ impl Dependencies {
         for (type_id, value) in values {
             let provider = self.providers.lock_unpoisoned().get(&type_id).cloned();
             if let Some(close) = provider.and_then(|p| p.close.clone())
-                && let Err(panic) = CatchUnwind::new(close(value)).await
+                && let Err(panic) = catch_panic(close(value)).await
             {
                 tracing::error!("closing a worker dependency panicked: {panic}");
             }
@@ -197,7 +197,7 @@ impl Dependencies {
 }
 
 async fn make(provider: &Provider, ctx: &TaskContext) -> Result<AnyArc, TaskError> {
-    match CatchUnwind::new((provider.make)(ctx.clone())).await {
+    match catch_panic((provider.make)(ctx.clone())).await {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(error)) => Err(TaskError::named(
             "DependencyError",
@@ -268,7 +268,7 @@ impl Scope {
     pub(crate) async fn close(&self) {
         let closers: Vec<_> = self.closers.lock_unpoisoned().drain(..).rev().collect();
         for close in closers {
-            if let Err(panic) = CatchUnwind::new(close()).await {
+            if let Err(panic) = catch_panic(close()).await {
                 tracing::error!("closing a task dependency panicked: {panic}");
             }
         }

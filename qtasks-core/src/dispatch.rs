@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 
 use crate::__private::{HandlerCall, HandlerOutcome, PluginRegistration};
 use crate::Trigger;
-use crate::panic::{CatchUnwind, panic_message};
+use crate::panic::{catch_panic, panic_message};
 use crate::plugin::DynPlugin;
 use crate::triggers::{FromReply, Payload};
 
@@ -89,12 +89,12 @@ impl Dispatch {
                 match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shim(event))) {
                     Ok(HandlerCall::Skip) => Ok(None),
                     Ok(HandlerCall::Ready(outcome)) => outcome,
-                    Ok(HandlerCall::Pending(future)) => flatten(CatchUnwind::new(future).await),
+                    Ok(HandlerCall::Pending(future)) => flatten(catch_panic(future).await),
                     Err(panic) => Err(format!("panicked: {}", panic_message(panic.as_ref()))),
                 }
             }
             Handler::Runtime(plugin) => {
-                let result = CatchUnwind::new(plugin.trigger(event)).await;
+                let result = catch_panic(plugin.trigger(event)).await;
                 flatten(result.map(|r| r.map_err(|e| e.to_string())))
             }
         };

@@ -8,7 +8,7 @@ use std::future::Future;
 use std::sync::{Arc, RwLock};
 
 use crate::QueuedTask;
-use crate::panic::{CatchUnwind, panic_message};
+use crate::panic::{catch_panic, panic_message};
 use crate::plugin::BoxFuture;
 use crate::task::Outcome;
 
@@ -124,7 +124,7 @@ impl Events {
                         .err()
                         .map(|panic| panic_message(panic.as_ref()))
                 }
-                Callback::Async(f) => CatchUnwind::new(f(event.clone())).await.err(),
+                Callback::Async(f) => catch_panic(f(event.clone())).await.err(),
             };
             if let Some(message) = failed {
                 tracing::error!(event = ?kind, "an event callback panicked: {message}");

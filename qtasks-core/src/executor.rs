@@ -21,7 +21,7 @@ use crate::__private::{ItemStream, TaskArgs, TaskOutput};
 use crate::context::TaskContext;
 use crate::deps::Scope;
 use crate::dispatch::{Dispatch, chain};
-use crate::panic::CatchUnwind;
+use crate::panic::catch_panic;
 use crate::task::Outcome;
 use crate::triggers::{
     MiddlewarePosition, TaskExecutorAfterExecute, TaskExecutorAfterExecuteResultReplace,
@@ -179,7 +179,7 @@ impl TaskExecutor {
         let invocation = (self.task.invoke)(context, TaskArgs::new(self.task.name, args, kwargs));
         let output = self
             .limited(async {
-                match CatchUnwind::new(invocation).await {
+                match catch_panic(invocation).await {
                     Ok(output) => output,
                     Err(panic) => Err(TaskError::panicked(&panic)),
                 }
@@ -326,7 +326,7 @@ impl TaskExecutor {
             ))
         };
         let step = step.map_err(|panic| panicked(crate::panic::panic_message(panic.as_ref())))?;
-        match CatchUnwind::new(step).await {
+        match catch_panic(step).await {
             Ok(result) => result.map_err(Stopped::Failed),
             Err(panic) => Err(panicked(panic)),
         }
@@ -354,7 +354,7 @@ impl TaskExecutor {
             }
             Ok(collected)
         });
-        match CatchUnwind::new(collecting).await {
+        match catch_panic(collecting).await {
             Ok(result) => result,
             Err(panic) => Err(TaskError::panicked(&panic)),
         }

@@ -3,33 +3,18 @@
 
 use std::any::Any;
 use std::future::Future;
-use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::panic::AssertUnwindSafe;
 
-/// Polls a boxed future, turning a panic into `Err(message)`.
-pub(crate) struct CatchUnwind<F: ?Sized> {
-    inner: Pin<Box<F>>,
-}
+use futures_util::FutureExt;
 
-impl<F: Future + ?Sized> CatchUnwind<F> {
-    pub(crate) fn new(inner: Pin<Box<F>>) -> Self {
-        CatchUnwind { inner }
-    }
-}
-
-impl<F: Future + ?Sized> Future for CatchUnwind<F> {
-    type Output = Result<F::Output, String>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        // The future is dropped right after a panic and never polled again, so no broken
-        // invariant can be observed: asserting unwind safety is sound here.
-        match catch_unwind(AssertUnwindSafe(|| self.inner.as_mut().poll(cx))) {
-            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
-            Ok(Poll::Pending) => Poll::Pending,
-            Err(payload) => Poll::Ready(Err(panic_message(payload.as_ref()))),
-        }
-    }
+/// Runs a future of user code, turning a panic into `Err(message)`.
+pub(crate) async fn catch_panic<F: Future>(future: F) -> Result<F::Output, String> {
+    // The future is dropped right after a panic and never polled again, so no broken invariant
+    // can be observed: asserting unwind safety is sound here.
+    AssertUnwindSafe(future)
+        .catch_unwind()
+        .await
+        .map_err(|payload| panic_message(payload.as_ref()))
 }
 
 /// The text of a panic payload (`panic!("...")` gives a `&str` or a `String`).

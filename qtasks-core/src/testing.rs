@@ -25,7 +25,7 @@ use uuid::Uuid;
 
 use crate::backend::unix_now;
 use crate::components::TaskExecutor;
-use crate::panic::CatchUnwind;
+use crate::panic::catch_panic;
 use crate::registry::TaskTable;
 use crate::{Error, Outcome, QueueTasks, QueuedTask, Result, TaskCall};
 
@@ -64,7 +64,7 @@ pub async fn run(app: &QueueTasks, call: TaskCall) -> Result<Outcome> {
     let cancel = app.inner.cancels.register(uuid);
     let run = TaskExecutor::new(app.clone(), definition, task, app.dispatch(), span, cancel);
     let executor = definition.executor.unwrap_or(&*app.inner.executor);
-    let outcome = CatchUnwind::new(executor.execute(&run)).await;
+    let outcome = catch_panic(executor.execute(&run)).await;
     app.inner.cancels.unregister(uuid);
     drop(Arc::clone(&app.inner));
     Ok(outcome.unwrap_or_else(|panic| Outcome::Error(format!("ExecutorPanic: {panic}"))))

@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 
-use super::storage::scan;
+use super::storage::{is_transient, scan};
+
+/// How many times the heartbeat is written again when its connection drops.
+const HEARTBEAT_RETRIES: usize = 3;
 use super::{Keys, failure, glob_escape};
 use qtasks_core::BoxFuture;
 use qtasks_core::backend::BackendError;
@@ -111,17 +114,28 @@ impl GlobalConfig for RedisGlobalConfig {
 
     fn set_status(&self, ttl: Duration) -> BoxFuture<'_, Result<(), BackendError>> {
         Box::pin(async move {
-            let mut con = self.commands.clone();
-            redis::pipe()
-                .hset_multiple(
-                    &self.keys.heartbeat,
-                    &[("name", self.keys.prefix.as_str()), ("status", "running")],
-                )
-                .expire(
-                    &self.keys.heartbeat,
-                    i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX).max(1),
-                )
-                .exec_async(&mut con)
+            use backon::Retryable;
+            let write = || async {
+                let mut con = self.commands.clone();
+                redis::pipe()
+                    .hset_multiple(
+                        &self.keys.heartbeat,
+                        &[("name", self.keys.prefix.as_str()), ("status", "running")],
+                    )
+                    .expire(
+                        &self.keys.heartbeat,
+                        i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX).max(1),
+                    )
+                    // Rust workers publish every result; while this key lives, waiters rely on
+                    // the messages and need not read records periodically (Python workers do
+                    // not publish, and do not write it).
+                    .set_ex(&self.keys.publishing, 1, ttl.as_secs().max(1))
+                    .exec_async(&mut con)
+                    .await
+            };
+            write
+                .retry(crate::reconnect_pauses().take(HEARTBEAT_RETRIES))
+                .when(is_transient)
                 .await
                 .map_err(|e| failure("writing the worker heartbeat failed".to_owned(), e))
         })
@@ -129,10 +143,17 @@ impl GlobalConfig for RedisGlobalConfig {
 
     fn clear_status(&self) -> BoxFuture<'_, Result<(), BackendError>> {
         Box::pin(async move {
-            let mut con = self.commands.clone();
-            redis::cmd("DEL")
-                .arg(&self.keys.heartbeat)
-                .exec_async(&mut con)
+            use backon::Retryable;
+            let clear = || async {
+                let mut con = self.commands.clone();
+                redis::cmd("DEL")
+                    .arg(&self.keys.heartbeat)
+                    .exec_async(&mut con)
+                    .await
+            };
+            clear
+                .retry(crate::reconnect_pauses().take(HEARTBEAT_RETRIES))
+                .when(is_transient)
                 .await
                 .map_err(|e| failure("clearing the worker heartbeat failed".to_owned(), e))
         })

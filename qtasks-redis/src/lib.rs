@@ -223,6 +223,7 @@ pub(crate) struct Keys {
     dead: String,
     done_channel: String,
     cancel_channel: String,
+    publishing: String,
     heartbeat: String,
 }
 
@@ -242,6 +243,7 @@ impl Keys {
             done_channel: format!("{prefix}:qtasks:done"),
             cancel_channel: format!("{prefix}:qtasks:cancel"),
             heartbeat: format!("{prefix}:GlobalConfig:main"),
+            publishing: format!("{prefix}:qtasks:publishing"),
         }
     }
 

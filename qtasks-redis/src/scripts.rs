@@ -36,7 +36,7 @@
 /// (or false). A task whose record is final already (cancelled while it waited, or finished by
 /// a worker whose lease had run out) is dropped here without running.
 ///
-/// At most `MOVE_LIMIT` pushed entries move to `ready` per call, so one call never holds Redis
+/// At most 1,000 pushed entries move to `ready` per call, so one call never holds Redis
 /// for a whole backlog; the rest move on the next calls.
 pub(super) const TAKE: &str = r#"
 local t = redis.call('TIME')
@@ -75,7 +75,7 @@ local entries = redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', now_ms)
 if #entries > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now_ms)
 end
-local move_limit = 10000
+local move_limit = 1000
 for _, list in ipairs({KEYS[2], KEYS[1]}) do
   while #entries < move_limit do
     local got = redis.call('LPOP', list, math.min(1000, move_limit - #entries))

@@ -16,6 +16,10 @@ use qtasks_core::backend::{BackendError, ItemsRead, Storage, unix_now};
 use qtasks_core::triggers::RecordUpdate;
 use qtasks_core::{TaskRecord, TaskStatus};
 
+/// How often a waiter looks at its record when the workers publish their results (the
+/// message wakes it at once; this only guards against workers that stopped publishing).
+const SAFETY_LOOK: Duration = Duration::from_secs(30);
+
 /// How many times `get` sends a read again when its connection drops (about 1 s in all; a
 /// waiter tries until its own timeout).
 const READ_RETRIES: usize = 8;
@@ -52,6 +56,15 @@ impl Waiters {
         }
     }
 
+    /// Wakes every waiter, to read its record again (messages may have been missed while the
+    /// subscription was down).
+    fn wake_all(&self) {
+        let by_task = crate::lock(&self.by_task);
+        for notify in by_task.values().filter_map(Weak::upgrade) {
+            notify.notify_waiters();
+        }
+    }
+
     fn forget(&self, uuid: Uuid) {
         let mut by_task = crate::lock(&self.by_task);
         if by_task
@@ -76,6 +89,10 @@ pub(crate) struct RedisStorage {
     /// The result subscription, made at the first wait: a worker that never waits gets no
     /// message per finished task.
     done_subscription: tokio::sync::OnceCell<()>,
+    /// Whether the app's workers publish their results (Rust workers say so by their
+    /// heartbeat), and when that was last looked at: one look per `fallback_check` for all the
+    /// waiters of this client.
+    publishers: Mutex<Option<(bool, tokio::time::Instant)>>,
 }
 
 impl RedisStorage {
@@ -109,6 +126,7 @@ impl RedisStorage {
             append,
             client,
             done_subscription: tokio::sync::OnceCell::new(),
+            publishers: Mutex::default(),
         })
     }
 
@@ -140,7 +158,29 @@ impl RedisStorage {
             .await;
     }
 
+    /// Whether the app's workers publish their results, as far as a recent look tells.
+    async fn workers_publish(&self) -> bool {
+        if let Some((publish, at)) = *crate::lock(&self.publishers)
+            && at.elapsed() < self.fallback_check
+        {
+            return publish;
+        }
+        let mut con = self.commands.clone();
+        let publish = redis::cmd("EXISTS")
+            .arg(&self.keys.publishing)
+            .query_async::<i64>(&mut con)
+            .await
+            .is_ok_and(|n| n == 1);
+        *crate::lock(&self.publishers) = Some((publish, tokio::time::Instant::now()));
+        publish
+    }
+
     /// Waits until `ready` says the record is worth returning (or it is missing).
+    ///
+    /// The record is read when the wait starts and whenever a message says it changed. Only
+    /// when the app's workers do not publish (Python ones) is it also read every
+    /// `fallback_check`; otherwise a slow safety look every [`SAFETY_LOOK`] covers the day the
+    /// Rust workers leave and Python ones take over.
     async fn wait_until(
         &self,
         uuid: Uuid,
@@ -157,9 +197,14 @@ impl RedisStorage {
                 Ok(Some(record)) if !ready(&record) => {}
                 other => break other,
             }
+            let pause = if self.workers_publish().await {
+                SAFETY_LOOK.max(self.fallback_check)
+            } else {
+                self.fallback_check
+            };
             tokio::select! {
                 () = notified => {}
-                () = tokio::time::sleep(self.fallback_check) => {}
+                () = tokio::time::sleep(pause) => {}
             }
         };
         drop(notify);
@@ -431,6 +476,10 @@ async fn listen(
                 Ok(subscribed) => {
                     delay = Duration::from_millis(100);
                     pubsub = Some(subscribed);
+                    // A result published while the subscription was down was missed.
+                    if let Some(waiters) = waiters.upgrade() {
+                        waiters.wake_all();
+                    }
                 }
                 Err(error) => {
                     tracing::warn!(

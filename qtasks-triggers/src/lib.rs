@@ -20,7 +20,7 @@
 
 mod suggest;
 
-pub use suggest::{Suggestion, suggest};
+pub use suggest::{Suggestion, edit_distance, suggest};
 
 /// Calls `$callback! { (Variant, "wire_name", Component, Kind), ... }` with every trigger.
 ///

@@ -45,9 +45,15 @@ pub fn suggest(unknown: &str) -> Suggestion {
         .map_or(Suggestion::None, |c| Suggestion::SameComponent(*c))
 }
 
-/// Levenshtein distance over bytes; trigger names are ASCII.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
+/// The Levenshtein distance between two names, in characters: how many single-character
+/// insertions, deletions and substitutions turn one into the other. The one measure of "close"
+/// for every "did you mean" of qtasks (trigger names here, option names in the macros).
+///
+/// ```
+/// assert_eq!(qtasks_triggers::edit_distance("kitten", "sitting"), 3);
+/// ```
+pub fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
     let mut previous: Vec<usize> = (0..=b.len()).collect();
     let mut current = vec![0; b.len() + 1];
     for (i, &ca) in a.iter().enumerate() {

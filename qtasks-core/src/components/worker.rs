@@ -14,7 +14,7 @@ use crate::backend::unix_now;
 use crate::components::TaskExecutor;
 use crate::dispatch::chain;
 use crate::events::{Event, EventKind};
-use crate::panic::CatchUnwind;
+use crate::panic::catch_panic;
 use crate::plugin::BoxFuture;
 use crate::registry::TaskTable;
 use crate::task::Outcome;
@@ -325,10 +325,7 @@ impl WorkerHost {
             span.clone(),
             cancel,
         );
-        let outcome = match CatchUnwind::new(executor.execute(&run))
-            .instrument(span)
-            .await
-        {
+        let outcome = match catch_panic(executor.execute(&run)).instrument(span).await {
             Ok(outcome) => outcome,
             Err(panic) => Outcome::Error(format!(
                 "ExecutorPanic: the executor `{}` panicked: {panic}",

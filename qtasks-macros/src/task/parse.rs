@@ -427,23 +427,8 @@ fn is_extractor(ty: &Type) -> bool {
 fn closest<'a>(unknown: &str, candidates: &[&'a str]) -> Option<&'a str> {
     candidates
         .iter()
-        .map(|c| (edit_distance(unknown, c), *c))
+        .map(|c| (qtasks_triggers::edit_distance(unknown, c), *c))
         .filter(|(distance, c)| *distance <= (c.len() / 3).max(1))
         .min_by_key(|(distance, _)| *distance)
         .map(|(_, c)| c)
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut previous: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut current = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            current[j + 1] = (previous[j] + usize::from(ca != *cb))
-                .min(previous[j + 1] + 1)
-                .min(current[j] + 1);
-        }
-        previous = current;
-    }
-    previous[b.len()]
 }
