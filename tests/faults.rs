@@ -3,8 +3,8 @@
 //! Redis server of its own (its own port and folder), never the shared one.
 //!
 //! Executions are counted outside Redis: the workers' `log_run` task appends `uuid label pid` to
-//! a file per scenario. Recorded outcomes are counted by the markers the finish script leaves
-//! (`N:qtasks:finished:{token}`, whose value is the task's uuid: one per stored outcome). Every
+//! a file per scenario. Recorded outcomes are counted in each server's append-only file: every
+//! write of a final status to a task's record is there, across restarts. Every
 //! scenario asserts 0 lost tasks, 0 duplicate recorded outcomes and that every waiter gets the
 //! right record; executions repeat only where a crash makes it unavoidable, and are reported
 //! (`cargo test --test faults -- --nocapture` prints the table RELIABILITY.md shows).
@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 
 use qtasks::redis::RedisOptions;
 use qtasks::{QueueConfig, QueueTasks, TaskStatus, Uuid};
-use redis::AsyncCommands;
 use serde_json::json;
 use support::{redis_url, unique_prefix};
 
@@ -29,16 +28,18 @@ const WAIT: Duration = Duration::from_secs(90);
 
 // -- A Redis of the scenario's own ------------------------------------------------------------
 
-/// A `redis-server` on a free port with its own folder; killed when dropped.
+/// A `redis-server` on a free port with its own folder and an append-only file (fsynced
+/// always when `durable`; the file is read at the end to count the recorded outcomes); killed
+/// when dropped.
 struct OwnRedis {
     port: u16,
     dir: PathBuf,
-    aof: bool,
+    durable: bool,
     child: Option<Child>,
 }
 
 impl OwnRedis {
-    fn start(name: &str, aof: bool) -> Self {
+    fn start(name: &str, durable: bool) -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -49,7 +50,7 @@ impl OwnRedis {
         let mut redis = OwnRedis {
             port,
             dir,
-            aof,
+            durable,
             child: None,
         };
         redis.launch();
@@ -63,12 +64,17 @@ impl OwnRedis {
             .args(["--save", ""])
             .arg("--dir")
             .arg(&self.dir)
-            .stdout(Stdio::null());
-        if self.aof {
-            command.args(["--appendonly", "yes", "--appendfsync", "always"]);
-        } else {
-            command.args(["--appendonly", "no"]);
-        }
+            .stdout(Stdio::null())
+            .args(["--appendonly", "yes", "--appenddirname", "aof"])
+            // Commands as sent, never rewritten into a snapshot: the test reads them all.
+            .args([
+                "--aof-use-rdb-preamble",
+                "no",
+                "--auto-aof-rewrite-percentage",
+                "0",
+            ]);
+        let fsync = if self.durable { "always" } else { "everysec" };
+        command.args(["--appendfsync", fsync]);
         self.child = Some(command.spawn().expect("redis-server starts"));
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
@@ -159,19 +165,81 @@ fn executed(log: &Path) -> usize {
     executions(log).len()
 }
 
-/// Recorded outcomes per task: the finish script's markers.
-async fn recorded_outcomes(url: &str, prefix: &str) -> HashMap<Uuid, usize> {
-    let mut con = support::raw_connection(url).await;
-    let keys: Vec<String> = con
-        .keys(format!("{prefix}:qtasks:finished:*"))
-        .await
-        .unwrap();
+/// Recorded outcomes per task: the writes of a final status to its record, from the
+/// server's append-only files (script effects are logged as the commands they ran).
+fn recorded_outcomes(redis: &OwnRedis, prefix: &str) -> HashMap<Uuid, usize> {
     let mut counts = HashMap::new();
-    for key in keys {
-        let uuid: String = con.get(&key).await.unwrap();
-        *counts.entry(Uuid::parse_str(&uuid).unwrap()).or_insert(0) += 1;
+    let record_prefix = format!("{prefix}:");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(redis.dir.join("aof"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "aof"))
+        .collect();
+    files.sort();
+    for file in files {
+        for command in resp_commands(&std::fs::read(file).unwrap()) {
+            let [name, key, pairs @ ..] = &command[..] else {
+                continue;
+            };
+            if !name.eq_ignore_ascii_case(b"hset") {
+                continue;
+            }
+            let Some(uuid) = std::str::from_utf8(key)
+                .ok()
+                .and_then(|key| key.strip_prefix(&record_prefix))
+                .and_then(|uuid| Uuid::parse_str(uuid).ok())
+            else {
+                continue;
+            };
+            let ends = pairs.chunks(2).any(|pair| {
+                pair[0] == b"status"
+                    && matches!(
+                        pair.get(1).map(Vec::as_slice),
+                        Some(b"success" | b"error" | b"cancel" | b"retry")
+                    )
+            });
+            if ends {
+                *counts.entry(uuid).or_insert(0) += 1;
+            }
+        }
     }
     counts
+}
+
+/// The commands of an append-only file (RESP arrays of bulk strings).
+fn resp_commands(bytes: &[u8]) -> Vec<Vec<Vec<u8>>> {
+    fn line(bytes: &[u8], at: &mut usize) -> Option<usize> {
+        let end = bytes[*at..].windows(2).position(|w| w == b"\r\n")? + *at;
+        let number = std::str::from_utf8(&bytes[*at + 1..end])
+            .ok()?
+            .parse()
+            .ok()?;
+        *at = end + 2;
+        Some(number)
+    }
+    let mut commands = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        if bytes[at] != b'*' {
+            break; // a torn last command after a kill: the rest is not a command
+        }
+        let Some(count) = line(bytes, &mut at) else {
+            break;
+        };
+        let mut command = Vec::with_capacity(count);
+        for _ in 0..count {
+            let Some(length) = line(bytes, &mut at) else {
+                return commands;
+            };
+            let Some(argument) = bytes.get(at..at + length) else {
+                return commands;
+            };
+            command.push(argument.to_vec());
+            at += length + 2;
+        }
+        commands.push(command);
+    }
+    commands
 }
 
 /// One scenario's figures, printed as a row of RELIABILITY.md's table.
@@ -203,14 +271,14 @@ impl Report {
 async fn settle(
     scenario: &'static str,
     app: &QueueTasks,
-    url: &str,
+    redis: &OwnRedis,
     prefix: &str,
     log: &Path,
     tasks: &[(Uuid, String)],
     started: Instant,
 ) -> Report {
     let lost = wait_all(scenario, app, tasks).await;
-    account(scenario, url, prefix, log, tasks, started, lost).await
+    account(scenario, redis, prefix, log, tasks, started, lost).await
 }
 
 /// Waits for every task concurrently; returns how many did not end as they should.
@@ -244,7 +312,7 @@ async fn wait_all(scenario: &'static str, app: &QueueTasks, tasks: &[(Uuid, Stri
 /// The books, once the faults have stopped: none lost, one recorded outcome each.
 async fn account(
     scenario: &'static str,
-    url: &str,
+    redis: &OwnRedis,
     prefix: &str,
     log: &Path,
     tasks: &[(Uuid, String)],
@@ -252,7 +320,9 @@ async fn account(
     lost: usize,
 ) -> Report {
     let seconds = started.elapsed().as_secs_f64();
-    let outcomes = recorded_outcomes(url, prefix).await;
+    // The last writes reach the file at the server's next event-loop turn.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let outcomes = recorded_outcomes(redis, prefix);
     let duplicate_outcomes = outcomes.values().filter(|n| **n > 1).count();
     let missing_outcomes = tasks
         .iter()
@@ -334,7 +404,7 @@ async fn sigkill_mid_drain() {
     let report = settle(
         "SIGKILL of one of 3 workers mid-drain",
         &app,
-        &url,
+        &redis,
         &prefix,
         &log,
         &tasks,
@@ -372,7 +442,7 @@ async fn sigstop_past_the_lease_then_sigcont() {
     let report = settle(
         "SIGSTOP of a worker past its lease, then SIGCONT",
         &app,
-        &url,
+        &redis,
         &prefix,
         &log,
         &tasks,
@@ -424,7 +494,7 @@ async fn redis_killed_and_restarted_with_its_append_only_file() {
     let report = settle(
         "Redis SIGKILLed and restarted (appendonly, fsync always) under load",
         &app,
-        &url,
+        &redis,
         &prefix,
         &log,
         &tasks,
@@ -481,7 +551,7 @@ async fn client_kill_every_100_ms() {
     let scenario = "CLIENT KILL of every connection every 100 ms";
     let lost = wait_all(scenario, &app, &tasks).await;
     killer.abort();
-    let report = account(scenario, &url, &prefix, &log, &tasks, started, lost).await;
+    let report = account(scenario, &redis, &prefix, &log, &tasks, started, lost).await;
     assert_eq!(
         report.repeated_executions, 0,
         "no worker died: nothing runs twice"

@@ -143,7 +143,6 @@ impl RedisBroker {
                 .key(&self.keys.leases)
                 .key(&self.keys.recovered)
                 .key(&self.keys.delayed)
-                .key(&self.keys.owners)
                 .arg(self.lease_ms())
                 .arg(max.max(1))
                 .arg(&self.keys.prefix)
@@ -180,7 +179,9 @@ impl RedisBroker {
                 let entry = shown.split_once('|').map_or(shown.as_str(), |(_, e)| e);
                 let reason = format!("QueueEntryError: the queue entry `{entry}` is not UTF-8");
                 let uuid = entry_uuid(entry);
-                self.dead_letter(&raw, entry, uuid, &reason).await?;
+                let mut leased = token.clone().into_bytes();
+                leased.extend_from_slice(&raw);
+                self.dead_letter(&leased, entry, uuid, &reason).await?;
                 return Ok(None);
             }
         };
@@ -194,7 +195,7 @@ impl RedisBroker {
                 // learn why.
                 let reason = format!("QueueEntryError: {reason}");
                 let uuid = entry_uuid(entry);
-                self.dead_letter(member.as_bytes(), entry, uuid, &reason)
+                self.dead_letter(receipt(&token, &member).as_bytes(), entry, uuid, &reason)
                     .await?;
                 self.unhold(&member);
                 return Ok(None);
@@ -212,9 +213,9 @@ impl RedisBroker {
             Ok(record) if record.status == TaskStatus::Cancel => {
                 // Cancelled while it waited: it never runs.
                 let mut con = self.commands.clone();
-                redis::pipe()
-                    .zrem(&self.keys.leases, &member)
-                    .hdel(&self.keys.owners, &member)
+                redis::cmd("ZREM")
+                    .arg(&self.keys.leases)
+                    .arg(receipt(&token, &member))
                     .exec_async(&mut con)
                     .await
                     .map_err(|e| failure("dropping a cancelled task failed".to_owned(), e))?;
@@ -230,8 +231,7 @@ impl RedisBroker {
                 let mut pipe = redis::pipe();
                 pipe.atomic();
                 self.fail_record(&mut pipe, uuid, task_name, &traceback);
-                pipe.zrem(&self.keys.leases, &member)
-                    .hdel(&self.keys.owners, &member);
+                pipe.zrem(&self.keys.leases, receipt(&token, &member));
                 let mut con = self.commands.clone();
                 pipe.exec_async(&mut con)
                     .await
@@ -276,7 +276,7 @@ impl RedisBroker {
     /// expiring) with the reason, releases its lease, and fails the record it names, if any.
     async fn dead_letter(
         &self,
-        raw_member: &[u8],
+        leased: &[u8],
         entry: &str,
         names: Option<Uuid>,
         reason: &str,
@@ -291,8 +291,7 @@ impl RedisBroker {
                 -isize::try_from(self.options.dead_letters_max.max(1)).unwrap_or(isize::MAX),
                 -1,
             )
-            .zrem(&self.keys.leases, raw_member)
-            .hdel(&self.keys.owners, raw_member);
+            .zrem(&self.keys.leases, leased);
         if let Some(ttl) = self.options.dead_letters_ttl {
             pipe.pexpire(
                 &self.keys.dead,
@@ -395,20 +394,15 @@ impl RedisBroker {
         delivery: &Delivery,
         outcome: &Outcome,
     ) -> Result<bool, redis::RedisError> {
-        let (token, member) = split_receipt(&delivery.receipt);
         let mut invocation = self.finish.key(&self.keys.leases);
-        invocation
-            .key(&self.keys.owners)
-            .key(self.keys.record(delivery.task.uuid))
-            .key(self.keys.finished(token));
+        invocation.key(self.keys.record(delivery.task.uuid));
         let fields = outcome_fields(outcome, unix_now());
         let ttl_ms = self
             .options
             .result_ttl
             .map_or(0, |ttl| i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
         invocation
-            .arg(member)
-            .arg(token)
+            .arg(&delivery.receipt)
             .arg(ttl_ms)
             .arg(&self.keys.done_channel)
             .arg(delivery.task.uuid.to_string())
@@ -445,7 +439,7 @@ impl Broker for RedisBroker {
         Box::pin(async move {
             let held = Arc::clone(&self.held);
             let renew = self.renew.clone();
-            let (leases, owners) = (self.keys.leases.clone(), self.keys.owners.clone());
+            let leases = self.keys.leases.clone();
             let cancels = self.cancels.clone();
             let mut con = self.commands.clone();
             let lease_ms = self.lease_ms();
@@ -461,13 +455,14 @@ impl Broker for RedisBroker {
                         continue;
                     }
                     let mut invocation = renew.key(&leases);
-                    invocation.key(&owners).arg(lease_ms);
+                    invocation.arg(lease_ms);
                     for (member, token) in &pairs {
-                        invocation.arg(member).arg(token);
+                        invocation.arg(receipt(token, member));
                     }
                     match invocation.invoke_async::<Vec<String>>(&mut con).await {
                         Ok(lost) => {
-                            for member in lost {
+                            for leased in lost {
+                                let member = split_receipt(&leased).1.to_owned();
                                 // Stalled past the lease: the task is another worker's now.
                                 // Stop this run; its outcome would be refused anyway.
                                 crate::lock(&held).remove(&member);
@@ -638,7 +633,7 @@ impl Broker for RedisBroker {
     fn release(&self, delivery: &Delivery) -> BoxFuture<'_, Result<(), BackendError>> {
         let delivery = delivery.clone();
         Box::pin(async move {
-            let (token, member) = split_receipt(&delivery.receipt);
+            let member = split_receipt(&delivery.receipt).1;
             // Stop renewing first: if the script cannot run, the lease runs out instead.
             self.unhold(member);
             let priority = member
@@ -648,12 +643,11 @@ impl Broker for RedisBroker {
             let mut con = self.commands.clone();
             let _handed_back: i64 = Script::new(scripts::RELEASE)
                 .key(&self.keys.leases)
-                .key(&self.keys.owners)
                 .key(&self.keys.ready)
                 .key(&self.keys.recovered)
                 .key(self.keys.record(delivery.task.uuid))
+                .arg(&delivery.receipt)
                 .arg(member)
-                .arg(token)
                 .arg(priority)
                 .invoke_async(&mut con)
                 .await
@@ -678,7 +672,6 @@ impl Broker for RedisBroker {
                     &keys.ready,
                     &keys.sequence,
                     &keys.leases,
-                    &keys.owners,
                     &keys.dead,
                     &keys.recovered,
                 ])
@@ -744,7 +737,6 @@ impl Broker for RedisBroker {
                 .key(&self.keys.ready)
                 .key(&self.keys.leases)
                 .key(&self.keys.recovered)
-                .key(&self.keys.owners)
                 .invoke_async(&mut con)
                 .await
                 .map_err(|e| failure("putting taken tasks back failed".to_owned(), e))

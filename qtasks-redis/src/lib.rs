@@ -217,7 +217,6 @@ pub(crate) struct Keys {
     ready: String,
     sequence: String,
     leases: String,
-    owners: String,
     recovered: String,
     delayed: String,
     dead: String,
@@ -236,7 +235,6 @@ impl Keys {
             ready: format!("{prefix}:qtasks:ready"),
             sequence: format!("{prefix}:qtasks:seq"),
             leases: format!("{prefix}:qtasks:leases"),
-            owners: format!("{prefix}:qtasks:owners"),
             recovered: format!("{prefix}:qtasks:recovered"),
             delayed: format!("{prefix}:qtasks:delayed"),
             dead: format!("{prefix}:qtasks:dead"),
@@ -249,11 +247,6 @@ impl Keys {
 
     fn record(&self, uuid: uuid::Uuid) -> String {
         format!("{}:{uuid}", self.prefix)
-    }
-
-    /// The marker that the delivery holding `token` stored its outcome.
-    fn finished(&self, token: &str) -> String {
-        format!("{}:qtasks:finished:{token}", self.prefix)
     }
 }
 
@@ -286,7 +279,7 @@ async fn connect_parts(
         .map_err(unreachable)?;
     let keys = Keys::new(prefix);
     // Cancel requests from other processes arrive on the storage's subscription.
-    let (cancels, _) = tokio::sync::broadcast::channel(64);
+    let (cancels, _) = tokio::sync::broadcast::channel(4096);
     let storage = RedisStorage::connect(
         client,
         keys.clone(),

@@ -7,12 +7,11 @@
 //!   next take script moves it on, so a worker that dies in between loses nothing.
 //! - `N:qtasks:ready` (ZSET): waiting tasks; score = priority, member = `{seq:020}|{entry}`, so
 //!   equal priorities come out in arrival order.
-//! - `N:qtasks:leases` (ZSET): tasks being run; score = lease deadline (ms, Redis clock).
-//! - `N:qtasks:owners` (HASH): lease member → the delivery token of the take that holds it.
-//!   Only the holder of the token may renew the lease or record the outcome (fencing).
-//! - `N:qtasks:finished:{token}` (STRING, expires after an hour): the uuid of the task whose
-//!   outcome that delivery stored, so a finish sent again after a lost reply is recognised as
-//!   done, not refused (and the stored outcomes of a task can be counted).
+//! - `N:qtasks:leases` (ZSET): tasks being run; member = the delivery token (32 characters)
+//!   followed by the `ready` member, score = lease deadline (ms, Redis clock). The token fences
+//!   the delivery: only a call that names the whole member, token included, may renew the lease,
+//!   record the outcome or hand the task back, and once the lease ran out and was reclaimed no
+//!   call can.
 //! - `N:qtasks:seq` (STRING): the arrival counter.
 //! - `N:qtasks:recovered` (SET): members taken back from a dead worker, until taken again.
 //! - `N:qtasks:delayed` (ZSET): entries that may run later (a retry's backoff); score = the
@@ -26,8 +25,8 @@
 /// 3. The lowest (priority, seq) members are popped, leased, and their records marked
 ///    `process` and returned.
 ///
-/// KEYS: task_queue, incoming, ready, seq, leases, recovered, delayed, owners. ARGV: lease_ms,
-/// count, prefix, token prefix (unique per call), then the record fields to return
+/// KEYS: task_queue, incoming, ready, seq, leases, recovered, delayed. ARGV: lease_ms, count,
+/// prefix, token prefix (unique per call, 28 characters), then the record fields to return
 /// (`wire::TAKEN_FIELDS`, `status` first).
 /// Returns `{[member, record_fields, recovered, token]..., next_due_ms}`: `record_fields` are
 /// the values of those fields (empty when the entry is malformed or its record is missing: the
@@ -56,15 +55,15 @@ local function zadd_pairs(key, pairs)
 end
 
 -- 1. Expired leases: their worker died or stalled; back to `ready`, keeping their place. The
---    old token no longer holds: that worker's renewals and finish are refused from now on.
+--    old token goes with the lease member: that worker's renewals and finish are refused.
 local expired = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now_ms)
 if #expired > 0 then
   local back = {}
-  for _, member in ipairs(expired) do
+  for _, leased in ipairs(expired) do
+    local member = string.sub(leased, 33)
     back[#back + 1] = priority_of(string.sub(member, 22))
     back[#back + 1] = member
     redis.call('SADD', KEYS[6], member)
-    redis.call('HDEL', KEYS[8], member)
   end
   zadd_pairs(KEYS[3], back)
   redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now_ms)
@@ -121,9 +120,8 @@ for i = 1, #taken, 2 do
   if any_recovered then recovered = redis.call('SREM', KEYS[6], member) end
   if not skip then
     local token = ARGV[4] .. string.format('%04x', (i + 1) / 2)
-    redis.call('HSET', KEYS[8], member, token)
     leases[#leases + 1] = lease_end
-    leases[#leases + 1] = member
+    leases[#leases + 1] = token .. member
     out[#out + 1] = {member, fields, recovered, token}
   end
 end
@@ -148,74 +146,72 @@ return 1
 
 /// Puts the members whose lease has run out back in `ready` at once, marked recovered, and
 /// revokes their tokens; returns how many. Live workers' leases are left alone.
-/// KEYS: ready, leases, recovered, owners.
+/// KEYS: ready, leases, recovered.
 pub(super) const REQUEUE_EXPIRED: &str = r#"
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local members = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now_ms)
-for _, member in ipairs(members) do
+for _, leased in ipairs(members) do
+  local member = string.sub(leased, 33)
   local p = tonumber(string.match(string.sub(member, 22), ':(%-?%d+)$')) or 0
   redis.call('ZADD', KEYS[1], p, member)
   redis.call('SADD', KEYS[3], member)
-  redis.call('HDEL', KEYS[4], member)
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now_ms)
 return #members
 "#;
 
-/// Records a delivery's outcome if, and only if, its token still holds the lease: writes the
-/// record's fields, releases the lease, adds a retry's next attempt, sets the expiry and tells
-/// the waiters, in one step. Sent again after a lost reply, it answers "stored" without
-/// writing twice (so a retry's next attempt is added once).
+/// Records a delivery's outcome if, and only if, its token still holds the lease: releases the
+/// lease, writes the record's fields, adds a retry's next attempt, sets the expiry and tells the
+/// waiters, in one step. Sent again after a lost reply, it finds the lease gone and the record
+/// final and answers "stored" without writing again (so a retry's next attempt is added once).
 ///
-/// KEYS: leases, owners, record, finished marker (`N:qtasks:finished:{token}`), then for a
-/// retry: the child's record, and the child's queue (`task_queue`, or `delayed` with a time).
-/// ARGV: member, token, ttl_ms (0: keep), done channel, uuid, field count, the fields and
-/// values, then for a retry: the child's field count, its fields and values, its queue entry and
-/// its due time in ms ('' to queue it now).
-/// Returns 1 stored, 2 stored before (a replay), 0 refused (the token no longer holds).
+/// KEYS: leases, record, then for a retry: the child's record, and the child's queue
+/// (`task_queue`, or `delayed` with a time). ARGV: lease member (token and member), ttl_ms (0:
+/// keep), done channel, uuid, field count, the fields and values, then for a retry: the child's
+/// field count, its fields and values, its queue entry and its due time in ms ('' to queue it
+/// now). Returns 1 stored, 2 ended already (a replay; nothing written), 0 refused (the lease is
+/// not this delivery's any more; nothing written).
 pub(super) const FINISH: &str = r#"
-if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then
-  if redis.call('EXISTS', KEYS[4]) == 1 then return 2 end
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then
+  local status = redis.call('HGET', KEYS[2], 'status')
+  if status == 'success' or status == 'error' or status == 'cancel' or status == 'retry' then
+    return 2
+  end
   return 0
 end
-local n = tonumber(ARGV[6])
-redis.call('HSET', KEYS[3], unpack(ARGV, 7, 6 + 2 * n))
-local next_arg = 7 + 2 * n
-if KEYS[5] then
+local n = tonumber(ARGV[5])
+redis.call('HSET', KEYS[2], unpack(ARGV, 6, 5 + 2 * n))
+local next_arg = 6 + 2 * n
+if KEYS[3] then
   local c = tonumber(ARGV[next_arg])
-  redis.call('HSET', KEYS[5], unpack(ARGV, next_arg + 1, next_arg + 2 * c))
+  redis.call('HSET', KEYS[3], unpack(ARGV, next_arg + 1, next_arg + 2 * c))
   local entry = ARGV[next_arg + 2 * c + 1]
   local due = ARGV[next_arg + 2 * c + 2]
   if due == '' then
-    redis.call('RPUSH', KEYS[6], entry)
+    redis.call('RPUSH', KEYS[4], entry)
   else
-    redis.call('ZADD', KEYS[6], tonumber(due), entry)
+    redis.call('ZADD', KEYS[4], tonumber(due), entry)
   end
 end
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('SET', KEYS[4], ARGV[5], 'PX', 3600000)
-local ttl = tonumber(ARGV[3])
-if ttl > 0 then redis.call('PEXPIRE', KEYS[3], ttl) end
-redis.call('PUBLISH', ARGV[4], ARGV[5])
+local ttl = tonumber(ARGV[2])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1
 "#;
 
-/// Extends the leases this worker still holds: those whose token is still the owner's. Returns
-/// the members it lost (their lease ran out and was revoked, or another worker holds them now);
-/// the worker stops those runs. KEYS: leases, owners. ARGV: lease_ms, then member and token
-/// pairs.
+/// Extends the leases this worker still holds. Returns the lease members it lost (their lease
+/// ran out and was reclaimed; another worker may hold the task now): the worker stops those
+/// runs. KEYS: leases. ARGV: lease_ms, then the lease members (token and member).
 pub(super) const RENEW: &str = r#"
 local t = redis.call('TIME')
 local deadline = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
 local lost = {}
-for i = 2, #ARGV, 2 do
-  local member, token = ARGV[i], ARGV[i + 1]
-  if redis.call('HGET', KEYS[2], member) == token then
-    redis.call('ZADD', KEYS[1], 'XX', deadline, member)
+for i = 2, #ARGV do
+  if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
+    redis.call('ZADD', KEYS[1], 'XX', deadline, ARGV[i])
   else
-    lost[#lost + 1] = member
+    lost[#lost + 1] = ARGV[i]
   end
 end
 return lost
@@ -270,17 +266,15 @@ return 1
 
 /// Hands a delivery back without an outcome, if its token still holds the lease: the member
 /// returns to `ready` at its place (marked recovered) and the record to `new`, so any worker
-/// takes it at once. KEYS: leases, owners, ready, recovered, record. ARGV: member, token,
-/// priority. Returns 1, or 0 when the lease was not this delivery's any more.
+/// takes it at once. KEYS: leases, ready, recovered, record. ARGV: lease member (token and
+/// member), member, priority. Returns 1, or 0 when the lease was not this delivery's any more.
 pub(super) const RELEASE: &str = r#"
-if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('ZADD', KEYS[3], tonumber(ARGV[3]), ARGV[1])
-redis.call('SADD', KEYS[4], ARGV[1])
-if redis.call('EXISTS', KEYS[5]) == 1 then
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('ZADD', KEYS[2], tonumber(ARGV[3]), ARGV[2])
+redis.call('SADD', KEYS[3], ARGV[2])
+if redis.call('EXISTS', KEYS[4]) == 1 then
   local t = redis.call('TIME')
-  redis.call('HSET', KEYS[5], 'status', 'new', 'updated_at', t[1] .. '.' .. string.format('%06d', tonumber(t[2])))
+  redis.call('HSET', KEYS[4], 'status', 'new', 'updated_at', t[1] .. '.' .. string.format('%06d', tonumber(t[2])))
 end
 return 1
 "#;

@@ -49,9 +49,11 @@ impl Waiters {
         notify
     }
 
+    /// Wakes the waiters of a task. Their entry stays: a task may change more than once while
+    /// they wait (a stream's items, then its end); each waiter removes it when it is done.
     fn wake(&self, uuid: Uuid) {
-        let mut by_task = crate::lock(&self.by_task);
-        if let Some(notify) = by_task.remove(&uuid).and_then(|weak| weak.upgrade()) {
+        let by_task = crate::lock(&self.by_task);
+        if let Some(notify) = by_task.get(&uuid).and_then(Weak::upgrade) {
             notify.notify_waiters();
         }
     }

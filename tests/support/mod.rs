@@ -122,7 +122,9 @@ pub(crate) async fn plant_taken_task(
         .hset_multiple(format!("{prefix}:{uuid}"), &record)
         .await
         .unwrap();
-    let member = format!("{:020}|{task_name}:{uuid}:0", 1);
+    // A lease member is the delivery token (32 characters) and then the queue member.
+    let token = qtasks::Uuid::new_v4().simple().to_string();
+    let member = format!("{token}{:020}|{task_name}:{uuid}:0", 1);
     let _: () = con
         .zadd(format!("{prefix}:qtasks:leases"), member, lease_deadline_ms)
         .await

@@ -146,7 +146,9 @@ impl StartSteps<'_> {
                             Ok((uuid, reason)) => {
                                 app.inner.cancels.cancel_here(uuid, &reason);
                             }
-                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                                tracing::warn!(app = %app.name(), missed, "cancel requests came faster than they were handled; {missed} were missed");
+                            }
                             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                         },
                     }
