@@ -347,6 +347,31 @@ async fn account(
     report
 }
 
+/// What every scenario starts with: its own Redis, a key prefix, an execution log, a client.
+struct Scenario {
+    redis: OwnRedis,
+    url: String,
+    prefix: String,
+    log: PathBuf,
+    app: QueueTasks,
+}
+
+impl Scenario {
+    async fn start(server: &str, prefix: &str, durable: bool) -> Self {
+        let redis = OwnRedis::start(server, durable);
+        let (url, prefix) = (redis.url(), unique_prefix(prefix));
+        let log = redis.dir.join("executions.log");
+        let app = client(&url, &prefix).await;
+        Scenario {
+            redis,
+            url,
+            prefix,
+            log,
+            app,
+        }
+    }
+}
+
 async fn client(url: &str, prefix: &str) -> QueueTasks {
     let config = QueueConfig {
         name: prefix.to_owned(),
@@ -390,10 +415,13 @@ async fn sigkill_mid_drain() {
     if !enabled("sigkill_mid_drain") {
         return;
     }
-    let redis = OwnRedis::start("fault_kill", false);
-    let (url, prefix) = (redis.url(), unique_prefix("kill"));
-    let log = redis.dir.join("executions.log");
-    let app = client(&url, &prefix).await;
+    let Scenario {
+        redis,
+        url,
+        prefix,
+        log,
+        app,
+    } = Scenario::start("fault_kill", "kill", false).await;
     let tasks = add_all(&app, (0..3000).map(|i| format!("k{i}")), 2).await;
     let started = Instant::now();
     let mut workers: Vec<Worker> = (0..3)
@@ -416,9 +444,7 @@ async fn sigkill_mid_drain() {
         "only the killed worker's tasks in flight run again: {}",
         report.repeated_executions
     );
-    for worker in workers {
-        worker.stop();
-    }
+    workers.into_iter().for_each(Worker::stop);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -426,10 +452,13 @@ async fn sigstop_past_the_lease_then_sigcont() {
     if !enabled("sigstop_past_the_lease_then_sigcont") {
         return;
     }
-    let redis = OwnRedis::start("fault_stop", false);
-    let (url, prefix) = (redis.url(), unique_prefix("stop"));
-    let log = redis.dir.join("executions.log");
-    let app = client(&url, &prefix).await;
+    let Scenario {
+        redis,
+        url,
+        prefix,
+        log,
+        app,
+    } = Scenario::start("fault_stop", "stop", false).await;
     let tasks = add_all(&app, (0..300).map(|i| format!("s{i}")), 50).await;
     let started = Instant::now();
     let frozen = Worker::spawn(&url, &prefix, 1000, 8, &log);
@@ -463,10 +492,13 @@ async fn redis_killed_and_restarted_with_its_append_only_file() {
     if !enabled("redis_killed_and_restarted") {
         return;
     }
-    let mut redis = OwnRedis::start("fault_restart", true);
-    let (url, prefix) = (redis.url(), unique_prefix("restart"));
-    let log = redis.dir.join("executions.log");
-    let app = client(&url, &prefix).await;
+    let Scenario {
+        mut redis,
+        url,
+        prefix,
+        log,
+        app,
+    } = Scenario::start("fault_restart", "restart", true).await;
     let started = Instant::now();
     let workers: Vec<Worker> = (0..2)
         .map(|_| Worker::spawn(&url, &prefix, 5000, 8, &log))
@@ -505,9 +537,7 @@ async fn redis_killed_and_restarted_with_its_append_only_file() {
         report.repeated_executions, 0,
         "no worker died: nothing runs twice"
     );
-    for worker in workers {
-        worker.stop();
-    }
+    workers.into_iter().for_each(Worker::stop);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -515,10 +545,13 @@ async fn client_kill_every_100_ms() {
     if !enabled("client_kill_every_100_ms") {
         return;
     }
-    let redis = OwnRedis::start("fault_clientkill", false);
-    let (url, prefix) = (redis.url(), unique_prefix("clientkill"));
-    let log = redis.dir.join("executions.log");
-    let app = client(&url, &prefix).await;
+    let Scenario {
+        redis,
+        url,
+        prefix,
+        log,
+        app,
+    } = Scenario::start("fault_clientkill", "clientkill", false).await;
     let tasks = add_all(&app, (0..2000).map(|i| format!("c{i}")), 1).await;
     let started = Instant::now();
     let workers: Vec<Worker> = (0..2)
@@ -556,9 +589,7 @@ async fn client_kill_every_100_ms() {
         report.repeated_executions, 0,
         "no worker died: nothing runs twice"
     );
-    for worker in workers {
-        worker.stop();
-    }
+    workers.into_iter().for_each(Worker::stop);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -566,10 +597,13 @@ async fn a_five_megabyte_argument() {
     if !enabled("a_five_megabyte_argument") {
         return;
     }
-    let redis = OwnRedis::start("fault_big", false);
-    let (url, prefix) = (redis.url(), unique_prefix("big"));
-    let log = redis.dir.join("executions.log");
-    let app = client(&url, &prefix).await;
+    let Scenario {
+        redis: _redis, // kept alive until the end of the test
+        url,
+        prefix,
+        log,
+        app,
+    } = Scenario::start("fault_big", "big", false).await;
     let worker = Worker::spawn(&url, &prefix, 30_000, 2, &log);
     let started = Instant::now();
     let text = "x".repeat(5 * 1024 * 1024);
@@ -615,10 +649,13 @@ async fn waiters_do_not_poll_while_the_workers_publish() {
     if !enabled("waiters_do_not_poll_while_the_workers_publish") {
         return;
     }
-    let redis = OwnRedis::start("fault_waits", false);
-    let (url, prefix) = (redis.url(), unique_prefix("waits"));
-    let log = redis.dir.join("executions.log");
-    let app = client(&url, &prefix).await;
+    let Scenario {
+        redis: _redis, // kept alive until the end of the test
+        url,
+        prefix,
+        log,
+        app,
+    } = Scenario::start("fault_waits", "waits", false).await;
     // 300 tasks of 3 s each, all running at once on one Rust worker, 300 waiters.
     let worker = Worker::spawn(&url, &prefix, 30_000, 300, &log);
     let tasks = add_all(&app, (0..300).map(|i| format!("w{i}")), 3000).await;
