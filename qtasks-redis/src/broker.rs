@@ -40,9 +40,41 @@ pub(super) fn idle_wait(options: &RedisOptions) -> Duration {
     (options.lease / 4).clamp(Duration::from_millis(100), Duration::from_secs(5))
 }
 
-/// One task the take script returned: lease member, record fields, recovered (1 or 0), token.
-/// Member and fields stay bytes until each is decoded on its own.
-type Taken = (Vec<u8>, Vec<Option<Vec<u8>>>, i64, String);
+/// One task the take script returned: member, recovered (1 or 0), token. The member stays
+/// bytes until it is decoded on its own.
+type Taken = (Vec<u8>, i64, String);
+
+/// What the mark script found for one taken task.
+enum Marked {
+    /// Run it: its record's fields (`wire::TAKEN_FIELDS`), now marked `process`.
+    Run(Vec<Option<Vec<u8>>>),
+    /// It has no record.
+    Missing,
+    /// Its record is final already (cancelled while it waited): not run; lease dropped.
+    Ended,
+    /// Its lease is gone already: not this worker's.
+    Lost,
+}
+
+impl redis::FromRedisValue for Marked {
+    fn from_redis_value(value: redis::Value) -> Result<Self, redis::ParsingError> {
+        let mut items: Vec<redis::Value> = redis::from_redis_value(value)?;
+        let fields = if items.len() > 1 { items.pop() } else { None };
+        let kind: String = match items.pop() {
+            Some(kind) => redis::from_redis_value(kind)?,
+            None => String::new(),
+        };
+        Ok(match kind.as_str() {
+            "run" => Marked::Run(match fields {
+                Some(fields) => redis::from_redis_value(fields)?,
+                None => Vec::new(),
+            }),
+            "missing" => Marked::Missing,
+            "ended" => Marked::Ended,
+            _ => Marked::Lost,
+        })
+    }
+}
 
 /// Stops holding the members of a take if the call that took them is dropped before it hands
 /// them over (so they are not renewed forever by a live worker that will never run them).
@@ -92,6 +124,7 @@ pub(crate) struct RedisBroker {
     blocking: ConnectionManager,
     options: RedisOptions,
     take: Script,
+    mark: Script,
     renew: Script,
     requeue: Script,
     finish: Script,
@@ -115,6 +148,7 @@ impl RedisBroker {
             blocking,
             options,
             take: Script::new(scripts::TAKE),
+            mark: Script::new(scripts::MARK),
             renew: Script::new(scripts::RENEW),
             requeue: Script::new(scripts::REQUEUE_EXPIRED),
             finish: Script::new(scripts::FINISH),
@@ -145,9 +179,7 @@ impl RedisBroker {
                 .key(&self.keys.delayed)
                 .arg(self.lease_ms())
                 .arg(max.max(1))
-                .arg(&self.keys.prefix)
                 .arg(token_prefix)
-                .arg(&TAKEN_FIELDS[..])
                 .invoke_async::<(Vec<Taken>, Option<f64>)>(&mut con)
                 .await
         };
@@ -160,6 +192,31 @@ impl RedisBroker {
             .await
             .map_err(|e| failure("taking tasks failed".to_owned(), e))?;
         Ok((taken, next_due.map(|ms| ms as i64)))
+    }
+
+    /// The second step of a take (`scripts::MARK`): reads the records of the taken tasks, by
+    /// keys it declares, and marks them `process`. `tasks` are (uuid, lease member) pairs.
+    async fn mark(&self, tasks: &[(Uuid, String)]) -> Result<Vec<Marked>, BackendError> {
+        use backon::Retryable;
+        let now = unix_now().to_string();
+        let mark = || async {
+            let mut invocation = self.mark.key(&self.keys.leases);
+            for (uuid, _) in tasks {
+                invocation.key(self.keys.record(*uuid));
+            }
+            invocation.arg(&now).arg(tasks.len());
+            for (_, leased) in tasks {
+                invocation.arg(leased);
+            }
+            invocation.arg(&TAKEN_FIELDS[..]);
+            let mut con = self.commands.clone();
+            invocation.invoke_async::<Vec<Marked>>(&mut con).await
+        };
+        // Safe to send again: a second mark of a task finds it `process` and reads it again.
+        mark.retry(crate::reconnect_pauses().take(TAKE_RETRIES))
+            .when(is_transient)
+            .await
+            .map_err(|e| failure("reading the taken tasks failed".to_owned(), e))
     }
 
     /// Turns a taken member into a delivery, or fails it (a poison entry) and returns `None`.
@@ -210,18 +267,6 @@ impl RedisBroker {
                 .map_err(|reason| format!("RecordError: {reason}"))
         };
         match record {
-            Ok(record) if record.status == TaskStatus::Cancel => {
-                // Cancelled while it waited: it never runs.
-                let mut con = self.commands.clone();
-                redis::cmd("ZREM")
-                    .arg(&self.keys.leases)
-                    .arg(receipt(&token, &member))
-                    .exec_async(&mut con)
-                    .await
-                    .map_err(|e| failure("dropping a cancelled task failed".to_owned(), e))?;
-                self.unhold(&member);
-                Ok(None)
-            }
             Ok(record) => Ok(Some(
                 Delivery::new(QueuedTask::from_record(record), receipt(&token, &member))
                     .recovered(recovered),
@@ -523,15 +568,52 @@ impl Broker for RedisBroker {
                     held: &self.held,
                     members: Vec::with_capacity(taken.len()),
                 };
-                for (member, _, _, token) in &taken {
+                for (member, _, token) in &taken {
                     if let Ok(member) = std::str::from_utf8(member) {
                         self.hold(member, token);
                         guard.members.push(member.to_owned());
                     }
                 }
+                // The tasks whose entry names a record have it read and marked in one more
+                // call, by declared keys; the others are poison and fail on their own.
+                let named: Vec<(Uuid, String)> = taken
+                    .iter()
+                    .filter_map(|(member, _, token)| {
+                        let member = std::str::from_utf8(member).ok()?;
+                        Some((member_uuid(member)?, receipt(token, member)))
+                    })
+                    .collect();
+                let mut marked = match self.mark(&named).await {
+                    Ok(marked) if !named.is_empty() => marked.into_iter(),
+                    Ok(_) => Vec::new().into_iter(),
+                    Err(error) => {
+                        // Their leases are no longer renewed and run out; a take tries again.
+                        tracing::error!(app = %self.keys.prefix, "reading {} taken task(s) failed; they are taken again when their leases run out: {}", named.len(), ErrorChain(&error));
+                        for (_, leased) in &named {
+                            self.unhold(split_receipt(leased).1);
+                        }
+                        continue;
+                    }
+                };
                 let mut deliveries = Vec::with_capacity(taken.len());
-                for (member, fields, recovered, token) in taken {
+                for (member, recovered, token) in taken {
                     let shown = String::from_utf8_lossy(&member).into_owned();
+                    let names_record = std::str::from_utf8(&member)
+                        .ok()
+                        .and_then(member_uuid)
+                        .is_some();
+                    let fields = if names_record {
+                        match marked.next() {
+                            Some(Marked::Run(fields)) => fields,
+                            Some(Marked::Missing) | None => Vec::new(),
+                            Some(Marked::Ended | Marked::Lost) => {
+                                self.unhold(&shown);
+                                continue;
+                            }
+                        }
+                    } else {
+                        Vec::new()
+                    };
                     match self.deliver(member, fields, recovered == 1, token).await {
                         Ok(Some(delivery)) => deliveries.push(delivery),
                         Ok(None) => {}

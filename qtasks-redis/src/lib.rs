@@ -13,16 +13,17 @@
 //! engine written out of tree (see `qtasks::backend`).
 //!
 //! What it adds to the original, and how:
-//! - **Tasks are not lost.** A worker takes a task under a lease (`RedisOptions::lease`) that it
-//!   renews while it lives; a task whose worker died is taken again by a live worker once the
-//!   lease runs out. A live worker's task is never taken twice.
+//! - **Tasks are not lost; one outcome per attempt.** A worker takes a task under a lease
+//!   (`RedisOptions::lease`) fenced by a delivery token, and renews it while it lives; a task
+//!   whose worker died (or stalled past the lease) is taken again by a live worker once the
+//!   lease runs out, and the old holder's late write is refused. RELIABILITY.md states it all.
 //! - **Priorities work across the queue**: waiting tasks sit in a sorted set, lowest priority
 //!   number first, FIFO among equals, whichever process pushed them.
 //! - **No polling**: idle workers block on Redis (`BLMOVE`); `wait` wakes on a pub/sub message
 //!   sent with the result.
-//! - **Few round trips**: add = 1 (HSET + RPUSH pipelined), take = 1 (a script that also marks
-//!   the task running and returns its record), finish = 1 (HSET + ZREM + PUBLISH in one
-//!   transaction).
+//! - **Few round trips**: add = 1 (HSET + RPUSH pipelined), take = 2 per batch of tasks (one
+//!   script leases them, one reads and marks their records, by declared keys), finish = 1 (one
+//!   script: the lease released and the outcome written only while the delivery's token holds).
 //!
 //! The key layout is in [`scripts`].
 

@@ -1,4 +1,6 @@
-//! The Lua scripts that make each step of a task one atomic round trip.
+//! The Lua scripts that make each step of a task atomic. Every key a script touches is passed
+//! in KEYS (a take is two calls for that: [`TAKE`] pops and leases, [`MARK`] reads and marks the
+//! records by their keys).
 //!
 //! Keys (prefix `N` = the app name):
 //! - `N:task_queue` (LIST): entries `name:uuid:priority`, pushed by Rust and Python clients
@@ -18,29 +20,25 @@
 //!   time they may run (ms, Redis clock).
 //! - `N:{uuid}` (HASH): the task record, in Python QTasks' layout.
 
-/// Takes up to `ARGV[2]` tasks.
+/// Takes up to `ARGV[2]` tasks: the first of the two steps of a take (then [`MARK`]).
 ///
 /// 1. Expired leases go back to `ready` (their holder died), keeping their place.
 /// 2. Entries in `incoming` and `task_queue` move to `ready`.
-/// 3. The lowest (priority, seq) members are popped, leased, and their records marked
-///    `process` and returned.
+/// 3. The lowest (priority, seq) members are popped and leased, each under a new token.
 ///
 /// KEYS: task_queue, incoming, ready, seq, leases, recovered, delayed. ARGV: lease_ms, count,
-/// prefix, token prefix (unique per call, 28 characters), then the record fields to return
-/// (`wire::TAKEN_FIELDS`, `status` first).
-/// Returns `{[member, record_fields, recovered, token]..., next_due_ms}`: `record_fields` are
-/// the values of those fields (empty when the entry is malformed or its record is missing: the
-/// caller fails it), `recovered` is 1 for a task taken back from a dead worker, `token` the
-/// delivery token that fences this lease; `next_due_ms` is when the next delayed task may run
-/// (or false). A task whose record is final already (cancelled while it waited, or finished by
-/// a worker whose lease had run out) is dropped here without running.
+/// token prefix (unique per call, 28 characters).
+/// Returns `{[member, recovered, token]..., next_due_ms}`: `recovered` is 1 for a task taken back
+/// from a dead worker; `next_due_ms` is when the next delayed task may run (or false).
+///
+/// It touches no task record, so every key it uses is declared; the records are read by
+/// [`MARK`], whose keys the caller knows once it has the members.
 ///
 /// At most 1,000 pushed entries move to `ready` per call, so one call never holds Redis
 /// for a whole backlog; the rest move on the next calls.
 pub(super) const TAKE: &str = r#"
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local now_s = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
 
 local function priority_of(entry)
   local p = tonumber(string.match(entry, ':(%-?%d+)$'))
@@ -92,9 +90,7 @@ if #entries > 0 then
   zadd_pairs(KEYS[3], pairs)
 end
 
--- 3. The lowest (priority, seq) are leased, marked `process` and returned with their record.
-local final = {success = true, error = true, cancel = true, retry = true}
-local wanted = {unpack(ARGV, 5)}
+-- 3. The lowest (priority, seq) are popped and leased.
 local taken = redis.call('ZPOPMIN', KEYS[3], tonumber(ARGV[2]))
 local out = {}
 local leases = {}
@@ -102,32 +98,52 @@ local lease_end = now_ms + tonumber(ARGV[1])
 local any_recovered = redis.call('SCARD', KEYS[6]) > 0
 for i = 1, #taken, 2 do
   local member = taken[i]
-  local uuid = string.match(string.sub(member, 22), '^[^:]+:([^:]+):%-?%d+$')
-  local fields = {}
-  local skip = false
-  if uuid then
-    local key = ARGV[3] .. ':' .. uuid
-    fields = redis.call('HMGET', key, unpack(wanted))
-    if not fields[1] then
-      fields = {}
-    elseif final[fields[1]] then
-      skip = true
-    else
-      redis.call('HSET', key, 'status', 'process', 'updated_at', now_s)
-    end
-  end
   local recovered = 0
   if any_recovered then recovered = redis.call('SREM', KEYS[6], member) end
-  if not skip then
-    local token = ARGV[4] .. string.format('%04x', (i + 1) / 2)
-    leases[#leases + 1] = lease_end
-    leases[#leases + 1] = token .. member
-    out[#out + 1] = {member, fields, recovered, token}
-  end
+  local token = ARGV[3] .. string.format('%04x', (i + 1) / 2)
+  leases[#leases + 1] = lease_end
+  leases[#leases + 1] = token .. member
+  out[#out + 1] = {member, recovered, token}
 end
 if #leases > 0 then zadd_pairs(KEYS[5], leases) end
 local next_due = redis.call('ZRANGE', KEYS[7], 0, 0, 'WITHSCORES')
 return {out, next_due[2] or false}
+"#;
+
+/// The second step of a take: for each leased task, reads the record fields the worker needs
+/// and marks it `process`, if the lease is still this take's. A record that is final already
+/// (cancelled while it waited, or finished by a worker whose lease had run out) is not run: its
+/// lease is dropped here.
+///
+/// KEYS: leases, then one record key per task. ARGV: now (Unix seconds, for `updated_at`), the
+/// task count `n`, the `n` lease members (token and member), then the record fields to return
+/// (`wire::TAKEN_FIELDS`, `status` first).
+/// Returns one reply per task: `{'run', fields}`, `{'missing'}` (no record), `{'ended'}` (final
+/// already; not run) or `{'lost'}` (the lease is gone already).
+pub(super) const MARK: &str = r#"
+local n = tonumber(ARGV[2])
+local wanted = {unpack(ARGV, 3 + n)}
+local final = {success = true, error = true, cancel = true, retry = true}
+local out = {}
+for i = 1, n do
+  local leased = ARGV[2 + i]
+  local key = KEYS[1 + i]
+  if not redis.call('ZSCORE', KEYS[1], leased) then
+    out[i] = {'lost'}
+  else
+    local fields = redis.call('HMGET', key, unpack(wanted))
+    if not fields[1] then
+      out[i] = {'missing'}
+    elseif final[fields[1]] then
+      redis.call('ZREM', KEYS[1], leased)
+      out[i] = {'ended'}
+    else
+      redis.call('HSET', key, 'status', 'process', 'updated_at', ARGV[1])
+      out[i] = {'run', fields}
+    end
+  end
+end
+return out
 "#;
 
 /// Appends one JSON item to the `returning` list of a running stream task and tells waiters.
