@@ -675,3 +675,40 @@ async fn waiters_do_not_poll_while_the_workers_publish() {
     assert!(reads <= 300 * 2 + 30, "{reads} reads for 300 waiters");
     worker.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_long_tasks_running() {
+    if !enabled("sigterm_with_long_tasks_running") {
+        return;
+    }
+    let Scenario {
+        redis,
+        url,
+        prefix,
+        log,
+        app,
+    } = Scenario::start("fault_sigterm", "sigterm", false).await;
+    let tasks = add_all(&app, (0..40).map(|i| format!("t{i}")), 1500).await;
+    let started = Instant::now();
+    let leaving = Worker::spawn(&url, &prefix, 30_000, 8, &log);
+    let staying = Worker::spawn(&url, &prefix, 30_000, 8, &log);
+    until("both workers run tasks", || executed(&log) >= 16).await;
+    // A graceful stop: the leaving worker's running tasks finish (1.5 s, within its 5 s stop
+    // timeout) and are recorded once; the rest of the queue goes to the other worker.
+    leaving.stop();
+    let report = settle(
+        "SIGTERM of a worker with 1.5 s tasks running",
+        &app,
+        &redis,
+        &prefix,
+        &log,
+        &tasks,
+        started,
+    )
+    .await;
+    assert_eq!(
+        report.repeated_executions, 0,
+        "a graceful stop runs nothing twice"
+    );
+    staying.stop();
+}
