@@ -18,32 +18,38 @@ const EARLY_CANCEL_TTL: Duration = Duration::from_secs(60);
 
 /// The running tasks of this process that can be cancelled, and cancels that arrived before
 /// their task started running (kept for [`EARLY_CANCEL_TTL`], so they do not pile up).
+///
+/// Both live under one lock: a cancel that arrives while its task registers must land either in
+/// the running task's channel or in the early cancels the registration takes, never between.
 #[derive(Default)]
 pub(crate) struct Cancels {
-    running: Mutex<HashMap<Uuid, watch::Sender<Option<String>>>>,
-    early: Mutex<HashMap<Uuid, (String, Instant)>>,
+    maps: Mutex<CancelMaps>,
+}
+
+#[derive(Default)]
+struct CancelMaps {
+    running: HashMap<Uuid, watch::Sender<Option<String>>>,
+    early: HashMap<Uuid, (String, Instant)>,
 }
 
 impl Cancels {
-    /// Registers a task about to run; its receiver says when to stop.
+    /// Registers a task about to run; its receiver says when to stop (at once, if a cancel
+    /// came early).
     pub(crate) fn register(&self, uuid: Uuid) -> watch::Receiver<Option<String>> {
-        let early = self
-            .early
-            .lock_unpoisoned()
-            .remove(&uuid)
-            .map(|(reason, _)| reason);
+        let mut maps = self.maps.lock_unpoisoned();
+        let early = maps.early.remove(&uuid).map(|(reason, _)| reason);
         let (sender, receiver) = watch::channel(early);
-        self.running.lock_unpoisoned().insert(uuid, sender);
+        maps.running.insert(uuid, sender);
         receiver
     }
 
     pub(crate) fn unregister(&self, uuid: Uuid) {
-        self.running.lock_unpoisoned().remove(&uuid);
+        self.maps.lock_unpoisoned().running.remove(&uuid);
     }
 
     /// Cancels a task running in this process; `false` if none is.
     pub(crate) fn cancel_running(&self, uuid: Uuid, reason: &str) -> bool {
-        match self.running.lock_unpoisoned().get(&uuid) {
+        match self.maps.lock_unpoisoned().running.get(&uuid) {
             Some(sender) => sender.send(Some(reason.to_owned())).is_ok(),
             None => false,
         }
@@ -51,30 +57,31 @@ impl Cancels {
 
     /// Cancels every task running in this process (a stop that cannot wait any longer).
     pub(crate) fn cancel_all(&self, reason: &str) -> usize {
-        let running = self.running.lock_unpoisoned();
-        for sender in running.values() {
+        let maps = self.maps.lock_unpoisoned();
+        for sender in maps.running.values() {
             let _ = sender.send(Some(reason.to_owned()));
         }
-        running.len()
+        maps.running.len()
     }
 
     /// Cancels a task running in this process, or remembers the cancel for a while in case it
     /// is about to start here (taken, not yet registered).
     pub(crate) fn cancel_here(&self, uuid: Uuid, reason: &str) -> bool {
-        if self.cancel_running(uuid, reason) {
-            return true;
+        let mut maps = self.maps.lock_unpoisoned();
+        if let Some(sender) = maps.running.get(&uuid) {
+            return sender.send(Some(reason.to_owned())).is_ok();
         }
         let now = Instant::now();
-        let mut early = self.early.lock_unpoisoned();
-        early.retain(|_, (_, at)| now.duration_since(*at) < EARLY_CANCEL_TTL);
-        early.insert(uuid, (reason.to_owned(), now));
+        maps.early
+            .retain(|_, (_, at)| now.duration_since(*at) < EARLY_CANCEL_TTL);
+        maps.early.insert(uuid, (reason.to_owned(), now));
         false
     }
 
     /// How many early cancels are remembered (for tests of the pruning).
     #[cfg(test)]
     pub(crate) fn early_len(&self) -> usize {
-        self.early.lock_unpoisoned().len()
+        self.maps.lock_unpoisoned().early.len()
     }
 }
 
@@ -145,8 +152,9 @@ mod tests {
         assert_eq!(cancels.early_len(), 0, "used when the task registers");
 
         cancels
-            .early
+            .maps
             .lock_unpoisoned()
+            .early
             .insert(second, ("old".into(), Instant::now() - EARLY_CANCEL_TTL));
         assert!(!cancels.cancel_here(first, "again"));
         assert_eq!(cancels.early_len(), 1, "the expired one was pruned");
