@@ -320,9 +320,17 @@ async fn account(
     lost: usize,
 ) -> Report {
     let seconds = started.elapsed().as_secs_f64();
-    // The last writes reach the file at the server's next event-loop turn.
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let outcomes = recorded_outcomes(redis, prefix);
+    // The server writes its append-only file at its own pace (with `everysec` it may hold a
+    // write back while an fsync runs): read it until every task's outcome is there, or 10 s.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let outcomes = loop {
+        let outcomes = recorded_outcomes(redis, prefix);
+        let complete = tasks.iter().all(|(uuid, _)| outcomes.contains_key(uuid));
+        if complete || Instant::now() > deadline {
+            break outcomes;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let duplicate_outcomes = outcomes.values().filter(|n| **n > 1).count();
     let missing_outcomes = tasks
         .iter()
@@ -658,6 +666,18 @@ async fn waiters_do_not_poll_while_the_workers_publish() {
     } = Scenario::start("fault_waits", "waits", false).await;
     // 300 tasks of 3 s each, all running at once on one Rust worker, 300 waiters.
     let worker = Worker::spawn(&url, &prefix, 30_000, 300, &log);
+    // Barrier: the worker is alive and has said that it publishes its results.
+    let mut con = support::raw_connection(&url).await;
+    let deadline = Instant::now() + WAIT;
+    while !redis::cmd("EXISTS")
+        .arg(format!("{prefix}:qtasks:publishing"))
+        .query_async::<bool>(&mut con)
+        .await
+        .unwrap()
+    {
+        assert!(Instant::now() < deadline, "the worker never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let tasks = add_all(&app, (0..300).map(|i| format!("w{i}")), 3000).await;
     let before = calls(&url, "hgetall").await;
     let started = Instant::now();
