@@ -448,29 +448,7 @@ mod detached {
         unreachable!("a detached executor never runs its task")
     }
 
-    static DETACHED: TaskDefinition = TaskDefinition {
-        name: "bench",
-        priority: None,
-        echo: false,
-        tags: &[],
-        description: None,
-        params: &[],
-        blocking: false,
-        retry: None,
-        retry_on: None,
-        retry_backoff: None,
-        max_time: None,
-        decode: None,
-        generate_handler: None,
-        middlewares_before: &[],
-        middlewares_after: &[],
-        router: None,
-        executor: None,
-        module_path: module_path!(),
-        file: file!(),
-        line: line!(),
-        invoke: never_invoked,
-    };
+    static DETACHED: TaskDefinition = TaskDefinition::bare("bench", never_invoked);
 
     impl TaskExecutor {
         /// An executor for a task that never runs, with no handlers: the payload that executor

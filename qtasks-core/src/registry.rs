@@ -109,30 +109,13 @@ mod tests {
 
     fn leaked(retry_delay: f64, max_time: Option<f64>) -> &'static TaskDefinition {
         Box::leak(Box::new(TaskDefinition {
-            name: "checked",
-            priority: None,
-            echo: false,
-            tags: &[],
-            description: None,
-            params: &[],
-            blocking: false,
             retry: Some(1),
-            retry_on: None,
             retry_backoff: Some(RetryBackoff {
                 delay: retry_delay,
                 exponential: false,
             }),
             max_time,
-            decode: None,
-            generate_handler: None,
-            middlewares_before: &[],
-            middlewares_after: &[],
-            router: None,
-            executor: None,
-            module_path: module_path!(),
-            file: file!(),
-            line: line!(),
-            invoke: never_run,
+            ..TaskDefinition::bare("checked", never_run)
         }))
     }
 

@@ -150,6 +150,35 @@ pub struct TaskDefinition {
 }
 
 impl TaskDefinition {
+    /// A definition with every option unset, for tasks the crate makes itself (the detached
+    /// executor of the micro-benchmarks, tests); `invoke` is never meant to run.
+    #[cfg(any(test, feature = "__bench"))]
+    pub(crate) const fn bare(name: &'static str, invoke: InvokeFn) -> Self {
+        TaskDefinition {
+            name,
+            priority: None,
+            echo: false,
+            tags: &[],
+            description: None,
+            params: &[],
+            blocking: false,
+            retry: None,
+            retry_on: None,
+            retry_backoff: None,
+            max_time: None,
+            decode: None,
+            generate_handler: None,
+            middlewares_before: &[],
+            middlewares_after: &[],
+            router: None,
+            executor: None,
+            module_path: module_path!(),
+            file: file!(),
+            line: line!(),
+            invoke,
+        }
+    }
+
     /// The task name used on the queue (defaults to the fn name).
     pub fn name(&self) -> &'static str {
         self.name

@@ -20,6 +20,9 @@ use qtasks_core::BoxFuture;
 use qtasks_core::backend::{BackendError, Broker, CancelState, Delivery, ErrorChain, unix_now};
 use qtasks_core::{Outcome, QueuedTask, TaskStatus};
 
+/// How many times a renewal is sent again when its connection drops.
+const RENEW_RETRIES: usize = 3;
+
 /// How many times a take is sent again when its connection drops.
 const TAKE_RETRIES: usize = 3;
 
@@ -104,6 +107,20 @@ fn split_receipt(receipt: &str) -> (&str, &str) {
     receipt.split_at(TOKEN_LEN.min(receipt.len()))
 }
 
+/// A taken task whose entry names it: what the mark script and the delivery need.
+struct Named {
+    /// The `ready` member (`{seq}|name:uuid:priority`).
+    member: String,
+    uuid: Uuid,
+    recovered: bool,
+    token: String,
+}
+
+/// The queue entry of a `ready` member (`{seq}|entry`).
+fn entry_of(member: &str) -> &str {
+    member.split_once('|').map_or(member, |(_, entry)| entry)
+}
+
 /// The uuid a malformed entry names in its second field, if it names one.
 fn entry_uuid(entry: &str) -> Option<Uuid> {
     entry
@@ -114,8 +131,7 @@ fn entry_uuid(entry: &str) -> Option<Uuid> {
 
 /// The uuid in a lease member (`{seq}|name:uuid:priority`), if it has one.
 fn member_uuid(member: &str) -> Option<Uuid> {
-    let entry = member.split_once('|').map_or(member, |(_, entry)| entry);
-    parse_entry(entry).ok().map(|(_, uuid, _)| uuid)
+    parse_entry(entry_of(member)).ok().map(|(_, uuid, _)| uuid)
 }
 
 pub(crate) struct RedisBroker {
@@ -195,18 +211,18 @@ impl RedisBroker {
     }
 
     /// The second step of a take (`scripts::MARK`): reads the records of the taken tasks, by
-    /// keys it declares, and marks them `process`. `tasks` are (uuid, lease member) pairs.
-    async fn mark(&self, tasks: &[(Uuid, String)]) -> Result<Vec<Marked>, BackendError> {
+    /// keys it declares, and marks them `process`.
+    async fn mark(&self, tasks: &[Named]) -> Result<Vec<Marked>, BackendError> {
         use backon::Retryable;
         let now = unix_now().to_string();
         let mark = || async {
             let mut invocation = self.mark.key(&self.keys.leases);
-            for (uuid, _) in tasks {
-                invocation.key(self.keys.record(*uuid));
+            for task in tasks {
+                invocation.key(self.keys.record(task.uuid));
             }
             invocation.arg(&now).arg(tasks.len());
-            for (_, leased) in tasks {
-                invocation.arg(leased);
+            for task in tasks {
+                invocation.arg(receipt(&task.token, &task.member));
             }
             invocation.arg(&TAKEN_FIELDS[..]);
             let mut con = self.commands.clone();
@@ -219,45 +235,40 @@ impl RedisBroker {
             .map_err(|e| failure("reading the taken tasks failed".to_owned(), e))
     }
 
-    /// Turns a taken member into a delivery, or fails it (a poison entry) and returns `None`.
-    /// Each member is decoded on its own: a bad one never holds up the others of its batch.
+    /// [`reject`](Self::reject), logging a failure rather than returning it: the entry's lease
+    /// then runs out and a take meets it again.
+    async fn reject_logged(&self, raw: Vec<u8>, token: &str, reason: &str) {
+        if let Err(error) = self.reject(raw, token, reason).await {
+            tracing::error!(app = %self.keys.prefix, "moving a bad entry to the dead letters failed; it is taken again when its lease runs out: {}", ErrorChain(&error));
+        }
+    }
+
+    /// Moves a taken entry that names no runnable task (not UTF-8, not `name:uuid:priority`)
+    /// to the dead letters with `reason`; the record it names, if any, ends `error`.
+    async fn reject(&self, raw: Vec<u8>, token: &str, reason: &str) -> Result<(), BackendError> {
+        let shown = String::from_utf8_lossy(&raw).into_owned();
+        let entry = entry_of(&shown);
+        let reason = format!("QueueEntryError: {reason}");
+        let mut leased = token.as_bytes().to_vec();
+        leased.extend_from_slice(&raw);
+        self.dead_letter(&leased, entry, entry_uuid(entry), &reason)
+            .await
+    }
+
+    /// Turns a taken task into a delivery, or fails its record (missing or unreadable) and
+    /// returns `None`. `fields` are its record's, as the mark script read them (empty: none).
     async fn deliver(
         &self,
-        member: Vec<u8>,
+        task: Named,
         fields: Vec<Option<Vec<u8>>>,
-        recovered: bool,
-        token: String,
     ) -> Result<Option<Delivery>, BackendError> {
-        let member = match String::from_utf8(member) {
-            Ok(member) => member,
-            Err(error) => {
-                let raw = error.into_bytes();
-                let shown = String::from_utf8_lossy(&raw).into_owned();
-                let entry = shown.split_once('|').map_or(shown.as_str(), |(_, e)| e);
-                let reason = format!("QueueEntryError: the queue entry `{entry}` is not UTF-8");
-                let uuid = entry_uuid(entry);
-                let mut leased = token.clone().into_bytes();
-                leased.extend_from_slice(&raw);
-                self.dead_letter(&leased, entry, uuid, &reason).await?;
-                return Ok(None);
-            }
-        };
-        let entry = member
-            .split_once('|')
-            .map_or(member.as_str(), |(_, entry)| entry);
-        let (task_name, uuid) = match parse_entry(entry) {
-            Ok((task_name, uuid, _)) => (task_name, uuid),
-            Err(reason) => {
-                // It cannot run; a record it names ends `error` with the reason, so its waiters
-                // learn why.
-                let reason = format!("QueueEntryError: {reason}");
-                let uuid = entry_uuid(entry);
-                self.dead_letter(receipt(&token, &member).as_bytes(), entry, uuid, &reason)
-                    .await?;
-                self.unhold(&member);
-                return Ok(None);
-            }
-        };
+        let Named {
+            member,
+            uuid,
+            recovered,
+            token,
+        } = task;
+        let entry = entry_of(&member);
         let record = if fields.is_empty() {
             Err(format!(
                 "QueueEntryError: the queue entry `{entry}` has no task record"
@@ -273,6 +284,7 @@ impl RedisBroker {
             )),
             Err(traceback) => {
                 tracing::error!(app = %self.keys.prefix, uuid = %uuid, "failing a task that cannot run: {traceback}");
+                let task_name = entry.split(':').next().unwrap_or_default();
                 let mut pipe = redis::pipe();
                 pipe.atomic();
                 self.fail_record(&mut pipe, uuid, task_name, &traceback);
@@ -486,7 +498,7 @@ impl Broker for RedisBroker {
             let renew = self.renew.clone();
             let leases = self.keys.leases.clone();
             let cancels = self.cancels.clone();
-            let mut con = self.commands.clone();
+            let con = self.commands.clone();
             let lease_ms = self.lease_ms();
             let every = self.options.lease / 3;
             let renewer = tokio::spawn(async move {
@@ -499,12 +511,23 @@ impl Broker for RedisBroker {
                     if pairs.is_empty() {
                         continue;
                     }
-                    let mut invocation = renew.key(&leases);
-                    invocation.arg(lease_ms);
-                    for (member, token) in &pairs {
-                        invocation.arg(receipt(token, member));
-                    }
-                    match invocation.invoke_async::<Vec<String>>(&mut con).await {
+                    let leased: Vec<String> = pairs
+                        .iter()
+                        .map(|(member, token)| receipt(token, member))
+                        .collect();
+                    use backon::Retryable;
+                    // Renewing is safe to repeat: a dropped connection is tried again at once,
+                    // as every other command is, so a flapping network does not cost leases.
+                    let renewed = (|| {
+                        let mut con = con.clone();
+                        let mut invocation = renew.key(&leases);
+                        invocation.arg(lease_ms).arg(&leased);
+                        async move { invocation.invoke_async::<Vec<String>>(&mut con).await }
+                    })
+                    .retry(crate::reconnect_pauses().take(RENEW_RETRIES))
+                    .when(is_transient)
+                    .await;
+                    match renewed {
                         Ok(lost) => {
                             for leased in lost {
                                 let member = split_receipt(&leased).1.to_owned();
@@ -568,60 +591,74 @@ impl Broker for RedisBroker {
                     held: &self.held,
                     members: Vec::with_capacity(taken.len()),
                 };
-                for (member, _, token) in &taken {
-                    if let Ok(member) = std::str::from_utf8(member) {
-                        self.hold(member, token);
-                        guard.members.push(member.to_owned());
+                // Each entry is decoded once, on its own: those that name a task are held and
+                // have their records read and marked in one more call, by declared keys; the
+                // others are poison and fail alone.
+                let mut named = Vec::with_capacity(taken.len());
+                for (bytes, recovered, token) in taken {
+                    let member = match String::from_utf8(bytes) {
+                        Ok(member) => member,
+                        Err(error) => {
+                            self.reject_logged(
+                                error.into_bytes(),
+                                &token,
+                                "the entry is not UTF-8",
+                            )
+                            .await;
+                            continue;
+                        }
+                    };
+                    match parse_entry(entry_of(&member)) {
+                        Ok((_, uuid, _)) => {
+                            self.hold(&member, &token);
+                            guard.members.push(member.clone());
+                            named.push(Named {
+                                member,
+                                uuid,
+                                recovered: recovered == 1,
+                                token,
+                            });
+                        }
+                        Err(reason) => {
+                            self.reject_logged(member.into_bytes(), &token, &reason)
+                                .await;
+                        }
                     }
                 }
-                // The tasks whose entry names a record have it read and marked in one more
-                // call, by declared keys; the others are poison and fail on their own.
-                let named: Vec<(Uuid, String)> = taken
-                    .iter()
-                    .filter_map(|(member, _, token)| {
-                        let member = std::str::from_utf8(member).ok()?;
-                        Some((member_uuid(member)?, receipt(token, member)))
-                    })
-                    .collect();
-                let mut marked = match self.mark(&named).await {
-                    Ok(marked) if !named.is_empty() => marked.into_iter(),
-                    Ok(_) => Vec::new().into_iter(),
-                    Err(error) => {
-                        // Their leases are no longer renewed and run out; a take tries again.
-                        tracing::error!(app = %self.keys.prefix, "reading {} taken task(s) failed; they are taken again when their leases run out: {}", named.len(), ErrorChain(&error));
-                        for (_, leased) in &named {
-                            self.unhold(split_receipt(leased).1);
+                let marked = if named.is_empty() {
+                    Vec::new()
+                } else {
+                    match self.mark(&named).await {
+                        Ok(marked) => marked,
+                        Err(error) => {
+                            // Their leases are no longer renewed and run out; a take tries again.
+                            tracing::error!(app = %self.keys.prefix, "reading {} taken task(s) failed; they are taken again when their leases run out: {}", named.len(), ErrorChain(&error));
+                            for task in &named {
+                                self.unhold(&task.member);
+                            }
+                            continue;
                         }
-                        continue;
                     }
                 };
-                let mut deliveries = Vec::with_capacity(taken.len());
-                for (member, recovered, token) in taken {
-                    let shown = String::from_utf8_lossy(&member).into_owned();
-                    let names_record = std::str::from_utf8(&member)
-                        .ok()
-                        .and_then(member_uuid)
-                        .is_some();
-                    let fields = if names_record {
-                        match marked.next() {
-                            Some(Marked::Run(fields)) => fields,
-                            Some(Marked::Missing) | None => Vec::new(),
-                            Some(Marked::Ended | Marked::Lost) => {
-                                self.unhold(&shown);
-                                continue;
-                            }
+                let mut deliveries = Vec::with_capacity(named.len());
+                for (task, marked) in named.into_iter().zip(marked) {
+                    let fields = match marked {
+                        Marked::Run(fields) => fields,
+                        Marked::Missing => Vec::new(),
+                        Marked::Ended | Marked::Lost => {
+                            self.unhold(&task.member);
+                            continue;
                         }
-                    } else {
-                        Vec::new()
                     };
-                    match self.deliver(member, fields, recovered == 1, token).await {
+                    let member = task.member.clone();
+                    match self.deliver(task, fields).await {
                         Ok(Some(delivery)) => deliveries.push(delivery),
                         Ok(None) => {}
                         Err(error) => {
-                            // This entry alone: its lease is no longer renewed and runs out,
+                            // This task alone: its lease is no longer renewed and runs out,
                             // then a take tries it again. The others of the batch go on.
-                            tracing::error!(app = %self.keys.prefix, "handing out `{shown}` failed; it is taken again when its lease runs out: {}", ErrorChain(&error));
-                            self.unhold(&shown);
+                            tracing::error!(app = %self.keys.prefix, "handing out `{member}` failed; it is taken again when its lease runs out: {}", ErrorChain(&error));
+                            self.unhold(&member);
                         }
                     }
                 }
