@@ -15,7 +15,7 @@
 //! - [`components`]: the other replaceable parts (global config, worker, starter, executor);
 //! - [`triggers`]: one payload type per trigger, and the partial updates replacing triggers
 //!   take;
-//! - [`inspect`], [`testing`].
+//! - [`inspect`], [`stats`], [`testing`].
 #![warn(missing_docs)]
 
 mod app;
@@ -36,6 +36,7 @@ mod panic;
 mod plugin;
 mod registry;
 mod signals;
+pub mod stats;
 mod sync;
 mod task;
 pub mod testing;

@@ -18,6 +18,7 @@ use super::wire::{
 use super::{Keys, RedisOptions, failure, scripts};
 use qtasks_core::BoxFuture;
 use qtasks_core::backend::{BackendError, Broker, CancelState, Delivery, ErrorChain, unix_now};
+use qtasks_core::stats::{DeadLetter, QueueStats};
 use qtasks_core::{Outcome, QueuedTask, TaskStatus};
 
 /// How many times a renewal is sent again when its connection drops.
@@ -97,6 +98,11 @@ impl Drop for HoldGuard<'_> {
     }
 }
 
+/// The stats field counting unsorted entries of a priority (see `scripts`).
+fn queued_field(priority: i64) -> String {
+    format!("queued:{priority}")
+}
+
 /// A delivery's receipt: its token, then its lease member (the token has a fixed length).
 fn receipt(token: &str, member: &str) -> String {
     format!("{token}{member}")
@@ -148,6 +154,8 @@ pub(crate) struct RedisBroker {
     held: Arc<Mutex<HashMap<String, String>>>,
     renewer: Mutex<Option<JoinHandle<()>>>,
     cancels: broadcast::Sender<(Uuid, String)>,
+    /// The server's URL without its password.
+    location: String,
 }
 
 impl RedisBroker {
@@ -157,6 +165,7 @@ impl RedisBroker {
         blocking: ConnectionManager,
         options: RedisOptions,
         cancels: broadcast::Sender<(Uuid, String)>,
+        location: String,
     ) -> Self {
         RedisBroker {
             keys,
@@ -171,6 +180,7 @@ impl RedisBroker {
             held: Arc::default(),
             renewer: Mutex::default(),
             cancels,
+            location,
         }
     }
 
@@ -193,6 +203,7 @@ impl RedisBroker {
                 .key(&self.keys.leases)
                 .key(&self.keys.recovered)
                 .key(&self.keys.delayed)
+                .key(&self.keys.stats)
                 .arg(self.lease_ms())
                 .arg(max.max(1))
                 .arg(token_prefix)
@@ -217,6 +228,7 @@ impl RedisBroker {
         let now = unix_now().to_string();
         let mark = || async {
             let mut invocation = self.mark.key(&self.keys.leases);
+            invocation.key(&self.keys.stats);
             for task in tasks {
                 invocation.key(self.keys.record(task.uuid));
             }
@@ -371,8 +383,10 @@ impl RedisBroker {
         let key = self.keys.record(uuid);
         pipe.cmd("EVAL")
             .arg(scripts::FAIL_IF_STORED)
-            .arg(1)
+            .arg(3)
             .arg(&key)
+            .arg(&self.keys.stats)
+            .arg(&self.keys.throughput)
             .arg(traceback)
             .arg(unix_now().to_string())
             .arg(
@@ -396,7 +410,8 @@ impl RedisBroker {
                 );
             }
             None => {
-                pipe.rpush(&self.keys.queue, queue_entry(task));
+                pipe.rpush(&self.keys.queue, queue_entry(task))
+                    .hincr(&self.keys.stats, queued_field(task.priority), 1);
             }
         }
     }
@@ -408,9 +423,10 @@ impl RedisBroker {
             return;
         };
         let script = Script::new(scripts::RELEASE_DELAYED);
-        let (delayed, queue, entry) = (
+        let (delayed, queue, stats, entry) = (
             self.keys.delayed.clone(),
             self.keys.queue.clone(),
+            self.keys.stats.clone(),
             queue_entry(task),
         );
         let mut con = self.commands.clone();
@@ -422,6 +438,7 @@ impl RedisBroker {
             let released: Result<i64, _> = script
                 .key(delayed)
                 .key(queue)
+                .key(stats)
                 .arg(entry)
                 .invoke_async(&mut con)
                 .await;
@@ -452,7 +469,10 @@ impl RedisBroker {
         outcome: &Outcome,
     ) -> Result<bool, redis::RedisError> {
         let mut invocation = self.finish.key(&self.keys.leases);
-        invocation.key(self.keys.record(delivery.task.uuid));
+        invocation
+            .key(self.keys.record(delivery.task.uuid))
+            .key(&self.keys.stats)
+            .key(&self.keys.throughput);
         let fields = outcome_fields(outcome, unix_now());
         let ttl_ms = self
             .options
@@ -490,6 +510,49 @@ impl RedisBroker {
 impl Broker for RedisBroker {
     fn name(&self) -> &str {
         "RedisBroker"
+    }
+
+    fn location(&self) -> Option<String> {
+        Some(self.location.clone())
+    }
+
+    fn stats(&self) -> BoxFuture<'_, Result<Option<QueueStats>, BackendError>> {
+        Box::pin(async move { crate::stats::read(&self.keys, &self.commands).await.map(Some) })
+    }
+
+    fn dead_letters(&self, limit: usize) -> BoxFuture<'_, Result<Vec<DeadLetter>, BackendError>> {
+        Box::pin(async move {
+            let mut con = self.commands.clone();
+            let raw: Vec<Vec<u8>> = redis::cmd("LRANGE")
+                .arg(&self.keys.dead)
+                .arg(0)
+                .arg(isize::try_from(limit).unwrap_or(isize::MAX).saturating_sub(1))
+                .query_async(&mut con)
+                .await
+                .map_err(|e| failure("reading the dead letters failed".to_owned(), e))?;
+            Ok(raw.into_iter().map(crate::stats::dead_letter).collect())
+        })
+    }
+
+    fn resolve_dead_letter<'a>(
+        &'a self,
+        letter: &'a DeadLetter,
+        requeue: bool,
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        Box::pin(async move {
+            let mut con = self.commands.clone();
+            let done: i64 = Script::new(scripts::RESOLVE_DEAD)
+                .key(&self.keys.dead)
+                .key(&self.keys.queue)
+                .key(&self.keys.stats)
+                .arg(&letter.id)
+                .arg(if requeue { "1" } else { "0" })
+                .arg(&letter.entry)
+                .invoke_async(&mut con)
+                .await
+                .map_err(|e| failure("resolving a dead letter failed".to_owned(), e))?;
+            Ok(done == 1)
+        })
     }
 
     fn start(&self) -> BoxFuture<'_, Result<(), BackendError>> {
@@ -793,6 +856,8 @@ impl Broker for RedisBroker {
                     &keys.leases,
                     &keys.dead,
                     &keys.recovered,
+                    &keys.stats,
+                    &keys.throughput,
                 ])
                 .exec_async(&mut con)
                 .await
@@ -815,6 +880,8 @@ impl Broker for RedisBroker {
             let found: String = Script::new(scripts::CANCEL)
                 .key(self.keys.record(uuid))
                 .key(&self.keys.delayed)
+                .key(&self.keys.stats)
+                .key(&self.keys.throughput)
                 .arg(&reason)
                 .arg(&self.keys.done_channel)
                 .arg(&self.keys.cancel_channel)

@@ -13,7 +13,8 @@ use super::storage::{is_transient, scan};
 const HEARTBEAT_RETRIES: usize = 3;
 use super::{Keys, failure, glob_escape};
 use qtasks_core::BoxFuture;
-use qtasks_core::backend::BackendError;
+use qtasks_core::backend::{BackendError, unix_now};
+use qtasks_core::stats::WorkerInfo;
 use qtasks_core::components::GlobalConfig;
 
 pub(crate) struct RedisGlobalConfig {
@@ -156,6 +157,79 @@ impl GlobalConfig for RedisGlobalConfig {
                 .when(is_transient)
                 .await
                 .map_err(|e| failure("clearing the worker heartbeat failed".to_owned(), e))
+        })
+    }
+
+    fn set_worker<'a>(
+        &'a self,
+        info: &'a WorkerInfo,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            let json = serde_json::to_string(info)
+                .map_err(|e| BackendError::new("redis", "encoding the worker's description failed").with_source(e))?;
+            let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1000);
+            let expires_ms = (unix_now() * 1000.0) as u64 + ttl_ms;
+            let mut con = self.commands.clone();
+            redis::pipe()
+                .cmd("SET")
+                .arg(self.keys.worker(&info.id))
+                .arg(json)
+                .arg("PX")
+                .arg(ttl_ms)
+                .ignore()
+                .zadd(&self.keys.workers, &info.id, expires_ms)
+                .ignore()
+                // Descriptions of workers that died without removing theirs.
+                .zrembyscore(&self.keys.workers, "-inf", (unix_now() * 1000.0) as u64)
+                .ignore()
+                .exec_async(&mut con)
+                .await
+                .map_err(|e| failure("writing the worker's description failed".to_owned(), e))
+        })
+    }
+
+    fn remove_worker<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            let mut con = self.commands.clone();
+            redis::pipe()
+                .del(self.keys.worker(id))
+                .ignore()
+                .zrem(&self.keys.workers, id)
+                .ignore()
+                .exec_async(&mut con)
+                .await
+                .map_err(|e| failure("removing the worker's description failed".to_owned(), e))
+        })
+    }
+
+    fn workers(&self) -> BoxFuture<'_, Result<Vec<WorkerInfo>, BackendError>> {
+        Box::pin(async move {
+            let mut con = self.commands.clone();
+            let now_ms = (unix_now() * 1000.0) as u64;
+            let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+                .arg(&self.keys.workers)
+                .arg(now_ms)
+                .arg("+inf")
+                .query_async(&mut con)
+                .await
+                .map_err(|e| failure("listing the workers failed".to_owned(), e))?;
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            let keys: Vec<String> = ids.iter().map(|id| self.keys.worker(id)).collect();
+            let described: Vec<Option<String>> = redis::cmd("MGET")
+                .arg(&keys)
+                .query_async(&mut con)
+                .await
+                .map_err(|e| failure("reading the workers failed".to_owned(), e))?;
+            let mut workers: Vec<WorkerInfo> = described
+                .into_iter()
+                .flatten()
+                .filter_map(|json| serde_json::from_str(&json).ok())
+                .collect();
+            workers.sort_by(|a, b| a.started_at.total_cmp(&b.started_at));
+            Ok(workers)
         })
     }
 

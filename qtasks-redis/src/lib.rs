@@ -30,6 +30,7 @@
 mod broker;
 mod global_config;
 mod scripts;
+mod stats;
 mod storage;
 mod wire;
 
@@ -225,6 +226,9 @@ pub(crate) struct Keys {
     cancel_channel: String,
     publishing: String,
     heartbeat: String,
+    stats: String,
+    throughput: String,
+    workers: String,
 }
 
 impl Keys {
@@ -243,7 +247,14 @@ impl Keys {
             cancel_channel: format!("{prefix}:qtasks:cancel"),
             heartbeat: format!("{prefix}:GlobalConfig:main"),
             publishing: format!("{prefix}:qtasks:publishing"),
+            stats: format!("{prefix}:qtasks:stats"),
+            throughput: format!("{prefix}:qtasks:throughput"),
+            workers: format!("{prefix}:qtasks:workers"),
         }
+    }
+
+    fn worker(&self, id: &str) -> String {
+        format!("{}:qtasks:worker:{id}", self.prefix)
     }
 
     fn record(&self, uuid: uuid::Uuid) -> String {
@@ -290,7 +301,14 @@ async fn connect_parts(
     )
     .await?;
     let global_config = RedisGlobalConfig::new(keys.clone(), commands.clone());
-    let broker = RedisBroker::new(keys, commands, blocking, options.clone(), cancels);
+    let broker = RedisBroker::new(
+        keys,
+        commands,
+        blocking,
+        options.clone(),
+        cancels,
+        shown.to_string(),
+    );
     Ok(BackendParts::new(
         Arc::new(broker),
         Arc::new(storage),

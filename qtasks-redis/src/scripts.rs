@@ -18,7 +18,48 @@
 //! - `N:qtasks:recovered` (SET): members taken back from a dead worker, until taken again.
 //! - `N:qtasks:delayed` (ZSET): entries that may run later (a retry's backoff); score = the
 //!   time they may run (ms, Redis clock).
+//! - `N:qtasks:dead` (LIST): dead letters, JSON `{"entry","reason","at"}`.
+//! - `N:qtasks:stats` (HASH): counters the scripts keep for `stats`: `success`, `error`,
+//!   `cancel`, `retry` (finished since the last flush), `queued:{priority}` (entries pushed
+//!   by Rust clients and not yet sorted into `ready`) and `cancelled:{priority}` (tasks
+//!   cancelled while they waited, still queued until a take drops them).
+//! - `N:qtasks:throughput` (HASH): tasks finished per second over the last minute, a ring of
+//!   64 fields `second % 64` → `second:count`.
+//! - `N:qtasks:workers` (ZSET) and `N:qtasks:worker:{id}` (STRING, JSON with a time to live):
+//!   the workers' descriptions; score = when the description expires (ms).
 //! - `N:{uuid}` (HASH): the task record, in Python QTasks' layout.
+
+/// The Lua functions the counting scripts share: `count_ended(stats, throughput, status)` adds
+/// one finished task to the status counters and to this second's throughput bucket;
+/// `unqueue(stats, entry)` takes a sorted entry off the unsorted-entries counter of its
+/// priority.
+macro_rules! counting {
+    () => {
+        r#"
+local function count_ended(stats, throughput, status)
+  redis.call('HINCRBY', stats, status, 1)
+  local sec = tonumber(redis.call('TIME')[1])
+  local slot = sec % 64
+  local n = 1
+  local current = redis.call('HGET', throughput, slot)
+  if current then
+    local at, count = string.match(current, '^(%d+):(%d+)$')
+    if tonumber(at) == sec then n = tonumber(count) + 1 end
+  end
+  redis.call('HSET', throughput, slot, sec .. ':' .. n)
+end
+local function unqueue(stats, entry)
+  local field = 'queued:' .. (tonumber(string.match(entry, ':(%-?%d+)$')) or 0)
+  local left = tonumber(redis.call('HGET', stats, field) or '0')
+  if left > 1 then
+    redis.call('HINCRBY', stats, field, -1)
+  elseif left == 1 then
+    redis.call('HDEL', stats, field)
+  end
+end
+"#
+    };
+}
 
 /// Takes up to `ARGV[2]` tasks: the first of the two steps of a take (then [`MARK`]).
 ///
@@ -26,7 +67,7 @@
 /// 2. Entries in `incoming` and `task_queue` move to `ready`.
 /// 3. The lowest (priority, seq) members are popped and leased, each under a new token.
 ///
-/// KEYS: task_queue, incoming, ready, seq, leases, recovered, delayed. ARGV: lease_ms, count,
+/// KEYS: task_queue, incoming, ready, seq, leases, recovered, delayed, stats. ARGV: lease_ms, count,
 /// token prefix (unique per call, 28 characters).
 /// Returns `{[member, recovered, token]..., next_due_ms}`: `recovered` is 1 for a task taken back
 /// from a dead worker; `next_due_ms` is when the next delayed task may run (or false).
@@ -36,7 +77,9 @@
 ///
 /// At most 1,000 pushed entries move to `ready` per call, so one call never holds Redis
 /// for a whole backlog; the rest move on the next calls.
-pub(super) const TAKE: &str = r#"
+pub(super) const TAKE: &str = concat!(
+    counting!(),
+    r#"
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
@@ -77,7 +120,10 @@ for _, list in ipairs({KEYS[2], KEYS[1]}) do
   while #entries < move_limit do
     local got = redis.call('LPOP', list, math.min(1000, move_limit - #entries))
     if not got then break end
-    for _, entry in ipairs(got) do entries[#entries + 1] = entry end
+    for _, entry in ipairs(got) do
+      entries[#entries + 1] = entry
+      unqueue(KEYS[8], entry)
+    end
   end
 end
 if #entries > 0 then
@@ -108,14 +154,15 @@ end
 if #leases > 0 then zadd_pairs(KEYS[5], leases) end
 local next_due = redis.call('ZRANGE', KEYS[7], 0, 0, 'WITHSCORES')
 return {out, next_due[2] or false}
-"#;
+"#
+);
 
 /// The second step of a take: for each leased task, reads the record fields the worker needs
 /// and marks it `process`, if the lease is still this take's. A record that is final already
 /// (cancelled while it waited, or finished by a worker whose lease had run out) is not run: its
 /// lease is dropped here.
 ///
-/// KEYS: leases, then one record key per task. ARGV: now (Unix seconds, for `updated_at`), the
+/// KEYS: leases, stats, then one record key per task. ARGV: now (Unix seconds, for `updated_at`), the
 /// task count `n`, the `n` lease members (token and member), then the record fields to return
 /// (`wire::TAKEN_FIELDS`, `status` first).
 /// Returns one reply per task: `{'run', fields}`, `{'missing'}` (no record), `{'ended'}` (final
@@ -127,7 +174,7 @@ local final = {success = true, error = true, cancel = true, retry = true}
 local out = {}
 for i = 1, n do
   local leased = ARGV[2 + i]
-  local key = KEYS[1 + i]
+  local key = KEYS[2 + i]
   if not redis.call('ZSCORE', KEYS[1], leased) then
     out[i] = {'lost'}
   else
@@ -136,6 +183,13 @@ for i = 1, n do
       out[i] = {'missing'}
     elseif final[fields[1]] then
       redis.call('ZREM', KEYS[1], leased)
+      if fields[1] == 'cancel' then
+        -- Cancelled while it waited: it was counted out of the waiting tasks then.
+        local field = 'cancelled:' .. (tonumber(string.match(leased, ':(%-?%d+)$')) or 0)
+        if tonumber(redis.call('HGET', KEYS[2], field) or '0') > 0 then
+          redis.call('HINCRBY', KEYS[2], field, -1)
+        end
+      end
       out[i] = {'ended'}
     else
       redis.call('HSET', key, 'status', 'process', 'updated_at', ARGV[1])
@@ -182,13 +236,15 @@ return #members
 /// waiters, in one step. Sent again after a lost reply, it finds the lease gone and the record
 /// final and answers "stored" without writing again (so a retry's next attempt is added once).
 ///
-/// KEYS: leases, record, then for a retry: the child's record, and the child's queue
-/// (`task_queue`, or `delayed` with a time). ARGV: lease member (token and member), ttl_ms (0:
+/// KEYS: leases, record, stats, throughput, then for a retry: the child's record, and the
+/// child's queue (`task_queue`, or `delayed` with a time). ARGV: lease member (token and member), ttl_ms (0:
 /// keep), done channel, uuid, field count, the fields and values, then for a retry: the child's
 /// field count, its fields and values, its queue entry and its due time in ms ('' to queue it
 /// now). Returns 1 stored, 2 ended already (a replay; nothing written), 0 refused (the lease is
 /// not this delivery's any more; nothing written).
-pub(super) const FINISH: &str = r#"
+pub(super) const FINISH: &str = concat!(
+    counting!(),
+    r#"
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then
   local status = redis.call('HGET', KEYS[2], 'status')
   if status == 'success' or status == 'error' or status == 'cancel' or status == 'retry' then
@@ -198,23 +254,28 @@ if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then
 end
 local n = tonumber(ARGV[5])
 redis.call('HSET', KEYS[2], unpack(ARGV, 6, 5 + 2 * n))
+for i = 6, 5 + 2 * n, 2 do
+  if ARGV[i] == 'status' then count_ended(KEYS[3], KEYS[4], ARGV[i + 1]) end
+end
 local next_arg = 6 + 2 * n
-if KEYS[3] then
+if KEYS[5] then
   local c = tonumber(ARGV[next_arg])
-  redis.call('HSET', KEYS[3], unpack(ARGV, next_arg + 1, next_arg + 2 * c))
+  redis.call('HSET', KEYS[5], unpack(ARGV, next_arg + 1, next_arg + 2 * c))
   local entry = ARGV[next_arg + 2 * c + 1]
   local due = ARGV[next_arg + 2 * c + 2]
   if due == '' then
-    redis.call('RPUSH', KEYS[4], entry)
+    redis.call('RPUSH', KEYS[6], entry)
+    redis.call('HINCRBY', KEYS[3], 'queued:' .. (tonumber(string.match(entry, ':(%-?%d+)$')) or 0), 1)
   else
-    redis.call('ZADD', KEYS[4], tonumber(due), entry)
+    redis.call('ZADD', KEYS[6], tonumber(due), entry)
   end
 end
 local ttl = tonumber(ARGV[2])
 if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
 redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1
-"#;
+"#
+);
 
 /// Extends the leases this worker still holds. Returns the lease members it lost (their lease
 /// ran out and was reclaimed; another worker may hold the task now): the worker stops those
@@ -234,10 +295,11 @@ return lost
 "#;
 
 /// Moves one delayed entry to `task_queue` if it is still delayed (so only one of the timer
-/// and a take script moves it). KEYS: delayed, task_queue. ARGV: entry.
+/// and a take script moves it). KEYS: delayed, task_queue, stats. ARGV: entry.
 pub(super) const RELEASE_DELAYED: &str = r#"
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
   redis.call('RPUSH', KEYS[2], ARGV[1])
+  redis.call('HINCRBY', KEYS[3], 'queued:' .. (tonumber(string.match(ARGV[1], ':(%-?%d+)$')) or 0), 1)
   return 1
 end
 return 0
@@ -246,9 +308,11 @@ return 0
 /// Cancels a task by its status at this moment, in one step (so no worker takes it in
 /// between): `new` becomes `cancel` (a take drops it; a delayed one leaves `delayed` at once)
 /// and its waiters are told; for `process` the workers are asked to stop it; any other status
-/// stays. KEYS: record, delayed. ARGV: reason, done channel, cancel channel, uuid, ttl_ms (0:
-/// keep). Returns the status found (`missing` for no record).
-pub(super) const CANCEL: &str = r#"
+/// stays. KEYS: record, delayed, stats, throughput. ARGV: reason, done channel, cancel
+/// channel, uuid, ttl_ms (0: keep). Returns the status found (`missing` for no record).
+pub(super) const CANCEL: &str = concat!(
+    counting!(),
+    r#"
 local found = redis.call('HMGET', KEYS[1], 'status', 'task_name', 'priority')
 local status = found[1]
 if not status then return 'missing' end
@@ -256,29 +320,43 @@ if status == 'new' then
   local t = redis.call('TIME')
   local now_s = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
   redis.call('HSET', KEYS[1], 'status', 'cancel', 'cancel_reason', ARGV[1], 'updated_at', now_s)
+  local was_delayed = 0
   if found[2] and found[3] then
-    redis.call('ZREM', KEYS[2], found[2] .. ':' .. ARGV[4] .. ':' .. found[3])
+    was_delayed = redis.call('ZREM', KEYS[2], found[2] .. ':' .. ARGV[4] .. ':' .. found[3])
+  end
+  if was_delayed == 0 then
+    -- Still in the queue until a take drops it; no longer waiting.
+    redis.call('HINCRBY', KEYS[3], 'cancelled:' .. (tonumber(found[3]) or 0), 1)
   end
   local ttl = tonumber(ARGV[5])
   if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
+  count_ended(KEYS[3], KEYS[4], 'cancel')
   redis.call('PUBLISH', ARGV[2], ARGV[4])
 elseif status == 'process' then
   redis.call('PUBLISH', ARGV[3], ARGV[4] .. ' ' .. ARGV[1])
 end
 return status
-"#;
+"#
+);
 
 /// Ends a record `error` with a reason if, and only if, it exists (an entry that cannot run
-/// names it), applies the retention and tells its waiters. KEYS: record. ARGV: traceback, now,
-/// ttl_ms (0: keep), done channel, uuid.
-pub(super) const FAIL_IF_STORED: &str = r#"
+/// names it), applies the retention and tells its waiters. KEYS: record, stats, throughput.
+/// ARGV: traceback, now, ttl_ms (0: keep), done channel, uuid.
+pub(super) const FAIL_IF_STORED: &str = concat!(
+    counting!(),
+    r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local before = redis.call('HGET', KEYS[1], 'status')
 redis.call('HSET', KEYS[1], 'status', 'error', 'traceback', ARGV[1], 'updated_at', ARGV[2])
+if before ~= 'success' and before ~= 'error' and before ~= 'cancel' and before ~= 'retry' then
+  count_ended(KEYS[2], KEYS[3], 'error')
+end
 local ttl = tonumber(ARGV[3])
 if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
 redis.call('PUBLISH', ARGV[4], ARGV[5])
 return 1
-"#;
+"#
+);
 
 /// Hands a delivery back without an outcome, if its token still holds the lease: the member
 /// returns to `ready` at its place (marked recovered) and the record to `new`, so any worker
@@ -291,6 +369,51 @@ redis.call('SADD', KEYS[3], ARGV[2])
 if redis.call('EXISTS', KEYS[4]) == 1 then
   local t = redis.call('TIME')
   redis.call('HSET', KEYS[4], 'status', 'new', 'updated_at', t[1] .. '.' .. string.format('%06d', tonumber(t[2])))
+end
+return 1
+"#;
+
+/// The queue's live numbers, from the structures and counters alone (nothing scanned; the
+/// walk over priorities is one step per distinct priority, at most 100).
+/// KEYS: ready, task_queue, incoming, delayed, leases, dead, stats, throughput.
+/// Returns `{waiting, delayed, running, dead, unsorted, counters, buckets, now, heads}`:
+/// `waiting` = `{priority, count, first member}...`; `unsorted` = entries pushed and not yet
+/// sorted into `ready`; `counters` = the stats hash (flat); `buckets` = the throughput ring
+/// (flat); `now` = Redis's Unix second; `heads` = the first entries of `incoming` and
+/// `task_queue` (or false).
+pub(super) const STATS: &str = r#"
+local waiting = {}
+local cursor = '-inf'
+while #waiting < 100 do
+  local first = redis.call('ZRANGEBYSCORE', KEYS[1], cursor, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+  if #first == 0 then break end
+  local p = first[2]
+  waiting[#waiting + 1] = {p, redis.call('ZCOUNT', KEYS[1], p, p), first[1]}
+  cursor = '(' .. p
+end
+local unsorted = redis.call('LLEN', KEYS[2]) + redis.call('LLEN', KEYS[3])
+local heads = {redis.call('LINDEX', KEYS[3], 0) or false, redis.call('LINDEX', KEYS[2], 0) or false}
+return {
+  waiting,
+  redis.call('ZCARD', KEYS[4]),
+  redis.call('ZCARD', KEYS[5]),
+  redis.call('LLEN', KEYS[6]),
+  unsorted,
+  redis.call('HGETALL', KEYS[7]),
+  redis.call('HGETALL', KEYS[8]),
+  tonumber(redis.call('TIME')[1]),
+  heads,
+}
+"#;
+
+/// Takes one dead letter out of the list (by its exact JSON): queued again when ARGV[2] is
+/// `1`, else dropped. KEYS: dead, task_queue, stats. ARGV: the letter's JSON, requeue, the
+/// entry. Returns 1, or 0 when no such letter is there.
+pub(super) const RESOLVE_DEAD: &str = r#"
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+if ARGV[2] == '1' then
+  redis.call('RPUSH', KEYS[2], ARGV[3])
+  redis.call('HINCRBY', KEYS[3], 'queued:' .. (tonumber(string.match(ARGV[3], ':(%-?%d+)$')) or 0), 1)
 end
 return 1
 "#;

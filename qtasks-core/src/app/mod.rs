@@ -5,6 +5,7 @@
 //! - [`cancel`]: cancelling a task, and the bookkeeping of this process's cancellable tasks;
 //! - [`running`]: starting and stopping the app and its worker (`start`, `stop`,
 //!   `run_forever`), `ping` and `inspect`;
+//! - [`observe`]: live stats, this process's worker counters and dead letters;
 //! - [`config`]: the app's [`QueueConfig`] and the shared global config entries;
 //! - [`plugins`]: runtime plugins and events;
 //! - [`dependencies`]: what `Depends<T>` and `State<T>` task parameters receive.
@@ -12,6 +13,7 @@
 mod cancel;
 mod config;
 mod dependencies;
+mod observe;
 mod plugins;
 mod running;
 mod tasks;
@@ -82,6 +84,12 @@ pub(crate) struct Inner {
 pub(crate) struct Counters {
     /// Outcomes the broker refused: the worker had stalled past its lease.
     pub(crate) refused_outcomes: std::sync::atomic::AtomicU64,
+    /// Tasks run to an outcome (stored or not).
+    pub(crate) processed: std::sync::atomic::AtomicU64,
+    /// Tasks running now.
+    pub(crate) running: std::sync::atomic::AtomicU64,
+    /// Tasks interrupted by a stop and handed back to the queue.
+    pub(crate) handed_back: std::sync::atomic::AtomicU64,
 }
 
 /// What a started app holds until it stops.
@@ -90,6 +98,8 @@ pub(crate) struct Running {
     pub(crate) worker: JoinHandle<()>,
     pub(crate) heartbeat: JoinHandle<()>,
     pub(crate) plugins: Vec<RuntimePlugin>,
+    /// The id this worker is listed under (see `stats`).
+    pub(crate) worker_id: String,
 }
 
 /// The parts an app is built from (see [`AppBuilder`]).

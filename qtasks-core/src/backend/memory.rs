@@ -13,6 +13,7 @@ use uuid::Uuid;
 use super::{BackendError, Broker, Delivery, ItemsRead, Storage};
 use super::{CancelState, unix_now};
 use crate::plugin::BoxFuture;
+use crate::stats::{FinishedCounts, QueueStats, ThroughputWindow};
 use crate::sync::MutexExt;
 use crate::task::Outcome;
 use crate::triggers::RecordUpdate;
@@ -221,6 +222,9 @@ impl Broker for MemoryBroker {
             slot.record.updated_at = unix_now();
         });
         if result.is_ok() {
+            let mut tally = lock(&self.storage.tally);
+            tally.running = tally.running.saturating_sub(1);
+            drop(tally);
             let mut task = delivery.task.clone();
             task.run_at = None;
             self.enqueue(task);
@@ -237,6 +241,41 @@ impl Broker for MemoryBroker {
         // it is marked `process` (and `start` leaves it out), or found running.
         let state = self.storage.cancel_if_waiting(uuid, reason);
         Box::pin(async move { Ok(Some(state)) })
+    }
+
+    fn stats(&self) -> BoxFuture<'_, Result<Option<QueueStats>, BackendError>> {
+        let now = unix_now();
+        let mut stats = QueueStats::default();
+        {
+            let queue = lock(&self.queue);
+            for (priority, line) in &queue.ready {
+                if !line.is_empty() {
+                    stats.waiting.insert(*priority, line.len() as u64);
+                }
+            }
+            stats.delayed = queue.delayed.len() as u64;
+            // Each line is FIFO, so the oldest waiting task is at the front of one of them.
+            stats.oldest_waiting_secs = queue
+                .ready
+                .values()
+                .filter_map(|line| line.front())
+                .map(|task| task.created_at)
+                .min_by(f64::total_cmp)
+                .map(|created_at| (now - created_at).max(0.0));
+        }
+        {
+            let tally = lock(&self.storage.tally);
+            for (priority, cancelled) in &tally.cancelled_in_queue {
+                if let Some(waiting) = stats.waiting.get_mut(priority) {
+                    *waiting = waiting.saturating_sub(*cancelled);
+                }
+            }
+            stats.waiting.retain(|_, waiting| *waiting > 0);
+            stats.running = tally.running;
+            stats.finished = tally.finished;
+            stats.finished_last_minute = tally.throughput.last_minute(now as u64);
+        }
+        Box::pin(async move { Ok(Some(stats)) })
     }
 
     fn flush_all(&self) -> BoxFuture<'_, Result<(), BackendError>> {
@@ -285,6 +324,26 @@ pub struct MemoryStorage {
     /// Finished records by the time they expire, oldest first (one TTL for all, so pushing at
     /// the back keeps the order). Locked after `slots`, never before.
     expiries: Mutex<VecDeque<(std::time::Instant, Uuid)>>,
+    /// The counters `stats` reads, kept as tasks start and end. Locked after `slots`.
+    tally: Mutex<Tally>,
+}
+
+/// What the write path counts for [`Broker::stats`].
+#[derive(Default)]
+struct Tally {
+    running: u64,
+    /// Tasks cancelled while they waited, by priority: still in the queue (a take drops them)
+    /// but no longer waiting.
+    cancelled_in_queue: BTreeMap<i64, u64>,
+    finished: FinishedCounts,
+    throughput: ThroughputWindow,
+}
+
+impl Tally {
+    fn ended(&mut self, status: TaskStatus) {
+        self.finished.count(status);
+        self.throughput.record(unix_now() as u64, 1);
+    }
 }
 
 impl Default for MemoryStorage {
@@ -333,6 +392,7 @@ impl MemoryStorage {
             slots: Mutex::default(),
             result_ttl,
             expiries: Mutex::default(),
+            tally: Mutex::default(),
         }
     }
 
@@ -393,7 +453,7 @@ impl MemoryStorage {
     fn start(&self, tasks: Vec<QueuedTask>) -> Vec<QueuedTask> {
         let now = unix_now();
         let mut slots = lock(&self.slots);
-        tasks
+        let started: Vec<QueuedTask> = tasks
             .into_iter()
             .filter(|task| {
                 let Some(slot) = slots.get_mut(&task.uuid) else {
@@ -401,6 +461,10 @@ impl MemoryStorage {
                     return false;
                 };
                 if slot.record.status == TaskStatus::Cancel {
+                    let mut tally = lock(&self.tally);
+                    if let Some(count) = tally.cancelled_in_queue.get_mut(&task.priority) {
+                        *count = count.saturating_sub(1);
+                    }
                     return false;
                 }
                 slot.record.status = TaskStatus::Process;
@@ -408,7 +472,9 @@ impl MemoryStorage {
                 slot.wake_waiters();
                 true
             })
-            .collect()
+            .collect();
+        lock(&self.tally).running += started.len() as u64;
+        started
     }
 
     /// `new` → `cancel`; otherwise reports the status, all under one lock.
@@ -423,7 +489,11 @@ impl MemoryStorage {
                 slot.record.cancel_reason = Some(reason.to_owned());
                 slot.record.updated_at = unix_now();
                 slot.wake_waiters();
+                let priority = slot.record.priority;
                 self.retain(&mut slots, Some(uuid));
+                let mut tally = lock(&self.tally);
+                tally.ended(TaskStatus::Cancel);
+                *tally.cancelled_in_queue.entry(priority).or_default() += 1;
                 CancelState::Cancelled
             }
             TaskStatus::Process => CancelState::Running,
@@ -432,6 +502,11 @@ impl MemoryStorage {
     }
 
     fn finish(&self, uuid: Uuid, outcome: Outcome) -> Result<(), BackendError> {
+        {
+            let mut tally = lock(&self.tally);
+            tally.running = tally.running.saturating_sub(1);
+            tally.ended(outcome.status());
+        }
         self.change(uuid, |slot| {
             let record = &mut slot.record;
             record.updated_at = unix_now();
@@ -579,6 +654,7 @@ impl Storage for MemoryStorage {
 
     fn flush_all(&self) -> BoxFuture<'_, Result<(), BackendError>> {
         lock(&self.slots).clear();
+        *lock(&self.tally) = Tally::default();
         Box::pin(async { Ok(()) })
     }
 }

@@ -29,6 +29,7 @@ pub use crate::error::ErrorChain;
 
 use crate::components::GlobalConfig;
 use crate::plugin::{BoxError, BoxFuture};
+use crate::stats::{DeadLetter, QueueStats};
 use crate::task::Outcome;
 use crate::triggers::RecordUpdate;
 use crate::{QueueConfig, QueuedTask, TaskRecord};
@@ -247,6 +248,12 @@ pub trait Broker: Send + Sync + 'static {
         std::any::type_name::<Self>()
     }
 
+    /// Where the queue lives, for logs and the command line (a server URL without its
+    /// password); `None` (the default) for a queue inside this process.
+    fn location(&self) -> Option<String> {
+        None
+    }
+
     /// Starts background work (for example lease renewal). Called when a worker starts.
     fn start(&self) -> BoxFuture<'_, Result<(), BackendError>> {
         Box::pin(async { Ok(()) })
@@ -334,6 +341,33 @@ pub trait Broker: Send + Sync + 'static {
     /// Live workers keep theirs. Brokers without leases have nothing to put back.
     fn requeue_taken(&self) -> BoxFuture<'_, Result<usize, BackendError>> {
         Box::pin(async { Ok(0) })
+    }
+
+    /// The queue's live numbers (waiting per priority, running, finished counts, throughput,
+    /// the oldest waiting task, dead letters), read from counters the write path keeps: cheap
+    /// enough to call every second on any queue length. `None` (the default): this broker
+    /// keeps no stats.
+    fn stats(&self) -> BoxFuture<'_, Result<Option<QueueStats>, BackendError>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    /// Up to `limit` dead letters (entries that could not run), oldest first. The default: a
+    /// broker that sets nothing aside has none.
+    fn dead_letters(&self, limit: usize) -> BoxFuture<'_, Result<Vec<DeadLetter>, BackendError>> {
+        let _ = limit;
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    /// Takes one dead letter out of the dead letters: queued again as it was when `requeue`
+    /// (for an entry that failed for a reason since fixed), else dropped. `false`: no such
+    /// letter (another operator resolved it first).
+    fn resolve_dead_letter<'a>(
+        &'a self,
+        letter: &'a DeadLetter,
+        requeue: bool,
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        let _ = (letter, requeue);
+        Box::pin(async { Ok(false) })
     }
 }
 

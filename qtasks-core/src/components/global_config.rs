@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use super::GlobalConfig;
 use crate::backend::BackendError;
 use crate::plugin::BoxFuture;
+use crate::stats::WorkerInfo;
 
 /// Entries and heartbeat in memory.
 #[derive(Debug, Default)]
@@ -19,6 +20,8 @@ pub struct MemoryGlobalConfig {
 struct State {
     entries: BTreeMap<String, BTreeMap<String, String>>,
     heartbeat_until: Option<Instant>,
+    /// Worker descriptions by id, with when each expires.
+    workers: BTreeMap<String, (WorkerInfo, Instant)>,
 }
 
 impl MemoryGlobalConfig {
@@ -96,6 +99,32 @@ impl GlobalConfig for MemoryGlobalConfig {
     fn clear_status(&self) -> BoxFuture<'_, Result<(), BackendError>> {
         self.state().heartbeat_until = None;
         Box::pin(async { Ok(()) })
+    }
+
+    fn set_worker<'a>(
+        &'a self,
+        info: &'a WorkerInfo,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
+        self.state()
+            .workers
+            .insert(info.id.clone(), (info.clone(), Instant::now() + ttl));
+        Box::pin(async { Ok(()) })
+    }
+
+    fn remove_worker<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {
+        self.state().workers.remove(id);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn workers(&self) -> BoxFuture<'_, Result<Vec<WorkerInfo>, BackendError>> {
+        let now = Instant::now();
+        let mut state = self.state();
+        state.workers.retain(|_, (_, until)| *until > now);
+        let mut workers: Vec<WorkerInfo> =
+            state.workers.values().map(|(info, _)| info.clone()).collect();
+        workers.sort_by(|a, b| a.started_at.total_cmp(&b.started_at));
+        Box::pin(async move { Ok(workers) })
     }
 
     fn status(&self) -> BoxFuture<'_, Result<bool, BackendError>> {

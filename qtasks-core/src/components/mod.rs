@@ -23,6 +23,7 @@ pub use crate::executor::TaskExecutor;
 use crate::Result;
 use crate::backend::{BackendError, Broker, Storage};
 use crate::plugin::BoxFuture;
+use crate::stats::WorkerInfo;
 use crate::task::Outcome;
 
 /// Shared settings and the worker heartbeat (the original's `GlobalConfig`).
@@ -71,6 +72,28 @@ pub trait GlobalConfig: Send + Sync + 'static {
     fn clear_status(&self) -> BoxFuture<'_, Result<(), BackendError>>;
     /// Whether a worker heartbeat is alive.
     fn status(&self) -> BoxFuture<'_, Result<bool, BackendError>>;
+
+    /// Writes this worker's description (refreshed with every heartbeat), alive for `ttl`
+    /// unless written again. The default keeps nothing: the worker is then not listed.
+    fn set_worker<'a>(
+        &'a self,
+        info: &'a WorkerInfo,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
+        let _ = (info, ttl);
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Removes a stopped worker's description.
+    fn remove_worker<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {
+        let _ = id;
+        Box::pin(async { Ok(()) })
+    }
+
+    /// The workers whose description is alive, oldest first.
+    fn workers(&self) -> BoxFuture<'_, Result<Vec<WorkerInfo>, BackendError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
 }
 
 /// Takes tasks and runs them. The default is [`ConcurrentWorker`].

@@ -5,6 +5,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::{Starter, WorkerHost};
+use crate::stats::WorkerInfo;
 use crate::app::Running;
 use crate::backend::BackendError;
 use crate::dispatch::RuntimePlugin;
@@ -132,8 +133,18 @@ impl StartSteps<'_> {
         broker.start().await?;
 
         let (shutdown, stop_requested) = watch::channel(false);
-        beat(app).await;
-        let heartbeat = tokio::spawn(heartbeat(app.clone(), stop_requested.clone()));
+        let identity = WorkerIdentity::new();
+        let worker_id = identity.id.clone();
+        beat(app, &identity).await;
+        tracing::info!(
+            app = app.name(),
+            worker = %worker_id,
+            tasks = tasks.definitions().len(),
+            concurrency = app.config().max_tasks_process.max(1),
+            backend = %inner.broker.location().unwrap_or_else(|| inner.broker.name().to_owned()),
+            "worker starting"
+        );
+        let heartbeat = tokio::spawn(heartbeat(app.clone(), identity, stop_requested.clone()));
         dispatch.fire(&WorkerStart { worker }).await;
         if let Some(mut requests) = broker.cancel_requests() {
             let app = app.clone();
@@ -165,12 +176,58 @@ impl StartSteps<'_> {
             worker: worker_task,
             heartbeat,
             plugins,
+            worker_id,
         })
     }
 }
 
-/// Writes the worker heartbeat once.
-async fn beat(app: &QueueTasks) {
+/// Who this worker is, for the description it writes with each heartbeat.
+struct WorkerIdentity {
+    id: String,
+    host: String,
+    started_at: f64,
+}
+
+impl WorkerIdentity {
+    fn new() -> Self {
+        let host = host_name();
+        let pid = std::process::id();
+        let nonce = &uuid::Uuid::new_v4().simple().to_string()[..8];
+        WorkerIdentity {
+            id: format!("{host}:{pid}:{nonce}"),
+            host,
+            started_at: crate::backend::unix_now(),
+        }
+    }
+
+    fn describe(&self, app: &QueueTasks) -> WorkerInfo {
+        WorkerInfo {
+            id: self.id.clone(),
+            host: self.host.clone(),
+            pid: std::process::id(),
+            started_at: self.started_at,
+            concurrency: app.config().max_tasks_process.max(1),
+            running: app.running_count(),
+            processed: app.processed(),
+            heartbeat_at: crate::backend::unix_now(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        }
+    }
+}
+
+/// The machine's name, for the workers list (no dependency: the kernel's or the shell's).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .or_else(|| std::env::var("COMPUTERNAME").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// Writes the worker heartbeat and this worker's description once.
+async fn beat(app: &QueueTasks, identity: &WorkerIdentity) {
     let global_config = &*app.inner.global_config;
     app.dispatch()
         .fire(&GlobalConfigSetStatus { global_config })
@@ -179,10 +236,20 @@ async fn beat(app: &QueueTasks) {
     if let Err(error) = global_config.set_status(ttl).await {
         tracing::warn!(app = %app.name(), "the worker heartbeat failed: {}", crate::backend::ErrorChain(&error));
     }
+    if let Err(error) = global_config
+        .set_worker(&identity.describe(app), ttl)
+        .await
+    {
+        tracing::warn!(app = %app.name(), "writing the worker's description failed: {}", crate::backend::ErrorChain(&error));
+    }
 }
 
 /// Refreshes the worker heartbeat until the app stops (the first beat is written at start).
-async fn heartbeat(app: QueueTasks, mut stop_requested: watch::Receiver<bool>) {
+async fn heartbeat(
+    app: QueueTasks,
+    identity: WorkerIdentity,
+    mut stop_requested: watch::Receiver<bool>,
+) {
     loop {
         let every = Duration::from_secs(app.config().global_config_status_set_periodic.max(1));
         let stopped = tokio::time::timeout(every, stop_requested.wait_for(|stop| *stop))
@@ -191,7 +258,7 @@ async fn heartbeat(app: QueueTasks, mut stop_requested: watch::Receiver<bool>) {
         if stopped {
             return;
         }
-        beat(&app).await;
+        beat(&app, &identity).await;
     }
 }
 
@@ -285,6 +352,15 @@ impl StopSteps<'_> {
         note(broker.stop().await);
         running.heartbeat.abort();
         note(global_config.clear_status().await);
+        note(global_config.remove_worker(&running.worker_id).await);
+        tracing::info!(
+            app = app.name(),
+            worker = %running.worker_id,
+            finished = app.processed() - app.handed_back(),
+            handed_back = app.handed_back(),
+            refused = app.refused_outcomes(),
+            "worker stopped"
+        );
         dispatch.fire(&GlobalConfigStop { global_config }).await;
         note(global_config.stop().await);
         dispatch.fire(&StorageStop { storage }).await;

@@ -167,7 +167,22 @@ impl WorkerHost {
 
     /// Runs one delivered task to its end and stores the outcome, with all its triggers and
     /// events. Never panics on the task's or a plugin's account.
-    pub async fn execute(&self, mut delivery: Delivery) {
+    pub async fn execute(&self, delivery: Delivery) {
+        /// Counts the run out when it ends, however it ends (a dropped future too).
+        struct Counted<'a>(&'a crate::app::Counters);
+        impl Drop for Counted<'_> {
+            fn drop(&mut self) {
+                self.0.running.fetch_sub(1, Ordering::Relaxed);
+                self.0.processed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let counters = &self.app().inner.counters;
+        counters.running.fetch_add(1, Ordering::Relaxed);
+        let _counted = Counted(counters);
+        self.execute_counted(delivery).await;
+    }
+
+    async fn execute_counted(&self, mut delivery: Delivery) {
         let app = self.app();
         let dispatch = app.dispatch();
         let (broker, storage, worker) =
@@ -188,6 +203,7 @@ impl WorkerHost {
         };
         if matches!(&outcome, Outcome::Cancel(reason) if reason == crate::app::INTERRUPTED) {
             // Interrupted by a stop that could not wait: no outcome; the task waits again.
+            app.inner.counters.handed_back.fetch_add(1, Ordering::Relaxed);
             if let Err(error) = broker.release(&delivery).await {
                 tracing::error!(uuid = %uuid, "handing task {uuid} back failed (it is taken again when its lease runs out): {}", crate::backend::ErrorChain(&error));
             }
@@ -458,10 +474,10 @@ impl Worker for ConcurrentWorker {
         Box::pin(async move {
             let limit = host.concurrency();
             let slots = Arc::new(Semaphore::new(limit));
-            tracing::info!(
+            tracing::debug!(
                 app = host.app().name(),
                 concurrency = limit,
-                "worker started"
+                "worker loop started"
             );
             host.running(0).await;
             loop {
@@ -496,7 +512,7 @@ impl Worker for ConcurrentWorker {
             let all = u32::try_from(limit).unwrap_or(u32::MAX);
             let _all_slots = slots.acquire_many(all).await;
             host.stopping(0).await;
-            tracing::info!(app = host.app().name(), "worker stopped");
+            tracing::debug!(app = host.app().name(), "worker loop stopped");
         })
     }
 }

@@ -1,0 +1,184 @@
+//! Live stats on Redis: one script reads the queue's structures and the counters the other
+//! scripts keep (`scripts::STATS`), one more call reads the oldest waiting task's age. Nothing
+//! is scanned, so it costs the same on an empty queue and on a million tasks.
+
+use std::collections::HashMap;
+
+use redis::Script;
+use redis::aio::ConnectionManager;
+
+use super::wire::parse_entry;
+use super::{Keys, failure, scripts};
+use qtasks_core::backend::{BackendError, unix_now};
+use qtasks_core::stats::{DeadLetter, QueueStats};
+
+/// One distinct priority of `ready`: the priority (a score, as text), how many, its first
+/// member.
+type PriorityRun = (String, u64, String);
+
+/// What the stats script returns (see `scripts::STATS`).
+type Raw = (
+    Vec<PriorityRun>,
+    u64,
+    u64,
+    u64,
+    u64,
+    HashMap<String, String>,
+    HashMap<String, String>,
+    u64,
+    Vec<Option<String>>,
+);
+
+/// Reads the queue's numbers.
+pub(crate) async fn read(
+    keys: &Keys,
+    commands: &ConnectionManager,
+) -> Result<QueueStats, BackendError> {
+    let mut con = commands.clone();
+    let (runs, delayed, running, dead, unsorted, counters, buckets, now, heads): Raw =
+        Script::new(scripts::STATS)
+            .key(&keys.ready)
+            .key(&keys.queue)
+            .key(&keys.incoming)
+            .key(&keys.delayed)
+            .key(&keys.leases)
+            .key(&keys.dead)
+            .key(&keys.stats)
+            .key(&keys.throughput)
+            .invoke_async(&mut con)
+            .await
+            .map_err(|e| failure("reading the queue's stats failed".to_owned(), e))?;
+
+    let mut stats = QueueStats::default();
+    stats.delayed = delayed;
+    stats.running = running;
+    stats.dead_letters = dead;
+    for (priority, count, _) in &runs {
+        let priority = priority.parse::<f64>().map_or(0, |p| p as i64);
+        *stats.waiting.entry(priority).or_default() += count;
+    }
+    add_unsorted(&mut stats, unsorted, &counters);
+    // Tasks cancelled while they waited stay queued until a take drops them: not waiting.
+    for (field, count) in &counters {
+        let Some(priority) = field.strip_prefix("cancelled:") else {
+            continue;
+        };
+        let (Ok(priority), Ok(count)) = (priority.parse::<i64>(), count.parse::<u64>()) else {
+            continue;
+        };
+        if let Some(waiting) = stats.waiting.get_mut(&priority) {
+            *waiting = waiting.saturating_sub(count);
+        }
+    }
+    stats.waiting.retain(|_, waiting| *waiting > 0);
+    let count = |status: &str| counters.get(status).and_then(|n| n.parse().ok());
+    stats.finished.success = count("success").unwrap_or(0);
+    stats.finished.error = count("error").unwrap_or(0);
+    stats.finished.cancel = count("cancel").unwrap_or(0);
+    stats.finished.retry = count("retry").unwrap_or(0);
+    stats.finished_last_minute = buckets
+        .values()
+        .filter_map(|bucket| {
+            let (at, count) = bucket.split_once(':')?;
+            let at: u64 = at.parse().ok()?;
+            (at + 60 > now && at <= now).then(|| count.parse::<u64>().ok())?
+        })
+        .sum();
+
+    // The oldest waiting task: the first in arrival order among the priorities' first members
+    // (members start with their zero-padded arrival number), else the head of the unsorted
+    // lists. Its record says when it was created.
+    let oldest_entry = runs
+        .iter()
+        .map(|(_, _, member)| member.as_str())
+        .min()
+        .map(|member| member.split_once('|').map_or(member, |(_, entry)| entry))
+        .or_else(|| heads.iter().flatten().map(String::as_str).next());
+    if let Some(Ok((_, uuid, _))) = oldest_entry.map(parse_entry) {
+        let created_at: Option<f64> = redis::cmd("HGET")
+            .arg(keys.record(uuid))
+            .arg("created_at")
+            .query_async(&mut con)
+            .await
+            .map_err(|e| failure("reading the oldest waiting task failed".to_owned(), e))?;
+        stats.oldest_waiting_secs = created_at.map(|at| (unix_now() - at).max(0.0));
+    }
+    Ok(stats)
+}
+
+/// Entries pushed and not yet sorted into `ready` count under the priority their client
+/// pushed them with (Rust clients keep a counter per priority); entries whose client keeps no
+/// counter (Python clients) count under priority 0, the original's default, until a worker
+/// sorts them.
+fn add_unsorted(stats: &mut QueueStats, unsorted: u64, counters: &HashMap<String, String>) {
+    let mut left = unsorted;
+    let mut counted: Vec<(i64, u64)> = counters
+        .iter()
+        .filter_map(|(field, count)| {
+            let priority = field.strip_prefix("queued:")?.parse().ok()?;
+            Some((priority, count.parse().ok()?))
+        })
+        .collect();
+    counted.sort_unstable();
+    for (priority, count) in counted {
+        let count = count.min(left);
+        if count > 0 {
+            *stats.waiting.entry(priority).or_default() += count;
+            left -= count;
+        }
+    }
+    if left > 0 {
+        *stats.waiting.entry(0).or_default() += left;
+    }
+}
+
+/// A dead letter as stored (`{"entry","reason","at"}`); its exact bytes are its id.
+pub(crate) fn dead_letter(raw: Vec<u8>) -> DeadLetter {
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let parsed: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    let field = |name: &str| parsed.get(name).and_then(|v| v.as_str()).unwrap_or("");
+    let entry = match parsed.get("entry") {
+        Some(serde_json::Value::String(entry)) => entry.clone(),
+        Some(other) => other.to_string(),
+        None => text.clone(),
+    };
+    DeadLetter::new(
+        text.clone(),
+        entry,
+        field("reason"),
+        parsed.get("at").and_then(|v| v.as_f64()).unwrap_or(0.0),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsorted_entries_count_under_their_priority_and_the_rest_under_zero() {
+        let mut stats = QueueStats::default();
+        let counters = HashMap::from([
+            ("queued:5".to_owned(), "2".to_owned()),
+            ("queued:-1".to_owned(), "1".to_owned()),
+            ("success".to_owned(), "9".to_owned()),
+        ]);
+        add_unsorted(&mut stats, 5, &counters);
+        assert_eq!(stats.waiting.get(&-1), Some(&1));
+        assert_eq!(stats.waiting.get(&5), Some(&2));
+        assert_eq!(stats.waiting.get(&0), Some(&2));
+        // Counters ahead of the lists (a Python worker sorted some) never count twice.
+        let mut stats = QueueStats::default();
+        add_unsorted(&mut stats, 1, &counters);
+        assert_eq!(stats.waiting_total(), 1);
+    }
+
+    #[test]
+    fn a_dead_letter_keeps_its_stored_bytes_as_its_id() {
+        let raw = br#"{"entry":"bad:entry","reason":"no uuid","at":12.5}"#.to_vec();
+        let letter = dead_letter(raw.clone());
+        assert_eq!(letter.id.as_bytes(), &raw[..]);
+        assert_eq!(letter.entry, "bad:entry");
+        assert_eq!(letter.reason, "no uuid");
+        assert_eq!(letter.at, 12.5);
+    }
+}
