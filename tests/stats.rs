@@ -40,7 +40,12 @@ async fn stats_fails() -> TaskResult<()> {
 async fn stats_when(app: &QueueTasks, ready: impl Fn(&QueueStats) -> bool) -> QueueStats {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let queue = app.stats().await.unwrap().queue.expect("the broker keeps stats");
+        let queue = app
+            .stats()
+            .await
+            .unwrap()
+            .queue
+            .expect("the broker keeps stats");
         if ready(&queue) {
             return queue;
         }

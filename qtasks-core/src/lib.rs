@@ -60,7 +60,7 @@ pub use context::TaskContext;
 pub use deps::{DependencyScope, Depends, State};
 pub use task::{
     Outcome, QueuedTask, RetryBackoff, TaskDefinition, TaskHandle, TaskParam, TaskRecord,
-    TaskStatus,
+    TaskStatus, UnknownStatus,
 };
 pub use uuid::Uuid;
 

@@ -59,6 +59,35 @@ impl fmt::Display for TaskStatus {
     }
 }
 
+/// A status name that is not one of the six.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "`{0}` is not a task status; the statuses are new, process, success, error, cancel and retry"
+)]
+pub struct UnknownStatus(pub String);
+
+impl std::str::FromStr for TaskStatus {
+    type Err = UnknownStatus;
+
+    /// The status of a wire name.
+    ///
+    /// ```
+    /// assert_eq!("error".parse::<qtasks::TaskStatus>(), Ok(qtasks::TaskStatus::Error));
+    /// assert!("failed".parse::<qtasks::TaskStatus>().is_err());
+    /// ```
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        Ok(match name {
+            "new" => TaskStatus::New,
+            "process" => TaskStatus::Process,
+            "success" => TaskStatus::Success,
+            "error" => TaskStatus::Error,
+            "cancel" => TaskStatus::Cancel,
+            "retry" => TaskStatus::Retry,
+            other => return Err(UnknownStatus(other.to_owned())),
+        })
+    }
+}
+
 /// The wait before a retry: `delay` seconds, doubling with each retry when `exponential`
 /// (with jitter: a random part of up to half of it is taken off, so retries of many tasks do not
 /// arrive together).

@@ -410,8 +410,11 @@ impl RedisBroker {
                 );
             }
             None => {
-                pipe.rpush(&self.keys.queue, queue_entry(task))
-                    .hincr(&self.keys.stats, queued_field(task.priority), 1);
+                pipe.rpush(&self.keys.queue, queue_entry(task)).hincr(
+                    &self.keys.stats,
+                    queued_field(task.priority),
+                    1,
+                );
             }
         }
     }
@@ -517,7 +520,11 @@ impl Broker for RedisBroker {
     }
 
     fn stats(&self) -> BoxFuture<'_, Result<Option<QueueStats>, BackendError>> {
-        Box::pin(async move { crate::stats::read(&self.keys, &self.commands).await.map(Some) })
+        Box::pin(async move {
+            crate::stats::read(&self.keys, &self.commands)
+                .await
+                .map(Some)
+        })
     }
 
     fn dead_letters(&self, limit: usize) -> BoxFuture<'_, Result<Vec<DeadLetter>, BackendError>> {
@@ -526,7 +533,11 @@ impl Broker for RedisBroker {
             let raw: Vec<Vec<u8>> = redis::cmd("LRANGE")
                 .arg(&self.keys.dead)
                 .arg(0)
-                .arg(isize::try_from(limit).unwrap_or(isize::MAX).saturating_sub(1))
+                .arg(
+                    isize::try_from(limit)
+                        .unwrap_or(isize::MAX)
+                        .saturating_sub(1),
+                )
                 .query_async(&mut con)
                 .await
                 .map_err(|e| failure("reading the dead letters failed".to_owned(), e))?;

@@ -14,8 +14,8 @@ const HEARTBEAT_RETRIES: usize = 3;
 use super::{Keys, failure, glob_escape};
 use qtasks_core::BoxFuture;
 use qtasks_core::backend::{BackendError, unix_now};
-use qtasks_core::stats::WorkerInfo;
 use qtasks_core::components::GlobalConfig;
+use qtasks_core::stats::WorkerInfo;
 
 pub(crate) struct RedisGlobalConfig {
     keys: Keys,
@@ -166,8 +166,10 @@ impl GlobalConfig for RedisGlobalConfig {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<(), BackendError>> {
         Box::pin(async move {
-            let json = serde_json::to_string(info)
-                .map_err(|e| BackendError::new("redis", "encoding the worker's description failed").with_source(e))?;
+            let json = serde_json::to_string(info).map_err(|e| {
+                BackendError::new("redis", "encoding the worker's description failed")
+                    .with_source(e)
+            })?;
             let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1000);
             let expires_ms = (unix_now() * 1000.0) as u64 + ttl_ms;
             let mut con = self.commands.clone();

@@ -69,6 +69,16 @@ pub use qtasks_macros::{plugin, task};
 #[doc(inline)]
 pub use qtasks_redis as redis;
 
+/// The command line of a worker binary (feature `cli`): `qtasks::cli::run(app)` as `main`.
+#[cfg(feature = "cli")]
+#[doc(inline)]
+pub use qtasks_cli as cli;
+
+/// Prometheus metrics (feature `metrics`): `qtasks::metrics::serve(&app, address)`.
+#[cfg(feature = "metrics")]
+#[doc(inline)]
+pub use qtasks_metrics as metrics;
+
 /// The README's examples, compiled and run as doc tests so they cannot rot (with the `redis`
 /// feature, which one of them uses).
 #[cfg(all(doctest, feature = "redis"))]

@@ -66,7 +66,8 @@ pub(crate) struct Inner {
     pub(crate) events: Events,
     pub(crate) middlewares: Vec<Arc<dyn Middleware>>,
     /// The routers whose tasks this app runs; `None` runs every task.
-    pub(crate) routers: Option<Vec<String>>,
+    /// (Replaceable until the worker starts: the command line's `worker --routers`.)
+    pub(crate) routers: RwLock<Option<Arc<[String]>>>,
     pub(crate) dependencies: Dependencies,
     pub(crate) cancels: Cancels,
     pub(crate) running: AtomicBool,
@@ -153,7 +154,7 @@ impl QueueTasks {
                 dispatch: RwLock::new(Arc::new(Dispatch::build(&[]))),
                 events: Events::default(),
                 middlewares: parts.middlewares,
-                routers: parts.routers,
+                routers: RwLock::new(parts.routers.map(Into::into)),
                 dependencies: Dependencies::default(),
                 cancels: Cancels::default(),
                 running: AtomicBool::new(false),
@@ -175,12 +176,24 @@ impl QueueTasks {
 
     /// Whether this app runs `definition` (all tasks, or those of its routers).
     pub(crate) fn runs(&self, definition: &TaskDefinition) -> bool {
-        match &self.inner.routers {
+        match &*self.inner.routers.read_unpoisoned() {
             None => true,
             Some(routers) => definition
                 .router
                 .is_some_and(|router| routers.iter().any(|r| r == router)),
         }
+    }
+
+    /// Runs only the tasks of these routers from now on (as
+    /// [`AppBuilder::routers`](crate::AppBuilder::routers)); for a worker whose routers are
+    /// chosen at start, such as the command line's `worker --routers`.
+    pub fn set_routers<I, S>(&self, routers: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let routers: Vec<String> = routers.into_iter().map(Into::into).collect();
+        *self.inner.routers.write_unpoisoned() = Some(routers.into());
     }
 
     pub(crate) fn runtime_plugins(&self) -> Vec<RuntimePlugin> {

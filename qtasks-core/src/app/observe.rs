@@ -59,6 +59,10 @@ impl QueueTasks {
     /// Takes a dead letter out: queued again as it was when `requeue`, else dropped. `false`
     /// when it was not there any more.
     pub async fn resolve_dead_letter(&self, letter: &DeadLetter, requeue: bool) -> Result<bool> {
-        Ok(self.inner.broker.resolve_dead_letter(letter, requeue).await?)
+        Ok(self
+            .inner
+            .broker
+            .resolve_dead_letter(letter, requeue)
+            .await?)
     }
 }

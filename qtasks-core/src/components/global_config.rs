@@ -121,8 +121,11 @@ impl GlobalConfig for MemoryGlobalConfig {
         let now = Instant::now();
         let mut state = self.state();
         state.workers.retain(|_, (_, until)| *until > now);
-        let mut workers: Vec<WorkerInfo> =
-            state.workers.values().map(|(info, _)| info.clone()).collect();
+        let mut workers: Vec<WorkerInfo> = state
+            .workers
+            .values()
+            .map(|(info, _)| info.clone())
+            .collect();
         workers.sort_by(|a, b| a.started_at.total_cmp(&b.started_at));
         Box::pin(async move { Ok(workers) })
     }

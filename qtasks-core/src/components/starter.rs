@@ -5,12 +5,12 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::{Starter, WorkerHost};
-use crate::stats::WorkerInfo;
 use crate::app::Running;
 use crate::backend::BackendError;
 use crate::dispatch::RuntimePlugin;
 use crate::events::{Event, EventKind};
 use crate::registry::TaskTable;
+use crate::stats::WorkerInfo;
 use crate::triggers::{
     BrokerStart, BrokerStop, GlobalConfigSetStatus, GlobalConfigStart, GlobalConfigStop,
     StarterStart, StarterStop, StorageDeleteFinishedTasks, StorageStart, StorageStop, WorkerStart,
@@ -236,7 +236,19 @@ async fn beat(app: &QueueTasks, identity: &WorkerIdentity) {
     if let Err(error) = global_config.set_status(ttl).await {
         tracing::warn!(app = %app.name(), "the worker heartbeat failed: {}", crate::backend::ErrorChain(&error));
     }
-    if let Err(error) = global_config
+    describe(app, identity).await;
+}
+
+/// How often a worker refreshes its description (running and processed counts) for `stats`,
+/// between heartbeats.
+const DESCRIBE_EVERY: Duration = Duration::from_secs(2);
+
+/// Writes this worker's description, alive for the heartbeat's time to live.
+async fn describe(app: &QueueTasks, identity: &WorkerIdentity) {
+    let ttl = Duration::from_secs(app.config().global_config_status_ttl).max(DESCRIBE_EVERY * 3);
+    if let Err(error) = app
+        .inner
+        .global_config
         .set_worker(&identity.describe(app), ttl)
         .await
     {
@@ -244,21 +256,31 @@ async fn beat(app: &QueueTasks, identity: &WorkerIdentity) {
     }
 }
 
-/// Refreshes the worker heartbeat until the app stops (the first beat is written at start).
+/// Refreshes the worker heartbeat (every `global_config_status_set_periodic`) and the worker's
+/// description (every [`DESCRIBE_EVERY`]) until the app stops (the first beat is written at
+/// start).
 async fn heartbeat(
     app: QueueTasks,
     identity: WorkerIdentity,
     mut stop_requested: watch::Receiver<bool>,
 ) {
+    let mut last_beat = tokio::time::Instant::now();
     loop {
         let every = Duration::from_secs(app.config().global_config_status_set_periodic.max(1));
-        let stopped = tokio::time::timeout(every, stop_requested.wait_for(|stop| *stop))
+        let next_beat = last_beat + every;
+        let wake = next_beat.min(tokio::time::Instant::now() + DESCRIBE_EVERY);
+        let stopped = tokio::time::timeout_at(wake, stop_requested.wait_for(|stop| *stop))
             .await
             .is_ok();
         if stopped {
             return;
         }
-        beat(&app, &identity).await;
+        if tokio::time::Instant::now() >= next_beat {
+            last_beat = tokio::time::Instant::now();
+            beat(&app, &identity).await;
+        } else {
+            describe(&app, &identity).await;
+        }
     }
 }
 

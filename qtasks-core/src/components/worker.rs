@@ -203,7 +203,10 @@ impl WorkerHost {
         };
         if matches!(&outcome, Outcome::Cancel(reason) if reason == crate::app::INTERRUPTED) {
             // Interrupted by a stop that could not wait: no outcome; the task waits again.
-            app.inner.counters.handed_back.fetch_add(1, Ordering::Relaxed);
+            app.inner
+                .counters
+                .handed_back
+                .fetch_add(1, Ordering::Relaxed);
             if let Err(error) = broker.release(&delivery).await {
                 tracing::error!(uuid = %uuid, "handing task {uuid} back failed (it is taken again when its lease runs out): {}", crate::backend::ErrorChain(&error));
             }

@@ -1,0 +1,216 @@
+//! The command line's arguments (clap), shared by the `qtasks` binary and `qtasks::cli::run`.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// The whole command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "qtasks",
+    version,
+    about = "Operate a qtasks queue: add, read, wait for and cancel tasks; stats, workers, dead letters.",
+    after_help = "Exit codes: 0 ok, 1 the task failed, was cancelled or does not exist, 2 usage, 3 the backend is unreachable.\nLogs: RUST_LOG (e.g. RUST_LOG=qtasks=debug) or --log-level."
+)]
+#[non_exhaustive]
+pub struct Cli {
+    /// The backend's URL (`redis://host:port/db`). Used by the `qtasks` binary; a worker
+    /// binary has its app already.
+    #[arg(
+        long,
+        env = "QTASKS_URL",
+        global = true,
+        default_value = "redis://127.0.0.1:6379/0",
+        hide_env_values = true
+    )]
+    pub url: String,
+
+    /// The app's name (the key prefix on Redis).
+    #[arg(
+        long = "app",
+        env = "QTASKS_NAME",
+        global = true,
+        default_value = "QueueTasks"
+    )]
+    pub app: String,
+
+    /// Print JSON instead of tables (every read command).
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// The log level when RUST_LOG is not set: error, warn, info, debug, trace, or a filter
+    /// such as `qtasks=debug,info`.
+    #[arg(long, global = true)]
+    pub log_level: Option<String>,
+
+    /// How logs are written (on stderr).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[non_exhaustive]
+pub enum LogFormat {
+    /// One line per event, for people.
+    Text,
+    /// One JSON object per event, for log collectors.
+    Json,
+}
+
+/// Every command: the shared ones, and those only a worker binary has (its tasks are
+/// compiled in).
+#[derive(Debug, Subcommand)]
+#[non_exhaustive]
+pub enum Command {
+    /// Commands that need no task code.
+    #[command(flatten)]
+    Shared(SharedCommand),
+    /// Run a worker (only in a worker binary, `qtasks::cli::run`).
+    Worker(WorkerArgs),
+    /// The registered tasks and the app's parts (only in a worker binary).
+    Inspect(InspectArgs),
+}
+
+/// The commands both parts have.
+#[derive(Debug, Subcommand)]
+#[non_exhaustive]
+pub enum SharedCommand {
+    /// Add a task by name; prints its uuid (or, with --wait, its result).
+    Add(AddArgs),
+    /// Show a task's record.
+    Get {
+        /// The task's uuid.
+        uuid: String,
+    },
+    /// Wait until a task ends; prints its result. Exit code 1 when it failed or was cancelled.
+    Wait {
+        /// The task's uuid.
+        uuid: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 60.0)]
+        timeout: f64,
+    },
+    /// Cancel a task: a waiting one never runs, a running one is asked to stop.
+    Cancel {
+        /// The task's uuid.
+        uuid: String,
+        /// Why (stored as the cancel reason).
+        #[arg(default_value = "cancelled from the command line")]
+        reason: String,
+    },
+    /// List recent tasks, newest first (reads every record: for a look, not for a loop).
+    Tasks(TasksArgs),
+    /// The queue's live numbers and the workers.
+    Stats {
+        /// Refresh every second, in place (until Ctrl-C).
+        #[arg(long)]
+        watch: bool,
+    },
+    /// The workers whose heartbeat is alive.
+    Workers,
+    /// Whether a worker of the app is running. Exit code 1 when none is.
+    Ping,
+    /// Delete every queued task and record of the app (asks first, unless --yes).
+    Flush {
+        /// Do not ask.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Queue entries that could not run: list them, requeue or drop them.
+    Dead {
+        /// What to do with them (default: list).
+        #[command(subcommand)]
+        action: Option<DeadAction>,
+    },
+}
+
+/// `add`'s arguments.
+#[derive(Debug, Args)]
+#[non_exhaustive]
+pub struct AddArgs {
+    /// The task's registered name.
+    pub name: String,
+    /// Positional arguments: a JSON list, e.g. '[2, 3]'.
+    #[arg(default_value = "[]")]
+    pub args: String,
+    /// Keyword arguments: a JSON object, e.g. '{"b": 3}'.
+    #[arg(long, default_value = "{}")]
+    pub kwargs: String,
+    /// The priority (lower runs first).
+    #[arg(long, allow_negative_numbers = true)]
+    pub priority: Option<i64>,
+    /// Wait this many seconds for the result, and print it.
+    #[arg(long)]
+    pub wait: Option<f64>,
+}
+
+/// `tasks`' filters.
+#[derive(Debug, Args)]
+#[non_exhaustive]
+pub struct TasksArgs {
+    /// Only tasks with this status (new, process, success, error, cancel, retry).
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Only tasks with this name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Only tasks added within this long (e.g. 90s, 15m, 2h, 1d).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// At most this many.
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+}
+
+/// What to do with dead letters.
+#[derive(Debug, Subcommand)]
+#[non_exhaustive]
+pub enum DeadAction {
+    /// List them, oldest first, numbered.
+    List {
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Queue entries again as they were (by the numbers `dead list` shows, or --all).
+    Requeue(DeadSelection),
+    /// Delete entries (by the numbers `dead list` shows, or --all).
+    Drop(DeadSelection),
+}
+
+/// Which dead letters.
+#[derive(Debug, Args)]
+#[non_exhaustive]
+pub struct DeadSelection {
+    /// The numbers `dead list` shows.
+    pub numbers: Vec<usize>,
+    /// All of them.
+    #[arg(long, conflicts_with = "numbers")]
+    pub all: bool,
+}
+
+/// `worker`'s arguments.
+#[derive(Debug, Args)]
+#[non_exhaustive]
+pub struct WorkerArgs {
+    /// How many tasks run at once (default: the app's `max_tasks_process`).
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// Run only the tasks of these routers (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub routers: Vec<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (needs the `metrics` feature).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
+}
+
+/// `inspect`'s arguments.
+#[derive(Debug, Args)]
+#[non_exhaustive]
+pub struct InspectArgs {
+    /// Only this task.
+    pub task: Option<String>,
+}

@@ -1,0 +1,571 @@
+//! What each command does, on an app; shown through `output`.
+
+use std::time::Duration;
+
+use qtasks_core::stats::{DeadLetter, Stats};
+use qtasks_core::{AddOptions, QueueTasks, TaskRecord, TaskStatus, Uuid};
+use serde_json::Value;
+
+use crate::args::{AddArgs, Cli, Command, DeadAction, DeadSelection, InspectArgs, SharedCommand};
+use crate::args::{TasksArgs, WorkerArgs};
+use crate::output::{self, Spinner, ago, human_duration};
+use crate::{EXIT_USAGE, Failure};
+
+type Outcome = Result<(), Failure>;
+
+/// A command of a worker binary.
+pub(crate) async fn run_app_command(app: &QueueTasks, cli: &Cli) -> Outcome {
+    match &cli.command {
+        Command::Shared(command) => run_shared(app, command, cli.json).await,
+        Command::Worker(args) => worker(app, args).await,
+        Command::Inspect(args) => inspect(app, args, cli.json).await,
+    }
+}
+
+/// A command both parts have.
+pub(crate) async fn run_shared(app: &QueueTasks, command: &SharedCommand, json: bool) -> Outcome {
+    match command {
+        SharedCommand::Add(args) => add(app, args, json).await,
+        SharedCommand::Get { uuid } => get(app, parse_uuid(uuid)?, json).await,
+        SharedCommand::Wait { uuid, timeout } => {
+            wait(
+                app,
+                parse_uuid(uuid)?,
+                seconds(*timeout, "--timeout")?,
+                json,
+            )
+            .await
+        }
+        SharedCommand::Cancel { uuid, reason } => {
+            cancel(app, parse_uuid(uuid)?, reason, json).await
+        }
+        SharedCommand::Tasks(args) => tasks(app, args, json).await,
+        SharedCommand::Stats { watch } => stats(app, *watch, json).await,
+        SharedCommand::Workers => workers(app, json).await,
+        SharedCommand::Ping => ping(app, json).await,
+        SharedCommand::Flush { yes } => flush(app, *yes).await,
+        SharedCommand::Dead { action } => dead(app, action.as_ref(), json).await,
+    }
+}
+
+fn parse_uuid(text: &str) -> Result<Uuid, Failure> {
+    Uuid::parse_str(text.trim()).map_err(|e| {
+        Failure::usage(format!(
+            "`{text}` is not a task uuid ({e}); `qtasks tasks` lists recent ones"
+        ))
+    })
+}
+
+fn seconds(value: f64, flag: &str) -> Result<Duration, Failure> {
+    Duration::try_from_secs_f64(value)
+        .map_err(|_| Failure::usage(format!("{flag} {value} is not a number of seconds")))
+}
+
+fn parse_json(text: &str, what: &str) -> Result<Value, Failure> {
+    serde_json::from_str(text)
+        .map_err(|e| Failure::usage(format!("{what} `{text}` is not valid JSON: {e}")))
+}
+
+async fn add(app: &QueueTasks, args: &AddArgs, json: bool) -> Outcome {
+    let positional = match parse_json(&args.args, "ARGS")? {
+        Value::Array(items) => items,
+        other => vec![other], // one argument needs no brackets: `qtasks add greet '"Ann"'`
+    };
+    let kwargs = parse_json(&args.kwargs, "--kwargs")?;
+    if !kwargs.is_object() {
+        return Err(Failure::usage(format!(
+            "--kwargs must be a JSON object such as '{{\"b\": 3}}', not `{}`",
+            args.kwargs
+        )));
+    }
+    let mut options = AddOptions::default();
+    if let Some(priority) = args.priority {
+        options = options.priority(priority);
+    }
+    let handle = app
+        .add_task_with(&args.name, positional, kwargs, options)
+        .await?;
+    let uuid = handle.uuid();
+    match args.wait {
+        None => {
+            if json {
+                output::json(&serde_json::json!({ "uuid": uuid }));
+            } else {
+                println!("{uuid}");
+            }
+            Ok(())
+        }
+        Some(timeout) => {
+            if !json {
+                eprintln!("added {uuid}");
+            }
+            wait(app, uuid, seconds(timeout, "--wait")?, json).await
+        }
+    }
+}
+
+async fn get(app: &QueueTasks, uuid: Uuid, json: bool) -> Outcome {
+    let record = app.get(uuid).await?.ok_or_else(|| {
+        Failure::task(format!(
+            "task {uuid} does not exist (or its record expired)"
+        ))
+    })?;
+    if json {
+        output::json(&record);
+    } else {
+        show_record(&record);
+    }
+    Ok(())
+}
+
+fn show_record(record: &TaskRecord) {
+    let mut lines = vec![
+        ("uuid", record.uuid.to_string()),
+        ("task", record.task_name.clone()),
+        ("status", record.status.to_string()),
+        ("priority", record.priority.to_string()),
+        ("args", Value::Array(record.args.clone()).to_string()),
+        ("kwargs", Value::Object(record.kwargs.clone()).to_string()),
+        ("created", ago(record.created_at)),
+        ("updated", ago(record.updated_at)),
+    ];
+    if let Some(returning) = &record.returning {
+        lines.push(("result", returning.to_string()));
+    }
+    if let Some(traceback) = &record.traceback {
+        lines.push(("traceback", traceback.clone()));
+    }
+    if let Some(reason) = &record.cancel_reason {
+        lines.push(("cancel reason", reason.clone()));
+    }
+    if let Some(parent) = record.retry_parent_uuid {
+        lines.push(("retry of", parent.to_string()));
+    }
+    if let Some(child) = record.retry_child_uuid {
+        lines.push(("retried as", child.to_string()));
+    }
+    for (field, raw) in &record.unreadable {
+        lines.push(("unreadable", format!("{field} = {raw}")));
+    }
+    output::fields(&lines);
+}
+
+async fn wait(app: &QueueTasks, uuid: Uuid, timeout: Duration, json: bool) -> Outcome {
+    let record = {
+        let _spinner = Spinner::start(&format!("waiting for task {uuid}"));
+        app.wait(uuid, timeout).await?
+    };
+    if json {
+        output::json(&record);
+    }
+    match record.status {
+        TaskStatus::Success => {
+            if !json {
+                println!("{}", record.returning.as_ref().unwrap_or(&Value::Null));
+            }
+            Ok(())
+        }
+        TaskStatus::Cancel => Err(Failure::task(format!(
+            "task {} was cancelled: {}",
+            record.uuid,
+            record.cancel_reason.as_deref().unwrap_or("no reason given")
+        ))),
+        status => Err(Failure::task(format!(
+            "task {} ended `{status}`: {}",
+            record.uuid,
+            record.traceback.as_deref().unwrap_or("no traceback")
+        ))),
+    }
+}
+
+async fn cancel(app: &QueueTasks, uuid: Uuid, reason: &str, json: bool) -> Outcome {
+    let before = app.get(uuid).await?;
+    let Some(before) = before else {
+        return Err(Failure::task(format!("task {uuid} does not exist")));
+    };
+    let cancelled = app.cancel(uuid, reason).await?;
+    let said = match (cancelled, before.status) {
+        (true, TaskStatus::Process) => "asked the worker to stop it",
+        (true, _) => "cancelled; it will not run",
+        (false, _) => "not cancelled: it has ended already",
+    };
+    if json {
+        output::json(
+            &serde_json::json!({ "uuid": uuid, "cancelled": cancelled, "status_before": before.status }),
+        );
+    } else {
+        println!("task {uuid}: {said}");
+    }
+    if cancelled {
+        Ok(())
+    } else {
+        Err(Failure::task(String::new()))
+    }
+}
+
+async fn tasks(app: &QueueTasks, args: &TasksArgs, json: bool) -> Outcome {
+    let status = args
+        .status
+        .as_deref()
+        .map(|s| {
+            s.parse::<TaskStatus>().map_err(|_| {
+                Failure::usage(format!(
+                    "`{s}` is not a status; use new, process, success, error, cancel or retry"
+                ))
+            })
+        })
+        .transpose()?;
+    let since = args
+        .since
+        .as_deref()
+        .map(output::parse_duration)
+        .transpose()
+        .map_err(Failure::usage)?;
+    let oldest = since.map(|age| qtasks_core::backend::unix_now() - age.as_secs_f64());
+    let mut records: Vec<TaskRecord> = app
+        .get_all()
+        .await?
+        .into_iter()
+        .filter(|r| status.is_none_or(|s| r.status == s))
+        .filter(|r| args.name.as_ref().is_none_or(|n| &r.task_name == n))
+        .filter(|r| oldest.is_none_or(|t| r.created_at >= t))
+        .collect();
+    records.sort_by(|a, b| b.created_at.total_cmp(&a.created_at));
+    records.truncate(args.limit);
+    if json {
+        output::json(&records);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = records
+        .iter()
+        .map(|r| {
+            vec![
+                r.uuid.to_string(),
+                r.task_name.clone(),
+                r.status.to_string(),
+                r.priority.to_string(),
+                ago(r.created_at),
+            ]
+        })
+        .collect();
+    output::table(&["UUID", "TASK", "STATUS", "PRIORITY", "ADDED"], &rows);
+    Ok(())
+}
+
+async fn stats(app: &QueueTasks, watch: bool, json: bool) -> Outcome {
+    use std::io::IsTerminal;
+    if !watch {
+        show_stats(&app.stats().await?, json);
+        return Ok(());
+    }
+    let in_place = std::io::stdout().is_terminal() && !json;
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+        let stats = app.stats().await?;
+        if in_place {
+            // Home and clear: the numbers refresh where they are.
+            print!("\x1b[H\x1b[2J");
+        }
+        if json {
+            // One object per line while watching, for a consumer reading a stream.
+            println!("{}", serde_json::to_string(&stats).unwrap_or_default());
+        } else {
+            show_stats(&stats, false);
+            println!();
+        }
+    }
+}
+
+fn show_stats(stats: &Stats, json: bool) {
+    if json {
+        output::json(stats);
+        return;
+    }
+    let mut lines = vec![("app", stats.app.clone())];
+    match &stats.queue {
+        None => lines.push(("queue", "the broker keeps no stats".to_owned())),
+        Some(queue) => {
+            let by_priority = queue
+                .waiting
+                .iter()
+                .map(|(p, n)| format!("priority {p}: {n}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            lines.push((
+                "waiting",
+                if by_priority.is_empty() {
+                    "0".to_owned()
+                } else {
+                    format!("{} ({by_priority})", queue.waiting_total())
+                },
+            ));
+            lines.push(("delayed", queue.delayed.to_string()));
+            lines.push(("running", queue.running.to_string()));
+            lines.push((
+                "finished",
+                queue
+                    .finished
+                    .by_status()
+                    .iter()
+                    .map(|(status, n)| format!("{status} {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ));
+            lines.push((
+                "last minute",
+                format!(
+                    "{} finished ({:.1}/s)",
+                    queue.finished_last_minute,
+                    queue.per_second()
+                ),
+            ));
+            lines.push((
+                "oldest waiting",
+                queue.oldest_waiting_secs.map_or("-".to_owned(), |secs| {
+                    human_duration(Duration::from_secs_f64(secs))
+                }),
+            ));
+            lines.push(("dead letters", queue.dead_letters.to_string()));
+        }
+    }
+    lines.push(("workers", stats.workers.len().to_string()));
+    output::fields(&lines);
+}
+
+async fn workers(app: &QueueTasks, json: bool) -> Outcome {
+    let workers = app.stats().await?.workers;
+    if json {
+        output::json(&workers);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = workers
+        .iter()
+        .map(|w| {
+            vec![
+                w.id.clone(),
+                w.host.clone(),
+                w.pid.to_string(),
+                ago(w.started_at),
+                w.concurrency.to_string(),
+                w.running.to_string(),
+                w.processed.to_string(),
+                human_duration(w.heartbeat_age()),
+            ]
+        })
+        .collect();
+    output::table(
+        &[
+            "ID",
+            "HOST",
+            "PID",
+            "STARTED",
+            "CONCURRENCY",
+            "RUNNING",
+            "PROCESSED",
+            "HEARTBEAT",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+async fn ping(app: &QueueTasks, json: bool) -> Outcome {
+    let alive = app.ping().await?;
+    if json {
+        output::json(&serde_json::json!({ "app": app.name(), "worker_running": alive }));
+    } else if alive {
+        println!("pong: a worker of `{}` is running", app.name());
+    } else {
+        println!("no worker of `{}` is running", app.name());
+    }
+    if alive {
+        Ok(())
+    } else {
+        Err(Failure::task(String::new()))
+    }
+}
+
+async fn flush(app: &QueueTasks, yes: bool) -> Outcome {
+    if !yes {
+        use tokio::io::AsyncBufReadExt;
+        eprint!(
+            "Delete every queued task and record of app `{}`? This cannot be undone. [y/N] ",
+            app.name()
+        );
+        let mut answer = String::new();
+        let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
+        let _ = stdin.read_line(&mut answer).await;
+        if !matches!(answer.trim().to_lowercase().as_str(), "y" | "yes") {
+            return Err(Failure::new(
+                EXIT_USAGE,
+                "not confirmed; nothing was deleted (pass --yes to skip the question)",
+            ));
+        }
+    }
+    app.flush_all().await?;
+    println!("flushed app `{}`", app.name());
+    Ok(())
+}
+
+async fn dead(app: &QueueTasks, action: Option<&DeadAction>, json: bool) -> Outcome {
+    match action {
+        None => list_dead(app, 100, json).await,
+        Some(DeadAction::List { limit }) => list_dead(app, *limit, json).await,
+        Some(DeadAction::Requeue(which)) => resolve_dead(app, which, true, json).await,
+        Some(DeadAction::Drop(which)) => resolve_dead(app, which, false, json).await,
+    }
+}
+
+async fn list_dead(app: &QueueTasks, limit: usize, json: bool) -> Outcome {
+    let letters = app.dead_letters(limit).await?;
+    if json {
+        output::json(&letters);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = letters
+        .iter()
+        .enumerate()
+        .map(|(i, letter)| {
+            vec![
+                (i + 1).to_string(),
+                ago(letter.at),
+                letter.entry.clone(),
+                letter.reason.clone(),
+            ]
+        })
+        .collect();
+    output::table(&["#", "SET ASIDE", "ENTRY", "REASON"], &rows);
+    Ok(())
+}
+
+async fn resolve_dead(
+    app: &QueueTasks,
+    which: &DeadSelection,
+    requeue: bool,
+    json: bool,
+) -> Outcome {
+    if !which.all && which.numbers.is_empty() {
+        return Err(Failure::usage(
+            "say which: the numbers `qtasks dead list` shows, or --all",
+        ));
+    }
+    let letters = app.dead_letters(usize::MAX).await?;
+    let chosen: Vec<&DeadLetter> = if which.all {
+        letters.iter().collect()
+    } else {
+        let mut chosen = Vec::new();
+        for number in &which.numbers {
+            let letter = number
+                .checked_sub(1)
+                .and_then(|i| letters.get(i))
+                .ok_or_else(|| {
+                    Failure::usage(format!(
+                        "there is no dead letter #{number} (there are {})",
+                        letters.len()
+                    ))
+                })?;
+            chosen.push(letter);
+        }
+        chosen
+    };
+    let mut done = 0;
+    for letter in chosen {
+        if app.resolve_dead_letter(letter, requeue).await? {
+            done += 1;
+        }
+    }
+    let verb = if requeue { "requeued" } else { "dropped" };
+    if json {
+        output::json(&serde_json::json!({ verb: done }));
+    } else {
+        println!("{verb} {done} dead letter(s)");
+    }
+    Ok(())
+}
+
+async fn worker(app: &QueueTasks, args: &WorkerArgs) -> Outcome {
+    if let Some(concurrency) = args.concurrency {
+        if concurrency == 0 {
+            return Err(Failure::usage("--concurrency must be at least 1"));
+        }
+        app.set_config("max_tasks_process", &concurrency.to_string())
+            .map_err(|e| Failure::usage(e.to_string()))?;
+    }
+    if !args.routers.is_empty() {
+        app.set_routers(args.routers.iter().cloned());
+    }
+    if let Some(address) = args.metrics {
+        serve_metrics(app, address).await?;
+    }
+    app.run_forever().await?;
+    Ok(())
+}
+
+#[cfg(feature = "metrics")]
+async fn serve_metrics(app: &QueueTasks, address: std::net::SocketAddr) -> Outcome {
+    let bound = qtasks_metrics::serve(app, address)
+        .await
+        .map_err(|e| Failure::usage(format!("cannot serve metrics on {address}: {e}")))?;
+    tracing::info!(address = %bound, "serving Prometheus metrics at http://{bound}/metrics");
+    Ok(())
+}
+
+#[cfg(not(feature = "metrics"))]
+async fn serve_metrics(_app: &QueueTasks, _address: std::net::SocketAddr) -> Outcome {
+    Err(Failure::usage(
+        "--metrics needs the `metrics` feature of qtasks (this binary was built without it)",
+    ))
+}
+
+async fn inspect(app: &QueueTasks, args: &InspectArgs, json: bool) -> Outcome {
+    let mut inspection = app.inspect().await;
+    if let Some(name) = &args.task {
+        inspection.tasks.retain(|task| task.name == name);
+        if inspection.tasks.is_empty() {
+            return Err(Failure::task(format!(
+                "no task `{name}` is registered in this binary; `inspect` lists them"
+            )));
+        }
+    }
+    if json {
+        output::json(&inspection);
+        return Ok(());
+    }
+    let app_stats = &inspection.app;
+    output::fields(&[
+        ("app", app_stats.name.clone()),
+        ("version", app_stats.version.to_owned()),
+        ("broker", app_stats.broker.clone()),
+        ("storage", app_stats.storage.clone()),
+        ("worker", app_stats.worker.clone()),
+        (
+            "concurrency",
+            app_stats.config.max_tasks_process.to_string(),
+        ),
+        ("tasks", app_stats.tasks_count.to_string()),
+        ("plugins", app_stats.plugins_count.to_string()),
+    ]);
+    println!();
+    let rows: Vec<Vec<String>> = inspection
+        .tasks
+        .iter()
+        .map(|t| {
+            vec![
+                t.name.to_owned(),
+                t.params.join(", "),
+                t.priority.map_or("-".to_owned(), |p| p.to_string()),
+                t.retry.map_or("-".to_owned(), |r| r.to_string()),
+                t.location.clone(),
+            ]
+        })
+        .collect();
+    output::table(
+        &["TASK", "PARAMS", "PRIORITY", "RETRY", "DEFINED AT"],
+        &rows,
+    );
+    Ok(())
+}

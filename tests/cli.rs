@@ -1,0 +1,428 @@
+//! The command line, driven as a user drives it: the real `qtasks` binary and a worker binary
+//! built on `qtasks::cli::run` (examples/worker_cli.rs), against the machine's Redis.
+
+mod support;
+
+use std::io::{BufRead, Read, Write};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::{redis_url, unique_prefix};
+
+const QTASKS: &str = env!("CARGO_BIN_EXE_qtasks-cli-under-test");
+const WORKER: &str = env!("CARGO_BIN_EXE_worker_cli");
+
+/// `qtasks ARGS` for the app `prefix`, with `stdin` written to its input.
+fn qtasks_with_input(url: &str, prefix: &str, args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(QTASKS)
+        .args(args)
+        .env("QTASKS_URL", url)
+        .env("QTASKS_NAME", prefix)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the qtasks binary runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn qtasks(url: &str, prefix: &str, args: &[&str]) -> Output {
+    qtasks_with_input(url, prefix, args, "")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Runs `qtasks ARGS`, expects exit code `code`, returns stdout.
+#[track_caller]
+fn expect(url: &str, prefix: &str, args: &[&str], code: i32) -> String {
+    let output = qtasks(url, prefix, args);
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "qtasks {args:?}: stdout {:?}, stderr {:?}",
+        stdout(&output),
+        stderr(&output)
+    );
+    stdout(&output)
+}
+
+fn json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// Repeats `check` until it holds (the worker acts on its own time).
+#[track_caller]
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// GET http://127.0.0.1:port/path; returns the body.
+fn http_get(port: u16, path: &str) -> String {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("application/openmetrics-text"), "{head}");
+    body.to_owned()
+}
+
+/// The samples of an OpenMetrics text exposition: `(name, labels, value)`. Fails on a line
+/// that is not a comment, a sample or the closing `# EOF`.
+fn parse_exposition(text: &str) -> Vec<(String, Vec<(String, String)>, f64)> {
+    assert!(text.trim_end().ends_with("# EOF"), "no # EOF: {text}");
+    let mut samples = Vec::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let (series, value) = line.rsplit_once(' ').expect("`series value`");
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value: {line}"));
+        let (name, labels) = match series.split_once('{') {
+            None => (series.to_owned(), Vec::new()),
+            Some((name, rest)) => {
+                let inner = rest.strip_suffix('}').expect("labels end with }");
+                let labels = inner
+                    .split(',')
+                    .filter(|pair| !pair.is_empty())
+                    .map(|pair| {
+                        let (key, quoted) = pair.split_once('=').expect("label=value");
+                        (key.to_owned(), quoted.trim_matches('"').to_owned())
+                    })
+                    .collect();
+                (name.to_owned(), labels)
+            }
+        };
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "bad metric name: {line}"
+        );
+        samples.push((name, labels, value));
+    }
+    samples
+}
+
+fn sample(
+    samples: &[(String, Vec<(String, String)>, f64)],
+    name: &str,
+    labels: &[(&str, &str)],
+) -> f64 {
+    samples
+        .iter()
+        .find(|(n, l, _)| {
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v))
+        })
+        .map(|(_, _, value)| *value)
+        .unwrap_or_else(|| panic!("no sample {name}{labels:?}"))
+}
+
+struct Worker {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Worker {
+    fn start(url: &str, prefix: &str, metrics_port: u16) -> Worker {
+        let log = std::env::temp_dir().join(format!("{prefix}.worker.log"));
+        let child = Command::new(WORKER)
+            .args(["worker", "--concurrency", "2", "--metrics"])
+            .arg(format!("127.0.0.1:{metrics_port}"))
+            .env("QTASKS_URL", url)
+            .env("QTASKS_NAME", prefix)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("the worker binary runs");
+        Worker { child, log }
+    }
+
+    /// Stops it as a service manager does (SIGTERM) and returns its log.
+    fn stop(mut self) -> String {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(status.success());
+        let exit = self.child.wait().unwrap();
+        let log = std::fs::read_to_string(&self.log).unwrap();
+        assert!(exit.success(), "the worker exited {exit:?}:\n{log}");
+        log
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn operate_a_queue_from_the_shell() {
+    let Some(url) = redis_url("operate_a_queue_from_the_shell") else {
+        return;
+    };
+    let prefix = unique_prefix("cli");
+    let (url, prefix) = (url.as_str(), prefix.as_str());
+
+    // No worker yet: `ping` says so with exit code 1.
+    expect(url, prefix, &["ping"], 1);
+    let port = free_port();
+    let worker = Worker::start(url, prefix, port);
+    eventually("the worker answers ping", || {
+        qtasks(url, prefix, &["ping"]).status.code() == Some(0)
+    });
+
+    // Add and wait in one go; the result on stdout, nothing else (piped: no spinner).
+    assert_eq!(
+        expect(url, prefix, &["add", "add", "[2, 3]", "--wait", "30"], 0),
+        "5"
+    );
+    let added = json(&expect(
+        url,
+        prefix,
+        &["add", "add", "[40]", "--kwargs", r#"{"b": 2}"#, "--json"],
+        0,
+    ));
+    let sum = added["uuid"].as_str().unwrap().to_owned();
+    assert_eq!(expect(url, prefix, &["wait", &sum], 0), "42");
+    let record = json(&expect(url, prefix, &["get", &sum, "--json"], 0));
+    assert_eq!(record["task_name"], "add");
+    assert_eq!(record["status"], "success");
+    assert_eq!(record["returning"], 42);
+
+    // A failure and a panic: exit code 1, the reason on stderr.
+    let failing = expect(url, prefix, &["add", "fail", r#"["it broke"]"#], 0);
+    let output = qtasks(url, prefix, &["wait", &failing]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("it broke"), "{}", stderr(&output));
+    let exploding = expect(url, prefix, &["add", "explode"], 0);
+    let output = qtasks(url, prefix, &["wait", &exploding]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("blew up on purpose"),
+        "{}",
+        stderr(&output)
+    );
+
+    // Cancel a running task.
+    let sleeping = expect(url, prefix, &["add", "sleep_for", "[60]"], 0);
+    eventually("the sleeper runs", || {
+        json(&expect(url, prefix, &["get", &sleeping, "--json"], 0))["status"] == "process"
+    });
+    expect(url, prefix, &["cancel", &sleeping, "enough"], 0);
+    let output = qtasks(url, prefix, &["wait", &sleeping, "--timeout", "30"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("cancelled: enough"),
+        "{}",
+        stderr(&output)
+    );
+    // Cancelling it again: it has ended.
+    expect(url, prefix, &["cancel", &sleeping], 1);
+
+    // Recent tasks, filtered.
+    let failed = json(&expect(
+        url,
+        prefix,
+        &["tasks", "--status", "error", "--json"],
+        0,
+    ));
+    let failed: Vec<&str> = failed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["uuid"].as_str().unwrap())
+        .collect();
+    assert_eq!(failed.len(), 2, "{failed:?}");
+    assert!(failed.contains(&failing.as_str()) && failed.contains(&exploding.as_str()));
+    let table = expect(
+        url,
+        prefix,
+        &["tasks", "--name", "add", "--since", "10m"],
+        0,
+    );
+    assert_eq!(table.lines().count(), 3, "a header and two tasks:\n{table}");
+    assert!(table.starts_with("UUID"));
+
+    // Stats and workers match what was done.
+    let stats = json(&expect(url, prefix, &["stats", "--json"], 0));
+    let queue = &stats["queue"];
+    assert_eq!(queue["finished"]["success"], 2, "{stats}");
+    assert_eq!(queue["finished"]["error"], 2, "{stats}");
+    assert_eq!(queue["finished"]["cancel"], 1, "{stats}");
+    assert_eq!(queue["running"], 0, "{stats}");
+    assert_eq!(queue["finished_last_minute"], 5, "{stats}");
+    // (A worker refreshes its description every 2 seconds.)
+    eventually("the worker's description counts its tasks", || {
+        let workers = json(&expect(url, prefix, &["workers", "--json"], 0));
+        let workers = workers.as_array().unwrap();
+        assert_eq!(workers.len(), 1);
+        assert_eq!(workers[0]["pid"], worker.child.id());
+        assert_eq!(workers[0]["concurrency"], 2);
+        workers[0]["processed"] == 5
+    });
+    let human = expect(url, prefix, &["stats"], 0);
+    assert!(
+        human.contains("finished") && human.contains("success 2"),
+        "{human}"
+    );
+
+    // `stats --watch` writes one JSON object per line when piped.
+    let mut watch = Command::new(QTASKS)
+        .args(["stats", "--watch", "--json"])
+        .env("QTASKS_URL", url)
+        .env("QTASKS_NAME", prefix)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(watch.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert_eq!(json(&first)["queue"]["finished"]["success"], 2);
+
+    // Prometheus metrics from the worker.
+    let samples = parse_exposition(&http_get(port, "/metrics"));
+    let finished = "qtasks_tasks_finished_total";
+    assert_eq!(
+        sample(
+            &samples,
+            finished,
+            &[("task", "add"), ("status", "success")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(&samples, finished, &[("task", "fail"), ("status", "error")]),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &samples,
+            finished,
+            &[("task", "sleep_for"), ("status", "cancel")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &samples,
+            "qtasks_task_duration_seconds_count",
+            &[("task", "add")]
+        ),
+        2.0
+    );
+    assert_eq!(sample(&samples, "qtasks_worker_up", &[]), 1.0);
+    assert_eq!(sample(&samples, "qtasks_workers", &[]), 1.0);
+    assert_eq!(sample(&samples, "qtasks_tasks_running", &[]), 0.0);
+    assert_eq!(sample(&samples, "qtasks_lease_losses_total", &[]), 0.0);
+    assert_eq!(sample(&samples, "qtasks_dead_letters", &[]), 0.0);
+
+    // `flush` asks first; "n" keeps everything, "y" deletes it.
+    let output = qtasks_with_input(url, prefix, &["flush"], "n\n");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("nothing was deleted"));
+    expect(url, prefix, &["get", &sum], 0);
+
+    // The worker logs one start line and one stop line, and the panic once.
+    let log = worker.stop();
+    assert_eq!(log.matches("worker starting").count(), 1, "{log}");
+    assert_eq!(log.matches("worker stopped").count(), 1, "{log}");
+    assert!(
+        log.contains("tasks=4") && log.contains("concurrency=2"),
+        "{log}"
+    );
+    assert_eq!(log.matches("blew up on purpose").count(), 1, "{log}");
+    assert!(
+        !log.contains("panicked at"),
+        "the default panic hook printed too:\n{log}"
+    );
+
+    let output = qtasks_with_input(url, prefix, &["flush"], "y\n");
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    expect(url, prefix, &["get", &sum], 1);
+}
+
+#[test]
+fn mistakes_get_their_exit_code_and_a_message_naming_them() {
+    // Unreachable: exit code 3, the address named, the password never shown.
+    let output = Command::new(QTASKS)
+        .args(["--url", "redis://operator:hunter2@127.0.0.1:1/0", "stats"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    let message = stderr(&output);
+    assert!(message.contains("127.0.0.1:1"), "{message}");
+    assert!(!message.contains("hunter2"), "{message}");
+
+    // Usage: exit code 2. (The last two are read once connected.)
+    let url = redis_url("mistakes_get_their_exit_code_and_a_message_naming_them");
+    let mut cases = vec![
+        (
+            &["--url", "amqp://127.0.0.1/", "stats"][..],
+            "not a backend this binary knows",
+        ),
+        (&["worker"][..], "compiled into your own binary"),
+        (&["no-such-command"][..], "unrecognized subcommand"),
+    ];
+    if url.is_some() {
+        cases.push((&["get", "not-a-uuid"][..], "is not a task uuid"));
+        cases.push((&["tasks", "--since", "2 weeks"][..], "is not a unit of"));
+    }
+    for (args, says) in cases {
+        let mut command = Command::new(QTASKS);
+        if let Some(url) = &url {
+            command.env("QTASKS_URL", url);
+        }
+        let output = command.args(args).output().unwrap();
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+        assert!(
+            stderr(&output).contains(says),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+    }
+}
