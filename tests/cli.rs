@@ -98,9 +98,12 @@ fn http_get(port: u16, path: &str) -> String {
     body.to_owned()
 }
 
+/// One sample of an exposition: name, labels, value.
+type Sample = (String, Vec<(String, String)>, f64);
+
 /// The samples of an OpenMetrics text exposition: `(name, labels, value)`. Fails on a line
 /// that is not a comment, a sample or the closing `# EOF`.
-fn parse_exposition(text: &str) -> Vec<(String, Vec<(String, String)>, f64)> {
+fn parse_exposition(text: &str) -> Vec<Sample> {
     assert!(text.trim_end().ends_with("# EOF"), "no # EOF: {text}");
     let mut samples = Vec::new();
     for line in text
@@ -136,7 +139,7 @@ fn parse_exposition(text: &str) -> Vec<(String, Vec<(String, String)>, f64)> {
 }
 
 fn sample(
-    samples: &[(String, Vec<(String, String)>, f64)],
+    samples: &[Sample],
     name: &str,
     labels: &[(&str, &str)],
 ) -> f64 {
@@ -371,6 +374,7 @@ fn operate_a_queue_from_the_shell() {
         "{log}"
     );
     assert_eq!(log.matches("blew up on purpose").count(), 1, "{log}");
+    assert!(log.contains("attempt=1"), "task spans carry the attempt:\n{log}");
     assert!(
         !log.contains("panicked at"),
         "the default panic hook printed too:\n{log}"

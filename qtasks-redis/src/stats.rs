@@ -143,7 +143,7 @@ pub(crate) fn dead_letter(raw: Vec<u8>) -> DeadLetter {
         None => text.clone(),
     };
     DeadLetter::new(
-        text.clone(),
+        text,
         entry,
         field("reason"),
         parsed.get("at").and_then(|v| v.as_f64()).unwrap_or(0.0),

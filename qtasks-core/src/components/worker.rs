@@ -333,7 +333,14 @@ impl WorkerHost {
             |changed| changed.apply_to(task)
         );
 
-        let span = tracing::info_span!("task", task = definition.name, uuid = %uuid);
+        // Which attempt this is: 1, then one more for each retry used.
+        let retries_left = task.retry.or(definition.retry).unwrap_or(0);
+        let attempt = definition
+            .retry
+            .unwrap_or(retries_left)
+            .saturating_sub(retries_left)
+            + 1;
+        let span = tracing::info_span!("task", task = definition.name, uuid = %uuid, attempt);
         let executor = definition.executor.unwrap_or(&*app.inner.executor);
         let cancel = app.inner.cancels.register(uuid);
         let run = TaskExecutor::new(
