@@ -138,11 +138,7 @@ fn parse_exposition(text: &str) -> Vec<Sample> {
     samples
 }
 
-fn sample(
-    samples: &[Sample],
-    name: &str,
-    labels: &[(&str, &str)],
-) -> f64 {
+fn sample(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
     samples
         .iter()
         .find(|(n, l, _)| {
@@ -374,7 +370,10 @@ fn operate_a_queue_from_the_shell() {
         "{log}"
     );
     assert_eq!(log.matches("blew up on purpose").count(), 1, "{log}");
-    assert!(log.contains("attempt=1"), "task spans carry the attempt:\n{log}");
+    assert!(
+        log.contains("attempt=1"),
+        "task spans carry the attempt:\n{log}"
+    );
     assert!(
         !log.contains("panicked at"),
         "the default panic hook printed too:\n{log}"

@@ -100,6 +100,27 @@ async fn enqueue(url: &str, n: u64) {
     emit(&json!({"t_start": t_start, "t_end": now_s(), "n": n}));
 }
 
+/// How long `app.stats()` takes: `n` reads, p50 and p99 in milliseconds, and what it read.
+async fn stats(url: &str, n: usize) {
+    let app = redis_app(url, 1).await;
+    let mut times = Vec::with_capacity(n);
+    let mut last = None;
+    for _ in 0..n {
+        let started = std::time::Instant::now();
+        let read = app.stats().await.expect("stats read");
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+        last = read.queue;
+    }
+    times.sort_by(f64::total_cmp);
+    let last = last.expect("Redis keeps stats");
+    emit(&json!({
+        "n": n,
+        "p50_ms": percentile(&times, 50.0),
+        "p99_ms": percentile(&times, 99.0),
+        "waiting": last.waiting_total(),
+    }));
+}
+
 async fn worker(url: &str, concurrency: usize) {
     let app = redis_app(url, concurrency).await;
     app.run_forever().await.expect("the worker runs");
@@ -286,6 +307,7 @@ fn main() {
             "enqueue" => enqueue(&url, arg("--n", 20_000)).await,
             "worker" => worker(&url, arg("--concurrency", 64)).await,
             "w2" => w2(&url, arg("--n", 500), arg("--warmup", 5)).await,
+            "stats" => stats(&url, arg("--n", 200)).await,
             "inmem" => {
                 inmem(
                     arg("--n", 200_000),
@@ -295,7 +317,7 @@ fn main() {
                 .await;
             }
             other => {
-                eprintln!("unknown command `{other}`: enqueue, worker, w2 or inmem");
+                eprintln!("unknown command `{other}`: enqueue, worker, w2, stats or inmem");
                 std::process::exit(2);
             }
         }
