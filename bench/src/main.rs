@@ -106,7 +106,7 @@ async fn stats(url: &str, n: usize) {
     let mut times = Vec::with_capacity(n);
     let mut last = None;
     for _ in 0..n {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let read = app.stats().await.expect("stats read");
         times.push(started.elapsed().as_secs_f64() * 1000.0);
         last = read.queue;
