@@ -5,6 +5,7 @@ use std::time::Duration;
 use qtasks_core::stats::{DeadLetter, Stats};
 use qtasks_core::{AddOptions, QueueTasks, TaskRecord, TaskStatus, Uuid};
 use serde_json::Value;
+use tracing::Instrument;
 
 use crate::args::{AddArgs, Cli, Command, DeadAction, DeadSelection, InspectArgs, SharedCommand};
 use crate::args::{TasksArgs, WorkerArgs};
@@ -82,8 +83,10 @@ async fn add(app: &QueueTasks, args: &AddArgs, json: bool) -> Outcome {
     if let Some(priority) = args.priority {
         options = options.priority(priority);
     }
+    // Under a span of its own: with traces exported, the task's run continues this trace.
     let handle = app
         .add_task_with(&args.name, positional, kwargs, options)
+        .instrument(tracing::info_span!("add_task", task = %args.name))
         .await?;
     let uuid = handle.uuid();
     match args.wait {

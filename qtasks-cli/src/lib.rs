@@ -30,7 +30,7 @@ use clap::Parser;
 use qtasks_core::QueueTasks;
 
 pub use args::{Cli, Command, LogFormat, SharedCommand};
-pub use logging::init_logging;
+pub use logging::{Telemetry, init_logging};
 
 /// Exit code: done.
 pub const EXIT_OK: u8 = 0;
@@ -91,8 +91,11 @@ pub async fn run(app: QueueTasks) -> ExitCode {
 /// [`run`] with a command line parsed already: for a binary that reads `--url` and `--app`
 /// ([`Cli::url`], [`Cli::app`]) to build its app first (see `examples/worker_cli.rs`).
 pub async fn run_with(app: QueueTasks, cli: Cli) -> ExitCode {
-    init_logging(cli.log_level.as_deref(), cli.log_format);
-    finish(commands::run_app_command(&app, &cli).await)
+    let telemetry = init_logging(cli.log_level.as_deref(), cli.log_format, &app.name());
+    telemetry.install(&app);
+    let result = commands::run_app_command(&app, &cli).await;
+    telemetry.shutdown();
+    finish(result)
 }
 
 impl Cli {

@@ -465,6 +465,7 @@ mod detached {
                 retry: None,
                 retry_parent_uuid: None,
                 run_at: None,
+                traceparent: None,
                 definition: None,
             };
             TaskExecutor::new(

@@ -15,7 +15,7 @@
 //! - [`components`]: the other replaceable parts (global config, worker, starter, executor);
 //! - [`triggers`]: one payload type per trigger, and the partial updates replacing triggers
 //!   take;
-//! - [`inspect`], [`stats`], [`testing`].
+//! - [`inspect`], [`stats`], [`trace`], [`testing`].
 #![warn(missing_docs)]
 
 mod app;
@@ -40,6 +40,7 @@ pub mod stats;
 mod sync;
 mod task;
 pub mod testing;
+pub mod trace;
 pub mod triggers;
 
 #[doc(hidden)]

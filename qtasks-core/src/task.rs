@@ -341,6 +341,11 @@ pub struct QueuedTask {
     pub retry_parent_uuid: Option<Uuid>,
     /// Unix time in seconds before which the task does not run (a retry's backoff).
     pub run_at: Option<f64>,
+    /// The trace the enqueuing code was in (a W3C `traceparent`), when a
+    /// [`TraceContext`](crate::trace::TraceContext) is installed: the worker's task span
+    /// continues it. Stored as the record's `traceparent` field (Python QTasks ignores it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
     /// The definition, when the enqueuing process already knew it: saves the worker a lookup
     /// by name. Never sent over the wire.
     #[serde(skip)]
@@ -366,6 +371,7 @@ impl QueuedTask {
             retry: None,
             retry_parent_uuid: None,
             run_at: None,
+            traceparent: None,
             definition: None,
         }
     }
@@ -383,6 +389,7 @@ impl QueuedTask {
             retry: record.retry,
             retry_parent_uuid: record.retry_parent_uuid,
             run_at: None,
+            traceparent: record.traceparent,
             definition: None,
         }
     }
@@ -455,6 +462,9 @@ pub struct TaskRecord {
     /// default then. Empty for every record qtasks wrote itself.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub unreadable: std::collections::BTreeMap<String, String>,
+    /// The trace the task was added in (a W3C `traceparent`), if one was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl TaskRecord {
@@ -477,6 +487,7 @@ impl TaskRecord {
             retry_parent_uuid: queued.retry_parent_uuid,
             retry_child_uuid: None,
             unreadable: std::collections::BTreeMap::new(),
+            traceparent: queued.traceparent,
         }
     }
 

@@ -56,6 +56,7 @@ pub async fn run(app: &QueueTasks, call: TaskCall) -> Result<Outcome> {
         created_at: unix_now(),
         retry: None,
         retry_parent_uuid: None,
+        traceparent: None,
         run_at: None,
         definition: Some(definition),
     };

@@ -33,6 +33,9 @@ pub(super) fn new_record_fields(task: &QueuedTask) -> Vec<(&'static str, String)
     if let Some(parent) = task.retry_parent_uuid {
         fields.push(("retry_parent_uuid", parent.to_string()));
     }
+    if let Some(traceparent) = &task.traceparent {
+        fields.push(("traceparent", traceparent.clone()));
+    }
     fields
 }
 
@@ -219,6 +222,7 @@ pub(super) fn read_record(uuid: Uuid, fields: &Fields) -> (TaskRecord, Vec<Strin
     let retry = read("retry", false, &|_| Ok(()));
     let retry_parent = read("retry_parent_uuid", false, &|_| Ok(()));
     let retry_child = read("retry_child_uuid", false, &|_| Ok(()));
+    let traceparent = read("traceparent", false, &|_| Ok(()));
 
     let mut task = QueuedTask::new(uuid, task_name.unwrap_or_default());
     task.priority = priority.and_then(|p| p.parse().ok()).unwrap_or_default();
@@ -233,6 +237,7 @@ pub(super) fn read_record(uuid: Uuid, fields: &Fields) -> (TaskRecord, Vec<Strin
     task.created_at = created_at.and_then(|t| t.parse().ok()).unwrap_or_default();
     task.retry = retry.and_then(|n| n.parse().ok());
     task.retry_parent_uuid = retry_parent.and_then(|u| Uuid::parse_str(&u).ok());
+    task.traceparent = traceparent;
     let mut record = TaskRecord::from_task(task);
     // A record that cannot say what state it is in is reported as failed.
     record.status = status
@@ -270,7 +275,7 @@ pub(super) fn decode_record(uuid: Uuid, fields: &Fields) -> Result<TaskRecord, S
 
 /// The record fields the take script returns, in this order. `status` must come first: the
 /// script reads it to skip cancelled tasks.
-pub(super) const TAKEN_FIELDS: [&str; 8] = [
+pub(super) const TAKEN_FIELDS: [&str; 9] = [
     "status",
     "task_name",
     "priority",
@@ -279,6 +284,7 @@ pub(super) const TAKEN_FIELDS: [&str; 8] = [
     "created_at",
     "retry",
     "retry_parent_uuid",
+    "traceparent",
 ];
 
 /// The record fields the take script returned, by name (missing fields left out).

@@ -79,6 +79,11 @@ pub use qtasks_cli as cli;
 #[doc(inline)]
 pub use qtasks_metrics as metrics;
 
+/// OpenTelemetry traces across processes (feature `otel`): `qtasks::otel::Otlp`.
+#[cfg(feature = "otel")]
+#[doc(inline)]
+pub use qtasks_otel as otel;
+
 /// The README's examples, compiled and run as doc tests so they cannot rot (with the `redis`
 /// feature, which one of them uses).
 #[cfg(all(doctest, feature = "redis"))]

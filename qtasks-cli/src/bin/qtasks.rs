@@ -9,7 +9,7 @@ use qtasks_core::{QueueConfig, QueueTasks};
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::from_args();
-    init_logging(cli.log_level.as_deref(), cli.log_format);
+    let telemetry = init_logging(cli.log_level.as_deref(), cli.log_format, "qtasks-cli");
     let Command::Shared(command) = &cli.command else {
         return finish(Err(Failure {
             code: EXIT_USAGE,
@@ -20,7 +20,10 @@ async fn main() -> ExitCode {
         Ok(app) => app,
         Err(failure) => return finish(Err(failure)),
     };
-    qtasks_cli::run_shared(&app, command, cli.json).await
+    telemetry.install(&app);
+    let code = qtasks_cli::run_shared(&app, command, cli.json).await;
+    telemetry.shutdown();
+    code
 }
 
 /// The app named `--app` on the backend at `--url`.

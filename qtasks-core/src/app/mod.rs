@@ -78,6 +78,8 @@ pub(crate) struct Inner {
     /// Wakes a stop that waits for running tasks, to interrupt them now.
     pub(crate) interrupt: tokio::sync::Notify,
     pub(crate) lifecycle: tokio::sync::Mutex<Option<Running>>,
+    /// Carries traces from the enqueuing code to the task's span, once installed.
+    pub(crate) trace_context: std::sync::OnceLock<Arc<dyn crate::trace::TraceContext>>,
 }
 
 /// What this process's worker counts as it goes.
@@ -162,6 +164,7 @@ impl QueueTasks {
                 interrupting: AtomicBool::new(false),
                 interrupt: tokio::sync::Notify::new(),
                 lifecycle: tokio::sync::Mutex::new(None),
+                trace_context: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -194,6 +197,13 @@ impl QueueTasks {
     {
         let routers: Vec<String> = routers.into_iter().map(Into::into).collect();
         *self.inner.routers.write_unpoisoned() = Some(routers.into());
+    }
+
+    /// Installs how traces travel with tasks (see [`trace`](crate::trace)): tasks added from
+    /// now on record the current trace, and this app's worker continues it in each task's
+    /// span. One per app; `false` if one was installed already.
+    pub fn set_trace_context(&self, context: Arc<dyn crate::trace::TraceContext>) -> bool {
+        self.inner.trace_context.set(context).is_ok()
     }
 
     pub(crate) fn runtime_plugins(&self) -> Vec<RuntimePlugin> {

@@ -148,6 +148,11 @@ impl QueueTasks {
             retry: None,
             retry_parent_uuid: None,
             run_at: None,
+            traceparent: self
+                .inner
+                .trace_context
+                .get()
+                .and_then(|context| context.current()),
             definition,
         };
         let dispatch = self.dispatch();

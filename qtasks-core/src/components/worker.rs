@@ -341,6 +341,11 @@ impl WorkerHost {
             .saturating_sub(retries_left)
             + 1;
         let span = tracing::info_span!("task", task = definition.name, uuid = %uuid, attempt);
+        if let (Some(context), Some(traceparent)) =
+            (app.inner.trace_context.get(), task.traceparent.as_deref())
+        {
+            context.continue_trace(&span, traceparent, task.created_at);
+        }
         let executor = definition.executor.unwrap_or(&*app.inner.executor);
         let cancel = app.inner.cancels.register(uuid);
         let run = TaskExecutor::new(
@@ -426,6 +431,8 @@ impl WorkerHost {
             retry: Some(retries_left - 1),
             retry_parent_uuid: Some(task.uuid),
             run_at,
+            // The next attempt belongs to the same trace.
+            traceparent: task.traceparent.clone(),
             definition: task.definition,
         };
         Outcome::Retry {
