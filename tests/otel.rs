@@ -102,8 +102,11 @@ async fn a_task_span_continues_the_trace_it_was_added_in() {
     client.flush_all().await.unwrap();
 }
 
-/// A collector's endpoint: answers every request 200 and keeps `(path, content type, body)`.
-fn collector() -> (u16, Arc<Mutex<Vec<(String, String, Vec<u8>)>>>) {
+/// One request a collector received: path, content type, body.
+type Export = (String, String, Vec<u8>);
+
+/// A collector's endpoint: answers every request 200 and keeps what it received.
+fn collector() -> (u16, Arc<Mutex<Vec<Export>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let received = Arc::new(Mutex::new(Vec::new()));
