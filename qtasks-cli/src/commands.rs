@@ -99,7 +99,8 @@ async fn add(app: &QueueTasks, args: &AddArgs, json: bool) -> Outcome {
             Ok(())
         }
         Some(timeout) => {
-            if !json {
+            // On a terminal, say which task the spinner waits for; piped, only the result.
+            if !json && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
                 eprintln!("added {uuid}");
             }
             wait(app, uuid, seconds(timeout, "--wait")?, json).await
