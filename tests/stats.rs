@@ -198,3 +198,41 @@ async fn redis_dead_letters_are_counted_listed_and_resolved() {
     assert_eq!(queued, ["stats_fails:not-a-uuid:0"]);
     app.flush_all().await.unwrap();
 }
+
+#[tokio::test]
+async fn redis_throughput_buckets_older_than_a_minute_fold_into_the_totals() {
+    use redis::AsyncCommands;
+    let Some(url) = redis_url("redis_throughput_buckets_older_than_a_minute_fold_into_the_totals")
+    else {
+        return;
+    };
+    let prefix = unique_prefix("fold");
+    let app = redis_app(&url, &prefix, RedisOptions::default(), 1).await;
+    let mut con = raw_connection(&url).await;
+    // Seven successes two minutes ago, as the finish script counted them then.
+    let (seconds, _): (u64, u64) = redis::cmd("TIME").query_async(&mut con).await.unwrap();
+    let stats_key = format!("{prefix}:qtasks:stats");
+    let old_bucket = format!("t:{}:success", seconds - 120);
+    let _: () = con.hset(&stats_key, &old_bucket, 7).await.unwrap();
+    let queue = app.stats().await.unwrap().queue.unwrap();
+    assert_eq!((queue.finished.success, queue.finished_last_minute), (7, 0));
+
+    app.start().await.unwrap();
+    stats_fails::add_task(&app)
+        .await
+        .unwrap()
+        .wait(WAIT)
+        .await
+        .unwrap();
+    app.add_task("stats_gated", ("fold",), ()).await.unwrap();
+    gate("fold").add_permits(1);
+    let queue = stats_when(&app, |q| q.finished.success == 8).await;
+    assert_eq!(queue.finished.error, 1);
+    assert_eq!(queue.finished_last_minute, 2);
+    // The old bucket was folded into the total when this second's first bucket was made.
+    let fields: Vec<String> = con.hkeys(&stats_key).await.unwrap();
+    assert!(!fields.contains(&old_bucket), "{fields:?}");
+    assert!(fields.contains(&"success".to_owned()), "{fields:?}");
+    app.stop().await.unwrap();
+    app.flush_all().await.unwrap();
+}

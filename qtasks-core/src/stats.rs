@@ -87,12 +87,17 @@ impl FinishedCounts {
 
     /// Adds one to the count of `status` (a non-final status counts nowhere).
     pub fn count(&mut self, status: crate::TaskStatus) {
+        self.add(status, 1);
+    }
+
+    /// Adds `count` to the count of `status` (a non-final status counts nowhere).
+    pub fn add(&mut self, status: crate::TaskStatus, count: u64) {
         use crate::TaskStatus;
         match status {
-            TaskStatus::Success => self.success += 1,
-            TaskStatus::Error => self.error += 1,
-            TaskStatus::Cancel => self.cancel += 1,
-            TaskStatus::Retry => self.retry += 1,
+            TaskStatus::Success => self.success += count,
+            TaskStatus::Error => self.error += count,
+            TaskStatus::Cancel => self.cancel += count,
+            TaskStatus::Retry => self.retry += count,
             _ => {}
         }
     }

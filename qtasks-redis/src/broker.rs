@@ -383,10 +383,9 @@ impl RedisBroker {
         let key = self.keys.record(uuid);
         pipe.cmd("EVAL")
             .arg(scripts::FAIL_IF_STORED)
-            .arg(3)
+            .arg(2)
             .arg(&key)
             .arg(&self.keys.stats)
-            .arg(&self.keys.throughput)
             .arg(traceback)
             .arg(unix_now().to_string())
             .arg(
@@ -474,9 +473,11 @@ impl RedisBroker {
         let mut invocation = self.finish.key(&self.keys.leases);
         invocation
             .key(self.keys.record(delivery.task.uuid))
-            .key(&self.keys.stats)
-            .key(&self.keys.throughput);
-        let fields = outcome_fields(outcome, unix_now());
+            .key(&self.keys.stats);
+        let now = unix_now();
+        let fields = outcome_fields(outcome, now);
+        // The stats bucket of this outcome: this second (the worker's clock; see `scripts`).
+        let bucket = format!("t:{}:{}", now as u64, outcome.status().as_str());
         let ttl_ms = self
             .options
             .result_ttl
@@ -487,6 +488,7 @@ impl RedisBroker {
             .arg(&self.keys.done_channel)
             .arg(delivery.task.uuid.to_string())
             .arg(fields.len())
+            .arg(bucket)
             .arg(&fields);
         if let Outcome::Retry { child, .. } = outcome {
             let due = child.run_at.filter(|run_at| *run_at > unix_now());
@@ -868,7 +870,6 @@ impl Broker for RedisBroker {
                     &keys.dead,
                     &keys.recovered,
                     &keys.stats,
-                    &keys.throughput,
                 ])
                 .exec_async(&mut con)
                 .await
@@ -892,7 +893,6 @@ impl Broker for RedisBroker {
                 .key(self.keys.record(uuid))
                 .key(&self.keys.delayed)
                 .key(&self.keys.stats)
-                .key(&self.keys.throughput)
                 .arg(&reason)
                 .arg(&self.keys.done_channel)
                 .arg(&self.keys.cancel_channel)

@@ -227,7 +227,6 @@ pub(crate) struct Keys {
     publishing: String,
     heartbeat: String,
     stats: String,
-    throughput: String,
     workers: String,
 }
 
@@ -248,7 +247,6 @@ impl Keys {
             heartbeat: format!("{prefix}:GlobalConfig:main"),
             publishing: format!("{prefix}:qtasks:publishing"),
             stats: format!("{prefix}:qtasks:stats"),
-            throughput: format!("{prefix}:qtasks:throughput"),
             workers: format!("{prefix}:qtasks:workers"),
         }
     }

@@ -22,40 +22,37 @@
 //! - `N:qtasks:stats` (HASH): counters the scripts keep for `stats`: `success`, `error`,
 //!   `cancel`, `retry` (finished since the last flush), `queued:{priority}` (entries pushed
 //!   by Rust clients and not yet sorted into `ready`) and `cancelled:{priority}` (tasks
-//!   cancelled while they waited, still queued until a take drops them).
-//! - `N:qtasks:throughput` (HASH): tasks finished per second over the last minute, a ring of
-//!   64 fields `second % 64` → `second:count`.
+//!   cancelled while they waited, still queued until a take drops them); and
+//!   `t:{second}:{status}`, tasks finished in that second, for the last minute (then folded
+//!   into the status totals).
 //! - `N:qtasks:workers` (ZSET) and `N:qtasks:worker:{id}` (STRING, JSON with a time to live):
 //!   the workers' descriptions; score = when the description expires (ms).
 //! - `N:{uuid}` (HASH): the task record, in Python QTasks' layout.
 
-/// The Lua functions the counting scripts share: `count_ended(stats, throughput, status)` adds
-/// one finished task to the status counters and to this second's throughput bucket;
-/// `unqueue(stats, entry)` takes a sorted entry off the unsorted-entries counter of its
-/// priority.
+/// The Lua function the counting scripts share: `count_ended(stats, bucket)` counts one finished
+/// task in its bucket, `t:{second}:{status}`: one command per task. The first count of a bucket
+/// also folds the buckets older than a minute into the status totals (`success`, `error`, ...),
+/// so the hash holds at most about 61 buckets per status and the folding runs at most once a
+/// second per status. The finish script gets its bucket from the worker (its clock's second:
+/// `TIME` in a script costs more than the count itself); the rarer scripts read Redis's.
 macro_rules! counting {
     () => {
         r#"
-local function count_ended(stats, throughput, status)
-  redis.call('HINCRBY', stats, status, 1)
-  local sec = tonumber(redis.call('TIME')[1])
-  local slot = sec % 64
-  local n = 1
-  local current = redis.call('HGET', throughput, slot)
-  if current then
-    local at, count = string.match(current, '^(%d+):(%d+)$')
-    if tonumber(at) == sec then n = tonumber(count) + 1 end
+local function count_ended(stats, bucket)
+  if redis.call('HINCRBY', stats, bucket, 1) == 1 then
+    local sec = tonumber(string.match(bucket, '^t:(%d+):')) or 0
+    for _, field in ipairs(redis.call('HKEYS', stats)) do
+      local at, old_status = string.match(field, '^t:(%d+):(%a+)$')
+      if at and tonumber(at) < sec - 60 then
+        local count = tonumber(redis.call('HGET', stats, field) or '0')
+        redis.call('HINCRBY', stats, old_status, count)
+        redis.call('HDEL', stats, field)
+      end
+    end
   end
-  redis.call('HSET', throughput, slot, sec .. ':' .. n)
 end
-local function unqueue(stats, entry)
-  local field = 'queued:' .. (tonumber(string.match(entry, ':(%-?%d+)$')) or 0)
-  local left = tonumber(redis.call('HGET', stats, field) or '0')
-  if left > 1 then
-    redis.call('HINCRBY', stats, field, -1)
-  elseif left == 1 then
-    redis.call('HDEL', stats, field)
-  end
+local function bucket_now(status)
+  return 't:' .. redis.call('TIME')[1] .. ':' .. status
 end
 "#
     };
@@ -78,7 +75,6 @@ end
 /// At most 1,000 pushed entries move to `ready` per call, so one call never holds Redis
 /// for a whole backlog; the rest move on the next calls.
 pub(super) const TAKE: &str = concat!(
-    counting!(),
     r#"
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -115,15 +111,30 @@ local entries = redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', now_ms)
 if #entries > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now_ms)
 end
+local from_lists = #entries + 1
 local move_limit = 1000
 for _, list in ipairs({KEYS[2], KEYS[1]}) do
   while #entries < move_limit do
     local got = redis.call('LPOP', list, math.min(1000, move_limit - #entries))
     if not got then break end
-    for _, entry in ipairs(got) do
-      entries[#entries + 1] = entry
-      unqueue(KEYS[8], entry)
-    end
+    for _, entry in ipairs(got) do entries[#entries + 1] = entry end
+  end
+end
+-- Sorted entries leave the unsorted counters of their priorities (counted per priority, so a
+-- batch costs a few commands, not two per entry; never below zero: Python clients' entries
+-- were never counted).
+local unsorted = {}
+for i = from_lists, #entries do
+  local p = priority_of(entries[i])
+  unsorted[p] = (unsorted[p] or 0) + 1
+end
+for p, n in pairs(unsorted) do
+  local field = 'queued:' .. p
+  local left = tonumber(redis.call('HGET', KEYS[8], field) or '0')
+  if left > n then
+    redis.call('HINCRBY', KEYS[8], field, -n)
+  elseif left > 0 then
+    redis.call('HDEL', KEYS[8], field)
   end
 end
 if #entries > 0 then
@@ -236,11 +247,11 @@ return #members
 /// waiters, in one step. Sent again after a lost reply, it finds the lease gone and the record
 /// final and answers "stored" without writing again (so a retry's next attempt is added once).
 ///
-/// KEYS: leases, record, stats, throughput, then for a retry: the child's record, and the
-/// child's queue (`task_queue`, or `delayed` with a time). ARGV: lease member (token and member), ttl_ms (0:
-/// keep), done channel, uuid, field count, the fields and values, then for a retry: the child's
-/// field count, its fields and values, its queue entry and its due time in ms ('' to queue it
-/// now). Returns 1 stored, 2 ended already (a replay; nothing written), 0 refused (the lease is
+/// KEYS: leases, record, stats, then for a retry: the child's record, and the child's queue
+/// (`task_queue`, or `delayed` with a time). ARGV: lease member (token and member), ttl_ms (0:
+/// keep), done channel, uuid, field count, the stats bucket (`t:{second}:{status}`), the fields
+/// and values, then for a retry: the child's field count, its fields and values, its queue
+/// entry and its due time in ms ('' to queue it now). Returns 1 stored, 2 ended already (a replay; nothing written), 0 refused (the lease is
 /// not this delivery's any more; nothing written).
 pub(super) const FINISH: &str = concat!(
     counting!(),
@@ -253,21 +264,19 @@ if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then
   return 0
 end
 local n = tonumber(ARGV[5])
-redis.call('HSET', KEYS[2], unpack(ARGV, 6, 5 + 2 * n))
-for i = 6, 5 + 2 * n, 2 do
-  if ARGV[i] == 'status' then count_ended(KEYS[3], KEYS[4], ARGV[i + 1]) end
-end
-local next_arg = 6 + 2 * n
-if KEYS[5] then
+redis.call('HSET', KEYS[2], unpack(ARGV, 7, 6 + 2 * n))
+count_ended(KEYS[3], ARGV[6])
+local next_arg = 7 + 2 * n
+if KEYS[4] then
   local c = tonumber(ARGV[next_arg])
-  redis.call('HSET', KEYS[5], unpack(ARGV, next_arg + 1, next_arg + 2 * c))
+  redis.call('HSET', KEYS[4], unpack(ARGV, next_arg + 1, next_arg + 2 * c))
   local entry = ARGV[next_arg + 2 * c + 1]
   local due = ARGV[next_arg + 2 * c + 2]
   if due == '' then
-    redis.call('RPUSH', KEYS[6], entry)
+    redis.call('RPUSH', KEYS[5], entry)
     redis.call('HINCRBY', KEYS[3], 'queued:' .. (tonumber(string.match(entry, ':(%-?%d+)$')) or 0), 1)
   else
-    redis.call('ZADD', KEYS[6], tonumber(due), entry)
+    redis.call('ZADD', KEYS[5], tonumber(due), entry)
   end
 end
 local ttl = tonumber(ARGV[2])
@@ -308,7 +317,7 @@ return 0
 /// Cancels a task by its status at this moment, in one step (so no worker takes it in
 /// between): `new` becomes `cancel` (a take drops it; a delayed one leaves `delayed` at once)
 /// and its waiters are told; for `process` the workers are asked to stop it; any other status
-/// stays. KEYS: record, delayed, stats, throughput. ARGV: reason, done channel, cancel
+/// stays. KEYS: record, delayed, stats. ARGV: reason, done channel, cancel
 /// channel, uuid, ttl_ms (0: keep). Returns the status found (`missing` for no record).
 pub(super) const CANCEL: &str = concat!(
     counting!(),
@@ -330,7 +339,7 @@ if status == 'new' then
   end
   local ttl = tonumber(ARGV[5])
   if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
-  count_ended(KEYS[3], KEYS[4], 'cancel')
+  count_ended(KEYS[3], bucket_now('cancel'))
   redis.call('PUBLISH', ARGV[2], ARGV[4])
 elseif status == 'process' then
   redis.call('PUBLISH', ARGV[3], ARGV[4] .. ' ' .. ARGV[1])
@@ -340,7 +349,7 @@ return status
 );
 
 /// Ends a record `error` with a reason if, and only if, it exists (an entry that cannot run
-/// names it), applies the retention and tells its waiters. KEYS: record, stats, throughput.
+/// names it), applies the retention and tells its waiters. KEYS: record, stats.
 /// ARGV: traceback, now, ttl_ms (0: keep), done channel, uuid.
 pub(super) const FAIL_IF_STORED: &str = concat!(
     counting!(),
@@ -349,7 +358,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local before = redis.call('HGET', KEYS[1], 'status')
 redis.call('HSET', KEYS[1], 'status', 'error', 'traceback', ARGV[1], 'updated_at', ARGV[2])
 if before ~= 'success' and before ~= 'error' and before ~= 'cancel' and before ~= 'retry' then
-  count_ended(KEYS[2], KEYS[3], 'error')
+  count_ended(KEYS[2], bucket_now('error'))
 end
 local ttl = tonumber(ARGV[3])
 if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
@@ -375,11 +384,11 @@ return 1
 
 /// The queue's live numbers, from the structures and counters alone (nothing scanned; the
 /// walk over priorities is one step per distinct priority, at most 100).
-/// KEYS: ready, task_queue, incoming, delayed, leases, dead, stats, throughput.
-/// Returns `{waiting, delayed, running, dead, unsorted, counters, buckets, now, heads}`:
+/// KEYS: ready, task_queue, incoming, delayed, leases, dead, stats.
+/// Returns `{waiting, delayed, running, dead, unsorted, counters, now, heads}`:
 /// `waiting` = `{priority, count, first member}...`; `unsorted` = entries pushed and not yet
-/// sorted into `ready`; `counters` = the stats hash (flat); `buckets` = the throughput ring
-/// (flat); `now` = Redis's Unix second; `heads` = the first entries of `incoming` and
+/// sorted into `ready`; `counters` = the stats hash (flat, with the throughput buckets);
+/// `now` = Redis's Unix second; `heads` = the first entries of `incoming` and
 /// `task_queue` (or false).
 pub(super) const STATS: &str = r#"
 local waiting = {}
@@ -400,7 +409,6 @@ return {
   redis.call('LLEN', KEYS[6]),
   unsorted,
   redis.call('HGETALL', KEYS[7]),
-  redis.call('HGETALL', KEYS[8]),
   tonumber(redis.call('TIME')[1]),
   heads,
 }

@@ -24,7 +24,6 @@ type Raw = (
     u64,
     u64,
     HashMap<String, String>,
-    HashMap<String, String>,
     u64,
     Vec<Option<String>>,
 );
@@ -35,7 +34,7 @@ pub(crate) async fn read(
     commands: &ConnectionManager,
 ) -> Result<QueueStats, BackendError> {
     let mut con = commands.clone();
-    let (runs, delayed, running, dead, unsorted, counters, buckets, now, heads): Raw =
+    let (runs, delayed, running, dead, unsorted, counters, now, heads): Raw =
         Script::new(scripts::STATS)
             .key(&keys.ready)
             .key(&keys.queue)
@@ -44,7 +43,6 @@ pub(crate) async fn read(
             .key(&keys.leases)
             .key(&keys.dead)
             .key(&keys.stats)
-            .key(&keys.throughput)
             .invoke_async(&mut con)
             .await
             .map_err(|e| failure("reading the queue's stats failed".to_owned(), e))?;
@@ -71,19 +69,25 @@ pub(crate) async fn read(
         }
     }
     stats.waiting.retain(|_, waiting| *waiting > 0);
-    let count = |status: &str| counters.get(status).and_then(|n| n.parse().ok());
-    stats.finished.success = count("success").unwrap_or(0);
-    stats.finished.error = count("error").unwrap_or(0);
-    stats.finished.cancel = count("cancel").unwrap_or(0);
-    stats.finished.retry = count("retry").unwrap_or(0);
-    stats.finished_last_minute = buckets
-        .values()
-        .filter_map(|bucket| {
-            let (at, count) = bucket.split_once(':')?;
-            let at: u64 = at.parse().ok()?;
-            (at + 60 > now && at <= now).then(|| count.parse::<u64>().ok())?
-        })
-        .sum();
+    // Totals: the folded counts plus the buckets of the last minute or so.
+    for (field, count) in &counters {
+        let Ok(count) = count.parse::<u64>() else {
+            continue;
+        };
+        let (status, at) = match field.strip_prefix("t:").and_then(|b| b.split_once(':')) {
+            Some((at, status)) => (status, at.parse::<u64>().ok()),
+            None => (field.as_str(), None),
+        };
+        if let Ok(status) = status.parse::<qtasks_core::TaskStatus>() {
+            stats.finished.add(status, count);
+        }
+        // (Buckets are named by the workers' clocks: one a little ahead still counts.)
+        if let Some(at) = at
+            && at + 60 > now
+        {
+            stats.finished_last_minute += count;
+        }
+    }
 
     // The oldest waiting task: the first in arrival order among the priorities' first members
     // (members start with their zero-padded arrival number), else the head of the unsorted
