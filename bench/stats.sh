@@ -15,7 +15,7 @@ redis-server --port $port --bind 127.0.0.1 --save "" --appendonly no --dir "$dir
 trap 'kill "$(cat "$dir"/redis.pid)"' EXIT
 sleep 0.5
 redis-cli -p $port FLUSHALL >/dev/null
-read_stats() { "$bin" stats --url $url --n 200 2>/dev/null | tail -1; }
+read_stats() { "$bin" stats --url $url --n 200 2>/dev/null | sed -n "s/^BENCH_JSON //p"; }
 empty=$(read_stats)
 "$bin" enqueue --url $url --n 1000000 >/dev/null 2>&1
 pushed=$(read_stats)
