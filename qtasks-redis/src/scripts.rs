@@ -74,8 +74,7 @@ end
 ///
 /// At most 1,000 pushed entries move to `ready` per call, so one call never holds Redis
 /// for a whole backlog; the rest move on the next calls.
-pub(super) const TAKE: &str = concat!(
-    r#"
+pub(super) const TAKE: &str = r#"
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
@@ -165,8 +164,7 @@ end
 if #leases > 0 then zadd_pairs(KEYS[5], leases) end
 local next_due = redis.call('ZRANGE', KEYS[7], 0, 0, 'WITHSCORES')
 return {out, next_due[2] or false}
-"#
-);
+"#;
 
 /// The second step of a take: for each leased task, reads the record fields the worker needs
 /// and marks it `process`, if the lease is still this take's. A record that is final already
