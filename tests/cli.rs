@@ -404,6 +404,7 @@ fn mistakes_get_their_exit_code_and_a_message_naming_them() {
             "not a backend this binary knows",
         ),
         (&["worker"][..], "compiled into your own binary"),
+        (&["timer"][..], "compiled into your own binary"),
         (&["no-such-command"][..], "unrecognized subcommand"),
     ];
     if url.is_some() {

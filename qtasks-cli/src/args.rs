@@ -72,6 +72,8 @@ pub enum Command {
     Worker(WorkerArgs),
     /// The registered tasks and the app's parts (only in a worker binary).
     Inspect(InspectArgs),
+    /// Run the app's schedules and no worker (only in a worker binary; workers run them too).
+    Timer,
 }
 
 /// The commands both parts have.
@@ -119,6 +121,12 @@ pub enum SharedCommand {
         #[arg(long)]
         yes: bool,
     },
+    /// The schedules the workers run: list them, pause or resume one.
+    Schedule {
+        /// What to do (default: list).
+        #[command(subcommand)]
+        action: Option<ScheduleAction>,
+    },
     /// Queue entries that could not run: list them, requeue or drop them.
     Dead {
         /// What to do with them (default: list).
@@ -145,6 +153,9 @@ pub struct AddArgs {
     /// Wait this many seconds for the result, and print it.
     #[arg(long)]
     pub wait: Option<f64>,
+    /// Run the task no sooner than this many seconds from now.
+    #[arg(long)]
+    pub delay: Option<f64>,
 }
 
 /// `tasks`' filters.
@@ -163,6 +174,24 @@ pub struct TasksArgs {
     /// At most this many.
     #[arg(long, default_value_t = 20)]
     pub limit: usize,
+}
+
+/// What to do with schedules.
+#[derive(Debug, Subcommand)]
+#[non_exhaustive]
+pub enum ScheduleAction {
+    /// Every schedule: what it adds, when it fires next, its last firing.
+    List,
+    /// Stop firing a schedule (on every worker) until it is resumed.
+    Pause {
+        /// The schedule's name.
+        name: String,
+    },
+    /// Fire a paused schedule again, from its next slot.
+    Resume {
+        /// The schedule's name.
+        name: String,
+    },
 }
 
 /// What to do with dead letters.

@@ -7,6 +7,7 @@ use qtasks_core::{AddOptions, QueueTasks, TaskRecord, TaskStatus, Uuid};
 use serde_json::Value;
 use tracing::Instrument;
 
+use crate::args::ScheduleAction;
 use crate::args::{AddArgs, Cli, Command, DeadAction, DeadSelection, InspectArgs, SharedCommand};
 use crate::args::{TasksArgs, WorkerArgs};
 use crate::output::{self, Spinner, ago, human_duration};
@@ -20,6 +21,7 @@ pub(crate) async fn run_app_command(app: &QueueTasks, cli: &Cli) -> Outcome {
         Command::Shared(command) => run_shared(app, command, cli.json).await,
         Command::Worker(args) => worker(app, args).await,
         Command::Inspect(args) => inspect(app, args, cli.json).await,
+        Command::Timer => Ok(app.run_scheduler().await?),
     }
 }
 
@@ -46,6 +48,7 @@ pub(crate) async fn run_shared(app: &QueueTasks, command: &SharedCommand, json: 
         SharedCommand::Ping => ping(app, json).await,
         SharedCommand::Flush { yes } => flush(app, *yes).await,
         SharedCommand::Dead { action } => dead(app, action.as_ref(), json).await,
+        SharedCommand::Schedule { action } => schedule(app, action.as_ref(), json).await,
     }
 }
 
@@ -82,6 +85,9 @@ async fn add(app: &QueueTasks, args: &AddArgs, json: bool) -> Outcome {
     let mut options = AddOptions::default();
     if let Some(priority) = args.priority {
         options = options.priority(priority);
+    }
+    if let Some(delay) = args.delay {
+        options = options.delay(seconds(delay, "--delay")?);
     }
     // Under a span of its own: with traces exported, the task's run continues this trace.
     let handle = app
@@ -337,7 +343,12 @@ fn show_stats(stats: &Stats, json: bool) {
         }
     }
     lines.push(("workers", stats.workers.len().to_string()));
+    lines.push(("schedules", stats.schedules.len().to_string()));
     output::fields(&lines);
+    if !stats.schedules.is_empty() {
+        println!();
+        show_schedules(&stats.schedules);
+    }
 }
 
 async fn workers(app: &QueueTasks, json: bool) -> Outcome {
@@ -413,6 +424,80 @@ async fn flush(app: &QueueTasks, yes: bool) -> Outcome {
     app.flush_all().await?;
     println!("flushed app `{}`", app.name());
     Ok(())
+}
+
+async fn schedule(app: &QueueTasks, action: Option<&ScheduleAction>, json: bool) -> Outcome {
+    let (name, pause) = match action {
+        None | Some(ScheduleAction::List) => {
+            let schedules = app.schedules().await?;
+            if json {
+                output::json(&schedules);
+            } else {
+                show_schedules(&schedules);
+            }
+            return Ok(());
+        }
+        Some(ScheduleAction::Pause { name }) => (name, true),
+        Some(ScheduleAction::Resume { name }) => (name, false),
+    };
+    let known = app.schedules().await?;
+    if !known.iter().any(|s| &s.name == name) {
+        let names: Vec<&str> = known.iter().map(|s| s.name.as_str()).collect();
+        return Err(Failure::task(format!(
+            "no schedule `{name}` is known (a worker records its schedules when it starts); known: {}",
+            if names.is_empty() {
+                "none".to_owned()
+            } else {
+                names.join(", ")
+            }
+        )));
+    }
+    if pause {
+        app.pause_schedule(name).await?;
+    } else {
+        app.resume_schedule(name).await?;
+    }
+    let done = if pause { "paused" } else { "resumed" };
+    if json {
+        output::json(&serde_json::json!({ "schedule": name, done: true }));
+    } else {
+        println!("schedule `{name}` {done}");
+    }
+    Ok(())
+}
+
+fn show_schedules(schedules: &[qtasks_core::schedule::ScheduleInfo]) {
+    let at = |secs: Option<f64>| {
+        secs.map_or("-".to_owned(), |secs| {
+            let now = qtasks_core::backend::unix_now();
+            if secs >= now {
+                format!("in {}", human_duration(Duration::from_secs_f64(secs - now)))
+            } else {
+                ago(secs)
+            }
+        })
+    };
+    let rows: Vec<Vec<String>> = schedules
+        .iter()
+        .map(|s| {
+            vec![
+                s.name.clone(),
+                s.task.clone(),
+                s.when.clone(),
+                if s.paused {
+                    "paused".to_owned()
+                } else {
+                    at(s.next_at)
+                },
+                at(s.last_slot),
+                s.last_uuid.map_or("-".to_owned(), |u| u.to_string()),
+            ]
+        })
+        .collect();
+    output::table(
+        &["SCHEDULE", "TASK", "WHEN", "NEXT", "LAST", "LAST TASK"],
+        &rows,
+    );
 }
 
 async fn dead(app: &QueueTasks, action: Option<&DeadAction>, json: bool) -> Outcome {
@@ -571,5 +656,9 @@ async fn inspect(app: &QueueTasks, args: &InspectArgs, json: bool) -> Outcome {
         &["TASK", "PARAMS", "PRIORITY", "RETRY", "DEFINED AT"],
         &rows,
     );
+    if !inspection.schedules.is_empty() {
+        println!();
+        show_schedules(&inspection.schedules);
+    }
     Ok(())
 }

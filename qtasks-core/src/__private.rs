@@ -173,6 +173,17 @@ pub struct PluginRegistration {
 
 inventory::collect!(PluginRegistration);
 
+/// Not public API. The schedule of a `#[qtasks::task(cron = "...")]` (the expression was
+/// checked when the task compiled).
+pub struct CronRegistration {
+    /// The task's name (also the schedule's).
+    pub task: &'static str,
+    /// The cron expression.
+    pub expression: &'static str,
+}
+
+inventory::collect!(CronRegistration);
+
 /// Not public API. The signature of a plugin shim.
 pub type PluginShim = for<'a> fn(TriggerEvent<'a>) -> HandlerCall<'a>;
 

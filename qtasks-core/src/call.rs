@@ -21,6 +21,8 @@ pub struct TaskCall {
     pub kwargs: Map<String, Value>,
     /// The priority of this call; `None` takes the task's, then the app's default.
     pub priority: Option<i64>,
+    /// When the task may run, if later than when it is added.
+    pub run_at: Option<std::time::SystemTime>,
     pub(crate) definition: Option<&'static TaskDefinition>,
     /// An argument that did not encode, reported when the call is sent.
     pub(crate) invalid: Option<String>,
@@ -34,6 +36,7 @@ impl TaskCall {
             args,
             kwargs,
             priority: None,
+            run_at: None,
             definition: None,
             invalid: None,
         }
@@ -49,6 +52,7 @@ impl TaskCall {
             args,
             kwargs: Map::new(),
             priority: None,
+            run_at: None,
             definition: Some(definition),
             invalid,
         }
@@ -58,6 +62,20 @@ impl TaskCall {
     #[must_use]
     pub fn priority(mut self, priority: i64) -> Self {
         self.priority = Some(priority);
+        self
+    }
+
+    /// Runs the task no sooner than `delay` after the call is sent: `add::call(2, 3).delay(..)`.
+    #[must_use]
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.run_at = Some(std::time::SystemTime::now() + delay);
+        self
+    }
+
+    /// Runs the task no sooner than `time`.
+    #[must_use]
+    pub fn at(mut self, time: std::time::SystemTime) -> Self {
+        self.run_at = Some(time);
         self
     }
 
@@ -76,6 +94,7 @@ impl TaskCall {
         self.check()?;
         let options = AddOptions {
             priority: self.priority,
+            run_at: self.run_at,
         };
         app.add_task_with(&self.task_name, &self.args, &self.kwargs, options)
             .await

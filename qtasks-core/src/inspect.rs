@@ -14,6 +14,9 @@ pub struct Inspection {
     pub app: AppStats,
     /// Every registered task, by name.
     pub tasks: Vec<TaskStats>,
+    /// The schedules this app runs (registered with `schedule`, or `#[task(cron = ..)]`),
+    /// with their next slot.
+    pub schedules: Vec<crate::schedule::ScheduleInfo>,
 }
 
 /// The app part of an [`Inspection`].

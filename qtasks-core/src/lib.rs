@@ -15,6 +15,7 @@
 //! - [`components`]: the other replaceable parts (global config, worker, starter, executor);
 //! - [`triggers`]: one payload type per trigger, and the partial updates replacing triggers
 //!   take;
+//! - [`schedule`]: delayed and periodic tasks;
 //! - [`inspect`], [`stats`], [`trace`], [`testing`].
 #![warn(missing_docs)]
 
@@ -35,6 +36,7 @@ mod middleware;
 mod panic;
 mod plugin;
 mod registry;
+pub mod schedule;
 mod signals;
 pub mod stats;
 mod sync;

@@ -26,6 +26,9 @@ pub struct Stats {
     pub queue: Option<QueueStats>,
     /// The workers whose heartbeat is alive, oldest first.
     pub workers: Vec<WorkerInfo>,
+    /// The schedules the workers run: next and last firing, paused or not.
+    #[serde(default)]
+    pub schedules: Vec<crate::schedule::ScheduleInfo>,
 }
 
 /// The queue's numbers, from [`Broker::stats`](crate::backend::Broker::stats).

@@ -402,11 +402,14 @@ impl RedisBroker {
     fn queue_command(&self, pipe: &mut redis::Pipeline, task: &QueuedTask) {
         match task.run_at.filter(|run_at| *run_at > unix_now()) {
             Some(run_at) => {
-                pipe.zadd(
-                    &self.keys.delayed,
-                    queue_entry(task),
-                    (run_at * 1000.0) as i64,
-                );
+                // How long from now, by this process's clock; when, by Redis's.
+                let delay_ms = ((run_at - unix_now()) * 1000.0).max(0.0) as i64;
+                pipe.cmd("EVAL")
+                    .arg(scripts::ADD_DELAYED)
+                    .arg(1)
+                    .arg(&self.keys.delayed)
+                    .arg(delay_ms)
+                    .arg(queue_entry(task));
             }
             None => {
                 pipe.rpush(&self.keys.queue, queue_entry(task)).hincr(
@@ -647,7 +650,11 @@ impl Broker for RedisBroker {
             self.queue_command(&mut pipe, &task);
             pipe.exec_async(&mut con)
                 .await
-                .map_err(|e| failure(format!("adding task `{}` failed", task.task_name), e))
+                .map_err(|e| failure(format!("adding task `{}` failed", task.task_name), e))?;
+            // A delayed task: moved to the queue when due, waking a worker then (a take moves
+            // it too, should this process be gone by then).
+            self.release_when_due(&task);
+            Ok(())
         })
     }
 

@@ -191,6 +191,26 @@ impl GlobalConfig for RedisGlobalConfig {
         })
     }
 
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        Box::pin(async move {
+            let mut con = self.commands.clone();
+            let won: Option<String> = redis::cmd("SET")
+                .arg(format!("{}:qtasks:claim:{key}", self.keys.prefix))
+                .arg(1)
+                .arg("NX")
+                .arg("PX")
+                .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
+                .query_async(&mut con)
+                .await
+                .map_err(|e| failure(format!("claiming `{key}` failed"), e))?;
+            Ok(won.is_some())
+        })
+    }
+
     fn remove_worker<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {
         Box::pin(async move {
             let mut con = self.commands.clone();

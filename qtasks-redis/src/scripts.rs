@@ -304,12 +304,28 @@ return lost
 /// Moves one delayed entry to `task_queue` if it is still delayed (so only one of the timer
 /// and a take script moves it). KEYS: delayed, task_queue, stats. ARGV: entry.
 pub(super) const RELEASE_DELAYED: &str = r#"
+-- Due by Redis's clock, the one every worker's take compares with (not the caller's).
+local due = redis.call('ZSCORE', KEYS[1], ARGV[1])
+local t = redis.call('TIME')
+if not due or tonumber(due) > tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) then
+  return 0
+end
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
   redis.call('RPUSH', KEYS[2], ARGV[1])
   redis.call('HINCRBY', KEYS[3], 'queued:' .. (tonumber(string.match(ARGV[1], ':(%-?%d+)$')) or 0), 1)
   return 1
 end
 return 0
+"#;
+
+/// Adds a delayed entry, due `ARGV[1]` ms from now by Redis's clock (the one takes compare
+/// with: a client whose clock is off still delays by what it asked). KEYS: delayed. ARGV:
+/// delay_ms, entry.
+pub(super) const ADD_DELAYED: &str = r#"
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[1]), ARGV[2])
+return 1
 "#;
 
 /// Cancels a task by its status at this moment, in one step (so no worker takes it in

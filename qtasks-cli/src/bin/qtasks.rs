@@ -13,7 +13,7 @@ async fn main() -> ExitCode {
     let Command::Shared(command) = &cli.command else {
         return finish(Err(Failure {
             code: EXIT_USAGE,
-            message: "`worker` and `inspect` need the tasks, which are compiled into your own binary: give it `qtasks::cli::run(app)` as main (see examples/worker_cli.rs)".to_owned(),
+            message: "`worker`, `inspect` and `timer` need the tasks, which are compiled into your own binary: give it `qtasks::cli::run(app)` as main (see examples/worker_cli.rs)".to_owned(),
         }));
     };
     let app = match connect(&cli).await {

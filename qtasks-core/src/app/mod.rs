@@ -6,6 +6,7 @@
 //! - [`running`]: starting and stopping the app and its worker (`start`, `stop`,
 //!   `run_forever`), `ping` and `inspect`;
 //! - [`observe`]: live stats, this process's worker counters and dead letters;
+//! - [`schedules`]: periodic tasks;
 //! - [`config`]: the app's [`QueueConfig`] and the shared global config entries;
 //! - [`plugins`]: runtime plugins and events;
 //! - [`dependencies`]: what `Depends<T>` and `State<T>` task parameters receive.
@@ -16,6 +17,7 @@ mod dependencies;
 mod observe;
 mod plugins;
 mod running;
+mod schedules;
 mod tasks;
 
 use std::fmt;
@@ -80,6 +82,10 @@ pub(crate) struct Inner {
     pub(crate) lifecycle: tokio::sync::Mutex<Option<Running>>,
     /// Carries traces from the enqueuing code to the task's span, once installed.
     pub(crate) trace_context: std::sync::OnceLock<Arc<dyn crate::trace::TraceContext>>,
+    /// The schedules registered with `schedule`.
+    pub(crate) schedules: Mutex<Vec<Arc<crate::schedule::runner::Entry>>>,
+    /// The clock schedules read.
+    pub(crate) clock: std::sync::OnceLock<Arc<dyn crate::schedule::Clock>>,
 }
 
 /// What this process's worker counts as it goes.
@@ -103,6 +109,8 @@ pub(crate) struct Running {
     pub(crate) plugins: Vec<RuntimePlugin>,
     /// The id this worker is listed under (see `stats`).
     pub(crate) worker_id: String,
+    /// The schedules this worker runs, until it stops.
+    pub(crate) scheduler: JoinHandle<()>,
 }
 
 /// The parts an app is built from (see [`AppBuilder`]).
@@ -165,6 +173,8 @@ impl QueueTasks {
                 interrupt: tokio::sync::Notify::new(),
                 lifecycle: tokio::sync::Mutex::new(None),
                 trace_context: std::sync::OnceLock::new(),
+                schedules: Mutex::default(),
+                clock: std::sync::OnceLock::new(),
             }),
         }
     }

@@ -23,15 +23,17 @@ impl QueueTasks {
     /// # Ok(()) }
     /// ```
     pub async fn stats(&self) -> Result<crate::stats::Stats> {
-        let (queue, workers) = tokio::join!(
+        let (queue, workers, schedules) = tokio::join!(
             self.inner.broker.stats(),
-            self.inner.global_config.workers()
+            self.inner.global_config.workers(),
+            self.schedules()
         );
         Ok(crate::stats::Stats {
             app: self.name(),
             at: crate::backend::unix_now(),
             queue: queue?,
             workers: workers?,
+            schedules: schedules?,
         })
     }
 

@@ -149,6 +149,7 @@ impl QueueTasks {
                 executor: inner.executor.name().to_owned(),
             },
             tasks,
+            schedules: self.registered_schedules(),
         }
     }
 

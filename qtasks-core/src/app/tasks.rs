@@ -105,8 +105,16 @@ impl QueueTasks {
             .priority
             .or_else(|| definition.and_then(|d| d.priority))
             .unwrap_or(self.config().task_default_priority);
-        self.enqueue(task_name.to_owned(), priority, args, kwargs, definition)
-            .await
+        let run_at = options.run_at.map(system_secs);
+        self.enqueue(
+            task_name.to_owned(),
+            priority,
+            args,
+            kwargs,
+            definition,
+            run_at,
+        )
+        .await
     }
 
     pub(crate) async fn enqueue_defined(
@@ -124,6 +132,7 @@ impl QueueTasks {
             args,
             kwargs,
             Some(definition),
+            None,
         )
         .await
     }
@@ -137,6 +146,7 @@ impl QueueTasks {
         args: Vec<Value>,
         kwargs: Map<String, Value>,
         definition: Option<&'static TaskDefinition>,
+        run_at: Option<f64>,
     ) -> Result<TaskHandle> {
         let mut task = QueuedTask {
             uuid: Uuid::new_v4(),
@@ -147,7 +157,7 @@ impl QueueTasks {
             created_at: unix_now(),
             retry: None,
             retry_parent_uuid: None,
-            run_at: None,
+            run_at,
             traceparent: self
                 .inner
                 .trace_context
@@ -327,6 +337,8 @@ pub struct AddOptions {
     /// The priority of this task (lower runs first); `None` takes the task's, then the app's
     /// default.
     pub priority: Option<i64>,
+    /// When the task may run, if later than now: it stays `new` and no worker takes it before.
+    pub run_at: Option<std::time::SystemTime>,
 }
 
 impl AddOptions {
@@ -335,6 +347,36 @@ impl AddOptions {
     pub fn priority(mut self, priority: i64) -> Self {
         self.priority = Some(priority);
         self
+    }
+
+    /// Runs the task no sooner than `delay` from now (the original's countdown). A cancel
+    /// before then removes it.
+    ///
+    /// ```
+    /// # async fn demo(app: &qtasks::QueueTasks) -> qtasks::Result<()> {
+    /// let later = qtasks::AddOptions::default().delay(std::time::Duration::from_secs(90));
+    /// app.add_task_with("remind", ("Ann",), (), later).await?;
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.run_at = Some(std::time::SystemTime::now() + delay);
+        self
+    }
+
+    /// Runs the task no sooner than `time` (an ETA).
+    #[must_use]
+    pub fn at(mut self, time: std::time::SystemTime) -> Self {
+        self.run_at = Some(time);
+        self
+    }
+}
+
+/// A time as Unix seconds (the clock of `run_at` and records).
+fn system_secs(time: std::time::SystemTime) -> f64 {
+    match time.duration_since(std::time::UNIX_EPOCH) {
+        Ok(after) => after.as_secs_f64(),
+        Err(before) => -before.duration().as_secs_f64(),
     }
 }
 

@@ -22,6 +22,8 @@ struct State {
     heartbeat_until: Option<Instant>,
     /// Worker descriptions by id, with when each expires.
     workers: BTreeMap<String, (WorkerInfo, Instant)>,
+    /// Claims by key, with when each expires.
+    claims: BTreeMap<String, Instant>,
 }
 
 impl MemoryGlobalConfig {
@@ -110,6 +112,25 @@ impl GlobalConfig for MemoryGlobalConfig {
             .workers
             .insert(info.id.clone(), (info.clone(), Instant::now() + ttl));
         Box::pin(async { Ok(()) })
+    }
+
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        let now = Instant::now();
+        let mut state = self.state();
+        // Expired claims go (a one-second schedule makes one a second).
+        state.claims.retain(|_, until| *until > now);
+        let won = match state.claims.entry(key.to_owned()) {
+            std::collections::btree_map::Entry::Occupied(_) => false,
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert(now + ttl);
+                true
+            }
+        };
+        Box::pin(async move { Ok(won) })
     }
 
     fn remove_worker<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {

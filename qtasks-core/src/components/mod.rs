@@ -84,6 +84,19 @@ pub trait GlobalConfig: Send + Sync + 'static {
         Box::pin(async { Ok(()) })
     }
 
+    /// Claims `key` for `ttl` in one atomic step: `true` for the first claimer only (until the
+    /// claim expires). Schedules claim each slot this way, so a slot fires once however many
+    /// workers run it. The default always says `true`: fine for one process, wrong for
+    /// several sharing a backend (every one would fire every slot).
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        let _ = (key, ttl);
+        Box::pin(async { Ok(true) })
+    }
+
     /// Removes a stopped worker's description.
     fn remove_worker<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {
         let _ = id;

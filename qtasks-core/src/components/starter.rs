@@ -166,6 +166,11 @@ impl StartSteps<'_> {
                 }
             });
         }
+        let scheduler = tokio::spawn(crate::schedule::runner::run(
+            app.clone(),
+            app.schedule_entries(),
+            stop_requested.clone(),
+        ));
         let host = WorkerHost::new(app.clone(), tasks, stop_requested);
         let worker_task = {
             let worker = std::sync::Arc::clone(&inner.worker);
@@ -177,6 +182,7 @@ impl StartSteps<'_> {
             heartbeat,
             plugins,
             worker_id,
+            scheduler,
         })
     }
 }
@@ -373,6 +379,7 @@ impl StopSteps<'_> {
         dispatch.fire(&BrokerStop { broker }).await;
         note(broker.stop().await);
         running.heartbeat.abort();
+        running.scheduler.abort();
         note(global_config.clear_status().await);
         note(global_config.remove_worker(&running.worker_id).await);
         tracing::info!(

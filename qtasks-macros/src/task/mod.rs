@@ -41,6 +41,20 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
 }
 
 fn emit(task: &Task) -> TokenStream {
+    let cron = task.options.cron.as_ref().map(|expression| {
+        let ident = &task.function.sig.ident;
+        quote! {
+            #[doc(hidden)]
+            const _: () = {
+                ::qtasks::__private::inventory::submit! {
+                    ::qtasks::__private::CronRegistration {
+                        task: #ident::NAME,
+                        expression: #expression,
+                    }
+                }
+            };
+        }
+    });
     let function = &task.function;
     let ident = &function.sig.ident;
     let vis = &function.vis;
@@ -283,6 +297,8 @@ fn emit(task: &Task) -> TokenStream {
                 ::qtasks::__private::TaskRegistration(#ident::DEFINITION)
             }
         };
+
+        #cron
     }
 }
 

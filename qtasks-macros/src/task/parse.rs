@@ -25,6 +25,7 @@ const OPTIONS: &[&str] = &[
     "middlewares_after",
     "router",
     "executor",
+    "cron",
 ];
 
 #[derive(Default)]
@@ -45,6 +46,8 @@ pub(crate) struct TaskOptions {
     pub(crate) middlewares_after: Vec<Expr>,
     pub(crate) router: Option<LitStr>,
     pub(crate) executor: Option<Expr>,
+    /// A cron expression, checked here (so a bad one does not compile).
+    pub(crate) cron: Option<LitStr>,
 }
 
 /// A parameter: filled from the task's arguments, or (an extractor: `Depends<T>`, `State<T>`)
@@ -166,6 +169,11 @@ pub(crate) fn parse_options(args: TokenStream, errors: &mut Errors) -> TaskOptio
             }
             "router" => options.router = Some(meta.value()?.parse()?),
             "executor" => options.executor = Some(meta.value()?.parse()?),
+            "cron" => {
+                let expression: LitStr = meta.value()?.parse()?;
+                check_cron(&expression, errors);
+                options.cron = Some(expression);
+            }
             other => {
                 // Read the value, if any, so the remaining options are still checked.
                 if meta.input.peek(Token![=]) {
@@ -366,11 +374,40 @@ pub(crate) fn parse_fn(options: TaskOptions, function: ItemFn, errors: &mut Erro
             extractor: is_extractor(&typed.ty),
         });
     }
+    if let Some(cron) = &options.cron
+        && let Some(first) = params.iter().find(|param| !param.extractor)
+    {
+        errors.spanned(
+            &first.name,
+            format!(
+                "a task with `cron = {:?}` is added by its schedule with no arguments, so it cannot take `{}`\n= help: remove the parameter, or schedule calls with arguments with `app.schedule(name, Schedule::cron(..)?, {}::call(..))`",
+                cron.value(),
+                first.name,
+                function.sig.ident,
+            ),
+        );
+    }
     Task {
         options,
         function,
         context,
         params,
+    }
+}
+
+/// A cron expression must parse: 5 fields, or 6 with seconds first.
+fn check_cron(expression: &LitStr, errors: &mut Errors) {
+    let parsed = croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Optional)
+        .build()
+        .parse(&expression.value());
+    if let Err(error) = parsed {
+        errors.spanned(
+            expression,
+            format!(
+                "invalid cron expression: {error}\n= help: 5 fields (minute hour day-of-month month day-of-week) or 6 with seconds first, e.g. \"0 */5 * * * *\" for every five minutes"
+            ),
+        );
     }
 }
 

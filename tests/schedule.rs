@@ -1,0 +1,308 @@
+//! Scheduling: delays, periodic schedules under tokio's paused clock (exact counts over
+//! hundreds of slots, several workers, missed slots, time zones and daylight saving time), and
+//! the attribute form.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use qtasks::backend::{MemoryBroker, MemoryStorage};
+use qtasks::components::MemoryGlobalConfig;
+use qtasks::redis::RedisOptions;
+use qtasks::schedule::{Schedule, TokioClock};
+use qtasks::{AddOptions, QueueConfig, QueueTasks, TaskCall, TaskStatus};
+use support::{WAIT, redis_app, redis_url, unique_prefix};
+
+/// Runs per label, counted by the task itself.
+static RUNS: LazyLock<Mutex<HashMap<String, Arc<AtomicU64>>>> = LazyLock::new(Mutex::default);
+
+fn runs(label: &str) -> Arc<AtomicU64> {
+    Arc::clone(RUNS.lock().unwrap().entry(label.to_owned()).or_default())
+}
+
+#[qtasks::task]
+async fn sched_count(label: String) {
+    runs(&label).fetch_add(1, Ordering::SeqCst);
+}
+
+/// Counted under "nightly" each time its cron fires (in the tests below: never, the
+/// expression is for the attribute's compile-time check and the inspect listing).
+#[qtasks::task(cron = "0 0 3 * * *")]
+async fn sched_nightly() {
+    runs("nightly").fetch_add(1, Ordering::SeqCst);
+}
+
+fn secs(s: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(s)
+}
+
+/// A time well in the future, on a whole minute: slots are easy to count from it.
+const T0: u64 = 1_900_000_020;
+
+/// `n` apps on one in-memory backend (as worker processes share Redis), each with the paused
+/// clock reading `start`.
+fn workers_on_one_backend(n: usize, start: SystemTime) -> Vec<QueueTasks> {
+    let storage = Arc::new(MemoryStorage::new());
+    let broker = Arc::new(MemoryBroker::new(Arc::clone(&storage)));
+    let global = Arc::new(MemoryGlobalConfig::new());
+    (0..n)
+        .map(|_| {
+            let app = QueueTasks::builder()
+                .config(QueueConfig {
+                    max_tasks_process: 4,
+                    ..Default::default()
+                })
+                .backend(broker.clone(), storage.clone())
+                .global_config(global.clone())
+                .build();
+            app.set_clock(Arc::new(TokioClock::starting_at(start)));
+            app
+        })
+        .collect()
+}
+
+fn count_call(label: &str) -> TaskCall {
+    sched_count::call(label.to_owned())
+}
+
+#[tokio::test(start_paused = true)]
+async fn three_workers_fire_each_of_300_slots_exactly_once() {
+    let label = "three_workers_300";
+    let apps = workers_on_one_backend(3, secs(T0) + Duration::from_millis(500));
+    let schedule = Schedule::every(Duration::from_secs(1))
+        .starting_at(secs(T0 + 10))
+        .until(secs(T0 + 309));
+    for app in &apps {
+        app.schedule("tick", schedule.clone(), count_call(label))
+            .unwrap();
+        app.start().await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(400)).await;
+    for app in &apps {
+        app.stop().await.unwrap();
+    }
+    assert_eq!(runs(label).load(Ordering::SeqCst), 300);
+    let infos = apps[0].schedules().await.unwrap();
+    let tick = infos.iter().find(|info| info.name == "tick").unwrap();
+    assert_eq!(tick.last_slot, Some((T0 + 309) as f64));
+    assert_eq!(tick.next_at, None, "the schedule has ended");
+    assert!(tick.last_uuid.is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_down_during_slots_leaves_them_to_another() {
+    let label = "down_during_slots";
+    let apps = workers_on_one_backend(2, secs(T0) + Duration::from_millis(500));
+    let schedule = Schedule::every(Duration::from_secs(1))
+        .starting_at(secs(T0 + 5))
+        .until(secs(T0 + 104));
+    for app in &apps {
+        app.schedule("tick", schedule.clone(), count_call(label))
+            .unwrap();
+        app.start().await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    apps[0].stop().await.unwrap(); // one of the two goes away half way
+    tokio::time::sleep(Duration::from_secs(100)).await;
+    apps[1].stop().await.unwrap();
+    assert_eq!(runs(label).load(Ordering::SeqCst), 100);
+}
+
+#[tokio::test(start_paused = true)]
+async fn missed_slots_are_skipped_or_caught_up_as_asked() {
+    for (label, schedule, expected) in [
+        // 21 slots on time (the one half a second before the start too), 29 missed while no
+        // worker ran, 21 on time again; catching up fires the newest 3 missed.
+        ("skip", Schedule::every(Duration::from_secs(1)), 42),
+        (
+            "catch_up",
+            Schedule::every(Duration::from_secs(1)).catch_up(3),
+            45,
+        ),
+    ] {
+        let apps = workers_on_one_backend(1, secs(T0) + Duration::from_millis(500));
+        let app = &apps[0];
+        app.schedule(label, schedule, count_call(label)).unwrap();
+        app.start().await.unwrap();
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        app.stop().await.unwrap();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        app.start().await.unwrap();
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        app.stop().await.unwrap();
+        assert_eq!(runs(label).load(Ordering::SeqCst), expected, "{label}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_paused_schedule_does_not_fire_until_resumed() {
+    let label = "paused";
+    let apps = workers_on_one_backend(1, secs(T0) + Duration::from_millis(500));
+    let app = &apps[0];
+    app.schedule(
+        "tick",
+        Schedule::every(Duration::from_secs(1)),
+        count_call(label),
+    )
+    .unwrap();
+    app.start().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    app.pause_schedule("tick").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let infos = app.schedules().await.unwrap();
+    assert!(
+        infos.iter().any(|info| info.name == "tick" && info.paused),
+        "{infos:?}"
+    );
+    app.resume_schedule("tick").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    app.stop().await.unwrap();
+    // 11 before the pause (the slot half a second before the start too), 10 after it.
+    assert_eq!(runs(label).load(Ordering::SeqCst), 21);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_daily_cron_in_a_time_zone_follows_its_wall_clock_across_daylight_saving() {
+    // Europe/Berlin moves its clocks forward on 2026-03-29 (02:00 → 03:00) and back on
+    // 2026-10-25 (03:00 → 02:00). A job at 02:30 local: the spring day has no 02:30, so it
+    // fires once when the clocks have moved (03:00 local, as cron does); the autumn day has two
+    // 02:30s, and it fires once.
+    let daily = Schedule::cron("0 30 2 * * *")
+        .unwrap()
+        .in_time_zone("Europe/Berlin")
+        .unwrap();
+    let spring = daily.slots_between(secs(1_774_569_600), secs(1_774_569_600 + 4 * 86_400), 10); // 2026-03-27 00:00 UTC, 4 days
+    assert_eq!(spring.len(), 4, "{spring:?}");
+    let autumn = daily.slots_between(secs(1_792_713_600), secs(1_792_713_600 + 4 * 86_400), 10); // 2026-10-23 00:00 UTC
+    assert_eq!(autumn.len(), 4, "{autumn:?}");
+    // 02:30 CET is 01:30 UTC; 02:30 CEST is 00:30 UTC.
+    let utc_hour =
+        |t: &SystemTime| (t.duration_since(UNIX_EPOCH).unwrap().as_secs() % 86_400) / 3600;
+    assert_eq!(utc_hour(&spring[0]), 1);
+    assert_eq!(
+        utc_hour(&spring[2]),
+        1,
+        "03:00 CEST, the first time after the gap"
+    );
+    assert_eq!(utc_hour(&spring[3]), 0);
+
+    // The same, fired by a worker over the spring week under the paused clock.
+    let label = "berlin";
+    let apps = workers_on_one_backend(1, secs(1_774_569_600));
+    apps[0].schedule(label, daily, count_call(label)).unwrap();
+    apps[0].start().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(4 * 86_400)).await;
+    apps[0].stop().await.unwrap();
+    assert_eq!(runs(label).load(Ordering::SeqCst), 4);
+
+    // Nine in the morning in New York: 14:00 UTC in winter, 13:00 UTC in summer.
+    let new_york = Schedule::cron("0 9 * * *")
+        .unwrap()
+        .in_time_zone("America/New_York")
+        .unwrap();
+    let winter = new_york.next_after(secs(1_767_225_600)).unwrap(); // 2026-01-01
+    let summer = new_york.next_after(secs(1_782_864_000)).unwrap(); // 2026-07-01
+    assert_eq!((utc_hour(&winter), utc_hour(&summer)), (14, 13));
+}
+
+#[tokio::test]
+async fn cron_tasks_and_schedules_show_in_inspect() {
+    let app = QueueTasks::new();
+    app.schedule(
+        "reports",
+        Schedule::every(Duration::from_secs(3600)),
+        count_call("unused"),
+    )
+    .unwrap();
+    let inspection = app.inspect().await;
+    let names: Vec<&str> = inspection
+        .schedules
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    assert!(
+        names.contains(&"reports") && names.contains(&"sched_nightly"),
+        "{names:?}"
+    );
+    let nightly = inspection
+        .schedules
+        .iter()
+        .find(|s| s.name == "sched_nightly")
+        .unwrap();
+    assert_eq!(nightly.task, "sched_nightly");
+    assert!(nightly.when.contains("0 0 3 * * *"), "{}", nightly.when);
+    assert!(nightly.next_at.is_some());
+    // Bad names and duplicates are refused.
+    assert!(
+        app.schedule(
+            "a:b",
+            Schedule::every(Duration::from_secs(1)),
+            count_call("x")
+        )
+        .is_err()
+    );
+    let zero = Schedule::every(Duration::ZERO);
+    assert!(app.schedule("zero", zero, count_call("x")).is_err());
+}
+
+/// A delayed task stays `new` until its time, on this backend; a cancelled one never runs.
+async fn delays_hold_tasks_until_their_time(app: QueueTasks, label: &str) {
+    app.start().await.unwrap();
+    let started = tokio::time::Instant::now();
+    let later = app
+        .add_task_with(
+            "sched_count",
+            (label,),
+            (),
+            AddOptions::default().delay(Duration::from_millis(1500)),
+        )
+        .await
+        .unwrap();
+    let doomed = sched_count::call(format!("{label}-doomed"))
+        .delay(Duration::from_millis(1000))
+        .add(&app)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        app.get(later.uuid()).await.unwrap().unwrap().status,
+        TaskStatus::New
+    );
+    assert!(app.cancel(doomed.uuid(), "not wanted").await.unwrap());
+    let stats = app.stats().await.unwrap().queue.unwrap();
+    assert!(stats.delayed >= 1, "{stats:?}");
+    let done = later.wait(WAIT).await.unwrap();
+    assert_eq!(done.status, TaskStatus::Success);
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(runs(&format!("{label}-doomed")).load(Ordering::SeqCst), 0);
+    assert_eq!(
+        app.get(doomed.uuid()).await.unwrap().unwrap().status,
+        TaskStatus::Cancel
+    );
+    assert_eq!(runs(label).load(Ordering::SeqCst), 1);
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn memory_delays_hold_tasks_until_their_time() {
+    delays_hold_tasks_until_their_time(QueueTasks::new(), "memory_delay").await;
+}
+
+#[tokio::test]
+async fn redis_delays_hold_tasks_until_their_time() {
+    let Some(url) = redis_url("redis_delays_hold_tasks_until_their_time") else {
+        return;
+    };
+    let prefix = unique_prefix("delay");
+    let app = redis_app(&url, &prefix, RedisOptions::default(), 2).await;
+    delays_hold_tasks_until_their_time(app.clone(), &prefix).await;
+    app.flush_all().await.unwrap();
+}
