@@ -473,3 +473,40 @@ async fn a_worker_past_its_stop_timeout_hands_its_tasks_to_another_at_once() {
     other.stop();
     app.flush_all().await.unwrap();
 }
+
+#[tokio::test]
+async fn three_workers_fire_each_of_20_slots_once_even_when_one_is_killed() {
+    let Some(url) = redis_url("three_workers_fire_each_of_20_slots_once_even_when_one_is_killed")
+    else {
+        return;
+    };
+    let prefix = unique_prefix("sched3");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let from = now.as_secs() + 3;
+    let from_text = from.to_string();
+    let env = [
+        ("QTASKS_TEST_SCHEDULE_FROM", from_text.as_str()),
+        ("QTASKS_TEST_SCHEDULE_SLOTS", "20"),
+    ];
+    let mut workers: Vec<Worker> = (0..3)
+        .map(|_| Worker::spawn_with(&prefix, 2000, 2, &env))
+        .collect();
+    // Half way, between two slots, one worker dies without a word.
+    let until = |secs_after_from: f64| {
+        let target = std::time::UNIX_EPOCH + Duration::from_secs_f64(from as f64 + secs_after_from);
+        target
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default()
+    };
+    tokio::time::sleep(until(10.5)).await;
+    workers.remove(0).kill();
+    tokio::time::sleep(until(22.0)).await;
+    let ticks = runs(&url, &prefix).await.get("tick").copied().unwrap_or(0);
+    assert_eq!(ticks, 20, "each of the 20 slots fired once");
+    for worker in workers {
+        worker.stop();
+    }
+    client(&url, &prefix).await.flush_all().await.unwrap();
+}

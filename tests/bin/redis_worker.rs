@@ -9,6 +9,9 @@
 //!   appends `uuid label pid` to the file named by `QTASKS_TEST_EXEC_LOG`, sleeps `ms` and
 //!   returns the label;
 //! - `measure(text)` returns the length of its argument.
+//!
+//! With `QTASKS_TEST_SCHEDULE_FROM` (Unix seconds) and `QTASKS_TEST_SCHEDULE_SLOTS`, it also
+//! runs a schedule `tick` that adds `record_run("tick", 0)` every second for that many slots.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -83,6 +86,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..Default::default()
     };
     let app = qtasks::redis::connect_with(&url, config, options).await?;
+    // `QTASKS_TEST_SCHEDULE_FROM` (Unix seconds) and `QTASKS_TEST_SCHEDULE_SLOTS`: a schedule
+    // `tick` firing `record_run("tick", 0)` every second for that many slots.
+    if let Ok(from) = std::env::var("QTASKS_TEST_SCHEDULE_FROM") {
+        let from: u64 = from.parse()?;
+        let slots: u64 = std::env::var("QTASKS_TEST_SCHEDULE_SLOTS")?.parse()?;
+        let at = |secs: u64| std::time::UNIX_EPOCH + Duration::from_secs(secs);
+        let schedule = qtasks::schedule::Schedule::every(Duration::from_secs(1))
+            .starting_at(at(from))
+            .until(at(from + slots - 1));
+        app.schedule("tick", schedule, record_run::call("tick".to_owned(), 0))?;
+    }
     app.run_forever().await?;
     Ok(())
 }
