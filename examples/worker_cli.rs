@@ -35,6 +35,12 @@ async fn fail(message: String) -> TaskResult<()> {
     Err(qtasks::TaskError::msg(message))
 }
 
+/// Runs every night at four (UTC): its schedule is part of the task, checked when it compiles.
+#[qtasks::task(cron = "0 0 4 * * *")]
+async fn nightly_cleanup() {
+    tracing::info!("cleaning up");
+}
+
 /// Panics (the worker fails this task, logs one line, and goes on).
 #[qtasks::task]
 async fn explode() -> u32 {

@@ -355,6 +355,20 @@ fn operate_a_queue_from_the_shell() {
     assert_eq!(sample(&samples, "qtasks_lease_losses_total", &[]), 0.0);
     assert_eq!(sample(&samples, "qtasks_dead_letters", &[]), 0.0);
 
+    // The worker's schedules: listed, paused and resumed from the shell.
+    let listed = json(&expect(url, prefix, &["schedule", "list", "--json"], 0));
+    let nightly = &listed[0];
+    assert_eq!(nightly["name"], "nightly_cleanup", "{listed}");
+    assert!(nightly["next_at"].as_f64().is_some(), "{listed}");
+    assert_eq!(nightly["paused"], false);
+    expect(url, prefix, &["schedule", "pause", "nightly_cleanup"], 0);
+    let listed = json(&expect(url, prefix, &["schedule", "--json"], 0));
+    assert_eq!(listed[0]["paused"], true, "{listed}");
+    expect(url, prefix, &["schedule", "resume", "nightly_cleanup"], 0);
+    expect(url, prefix, &["schedule", "pause", "no_such_schedule"], 1);
+    let stats = json(&expect(url, prefix, &["stats", "--json"], 0));
+    assert_eq!(stats["schedules"][0]["name"], "nightly_cleanup", "{stats}");
+
     // `flush` asks first; "n" keeps everything, "y" deletes it.
     let output = qtasks_with_input(url, prefix, &["flush"], "n\n");
     assert_eq!(output.status.code(), Some(2));
@@ -366,7 +380,7 @@ fn operate_a_queue_from_the_shell() {
     assert_eq!(log.matches("worker starting").count(), 1, "{log}");
     assert_eq!(log.matches("worker stopped").count(), 1, "{log}");
     assert!(
-        log.contains("tasks=4") && log.contains("concurrency=2"),
+        log.contains("tasks=5") && log.contains("concurrency=2"),
         "{log}"
     );
     assert_eq!(log.matches("blew up on purpose").count(), 1, "{log}");

@@ -306,3 +306,56 @@ async fn redis_delays_hold_tasks_until_their_time() {
     delays_hold_tasks_until_their_time(app.clone(), &prefix).await;
     app.flush_all().await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn jitter_delays_firings_but_each_slot_still_fires_once() {
+    let label = "jitter";
+    let apps = workers_on_one_backend(2, secs(T0) + Duration::from_millis(500));
+    let schedule = Schedule::every(Duration::from_secs(1))
+        .starting_at(secs(T0 + 5))
+        .until(secs(T0 + 54))
+        .jitter(Duration::from_millis(800));
+    for app in &apps {
+        app.schedule("tick", schedule.clone(), count_call(label))
+            .unwrap();
+        app.start().await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(70)).await;
+    for app in &apps {
+        app.stop().await.unwrap();
+    }
+    assert_eq!(runs(label).load(Ordering::SeqCst), 50);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_timer_ported_from_python_adds_on_its_triggers() {
+    let apps = workers_on_one_backend(1, secs(T0) + Duration::from_millis(500));
+    let app = &apps[0];
+    let mut timer = qtasks::schedule::Timer::new(app);
+    let interval = Schedule::every(Duration::from_secs(10))
+        .starting_at(secs(T0 + 10))
+        .until(secs(T0 + 100));
+    timer
+        .add_task("sched_count", interval, ("timer_interval",), ())
+        .unwrap()
+        .add_task(
+            "sched_count",
+            Schedule::at(secs(T0 + 42)),
+            ("timer_date",),
+            (),
+        )
+        .unwrap();
+    let names: Vec<String> = app
+        .registered_schedules()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert!(
+        names.contains(&"sched_count".to_owned()) && names.contains(&"sched_count#2".to_owned())
+    );
+    app.start().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    app.stop().await.unwrap();
+    assert_eq!(runs("timer_interval").load(Ordering::SeqCst), 10);
+    assert_eq!(runs("timer_date").load(Ordering::SeqCst), 1);
+}
