@@ -27,6 +27,10 @@
 //!   into the status totals).
 //! - `N:qtasks:workers` (ZSET) and `N:qtasks:worker:{id}` (STRING, JSON with a time to live):
 //!   the workers' descriptions; score = when the description expires (ms).
+//! - `N:qtasks:claim:{key}` (STRING with a time to live): one claim (a schedule's slot:
+//!   `schedule:{name}:{slot ms}`), set with `SET NX` by the first worker to fire it.
+//! - `N:GlobalConfig:qtasks_schedules` and `N:GlobalConfig:qtasks_schedules_paused` (HASH): the
+//!   schedules as workers recorded them (JSON), and the paused ones.
 //! - `N:{uuid}` (HASH): the task record, in Python QTasks' layout.
 
 /// The Lua function the counting scripts share: `count_ended(stats, bucket)` counts one finished
