@@ -84,6 +84,18 @@ pub use qtasks_metrics as metrics;
 #[doc(inline)]
 pub use qtasks_otel as otel;
 
+/// Running tasks in your own tests ([`testing::run`]) and, with the `conformance` feature, the
+/// suite every backend must pass ([`testing::conformance`]).
+pub mod testing {
+    #[doc(inline)]
+    pub use qtasks_core::testing::*;
+
+    /// The backend conformance suite (feature `conformance`).
+    #[cfg(feature = "conformance")]
+    #[doc(inline)]
+    pub use qtasks_conformance as conformance;
+}
+
 /// The README's examples, compiled and run as doc tests so they cannot rot (with the `redis`
 /// feature, which one of them uses).
 #[cfg(all(doctest, feature = "redis"))]

@@ -35,6 +35,9 @@ pub struct MemoryBroker {
     storage: Arc<MemoryStorage>,
     queue: Mutex<Queue>,
     available: Notify,
+    /// Cancel requests for running tasks, heard by every app on this broker (apps in one
+    /// process that share it, as worker processes share a server).
+    cancel_requests: tokio::sync::broadcast::Sender<(Uuid, String)>,
 }
 
 #[derive(Default)]
@@ -94,6 +97,7 @@ impl MemoryBroker {
             storage,
             queue: Mutex::default(),
             available: Notify::new(),
+            cancel_requests: tokio::sync::broadcast::channel(1024).0,
         }
     }
 
@@ -240,7 +244,20 @@ impl Broker for MemoryBroker {
         // Under the records' lock, which `start` takes too: a task is either cancelled before
         // it is marked `process` (and `start` leaves it out), or found running.
         let state = self.storage.cancel_if_waiting(uuid, reason);
+        if state == CancelState::Running {
+            // Whichever app on this broker runs it stops it (no listener: nobody runs it yet).
+            let _ = self.cancel_requests.send((uuid, reason.to_owned()));
+        }
         Box::pin(async move { Ok(Some(state)) })
+    }
+
+    fn request_cancel(&self, uuid: Uuid, reason: &str) -> BoxFuture<'_, Result<(), BackendError>> {
+        let _ = self.cancel_requests.send((uuid, reason.to_owned()));
+        Box::pin(async { Ok(()) })
+    }
+
+    fn cancel_requests(&self) -> Option<tokio::sync::broadcast::Receiver<(Uuid, String)>> {
+        Some(self.cancel_requests.subscribe())
     }
 
     fn stats(&self) -> BoxFuture<'_, Result<Option<QueueStats>, BackendError>> {

@@ -1,0 +1,1110 @@
+//! The cases: each one a promise a backend keeps, checked through the app as users see it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use qtasks_core::{
+    AddOptions, BoxFuture, Error, QueueConfig, QueueTasks, TaskContext, TaskError, TaskResult,
+    TaskStatus,
+};
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+
+use super::Backend;
+
+/// How long a case waits for something that should happen soon.
+const WAIT: Duration = Duration::from_secs(20);
+
+type Case = for<'a> fn(&'a Context<'a>) -> BoxFuture<'a, Result<(), String>>;
+
+macro_rules! ensure {
+    ($cond:expr, $($why:tt)+) => {
+        if !$cond {
+            return Err(format!($($why)+));
+        }
+    };
+}
+
+/// Fails the case with what the app said.
+fn said<T>(result: qtasks_core::Result<T>, doing: &str) -> Result<T, String> {
+    result.map_err(|e| format!("{doing}: {}", qtasks_core::backend::ErrorChain(&e)))
+}
+
+// ------------------------------------------------------------------------------------------
+// What the cases' tasks share: gates a task waits at, counts of runs.
+
+static GATES: LazyLock<Mutex<HashMap<String, Arc<Semaphore>>>> = LazyLock::new(Mutex::default);
+static RUNS: LazyLock<Mutex<HashMap<String, Arc<AtomicU64>>>> = LazyLock::new(Mutex::default);
+
+fn gate(name: &str) -> Arc<Semaphore> {
+    let mut gates = GATES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    Arc::clone(
+        gates
+            .entry(name.to_owned())
+            .or_insert_with(|| Arc::new(Semaphore::new(0))),
+    )
+}
+
+fn runs(name: &str) -> Arc<AtomicU64> {
+    let mut runs = RUNS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    Arc::clone(runs.entry(name.to_owned()).or_default())
+}
+
+#[qtasks_macros::task(name = "conformance_echo")]
+async fn echo(value: Value) -> Value {
+    value
+}
+
+#[qtasks_macros::task(name = "conformance_count")]
+async fn count(label: String) -> u64 {
+    runs(&label).fetch_add(1, Ordering::SeqCst) + 1
+}
+
+#[qtasks_macros::task(name = "conformance_gated")]
+async fn gated(label: String) -> String {
+    runs(&format!("{label}:started")).fetch_add(1, Ordering::SeqCst);
+    if let Ok(permit) = gate(&label).acquire().await {
+        permit.forget();
+    }
+    label
+}
+
+#[qtasks_macros::task(name = "conformance_fail")]
+async fn fail(message: String) -> TaskResult<()> {
+    Err(TaskError::msg(message))
+}
+
+#[qtasks_macros::task(name = "conformance_cancel_self", echo = true)]
+async fn cancel_self(ctx: TaskContext, reason: String) -> TaskResult<()> {
+    Err(ctx.cancel(reason))
+}
+
+#[qtasks_macros::task(name = "conformance_panic")]
+async fn panics() -> u32 {
+    panic!("the conformance task panics on purpose")
+}
+
+/// Fails until it has run `fail_times` times under `label`, then succeeds.
+#[qtasks_macros::task(name = "conformance_flaky", retry = 3)]
+async fn flaky(label: String, fail_times: u64) -> TaskResult<u64> {
+    let run = runs(&label).fetch_add(1, Ordering::SeqCst) + 1;
+    if run <= fail_times {
+        return Err(TaskError::msg(format!("attempt {run} fails")));
+    }
+    Ok(run)
+}
+
+#[qtasks_macros::task(name = "conformance_always_fails", retry = 2)]
+async fn always_fails() -> TaskResult<()> {
+    Err(TaskError::msg("never works"))
+}
+
+#[qtasks_macros::task(name = "conformance_slow", max_time = 0.3)]
+async fn slow() -> u32 {
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    1
+}
+
+#[qtasks_macros::task(name = "conformance_stream")]
+async fn stream(n: u64) -> impl futures_util::Stream<Item = u64> {
+    futures_util::stream::iter(0..n)
+}
+
+// ------------------------------------------------------------------------------------------
+
+/// A case's apps: named after the case, stopped and flushed at the end.
+pub(crate) struct Context<'a> {
+    backend: &'a dyn Backend,
+    prefix: String,
+    apps: Mutex<Vec<QueueTasks>>,
+}
+
+impl<'a> Context<'a> {
+    pub(crate) fn new(backend: &'a dyn Backend, prefix: String) -> Self {
+        Context {
+            backend,
+            prefix: prefix.replace(':', "_"),
+            apps: Mutex::default(),
+        }
+    }
+
+    fn name(&self, suffix: &str) -> String {
+        if suffix.is_empty() {
+            self.prefix.clone()
+        } else {
+            format!("{}_{suffix}", self.prefix)
+        }
+    }
+
+    /// A handle on this case's app `suffix` (another handle on the same queue each call), with
+    /// this many worker slots.
+    async fn app(&self, suffix: &str, concurrency: usize) -> Result<QueueTasks, String> {
+        let config = QueueConfig {
+            name: self.name(suffix),
+            max_tasks_process: concurrency,
+            ..QueueConfig::default()
+        };
+        let app = said(self.backend.connect(config).await, "connecting")?;
+        self.apps
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(app.clone());
+        Ok(app)
+    }
+
+    pub(crate) async fn clean_up(&self) {
+        let apps = std::mem::take(
+            &mut *self
+                .apps
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for app in &apps {
+            let _ = app.stop_now().await;
+        }
+        for app in &apps {
+            let _ = app.flush_all().await;
+        }
+    }
+
+    fn label(&self, what: &str) -> String {
+        format!("{}/{what}", self.prefix)
+    }
+}
+
+async fn wait_for(
+    app: &QueueTasks,
+    handle: &qtasks_core::TaskHandle,
+) -> Result<qtasks_core::TaskRecord, String> {
+    let _ = app;
+    said(handle.wait(WAIT).await, "waiting for the task")
+}
+
+/// Polls `check` until it holds.
+async fn eventually<F, Fut>(what: &str, mut check: F) -> Result<(), String>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<bool, String>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check().await? {
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!("never happened: {what}"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+async fn status_of(app: &QueueTasks, uuid: uuid::Uuid) -> Result<Option<TaskStatus>, String> {
+    Ok(said(app.get(uuid).await, "reading the record")?.map(|r| r.status))
+}
+
+fn priority(p: i64) -> AddOptions {
+    AddOptions::default().priority(p)
+}
+
+// ------------------------------------------------------------------------------------------
+// The cases.
+
+pub(crate) const ALL: &[(&str, Case)] = &[
+    ("add_take_finish", |c| Box::pin(add_take_finish(c))),
+    ("record_is_new_before_a_worker", |c| {
+        Box::pin(record_is_new_before_a_worker(c))
+    }),
+    ("record_is_process_while_running", |c| {
+        Box::pin(record_is_process_while_running(c))
+    }),
+    ("error_keeps_the_reason", |c| {
+        Box::pin(error_keeps_the_reason(c))
+    }),
+    ("cancel_from_inside", |c| Box::pin(cancel_from_inside(c))),
+    ("arguments_round_trip", |c| {
+        Box::pin(arguments_round_trip(c))
+    }),
+    ("large_argument", |c| Box::pin(large_argument(c))),
+    ("lower_priority_first", |c| {
+        Box::pin(lower_priority_first(c))
+    }),
+    ("fifo_among_equals", |c| Box::pin(fifo_among_equals(c))),
+    ("delayed_not_taken_early", |c| {
+        Box::pin(delayed_not_taken_early(c))
+    }),
+    ("delayed_cancelled_never_runs", |c| {
+        Box::pin(delayed_cancelled_never_runs(c))
+    }),
+    ("cancel_queued", |c| Box::pin(cancel_queued(c))),
+    ("cancel_running", |c| Box::pin(cancel_running(c))),
+    ("cancel_from_another_handle", |c| {
+        Box::pin(cancel_from_another_handle(c))
+    }),
+    ("cancel_ended_changes_nothing", |c| {
+        Box::pin(cancel_ended_changes_nothing(c))
+    }),
+    ("retries_chain_to_success", |c| {
+        Box::pin(retries_chain_to_success(c))
+    }),
+    ("retries_run_out", |c| Box::pin(retries_run_out(c))),
+    ("handed_back_runs_again", |c| {
+        Box::pin(handed_back_runs_again(c))
+    }),
+    ("unknown_task_fails_alone", |c| {
+        Box::pin(unknown_task_fails_alone(c))
+    }),
+    ("undecodable_arguments_fail_alone", |c| {
+        Box::pin(undecodable_arguments_fail_alone(c))
+    }),
+    ("panic_fails_alone", |c| Box::pin(panic_fails_alone(c))),
+    ("time_limit_ends_error", |c| {
+        Box::pin(time_limit_ends_error(c))
+    }),
+    ("wait_wakes_on_the_result", |c| {
+        Box::pin(wait_wakes_on_the_result(c))
+    }),
+    ("wait_times_out_without_a_worker", |c| {
+        Box::pin(wait_times_out_without_a_worker(c))
+    }),
+    ("unknown_uuid_reads_none", |c| {
+        Box::pin(unknown_uuid_reads_none(c))
+    }),
+    ("records_read_from_another_handle", |c| {
+        Box::pin(records_read_from_another_handle(c))
+    }),
+    ("stream_items", |c| Box::pin(stream_items(c))),
+    ("flush_is_per_app", |c| Box::pin(flush_is_per_app(c))),
+    ("concurrent_takers_take_once", |c| {
+        Box::pin(concurrent_takers_take_once(c))
+    }),
+    ("stats_waiting_by_priority", |c| {
+        Box::pin(stats_waiting_by_priority(c))
+    }),
+    ("stats_running_and_finished", |c| {
+        Box::pin(stats_running_and_finished(c))
+    }),
+    ("workers_listed_while_running", |c| {
+        Box::pin(workers_listed_while_running(c))
+    }),
+    ("ping_follows_the_worker", |c| {
+        Box::pin(ping_follows_the_worker(c))
+    }),
+    ("global_config_entries", |c| {
+        Box::pin(global_config_entries(c))
+    }),
+    ("schedule_pause_is_shared", |c| {
+        Box::pin(schedule_pause_is_shared(c))
+    }),
+    ("schedule_slots_fire_once", |c| {
+        Box::pin(schedule_slots_fire_once(c))
+    }),
+];
+
+async fn add_take_finish(c: &Context<'_>) -> Result<(), String> {
+    let app = c.app("", 2).await?;
+    said(app.start().await, "starting")?;
+    let handle = said(echo::add_task(&app, json!({"a": [1, 2]})).await, "adding")?;
+    let record = wait_for(&app, &handle).await?;
+    ensure!(
+        record.status == TaskStatus::Success,
+        "status {}",
+        record.status
+    );
+    ensure!(
+        record.returning == Some(json!({"a": [1, 2]})),
+        "result {:?}",
+        record.returning
+    );
+    ensure!(
+        record.task_name == "conformance_echo",
+        "name {}",
+        record.task_name
+    );
+    Ok(())
+}
+
+async fn record_is_new_before_a_worker(c: &Context<'_>) -> Result<(), String> {
+    let app = c.app("", 1).await?;
+    let handle = said(echo::add_task(&app, json!(1)).await, "adding")?;
+    let status = status_of(&app, handle.uuid()).await?;
+    ensure!(status == Some(TaskStatus::New), "status {status:?}");
+    Ok(())
+}
+
+async fn record_is_process_while_running(c: &Context<'_>) -> Result<(), String> {
+    let app = c.app("", 1).await?;
+    said(app.start().await, "starting")?;
+    let label = c.label("process");
+    let handle = said(gated::add_task(&app, label.clone()).await, "adding")?;
+    eventually("the task starts", || async {
+        Ok(status_of(&app, handle.uuid()).await? == Some(TaskStatus::Process))
+    })
+    .await?;
+    gate(&label).add_permits(1);
+    let record = wait_for(&app, &handle).await?;
+    ensure!(
+        record.status == TaskStatus::Success,
+        "status {}",
+        record.status
+    );
+    Ok(())
+}
+
+async fn error_keeps_the_reason(c: &Context<'_>) -> Result<(), String> {
+    let app = c.app("", 1).await?;
+    said(app.start().await, "starting")?;
+    let handle = said(fail::add_task(&app, "it broke".into()).await, "adding")?;
+    let record = wait_for(&app, &handle).await?;
+    ensure!(
+        record.status == TaskStatus::Error,
+        "status {}",
+        record.status
+    );
+    let traceback = record.traceback.unwrap_or_default();
+    ensure!(traceback.contains("it broke"), "traceback {traceback:?}");
+    Ok(())
+}
+
+async fn cancel_from_inside(c: &Context<'_>) -> Result<(), String> {
+    let app = c.app("", 1).await?;
+    said(app.start().await, "starting")?;
+    let handle = said(
+        cancel_self::add_task(&app, "not today".into()).await,
+        "adding",
+    )?;
+    let record = wait_for(&app, &handle).await?;
+    ensure!(
+        record.status == TaskStatus::Cancel,
+        "status {}",
+        record.status
+    );
+    ensure!(
+        record.cancel_reason.as_deref() == Some("not today"),
+        "reason {:?}",
+        record.cancel_reason
+    );
+    Ok(())
+}
+
+async fn arguments_round_trip(c: &Context<'_>) -> Result<(), String> {
+    let app = c.app("", 1).await?;
+    said(app.start().await, "starting")?;
+    let value = json!({"text": "привет 👋 \"quoted\" \\ back", "n": -1.5e10, "nested": [null, true, {"x": []}]});
+    let handle = said(
+        app.add_task("conformance_echo", (), json!({"value": value}))
+            .await,
+        "adding",
+    )?;
+    let record = wait_for(&app, &handle).await?;
+    ensure!(
+        record.returning == Some(value.clone()),
+        "got {:?}",
+        record.returning
+    );
+    let stored = said(app.get(handle.uuid()).await, "reading")?.ok_or("no record")?;
+    ensure!(
+        stored.kwargs.get("value") == Some(&value),
+        "kwargs {:?}",
+        stored.kwargs
+    );
+    Ok(())
+}
+
+async fn large_argument(c: &Context<'_>) -> Result<(), String> {
+    let app = c.app("", 1).await?;
+    said(app.start().await, "starting")?;
+    let big = "x".repeat(1 << 20);
+    let handle = said(echo::add_task(&app, json!(big)).await, "adding")?;
+    let record = wait_for(&app, &handle).await?;
+    ensure!(
+        record
+            .returning
+            .as_ref()
+            .and_then(Value::as_str)
+            .map(str::len)
+            == Some(1 << 20),
+        "the 1 MiB argument came back changed"
+    );
+    Ok(())
+}
+
+async fn lower_priority_first(c: &Context<'_>) -> Result<(), String> {
+    let app = c.app("", 1).await?;
+    let mut handles = Vec::new();
+    for p in [5, -3, 0, 9, -3] {
+        handles.push((
+            p,
+            said(
+                app.add_task_with("conformance_echo", (p,), (), priority(p))
+                    .await,
+                "adding",
+            )?,
+        ));
+    }
+    said(app.start().await, "starting")?;
+    let mut finished = Vec::new();
+    for (p, handle) in &handles {
+        finished.push((wait_for(&app, handle).await?.updated_at, *p));
+    }
+    finished.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let order: Vec<i64> = finished.iter().map(|(_, p)| *p).collect();
+    ensure!(
+        order == [-3, -3, 0, 5, 9],
+        "ran in priority order {order:?}"
+    );
+    Ok(())
+}
+
+async fn fifo_among_equals(c: &Context<'_>) -> Result<(), String> {
+    let app = c.app("", 1).await?;
+    let label = c.label("fifo");
+    let mut handles = Vec::new();
+    for i in 0..10 {
+        handles.push(said(
+            count::add_task(&app, format!("{label}")).await,
+            "adding",
+        )?);
+        let _ = i;
+    }
+    said(app.start().await, "starting")?;
+    for (i, handle) in handles.iter().enumerate() {
+        let record = wait_for(&app, handle).await?;
+        ensure!(
+            record.returning == Some(json!(i + 1)),
+            "the task added {}th ran as number {:?}",
+            i + 1,
+            record.returning
+        );
+    }
+    Ok(())
+}
+
+async fn delayed_not_taken_early(c: &Context<'_>) -> Result<(), String> {
+    let app = c.app("", 1).await?;
+    said(app.start().await, "starting")?;
+    let started = tokio::time::Instant::now();
+    let options = AddOptions::default().delay(Duration::from_millis(1200));
+    let handle = said(
+        app.add_task_with("conformance_echo", (1,), (), options)
+            .await,
+        "adding",
+    )?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = status_of(&app, handle.uuid()).await?;
+    ensure!(
+        status == Some(TaskStatus::New),
+        "taken before its time: {status:?}"
+    );
+    let record = wait_for(&app, &handle).await?;
+    ensure!(
+        record.status == TaskStatus::Success,
+        "status {}",
+        record.status
+    );
+    ensure!(
+        started.elapsed() >= Duration::from_millis(1200),
+        "ran after {:?}",
+        started.elapsed()
+    );
+    Ok(())
+}
+
+async fn delayed_cancelled_never_runs(c: &Context<'_>) -> Result<(), String> {
+    let app = c.app("", 1).await?;
+    said(app.start().await, "starting")?;
+    let label = c.label("delayed_cancel");
+    let options = AddOptions::default().delay(Duration::from_millis(500));
+    let handle = said(
+        app.add_task_with("conformance_count", (label.clone(),), (), options)
+            .await,
+        "adding",
+    )?;
+    ensure!(
+        said(
+            app.cancel(handle.uuid(), "changed my mind").await,
+            "cancelling"
+        )?,
+        "the cancel was refused"
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    ensure!(
+        runs(&label).load(Ordering::SeqCst) == 0,
+        "a cancelled delayed task ran"
+    );
+    let status = status_of(&app, handle.uuid()).await?;
+    ensure!(status == Some(TaskStatus::Cancel), "status {status:?}");
+    Ok(())
+}
+
+async fn cancel_queued(c: &Context<'_>) -> Result<(), String> {
+    let app = c.app("", 1).await?;
+    let label = c.label("cancel_queued");
+    let handle = said(count::add_task(&app, label.clone()).await, "adding")?;
+    ensure!(
+        said(app.cancel(handle.uuid(), "no").await, "cancelling")?,
+        "the cancel was refused"
+    );
+    said(app.start().await, "starting")?;
+    let after = said(count::add_task(&app, c.label("after")).await, "adding")?;
+    wait_for(&app, &after).await?;
+    ensure!(
+        runs(&label).load(Ordering::SeqCst) == 0,
+        "a cancelled task ran"
+    );
+    let record = wait_for(&app, &handle).await?;
+    ensure!(
+        record.status == TaskStatus::Cancel && record.cancel_reason.as_deref() == Some("no"),
+        "record {:?} {:?}",
+        record.status,
+        record.cancel_reason
+    );
+    Ok(())
+}
+
+async fn cancel_running(c: &Context<'_>) -> Result<(), String> {
+    let app = c.app("", 1).await?;
+    said(app.start().await, "starting")?;
+    let label = c.label("cancel_running");
+    let handle = said(gated::add_task(&app, label.clone()).await, "adding")?;
+    eventually("the task starts", || async {
+        Ok(runs(&format!("{label}:started")).load(Ordering::SeqCst) == 1)
+    })
+    .await?;
+    ensure!(
+        said(app.cancel(handle.uuid(), "stop it").await, "cancelling")?,
+        "the cancel was refused"
+    );
+    let record = wait_for(&app, &handle).await?;
+    ensure!(
+        record.status == TaskStatus::Cancel,
+        "status {}",
+        record.status
+    );
+    Ok(())
+}
+
+async fn cancel_from_another_handle(c: &Context<'_>) -> Result<(), String> {
+    let worker = c.app("", 1).await?;
+    let client = c.app("", 1).await?;
+    said(worker.start().await, "starting")?;
+    let label = c.label("cancel_other");
+    let handle = said(gated::add_task(&client, label.clone()).await, "adding")?;
+    eventually("the task starts", || async {
+        Ok(runs(&format!("{label}:started")).load(Ordering::SeqCst) == 1)
+    })
+    .await?;
+    ensure!(
+        said(
+            client.cancel(handle.uuid(), "from afar").await,
+            "cancelling"
+        )?,
+        "the cancel was refused"
+    );
+    let record = wait_for(&client, &handle).await?;
+    ensure!(
+        record.status == TaskStatus::Cancel,
+        "status {}",
+        record.status
+    );
+    Ok(())
+}
+
+async fn cancel_ended_changes_nothing(c: &Context<'_>) -> Result<(), String> {
+    let app = c.app("", 1).await?;
+    said(app.start().await, "starting")?;
+    let handle = said(echo::add_task(&app, json!(7)).await, "adding")?;
+    wait_for(&app, &handle).await?;
+    ensure!(
+        !said(app.cancel(handle.uuid(), "late").await, "cancelling")?,
+        "a finished task said it was cancelled"
+    );
+    let status = status_of(&app, handle.uuid()).await?;
+    ensure!(status == Some(TaskStatus::Success), "status {status:?}");
+    match app.cancel(uuid::Uuid::new_v4(), "none").await {
+        Err(Error::TaskNotFound(_)) => Ok(()),
+        other => Err(format!("cancelling an unknown task ended with {other:?}")),
+    }
+}
+
+async fn retries_chain_to_success(c: &Context<'_>) -> Result<(), String> {
+    let app = c.app("", 1).await?;
+    said(app.start().await, "starting")?;
+    let label = c.label("flaky");
+    let handle = said(flaky::add_task(&app, label.clone(), 2).await, "adding")?;
+    let last = wait_for(&app, &handle).await?;
+    ensure!(
+        last.status == TaskStatus::Success && last.returning == Some(json!(3)),
+        "last attempt {:?} {:?}",
+        last.status,
+        last.returning
+    );
+    let first = said(app.get(handle.uuid()).await, "reading")?.ok_or("no first attempt")?;
+    ensure!(
+        first.status == TaskStatus::Retry,
+        "first attempt {}",
+        first.status
+    );
+    let second_uuid = first
+        .retry_child_uuid
+        .ok_or("the first attempt names no next one")?;
+    let second = said(app.get(second_uuid).await, "reading")?.ok_or("no second attempt")?;
+    ensure!(
+        second.retry_parent_uuid == Some(handle.uuid()),
+        "the second attempt names no parent"
+    );
+    ensure!(
+        second.retry_child_uuid == Some(last.uuid),
+        "the chain does not lead to the last attempt"
+    );
+    Ok(())
+}
+
+async fn retries_run_out(c: &Context<'_>) -> Result<(), String> {
+    let app = c.app("", 1).await?;
+    said(app.start().await, "starting")?;
+    let handle = said(always_fails::add_task(&app).await, "adding")?;
+    let last = wait_for(&app, &handle).await?;
+    ensure!(
+        last.status == TaskStatus::Error,
+        "last attempt {}",
+        last.status
+    );
+    let mut attempts = 1;
+    let mut current = said(app.get(handle.uuid()).await, "reading")?.ok_or("no record")?;
+    while let Some(child) = current.retry_child_uuid {
+        attempts += 1;
+        current = said(app.get(child).await, "reading")?.ok_or("a missing attempt")?;
+    }
+    ensure!(attempts == 3, "{attempts} attempts for retry = 2");
+    Ok(())
+}
+
+async fn handed_back_runs_again(c: &Context<'_>) -> Result<(), String> {
+    let first = c.app("", 1).await?;
+    let label = c.label("handed_back");
+    said(first.start().await, "starting")?;
+    let handle = said(gated::add_task(&first, label.clone()).await, "adding")?;
+    eventually("the task starts", || async {
+        Ok(runs(&format!("{label}:started")).load(Ordering::SeqCst) == 1)
+    })
+    .await?;
+    // The worker stops and cannot wait: it hands the task back, unfinished.
+    said(first.stop_now().await, "stopping now")?;
+    let status = status_of(&first, handle.uuid()).await?;
+    ensure!(
+        status == Some(TaskStatus::New),
+        "a handed-back task is {status:?}"
+    );
+    gate(&label).add_permits(1);
+    let second = c.app("", 1).await?;
+    said(second.start().await, "starting another worker")?;
+    let record = wait_for(&second, &handle).await?;
+    ensure!(
+        record.status == TaskStatus::Success,
+        "status {}",
+        record.status
+    );
+    ensure!(
+        runs(&format!("{label}:started")).load(Ordering::SeqCst) == 2,
+        "the task did not run again"
+    );
+    Ok(())
+}
+
+async fn unknown_task_fails_alone(c: &Context<'_>) -> Result<(), String> {
+    let app = c.app("", 1).await?;
+    said(app.start().await, "starting")?;
+    let unknown = said(
+        app.add_task("conformance_no_such_task", (1,), ()).await,
+        "adding",
+    )?;
+    let fine = said(echo::add_task(&app, json!(2)).await, "adding")?;
+    let record = wait_for(&app, &unknown).await?;
+    ensure!(
+        record.status == TaskStatus::Error,
+        "status {}",
+        record.status
+    );
+    let traceback = record.traceback.unwrap_or_default();
+    ensure!(
+        traceback.contains("conformance_no_such_task"),
+        "traceback {traceback:?}"
+    );
+    ensure!(
+        wait_for(&app, &fine).await?.status == TaskStatus::Success,
+        "the next task did not run"
+    );
+    Ok(())
+}
+
+async fn undecodable_arguments_fail_alone(c: &Context<'_>) -> Result<(), String> {
+    let app = c.app("", 1).await?;
+    said(app.start().await, "starting")?;
+    let bad = said(
+        app.add_task("conformance_count", (json!({"not": "a string"}),), ())
+            .await,
+        "adding",
+    )?;
+    let fine = said(echo::add_task(&app, json!(3)).await, "adding")?;
+    let record = wait_for(&app, &bad).await?;
+    ensure!(
+        record.status == TaskStatus::Error,
+        "status {}",
+        record.status
+    );
+    ensure!(
+        record.traceback.unwrap_or_default().contains("label"),
+        "the reason does not name the parameter"
+    );
+    ensure!(
+        wait_for(&app, &fine).await?.status == TaskStatus::Success,
+        "the next task did not run"
+    );
+    Ok(())
+}
+
+async fn panic_fails_alone(c: &Context<'_>) -> Result<(), String> {
+    let app = c.app("", 1).await?;
+    said(app.start().await, "starting")?;
+    let bad = said(panics::add_task(&app).await, "adding")?;
+    let fine = said(echo::add_task(&app, json!(4)).await, "adding")?;
+    let record = wait_for(&app, &bad).await?;
+    ensure!(
+        record.status == TaskStatus::Error,
+        "status {}",
+        record.status
+    );
+    ensure!(
+        record
+            .traceback
+            .unwrap_or_default()
+            .contains("panics on purpose"),
+        "the panic's message is not the reason"
+    );
+    ensure!(
+        wait_for(&app, &fine).await?.status == TaskStatus::Success,
+        "the next task did not run"
+    );
+    Ok(())
+}
+
+async fn time_limit_ends_error(c: &Context<'_>) -> Result<(), String> {
+    let app = c.app("", 1).await?;
+    said(app.start().await, "starting")?;
+    let handle = said(slow::add_task(&app).await, "adding")?;
+    let record = wait_for(&app, &handle).await?;
+    ensure!(
+        record.status == TaskStatus::Error,
+        "status {}",
+        record.status
+    );
+    ensure!(
+        record
+            .traceback
+            .unwrap_or_default()
+            .contains("TimeoutError"),
+        "the reason does not say timeout"
+    );
+    Ok(())
+}
+
+async fn wait_wakes_on_the_result(c: &Context<'_>) -> Result<(), String> {
+    let app = c.app("", 1).await?;
+    let client = c.app("", 1).await?;
+    said(app.start().await, "starting")?;
+    let label = c.label("wake");
+    let handle = said(gated::add_task(&client, label.clone()).await, "adding")?;
+    let waiter = tokio::spawn({
+        let client = client.clone();
+        let uuid = handle.uuid();
+        async move { client.wait(uuid, WAIT).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    ensure!(!waiter.is_finished(), "the wait ended before the task did");
+    gate(&label).add_permits(1);
+    let record = match waiter.await {
+        Ok(waited) => said(waited, "waiting")?,
+        Err(join) => return Err(format!("the waiter failed: {join}")),
+    };
+    ensure!(
+        record.status == TaskStatus::Success,
+        "status {}",
+        record.status
+    );
+    Ok(())
+}
+
+async fn wait_times_out_without_a_worker(c: &Context<'_>) -> Result<(), String> {
+    let app = c.app("", 1).await?;
+    let handle = said(echo::add_task(&app, json!(5)).await, "adding")?;
+    match handle.wait(Duration::from_millis(300)).await {
+        Err(Error::WaitTimeout { .. }) => Ok(()),
+        other => Err(format!("a wait with no worker ended with {other:?}")),
+    }
+}
+
+async fn unknown_uuid_reads_none(c: &Context<'_>) -> Result<(), String> {
+    let app = c.app("", 1).await?;
+    let read = said(app.get(uuid::Uuid::new_v4()).await, "reading")?;
+    ensure!(read.is_none(), "an unknown uuid read {read:?}");
+    match app.wait(uuid::Uuid::new_v4(), Duration::from_secs(2)).await {
+        Err(Error::TaskNotFound(_)) => Ok(()),
+        other => Err(format!("waiting for an unknown task ended with {other:?}")),
+    }
+}
+
+async fn records_read_from_another_handle(c: &Context<'_>) -> Result<(), String> {
+    let app = c.app("", 1).await?;
+    let other = c.app("", 1).await?;
+    said(app.start().await, "starting")?;
+    let handle = said(echo::add_task(&app, json!("shared")).await, "adding")?;
+    wait_for(&app, &handle).await?;
+    let read =
+        said(other.get(handle.uuid()).await, "reading")?.ok_or("the other handle reads nothing")?;
+    ensure!(
+        read.returning == Some(json!("shared")),
+        "the other handle reads {:?}",
+        read.returning
+    );
+    Ok(())
+}
+
+async fn stream_items(c: &Context<'_>) -> Result<(), String> {
+    let app = c.app("", 1).await?;
+    said(app.start().await, "starting")?;
+    let handle = said(stream::add_task(&app, 5).await, "adding")?;
+    let items: Vec<Value> = handle
+        .items()
+        .map(|item| item.unwrap_or(Value::Null))
+        .collect()
+        .await;
+    ensure!(
+        items == [json!(0), json!(1), json!(2), json!(3), json!(4)],
+        "items {items:?}"
+    );
+    let record = wait_for(&app, &handle).await?;
+    ensure!(
+        record.returning == Some(json!([0, 1, 2, 3, 4])),
+        "stored {:?}",
+        record.returning
+    );
+    Ok(())
+}
+
+async fn flush_is_per_app(c: &Context<'_>) -> Result<(), String> {
+    let one = c.app("one", 1).await?;
+    let two = c.app("two", 1).await?;
+    let gone = said(echo::add_task(&one, json!(1)).await, "adding")?;
+    let kept = said(echo::add_task(&two, json!(2)).await, "adding")?;
+    said(one.flush_all().await, "flushing")?;
+    ensure!(
+        status_of(&one, gone.uuid()).await?.is_none(),
+        "the flushed app kept its record"
+    );
+    ensure!(
+        status_of(&two, kept.uuid()).await? == Some(TaskStatus::New),
+        "the other app lost its record"
+    );
+    said(two.start().await, "starting")?;
+    ensure!(
+        wait_for(&two, &kept).await?.status == TaskStatus::Success,
+        "the other app's task did not run"
+    );
+    Ok(())
+}
+
+async fn concurrent_takers_take_once(c: &Context<'_>) -> Result<(), String> {
+    let client = c.app("", 1).await?;
+    let mut handles = Vec::new();
+    for i in 0..200 {
+        handles.push(said(
+            count::add_task(&client, c.label(&format!("once{i}"))).await,
+            "adding",
+        )?);
+    }
+    for _ in 0..4 {
+        let worker = c.app("", 8).await?;
+        said(worker.start().await, "starting")?;
+    }
+    for handle in &handles {
+        wait_for(&client, handle).await?;
+    }
+    for i in 0..200 {
+        let n = runs(&c.label(&format!("once{i}"))).load(Ordering::SeqCst);
+        ensure!(n == 1, "task {i} ran {n} times across four workers");
+    }
+    Ok(())
+}
+
+async fn stats_waiting_by_priority(c: &Context<'_>) -> Result<(), String> {
+    let app = c.app("", 1).await?;
+    for p in [0, 0, 4, -1] {
+        said(
+            app.add_task_with("conformance_echo", (p,), (), priority(p))
+                .await,
+            "adding",
+        )?;
+    }
+    let stats = said(app.stats().await, "reading stats")?;
+    let Some(queue) = stats.queue else {
+        return Err("the broker keeps no stats (Broker::stats)".to_owned());
+    };
+    ensure!(
+        queue.waiting == BTreeMap::from([(-1, 1), (0, 2), (4, 1)]),
+        "waiting {:?}",
+        queue.waiting
+    );
+    ensure!(
+        queue.oldest_waiting_secs.is_some(),
+        "no age of the oldest waiting task"
+    );
+    Ok(())
+}
+
+async fn stats_running_and_finished(c: &Context<'_>) -> Result<(), String> {
+    let app = c.app("", 2).await?;
+    said(app.start().await, "starting")?;
+    let label = c.label("stats_running");
+    let running = said(gated::add_task(&app, label.clone()).await, "adding")?;
+    let failed = said(fail::add_task(&app, "x".into()).await, "adding")?;
+    wait_for(&app, &failed).await?;
+    eventually("one task runs", || async {
+        let stats = said(app.stats().await, "reading stats")?;
+        Ok(stats.queue.is_some_and(|q| q.running == 1))
+    })
+    .await?;
+    gate(&label).add_permits(1);
+    wait_for(&app, &running).await?;
+    let queue = said(app.stats().await, "reading stats")?
+        .queue
+        .ok_or("no stats")?;
+    ensure!(queue.running == 0, "running {}", queue.running);
+    ensure!(
+        queue.finished.success == 1 && queue.finished.error == 1,
+        "finished {:?}",
+        queue.finished
+    );
+    ensure!(
+        queue.finished_last_minute == 2,
+        "last minute {}",
+        queue.finished_last_minute
+    );
+    Ok(())
+}
+
+async fn workers_listed_while_running(c: &Context<'_>) -> Result<(), String> {
+    let app = c.app("", 3).await?;
+    said(app.start().await, "starting")?;
+    let workers = said(app.stats().await, "reading stats")?.workers;
+    ensure!(workers.len() == 1, "{} workers listed", workers.len());
+    ensure!(
+        workers[0].concurrency == 3 && workers[0].pid == std::process::id(),
+        "worker {:?}",
+        workers[0]
+    );
+    said(app.stop().await, "stopping")?;
+    let workers = said(app.stats().await, "reading stats")?.workers;
+    ensure!(workers.is_empty(), "a stopped worker is still listed");
+    Ok(())
+}
+
+async fn ping_follows_the_worker(c: &Context<'_>) -> Result<(), String> {
+    let app = c.app("", 1).await?;
+    ensure!(
+        !said(app.ping().await, "pinging")?,
+        "ping before any worker"
+    );
+    said(app.start().await, "starting")?;
+    ensure!(
+        said(app.ping().await, "pinging")?,
+        "no ping while the worker runs"
+    );
+    said(app.stop().await, "stopping")?;
+    ensure!(
+        !said(app.ping().await, "pinging")?,
+        "ping after the worker stopped"
+    );
+    Ok(())
+}
+
+async fn global_config_entries(c: &Context<'_>) -> Result<(), String> {
+    let app = c.app("", 1).await?;
+    let other = c.app("", 1).await?;
+    said(
+        app.global_config().set("limits", "rate", "10").await,
+        "setting",
+    )?;
+    let read = said(other.global_config().get("limits", "rate").await, "getting")?;
+    ensure!(read.as_deref() == Some("10"), "read {read:?}");
+    let all = said(other.global_config().get_all("limits").await, "getting all")?;
+    ensure!(
+        all.get("rate").map(String::as_str) == Some("10"),
+        "all {all:?}"
+    );
+    Ok(())
+}
+
+async fn schedule_pause_is_shared(c: &Context<'_>) -> Result<(), String> {
+    let app = c.app("", 1).await?;
+    let other = c.app("", 1).await?;
+    app.schedule(
+        "nightly",
+        qtasks_core::schedule::Schedule::cron("0 0 3 * * *").map_err(|e| e.to_string())?,
+        echo::call(json!(0)),
+    )
+    .map_err(|e| e.to_string())?;
+    said(app.start().await, "starting")?;
+    eventually("the worker records its schedule", || async {
+        Ok(said(other.schedules().await, "reading schedules")?
+            .iter()
+            .any(|i| i.name == "nightly"))
+    })
+    .await?;
+    said(other.pause_schedule("nightly").await, "pausing")?;
+    let infos = said(app.schedules().await, "reading schedules")?;
+    ensure!(
+        infos
+            .iter()
+            .any(|i| i.name == "nightly" && i.paused && i.next_at.is_some()),
+        "schedules {infos:?}"
+    );
+    said(app.resume_schedule("nightly").await, "resuming")?;
+    let infos = said(other.schedules().await, "reading schedules")?;
+    ensure!(
+        infos.iter().any(|i| i.name == "nightly" && !i.paused),
+        "schedules {infos:?}"
+    );
+    Ok(())
+}
+
+async fn schedule_slots_fire_once(c: &Context<'_>) -> Result<(), String> {
+    // A slot fires once because its claim is won once (`GlobalConfig::claim`): two workers
+    // with one schedule, three one-second slots, three runs.
+    let app = c.app("", 1).await?;
+    let other = c.app("", 1).await?;
+    let label = c.label("claims");
+    // Slots on whole seconds: from two seconds after the next whole one, three of them.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| e.to_string())?;
+    let from = std::time::UNIX_EPOCH + Duration::from_secs(now.as_secs() + 2);
+    let schedule = qtasks_core::schedule::Schedule::every(Duration::from_secs(1))
+        .starting_at(from)
+        .until(from + Duration::from_secs(2));
+    for worker in [&app, &other] {
+        worker
+            .schedule("tick", schedule.clone(), count::call(label.clone()))
+            .map_err(|e| e.to_string())?;
+        said(worker.start().await, "starting")?;
+    }
+    tokio::time::sleep(Duration::from_millis(6000)).await;
+    let n = runs(&label).load(Ordering::SeqCst);
+    ensure!(n == 3, "3 slots fired {n} times with two workers");
+    Ok(())
+}

@@ -1,0 +1,37 @@
+//! The backend conformance suite (`qtasks::testing::conformance`) on the in-memory backend and
+//! on Redis: every case must hold on both.
+
+mod support;
+
+use std::time::Duration;
+
+use qtasks::redis::RedisOptions;
+use qtasks::testing::conformance;
+use support::{redis_url, unique_prefix};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_passes_the_conformance_suite() {
+    let report = conformance::run(&conformance::memory(), "memory").await;
+    assert!(report.cases.len() >= 30, "{report}");
+    assert!(report.passed(), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_passes_the_conformance_suite() {
+    let Some(url) = redis_url("redis_passes_the_conformance_suite") else {
+        return;
+    };
+    let backend = move |config: qtasks::QueueConfig| {
+        let url = url.clone();
+        async move {
+            let options = RedisOptions {
+                lease: Duration::from_secs(5),
+                ..RedisOptions::default()
+            };
+            qtasks::redis::connect_with(&url, config, options).await
+        }
+    };
+    let report = conformance::run(&backend, &unique_prefix("conformance")).await;
+    assert!(report.cases.len() >= 30, "{report}");
+    assert!(report.passed(), "{report}");
+}
