@@ -465,12 +465,8 @@ async fn fifo_among_equals(c: &Context<'_>) -> Result<(), String> {
     let app = c.app("", 1).await?;
     let label = c.label("fifo");
     let mut handles = Vec::new();
-    for i in 0..10 {
-        handles.push(said(
-            count::add_task(&app, format!("{label}")).await,
-            "adding",
-        )?);
-        let _ = i;
+    for _ in 0..10 {
+        handles.push(said(count::add_task(&app, label.clone()).await, "adding")?);
     }
     said(app.start().await, "starting")?;
     for (i, handle) in handles.iter().enumerate() {
