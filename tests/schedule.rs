@@ -359,3 +359,97 @@ async fn a_timer_ported_from_python_adds_on_its_triggers() {
     assert_eq!(runs("timer_interval").load(Ordering::SeqCst), 10);
     assert_eq!(runs("timer_date").load(Ordering::SeqCst), 1);
 }
+
+/// A broker whose every `add` fails, as a worker that dies between claiming a slot and adding
+/// its task; the rest is the shared in-memory broker's.
+struct AddFails {
+    inner: Arc<MemoryBroker>,
+    failed: AtomicU64,
+}
+
+impl qtasks::backend::Broker for AddFails {
+    fn name(&self) -> &str {
+        "AddFails"
+    }
+    fn add(
+        &self,
+        _task: qtasks::QueuedTask,
+    ) -> qtasks::BoxFuture<'_, Result<(), qtasks::backend::BackendError>> {
+        self.failed.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async {
+            Err(qtasks::backend::BackendError::new(
+                "test",
+                "died before adding",
+            ))
+        })
+    }
+    fn next_batch(
+        &self,
+        max: usize,
+    ) -> qtasks::BoxFuture<'_, Result<Vec<qtasks::backend::Delivery>, qtasks::backend::BackendError>>
+    {
+        self.inner.next_batch(max)
+    }
+    fn next(
+        &self,
+    ) -> qtasks::BoxFuture<
+        '_,
+        Result<Option<qtasks::backend::Delivery>, qtasks::backend::BackendError>,
+    > {
+        self.inner.next()
+    }
+    fn finish(
+        &self,
+        delivery: &qtasks::backend::Delivery,
+        outcome: qtasks::Outcome,
+    ) -> qtasks::BoxFuture<'_, Result<(), qtasks::backend::BackendError>> {
+        self.inner.finish(delivery, outcome)
+    }
+    fn flush_all(&self) -> qtasks::BoxFuture<'_, Result<(), qtasks::backend::BackendError>> {
+        self.inner.flush_all()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slot_whose_claimer_did_not_add_it_is_added_by_another_worker() {
+    let label = "recovered";
+    let start = secs(T0) + Duration::from_millis(500);
+    let storage = Arc::new(MemoryStorage::new());
+    let broker = Arc::new(MemoryBroker::new(Arc::clone(&storage)));
+    let global = Arc::new(MemoryGlobalConfig::new());
+    let failing = Arc::new(AddFails {
+        inner: broker.clone(),
+        failed: AtomicU64::new(0),
+    });
+    let build = |broker: Arc<dyn qtasks::backend::Broker>| {
+        let app = QueueTasks::builder()
+            .backend(broker, storage.clone())
+            .global_config(global.clone())
+            .build();
+        app.set_clock(Arc::new(TokioClock::starting_at(start)));
+        app
+    };
+    // The failing worker starts first, so it wins the claims (its timers fire first).
+    let apps = [build(failing.clone()), build(broker.clone())];
+    let schedule = Schedule::every(Duration::from_secs(1))
+        .starting_at(secs(T0 + 5))
+        .until(secs(T0 + 24));
+    for app in &apps {
+        app.schedule("tick", schedule.clone(), count_call(label))
+            .unwrap();
+        app.start().await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    for app in &apps {
+        app.stop().await.unwrap();
+    }
+    assert!(
+        failing.failed.load(Ordering::SeqCst) > 0,
+        "the failing worker never won a slot"
+    );
+    assert_eq!(
+        runs(label).load(Ordering::SeqCst),
+        20,
+        "every slot ran once"
+    );
+}

@@ -91,10 +91,20 @@ impl TaskCall {
 
     /// Sends the call: adds the task to the app's queue.
     pub async fn add(&self, app: &QueueTasks) -> Result<TaskHandle> {
+        self.add_as(app, None).await
+    }
+
+    /// Sends the call as the task `uuid` (a schedule's slot, which every worker names alike).
+    pub(crate) async fn add_as(
+        &self,
+        app: &QueueTasks,
+        uuid: Option<uuid::Uuid>,
+    ) -> Result<TaskHandle> {
         self.check()?;
         let options = AddOptions {
             priority: self.priority,
             run_at: self.run_at,
+            uuid,
         };
         app.add_task_with(&self.task_name, &self.args, &self.kwargs, options)
             .await

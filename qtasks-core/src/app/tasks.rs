@@ -112,7 +112,10 @@ impl QueueTasks {
             args,
             kwargs,
             definition,
-            run_at,
+            Placement {
+                run_at,
+                uuid: options.uuid,
+            },
         )
         .await
     }
@@ -132,7 +135,7 @@ impl QueueTasks {
             args,
             kwargs,
             Some(definition),
-            None,
+            Placement::default(),
         )
         .await
     }
@@ -146,10 +149,11 @@ impl QueueTasks {
         args: Vec<Value>,
         kwargs: Map<String, Value>,
         definition: Option<&'static TaskDefinition>,
-        run_at: Option<f64>,
+        placement: Placement,
     ) -> Result<TaskHandle> {
+        let Placement { run_at, uuid } = placement;
         let mut task = QueuedTask {
-            uuid: Uuid::new_v4(),
+            uuid: uuid.unwrap_or_else(Uuid::new_v4),
             task_name,
             priority,
             args,
@@ -339,6 +343,8 @@ pub struct AddOptions {
     pub priority: Option<i64>,
     /// When the task may run, if later than now: it stays `new` and no worker takes it before.
     pub run_at: Option<std::time::SystemTime>,
+    /// The task's id, when the caller must know it beforehand (a schedule's slot).
+    pub(crate) uuid: Option<Uuid>,
 }
 
 impl AddOptions {
@@ -370,6 +376,13 @@ impl AddOptions {
         self.run_at = Some(time);
         self
     }
+}
+
+/// Where a new task goes: when it may run (now if `None`) and its id (a new one if `None`).
+#[derive(Default)]
+struct Placement {
+    run_at: Option<f64>,
+    uuid: Option<Uuid>,
 }
 
 /// A time as Unix seconds (the clock of `run_at` and records).

@@ -23,6 +23,32 @@ const ON_TIME: i64 = 1_000;
 /// At most this many missed slots are looked at on a wake-up (a worker back after a long time).
 const LOOK_BACK: usize = 100_000;
 
+/// How long after a slot a worker that lost its claim checks that the winner added the task
+/// (a winner that died between its claim and its add would otherwise lose the slot).
+const CHECK_AFTER: i64 = 10_000;
+
+/// The id of a slot's task: the same in every worker, so a worker that checks a slot knows
+/// which record to look for (FNV-1a, 128 bits, over app, schedule and slot; a version-8 uuid).
+pub(crate) fn slot_uuid(app: &str, schedule: &str, slot_ms: i64) -> uuid::Uuid {
+    const OFFSET: u128 = 0x6c62272e07bb014262b821756295c58d;
+    const PRIME: u128 = 0x0000000001000000000000000000013B;
+    let mut hash = OFFSET;
+    for byte in format!("qtasks-slot\0{app}\0{schedule}\0{slot_ms}").bytes() {
+        hash ^= u128::from(byte);
+        hash = hash.wrapping_mul(PRIME);
+    }
+    let versioned = (hash & !(0xF << 76)) | (0x8 << 76);
+    let variant = (versioned & !(0b11 << 62)) | (0b10 << 62);
+    uuid::Uuid::from_u128(variant)
+}
+
+/// A slot another worker claimed, to check at `at_ms`.
+struct Check {
+    entry: usize,
+    slot_ms: i64,
+    at_ms: i64,
+}
+
 /// One registered schedule.
 pub(crate) struct Entry {
     pub(crate) name: String,
@@ -124,12 +150,14 @@ pub(crate) async fn run(
     }
     tracing::info!(app = %app.name(), schedules = entries.len(), "scheduler running");
 
+    let mut checks: Vec<Check> = Vec::new();
     loop {
         let now = now_ms();
         let next = entries
             .iter()
             .zip(&checked)
             .filter_map(|(entry, after)| entry.schedule.next_slot_ms(*after))
+            .chain(checks.iter().map(|check| check.at_ms))
             .min();
         let wait = match next {
             Some(slot) => Duration::from_millis((slot - now).max(0) as u64),
@@ -140,6 +168,13 @@ pub(crate) async fn run(
             () = tokio::time::sleep(wait) => {}
         }
         let now = now_ms();
+        // Slots other workers claimed: their tasks must exist by now.
+        let (due_checks, later): (Vec<Check>, Vec<Check>) =
+            checks.into_iter().partition(|check| check.at_ms <= now);
+        checks = later;
+        for check in due_checks {
+            recover_slot(&app, &entries[check.entry], check.slot_ms).await;
+        }
         let paused = match global.get_all(PAUSED).await {
             Ok(paused) => paused,
             Err(error) => {
@@ -147,7 +182,7 @@ pub(crate) async fn run(
                 Default::default()
             }
         };
-        for (entry, after) in entries.iter().zip(checked.iter_mut()) {
+        for (index, (entry, after)) in entries.iter().zip(checked.iter_mut()).enumerate() {
             let due = entry.schedule.slots_ms(*after, now, LOOK_BACK);
             let Some(&newest) = due.last() else {
                 continue;
@@ -168,24 +203,30 @@ pub(crate) async fn run(
             }
             fire.extend(on_time);
             for slot in fire {
-                fire_slot(&app, entry, slot).await;
+                if !fire_slot(&app, entry, slot).await {
+                    checks.push(Check {
+                        entry: index,
+                        slot_ms: slot,
+                        at_ms: slot + CHECK_AFTER + entry.schedule.jitter.as_millis() as i64,
+                    });
+                }
             }
         }
     }
 }
 
 /// Claims a slot and, if this worker won it, adds the task (after the jitter, if any) and
-/// records the firing.
-async fn fire_slot(app: &QueueTasks, entry: &Arc<Entry>, slot_ms: i64) {
+/// records the firing. `false`: another worker claimed it (check later that it added it).
+async fn fire_slot(app: &QueueTasks, entry: &Arc<Entry>, slot_ms: i64) -> bool {
     let global = &app.inner.global_config;
     let ttl = entry.claim_ttl(slot_ms);
     let key = format!("schedule:{}:{slot_ms}", entry.name);
     match global.claim(&key, ttl).await {
         Ok(true) => {}
-        Ok(false) => return, // another worker fires it
+        Ok(false) => return false, // another worker fires it
         Err(error) => {
             tracing::error!(app = %app.name(), schedule = %entry.name, "claiming slot {} failed; not fired here: {}", super::format_ms(slot_ms), crate::backend::ErrorChain(&error));
-            return;
+            return false;
         }
     }
     let jitter = entry.schedule.jitter;
@@ -199,10 +240,36 @@ async fn fire_slot(app: &QueueTasks, entry: &Arc<Entry>, slot_ms: i64) {
             add(&app, &entry, slot_ms).await;
         });
     }
+    true
+}
+
+/// A slot another worker claimed: if its task is not there, that worker died between its
+/// claim and its add; one checker (by a second claim) adds it now, under the same id.
+async fn recover_slot(app: &QueueTasks, entry: &Entry, slot_ms: i64) {
+    let uuid = slot_uuid(&app.name(), &entry.name, slot_ms);
+    match app.get(uuid).await {
+        Ok(Some(_)) => return,
+        Ok(None) => {}
+        Err(error) => {
+            tracing::warn!(app = %app.name(), schedule = %entry.name, "checking slot {} failed: {}", super::format_ms(slot_ms), crate::backend::ErrorChain(&error));
+            return;
+        }
+    }
+    let key = format!("schedule:{}:{slot_ms}:recover", entry.name);
+    if let Ok(true) = app
+        .inner
+        .global_config
+        .claim(&key, entry.claim_ttl(slot_ms))
+        .await
+    {
+        tracing::warn!(app = %app.name(), schedule = %entry.name, "slot {} was claimed by a worker that did not add its task; adding it here", super::format_ms(slot_ms));
+        add(app, entry, slot_ms).await;
+    }
 }
 
 async fn add(app: &QueueTasks, entry: &Entry, slot_ms: i64) {
-    match entry.call.add(app).await {
+    let uuid = slot_uuid(&app.name(), &entry.name, slot_ms);
+    match entry.call.add_as(app, Some(uuid)).await {
         Ok(handle) => {
             tracing::info!(app = %app.name(), schedule = %entry.name, task = %entry.call.task_name, uuid = %handle.uuid(), "schedule fired slot {}", super::format_ms(slot_ms));
             let mut info = entry.info(entry.schedule.next_slot_ms(slot_ms));
