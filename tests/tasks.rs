@@ -478,7 +478,39 @@ async fn wait_times_out_and_unknown_ids_are_reported() {
     let app = QueueTasks::new(); // no worker: the task stays new
     let handle = add::add_task(&app, 1, 1).await.unwrap();
     let err = handle.wait(Duration::from_millis(50)).await.unwrap_err();
-    assert!(matches!(err, Error::WaitTimeout { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::WaitTimeout {
+                no_worker: true,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // The message says why: no worker runs this app.
+    assert!(
+        err.to_string().contains("no worker of this app is running"),
+        "{err}"
+    );
+    // With a worker alive (the task is only not due yet), a timeout says only that.
+    let live = QueueTasks::new();
+    live.start().await.unwrap();
+    let later = qtasks::AddOptions::default().delay(Duration::from_secs(60));
+    let delayed = live.add_task_with("add", (1, 2), (), later).await.unwrap();
+    let err = delayed.wait(Duration::from_millis(50)).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::WaitTimeout {
+                no_worker: false,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(!err.to_string().contains("no worker"), "{err}");
+    live.stop().await.unwrap();
     let unknown = uuid_of_nothing();
     assert!(matches!(app.wait(unknown, WAIT).await, Err(Error::TaskNotFound(id)) if id == unknown));
     assert_eq!(app.get(unknown).await.unwrap(), None);

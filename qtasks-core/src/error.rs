@@ -20,12 +20,18 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[non_exhaustive]
 pub enum Error {
     /// `wait` gave up; the task itself goes on.
-    #[error("timed out after {timeout:?} waiting for task {uuid} to finish")]
+    #[error(
+        "timed out after {timeout:?} waiting for task {uuid} to finish{}",
+        if *.no_worker { "; no worker of this app is running (no heartbeat): start one (`run_forever`, `start`, or the command line's `worker`)" } else { "" }
+    )]
     WaitTimeout {
         /// The task waited for.
         uuid: Uuid,
         /// How long the caller waited.
         timeout: Duration,
+        /// Whether no worker of the app was alive when the wait gave up (its heartbeat was
+        /// missing): then the task is not late, nobody runs it.
+        no_worker: bool,
     },
     /// No task with this id is stored.
     #[error("task {0} does not exist")]

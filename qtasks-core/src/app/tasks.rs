@@ -317,7 +317,15 @@ impl QueueTasks {
         };
         match tokio::time::timeout(timeout, follow).await {
             Ok(result) => result,
-            Err(_elapsed) => Err(Error::WaitTimeout { uuid, timeout }),
+            Err(_elapsed) => {
+                // Say why, when it is that nobody runs the app's tasks.
+                let no_worker = matches!(self.inner.global_config.status().await, Ok(false));
+                Err(Error::WaitTimeout {
+                    uuid,
+                    timeout,
+                    no_worker,
+                })
+            }
         }
     }
 
