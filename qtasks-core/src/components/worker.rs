@@ -92,12 +92,27 @@ impl WorkerHost {
                 .await;
         }
         loop {
+            // A stop that interrupts hands the running tasks back: this worker must not take
+            // them (or anything) again meanwhile, or it would wait for them forever.
+            if app.inner.interrupting.load(Ordering::Acquire) {
+                return Vec::new();
+            }
             let next = tokio::select! {
                 biased;
                 () = self.stop_requested() => return Vec::new(),
                 next = broker.next_batch(max.max(1)) => next,
             };
             match next {
+                Ok(deliveries) if app.inner.interrupting.load(Ordering::Acquire) => {
+                    // Taken while the stop began (perhaps a task just handed back): give them
+                    // back at once.
+                    for delivery in &deliveries {
+                        if let Err(error) = broker.release(delivery).await {
+                            tracing::error!(uuid = %delivery.task.uuid, "handing a task back failed (it is taken again when its lease runs out): {}", crate::backend::ErrorChain(&error));
+                        }
+                    }
+                    return Vec::new();
+                }
                 Ok(mut deliveries) => {
                     for delivery in &mut deliveries {
                         self.accept(delivery).await;

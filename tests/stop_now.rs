@@ -1,0 +1,62 @@
+//! `stop_now` while a task runs: the task is handed back and the stopping worker does not take
+//! it again (it once could: the task came back to the queue before the worker was told to stop
+//! taking, the worker took it, and then waited for it forever).
+
+use qtasks::backend::{MemoryBroker, MemoryStorage};
+use qtasks::components::MemoryGlobalConfig;
+use qtasks::{QueueConfig, QueueTasks};
+use std::sync::Arc;
+use std::sync::LazyLock;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+static GATE: LazyLock<Arc<Semaphore>> = LazyLock::new(|| Arc::new(Semaphore::new(0)));
+static STARTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+#[qtasks::task]
+async fn stop_now_gated() -> u32 {
+    STARTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    GATE.acquire().await.unwrap().forget();
+    1
+}
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_worker_never_takes_back_what_it_handed_back() {
+    for round in 0..100 {
+        let storage = Arc::new(MemoryStorage::new());
+        let broker = Arc::new(MemoryBroker::new(Arc::clone(&storage)));
+        let global = Arc::new(MemoryGlobalConfig::new());
+        let mk = || {
+            QueueTasks::builder()
+                .config(QueueConfig {
+                    max_tasks_process: 1,
+                    ..Default::default()
+                })
+                .backend(broker.clone(), storage.clone())
+                .global_config(global.clone())
+                .build()
+        };
+        let first = mk();
+        first.start().await.unwrap();
+        let before = STARTED.load(std::sync::atomic::Ordering::SeqCst);
+        let h = stop_now_gated::add_task(&first).await.unwrap();
+        while STARTED.load(std::sync::atomic::Ordering::SeqCst) == before {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        tokio::time::timeout(Duration::from_secs(5), first.stop_now())
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: stop_now hung"))
+            .unwrap();
+        let st = first.get(h.uuid()).await.unwrap().unwrap().status;
+        assert_eq!(st, qtasks::TaskStatus::New, "round {round}");
+        GATE.add_permits(1);
+        let second = mk();
+        second.start().await.unwrap();
+        let r = h
+            .wait(Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert_eq!(r.status, qtasks::TaskStatus::Success);
+        tokio::time::timeout(Duration::from_secs(5), second.stop_now())
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: second stop hung"))
+            .unwrap();
+    }
+}
