@@ -18,6 +18,7 @@
 //! [`EXIT_TASK_FAILED`] (1: the task failed or was cancelled, or is not there),
 //! [`EXIT_USAGE`] (2: bad arguments, an unconfirmed `flush`), [`EXIT_UNREACHABLE`] (3: the
 //! backend cannot be reached).
+#![warn(missing_docs)]
 
 mod args;
 mod commands;

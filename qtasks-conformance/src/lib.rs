@@ -19,6 +19,7 @@
 //! assert!(report.passed(), "{report}");
 //! # }
 //! ```
+#![warn(missing_docs)]
 
 // The task attribute names `::qtasks::__private`: the core is that crate here.
 extern crate qtasks_core as qtasks;

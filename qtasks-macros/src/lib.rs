@@ -62,6 +62,7 @@ use proc_macro::TokenStream;
 /// | `middlewares_after = [STATIC, ..]` | `qtasks::Middleware` statics run after this task, before the app's |
 /// | `router = "..."` | the router the task belongs to (`AppBuilder::routers`) |
 /// | `executor = STATIC` | a `static` implementing `qtasks::components::Executor`, instead of the app's |
+/// | `cron = "..."` | run the task (it takes no arguments) on this cron schedule, in every worker of the app, once per slot; the expression is checked when the task compiles |
 ///
 /// ```rust,standalone_crate
 /// use qtasks::{TaskContext, TaskResult};
@@ -86,6 +87,19 @@ use proc_macro::TokenStream;
 /// fn main() {
 ///     assert_eq!(greet::DEFINITION.retry(), Some(3));
 ///     assert_eq!(greet::DEFINITION.router(), Some("greetings"));
+/// }
+/// ```
+///
+/// A periodic task: 5 cron fields, or 6 with seconds first (UTC; for a time zone, use
+/// `app.schedule(name, Schedule::cron(..)?.in_time_zone(..)?, call)`):
+///
+/// ```rust,standalone_crate
+/// #[qtasks::task(cron = "0 */15 * * * *")] // every quarter of an hour, on the second 0
+/// async fn refresh_rates() {}
+///
+/// fn main() {
+///     let app = qtasks::QueueTasks::new();
+///     assert!(app.registered_schedules().iter().any(|s| s.name == "refresh_rates"));
 /// }
 /// ```
 ///

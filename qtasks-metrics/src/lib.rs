@@ -27,6 +27,7 @@
 //! assert!(text.contains("qtasks_tasks_running 0"));
 //! # }
 //! ```
+#![warn(missing_docs)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -23,6 +23,7 @@
 //! otlp.shutdown();
 //! # Ok(()) }
 //! ```
+#![warn(missing_docs)]
 
 use std::collections::HashMap;
 use std::sync::Arc;
