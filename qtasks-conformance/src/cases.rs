@@ -215,95 +215,50 @@ fn priority(p: i64) -> AddOptions {
 // ------------------------------------------------------------------------------------------
 // The cases.
 
-pub(crate) const ALL: &[(&str, Case)] = &[
-    ("add_take_finish", |c| Box::pin(add_take_finish(c))),
-    ("record_is_new_before_a_worker", |c| {
-        Box::pin(record_is_new_before_a_worker(c))
-    }),
-    ("record_is_process_while_running", |c| {
-        Box::pin(record_is_process_while_running(c))
-    }),
-    ("error_keeps_the_reason", |c| {
-        Box::pin(error_keeps_the_reason(c))
-    }),
-    ("cancel_from_inside", |c| Box::pin(cancel_from_inside(c))),
-    ("arguments_round_trip", |c| {
-        Box::pin(arguments_round_trip(c))
-    }),
-    ("large_argument", |c| Box::pin(large_argument(c))),
-    ("lower_priority_first", |c| {
-        Box::pin(lower_priority_first(c))
-    }),
-    ("fifo_among_equals", |c| Box::pin(fifo_among_equals(c))),
-    ("delayed_not_taken_early", |c| {
-        Box::pin(delayed_not_taken_early(c))
-    }),
-    ("delayed_cancelled_never_runs", |c| {
-        Box::pin(delayed_cancelled_never_runs(c))
-    }),
-    ("cancel_queued", |c| Box::pin(cancel_queued(c))),
-    ("cancel_running", |c| Box::pin(cancel_running(c))),
-    ("cancel_from_another_handle", |c| {
-        Box::pin(cancel_from_another_handle(c))
-    }),
-    ("cancel_ended_changes_nothing", |c| {
-        Box::pin(cancel_ended_changes_nothing(c))
-    }),
-    ("retries_chain_to_success", |c| {
-        Box::pin(retries_chain_to_success(c))
-    }),
-    ("retries_run_out", |c| Box::pin(retries_run_out(c))),
-    ("handed_back_runs_again", |c| {
-        Box::pin(handed_back_runs_again(c))
-    }),
-    ("unknown_task_fails_alone", |c| {
-        Box::pin(unknown_task_fails_alone(c))
-    }),
-    ("undecodable_arguments_fail_alone", |c| {
-        Box::pin(undecodable_arguments_fail_alone(c))
-    }),
-    ("panic_fails_alone", |c| Box::pin(panic_fails_alone(c))),
-    ("time_limit_ends_error", |c| {
-        Box::pin(time_limit_ends_error(c))
-    }),
-    ("wait_wakes_on_the_result", |c| {
-        Box::pin(wait_wakes_on_the_result(c))
-    }),
-    ("wait_times_out_without_a_worker", |c| {
-        Box::pin(wait_times_out_without_a_worker(c))
-    }),
-    ("unknown_uuid_reads_none", |c| {
-        Box::pin(unknown_uuid_reads_none(c))
-    }),
-    ("records_read_from_another_handle", |c| {
-        Box::pin(records_read_from_another_handle(c))
-    }),
-    ("stream_items", |c| Box::pin(stream_items(c))),
-    ("flush_is_per_app", |c| Box::pin(flush_is_per_app(c))),
-    ("concurrent_takers_take_once", |c| {
-        Box::pin(concurrent_takers_take_once(c))
-    }),
-    ("stats_waiting_by_priority", |c| {
-        Box::pin(stats_waiting_by_priority(c))
-    }),
-    ("stats_running_and_finished", |c| {
-        Box::pin(stats_running_and_finished(c))
-    }),
-    ("workers_listed_while_running", |c| {
-        Box::pin(workers_listed_while_running(c))
-    }),
-    ("ping_follows_the_worker", |c| {
-        Box::pin(ping_follows_the_worker(c))
-    }),
-    ("global_config_entries", |c| {
-        Box::pin(global_config_entries(c))
-    }),
-    ("schedule_pause_is_shared", |c| {
-        Box::pin(schedule_pause_is_shared(c))
-    }),
-    ("schedule_slots_fire_once", |c| {
-        Box::pin(schedule_slots_fire_once(c))
-    }),
+/// Each case by its fn's name, in the order they run.
+macro_rules! cases {
+    ($($case:ident),+ $(,)?) => {
+        &[$((stringify!($case), |c| Box::pin($case(c)))),+]
+    };
+}
+
+pub(crate) const ALL: &[(&str, Case)] = cases![
+    add_take_finish,
+    record_is_new_before_a_worker,
+    record_is_process_while_running,
+    error_keeps_the_reason,
+    cancel_from_inside,
+    arguments_round_trip,
+    large_argument,
+    lower_priority_first,
+    fifo_among_equals,
+    delayed_not_taken_early,
+    delayed_cancelled_never_runs,
+    cancel_queued,
+    cancel_running,
+    cancel_from_another_handle,
+    cancel_ended_changes_nothing,
+    retries_chain_to_success,
+    retries_run_out,
+    handed_back_runs_again,
+    unknown_task_fails_alone,
+    undecodable_arguments_fail_alone,
+    panic_fails_alone,
+    time_limit_ends_error,
+    wait_wakes_on_the_result,
+    wait_times_out_without_a_worker,
+    unknown_uuid_reads_none,
+    records_read_from_another_handle,
+    stream_items,
+    flush_is_per_app,
+    concurrent_takers_take_once,
+    stats_waiting_by_priority,
+    stats_running_and_finished,
+    workers_listed_while_running,
+    ping_follows_the_worker,
+    global_config_entries,
+    schedule_pause_is_shared,
+    schedule_slots_fire_once,
 ];
 
 async fn add_take_finish(c: &Context<'_>) -> Result<(), String> {

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::storage::is_transient;
 use super::wire::{
     TAKEN_FIELDS, decode_record, new_record_fields, outcome_fields, parse_entry, queue_entry,
-    status_named, taken_fields,
+    taken_fields,
 };
 use super::{Keys, RedisOptions, failure, scripts};
 use qtasks_core::BoxFuture;
@@ -912,7 +912,7 @@ impl Broker for RedisBroker {
                 "missing" => CancelState::NotFound,
                 "new" => CancelState::Cancelled,
                 "process" => CancelState::Running,
-                other => CancelState::Ended(status_named(other).unwrap_or(TaskStatus::Error)),
+                other => CancelState::Ended(other.parse().unwrap_or(TaskStatus::Error)),
             }))
         })
     }

@@ -39,6 +39,19 @@
 /// so the hash holds at most about 61 buckets per status and the folding runs at most once a
 /// second per status. The finish script gets its bucket from the worker (its clock's second:
 /// `TIME` in a script costs more than the count itself); the rarer scripts read Redis's.
+/// The Lua function every script that reads a queue entry's priority shares:
+/// `priority_of(entry)`, the number after the entry's last `:` (0 when there is none), as the
+/// entry `name:uuid:priority` and the members that end with it carry it.
+macro_rules! priorities {
+    () => {
+        r#"
+local function priority_of(entry)
+  return tonumber(string.match(entry, ':(%-?%d+)$')) or 0
+end
+"#
+    };
+}
+
 macro_rules! counting {
     () => {
         r#"
@@ -78,14 +91,11 @@ end
 ///
 /// At most 1,000 pushed entries move to `ready` per call, so one call never holds Redis
 /// for a whole backlog; the rest move on the next calls.
-pub(super) const TAKE: &str = r#"
+pub(super) const TAKE: &str = concat!(
+    priorities!(),
+    r#"
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-
-local function priority_of(entry)
-  local p = tonumber(string.match(entry, ':(%-?%d+)$'))
-  return p or 0
-end
 
 -- Redis takes at most a few thousand arguments per call from Lua: add in chunks.
 local function zadd_pairs(key, pairs)
@@ -101,7 +111,7 @@ if #expired > 0 then
   local back = {}
   for _, leased in ipairs(expired) do
     local member = string.sub(leased, 33)
-    back[#back + 1] = priority_of(string.sub(member, 22))
+    back[#back + 1] = priority_of(member)
     back[#back + 1] = member
     redis.call('SADD', KEYS[6], member)
   end
@@ -168,7 +178,8 @@ end
 if #leases > 0 then zadd_pairs(KEYS[5], leases) end
 local next_due = redis.call('ZRANGE', KEYS[7], 0, 0, 'WITHSCORES')
 return {out, next_due[2] or false}
-"#;
+"#
+);
 
 /// The second step of a take: for each leased task, reads the record fields the worker needs
 /// and marks it `process`, if the lease is still this take's. A record that is final already
@@ -180,7 +191,9 @@ return {out, next_due[2] or false}
 /// (`wire::TAKEN_FIELDS`, `status` first).
 /// Returns one reply per task: `{'run', fields}`, `{'missing'}` (no record), `{'ended'}` (final
 /// already; not run) or `{'lost'}` (the lease is gone already).
-pub(super) const MARK: &str = r#"
+pub(super) const MARK: &str = concat!(
+    priorities!(),
+    r#"
 local n = tonumber(ARGV[2])
 local wanted = {unpack(ARGV, 3 + n)}
 local final = {success = true, error = true, cancel = true, retry = true}
@@ -198,7 +211,7 @@ for i = 1, n do
       redis.call('ZREM', KEYS[1], leased)
       if fields[1] == 'cancel' then
         -- Cancelled while it waited: it was counted out of the waiting tasks then.
-        local field = 'cancelled:' .. (tonumber(string.match(leased, ':(%-?%d+)$')) or 0)
+        local field = 'cancelled:' .. priority_of(leased)
         if tonumber(redis.call('HGET', KEYS[2], field) or '0') > 0 then
           redis.call('HINCRBY', KEYS[2], field, -1)
         end
@@ -211,7 +224,8 @@ for i = 1, n do
   end
 end
 return out
-"#;
+"#
+);
 
 /// Appends one JSON item to the `returning` list of a running stream task and tells waiters.
 /// KEYS: the record. ARGV: item JSON, done channel, uuid.
@@ -230,19 +244,21 @@ return 1
 /// Puts the members whose lease has run out back in `ready` at once, marked recovered, and
 /// revokes their tokens; returns how many. Live workers' leases are left alone.
 /// KEYS: ready, leases, recovered.
-pub(super) const REQUEUE_EXPIRED: &str = r#"
+pub(super) const REQUEUE_EXPIRED: &str = concat!(
+    priorities!(),
+    r#"
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local members = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now_ms)
 for _, leased in ipairs(members) do
   local member = string.sub(leased, 33)
-  local p = tonumber(string.match(string.sub(member, 22), ':(%-?%d+)$')) or 0
-  redis.call('ZADD', KEYS[1], p, member)
+  redis.call('ZADD', KEYS[1], priority_of(member), member)
   redis.call('SADD', KEYS[3], member)
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now_ms)
 return #members
-"#;
+"#
+);
 
 /// Records a delivery's outcome if, and only if, its token still holds the lease: releases the
 /// lease, writes the record's fields, adds a retry's next attempt, sets the expiry and tells the
@@ -256,6 +272,7 @@ return #members
 /// entry and its due time in ms ('' to queue it now). Returns 1 stored, 2 ended already (a replay; nothing written), 0 refused (the lease is
 /// not this delivery's any more; nothing written).
 pub(super) const FINISH: &str = concat!(
+    priorities!(),
     counting!(),
     r#"
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then
@@ -276,7 +293,7 @@ if KEYS[4] then
   local due = ARGV[next_arg + 2 * c + 2]
   if due == '' then
     redis.call('RPUSH', KEYS[5], entry)
-    redis.call('HINCRBY', KEYS[3], 'queued:' .. (tonumber(string.match(entry, ':(%-?%d+)$')) or 0), 1)
+    redis.call('HINCRBY', KEYS[3], 'queued:' .. priority_of(entry), 1)
   else
     redis.call('ZADD', KEYS[5], tonumber(due), entry)
   end
@@ -307,7 +324,9 @@ return lost
 
 /// Moves one delayed entry to `task_queue` if it is still delayed (so only one of the timer
 /// and a take script moves it). KEYS: delayed, task_queue, stats. ARGV: entry.
-pub(super) const RELEASE_DELAYED: &str = r#"
+pub(super) const RELEASE_DELAYED: &str = concat!(
+    priorities!(),
+    r#"
 -- Due by Redis's clock, the one every worker's take compares with (not the caller's).
 local due = redis.call('ZSCORE', KEYS[1], ARGV[1])
 local t = redis.call('TIME')
@@ -316,11 +335,12 @@ if not due or tonumber(due) > tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) 
 end
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
   redis.call('RPUSH', KEYS[2], ARGV[1])
-  redis.call('HINCRBY', KEYS[3], 'queued:' .. (tonumber(string.match(ARGV[1], ':(%-?%d+)$')) or 0), 1)
+  redis.call('HINCRBY', KEYS[3], 'queued:' .. priority_of(ARGV[1]), 1)
   return 1
 end
 return 0
-"#;
+"#
+);
 
 /// Adds a delayed entry, due `ARGV[1]` ms from now by Redis's clock (the one takes compare
 /// with: a client whose clock is off still delays by what it asked). KEYS: delayed. ARGV:
@@ -435,11 +455,14 @@ return {
 /// Takes one dead letter out of the list (by its exact JSON): queued again when ARGV[2] is
 /// `1`, else dropped. KEYS: dead, task_queue, stats. ARGV: the letter's JSON, requeue, the
 /// entry. Returns 1, or 0 when no such letter is there.
-pub(super) const RESOLVE_DEAD: &str = r#"
+pub(super) const RESOLVE_DEAD: &str = concat!(
+    priorities!(),
+    r#"
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
 if ARGV[2] == '1' then
   redis.call('RPUSH', KEYS[2], ARGV[3])
-  redis.call('HINCRBY', KEYS[3], 'queued:' .. (tonumber(string.match(ARGV[3], ':(%-?%d+)$')) or 0), 1)
+  redis.call('HINCRBY', KEYS[3], 'queued:' .. priority_of(ARGV[3]), 1)
 end
 return 1
-"#;
+"#
+);

@@ -113,19 +113,6 @@ pub(super) fn parse_entry(entry: &str) -> Result<(&str, Uuid, i64), String> {
     Ok((name, uuid, priority))
 }
 
-/// The status of this wire name.
-pub(super) fn status_named(name: &str) -> Option<TaskStatus> {
-    Some(match name {
-        "new" => TaskStatus::New,
-        "process" => TaskStatus::Process,
-        "success" => TaskStatus::Success,
-        "error" => TaskStatus::Error,
-        "cancel" => TaskStatus::Cancel,
-        "retry" => TaskStatus::Retry,
-        _ => return None,
-    })
-}
-
 /// A record's fields as Redis returned them: text where the bytes are UTF-8, and the names of
 /// the fields whose bytes were not (their text is then a lossy copy).
 #[derive(Debug, Default)]
@@ -196,9 +183,9 @@ pub(super) fn read_record(uuid: Uuid, fields: &Fields) -> (TaskRecord, Vec<Strin
             .map_err(|e| format!("is not a number: {e}"))
     };
     let status = read("status", true, &|text| {
-        status_named(text)
+        text.parse::<TaskStatus>()
             .map(drop)
-            .ok_or_else(|| format!("is an unknown status `{text}`"))
+            .map_err(|_| format!("is an unknown status `{text}`"))
     });
     let task_name = read("task_name", true, &|_| Ok(()));
     let priority = read("priority", true, &|text| {
@@ -242,7 +229,7 @@ pub(super) fn read_record(uuid: Uuid, fields: &Fields) -> (TaskRecord, Vec<Strin
     // A record that cannot say what state it is in is reported as failed.
     record.status = status
         .as_deref()
-        .and_then(status_named)
+        .and_then(|text| text.parse().ok())
         .unwrap_or(TaskStatus::Error);
     record.updated_at = updated_at
         .and_then(|t| t.parse().ok())

@@ -348,13 +348,7 @@ impl WorkerHost {
             |changed| changed.apply_to(task)
         );
 
-        // Which attempt this is: 1, then one more for each retry used.
-        let retries_left = task.retry.or(definition.retry).unwrap_or(0);
-        let attempt = definition
-            .retry
-            .unwrap_or(retries_left)
-            .saturating_sub(retries_left)
-            + 1;
+        let attempt = attempt_of(task, definition);
         let span = tracing::info_span!("task", task = definition.name, uuid = %uuid, attempt);
         if let (Some(context), Some(traceparent)) =
             (app.inner.trace_context.get(), task.traceparent.as_deref())
@@ -427,11 +421,7 @@ impl WorkerHost {
         if let Some(instead) = decided {
             return instead;
         }
-        let attempt = definition
-            .retry
-            .unwrap_or(retries_left)
-            .saturating_sub(retries_left)
-            + 1;
+        let attempt = attempt_of(task, definition);
         let run_at = definition
             .retry_backoff
             .map(|backoff| unix_now() + backoff.delay_for(attempt).as_secs_f64());
@@ -547,6 +537,16 @@ impl Worker for ConcurrentWorker {
             tracing::debug!(app = host.app().name(), "worker loop stopped");
         })
     }
+}
+
+/// Which attempt of its task `task` is: 1, then one more for each retry used.
+fn attempt_of(task: &QueuedTask, definition: &TaskDefinition) -> u32 {
+    let retries_left = task.retry.or(definition.retry).unwrap_or(0);
+    definition
+        .retry
+        .unwrap_or(retries_left)
+        .saturating_sub(retries_left)
+        + 1
 }
 
 fn unknown_task(name: &str, tasks: &TaskTable) -> String {
