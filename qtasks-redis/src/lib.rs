@@ -39,7 +39,7 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use qtasks_core::backend::{BackendError, BackendParts, Connector};
+use qtasks_core::backend::{BackendError, BackendParts, Connector, redacted_url as redacted};
 use qtasks_core::{BoxFuture, QueueConfig, QueueTasks};
 
 use crate::broker::RedisBroker;
@@ -228,6 +228,8 @@ pub(crate) struct Keys {
     heartbeat: String,
     stats: String,
     workers: String,
+    records_stats: String,
+    records_waiting: String,
 }
 
 impl Keys {
@@ -248,6 +250,8 @@ impl Keys {
             publishing: format!("{prefix}:qtasks:publishing"),
             stats: format!("{prefix}:qtasks:stats"),
             workers: format!("{prefix}:qtasks:workers"),
+            records_stats: format!("{prefix}:qtasks:records:stats"),
+            records_waiting: format!("{prefix}:qtasks:records:waiting"),
         }
     }
 
@@ -296,6 +300,7 @@ async fn connect_parts(
         commands.clone(),
         fallback_check,
         cancels.clone(),
+        options.result_ttl,
     )
     .await?;
     let global_config = RedisGlobalConfig::new(keys.clone(), commands.clone());
@@ -349,33 +354,6 @@ fn open_client(url: &str, _options: &RedisOptions) -> redis::RedisResult<redis::
         )));
     }
     redis::Client::open(url)
-}
-
-/// The URL without its password, for messages.
-fn redacted(url: &str) -> String {
-    // `scheme://user:password@host` (or `scheme://secret@host`): the secret goes.
-    let mut shown = match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let credentials = &url[scheme_end + 3..at];
-            let user = credentials.split_once(':').map_or("", |(user, _)| user);
-            format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..])
-        }
-        _ => url.to_owned(),
-    };
-    // `unix:///path?db=0&pass=secret` and the like: the values of secret parameters go.
-    if let Some(query_start) = shown.find('?') {
-        let (base, query) = shown.split_at(query_start + 1);
-        let query = query
-            .split('&')
-            .map(|pair| match pair.split_once('=') {
-                Some((key, _)) if matches!(key, "pass" | "password") => format!("{key}=***"),
-                _ => pair.to_owned(),
-            })
-            .collect::<Vec<_>>()
-            .join("&");
-        shown = format!("{base}{query}");
-    }
-    shown
 }
 
 /// The pauses between tries of a command whose connection dropped: a try at once (the

@@ -32,6 +32,13 @@
 //! - `N:GlobalConfig:qtasks_schedules` and `N:GlobalConfig:qtasks_schedules_paused` (HASH): the
 //!   schedules as workers recorded them (JSON), and the paused ones.
 //! - `N:{uuid}` (HASH): the task record, in Python QTasks' layout.
+//!
+//! When the storage is paired with another broker (RabbitMQ keeps the queue), the records are
+//! written by [`INSERT`] and [`TRANSITION`], which keep counters of their own:
+//! - `N:qtasks:records:stats` (HASH): `w:{priority}` (records `new`), `running` (records
+//!   `process`), and the finished counts and `t:{second}:{status}` buckets as above.
+//! - `N:qtasks:records:waiting` (ZSET): the `new` records by their creation time, for the age
+//!   of the oldest.
 
 /// The Lua function the counting scripts share: `count_ended(stats, bucket)` counts one finished
 /// task in its bucket, `t:{second}:{status}`: one command per task. The first count of a bucket
@@ -466,3 +473,57 @@ end
 return 1
 "#
 );
+
+/// Writes a new record unless one exists. KEYS: record, records_stats, records_waiting.
+/// ARGV: uuid, priority, created_at, field count n, then n field/value pairs. Returns 1 when
+/// written, 0 when the record existed.
+pub(super) const INSERT: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local n = tonumber(ARGV[4])
+redis.call('HSET', KEYS[1], unpack(ARGV, 5, 4 + 2 * n))
+redis.call('HINCRBY', KEYS[2], 'w:' .. ARGV[2], 1)
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+return 1
+"#;
+
+/// Changes a record only while its status is one of those allowed, and keeps the counters.
+/// KEYS: record, records_stats, records_waiting. ARGV: uuid, the allowed statuses (each between
+/// spaces: ` new process `), the new status, the done channel, the result time to live (ms, 0:
+/// none), field count n, then n field/value pairs. Returns `applied:{old}`, `kept:{old}`, or
+/// `missing`.
+pub(super) const TRANSITION: &str = concat!(
+    counting!(),
+    r#"
+local old = redis.call('HGET', KEYS[1], 'status')
+if not old then return 'missing' end
+if not string.find(ARGV[2], ' ' .. old .. ' ', 1, true) then return 'kept:' .. old end
+local new = ARGV[3]
+local n = tonumber(ARGV[6])
+redis.call('HSET', KEYS[1], unpack(ARGV, 7, 6 + 2 * n))
+local priority = redis.call('HGET', KEYS[1], 'priority') or '0'
+if old == 'new' and new ~= 'new' then
+  redis.call('HINCRBY', KEYS[2], 'w:' .. priority, -1)
+  redis.call('ZREM', KEYS[3], ARGV[1])
+elseif new == 'new' and old ~= 'new' then
+  redis.call('HINCRBY', KEYS[2], 'w:' .. priority, 1)
+  redis.call('ZADD', KEYS[3], redis.call('HGET', KEYS[1], 'created_at') or '0', ARGV[1])
+end
+if old == 'process' then redis.call('HINCRBY', KEYS[2], 'running', -1) end
+if new == 'process' then redis.call('HINCRBY', KEYS[2], 'running', 1) end
+if new == 'success' or new == 'error' or new == 'cancel' or new == 'retry' then
+  count_ended(KEYS[2], bucket_now(new))
+  local ttl = tonumber(ARGV[5])
+  if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
+  redis.call('PUBLISH', ARGV[4], ARGV[1])
+end
+return 'applied:' .. old
+"#
+);
+
+/// The counters of [`INSERT`] and [`TRANSITION`]. KEYS: records_stats, records_waiting.
+/// Returns the counters, the oldest waiting record's creation time (or false) and Redis's
+/// second.
+pub(super) const RECORD_STATS: &str = r#"
+local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+return {redis.call('HGETALL', KEYS[1]), oldest[2] or false, tonumber(redis.call('TIME')[1])}
+"#;

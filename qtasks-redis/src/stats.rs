@@ -69,25 +69,7 @@ pub(crate) async fn read(
         }
     }
     stats.waiting.retain(|_, waiting| *waiting > 0);
-    // Totals: the folded counts plus the buckets of the last minute or so.
-    for (field, count) in &counters {
-        let Ok(count) = count.parse::<u64>() else {
-            continue;
-        };
-        let (status, at) = match field.strip_prefix("t:").and_then(|b| b.split_once(':')) {
-            Some((at, status)) => (status, at.parse::<u64>().ok()),
-            None => (field.as_str(), None),
-        };
-        if let Ok(status) = status.parse::<qtasks_core::TaskStatus>() {
-            stats.finished.add(status, count);
-        }
-        // (Buckets are named by the workers' clocks: one a little ahead still counts.)
-        if let Some(at) = at
-            && at + 60 > now
-        {
-            stats.finished_last_minute += count;
-        }
-    }
+    add_finished(&mut stats, &counters, now);
 
     // The oldest waiting task: the first in arrival order among the priorities' first members
     // (members start with their zero-padded arrival number), else the head of the unsorted
@@ -108,6 +90,61 @@ pub(crate) async fn read(
         stats.oldest_waiting_secs = created_at.map(|at| (unix_now() - at).max(0.0));
     }
     Ok(stats)
+}
+
+/// The numbers of the records the storage wrote for another broker (`scripts::INSERT` and
+/// `scripts::TRANSITION` keep them): as cheap as [`read`], whatever the number of records.
+pub(crate) async fn read_records(
+    keys: &Keys,
+    commands: &ConnectionManager,
+) -> Result<QueueStats, BackendError> {
+    let mut con = commands.clone();
+    let (counters, oldest, now): (HashMap<String, String>, Option<f64>, u64) =
+        Script::new(scripts::RECORD_STATS)
+            .key(&keys.records_stats)
+            .key(&keys.records_waiting)
+            .invoke_async(&mut con)
+            .await
+            .map_err(|e| failure("reading the records' stats failed".to_owned(), e))?;
+    let mut stats = QueueStats::default();
+    for (field, count) in &counters {
+        let Ok(count) = count.parse::<i64>() else {
+            continue;
+        };
+        let count = count.max(0) as u64;
+        if let Some(priority) = field.strip_prefix("w:").and_then(|p| p.parse::<i64>().ok()) {
+            if count > 0 {
+                stats.waiting.insert(priority, count);
+            }
+        } else if field == "running" {
+            stats.running = count;
+        }
+    }
+    add_finished(&mut stats, &counters, now);
+    stats.oldest_waiting_secs = oldest.map(|at| (now as f64 - at).max(0.0));
+    Ok(stats)
+}
+
+/// Adds the finished counts: the folded totals plus the buckets of the last minute or so.
+fn add_finished(stats: &mut QueueStats, counters: &HashMap<String, String>, now: u64) {
+    for (field, count) in counters {
+        let Ok(count) = count.parse::<u64>() else {
+            continue;
+        };
+        let (status, at) = match field.strip_prefix("t:").and_then(|b| b.split_once(':')) {
+            Some((at, status)) => (status, at.parse::<u64>().ok()),
+            None => (field.as_str(), None),
+        };
+        if let Ok(status) = status.parse::<qtasks_core::TaskStatus>() {
+            stats.finished.add(status, count);
+        }
+        // (Buckets are named by the workers' clocks: one a little ahead still counts.)
+        if let Some(at) = at
+            && at + 60 > now
+        {
+            stats.finished_last_minute += count;
+        }
+    }
 }
 
 /// Entries pushed and not yet sorted into `ready` count under the priority their client

@@ -9,12 +9,17 @@ use redis::aio::ConnectionManager;
 use tokio::sync::{Notify, broadcast};
 use uuid::Uuid;
 
-use super::wire::{fields_are_foreign, pairs, read_record, update_fields};
+use super::wire::{
+    fields_are_foreign, new_record_fields, outcome_fields, pairs, read_record, update_fields,
+};
 use super::{Keys, failure};
 use qtasks_core::BoxFuture;
-use qtasks_core::backend::{BackendError, ItemsRead, Storage, unix_now};
+use qtasks_core::backend::{
+    BackendError, ItemsRead, RecordChange, Storage, Transition, unix_now,
+};
+use qtasks_core::stats::QueueStats;
 use qtasks_core::triggers::RecordUpdate;
-use qtasks_core::{TaskRecord, TaskStatus};
+use qtasks_core::{QueuedTask, TaskRecord, TaskStatus};
 
 /// How often a waiter looks at its record when the workers publish their results (the
 /// message wakes it at once; this only guards against workers that stopped publishing).
@@ -78,6 +83,12 @@ impl Waiters {
     }
 }
 
+/// The scripts of a storage paired with another broker (hashed once).
+static INSERT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(super::scripts::INSERT));
+static TRANSITION: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(super::scripts::TRANSITION));
+
 pub(crate) struct RedisStorage {
     keys: Keys,
     commands: ConnectionManager,
@@ -95,6 +106,8 @@ pub(crate) struct RedisStorage {
     /// heartbeat), and when that was last looked at: one look per `fallback_check` for all the
     /// waiters of this client.
     publishers: Mutex<Option<(bool, tokio::time::Instant)>>,
+    /// How long a finished record written by [`Storage::transition`] is kept (`None`: kept).
+    result_ttl: Option<Duration>,
 }
 
 impl RedisStorage {
@@ -106,6 +119,7 @@ impl RedisStorage {
         commands: ConnectionManager,
         fallback_check: Duration,
         cancels: broadcast::Sender<(Uuid, String)>,
+        result_ttl: Option<Duration>,
     ) -> Result<Self, BackendError> {
         let waiters = Arc::new(Waiters::default());
         let channels = Channels {
@@ -129,6 +143,7 @@ impl RedisStorage {
             client,
             done_subscription: tokio::sync::OnceCell::new(),
             publishers: Mutex::default(),
+            result_ttl,
         })
     }
 
@@ -327,6 +342,90 @@ impl Storage for RedisStorage {
                     .map_err(|e| failure("deleting finished records failed".to_owned(), e))?;
             }
             Ok(finished.len())
+        })
+    }
+
+    fn insert<'a>(&'a self, task: &'a QueuedTask) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            let fields = new_record_fields(task);
+            let mut script = INSERT.prepare_invoke();
+            script
+                .key(self.keys.record(task.uuid))
+                .key(&self.keys.records_stats)
+                .key(&self.keys.records_waiting)
+                .arg(task.uuid.to_string())
+                .arg(task.priority)
+                .arg(task.created_at)
+                .arg(fields.len());
+            for (field, value) in &fields {
+                script.arg(*field).arg(value);
+            }
+            let mut con = self.commands.clone();
+            let _written: u8 = script
+                .invoke_async(&mut con)
+                .await
+                .map_err(|e| failure(format!("storing task {} failed", task.uuid), e))?;
+            Ok(())
+        })
+    }
+
+    fn transition<'a>(
+        &'a self,
+        uuid: Uuid,
+        from: &'a [TaskStatus],
+        change: RecordChange,
+    ) -> BoxFuture<'a, Result<Transition, BackendError>> {
+        Box::pin(async move {
+            let now = unix_now();
+            let fields = match &change {
+                RecordChange::Finished(outcome) => outcome_fields(outcome, now),
+                other => vec![
+                    ("updated_at", now.to_string()),
+                    ("status", other.status().as_str().to_owned()),
+                ],
+            };
+            let allowed: String = from.iter().map(|s| format!(" {s} ")).collect();
+            let ttl_ms = self.result_ttl.map_or(0, |ttl| ttl.as_millis() as u64);
+            let mut script = TRANSITION.prepare_invoke();
+            script
+                .key(self.keys.record(uuid))
+                .key(&self.keys.records_stats)
+                .key(&self.keys.records_waiting)
+                .arg(uuid.to_string())
+                .arg(allowed)
+                .arg(change.status().as_str())
+                .arg(&self.keys.done_channel)
+                .arg(ttl_ms)
+                .arg(fields.len());
+            for (field, value) in &fields {
+                script.arg(*field).arg(value);
+            }
+            let mut con = self.commands.clone();
+            let found: String = script
+                .invoke_async(&mut con)
+                .await
+                .map_err(|e| failure(format!("changing task {uuid} failed"), e))?;
+            let status = |text: &str| {
+                text.parse::<TaskStatus>().map_err(|_| {
+                    BackendError::new(
+                        "redis",
+                        format!("task {uuid} has the unknown status `{text}`"),
+                    )
+                })
+            };
+            match found.split_once(':') {
+                Some(("applied", old)) => Ok(Transition::Applied(status(old)?)),
+                Some(("kept", old)) => Ok(Transition::Kept(status(old)?)),
+                _ => Ok(Transition::NotFound),
+            }
+        })
+    }
+
+    fn stats(&self) -> BoxFuture<'_, Result<Option<QueueStats>, BackendError>> {
+        Box::pin(async move {
+            super::stats::read_records(&self.keys, &self.commands)
+                .await
+                .map(Some)
         })
     }
 

@@ -53,6 +53,7 @@
 //! |---|---|
 //! | `redis` | [`redis`]: the Redis backend, wire-compatible with Python QTasks |
 //! | `redis-tls` | `rediss://` URLs for it |
+//! | `rabbitmq` | [`rabbitmq`]: the RabbitMQ broker, with Redis (or any) storage |
 //!
 //! Where this crate differs from the Python original on purpose, the item's docs say so; the
 //! README has the full list.
@@ -68,6 +69,11 @@ pub use qtasks_macros::{plugin, task};
 #[cfg(feature = "redis")]
 #[doc(inline)]
 pub use qtasks_redis as redis;
+
+/// The RabbitMQ broker (feature `rabbitmq`): `qtasks::rabbitmq::connect(url, storage)`.
+#[cfg(feature = "rabbitmq")]
+#[doc(inline)]
+pub use qtasks_rabbitmq as rabbitmq;
 
 /// The command line of a worker binary (feature `cli`): `qtasks::cli::run(app)` as `main`.
 #[cfg(feature = "cli")]

@@ -12,31 +12,37 @@ use qtasks::{QueueConfig, QueueTasks};
 /// skipped with a line on stderr. When `CI` is set, a missing or unreachable Redis fails the
 /// test instead, so a green CI run always means the Redis tests ran.
 pub(crate) fn redis_url(test: &str) -> Option<String> {
+    service_url("Redis", "QTASKS_TEST_REDIS_URL", 6379, test)
+}
+
+/// The RabbitMQ URL of the machine (`QTASKS_TEST_AMQP_URL`), or `None`, as [`redis_url`].
+pub(crate) fn amqp_url(test: &str) -> Option<String> {
+    service_url("RabbitMQ", "QTASKS_TEST_AMQP_URL", 5672, test)
+}
+
+fn service_url(service: &str, variable: &str, default_port: u16, test: &str) -> Option<String> {
     let on_ci = std::env::var_os("CI").is_some_and(|value| !value.is_empty());
-    let url = match std::env::var("QTASKS_TEST_REDIS_URL") {
+    let url = match std::env::var(variable) {
         Ok(url) if !url.is_empty() => url,
         _ => {
-            assert!(
-                !on_ci,
-                "{test}: QTASKS_TEST_REDIS_URL is not set, and CI is"
-            );
-            eprintln!("skipped {test}: QTASKS_TEST_REDIS_URL is not set");
+            assert!(!on_ci, "{test}: {variable} is not set, and CI is");
+            eprintln!("skipped {test}: {variable} is not set");
             return None;
         }
     };
-    if let Err(reason) = reachable(&url) {
+    if let Err(reason) = reachable(&url, default_port) {
         assert!(
             !on_ci,
-            "{test}: Redis at {url} is unreachable ({reason}), and CI is set"
+            "{test}: {service} at {url} is unreachable ({reason}), and CI is set"
         );
-        eprintln!("skipped {test}: Redis at {url} is unreachable ({reason})");
+        eprintln!("skipped {test}: {service} at {url} is unreachable ({reason})");
         return None;
     }
     Some(url)
 }
 
-/// Whether something answers on the host and port of a `redis://` or `rediss://` URL.
-fn reachable(url: &str) -> Result<(), String> {
+/// Whether something answers on the host and port of a server URL.
+fn reachable(url: &str, default_port: u16) -> Result<(), String> {
     use std::net::ToSocketAddrs;
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
     let authority = rest.split(['/', '?']).next().unwrap_or(rest);
@@ -44,7 +50,7 @@ fn reachable(url: &str) -> Result<(), String> {
     let host_port = if host_port.contains(':') {
         host_port.to_owned()
     } else {
-        format!("{host_port}:6379")
+        format!("{host_port}:{default_port}")
     };
     let address = host_port
         .to_socket_addrs()

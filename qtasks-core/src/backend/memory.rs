@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use super::{BackendError, Broker, Delivery, ItemsRead, Storage};
+use super::{BackendError, Broker, Delivery, ItemsRead, RecordChange, Storage, Transition};
 use super::{CancelState, unix_now};
 use crate::plugin::BoxFuture;
 use crate::stats::{FinishedCounts, QueueStats, ThroughputWindow};
@@ -112,7 +112,7 @@ impl MemoryBroker {
     }
 
     fn push(&self, task: QueuedTask) {
-        self.storage.insert(TaskRecord::new(&task));
+        self.storage.insert_record(TaskRecord::new(&task));
         self.enqueue(task);
     }
 
@@ -208,7 +208,7 @@ impl Broker for MemoryBroker {
         // the child finds it.
         let child = match &outcome {
             Outcome::Retry { child, .. } => {
-                self.storage.insert(TaskRecord::new(child));
+                self.storage.insert_record(TaskRecord::new(child));
                 Some((**child).clone())
             }
             _ => None,
@@ -443,7 +443,7 @@ impl MemoryStorage {
         }
     }
 
-    fn insert(&self, record: TaskRecord) {
+    fn insert_record(&self, record: TaskRecord) {
         lock(&self.slots).insert(
             record.uuid,
             Box::new(Slot {
@@ -667,6 +667,69 @@ impl Storage for MemoryStorage {
         slots.retain(|_, slot| !slot.record.status.is_final());
         let deleted = before - slots.len();
         Box::pin(async move { Ok(deleted) })
+    }
+
+    fn insert<'a>(&'a self, task: &'a QueuedTask) -> BoxFuture<'a, Result<(), BackendError>> {
+        lock(&self.slots).entry(task.uuid).or_insert_with(|| {
+            Box::new(Slot {
+                record: TaskRecord::from_task(task.clone()),
+                changed: None,
+            })
+        });
+        Box::pin(async { Ok(()) })
+    }
+
+    fn transition<'a>(
+        &'a self,
+        uuid: Uuid,
+        from: &'a [TaskStatus],
+        change: RecordChange,
+    ) -> BoxFuture<'a, Result<Transition, BackendError>> {
+        let mut slots = lock(&self.slots);
+        let transition = match slots.get_mut(&uuid) {
+            None => Transition::NotFound,
+            Some(slot) if !from.contains(&slot.record.status) => {
+                Transition::Kept(slot.record.status)
+            }
+            Some(slot) => {
+                let before = slot.record.status;
+                change.apply_to(&mut slot.record);
+                slot.record.updated_at = unix_now();
+                slot.wake_waiters();
+                let after = slot.record.status;
+                if after.is_final() && !before.is_final() {
+                    lock(&self.tally).ended(after);
+                    self.retain(&mut slots, Some(uuid));
+                }
+                Transition::Applied(before)
+            }
+        };
+        Box::pin(async move { Ok(transition) })
+    }
+
+    /// Counted by a look at every record: this storage lives in one process, where a scan of
+    /// its records costs what a server round trip would.
+    fn stats(&self) -> BoxFuture<'_, Result<Option<QueueStats>, BackendError>> {
+        let now = unix_now();
+        let mut stats = QueueStats::default();
+        let mut oldest: Option<f64> = None;
+        for slot in lock(&self.slots).values() {
+            match slot.record.status {
+                TaskStatus::New => {
+                    *stats.waiting.entry(slot.record.priority).or_default() += 1;
+                    let created = slot.record.created_at;
+                    oldest = Some(oldest.map_or(created, |o| o.min(created)));
+                }
+                TaskStatus::Process => stats.running += 1,
+                _ => {}
+            }
+        }
+        stats.oldest_waiting_secs = oldest.map(|at| (now - at).max(0.0));
+        let tally = lock(&self.tally);
+        stats.finished = tally.finished;
+        stats.finished_last_minute = tally.throughput.last_minute(now as u64);
+        drop(tally);
+        Box::pin(async move { Ok(Some(stats)) })
     }
 
     fn flush_all(&self) -> BoxFuture<'_, Result<(), BackendError>> {

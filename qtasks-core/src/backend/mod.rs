@@ -106,6 +106,41 @@ pub fn unix_now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// A server URL without its password, for logs and messages: `scheme://user:***@host`, and
+/// `pass=***` in the query.
+///
+/// ```
+/// use qtasks::backend::redacted_url;
+///
+/// assert_eq!(redacted_url("redis://:hunter2@10.0.0.1:6379/0"), "redis://:***@10.0.0.1:6379/0");
+/// assert_eq!(redacted_url("amqp://guest:guest@host/%2f"), "amqp://guest:***@host/%2f");
+/// ```
+pub fn redacted_url(url: &str) -> String {
+    // `scheme://user:password@host` (or `scheme://secret@host`): the secret goes.
+    let mut shown = match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &url[scheme_end + 3..at];
+            let user = credentials.split_once(':').map_or("", |(user, _)| user);
+            format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    };
+    // `unix:///path?db=0&pass=secret` and the like: the values of secret parameters go.
+    if let Some(query_start) = shown.find('?') {
+        let (base, query) = shown.split_at(query_start + 1);
+        let query = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) if matches!(key, "pass" | "password") => format!("{key}=***"),
+                _ => pair.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join("&");
+        shown = format!("{base}{query}");
+    }
+    shown
+}
+
 /// The backend parts an engine provides for one app: a broker, the storage it writes to, and
 /// the global config.
 #[derive(Clone)]
@@ -194,6 +229,15 @@ pub enum CancelState {
     NotFound,
 }
 
+fn cannot_pair(storage: &str) -> BackendError {
+    BackendError::new(
+        "storage",
+        format!(
+            "{storage} keeps its records through its own broker and cannot be paired with another broker (it does not implement Storage::insert and Storage::transition)"
+        ),
+    )
+}
+
 /// A task taken from the broker: what to run, and the receipt to finish it with.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -239,6 +283,59 @@ impl ItemsRead {
     pub fn new(items: Vec<serde_json::Value>, ended: bool) -> Self {
         ItemsRead { items, ended }
     }
+}
+
+/// A write of [`Storage::transition`]: where a task's record goes next, for a broker that
+/// keeps only the queue and leaves the records to its storage.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum RecordChange {
+    /// A worker took the task: status `process`.
+    Taken,
+    /// A worker handed the task back unfinished: status `new` again.
+    Released,
+    /// The task ended: the outcome's status and its fields (a retry also names its child).
+    Finished(Outcome),
+}
+
+impl RecordChange {
+    /// The status the record has after this change.
+    pub fn status(&self) -> crate::TaskStatus {
+        match self {
+            RecordChange::Taken => crate::TaskStatus::Process,
+            RecordChange::Released => crate::TaskStatus::New,
+            RecordChange::Finished(outcome) => outcome.status(),
+        }
+    }
+
+    /// Writes this change into a record (not `updated_at`).
+    pub fn apply_to(&self, record: &mut TaskRecord) {
+        record.status = self.status();
+        if let RecordChange::Finished(outcome) = self {
+            match outcome {
+                Outcome::Success(value) => record.returning = Some(value.clone()),
+                Outcome::Error(traceback) => record.traceback = Some(traceback.clone()),
+                Outcome::Cancel(reason) => record.cancel_reason = Some(reason.clone()),
+                Outcome::Retry { traceback, child } => {
+                    record.traceback = Some(traceback.clone());
+                    record.retry_child_uuid = Some(child.uuid);
+                    record.retry = child.retry.map(|left| left + 1);
+                }
+            }
+        }
+    }
+}
+
+/// What [`Storage::transition`] found, and whether it wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Transition {
+    /// The record had this status, one of those allowed: the change is written.
+    Applied(crate::TaskStatus),
+    /// The record has this status, not one of those allowed: nothing is written.
+    Kept(crate::TaskStatus),
+    /// There is no such record.
+    NotFound,
 }
 
 /// The queue of waiting tasks, and the writes of a task's life.
@@ -430,6 +527,39 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Deletes the records of finished tasks; returns how many.
     fn delete_finished(&self) -> BoxFuture<'_, Result<usize, BackendError>>;
+
+    /// Writes the record of a task just added (status `new`), for a broker that keeps only the
+    /// queue and leaves the records to its storage (the RabbitMQ engine). A record that exists
+    /// already is left as it is, so a publish sent twice cannot reset a running task.
+    ///
+    /// The default refuses: a storage whose records are written by its own broker's scripts
+    /// cannot be paired with another broker.
+    fn insert<'a>(&'a self, task: &'a QueuedTask) -> BoxFuture<'a, Result<(), BackendError>> {
+        let _ = task;
+        Box::pin(async move { Err(cannot_pair(self.name())) })
+    }
+
+    /// Changes a record in one atomic step, only while its status is one of `from`, and says
+    /// what it found: the step that makes a take, a cancel and a finish race-free when the
+    /// queue lives elsewhere. It keeps the counters [`stats`](Self::stats) reads and wakes
+    /// waiters when the task ends. The default refuses, as [`insert`](Self::insert).
+    fn transition<'a>(
+        &'a self,
+        uuid: Uuid,
+        from: &'a [crate::TaskStatus],
+        change: RecordChange,
+    ) -> BoxFuture<'a, Result<Transition, BackendError>> {
+        let _ = (uuid, from, change);
+        Box::pin(async move { Err(cannot_pair(self.name())) })
+    }
+
+    /// The numbers of the tasks written by [`insert`](Self::insert) and
+    /// [`transition`](Self::transition): waiting per priority, running, finished, the oldest
+    /// waiting task. A broker that keeps only the queue answers its own
+    /// [`Broker::stats`] with these. `None` (the default): this storage keeps none.
+    fn stats(&self) -> BoxFuture<'_, Result<Option<QueueStats>, BackendError>> {
+        Box::pin(async { Ok(None) })
+    }
 
     /// Deletes every record of this app.
     fn flush_all(&self) -> BoxFuture<'_, Result<(), BackendError>>;

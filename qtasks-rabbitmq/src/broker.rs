@@ -1,0 +1,829 @@
+//! The RabbitMQ broker: the queue lives in RabbitMQ, the records in the paired storage.
+//!
+//! Each step of a task's life is one conditional write of the storage
+//! ([`Storage::transition`]) and one AMQP step, in the order that loses nothing:
+//! - add: the record (`new`), then the message, published with a confirm;
+//! - take: the message arrives; the record goes `new` → `process` (or, for a redelivered
+//!   message whose worker died, `process` → `process`); a message whose record has ended
+//!   (cancelled while it waited, or finished by a worker that died before its ack) is acked
+//!   and dropped;
+//! - finish: the outcome is stored (`process` → the outcome), *then* the message is acked. A
+//!   worker that dies in between leaves an unacked message, which RabbitMQ delivers again; the
+//!   record says it has ended, so it is dropped, not run twice.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::{FutureExt, StreamExt};
+use lapin::message::Delivery as AmqpDelivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
+    BasicQosOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    QueuePurgeOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Acker, BasicProperties, Channel, Confirmation, Consumer, ExchangeKind};
+use qtasks_core::backend::{
+    BackendError, Broker, CancelState, Delivery, RecordChange, Storage, Transition, unix_now,
+};
+use qtasks_core::stats::{DeadLetter, QueueStats};
+use qtasks_core::{BoxFuture, Outcome, QueuedTask, TaskStatus};
+use std::sync::Arc;
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use crate::link::{Link, failure, millis};
+use crate::wire::{self, Names};
+
+/// The header of a dead letter that says why the message could not run.
+const REASON_HEADER: &str = "x-qtasks-reason";
+/// The header of a dead letter that says when it was set aside (Unix seconds).
+const AT_HEADER: &str = "x-qtasks-at";
+
+pub(crate) struct RabbitMqBroker {
+    link: Arc<Link>,
+    storage: Arc<dyn Storage>,
+    /// How many unacked messages a worker's consumer holds: its concurrency.
+    prefetch: u16,
+    consuming: tokio::sync::Mutex<Option<Consuming>>,
+    /// The ackers of the deliveries being run, by receipt.
+    taken: Mutex<HashMap<String, Acker>>,
+    receipts: AtomicU64,
+    cancels: broadcast::Sender<(Uuid, String)>,
+    /// Dropped with the broker: the cancel listener stops.
+    _listening: tokio::sync::watch::Sender<()>,
+}
+
+struct Consuming {
+    channel: Channel,
+    consumer: Consumer,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl RabbitMqBroker {
+    /// Connects (so a wrong URL fails here, not at the first add) and starts listening for
+    /// cancel requests.
+    pub(crate) async fn connect(
+        link: Link,
+        storage: Arc<dyn Storage>,
+        prefetch: u16,
+    ) -> Result<Self, BackendError> {
+        let link = Arc::new(link);
+        link.live().await?;
+        let (cancels, _) = broadcast::channel(4096);
+        let (listening, stopped) = tokio::sync::watch::channel(());
+        let bound = Arc::new(tokio::sync::Notify::new());
+        tokio::spawn(listen_for_cancels(
+            Arc::clone(&link),
+            cancels.clone(),
+            stopped,
+            Arc::clone(&bound),
+        ));
+        // The first binding is made before connect returns, so a cancel sent right after
+        // reaches this app.
+        let _ = tokio::time::timeout(Duration::from_secs(5), bound.notified()).await;
+        Ok(RabbitMqBroker {
+            link,
+            storage,
+            prefetch,
+            consuming: tokio::sync::Mutex::default(),
+            taken: Mutex::default(),
+            receipts: AtomicU64::new(0),
+            cancels,
+            _listening: listening,
+        })
+    }
+
+    fn names(&self) -> &Names {
+        &self.link.names
+    }
+
+    /// Publishes a task: to the task queue, or to a delay queue while it may not run yet.
+    /// Returns once RabbitMQ confirmed it (stored, on a durable queue).
+    async fn publish(&self, task: &QueuedTask) -> Result<(), BackendError> {
+        let wait = task
+            .run_at
+            .map(|at| Duration::from_secs_f64((at - unix_now()).max(0.0)))
+            .unwrap_or_default();
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_priority(wire::amqp_priority(task.priority))
+            .with_content_type("application/json".into());
+        let body = wire::encode(task);
+        match wire::delay_tier(wait) {
+            None => {
+                let queue = self.names().queue.clone();
+                self.publish_to(&queue, &body, properties).await
+            }
+            Some(tier) => {
+                let queue = self.declare_delay(tier).await?;
+                self.publish_to(&queue, &body, properties).await
+            }
+        }
+        .map_err(|e| {
+            BackendError::new("rabbitmq", format!("queueing task {} failed", task.uuid))
+                .with_source(e)
+        })
+    }
+
+    async fn publish_to(
+        &self,
+        queue: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), BackendError> {
+        let live = self.link.live().await?;
+        let confirm = live
+            .publish
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                body,
+                properties,
+            )
+            .await
+            .map_err(|e| failure(format!("publishing to `{queue}` failed"), e))?
+            .await
+            .map_err(|e| failure(format!("publishing to `{queue}` was not confirmed"), e))?;
+        match confirm {
+            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+            Confirmation::Ack(Some(_)) => Err(BackendError::new(
+                "rabbitmq",
+                format!("the queue `{queue}` does not exist: the message was returned"),
+            )),
+            Confirmation::Nack(_) => Err(BackendError::new(
+                "rabbitmq",
+                format!("RabbitMQ refused the message for `{queue}` (nack)"),
+            )),
+        }
+    }
+
+    /// Declares the delay queue of `tier`: its messages expire after `tier` into the task
+    /// queue.
+    async fn declare_delay(&self, tier: Duration) -> Result<String, BackendError> {
+        let name = self.names().delay(tier);
+        let live = self.link.live().await?;
+        let arguments = self.link.queue_arguments(&[
+            ("x-message-ttl", millis(tier)),
+            ("x-dead-letter-exchange", AMQPValue::LongString("".into())),
+            (
+                "x-dead-letter-routing-key",
+                AMQPValue::LongString(self.names().queue.as_str().into()),
+            ),
+        ]);
+        live.publish
+            .queue_declare(
+                name.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                arguments,
+            )
+            .await
+            .map_err(|e| failure(format!("declaring the delay queue `{name}` failed"), e))?;
+        Ok(name)
+    }
+
+    async fn start_consuming(&self) -> Result<Consuming, BackendError> {
+        let live = self.link.live().await?;
+        let consume = |e| failure(format!("consuming `{}` failed", self.names().queue), e);
+        let channel = live.connection.create_channel().await.map_err(consume)?;
+        channel
+            .basic_qos(self.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(consume)?;
+        let consumer = channel
+            .basic_consume(
+                self.names().queue.as_str().into(),
+                format!("qtasks-{}-{}", std::process::id(), live.generation).into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(consume)?;
+        Ok(Consuming { channel, consumer })
+    }
+
+    /// Up to `max` messages: waits for the first, then takes what has arrived already.
+    async fn receive(&self, max: usize) -> Result<Vec<AmqpDelivery>, BackendError> {
+        let mut consuming = self.consuming.lock().await;
+        loop {
+            if consuming.is_none() {
+                *consuming = Some(self.start_consuming().await?);
+            }
+            let open = consuming.as_mut().expect("set above");
+            match open.consumer.next().await {
+                Some(Ok(first)) => {
+                    let mut received = vec![first];
+                    while received.len() < max {
+                        match open.consumer.next().now_or_never() {
+                            Some(Some(Ok(next))) => received.push(next),
+                            _ => break,
+                        }
+                    }
+                    return Ok(received);
+                }
+                Some(Err(error)) => {
+                    *consuming = None;
+                    return Err(failure("the consumer stopped", error));
+                }
+                None => {
+                    // The channel closed (the connection dropped): consume again.
+                    *consuming = None;
+                    tracing::warn!(queue = %self.names().queue, "the RabbitMQ consumer was cancelled; consuming again");
+                }
+            }
+        }
+    }
+
+    /// Turns a message into a delivery to run, or deals with it here: a body that is not a
+    /// task goes to the dead letters, a task not due yet to a delay queue, a task whose record
+    /// ended is dropped.
+    async fn accept(&self, message: AmqpDelivery) -> Result<Option<Delivery>, BackendError> {
+        let mut task = match wire::decode(&message.data) {
+            Ok(task) => task,
+            Err(reason) => {
+                tracing::error!(queue = %self.names().queue, "{reason}; set aside as a dead letter");
+                self.dead_letter(&message.data, &reason).await?;
+                ack(&message.acker).await;
+                return Ok(None);
+            }
+        };
+        if let Some(at) = task.run_at {
+            let wait = Duration::from_secs_f64((at - unix_now()).max(0.0));
+            if wire::delay_tier(wait).is_some() {
+                if let Err(error) = self.publish(&task).await {
+                    nack(&message.acker).await;
+                    return Err(error);
+                }
+                ack(&message.acker).await;
+                return Ok(None);
+            }
+            tokio::time::sleep(wait).await;
+        }
+        // A message delivered again may be a task whose worker died while it ran.
+        let from: &[TaskStatus] = if message.redelivered {
+            &[TaskStatus::New, TaskStatus::Process]
+        } else {
+            &[TaskStatus::New]
+        };
+        let mut taken = self
+            .storage
+            .transition(task.uuid, from, RecordChange::Taken)
+            .await;
+        if let Ok(Transition::NotFound) = taken {
+            // Published by a producer that writes no record (one that speaks only the
+            // original's message format): the message has all the record needs.
+            taken = match self.storage.insert(&task).await {
+                Ok(()) => {
+                    self.storage
+                        .transition(task.uuid, from, RecordChange::Taken)
+                        .await
+                }
+                Err(error) => Err(error),
+            };
+        }
+        match taken {
+            Ok(Transition::Applied(before)) => {
+                let receipt = self.receipts.fetch_add(1, Ordering::Relaxed).to_string();
+                lock(&self.taken).insert(receipt.clone(), message.acker);
+                task.run_at = None;
+                Ok(Some(
+                    Delivery::new(task, receipt).recovered(before == TaskStatus::Process),
+                ))
+            }
+            Ok(Transition::Kept(status)) => {
+                tracing::debug!(uuid = %task.uuid, "task is {status}; its message is dropped");
+                ack(&message.acker).await;
+                Ok(None)
+            }
+            // No record even after writing one: flushed meanwhile.
+            Ok(_) => {
+                ack(&message.acker).await;
+                Ok(None)
+            }
+            Err(error) => {
+                // The storage is down: the message waits in the queue for a later take.
+                nack(&message.acker).await;
+                Err(error)
+            }
+        }
+    }
+
+    /// Sets a message aside in the dead-letter queue with the reason, confirmed.
+    async fn dead_letter(&self, body: &[u8], reason: &str) -> Result<(), BackendError> {
+        let mut headers = FieldTable::default();
+        headers.insert(REASON_HEADER.into(), AMQPValue::LongString(reason.into()));
+        headers.insert(AT_HEADER.into(), AMQPValue::Double(unix_now()));
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_message_id(Uuid::new_v4().to_string().into())
+            .with_headers(headers);
+        let dead = self.names().dead.clone();
+        self.publish_to(&dead, body, properties).await
+    }
+
+    fn take_acker(&self, delivery: &Delivery) -> Option<Acker> {
+        lock(&self.taken).remove(&delivery.receipt)
+    }
+
+    /// A channel for one look at a queue (a passive declare or a get that fails closes its
+    /// channel, and the publishing one must stay open).
+    async fn scratch_channel(&self) -> Result<Channel, BackendError> {
+        let live = self.link.live().await?;
+        live.connection
+            .create_channel()
+            .await
+            .map_err(|e| failure("opening a channel failed", e))
+    }
+}
+
+async fn ack(acker: &Acker) {
+    // A failed ack means the channel is gone: RabbitMQ delivers the message again, and the
+    // record (ended) makes that delivery a no-op.
+    if let Err(error) = acker.ack(BasicAckOptions::default()).await {
+        tracing::debug!("ack failed (the message will be delivered again): {error}");
+    }
+}
+
+async fn nack(acker: &Acker) {
+    let requeue = BasicNackOptions {
+        requeue: true,
+        ..BasicNackOptions::default()
+    };
+    if let Err(error) = acker.nack(requeue).await {
+        tracing::debug!("nack failed (the message returns when its channel closes): {error}");
+    }
+}
+
+/// Listens for cancel requests on the app's fanout exchange and passes them on, binding a
+/// queue of its own again after each reconnect, until the broker is dropped.
+async fn listen_for_cancels(
+    link: Arc<Link>,
+    cancels: broadcast::Sender<(Uuid, String)>,
+    mut stopped: tokio::sync::watch::Receiver<()>,
+    bound: Arc<tokio::sync::Notify>,
+) {
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let consumer = async {
+            let live = link.live().await?;
+            let channel = live
+                .connection
+                .create_channel()
+                .await
+                .map_err(|e| failure("opening a channel failed", e))?;
+            let consumer = bind_cancel_queue(&channel, &link.names.cancel)
+                .await
+                .map_err(|e| failure("listening for cancel requests failed", e))?;
+            Ok::<_, BackendError>((channel, consumer))
+        };
+        let listening = tokio::select! {
+            biased;
+            _ = stopped.changed() => return,
+            listening = consumer => listening,
+        };
+        match listening {
+            Ok((_channel, mut consumer)) => {
+                bound.notify_waiters();
+                pause = Duration::from_millis(100);
+                loop {
+                    let message = tokio::select! {
+                        biased;
+                        _ = stopped.changed() => return,
+                        message = consumer.next() => message,
+                    };
+                    let Some(Ok(message)) = message else { break };
+                    let request: serde_json::Value =
+                        serde_json::from_slice(&message.data).unwrap_or_default();
+                    let uuid = request
+                        .get("uuid")
+                        .and_then(|u| u.as_str())
+                        .and_then(|u| u.parse().ok());
+                    let reason = request
+                        .get("reason")
+                        .and_then(|r| r.as_str())
+                        .unwrap_or_default();
+                    if let Some(uuid) = uuid {
+                        let _ = cancels.send((uuid, reason.to_owned()));
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!("cannot listen for cancel requests, trying again in {pause:?}: {}", qtasks_core::backend::ErrorChain(&error));
+                tokio::select! {
+                    biased;
+                    _ = stopped.changed() => return,
+                    () = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// A queue of this listener's own (server-named, gone with its connection), bound to the
+/// cancel exchange, consumed with automatic acks.
+async fn bind_cancel_queue(channel: &Channel, exchange: &str) -> Result<Consumer, lapin::Error> {
+    declare_cancel_exchange(channel, exchange).await?;
+    let own = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..QueueDeclareOptions::default()
+    };
+    let queue = channel
+        .queue_declare("".into(), own, FieldTable::default())
+        .await?;
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            exchange.into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .basic_consume(
+            queue.name().clone(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+}
+
+async fn declare_cancel_exchange(channel: &Channel, exchange: &str) -> Result<(), lapin::Error> {
+    channel
+        .exchange_declare(
+            exchange.into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                auto_delete: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+}
+
+fn header_text(properties: &BasicProperties, name: &str) -> Option<String> {
+    match properties.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongString(text) => Some(String::from_utf8_lossy(text.as_bytes()).into_owned()),
+        AMQPValue::ShortString(text) => Some(text.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+fn header_number(properties: &BasicProperties, name: &str) -> Option<f64> {
+    match properties.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::Double(at) => Some(*at),
+        AMQPValue::Float(at) => Some(f64::from(*at)),
+        _ => None,
+    }
+}
+
+fn letter_of(message: &AmqpDelivery) -> DeadLetter {
+    let id = message
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|id| id.as_str().to_owned())
+        .unwrap_or_default();
+    DeadLetter::new(
+        id,
+        String::from_utf8_lossy(&message.data).into_owned(),
+        header_text(&message.properties, REASON_HEADER).unwrap_or_default(),
+        header_number(&message.properties, AT_HEADER).unwrap_or_default(),
+    )
+}
+
+impl Broker for RabbitMqBroker {
+    fn name(&self) -> &str {
+        "RabbitMqBroker"
+    }
+
+    fn location(&self) -> Option<String> {
+        Some(self.link.shown.clone())
+    }
+
+    fn stop(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(async move {
+            // Messages the consumer holds and no task took return to the queue.
+            if let Some(consuming) = self.consuming.lock().await.take() {
+                let _ = consuming.channel.close(200, "worker stopped".into()).await;
+            }
+            Ok(())
+        })
+    }
+
+    fn add(&self, task: QueuedTask) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(async move {
+            self.storage.insert(&task).await?;
+            if let Err(error) = self.publish(&task).await {
+                // No message means no run: the record says so rather than waiting forever.
+                let reason = format!(
+                    "the task could not be queued: {}",
+                    qtasks_core::backend::ErrorChain(&error)
+                );
+                let _ = self
+                    .storage
+                    .transition(
+                        task.uuid,
+                        &[TaskStatus::New],
+                        RecordChange::Finished(Outcome::Error(reason)),
+                    )
+                    .await;
+                return Err(error);
+            }
+            Ok(())
+        })
+    }
+
+    fn next(&self) -> BoxFuture<'_, Result<Option<Delivery>, BackendError>> {
+        Box::pin(async move { Ok(self.next_batch(1).await?.into_iter().next()) })
+    }
+
+    fn next_batch(&self, max: usize) -> BoxFuture<'_, Result<Vec<Delivery>, BackendError>> {
+        Box::pin(async move {
+            loop {
+                let mut deliveries = Vec::new();
+                let mut failed = None;
+                for message in self.receive(max.max(1)).await? {
+                    match self.accept(message).await {
+                        Ok(Some(delivery)) => deliveries.push(delivery),
+                        Ok(None) => {}
+                        Err(error) => failed = Some(error),
+                    }
+                }
+                if !deliveries.is_empty() {
+                    return Ok(deliveries);
+                }
+                if let Some(error) = failed {
+                    return Err(error);
+                }
+            }
+        })
+    }
+
+    fn finish(
+        &self,
+        delivery: &Delivery,
+        outcome: Outcome,
+    ) -> BoxFuture<'_, Result<(), BackendError>> {
+        let acker = self.take_acker(delivery);
+        let uuid = delivery.task.uuid;
+        Box::pin(async move {
+            let child = match &outcome {
+                Outcome::Retry { child, .. } => Some(child.uuid),
+                _ => None,
+            };
+            let stored = async {
+                // The next attempt is queued before this one is marked `retry`: a crash in
+                // between runs this attempt again rather than losing the next.
+                if let Outcome::Retry { child, .. } = &outcome {
+                    self.storage.insert(child).await?;
+                    self.publish(child).await?;
+                }
+                self.storage
+                    .transition(
+                        uuid,
+                        &[TaskStatus::Process],
+                        RecordChange::Finished(outcome),
+                    )
+                    .await
+            }
+            .await;
+            match stored {
+                Ok(Transition::Kept(status)) => {
+                    if let Some(acker) = &acker {
+                        ack(acker).await;
+                    }
+                    if let Some(child) = child {
+                        let superseded = Outcome::Cancel(format!(
+                            "superseded: task {uuid} had ended already"
+                        ));
+                        let _ = self
+                            .storage
+                            .transition(
+                                child,
+                                &[TaskStatus::New],
+                                RecordChange::Finished(superseded),
+                            )
+                            .await;
+                    }
+                    Err(BackendError::refused(
+                        "rabbitmq",
+                        format!(
+                            "task {uuid} is `{status}` already (another delivery of it recorded its outcome); this outcome is not stored"
+                        ),
+                    ))
+                }
+                // Stored (or the record is gone: flushed meanwhile).
+                Ok(_) => {
+                    if let Some(acker) = &acker {
+                        ack(acker).await;
+                    }
+                    Ok(())
+                }
+                Err(error) => {
+                    // Not stored: the message goes back to the queue and the task runs again.
+                    if let Some(acker) = &acker {
+                        nack(acker).await;
+                    }
+                    Err(error)
+                }
+            }
+        })
+    }
+
+    fn release(&self, delivery: &Delivery) -> BoxFuture<'_, Result<(), BackendError>> {
+        let acker = self.take_acker(delivery);
+        let uuid = delivery.task.uuid;
+        Box::pin(async move {
+            let released = self
+                .storage
+                .transition(uuid, &[TaskStatus::Process], RecordChange::Released)
+                .await;
+            if let Some(acker) = &acker {
+                nack(acker).await;
+            }
+            released.map(|_| ())
+        })
+    }
+
+    fn flush_all(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(async move {
+            let live = self.link.live().await?;
+            let mut queues = vec![self.names().queue.clone(), self.names().dead.clone()];
+            let mut tier = wire::SHORTEST_TIER;
+            while let Some(next) = wire::delay_tier(tier) {
+                if next < tier {
+                    break;
+                }
+                queues.push(self.declare_delay(next).await?);
+                tier = next * 2;
+            }
+            for queue in queues {
+                live.publish
+                    .queue_purge(queue.as_str().into(), QueuePurgeOptions::default())
+                    .await
+                    .map_err(|e| failure(format!("purging `{queue}` failed"), e))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn cancel(
+        &self,
+        uuid: Uuid,
+        reason: &str,
+    ) -> BoxFuture<'_, Result<Option<CancelState>, BackendError>> {
+        let reason = reason.to_owned();
+        Box::pin(async move {
+            let cancel = RecordChange::Finished(Outcome::Cancel(reason.clone()));
+            let state = match self
+                .storage
+                .transition(uuid, &[TaskStatus::New], cancel)
+                .await?
+            {
+                // Its message stays queued; the take that meets it drops it.
+                Transition::Applied(_) => CancelState::Cancelled,
+                Transition::Kept(TaskStatus::Process) => {
+                    self.request_cancel(uuid, &reason).await?;
+                    CancelState::Running
+                }
+                Transition::Kept(status) => CancelState::Ended(status),
+                _ => CancelState::NotFound,
+            };
+            Ok(Some(state))
+        })
+    }
+
+    fn request_cancel(&self, uuid: Uuid, reason: &str) -> BoxFuture<'_, Result<(), BackendError>> {
+        let request = serde_json::json!({ "uuid": uuid.to_string(), "reason": reason });
+        Box::pin(async move {
+            let exchange = self.names().cancel.clone();
+            let channel = self.scratch_channel().await?;
+            let sent = async {
+                declare_cancel_exchange(&channel, &exchange).await?;
+                channel
+                    .basic_publish(
+                        exchange.as_str().into(),
+                        "".into(),
+                        BasicPublishOptions::default(),
+                        request.to_string().as_bytes(),
+                        BasicProperties::default(),
+                    )
+                    .await?;
+                channel.close(200, "sent".into()).await
+            }
+            .await;
+            sent.map_err(|e| failure(format!("sending the cancel of task {uuid} failed"), e))
+        })
+    }
+
+    fn cancel_requests(&self) -> Option<broadcast::Receiver<(Uuid, String)>> {
+        Some(self.cancels.subscribe())
+    }
+
+    fn stats(&self) -> BoxFuture<'_, Result<Option<QueueStats>, BackendError>> {
+        Box::pin(async move {
+            let Some(mut stats) = self.storage.stats().await? else {
+                return Ok(None);
+            };
+            let channel = self.scratch_channel().await?;
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            };
+            let dead = channel
+                .queue_declare(
+                    self.names().dead.as_str().into(),
+                    passive,
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| failure("reading the dead letters' count failed", e))?;
+            stats.dead_letters = u64::from(dead.message_count());
+            let _ = channel.close(200, "read".into()).await;
+            Ok(Some(stats))
+        })
+    }
+
+    fn dead_letters(&self, limit: usize) -> BoxFuture<'_, Result<Vec<DeadLetter>, BackendError>> {
+        Box::pin(async move {
+            // Read with gets that are never acked: closing the channel puts every letter back.
+            let channel = self.scratch_channel().await?;
+            let mut letters = Vec::new();
+            while letters.len() < limit {
+                let got = channel
+                    .basic_get(self.names().dead.as_str().into(), BasicGetOptions::default())
+                    .await
+                    .map_err(|e| failure("reading the dead letters failed", e))?;
+                let Some(got) = got else { break };
+                letters.push(letter_of(&got.delivery));
+            }
+            let _ = channel.close(200, "read".into()).await;
+            Ok(letters)
+        })
+    }
+
+    fn resolve_dead_letter<'a>(
+        &'a self,
+        letter: &'a DeadLetter,
+        requeue: bool,
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        Box::pin(async move {
+            let channel = self.scratch_channel().await?;
+            let mut found = false;
+            loop {
+                let got = channel
+                    .basic_get(self.names().dead.as_str().into(), BasicGetOptions::default())
+                    .await
+                    .map_err(|e| failure("reading the dead letters failed", e))?;
+                let Some(got) = got else { break };
+                if letter_of(&got.delivery).id == letter.id {
+                    if requeue {
+                        let queue = self.names().queue.clone();
+                        let properties = BasicProperties::default().with_delivery_mode(2);
+                        self.publish_to(&queue, &got.delivery.data, properties)
+                            .await?;
+                    }
+                    got.delivery
+                        .acker
+                        .ack(BasicAckOptions::default())
+                        .await
+                        .map_err(|e| failure("removing the dead letter failed", e))?;
+                    found = true;
+                    break;
+                }
+            }
+            // The letters looked at and left return to the queue.
+            let _ = channel.close(200, "resolved".into()).await;
+            Ok(found)
+        })
+    }
+}
+
+impl Drop for RabbitMqBroker {
+    fn drop(&mut self) {
+        let link = Arc::clone(&self.link);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { link.close().await });
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! The connection to RabbitMQ, opened again with backoff when it drops, and the channel that
+//! publishes with confirms.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use lapin::options::{ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, Connection, ConnectionProperties};
+use qtasks_core::backend::BackendError;
+
+use crate::wire::{MAX_PRIORITY, Names};
+
+pub(crate) fn failure(message: impl Into<String>, error: lapin::Error) -> BackendError {
+    BackendError::new("rabbitmq", message).with_source(error)
+}
+
+/// An open connection and its publishing channel (in confirm mode).
+#[derive(Clone)]
+pub(crate) struct Live {
+    pub(crate) connection: Arc<Connection>,
+    pub(crate) publish: Channel,
+    /// Counts the connections this link opened: a consumer of an older one is gone.
+    pub(crate) generation: u64,
+}
+
+impl Live {
+    fn usable(&self) -> bool {
+        self.connection.status().connected() && self.publish.status().connected()
+    }
+}
+
+/// One app's connection: opened at first use, and again whenever it is found closed.
+pub(crate) struct Link {
+    url: String,
+    /// The URL without its password, for messages.
+    pub(crate) shown: String,
+    pub(crate) names: Names,
+    connect_timeout: Duration,
+    /// `x-expires` of the app's queues, if set (tests let their queues vanish).
+    queue_expires: Option<Duration>,
+    live: tokio::sync::Mutex<Option<Live>>,
+    generations: AtomicU64,
+}
+
+impl Link {
+    pub(crate) fn new(
+        url: String,
+        names: Names,
+        connect_timeout: Duration,
+        queue_expires: Option<Duration>,
+    ) -> Self {
+        Link {
+            shown: qtasks_core::backend::redacted_url(&url),
+            url,
+            names,
+            connect_timeout,
+            queue_expires,
+            live: tokio::sync::Mutex::default(),
+            generations: AtomicU64::new(0),
+        }
+    }
+
+    /// The open connection, or a new one: tries a few times with a pause that doubles from
+    /// 100 ms to 2 s (about 6 s in all) before it gives up, so a caller's error comes soon
+    /// and a worker asks again.
+    pub(crate) async fn live(&self) -> Result<Live, BackendError> {
+        let mut live = self.live.lock().await;
+        if let Some(open) = live.as_ref().filter(|open| open.usable()) {
+            return Ok(open.clone());
+        }
+        if let Some(old) = live.take() {
+            tracing::warn!(url = %self.shown, "the RabbitMQ connection was lost; connecting again");
+            // Whatever is left of it goes; its unacked deliveries return to the queue.
+            tokio::spawn(async move {
+                let _ = old.connection.close(0, "reconnecting".into()).await;
+            });
+        }
+        let open = (|| self.open())
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(100))
+                    .with_max_delay(Duration::from_secs(2))
+                    .with_jitter()
+                    .with_max_times(5),
+            )
+            .notify(|error, pause| {
+                tracing::warn!(url = %self.shown, "connecting to RabbitMQ failed, trying again in {pause:?}: {}", qtasks_core::backend::ErrorChain(error));
+            })
+            .await?;
+        *live = Some(open.clone());
+        Ok(open)
+    }
+
+    async fn open(&self) -> Result<Live, BackendError> {
+        let unreachable = |e| failure(format!("cannot connect to RabbitMQ at {}", self.shown), e);
+        let properties = ConnectionProperties::default()
+            .with_connection_name(format!("qtasks {}", self.names.queue).into());
+        let connection =
+            tokio::time::timeout(self.connect_timeout, Connection::connect(&self.url, properties))
+                .await
+                .map_err(|_| {
+                    BackendError::new(
+                        "rabbitmq",
+                        format!(
+                            "cannot connect to RabbitMQ at {}: no answer within {:?}",
+                            self.shown, self.connect_timeout
+                        ),
+                    )
+                })?
+                .map_err(unreachable)?;
+        let publish = connection.create_channel().await.map_err(unreachable)?;
+        publish
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(unreachable)?;
+        self.declare_queues(&publish).await?;
+        Ok(Live {
+            connection: Arc::new(connection),
+            publish,
+            generation: self.generations.fetch_add(1, Ordering::Relaxed) + 1,
+        })
+    }
+
+    /// The arguments every queue of the app gets (its expiry, when set), plus `extra`.
+    pub(crate) fn queue_arguments(&self, extra: &[(&str, AMQPValue)]) -> FieldTable {
+        let mut arguments = FieldTable::default();
+        if let Some(expires) = self.queue_expires {
+            arguments.insert("x-expires".into(), millis(expires));
+        }
+        for (name, value) in extra {
+            arguments.insert((*name).into(), value.clone());
+        }
+        arguments
+    }
+
+    /// The task queue (durable, with priorities) and the dead-letter queue.
+    async fn declare_queues(&self, channel: &Channel) -> Result<(), BackendError> {
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        let priorities =
+            self.queue_arguments(&[("x-max-priority", AMQPValue::LongInt(MAX_PRIORITY.into()))]);
+        channel
+            .queue_declare(self.names.queue.as_str().into(), durable, priorities)
+            .await
+            .map_err(|e| {
+                failure(
+                    format!(
+                        "declaring the queue `{}` failed (a queue of that name declared without `x-max-priority: {MAX_PRIORITY}`, by Python QTasks for one, must be deleted first)",
+                        self.names.queue
+                    ),
+                    e,
+                )
+            })?;
+        channel
+            .queue_declare(
+                self.names.dead.as_str().into(),
+                durable,
+                self.queue_arguments(&[]),
+            )
+            .await
+            .map_err(|e| failure(format!("declaring the queue `{}` failed", self.names.dead), e))?;
+        Ok(())
+    }
+
+    /// Closes the connection (deliveries not acked return to the queue).
+    pub(crate) async fn close(&self) {
+        if let Some(live) = self.live.lock().await.take() {
+            let _ = live.connection.close(200, "bye".into()).await;
+        }
+    }
+}
+
+/// A duration as the integer milliseconds of an AMQP argument.
+pub(crate) fn millis(duration: Duration) -> AMQPValue {
+    AMQPValue::LongLongInt(duration.as_millis().min(i64::MAX as u128) as i64)
+}

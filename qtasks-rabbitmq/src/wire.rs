@@ -1,0 +1,116 @@
+//! What travels through RabbitMQ: the queue names, the message body (Python QTasks' JSON), the
+//! mapping of priorities onto AMQP's, and the delay queues.
+
+use std::time::Duration;
+
+use qtasks_core::QueuedTask;
+
+/// The highest AMQP priority of the task queue (`x-max-priority`). RabbitMQ recommends a few
+/// levels: each costs an internal queue.
+pub(crate) const MAX_PRIORITY: u8 = 10;
+
+/// The qtasks priority that maps onto the middle AMQP level; the default priority 0 sits
+/// there, with five levels on either side.
+const MIDDLE: i64 = (MAX_PRIORITY / 2) as i64;
+
+/// The queue names of one app (`N` = the app name).
+#[derive(Debug, Clone)]
+pub(crate) struct Names {
+    /// `N:task_queue`, the original's queue.
+    pub(crate) queue: String,
+    /// `N:qtasks:dead`: messages that are not tasks, with the reason in a header.
+    pub(crate) dead: String,
+    /// `N:qtasks:cancel` (fanout exchange): cancel requests for running tasks.
+    pub(crate) cancel: String,
+    prefix: String,
+}
+
+impl Names {
+    pub(crate) fn new(app: &str) -> Self {
+        Names {
+            queue: format!("{app}:task_queue"),
+            dead: format!("{app}:qtasks:dead"),
+            cancel: format!("{app}:qtasks:cancel"),
+            prefix: app.to_owned(),
+        }
+    }
+
+    /// The delay queue whose messages wait `tier` before they return to the task queue.
+    pub(crate) fn delay(&self, tier: Duration) -> String {
+        format!("{}:qtasks:delay:{}", self.prefix, tier.as_millis())
+    }
+}
+
+/// The AMQP priority of a qtasks priority: lower qtasks numbers run first, higher AMQP
+/// numbers do. Priorities -5 to 5 each get a level; those beyond share the end levels.
+pub(crate) fn amqp_priority(priority: i64) -> u8 {
+    (MIDDLE - priority).clamp(0, i64::from(MAX_PRIORITY)) as u8
+}
+
+/// The body of a task's message: the original's JSON object (`uuid`, `task_name`, `priority`,
+/// `args`, `kwargs`, `created_at`) with qtasks' own fields beside it when set.
+pub(crate) fn encode(task: &QueuedTask) -> Vec<u8> {
+    serde_json::to_vec(task).expect("a task's JSON values always serialize")
+}
+
+/// Reads a message body back, or says why it is not a task.
+pub(crate) fn decode(body: &[u8]) -> Result<QueuedTask, String> {
+    serde_json::from_slice(body).map_err(|e| {
+        let shown: String = String::from_utf8_lossy(body).chars().take(80).collect();
+        format!("the message is not a qtasks task ({e}): {shown:?}")
+    })
+}
+
+/// The shortest delay queue: a task due sooner waits in the worker that took it instead.
+pub(crate) const SHORTEST_TIER: Duration = Duration::from_millis(32);
+
+/// The longest delay queue (about 18.6 hours); a longer wait goes round it again.
+const LONGEST_TIER: Duration = Duration::from_millis(1 << 26);
+
+/// The delay queue for a task that may run only after `wait`: the longest power-of-two tier
+/// (32 ms .. 2^26 ms) that does not overshoot. Every message of one tier waits as long, so
+/// they expire in order, as RabbitMQ expires them (from the head of a queue only); a task
+/// returns to the task queue after each hop and goes on to the next tier until it is due.
+/// `None`: due within [`SHORTEST_TIER`].
+pub(crate) fn delay_tier(wait: Duration) -> Option<Duration> {
+    if wait < SHORTEST_TIER {
+        return None;
+    }
+    let millis = wait.as_millis().min(LONGEST_TIER.as_millis()) as u64;
+    // The highest power of two not above `millis`.
+    Some(Duration::from_millis(1 << (63 - millis.leading_zeros())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lower_qtasks_priorities_get_higher_amqp_levels() {
+        assert_eq!(amqp_priority(0), 5);
+        assert!(amqp_priority(-1) > amqp_priority(0));
+        assert!(amqp_priority(4) < amqp_priority(0));
+        assert_eq!(amqp_priority(-100), MAX_PRIORITY);
+        assert_eq!(amqp_priority(100), 0);
+    }
+
+    #[test]
+    fn delays_pick_the_longest_tier_that_does_not_overshoot() {
+        assert_eq!(delay_tier(Duration::from_millis(10)), None);
+        assert_eq!(delay_tier(Duration::from_millis(32)), Some(Duration::from_millis(32)));
+        assert_eq!(delay_tier(Duration::from_millis(1500)), Some(Duration::from_millis(1024)));
+        assert_eq!(delay_tier(Duration::from_secs(7 * 24 * 3600)), Some(LONGEST_TIER));
+    }
+
+    #[test]
+    fn the_originals_body_decodes_and_bad_bytes_say_why() {
+        let body = br#"{"uuid":"9b2f1d8e-3c3a-4f57-9f8e-2d6c4a1b7e10","task_name":"add","priority":0,"args":[2,3],"kwargs":{},"created_at":1700000000.5}"#;
+        let task = decode(body).unwrap();
+        assert_eq!(task.task_name, "add");
+        assert_eq!(task.args, vec![2.into(), 3.into()]);
+        let error = decode(b"\xff\xfe not json").unwrap_err();
+        assert!(error.contains("not a qtasks task"), "{error}");
+        let round = decode(&encode(&task)).unwrap();
+        assert_eq!(round.uuid, task.uuid);
+    }
+}
