@@ -8,12 +8,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use qtasks::redis::RedisOptions;
-use qtasks::testing::conformance;
 use qtasks::backend::MemoryStorage;
 use qtasks::components::MemoryGlobalConfig;
 use qtasks::rabbitmq::{RabbitMq, RabbitMqOptions};
 use qtasks::redis::Redis;
+use qtasks::redis::RedisOptions;
+use qtasks::testing::conformance;
 use support::{amqp_url, redis_url, unique_prefix};
 
 /// Test queues vanish from the shared server a while after their test.
@@ -89,8 +89,7 @@ async fn rabbitmq_with_memory_storage_passes_the_conformance_suite() {
             })
             .clone();
         async move {
-            let engine =
-                RabbitMq::with_storage(&amqp, storage, global).options(rabbitmq_options());
+            let engine = RabbitMq::with_storage(&amqp, storage, global).options(rabbitmq_options());
             Ok(qtasks::QueueTasks::builder()
                 .config(config)
                 .connect(engine)

@@ -9,6 +9,8 @@
 //!                                               # bare tokio channel ceiling measured alongside
 //! ```
 //!
+//! `--amqp URL` puts the queue on RabbitMQ (records stay on the Redis of `--url`).
+//!
 //! The no-op task takes a small integer and returns it. Everything a real deployment keeps on
 //! stays on: leases (at-least-once), priorities, the plugin triggers and events.
 
@@ -70,15 +72,26 @@ fn peak_rss_kb() -> u64 {
         .unwrap_or(0)
 }
 
+/// The app on Redis at `url`; with `--amqp URL`, the queue on that RabbitMQ instead and the
+/// records on the Redis.
 async fn redis_app(url: &str, concurrency: usize) -> QueueTasks {
     let config = QueueConfig {
         name: APP.to_owned(),
         max_tasks_process: concurrency,
         ..Default::default()
     };
-    qtasks::redis::connect_with(url, config, RedisOptions::default())
-        .await
-        .expect("Redis is reachable")
+    let amqp: String = arg("--amqp", String::new());
+    if amqp.is_empty() {
+        qtasks::redis::connect_with(url, config, RedisOptions::default())
+            .await
+            .expect("Redis is reachable")
+    } else {
+        let storage = qtasks::redis::Redis::new(url);
+        let options = qtasks::rabbitmq::RabbitMqOptions::default();
+        qtasks::rabbitmq::connect_with(&amqp, storage, config, options)
+            .await
+            .expect("RabbitMQ and Redis are reachable")
+    }
 }
 
 /// Adds `n` tasks with `in_flight` adds on the wire at once.

@@ -62,7 +62,9 @@ struct Consuming {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl RabbitMqBroker {
@@ -172,14 +174,18 @@ impl RabbitMqBroker {
     async fn declare_delay(&self, tier: Duration) -> Result<String, BackendError> {
         let name = self.names().delay(tier);
         let live = self.link.live().await?;
-        let arguments = self.link.queue_arguments(&[
-            ("x-message-ttl", millis(tier)),
-            ("x-dead-letter-exchange", AMQPValue::LongString("".into())),
-            (
-                "x-dead-letter-routing-key",
-                AMQPValue::LongString(self.names().queue.as_str().into()),
-            ),
-        ]);
+        // A delay queue with an expiry must outlive the wait of the messages in it.
+        let arguments = self.link.queue_arguments(
+            tier * 2,
+            &[
+                ("x-message-ttl", millis(tier)),
+                ("x-dead-letter-exchange", AMQPValue::LongString("".into())),
+                (
+                    "x-dead-letter-routing-key",
+                    AMQPValue::LongString(self.names().queue.as_str().into()),
+                ),
+            ],
+        );
         live.publish
             .queue_declare(
                 name.as_str().into(),
@@ -420,7 +426,10 @@ async fn listen_for_cancels(
                 }
             }
             Err(error) => {
-                tracing::warn!("cannot listen for cancel requests, trying again in {pause:?}: {}", qtasks_core::backend::ErrorChain(&error));
+                tracing::warn!(
+                    "cannot listen for cancel requests, trying again in {pause:?}: {}",
+                    qtasks_core::backend::ErrorChain(&error)
+                );
                 tokio::select! {
                     biased;
                     _ = stopped.changed() => return,
@@ -562,8 +571,14 @@ impl Broker for RabbitMqBroker {
             loop {
                 let mut deliveries = Vec::new();
                 let mut failed = None;
-                for message in self.receive(max.max(1)).await? {
-                    match self.accept(message).await {
+                let received = self.receive(max.max(1)).await?;
+                // The storage writes of a batch go out together (one round trip, pipelined).
+                let accepted = futures_util::future::join_all(
+                    received.into_iter().map(|message| self.accept(message)),
+                )
+                .await;
+                for outcome in accepted {
+                    match outcome {
                         Ok(Some(delivery)) => deliveries.push(delivery),
                         Ok(None) => {}
                         Err(error) => failed = Some(error),
@@ -613,9 +628,8 @@ impl Broker for RabbitMqBroker {
                         ack(acker).await;
                     }
                     if let Some(child) = child {
-                        let superseded = Outcome::Cancel(format!(
-                            "superseded: task {uuid} had ended already"
-                        ));
+                        let superseded =
+                            Outcome::Cancel(format!("superseded: task {uuid} had ended already"));
                         let _ = self
                             .storage
                             .transition(
@@ -668,20 +682,34 @@ impl Broker for RabbitMqBroker {
     fn flush_all(&self) -> BoxFuture<'_, Result<(), BackendError>> {
         Box::pin(async move {
             let live = self.link.live().await?;
-            let mut queues = vec![self.names().queue.clone(), self.names().dead.clone()];
-            let mut tier = wire::SHORTEST_TIER;
-            while let Some(next) = wire::delay_tier(tier) {
-                if next < tier {
-                    break;
-                }
-                queues.push(self.declare_delay(next).await?);
-                tier = next * 2;
-            }
-            for queue in queues {
+            for queue in [&self.names().queue, &self.names().dead] {
                 live.publish
                     .queue_purge(queue.as_str().into(), QueuePurgeOptions::default())
                     .await
                     .map_err(|e| failure(format!("purging `{queue}` failed"), e))?;
+            }
+            // The delay queues that exist: a passive declare of a missing one closes its
+            // channel, so each look gets a channel of its own.
+            let mut tier = wire::SHORTEST_TIER;
+            while let Some(next) = wire::delay_tier(tier).filter(|next| *next >= tier) {
+                let queue = self.names().delay(next);
+                let channel = self.scratch_channel().await?;
+                let passive = QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                };
+                if channel
+                    .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+                    .await
+                    .is_ok()
+                {
+                    channel
+                        .queue_purge(queue.as_str().into(), QueuePurgeOptions::default())
+                        .await
+                        .map_err(|e| failure(format!("purging `{queue}` failed"), e))?;
+                    let _ = channel.close(200, "purged".into()).await;
+                }
+                tier = next * 2;
             }
             Ok(())
         })
@@ -771,7 +799,10 @@ impl Broker for RabbitMqBroker {
             let mut letters = Vec::new();
             while letters.len() < limit {
                 let got = channel
-                    .basic_get(self.names().dead.as_str().into(), BasicGetOptions::default())
+                    .basic_get(
+                        self.names().dead.as_str().into(),
+                        BasicGetOptions::default(),
+                    )
                     .await
                     .map_err(|e| failure("reading the dead letters failed", e))?;
                 let Some(got) = got else { break };
@@ -792,7 +823,10 @@ impl Broker for RabbitMqBroker {
             let mut found = false;
             loop {
                 let got = channel
-                    .basic_get(self.names().dead.as_str().into(), BasicGetOptions::default())
+                    .basic_get(
+                        self.names().dead.as_str().into(),
+                        BasicGetOptions::default(),
+                    )
                     .await
                     .map_err(|e| failure("reading the dead letters failed", e))?;
                 let Some(got) = got else { break };

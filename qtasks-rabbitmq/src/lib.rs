@@ -60,7 +60,13 @@ pub async fn connect(
     url: &str,
     storage: impl Connector + 'static,
 ) -> qtasks_core::Result<QueueTasks> {
-    connect_with(url, storage, QueueConfig::default(), RabbitMqOptions::default()).await
+    connect_with(
+        url,
+        storage,
+        QueueConfig::default(),
+        RabbitMqOptions::default(),
+    )
+    .await
 }
 
 /// An app with this config (its `name` prefixes the queue names) and these options.

@@ -98,19 +98,21 @@ impl Link {
         let unreachable = |e| failure(format!("cannot connect to RabbitMQ at {}", self.shown), e);
         let properties = ConnectionProperties::default()
             .with_connection_name(format!("qtasks {}", self.names.queue).into());
-        let connection =
-            tokio::time::timeout(self.connect_timeout, Connection::connect(&self.url, properties))
-                .await
-                .map_err(|_| {
-                    BackendError::new(
-                        "rabbitmq",
-                        format!(
-                            "cannot connect to RabbitMQ at {}: no answer within {:?}",
-                            self.shown, self.connect_timeout
-                        ),
-                    )
-                })?
-                .map_err(unreachable)?;
+        let connection = tokio::time::timeout(
+            self.connect_timeout,
+            Connection::connect(&self.url, properties),
+        )
+        .await
+        .map_err(|_| {
+            BackendError::new(
+                "rabbitmq",
+                format!(
+                    "cannot connect to RabbitMQ at {}: no answer within {:?}",
+                    self.shown, self.connect_timeout
+                ),
+            )
+        })?
+        .map_err(unreachable)?;
         let publish = connection.create_channel().await.map_err(unreachable)?;
         publish
             .confirm_select(ConfirmSelectOptions::default())
@@ -124,11 +126,16 @@ impl Link {
         })
     }
 
-    /// The arguments every queue of the app gets (its expiry, when set), plus `extra`.
-    pub(crate) fn queue_arguments(&self, extra: &[(&str, AMQPValue)]) -> FieldTable {
+    /// The arguments every queue of the app gets (its expiry, when set, lengthened by
+    /// `holds`: how long a message may sit in it unconsumed), plus `extra`.
+    pub(crate) fn queue_arguments(
+        &self,
+        holds: Duration,
+        extra: &[(&str, AMQPValue)],
+    ) -> FieldTable {
         let mut arguments = FieldTable::default();
         if let Some(expires) = self.queue_expires {
-            arguments.insert("x-expires".into(), millis(expires));
+            arguments.insert("x-expires".into(), millis(expires + holds));
         }
         for (name, value) in extra {
             arguments.insert((*name).into(), value.clone());
@@ -142,8 +149,10 @@ impl Link {
             durable: true,
             ..QueueDeclareOptions::default()
         };
-        let priorities =
-            self.queue_arguments(&[("x-max-priority", AMQPValue::LongInt(MAX_PRIORITY.into()))]);
+        let priorities = self.queue_arguments(
+            Duration::ZERO,
+            &[("x-max-priority", AMQPValue::LongInt(MAX_PRIORITY.into()))],
+        );
         channel
             .queue_declare(self.names.queue.as_str().into(), durable, priorities)
             .await
@@ -160,10 +169,15 @@ impl Link {
             .queue_declare(
                 self.names.dead.as_str().into(),
                 durable,
-                self.queue_arguments(&[]),
+                self.queue_arguments(Duration::ZERO, &[]),
             )
             .await
-            .map_err(|e| failure(format!("declaring the queue `{}` failed", self.names.dead), e))?;
+            .map_err(|e| {
+                failure(
+                    format!("declaring the queue `{}` failed", self.names.dead),
+                    e,
+                )
+            })?;
         Ok(())
     }
 

@@ -97,9 +97,18 @@ mod tests {
     #[test]
     fn delays_pick_the_longest_tier_that_does_not_overshoot() {
         assert_eq!(delay_tier(Duration::from_millis(10)), None);
-        assert_eq!(delay_tier(Duration::from_millis(32)), Some(Duration::from_millis(32)));
-        assert_eq!(delay_tier(Duration::from_millis(1500)), Some(Duration::from_millis(1024)));
-        assert_eq!(delay_tier(Duration::from_secs(7 * 24 * 3600)), Some(LONGEST_TIER));
+        assert_eq!(
+            delay_tier(Duration::from_millis(32)),
+            Some(Duration::from_millis(32))
+        );
+        assert_eq!(
+            delay_tier(Duration::from_millis(1500)),
+            Some(Duration::from_millis(1024))
+        );
+        assert_eq!(
+            delay_tier(Duration::from_secs(7 * 24 * 3600)),
+            Some(LONGEST_TIER)
+        );
     }
 
     #[test]
@@ -107,7 +116,7 @@ mod tests {
         let body = br#"{"uuid":"9b2f1d8e-3c3a-4f57-9f8e-2d6c4a1b7e10","task_name":"add","priority":0,"args":[2,3],"kwargs":{},"created_at":1700000000.5}"#;
         let task = decode(body).unwrap();
         assert_eq!(task.task_name, "add");
-        assert_eq!(task.args, vec![2.into(), 3.into()]);
+        assert_eq!(task.args, vec![serde_json::json!(2), serde_json::json!(3)]);
         let error = decode(b"\xff\xfe not json").unwrap_err();
         assert!(error.contains("not a qtasks task"), "{error}");
         let round = decode(&encode(&task)).unwrap();

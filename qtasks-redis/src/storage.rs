@@ -14,9 +14,7 @@ use super::wire::{
 };
 use super::{Keys, failure};
 use qtasks_core::BoxFuture;
-use qtasks_core::backend::{
-    BackendError, ItemsRead, RecordChange, Storage, Transition, unix_now,
-};
+use qtasks_core::backend::{BackendError, ItemsRead, RecordChange, Storage, Transition, unix_now};
 use qtasks_core::stats::QueueStats;
 use qtasks_core::triggers::RecordUpdate;
 use qtasks_core::{QueuedTask, TaskRecord, TaskStatus};

@@ -10,6 +10,9 @@
 //!   returns the label;
 //! - `measure(text)` returns the length of its argument.
 //!
+//! With `QTASKS_TEST_WORKER_AMQP` (a RabbitMQ URL) the queue is on RabbitMQ and the records on
+//! Redis.
+//!
 //! With `QTASKS_TEST_SCHEDULE_FROM` (Unix seconds) and `QTASKS_TEST_SCHEDULE_SLOTS`, it also
 //! runs a schedule `tick` that adds `record_run("tick", 0)` every second for that many slots.
 
@@ -85,7 +88,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         lease: Duration::from_millis(lease_ms.parse()?),
         ..Default::default()
     };
-    let app = qtasks::redis::connect_with(&url, config, options).await?;
+    // `QTASKS_TEST_WORKER_AMQP`: the queue on this RabbitMQ instead, the records on Redis.
+    let app = match std::env::var("QTASKS_TEST_WORKER_AMQP") {
+        Ok(amqp) => {
+            let storage = qtasks::redis::Redis::new(url).options(options);
+            let options = qtasks::rabbitmq::RabbitMqOptions::default()
+                .queue_expires(Duration::from_secs(600));
+            qtasks::rabbitmq::connect_with(&amqp, storage, config, options).await?
+        }
+        Err(_) => qtasks::redis::connect_with(&url, config, options).await?,
+    };
     // `QTASKS_TEST_SCHEDULE_FROM` (Unix seconds) and `QTASKS_TEST_SCHEDULE_SLOTS`: a schedule
     // `tick` firing `record_run("tick", 0)` every second for that many slots.
     if let Ok(from) = std::env::var("QTASKS_TEST_SCHEDULE_FROM") {

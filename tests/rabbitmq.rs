@@ -1,0 +1,322 @@
+//! The RabbitMQ broker (with Redis storage) beyond the conformance suite: the original's message
+//! format from a foreign producer, poison messages, a worker process killed mid-task, and a
+//! connection cut under load.
+
+#![cfg(unix)]
+
+mod support;
+
+use std::collections::HashMap;
+use std::process::{Child, Command};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lapin::options::BasicPublishOptions;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use qtasks::rabbitmq::RabbitMqOptions;
+use qtasks::redis::Redis;
+use qtasks::{QueueConfig, QueueTasks, TaskStatus};
+use redis::AsyncCommands;
+use serde_json::json;
+use support::{WAIT, amqp_url, raw_connection, redis_url, unique_prefix};
+use tokio::net::{TcpListener, TcpStream};
+
+#[qtasks::task]
+async fn amqp_add(a: i64, b: i64) -> i64 {
+    a + b
+}
+
+/// Counts its runs per label in this process.
+#[qtasks::task]
+async fn amqp_count(label: String, ms: u64) -> String {
+    *RUNS
+        .lock()
+        .unwrap()
+        .get_or_insert_with(HashMap::new)
+        .entry(label.clone())
+        .or_default() += 1;
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    label
+}
+
+static RUNS: Mutex<Option<HashMap<String, u32>>> = Mutex::new(None);
+
+fn runs_of(label: &str) -> u32 {
+    RUNS.lock()
+        .unwrap()
+        .as_ref()
+        .and_then(|runs| runs.get(label).copied())
+        .unwrap_or(0)
+}
+
+fn options() -> RabbitMqOptions {
+    RabbitMqOptions::default().queue_expires(Duration::from_secs(600))
+}
+
+async fn app(amqp: &str, redis: &str, prefix: &str, concurrency: usize) -> QueueTasks {
+    let config = QueueConfig {
+        name: prefix.to_owned(),
+        max_tasks_process: concurrency,
+        ..QueueConfig::default()
+    };
+    qtasks::rabbitmq::connect_with(amqp, Redis::new(redis), config, options())
+        .await
+        .expect("connects to RabbitMQ and Redis")
+}
+
+/// Publishes raw bytes to the app's task queue, as a producer of another language would.
+async fn publish_raw(amqp: &str, queue: &str, body: &[u8]) {
+    let connection = Connection::connect(amqp, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions::default(),
+            body,
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    connection.close(200, "done".into()).await.unwrap();
+}
+
+fn services(test: &str) -> Option<(String, String)> {
+    Some((amqp_url(test)?, redis_url(test)?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_in_the_originals_format_runs_on_a_rust_worker() {
+    let Some((amqp, redis)) = services("a_message_in_the_originals_format_runs_on_a_rust_worker")
+    else {
+        return;
+    };
+    let prefix = unique_prefix("amqp_original");
+    let app = app(&amqp, &redis, &prefix, 1).await;
+    app.start().await.unwrap();
+    // The original's body, from a producer that writes no record.
+    let uuid = qtasks::Uuid::new_v4();
+    let body = json!({
+        "uuid": uuid.to_string(),
+        "task_name": "amqp_add",
+        "priority": 0,
+        "args": [2, 3],
+        "kwargs": {},
+        "created_at": 1_700_000_000.5,
+    });
+    publish_raw(
+        &amqp,
+        &format!("{prefix}:task_queue"),
+        body.to_string().as_bytes(),
+    )
+    .await;
+    let record = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(record) = app.get(uuid).await.unwrap()
+                && record.status.is_final()
+            {
+                return record;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the task ran");
+    assert_eq!(
+        (record.status, record.returning),
+        (TaskStatus::Success, Some(json!(5)))
+    );
+    assert_eq!(record.task_name, "amqp_add");
+    app.stop().await.unwrap();
+    app.flush_all().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_message_becomes_a_dead_letter_with_its_reason_and_the_worker_goes_on() {
+    let Some((amqp, redis)) = services("a_poison_message_becomes_a_dead_letter") else {
+        return;
+    };
+    let prefix = unique_prefix("amqp_poison");
+    let app = app(&amqp, &redis, &prefix, 1).await;
+    app.start().await.unwrap();
+    publish_raw(&amqp, &format!("{prefix}:task_queue"), b"\xff\xfe not json").await;
+    let fine = amqp_add::add_task(&app, 1, 1).await.unwrap();
+    let record = fine.wait(WAIT).await.unwrap();
+    assert_eq!(record.returning, Some(json!(2)), "the next task ran");
+
+    let letters = app.dead_letters(10).await.unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert!(
+        letters[0].reason.contains("not a qtasks task"),
+        "the reason says why: {:?}",
+        letters[0].reason
+    );
+    assert!(letters[0].entry.contains("not json"));
+    let stats = app.stats().await.unwrap();
+    assert_eq!(stats.queue.map(|q| q.dead_letters), Some(1));
+    // Reading did not consume them; dropping one does.
+    assert_eq!(app.dead_letters(10).await.unwrap().len(), 1);
+    assert!(app.resolve_dead_letter(&letters[0], false).await.unwrap());
+    assert!(app.dead_letters(10).await.unwrap().is_empty());
+    app.stop().await.unwrap();
+    app.flush_all().await.unwrap();
+}
+
+/// A worker process on RabbitMQ (the Redis test worker with `QTASKS_TEST_WORKER_AMQP`).
+struct Worker(Child);
+
+impl Worker {
+    fn spawn(prefix: &str, amqp: &str, concurrency: usize) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_qtasks-test-redis-worker"))
+            .args([prefix, "30000", &concurrency.to_string()])
+            .env("QTASKS_TEST_WORKER_AMQP", amqp)
+            .spawn()
+            .expect("the worker binary starts");
+        Worker(child)
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_unacked_tasks_of_a_killed_worker_run_on_another_and_none_is_lost() {
+    let Some((amqp, redis)) = services("the_unacked_tasks_of_a_killed_worker_run_on_another")
+    else {
+        return;
+    };
+    let prefix = unique_prefix("amqp_sigkill");
+    let client = app(&amqp, &redis, &prefix, 1).await;
+    let mut handles = Vec::new();
+    for i in 0..40 {
+        handles.push(
+            client
+                .add_task("record_run", (format!("t{i}"), 300), ())
+                .await
+                .unwrap(),
+        );
+    }
+    let mut victim = Worker::spawn(&prefix, &amqp, 4);
+    let mut con = raw_connection(&redis).await;
+    // Wait until the victim has started some tasks, then kill it mid-task.
+    for _ in 0..3000 {
+        let started: usize = con.hlen(format!("{prefix}:test:runs")).await.unwrap();
+        if started >= 6 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    victim.0.kill().unwrap();
+    victim.0.wait().unwrap();
+    let in_flight: HashMap<String, u32> = con.hgetall(format!("{prefix}:test:runs")).await.unwrap();
+    let _survivor = Worker::spawn(&prefix, &amqp, 4);
+
+    for handle in &handles {
+        let record = handle.wait(WAIT).await.unwrap();
+        assert_eq!(record.status, TaskStatus::Success, "{record:?}");
+    }
+    let runs: HashMap<String, u32> = con.hgetall(format!("{prefix}:test:runs")).await.unwrap();
+    assert_eq!(runs.len(), 40, "every task ran");
+    let again = runs.values().filter(|n| **n == 2).count();
+    assert!(
+        again >= 1 && runs.values().all(|n| *n <= 2),
+        "the killed worker's tasks ran again, nothing more: {runs:?} (started before the kill: {in_flight:?})"
+    );
+    // Only tasks the victim had started ran twice.
+    for (label, n) in &runs {
+        if *n == 2 {
+            assert!(in_flight.contains_key(label), "{label} ran twice");
+        }
+    }
+    client.flush_all().await.unwrap();
+}
+
+/// A TCP proxy in front of RabbitMQ whose connections can be cut at once.
+struct Proxy {
+    port: u16,
+    connections: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Proxy {
+    async fn start(target: String) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connections: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let held = Arc::clone(&connections);
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let target = target.clone();
+                let piping = tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                held.lock().unwrap().push(piping);
+            }
+        });
+        Proxy { port, connections }
+    }
+
+    /// Drops every connection through the proxy, as a network failure would.
+    fn cut(&self) -> usize {
+        let cut: Vec<_> = self.connections.lock().unwrap().drain(..).collect();
+        for connection in &cut {
+            connection.abort();
+        }
+        cut.len()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_connection_breaks_reconnects_and_every_task_completes() {
+    let Some((amqp, redis)) = services("a_worker_whose_connection_breaks_reconnects") else {
+        return;
+    };
+    let prefix = unique_prefix("amqp_cut");
+    let (_, rest) = amqp
+        .split_once('@')
+        .unwrap_or(("", amqp.trim_start_matches("amqp://")));
+    let host_port = rest.split('/').next().unwrap().to_owned();
+    let proxy = Proxy::start(host_port.clone()).await;
+    let through_proxy = amqp.replace(&host_port, &format!("127.0.0.1:{}", proxy.port));
+
+    let client = app(&amqp, &redis, &prefix, 1).await;
+    let worker = app(&through_proxy, &redis, &prefix, 4).await;
+    worker.start().await.unwrap();
+    let mut handles = Vec::new();
+    for i in 0..300 {
+        let label = format!("{prefix}:{i}");
+        handles.push(amqp_count::add_task(&client, label, 20).await.unwrap());
+    }
+    // Cut the worker's connection three times while it drains.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            proxy.cut() > 0,
+            "the worker was connected through the proxy"
+        );
+    }
+    for handle in &handles {
+        let record = handle.wait(WAIT).await.unwrap();
+        assert_eq!(record.status, TaskStatus::Success, "{record:?}");
+    }
+    let twice = (0..300)
+        .filter(|i| runs_of(&format!("{prefix}:{i}")) > 1)
+        .count();
+    assert!(
+        (0..300).all(|i| runs_of(&format!("{prefix}:{i}")) >= 1),
+        "every task ran"
+    );
+    // At most the tasks running at each cut (4 slots) run again.
+    assert!(twice <= 12, "{twice} tasks ran twice");
+    worker.stop().await.unwrap();
+    client.flush_all().await.unwrap();
+}
