@@ -13,9 +13,10 @@ use std::time::Duration;
 use qtasks::redis::RedisOptions;
 use qtasks::{TaskContext, TaskResult, TaskStatus};
 use serde_json::{Value, json};
-use support::{redis_app, redis_url, unique_prefix};
+use support::{amqp_url, redis_app, redis_url, unique_prefix};
 
-const PYTHON_QTASKS: &str = "qtasks==1.7.3";
+/// With its RabbitMQ extra (aio-pika), for the RabbitMQ test.
+const PYTHON_QTASKS: &str = "qtasks[rabbitmq]==1.7.3";
 
 /// The Python of a virtual environment with QTasks 1.7.3, made on first use.
 fn python() -> &'static Path {
@@ -24,7 +25,7 @@ fn python() -> &'static Path {
         let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("python-qtasks-1.7.3");
         let python = venv.join("bin/python");
         let ready = venv.join(".installed");
-        if !ready.exists() {
+        if std::fs::read_to_string(&ready).ok().as_deref() != Some(PYTHON_QTASKS) {
             let run = |command: &mut Command| {
                 let status = command.status().expect("the command starts");
                 assert!(status.success(), "{command:?} failed: {status}");
@@ -161,4 +162,86 @@ async fn a_rust_client_uses_a_python_worker() {
     assert!(traceback.contains("ValueError: bad value"), "{traceback}");
 
     app.flush_all().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_rabbitmq_producer_reaches_a_rust_worker() {
+    let test = "a_python_rabbitmq_producer_reaches_a_rust_worker";
+    let (Some(amqp), Some(redis)) = (amqp_url(test), redis_url(test)) else {
+        return;
+    };
+    let prefix = unique_prefix("py_amqp");
+    let python = tokio::task::spawn_blocking(python).await.unwrap();
+    // The queue declared as the original declares it (no priorities, no expiry), so both
+    // sides can use it; the test deletes it at the end.
+    let options = qtasks::rabbitmq::RabbitMqOptions::default().as_the_original();
+    let config = qtasks::QueueConfig {
+        name: prefix.clone(),
+        ..qtasks::QueueConfig::default()
+    };
+    let app =
+        qtasks::rabbitmq::connect_with(&amqp, qtasks::redis::Redis::new(&redis), config, options)
+            .await
+            .unwrap();
+    app.start().await.unwrap();
+
+    let output = tokio::process::Command::new(python)
+        .arg(script("amqp_client.py"))
+        .args([&amqp, &redis, &prefix])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "amqp_client.py failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let got: Value = serde_json::from_slice(&output.stdout).expect("amqp_client.py prints JSON");
+    let uuid: qtasks::Uuid = got["uuid"].as_str().unwrap().parse().unwrap();
+    let record = tokio::time::timeout(support::WAIT, async {
+        loop {
+            if let Some(record) = app.get(uuid).await.unwrap()
+                && record.status.is_final()
+            {
+                return record;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the Rust worker ran the Python producer's task");
+    assert_eq!(
+        (record.status, record.returning),
+        (TaskStatus::Success, Some(json!(7)))
+    );
+    // The original writes the record's arguments as Python reprs (its bug): kept raw, named.
+    assert_eq!(
+        record.unreadable.get("args").map(String::as_str),
+        Some("(2,)")
+    );
+    app.stop().await.unwrap();
+    app.flush_all().await.unwrap();
+    delete_queues(
+        &amqp,
+        &[
+            &format!("{prefix}:task_queue"),
+            &format!("{prefix}:qtasks:dead"),
+        ],
+    )
+    .await;
+}
+
+async fn delete_queues(amqp: &str, queues: &[&str]) {
+    use lapin::options::QueueDeleteOptions;
+    let connection = lapin::Connection::connect(amqp, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    for queue in queues {
+        channel
+            .queue_delete((*queue).into(), QueueDeleteOptions::default())
+            .await
+            .unwrap();
+    }
+    connection.close(200, "done".into()).await.unwrap();
 }

@@ -320,3 +320,28 @@ async fn a_worker_whose_connection_breaks_reconnects_and_every_task_completes() 
     worker.stop().await.unwrap();
     client.flush_all().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_declared_with_other_arguments_is_refused_with_a_hint() {
+    let Some((amqp, redis)) = services("a_queue_declared_with_other_arguments") else {
+        return;
+    };
+    let prefix = unique_prefix("amqp_mismatch");
+    let config = QueueConfig {
+        name: prefix.clone(),
+        ..QueueConfig::default()
+    };
+    let original = options().as_the_original();
+    let _first =
+        qtasks::rabbitmq::connect_with(&amqp, Redis::new(&redis), config.clone(), original)
+            .await
+            .unwrap();
+    let error = qtasks::rabbitmq::connect_with(&amqp, Redis::new(&redis), config, options())
+        .await
+        .unwrap_err();
+    let text = format!("{error:#}");
+    assert!(
+        text.contains("declared with other arguments") && text.contains(&prefix),
+        "{text}"
+    );
+}

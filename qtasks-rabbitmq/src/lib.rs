@@ -25,8 +25,9 @@
 //!   worker, with or without a record in the storage.
 //! - The queue is declared with `x-max-priority: 10`: qtasks priorities -5 to 5 each get a
 //!   level (lower runs first, the default 0 in the middle); priorities beyond share the end
-//!   levels. The original declares it without; RabbitMQ refuses to declare one queue with two
-//!   sets of arguments, so delete a queue the original declared before a qtasks worker uses it.
+//!   levels. The original declares it without, and RabbitMQ refuses to declare one queue with
+//!   two sets of arguments: to share a queue with Python QTasks processes, use
+//!   [`RabbitMqOptions::as_the_original`] (no priorities) in every qtasks process on it.
 //! - A message is acked after its task's outcome is stored, not when it reaches the worker (the
 //!   original acks first, so a crashed worker loses its tasks): delivery is at least once, and
 //!   a redelivered message whose outcome was stored is dropped rather than run again.
@@ -214,6 +215,7 @@ impl Connector for RabbitMq {
                 wire::Names::new(&config.name),
                 self.options.connect_timeout,
                 self.options.queue_expires,
+                self.options.priorities,
             );
             let prefetch = self
                 .options
@@ -235,6 +237,12 @@ pub struct RabbitMqOptions {
     pub prefetch: Option<u16>,
     /// The timeout of one connection attempt. Default 5 s.
     pub connect_timeout: Duration,
+    /// Declare the task queue with `x-max-priority: 10`, so lower priority numbers run first
+    /// (the default). `false` declares it as Python QTasks does (durable, no arguments), so
+    /// Python producers and qtasks workers can share it; priorities then do not reorder it.
+    /// RabbitMQ refuses to declare one queue with two sets of arguments: every process on
+    /// a queue must agree.
+    pub priorities: bool,
     /// Deletes the app's queues after they go unused this long (`x-expires`). `None` (the
     /// default) keeps them; tests set it so their queues do not pile up on a shared server.
     pub queue_expires: Option<Duration>,
@@ -244,6 +252,7 @@ impl Default for RabbitMqOptions {
     fn default() -> Self {
         RabbitMqOptions {
             prefetch: None,
+            priorities: true,
             connect_timeout: Duration::from_secs(5),
             queue_expires: None,
         }
@@ -255,6 +264,13 @@ impl RabbitMqOptions {
     #[must_use]
     pub fn queue_expires(mut self, after: Duration) -> Self {
         self.queue_expires = Some(after);
+        self
+    }
+
+    /// Declares the task queue as Python QTasks does: [`priorities`](Self::priorities) off.
+    #[must_use]
+    pub fn as_the_original(mut self) -> Self {
+        self.priorities = false;
         self
     }
 

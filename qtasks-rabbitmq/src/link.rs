@@ -32,6 +32,21 @@ impl Live {
     }
 }
 
+/// Why a connection could not be opened, and whether trying again may help.
+struct OpenError {
+    error: BackendError,
+    transient: bool,
+}
+
+impl From<BackendError> for OpenError {
+    fn from(error: BackendError) -> Self {
+        OpenError {
+            error,
+            transient: true,
+        }
+    }
+}
+
 /// One app's connection: opened at first use, and again whenever it is found closed.
 pub(crate) struct Link {
     url: String,
@@ -41,6 +56,8 @@ pub(crate) struct Link {
     connect_timeout: Duration,
     /// `x-expires` of the app's queues, if set (tests let their queues vanish).
     queue_expires: Option<Duration>,
+    /// Whether the task queue is declared with `x-max-priority`.
+    priorities: bool,
     live: tokio::sync::Mutex<Option<Live>>,
     generations: AtomicU64,
 }
@@ -51,6 +68,7 @@ impl Link {
         names: Names,
         connect_timeout: Duration,
         queue_expires: Option<Duration>,
+        priorities: bool,
     ) -> Self {
         Link {
             shown: qtasks_core::backend::redacted_url(&url),
@@ -58,6 +76,7 @@ impl Link {
             names,
             connect_timeout,
             queue_expires,
+            priorities,
             live: tokio::sync::Mutex::default(),
             generations: AtomicU64::new(0),
         }
@@ -86,15 +105,17 @@ impl Link {
                     .with_jitter()
                     .with_max_times(5),
             )
-            .notify(|error, pause| {
-                tracing::warn!(url = %self.shown, "connecting to RabbitMQ failed, trying again in {pause:?}: {}", qtasks_core::backend::ErrorChain(error));
+            .when(|error: &OpenError| error.transient)
+            .notify(|error: &OpenError, pause| {
+                tracing::warn!(url = %self.shown, "connecting to RabbitMQ failed, trying again in {pause:?}: {}", qtasks_core::backend::ErrorChain(&error.error));
             })
-            .await?;
+            .await
+            .map_err(|failed| failed.error)?;
         *live = Some(open.clone());
         Ok(open)
     }
 
-    async fn open(&self) -> Result<Live, BackendError> {
+    async fn open(&self) -> Result<Live, OpenError> {
         let unreachable = |e| failure(format!("cannot connect to RabbitMQ at {}", self.shown), e);
         let properties = ConnectionProperties::default()
             .with_connection_name(format!("qtasks {}", self.names.queue).into());
@@ -118,7 +139,13 @@ impl Link {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(unreachable)?;
-        self.declare_queues(&publish).await?;
+        // A queue RabbitMQ refuses to declare stays refused: no point trying again.
+        self.declare_queues(&publish)
+            .await
+            .map_err(|error| OpenError {
+                error,
+                transient: false,
+            })?;
         Ok(Live {
             connection: Arc::new(connection),
             publish,
@@ -149,17 +176,19 @@ impl Link {
             durable: true,
             ..QueueDeclareOptions::default()
         };
-        let priorities = self.queue_arguments(
-            Duration::ZERO,
-            &[("x-max-priority", AMQPValue::LongInt(MAX_PRIORITY.into()))],
-        );
+        let max_priority = [("x-max-priority", AMQPValue::LongInt(MAX_PRIORITY.into()))];
+        let priorities = if self.priorities {
+            self.queue_arguments(Duration::ZERO, &max_priority)
+        } else {
+            self.queue_arguments(Duration::ZERO, &[])
+        };
         channel
             .queue_declare(self.names.queue.as_str().into(), durable, priorities)
             .await
             .map_err(|e| {
                 failure(
                     format!(
-                        "declaring the queue `{}` failed (a queue of that name declared without `x-max-priority: {MAX_PRIORITY}`, by Python QTasks for one, must be deleted first)",
+                        "declaring the queue `{}` failed: is it declared with other arguments? (qtasks declares it with `x-max-priority: {MAX_PRIORITY}`; Python QTasks and `RabbitMqOptions::as_the_original` without; every process on a queue must agree)",
                         self.names.queue
                     ),
                     e,
