@@ -195,6 +195,7 @@ async fn the_unacked_tasks_of_a_killed_worker_run_on_another_and_none_is_lost() 
     };
     let prefix = unique_prefix("amqp_sigkill");
     let client = app(&amqp, &redis, &prefix, 1).await;
+    let started = std::time::Instant::now();
     let mut handles = Vec::new();
     for i in 0..40 {
         handles.push(
@@ -226,6 +227,11 @@ async fn the_unacked_tasks_of_a_killed_worker_run_on_another_and_none_is_lost() 
     let runs: HashMap<String, u32> = con.hgetall(format!("{prefix}:test:runs")).await.unwrap();
     assert_eq!(runs.len(), 40, "every task ran");
     let again = runs.values().filter(|n| **n == 2).count();
+    eprintln!(
+        "sigkill: 40 tasks, 0 lost, {} started before the kill, {again} ran again, in {:.1?}",
+        in_flight.len(),
+        started.elapsed()
+    );
     assert!(
         again >= 1 && runs.values().all(|n| *n <= 2),
         "the killed worker's tasks ran again, nothing more: {runs:?} (started before the kill: {in_flight:?})"
@@ -297,6 +303,7 @@ async fn a_worker_whose_connection_breaks_reconnects_and_every_task_completes() 
         handles.push(amqp_count::add_task(&client, label, 20).await.unwrap());
     }
     // Cut the worker's connection three times while it drains.
+    let started = std::time::Instant::now();
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(
@@ -314,6 +321,10 @@ async fn a_worker_whose_connection_breaks_reconnects_and_every_task_completes() 
     assert!(
         (0..300).all(|i| runs_of(&format!("{prefix}:{i}")) >= 1),
         "every task ran"
+    );
+    eprintln!(
+        "connection cut 3 times: 300 tasks, 0 lost, {twice} ran twice, in {:.1?}",
+        started.elapsed()
     );
     // At most the tasks running at each cut (4 slots) run again.
     assert!(twice <= 12, "{twice} tasks ran twice");
