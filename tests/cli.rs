@@ -8,7 +8,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{redis_url, unique_prefix};
+use support::{amqp_url, redis_url, unique_prefix};
 
 const QTASKS: &str = env!("CARGO_BIN_EXE_qtasks-cli-under-test");
 const WORKER: &str = env!("CARGO_BIN_EXE_worker_cli");
@@ -415,7 +415,7 @@ fn mistakes_get_their_exit_code_and_a_message_naming_them() {
     let url = redis_url("mistakes_get_their_exit_code_and_a_message_naming_them");
     let mut cases = vec![
         (
-            &["--url", "amqp://127.0.0.1/", "stats"][..],
+            &["--url", "nats://127.0.0.1/", "stats"][..],
             "not a backend this binary knows",
         ),
         (&["worker"][..], "compiled into your own binary"),
@@ -444,4 +444,40 @@ fn mistakes_get_their_exit_code_and_a_message_naming_them() {
             stderr(&output)
         );
     }
+}
+
+#[test]
+fn the_binary_operates_a_rabbitmq_queue_with_redis_storage() {
+    let test = "the_binary_operates_a_rabbitmq_queue_with_redis_storage";
+    let (Some(amqp), Some(redis)) = (amqp_url(test), redis_url(test)) else {
+        return;
+    };
+    let prefix = unique_prefix("cli_amqp");
+    let run = |args: &[&str]| {
+        let output = Command::new(QTASKS)
+            .args(args)
+            .env("QTASKS_URL", &amqp)
+            .env("QTASKS_STORAGE_URL", &redis)
+            .env("QTASKS_NAME", &prefix)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "qtasks {args:?}: {}",
+            stderr(&output)
+        );
+        stdout(&output)
+    };
+    // No worker: the task waits in RabbitMQ, its record on Redis.
+    let uuid = run(&["add", "echo", "[1]", "--priority", "2"]);
+    let record = json(&run(&["get", &uuid, "--json"]));
+    assert_eq!(record["status"], "new", "{record}");
+    let stats = json(&run(&["stats", "--json"]));
+    assert_eq!(stats["queue"]["waiting"]["2"], 1, "{stats}");
+    assert_eq!(stats["queue"]["dead_letters"], 0, "{stats}");
+    run(&["cancel", &uuid]);
+    let record = json(&run(&["get", &uuid, "--json"]));
+    assert_eq!(record["status"], "cancel", "{record}");
+    run(&["flush", "--yes"]);
 }

@@ -356,3 +356,25 @@ async fn a_queue_declared_with_other_arguments_is_refused_with_a_hint() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_rabbitmq_is_an_error_naming_it_without_the_password() {
+    let Some(redis) = redis_url("an_unreachable_rabbitmq_is_an_error_naming_it") else {
+        return;
+    };
+    let config = QueueConfig {
+        name: unique_prefix("amqp_unreachable"),
+        ..QueueConfig::default()
+    };
+    let error = qtasks::rabbitmq::connect_with(
+        "amqp://guest:hunter2@127.0.0.1:1/%2f",
+        Redis::new(&redis),
+        config,
+        options(),
+    )
+    .await
+    .unwrap_err();
+    let text = format!("{error:#} {error:?}");
+    assert!(text.contains("127.0.0.1:1"), "{text}");
+    assert!(!text.contains("hunter2"), "the password leaked: {text}");
+}

@@ -12,7 +12,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 )]
 #[non_exhaustive]
 pub struct Cli {
-    /// The backend's URL (`redis://host:port/db`). Used by the `qtasks` binary; a worker
+    /// The backend's URL (`redis://host:port/db`, or `amqp://user:password@host:port/vhost`
+    /// with `--storage-url`). Used by the `qtasks` binary; a worker
     /// binary has its app already.
     #[arg(
         long,
@@ -22,6 +23,16 @@ pub struct Cli {
         hide_env_values = true
     )]
     pub url: String,
+
+    /// With an `amqp://` URL: where the records are (Redis, as Python QTasks pairs them).
+    #[arg(
+        long,
+        env = "QTASKS_STORAGE_URL",
+        global = true,
+        default_value = "redis://127.0.0.1:6379/0",
+        hide_env_values = true
+    )]
+    pub storage_url: String,
 
     /// The app's name (the key prefix on Redis).
     #[arg(

@@ -401,7 +401,8 @@ async fn listen_for_cancels(
         };
         match listening {
             Ok((_channel, mut consumer)) => {
-                bound.notify_waiters();
+                // A permit, not a wake-up: `connect` may start waiting after this.
+                bound.notify_one();
                 pause = Duration::from_millis(100);
                 loop {
                     let message = tokio::select! {

@@ -42,10 +42,20 @@ async fn connect(cli: &Cli) -> Result<QueueTasks, Failure> {
                     message: qtasks_core::backend::ErrorChain(&error).to_string(),
                 })
         }
+        "amqp" | "amqps" => {
+            let storage = qtasks_redis::Redis::new(&cli.storage_url);
+            let options = qtasks_rabbitmq::RabbitMqOptions::default();
+            qtasks_rabbitmq::connect_with(&cli.url, storage, config, options)
+                .await
+                .map_err(|error| Failure {
+                    code: EXIT_UNREACHABLE,
+                    message: qtasks_core::backend::ErrorChain(&error).to_string(),
+                })
+        }
         _ => Err(Failure {
             code: EXIT_USAGE,
             message: format!(
-                "--url: `{scheme}://` is not a backend this binary knows; use redis://host:port/db"
+                "--url: `{scheme}://` is not a backend this binary knows; use redis://host:port/db, or amqp://host:port/vhost with --storage-url redis://..."
             ),
         }),
     }
