@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use qtasks::triggers::TaskExecutorRunTaskTriggerError;
-use qtasks::{QueueTasks, TaskContext, TaskResult};
+use qtasks::{QueueTasks, TaskContext, TaskFailure, TaskResult};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -34,7 +34,7 @@ async fn maybe_cancel(ctx: TaskContext, amount: i64) -> TaskResult<i64> {
 
 /// The seed flow: the task hands its failure to the plugins...
 #[qtasks::task(echo = true)]
-async fn test_task(ctx: TaskContext) -> TaskResult<String> {
+async fn test_task(ctx: TaskContext) -> TaskResult<i64> {
     Err(ctx
         .plugin_error()
         .with("message", "Non-standard situation")
@@ -63,30 +63,28 @@ async fn main() -> qtasks::Result<()> {
     let app = QueueTasks::new(); // in-memory broker and storage
     app.start().await?; // an embedded worker; a worker process calls `app.run_forever()`
 
+    // The handles are typed: `result` gives the task's own return type back.
     let sum = add::add_task(&app, 2, 3).await?; // argument types checked at compile time
+    println!("add(2, 3)        -> {}", sum.result(WAIT).await?);
     let words = word_count::add_task(&app, "the quick brown fox".into()).await?;
+    println!("word_count       -> {}", words.result(WAIT).await?);
     let by_name = app
         .add_task("add", (40,), serde_json::json!({ "b": 2 }))
-        .await?; // untyped
-    let cancelled = maybe_cancel::add_task(&app, 0).await?;
-    let seed = test_task::add_task(&app).await?;
+        .await?; // by name: JSON in, JSON out
+    println!("add by name      -> {}", by_name.result(WAIT).await?);
 
-    for (label, handle) in [
-        ("add(2, 3)", sum),
-        ("word_count", words),
-        ("add by name", by_name),
-        ("maybe_cancel(0)", cancelled),
-        ("test_task", seed),
-    ] {
-        let done = handle.wait(WAIT).await?;
-        let detail = match (&done.returning, &done.cancel_reason, &done.traceback) {
-            (Some(value), _, _) => format!("result {value}"),
-            (_, Some(reason), _) => format!("reason: {reason}"),
-            (_, _, Some(traceback)) => format!("traceback: {traceback}"),
-            _ => String::new(),
-        };
-        println!("{label:<16} -> {} ({detail})", done.status);
+    // A task that does not succeed says how: failed, cancelled, timed out, or not found.
+    match maybe_cancel::add_task(&app, 0).await?.result(WAIT).await {
+        Ok(value) => println!("maybe_cancel(0)  -> {value}"),
+        Err(TaskFailure::Cancelled { reason, .. }) => {
+            println!("maybe_cancel(0)  -> cancelled: {reason}");
+        }
+        Err(other) => println!("maybe_cancel(0)  -> {other}"),
     }
+
+    // The seed flow: the task fails, the plugin answers, the task succeeds with its answer.
+    let seed = test_task::add_task(&app).await?;
+    println!("test_task        -> {}", seed.result(WAIT).await?);
 
     app.stop().await
 }

@@ -301,11 +301,11 @@ async fn breaks_half_way() -> impl futures_util::Stream<Item = Result<u32, Strin
 async fn stream_items_are_mapped_stored_as_they_come_and_kept_on_failure() {
     let app = started(QueueConfig::default()).await;
     let handle = counted::add_task(&app, 4).await.unwrap();
-    let live: Vec<Value> = handle.items().map(|item| item.unwrap()).collect().await;
+    let live: Vec<u32> = handle.items().map(|item| item.unwrap()).collect().await;
     assert_eq!(
         live,
-        [json!(10), json!(20), json!(30), json!(40)],
-        "read live, mapped by generate_handler"
+        [10, 20, 30, 40],
+        "read live and typed, mapped by generate_handler"
     );
     let done = handle.wait(WAIT).await.unwrap();
     assert_eq!(done.returning, Some(json!([10, 20, 30, 40])));

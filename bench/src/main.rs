@@ -95,7 +95,7 @@ async fn redis_app(url: &str, concurrency: usize) -> QueueTasks {
 }
 
 /// Adds `n` tasks with `in_flight` adds on the wire at once.
-async fn add_many(app: &QueueTasks, n: u64, in_flight: usize) -> Vec<qtasks::TaskHandle> {
+async fn add_many(app: &QueueTasks, n: u64, in_flight: usize) -> Vec<qtasks::TaskHandle<u64>> {
     futures_util::stream::iter(0..n)
         .map(|i| {
             let app = app.clone();
@@ -182,7 +182,7 @@ async fn w2(url: &str, n: usize, warmup: usize) {
 }
 
 /// Waits for every handle, checking each result.
-async fn wait_all(handles: Vec<qtasks::TaskHandle>) {
+async fn wait_all(handles: Vec<qtasks::TaskHandle<u64>>) {
     for (i, handle) in handles.into_iter().enumerate() {
         let done = handle
             .wait(Duration::from_secs(120))

@@ -180,9 +180,9 @@ impl<'a> Context<'a> {
     }
 }
 
-async fn wait_for(
+async fn wait_for<T>(
     app: &QueueTasks,
-    handle: &qtasks_core::TaskHandle,
+    handle: &qtasks_core::TaskHandle<T>,
 ) -> Result<qtasks_core::TaskRecord, String> {
     let _ = app;
     said(handle.wait(WAIT).await, "waiting for the task")
@@ -830,13 +830,13 @@ async fn stream_items(c: &Context<'_>) -> Result<(), String> {
     let app = c.app("", 1).await?;
     said(app.start().await, "starting")?;
     let handle = said(stream::add_task(&app, 5).await, "adding")?;
-    let items: Vec<Value> = handle
+    let items: Vec<Result<u64, String>> = handle
         .items()
-        .map(|item| item.unwrap_or(Value::Null))
+        .map(|item| item.map_err(|e| e.to_string()))
         .collect()
         .await;
     ensure!(
-        items == [json!(0), json!(1), json!(2), json!(3), json!(4)],
+        items == [Ok(0), Ok(1), Ok(2), Ok(3), Ok(4)],
         "items {items:?}"
     );
     let record = wait_for(&app, &handle).await?;

@@ -23,7 +23,7 @@ pub use crate::deps::Extract;
 pub use crate::triggers;
 pub use crate::{
     Middleware, QueueTasks, Result, RetryBackoff, TaskCall, TaskContext, TaskDefinition,
-    TaskHandle, TaskParam, Trigger,
+    StreamHandle, TaskHandle, TaskParam, Trigger,
 };
 
 /// Not public API. Every field of a [`TaskDefinition`], as `#[task]` fills them; the
@@ -414,12 +414,26 @@ pub fn call(definition: &'static TaskDefinition, args: Result<Vec<Value>>) -> Ta
 }
 
 /// Not public API. Enqueues a task whose definition the caller holds.
-pub async fn enqueue(
+pub async fn enqueue<T>(
     app: &QueueTasks,
     definition: &'static TaskDefinition,
     args: Vec<Value>,
-) -> Result<TaskHandle> {
-    app.enqueue_defined(definition, args, Map::new()).await
+) -> Result<TaskHandle<T>> {
+    Ok(app
+        .enqueue_defined(definition, args, Map::new())
+        .await?
+        .typed())
+}
+
+/// Not public API. Adds a stream task; its handle reads the items typed.
+pub async fn enqueue_stream<I>(
+    app: &QueueTasks,
+    definition: &'static TaskDefinition,
+    args: Vec<Value>,
+) -> Result<StreamHandle<I>> {
+    Ok(StreamHandle::new(
+        app.enqueue_defined(definition, args, Map::new()).await?,
+    ))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -36,6 +36,10 @@ pub enum Error {
     /// No task with this id is stored.
     #[error("task {0} does not exist")]
     TaskNotFound(Uuid),
+    /// A task did not give its result (from [`TaskHandle::result`](crate::TaskHandle::result),
+    /// through `?`).
+    #[error(transparent)]
+    TaskFailed(Box<crate::TaskFailure>),
     /// The arguments given to `add_task` cannot be sent.
     #[error("cannot add task `{task}`: {reason}")]
     InvalidArguments {
@@ -452,5 +456,11 @@ mod tests {
         assert_eq!(e.traceback(), "String: plain text");
         let e = TaskError::from_display(TaskError::cancel("stop"));
         assert_eq!(e.cancel_reason(), Some("stop"));
+    }
+}
+
+impl From<crate::TaskFailure> for Error {
+    fn from(failure: crate::TaskFailure) -> Self {
+        Error::TaskFailed(Box::new(failure))
     }
 }

@@ -31,6 +31,7 @@ mod dispatch;
 mod error;
 mod events;
 mod executor;
+mod handle;
 pub mod inspect;
 mod middleware;
 mod panic;
@@ -61,9 +62,10 @@ pub use config::{ConfigError, QueueConfig};
 pub use call::{Chain, TaskCall, chain};
 pub use context::TaskContext;
 pub use deps::{DependencyScope, Depends, State};
+pub use handle::{StreamHandle, TaskFailure, TaskHandle};
 pub use task::{
-    Outcome, QueuedTask, RetryBackoff, TaskDefinition, TaskHandle, TaskParam, TaskRecord,
-    TaskStatus, UnknownStatus,
+    Outcome, QueuedTask, RetryBackoff, TaskDefinition, TaskParam, TaskRecord, TaskStatus,
+    UnknownStatus,
 };
 pub use uuid::Uuid;
 

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::__private::InvokeFn;
 use crate::backend::unix_now;
-use crate::{QueueTasks, Result};
+use crate::Result;
 
 /// The status of a task, as the original names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -529,73 +529,3 @@ impl Outcome {
     }
 }
 
-/// A task that was added: wait for it or read its record.
-#[derive(Debug, Clone)]
-pub struct TaskHandle {
-    uuid: Uuid,
-    app: QueueTasks,
-}
-
-impl TaskHandle {
-    pub(crate) fn new(uuid: Uuid, app: QueueTasks) -> Self {
-        TaskHandle { uuid, app }
-    }
-
-    /// The task's id.
-    pub fn uuid(&self) -> Uuid {
-        self.uuid
-    }
-
-    /// Waits until the task ends and returns its record.
-    ///
-    /// Resolves as soon as the worker stores the result (there is no polling interval). Fails
-    /// with [`Error::WaitTimeout`](crate::Error::WaitTimeout) when `timeout` passes first; the
-    /// task itself goes on.
-    pub async fn wait(&self, timeout: Duration) -> Result<TaskRecord> {
-        self.app.wait(self.uuid, timeout).await
-    }
-
-    /// The task's record as it is now.
-    pub async fn get(&self) -> Result<Option<TaskRecord>> {
-        self.app.get(self.uuid).await
-    }
-
-    /// The items of a stream task as the worker stores them, while it runs; the stream ends
-    /// when the task ends (the items of a task that failed half-way are the ones it produced).
-    pub fn items(&self) -> impl futures_core::Stream<Item = Result<Value>> + Send + 'static {
-        let storage = std::sync::Arc::clone(&self.app.inner.storage);
-        let start = (
-            storage,
-            self.uuid,
-            0_usize,
-            std::collections::VecDeque::new(),
-            false,
-        );
-        futures_util::stream::unfold(
-            start,
-            |(storage, uuid, mut seen, mut buffered, mut ended)| async move {
-                loop {
-                    if let Some(item) = buffered.pop_front() {
-                        return Some((Ok(item), (storage, uuid, seen, buffered, ended)));
-                    }
-                    if ended {
-                        return None;
-                    }
-                    match storage.wait_items(uuid, seen).await {
-                        Ok(read) => {
-                            seen += read.items.len();
-                            buffered.extend(read.items);
-                            ended = read.ended;
-                        }
-                        Err(error) => {
-                            return Some((
-                                Err(error.into()),
-                                (storage, uuid, seen, buffered, true),
-                            ));
-                        }
-                    }
-                }
-            },
-        )
-    }
-}

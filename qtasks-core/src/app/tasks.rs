@@ -294,6 +294,22 @@ impl QueueTasks {
         Ok(records)
     }
 
+    /// A handle on a task added earlier (its uuid kept somewhere), read as `T`: `T` is
+    /// `serde_json::Value` for any task, or the task's own output type.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let app = qtasks::QueueTasks::new();
+    /// let handle = app.handle::<u32>(qtasks::Uuid::new_v4());
+    /// let failure = handle.result(std::time::Duration::from_millis(10)).await.unwrap_err();
+    /// assert!(matches!(failure, qtasks::TaskFailure::NotFound { .. }));
+    /// # }
+    /// ```
+    pub fn handle<T>(&self, uuid: Uuid) -> TaskHandle<T> {
+        TaskHandle::new(uuid, self.clone()).typed()
+    }
+
     /// Waits until a task ends and returns its record; see [`TaskHandle::wait`]. A retried
     /// task is followed to its last attempt.
     pub async fn wait(&self, uuid: Uuid, timeout: Duration) -> Result<TaskRecord> {

@@ -1,0 +1,227 @@
+//! Typed results: a handle from `add_task` returns the task's own output type, or a
+//! `TaskFailure` that tells error, cancel, timeout, not-found and a decode mismatch apart; on
+//! memory and on Redis.
+
+mod support;
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use qtasks::redis::RedisOptions;
+use qtasks::{QueueConfig, QueueTasks, TaskContext, TaskError, TaskFailure, TaskResult};
+use serde::{Deserialize, Serialize};
+use support::{redis_app, redis_url, unique_prefix};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Invoice {
+    number: u32,
+    total_cents: i64,
+    lines: Vec<String>,
+}
+
+#[qtasks::task]
+async fn typed_invoice(number: u32) -> Invoice {
+    Invoice {
+        number,
+        total_cents: 1999,
+        lines: vec!["tea".into(), "cake".into()],
+    }
+}
+
+#[qtasks::task]
+async fn typed_fails(why: String) -> TaskResult<u32> {
+    Err(TaskError::msg(why))
+}
+
+#[qtasks::task(echo = true)]
+async fn typed_cancels(ctx: TaskContext) -> TaskResult<u32> {
+    Err(ctx.cancel("not today"))
+}
+
+#[qtasks::task]
+fn typed_blocking(text: String) -> Result<usize, std::num::ParseIntError> {
+    Ok(text.parse::<usize>()? * 2)
+}
+
+#[qtasks::task(retry = 2)]
+async fn typed_flaky(label: String) -> TaskResult<String> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static CALLS: AtomicU32 = AtomicU32::new(0);
+    if CALLS.fetch_add(1, Ordering::SeqCst) == 0 {
+        return Err(TaskError::msg("first try fails"));
+    }
+    Ok(format!("{label} on a retry"))
+}
+
+#[qtasks::task]
+async fn typed_unit() {}
+
+#[qtasks::task]
+async fn typed_items(n: u32) -> impl futures_util::Stream<Item = String> {
+    futures_util::stream::iter((0..n).map(|i| format!("item {i}")))
+}
+
+async fn memory_app() -> QueueTasks {
+    let app = QueueTasks::builder().config(QueueConfig::default()).build();
+    app.start().await.unwrap();
+    app
+}
+
+#[tokio::test]
+async fn a_typed_handle_returns_the_tasks_own_type() {
+    let app = memory_app().await;
+    let invoice: Invoice = typed_invoice::add_task(&app, 7)
+        .await
+        .unwrap()
+        .result(WAIT)
+        .await
+        .unwrap();
+    assert_eq!(invoice.number, 7);
+    assert_eq!(invoice.lines, ["tea", "cake"]);
+    let doubled: usize = typed_blocking::add_task(&app, "21".into())
+        .await
+        .unwrap()
+        .result(WAIT)
+        .await
+        .unwrap();
+    assert_eq!(doubled, 42);
+    typed_unit::add_task(&app).await.unwrap().result(WAIT).await.unwrap();
+    let retried = typed_flaky::add_task(&app, "done".into())
+        .await
+        .unwrap()
+        .result(WAIT)
+        .await
+        .unwrap();
+    assert_eq!(retried, "done on a retry", "the last attempt's result");
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_failure_says_which_kind_it_is() {
+    let app = memory_app().await;
+    let failed = typed_fails::add_task(&app, "the ledger is closed".into())
+        .await
+        .unwrap()
+        .result(WAIT)
+        .await
+        .unwrap_err();
+    match &failed {
+        TaskFailure::Error {
+            error_type,
+            message,
+            ..
+        } => {
+            assert_eq!(error_type, "TaskError");
+            assert_eq!(message, "the ledger is closed");
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+    let parse = typed_blocking::add_task(&app, "twelve".into())
+        .await
+        .unwrap()
+        .result(WAIT)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&parse, TaskFailure::Error { message, .. } if message.contains("invalid digit")),
+        "{parse:?}"
+    );
+    let cancelled = typed_cancels::add_task(&app)
+        .await
+        .unwrap()
+        .result(WAIT)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&cancelled, TaskFailure::Cancelled { reason, .. } if reason == "not today"),
+        "{cancelled:?}"
+    );
+    let missing = app
+        .handle::<u32>(qtasks::Uuid::new_v4())
+        .result(WAIT)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(missing, TaskFailure::NotFound { .. }),
+        "{missing:?}"
+    );
+    // `?` turns a failure into `qtasks::Error`, and the message stays.
+    let as_error: qtasks::Error = failed.into();
+    assert!(as_error.to_string().contains("the ledger is closed"));
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_result_that_is_not_the_handles_type_is_a_decode_failure() {
+    let app = memory_app().await;
+    let by_name = app
+        .add_task("typed_invoice", (3,), ())
+        .await
+        .unwrap()
+        .typed::<Vec<u8>>();
+    let failure = by_name.result(WAIT).await.unwrap_err();
+    match &failure {
+        TaskFailure::Decode {
+            expected, value, ..
+        } => {
+            assert!(expected.contains("Vec<u8>"), "{expected}");
+            assert!(value.contains("total_cents"), "{value}");
+        }
+        other => panic!("expected a decode failure, got {other:?}"),
+    }
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_wait_without_a_worker_times_out_saying_so() {
+    let app = QueueTasks::new(); // never started: no worker
+    let handle = typed_invoice::add_task(&app, 1).await.unwrap();
+    let failure = handle
+        .result(Duration::from_millis(100))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(failure, TaskFailure::Timeout { no_worker: true, .. }),
+        "{failure:?}"
+    );
+    assert!(failure.to_string().contains("no worker"), "{failure}");
+}
+
+#[tokio::test]
+async fn a_stream_task_gives_its_items_typed() {
+    let app = memory_app().await;
+    let handle = typed_items::add_task(&app, 3).await.unwrap();
+    let items: Vec<String> = handle.items().map(|item| item.unwrap()).collect().await;
+    assert_eq!(items, ["item 0", "item 1", "item 2"]);
+    let all: Vec<String> = handle.result(WAIT).await.unwrap();
+    assert_eq!(all, items);
+    app.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_results_on_redis() {
+    let Some(url) = redis_url("typed_results_on_redis") else {
+        return;
+    };
+    let prefix = unique_prefix("typed");
+    let app = redis_app(&url, &prefix, RedisOptions::default(), 2).await;
+    app.start().await.unwrap();
+    let invoice = typed_invoice::add_task(&app, 9)
+        .await
+        .unwrap()
+        .result(WAIT)
+        .await
+        .unwrap();
+    assert_eq!(invoice.total_cents, 1999);
+    let failed = typed_fails::add_task(&app, "no".into())
+        .await
+        .unwrap()
+        .result(WAIT)
+        .await
+        .unwrap_err();
+    assert!(matches!(failed, TaskFailure::Error { .. }), "{failed:?}");
+    app.stop().await.unwrap();
+    app.flush_all().await.unwrap();
+}
