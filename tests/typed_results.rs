@@ -87,7 +87,12 @@ async fn a_typed_handle_returns_the_tasks_own_type() {
         .await
         .unwrap();
     assert_eq!(doubled, 42);
-    typed_unit::add_task(&app).await.unwrap().result(WAIT).await.unwrap();
+    typed_unit::add_task(&app)
+        .await
+        .unwrap()
+        .result(WAIT)
+        .await
+        .unwrap();
     let retried = typed_flaky::add_task(&app, "done".into())
         .await
         .unwrap()
@@ -178,12 +183,15 @@ async fn a_result_that_is_not_the_handles_type_is_a_decode_failure() {
 async fn a_wait_without_a_worker_times_out_saying_so() {
     let app = QueueTasks::new(); // never started: no worker
     let handle = typed_invoice::add_task(&app, 1).await.unwrap();
-    let failure = handle
-        .result(Duration::from_millis(100))
-        .await
-        .unwrap_err();
+    let failure = handle.result(Duration::from_millis(100)).await.unwrap_err();
     assert!(
-        matches!(failure, TaskFailure::Timeout { no_worker: true, .. }),
+        matches!(
+            failure,
+            TaskFailure::Timeout {
+                no_worker: true,
+                ..
+            }
+        ),
         "{failure:?}"
     );
     assert!(failure.to_string().contains("no worker"), "{failure}");

@@ -22,8 +22,8 @@ pub use crate::components::Executor;
 pub use crate::deps::Extract;
 pub use crate::triggers;
 pub use crate::{
-    Middleware, QueueTasks, Result, RetryBackoff, TaskCall, TaskContext, TaskDefinition,
-    StreamHandle, TaskHandle, TaskParam, Trigger,
+    Middleware, QueueTasks, Result, RetryBackoff, StreamHandle, TaskCall, TaskContext,
+    TaskDefinition, TaskHandle, TaskParam, Trigger,
 };
 
 /// Not public API. Every field of a [`TaskDefinition`], as `#[task]` fills them; the

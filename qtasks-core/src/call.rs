@@ -100,11 +100,22 @@ impl TaskCall {
         app: &QueueTasks,
         uuid: Option<uuid::Uuid>,
     ) -> Result<TaskHandle> {
+        self.add_placed(app, uuid, None).await
+    }
+
+    /// Sends the call as the task `uuid`, a member of `group`.
+    pub(crate) async fn add_placed(
+        &self,
+        app: &QueueTasks,
+        uuid: Option<uuid::Uuid>,
+        group: Option<uuid::Uuid>,
+    ) -> Result<TaskHandle> {
         self.check()?;
         let options = AddOptions {
             priority: self.priority,
             run_at: self.run_at,
             uuid,
+            group,
         };
         app.add_task_with(&self.task_name, &self.args, &self.kwargs, options)
             .await

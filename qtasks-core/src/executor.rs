@@ -466,6 +466,7 @@ mod detached {
                 retry_parent_uuid: None,
                 run_at: None,
                 traceparent: None,
+                group_uuid: None,
                 definition: None,
             };
             TaskExecutor::new(

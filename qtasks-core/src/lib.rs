@@ -31,6 +31,7 @@ mod dispatch;
 mod error;
 mod events;
 mod executor;
+mod group;
 mod handle;
 pub mod inspect;
 mod middleware;
@@ -62,6 +63,7 @@ pub use config::{ConfigError, QueueConfig};
 pub use call::{Chain, TaskCall, chain};
 pub use context::TaskContext;
 pub use deps::{DependencyScope, Depends, State};
+pub use group::{Chord, ChordHandle, Group, GroupHandle, chord, group};
 pub use handle::{StreamHandle, TaskFailure, TaskHandle};
 pub use task::{
     Outcome, QueuedTask, RetryBackoff, TaskDefinition, TaskParam, TaskRecord, TaskStatus,

@@ -9,8 +9,8 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::__private::InvokeFn;
-use crate::backend::unix_now;
 use crate::Result;
+use crate::backend::unix_now;
 
 /// The status of a task, as the original names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -346,6 +346,10 @@ pub struct QueuedTask {
     /// continues it. Stored as the record's `traceparent` field (Python QTasks ignores it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    /// The group (or chord) this task is a member of, if any: its worker checks, when it
+    /// succeeds, whether the chord's callback is due. Stored as the record's `group_uuid`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_uuid: Option<Uuid>,
     /// The definition, when the enqueuing process already knew it: saves the worker a lookup
     /// by name. Never sent over the wire.
     #[serde(skip)]
@@ -372,6 +376,7 @@ impl QueuedTask {
             retry_parent_uuid: None,
             run_at: None,
             traceparent: None,
+            group_uuid: None,
             definition: None,
         }
     }
@@ -390,6 +395,7 @@ impl QueuedTask {
             retry_parent_uuid: record.retry_parent_uuid,
             run_at: None,
             traceparent: record.traceparent,
+            group_uuid: record.group_uuid,
             definition: None,
         }
     }
@@ -465,6 +471,9 @@ pub struct TaskRecord {
     /// The trace the task was added in (a W3C `traceparent`), if one was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    /// The group (or chord) this task is a member of, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_uuid: Option<Uuid>,
 }
 
 impl TaskRecord {
@@ -488,6 +497,7 @@ impl TaskRecord {
             retry_child_uuid: None,
             unreadable: std::collections::BTreeMap::new(),
             traceparent: queued.traceparent,
+            group_uuid: queued.group_uuid,
         }
     }
 
@@ -528,4 +538,3 @@ impl Outcome {
         }
     }
 }
-

@@ -57,6 +57,7 @@ pub async fn run(app: &QueueTasks, call: TaskCall) -> Result<Outcome> {
         retry: None,
         retry_parent_uuid: None,
         traceparent: None,
+        group_uuid: None,
         run_at: None,
         definition: Some(definition),
     };

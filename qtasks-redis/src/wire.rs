@@ -36,6 +36,9 @@ pub(super) fn new_record_fields(task: &QueuedTask) -> Vec<(&'static str, String)
     if let Some(traceparent) = &task.traceparent {
         fields.push(("traceparent", traceparent.clone()));
     }
+    if let Some(group) = task.group_uuid {
+        fields.push(("group_uuid", group.to_string()));
+    }
     fields
 }
 
@@ -210,6 +213,11 @@ pub(super) fn read_record(uuid: Uuid, fields: &Fields) -> (TaskRecord, Vec<Strin
     let retry_parent = read("retry_parent_uuid", false, &|_| Ok(()));
     let retry_child = read("retry_child_uuid", false, &|_| Ok(()));
     let traceparent = read("traceparent", false, &|_| Ok(()));
+    let group = read("group_uuid", false, &|text| {
+        Uuid::parse_str(text)
+            .map(drop)
+            .map_err(|e| format!("is not a uuid: {e}"))
+    });
 
     let mut task = QueuedTask::new(uuid, task_name.unwrap_or_default());
     task.priority = priority.and_then(|p| p.parse().ok()).unwrap_or_default();
@@ -225,6 +233,7 @@ pub(super) fn read_record(uuid: Uuid, fields: &Fields) -> (TaskRecord, Vec<Strin
     task.retry = retry.and_then(|n| n.parse().ok());
     task.retry_parent_uuid = retry_parent.and_then(|u| Uuid::parse_str(&u).ok());
     task.traceparent = traceparent;
+    task.group_uuid = group.and_then(|u| Uuid::parse_str(&u).ok());
     let mut record = TaskRecord::from_task(task);
     // A record that cannot say what state it is in is reported as failed.
     record.status = status
@@ -262,7 +271,7 @@ pub(super) fn decode_record(uuid: Uuid, fields: &Fields) -> Result<TaskRecord, S
 
 /// The record fields the take script returns, in this order. `status` must come first: the
 /// script reads it to skip cancelled tasks.
-pub(super) const TAKEN_FIELDS: [&str; 9] = [
+pub(super) const TAKEN_FIELDS: [&str; 10] = [
     "status",
     "task_name",
     "priority",
@@ -272,6 +281,7 @@ pub(super) const TAKEN_FIELDS: [&str; 9] = [
     "retry",
     "retry_parent_uuid",
     "traceparent",
+    "group_uuid",
 ];
 
 /// The record fields the take script returned, by name (missing fields left out).

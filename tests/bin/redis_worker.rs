@@ -8,7 +8,8 @@
 //! - `log_run(label, ms)` touches no Redis (for the fault tests, where Redis goes away): it
 //!   appends `uuid label pid` to the file named by `QTASKS_TEST_EXEC_LOG`, sleeps `ms` and
 //!   returns the label;
-//! - `measure(text)` returns the length of its argument.
+//! - `measure(text)` returns the length of its argument;
+//! - `join_labels(separator, labels)` joins them (a chord's callback).
 //!
 //! With `QTASKS_TEST_WORKER_AMQP` (a RabbitMQ URL) the queue is on RabbitMQ and the records on
 //! Redis.
@@ -57,6 +58,12 @@ async fn log_run(ctx: qtasks::TaskContext, label: String, ms: u64) -> qtasks::Ta
 #[qtasks::task]
 async fn measure(text: String) -> usize {
     text.len()
+}
+
+/// A chord's callback: the members' labels joined.
+#[qtasks::task]
+async fn join_labels(separator: String, labels: Vec<String>) -> String {
+    labels.join(&separator)
 }
 
 #[tokio::main]

@@ -115,6 +115,7 @@ impl QueueTasks {
             Placement {
                 run_at,
                 uuid: options.uuid,
+                group: options.group,
             },
         )
         .await
@@ -151,7 +152,11 @@ impl QueueTasks {
         definition: Option<&'static TaskDefinition>,
         placement: Placement,
     ) -> Result<TaskHandle> {
-        let Placement { run_at, uuid } = placement;
+        let Placement {
+            run_at,
+            uuid,
+            group,
+        } = placement;
         let mut task = QueuedTask {
             uuid: uuid.unwrap_or_else(Uuid::new_v4),
             task_name,
@@ -167,6 +172,7 @@ impl QueueTasks {
                 .trace_context
                 .get()
                 .and_then(|context| context.current()),
+            group_uuid: group,
             definition,
         };
         let dispatch = self.dispatch();
@@ -369,6 +375,8 @@ pub struct AddOptions {
     pub run_at: Option<std::time::SystemTime>,
     /// The task's id, when the caller must know it beforehand (a schedule's slot).
     pub(crate) uuid: Option<Uuid>,
+    /// The group the task is a member of.
+    pub(crate) group: Option<Uuid>,
 }
 
 impl AddOptions {
@@ -407,6 +415,7 @@ impl AddOptions {
 struct Placement {
     run_at: Option<f64>,
     uuid: Option<Uuid>,
+    group: Option<Uuid>,
 }
 
 /// A time as Unix seconds (the clock of `run_at` and records).

@@ -166,6 +166,11 @@ impl StartSteps<'_> {
                 }
             });
         }
+        // Chords whose last member's worker died before adding the callback.
+        {
+            let app = app.clone();
+            tokio::spawn(async move { app.complete_pending_chords().await });
+        }
         let scheduler = tokio::spawn(crate::schedule::runner::run(
             app.clone(),
             app.schedule_entries(),

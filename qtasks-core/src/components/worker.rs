@@ -263,6 +263,11 @@ impl WorkerHost {
             }
             return;
         }
+        // A member of a chord that succeeded may be the last one: the callback is due then.
+        if let (Some(group), TaskStatus::Success) = (task.group_uuid, outcome.status()) {
+            let app = app.clone();
+            tokio::spawn(async move { app.complete_chord(group).await });
+        }
         dispatch
             .fire(&StorageRemoveFinishedTask {
                 storage,
@@ -438,6 +443,8 @@ impl WorkerHost {
             run_at,
             // The next attempt belongs to the same trace.
             traceparent: task.traceparent.clone(),
+            // And to the same group: its success may complete the chord.
+            group_uuid: task.group_uuid,
             definition: task.definition,
         };
         Outcome::Retry {

@@ -1,0 +1,399 @@
+//! Groups and chords: many calls run in parallel with their results gathered in order
+//! ([`group`]), and a callback that runs with those results once every member succeeded
+//! ([`chord`]).
+//!
+//! Their state lives in the backend, not in the caller's memory: the members and the callback
+//! are written to the global config (`qtasks_groups`) before any member is queued, each member
+//! carries its group's id (`group_uuid`), and the worker that finishes a member checks whether
+//! the chord is complete and, if so, adds the callback (once, under a claim). A worker that
+//! starts looks for complete chords whose callback was never added (its worker died in
+//! between) and adds it. So a chord completes across worker restarts, and a handle can be
+//! made again from the group's id in another process ([`QueueTasks::chord_handle`]).
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::handle::outcome_of;
+use crate::{QueueTasks, Result, TaskCall, TaskFailure, TaskHandle, TaskRecord, TaskStatus};
+
+/// The global-config name under which group states are kept.
+pub(crate) const GROUPS: &str = "qtasks_groups";
+
+/// Calls that run in parallel; their results are gathered in order.
+///
+/// ```rust,standalone_crate
+/// use std::time::Duration;
+///
+/// #[qtasks::task]
+/// async fn square(x: i64) -> i64 {
+///     x * x
+/// }
+///
+/// #[tokio::main]
+/// async fn main() -> qtasks::Result<()> {
+///     let app = qtasks::QueueTasks::new();
+///     app.start().await?;
+///     let squares = qtasks::group((1..=4).map(square::call)).add(&app).await?;
+///     let results: Vec<i64> = squares.results(Duration::from_secs(5)).await?;
+///     assert_eq!(results, [1, 4, 9, 16]);
+///     app.stop().await
+/// }
+/// ```
+pub fn group(calls: impl IntoIterator<Item = TaskCall>) -> Group {
+    Group {
+        calls: calls.into_iter().collect(),
+    }
+}
+
+/// A group whose results, once every member succeeded, are handed to `callback` as its last
+/// positional argument (a list, in the members' order).
+///
+/// ```rust,standalone_crate
+/// use std::time::Duration;
+///
+/// #[qtasks::task]
+/// async fn square(x: i64) -> i64 {
+///     x * x
+/// }
+///
+/// #[qtasks::task]
+/// async fn total(label: String, parts: Vec<i64>) -> String {
+///     format!("{label}: {}", parts.iter().sum::<i64>())
+/// }
+///
+/// #[tokio::main]
+/// async fn main() -> qtasks::Result<()> {
+///     let app = qtasks::QueueTasks::new();
+///     app.start().await?;
+///     let squares = qtasks::group((1..=4).map(square::call));
+///     let chord = qtasks::chord(squares, total::call_with("sum of squares".into())).add(&app).await?;
+///     let sum: String = chord.result(Duration::from_secs(5)).await?;
+///     assert_eq!(sum, "sum of squares: 30");
+///     app.stop().await
+/// }
+/// ```
+pub fn chord(group: Group, callback: TaskCall) -> Chord {
+    Chord { group, callback }
+}
+
+/// Calls that run in parallel; see [`group`].
+#[derive(Debug, Clone)]
+pub struct Group {
+    calls: Vec<TaskCall>,
+}
+
+/// A group and its callback; see [`chord`].
+#[derive(Debug, Clone)]
+pub struct Chord {
+    group: Group,
+    callback: TaskCall,
+}
+
+/// What the backend keeps of a group.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct GroupState {
+    pub(crate) members: Vec<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) callback: Option<Callback>,
+}
+
+/// A chord's callback, as kept: added as the task `uuid` when the chord completes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Callback {
+    pub(crate) uuid: Uuid,
+    pub(crate) task_name: String,
+    pub(crate) args: Vec<Value>,
+    pub(crate) kwargs: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) priority: Option<i64>,
+}
+
+impl Group {
+    /// Adds every member; the group's state is stored first, so a member that ends at once
+    /// already finds it.
+    pub async fn add(self, app: &QueueTasks) -> Result<GroupHandle> {
+        let id = Uuid::new_v4();
+        let state = GroupState {
+            members: self.calls.iter().map(|_| Uuid::new_v4()).collect(),
+            callback: None,
+        };
+        add_group(app, id, state, &self.calls).await
+    }
+}
+
+impl Chord {
+    /// Adds every member of the group; the callback is added by the worker that finishes the
+    /// last member.
+    pub async fn add(self, app: &QueueTasks) -> Result<ChordHandle> {
+        self.callback.check()?;
+        let id = Uuid::new_v4();
+        let callback = Callback {
+            uuid: Uuid::new_v4(),
+            task_name: self.callback.task_name.clone(),
+            args: self.callback.args.clone(),
+            kwargs: self.callback.kwargs.clone(),
+            priority: self.callback.priority,
+        };
+        let state = GroupState {
+            members: self.group.calls.iter().map(|_| Uuid::new_v4()).collect(),
+            callback: Some(callback.clone()),
+        };
+        let group = add_group(app, id, state, &self.group.calls).await?;
+        Ok(ChordHandle {
+            group,
+            callback: callback.uuid,
+        })
+    }
+}
+
+async fn add_group(
+    app: &QueueTasks,
+    id: Uuid,
+    state: GroupState,
+    calls: &[TaskCall],
+) -> Result<GroupHandle> {
+    for call in calls {
+        call.check()?;
+    }
+    let json = serde_json::to_string(&state).expect("a group state always serializes");
+    app.inner
+        .global_config
+        .set(GROUPS, &id.to_string(), &json)
+        .await?;
+    for (call, member) in calls.iter().zip(&state.members) {
+        call.add_placed(app, Some(*member), Some(id)).await?;
+    }
+    Ok(GroupHandle {
+        id,
+        members: state.members,
+        app: app.clone(),
+    })
+}
+
+/// A group that was added: its members' results, in order.
+#[derive(Debug, Clone)]
+pub struct GroupHandle {
+    id: Uuid,
+    members: Vec<Uuid>,
+    app: QueueTasks,
+}
+
+impl GroupHandle {
+    /// The group's id: [`QueueTasks::group_handle`] makes the handle again from it.
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+
+    /// The members' task ids, in order.
+    pub fn members(&self) -> &[Uuid] {
+        &self.members
+    }
+
+    /// A handle on each member, read as `T`.
+    pub fn handles<T>(&self) -> Vec<TaskHandle<T>> {
+        self.members.iter().map(|m| self.app.handle(*m)).collect()
+    }
+
+    /// Waits for every member and returns their results as `T`, in order; the first member
+    /// (in order) that did not succeed is the error. `timeout` bounds the whole wait.
+    pub async fn results<T: DeserializeOwned>(
+        &self,
+        timeout: Duration,
+    ) -> std::result::Result<Vec<T>, TaskFailure> {
+        self.outcomes(timeout).await.into_iter().collect()
+    }
+
+    /// Waits for every member and returns how each ended, in order.
+    pub async fn outcomes<T: DeserializeOwned>(
+        &self,
+        timeout: Duration,
+    ) -> Vec<std::result::Result<T, TaskFailure>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut outcomes = Vec::with_capacity(self.members.len());
+        for member in &self.members {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            outcomes.push(self.app.handle::<T>(*member).result(left).await);
+        }
+        outcomes
+    }
+}
+
+/// A chord that was added: its members, and the callback's result.
+#[derive(Debug, Clone)]
+pub struct ChordHandle {
+    group: GroupHandle,
+    callback: Uuid,
+}
+
+impl ChordHandle {
+    /// The chord's group.
+    pub fn group(&self) -> &GroupHandle {
+        &self.group
+    }
+
+    /// The callback's task id (its record exists once every member succeeded).
+    pub fn callback_uuid(&self) -> Uuid {
+        self.callback
+    }
+
+    /// Waits for the members and then the callback, and returns the callback's result as `T`.
+    /// A member that did not succeed is the error (the callback never runs then); `timeout`
+    /// bounds the whole wait.
+    pub async fn result<T: DeserializeOwned>(
+        &self,
+        timeout: Duration,
+    ) -> std::result::Result<T, TaskFailure> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        self.group.results::<Value>(timeout).await?;
+        // The callback is added right after the last member's outcome is stored: look until
+        // its record exists (and, should the worker that owed it have died, add it).
+        let app = &self.group.app;
+        let mut nudged = false;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match app.get(self.callback).await {
+                Ok(Some(_)) => return app.handle::<T>(self.callback).result(left).await,
+                Ok(None) => {}
+                Err(error) => return Err(TaskFailure::Backend(Box::new(error))),
+            }
+            if left.is_zero() {
+                return Err(TaskFailure::Timeout {
+                    uuid: self.callback,
+                    timeout,
+                    no_worker: false,
+                });
+            }
+            if !nudged && left < timeout / 2 {
+                nudged = true;
+                app.complete_chord(self.group.id).await;
+            }
+            tokio::time::sleep(Duration::from_millis(20).min(left)).await;
+        }
+    }
+}
+
+impl QueueTasks {
+    /// The handle of a group added earlier (here or in another process), from its id; `None`
+    /// if the backend has no such group.
+    pub async fn group_handle(&self, id: Uuid) -> Result<Option<GroupHandle>> {
+        Ok(self.group_state(id).await?.map(|state| GroupHandle {
+            id,
+            members: state.members,
+            app: self.clone(),
+        }))
+    }
+
+    /// The handle of a chord added earlier (here or in another process), from its group's id;
+    /// `None` if the backend has no such chord.
+    pub async fn chord_handle(&self, id: Uuid) -> Result<Option<ChordHandle>> {
+        Ok(self.group_state(id).await?.and_then(|state| {
+            let callback = state.callback?.uuid;
+            Some(ChordHandle {
+                group: GroupHandle {
+                    id,
+                    members: state.members,
+                    app: self.clone(),
+                },
+                callback,
+            })
+        }))
+    }
+
+    async fn group_state(&self, id: Uuid) -> Result<Option<GroupState>> {
+        let stored = self
+            .inner
+            .global_config
+            .get(GROUPS, &id.to_string())
+            .await?;
+        Ok(stored.and_then(|json| serde_json::from_str(&json).ok()))
+    }
+
+    /// Adds the chord's callback if every member succeeded and nobody added it yet; called by
+    /// the worker that finishes a member, at a worker's start for every chord, and by a
+    /// waiting handle that finds the callback late. Failures are logged: the next caller tries
+    /// again.
+    pub(crate) async fn complete_chord(&self, id: Uuid) {
+        if let Err(error) = self.try_complete_chord(id).await {
+            tracing::warn!(group = %id, "checking the chord failed: {error}");
+        }
+    }
+
+    async fn try_complete_chord(&self, id: Uuid) -> Result<()> {
+        let Some(state) = self.group_state(id).await? else {
+            return Ok(());
+        };
+        let Some(callback) = state.callback else {
+            return Ok(());
+        };
+        if self.inner.storage.get(callback.uuid).await?.is_some() {
+            return Ok(()); // added already
+        }
+        // Members tend to end in order, so looking from the last one finds an unfinished
+        // member at once while the chord runs: each member's check is cheap until the end.
+        let mut results = Vec::with_capacity(state.members.len());
+        for member in state.members.iter().rev() {
+            let Some(record) = self.last_attempt(*member).await? else {
+                return Ok(());
+            };
+            if record.status != TaskStatus::Success {
+                return Ok(()); // not yet, or never: the callback does not run
+            }
+            results.push(outcome_of::<Value>(record).unwrap_or(Value::Null));
+        }
+        results.reverse();
+        // One worker adds it: the claim outlives any add, and a callback whose adder died
+        // after claiming is added again after it expires (by a starting worker or a waiter).
+        let claim = format!("chord:{id}");
+        if !self
+            .inner
+            .global_config
+            .claim(&claim, Duration::from_secs(60))
+            .await?
+        {
+            return Ok(());
+        }
+        let mut args = callback.args;
+        args.push(Value::Array(results));
+        let mut call = TaskCall::new(callback.task_name, args, callback.kwargs);
+        call.priority = callback.priority;
+        call.add_as(self, Some(callback.uuid)).await?;
+        tracing::debug!(group = %id, callback = %callback.uuid, "the chord is complete; its callback is added");
+        Ok(())
+    }
+
+    /// A task's last attempt: its record, or its retries' last one.
+    async fn last_attempt(&self, uuid: Uuid) -> Result<Option<TaskRecord>> {
+        let mut current = uuid;
+        loop {
+            let Some(record) = self.inner.storage.get(current).await? else {
+                return Ok(None);
+            };
+            match (record.status, record.retry_child_uuid) {
+                (TaskStatus::Retry, Some(child)) => current = child,
+                _ => return Ok(Some(record)),
+            }
+        }
+    }
+
+    /// At a worker's start: completes the chords whose callback is due and missing.
+    pub(crate) async fn complete_pending_chords(&self) {
+        let groups = match self.inner.global_config.get_all(GROUPS).await {
+            Ok(groups) => groups,
+            Err(error) => {
+                tracing::warn!("reading the groups failed: {error}");
+                return;
+            }
+        };
+        for (id, state) in groups {
+            let chord = serde_json::from_str::<GroupState>(&state)
+                .is_ok_and(|state| state.callback.is_some());
+            if let (true, Ok(id)) = (chord, id.parse()) {
+                self.complete_chord(id).await;
+            }
+        }
+    }
+}
