@@ -425,6 +425,12 @@ impl fmt::Debug for ErrorChain<'_> {
     }
 }
 
+impl From<crate::TaskFailure> for Error {
+    fn from(failure: crate::TaskFailure) -> Self {
+        Error::TaskFailed(Box::new(failure))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -456,11 +462,5 @@ mod tests {
         assert_eq!(e.traceback(), "String: plain text");
         let e = TaskError::from_display(TaskError::cancel("stop"));
         assert_eq!(e.cancel_reason(), Some("stop"));
-    }
-}
-
-impl From<crate::TaskFailure> for Error {
-    fn from(failure: crate::TaskFailure) -> Self {
-        Error::TaskFailed(Box::new(failure))
     }
 }
