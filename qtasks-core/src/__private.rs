@@ -16,6 +16,12 @@ use serde_json::{Map, Value};
 
 pub use inventory;
 
+/// Not public API. The serde traits task parameters and results need, for the checks the
+/// task attribute emits at each parameter and at the return type.
+pub use serde::Serialize as SerdeSerialize;
+/// Not public API. See [`SerdeSerialize`].
+pub use serde::de::DeserializeOwned as SerdeDeserializeOwned;
+
 // Everything generated code names, re-exported here so the macros reach the runtime through
 // this one module.
 pub use crate::components::Executor;

@@ -36,6 +36,17 @@ pub enum Error {
     /// No task with this id is stored.
     #[error("task {0} does not exist")]
     TaskNotFound(Uuid),
+    /// A task added by a name no worker of an in-memory app could run: every worker of an
+    /// in-memory queue is in this process, and no task of this name is registered here.
+    #[error(
+        "no task named `{task}` is registered in this process, and the app's queue is in memory, so no worker could run it{hint}"
+    )]
+    UnknownTask {
+        /// The name asked for.
+        task: String,
+        /// `; did you mean `...`?`, or the registered names.
+        hint: String,
+    },
     /// A task did not give its result (from [`TaskHandle::result`](crate::TaskHandle::result),
     /// through `?`).
     #[error(transparent)]

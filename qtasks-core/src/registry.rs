@@ -88,6 +88,17 @@ impl TaskTable {
             .map(|i| self.by_name[i])
     }
 
+    /// The registered name closest to `name` (by edit distance, at most a third of its
+    /// length away), for a "did you mean".
+    pub(crate) fn closest(&self, name: &str) -> Option<&'static str> {
+        let limit = (name.chars().count() / 3).max(1);
+        self.names()
+            .map(|known| (edit_distance(name, known), known))
+            .filter(|(distance, _)| *distance <= limit)
+            .min()
+            .map(|(_, known)| known)
+    }
+
     pub(crate) fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
         self.by_name.iter().map(|d| d.name)
     }
@@ -132,4 +143,22 @@ mod tests {
             }
         }
     }
+}
+
+/// Levenshtein distance, by characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }

@@ -98,9 +98,33 @@ impl QueueTasks {
                 )));
             }
         };
-        let definition = TaskTable::global()
-            .ok()
-            .and_then(|table| table.get(task_name));
+        let table = TaskTable::global().ok();
+        let definition = table.and_then(|table| table.get(task_name));
+        // An in-process queue is served by this process's workers alone, which all know the
+        // same tasks: a name none of them knows would only fail later, so it fails now.
+        // (A name with `:` gets its own error below.)
+        if let (None, Some(table), None, false) = (
+            definition,
+            table,
+            self.inner.broker.location(),
+            task_name.contains(':'),
+        ) {
+            let hint = match table.closest(task_name) {
+                Some(known) => format!("; did you mean `{known}`?"),
+                None => {
+                    let names: Vec<&str> = table.names().take(10).collect();
+                    if names.is_empty() {
+                        "; no tasks are registered".to_owned()
+                    } else {
+                        format!("; registered: {}", names.join(", "))
+                    }
+                }
+            };
+            return Err(Error::UnknownTask {
+                task: task_name.to_owned(),
+                hint,
+            });
+        }
         let priority = options
             .priority
             .or_else(|| definition.and_then(|d| d.priority))

@@ -89,10 +89,18 @@ fn emit(task: &Task) -> TokenStream {
     let param_types: Vec<_> = arg_params.iter().map(|p| &p.ty).collect();
     let param_type_names: Vec<String> = param_types.iter().map(|ty| type_name(ty)).collect();
     let param_count = arg_params.len();
+    // Each argument encoded, spanned on its parameter's type.
+    let encode_all: Vec<TokenStream> = arg_params
+        .iter()
+        .map(|param| {
+            let (ty, ident, name) = (&param.ty, &param.name, param.name.to_string());
+            quote_spanned! {ty.span()=> Self::__qtasks_encode(#name, &#ident) }
+        })
+        .collect();
     let but_last = param_count.saturating_sub(1);
     let param_idents_but_last = &param_idents[..but_last];
     let param_types_but_last = &param_types[..but_last];
-    let param_names_but_last = &param_names[..but_last];
+    let encode_but_last = &encode_all[..but_last];
     let decoded: Vec<_> = (0..task.params.len())
         .map(|i| format_ident!("__qtasks_arg{i}"))
         .collect();
@@ -109,7 +117,9 @@ fn emit(task: &Task) -> TokenStream {
                 let index = next_index;
                 next_index += 1;
                 let name = param.name.to_string();
-                quote! { let #var: #ty = args.take(#index, #name)?; }
+                // Spanned on the type: a type that is no serde type is reported there.
+                let handle = syn::Ident::new(&ident.to_string(), ty.span());
+                quote_spanned! {ty.span()=> let #var: #ty = #handle::__qtasks_take(&mut args, #index, #name)?; }
             }
         })
         .collect();
@@ -189,8 +199,51 @@ fn emit(task: &Task) -> TokenStream {
         quote! { #ident(#context_arg #(#decoded),*).await }
     };
 
+    // Each parameter and the result must be serde types: checked here, spanned on the type
+    // the user wrote, so the error points at it (rustc then suggests the derive).
+    let parameter_checks = arg_params.iter().map(|param| {
+        let ty = &param.ty;
+        quote_spanned! {ty.span()=>
+            task_parameters_must_be_serde_types::<#ty>();
+        }
+    });
+    // (A plain return type may be a concrete stream, which is no serde type: its conversion,
+    // spanned on the return type below, reports it when it is neither.)
+    let output_check = match output_of(&function.sig.output) {
+        Output::Stream(ty) => quote_spanned! {ty.span()=>
+            task_results_must_be_serialize::<#ty>();
+        },
+        Output::Value(ty) if is_result(&function.sig.output) => quote_spanned! {ty.span()=>
+            task_results_must_be_serialize::<#ty>();
+        },
+        Output::Value(_) => quote! {},
+    };
+    let serde_checks = quote! {
+        #[doc(hidden)]
+        const _: () = {
+            fn task_parameters_must_be_serde_types<
+                T: ::qtasks::__private::SerdeSerialize + ::qtasks::__private::SerdeDeserializeOwned,
+            >() {}
+            fn task_results_must_be_serialize<T: ::qtasks::__private::SerdeSerialize>() {}
+            #[allow(dead_code)]
+            fn check() {
+                #(#parameter_checks)*
+                #output_check
+            }
+        };
+    };
+
     // The handle knows what the task gives back, read off the signature: `T`, the `T` of a
     // `Result<T, E>` (any type named `...Result`), or the items of an `impl Stream`.
+    let output_span = match &function.sig.output {
+        syn::ReturnType::Default => function.sig.ident.span(),
+        syn::ReturnType::Type(_, ty) => ty.span(),
+    };
+    // Spanned on the return type: a result that is no serde type is reported there.
+    let convert = quote_spanned! {output_span=>
+        let kind = (&&&::qtasks::__private::ReturnProbe(&returned)).__qtasks_return_kind();
+        kind.convert(returned)
+    };
     let (handle_type, enqueue) = match output_of(&function.sig.output) {
         Output::Value(ty) => (
             quote! { ::qtasks::__private::TaskHandle<#ty> },
@@ -216,6 +269,8 @@ fn emit(task: &Task) -> TokenStream {
     // an item next to the fn (not a module), it resolves the fn's parameter types in the
     // user's scope, also inside a fn body.
     quote! {
+        #serde_checks
+
         #[doc = #handle_doc]
         #[allow(non_camel_case_types, dead_code, unreachable_pub)]
         #vis struct #ident {
@@ -226,6 +281,25 @@ fn emit(task: &Task) -> TokenStream {
         impl #ident {
             /// The name the task is registered under.
             pub const NAME: &'static str = #name;
+
+            // The serde bounds of parameters live here, in the user's crate, so an error names
+            // these (and the parameter), not the runtime's internals.
+            #[doc(hidden)]
+            fn __qtasks_encode<T: ::qtasks::__private::SerdeSerialize>(
+                param: &str,
+                value: &T,
+            ) -> ::qtasks::__private::Result<::qtasks::__private::JsonValue> {
+                ::qtasks::__private::encode_arg(Self::NAME, param, value)
+            }
+
+            #[doc(hidden)]
+            fn __qtasks_take<T: ::qtasks::__private::SerdeDeserializeOwned>(
+                args: &mut ::qtasks::__private::TaskArgs,
+                index: usize,
+                name: &str,
+            ) -> ::core::result::Result<T, ::qtasks::__private::TaskError> {
+                args.take(index, name)
+            }
 
             /// The task's definition, as registered.
             pub const DEFINITION: &'static ::qtasks::__private::TaskDefinition = {
@@ -239,8 +313,7 @@ fn emit(task: &Task) -> TokenStream {
                         args.finish(#param_count)?;
                         let returned = #call;
                         use ::qtasks::__private::{ResultReturnKind as _, ResultStreamReturnKind as _, StreamReturnKind as _, ValueReturnKind as _};
-                        let kind = (&&&::qtasks::__private::ReturnProbe(&returned)).__qtasks_return_kind();
-                        kind.convert(returned)
+                        #convert
                     })
                 }
 
@@ -275,7 +348,7 @@ fn emit(task: &Task) -> TokenStream {
             pub fn call(#(#param_idents: #param_types),*) -> ::qtasks::__private::TaskCall {
                 let args = (|| -> ::qtasks::__private::Result<::std::vec::Vec<::qtasks::__private::JsonValue>> {
                     ::core::result::Result::Ok(::std::vec![
-                        #(::qtasks::__private::encode_arg(Self::NAME, #param_names, &#param_idents)?),*
+                        #(#encode_all?),*
                     ])
                 })();
                 ::qtasks::__private::call(Self::DEFINITION, args)
@@ -286,7 +359,7 @@ fn emit(task: &Task) -> TokenStream {
             pub fn call_with(#(#param_idents_but_last: #param_types_but_last),*) -> ::qtasks::__private::TaskCall {
                 let args = (|| -> ::qtasks::__private::Result<::std::vec::Vec<::qtasks::__private::JsonValue>> {
                     ::core::result::Result::Ok(::std::vec![
-                        #(::qtasks::__private::encode_arg(Self::NAME, #param_names_but_last, &#param_idents_but_last)?),*
+                        #(#encode_but_last?),*
                     ])
                 })();
                 ::qtasks::__private::call(Self::DEFINITION, args)
@@ -298,7 +371,7 @@ fn emit(task: &Task) -> TokenStream {
                 #(#param_idents: #param_types),*
             ) -> ::qtasks::__private::Result<#handle_type> {
                 let args = ::std::vec![
-                    #(::qtasks::__private::encode_arg(Self::NAME, #param_names, &#param_idents)?),*
+                    #(#encode_all?),*
                 ];
                 ::qtasks::__private::#enqueue(app, Self::DEFINITION, args).await
             }
@@ -337,6 +410,11 @@ fn output_of(output: &syn::ReturnType) -> Output {
         Some(item) => Output::Stream(item.clone()),
         None => Output::Value(inner.clone()),
     }
+}
+
+/// Whether the return type is a `...Result<T, ..>`.
+fn is_result(output: &syn::ReturnType) -> bool {
+    matches!(output, syn::ReturnType::Type(_, ty) if ok_type(ty).is_some())
 }
 
 /// `T` when `ty` is `...Result<T, ..>`.

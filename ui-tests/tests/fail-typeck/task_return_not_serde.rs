@@ -1,0 +1,8 @@
+struct Receipt;
+
+#[qtasks::task]
+async fn print() -> Receipt {
+    Receipt
+}
+
+fn main() {}
