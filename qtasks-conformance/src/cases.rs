@@ -675,7 +675,7 @@ async fn unknown_task_fails_alone(c: &Context<'_>) -> Result<(), String> {
     // in-memory one does); others take it, and the worker fails it.
     let unknown = match app.add_task("conformance_no_such_task", (1,), ()).await {
         Ok(unknown) => Some(unknown),
-        Err(error @ qtasks_core::Error::UnknownTask { .. }) => {
+        Err(error @ Error::UnknownTask { .. }) => {
             ensure!(
                 error.to_string().contains("conformance_no_such_task"),
                 "the refusal does not name the task: {error}"
