@@ -14,9 +14,10 @@ use proc_macro::TokenStream;
 
 /// Registers an `async fn` (or a plain `fn`, run on the blocking pool) as a task.
 ///
-/// The fn stays as it is, callable directly; next to it the attribute adds a module of the same
-/// name holding `NAME`, `DEFINITION`, `add_task(&app, args..)` (typed: argument types are checked
-/// at compile time), `call(args..)` and `call_with(..)` (for chains).
+/// The fn stays as it is, callable directly; next to it the attribute adds a handle type of
+/// the same name holding `NAME`, `DEFINITION`, `add_task(&app, args..)` (typed: argument types
+/// are checked at compile time, and the returned `TaskHandle<T>`'s `result` gives the task's
+/// own output type back), `call(args..)` and `call_with(..)` (for chains and chords).
 ///
 /// ```rust,standalone_crate
 /// use std::time::Duration;
@@ -38,8 +39,10 @@ use proc_macro::TokenStream;
 /// ```
 ///
 /// Parameters are any serde types (an `Option` may be left out by the caller), plus
-/// `Depends<T>` and `State<T>` extractors. The fn returns any `Serialize` value,
-/// `Result<T, E>` with `E: Display`, or a `Stream` of items.
+/// `Depends<T>` and `State<T>` extractors; a parameter that is no serde type is a compile error
+/// at that parameter. The fn returns any `Serialize` value, `Result<T, E>` with `E: Display`
+/// (any type named `...Result<T, ..>` counts: the handle's output is `T`), or a
+/// `impl Stream<Item = I>` (the handle is a `StreamHandle<I>` with typed items).
 ///
 /// # Options
 ///
@@ -101,6 +104,97 @@ use proc_macro::TokenStream;
 ///     let app = qtasks::QueueTasks::new();
 ///     assert!(app.registered_schedules().iter().any(|s| s.name == "refresh_rates"));
 /// }
+/// ```
+///
+/// `generate_handler` maps each item of a stream task before it is stored:
+///
+/// ```rust,standalone_crate
+/// fn in_cents(item: serde_json::Value) -> serde_json::Value {
+///     (item.as_f64().unwrap_or_default() * 100.0).round().into()
+/// }
+///
+/// #[qtasks::task(generate_handler = in_cents)]
+/// async fn prices() -> impl futures_util::Stream<Item = f64> {
+///     futures_util::stream::iter([1.25, 2.5])
+/// }
+/// # fn main() {}
+/// ```
+///
+/// `middlewares_before` and `middlewares_after` take `static`s implementing
+/// `qtasks::Middleware`, run around this task only:
+///
+/// ```rust,standalone_crate
+/// use qtasks::{BoxFuture, Middleware, TaskDefinition, TaskError};
+/// use serde_json::{Map, Value};
+///
+/// /// Rounds a number result to two decimals.
+/// struct Round;
+///
+/// impl Middleware for Round {
+///     fn after<'a>(
+///         &'a self,
+///         _task: &'a TaskDefinition,
+///         result: &'a mut Value,
+///     ) -> BoxFuture<'a, Result<(), TaskError>> {
+///         if let Some(x) = result.as_f64() {
+///             *result = ((x * 100.0).round() / 100.0).into();
+///         }
+///         Box::pin(async { Ok(()) })
+///     }
+/// }
+///
+/// /// Logs the arguments.
+/// struct Log;
+///
+/// impl Middleware for Log {
+///     fn before<'a>(
+///         &'a self,
+///         task: &'a TaskDefinition,
+///         args: &'a mut Vec<Value>,
+///         _kwargs: &'a mut Map<String, Value>,
+///     ) -> BoxFuture<'a, Result<(), TaskError>> {
+///         tracing::info!(task = task.name(), ?args, "starting");
+///         Box::pin(async { Ok(()) })
+///     }
+/// }
+///
+/// static ROUND: Round = Round;
+/// static LOG: Log = Log;
+///
+/// #[qtasks::task(middlewares_before = [LOG], middlewares_after = [ROUND])]
+/// async fn ratio(a: f64, b: f64) -> f64 {
+///     a / b
+/// }
+/// # fn main() {}
+/// ```
+///
+/// `executor` runs this task with its own `qtasks::components::Executor` (here one that
+/// times the default steps):
+///
+/// ```rust,standalone_crate
+/// use qtasks::components::{Executor, TaskExecutor};
+/// use qtasks::{BoxFuture, Outcome};
+///
+/// struct Timed;
+///
+/// impl Executor for Timed {
+///     fn execute<'a>(&'a self, run: &'a TaskExecutor) -> BoxFuture<'a, Outcome> {
+///         Box::pin(async move {
+///             let started = std::time::Instant::now();
+///             let outcome = run.run_default().await;
+///             tracing::info!(took = ?started.elapsed(), "ran");
+///             outcome
+///         })
+///     }
+/// }
+///
+/// static TIMED: Timed = Timed;
+///
+/// #[qtasks::task(executor = TIMED)]
+/// async fn report(year: u32) -> String {
+///     format!("report {year}")
+/// }
+/// # fn main() {}
 /// ```
 ///
 /// An unknown option, a misspelt one, a wrong value or a fn the attribute cannot register is

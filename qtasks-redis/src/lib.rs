@@ -26,6 +26,7 @@
 //!   script: the lease released and the outcome written only while the delivery's token holds).
 //!
 //! The key layout is in [`scripts`].
+#![warn(missing_docs)]
 
 mod broker;
 mod global_config;

@@ -63,4 +63,3 @@ pub mod testing {
     #[doc(inline)]
     pub use qtasks_conformance as conformance;
 }
-
