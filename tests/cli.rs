@@ -481,3 +481,59 @@ fn the_binary_operates_a_rabbitmq_queue_with_redis_storage() {
     assert_eq!(record["status"], "cancel", "{record}");
     run(&["flush", "--yes"]);
 }
+
+#[test]
+fn the_binary_serves_grpc_until_sigterm() {
+    let Some(url) = redis_url("the_binary_serves_grpc_until_sigterm") else {
+        return;
+    };
+    let prefix = unique_prefix("cli_grpc");
+    let port = free_port();
+    let mut server = Command::new(QTASKS)
+        .args(["grpc", "--bind", &format!("127.0.0.1:{port}")])
+        .env("QTASKS_URL", &url)
+        .env("QTASKS_NAME", &prefix)
+        .env_remove("RUST_LOG")
+        .spawn()
+        .unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (added, got) = runtime.block_on(async {
+        use qtasks::grpc::proto::q_tasks_service_client::QTasksServiceClient;
+        use qtasks::grpc::proto::{AddTaskRequest, GetTaskRequest};
+        let address = format!("http://127.0.0.1:{port}");
+        let mut client = loop {
+            match QTasksServiceClient::connect(address.clone()).await {
+                Ok(client) => break client,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+        let added = client
+            .add_task(AddTaskRequest {
+                name: "echo".into(),
+                args_json: "[1]".into(),
+                ..AddTaskRequest::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let got = client
+            .get_task(GetTaskRequest {
+                uuid: added.uuid.clone(),
+                include_result: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        (added, got)
+    });
+    assert!(added.ok, "{added:?}");
+    assert_eq!(got.status, "new", "no worker runs: it waits on Redis");
+    let status = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = server.wait().unwrap();
+    assert!(exit.success(), "stopped cleanly on SIGTERM: {exit:?}");
+    expect(&url, &prefix, &["flush", "--yes"], 0);
+}

@@ -15,8 +15,11 @@ use qtasks::{TaskContext, TaskResult, TaskStatus};
 use serde_json::{Value, json};
 use support::{amqp_url, redis_app, redis_url, unique_prefix};
 
-/// With its RabbitMQ extra (aio-pika), for the RabbitMQ test.
+/// With its RabbitMQ extra (aio-pika), for the RabbitMQ test; grpcio and protobuf are added
+/// for the gRPC one (the marker names them so an older environment is made again).
 const PYTHON_QTASKS: &str = "qtasks[rabbitmq]==1.7.3";
+const PYTHON_MARKER: &str =
+    "qtasks[rabbitmq]==1.7.3 grpcio grpcio-health-checking grpcio-reflection protobuf";
 
 /// The Python of a virtual environment with QTasks 1.7.3, made on first use.
 fn python() -> &'static Path {
@@ -25,7 +28,7 @@ fn python() -> &'static Path {
         let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("python-qtasks-1.7.3");
         let python = venv.join("bin/python");
         let ready = venv.join(".installed");
-        if std::fs::read_to_string(&ready).ok().as_deref() != Some(PYTHON_QTASKS) {
+        if std::fs::read_to_string(&ready).ok().as_deref() != Some(PYTHON_MARKER) {
             let run = |command: &mut Command| {
                 let status = command.status().expect("the command starts");
                 assert!(status.success(), "{command:?} failed: {status}");
@@ -38,8 +41,13 @@ fn python() -> &'static Path {
                 "--quiet",
                 "--disable-pip-version-check",
                 PYTHON_QTASKS,
+                // The original's gRPC stubs need these; it does not declare them.
+                "grpcio>=1.76",
+                "grpcio-health-checking>=1.76",
+                "grpcio-reflection>=1.76",
+                "protobuf>=6.31",
             ]));
-            std::fs::write(&ready, PYTHON_QTASKS).unwrap();
+            std::fs::write(&ready, PYTHON_MARKER).unwrap();
         }
         python
     })
@@ -244,4 +252,38 @@ async fn delete_queues(amqp: &str, queues: &[&str]) {
             .unwrap();
     }
     connection.close(200, "done".into()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_grpc_client_with_the_originals_stubs_uses_the_rust_server() {
+    let python = tokio::task::spawn_blocking(python).await.unwrap();
+    let app = qtasks::QueueTasks::new();
+    app.start().await.unwrap();
+    let (address, stop) = support::serve_grpc(&app).await;
+    let address = address.to_string();
+
+    let output = tokio::process::Command::new(python)
+        .arg(script("grpc_client.py"))
+        .arg(&address)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "grpc_client.py failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let got: Value = serde_json::from_slice(&output.stdout).expect("grpc_client.py prints JSON");
+    assert_eq!(got["add"]["ok"], true, "{got}");
+    assert_eq!(got["add"]["result_json"], "7", "{got}");
+    assert_eq!(got["get"]["status"], "success", "{got}");
+    assert_eq!(got["get"]["result_json"], "7", "{got}");
+    assert_eq!(got["fail"]["ok"], false, "{got}");
+    assert_eq!(
+        got["fail"]["error"], "TaskError: ошибка: bad input",
+        "{got}"
+    );
+    assert_eq!(got["bad_json"], "INVALID_ARGUMENT", "{got}");
+    let _ = stop.send(());
+    app.stop().await.unwrap();
 }

@@ -144,6 +144,13 @@ pub enum SharedCommand {
         #[command(subcommand)]
         action: Option<DeadAction>,
     },
+    /// Serve the gRPC API (Python QTasks' `qtasks.v1`: AddTask, GetTask; health; reflection)
+    /// until Ctrl-C or SIGTERM.
+    Grpc {
+        /// Where to listen.
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        bind: std::net::SocketAddr,
+    },
 }
 
 /// `add`'s arguments.

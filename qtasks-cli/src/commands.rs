@@ -49,7 +49,36 @@ pub(crate) async fn run_shared(app: &QueueTasks, command: &SharedCommand, json: 
         SharedCommand::Flush { yes } => flush(app, *yes).await,
         SharedCommand::Dead { action } => dead(app, action.as_ref(), json).await,
         SharedCommand::Schedule { action } => schedule(app, action.as_ref(), json).await,
+        SharedCommand::Grpc { bind } => grpc(app, *bind).await,
     }
+}
+
+#[cfg(feature = "grpc")]
+async fn grpc(app: &QueueTasks, address: std::net::SocketAddr) -> Outcome {
+    let stopped = async {
+        #[cfg(unix)]
+        {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("a SIGTERM handler installs");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    qtasks_grpc::serve_with_shutdown(app.clone(), address, stopped)
+        .await
+        .map_err(|e| Failure::usage(format!("cannot serve gRPC on {address}: {e}")))
+}
+
+#[cfg(not(feature = "grpc"))]
+async fn grpc(_app: &QueueTasks, _address: std::net::SocketAddr) -> Outcome {
+    Err(Failure::usage(
+        "grpc needs the `grpc` feature of qtasks (this binary was built without it)",
+    ))
 }
 
 fn parse_uuid(text: &str) -> Result<Uuid, Failure> {

@@ -37,6 +37,11 @@ pub use qtasks_redis as redis;
 #[doc(inline)]
 pub use qtasks_rabbitmq as rabbitmq;
 
+/// The gRPC service (feature `grpc`): `qtasks::grpc::serve(app, address)`.
+#[cfg(feature = "grpc")]
+#[doc(inline)]
+pub use qtasks_grpc as grpc;
+
 /// The command line of a worker binary (feature `cli`): `qtasks::cli::run(app)` as `main`.
 #[cfg(feature = "cli")]
 #[doc(inline)]

@@ -137,3 +137,22 @@ pub(crate) async fn plant_taken_task(
         .unwrap();
     uuid
 }
+
+/// Serves `app`'s gRPC API on a free port until the sender is dropped or sent to; returns the
+/// address.
+pub(crate) async fn serve_grpc(
+    app: &QueueTasks,
+) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = app.clone();
+    tokio::spawn(async move {
+        qtasks::grpc::serve_listener(served, listener, async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    (address, stop)
+}
