@@ -328,8 +328,14 @@ async fn a_worker_whose_connection_breaks_reconnects_and_every_task_completes() 
     );
     // At most the tasks running at each cut (4 slots) run again.
     assert!(twice <= 12, "{twice} tasks ran twice");
-    worker.stop().await.unwrap();
-    client.flush_all().await.unwrap();
+    tokio::time::timeout(WAIT, worker.stop())
+        .await
+        .expect("the worker stops")
+        .unwrap();
+    tokio::time::timeout(WAIT, client.flush_all())
+        .await
+        .expect("the flush ends")
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -34,7 +34,7 @@ use std::sync::Arc;
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
-use crate::link::{Link, failure, millis};
+use crate::link::{Link, STEP, best_effort, failure, millis, step};
 use crate::wire::{self, Names};
 
 /// The header of a dead letter that says why the message could not run.
@@ -140,22 +140,22 @@ impl RabbitMqBroker {
         properties: BasicProperties,
     ) -> Result<(), BackendError> {
         let live = self.link.live().await?;
-        let confirm = live
-            .publish
-            .basic_publish(
-                "".into(),
-                queue.into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                body,
-                properties,
-            )
-            .await
-            .map_err(|e| failure(format!("publishing to `{queue}` failed"), e))?
-            .await
-            .map_err(|e| failure(format!("publishing to `{queue}` was not confirmed"), e))?;
+        let published = async {
+            live.publish
+                .basic_publish(
+                    "".into(),
+                    queue.into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    body,
+                    properties,
+                )
+                .await?
+                .await
+        };
+        let confirm = step(&format!("publishing to `{queue}`"), published).await?;
         match confirm {
             Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
             Confirmation::Ack(Some(_)) => Err(BackendError::new(
@@ -202,22 +202,22 @@ impl RabbitMqBroker {
 
     async fn start_consuming(&self) -> Result<Consuming, BackendError> {
         let live = self.link.live().await?;
-        let consume = |e| failure(format!("consuming `{}` failed", self.names().queue), e);
-        let channel = live.connection.create_channel().await.map_err(consume)?;
-        channel
-            .basic_qos(self.prefetch, BasicQosOptions::default())
-            .await
-            .map_err(consume)?;
-        let consumer = channel
-            .basic_consume(
-                self.names().queue.as_str().into(),
-                format!("qtasks-{}-{}", std::process::id(), live.generation).into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(consume)?;
-        Ok(Consuming { channel, consumer })
+        let consuming = async {
+            let channel = live.connection.create_channel().await?;
+            channel
+                .basic_qos(self.prefetch, BasicQosOptions::default())
+                .await?;
+            let consumer = channel
+                .basic_consume(
+                    self.names().queue.as_str().into(),
+                    format!("qtasks-{}-{}", std::process::id(), live.generation).into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            Ok(Consuming { channel, consumer })
+        };
+        step(&format!("consuming `{}`", self.names().queue), consuming).await
     }
 
     /// Up to `max` messages: waits for the first, then takes what has arrived already.
@@ -357,8 +357,12 @@ impl RabbitMqBroker {
 async fn ack(acker: &Acker) {
     // A failed ack means the channel is gone: RabbitMQ delivers the message again, and the
     // record (ended) makes that delivery a no-op.
-    if let Err(error) = acker.ack(BasicAckOptions::default()).await {
-        tracing::debug!("ack failed (the message will be delivered again): {error}");
+    match tokio::time::timeout(STEP, acker.ack(BasicAckOptions::default())).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => {
+            tracing::debug!("ack failed (the message will be delivered again): {error}");
+        }
+        Err(_) => tracing::debug!("ack got no answer (the message will be delivered again)"),
     }
 }
 
@@ -367,8 +371,14 @@ async fn nack(acker: &Acker) {
         requeue: true,
         ..BasicNackOptions::default()
     };
-    if let Err(error) = acker.nack(requeue).await {
-        tracing::debug!("nack failed (the message returns when its channel closes): {error}");
+    match tokio::time::timeout(STEP, acker.nack(requeue)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => {
+            tracing::debug!("nack failed (the message returns when its channel closes): {error}");
+        }
+        Err(_) => {
+            tracing::debug!("nack got no answer (the message returns when its channel closes)");
+        }
     }
 }
 
@@ -534,7 +544,7 @@ impl Broker for RabbitMqBroker {
         Box::pin(async move {
             // Messages the consumer holds and no task took return to the queue.
             if let Some(consuming) = self.consuming.lock().await.take() {
-                let _ = consuming.channel.close(200, "worker stopped".into()).await;
+                best_effort(consuming.channel.close(200, "worker stopped".into())).await;
             }
             Ok(())
         })
@@ -708,7 +718,7 @@ impl Broker for RabbitMqBroker {
                         .queue_purge(queue.as_str().into(), QueuePurgeOptions::default())
                         .await
                         .map_err(|e| failure(format!("purging `{queue}` failed"), e))?;
-                    let _ = channel.close(200, "purged".into()).await;
+                    best_effort(channel.close(200, "purged".into())).await;
                 }
                 tier = next * 2;
             }
@@ -747,7 +757,7 @@ impl Broker for RabbitMqBroker {
         Box::pin(async move {
             let exchange = self.names().cancel.clone();
             let channel = self.scratch_channel().await?;
-            let sent = async {
+            step(&format!("sending the cancel of task {uuid}"), async {
                 declare_cancel_exchange(&channel, &exchange).await?;
                 channel
                     .basic_publish(
@@ -759,9 +769,8 @@ impl Broker for RabbitMqBroker {
                     )
                     .await?;
                 channel.close(200, "sent".into()).await
-            }
-            .await;
-            sent.map_err(|e| failure(format!("sending the cancel of task {uuid} failed"), e))
+            })
+            .await
         })
     }
 
@@ -788,7 +797,7 @@ impl Broker for RabbitMqBroker {
                 .await
                 .map_err(|e| failure("reading the dead letters' count failed", e))?;
             stats.dead_letters = u64::from(dead.message_count());
-            let _ = channel.close(200, "read".into()).await;
+            best_effort(channel.close(200, "read".into())).await;
             Ok(Some(stats))
         })
     }
@@ -809,7 +818,7 @@ impl Broker for RabbitMqBroker {
                 let Some(got) = got else { break };
                 letters.push(letter_of(&got.delivery));
             }
-            let _ = channel.close(200, "read".into()).await;
+            best_effort(channel.close(200, "read".into())).await;
             Ok(letters)
         })
     }
@@ -848,7 +857,7 @@ impl Broker for RabbitMqBroker {
                 }
             }
             // The letters looked at and left return to the queue.
-            let _ = channel.close(200, "resolved".into()).await;
+            best_effort(channel.close(200, "resolved".into())).await;
             Ok(found)
         })
     }

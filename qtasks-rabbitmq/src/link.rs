@@ -1,6 +1,7 @@
 //! The connection to RabbitMQ, opened again with backoff when it drops, and the channel that
 //! publishes with confirms.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -15,6 +16,31 @@ use crate::wire::{MAX_PRIORITY, Names};
 
 pub(crate) fn failure(message: impl Into<String>, error: lapin::Error) -> BackendError {
     BackendError::new("rabbitmq", message).with_source(error)
+}
+
+/// How long one AMQP step may take: a step on a connection that died without an error
+/// reaching it (cut mid-frame, its IO loop gone) must fail, not hang a worker's finish or
+/// stop.
+pub(crate) const STEP: Duration = Duration::from_secs(10);
+
+/// Runs one AMQP step within [`STEP`].
+pub(crate) async fn step<T>(
+    what: &str,
+    future: impl Future<Output = Result<T, lapin::Error>>,
+) -> Result<T, BackendError> {
+    match tokio::time::timeout(STEP, future).await {
+        Ok(result) => result.map_err(|e| failure(what, e)),
+        Err(_) => Err(BackendError::new(
+            "rabbitmq",
+            format!("{what}: no answer within {STEP:?}"),
+        )),
+    }
+}
+
+/// Runs a best-effort step (a close, an ack whose channel may be gone) within [`STEP`],
+/// ignoring how it ends.
+pub(crate) async fn best_effort<T>(future: impl Future<Output = Result<T, lapin::Error>>) {
+    let _ = tokio::time::timeout(STEP, future).await;
 }
 
 /// An open connection and its publishing channel (in confirm mode).
@@ -94,7 +120,7 @@ impl Link {
             tracing::warn!(url = %self.shown, "the RabbitMQ connection was lost; connecting again");
             // Whatever is left of it goes; its unacked deliveries return to the queue.
             tokio::spawn(async move {
-                let _ = old.connection.close(0, "reconnecting".into()).await;
+                best_effort(old.connection.close(0, "reconnecting".into())).await;
             });
         }
         let open = (|| self.open())
@@ -213,7 +239,7 @@ impl Link {
     /// Closes the connection (deliveries not acked return to the queue).
     pub(crate) async fn close(&self) {
         if let Some(live) = self.live.lock().await.take() {
-            let _ = live.connection.close(200, "bye".into()).await;
+            best_effort(live.connection.close(200, "bye".into())).await;
         }
     }
 }
