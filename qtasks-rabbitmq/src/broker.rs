@@ -20,11 +20,10 @@ use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery as AmqpDelivery;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
-    BasicQosOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-    QueuePurgeOptions,
+    BasicQosOptions, QueueDeclareOptions, QueuePurgeOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Acker, BasicProperties, Channel, Confirmation, Consumer, ExchangeKind};
+use lapin::{Acker, BasicProperties, Channel, Confirmation, Consumer};
 use qtasks_core::backend::{
     BackendError, Broker, CancelState, Delivery, RecordChange, Storage, Transition, unix_now,
 };
@@ -34,13 +33,10 @@ use std::sync::Arc;
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
+use crate::cancels::{declare_cancel_exchange, listen_for_cancels};
+use crate::dead_letters::{AT_HEADER, REASON_HEADER, letter_of};
 use crate::link::{Link, STEP, best_effort, failure, millis, step};
 use crate::wire::{self, Names};
-
-/// The header of a dead letter that says why the message could not run.
-const REASON_HEADER: &str = "x-qtasks-reason";
-/// The header of a dead letter that says when it was set aside (Unix seconds).
-const AT_HEADER: &str = "x-qtasks-at";
 
 pub(crate) struct RabbitMqBroker {
     link: Arc<Link>,
@@ -380,155 +376,6 @@ async fn nack(acker: &Acker) {
             tracing::debug!("nack got no answer (the message returns when its channel closes)");
         }
     }
-}
-
-/// Listens for cancel requests on the app's fanout exchange and passes them on, binding a
-/// queue of its own again after each reconnect, until the broker is dropped.
-async fn listen_for_cancels(
-    link: Arc<Link>,
-    cancels: broadcast::Sender<(Uuid, String)>,
-    mut stopped: tokio::sync::watch::Receiver<()>,
-    bound: Arc<tokio::sync::Notify>,
-) {
-    let mut pause = Duration::from_millis(100);
-    loop {
-        let consumer = async {
-            let live = link.live().await?;
-            let channel = live
-                .connection
-                .create_channel()
-                .await
-                .map_err(|e| failure("opening a channel failed", e))?;
-            let consumer = bind_cancel_queue(&channel, &link.names.cancel)
-                .await
-                .map_err(|e| failure("listening for cancel requests failed", e))?;
-            Ok::<_, BackendError>((channel, consumer))
-        };
-        let listening = tokio::select! {
-            biased;
-            _ = stopped.changed() => return,
-            listening = consumer => listening,
-        };
-        match listening {
-            Ok((_channel, mut consumer)) => {
-                // A permit, not a wake-up: `connect` may start waiting after this.
-                bound.notify_one();
-                pause = Duration::from_millis(100);
-                loop {
-                    let message = tokio::select! {
-                        biased;
-                        _ = stopped.changed() => return,
-                        message = consumer.next() => message,
-                    };
-                    let Some(Ok(message)) = message else { break };
-                    let request: serde_json::Value =
-                        serde_json::from_slice(&message.data).unwrap_or_default();
-                    let uuid = request
-                        .get("uuid")
-                        .and_then(|u| u.as_str())
-                        .and_then(|u| u.parse().ok());
-                    let reason = request
-                        .get("reason")
-                        .and_then(|r| r.as_str())
-                        .unwrap_or_default();
-                    if let Some(uuid) = uuid {
-                        let _ = cancels.send((uuid, reason.to_owned()));
-                    }
-                }
-            }
-            Err(error) => {
-                tracing::warn!(
-                    "cannot listen for cancel requests, trying again in {pause:?}: {}",
-                    qtasks_core::backend::ErrorChain(&error)
-                );
-                tokio::select! {
-                    biased;
-                    _ = stopped.changed() => return,
-                    () = tokio::time::sleep(pause) => {}
-                }
-                pause = (pause * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
-}
-
-/// A queue of this listener's own (server-named, gone with its connection), bound to the
-/// cancel exchange, consumed with automatic acks.
-async fn bind_cancel_queue(channel: &Channel, exchange: &str) -> Result<Consumer, lapin::Error> {
-    declare_cancel_exchange(channel, exchange).await?;
-    let own = QueueDeclareOptions {
-        exclusive: true,
-        auto_delete: true,
-        ..QueueDeclareOptions::default()
-    };
-    let queue = channel
-        .queue_declare("".into(), own, FieldTable::default())
-        .await?;
-    channel
-        .queue_bind(
-            queue.name().clone(),
-            exchange.into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .basic_consume(
-            queue.name().clone(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-}
-
-async fn declare_cancel_exchange(channel: &Channel, exchange: &str) -> Result<(), lapin::Error> {
-    channel
-        .exchange_declare(
-            exchange.into(),
-            ExchangeKind::Fanout,
-            ExchangeDeclareOptions {
-                auto_delete: true,
-                ..ExchangeDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-}
-
-fn header_text(properties: &BasicProperties, name: &str) -> Option<String> {
-    match properties.headers().as_ref()?.inner().get(name)? {
-        AMQPValue::LongString(text) => Some(String::from_utf8_lossy(text.as_bytes()).into_owned()),
-        AMQPValue::ShortString(text) => Some(text.as_str().to_owned()),
-        _ => None,
-    }
-}
-
-fn header_number(properties: &BasicProperties, name: &str) -> Option<f64> {
-    match properties.headers().as_ref()?.inner().get(name)? {
-        AMQPValue::Double(at) => Some(*at),
-        AMQPValue::Float(at) => Some(f64::from(*at)),
-        _ => None,
-    }
-}
-
-fn letter_of(message: &AmqpDelivery) -> DeadLetter {
-    let id = message
-        .properties
-        .message_id()
-        .as_ref()
-        .map(|id| id.as_str().to_owned())
-        .unwrap_or_default();
-    DeadLetter::new(
-        id,
-        String::from_utf8_lossy(&message.data).into_owned(),
-        header_text(&message.properties, REASON_HEADER).unwrap_or_default(),
-        header_number(&message.properties, AT_HEADER).unwrap_or_default(),
-    )
 }
 
 impl Broker for RabbitMqBroker {

@@ -42,6 +42,8 @@
 #![warn(missing_docs)]
 
 mod broker;
+mod cancels;
+mod dead_letters;
 mod link;
 mod wire;
 
