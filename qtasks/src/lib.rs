@@ -42,6 +42,11 @@ pub use qtasks_rabbitmq as rabbitmq;
 #[doc(inline)]
 pub use qtasks_grpc as grpc;
 
+/// The web API (feature `web`): `qtasks::web::Web::new(app).serve(address)`.
+#[cfg(feature = "web")]
+#[doc(inline)]
+pub use qtasks_web as web;
+
 /// The command line of a worker binary (feature `cli`): `qtasks::cli::run(app)` as `main`.
 #[cfg(feature = "cli")]
 #[doc(inline)]
