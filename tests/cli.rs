@@ -537,3 +537,67 @@ fn the_binary_serves_grpc_until_sigterm() {
     assert!(exit.success(), "stopped cleanly on SIGTERM: {exit:?}");
     expect(&url, &prefix, &["flush", "--yes"], 0);
 }
+
+#[test]
+fn the_binary_serves_the_web_api_with_a_token_and_refuses_the_network_without_one() {
+    let Some(url) = redis_url("the_binary_serves_the_web_api") else {
+        return;
+    };
+    let prefix = unique_prefix("cli_web");
+    // Beyond loopback without a token: refused, exit code 2, saying how to fix it.
+    let output = Command::new(QTASKS)
+        .args(["web", "--bind", "0.0.0.0:0"])
+        .env("QTASKS_URL", &url)
+        .env("QTASKS_NAME", &prefix)
+        .env_remove("QTASKS_WEB_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("without a token"),
+        "{}",
+        stderr(&output)
+    );
+
+    let port = free_port();
+    let mut server = Command::new(QTASKS)
+        .args(["web", "--bind", &format!("127.0.0.1:{port}")])
+        .env("QTASKS_URL", &url)
+        .env("QTASKS_NAME", &prefix)
+        .env("QTASKS_WEB_TOKEN", "t0ken")
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let request = |token: &str| -> String {
+        let mut stream = loop {
+            match std::net::TcpStream::connect(("127.0.0.1", port)) {
+                Ok(stream) => break stream,
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
+        write!(
+            stream,
+            "GET /api/v1/stats HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
+    };
+    assert!(request("nope").starts_with("HTTP/1.1 401"));
+    let answer = request("t0ken");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.contains(&format!("\"app\":\"{prefix}\"")),
+        "{answer}"
+    );
+    Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(
+        server.wait().unwrap().success(),
+        "stopped cleanly on SIGTERM"
+    );
+}

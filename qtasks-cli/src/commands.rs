@@ -50,26 +50,48 @@ pub(crate) async fn run_shared(app: &QueueTasks, command: &SharedCommand, json: 
         SharedCommand::Dead { action } => dead(app, action.as_ref(), json).await,
         SharedCommand::Schedule { action } => schedule(app, action.as_ref(), json).await,
         SharedCommand::Grpc { bind } => grpc(app, *bind).await,
+        SharedCommand::Web { bind, token } => web(app, *bind, token.clone()).await,
     }
+}
+
+/// Resolves at Ctrl-C or SIGTERM.
+#[cfg_attr(not(any(feature = "grpc", feature = "web")), allow(dead_code))]
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("a SIGTERM handler installs");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(feature = "web")]
+async fn web(app: &QueueTasks, address: std::net::SocketAddr, token: Option<String>) -> Outcome {
+    let bound = qtasks_web::Web::new(app.clone())
+        .token(token)
+        .serve(address)
+        .await
+        .map_err(|e| Failure::usage(e.to_string()))?;
+    eprintln!("serving the web API at http://{bound}/api/v1/ (Ctrl-C stops it)");
+    stop_signal().await;
+    Ok(())
+}
+
+#[cfg(not(feature = "web"))]
+async fn web(_app: &QueueTasks, _address: std::net::SocketAddr, _token: Option<String>) -> Outcome {
+    Err(Failure::usage(
+        "web needs the `web` feature of qtasks (this binary was built without it)",
+    ))
 }
 
 #[cfg(feature = "grpc")]
 async fn grpc(app: &QueueTasks, address: std::net::SocketAddr) -> Outcome {
-    let stopped = async {
-        #[cfg(unix)]
-        {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("a SIGTERM handler installs");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        #[cfg(not(unix))]
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    qtasks_grpc::serve_with_shutdown(app.clone(), address, stopped)
+    qtasks_grpc::serve_with_shutdown(app.clone(), address, stop_signal())
         .await
         .map_err(|e| Failure::usage(format!("cannot serve gRPC on {address}: {e}")))
 }
