@@ -4,12 +4,11 @@
 
 mod support;
 
-use std::process::{Child, Command};
 use std::time::Duration;
 
 use qtasks::redis::RedisOptions;
 use qtasks::{QueueTasks, TaskError, TaskFailure, TaskResult};
-use support::{redis_app, redis_url, unique_prefix};
+use support::{WorkerProcess, redis_app, redis_url, unique_prefix};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -128,26 +127,6 @@ async fn groups_and_chords_on_redis() {
     app.flush_all().await.unwrap();
 }
 
-/// A worker process (the Redis test worker), killed when dropped.
-struct Worker(Child);
-
-impl Worker {
-    fn spawn(prefix: &str, lease_ms: u64) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_qtasks-test-redis-worker"))
-            .args([prefix, &lease_ms.to_string(), "2"])
-            .spawn()
-            .expect("the worker binary starts");
-        Worker(child)
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chord_completes_across_a_killed_worker_and_a_new_client() {
     let Some(url) = redis_url("a_chord_completes_across_a_killed_worker") else {
@@ -173,11 +152,11 @@ async fn a_chord_completes_across_a_killed_worker_and_a_new_client() {
     };
     // The first worker takes members, then dies mid-run (SIGKILL): its tasks are leased to
     // nobody alive, and run again on the next worker once the lease (1.5 s) runs out.
-    let mut first = Worker::spawn(&prefix, 1500);
+    let mut first = WorkerProcess::spawn(&prefix, 1500, 2, &[]);
     tokio::time::sleep(Duration::from_millis(700)).await;
     first.0.kill().unwrap();
     first.0.wait().unwrap();
-    let _second = Worker::spawn(&prefix, 1500);
+    let _second = WorkerProcess::spawn(&prefix, 1500, 2, &[]);
 
     let client = redis_app(&url, &prefix, RedisOptions::default(), 1).await;
     let chord = client

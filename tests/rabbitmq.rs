@@ -7,7 +7,6 @@
 mod support;
 
 use std::collections::HashMap;
-use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,7 +17,7 @@ use qtasks::redis::Redis;
 use qtasks::{QueueConfig, QueueTasks, TaskStatus};
 use redis::AsyncCommands;
 use serde_json::json;
-use support::{WAIT, amqp_url, raw_connection, redis_url, unique_prefix};
+use support::{WAIT, WorkerProcess, amqp_url, raw_connection, redis_url, unique_prefix};
 use tokio::net::{TcpListener, TcpStream};
 
 #[qtasks::task]
@@ -166,25 +165,14 @@ async fn a_poison_message_becomes_a_dead_letter_with_its_reason_and_the_worker_g
     app.flush_all().await.unwrap();
 }
 
-/// A worker process on RabbitMQ (the Redis test worker with `QTASKS_TEST_WORKER_AMQP`).
-struct Worker(Child);
-
-impl Worker {
-    fn spawn(prefix: &str, amqp: &str, concurrency: usize) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_qtasks-test-redis-worker"))
-            .args([prefix, "30000", &concurrency.to_string()])
-            .env("QTASKS_TEST_WORKER_AMQP", amqp)
-            .spawn()
-            .expect("the worker binary starts");
-        Worker(child)
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// A worker process on RabbitMQ (the test worker with `QTASKS_TEST_WORKER_AMQP`).
+fn amqp_worker(prefix: &str, amqp: &str, concurrency: usize) -> WorkerProcess {
+    WorkerProcess::spawn(
+        prefix,
+        30_000,
+        concurrency,
+        &[("QTASKS_TEST_WORKER_AMQP", amqp)],
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -205,7 +193,7 @@ async fn the_unacked_tasks_of_a_killed_worker_run_on_another_and_none_is_lost() 
                 .unwrap(),
         );
     }
-    let mut victim = Worker::spawn(&prefix, &amqp, 4);
+    let mut victim = amqp_worker(&prefix, &amqp, 4);
     let mut con = raw_connection(&redis).await;
     // Wait until the victim has started some tasks, then kill it mid-task.
     for _ in 0..3000 {
@@ -218,7 +206,7 @@ async fn the_unacked_tasks_of_a_killed_worker_run_on_another_and_none_is_lost() 
     victim.0.kill().unwrap();
     victim.0.wait().unwrap();
     let in_flight: HashMap<String, u32> = con.hgetall(format!("{prefix}:test:runs")).await.unwrap();
-    let _survivor = Worker::spawn(&prefix, &amqp, 4);
+    let _survivor = amqp_worker(&prefix, &amqp, 4);
 
     for handle in &handles {
         let record = handle.wait(WAIT).await.unwrap();

@@ -156,3 +156,31 @@ pub(crate) async fn serve_grpc(
     });
     (address, stop)
 }
+
+/// A worker process of the test worker binary (`tests/bin/redis_worker.rs`), SIGKILLed when
+/// dropped.
+pub(crate) struct WorkerProcess(pub(crate) std::process::Child);
+
+impl WorkerProcess {
+    /// `qtasks-test-redis-worker <prefix> <lease_ms> <concurrency>` with these variables.
+    pub(crate) fn spawn(
+        prefix: &str,
+        lease_ms: u64,
+        concurrency: usize,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_qtasks-test-redis-worker"))
+            .args([prefix, &lease_ms.to_string(), &concurrency.to_string()])
+            .envs(env.iter().copied())
+            .spawn()
+            .expect("the worker binary starts");
+        WorkerProcess(child)
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
