@@ -259,6 +259,10 @@ pub(crate) const ALL: &[(&str, Case)] = cases![
     global_config_entries,
     schedule_pause_is_shared,
     schedule_slots_fire_once,
+    records_list_newest_first_in_pages,
+    records_list_filters,
+    delete_only_finished,
+    retry_by_hand_links_the_attempts,
 ];
 
 async fn add_take_finish(c: &Context<'_>) -> Result<(), String> {
@@ -1073,5 +1077,179 @@ async fn schedule_slots_fire_once(c: &Context<'_>) -> Result<(), String> {
     tokio::time::sleep(Duration::from_millis(6000)).await;
     let n = runs(&label).load(Ordering::SeqCst);
     ensure!(n == 3, "3 slots fired {n} times with two workers");
+    Ok(())
+}
+
+/// Lists every page of `query`; the uuids in the order shown.
+async fn all_pages(
+    app: &QueueTasks,
+    query: qtasks_core::records::RecordQuery,
+) -> Result<Vec<qtasks_core::TaskRecord>, String> {
+    let mut query = query;
+    let mut shown = Vec::new();
+    for _ in 0..100 {
+        let page = said(app.list_tasks(&query).await, "listing")?;
+        shown.extend(page.records);
+        match page.next {
+            Some(next) => query = query.after(next),
+            None => return Ok(shown),
+        }
+    }
+    Err("more than 100 pages".to_owned())
+}
+
+async fn records_list_newest_first_in_pages(c: &Context<'_>) -> Result<(), String> {
+    use qtasks_core::records::{RecordCursor, RecordQuery};
+    let app = c.app("", 1).await?;
+    let mut added = Vec::new();
+    for i in 0..7 {
+        added.push(said(echo::add_task(&app, json!(i)).await, "adding")?.uuid());
+    }
+    let shown = all_pages(&app, RecordQuery::default().limit(3)).await?;
+    let positions: Vec<RecordCursor> = shown.iter().map(RecordCursor::of).collect();
+    ensure!(
+        positions.windows(2).all(|pair| pair[0] > pair[1]),
+        "not newest first: {positions:?}"
+    );
+    let mut shown_uuids: Vec<_> = shown.iter().map(|r| r.uuid).collect();
+    shown_uuids.sort();
+    added.sort();
+    ensure!(
+        shown_uuids == added,
+        "listed {shown_uuids:?}, added {added:?}"
+    );
+    let first = said(
+        app.list_tasks(&RecordQuery::default().limit(3)).await,
+        "listing",
+    )?;
+    ensure!(
+        first.records.len() == 3 && first.next.is_some(),
+        "a first page of {} with next {:?}",
+        first.records.len(),
+        first.next
+    );
+    Ok(())
+}
+
+async fn records_list_filters(c: &Context<'_>) -> Result<(), String> {
+    use qtasks_core::records::RecordQuery;
+    let app = c.app("", 2).await?;
+    said(app.start().await, "starting")?;
+    let mut failing = Vec::new();
+    for i in 0..5 {
+        let ok = said(echo::add_task(&app, json!(i)).await, "adding")?;
+        wait_for(&app, &ok).await?;
+        if i % 2 == 0 {
+            let bad = said(fail::add_task(&app, format!("no {i}")).await, "adding")?;
+            wait_for(&app, &bad).await?;
+            failing.push(bad.uuid());
+        }
+    }
+    let errors = all_pages(
+        &app,
+        RecordQuery::default().status(TaskStatus::Error).limit(2),
+    )
+    .await?;
+    let mut error_uuids: Vec<_> = errors.iter().map(|r| r.uuid).collect();
+    error_uuids.sort();
+    failing.sort();
+    ensure!(
+        error_uuids == failing,
+        "status error listed {error_uuids:?}, expected {failing:?}"
+    );
+    let echoes = all_pages(&app, RecordQuery::default().task_name("conformance_echo")).await?;
+    ensure!(
+        echoes.len() == 5 && echoes.iter().all(|r| r.status == TaskStatus::Success),
+        "{} echo records",
+        echoes.len()
+    );
+    let oldest = echoes.last().ok_or("no echo")?.created_at;
+    let early = all_pages(&app, RecordQuery::default().between(None, Some(oldest))).await?;
+    ensure!(
+        early.len() == 1 && early[0].uuid == echoes.last().ok_or("no echo")?.uuid,
+        "until the first task: {} records",
+        early.len()
+    );
+    let none = all_pages(
+        &app,
+        RecordQuery::default().between(Some(oldest + 3600.0), None),
+    )
+    .await?;
+    ensure!(none.is_empty(), "{} records from the future", none.len());
+    Ok(())
+}
+
+async fn delete_only_finished(c: &Context<'_>) -> Result<(), String> {
+    use qtasks_core::records::RecordQuery;
+    let app = c.app("", 1).await?;
+    let waiting = said(echo::add_task(&app, json!(1)).await, "adding")?;
+    match app.delete_task(waiting.uuid()).await {
+        Err(Error::WrongStatus { status, .. }) => {
+            ensure!(status == TaskStatus::New, "refused as {status}");
+        }
+        other => return Err(format!("deleting a waiting task gave {other:?}")),
+    }
+    said(app.start().await, "starting")?;
+    wait_for(&app, &waiting).await?;
+    ensure!(
+        said(app.delete_task(waiting.uuid()).await, "deleting")?,
+        "nothing deleted"
+    );
+    ensure!(
+        said(app.get(waiting.uuid()).await, "reading")?.is_none(),
+        "the record is still there"
+    );
+    let listed = all_pages(&app, RecordQuery::default()).await?;
+    ensure!(
+        listed.is_empty(),
+        "{} records listed after the delete",
+        listed.len()
+    );
+    ensure!(
+        !said(app.delete_task(waiting.uuid()).await, "deleting again")?,
+        "deleted twice"
+    );
+    Ok(())
+}
+
+async fn retry_by_hand_links_the_attempts(c: &Context<'_>) -> Result<(), String> {
+    let app = c.app("", 1).await?;
+    said(app.start().await, "starting")?;
+    let first = said(fail::add_task(&app, "again".into()).await, "adding")?;
+    wait_for(&app, &first).await?;
+    let second = said(app.retry_task(first.uuid()).await, "retrying")?;
+    let record = wait_for(&app, &second).await?;
+    ensure!(
+        record.status == TaskStatus::Error && record.retry_parent_uuid == Some(first.uuid()),
+        "the new attempt is {} with parent {:?}",
+        record.status,
+        record.retry_parent_uuid
+    );
+    ensure!(
+        record.args == vec![json!("again")],
+        "the new attempt's args {:?}",
+        record.args
+    );
+    let old = said(app.get(first.uuid()).await, "reading")?.ok_or("the first attempt is gone")?;
+    ensure!(
+        old.retry_child_uuid == Some(second.uuid()),
+        "the first attempt names {:?} as its next",
+        old.retry_child_uuid
+    );
+    match app.retry_task(first.uuid()).await {
+        Err(Error::WrongStatus {
+            action: "retry", ..
+        }) => {}
+        other => return Err(format!("retrying the first attempt twice gave {other:?}")),
+    }
+    let ok = said(echo::add_task(&app, json!(1)).await, "adding")?;
+    wait_for(&app, &ok).await?;
+    ensure!(
+        matches!(
+            app.retry_task(ok.uuid()).await,
+            Err(Error::WrongStatus { .. })
+        ),
+        "a success was retried"
+    );
     Ok(())
 }

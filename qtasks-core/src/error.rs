@@ -111,6 +111,19 @@ pub enum Error {
         /// What it said.
         reason: String,
     },
+    /// The task's status does not allow what was asked (deleting a task that still waits or
+    /// runs, retrying one that succeeded).
+    #[error("cannot {action} task {uuid}: it is `{}`; {hint}", .status.as_str())]
+    WrongStatus {
+        /// What was asked: `"delete"`, `"retry"`.
+        action: &'static str,
+        /// The task.
+        uuid: Uuid,
+        /// Its status when asked.
+        status: crate::TaskStatus,
+        /// What would work instead.
+        hint: &'static str,
+    },
     /// The broker or storage failed.
     #[error(transparent)]
     Backend(#[from] BackendError),

@@ -37,6 +37,7 @@ pub mod inspect;
 mod middleware;
 mod panic;
 mod plugin;
+pub mod records;
 mod registry;
 pub mod schedule;
 mod signals;

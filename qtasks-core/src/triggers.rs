@@ -163,6 +163,9 @@ pub struct RecordUpdate {
     pub traceback: Option<String>,
     /// A new cancel reason.
     pub cancel_reason: Option<String>,
+    /// The attempt that follows this one (set when a finished task is retried by hand).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_child_uuid: Option<Uuid>,
 }
 
 impl RecordUpdate {
@@ -187,7 +190,8 @@ impl RecordUpdate {
             kwargs,
             returning,
             traceback,
-            cancel_reason
+            cancel_reason,
+            retry_child_uuid
         );
     }
 
@@ -212,6 +216,9 @@ impl RecordUpdate {
         }
         if self.cancel_reason.is_some() {
             record.cancel_reason.clone_from(&self.cancel_reason);
+        }
+        if self.retry_child_uuid.is_some() {
+            record.retry_child_uuid = self.retry_child_uuid;
         }
     }
 }

@@ -228,7 +228,9 @@ impl RedisBroker {
         let now = unix_now().to_string();
         let mark = || async {
             let mut invocation = self.mark.key(&self.keys.leases);
-            invocation.key(&self.keys.stats);
+            invocation
+                .key(&self.keys.stats)
+                .key(&self.keys.records_index);
             for task in tasks {
                 invocation.key(self.keys.record(task.uuid));
             }
@@ -501,13 +503,15 @@ impl RedisBroker {
                     &self.keys.delayed
                 } else {
                     &self.keys.queue
-                });
+                })
+                .key(&self.keys.records_index);
             let child_fields = new_record_fields(child);
             invocation
                 .arg(child_fields.len())
                 .arg(&child_fields)
                 .arg(queue_entry(child))
-                .arg(due.map_or_else(String::new, |run_at| ((run_at * 1000.0) as i64).to_string()));
+                .arg(due.map_or_else(String::new, |run_at| ((run_at * 1000.0) as i64).to_string()))
+                .arg(qtasks_core::records::secs_to_ms(child.created_at));
         }
         let mut con = self.commands.clone();
         let answer: i64 = invocation.invoke_async(&mut con).await?;
@@ -646,7 +650,12 @@ impl Broker for RedisBroker {
             let mut con = self.commands.clone();
             let mut pipe = redis::pipe();
             pipe.atomic()
-                .hset_multiple(self.keys.record(task.uuid), &new_record_fields(&task));
+                .hset_multiple(self.keys.record(task.uuid), &new_record_fields(&task))
+                .zadd(
+                    &self.keys.records_index,
+                    task.uuid.to_string(),
+                    qtasks_core::records::secs_to_ms(task.created_at),
+                );
             self.queue_command(&mut pipe, &task);
             pipe.exec_async(&mut con)
                 .await

@@ -30,6 +30,7 @@
 
 mod broker;
 mod global_config;
+mod listing;
 mod scripts;
 mod stats;
 mod storage;
@@ -231,6 +232,8 @@ pub(crate) struct Keys {
     workers: String,
     records_stats: String,
     records_waiting: String,
+    /// Every record's uuid, scored by when it was added (ms): the index pages are read from.
+    records_index: String,
 }
 
 impl Keys {
@@ -253,6 +256,7 @@ impl Keys {
             workers: format!("{prefix}:qtasks:workers"),
             records_stats: format!("{prefix}:qtasks:records:stats"),
             records_waiting: format!("{prefix}:qtasks:records:waiting"),
+            records_index: format!("{prefix}:qtasks:records:index"),
         }
     }
 

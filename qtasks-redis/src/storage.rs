@@ -106,7 +106,12 @@ pub(crate) struct RedisStorage {
     publishers: Mutex<Option<(bool, tokio::time::Instant)>>,
     /// How long a finished record written by [`Storage::transition`] is kept (`None`: kept).
     result_ttl: Option<Duration>,
+    /// The background sweep of the records' index, while the app runs.
+    sweeper: Mutex<Option<tokio::task::AbortHandle>>,
 }
+
+/// How often a running app's storage sweeps one batch of the records' index.
+const SWEEP_EVERY: Duration = Duration::from_secs(2);
 
 impl RedisStorage {
     /// Subscribes to cancel requests before returning; results are subscribed to at the first
@@ -142,6 +147,7 @@ impl RedisStorage {
             done_subscription: tokio::sync::OnceCell::new(),
             publishers: Mutex::default(),
             result_ttl,
+            sweeper: Mutex::default(),
         })
     }
 
@@ -272,6 +278,56 @@ impl RedisStorage {
 }
 
 impl Storage for RedisStorage {
+    /// Starts the index sweep (see [`listing`](super::listing)).
+    fn start(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        let mut sweeper = self
+            .sweeper
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if sweeper.is_none() {
+            let (keys, commands) = (self.keys.clone(), self.commands.clone());
+            let task = tokio::spawn(async move {
+                let mut rank = 0;
+                let mut every = tokio::time::interval(SWEEP_EVERY);
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    every.tick().await;
+                    match super::listing::sweep(&keys, &commands, rank).await {
+                        Ok(next) => rank = next,
+                        Err(error) => {
+                            tracing::debug!("sweeping the records' index failed: {error}");
+                        }
+                    }
+                }
+            });
+            *sweeper = Some(task.abort_handle());
+        }
+        Box::pin(async { Ok(()) })
+    }
+
+    fn stop(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        let sweeper = self
+            .sweeper
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(sweeper) = sweeper {
+            sweeper.abort();
+        }
+        Box::pin(async { Ok(()) })
+    }
+
+    fn list<'a>(
+        &'a self,
+        query: &'a qtasks_core::records::RecordQuery,
+    ) -> BoxFuture<'a, Result<qtasks_core::records::RecordPage, BackendError>> {
+        Box::pin(super::listing::list(&self.keys, &self.commands, query))
+    }
+
+    fn delete(&self, uuid: Uuid) -> BoxFuture<'_, Result<bool, BackendError>> {
+        Box::pin(super::listing::delete(&self.keys, &self.commands, uuid))
+    }
+
     fn name(&self) -> &str {
         "RedisStorage"
     }
@@ -324,17 +380,26 @@ impl Storage for RedisStorage {
 
     fn delete_finished(&self) -> BoxFuture<'_, Result<usize, BackendError>> {
         Box::pin(async move {
-            let finished: Vec<String> = self
+            let finished: Vec<Uuid> = self
                 .get_all()
                 .await?
                 .into_iter()
                 .filter(|record| record.status.is_final())
-                .map(|record| self.keys.record(record.uuid))
+                .map(|record| record.uuid)
                 .collect();
             if !finished.is_empty() {
                 let mut con = self.commands.clone();
-                redis::cmd("UNLINK")
-                    .arg(&finished)
+                let keys: Vec<String> = finished
+                    .iter()
+                    .map(|uuid| self.keys.record(*uuid))
+                    .collect();
+                let members: Vec<String> = finished.iter().map(Uuid::to_string).collect();
+                redis::pipe()
+                    .cmd("UNLINK")
+                    .arg(&keys)
+                    .cmd("ZREM")
+                    .arg(&self.keys.records_index)
+                    .arg(&members)
                     .exec_async(&mut con)
                     .await
                     .map_err(|e| failure("deleting finished records failed".to_owned(), e))?;
@@ -351,6 +416,7 @@ impl Storage for RedisStorage {
                 .key(self.keys.record(task.uuid))
                 .key(&self.keys.records_stats)
                 .key(&self.keys.records_waiting)
+                .key(&self.keys.records_index)
                 .arg(task.uuid.to_string())
                 .arg(task.priority)
                 .arg(task.created_at)

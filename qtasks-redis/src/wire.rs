@@ -66,6 +66,9 @@ pub(super) fn update_fields(update: &RecordUpdate, now: f64) -> Vec<(&'static st
     if let Some(reason) = &update.cancel_reason {
         fields.push(("cancel_reason", reason.clone()));
     }
+    if let Some(child) = update.retry_child_uuid {
+        fields.push(("retry_child_uuid", child.to_string()));
+    }
     fields
 }
 

@@ -16,6 +16,7 @@ mod config;
 mod dependencies;
 mod observe;
 mod plugins;
+mod records;
 mod running;
 mod schedules;
 mod tasks;

@@ -140,6 +140,7 @@ impl QueueTasks {
                 run_at,
                 uuid: options.uuid,
                 group: options.group,
+                retry_parent: None,
             },
         )
         .await
@@ -167,7 +168,7 @@ impl QueueTasks {
 
     /// Adds a task: `qtasks_add_task_before_broker`, `broker_add_before` and `storage_add` may
     /// change it, then the broker stores and queues it.
-    async fn enqueue(
+    pub(super) async fn enqueue(
         &self,
         task_name: String,
         priority: i64,
@@ -180,6 +181,7 @@ impl QueueTasks {
             run_at,
             uuid,
             group,
+            retry_parent,
         } = placement;
         let mut task = QueuedTask {
             uuid: uuid.unwrap_or_else(Uuid::new_v4),
@@ -189,7 +191,7 @@ impl QueueTasks {
             kwargs,
             created_at: unix_now(),
             retry: None,
-            retry_parent_uuid: None,
+            retry_parent_uuid: retry_parent,
             run_at,
             traceparent: self
                 .inner
@@ -436,10 +438,12 @@ impl AddOptions {
 
 /// Where a new task goes: when it may run (now if `None`) and its id (a new one if `None`).
 #[derive(Default)]
-struct Placement {
-    run_at: Option<f64>,
-    uuid: Option<Uuid>,
-    group: Option<Uuid>,
+pub(super) struct Placement {
+    pub(super) run_at: Option<f64>,
+    pub(super) uuid: Option<Uuid>,
+    pub(super) group: Option<Uuid>,
+    /// The attempt this task retries (a retry by hand).
+    pub(super) retry_parent: Option<Uuid>,
 }
 
 /// A time as Unix seconds (the clock of `run_at` and records).

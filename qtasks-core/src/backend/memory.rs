@@ -13,6 +13,7 @@ use uuid::Uuid;
 use super::{BackendError, Broker, Delivery, ItemsRead, RecordChange, Storage, Transition};
 use super::{CancelState, unix_now};
 use crate::plugin::BoxFuture;
+use crate::records::{RecordCursor, RecordPage, RecordQuery};
 use crate::stats::{FinishedCounts, QueueStats, ThroughputWindow};
 use crate::sync::MutexExt;
 use crate::task::Outcome;
@@ -666,6 +667,50 @@ impl Storage for MemoryStorage {
         let before = slots.len();
         slots.retain(|_, slot| !slot.record.status.is_final());
         let deleted = before - slots.len();
+        Box::pin(async move { Ok(deleted) })
+    }
+
+    /// One pass over the records under the lock, keeping only the positions that match;
+    /// the page's records alone are cloned.
+    fn list<'a>(
+        &'a self,
+        query: &'a RecordQuery,
+    ) -> BoxFuture<'a, Result<RecordPage, BackendError>> {
+        let slots = lock(&self.slots);
+        let mut matching: Vec<RecordCursor> = slots
+            .values()
+            .map(|slot| &slot.record)
+            .filter(|record| {
+                query.in_range(RecordCursor::of(record))
+                    && query.matches(record.status, &record.task_name)
+            })
+            .map(RecordCursor::of)
+            .collect();
+        let scanned = slots.len() as u64;
+        let total = matching.len() as u64;
+        let size = query.page_size();
+        // The newest `size + 1` first, without sorting the rest.
+        if matching.len() > size + 1 {
+            matching.select_nth_unstable_by(size, |a, b| b.cmp(a));
+            matching.truncate(size + 1);
+        }
+        matching.sort_unstable_by(|a, b| b.cmp(a));
+        let next = (matching.len() > size).then(|| matching[size - 1]);
+        matching.truncate(size);
+        let records = matching
+            .iter()
+            .filter_map(|position| slots.get(&position.uuid).map(|slot| slot.record.clone()))
+            .collect();
+        drop(slots);
+        let mut page = RecordPage::new(records);
+        page.next = next;
+        page.scanned = scanned;
+        page.total = Some(total);
+        Box::pin(async move { Ok(page) })
+    }
+
+    fn delete(&self, uuid: Uuid) -> BoxFuture<'_, Result<bool, BackendError>> {
+        let deleted = lock(&self.slots).remove(&uuid).is_some();
         Box::pin(async move { Ok(deleted) })
     }
 

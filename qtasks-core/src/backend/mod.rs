@@ -528,6 +528,28 @@ pub trait Storage: Send + Sync + 'static {
     /// Deletes the records of finished tasks; returns how many.
     fn delete_finished(&self) -> BoxFuture<'_, Result<usize, BackendError>>;
 
+    /// One page of records, newest first ([`RecordQuery`](crate::records::RecordQuery) says
+    /// which). The default reads every record and filters them here: right for a small
+    /// store; a storage that keeps an index by time (Redis) answers from it instead.
+    fn list<'a>(
+        &'a self,
+        query: &'a crate::records::RecordQuery,
+    ) -> BoxFuture<'a, Result<crate::records::RecordPage, BackendError>> {
+        Box::pin(async move { Ok(query.page_of(self.get_all().await?)) })
+    }
+
+    /// Deletes one record; returns whether there was one. The app calls it for finished
+    /// tasks only (a waiting task's queue entry would be left without its record). The
+    /// default refuses.
+    fn delete(&self, uuid: Uuid) -> BoxFuture<'_, Result<bool, BackendError>> {
+        Box::pin(async move {
+            Err(BackendError::new(
+                "storage",
+                format!("deleting task {uuid}: this storage cannot delete one record"),
+            ))
+        })
+    }
+
     /// Writes the record of a task just added (status `new`), for a broker that keeps only the
     /// queue and leaves the records to its storage (the RabbitMQ engine). A record that exists
     /// already is left as it is, so a publish sent twice cannot reset a running task.

@@ -1,0 +1,106 @@
+//! Operating on stored records from outside a task: listing them a page at a time, deleting a
+//! finished one, retrying a failed one as a new linked attempt.
+
+use uuid::Uuid;
+
+use super::QueueTasks;
+use super::tasks::Placement;
+use crate::records::{RecordPage, RecordQuery};
+use crate::triggers::RecordUpdate;
+use crate::{Error, Result, TaskHandle, TaskStatus};
+
+impl QueueTasks {
+    /// One page of task records, newest first, filtered by status, task name and time (see
+    /// [`records`](crate::records)). On Redis a page is read from an index by time, so a
+    /// store of millions of records lists as fast as an empty one.
+    pub async fn list_tasks(&self, query: &RecordQuery) -> Result<RecordPage> {
+        Ok(self.inner.storage.list(query).await?)
+    }
+
+    /// Deletes the record of a finished task; `false` if there was none. A task that still
+    /// waits or runs is refused ([`Error::WrongStatus`]): cancel it first.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> qtasks::Result<()> {
+    /// let app = qtasks::QueueTasks::new();
+    /// assert!(!app.delete_task(qtasks::Uuid::new_v4()).await?);
+    /// # Ok(()) }
+    /// ```
+    pub async fn delete_task(&self, uuid: Uuid) -> Result<bool> {
+        let Some(record) = self.inner.storage.get(uuid).await? else {
+            return Ok(false);
+        };
+        // A final status never changes again, so nothing can start the task in between.
+        if !record.status.is_final() {
+            return Err(Error::WrongStatus {
+                action: "delete",
+                uuid,
+                status: record.status,
+                hint: "cancel it first, then delete it",
+            });
+        }
+        Ok(self.inner.storage.delete(uuid).await?)
+    }
+
+    /// Runs a task that failed (or was cancelled) again, as a new attempt with the same name,
+    /// arguments and priority. The new record names the old one as its `retry_parent_uuid`,
+    /// and the old one names the new one as its `retry_child_uuid`, so the chain reads both
+    /// ways. A task that succeeded, waits or runs is refused ([`Error::WrongStatus`]); a task
+    /// retried once already is refused too (retry its latest attempt).
+    pub async fn retry_task(&self, uuid: Uuid) -> Result<TaskHandle> {
+        let record = self
+            .inner
+            .storage
+            .get(uuid)
+            .await?
+            .ok_or(Error::TaskNotFound(uuid))?;
+        let refuse = |hint| Error::WrongStatus {
+            action: "retry",
+            uuid,
+            status: record.status,
+            hint,
+        };
+        match record.status {
+            TaskStatus::Error | TaskStatus::Cancel => {}
+            TaskStatus::Success => return Err(refuse("it succeeded; add it anew instead")),
+            TaskStatus::Retry => {
+                return Err(refuse("it was retried already; retry its latest attempt"));
+            }
+            _ => return Err(refuse("it has not ended")),
+        }
+        if record.retry_child_uuid.is_some() {
+            return Err(refuse(
+                "it was retried by hand already; retry its latest attempt",
+            ));
+        }
+        let definition = crate::registry::TaskTable::global()
+            .ok()
+            .and_then(|table| table.get(&record.task_name));
+        let handle = self
+            .enqueue(
+                record.task_name,
+                record.priority,
+                record.args,
+                record.kwargs,
+                definition,
+                Placement {
+                    retry_parent: Some(uuid),
+                    group: record.group_uuid,
+                    ..Placement::default()
+                },
+            )
+            .await?;
+        self.inner
+            .storage
+            .update(
+                uuid,
+                RecordUpdate {
+                    retry_child_uuid: Some(handle.uuid()),
+                    ..RecordUpdate::default()
+                },
+            )
+            .await?;
+        Ok(handle)
+    }
+}
