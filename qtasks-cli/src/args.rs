@@ -151,13 +151,14 @@ pub enum SharedCommand {
         #[arg(long, default_value = "127.0.0.1:50051")]
         bind: std::net::SocketAddr,
     },
-    /// Serve the web API (`/api/v1`: stats, workers, tasks, dead letters) until Ctrl-C or
-    /// SIGTERM. Anything but loopback needs a token.
+    /// Serve the web dashboard (pages, live updates, actions), its JSON API (`/api/v1`) and
+    /// `/metrics` until Ctrl-C or SIGTERM. Anything but loopback needs a token.
     Web {
         /// Where to listen.
         #[arg(long, default_value = "127.0.0.1:8000")]
         bind: std::net::SocketAddr,
-        /// The token every request must carry (`Authorization: Bearer ...`).
+        /// The token every request must carry (`Authorization: Bearer ...`, or the cookie the
+        /// login page sets).
         #[arg(long, env = "QTASKS_WEB_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },

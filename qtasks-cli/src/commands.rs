@@ -77,7 +77,7 @@ async fn web(app: &QueueTasks, address: std::net::SocketAddr, token: Option<Stri
         .serve(address)
         .await
         .map_err(|e| Failure::usage(e.to_string()))?;
-    eprintln!("serving the web API at http://{bound}/api/v1/ (Ctrl-C stops it)");
+    eprintln!("serving the dashboard at http://{bound}/ (JSON under /api/v1/; Ctrl-C stops it)");
     stop_signal().await;
     Ok(())
 }

@@ -1,41 +1,52 @@
-//! The web surface of qtasks, first part: the JSON API the dashboard (issue #12) will be built
-//! on, served with axum straight from the backend (no worker needed in the process).
+//! The web dashboard of qtasks, served with axum straight from the backend (no worker needed
+//! in the process): pages for operators, a JSON API for scripts, Prometheus metrics.
 //!
 //! | route | what |
 //! |---|---|
-//! | `GET /api/v1/stats` | the queue's live numbers, the workers and the schedules ([`qtasks::stats::Stats`](qtasks_core::stats::Stats)) |
-//! | `GET /api/v1/workers` | the workers whose heartbeat is alive |
-//! | `GET /api/v1/tasks/{uuid}` | one task's record; 404 when there is none |
-//! | `GET /api/v1/dead?limit=N` | up to `N` (default 100, at most 1,000) dead letters |
+//! | `GET /` | overview: waiting per priority, counts per status, throughput of the last 15 minutes, workers |
+//! | `GET /tasks` | the records, newest first, filtered by status, name and time, a page at a time; `?uuid=` opens one |
+//! | `GET /tasks/{uuid}` | one task: arguments, result or error or cancel reason, times, its attempts, a stream task's items |
+//! | `GET /workers`, `GET /dead` | the workers with their heartbeat; the dead letters |
+//! | `POST /tasks/{uuid}/cancel`, `.../retry`, `.../delete`, `POST /dead/requeue`, `/dead/drop` | the actions (forms, with a CSRF token) |
+//! | `GET /events?view=...` | server-sent events: the parts of a page that changed |
+//! | `GET /api/v1/overview`, `/stats`, `/workers`, `/tasks`, `/tasks/{uuid}`, `/dead`, `/csrf` | the same data as JSON |
+//! | `POST /api/v1/tasks/{uuid}/cancel`, `.../retry`, `.../delete`, `/api/v1/dead/{id}/requeue`, `.../drop` | the actions, JSON |
+//! | `GET /metrics` | the Prometheus text ([`qtasks_metrics`]) |
 //!
-//! Security: [`serve`] binds to loopback unless a token is given, and with a token every
-//! request must carry it (`Authorization: Bearer <token>`), compared in constant time. Every
-//! response says `Cache-Control: no-store` and carries a restrictive Content-Security-Policy.
+//! Security: loopback only unless a token is given; with a token every
+//! request must carry it (bearer header or the login cookie), compared in constant time;
+//! actions are POST with a CSRF token; every shown value is HTML-escaped; every response
+//! carries a restrictive Content-Security-Policy. All assets are compiled in: the pages need
+//! no network.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! let app = qtasks::QueueTasks::new(); // or the app of any backend
 //! let web = qtasks::web::Web::new(app).token(std::env::var("QTASKS_WEB_TOKEN").ok());
 //! let bound = web.serve("127.0.0.1:8000".parse()?).await?;
-//! println!("http://{bound}/api/v1/stats");
+//! println!("http://{bound}/");
 //! # Ok(()) }
 //! ```
 #![warn(missing_docs)]
 
+mod actions;
+mod api;
+mod assets;
+mod html;
+mod live;
+mod pages;
+mod security;
+
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Router;
+use axum::routing::{get, post};
 use qtasks_core::QueueTasks;
-use serde::Deserialize;
 
 /// The most dead letters one request returns.
-const DEAD_LETTERS_MAX: usize = 1000;
+pub(crate) const DEAD_LETTERS_MAX: usize = 1000;
 
 /// Why the web surface could not start.
 #[derive(Debug, thiserror::Error)]
@@ -60,52 +71,122 @@ pub enum WebError {
 /// The web surface of an app.
 #[derive(Clone)]
 pub struct Web {
-    app: QueueTasks,
-    token: Option<Arc<str>>,
+    shared: Shared,
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub(crate) struct Shared(Arc<SharedInner>);
+
+pub(crate) struct SharedInner {
+    pub(crate) app: QueueTasks,
+    pub(crate) token: Option<Arc<str>>,
+    /// This process's CSRF token, in every form.
+    pub(crate) csrf: String,
+    /// The stats sampler, started at the first request that needs it.
+    live: tokio::sync::OnceCell<live::Live>,
+    metrics: Arc<qtasks_metrics::Metrics>,
+}
+
+impl Deref for Shared {
+    type Target = SharedInner;
+
+    fn deref(&self) -> &SharedInner {
+        &self.0
+    }
+}
+
+impl Shared {
+    pub(crate) async fn live(&self) -> &live::Live {
+        self.live
+            .get_or_init(|| async { live::Live::start(self.app.clone()) })
+            .await
+    }
 }
 
 impl std::fmt::Debug for Web {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Web")
-            .field("app", &self.app.name())
-            .field("token", &self.token.as_ref().map(|_| "***"))
-            .finish()
+            .field("app", &self.shared.app.name())
+            .field("token", &self.shared.token.as_ref().map(|_| "***"))
+            .finish_non_exhaustive()
     }
 }
 
 impl Web {
     /// The surface of `app`, with no token (loopback only).
     pub fn new(app: QueueTasks) -> Self {
-        Web { app, token: None }
+        let metrics = qtasks_metrics::Metrics::install(&app);
+        Web {
+            shared: Shared(Arc::new(SharedInner {
+                app,
+                token: None,
+                csrf: security::random_secret(),
+                live: tokio::sync::OnceCell::new(),
+                metrics,
+            })),
+        }
     }
 
-    /// Requires `token` on every request (`Authorization: Bearer <token>`); an empty token
-    /// counts as none.
+    /// Requires `token` on every request (`Authorization: Bearer <token>`, or the cookie the
+    /// login page sets); an empty token counts as none.
     #[must_use]
-    pub fn token(mut self, token: Option<String>) -> Self {
-        self.token = token.filter(|t| !t.is_empty()).map(Arc::from);
-        self
+    pub fn token(self, token: Option<String>) -> Self {
+        let inner = &self.shared;
+        Web {
+            shared: Shared(Arc::new(SharedInner {
+                app: inner.app.clone(),
+                token: token.filter(|t| !t.is_empty()).map(Arc::from),
+                csrf: inner.csrf.clone(),
+                live: tokio::sync::OnceCell::new(),
+                metrics: Arc::clone(&inner.metrics),
+            })),
+        }
     }
 
     /// The routes, to serve or to mount in an axum server of your own.
     pub fn router(&self) -> Router {
-        let api = Router::new()
-            .route("/api/v1/stats", get(stats))
-            .route("/api/v1/workers", get(workers))
-            .route("/api/v1/tasks/{uuid}", get(task))
-            .route("/api/v1/dead", get(dead_letters))
-            .with_state(self.app.clone());
-        let token = self.token.clone();
-        api.layer(axum::middleware::from_fn(move |request, next| {
-            let token = token.clone();
-            async move { guard(token.as_deref(), request, next).await }
-        }))
+        let pages = Router::new()
+            .route("/", get(pages::overview))
+            .route("/tasks", get(pages::tasks))
+            .route("/tasks/{uuid}", get(pages::task))
+            .route("/tasks/{uuid}/cancel", post(actions::cancel_form))
+            .route("/tasks/{uuid}/retry", post(actions::retry_form))
+            .route("/tasks/{uuid}/delete", post(actions::delete_form))
+            .route("/workers", get(pages::workers))
+            .route("/dead", get(pages::dead))
+            .route("/dead/requeue", post(actions::requeue_form))
+            .route("/dead/drop", post(actions::drop_form))
+            .route("/login", get(pages::login_page).post(pages::login))
+            .route("/events", get(api::events))
+            .route("/assets/{file}", get(assets::serve));
+        let json = Router::new()
+            .route("/api/v1/overview", get(api::overview))
+            .route("/api/v1/stats", get(api::stats))
+            .route("/api/v1/workers", get(api::workers))
+            .route("/api/v1/tasks", get(api::tasks))
+            .route("/api/v1/tasks/{uuid}", get(api::task))
+            .route("/api/v1/tasks/{uuid}/cancel", post(actions::cancel_api))
+            .route("/api/v1/tasks/{uuid}/retry", post(actions::retry_api))
+            .route("/api/v1/tasks/{uuid}/delete", post(actions::delete_api))
+            .route("/api/v1/dead", get(api::dead_letters))
+            .route("/api/v1/dead/{id}/requeue", post(actions::requeue_api))
+            .route("/api/v1/dead/{id}/drop", post(actions::drop_api))
+            .route("/api/v1/csrf", get(api::csrf));
+        let shared = self.shared.clone();
+        pages
+            .merge(json)
+            .with_state(self.shared.clone())
+            .merge(self.shared.metrics.router())
+            .layer(axum::middleware::from_fn(move |request, next| {
+                security::guard(shared.clone(), request, next)
+            }))
     }
 
     /// Serves the routes at `address` in the background; returns the bound address (port 0
     /// picks a free one). Anything but a loopback address needs a token.
     pub async fn serve(&self, address: SocketAddr) -> Result<SocketAddr, WebError> {
-        if !address.ip().is_loopback() && self.token.is_none() {
+        if !address.ip().is_loopback() && self.shared.token.is_none() {
             return Err(WebError::TokenRequired(address));
         }
         let listener = tokio::net::TcpListener::bind(address)
@@ -115,128 +196,12 @@ impl Web {
             .local_addr()
             .map_err(|source| WebError::Bind { address, source })?;
         let router = self.router();
-        tracing::info!(address = %bound, app = %self.app.name(), "serving the web API at http://{bound}/api/v1/");
+        tracing::info!(address = %bound, app = %self.shared.app.name(), "serving the dashboard at http://{bound}/");
         tokio::spawn(async move {
             if let Err(error) = axum::serve(listener, router).await {
                 tracing::error!("the web server stopped: {error}");
             }
         });
         Ok(bound)
-    }
-}
-
-/// Equal in time whatever the first differing byte: a token is never guessed a byte at a time.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut difference = a.len() ^ b.len();
-    for (i, byte) in a.iter().enumerate() {
-        difference |= usize::from(byte ^ b.get(i).copied().unwrap_or(0));
-    }
-    difference == 0
-}
-
-/// Checks the token, and adds the headers every response carries.
-async fn guard(token: Option<&str>, request: Request, next: Next) -> Response {
-    if let Some(expected) = token {
-        let given = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .unwrap_or_default();
-        if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
-            let mut response =
-                (StatusCode::UNAUTHORIZED, "a valid token is required\n").into_response();
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return with_headers(response);
-        }
-    }
-    with_headers(next.run(request).await)
-}
-
-fn with_headers(mut response: Response) -> Response {
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
-    );
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
-    response
-}
-
-/// A backend failure as a 503 naming it.
-fn unavailable(error: impl std::fmt::Display) -> Response {
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        Json(serde_json::json!({ "error": error.to_string() })),
-    )
-        .into_response()
-}
-
-async fn stats(State(app): State<QueueTasks>) -> Response {
-    match app.stats().await {
-        Ok(stats) => Json(stats).into_response(),
-        Err(error) => unavailable(error),
-    }
-}
-
-async fn workers(State(app): State<QueueTasks>) -> Response {
-    match app.stats().await {
-        Ok(stats) => Json(stats.workers).into_response(),
-        Err(error) => unavailable(error),
-    }
-}
-
-async fn task(State(app): State<QueueTasks>, Path(uuid): Path<String>) -> Response {
-    let Ok(uuid) = uuid.parse::<uuid::Uuid>() else {
-        return (
-            StatusCode::BAD_REQUEST,
-            Json(serde_json::json!({ "error": format!("`{uuid}` is not a task uuid") })),
-        )
-            .into_response();
-    };
-    match app.get(uuid).await {
-        Ok(Some(record)) => Json(record).into_response(),
-        Ok(None) => (
-            StatusCode::NOT_FOUND,
-            Json(serde_json::json!({ "error": format!("task {uuid} does not exist") })),
-        )
-            .into_response(),
-        Err(error) => unavailable(error),
-    }
-}
-
-#[derive(Debug, Deserialize)]
-struct DeadQuery {
-    limit: Option<usize>,
-}
-
-async fn dead_letters(State(app): State<QueueTasks>, Query(query): Query<DeadQuery>) -> Response {
-    let limit = query.limit.unwrap_or(100).min(DEAD_LETTERS_MAX);
-    match app.dead_letters(limit).await {
-        Ok(letters) => Json(letters).into_response(),
-        Err(error) => unavailable(error),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::constant_time_eq;
-
-    #[test]
-    fn tokens_compare_whole() {
-        assert!(constant_time_eq(b"s3cret", b"s3cret"));
-        assert!(!constant_time_eq(b"s3cret", b"s3cres"));
-        assert!(!constant_time_eq(b"s3cret", b"s3cret!"));
-        assert!(!constant_time_eq(b"", b"s3cret"));
     }
 }

@@ -1,0 +1,227 @@
+//! Live updates: one sampler per server reads the app's stats every [`SAMPLE_EVERY`] and keeps
+//! the throughput of the last 15 minutes; every open page listens by server-sent events and
+//! gets the parts of its page that changed, rendered on the server (so the browser never
+//! polls, and all escaping stays in [`html`](crate::html)).
+//!
+//! The throughput history is kept by this process from the finished counts it reads: a
+//! dashboard started five minutes ago shows five minutes (the chart says so).
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::Stream;
+use qtasks_core::QueueTasks;
+use qtasks_core::backend::{ErrorChain, unix_now};
+use qtasks_core::stats::Stats;
+use tokio::sync::watch;
+
+/// How often the sampler reads the stats.
+pub(crate) const SAMPLE_EVERY: Duration = Duration::from_secs(2);
+/// The width of one bar of the throughput chart, in seconds.
+pub(crate) const BUCKET_SECS: u64 = 30;
+/// How far back the chart goes, in buckets (15 minutes).
+pub(crate) const BUCKETS: usize = 30;
+
+/// What the sampler last read.
+#[derive(Debug, Clone)]
+pub(crate) struct Snapshot {
+    /// The stats, or why they could not be read.
+    pub(crate) stats: Result<Stats, String>,
+    /// Tasks finished per bucket, oldest first: `(bucket start, count)`.
+    pub(crate) throughput: Vec<(u64, u64)>,
+    /// When this process began counting (the chart's history starts there).
+    pub(crate) since: f64,
+    /// Whether the stats were read at all yet.
+    pub(crate) read: bool,
+}
+
+/// The sampler's latest snapshot, shared by every listener.
+#[derive(Debug, Clone)]
+pub(crate) struct Live {
+    latest: watch::Receiver<Arc<Snapshot>>,
+}
+
+impl Live {
+    /// Starts the sampler of `app`; it stops when the last `Live` is dropped.
+    pub(crate) fn start(app: QueueTasks) -> Self {
+        let first = Snapshot {
+            stats: Err("not read yet".to_owned()),
+            throughput: Vec::new(),
+            since: unix_now(),
+            read: false,
+        };
+        let (sender, latest) = watch::channel(Arc::new(first));
+        tokio::spawn(sample(app, sender));
+        Live { latest }
+    }
+
+    /// The latest snapshot.
+    pub(crate) fn now(&self) -> Arc<Snapshot> {
+        Arc::clone(&self.latest.borrow())
+    }
+
+    /// Waits for the first real read (a page rendered at once shows numbers, not "not read").
+    pub(crate) async fn ready(&self) -> Arc<Snapshot> {
+        let mut latest = self.latest.clone();
+        let wait = latest.wait_for(|snapshot| snapshot.read);
+        match tokio::time::timeout(Duration::from_secs(3), wait).await {
+            Ok(Ok(snapshot)) => Arc::clone(&snapshot),
+            _ => self.now(),
+        }
+    }
+
+    /// A stream of `regions` events: after each new snapshot, `render` makes the page's live
+    /// regions (`id` → HTML), and they are sent when they differ from the last ones sent.
+    pub(crate) fn events<F, Fut>(
+        &self,
+        render: F,
+    ) -> Sse<impl Stream<Item = Result<Event, Infallible>> + use<F, Fut>>
+    where
+        F: Fn(Arc<Snapshot>) -> Fut + Send + 'static,
+        Fut: Future<Output = Regions> + Send,
+    {
+        let latest = self.latest.clone();
+        let stream = futures_util::stream::unfold(
+            (latest, render, String::new()),
+            |(mut latest, render, mut last)| async move {
+                loop {
+                    latest.changed().await.ok()?;
+                    let snapshot = Arc::clone(&latest.borrow_and_update());
+                    let data = regions_json(&render(snapshot).await);
+                    if data != last {
+                        last.clone_from(&data);
+                        let event = Event::default().event("regions").data(data);
+                        return Some((Ok(event), (latest, render, last)));
+                    }
+                }
+            },
+        );
+        Sse::new(stream).keep_alive(KeepAlive::default())
+    }
+}
+
+/// A page's live regions: the id of each element, and its new HTML.
+pub(crate) type Regions = Vec<(&'static str, crate::html::Html)>;
+
+/// The `regions` event's data: `{"id": "html", ...}`.
+pub(crate) fn regions_json(regions: &Regions) -> String {
+    let map: serde_json::Map<String, serde_json::Value> = regions
+        .iter()
+        .map(|(id, html)| {
+            (
+                (*id).to_owned(),
+                serde_json::Value::String(html.as_str().to_owned()),
+            )
+        })
+        .collect();
+    serde_json::Value::Object(map).to_string()
+}
+
+/// The events of one task's page: its live region each time the record changes, until the
+/// task ends. The record is read again each second at most (a stream task's items show as
+/// they arrive); the end is seen at once (the app's wait wakes on it).
+pub(crate) fn task_events(
+    app: QueueTasks,
+    uuid: qtasks_core::Uuid,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let stream = futures_util::stream::unfold(
+        (app, String::new(), false),
+        move |(app, mut last, ended)| async move {
+            if ended {
+                return None;
+            }
+            loop {
+                let (data, done) = match app.get(uuid).await {
+                    Ok(Some(record)) => {
+                        let done = record.status.is_final();
+                        let regions: Regions =
+                            vec![("region-task", crate::pages::task_region(&record))];
+                        (regions_json(&regions), done)
+                    }
+                    Ok(None) => {
+                        let mut html = crate::html::Html::new();
+                        html.raw(
+                            "<p class=\"problem\">The record is gone (deleted, or expired).</p>",
+                        );
+                        (regions_json(&vec![("region-task", html)]), true)
+                    }
+                    Err(_) => {
+                        // The backend is down: look again later, keep the page as it is.
+                        tokio::time::sleep(SAMPLE_EVERY).await;
+                        continue;
+                    }
+                };
+                if data != last || done {
+                    last.clone_from(&data);
+                    let event = Event::default().event("regions").data(data);
+                    return Some((Ok(event), (app, last, done)));
+                }
+                let _ = app.wait(uuid, SAMPLE_EVERY / 2).await;
+            }
+        },
+    );
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+/// Total tasks finished, all statuses.
+fn finished_total(stats: &Stats) -> Option<u64> {
+    let queue = stats.queue.as_ref()?;
+    Some(
+        queue
+            .finished
+            .by_status()
+            .iter()
+            .map(|(_, count)| count)
+            .sum(),
+    )
+}
+
+async fn sample(app: QueueTasks, sender: watch::Sender<Arc<Snapshot>>) {
+    let since = unix_now();
+    let mut buckets: VecDeque<(u64, u64)> = VecDeque::with_capacity(BUCKETS + 1);
+    let mut last_total: Option<u64> = None;
+    let mut every = tokio::time::interval(SAMPLE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        if sender.is_closed() {
+            return;
+        }
+        let stats = app
+            .stats()
+            .await
+            .map_err(|error| ErrorChain(&error).to_string());
+        let now = unix_now() as u64;
+        let bucket = now - now % BUCKET_SECS;
+        if let Ok(total) = stats.as_ref().map(finished_total) {
+            if let (Some(total), Some(last)) = (total, last_total) {
+                // A flush resets the counts: nothing finished then, as far as the chart goes.
+                let finished = total.saturating_sub(last);
+                match buckets.back_mut() {
+                    Some((start, count)) if *start == bucket => *count += finished,
+                    _ => buckets.push_back((bucket, finished)),
+                }
+            } else if buckets.back().is_none_or(|(start, _)| *start != bucket) {
+                buckets.push_back((bucket, 0));
+            }
+            last_total = total.or(last_total);
+        }
+        while buckets
+            .front()
+            .is_some_and(|(start, _)| *start + BUCKET_SECS * BUCKETS as u64 <= bucket)
+        {
+            buckets.pop_front();
+        }
+        let snapshot = Snapshot {
+            stats,
+            throughput: buckets.iter().copied().collect(),
+            since,
+            read: true,
+        };
+        sender.send_replace(Arc::new(snapshot));
+    }
+}
