@@ -6,10 +6,11 @@
 use std::path::PathBuf;
 
 /// The optional modules a README block may use, and the features that provide them.
-const OPTIONAL: [(&str, &str); 6] = [
+const OPTIONAL: [(&str, &str); 7] = [
     ("qtasks::redis", "REDIS"),
     ("qtasks::rabbitmq", "RABBITMQ"),
     ("qtasks::cli", "CLI"),
+    ("qtasks::web", "WEB"),
     ("qtasks::metrics", "METRICS"),
     ("qtasks::otel", "OTEL"),
     ("qtasks::testing::conformance", "CONFORMANCE"),

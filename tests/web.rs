@@ -1,6 +1,7 @@
 //! The web API (`qtasks::web`): its routes, the token on every request, the security headers,
 //! and the refusal to listen beyond loopback without a token.
 
+use std::future::Future;
 use std::io::{Read, Write};
 use std::time::Duration;
 
@@ -15,11 +16,22 @@ async fn web_echo(text: String) -> String {
 
 /// `GET path` with an optional bearer token: (status, headers, body).
 fn get(port: u16, path: &str, token: Option<&str>) -> (u16, String, String) {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    request(
+        port,
+        &format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}"),
+        "",
+    )
+}
+
+/// One request, `head` being its request line and headers (each ending in CRLF), then `body`:
+/// (status, headers in lower case, body).
+fn request(port: u16, head: &str, body: &str) -> (u16, String, String) {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n"
+        "{head}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
     )
     .unwrap();
     let mut response = String::new();
@@ -27,6 +39,17 @@ fn get(port: u16, path: &str, token: Option<&str>) -> (u16, String, String) {
     let (head, body) = response.split_once("\r\n\r\n").unwrap();
     let status = head.split(' ').nth(1).unwrap().parse().unwrap();
     (status, head.to_lowercase(), body.to_owned())
+}
+
+/// A form POST from a page of `origin` (with the browser's headers), to a server on `port`.
+fn post_form(port: u16, path: &str, origin: &str, site: &str, form: &str) -> (u16, String, String) {
+    request(
+        port,
+        &format!(
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nOrigin: {origin}\r\nSec-Fetch-Site: {site}\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+        ),
+        form,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,4 +139,181 @@ async fn serving_beyond_loopback_needs_a_token() {
         .await
         .unwrap_err();
     assert!(matches!(error, WebError::TokenRequired(_)));
+}
+
+/// The pages and actions over plain HTTP: what a browser does not show (headers, refusals).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_escape_what_they_show_and_actions_need_the_csrf_token() {
+    let app = QueueTasks::new();
+    let script = "<script>alert(1)</script>";
+    // Not started: the task waits, so it can be cancelled.
+    let handle = web_echo::add_task(&app, script.into()).await.unwrap();
+    let uuid = handle.uuid();
+    let port = Web::new(app.clone())
+        .serve("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+        .port();
+    let app_for_checks = app.clone();
+    tokio::task::spawn_blocking(move || {
+        // The tasks page and the task's page show the argument as text.
+        for path in ["/tasks".to_owned(), format!("/tasks/{uuid}")] {
+            let (status, head, body) = get(port, &path, None);
+            assert_eq!(status, 200, "{path}: {body}");
+            assert!(head.contains("content-type: text/html"), "{head}");
+            assert!(
+                head.contains("content-security-policy: default-src 'none'; script-src 'self';"),
+                "{head}"
+            );
+            assert!(
+                !body.contains(script),
+                "{path} carries the script as markup"
+            );
+            assert!(
+                body.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+                "{path}: {body}"
+            );
+            assert_eq!(
+                body.matches("<script").count(),
+                1,
+                "{path}: only the dashboard's own"
+            );
+        }
+        let csrf: Value = serde_json::from_str(&get(port, "/api/v1/csrf", None).2).unwrap();
+        let csrf = csrf["token"].as_str().unwrap().to_owned();
+        let origin = format!("http://127.0.0.1:{port}");
+        let cancel = format!("/tasks/{uuid}/cancel");
+
+        // Refused: no token, a wrong one, another site, another origin, a GET.
+        for (form, origin, site, why) in [
+            (
+                "reason=x".to_owned(),
+                origin.as_str(),
+                "same-origin",
+                "CSRF",
+            ),
+            (
+                "csrf=nope".to_owned(),
+                origin.as_str(),
+                "same-origin",
+                "CSRF",
+            ),
+            (
+                format!("csrf={csrf}"),
+                origin.as_str(),
+                "cross-site",
+                "another site",
+            ),
+            (
+                format!("csrf={csrf}"),
+                "http://evil.example",
+                "same-origin",
+                "another origin",
+            ),
+        ] {
+            let (status, _, body) = post_form(port, &cancel, origin, site, &form);
+            assert_eq!(status, 403, "{form} from {origin}: {body}");
+            assert!(body.contains(why), "{body}");
+        }
+        let (status, _, _) = get(port, &cancel, None);
+        assert_eq!(status, 405, "actions are POST only");
+        assert_eq!(
+            futures_block(app_for_checks.get(uuid))
+                .unwrap()
+                .unwrap()
+                .status,
+            qtasks::TaskStatus::New,
+            "a refused action changed the task"
+        );
+
+        // With the token from the page: done, and back to the task's page.
+        let (status, head, _) = post_form(
+            port,
+            &cancel,
+            &origin,
+            "same-origin",
+            &format!("csrf={csrf}&reason=by+hand"),
+        );
+        assert_eq!(status, 303, "{head}");
+        assert!(
+            head.contains(&format!("location: /tasks/{uuid}?done=cancelled")),
+            "{head}"
+        );
+        let record = futures_block(app_for_checks.get(uuid)).unwrap().unwrap();
+        assert_eq!(record.status, qtasks::TaskStatus::Cancel);
+        assert_eq!(record.cancel_reason.as_deref(), Some("by hand"));
+
+        // The JSON API's actions take the token as a header.
+        let delete = format!("POST /api/v1/tasks/{uuid}/delete HTTP/1.1\r\nHost: localhost\r\n");
+        assert_eq!(request(port, &delete, "").0, 403);
+        let (status, _, body) = request(port, &format!("{delete}X-Qtasks-Csrf: {csrf}\r\n"), "");
+        assert_eq!((status, body.as_str()), (200, r#"{"deleted":true}"#));
+
+        // Without a token, only requests to a loopback name are answered (DNS rebinding).
+        let (status, _, body) = request(port, "GET / HTTP/1.1\r\nHost: rebound.example:80\r\n", "");
+        assert_eq!(status, 421, "{body}");
+
+        // The live stream, the metrics, the list API, the assets.
+        let (status, head, _) = get(port, "/api/v1/tasks?status=nope", None);
+        assert_eq!(status, 400, "{head}");
+        let (status, _, body) = get(port, "/metrics", None);
+        assert_eq!(status, 200);
+        assert!(body.contains("qtasks_tasks_running 0"), "{body}");
+        let (status, head, body) = get(port, "/assets/app.js", None);
+        assert_eq!(status, 200);
+        assert!(head.contains("content-type: text/javascript"), "{head}");
+        assert!(body.contains("EventSource"), "{body}");
+        assert_eq!(get(port, "/assets/nope.js", None).0, 404);
+    })
+    .await
+    .unwrap();
+}
+
+/// Runs a future to its end from a blocking thread of the test's runtime.
+fn futures_block<F: Future>(future: F) -> F::Output {
+    tokio::runtime::Handle::current().block_on(future)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_stream_sends_the_overview_as_it_changes() {
+    let app = QueueTasks::new();
+    let port = Web::new(app.clone())
+        .serve("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+        .port();
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(b"GET /events?view=overview HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    app.start().await.unwrap();
+    web_echo::add_task(&app, "one".into())
+        .await
+        .unwrap()
+        .result(Duration::from_secs(5))
+        .await
+        .unwrap();
+    // Read until an event shows the finished task.
+    let mut seen = String::new();
+    let mut buffer = [0u8; 8192];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !seen.contains("c-success") || !seen.contains(r#"href=\"/tasks?status=success\">1</a>"#) {
+        let read = tokio::time::timeout_at(deadline, stream.read(&mut buffer))
+            .await
+            .expect("no event showed the finished task")
+            .unwrap();
+        assert!(read > 0, "the stream ended: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buffer[..read]));
+    }
+    assert!(
+        seen.to_lowercase()
+            .contains("content-type: text/event-stream"),
+        "{seen}"
+    );
+    assert!(seen.contains("event: regions"), "{seen}");
+    app.stop().await.unwrap();
 }

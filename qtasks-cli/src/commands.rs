@@ -283,15 +283,26 @@ async fn tasks(app: &QueueTasks, args: &TasksArgs, json: bool) -> Outcome {
         .transpose()
         .map_err(Failure::usage)?;
     let oldest = since.map(|age| qtasks_core::backend::unix_now() - age.as_secs_f64());
-    let mut records: Vec<TaskRecord> = app
-        .get_all()
-        .await?
-        .into_iter()
-        .filter(|r| status.is_none_or(|s| r.status == s))
-        .filter(|r| args.name.as_ref().is_none_or(|n| &r.task_name == n))
-        .filter(|r| oldest.is_none_or(|t| r.created_at >= t))
-        .collect();
-    records.sort_by(|a, b| b.created_at.total_cmp(&a.created_at));
+    // Page by page, newest first, from the storage's index (Redis): a large store costs what
+    // the pages shown cost, not a read of every record.
+    let mut query = qtasks_core::records::RecordQuery::default().between(oldest, None);
+    if let Some(status) = status {
+        query = query.status(status);
+    }
+    if let Some(name) = &args.name {
+        query = query.task_name(name.clone());
+    }
+    let mut records: Vec<TaskRecord> = Vec::new();
+    while records.len() < args.limit {
+        let page = app
+            .list_tasks(&query.clone().limit(args.limit - records.len()))
+            .await?;
+        records.extend(page.records);
+        match page.next {
+            Some(next) => query = query.after(next),
+            None => break,
+        }
+    }
     records.truncate(args.limit);
     if json {
         output::json(&records);

@@ -19,8 +19,8 @@ use qtasks_core::TaskStatus;
 use qtasks_core::backend::BackendError;
 use qtasks_core::records::{RecordCursor, RecordPage, RecordQuery, secs_to_ms};
 
-/// Index entries read per round trip.
-const BATCH: usize = 500;
+/// The most index entries read per round trip.
+const BATCH: usize = 2000;
 /// How long one page may look for records that pass a narrow filter before it returns what it
 /// has, with a cursor to go on: a page never takes a second, however rare the matches.
 const SCAN_TIME: Duration = Duration::from_millis(250);
@@ -43,11 +43,14 @@ pub(crate) async fn list(
     let mut scanned = 0u64;
     let mut last_seen: Option<RecordCursor> = None;
     let mut ended = false;
+    // The first read is a page's worth (without a narrow filter nearly every entry shows);
+    // each next one is four times larger, up to `BATCH`, so a rare match is found in few trips.
+    let mut batch_size = size + 1;
     while matches.len() <= size {
         let batch: Vec<(String, f64)> = redis::cmd("ZREVRANGE")
             .arg(&keys.records_index)
             .arg(rank)
-            .arg(rank + BATCH - 1)
+            .arg(rank + batch_size - 1)
             .arg("WITHSCORES")
             .query_async(&mut con)
             .await
@@ -58,6 +61,7 @@ pub(crate) async fn list(
         }
         rank += batch.len();
         scanned += batch.len() as u64;
+        batch_size = (batch_size * 4).min(BATCH);
         let mut candidates = Vec::with_capacity(batch.len());
         for (member, score) in batch {
             let Ok(uuid) = Uuid::parse_str(&member) else {
