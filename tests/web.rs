@@ -1,9 +1,12 @@
-//! The web API (`qtasks::web`): its routes, the token on every request, the security headers,
-//! and the refusal to listen beyond loopback without a token.
+//! The dashboard over plain HTTP (`qtasks::web`): its routes, the token on every request, the
+//! security headers, CSRF and the origin and host checks, escaping, the live streams, and the
+//! refusal to listen beyond loopback without a token. (`web_browser.rs` drives it in Chromium.)
 
 use std::future::Future;
 use std::io::{Read, Write};
 use std::time::Duration;
+
+use futures_util::StreamExt;
 
 use qtasks::QueueTasks;
 use qtasks::web::{Web, WebError};
@@ -315,5 +318,63 @@ async fn the_live_stream_sends_the_overview_as_it_changes() {
         "{seen}"
     );
     assert!(seen.contains("event: regions"), "{seen}");
+    app.stop().await.unwrap();
+}
+
+static ITEM_GATE: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(0);
+
+/// Yields one item, then waits for the test before the second.
+#[qtasks::task]
+async fn web_items() -> impl futures_util::Stream<Item = String> {
+    futures_util::stream::iter(["first", "second"]).then(|item| async move {
+        if item == "second" {
+            ITEM_GATE.acquire().await.unwrap().forget();
+        }
+        format!("<b>{item}</b>")
+    })
+}
+
+/// Reads an event stream until `wanted` shows, or fails after 15 s with what it read.
+async fn read_until(stream: &mut tokio::net::TcpStream, seen: &mut String, wanted: &str) {
+    use tokio::io::AsyncReadExt;
+    let mut buffer = [0u8; 8192];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !seen.contains(wanted) {
+        let read = tokio::time::timeout_at(deadline, stream.read(&mut buffer))
+            .await
+            .unwrap_or_else(|_| panic!("{wanted} never came: {seen}"))
+            .unwrap();
+        assert!(read > 0, "the stream ended before {wanted}: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buffer[..read]));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_tasks_items_reach_its_page_as_they_arrive() {
+    use tokio::io::AsyncWriteExt;
+    let app = QueueTasks::new();
+    app.start().await.unwrap();
+    let port = Web::new(app.clone())
+        .serve("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+        .port();
+    let handle = web_items::add_task(&app).await.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let request = format!(
+        "GET /events?view=task&uuid={} HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        handle.uuid()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut seen = String::new();
+    // The first item while the task still runs, escaped; then the second, and the end.
+    read_until(&mut stream, &mut seen, "Items so far (1)").await;
+    assert!(seen.contains("&lt;b&gt;first&lt;/b&gt;"), "{seen}");
+    assert!(!seen.contains("second"), "{seen}");
+    ITEM_GATE.add_permits(1);
+    read_until(&mut stream, &mut seen, "s-success").await;
+    assert!(seen.contains("second"), "{seen}");
     app.stop().await.unwrap();
 }

@@ -4,7 +4,8 @@
 //! from the keyboard and with clicks, watches live updates arrive, and checks the phone
 //! width, dark mode and the login.
 //!
-//! `QTASKS_SCREENSHOTS=docs` also writes the README's screenshots there.
+//! `QTASKS_SCREENSHOTS=docs` also writes the README's screenshots there (a relative folder is
+//! the workspace's).
 
 mod support;
 
@@ -179,8 +180,10 @@ impl Browser {
         let Some(dir) = std::env::var_os("QTASKS_SCREENSHOTS") else {
             return;
         };
+        // A relative folder is the workspace's (tests run in `tests/`).
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(dir);
         let png = self.client.screenshot().await.unwrap();
-        std::fs::write(PathBuf::from(dir).join(name), png).unwrap();
+        std::fs::write(dir.join(name), png).unwrap();
     }
 
     async fn close(mut self) {
