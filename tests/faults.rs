@@ -732,3 +732,71 @@ async fn sigterm_with_long_tasks_running() {
     );
     staying.stop();
 }
+
+/// `GET path` on the dashboard at `port`: (status, body).
+async fn dashboard_get(port: u16, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        stream.read_to_string(&mut response),
+    )
+    .await
+    .expect("the dashboard answers while Redis is down")
+    .unwrap();
+    let status = response.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = response.split_once("\r\n\r\n").unwrap().1.to_owned();
+    (status, body)
+}
+
+/// The dashboard while its Redis is killed and started again: it answers, says what is wrong,
+/// and comes back by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_through_a_redis_outage() {
+    if !enabled("the_dashboard_through_a_redis_outage") {
+        return;
+    }
+    let Scenario { mut redis, app, .. } = Scenario::start("dashboard", "dashboard", true).await;
+    for i in 0..3 {
+        app.add_task("log_run", (format!("waits {i}"), 0), ())
+            .await
+            .unwrap();
+    }
+    let port = qtasks::web::Web::new(app.clone())
+        .serve("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+        .port();
+    let (status, body) = dashboard_get(port, "/tasks").await;
+    assert_eq!(status, 200);
+    assert_eq!(body.matches("s-new").count(), 3, "{body}");
+
+    redis.kill();
+    let (status, body) = dashboard_get(port, "/api/v1/tasks").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("redis"), "{body}");
+    let (status, body) = dashboard_get(port, "/tasks").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("Listing failed"), "{body}");
+    let (status, body) = dashboard_get(port, "/api/v1/stats").await;
+    assert_eq!(status, 503, "{body}");
+
+    redis.launch();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, body) = dashboard_get(port, "/tasks").await;
+        if status == 200 && body.matches("s-new").count() == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dashboard never came back: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

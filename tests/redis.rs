@@ -645,3 +645,47 @@ async fn every_poison_kind_fails_alone_and_its_record_can_be_read() {
     app.stop().await.unwrap();
     app.flush_all().await.unwrap();
 }
+
+/// The records' index (what the dashboard's task list reads) follows the records: a record
+/// that expired, or a member that is no uuid, leaves it when a page passes over it, and the
+/// pages stay right meanwhile.
+#[tokio::test]
+async fn the_records_index_forgets_expired_records_and_bad_members() {
+    let Some(url) = redis_url("the_records_index_forgets_expired_records_and_bad_members") else {
+        return;
+    };
+    let prefix = unique_prefix("index");
+    let options = RedisOptions {
+        result_ttl: Some(Duration::from_millis(300)),
+        ..RedisOptions::default()
+    };
+    let app = redis_app(&url, &prefix, options, 2).await;
+    app.start().await.unwrap();
+    for i in 0..4 {
+        let handle = concat::add_task(&app, "a".into(), i.to_string())
+            .await
+            .unwrap();
+        handle.wait(WAIT).await.unwrap();
+    }
+    let mut con = raw_connection(&url).await;
+    let index = format!("{prefix}:qtasks:records:index");
+    let _: () = con.zadd(&index, "not-a-uuid", 1).await.unwrap();
+    let count: u64 = con.zcard(&index).await.unwrap();
+    assert_eq!(count, 5);
+    let page = app
+        .list_tasks(&qtasks::records::RecordQuery::default())
+        .await
+        .unwrap();
+    assert_eq!(page.records.len(), 4, "{page:?}");
+
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let page = app
+        .list_tasks(&qtasks::records::RecordQuery::default())
+        .await
+        .unwrap();
+    assert!(page.records.is_empty() && page.next.is_none(), "{page:?}");
+    let count: u64 = con.zcard(&index).await.unwrap();
+    assert_eq!(count, 0, "the index kept what no record is behind");
+    app.stop().await.unwrap();
+    app.flush_all().await.unwrap();
+}

@@ -181,7 +181,9 @@ impl Browser {
             return;
         };
         // A relative folder is the workspace's (tests run in `tests/`).
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(dir);
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(dir);
         let png = self.client.screenshot().await.unwrap();
         std::fs::write(dir.join(name), png).unwrap();
     }
