@@ -569,7 +569,7 @@ fn the_binary_serves_the_web_api_with_a_token_and_refuses_the_network_without_on
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let request = |token: &str| -> String {
+    let request = |path: &str, token: &str| -> String {
         let mut stream = loop {
             match std::net::TcpStream::connect(("127.0.0.1", port)) {
                 Ok(stream) => break stream,
@@ -578,19 +578,28 @@ fn the_binary_serves_the_web_api_with_a_token_and_refuses_the_network_without_on
         };
         write!(
             stream,
-            "GET /api/v1/stats HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
         )
         .unwrap();
         let mut response = String::new();
         stream.read_to_string(&mut response).unwrap();
         response
     };
-    assert!(request("nope").starts_with("HTTP/1.1 401"));
-    let answer = request("t0ken");
+    assert!(request("/api/v1/stats", "nope").starts_with("HTTP/1.1 401"));
+    let answer = request("/api/v1/stats", "t0ken");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(
         answer.contains(&format!("\"app\":\"{prefix}\"")),
         "{answer}"
+    );
+    // The dashboard's pages and their compiled-in assets, from the same binary.
+    let page = request("/", "t0ken");
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(page.contains("<h1>Overview</h1>"), "{page}");
+    let css = request("/assets/app.css", "t0ken");
+    assert!(
+        css.starts_with("HTTP/1.1 200") && css.contains("prefers-color-scheme"),
+        "{css}"
     );
     Command::new("kill")
         .args(["-TERM", &server.id().to_string()])

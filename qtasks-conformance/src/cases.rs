@@ -1132,13 +1132,15 @@ async fn records_list_newest_first_in_pages(c: &Context<'_>) -> Result<(), Strin
 }
 
 async fn records_list_filters(c: &Context<'_>) -> Result<(), String> {
-    use qtasks_core::records::RecordQuery;
+    use qtasks_core::records::{RecordCursor, RecordQuery};
     let app = c.app("", 2).await?;
     said(app.start().await, "starting")?;
     let mut failing = Vec::new();
     for i in 0..5 {
         let ok = said(echo::add_task(&app, json!(i)).await, "adding")?;
         wait_for(&app, &ok).await?;
+        // The first task alone in its millisecond, for the time range below.
+        tokio::time::sleep(Duration::from_millis(3)).await;
         if i % 2 == 0 {
             let bad = said(fail::add_task(&app, format!("no {i}")).await, "adding")?;
             wait_for(&app, &bad).await?;
@@ -1163,13 +1165,30 @@ async fn records_list_filters(c: &Context<'_>) -> Result<(), String> {
         "{} echo records",
         echoes.len()
     );
-    let oldest = echoes.last().ok_or("no echo")?.created_at;
-    let early = all_pages(&app, RecordQuery::default().between(None, Some(oldest))).await?;
+    // Until the first task: it, and whatever was added in the same millisecond.
+    let oldest = echoes.last().ok_or("no echo")?;
+    let cutoff = RecordCursor::of(oldest).created_ms;
+    let everything = all_pages(&app, RecordQuery::default()).await?;
+    let mut expected: Vec<_> = everything
+        .iter()
+        .filter(|r| RecordCursor::of(r).created_ms <= cutoff)
+        .map(|r| r.uuid)
+        .collect();
+    let mut early: Vec<_> = all_pages(
+        &app,
+        RecordQuery::default().between(None, Some(oldest.created_at)),
+    )
+    .await?
+    .iter()
+    .map(|r| r.uuid)
+    .collect();
+    expected.sort();
+    early.sort();
     ensure!(
-        early.len() == 1 && early[0].uuid == echoes.last().ok_or("no echo")?.uuid,
-        "until the first task: {} records",
-        early.len()
+        early == expected && early.contains(&oldest.uuid) && early.len() < everything.len(),
+        "until the first task: {early:?}, expected {expected:?}"
     );
+    let oldest = oldest.created_at;
     let none = all_pages(
         &app,
         RecordQuery::default().between(Some(oldest + 3600.0), None),
