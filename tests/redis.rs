@@ -263,11 +263,11 @@ async fn flush_all_clears_only_this_apps_keys() {
         let mut con = con.clone();
         async move { con.keys::<_, Vec<String>>(pattern).await.unwrap().len() }
     };
-    // The record, the queue and the stats counters.
-    assert_eq!(count(format!("{prefix}:*")).await, 3);
+    // The record, the queue, the stats counters and the records' index.
+    assert_eq!(count(format!("{prefix}:*")).await, 4);
     app.flush_all().await.unwrap();
     assert_eq!(count(format!("{prefix}:*")).await, 0);
-    assert_eq!(count(format!("{neighbour}:*")).await, 3);
+    assert_eq!(count(format!("{neighbour}:*")).await, 4);
     other.flush_all().await.unwrap();
     let _: () = con.del("unused").await.unwrap();
 }
