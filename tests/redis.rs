@@ -689,3 +689,53 @@ async fn the_records_index_forgets_expired_records_and_bad_members() {
     app.stop().await.unwrap();
     app.flush_all().await.unwrap();
 }
+
+/// With the records' index off, adds write no index, and listing still works (by reading
+/// every record).
+#[tokio::test]
+async fn without_the_records_index_listing_reads_every_record() {
+    let Some(url) = redis_url("without_the_records_index_listing_reads_every_record") else {
+        return;
+    };
+    let prefix = unique_prefix("no_index");
+    let options = RedisOptions {
+        records_index: false,
+        ..RedisOptions::default()
+    };
+    let app = redis_app(&url, &prefix, options, 2).await;
+    app.start().await.unwrap();
+    let mut added = Vec::new();
+    for i in 0..3 {
+        let handle = concat::add_task(&app, "a".into(), i.to_string())
+            .await
+            .unwrap();
+        handle.wait(WAIT).await.unwrap();
+        added.push(handle.uuid());
+    }
+    let failing = redis_fails_twice::add_task(&app).await.unwrap();
+    let mut con = raw_connection(&url).await;
+    let exists: bool = con
+        .exists(format!("{prefix}:qtasks:records:index"))
+        .await
+        .unwrap();
+    assert!(!exists, "an index was written");
+    failing.wait(WAIT).await.unwrap();
+    // Every page, two records at a time.
+    let mut query = qtasks::records::RecordQuery::default().limit(2);
+    let mut listed = Vec::new();
+    loop {
+        let page = app.list_tasks(&query).await.unwrap();
+        listed.extend(page.records.iter().map(|r| r.uuid));
+        match page.next {
+            Some(next) => query = query.after(next),
+            None => break,
+        }
+    }
+    // The three tasks and the failing one's two attempts, each once.
+    assert_eq!(listed.len(), 5, "{listed:?}");
+    assert!(added.iter().all(|uuid| listed.contains(uuid)), "{listed:?}");
+    assert!(app.delete_task(added[0]).await.unwrap());
+    assert!(app.get(added[0]).await.unwrap().is_none());
+    app.stop().await.unwrap();
+    app.flush_all().await.unwrap();
+}

@@ -82,7 +82,12 @@ async fn redis_app(url: &str, concurrency: usize) -> QueueTasks {
     };
     let amqp: String = arg("--amqp", String::new());
     if amqp.is_empty() {
-        qtasks::redis::connect_with(url, config, RedisOptions::default())
+        // QTASKS_BENCH_NO_RECORDS_INDEX=1 measures the hot path without the records' index.
+        let options = RedisOptions {
+            records_index: std::env::var_os("QTASKS_BENCH_NO_RECORDS_INDEX").is_none(),
+            ..RedisOptions::default()
+        };
+        qtasks::redis::connect_with(url, config, options)
             .await
             .expect("Redis is reachable")
     } else {

@@ -228,11 +228,12 @@ impl RedisBroker {
         let now = unix_now().to_string();
         let mark = || async {
             let mut invocation = self.mark.key(&self.keys.leases);
-            invocation
-                .key(&self.keys.stats)
-                .key(&self.keys.records_index);
+            invocation.key(&self.keys.stats);
             for task in tasks {
                 invocation.key(self.keys.record(task.uuid));
+            }
+            if let Some(index) = &self.keys.records_index {
+                invocation.key(index);
             }
             invocation.arg(&now).arg(tasks.len());
             for task in tasks {
@@ -503,8 +504,10 @@ impl RedisBroker {
                     &self.keys.delayed
                 } else {
                     &self.keys.queue
-                })
-                .key(&self.keys.records_index);
+                });
+            if let Some(index) = &self.keys.records_index {
+                invocation.key(index);
+            }
             let child_fields = new_record_fields(child);
             invocation
                 .arg(child_fields.len())
@@ -650,12 +653,14 @@ impl Broker for RedisBroker {
             let mut con = self.commands.clone();
             let mut pipe = redis::pipe();
             pipe.atomic()
-                .hset_multiple(self.keys.record(task.uuid), &new_record_fields(&task))
-                .zadd(
-                    &self.keys.records_index,
+                .hset_multiple(self.keys.record(task.uuid), &new_record_fields(&task));
+            if let Some(index) = &self.keys.records_index {
+                pipe.zadd(
+                    index,
                     task.uuid.to_string(),
                     qtasks_core::records::secs_to_ms(task.created_at),
                 );
+            }
             self.queue_command(&mut pipe, &task);
             pipe.exec_async(&mut con)
                 .await

@@ -189,6 +189,12 @@ pub struct RedisOptions {
     pub connect_timeout: Duration,
     /// The timeout of one command. Default 10 s.
     pub response_timeout: Duration,
+    /// Keep an index of the records by the time they were added (`N:qtasks:records:index`),
+    /// so that a page of [`QueueTasks::list_tasks`](qtasks_core::QueueTasks::list_tasks) (the
+    /// dashboard's task list, `qtasks tasks`) costs the same on a million records as on ten.
+    /// Default on. Off, adds run about 15 % faster and listing reads every record instead
+    /// (BENCHMARKS.md has the figures). Every process of an app should agree.
+    pub records_index: bool,
 
     /// For `rediss://` URLs: the PEM certificate of the authority that signed the server's
     /// certificate, when it is not in the system's trust store (a private CA). `None` trusts
@@ -206,6 +212,7 @@ impl Default for RedisOptions {
             dead_letters_ttl: Some(Duration::from_secs(7 * 24 * 3600)),
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(10),
+            records_index: true,
             #[cfg(feature = "tls")]
             tls_root_certificate: None,
         }
@@ -232,12 +239,13 @@ pub(crate) struct Keys {
     workers: String,
     records_stats: String,
     records_waiting: String,
-    /// Every record's uuid, scored by when it was added (ms): the index pages are read from.
-    records_index: String,
+    /// Every record's uuid, scored by when it was added (ms): the index pages are read from;
+    /// `None` when [`RedisOptions::records_index`] is off.
+    records_index: Option<String>,
 }
 
 impl Keys {
-    fn new(prefix: &str) -> Self {
+    fn new(prefix: &str, records_index: bool) -> Self {
         Keys {
             prefix: prefix.to_owned(),
             queue: format!("{prefix}:task_queue"),
@@ -256,7 +264,7 @@ impl Keys {
             workers: format!("{prefix}:qtasks:workers"),
             records_stats: format!("{prefix}:qtasks:records:stats"),
             records_waiting: format!("{prefix}:qtasks:records:waiting"),
-            records_index: format!("{prefix}:qtasks:records:index"),
+            records_index: records_index.then(|| format!("{prefix}:qtasks:records:index")),
         }
     }
 
@@ -296,7 +304,7 @@ async fn connect_parts(
     let blocking = connect(broker::idle_wait(options) + options.response_timeout)
         .await
         .map_err(unreachable)?;
-    let keys = Keys::new(prefix);
+    let keys = Keys::new(prefix, options.records_index);
     // Cancel requests from other processes arrive on the storage's subscription.
     let (cancels, _) = tokio::sync::broadcast::channel(4096);
     let storage = RedisStorage::connect(

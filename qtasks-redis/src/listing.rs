@@ -28,13 +28,14 @@ const SCAN_TIME: Duration = Duration::from_millis(250);
 /// One page of `query`, read from the index.
 pub(crate) async fn list(
     keys: &Keys,
+    index: &str,
     commands: &ConnectionManager,
     query: &RecordQuery,
 ) -> Result<RecordPage, BackendError> {
     let mut con = commands.clone();
     let read_failed = |e| failure("listing the records failed".to_owned(), e);
     let size = query.page_size();
-    let mut rank = start_rank(keys, &mut con, query)
+    let mut rank = start_rank(index, &mut con, query)
         .await
         .map_err(read_failed)?;
     let started = Instant::now();
@@ -48,7 +49,7 @@ pub(crate) async fn list(
     let mut batch_size = size + 1;
     while matches.len() <= size {
         let batch: Vec<(String, f64)> = redis::cmd("ZREVRANGE")
-            .arg(&keys.records_index)
+            .arg(index)
             .arg(rank)
             .arg(rank + batch_size - 1)
             .arg("WITHSCORES")
@@ -122,7 +123,7 @@ pub(crate) async fn list(
     if !stale.is_empty() {
         // Best effort: the next page or the sweep drops them otherwise.
         let _: Result<(), _> = redis::cmd("ZREM")
-            .arg(&keys.records_index)
+            .arg(index)
             .arg(&stale)
             .exec_async(&mut con)
             .await;
@@ -146,7 +147,7 @@ pub(crate) async fn list(
     page.scan_incomplete = scan_incomplete;
     if query.filters_by_time_only() {
         page.total = Some(
-            count_in_range(keys, &mut con, query)
+            count_in_range(index, &mut con, query)
                 .await
                 .map_err(read_failed)?,
         );
@@ -157,13 +158,13 @@ pub(crate) async fn list(
 /// The rank (newest first) of the first index entry the page may show: just after the cursor,
 /// or the first entry not newer than `until`.
 async fn start_rank(
-    keys: &Keys,
+    index: &str,
     con: &mut ConnectionManager,
     query: &RecordQuery,
 ) -> redis::RedisResult<usize> {
     if let Some(after) = query.after {
         let rank: Option<usize> = redis::cmd("ZREVRANK")
-            .arg(&keys.records_index)
+            .arg(index)
             .arg(after.uuid.to_string())
             .query_async(con)
             .await?;
@@ -171,22 +172,22 @@ async fn start_rank(
             return Ok(rank + 1);
         }
         // The cursor's record is gone: start at its time (ties are skipped by `in_range`).
-        return newer_than(keys, con, after.created_ms + 1).await;
+        return newer_than(index, con, after.created_ms + 1).await;
     }
     match query.until {
-        Some(until) => newer_than(keys, con, secs_to_ms(until) + 1).await,
+        Some(until) => newer_than(index, con, secs_to_ms(until) + 1).await,
         None => Ok(0),
     }
 }
 
 /// How many entries were added at `ms` or later.
 async fn newer_than(
-    keys: &Keys,
+    index: &str,
     con: &mut ConnectionManager,
     ms: u64,
 ) -> redis::RedisResult<usize> {
     redis::cmd("ZCOUNT")
-        .arg(&keys.records_index)
+        .arg(index)
         .arg(ms)
         .arg("+inf")
         .query_async(con)
@@ -194,7 +195,7 @@ async fn newer_than(
 }
 
 async fn count_in_range(
-    keys: &Keys,
+    index: &str,
     con: &mut ConnectionManager,
     query: &RecordQuery,
 ) -> redis::RedisResult<u64> {
@@ -205,7 +206,7 @@ async fn count_in_range(
         .until
         .map_or_else(|| "+inf".to_owned(), |u| secs_to_ms(u).to_string());
     redis::cmd("ZCOUNT")
-        .arg(&keys.records_index)
+        .arg(index)
         .arg(low)
         .arg(high)
         .query_async(con)
@@ -243,10 +244,12 @@ pub(crate) async fn delete(
     uuid: Uuid,
 ) -> Result<bool, BackendError> {
     let mut con = commands.clone();
-    let (deleted, _): (u64, u64) = redis::pipe()
-        .atomic()
-        .del(keys.record(uuid))
-        .zrem(&keys.records_index, uuid.to_string())
+    let mut pipe = redis::pipe();
+    pipe.atomic().del(keys.record(uuid));
+    if let Some(index) = &keys.records_index {
+        pipe.zrem(index, uuid.to_string()).ignore();
+    }
+    let (deleted,): (u64,) = pipe
         .query_async(&mut con)
         .await
         .map_err(|e| failure(format!("deleting task {uuid} failed"), e))?;
@@ -261,12 +264,13 @@ const SWEEP_BATCH: usize = 1000;
 /// after the newest).
 pub(crate) async fn sweep(
     keys: &Keys,
+    index: &str,
     commands: &ConnectionManager,
     rank: usize,
 ) -> redis::RedisResult<usize> {
     let mut con = commands.clone();
     let members: Vec<String> = redis::cmd("ZRANGE")
-        .arg(&keys.records_index)
+        .arg(index)
         .arg(rank)
         .arg(rank + SWEEP_BATCH - 1)
         .query_async(&mut con)
@@ -291,7 +295,7 @@ pub(crate) async fn sweep(
         .collect();
     if !gone.is_empty() {
         redis::cmd("ZREM")
-            .arg(&keys.records_index)
+            .arg(index)
             .arg(&gone)
             .exec_async(&mut con)
             .await?;

@@ -196,7 +196,8 @@ return {out, next_due[2] or false}
 /// A record that another producer wrote (the Python original) enters the records' index here,
 /// by its `created_at` (`ZADD NX`: qtasks's own are indexed when added).
 ///
-/// KEYS: leases, stats, records_index, then one record key per task. ARGV: now (Unix seconds, for `updated_at`), the
+/// KEYS: leases, stats, then one record key per task, then the records' index (when it is
+/// kept). ARGV: now (Unix seconds, for `updated_at`), the
 /// task count `n`, the `n` lease members (token and member), then the record fields to return
 /// (`wire::TAKEN_FIELDS`, `status` first).
 /// Returns one reply per task: `{'run', fields}`, `{'missing'}` (no record), `{'ended'}` (final
@@ -210,7 +211,7 @@ local final = {success = true, error = true, cancel = true, retry = true}
 local out = {}
 for i = 1, n do
   local leased = ARGV[2 + i]
-  local key = KEYS[3 + i]
+  local key = KEYS[2 + i]
   if not redis.call('ZSCORE', KEYS[1], leased) then
     out[i] = {'lost'}
   else
@@ -230,8 +231,8 @@ for i = 1, n do
     else
       redis.call('HSET', key, 'status', 'process', 'updated_at', ARGV[1])
       local created = tonumber(fields[6])
-      if created then
-        redis.call('ZADD', KEYS[3], 'NX', math.floor(created * 1000 + 0.5), string.sub(key, -36))
+      if created and KEYS[3 + n] then
+        redis.call('ZADD', KEYS[3 + n], 'NX', math.floor(created * 1000 + 0.5), string.sub(key, -36))
       end
       out[i] = {'run', fields}
     end
@@ -280,7 +281,7 @@ return #members
 /// final and answers "stored" without writing again (so a retry's next attempt is added once).
 ///
 /// KEYS: leases, record, stats, then for a retry: the child's record, the child's queue
-/// (`task_queue`, or `delayed` with a time) and the records' index. ARGV: lease member (token and member), ttl_ms (0:
+/// (`task_queue`, or `delayed` with a time) and the records' index (when it is kept). ARGV: lease member (token and member), ttl_ms (0:
 /// keep), done channel, uuid, field count, the stats bucket (`t:{second}:{status}`), the fields
 /// and values, then for a retry: the child's field count, its fields and values, its queue
 /// entry and its due time in ms ('' to queue it now). Returns 1 stored, 2 ended already (a replay; nothing written), 0 refused (the lease is
@@ -311,7 +312,9 @@ if KEYS[4] then
   else
     redis.call('ZADD', KEYS[5], tonumber(due), entry)
   end
-  redis.call('ZADD', KEYS[6], ARGV[next_arg + 2 * c + 3], string.sub(KEYS[4], -36))
+  if KEYS[6] then
+    redis.call('ZADD', KEYS[6], ARGV[next_arg + 2 * c + 3], string.sub(KEYS[4], -36))
+  end
 end
 local ttl = tonumber(ARGV[2])
 if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
@@ -483,7 +486,7 @@ return 1
 );
 
 /// Writes a new record unless one exists, and indexes it. KEYS: record, records_stats,
-/// records_waiting, records_index. ARGV: uuid, priority, created_at, field count n, then n field/value pairs. Returns 1 when
+/// records_waiting, then the records' index (when it is kept). ARGV: uuid, priority, created_at, field count n, then n field/value pairs. Returns 1 when
 /// written, 0 when the record existed.
 pub(super) const INSERT: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -491,7 +494,9 @@ local n = tonumber(ARGV[4])
 redis.call('HSET', KEYS[1], unpack(ARGV, 5, 4 + 2 * n))
 redis.call('HINCRBY', KEYS[2], 'w:' .. ARGV[2], 1)
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
-redis.call('ZADD', KEYS[4], math.floor(tonumber(ARGV[3]) * 1000 + 0.5), ARGV[1])
+if KEYS[4] then
+  redis.call('ZADD', KEYS[4], math.floor(tonumber(ARGV[3]) * 1000 + 0.5), ARGV[1])
+end
 return 1
 "#;
 

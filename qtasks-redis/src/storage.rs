@@ -284,7 +284,7 @@ impl Storage for RedisStorage {
             .sweeper
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if sweeper.is_none() {
+        if let (None, Some(index)) = (sweeper.as_ref(), self.keys.records_index.clone()) {
             let (keys, commands) = (self.keys.clone(), self.commands.clone());
             let task = tokio::spawn(async move {
                 let mut rank = 0;
@@ -292,7 +292,7 @@ impl Storage for RedisStorage {
                 every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     every.tick().await;
-                    match super::listing::sweep(&keys, &commands, rank).await {
+                    match super::listing::sweep(&keys, &index, &commands, rank).await {
                         Ok(next) => rank = next,
                         Err(error) => {
                             tracing::debug!("sweeping the records' index failed: {error}");
@@ -321,7 +321,13 @@ impl Storage for RedisStorage {
         &'a self,
         query: &'a qtasks_core::records::RecordQuery,
     ) -> BoxFuture<'a, Result<qtasks_core::records::RecordPage, BackendError>> {
-        Box::pin(super::listing::list(&self.keys, &self.commands, query))
+        Box::pin(async move {
+            match &self.keys.records_index {
+                Some(index) => super::listing::list(&self.keys, index, &self.commands, query).await,
+                // No index (`RedisOptions::records_index` off): every record is read.
+                None => Ok(query.page_of(self.get_all().await?)),
+            }
+        })
     }
 
     fn delete(&self, uuid: Uuid) -> BoxFuture<'_, Result<bool, BackendError>> {
@@ -394,13 +400,12 @@ impl Storage for RedisStorage {
                     .map(|uuid| self.keys.record(*uuid))
                     .collect();
                 let members: Vec<String> = finished.iter().map(Uuid::to_string).collect();
-                redis::pipe()
-                    .cmd("UNLINK")
-                    .arg(&keys)
-                    .cmd("ZREM")
-                    .arg(&self.keys.records_index)
-                    .arg(&members)
-                    .exec_async(&mut con)
+                let mut pipe = redis::pipe();
+                pipe.cmd("UNLINK").arg(&keys);
+                if let Some(index) = &self.keys.records_index {
+                    pipe.cmd("ZREM").arg(index).arg(&members);
+                }
+                pipe.exec_async(&mut con)
                     .await
                     .map_err(|e| failure("deleting finished records failed".to_owned(), e))?;
             }
@@ -415,8 +420,11 @@ impl Storage for RedisStorage {
             script
                 .key(self.keys.record(task.uuid))
                 .key(&self.keys.records_stats)
-                .key(&self.keys.records_waiting)
-                .key(&self.keys.records_index)
+                .key(&self.keys.records_waiting);
+            if let Some(index) = &self.keys.records_index {
+                script.key(index);
+            }
+            script
                 .arg(task.uuid.to_string())
                 .arg(task.priority)
                 .arg(task.created_at)
