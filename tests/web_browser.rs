@@ -140,6 +140,46 @@ impl Browser {
             .unwrap()
     }
 
+    /// The text of the page's notice, once the page an action leads to has loaded (a click
+    /// returns before its navigation ends).
+    async fn notice(&self) -> String {
+        self.text_once("p.notice").await
+    }
+
+    /// The text of the first element `css` finds, waiting until there is one.
+    async fn text_once(&self, css: &str) -> String {
+        let started = Instant::now();
+        loop {
+            if let Ok(element) = self.client.find(Locator::Css(css)).await
+                && let Ok(text) = element.text().await
+            {
+                return text;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "no {css} at {}",
+                self.client.current_url().await.unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until the page's address contains `part`.
+    async fn wait_url(&self, part: &str) -> String {
+        let started = Instant::now();
+        loop {
+            let url = self.client.current_url().await.unwrap().to_string();
+            if url.contains(part) {
+                return url;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "{url} never contained {part}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     async fn count(&self, css: &str) -> usize {
         self.client.find_all(Locator::Css(css)).await.unwrap().len()
     }
@@ -387,7 +427,7 @@ async fn the_dashboard_works_in_a_real_browser() {
         .await
         .unwrap();
     browser.wait_text("#region-task .status", "cancel").await;
-    assert!(browser.text("p.notice").await.contains("cancelled"));
+    assert!(browser.notice().await.contains("cancelled"));
     assert_eq!(
         app.get(seeded.running).await.unwrap().unwrap().status,
         TaskStatus::Cancel
@@ -405,14 +445,13 @@ async fn the_dashboard_works_in_a_real_browser() {
         .click()
         .await
         .unwrap();
+    let url = browser.wait_url("done=retried").await;
     browser.wait_text("#region-task .status", "error").await;
-    let retried: Uuid = browser
-        .client
-        .current_url()
-        .await
+    let retried: Uuid = url
+        .split("/tasks/")
+        .nth(1)
+        .and_then(|rest| rest.split('?').next())
         .unwrap()
-        .path()
-        .trim_start_matches("/tasks/")
         .parse()
         .unwrap();
     assert_ne!(retried, seeded.failed);
@@ -441,7 +480,7 @@ async fn the_dashboard_works_in_a_real_browser() {
         .click()
         .await
         .unwrap();
-    assert!(browser.text("p.notice").await.contains("deleted"));
+    assert!(browser.notice().await.contains("deleted"));
     assert!(app.get(seeded.plain).await.unwrap().is_none());
 
     // Workers, and the dead letter: dropped.
@@ -463,7 +502,7 @@ async fn the_dashboard_works_in_a_real_browser() {
         .click()
         .await
         .unwrap();
-    assert!(browser.text("p.notice").await.contains("dropped"));
+    assert!(browser.notice().await.contains("dropped"));
     assert_eq!(browser.count("tbody tr").await, 0);
 
     // A phone-width window: every page fits (wide tables scroll in their own box).
@@ -516,9 +555,14 @@ async fn the_dashboard_asks_for_the_token_and_follows_dark_mode() {
         }
     };
     login("wrong horse").await;
-    assert!(browser.text("p.problem").await.contains("not the token"));
+    assert!(
+        browser
+            .text_once("p.problem")
+            .await
+            .contains("not the token")
+    );
     login("correct horse").await;
-    assert_eq!(browser.text("h1").await, "Overview");
+    browser.wait_text("h1", "Overview").await;
     // Dark mode: the page's background follows the system's preference.
     let background = browser
         .script("return getComputedStyle(document.body).backgroundColor")
