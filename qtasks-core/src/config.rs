@@ -255,16 +255,7 @@ fn parse_bool(value: &str) -> Option<bool> {
 }
 
 fn parse_status(text: &str) -> Option<TaskStatus> {
-    [
-        TaskStatus::New,
-        TaskStatus::Process,
-        TaskStatus::Success,
-        TaskStatus::Error,
-        TaskStatus::Cancel,
-        TaskStatus::Retry,
-    ]
-    .into_iter()
-    .find(|status| status.as_str() == text)
+    text.parse().ok()
 }
 
 #[cfg(test)]

@@ -31,6 +31,16 @@ pub enum TaskStatus {
 }
 
 impl TaskStatus {
+    /// Every status, in the order of a task's life.
+    pub const ALL: [TaskStatus; 6] = [
+        TaskStatus::New,
+        TaskStatus::Process,
+        TaskStatus::Success,
+        TaskStatus::Error,
+        TaskStatus::Cancel,
+        TaskStatus::Retry,
+    ];
+
     /// Whether this record will not change again: success, error, cancel, or retry (the
     /// attempt ended and a child task carries on; [`TaskHandle::wait`] follows it).
     pub const fn is_final(self) -> bool {

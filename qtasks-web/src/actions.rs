@@ -2,6 +2,8 @@
 //! checked against cross-site requests first ([`refuse_cross_site`]); the forms of the pages
 //! get a redirect back (a page that says what happened), the JSON API gets JSON.
 
+use std::future::Future;
+
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -125,22 +127,42 @@ pub(crate) struct DeadForm {
     id: String,
 }
 
+/// A form's action: refused if it is cross-site, else run, then a redirect to the page it
+/// names (or a page saying why not).
+async fn form_action<Fut>(
+    shared: &Shared,
+    headers: &HeaderMap,
+    csrf: &str,
+    action: impl FnOnce() -> Fut,
+) -> Response
+where
+    Fut: Future<Output = Result<String, Refusal>>,
+{
+    if let Some(refused) = refuse_cross_site(shared, headers, Some(csrf)) {
+        return refused;
+    }
+    match action().await {
+        Ok(location) => Redirect::to(&location).into_response(),
+        Err(refusal) => refusal.page(shared),
+    }
+}
+
 pub(crate) async fn cancel_form(
     State(shared): State<Shared>,
     Path(uuid): Path<String>,
     headers: HeaderMap,
     Form(form): Form<TaskForm>,
 ) -> Response {
-    if let Some(refused) = refuse_cross_site(&shared, &headers, Some(&form.csrf)) {
-        return refused;
-    }
-    match cancel(&shared, &uuid, form.reason.as_deref()).await {
-        Ok((uuid, true)) => Redirect::to(&format!("/tasks/{uuid}?done=cancelled")).into_response(),
-        Ok((uuid, false)) => {
-            Redirect::to(&format!("/tasks/{uuid}?done=not-cancelled")).into_response()
-        }
-        Err(refusal) => refusal.page(&shared),
-    }
+    form_action(&shared, &headers, &form.csrf, || async {
+        let (uuid, cancelled) = cancel(&shared, &uuid, form.reason.as_deref()).await?;
+        let done = if cancelled {
+            "cancelled"
+        } else {
+            "not-cancelled"
+        };
+        Ok(format!("/tasks/{uuid}?done={done}"))
+    })
+    .await
 }
 
 pub(crate) async fn retry_form(
@@ -149,13 +171,13 @@ pub(crate) async fn retry_form(
     headers: HeaderMap,
     Form(form): Form<TaskForm>,
 ) -> Response {
-    if let Some(refused) = refuse_cross_site(&shared, &headers, Some(&form.csrf)) {
-        return refused;
-    }
-    match retry(&shared, &uuid).await {
-        Ok(new) => Redirect::to(&format!("/tasks/{new}?done=retried")).into_response(),
-        Err(refusal) => refusal.page(&shared),
-    }
+    form_action(&shared, &headers, &form.csrf, || async {
+        Ok(format!(
+            "/tasks/{}?done=retried",
+            retry(&shared, &uuid).await?
+        ))
+    })
+    .await
 }
 
 pub(crate) async fn delete_form(
@@ -164,13 +186,11 @@ pub(crate) async fn delete_form(
     headers: HeaderMap,
     Form(form): Form<TaskForm>,
 ) -> Response {
-    if let Some(refused) = refuse_cross_site(&shared, &headers, Some(&form.csrf)) {
-        return refused;
-    }
-    match delete(&shared, &uuid).await {
-        Ok(_) => Redirect::to("/tasks?done=deleted").into_response(),
-        Err(refusal) => refusal.page(&shared),
-    }
+    form_action(&shared, &headers, &form.csrf, || async {
+        delete(&shared, &uuid).await?;
+        Ok("/tasks?done=deleted".to_owned())
+    })
+    .await
 }
 
 pub(crate) async fn requeue_form(
@@ -178,7 +198,7 @@ pub(crate) async fn requeue_form(
     headers: HeaderMap,
     Form(form): Form<DeadForm>,
 ) -> Response {
-    dead_form(shared, headers, form, true).await
+    dead_form(&shared, &headers, &form, true).await
 }
 
 pub(crate) async fn drop_form(
@@ -186,19 +206,24 @@ pub(crate) async fn drop_form(
     headers: HeaderMap,
     Form(form): Form<DeadForm>,
 ) -> Response {
-    dead_form(shared, headers, form, false).await
+    dead_form(&shared, &headers, &form, false).await
 }
 
-async fn dead_form(shared: Shared, headers: HeaderMap, form: DeadForm, requeue: bool) -> Response {
-    if let Some(refused) = refuse_cross_site(&shared, &headers, Some(&form.csrf)) {
-        return refused;
-    }
-    match resolve(&shared, &form.id, requeue).await {
-        Ok(true) if requeue => Redirect::to("/dead?done=requeued").into_response(),
-        Ok(true) => Redirect::to("/dead?done=dropped").into_response(),
-        Ok(false) => Redirect::to("/dead?done=gone").into_response(),
-        Err(refusal) => refusal.page(&shared),
-    }
+async fn dead_form(
+    shared: &Shared,
+    headers: &HeaderMap,
+    form: &DeadForm,
+    requeue: bool,
+) -> Response {
+    form_action(shared, headers, &form.csrf, || async {
+        let done = match resolve(shared, &form.id, requeue).await? {
+            false => "gone",
+            true if requeue => "requeued",
+            true => "dropped",
+        };
+        Ok(format!("/dead?done={done}"))
+    })
+    .await
 }
 
 // ------------------------------------------------------------------------------------------
@@ -209,19 +234,35 @@ pub(crate) struct ReasonQuery {
     reason: Option<String>,
 }
 
+/// An API action: refused if it is cross-site, else run, answering its JSON.
+async fn api_action<Fut>(
+    shared: &Shared,
+    headers: &HeaderMap,
+    action: impl FnOnce() -> Fut,
+) -> Response
+where
+    Fut: Future<Output = Result<serde_json::Value, Refusal>>,
+{
+    if let Some(refused) = refuse_cross_site(shared, headers, None) {
+        return refused;
+    }
+    match action().await {
+        Ok(answer) => Json(answer).into_response(),
+        Err(refusal) => refusal.json(),
+    }
+}
+
 pub(crate) async fn cancel_api(
     State(shared): State<Shared>,
     Path(uuid): Path<String>,
     headers: HeaderMap,
     Query(query): Query<ReasonQuery>,
 ) -> Response {
-    if let Some(refused) = refuse_cross_site(&shared, &headers, None) {
-        return refused;
-    }
-    match cancel(&shared, &uuid, query.reason.as_deref()).await {
-        Ok((_, cancelled)) => Json(json!({ "cancelled": cancelled })).into_response(),
-        Err(refusal) => refusal.json(),
-    }
+    api_action(&shared, &headers, || async {
+        let (_, cancelled) = cancel(&shared, &uuid, query.reason.as_deref()).await?;
+        Ok(json!({ "cancelled": cancelled }))
+    })
+    .await
 }
 
 pub(crate) async fn retry_api(
@@ -229,13 +270,10 @@ pub(crate) async fn retry_api(
     Path(uuid): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(refused) = refuse_cross_site(&shared, &headers, None) {
-        return refused;
-    }
-    match retry(&shared, &uuid).await {
-        Ok(new) => Json(json!({ "uuid": new })).into_response(),
-        Err(refusal) => refusal.json(),
-    }
+    api_action(&shared, &headers, || async {
+        Ok(json!({ "uuid": retry(&shared, &uuid).await? }))
+    })
+    .await
 }
 
 pub(crate) async fn delete_api(
@@ -243,13 +281,10 @@ pub(crate) async fn delete_api(
     Path(uuid): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(refused) = refuse_cross_site(&shared, &headers, None) {
-        return refused;
-    }
-    match delete(&shared, &uuid).await {
-        Ok(deleted) => Json(json!({ "deleted": deleted })).into_response(),
-        Err(refusal) => refusal.json(),
-    }
+    api_action(&shared, &headers, || async {
+        Ok(json!({ "deleted": delete(&shared, &uuid).await? }))
+    })
+    .await
 }
 
 pub(crate) async fn requeue_api(
@@ -257,7 +292,10 @@ pub(crate) async fn requeue_api(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    dead_api(shared, headers, &id, true).await
+    api_action(&shared, &headers, || async {
+        Ok(json!({ "resolved": resolve(&shared, &id, true).await? }))
+    })
+    .await
 }
 
 pub(crate) async fn drop_api(
@@ -265,15 +303,8 @@ pub(crate) async fn drop_api(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    dead_api(shared, headers, &id, false).await
-}
-
-async fn dead_api(shared: Shared, headers: HeaderMap, id: &str, requeue: bool) -> Response {
-    if let Some(refused) = refuse_cross_site(&shared, &headers, None) {
-        return refused;
-    }
-    match resolve(&shared, id, requeue).await {
-        Ok(resolved) => Json(json!({ "resolved": resolved })).into_response(),
-        Err(refusal) => refusal.json(),
-    }
+    api_action(&shared, &headers, || async {
+        Ok(json!({ "resolved": resolve(&shared, &id, false).await? }))
+    })
+    .await
 }

@@ -78,6 +78,7 @@ pub struct Web {
 #[derive(Clone)]
 pub(crate) struct Shared(Arc<SharedInner>);
 
+#[derive(Clone)]
 pub(crate) struct SharedInner {
     pub(crate) app: QueueTasks,
     pub(crate) token: Option<Arc<str>>,
@@ -131,17 +132,9 @@ impl Web {
     /// Requires `token` on every request (`Authorization: Bearer <token>`, or the cookie the
     /// login page sets); an empty token counts as none.
     #[must_use]
-    pub fn token(self, token: Option<String>) -> Self {
-        let inner = &self.shared;
-        Web {
-            shared: Shared(Arc::new(SharedInner {
-                app: inner.app.clone(),
-                token: token.filter(|t| !t.is_empty()).map(Arc::from),
-                csrf: inner.csrf.clone(),
-                live: tokio::sync::OnceCell::new(),
-                metrics: Arc::clone(&inner.metrics),
-            })),
-        }
+    pub fn token(mut self, token: Option<String>) -> Self {
+        Arc::make_mut(&mut self.shared.0).token = token.filter(|t| !t.is_empty()).map(Arc::from);
+        self
     }
 
     /// The routes, to serve or to mount in an axum server of your own.

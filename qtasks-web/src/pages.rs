@@ -472,12 +472,10 @@ impl TaskFilter {
     pub(crate) fn query(&self) -> Result<RecordQuery, BadFilter> {
         let mut query = RecordQuery::default().limit(self.limit.unwrap_or(50));
         if !self.status.is_empty() {
-            let status = self.status.parse::<TaskStatus>().map_err(|_| {
-                BadFilter(format!(
-                    "`{}` is not a status: use new, process, success, error, cancel or retry",
-                    self.status
-                ))
-            })?;
+            let status = self
+                .status
+                .parse::<TaskStatus>()
+                .map_err(|e| BadFilter(e.to_string()))?;
             query = query.status(status);
         }
         if !self.name.trim().is_empty() {
@@ -571,14 +569,7 @@ pub(crate) async fn tasks(
 fn filter_form(html: &mut Html, filter: &TaskFilter) {
     html.raw("<form class=\"filters\" method=\"get\" action=\"/tasks\" role=\"search\">")
         .raw("<label>Status <select name=\"status\"><option value=\"\">any</option>");
-    for status in [
-        TaskStatus::New,
-        TaskStatus::Process,
-        TaskStatus::Success,
-        TaskStatus::Error,
-        TaskStatus::Cancel,
-        TaskStatus::Retry,
-    ] {
+    for status in TaskStatus::ALL {
         html.raw("<option");
         if filter.status == status.as_str() {
             html.raw(" selected");
