@@ -109,14 +109,34 @@ struct Worker(Child);
 
 impl Worker {
     fn spawn(url: &str, prefix: &str, lease_ms: u64, concurrency: usize, log: &Path) -> Self {
+        Self::spawn_with(url, prefix, lease_ms, concurrency, log, &[])
+    }
+
+    fn spawn_with(
+        url: &str,
+        prefix: &str,
+        lease_ms: u64,
+        concurrency: usize,
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> Self {
         let child = Command::new(env!("CARGO_BIN_EXE_qtasks-test-redis-worker"))
             .args([prefix, &lease_ms.to_string(), &concurrency.to_string()])
             .env("QTASKS_TEST_REDIS_URL", url)
             .env("QTASKS_TEST_EXEC_LOG", log)
             .env("QTASKS_STOP_TIMEOUT", "5")
+            .envs(env.iter().copied())
             .spawn()
             .expect("the worker binary starts");
         Worker(child)
+    }
+
+    /// Whether the process has ended (it died), without waiting.
+    fn has_died(&mut self) -> bool {
+        self.0
+            .try_wait()
+            .expect("the worker can be polled")
+            .is_some()
     }
 
     fn signal(&self, name: &str) {
@@ -799,4 +819,134 @@ async fn the_dashboard_through_a_redis_outage() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_that_kills_its_worker_ends_after_max_deliveries() {
+    if !enabled("a_task_that_kills_its_worker_ends_after_max_deliveries") {
+        return;
+    }
+    let Scenario {
+        redis: _redis, // kept alive until the end of the test
+        url,
+        prefix,
+        log,
+        app,
+    } = Scenario::start("fault_crash", "crash", false).await;
+    // Three good tasks on each side of one that aborts its process, all queued before the
+    // workers start, so the first take's batch holds them together.
+    let mut tasks = add_all(&app, (0..3).map(|i| format!("before{i}")), 50).await;
+    let crash = app.add_task("crash", ("crash",), ()).await.unwrap().uuid();
+    tasks.extend(add_all(&app, (0..3).map(|i| format!("after{i}")), 50).await);
+    // Two workers, restarted whenever they die (as a supervisor would).
+    let spawn = || {
+        Worker::spawn_with(
+            &url,
+            &prefix,
+            1000,
+            8,
+            &log,
+            &[("QTASKS_MAX_DELIVERIES", "3")],
+        )
+    };
+    let mut workers = vec![spawn(), spawn()];
+    let mut restarts = 0;
+    let deadline = Instant::now() + WAIT;
+    let ended = loop {
+        assert!(Instant::now() < deadline, "the crashing task never ended");
+        for worker in &mut workers {
+            if worker.has_died() {
+                restarts += 1;
+                *worker = spawn();
+            }
+        }
+        let record = app.get(crash).await.unwrap().expect("its record is kept");
+        if record.status.is_final() {
+            break record;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(ended.status, TaskStatus::Error);
+    let reason = ended.traceback.unwrap_or_default();
+    assert!(reason.starts_with("DeliveryLimit:"), "{reason}");
+    let crashes = executions(&log).get(&crash).copied().unwrap_or(0);
+    assert!(
+        (1..=3).contains(&crashes),
+        "run at most max_deliveries times: {crashes}"
+    );
+    // The tasks taken beside it ran, each to one outcome.
+    for (uuid, label) in &tasks {
+        let done = app.wait(*uuid, WAIT).await.unwrap();
+        assert_eq!(
+            (done.status, done.returning),
+            (TaskStatus::Success, Some(json!(label)))
+        );
+    }
+    println!(
+        "a task that aborts its worker: run {crashes} times, {restarts} worker restarts, then `error` (DeliveryLimit); {} tasks beside it ran",
+        tasks.len()
+    );
+    workers.into_iter().for_each(Worker::stop);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_whose_message_is_lost_still_ends_the_task_cancelled() {
+    if !enabled("a_cancel_whose_message_is_lost_still_ends_the_task_cancelled") {
+        return;
+    }
+    let Scenario {
+        redis: _redis, // kept alive until the end of the test
+        url,
+        prefix,
+        log,
+        app,
+    } = Scenario::start("fault_lostcancel", "lostcancel", false).await;
+    let worker = Worker::spawn(&url, &prefix, 1500, 4, &log);
+    let tasks = add_all(&app, (0..3).map(|i| format!("long{i}")), 6000).await;
+    until("all three run", || executed(&log) == 3).await;
+    // No connection may subscribe any more, and the workers' subscriptions are cut: every
+    // cancel message from now on is lost.
+    let mut con = support::raw_connection(&url).await;
+    let _: () = redis::cmd("ACL")
+        .arg(
+            &[
+                "SETUSER",
+                "default",
+                "-subscribe",
+                "-psubscribe",
+                "-ssubscribe",
+            ][..],
+        )
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("CLIENT")
+        .arg(&["KILL", "TYPE", "pubsub"][..])
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    for (uuid, _) in &tasks {
+        assert!(
+            app.cancel(*uuid, "lost message").await.unwrap(),
+            "a running task can be cancelled"
+        );
+    }
+    // Waiters cannot be told either: read the records until they end.
+    for (uuid, label) in &tasks {
+        let deadline = Instant::now() + WAIT;
+        let record = loop {
+            let record = app.get(*uuid).await.unwrap().unwrap();
+            if record.status.is_final() {
+                break record;
+            }
+            assert!(Instant::now() < deadline, "{label} never ended");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(
+            (record.status, record.cancel_reason.as_deref()),
+            (TaskStatus::Cancel, Some("lost message")),
+            "a `true` cancel of a running task ends it `cancel`"
+        );
+    }
+    worker.kill();
 }

@@ -165,6 +165,40 @@ async fn a_poison_message_becomes_a_dead_letter_with_its_reason_and_the_worker_g
     app.flush_all().await.unwrap();
 }
 
+#[tokio::test]
+async fn a_message_with_a_time_out_of_range_is_a_dead_letter_and_the_fetch_loop_goes_on() {
+    let Some((amqp, redis)) = services("a_message_with_a_time_out_of_range") else {
+        return;
+    };
+    let prefix = unique_prefix("amqp_badtime");
+    let app = app(&amqp, &redis, &prefix, 1).await;
+    app.start().await.unwrap();
+    // `run_at` 1e300 once panicked the fetch loop (`Duration::from_secs_f64`): the worker
+    // stayed listed but never took another task.
+    let queue = format!("{prefix}:task_queue");
+    for body in [
+        r#"{"uuid":"5a469176-81b0-4c8a-996d-22ea5df7c4cf","task_name":"amqp_add","priority":0,"args":[1,2],"kwargs":{},"created_at":1.0,"run_at":1e300}"#,
+        r#"{"uuid":"6a469176-81b0-4c8a-996d-22ea5df7c4cf","task_name":"amqp_add","priority":0,"args":[1,2],"kwargs":{},"created_at":-1e300}"#,
+    ] {
+        publish_raw(&amqp, &queue, body.as_bytes()).await;
+    }
+    let fine = amqp_add::add_task(&app, 2, 2).await.unwrap();
+    let record = fine.wait(WAIT).await.unwrap();
+    assert_eq!(record.returning, Some(json!(4)), "the next task ran");
+    let letters = app.dead_letters(10).await.unwrap();
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    assert!(
+        letters.iter().any(|l| l.reason.contains("`run_at`")),
+        "{letters:?}"
+    );
+    assert!(
+        letters.iter().any(|l| l.reason.contains("`created_at`")),
+        "{letters:?}"
+    );
+    app.stop().await.unwrap();
+    app.flush_all().await.unwrap();
+}
+
 /// A worker process on RabbitMQ (the test worker with `QTASKS_TEST_WORKER_AMQP`).
 fn amqp_worker(prefix: &str, amqp: &str, concurrency: usize) -> WorkerProcess {
     WorkerProcess::spawn(

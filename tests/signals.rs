@@ -81,3 +81,48 @@ fn ctrl_c_stops_the_worker_after_the_running_task() {
 fn sigterm_stops_the_worker_after_the_running_task() {
     stop_worker_with("-TERM");
 }
+
+#[test]
+fn a_second_signal_ends_the_process_even_while_a_plain_fn_task_runs() {
+    // A plain `fn` task of a minute: its thread cannot be stopped, and the runtime would wait
+    // for it when `main` returns. The second signal must end the process within the stop
+    // timeout (1 s here) all the same.
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_qtasks-test-worker"))
+        .args(["60000", "blocking"])
+        .env("QTASKS_STOP_TIMEOUT", "1")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the worker binary starts");
+    let mut lines = BufReader::new(worker.stdout.take().expect("stdout is piped")).lines();
+    let mut next_line = || {
+        lines
+            .next()
+            .expect("the worker prints a line")
+            .expect("stdout is readable")
+    };
+    assert_eq!(next_line(), "running");
+    let kill = |signal: &str| {
+        let sent = Command::new("kill")
+            .args([signal, &worker.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success());
+    };
+    kill("-TERM");
+    assert_eq!(next_line(), "stopping", "the graceful stop began");
+    kill("-TERM");
+    assert_eq!(next_line(), "stopped: new None", "handed back");
+    // Well past the 1 s stop timeout, far short of the task's minute.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = worker.try_wait().expect("the worker can be polled") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = worker.kill();
+            panic!("the worker still runs 20 s after its second signal");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(1), "forced: exit code 1");
+}

@@ -397,9 +397,9 @@ fn show_stats(stats: &Stats, json: bool) {
             ));
             lines.push((
                 "oldest waiting",
-                queue.oldest_waiting_secs.map_or("-".to_owned(), |secs| {
-                    human_duration(Duration::from_secs_f64(secs))
-                }),
+                queue
+                    .oldest_waiting_secs
+                    .map_or("-".to_owned(), |secs| human_duration(output::seconds(secs))),
             ));
             lines.push(("dead letters", queue.dead_letters.to_string()));
         }
@@ -533,7 +533,7 @@ fn show_schedules(schedules: &[qtasks_core::schedule::ScheduleInfo]) {
         secs.map_or("-".to_owned(), |secs| {
             let now = qtasks_core::backend::unix_now();
             if secs >= now {
-                format!("in {}", human_duration(Duration::from_secs_f64(secs - now)))
+                format!("in {}", human_duration(output::seconds(secs - now)))
             } else {
                 ago(secs)
             }

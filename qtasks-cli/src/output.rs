@@ -73,7 +73,17 @@ pub(crate) fn human_duration(duration: Duration) -> String {
 /// How long ago a Unix time was, for people.
 pub(crate) fn ago(unix: f64) -> String {
     let age = (qtasks_core::backend::unix_now() - unix).max(0.0);
-    format!("{} ago", human_duration(Duration::from_secs_f64(age)))
+    format!("{} ago", human_duration(seconds(age)))
+}
+
+/// A number of seconds read from a record or the backend as a duration: none for what is not
+/// a number, the longest one for what no duration holds (never a panic on a bad value).
+pub(crate) fn seconds(secs: f64) -> Duration {
+    if secs.is_nan() || secs <= 0.0 {
+        Duration::ZERO
+    } else {
+        Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX)
+    }
 }
 
 /// A spinner with the elapsed time on stderr while `what` runs, when stderr is a terminal;

@@ -263,6 +263,7 @@ pub(crate) const ALL: &[(&str, Case)] = cases![
     records_list_filters,
     delete_only_finished,
     retry_by_hand_links_the_attempts,
+    concurrent_retries_by_hand_queue_one_attempt,
 ];
 
 async fn add_take_finish(c: &Context<'_>) -> Result<(), String> {
@@ -1269,6 +1270,37 @@ async fn retry_by_hand_links_the_attempts(c: &Context<'_>) -> Result<(), String>
             Err(Error::WrongStatus { .. })
         ),
         "a success was retried"
+    );
+    Ok(())
+}
+
+async fn concurrent_retries_by_hand_queue_one_attempt(c: &Context<'_>) -> Result<(), String> {
+    let app = c.app("", 1).await?;
+    said(app.start().await, "starting")?;
+    let first = said(fail::add_task(&app, "twice".into()).await, "adding")?;
+    wait_for(&app, &first).await?;
+    // Four operators click "retry" at once: one attempt is queued, the others are refused.
+    let tries = futures_util::future::join_all((0..4).map(|_| app.retry_task(first.uuid()))).await;
+    let mut queued = Vec::new();
+    for tried in tries {
+        match tried {
+            Ok(handle) => queued.push(handle),
+            Err(Error::WrongStatus {
+                action: "retry", ..
+            }) => {}
+            Err(other) => return Err(format!("a concurrent retry failed: {other}")),
+        }
+    }
+    ensure!(
+        queued.len() == 1,
+        "{} of 4 concurrent retries queued an attempt",
+        queued.len()
+    );
+    let record = wait_for(&app, &queued[0]).await?;
+    ensure!(
+        record.retry_parent_uuid == Some(first.uuid()),
+        "the attempt's parent is {:?}",
+        record.retry_parent_uuid
     );
     Ok(())
 }

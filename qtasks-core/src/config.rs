@@ -57,6 +57,13 @@ pub struct QueueConfig {
     /// starts them without waiting for their lease to run out. A second Ctrl-C or SIGTERM (or
     /// [`QueueTasks::stop_now`](crate::QueueTasks::stop_now)) does the same at once.
     pub stop_timeout: f64,
+    /// How many times the broker may hand out one attempt of a task (default 5). A delivery
+    /// past it is not run: the task ends `error` with a `DeliveryLimit` reason. Only a worker
+    /// that dies or stalls past its lease while it runs the task (a task that aborts, overflows
+    /// its stack or is OOM-killed) leaves an attempt to be handed out again; failures the
+    /// worker survives are counted by `retry` instead. Counted by the engines that lease tasks
+    /// (Redis); `0` means no limit. (Not in the original.)
+    pub max_deliveries: u32,
     /// The prefix of the environment variables [`QueueConfig::from_env`] reads.
     pub environ_prefix: String,
 }
@@ -79,6 +86,7 @@ impl Default for QueueConfig {
             result_time_interval: 1.0,
             result_statuses_end: vec![TaskStatus::Success, TaskStatus::Error, TaskStatus::Cancel],
             stop_timeout: 30.0,
+            max_deliveries: 5,
             environ_prefix: "QTASKS_".to_owned(),
         }
     }
@@ -145,6 +153,7 @@ impl QueueConfig {
         "result_time_interval",
         "result_statuses_end",
         "stop_timeout",
+        "max_deliveries",
         "environ_prefix",
     ];
 
@@ -202,6 +211,9 @@ impl QueueConfig {
                     return Err(invalid("a finite, non-negative number of seconds"));
                 }
                 self.stop_timeout = seconds;
+            }
+            "max_deliveries" => {
+                self.max_deliveries = parse_number(field, value, "a whole number (0: no limit)")?;
             }
             "environ_prefix" => self.environ_prefix = value.to_owned(),
             other => {

@@ -297,12 +297,16 @@ impl TaskExecutor {
         let limit = self.task.max_time.filter(|seconds| *seconds > 0.0);
         let timed = async {
             match limit {
-                Some(seconds) => tokio::time::timeout(Duration::from_secs_f64(seconds), step)
-                    .await
-                    .map_err(|_| TimeoutError {
-                        task: self.task.name.to_owned(),
-                        seconds,
-                    }),
+                // A limit too long for a duration is no limit (it never comes).
+                Some(seconds) => tokio::time::timeout(
+                    Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX),
+                    step,
+                )
+                .await
+                .map_err(|_| TimeoutError {
+                    task: self.task.name.to_owned(),
+                    seconds,
+                }),
                 None => Ok(step.await),
             }
         };

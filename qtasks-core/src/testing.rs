@@ -63,11 +63,12 @@ pub async fn run(app: &QueueTasks, call: TaskCall) -> Result<Outcome> {
     };
     let uuid = task.uuid;
     let span = tracing::info_span!("task", task = definition.name, uuid = %uuid, test = true);
-    let cancel = app.inner.cancels.register(uuid);
+    let receipt = format!("direct:{uuid}");
+    let cancel = app.inner.cancels.register(uuid, &receipt);
     let run = TaskExecutor::new(app.clone(), definition, task, app.dispatch(), span, cancel);
     let executor = definition.executor.unwrap_or(&*app.inner.executor);
     let outcome = catch_panic(executor.execute(&run)).await;
-    app.inner.cancels.unregister(uuid);
+    app.inner.cancels.unregister(uuid, &receipt);
     drop(Arc::clone(&app.inner));
     Ok(outcome.unwrap_or_else(|panic| Outcome::Error(format!("ExecutorPanic: {panic}"))))
 }

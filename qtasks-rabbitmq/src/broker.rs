@@ -25,7 +25,8 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Acker, BasicProperties, Channel, Confirmation, Consumer};
 use qtasks_core::backend::{
-    BackendError, Broker, CancelState, Delivery, RecordChange, Storage, Transition, unix_now,
+    BackendError, Broker, CancelRequest, CancelState, Delivery, RecordChange, Storage, Transition,
+    unix_now,
 };
 use qtasks_core::stats::{DeadLetter, QueueStats};
 use qtasks_core::{BoxFuture, Outcome, QueuedTask, TaskStatus};
@@ -38,6 +39,10 @@ use crate::dead_letters::{AT_HEADER, REASON_HEADER, letter_of};
 use crate::link::{Link, STEP, best_effort, failure, millis, step};
 use crate::wire::{self, Names};
 
+/// How long a finished task's outcome is tried again through a storage outage before its
+/// message goes back to the queue (and the task runs again).
+const FINISH_PATIENCE: Duration = Duration::from_secs(60);
+
 pub(crate) struct RabbitMqBroker {
     link: Arc<Link>,
     storage: Arc<dyn Storage>,
@@ -47,7 +52,7 @@ pub(crate) struct RabbitMqBroker {
     /// The ackers of the deliveries being run, by receipt.
     taken: Mutex<HashMap<String, Acker>>,
     receipts: AtomicU64,
-    cancels: broadcast::Sender<(Uuid, String)>,
+    cancels: broadcast::Sender<CancelRequest>,
     /// Dropped with the broker: the cancel listener stops.
     _listening: tokio::sync::watch::Sender<()>,
 }
@@ -106,7 +111,7 @@ impl RabbitMqBroker {
     async fn publish(&self, task: &QueuedTask) -> Result<(), BackendError> {
         let wait = task
             .run_at
-            .map(|at| Duration::from_secs_f64((at - unix_now()).max(0.0)))
+            .map(|at| wire::wait_until(at, unix_now()))
             .unwrap_or_default();
         let properties = BasicProperties::default()
             .with_delivery_mode(2)
@@ -262,7 +267,7 @@ impl RabbitMqBroker {
             }
         };
         if let Some(at) = task.run_at {
-            let wait = Duration::from_secs_f64((at - unix_now()).max(0.0));
+            let wait = wire::wait_until(at, unix_now());
             if wire::delay_tier(wait).is_some() {
                 if let Err(error) = self.publish(&task).await {
                     nack(&message.acker).await;
@@ -287,7 +292,7 @@ impl RabbitMqBroker {
             // Published by a producer that writes no record (one that speaks only the
             // original's message format): the message has all the record needs.
             taken = match self.storage.insert(&task).await {
-                Ok(()) => {
+                Ok(_) => {
                     self.storage
                         .transition(task.uuid, from, RecordChange::Taken)
                         .await
@@ -399,7 +404,11 @@ impl Broker for RabbitMqBroker {
 
     fn add(&self, task: QueuedTask) -> BoxFuture<'_, Result<(), BackendError>> {
         Box::pin(async move {
-            self.storage.insert(&task).await?;
+            if !self.storage.insert(&task).await? {
+                // Known already (a slot added again, an add sent twice): nothing changes.
+                tracing::debug!(uuid = %task.uuid, "task {} is known already; not added again", task.uuid);
+                return Ok(());
+            }
             if let Err(error) = self.publish(&task).await {
                 // No message means no run: the record says so rather than waiting forever.
                 let reason = format!(
@@ -464,22 +473,51 @@ impl Broker for RabbitMqBroker {
                 Outcome::Retry { child, .. } => Some(child.uuid),
                 _ => None,
             };
-            let stored = async {
+            let status = outcome.status();
+            let tries = std::sync::atomic::AtomicU32::new(0);
+            let store = || async {
+                let first_try = tries.fetch_add(1, Ordering::Relaxed) == 0;
                 // The next attempt is queued before this one is marked `retry`: a crash in
                 // between runs this attempt again rather than losing the next.
                 if let Outcome::Retry { child, .. } = &outcome {
+                    // Published even when a first try stored the record: that try may have
+                    // failed before its publish (a second message of a task is harmless).
                     self.storage.insert(child).await?;
                     self.publish(child).await?;
                 }
-                self.storage
+                let written = self
+                    .storage
                     .transition(
                         uuid,
                         &[TaskStatus::Process],
-                        RecordChange::Finished(outcome),
+                        RecordChange::Finished(outcome.clone()),
                     )
-                    .await
-            }
-            .await;
+                    .await?;
+                Ok(match written {
+                    // A try after one whose reply was lost finds its own outcome stored.
+                    Transition::Kept(found) if !first_try && found == status => {
+                        Transition::Applied(TaskStatus::Process)
+                    }
+                    other => other,
+                })
+            };
+            // Kept and tried again through a storage outage (the message stays unacked
+            // meanwhile, so no other worker takes the task): given up only after
+            // FINISH_PATIENCE, when the message goes back to the queue and the task runs again.
+            use backon::Retryable;
+            let started = tokio::time::Instant::now();
+            let stored: Result<Transition, BackendError> = store
+                .retry(
+                    backon::ExponentialBuilder::default()
+                        .with_min_delay(Duration::from_millis(100))
+                        .with_max_delay(Duration::from_secs(2))
+                        .without_max_times(),
+                )
+                .when(|_| started.elapsed() < FINISH_PATIENCE)
+                .notify(|error, pause| {
+                    tracing::warn!(uuid = %uuid, "storing the result failed (trying again in {pause:?}): {}", qtasks_core::backend::ErrorChain(error));
+                })
+                .await;
             match stored {
                 Ok(Transition::Kept(status)) => {
                     if let Some(acker) = &acker {
@@ -621,7 +659,7 @@ impl Broker for RabbitMqBroker {
         })
     }
 
-    fn cancel_requests(&self) -> Option<broadcast::Receiver<(Uuid, String)>> {
+    fn cancel_requests(&self) -> Option<broadcast::Receiver<CancelRequest>> {
         Some(self.cancels.subscribe())
     }
 

@@ -10,9 +10,8 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Consumer, ExchangeKind};
-use qtasks_core::backend::BackendError;
+use qtasks_core::backend::{BackendError, CancelRequest};
 use tokio::sync::broadcast;
-use uuid::Uuid;
 
 use crate::link::{Link, failure};
 
@@ -20,7 +19,7 @@ use crate::link::{Link, failure};
 /// queue of its own again after each reconnect, until the broker is dropped.
 pub(crate) async fn listen_for_cancels(
     link: Arc<Link>,
-    cancels: broadcast::Sender<(Uuid, String)>,
+    cancels: broadcast::Sender<CancelRequest>,
     mut stopped: tokio::sync::watch::Receiver<()>,
     bound: Arc<tokio::sync::Notify>,
 ) {
@@ -66,7 +65,7 @@ pub(crate) async fn listen_for_cancels(
                         .and_then(|r| r.as_str())
                         .unwrap_or_default();
                     if let Some(uuid) = uuid {
-                        let _ = cancels.send((uuid, reason.to_owned()));
+                        let _ = cancels.send(CancelRequest::new(uuid, reason));
                     }
                 }
             }

@@ -215,9 +215,7 @@ impl Connector for RabbitMq {
             let link = Link::new(
                 self.url.clone(),
                 wire::Names::new(&config.name),
-                self.options.connect_timeout,
-                self.options.queue_expires,
-                self.options.priorities,
+                &self.options,
             );
             let prefetch = self
                 .options
@@ -248,6 +246,16 @@ pub struct RabbitMqOptions {
     /// Deletes the app's queues after they go unused this long (`x-expires`). `None` (the
     /// default) keeps them; tests set it so their queues do not pile up on a shared server.
     pub queue_expires: Option<Duration>,
+    /// How many dead letters the dead-letter queue keeps (`x-max-length`; the oldest go
+    /// first). Default 10,000, as on Redis.
+    pub dead_letters_max: u32,
+    /// How long a dead letter is kept (`x-message-ttl`). Default 7 days, as on Redis; `None`
+    /// keeps them until they are resolved or pushed out by newer ones.
+    ///
+    /// Both are arguments of the dead-letter queue's declaration, which RabbitMQ refuses to
+    /// change: a queue declared before (by an earlier version, or with other limits) must be
+    /// deleted, or given the limits by a policy, before a worker with new limits starts.
+    pub dead_letters_ttl: Option<Duration>,
 }
 
 impl Default for RabbitMqOptions {
@@ -257,6 +265,8 @@ impl Default for RabbitMqOptions {
             priorities: true,
             connect_timeout: Duration::from_secs(5),
             queue_expires: None,
+            dead_letters_max: 10_000,
+            dead_letters_ttl: Some(Duration::from_secs(7 * 24 * 3600)),
         }
     }
 }

@@ -84,25 +84,25 @@ pub(crate) struct Link {
     queue_expires: Option<Duration>,
     /// Whether the task queue is declared with `x-max-priority`.
     priorities: bool,
+    /// `x-max-length` of the dead-letter queue.
+    dead_letters_max: u32,
+    /// `x-message-ttl` of the dead-letter queue, if set.
+    dead_letters_ttl: Option<Duration>,
     live: tokio::sync::Mutex<Option<Live>>,
     generations: AtomicU64,
 }
 
 impl Link {
-    pub(crate) fn new(
-        url: String,
-        names: Names,
-        connect_timeout: Duration,
-        queue_expires: Option<Duration>,
-        priorities: bool,
-    ) -> Self {
+    pub(crate) fn new(url: String, names: Names, options: &crate::RabbitMqOptions) -> Self {
         Link {
             shown: qtasks_core::backend::redacted_url(&url),
             url,
             names,
-            connect_timeout,
-            queue_expires,
-            priorities,
+            connect_timeout: options.connect_timeout,
+            queue_expires: options.queue_expires,
+            priorities: options.priorities,
+            dead_letters_max: options.dead_letters_max,
+            dead_letters_ttl: options.dead_letters_ttl,
             live: tokio::sync::Mutex::default(),
             generations: AtomicU64::new(0),
         }
@@ -220,11 +220,19 @@ impl Link {
                     e,
                 )
             })?;
+        // Bounded: poison must not fill the server's disk.
+        let mut limits = vec![(
+            "x-max-length",
+            AMQPValue::LongLongInt(i64::from(self.dead_letters_max.max(1))),
+        )];
+        if let Some(ttl) = self.dead_letters_ttl {
+            limits.push(("x-message-ttl", millis(ttl)));
+        }
         channel
             .queue_declare(
                 self.names.dead.as_str().into(),
                 durable,
-                self.queue_arguments(Duration::ZERO, &[]),
+                self.queue_arguments(Duration::ZERO, &limits),
             )
             .await
             .map_err(|e| {

@@ -53,12 +53,38 @@ pub(crate) fn encode(task: &QueuedTask) -> Vec<u8> {
     serde_json::to_vec(task).expect("a task's JSON values always serialize")
 }
 
-/// Reads a message body back, or says why it is not a task.
+/// The latest time a message may name (Unix seconds, the year 5138): past it a time is no
+/// time but a bad number, and would overflow a wait.
+const LATEST_TIME: f64 = 1e11;
+
+/// Reads a message body back, or says why it is not a task. Every number a worker computes
+/// with is checked here: a message is data from the network, and a time out of range must be
+/// a dead letter, not a panic in the fetch loop.
 pub(crate) fn decode(body: &[u8]) -> Result<QueuedTask, String> {
-    serde_json::from_slice(body).map_err(|e| {
-        let shown: String = String::from_utf8_lossy(body).chars().take(80).collect();
-        format!("the message is not a qtasks task ({e}): {shown:?}")
-    })
+    let shown = || -> String { String::from_utf8_lossy(body).chars().take(80).collect() };
+    let task: QueuedTask = serde_json::from_slice(body)
+        .map_err(|e| format!("the message is not a qtasks task ({e}): {:?}", shown()))?;
+    let is_time = |at: f64| at.is_finite() && (0.0..=LATEST_TIME).contains(&at);
+    if !is_time(task.created_at) {
+        return Err(format!(
+            "the message's `created_at` ({}) is not a time: {:?}",
+            task.created_at,
+            shown()
+        ));
+    }
+    if let Some(run_at) = task.run_at.filter(|at| !is_time(*at)) {
+        return Err(format!(
+            "the message's `run_at` ({run_at}) is not a time: {:?}",
+            shown()
+        ));
+    }
+    Ok(task)
+}
+
+/// How long from now until `at` (Unix seconds); zero for a time past, or one no wait can
+/// hold.
+pub(crate) fn wait_until(at: f64, now: f64) -> Duration {
+    Duration::try_from_secs_f64((at - now).max(0.0)).unwrap_or_default()
 }
 
 /// The shortest delay queue: a task due sooner waits in the worker that took it instead.
@@ -121,5 +147,24 @@ mod tests {
         assert!(error.contains("not a qtasks task"), "{error}");
         let round = decode(&encode(&task)).unwrap();
         assert_eq!(round.uuid, task.uuid);
+    }
+
+    #[test]
+    fn numbers_out_of_range_are_refused_with_the_field_named() {
+        for (body, field) in [
+            (
+                r#"{"uuid":"5a469176-81b0-4c8a-996d-22ea5df7c4cf","task_name":"t","priority":0,"args":[],"kwargs":{},"created_at":1.0,"run_at":1e300}"#,
+                "run_at",
+            ),
+            (
+                r#"{"uuid":"5a469176-81b0-4c8a-996d-22ea5df7c4cf","task_name":"t","priority":0,"args":[],"kwargs":{},"created_at":-5.0}"#,
+                "created_at",
+            ),
+        ] {
+            let error = decode(body.as_bytes()).expect_err(body);
+            assert!(error.contains(field), "{error}");
+        }
+        assert_eq!(wait_until(1e300, 0.0), Duration::ZERO, "no panic");
+        assert_eq!(wait_until(f64::NAN, 0.0), Duration::ZERO, "no panic");
     }
 }

@@ -1,6 +1,6 @@
 //! The Redis broker: add, take (under a lease) and finish, each one round trip.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,7 +17,9 @@ use super::wire::{
 };
 use super::{Keys, RedisOptions, failure, scripts};
 use qtasks_core::BoxFuture;
-use qtasks_core::backend::{BackendError, Broker, CancelState, Delivery, ErrorChain, unix_now};
+use qtasks_core::backend::{
+    BackendError, Broker, CancelRequest, CancelState, Delivery, ErrorChain, unix_now,
+};
 use qtasks_core::stats::{DeadLetter, QueueStats};
 use qtasks_core::{Outcome, QueuedTask, TaskStatus};
 
@@ -50,8 +52,11 @@ type Taken = (Vec<u8>, i64, String);
 
 /// What the mark script found for one taken task.
 enum Marked {
-    /// Run it: its record's fields (`wire::TAKEN_FIELDS`), now marked `process`.
-    Run(Vec<Option<Vec<u8>>>),
+    /// Run it: its record's fields (`wire::TAKEN_FIELDS`), now marked `process`, and how many
+    /// times its task has been handed out, this time included.
+    Run(Vec<Option<Vec<u8>>>, u32),
+    /// Its record cannot be marked (the reason): it ends alone, the rest of the batch runs.
+    Bad(String),
     /// It has no record.
     Missing,
     /// Its record is final already (cancelled while it waited): not run; lease dropped.
@@ -62,16 +67,26 @@ enum Marked {
 
 impl redis::FromRedisValue for Marked {
     fn from_redis_value(value: redis::Value) -> Result<Self, redis::ParsingError> {
-        let mut items: Vec<redis::Value> = redis::from_redis_value(value)?;
-        let fields = if items.len() > 1 { items.pop() } else { None };
-        let kind: String = match items.pop() {
+        let mut items = redis::from_redis_value::<Vec<redis::Value>>(value)?.into_iter();
+        let kind: String = match items.next() {
             Some(kind) => redis::from_redis_value(kind)?,
             None => String::new(),
         };
         Ok(match kind.as_str() {
-            "run" => Marked::Run(match fields {
-                Some(fields) => redis::from_redis_value(fields)?,
-                None => Vec::new(),
+            "run" => {
+                let fields = match items.next() {
+                    Some(fields) => redis::from_redis_value(fields)?,
+                    None => Vec::new(),
+                };
+                let deliveries = match items.next() {
+                    Some(count) => redis::from_redis_value::<i64>(count)?,
+                    None => 1,
+                };
+                Marked::Run(fields, u32::try_from(deliveries.max(1)).unwrap_or(u32::MAX))
+            }
+            "bad" => Marked::Bad(match items.next() {
+                Some(reason) => redis::from_redis_value(reason)?,
+                None => "its record cannot be marked".to_owned(),
             }),
             "missing" => Marked::Missing,
             "ended" => Marked::Ended,
@@ -80,27 +95,22 @@ impl redis::FromRedisValue for Marked {
     }
 }
 
-/// Stops holding the members of a take if the call that took them is dropped before it hands
-/// them over (so they are not renewed forever by a live worker that will never run them).
+/// Stops holding the deliveries of a take if the call that took them is dropped before it
+/// hands them over (so they are not renewed forever by a live worker that will never run them).
 struct HoldGuard<'a> {
-    held: &'a Mutex<HashMap<String, String>>,
-    members: Vec<String>,
+    held: &'a Mutex<HashSet<String>>,
+    receipts: Vec<String>,
 }
 
 impl Drop for HoldGuard<'_> {
     fn drop(&mut self) {
-        if !self.members.is_empty() {
+        if !self.receipts.is_empty() {
             let mut held = crate::lock(self.held);
-            for member in &self.members {
-                held.remove(member);
+            for receipt in &self.receipts {
+                held.remove(receipt);
             }
         }
     }
-}
-
-/// The stats field counting unsorted entries of a priority (see `scripts`).
-fn queued_field(priority: i64) -> String {
-    format!("queued:{priority}")
 }
 
 /// A delivery's receipt: its token, then its lease member (the token has a fixed length).
@@ -120,6 +130,13 @@ struct Named {
     uuid: Uuid,
     recovered: bool,
     token: String,
+}
+
+impl Named {
+    /// This delivery's receipt: its lease member with the token.
+    fn receipt(&self) -> String {
+        receipt(&self.token, &self.member)
+    }
 }
 
 /// The queue entry of a `ready` member (`{seq}|entry`).
@@ -150,10 +167,14 @@ pub(crate) struct RedisBroker {
     renew: Script,
     requeue: Script,
     finish: Script,
-    /// The lease members this process holds, with their tokens, renewed while it lives.
-    held: Arc<Mutex<HashMap<String, String>>>,
+    add: Script,
+    /// The deliveries this process holds (their receipts: token and lease member), renewed
+    /// while it lives. Keyed by the whole receipt, not the member: after a stall this process
+    /// may hold an old and a new delivery of one task, and each is renewed, ended and stopped
+    /// on its own.
+    held: Arc<Mutex<HashSet<String>>>,
     renewer: Mutex<Option<JoinHandle<()>>>,
-    cancels: broadcast::Sender<(Uuid, String)>,
+    cancels: broadcast::Sender<CancelRequest>,
     /// The server's URL without its password.
     location: String,
 }
@@ -164,7 +185,7 @@ impl RedisBroker {
         commands: ConnectionManager,
         blocking: ConnectionManager,
         options: RedisOptions,
-        cancels: broadcast::Sender<(Uuid, String)>,
+        cancels: broadcast::Sender<CancelRequest>,
         location: String,
     ) -> Self {
         RedisBroker {
@@ -177,6 +198,7 @@ impl RedisBroker {
             renew: Script::new(scripts::RENEW),
             requeue: Script::new(scripts::REQUEUE_EXPIRED),
             finish: Script::new(scripts::FINISH),
+            add: Script::new(scripts::ADD),
             held: Arc::default(),
             renewer: Mutex::default(),
             cancels,
@@ -237,7 +259,7 @@ impl RedisBroker {
             }
             invocation.arg(&now).arg(tasks.len());
             for task in tasks {
-                invocation.arg(receipt(&task.token, &task.member));
+                invocation.arg(task.receipt());
             }
             invocation.arg(&TAKEN_FIELDS[..]);
             let mut con = self.commands.clone();
@@ -276,12 +298,14 @@ impl RedisBroker {
         &self,
         task: Named,
         fields: Vec<Option<Vec<u8>>>,
+        deliveries: u32,
     ) -> Result<Option<Delivery>, BackendError> {
+        let receipt = task.receipt();
         let Named {
             member,
             uuid,
             recovered,
-            token,
+            ..
         } = task;
         let entry = entry_of(&member);
         let record = if fields.is_empty() {
@@ -294,8 +318,9 @@ impl RedisBroker {
         };
         match record {
             Ok(record) => Ok(Some(
-                Delivery::new(QueuedTask::from_record(record), receipt(&token, &member))
-                    .recovered(recovered),
+                Delivery::new(QueuedTask::from_record(record), receipt)
+                    .recovered(recovered)
+                    .deliveries(deliveries),
             )),
             Err(traceback) => {
                 tracing::error!(app = %self.keys.prefix, uuid = %uuid, "failing a task that cannot run: {traceback}");
@@ -303,12 +328,12 @@ impl RedisBroker {
                 let mut pipe = redis::pipe();
                 pipe.atomic();
                 self.fail_record(&mut pipe, uuid, task_name, &traceback);
-                pipe.zrem(&self.keys.leases, receipt(&token, &member));
+                pipe.zrem(&self.keys.leases, &receipt);
                 let mut con = self.commands.clone();
                 pipe.exec_async(&mut con)
                     .await
                     .map_err(|e| failure(format!("failing task {uuid} failed"), e))?;
-                self.unhold(&member);
+                self.unhold(&receipt);
                 Ok(None)
             }
         }
@@ -400,30 +425,6 @@ impl RedisBroker {
             .arg(uuid.to_string());
     }
 
-    /// Queues a task: in `task_queue` (as Python clients do), or in `delayed` when it may only
-    /// run later.
-    fn queue_command(&self, pipe: &mut redis::Pipeline, task: &QueuedTask) {
-        match task.run_at.filter(|run_at| *run_at > unix_now()) {
-            Some(run_at) => {
-                // How long from now, by this process's clock; when, by Redis's.
-                let delay_ms = ((run_at - unix_now()) * 1000.0).max(0.0) as i64;
-                pipe.cmd("EVAL")
-                    .arg(scripts::ADD_DELAYED)
-                    .arg(1)
-                    .arg(&self.keys.delayed)
-                    .arg(delay_ms)
-                    .arg(queue_entry(task));
-            }
-            None => {
-                pipe.rpush(&self.keys.queue, queue_entry(task)).hincr(
-                    &self.keys.stats,
-                    queued_field(task.priority),
-                    1,
-                );
-            }
-        }
-    }
-
     /// A delayed task moves to `task_queue` when it is due, which wakes a waiting worker at
     /// once. (If this process is gone by then, the next take script moves it.)
     fn release_when_due(&self, task: &QueuedTask) {
@@ -459,27 +460,27 @@ impl RedisBroker {
         });
     }
 
-    fn hold(&self, member: &str, token: &str) {
-        crate::lock(&self.held).insert(member.to_owned(), token.to_owned());
+    fn hold(&self, receipt: &str) {
+        crate::lock(&self.held).insert(receipt.to_owned());
     }
 
-    fn unhold(&self, member: &str) {
-        crate::lock(&self.held).remove(member);
+    fn unhold(&self, receipt: &str) {
+        crate::lock(&self.held).remove(receipt);
     }
 
     /// One script: the outcome, the lease released, the child of a retry added, the expiry
     /// set, and the waiters told, all only if this delivery's token still holds the lease
-    /// (`scripts::FINISH`). `Ok(true)`: stored now or by an earlier attempt whose reply was
-    /// lost; `Ok(false)`: refused, the lease is another worker's.
+    /// (`scripts::FINISH`).
     async fn write_outcome(
         &self,
         delivery: &Delivery,
         outcome: &Outcome,
-    ) -> Result<bool, redis::RedisError> {
+    ) -> Result<Written, redis::RedisError> {
         let mut invocation = self.finish.key(&self.keys.leases);
         invocation
             .key(self.keys.record(delivery.task.uuid))
-            .key(&self.keys.stats);
+            .key(&self.keys.stats)
+            .key(&self.keys.cancel_requests);
         let now = unix_now();
         let fields = outcome_fields(outcome, now);
         // The stats bucket of this outcome: this second (the worker's clock; see `scripts`).
@@ -497,10 +498,16 @@ impl RedisBroker {
             .arg(bucket)
             .arg(&fields);
         if let Outcome::Retry { child, .. } = outcome {
-            let due = child.run_at.filter(|run_at| *run_at > unix_now());
+            // The backoff goes as a delay, resolved by Redis's clock (the one every take
+            // compares with), not as this worker's idea of the time.
+            let delay_ms = child
+                .run_at
+                .map(|run_at| ((run_at - now) * 1000.0).ceil())
+                .filter(|delay_ms| *delay_ms >= 1.0)
+                .map(|delay_ms| delay_ms.min(i64::MAX as f64) as i64);
             invocation
                 .key(self.keys.record(child.uuid))
-                .key(if due.is_some() {
+                .key(if delay_ms.is_some() {
                     &self.keys.delayed
                 } else {
                     &self.keys.queue
@@ -513,13 +520,31 @@ impl RedisBroker {
                 .arg(child_fields.len())
                 .arg(&child_fields)
                 .arg(queue_entry(child))
-                .arg(due.map_or_else(String::new, |run_at| ((run_at * 1000.0) as i64).to_string()))
+                .arg(delay_ms.map_or_else(String::new, |ms| ms.to_string()))
                 .arg(qtasks_core::records::secs_to_ms(child.created_at));
         }
         let mut con = self.commands.clone();
-        let answer: i64 = invocation.invoke_async(&mut con).await?;
-        Ok(answer != 0)
+        let (answer, reason): (i64, Option<String>) = invocation.invoke_async(&mut con).await?;
+        Ok(match answer {
+            1 => Written::Stored,
+            2 => Written::Replayed,
+            3 => Written::Cancelled(reason.unwrap_or_default()),
+            _ => Written::Refused,
+        })
     }
+}
+
+/// What the finish script did with an outcome.
+enum Written {
+    /// Stored now.
+    Stored,
+    /// Stored by an earlier send of this delivery, whose reply was lost.
+    Replayed,
+    /// Not stored: a cancel requested while the task ran won; the record ends `cancel` with
+    /// this reason.
+    Cancelled(String),
+    /// Not stored: the lease is not this delivery's any more.
+    Refused,
 }
 
 impl Broker for RedisBroker {
@@ -587,48 +612,56 @@ impl Broker for RedisBroker {
             let con = self.commands.clone();
             let lease_ms = self.lease_ms();
             let every = self.options.lease / 3;
+            let cancel_requests = self.keys.cancel_requests.clone();
             let renewer = tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(every).await;
-                    let pairs: Vec<(String, String)> = crate::lock(&held)
-                        .iter()
-                        .map(|(member, token)| (member.clone(), token.clone()))
-                        .collect();
-                    if pairs.is_empty() {
+                    let leased: Vec<String> = crate::lock(&held).iter().cloned().collect();
+                    if leased.is_empty() {
                         continue;
                     }
-                    let leased: Vec<String> = pairs
-                        .iter()
-                        .map(|(member, token)| receipt(token, member))
-                        .collect();
                     use backon::Retryable;
                     // Renewing is safe to repeat: a dropped connection is tried again at once,
                     // as every other command is, so a flapping network does not cost leases.
                     let renewed = (|| {
                         let mut con = con.clone();
                         let mut invocation = renew.key(&leases);
-                        invocation.arg(lease_ms).arg(&leased);
-                        async move { invocation.invoke_async::<Vec<String>>(&mut con).await }
+                        invocation.key(&cancel_requests).arg(lease_ms).arg(&leased);
+                        async move {
+                            invocation
+                                .invoke_async::<(Vec<String>, Vec<String>)>(&mut con)
+                                .await
+                        }
                     })
                     .retry(crate::reconnect_pauses().take(RENEW_RETRIES))
                     .when(is_transient)
                     .await;
                     match renewed {
-                        Ok(lost) => {
-                            for leased in lost {
-                                let member = split_receipt(&leased).1.to_owned();
+                        Ok((lost, cancelled)) => {
+                            for receipt in lost {
                                 // Stalled past the lease: the task is another worker's now.
-                                // Stop this run; its outcome would be refused anyway.
-                                crate::lock(&held).remove(&member);
-                                if let Some(uuid) = member_uuid(&member) {
+                                // Stop this run (only this delivery's: this process may hold a
+                                // newer one of the same task); its outcome would be refused.
+                                crate::lock(&held).remove(&receipt);
+                                if let Some(uuid) = member_uuid(split_receipt(&receipt).1) {
                                     tracing::warn!(uuid = %uuid, "the lease of task {uuid} was lost (this worker stalled past it); stopping this run");
-                                    let _ = cancels.send((uuid, LEASE_LOST.to_owned()));
+                                    let _ = cancels.send(
+                                        CancelRequest::new(uuid, LEASE_LOST).for_delivery(receipt),
+                                    );
+                                }
+                            }
+                            // Cancels asked of held tasks: stored, so seen here even when the
+                            // message that asked was lost.
+                            let mut pairs = cancelled.into_iter();
+                            while let (Some(receipt), Some(reason)) = (pairs.next(), pairs.next()) {
+                                if let Some(uuid) = member_uuid(split_receipt(&receipt).1) {
+                                    let _ = cancels.send(CancelRequest::new(uuid, reason));
                                 }
                             }
                         }
                         Err(error) => tracing::warn!(
                             "renewing {} task lease(s) failed: {}",
-                            pairs.len(),
+                            leased.len(),
                             ErrorChain(&error)
                         ),
                     }
@@ -650,21 +683,41 @@ impl Broker for RedisBroker {
 
     fn add(&self, task: QueuedTask) -> BoxFuture<'_, Result<(), BackendError>> {
         Box::pin(async move {
-            let mut con = self.commands.clone();
-            let mut pipe = redis::pipe();
-            pipe.atomic()
-                .hset_multiple(self.keys.record(task.uuid), &new_record_fields(&task));
+            // How long from now, by this process's clock; when, by Redis's (`scripts::ADD`).
+            let delay_ms = task
+                .run_at
+                .map(|run_at| ((run_at - unix_now()) * 1000.0).ceil())
+                .filter(|delay_ms| *delay_ms >= 1.0)
+                .map(|delay_ms| delay_ms.min(i64::MAX as f64) as i64);
+            let fields = new_record_fields(&task);
+            let mut invocation = self.add.key(self.keys.record(task.uuid));
+            invocation
+                .key(if delay_ms.is_some() {
+                    &self.keys.delayed
+                } else {
+                    // In `task_queue`, as Python clients queue.
+                    &self.keys.queue
+                })
+                .key(&self.keys.stats);
             if let Some(index) = &self.keys.records_index {
-                pipe.zadd(
-                    index,
-                    task.uuid.to_string(),
-                    qtasks_core::records::secs_to_ms(task.created_at),
-                );
+                invocation.key(index);
             }
-            self.queue_command(&mut pipe, &task);
-            pipe.exec_async(&mut con)
+            invocation
+                .arg(fields.len())
+                .arg(&fields)
+                .arg(queue_entry(&task))
+                .arg(delay_ms.map_or_else(String::new, |ms| ms.to_string()))
+                .arg(qtasks_core::records::secs_to_ms(task.created_at));
+            let mut con = self.commands.clone();
+            let added: i64 = invocation
+                .invoke_async(&mut con)
                 .await
                 .map_err(|e| failure(format!("adding task `{}` failed", task.task_name), e))?;
+            if added == 0 {
+                // Known already (a slot added again, an add sent twice): nothing changes.
+                tracing::debug!(uuid = %task.uuid, "task {} is known already; not added again", task.uuid);
+                return Ok(());
+            }
             // A delayed task: moved to the queue when due, waking a worker then (a take moves
             // it too, should this process be gone by then).
             self.release_when_due(&task);
@@ -686,7 +739,7 @@ impl Broker for RedisBroker {
                 // another take runs them.
                 let mut guard = HoldGuard {
                     held: &self.held,
-                    members: Vec::with_capacity(taken.len()),
+                    receipts: Vec::with_capacity(taken.len()),
                 };
                 // Each entry is decoded once, on its own: those that name a task are held and
                 // have their records read and marked in one more call, by declared keys; the
@@ -707,14 +760,16 @@ impl Broker for RedisBroker {
                     };
                     match parse_entry(entry_of(&member)) {
                         Ok((_, uuid, _)) => {
-                            self.hold(&member, &token);
-                            guard.members.push(member.clone());
-                            named.push(Named {
+                            let task = Named {
                                 member,
                                 uuid,
                                 recovered: recovered == 1,
                                 token,
-                            });
+                            };
+                            let receipt = task.receipt();
+                            self.hold(&receipt);
+                            guard.receipts.push(receipt);
+                            named.push(task);
                         }
                         Err(reason) => {
                             self.reject_logged(member.into_bytes(), &token, &reason)
@@ -731,7 +786,7 @@ impl Broker for RedisBroker {
                             // Their leases are no longer renewed and run out; a take tries again.
                             tracing::error!(app = %self.keys.prefix, "reading {} taken task(s) failed; they are taken again when their leases run out: {}", named.len(), ErrorChain(&error));
                             for task in &named {
-                                self.unhold(&task.member);
+                                self.unhold(&task.receipt());
                             }
                             continue;
                         }
@@ -739,27 +794,46 @@ impl Broker for RedisBroker {
                 };
                 let mut deliveries = Vec::with_capacity(named.len());
                 for (task, marked) in named.into_iter().zip(marked) {
-                    let fields = match marked {
-                        Marked::Run(fields) => fields,
-                        Marked::Missing => Vec::new(),
+                    let (fields, handed_out) = match marked {
+                        Marked::Run(fields, handed_out) => (fields, handed_out),
+                        Marked::Missing => (Vec::new(), 1),
                         Marked::Ended | Marked::Lost => {
-                            self.unhold(&task.member);
+                            self.unhold(&task.receipt());
+                            continue;
+                        }
+                        Marked::Bad(reason) => {
+                            // This record alone: dead-lettered with its reason (its record
+                            // failed if it can be written); the rest of the batch runs.
+                            self.unhold(&task.receipt());
+                            let entry = entry_of(&task.member).to_owned();
+                            let reason = format!("RecordError: task {}: {reason}", task.uuid);
+                            if let Err(error) = self
+                                .dead_letter(
+                                    task.receipt().as_bytes(),
+                                    &entry,
+                                    Some(task.uuid),
+                                    &reason,
+                                )
+                                .await
+                            {
+                                tracing::error!(app = %self.keys.prefix, "moving a task whose record is bad to the dead letters failed; it is taken again when its lease runs out: {}", ErrorChain(&error));
+                            }
                             continue;
                         }
                     };
-                    let member = task.member.clone();
-                    match self.deliver(task, fields).await {
+                    let receipt = task.receipt();
+                    match self.deliver(task, fields, handed_out).await {
                         Ok(Some(delivery)) => deliveries.push(delivery),
                         Ok(None) => {}
                         Err(error) => {
                             // This task alone: its lease is no longer renewed and runs out,
                             // then a take tries it again. The others of the batch go on.
-                            tracing::error!(app = %self.keys.prefix, "handing out `{member}` failed; it is taken again when its lease runs out: {}", ErrorChain(&error));
-                            self.unhold(&member);
+                            tracing::error!(app = %self.keys.prefix, "handing out `{}` failed; it is taken again when its lease runs out: {}", split_receipt(&receipt).1, ErrorChain(&error));
+                            self.unhold(&receipt);
                         }
                     }
                 }
-                guard.members.clear(); // handed over: finish or the renewer owns them now
+                guard.receipts.clear(); // handed over: finish or the renewer owns them now
                 if !deliveries.is_empty() {
                     return Ok(deliveries);
                 }
@@ -820,13 +894,14 @@ impl Broker for RedisBroker {
                 })
                 .await;
             let result = match written {
-                Ok(true) => {
+                Ok(Written::Stored | Written::Replayed) => {
                     if let Outcome::Retry { child, .. } = &outcome {
                         self.release_when_due(child);
                     }
                     Ok(())
                 }
-                Ok(false) => Err(BackendError::refused(
+                Ok(Written::Cancelled(reason)) => Err(BackendError::cancelled("redis", reason)),
+                Ok(Written::Refused) => Err(BackendError::refused(
                     "redis",
                     format!(
                         "the outcome of task {} was refused: its lease is another worker's now (this worker stalled past it)",
@@ -841,7 +916,7 @@ impl Broker for RedisBroker {
                     error,
                 )),
             };
-            self.unhold(split_receipt(&delivery.receipt).1);
+            self.unhold(&delivery.receipt);
             result
         })
     }
@@ -851,7 +926,7 @@ impl Broker for RedisBroker {
         Box::pin(async move {
             let member = split_receipt(&delivery.receipt).1;
             // Stop renewing first: if the script cannot run, the lease runs out instead.
-            self.unhold(member);
+            self.unhold(&delivery.receipt);
             let priority = member
                 .rsplit_once(':')
                 .and_then(|(_, p)| p.parse::<i64>().ok())
@@ -891,6 +966,7 @@ impl Broker for RedisBroker {
                     &keys.dead,
                     &keys.recovered,
                     &keys.stats,
+                    &keys.cancel_requests,
                 ])
                 .exec_async(&mut con)
                 .await
@@ -914,6 +990,7 @@ impl Broker for RedisBroker {
                 .key(self.keys.record(uuid))
                 .key(&self.keys.delayed)
                 .key(&self.keys.stats)
+                .key(&self.keys.cancel_requests)
                 .arg(&reason)
                 .arg(&self.keys.done_channel)
                 .arg(&self.keys.cancel_channel)
@@ -944,7 +1021,7 @@ impl Broker for RedisBroker {
         })
     }
 
-    fn cancel_requests(&self) -> Option<broadcast::Receiver<(Uuid, String)>> {
+    fn cancel_requests(&self) -> Option<broadcast::Receiver<CancelRequest>> {
         Some(self.cancels.subscribe())
     }
 

@@ -31,7 +31,11 @@
 //!   `schedule:{name}:{slot ms}`), set with `SET NX` by the first worker to fire it.
 //! - `N:GlobalConfig:qtasks_schedules` and `N:GlobalConfig:qtasks_schedules_paused` (HASH): the
 //!   schedules as workers recorded them (JSON), and the paused ones.
-//! - `N:{uuid}` (HASH): the task record, in Python QTasks' layout.
+//! - `N:qtasks:cancel_requests` (HASH): uuid → reason, cancels asked of running tasks; the
+//!   holder sees them at its next renewal, and its finish stores `cancel` and removes the entry.
+//! - `N:{uuid}` (HASH): the task record, in Python QTasks' layout, plus two fields of ours
+//!   (the original shows them as extra fields): `deliveries`, how many times a take handed the
+//!   task out, and `finished_by`, the delivery token that recorded its outcome.
 //!
 //! When the storage is paired with another broker (RabbitMQ keeps the queue), the records are
 //! written by [`INSERT`] and [`TRANSITION`], which keep counters of their own:
@@ -196,46 +200,72 @@ return {out, next_due[2] or false}
 /// A record that another producer wrote (the Python original) enters the records' index here,
 /// by its `created_at` (`ZADD NX`: qtasks's own are indexed when added).
 ///
+/// Each record counts the deliveries of its task in its `deliveries` field (one more at each
+/// mark), so a task that kills every worker that runs it can be stopped (`max_deliveries`).
+///
+/// Each task is marked on its own (in `pcall`): a record that cannot be marked (its key holds
+/// no hash, a value the script cannot handle) answers `{'bad', reason}` for that task alone, and
+/// the rest of the batch runs. (One failing command would otherwise fail the whole batch, which
+/// would then be taken again, and fail again, every lease.)
+///
 /// KEYS: leases, stats, then one record key per task, then the records' index (when it is
 /// kept). ARGV: now (Unix seconds, for `updated_at`), the
 /// task count `n`, the `n` lease members (token and member), then the record fields to return
 /// (`wire::TAKEN_FIELDS`, `status` first).
-/// Returns one reply per task: `{'run', fields}`, `{'missing'}` (no record), `{'ended'}` (final
-/// already; not run) or `{'lost'}` (the lease is gone already).
+/// Returns one reply per task: `{'run', fields, deliveries}`, `{'missing'}` (no record),
+/// `{'ended'}` (final already; not run), `{'lost'}` (the lease is gone already) or
+/// `{'bad', reason}` (the record cannot be marked; its lease is kept for the caller to end).
 pub(super) const MARK: &str = concat!(
     priorities!(),
     r#"
 local n = tonumber(ARGV[2])
 local wanted = {unpack(ARGV, 3 + n)}
 local final = {success = true, error = true, cancel = true, retry = true}
+local index = KEYS[3 + n]
+
+local function mark_one(leased, key)
+  if not redis.call('ZSCORE', KEYS[1], leased) then
+    return {'lost'}
+  end
+  local kind = redis.call('TYPE', key)['ok']
+  if kind == 'none' then
+    return {'missing'}
+  elseif kind ~= 'hash' then
+    return {'bad', 'its record key holds a ' .. kind .. ', not a hash'}
+  end
+  local fields = redis.call('HMGET', key, unpack(wanted))
+  if not fields[1] then
+    return {'missing'}
+  elseif final[fields[1]] then
+    redis.call('ZREM', KEYS[1], leased)
+    if fields[1] == 'cancel' then
+      -- Cancelled while it waited: it was counted out of the waiting tasks then.
+      local field = 'cancelled:' .. priority_of(leased)
+      if tonumber(redis.call('HGET', KEYS[2], field) or '0') > 0 then
+        redis.call('HINCRBY', KEYS[2], field, -1)
+      end
+    end
+    return {'ended'}
+  end
+  redis.call('HSET', key, 'status', 'process', 'updated_at', ARGV[1])
+  local deliveries = redis.call('HINCRBY', key, 'deliveries', 1)
+  local created = tonumber(fields[6])
+  -- Not NaN nor infinite (`tonumber('nan')` is NaN, which ZADD refuses): such a record is
+  -- left out of the index, and the worker fails it for its unreadable `created_at`.
+  if index and created and created == created and created > -1e15 and created < 1e15 then
+    redis.call('ZADD', index, 'NX', math.floor(created * 1000 + 0.5), string.sub(key, -36))
+  end
+  return {'run', fields, deliveries}
+end
+
 local out = {}
 for i = 1, n do
-  local leased = ARGV[2 + i]
-  local key = KEYS[2 + i]
-  if not redis.call('ZSCORE', KEYS[1], leased) then
-    out[i] = {'lost'}
+  local ok, answer = pcall(mark_one, ARGV[2 + i], KEYS[2 + i])
+  if ok then
+    out[i] = answer
   else
-    local fields = redis.call('HMGET', key, unpack(wanted))
-    if not fields[1] then
-      out[i] = {'missing'}
-    elseif final[fields[1]] then
-      redis.call('ZREM', KEYS[1], leased)
-      if fields[1] == 'cancel' then
-        -- Cancelled while it waited: it was counted out of the waiting tasks then.
-        local field = 'cancelled:' .. priority_of(leased)
-        if tonumber(redis.call('HGET', KEYS[2], field) or '0') > 0 then
-          redis.call('HINCRBY', KEYS[2], field, -1)
-        end
-      end
-      out[i] = {'ended'}
-    else
-      redis.call('HSET', key, 'status', 'process', 'updated_at', ARGV[1])
-      local created = tonumber(fields[6])
-      if created and KEYS[3 + n] then
-        redis.call('ZADD', KEYS[3 + n], 'NX', math.floor(created * 1000 + 0.5), string.sub(key, -36))
-      end
-      out[i] = {'run', fields}
-    end
+    if type(answer) == 'table' then answer = answer['err'] end
+    out[i] = {'bad', 'marking its record failed: ' .. tostring(answer)}
   end
 end
 return out
@@ -277,67 +307,108 @@ return #members
 
 /// Records a delivery's outcome if, and only if, its token still holds the lease: releases the
 /// lease, writes the record's fields, adds a retry's next attempt, sets the expiry and tells the
-/// waiters, in one step. Sent again after a lost reply, it finds the lease gone and the record
-/// final and answers "stored" without writing again (so a retry's next attempt is added once).
+/// waiters, in one step. The record keeps the token that wrote it (`finished_by`): sent again
+/// after a lost reply, the script finds the lease gone and its own token on the final record and
+/// answers "stored" without writing again (so a retry's next attempt is added once); any other
+/// finisher whose lease is gone is refused, even when the record is final (a stalled worker must
+/// not take another's outcome for its own).
 ///
-/// KEYS: leases, record, stats, then for a retry: the child's record, the child's queue
-/// (`task_queue`, or `delayed` with a time) and the records' index (when it is kept). ARGV: lease member (token and member), ttl_ms (0:
-/// keep), done channel, uuid, field count, the stats bucket (`t:{second}:{status}`), the fields
-/// and values, then for a retry: the child's field count, its fields and values, its queue
-/// entry and its due time in ms ('' to queue it now). Returns 1 stored, 2 ended already (a replay; nothing written), 0 refused (the lease is
-/// not this delivery's any more; nothing written).
+/// A cancel requested while the task ran (`N:qtasks:cancel_requests`, written by [`CANCEL`])
+/// wins over the outcome: the record ends `cancel` with the request's reason, a retry's next
+/// attempt is not added, and the answer says so.
+///
+/// KEYS: leases, record, stats, cancel requests, then for a retry: the child's record, the
+/// child's queue (`task_queue`, or `delayed` with a delay) and the records' index (when it is
+/// kept). ARGV: lease member (token and member), ttl_ms (0: keep), done channel, uuid, field
+/// count, the stats bucket (`t:{second}:{status}`), the fields and values, then for a retry: the
+/// child's field count, its fields and values, its queue entry, its delay in ms by Redis's clock
+/// ('' to queue it now) and its creation time in ms (for the index).
+/// Returns `{1, false}` stored, `{2, false}` stored by an earlier send of this delivery (a replay; nothing
+/// written), `{0, false}` refused (the lease is not this delivery's any more; nothing written), or
+/// `{3, reason}` cancelled instead.
 pub(super) const FINISH: &str = concat!(
     priorities!(),
     counting!(),
     r#"
+local token = string.sub(ARGV[1], 1, 32)
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then
-  local status = redis.call('HGET', KEYS[2], 'status')
-  if status == 'success' or status == 'error' or status == 'cancel' or status == 'retry' then
-    return 2
+  local found = redis.call('HMGET', KEYS[2], 'status', 'finished_by')
+  local status = found[1]
+  if found[2] == token and (status == 'success' or status == 'error' or status == 'cancel' or status == 'retry') then
+    return {2, false}
   end
-  return 0
-end
-local n = tonumber(ARGV[5])
-redis.call('HSET', KEYS[2], unpack(ARGV, 7, 6 + 2 * n))
-count_ended(KEYS[3], ARGV[6])
-local next_arg = 7 + 2 * n
-if KEYS[4] then
-  local c = tonumber(ARGV[next_arg])
-  redis.call('HSET', KEYS[4], unpack(ARGV, next_arg + 1, next_arg + 2 * c))
-  local entry = ARGV[next_arg + 2 * c + 1]
-  local due = ARGV[next_arg + 2 * c + 2]
-  if due == '' then
-    redis.call('RPUSH', KEYS[5], entry)
-    redis.call('HINCRBY', KEYS[3], 'queued:' .. priority_of(entry), 1)
-  else
-    redis.call('ZADD', KEYS[5], tonumber(due), entry)
-  end
-  if KEYS[6] then
-    redis.call('ZADD', KEYS[6], ARGV[next_arg + 2 * c + 3], string.sub(KEYS[4], -36))
-  end
+  return {0, false}
 end
 local ttl = tonumber(ARGV[2])
+local cancel = redis.call('HGET', KEYS[4], ARGV[4])
+if cancel then
+  redis.call('HDEL', KEYS[4], ARGV[4])
+  if string.sub(ARGV[6], -7) ~= ':cancel' then
+    local t = redis.call('TIME')
+    local now_s = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+    redis.call('HSET', KEYS[2], 'status', 'cancel', 'cancel_reason', cancel, 'updated_at', now_s, 'finished_by', token)
+    count_ended(KEYS[3], bucket_now('cancel'))
+    if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+    redis.call('PUBLISH', ARGV[3], ARGV[4])
+    return {3, cancel}
+  end
+end
+local n = tonumber(ARGV[5])
+redis.call('HSET', KEYS[2], 'finished_by', token, unpack(ARGV, 7, 6 + 2 * n))
+count_ended(KEYS[3], ARGV[6])
+local next_arg = 7 + 2 * n
+if KEYS[5] then
+  local c = tonumber(ARGV[next_arg])
+  redis.call('HSET', KEYS[5], unpack(ARGV, next_arg + 1, next_arg + 2 * c))
+  local entry = ARGV[next_arg + 2 * c + 1]
+  local delay = ARGV[next_arg + 2 * c + 2]
+  if delay == '' then
+    redis.call('RPUSH', KEYS[6], entry)
+    redis.call('HINCRBY', KEYS[3], 'queued:' .. priority_of(entry), 1)
+  else
+    -- Due by Redis's clock, the one takes compare with (the worker's may be off).
+    local t = redis.call('TIME')
+    local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    redis.call('ZADD', KEYS[6], now_ms + tonumber(delay), entry)
+  end
+  if KEYS[7] then
+    redis.call('ZADD', KEYS[7], ARGV[next_arg + 2 * c + 3], string.sub(KEYS[5], -36))
+  end
+end
 if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
 redis.call('PUBLISH', ARGV[3], ARGV[4])
-return 1
+return {1, false}
 "#
 );
 
-/// Extends the leases this worker still holds. Returns the lease members it lost (their lease
-/// ran out and was reclaimed; another worker may hold the task now): the worker stops those
-/// runs. KEYS: leases. ARGV: lease_ms, then the lease members (token and member).
+/// Extends the leases this worker still holds, and reads the cancels requested for them.
+/// Returns `{lost, cancels}`: `lost`, the lease members it lost (their lease ran out and was
+/// reclaimed; another worker may hold the task now), whose runs the worker stops; `cancels`,
+/// `receipt, reason` pairs of held tasks whose cancel was requested ([`CANCEL`] stores it, so a
+/// request whose message was lost is still seen here, one renewal later at the latest).
+/// KEYS: leases, cancel requests. ARGV: lease_ms, then the lease members (token and member).
 pub(super) const RENEW: &str = r#"
 local t = redis.call('TIME')
 local deadline = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
+local any_cancel = redis.call('HLEN', KEYS[2]) > 0
 local lost = {}
+local cancels = {}
 for i = 2, #ARGV do
   if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
     redis.call('ZADD', KEYS[1], 'XX', deadline, ARGV[i])
+    if any_cancel then
+      local uuid = string.match(ARGV[i], ':([%x%-]+):%-?%d+$')
+      local reason = uuid and redis.call('HGET', KEYS[2], uuid)
+      if reason then
+        cancels[#cancels + 1] = ARGV[i]
+        cancels[#cancels + 1] = reason
+      end
+    end
   else
     lost[#lost + 1] = ARGV[i]
   end
 end
-return lost
+return {lost, cancels}
 "#;
 
 /// Moves one delayed entry to `task_queue` if it is still delayed (so only one of the timer
@@ -360,21 +431,43 @@ return 0
 "#
 );
 
-/// Adds a delayed entry, due `ARGV[1]` ms from now by Redis's clock (the one takes compare
-/// with: a client whose clock is off still delays by what it asked). KEYS: delayed. ARGV:
-/// delay_ms, entry.
-pub(super) const ADD_DELAYED: &str = r#"
-local t = redis.call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[1]), ARGV[2])
+/// Adds a task if, and only if, no record has its uuid: writes the record, indexes it and
+/// queues its entry (in `task_queue`, or in `delayed`, due a delay from now by Redis's clock:
+/// a client whose clock is off still delays by what it asked). A second add of a known uuid (a
+/// schedule's slot added again, a retried add) changes nothing. KEYS: record, `task_queue` or
+/// `delayed`, stats, then the records' index (when it is kept). ARGV: field count n, n
+/// field/value pairs, the queue entry, its delay in ms ('' to queue it now), the creation time
+/// in ms (for the index). Returns 1 added, 0 known already.
+pub(super) const ADD: &str = concat!(
+    priorities!(),
+    r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local n = tonumber(ARGV[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 2, 1 + 2 * n))
+local entry = ARGV[2 + 2 * n]
+local delay = ARGV[3 + 2 * n]
+if delay == '' then
+  redis.call('RPUSH', KEYS[2], entry)
+  redis.call('HINCRBY', KEYS[3], 'queued:' .. priority_of(entry), 1)
+else
+  local t = redis.call('TIME')
+  local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('ZADD', KEYS[2], now_ms + tonumber(delay), entry)
+end
+if KEYS[4] then
+  redis.call('ZADD', KEYS[4], ARGV[4 + 2 * n], string.sub(KEYS[1], -36))
+end
 return 1
-"#;
+"#
+);
 
 /// Cancels a task by its status at this moment, in one step (so no worker takes it in
 /// between): `new` becomes `cancel` (a take drops it; a delayed one leaves `delayed` at once)
-/// and its waiters are told; for `process` the workers are asked to stop it; any other status
-/// stays. KEYS: record, delayed, stats. ARGV: reason, done channel, cancel
-/// channel, uuid, ttl_ms (0: keep). Returns the status found (`missing` for no record).
+/// and its waiters are told; for `process` the request is stored (`N:qtasks:cancel_requests`,
+/// seen by the holder's next renewal and by its finish, which then stores `cancel`) and the
+/// workers are told at once by a message; any other status stays. KEYS: record, delayed, stats,
+/// cancel requests. ARGV: reason, done channel, cancel channel, uuid, ttl_ms (0: keep). Returns
+/// the status found (`missing` for no record).
 pub(super) const CANCEL: &str = concat!(
     counting!(),
     r#"
@@ -398,24 +491,29 @@ if status == 'new' then
   count_ended(KEYS[3], bucket_now('cancel'))
   redis.call('PUBLISH', ARGV[2], ARGV[4])
 elseif status == 'process' then
+  redis.call('HSET', KEYS[4], ARGV[4], ARGV[1])
   redis.call('PUBLISH', ARGV[3], ARGV[4] .. ' ' .. ARGV[1])
 end
 return status
 "#
 );
 
-/// Ends a record `error` with a reason if, and only if, it exists (an entry that cannot run
-/// names it), applies the retention and tells its waiters. KEYS: record, stats.
+/// Ends a record `error` with a reason if, and only if, it exists as a hash and has not ended
+/// (an entry that cannot run names it), applies the retention and tells its waiters. KEYS:
+/// record, stats.
 /// ARGV: traceback, now, ttl_ms (0: keep), done channel, uuid.
 pub(super) const FAIL_IF_STORED: &str = concat!(
     counting!(),
     r#"
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+-- Only a hash is a record (a key of another type under a record's name is left alone).
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'hash' then return 0 end
 local before = redis.call('HGET', KEYS[1], 'status')
-redis.call('HSET', KEYS[1], 'status', 'error', 'traceback', ARGV[1], 'updated_at', ARGV[2])
-if before ~= 'success' and before ~= 'error' and before ~= 'cancel' and before ~= 'retry' then
-  count_ended(KEYS[2], bucket_now('error'))
+-- A final record keeps its outcome: each attempt has one.
+if before == 'success' or before == 'error' or before == 'cancel' or before == 'retry' then
+  return 0
 end
+redis.call('HSET', KEYS[1], 'status', 'error', 'traceback', ARGV[1], 'updated_at', ARGV[2])
+count_ended(KEYS[2], bucket_now('error'))
 local ttl = tonumber(ARGV[3])
 if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
 redis.call('PUBLISH', ARGV[4], ARGV[5])
@@ -425,15 +523,20 @@ return 1
 
 /// Hands a delivery back without an outcome, if its token still holds the lease: the member
 /// returns to `ready` at its place (marked recovered) and the record to `new`, so any worker
-/// takes it at once. KEYS: leases, ready, recovered, record. ARGV: lease member (token and
-/// member), member, priority. Returns 1, or 0 when the lease was not this delivery's any more.
+/// takes it at once. A delivery handed back did not die with its worker: it is not counted
+/// among the task's `deliveries`. KEYS: leases, ready, recovered, record. ARGV: lease member
+/// (token and member), member, priority. Returns 1, or 0 when the lease was not this delivery's
+/// any more.
 pub(super) const RELEASE: &str = r#"
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('ZADD', KEYS[2], tonumber(ARGV[3]), ARGV[2])
 redis.call('SADD', KEYS[3], ARGV[2])
-if redis.call('EXISTS', KEYS[4]) == 1 then
+if redis.call('TYPE', KEYS[4])['ok'] == 'hash' then
   local t = redis.call('TIME')
   redis.call('HSET', KEYS[4], 'status', 'new', 'updated_at', t[1] .. '.' .. string.format('%06d', tonumber(t[2])))
+  if (tonumber(redis.call('HGET', KEYS[4], 'deliveries') or '0') or 0) > 0 then
+    redis.call('HINCRBY', KEYS[4], 'deliveries', -1)
+  end
 end
 return 1
 "#;

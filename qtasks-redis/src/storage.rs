@@ -14,7 +14,9 @@ use super::wire::{
 };
 use super::{Keys, failure};
 use qtasks_core::BoxFuture;
-use qtasks_core::backend::{BackendError, ItemsRead, RecordChange, Storage, Transition, unix_now};
+use qtasks_core::backend::{
+    BackendError, CancelRequest, ItemsRead, RecordChange, Storage, Transition, unix_now,
+};
 use qtasks_core::stats::QueueStats;
 use qtasks_core::triggers::RecordUpdate;
 use qtasks_core::{QueuedTask, TaskRecord, TaskStatus};
@@ -121,7 +123,7 @@ impl RedisStorage {
         keys: Keys,
         commands: ConnectionManager,
         fallback_check: Duration,
-        cancels: broadcast::Sender<(Uuid, String)>,
+        cancels: broadcast::Sender<CancelRequest>,
         result_ttl: Option<Duration>,
     ) -> Result<Self, BackendError> {
         let waiters = Arc::new(Waiters::default());
@@ -413,7 +415,7 @@ impl Storage for RedisStorage {
         })
     }
 
-    fn insert<'a>(&'a self, task: &'a QueuedTask) -> BoxFuture<'a, Result<(), BackendError>> {
+    fn insert<'a>(&'a self, task: &'a QueuedTask) -> BoxFuture<'a, Result<bool, BackendError>> {
         Box::pin(async move {
             let fields = new_record_fields(task);
             let mut script = INSERT.prepare_invoke();
@@ -433,11 +435,11 @@ impl Storage for RedisStorage {
                 script.arg(*field).arg(value);
             }
             let mut con = self.commands.clone();
-            let _written: u8 = script
+            let written: u8 = script
                 .invoke_async(&mut con)
                 .await
                 .map_err(|e| failure(format!("storing task {} failed", task.uuid), e))?;
-            Ok(())
+            Ok(written == 1)
         })
     }
 
@@ -606,7 +608,7 @@ struct Channels {
     /// Results: each message names a finished task; its waiters are woken.
     done: Option<String>,
     /// Cancel requests, and where they are passed on.
-    cancel: Option<(String, broadcast::Sender<(Uuid, String)>)>,
+    cancel: Option<(String, broadcast::Sender<CancelRequest>)>,
 }
 
 async fn subscribe(
@@ -679,7 +681,7 @@ async fn listen(
             {
                 let (uuid, reason) = text.split_once(' ').unwrap_or((text.as_str(), ""));
                 if let Ok(uuid) = Uuid::parse_str(uuid) {
-                    let _ = cancels.send((uuid, reason.to_owned()));
+                    let _ = cancels.send(CancelRequest::new(uuid, reason));
                 }
             } else if let Ok(uuid) = Uuid::parse_str(&text) {
                 waiters.wake(uuid);

@@ -183,10 +183,12 @@ pub(super) fn read_record(uuid: Uuid, fields: &Fields) -> (TaskRecord, Vec<Strin
             },
         }
     };
-    let number = |text: &str| {
-        text.parse::<f64>()
-            .map(drop)
-            .map_err(|e| format!("is not a number: {e}"))
+    // A time that is no finite number (`nan`, `inf`) is as unreadable as text: nothing
+    // downstream (durations, scores, the index) can use it.
+    let number = |text: &str| match text.parse::<f64>() {
+        Ok(number) if number.is_finite() => Ok(()),
+        Ok(_) => Err("is not a finite number".to_owned()),
+        Err(e) => Err(format!("is not a number: {e}")),
     };
     let status = read("status", true, &|text| {
         text.parse::<TaskStatus>()

@@ -8,6 +8,8 @@
 //! - `log_run(label, ms)` touches no Redis (for the fault tests, where Redis goes away): it
 //!   appends `uuid label pid` to the file named by `QTASKS_TEST_EXEC_LOG`, sleeps `ms` and
 //!   returns the label;
+//! - `crash(label)` logs its run as `log_run` does, then aborts the whole process (as an OOM
+//!   kill or a stack overflow would end it);
 //! - `measure(text)` returns the length of its argument;
 //! - `join_labels(separator, labels)` joins them (a chord's callback).
 //!
@@ -42,6 +44,13 @@ async fn record_run(label: String, ms: u64) -> qtasks::TaskResult<String> {
 
 #[qtasks::task(echo = true)]
 async fn log_run(ctx: qtasks::TaskContext, label: String, ms: u64) -> qtasks::TaskResult<String> {
+    log_execution(&ctx, &label)?;
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    Ok(label)
+}
+
+/// Appends `uuid label pid` to the file named by `QTASKS_TEST_EXEC_LOG`.
+fn log_execution(ctx: &qtasks::TaskContext, label: &str) -> qtasks::TaskResult<()> {
     use std::io::Write;
     let path = std::env::var("QTASKS_TEST_EXEC_LOG").map_err(qtasks::TaskError::msg)?;
     // One `write` of one short line to a file opened for appending: lines never interleave.
@@ -51,8 +60,13 @@ async fn log_run(ctx: qtasks::TaskContext, label: String, ms: u64) -> qtasks::Ta
         .append(true)
         .open(path)?
         .write_all(line.as_bytes())?;
-    tokio::time::sleep(Duration::from_millis(ms)).await;
-    Ok(label)
+    Ok(())
+}
+
+#[qtasks::task(echo = true)]
+async fn crash(ctx: qtasks::TaskContext, label: String) -> qtasks::TaskResult<()> {
+    log_execution(&ctx, &label)?;
+    std::process::abort();
 }
 
 #[qtasks::task]

@@ -19,6 +19,10 @@ const EARLY_CANCEL_TTL: Duration = Duration::from_secs(60);
 /// The running tasks of this process that can be cancelled, and cancels that arrived before
 /// their task started running (kept for [`EARLY_CANCEL_TTL`], so they do not pile up).
 ///
+/// Runs are keyed by their delivery's receipt under the task's uuid: one process may run two
+/// deliveries of one task at once (it stalled past a lease, then took the task back), and the
+/// end of the old run must neither unregister nor stop the new one.
+///
 /// Both live under one lock: a cancel that arrives while its task registers must land either in
 /// the running task's channel or in the early cancels the registration takes, never between.
 #[derive(Default)]
@@ -28,48 +32,86 @@ pub(crate) struct Cancels {
 
 #[derive(Default)]
 struct CancelMaps {
-    running: HashMap<Uuid, watch::Sender<Option<String>>>,
+    running: HashMap<Uuid, Vec<Run>>,
     early: HashMap<Uuid, (String, Instant)>,
 }
 
+/// One registered run: its delivery's receipt and the channel that stops it.
+struct Run {
+    receipt: String,
+    stop: watch::Sender<Option<String>>,
+}
+
 impl Cancels {
-    /// Registers a task about to run; its receiver says when to stop (at once, if a cancel
-    /// came early).
-    pub(crate) fn register(&self, uuid: Uuid) -> watch::Receiver<Option<String>> {
+    /// Registers the run of a delivery about to start; its receiver says when to stop (at
+    /// once, if a cancel came early).
+    pub(crate) fn register(&self, uuid: Uuid, receipt: &str) -> watch::Receiver<Option<String>> {
         let mut maps = self.maps.lock_unpoisoned();
         let early = maps.early.remove(&uuid).map(|(reason, _)| reason);
-        let (sender, receiver) = watch::channel(early);
-        maps.running.insert(uuid, sender);
+        let (stop, receiver) = watch::channel(early);
+        maps.running.entry(uuid).or_default().push(Run {
+            receipt: receipt.to_owned(),
+            stop,
+        });
         receiver
     }
 
-    pub(crate) fn unregister(&self, uuid: Uuid) {
-        self.maps.lock_unpoisoned().running.remove(&uuid);
+    /// Forgets the run of this delivery (and only it).
+    pub(crate) fn unregister(&self, uuid: Uuid, receipt: &str) {
+        let mut maps = self.maps.lock_unpoisoned();
+        if let Some(runs) = maps.running.get_mut(&uuid) {
+            runs.retain(|run| run.receipt != receipt);
+            if runs.is_empty() {
+                maps.running.remove(&uuid);
+            }
+        }
     }
 
-    /// Cancels a task running in this process; `false` if none is.
+    /// Cancels every run of a task in this process; `false` if none runs.
     pub(crate) fn cancel_running(&self, uuid: Uuid, reason: &str) -> bool {
         match self.maps.lock_unpoisoned().running.get(&uuid) {
-            Some(sender) => sender.send(Some(reason.to_owned())).is_ok(),
+            Some(runs) => {
+                // Every run is told (no short cut after the first).
+                let told = runs
+                    .iter()
+                    .filter(|run| run.stop.send(Some(reason.to_owned())).is_ok())
+                    .count();
+                told > 0
+            }
             None => false,
         }
+    }
+
+    /// Stops the run of one delivery (its lease was lost); `false` if it does not run here.
+    pub(crate) fn cancel_delivery(&self, uuid: Uuid, receipt: &str, reason: &str) -> bool {
+        self.maps
+            .lock_unpoisoned()
+            .running
+            .get(&uuid)
+            .and_then(|runs| runs.iter().find(|run| run.receipt == receipt))
+            .is_some_and(|run| run.stop.send(Some(reason.to_owned())).is_ok())
     }
 
     /// Cancels every task running in this process (a stop that cannot wait any longer).
     pub(crate) fn cancel_all(&self, reason: &str) -> usize {
         let maps = self.maps.lock_unpoisoned();
-        for sender in maps.running.values() {
-            let _ = sender.send(Some(reason.to_owned()));
+        let mut count = 0;
+        for run in maps.running.values().flatten() {
+            let _ = run.stop.send(Some(reason.to_owned()));
+            count += 1;
         }
-        maps.running.len()
+        count
     }
 
     /// Cancels a task running in this process, or remembers the cancel for a while in case it
     /// is about to start here (taken, not yet registered).
     pub(crate) fn cancel_here(&self, uuid: Uuid, reason: &str) -> bool {
+        if self.cancel_running(uuid, reason) {
+            return true;
+        }
         let mut maps = self.maps.lock_unpoisoned();
-        if let Some(sender) = maps.running.get(&uuid) {
-            return sender.send(Some(reason.to_owned())).is_ok();
+        if maps.running.contains_key(&uuid) {
+            return false; // registered meanwhile, and its channel closed: it is ending
         }
         let now = Instant::now();
         maps.early
@@ -148,7 +190,10 @@ mod tests {
         let cancels = Cancels::default();
         let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
         assert!(!cancels.cancel_here(first, "stop"));
-        assert_eq!(*cancels.register(first).borrow(), Some("stop".to_owned()));
+        assert_eq!(
+            *cancels.register(first, "r1").borrow(),
+            Some("stop".to_owned())
+        );
         assert_eq!(cancels.early_len(), 0, "used when the task registers");
 
         cancels
@@ -156,7 +201,30 @@ mod tests {
             .lock_unpoisoned()
             .early
             .insert(second, ("old".into(), Instant::now() - EARLY_CANCEL_TTL));
+        // Registered, its run gone (the receiver was dropped): not remembered as early.
         assert!(!cancels.cancel_here(first, "again"));
+        assert!(!cancels.cancel_here(Uuid::new_v4(), "early"));
         assert_eq!(cancels.early_len(), 1, "the expired one was pruned");
+    }
+
+    #[test]
+    fn two_runs_of_one_task_are_told_apart_by_their_receipts() {
+        let cancels = Cancels::default();
+        let uuid = Uuid::new_v4();
+        let old = cancels.register(uuid, "old-lease");
+        let new = cancels.register(uuid, "new-lease");
+        // The old run lost its lease: only it stops.
+        assert!(cancels.cancel_delivery(uuid, "old-lease", "LeaseLost"));
+        assert_eq!(old.borrow().as_deref(), Some("LeaseLost"));
+        assert_eq!(*new.borrow(), None, "the new run goes on");
+        // The old run ends: the new one is still registered and cancellable.
+        cancels.unregister(uuid, "old-lease");
+        assert!(cancels.cancel_running(uuid, "user"));
+        assert_eq!(new.borrow().as_deref(), Some("user"));
+        cancels.unregister(uuid, "new-lease");
+        assert!(
+            !cancels.cancel_running(uuid, "again"),
+            "nothing runs any more"
+        );
     }
 }

@@ -9,6 +9,9 @@ use crate::records::{RecordPage, RecordQuery};
 use crate::triggers::RecordUpdate;
 use crate::{Error, Result, TaskHandle, TaskStatus};
 
+/// How long a retry by hand holds its claim on the task it retries (see `retry_task`).
+const RETRY_CLAIM: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl QueueTasks {
     /// One page of task records, newest first, filtered by status, task name and time (see
     /// [`records`](crate::records)). On Redis a page is read from an index by time, so a
@@ -72,6 +75,19 @@ impl QueueTasks {
         if record.retry_child_uuid.is_some() {
             return Err(refuse(
                 "it was retried by hand already; retry its latest attempt",
+            ));
+        }
+        // Read, then write: two retries at once (two clicks, two operators) would both pass
+        // the checks above. One claim in the backend lets only the first queue an attempt;
+        // by the time it expires the record names its child, which refuses later ones.
+        if !self
+            .inner
+            .global_config
+            .claim(&format!("retry:{uuid}"), RETRY_CLAIM)
+            .await?
+        {
+            return Err(refuse(
+                "another retry of it is under way; retry its latest attempt",
             ));
         }
         let definition = crate::registry::TaskTable::global()

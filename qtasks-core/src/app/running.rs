@@ -77,6 +77,11 @@ impl QueueTasks {
     /// to finish. A second signal interrupts them at once and hands them back to the queue.
     /// This is what a worker process's `main` calls.
     ///
+    /// A plain `fn` task cannot be stopped mid-call, and the runtime waits for its thread when
+    /// `main` returns: so after a second signal the process ends within `stop_timeout` whatever
+    /// still runs, with exit code 1 if it had to be forced (the task, handed back, runs again
+    /// elsewhere).
+    ///
     /// ```no_run
     /// #[tokio::main]
     /// async fn main() -> qtasks::Result<()> {
@@ -101,6 +106,7 @@ impl QueueTasks {
             () = signals.recv() => {
                 tracing::warn!(app = %self.name(), "second shutdown signal: interrupting the running tasks and handing them back");
                 self.interrupt_running();
+                exit_after(self.config().stop_limit());
             }
         }
         stop.await
@@ -159,5 +165,23 @@ impl QueueTasks {
     /// that each attempt has one recorded outcome. Each refusal is also logged.
     pub fn refused_outcomes(&self) -> u64 {
         self.inner.counters.refused_outcomes.load(Ordering::Relaxed)
+    }
+}
+
+/// Ends the process after `limit` unless it has ended by then: a second shutdown signal must
+/// end it even while a plain `fn` task's thread runs on (the runtime would wait for that thread
+/// when `main` returns, and later signals are taken by the runtime's handler, not the default
+/// one that would end the process). An OS thread, so a runtime that no longer runs tasks
+/// cannot hold it up.
+fn exit_after(limit: std::time::Duration) {
+    let watchdog = std::thread::Builder::new()
+        .name("qtasks-exit-watchdog".to_owned())
+        .spawn(move || {
+            std::thread::sleep(limit);
+            tracing::error!("still running {limit:?} after the second shutdown signal (a plain `fn` task cannot be stopped mid-call); exiting now");
+            std::process::exit(1);
+        });
+    if let Err(error) = watchdog {
+        tracing::error!("could not start the exit watchdog: {error}");
     }
 }

@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::{BackendError, Broker, Delivery, ItemsRead, RecordChange, Storage, Transition};
-use super::{CancelState, unix_now};
+use super::{CancelRequest, CancelState, unix_now};
 use crate::plugin::BoxFuture;
 use crate::records::{RecordCursor, RecordPage, RecordQuery};
 use crate::stats::{FinishedCounts, QueueStats, ThroughputWindow};
@@ -38,7 +38,7 @@ pub struct MemoryBroker {
     available: Notify,
     /// Cancel requests for running tasks, heard by every app on this broker (apps in one
     /// process that share it, as worker processes share a server).
-    cancel_requests: tokio::sync::broadcast::Sender<(Uuid, String)>,
+    cancel_requests: tokio::sync::broadcast::Sender<CancelRequest>,
 }
 
 #[derive(Default)]
@@ -112,9 +112,11 @@ impl MemoryBroker {
         self.len() == 0
     }
 
+    /// Adds a task unless its uuid is known already (a second add changes nothing).
     fn push(&self, task: QueuedTask) {
-        self.storage.insert_record(TaskRecord::new(&task));
-        self.enqueue(task);
+        if self.storage.insert_new_record(TaskRecord::new(&task)) {
+            self.enqueue(task);
+        }
     }
 
     fn enqueue(&self, task: QueuedTask) {
@@ -175,10 +177,9 @@ impl Broker for MemoryBroker {
                     .storage
                     .start(tasks)
                     .into_iter()
-                    .map(|task| Delivery {
-                        receipt: task.uuid.to_string(),
-                        task,
-                        recovered: false,
+                    .map(|task| {
+                        let receipt = task.uuid.to_string();
+                        Delivery::new(task, receipt)
                     })
                     .collect();
                 if !deliveries.is_empty() {
@@ -247,17 +248,17 @@ impl Broker for MemoryBroker {
         let state = self.storage.cancel_if_waiting(uuid, reason);
         if state == CancelState::Running {
             // Whichever app on this broker runs it stops it (no listener: nobody runs it yet).
-            let _ = self.cancel_requests.send((uuid, reason.to_owned()));
+            let _ = self.cancel_requests.send(CancelRequest::new(uuid, reason));
         }
         Box::pin(async move { Ok(Some(state)) })
     }
 
     fn request_cancel(&self, uuid: Uuid, reason: &str) -> BoxFuture<'_, Result<(), BackendError>> {
-        let _ = self.cancel_requests.send((uuid, reason.to_owned()));
+        let _ = self.cancel_requests.send(CancelRequest::new(uuid, reason));
         Box::pin(async { Ok(()) })
     }
 
-    fn cancel_requests(&self) -> Option<tokio::sync::broadcast::Receiver<(Uuid, String)>> {
+    fn cancel_requests(&self) -> Option<tokio::sync::broadcast::Receiver<CancelRequest>> {
         Some(self.cancel_requests.subscribe())
     }
 
@@ -440,6 +441,20 @@ impl MemoryStorage {
                 .is_some_and(|slot| slot.record.status.is_final())
             {
                 slots.remove(&uuid);
+            }
+        }
+    }
+
+    /// Writes a record unless one has its uuid; `true` when written.
+    fn insert_new_record(&self, record: TaskRecord) -> bool {
+        match lock(&self.slots).entry(record.uuid) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(Box::new(Slot {
+                    record,
+                    changed: None,
+                }));
+                true
             }
         }
     }
@@ -714,14 +729,18 @@ impl Storage for MemoryStorage {
         Box::pin(async move { Ok(deleted) })
     }
 
-    fn insert<'a>(&'a self, task: &'a QueuedTask) -> BoxFuture<'a, Result<(), BackendError>> {
-        lock(&self.slots).entry(task.uuid).or_insert_with(|| {
-            Box::new(Slot {
-                record: TaskRecord::from_task(task.clone()),
-                changed: None,
-            })
-        });
-        Box::pin(async { Ok(()) })
+    fn insert<'a>(&'a self, task: &'a QueuedTask) -> BoxFuture<'a, Result<bool, BackendError>> {
+        let written = match lock(&self.slots).entry(task.uuid) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(Box::new(Slot {
+                    record: TaskRecord::from_task(task.clone()),
+                    changed: None,
+                }));
+                true
+            }
+        };
+        Box::pin(async move { Ok(written) })
     }
 
     fn transition<'a>(

@@ -53,6 +53,7 @@ pub struct BackendError {
     #[source]
     source: Option<BoxError>,
     refused: bool,
+    cancelled: Option<String>,
 }
 
 impl BackendError {
@@ -63,6 +64,7 @@ impl BackendError {
             message: message.into(),
             source: None,
             refused: false,
+            cancelled: None,
         }
     }
 
@@ -79,6 +81,33 @@ impl BackendError {
     /// Whether this is a [`refused`](Self::refused) write.
     pub fn is_refused(&self) -> bool {
         self.refused
+    }
+
+    /// The outcome was not stored because the task was cancelled while it ran (the request
+    /// was stored, so the cancel holds even if the run never heard of it): its record ends
+    /// `cancel` with `reason` instead.
+    ///
+    /// ```
+    /// use qtasks::backend::BackendError;
+    ///
+    /// let error = BackendError::cancelled("redis", "no longer needed");
+    /// assert_eq!(error.cancel_reason(), Some("no longer needed"));
+    /// assert!(!error.is_refused());
+    /// ```
+    pub fn cancelled(backend: &'static str, reason: impl Into<String>) -> Self {
+        let reason = reason.into();
+        BackendError {
+            cancelled: Some(reason.clone()),
+            ..BackendError::new(
+                backend,
+                format!("the task was cancelled while it ran ({reason}); it ends `cancel`"),
+            )
+        }
+    }
+
+    /// The cancel reason the record ended with, for a [`cancelled`](Self::cancelled) finish.
+    pub fn cancel_reason(&self) -> Option<&str> {
+        self.cancelled.as_deref()
     }
 
     /// The underlying error.
@@ -244,10 +273,16 @@ fn cannot_pair(storage: &str) -> BackendError {
 pub struct Delivery {
     /// The task to run.
     pub task: QueuedTask,
-    /// The broker's handle on this delivery (a lease, a queue entry...); opaque to the worker.
+    /// The broker's handle on this delivery (a lease, a queue entry...); opaque to the worker,
+    /// and unique to this delivery: two deliveries of one task (a worker stalled past its lease
+    /// and the one that took the task over, perhaps in the same process) never share one.
     pub receipt: String,
     /// Whether the task was taken before by a worker that died without finishing it.
     pub recovered: bool,
+    /// How many times the broker has handed this attempt out, this time included (1 for a
+    /// first delivery). Past [`QueueConfig::max_deliveries`](crate::QueueConfig::max_deliveries)
+    /// the worker does not run it.
+    pub deliveries: u32,
 }
 
 impl Delivery {
@@ -257,6 +292,7 @@ impl Delivery {
             task,
             receipt: receipt.into(),
             recovered: false,
+            deliveries: 1,
         }
     }
 
@@ -264,6 +300,62 @@ impl Delivery {
     #[must_use]
     pub fn recovered(mut self, recovered: bool) -> Self {
         self.recovered = recovered;
+        self
+    }
+
+    /// How many times the broker has handed this attempt out, this time included.
+    #[must_use]
+    pub fn deliveries(mut self, deliveries: u32) -> Self {
+        self.deliveries = deliveries.max(1);
+        self
+    }
+
+    /// Whether an earlier delivery of this attempt ended without an outcome (its worker died or
+    /// stalled past the lease): the task may be what killed that worker, so the worker runs it
+    /// alone.
+    pub fn is_suspect(&self) -> bool {
+        self.recovered || self.deliveries > 1
+    }
+}
+
+/// A request to stop a running task, from [`Broker::cancel_requests`].
+///
+/// ```
+/// use qtasks::backend::CancelRequest;
+///
+/// let uuid = uuid::Uuid::new_v4();
+/// let request = CancelRequest::new(uuid, "no longer needed");
+/// assert_eq!(request.delivery, None, "every run of the task in this process");
+/// let lost = CancelRequest::new(uuid, "lease lost").for_delivery("receipt-1");
+/// assert_eq!(lost.delivery.as_deref(), Some("receipt-1"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CancelRequest {
+    /// The task to stop.
+    pub uuid: Uuid,
+    /// Why: the reason its record ends with.
+    pub reason: String,
+    /// Only the run of this delivery (its [`Delivery::receipt`]): a run whose lease was lost
+    /// is stopped without touching a newer delivery of the same task. `None`: every run of the
+    /// task.
+    pub delivery: Option<String>,
+}
+
+impl CancelRequest {
+    /// Stops every run of `uuid` in this process.
+    pub fn new(uuid: Uuid, reason: impl Into<String>) -> Self {
+        CancelRequest {
+            uuid,
+            reason: reason.into(),
+            delivery: None,
+        }
+    }
+
+    /// Stops only the run of the delivery with this receipt.
+    #[must_use]
+    pub fn for_delivery(mut self, receipt: impl Into<String>) -> Self {
+        self.delivery = Some(receipt.into());
         self
     }
 }
@@ -429,7 +521,7 @@ pub trait Broker: Send + Sync + 'static {
     }
 
     /// Cancel requests sent by [`request_cancel`](Self::request_cancel) from other processes.
-    fn cancel_requests(&self) -> Option<tokio::sync::broadcast::Receiver<(Uuid, String)>> {
+    fn cancel_requests(&self) -> Option<tokio::sync::broadcast::Receiver<CancelRequest>> {
         None
     }
 
@@ -552,11 +644,12 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Writes the record of a task just added (status `new`), for a broker that keeps only the
     /// queue and leaves the records to its storage (the RabbitMQ engine). A record that exists
-    /// already is left as it is, so a publish sent twice cannot reset a running task.
+    /// already is left as it is, so a publish sent twice cannot reset a running task: `Ok(true)`
+    /// when written, `Ok(false)` when the uuid was known (the broker then queues nothing).
     ///
     /// The default refuses: a storage whose records are written by its own broker's scripts
     /// cannot be paired with another broker.
-    fn insert<'a>(&'a self, task: &'a QueuedTask) -> BoxFuture<'a, Result<(), BackendError>> {
+    fn insert<'a>(&'a self, task: &'a QueuedTask) -> BoxFuture<'a, Result<bool, BackendError>> {
         let _ = task;
         Box::pin(async move { Err(cannot_pair(self.name())) })
     }

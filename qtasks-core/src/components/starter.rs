@@ -154,9 +154,15 @@ impl StartSteps<'_> {
                     tokio::select! {
                         _ = stop.wait_for(|stop| *stop) => return,
                         request = requests.recv() => match request {
-                            Ok((uuid, reason)) => {
-                                app.inner.cancels.cancel_here(uuid, &reason);
-                            }
+                            Ok(request) => match &request.delivery {
+                                // A lost lease: that run alone stops, not a newer one.
+                                Some(receipt) => {
+                                    app.inner.cancels.cancel_delivery(request.uuid, receipt, &request.reason);
+                                }
+                                None => {
+                                    app.inner.cancels.cancel_here(request.uuid, &request.reason);
+                                }
+                            },
                             Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
                                 tracing::warn!(app = %app.name(), missed, "cancel requests came faster than they were handled; {missed} were missed");
                             }

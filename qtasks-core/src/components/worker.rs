@@ -208,8 +208,22 @@ impl WorkerHost {
             .definition
             .or_else(|| self.inner.tasks.get(&delivery.task.task_name))
             .filter(|definition| app.runs(definition));
+        let max_deliveries = app.config().max_deliveries;
         let mut outcome = match definition {
-            Some(definition) => self.run(&mut delivery.task, definition).await,
+            // Handed out too often: each earlier delivery ended with its worker (an abort, an
+            // OOM kill, a stall past the lease), so this one must not run, or it never ends.
+            _ if max_deliveries > 0 && delivery.deliveries > max_deliveries => {
+                let reason = format!(
+                    "DeliveryLimit: task {uuid} was handed out {} times (max_deliveries = {max_deliveries}) and its worker died or lost the lease every time before it ended (an abort, an OOM kill, a stack overflow?); it is not run again",
+                    delivery.deliveries
+                );
+                tracing::error!(uuid = %uuid, "{reason}");
+                Outcome::Error(reason)
+            }
+            Some(definition) => {
+                self.run(&mut delivery.task, &delivery.receipt, definition)
+                    .await
+            }
             None => {
                 let reason = unknown_task(&delivery.task.task_name, self.inner.tasks);
                 tracing::warn!(uuid = %uuid, "{reason}");
@@ -252,16 +266,22 @@ impl WorkerHost {
             |replaced| outcome = replaced
         );
         if let Err(error) = broker.finish(&delivery, outcome.clone()).await {
-            if error.is_refused() {
+            if let Some(reason) = error.cancel_reason() {
+                // Cancelled while it ran (a stored request this run had not seen yet): the
+                // record says `cancel`, and so do the triggers and events that follow.
+                tracing::info!(uuid = %uuid, "{error}");
+                outcome = Outcome::Cancel(reason.to_owned());
+            } else if error.is_refused() {
                 app.inner
                     .counters
                     .refused_outcomes
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(uuid = %uuid, "{error}");
+                return;
             } else {
                 tracing::error!(uuid = %uuid, "could not store the result of task {uuid}: {}", crate::backend::ErrorChain(&error));
+                return;
             }
-            return;
         }
         // A member of a chord that succeeded may be the last one: the callback is due then.
         if let (Some(group), TaskStatus::Success) = (task.group_uuid, outcome.status()) {
@@ -291,7 +311,12 @@ impl WorkerHost {
     }
 
     /// The running part: the `process` record, the executor, and retries.
-    async fn run(&self, task: &mut QueuedTask, definition: &'static TaskDefinition) -> Outcome {
+    async fn run(
+        &self,
+        task: &mut QueuedTask,
+        receipt: &str,
+        definition: &'static TaskDefinition,
+    ) -> Outcome {
         let app = self.app();
         let dispatch = app.dispatch();
         let (broker, storage, worker) =
@@ -361,7 +386,7 @@ impl WorkerHost {
             context.continue_trace(&span, traceparent, task.created_at);
         }
         let executor = definition.executor.unwrap_or(&*app.inner.executor);
-        let cancel = app.inner.cancels.register(uuid);
+        let cancel = app.inner.cancels.register(uuid, receipt);
         let run = TaskExecutor::new(
             app.clone(),
             definition,
@@ -377,7 +402,7 @@ impl WorkerHost {
                 executor.name()
             )),
         };
-        app.inner.cancels.unregister(uuid);
+        app.inner.cancels.unregister(uuid, receipt);
         let failure = run.take_failure();
         drop(run);
         self.task_event(EventKind::TaskStopping, task, Some(&outcome))
@@ -525,13 +550,26 @@ impl Worker for ConcurrentWorker {
                 if deliveries.is_empty() {
                     break;
                 }
-                // Slots left over (fewer tasks than asked for) are given back here.
-                for (delivery, slot) in deliveries.into_iter().zip(free) {
+                // A suspect (an earlier delivery ended with its worker) runs alone, after the
+                // others: should it kill this process again, it takes no other task with it,
+                // so only its own delivery count grows. One suspect at a time: the others are
+                // handed back at once (not held while it runs, which would count them too).
+                let (mut suspects, deliveries): (Vec<_>, Vec<_>) =
+                    deliveries.into_iter().partition(Delivery::is_suspect);
+                let later = suspects.split_off(suspects.len().min(1));
+                hand_back(&host, &later).await;
+                let mut free = free.into_iter();
+                for (delivery, slot) in deliveries.into_iter().zip(free.by_ref()) {
                     let host = host.clone();
                     tokio::spawn(async move {
                         host.execute(delivery).await;
                         drop(slot);
                     });
+                }
+                // Slots left over (fewer tasks than asked for) are given back here.
+                drop(free);
+                for suspect in suspects {
+                    run_alone(&host, &slots, limit, suspect).await;
                 }
             }
             tracing::info!(
@@ -543,6 +581,36 @@ impl Worker for ConcurrentWorker {
             host.stopping(0).await;
             tracing::debug!(app = host.app().name(), "worker loop stopped");
         })
+    }
+}
+
+/// Runs a suspect delivery once no other task runs in this worker, holding every slot, so
+/// that no other task is taken while it runs. A stop that comes first hands it back.
+async fn run_alone(host: &WorkerHost, slots: &Arc<Semaphore>, limit: usize, delivery: Delivery) {
+    let all = u32::try_from(limit).unwrap_or(u32::MAX);
+    let every_slot = tokio::select! {
+        biased;
+        () = host.stop_requested() => None,
+        slots = Arc::clone(slots).acquire_many_owned(all) => slots.ok(),
+    };
+    let Some(every_slot) = every_slot else {
+        hand_back(host, std::slice::from_ref(&delivery)).await;
+        return;
+    };
+    tracing::warn!(uuid = %delivery.task.uuid, deliveries = delivery.deliveries, "task {} was handed out before and never ended (its worker died or stalled); running it alone", delivery.task.uuid);
+    let host = host.clone();
+    tokio::spawn(async move {
+        host.execute(delivery).await;
+        drop(every_slot);
+    });
+}
+
+/// Hands deliveries back to the broker unrun (their lease, if the broker cannot, runs out).
+async fn hand_back(host: &WorkerHost, deliveries: &[Delivery]) {
+    for delivery in deliveries {
+        if let Err(error) = host.app().inner.broker.release(delivery).await {
+            tracing::error!(uuid = %delivery.task.uuid, "handing a task back failed (it is taken again when its lease runs out): {}", crate::backend::ErrorChain(&error));
+        }
     }
 }
 
