@@ -10,7 +10,8 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The command line serves it too: `qtasks grpc --bind 127.0.0.1:50051`.
+//! The command line serves it too: `qtasks grpc --bind 127.0.0.1:50051` (with `--token`,
+//! `--tls-cert` and `--tls-key` for the network).
 //!
 //! # Security
 //!
