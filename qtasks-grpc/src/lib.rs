@@ -184,7 +184,7 @@ pub struct BearerToken {
 }
 
 impl BearerToken {
-    /// Checks calls against `token`.
+    /// Checks calls against `token` (an empty one lets no call through).
     pub fn new(token: impl Into<Arc<str>>) -> Self {
         BearerToken {
             token: token.into(),
@@ -208,9 +208,13 @@ impl Interceptor for BearerToken {
             .and_then(|value| value.strip_prefix("Bearer "));
         let refusal = match given {
             None => "this server needs a token: send the metadata `authorization: Bearer <token>`",
-            // `ct_eq` takes as long whatever the first differing byte is, so the token cannot be
-            // guessed a byte at a time from the answer's timing.
-            Some(given) if bool::from(given.as_bytes().ct_eq(self.token.as_bytes())) => {
+            // `ct_eq` takes as long whatever the first differing byte is (only the length
+            // shows), so the token cannot be guessed a byte at a time from the answer's timing.
+            // An empty token matches nothing: a mistake in the setup fails closed.
+            Some(given)
+                if !self.token.is_empty()
+                    && bool::from(given.as_bytes().ct_eq(self.token.as_bytes())) =>
+            {
                 return Ok(request);
             }
             Some(_) => "the token is not this server's",
