@@ -6,9 +6,10 @@
 use std::path::PathBuf;
 
 /// The optional modules a README block may use, and the features that provide them.
-const OPTIONAL: [(&str, &str); 7] = [
+const OPTIONAL: [(&str, &str); 8] = [
     ("qtasks::redis", "REDIS"),
     ("qtasks::rabbitmq", "RABBITMQ"),
+    ("qtasks::grpc", "GRPC"),
     ("qtasks::cli", "CLI"),
     ("qtasks::web", "WEB"),
     ("qtasks::metrics", "METRICS"),

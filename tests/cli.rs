@@ -539,6 +539,120 @@ fn the_binary_serves_grpc_until_sigterm() {
 }
 
 #[test]
+fn the_binary_refuses_grpc_beyond_loopback_without_a_token() {
+    let Some(url) = redis_url("the_binary_refuses_grpc_beyond_loopback_without_a_token") else {
+        return;
+    };
+    let prefix = unique_prefix("cli_grpc_refused");
+    let run = |args: &[&str]| {
+        Command::new(QTASKS)
+            .args(args)
+            .env("QTASKS_URL", &url)
+            .env("QTASKS_NAME", &prefix)
+            .env_remove("QTASKS_GRPC_TOKEN")
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    };
+    // Beyond loopback without a token: refused, exit code 2, saying how to fix it.
+    for bind in ["0.0.0.0:0", "[::]:0"] {
+        let output = run(&["grpc", "--bind", bind]);
+        assert_eq!(output.status.code(), Some(2), "{bind}: {}", stderr(&output));
+        assert!(
+            stderr(&output).contains("without a token") && stderr(&output).contains("--token"),
+            "{}",
+            stderr(&output)
+        );
+    }
+    // A certificate without its key, and files that are not there: exit code 2, named.
+    let output = run(&["grpc", "--tls-cert", "server.crt"]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(stderr(&output).contains("--tls-key"), "{}", stderr(&output));
+    let output = run(&[
+        "grpc",
+        "--bind",
+        "127.0.0.1:0",
+        "--tls-cert",
+        "/nonexistent/server.crt",
+        "--tls-key",
+        "/nonexistent/server.key",
+    ]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("/nonexistent/server.crt"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn the_binary_serves_grpc_over_tls_to_token_holders() {
+    let Some(url) = redis_url("the_binary_serves_grpc_over_tls_to_token_holders") else {
+        return;
+    };
+    let prefix = unique_prefix("cli_grpc_tls");
+    let certificates = support::test_certificates();
+    let cert = std::env::temp_dir().join(format!("{prefix}.crt"));
+    let key = std::env::temp_dir().join(format!("{prefix}.key"));
+    std::fs::write(&cert, &certificates.cert).unwrap();
+    std::fs::write(&key, &certificates.key).unwrap();
+    let port = free_port();
+    let mut server = Command::new(QTASKS)
+        .args(["grpc", "--bind", &format!("127.0.0.1:{port}"), "--tls-cert"])
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .env("QTASKS_URL", &url)
+        .env("QTASKS_NAME", &prefix)
+        .env("QTASKS_GRPC_TOKEN", "t0ken")
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (refused, added) = runtime.block_on(async {
+        use qtasks::grpc::proto::AddTaskRequest;
+        use qtasks::grpc::proto::q_tasks_service_client::QTasksServiceClient;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let channel = loop {
+            match support::grpc_tls_channel(port, &certificates.ca).await {
+                Ok(channel) => break channel,
+                Err(error) => {
+                    assert!(Instant::now() < deadline, "never served TLS: {error}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        let mut client = QTasksServiceClient::new(channel);
+        let add = || AddTaskRequest {
+            name: "echo".into(),
+            args_json: "[1]".into(),
+            ..AddTaskRequest::default()
+        };
+        let refused = client.add_task(add()).await.unwrap_err();
+        let added = client
+            .add_task(support::with_token(add(), "t0ken"))
+            .await
+            .unwrap()
+            .into_inner();
+        (refused, added)
+    });
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    assert!(added.ok && !added.uuid.is_empty(), "{added:?}");
+    Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(
+        server.wait().unwrap().success(),
+        "stopped cleanly on SIGTERM"
+    );
+    let _ = std::fs::remove_file(&cert);
+    let _ = std::fs::remove_file(&key);
+    expect(&url, &prefix, &["flush", "--yes"], 0);
+}
+
+#[test]
 fn the_binary_serves_the_web_api_with_a_token_and_refuses_the_network_without_one() {
     let Some(url) = redis_url("the_binary_serves_the_web_api") else {
         return;

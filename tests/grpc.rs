@@ -1,6 +1,7 @@
 //! The gRPC service (`qtasks.v1`, Python QTasks' proto) with a Rust client: add and wait, get,
-//! the strict answers to bad input, a failing and a late task, health and reflection. (The
-//! Python client speaking the original's stubs is in `python_interop.rs`.)
+//! the strict answers to bad input, a failing and a late task, health and reflection; the
+//! token on every call, the refusal to serve beyond loopback without one, TLS. (The Python
+//! client speaking the original's stubs is in `python_interop.rs`.)
 
 mod support;
 
@@ -8,7 +9,10 @@ use std::time::Duration;
 
 use qtasks::grpc::proto::q_tasks_service_client::QTasksServiceClient;
 use qtasks::grpc::proto::{AddTaskRequest, GetTaskRequest};
+use qtasks::grpc::{Grpc, GrpcError, Tls};
+use qtasks::records::RecordQuery;
 use qtasks::{QueueTasks, TaskError, TaskResult};
+use support::{grpc_tls_channel, serve_grpc_with, test_certificates, with_token};
 use tonic::Code;
 
 #[qtasks::task]
@@ -220,4 +224,291 @@ async fn health_says_serving_and_reflection_lists_the_service() {
     );
     let _ = stop.send(());
     app.stop().await.unwrap();
+}
+
+/// How many records the app holds.
+async fn records(app: &QueueTasks) -> usize {
+    app.list_tasks(&RecordQuery::default())
+        .await
+        .unwrap()
+        .records
+        .len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_that_is_no_duration_is_refused_before_anything_is_queued() {
+    // Not started: a task that were queued would stay, to be counted.
+    let (app, address, stop) = {
+        let app = QueueTasks::new();
+        let (address, stop) = support::serve_grpc(&app).await;
+        (app, format!("http://{address}"), stop)
+    };
+    let mut client = QTasksServiceClient::connect(address).await.unwrap();
+    // 1e20 s is more than a `Duration` holds: it used to panic after the task was queued.
+    for timeout in [
+        1e20,
+        f64::NAN,
+        -1.0,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        f64::MAX,
+    ] {
+        let status = client
+            .add_task(AddTaskRequest {
+                name: "grpc_add".into(),
+                args_json: "[1, 2]".into(),
+                timeout,
+                ..AddTaskRequest::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "{timeout}: {status:?}"
+        );
+        assert!(
+            status.message().contains("timeout"),
+            "{timeout}: {status:?}"
+        );
+        assert_eq!(records(&app).await, 0, "{timeout}: a task was queued");
+    }
+    // The server is still there, and a timeout that is a duration still works.
+    let late = client
+        .add_task(AddTaskRequest {
+            name: "grpc_add".into(),
+            args_json: "[1, 2]".into(),
+            timeout: 0.05,
+            ..AddTaskRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!late.ok && late.error.contains("timed out"), "{late:?}");
+    // The extremes of `priority` are priorities like any other.
+    for priority in [i32::MIN, i32::MAX] {
+        let added = client
+            .add_task(AddTaskRequest {
+                name: "grpc_add".into(),
+                args_json: "[1, 2]".into(),
+                priority,
+                ..AddTaskRequest::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(added.ok, "{priority}: {added:?}");
+    }
+    assert_eq!(records(&app).await, 3);
+    let _ = stop.send(());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_guards_every_call_but_health() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+
+    let app = QueueTasks::new();
+    app.start().await.unwrap();
+    let (address, stop) =
+        serve_grpc_with(Grpc::new(app.clone()).token(Some("s3cret-token".into()))).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = QTasksServiceClient::new(channel.clone());
+    let add = || AddTaskRequest {
+        name: "grpc_add".into(),
+        args_json: "[2, 3]".into(),
+        timeout: 5.0,
+        ..AddTaskRequest::default()
+    };
+
+    // No token, a wrong one, a prefix of it, another scheme: UNAUTHENTICATED, nothing queued.
+    let status = client.add_task(add()).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(
+        status.message().contains("authorization: Bearer"),
+        "says how: {status:?}"
+    );
+    for wrong in ["nope", "s3cret", "s3cret-token!"] {
+        let status = client.add_task(with_token(add(), wrong)).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{wrong}: {status:?}");
+    }
+    let mut basic = tonic::Request::new(add());
+    basic
+        .metadata_mut()
+        .insert("authorization", "Basic s3cret-token".parse().unwrap());
+    let status = client.add_task(basic).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let status = client
+        .get_task(GetTaskRequest {
+            uuid: qtasks::Uuid::new_v4().to_string(),
+            include_result: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert_eq!(records(&app).await, 0, "a refused call queued a task");
+
+    // The right token: the service works.
+    let added = client
+        .add_task(with_token(add(), "s3cret-token"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(added.ok && added.result_json == "5", "{added:?}");
+    let got = client
+        .get_task(with_token(
+            GetTaskRequest {
+                uuid: added.uuid.clone(),
+                include_result: true,
+            },
+            "s3cret-token",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.status, "success", "{got:?}");
+
+    // Health stays open (a probe needs no secret); reflection does not.
+    let answer = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: "qtasks.v1.QTasksService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.status, 1, "SERVING");
+    let list = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let status = ServerReflectionClient::new(channel)
+        .server_reflection_info(futures_util::stream::iter([list]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let _ = stop.send(());
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn serving_beyond_loopback_needs_a_token() {
+    // Refused before binding, by address...
+    let error = Grpc::new(QueueTasks::new())
+        .serve("0.0.0.0:0".parse().unwrap())
+        .await
+        .unwrap_err();
+    assert!(matches!(error, GrpcError::TokenRequired(_)), "{error:?}");
+    assert!(error.to_string().contains("without a token"), "{error}");
+    // ...and the same from the plain functions, with an empty token counting as none.
+    let error = qtasks::grpc::serve(QueueTasks::new(), "[::]:0".parse().unwrap())
+        .await
+        .unwrap_err();
+    assert!(matches!(error, GrpcError::TokenRequired(_)), "{error:?}");
+    let error = Grpc::new(QueueTasks::new())
+        .token(Some(String::new()))
+        .serve("0.0.0.0:0".parse().unwrap())
+        .await
+        .unwrap_err();
+    assert!(matches!(error, GrpcError::TokenRequired(_)), "{error:?}");
+    // A listener bound beyond loopback already is refused too (nothing accepted on it).
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let error = qtasks::grpc::serve_listener(QueueTasks::new(), listener, std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(matches!(error, GrpcError::TokenRequired(_)), "{error:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_carries_the_calls_and_the_token() {
+    let certificates = test_certificates();
+    let app = QueueTasks::new();
+    app.start().await.unwrap();
+    let (address, stop) = serve_grpc_with(
+        Grpc::new(app.clone())
+            .token(Some("s3cret-token".into()))
+            .tls(Some(Tls::from_pem(&certificates.cert, &certificates.key))),
+    )
+    .await;
+
+    let channel = grpc_tls_channel(address.port(), &certificates.ca)
+        .await
+        .unwrap();
+    let mut client = QTasksServiceClient::new(channel);
+    let added = client
+        .add_task(with_token(
+            AddTaskRequest {
+                name: "grpc_add".into(),
+                args_json: "[20, 22]".into(),
+                timeout: 5.0,
+                ..AddTaskRequest::default()
+            },
+            "s3cret-token",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(added.ok && added.result_json == "42", "{added:?}");
+    // The token is still needed over TLS.
+    let status = client
+        .get_task(GetTaskRequest {
+            uuid: added.uuid,
+            include_result: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+
+    // A client that does not trust the certificate, or speaks plain HTTP/2, gets nothing.
+    let stranger = test_certificates();
+    assert!(
+        grpc_tls_channel(address.port(), &stranger.ca)
+            .await
+            .is_err(),
+        "a certificate of another authority was trusted"
+    );
+    let mut plain = QTasksServiceClient::connect(format!("http://{address}"))
+        .await
+        .unwrap();
+    let status = plain
+        .get_task(with_token(
+            GetTaskRequest {
+                uuid: qtasks::Uuid::new_v4().to_string(),
+                include_result: false,
+            },
+            "s3cret-token",
+        ))
+        .await
+        .unwrap_err();
+    assert_ne!(status.code(), Code::Ok, "{status:?}");
+    let _ = stop.send(());
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_tls_key_that_is_not_one_is_a_typed_error() {
+    let certificates = test_certificates();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let error = Grpc::new(QueueTasks::new())
+        .tls(Some(Tls::from_pem(&certificates.cert, "not a key")))
+        .serve_listener(listener, std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(matches!(error, GrpcError::Tls { .. }), "{error:?}");
+    assert!(
+        error.to_string().contains("key"),
+        "says what is wrong: {error}"
+    );
+    let error =
+        Tls::from_pem_files("/nonexistent/server.crt", "/nonexistent/server.key").unwrap_err();
+    assert!(
+        matches!(&error, GrpcError::TlsFile { path, .. } if path.ends_with("server.crt")),
+        "{error:?}"
+    );
 }

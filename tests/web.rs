@@ -1,6 +1,8 @@
 //! The dashboard over plain HTTP (`qtasks::web`): its routes, the token on every request, the
-//! security headers, CSRF and the origin and host checks, escaping, the live streams, and the
-//! refusal to listen beyond loopback without a token. (`web_browser.rs` drives it in Chromium.)
+//! security headers, CSRF and the origin and host checks, escaping, the live streams, the
+//! refusal to listen beyond loopback without a token and to answer a peer beyond loopback, the
+//! login cookie that is not the token, and the actions' log lines. (`web_browser.rs` drives it
+//! in Chromium.)
 
 use std::future::Future;
 use std::io::{Read, Write};
@@ -377,4 +379,269 @@ async fn a_stream_tasks_items_reach_its_page_as_they_arrive() {
     read_until(&mut stream, &mut seen, "s-success").await;
     assert!(seen.contains("second"), "{seen}");
     app.stop().await.unwrap();
+}
+
+/// A request to the router itself, as if from `peer` (none: served without `ConnectInfo`),
+/// with `Host: localhost`: a connection from beyond loopback cannot be made on a test machine.
+async fn call_router(
+    router: &axum::Router,
+    peer: Option<&str>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    use tower::ServiceExt;
+    let mut request = axum::http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "localhost");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let mut request = request.body(axum::body::Body::empty()).unwrap();
+    if let Some(peer) = peer {
+        let peer: std::net::SocketAddr = peer.parse().unwrap();
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
+    }
+    let response = router.clone().oneshot(request).await.unwrap();
+    let status = response.status().as_u16();
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn without_a_token_only_loopback_peers_are_answered_whatever_the_host_says() {
+    let app = QueueTasks::new();
+    let uuid = web_echo::add_task(&app, "x".into()).await.unwrap().uuid();
+    let router = Web::new(app.clone()).router();
+    let (status, body) =
+        call_router(&router, Some("127.0.0.1:40000"), "GET", "/api/v1/csrf", &[]).await;
+    assert_eq!(status, 200, "{body}");
+    let csrf: Value = serde_json::from_str(&body).unwrap();
+    let csrf = csrf["token"].as_str().unwrap().to_owned();
+
+    // A peer beyond loopback (a port forwarded from the network), or none known, with
+    // `Host: localhost` all the same: refused, pages, API and actions alike.
+    let cancel = format!("/api/v1/tasks/{uuid}/cancel");
+    for peer in [Some("192.0.2.7:40000"), Some("[2001:db8::7]:40000"), None] {
+        for (method, path) in [
+            ("GET", "/"),
+            ("GET", "/api/v1/stats"),
+            ("POST", cancel.as_str()),
+        ] {
+            let (status, body) =
+                call_router(&router, peer, method, path, &[("x-qtasks-csrf", &csrf)]).await;
+            assert_eq!(status, 403, "{peer:?} {method} {path}: {body}");
+            assert!(body.contains("loopback"), "{body}");
+        }
+    }
+    assert_eq!(
+        app.get(uuid).await.unwrap().unwrap().status,
+        qtasks::TaskStatus::New,
+        "a refused action changed the task"
+    );
+    // A loopback peer gets the action.
+    let (status, body) = call_router(
+        &router,
+        Some("[::1]:40000"),
+        "POST",
+        &cancel,
+        &[("x-qtasks-csrf", &csrf)],
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (200, r#"{"cancelled":true}"#));
+
+    // With a token, the peer may be anywhere: the token is the proof.
+    let router = Web::new(app.clone()).token(Some("t0ken".into())).router();
+    let (status, _) = call_router(
+        &router,
+        Some("192.0.2.7:40000"),
+        "GET",
+        "/api/v1/stats",
+        &[("authorization", "Bearer t0ken")],
+    )
+    .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_a_request_a_proxy_forwarded_is_refused() {
+    let port = Web::new(QueueTasks::new())
+        .serve("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+        .port();
+    tokio::task::spawn_blocking(move || {
+        assert_eq!(get(port, "/api/v1/stats", None).0, 200);
+        for header in [
+            "X-Forwarded-For: 192.0.2.7",
+            "Forwarded: for=192.0.2.7",
+            "X-Real-IP: 192.0.2.7",
+        ] {
+            let (status, _, body) = request(
+                port,
+                &format!("GET /api/v1/stats HTTP/1.1\r\nHost: localhost\r\n{header}\r\n"),
+                "",
+            );
+            assert_eq!(status, 403, "{header}: {body}");
+            assert!(body.contains("proxy"), "{body}");
+        }
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_login_cookie_holds_a_value_derived_from_the_token_not_the_token() {
+    let token = "s3cret-token";
+    let port = Web::new(QueueTasks::new())
+        .token(Some(token.into()))
+        .serve("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+        .port();
+    tokio::task::spawn_blocking(move || {
+        let login = |form: &str| {
+            request(
+                port,
+                "POST /login HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\n",
+                form,
+            )
+        };
+        let (status, _, _) = login("token=s3cret");
+        assert_eq!(status, 401, "a prefix of the token is not it");
+        let (status, head, _) = login(&format!("token={token}"));
+        assert_eq!(status, 303, "{head}");
+        let cookie = head
+            .lines()
+            .find_map(|line| line.strip_prefix("set-cookie: "))
+            .unwrap_or_else(|| panic!("no cookie: {head}"));
+        let value = cookie
+            .split(';')
+            .next()
+            .and_then(|pair| pair.strip_prefix("qtasks_token="))
+            .unwrap_or_else(|| panic!("{cookie}"));
+        let hex: String = token.bytes().map(|b| format!("{b:02x}")).collect();
+        assert!(!value.is_empty(), "{cookie}");
+        assert!(!cookie.contains(token), "the cookie holds the token: {cookie}");
+        assert!(!cookie.contains(&hex), "the cookie holds the token's hex: {cookie}");
+        assert!(cookie.contains("httponly") && cookie.contains("samesite=strict"), "{cookie}");
+
+        let page = |cookie: &str| {
+            request(
+                port,
+                &format!("GET / HTTP/1.1\r\nHost: localhost\r\nCookie: qtasks_token={cookie}\r\n"),
+                "",
+            )
+        };
+        // The cookie opens the pages; the token or its hex in its place does not.
+        let (status, _, body) = page(value);
+        assert_eq!(status, 200, "{body}");
+        for forged in [token, hex.as_str(), "", &value[1..]] {
+            let (status, head, _) = page(forged);
+            assert_eq!(status, 303, "{forged}: {head}");
+            assert!(head.contains("location: /login"), "{head}");
+        }
+    })
+    .await
+    .unwrap();
+}
+
+/// A `tracing` writer into a buffer the test reads.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+#[tokio::test]
+async fn actions_are_logged_with_who_and_what() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(move || writer.clone())
+        .finish();
+    // This thread's subscriber: the router runs on it (a current-thread test runtime).
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let app = QueueTasks::new();
+    let uuid = web_echo::add_task(&app, "x".into()).await.unwrap().uuid();
+    let router = Web::new(app.clone()).token(Some("t0ken".into())).router();
+    let (status, body) = call_router(
+        &router,
+        Some("192.0.2.7:4242"),
+        "POST",
+        &format!("/api/v1/tasks/{uuid}/cancel"),
+        &[("authorization", "Bearer t0ken")],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = call_router(
+        &router,
+        Some("192.0.2.8:4343"),
+        "POST",
+        "/api/v1/dead/some-letter/drop",
+        &[("authorization", "Bearer t0ken")],
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    let router = Web::new(app.clone()).router();
+    let (status, _) = call_router(
+        &router,
+        Some("127.0.0.1:5151"),
+        "POST",
+        &format!("/api/v1/tasks/{uuid}/delete"),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 403, "no CSRF token");
+
+    let log = captured.text();
+    let line = |needle: &str| {
+        log.lines()
+            .find(|line| line.contains(needle))
+            .unwrap_or_else(|| panic!("no line with {needle}: {log}"))
+            .to_owned()
+    };
+    let cancel = line("dashboard action cancel");
+    for part in [
+        "INFO",
+        "192.0.2.7:4242",
+        "bearer token",
+        &uuid.to_string(),
+        "done",
+    ] {
+        assert!(cancel.contains(part), "{part}: {cancel}");
+    }
+    let dropped = line("dashboard action drop");
+    assert!(
+        dropped.contains("192.0.2.8:4343") && dropped.contains("some-letter"),
+        "{dropped}"
+    );
+    let refused = line("dashboard action delete");
+    for part in ["127.0.0.1:5151", "loopback", "refused"] {
+        assert!(refused.contains(part), "{part}: {refused}");
+    }
+    assert!(!log.contains("t0ken"), "the token was logged: {log}");
 }

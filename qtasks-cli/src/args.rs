@@ -145,11 +145,21 @@ pub enum SharedCommand {
         action: Option<DeadAction>,
     },
     /// Serve the gRPC API (Python QTasks' `qtasks.v1`: AddTask, GetTask; health; reflection)
-    /// until Ctrl-C or SIGTERM.
+    /// until Ctrl-C or SIGTERM. Anything but loopback needs a token.
     Grpc {
         /// Where to listen.
         #[arg(long, default_value = "127.0.0.1:50051")]
         bind: std::net::SocketAddr,
+        /// The token every call must carry (metadata `authorization: Bearer ...`); health
+        /// stays open.
+        #[arg(long, env = "QTASKS_GRPC_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Serve over TLS with this certificate chain (PEM); needs --tls-key.
+        #[arg(long, requires = "tls_key", value_name = "PEM")]
+        tls_cert: Option<std::path::PathBuf>,
+        /// The private key (PEM) of --tls-cert.
+        #[arg(long, requires = "tls_cert", value_name = "PEM")]
+        tls_key: Option<std::path::PathBuf>,
     },
     /// Serve the web dashboard (pages, live updates, actions), its JSON API (`/api/v1`) and
     /// `/metrics` until Ctrl-C or SIGTERM. Anything but loopback needs a token.

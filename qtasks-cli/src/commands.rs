@@ -49,7 +49,15 @@ pub(crate) async fn run_shared(app: &QueueTasks, command: &SharedCommand, json: 
         SharedCommand::Flush { yes } => flush(app, *yes).await,
         SharedCommand::Dead { action } => dead(app, action.as_ref(), json).await,
         SharedCommand::Schedule { action } => schedule(app, action.as_ref(), json).await,
-        SharedCommand::Grpc { bind } => grpc(app, *bind).await,
+        SharedCommand::Grpc {
+            bind,
+            token,
+            tls_cert,
+            tls_key,
+        } => {
+            let tls = tls_cert.as_deref().zip(tls_key.as_deref());
+            grpc(app, *bind, token.clone(), tls).await
+        }
         SharedCommand::Web { bind, token } => web(app, *bind, token.clone()).await,
     }
 }
@@ -90,14 +98,35 @@ async fn web(_app: &QueueTasks, _address: std::net::SocketAddr, _token: Option<S
 }
 
 #[cfg(feature = "grpc")]
-async fn grpc(app: &QueueTasks, address: std::net::SocketAddr) -> Outcome {
-    qtasks_grpc::serve_with_shutdown(app.clone(), address, stop_signal())
+async fn grpc(
+    app: &QueueTasks,
+    address: std::net::SocketAddr,
+    token: Option<String>,
+    tls: Option<(&std::path::Path, &std::path::Path)>,
+) -> Outcome {
+    let tls = tls
+        .map(|(cert, key)| qtasks_grpc::Tls::from_pem_files(cert, key))
+        .transpose()
+        .map_err(|e| Failure::usage(e.to_string()))?;
+    qtasks_grpc::Grpc::new(app.clone())
+        .token(token)
+        .tls(tls)
+        .serve_with_shutdown(address, stop_signal())
         .await
-        .map_err(|e| Failure::usage(format!("cannot serve gRPC on {address}: {e}")))
+        .map_err(|e| match e {
+            // It names the address already, and how to fix it.
+            qtasks_grpc::GrpcError::TokenRequired(_) => Failure::usage(e.to_string()),
+            e => Failure::usage(format!("cannot serve gRPC on {address}: {e}")),
+        })
 }
 
 #[cfg(not(feature = "grpc"))]
-async fn grpc(_app: &QueueTasks, _address: std::net::SocketAddr) -> Outcome {
+async fn grpc(
+    _app: &QueueTasks,
+    _address: std::net::SocketAddr,
+    _token: Option<String>,
+    _tls: Option<(&std::path::Path, &std::path::Path)>,
+) -> Outcome {
     Err(Failure::usage(
         "grpc needs the `grpc` feature of qtasks (this binary was built without it)",
     ))

@@ -1,9 +1,13 @@
 //! The actions: cancel, retry, delete a task; requeue or drop a dead letter. Each is a POST,
 //! checked against cross-site requests first ([`refuse_cross_site`]); the forms of the pages
-//! get a redirect back (a page that says what happened), the JSON API gets JSON.
+//! get a redirect back (a page that says what happened), the JSON API gets JSON. Each is logged
+//! at INFO with who asked ([`Caller`]: the peer address, and whether by token, cookie or
+//! loopback), what (the action, the task's uuid or the dead letter's id) and how it ended: an
+//! operator can tell afterwards who cancelled or dropped what.
 
 use std::future::Future;
 
+use axum::Extension;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -15,7 +19,7 @@ use serde_json::json;
 
 use crate::Shared;
 use crate::pages::problem;
-use crate::security::refuse_cross_site;
+use crate::security::{Caller, refuse_cross_site};
 
 /// Why an action did not happen.
 struct Refusal {
@@ -127,10 +131,42 @@ pub(crate) struct DeadForm {
     id: String,
 }
 
+/// Who asks for what, for the action's log line: the caller, the action, and the task's uuid
+/// or the dead letter's id as given.
+#[derive(Clone, Copy)]
+struct Ask<'a> {
+    caller: Caller,
+    action: &'static str,
+    target: &'a str,
+}
+
+impl<'a> Ask<'a> {
+    fn new(caller: Caller, action: &'static str, target: &'a str) -> Self {
+        Ask {
+            caller,
+            action,
+            target,
+        }
+    }
+
+    /// Logs who asked for what, and how it ended.
+    fn log(self, outcome: &str) {
+        tracing::info!(
+            who = %self.caller,
+            action = self.action,
+            target = self.target,
+            "dashboard action {} {}: {outcome}",
+            self.action,
+            self.target,
+        );
+    }
+}
+
 /// A form's action: refused if it is cross-site, else run, then a redirect to the page it
 /// names (or a page saying why not).
 async fn form_action<Fut>(
     shared: &Shared,
+    ask: Ask<'_>,
     headers: &HeaderMap,
     csrf: &str,
     action: impl FnOnce() -> Fut,
@@ -139,90 +175,128 @@ where
     Fut: Future<Output = Result<String, Refusal>>,
 {
     if let Some(refused) = refuse_cross_site(shared, headers, Some(csrf)) {
+        ask.log("refused: cross-site, or no CSRF token");
         return refused;
     }
     match action().await {
-        Ok(location) => Redirect::to(&location).into_response(),
-        Err(refusal) => refusal.page(shared),
+        Ok(location) => {
+            ask.log(&format!("done, then {location}"));
+            Redirect::to(&location).into_response()
+        }
+        Err(refusal) => {
+            ask.log(&format!("not done: {}", refusal.detail));
+            refusal.page(shared)
+        }
     }
 }
 
 pub(crate) async fn cancel_form(
     State(shared): State<Shared>,
+    Extension(caller): Extension<Caller>,
     Path(uuid): Path<String>,
     headers: HeaderMap,
     Form(form): Form<TaskForm>,
 ) -> Response {
-    form_action(&shared, &headers, &form.csrf, || async {
-        let (uuid, cancelled) = cancel(&shared, &uuid, form.reason.as_deref()).await?;
-        let done = if cancelled {
-            "cancelled"
-        } else {
-            "not-cancelled"
-        };
-        Ok(format!("/tasks/{uuid}?done={done}"))
-    })
+    form_action(
+        &shared,
+        Ask::new(caller, "cancel", &uuid),
+        &headers,
+        &form.csrf,
+        || async {
+            let (uuid, cancelled) = cancel(&shared, &uuid, form.reason.as_deref()).await?;
+            let done = if cancelled {
+                "cancelled"
+            } else {
+                "not-cancelled"
+            };
+            Ok(format!("/tasks/{uuid}?done={done}"))
+        },
+    )
     .await
 }
 
 pub(crate) async fn retry_form(
     State(shared): State<Shared>,
+    Extension(caller): Extension<Caller>,
     Path(uuid): Path<String>,
     headers: HeaderMap,
     Form(form): Form<TaskForm>,
 ) -> Response {
-    form_action(&shared, &headers, &form.csrf, || async {
-        Ok(format!(
-            "/tasks/{}?done=retried",
-            retry(&shared, &uuid).await?
-        ))
-    })
+    form_action(
+        &shared,
+        Ask::new(caller, "retry", &uuid),
+        &headers,
+        &form.csrf,
+        || async {
+            Ok(format!(
+                "/tasks/{}?done=retried",
+                retry(&shared, &uuid).await?
+            ))
+        },
+    )
     .await
 }
 
 pub(crate) async fn delete_form(
     State(shared): State<Shared>,
+    Extension(caller): Extension<Caller>,
     Path(uuid): Path<String>,
     headers: HeaderMap,
     Form(form): Form<TaskForm>,
 ) -> Response {
-    form_action(&shared, &headers, &form.csrf, || async {
-        delete(&shared, &uuid).await?;
-        Ok("/tasks?done=deleted".to_owned())
-    })
+    form_action(
+        &shared,
+        Ask::new(caller, "delete", &uuid),
+        &headers,
+        &form.csrf,
+        || async {
+            delete(&shared, &uuid).await?;
+            Ok("/tasks?done=deleted".to_owned())
+        },
+    )
     .await
 }
 
 pub(crate) async fn requeue_form(
     State(shared): State<Shared>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     Form(form): Form<DeadForm>,
 ) -> Response {
-    dead_form(&shared, &headers, &form, true).await
+    dead_form(&shared, caller, &headers, &form, true).await
 }
 
 pub(crate) async fn drop_form(
     State(shared): State<Shared>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     Form(form): Form<DeadForm>,
 ) -> Response {
-    dead_form(&shared, &headers, &form, false).await
+    dead_form(&shared, caller, &headers, &form, false).await
 }
 
 async fn dead_form(
     shared: &Shared,
+    caller: Caller,
     headers: &HeaderMap,
     form: &DeadForm,
     requeue: bool,
 ) -> Response {
-    form_action(shared, headers, &form.csrf, || async {
-        let done = match resolve(shared, &form.id, requeue).await? {
-            false => "gone",
-            true if requeue => "requeued",
-            true => "dropped",
-        };
-        Ok(format!("/dead?done={done}"))
-    })
+    let action = if requeue { "requeue" } else { "drop" };
+    form_action(
+        shared,
+        Ask::new(caller, action, &form.id),
+        headers,
+        &form.csrf,
+        || async {
+            let done = match resolve(shared, &form.id, requeue).await? {
+                false => "gone",
+                true if requeue => "requeued",
+                true => "dropped",
+            };
+            Ok(format!("/dead?done={done}"))
+        },
+    )
     .await
 }
 
@@ -237,6 +311,7 @@ pub(crate) struct ReasonQuery {
 /// An API action: refused if it is cross-site, else run, answering its JSON.
 async fn api_action<Fut>(
     shared: &Shared,
+    ask: Ask<'_>,
     headers: &HeaderMap,
     action: impl FnOnce() -> Fut,
 ) -> Response
@@ -244,66 +319,92 @@ where
     Fut: Future<Output = Result<serde_json::Value, Refusal>>,
 {
     if let Some(refused) = refuse_cross_site(shared, headers, None) {
+        ask.log("refused: cross-site, or no CSRF token");
         return refused;
     }
     match action().await {
-        Ok(answer) => Json(answer).into_response(),
-        Err(refusal) => refusal.json(),
+        Ok(answer) => {
+            ask.log(&format!("done: {answer}"));
+            Json(answer).into_response()
+        }
+        Err(refusal) => {
+            ask.log(&format!("not done: {}", refusal.detail));
+            refusal.json()
+        }
     }
 }
 
 pub(crate) async fn cancel_api(
     State(shared): State<Shared>,
+    Extension(caller): Extension<Caller>,
     Path(uuid): Path<String>,
     headers: HeaderMap,
     Query(query): Query<ReasonQuery>,
 ) -> Response {
-    api_action(&shared, &headers, || async {
-        let (_, cancelled) = cancel(&shared, &uuid, query.reason.as_deref()).await?;
-        Ok(json!({ "cancelled": cancelled }))
-    })
+    api_action(
+        &shared,
+        Ask::new(caller, "cancel", &uuid),
+        &headers,
+        || async {
+            let (_, cancelled) = cancel(&shared, &uuid, query.reason.as_deref()).await?;
+            Ok(json!({ "cancelled": cancelled }))
+        },
+    )
     .await
 }
 
 pub(crate) async fn retry_api(
     State(shared): State<Shared>,
+    Extension(caller): Extension<Caller>,
     Path(uuid): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    api_action(&shared, &headers, || async {
-        Ok(json!({ "uuid": retry(&shared, &uuid).await? }))
-    })
+    api_action(
+        &shared,
+        Ask::new(caller, "retry", &uuid),
+        &headers,
+        || async { Ok(json!({ "uuid": retry(&shared, &uuid).await? })) },
+    )
     .await
 }
 
 pub(crate) async fn delete_api(
     State(shared): State<Shared>,
+    Extension(caller): Extension<Caller>,
     Path(uuid): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    api_action(&shared, &headers, || async {
-        Ok(json!({ "deleted": delete(&shared, &uuid).await? }))
-    })
+    api_action(
+        &shared,
+        Ask::new(caller, "delete", &uuid),
+        &headers,
+        || async { Ok(json!({ "deleted": delete(&shared, &uuid).await? })) },
+    )
     .await
 }
 
 pub(crate) async fn requeue_api(
     State(shared): State<Shared>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    api_action(&shared, &headers, || async {
-        Ok(json!({ "resolved": resolve(&shared, &id, true).await? }))
-    })
+    api_action(
+        &shared,
+        Ask::new(caller, "requeue", &id),
+        &headers,
+        || async { Ok(json!({ "resolved": resolve(&shared, &id, true).await? })) },
+    )
     .await
 }
 
 pub(crate) async fn drop_api(
     State(shared): State<Shared>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    api_action(&shared, &headers, || async {
+    api_action(&shared, Ask::new(caller, "drop", &id), &headers, || async {
         Ok(json!({ "resolved": resolve(&shared, &id, false).await? }))
     })
     .await

@@ -13,11 +13,14 @@
 //! | `POST /api/v1/tasks/{uuid}/cancel`, `.../retry`, `.../delete`, `/api/v1/dead/{id}/requeue`, `.../drop` | the actions, JSON |
 //! | `GET /metrics` | the Prometheus text ([`qtasks_metrics`]) |
 //!
-//! Security: loopback only unless a token is given; with a token every
-//! request must carry it (bearer header or the login cookie), compared in constant time;
-//! actions are POST with a CSRF token; every shown value is HTML-escaped; every response
-//! carries a restrictive Content-Security-Policy. All assets are compiled in: the pages need
-//! no network.
+//! Security: without a token it listens on loopback only and answers only connections whose
+//! peer address is loopback, addressed to a loopback name, and not forwarded by a proxy; with a
+//! token every request must carry it (bearer header, or the login cookie, which holds an HMAC of
+//! the token, never the token), compared in constant time; actions are POST with a CSRF token,
+//! and each is logged (`tracing`, INFO) with who asked (peer address, and whether by token,
+//! cookie or loopback) and what (the action, the task's uuid or the dead letter's id); every
+//! shown value is HTML-escaped; every response carries a restrictive Content-Security-Policy.
+//! All assets are compiled in: the pages need no network.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -84,6 +87,8 @@ pub(crate) struct SharedInner {
     pub(crate) token: Option<Arc<str>>,
     /// This process's CSRF token, in every form.
     pub(crate) csrf: String,
+    /// The key of the login cookie's HMAC (the cookie holds the token's HMAC, not the token).
+    pub(crate) cookie_key: ring::hmac::Key,
     /// The stats sampler, started at the first request that needs it.
     live: tokio::sync::OnceCell<live::Live>,
     metrics: Arc<qtasks_metrics::Metrics>,
@@ -123,6 +128,7 @@ impl Web {
                 app,
                 token: None,
                 csrf: security::random_secret(),
+                cookie_key: security::cookie_key(),
                 live: tokio::sync::OnceCell::new(),
                 metrics,
             })),
@@ -138,6 +144,21 @@ impl Web {
     }
 
     /// The routes, to serve or to mount in an axum server of your own.
+    ///
+    /// Without a token they answer only connections from a loopback peer, which they read from
+    /// axum's `ConnectInfo<SocketAddr>`: serve them with
+    /// `into_make_service_with_connect_info::<SocketAddr>()` (without it, and without a token,
+    /// every request is refused).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::net::SocketAddr;
+    ///
+    /// let router = qtasks::web::Web::new(qtasks::QueueTasks::new()).router();
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:8000").await?;
+    /// axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).await?;
+    /// # Ok(()) }
+    /// ```
     pub fn router(&self) -> Router {
         let pages = Router::new()
             .route("/", get(pages::overview))
@@ -191,7 +212,10 @@ impl Web {
         let router = self.router();
         tracing::info!(address = %bound, app = %self.shared.app.name(), "serving the dashboard at http://{bound}/");
         tokio::spawn(async move {
-            if let Err(error) = axum::serve(listener, router).await {
+            // The peer address reaches the guard through `ConnectInfo`: without a token only
+            // loopback peers are answered.
+            let service = router.into_make_service_with_connect_info::<SocketAddr>();
+            if let Err(error) = axum::serve(listener, service).await {
                 tracing::error!("the web server stopped: {error}");
             }
         });

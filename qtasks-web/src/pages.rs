@@ -959,20 +959,24 @@ fn login_form(shared: &Shared, problem_text: Option<&'static str>) -> Response {
 
 pub(crate) async fn login(
     State(shared): State<Shared>,
+    axum::Extension(caller): axum::Extension<crate::security::Caller>,
     axum::Form(form): axum::Form<LoginForm>,
 ) -> Response {
     let Some(expected) = shared.token.as_deref() else {
         return Redirect::to("/").into_response();
     };
     if !crate::security::constant_time_eq(form.token.as_bytes(), expected.as_bytes()) {
+        tracing::info!(who = %caller, "dashboard login refused: not the token");
         let mut response = login_form(&shared, Some("That is not the token."));
         *response.status_mut() = StatusCode::UNAUTHORIZED;
         return response;
     }
+    tracing::info!(who = %caller, "dashboard login");
+    // The token's HMAC, not the token: see `security`.
     let cookie = format!(
         "{}={}; Path=/; HttpOnly; SameSite=Strict",
         crate::security::TOKEN_COOKIE,
-        crate::security::cookie_value(&form.token)
+        crate::security::cookie_value(&shared.cookie_key, expected)
     );
     ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
 }

@@ -1,14 +1,21 @@
-//! What every request passes through: the token, the host check, CSRF for actions, and the
-//! headers every response carries.
+//! What every request passes through: the peer and host checks, the token, CSRF for actions,
+//! and the headers every response carries.
 //!
 //! - **Token.** With a token set, a request carries it as `Authorization: Bearer <token>` (API
 //!   clients) or in the `qtasks_token` cookie that `/login` sets (`HttpOnly`,
-//!   `SameSite=Strict`, holding the token hex-encoded, so any token fits in a cookie); both
-//!   are compared in constant time. A browser without it is sent to
-//!   `/login`, anything else gets 401.
-//! - **Host.** Without a token the server only listens on loopback, and it answers only
-//!   requests addressed to a loopback name: a web page elsewhere cannot reach it by pointing
-//!   a name of its own at 127.0.0.1 (DNS rebinding).
+//!   `SameSite=Strict`). The cookie never holds the token: it holds an HMAC-SHA256 of the token
+//!   under a key drawn at random when the [`Web`](crate::Web) is made, so a cookie that leaks
+//!   (a backup of a browser profile, a proxy's log) does not give the token away, and it is
+//!   worthless once the server restarts or its token changes. Both are compared in constant
+//!   time. A browser without either is sent to `/login`, anything else gets 401.
+//! - **Loopback.** Without a token the server only listens on loopback, and it answers only
+//!   connections whose peer address is loopback (the router served without `ConnectInfo`, or
+//!   reached through a port forwarded from the network, answers nothing), only requests
+//!   addressed to a loopback name (a web page elsewhere cannot reach it by pointing a name of
+//!   its own at 127.0.0.1: DNS rebinding), and no request that a proxy says it forwarded
+//!   (`Forwarded`, `X-Forwarded-For`, `X-Real-IP`). A reverse proxy on this machine connects
+//!   from loopback, and one that adds none of those headers cannot be told from a local
+//!   browser: a dashboard behind a proxy needs a token.
 //! - **CSRF.** Every action is a POST carrying this process's CSRF token (a form field or the
 //!   `X-Qtasks-Csrf` header), unless it carries the bearer token itself; a POST another site
 //!   sends (`Sec-Fetch-Site: cross-site`, or an `Origin` that is not this host) is refused.
@@ -16,10 +23,13 @@
 //!   images and nothing else (no inline script, no framing), `nosniff`, `no-store`, and
 //!   `same-origin` referrers.
 
-use axum::extract::Request;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Request};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
+use subtle::ConstantTimeEq;
 
 use crate::Shared;
 
@@ -33,20 +43,31 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
 
 /// Equal in time whatever the first differing byte: a token is never guessed a byte at a time.
 pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut difference = a.len() ^ b.len();
-    for (i, byte) in a.iter().enumerate() {
-        difference |= usize::from(byte ^ b.get(i).copied().unwrap_or(0));
-    }
-    difference == 0
+    bool::from(a.ct_eq(b))
 }
 
-/// A new random secret (256 bits, hex), for the CSRF token.
+/// A new random secret (256 bits, hex), for the CSRF token and the cookie's key.
 pub(crate) fn random_secret() -> String {
     format!(
         "{}{}",
         uuid::Uuid::new_v4().simple(),
         uuid::Uuid::new_v4().simple()
     )
+}
+
+/// A new key for the login cookie's HMAC, random for each [`Web`](crate::Web).
+pub(crate) fn cookie_key() -> ring::hmac::Key {
+    ring::hmac::Key::new(ring::hmac::HMAC_SHA256, random_secret().as_bytes())
+}
+
+/// The login cookie's value for `token`: HMAC-SHA256 of it under `key`, in hex. Derived, so the
+/// cookie never carries the token; keyed, so it cannot be computed from the token elsewhere.
+pub(crate) fn cookie_value(key: &ring::hmac::Key, token: &str) -> String {
+    ring::hmac::sign(key, token.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -69,22 +90,62 @@ pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> 
         })
 }
 
-/// Whether the request carries the token (header or cookie); always true without one.
-pub(crate) fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
-    let Some(expected) = shared.token.as_deref() else {
-        return true;
-    };
-    if let Some(given) = bearer(headers) {
-        return constant_time_eq(given.as_bytes(), expected.as_bytes());
-    }
-    cookie(headers, TOKEN_COOKIE)
-        .is_some_and(|given| constant_time_eq(given.as_bytes(), cookie_value(expected).as_bytes()))
+/// How a request was let in, for the actions' log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum By {
+    /// The `Authorization: Bearer` header carried the token.
+    Token,
+    /// The login cookie carried the token's HMAC.
+    Cookie,
+    /// No token is set, and the request came from loopback to a loopback name.
+    Loopback,
 }
 
-/// The login cookie's value for `token`: its bytes in hex (a cookie cannot hold spaces,
-/// semicolons or quotes, a token may).
-pub(crate) fn cookie_value(token: &str) -> String {
-    token.bytes().map(|byte| format!("{byte:02x}")).collect()
+impl std::fmt::Display for By {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            By::Token => "bearer token",
+            By::Cookie => "login cookie",
+            By::Loopback => "loopback, no token set",
+        })
+    }
+}
+
+/// Who sent a request, as the guard saw it; every request past the guard carries it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Caller {
+    /// The peer address of the connection (none when the router is served without
+    /// `ConnectInfo`: then only a token lets a request in).
+    pub(crate) peer: Option<SocketAddr>,
+    /// How it was let in (none on the open routes: `/login`, `/assets`).
+    pub(crate) by: Option<By>,
+}
+
+impl std::fmt::Display for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.peer {
+            Some(peer) => write!(f, "{peer}")?,
+            None => f.write_str("an unknown peer")?,
+        }
+        match self.by {
+            Some(by) => write!(f, " ({by})"),
+            None => f.write_str(" (no credential)"),
+        }
+    }
+}
+
+/// How the request proves it may come in, if it does: always loopback without a token (the
+/// guard has checked the peer and the host by then).
+pub(crate) fn credential(shared: &Shared, headers: &HeaderMap) -> Option<By> {
+    let Some(expected) = shared.token.as_deref() else {
+        return Some(By::Loopback);
+    };
+    if let Some(given) = bearer(headers) {
+        return constant_time_eq(given.as_bytes(), expected.as_bytes()).then_some(By::Token);
+    }
+    let given = cookie(headers, TOKEN_COOKIE)?;
+    let wanted = cookie_value(&shared.cookie_key, expected);
+    constant_time_eq(given.as_bytes(), wanted.as_bytes()).then_some(By::Cookie)
 }
 
 /// Whether `host` (a `Host` header) names this machine's loopback interface.
@@ -99,27 +160,63 @@ fn is_loopback_host(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// Checks the host and the token, and adds the headers every response carries.
-pub(crate) async fn guard(shared: Shared, request: Request, next: Next) -> Response {
+/// The headers a proxy adds to say whose request it forwards.
+const FORWARDED_HEADERS: [&str; 3] = ["forwarded", "x-forwarded-for", "x-real-ip"];
+
+/// Why a request is refused when no token is set, if it is: it must come from a loopback peer
+/// (not only name a loopback host, which anyone's request forwarded to this machine can), be
+/// addressed to a loopback name (DNS rebinding), and not say it was forwarded by a proxy.
+pub(crate) fn refuse_without_token(
+    peer: Option<SocketAddr>,
+    headers: &HeaderMap,
+) -> Option<(StatusCode, &'static str)> {
+    // `to_canonical`: a dual-stack socket shows an IPv4 peer as `::ffff:127.0.0.1`.
+    if !peer.is_some_and(|peer| peer.ip().to_canonical().is_loopback()) {
+        return Some((
+            StatusCode::FORBIDDEN,
+            "without a token this server answers only connections from this machine's loopback\n",
+        ));
+    }
+    if FORWARDED_HEADERS
+        .iter()
+        .any(|name| headers.contains_key(*name))
+    {
+        return Some((
+            StatusCode::FORBIDDEN,
+            "without a token this server answers no request forwarded by a proxy: give the server a token\n",
+        ));
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    if !is_loopback_host(host) {
+        return Some((
+            StatusCode::MISDIRECTED_REQUEST,
+            "without a token this server answers only requests to 127.0.0.1, [::1] or localhost\n",
+        ));
+    }
+    None
+}
+
+/// Checks the peer, the host and the token, notes who the caller is for the handlers, and adds
+/// the headers every response carries.
+pub(crate) async fn guard(shared: Shared, mut request: Request, next: Next) -> Response {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(peer)| *peer);
     let headers = request.headers();
-    if shared.token.is_none() {
-        let host = headers
-            .get(header::HOST)
-            .and_then(|value| value.to_str().ok())
-            .unwrap_or_default();
-        if !is_loopback_host(host) {
-            return with_headers(
-                (
-                    StatusCode::MISDIRECTED_REQUEST,
-                    "without a token this server answers only requests to 127.0.0.1, [::1] or localhost\n",
-                )
-                    .into_response(),
-            );
-        }
+    if shared.token.is_none()
+        && let Some(refusal) = refuse_without_token(peer, headers)
+    {
+        tracing::debug!(?peer, "dashboard request refused: {}", refusal.1.trim());
+        return with_headers(refusal.into_response());
     }
     let path = request.uri().path();
     let open = path == "/login" || path.starts_with("/assets/");
-    if !open && !authorized(&shared, headers) {
+    let by = credential(&shared, headers);
+    if !open && by.is_none() {
         let wants_page = request.method() == Method::GET
             && !path.starts_with("/api/")
             && path != "/metrics"
@@ -136,6 +233,7 @@ pub(crate) async fn guard(shared: Shared, request: Request, next: Next) -> Respo
         };
         return with_headers(response);
     }
+    request.extensions_mut().insert(Caller { peer, by });
     with_headers(next.run(request).await)
 }
 
@@ -160,7 +258,7 @@ pub(crate) fn refuse_cross_site(
         }
     }
     // The bearer token itself is proof enough: no other site can make a browser send it.
-    if shared.token.is_some() && bearer(headers).is_some() && authorized(shared, headers) {
+    if shared.token.is_some() && credential(shared, headers) == Some(By::Token) {
         return None;
     }
     let given = form_token.or_else(|| headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()));
@@ -235,5 +333,75 @@ mod tests {
         );
         assert_eq!(cookie(&headers, TOKEN_COOKIE), Some("abc"));
         assert_eq!(cookie(&headers, "c"), None);
+    }
+
+    fn host(host: &'static str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static(host));
+        headers
+    }
+
+    #[test]
+    fn without_a_token_only_loopback_peers_pass_whatever_the_host_says() {
+        let peer = |text: &str| Some(text.parse::<SocketAddr>().unwrap());
+        let local = host("localhost:8000");
+        for loopback in [
+            "127.0.0.1:40000",
+            "127.0.0.2:1",
+            "[::1]:40000",
+            "[::ffff:127.0.0.1]:9",
+        ] {
+            assert_eq!(
+                refuse_without_token(peer(loopback), &local),
+                None,
+                "{loopback}"
+            );
+        }
+        // A request from the network forwarded to this machine keeps `Host: localhost`; a peer
+        // that is not loopback, or an unknown one, is refused all the same.
+        for (from, headers) in [
+            (peer("192.0.2.7:40000"), host("localhost:8000")),
+            (peer("[2001:db8::1]:40000"), host("127.0.0.1:8000")),
+            (None, host("localhost")),
+        ] {
+            let refused = refuse_without_token(from, &headers).map(|(status, _)| status);
+            assert_eq!(refused, Some(StatusCode::FORBIDDEN), "{from:?}");
+        }
+        // A proxy on this machine says whose request it forwards.
+        for name in FORWARDED_HEADERS {
+            let mut headers = host("localhost:8000");
+            headers.insert(name, HeaderValue::from_static("192.0.2.7"));
+            let refused = refuse_without_token(peer("127.0.0.1:1"), &headers);
+            assert_eq!(
+                refused.map(|(s, _)| s),
+                Some(StatusCode::FORBIDDEN),
+                "{name}"
+            );
+        }
+        assert_eq!(
+            refuse_without_token(peer("127.0.0.1:1"), &host("rebound.example")).map(|(s, _)| s),
+            Some(StatusCode::MISDIRECTED_REQUEST)
+        );
+    }
+
+    #[test]
+    fn the_cookie_is_a_keyed_digest_of_the_token_not_the_token() {
+        let key = cookie_key();
+        let token = "s3cret-token";
+        let value = cookie_value(&key, token);
+        assert_eq!(value.len(), 64, "{value}");
+        let hex: String = token.bytes().map(|b| format!("{b:02x}")).collect();
+        assert!(!value.contains(token) && !value.contains(&hex), "{value}");
+        assert_eq!(
+            value,
+            cookie_value(&key, token),
+            "the same for the same key"
+        );
+        assert_ne!(
+            value,
+            cookie_value(&cookie_key(), token),
+            "another key, another value"
+        );
+        assert_ne!(value, cookie_value(&key, "s3cret-tokem"));
     }
 }

@@ -37,7 +37,8 @@ pub use qtasks_redis as redis;
 #[doc(inline)]
 pub use qtasks_rabbitmq as rabbitmq;
 
-/// The gRPC service (feature `grpc`): `qtasks::grpc::serve(app, address)`.
+/// The gRPC service (feature `grpc`): `qtasks::grpc::serve(app, address)`, or
+/// `qtasks::grpc::Grpc::new(app).token(..).tls(..)` beyond loopback.
 #[cfg(feature = "grpc")]
 #[doc(inline)]
 pub use qtasks_grpc as grpc;
