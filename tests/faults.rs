@@ -22,86 +22,10 @@ use std::time::{Duration, Instant};
 use qtasks::redis::RedisOptions;
 use qtasks::{QueueConfig, QueueTasks, TaskStatus, Uuid};
 use serde_json::json;
+use support::own_redis::{OwnRedis, recorded_outcomes};
 use support::{redis_url, unique_prefix};
 
 const WAIT: Duration = Duration::from_secs(90);
-
-// -- A Redis of the scenario's own ------------------------------------------------------------
-
-/// A `redis-server` on a free port with its own folder and an append-only file (fsynced
-/// always when `durable`; the file is read at the end to count the recorded outcomes); killed
-/// when dropped.
-struct OwnRedis {
-    port: u16,
-    dir: PathBuf,
-    durable: bool,
-    child: Option<Child>,
-}
-
-impl OwnRedis {
-    fn start(name: &str, durable: bool) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique_prefix(name));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut redis = OwnRedis {
-            port,
-            dir,
-            durable,
-            child: None,
-        };
-        redis.launch();
-        redis
-    }
-
-    fn launch(&mut self) {
-        let mut command = Command::new("redis-server");
-        command
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", ""])
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .args(["--appendonly", "yes", "--appenddirname", "aof"])
-            // Commands as sent, never rewritten into a snapshot: the test reads them all.
-            .args([
-                "--aof-use-rdb-preamble",
-                "no",
-                "--auto-aof-rewrite-percentage",
-                "0",
-            ]);
-        let fsync = if self.durable { "always" } else { "everysec" };
-        command.args(["--appendfsync", fsync]);
-        self.child = Some(command.spawn().expect("redis-server starts"));
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server never listened");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGKILL: no goodbye, nothing flushed but what the append-only file already holds.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().unwrap();
-            child.wait().unwrap();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 // -- Worker processes ---------------------------------------------------------------------------
 
@@ -183,83 +107,6 @@ fn executions(log: &Path) -> HashMap<Uuid, usize> {
 
 fn executed(log: &Path) -> usize {
     executions(log).len()
-}
-
-/// Recorded outcomes per task: the writes of a final status to its record, from the
-/// server's append-only files (script effects are logged as the commands they ran).
-fn recorded_outcomes(redis: &OwnRedis, prefix: &str) -> HashMap<Uuid, usize> {
-    let mut counts = HashMap::new();
-    let record_prefix = format!("{prefix}:");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(redis.dir.join("aof"))
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "aof"))
-        .collect();
-    files.sort();
-    for file in files {
-        for command in resp_commands(&std::fs::read(file).unwrap()) {
-            let [name, key, pairs @ ..] = &command[..] else {
-                continue;
-            };
-            if !name.eq_ignore_ascii_case(b"hset") {
-                continue;
-            }
-            let Some(uuid) = std::str::from_utf8(key)
-                .ok()
-                .and_then(|key| key.strip_prefix(&record_prefix))
-                .and_then(|uuid| Uuid::parse_str(uuid).ok())
-            else {
-                continue;
-            };
-            let ends = pairs.chunks(2).any(|pair| {
-                pair[0] == b"status"
-                    && matches!(
-                        pair.get(1).map(Vec::as_slice),
-                        Some(b"success" | b"error" | b"cancel" | b"retry")
-                    )
-            });
-            if ends {
-                *counts.entry(uuid).or_insert(0) += 1;
-            }
-        }
-    }
-    counts
-}
-
-/// The commands of an append-only file (RESP arrays of bulk strings).
-fn resp_commands(bytes: &[u8]) -> Vec<Vec<Vec<u8>>> {
-    fn line(bytes: &[u8], at: &mut usize) -> Option<usize> {
-        let end = bytes[*at..].windows(2).position(|w| w == b"\r\n")? + *at;
-        let number = std::str::from_utf8(&bytes[*at + 1..end])
-            .ok()?
-            .parse()
-            .ok()?;
-        *at = end + 2;
-        Some(number)
-    }
-    let mut commands = Vec::new();
-    let mut at = 0;
-    while at < bytes.len() {
-        if bytes[at] != b'*' {
-            break; // a torn last command after a kill: the rest is not a command
-        }
-        let Some(count) = line(bytes, &mut at) else {
-            break;
-        };
-        let mut command = Vec::with_capacity(count);
-        for _ in 0..count {
-            let Some(length) = line(bytes, &mut at) else {
-                return commands;
-            };
-            let Some(argument) = bytes.get(at..at + length) else {
-                return commands;
-            };
-            command.push(argument.to_vec());
-            at += length + 2;
-        }
-        commands.push(command);
-    }
-    commands
 }
 
 /// One scenario's figures, printed as a row of RELIABILITY.md's table.

@@ -109,14 +109,28 @@ impl RabbitMqBroker {
     /// Publishes a task: to the task queue, or to a delay queue while it may not run yet.
     /// Returns once RabbitMQ confirmed it (stored, on a durable queue).
     async fn publish(&self, task: &QueuedTask) -> Result<(), BackendError> {
+        self.publish_counted(task, 0).await
+    }
+
+    /// [`publish`](Self::publish), the message carrying how many deliveries of the attempt
+    /// ended with their worker (`wire::DELIVERIES_HEADER`, when there were any).
+    async fn publish_counted(&self, task: &QueuedTask, ended: u32) -> Result<(), BackendError> {
         let wait = task
             .run_at
             .map(|at| wire::wait_until(at, unix_now()))
             .unwrap_or_default();
-        let properties = BasicProperties::default()
+        let mut properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_priority(wire::amqp_priority(task.priority))
             .with_content_type("application/json".into());
+        if ended > 0 {
+            let mut headers = FieldTable::default();
+            headers.insert(
+                wire::DELIVERIES_HEADER.into(),
+                AMQPValue::LongLongInt(i64::from(ended)),
+            );
+            properties = properties.with_headers(headers);
+        }
         let body = wire::encode(task);
         match wire::delay_tier(wait) {
             None => {
@@ -266,10 +280,11 @@ impl RabbitMqBroker {
                 return Ok(None);
             }
         };
+        let ended = wire::deliveries_of(&message.properties);
         if let Some(at) = task.run_at {
             let wait = wire::wait_until(at, unix_now());
             if wire::delay_tier(wait).is_some() {
-                if let Err(error) = self.publish(&task).await {
+                if let Err(error) = self.publish_counted(&task, ended).await {
                     nack(&message.acker).await;
                     return Err(error);
                 }
@@ -301,12 +316,37 @@ impl RabbitMqBroker {
             };
         }
         match taken {
-            Ok(Transition::Applied(before)) => {
+            Ok(Transition::Applied(TaskStatus::Process)) => {
+                // Its last delivery ended with its worker (the record still says `process`):
+                // counted in a copy of the message, since RabbitMQ hands this one out again
+                // unchanged. The copy is published, then this one acked (a crash between
+                // leaves two messages: the second finds the task taken or ended).
+                let ended = ended.saturating_add(1);
+                tracing::warn!(uuid = %task.uuid, ended, "task {} was delivered before and its worker died; counting it and queueing it again", task.uuid);
+                let handed_back = async {
+                    self.storage
+                        .transition(task.uuid, &[TaskStatus::Process], RecordChange::Released)
+                        .await?;
+                    self.publish_counted(&task, ended).await
+                }
+                .await;
+                match handed_back {
+                    Ok(()) => ack(&message.acker).await,
+                    Err(error) => {
+                        nack(&message.acker).await;
+                        return Err(error);
+                    }
+                }
+                Ok(None)
+            }
+            Ok(Transition::Applied(_)) => {
                 let receipt = self.receipts.fetch_add(1, Ordering::Relaxed).to_string();
                 lock(&self.taken).insert(receipt.clone(), message.acker);
                 task.run_at = None;
                 Ok(Some(
-                    Delivery::new(task, receipt).recovered(before == TaskStatus::Process),
+                    Delivery::new(task, receipt)
+                        .recovered(ended > 0)
+                        .deliveries(ended.saturating_add(1)),
                 ))
             }
             Ok(Transition::Kept(status)) => {

@@ -81,6 +81,32 @@ pub(crate) fn decode(body: &[u8]) -> Result<QueuedTask, String> {
     Ok(task)
 }
 
+/// The header that carries how many deliveries of a task's attempt ended with their worker
+/// (it died or lost its connection while it ran the task): RabbitMQ hands a message out again
+/// unchanged, so the count travels in a copy published for each such end.
+pub(crate) const DELIVERIES_HEADER: &str = "x-qtasks-deliveries";
+
+/// The deliveries a message's header counts (0 without one, or for a value that is no count).
+pub(crate) fn deliveries_of(properties: &lapin::BasicProperties) -> u32 {
+    use lapin::types::AMQPValue;
+    let Some(value) = properties
+        .headers()
+        .as_ref()
+        .and_then(|headers| headers.inner().get(DELIVERIES_HEADER))
+    else {
+        return 0;
+    };
+    let count = match value {
+        AMQPValue::LongLongInt(n) => *n,
+        AMQPValue::LongInt(n) => i64::from(*n),
+        AMQPValue::LongUInt(n) => i64::from(*n),
+        AMQPValue::ShortInt(n) => i64::from(*n),
+        AMQPValue::ShortUInt(n) => i64::from(*n),
+        _ => 0,
+    };
+    u32::try_from(count.max(0)).unwrap_or(u32::MAX)
+}
+
 /// How long from now until `at` (Unix seconds); zero for a time past, or one no wait can
 /// hold.
 pub(crate) fn wait_until(at: f64, now: f64) -> Duration {

@@ -10,6 +10,10 @@
 //!   returns the label;
 //! - `crash(label)` logs its run as `log_run` does, then aborts the whole process (as an OOM
 //!   kill or a stack overflow would end it);
+//! - `always_fail(label)` logs its run and fails, with two retries (three attempts);
+//! - `panics(label)` logs its run and panics;
+//! - with `QTASKS_TEST_SPAN_LOG` set, `log_run` also appends `uuid pid start_ms end_ms` to that
+//!   file when it ends (for the harness's overlap check);
 //! - `measure(text)` returns the length of its argument;
 //! - `join_labels(separator, labels)` joins them (a chord's callback).
 //!
@@ -44,9 +48,31 @@ async fn record_run(label: String, ms: u64) -> qtasks::TaskResult<String> {
 
 #[qtasks::task(echo = true)]
 async fn log_run(ctx: qtasks::TaskContext, label: String, ms: u64) -> qtasks::TaskResult<String> {
+    let started = now_ms();
     log_execution(&ctx, &label)?;
     tokio::time::sleep(Duration::from_millis(ms)).await;
+    if let Ok(path) = std::env::var("QTASKS_TEST_SPAN_LOG") {
+        use std::io::Write;
+        let line = format!(
+            "{} {} {started} {}\n",
+            ctx.task_uuid(),
+            std::process::id(),
+            now_ms()
+        );
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?
+            .write_all(line.as_bytes())?;
+    }
     Ok(label)
+}
+
+/// Milliseconds since the Unix epoch (the machine's clock, which every test process shares).
+fn now_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis())
 }
 
 /// Appends `uuid label pid` to the file named by `QTASKS_TEST_EXEC_LOG`.
@@ -67,6 +93,18 @@ fn log_execution(ctx: &qtasks::TaskContext, label: &str) -> qtasks::TaskResult<(
 async fn crash(ctx: qtasks::TaskContext, label: String) -> qtasks::TaskResult<()> {
     log_execution(&ctx, &label)?;
     std::process::abort();
+}
+
+#[qtasks::task(echo = true, retry = 2)]
+async fn always_fail(ctx: qtasks::TaskContext, label: String) -> qtasks::TaskResult<()> {
+    log_execution(&ctx, &label)?;
+    Err(qtasks::TaskError::msg(format!("{label} fails every time")))
+}
+
+#[qtasks::task(echo = true)]
+async fn panics(ctx: qtasks::TaskContext, label: String) -> qtasks::TaskResult<()> {
+    log_execution(&ctx, &label)?;
+    panic!("{label} panics on purpose");
 }
 
 #[qtasks::task]

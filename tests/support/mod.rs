@@ -2,6 +2,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part
 
+pub(crate) mod own_redis;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -246,6 +248,28 @@ impl WorkerProcess {
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_qtasks-test-redis-worker"))
             .args([prefix, &lease_ms.to_string(), &concurrency.to_string()])
             .envs(env.iter().copied())
+            .spawn()
+            .expect("the worker binary starts");
+        WorkerProcess(child)
+    }
+
+    /// [`spawn`](Self::spawn), its standard error appended to `log` (its logs and panics).
+    pub(crate) fn spawn_logged(
+        prefix: &str,
+        lease_ms: u64,
+        concurrency: usize,
+        env: &[(&str, &str)],
+        log: &std::path::Path,
+    ) -> Self {
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("the worker log opens");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_qtasks-test-redis-worker"))
+            .args([prefix, &lease_ms.to_string(), &concurrency.to_string()])
+            .envs(env.iter().copied())
+            .stderr(stderr)
             .spawn()
             .expect("the worker binary starts");
         WorkerProcess(child)

@@ -1,0 +1,847 @@
+//! The randomized fault harness (issue #21): every engine runs one mix of task kinds under
+//! faults at random times, then the run is checked against invariants read from outside the
+//! engine (the workers' execution logs, the records, the server's append-only file).
+//!
+//! Each run is driven by a seed, printed first; `QTASKS_TORTURE_SEEDS=7,8,9` reruns seeds,
+//! `QTASKS_TORTURE_RUNS=200` runs that many seeds taken from the time:
+//!
+//! ```sh
+//! QTASKS_TEST_REDIS_URL=redis://127.0.0.1:6379/ QTASKS_TORTURE_SEEDS=1234 \
+//!     cargo test -p qtasks-tests --test torture -- --nocapture redis_engine
+//! ```
+//!
+//! The engines: Redis (queue and records on a Redis server of the run's own), and RabbitMQ
+//! (the machine's RabbitMQ, under a queue name of the run's own) with its records on such a
+//! Redis. Faults: worker SIGKILL (the supervisor restarts it), SIGSTOP/SIGCONT for less and
+//! for more than the lease, the Redis server SIGKILLed and restarted from its append-only
+//! file, paused with SIGSTOP, and every client connection cut (pub/sub too); one worker runs
+//! with its clock offset (`faketime`, when installed). Task kinds: short, longer than the
+//! lease, failing with retries, panicking, aborting its process, delayed, cancelled while it
+//! waits and while it runs, and (on Redis) poison entries and records.
+//!
+//! Invariants: every added task reaches a final status, the right one for its kind; no
+//! attempt has two recorded outcomes; two runs of one attempt overlap only when a fault hit a
+//! holder (killed or frozen), and each such overlap is reported; a `true` cancel of a waiting
+//! task means it never ran, of a running one that it ended `cancel`; waiters return the stored
+//! record; every live worker takes tasks to the end; the engine's keys come back to empty.
+
+#![cfg(unix)]
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use qtasks::redis::{Redis, RedisOptions};
+use qtasks::{AddOptions, QueueConfig, QueueTasks, TaskRecord, TaskStatus, Uuid};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use redis::AsyncCommands;
+use support::own_redis::{OwnRedis, recorded_outcomes};
+use support::{WorkerProcess, amqp_url, raw_connection, redis_url, unique_prefix};
+
+/// The lease of the run's workers: faults are timed around it.
+const LEASE_MS: u64 = 1000;
+/// Worker processes, and the tasks each runs at once.
+const WORKERS: usize = 3;
+const CONCURRENCY: usize = 4;
+/// Deliveries of one attempt before it ends `DeliveryLimit` (the aborting task's end).
+const MAX_DELIVERIES: u32 = 4;
+/// How long faults are injected, from the first add.
+const FAULT_WINDOW: Duration = Duration::from_secs(6);
+/// How long the run may take to drain once the faults end.
+const DRAIN: Duration = Duration::from_secs(90);
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Engine {
+    Redis,
+    RabbitMq,
+}
+
+/// What a task is, and so how it must end.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
+enum Kind {
+    Short,
+    Long,
+    Delayed,
+    FailsWithRetries,
+    Panics,
+    Aborts,
+    CancelWaiting,
+    CancelRunning,
+    PoisonEntry,
+    PoisonRecord,
+}
+
+struct Added {
+    uuid: Uuid,
+    kind: Kind,
+    /// What `app.cancel` answered, for the cancelled kinds.
+    cancelled: Option<bool>,
+}
+
+/// A fault as it happened: when, to which process, and whether it can make a run repeat.
+#[derive(Debug)]
+struct Fault {
+    what: &'static str,
+    pid: Option<u32>,
+    from: u128,
+    to: u128,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_engine() {
+    let Some(_) = redis_url("torture redis_engine") else {
+        return;
+    };
+    for seed in seeds() {
+        run(Engine::Redis, seed).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_engine_with_redis_records() {
+    let (Some(_), Some(_)) = (
+        redis_url("torture rabbitmq_engine_with_redis_records"),
+        amqp_url("torture rabbitmq_engine_with_redis_records"),
+    ) else {
+        return;
+    };
+    for seed in seeds() {
+        run(Engine::RabbitMq, seed).await;
+    }
+}
+
+/// The seeds of this run: `QTASKS_TORTURE_SEEDS` (one seed, or a comma-separated list, to
+/// rerun), else `QTASKS_TORTURE_RUNS` seeds taken from the time (a longer run), else two fixed
+/// ones (CI's bounded budget).
+fn seeds() -> Vec<u64> {
+    if let Ok(text) = std::env::var("QTASKS_TORTURE_SEEDS") {
+        return text
+            .split(',')
+            .map(|seed| seed.trim().parse().expect("QTASKS_TORTURE_SEEDS: numbers"))
+            .collect();
+    }
+    if let Ok(runs) = std::env::var("QTASKS_TORTURE_RUNS") {
+        let runs: u64 = runs.trim().parse().expect("QTASKS_TORTURE_RUNS: a number");
+        let base = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            * 1000;
+        return (0..runs).map(|i| base + i).collect();
+    }
+    vec![20261203, 20261204]
+}
+
+fn now_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+}
+
+/// The run's folder, its Redis, its workers (restarted when they die) and its client.
+struct Run {
+    engine: Engine,
+    seed: u64,
+    redis: OwnRedis,
+    url: String,
+    amqp: Option<String>,
+    prefix: String,
+    exec_log: PathBuf,
+    span_log: PathBuf,
+    /// The workers' standard error (logs, panics), kept when the run fails.
+    worker_log: PathBuf,
+    workers: Vec<WorkerProcess>,
+    /// The worker (by index) whose clock is offset, and by how much (`faketime` syntax).
+    clock_offset: Option<(usize, String)>,
+    restarts: usize,
+    faults: Vec<Fault>,
+}
+
+impl Run {
+    fn spawn_worker(&self, index: usize) -> WorkerProcess {
+        let exec_log = self.exec_log.to_string_lossy().into_owned();
+        let span_log = self.span_log.to_string_lossy().into_owned();
+        let max_deliveries = MAX_DELIVERIES.to_string();
+        let mut env: Vec<(&str, &str)> = vec![
+            ("QTASKS_TEST_REDIS_URL", &self.url),
+            ("QTASKS_TEST_EXEC_LOG", &exec_log),
+            ("QTASKS_TEST_SPAN_LOG", &span_log),
+            ("QTASKS_MAX_DELIVERIES", &max_deliveries),
+            ("QTASKS_STOP_TIMEOUT", "5"),
+        ];
+        if let Some(amqp) = &self.amqp {
+            env.push(("QTASKS_TEST_WORKER_AMQP", amqp));
+        }
+        match &self.clock_offset {
+            Some((offset_index, offset)) if *offset_index == index => {
+                env.push(("FAKETIME", offset));
+                env.push(("FAKETIME_DONT_FAKE_MONOTONIC", "1"));
+                env.push(("LD_PRELOAD", FAKETIME_LIBRARY));
+                WorkerProcess::spawn_logged(&self.prefix, LEASE_MS, CONCURRENCY, &env, &self.worker_log)
+            }
+            _ => WorkerProcess::spawn_logged(&self.prefix, LEASE_MS, CONCURRENCY, &env, &self.worker_log),
+        }
+    }
+
+    /// Restarts the workers that died (as a supervisor would); returns how many.
+    fn supervise(&mut self) -> usize {
+        let mut restarted = 0;
+        for index in 0..self.workers.len() {
+            if self.workers[index].0.try_wait().unwrap().is_some() {
+                self.workers[index] = self.spawn_worker(index);
+                restarted += 1;
+            }
+        }
+        self.restarts += restarted;
+        restarted
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        self.workers.iter().map(|worker| worker.0.id()).collect()
+    }
+}
+
+/// Debian's libfaketime (package `faketime`).
+const FAKETIME_LIBRARY: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+fn signal(pid: u32, name: &str) {
+    let _ = Command::new("kill")
+        .args([name, &pid.to_string()])
+        .status();
+}
+
+async fn client(engine: Engine, url: &str, amqp: Option<&str>, prefix: &str) -> QueueTasks {
+    let config = QueueConfig {
+        name: prefix.to_owned(),
+        ..Default::default()
+    };
+    let options = RedisOptions {
+        lease: Duration::from_millis(LEASE_MS),
+        ..Default::default()
+    };
+    match (engine, amqp) {
+        (Engine::RabbitMq, Some(amqp)) => {
+            let rabbit = qtasks::rabbitmq::RabbitMqOptions::default()
+                .queue_expires(Duration::from_secs(600));
+            qtasks::rabbitmq::connect_with(amqp, Redis::new(url).options(options), config, rabbit)
+                .await
+                .expect("RabbitMQ and the run's Redis are up")
+        }
+        _ => qtasks::redis::connect_with(url, config, options)
+            .await
+            .expect("the run's Redis is up"),
+    }
+}
+
+/// Retries an operation through the faults (a Redis restarting, paused or cutting clients).
+async fn through_faults<T, F, Fut>(what: &str, mut op: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = qtasks::Result<T>>,
+{
+    let deadline = Instant::now() + DRAIN;
+    loop {
+        match op().await {
+            Ok(value) => return value,
+            Err(error) => {
+                assert!(Instant::now() < deadline, "{what} kept failing: {error}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn run(engine: Engine, seed: u64) {
+    let started = Instant::now();
+    eprintln!(
+        "torture: engine {engine:?} seed {seed}; the workers' logs in target/tmp/torture-{seed}-{engine:?}.log (rerun: QTASKS_TORTURE_SEEDS={seed} cargo test -p qtasks-tests --test torture -- --nocapture {})",
+        match engine {
+            Engine::Redis => "redis_engine",
+            Engine::RabbitMq => "rabbitmq_engine_with_redis_records",
+        }
+    );
+    let mut rng = StdRng::seed_from_u64(seed);
+    let redis = OwnRedis::start("torture", true);
+    let url = redis.url();
+    let amqp = match engine {
+        Engine::RabbitMq => amqp_url("torture"),
+        Engine::Redis => None,
+    };
+    let prefix = unique_prefix(&format!("torture{seed}"));
+    let exec_log = redis.dir.join("executions.log");
+    let span_log = redis.dir.join("spans.log");
+    let worker_log = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("torture-{seed}-{engine:?}.log"));
+    let _ = std::fs::remove_file(&worker_log);
+    let faketime = Path::new(FAKETIME_LIBRARY).exists();
+    let clock_offset = (faketime && rng.random_bool(0.5)).then(|| {
+        let seconds: i32 = rng.random_range(1..=5) * if rng.random_bool(0.5) { 1 } else { -1 };
+        (rng.random_range(0..WORKERS), format!("{seconds:+}s"))
+    });
+    let app = client(engine, &url, amqp.as_deref(), &prefix).await;
+    let mut run = Run {
+        engine,
+        seed,
+        redis,
+        url,
+        amqp,
+        prefix,
+        exec_log,
+        span_log,
+        worker_log,
+        workers: Vec::new(),
+        clock_offset,
+        restarts: 0,
+        faults: Vec::new(),
+    };
+    run.workers = (0..WORKERS).map(|index| run.spawn_worker(index)).collect();
+
+    // -- Tasks and faults, interleaved ----------------------------------------------------------
+    let mut added: Vec<Added> = Vec::new();
+    let mut waiters = Vec::new();
+    let mut pending_cancels: Vec<(usize, Instant)> = Vec::new();
+    let window_start = Instant::now();
+    let mut next_fault = window_start + Duration::from_millis(rng.random_range(200..800));
+    let mut thawing: Vec<(u32, Instant)> = Vec::new();
+    let mut label = 0;
+    while window_start.elapsed() < FAULT_WINDOW || !thawing.is_empty() {
+        run.supervise();
+        // Thaw the workers that were frozen.
+        let now = Instant::now();
+        thawing.retain(|(pid, until)| {
+            if *until > now {
+                return true;
+            }
+            signal(*pid, "-CONT");
+            false
+        });
+        // A few tasks every round while the window lasts (adds retried through the faults).
+        if window_start.elapsed() < FAULT_WINDOW - Duration::from_secs(1) {
+            for _ in 0..rng.random_range(1..=4) {
+                label += 1;
+                let kind = pick_kind(&mut rng, engine, &added);
+                if let Some(task) = add(&app, &run, kind, label, &mut rng).await {
+                    if matches!(kind, Kind::CancelWaiting | Kind::CancelRunning) {
+                        pending_cancels.push((added.len(), Instant::now()));
+                    }
+                    if kind != Kind::PoisonEntry && rng.random_bool(0.2) {
+                        let (app, uuid) = (app.clone(), task.uuid);
+                        waiters.push(tokio::spawn(async move {
+                            (uuid, app.wait(uuid, DRAIN).await)
+                        }));
+                    }
+                    added.push(task);
+                }
+            }
+        }
+        // Cancels: a waiting task at once, a running one once it runs.
+        let mut still = Vec::new();
+        for (index, since) in pending_cancels.drain(..) {
+            let task = &added[index];
+            let ready = match task.kind {
+                Kind::CancelWaiting => true,
+                _ => {
+                    executions(&run.exec_log).contains_key(&task.uuid)
+                        || since.elapsed() > Duration::from_secs(10)
+                }
+            };
+            if ready {
+                let uuid = task.uuid;
+                let answer = through_faults("cancel", || app.cancel(uuid, "torture")).await;
+                added[index].cancelled = Some(answer);
+            } else {
+                still.push((index, since));
+            }
+        }
+        pending_cancels = still;
+        // A fault when its time comes.
+        if Instant::now() >= next_fault && window_start.elapsed() < FAULT_WINDOW {
+            inject(&mut run, &mut rng, &mut thawing).await;
+            next_fault = Instant::now() + Duration::from_millis(rng.random_range(300..1500));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Cancels still due (their task never started in the window).
+    while !pending_cancels.is_empty() {
+        run.supervise();
+        let mut still = Vec::new();
+        for (index, since) in pending_cancels.drain(..) {
+            let uuid = added[index].uuid;
+            if executions(&run.exec_log).contains_key(&uuid) || since.elapsed() > Duration::from_secs(10) {
+                let answer = through_faults("cancel", || app.cancel(uuid, "torture")).await;
+                added[index].cancelled = Some(answer);
+            } else {
+                still.push((index, since));
+            }
+        }
+        pending_cancels = still;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // -- Drain: every task reaches its final status ------------------------------------------
+    let mut finals: HashMap<Uuid, TaskRecord> = HashMap::new();
+    let deadline = Instant::now() + DRAIN;
+    for task in added.iter().filter(|task| task.kind != Kind::PoisonEntry) {
+        loop {
+            run.supervise();
+            let record = final_attempt(&app, task.uuid).await;
+            if let Some(record) = record.filter(|r| r.status.is_final() && r.status != TaskStatus::Retry) {
+                finals.insert(task.uuid, record);
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "seed {seed}: {:?} task {} never reached a final status",
+                task.kind,
+                task.uuid
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    // -- Every live worker still takes tasks (no silent zombie) -------------------------------
+    let live: HashSet<u32> = run.pids().into_iter().collect();
+    let probes_from = now_ms();
+    let mut probes = Vec::new();
+    for i in 0..(WORKERS * CONCURRENCY * 3) {
+        let uuid = through_faults("adding a probe", || {
+            app.add_task("log_run", (format!("probe{i}"), 150), ())
+        })
+        .await
+        .uuid();
+        probes.push(uuid);
+    }
+    for uuid in &probes {
+        let record = app.wait(*uuid, DRAIN).await.expect("a probe ends");
+        assert_eq!(record.status, TaskStatus::Success, "seed {seed}: a probe failed");
+    }
+    let probed: HashSet<u32> = executions_with_pids(&run.exec_log)
+        .into_iter()
+        .filter(|(uuid, _)| probes.contains(uuid))
+        .map(|(_, pid)| pid)
+        .collect();
+    let idle: Vec<&u32> = live.difference(&probed).collect();
+    assert!(
+        idle.is_empty(),
+        "seed {seed}: live workers {idle:?} took none of {} probes after the faults (zombies?)",
+        probes.len()
+    );
+    let _ = probes_from;
+
+    // -- Invariants ----------------------------------------------------------------------------
+    let runs = executions(&run.exec_log);
+    let mut repeated = 0;
+    for task in added.iter().filter(|task| task.kind != Kind::PoisonEntry) {
+        let record = &finals[&task.uuid];
+        let ran = runs.get(&task.uuid).copied().unwrap_or(0);
+        let context = format!(
+            "seed {seed}: {:?} task {} ended {} ({:?} / {:?}), ran {ran} times",
+            task.kind, task.uuid, record.status, record.traceback, record.cancel_reason
+        );
+        match task.kind {
+            Kind::Short | Kind::Long | Kind::Delayed => {
+                assert_eq!(record.status, TaskStatus::Success, "{context}");
+                if ran > 1 {
+                    repeated += 1;
+                }
+            }
+            Kind::FailsWithRetries => {
+                assert_eq!(record.status, TaskStatus::Error, "{context}");
+                assert!(
+                    record
+                        .traceback
+                        .as_deref()
+                        .is_some_and(|t| t.contains("fails every time")),
+                    "{context}"
+                );
+            }
+            Kind::Panics => {
+                assert_eq!(record.status, TaskStatus::Error, "{context}");
+            }
+            Kind::Aborts => {
+                assert_eq!(record.status, TaskStatus::Error, "{context}");
+                assert!(
+                    record
+                        .traceback
+                        .as_deref()
+                        .is_some_and(|t| t.starts_with("DeliveryLimit:")),
+                    "{context}"
+                );
+                assert!(ran as u32 <= MAX_DELIVERIES, "{context}");
+            }
+            Kind::CancelWaiting => {
+                if task.cancelled == Some(true) {
+                    assert_eq!(record.status, TaskStatus::Cancel, "{context}");
+                    assert_eq!(ran, 0, "a task cancelled while it waited never runs: {context}");
+                }
+            }
+            Kind::CancelRunning => {
+                if task.cancelled == Some(true) {
+                    assert_eq!(
+                        record.status,
+                        TaskStatus::Cancel,
+                        "a `true` cancel of a running task ends it `cancel`: {context}"
+                    );
+                } else {
+                    assert_eq!(record.status, TaskStatus::Success, "{context}");
+                }
+            }
+            Kind::PoisonEntry => {}
+            Kind::PoisonRecord => {
+                assert_eq!(record.status, TaskStatus::Error, "{context}");
+            }
+        }
+    }
+    // Poison entries are dead letters, each with its reason.
+    let poison = added.iter().filter(|task| task.kind == Kind::PoisonEntry).count();
+    if poison > 0 {
+        let letters = through_faults("reading the dead letters", || app.dead_letters(1000)).await;
+        assert!(
+            letters.len() >= poison,
+            "seed {seed}: {poison} poison entries, {} dead letters",
+            letters.len()
+        );
+    }
+    // Waiters returned the stored record.
+    for waiter in waiters {
+        let (uuid, waited) = waiter.await.unwrap();
+        let waited = waited.unwrap_or_else(|e| panic!("seed {seed}: a wait for {uuid} failed: {e}"));
+        let stored = final_attempt(&app, uuid).await.expect("stored");
+        assert_eq!(
+            (waited.uuid, waited.status),
+            (stored.uuid, stored.status),
+            "seed {seed}: the waiter of {uuid} returned another record"
+        );
+    }
+    // One recorded outcome per attempt (every final write of a record, from the AOF).
+    let outcomes = recorded_outcomes(&run.redis, &run.prefix);
+    let duplicates: Vec<_> = outcomes.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        duplicates.is_empty(),
+        "seed {seed}: attempts with more than one recorded outcome: {duplicates:?}"
+    );
+    // Two runs of one attempt overlap only when a fault hit one of their holders.
+    let (overlaps, unexplained) = overlaps(&run.span_log, &run.faults);
+    assert!(
+        unexplained.is_empty(),
+        "seed {seed}: runs of one attempt overlapped with no fault to explain it: {unexplained:?}\nfaults: {:?}",
+        run.faults
+    );
+    // The engine's working keys come back to empty (Redis keeps the queue).
+    if engine == Engine::Redis {
+        let mut con = raw_connection(&run.url).await;
+        for (key, kind) in [
+            ("task_queue", "list"),
+            ("qtasks:incoming", "list"),
+            ("qtasks:ready", "zset"),
+            ("qtasks:leases", "zset"),
+            ("qtasks:delayed", "zset"),
+            ("qtasks:recovered", "set"),
+            ("qtasks:cancel_requests", "hash"),
+        ] {
+            let key = format!("{}:{key}", run.prefix);
+            let left: i64 = match kind {
+                "list" => con.llen(&key).await.unwrap(),
+                "zset" => con.zcard(&key).await.unwrap(),
+                "set" => con.scard(&key).await.unwrap(),
+                _ => con.hlen(&key).await.unwrap(),
+            };
+            assert_eq!(left, 0, "seed {seed}: {key} holds {left} after the drain");
+        }
+    }
+    let mut kinds: HashMap<&'static str, usize> = HashMap::new();
+    for fault in &run.faults {
+        *kinds.entry(fault.what).or_insert(0) += 1;
+    }
+    let mut kinds: Vec<_> = kinds.into_iter().collect();
+    kinds.sort();
+    println!(
+        "torture: engine {:?} seed {} ok in {:.1} s: {} tasks, {} repeated runs, {} overlaps explained by faults, {} worker restarts, clock offset {:?}, faults {:?}",
+        run.engine,
+        run.seed,
+        started.elapsed().as_secs_f64(),
+        added.len(),
+        repeated,
+        overlaps,
+        run.restarts,
+        run.clock_offset,
+        kinds
+    );
+    for worker in run.workers.drain(..) {
+        signal(worker.0.id(), "-TERM");
+        drop(worker);
+    }
+    if let Some(amqp) = &run.amqp {
+        let _ = amqp;
+        let _ = app.flush_all().await;
+    }
+}
+
+/// A task kind, by weight; the aborting kind at most once a run (each costs a worker
+/// `max_deliveries` times), poison only on Redis (it is written there by hand).
+fn pick_kind(rng: &mut StdRng, engine: Engine, added: &[Added]) -> Kind {
+    loop {
+        let kind = match rng.random_range(0..100) {
+            0..30 => Kind::Short,
+            30..45 => Kind::Long,
+            45..55 => Kind::Delayed,
+            55..63 => Kind::FailsWithRetries,
+            63..68 => Kind::Panics,
+            68..70 => Kind::Aborts,
+            70..78 => Kind::CancelWaiting,
+            78..88 => Kind::CancelRunning,
+            88..94 => Kind::PoisonEntry,
+            _ => Kind::PoisonRecord,
+        };
+        let poison = matches!(kind, Kind::PoisonEntry | Kind::PoisonRecord);
+        if poison && engine != Engine::Redis {
+            continue;
+        }
+        if kind == Kind::Aborts && added.iter().any(|task| task.kind == Kind::Aborts) {
+            continue;
+        }
+        return kind;
+    }
+}
+
+async fn add(app: &QueueTasks, run: &Run, kind: Kind, label: usize, rng: &mut StdRng) -> Option<Added> {
+    let label = format!("{kind:?}{label}");
+    let long_ms = rng.random_range(LEASE_MS * 3 / 2..LEASE_MS * 5 / 2);
+    let (name, args, options): (&str, serde_json::Value, AddOptions) = match kind {
+        Kind::Short => ("log_run", serde_json::json!([label, rng.random_range(0..40)]), AddOptions::default()),
+        Kind::Long => ("log_run", serde_json::json!([label, long_ms]), AddOptions::default()),
+        Kind::Delayed => (
+            "log_run",
+            serde_json::json!([label, 10]),
+            AddOptions::default().delay(Duration::from_millis(rng.random_range(200..1500))),
+        ),
+        Kind::FailsWithRetries => ("always_fail", serde_json::json!([label]), AddOptions::default()),
+        Kind::Panics => ("panics", serde_json::json!([label]), AddOptions::default()),
+        Kind::Aborts => ("crash", serde_json::json!([label]), AddOptions::default()),
+        Kind::CancelWaiting => (
+            "log_run",
+            serde_json::json!([label, 10]),
+            AddOptions::default().delay(Duration::from_secs(30)),
+        ),
+        Kind::CancelRunning => ("log_run", serde_json::json!([label, 4000]), AddOptions::default()),
+        Kind::PoisonEntry | Kind::PoisonRecord => {
+            return Some(add_poison(run, kind, rng).await);
+        }
+    };
+    let args = args.as_array().cloned().unwrap_or_default();
+    let handle = through_faults("adding a task", || {
+        app.add_task_with(name, args.clone(), (), options.clone())
+    })
+    .await;
+    Some(Added {
+        uuid: handle.uuid(),
+        kind,
+        cancelled: None,
+    })
+}
+
+/// Poison written as another producer could: an entry that names no task, or a task whose
+/// record cannot run (its `created_at` is `nan`, or its arguments are no JSON).
+async fn add_poison(run: &Run, kind: Kind, rng: &mut StdRng) -> Added {
+    let uuid = Uuid::new_v4();
+    let queue = format!("{}:task_queue", run.prefix);
+    let deadline = Instant::now() + DRAIN;
+    loop {
+        let written: redis::RedisResult<()> = async {
+            let mut con = redis::Client::open(run.url.as_str())?
+                .get_multiplexed_async_connection()
+                .await?;
+            if kind == Kind::PoisonEntry {
+                let entry: Vec<u8> = match rng.random_range(0..3) {
+                    0 => b"no colons at all".to_vec(),
+                    1 => format!("log_run:{uuid}:high").into_bytes(),
+                    _ => b"log_run:\xff\xfe:0".to_vec(),
+                };
+                con.rpush::<_, _, ()>(&queue, entry).await?;
+            } else {
+                let (created, args) = if rng.random_bool(0.5) {
+                    ("nan", "[\"x\", 1]")
+                } else {
+                    ("1.0", "not json")
+                };
+                let record = [
+                    ("task_name", "log_run"),
+                    ("priority", "0"),
+                    ("args", args),
+                    ("kwargs", "{}"),
+                    ("created_at", created),
+                    ("updated_at", "1.0"),
+                    ("status", "new"),
+                ];
+                con.hset_multiple::<_, _, _, ()>(format!("{}:{uuid}", run.prefix), &record)
+                    .await?;
+                con.rpush::<_, _, ()>(&queue, format!("log_run:{uuid}:0")).await?;
+            }
+            Ok(())
+        }
+        .await;
+        match written {
+            Ok(()) => break,
+            Err(error) => {
+                assert!(Instant::now() < deadline, "writing poison kept failing: {error}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    Added {
+        uuid,
+        kind,
+        cancelled: None,
+    }
+}
+
+/// One fault, chosen by the seed; recorded in the run's faults. A worker frozen is thawed by
+/// the main loop later; Redis is brought back here, after its outage (the harness itself adds
+/// nothing meanwhile, while the workers live through it).
+async fn inject(run: &mut Run, rng: &mut StdRng, thawing: &mut Vec<(u32, Instant)>) {
+    let pids = run.pids();
+    let victim = pids[rng.random_range(0..pids.len())];
+    let frozen: HashSet<u32> = thawing.iter().map(|(pid, _)| *pid).collect();
+    let from = now_ms();
+    let (what, pid, ms): (&'static str, Option<u32>, u64) = match rng.random_range(0..100) {
+        0..25 => {
+            signal(victim, "-KILL");
+            ("worker SIGKILL", Some(victim), 0)
+        }
+        25..45 if !frozen.contains(&victim) => {
+            let ms = rng.random_range(100..LEASE_MS / 2);
+            signal(victim, "-STOP");
+            thawing.push((victim, Instant::now() + Duration::from_millis(ms)));
+            (UNDER_THE_LEASE, Some(victim), ms)
+        }
+        45..65 if !frozen.contains(&victim) => {
+            let ms = rng.random_range(LEASE_MS * 3 / 2..LEASE_MS * 3);
+            signal(victim, "-STOP");
+            thawing.push((victim, Instant::now() + Duration::from_millis(ms)));
+            ("worker SIGSTOP past the lease", Some(victim), ms)
+        }
+        65..75 => {
+            let ms = rng.random_range(200..1000);
+            run.redis.kill();
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            run.redis.launch();
+            ("Redis SIGKILL and restart", None, ms)
+        }
+        75..85 => {
+            let ms = rng.random_range(200..LEASE_MS * 2);
+            signal(run.redis.pid(), "-STOP");
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            signal(run.redis.pid(), "-CONT");
+            ("Redis SIGSTOP", None, ms)
+        }
+        85.. => {
+            cut_every_connection(&run.url);
+            ("CLIENT KILL of every connection", None, 0)
+        }
+        _ => return,
+    };
+    run.faults.push(Fault {
+        what,
+        pid,
+        from,
+        to: from + u128::from(ms),
+    });
+}
+
+/// A worker frozen for less than the lease: it keeps its tasks, so it explains no overlap.
+const UNDER_THE_LEASE: &str = "worker SIGSTOP under the lease";
+
+/// `CLIENT KILL` of every connection (pub/sub too) but the one that asks; best effort.
+fn cut_every_connection(url: &str) {
+    if let Ok(client) = redis::Client::open(url)
+        && let Ok(mut con) = client.get_connection_with_timeout(Duration::from_secs(1))
+    {
+        for kind in ["normal", "pubsub"] {
+            let _: redis::RedisResult<i64> = redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("TYPE")
+                .arg(kind)
+                .arg("SKIPME")
+                .arg("yes")
+                .query(&mut con);
+        }
+    }
+}
+
+/// The record of a task's last attempt (following `retry_child_uuid`), read through faults.
+async fn final_attempt(app: &QueueTasks, uuid: Uuid) -> Option<TaskRecord> {
+    let mut uuid = uuid;
+    for _ in 0..20 {
+        let record = app.get(uuid).await.ok()??;
+        match (record.status, record.retry_child_uuid) {
+            (TaskStatus::Retry, Some(child)) => uuid = child,
+            _ => return Some(record),
+        }
+    }
+    None
+}
+
+/// Runs per task, from the workers' execution log.
+fn executions(log: &Path) -> HashMap<Uuid, usize> {
+    let mut counts = HashMap::new();
+    for (uuid, _) in executions_with_pids(log) {
+        *counts.entry(uuid).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// `(task, worker pid)` per run, from the workers' execution log (`uuid label pid`).
+fn executions_with_pids(log: &Path) -> Vec<(Uuid, u32)> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split(' ');
+            let uuid = Uuid::parse_str(fields.next()?).ok()?;
+            let pid = fields.nth(1)?.parse().ok()?;
+            Some((uuid, pid))
+        })
+        .collect()
+}
+
+/// Overlapping runs of one attempt (from the span log: `uuid pid start_ms end_ms`, written by
+/// runs that ended): how many a fault explains (one of the two holders was killed or frozen
+/// while the other ran, or Redis was down or frozen past the lease), and those none explains.
+fn overlaps(span_log: &Path, faults: &[Fault]) -> (usize, Vec<String>) {
+    let mut spans: HashMap<Uuid, Vec<(u32, u128, u128)>> = HashMap::new();
+    for line in std::fs::read_to_string(span_log).unwrap_or_default().lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        if let [uuid, pid, start, end] = fields[..]
+            && let (Ok(uuid), Ok(pid), Ok(start), Ok(end)) =
+                (Uuid::parse_str(uuid), pid.parse(), start.parse(), end.parse())
+        {
+            spans.entry(uuid).or_default().push((pid, start, end));
+        }
+    }
+    let explains = |pid: u32, from: u128, to: u128| {
+        faults.iter().any(|fault| {
+            let holder = fault.pid.is_none_or(|faulted| faulted == pid);
+            let long_enough = fault.what != UNDER_THE_LEASE;
+            holder && long_enough && fault.from <= to && fault.to + u128::from(LEASE_MS) >= from
+        })
+    };
+    let (mut explained, mut unexplained) = (0, Vec::new());
+    for (uuid, runs) in spans {
+        for (i, a) in runs.iter().enumerate() {
+            for b in &runs[i + 1..] {
+                if a.1 < b.2 && b.1 < a.2 {
+                    if explains(a.0, a.1, a.2) || explains(b.0, b.1, b.2) {
+                        explained += 1;
+                    } else {
+                        unexplained.push(format!("{uuid}: {a:?} and {b:?}"));
+                    }
+                }
+            }
+        }
+    }
+    (explained, unexplained)
+}
