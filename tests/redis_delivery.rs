@@ -355,3 +355,72 @@ async fn a_second_add_of_a_known_uuid_changes_nothing() {
     broker.flush_all().await.unwrap();
     storage.flush_all().await.unwrap();
 }
+
+#[tokio::test]
+async fn stream_items_are_appended_only_under_the_deliverys_lease() {
+    let Some(url) = redis_url("stream_items_are_appended_only_under_the_deliverys_lease") else {
+        return;
+    };
+    let prefix = unique_prefix("streamfence");
+    let BackendParts {
+        broker, storage, ..
+    } = parts(&url, &prefix).await;
+    let task = QueuedTask::new(Uuid::new_v4(), "delivery_echo");
+    broker.add(task.clone()).await.unwrap();
+    let old = take_one(&*broker).await;
+    assert!(
+        storage
+            .append_item(task.uuid, &old.receipt, json!(1))
+            .await
+            .unwrap()
+    );
+    // The old holder stalls past its lease; a new delivery runs the task from the start.
+    expire_leases(&url, &prefix).await;
+    let new = take_one(&*broker).await;
+    assert!(
+        !storage
+            .append_item(task.uuid, &old.receipt, json!("stale"))
+            .await
+            .unwrap(),
+        "a run that lost its lease appends nothing"
+    );
+    assert!(
+        storage
+            .append_item(task.uuid, &new.receipt, json!("a"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        storage
+            .append_item(task.uuid, &new.receipt, json!("b"))
+            .await
+            .unwrap()
+    );
+    let read = storage.wait_items(task.uuid, 0).await.unwrap();
+    assert_eq!(
+        (read.items, read.ended),
+        (vec![json!("a"), json!("b")], false),
+        "the new delivery's items, not the old run's"
+    );
+    broker
+        .finish(&new, Outcome::Success(json!(["a", "b"])))
+        .await
+        .unwrap();
+    let read = storage.wait_items(task.uuid, 1).await.unwrap();
+    assert_eq!((read.items, read.ended), (vec![json!("b")], true));
+    // Ended: the live items are gone, and a late item neither lands nor brings them back.
+    assert!(
+        !storage
+            .append_item(task.uuid, &new.receipt, json!("late"))
+            .await
+            .unwrap()
+    );
+    let mut con = raw_connection(&url).await;
+    let left: i64 = con
+        .exists(format!("{prefix}:qtasks:items:{}", task.uuid))
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+    broker.flush_all().await.unwrap();
+    storage.flush_all().await.unwrap();
+}

@@ -510,3 +510,48 @@ async fn three_workers_fire_each_of_20_slots_once_even_when_one_is_killed() {
     }
     client(&url, &prefix).await.flush_all().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_worker_whose_clock_is_an_hour_behind_is_listed_while_it_lives() {
+    let Some(url) = redis_url("a_worker_whose_clock_is_an_hour_behind") else {
+        return;
+    };
+    const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+    if !std::path::Path::new(FAKETIME).exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "faketime is missing (apt-get install faketime)"
+        );
+        eprintln!("skipped: faketime is missing (apt-get install faketime)");
+        return;
+    }
+    let prefix = unique_prefix("clock");
+    let app = client(&url, &prefix).await;
+    // Its own clock says an hour ago: listing by the workers' clocks dropped it at once.
+    let behind = Worker::spawn_with(
+        &prefix,
+        2000,
+        1,
+        &[
+            ("LD_PRELOAD", FAKETIME),
+            ("FAKETIME", "-1h"),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ],
+    );
+    let pid = behind.0.id();
+    let mut listed = false;
+    for _ in 0..500 {
+        let workers = app.stats().await.unwrap().workers;
+        if workers.iter().any(|worker| worker.pid == pid) {
+            listed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(listed, "the worker an hour behind is listed while it runs");
+    // And it takes tasks like any other.
+    let task = app.add_task("record_run", ("behind", 0), ()).await.unwrap();
+    assert_eq!(task.wait(WAIT).await.unwrap().status, TaskStatus::Success);
+    behind.stop();
+    app.flush_all().await.unwrap();
+}

@@ -182,9 +182,21 @@ impl Run {
                 env.push(("FAKETIME", offset));
                 env.push(("FAKETIME_DONT_FAKE_MONOTONIC", "1"));
                 env.push(("LD_PRELOAD", FAKETIME_LIBRARY));
-                WorkerProcess::spawn_logged(&self.prefix, LEASE_MS, CONCURRENCY, &env, &self.worker_log)
+                WorkerProcess::spawn_logged(
+                    &self.prefix,
+                    LEASE_MS,
+                    CONCURRENCY,
+                    &env,
+                    &self.worker_log,
+                )
             }
-            _ => WorkerProcess::spawn_logged(&self.prefix, LEASE_MS, CONCURRENCY, &env, &self.worker_log),
+            _ => WorkerProcess::spawn_logged(
+                &self.prefix,
+                LEASE_MS,
+                CONCURRENCY,
+                &env,
+                &self.worker_log,
+            ),
         }
     }
 
@@ -210,9 +222,7 @@ impl Run {
 const FAKETIME_LIBRARY: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
 
 fn signal(pid: u32, name: &str) {
-    let _ = Command::new("kill")
-        .args([name, &pid.to_string()])
-        .status();
+    let _ = Command::new("kill").args([name, &pid.to_string()]).status();
 }
 
 async fn client(engine: Engine, url: &str, amqp: Option<&str>, prefix: &str) -> QueueTasks {
@@ -275,7 +285,8 @@ async fn run(engine: Engine, seed: u64) {
     let prefix = unique_prefix(&format!("torture{seed}"));
     let exec_log = redis.dir.join("executions.log");
     let span_log = redis.dir.join("spans.log");
-    let worker_log = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("torture-{seed}-{engine:?}.log"));
+    let worker_log =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("torture-{seed}-{engine:?}.log"));
     let _ = std::fs::remove_file(&worker_log);
     let faketime = Path::new(FAKETIME_LIBRARY).exists();
     let clock_offset = (faketime && rng.random_bool(0.5)).then(|| {
@@ -330,9 +341,9 @@ async fn run(engine: Engine, seed: u64) {
                     }
                     if kind != Kind::PoisonEntry && rng.random_bool(0.2) {
                         let (app, uuid) = (app.clone(), task.uuid);
-                        waiters.push(tokio::spawn(async move {
-                            (uuid, app.wait(uuid, DRAIN).await)
-                        }));
+                        waiters.push(tokio::spawn(
+                            async move { (uuid, app.wait(uuid, DRAIN).await) },
+                        ));
                     }
                     added.push(task);
                 }
@@ -371,7 +382,9 @@ async fn run(engine: Engine, seed: u64) {
         let mut still = Vec::new();
         for (index, since) in pending_cancels.drain(..) {
             let uuid = added[index].uuid;
-            if executions(&run.exec_log).contains_key(&uuid) || since.elapsed() > Duration::from_secs(10) {
+            if executions(&run.exec_log).contains_key(&uuid)
+                || since.elapsed() > Duration::from_secs(10)
+            {
                 let answer = through_faults("cancel", || app.cancel(uuid, "torture")).await;
                 added[index].cancelled = Some(answer);
             } else {
@@ -389,7 +402,9 @@ async fn run(engine: Engine, seed: u64) {
         loop {
             run.supervise();
             let record = final_attempt(&app, task.uuid).await;
-            if let Some(record) = record.filter(|r| r.status.is_final() && r.status != TaskStatus::Retry) {
+            if let Some(record) =
+                record.filter(|r| r.status.is_final() && r.status != TaskStatus::Retry)
+            {
                 finals.insert(task.uuid, record);
                 break;
             }
@@ -417,7 +432,11 @@ async fn run(engine: Engine, seed: u64) {
     }
     for uuid in &probes {
         let record = app.wait(*uuid, DRAIN).await.expect("a probe ends");
-        assert_eq!(record.status, TaskStatus::Success, "seed {seed}: a probe failed");
+        assert_eq!(
+            record.status,
+            TaskStatus::Success,
+            "seed {seed}: a probe failed"
+        );
     }
     let probed: HashSet<u32> = executions_with_pids(&run.exec_log)
         .into_iter()
@@ -476,7 +495,10 @@ async fn run(engine: Engine, seed: u64) {
             Kind::CancelWaiting => {
                 if task.cancelled == Some(true) {
                     assert_eq!(record.status, TaskStatus::Cancel, "{context}");
-                    assert_eq!(ran, 0, "a task cancelled while it waited never runs: {context}");
+                    assert_eq!(
+                        ran, 0,
+                        "a task cancelled while it waited never runs: {context}"
+                    );
                 }
             }
             Kind::CancelRunning => {
@@ -497,7 +519,10 @@ async fn run(engine: Engine, seed: u64) {
         }
     }
     // Poison entries are dead letters, each with its reason.
-    let poison = added.iter().filter(|task| task.kind == Kind::PoisonEntry).count();
+    let poison = added
+        .iter()
+        .filter(|task| task.kind == Kind::PoisonEntry)
+        .count();
     if poison > 0 {
         let letters = through_faults("reading the dead letters", || app.dead_letters(1000)).await;
         assert!(
@@ -509,7 +534,8 @@ async fn run(engine: Engine, seed: u64) {
     // Waiters returned the stored record.
     for waiter in waiters {
         let (uuid, waited) = waiter.await.unwrap();
-        let waited = waited.unwrap_or_else(|e| panic!("seed {seed}: a wait for {uuid} failed: {e}"));
+        let waited =
+            waited.unwrap_or_else(|e| panic!("seed {seed}: a wait for {uuid} failed: {e}"));
         let stored = final_attempt(&app, uuid).await.expect("stored");
         assert_eq!(
             (waited.uuid, waited.status),
@@ -608,18 +634,36 @@ fn pick_kind(rng: &mut StdRng, engine: Engine, added: &[Added]) -> Kind {
     }
 }
 
-async fn add(app: &QueueTasks, run: &Run, kind: Kind, label: usize, rng: &mut StdRng) -> Option<Added> {
+async fn add(
+    app: &QueueTasks,
+    run: &Run,
+    kind: Kind,
+    label: usize,
+    rng: &mut StdRng,
+) -> Option<Added> {
     let label = format!("{kind:?}{label}");
     let long_ms = rng.random_range(LEASE_MS * 3 / 2..LEASE_MS * 5 / 2);
     let (name, args, options): (&str, serde_json::Value, AddOptions) = match kind {
-        Kind::Short => ("log_run", serde_json::json!([label, rng.random_range(0..40)]), AddOptions::default()),
-        Kind::Long => ("log_run", serde_json::json!([label, long_ms]), AddOptions::default()),
+        Kind::Short => (
+            "log_run",
+            serde_json::json!([label, rng.random_range(0..40)]),
+            AddOptions::default(),
+        ),
+        Kind::Long => (
+            "log_run",
+            serde_json::json!([label, long_ms]),
+            AddOptions::default(),
+        ),
         Kind::Delayed => (
             "log_run",
             serde_json::json!([label, 10]),
             AddOptions::default().delay(Duration::from_millis(rng.random_range(200..1500))),
         ),
-        Kind::FailsWithRetries => ("always_fail", serde_json::json!([label]), AddOptions::default()),
+        Kind::FailsWithRetries => (
+            "always_fail",
+            serde_json::json!([label]),
+            AddOptions::default(),
+        ),
         Kind::Panics => ("panics", serde_json::json!([label]), AddOptions::default()),
         Kind::Aborts => ("crash", serde_json::json!([label]), AddOptions::default()),
         Kind::CancelWaiting => (
@@ -627,7 +671,11 @@ async fn add(app: &QueueTasks, run: &Run, kind: Kind, label: usize, rng: &mut St
             serde_json::json!([label, 10]),
             AddOptions::default().delay(Duration::from_secs(30)),
         ),
-        Kind::CancelRunning => ("log_run", serde_json::json!([label, 4000]), AddOptions::default()),
+        Kind::CancelRunning => (
+            "log_run",
+            serde_json::json!([label, 4000]),
+            AddOptions::default(),
+        ),
         Kind::PoisonEntry | Kind::PoisonRecord => {
             return Some(add_poison(run, kind, rng).await);
         }
@@ -679,7 +727,8 @@ async fn add_poison(run: &Run, kind: Kind, rng: &mut StdRng) -> Added {
                 ];
                 con.hset_multiple::<_, _, _, ()>(format!("{}:{uuid}", run.prefix), &record)
                     .await?;
-                con.rpush::<_, _, ()>(&queue, format!("log_run:{uuid}:0")).await?;
+                con.rpush::<_, _, ()>(&queue, format!("log_run:{uuid}:0"))
+                    .await?;
             }
             Ok(())
         }
@@ -687,7 +736,10 @@ async fn add_poison(run: &Run, kind: Kind, rng: &mut StdRng) -> Added {
         match written {
             Ok(()) => break,
             Err(error) => {
-                assert!(Instant::now() < deadline, "writing poison kept failing: {error}");
+                assert!(
+                    Instant::now() < deadline,
+                    "writing poison kept failing: {error}"
+                );
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
@@ -813,11 +865,18 @@ fn executions_with_pids(log: &Path) -> Vec<(Uuid, u32)> {
 /// while the other ran, or Redis was down or frozen past the lease), and those none explains.
 fn overlaps(span_log: &Path, faults: &[Fault]) -> (usize, Vec<String>) {
     let mut spans: HashMap<Uuid, Vec<(u32, u128, u128)>> = HashMap::new();
-    for line in std::fs::read_to_string(span_log).unwrap_or_default().lines() {
+    for line in std::fs::read_to_string(span_log)
+        .unwrap_or_default()
+        .lines()
+    {
         let fields: Vec<&str> = line.split(' ').collect();
         if let [uuid, pid, start, end] = fields[..]
-            && let (Ok(uuid), Ok(pid), Ok(start), Ok(end)) =
-                (Uuid::parse_str(uuid), pid.parse(), start.parse(), end.parse())
+            && let (Ok(uuid), Ok(pid), Ok(start), Ok(end)) = (
+                Uuid::parse_str(uuid),
+                pid.parse(),
+                start.parse(),
+                end.parse(),
+            )
         {
             spans.entry(uuid).or_default().push((pid, start, end));
         }

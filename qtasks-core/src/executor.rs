@@ -40,6 +40,8 @@ pub struct TaskExecutor {
     dispatch: Arc<Dispatch>,
     span: tracing::Span,
     cancel: watch::Receiver<Option<String>>,
+    /// The receipt of the delivery this run belongs to (its stream items are fenced by it).
+    delivery: String,
     /// The error the run failed with, for the worker's retry decision.
     failure: Mutex<Option<TaskError>>,
 }
@@ -64,6 +66,7 @@ impl TaskExecutor {
         dispatch: Arc<Dispatch>,
         span: tracing::Span,
         cancel: watch::Receiver<Option<String>>,
+        delivery: String,
     ) -> Self {
         TaskExecutor {
             app,
@@ -72,6 +75,7 @@ impl TaskExecutor {
             dispatch,
             span,
             cancel,
+            delivery,
             failure: Mutex::new(None),
         }
     }
@@ -342,6 +346,7 @@ impl TaskExecutor {
     async fn collect(&self, mut items: ItemStream) -> Result<Vec<Value>, TaskError> {
         let storage = Arc::clone(&self.app.inner.storage);
         let uuid = self.queued.uuid;
+        let delivery = self.delivery.clone();
         let handler = self.task.generate_handler;
         let collecting = Box::pin(async move {
             let mut collected = Vec::new();
@@ -351,8 +356,11 @@ impl TaskExecutor {
                     Some(map) => map(item),
                     None => item,
                 };
-                if let Err(error) = storage.append_item(uuid, item.clone()).await {
-                    tracing::warn!(uuid = %uuid, "could not store a stream item: {}", crate::backend::ErrorChain(&error));
+                match storage.append_item(uuid, &delivery, item.clone()).await {
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::warn!(uuid = %uuid, "could not store a stream item: {}", crate::backend::ErrorChain(&error));
+                    }
                 }
                 collected.push(item);
             }
@@ -480,6 +488,7 @@ mod detached {
                 Arc::new(Dispatch::build(&[])),
                 tracing::Span::none(),
                 tokio::sync::watch::channel(None).1,
+                String::new(),
             )
         }
     }

@@ -65,7 +65,15 @@ pub async fn run(app: &QueueTasks, call: TaskCall) -> Result<Outcome> {
     let span = tracing::info_span!("task", task = definition.name, uuid = %uuid, test = true);
     let receipt = format!("direct:{uuid}");
     let cancel = app.inner.cancels.register(uuid, &receipt);
-    let run = TaskExecutor::new(app.clone(), definition, task, app.dispatch(), span, cancel);
+    let run = TaskExecutor::new(
+        app.clone(),
+        definition,
+        task,
+        app.dispatch(),
+        span,
+        cancel,
+        receipt.clone(),
+    );
     let executor = definition.executor.unwrap_or(&*app.inner.executor);
     let outcome = catch_panic(executor.execute(&run)).await;
     app.inner.cancels.unregister(uuid, &receipt);

@@ -480,7 +480,8 @@ impl RedisBroker {
         invocation
             .key(self.keys.record(delivery.task.uuid))
             .key(&self.keys.stats)
-            .key(&self.keys.cancel_requests);
+            .key(&self.keys.cancel_requests)
+            .key(self.keys.items(delivery.task.uuid));
         let now = unix_now();
         let fields = outcome_fields(outcome, now);
         // The stats bucket of this outcome: this second (the worker's clock; see `scripts`).

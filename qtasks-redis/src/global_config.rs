@@ -13,7 +13,7 @@ use super::storage::{is_transient, scan};
 const HEARTBEAT_RETRIES: usize = 3;
 use super::{Keys, failure, glob_escape};
 use qtasks_core::BoxFuture;
-use qtasks_core::backend::{BackendError, unix_now};
+use qtasks_core::backend::BackendError;
 use qtasks_core::components::GlobalConfig;
 use qtasks_core::stats::WorkerInfo;
 
@@ -171,22 +171,18 @@ impl GlobalConfig for RedisGlobalConfig {
                     .with_source(e)
             })?;
             let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1000);
-            let expires_ms = (unix_now() * 1000.0) as u64 + ttl_ms;
             let mut con = self.commands.clone();
-            redis::pipe()
-                .cmd("SET")
-                .arg(self.keys.worker(&info.id))
+            // By Redis's clock (`scripts::SET_WORKER`), which also drops the descriptions of
+            // workers that died without removing theirs.
+            redis::Script::new(super::scripts::SET_WORKER)
+                .key(self.keys.worker(&info.id))
+                .key(&self.keys.workers)
                 .arg(json)
-                .arg("PX")
                 .arg(ttl_ms)
-                .ignore()
-                .zadd(&self.keys.workers, &info.id, expires_ms)
-                .ignore()
-                // Descriptions of workers that died without removing theirs.
-                .zrembyscore(&self.keys.workers, "-inf", (unix_now() * 1000.0) as u64)
-                .ignore()
-                .exec_async(&mut con)
+                .arg(&info.id)
+                .invoke_async::<i64>(&mut con)
                 .await
+                .map(drop)
                 .map_err(|e| failure("writing the worker's description failed".to_owned(), e))
         })
     }
@@ -228,11 +224,12 @@ impl GlobalConfig for RedisGlobalConfig {
     fn workers(&self) -> BoxFuture<'_, Result<Vec<WorkerInfo>, BackendError>> {
         Box::pin(async move {
             let mut con = self.commands.clone();
-            let now_ms = (unix_now() * 1000.0) as u64;
-            let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            // Every listed worker; a description that ran out (by Redis's clock, not this
+            // process's) is gone, and its worker with it.
+            let ids: Vec<String> = redis::cmd("ZRANGE")
                 .arg(&self.keys.workers)
-                .arg(now_ms)
-                .arg("+inf")
+                .arg(0)
+                .arg(-1)
                 .query_async(&mut con)
                 .await
                 .map_err(|e| failure("listing the workers failed".to_owned(), e))?;

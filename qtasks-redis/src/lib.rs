@@ -277,6 +277,11 @@ impl Keys {
     fn record(&self, uuid: uuid::Uuid) -> String {
         format!("{}:{uuid}", self.prefix)
     }
+
+    /// The live items of a running stream task.
+    fn items(&self, uuid: uuid::Uuid) -> String {
+        format!("{}:qtasks:items:{uuid}", self.prefix)
+    }
 }
 
 /// Connects the broker, storage and global config of the app named `prefix`.

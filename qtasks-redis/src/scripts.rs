@@ -31,6 +31,8 @@
 //!   `schedule:{name}:{slot ms}`), set with `SET NX` by the first worker to fire it.
 //! - `N:GlobalConfig:qtasks_schedules` and `N:GlobalConfig:qtasks_schedules_paused` (HASH): the
 //!   schedules as workers recorded them (JSON), and the paused ones.
+//! - `N:qtasks:items:{uuid}` (LIST): the items of a running stream task, appended under its
+//!   delivery's lease; removed when it ends (its record's `returning` holds them then).
 //! - `N:qtasks:cancel_requests` (HASH): uuid → reason, cancels asked of running tasks; the
 //!   holder sees them at its next renewal, and its finish stores `cancel` and removes the entry.
 //! - `N:{uuid}` (HASH): the task record, in Python QTasks' layout, plus two fields of ours
@@ -272,16 +274,28 @@ return out
 "#
 );
 
-/// Appends one JSON item to the `returning` list of a running stream task and tells waiters.
-/// KEYS: the record. ARGV: item JSON, done channel, uuid.
+/// Appends one JSON item of a running stream task to its items (`N:qtasks:items:{uuid}`, a
+/// list: one `RPUSH`, not a rewrite) and tells waiters, for the delivery that runs it only: a
+/// delivery of this broker (its receipt is a lease member) must still hold its lease, and any
+/// delivery needs the record `process`. A new delivery's first item drops an earlier one's
+/// items (the record remembers whose they are, `items_by`). The items live as long as a lease
+/// would let a run go unnoticed, renewed by each item, and go when the task ends (the final
+/// record holds them all in `returning`).
+/// KEYS: record, items, leases. ARGV: item JSON, done channel, uuid, the delivery's receipt,
+/// the items' time to live (ms). Returns 1 appended, 0 refused.
 pub(super) const APPEND_ITEM: &str = r#"
-local r = redis.call('HGET', KEYS[1], 'returning')
-if (not r) or r == '' or r == 'null' or r == '[]' then
-  r = '[' .. ARGV[1] .. ']'
-else
-  r = string.sub(r, 1, -2) .. ',' .. ARGV[1] .. ']'
+if string.find(ARGV[4], '|', 1, true) and not redis.call('ZSCORE', KEYS[3], ARGV[4]) then
+  return 0
 end
-redis.call('HSET', KEYS[1], 'returning', r)
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'hash' or redis.call('HGET', KEYS[1], 'status') ~= 'process' then
+  return 0
+end
+if redis.call('HGET', KEYS[1], 'items_by') ~= ARGV[4] then
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'items_by', ARGV[4])
+end
+redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
 redis.call('PUBLISH', ARGV[2], ARGV[3])
 return 1
 "#;
@@ -317,9 +331,12 @@ return #members
 /// wins over the outcome: the record ends `cancel` with the request's reason, a retry's next
 /// attempt is not added, and the answer says so.
 ///
-/// KEYS: leases, record, stats, cancel requests, then for a retry: the child's record, the
-/// child's queue (`task_queue`, or `delayed` with a delay) and the records' index (when it is
-/// kept). ARGV: lease member (token and member), ttl_ms (0: keep), done channel, uuid, field
+/// The live items of a stream task (`N:qtasks:items:{uuid}`) go: the record's `returning`
+/// holds them all now.
+///
+/// KEYS: leases, record, stats, cancel requests, the task's items, then for a retry: the
+/// child's record, the child's queue (`task_queue`, or `delayed` with a delay) and the records'
+/// index (when it is kept). ARGV: lease member (token and member), ttl_ms (0: keep), done channel, uuid, field
 /// count, the stats bucket (`t:{second}:{status}`), the fields and values, then for a retry: the
 /// child's field count, its fields and values, its queue entry, its delay in ms by Redis's clock
 /// ('' to queue it now) and its creation time in ms (for the index).
@@ -340,6 +357,7 @@ if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then
   return {0, false}
 end
 local ttl = tonumber(ARGV[2])
+redis.call('DEL', KEYS[5])
 local cancel = redis.call('HGET', KEYS[4], ARGV[4])
 if cancel then
   redis.call('HDEL', KEYS[4], ARGV[4])
@@ -357,22 +375,22 @@ local n = tonumber(ARGV[5])
 redis.call('HSET', KEYS[2], 'finished_by', token, unpack(ARGV, 7, 6 + 2 * n))
 count_ended(KEYS[3], ARGV[6])
 local next_arg = 7 + 2 * n
-if KEYS[5] then
+if KEYS[6] then
   local c = tonumber(ARGV[next_arg])
-  redis.call('HSET', KEYS[5], unpack(ARGV, next_arg + 1, next_arg + 2 * c))
+  redis.call('HSET', KEYS[6], unpack(ARGV, next_arg + 1, next_arg + 2 * c))
   local entry = ARGV[next_arg + 2 * c + 1]
   local delay = ARGV[next_arg + 2 * c + 2]
   if delay == '' then
-    redis.call('RPUSH', KEYS[6], entry)
+    redis.call('RPUSH', KEYS[7], entry)
     redis.call('HINCRBY', KEYS[3], 'queued:' .. priority_of(entry), 1)
   else
     -- Due by Redis's clock, the one takes compare with (the worker's may be off).
     local t = redis.call('TIME')
     local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-    redis.call('ZADD', KEYS[6], now_ms + tonumber(delay), entry)
+    redis.call('ZADD', KEYS[7], now_ms + tonumber(delay), entry)
   end
-  if KEYS[7] then
-    redis.call('ZADD', KEYS[7], ARGV[next_arg + 2 * c + 3], string.sub(KEYS[5], -36))
+  if KEYS[8] then
+    redis.call('ZADD', KEYS[8], ARGV[next_arg + 2 * c + 3], string.sub(KEYS[6], -36))
   end
 end
 if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
@@ -643,4 +661,17 @@ return 'applied:' .. old
 pub(super) const RECORD_STATS: &str = r#"
 local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
 return {redis.call('HGETALL', KEYS[1]), oldest[2] or false, tonumber(redis.call('TIME')[1])}
+"#;
+
+/// Writes a worker's description with its time to live, lists it until then, and drops the
+/// workers whose descriptions ran out, all by Redis's clock (a worker whose clock is off is
+/// listed as long as it lives, no more, no less). KEYS: the description, the workers' list.
+/// ARGV: the description (JSON), its time to live (ms), the worker's id.
+pub(super) const SET_WORKER: &str = r#"
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('ZADD', KEYS[2], now_ms + tonumber(ARGV[2]), ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now_ms)
+return 1
 "#;

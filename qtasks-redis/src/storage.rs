@@ -526,22 +526,31 @@ impl Storage for RedisStorage {
         Box::pin(self.wait_until(uuid, |record| record.status.is_final()))
     }
 
-    fn append_item(
-        &self,
+    fn append_item<'a>(
+        &'a self,
         uuid: Uuid,
+        delivery: &'a str,
         item: serde_json::Value,
-    ) -> BoxFuture<'_, Result<(), BackendError>> {
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
         Box::pin(async move {
             let mut con = self.commands.clone();
-            self.append
+            let appended: i64 = self
+                .append
                 .key(self.keys.record(uuid))
+                .key(self.keys.items(uuid))
+                .key(&self.keys.leases)
                 .arg(item.to_string())
                 .arg(&self.keys.done_channel)
                 .arg(uuid.to_string())
-                .invoke_async::<i64>(&mut con)
+                .arg(delivery)
+                .arg(u64::try_from(ITEMS_TTL.as_millis()).unwrap_or(u64::MAX))
+                .invoke_async(&mut con)
                 .await
-                .map(drop)
-                .map_err(|e| failure(format!("storing an item of task {uuid} failed"), e))
+                .map_err(|e| failure(format!("storing an item of task {uuid} failed"), e))?;
+            if appended == 0 {
+                tracing::debug!(uuid = %uuid, "an item of task {uuid} was refused: its run no longer holds the task");
+            }
+            Ok(appended == 1)
         })
     }
 
@@ -551,29 +560,70 @@ impl Storage for RedisStorage {
         seen: usize,
     ) -> BoxFuture<'_, Result<ItemsRead, BackendError>> {
         Box::pin(async move {
-            let count = |record: &TaskRecord| match &record.returning {
-                Some(serde_json::Value::Array(items)) => items.len(),
-                _ => 0,
-            };
-            let record = self
-                .wait_until(uuid, |record| {
-                    record.status.is_final() || count(record) > seen
-                })
-                .await?;
-            Ok(match record {
-                Some(record) => {
-                    let ended = record.status.is_final();
-                    let items = match record.returning {
-                        Some(serde_json::Value::Array(items)) => {
-                            items.into_iter().skip(seen).collect()
-                        }
-                        _ => Vec::new(),
-                    };
-                    ItemsRead::new(items, ended)
+            self.subscribe_to_results().await;
+            let notify = self.waiters.register(uuid);
+            let result = loop {
+                // Listen first, then look: an item or the end published in between still
+                // wakes us.
+                let notified = notify.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                match self.read(uuid, true).await {
+                    Err(error) => break Err(error),
+                    Ok(None) => break Ok(ItemsRead::new(Vec::new(), true)),
+                    // Ended: the record holds every item.
+                    Ok(Some(record)) if record.status.is_final() => {
+                        let items = match record.returning {
+                            Some(serde_json::Value::Array(items)) => {
+                                items.into_iter().skip(seen).collect()
+                            }
+                            _ => Vec::new(),
+                        };
+                        break Ok(ItemsRead::new(items, true));
+                    }
+                    // Running: the live items.
+                    Ok(Some(_)) => match self.live_items(uuid, seen).await {
+                        Err(error) => break Err(error),
+                        Ok(items) if !items.is_empty() => break Ok(ItemsRead::new(items, false)),
+                        Ok(_) => {}
+                    },
                 }
-                None => ItemsRead::new(Vec::new(), true),
-            })
+                tokio::select! {
+                    () = notified => {}
+                    () = tokio::time::sleep(self.fallback_check) => {}
+                }
+            };
+            drop(notify);
+            self.waiters.forget(uuid);
+            result
         })
+    }
+}
+
+/// How long the live items of a stream task are kept after its last one (they go when it
+/// ends; this bounds those of a task whose end another engine wrote).
+const ITEMS_TTL: Duration = Duration::from_secs(3600);
+
+impl RedisStorage {
+    /// The live items of a running stream task after the first `seen` (an item that is no
+    /// JSON comes back as text).
+    async fn live_items(
+        &self,
+        uuid: Uuid,
+        seen: usize,
+    ) -> Result<Vec<serde_json::Value>, BackendError> {
+        let mut con = self.commands.clone();
+        let raw: Vec<String> = redis::cmd("LRANGE")
+            .arg(self.keys.items(uuid))
+            .arg(seen)
+            .arg(-1)
+            .query_async(&mut con)
+            .await
+            .map_err(|e| failure(format!("reading the items of task {uuid} failed"), e))?;
+        Ok(raw
+            .into_iter()
+            .map(|text| serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+            .collect())
     }
 }
 

@@ -635,16 +635,26 @@ impl Storage for MemoryStorage {
         })
     }
 
-    fn append_item(
-        &self,
+    fn append_item<'a>(
+        &'a self,
         uuid: Uuid,
+        delivery: &'a str,
         item: serde_json::Value,
-    ) -> BoxFuture<'_, Result<(), BackendError>> {
-        let result = self.change(uuid, |slot| match &mut slot.record.returning {
-            Some(serde_json::Value::Array(items)) => items.push(item),
-            other => *other = Some(serde_json::Value::Array(vec![item])),
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        // In one process a task has one delivery at a time: only a running task takes items.
+        let _ = delivery;
+        let mut appended = false;
+        let result = self.change(uuid, |slot| {
+            if slot.record.status != TaskStatus::Process {
+                return;
+            }
+            appended = true;
+            match &mut slot.record.returning {
+                Some(serde_json::Value::Array(items)) => items.push(item),
+                other => *other = Some(serde_json::Value::Array(vec![item])),
+            }
         });
-        Box::pin(async move { result })
+        Box::pin(async move { result.map(|()| appended) })
     }
 
     fn wait_items(

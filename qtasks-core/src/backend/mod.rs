@@ -589,15 +589,19 @@ pub trait Storage: Send + Sync + 'static {
     /// Resolves with the record once the task has ended; `None` if there is no such task.
     fn wait_finished(&self, uuid: Uuid) -> BoxFuture<'_, Result<Option<TaskRecord>, BackendError>>;
 
-    /// Appends one item of a running stream task to its record's `returning` list (and wakes
-    /// whoever reads the items live). The default keeps nothing until the task ends.
-    fn append_item(
-        &self,
+    /// Appends one item of a running stream task to the items read live (and wakes whoever
+    /// reads them), for the run of the delivery with this receipt ([`Delivery::receipt`]) only:
+    /// an engine that can tell refuses the item of a run that lost its task (it returns
+    /// `Ok(false)`), and a new delivery's items replace an earlier one's. The default keeps
+    /// nothing until the task ends.
+    fn append_item<'a>(
+        &'a self,
         uuid: Uuid,
+        delivery: &'a str,
         item: serde_json::Value,
-    ) -> BoxFuture<'_, Result<(), BackendError>> {
-        let _ = (uuid, item);
-        Box::pin(async { Ok(()) })
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        let _ = (uuid, delivery, item);
+        Box::pin(async { Ok(false) })
     }
 
     /// Waits until a stream task has more than `seen` items, or has ended; returns the items
