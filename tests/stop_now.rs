@@ -60,3 +60,32 @@ async fn a_stopping_worker_never_takes_back_what_it_handed_back() {
             .unwrap();
     }
 }
+
+#[qtasks::task]
+async fn stop_now_long(ms: u64) -> u64 {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    ms
+}
+
+/// Found by the fault harness: an app stopped with `stop_now` and started again must run what
+/// it handed back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_started_again_after_stop_now_runs_what_it_handed_back() {
+    let app = QueueTasks::with_config(QueueConfig {
+        max_tasks_process: 2,
+        ..Default::default()
+    });
+    for round in 0..20 {
+        app.start().await.unwrap();
+        let long = stop_now_long::add_task(&app, 300).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        app.stop_now().await.unwrap();
+        app.start().await.unwrap();
+        let done = long
+            .wait(Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert_eq!(done.status, qtasks::TaskStatus::Success, "round {round}");
+        app.stop().await.unwrap();
+    }
+}

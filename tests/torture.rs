@@ -10,9 +10,10 @@
 //!     cargo test -p qtasks-tests --test torture -- --nocapture redis_engine
 //! ```
 //!
-//! The engines: Redis (queue and records on a Redis server of the run's own), and RabbitMQ
-//! (the machine's RabbitMQ, under a queue name of the run's own) with its records on such a
-//! Redis. Faults: worker SIGKILL (the supervisor restarts it), SIGSTOP/SIGCONT for less and
+//! The engines: Redis (queue and records on a Redis server of the run's own), RabbitMQ (the
+//! machine's RabbitMQ, under a queue name of the run's own) with its records on such a Redis,
+//! and memory (where only the faults a process does to itself apply: `stop_now` and a start
+//! again, cancels at random moments). A new engine adds a variant here. Faults: worker SIGKILL (the supervisor restarts it), SIGSTOP/SIGCONT for less and
 //! for more than the lease, the Redis server SIGKILLed and restarted from its append-only
 //! file, paused with SIGSTOP, and every client connection cut (pub/sub too); one worker runs
 //! with its clock offset (`faketime`, when installed). Task kinds: short, longer than the
@@ -53,6 +54,8 @@ const MAX_DELIVERIES: u32 = 4;
 const FAULT_WINDOW: Duration = Duration::from_secs(6);
 /// How long the run may take to drain once the faults end.
 const DRAIN: Duration = Duration::from_secs(90);
+/// How long the in-memory run waits for a task to end.
+const MEMORY_DRAIN: Duration = Duration::from_secs(20);
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Engine {
@@ -112,6 +115,214 @@ async fn rabbitmq_engine_with_redis_records() {
     for seed in seeds() {
         run(Engine::RabbitMq, seed).await;
     }
+}
+
+// -- The in-memory engine ----------------------------------------------------------------------
+//
+// One process holds the queue, so the faults that apply are the ones a process does to
+// itself: a stop that cannot wait (`stop_now`, which hands the running tasks back) and a start
+// again, cancels at random moments, panics and failures. The same invariants hold.
+
+/// Runs of the in-memory engine's tasks: `(uuid, start ms, end ms)` (end 0 while running).
+static MEMORY_RUNS: std::sync::Mutex<Vec<(Uuid, u128, u128)>> = std::sync::Mutex::new(Vec::new());
+
+#[qtasks::task(echo = true)]
+async fn memory_run(ctx: qtasks::TaskContext, ms: u64) -> u64 {
+    let index = {
+        let mut runs = MEMORY_RUNS.lock().unwrap();
+        runs.push((ctx.task_uuid(), now_ms(), 0));
+        runs.len() - 1
+    };
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    MEMORY_RUNS.lock().unwrap()[index].2 = now_ms();
+    ms
+}
+
+#[qtasks::task(echo = true, retry = 2)]
+async fn memory_fail(ctx: qtasks::TaskContext) -> qtasks::TaskResult<()> {
+    MEMORY_RUNS
+        .lock()
+        .unwrap()
+        .push((ctx.task_uuid(), now_ms(), now_ms()));
+    Err(qtasks::TaskError::msg("fails every time"))
+}
+
+#[qtasks::task(echo = true)]
+async fn memory_panic(ctx: qtasks::TaskContext) -> u64 {
+    MEMORY_RUNS
+        .lock()
+        .unwrap()
+        .push((ctx.task_uuid(), now_ms(), now_ms()));
+    panic!("panics on purpose")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_engine() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .try_init();
+    for seed in seeds() {
+        run_in_memory(seed).await;
+    }
+}
+
+async fn run_in_memory(seed: u64) {
+    eprintln!(
+        "torture: engine Memory seed {seed} (rerun: QTASKS_TORTURE_SEEDS={seed} cargo test -p qtasks-tests --test torture -- --nocapture memory_engine)"
+    );
+    let started = Instant::now();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let app = QueueTasks::with_config(QueueConfig {
+        max_tasks_process: CONCURRENCY,
+        ..Default::default()
+    });
+    app.start().await.unwrap();
+    let mut added: Vec<Added> = Vec::new();
+    let mut interrupts: Vec<u128> = Vec::new();
+    let window = Instant::now();
+    while window.elapsed() < FAULT_WINDOW {
+        for _ in 0..rng.random_range(1..=4) {
+            let kind = match rng.random_range(0..100) {
+                0..35 => Kind::Short,
+                35..50 => Kind::Long,
+                50..60 => Kind::Delayed,
+                60..70 => Kind::FailsWithRetries,
+                70..76 => Kind::Panics,
+                76..86 => Kind::CancelWaiting,
+                _ => Kind::CancelRunning,
+            };
+            let (name, args, options): (&str, Vec<serde_json::Value>, AddOptions) = match kind {
+                Kind::Short => (
+                    "memory_run",
+                    vec![rng.random_range(0..40).into()],
+                    AddOptions::default(),
+                ),
+                Kind::Long | Kind::CancelRunning => (
+                    "memory_run",
+                    vec![rng.random_range(500..2500).into()],
+                    AddOptions::default(),
+                ),
+                Kind::Delayed => (
+                    "memory_run",
+                    vec![10.into()],
+                    AddOptions::default().delay(Duration::from_millis(rng.random_range(100..1500))),
+                ),
+                Kind::CancelWaiting => (
+                    "memory_run",
+                    vec![10.into()],
+                    AddOptions::default().delay(Duration::from_secs(30)),
+                ),
+                Kind::FailsWithRetries => ("memory_fail", Vec::new(), AddOptions::default()),
+                _ => ("memory_panic", Vec::new(), AddOptions::default()),
+            };
+            let uuid = app
+                .add_task_with(name, args, (), options)
+                .await
+                .unwrap()
+                .uuid();
+            added.push(Added {
+                uuid,
+                kind,
+                cancelled: None,
+            });
+        }
+        // Cancels: of a waiting task at once, of a running one once it runs.
+        for task in added.iter_mut().filter(|task| task.cancelled.is_none()) {
+            let running = MEMORY_RUNS
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|run| run.0 == task.uuid);
+            if task.kind == Kind::CancelWaiting || (task.kind == Kind::CancelRunning && running) {
+                task.cancelled = Some(app.cancel(task.uuid, "torture").await.unwrap());
+            }
+        }
+        // A stop that cannot wait, then a start again.
+        if rng.random_bool(0.08) {
+            interrupts.push(now_ms());
+            app.stop_now().await.unwrap();
+            app.start().await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(20..120))).await;
+    }
+    for task in added
+        .iter_mut()
+        .filter(|task| task.cancelled.is_none() && task.kind == Kind::CancelRunning)
+    {
+        task.cancelled = Some(app.cancel(task.uuid, "torture").await.unwrap());
+    }
+    let mut repeated = 0;
+    for task in &added {
+        let record = match app.wait(task.uuid, MEMORY_DRAIN).await {
+            Ok(record) => record,
+            Err(error) => panic!(
+                "seed {seed}: {:?} task {} never ended ({error}); its record: {:?}; interrupts at {interrupts:?}; stats {:?}",
+                task.kind,
+                task.uuid,
+                app.get(task.uuid).await,
+                app.stats()
+                    .await
+                    .map(|stats| (stats.queue, stats.workers.len()))
+            ),
+        };
+        let runs: Vec<(Uuid, u128, u128)> = MEMORY_RUNS
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|run| run.0 == record.uuid || run.0 == task.uuid)
+            .copied()
+            .collect();
+        let context = format!(
+            "seed {seed}: {:?} task {} ended {} ({:?}), {} runs",
+            task.kind,
+            task.uuid,
+            record.status,
+            record.traceback,
+            runs.len()
+        );
+        match task.kind {
+            Kind::Short | Kind::Long | Kind::Delayed => {
+                assert_eq!(record.status, TaskStatus::Success, "{context}");
+                if runs.len() > 1 {
+                    repeated += 1;
+                    // Run again only when a stop handed it back while it ran.
+                    let first = runs[0];
+                    assert!(
+                        interrupts.iter().any(|at| *at >= first.1),
+                        "{context}: it ran again with no stop to hand it back"
+                    );
+                }
+            }
+            Kind::FailsWithRetries | Kind::Panics => {
+                assert_eq!(record.status, TaskStatus::Error, "{context}");
+            }
+            Kind::CancelWaiting if task.cancelled == Some(true) => {
+                assert_eq!(record.status, TaskStatus::Cancel, "{context}");
+                assert!(
+                    runs.is_empty(),
+                    "a task cancelled while it waited never runs: {context}"
+                );
+            }
+            Kind::CancelRunning => {
+                let expected = if task.cancelled == Some(true) {
+                    TaskStatus::Cancel
+                } else {
+                    TaskStatus::Success
+                };
+                assert_eq!(record.status, expected, "{context}");
+            }
+            _ => {}
+        }
+    }
+    app.stop().await.unwrap();
+    println!(
+        "torture: engine Memory seed {seed} ok in {:.1} s: {} tasks, {} run again after {} stops that could not wait",
+        started.elapsed().as_secs_f64(),
+        added.len(),
+        repeated,
+        interrupts.len()
+    );
 }
 
 /// The seeds of this run: `QTASKS_TORTURE_SEEDS` (one seed, or a comma-separated list, to

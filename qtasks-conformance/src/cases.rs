@@ -264,6 +264,7 @@ pub(crate) const ALL: &[(&str, Case)] = cases![
     delete_only_finished,
     retry_by_hand_links_the_attempts,
     concurrent_retries_by_hand_queue_one_attempt,
+    a_cancelled_task_does_not_hold_up_the_next,
 ];
 
 async fn add_take_finish(c: &Context<'_>) -> Result<(), String> {
@@ -1302,5 +1303,45 @@ async fn concurrent_retries_by_hand_queue_one_attempt(c: &Context<'_>) -> Result
         "the attempt's parent is {:?}",
         record.retry_parent_uuid
     );
+    Ok(())
+}
+
+async fn a_cancelled_task_does_not_hold_up_the_next(c: &Context<'_>) -> Result<(), String> {
+    // One slot, and a task due only in a minute: a worker that takes the cancelled task, drops
+    // it, and then waits for the next due time (the in-memory engine once did) leaves the
+    // task behind it waiting for that minute.
+    let app = c.app("", 1).await?;
+    let later = AddOptions::default().delay(Duration::from_secs(60));
+    let far = said(
+        app.add_task_with("conformance_count", (c.label("far"),), (), later)
+            .await,
+        "adding",
+    )?;
+    // Several cancelled in a row: each wake-up the adds left is used up by one of them.
+    for n in 0..3 {
+        let cancelled = said(
+            count::add_task(&app, c.label(&format!("dropped{n}"))).await,
+            "adding",
+        )?;
+        ensure!(
+            said(
+                app.cancel(cancelled.uuid(), "not needed").await,
+                "cancelling"
+            )?,
+            "the cancel was refused"
+        );
+    }
+    let next = said(echo::add_task(&app, json!("next")).await, "adding")?;
+    said(app.start().await, "starting")?;
+    let record = said(
+        next.wait(Duration::from_secs(10)).await,
+        "waiting for the next task",
+    )?;
+    ensure!(
+        record.status == TaskStatus::Success,
+        "status {}",
+        record.status
+    );
+    said(app.cancel(far.uuid(), "done").await, "cancelling")?;
     Ok(())
 }

@@ -233,6 +233,13 @@ pub(crate) fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
     request
 }
 
+/// The test worker binary: this build's, or `QTASKS_TEST_WORKER_BIN` (a long harness run uses
+/// a copy, so the tree can be rebuilt meanwhile).
+fn worker_binary() -> std::ffi::OsString {
+    std::env::var_os("QTASKS_TEST_WORKER_BIN")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_qtasks-test-redis-worker").into())
+}
+
 /// A worker process of the test worker binary (`tests/bin/redis_worker.rs`), SIGKILLed when
 /// dropped.
 pub(crate) struct WorkerProcess(pub(crate) std::process::Child);
@@ -245,7 +252,7 @@ impl WorkerProcess {
         concurrency: usize,
         env: &[(&str, &str)],
     ) -> Self {
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_qtasks-test-redis-worker"))
+        let child = std::process::Command::new(worker_binary())
             .args([prefix, &lease_ms.to_string(), &concurrency.to_string()])
             .envs(env.iter().copied())
             .spawn()
@@ -266,7 +273,7 @@ impl WorkerProcess {
             .append(true)
             .open(log)
             .expect("the worker log opens");
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_qtasks-test-redis-worker"))
+        let child = std::process::Command::new(worker_binary())
             .args([prefix, &lease_ms.to_string(), &concurrency.to_string()])
             .envs(env.iter().copied())
             .stderr(stderr)

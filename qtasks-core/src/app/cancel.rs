@@ -92,12 +92,20 @@ impl Cancels {
             .is_some_and(|run| run.stop.send(Some(reason.to_owned())).is_ok())
     }
 
-    /// Cancels every task running in this process (a stop that cannot wait any longer).
+    /// Interrupts every task running in this process (a stop that cannot wait any longer), but
+    /// not one cancelled already: its cancel must stand (an interrupt hands the task back to run
+    /// again; a `true` cancel must end it).
     pub(crate) fn cancel_all(&self, reason: &str) -> usize {
         let maps = self.maps.lock_unpoisoned();
         let mut count = 0;
         for run in maps.running.values().flatten() {
-            let _ = run.stop.send(Some(reason.to_owned()));
+            run.stop.send_if_modified(|stop| {
+                if stop.is_some() {
+                    return false;
+                }
+                *stop = Some(reason.to_owned());
+                true
+            });
             count += 1;
         }
         count

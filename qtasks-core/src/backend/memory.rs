@@ -173,6 +173,7 @@ impl Broker for MemoryBroker {
                 tokio::pin!(notified);
                 notified.as_mut().enable();
                 let (tasks, next_due) = self.take(max.max(1));
+                let any_taken = !tasks.is_empty();
                 let deliveries: Vec<Delivery> = self
                     .storage
                     .start(tasks)
@@ -184,6 +185,11 @@ impl Broker for MemoryBroker {
                     .collect();
                 if !deliveries.is_empty() {
                     return Ok(deliveries);
+                }
+                if any_taken {
+                    // All cancelled while they waited: look again at once. (Waiting here would
+                    // leave the tasks behind them waiting for the next add, or for ever.)
+                    continue;
                 }
                 match next_due {
                     Some(run_at) => {
