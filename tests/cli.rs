@@ -724,3 +724,46 @@ fn the_binary_serves_the_web_api_with_a_token_and_refuses_the_network_without_on
         "stopped cleanly on SIGTERM"
     );
 }
+
+#[test]
+fn times_out_of_any_range_in_a_record_are_shown_not_a_panic() {
+    let Some(url) = redis_url("times_out_of_any_range_in_a_record") else {
+        return;
+    };
+    let prefix = unique_prefix("cli_badtime");
+    let (url, prefix) = (url.as_str(), prefix.as_str());
+    // Written by another producer: `created_at` a time 1e300 seconds ago, `updated_at` in the
+    // year 1e300 (the age of such a time once panicked the binary: `Duration::from_secs_f64`).
+    let uuid = qtasks::Uuid::new_v4();
+    let client = redis::Client::open(url).unwrap();
+    let mut con = client.get_connection().unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(format!("{prefix}:{uuid}"))
+        .arg(
+            &[
+                "task_name",
+                "add",
+                "priority",
+                "0",
+                "args",
+                "[1, 2]",
+                "kwargs",
+                "{}",
+                "created_at",
+                "-1e300",
+                "updated_at",
+                "1e300",
+                "status",
+                "error",
+            ][..],
+        )
+        .query(&mut con)
+        .unwrap();
+    let shown = expect(url, prefix, &["get", &uuid.to_string()], 0);
+    assert!(shown.contains(&uuid.to_string()), "{shown}");
+    expect(url, prefix, &["tasks"], 0);
+    let _: () = redis::cmd("DEL")
+        .arg(format!("{prefix}:{uuid}"))
+        .query(&mut con)
+        .unwrap();
+}
