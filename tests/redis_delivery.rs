@@ -268,6 +268,12 @@ async fn a_cancel_of_a_running_task_is_stored_and_wins_at_its_finish() {
         (record.status, record.cancel_reason.as_deref()),
         (TaskStatus::Cancel, Some("no longer needed"))
     );
+    // The same finish sent again (its reply lost) hears the same answer, not "stored".
+    let again = broker
+        .finish(&running, Outcome::Success(json!("done anyway")))
+        .await
+        .expect_err("a replay reports the cancel that won");
+    assert_eq!(again.cancel_reason(), Some("no longer needed"));
     // The request is gone with the task.
     let mut con = raw_connection(&url).await;
     let pending: i64 = con
@@ -421,6 +427,39 @@ async fn stream_items_are_appended_only_under_the_deliverys_lease() {
         .await
         .unwrap();
     assert_eq!(left, 0);
+    broker.flush_all().await.unwrap();
+    storage.flush_all().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_outcome_for_a_record_key_that_is_no_hash_drops_its_lease_and_says_why() {
+    let Some(url) = redis_url("an_outcome_for_a_record_key_that_is_no_hash") else {
+        return;
+    };
+    let prefix = unique_prefix("finishwrongtype");
+    let BackendParts {
+        broker, storage, ..
+    } = parts(&url, &prefix).await;
+    let task = QueuedTask::new(Uuid::new_v4(), "delivery_echo");
+    broker.add(task.clone()).await.unwrap();
+    let running = take_one(&*broker).await;
+    let mut con = raw_connection(&url).await;
+    let _: () = con
+        .set(format!("{prefix}:{}", task.uuid), "overwritten")
+        .await
+        .unwrap();
+    let error = broker
+        .finish(&running, Outcome::Success(json!(1)))
+        .await
+        .expect_err("nothing can be stored there");
+    assert!(!error.is_refused(), "{error}");
+    assert!(error.to_string().contains("holds a string"), "{error}");
+    let leased: i64 = con.zcard(format!("{prefix}:qtasks:leases")).await.unwrap();
+    assert_eq!(
+        leased, 0,
+        "the lease is gone, so the task is not taken again and again"
+    );
+    let _: () = con.del(format!("{prefix}:{}", task.uuid)).await.unwrap();
     broker.flush_all().await.unwrap();
     storage.flush_all().await.unwrap();
 }

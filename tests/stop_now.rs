@@ -89,3 +89,45 @@ async fn an_app_started_again_after_stop_now_runs_what_it_handed_back() {
         app.stop().await.unwrap();
     }
 }
+
+/// In memory too, a cancel asked while a task runs is kept with its record: a run that ends
+/// before it hears of it still ends `cancel` (no next attempt), and so does one handed back.
+#[tokio::test]
+async fn in_memory_a_cancel_of_a_running_task_wins_at_its_finish_and_its_hand_back() {
+    use qtasks::backend::{Broker, CancelState};
+    use qtasks::{Outcome, QueuedTask, TaskStatus, Uuid};
+    let storage = Arc::new(MemoryStorage::new());
+    let broker = MemoryBroker::new(Arc::clone(&storage));
+    let (finished, handed_back) = (Uuid::new_v4(), Uuid::new_v4());
+    for uuid in [finished, handed_back] {
+        broker
+            .add(QueuedTask::new(uuid, "stop_now_long"))
+            .await
+            .unwrap();
+    }
+    let taken = broker.next_batch(2).await.unwrap();
+    assert_eq!(taken.len(), 2);
+    for delivery in &taken {
+        let state = broker.cancel(delivery.task.uuid, "asked").await.unwrap();
+        assert_eq!(state, Some(CancelState::Running));
+    }
+    for delivery in taken {
+        if delivery.task.uuid == finished {
+            let error = broker
+                .finish(&delivery, Outcome::Success(serde_json::json!(1)))
+                .await
+                .expect_err("the cancel wins");
+            assert_eq!(error.cancel_reason(), Some("asked"));
+        } else {
+            broker.release(&delivery).await.unwrap();
+        }
+    }
+    use qtasks::backend::Storage;
+    for uuid in [finished, handed_back] {
+        let record = storage.get(uuid).await.unwrap().unwrap();
+        assert_eq!(
+            (record.status, record.cancel_reason.as_deref()),
+            (TaskStatus::Cancel, Some("asked"))
+        );
+    }
+}

@@ -61,8 +61,8 @@ pub struct QueueConfig {
     /// past it is not run: the task ends `error` with a `DeliveryLimit` reason. Only a worker
     /// that dies or stalls past its lease while it runs the task (a task that aborts, overflows
     /// its stack or is OOM-killed) leaves an attempt to be handed out again; failures the
-    /// worker survives are counted by `retry` instead. Counted by the engines that lease tasks
-    /// (Redis); `0` means no limit. (Not in the original.)
+    /// worker survives are counted by `retry` instead. Counted by the engines whose tasks
+    /// outlive a worker (Redis, RabbitMQ); `0` means no limit. (Not in the original.)
     pub max_deliveries: u32,
     /// The prefix of the environment variables [`QueueConfig::from_env`] reads.
     pub environ_prefix: String,

@@ -52,6 +52,8 @@ pub(crate) struct RabbitMqBroker {
     /// The ackers of the deliveries being run, by receipt.
     taken: Mutex<HashMap<String, Acker>>,
     receipts: AtomicU64,
+    /// This broker's part of its receipts, so that no two processes hand out the same one.
+    instance: String,
     cancels: broadcast::Sender<CancelRequest>,
     /// Dropped with the broker: the cancel listener stops.
     _listening: tokio::sync::watch::Sender<()>,
@@ -97,6 +99,7 @@ impl RabbitMqBroker {
             consuming: tokio::sync::Mutex::default(),
             taken: Mutex::default(),
             receipts: AtomicU64::new(0),
+            instance: Uuid::new_v4().simple().to_string(),
             cancels,
             _listening: listening,
         })
@@ -340,7 +343,11 @@ impl RabbitMqBroker {
                 Ok(None)
             }
             Ok(Transition::Applied(_)) => {
-                let receipt = self.receipts.fetch_add(1, Ordering::Relaxed).to_string();
+                let receipt = format!(
+                    "{}-{}",
+                    self.instance,
+                    self.receipts.fetch_add(1, Ordering::Relaxed)
+                );
                 lock(&self.taken).insert(receipt.clone(), message.acker);
                 task.run_at = None;
                 Ok(Some(
@@ -445,9 +452,18 @@ impl Broker for RabbitMqBroker {
     fn add(&self, task: QueuedTask) -> BoxFuture<'_, Result<(), BackendError>> {
         Box::pin(async move {
             if !self.storage.insert(&task).await? {
-                // Known already (a slot added again, an add sent twice): nothing changes.
-                tracing::debug!(uuid = %task.uuid, "task {} is known already; not added again", task.uuid);
-                return Ok(());
+                // Known already (a slot added again, an add sent twice): nothing changes,
+                // unless it still waits: a first add may have died between its record and its
+                // message, and a second message of a waiting task is harmless.
+                let waiting = self
+                    .storage
+                    .get(task.uuid)
+                    .await?
+                    .is_some_and(|record| record.status == TaskStatus::New);
+                if !waiting {
+                    tracing::debug!(uuid = %task.uuid, "task {} is known already; not added again", task.uuid);
+                    return Ok(());
+                }
             }
             if let Err(error) = self.publish(&task).await {
                 // No message means no run: the record says so rather than waiting forever.

@@ -366,7 +366,9 @@ impl RedisBroker {
         if let Some(ttl) = self.options.result_ttl {
             pipe.pexpire(&key, i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
         }
-        pipe.publish(&self.keys.done_channel, uuid.to_string());
+        pipe.publish(&self.keys.done_channel, uuid.to_string())
+            // Ended: a cancel asked of it has nothing left to stop.
+            .hdel(&self.keys.cancel_requests, uuid.to_string());
     }
 
     /// Moves a queue entry that cannot run to the dead letters (`N:qtasks:dead`, capped and
@@ -397,6 +399,7 @@ impl RedisBroker {
         }
         if let Some(uuid) = names {
             self.fail_record_if_stored(&mut pipe, uuid, reason);
+            pipe.hdel(&self.keys.cancel_requests, uuid.to_string());
         }
         let mut con = self.commands.clone();
         pipe.exec_async(&mut con)
@@ -530,6 +533,7 @@ impl RedisBroker {
             1 => Written::Stored,
             2 => Written::Replayed,
             3 => Written::Cancelled(reason.unwrap_or_default()),
+            4 => Written::Unstorable(reason.unwrap_or_default()),
             _ => Written::Refused,
         })
     }
@@ -546,6 +550,8 @@ enum Written {
     Cancelled(String),
     /// Not stored: the lease is not this delivery's any more.
     Refused,
+    /// Not stored: the record's key holds this type, not a hash; the lease is dropped.
+    Unstorable(String),
 }
 
 impl Broker for RedisBroker {
@@ -902,6 +908,13 @@ impl Broker for RedisBroker {
                     Ok(())
                 }
                 Ok(Written::Cancelled(reason)) => Err(BackendError::cancelled("redis", reason)),
+                Ok(Written::Unstorable(kind)) => Err(BackendError::new(
+                    "redis",
+                    format!(
+                        "the outcome of task {} cannot be stored: its record's key holds a {kind}, not a hash (the task is not run again)",
+                        delivery.task.uuid
+                    ),
+                )),
                 Ok(Written::Refused) => Err(BackendError::refused(
                     "redis",
                     format!(

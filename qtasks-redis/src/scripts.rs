@@ -250,7 +250,15 @@ local function mark_one(leased, key)
     return {'ended'}
   end
   redis.call('HSET', key, 'status', 'process', 'updated_at', ARGV[1])
-  local deliveries = redis.call('HINCRBY', key, 'deliveries', 1)
+  -- Counted once per delivery: a mark sent again (its reply lost) finds its own token.
+  local token = string.sub(leased, 1, 32)
+  local deliveries
+  if redis.call('HGET', key, 'marked_by') == token then
+    deliveries = tonumber(redis.call('HGET', key, 'deliveries')) or 1
+  else
+    deliveries = redis.call('HINCRBY', key, 'deliveries', 1)
+    redis.call('HSET', key, 'marked_by', token)
+  end
   local created = tonumber(fields[6])
   -- Not NaN nor infinite (`tonumber('nan')` is NaN, which ZADD refuses): such a record is
   -- left out of the index, and the worker fails it for its unreadable `created_at`.
@@ -340,18 +348,28 @@ return #members
 /// count, the stats bucket (`t:{second}:{status}`), the fields and values, then for a retry: the
 /// child's field count, its fields and values, its queue entry, its delay in ms by Redis's clock
 /// ('' to queue it now) and its creation time in ms (for the index).
-/// Returns `{1, false}` stored, `{2, false}` stored by an earlier send of this delivery (a replay; nothing
-/// written), `{0, false}` refused (the lease is not this delivery's any more; nothing written), or
-/// `{3, reason}` cancelled instead.
+/// Returns `{1, false}` stored, `{2, false}` stored by an earlier send of this delivery (a
+/// replay; nothing written), `{0, false}` refused (the lease is not this delivery's any more;
+/// nothing written), `{3, reason}` cancelled instead (also when a replay finds the cancel that
+/// won), or `{4, type}` when the record's key holds no hash (the lease is dropped).
 pub(super) const FINISH: &str = concat!(
     priorities!(),
     counting!(),
     r#"
 local token = string.sub(ARGV[1], 1, 32)
+local kind = redis.call('TYPE', KEYS[2])['ok']
+if kind ~= 'hash' and kind ~= 'none' then
+  -- Nothing can be written there: the lease goes (the task cannot be recorded, and must not
+  -- run again and again), and the caller is told why.
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  return {4, kind}
+end
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then
-  local found = redis.call('HMGET', KEYS[2], 'status', 'finished_by')
+  local found = redis.call('HMGET', KEYS[2], 'status', 'finished_by', 'cancel_reason')
   local status = found[1]
   if found[2] == token and (status == 'success' or status == 'error' or status == 'cancel' or status == 'retry') then
+    -- A replay: what the first send stored (a cancel that won says so again).
+    if status == 'cancel' then return {3, found[3] or ''} end
     return {2, false}
   end
   return {0, false}
@@ -493,6 +511,8 @@ local found = redis.call('HMGET', KEYS[1], 'status', 'task_name', 'priority')
 local status = found[1]
 if not status then return 'missing' end
 if status == 'new' then
+  -- A request from when it ran (it was handed back since) is answered now.
+  redis.call('HDEL', KEYS[4], ARGV[4])
   local t = redis.call('TIME')
   local now_s = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
   redis.call('HSET', KEYS[1], 'status', 'cancel', 'cancel_reason', ARGV[1], 'updated_at', now_s)

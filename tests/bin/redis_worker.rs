@@ -12,6 +12,7 @@
 //!   kill or a stack overflow would end it);
 //! - `always_fail(label)` logs its run and fails, with two retries (three attempts);
 //! - `panics(label)` logs its run and panics;
+//! - `count_up(n)` streams the items 1 to n, one every 100 ms;
 //! - with `QTASKS_TEST_SPAN_LOG` set, `log_run` also appends `uuid pid start_ms end_ms` to that
 //!   file when it ends (for the harness's overlap check);
 //! - `measure(text)` returns the length of its argument;
@@ -105,6 +106,16 @@ async fn always_fail(ctx: qtasks::TaskContext, label: String) -> qtasks::TaskRes
 async fn panics(ctx: qtasks::TaskContext, label: String) -> qtasks::TaskResult<()> {
     log_execution(&ctx, &label)?;
     panic!("{label} panics on purpose");
+}
+
+/// A stream task: `n` items, one every 100 ms (its run spans several lease renewals).
+#[qtasks::task]
+async fn count_up(n: u32) -> impl futures_util::Stream<Item = u32> {
+    use futures_util::StreamExt;
+    futures_util::stream::iter(1..=n).then(|i| async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        i
+    })
 }
 
 #[qtasks::task]

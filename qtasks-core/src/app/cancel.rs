@@ -69,17 +69,7 @@ impl Cancels {
 
     /// Cancels every run of a task in this process; `false` if none runs.
     pub(crate) fn cancel_running(&self, uuid: Uuid, reason: &str) -> bool {
-        match self.maps.lock_unpoisoned().running.get(&uuid) {
-            Some(runs) => {
-                // Every run is told (no short cut after the first).
-                let told = runs
-                    .iter()
-                    .filter(|run| run.stop.send(Some(reason.to_owned())).is_ok())
-                    .count();
-                told > 0
-            }
-            None => false,
-        }
+        tell_runs(&self.maps.lock_unpoisoned(), uuid, reason)
     }
 
     /// Stops the run of one delivery (its lease was lost); `false` if it does not run here.
@@ -114,12 +104,11 @@ impl Cancels {
     /// Cancels a task running in this process, or remembers the cancel for a while in case it
     /// is about to start here (taken, not yet registered).
     pub(crate) fn cancel_here(&self, uuid: Uuid, reason: &str) -> bool {
-        if self.cancel_running(uuid, reason) {
-            return true;
-        }
+        // One lock for the look, the send and the early insert: a run that registers in
+        // between would otherwise miss the cancel.
         let mut maps = self.maps.lock_unpoisoned();
         if maps.running.contains_key(&uuid) {
-            return false; // registered meanwhile, and its channel closed: it is ending
+            return tell_runs(&maps, uuid, reason);
         }
         let now = Instant::now();
         maps.early
@@ -135,6 +124,16 @@ impl Cancels {
     }
 }
 
+/// Tells every run of `uuid` to stop (no short cut after the first); `false` if none listened.
+fn tell_runs(maps: &CancelMaps, uuid: Uuid, reason: &str) -> bool {
+    maps.running.get(&uuid).is_some_and(|runs| {
+        runs.iter()
+            .filter(|run| run.stop.send(Some(reason.to_owned())).is_ok())
+            .count()
+            > 0
+    })
+}
+
 impl QueueTasks {
     /// Cancels a task: one still queued never runs; a running one is stopped (an async task at
     /// its next `.await`; a plain `fn` cannot be stopped mid-call, so it ends `cancel` and its
@@ -145,12 +144,17 @@ impl QueueTasks {
     /// task becomes `cancel` and never runs; a running one is asked to stop; a finished one
     /// keeps its status (and this returns `false`). No worker can take the task in between.
     pub async fn cancel(&self, uuid: Uuid, reason: &str) -> Result<bool> {
-        if self.inner.cancels.cancel_running(uuid, reason) {
-            return Ok(true);
-        }
+        // The backend decides first, even for a task running here: its record must say the
+        // cancel was asked (a run that ends before it hears of it, or is handed back by a
+        // stop, must still end `cancel`), and a run of this process may be a stale one.
         let state = match self.inner.broker.cancel(uuid, reason).await? {
             Some(state) => state,
-            None => self.cancel_by_reading(uuid, reason).await?,
+            None => {
+                if self.inner.cancels.cancel_running(uuid, reason) {
+                    return Ok(true);
+                }
+                self.cancel_by_reading(uuid, reason).await?
+            }
         };
         match state {
             CancelState::Cancelled => Ok(true),

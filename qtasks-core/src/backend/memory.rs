@@ -39,6 +39,8 @@ pub struct MemoryBroker {
     /// Cancel requests for running tasks, heard by every app on this broker (apps in one
     /// process that share it, as worker processes share a server).
     cancel_requests: tokio::sync::broadcast::Sender<CancelRequest>,
+    /// Deliveries handed out, for their receipts.
+    deliveries: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -99,6 +101,7 @@ impl MemoryBroker {
             queue: Mutex::default(),
             available: Notify::new(),
             cancel_requests: tokio::sync::broadcast::channel(1024).0,
+            deliveries: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -179,7 +182,14 @@ impl Broker for MemoryBroker {
                     .start(tasks)
                     .into_iter()
                     .map(|task| {
-                        let receipt = task.uuid.to_string();
+                        // Unique per delivery: a task handed back and taken again while its
+                        // first run still ends (a plain `fn`) must not share its receipt.
+                        let receipt = format!(
+                            "{}-{}",
+                            task.uuid,
+                            self.deliveries
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                        );
                         Delivery::new(task, receipt)
                     })
                     .collect();
@@ -222,13 +232,28 @@ impl Broker for MemoryBroker {
             _ => None,
         };
         let result = self.storage.finish(delivery.task.uuid, outcome);
-        if let (Ok(()), Some(child)) = (&result, child) {
-            self.enqueue(child);
+        match (&result, child) {
+            (Ok(()), Some(child)) => self.enqueue(child),
+            // A cancel won: no next attempt.
+            (Err(_), Some(child)) => {
+                lock(&self.storage.slots).remove(&child.uuid);
+            }
+            _ => {}
         }
         Box::pin(async move { result })
     }
 
     fn release(&self, delivery: &Delivery) -> BoxFuture<'_, Result<(), BackendError>> {
+        // Cancelled while it ran: it ends `cancel` rather than waiting to run again.
+        let requested = lock(&self.storage.slots)
+            .get_mut(&delivery.task.uuid)
+            .and_then(|slot| slot.cancel_requested.take());
+        if let Some(reason) = requested {
+            let result = self
+                .storage
+                .finish_as(delivery.task.uuid, Outcome::Cancel(reason));
+            return Box::pin(async move { result });
+        }
         let result = self.storage.change(delivery.task.uuid, |slot| {
             slot.record.status = TaskStatus::New;
             slot.record.updated_at = unix_now();
@@ -381,6 +406,8 @@ struct Slot {
     record: TaskRecord,
     /// Woken at every change of the record; created only when somebody waits.
     changed: Option<Arc<Notify>>,
+    /// A cancel asked while the task ran: its outcome is `cancel`, whatever the run returns.
+    cancel_requested: Option<String>,
 }
 
 impl Slot {
@@ -459,6 +486,7 @@ impl MemoryStorage {
                 slot.insert(Box::new(Slot {
                     record,
                     changed: None,
+                    cancel_requested: None,
                 }));
                 true
             }
@@ -471,6 +499,7 @@ impl MemoryStorage {
             Box::new(Slot {
                 record,
                 changed: None,
+                cancel_requested: None,
             }),
         );
     }
@@ -535,12 +564,33 @@ impl MemoryStorage {
                 *tally.cancelled_in_queue.entry(priority).or_default() += 1;
                 CancelState::Cancelled
             }
-            TaskStatus::Process => CancelState::Running,
+            TaskStatus::Process => {
+                slot.cancel_requested = Some(reason.to_owned());
+                CancelState::Running
+            }
             status => CancelState::Ended(status),
         }
     }
 
+    /// Records an outcome; a cancel asked while the task ran wins over it (the answer says so).
     fn finish(&self, uuid: Uuid, outcome: Outcome) -> Result<(), BackendError> {
+        let requested = lock(&self.slots)
+            .get_mut(&uuid)
+            .and_then(|slot| slot.cancel_requested.take());
+        let (outcome, cancelled) = match requested {
+            Some(reason) if !matches!(outcome, Outcome::Cancel(_)) => {
+                (Outcome::Cancel(reason.clone()), Some(reason))
+            }
+            _ => (outcome, None),
+        };
+        self.finish_as(uuid, outcome)?;
+        match cancelled {
+            Some(reason) => Err(BackendError::cancelled("memory", reason)),
+            None => Ok(()),
+        }
+    }
+
+    fn finish_as(&self, uuid: Uuid, outcome: Outcome) -> Result<(), BackendError> {
         {
             let mut tally = lock(&self.tally);
             tally.running = tally.running.saturating_sub(1);
@@ -752,6 +802,7 @@ impl Storage for MemoryStorage {
                 slot.insert(Box::new(Slot {
                     record: TaskRecord::from_task(task.clone()),
                     changed: None,
+                    cancel_requested: None,
                 }));
                 true
             }

@@ -26,6 +26,10 @@ use crate::triggers::{
 };
 use crate::{QueueTasks, QueuedTask, TaskDefinition, TaskStatus, Trigger};
 
+/// How long a suspect delivery waits for the worker's other tasks to end before it is handed
+/// back (to this worker or another, later).
+const SUSPECT_WAIT: Duration = Duration::from_secs(10);
+
 /// How long the worker waits before asking a failing broker again.
 const BROKER_RETRY_DELAY: Duration = Duration::from_millis(500);
 
@@ -586,13 +590,16 @@ impl Worker for ConcurrentWorker {
 }
 
 /// Runs a suspect delivery once no other task runs in this worker, holding every slot, so
-/// that no other task is taken while it runs. A stop that comes first hands it back.
+/// that no other task is taken while it runs. A stop that comes first hands it back, and so
+/// does a wait longer than [`SUSPECT_WAIT`] (a running task may wait for one still queued:
+/// this worker must go on taking tasks).
 async fn run_alone(host: &WorkerHost, slots: &Arc<Semaphore>, limit: usize, delivery: Delivery) {
     let all = u32::try_from(limit).unwrap_or(u32::MAX);
     let every_slot = tokio::select! {
         biased;
         () = host.stop_requested() => None,
         slots = Arc::clone(slots).acquire_many_owned(all) => slots.ok(),
+        () = tokio::time::sleep(SUSPECT_WAIT) => None,
     };
     let Some(every_slot) = every_slot else {
         hand_back(host, std::slice::from_ref(&delivery)).await;
