@@ -161,10 +161,13 @@ async fn memory_panic(ctx: qtasks::TaskContext) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_engine() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .try_init();
+    // The engine's logs when asked (`RUST_LOG=qtasks_core=debug`), none otherwise.
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     for seed in seeds() {
         run_in_memory(seed).await;
     }
@@ -370,8 +373,10 @@ struct Run {
     /// The workers' standard error (logs, panics), kept when the run fails.
     worker_log: PathBuf,
     workers: Vec<WorkerProcess>,
-    /// The worker (by index) whose clock is offset, and by how much (`faketime` syntax).
-    clock_offset: Option<(usize, String)>,
+    /// The worker (by index) whose clock is offset, and by how many seconds.
+    clock_offset: Option<(usize, i32)>,
+    /// The processes that ran with that offset: their logged times are shifted back by it.
+    offset_pids: HashMap<u32, i128>,
     restarts: usize,
     faults: Vec<Fault>,
 }
@@ -395,7 +400,8 @@ impl Run {
         }
         match &self.clock_offset {
             Some((offset_index, offset)) if *offset_index == index => {
-                env.push(("FAKETIME", offset));
+                let offset = format!("{offset:+}s");
+                env.push(("FAKETIME", &offset));
                 env.push(("FAKETIME_DONT_FAKE_MONOTONIC", "1"));
                 env.push(("LD_PRELOAD", FAKETIME_LIBRARY));
                 WorkerProcess::spawn_logged(
@@ -422,11 +428,22 @@ impl Run {
         for index in 0..self.workers.len() {
             if self.workers[index].0.try_wait().unwrap().is_some() {
                 self.workers[index] = self.spawn_worker(index);
+                self.note_offset(index);
                 restarted += 1;
             }
         }
         self.restarts += restarted;
         restarted
+    }
+
+    /// Remembers the offset of worker `index`'s process, if it runs with one.
+    fn note_offset(&mut self, index: usize) {
+        if let Some((offset_index, seconds)) = self.clock_offset
+            && offset_index == index
+        {
+            let pid = self.workers[index].0.id();
+            self.offset_pids.insert(pid, i128::from(seconds) * 1000);
+        }
     }
 
     fn pids(&self) -> Vec<u32> {
@@ -507,7 +524,7 @@ async fn run(engine: Engine, seed: u64) {
     let faketime = Path::new(FAKETIME_LIBRARY).exists();
     let clock_offset = (faketime && rng.random_bool(0.5)).then(|| {
         let seconds: i32 = rng.random_range(1..=5) * if rng.random_bool(0.5) { 1 } else { -1 };
-        (rng.random_range(0..WORKERS), format!("{seconds:+}s"))
+        (rng.random_range(0..WORKERS), seconds)
     });
     let app = client(engine, &url, amqp.as_deref(), &prefix).await;
     let mut run = Run {
@@ -522,10 +539,14 @@ async fn run(engine: Engine, seed: u64) {
         worker_log,
         workers: Vec::new(),
         clock_offset,
+        offset_pids: HashMap::new(),
         restarts: 0,
         faults: Vec::new(),
     };
     run.workers = (0..WORKERS).map(|index| run.spawn_worker(index)).collect();
+    for index in 0..WORKERS {
+        run.note_offset(index);
+    }
 
     // -- Tasks and faults, interleaved ----------------------------------------------------------
     let mut added: Vec<Added> = Vec::new();
@@ -782,7 +803,7 @@ async fn run(engine: Engine, seed: u64) {
     // A worker the machine starved past its lease is stalled as surely as one frozen on
     // purpose: the engine says so in the worker's log, and that explains an overlap too.
     let stalled = stalled_tasks(&run.worker_log);
-    let (overlaps, unexplained) = overlaps(&run.span_log, &run.faults, &stalled);
+    let (overlaps, unexplained) = overlaps(&run.span_log, &run.faults, &stalled, &run.offset_pids);
     assert!(
         unexplained.is_empty(),
         "seed {seed}: runs of one attempt overlapped with no fault to explain it: {unexplained:?}\nfaults: {:?}",
@@ -1114,7 +1135,12 @@ fn stalled_tasks(worker_log: &Path) -> HashSet<Uuid> {
 /// Overlapping runs of one attempt (from the span log: `uuid pid start_ms end_ms`, written by
 /// runs that ended): how many a fault explains (one of the two holders was killed or frozen
 /// while the other ran, or Redis was down or frozen past the lease), and those none explains.
-fn overlaps(span_log: &Path, faults: &[Fault], stalled: &HashSet<Uuid>) -> (usize, Vec<String>) {
+fn overlaps(
+    span_log: &Path,
+    faults: &[Fault],
+    stalled: &HashSet<Uuid>,
+    offsets: &HashMap<u32, i128>,
+) -> (usize, Vec<String>) {
     let mut spans: HashMap<Uuid, Vec<(u32, u128, u128)>> = HashMap::new();
     for line in std::fs::read_to_string(span_log)
         .unwrap_or_default()
@@ -1124,12 +1150,19 @@ fn overlaps(span_log: &Path, faults: &[Fault], stalled: &HashSet<Uuid>) -> (usiz
         if let [uuid, pid, start, end] = fields[..]
             && let (Ok(uuid), Ok(pid), Ok(start), Ok(end)) = (
                 Uuid::parse_str(uuid),
-                pid.parse(),
-                start.parse(),
-                end.parse(),
+                pid.parse::<u32>(),
+                start.parse::<i128>(),
+                end.parse::<i128>(),
             )
         {
-            spans.entry(uuid).or_default().push((pid, start, end));
+            // A worker whose clock is offset logs its times by that clock: back to the
+            // machine's.
+            let offset = offsets.get(&pid).copied().unwrap_or(0);
+            let real = |ms: i128| u128::try_from(ms - offset).unwrap_or(0);
+            spans
+                .entry(uuid)
+                .or_default()
+                .push((pid, real(start), real(end)));
         }
     }
     let explains = |pid: u32, from: u128, to: u128| {
