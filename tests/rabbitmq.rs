@@ -406,3 +406,80 @@ async fn an_unreachable_rabbitmq_is_an_error_naming_it_without_the_password() {
     assert!(text.contains("127.0.0.1:1"), "{text}");
     assert!(!text.contains("hunter2"), "the password leaked: {text}");
 }
+
+/// Found by the fault harness: a cancel of a running task was only a message, so a worker that
+/// died (or never heard it) ran the task again to `success` after `cancel` said `true`. The
+/// request is kept with the record now: the run's finish, or a take after its worker died,
+/// ends it `cancel`.
+#[tokio::test]
+async fn a_cancel_of_a_running_task_is_kept_with_its_record_and_wins() {
+    use qtasks::backend::{CancelState, Connector};
+    use qtasks::{Outcome, QueuedTask};
+    let Some((amqp, redis)) = services("a_cancel_of_a_running_task_is_kept") else {
+        return;
+    };
+    let prefix = unique_prefix("amqp_cancelkept");
+    let config = QueueConfig {
+        name: prefix.clone(),
+        ..QueueConfig::default()
+    };
+    let storage = Redis::new(redis.as_str())
+        .connect(&config)
+        .await
+        .unwrap()
+        .storage;
+    let parts = qtasks::rabbitmq::RabbitMq::with_storage(
+        amqp.as_str(),
+        Arc::clone(&storage),
+        Arc::new(qtasks::components::MemoryGlobalConfig::new()),
+    )
+    .options(options())
+    .connect(&config)
+    .await
+    .unwrap();
+    let broker = parts.broker;
+    let (finished, retaken) = (qtasks::Uuid::new_v4(), qtasks::Uuid::new_v4());
+    for uuid in [finished, retaken] {
+        broker.add(QueuedTask::new(uuid, "amqp_add")).await.unwrap();
+    }
+    let mut taken = Vec::new();
+    while taken.len() < 2 {
+        taken.extend(broker.next_batch(2).await.unwrap());
+    }
+    for delivery in &taken {
+        let state = broker.cancel(delivery.task.uuid, "asked").await.unwrap();
+        assert_eq!(state, Some(CancelState::Running));
+    }
+    for delivery in taken {
+        if delivery.task.uuid == finished {
+            // The run never heard of it and succeeded: the cancel still wins.
+            let error = broker
+                .finish(&delivery, Outcome::Success(json!(1)))
+                .await
+                .expect_err("the cancel wins");
+            assert_eq!(error.cancel_reason(), Some("asked"));
+        } else {
+            // Its worker "dies": handed back, the next take ends it instead of running it.
+            broker.release(&delivery).await.unwrap();
+        }
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    for uuid in [finished, retaken] {
+        loop {
+            // A take drops the handed-back one (its record says `cancel` now).
+            let _ = tokio::time::timeout(Duration::from_millis(200), broker.next_batch(1)).await;
+            let record = storage.get(uuid).await.unwrap().unwrap();
+            if record.status == TaskStatus::Cancel {
+                assert_eq!(record.cancel_reason.as_deref(), Some("asked"));
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{uuid} is {}",
+                record.status
+            );
+        }
+    }
+    broker.flush_all().await.unwrap();
+    storage.flush_all().await.unwrap();
+}

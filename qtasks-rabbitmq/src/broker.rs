@@ -575,6 +575,30 @@ impl Broker for RabbitMqBroker {
                 })
                 .await;
             match stored {
+                Ok(Transition::Cancelled(_)) => {
+                    // A cancel asked while it ran won: the record is `cancel`, and a retry's
+                    // next attempt must not run.
+                    if let Some(acker) = &acker {
+                        ack(acker).await;
+                    }
+                    if let Some(child) = child {
+                        let superseded =
+                            Outcome::Cancel(format!("superseded: task {uuid} was cancelled"));
+                        let _ = self
+                            .storage
+                            .transition(
+                                child,
+                                &[TaskStatus::New],
+                                RecordChange::Finished(superseded),
+                            )
+                            .await;
+                    }
+                    let reason = match self.storage.get(uuid).await {
+                        Ok(Some(record)) => record.cancel_reason.unwrap_or_default(),
+                        _ => String::new(),
+                    };
+                    Err(BackendError::cancelled("rabbitmq", reason))
+                }
                 Ok(Transition::Kept(status)) => {
                     if let Some(acker) = &acker {
                         ack(acker).await;
@@ -675,21 +699,45 @@ impl Broker for RabbitMqBroker {
         let reason = reason.to_owned();
         Box::pin(async move {
             let cancel = RecordChange::Finished(Outcome::Cancel(reason.clone()));
-            let state = match self
-                .storage
-                .transition(uuid, &[TaskStatus::New], cancel)
-                .await?
-            {
-                // Its message stays queued; the take that meets it drops it.
-                Transition::Applied(_) => CancelState::Cancelled,
-                Transition::Kept(TaskStatus::Process) => {
-                    self.request_cancel(uuid, &reason).await?;
-                    CancelState::Running
-                }
-                Transition::Kept(status) => CancelState::Ended(status),
-                _ => CancelState::NotFound,
-            };
-            Ok(Some(state))
+            let request = RecordChange::CancelRequested(reason.clone());
+            // Each step is one conditional write; a task that moves between two of them (it
+            // was taken, handed back, or ended meanwhile) is looked at again.
+            for _ in 0..3 {
+                let state = match self
+                    .storage
+                    .transition(uuid, &[TaskStatus::New], cancel.clone())
+                    .await?
+                {
+                    // Its message stays queued; the take that meets it drops it.
+                    Transition::Applied(_) | Transition::Cancelled(_) => CancelState::Cancelled,
+                    Transition::Kept(TaskStatus::Process) => {
+                        // Kept with the record, so that the run's finish, or a take of it
+                        // after its worker died, ends it `cancel` even if the message is lost.
+                        match self
+                            .storage
+                            .transition(uuid, &[TaskStatus::Process], request.clone())
+                            .await?
+                        {
+                            Transition::Applied(_) => {
+                                self.request_cancel(uuid, &reason).await?;
+                                CancelState::Running
+                            }
+                            Transition::Kept(status) if status.is_final() => {
+                                CancelState::Ended(status)
+                            }
+                            Transition::NotFound => CancelState::NotFound,
+                            _ => continue,
+                        }
+                    }
+                    Transition::Kept(status) => CancelState::Ended(status),
+                    _ => CancelState::NotFound,
+                };
+                return Ok(Some(state));
+            }
+            Err(BackendError::new(
+                "rabbitmq",
+                format!("cancelling task {uuid}: its status kept changing; try again"),
+            ))
         })
     }
 

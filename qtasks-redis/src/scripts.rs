@@ -644,8 +644,9 @@ return 1
 /// Changes a record only while its status is one of those allowed, and keeps the counters.
 /// KEYS: record, records_stats, records_waiting. ARGV: uuid, the allowed statuses (each between
 /// spaces: ` new process `), the new status, the done channel, the result time to live (ms, 0:
-/// none), field count n, then n field/value pairs. Returns `applied:{old}`, `kept:{old}`, or
-/// `missing`.
+/// none), field count n, then n field/value pairs. Returns `applied:{old}`, `kept:{old}`,
+/// `cancelled:{old}` (a cancel requested while the task ran, kept in the record's
+/// `cancel_requested`, won over a take or an end: the record is `cancel` now), or `missing`.
 pub(super) const TRANSITION: &str = concat!(
     counting!(),
     r#"
@@ -654,7 +655,24 @@ if not old then return 'missing' end
 if not string.find(ARGV[2], ' ' .. old .. ' ', 1, true) then return 'kept:' .. old end
 local new = ARGV[3]
 local n = tonumber(ARGV[6])
-redis.call('HSET', KEYS[1], unpack(ARGV, 7, 6 + 2 * n))
+local answer = 'applied:'
+local requested = redis.call('HGET', KEYS[1], 'cancel_requested')
+if ARGV[7] == 'cancel_requested' then
+  -- The request itself: kept with the record, status unchanged.
+  requested = false
+elseif requested and new ~= 'new' and new ~= 'cancel' then
+  -- Taken again or ending: a cancel asked while it ran wins over the change.
+  local t = redis.call('TIME')
+  local now_s = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+  redis.call('HSET', KEYS[1], 'status', 'cancel', 'cancel_reason', requested, 'updated_at', now_s)
+  redis.call('HDEL', KEYS[1], 'cancel_requested')
+  new = 'cancel'
+  n = 0
+  answer = 'cancelled:'
+elseif new == 'success' or new == 'error' or new == 'cancel' or new == 'retry' then
+  redis.call('HDEL', KEYS[1], 'cancel_requested')
+end
+if n > 0 then redis.call('HSET', KEYS[1], unpack(ARGV, 7, 6 + 2 * n)) end
 local priority = redis.call('HGET', KEYS[1], 'priority') or '0'
 if old == 'new' and new ~= 'new' then
   redis.call('HINCRBY', KEYS[2], 'w:' .. priority, -1)
@@ -671,7 +689,7 @@ if new == 'success' or new == 'error' or new == 'cancel' or new == 'retry' then
   if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
   redis.call('PUBLISH', ARGV[4], ARGV[1])
 end
-return 'applied:' .. old
+return answer .. old
 "#
 );
 

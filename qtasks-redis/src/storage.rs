@@ -453,6 +453,7 @@ impl Storage for RedisStorage {
             let now = unix_now();
             let fields = match &change {
                 RecordChange::Finished(outcome) => outcome_fields(outcome, now),
+                RecordChange::CancelRequested(reason) => vec![("cancel_requested", reason.clone())],
                 other => vec![
                     ("updated_at", now.to_string()),
                     ("status", other.status().as_str().to_owned()),
@@ -490,6 +491,7 @@ impl Storage for RedisStorage {
             match found.split_once(':') {
                 Some(("applied", old)) => Ok(Transition::Applied(status(old)?)),
                 Some(("kept", old)) => Ok(Transition::Kept(status(old)?)),
+                Some(("cancelled", old)) => Ok(Transition::Cancelled(status(old)?)),
                 _ => Ok(Transition::NotFound),
             }
         })

@@ -824,6 +824,24 @@ impl Storage for MemoryStorage {
             }
             Some(slot) => {
                 let before = slot.record.status;
+                let mut change = change;
+                let mut cancelled = false;
+                match &change {
+                    RecordChange::CancelRequested(reason) => {
+                        slot.cancel_requested = Some(reason.clone());
+                    }
+                    // Taken again, or ending: a cancel asked while it ran wins.
+                    RecordChange::Taken | RecordChange::Finished(_)
+                        if !matches!(change, RecordChange::Finished(Outcome::Cancel(_))) =>
+                    {
+                        if let Some(reason) = slot.cancel_requested.take() {
+                            change = RecordChange::Finished(Outcome::Cancel(reason));
+                            cancelled = true;
+                        }
+                    }
+                    RecordChange::Finished(_) => slot.cancel_requested = None,
+                    _ => {}
+                }
                 change.apply_to(&mut slot.record);
                 slot.record.updated_at = unix_now();
                 slot.wake_waiters();
@@ -832,7 +850,11 @@ impl Storage for MemoryStorage {
                     lock(&self.tally).ended(after);
                     self.retain(&mut slots, Some(uuid));
                 }
-                Transition::Applied(before)
+                if cancelled {
+                    Transition::Cancelled(before)
+                } else {
+                    Transition::Applied(before)
+                }
             }
         };
         Box::pin(async move { Ok(transition) })

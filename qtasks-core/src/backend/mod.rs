@@ -388,13 +388,17 @@ pub enum RecordChange {
     Released,
     /// The task ended: the outcome's status and its fields (a retry also names its child).
     Finished(Outcome),
+    /// A cancel was asked while the task runs (status unchanged, `process`): kept with the
+    /// record, so that the run's finish, or a later take of the task, ends it `cancel` with
+    /// this reason instead ([`Transition::Cancelled`]), even if no worker heard the request.
+    CancelRequested(String),
 }
 
 impl RecordChange {
     /// The status the record has after this change.
     pub fn status(&self) -> crate::TaskStatus {
         match self {
-            RecordChange::Taken => crate::TaskStatus::Process,
+            RecordChange::Taken | RecordChange::CancelRequested(_) => crate::TaskStatus::Process,
             RecordChange::Released => crate::TaskStatus::New,
             RecordChange::Finished(outcome) => outcome.status(),
         }
@@ -422,6 +426,10 @@ impl RecordChange {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Transition {
+    /// The record had this status, one of those allowed, but a cancel requested while the
+    /// task ran ([`RecordChange::CancelRequested`]) won: the record is `cancel` now (with the
+    /// request's reason), not what the change asked.
+    Cancelled(crate::TaskStatus),
     /// The record had this status, one of those allowed: the change is written.
     Applied(crate::TaskStatus),
     /// The record has this status, not one of those allowed: nothing is written.
