@@ -48,8 +48,11 @@ const LEASE_MS: u64 = 1000;
 /// Worker processes, and the tasks each runs at once.
 const WORKERS: usize = 3;
 const CONCURRENCY: usize = 4;
-/// Deliveries of one attempt before it ends `DeliveryLimit` (the aborting task's end).
-const MAX_DELIVERIES: u32 = 4;
+/// Deliveries of one attempt before it ends `DeliveryLimit` (the aborting task's end). The
+/// limit cannot tell a worker the task killed from one a fault killed while it held the task:
+/// with a fault every second, a long task's holders can be killed or frozen four times (seen
+/// once in 61 Redis seeds at 4), so the harness allows six.
+const MAX_DELIVERIES: u32 = 6;
 /// Items of a stream task (one every 100 ms: its run spans a few renewals).
 const STREAM_ITEMS: u32 = 15;
 /// How long faults are injected, from the first add.
