@@ -46,6 +46,19 @@ async fn take_one(broker: &dyn Broker) -> Delivery {
     taken.remove(0)
 }
 
+/// Adds one task (of a name no worker here runs: the test plays the worker).
+async fn add_one(broker: &dyn Broker) -> QueuedTask {
+    let task = QueuedTask::new(Uuid::new_v4(), "delivery_echo");
+    broker.add(task.clone()).await.unwrap();
+    task
+}
+
+/// Deletes the test's queue and records.
+async fn flush(broker: &dyn Broker, storage: &dyn qtasks::backend::Storage) {
+    broker.flush_all().await.unwrap();
+    storage.flush_all().await.unwrap();
+}
+
 /// Makes every lease of the app run out now, as a stall past the lease would.
 async fn expire_leases(url: &str, prefix: &str) {
     let mut con = raw_connection(url).await;
@@ -163,8 +176,7 @@ async fn a_stale_finisher_is_refused_even_after_the_task_ended_and_a_replay_is_n
     let BackendParts {
         broker, storage, ..
     } = parts(&url, &prefix).await;
-    let task = QueuedTask::new(Uuid::new_v4(), "delivery_echo");
-    broker.add(task.clone()).await.unwrap();
+    let task = add_one(&*broker).await;
     let stalled = take_one(&*broker).await;
     // The first holder stalls past its lease; another take hands the task out again.
     expire_leases(&url, &prefix).await;
@@ -189,8 +201,7 @@ async fn a_stale_finisher_is_refused_even_after_the_task_ended_and_a_replay_is_n
         .finish(&takeover, Outcome::Success(json!("new holder")))
         .await
         .expect("a replay of the holder's own finish answers stored");
-    broker.flush_all().await.unwrap();
-    storage.flush_all().await.unwrap();
+    flush(&*broker, &*storage).await;
 }
 
 #[tokio::test]
@@ -206,8 +217,7 @@ async fn a_process_that_takes_back_its_own_lease_keeps_the_two_deliveries_apart(
         .cancel_requests()
         .expect("Redis sends cancel requests");
     broker.start().await.unwrap(); // the renewer: every third of the one-second lease
-    let task = QueuedTask::new(Uuid::new_v4(), "delivery_echo");
-    broker.add(task.clone()).await.unwrap();
+    let task = add_one(&*broker).await;
     let old = take_one(&*broker).await;
     // A stall past the lease (made here by hand), then this same process takes it back.
     expire_leases(&url, &prefix).await;
@@ -238,8 +248,7 @@ async fn a_process_that_takes_back_its_own_lease_keeps_the_two_deliveries_apart(
         (TaskStatus::Success, Some(json!("new")))
     );
     broker.stop().await.unwrap();
-    broker.flush_all().await.unwrap();
-    storage.flush_all().await.unwrap();
+    flush(&*broker, &*storage).await;
 }
 
 #[tokio::test]
@@ -251,8 +260,7 @@ async fn a_cancel_of_a_running_task_is_stored_and_wins_at_its_finish() {
     let BackendParts {
         broker, storage, ..
     } = parts(&url, &prefix).await;
-    let task = QueuedTask::new(Uuid::new_v4(), "delivery_echo");
-    broker.add(task.clone()).await.unwrap();
+    let task = add_one(&*broker).await;
     let running = take_one(&*broker).await;
     // The holder never hears of the cancel (no renewer runs here, no message is read): the
     // request must still decide the outcome.
@@ -281,8 +289,7 @@ async fn a_cancel_of_a_running_task_is_stored_and_wins_at_its_finish() {
         .await
         .unwrap();
     assert_eq!(pending, 0);
-    broker.flush_all().await.unwrap();
-    storage.flush_all().await.unwrap();
+    flush(&*broker, &*storage).await;
 }
 
 #[tokio::test]
@@ -298,8 +305,7 @@ async fn a_cancel_is_seen_by_the_holders_renewal_without_its_message() {
         .cancel_requests()
         .expect("Redis sends cancel requests");
     broker.start().await.unwrap();
-    let task = QueuedTask::new(Uuid::new_v4(), "delivery_echo");
-    broker.add(task.clone()).await.unwrap();
+    let task = add_one(&*broker).await;
     let running = take_one(&*broker).await;
     // Stored as `CANCEL` stores it, with no message sent at all.
     let mut con = raw_connection(&url).await;
@@ -323,8 +329,7 @@ async fn a_cancel_is_seen_by_the_holders_renewal_without_its_message() {
     let record = storage.get(task.uuid).await.unwrap().unwrap();
     assert_eq!(record.status, TaskStatus::Cancel);
     broker.stop().await.unwrap();
-    broker.flush_all().await.unwrap();
-    storage.flush_all().await.unwrap();
+    flush(&*broker, &*storage).await;
 }
 
 #[tokio::test]
@@ -336,8 +341,7 @@ async fn a_second_add_of_a_known_uuid_changes_nothing() {
     let BackendParts {
         broker, storage, ..
     } = parts(&url, &prefix).await;
-    let task = QueuedTask::new(Uuid::new_v4(), "delivery_echo");
-    broker.add(task.clone()).await.unwrap();
+    let task = add_one(&*broker).await;
     let running = take_one(&*broker).await;
     broker
         .finish(&running, Outcome::Success(json!("once")))
@@ -358,8 +362,7 @@ async fn a_second_add_of_a_known_uuid_changes_nothing() {
     let queued: i64 = con.llen(format!("{prefix}:task_queue")).await.unwrap();
     let waiting: i64 = con.zcard(format!("{prefix}:qtasks:delayed")).await.unwrap();
     assert_eq!((queued, waiting), (0, 0), "nothing queued again");
-    broker.flush_all().await.unwrap();
-    storage.flush_all().await.unwrap();
+    flush(&*broker, &*storage).await;
 }
 
 #[tokio::test]
@@ -371,8 +374,7 @@ async fn stream_items_are_appended_only_under_the_deliverys_lease() {
     let BackendParts {
         broker, storage, ..
     } = parts(&url, &prefix).await;
-    let task = QueuedTask::new(Uuid::new_v4(), "delivery_echo");
-    broker.add(task.clone()).await.unwrap();
+    let task = add_one(&*broker).await;
     let old = take_one(&*broker).await;
     assert!(
         storage
@@ -427,8 +429,7 @@ async fn stream_items_are_appended_only_under_the_deliverys_lease() {
         .await
         .unwrap();
     assert_eq!(left, 0);
-    broker.flush_all().await.unwrap();
-    storage.flush_all().await.unwrap();
+    flush(&*broker, &*storage).await;
 }
 
 #[tokio::test]
@@ -440,8 +441,7 @@ async fn an_outcome_for_a_record_key_that_is_no_hash_drops_its_lease_and_says_wh
     let BackendParts {
         broker, storage, ..
     } = parts(&url, &prefix).await;
-    let task = QueuedTask::new(Uuid::new_v4(), "delivery_echo");
-    broker.add(task.clone()).await.unwrap();
+    let task = add_one(&*broker).await;
     let running = take_one(&*broker).await;
     let mut con = raw_connection(&url).await;
     let _: () = con
@@ -460,6 +460,5 @@ async fn an_outcome_for_a_record_key_that_is_no_hash_drops_its_lease_and_says_wh
         "the lease is gone, so the task is not taken again and again"
     );
     let _: () = con.del(format!("{prefix}:{}", task.uuid)).await.unwrap();
-    broker.flush_all().await.unwrap();
-    storage.flush_all().await.unwrap();
+    flush(&*broker, &*storage).await;
 }

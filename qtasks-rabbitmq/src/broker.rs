@@ -387,6 +387,18 @@ impl RabbitMqBroker {
         self.publish_to(&dead, body, properties).await
     }
 
+    /// Cancels a retry's next attempt, queued before its parent's outcome turned out not to
+    /// be stored, so that it never runs (a worker that took it meanwhile finds it ended).
+    async fn supersede(&self, child: Option<Uuid>, reason: String) {
+        if let Some(child) = child {
+            let superseded = RecordChange::Finished(Outcome::Cancel(reason));
+            let _ = self
+                .storage
+                .transition(child, &[TaskStatus::New], superseded)
+                .await;
+        }
+    }
+
     fn take_acker(&self, delivery: &Delivery) -> Option<Acker> {
         lock(&self.taken).remove(&delivery.receipt)
     }
@@ -581,18 +593,8 @@ impl Broker for RabbitMqBroker {
                     if let Some(acker) = &acker {
                         ack(acker).await;
                     }
-                    if let Some(child) = child {
-                        let superseded =
-                            Outcome::Cancel(format!("superseded: task {uuid} was cancelled"));
-                        let _ = self
-                            .storage
-                            .transition(
-                                child,
-                                &[TaskStatus::New],
-                                RecordChange::Finished(superseded),
-                            )
-                            .await;
-                    }
+                    self.supersede(child, format!("superseded: task {uuid} was cancelled"))
+                        .await;
                     let reason = match self.storage.get(uuid).await {
                         Ok(Some(record)) => record.cancel_reason.unwrap_or_default(),
                         _ => String::new(),
@@ -603,18 +605,8 @@ impl Broker for RabbitMqBroker {
                     if let Some(acker) = &acker {
                         ack(acker).await;
                     }
-                    if let Some(child) = child {
-                        let superseded =
-                            Outcome::Cancel(format!("superseded: task {uuid} had ended already"));
-                        let _ = self
-                            .storage
-                            .transition(
-                                child,
-                                &[TaskStatus::New],
-                                RecordChange::Finished(superseded),
-                            )
-                            .await;
-                    }
+                    self.supersede(child, format!("superseded: task {uuid} had ended already"))
+                        .await;
                     Err(BackendError::refused(
                         "rabbitmq",
                         format!(

@@ -199,16 +199,34 @@ impl RedisStorage {
     }
 
     /// Waits until `ready` says the record is worth returning (or it is missing).
-    ///
-    /// The record is read when the wait starts and whenever a message says it changed. Only
-    /// when the app's workers do not publish (Python ones) is it also read every
-    /// `fallback_check`; otherwise a slow safety look every [`SAFETY_LOOK`] covers the day the
-    /// Rust workers leave and Python ones take over.
     async fn wait_until(
         &self,
         uuid: Uuid,
         ready: impl Fn(&TaskRecord) -> bool,
     ) -> Result<Option<TaskRecord>, BackendError> {
+        self.wait_for(uuid, |record| {
+            std::future::ready(match record {
+                Some(record) if !ready(&record) => None,
+                other => Some(Ok(other)),
+            })
+        })
+        .await
+    }
+
+    /// Waits until `look`, given the record as it is now (`None`: missing), answers.
+    ///
+    /// The record is read when the wait starts and whenever a message says it changed. Only
+    /// when the app's workers do not publish (Python ones) is it also read every
+    /// `fallback_check`; otherwise a slow safety look every [`SAFETY_LOOK`] covers the day the
+    /// Rust workers leave and Python ones take over.
+    async fn wait_for<T, Look>(
+        &self,
+        uuid: Uuid,
+        mut look: impl FnMut(Option<TaskRecord>) -> Look,
+    ) -> Result<T, BackendError>
+    where
+        Look: Future<Output = Option<Result<T, BackendError>>>,
+    {
         self.subscribe_to_results().await;
         let notify = self.waiters.register(uuid);
         let result = loop {
@@ -217,8 +235,12 @@ impl RedisStorage {
             tokio::pin!(notified);
             notified.as_mut().enable();
             match self.read(uuid, true).await {
-                Ok(Some(record)) if !ready(&record) => {}
-                other => break other,
+                Err(error) => break Err(error),
+                Ok(record) => {
+                    if let Some(answer) = look(record).await {
+                        break answer;
+                    }
+                }
             }
             let pause = if self.workers_publish().await {
                 SAFETY_LOOK.max(self.fallback_check)
@@ -562,42 +584,28 @@ impl Storage for RedisStorage {
         seen: usize,
     ) -> BoxFuture<'_, Result<ItemsRead, BackendError>> {
         Box::pin(async move {
-            self.subscribe_to_results().await;
-            let notify = self.waiters.register(uuid);
-            let result = loop {
-                // Listen first, then look: an item or the end published in between still
-                // wakes us.
-                let notified = notify.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                match self.read(uuid, true).await {
-                    Err(error) => break Err(error),
-                    Ok(None) => break Ok(ItemsRead::new(Vec::new(), true)),
+            self.wait_for(uuid, |record| async move {
+                match record {
+                    None => Some(Ok(ItemsRead::new(Vec::new(), true))),
                     // Ended: the record holds every item.
-                    Ok(Some(record)) if record.status.is_final() => {
+                    Some(record) if record.status.is_final() => {
                         let items = match record.returning {
                             Some(serde_json::Value::Array(items)) => {
                                 items.into_iter().skip(seen).collect()
                             }
                             _ => Vec::new(),
                         };
-                        break Ok(ItemsRead::new(items, true));
+                        Some(Ok(ItemsRead::new(items, true)))
                     }
-                    // Running: the live items.
-                    Ok(Some(_)) => match self.live_items(uuid, seen).await {
-                        Err(error) => break Err(error),
-                        Ok(items) if !items.is_empty() => break Ok(ItemsRead::new(items, false)),
-                        Ok(_) => {}
+                    // Running: the live items, once there are new ones.
+                    Some(_) => match self.live_items(uuid, seen).await {
+                        Err(error) => Some(Err(error)),
+                        Ok(items) if !items.is_empty() => Some(Ok(ItemsRead::new(items, false))),
+                        Ok(_) => None,
                     },
                 }
-                tokio::select! {
-                    () = notified => {}
-                    () = tokio::time::sleep(self.fallback_check) => {}
-                }
-            };
-            drop(notify);
-            self.waiters.forget(uuid);
-            result
+            })
+            .await
         })
     }
 }
