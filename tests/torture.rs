@@ -823,6 +823,7 @@ async fn run(engine: Engine, seed: u64) {
             ("qtasks:delayed", "zset"),
             ("qtasks:recovered", "set"),
             ("qtasks:cancel_requests", "hash"),
+            ("qtasks:gone", "set"),
         ] {
             let key = format!("{}:{key}", run.prefix);
             let left: i64 = match kind {

@@ -265,6 +265,7 @@ pub(crate) const ALL: &[(&str, Case)] = cases![
     retry_by_hand_links_the_attempts,
     concurrent_retries_by_hand_queue_one_attempt,
     a_cancelled_task_does_not_hold_up_the_next,
+    a_deleted_cancelled_task_stays_gone,
 ];
 
 async fn add_take_finish(c: &Context<'_>) -> Result<(), String> {
@@ -1343,5 +1344,44 @@ async fn a_cancelled_task_does_not_hold_up_the_next(c: &Context<'_>) -> Result<(
         record.status
     );
     said(app.cancel(far.uuid(), "done").await, "cancelling")?;
+    Ok(())
+}
+
+async fn a_deleted_cancelled_task_stays_gone(c: &Context<'_>) -> Result<(), String> {
+    // Cancelled while it waited, then deleted before any worker met its queue entry: the take
+    // that meets the entry must drop it, neither running the task nor writing its record back
+    // (as an `error` for an entry without a record, or a new one from the message).
+    let app = c.app("", 1).await?;
+    let label = c.label("deleted");
+    let handle = said(count::add_task(&app, label.clone()).await, "adding")?;
+    ensure!(
+        said(app.cancel(handle.uuid(), "not needed").await, "cancelling")?,
+        "the cancel was refused"
+    );
+    ensure!(
+        said(app.delete_task(handle.uuid()).await, "deleting")?,
+        "nothing deleted"
+    );
+    said(app.start().await, "starting")?;
+    let after = said(count::add_task(&app, c.label("after")).await, "adding")?;
+    wait_for(&app, &after).await?;
+    said(app.stop().await, "stopping")?;
+    ensure!(
+        runs(&label).load(Ordering::SeqCst) == 0,
+        "the deleted task ran"
+    );
+    let record = said(app.get(handle.uuid()).await, "reading")?;
+    ensure!(record.is_none(), "the deleted record came back: {record:?}");
+    // Its entry left the queue's counts with it: one task added now is the one waiting.
+    said(echo::add_task(&app, json!(1)).await, "adding")?;
+    let stats = said(app.stats().await, "reading stats")?;
+    let Some(queue) = stats.queue else {
+        return Err("the broker keeps no stats (Broker::stats)".to_owned());
+    };
+    ensure!(
+        queue.waiting == BTreeMap::from([(0, 1)]),
+        "waiting {:?}",
+        queue.waiting
+    );
     Ok(())
 }

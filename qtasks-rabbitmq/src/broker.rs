@@ -173,7 +173,22 @@ impl RabbitMqBroker {
                 .await?
                 .await
         };
-        let confirm = step(&format!("publishing to `{queue}`"), published).await?;
+        let confirm = step(&format!("publishing to `{queue}`"), published)
+            .await
+            .map_err(|error| {
+                // A resource alarm (memory or disk low on the server) holds every publisher:
+                // the step then times out, and the reason is worth naming.
+                if live.connection.status().blocked() {
+                    BackendError::new(
+                        "rabbitmq",
+                        "RabbitMQ is blocking publishers (a memory or disk alarm on the server; \
+                         `rabbitmq-diagnostics alarms` names it)",
+                    )
+                    .with_source(error)
+                } else {
+                    error
+                }
+            })?;
         match confirm {
             Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
             Confirmation::Ack(Some(_)) => Err(BackendError::new(

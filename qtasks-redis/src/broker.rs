@@ -250,7 +250,7 @@ impl RedisBroker {
         let now = unix_now().to_string();
         let mark = || async {
             let mut invocation = self.mark.key(&self.keys.leases);
-            invocation.key(&self.keys.stats);
+            invocation.key(&self.keys.stats).key(&self.keys.gone);
             for task in tasks {
                 invocation.key(self.keys.record(task.uuid));
             }
@@ -292,8 +292,8 @@ impl RedisBroker {
             .await
     }
 
-    /// Turns a taken task into a delivery, or fails its record (missing or unreadable) and
-    /// returns `None`. `fields` are its record's, as the mark script read them (empty: none).
+    /// Turns a taken task into a delivery, or fails its record (unreadable) and returns `None`.
+    /// `fields` are its record's, as the mark script read them.
     async fn deliver(
         &self,
         task: Named,
@@ -308,15 +308,9 @@ impl RedisBroker {
             ..
         } = task;
         let entry = entry_of(&member);
-        let record = if fields.is_empty() {
-            Err(format!(
-                "QueueEntryError: the queue entry `{entry}` has no task record"
-            ))
-        } else {
-            decode_record(uuid, &taken_fields(fields))
-                .map_err(|reason| format!("RecordError: {reason}"))
-        };
-        match record {
+        match decode_record(uuid, &taken_fields(fields))
+            .map_err(|reason| format!("RecordError: {reason}"))
+        {
             Ok(record) => Ok(Some(
                 Delivery::new(QueuedTask::from_record(record), receipt)
                     .recovered(recovered)
@@ -803,17 +797,25 @@ impl Broker for RedisBroker {
                 for (task, marked) in named.into_iter().zip(marked) {
                     let (fields, handed_out) = match marked {
                         Marked::Run(fields, handed_out) => (fields, handed_out),
-                        Marked::Missing => (Vec::new(), 1),
                         Marked::Ended | Marked::Lost => {
                             self.unhold(&task.receipt());
                             continue;
                         }
-                        Marked::Bad(reason) => {
-                            // This record alone: dead-lettered with its reason (its record
-                            // failed if it can be written); the rest of the batch runs.
+                        Marked::Missing | Marked::Bad(_) => {
+                            // This task alone: dead-lettered with its reason (a record that
+                            // exists ends `error`; none is made up for an entry without one,
+                            // so a record deleted by hand stays deleted); the rest of the
+                            // batch runs.
                             self.unhold(&task.receipt());
                             let entry = entry_of(&task.member).to_owned();
-                            let reason = format!("RecordError: task {}: {reason}", task.uuid);
+                            let reason = match marked {
+                                Marked::Bad(reason) => {
+                                    format!("RecordError: task {}: {reason}", task.uuid)
+                                }
+                                _ => format!(
+                                    "QueueEntryError: the queue entry `{entry}` has no task record (it was never written, or was deleted or expired before the task ran)"
+                                ),
+                            };
                             if let Err(error) = self
                                 .dead_letter(
                                     task.receipt().as_bytes(),
@@ -981,6 +983,7 @@ impl Broker for RedisBroker {
                     &keys.recovered,
                     &keys.stats,
                     &keys.cancel_requests,
+                    &keys.gone,
                 ])
                 .exec_async(&mut con)
                 .await

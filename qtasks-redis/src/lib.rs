@@ -234,6 +234,8 @@ pub(crate) struct Keys {
     done_channel: String,
     cancel_channel: String,
     cancel_requests: String,
+    /// Deleted records of cancelled tasks whose entries still wait (see `scripts::DELETE`).
+    gone: String,
     publishing: String,
     heartbeat: String,
     stats: String,
@@ -260,6 +262,7 @@ impl Keys {
             done_channel: format!("{prefix}:qtasks:done"),
             cancel_channel: format!("{prefix}:qtasks:cancel"),
             cancel_requests: format!("{prefix}:qtasks:cancel_requests"),
+            gone: format!("{prefix}:qtasks:gone"),
             heartbeat: format!("{prefix}:GlobalConfig:main"),
             publishing: format!("{prefix}:qtasks:publishing"),
             stats: format!("{prefix}:qtasks:stats"),

@@ -237,23 +237,34 @@ async fn read_records(
         .collect())
 }
 
-/// Deletes one record and its index entry; whether the record existed.
+/// Deletes records and their index entries, one script call each in one pipeline; how many
+/// existed. A cancelled task whose entry still waits is remembered so the take drops the entry
+/// (`scripts::DELETE`): a deleted record never comes back.
 pub(crate) async fn delete(
     keys: &Keys,
     commands: &ConnectionManager,
-    uuid: Uuid,
-) -> Result<bool, BackendError> {
-    let mut con = commands.clone();
+    uuids: &[Uuid],
+) -> Result<usize, BackendError> {
     let mut pipe = redis::pipe();
-    pipe.atomic().del(keys.record(uuid));
-    if let Some(index) = &keys.records_index {
-        pipe.zrem(index, uuid.to_string()).ignore();
+    for uuid in uuids {
+        // `EVAL` with the (short) source: nothing to load first, even after a restart.
+        let call = pipe.cmd("EVAL").arg(crate::scripts::DELETE);
+        match &keys.records_index {
+            Some(index) => call
+                .arg(3)
+                .arg(keys.record(*uuid))
+                .arg(&keys.gone)
+                .arg(index),
+            None => call.arg(2).arg(keys.record(*uuid)).arg(&keys.gone),
+        };
+        call.arg(uuid.to_string());
     }
-    let (deleted,): (u64,) = pipe
+    let mut con = commands.clone();
+    let deleted: Vec<u64> = pipe
         .query_async(&mut con)
         .await
-        .map_err(|e| failure(format!("deleting task {uuid} failed"), e))?;
-    Ok(deleted == 1)
+        .map_err(|e| failure(format!("deleting {} record(s) failed", uuids.len()), e))?;
+    Ok(deleted.iter().filter(|&&one| one == 1).count())
 }
 
 /// Index entries one sweep step looks at.

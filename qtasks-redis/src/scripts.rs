@@ -35,9 +35,14 @@
 //!   delivery's lease; removed when it ends (its record's `returning` holds them then).
 //! - `N:qtasks:cancel_requests` (HASH): uuid → reason, cancels asked of running tasks; the
 //!   holder sees them at its next renewal, and its finish stores `cancel` and removes the entry.
-//! - `N:{uuid}` (HASH): the task record, in Python QTasks' layout, plus two fields of ours
-//!   (the original shows them as extra fields): `deliveries`, how many times a take handed the
-//!   task out, and `finished_by`, the delivery token that recorded its outcome.
+//! - `N:qtasks:gone` (SET): uuids of tasks cancelled while they waited whose records were
+//!   deleted before a take dropped their entries; the take drops such an entry quietly (rather
+//!   than failing a task nobody knows any more) and removes the uuid.
+//! - `N:{uuid}` (HASH): the task record, in Python QTasks' layout, plus fields of ours (the
+//!   original shows them as extra fields): `deliveries`, how many times a take handed the task
+//!   out; `marked_by` and `finished_by`, the delivery tokens that marked it `process` and
+//!   recorded its outcome; `queued_cancel`, on a task cancelled while its entry still waits,
+//!   until a take drops the entry (its value: the record's time to live then, ms; 0 keeps it).
 //!
 //! When the storage is paired with another broker (RabbitMQ keeps the queue), the records are
 //! written by [`INSERT`] and [`TRANSITION`], which keep counters of their own:
@@ -210,12 +215,15 @@ return {out, next_due[2] or false}
 /// the rest of the batch runs. (One failing command would otherwise fail the whole batch, which
 /// would then be taken again, and fail again, every lease.)
 ///
-/// KEYS: leases, stats, then one record key per task, then the records' index (when it is
-/// kept). ARGV: now (Unix seconds, for `updated_at`), the
+/// A task without a record is `{'gone'}` when its record was deleted after it was cancelled
+/// while it waited (`N:qtasks:gone`; its entry is dropped here), else `{'missing'}`.
+///
+/// KEYS: leases, stats, gone, then one record key per task, then the records' index (when it
+/// is kept). ARGV: now (Unix seconds, for `updated_at`), the
 /// task count `n`, the `n` lease members (token and member), then the record fields to return
 /// (`wire::TAKEN_FIELDS`, `status` first).
 /// Returns one reply per task: `{'run', fields, deliveries}`, `{'missing'}` (no record),
-/// `{'ended'}` (final already; not run), `{'lost'}` (the lease is gone already) or
+/// `{'ended'}` (final already, or its record deleted after a cancel; not run), `{'lost'}` (the lease is gone already) or
 /// `{'bad', reason}` (the record cannot be marked; its lease is kept for the caller to end).
 pub(super) const MARK: &str = concat!(
     priorities!(),
@@ -223,7 +231,15 @@ pub(super) const MARK: &str = concat!(
 local n = tonumber(ARGV[2])
 local wanted = {unpack(ARGV, 3 + n)}
 local final = {success = true, error = true, cancel = true, retry = true}
-local index = KEYS[3 + n]
+local index = KEYS[4 + n]
+
+-- A task cancelled while it waited leaves the waiting tasks' count now that its entry goes.
+local function uncount_cancelled(leased)
+  local field = 'cancelled:' .. priority_of(leased)
+  if tonumber(redis.call('HGET', KEYS[2], field) or '0') > 0 then
+    redis.call('HINCRBY', KEYS[2], field, -1)
+  end
+end
 
 local function mark_one(leased, key)
   if not redis.call('ZSCORE', KEYS[1], leased) then
@@ -231,6 +247,11 @@ local function mark_one(leased, key)
   end
   local kind = redis.call('TYPE', key)['ok']
   if kind == 'none' then
+    if redis.call('SREM', KEYS[3], string.sub(key, -36)) == 1 then
+      redis.call('ZREM', KEYS[1], leased)
+      uncount_cancelled(leased)
+      return {'ended'}
+    end
     return {'missing'}
   elseif kind ~= 'hash' then
     return {'bad', 'its record key holds a ' .. kind .. ', not a hash'}
@@ -240,12 +261,12 @@ local function mark_one(leased, key)
     return {'missing'}
   elseif final[fields[1]] then
     redis.call('ZREM', KEYS[1], leased)
-    if fields[1] == 'cancel' then
-      -- Cancelled while it waited: it was counted out of the waiting tasks then.
-      local field = 'cancelled:' .. priority_of(leased)
-      if tonumber(redis.call('HGET', KEYS[2], field) or '0') > 0 then
-        redis.call('HINCRBY', KEYS[2], field, -1)
-      end
+    -- Cancelled while it waited: its entry goes now, and its time to live starts.
+    local ttl = redis.call('HGET', key, 'queued_cancel')
+    if ttl then
+      redis.call('HDEL', key, 'queued_cancel')
+      uncount_cancelled(leased)
+      if (tonumber(ttl) or 0) > 0 then redis.call('PEXPIRE', key, tonumber(ttl)) end
     end
     return {'ended'}
   end
@@ -270,7 +291,7 @@ end
 
 local out = {}
 for i = 1, n do
-  local ok, answer = pcall(mark_one, ARGV[2 + i], KEYS[2 + i])
+  local ok, answer = pcall(mark_one, ARGV[2 + i], KEYS[3 + i])
   if ok then
     out[i] = answer
   else
@@ -499,7 +520,8 @@ return 1
 
 /// Cancels a task by its status at this moment, in one step (so no worker takes it in
 /// between): `new` becomes `cancel` (a take drops it; a delayed one leaves `delayed` at once)
-/// and its waiters are told; for `process` the request is stored (`N:qtasks:cancel_requests`,
+/// and its waiters are told (its time to live starts when a take drops its entry, see
+/// [`MARK`]); for `process` the request is stored (`N:qtasks:cancel_requests`,
 /// seen by the holder's next renewal and by its finish, which then stores `cancel`) and the
 /// workers are told at once by a message; any other status stays. KEYS: record, delayed, stats,
 /// cancel requests. ARGV: reason, done channel, cancel channel, uuid, ttl_ms (0: keep). Returns
@@ -520,12 +542,15 @@ if status == 'new' then
   if found[2] and found[3] then
     was_delayed = redis.call('ZREM', KEYS[2], found[2] .. ':' .. ARGV[4] .. ':' .. found[3])
   end
-  if was_delayed == 0 then
-    -- Still in the queue until a take drops it; no longer waiting.
-    redis.call('HINCRBY', KEYS[3], 'cancelled:' .. (tonumber(found[3]) or 0), 1)
-  end
   local ttl = tonumber(ARGV[5])
-  if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
+  if was_delayed == 0 then
+    -- Still in the queue until a take drops it; no longer waiting. The record keeps until
+    -- then (the take starts its time to live), so the take finds it and drops the entry.
+    redis.call('HINCRBY', KEYS[3], 'cancelled:' .. (tonumber(found[3]) or 0), 1)
+    redis.call('HSET', KEYS[1], 'queued_cancel', ttl)
+  elseif ttl > 0 then
+    redis.call('PEXPIRE', KEYS[1], ttl)
+  end
   count_ended(KEYS[3], bucket_now('cancel'))
   redis.call('PUBLISH', ARGV[2], ARGV[4])
 elseif status == 'process' then
@@ -535,6 +560,18 @@ end
 return status
 "#
 );
+
+/// Deletes a record (and its place in the records' index). A task cancelled while it waited
+/// whose entry is still queued (`queued_cancel`) is remembered in `N:qtasks:gone`, so the take
+/// that meets the entry drops it quietly. KEYS: record, gone, then the index when it is kept.
+/// ARGV: uuid. Returns 1 deleted, 0 no such record.
+pub(super) const DELETE: &str = r#"
+if redis.call('TYPE', KEYS[1])['ok'] == 'hash' and redis.call('HEXISTS', KEYS[1], 'queued_cancel') == 1 then
+  redis.call('SADD', KEYS[2], ARGV[1])
+end
+if KEYS[3] then redis.call('ZREM', KEYS[3], ARGV[1]) end
+return redis.call('DEL', KEYS[1])
+"#;
 
 /// Ends a record `error` with a reason if, and only if, it exists as a hash and has not ended
 /// (an entry that cannot run names it), applies the retention and tells its waiters. KEYS:
@@ -626,17 +663,20 @@ return 1
 "#
 );
 
-/// Writes a new record unless one exists, and indexes it. KEYS: record, records_stats,
-/// records_waiting, then the records' index (when it is kept). ARGV: uuid, priority, created_at, field count n, then n field/value pairs. Returns 1 when
-/// written, 0 when the record existed.
+/// Writes a new record unless one exists, and indexes it. A task whose record was deleted
+/// after a cancel while its message still waited (`N:qtasks:gone`) is not written again: the
+/// broker that meets the message drops it. KEYS: record, records_stats, records_waiting, gone,
+/// then the records' index (when it is kept). ARGV: uuid, priority, created_at, field count
+/// n, then n field/value pairs. Returns 1 when written, 0 when the record existed (or is gone).
 pub(super) const INSERT: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if redis.call('SREM', KEYS[4], ARGV[1]) == 1 then return 0 end
 local n = tonumber(ARGV[4])
 redis.call('HSET', KEYS[1], unpack(ARGV, 5, 4 + 2 * n))
 redis.call('HINCRBY', KEYS[2], 'w:' .. ARGV[2], 1)
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
-if KEYS[4] then
-  redis.call('ZADD', KEYS[4], math.floor(tonumber(ARGV[3]) * 1000 + 0.5), ARGV[1])
+if KEYS[5] then
+  redis.call('ZADD', KEYS[5], math.floor(tonumber(ARGV[3]) * 1000 + 0.5), ARGV[1])
 end
 return 1
 "#;
@@ -647,12 +687,25 @@ return 1
 /// none), field count n, then n field/value pairs. Returns `applied:{old}`, `kept:{old}`,
 /// `cancelled:{old}` (a cancel requested while the task ran, kept in the record's
 /// `cancel_requested`, won over a take or an end: the record is `cancel` now), or `missing`.
+///
+/// A `new` record cancelled keeps (its time to live not started, `queued_cancel` set) until a
+/// take meets its message and is refused: then the message is dropped and the time to live
+/// starts. So the record is there to refuse the take, and a delete before it is remembered
+/// (see [`DELETE`]).
 pub(super) const TRANSITION: &str = concat!(
     counting!(),
     r#"
 local old = redis.call('HGET', KEYS[1], 'status')
 if not old then return 'missing' end
-if not string.find(ARGV[2], ' ' .. old .. ' ', 1, true) then return 'kept:' .. old end
+if not string.find(ARGV[2], ' ' .. old .. ' ', 1, true) then
+  local queued = redis.call('HGET', KEYS[1], 'queued_cancel')
+  if queued and ARGV[3] == 'process' then
+    -- A take of a task cancelled while it waited: its message goes now.
+    redis.call('HDEL', KEYS[1], 'queued_cancel')
+    if (tonumber(queued) or 0) > 0 then redis.call('PEXPIRE', KEYS[1], tonumber(queued)) end
+  end
+  return 'kept:' .. old
+end
 local new = ARGV[3]
 local n = tonumber(ARGV[6])
 local answer = 'applied:'
@@ -686,7 +739,11 @@ if new == 'process' then redis.call('HINCRBY', KEYS[2], 'running', 1) end
 if new == 'success' or new == 'error' or new == 'cancel' or new == 'retry' then
   count_ended(KEYS[2], bucket_now(new))
   local ttl = tonumber(ARGV[5])
-  if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
+  if new == 'cancel' and old == 'new' then
+    redis.call('HSET', KEYS[1], 'queued_cancel', ttl)
+  elseif ttl > 0 then
+    redis.call('PEXPIRE', KEYS[1], ttl)
+  end
   redis.call('PUBLISH', ARGV[4], ARGV[1])
 end
 return answer .. old

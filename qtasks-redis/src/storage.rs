@@ -355,7 +355,9 @@ impl Storage for RedisStorage {
     }
 
     fn delete(&self, uuid: Uuid) -> BoxFuture<'_, Result<bool, BackendError>> {
-        Box::pin(super::listing::delete(&self.keys, &self.commands, uuid))
+        Box::pin(async move {
+            Ok(super::listing::delete(&self.keys, &self.commands, &[uuid]).await? == 1)
+        })
     }
 
     fn name(&self) -> &str {
@@ -417,21 +419,8 @@ impl Storage for RedisStorage {
                 .filter(|record| record.status.is_final())
                 .map(|record| record.uuid)
                 .collect();
-            if !finished.is_empty() {
-                let mut con = self.commands.clone();
-                let keys: Vec<String> = finished
-                    .iter()
-                    .map(|uuid| self.keys.record(*uuid))
-                    .collect();
-                let members: Vec<String> = finished.iter().map(Uuid::to_string).collect();
-                let mut pipe = redis::pipe();
-                pipe.cmd("UNLINK").arg(&keys);
-                if let Some(index) = &self.keys.records_index {
-                    pipe.cmd("ZREM").arg(index).arg(&members);
-                }
-                pipe.exec_async(&mut con)
-                    .await
-                    .map_err(|e| failure("deleting finished records failed".to_owned(), e))?;
+            for chunk in finished.chunks(1000) {
+                super::listing::delete(&self.keys, &self.commands, chunk).await?;
             }
             Ok(finished.len())
         })
@@ -444,7 +433,8 @@ impl Storage for RedisStorage {
             script
                 .key(self.keys.record(task.uuid))
                 .key(&self.keys.records_stats)
-                .key(&self.keys.records_waiting);
+                .key(&self.keys.records_waiting)
+                .key(&self.keys.gone);
             if let Some(index) = &self.keys.records_index {
                 script.key(index);
             }

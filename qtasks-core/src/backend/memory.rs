@@ -2,7 +2,7 @@
 //! the [`Broker`] and [`Storage`] traits.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -376,6 +376,10 @@ pub struct MemoryStorage {
     expiries: Mutex<VecDeque<(std::time::Instant, Uuid)>>,
     /// The counters `stats` reads, kept as tasks start and end. Locked after `slots`.
     tally: Mutex<Tally>,
+    /// Tasks cancelled while they waited whose records were deleted before a take dropped
+    /// their queue entries: the take drops them quietly (no record comes back). Locked after
+    /// `slots`.
+    gone: Mutex<HashSet<Uuid>>,
 }
 
 /// What the write path counts for [`Broker::stats`].
@@ -408,9 +412,21 @@ struct Slot {
     changed: Option<Arc<Notify>>,
     /// A cancel asked while the task ran: its outcome is `cancel`, whatever the run returns.
     cancel_requested: Option<String>,
+    /// Cancelled while it waited, its queue entry not yet dropped by a take: kept until then
+    /// (the retention starts when the take drops it), and remembered in `gone` if deleted.
+    queued_cancel: bool,
 }
 
 impl Slot {
+    fn new(record: TaskRecord) -> Box<Self> {
+        Box::new(Slot {
+            record,
+            changed: None,
+            cancel_requested: None,
+            queued_cancel: false,
+        })
+    }
+
     fn wake_waiters(&mut self) {
         if let Some(changed) = self.changed.take() {
             changed.notify_waiters();
@@ -444,6 +460,7 @@ impl MemoryStorage {
             slots: Mutex::default(),
             result_ttl,
             expiries: Mutex::default(),
+            gone: Mutex::default(),
             tally: Mutex::default(),
         }
     }
@@ -469,9 +486,10 @@ impl MemoryStorage {
                 break;
             }
             expiries.pop_front();
+            // A cancelled task whose entry still waits keeps until a take drops the entry.
             if slots
                 .get(&uuid)
-                .is_some_and(|slot| slot.record.status.is_final())
+                .is_some_and(|slot| slot.record.status.is_final() && !slot.queued_cancel)
             {
                 slots.remove(&uuid);
             }
@@ -483,25 +501,14 @@ impl MemoryStorage {
         match lock(&self.slots).entry(record.uuid) {
             std::collections::hash_map::Entry::Occupied(_) => false,
             std::collections::hash_map::Entry::Vacant(slot) => {
-                slot.insert(Box::new(Slot {
-                    record,
-                    changed: None,
-                    cancel_requested: None,
-                }));
+                slot.insert(Slot::new(record));
                 true
             }
         }
     }
 
     fn insert_record(&self, record: TaskRecord) {
-        lock(&self.slots).insert(
-            record.uuid,
-            Box::new(Slot {
-                record,
-                changed: None,
-                cancel_requested: None,
-            }),
-        );
+        lock(&self.slots).insert(record.uuid, Slot::new(record));
     }
 
     fn change(&self, uuid: Uuid, change: impl FnOnce(&mut Slot)) -> Result<(), BackendError> {
@@ -521,17 +528,23 @@ impl MemoryStorage {
     fn start(&self, tasks: Vec<QueuedTask>) -> Vec<QueuedTask> {
         let now = unix_now();
         let mut slots = lock(&self.slots);
+        let mut dropped = Vec::new();
         let started: Vec<QueuedTask> = tasks
             .into_iter()
             .filter(|task| {
                 let Some(slot) = slots.get_mut(&task.uuid) else {
-                    tracing::warn!("task {} has no record any more; not run", task.uuid);
+                    if lock(&self.gone).remove(&task.uuid) {
+                        self.uncount_cancelled(task.priority);
+                    } else {
+                        tracing::warn!("task {} has no record any more; not run", task.uuid);
+                    }
                     return false;
                 };
                 if slot.record.status == TaskStatus::Cancel {
-                    let mut tally = lock(&self.tally);
-                    if let Some(count) = tally.cancelled_in_queue.get_mut(&task.priority) {
-                        *count = count.saturating_sub(1);
+                    if slot.queued_cancel {
+                        slot.queued_cancel = false;
+                        self.uncount_cancelled(task.priority);
+                        dropped.push(task.uuid);
                     }
                     return false;
                 }
@@ -542,7 +555,17 @@ impl MemoryStorage {
             })
             .collect();
         lock(&self.tally).running += started.len() as u64;
+        for uuid in dropped {
+            self.retain(&mut slots, Some(uuid));
+        }
         started
+    }
+
+    /// A task cancelled while it waited leaves the counts as its queue entry goes.
+    fn uncount_cancelled(&self, priority: i64) {
+        if let Some(count) = lock(&self.tally).cancelled_in_queue.get_mut(&priority) {
+            *count = count.saturating_sub(1);
+        }
     }
 
     /// `new` → `cancel`; otherwise reports the status, all under one lock.
@@ -556,9 +579,9 @@ impl MemoryStorage {
                 slot.record.status = TaskStatus::Cancel;
                 slot.record.cancel_reason = Some(reason.to_owned());
                 slot.record.updated_at = unix_now();
+                slot.queued_cancel = true;
                 slot.wake_waiters();
                 let priority = slot.record.priority;
-                self.retain(&mut slots, Some(uuid));
                 let mut tally = lock(&self.tally);
                 tally.ended(TaskStatus::Cancel);
                 *tally.cancelled_in_queue.entry(priority).or_default() += 1;
@@ -791,20 +814,26 @@ impl Storage for MemoryStorage {
     }
 
     fn delete(&self, uuid: Uuid) -> BoxFuture<'_, Result<bool, BackendError>> {
-        let deleted = lock(&self.slots).remove(&uuid).is_some();
-        Box::pin(async move { Ok(deleted) })
+        let mut slots = lock(&self.slots);
+        let deleted = slots.remove(&uuid);
+        if deleted.as_ref().is_some_and(|slot| slot.queued_cancel) {
+            lock(&self.gone).insert(uuid);
+        }
+        Box::pin(async move { Ok(deleted.is_some()) })
     }
 
     fn insert<'a>(&'a self, task: &'a QueuedTask) -> BoxFuture<'a, Result<bool, BackendError>> {
         let written = match lock(&self.slots).entry(task.uuid) {
             std::collections::hash_map::Entry::Occupied(_) => false,
             std::collections::hash_map::Entry::Vacant(slot) => {
-                slot.insert(Box::new(Slot {
-                    record: TaskRecord::from_task(task.clone()),
-                    changed: None,
-                    cancel_requested: None,
-                }));
-                true
+                // Deleted after a cancel while its message still waited: not written again,
+                // so the broker that meets the message drops it.
+                if lock(&self.gone).remove(&task.uuid) {
+                    false
+                } else {
+                    slot.insert(Slot::new(TaskRecord::from_task(task.clone())));
+                    true
+                }
             }
         };
         Box::pin(async move { Ok(written) })
@@ -820,7 +849,13 @@ impl Storage for MemoryStorage {
         let transition = match slots.get_mut(&uuid) {
             None => Transition::NotFound,
             Some(slot) if !from.contains(&slot.record.status) => {
-                Transition::Kept(slot.record.status)
+                let status = slot.record.status;
+                if slot.queued_cancel && matches!(change, RecordChange::Taken) {
+                    // A take of a task cancelled while it waited: its message goes now.
+                    slot.queued_cancel = false;
+                    self.retain(&mut slots, Some(uuid));
+                }
+                Transition::Kept(status)
             }
             Some(slot) => {
                 let before = slot.record.status;
@@ -848,7 +883,12 @@ impl Storage for MemoryStorage {
                 let after = slot.record.status;
                 if after.is_final() && !before.is_final() {
                     lock(&self.tally).ended(after);
-                    self.retain(&mut slots, Some(uuid));
+                    if before == TaskStatus::New && after == TaskStatus::Cancel {
+                        // Its message still waits: kept until a take drops it.
+                        slot.queued_cancel = true;
+                    } else {
+                        self.retain(&mut slots, Some(uuid));
+                    }
                 }
                 if cancelled {
                     Transition::Cancelled(before)
@@ -886,8 +926,11 @@ impl Storage for MemoryStorage {
     }
 
     fn flush_all(&self) -> BoxFuture<'_, Result<(), BackendError>> {
-        lock(&self.slots).clear();
+        let mut slots = lock(&self.slots);
+        slots.clear();
         *lock(&self.tally) = Tally::default();
+        lock(&self.gone).clear();
+        drop(slots);
         Box::pin(async { Ok(()) })
     }
 }
