@@ -38,6 +38,13 @@ async fn amqp_count(label: String, ms: u64) -> String {
     label
 }
 
+/// Counts its runs per label, then fails after `ms`: retried once.
+#[qtasks::task(retry = 1)]
+async fn amqp_fail_slowly(label: String, ms: u64) -> qtasks::TaskResult<()> {
+    amqp_count(label, ms).await;
+    Err(qtasks::TaskError::msg("fails on purpose"))
+}
+
 static RUNS: Mutex<Option<HashMap<String, u32>>> = Mutex::new(None);
 
 fn runs_of(label: &str) -> u32 {
@@ -482,4 +489,138 @@ async fn a_cancel_of_a_running_task_is_kept_with_its_record_and_wins() {
     }
     broker.flush_all().await.unwrap();
     storage.flush_all().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_whose_worker_died_before_queueing_the_next_attempt_is_mended() {
+    let Some((amqp, redis)) = services("a_retry_whose_worker_died_before_queueing") else {
+        return;
+    };
+    let prefix = unique_prefix("amqp_mend");
+    let app = app(&amqp, &redis, &prefix, 1).await;
+    // What a worker leaves when it dies between marking an attempt `retry` and publishing
+    // the next one: the next attempt's record waits with no message, and the failed
+    // attempt's message (unacked) comes back.
+    let parent = app.add_task("amqp_add", (1, 1), ()).await.unwrap();
+    let child = qtasks::Uuid::new_v4();
+    let mut con = raw_connection(&redis).await;
+    let _: () = con
+        .hset_multiple(
+            format!("{prefix}:{child}"),
+            &[
+                ("task_name", "amqp_add"),
+                ("priority", "0"),
+                ("args", "[4, 5]"),
+                ("kwargs", "{}"),
+                ("created_at", "1700000000.5"),
+                ("updated_at", "1700000000.5"),
+                ("status", "new"),
+                ("retry_parent_uuid", &parent.uuid().to_string()),
+            ],
+        )
+        .await
+        .unwrap();
+    let _: () = con
+        .hset_multiple(
+            format!("{prefix}:{}", parent.uuid()),
+            &[
+                ("status", "retry"),
+                ("retry_child_uuid", &child.to_string()),
+            ],
+        )
+        .await
+        .unwrap();
+    app.start().await.unwrap();
+    let record = app.wait(child, WAIT).await.unwrap();
+    assert_eq!(
+        (record.status, record.returning),
+        (TaskStatus::Success, Some(json!(9)))
+    );
+    app.stop().await.unwrap();
+    app.flush_all().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delay_is_timed_by_rabbitmq_not_by_a_worker_clock_an_hour_behind() {
+    let Some((amqp, redis)) = services("a_delay_is_timed_by_rabbitmq") else {
+        return;
+    };
+    const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+    if !std::path::Path::new(FAKETIME).exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "faketime is missing (apt-get install faketime)"
+        );
+        eprintln!("skipped: faketime is missing (apt-get install faketime)");
+        return;
+    }
+    let prefix = unique_prefix("amqp_clock");
+    let client = app(&amqp, &redis, &prefix, 1).await;
+    // Its clock an hour behind: timing the delay by the message's `run_at` against it held
+    // the task for an hour and two seconds.
+    let _behind = WorkerProcess::spawn(
+        &prefix,
+        30_000,
+        1,
+        &[
+            ("QTASKS_TEST_WORKER_AMQP", &amqp),
+            ("LD_PRELOAD", FAKETIME),
+            ("FAKETIME", "-1h"),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ],
+    );
+    let delayed = qtasks::AddOptions::default().delay(Duration::from_secs(2));
+    let started = std::time::Instant::now();
+    let task = client
+        .add_task_with("record_run", ("late", 0), (), delayed)
+        .await
+        .unwrap();
+    let record = task.wait(WAIT).await.unwrap();
+    assert_eq!(record.status, TaskStatus::Success);
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "ran before its delay: {:?}",
+        started.elapsed()
+    );
+    client.flush_all().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_refused_by_a_stored_cancel_never_runs_its_next_attempt() {
+    let Some((amqp, redis)) = services("a_retry_refused_by_a_stored_cancel") else {
+        return;
+    };
+    let prefix = unique_prefix("amqp_fork");
+    // Two slots: a free one takes any next attempt the moment its message is out.
+    let app = app(&amqp, &redis, &prefix, 2).await;
+    app.start().await.unwrap();
+    let mut con = raw_connection(&redis).await;
+    for round in 0..8 {
+        let label = format!("{prefix}-fork{round}");
+        let task = amqp_fail_slowly::add_task(&app, label.clone(), 200)
+            .await
+            .unwrap();
+        for _ in 0..500 {
+            if runs_of(&label) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // A cancel whose message was lost: only the stored request, which the finish meets.
+        let _: () = con
+            .hset(
+                format!("{prefix}:{}", task.uuid()),
+                "cancel_requested",
+                "stop",
+            )
+            .await
+            .unwrap();
+        let record = task.wait(WAIT).await.unwrap();
+        assert_eq!(record.status, TaskStatus::Cancel, "{record:?}");
+        // Its next attempt, if one was queued, must never run.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(runs_of(&label), 1, "round {round}: the next attempt ran");
+    }
+    app.stop().await.unwrap();
+    app.flush_all().await.unwrap();
 }

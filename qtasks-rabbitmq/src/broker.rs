@@ -109,33 +109,49 @@ impl RabbitMqBroker {
         &self.link.names
     }
 
-    /// Publishes a task: to the task queue, or to a delay queue while it may not run yet.
+    /// Publishes a task: to the task queue, or to a delay queue while it may not run yet (its
+    /// `run_at` turned into a wait by this process's clock, the one that set it).
     /// Returns once RabbitMQ confirmed it (stored, on a durable queue).
     async fn publish(&self, task: &QueuedTask) -> Result<(), BackendError> {
-        self.publish_counted(task, 0).await
-    }
-
-    /// [`publish`](Self::publish), the message carrying how many deliveries of the attempt
-    /// ended with their worker (`wire::DELIVERIES_HEADER`, when there were any).
-    async fn publish_counted(&self, task: &QueuedTask, ended: u32) -> Result<(), BackendError> {
         let wait = task
             .run_at
             .map(|at| wire::wait_until(at, unix_now()))
             .unwrap_or_default();
-        let mut properties = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_priority(wire::amqp_priority(task.priority))
-            .with_content_type("application/json".into());
+        self.publish_counted(task, 0, wait).await
+    }
+
+    /// [`publish`](Self::publish) with the wait left (`wire::WAIT_HEADER`), the message
+    /// carrying how many deliveries of the attempt ended with their worker
+    /// (`wire::DELIVERIES_HEADER`, when there were any).
+    async fn publish_counted(
+        &self,
+        task: &QueuedTask,
+        ended: u32,
+        wait: Duration,
+    ) -> Result<(), BackendError> {
+        let tier = wire::delay_tier(wait);
+        let mut headers = FieldTable::default();
         if ended > 0 {
-            let mut headers = FieldTable::default();
             headers.insert(
                 wire::DELIVERIES_HEADER.into(),
                 AMQPValue::LongLongInt(i64::from(ended)),
             );
-            properties = properties.with_headers(headers);
         }
+        if !wait.is_zero() {
+            // What is left once this hop's delay queue has held it.
+            let left = wait.saturating_sub(tier.unwrap_or_default());
+            headers.insert(
+                wire::WAIT_HEADER.into(),
+                AMQPValue::LongLongInt(i64::try_from(left.as_millis()).unwrap_or(i64::MAX)),
+            );
+        }
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_priority(wire::amqp_priority(task.priority))
+            .with_content_type("application/json".into())
+            .with_headers(headers);
         let body = wire::encode(task);
-        match wire::delay_tier(wait) {
+        match tier {
             None => {
                 let queue = self.names().queue.clone();
                 self.publish_to(&queue, &body, properties).await
@@ -299,18 +315,20 @@ impl RabbitMqBroker {
             }
         };
         let ended = wire::deliveries_of(&message.properties);
-        if let Some(at) = task.run_at {
-            let wait = wire::wait_until(at, unix_now());
-            if wire::delay_tier(wait).is_some() {
-                if let Err(error) = self.publish_counted(&task, ended).await {
-                    nack(&message.acker).await;
-                    return Err(error);
-                }
-                ack(&message.acker).await;
-                return Ok(None);
+        let wait = match (wire::wait_of(&message.properties), task.run_at) {
+            (Some(left), _) => left,
+            (None, Some(at)) => wire::wait_until(at, unix_now()),
+            (None, None) => Duration::ZERO,
+        };
+        if wire::delay_tier(wait).is_some() {
+            if let Err(error) = self.publish_counted(&task, ended, wait).await {
+                nack(&message.acker).await;
+                return Err(error);
             }
-            tokio::time::sleep(wait).await;
+            ack(&message.acker).await;
+            return Ok(None);
         }
+        tokio::time::sleep(wait).await;
         // A message delivered again may be a task whose worker died while it ran.
         let from: &[TaskStatus] = if message.redelivered {
             &[TaskStatus::New, TaskStatus::Process]
@@ -345,7 +363,8 @@ impl RabbitMqBroker {
                     self.storage
                         .transition(task.uuid, &[TaskStatus::Process], RecordChange::Released)
                         .await?;
-                    self.publish_counted(&task, ended).await
+                    // Due already: no wait left to serve.
+                    self.publish_counted(&task, ended, Duration::ZERO).await
                 }
                 .await;
                 match handed_back {
@@ -372,6 +391,14 @@ impl RabbitMqBroker {
                 ))
             }
             Ok(Transition::Kept(status)) => {
+                if status == TaskStatus::Retry {
+                    // Its worker may have died between marking it and queueing the next
+                    // attempt: queued now if it still waits (a second message is harmless).
+                    if let Err(error) = self.requeue_next_attempt(task.uuid).await {
+                        nack(&message.acker).await;
+                        return Err(error);
+                    }
+                }
                 tracing::debug!(uuid = %task.uuid, "task is {status}; its message is dropped");
                 ack(&message.acker).await;
                 Ok(None)
@@ -402,8 +429,29 @@ impl RabbitMqBroker {
         self.publish_to(&dead, body, properties).await
     }
 
-    /// Cancels a retry's next attempt, queued before its parent's outcome turned out not to
-    /// be stored, so that it never runs (a worker that took it meanwhile finds it ended).
+    /// Publishes the next attempt of the retried task `uuid` if its record still waits with no
+    /// message known to have gone out: the finish that marked `uuid` died before its publish.
+    /// Due at once (its backoff is not kept in its record).
+    async fn requeue_next_attempt(&self, uuid: Uuid) -> Result<(), BackendError> {
+        let Some(child) = self
+            .storage
+            .get(uuid)
+            .await?
+            .and_then(|record| record.retry_child_uuid)
+        else {
+            return Ok(());
+        };
+        match self.storage.get(child).await? {
+            Some(record) if record.status == TaskStatus::New => {
+                tracing::warn!(uuid = %uuid, "the next attempt {child} of retried task {uuid} was never queued; queueing it now");
+                self.publish(&QueuedTask::from_record(record)).await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Cancels a retry's next attempt whose parent's outcome turned out not to be stored, so
+    /// that it never runs (its message, if one went out, is then dropped by the take).
     async fn supersede(&self, child: Option<Uuid>, reason: String) {
         if let Some(child) = child {
             let superseded = RecordChange::Finished(Outcome::Cancel(reason));
@@ -560,13 +608,12 @@ impl Broker for RabbitMqBroker {
             let tries = std::sync::atomic::AtomicU32::new(0);
             let store = || async {
                 let first_try = tries.fetch_add(1, Ordering::Relaxed) == 0;
-                // The next attempt is queued before this one is marked `retry`: a crash in
-                // between runs this attempt again rather than losing the next.
+                // A retry's next attempt: its record first (`new`, no message yet), then this
+                // attempt marked `retry`, then its message. A refused mark leaves a record no
+                // worker can take (superseded below), so the chain cannot fork; a crash after
+                // the mark is mended when this attempt's message comes back (`accept`).
                 if let Outcome::Retry { child, .. } = &outcome {
-                    // Published even when a first try stored the record: that try may have
-                    // failed before its publish (a second message of a task is harmless).
                     self.storage.insert(child).await?;
-                    self.publish(child).await?;
                 }
                 let written = self
                     .storage
@@ -576,13 +623,18 @@ impl Broker for RabbitMqBroker {
                         RecordChange::Finished(outcome.clone()),
                     )
                     .await?;
-                Ok(match written {
+                let written = match written {
                     // A try after one whose reply was lost finds its own outcome stored.
                     Transition::Kept(found) if !first_try && found == status => {
                         Transition::Applied(TaskStatus::Process)
                     }
                     other => other,
-                })
+                };
+                if let (Transition::Applied(_), Outcome::Retry { child, .. }) = (&written, &outcome)
+                {
+                    self.publish(child).await?;
+                }
+                Ok(written)
             };
             // Kept and tried again through a storage outage (the message stays unacked
             // meanwhile, so no other worker takes the task): given up only after

@@ -107,6 +107,26 @@ pub(crate) fn deliveries_of(properties: &lapin::BasicProperties) -> u32 {
     u32::try_from(count.max(0)).unwrap_or(u32::MAX)
 }
 
+/// The header that carries how long a delayed task has still to wait (ms) once the hop it
+/// is published for is over: the producer turns its `run_at` into a wait by its own clock,
+/// and each hop through a delay queue (timed by RabbitMQ) takes its tier off, so no other
+/// process's clock moves the due time. A message without it (another producer) is timed by
+/// its `run_at` against the consumer's clock.
+pub(crate) const WAIT_HEADER: &str = "x-qtasks-wait-ms";
+
+/// The wait a message's header carries, if it carries one that is a number (a negative one is
+/// no wait; one beyond any tier is held to the longest tier's hops like any other).
+pub(crate) fn wait_of(properties: &lapin::BasicProperties) -> Option<Duration> {
+    use lapin::types::AMQPValue;
+    let millis = match properties.headers().as_ref()?.inner().get(WAIT_HEADER)? {
+        AMQPValue::LongLongInt(n) => *n,
+        AMQPValue::LongInt(n) => i64::from(*n),
+        AMQPValue::LongUInt(n) => i64::from(*n),
+        _ => return None,
+    };
+    Some(Duration::from_millis(u64::try_from(millis).unwrap_or(0)))
+}
+
 /// How long from now until `at` (Unix seconds); zero for a time past, or one no wait can
 /// hold.
 pub(crate) fn wait_until(at: f64, now: f64) -> Duration {
