@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use qtasks_core::{
     AddOptions, BoxFuture, Error, QueueConfig, QueueTasks, TaskContext, TaskError, TaskResult,
-    TaskStatus,
+    TaskStatus, Uuid,
 };
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
@@ -204,7 +204,7 @@ where
     Ok(())
 }
 
-async fn status_of(app: &QueueTasks, uuid: uuid::Uuid) -> Result<Option<TaskStatus>, String> {
+async fn status_of(app: &QueueTasks, uuid: Uuid) -> Result<Option<TaskStatus>, String> {
     Ok(said(app.get(uuid).await, "reading the record")?.map(|r| r.status))
 }
 
@@ -266,6 +266,7 @@ pub(crate) const ALL: &[(&str, Case)] = cases![
     concurrent_retries_by_hand_queue_one_attempt,
     a_cancelled_task_does_not_hold_up_the_next,
     a_deleted_cancelled_task_stays_gone,
+    adding_a_known_uuid_adds_nothing,
 ];
 
 async fn add_take_finish(c: &Context<'_>) -> Result<(), String> {
@@ -584,7 +585,7 @@ async fn cancel_ended_changes_nothing(c: &Context<'_>) -> Result<(), String> {
     );
     let status = status_of(&app, handle.uuid()).await?;
     ensure!(status == Some(TaskStatus::Success), "status {status:?}");
-    match app.cancel(uuid::Uuid::new_v4(), "none").await {
+    match app.cancel(Uuid::new_v4(), "none").await {
         Err(Error::TaskNotFound(_)) => Ok(()),
         other => Err(format!("cancelling an unknown task ended with {other:?}")),
     }
@@ -825,9 +826,9 @@ async fn wait_times_out_without_a_worker(c: &Context<'_>) -> Result<(), String> 
 
 async fn unknown_uuid_reads_none(c: &Context<'_>) -> Result<(), String> {
     let app = c.app("", 1).await?;
-    let read = said(app.get(uuid::Uuid::new_v4()).await, "reading")?;
+    let read = said(app.get(Uuid::new_v4()).await, "reading")?;
     ensure!(read.is_none(), "an unknown uuid read {read:?}");
-    match app.wait(uuid::Uuid::new_v4(), Duration::from_secs(2)).await {
+    match app.wait(Uuid::new_v4(), Duration::from_secs(2)).await {
         Err(Error::TaskNotFound(_)) => Ok(()),
         other => Err(format!("waiting for an unknown task ended with {other:?}")),
     }
@@ -1382,6 +1383,49 @@ async fn a_deleted_cancelled_task_stays_gone(c: &Context<'_>) -> Result<(), Stri
         queue.waiting == BTreeMap::from([(0, 1)]),
         "waiting {:?}",
         queue.waiting
+    );
+    Ok(())
+}
+
+async fn adding_a_known_uuid_adds_nothing(c: &Context<'_>) -> Result<(), String> {
+    // Twice while it waits, then again once it ended: one run, one record, one outcome.
+    let app = c.app("", 2).await?;
+    let label = c.label("known_uuid");
+    let uuid = Uuid::new_v4();
+    let once = AddOptions::default().uuid(uuid);
+    for _ in 0..2 {
+        let handle = said(
+            app.add_task_with("conformance_count", (label.clone(),), (), once.clone())
+                .await,
+            "adding",
+        )?;
+        ensure!(handle.uuid() == uuid, "added as {}", handle.uuid());
+    }
+    said(app.start().await, "starting")?;
+    let record = said(app.wait(uuid, Duration::from_secs(10)).await, "waiting")?;
+    ensure!(
+        record.status == TaskStatus::Success,
+        "status {}",
+        record.status
+    );
+    said(
+        app.add_task_with("conformance_count", (label.clone(),), (), once)
+            .await,
+        "adding again",
+    )?;
+    // A task after it: by the time it ran, any second run of the first would have started.
+    let after = said(
+        count::add_task(&app, c.label("after_known")).await,
+        "adding",
+    )?;
+    wait_for(&app, &after).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let runs = runs(&label).load(Ordering::SeqCst);
+    ensure!(runs == 1, "{runs} runs of one uuid");
+    let record = said(app.get(uuid).await, "reading")?;
+    ensure!(
+        record.as_ref().map(|r| r.status) == Some(TaskStatus::Success),
+        "the record after the third add: {record:?}"
     );
     Ok(())
 }

@@ -399,13 +399,41 @@ pub struct AddOptions {
     pub priority: Option<i64>,
     /// When the task may run, if later than now: it stays `new` and no worker takes it before.
     pub run_at: Option<std::time::SystemTime>,
-    /// The task's id, when the caller must know it beforehand (a schedule's slot).
+    /// The task's id, when the caller must know it beforehand ([`AddOptions::uuid`]).
     pub(crate) uuid: Option<Uuid>,
     /// The group the task is a member of.
     pub(crate) group: Option<Uuid>,
 }
 
 impl AddOptions {
+    /// Adds the task under this id rather than a new one. An add whose id is known already
+    /// adds nothing, whatever the task's status (waiting, running or ended): the handle names
+    /// the task the first add made. So an add retried after an error that hid whether it
+    /// landed (a timeout, a dropped connection), or a request delivered twice, runs the task
+    /// once. Schedules and chords add their tasks this way.
+    ///
+    /// ```
+    /// # #[qtasks::task]
+    /// # async fn charge(order: u64) -> u64 { order }
+    /// # #[tokio::main]
+    /// # async fn main() -> qtasks::Result<()> {
+    /// let app = qtasks::QueueTasks::new();
+    /// let id = qtasks::Uuid::new_v4();
+    /// let once = qtasks::AddOptions::default().uuid(id);
+    /// let first = app.add_task_with("charge", (42,), (), once.clone()).await?;
+    /// let again = app.add_task_with("charge", (42,), (), once).await?;
+    /// assert_eq!((first.uuid(), again.uuid()), (id, id));
+    /// let waiting = app.stats().await?.queue.map(|queue| queue.waiting_total());
+    /// assert_eq!(waiting, Some(1));
+    /// # app.stop().await
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn uuid(mut self, uuid: Uuid) -> Self {
+        self.uuid = Some(uuid);
+        self
+    }
+
     /// Sets the priority.
     #[must_use]
     pub fn priority(mut self, priority: i64) -> Self {
