@@ -17,8 +17,8 @@ use qtasks::redis::Redis;
 use qtasks::{QueueConfig, QueueTasks, TaskStatus};
 use redis::AsyncCommands;
 use serde_json::json;
+use support::proxy::Proxy;
 use support::{WAIT, WorkerProcess, amqp_url, raw_connection, redis_url, unique_prefix};
-use tokio::net::{TcpListener, TcpStream};
 
 #[qtasks::task]
 async fn amqp_add(a: i64, b: i64) -> i64 {
@@ -274,42 +274,6 @@ async fn the_unacked_tasks_of_a_killed_worker_run_on_another_and_none_is_lost() 
     client.flush_all().await.unwrap();
 }
 
-/// A TCP proxy in front of RabbitMQ whose connections can be cut at once.
-struct Proxy {
-    port: u16,
-    connections: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
-}
-
-impl Proxy {
-    async fn start(target: String) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let connections: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
-        let held = Arc::clone(&connections);
-        tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                let target = target.clone();
-                let piping = tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(&target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-                held.lock().unwrap().push(piping);
-            }
-        });
-        Proxy { port, connections }
-    }
-
-    /// Drops every connection through the proxy, as a network failure would.
-    fn cut(&self) -> usize {
-        let cut: Vec<_> = self.connections.lock().unwrap().drain(..).collect();
-        for connection in &cut {
-            connection.abort();
-        }
-        cut.len()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_whose_connection_breaks_reconnects_and_every_task_completes() {
     let Some((amqp, redis)) = services("a_worker_whose_connection_breaks_reconnects") else {
@@ -321,7 +285,7 @@ async fn a_worker_whose_connection_breaks_reconnects_and_every_task_completes() 
         .unwrap_or(("", amqp.trim_start_matches("amqp://")));
     let host_port = rest.split('/').next().unwrap().to_owned();
     let proxy = Proxy::start(host_port.clone()).await;
-    let through_proxy = amqp.replace(&host_port, &format!("127.0.0.1:{}", proxy.port));
+    let through_proxy = proxy.url_through(&amqp, &host_port);
 
     let client = app(&amqp, &redis, &prefix, 1).await;
     let worker = app(&through_proxy, &redis, &prefix, 4).await;

@@ -15,16 +15,21 @@
 //! and memory (where only the faults a process does to itself apply: `stop_now` and a start
 //! again, cancels at random moments). A new engine adds a variant here. Faults: worker SIGKILL (the supervisor restarts it), SIGSTOP/SIGCONT for less and
 //! for more than the lease, the Redis server SIGKILLed and restarted from its append-only
-//! file, paused with SIGSTOP, and every client connection cut (pub/sub too); one worker runs
-//! with its clock offset (`faketime`, when installed). Task kinds: short, longer than the
-//! lease, failing with retries, panicking, aborting its process, delayed, cancelled while it
-//! waits and while it runs, and (on Redis) poison entries and records.
+//! file, paused with SIGSTOP, every client connection cut (pub/sub too), and the workers'
+//! network held silent (a blackhole, through a proxy of the run's, for Redis and RabbitMQ
+//! alike), then healed or cut; one worker runs with its clock offset (`faketime`, when
+//! installed). Task kinds: short, longer than the lease, failing with retries, panicking,
+//! aborting its process, delayed, cancelled while it waits and while it runs, streams, added
+//! twice under one uuid, chords (members and callback), a schedule's slots, and (on Redis)
+//! poison entries and records.
 //!
 //! Invariants: every added task reaches a final status, the right one for its kind; no
 //! attempt has two recorded outcomes; two runs of one attempt overlap only when a fault hit a
 //! holder (killed or frozen), and each such overlap is reported; a `true` cancel of a waiting
 //! task means it never ran, of a running one that it ended `cancel`; waiters return the stored
-//! record; every live worker takes tasks to the end; the engine's keys come back to empty.
+//! record; every live worker takes tasks to the end; every slot of the schedule adds its task
+//! once and it runs; a chord's callback runs once with its members' results; the engine's keys
+//! come back to empty.
 
 #![cfg(unix)]
 
@@ -41,6 +46,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use redis::AsyncCommands;
 use support::own_redis::{OwnRedis, recorded_outcomes};
+use support::proxy::Proxy;
 use support::{WorkerProcess, amqp_url, raw_connection, redis_url, unique_prefix};
 
 /// The lease of the run's workers: faults are timed around it.
@@ -59,6 +65,8 @@ const STREAM_ITEMS: u32 = 15;
 const FAULT_WINDOW: Duration = Duration::from_secs(6);
 /// How long the run may take to drain once the faults end.
 const DRAIN: Duration = Duration::from_secs(90);
+/// The schedule's slots, one a second from two seconds after the workers start.
+const SCHEDULE_SLOTS: u64 = 5;
 /// How long the in-memory run waits for a task to end.
 const MEMORY_DRAIN: Duration = Duration::from_secs(20);
 
@@ -82,6 +90,11 @@ enum Kind {
     PoisonEntry,
     PoisonRecord,
     Stream,
+    /// Added, then added again under the same uuid (at once or later, maybe after its end).
+    AddedTwice,
+    /// A member of a chord, and the chord's callback (its result: the members' labels).
+    ChordMember,
+    ChordCallback,
 }
 
 struct Added {
@@ -89,6 +102,19 @@ struct Added {
     kind: Kind,
     /// What `app.cancel` answered, for the cancelled kinds.
     cancelled: Option<bool>,
+    /// What it must return, where the kind says (a chord's callback).
+    returns: Option<serde_json::Value>,
+}
+
+impl Added {
+    fn new(uuid: Uuid, kind: Kind) -> Self {
+        Added {
+            uuid,
+            kind,
+            cancelled: None,
+            returns: None,
+        }
+    }
 }
 
 /// A fault as it happened: when, to which process, and whether it can make a run repeat.
@@ -230,11 +256,7 @@ async fn run_in_memory(seed: u64) {
                 .await
                 .unwrap()
                 .uuid();
-            added.push(Added {
-                uuid,
-                kind,
-                cancelled: None,
-            });
+            added.push(Added::new(uuid, kind));
         }
         // Cancels: of a waiting task at once, of a running one once it runs.
         for task in added.iter_mut().filter(|task| task.cancelled.is_none()) {
@@ -375,6 +397,12 @@ struct Run {
     span_log: PathBuf,
     /// The workers' standard error (logs, panics), kept when the run fails.
     worker_log: PathBuf,
+    /// The workers reach Redis (and RabbitMQ) through these, for the network faults; the
+    /// harness's own client does not.
+    redis_proxy: Proxy,
+    amqp_proxy: Option<Proxy>,
+    /// The first slot of the schedule the workers run (Unix seconds).
+    schedule_from: u64,
     workers: Vec<WorkerProcess>,
     /// The worker (by index) whose clock is offset, and by how many seconds.
     clock_offset: Option<(usize, i32)>,
@@ -389,8 +417,20 @@ impl Run {
         let exec_log = self.exec_log.to_string_lossy().into_owned();
         let span_log = self.span_log.to_string_lossy().into_owned();
         let max_deliveries = MAX_DELIVERIES.to_string();
+        let redis_url = self
+            .redis_proxy
+            .url_through(&self.url, &format!("127.0.0.1:{}", self.redis.port));
+        let amqp_url = match (&self.amqp, &self.amqp_proxy) {
+            (Some(amqp), Some(proxy)) => Some(proxy.url_through(amqp, &amqp_host_port(amqp))),
+            _ => None,
+        };
+        let schedule_from = self.schedule_from.to_string();
+        let schedule_slots = SCHEDULE_SLOTS.to_string();
         let mut env: Vec<(&str, &str)> = vec![
-            ("QTASKS_TEST_REDIS_URL", &self.url),
+            ("QTASKS_TEST_REDIS_URL", &redis_url),
+            ("QTASKS_TEST_SCHEDULE_FROM", &schedule_from),
+            ("QTASKS_TEST_SCHEDULE_SLOTS", &schedule_slots),
+            ("QTASKS_TEST_SCHEDULE_LOGGED", "1"),
             ("QTASKS_TEST_EXEC_LOG", &exec_log),
             ("QTASKS_TEST_SPAN_LOG", &span_log),
             ("QTASKS_MAX_DELIVERIES", &max_deliveries),
@@ -398,7 +438,7 @@ impl Run {
             // Warnings too: a lost lease is one, and explains an overlap.
             ("RUST_LOG", "warn"),
         ];
-        if let Some(amqp) = &self.amqp {
+        if let Some(amqp) = &amqp_url {
             env.push(("QTASKS_TEST_WORKER_AMQP", amqp));
         }
         match &self.clock_offset {
@@ -452,6 +492,14 @@ impl Run {
     fn pids(&self) -> Vec<u32> {
         self.workers.iter().map(|worker| worker.0.id()).collect()
     }
+}
+
+/// `host:port` of an AMQP URL.
+fn amqp_host_port(url: &str) -> String {
+    let rest = url
+        .split_once('@')
+        .map_or(url.trim_start_matches("amqp://"), |(_, rest)| rest);
+    rest.split('/').next().unwrap_or(rest).to_owned()
 }
 
 /// Debian's libfaketime (package `faketime`).
@@ -530,6 +578,12 @@ async fn run(engine: Engine, seed: u64) {
         (rng.random_range(0..WORKERS), seconds)
     });
     let app = client(engine, &url, amqp.as_deref(), &prefix).await;
+    let redis_proxy = Proxy::start(format!("127.0.0.1:{}", redis.port)).await;
+    let amqp_proxy = match &amqp {
+        Some(amqp) => Some(Proxy::start(amqp_host_port(amqp)).await),
+        None => None,
+    };
+    let schedule_from = (now_ms() / 1000) as u64 + 2;
     let mut run = Run {
         engine,
         seed,
@@ -540,6 +594,9 @@ async fn run(engine: Engine, seed: u64) {
         exec_log,
         span_log,
         worker_log,
+        redis_proxy,
+        amqp_proxy,
+        schedule_from,
         workers: Vec::new(),
         clock_offset,
         offset_pids: HashMap::new(),
@@ -555,6 +612,7 @@ async fn run(engine: Engine, seed: u64) {
     let mut added: Vec<Added> = Vec::new();
     let mut waiters = Vec::new();
     let mut pending_cancels: Vec<(usize, Instant)> = Vec::new();
+    let mut second_adds: Vec<tokio::task::JoinHandle<()>> = Vec::new();
     let window_start = Instant::now();
     let mut next_fault = window_start + Duration::from_millis(rng.random_range(200..800));
     let mut thawing: Vec<(u32, Instant)> = Vec::new();
@@ -575,11 +633,13 @@ async fn run(engine: Engine, seed: u64) {
             for _ in 0..rng.random_range(1..=4) {
                 label += 1;
                 let kind = pick_kind(&mut rng, engine, &added);
-                if let Some(task) = add(&app, &run, kind, label, &mut rng).await {
+                for task in add(&app, &run, kind, label, &mut rng, &mut second_adds).await {
                     if matches!(kind, Kind::CancelWaiting | Kind::CancelRunning) {
                         pending_cancels.push((added.len(), Instant::now()));
                     }
-                    if kind != Kind::PoisonEntry && rng.random_bool(0.2) {
+                    // (A chord's callback has no record to wait on before its members end.)
+                    let waitable = !matches!(task.kind, Kind::PoisonEntry | Kind::ChordCallback);
+                    if waitable && rng.random_bool(0.2) {
                         let (app, uuid) = (app.clone(), task.uuid);
                         waiters.push(tokio::spawn(
                             async move { (uuid, app.wait(uuid, DRAIN).await) },
@@ -634,6 +694,23 @@ async fn run(engine: Engine, seed: u64) {
         pending_cancels = still;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+
+    for second in second_adds {
+        second.await.expect("a second add ends");
+    }
+    // The schedule's slots: each must add its task (under the slot's id) once.
+    let slots: Vec<Uuid> = (0..SCHEDULE_SLOTS)
+        .map(|n| {
+            let slot = std::time::UNIX_EPOCH + Duration::from_secs(run.schedule_from + n);
+            qtasks::schedule::slot_task_id(&run.prefix, "tick", slot)
+        })
+        .collect();
+    // Past the last slot, before they are waited for.
+    while now_ms() / 1000 < u128::from(run.schedule_from + SCHEDULE_SLOTS) {
+        run.supervise();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    added.extend(slots.iter().map(|uuid| Added::new(*uuid, Kind::Short)));
 
     // -- Drain: every task reaches its final status ------------------------------------------
     let mut finals: HashMap<Uuid, TaskRecord> = HashMap::new();
@@ -702,11 +779,19 @@ async fn run(engine: Engine, seed: u64) {
             task.kind, task.uuid, record.status, record.traceback, record.cancel_reason
         );
         match task.kind {
-            Kind::Short | Kind::Long | Kind::Delayed => {
+            Kind::Short | Kind::Long | Kind::Delayed | Kind::AddedTwice | Kind::ChordMember => {
                 assert_eq!(record.status, TaskStatus::Success, "{context}");
+                assert!(ran >= 1, "{context}");
                 if ran > 1 {
                     repeated += 1;
                 }
+            }
+            Kind::ChordCallback => {
+                assert_eq!(
+                    (record.status, record.returning.clone()),
+                    (TaskStatus::Success, task.returns.clone()),
+                    "the callback gets its members' results: {context}"
+                );
             }
             Kind::FailsWithRetries => {
                 assert_eq!(record.status, TaskStatus::Error, "{context}");
@@ -770,6 +855,13 @@ async fn run(engine: Engine, seed: u64) {
             }
         }
     }
+    // The schedule added no task but its slots' (one per slot, by their ids).
+    let ticks: HashSet<Uuid> = executions_labelled(&run.exec_log, "tick");
+    let strays: Vec<&Uuid> = ticks.iter().filter(|uuid| !slots.contains(uuid)).collect();
+    assert!(
+        strays.is_empty(),
+        "seed {seed}: schedule tasks with no slot's id: {strays:?}"
+    );
     // Poison entries are dead letters, each with its reason.
     let poison = added
         .iter()
@@ -868,17 +960,19 @@ async fn run(engine: Engine, seed: u64) {
 fn pick_kind(rng: &mut StdRng, engine: Engine, added: &[Added]) -> Kind {
     loop {
         let kind = match rng.random_range(0..100) {
-            0..30 => Kind::Short,
-            30..45 => Kind::Long,
-            45..55 => Kind::Delayed,
-            55..63 => Kind::FailsWithRetries,
-            63..68 => Kind::Panics,
-            68..70 => Kind::Aborts,
-            70..78 => Kind::CancelWaiting,
-            78..88 => Kind::CancelRunning,
-            88..92 => Kind::PoisonEntry,
-            92..96 => Kind::PoisonRecord,
-            _ => Kind::Stream,
+            0..24 => Kind::Short,
+            24..37 => Kind::Long,
+            37..46 => Kind::Delayed,
+            46..53 => Kind::FailsWithRetries,
+            53..57 => Kind::Panics,
+            57..59 => Kind::Aborts,
+            59..66 => Kind::CancelWaiting,
+            66..75 => Kind::CancelRunning,
+            75..79 => Kind::PoisonEntry,
+            79..83 => Kind::PoisonRecord,
+            83..88 => Kind::Stream,
+            88..95 => Kind::AddedTwice,
+            _ => Kind::ChordMember,
         };
         let poison = matches!(kind, Kind::PoisonEntry | Kind::PoisonRecord);
         if poison && engine != Engine::Redis {
@@ -891,13 +985,16 @@ fn pick_kind(rng: &mut StdRng, engine: Engine, added: &[Added]) -> Kind {
     }
 }
 
+/// Adds a task of `kind` (a chord: its members and its callback); the second add of a task
+/// added twice is spawned into `second_adds`.
 async fn add(
     app: &QueueTasks,
     run: &Run,
     kind: Kind,
     label: usize,
     rng: &mut StdRng,
-) -> Option<Added> {
+    second_adds: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> Vec<Added> {
     let label = format!("{kind:?}{label}");
     let long_ms = rng.random_range(LEASE_MS * 3 / 2..LEASE_MS * 5 / 2);
     let (name, args, options): (&str, serde_json::Value, AddOptions) = match kind {
@@ -906,6 +1003,12 @@ async fn add(
             serde_json::json!([label, rng.random_range(0..40)]),
             AddOptions::default(),
         ),
+        Kind::AddedTwice => (
+            "log_run",
+            serde_json::json!([label, rng.random_range(0..200)]),
+            AddOptions::default().uuid(Uuid::new_v4()),
+        ),
+        Kind::ChordMember | Kind::ChordCallback => return add_chord(app, &label, rng).await,
         Kind::Long => (
             "log_run",
             serde_json::json!([label, long_ms]),
@@ -939,7 +1042,7 @@ async fn add(
             AddOptions::default(),
         ),
         Kind::PoisonEntry | Kind::PoisonRecord => {
-            return Some(add_poison(run, kind, rng).await);
+            return vec![add_poison(run, kind, rng).await];
         }
     };
     let args = args.as_array().cloned().unwrap_or_default();
@@ -947,11 +1050,46 @@ async fn add(
         app.add_task_with(name, args.clone(), (), options.clone())
     })
     .await;
-    Some(Added {
-        uuid: handle.uuid(),
-        kind,
-        cancelled: None,
-    })
+    let uuid = handle.uuid();
+    if kind == Kind::AddedTwice {
+        // Again under its uuid: at once, while it waits or runs, or after its end.
+        let (app, pause) = (app.clone(), Duration::from_millis(rng.random_range(0..2500)));
+        second_adds.push(tokio::spawn(async move {
+            tokio::time::sleep(pause).await;
+            let again = through_faults("adding a task again", || {
+                app.add_task_with(name, args.clone(), (), options.clone())
+            })
+            .await;
+            assert_eq!(again.uuid(), uuid, "an add again names the task");
+        }));
+    }
+    vec![Added::new(uuid, kind)]
+}
+
+/// A chord of two or three short members whose callback joins their labels.
+async fn add_chord(app: &QueueTasks, label: &str, rng: &mut StdRng) -> Vec<Added> {
+    let labels: Vec<String> = (0..rng.random_range(2..=3))
+        .map(|n| format!("{label}m{n}"))
+        .collect();
+    let ms = rng.random_range(0..100);
+    let chord = || {
+        let members = labels.iter().map(|label| {
+            qtasks::TaskCall::new("log_run", vec![label.clone().into(), ms.into()], Default::default())
+        });
+        let callback = qtasks::TaskCall::new("join_labels", vec!["+".into()], Default::default());
+        qtasks::chord(qtasks::group(members), callback).add(app)
+    };
+    let handle = through_faults("adding a chord", chord).await;
+    let mut added: Vec<Added> = handle
+        .group()
+        .members()
+        .iter()
+        .map(|uuid| Added::new(*uuid, Kind::ChordMember))
+        .collect();
+    let mut callback = Added::new(handle.callback_uuid(), Kind::ChordCallback);
+    callback.returns = Some(labels.join("+").into());
+    added.push(callback);
+    added
 }
 
 /// Poison written as another producer could: an entry that names no task, or a task whose
@@ -1006,11 +1144,7 @@ async fn add_poison(run: &Run, kind: Kind, rng: &mut StdRng) -> Added {
             }
         }
     }
-    Added {
-        uuid,
-        kind,
-        cancelled: None,
-    }
+    Added::new(uuid, kind)
 }
 
 /// One fault, chosen by the seed; recorded in the run's faults. A worker frozen is thawed by
@@ -1052,9 +1186,29 @@ async fn inject(run: &mut Run, rng: &mut StdRng, thawing: &mut Vec<(u32, Instant
             signal(run.redis.pid(), "-CONT");
             ("Redis SIGSTOP", None, ms)
         }
-        85.. => {
+        85..92 => {
             cut_every_connection(&run.url);
             ("CLIENT KILL of every connection", None, 0)
+        }
+        92.. => {
+            // The workers' network answers nothing for a while (Redis and RabbitMQ alike),
+            // then heals, or is cut.
+            let ms = rng.random_range(300..LEASE_MS * 3);
+            let proxies = || std::iter::once(&run.redis_proxy).chain(run.amqp_proxy.as_ref());
+            proxies().for_each(|proxy| proxy.blackhole(true));
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            let cut = rng.random_bool(0.5);
+            for proxy in proxies() {
+                if cut {
+                    proxy.cut();
+                }
+                proxy.blackhole(false);
+            }
+            if cut {
+                ("network blackhole, then cut", None, ms)
+            } else {
+                ("network blackhole, then healed", None, ms)
+            }
         }
         _ => return,
     };
@@ -1106,6 +1260,19 @@ fn executions(log: &Path) -> HashMap<Uuid, usize> {
         *counts.entry(uuid).or_insert(0) += 1;
     }
     counts
+}
+
+/// The tasks that ran with `label`, from the workers' execution log (`uuid label pid`).
+fn executions_labelled(log: &Path, label: &str) -> HashSet<Uuid> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split(' ');
+            let uuid = Uuid::parse_str(fields.next()?).ok()?;
+            (fields.next()? == label).then_some(uuid)
+        })
+        .collect()
 }
 
 /// `(task, worker pid)` per run, from the workers' execution log (`uuid label pid`).

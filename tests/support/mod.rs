@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 pub(crate) mod own_redis;
+pub(crate) mod proxy;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;

@@ -133,6 +133,23 @@ impl fmt::Display for Schedule {
     }
 }
 
+/// The id of the task a schedule's slot adds: the same in every worker (a hash of the app's
+/// name, the schedule's name and the slot), so the slot's task can be found before, while and
+/// after it runs, and a slot fired twice adds it once ([`AddOptions::uuid`]).
+///
+/// ```
+/// use std::time::{Duration, UNIX_EPOCH};
+/// let slot = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+/// let id = qtasks::schedule::slot_task_id("billing", "nightly", slot);
+/// assert_eq!(id, qtasks::schedule::slot_task_id("billing", "nightly", slot));
+/// assert_ne!(id, qtasks::schedule::slot_task_id("billing", "hourly", slot));
+/// ```
+///
+/// [`AddOptions::uuid`]: crate::AddOptions::uuid
+pub fn slot_task_id(app: &str, schedule: &str, slot: SystemTime) -> uuid::Uuid {
+    runner::slot_uuid(app, schedule, unix_ms(slot))
+}
+
 /// A Unix time in milliseconds as an RFC 3339 UTC time.
 pub(crate) fn format_ms(ms: i64) -> String {
     jiff::Timestamp::from_millisecond(ms).map_or_else(|_| ms.to_string(), |t| t.to_string())
