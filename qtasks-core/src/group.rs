@@ -5,7 +5,8 @@
 //! Their state lives in the backend, not in the caller's memory: the members and the callback
 //! are written to the global config (`qtasks_groups`) before any member is queued, each member
 //! carries its group's id (`group_uuid`), and the worker that finishes a member checks whether
-//! the chord is complete and, if so, adds the callback (once, under a claim). A worker that
+//! the chord is complete and, if so, adds the callback (under its own id, so however many
+//! workers add it, it is added once), trying again through a backend outage. A worker that
 //! starts looks for complete chords whose callback was never added (its worker died in
 //! between) and adds it. So a chord completes across worker restarts, and a handle can be
 //! made again from the group's id in another process ([`QueueTasks::chord_handle`]).
@@ -18,6 +19,9 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::handle::outcome_of;
+
+/// How long a worker keeps checking a chord through backend errors.
+const CHORD_PATIENCE: Duration = Duration::from_secs(300);
 use crate::{QueueTasks, Result, TaskCall, TaskFailure, TaskHandle, TaskRecord, TaskStatus};
 
 /// The global-config name under which group states are kept.
@@ -322,6 +326,29 @@ impl QueueTasks {
         }
     }
 
+    /// [`complete_chord`](Self::complete_chord), tried again through backend errors (an
+    /// outage as the last member ended) for up to [`CHORD_PATIENCE`]: the worker's check, run
+    /// in the background. (Found by the fault harness: a callback never added when the check
+    /// met a paused Redis.)
+    pub(crate) async fn complete_chord_patiently(&self, id: Uuid) {
+        let started = tokio::time::Instant::now();
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match self.try_complete_chord(id).await {
+                Ok(()) => return,
+                Err(error) if started.elapsed() < CHORD_PATIENCE => {
+                    tracing::debug!(group = %id, "checking the chord failed, trying again in {pause:?}: {error}");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+                Err(error) => {
+                    tracing::warn!(group = %id, "checking the chord failed for {CHORD_PATIENCE:?}; a worker that starts, or a waiter of the chord, adds its callback: {error}");
+                    return;
+                }
+            }
+        }
+    }
+
     async fn try_complete_chord(&self, id: Uuid) -> Result<()> {
         let Some(state) = self.group_state(id).await? else {
             return Ok(());
@@ -345,17 +372,8 @@ impl QueueTasks {
             results.push(outcome_of::<Value>(record).unwrap_or(Value::Null));
         }
         results.reverse();
-        // One worker adds it: the claim outlives any add, and a callback whose adder died
-        // after claiming is added again after it expires (by a starting worker or a waiter).
-        let claim = format!("chord:{id}");
-        if !self
-            .inner
-            .global_config
-            .claim(&claim, Duration::from_secs(60))
-            .await?
-        {
-            return Ok(());
-        }
+        // Added under its own id: a second add (another worker's check, a waiter's) adds
+        // nothing, so no claim is needed, and a check that failed half-way can run again.
         let mut args = callback.args;
         args.push(Value::Array(results));
         let mut call = TaskCall::new(callback.task_name, args, callback.kwargs);
@@ -392,7 +410,7 @@ impl QueueTasks {
             let chord = serde_json::from_str::<GroupState>(&state)
                 .is_ok_and(|state| state.callback.is_some());
             if let (true, Ok(id)) = (chord, id.parse()) {
-                self.complete_chord(id).await;
+                self.complete_chord_patiently(id).await;
             }
         }
     }

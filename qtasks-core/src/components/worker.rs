@@ -290,7 +290,7 @@ impl WorkerHost {
         // A member of a chord that succeeded may be the last one: the callback is due then.
         if let (Some(group), TaskStatus::Success) = (task.group_uuid, outcome.status()) {
             let app = app.clone();
-            tokio::spawn(async move { app.complete_chord(group).await });
+            tokio::spawn(async move { app.complete_chord_patiently(group).await });
         }
         dispatch
             .fire(&StorageRemoveFinishedTask {
