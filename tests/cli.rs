@@ -8,7 +8,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{amqp_url, redis_url, unique_prefix};
+use support::{amqp_url, free_port, redis_url, unique_prefix};
 
 const QTASKS: &str = env!("CARGO_BIN_EXE_qtasks-cli-under-test");
 const WORKER: &str = env!("CARGO_BIN_EXE_worker_cli");
@@ -72,14 +72,6 @@ fn eventually(what: &str, mut check: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "never happened: {what}");
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// GET http://127.0.0.1:port/path; returns the body.

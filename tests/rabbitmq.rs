@@ -588,3 +588,114 @@ async fn a_retry_refused_by_a_stored_cancel_never_runs_its_next_attempt() {
     app.stop().await.unwrap();
     app.flush_all().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_paused_then_killed_and_restarted_loses_nothing() {
+    use support::own_rabbitmq::OwnRabbitMq;
+    use support::own_redis::{OwnRedis, recorded_outcomes};
+    let Some(_) = amqp_url("rabbitmq_paused_then_killed_and_restarted") else {
+        return;
+    };
+    if !OwnRabbitMq::available() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "a RabbitMQ node of the test's own needs rabbitmq-server and root"
+        );
+        eprintln!("skipped: a RabbitMQ node of the test's own needs rabbitmq-server and root");
+        return;
+    }
+    // Its own node (the shared one is never stopped) and its own Redis for the records,
+    // whose append-only file tells how many outcomes each task recorded.
+    let rabbit = OwnRabbitMq::start("rabbit_restart");
+    let redis = OwnRedis::start("rabbit_restart_records", true);
+    let (amqp, url) = (rabbit.url(), redis.url());
+    let prefix = unique_prefix("amqp_restart");
+    let log = redis.dir.join("executions.log");
+    let log_text = log.to_string_lossy().into_owned();
+    let client = app(&amqp, &url, &prefix, 1).await;
+    let workers: Vec<WorkerProcess> = (0..2)
+        .map(|_| {
+            WorkerProcess::spawn(
+                &prefix,
+                30_000,
+                4,
+                &[
+                    ("QTASKS_TEST_WORKER_AMQP", &amqp),
+                    ("QTASKS_TEST_REDIS_URL", &url),
+                    ("QTASKS_TEST_EXEC_LOG", &log_text),
+                ],
+            )
+        })
+        .collect();
+    // Adds go on through the faults; one that fails is tried again (its uuid kept, so a
+    // retried add whose first reply was lost adds nothing).
+    let rabbit = Arc::new(rabbit);
+    let mut faults = Vec::new();
+    let mut tasks = Vec::new();
+    for i in 0..600 {
+        let node = Arc::clone(&rabbit);
+        match i {
+            // Paused for 3 s, then killed and started again from its disk 2 s later (the
+            // node takes its time to boot: adds wait meanwhile).
+            150 => faults.push(tokio::task::spawn_blocking(move || {
+                node.signal("-STOP");
+                std::thread::sleep(Duration::from_secs(3));
+                node.signal("-CONT");
+            })),
+            350 => faults.push(tokio::task::spawn_blocking(move || {
+                node.kill();
+                std::thread::sleep(Duration::from_secs(2));
+                node.launch();
+            })),
+            _ => {}
+        }
+        let label = format!("t{i}");
+        let once = qtasks::AddOptions::default().uuid(qtasks::Uuid::new_v4());
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        let handle = loop {
+            match client
+                .add_task_with("log_run", (&label, 20), (), once.clone())
+                .await
+            {
+                Ok(handle) => break handle,
+                Err(error) => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "adding {label}: {error}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        tasks.push((handle.uuid(), label));
+        if i % 50 == 0 {
+            // Time for the workers to drain some while the faults come.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    for fault in faults {
+        fault.await.unwrap();
+    }
+    for (uuid, label) in &tasks {
+        let record = client
+            .wait(*uuid, Duration::from_secs(120))
+            .await
+            .unwrap_or_else(|e| panic!("{label} ({uuid}) never ended: {e}"));
+        assert_eq!(
+            (record.status, record.returning),
+            (TaskStatus::Success, Some(json!(label))),
+            "{label}"
+        );
+    }
+    let outcomes = recorded_outcomes(&redis, &prefix);
+    let twice: Vec<_> = outcomes.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "outcomes recorded twice: {twice:?}");
+    let runs = std::fs::read_to_string(&log).unwrap_or_default();
+    eprintln!(
+        "rabbitmq restart: {} tasks, {} runs",
+        tasks.len(),
+        runs.lines().count()
+    );
+    drop(workers);
+    client.flush_all().await.unwrap();
+}

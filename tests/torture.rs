@@ -1053,7 +1053,10 @@ async fn add(
     let uuid = handle.uuid();
     if kind == Kind::AddedTwice {
         // Again under its uuid: at once, while it waits or runs, or after its end.
-        let (app, pause) = (app.clone(), Duration::from_millis(rng.random_range(0..2500)));
+        let (app, pause) = (
+            app.clone(),
+            Duration::from_millis(rng.random_range(0..2500)),
+        );
         second_adds.push(tokio::spawn(async move {
             tokio::time::sleep(pause).await;
             let again = through_faults("adding a task again", || {
@@ -1074,7 +1077,11 @@ async fn add_chord(app: &QueueTasks, label: &str, rng: &mut StdRng) -> Vec<Added
     let ms = rng.random_range(0..100);
     let chord = || {
         let members = labels.iter().map(|label| {
-            qtasks::TaskCall::new("log_run", vec![label.clone().into(), ms.into()], Default::default())
+            qtasks::TaskCall::new(
+                "log_run",
+                vec![label.clone().into(), ms.into()],
+                Default::default(),
+            )
         });
         let callback = qtasks::TaskCall::new("join_labels", vec!["+".into()], Default::default());
         qtasks::chord(qtasks::group(members), callback).add(app)

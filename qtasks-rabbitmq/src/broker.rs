@@ -477,6 +477,29 @@ impl RabbitMqBroker {
     }
 }
 
+/// Whether `record` holds `outcome`, result and all.
+fn holds_outcome(record: &qtasks_core::TaskRecord, outcome: &Outcome) -> bool {
+    match outcome {
+        Outcome::Success(value) => {
+            record.status == TaskStatus::Success
+                && record
+                    .returning
+                    .as_ref()
+                    .unwrap_or(&serde_json::Value::Null)
+                    == value
+        }
+        Outcome::Error(traceback) => {
+            record.status == TaskStatus::Error && record.traceback.as_ref() == Some(traceback)
+        }
+        Outcome::Cancel(reason) => {
+            record.status == TaskStatus::Cancel && record.cancel_reason.as_ref() == Some(reason)
+        }
+        Outcome::Retry { child, .. } => {
+            record.status == TaskStatus::Retry && record.retry_child_uuid == Some(child.uuid)
+        }
+    }
+}
+
 async fn ack(acker: &Acker) {
     // A failed ack means the channel is gone: RabbitMQ delivers the message again, and the
     // record (ended) makes that delivery a no-op.
@@ -541,19 +564,16 @@ impl Broker for RabbitMqBroker {
                 }
             }
             if let Err(error) = self.publish(&task).await {
-                // No message means no run: the record says so rather than waiting forever.
-                let reason = format!(
-                    "the task could not be queued: {}",
-                    qtasks_core::backend::ErrorChain(&error)
-                );
-                let _ = self
-                    .storage
-                    .transition(
-                        task.uuid,
-                        &[TaskStatus::New],
-                        RecordChange::Finished(Outcome::Error(reason)),
-                    )
-                    .await;
+                // No message (as far as this side knows) means no task: its record goes, so
+                // an add again under the same uuid queues it anew (a record left `error` here
+                // made such an add a silent no-op: found by the RabbitMQ restart test). A
+                // message that went out after all (its confirm lost) brings the record back
+                // when a worker takes it.
+                if let Ok(Some(record)) = self.storage.get(task.uuid).await
+                    && record.status == TaskStatus::New
+                {
+                    let _ = self.storage.delete(task.uuid).await;
+                }
                 return Err(error);
             }
             Ok(())
@@ -623,12 +643,21 @@ impl Broker for RabbitMqBroker {
                         RecordChange::Finished(outcome.clone()),
                     )
                     .await?;
-                let written = match written {
-                    // A try after one whose reply was lost finds its own outcome stored.
-                    Transition::Kept(found) if !first_try && found == status => {
-                        Transition::Applied(TaskStatus::Process)
-                    }
-                    other => other,
+                // A try after one whose reply was lost may find its own outcome stored: the
+                // record then holds exactly this outcome (another delivery's would differ in
+                // its result, and a retry's next attempt is this delivery's own).
+                let replayed = match written {
+                    Transition::Kept(found) if !first_try && found == status => self
+                        .storage
+                        .get(uuid)
+                        .await?
+                        .is_some_and(|record| holds_outcome(&record, &outcome)),
+                    _ => false,
+                };
+                let written = if replayed {
+                    Transition::Applied(TaskStatus::Process)
+                } else {
+                    written
                 };
                 if let (Transition::Applied(_), Outcome::Retry { child, .. }) = (&written, &outcome)
                 {
@@ -917,5 +946,57 @@ impl Drop for RabbitMqBroker {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move { link.close().await });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use qtasks_core::{Outcome, QueuedTask, TaskRecord, TaskStatus};
+    use serde_json::json;
+
+    use super::holds_outcome;
+
+    fn ended(status: TaskStatus, edit: impl FnOnce(&mut TaskRecord)) -> TaskRecord {
+        let task: QueuedTask = serde_json::from_value(json!({
+            "uuid": "5a469176-81b0-4c8a-996d-22ea5df7c4cf", "task_name": "t", "priority": 0,
+            "args": [], "kwargs": {}, "created_at": 1.0
+        }))
+        .unwrap();
+        let mut record = TaskRecord::from_task(task);
+        record.status = status;
+        edit(&mut record);
+        record
+    }
+
+    #[test]
+    fn a_replayed_finish_owns_only_an_outcome_equal_to_its_own() {
+        let mine = Outcome::Success(json!(1));
+        let stored = ended(TaskStatus::Success, |r| r.returning = Some(json!(1)));
+        assert!(holds_outcome(&stored, &mine));
+        // Another delivery's success, with another result: not this finish's.
+        let other = ended(TaskStatus::Success, |r| r.returning = Some(json!(2)));
+        assert!(!holds_outcome(&other, &mine));
+        let failed = Outcome::Error("boom".into());
+        assert!(holds_outcome(
+            &ended(TaskStatus::Error, |r| r.traceback = Some("boom".into())),
+            &failed
+        ));
+        assert!(!holds_outcome(&stored, &failed));
+        // A retry is this delivery's only if it names this delivery's next attempt.
+        let child: QueuedTask = serde_json::from_value(json!({
+            "uuid": "6b469176-81b0-4c8a-996d-22ea5df7c4cf", "task_name": "t", "priority": 0,
+            "args": [], "kwargs": {}, "created_at": 1.0
+        }))
+        .unwrap();
+        let retry = Outcome::Retry {
+            traceback: "x".into(),
+            child: Box::new(child.clone()),
+        };
+        let by_me = ended(TaskStatus::Retry, |r| r.retry_child_uuid = Some(child.uuid));
+        let by_other = ended(TaskStatus::Retry, |r| {
+            r.retry_child_uuid = Some(qtasks_core::Uuid::new_v4());
+        });
+        assert!(holds_outcome(&by_me, &retry));
+        assert!(!holds_outcome(&by_other, &retry));
     }
 }
