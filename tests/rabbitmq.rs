@@ -10,15 +10,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lapin::options::BasicPublishOptions;
-use lapin::{BasicProperties, Connection, ConnectionProperties};
 use qtasks::rabbitmq::RabbitMqOptions;
 use qtasks::redis::Redis;
 use qtasks::{QueueConfig, QueueTasks, TaskStatus};
 use redis::AsyncCommands;
 use serde_json::json;
 use support::proxy::Proxy;
-use support::{WAIT, WorkerProcess, amqp_url, raw_connection, redis_url, unique_prefix};
+use support::{
+    WAIT, WorkerProcess, amqp_url, publish_raw, raw_connection, redis_url, unique_prefix,
+};
 
 #[qtasks::task]
 async fn amqp_add(a: i64, b: i64) -> i64 {
@@ -68,27 +68,6 @@ async fn app(amqp: &str, redis: &str, prefix: &str, concurrency: usize) -> Queue
     qtasks::rabbitmq::connect_with(amqp, Redis::new(redis), config, options())
         .await
         .expect("connects to RabbitMQ and Redis")
-}
-
-/// Publishes raw bytes to the app's task queue, as a producer of another language would.
-async fn publish_raw(amqp: &str, queue: &str, body: &[u8]) {
-    let connection = Connection::connect(amqp, ConnectionProperties::default())
-        .await
-        .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    channel
-        .basic_publish(
-            "".into(),
-            queue.into(),
-            BasicPublishOptions::default(),
-            body,
-            BasicProperties::default().with_delivery_mode(2),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    connection.close(200, "done".into()).await.unwrap();
 }
 
 fn services(test: &str) -> Option<(String, String)> {

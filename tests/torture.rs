@@ -20,8 +20,8 @@
 //! alike), then healed or cut; one worker runs with its clock offset (`faketime`, when
 //! installed). Task kinds: short, longer than the lease, failing with retries, panicking,
 //! aborting its process, delayed, cancelled while it waits and while it runs, streams, added
-//! twice under one uuid, chords (members and callback), a schedule's slots, and (on Redis)
-//! poison entries and records.
+//! twice under one uuid, chords (members and callback), a schedule's slots, poison entries
+//! (and on Redis poison records). One run in four has a single worker, the others three.
 //!
 //! Invariants: every added task reaches a final status, the right one for its kind; no
 //! attempt has two recorded outcomes; two runs of one attempt overlap only when a fault hit a
@@ -51,7 +51,7 @@ use support::{WorkerProcess, amqp_url, raw_connection, redis_url, unique_prefix}
 
 /// The lease of the run's workers: faults are timed around it.
 const LEASE_MS: u64 = 1000;
-/// Worker processes, and the tasks each runs at once.
+/// Worker processes (one in a quarter of the runs), and the tasks each runs at once.
 const WORKERS: usize = 3;
 const CONCURRENCY: usize = 4;
 /// Deliveries of one attempt before it ends `DeliveryLimit` (the aborting task's end). The
@@ -572,10 +572,11 @@ async fn run(engine: Engine, seed: u64) {
     let worker_log =
         Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("torture-{seed}-{engine:?}.log"));
     let _ = std::fs::remove_file(&worker_log);
+    let worker_count = if rng.random_bool(0.25) { 1 } else { WORKERS };
     let faketime = Path::new(FAKETIME_LIBRARY).exists();
     let clock_offset = (faketime && rng.random_bool(0.5)).then(|| {
         let seconds: i32 = rng.random_range(1..=5) * if rng.random_bool(0.5) { 1 } else { -1 };
-        (rng.random_range(0..WORKERS), seconds)
+        (rng.random_range(0..worker_count), seconds)
     });
     let app = client(engine, &url, amqp.as_deref(), &prefix).await;
     let redis_proxy = Proxy::start(format!("127.0.0.1:{}", redis.port)).await;
@@ -603,8 +604,10 @@ async fn run(engine: Engine, seed: u64) {
         restarts: 0,
         faults: Vec::new(),
     };
-    run.workers = (0..WORKERS).map(|index| run.spawn_worker(index)).collect();
-    for index in 0..WORKERS {
+    run.workers = (0..worker_count)
+        .map(|index| run.spawn_worker(index))
+        .collect();
+    for index in 0..worker_count {
         run.note_offset(index);
     }
 
@@ -739,7 +742,7 @@ async fn run(engine: Engine, seed: u64) {
     let live: HashSet<u32> = run.pids().into_iter().collect();
     let probes_from = now_ms();
     let mut probes = Vec::new();
-    for i in 0..(WORKERS * CONCURRENCY * 3) {
+    for i in 0..(worker_count * CONCURRENCY * 3) {
         let uuid = through_faults("adding a probe", || {
             app.add_task("log_run", (format!("probe{i}"), 150), ())
         })
@@ -934,10 +937,11 @@ async fn run(engine: Engine, seed: u64) {
     let mut kinds: Vec<_> = kinds.into_iter().collect();
     kinds.sort();
     println!(
-        "torture: engine {:?} seed {} ok in {:.1} s: {} tasks, {} repeated runs, {} overlaps explained by faults, {} worker restarts, clock offset {:?}, faults {:?}",
+        "torture: engine {:?} seed {} ok in {:.1} s: {} workers, {} tasks, {} repeated runs, {} overlaps explained by faults, {} worker restarts, clock offset {:?}, faults {:?}",
         run.engine,
         run.seed,
         started.elapsed().as_secs_f64(),
+        run.workers.len(),
         added.len(),
         repeated,
         overlaps,
@@ -974,8 +978,9 @@ fn pick_kind(rng: &mut StdRng, engine: Engine, added: &[Added]) -> Kind {
             88..95 => Kind::AddedTwice,
             _ => Kind::ChordMember,
         };
-        let poison = matches!(kind, Kind::PoisonEntry | Kind::PoisonRecord);
-        if poison && engine != Engine::Redis {
+        // Poison records are Redis's (RabbitMQ's message carries the task); poison entries
+        // are written to either engine's queue.
+        if kind == Kind::PoisonRecord && engine != Engine::Redis {
             continue;
         }
         if kind == Kind::Aborts && added.iter().any(|task| task.kind == Kind::Aborts) {
@@ -1103,6 +1108,19 @@ async fn add_chord(app: &QueueTasks, label: &str, rng: &mut StdRng) -> Vec<Added
 /// record cannot run (its `created_at` is `nan`, or its arguments are no JSON).
 async fn add_poison(run: &Run, kind: Kind, rng: &mut StdRng) -> Added {
     let uuid = Uuid::new_v4();
+    if let Some(amqp) = &run.amqp {
+        // A message that is no task, or names a time that is none.
+        let body: Vec<u8> = match rng.random_range(0..3) {
+            0 => b"no json at all".to_vec(),
+            1 => serde_json::json!({"uuid": uuid, "task_name": "log_run", "priority": 0,
+                "args": ["x", 1], "kwargs": {}, "created_at": 1.0, "run_at": 1e300})
+            .to_string()
+            .into_bytes(),
+            _ => b"\xff\xfe{".to_vec(),
+        };
+        support::publish_raw(amqp, &format!("{}:task_queue", run.prefix), &body).await;
+        return Added::new(uuid, kind);
+    }
     let queue = format!("{}:task_queue", run.prefix);
     let deadline = Instant::now() + DRAIN;
     loop {
