@@ -488,15 +488,9 @@ async fn a_delay_is_timed_by_rabbitmq_not_by_a_worker_clock_an_hour_behind() {
     let Some((amqp, redis)) = services("a_delay_is_timed_by_rabbitmq") else {
         return;
     };
-    const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
-    if !std::path::Path::new(FAKETIME).exists() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "faketime is missing (apt-get install faketime)"
-        );
-        eprintln!("skipped: faketime is missing (apt-get install faketime)");
+    let Some(faketime) = support::faketime() else {
         return;
-    }
+    };
     let prefix = unique_prefix("amqp_clock");
     let client = app(&amqp, &redis, &prefix, 1).await;
     // Its clock an hour behind: timing the delay by the message's `run_at` against it held
@@ -507,7 +501,7 @@ async fn a_delay_is_timed_by_rabbitmq_not_by_a_worker_clock_an_hour_behind() {
         1,
         &[
             ("QTASKS_TEST_WORKER_AMQP", &amqp),
-            ("LD_PRELOAD", FAKETIME),
+            ("LD_PRELOAD", faketime),
             ("FAKETIME", "-1h"),
             ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
         ],

@@ -516,15 +516,9 @@ async fn a_worker_whose_clock_is_an_hour_behind_is_listed_while_it_lives() {
     let Some(url) = redis_url("a_worker_whose_clock_is_an_hour_behind") else {
         return;
     };
-    const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
-    if !std::path::Path::new(FAKETIME).exists() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "faketime is missing (apt-get install faketime)"
-        );
-        eprintln!("skipped: faketime is missing (apt-get install faketime)");
+    let Some(faketime) = support::faketime() else {
         return;
-    }
+    };
     let prefix = unique_prefix("clock");
     let app = client(&url, &prefix).await;
     // Its own clock says an hour ago: listing by the workers' clocks dropped it at once.
@@ -533,7 +527,7 @@ async fn a_worker_whose_clock_is_an_hour_behind_is_listed_while_it_lives() {
         2000,
         1,
         &[
-            ("LD_PRELOAD", FAKETIME),
+            ("LD_PRELOAD", faketime),
             ("FAKETIME", "-1h"),
             ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
         ],

@@ -65,7 +65,9 @@ const STREAM_ITEMS: u32 = 15;
 const FAULT_WINDOW: Duration = Duration::from_secs(6);
 /// How long the run may take to drain once the faults end.
 const DRAIN: Duration = Duration::from_secs(90);
-/// The schedule's slots, one a second from two seconds after the workers start.
+/// The schedule's slots, one a second from five seconds after the workers are spawned (a
+/// worker fires only the slots after its start, and three engines at once on two cores take
+/// seconds to start one).
 const SCHEDULE_SLOTS: u64 = 5;
 /// How long the in-memory run waits for a task to end.
 const MEMORY_DRAIN: Duration = Duration::from_secs(20);
@@ -95,6 +97,8 @@ enum Kind {
     /// A member of a chord, and the chord's callback (its result: the members' labels).
     ChordMember,
     ChordCallback,
+    /// A slot's task of the schedule the workers run.
+    Scheduled,
 }
 
 struct Added {
@@ -584,7 +588,7 @@ async fn run(engine: Engine, seed: u64) {
         Some(amqp) => Some(Proxy::start(amqp_host_port(amqp)).await),
         None => None,
     };
-    let schedule_from = (now_ms() / 1000) as u64 + 2;
+    let schedule_from = (now_ms() / 1000) as u64 + 5;
     let mut run = Run {
         engine,
         seed,
@@ -713,7 +717,7 @@ async fn run(engine: Engine, seed: u64) {
         run.supervise();
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    added.extend(slots.iter().map(|uuid| Added::new(*uuid, Kind::Short)));
+    added.extend(slots.iter().map(|uuid| Added::new(*uuid, Kind::Scheduled)));
 
     // -- Drain: every task reaches its final status ------------------------------------------
     let mut finals: HashMap<Uuid, TaskRecord> = HashMap::new();
@@ -782,7 +786,12 @@ async fn run(engine: Engine, seed: u64) {
             task.kind, task.uuid, record.status, record.traceback, record.cancel_reason
         );
         match task.kind {
-            Kind::Short | Kind::Long | Kind::Delayed | Kind::AddedTwice | Kind::ChordMember => {
+            Kind::Short
+            | Kind::Long
+            | Kind::Delayed
+            | Kind::AddedTwice
+            | Kind::ChordMember
+            | Kind::Scheduled => {
                 assert_eq!(record.status, TaskStatus::Success, "{context}");
                 assert!(ran >= 1, "{context}");
                 if ran > 1 {
@@ -1003,7 +1012,8 @@ async fn add(
     let label = format!("{kind:?}{label}");
     let long_ms = rng.random_range(LEASE_MS * 3 / 2..LEASE_MS * 5 / 2);
     let (name, args, options): (&str, serde_json::Value, AddOptions) = match kind {
-        Kind::Short => (
+        // (The schedule's slots are added by the workers; a task of theirs is a short one.)
+        Kind::Short | Kind::Scheduled => (
             "log_run",
             serde_json::json!([label, rng.random_range(0..40)]),
             AddOptions::default(),
@@ -1287,29 +1297,35 @@ fn executions(log: &Path) -> HashMap<Uuid, usize> {
     counts
 }
 
-/// The tasks that ran with `label`, from the workers' execution log (`uuid label pid`).
+/// The tasks that ran with `label`, from the workers' execution log.
 fn executions_labelled(log: &Path, label: &str) -> HashSet<Uuid> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split(' ');
-            let uuid = Uuid::parse_str(fields.next()?).ok()?;
-            (fields.next()? == label).then_some(uuid)
-        })
+    execution_log(log)
+        .into_iter()
+        .filter(|(_, logged, _)| logged == label)
+        .map(|(uuid, _, _)| uuid)
         .collect()
 }
 
-/// `(task, worker pid)` per run, from the workers' execution log (`uuid label pid`).
+/// `(task, worker pid)` per run, from the workers' execution log.
 fn executions_with_pids(log: &Path) -> Vec<(Uuid, u32)> {
+    execution_log(log)
+        .into_iter()
+        .map(|(uuid, _, pid)| (uuid, pid))
+        .collect()
+}
+
+/// The workers' execution log, a run a line: `uuid label pid` (a line cut short by a kill is
+/// left out).
+fn execution_log(log: &Path) -> Vec<(Uuid, String, u32)> {
     std::fs::read_to_string(log)
         .unwrap_or_default()
         .lines()
         .filter_map(|line| {
             let mut fields = line.split(' ');
             let uuid = Uuid::parse_str(fields.next()?).ok()?;
-            let pid = fields.nth(1)?.parse().ok()?;
-            Some((uuid, pid))
+            let label = fields.next()?.to_owned();
+            let pid = fields.next()?.parse().ok()?;
+            Some((uuid, label, pid))
         })
         .collect()
 }

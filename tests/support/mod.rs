@@ -328,3 +328,19 @@ pub(crate) async fn publish_raw(amqp: &str, queue: &str, body: &[u8]) {
         .unwrap();
     connection.close(200, "done".into()).await.unwrap();
 }
+
+/// Debian's libfaketime (package `faketime`), for a worker whose clock is offset: its path,
+/// or `None` (with a line on stderr) where it is not installed. In CI it must be
+/// (`.ci/run` installs it).
+pub(crate) fn faketime() -> Option<&'static str> {
+    const LIBRARY: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+    if std::path::Path::new(LIBRARY).exists() {
+        return Some(LIBRARY);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "faketime is missing (apt-get install faketime)"
+    );
+    eprintln!("skipped: faketime is missing (apt-get install faketime)");
+    None
+}
