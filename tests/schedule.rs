@@ -138,6 +138,30 @@ async fn missed_slots_are_skipped_or_caught_up_as_asked() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn catching_up_from_an_explicit_start_fires_the_slots_before_the_first_worker() {
+    // The first worker starts 4.5 s after the schedule's start: before any slot fired, only
+    // an explicit start tells which slots were missed. Without catch-up they stay skipped.
+    for (label, catch_up, expected) in [("from_start", true, 10), ("from_start_skip", false, 6)] {
+        let apps = workers_on_one_backend(1, secs(T0) + Duration::from_millis(4500));
+        let schedule = Schedule::every(Duration::from_secs(1))
+            .starting_at(secs(T0))
+            .until(secs(T0 + 9));
+        let schedule = if catch_up {
+            schedule.catch_up(100)
+        } else {
+            schedule
+        };
+        apps[0]
+            .schedule(label, schedule, count_call(label))
+            .unwrap();
+        apps[0].start().await.unwrap();
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        apps[0].stop().await.unwrap();
+        assert_eq!(runs(label).load(Ordering::SeqCst), expected, "{label}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_paused_schedule_does_not_fire_until_resumed() {
     let label = "paused";
     let apps = workers_on_one_backend(1, secs(T0) + Duration::from_millis(500));

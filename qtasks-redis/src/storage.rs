@@ -29,12 +29,16 @@ const SAFETY_LOOK: Duration = Duration::from_secs(30);
 /// waiter tries until its own timeout).
 const READ_RETRIES: usize = 8;
 
-/// Errors after which the same command may well succeed on a new connection.
+/// Errors after which the same command may well succeed on a new connection, or a moment
+/// later: a server that restarts answers `LOADING` while it reads its append-only file back
+/// (seen by the fault harness: a waiter's read failed on it), and `TRYAGAIN` / `MASTERDOWN`
+/// are as passing.
 pub(super) fn is_transient(error: &redis::RedisError) -> bool {
     error.is_io_error()
         || error.is_connection_dropped()
         || error.is_connection_refusal()
         || error.is_timeout()
+        || matches!(error.retry_method(), redis::RetryMethod::WaitAndRetry)
 }
 
 /// Waiters by task id; the subscriber wakes them when a result is published.

@@ -244,13 +244,24 @@ impl Schedule {
         Ok(self)
     }
 
-    /// No slot before `time` (for `every`).
+    /// No slot before `time` (for `every`). With [`catch_up`](Self::catch_up), slots from
+    /// `time` that passed before any worker fired one are caught up too (within the catch-up
+    /// horizon): a worker that started late, or died and started again before the first slot
+    /// fired, does not skip them.
     #[must_use]
     pub fn starting_at(mut self, time: SystemTime) -> Self {
         if let Kind::Every { from_ms, .. } = &mut self.kind {
             *from_ms = Some(unix_ms(time));
         }
         self
+    }
+
+    /// The first slot's time as set by [`starting_at`](Self::starting_at), if it was.
+    pub(crate) fn explicit_start_ms(&self) -> Option<i64> {
+        match self.kind {
+            Kind::Every { from_ms, .. } => from_ms,
+            _ => None,
+        }
     }
 
     /// No slot after `time` (for `every`).

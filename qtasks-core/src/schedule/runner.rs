@@ -130,13 +130,17 @@ pub(crate) async fn run(
             .get(&entry.name)
             .and_then(|info| info.last_slot)
             .map(|secs| (secs * 1000.0).round() as i64);
-        // Catch up from the last slot fired (no further back than claims last), else start
-        // with the slot just passed, if it is on time.
-        let from = match (entry.schedule.missed, last) {
-            (Missed::CatchUp(_), Some(last)) => {
-                let horizon = start - entry.claim_ttl(start).as_millis() as i64 / 2;
-                last.max(horizon)
-            }
+        // Catch up from the last slot fired, or, before any fired, from an explicit start
+        // (no further back than claims last); else start with the slot just passed, if it is
+        // on time.
+        let horizon = start - entry.claim_ttl(start).as_millis() as i64 / 2;
+        let from = match (
+            entry.schedule.missed,
+            last,
+            entry.schedule.explicit_start_ms(),
+        ) {
+            (Missed::CatchUp(_), Some(last), _) => last.max(horizon),
+            (Missed::CatchUp(_), None, Some(first)) => (first - 1).max(horizon),
             _ => start - ON_TIME,
         };
         checked.push(from);
