@@ -108,6 +108,8 @@ struct Added {
     cancelled: Option<bool>,
     /// What it must return, where the kind says (a chord's callback).
     returns: Option<serde_json::Value>,
+    /// A chord callback's members (told when it never comes).
+    members: Vec<Uuid>,
 }
 
 impl Added {
@@ -117,6 +119,7 @@ impl Added {
             kind,
             cancelled: None,
             returns: None,
+            members: Vec::new(),
         }
     }
 }
@@ -732,12 +735,19 @@ async fn run(engine: Engine, seed: u64) {
                 finals.insert(task.uuid, record);
                 break;
             }
-            assert!(
-                Instant::now() < deadline,
-                "seed {seed}: {:?} task {} never reached a final status",
-                task.kind,
-                task.uuid
-            );
+            if Instant::now() >= deadline {
+                let mut members = Vec::new();
+                for member in &task.members {
+                    let record = final_attempt(&app, *member).await;
+                    members.push((*member, record.map(|r| (r.status, r.traceback))));
+                }
+                panic!(
+                    "seed {seed}: {:?} task {} never reached a final status (its record: {:?}; chord members: {members:?})",
+                    task.kind,
+                    task.uuid,
+                    app.get(task.uuid).await
+                );
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -1110,6 +1120,7 @@ async fn add_chord(app: &QueueTasks, label: &str, rng: &mut StdRng) -> Vec<Added
         .collect();
     let mut callback = Added::new(handle.callback_uuid(), Kind::ChordCallback);
     callback.returns = Some(labels.join("+").into());
+    callback.members = handle.group().members().to_vec();
     added.push(callback);
     added
 }

@@ -356,8 +356,18 @@ impl QueueTasks {
         let Some(callback) = state.callback else {
             return Ok(());
         };
-        if self.inner.storage.get(callback.uuid).await?.is_some() {
-            return Ok(()); // added already
+        // Added and taken already. A callback still `new` is added again: on a broker that
+        // writes the record before the message (RabbitMQ), an adder that died in between
+        // left a record that no message will ever start; an add of a known id that still
+        // waits only queues it again (harmless), and adds nothing anywhere else.
+        if self
+            .inner
+            .storage
+            .get(callback.uuid)
+            .await?
+            .is_some_and(|record| record.status != TaskStatus::New)
+        {
+            return Ok(());
         }
         // Members tend to end in order, so looking from the last one finds an unfinished
         // member at once while the chord runs: each member's check is cheap until the end.

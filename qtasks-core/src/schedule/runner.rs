@@ -251,14 +251,17 @@ async fn fire_slot(app: &QueueTasks, entry: &Arc<Entry>, slot_ms: i64) -> bool {
 /// claim and its add; one checker (by a second claim) adds it now, under the same id.
 async fn recover_slot(app: &QueueTasks, entry: &Entry, slot_ms: i64) {
     let uuid = slot_uuid(&app.name(), &entry.name, slot_ms);
-    match app.get(uuid).await {
-        Ok(Some(_)) => return,
-        Ok(None) => {}
+    let missing = match app.get(uuid).await {
+        // Taken or ended. A task still `new` is added again below: on a broker that writes
+        // the record before the message (RabbitMQ), a claimer that died in between left a
+        // record no message will start; an add of a known id that waits only queues it again.
+        Ok(Some(record)) if record.status != crate::TaskStatus::New => return,
+        Ok(record) => record.is_none(),
         Err(error) => {
             tracing::warn!(app = %app.name(), schedule = %entry.name, "checking slot {} failed: {}", super::format_ms(slot_ms), crate::backend::ErrorChain(&error));
             return;
         }
-    }
+    };
     let key = format!("schedule:{}:{slot_ms}:recover", entry.name);
     if let Ok(true) = app
         .inner
@@ -266,7 +269,11 @@ async fn recover_slot(app: &QueueTasks, entry: &Entry, slot_ms: i64) {
         .claim(&key, entry.claim_ttl(slot_ms))
         .await
     {
-        tracing::warn!(app = %app.name(), schedule = %entry.name, "slot {} was claimed by a worker that did not add its task; adding it here", super::format_ms(slot_ms));
+        if missing {
+            tracing::warn!(app = %app.name(), schedule = %entry.name, "slot {} was claimed by a worker that did not add its task; adding it here", super::format_ms(slot_ms));
+        } else {
+            tracing::debug!(app = %app.name(), schedule = %entry.name, "slot {}'s task still waits; adding it again (it runs once)", super::format_ms(slot_ms));
+        }
         add(app, entry, slot_ms).await;
     }
 }
