@@ -10,6 +10,9 @@
 //!     cargo test -p qtasks-tests --test torture -- --nocapture redis_engine
 //! ```
 //!
+//! The workers log warnings to `target/tmp/torture-{seed}-{engine}.log`; `QTASKS_TORTURE_LOG`
+//! (a `RUST_LOG` filter) asks for more.
+//!
 //! The engines: Redis (queue and records on a Redis server of the run's own), RabbitMQ (the
 //! machine's RabbitMQ, under a queue name of the run's own) with its records on such a Redis,
 //! and memory (where only the faults a process does to itself apply: `stop_now` and a start
@@ -432,6 +435,7 @@ impl Run {
             _ => None,
         };
         let schedule_from = self.schedule_from.to_string();
+        let log_filter = std::env::var("QTASKS_TORTURE_LOG").unwrap_or_else(|_| "warn".into());
         let schedule_slots = SCHEDULE_SLOTS.to_string();
         let mut env: Vec<(&str, &str)> = vec![
             ("QTASKS_TEST_REDIS_URL", &redis_url),
@@ -442,8 +446,9 @@ impl Run {
             ("QTASKS_TEST_SPAN_LOG", &span_log),
             ("QTASKS_MAX_DELIVERIES", &max_deliveries),
             ("QTASKS_STOP_TIMEOUT", "5"),
-            // Warnings too: a lost lease is one, and explains an overlap.
-            ("RUST_LOG", "warn"),
+            // Warnings too: a lost lease is one, and explains an overlap. More with
+            // `QTASKS_TORTURE_LOG` (a `RUST_LOG` filter) when a seed needs explaining.
+            ("RUST_LOG", &log_filter),
         ];
         if let Some(amqp) = &amqp_url {
             env.push(("QTASKS_TEST_WORKER_AMQP", amqp));
