@@ -384,11 +384,13 @@ async fn a_timer_ported_from_python_adds_on_its_triggers() {
     assert_eq!(runs("timer_date").load(Ordering::SeqCst), 1);
 }
 
-/// A broker whose every `add` fails, as a worker that dies between claiming a slot and adding
-/// its task; the rest is the shared in-memory broker's.
+/// A broker whose first `fail_first` adds fail (every add, with `u64::MAX`: a worker that dies
+/// between claiming a slot and adding its task; a few: an outage, or a reply lost); the rest is
+/// the shared in-memory broker's.
 struct AddFails {
     inner: Arc<MemoryBroker>,
     failed: AtomicU64,
+    fail_first: u64,
 }
 
 impl qtasks::backend::Broker for AddFails {
@@ -397,9 +399,12 @@ impl qtasks::backend::Broker for AddFails {
     }
     fn add(
         &self,
-        _task: qtasks::QueuedTask,
+        task: qtasks::QueuedTask,
     ) -> qtasks::BoxFuture<'_, Result<(), qtasks::backend::BackendError>> {
-        self.failed.fetch_add(1, Ordering::SeqCst);
+        if self.failed.fetch_add(1, Ordering::SeqCst) >= self.fail_first {
+            self.failed.fetch_sub(1, Ordering::SeqCst);
+            return self.inner.add(task);
+        }
         Box::pin(async {
             Err(qtasks::backend::BackendError::new(
                 "test",
@@ -444,6 +449,7 @@ async fn a_slot_whose_claimer_did_not_add_it_is_added_by_another_worker() {
     let failing = Arc::new(AddFails {
         inner: broker.clone(),
         failed: AtomicU64::new(0),
+        fail_first: u64::MAX,
     });
     let build = |broker: Arc<dyn qtasks::backend::Broker>| {
         let app = QueueTasks::builder()
@@ -470,6 +476,43 @@ async fn a_slot_whose_claimer_did_not_add_it_is_added_by_another_worker() {
     assert!(
         failing.failed.load(Ordering::SeqCst) > 0,
         "the failing worker never won a slot"
+    );
+    assert_eq!(
+        runs(label).load(Ordering::SeqCst),
+        20,
+        "every slot ran once"
+    );
+}
+
+/// A lone worker whose adds fail for a while (the storage or broker down, a reply lost) adds
+/// each slot's task again until it is there: no slot is lost (found by the fault harness: a
+/// slot's add that failed was never tried again).
+#[tokio::test(start_paused = true)]
+async fn a_lone_worker_adds_a_slot_again_after_its_add_failed() {
+    let label = "added_again";
+    let start = secs(T0) + Duration::from_millis(500);
+    let storage = Arc::new(MemoryStorage::new());
+    let broker = Arc::new(MemoryBroker::new(Arc::clone(&storage)));
+    let flaky = Arc::new(AddFails {
+        inner: broker,
+        failed: AtomicU64::new(0),
+        fail_first: 12,
+    });
+    let app = QueueTasks::builder()
+        .backend(flaky.clone(), storage)
+        .global_config(Arc::new(MemoryGlobalConfig::new()))
+        .build();
+    app.set_clock(Arc::new(TokioClock::starting_at(start)));
+    let schedule = Schedule::every(Duration::from_secs(1))
+        .starting_at(secs(T0 + 5))
+        .until(secs(T0 + 24));
+    app.schedule("tick", schedule, count_call(label)).unwrap();
+    app.start().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(90)).await;
+    app.stop().await.unwrap();
+    assert!(
+        flaky.failed.load(Ordering::SeqCst) >= 12,
+        "the adds never failed"
     );
     assert_eq!(
         runs(label).load(Ordering::SeqCst),

@@ -42,11 +42,48 @@ pub(crate) fn slot_uuid(app: &str, schedule: &str, slot_ms: i64) -> uuid::Uuid {
     uuid::Uuid::from_u128(variant)
 }
 
-/// A slot another worker claimed, to check at `at_ms`.
+/// How long a worker waits before adding a slot's task again after an add failed (a storage
+/// or broker outage, a reply lost): doubled each time, up to [`ADD_AGAIN_MAX`].
+const ADD_AGAIN_FIRST: i64 = 500;
+const ADD_AGAIN_MAX: i64 = 30_000;
+
+/// Something to do about one slot at `at_ms`.
 struct Check {
     entry: usize,
     slot_ms: i64,
     at_ms: i64,
+    kind: CheckKind,
+}
+
+enum CheckKind {
+    /// Another worker claimed the slot: check that it added the task.
+    Recover,
+    /// This worker owns the slot (its claim, or its recovery claim) and adds the task now:
+    /// after the jitter, or again after `failures` failed adds.
+    Add { failures: u32 },
+}
+
+impl Check {
+    /// The next add of a slot whose add failed `failures` times, or `None` once the slot's
+    /// claim has lapsed (no worker would know it any more: given up, loudly).
+    fn add_again(
+        entry: &Entry,
+        index: usize,
+        slot_ms: i64,
+        failures: u32,
+        now: i64,
+    ) -> Option<Check> {
+        let pause = ADD_AGAIN_FIRST
+            .saturating_mul(1 << failures.saturating_sub(1).min(16))
+            .min(ADD_AGAIN_MAX);
+        let lapses = slot_ms.saturating_add(entry.claim_ttl(slot_ms).as_millis() as i64);
+        (now + pause < lapses).then_some(Check {
+            entry: index,
+            slot_ms,
+            at_ms: now + pause,
+            kind: CheckKind::Add { failures },
+        })
+    }
 }
 
 /// One registered schedule.
@@ -177,7 +214,25 @@ pub(crate) async fn run(
             checks.into_iter().partition(|check| check.at_ms <= now);
         checks = later;
         for check in due_checks {
-            recover_slot(&app, &entries[check.entry], check.slot_ms).await;
+            let entry = &entries[check.entry];
+            let failures = match check.kind {
+                CheckKind::Recover => match recover_slot(&app, entry, check.slot_ms).await {
+                    Recovery::Done => continue,
+                    Recovery::TryAgain => 1,
+                },
+                CheckKind::Add { failures } => {
+                    if add(&app, entry, check.slot_ms).await {
+                        continue;
+                    }
+                    failures + 1
+                }
+            };
+            match Check::add_again(entry, check.entry, check.slot_ms, failures, now) {
+                Some(again) => checks.push(again),
+                None => {
+                    tracing::error!(app = %app.name(), schedule = %entry.name, failures, "slot {}'s task could not be added before its claim lapsed; the slot is lost", super::format_ms(check.slot_ms));
+                }
+            }
         }
         let paused = match global.get_all(PAUSED).await {
             Ok(paused) => paused,
@@ -207,78 +262,108 @@ pub(crate) async fn run(
             }
             fire.extend(on_time);
             for slot in fire {
-                if !fire_slot(&app, entry, slot).await {
-                    checks.push(Check {
-                        entry: index,
-                        slot_ms: slot,
-                        at_ms: slot + CHECK_AFTER + entry.schedule.jitter.as_millis() as i64,
-                    });
+                if let Some(check) = fire_slot(&app, entry, index, slot, now).await {
+                    checks.push(check);
                 }
             }
         }
     }
 }
 
-/// Claims a slot and, if this worker won it, adds the task (after the jitter, if any) and
-/// records the firing. `false`: another worker claimed it (check later that it added it).
-async fn fire_slot(app: &QueueTasks, entry: &Arc<Entry>, slot_ms: i64) -> bool {
+/// Claims a slot and, if this worker won it, adds the task (or, with a jitter, says when to)
+/// and records the firing. What is left to do about the slot comes back as a [`Check`]: a
+/// slot another worker claimed (to check later that it added the task), a jittered add, or an
+/// add that failed (to try again: a failed add must not lose the slot).
+async fn fire_slot(
+    app: &QueueTasks,
+    entry: &Entry,
+    index: usize,
+    slot_ms: i64,
+    now: i64,
+) -> Option<Check> {
     let global = &app.inner.global_config;
     let ttl = entry.claim_ttl(slot_ms);
     let key = format!("schedule:{}:{slot_ms}", entry.name);
+    let check_later = Check {
+        entry: index,
+        slot_ms,
+        at_ms: slot_ms + CHECK_AFTER + entry.schedule.jitter.as_millis() as i64,
+        kind: CheckKind::Recover,
+    };
     match global.claim(&key, ttl).await {
         Ok(true) => {}
-        Ok(false) => return false, // another worker fires it
+        Ok(false) => return Some(check_later), // another worker fires it
         Err(error) => {
             tracing::error!(app = %app.name(), schedule = %entry.name, "claiming slot {} failed; not fired here: {}", super::format_ms(slot_ms), crate::backend::ErrorChain(&error));
-            return false;
+            return Some(check_later);
         }
     }
     let jitter = entry.schedule.jitter;
-    if jitter.is_zero() {
-        add(app, entry, slot_ms).await;
-    } else {
-        let (app, entry) = (app.clone(), Arc::clone(entry));
+    if !jitter.is_zero() {
         let pause = jitter.mul_f64(random_fraction());
-        tokio::spawn(async move {
-            tokio::time::sleep(pause).await;
-            add(&app, &entry, slot_ms).await;
+        return Some(Check {
+            entry: index,
+            slot_ms,
+            at_ms: now + pause.as_millis() as i64,
+            kind: CheckKind::Add { failures: 0 },
         });
     }
-    true
+    if add(app, entry, slot_ms).await {
+        None
+    } else {
+        Check::add_again(entry, index, slot_ms, 1, now)
+    }
+}
+
+enum Recovery {
+    /// The task is there, another checker took the slot over, or this one added it.
+    Done,
+    /// The check failed, or this checker took the slot over and its add failed: it adds the
+    /// task again later.
+    TryAgain,
 }
 
 /// A slot another worker claimed: if its task is not there, that worker died between its
 /// claim and its add; one checker (by a second claim) adds it now, under the same id.
-async fn recover_slot(app: &QueueTasks, entry: &Entry, slot_ms: i64) {
+async fn recover_slot(app: &QueueTasks, entry: &Entry, slot_ms: i64) -> Recovery {
     let uuid = slot_uuid(&app.name(), &entry.name, slot_ms);
     let missing = match app.get(uuid).await {
         // Taken or ended. A task still `new` is added again below: on a broker that writes
         // the record before the message (RabbitMQ), a claimer that died in between left a
         // record no message will start; an add of a known id that waits only queues it again.
-        Ok(Some(record)) if record.status != crate::TaskStatus::New => return,
+        Ok(Some(record)) if record.status != crate::TaskStatus::New => return Recovery::Done,
         Ok(record) => record.is_none(),
         Err(error) => {
-            tracing::warn!(app = %app.name(), schedule = %entry.name, "checking slot {} failed: {}", super::format_ms(slot_ms), crate::backend::ErrorChain(&error));
-            return;
+            // Not known: added (again) later, with no recovery claim (an add of a known id
+            // queues nothing new, so several checkers adding it is harmless).
+            tracing::warn!(app = %app.name(), schedule = %entry.name, "checking slot {} failed (checking again): {}", super::format_ms(slot_ms), crate::backend::ErrorChain(&error));
+            return Recovery::TryAgain;
         }
     };
     let key = format!("schedule:{}:{slot_ms}:recover", entry.name);
-    if let Ok(true) = app
+    let Ok(true) = app
         .inner
         .global_config
         .claim(&key, entry.claim_ttl(slot_ms))
         .await
-    {
-        if missing {
-            tracing::warn!(app = %app.name(), schedule = %entry.name, "slot {} was claimed by a worker that did not add its task; adding it here", super::format_ms(slot_ms));
-        } else {
-            tracing::debug!(app = %app.name(), schedule = %entry.name, "slot {}'s task still waits; adding it again (it runs once)", super::format_ms(slot_ms));
-        }
-        add(app, entry, slot_ms).await;
+    else {
+        return Recovery::Done;
+    };
+    if missing {
+        tracing::warn!(app = %app.name(), schedule = %entry.name, "slot {} was claimed by a worker that did not add its task; adding it here", super::format_ms(slot_ms));
+    } else {
+        tracing::debug!(app = %app.name(), schedule = %entry.name, "slot {}'s task still waits; adding it again (it runs once)", super::format_ms(slot_ms));
+    }
+    if add(app, entry, slot_ms).await {
+        Recovery::Done
+    } else {
+        Recovery::TryAgain
     }
 }
 
-async fn add(app: &QueueTasks, entry: &Entry, slot_ms: i64) {
+/// Adds the slot's task under the slot's id (adding a known id again queues nothing new, so a
+/// second try after a lost reply is safe); `false` if the add failed.
+async fn add(app: &QueueTasks, entry: &Entry, slot_ms: i64) -> bool {
     let uuid = slot_uuid(&app.name(), &entry.name, slot_ms);
     match entry.call.add_as(app, Some(uuid)).await {
         Ok(handle) => {
@@ -288,9 +373,11 @@ async fn add(app: &QueueTasks, entry: &Entry, slot_ms: i64) {
             info.last_fired_at = Some(crate::backend::unix_now());
             info.last_uuid = Some(handle.uuid());
             record(app, &info).await;
+            true
         }
         Err(error) => {
-            tracing::error!(app = %app.name(), schedule = %entry.name, "adding the task of slot {} failed: {}", super::format_ms(slot_ms), crate::backend::ErrorChain(&error));
+            tracing::error!(app = %app.name(), schedule = %entry.name, "adding the task of slot {} failed (trying again): {}", super::format_ms(slot_ms), crate::backend::ErrorChain(&error));
+            false
         }
     }
 }
