@@ -707,6 +707,14 @@ fn the_binary_serves_the_web_api_with_a_token_and_refuses_the_network_without_on
         css.starts_with("HTTP/1.1 200") && css.contains("prefers-color-scheme"),
         "{css}"
     );
+    // The metrics beside the dashboard (the web crate does not depend on the metrics crate:
+    // the command composes them), behind the same token.
+    assert!(request("/metrics", "nope").starts_with("HTTP/1.1 401"));
+    let metrics = request("/metrics", "t0ken");
+    assert!(
+        metrics.starts_with("HTTP/1.1 200") && metrics.contains("qtasks_tasks_running"),
+        "{metrics}"
+    );
     Command::new("kill")
         .args(["-TERM", &server.id().to_string()])
         .status()

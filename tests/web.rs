@@ -154,7 +154,9 @@ async fn pages_escape_what_they_show_and_actions_need_the_csrf_token() {
     // Not started: the task waits, so it can be cancelled.
     let handle = web_echo::add_task(&app, script.into()).await.unwrap();
     let uuid = handle.uuid();
+    // The metrics beside the dashboard, as `qtasks web` serves them.
     let port = Web::new(app.clone())
+        .routes(qtasks::metrics::Metrics::install(&app).router())
         .serve("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap()

@@ -80,8 +80,10 @@ async fn stop_signal() {
 
 #[cfg(feature = "web")]
 async fn web(app: &QueueTasks, address: std::net::SocketAddr, token: Option<String>) -> Outcome {
-    let bound = qtasks_web::Web::new(app.clone())
-        .token(token)
+    let web = qtasks_web::Web::new(app.clone()).token(token);
+    // The Prometheus text beside the dashboard, under the same guard.
+    let web = web.routes(qtasks_metrics::Metrics::install(app).router());
+    let bound = web
         .serve(address)
         .await
         .map_err(|e| Failure::usage(e.to_string()))?;

@@ -1,5 +1,6 @@
 //! The web dashboard of qtasks, served with axum straight from the backend (no worker needed
-//! in the process): pages for operators, a JSON API for scripts, Prometheus metrics.
+//! in the process): pages for operators, a JSON API for scripts, and routes of your own beside
+//! them (Prometheus metrics, say) behind the same guard.
 //!
 //! | route | what |
 //! |---|---|
@@ -11,7 +12,7 @@
 //! | `GET /events?view=...` | server-sent events: the parts of a page that changed |
 //! | `GET /api/v1/overview`, `/stats`, `/workers`, `/tasks`, `/tasks/{uuid}`, `/dead`, `/csrf` | the same data as JSON |
 //! | `POST /api/v1/tasks/{uuid}/cancel`, `.../retry`, `.../delete`, `/api/v1/dead/{id}/requeue`, `.../drop` | the actions, JSON |
-//! | `GET /metrics` | the Prometheus text ([`qtasks_metrics`]) |
+//! | yours, given with [`Web::routes`] | e.g. `GET /metrics` of `qtasks::metrics` (the `qtasks web` command serves it) |
 //!
 //! Security: without a token it listens on loopback only and answers only connections whose
 //! peer address is loopback, addressed to a loopback name, and not forwarded by a proxy; with a
@@ -75,6 +76,8 @@ pub enum WebError {
 #[derive(Clone)]
 pub struct Web {
     shared: Shared,
+    /// Routes of the caller's, served beside the dashboard behind the same guard.
+    routes: Router,
 }
 
 /// What every handler shares.
@@ -91,7 +94,6 @@ pub(crate) struct SharedInner {
     pub(crate) cookie_key: ring::hmac::Key,
     /// The stats sampler, started at the first request that needs it.
     live: tokio::sync::OnceCell<live::Live>,
-    metrics: Arc<qtasks_metrics::Metrics>,
 }
 
 impl Deref for Shared {
@@ -122,7 +124,6 @@ impl std::fmt::Debug for Web {
 impl Web {
     /// The surface of `app`, with no token (loopback only).
     pub fn new(app: QueueTasks) -> Self {
-        let metrics = qtasks_metrics::Metrics::install(&app);
         Web {
             shared: Shared(Arc::new(SharedInner {
                 app,
@@ -130,9 +131,26 @@ impl Web {
                 csrf: security::random_secret(),
                 cookie_key: security::cookie_key(),
                 live: tokio::sync::OnceCell::new(),
-                metrics,
             })),
+            routes: Router::new(),
         }
+    }
+
+    /// Serves `routes` beside the dashboard, behind the same guard (the token, or loopback
+    /// only): the Prometheus metrics of `qtasks::metrics`, a health check of your own. The
+    /// dashboard does not depend on the metrics crate; this is how the two meet (the `qtasks
+    /// web` command does it).
+    ///
+    /// ```
+    /// # fn demo(app: qtasks::QueueTasks) {
+    /// let health = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok" }));
+    /// let web = qtasks::web::Web::new(app).routes(health);
+    /// # let _ = web; }
+    /// ```
+    #[must_use]
+    pub fn routes(mut self, routes: Router) -> Self {
+        self.routes = self.routes.merge(routes);
+        self
     }
 
     /// Requires `token` on every request (`Authorization: Bearer <token>`, or the cookie the
@@ -191,7 +209,7 @@ impl Web {
         pages
             .merge(json)
             .with_state(self.shared.clone())
-            .merge(self.shared.metrics.router())
+            .merge(self.routes.clone())
             .layer(axum::middleware::from_fn(move |request, next| {
                 security::guard(shared.clone(), request, next)
             }))
