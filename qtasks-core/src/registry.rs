@@ -88,15 +88,9 @@ impl TaskTable {
             .map(|i| self.by_name[i])
     }
 
-    /// The registered name closest to `name` (by edit distance, at most a third of its
-    /// length away), for a "did you mean".
+    /// The registered name closest to `name`, for a "did you mean" (the catalogue's one rule).
     pub(crate) fn closest(&self, name: &str) -> Option<&'static str> {
-        let limit = (name.chars().count() / 3).max(1);
-        self.names()
-            .map(|known| (edit_distance(name, known), known))
-            .filter(|(distance, _)| *distance <= limit)
-            .min()
-            .map(|(_, known)| known)
+        qtasks_triggers::closest(name, self.names())
     }
 
     pub(crate) fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
@@ -106,24 +100,6 @@ impl TaskTable {
     pub(crate) fn definitions(&self) -> &[&'static TaskDefinition] {
         &self.by_name
     }
-}
-
-/// Levenshtein distance, by characters.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut diagonal = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let above = row[j + 1];
-            row[j + 1] = (above + 1)
-                .min(row[j] + 1)
-                .min(diagonal + usize::from(ca != *cb));
-            diagonal = above;
-        }
-    }
-    row[b.len()]
 }
 
 #[cfg(test)]

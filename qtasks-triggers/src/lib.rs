@@ -20,7 +20,7 @@
 
 mod suggest;
 
-pub use suggest::{Suggestion, edit_distance, suggest};
+pub use suggest::{Suggestion, closest, suggest};
 
 /// Calls `$callback! { (Variant, "wire_name", Component, Kind), ... }` with every trigger.
 ///

@@ -14,10 +14,8 @@ pub enum Suggestion {
     None,
 }
 
-/// Suggests the trigger a user probably meant by `unknown`.
-///
-/// A trigger is close when its edit distance to `unknown` is at most a quarter of the name's
-/// length (and at least 2), which catches typos and a dropped or extra word part.
+/// Suggests the trigger a user probably meant by `unknown`: the [`closest`] trigger name, or,
+/// when none is close, the component whose prefix the name starts with.
 ///
 /// ```
 /// use qtasks_triggers::{suggest, Component, Suggestion, Trigger};
@@ -27,13 +25,8 @@ pub enum Suggestion {
 /// assert_eq!(suggest("zzz"), Suggestion::None);
 /// ```
 pub fn suggest(unknown: &str) -> Suggestion {
-    let threshold = (unknown.len() / 4).max(2);
-    let best = Trigger::ALL
-        .iter()
-        .map(|t| (edit_distance(unknown, t.name()), *t))
-        .min_by_key(|(distance, _)| *distance);
-    if let Some((distance, trigger)) = best
-        && distance <= threshold
+    if let Some(close) = closest(unknown, Trigger::ALL.iter().map(|t| t.name()))
+        && let Some(trigger) = Trigger::from_name(close)
     {
         return Suggestion::DidYouMean(trigger);
     }
@@ -45,26 +38,28 @@ pub fn suggest(unknown: &str) -> Suggestion {
         .map_or(Suggestion::None, |c| Suggestion::SameComponent(*c))
 }
 
-/// The Levenshtein distance between two names, in characters: how many single-character
-/// insertions, deletions and substitutions turn one into the other. The one measure of "close"
-/// for every "did you mean" of qtasks (trigger names here, option names in the macros).
+/// The candidate a user probably meant by `unknown`, for every "did you mean" of qtasks
+/// (trigger names, the macros' option names, task names): the one at the smallest edit
+/// distance (`strsim`'s optimal string alignment: an insertion, a deletion, a substitution or
+/// two neighbours swapped each count one), if that distance is at most a quarter of
+/// `unknown`'s length (at least one edit). The first candidate wins a tie.
 ///
 /// ```
-/// assert_eq!(qtasks_triggers::edit_distance("kitten", "sitting"), 3);
+/// let options = ["echo", "retry", "priority", "timeout"];
+/// assert_eq!(qtasks_triggers::closest("priorty", options), Some("priority"));
+/// assert_eq!(qtasks_triggers::closest("colour", options), None);
 /// ```
-pub fn edit_distance(a: &str, b: &str) -> usize {
-    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
-    let mut previous: Vec<usize> = (0..=b.len()).collect();
-    let mut current = vec![0; b.len() + 1];
-    for (i, &ca) in a.iter().enumerate() {
-        current[0] = i + 1;
-        for (j, &cb) in b.iter().enumerate() {
-            let substitution = previous[j] + usize::from(ca != cb);
-            current[j + 1] = substitution.min(previous[j + 1] + 1).min(current[j] + 1);
-        }
-        std::mem::swap(&mut previous, &mut current);
-    }
-    previous[b.len()]
+pub fn closest<'a>(
+    unknown: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    let limit = (unknown.chars().count() / 4).max(1);
+    candidates
+        .into_iter()
+        .map(|candidate| (strsim::osa_distance(unknown, candidate), candidate))
+        .filter(|(distance, _)| *distance <= limit)
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, candidate)| candidate)
 }
 
 #[cfg(test)]
@@ -72,10 +67,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn distance_counts_edits() {
-        assert_eq!(edit_distance("", "abc"), 3);
-        assert_eq!(edit_distance("kitten", "sitting"), 3);
-        assert_eq!(edit_distance("same", "same"), 0);
+    fn closest_takes_the_nearest_within_a_third() {
+        assert_eq!(closest("tiemout", ["timeout", "retry"]), Some("timeout"));
+        assert_eq!(closest("abc", ["abd", "abe"]), Some("abd"));
+        assert_eq!(closest("ab", ["xy"]), None);
+        assert_eq!(closest("anything", []), None);
     }
 
     #[test]

@@ -180,7 +180,7 @@ pub(crate) fn parse_options(args: TokenStream, errors: &mut Errors) -> TaskOptio
                     let _: Expr = meta.value()?.parse()?;
                 }
                 let mut message = format!("unknown option `{other}` of `#[qtasks::task]`");
-                if let Some(close) = closest(other, OPTIONS) {
+                if let Some(close) = qtasks_triggers::closest(other, OPTIONS.iter().copied()) {
                     message.push_str(&format!("\n= help: did you mean `{close}`?"));
                 }
                 message.push_str(&format!(
@@ -458,14 +458,4 @@ fn is_extractor(ty: &Type) -> bool {
     let one_argument =
         matches!(&last.arguments, syn::PathArguments::AngleBracketed(a) if a.args.len() == 1);
     qualified_ok && one_argument && (last.ident == "Depends" || last.ident == "State")
-}
-
-/// The option the user probably meant, by edit distance.
-fn closest<'a>(unknown: &str, candidates: &[&'a str]) -> Option<&'a str> {
-    candidates
-        .iter()
-        .map(|c| (qtasks_triggers::edit_distance(unknown, c), *c))
-        .filter(|(distance, c)| *distance <= (c.len() / 3).max(1))
-        .min_by_key(|(distance, _)| *distance)
-        .map(|(_, c)| c)
 }
