@@ -39,12 +39,16 @@ struct FifoBroker {
     added: AtomicUsize,
 }
 
-impl Broker for FifoBroker {
+#[qtasks::async_trait]
+impl qtasks::backend::Lifecycle for FifoBroker {
     fn name(&self) -> &str {
         "FifoBroker"
     }
+}
 
-    fn add(&self, task: QueuedTask) -> BoxFuture<'_, Result<(), BackendError>> {
+#[qtasks::async_trait]
+impl Broker for FifoBroker {
+    async fn add(&self, task: QueuedTask) -> Result<(), BackendError> {
         self.added.fetch_add(1, Ordering::SeqCst);
         self.storage
             .records
@@ -53,42 +57,37 @@ impl Broker for FifoBroker {
             .insert(task.uuid, new_record(&task));
         self.queue.lock().unwrap().push_back(task);
         self.arrived.notify_one();
-        Box::pin(async { Ok(()) })
+        Ok(())
     }
 
-    fn next(&self) -> BoxFuture<'_, Result<Option<Delivery>, BackendError>> {
-        Box::pin(async move {
-            loop {
-                let notified = self.arrived.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                if let Some(task) = self.queue.lock().unwrap().pop_front() {
-                    self.storage
-                        .change(task.uuid, |r| r.status = TaskStatus::Process);
-                    return Ok(Some(Delivery::new(task, String::new())));
-                }
-                notified.await;
+    /// One task at a time, whatever `max` (a simple broker's choice).
+    async fn next_batch(&self, _max: usize) -> Result<Vec<Delivery>, BackendError> {
+        loop {
+            let notified = self.arrived.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(task) = self.queue.lock().unwrap().pop_front() {
+                self.storage
+                    .change(task.uuid, |r| r.status = TaskStatus::Process);
+                return Ok(vec![Delivery::new(task, String::new())]);
             }
-        })
+            notified.await;
+        }
     }
 
-    fn finish(
-        &self,
-        delivery: &Delivery,
-        outcome: Outcome,
-    ) -> BoxFuture<'_, Result<(), BackendError>> {
+    async fn finish(&self, delivery: &Delivery, outcome: Outcome) -> Result<(), BackendError> {
         self.storage.change(delivery.task.uuid, |r| {
             r.status = outcome.status();
             if let Outcome::Success(value) = outcome {
                 r.returning = Some(value);
             }
         });
-        Box::pin(async { Ok(()) })
+        Ok(())
     }
 
-    fn flush_all(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+    async fn flush_all(&self) -> Result<(), BackendError> {
         self.queue.lock().unwrap().clear();
-        Box::pin(async { Ok(()) })
+        Ok(())
     }
 }
 
@@ -110,46 +109,42 @@ impl MapStorage {
     }
 }
 
-impl Storage for MapStorage {
+#[qtasks::async_trait]
+impl qtasks::backend::Lifecycle for MapStorage {
     fn name(&self) -> &str {
         "MapStorage"
     }
-    fn get(&self, uuid: qtasks::Uuid) -> BoxFuture<'_, Result<Option<TaskRecord>, BackendError>> {
+}
+
+#[qtasks::async_trait]
+impl Storage for MapStorage {
+    async fn get(&self, uuid: qtasks::Uuid) -> Result<Option<TaskRecord>, BackendError> {
         let record = self.records.lock().unwrap().get(&uuid).cloned();
-        Box::pin(async move { Ok(record) })
+        Ok(record)
     }
-    fn get_all(&self) -> BoxFuture<'_, Result<Vec<TaskRecord>, BackendError>> {
+    async fn get_all(&self) -> Result<Vec<TaskRecord>, BackendError> {
         let records = self.records.lock().unwrap().values().cloned().collect();
-        Box::pin(async move { Ok(records) })
+        Ok(records)
     }
-    fn update(
-        &self,
-        _uuid: qtasks::Uuid,
-        _update: RecordUpdate,
-    ) -> BoxFuture<'_, Result<(), BackendError>> {
-        Box::pin(async { Ok(()) })
+    async fn update(&self, _uuid: qtasks::Uuid, _update: RecordUpdate) -> Result<(), BackendError> {
+        Ok(())
     }
-    fn wait_finished(
-        &self,
-        uuid: qtasks::Uuid,
-    ) -> BoxFuture<'_, Result<Option<TaskRecord>, BackendError>> {
-        Box::pin(async move {
-            loop {
-                match self.records.lock().unwrap().get(&uuid) {
-                    None => return Ok(None),
-                    Some(record) if record.status.is_final() => return Ok(Some(record.clone())),
-                    Some(_) => {}
-                }
-                tokio::time::sleep(Duration::from_millis(1)).await;
+    async fn wait_finished(&self, uuid: qtasks::Uuid) -> Result<Option<TaskRecord>, BackendError> {
+        loop {
+            match self.records.lock().unwrap().get(&uuid) {
+                None => return Ok(None),
+                Some(record) if record.status.is_final() => return Ok(Some(record.clone())),
+                Some(_) => {}
             }
-        })
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
-    fn delete_finished(&self) -> BoxFuture<'_, Result<usize, BackendError>> {
-        Box::pin(async { Ok(0) })
+    async fn delete_finished(&self) -> Result<usize, BackendError> {
+        Ok(0)
     }
-    fn flush_all(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+    async fn flush_all(&self) -> Result<(), BackendError> {
         self.records.lock().unwrap().clear();
-        Box::pin(async { Ok(()) })
+        Ok(())
     }
 }
 
@@ -161,60 +156,57 @@ struct FlagGlobalConfig {
     beats: AtomicUsize,
 }
 
-impl GlobalConfig for FlagGlobalConfig {
+#[qtasks::async_trait]
+impl qtasks::backend::Lifecycle for FlagGlobalConfig {
     fn name(&self) -> &str {
         "FlagGlobalConfig"
     }
-    fn set<'a>(
-        &'a self,
-        name: &'a str,
-        key: &'a str,
-        value: &'a str,
-    ) -> BoxFuture<'a, Result<(), BackendError>> {
+}
+
+#[qtasks::async_trait]
+impl GlobalConfig for FlagGlobalConfig {
+    async fn set(&self, name: &str, key: &str, value: &str) -> Result<(), BackendError> {
         self.entries
             .lock()
             .unwrap()
             .insert(format!("{name}:{key}"), value.to_owned());
-        Box::pin(async { Ok(()) })
+        Ok(())
     }
-    fn get<'a>(
-        &'a self,
-        name: &'a str,
-        key: &'a str,
-    ) -> BoxFuture<'a, Result<Option<String>, BackendError>> {
+    async fn get(&self, name: &str, key: &str) -> Result<Option<String>, BackendError> {
         let value = self
             .entries
             .lock()
             .unwrap()
             .get(&format!("{name}:{key}"))
             .cloned();
-        Box::pin(async move { Ok(value) })
+        Ok(value)
     }
-    fn get_all<'a>(
-        &'a self,
-        _name: &'a str,
-    ) -> BoxFuture<'a, Result<BTreeMap<String, String>, BackendError>> {
+    async fn get_all(&self, _name: &str) -> Result<BTreeMap<String, String>, BackendError> {
         let all = self.entries.lock().unwrap().clone();
-        Box::pin(async move { Ok(all) })
+        Ok(all)
     }
-    fn get_match<'a>(
-        &'a self,
-        _pattern: &'a str,
-    ) -> BoxFuture<'a, Result<BTreeMap<String, String>, BackendError>> {
-        Box::pin(async { Ok(BTreeMap::new()) })
+    async fn get_match(&self, _pattern: &str) -> Result<BTreeMap<String, String>, BackendError> {
+        Ok(BTreeMap::new())
     }
-    fn set_status(&self, _ttl: Duration) -> BoxFuture<'_, Result<(), BackendError>> {
+    /// The first claim of a key wins for good (one process, a short test: no expiry).
+    async fn claim(&self, key: &str, _ttl: Duration) -> Result<bool, BackendError> {
+        let mut entries = self.entries.lock().unwrap();
+        Ok(entries
+            .insert(format!("claim:{key}"), String::new())
+            .is_none())
+    }
+    async fn set_status(&self, _ttl: Duration) -> Result<(), BackendError> {
         self.beats.fetch_add(1, Ordering::SeqCst);
         *self.alive.lock().unwrap() = true;
-        Box::pin(async { Ok(()) })
+        Ok(())
     }
-    fn clear_status(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+    async fn clear_status(&self) -> Result<(), BackendError> {
         *self.alive.lock().unwrap() = false;
-        Box::pin(async { Ok(()) })
+        Ok(())
     }
-    fn status(&self) -> BoxFuture<'_, Result<bool, BackendError>> {
+    async fn status(&self) -> Result<bool, BackendError> {
         let alive = *self.alive.lock().unwrap();
-        Box::pin(async move { Ok(alive) })
+        Ok(alive)
     }
 }
 
@@ -295,32 +287,27 @@ async fn with_own_executor(x: i64) -> i64 {
 /// the same seam the Redis crate uses, or refuses an app name it cannot serve.
 struct FifoEngine;
 
+#[qtasks::async_trait]
 impl Connector for FifoEngine {
-    fn connect<'a>(
-        &'a self,
-        config: &'a QueueConfig,
-    ) -> BoxFuture<'a, Result<BackendParts, BackendError>> {
-        Box::pin(async move {
-            if config.name == "forbidden" {
-                return Err(BackendError::new(
-                    "fifo",
-                    "this engine serves no app named `forbidden`",
-                )
-                .with_source(std::io::Error::other("refused by policy")));
-            }
-            let storage = Arc::new(MapStorage::default());
-            let broker = Arc::new(FifoBroker {
-                storage: Arc::clone(&storage),
-                queue: Mutex::default(),
-                arrived: Notify::new(),
-                added: AtomicUsize::new(0),
-            });
-            Ok(BackendParts::new(
-                broker,
-                storage,
-                Arc::new(FlagGlobalConfig::default()),
-            ))
-        })
+    async fn connect(&self, config: &QueueConfig) -> Result<BackendParts, BackendError> {
+        if config.name == "forbidden" {
+            return Err(
+                BackendError::new("fifo", "this engine serves no app named `forbidden`")
+                    .with_source(std::io::Error::other("refused by policy")),
+            );
+        }
+        let storage = Arc::new(MapStorage::default());
+        let broker = Arc::new(FifoBroker {
+            storage: Arc::clone(&storage),
+            queue: Mutex::default(),
+            arrived: Notify::new(),
+            added: AtomicUsize::new(0),
+        });
+        Ok(BackendParts::new(
+            broker,
+            storage,
+            Arc::new(FlagGlobalConfig::default()),
+        ))
     }
 }
 

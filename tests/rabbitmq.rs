@@ -363,7 +363,7 @@ async fn an_unreachable_rabbitmq_is_an_error_naming_it_without_the_password() {
 /// ends it `cancel`.
 #[tokio::test]
 async fn a_cancel_of_a_running_task_is_kept_with_its_record_and_wins() {
-    use qtasks::backend::{CancelState, Connector};
+    use qtasks::backend::{CancelState, Connector, RecordStoreConnector};
     use qtasks::{Outcome, QueuedTask};
     let Some((amqp, redis)) = services("a_cancel_of_a_running_task_is_kept") else {
         return;
@@ -373,11 +373,10 @@ async fn a_cancel_of_a_running_task_is_kept_with_its_record_and_wins() {
         name: prefix.clone(),
         ..QueueConfig::default()
     };
-    let storage = Redis::new(redis.as_str())
-        .connect(&config)
+    let (storage, _) = Redis::new(redis.as_str())
+        .connect_records(&config)
         .await
-        .unwrap()
-        .storage;
+        .unwrap();
     let parts = qtasks::rabbitmq::RabbitMq::with_storage(
         amqp.as_str(),
         Arc::clone(&storage),

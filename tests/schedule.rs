@@ -393,49 +393,40 @@ struct AddFails {
     fail_first: u64,
 }
 
-impl qtasks::backend::Broker for AddFails {
+#[qtasks::async_trait]
+impl qtasks::backend::Lifecycle for AddFails {
     fn name(&self) -> &str {
         "AddFails"
     }
-    fn add(
-        &self,
-        task: qtasks::QueuedTask,
-    ) -> qtasks::BoxFuture<'_, Result<(), qtasks::backend::BackendError>> {
+}
+
+#[qtasks::async_trait]
+impl qtasks::backend::Broker for AddFails {
+    async fn add(&self, task: qtasks::QueuedTask) -> Result<(), qtasks::backend::BackendError> {
         if self.failed.fetch_add(1, Ordering::SeqCst) >= self.fail_first {
             self.failed.fetch_sub(1, Ordering::SeqCst);
-            return self.inner.add(task);
+            return self.inner.add(task).await;
         }
-        Box::pin(async {
-            Err(qtasks::backend::BackendError::new(
-                "test",
-                "died before adding",
-            ))
-        })
+        Err(qtasks::backend::BackendError::new(
+            "test",
+            "died before adding",
+        ))
     }
-    fn next_batch(
+    async fn next_batch(
         &self,
         max: usize,
-    ) -> qtasks::BoxFuture<'_, Result<Vec<qtasks::backend::Delivery>, qtasks::backend::BackendError>>
-    {
-        self.inner.next_batch(max)
+    ) -> Result<Vec<qtasks::backend::Delivery>, qtasks::backend::BackendError> {
+        self.inner.next_batch(max).await
     }
-    fn next(
-        &self,
-    ) -> qtasks::BoxFuture<
-        '_,
-        Result<Option<qtasks::backend::Delivery>, qtasks::backend::BackendError>,
-    > {
-        self.inner.next()
-    }
-    fn finish(
+    async fn finish(
         &self,
         delivery: &qtasks::backend::Delivery,
         outcome: qtasks::Outcome,
-    ) -> qtasks::BoxFuture<'_, Result<(), qtasks::backend::BackendError>> {
-        self.inner.finish(delivery, outcome)
+    ) -> Result<(), qtasks::backend::BackendError> {
+        self.inner.finish(delivery, outcome).await
     }
-    fn flush_all(&self) -> qtasks::BoxFuture<'_, Result<(), qtasks::backend::BackendError>> {
-        self.inner.flush_all()
+    async fn flush_all(&self) -> Result<(), qtasks::backend::BackendError> {
+        self.inner.flush_all().await
     }
 }
 

@@ -57,6 +57,9 @@ pub mod bench_hooks;
 
 // The app and how it is built and configured.
 pub use app::{AddOptions, GlobalEntries, QueueTasks};
+/// The attribute on an engine's trait impls ([`backend::Broker`], [`backend::Storage`],
+/// [`components::GlobalConfig`], ...): `async fn` methods in object-safe traits.
+pub use async_trait::async_trait;
 pub use builder::AppBuilder;
 pub use config::{ConfigError, QueueConfig};
 

@@ -1,7 +1,7 @@
 //! The RabbitMQ broker: the queue lives in RabbitMQ, the records in the paired storage.
 //!
 //! Each step of a task's life is one conditional write of the storage
-//! ([`Storage::transition`]) and one AMQP step, in the order that loses nothing:
+//! ([`RecordStore::transition`]) and one AMQP step, in the order that loses nothing:
 //! - add: the record (`new`), then the message, published with a confirm;
 //! - take: the message arrives; the record goes `new` → `process` (or, for a redelivered
 //!   message whose worker died, `process` → `process`); a message whose record has ended
@@ -25,11 +25,11 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Acker, BasicProperties, Channel, Confirmation, Consumer};
 use qtasks_core::backend::{
-    BackendError, Broker, CancelRequest, CancelState, Delivery, RecordChange, Storage, Transition,
-    unix_now,
+    BackendError, Broker, CancelRequest, CancelState, Delivery, RecordChange, RecordStore,
+    Transition, unix_now,
 };
 use qtasks_core::stats::{DeadLetter, QueueStats};
-use qtasks_core::{BoxFuture, Outcome, QueuedTask, TaskStatus};
+use qtasks_core::{Outcome, QueuedTask, TaskStatus};
 use std::sync::Arc;
 use tokio::sync::broadcast;
 use uuid::Uuid;
@@ -45,7 +45,7 @@ const FINISH_PATIENCE: Duration = Duration::from_secs(60);
 
 pub(crate) struct RabbitMqBroker {
     link: Arc<Link>,
-    storage: Arc<dyn Storage>,
+    storage: Arc<dyn RecordStore>,
     /// How many unacked messages a worker's consumer holds: its concurrency.
     prefetch: u16,
     consuming: tokio::sync::Mutex<Option<Consuming>>,
@@ -75,7 +75,7 @@ impl RabbitMqBroker {
     /// cancel requests.
     pub(crate) async fn connect(
         link: Link,
-        storage: Arc<dyn Storage>,
+        storage: Arc<dyn RecordStore>,
         prefetch: u16,
     ) -> Result<Self, BackendError> {
         let link = Arc::new(link);
@@ -528,415 +528,384 @@ async fn nack(acker: &Acker) {
     }
 }
 
-impl Broker for RabbitMqBroker {
+#[qtasks_core::async_trait]
+impl qtasks_core::backend::Lifecycle for RabbitMqBroker {
     fn name(&self) -> &str {
         "RabbitMqBroker"
     }
 
+    async fn stop(&self) -> Result<(), BackendError> {
+        // Messages the consumer holds and no task took return to the queue.
+        if let Some(consuming) = self.consuming.lock().await.take() {
+            best_effort(consuming.channel.close(200, "worker stopped".into())).await;
+        }
+        Ok(())
+    }
+}
+
+#[qtasks_core::async_trait]
+impl Broker for RabbitMqBroker {
     fn location(&self) -> Option<String> {
         Some(self.link.shown.clone())
     }
 
-    fn stop(&self) -> BoxFuture<'_, Result<(), BackendError>> {
-        Box::pin(async move {
-            // Messages the consumer holds and no task took return to the queue.
-            if let Some(consuming) = self.consuming.lock().await.take() {
-                best_effort(consuming.channel.close(200, "worker stopped".into())).await;
+    async fn add(&self, task: QueuedTask) -> Result<(), BackendError> {
+        if !self.storage.insert(&task).await? {
+            // Known already (a slot added again, an add sent twice): nothing changes,
+            // unless it still waits: a first add may have died between its record and its
+            // message, and a second message of a waiting task is harmless.
+            let waiting = self
+                .storage
+                .get(task.uuid)
+                .await?
+                .is_some_and(|record| record.status == TaskStatus::New);
+            if !waiting {
+                tracing::debug!(uuid = %task.uuid, "task {} is known already; not added again", task.uuid);
+                return Ok(());
             }
-            Ok(())
-        })
+        }
+        if let Err(error) = self.publish(&task).await {
+            // No message (as far as this side knows) means no task: its record goes, so
+            // an add again under the same uuid queues it anew (a record left `error` here
+            // made such an add a silent no-op: found by the RabbitMQ restart test). A
+            // message that went out after all (its confirm lost) brings the record back
+            // when a worker takes it.
+            if let Ok(Some(record)) = self.storage.get(task.uuid).await
+                && record.status == TaskStatus::New
+            {
+                let _ = self.storage.delete(task.uuid).await;
+            }
+            return Err(error);
+        }
+        Ok(())
     }
 
-    fn add(&self, task: QueuedTask) -> BoxFuture<'_, Result<(), BackendError>> {
-        Box::pin(async move {
-            if !self.storage.insert(&task).await? {
-                // Known already (a slot added again, an add sent twice): nothing changes,
-                // unless it still waits: a first add may have died between its record and its
-                // message, and a second message of a waiting task is harmless.
-                let waiting = self
-                    .storage
-                    .get(task.uuid)
-                    .await?
-                    .is_some_and(|record| record.status == TaskStatus::New);
-                if !waiting {
-                    tracing::debug!(uuid = %task.uuid, "task {} is known already; not added again", task.uuid);
-                    return Ok(());
+    async fn next(&self) -> Result<Option<Delivery>, BackendError> {
+        Ok(self.next_batch(1).await?.into_iter().next())
+    }
+
+    async fn next_batch(&self, max: usize) -> Result<Vec<Delivery>, BackendError> {
+        loop {
+            let mut deliveries = Vec::new();
+            let mut failed = None;
+            let received = self.receive(max.max(1)).await?;
+            // The storage writes of a batch go out together (one round trip, pipelined).
+            let accepted = futures_util::future::join_all(
+                received.into_iter().map(|message| self.accept(message)),
+            )
+            .await;
+            for outcome in accepted {
+                match outcome {
+                    Ok(Some(delivery)) => deliveries.push(delivery),
+                    Ok(None) => {}
+                    Err(error) => failed = Some(error),
                 }
             }
-            if let Err(error) = self.publish(&task).await {
-                // No message (as far as this side knows) means no task: its record goes, so
-                // an add again under the same uuid queues it anew (a record left `error` here
-                // made such an add a silent no-op: found by the RabbitMQ restart test). A
-                // message that went out after all (its confirm lost) brings the record back
-                // when a worker takes it.
-                if let Ok(Some(record)) = self.storage.get(task.uuid).await
-                    && record.status == TaskStatus::New
-                {
-                    let _ = self.storage.delete(task.uuid).await;
-                }
+            if !deliveries.is_empty() {
+                return Ok(deliveries);
+            }
+            if let Some(error) = failed {
                 return Err(error);
             }
-            Ok(())
-        })
+        }
     }
 
-    fn next(&self) -> BoxFuture<'_, Result<Option<Delivery>, BackendError>> {
-        Box::pin(async move { Ok(self.next_batch(1).await?.into_iter().next()) })
-    }
-
-    fn next_batch(&self, max: usize) -> BoxFuture<'_, Result<Vec<Delivery>, BackendError>> {
-        Box::pin(async move {
-            loop {
-                let mut deliveries = Vec::new();
-                let mut failed = None;
-                let received = self.receive(max.max(1)).await?;
-                // The storage writes of a batch go out together (one round trip, pipelined).
-                let accepted = futures_util::future::join_all(
-                    received.into_iter().map(|message| self.accept(message)),
-                )
-                .await;
-                for outcome in accepted {
-                    match outcome {
-                        Ok(Some(delivery)) => deliveries.push(delivery),
-                        Ok(None) => {}
-                        Err(error) => failed = Some(error),
-                    }
-                }
-                if !deliveries.is_empty() {
-                    return Ok(deliveries);
-                }
-                if let Some(error) = failed {
-                    return Err(error);
-                }
-            }
-        })
-    }
-
-    fn finish(
-        &self,
-        delivery: &Delivery,
-        outcome: Outcome,
-    ) -> BoxFuture<'_, Result<(), BackendError>> {
+    async fn finish(&self, delivery: &Delivery, outcome: Outcome) -> Result<(), BackendError> {
         let acker = self.take_acker(delivery);
         let uuid = delivery.task.uuid;
-        Box::pin(async move {
-            let child = match &outcome {
-                Outcome::Retry { child, .. } => Some(child.uuid),
-                _ => None,
-            };
-            let status = outcome.status();
-            let tries = std::sync::atomic::AtomicU32::new(0);
-            let store = || async {
-                let first_try = tries.fetch_add(1, Ordering::Relaxed) == 0;
-                // A retry's next attempt: its record first (`new`, no message yet), then this
-                // attempt marked `retry`, then its message. A refused mark leaves a record no
-                // worker can take (superseded below), so the chain cannot fork; a crash after
-                // the mark is mended when this attempt's message comes back (`accept`).
-                if let Outcome::Retry { child, .. } = &outcome {
-                    self.storage.insert(child).await?;
-                }
-                let written = self
-                    .storage
-                    .transition(
-                        uuid,
-                        &[TaskStatus::Process],
-                        RecordChange::Finished(outcome.clone()),
-                    )
-                    .await?;
-                // A try after one whose reply was lost may find its own outcome stored: the
-                // record then holds exactly this outcome (another delivery's would differ in
-                // its result, and a retry's next attempt is this delivery's own).
-                let replayed = match written {
-                    Transition::Kept(found) if !first_try && found == status => self
-                        .storage
-                        .get(uuid)
-                        .await?
-                        .is_some_and(|record| holds_outcome(&record, &outcome)),
-                    _ => false,
-                };
-                let written = if replayed {
-                    Transition::Applied(TaskStatus::Process)
-                } else {
-                    written
-                };
-                if let (Transition::Applied(_), Outcome::Retry { child, .. }) = (&written, &outcome)
-                {
-                    self.publish(child).await?;
-                }
-                Ok(written)
-            };
-            // Kept and tried again through a storage outage (the message stays unacked
-            // meanwhile, so no other worker takes the task): given up only after
-            // FINISH_PATIENCE, when the message goes back to the queue and the task runs again.
-            use backon::Retryable;
-            let started = tokio::time::Instant::now();
-            let stored: Result<Transition, BackendError> = store
-                .retry(
-                    backon::ExponentialBuilder::default()
-                        .with_min_delay(Duration::from_millis(100))
-                        .with_max_delay(Duration::from_secs(2))
-                        .without_max_times(),
-                )
-                .when(|_| started.elapsed() < FINISH_PATIENCE)
-                .notify(|error, pause| {
-                    tracing::warn!(uuid = %uuid, "storing the result failed (trying again in {pause:?}): {}", qtasks_core::backend::ErrorChain(error));
-                })
-                .await;
-            match stored {
-                Ok(Transition::Cancelled(_)) => {
-                    // A cancel asked while it ran won: the record is `cancel`, and a retry's
-                    // next attempt must not run.
-                    if let Some(acker) = &acker {
-                        ack(acker).await;
-                    }
-                    self.supersede(child, format!("superseded: task {uuid} was cancelled"))
-                        .await;
-                    let reason = match self.storage.get(uuid).await {
-                        Ok(Some(record)) => record.cancel_reason.unwrap_or_default(),
-                        _ => String::new(),
-                    };
-                    Err(BackendError::cancelled("rabbitmq", reason))
-                }
-                Ok(Transition::Kept(status)) => {
-                    if let Some(acker) = &acker {
-                        ack(acker).await;
-                    }
-                    self.supersede(child, format!("superseded: task {uuid} had ended already"))
-                        .await;
-                    Err(BackendError::refused(
-                        "rabbitmq",
-                        format!(
-                            "task {uuid} is `{status}` already (another delivery of it recorded its outcome); this outcome is not stored"
-                        ),
-                    ))
-                }
-                // Stored (or the record is gone: flushed meanwhile).
-                Ok(_) => {
-                    if let Some(acker) = &acker {
-                        ack(acker).await;
-                    }
-                    Ok(())
-                }
-                Err(error) => {
-                    // Not stored: the message goes back to the queue and the task runs again.
-                    if let Some(acker) = &acker {
-                        nack(acker).await;
-                    }
-                    Err(error)
-                }
+        let child = match &outcome {
+            Outcome::Retry { child, .. } => Some(child.uuid),
+            _ => None,
+        };
+        let status = outcome.status();
+        let tries = std::sync::atomic::AtomicU32::new(0);
+        let store = || async {
+            let first_try = tries.fetch_add(1, Ordering::Relaxed) == 0;
+            // A retry's next attempt: its record first (`new`, no message yet), then this
+            // attempt marked `retry`, then its message. A refused mark leaves a record no
+            // worker can take (superseded below), so the chain cannot fork; a crash after
+            // the mark is mended when this attempt's message comes back (`accept`).
+            if let Outcome::Retry { child, .. } = &outcome {
+                self.storage.insert(child).await?;
             }
-        })
-    }
-
-    fn release(&self, delivery: &Delivery) -> BoxFuture<'_, Result<(), BackendError>> {
-        let acker = self.take_acker(delivery);
-        let uuid = delivery.task.uuid;
-        Box::pin(async move {
-            let released = self
+            let written = self
                 .storage
-                .transition(uuid, &[TaskStatus::Process], RecordChange::Released)
-                .await;
-            if let Some(acker) = &acker {
-                nack(acker).await;
+                .transition(
+                    uuid,
+                    &[TaskStatus::Process],
+                    RecordChange::Finished(outcome.clone()),
+                )
+                .await?;
+            // A try after one whose reply was lost may find its own outcome stored: the
+            // record then holds exactly this outcome (another delivery's would differ in
+            // its result, and a retry's next attempt is this delivery's own).
+            let replayed = match written {
+                Transition::Kept(found) if !first_try && found == status => self
+                    .storage
+                    .get(uuid)
+                    .await?
+                    .is_some_and(|record| holds_outcome(&record, &outcome)),
+                _ => false,
+            };
+            let written = if replayed {
+                Transition::Applied(TaskStatus::Process)
+            } else {
+                written
+            };
+            if let (Transition::Applied(_), Outcome::Retry { child, .. }) = (&written, &outcome) {
+                self.publish(child).await?;
             }
-            released.map(|_| ())
-        })
+            Ok(written)
+        };
+        // Kept and tried again through a storage outage (the message stays unacked
+        // meanwhile, so no other worker takes the task): given up only after
+        // FINISH_PATIENCE, when the message goes back to the queue and the task runs again.
+        use backon::Retryable;
+        let started = tokio::time::Instant::now();
+        let stored: Result<Transition, BackendError> = store
+            .retry(
+                backon::ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(100))
+                    .with_max_delay(Duration::from_secs(2))
+                    .without_max_times(),
+            )
+            .when(|_| started.elapsed() < FINISH_PATIENCE)
+            .notify(|error, pause| {
+                tracing::warn!(uuid = %uuid, "storing the result failed (trying again in {pause:?}): {}", qtasks_core::backend::ErrorChain(error));
+            })
+            .await;
+        match stored {
+            Ok(Transition::Cancelled(_)) => {
+                // A cancel asked while it ran won: the record is `cancel`, and a retry's
+                // next attempt must not run.
+                if let Some(acker) = &acker {
+                    ack(acker).await;
+                }
+                self.supersede(child, format!("superseded: task {uuid} was cancelled"))
+                    .await;
+                let reason = match self.storage.get(uuid).await {
+                    Ok(Some(record)) => record.cancel_reason.unwrap_or_default(),
+                    _ => String::new(),
+                };
+                Err(BackendError::cancelled("rabbitmq", reason))
+            }
+            Ok(Transition::Kept(status)) => {
+                if let Some(acker) = &acker {
+                    ack(acker).await;
+                }
+                self.supersede(child, format!("superseded: task {uuid} had ended already"))
+                    .await;
+                Err(BackendError::refused(
+                    "rabbitmq",
+                    format!(
+                        "task {uuid} is `{status}` already (another delivery of it recorded its outcome); this outcome is not stored"
+                    ),
+                ))
+            }
+            // Stored (or the record is gone: flushed meanwhile).
+            Ok(_) => {
+                if let Some(acker) = &acker {
+                    ack(acker).await;
+                }
+                Ok(())
+            }
+            Err(error) => {
+                // Not stored: the message goes back to the queue and the task runs again.
+                if let Some(acker) = &acker {
+                    nack(acker).await;
+                }
+                Err(error)
+            }
+        }
     }
 
-    fn flush_all(&self) -> BoxFuture<'_, Result<(), BackendError>> {
-        Box::pin(async move {
-            let live = self.link.live().await?;
-            for queue in [&self.names().queue, &self.names().dead] {
-                live.publish
+    async fn release(&self, delivery: &Delivery) -> Result<(), BackendError> {
+        let acker = self.take_acker(delivery);
+        let uuid = delivery.task.uuid;
+        let released = self
+            .storage
+            .transition(uuid, &[TaskStatus::Process], RecordChange::Released)
+            .await;
+        if let Some(acker) = &acker {
+            nack(acker).await;
+        }
+        released.map(|_| ())
+    }
+
+    async fn flush_all(&self) -> Result<(), BackendError> {
+        let live = self.link.live().await?;
+        for queue in [&self.names().queue, &self.names().dead] {
+            live.publish
+                .queue_purge(queue.as_str().into(), QueuePurgeOptions::default())
+                .await
+                .map_err(|e| failure(format!("purging `{queue}` failed"), e))?;
+        }
+        // The delay queues that exist: a passive declare of a missing one closes its
+        // channel, so each look gets a channel of its own.
+        let mut tier = wire::SHORTEST_TIER;
+        while let Some(next) = wire::delay_tier(tier).filter(|next| *next >= tier) {
+            let queue = self.names().delay(next);
+            let channel = self.scratch_channel().await?;
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            };
+            if channel
+                .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+                .await
+                .is_ok()
+            {
+                channel
                     .queue_purge(queue.as_str().into(), QueuePurgeOptions::default())
                     .await
                     .map_err(|e| failure(format!("purging `{queue}` failed"), e))?;
+                best_effort(channel.close(200, "purged".into())).await;
             }
-            // The delay queues that exist: a passive declare of a missing one closes its
-            // channel, so each look gets a channel of its own.
-            let mut tier = wire::SHORTEST_TIER;
-            while let Some(next) = wire::delay_tier(tier).filter(|next| *next >= tier) {
-                let queue = self.names().delay(next);
-                let channel = self.scratch_channel().await?;
-                let passive = QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                };
-                if channel
-                    .queue_declare(queue.as_str().into(), passive, FieldTable::default())
-                    .await
-                    .is_ok()
-                {
-                    channel
-                        .queue_purge(queue.as_str().into(), QueuePurgeOptions::default())
-                        .await
-                        .map_err(|e| failure(format!("purging `{queue}` failed"), e))?;
-                    best_effort(channel.close(200, "purged".into())).await;
-                }
-                tier = next * 2;
-            }
-            Ok(())
-        })
+            tier = next * 2;
+        }
+        Ok(())
     }
 
-    fn cancel(
-        &self,
-        uuid: Uuid,
-        reason: &str,
-    ) -> BoxFuture<'_, Result<Option<CancelState>, BackendError>> {
+    async fn cancel(&self, uuid: Uuid, reason: &str) -> Result<Option<CancelState>, BackendError> {
         let reason = reason.to_owned();
-        Box::pin(async move {
-            let cancel = RecordChange::Finished(Outcome::Cancel(reason.clone()));
-            let request = RecordChange::CancelRequested(reason.clone());
-            // Each step is one conditional write; a task that moves between two of them (it
-            // was taken, handed back, or ended meanwhile) is looked at again.
-            for _ in 0..3 {
-                let state = match self
-                    .storage
-                    .transition(uuid, &[TaskStatus::New], cancel.clone())
-                    .await?
-                {
-                    // Its message stays queued; the take that meets it drops it.
-                    Transition::Applied(_) | Transition::Cancelled(_) => CancelState::Cancelled,
-                    Transition::Kept(TaskStatus::Process) => {
-                        // Kept with the record, so that the run's finish, or a take of it
-                        // after its worker died, ends it `cancel` even if the message is lost.
-                        match self
-                            .storage
-                            .transition(uuid, &[TaskStatus::Process], request.clone())
-                            .await?
-                        {
-                            Transition::Applied(_) => {
-                                self.request_cancel(uuid, &reason).await?;
-                                CancelState::Running
-                            }
-                            Transition::Kept(status) if status.is_final() => {
-                                CancelState::Ended(status)
-                            }
-                            Transition::NotFound => CancelState::NotFound,
-                            _ => continue,
+        let cancel = RecordChange::Finished(Outcome::Cancel(reason.clone()));
+        let request = RecordChange::CancelRequested(reason.clone());
+        // Each step is one conditional write; a task that moves between two of them (it
+        // was taken, handed back, or ended meanwhile) is looked at again.
+        for _ in 0..3 {
+            let state = match self
+                .storage
+                .transition(uuid, &[TaskStatus::New], cancel.clone())
+                .await?
+            {
+                // Its message stays queued; the take that meets it drops it.
+                Transition::Applied(_) | Transition::Cancelled(_) => CancelState::Cancelled,
+                Transition::Kept(TaskStatus::Process) => {
+                    // Kept with the record, so that the run's finish, or a take of it
+                    // after its worker died, ends it `cancel` even if the message is lost.
+                    match self
+                        .storage
+                        .transition(uuid, &[TaskStatus::Process], request.clone())
+                        .await?
+                    {
+                        Transition::Applied(_) => {
+                            self.request_cancel(uuid, &reason).await?;
+                            CancelState::Running
                         }
+                        Transition::Kept(status) if status.is_final() => CancelState::Ended(status),
+                        Transition::NotFound => CancelState::NotFound,
+                        _ => continue,
                     }
-                    Transition::Kept(status) => CancelState::Ended(status),
-                    _ => CancelState::NotFound,
-                };
-                return Ok(Some(state));
-            }
-            Err(BackendError::new(
-                "rabbitmq",
-                format!("cancelling task {uuid}: its status kept changing; try again"),
-            ))
-        })
+                }
+                Transition::Kept(status) => CancelState::Ended(status),
+                _ => CancelState::NotFound,
+            };
+            return Ok(Some(state));
+        }
+        Err(BackendError::new(
+            "rabbitmq",
+            format!("cancelling task {uuid}: its status kept changing; try again"),
+        ))
     }
 
-    fn request_cancel(&self, uuid: Uuid, reason: &str) -> BoxFuture<'_, Result<(), BackendError>> {
+    async fn request_cancel(&self, uuid: Uuid, reason: &str) -> Result<(), BackendError> {
         let request = serde_json::json!({ "uuid": uuid.to_string(), "reason": reason });
-        Box::pin(async move {
-            let exchange = self.names().cancel.clone();
-            let channel = self.scratch_channel().await?;
-            step(&format!("sending the cancel of task {uuid}"), async {
-                declare_cancel_exchange(&channel, &exchange).await?;
-                channel
-                    .basic_publish(
-                        exchange.as_str().into(),
-                        "".into(),
-                        BasicPublishOptions::default(),
-                        request.to_string().as_bytes(),
-                        BasicProperties::default(),
-                    )
-                    .await?;
-                channel.close(200, "sent".into()).await
-            })
-            .await
+        let exchange = self.names().cancel.clone();
+        let channel = self.scratch_channel().await?;
+        step(&format!("sending the cancel of task {uuid}"), async {
+            declare_cancel_exchange(&channel, &exchange).await?;
+            channel
+                .basic_publish(
+                    exchange.as_str().into(),
+                    "".into(),
+                    BasicPublishOptions::default(),
+                    request.to_string().as_bytes(),
+                    BasicProperties::default(),
+                )
+                .await?;
+            channel.close(200, "sent".into()).await
         })
+        .await
     }
 
     fn cancel_requests(&self) -> Option<broadcast::Receiver<CancelRequest>> {
         Some(self.cancels.subscribe())
     }
 
-    fn stats(&self) -> BoxFuture<'_, Result<Option<QueueStats>, BackendError>> {
-        Box::pin(async move {
-            let Some(mut stats) = self.storage.stats().await? else {
-                return Ok(None);
-            };
-            let channel = self.scratch_channel().await?;
-            let passive = QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            };
-            let dead = channel
-                .queue_declare(
+    async fn stats(&self) -> Result<Option<QueueStats>, BackendError> {
+        let mut stats = self.storage.stats().await?;
+        let channel = self.scratch_channel().await?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let dead = channel
+            .queue_declare(
+                self.names().dead.as_str().into(),
+                passive,
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| failure("reading the dead letters' count failed", e))?;
+        stats.dead_letters = u64::from(dead.message_count());
+        best_effort(channel.close(200, "read".into())).await;
+        Ok(Some(stats))
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, BackendError> {
+        // Read with gets that are never acked: closing the channel puts every letter back.
+        let channel = self.scratch_channel().await?;
+        let mut letters = Vec::new();
+        while letters.len() < limit {
+            let got = channel
+                .basic_get(
                     self.names().dead.as_str().into(),
-                    passive,
-                    FieldTable::default(),
+                    BasicGetOptions::default(),
                 )
                 .await
-                .map_err(|e| failure("reading the dead letters' count failed", e))?;
-            stats.dead_letters = u64::from(dead.message_count());
-            best_effort(channel.close(200, "read".into())).await;
-            Ok(Some(stats))
-        })
+                .map_err(|e| failure("reading the dead letters failed", e))?;
+            let Some(got) = got else { break };
+            letters.push(letter_of(&got.delivery));
+        }
+        best_effort(channel.close(200, "read".into())).await;
+        Ok(letters)
     }
 
-    fn dead_letters(&self, limit: usize) -> BoxFuture<'_, Result<Vec<DeadLetter>, BackendError>> {
-        Box::pin(async move {
-            // Read with gets that are never acked: closing the channel puts every letter back.
-            let channel = self.scratch_channel().await?;
-            let mut letters = Vec::new();
-            while letters.len() < limit {
-                let got = channel
-                    .basic_get(
-                        self.names().dead.as_str().into(),
-                        BasicGetOptions::default(),
-                    )
-                    .await
-                    .map_err(|e| failure("reading the dead letters failed", e))?;
-                let Some(got) = got else { break };
-                letters.push(letter_of(&got.delivery));
-            }
-            best_effort(channel.close(200, "read".into())).await;
-            Ok(letters)
-        })
-    }
-
-    fn resolve_dead_letter<'a>(
-        &'a self,
-        letter: &'a DeadLetter,
+    async fn resolve_dead_letter(
+        &self,
+        letter: &DeadLetter,
         requeue: bool,
-    ) -> BoxFuture<'a, Result<bool, BackendError>> {
-        Box::pin(async move {
-            let channel = self.scratch_channel().await?;
-            let mut found = false;
-            loop {
-                let got = channel
-                    .basic_get(
-                        self.names().dead.as_str().into(),
-                        BasicGetOptions::default(),
-                    )
-                    .await
-                    .map_err(|e| failure("reading the dead letters failed", e))?;
-                let Some(got) = got else { break };
-                if letter_of(&got.delivery).id == letter.id {
-                    if requeue {
-                        let queue = self.names().queue.clone();
-                        let properties = BasicProperties::default().with_delivery_mode(2);
-                        self.publish_to(&queue, &got.delivery.data, properties)
-                            .await?;
-                    }
-                    got.delivery
-                        .acker
-                        .ack(BasicAckOptions::default())
-                        .await
-                        .map_err(|e| failure("removing the dead letter failed", e))?;
-                    found = true;
-                    break;
+    ) -> Result<bool, BackendError> {
+        let channel = self.scratch_channel().await?;
+        let mut found = false;
+        loop {
+            let got = channel
+                .basic_get(
+                    self.names().dead.as_str().into(),
+                    BasicGetOptions::default(),
+                )
+                .await
+                .map_err(|e| failure("reading the dead letters failed", e))?;
+            let Some(got) = got else { break };
+            if letter_of(&got.delivery).id == letter.id {
+                if requeue {
+                    let queue = self.names().queue.clone();
+                    let properties = BasicProperties::default().with_delivery_mode(2);
+                    self.publish_to(&queue, &got.delivery.data, properties)
+                        .await?;
                 }
+                got.delivery
+                    .acker
+                    .ack(BasicAckOptions::default())
+                    .await
+                    .map_err(|e| failure("removing the dead letter failed", e))?;
+                found = true;
+                break;
             }
-            // The letters looked at and left return to the queue.
-            best_effort(channel.close(200, "resolved".into())).await;
-            Ok(found)
-        })
+        }
+        // The letters looked at and left return to the queue.
+        best_effort(channel.close(200, "resolved".into())).await;
+        Ok(found)
     }
 }
 

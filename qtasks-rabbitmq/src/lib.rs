@@ -50,9 +50,11 @@ mod wire;
 use std::sync::Arc;
 use std::time::Duration;
 
-use qtasks_core::backend::{BackendError, BackendParts, Connector, Storage};
+use qtasks_core::backend::{
+    BackendError, BackendParts, Connector, RecordStore, RecordStoreConnector,
+};
 use qtasks_core::components::GlobalConfig;
-use qtasks_core::{BoxFuture, QueueConfig, QueueTasks};
+use qtasks_core::{QueueConfig, QueueTasks};
 
 use crate::broker::RabbitMqBroker;
 use crate::link::Link;
@@ -61,7 +63,7 @@ use crate::link::Link;
 /// `storage`'s storage: `qtasks::redis::Redis::new(url)` pairs them as Python QTasks does.
 pub async fn connect(
     url: &str,
-    storage: impl Connector + 'static,
+    storage: impl RecordStoreConnector,
 ) -> qtasks_core::Result<QueueTasks> {
     connect_with(
         url,
@@ -92,7 +94,7 @@ pub async fn connect(
 /// ```
 pub async fn connect_with(
     url: &str,
-    storage: impl Connector + 'static,
+    storage: impl RecordStoreConnector,
     config: QueueConfig,
     options: RabbitMqOptions,
 ) -> qtasks_core::Result<QueueTasks> {
@@ -128,15 +130,15 @@ pub struct RabbitMq {
 #[derive(Clone)]
 enum StorageSource {
     /// Another engine's storage and global config (its broker is not used).
-    Engine(Arc<dyn Connector>),
+    Engine(Arc<dyn RecordStoreConnector>),
     /// A storage and global config made already.
-    Parts(Arc<dyn Storage>, Arc<dyn GlobalConfig>),
+    Parts(Arc<dyn RecordStore>, Arc<dyn GlobalConfig>),
 }
 
 impl RabbitMq {
     /// The RabbitMQ at `url` (`amqp://user:password@host:5672/%2f`), with the records in
     /// `storage`'s storage: its broker is not used.
-    pub fn new(url: impl Into<String>, storage: impl Connector + 'static) -> Self {
+    pub fn new(url: impl Into<String>, storage: impl RecordStoreConnector) -> Self {
         RabbitMq {
             url: url.into(),
             storage: StorageSource::Engine(Arc::new(storage)),
@@ -164,7 +166,7 @@ impl RabbitMq {
     /// ```
     pub fn with_storage(
         url: impl Into<String>,
-        storage: Arc<dyn Storage>,
+        storage: Arc<dyn RecordStore>,
         global_config: Arc<dyn GlobalConfig>,
     ) -> Self {
         RabbitMq {
@@ -191,39 +193,36 @@ impl std::fmt::Debug for RabbitMq {
     }
 }
 
+#[qtasks_core::async_trait]
 impl Connector for RabbitMq {
-    fn connect<'a>(
-        &'a self,
-        config: &'a QueueConfig,
-    ) -> BoxFuture<'a, Result<BackendParts, BackendError>> {
-        Box::pin(async move {
-            if config.name.is_empty() {
-                return Err(BackendError::new(
-                    "rabbitmq",
-                    "the app name is the queue name's prefix: it must not be empty",
-                ));
+    async fn connect(&self, config: &QueueConfig) -> Result<BackendParts, BackendError> {
+        if config.name.is_empty() {
+            return Err(BackendError::new(
+                "rabbitmq",
+                "the app name is the queue name's prefix: it must not be empty",
+            ));
+        }
+        let (storage, global_config) = match &self.storage {
+            StorageSource::Engine(engine) => engine.connect_records(config).await?,
+            StorageSource::Parts(storage, global_config) => {
+                (Arc::clone(storage), Arc::clone(global_config))
             }
-            let (storage, global_config) = match &self.storage {
-                StorageSource::Engine(engine) => {
-                    let parts = engine.connect(config).await?;
-                    (parts.storage, parts.global_config)
-                }
-                StorageSource::Parts(storage, global_config) => {
-                    (Arc::clone(storage), Arc::clone(global_config))
-                }
-            };
-            let link = Link::new(
-                self.url.clone(),
-                wire::Names::new(&config.name),
-                &self.options,
-            );
-            let prefetch = self
-                .options
-                .prefetch
-                .unwrap_or_else(|| config.max_tasks_process.clamp(1, usize::from(u16::MAX)) as u16);
-            let broker = RabbitMqBroker::connect(link, Arc::clone(&storage), prefetch).await?;
-            Ok(BackendParts::new(Arc::new(broker), storage, global_config))
-        })
+        };
+        let link = Link::new(
+            self.url.clone(),
+            wire::Names::new(&config.name),
+            &self.options,
+        );
+        let prefetch = self
+            .options
+            .prefetch
+            .unwrap_or_else(|| config.max_tasks_process.clamp(1, usize::from(u16::MAX)) as u16);
+        let broker = RabbitMqBroker::connect(link, Arc::clone(&storage), prefetch).await?;
+        Ok(BackendParts::new(
+            Arc::new(broker),
+            storage as _,
+            global_config,
+        ))
     }
 }
 

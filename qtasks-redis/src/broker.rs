@@ -16,7 +16,6 @@ use super::wire::{
     taken_fields,
 };
 use super::{Keys, RedisOptions, failure, scripts};
-use qtasks_core::BoxFuture;
 use qtasks_core::backend::{
     BackendError, Broker, CancelRequest, CancelState, Delivery, ErrorChain, unix_now,
 };
@@ -548,510 +547,478 @@ enum Written {
     Unstorable(String),
 }
 
-impl Broker for RedisBroker {
+#[qtasks_core::async_trait]
+impl qtasks_core::backend::Lifecycle for RedisBroker {
     fn name(&self) -> &str {
         "RedisBroker"
     }
 
+    async fn start(&self) -> Result<(), BackendError> {
+        let held = Arc::clone(&self.held);
+        let renew = self.renew.clone();
+        let leases = self.keys.leases.clone();
+        let cancels = self.cancels.clone();
+        let con = self.commands.clone();
+        let lease_ms = self.lease_ms();
+        let every = self.options.lease / 3;
+        let cancel_requests = self.keys.cancel_requests.clone();
+        let renewer = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let leased: Vec<String> = crate::lock(&held).iter().cloned().collect();
+                if leased.is_empty() {
+                    continue;
+                }
+                use backon::Retryable;
+                // Renewing is safe to repeat: a dropped connection is tried again at once,
+                // as every other command is, so a flapping network does not cost leases.
+                let renewed = (|| {
+                    let mut con = con.clone();
+                    let mut invocation = renew.key(&leases);
+                    invocation.key(&cancel_requests).arg(lease_ms).arg(&leased);
+                    async move {
+                        invocation
+                            .invoke_async::<(Vec<String>, Vec<String>)>(&mut con)
+                            .await
+                    }
+                })
+                .retry(crate::reconnect_pauses().take(RENEW_RETRIES))
+                .when(is_transient)
+                .await;
+                match renewed {
+                    Ok((lost, cancelled)) => {
+                        for receipt in lost {
+                            // Stalled past the lease: the task is another worker's now.
+                            // Stop this run (only this delivery's: this process may hold a
+                            // newer one of the same task); its outcome would be refused.
+                            crate::lock(&held).remove(&receipt);
+                            if let Some(uuid) = member_uuid(split_receipt(&receipt).1) {
+                                tracing::warn!(uuid = %uuid, "the lease of task {uuid} was lost (this worker stalled past it); stopping this run");
+                                let _ = cancels.send(
+                                    CancelRequest::new(uuid, LEASE_LOST).for_delivery(receipt),
+                                );
+                            }
+                        }
+                        // Cancels asked of held tasks: stored, so seen here even when the
+                        // message that asked was lost.
+                        let mut pairs = cancelled.into_iter();
+                        while let (Some(receipt), Some(reason)) = (pairs.next(), pairs.next()) {
+                            if let Some(uuid) = member_uuid(split_receipt(&receipt).1) {
+                                let _ = cancels.send(CancelRequest::new(uuid, reason));
+                            }
+                        }
+                    }
+                    Err(error) => tracing::warn!(
+                        "renewing {} task lease(s) failed: {}",
+                        leased.len(),
+                        ErrorChain(&error)
+                    ),
+                }
+            }
+        });
+        if let Some(previous) = crate::lock(&self.renewer).replace(renewer) {
+            previous.abort();
+        }
+        Ok(())
+    }
+
+    async fn stop(&self) -> Result<(), BackendError> {
+        if let Some(renewer) = crate::lock(&self.renewer).take() {
+            renewer.abort();
+        }
+        Ok(())
+    }
+}
+
+#[qtasks_core::async_trait]
+impl Broker for RedisBroker {
     fn location(&self) -> Option<String> {
         Some(self.location.clone())
     }
 
-    fn stats(&self) -> BoxFuture<'_, Result<Option<QueueStats>, BackendError>> {
-        Box::pin(async move {
-            crate::stats::read(&self.keys, &self.commands)
-                .await
-                .map(Some)
-        })
+    async fn stats(&self) -> Result<Option<QueueStats>, BackendError> {
+        crate::stats::read(&self.keys, &self.commands)
+            .await
+            .map(Some)
     }
 
-    fn dead_letters(&self, limit: usize) -> BoxFuture<'_, Result<Vec<DeadLetter>, BackendError>> {
-        Box::pin(async move {
-            let mut con = self.commands.clone();
-            let raw: Vec<Vec<u8>> = redis::cmd("LRANGE")
-                .arg(&self.keys.dead)
-                .arg(0)
-                .arg(
-                    isize::try_from(limit)
-                        .unwrap_or(isize::MAX)
-                        .saturating_sub(1),
-                )
-                .query_async(&mut con)
-                .await
-                .map_err(|e| failure("reading the dead letters failed".to_owned(), e))?;
-            Ok(raw.into_iter().map(crate::stats::dead_letter).collect())
-        })
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, BackendError> {
+        let mut con = self.commands.clone();
+        let raw: Vec<Vec<u8>> = redis::cmd("LRANGE")
+            .arg(&self.keys.dead)
+            .arg(0)
+            .arg(
+                isize::try_from(limit)
+                    .unwrap_or(isize::MAX)
+                    .saturating_sub(1),
+            )
+            .query_async(&mut con)
+            .await
+            .map_err(|e| failure("reading the dead letters failed".to_owned(), e))?;
+        Ok(raw.into_iter().map(crate::stats::dead_letter).collect())
     }
 
-    fn resolve_dead_letter<'a>(
-        &'a self,
-        letter: &'a DeadLetter,
+    async fn resolve_dead_letter(
+        &self,
+        letter: &DeadLetter,
         requeue: bool,
-    ) -> BoxFuture<'a, Result<bool, BackendError>> {
-        Box::pin(async move {
-            let mut con = self.commands.clone();
-            let done: i64 = Script::new(scripts::RESOLVE_DEAD)
-                .key(&self.keys.dead)
-                .key(&self.keys.queue)
-                .key(&self.keys.stats)
-                .arg(&letter.id)
-                .arg(if requeue { "1" } else { "0" })
-                .arg(&letter.entry)
-                .invoke_async(&mut con)
-                .await
-                .map_err(|e| failure("resolving a dead letter failed".to_owned(), e))?;
-            Ok(done == 1)
-        })
+    ) -> Result<bool, BackendError> {
+        let mut con = self.commands.clone();
+        let done: i64 = Script::new(scripts::RESOLVE_DEAD)
+            .key(&self.keys.dead)
+            .key(&self.keys.queue)
+            .key(&self.keys.stats)
+            .arg(&letter.id)
+            .arg(if requeue { "1" } else { "0" })
+            .arg(&letter.entry)
+            .invoke_async(&mut con)
+            .await
+            .map_err(|e| failure("resolving a dead letter failed".to_owned(), e))?;
+        Ok(done == 1)
     }
 
-    fn start(&self) -> BoxFuture<'_, Result<(), BackendError>> {
-        Box::pin(async move {
-            let held = Arc::clone(&self.held);
-            let renew = self.renew.clone();
-            let leases = self.keys.leases.clone();
-            let cancels = self.cancels.clone();
-            let con = self.commands.clone();
-            let lease_ms = self.lease_ms();
-            let every = self.options.lease / 3;
-            let cancel_requests = self.keys.cancel_requests.clone();
-            let renewer = tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(every).await;
-                    let leased: Vec<String> = crate::lock(&held).iter().cloned().collect();
-                    if leased.is_empty() {
+    async fn add(&self, task: QueuedTask) -> Result<(), BackendError> {
+        // How long from now, by this process's clock; when, by Redis's (`scripts::ADD`).
+        let delay_ms = task
+            .run_at
+            .map(|run_at| ((run_at - unix_now()) * 1000.0).ceil())
+            .filter(|delay_ms| *delay_ms >= 1.0)
+            .map(|delay_ms| delay_ms.min(i64::MAX as f64) as i64);
+        let fields = new_record_fields(&task);
+        let mut invocation = self.add.key(self.keys.record(task.uuid));
+        invocation
+            .key(if delay_ms.is_some() {
+                &self.keys.delayed
+            } else {
+                // In `task_queue`, as Python clients queue.
+                &self.keys.queue
+            })
+            .key(&self.keys.stats);
+        if let Some(index) = &self.keys.records_index {
+            invocation.key(index);
+        }
+        invocation
+            .arg(fields.len())
+            .arg(&fields)
+            .arg(queue_entry(&task))
+            .arg(delay_ms.map_or_else(String::new, |ms| ms.to_string()))
+            .arg(qtasks_core::records::secs_to_ms(task.created_at));
+        let mut con = self.commands.clone();
+        let added: i64 = invocation
+            .invoke_async(&mut con)
+            .await
+            .map_err(|e| failure(format!("adding task `{}` failed", task.task_name), e))?;
+        if added == 0 {
+            // Known already (a slot added again, an add sent twice): nothing changes.
+            tracing::debug!(uuid = %task.uuid, "task {} is known already; not added again", task.uuid);
+            return Ok(());
+        }
+        // A delayed task: moved to the queue when due, waking a worker then (a take moves
+        // it too, should this process be gone by then).
+        self.release_when_due(&task);
+        Ok(())
+    }
+
+    async fn next(&self) -> Result<Option<Delivery>, BackendError> {
+        Ok(self.next_batch(1).await?.into_iter().next())
+    }
+
+    async fn next_batch(&self, max: usize) -> Result<Vec<Delivery>, BackendError> {
+        loop {
+            let (taken, next_due_ms) = self.take_batch(max).await?;
+            let any_taken = !taken.is_empty();
+            // Held (renewed) from now on; should this call be dropped before it hands the
+            // deliveries over, the guard stops holding them and their leases run out, so
+            // another take runs them.
+            let mut guard = HoldGuard {
+                held: &self.held,
+                receipts: Vec::with_capacity(taken.len()),
+            };
+            // Each entry is decoded once, on its own: those that name a task are held and
+            // have their records read and marked in one more call, by declared keys; the
+            // others are poison and fail alone.
+            let mut named = Vec::with_capacity(taken.len());
+            for (bytes, recovered, token) in taken {
+                let member = match String::from_utf8(bytes) {
+                    Ok(member) => member,
+                    Err(error) => {
+                        self.reject_logged(error.into_bytes(), &token, "the entry is not UTF-8")
+                            .await;
                         continue;
                     }
-                    use backon::Retryable;
-                    // Renewing is safe to repeat: a dropped connection is tried again at once,
-                    // as every other command is, so a flapping network does not cost leases.
-                    let renewed = (|| {
-                        let mut con = con.clone();
-                        let mut invocation = renew.key(&leases);
-                        invocation.key(&cancel_requests).arg(lease_ms).arg(&leased);
-                        async move {
-                            invocation
-                                .invoke_async::<(Vec<String>, Vec<String>)>(&mut con)
-                                .await
-                        }
-                    })
-                    .retry(crate::reconnect_pauses().take(RENEW_RETRIES))
-                    .when(is_transient)
-                    .await;
-                    match renewed {
-                        Ok((lost, cancelled)) => {
-                            for receipt in lost {
-                                // Stalled past the lease: the task is another worker's now.
-                                // Stop this run (only this delivery's: this process may hold a
-                                // newer one of the same task); its outcome would be refused.
-                                crate::lock(&held).remove(&receipt);
-                                if let Some(uuid) = member_uuid(split_receipt(&receipt).1) {
-                                    tracing::warn!(uuid = %uuid, "the lease of task {uuid} was lost (this worker stalled past it); stopping this run");
-                                    let _ = cancels.send(
-                                        CancelRequest::new(uuid, LEASE_LOST).for_delivery(receipt),
-                                    );
-                                }
-                            }
-                            // Cancels asked of held tasks: stored, so seen here even when the
-                            // message that asked was lost.
-                            let mut pairs = cancelled.into_iter();
-                            while let (Some(receipt), Some(reason)) = (pairs.next(), pairs.next()) {
-                                if let Some(uuid) = member_uuid(split_receipt(&receipt).1) {
-                                    let _ = cancels.send(CancelRequest::new(uuid, reason));
-                                }
-                            }
-                        }
-                        Err(error) => tracing::warn!(
-                            "renewing {} task lease(s) failed: {}",
-                            leased.len(),
-                            ErrorChain(&error)
-                        ),
-                    }
-                }
-            });
-            if let Some(previous) = crate::lock(&self.renewer).replace(renewer) {
-                previous.abort();
-            }
-            Ok(())
-        })
-    }
-
-    fn stop(&self) -> BoxFuture<'_, Result<(), BackendError>> {
-        if let Some(renewer) = crate::lock(&self.renewer).take() {
-            renewer.abort();
-        }
-        Box::pin(async { Ok(()) })
-    }
-
-    fn add(&self, task: QueuedTask) -> BoxFuture<'_, Result<(), BackendError>> {
-        Box::pin(async move {
-            // How long from now, by this process's clock; when, by Redis's (`scripts::ADD`).
-            let delay_ms = task
-                .run_at
-                .map(|run_at| ((run_at - unix_now()) * 1000.0).ceil())
-                .filter(|delay_ms| *delay_ms >= 1.0)
-                .map(|delay_ms| delay_ms.min(i64::MAX as f64) as i64);
-            let fields = new_record_fields(&task);
-            let mut invocation = self.add.key(self.keys.record(task.uuid));
-            invocation
-                .key(if delay_ms.is_some() {
-                    &self.keys.delayed
-                } else {
-                    // In `task_queue`, as Python clients queue.
-                    &self.keys.queue
-                })
-                .key(&self.keys.stats);
-            if let Some(index) = &self.keys.records_index {
-                invocation.key(index);
-            }
-            invocation
-                .arg(fields.len())
-                .arg(&fields)
-                .arg(queue_entry(&task))
-                .arg(delay_ms.map_or_else(String::new, |ms| ms.to_string()))
-                .arg(qtasks_core::records::secs_to_ms(task.created_at));
-            let mut con = self.commands.clone();
-            let added: i64 = invocation
-                .invoke_async(&mut con)
-                .await
-                .map_err(|e| failure(format!("adding task `{}` failed", task.task_name), e))?;
-            if added == 0 {
-                // Known already (a slot added again, an add sent twice): nothing changes.
-                tracing::debug!(uuid = %task.uuid, "task {} is known already; not added again", task.uuid);
-                return Ok(());
-            }
-            // A delayed task: moved to the queue when due, waking a worker then (a take moves
-            // it too, should this process be gone by then).
-            self.release_when_due(&task);
-            Ok(())
-        })
-    }
-
-    fn next(&self) -> BoxFuture<'_, Result<Option<Delivery>, BackendError>> {
-        Box::pin(async move { Ok(self.next_batch(1).await?.into_iter().next()) })
-    }
-
-    fn next_batch(&self, max: usize) -> BoxFuture<'_, Result<Vec<Delivery>, BackendError>> {
-        Box::pin(async move {
-            loop {
-                let (taken, next_due_ms) = self.take_batch(max).await?;
-                let any_taken = !taken.is_empty();
-                // Held (renewed) from now on; should this call be dropped before it hands the
-                // deliveries over, the guard stops holding them and their leases run out, so
-                // another take runs them.
-                let mut guard = HoldGuard {
-                    held: &self.held,
-                    receipts: Vec::with_capacity(taken.len()),
                 };
-                // Each entry is decoded once, on its own: those that name a task are held and
-                // have their records read and marked in one more call, by declared keys; the
-                // others are poison and fail alone.
-                let mut named = Vec::with_capacity(taken.len());
-                for (bytes, recovered, token) in taken {
-                    let member = match String::from_utf8(bytes) {
-                        Ok(member) => member,
-                        Err(error) => {
-                            self.reject_logged(
-                                error.into_bytes(),
-                                &token,
-                                "the entry is not UTF-8",
-                            )
+                match parse_entry(entry_of(&member)) {
+                    Ok((_, uuid, _)) => {
+                        let task = Named {
+                            member,
+                            uuid,
+                            recovered: recovered == 1,
+                            token,
+                        };
+                        let receipt = task.receipt();
+                        self.hold(&receipt);
+                        guard.receipts.push(receipt);
+                        named.push(task);
+                    }
+                    Err(reason) => {
+                        self.reject_logged(member.into_bytes(), &token, &reason)
                             .await;
-                            continue;
-                        }
-                    };
-                    match parse_entry(entry_of(&member)) {
-                        Ok((_, uuid, _)) => {
-                            let task = Named {
-                                member,
-                                uuid,
-                                recovered: recovered == 1,
-                                token,
-                            };
-                            let receipt = task.receipt();
-                            self.hold(&receipt);
-                            guard.receipts.push(receipt);
-                            named.push(task);
-                        }
-                        Err(reason) => {
-                            self.reject_logged(member.into_bytes(), &token, &reason)
-                                .await;
-                        }
                     }
-                }
-                let marked = if named.is_empty() {
-                    Vec::new()
-                } else {
-                    match self.mark(&named).await {
-                        Ok(marked) => marked,
-                        Err(error) => {
-                            // Their leases are no longer renewed and run out; a take tries again.
-                            tracing::error!(app = %self.keys.prefix, "reading {} taken task(s) failed; they are taken again when their leases run out: {}", named.len(), ErrorChain(&error));
-                            for task in &named {
-                                self.unhold(&task.receipt());
-                            }
-                            continue;
-                        }
-                    }
-                };
-                let mut deliveries = Vec::with_capacity(named.len());
-                for (task, marked) in named.into_iter().zip(marked) {
-                    let (fields, handed_out) = match marked {
-                        Marked::Run(fields, handed_out) => (fields, handed_out),
-                        Marked::Ended | Marked::Lost => {
-                            self.unhold(&task.receipt());
-                            continue;
-                        }
-                        Marked::Missing | Marked::Bad(_) => {
-                            // This task alone: dead-lettered with its reason (a record that
-                            // exists ends `error`; none is made up for an entry without one,
-                            // so a record deleted by hand stays deleted); the rest of the
-                            // batch runs.
-                            self.unhold(&task.receipt());
-                            let entry = entry_of(&task.member).to_owned();
-                            let reason = match marked {
-                                Marked::Bad(reason) => {
-                                    format!("RecordError: task {}: {reason}", task.uuid)
-                                }
-                                _ => format!(
-                                    "QueueEntryError: the queue entry `{entry}` has no task record (it was never written, or was deleted or expired before the task ran)"
-                                ),
-                            };
-                            if let Err(error) = self
-                                .dead_letter(
-                                    task.receipt().as_bytes(),
-                                    &entry,
-                                    Some(task.uuid),
-                                    &reason,
-                                )
-                                .await
-                            {
-                                tracing::error!(app = %self.keys.prefix, "moving a task whose record is bad to the dead letters failed; it is taken again when its lease runs out: {}", ErrorChain(&error));
-                            }
-                            continue;
-                        }
-                    };
-                    let receipt = task.receipt();
-                    match self.deliver(task, fields, handed_out).await {
-                        Ok(Some(delivery)) => deliveries.push(delivery),
-                        Ok(None) => {}
-                        Err(error) => {
-                            // This task alone: its lease is no longer renewed and runs out,
-                            // then a take tries it again. The others of the batch go on.
-                            tracing::error!(app = %self.keys.prefix, "handing out `{}` failed; it is taken again when its lease runs out: {}", split_receipt(&receipt).1, ErrorChain(&error));
-                            self.unhold(&receipt);
-                        }
-                    }
-                }
-                guard.receipts.clear(); // handed over: finish or the renewer owns them now
-                if !deliveries.is_empty() {
-                    return Ok(deliveries);
-                }
-                if any_taken {
-                    continue; // all of them were poison or cancelled
-                }
-                // Nothing ready: block until a client pushes (the entry is parked in
-                // `incoming`, where any worker's next take finds it), until a delayed task may
-                // run, or until it is time to look for expired leases.
-                let mut wait = idle_wait(&self.options);
-                if let Some(due_ms) = next_due_ms {
-                    let until_due = Duration::from_millis(
-                        u64::try_from(due_ms - (unix_now() * 1000.0) as i64).unwrap_or(0),
-                    );
-                    wait = wait.min(until_due).max(Duration::from_millis(10));
-                }
-                let mut con = self.blocking.clone();
-                let waited: redis::RedisResult<Option<String>> = redis::cmd("BLMOVE")
-                    .arg(&self.keys.queue)
-                    .arg(&self.keys.incoming)
-                    .arg("LEFT")
-                    .arg("RIGHT")
-                    .arg(wait.as_secs_f64())
-                    .query_async(&mut con)
-                    .await;
-                match waited {
-                    // A dropped connection only cut the wait short: look again (after a moment,
-                    // so a connection that keeps failing does not spin).
-                    Err(error) if is_transient(&error) => {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                    Err(error) => {
-                        return Err(failure("waiting for tasks failed".to_owned(), error));
-                    }
-                    Ok(_) => {}
                 }
             }
-        })
-    }
-
-    fn finish(
-        &self,
-        delivery: &Delivery,
-        outcome: Outcome,
-    ) -> BoxFuture<'_, Result<(), BackendError>> {
-        let delivery = delivery.clone();
-        Box::pin(async move {
-            // Kept and sent again through an outage: the script is idempotent, so a reply lost
-            // after the write only makes the next attempt answer "stored".
-            use backon::Retryable;
-            let patience = self.options.lease * FINISH_PATIENCE_LEASES;
-            let started = tokio::time::Instant::now();
-            let written = (|| self.write_outcome(&delivery, &outcome))
-                .retry(crate::reconnect_pauses())
-                .when(|_| started.elapsed() < patience)
-                .notify(|error, pause| {
-                    tracing::warn!(uuid = %delivery.task.uuid, "storing the result failed (trying again in {pause:?}): {}", ErrorChain(error));
-                })
-                .await;
-            let result = match written {
-                Ok(Written::Stored | Written::Replayed) => {
-                    if let Outcome::Retry { child, .. } = &outcome {
-                        self.release_when_due(child);
+            let marked = if named.is_empty() {
+                Vec::new()
+            } else {
+                match self.mark(&named).await {
+                    Ok(marked) => marked,
+                    Err(error) => {
+                        // Their leases are no longer renewed and run out; a take tries again.
+                        tracing::error!(app = %self.keys.prefix, "reading {} taken task(s) failed; they are taken again when their leases run out: {}", named.len(), ErrorChain(&error));
+                        for task in &named {
+                            self.unhold(&task.receipt());
+                        }
+                        continue;
                     }
-                    Ok(())
                 }
-                Ok(Written::Cancelled(reason)) => Err(BackendError::cancelled("redis", reason)),
-                Ok(Written::Unstorable(kind)) => Err(BackendError::new(
-                    "redis",
-                    format!(
-                        "the outcome of task {} cannot be stored: its record's key holds a {kind}, not a hash (the task is not run again)",
-                        delivery.task.uuid
-                    ),
-                )),
-                Ok(Written::Refused) => Err(BackendError::refused(
-                    "redis",
-                    format!(
-                        "the outcome of task {} was refused: its lease is another worker's now (this worker stalled past it)",
-                        delivery.task.uuid
-                    ),
-                )),
-                Err(error) => Err(failure(
-                    format!(
-                        "storing the result of task {} failed for {patience:?}; its lease has run out and the task runs again",
-                        delivery.task.uuid
-                    ),
-                    error,
-                )),
             };
-            self.unhold(&delivery.receipt);
-            result
-        })
+            let mut deliveries = Vec::with_capacity(named.len());
+            for (task, marked) in named.into_iter().zip(marked) {
+                let (fields, handed_out) = match marked {
+                    Marked::Run(fields, handed_out) => (fields, handed_out),
+                    Marked::Ended | Marked::Lost => {
+                        self.unhold(&task.receipt());
+                        continue;
+                    }
+                    Marked::Missing | Marked::Bad(_) => {
+                        // This task alone: dead-lettered with its reason (a record that
+                        // exists ends `error`; none is made up for an entry without one,
+                        // so a record deleted by hand stays deleted); the rest of the
+                        // batch runs.
+                        self.unhold(&task.receipt());
+                        let entry = entry_of(&task.member).to_owned();
+                        let reason = match marked {
+                            Marked::Bad(reason) => {
+                                format!("RecordError: task {}: {reason}", task.uuid)
+                            }
+                            _ => format!(
+                                "QueueEntryError: the queue entry `{entry}` has no task record (it was never written, or was deleted or expired before the task ran)"
+                            ),
+                        };
+                        if let Err(error) = self
+                            .dead_letter(
+                                task.receipt().as_bytes(),
+                                &entry,
+                                Some(task.uuid),
+                                &reason,
+                            )
+                            .await
+                        {
+                            tracing::error!(app = %self.keys.prefix, "moving a task whose record is bad to the dead letters failed; it is taken again when its lease runs out: {}", ErrorChain(&error));
+                        }
+                        continue;
+                    }
+                };
+                let receipt = task.receipt();
+                match self.deliver(task, fields, handed_out).await {
+                    Ok(Some(delivery)) => deliveries.push(delivery),
+                    Ok(None) => {}
+                    Err(error) => {
+                        // This task alone: its lease is no longer renewed and runs out,
+                        // then a take tries it again. The others of the batch go on.
+                        tracing::error!(app = %self.keys.prefix, "handing out `{}` failed; it is taken again when its lease runs out: {}", split_receipt(&receipt).1, ErrorChain(&error));
+                        self.unhold(&receipt);
+                    }
+                }
+            }
+            guard.receipts.clear(); // handed over: finish or the renewer owns them now
+            if !deliveries.is_empty() {
+                return Ok(deliveries);
+            }
+            if any_taken {
+                continue; // all of them were poison or cancelled
+            }
+            // Nothing ready: block until a client pushes (the entry is parked in
+            // `incoming`, where any worker's next take finds it), until a delayed task may
+            // run, or until it is time to look for expired leases.
+            let mut wait = idle_wait(&self.options);
+            if let Some(due_ms) = next_due_ms {
+                let until_due = Duration::from_millis(
+                    u64::try_from(due_ms - (unix_now() * 1000.0) as i64).unwrap_or(0),
+                );
+                wait = wait.min(until_due).max(Duration::from_millis(10));
+            }
+            let mut con = self.blocking.clone();
+            let waited: redis::RedisResult<Option<String>> = redis::cmd("BLMOVE")
+                .arg(&self.keys.queue)
+                .arg(&self.keys.incoming)
+                .arg("LEFT")
+                .arg("RIGHT")
+                .arg(wait.as_secs_f64())
+                .query_async(&mut con)
+                .await;
+            match waited {
+                // A dropped connection only cut the wait short: look again (after a moment,
+                // so a connection that keeps failing does not spin).
+                Err(error) if is_transient(&error) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(error) => {
+                    return Err(failure("waiting for tasks failed".to_owned(), error));
+                }
+                Ok(_) => {}
+            }
+        }
     }
 
-    fn release(&self, delivery: &Delivery) -> BoxFuture<'_, Result<(), BackendError>> {
+    async fn finish(&self, delivery: &Delivery, outcome: Outcome) -> Result<(), BackendError> {
         let delivery = delivery.clone();
-        Box::pin(async move {
-            let member = split_receipt(&delivery.receipt).1;
-            // Stop renewing first: if the script cannot run, the lease runs out instead.
-            self.unhold(&delivery.receipt);
-            let priority = member
-                .rsplit_once(':')
-                .and_then(|(_, p)| p.parse::<i64>().ok())
-                .unwrap_or(delivery.task.priority);
-            let mut con = self.commands.clone();
-            let _handed_back: i64 = Script::new(scripts::RELEASE)
-                .key(&self.keys.leases)
-                .key(&self.keys.ready)
-                .key(&self.keys.recovered)
-                .key(self.keys.record(delivery.task.uuid))
-                .arg(&delivery.receipt)
-                .arg(member)
-                .arg(priority)
-                .invoke_async(&mut con)
-                .await
-                .map_err(|e| {
-                    failure(
-                        format!("handing task {} back failed", delivery.task.uuid),
-                        e,
-                    )
-                })?;
-            Ok(())
-        })
+        // Kept and sent again through an outage: the script is idempotent, so a reply lost
+        // after the write only makes the next attempt answer "stored".
+        use backon::Retryable;
+        let patience = self.options.lease * FINISH_PATIENCE_LEASES;
+        let started = tokio::time::Instant::now();
+        let written = (|| self.write_outcome(&delivery, &outcome))
+            .retry(crate::reconnect_pauses())
+            .when(|_| started.elapsed() < patience)
+            .notify(|error, pause| {
+                tracing::warn!(uuid = %delivery.task.uuid, "storing the result failed (trying again in {pause:?}): {}", ErrorChain(error));
+            })
+            .await;
+        let result = match written {
+            Ok(Written::Stored | Written::Replayed) => {
+                if let Outcome::Retry { child, .. } = &outcome {
+                    self.release_when_due(child);
+                }
+                Ok(())
+            }
+            Ok(Written::Cancelled(reason)) => Err(BackendError::cancelled("redis", reason)),
+            Ok(Written::Unstorable(kind)) => Err(BackendError::new(
+                "redis",
+                format!(
+                    "the outcome of task {} cannot be stored: its record's key holds a {kind}, not a hash (the task is not run again)",
+                    delivery.task.uuid
+                ),
+            )),
+            Ok(Written::Refused) => Err(BackendError::refused(
+                "redis",
+                format!(
+                    "the outcome of task {} was refused: its lease is another worker's now (this worker stalled past it)",
+                    delivery.task.uuid
+                ),
+            )),
+            Err(error) => Err(failure(
+                format!(
+                    "storing the result of task {} failed for {patience:?}; its lease has run out and the task runs again",
+                    delivery.task.uuid
+                ),
+                error,
+            )),
+        };
+        self.unhold(&delivery.receipt);
+        result
     }
 
-    fn flush_all(&self) -> BoxFuture<'_, Result<(), BackendError>> {
-        Box::pin(async move {
-            let keys = &self.keys;
-            let mut con = self.commands.clone();
-            redis::cmd("UNLINK")
-                .arg(&[
-                    &keys.queue,
-                    &keys.incoming,
-                    &keys.ready,
-                    &keys.sequence,
-                    &keys.leases,
-                    &keys.dead,
-                    &keys.recovered,
-                    &keys.stats,
-                    &keys.cancel_requests,
-                    &keys.gone,
-                ])
-                .exec_async(&mut con)
-                .await
-                .map_err(|e| failure("deleting the queue failed".to_owned(), e))
-        })
+    async fn release(&self, delivery: &Delivery) -> Result<(), BackendError> {
+        let delivery = delivery.clone();
+        let member = split_receipt(&delivery.receipt).1;
+        // Stop renewing first: if the script cannot run, the lease runs out instead.
+        self.unhold(&delivery.receipt);
+        let priority = member
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<i64>().ok())
+            .unwrap_or(delivery.task.priority);
+        let mut con = self.commands.clone();
+        let _handed_back: i64 = Script::new(scripts::RELEASE)
+            .key(&self.keys.leases)
+            .key(&self.keys.ready)
+            .key(&self.keys.recovered)
+            .key(self.keys.record(delivery.task.uuid))
+            .arg(&delivery.receipt)
+            .arg(member)
+            .arg(priority)
+            .invoke_async(&mut con)
+            .await
+            .map_err(|e| {
+                failure(
+                    format!("handing task {} back failed", delivery.task.uuid),
+                    e,
+                )
+            })?;
+        Ok(())
     }
 
-    fn cancel(
-        &self,
-        uuid: Uuid,
-        reason: &str,
-    ) -> BoxFuture<'_, Result<Option<CancelState>, BackendError>> {
+    async fn flush_all(&self) -> Result<(), BackendError> {
+        let keys = &self.keys;
+        let mut con = self.commands.clone();
+        redis::cmd("UNLINK")
+            .arg(&[
+                &keys.queue,
+                &keys.incoming,
+                &keys.ready,
+                &keys.sequence,
+                &keys.leases,
+                &keys.dead,
+                &keys.recovered,
+                &keys.stats,
+                &keys.cancel_requests,
+                &keys.gone,
+            ])
+            .exec_async(&mut con)
+            .await
+            .map_err(|e| failure("deleting the queue failed".to_owned(), e))
+    }
+
+    async fn cancel(&self, uuid: Uuid, reason: &str) -> Result<Option<CancelState>, BackendError> {
         let reason = reason.to_owned();
-        Box::pin(async move {
-            let ttl_ms = self
-                .options
-                .result_ttl
-                .map_or(0, |ttl| i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
-            let mut con = self.commands.clone();
-            let found: String = Script::new(scripts::CANCEL)
-                .key(self.keys.record(uuid))
-                .key(&self.keys.delayed)
-                .key(&self.keys.stats)
-                .key(&self.keys.cancel_requests)
-                .arg(&reason)
-                .arg(&self.keys.done_channel)
-                .arg(&self.keys.cancel_channel)
-                .arg(uuid.to_string())
-                .arg(ttl_ms)
-                .invoke_async(&mut con)
-                .await
-                .map_err(|e| failure(format!("cancelling task {uuid} failed"), e))?;
-            Ok(Some(match found.as_str() {
-                "missing" => CancelState::NotFound,
-                "new" => CancelState::Cancelled,
-                "process" => CancelState::Running,
-                other => CancelState::Ended(other.parse().unwrap_or(TaskStatus::Error)),
-            }))
-        })
+        let ttl_ms = self
+            .options
+            .result_ttl
+            .map_or(0, |ttl| i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+        let mut con = self.commands.clone();
+        let found: String = Script::new(scripts::CANCEL)
+            .key(self.keys.record(uuid))
+            .key(&self.keys.delayed)
+            .key(&self.keys.stats)
+            .key(&self.keys.cancel_requests)
+            .arg(&reason)
+            .arg(&self.keys.done_channel)
+            .arg(&self.keys.cancel_channel)
+            .arg(uuid.to_string())
+            .arg(ttl_ms)
+            .invoke_async(&mut con)
+            .await
+            .map_err(|e| failure(format!("cancelling task {uuid} failed"), e))?;
+        Ok(Some(match found.as_str() {
+            "missing" => CancelState::NotFound,
+            "new" => CancelState::Cancelled,
+            "process" => CancelState::Running,
+            other => CancelState::Ended(other.parse().unwrap_or(TaskStatus::Error)),
+        }))
     }
 
-    fn request_cancel(&self, uuid: Uuid, reason: &str) -> BoxFuture<'_, Result<(), BackendError>> {
+    async fn request_cancel(&self, uuid: Uuid, reason: &str) -> Result<(), BackendError> {
         let message = format!("{uuid} {reason}");
-        Box::pin(async move {
-            let mut con = self.commands.clone();
-            redis::cmd("PUBLISH")
-                .arg(&self.keys.cancel_channel)
-                .arg(message)
-                .exec_async(&mut con)
-                .await
-                .map_err(|e| failure("sending the cancel request failed".to_owned(), e))
-        })
+        let mut con = self.commands.clone();
+        redis::cmd("PUBLISH")
+            .arg(&self.keys.cancel_channel)
+            .arg(message)
+            .exec_async(&mut con)
+            .await
+            .map_err(|e| failure("sending the cancel request failed".to_owned(), e))
     }
 
     fn cancel_requests(&self) -> Option<broadcast::Receiver<CancelRequest>> {
         Some(self.cancels.subscribe())
     }
 
-    fn requeue_taken(&self) -> BoxFuture<'_, Result<usize, BackendError>> {
-        Box::pin(async move {
-            let mut con = self.commands.clone();
-            self.requeue
-                .key(&self.keys.ready)
-                .key(&self.keys.leases)
-                .key(&self.keys.recovered)
-                .invoke_async(&mut con)
-                .await
-                .map_err(|e| failure("putting taken tasks back failed".to_owned(), e))
-        })
+    async fn requeue_taken(&self) -> Result<usize, BackendError> {
+        let mut con = self.commands.clone();
+        self.requeue
+            .key(&self.keys.ready)
+            .key(&self.keys.leases)
+            .key(&self.keys.recovered)
+            .invoke_async(&mut con)
+            .await
+            .map_err(|e| failure("putting taken tasks back failed".to_owned(), e))
     }
 }

@@ -12,7 +12,6 @@ use super::storage::{is_transient, scan};
 /// How many times the heartbeat is written again when its connection drops.
 const HEARTBEAT_RETRIES: usize = 3;
 use super::{Keys, failure, glob_escape};
-use qtasks_core::BoxFuture;
 use qtasks_core::backend::BackendError;
 use qtasks_core::components::GlobalConfig;
 use qtasks_core::stats::WorkerInfo;
@@ -32,236 +31,194 @@ impl RedisGlobalConfig {
     }
 }
 
-impl GlobalConfig for RedisGlobalConfig {
+#[qtasks_core::async_trait]
+impl qtasks_core::backend::Lifecycle for RedisGlobalConfig {
     fn name(&self) -> &str {
         "RedisGlobalConfig"
     }
+}
 
-    fn set<'a>(
-        &'a self,
-        name: &'a str,
-        key: &'a str,
-        value: &'a str,
-    ) -> BoxFuture<'a, Result<(), BackendError>> {
-        Box::pin(async move {
-            let mut con = self.commands.clone();
-            redis::cmd("HSET")
-                .arg(self.hash(name))
-                .arg(key)
-                .arg(value)
-                .exec_async(&mut con)
-                .await
-                .map_err(|e| failure(format!("writing global config `{name}.{key}` failed"), e))
-        })
+#[qtasks_core::async_trait]
+impl GlobalConfig for RedisGlobalConfig {
+    async fn set(&self, name: &str, key: &str, value: &str) -> Result<(), BackendError> {
+        let mut con = self.commands.clone();
+        redis::cmd("HSET")
+            .arg(self.hash(name))
+            .arg(key)
+            .arg(value)
+            .exec_async(&mut con)
+            .await
+            .map_err(|e| failure(format!("writing global config `{name}.{key}` failed"), e))
     }
 
-    fn get<'a>(
-        &'a self,
-        name: &'a str,
-        key: &'a str,
-    ) -> BoxFuture<'a, Result<Option<String>, BackendError>> {
-        Box::pin(async move {
+    async fn get(&self, name: &str, key: &str) -> Result<Option<String>, BackendError> {
+        let mut con = self.commands.clone();
+        redis::cmd("HGET")
+            .arg(self.hash(name))
+            .arg(key)
+            .query_async(&mut con)
+            .await
+            .map_err(|e| failure(format!("reading global config `{name}.{key}` failed"), e))
+    }
+
+    async fn get_all(&self, name: &str) -> Result<BTreeMap<String, String>, BackendError> {
+        let mut con = self.commands.clone();
+        redis::cmd("HGETALL")
+            .arg(self.hash(name))
+            .query_async(&mut con)
+            .await
+            .map_err(|e| failure(format!("reading global config `{name}` failed"), e))
+    }
+
+    async fn get_match(&self, pattern: &str) -> Result<BTreeMap<String, String>, BackendError> {
+        let hash_prefix = self.hash("");
+        let keys = scan(
+            &self.commands,
+            &format!("{}{pattern}", glob_escape(&hash_prefix)),
+        )
+        .await?;
+        let mut found = BTreeMap::new();
+        for key in keys {
+            let name = key.strip_prefix(&hash_prefix).unwrap_or(&key).to_owned();
             let mut con = self.commands.clone();
-            redis::cmd("HGET")
-                .arg(self.hash(name))
-                .arg(key)
+            let entries: BTreeMap<String, String> = redis::cmd("HGETALL")
+                .arg(&key)
                 .query_async(&mut con)
                 .await
-                .map_err(|e| failure(format!("reading global config `{name}.{key}` failed"), e))
-        })
-    }
-
-    fn get_all<'a>(
-        &'a self,
-        name: &'a str,
-    ) -> BoxFuture<'a, Result<BTreeMap<String, String>, BackendError>> {
-        Box::pin(async move {
-            let mut con = self.commands.clone();
-            redis::cmd("HGETALL")
-                .arg(self.hash(name))
-                .query_async(&mut con)
-                .await
-                .map_err(|e| failure(format!("reading global config `{name}` failed"), e))
-        })
-    }
-
-    fn get_match<'a>(
-        &'a self,
-        pattern: &'a str,
-    ) -> BoxFuture<'a, Result<BTreeMap<String, String>, BackendError>> {
-        Box::pin(async move {
-            let hash_prefix = self.hash("");
-            let keys = scan(
-                &self.commands,
-                &format!("{}{pattern}", glob_escape(&hash_prefix)),
-            )
-            .await?;
-            let mut found = BTreeMap::new();
-            for key in keys {
-                let name = key.strip_prefix(&hash_prefix).unwrap_or(&key).to_owned();
-                let mut con = self.commands.clone();
-                let entries: BTreeMap<String, String> = redis::cmd("HGETALL")
-                    .arg(&key)
-                    .query_async(&mut con)
-                    .await
-                    .map_err(|e| failure(format!("reading global config `{name}` failed"), e))?;
-                for (field, value) in entries {
-                    found.insert(format!("{name}:{field}"), value);
-                }
+                .map_err(|e| failure(format!("reading global config `{name}` failed"), e))?;
+            for (field, value) in entries {
+                found.insert(format!("{name}:{field}"), value);
             }
-            Ok(found)
-        })
+        }
+        Ok(found)
     }
 
-    fn set_status(&self, ttl: Duration) -> BoxFuture<'_, Result<(), BackendError>> {
-        Box::pin(async move {
-            use backon::Retryable;
-            let write = || async {
-                let mut con = self.commands.clone();
-                redis::pipe()
-                    .hset_multiple(
-                        &self.keys.heartbeat,
-                        &[("name", self.keys.prefix.as_str()), ("status", "running")],
-                    )
-                    .expire(
-                        &self.keys.heartbeat,
-                        i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX).max(1),
-                    )
-                    // Rust workers publish every result; while this key lives, waiters rely on
-                    // the messages and need not read records periodically (Python workers do
-                    // not publish, and do not write it).
-                    .set_ex(&self.keys.publishing, 1, ttl.as_secs().max(1))
-                    .exec_async(&mut con)
-                    .await
-            };
-            write
-                .retry(crate::reconnect_pauses().take(HEARTBEAT_RETRIES))
-                .when(is_transient)
-                .await
-                .map_err(|e| failure("writing the worker heartbeat failed".to_owned(), e))
-        })
-    }
-
-    fn clear_status(&self) -> BoxFuture<'_, Result<(), BackendError>> {
-        Box::pin(async move {
-            use backon::Retryable;
-            let clear = || async {
-                let mut con = self.commands.clone();
-                redis::cmd("DEL")
-                    .arg(&self.keys.heartbeat)
-                    .exec_async(&mut con)
-                    .await
-            };
-            clear
-                .retry(crate::reconnect_pauses().take(HEARTBEAT_RETRIES))
-                .when(is_transient)
-                .await
-                .map_err(|e| failure("clearing the worker heartbeat failed".to_owned(), e))
-        })
-    }
-
-    fn set_worker<'a>(
-        &'a self,
-        info: &'a WorkerInfo,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<(), BackendError>> {
-        Box::pin(async move {
-            let json = serde_json::to_string(info).map_err(|e| {
-                BackendError::new("redis", "encoding the worker's description failed")
-                    .with_source(e)
-            })?;
-            let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1000);
-            let mut con = self.commands.clone();
-            // By Redis's clock (`scripts::SET_WORKER`), which also drops the descriptions of
-            // workers that died without removing theirs.
-            redis::Script::new(super::scripts::SET_WORKER)
-                .key(self.keys.worker(&info.id))
-                .key(&self.keys.workers)
-                .arg(json)
-                .arg(ttl_ms)
-                .arg(&info.id)
-                .invoke_async::<i64>(&mut con)
-                .await
-                .map(drop)
-                .map_err(|e| failure("writing the worker's description failed".to_owned(), e))
-        })
-    }
-
-    fn claim<'a>(
-        &'a self,
-        key: &'a str,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, BackendError>> {
-        Box::pin(async move {
-            let mut con = self.commands.clone();
-            let won: Option<String> = redis::cmd("SET")
-                .arg(format!("{}:qtasks:claim:{key}", self.keys.prefix))
-                .arg(1)
-                .arg("NX")
-                .arg("PX")
-                .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
-                .query_async(&mut con)
-                .await
-                .map_err(|e| failure(format!("claiming `{key}` failed"), e))?;
-            Ok(won.is_some())
-        })
-    }
-
-    fn remove_worker<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {
-        Box::pin(async move {
+    async fn set_status(&self, ttl: Duration) -> Result<(), BackendError> {
+        use backon::Retryable;
+        let write = || async {
             let mut con = self.commands.clone();
             redis::pipe()
-                .del(self.keys.worker(id))
-                .ignore()
-                .zrem(&self.keys.workers, id)
-                .ignore()
+                .hset_multiple(
+                    &self.keys.heartbeat,
+                    &[("name", self.keys.prefix.as_str()), ("status", "running")],
+                )
+                .expire(
+                    &self.keys.heartbeat,
+                    i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX).max(1),
+                )
+                // Rust workers publish every result; while this key lives, waiters rely on
+                // the messages and need not read records periodically (Python workers do
+                // not publish, and do not write it).
+                .set_ex(&self.keys.publishing, 1, ttl.as_secs().max(1))
                 .exec_async(&mut con)
                 .await
-                .map_err(|e| failure("removing the worker's description failed".to_owned(), e))
-        })
+        };
+        write
+            .retry(crate::reconnect_pauses().take(HEARTBEAT_RETRIES))
+            .when(is_transient)
+            .await
+            .map_err(|e| failure("writing the worker heartbeat failed".to_owned(), e))
     }
 
-    fn workers(&self) -> BoxFuture<'_, Result<Vec<WorkerInfo>, BackendError>> {
-        Box::pin(async move {
+    async fn clear_status(&self) -> Result<(), BackendError> {
+        use backon::Retryable;
+        let clear = || async {
             let mut con = self.commands.clone();
-            // Every listed worker; a description that ran out (by Redis's clock, not this
-            // process's) is gone, and its worker with it.
-            let ids: Vec<String> = redis::cmd("ZRANGE")
-                .arg(&self.keys.workers)
-                .arg(0)
-                .arg(-1)
-                .query_async(&mut con)
-                .await
-                .map_err(|e| failure("listing the workers failed".to_owned(), e))?;
-            if ids.is_empty() {
-                return Ok(Vec::new());
-            }
-            let keys: Vec<String> = ids.iter().map(|id| self.keys.worker(id)).collect();
-            let described: Vec<Option<String>> = redis::cmd("MGET")
-                .arg(&keys)
-                .query_async(&mut con)
-                .await
-                .map_err(|e| failure("reading the workers failed".to_owned(), e))?;
-            let mut workers: Vec<WorkerInfo> = described
-                .into_iter()
-                .flatten()
-                .filter_map(|json| serde_json::from_str(&json).ok())
-                .collect();
-            workers.sort_by(|a, b| a.started_at.total_cmp(&b.started_at));
-            Ok(workers)
-        })
-    }
-
-    fn status(&self) -> BoxFuture<'_, Result<bool, BackendError>> {
-        Box::pin(async move {
-            let mut con = self.commands.clone();
-            let status: Option<String> = redis::cmd("HGET")
+            redis::cmd("DEL")
                 .arg(&self.keys.heartbeat)
-                .arg("status")
-                .query_async(&mut con)
+                .exec_async(&mut con)
                 .await
-                .map_err(|e| failure("reading the worker heartbeat failed".to_owned(), e))?;
-            Ok(status.is_some())
-        })
+        };
+        clear
+            .retry(crate::reconnect_pauses().take(HEARTBEAT_RETRIES))
+            .when(is_transient)
+            .await
+            .map_err(|e| failure("clearing the worker heartbeat failed".to_owned(), e))
+    }
+
+    async fn set_worker(&self, info: &WorkerInfo, ttl: Duration) -> Result<(), BackendError> {
+        let json = serde_json::to_string(info).map_err(|e| {
+            BackendError::new("redis", "encoding the worker's description failed").with_source(e)
+        })?;
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1000);
+        let mut con = self.commands.clone();
+        // By Redis's clock (`scripts::SET_WORKER`), which also drops the descriptions of
+        // workers that died without removing theirs.
+        redis::Script::new(super::scripts::SET_WORKER)
+            .key(self.keys.worker(&info.id))
+            .key(&self.keys.workers)
+            .arg(json)
+            .arg(ttl_ms)
+            .arg(&info.id)
+            .invoke_async::<i64>(&mut con)
+            .await
+            .map(drop)
+            .map_err(|e| failure("writing the worker's description failed".to_owned(), e))
+    }
+
+    async fn claim(&self, key: &str, ttl: Duration) -> Result<bool, BackendError> {
+        let mut con = self.commands.clone();
+        let won: Option<String> = redis::cmd("SET")
+            .arg(format!("{}:qtasks:claim:{key}", self.keys.prefix))
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
+            .query_async(&mut con)
+            .await
+            .map_err(|e| failure(format!("claiming `{key}` failed"), e))?;
+        Ok(won.is_some())
+    }
+
+    async fn remove_worker(&self, id: &str) -> Result<(), BackendError> {
+        let mut con = self.commands.clone();
+        redis::pipe()
+            .del(self.keys.worker(id))
+            .ignore()
+            .zrem(&self.keys.workers, id)
+            .ignore()
+            .exec_async(&mut con)
+            .await
+            .map_err(|e| failure("removing the worker's description failed".to_owned(), e))
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerInfo>, BackendError> {
+        let mut con = self.commands.clone();
+        // Every listed worker; a description that ran out (by Redis's clock, not this
+        // process's) is gone, and its worker with it.
+        let ids: Vec<String> = redis::cmd("ZRANGE")
+            .arg(&self.keys.workers)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut con)
+            .await
+            .map_err(|e| failure("listing the workers failed".to_owned(), e))?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|id| self.keys.worker(id)).collect();
+        let described: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut con)
+            .await
+            .map_err(|e| failure("reading the workers failed".to_owned(), e))?;
+        let mut workers: Vec<WorkerInfo> = described
+            .into_iter()
+            .flatten()
+            .filter_map(|json| serde_json::from_str(&json).ok())
+            .collect();
+        workers.sort_by(|a, b| a.started_at.total_cmp(&b.started_at));
+        Ok(workers)
+    }
+
+    async fn status(&self) -> Result<bool, BackendError> {
+        let mut con = self.commands.clone();
+        let status: Option<String> = redis::cmd("HGET")
+            .arg(&self.keys.heartbeat)
+            .arg("status")
+            .query_async(&mut con)
+            .await
+            .map_err(|e| failure("reading the worker heartbeat failed".to_owned(), e))?;
+        Ok(status.is_some())
     }
 }

@@ -41,8 +41,12 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use qtasks_core::backend::{BackendError, BackendParts, Connector, redacted_url as redacted};
-use qtasks_core::{BoxFuture, QueueConfig, QueueTasks};
+use qtasks_core::backend::{
+    BackendError, BackendParts, Connector, RecordStore, RecordStoreConnector,
+    redacted_url as redacted,
+};
+use qtasks_core::components::GlobalConfig;
+use qtasks_core::{QueueConfig, QueueTasks};
 
 use crate::broker::RedisBroker;
 use crate::global_config::RedisGlobalConfig;
@@ -129,38 +133,59 @@ impl std::fmt::Debug for Redis {
     }
 }
 
+impl Redis {
+    /// The broker, storage and global config for the app's config, after checking the options.
+    async fn connect_concrete(&self, config: &QueueConfig) -> Result<Parts, BackendError> {
+        if self.options.lease < MIN_LEASE {
+            return Err(BackendError::new(
+                "redis",
+                format!(
+                    "a lease of {:?} is too short: workers renew it every third of it, and under {MIN_LEASE:?} a renewal would race the network; use at least {MIN_LEASE:?}",
+                    self.options.lease
+                ),
+            ));
+        }
+        if config.name.is_empty() || config.name.contains(':') {
+            return Err(BackendError::new(
+                "redis",
+                format!(
+                    "the app name `{}` is the Redis key prefix: it must be non-empty and contain no `:`",
+                    config.name
+                ),
+            ));
+        }
+        connect_parts(
+            &self.url,
+            &config.name,
+            &self.options,
+            config.result_interval(),
+        )
+        .await
+    }
+}
+
+#[qtasks_core::async_trait]
 impl Connector for Redis {
-    fn connect<'a>(
-        &'a self,
-        config: &'a QueueConfig,
-    ) -> BoxFuture<'a, Result<BackendParts, BackendError>> {
-        Box::pin(async move {
-            if self.options.lease < MIN_LEASE {
-                return Err(BackendError::new(
-                    "redis",
-                    format!(
-                        "a lease of {:?} is too short: workers renew it every third of it, and under {MIN_LEASE:?} a renewal would race the network; use at least {MIN_LEASE:?}",
-                        self.options.lease
-                    ),
-                ));
-            }
-            if config.name.is_empty() || config.name.contains(':') {
-                return Err(BackendError::new(
-                    "redis",
-                    format!(
-                        "the app name `{}` is the Redis key prefix: it must be non-empty and contain no `:`",
-                        config.name
-                    ),
-                ));
-            }
-            connect_parts(
-                &self.url,
-                &config.name,
-                &self.options,
-                config.result_interval(),
-            )
-            .await
-        })
+    async fn connect(&self, config: &QueueConfig) -> Result<BackendParts, BackendError> {
+        let parts = self.connect_concrete(config).await?;
+        Ok(BackendParts::new(
+            Arc::new(parts.broker),
+            Arc::new(parts.storage),
+            Arc::new(parts.global_config),
+        ))
+    }
+}
+
+/// Redis keeps the records of a broker that keeps only the queue (RabbitMQ, as Python QTasks
+/// pairs them): its storage writes every step of a task's life conditionally.
+#[qtasks_core::async_trait]
+impl RecordStoreConnector for Redis {
+    async fn connect_records(
+        &self,
+        config: &QueueConfig,
+    ) -> Result<(Arc<dyn RecordStore>, Arc<dyn GlobalConfig>), BackendError> {
+        let parts = self.connect_concrete(config).await?;
+        Ok((Arc::new(parts.storage), Arc::new(parts.global_config)))
     }
 }
 
@@ -287,6 +312,13 @@ impl Keys {
     }
 }
 
+/// The three parts of one app, before they are shared.
+struct Parts {
+    broker: RedisBroker,
+    storage: RedisStorage,
+    global_config: RedisGlobalConfig,
+}
+
 /// Connects the broker, storage and global config of the app named `prefix`.
 /// `fallback_check` is how often a waiter looks at a record that no message announces.
 async fn connect_parts(
@@ -294,7 +326,7 @@ async fn connect_parts(
     prefix: &str,
     options: &RedisOptions,
     fallback_check: Duration,
-) -> Result<BackendParts, BackendError> {
+) -> Result<Parts, BackendError> {
     let shown = redacted(url);
     let client = open_client(url, options)
         .map_err(|e| failure(format!("invalid Redis URL `{shown}`"), e))?;
@@ -335,11 +367,11 @@ async fn connect_parts(
         cancels,
         shown.to_string(),
     );
-    Ok(BackendParts::new(
-        Arc::new(broker),
-        Arc::new(storage),
-        Arc::new(global_config),
-    ))
+    Ok(Parts {
+        broker,
+        storage,
+        global_config,
+    })
 }
 
 /// Escapes glob characters, so an app named `a*` matches only its own keys.

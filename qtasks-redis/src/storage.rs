@@ -13,7 +13,6 @@ use super::wire::{
     fields_are_foreign, new_record_fields, outcome_fields, pairs, read_record, update_fields,
 };
 use super::{Keys, failure};
-use qtasks_core::BoxFuture;
 use qtasks_core::backend::{
     BackendError, CancelRequest, ItemsRead, RecordChange, Storage, Transition, unix_now,
 };
@@ -110,7 +109,7 @@ pub(crate) struct RedisStorage {
     /// heartbeat), and when that was last looked at: one look per `fallback_check` for all the
     /// waiters of this client.
     publishers: Mutex<Option<(bool, tokio::time::Instant)>>,
-    /// How long a finished record written by [`Storage::transition`] is kept (`None`: kept).
+    /// How long a finished record written by [`RecordStore::transition`] is kept (`None`: kept).
     result_ttl: Option<Duration>,
     /// The background sweep of the records' index, while the app runs.
     sweeper: Mutex<Option<tokio::task::AbortHandle>>,
@@ -305,9 +304,10 @@ impl RedisStorage {
     }
 }
 
-impl Storage for RedisStorage {
+#[qtasks_core::async_trait]
+impl qtasks_core::backend::Lifecycle for RedisStorage {
     /// Starts the index sweep (see [`listing`](super::listing)).
-    fn start(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+    async fn start(&self) -> Result<(), BackendError> {
         let mut sweeper = self
             .sweeper
             .lock()
@@ -330,10 +330,10 @@ impl Storage for RedisStorage {
             });
             *sweeper = Some(task.abort_handle());
         }
-        Box::pin(async { Ok(()) })
+        Ok(())
     }
 
-    fn stop(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+    async fn stop(&self) -> Result<(), BackendError> {
         let sweeper = self
             .sweeper
             .lock()
@@ -342,265 +342,244 @@ impl Storage for RedisStorage {
         if let Some(sweeper) = sweeper {
             sweeper.abort();
         }
-        Box::pin(async { Ok(()) })
-    }
-
-    fn list<'a>(
-        &'a self,
-        query: &'a qtasks_core::records::RecordQuery,
-    ) -> BoxFuture<'a, Result<qtasks_core::records::RecordPage, BackendError>> {
-        Box::pin(async move {
-            match &self.keys.records_index {
-                Some(index) => super::listing::list(&self.keys, index, &self.commands, query).await,
-                // No index (`RedisOptions::records_index` off): every record is read.
-                None => Ok(query.page_of(self.get_all().await?)),
-            }
-        })
-    }
-
-    fn delete(&self, uuid: Uuid) -> BoxFuture<'_, Result<bool, BackendError>> {
-        Box::pin(async move {
-            Ok(super::listing::delete(&self.keys, &self.commands, &[uuid]).await? == 1)
-        })
+        Ok(())
     }
 
     fn name(&self) -> &str {
         "RedisStorage"
     }
+}
 
-    fn get(&self, uuid: Uuid) -> BoxFuture<'_, Result<Option<TaskRecord>, BackendError>> {
-        Box::pin(self.read(uuid, false))
+#[qtasks_core::async_trait]
+impl Storage for RedisStorage {
+    async fn list(
+        &self,
+        query: &qtasks_core::records::RecordQuery,
+    ) -> Result<qtasks_core::records::RecordPage, BackendError> {
+        match &self.keys.records_index {
+            Some(index) => super::listing::list(&self.keys, index, &self.commands, query).await,
+            // No index (`RedisOptions::records_index` off): every record is read.
+            None => Ok(query.page_of(self.get_all().await?)),
+        }
     }
 
-    fn get_all(&self) -> BoxFuture<'_, Result<Vec<TaskRecord>, BackendError>> {
-        Box::pin(async move {
-            let keys = self.record_keys().await?;
-            let mut pipe = redis::pipe();
-            for (_, key) in &keys {
-                pipe.hgetall(key);
+    async fn delete(&self, uuid: Uuid) -> Result<bool, BackendError> {
+        Ok(super::listing::delete(&self.keys, &self.commands, &[uuid]).await? == 1)
+    }
+
+    async fn get(&self, uuid: Uuid) -> Result<Option<TaskRecord>, BackendError> {
+        self.read(uuid, false).await
+    }
+
+    async fn get_all(&self) -> Result<Vec<TaskRecord>, BackendError> {
+        let keys = self.record_keys().await?;
+        let mut pipe = redis::pipe();
+        for (_, key) in &keys {
+            pipe.hgetall(key);
+        }
+        let mut con = self.commands.clone();
+        let hashes: Vec<Vec<Vec<u8>>> = pipe
+            .query_async(&mut con)
+            .await
+            .map_err(|e| failure("reading the records failed".to_owned(), e))?;
+        let mut records = Vec::with_capacity(keys.len());
+        for ((uuid, _), fields) in keys.into_iter().zip(hashes) {
+            // A key that expired meanwhile, or a hash that is no task record, is skipped;
+            // a damaged record is listed with its unreadable fields raw.
+            let fields = pairs(fields);
+            if fields.is_empty() || fields_are_foreign(&fields) {
+                continue;
             }
+            records.push(read_record(uuid, &fields).0);
+        }
+        records.sort_by(|a, b| a.created_at.total_cmp(&b.created_at));
+        Ok(records)
+    }
+
+    async fn update(&self, uuid: Uuid, update: RecordUpdate) -> Result<(), BackendError> {
+        let mut con = self.commands.clone();
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hset_multiple(self.keys.record(uuid), &update_fields(&update, unix_now()));
+        if update.status.is_some_and(TaskStatus::is_final) {
+            pipe.publish(&self.keys.done_channel, uuid.to_string());
+        }
+        pipe.exec_async(&mut con)
+            .await
+            .map_err(|e| failure(format!("updating task {uuid} failed"), e))
+    }
+
+    async fn delete_finished(&self) -> Result<usize, BackendError> {
+        let finished: Vec<Uuid> = self
+            .get_all()
+            .await?
+            .into_iter()
+            .filter(|record| record.status.is_final())
+            .map(|record| record.uuid)
+            .collect();
+        for chunk in finished.chunks(1000) {
+            super::listing::delete(&self.keys, &self.commands, chunk).await?;
+        }
+        Ok(finished.len())
+    }
+
+    async fn flush_all(&self) -> Result<(), BackendError> {
+        let keys = scan(
+            &self.commands,
+            &format!("{}:*", super::glob_escape(&self.keys.prefix)),
+        )
+        .await?;
+        for chunk in keys.chunks(1000) {
             let mut con = self.commands.clone();
-            let hashes: Vec<Vec<Vec<u8>>> = pipe
-                .query_async(&mut con)
+            redis::cmd("UNLINK")
+                .arg(chunk)
+                .exec_async(&mut con)
                 .await
-                .map_err(|e| failure("reading the records failed".to_owned(), e))?;
-            let mut records = Vec::with_capacity(keys.len());
-            for ((uuid, _), fields) in keys.into_iter().zip(hashes) {
-                // A key that expired meanwhile, or a hash that is no task record, is skipped;
-                // a damaged record is listed with its unreadable fields raw.
-                let fields = pairs(fields);
-                if fields.is_empty() || fields_are_foreign(&fields) {
-                    continue;
-                }
-                records.push(read_record(uuid, &fields).0);
-            }
-            records.sort_by(|a, b| a.created_at.total_cmp(&b.created_at));
-            Ok(records)
-        })
+                .map_err(|e| failure("deleting the app's keys failed".to_owned(), e))?;
+        }
+        Ok(())
     }
 
-    fn update(&self, uuid: Uuid, update: RecordUpdate) -> BoxFuture<'_, Result<(), BackendError>> {
-        Box::pin(async move {
-            let mut con = self.commands.clone();
-            let mut pipe = redis::pipe();
-            pipe.atomic()
-                .hset_multiple(self.keys.record(uuid), &update_fields(&update, unix_now()));
-            if update.status.is_some_and(TaskStatus::is_final) {
-                pipe.publish(&self.keys.done_channel, uuid.to_string());
-            }
-            pipe.exec_async(&mut con)
-                .await
-                .map_err(|e| failure(format!("updating task {uuid} failed"), e))
-        })
+    async fn wait_finished(&self, uuid: Uuid) -> Result<Option<TaskRecord>, BackendError> {
+        self.wait_until(uuid, |record| record.status.is_final())
+            .await
     }
 
-    fn delete_finished(&self) -> BoxFuture<'_, Result<usize, BackendError>> {
-        Box::pin(async move {
-            let finished: Vec<Uuid> = self
-                .get_all()
-                .await?
-                .into_iter()
-                .filter(|record| record.status.is_final())
-                .map(|record| record.uuid)
-                .collect();
-            for chunk in finished.chunks(1000) {
-                super::listing::delete(&self.keys, &self.commands, chunk).await?;
-            }
-            Ok(finished.len())
-        })
-    }
-
-    fn insert<'a>(&'a self, task: &'a QueuedTask) -> BoxFuture<'a, Result<bool, BackendError>> {
-        Box::pin(async move {
-            let fields = new_record_fields(task);
-            let mut script = INSERT.prepare_invoke();
-            script
-                .key(self.keys.record(task.uuid))
-                .key(&self.keys.records_stats)
-                .key(&self.keys.records_waiting)
-                .key(&self.keys.gone);
-            if let Some(index) = &self.keys.records_index {
-                script.key(index);
-            }
-            script
-                .arg(task.uuid.to_string())
-                .arg(task.priority)
-                .arg(task.created_at)
-                .arg(fields.len());
-            for (field, value) in &fields {
-                script.arg(*field).arg(value);
-            }
-            let mut con = self.commands.clone();
-            let written: u8 = script
-                .invoke_async(&mut con)
-                .await
-                .map_err(|e| failure(format!("storing task {} failed", task.uuid), e))?;
-            Ok(written == 1)
-        })
-    }
-
-    fn transition<'a>(
-        &'a self,
-        uuid: Uuid,
-        from: &'a [TaskStatus],
-        change: RecordChange,
-    ) -> BoxFuture<'a, Result<Transition, BackendError>> {
-        Box::pin(async move {
-            let now = unix_now();
-            let fields = match &change {
-                RecordChange::Finished(outcome) => outcome_fields(outcome, now),
-                RecordChange::CancelRequested(reason) => vec![("cancel_requested", reason.clone())],
-                other => vec![
-                    ("updated_at", now.to_string()),
-                    ("status", other.status().as_str().to_owned()),
-                ],
-            };
-            let allowed: String = from.iter().map(|s| format!(" {s} ")).collect();
-            let ttl_ms = self.result_ttl.map_or(0, |ttl| ttl.as_millis() as u64);
-            let mut script = TRANSITION.prepare_invoke();
-            script
-                .key(self.keys.record(uuid))
-                .key(&self.keys.records_stats)
-                .key(&self.keys.records_waiting)
-                .arg(uuid.to_string())
-                .arg(allowed)
-                .arg(change.status().as_str())
-                .arg(&self.keys.done_channel)
-                .arg(ttl_ms)
-                .arg(fields.len());
-            for (field, value) in &fields {
-                script.arg(*field).arg(value);
-            }
-            let mut con = self.commands.clone();
-            let found: String = script
-                .invoke_async(&mut con)
-                .await
-                .map_err(|e| failure(format!("changing task {uuid} failed"), e))?;
-            let status = |text: &str| {
-                text.parse::<TaskStatus>().map_err(|_| {
-                    BackendError::new(
-                        "redis",
-                        format!("task {uuid} has the unknown status `{text}`"),
-                    )
-                })
-            };
-            match found.split_once(':') {
-                Some(("applied", old)) => Ok(Transition::Applied(status(old)?)),
-                Some(("kept", old)) => Ok(Transition::Kept(status(old)?)),
-                Some(("cancelled", old)) => Ok(Transition::Cancelled(status(old)?)),
-                _ => Ok(Transition::NotFound),
-            }
-        })
-    }
-
-    fn stats(&self) -> BoxFuture<'_, Result<Option<QueueStats>, BackendError>> {
-        Box::pin(async move {
-            super::stats::read_records(&self.keys, &self.commands)
-                .await
-                .map(Some)
-        })
-    }
-
-    fn flush_all(&self) -> BoxFuture<'_, Result<(), BackendError>> {
-        Box::pin(async move {
-            let keys = scan(
-                &self.commands,
-                &format!("{}:*", super::glob_escape(&self.keys.prefix)),
-            )
-            .await?;
-            for chunk in keys.chunks(1000) {
-                let mut con = self.commands.clone();
-                redis::cmd("UNLINK")
-                    .arg(chunk)
-                    .exec_async(&mut con)
-                    .await
-                    .map_err(|e| failure("deleting the app's keys failed".to_owned(), e))?;
-            }
-            Ok(())
-        })
-    }
-
-    fn wait_finished(&self, uuid: Uuid) -> BoxFuture<'_, Result<Option<TaskRecord>, BackendError>> {
-        Box::pin(self.wait_until(uuid, |record| record.status.is_final()))
-    }
-
-    fn append_item<'a>(
-        &'a self,
-        uuid: Uuid,
-        delivery: &'a str,
-        item: serde_json::Value,
-    ) -> BoxFuture<'a, Result<bool, BackendError>> {
-        Box::pin(async move {
-            let mut con = self.commands.clone();
-            let appended: i64 = self
-                .append
-                .key(self.keys.record(uuid))
-                .key(self.keys.items(uuid))
-                .key(&self.keys.leases)
-                .arg(item.to_string())
-                .arg(&self.keys.done_channel)
-                .arg(uuid.to_string())
-                .arg(delivery)
-                .arg(u64::try_from(ITEMS_TTL.as_millis()).unwrap_or(u64::MAX))
-                .invoke_async(&mut con)
-                .await
-                .map_err(|e| failure(format!("storing an item of task {uuid} failed"), e))?;
-            if appended == 0 {
-                tracing::debug!(uuid = %uuid, "an item of task {uuid} was refused: its run no longer holds the task");
-            }
-            Ok(appended == 1)
-        })
-    }
-
-    fn wait_items(
+    async fn append_item(
         &self,
         uuid: Uuid,
-        seen: usize,
-    ) -> BoxFuture<'_, Result<ItemsRead, BackendError>> {
-        Box::pin(async move {
-            self.wait_for(uuid, |record| async move {
-                match record {
-                    None => Some(Ok(ItemsRead::new(Vec::new(), true))),
-                    // Ended: the record holds every item.
-                    Some(record) if record.status.is_final() => {
-                        let items = match record.returning {
-                            Some(serde_json::Value::Array(items)) => {
-                                items.into_iter().skip(seen).collect()
-                            }
-                            _ => Vec::new(),
-                        };
-                        Some(Ok(ItemsRead::new(items, true)))
-                    }
-                    // Running: the live items, once there are new ones.
-                    Some(_) => match self.live_items(uuid, seen).await {
-                        Err(error) => Some(Err(error)),
-                        Ok(items) if !items.is_empty() => Some(Ok(ItemsRead::new(items, false))),
-                        Ok(_) => None,
-                    },
-                }
-            })
+        delivery: &str,
+        item: serde_json::Value,
+    ) -> Result<bool, BackendError> {
+        let mut con = self.commands.clone();
+        let appended: i64 = self
+            .append
+            .key(self.keys.record(uuid))
+            .key(self.keys.items(uuid))
+            .key(&self.keys.leases)
+            .arg(item.to_string())
+            .arg(&self.keys.done_channel)
+            .arg(uuid.to_string())
+            .arg(delivery)
+            .arg(u64::try_from(ITEMS_TTL.as_millis()).unwrap_or(u64::MAX))
+            .invoke_async(&mut con)
             .await
+            .map_err(|e| failure(format!("storing an item of task {uuid} failed"), e))?;
+        if appended == 0 {
+            tracing::debug!(uuid = %uuid, "an item of task {uuid} was refused: its run no longer holds the task");
+        }
+        Ok(appended == 1)
+    }
+
+    async fn wait_items(&self, uuid: Uuid, seen: usize) -> Result<ItemsRead, BackendError> {
+        self.wait_for(uuid, |record| async move {
+            match record {
+                None => Some(Ok(ItemsRead::new(Vec::new(), true))),
+                // Ended: the record holds every item.
+                Some(record) if record.status.is_final() => {
+                    let items = match record.returning {
+                        Some(serde_json::Value::Array(items)) => {
+                            items.into_iter().skip(seen).collect()
+                        }
+                        _ => Vec::new(),
+                    };
+                    Some(Ok(ItemsRead::new(items, true)))
+                }
+                // Running: the live items, once there are new ones.
+                Some(_) => match self.live_items(uuid, seen).await {
+                    Err(error) => Some(Err(error)),
+                    Ok(items) if !items.is_empty() => Some(Ok(ItemsRead::new(items, false))),
+                    Ok(_) => None,
+                },
+            }
         })
+        .await
+    }
+}
+
+#[qtasks_core::async_trait]
+impl qtasks_core::backend::RecordStore for RedisStorage {
+    async fn insert(&self, task: &QueuedTask) -> Result<bool, BackendError> {
+        let fields = new_record_fields(task);
+        let mut script = INSERT.prepare_invoke();
+        script
+            .key(self.keys.record(task.uuid))
+            .key(&self.keys.records_stats)
+            .key(&self.keys.records_waiting)
+            .key(&self.keys.gone);
+        if let Some(index) = &self.keys.records_index {
+            script.key(index);
+        }
+        script
+            .arg(task.uuid.to_string())
+            .arg(task.priority)
+            .arg(task.created_at)
+            .arg(fields.len());
+        for (field, value) in &fields {
+            script.arg(*field).arg(value);
+        }
+        let mut con = self.commands.clone();
+        let written: u8 = script
+            .invoke_async(&mut con)
+            .await
+            .map_err(|e| failure(format!("storing task {} failed", task.uuid), e))?;
+        Ok(written == 1)
+    }
+
+    async fn transition(
+        &self,
+        uuid: Uuid,
+        from: &[TaskStatus],
+        change: RecordChange,
+    ) -> Result<Transition, BackendError> {
+        let now = unix_now();
+        let fields = match &change {
+            RecordChange::Finished(outcome) => outcome_fields(outcome, now),
+            RecordChange::CancelRequested(reason) => vec![("cancel_requested", reason.clone())],
+            other => vec![
+                ("updated_at", now.to_string()),
+                ("status", other.status().as_str().to_owned()),
+            ],
+        };
+        let allowed: String = from.iter().map(|s| format!(" {s} ")).collect();
+        let ttl_ms = self.result_ttl.map_or(0, |ttl| ttl.as_millis() as u64);
+        let mut script = TRANSITION.prepare_invoke();
+        script
+            .key(self.keys.record(uuid))
+            .key(&self.keys.records_stats)
+            .key(&self.keys.records_waiting)
+            .arg(uuid.to_string())
+            .arg(allowed)
+            .arg(change.status().as_str())
+            .arg(&self.keys.done_channel)
+            .arg(ttl_ms)
+            .arg(fields.len());
+        for (field, value) in &fields {
+            script.arg(*field).arg(value);
+        }
+        let mut con = self.commands.clone();
+        let found: String = script
+            .invoke_async(&mut con)
+            .await
+            .map_err(|e| failure(format!("changing task {uuid} failed"), e))?;
+        let status = |text: &str| {
+            text.parse::<TaskStatus>().map_err(|_| {
+                BackendError::new(
+                    "redis",
+                    format!("task {uuid} has the unknown status `{text}`"),
+                )
+            })
+        };
+        match found.split_once(':') {
+            Some(("applied", old)) => Ok(Transition::Applied(status(old)?)),
+            Some(("kept", old)) => Ok(Transition::Kept(status(old)?)),
+            Some(("cancelled", old)) => Ok(Transition::Cancelled(status(old)?)),
+            _ => Ok(Transition::NotFound),
+        }
+    }
+
+    async fn stats(&self) -> Result<QueueStats, BackendError> {
+        super::stats::read_records(&self.keys, &self.commands).await
     }
 }
 

@@ -74,3 +74,8 @@ pub mod testing {
     #[doc(inline)]
     pub use qtasks_conformance as conformance;
 }
+
+/// The engine guide's example (`docs/writing-an-engine.md`) compiles and runs as a doc test.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/writing-an-engine.md")]
+mod writing_an_engine {}

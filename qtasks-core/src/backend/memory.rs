@@ -12,7 +12,6 @@ use uuid::Uuid;
 
 use super::{BackendError, Broker, Delivery, ItemsRead, RecordChange, Storage, Transition};
 use super::{CancelRequest, CancelState, unix_now};
-use crate::plugin::BoxFuture;
 use crate::records::{RecordCursor, RecordPage, RecordQuery};
 use crate::stats::{FinishedCounts, QueueStats, ThroughputWindow};
 use crate::sync::MutexExt;
@@ -153,75 +152,69 @@ impl MemoryBroker {
     }
 }
 
-impl Broker for MemoryBroker {
+#[crate::async_trait]
+impl crate::backend::Lifecycle for MemoryBroker {
     fn name(&self) -> &str {
         "MemoryBroker"
     }
+}
 
-    fn add(&self, task: QueuedTask) -> BoxFuture<'_, Result<(), BackendError>> {
+#[crate::async_trait]
+impl Broker for MemoryBroker {
+    async fn add(&self, task: QueuedTask) -> Result<(), BackendError> {
         self.push(task);
-        Box::pin(async { Ok(()) })
+        Ok(())
     }
 
-    fn next(&self) -> BoxFuture<'_, Result<Option<Delivery>, BackendError>> {
-        Box::pin(async move { Ok(self.next_batch(1).await?.into_iter().next()) })
-    }
-
-    fn next_batch(&self, max: usize) -> BoxFuture<'_, Result<Vec<Delivery>, BackendError>> {
-        Box::pin(async move {
-            loop {
-                // Register for a wake-up before looking, so a push between the look and the
-                // wait is not missed.
-                let notified = self.available.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                let (tasks, next_due) = self.take(max.max(1));
-                let any_taken = !tasks.is_empty();
-                let deliveries: Vec<Delivery> = self
-                    .storage
-                    .start(tasks)
-                    .into_iter()
-                    .map(|task| {
-                        // Unique per delivery: a task handed back and taken again while its
-                        // first run still ends (a plain `fn`) must not share its receipt.
-                        let receipt = format!(
-                            "{}-{}",
-                            task.uuid,
-                            self.deliveries
-                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                        );
-                        Delivery::new(task, receipt)
-                    })
-                    .collect();
-                if !deliveries.is_empty() {
-                    return Ok(deliveries);
-                }
-                if any_taken {
-                    // All cancelled while they waited: look again at once. (Waiting here would
-                    // leave the tasks behind them waiting for the next add, or for ever.)
-                    continue;
-                }
-                match next_due {
-                    Some(run_at) => {
-                        let wait =
-                            std::time::Duration::try_from_secs_f64((run_at - unix_now()).max(0.0))
-                                .unwrap_or_default();
-                        tokio::select! {
-                            () = notified => {}
-                            () = tokio::time::sleep(wait) => {}
-                        }
-                    }
-                    None => notified.await,
-                }
+    async fn next_batch(&self, max: usize) -> Result<Vec<Delivery>, BackendError> {
+        loop {
+            // Register for a wake-up before looking, so a push between the look and the
+            // wait is not missed.
+            let notified = self.available.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let (tasks, next_due) = self.take(max.max(1));
+            let any_taken = !tasks.is_empty();
+            let deliveries: Vec<Delivery> = self
+                .storage
+                .start(tasks)
+                .into_iter()
+                .map(|task| {
+                    // Unique per delivery: a task handed back and taken again while its
+                    // first run still ends (a plain `fn`) must not share its receipt.
+                    let receipt = format!(
+                        "{}-{}",
+                        task.uuid,
+                        self.deliveries
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                    );
+                    Delivery::new(task, receipt)
+                })
+                .collect();
+            if !deliveries.is_empty() {
+                return Ok(deliveries);
             }
-        })
+            if any_taken {
+                // All cancelled while they waited: look again at once. (Waiting here would
+                // leave the tasks behind them waiting for the next add, or for ever.)
+                continue;
+            }
+            match next_due {
+                Some(run_at) => {
+                    let wait =
+                        std::time::Duration::try_from_secs_f64((run_at - unix_now()).max(0.0))
+                            .unwrap_or_default();
+                    tokio::select! {
+                        () = notified => {}
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                }
+                None => notified.await,
+            }
+        }
     }
 
-    fn finish(
-        &self,
-        delivery: &Delivery,
-        outcome: Outcome,
-    ) -> BoxFuture<'_, Result<(), BackendError>> {
+    async fn finish(&self, delivery: &Delivery, outcome: Outcome) -> Result<(), BackendError> {
         // A retry's child is stored before the parent ends, so whoever follows the parent to
         // the child finds it.
         let child = match &outcome {
@@ -240,10 +233,10 @@ impl Broker for MemoryBroker {
             }
             _ => {}
         }
-        Box::pin(async move { result })
+        result
     }
 
-    fn release(&self, delivery: &Delivery) -> BoxFuture<'_, Result<(), BackendError>> {
+    async fn release(&self, delivery: &Delivery) -> Result<(), BackendError> {
         // Cancelled while it ran: it ends `cancel` rather than waiting to run again.
         let requested = lock(&self.storage.slots)
             .get_mut(&delivery.task.uuid)
@@ -252,7 +245,7 @@ impl Broker for MemoryBroker {
             let result = self
                 .storage
                 .finish_as(delivery.task.uuid, Outcome::Cancel(reason));
-            return Box::pin(async move { result });
+            return result;
         }
         let result = self.storage.change(delivery.task.uuid, |slot| {
             slot.record.status = TaskStatus::New;
@@ -266,14 +259,10 @@ impl Broker for MemoryBroker {
             task.run_at = None;
             self.enqueue(task);
         }
-        Box::pin(async move { result })
+        result
     }
 
-    fn cancel(
-        &self,
-        uuid: Uuid,
-        reason: &str,
-    ) -> BoxFuture<'_, Result<Option<CancelState>, BackendError>> {
+    async fn cancel(&self, uuid: Uuid, reason: &str) -> Result<Option<CancelState>, BackendError> {
         // Under the records' lock, which `start` takes too: a task is either cancelled before
         // it is marked `process` (and `start` leaves it out), or found running.
         let state = self.storage.cancel_if_waiting(uuid, reason);
@@ -281,19 +270,19 @@ impl Broker for MemoryBroker {
             // Whichever app on this broker runs it stops it (no listener: nobody runs it yet).
             let _ = self.cancel_requests.send(CancelRequest::new(uuid, reason));
         }
-        Box::pin(async move { Ok(Some(state)) })
+        Ok(Some(state))
     }
 
-    fn request_cancel(&self, uuid: Uuid, reason: &str) -> BoxFuture<'_, Result<(), BackendError>> {
+    async fn request_cancel(&self, uuid: Uuid, reason: &str) -> Result<(), BackendError> {
         let _ = self.cancel_requests.send(CancelRequest::new(uuid, reason));
-        Box::pin(async { Ok(()) })
+        Ok(())
     }
 
     fn cancel_requests(&self) -> Option<tokio::sync::broadcast::Receiver<CancelRequest>> {
         Some(self.cancel_requests.subscribe())
     }
 
-    fn stats(&self) -> BoxFuture<'_, Result<Option<QueueStats>, BackendError>> {
+    async fn stats(&self) -> Result<Option<QueueStats>, BackendError> {
         let now = unix_now();
         let mut stats = QueueStats::default();
         {
@@ -325,16 +314,16 @@ impl Broker for MemoryBroker {
             stats.finished = tally.finished;
             stats.finished_last_minute = tally.throughput.last_minute(now as u64);
         }
-        Box::pin(async move { Ok(Some(stats)) })
+        Ok(Some(stats))
     }
 
-    fn flush_all(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+    async fn flush_all(&self) -> Result<(), BackendError> {
         let mut queue = lock(&self.queue);
         queue.ready.clear();
         queue.ready_len = 0;
         queue.delayed.clear();
         drop(queue);
-        Box::pin(async { Ok(()) })
+        Ok(())
     }
 }
 
@@ -674,52 +663,53 @@ impl MemoryStorage {
     }
 }
 
-impl Storage for MemoryStorage {
+#[crate::async_trait]
+impl crate::backend::Lifecycle for MemoryStorage {
     fn name(&self) -> &str {
         "MemoryStorage"
     }
+}
 
-    fn get(&self, uuid: Uuid) -> BoxFuture<'_, Result<Option<TaskRecord>, BackendError>> {
+#[crate::async_trait]
+impl Storage for MemoryStorage {
+    async fn get(&self, uuid: Uuid) -> Result<Option<TaskRecord>, BackendError> {
         let record = lock(&self.slots).get(&uuid).map(|slot| slot.record.clone());
-        Box::pin(async move { Ok(record) })
+        Ok(record)
     }
 
-    fn get_all(&self) -> BoxFuture<'_, Result<Vec<TaskRecord>, BackendError>> {
+    async fn get_all(&self) -> Result<Vec<TaskRecord>, BackendError> {
         let mut records: Vec<TaskRecord> = lock(&self.slots)
             .values()
             .map(|slot| slot.record.clone())
             .collect();
         records.sort_by(|a, b| a.created_at.total_cmp(&b.created_at));
-        Box::pin(async move { Ok(records) })
+        Ok(records)
     }
 
-    fn update(&self, uuid: Uuid, update: RecordUpdate) -> BoxFuture<'_, Result<(), BackendError>> {
-        let result = self.change(uuid, |slot| {
+    async fn update(&self, uuid: Uuid, update: RecordUpdate) -> Result<(), BackendError> {
+        self.change(uuid, |slot| {
             update.apply_to(&mut slot.record);
             slot.record.updated_at = unix_now();
-        });
-        Box::pin(async move { result })
-    }
-
-    fn wait_finished(&self, uuid: Uuid) -> BoxFuture<'_, Result<Option<TaskRecord>, BackendError>> {
-        Box::pin(async move {
-            loop {
-                let (record, changed) = self.look(uuid, |record| record.status.is_final());
-                match (record, changed) {
-                    (Some(found), _) => return Ok(found),
-                    (None, Some(changed)) => changed.await,
-                    (None, None) => unreachable!("look registers when it returns nothing"),
-                }
-            }
         })
     }
 
-    fn append_item<'a>(
-        &'a self,
+    async fn wait_finished(&self, uuid: Uuid) -> Result<Option<TaskRecord>, BackendError> {
+        loop {
+            let (record, changed) = self.look(uuid, |record| record.status.is_final());
+            match (record, changed) {
+                (Some(found), _) => return Ok(found),
+                (None, Some(changed)) => changed.await,
+                (None, None) => unreachable!("look registers when it returns nothing"),
+            }
+        }
+    }
+
+    async fn append_item(
+        &self,
         uuid: Uuid,
-        delivery: &'a str,
+        delivery: &str,
         item: serde_json::Value,
-    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+    ) -> Result<bool, BackendError> {
         // In one process a task has one delivery at a time: only a running task takes items.
         let _ = delivery;
         let mut appended = false;
@@ -733,53 +723,44 @@ impl Storage for MemoryStorage {
                 other => *other = Some(serde_json::Value::Array(vec![item])),
             }
         });
-        Box::pin(async move { result.map(|()| appended) })
+        result.map(|()| appended)
     }
 
-    fn wait_items(
-        &self,
-        uuid: Uuid,
-        seen: usize,
-    ) -> BoxFuture<'_, Result<ItemsRead, BackendError>> {
-        Box::pin(async move {
-            loop {
-                let has_news =
-                    |record: &TaskRecord| record.status.is_final() || items_of(record).len() > seen;
-                match self.look(uuid, has_news) {
-                    (Some(Some(record)), _) => {
-                        let items = items_of(&record).iter().skip(seen).cloned().collect();
-                        return Ok(ItemsRead {
-                            items,
-                            ended: record.status.is_final(),
-                        });
-                    }
-                    (Some(None), _) => {
-                        return Ok(ItemsRead {
-                            items: Vec::new(),
-                            ended: true,
-                        });
-                    }
-                    (None, Some(changed)) => changed.await,
-                    (None, None) => unreachable!("look registers when it returns nothing"),
+    async fn wait_items(&self, uuid: Uuid, seen: usize) -> Result<ItemsRead, BackendError> {
+        loop {
+            let has_news =
+                |record: &TaskRecord| record.status.is_final() || items_of(record).len() > seen;
+            match self.look(uuid, has_news) {
+                (Some(Some(record)), _) => {
+                    let items = items_of(&record).iter().skip(seen).cloned().collect();
+                    return Ok(ItemsRead {
+                        items,
+                        ended: record.status.is_final(),
+                    });
                 }
+                (Some(None), _) => {
+                    return Ok(ItemsRead {
+                        items: Vec::new(),
+                        ended: true,
+                    });
+                }
+                (None, Some(changed)) => changed.await,
+                (None, None) => unreachable!("look registers when it returns nothing"),
             }
-        })
+        }
     }
 
-    fn delete_finished(&self) -> BoxFuture<'_, Result<usize, BackendError>> {
+    async fn delete_finished(&self) -> Result<usize, BackendError> {
         let mut slots = lock(&self.slots);
         let before = slots.len();
         slots.retain(|_, slot| !slot.record.status.is_final());
         let deleted = before - slots.len();
-        Box::pin(async move { Ok(deleted) })
+        Ok(deleted)
     }
 
     /// One pass over the records under the lock, keeping only the positions that match;
     /// the page's records alone are cloned.
-    fn list<'a>(
-        &'a self,
-        query: &'a RecordQuery,
-    ) -> BoxFuture<'a, Result<RecordPage, BackendError>> {
+    async fn list(&self, query: &RecordQuery) -> Result<RecordPage, BackendError> {
         let slots = lock(&self.slots);
         let mut matching: Vec<RecordCursor> = slots
             .values()
@@ -810,19 +791,31 @@ impl Storage for MemoryStorage {
         page.next = next;
         page.scanned = scanned;
         page.total = Some(total);
-        Box::pin(async move { Ok(page) })
+        Ok(page)
     }
 
-    fn delete(&self, uuid: Uuid) -> BoxFuture<'_, Result<bool, BackendError>> {
+    async fn delete(&self, uuid: Uuid) -> Result<bool, BackendError> {
         let mut slots = lock(&self.slots);
         let deleted = slots.remove(&uuid);
         if deleted.as_ref().is_some_and(|slot| slot.queued_cancel) {
             lock(&self.gone).insert(uuid);
         }
-        Box::pin(async move { Ok(deleted.is_some()) })
+        Ok(deleted.is_some())
     }
 
-    fn insert<'a>(&'a self, task: &'a QueuedTask) -> BoxFuture<'a, Result<bool, BackendError>> {
+    async fn flush_all(&self) -> Result<(), BackendError> {
+        let mut slots = lock(&self.slots);
+        slots.clear();
+        *lock(&self.tally) = Tally::default();
+        lock(&self.gone).clear();
+        drop(slots);
+        Ok(())
+    }
+}
+
+#[crate::async_trait]
+impl crate::backend::RecordStore for MemoryStorage {
+    async fn insert(&self, task: &QueuedTask) -> Result<bool, BackendError> {
         let written = match lock(&self.slots).entry(task.uuid) {
             std::collections::hash_map::Entry::Occupied(_) => false,
             std::collections::hash_map::Entry::Vacant(slot) => {
@@ -836,15 +829,15 @@ impl Storage for MemoryStorage {
                 }
             }
         };
-        Box::pin(async move { Ok(written) })
+        Ok(written)
     }
 
-    fn transition<'a>(
-        &'a self,
+    async fn transition(
+        &self,
         uuid: Uuid,
-        from: &'a [TaskStatus],
+        from: &[TaskStatus],
         change: RecordChange,
-    ) -> BoxFuture<'a, Result<Transition, BackendError>> {
+    ) -> Result<Transition, BackendError> {
         let mut slots = lock(&self.slots);
         let transition = match slots.get_mut(&uuid) {
             None => Transition::NotFound,
@@ -897,12 +890,12 @@ impl Storage for MemoryStorage {
                 }
             }
         };
-        Box::pin(async move { Ok(transition) })
+        Ok(transition)
     }
 
     /// Counted by a look at every record: this storage lives in one process, where a scan of
     /// its records costs what a server round trip would.
-    fn stats(&self) -> BoxFuture<'_, Result<Option<QueueStats>, BackendError>> {
+    async fn stats(&self) -> Result<QueueStats, BackendError> {
         let now = unix_now();
         let mut stats = QueueStats::default();
         let mut oldest: Option<f64> = None;
@@ -922,15 +915,6 @@ impl Storage for MemoryStorage {
         stats.finished = tally.finished;
         stats.finished_last_minute = tally.throughput.last_minute(now as u64);
         drop(tally);
-        Box::pin(async move { Ok(Some(stats)) })
-    }
-
-    fn flush_all(&self) -> BoxFuture<'_, Result<(), BackendError>> {
-        let mut slots = lock(&self.slots);
-        slots.clear();
-        *lock(&self.tally) = Tally::default();
-        lock(&self.gone).clear();
-        drop(slots);
-        Box::pin(async { Ok(()) })
+        Ok(stats)
     }
 }

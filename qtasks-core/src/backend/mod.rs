@@ -11,10 +11,15 @@
 //! # Writing an engine
 //!
 //! An engine is a crate that depends on `qtasks` (or `qtasks-core`) alone. It implements
-//! [`Broker`], [`Storage`] and usually [`GlobalConfig`](crate::components::GlobalConfig), and
-//! a [`Connector`] that builds the three for an app's [`QueueConfig`]; users hand the connector
-//! to [`AppBuilder::connect`](crate::AppBuilder::connect). The Redis engine (`qtasks-redis`)
-//! is written this way and is the worked example: it uses nothing that is not public here.
+//! [`Lifecycle`] (a name, a start, a stop) and [`Broker`], [`Storage`] and usually
+//! [`GlobalConfig`](crate::components::GlobalConfig), with `async fn` methods under
+//! [`#[qtasks::async_trait]`](crate::async_trait), and a [`Connector`] that builds the three for
+//! an app's [`QueueConfig`]; users hand the connector to
+//! [`AppBuilder::connect`](crate::AppBuilder::connect). A storage that another engine's
+//! broker may keep its records in (RabbitMQ's) also implements [`RecordStore`], and its engine
+//! [`RecordStoreConnector`]: the compiler then checks the pairing. The in-memory engine
+//! ([`MemoryBroker`], [`MemoryStorage`]) and the Redis engine (`qtasks-redis`) are written
+//! this way; `docs/writing-an-engine.md` walks through one.
 
 mod memory;
 
@@ -28,11 +33,13 @@ pub use memory::{MemoryBroker, MemoryStorage};
 pub use crate::error::ErrorChain;
 
 use crate::components::GlobalConfig;
-use crate::plugin::{BoxError, BoxFuture};
+use crate::plugin::BoxError;
+
 use crate::stats::{DeadLetter, QueueStats};
 use crate::task::Outcome;
 use crate::triggers::RecordUpdate;
 use crate::{QueueConfig, QueuedTask, TaskRecord};
+pub use async_trait::async_trait;
 
 /// A broker or storage failure: which backend, what it was doing, and the underlying error
 /// (as [`source`](std::error::Error::source), not repeated in the message).
@@ -216,18 +223,17 @@ impl std::fmt::Debug for BackendParts {
 /// use std::sync::Arc;
 /// use qtasks::backend::{BackendError, BackendParts, Connector, MemoryBroker, MemoryStorage};
 /// use qtasks::components::MemoryGlobalConfig;
-/// use qtasks::{BoxFuture, QueueConfig, QueueTasks};
+/// use qtasks::{QueueConfig, QueueTasks};
 ///
 /// /// An "engine" that hands out the in-memory parts.
 /// struct InMemory;
 ///
+/// #[qtasks::async_trait]
 /// impl Connector for InMemory {
-///     fn connect<'a>(&'a self, _config: &'a QueueConfig) -> BoxFuture<'a, Result<BackendParts, BackendError>> {
-///         Box::pin(async {
-///             let storage = Arc::new(MemoryStorage::new());
-///             let broker = Arc::new(MemoryBroker::new(Arc::clone(&storage)));
-///             Ok(BackendParts::new(broker, storage, Arc::new(MemoryGlobalConfig::new())))
-///         })
+///     async fn connect(&self, _config: &QueueConfig) -> Result<BackendParts, BackendError> {
+///         let storage = Arc::new(MemoryStorage::new());
+///         let broker = Arc::new(MemoryBroker::new(Arc::clone(&storage)));
+///         Ok(BackendParts::new(broker, storage, Arc::new(MemoryGlobalConfig::new())))
 ///     }
 /// }
 ///
@@ -236,12 +242,10 @@ impl std::fmt::Debug for BackendParts {
 /// let app = QueueTasks::builder().connect(InMemory).await?.build();
 /// # Ok(()) }
 /// ```
+#[async_trait]
 pub trait Connector: Send + Sync {
     /// Connects, or says why not (an unreachable server, a config the engine cannot use).
-    fn connect<'a>(
-        &'a self,
-        config: &'a QueueConfig,
-    ) -> BoxFuture<'a, Result<BackendParts, BackendError>>;
+    async fn connect(&self, config: &QueueConfig) -> Result<BackendParts, BackendError>;
 }
 
 /// What [`Broker::cancel`] found and did, in one atomic step.
@@ -256,15 +260,6 @@ pub enum CancelState {
     Ended(crate::TaskStatus),
     /// No such task.
     NotFound,
-}
-
-fn cannot_pair(storage: &str) -> BackendError {
-    BackendError::new(
-        "storage",
-        format!(
-            "{storage} keeps its records through its own broker and cannot be paired with another broker (it does not implement Storage::insert and Storage::transition)"
-        ),
-    )
 }
 
 /// A task taken from the broker: what to run, and the receipt to finish it with.
@@ -377,7 +372,7 @@ impl ItemsRead {
     }
 }
 
-/// A write of [`Storage::transition`]: where a task's record goes next, for a broker that
+/// A write of [`RecordStore::transition`]: where a task's record goes next, for a broker that
 /// keeps only the queue and leaves the records to its storage.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -422,7 +417,7 @@ impl RecordChange {
     }
 }
 
-/// What [`Storage::transition`] found, and whether it wrote.
+/// What [`RecordStore::transition`] found, and whether it wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Transition {
@@ -438,47 +433,57 @@ pub enum Transition {
     NotFound,
 }
 
-/// The queue of waiting tasks, and the writes of a task's life.
-pub trait Broker: Send + Sync + 'static {
-    /// The name shown by `inspect` and in payloads; the type name by default.
-    fn name(&self) -> &str {
-        std::any::type_name::<Self>()
+/// What every backend part has: a name, and a start and a stop around the app's life. The
+/// supertrait of [`Broker`], [`Storage`] and [`GlobalConfig`]: one type may be several parts
+/// and still have one name.
+#[async_trait]
+pub trait Lifecycle: Send + Sync + 'static {
+    /// The name shown by `inspect`, in payloads and in logs (`"RedisBroker"`).
+    fn name(&self) -> &str;
+
+    /// Starts background work (lease renewal, a listener). Called when the app or a worker
+    /// starts; the default has none.
+    async fn start(&self) -> Result<(), BackendError> {
+        Ok(())
     }
 
+    /// Stops background work. Called after the worker's last task finished; the default has
+    /// none.
+    async fn stop(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
+}
+
+/// The queue of waiting tasks, and the writes of a task's life.
+///
+/// Written with `async fn` under [`#[async_trait]`](crate::async_trait) (the traits are used
+/// as `dyn Broker`, picked at run time by URL, and `async-trait` keeps them object-safe at the
+/// cost of one box per call, as a hand-written `BoxFuture` would).
+#[async_trait]
+pub trait Broker: Lifecycle {
     /// Where the queue lives, for logs and the command line (a server URL without its
     /// password); `None` (the default) for a queue inside this process.
     fn location(&self) -> Option<String> {
         None
     }
 
-    /// Starts background work (for example lease renewal). Called when a worker starts.
-    fn start(&self) -> BoxFuture<'_, Result<(), BackendError>> {
-        Box::pin(async { Ok(()) })
-    }
-
-    /// Stops background work. Called after the worker's last task finished.
-    fn stop(&self) -> BoxFuture<'_, Result<(), BackendError>> {
-        Box::pin(async { Ok(()) })
-    }
-
     /// Stores the new task's record (status `new`) and queues it.
-    fn add(&self, task: QueuedTask) -> BoxFuture<'_, Result<(), BackendError>>;
+    async fn add(&self, task: QueuedTask) -> Result<(), BackendError>;
 
-    /// Takes the next task, the lowest priority number first and FIFO among equals, and marks
-    /// it `process`. Waits while the queue is empty (no polling); `None` means the broker will
-    /// deliver no more tasks.
+    /// Takes up to `max` tasks in one go, the lowest priority number first and FIFO among
+    /// equals, and marks them `process` (a worker with `max` free slots asks for that many, and
+    /// never takes more than it can start at once, so priorities hold across workers). Waits
+    /// while the queue is empty (no polling); returns at least one task unless the broker will
+    /// deliver no more (then an empty list).
     ///
     /// Must be cancel-safe: a dropped call either takes nothing, or what it took is delivered
     /// again later (a lease that runs out).
-    fn next(&self) -> BoxFuture<'_, Result<Option<Delivery>, BackendError>>;
+    async fn next_batch(&self, max: usize) -> Result<Vec<Delivery>, BackendError>;
 
-    /// Takes up to `max` tasks in one go (a worker with `max` free slots asks for that many);
-    /// waits like [`next`](Self::next) while there are none, and returns at least one unless
-    /// the broker will deliver no more. The default takes one with `next`. A worker never
-    /// takes more than it can start at once, so priorities hold across workers.
-    fn next_batch(&self, max: usize) -> BoxFuture<'_, Result<Vec<Delivery>, BackendError>> {
-        let _ = max;
-        Box::pin(async move { Ok(self.next().await?.into_iter().collect()) })
+    /// Takes the next task: [`next_batch`](Self::next_batch) of one. `None` means the broker
+    /// will deliver no more tasks.
+    async fn next(&self) -> Result<Option<Delivery>, BackendError> {
+        Ok(self.next_batch(1).await?.into_iter().next())
     }
 
     /// Stores how a delivered task ended, releases it, and wakes whoever waits for it. An
@@ -487,23 +492,19 @@ pub trait Broker: Send + Sync + 'static {
     /// A broker with leases records the outcome only while the delivery still holds its lease;
     /// otherwise it returns a [`BackendError::refused`] error and writes nothing, so each
     /// attempt has one recorded outcome.
-    fn finish(
-        &self,
-        delivery: &Delivery,
-        outcome: Outcome,
-    ) -> BoxFuture<'_, Result<(), BackendError>>;
+    async fn finish(&self, delivery: &Delivery, outcome: Outcome) -> Result<(), BackendError>;
 
     /// Hands a delivery back without an outcome: the worker is stopping and interrupted it
     /// (see [`QueueConfig::stop_timeout`](crate::QueueConfig::stop_timeout)). The task waits
     /// again at once, status `new`, for any worker. The default does nothing: the delivery's
     /// lease runs out and the task is taken again then.
-    fn release(&self, delivery: &Delivery) -> BoxFuture<'_, Result<(), BackendError>> {
+    async fn release(&self, delivery: &Delivery) -> Result<(), BackendError> {
         let _ = delivery;
-        Box::pin(async { Ok(()) })
+        Ok(())
     }
 
     /// Deletes this app's queued tasks.
-    fn flush_all(&self) -> BoxFuture<'_, Result<(), BackendError>>;
+    async fn flush_all(&self) -> Result<(), BackendError>;
 
     /// Cancels a task in one atomic step, by its status at that moment: a `new` task becomes
     /// `cancel` (with the reason) and is never handed out; for a taken one the workers are asked
@@ -512,20 +513,16 @@ pub trait Broker: Send + Sync + 'static {
     ///
     /// `None` (the default) means the broker cannot decide atomically: the app then reads the
     /// record and writes the cancel itself, and a worker may take the task in between.
-    fn cancel(
-        &self,
-        uuid: Uuid,
-        reason: &str,
-    ) -> BoxFuture<'_, Result<Option<CancelState>, BackendError>> {
+    async fn cancel(&self, uuid: Uuid, reason: &str) -> Result<Option<CancelState>, BackendError> {
         let _ = (uuid, reason);
-        Box::pin(async { Ok(None) })
+        Ok(None)
     }
 
     /// Tells the workers of the app, wherever they run, to cancel a running task. Brokers whose
     /// workers all live in this process leave it to the app, which knows its own tasks.
-    fn request_cancel(&self, uuid: Uuid, reason: &str) -> BoxFuture<'_, Result<(), BackendError>> {
+    async fn request_cancel(&self, uuid: Uuid, reason: &str) -> Result<(), BackendError> {
         let _ = (uuid, reason);
-        Box::pin(async { Ok(()) })
+        Ok(())
     }
 
     /// Cancel requests sent by [`request_cancel`](Self::request_cancel) from other processes.
@@ -536,158 +533,142 @@ pub trait Broker: Send + Sync + 'static {
     /// Puts the taken, unfinished tasks whose worker is gone (their lease ran out) back in the
     /// queue at once (at start, with `QueueConfig::running_older_tasks`); returns how many.
     /// Live workers keep theirs. Brokers without leases have nothing to put back.
-    fn requeue_taken(&self) -> BoxFuture<'_, Result<usize, BackendError>> {
-        Box::pin(async { Ok(0) })
+    async fn requeue_taken(&self) -> Result<usize, BackendError> {
+        Ok(0)
     }
 
     /// The queue's live numbers (waiting per priority, running, finished counts, throughput,
     /// the oldest waiting task, dead letters), read from counters the write path keeps: cheap
     /// enough to call every second on any queue length. `None` (the default): this broker
     /// keeps no stats.
-    fn stats(&self) -> BoxFuture<'_, Result<Option<QueueStats>, BackendError>> {
-        Box::pin(async { Ok(None) })
+    async fn stats(&self) -> Result<Option<QueueStats>, BackendError> {
+        Ok(None)
     }
 
     /// Up to `limit` dead letters (entries that could not run), oldest first. The default: a
     /// broker that sets nothing aside has none.
-    fn dead_letters(&self, limit: usize) -> BoxFuture<'_, Result<Vec<DeadLetter>, BackendError>> {
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, BackendError> {
         let _ = limit;
-        Box::pin(async { Ok(Vec::new()) })
+        Ok(Vec::new())
     }
 
     /// Takes one dead letter out of the dead letters: queued again as it was when `requeue`
     /// (for an entry that failed for a reason since fixed), else dropped. `false`: no such
     /// letter (another operator resolved it first).
-    fn resolve_dead_letter<'a>(
-        &'a self,
-        letter: &'a DeadLetter,
+    async fn resolve_dead_letter(
+        &self,
+        letter: &DeadLetter,
         requeue: bool,
-    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+    ) -> Result<bool, BackendError> {
         let _ = (letter, requeue);
-        Box::pin(async { Ok(false) })
+        Ok(false)
     }
 }
 
 /// Task records and results.
-pub trait Storage: Send + Sync + 'static {
-    /// The name shown by `inspect` and in payloads; the type name by default.
-    fn name(&self) -> &str {
-        std::any::type_name::<Self>()
-    }
-
-    /// Called when the app starts.
-    fn start(&self) -> BoxFuture<'_, Result<(), BackendError>> {
-        Box::pin(async { Ok(()) })
-    }
-
-    /// Called when the app stops.
-    fn stop(&self) -> BoxFuture<'_, Result<(), BackendError>> {
-        Box::pin(async { Ok(()) })
-    }
-
+#[async_trait]
+pub trait Storage: Lifecycle {
     /// Reads a record.
-    fn get(&self, uuid: Uuid) -> BoxFuture<'_, Result<Option<TaskRecord>, BackendError>>;
+    async fn get(&self, uuid: Uuid) -> Result<Option<TaskRecord>, BackendError>;
 
     /// Reads every record of this app.
-    fn get_all(&self) -> BoxFuture<'_, Result<Vec<TaskRecord>, BackendError>>;
+    async fn get_all(&self) -> Result<Vec<TaskRecord>, BackendError>;
 
     /// Changes a record.
-    fn update(&self, uuid: Uuid, update: RecordUpdate) -> BoxFuture<'_, Result<(), BackendError>>;
+    async fn update(&self, uuid: Uuid, update: RecordUpdate) -> Result<(), BackendError>;
 
     /// Resolves with the record once the task has ended; `None` if there is no such task.
-    fn wait_finished(&self, uuid: Uuid) -> BoxFuture<'_, Result<Option<TaskRecord>, BackendError>>;
+    async fn wait_finished(&self, uuid: Uuid) -> Result<Option<TaskRecord>, BackendError>;
 
     /// Appends one item of a running stream task to the items read live (and wakes whoever
     /// reads them), for the run of the delivery with this receipt ([`Delivery::receipt`]) only:
     /// an engine that can tell refuses the item of a run that lost its task (it returns
     /// `Ok(false)`), and a new delivery's items replace an earlier one's. The default keeps
     /// nothing until the task ends.
-    fn append_item<'a>(
-        &'a self,
+    async fn append_item(
+        &self,
         uuid: Uuid,
-        delivery: &'a str,
+        delivery: &str,
         item: serde_json::Value,
-    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+    ) -> Result<bool, BackendError> {
         let _ = (uuid, delivery, item);
-        Box::pin(async { Ok(false) })
+        Ok(false)
     }
 
     /// Waits until a stream task has more than `seen` items, or has ended; returns the items
     /// after the first `seen` and whether the task has ended. The default waits for the end.
-    fn wait_items(
-        &self,
-        uuid: Uuid,
-        seen: usize,
-    ) -> BoxFuture<'_, Result<ItemsRead, BackendError>> {
-        Box::pin(async move {
-            let record = self.wait_finished(uuid).await?;
-            let items = match record.and_then(|r| r.returning) {
-                Some(serde_json::Value::Array(items)) => items.into_iter().skip(seen).collect(),
-                _ => Vec::new(),
-            };
-            Ok(ItemsRead { items, ended: true })
-        })
+    async fn wait_items(&self, uuid: Uuid, seen: usize) -> Result<ItemsRead, BackendError> {
+        let record = self.wait_finished(uuid).await?;
+        let items = match record.and_then(|r| r.returning) {
+            Some(serde_json::Value::Array(items)) => items.into_iter().skip(seen).collect(),
+            _ => Vec::new(),
+        };
+        Ok(ItemsRead { items, ended: true })
     }
 
     /// Deletes the records of finished tasks; returns how many.
-    fn delete_finished(&self) -> BoxFuture<'_, Result<usize, BackendError>>;
+    async fn delete_finished(&self) -> Result<usize, BackendError>;
 
     /// One page of records, newest first ([`RecordQuery`](crate::records::RecordQuery) says
     /// which). The default reads every record and filters them here: right for a small
     /// store; a storage that keeps an index by time (Redis) answers from it instead.
-    fn list<'a>(
-        &'a self,
-        query: &'a crate::records::RecordQuery,
-    ) -> BoxFuture<'a, Result<crate::records::RecordPage, BackendError>> {
-        Box::pin(async move { Ok(query.page_of(self.get_all().await?)) })
+    async fn list(
+        &self,
+        query: &crate::records::RecordQuery,
+    ) -> Result<crate::records::RecordPage, BackendError> {
+        Ok(query.page_of(self.get_all().await?))
     }
 
     /// Deletes one record; returns whether there was one. The app calls it for finished
     /// tasks only (a waiting task's queue entry would be left without its record). The
     /// default refuses.
-    fn delete(&self, uuid: Uuid) -> BoxFuture<'_, Result<bool, BackendError>> {
-        Box::pin(async move {
-            Err(BackendError::new(
-                "storage",
-                format!("deleting task {uuid}: this storage cannot delete one record"),
-            ))
-        })
+    async fn delete(&self, uuid: Uuid) -> Result<bool, BackendError> {
+        Err(BackendError::new(
+            "storage",
+            format!("deleting task {uuid}: this storage cannot delete one record"),
+        ))
     }
 
-    /// Writes the record of a task just added (status `new`), for a broker that keeps only the
-    /// queue and leaves the records to its storage (the RabbitMQ engine). A record that exists
-    /// already is left as it is, so a publish sent twice cannot reset a running task: `Ok(true)`
-    /// when written, `Ok(false)` when the uuid was known (the broker then queues nothing).
-    ///
-    /// The default refuses: a storage whose records are written by its own broker's scripts
-    /// cannot be paired with another broker.
-    fn insert<'a>(&'a self, task: &'a QueuedTask) -> BoxFuture<'a, Result<bool, BackendError>> {
-        let _ = task;
-        Box::pin(async move { Err(cannot_pair(self.name())) })
-    }
+    /// Deletes every record of this app.
+    async fn flush_all(&self) -> Result<(), BackendError>;
+}
+
+/// A [`Storage`] that another engine's broker can keep its records in: a broker that keeps
+/// only the queue (RabbitMQ) writes every step of a task's life through these conditional
+/// writes. A storage whose records are written by its own broker's scripts does not implement
+/// it, and the compiler refuses the pairing.
+#[async_trait]
+pub trait RecordStore: Storage {
+    /// Writes the record of a task just added (status `new`). A record that exists already is
+    /// left as it is, so a publish sent twice cannot reset a running task: `Ok(true)` when
+    /// written, `Ok(false)` when the uuid was known (the broker then queues nothing).
+    async fn insert(&self, task: &QueuedTask) -> Result<bool, BackendError>;
 
     /// Changes a record in one atomic step, only while its status is one of `from`, and says
     /// what it found: the step that makes a take, a cancel and a finish race-free when the
     /// queue lives elsewhere. It keeps the counters [`stats`](Self::stats) reads and wakes
-    /// waiters when the task ends. The default refuses, as [`insert`](Self::insert).
-    fn transition<'a>(
-        &'a self,
+    /// waiters when the task ends.
+    async fn transition(
+        &self,
         uuid: Uuid,
-        from: &'a [crate::TaskStatus],
+        from: &[crate::TaskStatus],
         change: RecordChange,
-    ) -> BoxFuture<'a, Result<Transition, BackendError>> {
-        let _ = (uuid, from, change);
-        Box::pin(async move { Err(cannot_pair(self.name())) })
-    }
+    ) -> Result<Transition, BackendError>;
 
     /// The numbers of the tasks written by [`insert`](Self::insert) and
     /// [`transition`](Self::transition): waiting per priority, running, finished, the oldest
-    /// waiting task. A broker that keeps only the queue answers its own
-    /// [`Broker::stats`] with these. `None` (the default): this storage keeps none.
-    fn stats(&self) -> BoxFuture<'_, Result<Option<QueueStats>, BackendError>> {
-        Box::pin(async { Ok(None) })
-    }
+    /// waiting task. The broker answers its own [`Broker::stats`] with these.
+    async fn stats(&self) -> Result<QueueStats, BackendError>;
+}
 
-    /// Deletes every record of this app.
-    fn flush_all(&self) -> BoxFuture<'_, Result<(), BackendError>>;
+/// An engine whose [`RecordStore`] (and global config) another engine's broker can use: what
+/// `qtasks::rabbitmq::RabbitMq::new(url, Redis::new(..))` takes, so a storage that cannot pair
+/// is refused at compile time.
+#[async_trait]
+pub trait RecordStoreConnector: Send + Sync + 'static {
+    /// Connects the record store and the global config for the app's config.
+    async fn connect_records(
+        &self,
+        config: &QueueConfig,
+    ) -> Result<(Arc<dyn RecordStore>, Arc<dyn GlobalConfig>), BackendError>;
 }

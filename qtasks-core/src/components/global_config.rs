@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use super::GlobalConfig;
 use crate::backend::BackendError;
-use crate::plugin::BoxFuture;
 use crate::stats::WorkerInfo;
 
 /// Entries and heartbeat in memory.
@@ -37,51 +36,40 @@ impl MemoryGlobalConfig {
     }
 }
 
-impl GlobalConfig for MemoryGlobalConfig {
+#[crate::async_trait]
+impl crate::backend::Lifecycle for MemoryGlobalConfig {
     fn name(&self) -> &str {
         "MemoryGlobalConfig"
     }
+}
 
-    fn set<'a>(
-        &'a self,
-        name: &'a str,
-        key: &'a str,
-        value: &'a str,
-    ) -> BoxFuture<'a, Result<(), BackendError>> {
+#[crate::async_trait]
+impl GlobalConfig for MemoryGlobalConfig {
+    async fn set(&self, name: &str, key: &str, value: &str) -> Result<(), BackendError> {
         self.state()
             .entries
             .entry(name.to_owned())
             .or_default()
             .insert(key.to_owned(), value.to_owned());
-        Box::pin(async { Ok(()) })
+        Ok(())
     }
 
-    fn get<'a>(
-        &'a self,
-        name: &'a str,
-        key: &'a str,
-    ) -> BoxFuture<'a, Result<Option<String>, BackendError>> {
+    async fn get(&self, name: &str, key: &str) -> Result<Option<String>, BackendError> {
         let value = self
             .state()
             .entries
             .get(name)
             .and_then(|entries| entries.get(key))
             .cloned();
-        Box::pin(async move { Ok(value) })
+        Ok(value)
     }
 
-    fn get_all<'a>(
-        &'a self,
-        name: &'a str,
-    ) -> BoxFuture<'a, Result<BTreeMap<String, String>, BackendError>> {
+    async fn get_all(&self, name: &str) -> Result<BTreeMap<String, String>, BackendError> {
         let entries = self.state().entries.get(name).cloned().unwrap_or_default();
-        Box::pin(async move { Ok(entries) })
+        Ok(entries)
     }
 
-    fn get_match<'a>(
-        &'a self,
-        pattern: &'a str,
-    ) -> BoxFuture<'a, Result<BTreeMap<String, String>, BackendError>> {
+    async fn get_match(&self, pattern: &str) -> Result<BTreeMap<String, String>, BackendError> {
         let mut found = BTreeMap::new();
         for (name, entries) in &self.state().entries {
             if glob_match(pattern, name) {
@@ -90,35 +78,27 @@ impl GlobalConfig for MemoryGlobalConfig {
                 }
             }
         }
-        Box::pin(async move { Ok(found) })
+        Ok(found)
     }
 
-    fn set_status(&self, ttl: Duration) -> BoxFuture<'_, Result<(), BackendError>> {
+    async fn set_status(&self, ttl: Duration) -> Result<(), BackendError> {
         self.state().heartbeat_until = Some(Instant::now() + ttl);
-        Box::pin(async { Ok(()) })
+        Ok(())
     }
 
-    fn clear_status(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+    async fn clear_status(&self) -> Result<(), BackendError> {
         self.state().heartbeat_until = None;
-        Box::pin(async { Ok(()) })
+        Ok(())
     }
 
-    fn set_worker<'a>(
-        &'a self,
-        info: &'a WorkerInfo,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<(), BackendError>> {
+    async fn set_worker(&self, info: &WorkerInfo, ttl: Duration) -> Result<(), BackendError> {
         self.state()
             .workers
             .insert(info.id.clone(), (info.clone(), Instant::now() + ttl));
-        Box::pin(async { Ok(()) })
+        Ok(())
     }
 
-    fn claim<'a>(
-        &'a self,
-        key: &'a str,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+    async fn claim(&self, key: &str, ttl: Duration) -> Result<bool, BackendError> {
         let now = Instant::now();
         let mut state = self.state();
         // Expired claims go (a one-second schedule makes one a second).
@@ -130,15 +110,15 @@ impl GlobalConfig for MemoryGlobalConfig {
                 true
             }
         };
-        Box::pin(async move { Ok(won) })
+        Ok(won)
     }
 
-    fn remove_worker<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {
+    async fn remove_worker(&self, id: &str) -> Result<(), BackendError> {
         self.state().workers.remove(id);
-        Box::pin(async { Ok(()) })
+        Ok(())
     }
 
-    fn workers(&self) -> BoxFuture<'_, Result<Vec<WorkerInfo>, BackendError>> {
+    async fn workers(&self) -> Result<Vec<WorkerInfo>, BackendError> {
         let now = Instant::now();
         let mut state = self.state();
         state.workers.retain(|_, (_, until)| *until > now);
@@ -148,15 +128,15 @@ impl GlobalConfig for MemoryGlobalConfig {
             .map(|(info, _)| info.clone())
             .collect();
         workers.sort_by(|a, b| a.started_at.total_cmp(&b.started_at));
-        Box::pin(async move { Ok(workers) })
+        Ok(workers)
     }
 
-    fn status(&self) -> BoxFuture<'_, Result<bool, BackendError>> {
+    async fn status(&self) -> Result<bool, BackendError> {
         let alive = self
             .state()
             .heartbeat_until
             .is_some_and(|until| until > Instant::now());
-        Box::pin(async move { Ok(alive) })
+        Ok(alive)
     }
 }
 

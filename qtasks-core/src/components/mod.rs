@@ -21,7 +21,7 @@ pub use worker::{ConcurrentWorker, WorkerHost};
 pub use crate::executor::TaskExecutor;
 
 use crate::Result;
-use crate::backend::{BackendError, Broker, Storage};
+use crate::backend::{BackendError, Broker, Lifecycle, Storage, async_trait};
 use crate::plugin::BoxFuture;
 use crate::stats::WorkerInfo;
 use crate::task::Outcome;
@@ -30,82 +30,45 @@ use crate::task::Outcome;
 ///
 /// Entries are `name → key → value` strings. The heartbeat tells clients that a worker of the
 /// app runs ([`QueueTasks::ping`](crate::QueueTasks::ping)).
-pub trait GlobalConfig: Send + Sync + 'static {
-    /// The name shown by `inspect`; the type name by default.
-    fn name(&self) -> &str {
-        std::any::type_name::<Self>()
-    }
-    /// Called when the app starts.
-    fn start(&self) -> BoxFuture<'_, Result<(), BackendError>> {
-        Box::pin(async { Ok(()) })
-    }
-    /// Called when the app stops.
-    fn stop(&self) -> BoxFuture<'_, Result<(), BackendError>> {
-        Box::pin(async { Ok(()) })
-    }
+#[async_trait]
+pub trait GlobalConfig: Lifecycle {
     /// Writes an entry.
-    fn set<'a>(
-        &'a self,
-        name: &'a str,
-        key: &'a str,
-        value: &'a str,
-    ) -> BoxFuture<'a, Result<(), BackendError>>;
+    async fn set(&self, name: &str, key: &str, value: &str) -> Result<(), BackendError>;
     /// Reads an entry.
-    fn get<'a>(
-        &'a self,
-        name: &'a str,
-        key: &'a str,
-    ) -> BoxFuture<'a, Result<Option<String>, BackendError>>;
-    /// Reads all entries of a name.
-    fn get_all<'a>(
-        &'a self,
-        name: &'a str,
-    ) -> BoxFuture<'a, Result<BTreeMap<String, String>, BackendError>>;
-    /// Reads the entries of every name matching a glob pattern (`*`, `?`), keyed `name:key`.
-    fn get_match<'a>(
-        &'a self,
-        pattern: &'a str,
-    ) -> BoxFuture<'a, Result<BTreeMap<String, String>, BackendError>>;
-    /// Writes the worker heartbeat, alive for `ttl`.
-    fn set_status(&self, ttl: Duration) -> BoxFuture<'_, Result<(), BackendError>>;
-    /// Removes the worker heartbeat.
-    fn clear_status(&self) -> BoxFuture<'_, Result<(), BackendError>>;
-    /// Whether a worker heartbeat is alive.
-    fn status(&self) -> BoxFuture<'_, Result<bool, BackendError>>;
+    async fn get(&self, name: &str, key: &str) -> Result<Option<String>, BackendError>;
+    /// Reads every entry of `name`.
+    async fn get_all(&self, name: &str) -> Result<BTreeMap<String, String>, BackendError>;
+    /// Reads the entries whose `name:key` matches a glob `pattern` (`*` any run, `?` one
+    /// character), keyed by `name:key`.
+    async fn get_match(&self, pattern: &str) -> Result<BTreeMap<String, String>, BackendError>;
+    /// Sets the heartbeat, which expires after `ttl` unless set again.
+    async fn set_status(&self, ttl: Duration) -> Result<(), BackendError>;
+    /// Clears the heartbeat (the app stopped).
+    async fn clear_status(&self) -> Result<(), BackendError>;
+    /// Whether the heartbeat is set: a worker of the app runs.
+    async fn status(&self) -> Result<bool, BackendError>;
 
-    /// Writes this worker's description (refreshed with every heartbeat), alive for `ttl`
-    /// unless written again. The default keeps nothing: the worker is then not listed.
-    fn set_worker<'a>(
-        &'a self,
-        info: &'a WorkerInfo,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<(), BackendError>> {
+    /// Records this worker in the workers list, until `ttl` passes without another call. The
+    /// default keeps no list.
+    async fn set_worker(&self, info: &WorkerInfo, ttl: Duration) -> Result<(), BackendError> {
         let _ = (info, ttl);
-        Box::pin(async { Ok(()) })
+        Ok(())
     }
 
-    /// Claims `key` for `ttl` in one atomic step: `true` for the first claimer only (until the
-    /// claim expires). Schedules claim each slot this way, so a slot fires once however many
-    /// workers run it. The default always says `true`: fine for one process, wrong for
-    /// several sharing a backend (every one would fire every slot).
-    fn claim<'a>(
-        &'a self,
-        key: &'a str,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, BackendError>> {
-        let _ = (key, ttl);
-        Box::pin(async { Ok(true) })
-    }
+    /// Claims `key` for `ttl`, atomically across every process of the app: `true` for the one
+    /// caller that got it (a schedule's slot fires once however many workers run it). No
+    /// default: an answer that is not atomic across processes would fire slots twice.
+    async fn claim(&self, key: &str, ttl: Duration) -> Result<bool, BackendError>;
 
-    /// Removes a stopped worker's description.
-    fn remove_worker<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {
+    /// Takes a stopped worker out of the workers list. The default keeps no list.
+    async fn remove_worker(&self, id: &str) -> Result<(), BackendError> {
         let _ = id;
-        Box::pin(async { Ok(()) })
+        Ok(())
     }
 
-    /// The workers whose description is alive, oldest first.
-    fn workers(&self) -> BoxFuture<'_, Result<Vec<WorkerInfo>, BackendError>> {
-        Box::pin(async { Ok(Vec::new()) })
+    /// The live workers (their last heartbeat within its ttl). The default keeps no list.
+    async fn workers(&self) -> Result<Vec<WorkerInfo>, BackendError> {
+        Ok(Vec::new())
     }
 }
 
