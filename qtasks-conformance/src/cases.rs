@@ -1,9 +1,10 @@
 //! The cases: each one a promise a backend keeps, checked through the app as users see it.
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -41,9 +42,7 @@ static GATES: LazyLock<Mutex<HashMap<String, Arc<Semaphore>>>> = LazyLock::new(M
 static RUNS: LazyLock<Mutex<HashMap<String, Arc<AtomicU64>>>> = LazyLock::new(Mutex::default);
 
 fn gate(name: &str) -> Arc<Semaphore> {
-    let mut gates = GATES
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut gates = GATES.lock();
     Arc::clone(
         gates
             .entry(name.to_owned())
@@ -52,9 +51,7 @@ fn gate(name: &str) -> Arc<Semaphore> {
 }
 
 fn runs(name: &str) -> Arc<AtomicU64> {
-    let mut runs = RUNS
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut runs = RUNS.lock();
     Arc::clone(runs.entry(name.to_owned()).or_default())
 }
 
@@ -153,20 +150,12 @@ impl<'a> Context<'a> {
             ..QueueConfig::default()
         };
         let app = said(self.backend.connect(config).await, "connecting")?;
-        self.apps
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(app.clone());
+        self.apps.lock().push(app.clone());
         Ok(app)
     }
 
     pub(crate) async fn clean_up(&self) {
-        let apps = std::mem::take(
-            &mut *self
-                .apps
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
+        let apps = std::mem::take(&mut *self.apps.lock());
         for app in &apps {
             let _ = app.stop_now().await;
         }

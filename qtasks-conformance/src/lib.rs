@@ -26,10 +26,11 @@ extern crate qtasks_core as qtasks;
 
 mod cases;
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use qtasks_core::backend::{MemoryBroker, MemoryStorage};
@@ -65,7 +66,6 @@ pub fn memory() -> impl Backend {
     move |config: QueueConfig| {
         let (broker, storage, global) = shared
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .entry(config.name.clone())
             .or_insert_with(|| {
                 let storage = Arc::new(MemoryStorage::new());

@@ -6,12 +6,12 @@
 //!   ([`DependencyScope::Task`]: made for the run and closed when it ends, also when it fails)
 //!   or per worker ([`DependencyScope::Worker`]: made once, closed when the app stops).
 
-use crate::sync::MutexExt;
+use parking_lot::Mutex;
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::future::Future;
 use std::ops::Deref;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crate::TaskError;
 use crate::context::TaskContext;
@@ -120,18 +120,16 @@ impl Dependencies {
             close,
         };
         self.providers
-            .lock_unpoisoned()
+            .lock()
             .insert(TypeId::of::<T>(), Arc::new(provider));
     }
 
     pub(crate) fn set_state<T: Send + Sync + 'static>(&self, value: T) {
-        self.state
-            .lock_unpoisoned()
-            .insert(TypeId::of::<T>(), Arc::new(value));
+        self.state.lock().insert(TypeId::of::<T>(), Arc::new(value));
     }
 
     fn state<T: Send + Sync + 'static>(&self) -> Option<Arc<T>> {
-        let state = self.state.lock_unpoisoned();
+        let state = self.state.lock();
         state
             .get(&TypeId::of::<T>())
             .cloned()
@@ -142,11 +140,7 @@ impl Dependencies {
         &self,
         ctx: &TaskContext,
     ) -> Result<Arc<T>, TaskError> {
-        let provider = self
-            .providers
-            .lock_unpoisoned()
-            .get(&TypeId::of::<T>())
-            .cloned();
+        let provider = self.providers.lock().get(&TypeId::of::<T>()).cloned();
         let Some(provider) = provider else {
             return Err(TaskError::named(
                 "DependencyError",
@@ -186,7 +180,7 @@ impl Dependencies {
     pub(crate) async fn close_worker_values(&self) {
         let values: Vec<(TypeId, AnyArc)> = self.worker_values.lock().await.drain().collect();
         for (type_id, value) in values {
-            let provider = self.providers.lock_unpoisoned().get(&type_id).cloned();
+            let provider = self.providers.lock().get(&type_id).cloned();
             if let Some(close) = provider.and_then(|p| p.close.clone())
                 && let Err(panic) = catch_panic(close(value)).await
             {
@@ -261,12 +255,12 @@ pub(crate) type Closer = Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>;
 
 impl Scope {
     pub(crate) fn defer(&self, close: Closer) {
-        self.closers.lock_unpoisoned().push(close);
+        self.closers.lock().push(close);
     }
 
     /// Runs the closers, last made first; a panicking one is logged.
     pub(crate) async fn close(&self) {
-        let closers: Vec<_> = self.closers.lock_unpoisoned().drain(..).rev().collect();
+        let closers: Vec<_> = self.closers.lock().drain(..).rev().collect();
         for close in closers {
             if let Err(panic) = catch_panic(close()).await {
                 tracing::error!("closing a task dependency panicked: {panic}");

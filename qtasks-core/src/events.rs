@@ -3,9 +3,9 @@
 //! Unlike the original, every event reaches the callbacks registered on the app, including the
 //! `task_*` ones (the original fires those on the worker's own events object).
 
-use crate::sync::RwLockExt;
+use parking_lot::RwLock;
 use std::future::Future;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use crate::QueuedTask;
 use crate::panic::{catch_panic, panic_message};
@@ -96,18 +96,18 @@ impl Events {
     }
 
     fn push(&self, kind: EventKind, callback: Callback) {
-        self.callbacks.write_unpoisoned().push((kind, callback));
+        self.callbacks.write().push((kind, callback));
     }
 
     pub(crate) fn count(&self) -> usize {
-        self.callbacks.read_unpoisoned().len()
+        self.callbacks.read().len()
     }
 
     /// Calls the callbacks of `kind` in registration order. The event is built only when a
     /// callback wants it. A callback that panics is logged; the others still run.
     pub(crate) async fn fire(&self, kind: EventKind, build: impl FnOnce() -> Event) {
         let callbacks: Vec<Callback> = {
-            let all = self.callbacks.read_unpoisoned();
+            let all = self.callbacks.read();
             all.iter()
                 .filter(|(k, _)| *k == kind)
                 .map(|(_, c)| c.clone())

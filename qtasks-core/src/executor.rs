@@ -7,10 +7,10 @@
 //! execute and result replacement, middlewares after, decode, task close. Replacing triggers
 //! chain: each handler sees what the one before it returned.
 
-use crate::sync::MutexExt;
+use parking_lot::Mutex;
 use std::fmt;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -101,7 +101,7 @@ impl TaskExecutor {
     }
 
     pub(crate) fn take_failure(&self) -> Option<TaskError> {
-        self.failure.lock_unpoisoned().take()
+        self.failure.lock().take()
     }
 
     /// Runs the original's steps to the task's outcome. Never panics on the task's or a
@@ -403,7 +403,7 @@ impl TaskExecutor {
                 Outcome::Error(traceback)
             }
         };
-        *self.failure.lock_unpoisoned() = Some(error);
+        *self.failure.lock() = Some(error);
         outcome
     }
 

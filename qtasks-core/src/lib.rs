@@ -42,7 +42,6 @@ mod registry;
 pub mod schedule;
 mod signals;
 pub mod stats;
-mod sync;
 mod task;
 pub mod testing;
 pub mod trace;

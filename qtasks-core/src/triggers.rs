@@ -195,7 +195,9 @@ impl RecordUpdate {
         );
     }
 
-    pub(crate) fn apply_to(&self, record: &mut TaskRecord) {
+    /// Writes the fields this update sets into `record` (not `updated_at`): what a storage's
+    /// [`update`](crate::backend::Storage::update) does.
+    pub fn apply_to(&self, record: &mut TaskRecord) {
         if let Some(status) = self.status {
             record.status = status;
         }

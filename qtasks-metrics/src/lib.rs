@@ -29,10 +29,11 @@
 //! ```
 #![warn(missing_docs)]
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -244,10 +245,8 @@ impl Metrics {
         }
     }
 
-    fn started_lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Instant>> {
-        self.started
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn started_lock(&self) -> parking_lot::MutexGuard<'_, HashMap<Uuid, Instant>> {
+        self.started.lock()
     }
 
     /// Reads the live numbers and renders every metric in the OpenMetrics text format. When

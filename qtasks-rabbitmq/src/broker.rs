@@ -11,8 +11,8 @@
 //!   worker that dies in between leaves an unacked message, which RabbitMQ delivers again; the
 //!   record says it has ended, so it is dropped, not run twice.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -62,12 +62,6 @@ pub(crate) struct RabbitMqBroker {
 struct Consuming {
     channel: Channel,
     consumer: Consumer,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl RabbitMqBroker {
@@ -382,7 +376,7 @@ impl RabbitMqBroker {
                     self.instance,
                     self.receipts.fetch_add(1, Ordering::Relaxed)
                 );
-                lock(&self.taken).insert(receipt.clone(), message.acker);
+                self.taken.lock().insert(receipt.clone(), message.acker);
                 task.run_at = None;
                 Ok(Some(
                     Delivery::new(task, receipt)
@@ -463,7 +457,7 @@ impl RabbitMqBroker {
     }
 
     fn take_acker(&self, delivery: &Delivery) -> Option<Acker> {
-        lock(&self.taken).remove(&delivery.receipt)
+        self.taken.lock().remove(&delivery.receipt)
     }
 
     /// A channel for one look at a queue (a passive declare or a get that fails closes its

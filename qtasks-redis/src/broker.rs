@@ -1,7 +1,8 @@
 //! The Redis broker: add, take (under a lease) and finish, each one round trip.
 
+use parking_lot::Mutex;
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::Script;
@@ -104,7 +105,7 @@ struct HoldGuard<'a> {
 impl Drop for HoldGuard<'_> {
     fn drop(&mut self) {
         if !self.receipts.is_empty() {
-            let mut held = crate::lock(self.held);
+            let mut held = self.held.lock();
             for receipt in &self.receipts {
                 held.remove(receipt);
             }
@@ -457,11 +458,11 @@ impl RedisBroker {
     }
 
     fn hold(&self, receipt: &str) {
-        crate::lock(&self.held).insert(receipt.to_owned());
+        self.held.lock().insert(receipt.to_owned());
     }
 
     fn unhold(&self, receipt: &str) {
-        crate::lock(&self.held).remove(receipt);
+        self.held.lock().remove(receipt);
     }
 
     /// One script: the outcome, the lease released, the child of a retry added, the expiry
@@ -565,7 +566,7 @@ impl qtasks_core::backend::Lifecycle for RedisBroker {
         let renewer = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                let leased: Vec<String> = crate::lock(&held).iter().cloned().collect();
+                let leased: Vec<String> = held.lock().iter().cloned().collect();
                 if leased.is_empty() {
                     continue;
                 }
@@ -591,7 +592,7 @@ impl qtasks_core::backend::Lifecycle for RedisBroker {
                             // Stalled past the lease: the task is another worker's now.
                             // Stop this run (only this delivery's: this process may hold a
                             // newer one of the same task); its outcome would be refused.
-                            crate::lock(&held).remove(&receipt);
+                            held.lock().remove(&receipt);
                             if let Some(uuid) = member_uuid(split_receipt(&receipt).1) {
                                 tracing::warn!(uuid = %uuid, "the lease of task {uuid} was lost (this worker stalled past it); stopping this run");
                                 let _ = cancels.send(
@@ -616,14 +617,14 @@ impl qtasks_core::backend::Lifecycle for RedisBroker {
                 }
             }
         });
-        if let Some(previous) = crate::lock(&self.renewer).replace(renewer) {
+        if let Some(previous) = self.renewer.lock().replace(renewer) {
             previous.abort();
         }
         Ok(())
     }
 
     async fn stop(&self) -> Result<(), BackendError> {
-        if let Some(renewer) = crate::lock(&self.renewer).take() {
+        if let Some(renewer) = self.renewer.lock().take() {
             renewer.abort();
         }
         Ok(())

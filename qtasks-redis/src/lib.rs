@@ -426,14 +426,6 @@ fn reconnect_pauses() -> impl Iterator<Item = Duration> + Send + Sync + Unpin {
         .flat_map(|pause| [Duration::ZERO, pause])
 }
 
-/// Locks a mutex, ignoring poisoning: the sets and maps behind this crate's locks are whole
-/// after every statement, so a panic elsewhere leaves nothing half written.
-fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// A Redis failure: what was being done, and the client's error as the source.
 #[allow(clippy::needless_pass_by_value)] // called with `format!` results
 fn failure(message: String, error: redis::RedisError) -> BackendError {

@@ -1,7 +1,8 @@
 //! The Redis storage: reads records, and wakes waiters when a worker publishes a result.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -48,7 +49,7 @@ struct Waiters {
 
 impl Waiters {
     fn register(&self, uuid: Uuid) -> Arc<Notify> {
-        let mut by_task = crate::lock(&self.by_task);
+        let mut by_task = self.by_task.lock();
         if let Some(existing) = by_task.get(&uuid).and_then(Weak::upgrade) {
             return existing;
         }
@@ -60,7 +61,7 @@ impl Waiters {
     /// Wakes the waiters of a task. Their entry stays: a task may change more than once while
     /// they wait (a stream's items, then its end); each waiter removes it when it is done.
     fn wake(&self, uuid: Uuid) {
-        let by_task = crate::lock(&self.by_task);
+        let by_task = self.by_task.lock();
         if let Some(notify) = by_task.get(&uuid).and_then(Weak::upgrade) {
             notify.notify_waiters();
         }
@@ -69,14 +70,14 @@ impl Waiters {
     /// Wakes every waiter, to read its record again (messages may have been missed while the
     /// subscription was down).
     fn wake_all(&self) {
-        let by_task = crate::lock(&self.by_task);
+        let by_task = self.by_task.lock();
         for notify in by_task.values().filter_map(Weak::upgrade) {
             notify.notify_waiters();
         }
     }
 
     fn forget(&self, uuid: Uuid) {
-        let mut by_task = crate::lock(&self.by_task);
+        let mut by_task = self.by_task.lock();
         if by_task
             .get(&uuid)
             .is_some_and(|weak| weak.strong_count() == 0)
@@ -186,7 +187,7 @@ impl RedisStorage {
 
     /// Whether the app's workers publish their results, as far as a recent look tells.
     async fn workers_publish(&self) -> bool {
-        if let Some((publish, at)) = *crate::lock(&self.publishers)
+        if let Some((publish, at)) = *self.publishers.lock()
             && at.elapsed() < self.fallback_check
         {
             return publish;
@@ -197,7 +198,7 @@ impl RedisStorage {
             .query_async::<i64>(&mut con)
             .await
             .is_ok_and(|n| n == 1);
-        *crate::lock(&self.publishers) = Some((publish, tokio::time::Instant::now()));
+        *self.publishers.lock() = Some((publish, tokio::time::Instant::now()));
         publish
     }
 
@@ -308,10 +309,7 @@ impl RedisStorage {
 impl qtasks_core::backend::Lifecycle for RedisStorage {
     /// Starts the index sweep (see [`listing`](super::listing)).
     async fn start(&self) -> Result<(), BackendError> {
-        let mut sweeper = self
-            .sweeper
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut sweeper = self.sweeper.lock();
         if let (None, Some(index)) = (sweeper.as_ref(), self.keys.records_index.clone()) {
             let (keys, commands) = (self.keys.clone(), self.commands.clone());
             let task = tokio::spawn(async move {
@@ -334,11 +332,7 @@ impl qtasks_core::backend::Lifecycle for RedisStorage {
     }
 
     async fn stop(&self) -> Result<(), BackendError> {
-        let sweeper = self
-            .sweeper
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
+        let sweeper = self.sweeper.lock().take();
         if let Some(sweeper) = sweeper {
             sweeper.abort();
         }

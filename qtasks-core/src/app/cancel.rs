@@ -1,14 +1,13 @@
 //! Cancelling a task: `app.cancel(uuid, reason)`, and the cancellable tasks of this process.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::backend::CancelState;
-use crate::sync::MutexExt;
 use crate::triggers::RecordUpdate;
 use crate::{Error, QueueTasks, Result, TaskStatus};
 
@@ -46,7 +45,7 @@ impl Cancels {
     /// Registers the run of a delivery about to start; its receiver says when to stop (at
     /// once, if a cancel came early).
     pub(crate) fn register(&self, uuid: Uuid, receipt: &str) -> watch::Receiver<Option<String>> {
-        let mut maps = self.maps.lock_unpoisoned();
+        let mut maps = self.maps.lock();
         let early = maps.early.remove(&uuid).map(|(reason, _)| reason);
         let (stop, receiver) = watch::channel(early);
         maps.running.entry(uuid).or_default().push(Run {
@@ -58,7 +57,7 @@ impl Cancels {
 
     /// Forgets the run of this delivery (and only it).
     pub(crate) fn unregister(&self, uuid: Uuid, receipt: &str) {
-        let mut maps = self.maps.lock_unpoisoned();
+        let mut maps = self.maps.lock();
         if let Some(runs) = maps.running.get_mut(&uuid) {
             runs.retain(|run| run.receipt != receipt);
             if runs.is_empty() {
@@ -69,13 +68,13 @@ impl Cancels {
 
     /// Cancels every run of a task in this process; `false` if none runs.
     pub(crate) fn cancel_running(&self, uuid: Uuid, reason: &str) -> bool {
-        tell_runs(&self.maps.lock_unpoisoned(), uuid, reason)
+        tell_runs(&self.maps.lock(), uuid, reason)
     }
 
     /// Stops the run of one delivery (its lease was lost); `false` if it does not run here.
     pub(crate) fn cancel_delivery(&self, uuid: Uuid, receipt: &str, reason: &str) -> bool {
         self.maps
-            .lock_unpoisoned()
+            .lock()
             .running
             .get(&uuid)
             .and_then(|runs| runs.iter().find(|run| run.receipt == receipt))
@@ -86,7 +85,7 @@ impl Cancels {
     /// not one cancelled already: its cancel must stand (an interrupt hands the task back to run
     /// again; a `true` cancel must end it).
     pub(crate) fn cancel_all(&self, reason: &str) -> usize {
-        let maps = self.maps.lock_unpoisoned();
+        let maps = self.maps.lock();
         let mut count = 0;
         for run in maps.running.values().flatten() {
             run.stop.send_if_modified(|stop| {
@@ -106,7 +105,7 @@ impl Cancels {
     pub(crate) fn cancel_here(&self, uuid: Uuid, reason: &str) -> bool {
         // One lock for the look, the send and the early insert: a run that registers in
         // between would otherwise miss the cancel.
-        let mut maps = self.maps.lock_unpoisoned();
+        let mut maps = self.maps.lock();
         if maps.running.contains_key(&uuid) {
             return tell_runs(&maps, uuid, reason);
         }
@@ -120,7 +119,7 @@ impl Cancels {
     /// How many early cancels are remembered (for tests of the pruning).
     #[cfg(test)]
     pub(crate) fn early_len(&self) -> usize {
-        self.maps.lock_unpoisoned().early.len()
+        self.maps.lock().early.len()
     }
 }
 
@@ -210,7 +209,7 @@ mod tests {
 
         cancels
             .maps
-            .lock_unpoisoned()
+            .lock()
             .early
             .insert(second, ("old".into(), Instant::now() - EARLY_CANCEL_TTL));
         // Registered, its run gone (the receiver was dropped): not remembered as early.

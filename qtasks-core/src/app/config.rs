@@ -6,7 +6,6 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::dispatch::chain;
-use crate::sync::{MutexExt, RwLockExt};
 use crate::triggers::{GlobalConfigGet, GlobalConfigGetAll, GlobalConfigGetMatch, GlobalConfigSet};
 use crate::{ConfigError, QueueConfig, QueueTasks, Result, Trigger};
 
@@ -18,7 +17,7 @@ impl QueueTasks {
 
     /// The app's config, as it is now.
     pub fn config(&self) -> Arc<QueueConfig> {
-        Arc::clone(&self.inner.config.read_unpoisoned())
+        Arc::clone(&self.inner.config.read())
     }
 
     /// Changes one config field from its text form (as an environment variable would) and
@@ -46,14 +45,14 @@ impl QueueTasks {
             });
         }
         let after = Arc::new(after);
-        *self.inner.config.write_unpoisoned() = Arc::clone(&after);
+        *self.inner.config.write() = Arc::clone(&after);
         let (Value::Object(old), Value::Object(new)) = (
             serde_json::to_value(&*before).unwrap_or_default(),
             serde_json::to_value(&*after).unwrap_or_default(),
         ) else {
             return Ok(());
         };
-        let subscribers = self.inner.config_subscribers.lock_unpoisoned().clone();
+        let subscribers = self.inner.config_subscribers.lock().clone();
         for (field, value) in &new {
             if old.get(field) != Some(value) {
                 for subscriber in &subscribers {
@@ -72,7 +71,7 @@ impl QueueTasks {
     ) {
         self.inner
             .config_subscribers
-            .lock_unpoisoned()
+            .lock()
             .push(Arc::new(callback));
     }
 

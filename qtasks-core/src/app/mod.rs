@@ -21,9 +21,10 @@ mod running;
 mod schedules;
 mod tasks;
 
+use parking_lot::{Mutex, RwLock};
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
 
 use serde_json::Value;
 use tokio::sync::watch;
@@ -38,7 +39,6 @@ use crate::components::{Executor, GlobalConfig, Starter, Worker};
 use crate::deps::Dependencies;
 use crate::dispatch::{Dispatch, RuntimePlugin};
 use crate::events::Events;
-use crate::sync::{MutexExt, RwLockExt};
 use crate::{AppBuilder, Middleware, QueueConfig, TaskDefinition};
 
 /// The app: adds tasks, reads their results, runs a worker and holds plugins.
@@ -181,7 +181,7 @@ impl QueueTasks {
     }
 
     pub(crate) fn dispatch(&self) -> Arc<Dispatch> {
-        Arc::clone(&self.inner.dispatch.read_unpoisoned())
+        Arc::clone(&self.inner.dispatch.read())
     }
 
     pub(crate) fn middlewares(&self) -> &[Arc<dyn Middleware>] {
@@ -190,7 +190,7 @@ impl QueueTasks {
 
     /// Whether this app runs `definition` (all tasks, or those of its routers).
     pub(crate) fn runs(&self, definition: &TaskDefinition) -> bool {
-        match &*self.inner.routers.read_unpoisoned() {
+        match &*self.inner.routers.read() {
             None => true,
             Some(routers) => definition
                 .router
@@ -207,7 +207,7 @@ impl QueueTasks {
         S: Into<String>,
     {
         let routers: Vec<String> = routers.into_iter().map(Into::into).collect();
-        *self.inner.routers.write_unpoisoned() = Some(routers.into());
+        *self.inner.routers.write() = Some(routers.into());
     }
 
     /// Installs how traces travel with tasks (see [`trace`](crate::trace)): tasks added from
@@ -218,7 +218,7 @@ impl QueueTasks {
     }
 
     pub(crate) fn runtime_plugins(&self) -> Vec<RuntimePlugin> {
-        self.inner.plugins.lock_unpoisoned().clone()
+        self.inner.plugins.lock().clone()
     }
 }
 

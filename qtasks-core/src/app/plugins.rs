@@ -6,7 +6,6 @@ use std::sync::atomic::Ordering;
 
 use crate::dispatch::{Dispatch, RuntimePlugin};
 use crate::plugin::DynPlugin;
-use crate::sync::{MutexExt, RwLockExt};
 use crate::{Component, Error, Event, EventKind, Plugin, QueueTasks, Result, Trigger};
 
 impl QueueTasks {
@@ -55,10 +54,10 @@ impl QueueTasks {
         if self.inner.running.load(Ordering::Acquire) {
             return Err(Error::AlreadyRunning);
         }
-        let mut plugins = self.inner.plugins.lock_unpoisoned();
+        let mut plugins = self.inner.plugins.lock();
         plugins.push(RuntimePlugin { plugin, triggers });
         let dispatch = Arc::new(Dispatch::build(&plugins));
-        *self.inner.dispatch.write_unpoisoned() = dispatch;
+        *self.inner.dispatch.write() = dispatch;
         Ok(())
     }
 

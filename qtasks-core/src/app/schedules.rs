@@ -6,7 +6,6 @@ use std::sync::Arc;
 use super::QueueTasks;
 use crate::schedule::runner::{self, Entry, PAUSED};
 use crate::schedule::{Clock, Schedule, ScheduleError, ScheduleInfo, SystemClock};
-use crate::sync::MutexExt;
 use crate::{Result, TaskCall};
 
 impl QueueTasks {
@@ -33,7 +32,7 @@ impl QueueTasks {
             return Err(ScheduleError::Name(name.to_owned()));
         }
         schedule.validate()?;
-        let mut schedules = self.inner.schedules.lock_unpoisoned();
+        let mut schedules = self.inner.schedules.lock();
         if schedules.iter().any(|entry| entry.name == name) {
             return Err(ScheduleError::Duplicate(name.to_owned()));
         }
@@ -48,7 +47,7 @@ impl QueueTasks {
     /// The schedules this app runs: those registered with [`schedule`](Self::schedule) and
     /// the `#[qtasks::task(cron = "...")]` tasks it runs.
     pub(crate) fn schedule_entries(&self) -> Vec<Arc<Entry>> {
-        let mut entries = self.inner.schedules.lock_unpoisoned().clone();
+        let mut entries = self.inner.schedules.lock().clone();
         if let Ok(table) = crate::registry::TaskTable::global() {
             for registration in inventory::iter::<crate::__private::CronRegistration> {
                 let Some(definition) = table.get(registration.task) else {

@@ -1,11 +1,12 @@
 //! The in-memory broker and storage: one process, no server. The reference implementation of
 //! the [`Broker`] and [`Storage`] traits.
 
+use parking_lot::Mutex;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use tokio::sync::Notify;
 use uuid::Uuid;
@@ -14,16 +15,9 @@ use super::{BackendError, Broker, Delivery, ItemsRead, RecordChange, Storage, Tr
 use super::{CancelRequest, CancelState, unix_now};
 use crate::records::{RecordCursor, RecordPage, RecordQuery};
 use crate::stats::{FinishedCounts, QueueStats, ThroughputWindow};
-use crate::sync::MutexExt;
 use crate::task::Outcome;
 use crate::triggers::RecordUpdate;
 use crate::{QueuedTask, TaskRecord, TaskStatus};
-
-/// Locks a mutex, ignoring poisoning: every critical section here leaves the data consistent
-/// (they only push, pop, insert or assign).
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock_unpoisoned()
-}
 
 fn not_stored(uuid: Uuid) -> BackendError {
     BackendError::new("memory", format!("task {uuid} is not stored"))
@@ -106,7 +100,7 @@ impl MemoryBroker {
 
     /// How many tasks wait.
     pub fn len(&self) -> usize {
-        lock(&self.queue).ready_len
+        self.queue.lock().ready_len
     }
 
     /// Whether no task waits.
@@ -123,7 +117,7 @@ impl MemoryBroker {
 
     fn enqueue(&self, task: QueuedTask) {
         {
-            let mut queue = lock(&self.queue);
+            let mut queue = self.queue.lock();
             match task.run_at {
                 Some(run_at) if run_at > unix_now() => queue.delayed.push(Delayed { run_at, task }),
                 _ => queue.push_ready(task),
@@ -134,7 +128,7 @@ impl MemoryBroker {
 
     /// Up to `max` tasks that may run now, and otherwise when the next delayed one may.
     fn take(&self, max: usize) -> (Vec<QueuedTask>, Option<f64>) {
-        let mut queue = lock(&self.queue);
+        let mut queue = self.queue.lock();
         let now = unix_now();
         while queue.delayed.peek().is_some_and(|d| d.run_at <= now) {
             let due = queue.delayed.pop().expect("peeked").task;
@@ -229,7 +223,7 @@ impl Broker for MemoryBroker {
             (Ok(()), Some(child)) => self.enqueue(child),
             // A cancel won: no next attempt.
             (Err(_), Some(child)) => {
-                lock(&self.storage.slots).remove(&child.uuid);
+                self.storage.slots.lock().remove(&child.uuid);
             }
             _ => {}
         }
@@ -238,7 +232,10 @@ impl Broker for MemoryBroker {
 
     async fn release(&self, delivery: &Delivery) -> Result<(), BackendError> {
         // Cancelled while it ran: it ends `cancel` rather than waiting to run again.
-        let requested = lock(&self.storage.slots)
+        let requested = self
+            .storage
+            .slots
+            .lock()
             .get_mut(&delivery.task.uuid)
             .and_then(|slot| slot.cancel_requested.take());
         if let Some(reason) = requested {
@@ -252,7 +249,7 @@ impl Broker for MemoryBroker {
             slot.record.updated_at = unix_now();
         });
         if result.is_ok() {
-            let mut tally = lock(&self.storage.tally);
+            let mut tally = self.storage.tally.lock();
             tally.running = tally.running.saturating_sub(1);
             drop(tally);
             let mut task = delivery.task.clone();
@@ -286,7 +283,7 @@ impl Broker for MemoryBroker {
         let now = unix_now();
         let mut stats = QueueStats::default();
         {
-            let queue = lock(&self.queue);
+            let queue = self.queue.lock();
             for (priority, line) in &queue.ready {
                 if !line.is_empty() {
                     stats.waiting.insert(*priority, line.len() as u64);
@@ -303,7 +300,7 @@ impl Broker for MemoryBroker {
                 .map(|created_at| (now - created_at).max(0.0));
         }
         {
-            let tally = lock(&self.storage.tally);
+            let tally = self.storage.tally.lock();
             for (priority, cancelled) in &tally.cancelled_in_queue {
                 if let Some(waiting) = stats.waiting.get_mut(priority) {
                     *waiting = waiting.saturating_sub(*cancelled);
@@ -318,7 +315,7 @@ impl Broker for MemoryBroker {
     }
 
     async fn flush_all(&self) -> Result<(), BackendError> {
-        let mut queue = lock(&self.queue);
+        let mut queue = self.queue.lock();
         queue.ready.clear();
         queue.ready_len = 0;
         queue.delayed.clear();
@@ -466,7 +463,7 @@ impl MemoryStorage {
             return;
         };
         let now = std::time::Instant::now();
-        let mut expiries = lock(&self.expiries);
+        let mut expiries = self.expiries.lock();
         if let Some(uuid) = became_final {
             expiries.push_back((now + ttl, uuid));
         }
@@ -487,7 +484,7 @@ impl MemoryStorage {
 
     /// Writes a record unless one has its uuid; `true` when written.
     fn insert_new_record(&self, record: TaskRecord) -> bool {
-        match lock(&self.slots).entry(record.uuid) {
+        match self.slots.lock().entry(record.uuid) {
             std::collections::hash_map::Entry::Occupied(_) => false,
             std::collections::hash_map::Entry::Vacant(slot) => {
                 slot.insert(Slot::new(record));
@@ -497,11 +494,11 @@ impl MemoryStorage {
     }
 
     fn insert_record(&self, record: TaskRecord) {
-        lock(&self.slots).insert(record.uuid, Slot::new(record));
+        self.slots.lock().insert(record.uuid, Slot::new(record));
     }
 
     fn change(&self, uuid: Uuid, change: impl FnOnce(&mut Slot)) -> Result<(), BackendError> {
-        let mut slots = lock(&self.slots);
+        let mut slots = self.slots.lock();
         let slot = slots.get_mut(&uuid).ok_or_else(|| not_stored(uuid))?;
         let was_final = slot.record.status.is_final();
         change(slot);
@@ -516,13 +513,13 @@ impl MemoryStorage {
     /// record was flushed meanwhile.
     fn start(&self, tasks: Vec<QueuedTask>) -> Vec<QueuedTask> {
         let now = unix_now();
-        let mut slots = lock(&self.slots);
+        let mut slots = self.slots.lock();
         let mut dropped = Vec::new();
         let started: Vec<QueuedTask> = tasks
             .into_iter()
             .filter(|task| {
                 let Some(slot) = slots.get_mut(&task.uuid) else {
-                    if lock(&self.gone).remove(&task.uuid) {
+                    if self.gone.lock().remove(&task.uuid) {
                         self.uncount_cancelled(task.priority);
                     } else {
                         tracing::warn!("task {} has no record any more; not run", task.uuid);
@@ -543,7 +540,7 @@ impl MemoryStorage {
                 true
             })
             .collect();
-        lock(&self.tally).running += started.len() as u64;
+        self.tally.lock().running += started.len() as u64;
         for uuid in dropped {
             self.retain(&mut slots, Some(uuid));
         }
@@ -552,14 +549,14 @@ impl MemoryStorage {
 
     /// A task cancelled while it waited leaves the counts as its queue entry goes.
     fn uncount_cancelled(&self, priority: i64) {
-        if let Some(count) = lock(&self.tally).cancelled_in_queue.get_mut(&priority) {
+        if let Some(count) = self.tally.lock().cancelled_in_queue.get_mut(&priority) {
             *count = count.saturating_sub(1);
         }
     }
 
     /// `new` → `cancel`; otherwise reports the status, all under one lock.
     fn cancel_if_waiting(&self, uuid: Uuid, reason: &str) -> CancelState {
-        let mut slots = lock(&self.slots);
+        let mut slots = self.slots.lock();
         let Some(slot) = slots.get_mut(&uuid) else {
             return CancelState::NotFound;
         };
@@ -571,7 +568,7 @@ impl MemoryStorage {
                 slot.queued_cancel = true;
                 slot.wake_waiters();
                 let priority = slot.record.priority;
-                let mut tally = lock(&self.tally);
+                let mut tally = self.tally.lock();
                 tally.ended(TaskStatus::Cancel);
                 *tally.cancelled_in_queue.entry(priority).or_default() += 1;
                 CancelState::Cancelled
@@ -586,7 +583,9 @@ impl MemoryStorage {
 
     /// Records an outcome; a cancel asked while the task ran wins over it (the answer says so).
     fn finish(&self, uuid: Uuid, outcome: Outcome) -> Result<(), BackendError> {
-        let requested = lock(&self.slots)
+        let requested = self
+            .slots
+            .lock()
             .get_mut(&uuid)
             .and_then(|slot| slot.cancel_requested.take());
         let (outcome, cancelled) = match requested {
@@ -604,7 +603,7 @@ impl MemoryStorage {
 
     fn finish_as(&self, uuid: Uuid, outcome: Outcome) -> Result<(), BackendError> {
         {
-            let mut tally = lock(&self.tally);
+            let mut tally = self.tally.lock();
             tally.running = tally.running.saturating_sub(1);
             tally.ended(outcome.status());
         }
@@ -645,7 +644,7 @@ impl MemoryStorage {
         uuid: Uuid,
         ready: impl Fn(&TaskRecord) -> bool,
     ) -> (Option<Option<TaskRecord>>, Option<Changed>) {
-        let mut slots = lock(&self.slots);
+        let mut slots = self.slots.lock();
         let Some(slot) = slots.get_mut(&uuid) else {
             return (Some(None), None);
         };
@@ -673,12 +672,14 @@ impl crate::backend::Lifecycle for MemoryStorage {
 #[crate::async_trait]
 impl Storage for MemoryStorage {
     async fn get(&self, uuid: Uuid) -> Result<Option<TaskRecord>, BackendError> {
-        let record = lock(&self.slots).get(&uuid).map(|slot| slot.record.clone());
+        let record = self.slots.lock().get(&uuid).map(|slot| slot.record.clone());
         Ok(record)
     }
 
     async fn get_all(&self) -> Result<Vec<TaskRecord>, BackendError> {
-        let mut records: Vec<TaskRecord> = lock(&self.slots)
+        let mut records: Vec<TaskRecord> = self
+            .slots
+            .lock()
             .values()
             .map(|slot| slot.record.clone())
             .collect();
@@ -751,7 +752,7 @@ impl Storage for MemoryStorage {
     }
 
     async fn delete_finished(&self) -> Result<usize, BackendError> {
-        let mut slots = lock(&self.slots);
+        let mut slots = self.slots.lock();
         let before = slots.len();
         slots.retain(|_, slot| !slot.record.status.is_final());
         let deleted = before - slots.len();
@@ -761,7 +762,7 @@ impl Storage for MemoryStorage {
     /// One pass over the records under the lock, keeping only the positions that match;
     /// the page's records alone are cloned.
     async fn list(&self, query: &RecordQuery) -> Result<RecordPage, BackendError> {
-        let slots = lock(&self.slots);
+        let slots = self.slots.lock();
         let mut matching: Vec<RecordCursor> = slots
             .values()
             .map(|slot| &slot.record)
@@ -795,19 +796,19 @@ impl Storage for MemoryStorage {
     }
 
     async fn delete(&self, uuid: Uuid) -> Result<bool, BackendError> {
-        let mut slots = lock(&self.slots);
+        let mut slots = self.slots.lock();
         let deleted = slots.remove(&uuid);
         if deleted.as_ref().is_some_and(|slot| slot.queued_cancel) {
-            lock(&self.gone).insert(uuid);
+            self.gone.lock().insert(uuid);
         }
         Ok(deleted.is_some())
     }
 
     async fn flush_all(&self) -> Result<(), BackendError> {
-        let mut slots = lock(&self.slots);
+        let mut slots = self.slots.lock();
         slots.clear();
-        *lock(&self.tally) = Tally::default();
-        lock(&self.gone).clear();
+        *self.tally.lock() = Tally::default();
+        self.gone.lock().clear();
         drop(slots);
         Ok(())
     }
@@ -816,12 +817,12 @@ impl Storage for MemoryStorage {
 #[crate::async_trait]
 impl crate::backend::RecordStore for MemoryStorage {
     async fn insert(&self, task: &QueuedTask) -> Result<bool, BackendError> {
-        let written = match lock(&self.slots).entry(task.uuid) {
+        let written = match self.slots.lock().entry(task.uuid) {
             std::collections::hash_map::Entry::Occupied(_) => false,
             std::collections::hash_map::Entry::Vacant(slot) => {
                 // Deleted after a cancel while its message still waited: not written again,
                 // so the broker that meets the message drops it.
-                if lock(&self.gone).remove(&task.uuid) {
+                if self.gone.lock().remove(&task.uuid) {
                     false
                 } else {
                     slot.insert(Slot::new(TaskRecord::from_task(task.clone())));
@@ -838,7 +839,7 @@ impl crate::backend::RecordStore for MemoryStorage {
         from: &[TaskStatus],
         change: RecordChange,
     ) -> Result<Transition, BackendError> {
-        let mut slots = lock(&self.slots);
+        let mut slots = self.slots.lock();
         let transition = match slots.get_mut(&uuid) {
             None => Transition::NotFound,
             Some(slot) if !from.contains(&slot.record.status) => {
@@ -875,7 +876,7 @@ impl crate::backend::RecordStore for MemoryStorage {
                 slot.wake_waiters();
                 let after = slot.record.status;
                 if after.is_final() && !before.is_final() {
-                    lock(&self.tally).ended(after);
+                    self.tally.lock().ended(after);
                     if before == TaskStatus::New && after == TaskStatus::Cancel {
                         // Its message still waits: kept until a take drops it.
                         slot.queued_cancel = true;
@@ -899,7 +900,7 @@ impl crate::backend::RecordStore for MemoryStorage {
         let now = unix_now();
         let mut stats = QueueStats::default();
         let mut oldest: Option<f64> = None;
-        for slot in lock(&self.slots).values() {
+        for slot in self.slots.lock().values() {
             match slot.record.status {
                 TaskStatus::New => {
                     *stats.waiting.entry(slot.record.priority).or_default() += 1;
@@ -911,7 +912,7 @@ impl crate::backend::RecordStore for MemoryStorage {
             }
         }
         stats.oldest_waiting_secs = oldest.map(|at| (now - at).max(0.0));
-        let tally = lock(&self.tally);
+        let tally = self.tally.lock();
         stats.finished = tally.finished;
         stats.finished_last_minute = tally.throughput.last_minute(now as u64);
         drop(tally);

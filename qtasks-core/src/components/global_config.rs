@@ -1,8 +1,7 @@
 //! The in-memory global config: entries and the worker heartbeat of one process.
 
-use crate::sync::MutexExt;
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::BTreeMap;
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::GlobalConfig;
@@ -32,7 +31,7 @@ impl MemoryGlobalConfig {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock_unpoisoned()
+        self.state.lock()
     }
 }
 
@@ -141,32 +140,8 @@ impl GlobalConfig for MemoryGlobalConfig {
 }
 
 /// Glob matching with `*` (any run) and `?` (any one character), as Redis `MATCH` does.
-pub(crate) fn glob_match(pattern: &str, text: &str) -> bool {
-    let (pattern, text): (Vec<char>, Vec<char>) =
-        (pattern.chars().collect(), text.chars().collect());
-    let (mut p, mut t) = (0, 0);
-    let mut backtrack: Option<(usize, usize)> = None;
-    while t < text.len() {
-        match pattern.get(p) {
-            Some('*') => {
-                backtrack = Some((p, t));
-                p += 1;
-            }
-            Some(&c) if c == '?' || c == text[t] => {
-                p += 1;
-                t += 1;
-            }
-            _ => match backtrack {
-                Some((star, matched)) => {
-                    p = star + 1;
-                    t = matched + 1;
-                    backtrack = Some((star, matched + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    pattern[p..].iter().all(|c| *c == '*')
+fn glob_match(pattern: &str, text: &str) -> bool {
+    wildmatch::WildMatch::new(pattern).matches(text)
 }
 
 #[cfg(test)]
