@@ -206,13 +206,14 @@ impl Web {
             .route("/api/v1/dead/{id}/drop", post(actions::drop_api))
             .route("/api/v1/csrf", get(api::csrf));
         let shared = self.shared.clone();
-        pages
+        let guarded = pages
             .merge(json)
             .with_state(self.shared.clone())
             .merge(self.routes.clone())
             .layer(axum::middleware::from_fn(move |request, next| {
                 security::guard(shared.clone(), request, next)
-            }))
+            }));
+        security::headers(guarded)
     }
 
     /// Serves the routes at `address` in the background; returns the bound address (port 0

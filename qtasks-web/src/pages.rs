@@ -973,10 +973,7 @@ pub(crate) async fn login(
     }
     tracing::info!(who = %caller, "dashboard login");
     // The token's HMAC, not the token: see `security`.
-    let cookie = format!(
-        "{}={}; Path=/; HttpOnly; SameSite=Strict",
-        crate::security::TOKEN_COOKIE,
-        crate::security::cookie_value(&shared.cookie_key, expected)
-    );
+    let cookie =
+        crate::security::login_cookie(crate::security::cookie_value(&shared.cookie_key, expected));
     ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
 }

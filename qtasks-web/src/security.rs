@@ -78,16 +78,28 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .strip_prefix("Bearer ")
 }
 
-pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+/// The value of the cookie `name` the request carries (parsed by the `cookie` crate; a
+/// malformed pair is skipped).
+pub(crate) fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(';'))
-        .find_map(|pair| {
-            let (key, value) = pair.trim().split_once('=')?;
-            (key == name).then_some(value)
-        })
+        .flat_map(cookie::Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|cookie| cookie.name() == name)
+        .map(|cookie| cookie.value().to_owned())
+}
+
+/// The `Set-Cookie` value `/login` answers with: the token's HMAC (see the module docs), for
+/// every path, out of scripts' reach, never sent by another site's request.
+pub(crate) fn login_cookie(value: String) -> String {
+    cookie::Cookie::build((TOKEN_COOKIE, value))
+        .path("/")
+        .http_only(true)
+        .same_site(cookie::SameSite::Strict)
+        .build()
+        .to_string()
 }
 
 /// How a request was let in, for the actions' log lines.
@@ -199,8 +211,8 @@ pub(crate) fn refuse_without_token(
     None
 }
 
-/// Checks the peer, the host and the token, notes who the caller is for the handlers, and adds
-/// the headers every response carries.
+/// Checks the peer, the host and the token, and notes who the caller is for the handlers
+/// ([`headers`] adds what every response carries, refusals too).
 pub(crate) async fn guard(shared: Shared, mut request: Request, next: Next) -> Response {
     let peer = request
         .extensions()
@@ -211,7 +223,7 @@ pub(crate) async fn guard(shared: Shared, mut request: Request, next: Next) -> R
         && let Some(refusal) = refuse_without_token(peer, headers)
     {
         tracing::debug!(?peer, "dashboard request refused: {}", refusal.1.trim());
-        return with_headers(refusal.into_response());
+        return refusal.into_response();
     }
     let path = request.uri().path();
     let open = path == "/login" || path.starts_with("/assets/");
@@ -231,10 +243,10 @@ pub(crate) async fn guard(shared: Shared, mut request: Request, next: Next) -> R
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             response
         };
-        return with_headers(response);
+        return response;
     }
     request.extensions_mut().insert(Caller { peer, by });
-    with_headers(next.run(request).await)
+    next.run(request).await
 }
 
 /// Why an action is refused before it runs, if it is.
@@ -268,27 +280,34 @@ pub(crate) fn refuse_cross_site(
     }
 }
 
-fn with_headers(mut response: Response) -> Response {
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
-    );
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    headers
-        .entry(header::CACHE_CONTROL)
-        .or_insert(HeaderValue::from_static("no-store"));
-    // Not `no-referrer`: with it a browser sends `Origin: null` on the forms' POSTs, and the
-    // origin check above could not tell them from another site's.
-    headers.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("same-origin"),
-    );
-    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    response
+/// The headers every response carries (refusals too: these layers wrap the guard), set with
+/// `tower-http`: the Content-Security-Policy, `nosniff`, `no-store` unless a handler chose
+/// otherwise, `same-origin` referrers (not `no-referrer`: with it a browser sends
+/// `Origin: null` on the forms' POSTs, and the origin check could not tell them from another
+/// site's), and no framing.
+pub(crate) fn headers(router: axum::Router) -> axum::Router {
+    use tower_http::set_header::SetResponseHeaderLayer as Set;
+    router
+        .layer(Set::overriding(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CSP),
+        ))
+        .layer(Set::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(Set::if_not_present(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ))
+        .layer(Set::overriding(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("same-origin"),
+        ))
+        .layer(Set::overriding(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
 }
 
 #[cfg(test)]
@@ -331,7 +350,7 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_static("a=1; qtasks_token=abc; b=2"),
         );
-        assert_eq!(cookie(&headers, TOKEN_COOKIE), Some("abc"));
+        assert_eq!(cookie(&headers, TOKEN_COOKIE).as_deref(), Some("abc"));
         assert_eq!(cookie(&headers, "c"), None);
     }
 
