@@ -154,6 +154,13 @@ impl<'a> Context<'a> {
         Ok(app)
     }
 
+    /// [`app`](Self::app), started: a worker of `concurrency` slots runs in it.
+    async fn started_app(&self, suffix: &str, concurrency: usize) -> Result<QueueTasks, String> {
+        let app = self.app(suffix, concurrency).await?;
+        said(app.start().await, "starting")?;
+        Ok(app)
+    }
+
     pub(crate) async fn clean_up(&self) {
         let apps = std::mem::take(&mut *self.apps.lock());
         for app in &apps {
@@ -259,8 +266,7 @@ pub(crate) const ALL: &[(&str, Case)] = cases![
 ];
 
 async fn add_take_finish(c: &Context<'_>) -> Result<(), String> {
-    let app = c.app("", 2).await?;
-    said(app.start().await, "starting")?;
+    let app = c.started_app("", 2).await?;
     let handle = said(echo::add_task(&app, json!({"a": [1, 2]})).await, "adding")?;
     let record = wait_for(&app, &handle).await?;
     ensure!(
@@ -290,8 +296,7 @@ async fn record_is_new_before_a_worker(c: &Context<'_>) -> Result<(), String> {
 }
 
 async fn record_is_process_while_running(c: &Context<'_>) -> Result<(), String> {
-    let app = c.app("", 1).await?;
-    said(app.start().await, "starting")?;
+    let app = c.started_app("", 1).await?;
     let label = c.label("process");
     let handle = said(gated::add_task(&app, label.clone()).await, "adding")?;
     eventually("the task starts", || async {
@@ -309,8 +314,7 @@ async fn record_is_process_while_running(c: &Context<'_>) -> Result<(), String> 
 }
 
 async fn error_keeps_the_reason(c: &Context<'_>) -> Result<(), String> {
-    let app = c.app("", 1).await?;
-    said(app.start().await, "starting")?;
+    let app = c.started_app("", 1).await?;
     let handle = said(fail::add_task(&app, "it broke".into()).await, "adding")?;
     let record = wait_for(&app, &handle).await?;
     ensure!(
@@ -324,8 +328,7 @@ async fn error_keeps_the_reason(c: &Context<'_>) -> Result<(), String> {
 }
 
 async fn cancel_from_inside(c: &Context<'_>) -> Result<(), String> {
-    let app = c.app("", 1).await?;
-    said(app.start().await, "starting")?;
+    let app = c.started_app("", 1).await?;
     let handle = said(
         cancel_self::add_task(&app, "not today".into()).await,
         "adding",
@@ -345,8 +348,7 @@ async fn cancel_from_inside(c: &Context<'_>) -> Result<(), String> {
 }
 
 async fn arguments_round_trip(c: &Context<'_>) -> Result<(), String> {
-    let app = c.app("", 1).await?;
-    said(app.start().await, "starting")?;
+    let app = c.started_app("", 1).await?;
     let value = json!({"text": "привет 👋 \"quoted\" \\ back", "n": -1.5e10, "nested": [null, true, {"x": []}]});
     let handle = said(
         app.add_task("conformance_echo", (), json!({"value": value}))
@@ -369,8 +371,7 @@ async fn arguments_round_trip(c: &Context<'_>) -> Result<(), String> {
 }
 
 async fn large_argument(c: &Context<'_>) -> Result<(), String> {
-    let app = c.app("", 1).await?;
-    said(app.start().await, "starting")?;
+    let app = c.started_app("", 1).await?;
     let big = "x".repeat(1 << 20);
     let handle = said(echo::add_task(&app, json!(big)).await, "adding")?;
     let record = wait_for(&app, &handle).await?;
@@ -434,8 +435,7 @@ async fn fifo_among_equals(c: &Context<'_>) -> Result<(), String> {
 }
 
 async fn delayed_not_taken_early(c: &Context<'_>) -> Result<(), String> {
-    let app = c.app("", 1).await?;
-    said(app.start().await, "starting")?;
+    let app = c.started_app("", 1).await?;
     let started = tokio::time::Instant::now();
     let options = AddOptions::default().delay(Duration::from_millis(1200));
     let handle = said(
@@ -464,8 +464,7 @@ async fn delayed_not_taken_early(c: &Context<'_>) -> Result<(), String> {
 }
 
 async fn delayed_cancelled_never_runs(c: &Context<'_>) -> Result<(), String> {
-    let app = c.app("", 1).await?;
-    said(app.start().await, "starting")?;
+    let app = c.started_app("", 1).await?;
     let label = c.label("delayed_cancel");
     let options = AddOptions::default().delay(Duration::from_millis(500));
     let handle = said(
@@ -516,8 +515,7 @@ async fn cancel_queued(c: &Context<'_>) -> Result<(), String> {
 }
 
 async fn cancel_running(c: &Context<'_>) -> Result<(), String> {
-    let app = c.app("", 1).await?;
-    said(app.start().await, "starting")?;
+    let app = c.started_app("", 1).await?;
     let label = c.label("cancel_running");
     let handle = said(gated::add_task(&app, label.clone()).await, "adding")?;
     eventually("the task starts", || async {
@@ -564,8 +562,7 @@ async fn cancel_from_another_handle(c: &Context<'_>) -> Result<(), String> {
 }
 
 async fn cancel_ended_changes_nothing(c: &Context<'_>) -> Result<(), String> {
-    let app = c.app("", 1).await?;
-    said(app.start().await, "starting")?;
+    let app = c.started_app("", 1).await?;
     let handle = said(echo::add_task(&app, json!(7)).await, "adding")?;
     wait_for(&app, &handle).await?;
     ensure!(
@@ -581,8 +578,7 @@ async fn cancel_ended_changes_nothing(c: &Context<'_>) -> Result<(), String> {
 }
 
 async fn retries_chain_to_success(c: &Context<'_>) -> Result<(), String> {
-    let app = c.app("", 1).await?;
-    said(app.start().await, "starting")?;
+    let app = c.started_app("", 1).await?;
     let label = c.label("flaky");
     let handle = said(flaky::add_task(&app, label.clone(), 2).await, "adding")?;
     let last = wait_for(&app, &handle).await?;
@@ -614,8 +610,7 @@ async fn retries_chain_to_success(c: &Context<'_>) -> Result<(), String> {
 }
 
 async fn retries_run_out(c: &Context<'_>) -> Result<(), String> {
-    let app = c.app("", 1).await?;
-    said(app.start().await, "starting")?;
+    let app = c.started_app("", 1).await?;
     let handle = said(always_fails::add_task(&app).await, "adding")?;
     let last = wait_for(&app, &handle).await?;
     ensure!(
@@ -666,8 +661,7 @@ async fn handed_back_runs_again(c: &Context<'_>) -> Result<(), String> {
 }
 
 async fn unknown_task_fails_alone(c: &Context<'_>) -> Result<(), String> {
-    let app = c.app("", 1).await?;
-    said(app.start().await, "starting")?;
+    let app = c.started_app("", 1).await?;
     // A backend whose workers all live in this process may refuse the name at once (the
     // in-memory one does); others take it, and the worker fails it.
     let unknown = match app.add_task("conformance_no_such_task", (1,), ()).await {
@@ -708,8 +702,7 @@ async fn unknown_task_fails_alone(c: &Context<'_>) -> Result<(), String> {
 }
 
 async fn undecodable_arguments_fail_alone(c: &Context<'_>) -> Result<(), String> {
-    let app = c.app("", 1).await?;
-    said(app.start().await, "starting")?;
+    let app = c.started_app("", 1).await?;
     let bad = said(
         app.add_task("conformance_count", (json!({"not": "a string"}),), ())
             .await,
@@ -734,8 +727,7 @@ async fn undecodable_arguments_fail_alone(c: &Context<'_>) -> Result<(), String>
 }
 
 async fn panic_fails_alone(c: &Context<'_>) -> Result<(), String> {
-    let app = c.app("", 1).await?;
-    said(app.start().await, "starting")?;
+    let app = c.started_app("", 1).await?;
     let bad = said(panics::add_task(&app).await, "adding")?;
     let fine = said(echo::add_task(&app, json!(4)).await, "adding")?;
     let record = wait_for(&app, &bad).await?;
@@ -759,8 +751,7 @@ async fn panic_fails_alone(c: &Context<'_>) -> Result<(), String> {
 }
 
 async fn time_limit_ends_error(c: &Context<'_>) -> Result<(), String> {
-    let app = c.app("", 1).await?;
-    said(app.start().await, "starting")?;
+    let app = c.started_app("", 1).await?;
     let handle = said(slow::add_task(&app).await, "adding")?;
     let record = wait_for(&app, &handle).await?;
     ensure!(
@@ -840,8 +831,7 @@ async fn records_read_from_another_handle(c: &Context<'_>) -> Result<(), String>
 }
 
 async fn stream_items(c: &Context<'_>) -> Result<(), String> {
-    let app = c.app("", 1).await?;
-    said(app.start().await, "starting")?;
+    let app = c.started_app("", 1).await?;
     let handle = said(stream::add_task(&app, 5).await, "adding")?;
     let items: Vec<Result<u64, String>> = handle
         .items()
@@ -893,8 +883,7 @@ async fn concurrent_takers_take_once(c: &Context<'_>) -> Result<(), String> {
         )?);
     }
     for _ in 0..4 {
-        let worker = c.app("", 8).await?;
-        said(worker.start().await, "starting")?;
+        let worker = c.started_app("", 8).await?;
     }
     for handle in &handles {
         wait_for(&client, handle).await?;
@@ -932,8 +921,7 @@ async fn stats_waiting_by_priority(c: &Context<'_>) -> Result<(), String> {
 }
 
 async fn stats_running_and_finished(c: &Context<'_>) -> Result<(), String> {
-    let app = c.app("", 2).await?;
-    said(app.start().await, "starting")?;
+    let app = c.started_app("", 2).await?;
     let label = c.label("stats_running");
     let running = said(gated::add_task(&app, label.clone()).await, "adding")?;
     let failed = said(fail::add_task(&app, "x".into()).await, "adding")?;
@@ -963,8 +951,7 @@ async fn stats_running_and_finished(c: &Context<'_>) -> Result<(), String> {
 }
 
 async fn workers_listed_while_running(c: &Context<'_>) -> Result<(), String> {
-    let app = c.app("", 3).await?;
-    said(app.start().await, "starting")?;
+    let app = c.started_app("", 3).await?;
     let workers = said(app.stats().await, "reading stats")?.workers;
     ensure!(workers.len() == 1, "{} workers listed", workers.len());
     ensure!(
@@ -1126,8 +1113,7 @@ async fn records_list_newest_first_in_pages(c: &Context<'_>) -> Result<(), Strin
 
 async fn records_list_filters(c: &Context<'_>) -> Result<(), String> {
     use qtasks_core::records::{RecordCursor, RecordQuery};
-    let app = c.app("", 2).await?;
-    said(app.start().await, "starting")?;
+    let app = c.started_app("", 2).await?;
     let mut failing = Vec::new();
     for i in 0..5 {
         let ok = said(echo::add_task(&app, json!(i)).await, "adding")?;
@@ -1225,8 +1211,7 @@ async fn delete_only_finished(c: &Context<'_>) -> Result<(), String> {
 }
 
 async fn retry_by_hand_links_the_attempts(c: &Context<'_>) -> Result<(), String> {
-    let app = c.app("", 1).await?;
-    said(app.start().await, "starting")?;
+    let app = c.started_app("", 1).await?;
     let first = said(fail::add_task(&app, "again".into()).await, "adding")?;
     wait_for(&app, &first).await?;
     let second = said(app.retry_task(first.uuid()).await, "retrying")?;
@@ -1267,8 +1252,7 @@ async fn retry_by_hand_links_the_attempts(c: &Context<'_>) -> Result<(), String>
 }
 
 async fn concurrent_retries_by_hand_queue_one_attempt(c: &Context<'_>) -> Result<(), String> {
-    let app = c.app("", 1).await?;
-    said(app.start().await, "starting")?;
+    let app = c.started_app("", 1).await?;
     let first = said(fail::add_task(&app, "twice".into()).await, "adding")?;
     wait_for(&app, &first).await?;
     // Four operators click "retry" at once: one attempt is queued, the others are refused.
