@@ -883,7 +883,7 @@ async fn concurrent_takers_take_once(c: &Context<'_>) -> Result<(), String> {
         )?);
     }
     for _ in 0..4 {
-        let worker = c.started_app("", 8).await?;
+        let _worker = c.started_app("", 8).await?;
     }
     for handle in &handles {
         wait_for(&client, handle).await?;
