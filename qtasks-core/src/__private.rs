@@ -35,77 +35,54 @@ pub use crate::{
 /// Not public API. Every field of a [`TaskDefinition`], as `#[task]` fills them; the
 /// definition's own fields are private so options can be added without breaking users.
 pub struct TaskDefinitionParts {
+    /// The task name used on the queue (defaults to the fn name).
     pub name: &'static str,
+    /// The priority of new tasks (lower runs first); `None` takes the app's
+    /// [`task_default_priority`](crate::QueueConfig::task_default_priority).
     pub priority: Option<i64>,
+    /// Whether the task receives its [`TaskContext`](crate::TaskContext) as first argument.
     pub echo: bool,
+    /// Free-form tags (metadata only).
     pub tags: &'static [&'static str],
+    /// A description (metadata only).
     pub description: Option<&'static str>,
+    /// The parameters filled from the task's arguments (the context is not among them).
     pub params: &'static [TaskParam],
+    /// Whether the fn is a plain `fn`, run on the blocking thread pool.
     pub blocking: bool,
+    /// How many times a failed run is retried as a new task.
     pub retry: Option<u32>,
+    /// Which errors are retried (`retry_on_exc`); `None` retries any error but a cancel.
     pub retry_on: Option<fn(&TaskError) -> bool>,
+    /// The wait before each retry; `None` retries at once.
     pub retry_backoff: Option<RetryBackoff>,
+    /// The time limit of one run, in seconds (`max_time`, alias `timeout`).
     pub max_time: Option<f64>,
+    /// Turns the result into the stored value; `None` stores the JSON result.
     pub decode: Option<fn(Value) -> std::result::Result<Value, String>>,
+    /// Maps each item of a stream task before it is stored.
     pub generate_handler: Option<fn(Value) -> Value>,
+    /// Middlewares run before this task, after the app's.
     pub middlewares_before: &'static [&'static dyn Middleware],
+    /// Middlewares run after this task, before the app's.
     pub middlewares_after: &'static [&'static dyn Middleware],
+    /// The router the task belongs to; an app can run only some routers' tasks.
     pub router: Option<&'static str>,
+    /// The executor of this task, instead of the app's.
     pub executor: Option<&'static dyn Executor>,
+    /// The module the task fn is declared in.
     pub module_path: &'static str,
+    /// The source file of the declaration.
     pub file: &'static str,
+    /// The source line of the declaration.
     pub line: u32,
+    /// Decodes the arguments and calls the task fn.
     pub invoke: InvokeFn,
 }
 
 /// Not public API. The definition `#[task]` registers (a `const fn`, so it can be a `static`).
 pub const fn define_task(parts: TaskDefinitionParts) -> TaskDefinition {
-    let TaskDefinitionParts {
-        name,
-        priority,
-        echo,
-        tags,
-        description,
-        params,
-        blocking,
-        retry,
-        retry_on,
-        retry_backoff,
-        max_time,
-        decode,
-        generate_handler,
-        middlewares_before,
-        middlewares_after,
-        router,
-        executor,
-        module_path,
-        file,
-        line,
-        invoke,
-    } = parts;
-    TaskDefinition {
-        name,
-        priority,
-        echo,
-        tags,
-        description,
-        params,
-        blocking,
-        retry,
-        retry_on,
-        retry_backoff,
-        max_time,
-        decode,
-        generate_handler,
-        middlewares_before,
-        middlewares_after,
-        router,
-        executor,
-        module_path,
-        file,
-        line,
-        invoke,
-    }
+    TaskDefinition { parts }
 }
 
 /// Not public API. Makes an extractor parameter (`Depends<T>`, `State<T>`).

@@ -48,7 +48,7 @@ impl TaskCall {
             Err(error) => (Vec::new(), Some(error.to_string())),
         };
         TaskCall {
-            task_name: definition.name.to_owned(),
+            task_name: definition.parts.name.to_owned(),
             args,
             kwargs: Map::new(),
             priority: None,

@@ -111,7 +111,7 @@ impl TaskExecutor {
         let outcome = match self.run_steps(&scope).await {
             Ok(result) => Outcome::Success(result),
             Err(Stopped::Cancelled(reason)) => {
-                tracing::info!(task = self.task.name, uuid = %self.queued.uuid, reason, "task cancelled");
+                tracing::info!(task = self.task.parts.name, uuid = %self.queued.uuid, reason, "task cancelled");
                 Outcome::Cancel(reason)
             }
             Err(Stopped::Failed(error)) => self.failed(error),
@@ -131,7 +131,7 @@ impl TaskExecutor {
 
     async fn run_steps(&self, scope: &Scope) -> Result<Value, Stopped> {
         let dispatch = &*self.dispatch;
-        tracing::debug!(task = self.task.name, uuid = %self.queued.uuid, "execute");
+        tracing::debug!(task = self.task.parts.name, uuid = %self.queued.uuid, "execute");
         let app_middlewares = self.app.middlewares();
         let mut args = self.queued.args.clone();
         let mut kwargs = self.queued.kwargs.clone();
@@ -140,7 +140,7 @@ impl TaskExecutor {
         let before: Vec<&dyn Middleware> = app_middlewares
             .iter()
             .map(|m| &**m as &dyn Middleware)
-            .chain(self.task.middlewares_before.iter().copied())
+            .chain(self.task.parts.middlewares_before.iter().copied())
             .collect();
         self.fire_middlewares(MiddlewarePosition::Before, &before)
             .await;
@@ -153,7 +153,7 @@ impl TaskExecutor {
         let context = TaskContext::new(
             self.app.clone(),
             self.queued.uuid,
-            self.task.name,
+            self.task.parts.name,
             self.span.clone(),
             scope.clone(),
         );
@@ -164,7 +164,7 @@ impl TaskExecutor {
                 executor: self,
                 args: &args,
                 kwargs: &kwargs,
-                params: self.task.params
+                params: self.task.parts.params
             },
             |update| {
                 if let Some(new_args) = update.args {
@@ -180,7 +180,8 @@ impl TaskExecutor {
             .await;
 
         // 3. Run, within the time limit, until done or cancelled.
-        let invocation = (self.task.invoke)(context, TaskArgs::new(self.task.name, args, kwargs));
+        let invocation =
+            (self.task.parts.invoke)(context, TaskArgs::new(self.task.parts.name, args, kwargs));
         let output = self
             .limited(async {
                 match catch_panic(invocation).await {
@@ -238,6 +239,7 @@ impl TaskExecutor {
         // 5. Middlewares after: the task's, then the app's.
         let after: Vec<&dyn Middleware> = self
             .task
+            .parts
             .middlewares_after
             .iter()
             .copied()
@@ -251,7 +253,7 @@ impl TaskExecutor {
         }
 
         // 6. Decode: the task's own decode, then plugins may replace the stored value.
-        if let Some(decode) = self.task.decode {
+        if let Some(decode) = self.task.parts.decode {
             result = match std::panic::catch_unwind(|| decode(result)) {
                 Ok(Ok(decoded)) => decoded,
                 Ok(Err(reason)) => {
@@ -298,7 +300,7 @@ impl TaskExecutor {
                 Err(_) => std::future::pending().await,
             }
         };
-        let limit = self.task.max_time.filter(|seconds| *seconds > 0.0);
+        let limit = self.task.parts.max_time.filter(|seconds| *seconds > 0.0);
         let timed = async {
             match limit {
                 // A limit too long for a duration is no limit (it never comes).
@@ -308,7 +310,7 @@ impl TaskExecutor {
                 )
                 .await
                 .map_err(|_| TimeoutError {
-                    task: self.task.name.to_owned(),
+                    task: self.task.parts.name.to_owned(),
                     seconds,
                 }),
                 None => Ok(step.await),
@@ -347,7 +349,7 @@ impl TaskExecutor {
         let storage = Arc::clone(&self.app.inner.storage);
         let uuid = self.queued.uuid;
         let delivery = self.delivery.clone();
-        let handler = self.task.generate_handler;
+        let handler = self.task.parts.generate_handler;
         let collecting = Box::pin(async move {
             let mut collected = Vec::new();
             while let Some(item) = std::future::poll_fn(|cx| items.as_mut().poll_next(cx)).await {
@@ -394,12 +396,12 @@ impl TaskExecutor {
     fn failed(&self, error: TaskError) -> Outcome {
         let outcome = match error.cancel_reason() {
             Some(reason) => {
-                tracing::info!(task = self.task.name, uuid = %self.queued.uuid, reason, "task cancelled");
+                tracing::info!(task = self.task.parts.name, uuid = %self.queued.uuid, reason, "task cancelled");
                 Outcome::Cancel(reason.to_owned())
             }
             None => {
                 let traceback = error.traceback();
-                tracing::error!(task = self.task.name, uuid = %self.queued.uuid, "task failed: {traceback}");
+                tracing::error!(task = self.task.parts.name, uuid = %self.queued.uuid, "task failed: {traceback}");
                 Outcome::Error(traceback)
             }
         };
@@ -439,7 +441,7 @@ impl fmt::Debug for TaskExecutor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TaskExecutor")
             .field("app", &self.app.name())
-            .field("task", &self.task.name)
+            .field("task", &self.task.parts.name)
             .field("uuid", &self.queued.uuid)
             .finish()
     }
@@ -469,7 +471,7 @@ mod detached {
         pub(crate) fn detached() -> TaskExecutor {
             let queued = QueuedTask {
                 uuid: Uuid::nil(),
-                task_name: DETACHED.name.into(),
+                task_name: DETACHED.parts.name.into(),
                 priority: 0,
                 args: Vec::new(),
                 kwargs: serde_json::Map::new(),

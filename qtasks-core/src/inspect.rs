@@ -78,19 +78,20 @@ pub struct TaskStats {
 impl TaskStats {
     pub(crate) fn of(definition: &TaskDefinition) -> Self {
         TaskStats {
-            name: definition.name,
-            priority: definition.priority,
-            description: definition.description,
-            tags: definition.tags,
+            name: definition.parts.name,
+            priority: definition.parts.priority,
+            description: definition.parts.description,
+            tags: definition.parts.tags,
             params: definition
+                .parts
                 .params
                 .iter()
                 .map(|p| format!("{}: {}", p.name, p.type_name))
                 .collect(),
-            echo: definition.echo,
-            blocking: definition.blocking,
-            retry: definition.retry,
-            executor: definition.executor.map(|e| e.name().to_owned()),
+            echo: definition.parts.echo,
+            blocking: definition.parts.blocking,
+            retry: definition.parts.retry,
+            executor: definition.parts.executor.map(|e| e.name().to_owned()),
             location: definition.location(),
         }
     }

@@ -17,15 +17,18 @@ enum Refused {
 /// number of seconds must be finite and not negative.
 fn check_options(definition: &TaskDefinition) -> Result<(), Refused> {
     let seconds = [
-        ("retry_delay", definition.retry_backoff.map(|b| b.delay)),
-        ("max_time", definition.max_time),
+        (
+            "retry_delay",
+            definition.parts.retry_backoff.map(|b| b.delay),
+        ),
+        ("max_time", definition.parts.max_time),
     ];
     for (option, value) in seconds {
         if let Some(value) = value
             && !(value.is_finite() && value >= 0.0)
         {
             return Err(Refused::Option(
-                definition.name,
+                definition.parts.name,
                 definition.location(),
                 format!(
                     "`{option}` is {value}; it must be a finite, non-negative number of seconds"
@@ -67,10 +70,19 @@ impl TaskTable {
         definitions: impl Iterator<Item = &'static TaskDefinition>,
     ) -> Result<TaskTable, Refused> {
         let mut by_name: Vec<&'static TaskDefinition> = definitions.collect();
-        by_name.sort_by(|a, b| (a.name, a.file, a.line).cmp(&(b.name, b.file, b.line)));
-        if let Some(pair) = by_name.windows(2).find(|pair| pair[0].name == pair[1].name) {
+        by_name.sort_by(|a, b| {
+            (a.parts.name, a.parts.file, a.parts.line).cmp(&(
+                b.parts.name,
+                b.parts.file,
+                b.parts.line,
+            ))
+        });
+        if let Some(pair) = by_name
+            .windows(2)
+            .find(|pair| pair[0].parts.name == pair[1].parts.name)
+        {
             return Err(Refused::Duplicate(
-                pair[0].name,
+                pair[0].parts.name,
                 pair[0].location(),
                 pair[1].location(),
             ));
@@ -83,7 +95,7 @@ impl TaskTable {
 
     pub(crate) fn get(&self, name: &str) -> Option<&'static TaskDefinition> {
         self.by_name
-            .binary_search_by(|d| d.name.cmp(name))
+            .binary_search_by(|d| d.parts.name.cmp(name))
             .ok()
             .map(|i| self.by_name[i])
     }
@@ -94,7 +106,7 @@ impl TaskTable {
     }
 
     pub(crate) fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
-        self.by_name.iter().map(|d| d.name)
+        self.by_name.iter().map(|d| d.parts.name)
     }
 
     pub(crate) fn definitions(&self) -> &[&'static TaskDefinition] {
@@ -113,14 +125,17 @@ mod tests {
     }
 
     fn leaked(retry_delay: f64, max_time: Option<f64>) -> &'static TaskDefinition {
+        let bare = TaskDefinition::bare("checked", never_run);
         Box::leak(Box::new(TaskDefinition {
-            retry: Some(1),
-            retry_backoff: Some(RetryBackoff {
-                delay: retry_delay,
-                exponential: false,
-            }),
-            max_time,
-            ..TaskDefinition::bare("checked", never_run)
+            parts: crate::__private::TaskDefinitionParts {
+                retry: Some(1),
+                retry_backoff: Some(RetryBackoff {
+                    delay: retry_delay,
+                    exponential: false,
+                }),
+                max_time,
+                ..bare.parts
+            },
         }))
     }
 

@@ -8,7 +8,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::__private::InvokeFn;
 use crate::Result;
 use crate::backend::unix_now;
 
@@ -144,184 +143,150 @@ pub struct TaskParam {
 /// plugin payloads (`event.task.name()`). Its fields are private so that options can be added
 /// in minor releases; each has an accessor.
 pub struct TaskDefinition {
-    /// The task name used on the queue (defaults to the fn name).
-    pub(crate) name: &'static str,
-    /// The priority of new tasks (lower runs first); `None` takes the app's
-    /// [`task_default_priority`](crate::QueueConfig::task_default_priority).
-    pub(crate) priority: Option<i64>,
-    /// Whether the task receives its [`TaskContext`](crate::TaskContext) as first argument.
-    pub(crate) echo: bool,
-    /// Free-form tags (metadata only).
-    pub(crate) tags: &'static [&'static str],
-    /// A description (metadata only).
-    pub(crate) description: Option<&'static str>,
-    /// The parameters filled from the task's arguments (the context is not among them).
-    pub(crate) params: &'static [TaskParam],
-    /// Whether the fn is a plain `fn`, run on the blocking thread pool.
-    pub(crate) blocking: bool,
-    /// How many times a failed run is retried as a new task.
-    pub(crate) retry: Option<u32>,
-    /// Which errors are retried (`retry_on_exc`); `None` retries any error but a cancel.
-    pub(crate) retry_on: Option<fn(&crate::TaskError) -> bool>,
-    /// The wait before each retry; `None` retries at once.
-    pub(crate) retry_backoff: Option<RetryBackoff>,
-    /// The time limit of one run, in seconds (`max_time`, alias `timeout`).
-    pub(crate) max_time: Option<f64>,
-    /// Turns the result into the stored value; `None` stores the JSON result.
-    pub(crate) decode: Option<fn(Value) -> Result<Value, String>>,
-    /// Maps each item of a stream task before it is stored.
-    pub(crate) generate_handler: Option<fn(Value) -> Value>,
-    /// Middlewares run before this task, after the app's.
-    pub(crate) middlewares_before: &'static [&'static dyn crate::Middleware],
-    /// Middlewares run after this task, before the app's.
-    pub(crate) middlewares_after: &'static [&'static dyn crate::Middleware],
-    /// The router the task belongs to; an app can run only some routers' tasks.
-    pub(crate) router: Option<&'static str>,
-    /// The executor of this task, instead of the app's.
-    pub(crate) executor: Option<&'static dyn crate::components::Executor>,
-    /// The module the task fn is declared in.
-    pub(crate) module_path: &'static str,
-    /// The source file of the declaration.
-    pub(crate) file: &'static str,
-    /// The source line of the declaration.
-    pub(crate) line: u32,
-    pub(crate) invoke: InvokeFn,
+    /// What `#[task]` filled in (each field documented there); private, so options can be
+    /// added without breaking users.
+    pub(crate) parts: crate::__private::TaskDefinitionParts,
 }
 
 impl TaskDefinition {
     /// A definition with every option unset, for tasks the crate makes itself (the detached
     /// executor of the micro-benchmarks, tests); `invoke` is never meant to run.
     #[cfg(any(test, feature = "__bench"))]
-    pub(crate) const fn bare(name: &'static str, invoke: InvokeFn) -> Self {
+    pub(crate) const fn bare(name: &'static str, invoke: crate::__private::InvokeFn) -> Self {
         TaskDefinition {
-            name,
-            priority: None,
-            echo: false,
-            tags: &[],
-            description: None,
-            params: &[],
-            blocking: false,
-            retry: None,
-            retry_on: None,
-            retry_backoff: None,
-            max_time: None,
-            decode: None,
-            generate_handler: None,
-            middlewares_before: &[],
-            middlewares_after: &[],
-            router: None,
-            executor: None,
-            module_path: module_path!(),
-            file: file!(),
-            line: line!(),
-            invoke,
+            parts: crate::__private::TaskDefinitionParts {
+                name,
+                priority: None,
+                echo: false,
+                tags: &[],
+                description: None,
+                params: &[],
+                blocking: false,
+                retry: None,
+                retry_on: None,
+                retry_backoff: None,
+                max_time: None,
+                decode: None,
+                generate_handler: None,
+                middlewares_before: &[],
+                middlewares_after: &[],
+                router: None,
+                executor: None,
+                module_path: module_path!(),
+                file: file!(),
+                line: line!(),
+                invoke,
+            },
         }
     }
 
     /// The task name used on the queue (defaults to the fn name).
     pub fn name(&self) -> &'static str {
-        self.name
+        self.parts.name
     }
 
     /// The priority of new tasks (lower runs first); `None` takes the app's
     /// [`task_default_priority`](crate::QueueConfig::task_default_priority).
     pub fn priority(&self) -> Option<i64> {
-        self.priority
+        self.parts.priority
     }
 
     /// Whether the task receives its [`TaskContext`](crate::TaskContext) as first argument.
     pub fn echo(&self) -> bool {
-        self.echo
+        self.parts.echo
     }
 
     /// Free-form tags (metadata only).
     pub fn tags(&self) -> &'static [&'static str] {
-        self.tags
+        self.parts.tags
     }
 
     /// A description (metadata only).
     pub fn description(&self) -> Option<&'static str> {
-        self.description
+        self.parts.description
     }
 
     /// The parameters filled from the task's arguments (the context is not among them).
     pub fn params(&self) -> &'static [TaskParam] {
-        self.params
+        self.parts.params
     }
 
     /// Whether the fn is a plain `fn`, run on the blocking thread pool.
     pub fn blocking(&self) -> bool {
-        self.blocking
+        self.parts.blocking
     }
 
     /// How many times a failed run is retried as a new task.
     pub fn retry(&self) -> Option<u32> {
-        self.retry
+        self.parts.retry
     }
 
     /// Whether `error` is one the task is retried on (`retry_on_exc`; without it, any error
     /// but a cancel).
     pub fn retries_on(&self, error: &crate::TaskError) -> bool {
-        self.retry_on.is_none_or(|matches| matches(error))
+        self.parts.retry_on.is_none_or(|matches| matches(error))
     }
 
     /// The wait before each retry; `None` retries at once.
     pub fn retry_backoff(&self) -> Option<RetryBackoff> {
-        self.retry_backoff
+        self.parts.retry_backoff
     }
 
     /// The time limit of one run, in seconds (`max_time`, alias `timeout`).
     pub fn max_time(&self) -> Option<f64> {
-        self.max_time
+        self.parts.max_time
     }
 
     /// The router the task belongs to; an app can run only some routers' tasks.
     pub fn router(&self) -> Option<&'static str> {
-        self.router
+        self.parts.router
     }
 
     /// The executor of this task, instead of the app's.
     pub fn executor(&self) -> Option<&'static dyn crate::components::Executor> {
-        self.executor
+        self.parts.executor
     }
 
     /// The module the task fn is declared in.
     pub fn module_path(&self) -> &'static str {
-        self.module_path
+        self.parts.module_path
     }
 
     /// The source file of the declaration.
     pub fn file(&self) -> &'static str {
-        self.file
+        self.parts.file
     }
 
     /// The source line of the declaration.
     pub fn line(&self) -> u32 {
-        self.line
+        self.parts.line
     }
 
     /// `file:line` of the declaration, for messages.
     pub fn location(&self) -> String {
-        format!("{}:{}", self.file, self.line)
+        format!("{}:{}", self.parts.file, self.parts.line)
     }
 }
 
 impl fmt::Debug for TaskDefinition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TaskDefinition")
-            .field("name", &self.name)
-            .field("priority", &self.priority)
-            .field("echo", &self.echo)
-            .field("tags", &self.tags)
-            .field("description", &self.description)
-            .field("params", &self.params)
-            .field("blocking", &self.blocking)
-            .field("retry", &self.retry)
-            .field("retry_backoff", &self.retry_backoff)
-            .field("max_time", &self.max_time)
-            .field("router", &self.router)
-            .field("executor", &self.executor.map(|e| e.name()))
-            .field("location", &format_args!("{}:{}", self.file, self.line))
+            .field("name", &self.parts.name)
+            .field("priority", &self.parts.priority)
+            .field("echo", &self.parts.echo)
+            .field("tags", &self.parts.tags)
+            .field("description", &self.parts.description)
+            .field("params", &self.parts.params)
+            .field("blocking", &self.parts.blocking)
+            .field("retry", &self.parts.retry)
+            .field("retry_backoff", &self.parts.retry_backoff)
+            .field("max_time", &self.parts.max_time)
+            .field("router", &self.parts.router)
+            .field("executor", &self.parts.executor.map(|e| e.name()))
+            .field(
+                "location",
+                &format_args!("{}:{}", self.parts.file, self.parts.line),
+            )
             .finish()
     }
 }

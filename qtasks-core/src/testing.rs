@@ -49,7 +49,7 @@ pub async fn run(app: &QueueTasks, call: TaskCall) -> Result<Outcome> {
         task_name: call.task_name,
         priority: call
             .priority
-            .or(definition.priority)
+            .or(definition.parts.priority)
             .unwrap_or(app.config().task_default_priority),
         args: call.args,
         kwargs: call.kwargs,
@@ -62,7 +62,7 @@ pub async fn run(app: &QueueTasks, call: TaskCall) -> Result<Outcome> {
         definition: Some(definition),
     };
     let uuid = task.uuid;
-    let span = tracing::info_span!("task", task = definition.name, uuid = %uuid, test = true);
+    let span = tracing::info_span!("task", task = definition.parts.name, uuid = %uuid, test = true);
     let receipt = format!("direct:{uuid}");
     let cancel = app.inner.cancels.register(uuid, &receipt);
     let run = TaskExecutor::new(
@@ -74,7 +74,7 @@ pub async fn run(app: &QueueTasks, call: TaskCall) -> Result<Outcome> {
         cancel,
         receipt.clone(),
     );
-    let executor = definition.executor.unwrap_or(&*app.inner.executor);
+    let executor = definition.parts.executor.unwrap_or(&*app.inner.executor);
     let outcome = catch_panic(executor.execute(&run)).await;
     app.inner.cancels.unregister(uuid, &receipt);
     drop(Arc::clone(&app.inner));

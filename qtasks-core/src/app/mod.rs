@@ -193,6 +193,7 @@ impl QueueTasks {
         match &*self.inner.routers.read() {
             None => true,
             Some(routers) => definition
+                .parts
                 .router
                 .is_some_and(|router| routers.iter().any(|r| r == router)),
         }

@@ -127,7 +127,7 @@ impl QueueTasks {
         }
         let priority = options
             .priority
-            .or_else(|| definition.and_then(|d| d.priority))
+            .or_else(|| definition.and_then(|d| d.parts.priority))
             .unwrap_or(self.config().task_default_priority);
         let run_at = options.run_at.map(system_secs);
         self.enqueue(
@@ -153,10 +153,11 @@ impl QueueTasks {
         kwargs: Map<String, Value>,
     ) -> Result<TaskHandle> {
         let priority = definition
+            .parts
             .priority
             .unwrap_or(self.config().task_default_priority);
         self.enqueue(
-            definition.name.to_owned(),
+            definition.parts.name.to_owned(),
             priority,
             args,
             kwargs,

@@ -383,13 +383,13 @@ impl WorkerHost {
         );
 
         let attempt = attempt_of(task, definition);
-        let span = tracing::info_span!("task", task = definition.name, uuid = %uuid, attempt);
+        let span = tracing::info_span!("task", task = definition.parts.name, uuid = %uuid, attempt);
         if let (Some(context), Some(traceparent)) =
             (app.inner.trace_context.get(), task.traceparent.as_deref())
         {
             context.continue_trace(&span, traceparent, task.created_at);
         }
-        let executor = definition.executor.unwrap_or(&*app.inner.executor);
+        let executor = definition.parts.executor.unwrap_or(&*app.inner.executor);
         let cancel = app.inner.cancels.register(uuid, receipt);
         let run = TaskExecutor::new(
             app.clone(),
@@ -429,11 +429,11 @@ impl WorkerHost {
         let Outcome::Error(traceback) = &outcome else {
             return outcome;
         };
-        let retries_left = task.retry.or(definition.retry).unwrap_or(0);
+        let retries_left = task.retry.or(definition.parts.retry).unwrap_or(0);
         if retries_left == 0 {
             return outcome;
         }
-        if let Some(retry_on) = definition.retry_on {
+        if let Some(retry_on) = definition.parts.retry_on {
             // A custom executor may fail without telling why: then only a plain retry applies.
             if !failure.is_some_and(retry_on) {
                 return outcome;
@@ -458,9 +458,10 @@ impl WorkerHost {
         }
         let attempt = attempt_of(task, definition);
         let run_at = definition
+            .parts
             .retry_backoff
             .map(|backoff| unix_now() + backoff.delay_for(attempt).as_secs_f64());
-        tracing::info!(task = definition.name, uuid = %task.uuid, retries_left, "the task failed and will be retried");
+        tracing::info!(task = definition.parts.name, uuid = %task.uuid, retries_left, "the task failed and will be retried");
         let child = QueuedTask {
             uuid: Uuid::new_v4(),
             task_name: task.task_name.clone(),
@@ -624,8 +625,9 @@ async fn hand_back(host: &WorkerHost, deliveries: &[Delivery]) {
 
 /// Which attempt of its task `task` is: 1, then one more for each retry used.
 fn attempt_of(task: &QueuedTask, definition: &TaskDefinition) -> u32 {
-    let retries_left = task.retry.or(definition.retry).unwrap_or(0);
+    let retries_left = task.retry.or(definition.parts.retry).unwrap_or(0);
     definition
+        .parts
         .retry
         .unwrap_or(retries_left)
         .saturating_sub(retries_left)
