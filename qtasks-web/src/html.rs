@@ -1,77 +1,19 @@
-//! Building HTML safely: [`Html`] escapes every piece of text it is given, and takes markup
-//! only as `&'static str` (written in this crate, never data). Everything the dashboard shows
-//! of a task (its name, arguments, result, traceback) reaches a page through [`Html::text`].
+//! Helpers of the pages' markup. The pages are written with `maud`'s `html!`, checked at
+//! compile time: every value spliced in is escaped unless wrapped in `PreEscaped` (which only
+//! this crate's constant markup is), so everything the dashboard shows of a task (its name,
+//! arguments, result, traceback) reaches a page as text.
 
-use std::fmt::Write as _;
+use maud::{Markup, html};
 
-/// A piece of HTML under construction.
-#[derive(Debug, Default)]
-pub(crate) struct Html(String);
+/// A Unix time as `<time>`, UTC, to the second.
+pub(crate) fn time(unix_secs: f64) -> Markup {
+    let shown = timestamp(unix_secs);
+    html! { time datetime=(shown) { (shown.replace('T', " ")) } }
+}
 
-impl Html {
-    pub(crate) fn new() -> Self {
-        Html(String::with_capacity(4096))
-    }
-
-    /// Markup written in this crate.
-    pub(crate) fn raw(&mut self, markup: &'static str) -> &mut Self {
-        self.0.push_str(markup);
-        self
-    }
-
-    /// Text, escaped for element content and for quoted attribute values alike.
-    pub(crate) fn text(&mut self, text: &str) -> &mut Self {
-        for c in text.chars() {
-            match c {
-                '&' => self.0.push_str("&amp;"),
-                '<' => self.0.push_str("&lt;"),
-                '>' => self.0.push_str("&gt;"),
-                '"' => self.0.push_str("&quot;"),
-                '\'' => self.0.push_str("&#39;"),
-                c => self.0.push(c),
-            }
-        }
-        self
-    }
-
-    /// A number (nothing to escape).
-    pub(crate) fn num(&mut self, number: impl std::fmt::Display) -> &mut Self {
-        let _ = write!(self.0, "{number}");
-        self
-    }
-
-    /// Another piece built the same way.
-    pub(crate) fn html(&mut self, other: &Html) -> &mut Self {
-        self.0.push_str(&other.0);
-        self
-    }
-
-    /// `<a href="{href}">{label}</a>`, both escaped.
-    pub(crate) fn link(&mut self, href: &str, label: &str) -> &mut Self {
-        self.raw("<a href=\"")
-            .text(href)
-            .raw("\">")
-            .text(label)
-            .raw("</a>")
-    }
-
-    /// A Unix time as `<time>`, UTC, to the second.
-    pub(crate) fn time(&mut self, unix_secs: f64) -> &mut Self {
-        let shown = timestamp(unix_secs);
-        self.raw("<time datetime=\"")
-            .text(&shown)
-            .raw("\">")
-            .text(&shown.replace('T', " "))
-            .raw("</time>")
-    }
-
-    pub(crate) fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    pub(crate) fn into_string(self) -> String {
-        self.0
-    }
+/// `<a href="{href}">{label}</a>`.
+pub(crate) fn link(href: &str, label: &str) -> Markup {
+    html! { a href=(href) { (label) } }
 }
 
 /// A Unix time as RFC 3339, UTC, to the second (`-` when it is not a time).
@@ -117,15 +59,10 @@ mod tests {
 
     #[test]
     fn text_is_escaped_everywhere() {
-        let mut html = Html::new();
-        html.raw("<p title=\"")
-            .text("\"><script>alert(1)</script>")
-            .raw("\">")
-            .text("<b>&'")
-            .raw("</p>");
+        let markup = html! { p title=("\"><script>alert(1)</script>") { ("<b>&") } };
         assert_eq!(
-            html.into_string(),
-            "<p title=\"&quot;&gt;&lt;script&gt;alert(1)&lt;/script&gt;\">&lt;b&gt;&amp;&#39;</p>"
+            markup.into_string(),
+            "<p title=\"&quot;&gt;&lt;script&gt;alert(1)&lt;/script&gt;\">&lt;b&gt;&amp;</p>"
         );
     }
 

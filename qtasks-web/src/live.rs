@@ -105,18 +105,13 @@ impl Live {
 }
 
 /// A page's live regions: the id of each element, and its new HTML.
-pub(crate) type Regions = Vec<(&'static str, crate::html::Html)>;
+pub(crate) type Regions = Vec<(&'static str, maud::Markup)>;
 
 /// The `regions` event's data: `{"id": "html", ...}`.
 pub(crate) fn regions_json(regions: &Regions) -> String {
     let map: serde_json::Map<String, serde_json::Value> = regions
         .iter()
-        .map(|(id, html)| {
-            (
-                (*id).to_owned(),
-                serde_json::Value::String(html.as_str().to_owned()),
-            )
-        })
+        .map(|(id, html)| ((*id).to_owned(), serde_json::Value::String(html.0.clone())))
         .collect();
     serde_json::Value::Object(map).to_string()
 }
@@ -143,11 +138,10 @@ pub(crate) fn task_events(
                         (regions_json(&regions), done)
                     }
                     Ok(None) => {
-                        let mut html = crate::html::Html::new();
-                        html.raw(
-                            "<p class=\"problem\">The record is gone (deleted, or expired).</p>",
-                        );
-                        (regions_json(&vec![("region-task", html)]), true)
+                        let gone = maud::html! {
+                            p.problem { "The record is gone (deleted, or expired)." }
+                        };
+                        (regions_json(&vec![("region-task", gone)]), true)
                     }
                     Err(_) => {
                         // The backend is down: look again later, keep the page as it is.

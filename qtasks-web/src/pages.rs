@@ -11,8 +11,10 @@ use qtasks_core::stats::{DeadLetter, Stats, WorkerInfo};
 use qtasks_core::{TaskRecord, TaskStatus, Uuid};
 use serde::Deserialize;
 
+use maud::{DOCTYPE, Markup, html};
+
 use crate::Shared;
-use crate::html::{Html, age, query_value, timestamp};
+use crate::html::{age, link, query_value, time, timestamp};
 use crate::live::{BUCKET_SECS, BUCKETS, Snapshot};
 
 /// The sections of the navigation bar.
@@ -38,58 +40,57 @@ pub(crate) fn page(
     section: Section,
     title: &str,
     live: Option<&str>,
-    body: &Html,
+    body: Markup,
 ) -> Response {
-    let mut html = Html::new();
-    html.raw("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">")
-        .raw("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">")
-        .raw("<meta name=\"color-scheme\" content=\"light dark\"><title>")
-        .text(title)
-        .raw(" · qtasks</title>")
-        .raw("<link rel=\"stylesheet\" href=\"/assets/app.css\">")
-        .raw("<link rel=\"icon\" href=\"/assets/icon.svg\" type=\"image/svg+xml\">")
-        .raw("<script src=\"/assets/app.js\" defer></script></head><body");
-    if let Some(live) = live {
-        html.raw(" data-live=\"").text(live).raw("\"");
-    }
-    html.raw("><a class=\"skip\" href=\"#main\">Skip to content</a>")
-        .raw("<header><nav aria-label=\"Sections\"><span class=\"brand\">qtasks <span class=\"app\">")
-        .text(&shared.app.name())
-        .raw("</span></span>");
-    if section != Section::Login {
-        for (each, href, label) in SECTIONS {
-            html.raw("<a href=\"").raw(href).raw("\"");
-            if each == section {
-                html.raw(" aria-current=\"page\"");
+    let markup = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                meta name="color-scheme" content="light dark";
+                title { (title) " · qtasks" }
+                link rel="stylesheet" href="/assets/app.css";
+                link rel="icon" href="/assets/icon.svg" type="image/svg+xml";
+                script src="/assets/app.js" defer {}
             }
-            html.raw(">").raw(label).raw("</a>");
+            body data-live=[live] {
+                a.skip href="#main" { "Skip to content" }
+                header {
+                    nav aria-label="Sections" {
+                        span.brand { "qtasks " span.app { (shared.app.name()) } }
+                        @if section != Section::Login {
+                            @for (each, href, label) in SECTIONS {
+                                a href=(href) aria-current=[(each == section).then_some("page")] { (label) }
+                            }
+                        }
+                    }
+                }
+                main #main tabindex="-1" { (body) }
+                footer {
+                    span { "qtasks " (env!("CARGO_PKG_VERSION")) }
+                    @if live.is_some() {
+                        " · " span #live-state role="status" { "live updates on" }
+                    }
+                }
+            }
         }
-    }
-    html.raw("</nav></header><main id=\"main\" tabindex=\"-1\">")
-        .html(body)
-        .raw("</main><footer><span>qtasks ")
-        .raw(env!("CARGO_PKG_VERSION"))
-        .raw("</span>");
-    if live.is_some() {
-        html.raw(" · <span id=\"live-state\" role=\"status\">live updates on</span>");
-    }
-    html.raw("</footer></body></html>");
+    };
     (
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        html.into_string(),
+        markup.into_string(),
     )
         .into_response()
 }
 
 /// A page that says what went wrong, with the status code it deserves.
 pub(crate) fn problem(shared: &Shared, status: StatusCode, title: &str, detail: &str) -> Response {
-    let mut body = Html::new();
-    body.raw("<h1>")
-        .text(title)
-        .raw("</h1><p class=\"problem\" role=\"alert\">")
-        .text(detail)
-        .raw("</p><p><a href=\"/tasks\">Back to the tasks</a></p>");
-    let mut response = page(shared, Section::Tasks, title, None, &body);
+    let body = html! {
+        h1 { (title) }
+        p.problem role="alert" { (detail) }
+        p { a href="/tasks" { "Back to the tasks" } }
+    };
+    let mut response = page(shared, Section::Tasks, title, None, body);
     *response.status_mut() = status;
     response
 }
@@ -101,7 +102,7 @@ pub(crate) struct Flash {
 }
 
 impl Flash {
-    fn render(&self, html: &mut Html) {
+    fn render(&self) -> Markup {
         let message = match self.done.as_deref() {
             Some("cancelled") => "The task was cancelled (or asked to stop, if it was running).",
             Some("not-cancelled") => "The task had ended already; nothing was cancelled.",
@@ -110,20 +111,14 @@ impl Flash {
             Some("requeued") => "The dead letter was put back in the queue.",
             Some("dropped") => "The dead letter was dropped.",
             Some("gone") => "That dead letter was not there any more.",
-            _ => return,
+            _ => return html! {},
         };
-        html.raw("<p class=\"notice\" role=\"status\">")
-            .raw(message)
-            .raw("</p>");
+        html! { p.notice role="status" { (message) } }
     }
 }
 
-fn status_badge(html: &mut Html, status: TaskStatus) {
-    html.raw("<span class=\"status s-")
-        .raw(status.as_str())
-        .raw("\">")
-        .raw(status.as_str())
-        .raw("</span>");
+fn status_badge(status: TaskStatus) -> Markup {
+    html! { span class={ "status s-" (status.as_str()) } { (status.as_str()) } }
 }
 
 fn short(uuid: Uuid) -> String {
@@ -139,35 +134,31 @@ fn json_pretty(value: &impl serde::Serialize) -> String {
 
 pub(crate) async fn overview(State(shared): State<Shared>, Query(flash): Query<Flash>) -> Response {
     let snapshot = shared.live().await.ready().await;
-    let mut body = Html::new();
-    body.raw("<h1>Overview</h1>");
-    flash.render(&mut body);
-    for (id, region) in overview_regions(&snapshot) {
-        body.raw("<div id=\"")
-            .raw(id)
-            .raw("\">")
-            .html(&region)
-            .raw("</div>");
-    }
+    let body = html! {
+        h1 { "Overview" }
+        (flash.render())
+        @for (id, region) in overview_regions(&snapshot) {
+            div id=(id) { (region) }
+        }
+    };
     page(
         &shared,
         Section::Overview,
         "Overview",
         Some("/events?view=overview"),
-        &body,
+        body,
     )
 }
 
 /// The live parts of the overview.
-pub(crate) fn overview_regions(snapshot: &Snapshot) -> Vec<(&'static str, Html)> {
+pub(crate) fn overview_regions(snapshot: &Snapshot) -> Vec<(&'static str, Markup)> {
     let stats = match &snapshot.stats {
         Ok(stats) => stats,
         Err(error) => {
-            let mut html = Html::new();
-            html.raw("<p class=\"problem\" role=\"alert\">The backend could not be read: ")
-                .text(error)
-                .raw("</p>");
-            return vec![("region-counts", html)];
+            let problem = html! {
+                p.problem role="alert" { "The backend could not be read: " (error) }
+            };
+            return vec![("region-counts", problem)];
         }
     };
     vec![
@@ -180,114 +171,103 @@ pub(crate) fn overview_regions(snapshot: &Snapshot) -> Vec<(&'static str, Html)>
     ]
 }
 
-fn counts(stats: &Stats) -> Html {
-    let mut html = Html::new();
+fn counts(stats: &Stats) -> Markup {
     let Some(queue) = &stats.queue else {
-        html.raw("<p>This backend keeps no queue numbers.</p>");
-        return html;
+        return html! { p { "This backend keeps no queue numbers." } };
     };
-    html.raw(
-        "<section aria-labelledby=\"counts-h\"><h2 id=\"counts-h\">Queue</h2><dl class=\"cards\">",
-    );
-    let mut card =
-        |label: &'static str, value: String, href: Option<&'static str>, class: &'static str| {
-            html.raw("<div class=\"card ")
-                .raw(class)
-                .raw("\"><dt>")
-                .raw(label)
-                .raw("</dt><dd>");
-            match href {
-                Some(href) => {
-                    html.raw("<a href=\"")
-                        .raw(href)
-                        .raw("\">")
-                        .text(&value)
-                        .raw("</a>");
-                }
-                None => {
-                    html.text(&value);
+    let oldest = queue
+        .oldest_waiting_secs
+        .map_or_else(|| "-".to_owned(), age);
+    // label, value, where it links, the card's class
+    let cards: [(&str, String, Option<&str>, &str); 10] = [
+        (
+            "Waiting",
+            queue.waiting_total().to_string(),
+            Some("/tasks?status=new"),
+            "",
+        ),
+        ("Delayed", queue.delayed.to_string(), None, ""),
+        (
+            "Running",
+            queue.running.to_string(),
+            Some("/tasks?status=process"),
+            "c-process",
+        ),
+        (
+            "Success",
+            queue.finished.success.to_string(),
+            Some("/tasks?status=success"),
+            "c-success",
+        ),
+        (
+            "Error",
+            queue.finished.error.to_string(),
+            Some("/tasks?status=error"),
+            "c-error",
+        ),
+        (
+            "Cancelled",
+            queue.finished.cancel.to_string(),
+            Some("/tasks?status=cancel"),
+            "c-cancel",
+        ),
+        (
+            "Retried",
+            queue.finished.retry.to_string(),
+            Some("/tasks?status=retry"),
+            "",
+        ),
+        (
+            "Dead letters",
+            queue.dead_letters.to_string(),
+            Some("/dead"),
+            "",
+        ),
+        (
+            "Per second (1 min)",
+            format!("{:.1}", queue.per_second()),
+            None,
+            "",
+        ),
+        ("Oldest waiting", oldest, None, ""),
+    ];
+    html! {
+        section aria-labelledby="counts-h" {
+            h2 #counts-h { "Queue" }
+            dl.cards {
+                @for (label, value, href, class) in &cards {
+                    div class={ "card " (class) } {
+                        dt { (label) }
+                        dd {
+                            @match href {
+                                Some(href) => { a href=(href) { (value) } }
+                                None => { (value) }
+                            }
+                        }
+                    }
                 }
             }
-            html.raw("</dd></div>");
-        };
-    card(
-        "Waiting",
-        queue.waiting_total().to_string(),
-        Some("/tasks?status=new"),
-        "",
-    );
-    card("Delayed", queue.delayed.to_string(), None, "");
-    card(
-        "Running",
-        queue.running.to_string(),
-        Some("/tasks?status=process"),
-        "c-process",
-    );
-    card(
-        "Success",
-        queue.finished.success.to_string(),
-        Some("/tasks?status=success"),
-        "c-success",
-    );
-    card(
-        "Error",
-        queue.finished.error.to_string(),
-        Some("/tasks?status=error"),
-        "c-error",
-    );
-    card(
-        "Cancelled",
-        queue.finished.cancel.to_string(),
-        Some("/tasks?status=cancel"),
-        "c-cancel",
-    );
-    card(
-        "Retried",
-        queue.finished.retry.to_string(),
-        Some("/tasks?status=retry"),
-        "",
-    );
-    card(
-        "Dead letters",
-        queue.dead_letters.to_string(),
-        Some("/dead"),
-        "",
-    );
-    card(
-        "Per second (1 min)",
-        format!("{:.1}", queue.per_second()),
-        None,
-        "",
-    );
-    card(
-        "Oldest waiting",
-        queue
-            .oldest_waiting_secs
-            .map_or_else(|| "-".to_owned(), age),
-        None,
-        "",
-    );
-    html.raw("</dl>");
-    html.raw("<h3>Waiting by priority</h3>");
-    if queue.waiting.is_empty() {
-        html.raw("<p class=\"quiet\">Nothing waits.</p>");
-    } else {
-        html.raw("<div class=\"scroll\"><table class=\"narrow\"><thead><tr><th scope=\"col\">Priority</th><th scope=\"col\" class=\"n\">Waiting</th></tr></thead><tbody>");
-        for (priority, count) in &queue.waiting {
-            html.raw("<tr><td>")
-                .num(priority)
-                .raw("</td><td class=\"n\">")
-                .num(count)
-                .raw("</td></tr>");
+            h3 { "Waiting by priority" }
+            @if queue.waiting.is_empty() {
+                p.quiet { "Nothing waits." }
+            } @else {
+                div.scroll {
+                    table.narrow {
+                        thead { tr { th scope="col" { "Priority" } th.n scope="col" { "Waiting" } } }
+                        tbody {
+                            @for (priority, count) in &queue.waiting {
+                                tr { td { (priority) } td.n { (count) } }
+                            }
+                        }
+                    }
+                }
+            }
         }
-        html.raw("</tbody></table></div>");
     }
-    html.raw("</section>");
-    html
 }
 
 /// The throughput of the last 15 minutes as SVG bars (no script needed to see it).
-fn chart(snapshot: &Snapshot) -> Html {
+fn chart(snapshot: &Snapshot) -> Markup {
     const WIDTH: u64 = 600;
     const HEIGHT: u64 = 120;
     let now = unix_now() as u64;
@@ -307,88 +287,80 @@ fn chart(snapshot: &Snapshot) -> Html {
     let highest = counts.iter().map(|(_, c)| *c).max().unwrap_or(0);
     let peak = highest.max(1);
     let total: u64 = counts.iter().map(|(_, c)| *c).sum();
-    let mut html = Html::new();
-    html.raw(
-        "<section aria-labelledby=\"chart-h\"><h2 id=\"chart-h\">Throughput, last 15 minutes</h2>",
-    )
-    .raw("<figure><svg class=\"chart\" viewBox=\"0 0 ")
-    .num(WIDTH)
-    .raw(" ")
-    .num(HEIGHT + 4)
-    .raw("\" role=\"img\" aria-labelledby=\"chart-cap\" preserveAspectRatio=\"none\">");
     let bar = WIDTH / BUCKETS as u64;
-    for (i, (start, count)) in counts.iter().enumerate() {
-        let height = (count * HEIGHT).div_ceil(peak);
-        html.raw("<rect class=\"bar\" x=\"")
-            .num(i as u64 * bar + 1)
-            .raw("\" y=\"")
-            .num(HEIGHT - height)
-            .raw("\" width=\"")
-            .num(bar - 2)
-            .raw("\" height=\"")
-            .num(height.max(1))
-            .raw("\"><title>")
-            .text(&timestamp(*start as f64))
-            .raw(": ")
-            .num(count)
-            .raw(" finished</title></rect>");
+    html! {
+        section aria-labelledby="chart-h" {
+            h2 #chart-h { "Throughput, last 15 minutes" }
+            figure {
+                svg.chart viewBox={ "0 0 " (WIDTH) " " (HEIGHT + 4) } role="img" aria-labelledby="chart-cap" preserveAspectRatio="none" {
+                    @for (i, (start, count)) in counts.iter().enumerate() {
+                        @let height = (count * HEIGHT).div_ceil(peak);
+                        rect.bar x=(i as u64 * bar + 1) y=(HEIGHT - height) width=(bar - 2) height=(height.max(1)) {
+                            title { (timestamp(*start as f64)) ": " (count) " finished" }
+                        }
+                    }
+                    line.axis x1="0" x2=(WIDTH) y1=(HEIGHT + 1) y2=(HEIGHT + 1) {}
+                }
+                figcaption #chart-cap {
+                    (total) " tasks finished in 30-second bars; the highest bar is " (highest) "."
+                    @if snapshot.since > first as f64 {
+                        " Counted since this dashboard started, " (time(snapshot.since)) "."
+                    }
+                }
+            }
+        }
     }
-    html.raw("<line class=\"axis\" x1=\"0\" x2=\"")
-        .num(WIDTH)
-        .raw("\" y1=\"")
-        .num(HEIGHT + 1)
-        .raw("\" y2=\"")
-        .num(HEIGHT + 1)
-        .raw("\"></line></svg><figcaption id=\"chart-cap\">")
-        .num(total)
-        .raw(" tasks finished in 30-second bars; the highest bar is ")
-        .num(highest)
-        .raw(".");
-    if snapshot.since > first as f64 {
-        html.raw(" Counted since this dashboard started, ")
-            .time(snapshot.since)
-            .raw(".");
-    }
-    html.raw("</figcaption></figure></section>");
-    html
 }
 
-fn workers_table(workers: &[WorkerInfo], now: f64, heading: bool) -> Html {
-    let mut html = Html::new();
-    if heading {
-        html.raw("<section aria-labelledby=\"workers-h\"><h2 id=\"workers-h\">Workers</h2>");
-    }
-    if workers.is_empty() {
-        html.raw("<p class=\"quiet\">No worker is running (none has a live heartbeat).</p>");
-    } else {
-        html.raw("<div class=\"scroll\"><table><thead><tr><th scope=\"col\">Worker</th><th scope=\"col\">Host</th><th scope=\"col\" class=\"n\">PID</th><th scope=\"col\" class=\"n\">Slots</th><th scope=\"col\" class=\"n\">Running</th><th scope=\"col\" class=\"n\">Processed</th><th scope=\"col\">Started</th><th scope=\"col\" class=\"n\">Heartbeat</th><th scope=\"col\">Version</th></tr></thead><tbody>");
-        for worker in workers {
-            html.raw("<tr><td class=\"mono\">")
-                .text(&worker.id)
-                .raw("</td><td>")
-                .text(&worker.host)
-                .raw("</td><td class=\"n\">")
-                .num(worker.pid)
-                .raw("</td><td class=\"n\">")
-                .num(worker.concurrency)
-                .raw("</td><td class=\"n\">")
-                .num(worker.running)
-                .raw("</td><td class=\"n\">")
-                .num(worker.processed)
-                .raw("</td><td>")
-                .time(worker.started_at)
-                .raw("</td><td class=\"n\">")
-                .text(&age(now - worker.heartbeat_at))
-                .raw(" ago</td><td>")
-                .text(&worker.version)
-                .raw("</td></tr>");
+fn workers_table(workers: &[WorkerInfo], now: f64, heading: bool) -> Markup {
+    let table = html! {
+        @if workers.is_empty() {
+            p.quiet { "No worker is running (none has a live heartbeat)." }
+        } @else {
+            div.scroll {
+                table {
+                    thead {
+                        tr {
+                            th scope="col" { "Worker" }
+                            th scope="col" { "Host" }
+                            th.n scope="col" { "PID" }
+                            th.n scope="col" { "Slots" }
+                            th.n scope="col" { "Running" }
+                            th.n scope="col" { "Processed" }
+                            th scope="col" { "Started" }
+                            th.n scope="col" { "Heartbeat" }
+                            th scope="col" { "Version" }
+                        }
+                    }
+                    tbody {
+                        @for worker in workers {
+                            tr {
+                                td.mono { (worker.id) }
+                                td { (worker.host) }
+                                td.n { (worker.pid) }
+                                td.n { (worker.concurrency) }
+                                td.n { (worker.running) }
+                                td.n { (worker.processed) }
+                                td { (time(worker.started_at)) }
+                                td.n { (age(now - worker.heartbeat_at)) " ago" }
+                                td { (worker.version) }
+                            }
+                        }
+                    }
+                }
+            }
         }
-        html.raw("</tbody></table></div>");
-    }
+    };
     if heading {
-        html.raw("</section>");
+        html! {
+            section aria-labelledby="workers-h" {
+                h2 #workers-h { "Workers" }
+                (table)
+            }
+        }
+    } else {
+        table
     }
-    html
 }
 
 // ------------------------------------------------------------------------------------------
@@ -396,29 +368,23 @@ fn workers_table(workers: &[WorkerInfo], now: f64, heading: bool) -> Html {
 
 pub(crate) async fn workers(State(shared): State<Shared>) -> Response {
     let snapshot = shared.live().await.ready().await;
-    let mut body = Html::new();
-    body.raw("<h1>Workers</h1><div id=\"region-workers\">")
-        .html(&workers_region(&snapshot))
-        .raw("</div>");
+    let body = html! {
+        h1 { "Workers" }
+        div #region-workers { (workers_region(&snapshot)) }
+    };
     page(
         &shared,
         Section::Workers,
         "Workers",
         Some("/events?view=workers"),
-        &body,
+        body,
     )
 }
 
-pub(crate) fn workers_region(snapshot: &Snapshot) -> Html {
+pub(crate) fn workers_region(snapshot: &Snapshot) -> Markup {
     match &snapshot.stats {
         Ok(stats) => workers_table(&stats.workers, stats.at, false),
-        Err(error) => {
-            let mut html = Html::new();
-            html.raw("<p class=\"problem\" role=\"alert\">")
-                .text(error)
-                .raw("</p>");
-            html
-        }
+        Err(error) => html! { p.problem role="alert" { (error) } },
     }
 }
 
@@ -537,23 +503,18 @@ pub(crate) async fn tasks(
         }
     };
     let page_result = shared.app.list_tasks(&query).await;
-    let mut body = Html::new();
-    body.raw("<h1>Tasks</h1>");
-    flash.render(&mut body);
-    filter_form(&mut body, &filter);
     let first_page = query.after.is_none();
-    match page_result {
-        Ok(found) => {
-            body.raw("<div id=\"region-task-rows\">")
-                .html(&task_rows(&found, &filter))
-                .raw("</div>");
+    let body = html! {
+        h1 { "Tasks" }
+        (flash.render())
+        (filter_form(&filter))
+        @match page_result {
+            Ok(found) => { div #region-task-rows { (task_rows(&found, &filter)) } }
+            Err(error) => {
+                p.problem role="alert" { "Listing failed: " (ErrorChain(&error).to_string()) }
+            }
         }
-        Err(error) => {
-            body.raw("<p class=\"problem\" role=\"alert\">Listing failed: ")
-                .text(&ErrorChain(&error).to_string())
-                .raw("</p>");
-        }
-    }
+    };
     // Only the first page follows the newest tasks live; older pages stay where they are.
     let live = first_page.then(|| {
         let query = filter.query_string();
@@ -563,93 +524,103 @@ pub(crate) async fn tasks(
             format!("/events?view=tasks&{query}")
         }
     });
-    page(&shared, Section::Tasks, "Tasks", live.as_deref(), &body)
+    page(&shared, Section::Tasks, "Tasks", live.as_deref(), body)
 }
 
-fn filter_form(html: &mut Html, filter: &TaskFilter) {
-    html.raw("<form class=\"filters\" method=\"get\" action=\"/tasks\" role=\"search\">")
-        .raw("<label>Status <select name=\"status\"><option value=\"\">any</option>");
-    for status in TaskStatus::ALL {
-        html.raw("<option");
-        if filter.status == status.as_str() {
-            html.raw(" selected");
+fn filter_form(filter: &TaskFilter) -> Markup {
+    html! {
+        form.filters method="get" action="/tasks" role="search" {
+            label {
+                "Status "
+                select name="status" {
+                    option value="" { "any" }
+                    @for status in TaskStatus::ALL {
+                        option selected[filter.status == status.as_str()] { (status.as_str()) }
+                    }
+                }
+            }
+            label { "Task " input name="name" value=(filter.name) placeholder="any name" autocomplete="off"; }
+            label { "Added from (UTC) " input type="datetime-local" step="1" name="since" value=(filter.since); }
+            label { "to " input type="datetime-local" step="1" name="until" value=(filter.until); }
+            button type="submit" { "Filter" }
+            " "
+            a href="/tasks" { "Clear" }
         }
-        html.raw(">").raw(status.as_str()).raw("</option>");
+        form.filters method="get" action="/tasks" role="search" {
+            label { "Find by uuid " input name="uuid" size="38" autocomplete="off" spellcheck="false"; }
+            button type="submit" { "Open" }
+        }
     }
-    html.raw("</select></label>")
-        .raw("<label>Task <input name=\"name\" value=\"")
-        .text(&filter.name)
-        .raw("\" placeholder=\"any name\" autocomplete=\"off\"></label>")
-        .raw("<label>Added from (UTC) <input type=\"datetime-local\" step=\"1\" name=\"since\" value=\"")
-        .text(&filter.since)
-        .raw("\"></label><label>to <input type=\"datetime-local\" step=\"1\" name=\"until\" value=\"")
-        .text(&filter.until)
-        .raw("\"></label><button type=\"submit\">Filter</button> <a href=\"/tasks\">Clear</a></form>")
-        .raw("<form class=\"filters\" method=\"get\" action=\"/tasks\" role=\"search\"><label>Find by uuid <input name=\"uuid\" size=\"38\" autocomplete=\"off\" spellcheck=\"false\"></label><button type=\"submit\">Open</button></form>");
+}
+
+/// A record's arguments in one short line (at most 60 characters).
+fn arguments_line(record: &TaskRecord) -> String {
+    let mut args = serde_json::to_string(&record.args).unwrap_or_default();
+    if !record.kwargs.is_empty() {
+        args.push(' ');
+        args.push_str(&serde_json::to_string(&record.kwargs).unwrap_or_default());
+    }
+    if args.chars().count() > 60 {
+        args = args.chars().take(59).collect::<String>() + "…";
+    }
+    args
 }
 
 /// The table of a page of tasks, with its pager: the live region of the tasks page.
-pub(crate) fn task_rows(found: &RecordPage, filter: &TaskFilter) -> Html {
-    let mut html = Html::new();
-    if let Some(total) = found.total {
-        html.raw("<p class=\"quiet\">")
-            .num(total)
-            .raw(" matching records.</p>");
-    }
-    if found.records.is_empty() {
-        html.raw("<p class=\"quiet\">No task matches.</p>");
-    } else {
-        html.raw("<div class=\"scroll\"><table class=\"tasks\"><thead><tr><th scope=\"col\">Task</th><th scope=\"col\">Name</th><th scope=\"col\">Status</th><th scope=\"col\" class=\"n\">Priority</th><th scope=\"col\">Added</th><th scope=\"col\">Updated</th><th scope=\"col\">Arguments</th></tr></thead><tbody>");
-        for record in &found.records {
-            let mut args = serde_json::to_string(&record.args).unwrap_or_default();
-            if !record.kwargs.is_empty() {
-                args.push(' ');
-                args.push_str(&serde_json::to_string(&record.kwargs).unwrap_or_default());
-            }
-            if args.chars().count() > 60 {
-                args = args.chars().take(59).collect::<String>() + "…";
-            }
-            html.raw("<tr><td class=\"mono\"><a href=\"/tasks/")
-                .num(record.uuid)
-                .raw("\" title=\"")
-                .num(record.uuid)
-                .raw("\">")
-                .text(&short(record.uuid))
-                .raw("</a></td><td>")
-                .text(&record.task_name)
-                .raw("</td><td>");
-            status_badge(&mut html, record.status);
-            html.raw("</td><td class=\"n\">")
-                .num(record.priority)
-                .raw("</td><td>")
-                .time(record.created_at)
-                .raw("</td><td>")
-                .time(record.updated_at)
-                .raw("</td><td class=\"mono args\">")
-                .text(&args)
-                .raw("</td></tr>");
-        }
-        html.raw("</tbody></table></div>");
-    }
-    html.raw("<nav class=\"pager\" aria-label=\"Pages\">");
+pub(crate) fn task_rows(found: &RecordPage, filter: &TaskFilter) -> Markup {
     let query = filter.query_string();
     let sep = if query.is_empty() { "" } else { "&" };
-    if !filter.after.is_empty() {
-        html.link(&format!("/tasks?{query}"), "« Newest");
-    }
-    if let Some(next) = found.next {
-        let href = format!("/tasks?{query}{sep}after={next}");
-        if found.scan_incomplete {
-            html.raw("<span class=\"quiet\">Looked through ")
-                .num(found.scanned)
-                .raw(" records for this page. </span>");
-            html.link(&href, "Keep looking »");
-        } else {
-            html.link(&href, "Older »");
+    html! {
+        @if let Some(total) = found.total {
+            p.quiet { (total) " matching records." }
+        }
+        @if found.records.is_empty() {
+            p.quiet { "No task matches." }
+        } @else {
+            div.scroll {
+                table.tasks {
+                    thead {
+                        tr {
+                            th scope="col" { "Task" }
+                            th scope="col" { "Name" }
+                            th scope="col" { "Status" }
+                            th.n scope="col" { "Priority" }
+                            th scope="col" { "Added" }
+                            th scope="col" { "Updated" }
+                            th scope="col" { "Arguments" }
+                        }
+                    }
+                    tbody {
+                        @for record in &found.records {
+                            tr {
+                                td.mono { a href={ "/tasks/" (record.uuid) } title=(record.uuid) { (short(record.uuid)) } }
+                                td { (record.task_name) }
+                                td { (status_badge(record.status)) }
+                                td.n { (record.priority) }
+                                td { (time(record.created_at)) }
+                                td { (time(record.updated_at)) }
+                                td.mono.args { (arguments_line(record)) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        nav.pager aria-label="Pages" {
+            @if !filter.after.is_empty() {
+                (link(&format!("/tasks?{query}"), "« Newest"))
+            }
+            @if let Some(next) = found.next {
+                @let href = format!("/tasks?{query}{sep}after={next}");
+                @if found.scan_incomplete {
+                    span.quiet { "Looked through " (found.scanned) " records for this page. " }
+                    (link(&href, "Keep looking »"))
+                } @else {
+                    (link(&href, "Older »"))
+                }
+            }
         }
     }
-    html.raw("</nav>");
-    html
 }
 
 // ------------------------------------------------------------------------------------------
@@ -688,46 +659,40 @@ pub(crate) async fn task(
         }
     };
     let chain = retry_chain(&shared, &record).await;
-    let mut body = Html::new();
-    body.raw("<h1>")
-        .text(&record.task_name)
-        .raw(" <span class=\"mono quiet\">")
-        .num(uuid)
-        .raw("</span></h1>");
-    flash.render(&mut body);
-    body.raw("<div id=\"region-task\">")
-        .html(&task_region(&record))
-        .raw("</div>");
-    if chain.len() > 1 {
-        body.raw("<section aria-labelledby=\"chain-h\"><h2 id=\"chain-h\">Attempts</h2><ol class=\"chain\">");
-        for (attempt, status) in &chain {
-            body.raw("<li>");
-            if *attempt == uuid {
-                body.raw("<strong aria-current=\"true\">")
-                    .num(attempt)
-                    .raw("</strong>");
-            } else {
-                body.link(&format!("/tasks/{attempt}"), &attempt.to_string());
-            }
-            body.raw(" ");
-            match status {
-                Some(status) => status_badge(&mut body, *status),
-                None => {
-                    body.raw("<span class=\"quiet\">(record gone)</span>");
+    let body = html! {
+        h1 { (record.task_name) " " span.mono.quiet { (uuid) } }
+        (flash.render())
+        div #region-task { (task_region(&record)) }
+        @if chain.len() > 1 {
+            section aria-labelledby="chain-h" {
+                h2 #chain-h { "Attempts" }
+                ol.chain {
+                    @for (attempt, status) in &chain {
+                        li {
+                            @if *attempt == uuid {
+                                strong aria-current="true" { (attempt) }
+                            } @else {
+                                (link(&format!("/tasks/{attempt}"), &attempt.to_string()))
+                            }
+                            " "
+                            @match status {
+                                Some(status) => { (status_badge(*status)) }
+                                None => { span.quiet { "(record gone)" } }
+                            }
+                        }
+                    }
                 }
             }
-            body.raw("</li>");
         }
-        body.raw("</ol></section>");
-    }
-    actions(&mut body, &shared, &record);
+        (actions(&shared, &record))
+    };
     let live = (!record.status.is_final()).then(|| format!("/events?view=task&uuid={uuid}"));
     page(
         &shared,
         Section::Tasks,
         &record.task_name,
         live.as_deref(),
-        &body,
+        body,
     )
 }
 
@@ -754,179 +719,153 @@ async fn retry_chain(shared: &Shared, record: &TaskRecord) -> Vec<(Uuid, Option<
 }
 
 /// The parts of a task's page that change while it runs.
-pub(crate) fn task_region(record: &TaskRecord) -> Html {
-    let mut html = Html::new();
-    html.raw("<dl class=\"fields\"><dt>Status</dt><dd>");
-    status_badge(&mut html, record.status);
-    html.raw("</dd><dt>Priority</dt><dd>")
-        .num(record.priority)
-        .raw("</dd><dt>Added</dt><dd>")
-        .time(record.created_at)
-        .raw("</dd><dt>Updated</dt><dd>")
-        .time(record.updated_at)
-        .raw("</dd>");
-    if let Some(group) = record.group_uuid {
-        html.raw("<dt>Group</dt><dd class=\"mono\">")
-            .num(group)
-            .raw("</dd>");
-    }
-    if let Some(left) = record.retry {
-        html.raw("<dt>Retries left</dt><dd>").num(left).raw("</dd>");
-    }
-    if let Some(trace) = &record.traceparent {
-        html.raw("<dt>Trace</dt><dd class=\"mono\">")
-            .text(trace)
-            .raw("</dd>");
-    }
-    html.raw("</dl><h2>Arguments</h2><pre class=\"code\" aria-label=\"Positional arguments\">")
-        .text(&json_pretty(&record.args))
-        .raw("</pre>");
-    if !record.kwargs.is_empty() {
-        html.raw("<h2>Keyword arguments</h2><pre class=\"code\">")
-            .text(&json_pretty(&record.kwargs))
-            .raw("</pre>");
-    }
-    match record.status {
-        TaskStatus::Success => {
-            html.raw("<h2>Result</h2><pre class=\"code\">")
-                .text(&json_pretty(&record.returning))
-                .raw("</pre>");
-        }
-        TaskStatus::Error | TaskStatus::Retry => {
-            html.raw("<h2>Error</h2><pre class=\"code error\">")
-                .text(
-                    record
-                        .traceback
-                        .as_deref()
-                        .unwrap_or("(no reason recorded)"),
-                )
-                .raw("</pre>");
-        }
-        TaskStatus::Cancel => {
-            html.raw("<h2>Cancelled</h2><pre class=\"code\">")
-                .text(
-                    record
-                        .cancel_reason
-                        .as_deref()
-                        .unwrap_or("(no reason given)"),
-                )
-                .raw("</pre>");
-        }
-        _ => {
-            // A stream task's items, as they arrive.
-            if let Some(serde_json::Value::Array(items)) = &record.returning {
-                html.raw("<h2>Items so far (")
-                    .num(items.len())
-                    .raw(")</h2><ol class=\"items\">");
-                for item in items {
-                    html.raw("<li><code>")
-                        .text(&item.to_string())
-                        .raw("</code></li>");
-                }
-                html.raw("</ol>");
+pub(crate) fn task_region(record: &TaskRecord) -> Markup {
+    html! {
+        dl.fields {
+            dt { "Status" } dd { (status_badge(record.status)) }
+            dt { "Priority" } dd { (record.priority) }
+            dt { "Added" } dd { (time(record.created_at)) }
+            dt { "Updated" } dd { (time(record.updated_at)) }
+            @if let Some(group) = record.group_uuid {
+                dt { "Group" } dd.mono { (group) }
+            }
+            @if let Some(left) = record.retry {
+                dt { "Retries left" } dd { (left) }
+            }
+            @if let Some(trace) = &record.traceparent {
+                dt { "Trace" } dd.mono { (trace) }
             }
         }
+        h2 { "Arguments" }
+        pre.code aria-label="Positional arguments" { (json_pretty(&record.args)) }
+        @if !record.kwargs.is_empty() {
+            h2 { "Keyword arguments" }
+            pre.code { (json_pretty(&record.kwargs)) }
+        }
+        @match record.status {
+            TaskStatus::Success => {
+                h2 { "Result" }
+                pre.code { (json_pretty(&record.returning)) }
+            }
+            TaskStatus::Error | TaskStatus::Retry => {
+                h2 { "Error" }
+                pre.code.error { (record.traceback.as_deref().unwrap_or("(no reason recorded)")) }
+            }
+            TaskStatus::Cancel => {
+                h2 { "Cancelled" }
+                pre.code { (record.cancel_reason.as_deref().unwrap_or("(no reason given)")) }
+            }
+            _ => {
+                // A stream task's items, as they arrive.
+                @if let Some(serde_json::Value::Array(items)) = &record.returning {
+                    h2 { "Items so far (" (items.len()) ")" }
+                    ol.items {
+                        @for item in items {
+                            li { code { (item.to_string()) } }
+                        }
+                    }
+                }
+            }
+        }
+        @for (field, raw) in &record.unreadable {
+            p.problem { "The stored field " code { (field) } " could not be read: " code { (raw) } }
+        }
     }
-    for (field, raw) in &record.unreadable {
-        html.raw("<p class=\"problem\">The stored field <code>")
-            .text(field)
-            .raw("</code> could not be read: <code>")
-            .text(raw)
-            .raw("</code></p>");
-    }
-    html
 }
 
-fn csrf_field(html: &mut Html, shared: &Shared) {
-    html.raw("<input type=\"hidden\" name=\"csrf\" value=\"")
-        .text(&shared.csrf)
-        .raw("\">");
+fn csrf_field(shared: &Shared) -> Markup {
+    html! { input type="hidden" name="csrf" value=(shared.csrf); }
 }
 
-fn actions(html: &mut Html, shared: &Shared, record: &TaskRecord) {
+fn actions(shared: &Shared, record: &TaskRecord) -> Markup {
     let uuid = record.uuid;
-    html.raw("<section aria-labelledby=\"actions-h\" class=\"actions\"><h2 id=\"actions-h\">Actions</h2>");
-    if !record.status.is_final() {
-        html.raw("<form method=\"post\" action=\"/tasks/")
-            .num(uuid)
-            .raw("/cancel\">");
-        csrf_field(html, shared);
-        html.raw("<label>Reason <input name=\"reason\" value=\"cancelled from the dashboard\"></label> <button type=\"submit\" class=\"danger\" id=\"cancel\">Cancel task</button></form>");
+    let retriable = matches!(record.status, TaskStatus::Error | TaskStatus::Cancel)
+        && record.retry_child_uuid.is_none();
+    let json = format!("/api/v1/tasks/{uuid}");
+    html! {
+        section.actions aria-labelledby="actions-h" {
+            h2 #actions-h { "Actions" }
+            @if !record.status.is_final() {
+                form method="post" action={ "/tasks/" (uuid) "/cancel" } {
+                    (csrf_field(shared))
+                    label { "Reason " input name="reason" value="cancelled from the dashboard"; }
+                    " "
+                    button.danger #cancel type="submit" { "Cancel task" }
+                }
+            }
+            @if retriable {
+                form method="post" action={ "/tasks/" (uuid) "/retry" } {
+                    (csrf_field(shared))
+                    button #retry type="submit" { "Retry as a new attempt" }
+                }
+            }
+            @if record.status.is_final() {
+                form method="post" action={ "/tasks/" (uuid) "/delete" } {
+                    (csrf_field(shared))
+                    button.danger #delete type="submit" { "Delete record" }
+                }
+            }
+            p.quiet { "JSON: " (link(&json, &json)) }
+        }
     }
-    if matches!(record.status, TaskStatus::Error | TaskStatus::Cancel)
-        && record.retry_child_uuid.is_none()
-    {
-        html.raw("<form method=\"post\" action=\"/tasks/")
-            .num(uuid)
-            .raw("/retry\">");
-        csrf_field(html, shared);
-        html.raw("<button type=\"submit\" id=\"retry\">Retry as a new attempt</button></form>");
-    }
-    if record.status.is_final() {
-        html.raw("<form method=\"post\" action=\"/tasks/")
-            .num(uuid)
-            .raw("/delete\">");
-        csrf_field(html, shared);
-        html.raw(
-            "<button type=\"submit\" class=\"danger\" id=\"delete\">Delete record</button></form>",
-        );
-    }
-    html.raw("<p class=\"quiet\">JSON: ");
-    html.link(
-        &format!("/api/v1/tasks/{uuid}"),
-        &format!("/api/v1/tasks/{uuid}"),
-    );
-    html.raw("</p></section>");
 }
 
 // ------------------------------------------------------------------------------------------
 // Dead letters
 
 pub(crate) async fn dead(State(shared): State<Shared>, Query(flash): Query<Flash>) -> Response {
-    let mut body = Html::new();
-    body.raw("<h1>Dead letters</h1><p class=\"quiet\">Queue entries that could not run (not a task's failure: those are tasks with status <code>error</code>). Put one back in the queue, or drop it.</p>");
-    flash.render(&mut body);
-    match shared.app.dead_letters(crate::DEAD_LETTERS_MAX).await {
-        Ok(letters) => dead_table(&mut body, &shared, &letters),
-        Err(error) => {
-            body.raw("<p class=\"problem\" role=\"alert\">")
-                .text(&ErrorChain(&error).to_string())
-                .raw("</p>");
+    let letters = shared.app.dead_letters(crate::DEAD_LETTERS_MAX).await;
+    let body = html! {
+        h1 { "Dead letters" }
+        p.quiet {
+            "Queue entries that could not run (not a task's failure: those are tasks with status "
+            code { "error" } "). Put one back in the queue, or drop it."
         }
-    }
-    page(&shared, Section::Dead, "Dead letters", None, &body)
+        (flash.render())
+        @match letters {
+            Ok(letters) => { (dead_table(&shared, &letters)) }
+            Err(error) => { p.problem role="alert" { (ErrorChain(&error).to_string()) } }
+        }
+    };
+    page(&shared, Section::Dead, "Dead letters", None, body)
 }
 
-fn dead_table(html: &mut Html, shared: &Shared, letters: &[DeadLetter]) {
+fn dead_table(shared: &Shared, letters: &[DeadLetter]) -> Markup {
     if letters.is_empty() {
-        html.raw("<p class=\"quiet\">No dead letters.</p>");
-        return;
+        return html! { p.quiet { "No dead letters." } };
     }
-    html.raw("<div class=\"scroll\"><table><thead><tr><th scope=\"col\">When</th><th scope=\"col\">Reason</th><th scope=\"col\">Entry</th><th scope=\"col\">Actions</th></tr></thead><tbody>");
-    for letter in letters {
-        html.raw("<tr><td>")
-            .time(letter.at)
-            .raw("</td><td>")
-            .text(&letter.reason)
-            .raw("</td><td class=\"mono args\">")
-            .text(&letter.entry)
-            .raw("</td><td class=\"row-actions\">");
-        for (action, label, class) in [("requeue", "Requeue", ""), ("drop", "Drop", "danger")] {
-            html.raw("<form method=\"post\" action=\"/dead/")
-                .raw(action)
-                .raw("\">");
-            csrf_field(html, shared);
-            html.raw("<input type=\"hidden\" name=\"id\" value=\"")
-                .text(&letter.id)
-                .raw("\"><button type=\"submit\" class=\"")
-                .raw(class)
-                .raw("\">")
-                .raw(label)
-                .raw("</button></form>");
+    html! {
+        div.scroll {
+            table {
+                thead {
+                    tr {
+                        th scope="col" { "When" }
+                        th scope="col" { "Reason" }
+                        th scope="col" { "Entry" }
+                        th scope="col" { "Actions" }
+                    }
+                }
+                tbody {
+                    @for letter in letters {
+                        tr {
+                            td { (time(letter.at)) }
+                            td { (letter.reason) }
+                            td.mono.args { (letter.entry) }
+                            td.row-actions {
+                                @for (action, label, class) in [("requeue", "Requeue", ""), ("drop", "Drop", "danger")] {
+                                    form method="post" action={ "/dead/" (action) } {
+                                        (csrf_field(shared))
+                                        input type="hidden" name="id" value=(letter.id);
+                                        button type="submit" class=(class) { (label) }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
         }
-        html.raw("</td></tr>");
     }
-    html.raw("</tbody></table></div>");
 }
 
 // ------------------------------------------------------------------------------------------
@@ -942,19 +881,25 @@ pub(crate) async fn login_page(State(shared): State<Shared>) -> Response {
 }
 
 fn login_form(shared: &Shared, problem_text: Option<&'static str>) -> Response {
-    let mut body = Html::new();
-    body.raw("<h1>Sign in</h1>");
-    if let Some(text) = problem_text {
-        body.raw("<p class=\"problem\" role=\"alert\">")
-            .raw(text)
-            .raw("</p>");
-    }
-    if shared.token.is_none() {
-        body.raw("<p>This dashboard needs no token: it listens on this machine only. <a href=\"/\">Open it</a>.</p>");
-    } else {
-        body.raw("<form method=\"post\" action=\"/login\" class=\"login\"><label>Token <input type=\"password\" name=\"token\" autocomplete=\"current-password\" required autofocus></label> <button type=\"submit\">Sign in</button></form><p class=\"quiet\">The token the server was started with (<code>--token</code> or <code>QTASKS_WEB_TOKEN</code>).</p>");
-    }
-    page(shared, Section::Login, "Sign in", None, &body)
+    let body = html! {
+        h1 { "Sign in" }
+        @if let Some(text) = problem_text {
+            p.problem role="alert" { (text) }
+        }
+        @if shared.token.is_none() {
+            p { "This dashboard needs no token: it listens on this machine only. " a href="/" { "Open it" } "." }
+        } @else {
+            form.login method="post" action="/login" {
+                label { "Token " input type="password" name="token" autocomplete="current-password" required autofocus; }
+                " "
+                button type="submit" { "Sign in" }
+            }
+            p.quiet {
+                "The token the server was started with (" code { "--token" } " or " code { "QTASKS_WEB_TOKEN" } ")."
+            }
+        }
+    };
+    page(shared, Section::Login, "Sign in", None, body)
 }
 
 pub(crate) async fn login(
