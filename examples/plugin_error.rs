@@ -10,8 +10,10 @@
 
 use std::time::Duration;
 
+use qtasks::plugin::BoxError;
 use qtasks::triggers::TaskExecutorRunTaskTriggerError;
-use qtasks::{BoxError, Plugin, QueueTasks, Reply, TaskContext, TaskResult, Trigger, TriggerEvent};
+use qtasks::triggers::{Reply, TriggerEvent};
+use qtasks::{Plugin, QueueTasks, TaskContext, TaskResult, Trigger};
 use serde_json::Value;
 
 #[qtasks::task(echo = true)]

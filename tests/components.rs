@@ -14,10 +14,12 @@ use qtasks::backend::{
 use qtasks::components::{
     Executor, GlobalConfig, StartSteps, Starter, StopSteps, TaskExecutor, Worker, WorkerHost,
 };
+use qtasks::plugin::{BoxError, BoxFuture};
 use qtasks::triggers::RecordUpdate;
+use qtasks::triggers::{Reply, TriggerEvent};
 use qtasks::{
-    BoxError, BoxFuture, Component, EventKind, Outcome, Plugin, QueueConfig, QueueTasks,
-    QueuedTask, Reply, TaskContext, TaskRecord, TaskResult, TaskStatus, Trigger, TriggerEvent,
+    Component, EventKind, Outcome, Plugin, QueueConfig, QueueTasks, QueuedTask, TaskContext,
+    TaskRecord, TaskResult, TaskStatus, Trigger,
 };
 use serde_json::{Value, json};
 use tokio::sync::Notify;

@@ -7,10 +7,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use qtasks::plugin::{BoxError, BoxFuture};
+use qtasks::triggers::{Reply, TriggerEvent};
 use qtasks::{
-    BoxError, BoxFuture, DependencyScope, Depends, Middleware, Outcome, Plugin, QueueConfig,
-    QueueTasks, Reply, State, TaskContext, TaskDefinition, TaskError, TaskRecord, TaskResult,
-    TaskStatus, Trigger, TriggerEvent,
+    DependencyScope, Depends, Middleware, Outcome, Plugin, QueueConfig, QueueTasks, State,
+    TaskContext, TaskDefinition, TaskError, TaskRecord, TaskResult, TaskStatus, Trigger,
 };
 use serde_json::{Map, Value, json};
 

@@ -4,13 +4,13 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
+use qtasks::plugin::BoxError;
 use qtasks::triggers::{
     ArgsUpdate, MiddlewarePosition, TaskExecutorAfterExecuteResultReplace, TaskExecutorArgsReplace,
     TaskExecutorDecode, TaskExecutorRunTask,
 };
-use qtasks::{
-    BoxError, Plugin, QueueTasks, Reply, TaskContext, TaskResult, TaskStatus, Trigger, TriggerEvent,
-};
+use qtasks::triggers::{Reply, TriggerEvent};
+use qtasks::{Plugin, QueueTasks, TaskContext, TaskResult, TaskStatus, Trigger};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(10);

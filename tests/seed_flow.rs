@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use qtasks::plugin::BoxError;
 use qtasks::triggers::TaskExecutorRunTaskTriggerError;
-use qtasks::{
-    BoxError, Plugin, QueueTasks, Reply, TaskContext, TaskResult, TaskStatus, Trigger, TriggerEvent,
-};
+use qtasks::triggers::{Reply, TriggerEvent};
+use qtasks::{Plugin, QueueTasks, TaskContext, TaskResult, TaskStatus, Trigger};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(10);

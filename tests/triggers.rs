@@ -9,9 +9,10 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use qtasks::plugin::BoxError;
+use qtasks::triggers::{Reply, TriggerEvent};
 use qtasks::{
-    BoxError, Component, Plugin, QueueConfig, QueueTasks, Reply, TaskContext, TaskResult,
-    TaskStatus, Trigger, TriggerEvent,
+    Component, Plugin, QueueConfig, QueueTasks, TaskContext, TaskResult, TaskStatus, Trigger,
 };
 use serde_json::{Value, json};
 

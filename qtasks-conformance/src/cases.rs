@@ -8,9 +8,10 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use qtasks_core::plugin::BoxFuture;
 use qtasks_core::{
-    AddOptions, BoxFuture, Error, QueueConfig, QueueTasks, TaskContext, TaskError, TaskResult,
-    TaskStatus, Uuid,
+    AddOptions, Error, QueueConfig, QueueTasks, TaskContext, TaskError, TaskResult, TaskStatus,
+    Uuid,
 };
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;

@@ -35,7 +35,8 @@ use std::time::{Duration, Instant};
 
 use qtasks_core::backend::{MemoryBroker, MemoryStorage};
 use qtasks_core::components::MemoryGlobalConfig;
-use qtasks_core::{BoxFuture, QueueConfig, QueueTasks};
+use qtasks_core::plugin::BoxFuture;
+use qtasks_core::{QueueConfig, QueueTasks};
 
 /// Connects apps for the suite.
 pub trait Backend: Send + Sync {

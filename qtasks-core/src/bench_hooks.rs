@@ -9,8 +9,10 @@ use serde_json::Value;
 use crate::__private::TaskArgs;
 use crate::components::TaskExecutor;
 use crate::dispatch::{Dispatch, RuntimePlugin};
+use crate::plugin::BoxError;
 use crate::triggers::TaskExecutorBeforeExecute;
-use crate::{BoxError, Plugin, Reply, TaskError, Trigger, TriggerEvent};
+use crate::triggers::{Reply, TriggerEvent};
+use crate::{Plugin, TaskError, Trigger};
 
 struct Observer;
 

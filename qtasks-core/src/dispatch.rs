@@ -220,9 +220,9 @@ mod tests {
     impl crate::Plugin for Counting {
         async fn trigger(
             &self,
-            _event: crate::TriggerEvent<'_>,
-        ) -> Result<Option<crate::Reply>, crate::BoxError> {
-            Ok(Some(crate::Reply::value(1)))
+            _event: crate::triggers::TriggerEvent<'_>,
+        ) -> Result<Option<crate::triggers::Reply>, crate::plugin::BoxError> {
+            Ok(Some(crate::triggers::Reply::value(1)))
         }
     }
 

@@ -327,7 +327,7 @@ impl TaskExecutor {
     async fn guarded(
         &self,
         name: &str,
-        step: std::thread::Result<crate::BoxFuture<'_, Result<(), TaskError>>>,
+        step: std::thread::Result<crate::plugin::BoxFuture<'_, Result<(), TaskError>>>,
     ) -> Result<(), Stopped> {
         let panicked = |panic: String| {
             Stopped::Failed(TaskError::named(

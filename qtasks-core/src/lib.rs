@@ -36,7 +36,7 @@ mod handle;
 pub mod inspect;
 mod middleware;
 mod panic;
-mod plugin;
+pub mod plugin;
 pub mod records;
 mod registry;
 pub mod schedule;
@@ -55,7 +55,7 @@ pub mod __private;
 pub mod bench_hooks;
 
 // The app and how it is built and configured.
-pub use app::{AddOptions, GlobalEntries, QueueTasks};
+pub use app::{AddOptions, QueueTasks};
 /// The attribute on an engine's trait impls ([`backend::Broker`], [`backend::Storage`],
 /// [`components::GlobalConfig`], ...): `async fn` methods in object-safe traits.
 pub use async_trait::async_trait;
@@ -82,6 +82,5 @@ pub use error::{
 // Extending the app: plugins, triggers, events, middlewares.
 pub use events::{Event, EventKind};
 pub use middleware::Middleware;
-pub use plugin::{BoxError, BoxFuture, Plugin};
+pub use plugin::Plugin;
 pub use qtasks_triggers::{Component, Trigger, TriggerKind, UnknownTrigger};
-pub use triggers::{Reply, TriggerEvent};

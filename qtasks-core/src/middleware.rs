@@ -14,7 +14,8 @@ use crate::{TaskDefinition, TaskError};
 /// run once more with every run of a task.) A middleware that fails or panics fails the task.
 ///
 /// ```
-/// use qtasks::{BoxFuture, Middleware, TaskDefinition, TaskError};
+/// use qtasks::{Middleware, TaskDefinition, TaskError};
+/// use qtasks::plugin::BoxFuture;
 /// use serde_json::{Map, Value};
 ///
 /// /// Trims string arguments.

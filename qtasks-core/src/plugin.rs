@@ -1,5 +1,8 @@
 //! Runtime plugins: the [`Plugin`] trait, registered with
-//! [`QueueTasks::add_plugin`](crate::QueueTasks::add_plugin), as in the original.
+//! [`QueueTasks::add_plugin`](crate::QueueTasks::add_plugin), as in the original, and the
+//! boxed types plugins, middlewares and custom components return ([`BoxError`],
+//! [`BoxFuture`]). The payloads plugins receive and the replies they give are in
+//! [`triggers`](crate::triggers).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,7 +22,9 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// handler fn, `#[qtasks::plugin(on = "...")]` is shorter.
 ///
 /// ```
-/// use qtasks::{BoxError, Plugin, Reply, Trigger, TriggerEvent};
+/// use qtasks::{Plugin, Trigger};
+/// use qtasks::plugin::BoxError;
+/// use qtasks::triggers::{Reply, TriggerEvent};
 ///
 /// struct Fallback;
 ///

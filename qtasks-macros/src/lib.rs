@@ -124,7 +124,8 @@ use proc_macro::TokenStream;
 /// `qtasks::Middleware`, run around this task only:
 ///
 /// ```rust,standalone_crate
-/// use qtasks::{BoxFuture, Middleware, TaskDefinition, TaskError};
+/// use qtasks::{Middleware, TaskDefinition, TaskError};
+/// use qtasks::plugin::BoxFuture;
 /// use serde_json::{Map, Value};
 ///
 /// /// Rounds a number result to two decimals.
@@ -173,7 +174,8 @@ use proc_macro::TokenStream;
 ///
 /// ```rust,standalone_crate
 /// use qtasks::components::{Executor, TaskExecutor};
-/// use qtasks::{BoxFuture, Outcome};
+/// use qtasks::Outcome;
+/// use qtasks::plugin::BoxFuture;
 ///
 /// struct Timed;
 ///

@@ -3,7 +3,8 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use crate::{BoxError, DependencyScope, QueueTasks, TaskContext};
+use crate::plugin::BoxError;
+use crate::{DependencyScope, QueueTasks, TaskContext};
 
 impl QueueTasks {
     /// Registers the provider of `Depends<T>` task parameters: `make` builds the value, per
@@ -29,7 +30,7 @@ impl QueueTasks {
         CFut: Future<Output = ()> + Send + 'static,
     {
         let close = Arc::new(
-            move |value: Arc<dyn std::any::Any + Send + Sync>| -> crate::BoxFuture<'static, ()> {
+            move |value: Arc<dyn std::any::Any + Send + Sync>| -> crate::plugin::BoxFuture<'static, ()> {
                 match value.downcast::<T>() {
                     Ok(value) => Box::pin(close(value)),
                     Err(_) => Box::pin(async {}),

@@ -18,6 +18,7 @@ pub use global_config::MemoryGlobalConfig;
 pub use starter::{DefaultStarter, StartSteps, StopSteps};
 pub use worker::{ConcurrentWorker, WorkerHost};
 
+pub use crate::app::GlobalEntries;
 pub use crate::executor::TaskExecutor;
 
 use crate::Result;
@@ -112,7 +113,8 @@ pub trait Starter: Send + Sync + 'static {
 /// A custom executor usually wraps the default steps:
 ///
 /// ```
-/// use qtasks::{BoxFuture, Outcome};
+/// use qtasks::Outcome;
+/// use qtasks::plugin::BoxFuture;
 /// use qtasks::components::{Executor, TaskExecutor};
 ///
 /// struct Timed;

@@ -45,7 +45,8 @@ fn main() {
 
 /// Every execution option at once, in a crate that denies the usual lints.
 pub mod options {
-    use qtasks::{BoxFuture, Depends, Middleware, Outcome, State};
+    use qtasks::{Depends, Middleware, Outcome, State};
+    use qtasks::plugin::BoxFuture;
     use qtasks::components::{Executor, TaskExecutor};
     use serde_json::Value;
 
