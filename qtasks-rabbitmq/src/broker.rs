@@ -283,12 +283,13 @@ impl RabbitMqBroker {
                     return Ok(received);
                 }
                 Some(Err(error)) => {
-                    *consuming = None;
+                    close_channel(consuming.take());
                     return Err(failure("the consumer stopped", error));
                 }
                 None => {
-                    // The channel closed (the connection dropped): consume again.
-                    *consuming = None;
+                    // The consumer ended (its channel closed, or RabbitMQ cancelled it):
+                    // consume again.
+                    close_channel(consuming.take());
                     tracing::warn!(queue = %self.names().queue, "the RabbitMQ consumer was cancelled; consuming again");
                 }
             }
@@ -300,7 +301,10 @@ impl RabbitMqBroker {
     /// ended is dropped.
     async fn accept(&self, message: AmqpDelivery) -> Result<Option<Delivery>, BackendError> {
         let mut task = match wire::decode(&message.data) {
-            Ok(task) => task,
+            Ok(task) => {
+                tracing::debug!(uuid = %task.uuid, redelivered = message.redelivered, "received task {}", task.uuid);
+                task
+            }
             Err(reason) => {
                 tracing::error!(queue = %self.names().queue, "{reason}; set aside as a dead letter");
                 self.dead_letter(&message.data, &reason).await?;
@@ -491,6 +495,17 @@ fn holds_outcome(record: &qtasks_core::TaskRecord, outcome: &Outcome) -> bool {
         Outcome::Retry { child, .. } => {
             record.status == TaskStatus::Retry && record.retry_child_uuid == Some(child.uuid)
         }
+    }
+}
+
+/// Closes a consumer's channel that is done with, in the background: a channel dropped
+/// without a close stays open on a live connection, and RabbitMQ would hold the messages it
+/// delivered there (unacked, never to be read) until the connection ends.
+fn close_channel(consuming: Option<Consuming>) {
+    if let Some(consuming) = consuming {
+        tokio::spawn(async move {
+            best_effort(consuming.channel.close(200, "consuming again".into())).await;
+        });
     }
 }
 
