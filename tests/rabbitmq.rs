@@ -310,6 +310,55 @@ async fn a_worker_whose_connection_breaks_reconnects_and_every_task_completes() 
         .unwrap();
 }
 
+/// An idle worker whose connection goes silent, then is cut, while it waits for a delivery takes
+/// the tasks added after (found by the fault harness: a consumer's stream did not always end with its
+/// connection, and a worker waited on it for ever, taking nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_worker_whose_connection_is_cut_takes_the_tasks_added_after() {
+    let Some((amqp, redis)) = services("an_idle_worker_whose_connection_is_cut") else {
+        return;
+    };
+    let prefix = unique_prefix("amqp_idlecut");
+    let (_, rest) = amqp
+        .split_once('@')
+        .unwrap_or(("", amqp.trim_start_matches("amqp://")));
+    let host_port = rest.split('/').next().unwrap().to_owned();
+    let proxy = Proxy::start(host_port.clone()).await;
+    let through_proxy = proxy.url_through(&amqp, &host_port);
+
+    let client = app(&amqp, &redis, &prefix, 1).await;
+    let worker = app(&through_proxy, &redis, &prefix, 2).await;
+    worker.start().await.unwrap();
+    for round in 0..3 {
+        // Idle, waiting on its consumer: the network goes silent, then the connection is cut
+        // (the harness's "blackhole, then cut").
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        proxy.blackhole(true);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(
+            proxy.cut() > 0,
+            "the worker was connected through the proxy"
+        );
+        proxy.blackhole(false);
+        let label = format!("{prefix}:{round}");
+        let handle = amqp_count::add_task(&client, label, 0).await.unwrap();
+        let record = handle.wait(WAIT).await.unwrap();
+        assert_eq!(
+            record.status,
+            TaskStatus::Success,
+            "round {round}: {record:?}"
+        );
+    }
+    tokio::time::timeout(WAIT, worker.stop())
+        .await
+        .expect("the worker stops")
+        .unwrap();
+    tokio::time::timeout(WAIT, client.flush_all())
+        .await
+        .expect("the flush ends")
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_declared_with_other_arguments_is_refused_with_a_hint() {
     let Some((amqp, redis)) = services("a_queue_declared_with_other_arguments") else {

@@ -62,7 +62,20 @@ pub(crate) struct RabbitMqBroker {
 struct Consuming {
     channel: Channel,
     consumer: Consumer,
+    /// The connection the consumer lives on (its stream does not always end when the
+    /// connection dies: see `receive`).
+    connection: Arc<lapin::Connection>,
 }
+
+impl Consuming {
+    /// Whether the consumer's channel and connection are still open.
+    fn alive(&self) -> bool {
+        self.channel.status().connected() && self.connection.status().connected()
+    }
+}
+
+/// How long a consumer waits for a delivery before it looks whether its connection still lives.
+const CONSUMER_CHECK: Duration = Duration::from_secs(1);
 
 impl RabbitMqBroker {
     /// Connects (so a wrong URL fails here, not at the first add) and starts listening for
@@ -258,7 +271,11 @@ impl RabbitMqBroker {
                     FieldTable::default(),
                 )
                 .await?;
-            Ok(Consuming { channel, consumer })
+            Ok(Consuming {
+                channel,
+                consumer,
+                connection: Arc::clone(&live.connection),
+            })
         };
         step(&format!("consuming `{}`", self.names().queue), consuming).await
     }
@@ -271,7 +288,20 @@ impl RabbitMqBroker {
                 *consuming = Some(self.start_consuming().await?);
             }
             let open = consuming.as_mut().expect("set above");
-            match open.consumer.next().await {
+            // A consumer's stream does not always end when its connection dies (seen in the
+            // fault harness: a worker whose connection was cut waited on it for ever, taking
+            // nothing): while no delivery comes, look at the connection every second.
+            let next = tokio::select! {
+                next = open.consumer.next() => next,
+                () = tokio::time::sleep(CONSUMER_CHECK) => {
+                    if !open.alive() {
+                        close_channel(consuming.take());
+                        tracing::warn!(queue = %self.names().queue, "the RabbitMQ consumer's connection is gone; consuming again");
+                    }
+                    continue;
+                }
+            };
+            match next {
                 Some(Ok(first)) => {
                     let mut received = vec![first];
                     while received.len() < max {
