@@ -259,12 +259,7 @@ async fn a_worker_whose_connection_breaks_reconnects_and_every_task_completes() 
         return;
     };
     let prefix = unique_prefix("amqp_cut");
-    let (_, rest) = amqp
-        .split_once('@')
-        .unwrap_or(("", amqp.trim_start_matches("amqp://")));
-    let host_port = rest.split('/').next().unwrap().to_owned();
-    let proxy = Proxy::start(host_port.clone()).await;
-    let through_proxy = proxy.url_through(&amqp, &host_port);
+    let (proxy, through_proxy) = Proxy::in_front_of(&amqp).await;
 
     let client = app(&amqp, &redis, &prefix, 1).await;
     let worker = app(&through_proxy, &redis, &prefix, 4).await;
@@ -319,12 +314,7 @@ async fn an_idle_worker_whose_connection_is_cut_takes_the_tasks_added_after() {
         return;
     };
     let prefix = unique_prefix("amqp_idlecut");
-    let (_, rest) = amqp
-        .split_once('@')
-        .unwrap_or(("", amqp.trim_start_matches("amqp://")));
-    let host_port = rest.split('/').next().unwrap().to_owned();
-    let proxy = Proxy::start(host_port.clone()).await;
-    let through_proxy = proxy.url_through(&amqp, &host_port);
+    let (proxy, through_proxy) = Proxy::in_front_of(&amqp).await;
 
     let client = app(&amqp, &redis, &prefix, 1).await;
     let worker = app(&through_proxy, &redis, &prefix, 2).await;

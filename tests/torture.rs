@@ -49,7 +49,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use redis::AsyncCommands;
 use support::own_redis::{OwnRedis, recorded_outcomes};
-use support::proxy::Proxy;
+use support::proxy::{Proxy, host_port};
 use support::{WorkerProcess, amqp_url, raw_connection, redis_url, unique_prefix};
 
 /// The lease of the run's workers: faults are timed around it.
@@ -431,7 +431,7 @@ impl Run {
             .redis_proxy
             .url_through(&self.url, &format!("127.0.0.1:{}", self.redis.port));
         let amqp_url = match (&self.amqp, &self.amqp_proxy) {
-            (Some(amqp), Some(proxy)) => Some(proxy.url_through(amqp, &amqp_host_port(amqp))),
+            (Some(amqp), Some(proxy)) => Some(proxy.url_through(amqp, &host_port(amqp))),
             _ => None,
         };
         let schedule_from = self.schedule_from.to_string();
@@ -507,13 +507,6 @@ impl Run {
 }
 
 /// `host:port` of an AMQP URL.
-fn amqp_host_port(url: &str) -> String {
-    let rest = url
-        .split_once('@')
-        .map_or(url.trim_start_matches("amqp://"), |(_, rest)| rest);
-    rest.split('/').next().unwrap_or(rest).to_owned()
-}
-
 /// Debian's libfaketime (package `faketime`).
 const FAKETIME_LIBRARY: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
 
@@ -593,7 +586,7 @@ async fn run(engine: Engine, seed: u64) {
     let app = client(engine, &url, amqp.as_deref(), &prefix).await;
     let redis_proxy = Proxy::start(format!("127.0.0.1:{}", redis.port)).await;
     let amqp_proxy = match &amqp {
-        Some(amqp) => Some(Proxy::start(amqp_host_port(amqp)).await),
+        Some(amqp) => Some(Proxy::start(host_port(amqp)).await),
         None => None,
     };
     let schedule_from = (now_ms() / 1000) as u64 + 5;

@@ -53,6 +53,15 @@ impl Proxy {
         }
     }
 
+    /// A proxy in front of the server of `url` (`scheme://[user:password@]host:port/...`), and
+    /// `url` through it.
+    pub(crate) async fn in_front_of(url: &str) -> (Self, String) {
+        let host_port = host_port(url);
+        let proxy = Proxy::start(host_port.clone()).await;
+        let through = proxy.url_through(url, &host_port);
+        (proxy, through)
+    }
+
     /// `url` with `host_port` (the target's) replaced by the proxy's address.
     pub(crate) fn url_through(&self, url: &str, host_port: &str) -> String {
         url.replace(host_port, &format!("127.0.0.1:{}", self.port))
@@ -78,6 +87,13 @@ impl Drop for Proxy {
         self.accepting.abort();
         self.cut();
     }
+}
+
+/// The `host:port` of a server URL (`scheme://[user:password@]host:port/...`).
+pub(crate) fn host_port(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let rest = rest.split_once('@').map_or(rest, |(_, rest)| rest);
+    rest.split('/').next().unwrap_or(rest).to_owned()
 }
 
 /// Copies one direction, reading nothing while the proxy is silent (so the sender's buffers
