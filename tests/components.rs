@@ -15,7 +15,7 @@ use qtasks::components::{
     Executor, GlobalConfig, StartSteps, Starter, StopSteps, TaskExecutor, Worker, WorkerHost,
 };
 use qtasks::plugin::{BoxError, BoxFuture};
-use qtasks::triggers::RecordUpdate;
+use qtasks::records::RecordUpdate;
 use qtasks::triggers::{Reply, TriggerEvent};
 use qtasks::{
     Component, EventKind, Outcome, Plugin, QueueConfig, QueueTasks, QueuedTask, TaskContext,

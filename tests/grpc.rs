@@ -228,7 +228,8 @@ async fn health_says_serving_and_reflection_lists_the_service() {
 
 /// How many records the app holds.
 async fn records(app: &QueueTasks) -> usize {
-    app.list_tasks(&RecordQuery::default())
+    app.records()
+        .list(&RecordQuery::default())
         .await
         .unwrap()
         .records

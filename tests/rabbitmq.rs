@@ -133,7 +133,7 @@ async fn a_poison_message_becomes_a_dead_letter_with_its_reason_and_the_worker_g
     let record = fine.wait(WAIT).await.unwrap();
     assert_eq!(record.returning, Some(json!(2)), "the next task ran");
 
-    let letters = app.dead_letters(10).await.unwrap();
+    let letters = app.dead_letters().list(10).await.unwrap();
     assert_eq!(letters.len(), 1, "{letters:?}");
     assert!(
         letters[0].reason.contains("not a qtasks task"),
@@ -144,9 +144,14 @@ async fn a_poison_message_becomes_a_dead_letter_with_its_reason_and_the_worker_g
     let stats = app.stats().await.unwrap();
     assert_eq!(stats.queue.map(|q| q.dead_letters), Some(1));
     // Reading did not consume them; dropping one does.
-    assert_eq!(app.dead_letters(10).await.unwrap().len(), 1);
-    assert!(app.resolve_dead_letter(&letters[0], false).await.unwrap());
-    assert!(app.dead_letters(10).await.unwrap().is_empty());
+    assert_eq!(app.dead_letters().list(10).await.unwrap().len(), 1);
+    assert!(
+        app.dead_letters()
+            .resolve(&letters[0], false)
+            .await
+            .unwrap()
+    );
+    assert!(app.dead_letters().list(10).await.unwrap().is_empty());
     app.stop().await.unwrap();
     app.flush_all().await.unwrap();
 }
@@ -171,7 +176,7 @@ async fn a_message_with_a_time_out_of_range_is_a_dead_letter_and_the_fetch_loop_
     let fine = amqp_add::add_task(&app, 2, 2).await.unwrap();
     let record = fine.wait(WAIT).await.unwrap();
     assert_eq!(record.returning, Some(json!(4)), "the next task ran");
-    let letters = app.dead_letters(10).await.unwrap();
+    let letters = app.dead_letters().list(10).await.unwrap();
     assert_eq!(letters.len(), 2, "{letters:?}");
     assert!(
         letters.iter().any(|l| l.reason.contains("`run_at`")),

@@ -676,14 +676,16 @@ async fn the_records_index_forgets_expired_records_and_bad_members() {
     let count: u64 = con.zcard(&index).await.unwrap();
     assert_eq!(count, 5);
     let page = app
-        .list_tasks(&qtasks::records::RecordQuery::default())
+        .records()
+        .list(&qtasks::records::RecordQuery::default())
         .await
         .unwrap();
     assert_eq!(page.records.len(), 4, "{page:?}");
 
     tokio::time::sleep(Duration::from_millis(600)).await;
     let page = app
-        .list_tasks(&qtasks::records::RecordQuery::default())
+        .records()
+        .list(&qtasks::records::RecordQuery::default())
         .await
         .unwrap();
     assert!(page.records.is_empty() && page.next.is_none(), "{page:?}");
@@ -727,7 +729,7 @@ async fn without_the_records_index_listing_reads_every_record() {
     let mut query = qtasks::records::RecordQuery::default().limit(2);
     let mut listed = Vec::new();
     loop {
-        let page = app.list_tasks(&query).await.unwrap();
+        let page = app.records().list(&query).await.unwrap();
         listed.extend(page.records.iter().map(|r| r.uuid));
         match page.next {
             Some(next) => query = query.after(next),
@@ -737,7 +739,7 @@ async fn without_the_records_index_listing_reads_every_record() {
     // The three tasks and the failing one's two attempts, each once.
     assert_eq!(listed.len(), 5, "{listed:?}");
     assert!(added.iter().all(|uuid| listed.contains(uuid)), "{listed:?}");
-    assert!(app.delete_task(added[0]).await.unwrap());
+    assert!(app.records().delete(added[0]).await.unwrap());
     assert!(app.get(added[0]).await.unwrap().is_none());
     app.stop().await.unwrap();
     app.flush_all().await.unwrap();

@@ -145,7 +145,7 @@ async fn bad_records_fail_alone_and_the_rest_of_their_batch_runs() {
     // The entry whose key holds no hash is a dead letter saying why; the key is left alone.
     let mut letters = Vec::new();
     for _ in 0..500 {
-        letters = app.dead_letters(10).await.unwrap();
+        letters = app.dead_letters().list(10).await.unwrap();
         if !letters.is_empty() {
             break;
         }

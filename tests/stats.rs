@@ -126,7 +126,7 @@ async fn stats_follow_what_was_done(app: QueueTasks, gate_name: &str) {
         (5, 1, 1)
     );
     assert_eq!(queue.finished_last_minute, 7);
-    assert_eq!(app.processed(), 6);
+    assert_eq!(app.counters().processed, 6);
 
     app.stop().await.unwrap();
     assert!(app.stats().await.unwrap().workers.is_empty());
@@ -176,18 +176,28 @@ async fn redis_dead_letters_are_counted_listed_and_resolved() {
     let queue = stats_when(&app, |q| q.dead_letters == 2).await;
     assert_eq!(queue.waiting_total(), 0);
 
-    let letters = app.dead_letters(10).await.unwrap();
+    let letters = app.dead_letters().list(10).await.unwrap();
     assert_eq!(letters.len(), 2);
     assert_eq!(letters[0].entry, "no colons at all");
     assert!(!letters[0].reason.is_empty());
-    assert!(app.resolve_dead_letter(&letters[0], false).await.unwrap());
+    assert!(
+        app.dead_letters()
+            .resolve(&letters[0], false)
+            .await
+            .unwrap()
+    );
     // Resolved once only.
-    assert!(!app.resolve_dead_letter(&letters[0], false).await.unwrap());
+    assert!(
+        !app.dead_letters()
+            .resolve(&letters[0], false)
+            .await
+            .unwrap()
+    );
     assert_eq!(app.stats().await.unwrap().queue.unwrap().dead_letters, 1);
     app.stop().await.unwrap();
 
     // Requeued: back in the queue as it was.
-    assert!(app.resolve_dead_letter(&letters[1], true).await.unwrap());
+    assert!(app.dead_letters().resolve(&letters[1], true).await.unwrap());
     // (In `task_queue`, or in `incoming` if the stopped worker's last blocking wait, which
     // Redis finishes on its own, moved it there.)
     let mut queued: Vec<String> = Vec::new();

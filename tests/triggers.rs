@@ -710,8 +710,8 @@ trigger!(starter_start, StarterStart, full_life(), ["DefaultStarter"]);
 trigger!(starter_stop, StarterStop, full_life(), ["DefaultStarter"]);
 trigger!(stats_inspect, StatsInspect, full_life(), ["life"]);
 
-fn process_update() -> qtasks::triggers::RecordUpdate {
-    qtasks::triggers::RecordUpdate {
+fn process_update() -> qtasks::records::RecordUpdate {
+    qtasks::records::RecordUpdate {
         status: Some(TaskStatus::Process),
         ..Default::default()
     }

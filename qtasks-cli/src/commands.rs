@@ -21,7 +21,7 @@ pub(crate) async fn run_app_command(app: &QueueTasks, cli: &Cli) -> Outcome {
         Command::Shared(command) => run_shared(app, command, cli.json).await,
         Command::Worker(args) => worker(app, args).await,
         Command::Inspect(args) => inspect(app, args, cli.json).await,
-        Command::Timer => Ok(app.run_scheduler().await?),
+        Command::Timer => Ok(app.schedules().run().await?),
     }
 }
 
@@ -326,7 +326,8 @@ async fn tasks(app: &QueueTasks, args: &TasksArgs, json: bool) -> Outcome {
     let mut records: Vec<TaskRecord> = Vec::new();
     while records.len() < args.limit {
         let page = app
-            .list_tasks(&query.clone().limit(args.limit - records.len()))
+            .records()
+            .list(&query.clone().limit(args.limit - records.len()))
             .await?;
         records.extend(page.records);
         match page.next {
@@ -522,7 +523,7 @@ async fn flush(app: &QueueTasks, yes: bool) -> Outcome {
 async fn schedule(app: &QueueTasks, action: Option<&ScheduleAction>, json: bool) -> Outcome {
     let (name, pause) = match action {
         None | Some(ScheduleAction::List) => {
-            let schedules = app.schedules().await?;
+            let schedules = app.schedules().recorded().await?;
             if json {
                 output::json(&schedules);
             } else {
@@ -533,7 +534,7 @@ async fn schedule(app: &QueueTasks, action: Option<&ScheduleAction>, json: bool)
         Some(ScheduleAction::Pause { name }) => (name, true),
         Some(ScheduleAction::Resume { name }) => (name, false),
     };
-    let known = app.schedules().await?;
+    let known = app.schedules().recorded().await?;
     if !known.iter().any(|s| &s.name == name) {
         let names: Vec<&str> = known.iter().map(|s| s.name.as_str()).collect();
         return Err(Failure::task(format!(
@@ -546,9 +547,9 @@ async fn schedule(app: &QueueTasks, action: Option<&ScheduleAction>, json: bool)
         )));
     }
     if pause {
-        app.pause_schedule(name).await?;
+        app.schedules().pause(name).await?;
     } else {
-        app.resume_schedule(name).await?;
+        app.schedules().resume(name).await?;
     }
     let done = if pause { "paused" } else { "resumed" };
     if json {
@@ -603,7 +604,7 @@ async fn dead(app: &QueueTasks, action: Option<&DeadAction>, json: bool) -> Outc
 }
 
 async fn list_dead(app: &QueueTasks, limit: usize, json: bool) -> Outcome {
-    let letters = app.dead_letters(limit).await?;
+    let letters = app.dead_letters().list(limit).await?;
     if json {
         output::json(&letters);
         return Ok(());
@@ -635,7 +636,7 @@ async fn resolve_dead(
             "say which: the numbers `qtasks dead list` shows, or --all",
         ));
     }
-    let letters = app.dead_letters(usize::MAX).await?;
+    let letters = app.dead_letters().list(usize::MAX).await?;
     let chosen: Vec<&DeadLetter> = if which.all {
         letters.iter().collect()
     } else {
@@ -656,7 +657,7 @@ async fn resolve_dead(
     };
     let mut done = 0;
     for letter in chosen {
-        if app.resolve_dead_letter(letter, requeue).await? {
+        if app.dead_letters().resolve(letter, requeue).await? {
             done += 1;
         }
     }

@@ -1005,29 +1005,32 @@ async fn global_config_entries(c: &Context<'_>) -> Result<(), String> {
 async fn schedule_pause_is_shared(c: &Context<'_>) -> Result<(), String> {
     let app = c.app("", 1).await?;
     let other = c.app("", 1).await?;
-    app.schedule(
-        "nightly",
-        qtasks_core::schedule::Schedule::cron("0 0 3 * * *").map_err(|e| e.to_string())?,
-        echo::call(json!(0)),
-    )
-    .map_err(|e| e.to_string())?;
+    app.schedules()
+        .add(
+            "nightly",
+            qtasks_core::schedule::Schedule::cron("0 0 3 * * *").map_err(|e| e.to_string())?,
+            echo::call(json!(0)),
+        )
+        .map_err(|e| e.to_string())?;
     said(app.start().await, "starting")?;
     eventually("the worker records its schedule", || async {
-        Ok(said(other.schedules().await, "reading schedules")?
-            .iter()
-            .any(|i| i.name == "nightly"))
+        Ok(
+            said(other.schedules().recorded().await, "reading schedules")?
+                .iter()
+                .any(|i| i.name == "nightly"),
+        )
     })
     .await?;
-    said(other.pause_schedule("nightly").await, "pausing")?;
-    let infos = said(app.schedules().await, "reading schedules")?;
+    said(other.schedules().pause("nightly").await, "pausing")?;
+    let infos = said(app.schedules().recorded().await, "reading schedules")?;
     ensure!(
         infos
             .iter()
             .any(|i| i.name == "nightly" && i.paused && i.next_at.is_some()),
         "schedules {infos:?}"
     );
-    said(app.resume_schedule("nightly").await, "resuming")?;
-    let infos = said(other.schedules().await, "reading schedules")?;
+    said(app.schedules().resume("nightly").await, "resuming")?;
+    let infos = said(other.schedules().recorded().await, "reading schedules")?;
     ensure!(
         infos.iter().any(|i| i.name == "nightly" && !i.paused),
         "schedules {infos:?}"
@@ -1051,7 +1054,8 @@ async fn schedule_slots_fire_once(c: &Context<'_>) -> Result<(), String> {
         .until(from + Duration::from_secs(2));
     for worker in [&app, &other] {
         worker
-            .schedule("tick", schedule.clone(), count::call(label.clone()))
+            .schedules()
+            .add("tick", schedule.clone(), count::call(label.clone()))
             .map_err(|e| e.to_string())?;
         said(worker.start().await, "starting")?;
     }
@@ -1069,7 +1073,7 @@ async fn all_pages(
     let mut query = query;
     let mut shown = Vec::new();
     for _ in 0..100 {
-        let page = said(app.list_tasks(&query).await, "listing")?;
+        let page = said(app.records().list(&query).await, "listing")?;
         shown.extend(page.records);
         match page.next {
             Some(next) => query = query.after(next),
@@ -1100,7 +1104,7 @@ async fn records_list_newest_first_in_pages(c: &Context<'_>) -> Result<(), Strin
         "listed {shown_uuids:?}, added {added:?}"
     );
     let first = said(
-        app.list_tasks(&RecordQuery::default().limit(3)).await,
+        app.records().list(&RecordQuery::default().limit(3)).await,
         "listing",
     )?;
     ensure!(
@@ -1182,7 +1186,7 @@ async fn delete_only_finished(c: &Context<'_>) -> Result<(), String> {
     use qtasks_core::records::RecordQuery;
     let app = c.app("", 1).await?;
     let waiting = said(echo::add_task(&app, json!(1)).await, "adding")?;
-    match app.delete_task(waiting.uuid()).await {
+    match app.records().delete(waiting.uuid()).await {
         Err(Error::WrongStatus { status, .. }) => {
             ensure!(status == TaskStatus::New, "refused as {status}");
         }
@@ -1191,7 +1195,7 @@ async fn delete_only_finished(c: &Context<'_>) -> Result<(), String> {
     said(app.start().await, "starting")?;
     wait_for(&app, &waiting).await?;
     ensure!(
-        said(app.delete_task(waiting.uuid()).await, "deleting")?,
+        said(app.records().delete(waiting.uuid()).await, "deleting")?,
         "nothing deleted"
     );
     ensure!(
@@ -1205,7 +1209,7 @@ async fn delete_only_finished(c: &Context<'_>) -> Result<(), String> {
         listed.len()
     );
     ensure!(
-        !said(app.delete_task(waiting.uuid()).await, "deleting again")?,
+        !said(app.records().delete(waiting.uuid()).await, "deleting again")?,
         "deleted twice"
     );
     Ok(())
@@ -1215,7 +1219,7 @@ async fn retry_by_hand_links_the_attempts(c: &Context<'_>) -> Result<(), String>
     let app = c.started_app("", 1).await?;
     let first = said(fail::add_task(&app, "again".into()).await, "adding")?;
     wait_for(&app, &first).await?;
-    let second = said(app.retry_task(first.uuid()).await, "retrying")?;
+    let second = said(app.records().retry(first.uuid()).await, "retrying")?;
     let record = wait_for(&app, &second).await?;
     ensure!(
         record.status == TaskStatus::Error && record.retry_parent_uuid == Some(first.uuid()),
@@ -1234,7 +1238,7 @@ async fn retry_by_hand_links_the_attempts(c: &Context<'_>) -> Result<(), String>
         "the first attempt names {:?} as its next",
         old.retry_child_uuid
     );
-    match app.retry_task(first.uuid()).await {
+    match app.records().retry(first.uuid()).await {
         Err(Error::WrongStatus {
             action: "retry", ..
         }) => {}
@@ -1244,7 +1248,7 @@ async fn retry_by_hand_links_the_attempts(c: &Context<'_>) -> Result<(), String>
     wait_for(&app, &ok).await?;
     ensure!(
         matches!(
-            app.retry_task(ok.uuid()).await,
+            app.records().retry(ok.uuid()).await,
             Err(Error::WrongStatus { .. })
         ),
         "a success was retried"
@@ -1257,7 +1261,8 @@ async fn concurrent_retries_by_hand_queue_one_attempt(c: &Context<'_>) -> Result
     let first = said(fail::add_task(&app, "twice".into()).await, "adding")?;
     wait_for(&app, &first).await?;
     // Four operators click "retry" at once: one attempt is queued, the others are refused.
-    let tries = futures_util::future::join_all((0..4).map(|_| app.retry_task(first.uuid()))).await;
+    let tries =
+        futures_util::future::join_all((0..4).map(|_| app.records().retry(first.uuid()))).await;
     let mut queued = Vec::new();
     for tried in tries {
         match tried {
@@ -1334,7 +1339,7 @@ async fn a_deleted_cancelled_task_stays_gone(c: &Context<'_>) -> Result<(), Stri
         "the cancel was refused"
     );
     ensure!(
-        said(app.delete_task(handle.uuid()).await, "deleting")?,
+        said(app.records().delete(handle.uuid()).await, "deleting")?,
         "nothing deleted"
     );
     said(app.start().await, "starting")?;

@@ -212,14 +212,7 @@ pub trait Extract: Sized {
 
 impl<T: Send + Sync + 'static> Extract for Depends<T> {
     fn extract(ctx: &TaskContext) -> BoxFuture<'_, Result<Self, TaskError>> {
-        Box::pin(async move {
-            ctx.app()
-                .inner
-                .dependencies
-                .depend::<T>(ctx)
-                .await
-                .map(Depends)
-        })
+        Box::pin(async move { ctx.app().dependencies().depend::<T>(ctx).await.map(Depends) })
     }
 }
 
@@ -227,8 +220,7 @@ impl<T: Send + Sync + 'static> Extract for State<T> {
     fn extract(ctx: &TaskContext) -> BoxFuture<'_, Result<Self, TaskError>> {
         Box::pin(async move {
             ctx.app()
-                .inner
-                .dependencies
+                .dependencies()
                 .state::<T>()
                 .map(State)
                 .ok_or_else(|| {

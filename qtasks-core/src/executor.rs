@@ -346,7 +346,7 @@ impl TaskExecutor {
     /// `generate_handler` and storing it as it comes, so callers can read the items while the
     /// task runs and keep them if it fails half-way.
     async fn collect(&self, mut items: ItemStream) -> Result<Vec<Value>, TaskError> {
-        let storage = Arc::clone(&self.app.inner.storage);
+        let storage = Arc::clone(&self.app.components().storage);
         let uuid = self.queued.uuid;
         let delivery = self.delivery.clone();
         let handler = self.task.parts.generate_handler;

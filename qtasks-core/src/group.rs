@@ -164,7 +164,7 @@ async fn add_group(
         call.check()?;
     }
     let json = serde_json::to_string(&state).expect("a group state always serializes");
-    app.inner
+    app.components()
         .global_config
         .set(GROUPS, &id.to_string(), &json)
         .await?;
@@ -309,7 +309,7 @@ impl QueueTasks {
 
     async fn group_state(&self, id: Uuid) -> Result<Option<GroupState>> {
         let stored = self
-            .inner
+            .components()
             .global_config
             .get(GROUPS, &id.to_string())
             .await?;
@@ -361,7 +361,7 @@ impl QueueTasks {
         // left a record that no message will ever start; an add of a known id that still
         // waits only queues it again (harmless), and adds nothing anywhere else.
         if self
-            .inner
+            .components()
             .storage
             .get(callback.uuid)
             .await?
@@ -397,7 +397,7 @@ impl QueueTasks {
     async fn last_attempt(&self, uuid: Uuid) -> Result<Option<TaskRecord>> {
         let mut current = uuid;
         loop {
-            let Some(record) = self.inner.storage.get(current).await? else {
+            let Some(record) = self.components().storage.get(current).await? else {
                 return Ok(None);
             };
             match (record.status, record.retry_child_uuid) {
@@ -409,7 +409,7 @@ impl QueueTasks {
 
     /// At a worker's start: completes the chords whose callback is due and missing.
     pub(crate) async fn complete_pending_chords(&self) {
-        let groups = match self.inner.global_config.get_all(GROUPS).await {
+        let groups = match self.components().global_config.get_all(GROUPS).await {
             Ok(groups) => groups,
             Err(error) => {
                 tracing::warn!("reading the groups failed: {error}");

@@ -111,7 +111,7 @@ impl<T> TaskHandle<T> {
     /// stream ends when the task ends (the items of a task that failed half-way are the ones
     /// it produced). [`StreamHandle::items`] reads them typed.
     pub fn items(&self) -> impl futures_core::Stream<Item = Result<Value>> + Send + 'static {
-        let storage = std::sync::Arc::clone(&self.app.inner.storage);
+        let storage = std::sync::Arc::clone(&self.app.components().storage);
         let start = (
             storage,
             self.uuid,

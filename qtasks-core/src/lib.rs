@@ -68,9 +68,9 @@ pub use context::TaskContext;
 pub use deps::{DependencyScope, Depends, State};
 pub use group::{Chord, ChordHandle, Group, GroupHandle, chord, group};
 pub use handle::{StreamHandle, TaskFailure, TaskHandle};
+pub use records::TaskRecord;
 pub use task::{
-    Outcome, QueuedTask, RetryBackoff, TaskDefinition, TaskParam, TaskRecord, TaskStatus,
-    UnknownStatus,
+    Outcome, QueuedTask, RetryBackoff, TaskDefinition, TaskParam, TaskStatus, UnknownStatus,
 };
 pub use uuid::Uuid;
 

@@ -1,5 +1,6 @@
-//! Browsing task records a page at a time, newest first: the query the dashboard, the JSON API
-//! and the command line share, and the one filter every storage applies.
+//! Task records from outside a task: [`Records`] (from [`QueueTasks::records`](crate::QueueTasks::records))
+//! lists, deletes and retries them; this module also holds the page query the dashboard, the
+//! JSON API and the command line share, and the one filter every storage applies.
 //!
 //! Pages are cut by position, not by offset: a [`RecordCursor`] names the last record shown,
 //! and the next page starts just after it, so tasks added meanwhile neither repeat a record
@@ -12,10 +13,10 @@
 //!
 //! let app = qtasks::QueueTasks::new();
 //! let query = RecordQuery::default().limit(50);
-//! let page = app.list_tasks(&query).await?;
+//! let page = app.records().list(&query).await?;
 //! assert!(page.records.is_empty());
 //! if let Some(cursor) = page.next {
-//!     let _older = app.list_tasks(&query.clone().after(cursor)).await?;
+//!     let _older = app.records().list(&query.clone().after(cursor)).await?;
 //! }
 //! # Ok(()) }
 //! ```
@@ -26,7 +27,11 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{TaskRecord, TaskStatus};
+use serde_json::{Map, Value};
+
+use crate::{Outcome, QueuedTask, TaskStatus};
+
+pub use crate::app::Records;
 
 /// The most records one page holds.
 pub const PAGE_MAX: usize = 500;
@@ -252,12 +257,216 @@ impl RecordPage {
     }
 }
 
+// -- The record and changes to it ------------------------------------------------------------
+
+/// The stored state of a task (the original's `Task` model).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct TaskRecord {
+    /// The task's id.
+    pub uuid: Uuid,
+    /// The registered name of the task.
+    pub task_name: String,
+    /// Where the task is in its life.
+    pub status: TaskStatus,
+    /// Lower runs first.
+    pub priority: i64,
+    /// Positional arguments, as JSON.
+    pub args: Vec<Value>,
+    /// Keyword arguments, as JSON.
+    pub kwargs: Map<String, Value>,
+    /// Unix time in seconds when the task was added.
+    pub created_at: f64,
+    /// Unix time in seconds of the last status change.
+    pub updated_at: f64,
+    /// The result, for `success`.
+    pub returning: Option<Value>,
+    /// The reason, for `error`: `ErrorType: message`.
+    pub traceback: Option<String>,
+    /// The reason, for `cancel`.
+    pub cancel_reason: Option<String>,
+    /// For retries: how many retries were left for this attempt.
+    pub retry: Option<u32>,
+    /// For a retry: the attempt before this one.
+    pub retry_parent_uuid: Option<Uuid>,
+    /// For status `retry`: the attempt after this one.
+    pub retry_child_uuid: Option<Uuid>,
+    /// Fields of the stored record that could not be read (bad bytes, text that is not the
+    /// JSON or the number it should be), as they were stored; the typed field above holds its
+    /// default then. Empty for every record qtasks wrote itself.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub unreadable: std::collections::BTreeMap<String, String>,
+    /// The trace the task was added in (a W3C `traceparent`), if one was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// The group (or chord) this task is a member of, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_uuid: Option<Uuid>,
+}
+
+impl TaskRecord {
+    /// The record of a task just added, taking the task's arguments without copying them:
+    /// status `new`, no result.
+    pub fn from_task(queued: QueuedTask) -> Self {
+        TaskRecord {
+            uuid: queued.uuid,
+            task_name: queued.task_name,
+            status: TaskStatus::New,
+            priority: queued.priority,
+            args: queued.args,
+            kwargs: queued.kwargs,
+            created_at: queued.created_at,
+            updated_at: queued.created_at,
+            returning: None,
+            traceback: None,
+            cancel_reason: None,
+            retry: queued.retry,
+            retry_parent_uuid: queued.retry_parent_uuid,
+            retry_child_uuid: None,
+            unreadable: std::collections::BTreeMap::new(),
+            traceparent: queued.traceparent,
+            group_uuid: queued.group_uuid,
+        }
+    }
+
+    /// The record of a task just added: status `new`, the task's data, no result.
+    pub fn new(queued: &QueuedTask) -> Self {
+        Self::from_task(queued.clone())
+    }
+}
+
+/// A partial update of a stored record; only the fields set replace anything. Handlers of the
+/// same trigger chain: each one's fields are laid over the previous ones.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RecordUpdate {
+    /// A new status.
+    pub status: Option<TaskStatus>,
+    /// A new priority.
+    pub priority: Option<i64>,
+    /// New positional arguments.
+    pub args: Option<Vec<Value>>,
+    /// New keyword arguments.
+    pub kwargs: Option<Map<String, Value>>,
+    /// A new result.
+    pub returning: Option<Value>,
+    /// A new error text.
+    pub traceback: Option<String>,
+    /// A new cancel reason.
+    pub cancel_reason: Option<String>,
+    /// The attempt that follows this one (set when a finished task is retried by hand).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_child_uuid: Option<Uuid>,
+}
+
+impl RecordUpdate {
+    /// Whether the update changes nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == RecordUpdate::default()
+    }
+
+    /// Lays `other`'s fields over these.
+    pub(crate) fn merge(&mut self, other: RecordUpdate) {
+        macro_rules! over {
+            ($($field:ident),*) => {$(
+                if other.$field.is_some() {
+                    self.$field = other.$field;
+                }
+            )*};
+        }
+        over!(
+            status,
+            priority,
+            args,
+            kwargs,
+            returning,
+            traceback,
+            cancel_reason,
+            retry_child_uuid
+        );
+    }
+
+    /// Writes the fields this update sets into `record` (not `updated_at`): what a storage's
+    /// [`update`](crate::backend::Storage::update) does.
+    pub fn apply_to(&self, record: &mut TaskRecord) {
+        if let Some(status) = self.status {
+            record.status = status;
+        }
+        if let Some(priority) = self.priority {
+            record.priority = priority;
+        }
+        if let Some(args) = &self.args {
+            record.args.clone_from(args);
+        }
+        if let Some(kwargs) = &self.kwargs {
+            record.kwargs.clone_from(kwargs);
+        }
+        if self.returning.is_some() {
+            record.returning.clone_from(&self.returning);
+        }
+        if self.traceback.is_some() {
+            record.traceback.clone_from(&self.traceback);
+        }
+        if self.cancel_reason.is_some() {
+            record.cancel_reason.clone_from(&self.cancel_reason);
+        }
+        if self.retry_child_uuid.is_some() {
+            record.retry_child_uuid = self.retry_child_uuid;
+        }
+    }
+}
+
+/// A write of [`RecordStore::transition`](crate::backend::RecordStore::transition): where a task's record goes next, for a broker that
+/// keeps only the queue and leaves the records to its storage.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum RecordChange {
+    /// A worker took the task: status `process`.
+    Taken,
+    /// A worker handed the task back unfinished: status `new` again.
+    Released,
+    /// The task ended: the outcome's status and its fields (a retry also names its child).
+    Finished(Outcome),
+    /// A cancel was asked while the task runs (status unchanged, `process`): kept with the
+    /// record, so that the run's finish, or a later take of the task, ends it `cancel` with
+    /// this reason instead ([`Transition::Cancelled`]), even if no worker heard the request.
+    CancelRequested(String),
+}
+
+impl RecordChange {
+    /// The status the record has after this change.
+    pub fn status(&self) -> TaskStatus {
+        match self {
+            RecordChange::Taken | RecordChange::CancelRequested(_) => TaskStatus::Process,
+            RecordChange::Released => TaskStatus::New,
+            RecordChange::Finished(outcome) => outcome.status(),
+        }
+    }
+
+    /// Writes this change into a record (not `updated_at`).
+    pub fn apply_to(&self, record: &mut TaskRecord) {
+        record.status = self.status();
+        if let RecordChange::Finished(outcome) = self {
+            match outcome {
+                Outcome::Success(value) => record.returning = Some(value.clone()),
+                Outcome::Error(traceback) => record.traceback = Some(traceback.clone()),
+                Outcome::Cancel(reason) => record.cancel_reason = Some(reason.clone()),
+                Outcome::Retry { traceback, child } => {
+                    record.traceback = Some(traceback.clone());
+                    record.retry_child_uuid = Some(child.uuid);
+                    record.retry = child.retry.map(|left| left + 1);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn record(ms: u64, status: TaskStatus, name: &str) -> TaskRecord {
-        let mut record = TaskRecord::from_task(crate::QueuedTask::new(Uuid::new_v4(), name));
+        let mut record = TaskRecord::from_task(QueuedTask::new(Uuid::new_v4(), name));
         record.created_at = ms as f64 / 1000.0;
         record.status = status;
         record

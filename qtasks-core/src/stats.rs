@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::unix_now;
 
+pub use crate::app::{DeadLetters, WorkerCounters, Workers};
+
 /// Everything [`QueueTasks::stats`](crate::QueueTasks::stats) reports, at one moment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]

@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use crate::Result;
 use crate::backend::unix_now;
+use crate::records::TaskRecord;
 
 /// The status of a task, as the original names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -403,82 +404,6 @@ impl fmt::Debug for QueuedTask {
             .field("retry", &self.retry)
             .field("retry_parent_uuid", &self.retry_parent_uuid)
             .finish()
-    }
-}
-
-/// The stored state of a task (the original's `Task` model).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub struct TaskRecord {
-    /// The task's id.
-    pub uuid: Uuid,
-    /// The registered name of the task.
-    pub task_name: String,
-    /// Where the task is in its life.
-    pub status: TaskStatus,
-    /// Lower runs first.
-    pub priority: i64,
-    /// Positional arguments, as JSON.
-    pub args: Vec<Value>,
-    /// Keyword arguments, as JSON.
-    pub kwargs: Map<String, Value>,
-    /// Unix time in seconds when the task was added.
-    pub created_at: f64,
-    /// Unix time in seconds of the last status change.
-    pub updated_at: f64,
-    /// The result, for `success`.
-    pub returning: Option<Value>,
-    /// The reason, for `error`: `ErrorType: message`.
-    pub traceback: Option<String>,
-    /// The reason, for `cancel`.
-    pub cancel_reason: Option<String>,
-    /// For retries: how many retries were left for this attempt.
-    pub retry: Option<u32>,
-    /// For a retry: the attempt before this one.
-    pub retry_parent_uuid: Option<Uuid>,
-    /// For status `retry`: the attempt after this one.
-    pub retry_child_uuid: Option<Uuid>,
-    /// Fields of the stored record that could not be read (bad bytes, text that is not the
-    /// JSON or the number it should be), as they were stored; the typed field above holds its
-    /// default then. Empty for every record qtasks wrote itself.
-    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub unreadable: std::collections::BTreeMap<String, String>,
-    /// The trace the task was added in (a W3C `traceparent`), if one was recorded.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub traceparent: Option<String>,
-    /// The group (or chord) this task is a member of, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub group_uuid: Option<Uuid>,
-}
-
-impl TaskRecord {
-    /// The record of a task just added, taking the task's arguments without copying them:
-    /// status `new`, no result.
-    pub fn from_task(queued: QueuedTask) -> Self {
-        TaskRecord {
-            uuid: queued.uuid,
-            task_name: queued.task_name,
-            status: TaskStatus::New,
-            priority: queued.priority,
-            args: queued.args,
-            kwargs: queued.kwargs,
-            created_at: queued.created_at,
-            updated_at: queued.created_at,
-            returning: None,
-            traceback: None,
-            cancel_reason: None,
-            retry: queued.retry,
-            retry_parent_uuid: queued.retry_parent_uuid,
-            retry_child_uuid: None,
-            unreadable: std::collections::BTreeMap::new(),
-            traceparent: queued.traceparent,
-            group_uuid: queued.group_uuid,
-        }
-    }
-
-    /// The record of a task just added: status `new`, the task's data, no result.
-    pub fn new(queued: &QueuedTask) -> Self {
-        Self::from_task(queued.clone())
     }
 }
 

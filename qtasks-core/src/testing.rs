@@ -19,8 +19,6 @@
 //! # fn main() {}
 //! ```
 
-use std::sync::Arc;
-
 use uuid::Uuid;
 
 use crate::backend::unix_now;
@@ -64,7 +62,7 @@ pub async fn run(app: &QueueTasks, call: TaskCall) -> Result<Outcome> {
     let uuid = task.uuid;
     let span = tracing::info_span!("task", task = definition.parts.name, uuid = %uuid, test = true);
     let receipt = format!("direct:{uuid}");
-    let cancel = app.inner.cancels.register(uuid, &receipt);
+    let cancel = app.cancels().register(uuid, &receipt);
     let run = TaskExecutor::new(
         app.clone(),
         definition,
@@ -74,9 +72,11 @@ pub async fn run(app: &QueueTasks, call: TaskCall) -> Result<Outcome> {
         cancel,
         receipt.clone(),
     );
-    let executor = definition.parts.executor.unwrap_or(&*app.inner.executor);
+    let executor = definition
+        .parts
+        .executor
+        .unwrap_or(&*app.components().executor);
     let outcome = catch_panic(executor.execute(&run)).await;
-    app.inner.cancels.unregister(uuid, &receipt);
-    drop(Arc::clone(&app.inner));
+    app.cancels().unregister(uuid, &receipt);
     Ok(outcome.unwrap_or_else(|panic| Outcome::Error(format!("ExecutorPanic: {panic}"))))
 }

@@ -22,10 +22,10 @@ use uuid::Uuid;
 use crate::backend::{Broker, Storage};
 use crate::components::TaskExecutor;
 use crate::components::{GlobalConfig, Starter, Worker};
+use crate::records::RecordUpdate;
 use crate::task::Outcome;
 use crate::{
-    PluginTriggerError, QueueTasks, QueuedTask, TaskDefinition, TaskParam, TaskRecord, TaskStatus,
-    Trigger,
+    PluginTriggerError, QueueTasks, QueuedTask, TaskDefinition, TaskParam, TaskRecord, Trigger,
 };
 
 /// A trigger's data type. Implemented by every payload in this module.
@@ -140,87 +140,6 @@ impl TaskUpdate {
         }
         if let Some(kwargs) = self.kwargs {
             task.kwargs = kwargs;
-        }
-    }
-}
-
-/// A partial update of a stored record; only the fields set replace anything. Handlers of the
-/// same trigger chain: each one's fields are laid over the previous ones.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RecordUpdate {
-    /// A new status.
-    pub status: Option<TaskStatus>,
-    /// A new priority.
-    pub priority: Option<i64>,
-    /// New positional arguments.
-    pub args: Option<Vec<Value>>,
-    /// New keyword arguments.
-    pub kwargs: Option<Map<String, Value>>,
-    /// A new result.
-    pub returning: Option<Value>,
-    /// A new error text.
-    pub traceback: Option<String>,
-    /// A new cancel reason.
-    pub cancel_reason: Option<String>,
-    /// The attempt that follows this one (set when a finished task is retried by hand).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub retry_child_uuid: Option<Uuid>,
-}
-
-impl RecordUpdate {
-    /// Whether the update changes nothing.
-    pub fn is_empty(&self) -> bool {
-        *self == RecordUpdate::default()
-    }
-
-    /// Lays `other`'s fields over these.
-    pub(crate) fn merge(&mut self, other: RecordUpdate) {
-        macro_rules! over {
-            ($($field:ident),*) => {$(
-                if other.$field.is_some() {
-                    self.$field = other.$field;
-                }
-            )*};
-        }
-        over!(
-            status,
-            priority,
-            args,
-            kwargs,
-            returning,
-            traceback,
-            cancel_reason,
-            retry_child_uuid
-        );
-    }
-
-    /// Writes the fields this update sets into `record` (not `updated_at`): what a storage's
-    /// [`update`](crate::backend::Storage::update) does.
-    pub fn apply_to(&self, record: &mut TaskRecord) {
-        if let Some(status) = self.status {
-            record.status = status;
-        }
-        if let Some(priority) = self.priority {
-            record.priority = priority;
-        }
-        if let Some(args) = &self.args {
-            record.args.clone_from(args);
-        }
-        if let Some(kwargs) = &self.kwargs {
-            record.kwargs.clone_from(kwargs);
-        }
-        if self.returning.is_some() {
-            record.returning.clone_from(&self.returning);
-        }
-        if self.traceback.is_some() {
-            record.traceback.clone_from(&self.traceback);
-        }
-        if self.cancel_reason.is_some() {
-            record.cancel_reason.clone_from(&self.cancel_reason);
-        }
-        if self.retry_child_uuid.is_some() {
-            record.retry_child_uuid = self.retry_child_uuid;
         }
     }
 }

@@ -94,7 +94,7 @@ use proc_macro::TokenStream;
 /// ```
 ///
 /// A periodic task: 5 cron fields, or 6 with seconds first (UTC; for a time zone, use
-/// `app.schedule(name, Schedule::cron(..)?.in_time_zone(..)?, call)`):
+/// `app.schedules().add(name, Schedule::cron(..)?.in_time_zone(..)?, call)`):
 ///
 /// ```rust,standalone_crate
 /// #[qtasks::task(cron = "0 */15 * * * *")] // every quarter of an hour, on the second 0
@@ -102,7 +102,7 @@ use proc_macro::TokenStream;
 ///
 /// fn main() {
 ///     let app = qtasks::QueueTasks::new();
-///     assert!(app.registered_schedules().iter().any(|s| s.name == "refresh_rates"));
+///     assert!(app.schedules().registered().iter().any(|s| s.name == "refresh_rates"));
 /// }
 /// ```
 ///

@@ -279,7 +279,7 @@ impl Metrics {
                 );
             }
         }
-        let refused = self.app.refused_outcomes();
+        let refused = self.app.counters().refused_outcomes;
         let seen = self.lease_losses_seen.swap(refused, Ordering::Relaxed);
         self.lease_losses.inc_by(refused.saturating_sub(seen));
         let mut text = String::new();

@@ -25,9 +25,9 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Acker, BasicProperties, Channel, Confirmation, Consumer};
 use qtasks_core::backend::{
-    BackendError, Broker, CancelRequest, CancelState, Delivery, RecordChange, RecordStore,
-    Transition, unix_now,
+    BackendError, Broker, CancelRequest, CancelState, Delivery, RecordStore, Transition, unix_now,
 };
+use qtasks_core::records::RecordChange;
 use qtasks_core::stats::{DeadLetter, QueueStats};
 use qtasks_core::{Outcome, QueuedTask, TaskStatus};
 use std::sync::Arc;

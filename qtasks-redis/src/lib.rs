@@ -215,7 +215,7 @@ pub struct RedisOptions {
     /// The timeout of one command. Default 10 s.
     pub response_timeout: Duration,
     /// Keep an index of the records by the time they were added (`N:qtasks:records:index`),
-    /// so that a page of [`QueueTasks::list_tasks`](qtasks_core::QueueTasks::list_tasks) (the
+    /// so that a page of [`Records::list`](qtasks_core::records::Records::list) (the
     /// dashboard's task list, `qtasks tasks`) costs the same on a million records as on ten.
     /// Default on. Off, adds run about 15 % faster and listing reads every record instead
     /// (BENCHMARKS.md has the figures). Every process of an app should agree.

@@ -14,11 +14,10 @@ use super::wire::{
     fields_are_foreign, new_record_fields, outcome_fields, pairs, read_record, update_fields,
 };
 use super::{Keys, failure};
-use qtasks_core::backend::{
-    BackendError, CancelRequest, ItemsRead, RecordChange, Storage, Transition, unix_now,
-};
+use qtasks_core::backend::{BackendError, CancelRequest, ItemsRead, Storage, Transition, unix_now};
+use qtasks_core::records::RecordChange;
+use qtasks_core::records::RecordUpdate;
 use qtasks_core::stats::QueueStats;
-use qtasks_core::triggers::RecordUpdate;
 use qtasks_core::{QueuedTask, TaskRecord, TaskStatus};
 
 /// How often a waiter looks at its record when the workers publish their results (the

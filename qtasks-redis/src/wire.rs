@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use qtasks_core::Outcome;
-use qtasks_core::triggers::RecordUpdate;
+use qtasks_core::records::RecordUpdate;
 use qtasks_core::{QueuedTask, TaskRecord, TaskStatus};
 
 /// The fields written when a task is added (the original's `TaskStatusNewSchema`, in its

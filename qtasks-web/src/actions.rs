@@ -86,13 +86,23 @@ async fn cancel(
 
 async fn retry(shared: &Shared, uuid: &str) -> Result<Uuid, Refusal> {
     let uuid = parse_uuid(uuid)?;
-    let handle = shared.app.retry_task(uuid).await.map_err(|e| refusal(&e))?;
+    let handle = shared
+        .app
+        .records()
+        .retry(uuid)
+        .await
+        .map_err(|e| refusal(&e))?;
     Ok(handle.uuid())
 }
 
 async fn delete(shared: &Shared, uuid: &str) -> Result<bool, Refusal> {
     let uuid = parse_uuid(uuid)?;
-    shared.app.delete_task(uuid).await.map_err(|e| refusal(&e))
+    shared
+        .app
+        .records()
+        .delete(uuid)
+        .await
+        .map_err(|e| refusal(&e))
 }
 
 /// Requeues or drops the dead letter `id`; `false` when it is not there any more.
@@ -100,7 +110,8 @@ async fn resolve(shared: &Shared, id: &str, requeue: bool) -> Result<bool, Refus
     let failed = |e: Error| refusal(&e);
     let letters = shared
         .app
-        .dead_letters(crate::DEAD_LETTERS_MAX)
+        .dead_letters()
+        .list(crate::DEAD_LETTERS_MAX)
         .await
         .map_err(failed)?;
     let Some(letter) = letters.iter().find(|letter| letter.id == id) else {
@@ -108,7 +119,8 @@ async fn resolve(shared: &Shared, id: &str, requeue: bool) -> Result<bool, Refus
     };
     shared
         .app
-        .resolve_dead_letter(letter, requeue)
+        .dead_letters()
+        .resolve(letter, requeue)
         .await
         .map_err(failed)
 }

@@ -68,7 +68,7 @@ pub(crate) async fn tasks(
         Ok(query) => query,
         Err(BadFilter(why)) => return bad_request(why),
     };
-    match shared.app.list_tasks(&query).await {
+    match shared.app.records().list(&query).await {
         Ok(page) => Json(page).into_response(),
         Err(error) => unavailable(&error),
     }
@@ -99,7 +99,7 @@ pub(crate) async fn dead_letters(
     Query(query): Query<DeadQuery>,
 ) -> Response {
     let limit = query.limit.unwrap_or(100).min(crate::DEAD_LETTERS_MAX);
-    match shared.app.dead_letters(limit).await {
+    match shared.app.dead_letters().list(limit).await {
         Ok(letters) => Json(letters).into_response(),
         Err(error) => unavailable(&error),
     }
@@ -161,7 +161,7 @@ pub(crate) async fn events(
             live.events(move |_| {
                 let (app, list, filter) = (app.clone(), list.clone(), filter.clone());
                 async move {
-                    match app.list_tasks(&list).await {
+                    match app.records().list(&list).await {
                         Ok(page) => {
                             vec![("region-task-rows", crate::pages::task_rows(&page, &filter))]
                         }

@@ -502,7 +502,7 @@ pub(crate) async fn tasks(
             return problem(&shared, StatusCode::BAD_REQUEST, "Bad filter", &why);
         }
     };
-    let page_result = shared.app.list_tasks(&query).await;
+    let page_result = shared.app.records().list(&query).await;
     let first_page = query.after.is_none();
     let body = html! {
         h1 { "Tasks" }
@@ -814,7 +814,11 @@ fn actions(shared: &Shared, record: &TaskRecord) -> Markup {
 // Dead letters
 
 pub(crate) async fn dead(State(shared): State<Shared>, Query(flash): Query<Flash>) -> Response {
-    let letters = shared.app.dead_letters(crate::DEAD_LETTERS_MAX).await;
+    let letters = shared
+        .app
+        .dead_letters()
+        .list(crate::DEAD_LETTERS_MAX)
+        .await;
     let body = html! {
         h1 { "Dead letters" }
         p.quiet {

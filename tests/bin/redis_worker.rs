@@ -185,7 +185,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         } else {
             (schedule, record_run::call("tick".to_owned(), 0))
         };
-        app.schedule("tick", schedule, call)?;
+        app.schedules().add("tick", schedule, call)?;
     }
     app.run_forever().await?;
     Ok(())

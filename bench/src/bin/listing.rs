@@ -62,7 +62,8 @@ async fn main() {
         .expect("Redis is reachable");
 
     let present = app
-        .list_tasks(&RecordQuery::default().limit(1))
+        .records()
+        .list(&RecordQuery::default().limit(1))
         .await
         .expect("listing")
         .total
@@ -97,14 +98,15 @@ async fn main() {
 
     const RUNS: usize = 21;
     let newest = app
-        .list_tasks(&RecordQuery::default().limit(1))
+        .records()
+        .list(&RecordQuery::default().limit(1))
         .await
         .expect("listing");
     let one = newest.records[0].uuid;
     let (get, _) = median(RUNS, || app.get(one)).await;
     let mut rows = vec![("get one record (baseline)", get, 1)];
     let mut time = async |label: &'static str, query: RecordQuery| {
-        let (took, page) = median(RUNS, || app.list_tasks(&query)).await;
+        let (took, page) = median(RUNS, || app.records().list(&query)).await;
         let page = page.expect("listing");
         rows.push((label, took, page.records.len()));
         page
@@ -112,7 +114,8 @@ async fn main() {
     let first = time("first page, 50, no filter", RecordQuery::default()).await;
     let total = first.total.unwrap_or(0);
     let all_times = app
-        .list_tasks(&RecordQuery::default().limit(500))
+        .records()
+        .list(&RecordQuery::default().limit(500))
         .await
         .expect("listing");
     let cursor = RecordCursor::of(all_times.records.last().expect("records"));
@@ -122,18 +125,19 @@ async fn main() {
     )
     .await;
     let oldest_page = app
-        .list_tasks(&RecordQuery::default().between(None, Some(1.0)))
+        .records()
+        .list(&RecordQuery::default().between(None, Some(1.0)))
         .await
         .expect("listing");
     assert!(oldest_page.records.is_empty());
     let half = {
         // A time half way through the adding: the created_at of a record ~total/2 down.
         let mut query = RecordQuery::default().limit(500);
-        let mut page = app.list_tasks(&query).await.expect("listing");
+        let mut page = app.records().list(&query).await.expect("listing");
         let mut seen = page.records.len() as u64;
         while seen < total / 2 {
             query = query.after(page.next.expect("more pages"));
-            page = app.list_tasks(&query).await.expect("listing");
+            page = app.records().list(&query).await.expect("listing");
             seen += page.records.len() as u64;
         }
         page.records.last().expect("records").created_at

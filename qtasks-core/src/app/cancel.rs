@@ -8,7 +8,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::backend::CancelState;
-use crate::triggers::RecordUpdate;
+use crate::records::RecordUpdate;
 use crate::{Error, QueueTasks, Result, TaskStatus};
 
 /// How long a cancel for a task that has not started running here is remembered. A taken task
@@ -146,10 +146,10 @@ impl QueueTasks {
         // The backend decides first, even for a task running here: its record must say the
         // cancel was asked (a run that ends before it hears of it, or is handed back by a
         // stop, must still end `cancel`), and a run of this process may be a stale one.
-        let state = match self.inner.broker.cancel(uuid, reason).await? {
+        let state = match self.components().broker.cancel(uuid, reason).await? {
             Some(state) => state,
             None => {
-                if self.inner.cancels.cancel_running(uuid, reason) {
+                if self.cancels().cancel_running(uuid, reason) {
                     return Ok(true);
                 }
                 self.cancel_by_reading(uuid, reason).await?
@@ -159,7 +159,7 @@ impl QueueTasks {
             CancelState::Cancelled => Ok(true),
             CancelState::Running => {
                 // Taken by this process's worker and about to start: it stops at once.
-                self.inner.cancels.cancel_here(uuid, reason);
+                self.cancels().cancel_here(uuid, reason);
                 Ok(true)
             }
             CancelState::Ended(_) => Ok(false),
@@ -170,7 +170,7 @@ impl QueueTasks {
     /// Cancels through the storage for a broker that cannot decide atomically: read, then
     /// write (a worker may take the task in between; it then runs).
     async fn cancel_by_reading(&self, uuid: Uuid, reason: &str) -> Result<CancelState> {
-        let Some(record) = self.inner.storage.get(uuid).await? else {
+        let Some(record) = self.components().storage.get(uuid).await? else {
             return Ok(CancelState::NotFound);
         };
         Ok(match record.status {
@@ -180,11 +180,14 @@ impl QueueTasks {
                     cancel_reason: Some(reason.to_owned()),
                     ..RecordUpdate::default()
                 };
-                self.inner.storage.update(uuid, update).await?;
+                self.components().storage.update(uuid, update).await?;
                 CancelState::Cancelled
             }
             TaskStatus::Process => {
-                self.inner.broker.request_cancel(uuid, reason).await?;
+                self.components()
+                    .broker
+                    .request_cancel(uuid, reason)
+                    .await?;
                 CancelState::Running
             }
             status => CancelState::Ended(status),

@@ -9,6 +9,23 @@ use crate::dispatch::chain;
 use crate::triggers::{GlobalConfigGet, GlobalConfigGetAll, GlobalConfigGetMatch, GlobalConfigSet};
 use crate::{ConfigError, QueueConfig, QueueTasks, Result, Trigger};
 
+type ConfigSubscriber = Arc<dyn Fn(&QueueConfig, &str, &Value) + Send + Sync>;
+
+/// The app's config as it is now, and who is told when it changes.
+pub(super) struct ConfigState {
+    current: parking_lot::RwLock<Arc<QueueConfig>>,
+    subscribers: parking_lot::Mutex<Vec<ConfigSubscriber>>,
+}
+
+impl ConfigState {
+    pub(super) fn new(config: QueueConfig) -> Self {
+        ConfigState {
+            current: parking_lot::RwLock::new(Arc::new(config)),
+            subscribers: parking_lot::Mutex::default(),
+        }
+    }
+}
+
 impl QueueTasks {
     /// The app name.
     pub fn name(&self) -> String {
@@ -17,7 +34,7 @@ impl QueueTasks {
 
     /// The app's config, as it is now.
     pub fn config(&self) -> Arc<QueueConfig> {
-        Arc::clone(&self.inner.config.read())
+        Arc::clone(&self.inner.config.current.read())
     }
 
     /// Changes one config field from its text form (as an environment variable would) and
@@ -45,14 +62,14 @@ impl QueueTasks {
             });
         }
         let after = Arc::new(after);
-        *self.inner.config.write() = Arc::clone(&after);
+        *self.inner.config.current.write() = Arc::clone(&after);
         let (Value::Object(old), Value::Object(new)) = (
             serde_json::to_value(&*before).unwrap_or_default(),
             serde_json::to_value(&*after).unwrap_or_default(),
         ) else {
             return Ok(());
         };
-        let subscribers = self.inner.config_subscribers.lock().clone();
+        let subscribers = self.inner.config.subscribers.lock().clone();
         for (field, value) in &new {
             if old.get(field) != Some(value) {
                 for subscriber in &subscribers {
@@ -70,7 +87,8 @@ impl QueueTasks {
         callback: impl Fn(&QueueConfig, &str, &Value) + Send + Sync + 'static,
     ) {
         self.inner
-            .config_subscribers
+            .config
+            .subscribers
             .lock()
             .push(Arc::new(callback));
     }
@@ -99,8 +117,8 @@ pub struct GlobalEntries<'a> {
 
 impl GlobalEntries<'_> {
     /// Writes a global config entry (`global_config_set` may change it).
-    pub async fn set(&self, name: &str, key: &str, value: &str) -> Result<()> {
-        let global_config = &*self.app.inner.global_config;
+    pub async fn set(self, name: &str, key: &str, value: &str) -> Result<()> {
+        let global_config = &*self.app.components().global_config;
         let (mut name, mut key, mut value) = (name.to_owned(), key.to_owned(), value.to_owned());
         chain!(
             self.app.dispatch(),
@@ -127,8 +145,8 @@ impl GlobalEntries<'_> {
     }
 
     /// Reads a global config entry (`global_config_get` may change it).
-    pub async fn get(&self, name: &str, key: &str) -> Result<Option<String>> {
-        let global_config = &*self.app.inner.global_config;
+    pub async fn get(self, name: &str, key: &str) -> Result<Option<String>> {
+        let global_config = &*self.app.components().global_config;
         let mut value = global_config.get(name, key).await?;
         chain!(
             self.app.dispatch(),
@@ -145,8 +163,8 @@ impl GlobalEntries<'_> {
     }
 
     /// Reads all global config entries of a name (`global_config_get_all` may change them).
-    pub async fn get_all(&self, name: &str) -> Result<std::collections::BTreeMap<String, String>> {
-        let global_config = &*self.app.inner.global_config;
+    pub async fn get_all(self, name: &str) -> Result<std::collections::BTreeMap<String, String>> {
+        let global_config = &*self.app.components().global_config;
         let mut values = global_config.get_all(name).await?;
         chain!(
             self.app.dispatch(),
@@ -164,10 +182,10 @@ impl GlobalEntries<'_> {
     /// Reads the entries of every name matching a glob pattern, keyed `name:key`
     /// (`global_config_get_match` may change them).
     pub async fn get_match(
-        &self,
+        self,
         pattern: &str,
     ) -> Result<std::collections::BTreeMap<String, String>> {
-        let global_config = &*self.app.inner.global_config;
+        let global_config = &*self.app.components().global_config;
         let mut values = global_config.get_match(pattern).await?;
         chain!(
             self.app.dispatch(),

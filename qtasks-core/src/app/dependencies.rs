@@ -16,7 +16,7 @@ impl QueueTasks {
         F: Fn(TaskContext) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<T, BoxError>> + Send + 'static,
     {
-        self.inner.dependencies.provide(scope, make, None);
+        self.dependencies().provide(scope, make, None);
     }
 
     /// [`provide`](Self::provide) with a `close` step, run when the value's scope ends: the task
@@ -37,11 +37,11 @@ impl QueueTasks {
                 }
             },
         );
-        self.inner.dependencies.provide(scope, make, Some(close));
+        self.dependencies().provide(scope, make, Some(close));
     }
 
     /// Sets the value `State<T>` task parameters receive, shared by the app's tasks.
     pub fn set_state<T: Send + Sync + 'static>(&self, value: T) {
-        self.inner.dependencies.set_state(value);
+        self.dependencies().set_state(value);
     }
 }

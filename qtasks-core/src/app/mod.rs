@@ -1,15 +1,20 @@
 //! The app: `QueueTasks`, the object users add tasks to and run workers from.
 //!
-//! Its methods are grouped by concern, one module each:
+//! Its methods are grouped by concern, one module each; what is not about one task comes as a
+//! facet, a small handle borrowed from the app (`app.records()`, `app.schedules()`, ...):
 //! - [`tasks`]: adding tasks and reading them back (`add_task`, `get`, `wait`, `flush_all`);
 //! - [`cancel`]: cancelling a task, and the bookkeeping of this process's cancellable tasks;
 //! - [`running`]: starting and stopping the app and its worker (`start`, `stop`,
-//!   `run_forever`), `ping` and `inspect`;
-//! - [`observe`]: live stats, this process's worker counters and dead letters;
-//! - [`schedules`]: periodic tasks;
-//! - [`config`]: the app's [`QueueConfig`] and the shared global config entries;
-//! - [`plugins`]: runtime plugins and events;
+//!   `run_forever`), `ping` and `inspect`; the run state and this worker's counters;
+//! - [`observe`]: live stats, `workers()`, `counters()` and `dead_letters()`;
+//! - [`records`]: `records()`, the stored records (list, delete, retry by hand);
+//! - [`schedules`]: `schedules()`, periodic tasks;
+//! - [`config`]: the app's [`QueueConfig`] and `global_config()`, the shared entries;
+//! - [`plugins`]: runtime plugins, the dispatch table and events;
 //! - [`dependencies`]: what `Depends<T>` and `State<T>` task parameters receive.
+//!
+//! The state behind them is split the same way (each part owned by its module), and only
+//! `app/` sees it: the rest of the crate goes through the `pub(crate)` accessors below.
 
 mod cancel;
 mod config;
@@ -21,18 +26,17 @@ mod running;
 mod schedules;
 mod tasks;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
-use serde_json::Value;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use std::sync::atomic::Ordering;
 
 pub(crate) use self::cancel::Cancels;
 pub use self::config::GlobalEntries;
-pub(crate) use self::running::INTERRUPTED;
+pub use self::observe::{DeadLetters, WorkerCounters, Workers};
+pub use self::records::Records;
+pub(crate) use self::running::{Counters, INTERRUPTED, Running};
+pub use self::schedules::Schedules;
 pub use self::tasks::AddOptions;
 use crate::backend::{Broker, Storage};
 use crate::components::{Executor, GlobalConfig, Starter, Worker};
@@ -50,68 +54,37 @@ use crate::{AppBuilder, Middleware, QueueConfig, TaskDefinition};
 /// embedded worker started with `start`, as tests and examples do).
 #[derive(Clone)]
 pub struct QueueTasks {
-    pub(crate) inner: Arc<Inner>,
+    // Private to `app/`: the rest of the crate reaches the app's state through the accessors
+    // below, each part owned by the module of `app/` that keeps it.
+    inner: Arc<Inner>,
 }
 
-type ConfigSubscriber = Arc<dyn Fn(&QueueConfig, &str, &Value) + Send + Sync>;
+/// Everything an app holds, by owner.
+struct Inner {
+    components: Components,
+    config: config::ConfigState,
+    plugins: plugins::PluginState,
+    run: running::RunState,
+    cancels: Cancels,
+    schedules: schedules::ScheduleState,
+    dependencies: Dependencies,
+    /// The routers whose tasks this app runs; `None` runs every task.
+    /// (Replaceable until the worker starts: the command line's `worker --routers`.)
+    routers: RwLock<Option<Arc<[String]>>>,
+    /// Carries traces from the enqueuing code to the task's span, once installed.
+    trace_context: std::sync::OnceLock<Arc<dyn crate::trace::TraceContext>>,
+}
 
-pub(crate) struct Inner {
-    config: RwLock<Arc<QueueConfig>>,
-    config_subscribers: Mutex<Vec<ConfigSubscriber>>,
+/// The components an app was built from (see [`AppBuilder`]), as the worker, the starter and
+/// the task paths use them.
+pub(crate) struct Components {
     pub(crate) broker: Arc<dyn Broker>,
     pub(crate) storage: Arc<dyn Storage>,
     pub(crate) global_config: Arc<dyn GlobalConfig>,
     pub(crate) worker: Arc<dyn Worker>,
     pub(crate) starter: Arc<dyn Starter>,
     pub(crate) executor: Arc<dyn Executor>,
-    plugins: Mutex<Vec<RuntimePlugin>>,
-    dispatch: RwLock<Arc<Dispatch>>,
-    pub(crate) events: Events,
     pub(crate) middlewares: Vec<Arc<dyn Middleware>>,
-    /// The routers whose tasks this app runs; `None` runs every task.
-    /// (Replaceable until the worker starts: the command line's `worker --routers`.)
-    pub(crate) routers: RwLock<Option<Arc<[String]>>>,
-    pub(crate) dependencies: Dependencies,
-    pub(crate) cancels: Cancels,
-    pub(crate) running: AtomicBool,
-    pub(crate) counters: Counters,
-    /// Set while a stop interrupts the running tasks (its timeout passed, a second signal, or
-    /// `stop_now`): the interrupted deliveries are handed back, not finished.
-    pub(crate) interrupting: AtomicBool,
-    /// Wakes a stop that waits for running tasks, to interrupt them now.
-    pub(crate) interrupt: tokio::sync::Notify,
-    pub(crate) lifecycle: tokio::sync::Mutex<Option<Running>>,
-    /// Carries traces from the enqueuing code to the task's span, once installed.
-    pub(crate) trace_context: std::sync::OnceLock<Arc<dyn crate::trace::TraceContext>>,
-    /// The schedules registered with `schedule`.
-    pub(crate) schedules: Mutex<Vec<Arc<crate::schedule::runner::Entry>>>,
-    /// The clock schedules read.
-    pub(crate) clock: std::sync::OnceLock<Arc<dyn crate::schedule::Clock>>,
-}
-
-/// What this process's worker counts as it goes.
-#[derive(Default)]
-pub(crate) struct Counters {
-    /// Outcomes the broker refused: the worker had stalled past its lease.
-    pub(crate) refused_outcomes: std::sync::atomic::AtomicU64,
-    /// Tasks run to an outcome (stored or not).
-    pub(crate) processed: std::sync::atomic::AtomicU64,
-    /// Tasks running now.
-    pub(crate) running: std::sync::atomic::AtomicU64,
-    /// Tasks interrupted by a stop and handed back to the queue.
-    pub(crate) handed_back: std::sync::atomic::AtomicU64,
-}
-
-/// What a started app holds until it stops.
-pub(crate) struct Running {
-    pub(crate) shutdown: watch::Sender<bool>,
-    pub(crate) worker: JoinHandle<()>,
-    pub(crate) heartbeat: JoinHandle<()>,
-    pub(crate) plugins: Vec<RuntimePlugin>,
-    /// The id this worker is listed under (see `stats`).
-    pub(crate) worker_id: String,
-    /// The schedules this worker runs, until it stops.
-    pub(crate) scheduler: JoinHandle<()>,
 }
 
 /// The parts an app is built from (see [`AppBuilder`]).
@@ -153,39 +126,63 @@ impl QueueTasks {
     pub(crate) fn from_parts(parts: Parts) -> Self {
         QueueTasks {
             inner: Arc::new(Inner {
-                config: RwLock::new(Arc::new(parts.config)),
-                config_subscribers: Mutex::default(),
-                broker: parts.broker,
-                storage: parts.storage,
-                global_config: parts.global_config,
-                worker: parts.worker,
-                starter: parts.starter,
-                executor: parts.executor,
-                plugins: Mutex::default(),
-                dispatch: RwLock::new(Arc::new(Dispatch::build(&[]))),
-                events: Events::default(),
-                middlewares: parts.middlewares,
-                routers: RwLock::new(parts.routers.map(Into::into)),
-                dependencies: Dependencies::default(),
+                components: Components {
+                    broker: parts.broker,
+                    storage: parts.storage,
+                    global_config: parts.global_config,
+                    worker: parts.worker,
+                    starter: parts.starter,
+                    executor: parts.executor,
+                    middlewares: parts.middlewares,
+                },
+                config: config::ConfigState::new(parts.config),
+                plugins: plugins::PluginState::default(),
+                run: running::RunState::default(),
                 cancels: Cancels::default(),
-                running: AtomicBool::new(false),
-                counters: Counters::default(),
-                interrupting: AtomicBool::new(false),
-                interrupt: tokio::sync::Notify::new(),
-                lifecycle: tokio::sync::Mutex::new(None),
+                schedules: schedules::ScheduleState::default(),
+                dependencies: Dependencies::default(),
+                routers: RwLock::new(parts.routers.map(Into::into)),
                 trace_context: std::sync::OnceLock::new(),
-                schedules: Mutex::default(),
-                clock: std::sync::OnceLock::new(),
             }),
         }
     }
 
+    /// The components the app was built from.
+    pub(crate) fn components(&self) -> &Components {
+        &self.inner.components
+    }
+
+    /// This process's cancellable runs.
+    pub(crate) fn cancels(&self) -> &Cancels {
+        &self.inner.cancels
+    }
+
+    /// Whether the app runs, its stop and this worker's counters.
+    pub(crate) fn run_state(&self) -> &running::RunState {
+        &self.inner.run
+    }
+
+    /// The app's event callbacks.
+    pub(crate) fn events(&self) -> &Events {
+        &self.inner.plugins.events
+    }
+
+    /// What `Depends<T>` and `State<T>` parameters receive.
+    pub(crate) fn dependencies(&self) -> &Dependencies {
+        &self.inner.dependencies
+    }
+
+    /// How traces travel with tasks, once installed.
+    pub(crate) fn trace_context(&self) -> Option<&Arc<dyn crate::trace::TraceContext>> {
+        self.inner.trace_context.get()
+    }
+
     pub(crate) fn dispatch(&self) -> Arc<Dispatch> {
-        Arc::clone(&self.inner.dispatch.read())
+        Arc::clone(&self.inner.plugins.dispatch.read())
     }
 
     pub(crate) fn middlewares(&self) -> &[Arc<dyn Middleware>] {
-        &self.inner.middlewares
+        &self.inner.components.middlewares
     }
 
     /// Whether this app runs `definition` (all tasks, or those of its routers).
@@ -219,7 +216,7 @@ impl QueueTasks {
     }
 
     pub(crate) fn runtime_plugins(&self) -> Vec<RuntimePlugin> {
-        self.inner.plugins.lock().clone()
+        self.inner.plugins.plugins.lock().clone()
     }
 }
 
@@ -227,7 +224,7 @@ impl fmt::Debug for QueueTasks {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("QueueTasks")
             .field("name", &self.name())
-            .field("running", &self.inner.running.load(Ordering::Relaxed))
+            .field("running", &self.inner.run.running.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }

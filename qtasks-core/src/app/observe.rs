@@ -1,10 +1,11 @@
-//! Watching an app from outside: live stats, this process's worker counters, dead letters.
+//! Watching an app from outside: live stats, the workers' list, this process's worker
+//! counters, dead letters.
 
 use std::sync::atomic::Ordering;
 
 use super::QueueTasks;
 use crate::Result;
-use crate::stats::DeadLetter;
+use crate::stats::{DeadLetter, WorkerInfo};
 
 impl QueueTasks {
     /// The live numbers of the queue and its workers, from every backend through the
@@ -23,10 +24,11 @@ impl QueueTasks {
     /// # Ok(()) }
     /// ```
     pub async fn stats(&self) -> Result<crate::stats::Stats> {
+        let components = self.components();
         let (queue, workers, schedules) = tokio::join!(
-            self.inner.broker.stats(),
-            self.inner.global_config.workers(),
-            self.schedules()
+            components.broker.stats(),
+            components.global_config.workers(),
+            self.schedules().recorded()
         );
         Ok(crate::stats::Stats {
             app: self.name(),
@@ -37,32 +39,94 @@ impl QueueTasks {
         })
     }
 
-    /// Tasks this process's worker has finished (any outcome) since the app was built.
-    pub fn processed(&self) -> u64 {
-        self.inner.counters.processed.load(Ordering::Relaxed)
+    /// The workers of the app that are alive now, on every machine.
+    pub fn workers(&self) -> Workers<'_> {
+        Workers { app: self }
     }
 
-    /// Tasks this process's worker interrupted while stopping and handed back to the queue.
-    pub fn handed_back(&self) -> u64 {
-        self.inner.counters.handed_back.load(Ordering::Relaxed)
+    /// What this process's worker has counted since the app was built.
+    ///
+    /// ```
+    /// let app = qtasks::QueueTasks::new();
+    /// assert_eq!(app.counters(), qtasks::stats::WorkerCounters::default());
+    /// ```
+    pub fn counters(&self) -> WorkerCounters {
+        let counters = &self.run_state().counters;
+        WorkerCounters {
+            processed: counters.processed.load(Ordering::Relaxed),
+            running: counters.running.load(Ordering::Relaxed),
+            handed_back: counters.handed_back.load(Ordering::Relaxed),
+            refused_outcomes: counters.refused_outcomes.load(Ordering::Relaxed),
+        }
     }
 
-    /// Tasks this process's worker runs now.
-    pub fn running_count(&self) -> u64 {
-        self.inner.counters.running.load(Ordering::Relaxed)
+    /// The dead letters: queue entries that could not run, with the reason.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> qtasks::Result<()> {
+    /// let app = qtasks::QueueTasks::new();
+    /// for letter in app.dead_letters().list(100).await? {
+    ///     println!("{}: {}", letter.id, letter.reason);
+    ///     app.dead_letters().resolve(&letter, false).await?; // dropped
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn dead_letters(&self) -> DeadLetters<'_> {
+        DeadLetters { app: self }
     }
+}
 
-    /// Up to `limit` dead letters (queue entries that could not run, with the reason), oldest
-    /// first.
-    pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>> {
-        Ok(self.inner.broker.dead_letters(limit).await?)
+/// What this process's worker has counted since the app was built, from
+/// [`QueueTasks::counters`]. (The whole app's numbers are in [`QueueTasks::stats`].)
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkerCounters {
+    /// Tasks run to an outcome (any outcome).
+    pub processed: u64,
+    /// Tasks running now.
+    pub running: u64,
+    /// Tasks interrupted while stopping and handed back to the queue.
+    pub handed_back: u64,
+    /// Outcomes the broker refused: the worker stalled past a task's lease (a paused process,
+    /// an outage longer than the lease), another worker took the task over, and this worker's
+    /// late write was dropped so that each attempt has one recorded outcome. Each refusal is
+    /// also logged.
+    pub refused_outcomes: u64,
+}
+
+/// The workers of an app, from [`QueueTasks::workers`].
+#[derive(Debug, Clone, Copy)]
+pub struct Workers<'a> {
+    app: &'a QueueTasks,
+}
+
+impl Workers<'_> {
+    /// The workers alive now (their description refreshed within its time to live), from any
+    /// process of the app.
+    pub async fn list(self) -> Result<Vec<WorkerInfo>> {
+        Ok(self.app.components().global_config.workers().await?)
+    }
+}
+
+/// The dead letters of an app, from [`QueueTasks::dead_letters`].
+#[derive(Debug, Clone, Copy)]
+pub struct DeadLetters<'a> {
+    app: &'a QueueTasks,
+}
+
+impl DeadLetters<'_> {
+    /// Up to `limit` dead letters, oldest first.
+    pub async fn list(self, limit: usize) -> Result<Vec<DeadLetter>> {
+        Ok(self.app.components().broker.dead_letters(limit).await?)
     }
 
     /// Takes a dead letter out: queued again as it was when `requeue`, else dropped. `false`
     /// when it was not there any more.
-    pub async fn resolve_dead_letter(&self, letter: &DeadLetter, requeue: bool) -> Result<bool> {
+    pub async fn resolve(self, letter: &DeadLetter, requeue: bool) -> Result<bool> {
         Ok(self
-            .inner
+            .app
+            .components()
             .broker
             .resolve_dead_letter(letter, requeue)
             .await?)

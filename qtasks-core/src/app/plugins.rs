@@ -8,6 +8,23 @@ use crate::dispatch::{Dispatch, RuntimePlugin};
 use crate::plugin::DynPlugin;
 use crate::{Component, Error, Event, EventKind, Plugin, QueueTasks, Result, Trigger};
 
+/// The app's runtime plugins, the dispatch table built from them, and its event callbacks.
+pub(super) struct PluginState {
+    pub(super) plugins: parking_lot::Mutex<Vec<RuntimePlugin>>,
+    pub(super) dispatch: parking_lot::RwLock<Arc<Dispatch>>,
+    pub(super) events: crate::events::Events,
+}
+
+impl Default for PluginState {
+    fn default() -> Self {
+        PluginState {
+            plugins: parking_lot::Mutex::default(),
+            dispatch: parking_lot::RwLock::new(Arc::new(Dispatch::build(&[]))),
+            events: crate::events::Events::default(),
+        }
+    }
+}
+
 impl QueueTasks {
     /// Registers a runtime plugin on the app for these triggers (the original's
     /// `add_plugin`). An app plugin may ask for any trigger; pass [`Trigger::ALL`] for all.
@@ -51,13 +68,13 @@ impl QueueTasks {
     }
 
     fn register_plugin(&self, plugin: Arc<dyn DynPlugin>, triggers: Vec<Trigger>) -> Result<()> {
-        if self.inner.running.load(Ordering::Acquire) {
+        if self.inner.run.running.load(Ordering::Acquire) {
             return Err(Error::AlreadyRunning);
         }
-        let mut plugins = self.inner.plugins.lock();
+        let mut plugins = self.inner.plugins.plugins.lock();
         plugins.push(RuntimePlugin { plugin, triggers });
         let dispatch = Arc::new(Dispatch::build(&plugins));
-        *self.inner.dispatch.write() = dispatch;
+        *self.inner.plugins.dispatch.write() = dispatch;
         Ok(())
     }
 
@@ -72,7 +89,7 @@ impl QueueTasks {
     /// });
     /// ```
     pub fn on_event(&self, kind: EventKind, callback: impl Fn(&Event) + Send + Sync + 'static) {
-        self.inner.events.on(kind, callback);
+        self.inner.plugins.events.on(kind, callback);
     }
 
     /// Calls an async `callback` at every event of this kind.
@@ -81,6 +98,6 @@ impl QueueTasks {
         F: Fn(Event) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        self.inner.events.on_async(kind, callback);
+        self.inner.plugins.events.on_async(kind, callback);
     }
 }

@@ -1,23 +1,46 @@
-//! Operating on stored records from outside a task: listing them a page at a time, deleting a
-//! finished one, retrying a failed one as a new linked attempt.
+//! Operating on stored records from outside a task, through [`QueueTasks::records`]: listing
+//! them a page at a time, deleting a finished one, retrying a failed one as a new linked
+//! attempt.
 
 use uuid::Uuid;
 
 use super::QueueTasks;
 use super::tasks::Placement;
+use crate::records::RecordUpdate;
 use crate::records::{RecordPage, RecordQuery};
-use crate::triggers::RecordUpdate;
 use crate::{Error, Result, TaskHandle, TaskStatus};
 
-/// How long a retry by hand holds its claim on the task it retries (see `retry_task`).
+/// How long a retry by hand holds its claim on the task it retries (see `Records::retry`).
 const RETRY_CLAIM: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl QueueTasks {
+    /// The stored task records: list, delete, retry by hand.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> qtasks::Result<()> {
+    /// let app = qtasks::QueueTasks::new();
+    /// let page = app.records().list(&qtasks::records::RecordQuery::default()).await?;
+    /// assert!(page.records.is_empty());
+    /// # Ok(()) }
+    /// ```
+    pub fn records(&self) -> Records<'_> {
+        Records { app: self }
+    }
+}
+
+/// The stored task records of an app, from [`QueueTasks::records`].
+#[derive(Debug, Clone, Copy)]
+pub struct Records<'a> {
+    app: &'a QueueTasks,
+}
+
+impl Records<'_> {
     /// One page of task records, newest first, filtered by status, task name and time (see
     /// [`records`](crate::records)). On Redis a page is read from an index by time, so a
     /// store of millions of records lists as fast as an empty one.
-    pub async fn list_tasks(&self, query: &RecordQuery) -> Result<RecordPage> {
-        Ok(self.inner.storage.list(query).await?)
+    pub async fn list(self, query: &RecordQuery) -> Result<RecordPage> {
+        Ok(self.app.components().storage.list(query).await?)
     }
 
     /// Deletes the record of a finished task; `false` if there was none. A task that still
@@ -27,11 +50,11 @@ impl QueueTasks {
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> qtasks::Result<()> {
     /// let app = qtasks::QueueTasks::new();
-    /// assert!(!app.delete_task(qtasks::Uuid::new_v4()).await?);
+    /// assert!(!app.records().delete(qtasks::Uuid::new_v4()).await?);
     /// # Ok(()) }
     /// ```
-    pub async fn delete_task(&self, uuid: Uuid) -> Result<bool> {
-        let Some(record) = self.inner.storage.get(uuid).await? else {
+    pub async fn delete(self, uuid: Uuid) -> Result<bool> {
+        let Some(record) = self.app.components().storage.get(uuid).await? else {
             return Ok(false);
         };
         // A final status never changes again, so nothing can start the task in between.
@@ -43,7 +66,7 @@ impl QueueTasks {
                 hint: "cancel it first, then delete it",
             });
         }
-        Ok(self.inner.storage.delete(uuid).await?)
+        Ok(self.app.components().storage.delete(uuid).await?)
     }
 
     /// Runs a task that failed (or was cancelled) again, as a new attempt with the same name,
@@ -51,9 +74,10 @@ impl QueueTasks {
     /// and the old one names the new one as its `retry_child_uuid`, so the chain reads both
     /// ways. A task that succeeded, waits or runs is refused ([`Error::WrongStatus`]); a task
     /// retried once already is refused too (retry its latest attempt).
-    pub async fn retry_task(&self, uuid: Uuid) -> Result<TaskHandle> {
+    pub async fn retry(self, uuid: Uuid) -> Result<TaskHandle> {
         let record = self
-            .inner
+            .app
+            .components()
             .storage
             .get(uuid)
             .await?
@@ -81,7 +105,8 @@ impl QueueTasks {
         // the checks above. One claim in the backend lets only the first queue an attempt;
         // by the time it expires the record names its child, which refuses later ones.
         if !self
-            .inner
+            .app
+            .components()
             .global_config
             .claim(&format!("retry:{uuid}"), RETRY_CLAIM)
             .await?
@@ -94,6 +119,7 @@ impl QueueTasks {
             .ok()
             .and_then(|table| table.get(&record.task_name));
         let handle = self
+            .app
             .enqueue(
                 record.task_name,
                 record.priority,
@@ -107,7 +133,8 @@ impl QueueTasks {
                 },
             )
             .await?;
-        self.inner
+        self.app
+            .components()
             .storage
             .update(
                 uuid,

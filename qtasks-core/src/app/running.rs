@@ -2,7 +2,10 @@
 //! heartbeat (`ping`) and `inspect`.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::components::{StartSteps, StopSteps};
 use crate::inspect::{AppStats, Inspection, TaskStats};
@@ -15,12 +18,52 @@ use crate::{QueueTasks, Result};
 pub(crate) const INTERRUPTED: &str =
     "Interrupted: the worker is stopping and hands the task back to the queue";
 
+/// Whether the app runs, how it stops, and what its worker counts.
+#[derive(Default)]
+pub(crate) struct RunState {
+    /// Set from start to stop (plugins cannot be added meanwhile).
+    pub(crate) running: AtomicBool,
+    /// Set while a stop interrupts the running tasks (its timeout passed, a second signal, or
+    /// `stop_now`): the interrupted deliveries are handed back, not finished.
+    pub(crate) interrupting: AtomicBool,
+    /// Wakes a stop that waits for running tasks, to interrupt them now.
+    pub(crate) interrupt: tokio::sync::Notify,
+    /// What a started app holds until it stops.
+    pub(crate) lifecycle: tokio::sync::Mutex<Option<Running>>,
+    pub(crate) counters: Counters,
+}
+
+/// What this process's worker counts as it goes.
+#[derive(Default)]
+pub(crate) struct Counters {
+    /// Outcomes the broker refused: the worker had stalled past its lease.
+    pub(crate) refused_outcomes: AtomicU64,
+    /// Tasks run to an outcome (stored or not).
+    pub(crate) processed: AtomicU64,
+    /// Tasks running now.
+    pub(crate) running: AtomicU64,
+    /// Tasks interrupted by a stop and handed back to the queue.
+    pub(crate) handed_back: AtomicU64,
+}
+
+/// What a started app holds until it stops.
+pub(crate) struct Running {
+    pub(crate) shutdown: watch::Sender<bool>,
+    pub(crate) worker: JoinHandle<()>,
+    pub(crate) heartbeat: JoinHandle<()>,
+    pub(crate) plugins: Vec<crate::dispatch::RuntimePlugin>,
+    /// The id this worker is listed under (see `stats`).
+    pub(crate) worker_id: String,
+    /// The schedules this worker runs, until it stops.
+    pub(crate) scheduler: JoinHandle<()>,
+}
+
 impl QueueTasks {
     /// Starts plugins, components and a worker in the background of the current tokio
     /// runtime, and returns (through the app's [`Starter`]). Stop it with
     /// [`stop`](Self::stop). For a worker process, use [`run_forever`](Self::run_forever).
     pub async fn start(&self) -> Result<()> {
-        let starter = Arc::clone(&self.inner.starter);
+        let starter = Arc::clone(&self.components().starter);
         starter
             .start(StartSteps {
                 app: self,
@@ -33,8 +76,8 @@ impl QueueTasks {
     /// stop, then each plugin's `stop` runs once. Tasks still queued stay queued. Stopping a
     /// stopped app does nothing.
     pub async fn stop(&self) -> Result<()> {
-        let starter = Arc::clone(&self.inner.starter);
-        if self.inner.running.load(Ordering::Acquire) {
+        let starter = Arc::clone(&self.components().starter);
+        if self.run_state().running.load(Ordering::Acquire) {
             self.dispatch()
                 .fire(&QtasksStop {
                     app: self,
@@ -61,15 +104,15 @@ impl QueueTasks {
 
     /// Interrupts the running tasks of this process so that a stop need not wait for them.
     pub(crate) fn interrupt_running(&self) {
-        if !self.inner.running.load(Ordering::Acquire) {
+        if !self.run_state().running.load(Ordering::Acquire) {
             return;
         }
-        self.inner.interrupting.store(true, Ordering::Release);
-        let interrupted = self.inner.cancels.cancel_all(INTERRUPTED);
+        self.run_state().interrupting.store(true, Ordering::Release);
+        let interrupted = self.cancels().cancel_all(INTERRUPTED);
         if interrupted > 0 {
             tracing::warn!(app = %self.name(), interrupted, "interrupting the running tasks; they are handed back to the queue");
         }
-        self.inner.interrupt.notify_one();
+        self.run_state().interrupt.notify_one();
     }
 
     /// Runs a worker until Ctrl-C (or SIGTERM on Unix) or [`stop`](Self::stop), then stops
@@ -91,7 +134,7 @@ impl QueueTasks {
     pub async fn run_forever(&self) -> Result<()> {
         let mut signals = ShutdownSignals::listen();
         self.start().await?;
-        let mut stop_requested = match self.inner.lifecycle.lock().await.as_ref() {
+        let mut stop_requested = match self.run_state().lifecycle.lock().await.as_ref() {
             Some(running) => running.shutdown.subscribe(),
             None => return Ok(()), // stopped already
         };
@@ -115,7 +158,7 @@ impl QueueTasks {
     /// Whether a worker of this app is running anywhere: its heartbeat in the global config
     /// (on Redis, any worker process, as the original's `ping`).
     pub async fn ping(&self) -> Result<bool> {
-        let global_config = &*self.inner.global_config;
+        let global_config = &*self.components().global_config;
         self.dispatch()
             .fire(&QtasksPing {
                 app: self,
@@ -137,7 +180,7 @@ impl QueueTasks {
                     .collect()
             })
             .unwrap_or_default();
-        let inner = &self.inner;
+        let components = self.components();
         Inspection {
             app: AppStats {
                 name: self.name(),
@@ -146,25 +189,17 @@ impl QueueTasks {
                 tasks_count: tasks.len(),
                 plugins_count: crate::dispatch::static_registrations().len()
                     + self.runtime_plugins().len(),
-                events_count: inner.events.count(),
-                broker: inner.broker.name().to_owned(),
-                storage: inner.storage.name().to_owned(),
-                global_config: inner.global_config.name().to_owned(),
-                worker: inner.worker.name().to_owned(),
-                starter: inner.starter.name().to_owned(),
-                executor: inner.executor.name().to_owned(),
+                events_count: self.events().count(),
+                broker: components.broker.name().to_owned(),
+                storage: components.storage.name().to_owned(),
+                global_config: components.global_config.name().to_owned(),
+                worker: components.worker.name().to_owned(),
+                starter: components.starter.name().to_owned(),
+                executor: components.executor.name().to_owned(),
             },
             tasks,
-            schedules: self.registered_schedules(),
+            schedules: self.schedules().registered(),
         }
-    }
-
-    /// How many outcomes of this process's worker the broker refused since the app was built:
-    /// the worker stalled past a task's lease (a paused process, an outage longer than the
-    /// lease), another worker took the task over, and this worker's late write was dropped so
-    /// that each attempt has one recorded outcome. Each refusal is also logged.
-    pub fn refused_outcomes(&self) -> u64 {
-        self.inner.counters.refused_outcomes.load(Ordering::Relaxed)
     }
 }
 

@@ -1,5 +1,5 @@
-//! Schedules on the app: registering them, running them alone, reading, pausing and resuming
-//! them (see [`schedule`](crate::schedule)).
+//! Schedules on the app, through [`QueueTasks::schedules`]: registering them, running them
+//! alone, reading, pausing and resuming them (see [`schedule`](crate::schedule)).
 
 use std::sync::Arc;
 
@@ -8,46 +8,23 @@ use crate::schedule::runner::{self, Entry, PAUSED};
 use crate::schedule::{Clock, Schedule, ScheduleError, ScheduleInfo, SystemClock};
 use crate::{Result, TaskCall};
 
+/// The schedules registered on the app, and the clock they read.
+#[derive(Default)]
+pub(super) struct ScheduleState {
+    entries: parking_lot::Mutex<Vec<Arc<Entry>>>,
+    clock: std::sync::OnceLock<Arc<dyn Clock>>,
+}
+
 impl QueueTasks {
-    /// Registers a periodic task: at each slot of `schedule`, one worker of the app adds
-    /// `call`. Register before the worker starts (`run_forever`, `start`, `run_scheduler`);
-    /// every worker that registers the same name runs it, and each slot fires once.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use qtasks::schedule::Schedule;
-    ///
-    /// let app = qtasks::QueueTasks::new();
-    /// let call = qtasks::TaskCall::new("refresh_rates", vec![], Default::default());
-    /// app.schedule("rates", Schedule::every(Duration::from_secs(300)), call.clone()).unwrap();
-    /// assert!(app.schedule("rates", Schedule::every(Duration::from_secs(60)), call).is_err());
-    /// ```
-    pub fn schedule(
-        &self,
-        name: &str,
-        schedule: Schedule,
-        call: TaskCall,
-    ) -> std::result::Result<(), ScheduleError> {
-        if name.is_empty() || name.contains(':') {
-            return Err(ScheduleError::Name(name.to_owned()));
-        }
-        schedule.validate()?;
-        let mut schedules = self.inner.schedules.lock();
-        if schedules.iter().any(|entry| entry.name == name) {
-            return Err(ScheduleError::Duplicate(name.to_owned()));
-        }
-        schedules.push(Arc::new(Entry {
-            name: name.to_owned(),
-            schedule,
-            call,
-        }));
-        Ok(())
+    /// The app's schedules: register, read, pause and resume them, run them alone.
+    pub fn schedules(&self) -> Schedules<'_> {
+        Schedules { app: self }
     }
 
-    /// The schedules this app runs: those registered with [`schedule`](Self::schedule) and
-    /// the `#[qtasks::task(cron = "...")]` tasks it runs.
+    /// The schedules this app runs: those registered with [`Schedules::add`] and the
+    /// `#[qtasks::task(cron = "...")]` tasks it runs.
     pub(crate) fn schedule_entries(&self) -> Vec<Arc<Entry>> {
-        let mut entries = self.inner.schedules.lock().clone();
+        let mut entries = self.inner.schedules.entries.lock().clone();
         if let Ok(table) = crate::registry::TaskTable::global() {
             for registration in inventory::iter::<crate::__private::CronRegistration> {
                 let Some(definition) = table.get(registration.task) else {
@@ -74,12 +51,66 @@ impl QueueTasks {
         entries
     }
 
-    /// The schedules this app runs (registered with [`schedule`](Self::schedule), or
+    pub(crate) fn clock(&self) -> Arc<dyn Clock> {
+        Arc::clone(
+            self.inner
+                .schedules
+                .clock
+                .get_or_init(|| Arc::new(SystemClock)),
+        )
+    }
+}
+
+/// The schedules of an app, from [`QueueTasks::schedules`].
+#[derive(Debug, Clone, Copy)]
+pub struct Schedules<'a> {
+    app: &'a QueueTasks,
+}
+
+impl Schedules<'_> {
+    /// Registers a periodic task: at each slot of `schedule`, one worker of the app adds
+    /// `call`. Register before the worker starts (`run_forever`, `start`, [`run`](Self::run));
+    /// every worker that registers the same name runs it, and each slot fires once.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use qtasks::schedule::Schedule;
+    ///
+    /// let app = qtasks::QueueTasks::new();
+    /// let call = qtasks::TaskCall::new("refresh_rates", vec![], Default::default());
+    /// let schedules = app.schedules();
+    /// schedules.add("rates", Schedule::every(Duration::from_secs(300)), call.clone()).unwrap();
+    /// assert!(schedules.add("rates", Schedule::every(Duration::from_secs(60)), call).is_err());
+    /// ```
+    pub fn add(
+        self,
+        name: &str,
+        schedule: Schedule,
+        call: TaskCall,
+    ) -> std::result::Result<(), ScheduleError> {
+        if name.is_empty() || name.contains(':') {
+            return Err(ScheduleError::Name(name.to_owned()));
+        }
+        schedule.validate()?;
+        let mut schedules = self.app.inner.schedules.entries.lock();
+        if schedules.iter().any(|entry| entry.name == name) {
+            return Err(ScheduleError::Duplicate(name.to_owned()));
+        }
+        schedules.push(Arc::new(Entry {
+            name: name.to_owned(),
+            schedule,
+            call,
+        }));
+        Ok(())
+    }
+
+    /// The schedules this app runs (registered with [`add`](Self::add), or
     /// `#[qtasks::task(cron = "...")]`), with their next slot; what they did is in
-    /// [`schedules`](Self::schedules).
-    pub fn registered_schedules(&self) -> Vec<ScheduleInfo> {
-        let now = crate::schedule::unix_ms(self.clock().now());
-        self.schedule_entries()
+    /// [`recorded`](Self::recorded).
+    pub fn registered(self) -> Vec<ScheduleInfo> {
+        let now = crate::schedule::unix_ms(self.app.clock().now());
+        self.app
+            .schedule_entries()
             .iter()
             .map(|entry| entry.info(entry.schedule.next_slot_ms(now)))
             .collect()
@@ -87,12 +118,12 @@ impl QueueTasks {
 
     /// Runs this app's schedules, and no worker, until a shutdown signal (the `timer`
     /// command; the original's `AsyncTimer.run_forever`).
-    pub async fn run_scheduler(&self) -> Result<()> {
-        let entries = self.schedule_entries();
+    pub async fn run(self) -> Result<()> {
+        let entries = self.app.schedule_entries();
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let runner = tokio::spawn(runner::run(self.clone(), entries, stopped));
+        let runner = tokio::spawn(runner::run(self.app.clone(), entries, stopped));
         crate::signals::ShutdownSignals::listen().recv().await;
-        tracing::info!(app = %self.name(), "shutdown signal received; the scheduler stops");
+        tracing::info!(app = %self.app.name(), "shutdown signal received; the scheduler stops");
         let _ = stop.send(true);
         let _ = runner.await;
         Ok(())
@@ -100,29 +131,35 @@ impl QueueTasks {
 
     /// The schedules as the workers recorded them on the backend (what fires next, the last
     /// firing), with their paused state: from any process, with or without the tasks.
-    pub async fn schedules(&self) -> Result<Vec<ScheduleInfo>> {
-        runner::read_infos(self).await
+    pub async fn recorded(self) -> Result<Vec<ScheduleInfo>> {
+        runner::read_infos(self.app).await
     }
 
     /// Pauses a schedule on every worker (its slots pass without firing) until
-    /// [`resume_schedule`](Self::resume_schedule).
-    pub async fn pause_schedule(&self, name: &str) -> Result<()> {
-        Ok(self.inner.global_config.set(PAUSED, name, "1").await?)
+    /// [`resume`](Self::resume).
+    pub async fn pause(self, name: &str) -> Result<()> {
+        Ok(self
+            .app
+            .components()
+            .global_config
+            .set(PAUSED, name, "1")
+            .await?)
     }
 
     /// Resumes a paused schedule from its next slot.
-    pub async fn resume_schedule(&self, name: &str) -> Result<()> {
-        Ok(self.inner.global_config.set(PAUSED, name, "0").await?)
+    pub async fn resume(self, name: &str) -> Result<()> {
+        Ok(self
+            .app
+            .components()
+            .global_config
+            .set(PAUSED, name, "0")
+            .await?)
     }
 
     /// Replaces the clock schedules read (the system's by default): a
     /// [`TokioClock`](crate::schedule::TokioClock) lets tests run hours of schedules with
     /// tokio's paused time. `false` if one was set already.
-    pub fn set_clock(&self, clock: Arc<dyn Clock>) -> bool {
-        self.inner.clock.set(clock).is_ok()
-    }
-
-    pub(crate) fn clock(&self) -> Arc<dyn Clock> {
-        Arc::clone(self.inner.clock.get_or_init(|| Arc::new(SystemClock)))
+    pub fn set_clock(self, clock: Arc<dyn Clock>) -> bool {
+        self.app.inner.schedules.clock.set(clock).is_ok()
     }
 }

@@ -106,7 +106,7 @@ impl QueueTasks {
         if let (None, Some(table), None, false) = (
             definition,
             table,
-            self.inner.broker.location(),
+            self.components().broker.location(),
             task_name.contains(':'),
         ) {
             let hint = match table.closest(task_name) {
@@ -203,7 +203,7 @@ impl QueueTasks {
             definition,
         };
         let dispatch = self.dispatch();
-        let (broker, storage) = (&*self.inner.broker, &*self.inner.storage);
+        let (broker, storage) = (&*self.components().broker, &*self.components().storage);
         chain!(
             dispatch,
             Trigger::QtasksAddTaskBeforeBroker,
@@ -263,14 +263,14 @@ impl QueueTasks {
     /// A task's record as it is now; `None` for an unknown id. `storage_get`, `broker_get` and
     /// `qtasks_get` may change what is returned.
     pub async fn get(&self, uuid: Uuid) -> Result<Option<TaskRecord>> {
-        let mut record = self.inner.storage.get(uuid).await?;
+        let mut record = self.components().storage.get(uuid).await?;
         self.adjust_read(&mut record).await;
         Ok(record)
     }
 
     async fn adjust_read(&self, record: &mut Option<TaskRecord>) {
         let dispatch = self.dispatch();
-        let (broker, storage) = (&*self.inner.broker, &*self.inner.storage);
+        let (broker, storage) = (&*self.components().broker, &*self.components().storage);
         if let Some(found) = record.as_mut() {
             chain!(
                 dispatch,
@@ -313,8 +313,8 @@ impl QueueTasks {
 
     /// Every record of this app, oldest first. `storage_get_all` may change the list.
     pub async fn get_all(&self) -> Result<Vec<TaskRecord>> {
-        let mut records = self.inner.storage.get_all().await?;
-        let storage = &*self.inner.storage;
+        let mut records = self.components().storage.get_all().await?;
+        let storage = &*self.components().storage;
         chain!(
             self.dispatch(),
             Trigger::StorageGetAll,
@@ -350,7 +350,7 @@ impl QueueTasks {
         let follow = async {
             let mut current = uuid;
             loop {
-                let Some(record) = self.inner.storage.wait_finished(current).await? else {
+                let Some(record) = self.components().storage.wait_finished(current).await? else {
                     return Err(Error::TaskNotFound(current));
                 };
                 match (record.status, record.retry_child_uuid) {
@@ -368,7 +368,7 @@ impl QueueTasks {
             Ok(result) => result,
             Err(_elapsed) => {
                 // Say why, when it is that nobody runs the app's tasks.
-                let no_worker = matches!(self.inner.global_config.status().await, Ok(false));
+                let no_worker = matches!(self.components().global_config.status().await, Ok(false));
                 Err(Error::WaitTimeout {
                     uuid,
                     timeout,
@@ -381,7 +381,7 @@ impl QueueTasks {
     /// Deletes this app's queued tasks and records, and nothing of other apps.
     pub async fn flush_all(&self) -> Result<()> {
         let dispatch = self.dispatch();
-        let (broker, storage) = (&*self.inner.broker, &*self.inner.storage);
+        let (broker, storage) = (&*self.components().broker, &*self.components().storage);
         dispatch.fire(&QtasksFlushAll { app: self, broker }).await;
         dispatch.fire(&BrokerFlushAll { broker }).await;
         broker.flush_all().await?;

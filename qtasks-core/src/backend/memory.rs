@@ -11,12 +11,13 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use super::{BackendError, Broker, Delivery, ItemsRead, RecordChange, Storage, Transition};
+use super::{BackendError, Broker, Delivery, ItemsRead, Storage, Transition};
 use super::{CancelRequest, CancelState, unix_now};
+use crate::records::RecordChange;
+use crate::records::RecordUpdate;
 use crate::records::{RecordCursor, RecordPage, RecordQuery};
 use crate::stats::{FinishedCounts, QueueStats, ThroughputWindow};
 use crate::task::Outcome;
-use crate::triggers::RecordUpdate;
 use crate::{QueuedTask, TaskRecord, TaskStatus};
 
 fn not_stored(uuid: Uuid) -> BackendError {

@@ -35,9 +35,9 @@ pub use crate::error::ErrorChain;
 use crate::components::GlobalConfig;
 use crate::plugin::BoxError;
 
+use crate::records::{RecordChange, RecordUpdate};
 use crate::stats::{DeadLetter, QueueStats};
 use crate::task::Outcome;
-use crate::triggers::RecordUpdate;
 use crate::{QueueConfig, QueuedTask, TaskRecord};
 pub use async_trait::async_trait;
 
@@ -369,51 +369,6 @@ impl ItemsRead {
     /// These new items; `ended` when the task will produce no more.
     pub fn new(items: Vec<serde_json::Value>, ended: bool) -> Self {
         ItemsRead { items, ended }
-    }
-}
-
-/// A write of [`RecordStore::transition`]: where a task's record goes next, for a broker that
-/// keeps only the queue and leaves the records to its storage.
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub enum RecordChange {
-    /// A worker took the task: status `process`.
-    Taken,
-    /// A worker handed the task back unfinished: status `new` again.
-    Released,
-    /// The task ended: the outcome's status and its fields (a retry also names its child).
-    Finished(Outcome),
-    /// A cancel was asked while the task runs (status unchanged, `process`): kept with the
-    /// record, so that the run's finish, or a later take of the task, ends it `cancel` with
-    /// this reason instead ([`Transition::Cancelled`]), even if no worker heard the request.
-    CancelRequested(String),
-}
-
-impl RecordChange {
-    /// The status the record has after this change.
-    pub fn status(&self) -> crate::TaskStatus {
-        match self {
-            RecordChange::Taken | RecordChange::CancelRequested(_) => crate::TaskStatus::Process,
-            RecordChange::Released => crate::TaskStatus::New,
-            RecordChange::Finished(outcome) => outcome.status(),
-        }
-    }
-
-    /// Writes this change into a record (not `updated_at`).
-    pub fn apply_to(&self, record: &mut TaskRecord) {
-        record.status = self.status();
-        if let RecordChange::Finished(outcome) = self {
-            match outcome {
-                Outcome::Success(value) => record.returning = Some(value.clone()),
-                Outcome::Error(traceback) => record.traceback = Some(traceback.clone()),
-                Outcome::Cancel(reason) => record.cancel_reason = Some(reason.clone()),
-                Outcome::Retry { traceback, child } => {
-                    record.traceback = Some(traceback.clone());
-                    record.retry_child_uuid = Some(child.uuid);
-                    record.retry = child.retry.map(|left| left + 1);
-                }
-            }
-        }
     }
 }
 

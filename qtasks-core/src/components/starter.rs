@@ -51,11 +51,11 @@ impl StartSteps<'_> {
     pub async fn run(self) -> Result<()> {
         let app = self.app;
         let tasks = TaskTable::global()?;
-        let mut lifecycle = app.inner.lifecycle.lock().await;
+        let mut lifecycle = app.run_state().lifecycle.lock().await;
         if lifecycle.is_some() {
             return Err(Error::AlreadyRunning);
         }
-        app.inner
+        app.run_state()
             .running
             .store(true, std::sync::atomic::Ordering::Release);
         let result = self.start_parts(tasks).await;
@@ -65,7 +65,7 @@ impl StartSteps<'_> {
                 Ok(())
             }
             Err(error) => {
-                app.inner
+                app.run_state()
                     .running
                     .store(false, std::sync::atomic::Ordering::Release);
                 Err(error)
@@ -75,7 +75,7 @@ impl StartSteps<'_> {
 
     async fn start_parts(&self, tasks: &'static TaskTable) -> Result<Running> {
         let app = self.app;
-        let inner = &app.inner;
+        let components = app.components();
         let dispatch = app.dispatch();
         let config = app.config();
         dispatch
@@ -95,18 +95,17 @@ impl StartSteps<'_> {
                 });
             }
         }
-        inner
-            .events
+        app.events()
             .fire(EventKind::Starting, || {
                 Event::new(EventKind::Starting, app.name())
             })
             .await;
 
         let (broker, storage, global_config, worker) = (
-            &*inner.broker,
-            &*inner.storage,
-            &*inner.global_config,
-            &*inner.worker,
+            &*components.broker,
+            &*components.storage,
+            &*components.global_config,
+            &*components.worker,
         );
         dispatch.fire(&StorageStart { storage }).await;
         storage.start().await?;
@@ -141,7 +140,7 @@ impl StartSteps<'_> {
             worker = %worker_id,
             tasks = tasks.definitions().len(),
             concurrency = app.config().max_tasks_process.max(1),
-            backend = %inner.broker.location().unwrap_or_else(|| inner.broker.name().to_owned()),
+            backend = %components.broker.location().unwrap_or_else(|| components.broker.name().to_owned()),
             "worker starting"
         );
         let heartbeat = tokio::spawn(heartbeat(app.clone(), identity, stop_requested.clone()));
@@ -157,10 +156,10 @@ impl StartSteps<'_> {
                             Ok(request) => match &request.delivery {
                                 // A lost lease: that run alone stops, not a newer one.
                                 Some(receipt) => {
-                                    app.inner.cancels.cancel_delivery(request.uuid, receipt, &request.reason);
+                                    app.cancels().cancel_delivery(request.uuid, receipt, &request.reason);
                                 }
                                 None => {
-                                    app.inner.cancels.cancel_here(request.uuid, &request.reason);
+                                    app.cancels().cancel_here(request.uuid, &request.reason);
                                 }
                             },
                             Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
@@ -184,7 +183,7 @@ impl StartSteps<'_> {
         ));
         let host = WorkerHost::new(app.clone(), tasks, stop_requested);
         let worker_task = {
-            let worker = std::sync::Arc::clone(&inner.worker);
+            let worker = std::sync::Arc::clone(&components.worker);
             tokio::spawn(async move { worker.run(host).await })
         };
         Ok(Running {
@@ -218,14 +217,15 @@ impl WorkerIdentity {
     }
 
     fn describe(&self, app: &QueueTasks) -> WorkerInfo {
+        let counters = app.counters();
         WorkerInfo {
             id: self.id.clone(),
             host: self.host.clone(),
             pid: std::process::id(),
             started_at: self.started_at,
             concurrency: app.config().max_tasks_process.max(1),
-            running: app.running_count(),
-            processed: app.processed(),
+            running: counters.running,
+            processed: counters.processed,
             heartbeat_at: crate::backend::unix_now(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
         }
@@ -245,7 +245,7 @@ fn host_name() -> String {
 
 /// Writes the worker heartbeat and this worker's description once.
 async fn beat(app: &QueueTasks, identity: &WorkerIdentity) {
-    let global_config = &*app.inner.global_config;
+    let global_config = &*app.components().global_config;
     app.dispatch()
         .fire(&GlobalConfigSetStatus { global_config })
         .await;
@@ -264,7 +264,7 @@ const DESCRIBE_EVERY: Duration = Duration::from_secs(2);
 async fn describe(app: &QueueTasks, identity: &WorkerIdentity) {
     let ttl = Duration::from_secs(app.config().global_config_status_ttl).max(DESCRIBE_EVERY * 3);
     if let Err(error) = app
-        .inner
+        .components()
         .global_config
         .set_worker(&identity.describe(app), ttl)
         .await
@@ -321,18 +321,18 @@ impl StopSteps<'_> {
     /// Runs the sequence. Stopping a stopped app does nothing.
     pub async fn run(self) -> Result<()> {
         let app = self.app;
-        let inner = &app.inner;
-        let mut lifecycle = inner.lifecycle.lock().await;
+        let components = app.components();
+        let mut lifecycle = app.run_state().lifecycle.lock().await;
         let Some(running) = lifecycle.take() else {
             return Ok(());
         };
         tracing::info!(app = app.name(), "stopping");
         let dispatch = app.dispatch();
         let (broker, storage, global_config, worker) = (
-            &*inner.broker,
-            &*inner.storage,
-            &*inner.global_config,
-            &*inner.worker,
+            &*components.broker,
+            &*components.storage,
+            &*components.global_config,
+            &*components.worker,
         );
         dispatch
             .fire(&StarterStop {
@@ -346,7 +346,8 @@ impl StopSteps<'_> {
         // `stop_now`) they are interrupted and handed back to the queue.
         let mut worker_task = running.worker;
         let limit = app.config().stop_limit();
-        let joined = if inner
+        let joined = if app
+            .run_state()
             .interrupting
             .load(std::sync::atomic::Ordering::Acquire)
         {
@@ -359,14 +360,14 @@ impl StopSteps<'_> {
                     app.interrupt_running();
                     None
                 }
-                () = inner.interrupt.notified() => None,
+                () = app.run_state().interrupt.notified() => None,
             }
         };
         let joined = match joined {
             Some(joined) => joined,
             None => worker_task.await,
         };
-        inner
+        app.run_state()
             .interrupting
             .store(false, std::sync::atomic::Ordering::Release);
         if let Err(error) = joined {
@@ -393,21 +394,21 @@ impl StopSteps<'_> {
         running.scheduler.abort();
         note(global_config.clear_status().await);
         note(global_config.remove_worker(&running.worker_id).await);
+        let counters = app.counters();
         tracing::info!(
             app = app.name(),
             worker = %running.worker_id,
-            finished = app.processed() - app.handed_back(),
-            handed_back = app.handed_back(),
-            refused = app.refused_outcomes(),
+            finished = counters.processed - counters.handed_back,
+            handed_back = counters.handed_back,
+            refused = counters.refused_outcomes,
             "worker stopped"
         );
         dispatch.fire(&GlobalConfigStop { global_config }).await;
         note(global_config.stop().await);
         dispatch.fire(&StorageStop { storage }).await;
         note(storage.stop().await);
-        inner.dependencies.close_worker_values().await;
-        inner
-            .events
+        app.dependencies().close_worker_values().await;
+        app.events()
             .fire(EventKind::Stopping, || {
                 Event::new(EventKind::Stopping, app.name())
             })
@@ -419,7 +420,7 @@ impl StopSteps<'_> {
                 reason,
             });
         }
-        inner
+        app.run_state()
             .running
             .store(false, std::sync::atomic::Ordering::Release);
         first_failure.map_or(Ok(()), Err)

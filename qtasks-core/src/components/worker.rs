@@ -16,13 +16,14 @@ use crate::dispatch::chain;
 use crate::events::{Event, EventKind};
 use crate::panic::catch_panic;
 use crate::plugin::BoxFuture;
+use crate::records::RecordUpdate;
 use crate::registry::TaskTable;
 use crate::task::Outcome;
 use crate::triggers::{
     BrokerAddWorker, BrokerListenStart, BrokerRemoveFinishedTask, BrokerRunningOlderTasks,
-    BrokerUpdate, RecordUpdate, StorageAddProcess, StorageRemoveFinishedTask,
-    StorageRunningOlderTasks, StorageUpdate, WorkerAdd, WorkerExecuteAfter, WorkerExecuteBefore,
-    WorkerRemoveFinishedTask, WorkerRunTaskBefore, WorkerTaskErrorRetry,
+    BrokerUpdate, StorageAddProcess, StorageRemoveFinishedTask, StorageRunningOlderTasks,
+    StorageUpdate, WorkerAdd, WorkerExecuteAfter, WorkerExecuteBefore, WorkerRemoveFinishedTask,
+    WorkerRunTaskBefore, WorkerTaskErrorRetry,
 };
 use crate::{QueueTasks, QueuedTask, TaskDefinition, TaskStatus, Trigger};
 
@@ -89,7 +90,7 @@ impl WorkerHost {
     /// now), waiting while the queue is empty; empty once the app is stopping.
     pub async fn next_batch(&self, max: usize) -> Vec<Delivery> {
         let app = self.app();
-        let (broker, worker) = (&*app.inner.broker, &*app.inner.worker);
+        let (broker, worker) = (&*app.components().broker, &*app.components().worker);
         if !self.inner.listening.swap(true, Ordering::AcqRel) {
             app.dispatch()
                 .fire(&BrokerListenStart { broker, worker })
@@ -98,7 +99,7 @@ impl WorkerHost {
         loop {
             // A stop that interrupts hands the running tasks back: this worker must not take
             // them (or anything) again meanwhile, or it would wait for them forever.
-            if app.inner.interrupting.load(Ordering::Acquire) {
+            if app.run_state().interrupting.load(Ordering::Acquire) {
                 return Vec::new();
             }
             let next = tokio::select! {
@@ -107,7 +108,7 @@ impl WorkerHost {
                 next = broker.next_batch(max.max(1)) => next,
             };
             match next {
-                Ok(deliveries) if app.inner.interrupting.load(Ordering::Acquire) => {
+                Ok(deliveries) if app.run_state().interrupting.load(Ordering::Acquire) => {
                     // Taken while the stop began (perhaps a task just handed back): give them
                     // back at once.
                     for delivery in &deliveries {
@@ -138,8 +139,11 @@ impl WorkerHost {
     async fn accept(&self, delivery: &mut Delivery) {
         let app = self.app();
         let dispatch = app.dispatch();
-        let (broker, storage, worker) =
-            (&*app.inner.broker, &*app.inner.storage, &*app.inner.worker);
+        let (broker, storage, worker) = (
+            &*app.components().broker,
+            &*app.components().storage,
+            &*app.components().worker,
+        );
         let task = &mut delivery.task;
         if delivery.recovered {
             dispatch
@@ -195,7 +199,7 @@ impl WorkerHost {
                 self.0.processed.fetch_add(1, Ordering::Relaxed);
             }
         }
-        let counters = &self.app().inner.counters;
+        let counters = &self.app().run_state().counters;
         counters.running.fetch_add(1, Ordering::Relaxed);
         let _counted = Counted(counters);
         self.execute_counted(delivery).await;
@@ -204,8 +208,11 @@ impl WorkerHost {
     async fn execute_counted(&self, mut delivery: Delivery) {
         let app = self.app();
         let dispatch = app.dispatch();
-        let (broker, storage, worker) =
-            (&*app.inner.broker, &*app.inner.storage, &*app.inner.worker);
+        let (broker, storage, worker) = (
+            &*app.components().broker,
+            &*app.components().storage,
+            &*app.components().worker,
+        );
         let uuid = delivery.task.uuid;
         let definition = delivery
             .task
@@ -236,7 +243,7 @@ impl WorkerHost {
         };
         if matches!(&outcome, Outcome::Cancel(reason) if reason == crate::app::INTERRUPTED) {
             // Interrupted by a stop that could not wait: no outcome; the task waits again.
-            app.inner
+            app.run_state()
                 .counters
                 .handed_back
                 .fetch_add(1, Ordering::Relaxed);
@@ -276,7 +283,7 @@ impl WorkerHost {
                 tracing::info!(uuid = %uuid, "{error}");
                 outcome = Outcome::Cancel(reason.to_owned());
             } else if error.is_refused() {
-                app.inner
+                app.run_state()
                     .counters
                     .refused_outcomes
                     .fetch_add(1, Ordering::Relaxed);
@@ -323,8 +330,11 @@ impl WorkerHost {
     ) -> Outcome {
         let app = self.app();
         let dispatch = app.dispatch();
-        let (broker, storage, worker) =
-            (&*app.inner.broker, &*app.inner.storage, &*app.inner.worker);
+        let (broker, storage, worker) = (
+            &*app.components().broker,
+            &*app.components().storage,
+            &*app.components().worker,
+        );
         let uuid = task.uuid;
 
         // The record is `process` already (the broker marked it when it handed the task out);
@@ -385,12 +395,15 @@ impl WorkerHost {
         let attempt = attempt_of(task, definition);
         let span = tracing::info_span!("task", task = definition.parts.name, uuid = %uuid, attempt);
         if let (Some(context), Some(traceparent)) =
-            (app.inner.trace_context.get(), task.traceparent.as_deref())
+            (app.trace_context(), task.traceparent.as_deref())
         {
             context.continue_trace(&span, traceparent, task.created_at);
         }
-        let executor = definition.parts.executor.unwrap_or(&*app.inner.executor);
-        let cancel = app.inner.cancels.register(uuid, receipt);
+        let executor = definition
+            .parts
+            .executor
+            .unwrap_or(&*app.components().executor);
+        let cancel = app.cancels().register(uuid, receipt);
         let run = TaskExecutor::new(
             app.clone(),
             definition,
@@ -407,7 +420,7 @@ impl WorkerHost {
                 executor.name()
             )),
         };
-        app.inner.cancels.unregister(uuid, receipt);
+        app.cancels().unregister(uuid, receipt);
         let failure = run.take_failure();
         drop(run);
         self.task_event(EventKind::TaskStopping, task, Some(&outcome))
@@ -445,7 +458,7 @@ impl WorkerHost {
             app.dispatch(),
             Trigger::WorkerTaskErrorRetry,
             WorkerTaskErrorRetry {
-                broker: &*app.inner.broker,
+                broker: &*app.components().broker,
                 task,
                 definition,
                 traceback,
@@ -486,8 +499,7 @@ impl WorkerHost {
 
     async fn task_event(&self, kind: EventKind, task: &QueuedTask, outcome: Option<&Outcome>) {
         let app = self.app();
-        app.inner
-            .events
+        app.events()
             .fire(kind, || {
                 let mut event = Event::new(kind, app.name());
                 event.task = Some(task.clone());
@@ -509,8 +521,7 @@ impl WorkerHost {
 
     async fn worker_event(&self, kind: EventKind, number: usize) {
         let app = self.app();
-        app.inner
-            .events
+        app.events()
             .fire(kind, || {
                 let mut event = Event::new(kind, app.name());
                 event.worker_number = Some(number);
@@ -617,7 +628,7 @@ async fn run_alone(host: &WorkerHost, slots: &Arc<Semaphore>, limit: usize, deli
 /// Hands deliveries back to the broker unrun (their lease, if the broker cannot, runs out).
 async fn hand_back(host: &WorkerHost, deliveries: &[Delivery]) {
     for delivery in deliveries {
-        if let Err(error) = host.app().inner.broker.release(delivery).await {
+        if let Err(error) = host.app().components().broker.release(delivery).await {
             tracing::error!(uuid = %delivery.task.uuid, "handing a task back failed (it is taken again when its lease runs out): {}", crate::backend::ErrorChain(&error));
         }
     }

@@ -3,9 +3,9 @@
 //!
 //! A [`Schedule`] says when: [`Schedule::cron`] (5 fields, or 6 with seconds first, in UTC or
 //! a time zone), [`Schedule::every`] (slots aligned on the Unix epoch, so every worker counts
-//! the same ones) or [`Schedule::at`] (once). [`QueueTasks::schedule`] registers it with the
-//! call to add at each slot; every worker of the app (`run_forever`, `qtasks::cli` `worker`, or
-//! a scheduler alone: [`QueueTasks::run_scheduler`], the `timer` command) runs the schedules,
+//! the same ones) or [`Schedule::at`] (once). [`Schedules::add`] (`app.schedules().add(..)`) registers it
+//! with the call to add at each slot; every worker of the app (`run_forever`, `qtasks::cli` `worker`, or
+//! a scheduler alone: [`Schedules::run`], the `timer` command) runs the schedules,
 //! and each slot is claimed once with one atomic command on the backend
 //! ([`GlobalConfig::claim`](crate::components::GlobalConfig::claim)), so it fires once with any
 //! number of workers, and another worker fires it when one is down.
@@ -15,15 +15,13 @@
 //! use qtasks::schedule::Schedule;
 //!
 //! # fn demo(app: &qtasks::QueueTasks) -> Result<(), Box<dyn std::error::Error>> {
-//! app.schedule("digest", Schedule::cron("0 0 7 * * MON-FRI")?.in_time_zone("Europe/Berlin")?,
+//! app.schedules().add("digest", Schedule::cron("0 0 7 * * MON-FRI")?.in_time_zone("Europe/Berlin")?,
 //!     qtasks::TaskCall::new("send_digest", vec![], Default::default()))?;
-//! app.schedule("heartbeat", Schedule::every(Duration::from_secs(30)).catch_up(1),
+//! app.schedules().add("heartbeat", Schedule::every(Duration::from_secs(30)).catch_up(1),
 //!     qtasks::TaskCall::new("ping_partners", vec![], Default::default()))?;
 //! # Ok(()) }
 //! ```
 //!
-//! [`QueueTasks::schedule`]: crate::QueueTasks::schedule
-//! [`QueueTasks::run_scheduler`]: crate::QueueTasks::run_scheduler
 
 mod clock;
 pub(crate) mod runner;
@@ -34,6 +32,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::app::Schedules;
 pub use clock::{Clock, SystemClock, TokioClock};
 pub use timer::Timer;
 

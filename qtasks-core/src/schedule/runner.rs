@@ -125,7 +125,7 @@ impl Entry {
 
 /// Reads the recorded schedules and the paused ones.
 pub(crate) async fn read_infos(app: &QueueTasks) -> crate::Result<Vec<ScheduleInfo>> {
-    let global = &app.inner.global_config;
+    let global = &app.components().global_config;
     let (states, paused) = tokio::join!(global.get_all(STATES), global.get_all(PAUSED));
     let paused = paused?;
     let mut infos: Vec<ScheduleInfo> = states?
@@ -150,7 +150,7 @@ pub(crate) async fn run(
     }
     let clock = app.clock();
     let now_ms = || unix_ms(clock.now());
-    let global = Arc::clone(&app.inner.global_config);
+    let global = Arc::clone(&app.components().global_config);
 
     // Where each schedule stands: slots up to `checked[i]` are handled.
     let recorded: BTreeMap<String, ScheduleInfo> = match read_infos(&app).await {
@@ -162,11 +162,15 @@ pub(crate) async fn run(
     };
     let start = now_ms();
     let mut checked = Vec::with_capacity(entries.len());
-    for entry in &entries {
+    let mut checks: Vec<Check> = Vec::new();
+    for (index, entry) in entries.iter().enumerate() {
         let last = recorded
             .get(&entry.name)
             .and_then(|info| info.last_slot)
             .map(|secs| (secs * 1000.0).round() as i64);
+        if let Some(last) = last {
+            checks.extend(recover_at_start(&app, entry, index, last, start));
+        }
         // Catch up from the last slot fired, or, before any fired, from an explicit start
         // (no further back than claims last); else start with the slot just passed, if it is
         // on time.
@@ -191,7 +195,6 @@ pub(crate) async fn run(
     }
     tracing::info!(app = %app.name(), schedules = entries.len(), "scheduler running");
 
-    let mut checks: Vec<Check> = Vec::new();
     loop {
         let now = now_ms();
         let next = entries
@@ -270,6 +273,46 @@ pub(crate) async fn run(
     }
 }
 
+/// The slots a starting worker checks, as a worker that lost their claims would: the most
+/// recent ones a catch-up schedule fired up to `last` (its last slot recorded), within the
+/// claims' life.
+///
+/// A slot whose claimer died (or failed) between its claim and its add is added by the workers
+/// that lost the claim, when they check it; but that check lives in their memory. A worker
+/// killed in between (or a lone worker, which has no one to check its slots) loses it, and after
+/// a restart the slot lies behind the last one recorded, so catching up skips it. Each start
+/// therefore checks the slots it could have missed: one read per slot, and an add (under a
+/// second claim) only for a slot whose task is missing or still `new`.
+///
+/// A schedule that skips missed slots checks none (a slot missed while its workers were down
+/// stays skipped), and neither does a worker that deletes finished records as it starts: a
+/// slot whose record it deleted would look missing and run again.
+fn recover_at_start(
+    app: &QueueTasks,
+    entry: &Entry,
+    index: usize,
+    last: i64,
+    start: i64,
+) -> Vec<Check> {
+    let Missed::CatchUp(n) = entry.schedule.missed else {
+        return Vec::new();
+    };
+    if app.config().delete_finished_tasks {
+        return Vec::new();
+    }
+    let horizon = start - entry.claim_ttl(start).as_millis() as i64 / 2;
+    let slots = entry.schedule.slots_ms(horizon, last.min(start), LOOK_BACK);
+    slots[slots.len().saturating_sub(n as usize)..]
+        .iter()
+        .map(|&slot_ms| Check {
+            entry: index,
+            slot_ms,
+            at_ms: (slot_ms + CHECK_AFTER).max(start),
+            kind: CheckKind::Recover,
+        })
+        .collect()
+}
+
 /// Claims a slot and, if this worker won it, adds the task (or, with a jitter, says when to)
 /// and records the firing. What is left to do about the slot comes back as a [`Check`]: a
 /// slot another worker claimed (to check later that it added the task), a jittered add, or an
@@ -281,7 +324,7 @@ async fn fire_slot(
     slot_ms: i64,
     now: i64,
 ) -> Option<Check> {
-    let global = &app.inner.global_config;
+    let global = &app.components().global_config;
     let ttl = entry.claim_ttl(slot_ms);
     let key = format!("schedule:{}:{slot_ms}", entry.name);
     let check_later = Check {
@@ -342,7 +385,7 @@ async fn recover_slot(app: &QueueTasks, entry: &Entry, slot_ms: i64) -> Recovery
     };
     let key = format!("schedule:{}:{slot_ms}:recover", entry.name);
     let Ok(true) = app
-        .inner
+        .components()
         .global_config
         .claim(&key, entry.claim_ttl(slot_ms))
         .await
@@ -386,7 +429,12 @@ async fn record(app: &QueueTasks, info: &ScheduleInfo) {
     let Ok(json) = serde_json::to_string(info) else {
         return;
     };
-    if let Err(error) = app.inner.global_config.set(STATES, &info.name, &json).await {
+    if let Err(error) = app
+        .components()
+        .global_config
+        .set(STATES, &info.name, &json)
+        .await
+    {
         tracing::warn!(app = %app.name(), schedule = %info.name, "recording the schedule failed: {}", crate::backend::ErrorChain(&error));
     }
 }

@@ -66,13 +66,14 @@ impl Timer {
             format!("{task_name}#{}", self.added)
         };
         self.app
-            .schedule(&name, trigger, TaskCall::new(task_name, args, kwargs))
+            .schedules()
+            .add(&name, trigger, TaskCall::new(task_name, args, kwargs))
             .map_err(|e| invalid(e.to_string()))?;
         Ok(self)
     }
 
     /// Runs the schedules (and no worker) until a shutdown signal.
     pub async fn run_forever(&self) -> Result<()> {
-        self.app.run_scheduler().await
+        self.app.schedules().run().await
     }
 }

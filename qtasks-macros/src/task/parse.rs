@@ -380,7 +380,7 @@ pub(crate) fn parse_fn(options: TaskOptions, function: ItemFn, errors: &mut Erro
         errors.spanned(
             &first.name,
             format!(
-                "a task with `cron = {:?}` is added by its schedule with no arguments, so it cannot take `{}`\n= help: remove the parameter, or schedule calls with arguments with `app.schedule(name, Schedule::cron(..)?, {}::call(..))`",
+                "a task with `cron = {:?}` is added by its schedule with no arguments, so it cannot take `{}`\n= help: remove the parameter, or schedule calls with arguments with `app.schedules().add(name, Schedule::cron(..)?, {}::call(..))`",
                 cron.value(),
                 first.name,
                 function.sig.ident,

@@ -1,9 +1,16 @@
 //! The app's configuration: the original's `QueueConfig` fields and defaults, overridable from
 //! `QTASKS_*` environment variables with typed parsing.
+//!
+//! The fields are named once, in the struct: serde reads them from the environment (through
+//! `envy`, which maps `QTASKS_MAX_TASKS_PROCESS` to `max_tasks_process`), from the text
+//! `set_config` takes, and from JSON; [`fields`] says how each kind of field reads its text.
 
+mod fields;
+
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::TaskStatus;
 
@@ -19,25 +26,32 @@ use crate::TaskStatus;
 /// timings cannot), a list from the environment is comma-separated (the original splits it into
 /// characters), and a value that does not parse is an error naming the variable (the original
 /// ignores it).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct QueueConfig {
     /// The app name: it names the app in logs and is the key prefix on Redis.
     pub name: String,
     /// How many tasks one worker runs at once (the original's semaphore); at least 1.
+    #[serde(deserialize_with = "fields::whole_number::deserialize")]
     pub max_tasks_process: usize,
     /// At start, put back in the queue at once the tasks other workers took and did not finish
     /// (otherwise they come back when their lease runs out). Tasks of live workers may then
     /// run twice, as in the original.
+    #[serde(deserialize_with = "fields::boolean::deserialize")]
     pub running_older_tasks: bool,
     /// At start, delete the records of finished tasks.
+    #[serde(deserialize_with = "fields::boolean::deserialize")]
     pub delete_finished_tasks: bool,
     /// The priority of tasks that set none; lower runs first.
+    #[serde(deserialize_with = "fields::integer::deserialize")]
     pub task_default_priority: i64,
     /// Unused, as in the original (kept so its environment variable is accepted).
     pub task_default_decode: Option<String>,
     /// How long the worker heartbeat lives without a refresh, in seconds.
+    #[serde(deserialize_with = "fields::whole_seconds::deserialize")]
     pub global_config_status_ttl: u64,
     /// How often a running worker refreshes its heartbeat, in seconds.
+    #[serde(deserialize_with = "fields::whole_seconds::deserialize")]
     pub global_config_status_set_periodic: u64,
     /// The log level meant for workers (`tracing` levels: `error`..`trace`). qtasks logs
     /// through `tracing`; the subscriber a program installs decides what is shown.
@@ -49,13 +63,16 @@ pub struct QueueConfig {
     /// Seconds between looks at a result when no notification can arrive (on Redis, while no
     /// Rust worker of the app is alive: Python workers publish no results); otherwise results
     /// wake waiters at once and no periodic look is made.
+    #[serde(deserialize_with = "fields::positive_seconds::deserialize")]
     pub result_time_interval: f64,
     /// The statuses `wait` returns on. (`retry` is followed to the next attempt.)
+    #[serde(deserialize_with = "fields::statuses::deserialize")]
     pub result_statuses_end: Vec<TaskStatus>,
     /// How long a graceful stop waits for running tasks, in seconds. Past it, the async tasks
     /// still running are interrupted and handed back to the queue at once, so another worker
     /// starts them without waiting for their lease to run out. A second Ctrl-C or SIGTERM (or
     /// [`QueueTasks::stop_now`](crate::QueueTasks::stop_now)) does the same at once.
+    #[serde(deserialize_with = "fields::non_negative_seconds::deserialize")]
     pub stop_timeout: f64,
     /// How many times the broker may hand out one attempt of a task (default 5). A delivery
     /// past it is not run: the task ends `error` with a `DeliveryLimit` reason. Only a worker
@@ -63,6 +80,7 @@ pub struct QueueConfig {
     /// its stack or is OOM-killed) leaves an attempt to be handed out again; failures the
     /// worker survives are counted by `retry` instead. Counted by the engines whose tasks
     /// outlive a worker (Redis, RabbitMQ); `0` means no limit. (Not in the original.)
+    #[serde(deserialize_with = "fields::delivery_limit::deserialize")]
     pub max_deliveries: u32,
     /// The prefix of the environment variables [`QueueConfig::from_env`] reads.
     pub environ_prefix: String,
@@ -116,18 +134,19 @@ impl QueueConfig {
     }
 
     /// Applies `prefix`ed variables from `vars` (testable without touching the process
-    /// environment).
+    /// environment), in order; a variable that names no field is ignored.
     pub fn apply_env(
         &mut self,
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<(), ConfigError> {
         let prefix = self.environ_prefix.clone();
+        let fields = QueueConfig::fields();
         for (variable, value) in vars {
             let Some(field) = variable.strip_prefix(&prefix) else {
                 continue;
             };
             let field = field.to_ascii_lowercase();
-            if QueueConfig::FIELDS.contains(&field.as_str()) {
+            if fields.contains(&field) {
                 self.set_field(&field, &value).map_err(|e| ConfigError {
                     source_name: variable.clone(),
                     ..e
@@ -137,97 +156,68 @@ impl QueueConfig {
         Ok(())
     }
 
-    /// The names of the fields, as [`set_field`](Self::set_field) and the environment take them.
-    pub const FIELDS: &'static [&'static str] = &[
-        "name",
-        "max_tasks_process",
-        "running_older_tasks",
-        "delete_finished_tasks",
-        "task_default_priority",
-        "task_default_decode",
-        "global_config_status_ttl",
-        "global_config_status_set_periodic",
-        "logs_default_level_server",
-        "logs_default_level_client",
-        "logs_format",
-        "result_time_interval",
-        "result_statuses_end",
-        "stop_timeout",
-        "max_deliveries",
-        "environ_prefix",
-    ];
+    /// The names of the fields, as [`set_field`](Self::set_field) and the environment take
+    /// them (lower case; `QTASKS_` and upper case in the environment).
+    pub fn fields() -> Vec<String> {
+        match serde_json::to_value(QueueConfig::default()) {
+            Ok(serde_json::Value::Object(fields)) => {
+                fields.into_iter().map(|(name, _)| name).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
 
-    /// Sets one field from its text form, parsed by the field's type.
+    /// Sets one field from its text form, read as the environment's variable would be.
     pub fn set_field(&mut self, field: &str, value: &str) -> Result<(), ConfigError> {
-        let invalid = |expected: &str| ConfigError {
+        if !QueueConfig::fields().iter().any(|f| f == field) {
+            return Err(ConfigError {
+                source_name: field.to_owned(),
+                value: value.to_owned(),
+                expected: format!(
+                    "a field of QueueConfig ({})",
+                    QueueConfig::fields().join(", ")
+                ),
+            });
+        }
+        let mut texts = self.texts();
+        texts.insert(field.to_owned(), value.to_owned());
+        // Every other field is given as its own text, so a failure is this field's.
+        *self = envy::from_iter(texts).map_err(|error| ConfigError {
             source_name: field.to_owned(),
             value: value.to_owned(),
-            expected: expected.to_owned(),
-        };
-        match field {
-            "name" => self.name = value.to_owned(),
-            "max_tasks_process" => {
-                self.max_tasks_process = parse_number(field, value, "a whole number")?;
-            }
-            "running_older_tasks" => {
-                self.running_older_tasks = parse_bool(value).ok_or_else(|| invalid("a boolean"))?;
-            }
-            "delete_finished_tasks" => {
-                self.delete_finished_tasks =
-                    parse_bool(value).ok_or_else(|| invalid("a boolean"))?;
-            }
-            "task_default_priority" => {
-                self.task_default_priority = parse_number(field, value, "an integer")?;
-            }
-            "task_default_decode" => self.task_default_decode = Some(value.to_owned()),
-            "global_config_status_ttl" => {
-                self.global_config_status_ttl =
-                    parse_number(field, value, "a whole number of seconds")?;
-            }
-            "global_config_status_set_periodic" => {
-                self.global_config_status_set_periodic =
-                    parse_number(field, value, "a whole number of seconds")?;
-            }
-            "logs_default_level_server" => self.logs_default_level_server = value.to_owned(),
-            "logs_default_level_client" => self.logs_default_level_client = value.to_owned(),
-            "logs_format" => self.logs_format = value.to_owned(),
-            "result_time_interval" => {
-                let seconds: f64 = parse_number(field, value, "a number of seconds")?;
-                if !(seconds.is_finite() && seconds > 0.0) {
-                    return Err(invalid("a positive number of seconds"));
-                }
-                self.result_time_interval = seconds;
-            }
-            "result_statuses_end" => {
-                self.result_statuses_end = value
-                    .split(',')
-                    .map(|status| parse_status(status.trim()))
-                    .collect::<Option<_>>()
-                    .ok_or_else(|| invalid("a comma-separated list of statuses (new, process, success, error, cancel, retry)"))?;
-            }
-            "stop_timeout" => {
-                let seconds: f64 = parse_number(field, value, "a number of seconds")?;
-                if !(seconds.is_finite() && seconds >= 0.0) {
-                    return Err(invalid("a finite, non-negative number of seconds"));
-                }
-                self.stop_timeout = seconds;
-            }
-            "max_deliveries" => {
-                self.max_deliveries = parse_number(field, value, "a whole number (0: no limit)")?;
-            }
-            "environ_prefix" => self.environ_prefix = value.to_owned(),
-            other => {
-                return Err(ConfigError {
-                    source_name: other.to_owned(),
-                    value: value.to_owned(),
-                    expected: format!(
-                        "a field of QueueConfig ({})",
-                        QueueConfig::FIELDS.join(", ")
-                    ),
-                });
-            }
-        }
+            expected: match error {
+                envy::Error::Custom(expected) => expected,
+                other => other.to_string(),
+            },
+        })?;
         Ok(())
+    }
+
+    /// Every field set (an unset `Option` is left out) in its text form, by name.
+    fn texts(&self) -> BTreeMap<String, String> {
+        let serde_json::Value::Object(fields) = serde_json::to_value(self).unwrap_or_default()
+        else {
+            return BTreeMap::new();
+        };
+        fields
+            .into_iter()
+            .filter_map(|(name, value)| {
+                let text = match value {
+                    serde_json::Value::Null => return None,
+                    serde_json::Value::String(text) => text,
+                    serde_json::Value::Array(items) => items
+                        .iter()
+                        .map(|item| match item {
+                            serde_json::Value::String(text) => text.clone(),
+                            other => other.to_string(),
+                        })
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    other => other.to_string(),
+                };
+                Some((name, text))
+            })
+            .collect()
     }
 
     /// [`stop_timeout`](Self::stop_timeout) as a duration (30 s when it is not a finite,
@@ -244,30 +234,6 @@ impl QueueConfig {
             .filter(|interval| !interval.is_zero())
             .unwrap_or(Duration::from_secs(1))
     }
-}
-
-fn parse_number<T: std::str::FromStr>(
-    field: &str,
-    value: &str,
-    expected: &str,
-) -> Result<T, ConfigError> {
-    value.trim().parse().map_err(|_| ConfigError {
-        source_name: field.to_owned(),
-        value: value.to_owned(),
-        expected: expected.to_owned(),
-    })
-}
-
-fn parse_bool(value: &str) -> Option<bool> {
-    match value.trim().to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Some(true),
-        "0" | "false" | "no" | "off" => Some(false),
-        _ => None,
-    }
-}
-
-fn parse_status(text: &str) -> Option<TaskStatus> {
-    text.parse().ok()
 }
 
 #[cfg(test)]
@@ -328,5 +294,69 @@ mod tests {
             error.to_string(),
             "QTASKS_RUNNING_OLDER_TASKS: `maybe` is not a boolean"
         );
+        let error = config
+            .apply_env(vars(&[("QTASKS_STOP_TIMEOUT", "NaN")]))
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "QTASKS_STOP_TIMEOUT: `NaN` is not a finite, non-negative number of seconds"
+        );
+        assert_eq!(
+            config,
+            QueueConfig::default(),
+            "a refused value changes nothing"
+        );
+    }
+
+    #[test]
+    fn a_field_set_by_text_keeps_the_others() {
+        let mut config = QueueConfig {
+            name: "reports, nightly".to_owned(),
+            result_statuses_end: vec![TaskStatus::Success],
+            stop_timeout: 0.1,
+            ..Default::default()
+        };
+        config.set_field("task_default_decode", "utf-8").unwrap();
+        config.set_field("max_deliveries", "0").unwrap();
+        assert_eq!(
+            config,
+            QueueConfig {
+                name: "reports, nightly".to_owned(),
+                result_statuses_end: vec![TaskStatus::Success],
+                stop_timeout: 0.1,
+                task_default_decode: Some("utf-8".to_owned()),
+                max_deliveries: 0,
+                ..Default::default()
+            }
+        );
+        let error = config.set_field("max_task_process", "4").unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("max_task_process: `4` is not a field of QueueConfig ("),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn json_gives_native_values_and_leaves_the_rest_default() {
+        let config: QueueConfig = serde_json::from_str(
+            r#"{"max_tasks_process": 4, "delete_finished_tasks": true, "result_statuses_end": ["success"], "stop_timeout": 2}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            config,
+            QueueConfig {
+                max_tasks_process: 4,
+                delete_finished_tasks: true,
+                result_statuses_end: vec![TaskStatus::Success],
+                stop_timeout: 2.0,
+                ..Default::default()
+            }
+        );
+        let round_trip: QueueConfig =
+            serde_json::from_value(serde_json::to_value(&config).unwrap()).unwrap();
+        assert_eq!(round_trip, config);
+        assert!(serde_json::from_str::<QueueConfig>(r#"{"max_tasks_process": -1}"#).is_err());
     }
 }
