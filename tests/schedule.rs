@@ -596,3 +596,62 @@ async fn a_worker_that_starts_again_adds_a_slot_its_last_life_claimed_and_never_
         "every slot ran once, slot 5 among them"
     );
 }
+
+/// A worker that starts again checks the slots before it by their marks, not by their
+/// records: a slot whose record was deleted since it ran, and a slot that passed while the
+/// schedule was paused, do not run (the check would otherwise read both as never added).
+#[tokio::test(start_paused = true)]
+async fn a_worker_that_starts_again_runs_no_deleted_or_paused_slot() {
+    let label = "not_again_at_start";
+    let start = secs(T0) + Duration::from_millis(500);
+    let storage = Arc::new(MemoryStorage::new());
+    let broker = Arc::new(MemoryBroker::new(Arc::clone(&storage)));
+    let global = Arc::new(MemoryGlobalConfig::new());
+    let clock = Arc::new(TokioClock::starting_at(start));
+    let schedule = Schedule::every(Duration::from_secs(1))
+        .starting_at(secs(T0 + 5))
+        .until(secs(T0 + 24))
+        .catch_up(100);
+    let build = || {
+        let app = QueueTasks::builder()
+            .backend(broker.clone(), storage.clone())
+            .global_config(global.clone())
+            .build();
+        app.schedules().set_clock(clock.clone());
+        app.schedules()
+            .add("tick", schedule.clone(), count_call(label))
+            .unwrap();
+        app
+    };
+    // Slots 5 to 9 run; 10 to 12 pass paused; 13 runs; the records of 5 to 9 are deleted.
+    let first_life = build();
+    first_life.start().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(9_300)).await;
+    first_life.schedules().pause("tick").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    first_life.schedules().resume("tick").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    first_life.stop().await.unwrap();
+    assert_eq!(
+        runs(label).load(Ordering::SeqCst),
+        6,
+        "slots 5 to 9 and 13 ran"
+    );
+    for slot in 5..=9 {
+        let uuid = qtasks::schedule::slot_task_id("QueueTasks", "tick", secs(T0 + slot));
+        assert!(
+            first_life.records().delete(uuid).await.unwrap(),
+            "slot {slot}'s record"
+        );
+    }
+
+    let second_life = build();
+    second_life.start().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    second_life.stop().await.unwrap();
+    assert_eq!(
+        runs(label).load(Ordering::SeqCst),
+        17,
+        "slots 14 to 24 ran, and no slot again or paused"
+    );
+}

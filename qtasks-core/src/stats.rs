@@ -4,6 +4,10 @@
 //! added, taken and finished), never by scanning records, so [`QueueTasks::stats`] is cheap
 //! enough to call every second on a queue of a million tasks.
 //!
+//! The app's other windows on its workers are here too: [`Workers`] (`app.workers()`, the
+//! workers alive now), [`DeadLetters`] (`app.dead_letters()`) and [`WorkerCounters`]
+//! (`app.counters()`, what this process's worker counted).
+//!
 //! [`QueueTasks::stats`]: crate::QueueTasks::stats
 
 use std::collections::BTreeMap;

@@ -10,19 +10,19 @@ use serde::de::{self, Visitor};
 
 use crate::TaskStatus;
 
-/// A field's value read from text or from a native value, with the message of a value that
-/// is neither.
+/// A field's value read from text (checked, as the environment's values are) or from a native
+/// value (taken as given, as a struct literal's are), with the messages of a text that does
+/// not parse and of one whose value the field does not take.
 struct Lenient<T> {
     expected: &'static str,
     check: fn(&T) -> bool,
+    refused: &'static str,
     kind: PhantomData<T>,
 }
 
 impl<T> Lenient<T> {
     fn accept<E: de::Error>(&self, value: Option<T>) -> Result<T, E> {
-        value
-            .filter(|value| (self.check)(value))
-            .ok_or_else(|| E::custom(self.expected))
+        value.ok_or_else(|| E::custom(self.expected))
     }
 }
 
@@ -34,7 +34,16 @@ impl<'de, T: Native> Visitor<'de> for Lenient<T> {
     }
 
     fn visit_str<E: de::Error>(self, text: &str) -> Result<T, E> {
-        self.accept(T::from_text(text))
+        let value = self.accept(T::from_text(text))?;
+        if (self.check)(&value) {
+            Ok(value)
+        } else {
+            Err(E::custom(self.refused))
+        }
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<T, E> {
+        self.accept(T::from_unit())
     }
 
     fn visit_bool<E: de::Error>(self, value: bool) -> Result<T, E> {
@@ -69,6 +78,10 @@ trait Native: Sized {
     fn from_f64(_: f64) -> Option<Self> {
         None
     }
+    /// JSON's `null`, which a non-finite float is written as.
+    fn from_unit() -> Option<Self> {
+        None
+    }
 }
 
 macro_rules! whole_numbers {
@@ -100,6 +113,9 @@ impl Native for f64 {
     }
     fn from_f64(value: f64) -> Option<Self> {
         Some(value)
+    }
+    fn from_unit() -> Option<Self> {
+        Some(f64::NAN)
     }
 }
 
@@ -134,7 +150,7 @@ impl FromStr for Statuses {
 /// One module per kind of field (`#[serde(deserialize_with = "fields::<kind>::deserialize")]`):
 /// its type, what its error says it should have been, and what else it must hold.
 macro_rules! field_kinds {
-    ($($kind:ident: $ty:ty = $expected:literal $(if $check:expr)?;)*) => {$(
+    ($($kind:ident: $ty:ty = $expected:literal $(unless $check:expr => $refused:literal)?;)*) => {$(
         pub(super) mod $kind {
             pub(in crate::config) fn deserialize<'de, D: serde::Deserializer<'de>>(
                 deserializer: D,
@@ -142,6 +158,7 @@ macro_rules! field_kinds {
                 deserializer.deserialize_any(super::Lenient::<$ty> {
                     expected: $expected,
                     check: field_kinds!(@check $($check)?),
+                    refused: field_kinds!(@refused $expected $(, $refused)?),
                     kind: std::marker::PhantomData,
                 })
             }
@@ -149,6 +166,8 @@ macro_rules! field_kinds {
     )*};
     (@check) => { |_| true };
     (@check $check:expr) => { $check };
+    (@refused $expected:literal) => { $expected };
+    (@refused $expected:literal, $refused:literal) => { $refused };
 }
 
 field_kinds! {
@@ -157,10 +176,12 @@ field_kinds! {
     whole_seconds: u64 = "a whole number of seconds";
     delivery_limit: u32 = "a whole number (0: no limit)";
     boolean: bool = "a boolean";
-    positive_seconds: f64 = "a positive number of seconds"
-        if |seconds: &f64| seconds.is_finite() && *seconds > 0.0;
-    non_negative_seconds: f64 = "a finite, non-negative number of seconds"
-        if |seconds: &f64| seconds.is_finite() && *seconds >= 0.0;
+    positive_seconds: f64 = "a number of seconds"
+        unless |seconds: &f64| seconds.is_finite() && *seconds > 0.0
+            => "a positive number of seconds";
+    non_negative_seconds: f64 = "a number of seconds"
+        unless |seconds: &f64| seconds.is_finite() && *seconds >= 0.0
+            => "a finite, non-negative number of seconds";
 }
 
 pub(super) mod statuses {

@@ -1,13 +1,13 @@
 //! The app's configuration: the original's `QueueConfig` fields and defaults, overridable from
 //! `QTASKS_*` environment variables with typed parsing.
 //!
-//! The fields are named once, in the struct: serde reads them from the environment (through
-//! `envy`, which maps `QTASKS_MAX_TASKS_PROCESS` to `max_tasks_process`), from the text
-//! `set_config` takes, and from JSON; [`fields`] says how each kind of field reads its text.
+//! The fields are named once, in the struct: serde reads them from text (through `envy`: the
+//! environment's `QTASKS_MAX_TASKS_PROCESS`, once its prefix is taken off, and the text
+//! `set_config` takes) and from JSON; [`fields`] says how each kind of field reads its text
+//! (checked, as the environment's values are) or a native value (taken as given).
 
 mod fields;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -27,7 +27,7 @@ use crate::TaskStatus;
 /// characters), and a value that does not parse is an error naming the variable (the original
 /// ignores it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct QueueConfig {
     /// The app name: it names the app in logs and is the key prefix on Redis.
     pub name: String,
@@ -169,55 +169,37 @@ impl QueueConfig {
 
     /// Sets one field from its text form, read as the environment's variable would be.
     pub fn set_field(&mut self, field: &str, value: &str) -> Result<(), ConfigError> {
-        if !QueueConfig::fields().iter().any(|f| f == field) {
-            return Err(ConfigError {
-                source_name: field.to_owned(),
-                value: value.to_owned(),
-                expected: format!(
-                    "a field of QueueConfig ({})",
-                    QueueConfig::fields().join(", ")
-                ),
-            });
-        }
-        let mut texts = self.texts();
-        texts.insert(field.to_owned(), value.to_owned());
-        // Every other field is given as its own text, so a failure is this field's.
-        *self = envy::from_iter(texts).map_err(|error| ConfigError {
+        let refused = |expected: String| ConfigError {
             source_name: field.to_owned(),
             value: value.to_owned(),
-            expected: match error {
-                envy::Error::Custom(expected) => expected,
-                other => other.to_string(),
-            },
-        })?;
-        Ok(())
-    }
-
-    /// Every field set (an unset `Option` is left out) in its text form, by name.
-    fn texts(&self) -> BTreeMap<String, String> {
-        let serde_json::Value::Object(fields) = serde_json::to_value(self).unwrap_or_default()
-        else {
-            return BTreeMap::new();
+            expected,
         };
-        fields
-            .into_iter()
-            .filter_map(|(name, value)| {
-                let text = match value {
-                    serde_json::Value::Null => return None,
-                    serde_json::Value::String(text) => text,
-                    serde_json::Value::Array(items) => items
-                        .iter()
-                        .map(|item| match item {
-                            serde_json::Value::String(text) => text.clone(),
-                            other => other.to_string(),
-                        })
-                        .collect::<Vec<_>>()
-                        .join(","),
+        if !QueueConfig::fields().iter().any(|f| f == field) {
+            return Err(refused(format!(
+                "a field of QueueConfig ({})",
+                QueueConfig::fields().join(", ")
+            )));
+        }
+        // The text is read alone (so an error is this field's), then its value is laid over
+        // this config's, field by field as JSON (which keeps every other value as it is).
+        let read: QueueConfig =
+            envy::from_iter([(field.to_owned(), value.to_owned())]).map_err(|error| {
+                refused(match error {
+                    envy::Error::Custom(expected) => expected,
                     other => other.to_string(),
-                };
-                Some((name, text))
-            })
-            .collect()
+                })
+            })?;
+        let (Ok(serde_json::Value::Object(mut fields)), Ok(serde_json::Value::Object(mut new))) =
+            (serde_json::to_value(&*self), serde_json::to_value(&read))
+        else {
+            return Err(refused("a value QueueConfig can hold".to_owned()));
+        };
+        if let Some(new) = new.remove(field) {
+            fields.insert(field.to_owned(), new);
+        }
+        *self = serde_json::from_value(serde_json::Value::Object(fields))
+            .map_err(|error| refused(error.to_string()))?;
+        Ok(())
     }
 
     /// [`stop_timeout`](Self::stop_timeout) as a duration (30 s when it is not a finite,
@@ -312,7 +294,7 @@ mod tests {
     fn a_field_set_by_text_keeps_the_others() {
         let mut config = QueueConfig {
             name: "reports, nightly".to_owned(),
-            result_statuses_end: vec![TaskStatus::Success],
+            result_statuses_end: Vec::new(),
             stop_timeout: 0.1,
             ..Default::default()
         };
@@ -322,7 +304,7 @@ mod tests {
             config,
             QueueConfig {
                 name: "reports, nightly".to_owned(),
-                result_statuses_end: vec![TaskStatus::Success],
+                result_statuses_end: Vec::new(),
                 stop_timeout: 0.1,
                 task_default_decode: Some("utf-8".to_owned()),
                 max_deliveries: 0,
@@ -358,5 +340,29 @@ mod tests {
             serde_json::from_value(serde_json::to_value(&config).unwrap()).unwrap();
         assert_eq!(round_trip, config);
         assert!(serde_json::from_str::<QueueConfig>(r#"{"max_tasks_process": -1}"#).is_err());
+        assert!(serde_json::from_str::<QueueConfig>(r#"{"max_task_process": 4}"#).is_err());
+    }
+
+    #[test]
+    fn a_value_set_in_code_survives_a_change_of_another_field() {
+        let mut config = QueueConfig {
+            stop_timeout: -1.0,
+            result_time_interval: f64::NAN,
+            ..Default::default()
+        };
+        config.set_field("max_tasks_process", "3").unwrap();
+        assert_eq!(config.stop_timeout, -1.0);
+        assert!(config.result_time_interval.is_nan());
+        assert_eq!(config.max_tasks_process, 3);
+        let error = config.set_field("stop_timeout", "soon").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "stop_timeout: `soon` is not a number of seconds"
+        );
+        let error = config.set_field("stop_timeout", "-2").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "stop_timeout: `-2` is not a finite, non-negative number of seconds"
+        );
     }
 }

@@ -56,11 +56,27 @@ struct Check {
 }
 
 enum CheckKind {
-    /// Another worker claimed the slot: check that it added the task.
-    Recover,
-    /// This worker owns the slot (its claim, or its recovery claim) and adds the task now:
-    /// after the jitter, or again after `failures` failed adds.
-    Add { failures: u32 },
+    /// Check that the slot's task was added, and add it if its claimer did not (see
+    /// [`recover_slot`]). `claimed`: the slot is known to be claimed (this worker lost the
+    /// claim); else (a slot before this worker started) a slot nobody claimed is left alone.
+    Recover { claimed: bool },
+    /// This worker owns the slot (its claim, or the added mark a check took) and adds the
+    /// task now: after the jitter, or again after `failures` failed adds. A `recovery` add
+    /// is of an older slot, so it does not record the firing (the schedule's last slot).
+    Add { failures: u32, recovery: bool },
+}
+
+/// The claim of a slot: taken by the worker that fires it.
+fn slot_key(entry: &Entry, slot_ms: i64) -> String {
+    format!("schedule:{}:{slot_ms}", entry.name)
+}
+
+/// The mark that a slot's task was added: taken by its claimer once the add succeeded, or by
+/// the one check that adds it instead (the claimer died or failed first). Whether a slot was
+/// handled is read from these two marks, never from the task's record, which may have been
+/// deleted or have expired since.
+fn added_key(entry: &Entry, slot_ms: i64) -> String {
+    format!("schedule:{}:{slot_ms}:added", entry.name)
 }
 
 impl Check {
@@ -71,6 +87,7 @@ impl Check {
         index: usize,
         slot_ms: i64,
         failures: u32,
+        recovery: bool,
         now: i64,
     ) -> Option<Check> {
         let pause = ADD_AGAIN_FIRST
@@ -81,7 +98,7 @@ impl Check {
             entry: index,
             slot_ms,
             at_ms: now + pause,
-            kind: CheckKind::Add { failures },
+            kind: CheckKind::Add { failures, recovery },
         })
     }
 }
@@ -169,7 +186,7 @@ pub(crate) async fn run(
             .and_then(|info| info.last_slot)
             .map(|secs| (secs * 1000.0).round() as i64);
         if let Some(last) = last {
-            checks.extend(recover_at_start(&app, entry, index, last, start));
+            checks.extend(recover_at_start(entry, index, last, start));
         }
         // Catch up from the last slot fired, or, before any fired, from an explicit start
         // (no further back than claims last); else start with the slot just passed, if it is
@@ -218,19 +235,28 @@ pub(crate) async fn run(
         checks = later;
         for check in due_checks {
             let entry = &entries[check.entry];
-            let failures = match check.kind {
-                CheckKind::Recover => match recover_slot(&app, entry, check.slot_ms).await {
-                    Recovery::Done => continue,
-                    Recovery::TryAgain => 1,
-                },
-                CheckKind::Add { failures } => {
-                    if add(&app, entry, check.slot_ms).await {
+            let (failures, recovery) = match check.kind {
+                CheckKind::Recover { claimed } => {
+                    match recover_slot(&app, entry, check.slot_ms, claimed).await {
+                        Recovery::Done => continue,
+                        Recovery::CheckAgain => {
+                            checks.push(Check {
+                                at_ms: now + ADD_AGAIN_FIRST,
+                                ..check
+                            });
+                            continue;
+                        }
+                        Recovery::AddAgain => (1, true),
+                    }
+                }
+                CheckKind::Add { failures, recovery } => {
+                    if add(&app, entry, check.slot_ms, recovery).await {
                         continue;
                     }
-                    failures + 1
+                    (failures + 1, recovery)
                 }
             };
-            match Check::add_again(entry, check.entry, check.slot_ms, failures, now) {
+            match Check::add_again(entry, check.entry, check.slot_ms, failures, recovery, now) {
                 Some(again) => checks.push(again),
                 None => {
                     tracing::error!(app = %app.name(), schedule = %entry.name, failures, "slot {}'s task could not be added before its claim lapsed; the slot is lost", super::format_ms(check.slot_ms));
@@ -273,42 +299,39 @@ pub(crate) async fn run(
     }
 }
 
-/// The slots a starting worker checks, as a worker that lost their claims would: the most
-/// recent ones a catch-up schedule fired up to `last` (its last slot recorded), within the
-/// claims' life.
+/// The slots a starting worker checks, as a worker that lost their claims would: those of the
+/// claims' life up to `last` (the schedule's last slot recorded).
 ///
 /// A slot whose claimer died (or failed) between its claim and its add is added by the workers
 /// that lost the claim, when they check it; but that check lives in their memory. A worker
 /// killed in between (or a lone worker, which has no one to check its slots) loses it, and after
 /// a restart the slot lies behind the last one recorded, so catching up skips it. Each start
-/// therefore checks the slots it could have missed: one read per slot, and an add (under a
-/// second claim) only for a slot whose task is missing or still `new`.
-///
-/// A schedule that skips missed slots checks none (a slot missed while its workers were down
-/// stays skipped), and neither does a worker that deletes finished records as it starts: a
-/// slot whose record it deleted would look missing and run again.
-fn recover_at_start(
-    app: &QueueTasks,
-    entry: &Entry,
-    index: usize,
-    last: i64,
-    start: i64,
-) -> Vec<Check> {
-    let Missed::CatchUp(n) = entry.schedule.missed else {
-        return Vec::new();
-    };
-    if app.config().delete_finished_tasks {
-        return Vec::new();
-    }
+/// therefore checks the slots it could have missed: a slot nobody claimed (paused, skipped,
+/// or a slot of an earlier definition of the schedule) is left alone, and one claimed and
+/// never marked added is added (see [`recover_slot`]).
+fn recover_at_start(entry: &Entry, index: usize, last: i64, start: i64) -> Vec<Check> {
     let horizon = start - entry.claim_ttl(start).as_millis() as i64 / 2;
-    let slots = entry.schedule.slots_ms(horizon, last.min(start), LOOK_BACK);
-    slots[slots.len().saturating_sub(n as usize)..]
-        .iter()
-        .map(|&slot_ms| Check {
+    // The newest slots of the window (a cursor walks forward; only the last ones are kept).
+    let mut slots = std::collections::VecDeque::new();
+    let mut cursor = horizon;
+    while let Some(slot) = entry.schedule.next_slot_ms(cursor) {
+        if slot > last.min(start) {
+            break;
+        }
+        if slots.len() == LOOK_BACK {
+            slots.pop_front();
+        }
+        slots.push_back(slot);
+        cursor = slot;
+    }
+    let settle = CHECK_AFTER + entry.schedule.jitter.as_millis() as i64;
+    slots
+        .into_iter()
+        .map(|slot_ms| Check {
             entry: index,
             slot_ms,
-            at_ms: (slot_ms + CHECK_AFTER).max(start),
-            kind: CheckKind::Recover,
+            at_ms: (slot_ms + settle).max(start),
+            kind: CheckKind::Recover { claimed: false },
         })
         .collect()
 }
@@ -326,14 +349,13 @@ async fn fire_slot(
 ) -> Option<Check> {
     let global = &app.components().global_config;
     let ttl = entry.claim_ttl(slot_ms);
-    let key = format!("schedule:{}:{slot_ms}", entry.name);
     let check_later = Check {
         entry: index,
         slot_ms,
         at_ms: slot_ms + CHECK_AFTER + entry.schedule.jitter.as_millis() as i64,
-        kind: CheckKind::Recover,
+        kind: CheckKind::Recover { claimed: true },
     };
-    match global.claim(&key, ttl).await {
+    match global.claim(&slot_key(entry, slot_ms), ttl).await {
         Ok(true) => {}
         Ok(false) => return Some(check_later), // another worker fires it
         Err(error) => {
@@ -348,69 +370,88 @@ async fn fire_slot(
             entry: index,
             slot_ms,
             at_ms: now + pause.as_millis() as i64,
-            kind: CheckKind::Add { failures: 0 },
+            kind: CheckKind::Add {
+                failures: 0,
+                recovery: false,
+            },
         });
     }
-    if add(app, entry, slot_ms).await {
+    if add(app, entry, slot_ms, false).await {
         None
     } else {
-        Check::add_again(entry, index, slot_ms, 1, now)
+        Check::add_again(entry, index, slot_ms, 1, false, now)
     }
 }
 
 enum Recovery {
-    /// The task is there, another checker took the slot over, or this one added it.
+    /// The task was added (its mark is there), another check adds it, nobody claimed the slot,
+    /// or this check added it.
     Done,
-    /// The check failed, or this checker took the slot over and its add failed: it adds the
-    /// task again later.
-    TryAgain,
+    /// The marks could not be read: look again later.
+    CheckAgain,
+    /// This check took the slot over and its add failed: it adds the task again later.
+    AddAgain,
 }
 
-/// A slot another worker claimed: if its task is not there, that worker died between its
-/// claim and its add; one checker (by a second claim) adds it now, under the same id.
-async fn recover_slot(app: &QueueTasks, entry: &Entry, slot_ms: i64) -> Recovery {
-    let uuid = slot_uuid(&app.name(), &entry.name, slot_ms);
-    let missing = match app.get(uuid).await {
-        // Taken or ended. A task still `new` is added again below: on a broker that writes
-        // the record before the message (RabbitMQ), a claimer that died in between left a
-        // record no message will start; an add of a known id that waits only queues it again.
-        Ok(Some(record)) if record.status != crate::TaskStatus::New => return Recovery::Done,
-        Ok(record) => record.is_none(),
-        Err(error) => {
-            // Not known: added (again) later, with no recovery claim (an add of a known id
-            // queues nothing new, so several checkers adding it is harmless).
-            tracing::warn!(app = %app.name(), schedule = %entry.name, "checking slot {} failed (checking again): {}", super::format_ms(slot_ms), crate::backend::ErrorChain(&error));
-            return Recovery::TryAgain;
+/// Checks a slot some worker claimed (or, unless `claimed`, may have): if its claimer did not
+/// mark it added (it died or failed between its claim and its add), the one check that takes
+/// the mark adds the task, under the slot's id. A claimer still adding (slow, or trying again)
+/// may add it too: an add of a known id queues nothing new, so the task runs once.
+async fn recover_slot(app: &QueueTasks, entry: &Entry, slot_ms: i64, claimed: bool) -> Recovery {
+    let global = &app.components().global_config;
+    let ttl = entry.claim_ttl(slot_ms);
+    let slot = super::format_ms(slot_ms);
+    if !claimed {
+        // A slot from before this worker started: nobody claimed it (paused, skipped, not a
+        // slot of the schedule as it was then) means it was not to fire. Taking its claim
+        // here fires nothing: the slot has passed.
+        match global.claim(&slot_key(entry, slot_ms), ttl).await {
+            Ok(true) => return Recovery::Done,
+            Ok(false) => {}
+            Err(error) => {
+                tracing::warn!(app = %app.name(), schedule = %entry.name, "checking slot {slot} failed (checking again): {}", crate::backend::ErrorChain(&error));
+                return Recovery::CheckAgain;
+            }
         }
-    };
-    let key = format!("schedule:{}:{slot_ms}:recover", entry.name);
-    let Ok(true) = app
-        .components()
-        .global_config
-        .claim(&key, entry.claim_ttl(slot_ms))
-        .await
-    else {
-        return Recovery::Done;
-    };
-    if missing {
-        tracing::warn!(app = %app.name(), schedule = %entry.name, "slot {} was claimed by a worker that did not add its task; adding it here", super::format_ms(slot_ms));
-    } else {
-        tracing::debug!(app = %app.name(), schedule = %entry.name, "slot {}'s task still waits; adding it again (it runs once)", super::format_ms(slot_ms));
     }
-    if add(app, entry, slot_ms).await {
-        Recovery::Done
-    } else {
-        Recovery::TryAgain
+    match global.claim(&added_key(entry, slot_ms), ttl).await {
+        Ok(false) => Recovery::Done,
+        Ok(true) => {
+            tracing::warn!(app = %app.name(), schedule = %entry.name, "slot {slot} was claimed by a worker that did not add its task; adding it here");
+            if add(app, entry, slot_ms, true).await {
+                Recovery::Done
+            } else {
+                Recovery::AddAgain
+            }
+        }
+        Err(error) => {
+            tracing::warn!(app = %app.name(), schedule = %entry.name, "checking slot {slot} failed (checking again): {}", crate::backend::ErrorChain(&error));
+            Recovery::CheckAgain
+        }
     }
 }
 
 /// Adds the slot's task under the slot's id (adding a known id again queues nothing new, so a
-/// second try after a lost reply is safe); `false` if the add failed.
-async fn add(app: &QueueTasks, entry: &Entry, slot_ms: i64) -> bool {
+/// second try after a lost reply is safe) and marks the slot added; `false` if the add failed.
+/// The firing is recorded (the schedule's last slot) unless this is a `recovery` of an older
+/// slot.
+async fn add(app: &QueueTasks, entry: &Entry, slot_ms: i64, recovery: bool) -> bool {
     let uuid = slot_uuid(&app.name(), &entry.name, slot_ms);
     match entry.call.add_as(app, Some(uuid)).await {
         Ok(handle) => {
             tracing::info!(app = %app.name(), schedule = %entry.name, task = %entry.call.task_name, uuid = %handle.uuid(), "schedule fired slot {}", super::format_ms(slot_ms));
+            if recovery {
+                // The check took the mark before adding.
+                return true;
+            }
+            let global = &app.components().global_config;
+            if let Err(error) = global
+                .claim(&added_key(entry, slot_ms), entry.claim_ttl(slot_ms))
+                .await
+            {
+                // A check will add it again; the add of a known id queues nothing new.
+                tracing::debug!(app = %app.name(), schedule = %entry.name, "marking slot {} added failed: {}", super::format_ms(slot_ms), crate::backend::ErrorChain(&error));
+            }
             let mut info = entry.info(entry.schedule.next_slot_ms(slot_ms));
             info.last_slot = Some(slot_ms as f64 / 1000.0);
             info.last_fired_at = Some(crate::backend::unix_now());
