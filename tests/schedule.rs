@@ -540,6 +540,48 @@ async fn a_lone_worker_adds_a_slot_again_after_its_add_failed() {
     );
 }
 
+/// One worker's two lives on one backend, with one paused clock and the schedule `tick`
+/// (every second, slots 5 to 24 after `T0`, catching up to 100): `life(broker)` builds the
+/// worker anew over `broker` (the shared one, or one that fails some adds).
+struct TwoLives {
+    storage: Arc<MemoryStorage>,
+    broker: Arc<MemoryBroker>,
+    global: Arc<MemoryGlobalConfig>,
+    clock: Arc<TokioClock>,
+    label: &'static str,
+}
+
+impl TwoLives {
+    fn new(label: &'static str) -> Self {
+        let storage = Arc::new(MemoryStorage::new());
+        TwoLives {
+            broker: Arc::new(MemoryBroker::new(Arc::clone(&storage))),
+            storage,
+            global: Arc::new(MemoryGlobalConfig::new()),
+            clock: Arc::new(TokioClock::starting_at(
+                secs(T0) + Duration::from_millis(500),
+            )),
+            label,
+        }
+    }
+
+    fn life(&self, broker: Arc<dyn qtasks::backend::Broker>) -> QueueTasks {
+        let schedule = Schedule::every(Duration::from_secs(1))
+            .starting_at(secs(T0 + 5))
+            .until(secs(T0 + 24))
+            .catch_up(100);
+        let app = QueueTasks::builder()
+            .backend(broker, self.storage.clone())
+            .global_config(self.global.clone())
+            .build();
+        app.schedules().set_clock(self.clock.clone());
+        app.schedules()
+            .add("tick", schedule, count_call(self.label))
+            .unwrap();
+        app
+    }
+}
+
 /// A lone worker that dies between claiming a slot and adding its task, after later slots were
 /// added, adds the slot when it starts again: the check a worker keeps for such a slot dies
 /// with it, and catching up starts after the last slot recorded (found by the fault harness: a
@@ -547,36 +589,17 @@ async fn a_lone_worker_adds_a_slot_again_after_its_add_failed() {
 #[tokio::test(start_paused = true)]
 async fn a_worker_that_starts_again_adds_a_slot_its_last_life_claimed_and_never_added() {
     let label = "recovered_at_start";
-    let start = secs(T0) + Duration::from_millis(500);
-    let storage = Arc::new(MemoryStorage::new());
-    let broker = Arc::new(MemoryBroker::new(Arc::clone(&storage)));
-    let global = Arc::new(MemoryGlobalConfig::new());
-    let clock = Arc::new(TokioClock::starting_at(start));
-    let schedule = Schedule::every(Duration::from_secs(1))
-        .starting_at(secs(T0 + 5))
-        .until(secs(T0 + 24))
-        .catch_up(100);
+    let lives = TwoLives::new(label);
     let lost = qtasks::schedule::slot_task_id("QueueTasks", "tick", secs(T0 + 5));
     let dying = Arc::new(AddFails {
-        inner: broker.clone(),
+        inner: lives.broker.clone(),
         failed: AtomicU64::new(0),
         fail_first: 0,
         only: Some(lost),
     });
-    let build = |broker: Arc<dyn qtasks::backend::Broker>| {
-        let app = QueueTasks::builder()
-            .backend(broker, storage.clone())
-            .global_config(global.clone())
-            .build();
-        app.schedules().set_clock(clock.clone());
-        app.schedules()
-            .add("tick", schedule.clone(), count_call(label))
-            .unwrap();
-        app
-    };
     // Its first life claims slot 5 and cannot add it (it keeps trying: the tries die with
     // it), adds slots 6 and 7, and is gone before slot 8.
-    let first_life = build(dying.clone());
+    let first_life = lives.life(dying.clone());
     first_life.start().await.unwrap();
     tokio::time::sleep(Duration::from_millis(7_300)).await;
     first_life.stop().await.unwrap();
@@ -586,7 +609,7 @@ async fn a_worker_that_starts_again_adds_a_slot_its_last_life_claimed_and_never_
     );
     assert_eq!(runs(label).load(Ordering::SeqCst), 2, "slots 6 and 7 ran");
 
-    let second_life = build(broker.clone());
+    let second_life = lives.life(lives.broker.clone());
     second_life.start().await.unwrap();
     tokio::time::sleep(Duration::from_secs(60)).await;
     second_life.stop().await.unwrap();
@@ -603,28 +626,9 @@ async fn a_worker_that_starts_again_adds_a_slot_its_last_life_claimed_and_never_
 #[tokio::test(start_paused = true)]
 async fn a_worker_that_starts_again_runs_no_deleted_or_paused_slot() {
     let label = "not_again_at_start";
-    let start = secs(T0) + Duration::from_millis(500);
-    let storage = Arc::new(MemoryStorage::new());
-    let broker = Arc::new(MemoryBroker::new(Arc::clone(&storage)));
-    let global = Arc::new(MemoryGlobalConfig::new());
-    let clock = Arc::new(TokioClock::starting_at(start));
-    let schedule = Schedule::every(Duration::from_secs(1))
-        .starting_at(secs(T0 + 5))
-        .until(secs(T0 + 24))
-        .catch_up(100);
-    let build = || {
-        let app = QueueTasks::builder()
-            .backend(broker.clone(), storage.clone())
-            .global_config(global.clone())
-            .build();
-        app.schedules().set_clock(clock.clone());
-        app.schedules()
-            .add("tick", schedule.clone(), count_call(label))
-            .unwrap();
-        app
-    };
+    let lives = TwoLives::new(label);
     // Slots 5 to 9 run; 10 to 12 pass paused; 13 runs; the records of 5 to 9 are deleted.
-    let first_life = build();
+    let first_life = lives.life(lives.broker.clone());
     first_life.start().await.unwrap();
     tokio::time::sleep(Duration::from_millis(9_300)).await;
     first_life.schedules().pause("tick").await.unwrap();
@@ -645,7 +649,7 @@ async fn a_worker_that_starts_again_runs_no_deleted_or_paused_slot() {
         );
     }
 
-    let second_life = build();
+    let second_life = lives.life(lives.broker.clone());
     second_life.start().await.unwrap();
     tokio::time::sleep(Duration::from_secs(60)).await;
     second_life.stop().await.unwrap();
