@@ -12,7 +12,7 @@ use qtasks::backend::{
     BackendError, BackendParts, Broker, Connector, Delivery, ErrorChain, Storage,
 };
 use qtasks::components::{
-    Executor, GlobalConfig, StartSteps, Starter, StopSteps, TaskExecutor, Worker, WorkerHost,
+    GlobalConfig, StartSteps, Starter, StopSteps, TaskExecutor, TaskRunner, Worker, WorkerHost,
 };
 use qtasks::plugin::{BoxError, BoxFuture};
 use qtasks::records::RecordUpdate;
@@ -264,7 +264,7 @@ impl Starter for NotingStarter {
 /// Wraps every successful result.
 struct WrappingExecutor(&'static str);
 
-impl Executor for WrappingExecutor {
+impl TaskRunner for WrappingExecutor {
     fn name(&self) -> &str {
         self.0
     }
@@ -385,7 +385,7 @@ async fn user_written_components_of_every_kind_run_tasks() {
         .global_config(global_config.clone())
         .worker(worker.clone())
         .starter(starter.clone())
-        .executor(Arc::new(WrappingExecutor("app")))
+        .runner(Arc::new(WrappingExecutor("app")))
         .build();
 
     assert!(!app.ping().await.unwrap());

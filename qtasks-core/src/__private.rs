@@ -24,7 +24,7 @@ pub use serde::de::DeserializeOwned as SerdeDeserializeOwned;
 
 // Everything generated code names, re-exported here so the macros reach the runtime through
 // this one module.
-pub use crate::components::Executor;
+pub use crate::components::TaskRunner;
 pub use crate::deps::Extract;
 pub use crate::triggers;
 pub use crate::{
@@ -68,8 +68,8 @@ pub struct TaskDefinitionParts {
     pub middlewares_after: &'static [&'static dyn Middleware],
     /// The router the task belongs to; an app can run only some routers' tasks.
     pub router: Option<&'static str>,
-    /// The executor of this task, instead of the app's.
-    pub executor: Option<&'static dyn Executor>,
+    /// The runner of this task's executor (`executor = ..`), instead of the app's.
+    pub runner: Option<&'static dyn TaskRunner>,
     /// The module the task fn is declared in.
     pub module_path: &'static str,
     /// The source file of the declaration.

@@ -5,13 +5,13 @@ use std::sync::Arc;
 use crate::app::Parts;
 use crate::backend::{Broker, Connector, MemoryBroker, MemoryStorage, Storage};
 use crate::components::{
-    ConcurrentWorker, DefaultExecutor, DefaultStarter, Executor, GlobalConfig, MemoryGlobalConfig,
-    Starter, Worker,
+    ConcurrentWorker, DefaultRunner, DefaultStarter, GlobalConfig, MemoryGlobalConfig, Starter,
+    TaskRunner, Worker,
 };
 use crate::{Middleware, QueueConfig, QueueTasks};
 
 /// Builds a [`QueueTasks`] with replaced parts; what is not set is the default (in-memory
-/// backend and global config, [`ConcurrentWorker`], [`DefaultStarter`], [`DefaultExecutor`]).
+/// backend and global config, [`ConcurrentWorker`], [`DefaultStarter`], [`DefaultRunner`]).
 ///
 /// ```
 /// use std::sync::Arc;
@@ -32,7 +32,7 @@ pub struct AppBuilder {
     global_config: Option<Arc<dyn GlobalConfig>>,
     worker: Option<Arc<dyn Worker>>,
     starter: Option<Arc<dyn Starter>>,
-    executor: Option<Arc<dyn Executor>>,
+    runner: Option<Arc<dyn TaskRunner>>,
     middlewares: Vec<Arc<dyn Middleware>>,
     routers: Option<Vec<String>>,
 }
@@ -50,7 +50,7 @@ impl std::fmt::Debug for AppBuilder {
             )
             .field("worker", &self.worker.as_ref().map(|w| w.name()))
             .field("starter", &self.starter.as_ref().map(|s| s.name()))
-            .field("executor", &self.executor.as_ref().map(|e| e.name()))
+            .field("runner", &self.runner.as_ref().map(|e| e.name()))
             .field("middlewares", &self.middlewares.len())
             .field("routers", &self.routers)
             .finish()
@@ -89,9 +89,9 @@ impl AppBuilder {
         self
     }
 
-    /// The executor of tasks that do not choose their own.
-    pub fn executor(mut self, executor: Arc<dyn Executor>) -> Self {
-        self.executor = Some(executor);
+    /// The runner of tasks that do not choose their own (see [`TaskRunner`]).
+    pub fn runner(mut self, runner: Arc<dyn TaskRunner>) -> Self {
+        self.runner = Some(runner);
         self
     }
 
@@ -150,7 +150,7 @@ impl AppBuilder {
                 .unwrap_or_else(|| Arc::new(MemoryGlobalConfig::new())),
             worker: self.worker.unwrap_or_else(|| Arc::new(ConcurrentWorker)),
             starter: self.starter.unwrap_or_else(|| Arc::new(DefaultStarter)),
-            executor: self.executor.unwrap_or_else(|| Arc::new(DefaultExecutor)),
+            runner: self.runner.unwrap_or_else(|| Arc::new(DefaultRunner)),
             middlewares: self.middlewares,
             routers: self.routers,
         })

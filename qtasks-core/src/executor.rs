@@ -31,7 +31,7 @@ use crate::triggers::{
 };
 use crate::{Middleware, QueueTasks, QueuedTask, TaskDefinition, TaskError, TimeoutError, Trigger};
 
-/// One run of one task: what an [`Executor`](crate::Executor) runs, and what plugins receive
+/// One run of one task: what an [`TaskRunner`](crate::TaskRunner) runs, and what plugins receive
 /// as `executor` in every `task_executor_*` payload.
 pub struct TaskExecutor {
     app: QueueTasks,

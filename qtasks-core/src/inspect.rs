@@ -91,7 +91,7 @@ impl TaskStats {
             echo: definition.parts.echo,
             blocking: definition.parts.blocking,
             retry: definition.parts.retry,
-            executor: definition.parts.executor.map(|e| e.name().to_owned()),
+            executor: definition.parts.runner.map(|e| e.name().to_owned()),
             location: definition.location(),
         }
     }

@@ -172,7 +172,7 @@ impl TaskDefinition {
                 middlewares_before: &[],
                 middlewares_after: &[],
                 router: None,
-                executor: None,
+                runner: None,
                 module_path: module_path!(),
                 file: file!(),
                 line: line!(),
@@ -243,9 +243,9 @@ impl TaskDefinition {
         self.parts.router
     }
 
-    /// The executor of this task, instead of the app's.
-    pub fn executor(&self) -> Option<&'static dyn crate::components::Executor> {
-        self.parts.executor
+    /// The runner of this task's executor (`executor = ..`), instead of the app's.
+    pub fn runner(&self) -> Option<&'static dyn crate::components::TaskRunner> {
+        self.parts.runner
     }
 
     /// The module the task fn is declared in.
@@ -283,7 +283,7 @@ impl fmt::Debug for TaskDefinition {
             .field("retry_backoff", &self.parts.retry_backoff)
             .field("max_time", &self.parts.max_time)
             .field("router", &self.parts.router)
-            .field("executor", &self.parts.executor.map(|e| e.name()))
+            .field("runner", &self.parts.runner.map(|e| e.name()))
             .field(
                 "location",
                 &format_args!("{}:{}", self.parts.file, self.parts.line),

@@ -72,10 +72,7 @@ pub async fn run(app: &QueueTasks, call: TaskCall) -> Result<Outcome> {
         cancel,
         receipt.clone(),
     );
-    let executor = definition
-        .parts
-        .executor
-        .unwrap_or(&*app.components().executor);
+    let executor = definition.parts.runner.unwrap_or(&*app.components().runner);
     let outcome = catch_panic(executor.execute(&run)).await;
     app.cancels().unregister(uuid, &receipt);
     Ok(outcome.unwrap_or_else(|panic| Outcome::Error(format!("ExecutorPanic: {panic}"))))

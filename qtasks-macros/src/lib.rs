@@ -64,7 +64,7 @@ use proc_macro::TokenStream;
 /// | `middlewares_before = [STATIC, ..]` | `qtasks::Middleware` statics run before this task, after the app's |
 /// | `middlewares_after = [STATIC, ..]` | `qtasks::Middleware` statics run after this task, before the app's |
 /// | `router = "..."` | the router the task belongs to (`AppBuilder::routers`) |
-/// | `executor = STATIC` | a `static` implementing `qtasks::components::Executor`, instead of the app's |
+/// | `executor = STATIC` | a `static` implementing `qtasks::components::TaskRunner`, instead of the app's |
 /// | `cron = "..."` | run the task (it takes no arguments) on this cron schedule, in every worker of the app, once per slot; the expression is checked when the task compiles |
 ///
 /// ```rust,standalone_crate
@@ -169,17 +169,17 @@ use proc_macro::TokenStream;
 /// # fn main() {}
 /// ```
 ///
-/// `executor` runs this task with its own `qtasks::components::Executor` (here one that
+/// `executor` runs this task with its own `qtasks::components::TaskRunner` (here one that
 /// times the default steps):
 ///
 /// ```rust,standalone_crate
-/// use qtasks::components::{Executor, TaskExecutor};
+/// use qtasks::components::{TaskRunner, TaskExecutor};
 /// use qtasks::Outcome;
 /// use qtasks::plugin::BoxFuture;
 ///
 /// struct Timed;
 ///
-/// impl Executor for Timed {
+/// impl TaskRunner for Timed {
 ///     fn execute<'a>(&'a self, run: &'a TaskExecutor) -> BoxFuture<'a, Outcome> {
 ///         Box::pin(async move {
 ///             let started = std::time::Instant::now();

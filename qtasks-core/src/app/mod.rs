@@ -39,7 +39,7 @@ pub(crate) use self::running::{Counters, INTERRUPTED, Running};
 pub use self::schedules::Schedules;
 pub use self::tasks::AddOptions;
 use crate::backend::{Broker, Storage};
-use crate::components::{Executor, GlobalConfig, Starter, Worker};
+use crate::components::{GlobalConfig, Starter, TaskRunner, Worker};
 use crate::deps::Dependencies;
 use crate::dispatch::{Dispatch, RuntimePlugin};
 use crate::events::Events;
@@ -83,7 +83,7 @@ pub(crate) struct Components {
     pub(crate) global_config: Arc<dyn GlobalConfig>,
     pub(crate) worker: Arc<dyn Worker>,
     pub(crate) starter: Arc<dyn Starter>,
-    pub(crate) executor: Arc<dyn Executor>,
+    pub(crate) runner: Arc<dyn TaskRunner>,
     pub(crate) middlewares: Vec<Arc<dyn Middleware>>,
 }
 
@@ -95,7 +95,7 @@ pub(crate) struct Parts {
     pub(crate) global_config: Arc<dyn GlobalConfig>,
     pub(crate) worker: Arc<dyn Worker>,
     pub(crate) starter: Arc<dyn Starter>,
-    pub(crate) executor: Arc<dyn Executor>,
+    pub(crate) runner: Arc<dyn TaskRunner>,
     pub(crate) middlewares: Vec<Arc<dyn Middleware>>,
     pub(crate) routers: Option<Vec<String>>,
 }
@@ -132,7 +132,7 @@ impl QueueTasks {
                     global_config: parts.global_config,
                     worker: parts.worker,
                     starter: parts.starter,
-                    executor: parts.executor,
+                    runner: parts.runner,
                     middlewares: parts.middlewares,
                 },
                 config: config::ConfigState::new(parts.config),

@@ -195,7 +195,7 @@ impl QueueTasks {
                 global_config: components.global_config.name().to_owned(),
                 worker: components.worker.name().to_owned(),
                 starter: components.starter.name().to_owned(),
-                executor: components.executor.name().to_owned(),
+                executor: components.runner.name().to_owned(),
             },
             tasks,
             schedules: self.schedules().registered(),

@@ -2,7 +2,7 @@
 //! starter and the executor (the broker and storage traits are in `backend`).
 //!
 //! Each trait has the default the app uses: [`MemoryGlobalConfig`] (or Redis's),
-//! [`ConcurrentWorker`], [`DefaultStarter`] and [`DefaultExecutor`]. A replacement only does
+//! [`ConcurrentWorker`], [`DefaultStarter`] and [`DefaultRunner`]. A replacement only does
 //! its own job: the framework fires the plugin triggers and events around it, so a custom
 //! component gets them for free.
 
@@ -106,20 +106,23 @@ pub trait Starter: Send + Sync + 'static {
     }
 }
 
-/// Runs one task. The default is [`DefaultExecutor`]; a task picks another with
-/// `#[qtasks::task(executor = MY_EXECUTOR)]` (a `static`), an app with
-/// [`AppBuilder::executor`](crate::AppBuilder::executor).
+/// How a task's executor is run: the original's `TaskExecutor` component, whose steps a
+/// custom one overrides. Each run of a task is a [`TaskExecutor`] (the object plugins receive
+/// as `executor`); a runner decides what to do with it, usually the default steps wrapped.
+/// The default is [`DefaultRunner`]; a task picks another with
+/// `#[qtasks::task(executor = MY_RUNNER)]` (a `static`; the option keeps the original's name),
+/// an app with [`AppBuilder::runner`](crate::AppBuilder::runner).
 ///
-/// A custom executor usually wraps the default steps:
+/// A custom runner usually wraps the default steps:
 ///
 /// ```
 /// use qtasks::Outcome;
 /// use qtasks::plugin::BoxFuture;
-/// use qtasks::components::{Executor, TaskExecutor};
+/// use qtasks::components::{TaskRunner, TaskExecutor};
 ///
 /// struct Timed;
 ///
-/// impl Executor for Timed {
+/// impl TaskRunner for Timed {
 ///     fn execute<'a>(&'a self, run: &'a TaskExecutor) -> BoxFuture<'a, Outcome> {
 ///         Box::pin(async move {
 ///             let started = std::time::Instant::now();
@@ -139,11 +142,11 @@ pub trait Starter: Send + Sync + 'static {
 /// # fn main() {}
 /// ```
 #[diagnostic::on_unimplemented(
-    message = "`{Self}` is not a task executor",
-    label = "`executor = ..` takes a `static` whose type implements `qtasks::components::Executor`",
-    note = "implement `qtasks::components::Executor` for the type, or remove the option to use the app's executor"
+    message = "`{Self}` is not a task runner",
+    label = "`executor = ..` takes a `static` whose type implements `qtasks::components::TaskRunner`",
+    note = "implement `qtasks::components::TaskRunner` for the type, or remove the option to use the app's runner"
 )]
-pub trait Executor: Send + Sync + 'static {
+pub trait TaskRunner: Send + Sync + 'static {
     /// The name shown by `inspect`; the type name by default.
     fn name(&self) -> &str {
         std::any::type_name::<Self>()
@@ -154,11 +157,11 @@ pub trait Executor: Send + Sync + 'static {
 
 /// The original's steps, firing every `task_executor_*` trigger (see [`TaskExecutor`]).
 #[derive(Debug, Default, Clone, Copy)]
-pub struct DefaultExecutor;
+pub struct DefaultRunner;
 
-impl Executor for DefaultExecutor {
+impl TaskRunner for DefaultRunner {
     fn name(&self) -> &str {
-        "DefaultExecutor"
+        "DefaultRunner"
     }
 
     fn execute<'a>(&'a self, run: &'a TaskExecutor) -> BoxFuture<'a, Outcome> {
@@ -176,4 +179,4 @@ macro_rules! debug_by_name {
     )*};
 }
 
-debug_by_name!(Broker, Storage, GlobalConfig, Worker, Starter, Executor);
+debug_by_name!(Broker, Storage, GlobalConfig, Worker, Starter, TaskRunner);

@@ -399,10 +399,7 @@ impl WorkerHost {
         {
             context.continue_trace(&span, traceparent, task.created_at);
         }
-        let executor = definition
-            .parts
-            .executor
-            .unwrap_or(&*app.components().executor);
+        let executor = definition.parts.runner.unwrap_or(&*app.components().runner);
         let cancel = app.cancels().register(uuid, receipt);
         let run = TaskExecutor::new(
             app.clone(),

@@ -70,10 +70,10 @@ fn emit(task: &Task) -> TokenStream {
         Some(retry) => quote! { ::core::option::Option::Some(#retry) },
         None => quote! { ::core::option::Option::None },
     };
-    // A `static` implementing `Executor`, referenced from the task's static definition.
+    // A `static` implementing `TaskRunner`, referenced from the task's static definition.
     let executor = match &task.options.executor {
         Some(executor) => quote_spanned! {executor.span()=>
-            ::core::option::Option::Some(&#executor as &'static dyn ::qtasks::__private::Executor)
+            ::core::option::Option::Some(&#executor as &'static dyn ::qtasks::__private::TaskRunner)
         },
         None => quote! { ::core::option::Option::None },
     };
@@ -334,7 +334,7 @@ fn emit(task: &Task) -> TokenStream {
                     middlewares_before: &[#(#middlewares_before),*],
                     middlewares_after: &[#(#middlewares_after),*],
                     router: #router,
-                    executor: #executor,
+                    runner: #executor,
                     module_path: ::core::module_path!(),
                     file: ::core::file!(),
                     line: ::core::line!(),

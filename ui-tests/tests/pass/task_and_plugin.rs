@@ -47,7 +47,7 @@ fn main() {
 pub mod options {
     use qtasks::{Depends, Middleware, Outcome, State};
     use qtasks::plugin::BoxFuture;
-    use qtasks::components::{Executor, TaskExecutor};
+    use qtasks::components::{TaskRunner, TaskExecutor};
     use serde_json::Value;
 
     /// A middleware.
@@ -58,7 +58,7 @@ pub mod options {
 
     /// An executor.
     pub struct Plain;
-    impl Executor for Plain {
+    impl TaskRunner for Plain {
         fn execute<'a>(&'a self, run: &'a TaskExecutor) -> BoxFuture<'a, Outcome> {
             Box::pin(run.run_default())
         }
