@@ -1,8 +1,6 @@
 //! Replaceable components, component-scoped plugins, events, config, ping, inspect and
 //! retries: the app's architecture as users plug into it.
 
-mod support;
-
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -836,14 +834,15 @@ async fn a_retried_task_is_a_chain_of_linked_attempts_and_wait_follows_it() {
 // -- Redis: running_older_tasks and the heartbeat's time to live ----------------------------------
 
 #[tokio::test]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 async fn running_older_tasks_puts_dead_workers_tasks_back_at_start_on_redis() {
     use redis::AsyncCommands;
-    let Some(url) =
-        support::redis_url("running_older_tasks_puts_taken_tasks_back_at_start_on_redis")
-    else {
+    let Some(url) = qtasks_test_support::redis_url(
+        "running_older_tasks_puts_taken_tasks_back_at_start_on_redis",
+    ) else {
         return;
     };
-    let prefix = support::unique_prefix("older");
+    let prefix = qtasks_test_support::unique_prefix("older");
     let config = QueueConfig {
         name: prefix.clone(),
         running_older_tasks: true,
@@ -854,9 +853,17 @@ async fn running_older_tasks_puts_dead_workers_tasks_back_at_start_on_redis() {
         .unwrap();
     // A task taken by a worker that is gone (its lease ran out), and one a live worker holds
     // (its lease lasts until 2100): only the first is put back.
-    let uuid = support::plant_taken_task(&url, &prefix, "double", "[4]", 1).await;
-    let live = support::plant_taken_task(&url, &prefix, "double", "[5]", 4_102_444_800_000).await;
-    let mut con = support::raw_connection(&url).await;
+    let uuid =
+        qtasks_test_support::redis::plant_taken_task(&url, &prefix, "double", "[4]", 1).await;
+    let live = qtasks_test_support::redis::plant_taken_task(
+        &url,
+        &prefix,
+        "double",
+        "[5]",
+        4_102_444_800_000,
+    )
+    .await;
+    let mut con = qtasks_test_support::redis::raw_connection(&url).await;
     app.start().await.unwrap();
     assert_eq!(
         app.wait(uuid, WAIT).await.unwrap().returning,

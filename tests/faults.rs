@@ -7,11 +7,9 @@
 //! write of a final status to a task's record is there, across restarts. Every
 //! scenario asserts 0 lost tasks, 0 duplicate recorded outcomes and that every waiter gets the
 //! right record; executions repeat only where a crash makes it unavoidable, and are reported
-//! (`cargo test --test faults -- --nocapture` prints the table RELIABILITY.md shows).
+//! (`cargo test -p qtasks-tests --test faults -- --include-ignored --nocapture` prints the table RELIABILITY.md shows).
 
 #![cfg(unix)]
-
-mod support;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -20,9 +18,10 @@ use std::time::{Duration, Instant};
 
 use qtasks::redis::RedisOptions;
 use qtasks::{QueueConfig, QueueTasks, TaskStatus, Uuid};
+use qtasks_test_support::redis_url;
+use qtasks_test_support::unique_prefix;
+use qtasks_test_support::{OwnRedis, recorded_outcomes};
 use serde_json::json;
-use support::own_redis::{OwnRedis, recorded_outcomes};
-use support::{redis_url, unique_prefix};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -285,6 +284,7 @@ fn enabled(test: &str) -> bool {
 // -- The scenarios --------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 async fn sigkill_mid_drain() {
     if !enabled("sigkill_mid_drain") {
         return;
@@ -322,6 +322,7 @@ async fn sigkill_mid_drain() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 async fn sigstop_past_the_lease_then_sigcont() {
     if !enabled("sigstop_past_the_lease_then_sigcont") {
         return;
@@ -362,6 +363,7 @@ async fn sigstop_past_the_lease_then_sigcont() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 async fn redis_killed_and_restarted_with_its_append_only_file() {
     if !enabled("redis_killed_and_restarted") {
         return;
@@ -415,6 +417,7 @@ async fn redis_killed_and_restarted_with_its_append_only_file() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 async fn client_kill_every_100_ms() {
     if !enabled("client_kill_every_100_ms") {
         return;
@@ -434,7 +437,7 @@ async fn client_kill_every_100_ms() {
     let killer = {
         let url = url.clone();
         tokio::spawn(async move {
-            let mut con = support::raw_connection(&url).await;
+            let mut con = qtasks_test_support::redis::raw_connection(&url).await;
             let mut kills = 0;
             loop {
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -467,6 +470,7 @@ async fn client_kill_every_100_ms() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 async fn a_five_megabyte_argument() {
     if !enabled("a_five_megabyte_argument") {
         return;
@@ -506,7 +510,7 @@ async fn a_five_megabyte_argument() {
 
 /// How many times Redis ran a command, from `INFO commandstats`.
 async fn calls(url: &str, command: &str) -> u64 {
-    let mut con = support::raw_connection(url).await;
+    let mut con = qtasks_test_support::redis::raw_connection(url).await;
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(&mut con)
@@ -519,6 +523,7 @@ async fn calls(url: &str, command: &str) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 async fn waiters_do_not_poll_while_the_workers_publish() {
     if !enabled("waiters_do_not_poll_while_the_workers_publish") {
         return;
@@ -533,7 +538,7 @@ async fn waiters_do_not_poll_while_the_workers_publish() {
     // 300 tasks of 3 s each, all running at once on one Rust worker, 300 waiters.
     let worker = Worker::spawn(&url, &prefix, 30_000, 300, &log);
     // Barrier: the worker is alive and has said that it publishes its results.
-    let mut con = support::raw_connection(&url).await;
+    let mut con = qtasks_test_support::redis::raw_connection(&url).await;
     let deadline = Instant::now() + WAIT;
     while !redis::cmd("EXISTS")
         .arg(format!("{prefix}:qtasks:publishing"))
@@ -563,6 +568,7 @@ async fn waiters_do_not_poll_while_the_workers_publish() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 async fn sigterm_with_long_tasks_running() {
     if !enabled("sigterm_with_long_tasks_running") {
         return;
@@ -623,6 +629,7 @@ async fn dashboard_get(port: u16, path: &str) -> (u16, String) {
 /// The dashboard while its Redis is killed and started again: it answers, says what is wrong,
 /// and comes back by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 async fn the_dashboard_through_a_redis_outage() {
     if !enabled("the_dashboard_through_a_redis_outage") {
         return;
@@ -668,6 +675,7 @@ async fn the_dashboard_through_a_redis_outage() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 async fn a_task_that_kills_its_worker_ends_after_max_deliveries() {
     if !enabled("a_task_that_kills_its_worker_ends_after_max_deliveries") {
         return;
@@ -736,6 +744,7 @@ async fn a_task_that_kills_its_worker_ends_after_max_deliveries() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 async fn a_cancel_whose_message_is_lost_still_ends_the_task_cancelled() {
     if !enabled("a_cancel_whose_message_is_lost_still_ends_the_task_cancelled") {
         return;
@@ -752,7 +761,7 @@ async fn a_cancel_whose_message_is_lost_still_ends_the_task_cancelled() {
     until("all three run", || executed(&log) == 3).await;
     // No connection may subscribe any more, and the workers' subscriptions are cut: every
     // cancel message from now on is lost.
-    let mut con = support::raw_connection(&url).await;
+    let mut con = qtasks_test_support::redis::raw_connection(&url).await;
     let _: () = redis::cmd("ACL")
         .arg(
             &[

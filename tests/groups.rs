@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use qtasks::redis::RedisOptions;
 use qtasks::{QueueTasks, TaskError, TaskFailure, TaskResult};
-use support::{WorkerProcess, redis_app, redis_url, unique_prefix};
+use qtasks_test_support::redis::redis_app;
+use qtasks_test_support::redis_url;
+use qtasks_test_support::unique_prefix;
+use support::WorkerProcess;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -115,6 +118,7 @@ async fn groups_and_chords_in_memory() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 async fn groups_and_chords_on_redis() {
     let Some(url) = redis_url("groups_and_chords_on_redis") else {
         return;
@@ -128,6 +132,7 @@ async fn groups_and_chords_on_redis() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 async fn a_chord_completes_across_a_killed_worker_and_a_new_client() {
     let Some(url) = redis_url("a_chord_completes_across_a_killed_worker") else {
         return;

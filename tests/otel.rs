@@ -3,8 +3,6 @@
 //! in-memory exporter) and in a worker process that exports with OTLP (spans received by a
 //! collector this test plays).
 
-mod support;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
@@ -15,8 +13,12 @@ use opentelemetry::trace::{SpanId, TraceId};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use qtasks::otel::Otlp;
 use qtasks::redis::RedisOptions;
+use qtasks_test_support::WAIT;
+use qtasks_test_support::redis::raw_connection;
+use qtasks_test_support::redis::redis_app;
+use qtasks_test_support::redis_url;
+use qtasks_test_support::unique_prefix;
 use redis::AsyncCommands;
-use support::{WAIT, raw_connection, redis_app, redis_url, unique_prefix};
 use tracing::Instrument;
 use tracing_subscriber::layer::SubscriberExt;
 
@@ -55,6 +57,7 @@ fn span_named<'a>(spans: &'a [SpanData], name: &str, trace: TraceId) -> &'a Span
 }
 
 #[tokio::test]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 async fn a_task_span_continues_the_trace_it_was_added_in() {
     let Some(url) = redis_url("a_task_span_continues_the_trace_it_was_added_in") else {
         return;
@@ -152,6 +155,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 }
 
 #[tokio::test]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 async fn a_worker_process_exports_the_continued_trace_with_otlp() {
     let Some(url) = redis_url("a_worker_process_exports_the_continued_trace_with_otlp") else {
         return;

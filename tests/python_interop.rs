@@ -3,8 +3,6 @@
 
 #![cfg(unix)]
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -12,8 +10,11 @@ use std::time::Duration;
 
 use qtasks::redis::RedisOptions;
 use qtasks::{TaskContext, TaskResult, TaskStatus};
+use qtasks_test_support::amqp_url;
+use qtasks_test_support::redis::redis_app;
+use qtasks_test_support::redis_url;
+use qtasks_test_support::unique_prefix;
 use serde_json::{Value, json};
-use support::{amqp_url, redis_app, redis_url, unique_prefix};
 
 /// With its RabbitMQ extra (aio-pika), for the RabbitMQ test; grpcio and protobuf are added
 /// for the gRPC one (the marker names them so an older environment is made again).
@@ -80,6 +81,7 @@ async fn interop_cancel(ctx: TaskContext, reason: String) -> TaskResult<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 async fn a_python_client_uses_a_rust_worker() {
     let Some(url) = redis_url("a_python_client_uses_a_rust_worker") else {
         return;
@@ -130,6 +132,7 @@ impl Drop for PythonWorker {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 async fn a_rust_client_uses_a_python_worker() {
     let Some(url) = redis_url("a_rust_client_uses_a_python_worker") else {
         return;
@@ -173,6 +176,7 @@ async fn a_rust_client_uses_a_python_worker() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs RabbitMQ and Redis (QTASKS_TEST_AMQP_URL, QTASKS_TEST_REDIS_URL)"]
 async fn a_python_rabbitmq_producer_reaches_a_rust_worker() {
     let test = "a_python_rabbitmq_producer_reaches_a_rust_worker";
     let (Some(amqp), Some(redis)) = (amqp_url(test), redis_url(test)) else {
@@ -208,7 +212,7 @@ async fn a_python_rabbitmq_producer_reaches_a_rust_worker() {
     let uuid: qtasks::Uuid = got["uuid"].as_str().unwrap().parse().unwrap();
     // The original writes the record before it publishes: a plain wait finds it.
     let record = app
-        .wait(uuid, support::WAIT)
+        .wait(uuid, qtasks_test_support::WAIT)
         .await
         .expect("the Rust worker ran the Python producer's task");
     assert_eq!(
@@ -252,7 +256,7 @@ async fn a_python_grpc_client_with_the_originals_stubs_uses_the_rust_server() {
     let python = tokio::task::spawn_blocking(python).await.unwrap();
     let app = qtasks::QueueTasks::new();
     app.start().await.unwrap();
-    let (address, stop) = support::serve_grpc(&app).await;
+    let (address, stop) = qtasks_test_support::grpc::serve_grpc(&app).await;
     let address = address.to_string();
 
     let output = tokio::process::Command::new(python)

@@ -4,17 +4,19 @@
 
 #![cfg(unix)]
 
-mod support;
-
 use std::collections::HashMap;
 use std::process::{Child, Command};
 use std::time::Duration;
 
 use qtasks::redis::RedisOptions;
 use qtasks::{AddOptions, QueueTasks, TaskStatus};
+use qtasks_test_support::WAIT;
+use qtasks_test_support::redis::raw_connection;
+use qtasks_test_support::redis::redis_app;
+use qtasks_test_support::redis_url;
+use qtasks_test_support::unique_prefix;
 use redis::AsyncCommands;
 use serde_json::json;
-use support::{WAIT, raw_connection, redis_app, redis_url, unique_prefix};
 
 /// A worker process, killed (SIGKILL) when dropped unless stopped first.
 struct Worker(Child);
@@ -82,6 +84,7 @@ async fn client(url: &str, prefix: &str) -> QueueTasks {
 }
 
 #[tokio::test]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 async fn a_task_of_a_killed_worker_runs_again_on_a_live_worker() {
     let Some(url) = redis_url("a_task_of_a_killed_worker_runs_again_on_a_live_worker") else {
         return;
@@ -138,6 +141,7 @@ async fn a_task_of_a_killed_worker_runs_again_on_a_live_worker() {
 }
 
 #[tokio::test]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 async fn a_task_held_by_a_live_worker_is_never_taken_twice() {
     let Some(url) = redis_url("a_task_held_by_a_live_worker_is_never_taken_twice") else {
         return;
@@ -178,6 +182,7 @@ async fn a_task_held_by_a_live_worker_is_never_taken_twice() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 async fn ten_thousand_tasks_across_three_workers_run_exactly_once() {
     let Some(url) = redis_url("ten_thousand_tasks_across_three_workers_run_exactly_once") else {
         return;
@@ -214,6 +219,7 @@ async fn ten_thousand_tasks_across_three_workers_run_exactly_once() {
 }
 
 #[tokio::test]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 async fn priorities_hold_across_worker_processes() {
     let Some(url) = redis_url("priorities_hold_across_worker_processes") else {
         return;
@@ -269,6 +275,7 @@ async fn priorities_hold_across_worker_processes() {
 }
 
 #[tokio::test]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 async fn cancel_reaches_a_task_running_in_another_process() {
     let Some(url) = redis_url("cancel_reaches_a_task_running_in_another_process") else {
         return;
@@ -331,6 +338,7 @@ fn signal(worker: &Worker, name: &str) {
 }
 
 #[tokio::test]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 async fn a_worker_stalled_past_its_lease_records_nothing_and_the_new_holder_records_once() {
     let Some(url) = redis_url("a_worker_stalled_past_its_lease_records_nothing") else {
         return;
@@ -391,6 +399,7 @@ async fn a_worker_stalled_past_its_lease_records_nothing_and_the_new_holder_reco
 }
 
 #[tokio::test]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 async fn a_cancel_racing_a_take_always_wins_and_nothing_overwrites_it() {
     let Some(url) = redis_url("a_cancel_racing_a_take_always_wins") else {
         return;
@@ -441,6 +450,7 @@ async fn a_cancel_racing_a_take_always_wins_and_nothing_overwrites_it() {
 }
 
 #[tokio::test]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 async fn a_worker_past_its_stop_timeout_hands_its_tasks_to_another_at_once() {
     let Some(url) = redis_url("a_worker_past_its_stop_timeout_hands_its_tasks_back") else {
         return;
@@ -475,6 +485,7 @@ async fn a_worker_past_its_stop_timeout_hands_its_tasks_to_another_at_once() {
 }
 
 #[tokio::test]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 async fn three_workers_fire_each_of_20_slots_once_even_when_one_is_killed() {
     let Some(url) = redis_url("three_workers_fire_each_of_20_slots_once_even_when_one_is_killed")
     else {
@@ -512,11 +523,12 @@ async fn three_workers_fire_each_of_20_slots_once_even_when_one_is_killed() {
 }
 
 #[tokio::test]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 async fn a_worker_whose_clock_is_an_hour_behind_is_listed_while_it_lives() {
     let Some(url) = redis_url("a_worker_whose_clock_is_an_hour_behind") else {
         return;
     };
-    let Some(faketime) = support::faketime() else {
+    let Some(faketime) = qtasks_test_support::faketime() else {
         return;
     };
     let prefix = unique_prefix("clock");

@@ -2,8 +2,6 @@
 //! hundreds of slots, several workers, missed slots, time zones and daylight saving time), and
 //! the attribute form.
 
-mod support;
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
@@ -14,7 +12,10 @@ use qtasks::components::MemoryGlobalConfig;
 use qtasks::redis::RedisOptions;
 use qtasks::schedule::{Schedule, TokioClock};
 use qtasks::{AddOptions, QueueConfig, QueueTasks, TaskCall, TaskStatus};
-use support::{WAIT, redis_app, redis_url, unique_prefix};
+use qtasks_test_support::WAIT;
+use qtasks_test_support::redis::redis_app;
+use qtasks_test_support::redis_url;
+use qtasks_test_support::unique_prefix;
 
 /// Runs per label, counted by the task itself.
 static RUNS: LazyLock<Mutex<HashMap<String, Arc<AtomicU64>>>> = LazyLock::new(Mutex::default);
@@ -333,6 +334,7 @@ async fn memory_delays_hold_tasks_until_their_time() {
 }
 
 #[tokio::test]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 async fn redis_delays_hold_tasks_until_their_time() {
     let Some(url) = redis_url("redis_delays_hold_tasks_until_their_time") else {
         return;

@@ -1,7 +1,5 @@
 //! `app.stats()`: the live numbers checked against what was done, on memory and on Redis.
 
-mod support;
-
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
@@ -9,7 +7,11 @@ use std::time::Duration;
 use qtasks::redis::RedisOptions;
 use qtasks::stats::QueueStats;
 use qtasks::{AddOptions, QueueConfig, QueueTasks, TaskResult};
-use support::{WAIT, raw_connection, redis_app, redis_url, unique_prefix};
+use qtasks_test_support::WAIT;
+use qtasks_test_support::redis::raw_connection;
+use qtasks_test_support::redis::redis_app;
+use qtasks_test_support::redis_url;
+use qtasks_test_support::unique_prefix;
 use tokio::sync::Semaphore;
 
 /// Per-test gates: a gated task runs until its test lets it finish.
@@ -142,6 +144,7 @@ async fn memory_stats_follow_what_was_done() {
 }
 
 #[tokio::test]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 async fn redis_stats_follow_what_was_done() {
     let Some(url) = redis_url("redis_stats_follow_what_was_done") else {
         return;
@@ -153,6 +156,7 @@ async fn redis_stats_follow_what_was_done() {
 }
 
 #[tokio::test]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 async fn redis_dead_letters_are_counted_listed_and_resolved() {
     use redis::AsyncCommands;
     let Some(url) = redis_url("redis_dead_letters_are_counted_listed_and_resolved") else {
@@ -210,6 +214,7 @@ async fn redis_dead_letters_are_counted_listed_and_resolved() {
 }
 
 #[tokio::test]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 async fn redis_throughput_buckets_older_than_a_minute_fold_into_the_totals() {
     use redis::AsyncCommands;
     let Some(url) = redis_url("redis_throughput_buckets_older_than_a_minute_fold_into_the_totals")

@@ -168,7 +168,7 @@ async fn an_in_memory_app_refuses_an_unknown_task_name_at_add() {
         .unwrap_err();
     assert!(far.to_string().contains("registered: "), "{far}");
     // (On a server backend the name is taken, and the worker fails that task alone, naming
-    // it: tests/redis.rs and the conformance suite.)
+    // it: qtasks-redis/tests/redis.rs and the conformance suite.)
     let fine = add::add_task(&app, 2, 2)
         .await
         .unwrap()

@@ -7,7 +7,7 @@
 //!
 //! ```sh
 //! QTASKS_TEST_REDIS_URL=redis://127.0.0.1:6379/ QTASKS_TORTURE_SEEDS=1234 \
-//!     cargo test -p qtasks-tests --test torture -- --nocapture redis_engine
+//!     cargo test -p qtasks-tests --test torture -- --include-ignored --nocapture redis_engine
 //! ```
 //!
 //! The workers log warnings to `target/tmp/torture-{seed}-{engine}.log`; `QTASKS_TORTURE_LOG`
@@ -45,12 +45,16 @@ use std::time::{Duration, Instant};
 
 use qtasks::redis::{Redis, RedisOptions};
 use qtasks::{AddOptions, QueueConfig, QueueTasks, TaskRecord, TaskStatus, Uuid};
+use qtasks_test_support::amqp_url;
+use qtasks_test_support::redis::raw_connection;
+use qtasks_test_support::redis_url;
+use qtasks_test_support::unique_prefix;
+use qtasks_test_support::{OwnRedis, recorded_outcomes};
+use qtasks_test_support::{Proxy, host_port};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use redis::AsyncCommands;
-use support::own_redis::{OwnRedis, recorded_outcomes};
-use support::proxy::{Proxy, host_port};
-use support::{WorkerProcess, amqp_url, raw_connection, redis_url, unique_prefix};
+use support::WorkerProcess;
 
 /// The lease of the run's workers: faults are timed around it.
 const LEASE_MS: u64 = 1000;
@@ -137,6 +141,7 @@ struct Fault {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 async fn redis_engine() {
     let Some(_) = redis_url("torture redis_engine") else {
         return;
@@ -147,6 +152,7 @@ async fn redis_engine() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs RabbitMQ and Redis (QTASKS_TEST_AMQP_URL, QTASKS_TEST_REDIS_URL)"]
 async fn rabbitmq_engine_with_redis_records() {
     let (Some(_), Some(_)) = (
         redis_url("torture rabbitmq_engine_with_redis_records"),
@@ -214,7 +220,7 @@ async fn memory_engine() {
 
 async fn run_in_memory(seed: u64) {
     eprintln!(
-        "torture: engine Memory seed {seed} (rerun: QTASKS_TORTURE_SEEDS={seed} cargo test -p qtasks-tests --test torture -- --nocapture memory_engine)"
+        "torture: engine Memory seed {seed} (rerun: QTASKS_TORTURE_SEEDS={seed} cargo test -p qtasks-tests --test torture -- --include-ignored --nocapture memory_engine)"
     );
     let started = Instant::now();
     let mut rng = StdRng::seed_from_u64(seed);
@@ -561,7 +567,7 @@ where
 async fn run(engine: Engine, seed: u64) {
     let started = Instant::now();
     eprintln!(
-        "torture: engine {engine:?} seed {seed}; the workers' logs in target/tmp/torture-{seed}-{engine:?}.log (rerun: QTASKS_TORTURE_SEEDS={seed} cargo test -p qtasks-tests --test torture -- --nocapture {})",
+        "torture: engine {engine:?} seed {seed}; the workers' logs in target/tmp/torture-{seed}-{engine:?}.log (rerun: QTASKS_TORTURE_SEEDS={seed} cargo test -p qtasks-tests --test torture -- --include-ignored --nocapture {})",
         match engine {
             Engine::Redis => "redis_engine",
             Engine::RabbitMq => "rabbitmq_engine_with_redis_records",
@@ -1150,7 +1156,8 @@ async fn add_poison(run: &Run, kind: Kind, rng: &mut StdRng) -> Added {
             .into_bytes(),
             _ => b"\xff\xfe{".to_vec(),
         };
-        support::publish_raw(amqp, &format!("{}:task_queue", run.prefix), &body).await;
+        qtasks_test_support::amqp::publish_raw(amqp, &format!("{}:task_queue", run.prefix), &body)
+            .await;
         return Added::new(uuid, kind);
     }
     let queue = format!("{}:task_queue", run.prefix);

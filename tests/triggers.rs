@@ -4,8 +4,6 @@
 //! Each test builds its own app with a recording runtime plugin (runtime plugins belong to one
 //! app, so tests do not see each other) and runs a scenario that reaches the trigger.
 
-mod support;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -377,7 +375,7 @@ async fn recovered(
     url: &str,
     reply: Option<(Trigger, Value)>,
 ) -> (Arc<Recorder>, qtasks::TaskRecord) {
-    let prefix = support::unique_prefix("recovered");
+    let prefix = qtasks_test_support::unique_prefix("recovered");
     let config = QueueConfig {
         name: prefix.clone(),
         ..Default::default()
@@ -393,7 +391,8 @@ async fn recovered(
             .unwrap();
     }
     // What a worker that died mid-task leaves: a `process` record and an expired lease.
-    let uuid = support::plant_taken_task(url, &prefix, "pair", "[5, 6]", 0).await;
+    let uuid =
+        qtasks_test_support::redis::plant_taken_task(url, &prefix, "pair", "[5, 6]", 0).await;
     app.start().await.unwrap();
     let done = app.wait(uuid, WAIT).await.unwrap();
     app.stop().await.unwrap();
@@ -718,10 +717,11 @@ fn process_update() -> qtasks::records::RecordUpdate {
 }
 
 #[tokio::test]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 async fn broker_and_storage_running_older_tasks_fire_for_a_recovered_task() {
-    let Some(url) =
-        support::redis_url("broker_and_storage_running_older_tasks_fire_for_a_recovered_task")
-    else {
+    let Some(url) = qtasks_test_support::redis_url(
+        "broker_and_storage_running_older_tasks_fire_for_a_recovered_task",
+    ) else {
         return;
     };
     let (recorder, done) = recovered(&url, None).await;
@@ -1025,8 +1025,10 @@ async fn the_global_config_triggers_change_what_is_written_and_read() {
 }
 
 #[tokio::test]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 async fn storage_running_older_tasks_replaces_the_recovered_task() {
-    let Some(url) = support::redis_url("storage_running_older_tasks_replaces_the_recovered_task")
+    let Some(url) =
+        qtasks_test_support::redis_url("storage_running_older_tasks_replaces_the_recovered_task")
     else {
         return;
     };

@@ -2,15 +2,15 @@
 //! `TaskFailure` that tells error, cancel, timeout, not-found and a decode mismatch apart; on
 //! memory and on Redis.
 
-mod support;
-
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use qtasks::redis::RedisOptions;
 use qtasks::{QueueConfig, QueueTasks, TaskContext, TaskError, TaskFailure, TaskResult};
+use qtasks_test_support::redis::redis_app;
+use qtasks_test_support::redis_url;
+use qtasks_test_support::unique_prefix;
 use serde::{Deserialize, Serialize};
-use support::{redis_app, redis_url, unique_prefix};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -209,6 +209,7 @@ async fn a_stream_task_gives_its_items_typed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 async fn typed_results_on_redis() {
     let Some(url) = redis_url("typed_results_on_redis") else {
         return;

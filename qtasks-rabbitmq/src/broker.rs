@@ -11,8 +11,6 @@
 //!   worker that dies in between leaves an unacked message, which RabbitMQ delivers again; the
 //!   record says it has ended, so it is dropped, not run twice.
 
-use parking_lot::Mutex;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -23,7 +21,7 @@ use lapin::options::{
     BasicQosOptions, QueueDeclareOptions, QueuePurgeOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Acker, BasicProperties, Channel, Confirmation, Consumer};
+use lapin::{Acker, BasicProperties, Channel, Confirmation, Connection, Consumer};
 use qtasks_core::backend::{
     BackendError, Broker, CancelRequest, CancelState, Delivery, RecordStore, Transition, unix_now,
 };
@@ -36,6 +34,7 @@ use uuid::Uuid;
 
 use crate::cancels::{declare_cancel_exchange, listen_for_cancels};
 use crate::dead_letters::{AT_HEADER, REASON_HEADER, letter_of};
+use crate::held::{self, Held};
 use crate::link::{Link, STEP, best_effort, failure, millis, step};
 use crate::wire::{self, Names};
 
@@ -49,8 +48,8 @@ pub(crate) struct RabbitMqBroker {
     /// How many unacked messages a worker's consumer holds: its concurrency.
     prefetch: u16,
     consuming: tokio::sync::Mutex<Option<Consuming>>,
-    /// The ackers of the deliveries being run, by receipt.
-    taken: Mutex<HashMap<String, Acker>>,
+    /// The deliveries being run, by receipt (void once their connection dies: see `held`).
+    held: Arc<Held>,
     receipts: AtomicU64,
     /// This broker's part of its receipts, so that no two processes hand out the same one.
     instance: String,
@@ -59,12 +58,19 @@ pub(crate) struct RabbitMqBroker {
     _listening: tokio::sync::watch::Sender<()>,
 }
 
+/// What one wait on the consumer brought.
+struct Received {
+    messages: Vec<AmqpDelivery>,
+    channel: Channel,
+    connection: Arc<Connection>,
+}
+
 struct Consuming {
     channel: Channel,
     consumer: Consumer,
     /// The connection the consumer lives on (its stream does not always end when the
     /// connection dies: see `receive`).
-    connection: Arc<lapin::Connection>,
+    connection: Arc<Connection>,
 }
 
 impl Consuming {
@@ -99,12 +105,18 @@ impl RabbitMqBroker {
         // The first binding is made before connect returns, so a cancel sent right after
         // reaches this app.
         let _ = tokio::time::timeout(Duration::from_secs(5), bound.notified()).await;
+        let held = Arc::new(Held::default());
+        tokio::spawn(held::watch(
+            Arc::clone(&held),
+            cancels.clone(),
+            listening.subscribe(),
+        ));
         Ok(RabbitMqBroker {
             link,
             storage,
             prefetch,
             consuming: tokio::sync::Mutex::default(),
-            taken: Mutex::default(),
+            held,
             receipts: AtomicU64::new(0),
             instance: Uuid::new_v4().simple().to_string(),
             cancels,
@@ -280,8 +292,9 @@ impl RabbitMqBroker {
         step(&format!("consuming `{}`", self.names().queue), consuming).await
     }
 
-    /// Up to `max` messages: waits for the first, then takes what has arrived already.
-    async fn receive(&self, max: usize) -> Result<Vec<AmqpDelivery>, BackendError> {
+    /// Up to `max` messages: waits for the first, then takes what has arrived already; with the
+    /// channel they came on and its connection.
+    async fn receive(&self, max: usize) -> Result<Received, BackendError> {
         let mut consuming = self.consuming.lock().await;
         loop {
             if consuming.is_none() {
@@ -312,7 +325,11 @@ impl RabbitMqBroker {
                             _ => break,
                         }
                     }
-                    return Ok(received);
+                    return Ok(Received {
+                        messages: received,
+                        channel: open.channel.clone(),
+                        connection: Arc::clone(&open.connection),
+                    });
                 }
                 Some(Err(error)) => {
                     close_channel(consuming.take());
@@ -331,7 +348,11 @@ impl RabbitMqBroker {
     /// Turns a message into a delivery to run, or deals with it here: a body that is not a
     /// task goes to the dead letters, a task not due yet to a delay queue, a task whose record
     /// ended is dropped.
-    async fn accept(&self, message: AmqpDelivery) -> Result<Option<Delivery>, BackendError> {
+    async fn accept(
+        &self,
+        message: AmqpDelivery,
+        on: (&Channel, &Arc<Connection>),
+    ) -> Result<Option<Delivery>, BackendError> {
         let mut task = match wire::decode(&message.data) {
             Ok(task) => {
                 tracing::debug!(uuid = %task.uuid, redelivered = message.redelivered, "received task {}", task.uuid);
@@ -412,7 +433,14 @@ impl RabbitMqBroker {
                     self.instance,
                     self.receipts.fetch_add(1, Ordering::Relaxed)
                 );
-                self.taken.lock().insert(receipt.clone(), message.acker);
+                let (channel, connection) = on;
+                self.held.hold(
+                    receipt.clone(),
+                    task.uuid,
+                    message.acker,
+                    channel.clone(),
+                    Arc::clone(connection),
+                );
                 task.run_at = None;
                 Ok(Some(
                     Delivery::new(task, receipt)
@@ -493,7 +521,7 @@ impl RabbitMqBroker {
     }
 
     fn take_acker(&self, delivery: &Delivery) -> Option<Acker> {
-        self.taken.lock().remove(&delivery.receipt)
+        self.held.release(&delivery.receipt)
     }
 
     /// A channel for one look at a queue (a passive declare or a get that fails closes its
@@ -630,9 +658,13 @@ impl Broker for RabbitMqBroker {
             let mut deliveries = Vec::new();
             let mut failed = None;
             let received = self.receive(max.max(1)).await?;
+            let on = (&received.channel, &received.connection);
             // The storage writes of a batch go out together (one round trip, pipelined).
             let accepted = futures_util::future::join_all(
-                received.into_iter().map(|message| self.accept(message)),
+                received
+                    .messages
+                    .into_iter()
+                    .map(|message| self.accept(message, on)),
             )
             .await;
             for outcome in accepted {
@@ -654,6 +686,19 @@ impl Broker for RabbitMqBroker {
     async fn finish(&self, delivery: &Delivery, outcome: Outcome) -> Result<(), BackendError> {
         let acker = self.take_acker(delivery);
         let uuid = delivery.task.uuid;
+        if acker.is_none()
+            && matches!(outcome, Outcome::Cancel(_))
+            && self.held.was_lost(&delivery.receipt)
+        {
+            // Stopped because its delivery was lost (or cancelled meanwhile, which the stored
+            // request makes the next delivery end with): the record is the next delivery's.
+            return Err(BackendError::refused(
+                "rabbitmq",
+                format!(
+                    "task {uuid}'s delivery was lost with this worker's connection and runs elsewhere; its stopped run is not its outcome"
+                ),
+            ));
+        }
         let child = match &outcome {
             Outcome::Retry { child, .. } => Some(child.uuid),
             _ => None,
@@ -763,6 +808,11 @@ impl Broker for RabbitMqBroker {
     async fn release(&self, delivery: &Delivery) -> Result<(), BackendError> {
         let acker = self.take_acker(delivery);
         let uuid = delivery.task.uuid;
+        if acker.is_none() && self.held.was_lost(&delivery.receipt) {
+            // Back in the queue already, and perhaps taken by another worker: its record is
+            // that delivery's.
+            return Ok(());
+        }
         let released = self
             .storage
             .transition(uuid, &[TaskStatus::Process], RecordChange::Released)

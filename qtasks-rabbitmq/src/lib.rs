@@ -44,6 +44,7 @@
 mod broker;
 mod cancels;
 mod dead_letters;
+mod held;
 mod link;
 mod wire;
 

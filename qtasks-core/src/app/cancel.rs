@@ -16,7 +16,9 @@ use crate::{Error, QueueTasks, Result, TaskStatus};
 const EARLY_CANCEL_TTL: Duration = Duration::from_secs(60);
 
 /// The running tasks of this process that can be cancelled, and cancels that arrived before
-/// their task started running (kept for [`EARLY_CANCEL_TTL`], so they do not pile up).
+/// their task started running (kept for [`EARLY_CANCEL_TTL`], so they do not pile up): a
+/// task's cancel by its uuid, and a delivery's stop by its receipt (a delivery the broker lost
+/// while it waited to run, e.g. a suspect waiting for every slot while its connection died).
 ///
 /// Runs are keyed by their delivery's receipt under the task's uuid: one process may run two
 /// deliveries of one task at once (it stalled past a lease, then took the task back), and the
@@ -33,6 +35,7 @@ pub(crate) struct Cancels {
 struct CancelMaps {
     running: HashMap<Uuid, Vec<Run>>,
     early: HashMap<Uuid, (String, Instant)>,
+    early_deliveries: HashMap<String, (String, Instant)>,
 }
 
 /// One registered run: its delivery's receipt and the channel that stops it.
@@ -46,7 +49,12 @@ impl Cancels {
     /// once, if a cancel came early).
     pub(crate) fn register(&self, uuid: Uuid, receipt: &str) -> watch::Receiver<Option<String>> {
         let mut maps = self.maps.lock();
-        let early = maps.early.remove(&uuid).map(|(reason, _)| reason);
+        // A delivery lost before it ran stops at once, and leaves a cancel of the task for the
+        // delivery that replaces it.
+        let early = match maps.early_deliveries.remove(receipt) {
+            Some((reason, _)) => Some(reason),
+            None => maps.early.remove(&uuid).map(|(reason, _)| reason),
+        };
         let (stop, receiver) = watch::channel(early);
         maps.running.entry(uuid).or_default().push(Run {
             receipt: receipt.to_owned(),
@@ -71,14 +79,23 @@ impl Cancels {
         tell_runs(&self.maps.lock(), uuid, reason)
     }
 
-    /// Stops the run of one delivery (its lease was lost); `false` if it does not run here.
+    /// Stops the run of one delivery (its lease was lost); `false` if it does not run here. A
+    /// delivery taken but not running yet is remembered, and stops as soon as it registers.
     pub(crate) fn cancel_delivery(&self, uuid: Uuid, receipt: &str, reason: &str) -> bool {
-        self.maps
-            .lock()
+        let mut maps = self.maps.lock();
+        if let Some(run) = maps
             .running
             .get(&uuid)
             .and_then(|runs| runs.iter().find(|run| run.receipt == receipt))
-            .is_some_and(|run| run.stop.send(Some(reason.to_owned())).is_ok())
+        {
+            return run.stop.send(Some(reason.to_owned())).is_ok();
+        }
+        let now = Instant::now();
+        maps.early_deliveries
+            .retain(|_, (_, at)| now.duration_since(*at) < EARLY_CANCEL_TTL);
+        maps.early_deliveries
+            .insert(receipt.to_owned(), (reason.to_owned(), now));
+        false
     }
 
     /// Interrupts every task running in this process (a stop that cannot wait any longer), but
@@ -219,6 +236,24 @@ mod tests {
         assert!(!cancels.cancel_here(first, "again"));
         assert!(!cancels.cancel_here(Uuid::new_v4(), "early"));
         assert_eq!(cancels.early_len(), 1, "the expired one was pruned");
+    }
+
+    #[test]
+    fn a_delivery_lost_before_it_runs_stops_as_soon_as_it_registers() {
+        let cancels = Cancels::default();
+        let uuid = Uuid::new_v4();
+        // Taken, waiting to run, and its broker lost it (its connection died).
+        assert!(!cancels.cancel_delivery(uuid, "lost", "DeliveryLost"));
+        assert_eq!(
+            cancels.register(uuid, "lost").borrow().as_deref(),
+            Some("DeliveryLost"),
+            "the stale delivery stops at once"
+        );
+        assert_eq!(
+            *cancels.register(uuid, "next").borrow(),
+            None,
+            "the delivery that replaces it runs"
+        );
     }
 
     #[test]

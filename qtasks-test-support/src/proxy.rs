@@ -10,8 +10,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub(crate) struct Proxy {
-    pub(crate) port: u16,
+pub struct Proxy {
+    pub port: u16,
     connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
     silent: Arc<watch::Sender<bool>>,
     accepting: JoinHandle<()>,
@@ -19,7 +19,7 @@ pub(crate) struct Proxy {
 
 impl Proxy {
     /// Listens on a free loopback port and forwards each connection to `target` (`host:port`).
-    pub(crate) async fn start(target: String) -> Self {
+    pub async fn start(target: String) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
@@ -55,7 +55,7 @@ impl Proxy {
 
     /// A proxy in front of the server of `url` (`scheme://[user:password@]host:port/...`), and
     /// `url` through it.
-    pub(crate) async fn in_front_of(url: &str) -> (Self, String) {
+    pub async fn in_front_of(url: &str) -> (Self, String) {
         let host_port = host_port(url);
         let proxy = Proxy::start(host_port.clone()).await;
         let through = proxy.url_through(url, &host_port);
@@ -63,12 +63,12 @@ impl Proxy {
     }
 
     /// `url` with `host_port` (the target's) replaced by the proxy's address.
-    pub(crate) fn url_through(&self, url: &str, host_port: &str) -> String {
+    pub fn url_through(&self, url: &str, host_port: &str) -> String {
         url.replace(host_port, &format!("127.0.0.1:{}", self.port))
     }
 
     /// Drops every connection through the proxy, as a network failure would; how many.
-    pub(crate) fn cut(&self) -> usize {
+    pub fn cut(&self) -> usize {
         let cut: Vec<_> = self.connections.lock().unwrap().drain(..).collect();
         for connection in &cut {
             connection.abort();
@@ -77,7 +77,7 @@ impl Proxy {
     }
 
     /// Holds every connection silent (new ones too) until called again with `false`.
-    pub(crate) fn blackhole(&self, on: bool) {
+    pub fn blackhole(&self, on: bool) {
         self.silent.send_replace(on);
     }
 }
@@ -90,7 +90,7 @@ impl Drop for Proxy {
 }
 
 /// The `host:port` of a server URL (`scheme://[user:password@]host:port/...`).
-pub(crate) fn host_port(url: &str) -> String {
+pub fn host_port(url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
     let rest = rest.split_once('@').map_or(rest, |(_, rest)| rest);
     rest.split('/').next().unwrap_or(rest).to_owned()

@@ -3,8 +3,6 @@
 //! token on every call, the refusal to serve beyond loopback without one, TLS. (The Python
 //! client speaking the original's stubs is in `python_interop.rs`.)
 
-mod support;
-
 use std::time::Duration;
 
 use qtasks::grpc::proto::q_tasks_service_client::QTasksServiceClient;
@@ -12,7 +10,10 @@ use qtasks::grpc::proto::{AddTaskRequest, GetTaskRequest};
 use qtasks::grpc::{Grpc, GrpcError, Tls};
 use qtasks::records::RecordQuery;
 use qtasks::{QueueTasks, TaskError, TaskResult};
-use support::{grpc_tls_channel, serve_grpc_with, test_certificates, with_token};
+use qtasks_test_support::grpc::grpc_tls_channel;
+use qtasks_test_support::grpc::serve_grpc_with;
+use qtasks_test_support::grpc::test_certificates;
+use qtasks_test_support::grpc::with_token;
 use tonic::Code;
 
 #[qtasks::task]
@@ -35,7 +36,7 @@ async fn grpc_slow() -> u8 {
 async fn served() -> (QueueTasks, String, tokio::sync::oneshot::Sender<()>) {
     let app = QueueTasks::new();
     app.start().await.unwrap();
-    let (address, stop) = support::serve_grpc(&app).await;
+    let (address, stop) = qtasks_test_support::grpc::serve_grpc(&app).await;
     (app, format!("http://{address}"), stop)
 }
 
@@ -241,7 +242,7 @@ async fn a_timeout_that_is_no_duration_is_refused_before_anything_is_queued() {
     // Not started: a task that were queued would stay, to be counted.
     let (app, address, stop) = {
         let app = QueueTasks::new();
-        let (address, stop) = support::serve_grpc(&app).await;
+        let (address, stop) = qtasks_test_support::grpc::serve_grpc(&app).await;
         (app, format!("http://{address}"), stop)
     };
     let mut client = QTasksServiceClient::connect(address).await.unwrap();

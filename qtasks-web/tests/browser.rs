@@ -7,8 +7,6 @@
 //! `QTASKS_SCREENSHOTS=docs` also writes the README's screenshots there (a relative folder is
 //! the workspace's).
 
-mod support;
-
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -17,9 +15,10 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use qtasks::redis::RedisOptions;
 use qtasks::web::Web;
 use qtasks::{AddOptions, QueueConfig, QueueTasks, TaskError, TaskResult, TaskStatus, Uuid};
+use qtasks_test_support::redis_url;
+use qtasks_test_support::unique_prefix;
 use redis::AsyncCommands;
 use serde_json::{Value, json};
-use support::{redis_url, unique_prefix};
 
 #[qtasks::task]
 async fn dash_echo(text: String) -> String {
@@ -220,7 +219,7 @@ impl Browser {
         let Some(dir) = std::env::var_os("QTASKS_SCREENSHOTS") else {
             return;
         };
-        // A relative folder is the workspace's (tests run in `tests/`).
+        // A relative folder is the workspace's (tests run in the crate's folder).
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("..")
             .join(dir);
@@ -325,6 +324,7 @@ async fn seed(app: &QueueTasks, url: &str, prefix: &str) -> Seeded {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 async fn the_dashboard_works_in_a_real_browser() {
     let test = "the_dashboard_works_in_a_real_browser";
     let Some(url) = redis_url(test) else {

@@ -1,17 +1,20 @@
 //! The Redis backend with an embedded worker, against the machine's Redis
 //! (`QTASKS_TEST_REDIS_URL`). Every test uses its own key prefix.
 
-mod support;
-
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use qtasks::redis::RedisOptions;
 use qtasks::{TaskContext, TaskResult, TaskStatus};
+use qtasks_test_support::WAIT;
+use qtasks_test_support::flow;
+use qtasks_test_support::redis::raw_connection;
+use qtasks_test_support::redis::redis_app;
+use qtasks_test_support::redis_url;
+use qtasks_test_support::unique_prefix;
 use redis::AsyncCommands;
 use serde_json::json;
-use support::{WAIT, raw_connection, redis_app, redis_url, unique_prefix};
 
 #[qtasks::task]
 async fn concat(a: String, b: String) -> String {
@@ -29,6 +32,7 @@ async fn redis_fails() -> TaskResult<()> {
 }
 
 #[tokio::test]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 async fn tasks_run_and_records_use_the_python_layout() {
     let Some(url) = redis_url("tasks_run_and_records_use_the_python_layout") else {
         return;
@@ -103,6 +107,7 @@ async fn record_order(label: String) {
 }
 
 #[tokio::test]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 async fn lower_priority_numbers_run_first_and_equal_ones_in_order() {
     let Some(url) = redis_url("lower_priority_numbers_run_first_and_equal_ones_in_order") else {
         return;
@@ -137,6 +142,7 @@ async fn lower_priority_numbers_run_first_and_equal_ones_in_order() {
 }
 
 #[tokio::test]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 async fn poison_entries_fail_alone_and_the_worker_goes_on() {
     let Some(url) = redis_url("poison_entries_fail_alone_and_the_worker_goes_on") else {
         return;
@@ -207,6 +213,7 @@ async fn poison_entries_fail_alone_and_the_worker_goes_on() {
 }
 
 #[tokio::test]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 async fn finished_records_expire_when_a_retention_is_set() {
     let Some(url) = redis_url("finished_records_expire_when_a_retention_is_set") else {
         return;
@@ -251,6 +258,7 @@ async fn finished_records_expire_when_a_retention_is_set() {
 }
 
 #[tokio::test]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 async fn flush_all_clears_only_this_apps_keys() {
     let Some(url) = redis_url("flush_all_clears_only_this_apps_keys") else {
         return;
@@ -321,6 +329,7 @@ async fn an_unreachable_redis_is_reported_at_start() {
 }
 
 #[tokio::test]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 async fn ping_sees_the_worker_heartbeat() {
     let Some(url) = redis_url("ping_sees_the_worker_heartbeat") else {
         return;
@@ -352,6 +361,7 @@ async fn slow_concat(a: String, ms: u64) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 async fn dropped_connections_reconnect_and_nothing_is_lost() {
     let Some(url) = redis_url("dropped_connections_reconnect_and_nothing_is_lost") else {
         return;
@@ -394,12 +404,8 @@ async fn dropped_connections_reconnect_and_nothing_is_lost() {
             killed
         })
     };
-    for (i, handle) in handles.into_iter().enumerate() {
-        let done = handle.wait(WAIT).await.unwrap();
-        assert_eq!(
-            (done.status, done.returning),
-            (TaskStatus::Success, Some(json!(format!("t{i}"))))
-        );
+    for (i, handle) in handles.iter().enumerate() {
+        assert_eq!(flow::succeeded(handle).await, json!(format!("t{i}")));
     }
     assert!(
         killer.await.unwrap() > 0,
@@ -420,6 +426,7 @@ async fn redis_stream(n: u32) -> futures_util::stream::Iter<std::ops::Range<u32>
 }
 
 #[tokio::test]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 async fn retries_wait_their_backoff_and_stream_items_are_stored_on_redis() {
     let Some(url) = redis_url("retries_wait_their_backoff_and_stream_items_are_stored_on_redis")
     else {
@@ -451,6 +458,7 @@ async fn retries_wait_their_backoff_and_stream_items_are_stored_on_redis() {
 }
 
 #[tokio::test]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 async fn a_finish_sent_again_is_stored_once_and_a_stale_delivery_is_refused() {
     use qtasks::backend::Connector;
     use qtasks::{Outcome, QueueConfig, QueuedTask};
@@ -532,6 +540,7 @@ async fn a_finish_sent_again_is_stored_once_and_a_stale_delivery_is_refused() {
 }
 
 #[tokio::test]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 async fn every_poison_kind_fails_alone_and_its_record_can_be_read() {
     let Some(url) = redis_url("every_poison_kind_fails_alone") else {
         return;
@@ -653,6 +662,7 @@ async fn every_poison_kind_fails_alone_and_its_record_can_be_read() {
 /// that expired, or a member that is no uuid, leaves it when a page passes over it, and the
 /// pages stay right meanwhile.
 #[tokio::test]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 async fn the_records_index_forgets_expired_records_and_bad_members() {
     let Some(url) = redis_url("the_records_index_forgets_expired_records_and_bad_members") else {
         return;
@@ -698,6 +708,7 @@ async fn the_records_index_forgets_expired_records_and_bad_members() {
 /// With the records' index off, adds write no index, and listing still works (by reading
 /// every record).
 #[tokio::test]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 async fn without_the_records_index_listing_reads_every_record() {
     let Some(url) = redis_url("without_the_records_index_listing_reads_every_record") else {
         return;

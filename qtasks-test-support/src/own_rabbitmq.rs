@@ -6,13 +6,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::unique_prefix;
+use crate::scratch::{free_port, unique_prefix};
 
 /// How long a node may take to start here (about 20 s on two busy cores).
 const BOOT: Duration = Duration::from_secs(120);
 
-pub(crate) struct OwnRabbitMq {
-    pub(crate) port: u16,
+pub struct OwnRabbitMq {
+    pub port: u16,
     /// Erlang distribution's port (the node must not take the shared node's).
     dist_port: u16,
     dir: PathBuf,
@@ -23,7 +23,7 @@ pub(crate) struct OwnRabbitMq {
 impl OwnRabbitMq {
     /// Whether this machine can start one (`rabbitmq-server` installed, run by root, which
     /// hands the node to the `rabbitmq` user as the package's script does).
-    pub(crate) fn available() -> bool {
+    pub fn available() -> bool {
         let root = Command::new("id")
             .arg("-u")
             .output()
@@ -31,8 +31,8 @@ impl OwnRabbitMq {
         root && std::path::Path::new("/usr/sbin/rabbitmq-server").exists()
     }
 
-    pub(crate) fn start(name: &str) -> Self {
-        let (port, dist_port) = (super::free_port(), super::free_port());
+    pub fn start(name: &str) -> Self {
+        let (port, dist_port) = (free_port(), free_port());
         // Under /tmp: the node runs as the `rabbitmq` user, who must reach its folder.
         let dir = std::env::temp_dir().join(unique_prefix(name));
         std::fs::create_dir_all(dir.join("mnesia")).unwrap();
@@ -63,7 +63,7 @@ impl OwnRabbitMq {
     }
 
     /// Starts the node (again, from its folder) and waits until it takes connections.
-    pub(crate) fn launch(&self) {
+    pub fn launch(&self) {
         let path = |name: &str| self.dir.join(name);
         let script = Command::new("rabbitmq-server")
             .env("RABBITMQ_NODENAME", format!("qt{}@localhost", self.port))
@@ -90,7 +90,7 @@ impl OwnRabbitMq {
         }
     }
 
-    pub(crate) fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
     }
 
@@ -101,14 +101,14 @@ impl OwnRabbitMq {
     }
 
     /// Sends `signal` (`-STOP`, `-CONT`, `-KILL`) to the node.
-    pub(crate) fn signal(&self, signal: &str) {
+    pub fn signal(&self, signal: &str) {
         let pid = self.pid().expect("the node wrote its pid");
         let sent = Command::new("kill").args([signal, &pid]).status().unwrap();
         assert!(sent.success(), "kill {signal} {pid}");
     }
 
     /// SIGKILL: nothing flushed but what the node already wrote; returns once it is gone.
-    pub(crate) fn kill(&self) {
+    pub fn kill(&self) {
         self.signal("-KILL");
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {

@@ -1,17 +1,78 @@
 //! The command line, driven as a user drives it: the real `qtasks` binary and a worker binary
-//! built on `qtasks::cli::run` (examples/worker_cli.rs), against the machine's Redis.
-
-mod support;
+//! built on `qtasks::cli::run_with` (as examples/worker_cli.rs is), against the machine's Redis.
+//!
+//! The worker binary is this test binary itself, started again with [`WORKER_ARGS`] set: its
+//! `worker_process` entry then runs the command line over the tasks below, as a user's worker
+//! binary does (a test binary has no `main` of its own to give).
 
 use std::io::{BufRead, Read, Write};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use qtasks_test_support::amqp_url;
+use qtasks_test_support::free_port;
+use qtasks_test_support::redis_url;
+use qtasks_test_support::unique_prefix;
 use serde_json::Value;
-use support::{amqp_url, free_port, redis_url, unique_prefix};
 
-const QTASKS: &str = env!("CARGO_BIN_EXE_qtasks-cli-under-test");
-const WORKER: &str = env!("CARGO_BIN_EXE_worker_cli");
+const QTASKS: &str = env!("CARGO_BIN_EXE_qtasks");
+
+/// The command line of the worker process this binary runs as (a JSON list, `argv` included).
+const WORKER_ARGS: &str = "QTASKS_CLI_TEST_WORKER_ARGS";
+
+/// Adds two numbers.
+#[qtasks::task]
+async fn add(a: i64, b: i64) -> i64 {
+    a + b
+}
+
+/// Sleeps (a cancel stops it where it waits).
+#[qtasks::task(echo = true)]
+async fn sleep_for(ctx: qtasks::TaskContext, seconds: f64) -> f64 {
+    ctx.sleep(Duration::from_secs_f64(seconds)).await;
+    seconds
+}
+
+/// Fails with a message.
+#[qtasks::task]
+async fn fail(message: String) -> qtasks::TaskResult<()> {
+    Err(qtasks::TaskError::msg(message))
+}
+
+/// Runs every night at four (UTC): a schedule `inspect` shows.
+#[qtasks::task(cron = "0 0 4 * * *")]
+async fn nightly_cleanup() {}
+
+/// Panics (the worker fails this task, logs one line, and goes on).
+#[qtasks::task]
+async fn explode() -> u32 {
+    panic!("the task blew up on purpose")
+}
+
+/// The worker process's entry: with [`WORKER_ARGS`] set, runs the command line over this
+/// binary's tasks, as a worker binary's `main` does, and exits with its code; a no-op in a
+/// test run.
+#[test]
+fn worker_process() {
+    let Ok(args) = std::env::var(WORKER_ARGS) else {
+        return;
+    };
+    let args: Vec<String> = serde_json::from_str(&args).expect("a JSON list of arguments");
+    let cli = <qtasks::cli::Cli as clap::Parser>::parse_from(args);
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let code = runtime.block_on(async {
+        let config = qtasks::QueueConfig {
+            name: cli.app.clone(),
+            ..qtasks::QueueConfig::default()
+        };
+        match qtasks::redis::connect_with(&cli.url, config, Default::default()).await {
+            Ok(app) => qtasks::cli::run_with(app, cli).await,
+            Err(error) => qtasks::cli::finish(Err(qtasks::cli::Failure::from(error))),
+        }
+    });
+    drop(runtime);
+    std::process::exit(i32::from(code != std::process::ExitCode::SUCCESS));
+}
 
 /// `qtasks ARGS` for the app `prefix`, with `stdin` written to its input.
 fn qtasks_with_input(url: &str, prefix: &str, args: &[&str], stdin: &str) -> Output {
@@ -151,9 +212,17 @@ struct Worker {
 impl Worker {
     fn start(url: &str, prefix: &str, metrics_port: u16) -> Worker {
         let log = std::env::temp_dir().join(format!("{prefix}.worker.log"));
-        let child = Command::new(WORKER)
-            .args(["worker", "--concurrency", "2", "--metrics"])
-            .arg(format!("127.0.0.1:{metrics_port}"))
+        let args = serde_json::json!([
+            "worker_cli",
+            "worker",
+            "--concurrency",
+            "2",
+            "--metrics",
+            format!("127.0.0.1:{metrics_port}"),
+        ]);
+        let child = Command::new(std::env::current_exe().expect("this test binary"))
+            .args(["--exact", "worker_process", "--nocapture"])
+            .env(WORKER_ARGS, args.to_string())
             .env("QTASKS_URL", url)
             .env("QTASKS_NAME", prefix)
             .env_remove("RUST_LOG")
@@ -184,6 +253,7 @@ impl Drop for Worker {
 }
 
 #[test]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 fn operate_a_queue_from_the_shell() {
     let Some(url) = redis_url("operate_a_queue_from_the_shell") else {
         return;
@@ -392,6 +462,7 @@ fn operate_a_queue_from_the_shell() {
 }
 
 #[test]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 fn mistakes_get_their_exit_code_and_a_message_naming_them() {
     // Unreachable: exit code 3, the address named, the password never shown.
     let output = Command::new(QTASKS)
@@ -439,6 +510,7 @@ fn mistakes_get_their_exit_code_and_a_message_naming_them() {
 }
 
 #[test]
+#[ignore = "needs RabbitMQ and Redis (QTASKS_TEST_AMQP_URL, QTASKS_TEST_REDIS_URL)"]
 fn the_binary_operates_a_rabbitmq_queue_with_redis_storage() {
     let test = "the_binary_operates_a_rabbitmq_queue_with_redis_storage";
     let (Some(amqp), Some(redis)) = (amqp_url(test), redis_url(test)) else {
@@ -475,6 +547,7 @@ fn the_binary_operates_a_rabbitmq_queue_with_redis_storage() {
 }
 
 #[test]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 fn the_binary_serves_grpc_until_sigterm() {
     let Some(url) = redis_url("the_binary_serves_grpc_until_sigterm") else {
         return;
@@ -531,6 +604,7 @@ fn the_binary_serves_grpc_until_sigterm() {
 }
 
 #[test]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 fn the_binary_refuses_grpc_beyond_loopback_without_a_token() {
     let Some(url) = redis_url("the_binary_refuses_grpc_beyond_loopback_without_a_token") else {
         return;
@@ -578,12 +652,13 @@ fn the_binary_refuses_grpc_beyond_loopback_without_a_token() {
 }
 
 #[test]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 fn the_binary_serves_grpc_over_tls_to_token_holders() {
     let Some(url) = redis_url("the_binary_serves_grpc_over_tls_to_token_holders") else {
         return;
     };
     let prefix = unique_prefix("cli_grpc_tls");
-    let certificates = support::test_certificates();
+    let certificates = qtasks_test_support::grpc::test_certificates();
     let cert = std::env::temp_dir().join(format!("{prefix}.crt"));
     let key = std::env::temp_dir().join(format!("{prefix}.key"));
     std::fs::write(&cert, &certificates.cert).unwrap();
@@ -607,7 +682,7 @@ fn the_binary_serves_grpc_over_tls_to_token_holders() {
         use qtasks::grpc::proto::q_tasks_service_client::QTasksServiceClient;
         let deadline = Instant::now() + Duration::from_secs(30);
         let channel = loop {
-            match support::grpc_tls_channel(port, &certificates.ca).await {
+            match qtasks_test_support::grpc::grpc_tls_channel(port, &certificates.ca).await {
                 Ok(channel) => break channel,
                 Err(error) => {
                     assert!(Instant::now() < deadline, "never served TLS: {error}");
@@ -623,7 +698,7 @@ fn the_binary_serves_grpc_over_tls_to_token_holders() {
         };
         let refused = client.add_task(add()).await.unwrap_err();
         let added = client
-            .add_task(support::with_token(add(), "t0ken"))
+            .add_task(qtasks_test_support::grpc::with_token(add(), "t0ken"))
             .await
             .unwrap()
             .into_inner();
@@ -645,6 +720,7 @@ fn the_binary_serves_grpc_over_tls_to_token_holders() {
 }
 
 #[test]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 fn the_binary_serves_the_web_api_with_a_token_and_refuses_the_network_without_one() {
     let Some(url) = redis_url("the_binary_serves_the_web_api") else {
         return;
@@ -726,6 +802,7 @@ fn the_binary_serves_the_web_api_with_a_token_and_refuses_the_network_without_on
 }
 
 #[test]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 fn times_out_of_any_range_in_a_record_are_shown_not_a_panic() {
     let Some(url) = redis_url("times_out_of_any_range_in_a_record") else {
         return;

@@ -3,8 +3,6 @@
 
 #![cfg(unix)]
 
-mod support;
-
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -12,8 +10,10 @@ use std::time::Duration;
 
 use qtasks::redis::RedisOptions;
 use qtasks::{QueueConfig, TaskStatus};
+use qtasks_test_support::WAIT;
+use qtasks_test_support::redis_url;
+use qtasks_test_support::unique_prefix;
 use serde_json::json;
-use support::{WAIT, redis_url, unique_prefix};
 
 #[qtasks::task]
 async fn tls_echo(text: String) -> String {
@@ -99,6 +99,7 @@ fn make_certificates(dir: &Path) -> Vec<u8> {
 }
 
 #[tokio::test]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 async fn a_rediss_url_with_a_password_works() {
     // Runs where the Redis tests run; it needs `redis-server` and `openssl` on the machine.
     let Some(_) = redis_url("a_rediss_url_with_a_password_works") else {

@@ -3,33 +3,32 @@
 
 use std::collections::HashMap;
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use qtasks::Uuid;
 
-use super::unique_prefix;
+use crate::scratch::scratch_dir;
 
 /// A `redis-server` on a free port with its own folder and an append-only file (fsynced
 /// always when `durable`; the file is read at the end to count the recorded outcomes); killed
 /// when dropped.
-pub(crate) struct OwnRedis {
-    pub(crate) port: u16,
-    pub(crate) dir: PathBuf,
+pub struct OwnRedis {
+    pub port: u16,
+    pub dir: PathBuf,
     durable: bool,
     child: Option<Child>,
 }
 
 impl OwnRedis {
-    pub(crate) fn start(name: &str, durable: bool) -> Self {
+    pub fn start(name: &str, durable: bool) -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique_prefix(name));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch_dir(name);
         let mut redis = OwnRedis {
             port,
             dir,
@@ -40,7 +39,7 @@ impl OwnRedis {
         redis
     }
 
-    pub(crate) fn launch(&mut self) {
+    pub fn launch(&mut self) {
         let mut command = Command::new("redis-server");
         command
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
@@ -67,7 +66,7 @@ impl OwnRedis {
     }
 
     /// SIGKILL: no goodbye, nothing flushed but what the append-only file already holds.
-    pub(crate) fn kill(&mut self) {
+    pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             child.kill().unwrap();
             child.wait().unwrap();
@@ -75,11 +74,11 @@ impl OwnRedis {
     }
 
     /// The server's process id (0 while it is down).
-    pub(crate) fn pid(&self) -> u32 {
+    pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
     }
 
-    pub(crate) fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 }
@@ -93,7 +92,7 @@ impl Drop for OwnRedis {
 
 /// Recorded outcomes per task: the writes of a final status to its record, from the
 /// server's append-only files (script effects are logged as the commands they ran).
-pub(crate) fn recorded_outcomes(redis: &OwnRedis, prefix: &str) -> HashMap<Uuid, usize> {
+pub fn recorded_outcomes(redis: &OwnRedis, prefix: &str) -> HashMap<Uuid, usize> {
     let mut counts = HashMap::new();
     let record_prefix = format!("{prefix}:");
     let mut files: Vec<PathBuf> = std::fs::read_dir(redis.dir.join("aof"))
@@ -133,7 +132,7 @@ pub(crate) fn recorded_outcomes(redis: &OwnRedis, prefix: &str) -> HashMap<Uuid,
 }
 
 /// The commands of an append-only file (RESP arrays of bulk strings).
-pub(crate) fn resp_commands(bytes: &[u8]) -> Vec<Vec<Vec<u8>>> {
+pub fn resp_commands(bytes: &[u8]) -> Vec<Vec<Vec<u8>>> {
     fn line(bytes: &[u8], at: &mut usize) -> Option<usize> {
         let end = bytes[*at..].windows(2).position(|w| w == b"\r\n")? + *at;
         let number = std::str::from_utf8(&bytes[*at + 1..end])
