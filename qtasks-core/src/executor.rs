@@ -317,8 +317,11 @@ impl TaskExecutor {
             }
         };
         tokio::select! {
-            done = timed => done.map_err(|timeout| Stopped::Failed(timeout.into())),
+            // A cancel there already (one that came before the run registered) wins over a
+            // step that would end at its first poll.
+            biased;
             reason = cancelled => Err(Stopped::Cancelled(reason)),
+            done = timed => done.map_err(|timeout| Stopped::Failed(timeout.into())),
         }
     }
 

@@ -34,7 +34,7 @@ use uuid::Uuid;
 
 use crate::cancels::{declare_cancel_exchange, listen_for_cancels};
 use crate::dead_letters::{AT_HEADER, REASON_HEADER, letter_of};
-use crate::held::{self, Held};
+use crate::held::{self, Held, Let};
 use crate::link::{Link, STEP, best_effort, failure, millis, step};
 use crate::wire::{self, Names};
 
@@ -520,8 +520,13 @@ impl RabbitMqBroker {
         }
     }
 
-    fn take_acker(&self, delivery: &Delivery) -> Option<Acker> {
-        self.held.release(&delivery.receipt)
+    /// The acker of `delivery`, or `Err` when the delivery was lost with its connection.
+    fn take_acker(&self, delivery: &Delivery) -> Result<Option<Acker>, ()> {
+        match self.held.release(&delivery.receipt) {
+            Let::Held(acker) => Ok(Some(acker)),
+            Let::Unknown => Ok(None),
+            Let::Lost => Err(()),
+        }
     }
 
     /// A channel for one look at a queue (a passive declare or a get that fails closes its
@@ -684,21 +689,17 @@ impl Broker for RabbitMqBroker {
     }
 
     async fn finish(&self, delivery: &Delivery, outcome: Outcome) -> Result<(), BackendError> {
-        let acker = self.take_acker(delivery);
         let uuid = delivery.task.uuid;
-        if acker.is_none()
-            && matches!(outcome, Outcome::Cancel(_))
-            && self.held.was_lost(&delivery.receipt)
-        {
-            // Stopped because its delivery was lost (or cancelled meanwhile, which the stored
-            // request makes the next delivery end with): the record is the next delivery's.
+        let Ok(acker) = self.take_acker(delivery) else {
+            // Its message went back to the queue with its connection, and another delivery
+            // has the record now (a cancel asked meanwhile is stored, and ends that one).
             return Err(BackendError::refused(
                 "rabbitmq",
                 format!(
-                    "task {uuid}'s delivery was lost with this worker's connection and runs elsewhere; its stopped run is not its outcome"
+                    "task {uuid}'s delivery was lost with this worker's RabbitMQ connection and is run by another delivery; this outcome is not stored"
                 ),
             ));
-        }
+        };
         let child = match &outcome {
             Outcome::Retry { child, .. } => Some(child.uuid),
             _ => None,
@@ -806,13 +807,12 @@ impl Broker for RabbitMqBroker {
     }
 
     async fn release(&self, delivery: &Delivery) -> Result<(), BackendError> {
-        let acker = self.take_acker(delivery);
         let uuid = delivery.task.uuid;
-        if acker.is_none() && self.held.was_lost(&delivery.receipt) {
+        let Ok(acker) = self.take_acker(delivery) else {
             // Back in the queue already, and perhaps taken by another worker: its record is
             // that delivery's.
             return Ok(());
-        }
+        };
         let released = self
             .storage
             .transition(uuid, &[TaskStatus::Process], RecordChange::Released)

@@ -6,8 +6,9 @@
 //! its acker can no longer ack, and its task runs elsewhere. The [`watch`] loop finds such
 //! deliveries within [`CHECK_EVERY`] and stops their runs (a run not started yet, e.g. a
 //! suspect waiting for every slot, stops as soon as it starts), so that two runs of one
-//! attempt overlap for no longer than that. A stopped run's outcome is not stored: see
-//! [`Held::was_lost`].
+//! attempt overlap for no longer than that once the connection's end is seen (at once for a
+//! cut or reset; on a silent network, after two missed heartbeats). A lost delivery's outcome
+//! is not stored: see [`Let::Lost`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -43,6 +44,17 @@ impl Holding {
     }
 }
 
+/// What [`Held::release`] found.
+pub(crate) enum Let {
+    /// Held, on a live channel: ack or nack it with this.
+    Held(Acker),
+    /// Lost with its connection: its message went back to the queue, and another delivery of
+    /// the task replaces it, whose record this one must leave alone.
+    Lost,
+    /// Not handed out by this broker (or released already).
+    Unknown,
+}
+
 /// The held deliveries by receipt, and the receipts lost with their connection.
 #[derive(Default)]
 pub(crate) struct Held {
@@ -71,18 +83,19 @@ impl Held {
         );
     }
 
-    /// Lets go of the delivery `receipt`: its acker, if it is still held.
-    pub(crate) fn release(&self, receipt: &str) -> Option<Acker> {
-        self.holding
-            .lock()
-            .remove(receipt)
-            .map(|holding| holding.acker)
-    }
-
-    /// Whether the delivery `receipt` was lost with its connection (its message went back to
-    /// the queue, and another delivery of the task replaces it).
-    pub(crate) fn was_lost(&self, receipt: &str) -> bool {
-        self.lost.lock().contains_key(receipt)
+    /// Lets go of the delivery `receipt` (its run ended, or it is handed back).
+    pub(crate) fn release(&self, receipt: &str) -> Let {
+        let mut holding = self.holding.lock();
+        match holding.remove(receipt) {
+            // Its connection ended, and the loop has not seen it yet.
+            Some(held) if held.void() => {
+                self.lost.lock().insert(receipt.to_owned(), Instant::now());
+                Let::Lost
+            }
+            Some(held) => Let::Held(held.acker),
+            None if self.lost.lock().contains_key(receipt) => Let::Lost,
+            None => Let::Unknown,
+        }
     }
 
     /// Lets go of the deliveries whose channel or connection ended: their task and receipt.

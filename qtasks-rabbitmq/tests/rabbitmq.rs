@@ -259,7 +259,7 @@ async fn a_run_whose_connection_is_lost_stops_and_the_task_completes_once_elsewh
     let first = app(&through_proxy, &redis, &prefix, 1).await;
     first.start().await.unwrap();
     let label = format!("{prefix}:long");
-    let handle = amqp_complete::add_task(&first, label.clone(), 4000)
+    let handle = amqp_complete::add_task(&first, label.clone(), 8000)
         .await
         .unwrap();
     let deadline = std::time::Instant::now() + WAIT;
@@ -273,15 +273,14 @@ async fn a_run_whose_connection_is_lost_stops_and_the_task_completes_once_elsewh
     let second = app(&amqp, &redis, &prefix, 1).await;
     second.start().await.unwrap();
     // The first worker's connection dies mid-run: RabbitMQ queues the task again.
-    tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
         proxy.cut() > 0,
         "the first worker was connected through the proxy"
     );
 
     assert_eq!(flow::succeeded(&handle).await, json!(label));
-    // Long enough for the first run to have completed had it gone on.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // The first run, had it gone on, would have completed before the run that replaced it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let completed = COMPLETED
         .lock()
         .unwrap()
@@ -291,6 +290,10 @@ async fn a_run_whose_connection_is_lost_stops_and_the_task_completes_once_elsewh
     assert_eq!(
         completed, 1,
         "the run whose delivery was lost went on to the end"
+    );
+    assert!(
+        first.counters().refused_outcomes >= 1,
+        "the stopped run's outcome was refused, not stored"
     );
     for app in [&first, &second] {
         tokio::time::timeout(WAIT, app.stop())

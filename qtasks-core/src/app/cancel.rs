@@ -49,6 +49,9 @@ impl Cancels {
     /// once, if a cancel came early).
     pub(crate) fn register(&self, uuid: Uuid, receipt: &str) -> watch::Receiver<Option<String>> {
         let mut maps = self.maps.lock();
+        let now = Instant::now();
+        maps.early_deliveries
+            .retain(|_, (_, at)| now.duration_since(*at) < EARLY_CANCEL_TTL);
         // A delivery lost before it ran stops at once, and leaves a cancel of the task for the
         // delivery that replaces it.
         let early = match maps.early_deliveries.remove(receipt) {
@@ -61,6 +64,16 @@ impl Cancels {
             stop,
         });
         receiver
+    }
+
+    /// Why the delivery `receipt` was stopped before it ran (its broker lost it), if it was:
+    /// such a delivery must not start.
+    pub(crate) fn stopped_before_start(&self, receipt: &str) -> Option<String> {
+        self.maps
+            .lock()
+            .early_deliveries
+            .remove(receipt)
+            .map(|(reason, _)| reason)
     }
 
     /// Forgets the run of this delivery (and only it).
@@ -245,9 +258,15 @@ mod tests {
         // Taken, waiting to run, and its broker lost it (its connection died).
         assert!(!cancels.cancel_delivery(uuid, "lost", "DeliveryLost"));
         assert_eq!(
+            cancels.stopped_before_start("lost").as_deref(),
+            Some("DeliveryLost"),
+            "the worker sees it before it starts the run"
+        );
+        assert!(!cancels.cancel_delivery(uuid, "lost", "DeliveryLost"));
+        assert_eq!(
             cancels.register(uuid, "lost").borrow().as_deref(),
             Some("DeliveryLost"),
-            "the stale delivery stops at once"
+            "a run that registers anyway stops at once"
         );
         assert_eq!(
             *cancels.register(uuid, "next").borrow(),

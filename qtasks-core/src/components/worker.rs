@@ -214,6 +214,13 @@ impl WorkerHost {
             &*app.components().worker,
         );
         let uuid = delivery.task.uuid;
+        // Lost by its broker while it waited here (a suspect waiting for every slot whose
+        // connection died): another worker has it now, so it must not start here as well.
+        if let Some(reason) = app.cancels().stopped_before_start(&delivery.receipt) {
+            tracing::warn!(uuid = %uuid, "task {uuid} is not run here: {reason}");
+            hand_back(self, std::slice::from_ref(&delivery)).await;
+            return;
+        }
         let definition = delivery
             .task
             .definition
