@@ -353,6 +353,13 @@ impl RabbitMqBroker {
         message: AmqpDelivery,
         on: (&Channel, &Arc<Connection>),
     ) -> Result<Option<Delivery>, BackendError> {
+        if !still_open(on) {
+            // Read from the buffer of a consumer whose connection has died since it arrived:
+            // RabbitMQ has put it back in the queue, and perhaps handed it to another worker,
+            // which may have taken and counted it already. This copy must touch nothing.
+            tracing::debug!(queue = %self.names().queue, "a message read after its consumer's connection died is left to its redelivery");
+            return Ok(None);
+        }
         let mut task = match wire::decode(&message.data) {
             Ok(task) => {
                 tracing::debug!(uuid = %task.uuid, redelivered = message.redelivered, "received task {}", task.uuid);
@@ -380,6 +387,10 @@ impl RabbitMqBroker {
             return Ok(None);
         }
         tokio::time::sleep(wait).await;
+        if !still_open(on) {
+            tracing::debug!(uuid = %task.uuid, "the consumer's connection died while task {} was read; it is left to its redelivery", task.uuid);
+            return Ok(None);
+        }
         // A message delivered again may be a task whose worker died while it ran.
         let from: &[TaskStatus] = if message.redelivered {
             &[TaskStatus::New, TaskStatus::Process]
@@ -561,6 +572,12 @@ fn holds_outcome(record: &qtasks_core::TaskRecord, outcome: &Outcome) -> bool {
             record.status == TaskStatus::Retry && record.retry_child_uuid == Some(child.uuid)
         }
     }
+}
+
+/// Whether the channel a message came on, and its connection, are still open: a message read
+/// after they died is void (RabbitMQ has put it back in the queue).
+fn still_open((channel, connection): (&Channel, &Arc<Connection>)) -> bool {
+    channel.status().connected() && connection.status().connected()
 }
 
 /// Closes a consumer's channel that is done with, in the background: a channel dropped

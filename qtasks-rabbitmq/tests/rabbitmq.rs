@@ -304,6 +304,74 @@ async fn a_run_whose_connection_is_lost_stops_and_the_task_completes_once_elsewh
     first.flush_all().await.unwrap();
 }
 
+/// Found by the fault harness (seed 1797708670912): after a cut, a worker read a message still
+/// in its dead consumer's buffer, which RabbitMQ had already handed to another worker; that
+/// worker had counted it (its earlier worker had died) and queued a copy. The stale read marked
+/// the record `process` and ran the task, its worker died of it, and the copy, finding
+/// `process`, was dropped: the task never ended. A message read after its consumer's
+/// connection died is now left alone. Here: a worker of one slot holds a long task and has a
+/// short one waiting in its buffer when its connection is cut; the short one runs once, on the
+/// other worker (twice before: once from the stale buffer, once redelivered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_read_from_a_dead_consumers_buffer_is_left_to_its_redelivery() {
+    let Some((amqp, redis)) = services("a_message_read_from_a_dead_consumers_buffer") else {
+        return;
+    };
+    let prefix = unique_prefix("amqp_stale");
+    let (proxy, through_proxy) = Proxy::in_front_of(&amqp).await;
+    let config = QueueConfig {
+        name: prefix.clone(),
+        max_tasks_process: 1,
+        ..QueueConfig::default()
+    };
+    // One slot, but room for four unacked messages: the second waits in the buffer.
+    let first = qtasks::rabbitmq::connect_with(
+        &through_proxy,
+        Redis::new(&redis),
+        config,
+        options().prefetch(4),
+    )
+    .await
+    .unwrap();
+    first.start().await.unwrap();
+    let long = amqp_complete::add_task(&first, format!("{prefix}:long"), 3000)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while first.get(long.uuid()).await.unwrap().unwrap().status != TaskStatus::Process {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the long task never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let label = format!("{prefix}:short");
+    let short = amqp_count::add_task(&first, label.clone(), 0)
+        .await
+        .unwrap();
+    // Delivered into the first worker's buffer, behind the long task.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        proxy.cut() > 0,
+        "the first worker was connected through the proxy"
+    );
+    // The first worker's slot frees (its long run is stopped) while the other is not there yet.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let second = app(&amqp, &redis, &prefix, 2).await;
+    second.start().await.unwrap();
+
+    assert_eq!(flow::succeeded(&short).await, json!(label));
+    flow::ended_as(&long, TaskStatus::Success).await;
+    assert_eq!(runs_of(&label), 1, "the short task ran once");
+    for app in [&first, &second] {
+        tokio::time::timeout(WAIT, app.stop())
+            .await
+            .expect("the worker stops")
+            .unwrap();
+    }
+    first.flush_all().await.unwrap();
+}
+
 /// An idle worker whose connection goes silent, then is cut, while it waits for a delivery takes
 /// the tasks added after (found by the fault harness: a consumer's stream did not always end with its
 /// connection, and a worker waited on it for ever, taking nothing).
