@@ -262,14 +262,7 @@ async fn a_run_whose_connection_is_lost_stops_and_the_task_completes_once_elsewh
     let handle = amqp_complete::add_task(&first, label.clone(), 8000)
         .await
         .unwrap();
-    let deadline = std::time::Instant::now() + WAIT;
-    while first.get(handle.uuid()).await.unwrap().unwrap().status != TaskStatus::Process {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the task never started"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    flow::running(&handle).await;
     let second = app(&amqp, &redis, &prefix, 1).await;
     second.start().await.unwrap();
     // The first worker's connection dies mid-run: RabbitMQ queues the task again.
@@ -337,14 +330,7 @@ async fn a_message_read_from_a_dead_consumers_buffer_is_left_to_its_redelivery()
     let long = amqp_complete::add_task(&first, format!("{prefix}:long"), 3000)
         .await
         .unwrap();
-    let deadline = std::time::Instant::now() + WAIT;
-    while first.get(long.uuid()).await.unwrap().unwrap().status != TaskStatus::Process {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the long task never started"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    flow::running(&long).await;
     let label = format!("{prefix}:short");
     let short = amqp_count::add_task(&first, label.clone(), 0)
         .await

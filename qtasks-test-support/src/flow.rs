@@ -27,6 +27,26 @@ pub async fn ended<T>(task: &TaskHandle<T>) -> TaskRecord {
     }
 }
 
+/// Waits until `task` runs (its record says `process`), at most [`WAIT`].
+pub async fn running<T>(task: &TaskHandle<T>) {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let record = task.get().await.ok().flatten();
+        if record
+            .as_ref()
+            .is_some_and(|r| r.status == TaskStatus::Process)
+        {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "task {} never started within {WAIT:?}; its record: {record:?}",
+            task.uuid()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// The record of `task` once it has ended, checked to have ended `status`.
 pub async fn ended_as<T>(task: &TaskHandle<T>, status: TaskStatus) -> TaskRecord {
     let record = ended(task).await;
