@@ -7,6 +7,11 @@ round by round (A B, B A, A B, ...) on one Redis of its own, so that both see th
 Per round and binary: `inmem` (in-memory drain and end-to-end rates), W1 on Redis (enqueue N
 no-op tasks, start one worker, time until the queue and the leases are empty) and W2 (500
 sequential add-and-wait round trips). Prints the medians and the ratios candidate / baseline.
+
+Redis's own cost is measured too: its CPU time (user + system, `INFO cpu`) per task while the
+tasks are enqueued and while they drain, and, with `--commandstats`, what each command cost per
+task in the last round (`INFO commandstats`: calls and microseconds per task; a script's inner
+commands are counted under their own names as well as inside `evalsha`).
 Starts `redis-server` on its own port with no persistence and stops it at the end; it never
 touches another Redis.
 """
@@ -40,9 +45,41 @@ class Resp:
             raise RuntimeError(f"unexpected reply {line!r}")
         return int(line[1:])
 
-def w1(binary, url, port, n):
+def redis_cpu_s(port):
+    info = dict(line.split(":", 1) for line in redis_cli(port, "INFO", "cpu").splitlines()
+                if ":" in line)
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+def commandstats(port, n):
+    """{command: (calls per task, microseconds per task)} since the last CONFIG RESETSTAT."""
+    stats = {}
+    for line in redis_cli(port, "INFO", "commandstats").splitlines():
+        if not line.startswith("cmdstat_"): continue
+        name, fields = line[len("cmdstat_"):].split(":", 1)
+        fields = dict(f.split("=") for f in fields.split(","))
+        stats[name] = (int(fields["calls"]) / n, float(fields["usec"]) / n)
+    return stats
+
+def bulk_enqueue(binary, url, port, n, costs):
+    """The rate of one `add_many` of n tasks (`enqueue --bulk`) and Redis's CPU per task."""
     redis_cli(port, "FLUSHALL")
+    cpu = redis_cpu_s(port)
+    started = time.perf_counter()
+    run([binary, "enqueue", "--url", url, "--n", str(n), "--bulk"])
+    costs["bulk enqueue tasks/s"] = n / (time.perf_counter() - started)
+    costs["redis CPU us/task, bulk enqueue"] = (redis_cpu_s(port) - cpu) * 1e6 / n
+
+def w1(binary, url, port, n, costs):
+    redis_cli(port, "FLUSHALL")
+    redis_cli(port, "CONFIG", "RESETSTAT")
+    cpu = redis_cpu_s(port)
+    enqueue_started = time.perf_counter()
     run([binary, "enqueue", "--url", url, "--n", str(n)])
+    costs["enqueue tasks/s"] = n / (time.perf_counter() - enqueue_started)
+    costs["redis CPU us/task, enqueue"] = (redis_cpu_s(port) - cpu) * 1e6 / n
+    costs["commands, enqueue"] = commandstats(port, n)
+    redis_cli(port, "CONFIG", "RESETSTAT")
+    cpu = redis_cpu_s(port)
     env = dict(os.environ, RUST_LOG="warn")
     started = time.perf_counter()
     worker = subprocess.Popen([binary, "worker", "--url", url, "--threads", "1"], env=env,
@@ -61,7 +98,10 @@ def w1(binary, url, port, n):
                     + poll.command("ZCARD", "QueueTasks:qtasks:ready")
                     + poll.command("ZCARD", "QueueTasks:qtasks:leases"))
             if left == 0:
-                return n / (time.perf_counter() - started)
+                rate = n / (time.perf_counter() - started)
+                costs["redis CPU us/task, drain"] = (redis_cpu_s(port) - cpu) * 1e6 / n
+                costs["commands, drain"] = commandstats(port, n)
+                return rate
             time.sleep(0.01)
         raise RuntimeError("the drain did not finish in 120 s")
     finally:
@@ -75,7 +115,8 @@ def w2(binary, url, port):
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(0.5)
-        return bench_json(run([binary, "w2", "--url", url, "--n", "500", "--warmup", "5"]))["p50_ms"]
+        answer = bench_json(run([binary, "w2", "--url", url, "--n", "500", "--warmup", "5"]))
+        return answer["p50_ms"], answer["p99_ms"]
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=30)
@@ -86,6 +127,11 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--n", type=int, default=20000)
     parser.add_argument("--port", type=int, default=6392)
+    parser.add_argument("--commandstats", action="store_true",
+                        help="print each command's calls and microseconds per task (last round)")
+    parser.add_argument("--redis-only", action="store_true", help="skip the in-memory runs")
+    parser.add_argument("--bulk", action="store_true",
+                        help="also time one add_many of n tasks (`enqueue --bulk`; both binaries must have it)")
     args = parser.parse_args()
     url = f"redis://127.0.0.1:{args.port}/0"
     workdir = tempfile.mkdtemp(prefix="qtasks-ab-")
@@ -99,18 +145,25 @@ def main():
             except subprocess.CalledProcessError: pass
             time.sleep(0.05)
         results = {"baseline": {}, "candidate": {}}
+        commands = {}
         for round_ in range(args.rounds):
             order = ["baseline", "candidate"] if round_ % 2 == 0 else ["candidate", "baseline"]
             for who in order:
                 binary = getattr(args, who)
-                inmem = bench_json(run([binary, "inmem", "--n", "200000"], env=dict(os.environ, RUST_LOG="warn")))
-                rows = {
-                    "inmem W1 drain tasks/s": inmem["w1"]["drain_rate"],
-                    "inmem e2e tasks/s": inmem["e2e"]["rate"],
-                    "inmem drain / channel ceiling": inmem["drain_vs_ceiling"],
-                    "redis W1 drain tasks/s": w1(binary, url, args.port, args.n),
-                    "redis W2 p50 ms": w2(binary, url, args.port),
-                }
+                rows = {}
+                if not args.redis_only:
+                    inmem = bench_json(run([binary, "inmem", "--n", "200000"], env=dict(os.environ, RUST_LOG="warn")))
+                    rows["inmem W1 drain tasks/s"] = inmem["w1"]["drain_rate"]
+                    rows["inmem e2e tasks/s"] = inmem["e2e"]["rate"]
+                    rows["inmem drain / channel ceiling"] = inmem["drain_vs_ceiling"]
+                costs = {}
+                rows["redis W1 drain tasks/s"] = w1(binary, url, args.port, args.n, costs)
+                commands[who] = {"enqueue": costs.pop("commands, enqueue"),
+                                 "drain": costs.pop("commands, drain")}
+                if args.bulk:
+                    bulk_enqueue(binary, url, args.port, args.n, costs)
+                rows.update(costs)
+                rows["redis W2 p50 ms"], rows["redis W2 p99 ms"] = w2(binary, url, args.port)
                 for key, value in rows.items():
                     results[who].setdefault(key, []).append(value)
                 print(f"round {round_ + 1} {who}: " + ", ".join(f"{k} {v:,.3f}" for k, v in rows.items()), file=sys.stderr)
@@ -120,6 +173,16 @@ def main():
             a, b = results["baseline"][key], results["candidate"][key]
             ma, mb = statistics.median(a), statistics.median(b)
             print(f"| {key} | {ma:,.2f} | {mb:,.2f} | {mb / ma:.3f} |")
+        if args.commandstats:
+            for phase in ("enqueue", "drain"):
+                print(f"\nRedis commands per task, {phase} (last round): calls / microseconds")
+                print("| command | baseline | candidate |")
+                print("|---|---|---|")
+                names = sorted(set(commands["baseline"][phase]) | set(commands["candidate"][phase]),
+                               key=lambda c: -commands["baseline"][phase].get(c, (0, 0))[1])
+                for name in names:
+                    cells = [commands[who][phase].get(name) for who in ("baseline", "candidate")]
+                    print(f"| {name} | " + " | ".join(f"{c[0]:.3f} / {c[1]:.2f} us" if c else "-" for c in cells) + " |")
     finally:
         server.terminate(); server.wait()
 

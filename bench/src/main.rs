@@ -2,7 +2,8 @@
 //! on Redis, printing one `BENCH_JSON {...}` line as the harness expects.
 //!
 //! ```text
-//! qtasks-bench enqueue --url URL --n N          # W1: enqueue N no-op tasks (no worker)
+//! qtasks-bench enqueue --url URL --n N [--bulk] # W1: enqueue N no-op tasks (no worker);
+//!                                               # --bulk: one add_many instead of single adds
 //! qtasks-bench worker  --url URL                # a worker process, until SIGTERM
 //! qtasks-bench w2      --url URL --n N --warmup W   # sequential add-and-wait round trips
 //! qtasks-bench inmem   --n N [--lat-n 500]      # in memory: e2e, W1, W2, peak RSS, and the
@@ -111,11 +112,20 @@ async fn add_many(app: &QueueTasks, n: u64, in_flight: usize) -> Vec<qtasks::Tas
         .await
 }
 
+/// W1's enqueue: `n` single adds, 64 on the wire at once; with `--bulk`, one `add_many` of all
+/// `n` (the adds go out in batches).
 async fn enqueue(url: &str, n: u64) {
     let app = redis_app(url, 1).await;
+    let bulk = std::env::args().any(|arg| arg == "--bulk");
     let t_start = now_s();
-    add_many(&app, n, 64).await;
-    emit(&json!({"t_start": t_start, "t_end": now_s(), "n": n}));
+    if bulk {
+        noop::add_many(&app, (0..n).map(|i| (i,)))
+            .await
+            .expect("the tasks are added");
+    } else {
+        add_many(&app, n, 64).await;
+    }
+    emit(&json!({"t_start": t_start, "t_end": now_s(), "n": n, "bulk": bulk}));
 }
 
 /// How long `app.stats()` takes: `n` reads, p50 and p99 in milliseconds, and what it read.

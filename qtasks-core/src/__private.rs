@@ -408,6 +408,32 @@ pub async fn enqueue<T>(
         .typed())
 }
 
+/// Not public API. Adds many calls of a task; the handles read the results typed.
+pub async fn enqueue_many<T>(
+    app: &QueueTasks,
+    calls: impl IntoIterator<Item = TaskCall>,
+) -> Result<Vec<TaskHandle<T>>> {
+    Ok(app
+        .add_many(calls)
+        .await?
+        .into_iter()
+        .map(|handle| handle.typed())
+        .collect())
+}
+
+/// Not public API. Adds many calls of a stream task; the handles read the items typed.
+pub async fn enqueue_stream_many<I>(
+    app: &QueueTasks,
+    calls: impl IntoIterator<Item = TaskCall>,
+) -> Result<Vec<StreamHandle<I>>> {
+    Ok(app
+        .add_many(calls)
+        .await?
+        .into_iter()
+        .map(StreamHandle::new)
+        .collect())
+}
+
 /// Not public API. Adds a stream task; its handle reads the items typed.
 pub async fn enqueue_stream<I>(
     app: &QueueTasks,

@@ -11,6 +11,7 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+use super::batch::{Batcher, WriteBatch};
 use super::storage::is_transient;
 use super::wire::{
     TAKEN_FIELDS, decode_record, new_record_fields, outcome_fields, parse_entry, queue_entry,
@@ -32,6 +33,13 @@ const TAKE_RETRIES: usize = 3;
 /// How long an outcome is retried through an outage, in leases: past that the lease is long
 /// gone and another worker runs the task (so nothing is lost by giving up).
 const FINISH_PATIENCE_LEASES: u32 = 10;
+
+/// The most outcomes one finish script call writes (a batch forms while the one before is on
+/// the wire; see `batch`).
+const FINISH_BATCH: usize = 256;
+
+/// The most new tasks one add script call writes (see `batch`).
+const ADD_BATCH: usize = 512;
 
 /// Why a run stops when its worker lost the lease.
 const LEASE_LOST: &str =
@@ -166,8 +174,10 @@ pub(crate) struct RedisBroker {
     mark: Script,
     renew: Script,
     requeue: Script,
-    finish: Script,
-    add: Script,
+    /// The outcomes on their way to Redis, written in batches (`batch`).
+    finishes: Batcher<ScriptPart, (i64, Option<String>)>,
+    /// The new tasks on their way to Redis, written in batches (`batch`).
+    adds: Batcher<ScriptPart, i64>,
     /// The deliveries this process holds (their receipts: token and lease member), renewed
     /// while it lives. Keyed by the whole receipt, not the member: after a stall this process
     /// may hold an old and a new delivery of one task, and each is renewed, ended and stopped
@@ -188,17 +198,44 @@ impl RedisBroker {
         cancels: broadcast::Sender<CancelRequest>,
         location: String,
     ) -> Self {
+        let ttl_ms = options
+            .result_ttl
+            .map_or(0, |ttl| i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
         RedisBroker {
-            keys,
-            commands,
+            commands: commands.clone(),
             blocking,
             options,
             take: Script::new(scripts::TAKE),
             mark: Script::new(scripts::MARK),
             renew: Script::new(scripts::RENEW),
             requeue: Script::new(scripts::REQUEUE_EXPIRED),
-            finish: Script::new(scripts::FINISH),
-            add: Script::new(scripts::ADD),
+            finishes: Batcher::new(
+                FINISH_BATCH,
+                batch_writer(
+                    scripts::FINISH,
+                    commands.clone(),
+                    vec![
+                        keys.leases.clone(),
+                        keys.stats.clone(),
+                        keys.cancel_requests.clone(),
+                    ],
+                    ScriptPart::with_args(&(ttl_ms, &keys.done_channel)),
+                ),
+            ),
+            adds: Batcher::new(
+                ADD_BATCH,
+                batch_writer(
+                    scripts::ADD,
+                    commands,
+                    [&keys.stats, &keys.queue, &keys.delayed]
+                        .into_iter()
+                        .chain(&keys.records_index)
+                        .cloned()
+                        .collect(),
+                    ScriptPart::with_args(&u8::from(keys.records_index.is_some())),
+                ),
+            ),
+            keys,
             held: Arc::default(),
             renewer: Mutex::default(),
             cancels,
@@ -465,72 +502,181 @@ impl RedisBroker {
         self.held.lock().remove(receipt);
     }
 
-    /// One script: the outcome, the lease released, the child of a retry added, the expiry
-    /// set, and the waiters told, all only if this delivery's token still holds the lease
-    /// (`scripts::FINISH`).
+    /// One outcome, written with the others asked for at the same moment (`batch`): the
+    /// outcome, the lease released, the child of a retry added, the expiry set, and the waiters
+    /// told, all only if this delivery's token still holds the lease (`scripts::FINISH`).
     async fn write_outcome(
         &self,
         delivery: &Delivery,
         outcome: &Outcome,
     ) -> Result<Written, redis::RedisError> {
-        let mut invocation = self.finish.key(&self.keys.leases);
-        invocation
-            .key(self.keys.record(delivery.task.uuid))
-            .key(&self.keys.stats)
-            .key(&self.keys.cancel_requests)
-            .key(self.keys.items(delivery.task.uuid));
-        let now = unix_now();
-        let fields = outcome_fields(outcome, now);
-        // The stats bucket of this outcome: this second (the worker's clock; see `scripts`).
-        let bucket = format!("t:{}:{}", now as u64, outcome.status().as_str());
-        let ttl_ms = self
-            .options
-            .result_ttl
-            .map_or(0, |ttl| i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
-        invocation
-            .arg(&delivery.receipt)
-            .arg(ttl_ms)
-            .arg(&self.keys.done_channel)
-            .arg(delivery.task.uuid.to_string())
-            .arg(fields.len())
-            .arg(bucket)
-            .arg(&fields);
-        if let Outcome::Retry { child, .. } = outcome {
-            // The backoff goes as a delay, resolved by Redis's clock (the one every take
-            // compares with), not as this worker's idea of the time.
-            let delay_ms = child
-                .run_at
-                .map(|run_at| ((run_at - now) * 1000.0).ceil())
-                .filter(|delay_ms| *delay_ms >= 1.0)
-                .map(|delay_ms| delay_ms.min(i64::MAX as f64) as i64);
-            invocation
-                .key(self.keys.record(child.uuid))
-                .key(if delay_ms.is_some() {
-                    &self.keys.delayed
-                } else {
-                    &self.keys.queue
-                });
-            if let Some(index) = &self.keys.records_index {
-                invocation.key(index);
-            }
-            let child_fields = new_record_fields(child);
-            invocation
-                .arg(child_fields.len())
-                .arg(&child_fields)
-                .arg(queue_entry(child))
-                .arg(delay_ms.map_or_else(String::new, |ms| ms.to_string()))
-                .arg(qtasks_core::records::secs_to_ms(child.created_at));
-        }
-        let mut con = self.commands.clone();
-        let (answer, reason): (i64, Option<String>) = invocation.invoke_async(&mut con).await?;
+        let (answer, reason) = self
+            .finishes
+            .submit(self.finish_item(delivery, outcome))
+            .await?;
         Ok(match answer {
             1 => Written::Stored,
             2 => Written::Replayed,
             3 => Written::Cancelled(reason.unwrap_or_default()),
             4 => Written::Unstorable(reason.unwrap_or_default()),
+            5 => {
+                return Err(redis::RedisError::from(std::io::Error::other(
+                    reason.unwrap_or_default(),
+                )));
+            }
             _ => Written::Refused,
         })
     }
+
+    /// One outcome's part of a finish script call: its keys and arguments (see
+    /// `scripts::FINISH` for their order).
+    fn finish_item(&self, delivery: &Delivery, outcome: &Outcome) -> ScriptPart {
+        let mut part = ScriptPart::default();
+        part.keys.push(self.keys.record(delivery.task.uuid));
+        part.keys.push(self.keys.items(delivery.task.uuid));
+        let now = unix_now();
+        let fields = outcome_fields(outcome, now);
+        // The stats bucket of this outcome: this second (the worker's clock; see `scripts`).
+        let bucket = format!("t:{}:{}", now as u64, outcome.status().as_str());
+        part.arg(&delivery.receipt)
+            .arg(delivery.task.uuid.to_string())
+            .arg(bucket)
+            .arg(fields.len())
+            .arg(&fields);
+        let Outcome::Retry { child, .. } = outcome else {
+            part.arg(0);
+            return part;
+        };
+        // The backoff goes as a delay, resolved by Redis's clock (the one every take compares
+        // with), not as this worker's idea of the time.
+        let delay_ms = child
+            .run_at
+            .map(|run_at| ((run_at - now) * 1000.0).ceil())
+            .filter(|delay_ms| *delay_ms >= 1.0)
+            .map(|delay_ms| delay_ms.min(i64::MAX as f64) as i64);
+        part.keys.push(self.keys.record(child.uuid));
+        part.keys.push(if delay_ms.is_some() {
+            self.keys.delayed.clone()
+        } else {
+            self.keys.queue.clone()
+        });
+        if let Some(index) = &self.keys.records_index {
+            part.keys.push(index.clone());
+            part.arg(2);
+        } else {
+            part.arg(1);
+        }
+        let child_fields = queued_record_fields(child);
+        part.arg(child_fields.len())
+            .arg(&child_fields)
+            .arg(queue_entry(child))
+            .arg(delay_ms.map_or_else(String::new, |ms| ms.to_string()))
+            .arg(qtasks_core::records::secs_to_ms(child.created_at));
+        part
+    }
+}
+
+/// A new task's record as this broker writes it: Python QTasks' fields, and `deliveries` at 0,
+/// which tells the take's mark that the record was indexed when it was added (see
+/// `scripts::MARK`).
+fn queued_record_fields(task: &QueuedTask) -> Vec<(&'static str, String)> {
+    let mut fields = new_record_fields(task);
+    fields.push(("deliveries", "0".to_owned()));
+    fields
+}
+
+/// One item's keys and arguments in a batched script call. The arguments are kept in one
+/// buffer (a `redis::Cmd` used as such) rather than one allocation each: a batch carries
+/// thousands of them, and copying them piecemeal was most of a bulk add's client time.
+#[derive(Default)]
+pub(super) struct ScriptPart {
+    keys: Vec<String>,
+    args: redis::Cmd,
+}
+
+impl ScriptPart {
+    fn with_args(args: &impl redis::ToRedisArgs) -> Self {
+        let mut part = ScriptPart::default();
+        part.arg(args);
+        part
+    }
+
+    fn arg(&mut self, value: impl redis::ToRedisArgs) -> &mut Self {
+        self.args.arg(value);
+        self
+    }
+
+    /// The arguments' bytes, in order.
+    fn args(&self) -> impl Iterator<Item = &[u8]> {
+        self.args.args_iter().filter_map(|arg| match arg {
+            redis::Arg::Simple(bytes) => Some(bytes),
+            _ => None,
+        })
+    }
+
+    /// How many bytes its keys and arguments take.
+    fn size(&self) -> usize {
+        self.keys.iter().map(String::len).sum::<usize>()
+            + self.args().map(<[u8]>::len).sum::<usize>()
+    }
+}
+
+/// The writer of one kind of batch: one call of `script` per batch, with the script's own
+/// keys and arguments first, then the item count, then each item's keys and arguments (the
+/// layout `scripts::FINISH` and `scripts::ADD` share). The call is built in one buffer of the
+/// right size; a server that does not know the script yet (restarted, flushed) is sent it.
+fn batch_writer<A: redis::FromRedisValue + Send + 'static>(
+    code: &'static str,
+    commands: ConnectionManager,
+    fixed_keys: Vec<String>,
+    fixed_args: ScriptPart,
+) -> WriteBatch<ScriptPart, A> {
+    let hash = Arc::<str>::from(Script::new(code).get_hash());
+    let fixed = Arc::new(ScriptPart {
+        keys: fixed_keys,
+        args: fixed_args.args,
+    });
+    Arc::new(move |parts: Vec<ScriptPart>| {
+        let (hash, fixed, mut con) = (Arc::clone(&hash), Arc::clone(&fixed), commands.clone());
+        Box::pin(async move {
+            let all = || std::iter::once(&*fixed).chain(&parts);
+            let key_count: usize = all().map(|part| part.keys.len()).sum();
+            let arg_count: usize = all()
+                .map(|part| part.keys.len() + part.args().count())
+                .sum();
+            let size: usize = all().map(ScriptPart::size).sum::<usize>() + hash.len() + 40;
+            let mut call = redis::Cmd::with_capacity(arg_count + 4, size);
+            call.arg("EVALSHA").arg(&*hash).arg(key_count);
+            for part in all() {
+                for key in &part.keys {
+                    call.arg(key);
+                }
+            }
+            for arg in fixed.args() {
+                call.arg(arg);
+            }
+            call.arg(parts.len());
+            for part in &parts {
+                for arg in part.args() {
+                    call.arg(arg);
+                }
+            }
+            match call.query_async::<Vec<A>>(&mut con).await {
+                Err(error)
+                    if error.kind()
+                        == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    redis::cmd("SCRIPT")
+                        .arg("LOAD")
+                        .arg(code)
+                        .query_async::<()>(&mut con)
+                        .await?;
+                    call.query_async(&mut con).await
+                }
+                answer => answer,
+            }
+        })
+    })
 }
 
 /// What the finish script did with an outcome.
@@ -685,28 +831,17 @@ impl Broker for RedisBroker {
             .map(|run_at| ((run_at - unix_now()) * 1000.0).ceil())
             .filter(|delay_ms| *delay_ms >= 1.0)
             .map(|delay_ms| delay_ms.min(i64::MAX as f64) as i64);
-        let fields = new_record_fields(&task);
-        let mut invocation = self.add.key(self.keys.record(task.uuid));
-        invocation
-            .key(if delay_ms.is_some() {
-                &self.keys.delayed
-            } else {
-                // In `task_queue`, as Python clients queue.
-                &self.keys.queue
-            })
-            .key(&self.keys.stats);
-        if let Some(index) = &self.keys.records_index {
-            invocation.key(index);
-        }
-        invocation
-            .arg(fields.len())
+        let mut part = ScriptPart::default();
+        part.keys.push(self.keys.record(task.uuid));
+        let fields = queued_record_fields(&task);
+        part.arg(fields.len())
             .arg(&fields)
             .arg(queue_entry(&task))
             .arg(delay_ms.map_or_else(String::new, |ms| ms.to_string()))
             .arg(qtasks_core::records::secs_to_ms(task.created_at));
-        let mut con = self.commands.clone();
-        let added: i64 = invocation
-            .invoke_async(&mut con)
+        let added = self
+            .adds
+            .submit(part)
             .await
             .map_err(|e| failure(format!("adding task `{}` failed", task.task_name), e))?;
         if added == 0 {

@@ -28,6 +28,7 @@
 //! The key layout is in [`scripts`].
 #![warn(missing_docs)]
 
+mod batch;
 mod broker;
 mod global_config;
 mod listing;

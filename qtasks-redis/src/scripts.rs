@@ -40,7 +40,8 @@
 //!   than failing a task nobody knows any more) and removes the uuid.
 //! - `N:{uuid}` (HASH): the task record, in Python QTasks' layout, plus fields of ours (the
 //!   original shows them as extra fields): `deliveries`, how many times a take handed the task
-//!   out; `marked_by` and `finished_by`, the delivery tokens that marked it `process` and
+//!   out (written 0 when qtasks adds the task: a record without it was written by another
+//!   producer); `marked_by` and `finished_by`, the delivery tokens that marked it `process` and
 //!   recorded its outcome; `queued_cancel`, on a task cancelled while its entry still waits,
 //!   until a take drops the entry (its value: the record's time to live then, ms; 0 keeps it).
 //!
@@ -51,8 +52,9 @@
 //! - `N:qtasks:records:waiting` (ZSET): the `new` records by their creation time, for the age
 //!   of the oldest.
 
-/// The Lua function the counting scripts share: `count_ended(stats, bucket)` counts one finished
-/// task in its bucket, `t:{second}:{status}`: one command per task. The first count of a bucket
+/// The Lua function the counting scripts share: `count_ended(stats, bucket, by)` counts `by`
+/// finished tasks (default 1) in their bucket, `t:{second}:{status}`: one command per bucket,
+/// so a batch of outcomes of one second and status costs one. The first count of a bucket
 /// also folds the buckets older than a minute into the status totals (`success`, `error`, ...),
 /// so the hash holds at most about 61 buckets per status and the folding runs at most once a
 /// second per status. The finish script gets its bucket from the worker (its clock's second:
@@ -73,8 +75,9 @@ end
 macro_rules! counting {
     () => {
         r#"
-local function count_ended(stats, bucket)
-  if redis.call('HINCRBY', stats, bucket, 1) == 1 then
+local function count_ended(stats, bucket, by)
+  by = by or 1
+  if redis.call('HINCRBY', stats, bucket, by) == by then
     local sec = tonumber(string.match(bucket, '^t:(%d+):')) or 0
     for _, field in ipairs(redis.call('HKEYS', stats)) do
       local at, old_status = string.match(field, '^t:(%d+):(%a+)$')
@@ -205,7 +208,11 @@ return {out, next_due[2] or false}
 /// lease is dropped here.
 ///
 /// A record that another producer wrote (the Python original) enters the records' index here,
-/// by its `created_at` (`ZADD NX`: qtasks's own are indexed when added).
+/// by its `created_at` (`ZADD NX`), at its first mark: qtasks's own are indexed when added,
+/// and carry a `deliveries` field from then on (0 until the first mark), so the mark knows.
+///
+/// Per task it costs three commands (`ZSCORE` of the lease, `HMGET`, `HSET`); the rare cases
+/// (a record that is missing, final or not a hash) pay more.
 ///
 /// Each record counts the deliveries of its task in its `deliveries` field (one more at each
 /// mark), so a task that kills every worker that runs it can be stopped (`max_deliveries`).
@@ -241,28 +248,33 @@ local function uncount_cancelled(leased)
   end
 end
 
+-- Read with the fields the worker asked for, after them (the worker ignores the extra ones).
+local marked_by_at, deliveries_at, queued_cancel_at = #wanted + 1, #wanted + 2, #wanted + 3
+wanted[marked_by_at] = 'marked_by'
+wanted[deliveries_at] = 'deliveries'
+wanted[queued_cancel_at] = 'queued_cancel'
+
 local function mark_one(leased, key)
   if not redis.call('ZSCORE', KEYS[1], leased) then
     return {'lost'}
   end
-  local kind = redis.call('TYPE', key)['ok']
-  if kind == 'none' then
-    if redis.call('SREM', KEYS[3], string.sub(key, -36)) == 1 then
+  -- One read for all it needs; a key that holds no hash fails it, and only then is its type
+  -- read, for the reason.
+  local fields = redis.pcall('HMGET', key, unpack(wanted))
+  if fields['err'] then
+    return {'bad', 'its record key holds a ' .. redis.call('TYPE', key)['ok'] .. ', not a hash'}
+  end
+  if not fields[1] then
+    if redis.call('EXISTS', key) == 0 and redis.call('SREM', KEYS[3], string.sub(key, -36)) == 1 then
       redis.call('ZREM', KEYS[1], leased)
       uncount_cancelled(leased)
       return {'ended'}
     end
     return {'missing'}
-  elseif kind ~= 'hash' then
-    return {'bad', 'its record key holds a ' .. kind .. ', not a hash'}
-  end
-  local fields = redis.call('HMGET', key, unpack(wanted))
-  if not fields[1] then
-    return {'missing'}
   elseif final[fields[1]] then
     redis.call('ZREM', KEYS[1], leased)
     -- Cancelled while it waited: its entry goes now, and its time to live starts.
-    local ttl = redis.call('HGET', key, 'queued_cancel')
+    local ttl = fields[queued_cancel_at]
     if ttl then
       redis.call('HDEL', key, 'queued_cancel')
       uncount_cancelled(leased)
@@ -270,20 +282,22 @@ local function mark_one(leased, key)
     end
     return {'ended'}
   end
-  redis.call('HSET', key, 'status', 'process', 'updated_at', ARGV[1])
   -- Counted once per delivery: a mark sent again (its reply lost) finds its own token.
   local token = string.sub(leased, 1, 32)
-  local deliveries
-  if redis.call('HGET', key, 'marked_by') == token then
-    deliveries = tonumber(redis.call('HGET', key, 'deliveries')) or 1
+  local deliveries = tonumber(fields[deliveries_at])
+  if fields[marked_by_at] == token then
+    redis.call('HSET', key, 'status', 'process', 'updated_at', ARGV[1])
+    deliveries = deliveries or 1
   else
-    deliveries = redis.call('HINCRBY', key, 'deliveries', 1)
-    redis.call('HSET', key, 'marked_by', token)
+    deliveries = (deliveries or 0) + 1
+    redis.call('HSET', key, 'status', 'process', 'updated_at', ARGV[1], 'marked_by', token, 'deliveries', deliveries)
   end
+  -- qtasks's own records carry `deliveries` from their add, and were indexed then; another
+  -- producer's (the Python original's) enter the index at their first mark.
   local created = tonumber(fields[6])
   -- Not NaN nor infinite (`tonumber('nan')` is NaN, which ZADD refuses): such a record is
   -- left out of the index, and the worker fails it for its unreadable `created_at`.
-  if index and created and created == created and created > -1e15 and created < 1e15 then
+  if index and not fields[deliveries_at] and created and created == created and created > -1e15 and created < 1e15 then
     redis.call('ZADD', index, 'NX', math.floor(created * 1000 + 0.5), string.sub(key, -36))
   end
   return {'run', fields, deliveries}
@@ -348,13 +362,14 @@ return #members
 "#
 );
 
-/// Records a delivery's outcome if, and only if, its token still holds the lease: releases the
-/// lease, writes the record's fields, adds a retry's next attempt, sets the expiry and tells the
-/// waiters, in one step. The record keeps the token that wrote it (`finished_by`): sent again
-/// after a lost reply, the script finds the lease gone and its own token on the final record and
-/// answers "stored" without writing again (so a retry's next attempt is added once); any other
-/// finisher whose lease is gone is refused, even when the record is final (a stalled worker must
-/// not take another's outcome for its own).
+/// Records a batch of outcomes (see `batch`), each on its own terms: an outcome is stored if,
+/// and only if, its delivery's token still holds the lease. For each: releases the lease, writes
+/// the record's fields, adds a retry's next attempt, sets the expiry and tells the waiters. The
+/// record keeps the token that wrote it (`finished_by`): sent again after a lost reply, the
+/// script finds the lease gone and its own token on the final record and answers "stored"
+/// without writing again (so a retry's next attempt is added once); any other finisher whose
+/// lease is gone is refused, even when the record is final (a stalled worker must not take
+/// another's outcome for its own).
 ///
 /// A cancel requested while the task ran (`N:qtasks:cancel_requests`, written by [`CANCEL`])
 /// wins over the outcome: the record ends `cancel` with the request's reason, a retry's next
@@ -363,78 +378,136 @@ return #members
 /// The live items of a stream task (`N:qtasks:items:{uuid}`) go: the record's `returning`
 /// holds them all now.
 ///
-/// KEYS: leases, record, stats, cancel requests, the task's items, then for a retry: the
-/// child's record, the child's queue (`task_queue`, or `delayed` with a delay) and the records'
-/// index (when it is kept). ARGV: lease member (token and member), ttl_ms (0: keep), done channel, uuid, field
-/// count, the stats bucket (`t:{second}:{status}`), the fields and values, then for a retry: the
-/// child's field count, its fields and values, its queue entry, its delay in ms by Redis's clock
-/// ('' to queue it now) and its creation time in ms (for the index).
-/// Returns `{1, false}` stored, `{2, false}` stored by an earlier send of this delivery (a
-/// replay; nothing written), `{0, false}` refused (the lease is not this delivery's any more;
-/// nothing written), `{3, reason}` cancelled instead (also when a replay finds the cancel that
-/// won), or `{4, type}` when the record's key holds no hash (the lease is dropped).
+/// What every outcome pays is kept to three commands (`ZREM` of its lease, one `HSET`, one
+/// `PUBLISH`); the counters (one `HINCRBY` per second and status), the items' `DEL` and the
+/// look at the cancel requests are paid once per batch. A record key that holds no hash makes
+/// its `HSET` fail: only then is its type read, for the answer.
+///
+/// KEYS: leases, stats, cancel requests, then per outcome: the record, the task's items, and
+/// for a retry the child's record, the child's queue (`task_queue`, or `delayed` with a delay)
+/// and the records' index (when it is kept).
+/// ARGV: ttl_ms (0: keep), done channel, the outcome count, then per outcome: its lease member
+/// (token and member), uuid, stats bucket (`t:{second}:{status}`), field count `n`, the fields
+/// and values, and the child's part: `0` for none, else `1` (`2` when the index is kept), the
+/// child's field count `c`, its fields and values, its queue entry, its delay in ms by Redis's
+/// clock ('' to queue it now) and its creation time in ms (for the index).
+/// Returns one answer per outcome: `{1, false}` stored, `{2, false}` stored by an earlier send
+/// of this delivery (a replay; nothing written), `{0, false}` refused (the lease is not this
+/// delivery's any more; nothing written), `{3, reason}` cancelled instead (also when a replay
+/// finds the cancel that won), `{4, type}` when the record's key holds no hash (the lease is
+/// dropped), or `{5, message}` when this outcome failed in the script (the others stand).
 pub(super) const FINISH: &str = concat!(
     priorities!(),
     counting!(),
     r#"
-local token = string.sub(ARGV[1], 1, 32)
-local kind = redis.call('TYPE', KEYS[2])['ok']
-if kind ~= 'hash' and kind ~= 'none' then
-  -- Nothing can be written there: the lease goes (the task cannot be recorded, and must not
-  -- run again and again), and the caller is told why.
-  redis.call('ZREM', KEYS[1], ARGV[1])
-  return {4, kind}
-end
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then
-  local found = redis.call('HMGET', KEYS[2], 'status', 'finished_by', 'cancel_reason')
-  local status = found[1]
-  if found[2] == token and (status == 'success' or status == 'error' or status == 'cancel' or status == 'retry') then
-    -- A replay: what the first send stored (a cancel that won says so again).
-    if status == 'cancel' then return {3, found[3] or ''} end
-    return {2, false}
+local ttl = tonumber(ARGV[1])
+local channel = ARGV[2]
+local count = tonumber(ARGV[3])
+local any_cancel = redis.call('HLEN', KEYS[3]) > 0
+local ended = {}       -- bucket -> outcomes counted in it
+local buckets = {}     -- the buckets in the order first seen
+local items = {}       -- the items keys of the stored outcomes
+
+local function count_in(bucket)
+  if not ended[bucket] then
+    ended[bucket] = 0
+    buckets[#buckets + 1] = bucket
   end
-  return {0, false}
+  ended[bucket] = ended[bucket] + 1
 end
-local ttl = tonumber(ARGV[2])
-redis.call('DEL', KEYS[5])
-local cancel = redis.call('HGET', KEYS[4], ARGV[4])
-if cancel then
-  redis.call('HDEL', KEYS[4], ARGV[4])
-  if string.sub(ARGV[6], -7) ~= ':cancel' then
-    local t = redis.call('TIME')
-    local now_s = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
-    redis.call('HSET', KEYS[2], 'status', 'cancel', 'cancel_reason', cancel, 'updated_at', now_s, 'finished_by', token)
-    count_ended(KEYS[3], bucket_now('cancel'))
-    if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
-    redis.call('PUBLISH', ARGV[3], ARGV[4])
-    return {3, cancel}
+
+local function now_s()
+  local t = redis.call('TIME')
+  return t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+end
+
+-- The record's type when a write to it failed (not a hash): answered, and the lease stays gone.
+local function unstorable(record)
+  return {4, redis.call('TYPE', record)['ok']}
+end
+
+-- One outcome. k: the index of its record key; a: of its lease member in ARGV; n, c: its
+-- field counts; child: its child part's flag.
+local function finish_one(k, a, n, child, c)
+  local record, leased, uuid, bucket = KEYS[k], ARGV[a], ARGV[a + 1], ARGV[a + 2]
+  local token = string.sub(leased, 1, 32)
+  if redis.call('ZREM', KEYS[1], leased) == 0 then
+    local found = redis.pcall('HMGET', record, 'status', 'finished_by', 'cancel_reason')
+    if found['err'] then return unstorable(record) end
+    local status = found[1]
+    if found[2] == token and (status == 'success' or status == 'error' or status == 'cancel' or status == 'retry') then
+      -- A replay: what the first send stored (a cancel that won says so again).
+      if status == 'cancel' then return {3, found[3] or ''} end
+      return {2, false}
+    end
+    return {0, false}
   end
+  local cancel = any_cancel and redis.call('HGET', KEYS[3], uuid)
+  if cancel then
+    redis.call('HDEL', KEYS[3], uuid)
+    if string.sub(bucket, -7) ~= ':cancel' then
+      local written = redis.pcall('HSET', record, 'status', 'cancel', 'cancel_reason', cancel, 'updated_at', now_s(), 'finished_by', token)
+      if type(written) == 'table' and written['err'] then return unstorable(record) end
+      items[#items + 1] = KEYS[k + 1]
+      count_in('t:' .. redis.call('TIME')[1] .. ':cancel')
+      if ttl > 0 then redis.call('PEXPIRE', record, ttl) end
+      redis.call('PUBLISH', channel, uuid)
+      return {3, cancel}
+    end
+  end
+  local written = redis.pcall('HSET', record, 'finished_by', token, unpack(ARGV, a + 4, a + 3 + 2 * n))
+  if type(written) == 'table' and written['err'] then return unstorable(record) end
+  items[#items + 1] = KEYS[k + 1]
+  count_in(bucket)
+  if child > 0 then
+    local at = a + 4 + 2 * n + 2
+    redis.call('HSET', KEYS[k + 2], unpack(ARGV, at, at + 2 * c - 1))
+    local entry, delay = ARGV[at + 2 * c], ARGV[at + 2 * c + 1]
+    if delay == '' then
+      redis.call('RPUSH', KEYS[k + 3], entry)
+      redis.call('HINCRBY', KEYS[2], 'queued:' .. priority_of(entry), 1)
+    else
+      -- Due by Redis's clock, the one takes compare with (the worker's may be off).
+      local t = redis.call('TIME')
+      local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+      redis.call('ZADD', KEYS[k + 3], now_ms + tonumber(delay), entry)
+    end
+    if child == 2 then
+      redis.call('ZADD', KEYS[k + 4], ARGV[at + 2 * c + 2], string.sub(KEYS[k + 2], -36))
+    end
+  end
+  if ttl > 0 then redis.call('PEXPIRE', record, ttl) end
+  redis.call('PUBLISH', channel, uuid)
+  return {1, false}
 end
-local n = tonumber(ARGV[5])
-redis.call('HSET', KEYS[2], 'finished_by', token, unpack(ARGV, 7, 6 + 2 * n))
-count_ended(KEYS[3], ARGV[6])
-local next_arg = 7 + 2 * n
-if KEYS[6] then
-  local c = tonumber(ARGV[next_arg])
-  redis.call('HSET', KEYS[6], unpack(ARGV, next_arg + 1, next_arg + 2 * c))
-  local entry = ARGV[next_arg + 2 * c + 1]
-  local delay = ARGV[next_arg + 2 * c + 2]
-  if delay == '' then
-    redis.call('RPUSH', KEYS[7], entry)
-    redis.call('HINCRBY', KEYS[3], 'queued:' .. priority_of(entry), 1)
+
+local out = {}
+local k, a = 4, 4
+for i = 1, count do
+  -- Where this outcome's parts are, and where the next one's start (read before it runs, so
+  -- an outcome that fails cannot throw the others' places off).
+  local n = tonumber(ARGV[a + 3])
+  local child_at = a + 4 + 2 * n
+  local child = tonumber(ARGV[child_at])
+  local c = 0
+  local next_k, next_a = k + 2, child_at + 1
+  if child > 0 then
+    c = tonumber(ARGV[child_at + 1])
+    next_k = k + 4 + (child == 2 and 1 or 0)
+    next_a = child_at + 2 + 2 * c + 3
+  end
+  local ok, answer = pcall(finish_one, k, a, n, child, c)
+  if ok then
+    out[i] = answer
   else
-    -- Due by Redis's clock, the one takes compare with (the worker's may be off).
-    local t = redis.call('TIME')
-    local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-    redis.call('ZADD', KEYS[7], now_ms + tonumber(delay), entry)
+    if type(answer) == 'table' then answer = answer['err'] end
+    out[i] = {5, 'storing the outcome failed in the script: ' .. tostring(answer)}
   end
-  if KEYS[8] then
-    redis.call('ZADD', KEYS[8], ARGV[next_arg + 2 * c + 3], string.sub(KEYS[6], -36))
-  end
+  k, a = next_k, next_a
 end
-if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
-redis.call('PUBLISH', ARGV[3], ARGV[4])
-return {1, false}
+if #items > 0 then redis.call('DEL', unpack(items)) end
+for _, bucket in ipairs(buckets) do count_ended(KEYS[2], bucket, ended[bucket]) end
+return out
 "#
 );
 
@@ -488,33 +561,67 @@ return 0
 "#
 );
 
-/// Adds a task if, and only if, no record has its uuid: writes the record, indexes it and
-/// queues its entry (in `task_queue`, or in `delayed`, due a delay from now by Redis's clock:
-/// a client whose clock is off still delays by what it asked). A second add of a known uuid (a
-/// schedule's slot added again, a retried add) changes nothing. KEYS: record, `task_queue` or
-/// `delayed`, stats, then the records' index (when it is kept). ARGV: field count n, n
-/// field/value pairs, the queue entry, its delay in ms ('' to queue it now), the creation time
-/// in ms (for the index). Returns 1 added, 0 known already.
+/// Adds a batch of tasks (see `batch`), each if, and only if, no record has its uuid: writes
+/// the record, indexes it and queues its entry (in `task_queue`, or in `delayed`, due a delay
+/// from now by Redis's clock: a client whose clock is off still delays by what it asked). A
+/// second add of a known uuid (a schedule's slot added again, a retried add) changes nothing.
+///
+/// Per task it costs two commands (`EXISTS`, `HSET`); the entries are pushed with one `RPUSH`
+/// (in the order asked), the counters raised with one `HINCRBY` per priority and the index
+/// written with one `ZADD`, per batch.
+///
+/// KEYS: stats, `task_queue`, `delayed`, the records' index (when it is kept), then one record
+/// per task. ARGV: `1` when the index is kept (else `0`), the task count, then per task: its
+/// field count n, n field/value pairs, its queue entry, its delay in ms ('' to queue it now)
+/// and its creation time in ms (for the index). Returns one answer per task: 1 added, 0 known
+/// already.
 pub(super) const ADD: &str = concat!(
     priorities!(),
     r#"
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local n = tonumber(ARGV[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 2, 1 + 2 * n))
-local entry = ARGV[2 + 2 * n]
-local delay = ARGV[3 + 2 * n]
-if delay == '' then
-  redis.call('RPUSH', KEYS[2], entry)
-  redis.call('HINCRBY', KEYS[3], 'queued:' .. priority_of(entry), 1)
-else
-  local t = redis.call('TIME')
-  local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  redis.call('ZADD', KEYS[2], now_ms + tonumber(delay), entry)
+local indexed = ARGV[1] == '1'
+local count = tonumber(ARGV[2])
+local first_record = indexed and 5 or 4
+local entries, by_priority, index_pairs, out = {}, {}, {}, {}
+local now_ms
+local a = 3
+for i = 1, count do
+  local record = KEYS[first_record + i - 1]
+  local n = tonumber(ARGV[a])
+  local entry, delay, created = ARGV[a + 1 + 2 * n], ARGV[a + 2 + 2 * n], ARGV[a + 3 + 2 * n]
+  if redis.call('EXISTS', record) == 1 then
+    out[i] = 0
+  else
+    redis.call('HSET', record, unpack(ARGV, a + 1, a + 2 * n))
+    if delay == '' then
+      entries[#entries + 1] = entry
+      local p = priority_of(entry)
+      by_priority[p] = (by_priority[p] or 0) + 1
+    else
+      if not now_ms then
+        local t = redis.call('TIME')
+        now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+      end
+      redis.call('ZADD', KEYS[3], now_ms + tonumber(delay), entry)
+    end
+    if indexed then
+      index_pairs[#index_pairs + 1] = created
+      index_pairs[#index_pairs + 1] = string.sub(record, -36)
+    end
+    out[i] = 1
+  end
+  a = a + 4 + 2 * n
 end
-if KEYS[4] then
-  redis.call('ZADD', KEYS[4], ARGV[4 + 2 * n], string.sub(KEYS[1], -36))
+-- Lua passes at most a few thousand values per call: in chunks.
+for i = 1, #entries, 1000 do
+  redis.call('RPUSH', KEYS[2], unpack(entries, i, math.min(i + 999, #entries)))
 end
-return 1
+for p, added in pairs(by_priority) do
+  redis.call('HINCRBY', KEYS[1], 'queued:' .. p, added)
+end
+for i = 1, #index_pairs, 2000 do
+  redis.call('ZADD', KEYS[4], unpack(index_pairs, i, math.min(i + 1999, #index_pairs)))
+end
+return out
 "#
 );
 

@@ -755,3 +755,121 @@ async fn without_the_records_index_listing_reads_every_record() {
     app.stop().await.unwrap();
     app.flush_all().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
+async fn a_bulk_add_queues_every_task_once_and_each_runs_once() {
+    let Some(url) = redis_url("a_bulk_add_queues_every_task_once_and_each_runs_once") else {
+        return;
+    };
+    let prefix = unique_prefix("bulkadd");
+    let app = redis_app(&url, &prefix, RedisOptions::default(), 64).await;
+    let n = 1500;
+    let handles = concat::add_many(&app, (0..n).map(|i| (format!("t{i}"), "!".to_owned())))
+        .await
+        .unwrap();
+    assert_eq!(handles.len(), n);
+    // Queued once each, in the order asked, indexed, counted, before any worker runs.
+    let mut con = raw_connection(&url).await;
+    let queue: Vec<String> = con
+        .lrange(format!("{prefix}:task_queue"), 0, -1)
+        .await
+        .unwrap();
+    let expected: Vec<String> = handles
+        .iter()
+        .map(|handle| format!("concat:{}:0", handle.uuid()))
+        .collect();
+    assert_eq!(queue, expected);
+    let indexed: usize = con
+        .zcard(format!("{prefix}:qtasks:records:index"))
+        .await
+        .unwrap();
+    assert_eq!(indexed, n);
+    let waiting = app.stats().await.unwrap().queue.unwrap().waiting_total();
+    assert_eq!(waiting, n as u64);
+
+    // Untyped calls go the same way.
+    let again = app
+        .add_many([
+            qtasks::TaskCall::new("concat", vec![json!("a"), json!("b")], Default::default()),
+            qtasks::TaskCall::new("concat", vec![json!("c"), json!("d")], Default::default()),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 2);
+
+    app.start().await.unwrap();
+    for (i, handle) in handles.iter().enumerate() {
+        assert_eq!(flow::succeeded(handle).await, json!(format!("t{i}!")));
+    }
+    assert_eq!(flow::succeeded(&again[0]).await, json!("ab"));
+    assert_eq!(flow::succeeded(&again[1]).await, json!("cd"));
+    // Each ran once: one delivery each, and the finished count is exact.
+    for handle in handles.iter().step_by(97) {
+        let deliveries: String = con
+            .hget(format!("{prefix}:{}", handle.uuid()), "deliveries")
+            .await
+            .unwrap();
+        assert_eq!(deliveries, "1");
+    }
+    let stats = app.stats().await.unwrap();
+    assert_eq!(stats.queue.unwrap().waiting_total(), 0);
+    app.stop().await.unwrap();
+    app.flush_all().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
+async fn a_record_spoiled_mid_run_fails_alone_in_its_finish_batch() {
+    let Some(url) = redis_url("a_record_spoiled_mid_run_fails_alone_in_its_finish_batch") else {
+        return;
+    };
+    let prefix = unique_prefix("spoiled");
+    let app = redis_app(&url, &prefix, RedisOptions::default(), 64).await;
+    // 60 tasks that end within the same few milliseconds: their outcomes go in few batches.
+    let handles = slow_concat::add_many(&app, (0..60).map(|i| (format!("t{i}"), 400)))
+        .await
+        .unwrap();
+    app.start().await.unwrap();
+    let spoiled = handles[17].uuid();
+    let mut con = raw_connection(&url).await;
+    let record = format!("{prefix}:{spoiled}");
+    for _ in 0..200 {
+        let status: Option<String> = con.hget(&record, "status").await.unwrap();
+        if status.as_deref() == Some("process") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The record key now holds a string: that one outcome cannot be stored.
+    let _: () = con.del(&record).await.unwrap();
+    let _: () = con.set(&record, "not a hash").await.unwrap();
+    for (i, handle) in handles.iter().enumerate() {
+        if i != 17 {
+            assert_eq!(flow::succeeded(handle).await, json!(format!("t{i}")));
+        }
+    }
+    // Its lease is dropped all the same (it is not run again and again), and the worker goes
+    // on with new tasks.
+    let mut leases = usize::MAX;
+    for _ in 0..300 {
+        leases = con.zcard(format!("{prefix}:qtasks:leases")).await.unwrap();
+        if leases == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(leases, 0, "the spoiled task's lease is released");
+    let value: String = con.get(&record).await.unwrap();
+    assert_eq!(
+        value, "not a hash",
+        "nothing is written over a key that holds no hash"
+    );
+    let after = concat::add_task(&app, "still".into(), " going".into())
+        .await
+        .unwrap();
+    assert_eq!(flow::succeeded(&after).await, json!("still going"));
+    app.stop().await.unwrap();
+    let _: () = con.del(&record).await.unwrap();
+    app.flush_all().await.unwrap();
+}

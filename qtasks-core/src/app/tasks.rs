@@ -14,9 +14,14 @@ use crate::triggers::{
     StorageGetAll,
 };
 use crate::{
-    Error, QueueTasks, QueuedTask, Result, TaskDefinition, TaskHandle, TaskRecord, TaskStatus,
-    Trigger, backend::unix_now,
+    Error, QueueTasks, QueuedTask, Result, TaskCall, TaskDefinition, TaskHandle, TaskRecord,
+    TaskStatus, Trigger, backend::unix_now,
 };
+
+/// How many adds of one [`QueueTasks::add_many`] are under way at once: enough for a broker
+/// to fill its batches (Redis writes up to 512 per script call), few enough to bound the
+/// memory of a long iterator.
+const ADD_MANY_IN_FLIGHT: usize = 1024;
 
 impl QueueTasks {
     /// Adds a task by name with JSON-serializable arguments (the original's `add_task`).
@@ -144,6 +149,43 @@ impl QueueTasks {
             },
         )
         .await
+    }
+
+    /// Adds many tasks at once, each as [`TaskCall::add`] would, and returns their handles in
+    /// the order of the calls. The adds go out together: on Redis they are written by a few
+    /// script calls (up to 512 tasks each) rather than one call each, the need Celery's
+    /// `chunks` and Sidekiq's `push_bulk` serve. The task's typed handle has the same with the
+    /// argument types checked: `my_task::add_many(&app, [(1,), (2,)])`.
+    ///
+    /// The first call that cannot be added (an argument that does not encode, a broker that
+    /// cannot be reached) fails the whole call; some of the others may have been added by then.
+    ///
+    /// ```rust,standalone_crate
+    /// #[qtasks::task]
+    /// async fn double(x: u64) -> u64 {
+    ///     x * 2
+    /// }
+    ///
+    /// #[tokio::main]
+    /// async fn main() -> qtasks::Result<()> {
+    ///     let app = qtasks::QueueTasks::new();
+    ///     app.start().await?;
+    ///     let handles = app.add_many((0..100).map(double::call)).await?;
+    ///     let last = handles[99].wait(std::time::Duration::from_secs(5)).await?;
+    ///     assert_eq!(last.returning, Some(serde_json::json!(198)));
+    ///     app.stop().await
+    /// }
+    /// ```
+    pub async fn add_many(
+        &self,
+        calls: impl IntoIterator<Item = TaskCall>,
+    ) -> Result<Vec<TaskHandle>> {
+        use futures_util::{StreamExt, TryStreamExt};
+        futures_util::stream::iter(calls)
+            .map(|call| async move { call.add(self).await })
+            .buffered(ADD_MANY_IN_FLIGHT)
+            .try_collect()
+            .await
     }
 
     pub(crate) async fn enqueue_defined(
