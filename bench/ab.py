@@ -99,6 +99,9 @@ def w1(binary, url, port, n, costs):
                     + poll.command("ZCARD", "QueueTasks:qtasks:leases"))
             if left == 0:
                 rate = n / (time.perf_counter() - started)
+                with open(f"/proc/{worker.pid}/status") as status:
+                    costs["worker peak RSS kB (VmHWM)"] = next(
+                        int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
                 costs["redis CPU us/task, drain"] = (redis_cpu_s(port) - cpu) * 1e6 / n
                 costs["commands, drain"] = commandstats(port, n)
                 return rate

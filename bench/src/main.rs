@@ -6,6 +6,9 @@
 //!                                               # --bulk: one add_many instead of single adds
 //! qtasks-bench worker  --url URL                # a worker process, until SIGTERM
 //! qtasks-bench w2      --url URL --n N --warmup W   # sequential add-and-wait round trips
+//! qtasks-bench waiters --url URL --n N          # N tasks added and waited for at once
+//! qtasks-bench enqueue ... --nap-ms M           # N tasks that sleep M ms (the scaling run)
+//! qtasks-bench worker  --url URL [--concurrency S] [--threads T]
 //! qtasks-bench inmem   --n N [--lat-n 500]      # in memory: e2e, W1, W2, peak RSS, and the
 //!                                               # bare tokio channel ceiling measured alongside
 //! ```
@@ -25,6 +28,13 @@ use serde_json::{Value, json};
 /// The no-op task of every workload.
 #[qtasks::task]
 async fn noop(i: u64) -> u64 {
+    i
+}
+
+/// A task that takes `ms` milliseconds (a sleep, not CPU): the scaling run's work.
+#[qtasks::task]
+async fn nap(i: u64, ms: u64) -> u64 {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
     i
 }
 
@@ -117,8 +127,13 @@ async fn add_many(app: &QueueTasks, n: u64, in_flight: usize) -> Vec<qtasks::Tas
 async fn enqueue(url: &str, n: u64) {
     let app = redis_app(url, 1).await;
     let bulk = std::env::args().any(|arg| arg == "--bulk");
+    let nap_ms: u64 = arg("--nap-ms", 0);
     let t_start = now_s();
-    if bulk {
+    if nap_ms > 0 {
+        nap::add_many(&app, (0..n).map(|i| (i, nap_ms)))
+            .await
+            .expect("the tasks are added");
+    } else if bulk {
         noop::add_many(&app, (0..n).map(|i| (i,)))
             .await
             .expect("the tasks are added");
@@ -126,6 +141,22 @@ async fn enqueue(url: &str, n: u64) {
         add_many(&app, n, 64).await;
     }
     emit(&json!({"t_start": t_start, "t_end": now_s(), "n": n, "bulk": bulk}));
+}
+
+/// `n` tasks added at once and waited for all at once, while a worker process drains them:
+/// what many concurrent waiters cost (the caller counts Redis's commands around it).
+async fn waiters(url: &str, n: u64) {
+    let app = redis_app(url, 1).await;
+    let started = Instant::now();
+    let handles = noop::add_many(&app, (0..n).map(|i| (i,)))
+        .await
+        .expect("the tasks are added");
+    let waits = handles
+        .iter()
+        .map(|handle| handle.wait(Duration::from_secs(120)));
+    let done = futures_util::future::join_all(waits).await;
+    let ok = done.iter().filter(|done| done.is_ok()).count();
+    emit(&json!({"n": n, "ok": ok, "seconds": started.elapsed().as_secs_f64()}));
 }
 
 /// How long `app.stats()` takes: `n` reads, p50 and p99 in milliseconds, and what it read.
@@ -336,6 +367,7 @@ fn main() {
             "worker" => worker(&url, arg("--concurrency", 64)).await,
             "w2" => w2(&url, arg("--n", 500), arg("--warmup", 5)).await,
             "stats" => stats(&url, arg("--n", 200)).await,
+            "waiters" => waiters(&url, arg("--n", 10_000)).await,
             "inmem" => {
                 inmem(
                     arg("--n", 200_000),
@@ -345,7 +377,9 @@ fn main() {
                 .await;
             }
             other => {
-                eprintln!("unknown command `{other}`: enqueue, worker, w2, stats or inmem");
+                eprintln!(
+                    "unknown command `{other}`: enqueue, worker, w2, waiters, stats or inmem"
+                );
                 std::process::exit(2);
             }
         }

@@ -59,14 +59,20 @@
 /// so the hash holds at most about 61 buckets per status and the folding runs at most once a
 /// second per status. The finish script gets its bucket from the worker (its clock's second:
 /// `TIME` in a script costs more than the count itself); the rarer scripts read Redis's.
-/// The Lua function every script that reads a queue entry's priority shares:
+/// The Lua functions every script that reads a queue entry's priority shares:
 /// `priority_of(entry)`, the number after the entry's last `:` (0 when there is none), as the
-/// entry `name:uuid:priority` and the members that end with it carry it.
+/// entry `name:uuid:priority` and the members that end with it carry it; `priority_text(entry)`,
+/// the same as it is written, for a score (a Lua number handed to Redis is formatted with
+/// `%.17g` each time, which cost more than the sorted-set insert it feeds).
 macro_rules! priorities {
     () => {
         r#"
+local function priority_text(entry)
+  -- Anchored, so the match starts once (not at every character) and backs off to the last `:`.
+  return string.match(entry, '^.*:(%-?%d+)$') or '0'
+end
 local function priority_of(entry)
-  return tonumber(string.match(entry, ':(%-?%d+)$')) or 0
+  return tonumber(priority_text(entry)) or 0
 end
 "#
     };
@@ -157,9 +163,11 @@ end
 -- Sorted entries leave the unsorted counters of their priorities (counted per priority, so a
 -- batch costs a few commands, not two per entry; never below zero: Python clients' entries
 -- were never counted).
+local priority = {}
+for i, entry in ipairs(entries) do priority[i] = priority_text(entry) end
 local unsorted = {}
 for i = from_lists, #entries do
-  local p = priority_of(entries[i])
+  local p = tonumber(priority[i]) or 0
   unsorted[p] = (unsorted[p] or 0) + 1
 end
 for p, n in pairs(unsorted) do
@@ -175,23 +183,25 @@ if #entries > 0 then
   local first = redis.call('INCRBY', KEYS[4], #entries) - #entries + 1
   local pairs = {}
   for i, entry in ipairs(entries) do
-    pairs[#pairs + 1] = priority_of(entry)
+    pairs[#pairs + 1] = priority[i]
     pairs[#pairs + 1] = string.format('%020d', first + i - 1) .. '|' .. entry
   end
   zadd_pairs(KEYS[3], pairs)
 end
 
 -- 3. The lowest (priority, seq) are popped and leased.
-local taken = redis.call('ZPOPMIN', KEYS[3], tonumber(ARGV[2]))
+-- (Read and removed by rank rather than with `ZPOPMIN`, whose reply formats every score.)
+local taken = redis.call('ZRANGE', KEYS[3], 0, ARGV[2] - 1)
+if #taken > 0 then redis.call('ZREMRANGEBYRANK', KEYS[3], 0, #taken - 1) end
 local out = {}
 local leases = {}
-local lease_end = now_ms + tonumber(ARGV[1])
+-- As text once: a number would be formatted again for every lease.
+local lease_end = string.format('%d', now_ms + tonumber(ARGV[1]))
 local any_recovered = redis.call('SCARD', KEYS[6]) > 0
-for i = 1, #taken, 2 do
-  local member = taken[i]
+for i, member in ipairs(taken) do
   local recovered = 0
   if any_recovered then recovered = redis.call('SREM', KEYS[6], member) end
-  local token = ARGV[3] .. string.format('%04x', (i + 1) / 2)
+  local token = ARGV[3] .. string.format('%04x', i)
   leases[#leases + 1] = lease_end
   leases[#leases + 1] = token .. member
   out[#out + 1] = {member, recovered, token}
@@ -290,7 +300,7 @@ local function mark_one(leased, key)
     deliveries = deliveries or 1
   else
     deliveries = (deliveries or 0) + 1
-    redis.call('HSET', key, 'status', 'process', 'updated_at', ARGV[1], 'marked_by', token, 'deliveries', deliveries)
+    redis.call('HSET', key, 'status', 'process', 'updated_at', ARGV[1], 'marked_by', token, 'deliveries', string.format('%d', deliveries))
   end
   -- qtasks's own records carry `deliveries` from their add, and were indexed then; another
   -- producer's (the Python original's) enter the index at their first mark.
