@@ -8,47 +8,111 @@
 //! shared by every write in it. That per-call cost was most of Redis's time per task.
 //!
 //! Each write keeps its own answer: the scripts decide each item on its own (fencing, replays,
-//! bad records), and only a failure of the whole call (the connection dropped) is shared, as
-//! the same error for every write in it.
+//! bad records), each answer is decoded on its own, and only a failure of the whole call (the
+//! connection dropped) is shared, as the same error for every write in it.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
+use redis::Script;
+use redis::aio::ConnectionManager;
+use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 
-/// Sends one batch: the items in the order they were asked for; answers one per item, in
-/// the same order.
-pub(super) type WriteBatch<I, A> =
-    Arc<dyn Fn(Vec<I>) -> BoxFuture<'static, Result<Vec<A>, redis::RedisError>> + Send + Sync>;
+/// The most bytes of keys and arguments one call carries (a batch of large results is split
+/// rather than sent as one call that Redis might refuse or time out on; one item alone always
+/// goes, whatever its size).
+const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
-type Queued<I, A> = (I, oneshot::Sender<Result<A, String>>);
-
-/// Collects the writes of one kind (outcomes, new tasks) and sends them in batches of at most
-/// `max`, one batch on the wire at a time.
-pub(super) struct Batcher<I, A> {
-    queue: Mutex<Option<mpsc::UnboundedSender<Queued<I, A>>>>,
-    write: WriteBatch<I, A>,
-    max: usize,
+/// One item's keys and arguments in a batched script call. The arguments are kept in one
+/// buffer (a `redis::Cmd` used as such) rather than one allocation each: a batch carries
+/// thousands of them, and copying them piecemeal was most of a bulk add's client time.
+#[derive(Default)]
+pub(super) struct ScriptPart {
+    pub(super) keys: Vec<String>,
+    args: redis::Cmd,
 }
 
-impl<I: Send + 'static, A: Send + 'static> Batcher<I, A> {
-    pub(super) fn new(max: usize, write: WriteBatch<I, A>) -> Self {
+impl ScriptPart {
+    pub(super) fn with_args(args: &impl redis::ToRedisArgs) -> Self {
+        let mut part = ScriptPart::default();
+        part.arg(args);
+        part
+    }
+
+    pub(super) fn arg(&mut self, value: impl redis::ToRedisArgs) -> &mut Self {
+        self.args.arg(value);
+        self
+    }
+
+    /// The arguments' bytes, in order.
+    fn args(&self) -> impl Iterator<Item = &[u8]> {
+        self.args.args_iter().filter_map(|arg| match arg {
+            redis::Arg::Simple(bytes) => Some(bytes),
+            _ => None,
+        })
+    }
+
+    /// How many bytes its keys and arguments take.
+    fn size(&self) -> usize {
+        self.keys.iter().map(String::len).sum::<usize>()
+            + self.args().map(<[u8]>::len).sum::<usize>()
+    }
+}
+
+/// Sends one batch; answers one value per item, in the items' order.
+type WriteBatch = Arc<
+    dyn Fn(Vec<ScriptPart>) -> BoxFuture<'static, redis::RedisResult<Vec<redis::Value>>>
+        + Send
+        + Sync,
+>;
+
+type Queued = (ScriptPart, oneshot::Sender<Result<redis::Value, String>>);
+
+/// Collects the writes of one kind (outcomes, new tasks) and sends them in batches of at most
+/// `max` items, one batch on the wire at a time.
+pub(super) struct Batcher {
+    queue: Mutex<Option<mpsc::UnboundedSender<Queued>>>,
+    write: WriteBatch,
+    max: usize,
+    /// The runtime the writer runs on: the one the connection was made on (whose tasks drive
+    /// the connection too), so a write asked for from elsewhere is still sent.
+    runtime: Option<Handle>,
+}
+
+impl Batcher {
+    /// A batcher of calls of the script `code`: its own keys and arguments first, then the
+    /// item count, then each item's keys and arguments (the layout `scripts::FINISH` and
+    /// `scripts::ADD` share).
+    pub(super) fn new(
+        code: &'static str,
+        commands: ConnectionManager,
+        fixed_keys: Vec<String>,
+        fixed_args: ScriptPart,
+        max: usize,
+    ) -> Self {
         Batcher {
             queue: Mutex::new(None),
-            write,
+            write: writer(code, commands, fixed_keys, fixed_args),
             max: max.max(1),
+            runtime: Handle::try_current().ok(),
         }
     }
 
-    /// Writes `item` in the next batch and returns its answer. A failure of the whole batch
-    /// comes back as an I/O error with the batch's reason (the callers retry such errors).
+    /// Writes `item` in the next batch and returns its answer, for the caller to decode. A
+    /// failure of the whole batch comes back as an I/O error with the batch's reason (the
+    /// callers retry such errors).
     ///
     /// Once queued, the item is written even if this future is dropped: the writes are
     /// idempotent (a replay is recognised), so the caller may always ask again.
-    pub(super) async fn submit(&self, item: I) -> Result<A, redis::RedisError> {
+    pub(super) async fn submit(&self, item: ScriptPart) -> redis::RedisResult<redis::Value> {
         let (reply, answer) = oneshot::channel();
-        if self.sender().send((item, reply)).is_err() {
+        let Some(sender) = self.sender() else {
+            return Err(batch_failed("no Tokio runtime to write on".to_owned()));
+        };
+        if sender.send((item, reply)).is_err() {
             return Err(batch_failed("the batch writer has stopped".to_owned()));
         }
         match answer.await {
@@ -60,31 +124,55 @@ impl<I: Send + 'static, A: Send + 'static> Batcher<I, A> {
         }
     }
 
-    /// The queue's sender, starting the writer on this runtime if there is none yet or the
-    /// last one is gone (its runtime shut down).
-    fn sender(&self) -> mpsc::UnboundedSender<Queued<I, A>> {
+    /// The queue's sender, starting the writer if there is none yet or the last one is gone:
+    /// on the connection's runtime, or on the caller's if that one has shut down.
+    fn sender(&self) -> Option<mpsc::UnboundedSender<Queued>> {
         let mut queue = self.queue.lock();
         if let Some(sender) = queue.as_ref().filter(|sender| !sender.is_closed()) {
-            return sender.clone();
+            return Some(sender.clone());
         }
         let (sender, receiver) = mpsc::unbounded_channel();
-        tokio::spawn(write_batches(receiver, Arc::clone(&self.write), self.max));
+        let writer = write_batches(receiver, Arc::clone(&self.write), self.max);
+        let runtime = if queue.is_none() {
+            self.runtime.clone().or_else(|| Handle::try_current().ok())
+        } else {
+            // The writer died with its runtime: the caller's runtime takes over.
+            Handle::try_current().ok().or_else(|| self.runtime.clone())
+        };
+        drop(runtime?.spawn(writer));
         *queue = Some(sender.clone());
-        sender
+        Some(sender)
     }
 }
 
-/// The writer: takes what has queued up (at most `max`), sends it, hands out the answers, and
-/// goes again; ends when the batcher is dropped.
-async fn write_batches<I, A>(
-    mut queue: mpsc::UnboundedReceiver<Queued<I, A>>,
-    write: WriteBatch<I, A>,
-    max: usize,
-) {
-    let mut batch = Vec::new();
-    while queue.recv_many(&mut batch, max).await > 0 {
-        let (items, replies): (Vec<I>, Vec<_>) = batch.drain(..).unzip();
-        let count = items.len();
+/// The writer: takes what has queued up (at most `max` items, and at most `MAX_BATCH_BYTES`
+/// unless one item alone is larger), sends it, hands out the answers, and goes again; ends
+/// when the batcher is dropped.
+async fn write_batches(mut queue: mpsc::UnboundedReceiver<Queued>, write: WriteBatch, max: usize) {
+    let mut waiting: VecDeque<Queued> = VecDeque::new();
+    loop {
+        if waiting.is_empty() {
+            match queue.recv().await {
+                Some(first) => waiting.push_back(first),
+                None => return,
+            }
+        }
+        while waiting.len() < max {
+            match queue.try_recv() {
+                Ok(next) => waiting.push_back(next),
+                Err(_) => break,
+            }
+        }
+        let mut bytes = 0;
+        let mut count = 0;
+        for (part, _) in waiting.iter().take(max) {
+            bytes += part.size();
+            if count > 0 && bytes > MAX_BATCH_BYTES {
+                break;
+            }
+            count += 1;
+        }
+        let (items, replies): (Vec<ScriptPart>, Vec<_>) = waiting.drain(..count).unzip();
         match write(items).await {
             Ok(answers) if answers.len() == count => {
                 for (reply, answer) in replies.into_iter().zip(answers) {
@@ -108,6 +196,63 @@ async fn write_batches<I, A>(
             }
         }
     }
+}
+
+/// The writer of one kind of batch: one call of the script per batch. The call is built in one
+/// buffer of the right size; a server that does not know the script yet (restarted, flushed)
+/// is sent it.
+fn writer(
+    code: &'static str,
+    commands: ConnectionManager,
+    fixed_keys: Vec<String>,
+    fixed_args: ScriptPart,
+) -> WriteBatch {
+    let hash = Arc::<str>::from(Script::new(code).get_hash());
+    let fixed = Arc::new(ScriptPart {
+        keys: fixed_keys,
+        args: fixed_args.args,
+    });
+    Arc::new(move |parts: Vec<ScriptPart>| {
+        let (hash, fixed, mut con) = (Arc::clone(&hash), Arc::clone(&fixed), commands.clone());
+        Box::pin(async move {
+            let all = || std::iter::once(&*fixed).chain(&parts);
+            let key_count: usize = all().map(|part| part.keys.len()).sum();
+            let arg_count: usize = all()
+                .map(|part| part.keys.len() + part.args().count())
+                .sum();
+            let size: usize = all().map(ScriptPart::size).sum::<usize>() + hash.len() + 40;
+            let mut call = redis::Cmd::with_capacity(arg_count + 4, size);
+            call.arg("EVALSHA").arg(&*hash).arg(key_count);
+            for part in all() {
+                for key in &part.keys {
+                    call.arg(key);
+                }
+            }
+            for arg in fixed.args() {
+                call.arg(arg);
+            }
+            call.arg(parts.len());
+            for part in &parts {
+                for arg in part.args() {
+                    call.arg(arg);
+                }
+            }
+            match call.query_async::<Vec<redis::Value>>(&mut con).await {
+                Err(error)
+                    if error.kind()
+                        == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    redis::cmd("SCRIPT")
+                        .arg("LOAD")
+                        .arg(code)
+                        .query_async::<()>(&mut con)
+                        .await?;
+                    call.query_async(&mut con).await
+                }
+                answer => answer,
+            }
+        })
+    })
 }
 
 fn batch_failed(reason: String) -> redis::RedisError {

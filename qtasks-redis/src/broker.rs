@@ -11,7 +11,7 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use super::batch::{Batcher, WriteBatch};
+use super::batch::{Batcher, ScriptPart};
 use super::storage::is_transient;
 use super::wire::{
     TAKEN_FIELDS, decode_record, new_record_fields, outcome_fields, parse_entry, queue_entry,
@@ -175,9 +175,9 @@ pub(crate) struct RedisBroker {
     renew: Script,
     requeue: Script,
     /// The outcomes on their way to Redis, written in batches (`batch`).
-    finishes: Batcher<ScriptPart, (i64, Option<String>)>,
+    finishes: Batcher,
     /// The new tasks on their way to Redis, written in batches (`batch`).
-    adds: Batcher<ScriptPart, i64>,
+    adds: Batcher,
     /// The deliveries this process holds (their receipts: token and lease member), renewed
     /// while it lives. Keyed by the whole receipt, not the member: after a stall this process
     /// may hold an old and a new delivery of one task, and each is renewed, ended and stopped
@@ -210,30 +210,26 @@ impl RedisBroker {
             renew: Script::new(scripts::RENEW),
             requeue: Script::new(scripts::REQUEUE_EXPIRED),
             finishes: Batcher::new(
+                scripts::FINISH,
+                commands.clone(),
+                vec![
+                    keys.leases.clone(),
+                    keys.stats.clone(),
+                    keys.cancel_requests.clone(),
+                ],
+                ScriptPart::with_args(&(ttl_ms, &keys.done_channel)),
                 FINISH_BATCH,
-                batch_writer(
-                    scripts::FINISH,
-                    commands.clone(),
-                    vec![
-                        keys.leases.clone(),
-                        keys.stats.clone(),
-                        keys.cancel_requests.clone(),
-                    ],
-                    ScriptPart::with_args(&(ttl_ms, &keys.done_channel)),
-                ),
             ),
             adds: Batcher::new(
+                scripts::ADD,
+                commands,
+                [&keys.stats, &keys.queue, &keys.delayed]
+                    .into_iter()
+                    .chain(&keys.records_index)
+                    .cloned()
+                    .collect(),
+                ScriptPart::with_args(&u8::from(keys.records_index.is_some())),
                 ADD_BATCH,
-                batch_writer(
-                    scripts::ADD,
-                    commands,
-                    [&keys.stats, &keys.queue, &keys.delayed]
-                        .into_iter()
-                        .chain(&keys.records_index)
-                        .cloned()
-                        .collect(),
-                    ScriptPart::with_args(&u8::from(keys.records_index.is_some())),
-                ),
             ),
             keys,
             held: Arc::default(),
@@ -510,10 +506,11 @@ impl RedisBroker {
         delivery: &Delivery,
         outcome: &Outcome,
     ) -> Result<Written, redis::RedisError> {
-        let (answer, reason) = self
+        let answer = self
             .finishes
             .submit(self.finish_item(delivery, outcome))
             .await?;
+        let (answer, reason) = finish_answer(answer);
         Ok(match answer {
             1 => Written::Stored,
             2 => Written::Replayed,
@@ -566,7 +563,7 @@ impl RedisBroker {
         } else {
             part.arg(1);
         }
-        let child_fields = queued_record_fields(child);
+        let child_fields = queued_record_fields(child, self.keys.records_index.is_some());
         part.arg(child_fields.len())
             .arg(&child_fields)
             .arg(queue_entry(child))
@@ -576,107 +573,40 @@ impl RedisBroker {
     }
 }
 
-/// A new task's record as this broker writes it: Python QTasks' fields, and `deliveries` at 0,
-/// which tells the take's mark that the record was indexed when it was added (see
-/// `scripts::MARK`).
-fn queued_record_fields(task: &QueuedTask) -> Vec<(&'static str, String)> {
+/// A new task's record as this broker writes it: Python QTasks' fields, and, when the records'
+/// index is kept (`indexed`), `deliveries` at 0, which tells the take's mark that the record
+/// was indexed when it was added (see `scripts::MARK`; a record added while the index was off
+/// enters it at its first mark).
+fn queued_record_fields(task: &QueuedTask, indexed: bool) -> Vec<(&'static str, String)> {
     let mut fields = new_record_fields(task);
-    fields.push(("deliveries", "0".to_owned()));
+    if indexed {
+        fields.push(("deliveries", "0".to_owned()));
+    }
     fields
 }
 
-/// One item's keys and arguments in a batched script call. The arguments are kept in one
-/// buffer (a `redis::Cmd` used as such) rather than one allocation each: a batch carries
-/// thousands of them, and copying them piecemeal was most of a bulk add's client time.
-#[derive(Default)]
-pub(super) struct ScriptPart {
-    keys: Vec<String>,
-    args: redis::Cmd,
-}
-
-impl ScriptPart {
-    fn with_args(args: &impl redis::ToRedisArgs) -> Self {
-        let mut part = ScriptPart::default();
-        part.arg(args);
-        part
-    }
-
-    fn arg(&mut self, value: impl redis::ToRedisArgs) -> &mut Self {
-        self.args.arg(value);
-        self
-    }
-
-    /// The arguments' bytes, in order.
-    fn args(&self) -> impl Iterator<Item = &[u8]> {
-        self.args.args_iter().filter_map(|arg| match arg {
-            redis::Arg::Simple(bytes) => Some(bytes),
-            _ => None,
-        })
-    }
-
-    /// How many bytes its keys and arguments take.
-    fn size(&self) -> usize {
-        self.keys.iter().map(String::len).sum::<usize>()
-            + self.args().map(<[u8]>::len).sum::<usize>()
-    }
-}
-
-/// The writer of one kind of batch: one call of `script` per batch, with the script's own
-/// keys and arguments first, then the item count, then each item's keys and arguments (the
-/// layout `scripts::FINISH` and `scripts::ADD` share). The call is built in one buffer of the
-/// right size; a server that does not know the script yet (restarted, flushed) is sent it.
-fn batch_writer<A: redis::FromRedisValue + Send + 'static>(
-    code: &'static str,
-    commands: ConnectionManager,
-    fixed_keys: Vec<String>,
-    fixed_args: ScriptPart,
-) -> WriteBatch<ScriptPart, A> {
-    let hash = Arc::<str>::from(Script::new(code).get_hash());
-    let fixed = Arc::new(ScriptPart {
-        keys: fixed_keys,
-        args: fixed_args.args,
-    });
-    Arc::new(move |parts: Vec<ScriptPart>| {
-        let (hash, fixed, mut con) = (Arc::clone(&hash), Arc::clone(&fixed), commands.clone());
-        Box::pin(async move {
-            let all = || std::iter::once(&*fixed).chain(&parts);
-            let key_count: usize = all().map(|part| part.keys.len()).sum();
-            let arg_count: usize = all()
-                .map(|part| part.keys.len() + part.args().count())
-                .sum();
-            let size: usize = all().map(ScriptPart::size).sum::<usize>() + hash.len() + 40;
-            let mut call = redis::Cmd::with_capacity(arg_count + 4, size);
-            call.arg("EVALSHA").arg(&*hash).arg(key_count);
-            for part in all() {
-                for key in &part.keys {
-                    call.arg(key);
-                }
-            }
-            for arg in fixed.args() {
-                call.arg(arg);
-            }
-            call.arg(parts.len());
-            for part in &parts {
-                for arg in part.args() {
-                    call.arg(arg);
-                }
-            }
-            match call.query_async::<Vec<A>>(&mut con).await {
-                Err(error)
-                    if error.kind()
-                        == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                {
-                    redis::cmd("SCRIPT")
-                        .arg("LOAD")
-                        .arg(code)
-                        .query_async::<()>(&mut con)
-                        .await?;
-                    call.query_async(&mut con).await
-                }
-                answer => answer,
-            }
-        })
-    })
+/// One answer of the finish script, `{code, reason}`, read on its own (a reason that is not
+/// UTF-8 is read lossily, and an answer of another shape is a script failure, code 5), so
+/// that one odd answer cannot fail the others of its batch.
+fn finish_answer(answer: redis::Value) -> (i64, Option<String>) {
+    let redis::Value::Array(parts) = answer else {
+        return (5, Some(format!("the finish script answered {answer:?}")));
+    };
+    let code = match parts.first() {
+        Some(redis::Value::Int(code)) => *code,
+        other => {
+            return (
+                5,
+                Some(format!("the finish script answered code {other:?}")),
+            );
+        }
+    };
+    let reason = match parts.get(1) {
+        Some(redis::Value::BulkString(bytes)) => Some(String::from_utf8_lossy(bytes).into_owned()),
+        Some(redis::Value::SimpleString(text)) => Some(text.clone()),
+        _ => None,
+    };
+    (code, reason)
 }
 
 /// What the finish script did with an outcome.
@@ -833,7 +763,7 @@ impl Broker for RedisBroker {
             .map(|delay_ms| delay_ms.min(i64::MAX as f64) as i64);
         let mut part = ScriptPart::default();
         part.keys.push(self.keys.record(task.uuid));
-        let fields = queued_record_fields(&task);
+        let fields = queued_record_fields(&task, self.keys.records_index.is_some());
         part.arg(fields.len())
             .arg(&fields)
             .arg(queue_entry(&task))
@@ -844,7 +774,7 @@ impl Broker for RedisBroker {
             .submit(part)
             .await
             .map_err(|e| failure(format!("adding task `{}` failed", task.task_name), e))?;
-        if added == 0 {
+        if matches!(added, redis::Value::Int(0)) {
             // Known already (a slot added again, an add sent twice): nothing changes.
             tracing::debug!(uuid = %task.uuid, "task {} is known already; not added again", task.uuid);
             return Ok(());

@@ -40,8 +40,9 @@
 //!   than failing a task nobody knows any more) and removes the uuid.
 //! - `N:{uuid}` (HASH): the task record, in Python QTasks' layout, plus fields of ours (the
 //!   original shows them as extra fields): `deliveries`, how many times a take handed the task
-//!   out (written 0 when qtasks adds the task: a record without it was written by another
-//!   producer); `marked_by` and `finished_by`, the delivery tokens that marked it `process` and
+//!   out (written 0 when qtasks adds the task while the records' index is kept: a record
+//!   without it was written by another producer, or with the index off, and is indexed at its
+//!   first mark); `marked_by` and `finished_by`, the delivery tokens that marked it `process` and
 //!   recorded its outcome; `queued_cancel`, on a task cancelled while its entry still waits,
 //!   until a take drops the entry (its value: the record's time to live then, ms; 0 keeps it).
 //!
@@ -61,18 +62,26 @@
 /// `TIME` in a script costs more than the count itself); the rarer scripts read Redis's.
 /// The Lua functions every script that reads a queue entry's priority shares:
 /// `priority_of(entry)`, the number after the entry's last `:` (0 when there is none), as the
-/// entry `name:uuid:priority` and the members that end with it carry it; `priority_text(entry)`,
-/// the same as it is written, for a score (a Lua number handed to Redis is formatted with
-/// `%.17g` each time, which cost more than the sorted-set insert it feeds).
+/// entry `name:uuid:priority` and the members that end with it carry it; `priority_score(entry)`,
+/// the same for a score, as it is written when it is short (a Lua number handed to Redis is
+/// formatted with `%.17g` each time, which cost more than the sorted-set insert it feeds).
 macro_rules! priorities {
     () => {
         r#"
-local function priority_text(entry)
+local function priority_digits(entry)
   -- Anchored, so the match starts once (not at every character) and backs off to the last `:`.
-  return string.match(entry, '^.*:(%-?%d+)$') or '0'
+  return string.match(entry, '^.*:(%-?%d+)$')
 end
 local function priority_of(entry)
-  return tonumber(priority_text(entry)) or 0
+  return tonumber(priority_digits(entry)) or 0
+end
+-- For a score: the digits as written when they are few (Redis reads them exactly as the
+-- number); a longer priority goes through the number (`inf` past a double's range, a score
+-- Redis accepts, where the digits would be refused and fail the whole take).
+local function priority_score(entry)
+  local digits = priority_digits(entry)
+  if digits and #digits <= 15 then return digits end
+  return tonumber(digits) or 0
 end
 "#
     };
@@ -164,7 +173,7 @@ end
 -- batch costs a few commands, not two per entry; never below zero: Python clients' entries
 -- were never counted).
 local priority = {}
-for i, entry in ipairs(entries) do priority[i] = priority_text(entry) end
+for i, entry in ipairs(entries) do priority[i] = priority_score(entry) end
 local unsorted = {}
 for i = from_lists, #entries do
   local p = tonumber(priority[i]) or 0
@@ -191,12 +200,14 @@ end
 
 -- 3. The lowest (priority, seq) are popped and leased.
 -- (Read and removed by rank rather than with `ZPOPMIN`, whose reply formats every score.)
-local taken = redis.call('ZRANGE', KEYS[3], 0, ARGV[2] - 1)
+local taken = redis.call('ZRANGE', KEYS[3], 0, math.max(1, tonumber(ARGV[2]) or 1) - 1)
 if #taken > 0 then redis.call('ZREMRANGEBYRANK', KEYS[3], 0, #taken - 1) end
 local out = {}
 local leases = {}
--- As text once: a number would be formatted again for every lease.
-local lease_end = string.format('%d', now_ms + tonumber(ARGV[1]))
+-- As text once: a number would be formatted again for every lease (past what `%d` holds, a
+-- lease of millennia, as the number).
+local lease_end = now_ms + tonumber(ARGV[1])
+if lease_end < 9e15 then lease_end = string.format('%d', lease_end) end
 local any_recovered = redis.call('SCARD', KEYS[6]) > 0
 for i, member in ipairs(taken) do
   local recovered = 0
@@ -219,7 +230,9 @@ return {out, next_due[2] or false}
 ///
 /// A record that another producer wrote (the Python original) enters the records' index here,
 /// by its `created_at` (`ZADD NX`), at its first mark: qtasks's own are indexed when added,
-/// and carry a `deliveries` field from then on (0 until the first mark), so the mark knows.
+/// and carry a `deliveries` field from then on (0 until the first mark), so the mark knows (a
+/// record added while the index was off has none, and is indexed like another producer's). A
+/// `deliveries` that is not a count makes the record `bad`.
 ///
 /// Per task it costs three commands (`ZSCORE` of the lease, `HMGET`, `HSET`); the rare cases
 /// (a record that is missing, final or not a hash) pay more.
@@ -295,6 +308,9 @@ local function mark_one(leased, key)
   -- Counted once per delivery: a mark sent again (its reply lost) finds its own token.
   local token = string.sub(leased, 1, 32)
   local deliveries = tonumber(fields[deliveries_at])
+  if fields[deliveries_at] and not (deliveries and deliveries >= 0 and deliveries < 1e15 and deliveries == math.floor(deliveries)) then
+    return {'bad', 'its deliveries field is not a count: ' .. fields[deliveries_at]}
+  end
   if fields[marked_by_at] == token then
     redis.call('HSET', key, 'status', 'process', 'updated_at', ARGV[1])
     deliveries = deliveries or 1
@@ -436,6 +452,26 @@ local function unstorable(record)
   return {4, redis.call('TYPE', record)['ok']}
 end
 
+-- A retry's next attempt: its queue entry first (a queue key of another type fails it before
+-- anything is written), then its record; its counter and its place in the index are kept on a
+-- best-effort basis (they do not decide whether it runs).
+local function add_child(k, at, c, indexed)
+  local entry, delay = ARGV[at + 2 * c], ARGV[at + 2 * c + 1]
+  if delay == '' then
+    redis.call('RPUSH', KEYS[k + 3], entry)
+    redis.pcall('HINCRBY', KEYS[2], 'queued:' .. priority_of(entry), 1)
+  else
+    -- Due by Redis's clock, the one takes compare with (the worker's may be off).
+    local t = redis.call('TIME')
+    local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    redis.call('ZADD', KEYS[k + 3], now_ms + tonumber(delay), entry)
+  end
+  redis.call('HSET', KEYS[k + 2], unpack(ARGV, at, at + 2 * c - 1))
+  if indexed then
+    redis.pcall('ZADD', KEYS[k + 4], ARGV[at + 2 * c + 2], string.sub(KEYS[k + 2], -36))
+  end
+end
+
 -- One outcome. k: the index of its record key; a: of its lease member in ARGV; n, c: its
 -- field counts; child: its child part's flag.
 local function finish_one(k, a, n, child, c)
@@ -468,24 +504,19 @@ local function finish_one(k, a, n, child, c)
   local written = redis.pcall('HSET', record, 'finished_by', token, unpack(ARGV, a + 4, a + 3 + 2 * n))
   if type(written) == 'table' and written['err'] then return unstorable(record) end
   items[#items + 1] = KEYS[k + 1]
-  count_in(bucket)
   if child > 0 then
-    local at = a + 4 + 2 * n + 2
-    redis.call('HSET', KEYS[k + 2], unpack(ARGV, at, at + 2 * c - 1))
-    local entry, delay = ARGV[at + 2 * c], ARGV[at + 2 * c + 1]
-    if delay == '' then
-      redis.call('RPUSH', KEYS[k + 3], entry)
-      redis.call('HINCRBY', KEYS[2], 'queued:' .. priority_of(entry), 1)
-    else
-      -- Due by Redis's clock, the one takes compare with (the worker's may be off).
-      local t = redis.call('TIME')
-      local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-      redis.call('ZADD', KEYS[k + 3], now_ms + tonumber(delay), entry)
-    end
-    if child == 2 then
-      redis.call('ZADD', KEYS[k + 4], ARGV[at + 2 * c + 2], string.sub(KEYS[k + 2], -36))
+    local queued, failure = pcall(add_child, k, a + 4 + 2 * n + 2, c, child == 2)
+    if not queued then
+      -- The next attempt cannot be queued (a key of the queue holds another type): this
+      -- attempt ends `error` saying so, rather than `retry` with no next attempt.
+      if type(failure) == 'table' then failure = failure['err'] end
+      local reason = 'RetryError: the next attempt could not be queued: ' .. tostring(failure)
+      redis.call('HSET', record, 'status', 'error', 'traceback', reason)
+      redis.log(redis.LOG_WARNING, 'qtasks: task ' .. uuid .. ': ' .. reason)
+      bucket = string.gsub(bucket, ':retry$', ':error')
     end
   end
+  count_in(bucket)
   if ttl > 0 then redis.call('PEXPIRE', record, ttl) end
   redis.call('PUBLISH', channel, uuid)
   return {1, false}
@@ -578,7 +609,8 @@ return 0
 ///
 /// Per task it costs two commands (`EXISTS`, `HSET`); the entries are pushed with one `RPUSH`
 /// (in the order asked), the counters raised with one `HINCRBY` per priority and the index
-/// written with one `ZADD`, per batch.
+/// written with one `ZADD`, per batch. The queues' key types are checked first, so a batch
+/// either queues every new task or writes nothing.
 ///
 /// KEYS: stats, `task_queue`, `delayed`, the records' index (when it is kept), then one record
 /// per task. ARGV: `1` when the index is kept (else `0`), the task count, then per task: its
@@ -591,6 +623,15 @@ pub(super) const ADD: &str = concat!(
 local indexed = ARGV[1] == '1'
 local count = tonumber(ARGV[2])
 local first_record = indexed and 5 or 4
+-- The queues are checked before anything is written: a queue key of another type fails the
+-- whole batch with nothing written, rather than leaving records whose entries were never
+-- queued (and whose uuids a retried add would then find known).
+for _, queue in ipairs({{KEYS[2], 'list'}, {KEYS[3], 'zset'}}) do
+  local kind = redis.call('TYPE', queue[1])['ok']
+  if kind ~= 'none' and kind ~= queue[2] then
+    return redis.error_reply('the queue key ' .. queue[1] .. ' holds a ' .. kind .. ', not a ' .. queue[2])
+  end
+end
 local entries, by_priority, index_pairs, out = {}, {}, {}, {}
 local now_ms
 local a = 3
@@ -625,11 +666,12 @@ end
 for i = 1, #entries, 1000 do
   redis.call('RPUSH', KEYS[2], unpack(entries, i, math.min(i + 999, #entries)))
 end
+-- The counters and the index are kept on a best-effort basis: they do not decide what runs.
 for p, added in pairs(by_priority) do
-  redis.call('HINCRBY', KEYS[1], 'queued:' .. p, added)
+  redis.pcall('HINCRBY', KEYS[1], 'queued:' .. p, added)
 end
 for i = 1, #index_pairs, 2000 do
-  redis.call('ZADD', KEYS[4], unpack(index_pairs, i, math.min(i + 1999, #index_pairs)))
+  redis.pcall('ZADD', KEYS[4], unpack(index_pairs, i, math.min(i + 1999, #index_pairs)))
 end
 return out
 "#

@@ -596,6 +596,17 @@ async fn every_poison_kind_fails_alone_and_its_record_can_be_read() {
         .rpush(&queue, format!("concat:{overflow}:99999999999999999999"))
         .await
         .unwrap();
+    // A priority of 400 digits: past what a double holds (Redis refuses it as a score, and a
+    // take that passed it on as written would fail with every entry it had moved).
+    let huge = qtasks::Uuid::new_v4();
+    let _: () = con
+        .hset_multiple(record(huge), &plant(b"[\"x\", \"y\"]"))
+        .await
+        .unwrap();
+    let _: () = con
+        .rpush(&queue, format!("concat:{huge}:{}", "9".repeat(400)))
+        .await
+        .unwrap();
     // Records whose arguments are not UTF-8, or not JSON.
     let (bytes, text) = (qtasks::Uuid::new_v4(), qtasks::Uuid::new_v4());
     let _: () = con
@@ -627,6 +638,7 @@ async fn every_poison_kind_fails_alone_and_its_record_can_be_read() {
     for (uuid, reason) in [
         (word, "malformed priority"),
         (overflow, "malformed priority"),
+        (huge, "malformed priority"),
         (bytes, "`args` is not UTF-8"),
         (text, "`args` is not a JSON list"),
     ] {
@@ -648,7 +660,7 @@ async fn every_poison_kind_fails_alone_and_its_record_can_be_read() {
         .lrange(format!("{prefix}:qtasks:dead"), 0, -1)
         .await
         .unwrap();
-    assert_eq!(dead.len(), 3, "{dead:?}");
+    assert_eq!(dead.len(), 4, "{dead:?}");
     assert!(dead.iter().any(|d| d.contains("is not UTF-8")), "{dead:?}");
     let ttl: i64 = con.ttl(format!("{prefix}:qtasks:dead")).await.unwrap();
     assert!(ttl > 0, "the dead letters expire: {ttl}");
@@ -871,5 +883,127 @@ async fn a_record_spoiled_mid_run_fails_alone_in_its_finish_batch() {
     assert_eq!(flow::succeeded(&after).await, json!("still going"));
     app.stop().await.unwrap();
     let _: () = con.del(&record).await.unwrap();
+    app.flush_all().await.unwrap();
+}
+
+#[qtasks::task(retry = 1)]
+async fn fails_then_retries(i: u64) -> TaskResult<u64> {
+    Err(qtasks::TaskError::msg(format!("attempt failed for {i}")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
+async fn retries_and_plain_outcomes_share_finish_batches_with_the_index_on_and_off() {
+    let Some(url) = redis_url("retries_and_plain_outcomes_share_finish_batches") else {
+        return;
+    };
+    for indexed in [true, false] {
+        let prefix = unique_prefix("mixedfinish");
+        let options = RedisOptions {
+            records_index: indexed,
+            ..RedisOptions::default()
+        };
+        let app = redis_app(&url, &prefix, options, 64).await;
+        // Queued first, then run at once: their outcomes reach the finish script together.
+        let failing = fails_then_retries::add_many(&app, (0..40).map(|i| (i,)))
+            .await
+            .unwrap();
+        let plain = concat::add_many(&app, (0..40).map(|i| (format!("p{i}"), String::new())))
+            .await
+            .unwrap();
+        app.start().await.unwrap();
+        for (i, handle) in plain.iter().enumerate() {
+            assert_eq!(flow::succeeded(handle).await, json!(format!("p{i}")));
+        }
+        let mut con = raw_connection(&url).await;
+        let index = format!("{prefix}:qtasks:records:index");
+        for handle in &failing {
+            // A wait follows the retries to the last attempt.
+            let last = handle.wait(WAIT).await.unwrap();
+            assert_eq!(
+                (last.status, last.retry),
+                (TaskStatus::Error, Some(0)),
+                "indexed: {indexed}"
+            );
+            let first = app.get(handle.uuid()).await.unwrap().unwrap();
+            assert_eq!(
+                (first.status, first.retry_child_uuid),
+                (TaskStatus::Retry, Some(last.uuid)),
+                "indexed: {indexed}"
+            );
+            let child = last.uuid;
+            // The next attempt is in the index exactly when the index is kept.
+            let place: Option<f64> = con.zscore(&index, child.to_string()).await.unwrap();
+            assert_eq!(place.is_some(), indexed, "child {child}");
+        }
+        let leases: usize = con.zcard(format!("{prefix}:qtasks:leases")).await.unwrap();
+        assert_eq!(leases, 0);
+        app.stop().await.unwrap();
+        app.flush_all().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
+async fn a_task_added_with_the_index_off_enters_it_when_a_worker_with_it_takes_it() {
+    let Some(url) = redis_url("a_task_added_with_the_index_off_enters_it") else {
+        return;
+    };
+    let prefix = unique_prefix("indexlater");
+    let without = RedisOptions {
+        records_index: false,
+        ..RedisOptions::default()
+    };
+    let client = redis_app(&url, &prefix, without, 1).await;
+    let handle = concat::add_task(&client, "late".into(), "r".into())
+        .await
+        .unwrap();
+    let mut con = raw_connection(&url).await;
+    let index = format!("{prefix}:qtasks:records:index");
+    let place: Option<f64> = con.zscore(&index, handle.uuid().to_string()).await.unwrap();
+    assert_eq!(place, None, "not indexed by a client without the index");
+    let worker = redis_app(&url, &prefix, RedisOptions::default(), 4).await;
+    worker.start().await.unwrap();
+    assert_eq!(flow::succeeded(&handle).await, json!("later"));
+    let place: Option<f64> = con.zscore(&index, handle.uuid().to_string()).await.unwrap();
+    assert!(place.is_some(), "indexed at its first mark");
+    worker.stop().await.unwrap();
+    worker.flush_all().await.unwrap();
+}
+
+#[tokio::test]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
+async fn an_add_batch_whose_queue_key_is_no_list_writes_nothing() {
+    let Some(url) = redis_url("an_add_batch_whose_queue_key_is_no_list") else {
+        return;
+    };
+    let prefix = unique_prefix("badqueue");
+    let app = redis_app(&url, &prefix, RedisOptions::default(), 1).await;
+    let mut con = raw_connection(&url).await;
+    let queue = format!("{prefix}:task_queue");
+    let _: () = con.set(&queue, "not a list").await.unwrap();
+    let error = concat::add_many(&app, (0..5).map(|i| (format!("{i}"), String::new())))
+        .await
+        .expect_err("the queue cannot take entries");
+    let mut reasons = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        reasons.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    assert!(
+        reasons.contains("holds a string"),
+        "the error says why: {reasons}"
+    );
+    // Nothing was written: no record, no counter, no place in the index.
+    let keys: Vec<String> = con.keys(format!("{prefix}:*")).await.unwrap();
+    assert_eq!(keys, vec![queue.clone()]);
+    let _: () = con.del(&queue).await.unwrap();
+    let added = concat::add_task(&app, "now".into(), " it works".into())
+        .await
+        .unwrap();
+    app.start().await.unwrap();
+    assert_eq!(flow::succeeded(&added).await, json!("now it works"));
+    app.stop().await.unwrap();
     app.flush_all().await.unwrap();
 }

@@ -157,8 +157,10 @@ impl QueueTasks {
     /// `chunks` and Sidekiq's `push_bulk` serve. The task's typed handle has the same with the
     /// argument types checked: `my_task::add_many(&app, [(1,), (2,)])`.
     ///
-    /// The first call that cannot be added (an argument that does not encode, a broker that
-    /// cannot be reached) fails the whole call; some of the others may have been added by then.
+    /// The tasks are queued in the order of the calls (unless a plugin hook that runs before
+    /// the broker's add holds some of them back). The first call that cannot be added (an
+    /// argument that does not encode, a broker that cannot be reached) fails the whole call;
+    /// some of the others may have been added by then.
     ///
     /// ```rust,standalone_crate
     /// #[qtasks::task]
