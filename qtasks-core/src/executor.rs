@@ -104,6 +104,12 @@ impl TaskExecutor {
         self.failure.lock().take()
     }
 
+    /// The queued task back, once the run has ended (the worker lent it for the run rather
+    /// than cloning it).
+    pub(crate) fn into_task(self) -> QueuedTask {
+        self.queued
+    }
+
     /// Runs the original's steps to the task's outcome. Never panics on the task's or a
     /// plugin's account: a panic becomes an `error` outcome.
     pub async fn run_default(&self) -> Outcome {

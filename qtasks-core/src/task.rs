@@ -333,6 +333,27 @@ pub struct QueuedTask {
 }
 
 impl QueuedTask {
+    /// Moves the task out for a run, leaving its plain fields and empty strings and lists
+    /// behind (nothing is allocated: the run owns the task, and the worker takes it back with
+    /// [`TaskExecutor::into_task`](crate::executor::TaskExecutor) when the run ends).
+    pub(crate) fn take_for_run(&mut self) -> QueuedTask {
+        let left = QueuedTask {
+            uuid: self.uuid,
+            task_name: String::new(),
+            priority: self.priority,
+            args: Vec::new(),
+            kwargs: Map::new(),
+            created_at: self.created_at,
+            retry: self.retry,
+            retry_parent_uuid: self.retry_parent_uuid,
+            run_at: self.run_at,
+            traceparent: None,
+            group_uuid: self.group_uuid,
+            definition: self.definition,
+        };
+        std::mem::replace(self, left)
+    }
+
     /// A task of this name with no arguments, the default priority 0, created now.
     ///
     /// ```

@@ -4,6 +4,7 @@
 use parking_lot::Mutex;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::fmt::Write as _;
 use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
@@ -177,7 +178,10 @@ impl Broker for MemoryBroker {
                 .map(|task| {
                     // Unique per delivery: a task handed back and taken again while its
                     // first run still ends (a plain `fn`) must not share its receipt.
-                    let receipt = format!(
+                    // Sized once (a uuid, a dash and a counter): one allocation.
+                    let mut receipt = String::with_capacity(60);
+                    let _ = write!(
+                        receipt,
                         "{}-{}",
                         task.uuid,
                         self.deliveries

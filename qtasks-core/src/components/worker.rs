@@ -408,10 +408,11 @@ impl WorkerHost {
         }
         let executor = definition.parts.runner.unwrap_or(&*app.components().runner);
         let cancel = app.cancels().register(uuid, receipt);
+        // The run owns the task while it runs (lent, not cloned) and gives it back below.
         let run = TaskExecutor::new(
             app.clone(),
             definition,
-            task.clone(),
+            task.take_for_run(),
             Arc::clone(&dispatch),
             span.clone(),
             cancel,
@@ -426,7 +427,7 @@ impl WorkerHost {
         };
         app.cancels().unregister(uuid, receipt);
         let failure = run.take_failure();
-        drop(run);
+        *task = run.into_task();
         self.task_event(EventKind::TaskStopping, task, Some(&outcome))
             .await;
         self.retry_or(task, definition, outcome, failure.as_ref())
