@@ -198,9 +198,7 @@ impl RedisBroker {
         cancels: broadcast::Sender<CancelRequest>,
         location: String,
     ) -> Self {
-        let ttl_ms = options
-            .result_ttl
-            .map_or(0, |ttl| i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+        let ttl_ms = result_ttl_ms(&options);
         RedisBroker {
             commands: commands.clone(),
             blocking,
@@ -446,11 +444,7 @@ impl RedisBroker {
             .arg(&self.keys.stats)
             .arg(traceback)
             .arg(unix_now().to_string())
-            .arg(
-                self.options
-                    .result_ttl
-                    .map_or(0, |ttl| i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)),
-            )
+            .arg(result_ttl_ms(&self.options))
             .arg(&self.keys.done_channel)
             .arg(uuid.to_string());
     }
@@ -544,13 +538,7 @@ impl RedisBroker {
             part.arg(0);
             return part;
         };
-        // The backoff goes as a delay, resolved by Redis's clock (the one every take compares
-        // with), not as this worker's idea of the time.
-        let delay_ms = child
-            .run_at
-            .map(|run_at| ((run_at - now) * 1000.0).ceil())
-            .filter(|delay_ms| *delay_ms >= 1.0)
-            .map(|delay_ms| delay_ms.min(i64::MAX as f64) as i64);
+        let delay_ms = delay_ms(child, now);
         part.keys.push(self.keys.record(child.uuid));
         part.keys.push(if delay_ms.is_some() {
             self.keys.delayed.clone()
@@ -563,14 +551,38 @@ impl RedisBroker {
         } else {
             part.arg(1);
         }
-        let child_fields = queued_record_fields(child, self.keys.records_index.is_some());
-        part.arg(child_fields.len())
-            .arg(&child_fields)
-            .arg(queue_entry(child))
-            .arg(delay_ms.map_or_else(String::new, |ms| ms.to_string()))
-            .arg(qtasks_core::records::secs_to_ms(child.created_at));
+        self.new_task_args(&mut part, child, delay_ms);
         part
     }
+
+    /// A new task's arguments, as the add script and a retry's child in the finish script both
+    /// take them: its field count, its fields, its queue entry, its delay ('' for none) and its
+    /// creation time in ms (for the index).
+    fn new_task_args(&self, part: &mut ScriptPart, task: &QueuedTask, delay_ms: Option<i64>) {
+        let fields = queued_record_fields(task, self.keys.records_index.is_some());
+        part.arg(fields.len())
+            .arg(&fields)
+            .arg(queue_entry(task))
+            .arg(delay_ms.map_or_else(String::new, |ms| ms.to_string()))
+            .arg(qtasks_core::records::secs_to_ms(task.created_at));
+    }
+}
+
+/// The retention of finished records in ms, as the scripts take it (0: kept for ever).
+fn result_ttl_ms(options: &RedisOptions) -> i64 {
+    options
+        .result_ttl
+        .map_or(0, |ttl| i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// How long from `now` until `task` may run, in whole ms (`None`: at once). It goes to Redis as
+/// a delay, resolved there by Redis's clock (the one every take compares with), not as this
+/// process's idea of the time.
+fn delay_ms(task: &QueuedTask, now: f64) -> Option<i64> {
+    task.run_at
+        .map(|run_at| ((run_at - now) * 1000.0).ceil())
+        .filter(|delay_ms| *delay_ms >= 1.0)
+        .map(|delay_ms| delay_ms.min(i64::MAX as f64) as i64)
 }
 
 /// A new task's record as this broker writes it: Python QTasks' fields, and, when the records'
@@ -756,19 +768,9 @@ impl Broker for RedisBroker {
 
     async fn add(&self, task: QueuedTask) -> Result<(), BackendError> {
         // How long from now, by this process's clock; when, by Redis's (`scripts::ADD`).
-        let delay_ms = task
-            .run_at
-            .map(|run_at| ((run_at - unix_now()) * 1000.0).ceil())
-            .filter(|delay_ms| *delay_ms >= 1.0)
-            .map(|delay_ms| delay_ms.min(i64::MAX as f64) as i64);
         let mut part = ScriptPart::default();
         part.keys.push(self.keys.record(task.uuid));
-        let fields = queued_record_fields(&task, self.keys.records_index.is_some());
-        part.arg(fields.len())
-            .arg(&fields)
-            .arg(queue_entry(&task))
-            .arg(delay_ms.map_or_else(String::new, |ms| ms.to_string()))
-            .arg(qtasks_core::records::secs_to_ms(task.created_at));
+        self.new_task_args(&mut part, &task, delay_ms(&task, unix_now()));
         let added = self
             .adds
             .submit(part)
@@ -1036,10 +1038,7 @@ impl Broker for RedisBroker {
 
     async fn cancel(&self, uuid: Uuid, reason: &str) -> Result<Option<CancelState>, BackendError> {
         let reason = reason.to_owned();
-        let ttl_ms = self
-            .options
-            .result_ttl
-            .map_or(0, |ttl| i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+        let ttl_ms = result_ttl_ms(&self.options);
         let mut con = self.commands.clone();
         let found: String = Script::new(scripts::CANCEL)
             .key(self.keys.record(uuid))

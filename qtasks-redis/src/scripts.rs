@@ -495,7 +495,7 @@ local function finish_one(k, a, n, child, c)
       local written = redis.pcall('HSET', record, 'status', 'cancel', 'cancel_reason', cancel, 'updated_at', now_s(), 'finished_by', token)
       if type(written) == 'table' and written['err'] then return unstorable(record) end
       items[#items + 1] = KEYS[k + 1]
-      count_in('t:' .. redis.call('TIME')[1] .. ':cancel')
+      count_in(bucket_now('cancel'))
       if ttl > 0 then redis.call('PEXPIRE', record, ttl) end
       redis.call('PUBLISH', channel, uuid)
       return {3, cancel}
