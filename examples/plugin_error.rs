@@ -14,10 +14,9 @@ use qtasks::plugin::BoxError;
 use qtasks::triggers::TaskExecutorRunTaskTriggerError;
 use qtasks::triggers::{Reply, TriggerEvent};
 use qtasks::{Plugin, QueueTasks, TaskContext, TaskResult, Trigger};
-use serde_json::Value;
 
 #[qtasks::task(echo = true)]
-async fn test_task(ctx: TaskContext) -> TaskResult<String> {
+async fn test_task(ctx: TaskContext) -> TaskResult<i64> {
     Err(ctx
         .plugin_error()
         .with("message", "Нестандартная ситуация")
@@ -25,15 +24,16 @@ async fn test_task(ctx: TaskContext) -> TaskResult<String> {
     // Alternatively: Err(qtasks::PluginTriggerError::with_message("Ошибка напрямую").into())
 }
 
-/// The handler as a fn. It only answers when the runtime plugin is not in use, so the two
-/// forms can be compared.
-#[qtasks::plugin(on = "task_executor_run_task_trigger_error")]
-fn task_trigger_error(event: &TaskExecutorRunTaskTriggerError<'_>) -> Option<Value> {
+/// The handler as a fn. `task = test_task` makes it hear only that task's failures and return
+/// that task's result type, `i64`, checked when it compiles. It only answers when the runtime
+/// plugin is not in use, so the two forms can be compared.
+#[qtasks::plugin(on = "task_executor_run_task_trigger_error", task = test_task)]
+fn task_trigger_error(event: &TaskExecutorRunTaskTriggerError<'_>) -> Option<i64> {
     if runtime_plugin_requested() {
         return None;
     }
     println!("{event:#?}");
-    Some(123.into())
+    Some(123)
 }
 
 /// The handler as a plugin object with a lifecycle, registered at run time.
@@ -81,7 +81,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let done = task.wait(Duration::from_secs(5)).await?;
     println!("status: {}, returning: {:?}", done.status, done.returning);
     assert_eq!(done.status, qtasks::TaskStatus::Success);
-    assert_eq!(done.returning, Some(serde_json::json!(123)));
+    // The runtime plugin's JSON `123` is checked against the task's result type too.
+    let result: i64 = task.result(Duration::from_secs(5)).await?;
+    assert_eq!(result, 123);
 
     app.stop().await?;
     Ok(())

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use qtasks::triggers::TaskExecutorRunTaskTriggerError;
 use qtasks::{QueueTasks, TaskContext, TaskFailure, TaskResult};
-use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -41,15 +40,16 @@ async fn test_task(ctx: TaskContext) -> TaskResult<i64> {
         .into())
 }
 
-/// ...and this plugin answers with a result, so the task succeeds.
-#[qtasks::plugin(on = "task_executor_run_task_trigger_error")]
-fn recover(event: &TaskExecutorRunTaskTriggerError<'_>) -> Option<Value> {
+/// ...and this plugin answers with a result, so the task succeeds. `task = test_task` makes it
+/// hear only that task's failures and return that task's result type (checked when it compiles).
+#[qtasks::plugin(on = "task_executor_run_task_trigger_error", task = test_task)]
+fn recover(event: &TaskExecutorRunTaskTriggerError<'_>) -> Option<i64> {
     println!(
         "  plugin saw `{}` fail with {:?}",
         event.task.name(),
         event.error.kwargs()
     );
-    Some(123.into())
+    Some(123)
 }
 
 #[tokio::main]

@@ -24,7 +24,7 @@ fn fails_with_plugin_error(ctx: &TaskContext) -> qtasks::TaskError {
 // -- a handler returns a value: the task succeeds with it ---------------------------------------
 
 #[qtasks::task(echo = true)]
-async fn recovered(ctx: TaskContext) -> TaskResult<String> {
+async fn recovered(ctx: TaskContext) -> TaskResult<i64> {
     Err(fails_with_plugin_error(&ctx))
 }
 
@@ -37,15 +37,16 @@ fn recover_with_123(event: &TaskExecutorRunTaskTriggerError<'_>) -> Option<Value
 async fn a_handler_value_becomes_the_result_and_the_task_succeeds() {
     let app = QueueTasks::new();
     app.start().await.unwrap();
-    let done = recovered::add_task(&app)
-        .await
-        .unwrap()
-        .wait(WAIT)
-        .await
-        .unwrap();
+    let handle = recovered::add_task(&app).await.unwrap();
+    let done = handle.wait(WAIT).await.unwrap();
     assert_eq!(done.status, TaskStatus::Success);
     assert_eq!(done.returning, Some(json!(123)));
     assert_eq!(done.traceback, None);
+    assert_eq!(
+        handle.result(WAIT).await.unwrap(),
+        123,
+        "typed, through result()"
+    );
     app.stop().await.unwrap();
 }
 
@@ -150,7 +151,7 @@ async fn with_two_handlers_the_last_value_wins() {
 // -- an async handler, and the key/value pairs of the error -------------------------------------
 
 #[qtasks::task(echo = true)]
-async fn with_details(ctx: TaskContext, order: u64) -> TaskResult<String> {
+async fn with_details(ctx: TaskContext, order: u64) -> TaskResult<Value> {
     Err(ctx
         .plugin_error()
         .with("message", "card declined")
@@ -196,7 +197,7 @@ async fn an_async_handler_sees_the_error_key_values_and_the_queued_task() {
 // -- the error returned directly, without the context -------------------------------------------
 
 #[qtasks::task]
-async fn direct_error() -> TaskResult<i32> {
+async fn direct_error() -> TaskResult<String> {
     Err(qtasks::PluginTriggerError::with_message("Ошибка напрямую").into())
 }
 
@@ -306,7 +307,7 @@ async fn a_panicking_handler_is_logged_with_its_name_and_does_not_stop_the_other
 // -- a runtime plugin, as in the original ------------------------------------------------------
 
 #[qtasks::task(echo = true)]
-async fn runtime_recovered(ctx: TaskContext) -> TaskResult<String> {
+async fn runtime_recovered(ctx: TaskContext) -> TaskResult<Value> {
     Err(fails_with_plugin_error(&ctx))
 }
 
@@ -386,4 +387,140 @@ async fn a_runtime_plugin_recovers_and_is_started_and_stopped_once() {
         .unwrap();
     assert_eq!(done.status, TaskStatus::Error);
     other.stop().await.unwrap();
+}
+
+// -- a handler that names its task: typed, and it hears only that task --------------------------
+
+#[qtasks::task(echo = true)]
+async fn typed_recovery(ctx: TaskContext) -> TaskResult<String> {
+    Err(fails_with_plugin_error(&ctx))
+}
+
+/// Tasks other than `typed_recovery` this handler was called for (none, if `task =` filters).
+static TYPED_SAW_OTHERS: AtomicUsize = AtomicUsize::new(0);
+
+#[qtasks::plugin(on = "task_executor_run_task_trigger_error", task = typed_recovery)]
+fn recover_typed(event: &TaskExecutorRunTaskTriggerError<'_>) -> Option<String> {
+    if event.task.name() != "typed_recovery" {
+        TYPED_SAW_OTHERS.fetch_add(1, Ordering::SeqCst);
+    }
+    Some(format!(
+        "recovered: {}",
+        event.error.message().unwrap_or_default()
+    ))
+}
+
+#[tokio::test]
+async fn a_handler_naming_its_task_returns_the_task_result_type() {
+    let app = QueueTasks::new();
+    app.start().await.unwrap();
+    let handle = typed_recovery::add_task(&app).await.unwrap();
+    let result: String = handle.result(WAIT).await.unwrap();
+    assert_eq!(result, "recovered: Non-standard situation");
+    app.stop().await.unwrap();
+}
+
+#[qtasks::task(echo = true)]
+async fn not_for_the_typed_handler(ctx: TaskContext) -> TaskResult<String> {
+    Err(fails_with_plugin_error(&ctx))
+}
+
+#[tokio::test]
+async fn a_handler_naming_its_task_does_not_hear_other_tasks() {
+    let app = QueueTasks::new();
+    app.start().await.unwrap();
+    let done = not_for_the_typed_handler::add_task(&app)
+        .await
+        .unwrap()
+        .wait(WAIT)
+        .await
+        .unwrap();
+    assert_eq!(done.status, TaskStatus::Error, "no handler recovers it");
+    assert_eq!(TYPED_SAW_OTHERS.load(Ordering::SeqCst), 0);
+    app.stop().await.unwrap();
+}
+
+#[qtasks::task(echo = true)]
+async fn typed_async_recovery(ctx: TaskContext, order: u64) -> TaskResult<u64> {
+    Err(ctx.plugin_error().with("order", order).into())
+}
+
+#[qtasks::plugin(on = "task_executor_run_task_trigger_error", task = typed_async_recovery)]
+async fn recover_typed_async(
+    event: &TaskExecutorRunTaskTriggerError<'_>,
+) -> Result<Option<u64>, String> {
+    tokio::task::yield_now().await;
+    let order = event.error.get("order").and_then(Value::as_u64);
+    order
+        .map(|order| Some(order * 10))
+        .ok_or_else(|| "no order".to_owned())
+}
+
+#[tokio::test]
+async fn an_async_handler_naming_its_task_recovers_it() {
+    let app = QueueTasks::new();
+    app.start().await.unwrap();
+    let handle = typed_async_recovery::add_task(&app, 7).await.unwrap();
+    assert_eq!(handle.result(WAIT).await.unwrap(), 70);
+    app.stop().await.unwrap();
+}
+
+// -- an untyped value that is not the task's result type: reported, not stored ---------------
+
+#[qtasks::task(echo = true)]
+async fn mismatched(ctx: TaskContext) -> TaskResult<String> {
+    Err(fails_with_plugin_error(&ctx))
+}
+
+#[qtasks::plugin(on = "task_executor_run_task_trigger_error")]
+fn recover_mismatched_with_a_number(event: &TaskExecutorRunTaskTriggerError<'_>) -> Option<Value> {
+    (event.task.name() == "mismatched").then(|| json!(123))
+}
+
+#[tokio::test]
+async fn a_value_that_is_not_the_result_type_fails_the_task_naming_plugin_task_and_types() {
+    let app = QueueTasks::new();
+    app.start().await.unwrap();
+    let handle = mismatched::add_task(&app).await.unwrap();
+    let done = handle.wait(WAIT).await.unwrap();
+    assert_eq!(done.status, TaskStatus::Error, "{done:?}");
+    assert_eq!(done.returning, None);
+    assert_eq!(
+        done.traceback.as_deref(),
+        Some(
+            "PluginResultMismatch: plugin `seed_flow::recover_mismatched_with_a_number` \
+             returned a number for task `mismatched`, whose result is a `String`: invalid type: \
+             integer `123`, expected a string; the task's own error: TaskPluginTriggerError: \
+             Non-standard situation"
+        )
+    );
+    assert!(matches!(
+        handle.result(WAIT).await,
+        Err(qtasks::TaskFailure::Error { .. })
+    ));
+    app.stop().await.unwrap();
+}
+
+#[qtasks::task(echo = true)]
+async fn mismatch_then_fit(ctx: TaskContext) -> TaskResult<Vec<u8>> {
+    Err(fails_with_plugin_error(&ctx))
+}
+
+#[qtasks::plugin(on = "task_executor_run_task_trigger_error")]
+fn mismatch_first(event: &TaskExecutorRunTaskTriggerError<'_>) -> Option<Value> {
+    (event.task.name() == "mismatch_then_fit").then(|| json!({"not": "bytes"}))
+}
+
+#[qtasks::plugin(on = "task_executor_run_task_trigger_error")]
+fn then_fit(event: &TaskExecutorRunTaskTriggerError<'_>) -> Option<Value> {
+    (event.task.name() == "mismatch_then_fit").then(|| json!([1, 2, 3]))
+}
+
+#[tokio::test]
+async fn a_fitting_value_recovers_the_task_even_after_one_that_does_not_fit() {
+    let app = QueueTasks::new();
+    app.start().await.unwrap();
+    let handle = mismatch_then_fit::add_task(&app).await.unwrap();
+    assert_eq!(handle.result(WAIT).await.unwrap(), vec![1, 2, 3]);
+    app.stop().await.unwrap();
 }

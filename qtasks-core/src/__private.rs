@@ -78,6 +78,81 @@ pub struct TaskDefinitionParts {
     pub line: u32,
     /// Decodes the arguments and calls the task fn.
     pub invoke: InvokeFn,
+    /// The type of the task's result, to check a value a plugin puts in its place; `None`
+    /// (a task defined at run time) checks nothing.
+    pub output: Option<OutputType>,
+}
+
+/// Not public API. A task's result type, as the task attribute read it off the signature: its
+/// name as written and a check that a JSON value decodes as it.
+#[derive(Clone, Copy)]
+pub struct OutputType {
+    /// The type as the source spells it (`String`, `Vec<u8>`).
+    pub name: &'static str,
+    /// `Err` says why a value does not decode as the type.
+    pub check: fn(&Value) -> std::result::Result<(), String>,
+}
+
+impl std::fmt::Debug for OutputType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+/// Not public API. Picks a result type's check by autoref: `(&&OutputProbe::<T>::new())`
+/// finds [`DecodableOutput`] when `T` can be decoded, else [`OpaqueOutput`] (a result type
+/// that is only `Serialize` cannot be checked, and is not).
+pub struct OutputProbe<T>(std::marker::PhantomData<fn() -> T>);
+
+impl<T> OutputProbe<T> {
+    /// The probe.
+    pub const fn new() -> Self {
+        OutputProbe(std::marker::PhantomData)
+    }
+}
+
+impl<T> Default for OutputProbe<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Not public API. The check of a result type that can be decoded.
+pub trait DecodableOutput {
+    /// Whether `value` decodes as the type.
+    fn __qtasks_check_output(&self, value: &Value) -> std::result::Result<(), String>;
+}
+
+impl<T: DeserializeOwned> DecodableOutput for &OutputProbe<T> {
+    fn __qtasks_check_output(&self, value: &Value) -> std::result::Result<(), String> {
+        T::deserialize(value).map(drop).map_err(|e| e.to_string())
+    }
+}
+
+/// Not public API. The check of any other result type: everything passes.
+pub trait OpaqueOutput {
+    /// Always `Ok`.
+    fn __qtasks_check_output(&self, value: &Value) -> std::result::Result<(), String>;
+}
+
+impl<T> OpaqueOutput for OutputProbe<T> {
+    fn __qtasks_check_output(&self, _value: &Value) -> std::result::Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Not public API. What the task attribute implements on a task's handle type, so that other
+/// generated code (a plugin's `task = ..`) can name the task's definition and result type.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a task",
+    label = "not a fn marked `#[qtasks::task]`",
+    note = "`task = ..` names the task whose failure the handler recovers: a fn marked `#[qtasks::task]`, in scope"
+)]
+pub trait TypedTask {
+    /// The task's result type (a stream task's: the `Vec` of its items).
+    type Output;
+    /// The task's definition.
+    const DEFINITION: &'static TaskDefinition;
 }
 
 /// Not public API. The definition `#[task]` registers (a `const fn`, so it can be a `static`).
@@ -281,6 +356,98 @@ pub fn call_async<'a, P: Payload + 'a, F: AsyncHandler<'a, P>>(
     payload: &'a P,
 ) -> HandlerCall<'a> {
     HandlerCall::Pending(handler.call_handler(payload))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handlers that recover one task: `#[qtasks::plugin(on = "task_executor_run_task_trigger_error",
+// task = my_task)]`. They return the task's own result type, checked when they compile.
+
+/// Not public API. What a handler that recovers the task `T` may return.
+#[diagnostic::on_unimplemented(
+    message = "this handler returns `{Self}`, but the task it recovers returns `{O}`",
+    label = "expected `Option<{O}>`",
+    note = "a handler with `task = ..` returns `Option<{O}>` (or `Result<Option<{O}>, E>`, or `()`): the value becomes the task's result"
+)]
+pub trait RecoveredResult<O> {
+    /// Converts the handler's return value.
+    fn into_outcome(self) -> HandlerOutcome;
+}
+
+fn recovered_value<O: Serialize>(output: &O) -> HandlerOutcome {
+    serde_json::to_value(output)
+        .map(|value| Some(Reply::Value(value)))
+        .map_err(|e| format!("returned a value that does not encode as JSON: {e}"))
+}
+
+impl<O> RecoveredResult<O> for () {
+    fn into_outcome(self) -> HandlerOutcome {
+        Ok(None)
+    }
+}
+
+impl<O: Serialize> RecoveredResult<O> for Option<O> {
+    fn into_outcome(self) -> HandlerOutcome {
+        self.as_ref().map_or(Ok(None), recovered_value)
+    }
+}
+
+impl<O: Serialize, E: Display> RecoveredResult<O> for std::result::Result<Option<O>, E> {
+    fn into_outcome(self) -> HandlerOutcome {
+        match self {
+            Ok(output) => output.as_ref().map_or(Ok(None), recovered_value),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+impl<O, E: Display> RecoveredResult<O> for std::result::Result<(), E> {
+    fn into_outcome(self) -> HandlerOutcome {
+        self.map(|()| None).map_err(|e| e.to_string())
+    }
+}
+
+/// Not public API. Checks, on the span of `task = ..`, that the path names a task.
+pub const fn typed_task<T: TypedTask>() {}
+
+/// Whether the failed task is `T` (a recovering handler hears only its own task's failures).
+fn recovers<T: TypedTask>(payload: &triggers::TaskExecutorRunTaskTriggerError<'_>) -> bool {
+    payload.task.parts.name == T::DEFINITION.parts.name
+}
+
+/// Not public API. Calls a sync handler that recovers the task `T`.
+#[allow(clippy::needless_pass_by_value)] // handlers are fn items: zero-sized, passed by value
+pub fn recover_sync<'a, 'b, T, F, R>(
+    handler: F,
+    payload: &triggers::TaskExecutorRunTaskTriggerError<'b>,
+) -> HandlerCall<'a>
+where
+    T: TypedTask,
+    F: Fn(&triggers::TaskExecutorRunTaskTriggerError<'b>) -> R,
+    R: RecoveredResult<T::Output>,
+{
+    if !recovers::<T>(payload) {
+        return HandlerCall::Skip;
+    }
+    HandlerCall::Ready(handler(payload).into_outcome())
+}
+
+/// Not public API. Calls an async handler that recovers the task `T`.
+#[allow(clippy::needless_pass_by_value)] // handlers are fn items: zero-sized, passed by value
+pub fn recover_async<'a, T, F, Fut>(
+    handler: F,
+    payload: &'a triggers::TaskExecutorRunTaskTriggerError<'a>,
+) -> HandlerCall<'a>
+where
+    T: TypedTask,
+    F: Fn(&'a triggers::TaskExecutorRunTaskTriggerError<'a>) -> Fut,
+    Fut: Future + Send + 'a,
+    Fut::Output: RecoveredResult<T::Output>,
+{
+    if !recovers::<T>(payload) {
+        return HandlerCall::Skip;
+    }
+    let future = handler(payload);
+    HandlerCall::Pending(Box::pin(async move { future.await.into_outcome() }))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ pub(crate) enum Handler {
 }
 
 impl Handler {
-    fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         match self {
             Handler::Static(registration) => registration.name,
             Handler::Runtime(plugin) => plugin.name(),

@@ -222,10 +222,7 @@ impl TaskExecutor {
                 );
                 Value::Array(items)
             }
-            Err(error) => match self.recover(&error).await {
-                Some(value) => value,
-                None => return Err(error.into()),
-            },
+            Err(error) => self.recover(error).await?,
         };
 
         // 4. After execute and result replacement.
@@ -385,21 +382,58 @@ impl TaskExecutor {
 
     /// The seed flow: a plugin error goes to `task_executor_run_task_trigger_error`; the last
     /// value a handler returns becomes the result.
-    async fn recover(&self, error: &TaskError) -> Option<Value> {
-        let plugin_error = error.as_plugin_error()?;
+    ///
+    /// Each value is checked against the task's result type first: a value the caller could
+    /// not decode (`123` for a task returning `String`) would store a `success` whose result
+    /// nobody can read. Such a value is logged, naming the plugin, the task and both types, and
+    /// set aside; when no handler's value fits, the task ends `error` saying so.
+    async fn recover(&self, error: TaskError) -> Result<Value, TaskError> {
+        let Some(plugin_error) = error.as_plugin_error() else {
+            return Err(error);
+        };
         let mut recovered = None;
-        chain!(
-            self.dispatch,
-            Trigger::TaskExecutorRunTaskTriggerError,
-            TaskExecutorRunTaskTriggerError {
+        let mut mismatch = None;
+        for handler in self
+            .dispatch
+            .handlers(Trigger::TaskExecutorRunTaskTriggerError)
+        {
+            let payload = TaskExecutorRunTaskTriggerError {
                 executor: self,
                 task: self.task,
                 queued: &self.queued,
                 error: plugin_error,
-            },
-            |value| recovered = Some(value)
-        );
-        recovered
+            };
+            let Some(value) = Dispatch::call(handler, &payload).await else {
+                continue;
+            };
+            match self.task.parts.output.map(|output| (output.check)(&value)) {
+                Some(Err(reason)) => {
+                    let output = self.task.output_type().unwrap_or("?");
+                    let message = format!(
+                        "plugin `{}` returned {} for task `{}`, whose result is a `{output}`: {reason}",
+                        handler.name(),
+                        json_kind(&value),
+                        self.task.parts.name,
+                    );
+                    tracing::error!(
+                        plugin = handler.name(),
+                        task = self.task.parts.name,
+                        uuid = %self.queued.uuid,
+                        "{message}"
+                    );
+                    mismatch = Some(message);
+                }
+                _ => recovered = Some(value),
+            }
+        }
+        match (recovered, mismatch) {
+            (Some(value), _) => Ok(value),
+            (None, Some(message)) => Err(TaskError::named(
+                "PluginResultMismatch",
+                format!("{message}; the task's own error: {}", error.traceback()),
+            )),
+            (None, None) => Err(error),
+        }
     }
 
     fn failed(&self, error: TaskError) -> Outcome {
@@ -502,5 +536,17 @@ mod detached {
                 String::new(),
             )
         }
+    }
+}
+
+/// How a JSON value reads in a message: "a number", "a string", ...
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
     }
 }

@@ -177,6 +177,7 @@ impl TaskDefinition {
                 file: file!(),
                 line: line!(),
                 invoke,
+                output: None,
             },
         }
     }
@@ -236,6 +237,13 @@ impl TaskDefinition {
     /// The time limit of one run, in seconds (`max_time`, alias `timeout`).
     pub fn max_time(&self) -> Option<f64> {
         self.parts.max_time
+    }
+
+    /// The task's result type as its signature spells it (`String`, `Vec<u8>`), or `None` for
+    /// a task defined at run time. A value a plugin puts in place of the result is checked
+    /// against it.
+    pub fn output_type(&self) -> Option<&'static str> {
+        self.parts.output.map(|output| output.name)
     }
 
     /// The router the task belongs to; an app can run only some routers' tasks.

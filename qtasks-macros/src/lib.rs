@@ -208,8 +208,8 @@ pub fn task(args: TokenStream, item: TokenStream) -> TokenStream {
 
 /// Registers a fn as the handler of a named plugin trigger, for every app of the binary.
 ///
-/// The one option, `on = "..."`, names the trigger as the Python original spells it; the name
-/// is checked at compile time against the catalogue (a misspelt one is an error with a "did you
+/// The option `on = "..."` names the trigger as the Python original spells it; the name is
+/// checked at compile time against the catalogue (a misspelt one is an error with a "did you
 /// mean"). The fn, sync or `async`, takes `&` the trigger's payload type
 /// (`qtasks::triggers::<TriggerInCamelCase>`) and returns:
 ///
@@ -218,15 +218,32 @@ pub fn task(args: TokenStream, item: TokenStream) -> TokenStream {
 ///   trigger replaces (a JSON value, or a partial update such as `qtasks::triggers::TaskUpdate`):
 ///   the last value returned wins.
 ///
+/// A `task_executor_run_task_trigger_error` handler may name the task it recovers,
+/// `task = my_task`: it then hears only that task's failures and returns that task's result
+/// type (`Option<T>` for a task returning `T` or `TaskResult<T>`), checked at compile time with
+/// an error naming both types. A handler without it returns JSON, checked against the failed
+/// task's result type before it is stored.
+///
 /// A handler that fails or panics is logged and skipped; the others still run.
 ///
 /// ```rust,standalone_crate
 /// use qtasks::triggers::{TaskExecutorRunTaskTriggerError, TaskExecutorAfterExecute};
 ///
-/// // Turns a task's `plugin_error` into a result: the task then succeeds with it.
+/// #[qtasks::task(echo = true)]
+/// async fn fetch(ctx: qtasks::TaskContext, url: String) -> qtasks::TaskResult<String> {
+///     Err(ctx.plugin_error().with("url", url).into())
+/// }
+///
+/// // Turns `fetch`'s `plugin_error` into a result: the task then succeeds with it.
+/// #[qtasks::plugin(on = "task_executor_run_task_trigger_error", task = fetch)]
+/// fn recover(event: &TaskExecutorRunTaskTriggerError<'_>) -> Option<String> {
+///     Some(format!("cached copy of {}", event.error.get("url")?))
+/// }
+///
+/// // Hears every task's failures, and answers in JSON.
 /// #[qtasks::plugin(on = "task_executor_run_task_trigger_error")]
-/// fn recover(event: &TaskExecutorRunTaskTriggerError<'_>) -> Option<serde_json::Value> {
-///     (event.task.name() == "fetch").then(|| serde_json::json!("cached"))
+/// fn recover_any(event: &TaskExecutorRunTaskTriggerError<'_>) -> Option<serde_json::Value> {
+///     (event.task.name() == "lookup").then(|| serde_json::json!(null))
 /// }
 ///
 /// // Observes every run; an async handler is fine too.

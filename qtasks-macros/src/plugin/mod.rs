@@ -13,7 +13,7 @@ use crate::errors::Errors;
 
 pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
     let mut errors = Errors::default();
-    let trigger = parse::parse_trigger(args, &mut errors);
+    let options = parse::parse_options(args, &mut errors);
     let function: ItemFn = match syn::parse2(item.clone()) {
         Ok(function) => function,
         Err(_) => {
@@ -24,20 +24,21 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
             return errors.emit_with_item(item);
         }
     };
-    let Some(trigger) = trigger else {
+    let Some(options) = options else {
         return errors.emit_with_item(item);
     };
-    let param = parse::check_handler(&function, trigger, &mut errors);
+    let param = parse::check_handler(&function, options.trigger, &mut errors);
     match param {
         Some(param) if errors.is_empty() => {
-            let registration = emit(&function, trigger, &param);
+            let registration = emit(&function, &options, &param);
             quote! { #item #registration }
         }
         _ => errors.emit_with_item(item),
     }
 }
 
-fn emit(function: &ItemFn, trigger: qtasks_triggers::Trigger, param: &syn::Type) -> TokenStream {
+fn emit(function: &ItemFn, options: &parse::PluginOptions, param: &syn::Type) -> TokenStream {
+    let trigger = options.trigger;
     let ident = &function.sig.ident;
     let ident_name = ident.to_string();
     let variant = Ident::new(trigger.variant_str(), Span::call_site());
@@ -45,7 +46,9 @@ fn emit(function: &ItemFn, trigger: qtasks_triggers::Trigger, param: &syn::Type)
     // reported there, with the expected signature from the trait's diagnostic.
     // The payload type is named, not inferred from the handler, so a wrong parameter type is
     // reported as "cannot handle this trigger" rather than as a confusing inference error.
-    let call = if function.sig.asyncness.is_some() {
+    let call = if let Some(task) = &options.task {
+        recover_call(function, task)
+    } else if function.sig.asyncness.is_some() {
         quote_spanned! {param.span()=>
             ::qtasks::__private::call_async::<::qtasks::__private::triggers::#variant<'_>, _>(#ident, payload)
         }
@@ -79,4 +82,32 @@ fn emit(function: &ItemFn, trigger: qtasks_triggers::Trigger, param: &syn::Type)
             }
         };
     }
+}
+
+/// The shim's call of a handler that recovers one task (`task = my_task`): it hears only that
+/// task's failures, and returns that task's result type. Spanned on the handler's return type,
+/// so a handler returning another type is reported there, naming both types; the task path is
+/// checked on its own span, so a path that is no task is reported where it is written.
+fn recover_call(function: &ItemFn, task: &syn::Path) -> TokenStream {
+    let ident = &function.sig.ident;
+    let returns_span = match &function.sig.output {
+        syn::ReturnType::Default => ident.span(),
+        syn::ReturnType::Type(_, ty) => ty.span(),
+    };
+    let task_check = quote_spanned! {task.span()=>
+        ::qtasks::__private::typed_task::<#task>()
+    };
+    let call = if function.sig.asyncness.is_some() {
+        quote_spanned! {returns_span=>
+            ::qtasks::__private::recover_async::<#task, _, _>(#ident, payload)
+        }
+    } else {
+        quote_spanned! {returns_span=>
+            ::qtasks::__private::recover_sync::<#task, _, _>(#ident, payload)
+        }
+    };
+    quote! {{
+        #task_check;
+        #call
+    }}
 }

@@ -3,15 +3,40 @@
 use proc_macro2::{Span, TokenStream};
 use qtasks_triggers::{Suggestion, Trigger, TriggerKind, suggest};
 use syn::parse::Parser;
-use syn::{Expr, FnArg, Ident, ItemFn, LitStr, Type};
+use syn::{Expr, FnArg, Ident, ItemFn, LitStr, Path, Type};
 
 use crate::errors::Errors;
 
-/// The validated `on = ".."`.
-pub(crate) fn parse_trigger(args: TokenStream, errors: &mut Errors) -> Option<Trigger> {
+/// The validated options: the trigger, and the task the handler recovers (`task = ..`).
+pub(crate) struct PluginOptions {
+    pub(crate) trigger: Trigger,
+    pub(crate) task: Option<Path>,
+}
+
+/// The validated `on = ".."` and `task = ..`.
+pub(crate) fn parse_options(args: TokenStream, errors: &mut Errors) -> Option<PluginOptions> {
     let mut on: Option<LitStr> = None;
+    let mut task: Option<Path> = None;
     let parser = syn::meta::parser(|meta| {
-        if meta.path.is_ident("on") {
+        if meta.path.is_ident("task") {
+            let value: Expr = meta.value()?.parse()?;
+            match value {
+                Expr::Path(path) if path.qself.is_none() => {
+                    if task.is_some() {
+                        errors.spanned(
+                            &meta.path,
+                            "`task` is given more than once; a handler recovers one task",
+                        );
+                    }
+                    task = Some(path.path);
+                }
+                other => errors.spanned(
+                    other,
+                    "`task` takes the task fn's name, not a string\n\
+                     = help: write `task = my_task`, naming a fn marked `#[qtasks::task]`",
+                ),
+            }
+        } else if meta.path.is_ident("on") {
             let value: Expr = meta.value()?.parse()?;
             match value {
                 Expr::Lit(syn::ExprLit {
@@ -43,7 +68,7 @@ pub(crate) fn parse_trigger(args: TokenStream, errors: &mut Errors) -> Option<Tr
                 .unwrap_or_default();
             errors.spanned(
                 &meta.path,
-                format!("unknown option `{key}` of `#[qtasks::plugin]`\n= note: the only option is `on = \"trigger_name\"`"),
+                format!("unknown option `{key}` of `#[qtasks::plugin]`\n= note: the options are `on = \"trigger_name\"` and `task = my_task` (the task a `task_executor_run_task_trigger_error` handler recovers)"),
             );
         }
         Ok(())
@@ -64,7 +89,21 @@ pub(crate) fn parse_trigger(args: TokenStream, errors: &mut Errors) -> Option<Tr
     };
     let name = on.value();
     match Trigger::from_name(&name) {
-        Some(trigger) => Some(trigger),
+        Some(trigger) => {
+            if let Some(task) = &task
+                && trigger != Trigger::TaskExecutorRunTaskTriggerError
+            {
+                errors.spanned(
+                    task,
+                    format!(
+                        "`task = ..` names the task whose failure the handler recovers; `{name}` is not that trigger\n\
+                         = help: use it with `on = \"task_executor_run_task_trigger_error\"`, or drop it"
+                    ),
+                );
+                return None;
+            }
+            Some(PluginOptions { trigger, task })
+        }
         None => {
             let help = match suggest(&name) {
                 Suggestion::DidYouMean(close) => {

@@ -38,8 +38,32 @@ async fn recover_async(_event: &TaskExecutorRunTaskTriggerError<'_>) -> Result<O
 #[qtasks::plugin(on = "worker_start")]
 fn observe(_event: &WorkerStart<'_>) {}
 
+/// A private task with a private result type, recovered by typed handlers.
+#[qtasks::task(echo)]
+async fn private_typed(ctx: TaskContext) -> TaskResult<Receipt> {
+    Err(ctx.plugin_error().into())
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Receipt {
+    id: u64,
+}
+
+#[qtasks::plugin(on = "task_executor_run_task_trigger_error", task = private_typed)]
+fn recover_typed(_event: &TaskExecutorRunTaskTriggerError<'_>) -> Option<Receipt> {
+    Some(Receipt { id: 1 })
+}
+
+#[qtasks::plugin(on = "task_executor_run_task_trigger_error", task = sum)]
+async fn recover_sum(_event: &TaskExecutorRunTaskTriggerError<'_>) -> Result<Option<i64>, String> {
+    Ok(Some(0))
+}
+
+#[qtasks::plugin(on = "task_executor_run_task_trigger_error", task = crate::sum)]
+fn observe_sum(_event: &TaskExecutorRunTaskTriggerError<'_>) {}
+
 fn main() {
-    let _ = (sum::NAME, blocking::NAME, private_task::NAME, sum::DEFINITION);
+    let _ = (sum::NAME, blocking::NAME, private_task::NAME, sum::DEFINITION, private_typed::NAME);
     let _ = private_task::add_task;
 }
 
