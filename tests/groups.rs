@@ -101,10 +101,13 @@ async fn scenarios(app: &QueueTasks) {
     assert!(app.get(broken.callback_uuid()).await.unwrap().is_none());
 
     // An empty chord runs its callback with an empty list.
-    let empty = qtasks::chord(qtasks::group([]), group_total::call_with("none".into()))
-        .add(app)
-        .await
-        .unwrap();
+    let empty = qtasks::chord(
+        qtasks::group(Vec::<qtasks::TaskCall>::new()),
+        group_total::call_with("none".into()),
+    )
+    .add(app)
+    .await
+    .unwrap();
     // (No member finishes to add it: a waiting handle completes it.)
     assert_eq!(empty.result::<String>(WAIT).await.unwrap(), "none=");
 }

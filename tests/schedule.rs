@@ -67,7 +67,7 @@ fn workers_on_one_backend(n: usize, start: SystemTime) -> Vec<QueueTasks> {
 }
 
 fn count_call(label: &str) -> TaskCall {
-    sched_count::call(label.to_owned())
+    sched_count::call(label.to_owned()).untyped()
 }
 
 #[tokio::test(start_paused = true)]

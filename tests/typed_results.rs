@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use qtasks::redis::RedisOptions;
-use qtasks::{QueueConfig, QueueTasks, TaskContext, TaskError, TaskFailure, TaskResult};
+use qtasks::{
+    QueueConfig, QueueTasks, StreamHandle, TaskContext, TaskError, TaskFailure, TaskHandle,
+    TaskResult,
+};
 use qtasks_test_support::redis::redis_app;
 use qtasks_test_support::redis_url;
 use qtasks_test_support::unique_prefix;
@@ -208,6 +211,71 @@ async fn a_stream_task_gives_its_items_typed() {
     app.stop().await.unwrap();
 }
 
+#[tokio::test]
+async fn a_call_with_options_keeps_its_type() {
+    let app = memory_app().await;
+    let handle: TaskHandle<Invoice> = typed_invoice::call(8)
+        .priority(-1)
+        .delay(Duration::from_millis(20))
+        .add(&app)
+        .await
+        .unwrap();
+    let record = handle.wait(WAIT).await.unwrap();
+    assert_eq!(record.priority, -1, "the call's priority was used");
+    assert_eq!(handle.result(WAIT).await.unwrap().number, 8);
+
+    // A caller-chosen id: the second add names the first task and adds nothing.
+    let id = qtasks::Uuid::new_v4();
+    let first = typed_invoice::call(9).uuid(id).add(&app).await.unwrap();
+    let again = typed_invoice::call(10).uuid(id).add(&app).await.unwrap();
+    assert_eq!((first.uuid(), again.uuid()), (id, id));
+    assert_eq!(
+        again.result(WAIT).await.unwrap().number,
+        9,
+        "the first add's task"
+    );
+
+    // A stream task's call gives its typed stream handle; many calls give typed handles.
+    let stream: StreamHandle<String> = typed_items::call(2).add(&app).await.unwrap();
+    let items: Vec<String> = stream.items().map(|item| item.unwrap()).collect().await;
+    assert_eq!(items, ["item 0", "item 1"]);
+    let many: Vec<TaskHandle<Invoice>> = app
+        .add_many((1..=3).map(|n| typed_invoice::call(n).priority(2)))
+        .await
+        .unwrap();
+    assert_eq!(many[2].result(WAIT).await.unwrap().number, 3);
+
+    // Calls of different tasks share a list once untyped.
+    let mixed = [
+        typed_invoice::call(1).untyped(),
+        typed_unit::call().untyped(),
+    ];
+    let handles = app.add_many(mixed).await.unwrap();
+    assert_eq!(handles.len(), 2);
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_handle_cancels_its_task() {
+    // Not started: no worker takes the task before the cancel.
+    let app = QueueTasks::builder().config(QueueConfig::default()).build();
+    let handle = typed_invoice::add_task(&app, 1).await.unwrap();
+    assert!(handle.cancel("not needed any more").await.unwrap());
+    match handle.result(WAIT).await {
+        Err(TaskFailure::Cancelled { reason, .. }) => assert_eq!(reason, "not needed any more"),
+        other => panic!("expected a cancel, got {other:?}"),
+    }
+    assert!(
+        !handle.cancel("again").await.unwrap(),
+        "an ended task is not cancelled twice"
+    );
+    let unknown = app.handle::<Invoice>(qtasks::Uuid::new_v4());
+    assert!(matches!(
+        unknown.cancel("who?").await,
+        Err(qtasks::Error::TaskNotFound(_))
+    ));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 async fn typed_results_on_redis() {
@@ -231,6 +299,19 @@ async fn typed_results_on_redis() {
         .await
         .unwrap_err();
     assert!(matches!(failed, TaskFailure::Error { .. }), "{failed:?}");
+    // A typed call with options, cancelled through its handle while it waits for its time.
+    let later: TaskHandle<Invoice> = typed_invoice::call(10)
+        .priority(3)
+        .delay(Duration::from_secs(60))
+        .add(&app)
+        .await
+        .unwrap();
+    assert!(later.cancel("changed my mind").await.unwrap());
+    let cancelled = later.result(WAIT).await.unwrap_err();
+    assert!(
+        matches!(&cancelled, TaskFailure::Cancelled { reason, .. } if reason == "changed my mind"),
+        "{cancelled:?}"
+    );
     app.stop().await.unwrap();
     app.flush_all().await.unwrap();
 }

@@ -559,7 +559,7 @@ pub fn encode_arg<T: Serialize + ?Sized>(task: &str, param: &str, value: &T) -> 
 }
 
 /// Not public API. Builds a call of a task whose definition the caller holds.
-pub fn call(definition: &'static TaskDefinition, args: Result<Vec<Value>>) -> TaskCall {
+pub fn call<H>(definition: &'static TaskDefinition, args: Result<Vec<Value>>) -> TaskCall<H> {
     TaskCall::defined(definition, args)
 }
 
@@ -576,29 +576,11 @@ pub async fn enqueue<T>(
 }
 
 /// Not public API. Adds many calls of a task; the handles read the results typed.
-pub async fn enqueue_many<T>(
+pub async fn enqueue_many<H: crate::FromTaskHandle>(
     app: &QueueTasks,
-    calls: impl IntoIterator<Item = TaskCall>,
-) -> Result<Vec<TaskHandle<T>>> {
-    Ok(app
-        .add_many(calls)
-        .await?
-        .into_iter()
-        .map(|handle| handle.typed())
-        .collect())
-}
-
-/// Not public API. Adds many calls of a stream task; the handles read the items typed.
-pub async fn enqueue_stream_many<I>(
-    app: &QueueTasks,
-    calls: impl IntoIterator<Item = TaskCall>,
-) -> Result<Vec<StreamHandle<I>>> {
-    Ok(app
-        .add_many(calls)
-        .await?
-        .into_iter()
-        .map(StreamHandle::new)
-        .collect())
+    calls: impl IntoIterator<Item = TaskCall<H>>,
+) -> Result<Vec<H>> {
+    app.add_many(calls).await
 }
 
 /// Not public API. Adds a stream task; its handle reads the items typed.

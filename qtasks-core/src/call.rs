@@ -1,18 +1,46 @@
 //! Pre-built calls of tasks, and chains of them (the original's `task(..)` objects and
 //! `chain(..)`).
 
+use std::fmt;
+use std::marker::PhantomData;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use crate::handle::FromTaskHandle;
 use crate::{
     AddOptions, Error, QueueTasks, Result, TaskDefinition, TaskHandle, TaskRecord, TaskStatus,
 };
 
 /// A call of a task, built but not sent: `add::call(2, 3)`. Send it with [`add`](Self::add),
 /// chain it with [`chain`], or run it in process with [`testing::run`](crate::testing::run).
-#[derive(Debug, Clone)]
-pub struct TaskCall {
+///
+/// `H` is the handle [`add`](Self::add) gives back: a task's own call (`add::call(2, 3)`) is
+/// typed by the task's result, so the options keep the type and `add` returns a
+/// `TaskHandle<i64>` (a stream task's, a `StreamHandle` of its items). A call by name
+/// ([`TaskCall::new`]) reads results as JSON.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// #[qtasks::task]
+/// async fn add(a: i64, b: i64) -> i64 {
+///     a + b
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> qtasks::Result<()> {
+/// let app = qtasks::QueueTasks::new();
+/// app.start().await?;
+/// let handle: qtasks::TaskHandle<i64> = add::call(2, 3)
+///     .priority(-1)
+///     .delay(Duration::from_millis(10))
+///     .add(&app)
+///     .await?;
+/// assert_eq!(handle.result(Duration::from_secs(5)).await?, 5);
+/// # app.stop().await }
+/// ```
+pub struct TaskCall<H = TaskHandle> {
     /// The task name.
     pub task_name: String,
     /// Positional arguments.
@@ -23,13 +51,45 @@ pub struct TaskCall {
     pub priority: Option<i64>,
     /// When the task may run, if later than when it is added.
     pub run_at: Option<std::time::SystemTime>,
+    /// The task's id, when the caller chose it ([`uuid`](Self::uuid)).
+    pub(crate) uuid: Option<uuid::Uuid>,
     pub(crate) definition: Option<&'static TaskDefinition>,
     /// An argument that did not encode, reported when the call is sent.
     pub(crate) invalid: Option<String>,
+    handle: PhantomData<fn() -> H>,
+}
+
+impl<H> Clone for TaskCall<H> {
+    fn clone(&self) -> Self {
+        TaskCall {
+            task_name: self.task_name.clone(),
+            args: self.args.clone(),
+            kwargs: self.kwargs.clone(),
+            priority: self.priority,
+            run_at: self.run_at,
+            uuid: self.uuid,
+            definition: self.definition,
+            invalid: self.invalid.clone(),
+            handle: PhantomData,
+        }
+    }
+}
+
+impl<H> fmt::Debug for TaskCall<H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskCall")
+            .field("task_name", &self.task_name)
+            .field("args", &self.args)
+            .field("kwargs", &self.kwargs)
+            .field("priority", &self.priority)
+            .field("run_at", &self.run_at)
+            .field("uuid", &self.uuid)
+            .finish_non_exhaustive()
+    }
 }
 
 impl TaskCall {
-    /// A call of a task by name.
+    /// A call of a task by name; its handle reads the result as JSON.
     pub fn new(task_name: impl Into<String>, args: Vec<Value>, kwargs: Map<String, Value>) -> Self {
         TaskCall {
             task_name: task_name.into(),
@@ -37,11 +97,15 @@ impl TaskCall {
             kwargs,
             priority: None,
             run_at: None,
+            uuid: None,
             definition: None,
             invalid: None,
+            handle: PhantomData,
         }
     }
+}
 
+impl<H> TaskCall<H> {
     pub(crate) fn defined(definition: &'static TaskDefinition, args: Result<Vec<Value>>) -> Self {
         let (args, invalid) = match args {
             Ok(args) => (args, None),
@@ -53,19 +117,21 @@ impl TaskCall {
             kwargs: Map::new(),
             priority: None,
             run_at: None,
+            uuid: None,
             definition: Some(definition),
             invalid,
+            handle: PhantomData,
         }
     }
 
-    /// Sets the priority of this call.
+    /// Sets the priority of this call (lower runs first).
     #[must_use]
     pub fn priority(mut self, priority: i64) -> Self {
         self.priority = Some(priority);
         self
     }
 
-    /// Runs the task no sooner than `delay` after the call is sent: `add::call(2, 3).delay(..)`.
+    /// Runs the task no sooner than `delay` after the call is built: `add::call(2, 3).delay(..)`.
     #[must_use]
     pub fn delay(mut self, delay: Duration) -> Self {
         self.run_at = Some(std::time::SystemTime::now() + delay);
@@ -79,6 +145,30 @@ impl TaskCall {
         self
     }
 
+    /// Adds the task under this id rather than a new one; an add whose id is known already
+    /// adds nothing and names the task the first add made (see [`AddOptions::uuid`]).
+    #[must_use]
+    pub fn uuid(mut self, uuid: uuid::Uuid) -> Self {
+        self.uuid = Some(uuid);
+        self
+    }
+
+    /// The same call, its handle reading the result as JSON (to put calls of different tasks
+    /// in one list).
+    pub fn untyped(self) -> TaskCall {
+        TaskCall {
+            task_name: self.task_name,
+            args: self.args,
+            kwargs: self.kwargs,
+            priority: self.priority,
+            run_at: self.run_at,
+            uuid: self.uuid,
+            definition: self.definition,
+            invalid: self.invalid,
+            handle: PhantomData,
+        }
+    }
+
     pub(crate) fn check(&self) -> Result<()> {
         match &self.invalid {
             Some(reason) => Err(Error::InvalidArguments {
@@ -89,12 +179,8 @@ impl TaskCall {
         }
     }
 
-    /// Sends the call: adds the task to the app's queue.
-    pub async fn add(&self, app: &QueueTasks) -> Result<TaskHandle> {
-        self.add_as(app, None).await
-    }
-
-    /// Sends the call as the task `uuid` (a schedule's slot, which every worker names alike).
+    /// Sends the call as the task `uuid` (a schedule's slot, which every worker names alike),
+    /// or under the call's own id, or a new one.
     pub(crate) async fn add_as(
         &self,
         app: &QueueTasks,
@@ -114,11 +200,18 @@ impl TaskCall {
         let options = AddOptions {
             priority: self.priority,
             run_at: self.run_at,
-            uuid,
+            uuid: uuid.or(self.uuid),
             group,
         };
         app.add_task_with(&self.task_name, &self.args, &self.kwargs, options)
             .await
+    }
+}
+
+impl<H: FromTaskHandle> TaskCall<H> {
+    /// Sends the call: adds the task to the app's queue. The handle is typed as the call is.
+    pub async fn add(&self, app: &QueueTasks) -> Result<H> {
+        self.add_as(app, None).await.map(H::from_task_handle)
     }
 }
 
@@ -144,9 +237,12 @@ impl TaskCall {
 ///     app.stop().await
 /// }
 /// ```
-pub fn chain(calls: impl IntoIterator<Item = TaskCall>) -> Chain {
+///
+/// The calls are of one type: put calls of tasks with different result types in one list with
+/// [`TaskCall::untyped`].
+pub fn chain<H>(calls: impl IntoIterator<Item = TaskCall<H>>) -> Chain {
     Chain {
-        calls: calls.into_iter().collect(),
+        calls: calls.into_iter().map(TaskCall::untyped).collect(),
     }
 }
 

@@ -47,9 +47,12 @@ pub(crate) const GROUPS: &str = "qtasks_groups";
 ///     app.stop().await
 /// }
 /// ```
-pub fn group(calls: impl IntoIterator<Item = TaskCall>) -> Group {
+///
+/// The calls are of one type: put calls of tasks with different result types in one group
+/// with [`TaskCall::untyped`].
+pub fn group<H>(calls: impl IntoIterator<Item = TaskCall<H>>) -> Group {
     Group {
-        calls: calls.into_iter().collect(),
+        calls: calls.into_iter().map(TaskCall::untyped).collect(),
     }
 }
 
@@ -80,8 +83,11 @@ pub fn group(calls: impl IntoIterator<Item = TaskCall>) -> Group {
 ///     app.stop().await
 /// }
 /// ```
-pub fn chord(group: Group, callback: TaskCall) -> Chord {
-    Chord { group, callback }
+pub fn chord<H>(group: Group, callback: TaskCall<H>) -> Chord {
+    Chord {
+        group,
+        callback: callback.untyped(),
+    }
 }
 
 /// Calls that run in parallel; see [`group`].

@@ -107,6 +107,26 @@ impl<T> TaskHandle<T> {
         self.app.get(self.uuid).await
     }
 
+    /// Cancels the task, as [`QueueTasks::cancel`] does: one still queued never runs, a running
+    /// one is stopped, and it ends `cancel` with `reason`. Returns `false` when the task had
+    /// ended already.
+    ///
+    /// ```
+    /// # #[qtasks::task]
+    /// # async fn report(year: u32) -> String { format!("{year}") }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> qtasks::Result<()> {
+    /// let app = qtasks::QueueTasks::new(); // not started: the task waits
+    /// let handle = report::add_task(&app, 2026).await?;
+    /// assert!(handle.cancel("not needed any more").await?);
+    /// let failure = handle.result(std::time::Duration::from_secs(1)).await.unwrap_err();
+    /// assert!(matches!(failure, qtasks::TaskFailure::Cancelled { .. }));
+    /// # Ok(()) }
+    /// ```
+    pub async fn cancel(&self, reason: &str) -> Result<bool> {
+        self.app.cancel(self.uuid, reason).await
+    }
+
     /// The items of a stream task as JSON, as the worker stores them, while it runs; the
     /// stream ends when the task ends (the items of a task that failed half-way are the ones
     /// it produced). [`StreamHandle::items`] reads them typed.
@@ -352,6 +372,25 @@ impl<I> StreamHandle<I> {
         StreamHandle {
             handle: handle.typed(),
         }
+    }
+}
+
+/// A handle [`TaskCall::add`](crate::TaskCall::add) can give back: [`TaskHandle`] of any
+/// result type, or [`StreamHandle`].
+pub trait FromTaskHandle {
+    /// The handle of the task `handle` names, typed as `Self`.
+    fn from_task_handle(handle: TaskHandle) -> Self;
+}
+
+impl<T> FromTaskHandle for TaskHandle<T> {
+    fn from_task_handle(handle: TaskHandle) -> Self {
+        handle.typed()
+    }
+}
+
+impl<I> FromTaskHandle for StreamHandle<I> {
+    fn from_task_handle(handle: TaskHandle) -> Self {
+        StreamHandle::new(handle)
     }
 }
 

@@ -67,7 +67,7 @@ pub use call::{Chain, TaskCall, chain};
 pub use context::TaskContext;
 pub use deps::{DependencyScope, Depends, State};
 pub use group::{Chord, ChordHandle, Group, GroupHandle, chord, group};
-pub use handle::{StreamHandle, TaskFailure, TaskHandle};
+pub use handle::{FromTaskHandle, StreamHandle, TaskFailure, TaskHandle};
 pub use records::TaskRecord;
 pub use task::{
     Outcome, QueuedTask, RetryBackoff, TaskDefinition, TaskParam, TaskStatus, UnknownStatus,

@@ -30,7 +30,7 @@ use crate::{Error, Outcome, QueueTasks, QueuedTask, Result, TaskCall};
 /// Runs one call to its outcome with the app's executor (or the task's own), plugins and
 /// middlewares; nothing is queued or stored. Retries do not happen here: a failed run is an
 /// [`Outcome::Error`].
-pub async fn run(app: &QueueTasks, call: TaskCall) -> Result<Outcome> {
+pub async fn run<H>(app: &QueueTasks, call: TaskCall<H>) -> Result<Outcome> {
     call.check()?;
     let definition =
         match call.definition {

@@ -82,12 +82,13 @@ impl Schedules<'_> {
     /// schedules.add("rates", Schedule::every(Duration::from_secs(300)), call.clone()).unwrap();
     /// assert!(schedules.add("rates", Schedule::every(Duration::from_secs(60)), call).is_err());
     /// ```
-    pub fn add(
+    pub fn add<H>(
         self,
         name: &str,
         schedule: Schedule,
-        call: TaskCall,
+        call: TaskCall<H>,
     ) -> std::result::Result<(), ScheduleError> {
+        let call = call.untyped();
         if name.is_empty() || name.contains(':') {
             return Err(ScheduleError::Name(name.to_owned()));
         }

@@ -7,6 +7,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::dispatch::chain;
+use crate::handle::FromTaskHandle;
 use crate::registry::TaskTable;
 use crate::triggers::{
     BrokerAddAfter, BrokerAddBefore, BrokerFlushAll, BrokerGet, QtasksAddTaskAfterBroker,
@@ -173,15 +174,15 @@ impl QueueTasks {
     ///     let app = qtasks::QueueTasks::new();
     ///     app.start().await?;
     ///     let handles = app.add_many((0..100).map(double::call)).await?;
-    ///     let last = handles[99].wait(std::time::Duration::from_secs(5)).await?;
-    ///     assert_eq!(last.returning, Some(serde_json::json!(198)));
+    ///     let last: u64 = handles[99].result(std::time::Duration::from_secs(5)).await?;
+    ///     assert_eq!(last, 198);
     ///     app.stop().await
     /// }
     /// ```
-    pub async fn add_many(
+    pub async fn add_many<H: FromTaskHandle>(
         &self,
-        calls: impl IntoIterator<Item = TaskCall>,
-    ) -> Result<Vec<TaskHandle>> {
+        calls: impl IntoIterator<Item = TaskCall<H>>,
+    ) -> Result<Vec<H>> {
         use futures_util::{StreamExt, TryStreamExt};
         futures_util::stream::iter(calls)
             .map(|call| async move { call.add(self).await })

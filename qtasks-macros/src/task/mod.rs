@@ -291,7 +291,6 @@ fn emit(task: &Task) -> TokenStream {
          the adds sent together (see `QueueTasks::add_many`); the argument types are checked at \
          compile time."
     );
-    let enqueue_many = format_ident!("{}_many", enqueue);
     let add_task_doc = format!(
         "Adds the `{name}` task to the app's queue; the argument types are checked at compile time."
     );
@@ -387,7 +386,7 @@ fn emit(task: &Task) -> TokenStream {
 
             /// A call of the task with these arguments, built but not sent (see
             /// `qtasks::TaskCall`).
-            pub fn call(#(#param_idents: #param_types),*) -> ::qtasks::__private::TaskCall {
+            pub fn call(#(#param_idents: #param_types),*) -> ::qtasks::__private::TaskCall<#handle_type> {
                 let args = (|| -> ::qtasks::__private::Result<::std::vec::Vec<::qtasks::__private::JsonValue>> {
                     ::core::result::Result::Ok(::std::vec![
                         #(#encode_all?),*
@@ -398,7 +397,7 @@ fn emit(task: &Task) -> TokenStream {
 
             /// Like `call`, for a call whose last argument a chain fills with the previous
             /// task's result.
-            pub fn call_with(#(#param_idents_but_last: #param_types_but_last),*) -> ::qtasks::__private::TaskCall {
+            pub fn call_with(#(#param_idents_but_last: #param_types_but_last),*) -> ::qtasks::__private::TaskCall<#handle_type> {
                 let args = (|| -> ::qtasks::__private::Result<::std::vec::Vec<::qtasks::__private::JsonValue>> {
                     ::core::result::Result::Ok(::std::vec![
                         #(#encode_but_last?),*
@@ -415,7 +414,7 @@ fn emit(task: &Task) -> TokenStream {
                 let calls = calls
                     .into_iter()
                     .map(|(#(#param_idents,)*)| Self::call(#(#param_idents),*));
-                ::qtasks::__private::#enqueue_many(app, calls).await
+                ::qtasks::__private::enqueue_many(app, calls).await
             }
 
             #[doc = #add_task_doc]
