@@ -97,6 +97,121 @@ async fn a_backoff_delays_the_next_attempt() {
     app.stop().await.unwrap();
 }
 
+// -- A retry asked from inside the task ----------------------------------------------------------
+
+static ASKED_ATTEMPTS: AtomicU32 = AtomicU32::new(0);
+
+/// Asks for a retry after 0.3 s on its first attempt, whatever the error's type: its
+/// `retry_on_exc` names another type, and the asked retry happens anyway.
+#[qtasks::task(echo = true, retry = 2, retry_on_exc = [std::num::ParseIntError])]
+async fn asks_for_a_retry(ctx: TaskContext) -> TaskResult<String> {
+    if ASKED_ATTEMPTS.fetch_add(1, Ordering::SeqCst) == 0 {
+        return Err(ctx.retry_after(Duration::from_millis(300)));
+    }
+    Ok("second time lucky".to_owned())
+}
+
+#[qtasks::task(retry = 1)]
+async fn asks_for_a_retry_in_an_hour() -> TaskResult<()> {
+    Err(TaskError::msg("the upstream is busy").with_retry_after(Duration::from_secs(3600)))
+}
+
+#[qtasks::task]
+async fn asks_without_retries() -> TaskResult<()> {
+    Err(TaskError::retry_after(Duration::from_millis(10)))
+}
+
+#[tokio::test]
+async fn a_task_asks_for_a_retry_after_a_wait_of_its_choosing() {
+    let app = started(QueueConfig::default()).await;
+    let handle = asks_for_a_retry::add_task(&app).await.unwrap();
+    assert_eq!(handle.result(WAIT).await.unwrap(), "second time lucky");
+    let chain = attempts(&app, handle.uuid()).await;
+    assert_eq!(chain.len(), 2);
+    assert_eq!(chain[0].status, TaskStatus::Retry);
+    assert_eq!(
+        chain[0].traceback.as_deref(),
+        Some("TaskRetry: the task asked to be retried after 300ms")
+    );
+    let waited = chain[1].updated_at - chain[0].updated_at;
+    assert!(waited >= 0.3, "the retry waited the 0.3 s asked: {waited}");
+
+    // The wait asked for is the wait, not the task's backoff: in an hour, the next attempt
+    // still waits.
+    let later = asks_for_a_retry_in_an_hour::add_task(&app).await.unwrap();
+    let mut chain = attempts(&app, later.uuid()).await;
+    for _ in 0..200 {
+        if chain[0].status == TaskStatus::Retry {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        chain = attempts(&app, later.uuid()).await;
+    }
+    assert_eq!(chain[0].status, TaskStatus::Retry, "{:?}", chain[0]);
+    assert_eq!(
+        chain[0].traceback.as_deref(),
+        Some("TaskError: the upstream is busy")
+    );
+    assert_eq!(
+        chain[1].status,
+        TaskStatus::New,
+        "the next attempt waits its hour"
+    );
+    assert!(app.cancel(chain[1].uuid, "test over").await.unwrap());
+
+    // Without retries the task ends `error`, saying a retry was asked.
+    let done = asks_without_retries::add_task(&app)
+        .await
+        .unwrap()
+        .wait(WAIT)
+        .await
+        .unwrap();
+    assert_eq!(done.status, TaskStatus::Error);
+    assert_eq!(
+        done.traceback.as_deref(),
+        Some(
+            "TaskRetry: the task asked to be retried after 10ms\n\
+             (a retry after 10ms was asked, but the task has no `retry = N`)"
+        )
+    );
+    app.stop().await.unwrap();
+}
+
+#[qtasks::task(
+    retry = 3,
+    retry_delay = "100ms",
+    retry_backoff = "exponential",
+    retry_backoff_max = "150ms",
+    retry_jitter = 0
+)]
+async fn capped_backoff() -> TaskResult<()> {
+    Err(TaskError::msg("again"))
+}
+
+#[tokio::test]
+async fn a_doubling_backoff_stops_at_its_cap() {
+    let definition = capped_backoff::DEFINITION;
+    let backoff = definition.retry_backoff().unwrap();
+    assert_eq!(backoff.kind, qtasks::Backoff::Exponential);
+    assert_eq!(backoff.delay, Duration::from_millis(100));
+    assert_eq!(backoff.max, Duration::from_millis(150));
+    assert_eq!(backoff.jitter, 0.0);
+    assert_eq!(
+        (1..=4).map(|n| backoff.delay_for(n)).collect::<Vec<_>>(),
+        [100, 150, 150, 150].map(Duration::from_millis)
+    );
+
+    let app = started(QueueConfig::default()).await;
+    let first = capped_backoff::add_task(&app).await.unwrap();
+    first.wait(WAIT).await.unwrap();
+    let chain = attempts(&app, first.uuid()).await;
+    assert_eq!(chain.len(), 4);
+    // 0.1 s, then 0.15 s twice: capped, not 0.2 and 0.4.
+    assert!(chain[1].updated_at - chain[0].updated_at >= 0.1);
+    assert!(chain[3].updated_at - chain[2].updated_at >= 0.15);
+    app.stop().await.unwrap();
+}
+
 // -- Timeouts -------------------------------------------------------------------------------------
 
 #[qtasks::task(max_time = 0.2)]

@@ -66,6 +66,17 @@ async fn typed_items(n: u32) -> impl futures_util::Stream<Item = String> {
     futures_util::stream::iter((0..n).map(|i| format!("item {i}")))
 }
 
+static ASKED_ON_REDIS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+#[qtasks::task(echo = true, retry = 1)]
+async fn typed_asks_retry(ctx: TaskContext) -> TaskResult<u32> {
+    let attempt = ASKED_ON_REDIS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    if attempt == 0 {
+        return Err(ctx.retry_after(Duration::from_millis(200)));
+    }
+    Ok(attempt)
+}
+
 async fn memory_app() -> QueueTasks {
     let app = QueueTasks::builder().config(QueueConfig::default()).build();
     app.start().await.unwrap();
@@ -307,6 +318,24 @@ async fn typed_results_on_redis() {
         .await
         .unwrap();
     assert!(later.cancel("changed my mind").await.unwrap());
+    // A retry asked from inside the task, through the engine's delayed queue.
+    let asked = typed_asks_retry::add_task(&app).await.unwrap();
+    assert_eq!(
+        asked.result(WAIT).await.unwrap(),
+        1,
+        "the second attempt's result"
+    );
+    let first = asked.get().await.unwrap().unwrap();
+    assert_eq!(first.status, qtasks::TaskStatus::Retry);
+    let second = app
+        .get(first.retry_child_uuid.unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        second.updated_at - first.updated_at >= 0.2,
+        "it waited the 0.2 s asked"
+    );
     let cancelled = later.result(WAIT).await.unwrap_err();
     assert!(
         matches!(&cancelled, TaskFailure::Cancelled { reason, .. } if reason == "changed my mind"),

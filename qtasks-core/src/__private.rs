@@ -28,8 +28,8 @@ pub use crate::components::TaskRunner;
 pub use crate::deps::Extract;
 pub use crate::triggers;
 pub use crate::{
-    Middleware, QueueTasks, Result, RetryBackoff, StreamHandle, TaskCall, TaskContext,
-    TaskDefinition, TaskHandle, TaskParam, Trigger,
+    Middleware, QueueTasks, Result, StreamHandle, TaskCall, TaskContext, TaskDefinition,
+    TaskHandle, TaskParam, Trigger,
 };
 
 /// Not public API. Every field of a [`TaskDefinition`], as `#[task]` fills them; the
@@ -55,7 +55,7 @@ pub struct TaskDefinitionParts {
     /// Which errors are retried (`retry_on_exc`); `None` retries any error but a cancel.
     pub retry_on: Option<fn(&TaskError) -> bool>,
     /// The wait before each retry; `None` retries at once.
-    pub retry_backoff: Option<RetryBackoff>,
+    pub retry_backoff: Option<RetryBackoffParts>,
     /// The time limit of one run, in seconds (`max_time`, alias `timeout`).
     pub max_time: Option<f64>,
     /// Turns the result into the stored value; `None` stores the JSON result.
@@ -153,6 +153,21 @@ pub trait TypedTask {
     type Output;
     /// The task's definition.
     const DEFINITION: &'static TaskDefinition;
+}
+
+/// Not public API. The retry options as the attribute wrote them, in seconds (a `Duration`
+/// cannot be made from a number in a `static`); [`TaskDefinition::retry_backoff`] gives the
+/// typed [`RetryBackoff`](crate::RetryBackoff).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryBackoffParts {
+    /// The first wait, in seconds (`retry_delay`).
+    pub delay: f64,
+    /// Whether the wait doubles with each retry (`retry_backoff = "exponential"`).
+    pub exponential: bool,
+    /// The longest wait, in seconds (`retry_backoff_max`); `None` takes the default.
+    pub max: Option<f64>,
+    /// The random part of each wait (`retry_jitter`); `None` takes the default.
+    pub jitter: Option<f64>,
 }
 
 /// Not public API. The definition `#[task]` registers (a `const fn`, so it can be a `static`).

@@ -20,7 +20,7 @@ use crate::{
 /// `TaskHandle<i64>` (a stream task's, a `StreamHandle` of its items). A call by name
 /// ([`TaskCall::new`]) reads results as JSON.
 ///
-/// ```
+/// ```rust,standalone_crate
 /// use std::time::Duration;
 ///
 /// #[qtasks::task]

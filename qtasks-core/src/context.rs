@@ -107,6 +107,24 @@ impl TaskContext {
         PluginTriggerError::new()
     }
 
+    /// Asks for this task to be run again after `delay` (return it as the error), as Celery's
+    /// `self.retry(countdown=..)`; see [`TaskError::retry_after`].
+    ///
+    /// ```rust,standalone_crate
+    /// # use std::time::Duration;
+    /// #[qtasks::task(echo = true, retry = 3)]
+    /// async fn poll(ctx: qtasks::TaskContext, ready: bool) -> qtasks::TaskResult<()> {
+    ///     if !ready {
+    ///         return Err(ctx.retry_after(Duration::from_secs(10)));
+    ///     }
+    ///     Ok(())
+    /// }
+    /// # fn main() {}
+    /// ```
+    pub fn retry_after(&self, delay: std::time::Duration) -> TaskError {
+        TaskError::retry_after(delay)
+    }
+
     /// Ends the task with status `cancel` and this reason (return it as the error). An empty
     /// reason becomes `"<task>.cancel"`, as in the original.
     pub fn cancel(&self, reason: impl Into<String>) -> TaskError {

@@ -144,6 +144,9 @@ pub type TaskResult<T> = std::result::Result<T, TaskError>;
 /// conversion from every error type is possible.
 pub struct TaskError {
     repr: Repr,
+    /// Set by [`TaskError::retry_after`] and [`TaskError::with_retry_after`]: the task asks
+    /// to be retried after this wait.
+    retry_after: Option<Duration>,
 }
 
 enum Repr {
@@ -162,45 +165,96 @@ enum Repr {
 }
 
 impl TaskError {
+    fn from_repr(repr: Repr) -> Self {
+        TaskError {
+            repr,
+            retry_after: None,
+        }
+    }
+
     /// A failure with a message.
     pub fn msg(message: impl fmt::Display) -> Self {
-        TaskError {
-            repr: Repr::Message {
-                type_name: "TaskError",
-                type_id: None,
-                message: message.to_string(),
-            },
+        TaskError::from_repr(Repr::Message {
+            type_name: "TaskError",
+            type_id: None,
+            message: message.to_string(),
+        })
+    }
+
+    /// Asks for the task to be run again after `delay`, as Celery's `self.retry(countdown=..)`
+    /// does: the attempt ends `retry` and its next attempt waits `delay` (not the task's
+    /// backoff), whatever `retry_on_exc` says. It counts against the task's `retry`: once the
+    /// retries are spent (or without `retry = N`), the task ends `error` saying so.
+    ///
+    /// ```rust,standalone_crate
+    /// use std::time::Duration;
+    /// use qtasks::{TaskError, TaskResult};
+    ///
+    /// #[qtasks::task(retry = 5)]
+    /// async fn fetch(url: String) -> TaskResult<String> {
+    ///     if url.is_empty() {
+    ///         // Not ready yet: try again in 30 s.
+    ///         return Err(TaskError::retry_after(Duration::from_secs(30)));
+    ///     }
+    ///     Ok(url)
+    /// }
+    /// # fn main() {}
+    /// ```
+    pub fn retry_after(delay: Duration) -> Self {
+        let mut error = TaskError::named(
+            "TaskRetry",
+            format!("the task asked to be retried after {delay:?}"),
+        );
+        error.retry_after = Some(delay);
+        error
+    }
+
+    /// This error, asking for the task to be run again after `delay` (see
+    /// [`retry_after`](Self::retry_after)); the traceback of the attempt is this error's.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let error = qtasks::TaskError::msg("the upstream is busy")
+    ///     .with_retry_after(Duration::from_secs(5));
+    /// assert_eq!(error.retry_delay(), Some(Duration::from_secs(5)));
+    /// assert_eq!(error.traceback(), "TaskError: the upstream is busy");
+    /// ```
+    #[must_use]
+    pub fn with_retry_after(mut self, delay: Duration) -> Self {
+        if self.cancel_reason().is_none() {
+            self.retry_after = Some(delay);
         }
+        self
+    }
+
+    /// The wait the task asked for before its next attempt, if it asked
+    /// ([`retry_after`](Self::retry_after)).
+    pub fn retry_delay(&self) -> Option<Duration> {
+        self.retry_after
     }
 
     /// Ends the task with status `cancel` and this reason. A cancelled task is never retried.
     pub fn cancel(reason: impl Into<String>) -> Self {
-        TaskError {
-            repr: Repr::Cancel(reason.into()),
-        }
+        TaskError::from_repr(Repr::Cancel(reason.into()))
     }
 
     /// A failure of qtasks' own making with a type name for the traceback
     /// (`DecodeError: ...`).
     pub(crate) fn named(type_name: &'static str, message: String) -> Self {
-        TaskError {
-            repr: Repr::Message {
-                type_name,
-                type_id: None,
-                message,
-            },
-        }
+        TaskError::from_repr(Repr::Message {
+            type_name,
+            type_id: None,
+            message,
+        })
     }
 
     /// A task that panicked: the panic is caught and the task ends `error`.
     pub(crate) fn panicked(message: &str) -> Self {
-        TaskError {
-            repr: Repr::Message {
-                type_name: "TaskPanic",
-                type_id: None,
-                message: format!("task panicked: {message}"),
-            },
-        }
+        TaskError::from_repr(Repr::Message {
+            type_name: "TaskPanic",
+            type_id: None,
+            message: format!("task panicked: {message}"),
+        })
     }
 
     /// Whether the task failed with an error of type `E` (what `retry_on_exc` matches).
@@ -265,13 +319,11 @@ impl TaskError {
             return plugin_error.take().expect("slot is filled").into();
         }
         let e = slot.take().expect("slot is filled");
-        TaskError {
-            repr: Repr::Message {
-                type_name: short_type_name::<E>(),
-                type_id: Some(TypeId::of::<E>()),
-                message: e.to_string(),
-            },
-        }
+        TaskError::from_repr(Repr::Message {
+            type_name: short_type_name::<E>(),
+            type_id: Some(TypeId::of::<E>()),
+            message: e.to_string(),
+        })
     }
 
     /// The text stored as the task's `traceback`: `ErrorType: message`, then the causes.
@@ -294,18 +346,14 @@ impl<E: StdError + Send + Sync + 'static> From<E> for TaskError {
         let any: &mut dyn Any = &mut slot;
         if let Some(plugin_error) = any.downcast_mut::<Option<PluginTriggerError>>() {
             let plugin_error = plugin_error.take().expect("slot is filled");
-            return TaskError {
-                repr: Repr::Plugin(plugin_error),
-            };
+            return TaskError::from_repr(Repr::Plugin(plugin_error));
         }
         let error = slot.take().expect("slot is filled");
-        TaskError {
-            repr: Repr::Failed {
-                type_name: short_type_name::<E>(),
-                type_id: TypeId::of::<E>(),
-                error: Box::new(error),
-            },
-        }
+        TaskError::from_repr(Repr::Failed {
+            type_name: short_type_name::<E>(),
+            type_id: TypeId::of::<E>(),
+            error: Box::new(error),
+        })
     }
 }
 

@@ -11,7 +11,6 @@ use parking_lot::Mutex;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::Value;
 use tokio::sync::watch;
@@ -303,19 +302,15 @@ impl TaskExecutor {
                 Err(_) => std::future::pending().await,
             }
         };
-        let limit = self.task.parts.max_time.filter(|seconds| *seconds > 0.0);
+        let limit = self.task.max_time();
         let timed = async {
             match limit {
-                // A limit too long for a duration is no limit (it never comes).
-                Some(seconds) => tokio::time::timeout(
-                    Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX),
-                    step,
-                )
-                .await
-                .map_err(|_| TimeoutError {
-                    task: self.task.parts.name.to_owned(),
-                    seconds,
-                }),
+                Some(limit) => tokio::time::timeout(limit, step)
+                    .await
+                    .map_err(|_| TimeoutError {
+                        task: self.task.parts.name.to_owned(),
+                        seconds: limit.as_secs_f64(),
+                    }),
                 None => Ok(step.await),
             }
         };

@@ -111,7 +111,7 @@ impl<T> TaskHandle<T> {
     /// one is stopped, and it ends `cancel` with `reason`. Returns `false` when the task had
     /// ended already.
     ///
-    /// ```
+    /// ```rust,standalone_crate
     /// # #[qtasks::task]
     /// # async fn report(year: u32) -> String { format!("{year}") }
     /// # #[tokio::main(flavor = "current_thread")]

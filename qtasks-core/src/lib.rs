@@ -70,7 +70,8 @@ pub use group::{Chord, ChordHandle, Group, GroupHandle, chord, group};
 pub use handle::{FromTaskHandle, StreamHandle, TaskFailure, TaskHandle};
 pub use records::TaskRecord;
 pub use task::{
-    Outcome, QueuedTask, RetryBackoff, TaskDefinition, TaskParam, TaskStatus, UnknownStatus,
+    Backoff, Outcome, QueuedTask, RetryBackoff, TaskDefinition, TaskParam, TaskStatus,
+    UnknownStatus,
 };
 pub use uuid::Uuid;
 

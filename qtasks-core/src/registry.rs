@@ -16,11 +16,10 @@ enum Refused {
 /// Options the macro could not check at compile time (a `const` rather than a literal): a
 /// number of seconds must be finite and not negative.
 fn check_options(definition: &TaskDefinition) -> Result<(), Refused> {
+    let backoff = definition.parts.retry_backoff;
     let seconds = [
-        (
-            "retry_delay",
-            definition.parts.retry_backoff.map(|b| b.delay),
-        ),
+        ("retry_delay", backoff.map(|b| b.delay)),
+        ("retry_backoff_max", backoff.and_then(|b| b.max)),
         ("max_time", definition.parts.max_time),
     ];
     for (option, value) in seconds {
@@ -35,6 +34,15 @@ fn check_options(definition: &TaskDefinition) -> Result<(), Refused> {
                 ),
             ));
         }
+    }
+    if let Some(jitter) = backoff.and_then(|b| b.jitter)
+        && !(0.0..=1.0).contains(&jitter)
+    {
+        return Err(Refused::Option(
+            definition.parts.name,
+            definition.location(),
+            format!("`retry_jitter` is {jitter}; it must be a number from 0 to 1"),
+        ));
     }
     Ok(())
 }
@@ -117,8 +125,8 @@ impl TaskTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::__private::RetryBackoffParts;
     use crate::__private::{TaskArgs, TaskFuture};
-    use crate::RetryBackoff;
 
     fn never_run(_: crate::TaskContext, _: TaskArgs) -> TaskFuture {
         unreachable!("not run")
@@ -129,9 +137,11 @@ mod tests {
         Box::leak(Box::new(TaskDefinition {
             parts: crate::__private::TaskDefinitionParts {
                 retry: Some(1),
-                retry_backoff: Some(RetryBackoff {
+                retry_backoff: Some(RetryBackoffParts {
                     delay: retry_delay,
                     exponential: false,
+                    max: None,
+                    jitter: None,
                 }),
                 max_time,
                 ..bare.parts

@@ -98,34 +98,91 @@ impl std::str::FromStr for TaskStatus {
     }
 }
 
-/// The wait before a retry: `delay` seconds, doubling with each retry when `exponential`
-/// (with jitter: a random part of up to half of it is taken off, so retries of many tasks do not
-/// arrive together).
+/// How the wait before each retry grows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backoff {
+    /// The same wait each time (`retry_backoff = "fixed"`).
+    Fixed,
+    /// The wait doubles with each retry, up to [`RetryBackoff::max`]
+    /// (`retry_backoff = "exponential"`).
+    Exponential,
+}
+
+/// The wait before a retry, as a task's options set it (`retry_delay`, `retry_backoff`,
+/// `retry_backoff_max`, `retry_jitter`).
+///
+/// ```
+/// use std::time::Duration;
+/// use qtasks::{Backoff, RetryBackoff};
+///
+/// let backoff = RetryBackoff {
+///     delay: Duration::from_secs(1),
+///     kind: Backoff::Exponential,
+///     max: Duration::from_secs(60),
+///     jitter: 0.0,
+/// };
+/// assert_eq!(backoff.delay_for(1), Duration::from_secs(1));
+/// assert_eq!(backoff.delay_for(4), Duration::from_secs(8));
+/// assert_eq!(backoff.delay_for(20), Duration::from_secs(60), "capped");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryBackoff {
-    /// The first wait, in seconds.
-    pub delay: f64,
-    /// Whether the wait doubles with each retry.
-    pub exponential: bool,
+    /// The first wait.
+    pub delay: Duration,
+    /// Whether the wait stays the same or doubles.
+    pub kind: Backoff,
+    /// The longest wait an exponential backoff grows to (never less than `delay`); by default
+    /// ten minutes, as Celery's `retry_backoff_max`.
+    pub max: Duration,
+    /// The part of each wait that may be taken off at random, from 0 (none) to 1 (all of it),
+    /// so the retries of many tasks that failed together do not arrive together. By default
+    /// 0.5 for an exponential backoff and 0 for a fixed one.
+    pub jitter: f64,
 }
 
 impl RetryBackoff {
+    /// The longest wait of an exponential backoff unless `retry_backoff_max` says otherwise.
+    pub const DEFAULT_MAX: Duration = Duration::from_secs(600);
+
     /// The wait before retry number `retry` (1 for the first).
     pub fn delay_for(&self, retry: u32) -> Duration {
-        let base = if self.exponential {
-            self.delay * 2f64.powi(retry.saturating_sub(1).min(30) as i32)
-        } else {
-            self.delay
+        let base = match self.kind {
+            Backoff::Fixed => self.delay,
+            Backoff::Exponential => {
+                let doubled = self
+                    .delay
+                    .saturating_mul(1_u32 << retry.saturating_sub(1).min(31));
+                doubled.min(self.max.max(self.delay))
+            }
         };
-        let jitter = if self.exponential {
-            // Up to half of the wait, from the randomness of a fresh uuid (no extra dependency).
-            (Uuid::new_v4().as_u128() % 1_000) as f64 / 1_000.0 * base / 2.0
+        let jitter = if self.jitter.is_finite() {
+            self.jitter.clamp(0.0, 1.0)
         } else {
             0.0
         };
-        // A delay that is not a finite number waits not at all rather than panicking (the
-        // registry refuses such a task before it can run; this guards a hand-built backoff).
-        Duration::try_from_secs_f64((base - jitter).max(0.0)).unwrap_or(Duration::ZERO)
+        if jitter == 0.0 {
+            return base;
+        }
+        // A random part of the wait, from the randomness of a fresh uuid (no extra dependency).
+        let random = (Uuid::new_v4().as_u128() % 1_000) as f64 / 1_000.0;
+        base.mul_f64(1.0 - jitter * random)
+    }
+
+    pub(crate) fn from_parts(parts: &crate::__private::RetryBackoffParts) -> RetryBackoff {
+        let seconds = |value: f64| Duration::try_from_secs_f64(value).unwrap_or(Duration::ZERO);
+        let kind = if parts.exponential {
+            Backoff::Exponential
+        } else {
+            Backoff::Fixed
+        };
+        RetryBackoff {
+            delay: seconds(parts.delay),
+            kind,
+            max: parts.max.map_or(Self::DEFAULT_MAX, seconds),
+            jitter: parts
+                .jitter
+                .unwrap_or(if parts.exponential { 0.5 } else { 0.0 }),
+        }
     }
 }
 
@@ -231,12 +288,18 @@ impl TaskDefinition {
 
     /// The wait before each retry; `None` retries at once.
     pub fn retry_backoff(&self) -> Option<RetryBackoff> {
-        self.parts.retry_backoff
+        self.parts
+            .retry_backoff
+            .as_ref()
+            .map(RetryBackoff::from_parts)
     }
 
-    /// The time limit of one run, in seconds (`max_time`, alias `timeout`).
-    pub fn max_time(&self) -> Option<f64> {
-        self.parts.max_time
+    /// The time limit of one run (`max_time`, alias `timeout`); `None` has none.
+    pub fn max_time(&self) -> Option<Duration> {
+        self.parts
+            .max_time
+            .filter(|seconds| *seconds > 0.0)
+            .map(|seconds| Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX))
     }
 
     /// The task's result type as its signature spells it (`String`, `Vec<u8>`), or `None` for
@@ -465,5 +528,69 @@ impl Outcome {
             Outcome::Cancel(_) => TaskStatus::Cancel,
             Outcome::Retry { .. } => TaskStatus::Retry,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backoff(kind: Backoff, jitter: f64) -> RetryBackoff {
+        RetryBackoff {
+            delay: Duration::from_secs(2),
+            kind,
+            max: Duration::from_secs(60),
+            jitter,
+        }
+    }
+
+    #[test]
+    fn jitter_takes_off_at_most_its_part_of_the_wait() {
+        for (jitter, least) in [(0.0, 8.0), (0.5, 4.0), (1.0, 0.0)] {
+            let backoff = backoff(Backoff::Exponential, jitter);
+            for _ in 0..200 {
+                let wait = backoff.delay_for(3).as_secs_f64();
+                assert!((least..=8.0).contains(&wait), "jitter {jitter}: {wait}");
+            }
+        }
+        // A jitter that is no number takes nothing off.
+        assert_eq!(
+            backoff(Backoff::Fixed, f64::NAN).delay_for(9),
+            Duration::from_secs(2)
+        );
+    }
+
+    #[test]
+    fn a_doubling_wait_never_overflows_and_never_falls_under_the_first() {
+        let backoff = backoff(Backoff::Exponential, 0.0);
+        assert_eq!(backoff.delay_for(u32::MAX), Duration::from_secs(60));
+        let tiny_cap = RetryBackoff {
+            max: Duration::from_secs(1),
+            ..backoff
+        };
+        assert_eq!(
+            tiny_cap.delay_for(5),
+            Duration::from_secs(2),
+            "the cap is at least the delay"
+        );
+    }
+
+    #[test]
+    fn the_defaults_follow_the_kind_of_backoff() {
+        let parts = crate::__private::RetryBackoffParts {
+            delay: 1.5,
+            exponential: true,
+            max: None,
+            jitter: None,
+        };
+        let exponential = RetryBackoff::from_parts(&parts);
+        assert_eq!(exponential.max, RetryBackoff::DEFAULT_MAX);
+        assert_eq!(exponential.jitter, 0.5);
+        assert_eq!(exponential.delay, Duration::from_millis(1500));
+        let fixed = RetryBackoff::from_parts(&crate::__private::RetryBackoffParts {
+            exponential: false,
+            ..parts
+        });
+        assert_eq!((fixed.kind, fixed.jitter), (Backoff::Fixed, 0.0));
     }
 }

@@ -55,10 +55,12 @@ use proc_macro::TokenStream;
 /// | `description = "..."` | a description (metadata) |
 /// | `retry = N` | retry a failed run up to N more times, each as a linked child task |
 /// | `retry_on_exc = [Type, ..]` | retry only errors of these types (`qtasks::TimeoutError` for timeouts) |
-/// | `retry_delay = SECONDS` | the wait before a retry |
-/// | `retry_backoff = "fixed" \| "exponential"` | the same wait each time, or doubling with jitter |
-/// | `max_time = SECONDS` | the time limit of one run; ends `error` with `TimeoutError` |
-/// | `timeout = SECONDS` | another name for `max_time` (give one of them) |
+/// | `retry_delay = TIME` | the wait before a retry |
+/// | `retry_backoff = "fixed" \| "exponential"` | the same wait each time, or doubling (from 1 s when `retry_delay` is not given) |
+/// | `retry_backoff_max = TIME` | the longest wait a doubling backoff grows to; default 10 minutes |
+/// | `retry_jitter = 0.0..=1.0` | the part of each wait taken off at random; default 0.5 when doubling, else 0 |
+/// | `max_time = TIME` | the time limit of one run; ends `error` with `TimeoutError` |
+/// | `timeout = TIME` | another name for `max_time` (give one of them) |
 /// | `decode = path` | a `fn(Value) -> Value` (or `-> Result<Value, E>`) that turns the result into the stored value |
 /// | `generate_handler = path` | a `fn(Value) -> Value` applied to each item of a stream task |
 /// | `middlewares_before = [STATIC, ..]` | `qtasks::Middleware` statics run before this task, after the app's |
@@ -66,6 +68,11 @@ use proc_macro::TokenStream;
 /// | `router = "..."` | the router the task belongs to (`AppBuilder::routers`) |
 /// | `executor = STATIC` | a `static` implementing `qtasks::components::TaskRunner`, instead of the app's |
 /// | `cron = "..."` | run the task (it takes no arguments) on this cron schedule, in every worker of the app, once per slot; the expression is checked when the task compiles |
+///
+/// A `TIME` is a number of seconds (`2.5`, or a `const`), as in the original, or a string with
+/// units checked when the task compiles: `"500ms"`, `"30s"`, `"10m"`, `"1h30m"`, `"1d"`.
+/// From inside a task, `ctx.retry_after(duration)` (or `TaskError::retry_after`) asks for a
+/// retry after that wait, counted against `retry`.
 ///
 /// ```rust,standalone_crate
 /// use qtasks::{TaskContext, TaskResult};
@@ -76,7 +83,8 @@ use proc_macro::TokenStream;
 ///
 /// #[qtasks::task(
 ///     echo = true,
-///     retry = 3, retry_on_exc = [std::io::Error], retry_delay = 0.5, retry_backoff = "exponential",
+///     retry = 3, retry_on_exc = [std::io::Error], retry_delay = "500ms", retry_backoff = "exponential",
+///     retry_backoff_max = "1m", retry_jitter = 0.2,
 ///     timeout = 30,
 ///     decode = shout,
 ///     router = "greetings",

@@ -447,11 +447,25 @@ impl WorkerHost {
         let Outcome::Error(traceback) = &outcome else {
             return outcome;
         };
+        let asked = failure.and_then(crate::TaskError::retry_delay);
         let retries_left = task.retry.or(definition.parts.retry).unwrap_or(0);
         if retries_left == 0 {
+            if let Some(delay) = asked {
+                // Say why the retry the task asked for did not happen.
+                let spent = if definition.parts.retry.unwrap_or(0) == 0 {
+                    "the task has no `retry = N`"
+                } else {
+                    "its retries are spent"
+                };
+                return Outcome::Error(format!(
+                    "{traceback}\n(a retry after {delay:?} was asked, but {spent})"
+                ));
+            }
             return outcome;
         }
-        if let Some(retry_on) = definition.parts.retry_on {
+        if asked.is_some() {
+            // An asked retry is one whatever the error's type.
+        } else if let Some(retry_on) = definition.parts.retry_on {
             // A custom executor may fail without telling why: then only a plain retry applies.
             if !failure.is_some_and(retry_on) {
                 return outcome;
@@ -475,10 +489,12 @@ impl WorkerHost {
             return instead;
         }
         let attempt = attempt_of(task, definition);
-        let run_at = definition
-            .parts
-            .retry_backoff
-            .map(|backoff| unix_now() + backoff.delay_for(attempt).as_secs_f64());
+        let wait = asked.or_else(|| {
+            definition
+                .retry_backoff()
+                .map(|backoff| backoff.delay_for(attempt))
+        });
+        let run_at = wait.map(|wait| unix_now() + wait.as_secs_f64());
         tracing::info!(task = definition.parts.name, uuid = %task.uuid, retries_left, "the task failed and will be retried");
         let child = QueuedTask {
             uuid: Uuid::new_v4(),

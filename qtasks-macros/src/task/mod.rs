@@ -139,14 +139,35 @@ fn emit(task: &Task) -> TokenStream {
             })
         }
     };
-    let retry_backoff = match (&options.retry_delay, options.retry_exponential) {
-        (Some(delay), exponential) => quote! {
-            ::core::option::Option::Some(::qtasks::__private::RetryBackoff { delay: (#delay) as f64, exponential: #exponential })
-        },
-        (None, true) => quote! {
-            ::core::option::Option::Some(::qtasks::__private::RetryBackoff { delay: 1.0, exponential: true })
-        },
-        (None, false) => quote! { ::core::option::Option::None },
+    let optional_seconds = |value: &Option<syn::Expr>| match value {
+        Some(value) => quote! { ::core::option::Option::Some((#value) as f64) },
+        None => quote! { ::core::option::Option::None },
+    };
+    let backoff_max = optional_seconds(&options.retry_backoff_max);
+    let jitter = optional_seconds(&options.retry_jitter);
+    let exponential = options.retry_exponential;
+    let retry_backoff = match &options.retry_delay {
+        _ if options.retry_delay.is_none()
+            && !exponential
+            && options.retry_backoff_max.is_none()
+            && options.retry_jitter.is_none() =>
+        {
+            quote! { ::core::option::Option::None }
+        }
+        // An exponential backoff without a first wait starts at one second.
+        delay => {
+            let delay = delay
+                .as_ref()
+                .map_or_else(|| quote! { 1.0 }, |delay| quote! { (#delay) as f64 });
+            quote! {
+                ::core::option::Option::Some(::qtasks::__private::RetryBackoffParts {
+                    delay: #delay,
+                    exponential: #exponential,
+                    max: #backoff_max,
+                    jitter: #jitter,
+                })
+            }
+        }
     };
     let max_time = match &options.max_time {
         Some(seconds) => quote! { ::core::option::Option::Some((#seconds) as f64) },

@@ -17,6 +17,8 @@ const OPTIONS: &[&str] = &[
     "retry_on_exc",
     "retry_delay",
     "retry_backoff",
+    "retry_backoff_max",
+    "retry_jitter",
     "max_time",
     "timeout",
     "decode",
@@ -39,6 +41,10 @@ pub(crate) struct TaskOptions {
     pub(crate) retry_on_exc: Vec<Type>,
     pub(crate) retry_delay: Option<Expr>,
     pub(crate) retry_exponential: bool,
+    /// `retry_backoff_max`, in seconds.
+    pub(crate) retry_backoff_max: Option<Expr>,
+    /// `retry_jitter`, a fraction from 0 to 1.
+    pub(crate) retry_jitter: Option<Expr>,
     pub(crate) max_time: Option<Expr>,
     pub(crate) decode: Option<Expr>,
     pub(crate) generate_handler: Option<Expr>,
@@ -127,8 +133,16 @@ pub(crate) fn parse_options(args: TokenStream, errors: &mut Errors) -> TaskOptio
             }
             "retry_delay" => {
                 let delay: Expr = meta.value()?.parse()?;
-                check_seconds(&delay, "retry_delay", errors);
-                options.retry_delay = Some(delay);
+                options.retry_delay = Some(seconds_of(delay, "retry_delay", errors));
+            }
+            "retry_backoff_max" => {
+                let max: Expr = meta.value()?.parse()?;
+                options.retry_backoff_max = Some(seconds_of(max, "retry_backoff_max", errors));
+            }
+            "retry_jitter" => {
+                let jitter: Expr = meta.value()?.parse()?;
+                check_fraction(&jitter, "retry_jitter", errors);
+                options.retry_jitter = Some(jitter);
             }
             "retry_backoff" => {
                 let kind: LitStr = meta.value()?.parse()?;
@@ -154,8 +168,7 @@ pub(crate) fn parse_options(args: TokenStream, errors: &mut Errors) -> TaskOptio
                     "max_time"
                 };
                 let limit: Expr = meta.value()?.parse()?;
-                check_seconds(&limit, written, errors);
-                options.max_time = Some(limit);
+                options.max_time = Some(seconds_of(limit, written, errors));
             }
             "decode" => options.decode = Some(meta.value()?.parse()?),
             "generate_handler" => options.generate_handler = Some(meta.value()?.parse()?),
@@ -195,11 +208,114 @@ pub(crate) fn parse_options(args: TokenStream, errors: &mut Errors) -> TaskOptio
     if let Err(error) = parser.parse2(args) {
         errors.push(error);
     }
+    if let Some(max) = &options.retry_backoff_max
+        && !options.retry_exponential
+    {
+        errors.spanned(
+            max,
+            "`retry_backoff_max` caps a backoff that doubles\n= help: add `retry_backoff = \"exponential\"`, or drop `retry_backoff_max`",
+        );
+    }
     options
 }
 
 /// A number of seconds written as a literal must be finite and not negative (a `const` or
 /// another expression is checked when the task is registered).
+/// A span of time as the attribute accepts it: a number of seconds (`2.5`, a `const`), as the
+/// original writes it, or a string with units (`"500ms"`, `"30s"`, `"10m"`, `"1h30m"`), turned
+/// into seconds here so a misspelt one does not compile.
+fn seconds_of(value: Expr, option: &str, errors: &mut Errors) -> Expr {
+    if let Expr::Lit(syn::ExprLit {
+        lit: syn::Lit::Str(text),
+        ..
+    }) = &value
+    {
+        return match parse_duration(&text.value()) {
+            Ok(seconds) => {
+                let mut literal = proc_macro2::Literal::f64_suffixed(seconds);
+                literal.set_span(text.span());
+                syn::parse_quote!(#literal)
+            }
+            Err(problem) => {
+                errors.spanned(
+                    text,
+                    format!(
+                        "`{option} = {:?}` is not a duration: {problem}\n= help: write a number of seconds (`{option} = 2.5`) or a duration with units, like \"500ms\", \"30s\", \"10m\", \"1h30m\" or \"1d\"",
+                        text.value()
+                    ),
+                );
+                syn::parse_quote!(0.0)
+            }
+        };
+    }
+    check_seconds(&value, option, errors);
+    value
+}
+
+/// Seconds in `"1h30m"`: one or more numbers, each followed by a unit (`ms`, `s`, `m`, `h`,
+/// `d`).
+fn parse_duration(text: &str) -> Result<f64, String> {
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err("it is empty".to_owned());
+    }
+    let mut total = 0.0;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(format!("expected a number at `{rest}`"));
+        }
+        let number: f64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("`{}` is not a number", &rest[..digits]))?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        let scale = match unit {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            "d" => 86_400.0,
+            "" => return Err(format!("`{number}` has no unit")),
+            other => return Err(format!("`{other}` is not a unit (ms, s, m, h, d)")),
+        };
+        total += number * scale;
+        rest = rest[unit_len..].trim_start();
+    }
+    if total.is_finite() {
+        Ok(total)
+    } else {
+        Err("it is too long".to_owned())
+    }
+}
+
+/// A literal fraction must be from 0 to 1 (a `const` is checked when the tasks are loaded).
+fn check_fraction(value: &Expr, option: &str, errors: &mut Errors) {
+    let Expr::Lit(syn::ExprLit { lit, .. }) = value else {
+        if let Expr::Unary(_) = value {
+            errors.spanned(value, format!("`{option}` is a number from 0 to 1"));
+        }
+        return;
+    };
+    let fraction = match lit {
+        syn::Lit::Int(int) => int.base10_parse::<f64>().ok(),
+        syn::Lit::Float(float) => float.base10_parse::<f64>().ok(),
+        _ => None,
+    };
+    match fraction {
+        Some(fraction) if (0.0..=1.0).contains(&fraction) => {}
+        _ => errors.spanned(
+            value,
+            format!("`{option}` is a number from 0 to 1: the part of each wait taken off at random, like `{option} = 0.5`"),
+        ),
+    }
+}
+
 fn check_seconds(value: &Expr, option: &str, errors: &mut Errors) {
     let (negative, literal) = match value {
         Expr::Unary(syn::ExprUnary {
@@ -218,7 +334,7 @@ fn check_seconds(value: &Expr, option: &str, errors: &mut Errors) {
         _ => {
             errors.spanned(
                 value,
-                format!("`{option}` takes a number of seconds, like `{option} = 2.5`"),
+                format!("`{option}` takes a number of seconds, like `{option} = 2.5`, or a duration, like `{option} = \"30s\"`"),
             );
             return;
         }

@@ -116,4 +116,17 @@ pub mod options {
         let _ = (&*settings, db.len());
         items.len()
     }
+
+    /// Times written with units.
+    #[qtasks::task(
+        retry = 2,
+        retry_delay = "250ms",
+        retry_backoff = "exponential",
+        retry_backoff_max = "1h30m",
+        retry_jitter = 0.25,
+        timeout = "2m"
+    )]
+    pub async fn with_units(ctx_free: u32) -> u32 {
+        ctx_free
+    }
 }
