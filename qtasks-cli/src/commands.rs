@@ -221,6 +221,21 @@ fn show_record(record: &TaskRecord) {
         ("created", ago(record.created_at)),
         ("updated", ago(record.updated_at)),
     ];
+    if let Some(run_at) = record.run_at {
+        let left = run_at - qtasks_core::backend::unix_now();
+        let due = if left > 0.0 {
+            format!("in {}", human_duration(output::seconds(left)))
+        } else {
+            ago(run_at)
+        };
+        lines.push(("due", due));
+    }
+    if let Some(worker) = &record.worker {
+        lines.push(("worker", worker.clone()));
+    }
+    if let Some(runtime) = record.runtime() {
+        lines.push(("runtime", format_runtime(runtime)));
+    }
     if let Some(returning) = &record.returning {
         lines.push(("result", returning.to_string()));
     }
@@ -755,4 +770,13 @@ async fn inspect(app: &QueueTasks, args: &InspectArgs, json: bool) -> Outcome {
         show_schedules(&inspection.schedules);
     }
     Ok(())
+}
+
+/// A run's length: milliseconds under a second (`12.3 ms`), else as a duration.
+fn format_runtime(runtime: Duration) -> String {
+    if runtime < Duration::from_secs(1) {
+        format!("{:.1} ms", runtime.as_secs_f64() * 1000.0)
+    } else {
+        human_duration(runtime)
+    }
 }

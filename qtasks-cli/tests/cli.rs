@@ -286,6 +286,20 @@ fn operate_a_queue_from_the_shell() {
     assert_eq!(record["task_name"], "add");
     assert_eq!(record["status"], "success");
     assert_eq!(record["returning"], 42);
+    // Which worker ran it, and for how long.
+    assert!(
+        record["worker"].as_str().is_some_and(|w| !w.is_empty()),
+        "{record}"
+    );
+    assert!(
+        record["started_at"].as_f64().unwrap() <= record["finished_at"].as_f64().unwrap(),
+        "{record}"
+    );
+    let shown = expect(url, prefix, &["get", &sum], 0);
+    assert!(
+        shown.contains("worker") && shown.contains("runtime"),
+        "{shown}"
+    );
 
     // A failure and a panic: exit code 1, the reason on stderr.
     let failing = expect(url, prefix, &["add", "fail", r#"["it broke"]"#], 0);

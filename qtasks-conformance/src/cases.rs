@@ -264,7 +264,78 @@ pub(crate) const ALL: &[(&str, Case)] = cases![
     a_cancelled_task_does_not_hold_up_the_next,
     a_deleted_cancelled_task_stays_gone,
     adding_a_known_uuid_adds_nothing,
+    records_say_which_run_ended_them,
 ];
+
+/// An ended record names the worker whose run ended it, when the run started and when it
+/// ended; a delayed task's record says when it is due.
+async fn records_say_which_run_ended_them(c: &Context<'_>) -> Result<(), String> {
+    let app = c.started_app("", 1).await?;
+    let due = qtasks_core::backend::unix_now() + 0.3;
+    let options = AddOptions::default().delay(Duration::from_millis(300));
+    let handle = said(
+        app.add_task_with("conformance_echo", (7,), (), options)
+            .await,
+        "adding",
+    )?;
+    let waiting = said(app.get(handle.uuid()).await, "reading")?.ok_or("no record")?;
+    ensure!(
+        waiting
+            .run_at
+            .is_some_and(|run_at| (run_at - due).abs() < 0.25),
+        "the due time of a delayed task: {:?}, expected about {due}",
+        waiting.run_at
+    );
+    ensure!(
+        waiting.started_at.is_none() && waiting.finished_at.is_none() && waiting.worker.is_none(),
+        "a waiting task has no run yet: {waiting:?}"
+    );
+    let record = wait_for(&app, &handle).await?;
+    ensure!(
+        record.status == TaskStatus::Success,
+        "status {}",
+        record.status
+    );
+    let workers = said(app.stats().await, "reading stats")?.workers;
+    let worker = record
+        .worker
+        .as_deref()
+        .ok_or("the record names no worker")?;
+    ensure!(
+        workers.iter().any(|listed| listed.id == worker),
+        "the worker {worker} is not one of the running workers {:?}",
+        workers.iter().map(|w| &w.id).collect::<Vec<_>>()
+    );
+    let (started, finished) = (
+        record.started_at.ok_or("no started_at")?,
+        record.finished_at.ok_or("no finished_at")?,
+    );
+    ensure!(
+        record.created_at <= started && started <= finished,
+        "created {} <= started {started} <= finished {finished}",
+        record.created_at
+    );
+    ensure!(record.runtime().is_some(), "a runtime");
+
+    // Cancelled while it waited: it ended, with no run.
+    let waiting = said(
+        app.add_task_with(
+            "conformance_echo",
+            (8,),
+            (),
+            AddOptions::default().delay(Duration::from_secs(60)),
+        )
+        .await,
+        "adding",
+    )?;
+    said(app.cancel(waiting.uuid(), "not needed").await, "cancelling")?;
+    let cancelled = wait_for(&app, &waiting).await?;
+    ensure!(
+        cancelled.finished_at.is_some() && cancelled.worker.is_none(),
+        "a task cancelled while it waited: {cancelled:?}"
+    );
+    Ok(())
+}
 
 async fn add_take_finish(c: &Context<'_>) -> Result<(), String> {
     let app = c.started_app("", 2).await?;

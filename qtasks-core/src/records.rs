@@ -302,6 +302,19 @@ pub struct TaskRecord {
     /// The group (or chord) this task is a member of, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group_uuid: Option<Uuid>,
+    /// When a delayed task is due (Unix seconds): no worker takes it before. (This field and
+    /// the three below are not the original's; it ignores them.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<f64>,
+    /// When the run that ended the task started (Unix seconds), once it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<f64>,
+    /// When the task ended (Unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<f64>,
+    /// The worker whose run ended the task (`host:pid:nonce`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
 }
 
 impl TaskRecord {
@@ -326,7 +339,24 @@ impl TaskRecord {
             unreadable: std::collections::BTreeMap::new(),
             traceparent: queued.traceparent,
             group_uuid: queued.group_uuid,
+            run_at: queued.run_at.filter(|run_at| *run_at > queued.created_at),
+            started_at: None,
+            finished_at: None,
+            worker: None,
         }
+    }
+
+    /// Writes which run ended the task, and when (`finished_at`).
+    pub fn run_ended(&mut self, run: &crate::backend::RunInfo, now: f64) {
+        self.started_at = run.started_at;
+        self.finished_at = Some(now);
+        self.worker = run.worker.as_deref().map(str::to_owned);
+    }
+
+    /// How long the run that ended the task took, when both ends are known.
+    pub fn runtime(&self) -> Option<std::time::Duration> {
+        let (start, end) = (self.started_at?, self.finished_at?);
+        std::time::Duration::try_from_secs_f64(end - start).ok()
     }
 
     /// The record of a task just added: status `new`, the task's data, no result.
@@ -425,8 +455,9 @@ pub enum RecordChange {
     Taken,
     /// A worker handed the task back unfinished: status `new` again.
     Released,
-    /// The task ended: the outcome's status and its fields (a retry also names its child).
-    Finished(Outcome),
+    /// The task ended: the outcome's status and its fields (a retry also names its child),
+    /// and the run that ended it (none for a task cancelled while it waited).
+    Finished(Outcome, crate::backend::RunInfo),
     /// A cancel was asked while the task runs (status unchanged, `process`): kept with the
     /// record, so that the run's finish, or a later take of the task, ends it `cancel` with
     /// this reason instead ([`Transition::Cancelled`]), even if no worker heard the request.
@@ -439,14 +470,15 @@ impl RecordChange {
         match self {
             RecordChange::Taken | RecordChange::CancelRequested(_) => TaskStatus::Process,
             RecordChange::Released => TaskStatus::New,
-            RecordChange::Finished(outcome) => outcome.status(),
+            RecordChange::Finished(outcome, _) => outcome.status(),
         }
     }
 
-    /// Writes this change into a record (not `updated_at`).
-    pub fn apply_to(&self, record: &mut TaskRecord) {
+    /// Writes this change into a record (not `updated_at`; `finished_at` is `now`).
+    pub fn apply_to(&self, record: &mut TaskRecord, now: f64) {
         record.status = self.status();
-        if let RecordChange::Finished(outcome) = self {
+        if let RecordChange::Finished(outcome, run) = self {
+            record.run_ended(run, now);
             match outcome {
                 Outcome::Success(value) => record.returning = Some(value.clone()),
                 Outcome::Error(traceback) => record.traceback = Some(traceback.clone()),

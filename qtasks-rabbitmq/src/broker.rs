@@ -23,7 +23,8 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Acker, BasicProperties, Channel, Confirmation, Connection, Consumer};
 use qtasks_core::backend::{
-    BackendError, Broker, CancelRequest, CancelState, Delivery, RecordStore, Transition, unix_now,
+    BackendError, Broker, CancelRequest, CancelState, Delivery, RecordStore, RunInfo, Transition,
+    unix_now,
 };
 use qtasks_core::records::RecordChange;
 use qtasks_core::stats::{DeadLetter, QueueStats};
@@ -523,7 +524,7 @@ impl RabbitMqBroker {
     /// that it never runs (its message, if one went out, is then dropped by the take).
     async fn supersede(&self, child: Option<Uuid>, reason: String) {
         if let Some(child) = child {
-            let superseded = RecordChange::Finished(Outcome::Cancel(reason));
+            let superseded = RecordChange::Finished(Outcome::Cancel(reason), RunInfo::default());
             let _ = self
                 .storage
                 .transition(child, &[TaskStatus::New], superseded)
@@ -737,7 +738,7 @@ impl Broker for RabbitMqBroker {
                 .transition(
                     uuid,
                     &[TaskStatus::Process],
-                    RecordChange::Finished(outcome.clone()),
+                    RecordChange::Finished(outcome.clone(), delivery.run.clone()),
                 )
                 .await?;
             // A try after one whose reply was lost may find its own outcome stored: the
@@ -876,7 +877,7 @@ impl Broker for RabbitMqBroker {
 
     async fn cancel(&self, uuid: Uuid, reason: &str) -> Result<Option<CancelState>, BackendError> {
         let reason = reason.to_owned();
-        let cancel = RecordChange::Finished(Outcome::Cancel(reason.clone()));
+        let cancel = RecordChange::Finished(Outcome::Cancel(reason.clone()), RunInfo::default());
         let request = RecordChange::CancelRequested(reason.clone());
         // Each step is one conditional write; a task that moves between two of them (it
         // was taken, handed back, or ended meanwhile) is looked at again.

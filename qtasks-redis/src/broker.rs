@@ -526,7 +526,7 @@ impl RedisBroker {
         part.keys.push(self.keys.record(delivery.task.uuid));
         part.keys.push(self.keys.items(delivery.task.uuid));
         let now = unix_now();
-        let fields = outcome_fields(outcome, now);
+        let fields = outcome_fields(outcome, &delivery.run, now);
         // The stats bucket of this outcome: this second (the worker's clock; see `scripts`).
         let bucket = format!("t:{}:{}", now as u64, outcome.status().as_str());
         part.arg(&delivery.receipt)

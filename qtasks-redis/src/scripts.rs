@@ -492,7 +492,8 @@ local function finish_one(k, a, n, child, c)
   if cancel then
     redis.call('HDEL', KEYS[3], uuid)
     if string.sub(bucket, -7) ~= ':cancel' then
-      local written = redis.pcall('HSET', record, 'status', 'cancel', 'cancel_reason', cancel, 'updated_at', now_s(), 'finished_by', token)
+      local at = now_s()
+      local written = redis.pcall('HSET', record, 'status', 'cancel', 'cancel_reason', cancel, 'updated_at', at, 'finished_at', at, 'finished_by', token)
       if type(written) == 'table' and written['err'] then return unstorable(record) end
       items[#items + 1] = KEYS[k + 1]
       count_in(bucket_now('cancel'))
@@ -696,7 +697,7 @@ if status == 'new' then
   redis.call('HDEL', KEYS[4], ARGV[4])
   local t = redis.call('TIME')
   local now_s = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
-  redis.call('HSET', KEYS[1], 'status', 'cancel', 'cancel_reason', ARGV[1], 'updated_at', now_s)
+  redis.call('HSET', KEYS[1], 'status', 'cancel', 'cancel_reason', ARGV[1], 'updated_at', now_s, 'finished_at', now_s)
   local was_delayed = 0
   if found[2] and found[3] then
     was_delayed = redis.call('ZREM', KEYS[2], found[2] .. ':' .. ARGV[4] .. ':' .. found[3])
@@ -876,7 +877,7 @@ elseif requested and new ~= 'new' and new ~= 'cancel' then
   -- Taken again or ending: a cancel asked while it ran wins over the change.
   local t = redis.call('TIME')
   local now_s = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
-  redis.call('HSET', KEYS[1], 'status', 'cancel', 'cancel_reason', requested, 'updated_at', now_s)
+  redis.call('HSET', KEYS[1], 'status', 'cancel', 'cancel_reason', requested, 'updated_at', now_s, 'finished_at', now_s)
   redis.call('HDEL', KEYS[1], 'cancel_requested')
   new = 'cancel'
   n = 0

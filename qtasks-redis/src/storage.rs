@@ -527,7 +527,7 @@ impl qtasks_core::backend::RecordStore for RedisStorage {
     ) -> Result<Transition, BackendError> {
         let now = unix_now();
         let fields = match &change {
-            RecordChange::Finished(outcome) => outcome_fields(outcome, now),
+            RecordChange::Finished(outcome, run) => outcome_fields(outcome, run, now),
             RecordChange::CancelRequested(reason) => vec![("cancel_requested", reason.clone())],
             other => vec![
                 ("updated_at", now.to_string()),

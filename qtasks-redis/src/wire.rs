@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use qtasks_core::Outcome;
+use qtasks_core::backend::RunInfo;
 use qtasks_core::records::RecordUpdate;
 use qtasks_core::{QueuedTask, TaskRecord, TaskStatus};
 
@@ -38,6 +39,9 @@ pub(super) fn new_record_fields(task: &QueuedTask) -> Vec<(&'static str, String)
     }
     if let Some(group) = task.group_uuid {
         fields.push(("group_uuid", group.to_string()));
+    }
+    if let Some(run_at) = task.run_at.filter(|run_at| *run_at > task.created_at) {
+        fields.push(("run_at", run_at.to_string()));
     }
     fields
 }
@@ -72,9 +76,22 @@ pub(super) fn update_fields(update: &RecordUpdate, now: f64) -> Vec<(&'static st
     fields
 }
 
-/// The fields written when a task ends; the others keep what `add` wrote.
-pub(super) fn outcome_fields(outcome: &Outcome, now: f64) -> Vec<(&'static str, String)> {
-    let mut fields = vec![("updated_at", now.to_string())];
+/// The fields written when a task ends, by the run `run`; the others keep what `add` wrote.
+pub(super) fn outcome_fields(
+    outcome: &Outcome,
+    run: &RunInfo,
+    now: f64,
+) -> Vec<(&'static str, String)> {
+    let mut fields = vec![
+        ("updated_at", now.to_string()),
+        ("finished_at", now.to_string()),
+    ];
+    if let Some(started_at) = run.started_at {
+        fields.push(("started_at", started_at.to_string()));
+    }
+    if let Some(worker) = &run.worker {
+        fields.push(("worker", worker.to_string()));
+    }
     match outcome {
         Outcome::Success(value) => {
             fields.push(("status", TaskStatus::Success.as_str().to_owned()));
@@ -223,6 +240,10 @@ pub(super) fn read_record(uuid: Uuid, fields: &Fields) -> (TaskRecord, Vec<Strin
             .map(drop)
             .map_err(|e| format!("is not a uuid: {e}"))
     });
+    let run_at = read("run_at", false, &number);
+    let started_at = read("started_at", false, &number);
+    let finished_at = read("finished_at", false, &number);
+    let worker = read("worker", false, &|_| Ok(()));
 
     let mut task = QueuedTask::new(uuid, task_name.unwrap_or_default());
     task.priority = priority.and_then(|p| p.parse().ok()).unwrap_or_default();
@@ -239,7 +260,11 @@ pub(super) fn read_record(uuid: Uuid, fields: &Fields) -> (TaskRecord, Vec<Strin
     task.retry_parent_uuid = retry_parent.and_then(|u| Uuid::parse_str(&u).ok());
     task.traceparent = traceparent;
     task.group_uuid = group.and_then(|u| Uuid::parse_str(&u).ok());
+    task.run_at = run_at.and_then(|t| t.parse().ok());
     let mut record = TaskRecord::from_task(task);
+    record.started_at = started_at.and_then(|t| t.parse().ok());
+    record.finished_at = finished_at.and_then(|t| t.parse().ok());
+    record.worker = worker;
     // A record that cannot say what state it is in is reported as failed.
     record.status = status
         .as_deref()

@@ -726,6 +726,18 @@ pub(crate) fn task_region(record: &TaskRecord) -> Markup {
             dt { "Priority" } dd { (record.priority) }
             dt { "Added" } dd { (time(record.created_at)) }
             dt { "Updated" } dd { (time(record.updated_at)) }
+            @if let Some(run_at) = record.run_at {
+                dt { "Due" } dd { (time(run_at)) }
+            }
+            @if let Some(started) = record.started_at {
+                dt { "Started" } dd { (time(started)) }
+            }
+            @if let Some(runtime) = record.runtime() {
+                dt { "Runtime" } dd { (runtime_text(runtime)) }
+            }
+            @if let Some(worker) = &record.worker {
+                dt { "Worker" } dd.mono { (worker) }
+            }
             @if let Some(group) = record.group_uuid {
                 dt { "Group" } dd.mono { (group) }
             }
@@ -925,4 +937,14 @@ pub(crate) async fn login(
     let cookie =
         crate::security::login_cookie(crate::security::cookie_value(&shared.cookie_key, expected));
     ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
+}
+
+/// A run's length: milliseconds under a second (`12.3 ms`), else seconds (`4.2 s`).
+fn runtime_text(runtime: std::time::Duration) -> String {
+    let seconds = runtime.as_secs_f64();
+    if seconds < 1.0 {
+        format!("{:.1} ms", seconds * 1000.0)
+    } else {
+        format!("{seconds:.1} s")
+    }
 }

@@ -146,6 +146,41 @@ async fn serving_beyond_loopback_needs_a_token() {
     assert!(matches!(error, WebError::TokenRequired(_)));
 }
 
+/// A task's page says which worker ran it and for how long, and when a delayed task is due.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_page_shows_its_run_and_a_delayed_task_its_due_time() {
+    let app = QueueTasks::new();
+    app.start().await.unwrap();
+    let ran = web_echo::add_task(&app, "hello".into()).await.unwrap();
+    ran.wait(Duration::from_secs(10)).await.unwrap();
+    let later = web_echo::call("later".into())
+        .delay(Duration::from_secs(3600))
+        .add(&app)
+        .await
+        .unwrap();
+    let port = Web::new(app.clone())
+        .serve("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+        .port();
+    let (ran, later) = (ran.uuid(), later.uuid());
+    tokio::task::spawn_blocking(move || {
+        let (status, _, body) = get(port, &format!("/tasks/{ran}"), None);
+        assert_eq!(status, 200, "{body}");
+        for shown in ["<dt>Worker</dt>", "<dt>Runtime</dt>", "<dt>Started</dt>"] {
+            assert!(body.contains(shown), "{shown} in {body}");
+        }
+        assert!(!body.contains("<dt>Due</dt>"), "{body}");
+        let (status, _, body) = get(port, &format!("/tasks/{later}"), None);
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("<dt>Due</dt>"), "{body}");
+        assert!(!body.contains("<dt>Worker</dt>"), "{body}");
+    })
+    .await
+    .unwrap();
+    app.stop().await.unwrap();
+}
+
 /// The pages and actions over plain HTTP: what a browser does not show (headers, refusals).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_escape_what_they_show_and_actions_need_the_csrf_token() {

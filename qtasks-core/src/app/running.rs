@@ -31,6 +31,8 @@ pub(crate) struct RunState {
     /// What a started app holds until it stops.
     pub(crate) lifecycle: tokio::sync::Mutex<Option<Running>>,
     pub(crate) counters: Counters,
+    /// The id of this process's worker while it runs (each record it finishes names it).
+    pub(crate) worker_id: parking_lot::Mutex<Option<Arc<str>>>,
 }
 
 /// What this process's worker counts as it goes.

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use super::{BackendError, Broker, Delivery, ItemsRead, Storage, Transition};
+use super::{BackendError, Broker, Delivery, ItemsRead, RunInfo, Storage, Transition};
 use super::{CancelRequest, CancelState, unix_now};
 use crate::records::RecordChange;
 use crate::records::RecordUpdate;
@@ -223,7 +223,9 @@ impl Broker for MemoryBroker {
             }
             _ => None,
         };
-        let result = self.storage.finish(delivery.task.uuid, outcome);
+        let result = self
+            .storage
+            .finish(delivery.task.uuid, outcome, &delivery.run);
         match (&result, child) {
             (Ok(()), Some(child)) => self.enqueue(child),
             // A cancel won: no next attempt.
@@ -244,9 +246,9 @@ impl Broker for MemoryBroker {
             .get_mut(&delivery.task.uuid)
             .and_then(|slot| slot.cancel_requested.take());
         if let Some(reason) = requested {
-            let result = self
-                .storage
-                .finish_as(delivery.task.uuid, Outcome::Cancel(reason));
+            let result =
+                self.storage
+                    .finish_as(delivery.task.uuid, Outcome::Cancel(reason), &delivery.run);
             return result;
         }
         let result = self.storage.change(delivery.task.uuid, |slot| {
@@ -570,6 +572,7 @@ impl MemoryStorage {
                 slot.record.status = TaskStatus::Cancel;
                 slot.record.cancel_reason = Some(reason.to_owned());
                 slot.record.updated_at = unix_now();
+                slot.record.finished_at = Some(slot.record.updated_at);
                 slot.queued_cancel = true;
                 slot.wake_waiters();
                 let priority = slot.record.priority;
@@ -587,7 +590,7 @@ impl MemoryStorage {
     }
 
     /// Records an outcome; a cancel asked while the task ran wins over it (the answer says so).
-    fn finish(&self, uuid: Uuid, outcome: Outcome) -> Result<(), BackendError> {
+    fn finish(&self, uuid: Uuid, outcome: Outcome, run: &RunInfo) -> Result<(), BackendError> {
         let requested = self
             .slots
             .lock()
@@ -599,14 +602,14 @@ impl MemoryStorage {
             }
             _ => (outcome, None),
         };
-        self.finish_as(uuid, outcome)?;
+        self.finish_as(uuid, outcome, run)?;
         match cancelled {
             Some(reason) => Err(BackendError::cancelled("memory", reason)),
             None => Ok(()),
         }
     }
 
-    fn finish_as(&self, uuid: Uuid, outcome: Outcome) -> Result<(), BackendError> {
+    fn finish_as(&self, uuid: Uuid, outcome: Outcome, run: &RunInfo) -> Result<(), BackendError> {
         {
             let mut tally = self.tally.lock();
             tally.running = tally.running.saturating_sub(1);
@@ -615,6 +618,7 @@ impl MemoryStorage {
         self.change(uuid, |slot| {
             let record = &mut slot.record;
             record.updated_at = unix_now();
+            record.run_ended(run, record.updated_at);
             record.status = outcome.status();
             match outcome {
                 Outcome::Success(value) => record.returning = Some(value),
@@ -865,19 +869,24 @@ impl crate::backend::RecordStore for MemoryStorage {
                         slot.cancel_requested = Some(reason.clone());
                     }
                     // Taken again, or ending: a cancel asked while it ran wins.
-                    RecordChange::Taken | RecordChange::Finished(_)
-                        if !matches!(change, RecordChange::Finished(Outcome::Cancel(_))) =>
+                    RecordChange::Taken | RecordChange::Finished(..)
+                        if !matches!(change, RecordChange::Finished(Outcome::Cancel(_), _)) =>
                     {
                         if let Some(reason) = slot.cancel_requested.take() {
-                            change = RecordChange::Finished(Outcome::Cancel(reason));
+                            let run = match change {
+                                RecordChange::Finished(_, run) => run,
+                                _ => RunInfo::default(),
+                            };
+                            change = RecordChange::Finished(Outcome::Cancel(reason), run);
                             cancelled = true;
                         }
                     }
-                    RecordChange::Finished(_) => slot.cancel_requested = None,
+                    RecordChange::Finished(..) => slot.cancel_requested = None,
                     _ => {}
                 }
-                change.apply_to(&mut slot.record);
-                slot.record.updated_at = unix_now();
+                let now = unix_now();
+                change.apply_to(&mut slot.record, now);
+                slot.record.updated_at = now;
                 slot.wake_waiters();
                 let after = slot.record.status;
                 if after.is_final() && !before.is_final() {

@@ -278,6 +278,29 @@ pub struct Delivery {
     /// first delivery). Past [`QueueConfig::max_deliveries`](crate::QueueConfig::max_deliveries)
     /// the worker does not run it.
     pub deliveries: u32,
+    /// Which worker ran the delivery, and when it started: set by the worker before it
+    /// finishes the delivery, for the broker to write into the record with the outcome.
+    pub run: RunInfo,
+}
+
+/// Which worker ran a task, and when it started (the record's `worker` and `started_at`).
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct RunInfo {
+    /// When the run started (Unix seconds, the worker's clock).
+    pub started_at: Option<f64>,
+    /// The worker's id (`host:pid:nonce`, as `stats` lists the workers).
+    pub worker: Option<Arc<str>>,
+}
+
+impl RunInfo {
+    /// A run of `worker` that started at `started_at`.
+    pub fn new(started_at: f64, worker: Option<Arc<str>>) -> Self {
+        RunInfo {
+            started_at: Some(started_at),
+            worker,
+        }
+    }
 }
 
 impl Delivery {
@@ -288,6 +311,7 @@ impl Delivery {
             receipt: receipt.into(),
             recovered: false,
             deliveries: 1,
+            run: RunInfo::default(),
         }
     }
 

@@ -134,6 +134,7 @@ impl StartSteps<'_> {
         let (shutdown, stop_requested) = watch::channel(false);
         let identity = WorkerIdentity::new();
         let worker_id = identity.id.clone();
+        *app.run_state().worker_id.lock() = Some(worker_id.as_str().into());
         beat(app, &identity).await;
         tracing::info!(
             app = app.name(),

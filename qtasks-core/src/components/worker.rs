@@ -227,6 +227,8 @@ impl WorkerHost {
             .or_else(|| self.inner.tasks.get(&delivery.task.task_name))
             .filter(|definition| app.runs(definition));
         let max_deliveries = app.config().max_deliveries;
+        delivery.run =
+            crate::backend::RunInfo::new(unix_now(), app.run_state().worker_id.lock().clone());
         let mut outcome = match definition {
             // Handed out too often: each earlier delivery ended with its worker (an abort, an
             // OOM kill, a stall past the lease), so this one must not run, or it never ends.
