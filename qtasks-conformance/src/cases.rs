@@ -265,7 +265,80 @@ pub(crate) const ALL: &[(&str, Case)] = cases![
     a_deleted_cancelled_task_stays_gone,
     adding_a_known_uuid_adds_nothing,
     records_say_which_run_ended_them,
+    an_expired_task_never_runs,
+    a_call_time_limit_replaces_the_tasks,
 ];
+
+/// A task no worker started before its expiry ends `cancel` with the reason, and never runs;
+/// one added with a later expiry runs.
+async fn an_expired_task_never_runs(c: &Context<'_>) -> Result<(), String> {
+    let app = c.app("", 1).await?;
+    let label = c.label("expired");
+    let stale = said(
+        count::call(label.clone())
+            .expires(Duration::from_millis(100))
+            .add(&app)
+            .await,
+        "adding",
+    )?;
+    let fresh = said(
+        count::call(c.label("fresh"))
+            .expires(Duration::from_secs(600))
+            .add(&app)
+            .await,
+        "adding",
+    )?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    said(app.start().await, "starting")?;
+    let record = wait_for(&app, &stale).await?;
+    ensure!(
+        record.status == TaskStatus::Cancel,
+        "status {}",
+        record.status
+    );
+    let reason = record.cancel_reason.unwrap_or_default();
+    ensure!(reason.starts_with("expired"), "reason {reason:?}");
+    ensure!(
+        record.expires_at.is_some(),
+        "the record keeps the expiry: {:?}",
+        record.expires_at
+    );
+    ensure!(
+        runs(&label).load(Ordering::SeqCst) == 0,
+        "the expired task ran"
+    );
+    let fresh = wait_for(&app, &fresh).await?;
+    ensure!(
+        fresh.status == TaskStatus::Success,
+        "the task with a later expiry: {}",
+        fresh.status
+    );
+    Ok(())
+}
+
+/// A call's own time limit replaces the task's (`conformance_slow` has 0.3 s).
+async fn a_call_time_limit_replaces_the_tasks(c: &Context<'_>) -> Result<(), String> {
+    let app = c.started_app("", 1).await?;
+    let handle = said(
+        slow::call()
+            .max_time(Duration::from_millis(100))
+            .add(&app)
+            .await,
+        "adding",
+    )?;
+    let record = wait_for(&app, &handle).await?;
+    ensure!(
+        record.status == TaskStatus::Error,
+        "status {}",
+        record.status
+    );
+    let traceback = record.traceback.unwrap_or_default();
+    ensure!(
+        traceback.contains("0.1 seconds"),
+        "the call's limit, not the task's 0.3 s: {traceback:?}"
+    );
+    Ok(())
+}
 
 /// An ended record names the worker whose run ended it, when the run started and when it
 /// ended; a delayed task's record says when it is due.

@@ -53,6 +53,10 @@ pub struct TaskCall<H = TaskHandle> {
     pub run_at: Option<std::time::SystemTime>,
     /// The task's id, when the caller chose it ([`uuid`](Self::uuid)).
     pub(crate) uuid: Option<uuid::Uuid>,
+    /// When the task is not started any more ([`expires`](Self::expires)).
+    pub(crate) expires_at: Option<std::time::SystemTime>,
+    /// This call's time limit per run ([`max_time`](Self::max_time)).
+    pub(crate) max_time: Option<Duration>,
     pub(crate) definition: Option<&'static TaskDefinition>,
     /// An argument that did not encode, reported when the call is sent.
     pub(crate) invalid: Option<String>,
@@ -68,6 +72,8 @@ impl<H> Clone for TaskCall<H> {
             priority: self.priority,
             run_at: self.run_at,
             uuid: self.uuid,
+            expires_at: self.expires_at,
+            max_time: self.max_time,
             definition: self.definition,
             invalid: self.invalid.clone(),
             handle: PhantomData,
@@ -84,6 +90,8 @@ impl<H> fmt::Debug for TaskCall<H> {
             .field("priority", &self.priority)
             .field("run_at", &self.run_at)
             .field("uuid", &self.uuid)
+            .field("expires_at", &self.expires_at)
+            .field("max_time", &self.max_time)
             .finish_non_exhaustive()
     }
 }
@@ -98,6 +106,8 @@ impl TaskCall {
             priority: None,
             run_at: None,
             uuid: None,
+            expires_at: None,
+            max_time: None,
             definition: None,
             invalid: None,
             handle: PhantomData,
@@ -118,6 +128,8 @@ impl<H> TaskCall<H> {
             priority: None,
             run_at: None,
             uuid: None,
+            expires_at: None,
+            max_time: None,
             definition: Some(definition),
             invalid,
             handle: PhantomData,
@@ -153,6 +165,21 @@ impl<H> TaskCall<H> {
         self
     }
 
+    /// Drops the task if no worker has started it within `expires` from when the call is
+    /// built; see [`AddOptions::expires`].
+    #[must_use]
+    pub fn expires(mut self, expires: Duration) -> Self {
+        self.expires_at = Some(std::time::SystemTime::now() + expires);
+        self
+    }
+
+    /// The time limit of each run of this call, instead of the task's `max_time`.
+    #[must_use]
+    pub fn max_time(mut self, limit: Duration) -> Self {
+        self.max_time = Some(limit);
+        self
+    }
+
     /// The same call, its handle reading the result as JSON (to put calls of different tasks
     /// in one list).
     pub fn untyped(self) -> TaskCall {
@@ -163,6 +190,8 @@ impl<H> TaskCall<H> {
             priority: self.priority,
             run_at: self.run_at,
             uuid: self.uuid,
+            expires_at: self.expires_at,
+            max_time: self.max_time,
             definition: self.definition,
             invalid: self.invalid,
             handle: PhantomData,
@@ -202,6 +231,8 @@ impl<H> TaskCall<H> {
             run_at: self.run_at,
             uuid: uuid.or(self.uuid),
             group,
+            expires_at: self.expires_at,
+            max_time: self.max_time,
         };
         app.add_task_with(&self.task_name, &self.args, &self.kwargs, options)
             .await

@@ -11,6 +11,7 @@ use parking_lot::Mutex;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
 use tokio::sync::watch;
@@ -302,7 +303,13 @@ impl TaskExecutor {
                 Err(_) => std::future::pending().await,
             }
         };
-        let limit = self.task.max_time();
+        // This call's own limit, else the task's.
+        let limit = match self.queued.max_time {
+            Some(seconds) if seconds > 0.0 => {
+                Some(Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX))
+            }
+            _ => self.task.max_time(),
+        };
         let timed = async {
             match limit {
                 Some(limit) => tokio::time::timeout(limit, step)
@@ -519,6 +526,8 @@ mod detached {
                 run_at: None,
                 traceparent: None,
                 group_uuid: None,
+                expires_at: None,
+                max_time: None,
                 definition: None,
             };
             TaskExecutor::new(

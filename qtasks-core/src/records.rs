@@ -306,6 +306,13 @@ pub struct TaskRecord {
     /// the three below are not the original's; it ignores them.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_at: Option<f64>,
+    /// When the task is not started any more (Unix seconds): a worker that takes it later
+    /// ends it `cancel`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<f64>,
+    /// This call's time limit per run, in seconds, instead of the task's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_time: Option<f64>,
     /// When the run that ended the task started (Unix seconds), once it ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<f64>,
@@ -340,6 +347,8 @@ impl TaskRecord {
             traceparent: queued.traceparent,
             group_uuid: queued.group_uuid,
             run_at: queued.run_at.filter(|run_at| *run_at > queued.created_at),
+            expires_at: queued.expires_at,
+            max_time: queued.max_time,
             started_at: None,
             finished_at: None,
             worker: None,

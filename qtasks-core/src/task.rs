@@ -397,6 +397,14 @@ pub struct QueuedTask {
     /// succeeds, whether the chord's callback is due. Stored as the record's `group_uuid`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group_uuid: Option<Uuid>,
+    /// Unix time in seconds after which the task is not started any more: a worker that takes
+    /// it later ends it `cancel` instead ([`AddOptions::expires`](crate::AddOptions::expires)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<f64>,
+    /// The time limit of this call's runs, in seconds, instead of the task's `max_time`
+    /// ([`AddOptions::max_time`](crate::AddOptions::max_time)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_time: Option<f64>,
     /// The definition, when the enqueuing process already knew it: saves the worker a lookup
     /// by name. Never sent over the wire.
     #[serde(skip)]
@@ -420,6 +428,8 @@ impl QueuedTask {
             run_at: self.run_at,
             traceparent: None,
             group_uuid: self.group_uuid,
+            expires_at: self.expires_at,
+            max_time: self.max_time,
             definition: self.definition,
         };
         std::mem::replace(self, left)
@@ -445,6 +455,8 @@ impl QueuedTask {
             run_at: None,
             traceparent: None,
             group_uuid: None,
+            expires_at: None,
+            max_time: None,
             definition: None,
         }
     }
@@ -464,6 +476,8 @@ impl QueuedTask {
             run_at: None,
             traceparent: record.traceparent,
             group_uuid: record.group_uuid,
+            expires_at: record.expires_at,
+            max_time: record.max_time,
             definition: None,
         }
     }

@@ -57,6 +57,8 @@ pub async fn run<H>(app: &QueueTasks, call: TaskCall<H>) -> Result<Outcome> {
         traceparent: None,
         group_uuid: None,
         run_at: None,
+        expires_at: None,
+        max_time: call.max_time.map(|limit| limit.as_secs_f64()),
         definition: Some(definition),
     };
     let uuid = task.uuid;

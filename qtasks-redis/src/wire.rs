@@ -43,6 +43,12 @@ pub(super) fn new_record_fields(task: &QueuedTask) -> Vec<(&'static str, String)
     if let Some(run_at) = task.run_at.filter(|run_at| *run_at > task.created_at) {
         fields.push(("run_at", run_at.to_string()));
     }
+    if let Some(expires_at) = task.expires_at {
+        fields.push(("expires_at", expires_at.to_string()));
+    }
+    if let Some(max_time) = task.max_time {
+        fields.push(("max_time", max_time.to_string()));
+    }
     fields
 }
 
@@ -244,6 +250,8 @@ pub(super) fn read_record(uuid: Uuid, fields: &Fields) -> (TaskRecord, Vec<Strin
     let started_at = read("started_at", false, &number);
     let finished_at = read("finished_at", false, &number);
     let worker = read("worker", false, &|_| Ok(()));
+    let expires_at = read("expires_at", false, &number);
+    let max_time = read("max_time", false, &number);
 
     let mut task = QueuedTask::new(uuid, task_name.unwrap_or_default());
     task.priority = priority.and_then(|p| p.parse().ok()).unwrap_or_default();
@@ -261,6 +269,8 @@ pub(super) fn read_record(uuid: Uuid, fields: &Fields) -> (TaskRecord, Vec<Strin
     task.traceparent = traceparent;
     task.group_uuid = group.and_then(|u| Uuid::parse_str(&u).ok());
     task.run_at = run_at.and_then(|t| t.parse().ok());
+    task.expires_at = expires_at.and_then(|t| t.parse().ok());
+    task.max_time = max_time.and_then(|t| t.parse().ok());
     let mut record = TaskRecord::from_task(task);
     record.started_at = started_at.and_then(|t| t.parse().ok());
     record.finished_at = finished_at.and_then(|t| t.parse().ok());
@@ -301,7 +311,7 @@ pub(super) fn decode_record(uuid: Uuid, fields: &Fields) -> Result<TaskRecord, S
 
 /// The record fields the take script returns, in this order. `status` must come first: the
 /// script reads it to skip cancelled tasks.
-pub(super) const TAKEN_FIELDS: [&str; 10] = [
+pub(super) const TAKEN_FIELDS: [&str; 12] = [
     "status",
     "task_name",
     "priority",
@@ -312,6 +322,8 @@ pub(super) const TAKEN_FIELDS: [&str; 10] = [
     "retry_parent_uuid",
     "traceparent",
     "group_uuid",
+    "expires_at",
+    "max_time",
 ];
 
 /// The record fields the take script returned, by name (missing fields left out).

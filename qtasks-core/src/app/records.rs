@@ -129,6 +129,7 @@ impl Records<'_> {
                 Placement {
                     retry_parent: Some(uuid),
                     group: record.group_uuid,
+                    max_time: record.max_time,
                     ..Placement::default()
                 },
             )

@@ -147,6 +147,8 @@ impl QueueTasks {
                 uuid: options.uuid,
                 group: options.group,
                 retry_parent: None,
+                expires_at: options.expires_at.map(system_secs),
+                max_time: options.max_time.map(|limit| limit.as_secs_f64()),
             },
         )
         .await
@@ -228,6 +230,8 @@ impl QueueTasks {
             uuid,
             group,
             retry_parent,
+            expires_at,
+            max_time,
         } = placement;
         let mut task = QueuedTask {
             uuid: uuid.unwrap_or_else(Uuid::new_v4),
@@ -245,6 +249,8 @@ impl QueueTasks {
                 .get()
                 .and_then(|context| context.current()),
             group_uuid: group,
+            expires_at,
+            max_time,
             definition,
         };
         let dispatch = self.dispatch();
@@ -449,6 +455,10 @@ pub struct AddOptions {
     pub(crate) uuid: Option<Uuid>,
     /// The group the task is a member of.
     pub(crate) group: Option<Uuid>,
+    /// When the task is not started any more ([`AddOptions::expires`]).
+    pub(crate) expires_at: Option<std::time::SystemTime>,
+    /// This call's time limit per run ([`AddOptions::max_time`]).
+    pub(crate) max_time: Option<Duration>,
 }
 
 impl AddOptions {
@@ -508,6 +518,46 @@ impl AddOptions {
         self.run_at = Some(time);
         self
     }
+
+    /// Drops the task if no worker has started it within `expires` from now (Celery's
+    /// `expires`): a worker that takes it later ends it `cancel`, with a reason saying when it
+    /// expired, and does not run it. Each attempt of a retried task is held to the same time.
+    ///
+    /// ```rust,standalone_crate
+    /// # use std::time::Duration;
+    /// #[qtasks::task]
+    /// async fn quote(symbol: String) -> f64 { 1.0 }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> qtasks::Result<()> {
+    /// let app = qtasks::QueueTasks::new(); // no worker yet
+    /// let stale = qtasks::AddOptions::default().expires(Duration::from_millis(10));
+    /// let handle = app.add_task_with("quote", ("ACME",), (), stale).await?;
+    /// tokio::time::sleep(Duration::from_millis(50)).await;
+    /// app.start().await?; // too late: the quote is not fetched
+    /// let record = handle.wait(Duration::from_secs(5)).await?;
+    /// assert_eq!(record.status, qtasks::TaskStatus::Cancel);
+    /// # app.stop().await }
+    /// ```
+    #[must_use]
+    pub fn expires(self, expires: Duration) -> Self {
+        self.expires_at(std::time::SystemTime::now() + expires)
+    }
+
+    /// Drops the task if no worker has started it by `time` (see [`expires`](Self::expires)).
+    #[must_use]
+    pub fn expires_at(mut self, time: std::time::SystemTime) -> Self {
+        self.expires_at = Some(time);
+        self
+    }
+
+    /// The time limit of each run of this call, instead of the task's `max_time`: a run past
+    /// it ends `error` with a `TimeoutError`.
+    #[must_use]
+    pub fn max_time(mut self, limit: Duration) -> Self {
+        self.max_time = Some(limit);
+        self
+    }
 }
 
 /// Where a new task goes: when it may run (now if `None`) and its id (a new one if `None`).
@@ -518,6 +568,10 @@ pub(super) struct Placement {
     pub(super) group: Option<Uuid>,
     /// The attempt this task retries (a retry by hand).
     pub(super) retry_parent: Option<Uuid>,
+    /// When the task is not started any more.
+    pub(super) expires_at: Option<f64>,
+    /// This call's time limit per run, in seconds.
+    pub(super) max_time: Option<f64>,
 }
 
 /// A time as Unix seconds (the clock of `run_at` and records).

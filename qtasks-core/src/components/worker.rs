@@ -227,9 +227,23 @@ impl WorkerHost {
             .or_else(|| self.inner.tasks.get(&delivery.task.task_name))
             .filter(|definition| app.runs(definition));
         let max_deliveries = app.config().max_deliveries;
-        delivery.run =
-            crate::backend::RunInfo::new(unix_now(), app.run_state().worker_id.lock().clone());
+        let now = unix_now();
+        delivery.run = crate::backend::RunInfo::new(now, app.run_state().worker_id.lock().clone());
+        let expired_ago = delivery
+            .task
+            .expires_at
+            .filter(|expires_at| *expires_at <= now)
+            .map(|expires_at| now - expires_at);
         let mut outcome = match definition {
+            // Not started in time: it must not run at all.
+            _ if expired_ago.is_some() => {
+                let reason = format!(
+                    "expired: not started before its expiry, {:.1} s before a worker took it",
+                    expired_ago.unwrap_or_default()
+                );
+                tracing::info!(uuid = %uuid, "task {uuid} {reason}");
+                Outcome::Cancel(reason)
+            }
             // Handed out too often: each earlier delivery ended with its worker (an abort, an
             // OOM kill, a stall past the lease), so this one must not run, or it never ends.
             _ if max_deliveries > 0 && delivery.deliveries > max_deliveries => {
@@ -512,6 +526,9 @@ impl WorkerHost {
             traceparent: task.traceparent.clone(),
             // And to the same group: its success may complete the chord.
             group_uuid: task.group_uuid,
+            // A call's expiry and time limit hold for each of its attempts.
+            expires_at: task.expires_at,
+            max_time: task.max_time,
             definition: task.definition,
         };
         Outcome::Retry {
