@@ -111,6 +111,11 @@ async fn slow() -> u32 {
     1
 }
 
+#[qtasks_macros::task(name = "conformance_short_lived", result_ttl = 0.3)]
+async fn short_lived() -> u32 {
+    1
+}
+
 #[qtasks_macros::task(name = "conformance_stream")]
 async fn stream(n: u64) -> impl futures_util::Stream<Item = u64> {
     futures_util::stream::iter(0..n)
@@ -267,7 +272,30 @@ pub(crate) const ALL: &[(&str, Case)] = cases![
     records_say_which_run_ended_them,
     an_expired_task_never_runs,
     a_call_time_limit_replaces_the_tasks,
+    a_tasks_own_retention_drops_its_record,
 ];
+
+/// A task with a retention of its own (`result_ttl = 0.3`) loses its record that long after it
+/// ended; a task without one keeps its record under the engine's retention.
+async fn a_tasks_own_retention_drops_its_record(c: &Context<'_>) -> Result<(), String> {
+    let app = c.started_app("", 1).await?;
+    let short = said(short_lived::add_task(&app).await, "adding")?;
+    let kept = said(echo::add_task(&app, json!("kept")).await, "adding")?;
+    wait_for(&app, &short).await?;
+    wait_for(&app, &kept).await?;
+    eventually("the short-lived record is gone", || async {
+        // Another task ending gives an engine that drops records as they change its chance.
+        let poke = said(echo::add_task(&app, json!("poke")).await, "adding")?;
+        wait_for(&app, &poke).await?;
+        Ok(status_of(&app, short.uuid()).await?.is_none())
+    })
+    .await?;
+    ensure!(
+        status_of(&app, kept.uuid()).await? == Some(TaskStatus::Success),
+        "the record without a retention of its own is kept"
+    );
+    Ok(())
+}
 
 /// A task no worker started before its expiry ends `cancel` with the reason, and never runs;
 /// one added with a later expiry runs.

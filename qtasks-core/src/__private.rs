@@ -58,6 +58,9 @@ pub struct TaskDefinitionParts {
     pub retry_backoff: Option<RetryBackoffParts>,
     /// The time limit of one run, in seconds (`max_time`, alias `timeout`).
     pub max_time: Option<f64>,
+    /// How long the task's record is kept once it ended, in seconds (`result_ttl`), instead
+    /// of the engine's retention.
+    pub result_ttl: Option<f64>,
     /// Turns the result into the stored value; `None` stores the JSON result.
     pub decode: Option<fn(Value) -> std::result::Result<Value, String>>,
     /// Maps each item of a stream task before it is stored.

@@ -224,6 +224,7 @@ impl TaskDefinition {
                 retry_on: None,
                 retry_backoff: None,
                 max_time: None,
+                result_ttl: None,
                 decode: None,
                 generate_handler: None,
                 middlewares_before: &[],
@@ -292,6 +293,14 @@ impl TaskDefinition {
             .retry_backoff
             .as_ref()
             .map(RetryBackoff::from_parts)
+    }
+
+    /// How long the task's record is kept once it ended (`result_ttl`); `None` leaves it to
+    /// the engine's retention.
+    pub fn result_ttl(&self) -> Option<Duration> {
+        self.parts
+            .result_ttl
+            .map(|seconds| Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX))
     }
 
     /// The time limit of one run (`max_time`, alias `timeout`); `None` has none.

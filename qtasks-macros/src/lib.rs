@@ -61,6 +61,7 @@ use proc_macro::TokenStream;
 /// | `retry_jitter = 0.0..=1.0` | the part of each wait taken off at random; default 0.5 when doubling, else 0 |
 /// | `max_time = TIME` | the time limit of one run; ends `error` with `TimeoutError` |
 /// | `timeout = TIME` | another name for `max_time` (give one of them) |
+/// | `result_ttl = TIME` | how long the task's record is kept once it ended, instead of the engine's retention |
 /// | `decode = path` | a `fn(Value) -> Value` (or `-> Result<Value, E>`) that turns the result into the stored value |
 /// | `generate_handler = path` | a `fn(Value) -> Value` applied to each item of a stream task |
 /// | `middlewares_before = [STATIC, ..]` | `qtasks::Middleware` statics run before this task, after the app's |

@@ -529,9 +529,15 @@ impl RedisBroker {
         let fields = outcome_fields(outcome, &delivery.run, now);
         // The stats bucket of this outcome: this second (the worker's clock; see `scripts`).
         let bucket = format!("t:{}:{}", now as u64, outcome.status().as_str());
+        let own_ttl = delivery.run.result_ttl.map_or_else(String::new, |ttl| {
+            i64::try_from(ttl.as_millis())
+                .unwrap_or(i64::MAX)
+                .to_string()
+        });
         part.arg(&delivery.receipt)
             .arg(delivery.task.uuid.to_string())
             .arg(bucket)
+            .arg(own_ttl)
             .arg(fields.len())
             .arg(&fields);
         let Outcome::Retry { child, .. } = outcome else {

@@ -69,7 +69,7 @@ pub async fn connect(url: &str) -> qtasks_core::Result<QueueTasks> {
 /// use qtasks::redis::RedisOptions;
 ///
 /// # async fn demo() -> qtasks::Result<()> {
-/// let options = RedisOptions { result_ttl: Some(Duration::from_secs(24 * 3600)), ..Default::default() };
+/// let options = RedisOptions { result_ttl: Some(Duration::from_secs(7 * 24 * 3600)), ..Default::default() };
 /// let app = qtasks::redis::connect_with("redis://127.0.0.1:6379/0", qtasks::QueueConfig::default(), options).await?;
 /// # Ok(()) }
 /// ```
@@ -203,7 +203,10 @@ pub struct RedisOptions {
     /// worker after at most this long. Default 30 s; at least [`MIN_LEASE`] (1 s), or
     /// connecting fails saying so.
     pub lease: Duration,
-    /// Finished task records expire after this. `None` keeps them, as the original does.
+    /// Finished task records expire after this, unless their task sets its own
+    /// (`#[qtasks::task(result_ttl = ..)]`). Default one day
+    /// ([`DEFAULT_RESULT_TTL`](Self::DEFAULT_RESULT_TTL), as Celery's `result_expires`), so
+    /// records do not pile up forever; `None` keeps them, as the original does.
     pub result_ttl: Option<Duration>,
     /// How many dead letters (queue entries that could not run, with the reason) are kept in
     /// `N:qtasks:dead`: the newest this many. Default 10,000.
@@ -229,11 +232,16 @@ pub struct RedisOptions {
     pub tls_root_certificate: Option<Vec<u8>>,
 }
 
+impl RedisOptions {
+    /// How long finished records are kept unless told otherwise: one day.
+    pub const DEFAULT_RESULT_TTL: Duration = Duration::from_secs(24 * 3600);
+}
+
 impl Default for RedisOptions {
     fn default() -> Self {
         RedisOptions {
             lease: Duration::from_secs(30),
-            result_ttl: None,
+            result_ttl: Some(Self::DEFAULT_RESULT_TTL),
             dead_letters_max: 10_000,
             dead_letters_ttl: Some(Duration::from_secs(7 * 24 * 3600)),
             connect_timeout: Duration::from_secs(5),

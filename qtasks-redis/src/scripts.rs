@@ -413,7 +413,8 @@ return #members
 /// for a retry the child's record, the child's queue (`task_queue`, or `delayed` with a delay)
 /// and the records' index (when it is kept).
 /// ARGV: ttl_ms (0: keep), done channel, the outcome count, then per outcome: its lease member
-/// (token and member), uuid, stats bucket (`t:{second}:{status}`), field count `n`, the fields
+/// (token and member), uuid, stats bucket (`t:{second}:{status}`), its own ttl_ms (the task's
+/// `result_ttl`; '' takes the batch's), field count `n`, the fields
 /// and values, and the child's part: `0` for none, else `1` (`2` when the index is kept), the
 /// child's field count `c`, its fields and values, its queue entry, its delay in ms by Redis's
 /// clock ('' to queue it now) and its creation time in ms (for the index).
@@ -476,6 +477,7 @@ end
 -- field counts; child: its child part's flag.
 local function finish_one(k, a, n, child, c)
   local record, leased, uuid, bucket = KEYS[k], ARGV[a], ARGV[a + 1], ARGV[a + 2]
+  local ttl = tonumber(ARGV[a + 3]) or ttl
   local token = string.sub(leased, 1, 32)
   if redis.call('ZREM', KEYS[1], leased) == 0 then
     local found = redis.pcall('HMGET', record, 'status', 'finished_by', 'cancel_reason')
@@ -502,11 +504,11 @@ local function finish_one(k, a, n, child, c)
       return {3, cancel}
     end
   end
-  local written = redis.pcall('HSET', record, 'finished_by', token, unpack(ARGV, a + 4, a + 3 + 2 * n))
+  local written = redis.pcall('HSET', record, 'finished_by', token, unpack(ARGV, a + 5, a + 4 + 2 * n))
   if type(written) == 'table' and written['err'] then return unstorable(record) end
   items[#items + 1] = KEYS[k + 1]
   if child > 0 then
-    local queued, failure = pcall(add_child, k, a + 4 + 2 * n + 2, c, child == 2)
+    local queued, failure = pcall(add_child, k, a + 5 + 2 * n + 2, c, child == 2)
     if not queued then
       -- The next attempt cannot be queued (a key of the queue holds another type): this
       -- attempt ends `error` saying so, rather than `retry` with no next attempt.
@@ -528,8 +530,8 @@ local k, a = 4, 4
 for i = 1, count do
   -- Where this outcome's parts are, and where the next one's start (read before it runs, so
   -- an outcome that fails cannot throw the others' places off).
-  local n = tonumber(ARGV[a + 3])
-  local child_at = a + 4 + 2 * n
+  local n = tonumber(ARGV[a + 4])
+  local child_at = a + 5 + 2 * n
   local child = tonumber(ARGV[child_at])
   local c = 0
   local next_k, next_a = k + 2, child_at + 1

@@ -535,7 +535,14 @@ impl qtasks_core::backend::RecordStore for RedisStorage {
             ],
         };
         let allowed: String = from.iter().map(|s| format!(" {s} ")).collect();
-        let ttl_ms = self.result_ttl.map_or(0, |ttl| ttl.as_millis() as u64);
+        // The task's own retention, when it has one, else the storage's.
+        let own_ttl = match &change {
+            RecordChange::Finished(_, run) => run.result_ttl,
+            _ => None,
+        };
+        let ttl_ms = own_ttl
+            .or(self.result_ttl)
+            .map_or(0, |ttl| u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
         let mut script = TRANSITION.prepare_invoke();
         script
             .key(self.keys.record(uuid))

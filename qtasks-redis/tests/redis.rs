@@ -224,7 +224,11 @@ async fn finished_records_expire_when_a_retention_is_set() {
         result_ttl: Some(Duration::from_secs(3600)),
         ..Default::default()
     };
-    let keep_app = redis_app(&url, &kept, RedisOptions::default(), 1).await;
+    let keep_forever = RedisOptions {
+        result_ttl: None,
+        ..Default::default()
+    };
+    let keep_app = redis_app(&url, &kept, keep_forever, 1).await;
     let expire_app = redis_app(&url, &expiring, options, 1).await;
     keep_app.start().await.unwrap();
     expire_app.start().await.unwrap();
@@ -245,7 +249,7 @@ async fn finished_records_expire_when_a_retention_is_set() {
     let expiring_ttl: i64 = con.pttl(format!("{expiring}:{}", b.uuid)).await.unwrap();
     assert_eq!(
         kept_ttl, -1,
-        "no retention: kept forever, as in the original"
+        "`result_ttl: None`: kept forever, as in the original"
     );
     assert!(
         expiring_ttl > 0 && expiring_ttl <= 3_600_000,
@@ -713,6 +717,48 @@ async fn the_records_index_forgets_expired_records_and_bad_members() {
     assert!(page.records.is_empty() && page.next.is_none(), "{page:?}");
     let count: u64 = con.zcard(&index).await.unwrap();
     assert_eq!(count, 0, "the index kept what no record is behind");
+    app.stop().await.unwrap();
+    app.flush_all().await.unwrap();
+}
+
+#[qtasks::task(result_ttl = "2h")]
+async fn kept_two_hours() -> u32 {
+    2
+}
+
+/// Finished records expire after a day unless told otherwise (the original keeps them
+/// forever), and a task's own `result_ttl` wins over the app's.
+#[tokio::test]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
+async fn finished_records_expire_after_a_day_by_default_or_the_tasks_own_retention() {
+    let Some(url) =
+        redis_url("finished_records_expire_after_a_day_by_default_or_the_tasks_own_retention")
+    else {
+        return;
+    };
+    let prefix = unique_prefix("retention");
+    let app = redis_app(&url, &prefix, RedisOptions::default(), 2).await;
+    app.start().await.unwrap();
+    let plain = concat::add_task(&app, "a".into(), "b".into())
+        .await
+        .unwrap();
+    plain.wait(WAIT).await.unwrap();
+    let own = kept_two_hours::add_task(&app).await.unwrap();
+    own.wait(WAIT).await.unwrap();
+    let mut con = raw_connection(&url).await;
+    let day: i64 = con
+        .pttl(format!("{prefix}:{}", plain.uuid()))
+        .await
+        .unwrap();
+    assert!(
+        (86_000_000..=86_400_000).contains(&day),
+        "a day by default: {day} ms"
+    );
+    let two_hours: i64 = con.pttl(format!("{prefix}:{}", own.uuid())).await.unwrap();
+    assert!(
+        (7_000_000..=7_200_000).contains(&two_hours),
+        "the task's own: {two_hours} ms"
+    );
     app.stop().await.unwrap();
     app.flush_all().await.unwrap();
 }

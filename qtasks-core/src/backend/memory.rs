@@ -367,6 +367,9 @@ pub struct MemoryStorage {
     /// Finished records by the time they expire, oldest first (one TTL for all, so pushing at
     /// the back keeps the order). Locked after `slots`, never before.
     expiries: Mutex<VecDeque<(std::time::Instant, Uuid)>>,
+    /// Finished records of tasks with a retention of their own (`result_ttl` on the task), by
+    /// the time they expire, soonest first. Locked after `slots`, never with `expiries`.
+    own_expiries: Mutex<BinaryHeap<std::cmp::Reverse<(std::time::Instant, Uuid)>>>,
     /// The counters `stats` reads, kept as tasks start and end. Locked after `slots`.
     tally: Mutex<Tally>,
     /// Tasks cancelled while they waited whose records were deleted before a take dropped
@@ -408,6 +411,9 @@ struct Slot {
     /// Cancelled while it waited, its queue entry not yet dropped by a take: kept until then
     /// (the retention starts when the take drops it), and remembered in `gone` if deleted.
     queued_cancel: bool,
+    /// How long this record is kept once final, when its task says (`result_ttl`), instead
+    /// of the storage's retention.
+    result_ttl: Option<std::time::Duration>,
 }
 
 impl Slot {
@@ -417,6 +423,7 @@ impl Slot {
             changed: None,
             cancel_requested: None,
             queued_cancel: false,
+            result_ttl: None,
         })
     }
 
@@ -453,6 +460,7 @@ impl MemoryStorage {
             slots: Mutex::default(),
             result_ttl,
             expiries: Mutex::default(),
+            own_expiries: Mutex::default(),
             gone: Mutex::default(),
             tally: Mutex::default(),
         }
@@ -466,12 +474,20 @@ impl MemoryStorage {
         slots: &mut HashMap<Uuid, Box<Slot>, BuildHasherDefault<UuidHasher>>,
         became_final: Option<Uuid>,
     ) {
+        let own_ttl = became_final.and_then(|uuid| slots.get(&uuid)?.result_ttl);
+        if let (Some(uuid), Some(ttl)) = (became_final, own_ttl) {
+            let deadline = std::time::Instant::now() + ttl;
+            self.own_expiries
+                .lock()
+                .push(std::cmp::Reverse((deadline, uuid)));
+        }
+        self.drop_own_expired(slots);
         let Some(ttl) = self.result_ttl else {
             return;
         };
         let now = std::time::Instant::now();
         let mut expiries = self.expiries.lock();
-        if let Some(uuid) = became_final {
+        if let (Some(uuid), None) = (became_final, own_ttl) {
             expiries.push_back((now + ttl, uuid));
         }
         while let Some(&(deadline, uuid)) = expiries.front() {
@@ -480,6 +496,28 @@ impl MemoryStorage {
             }
             expiries.pop_front();
             // A cancelled task whose entry still waits keeps until a take drops the entry.
+            if slots
+                .get(&uuid)
+                .is_some_and(|slot| slot.record.status.is_final() && !slot.queued_cancel)
+            {
+                slots.remove(&uuid);
+            }
+        }
+    }
+
+    /// Drops the records kept for a retention of their own whose time has come (empty, and
+    /// nothing to do, unless some task sets `result_ttl`).
+    fn drop_own_expired(
+        &self,
+        slots: &mut HashMap<Uuid, Box<Slot>, BuildHasherDefault<UuidHasher>>,
+    ) {
+        let mut own = self.own_expiries.lock();
+        let now = std::time::Instant::now();
+        while let Some(&std::cmp::Reverse((deadline, uuid))) = own.peek() {
+            if deadline > now {
+                break;
+            }
+            own.pop();
             if slots
                 .get(&uuid)
                 .is_some_and(|slot| slot.record.status.is_final() && !slot.queued_cancel)
@@ -616,6 +654,7 @@ impl MemoryStorage {
             tally.ended(outcome.status());
         }
         self.change(uuid, |slot| {
+            slot.result_ttl = run.result_ttl;
             let record = &mut slot.record;
             record.updated_at = unix_now();
             record.run_ended(run, record.updated_at);
@@ -885,6 +924,9 @@ impl crate::backend::RecordStore for MemoryStorage {
                     _ => {}
                 }
                 let now = unix_now();
+                if let RecordChange::Finished(_, run) = &change {
+                    slot.result_ttl = run.result_ttl;
+                }
                 change.apply_to(&mut slot.record, now);
                 slot.record.updated_at = now;
                 slot.wake_waiters();

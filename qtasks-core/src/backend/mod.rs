@@ -291,6 +291,9 @@ pub struct RunInfo {
     pub started_at: Option<f64>,
     /// The worker's id (`host:pid:nonce`, as `stats` lists the workers).
     pub worker: Option<Arc<str>>,
+    /// How long the record is kept once final when the task says (`result_ttl`), instead of
+    /// the engine's retention.
+    pub result_ttl: Option<std::time::Duration>,
 }
 
 impl RunInfo {
@@ -299,6 +302,7 @@ impl RunInfo {
         RunInfo {
             started_at: Some(started_at),
             worker,
+            result_ttl: None,
         }
     }
 }

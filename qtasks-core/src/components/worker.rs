@@ -229,6 +229,7 @@ impl WorkerHost {
         let max_deliveries = app.config().max_deliveries;
         let now = unix_now();
         delivery.run = crate::backend::RunInfo::new(now, app.run_state().worker_id.lock().clone());
+        delivery.run.result_ttl = definition.and_then(TaskDefinition::result_ttl);
         let expired_ago = delivery
             .task
             .expires_at

@@ -144,6 +144,7 @@ fn emit(task: &Task) -> TokenStream {
         None => quote! { ::core::option::Option::None },
     };
     let backoff_max = optional_seconds(&options.retry_backoff_max);
+    let result_ttl = optional_seconds(&options.result_ttl);
     let jitter = optional_seconds(&options.retry_jitter);
     let exponential = options.retry_exponential;
     let retry_backoff = match &options.retry_delay {
@@ -387,6 +388,7 @@ fn emit(task: &Task) -> TokenStream {
                     retry_on: #retry_on,
                     retry_backoff: #retry_backoff,
                     max_time: #max_time,
+                    result_ttl: #result_ttl,
                     decode: #decode,
                     generate_handler: #generate_handler,
                     middlewares_before: &[#(#middlewares_before),*],

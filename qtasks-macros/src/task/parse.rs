@@ -21,6 +21,7 @@ const OPTIONS: &[&str] = &[
     "retry_jitter",
     "max_time",
     "timeout",
+    "result_ttl",
     "decode",
     "generate_handler",
     "middlewares_before",
@@ -46,6 +47,8 @@ pub(crate) struct TaskOptions {
     /// `retry_jitter`, a fraction from 0 to 1.
     pub(crate) retry_jitter: Option<Expr>,
     pub(crate) max_time: Option<Expr>,
+    /// `result_ttl`, in seconds.
+    pub(crate) result_ttl: Option<Expr>,
     pub(crate) decode: Option<Expr>,
     pub(crate) generate_handler: Option<Expr>,
     pub(crate) middlewares_before: Vec<Expr>,
@@ -169,6 +172,10 @@ pub(crate) fn parse_options(args: TokenStream, errors: &mut Errors) -> TaskOptio
                 };
                 let limit: Expr = meta.value()?.parse()?;
                 options.max_time = Some(seconds_of(limit, written, errors));
+            }
+            "result_ttl" => {
+                let ttl: Expr = meta.value()?.parse()?;
+                options.result_ttl = Some(seconds_of(ttl, "result_ttl", errors));
             }
             "decode" => options.decode = Some(meta.value()?.parse()?),
             "generate_handler" => options.generate_handler = Some(meta.value()?.parse()?),
