@@ -233,6 +233,9 @@ fn show_record(record: &TaskRecord) {
     if let Some(worker) = &record.worker {
         lines.push(("worker", worker.clone()));
     }
+    if let Some(progress) = &record.progress {
+        lines.push(("progress", progress.to_string()));
+    }
     if let Some(runtime) = record.runtime() {
         lines.push(("runtime", format_runtime(runtime)));
     }
@@ -260,7 +263,22 @@ fn show_record(record: &TaskRecord) {
 async fn wait(app: &QueueTasks, uuid: Uuid, timeout: Duration, json: bool) -> Outcome {
     let record = {
         let _spinner = Spinner::start(&format!("waiting for task {uuid}"));
-        app.wait(uuid, timeout).await?
+        // The task's progress, as it reports it, on stderr (stdout keeps the result alone).
+        let handle = app.handle::<Value>(uuid);
+        let progress = async {
+            use futures_util::StreamExt;
+            let mut updates = std::pin::pin!(handle.progress_updates::<Value>());
+            while let Some(Ok(progress)) = updates.next().await {
+                if !json {
+                    eprintln!("progress: {progress}");
+                }
+            }
+            std::future::pending::<()>().await;
+        };
+        tokio::select! {
+            waited = app.wait(uuid, timeout) => waited?,
+            () = progress => unreachable!("the progress printer never ends on its own"),
+        }
     };
     if json {
         output::json(&record);

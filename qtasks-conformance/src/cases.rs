@@ -111,6 +111,16 @@ async fn slow() -> u32 {
     1
 }
 
+/// Reports its progress, then waits at its gate.
+#[qtasks_macros::task(name = "conformance_reports", echo = true)]
+async fn reports(ctx: TaskContext, label: String) -> TaskResult<String> {
+    ctx.set_progress(json!({"step": 1}))?;
+    if let Ok(permit) = gate(&label).acquire().await {
+        permit.forget();
+    }
+    Ok(label)
+}
+
 #[qtasks_macros::task(name = "conformance_short_lived", result_ttl = 0.3)]
 async fn short_lived() -> u32 {
     1
@@ -273,7 +283,41 @@ pub(crate) const ALL: &[(&str, Case)] = cases![
     an_expired_task_never_runs,
     a_call_time_limit_replaces_the_tasks,
     a_tasks_own_retention_drops_its_record,
+    progress_is_read_while_running_and_kept,
 ];
+
+/// A running task's progress is read while it runs, woken for, and kept once it ended.
+async fn progress_is_read_while_running_and_kept(c: &Context<'_>) -> Result<(), String> {
+    let app = c.started_app("", 1).await?;
+    let label = c.label("progress");
+    let handle = said(reports::add_task(&app, label.clone()).await, "adding")?;
+    let mut updates = std::pin::pin!(handle.progress_updates::<Value>());
+    let first = tokio::time::timeout(WAIT, updates.next())
+        .await
+        .map_err(|_| "no progress came while the task ran".to_owned())?;
+    ensure!(
+        matches!(&first, Some(Ok(value)) if *value == json!({"step": 1})),
+        "the progress stream gave {first:?}"
+    );
+    let running = status_of(&app, handle.uuid()).await?;
+    ensure!(
+        running == Some(TaskStatus::Process),
+        "read while it runs: {running:?}"
+    );
+    gate(&label).add_permits(1);
+    let record = wait_for(&app, &handle).await?;
+    ensure!(
+        record.status == TaskStatus::Success,
+        "status {}",
+        record.status
+    );
+    ensure!(
+        record.progress == Some(json!({"step": 1})) && record.progress_at.is_some(),
+        "the ended record keeps the progress: {:?}",
+        record.progress
+    );
+    Ok(())
+}
 
 /// A task with a retention of its own (`result_ttl = 0.3`) loses its record that long after it
 /// ended; a task without one keeps its record under the engine's retention.

@@ -34,6 +34,8 @@ pub struct TaskContext {
     task_name: &'static str,
     span: tracing::Span,
     scope: Scope,
+    /// The run's delivery receipt: its progress writes are fenced by it.
+    delivery: std::sync::Arc<str>,
 }
 
 impl TaskContext {
@@ -43,6 +45,7 @@ impl TaskContext {
         task_name: &'static str,
         span: tracing::Span,
         scope: Scope,
+        delivery: std::sync::Arc<str>,
     ) -> Self {
         TaskContext {
             app,
@@ -50,6 +53,7 @@ impl TaskContext {
             task_name,
             span,
             scope,
+            delivery,
         }
     }
 
@@ -105,6 +109,42 @@ impl TaskContext {
     /// ```
     pub fn plugin_error(&self) -> PluginTriggerError {
         PluginTriggerError::new()
+    }
+
+    /// Reports how far the task is (any serde value: a percentage, `{"done": 40, "of": 100}`),
+    /// for `handle.progress()`, `qtasks get` and the dashboard. It returns at once: the write
+    /// goes out in the background, at most once every
+    /// [`PROGRESS_INTERVAL`](crate::PROGRESS_INTERVAL) per run, so a tight loop may report at
+    /// every step; the last value reported is always written (while the run holds the task).
+    /// Fails only when the value does not encode as JSON.
+    ///
+    /// ```rust,standalone_crate
+    /// #[qtasks::task(echo = true)]
+    /// async fn import(ctx: qtasks::TaskContext, rows: Vec<String>) -> qtasks::TaskResult<usize> {
+    ///     for (done, _row) in rows.iter().enumerate() {
+    ///         ctx.set_progress(serde_json::json!({"done": done + 1, "of": rows.len()}))?;
+    ///     }
+    ///     Ok(rows.len())
+    /// }
+    /// # fn main() {}
+    /// ```
+    pub fn set_progress(&self, progress: impl Serialize) -> std::result::Result<(), TaskError> {
+        let value = serde_json::to_value(progress).map_err(|e| {
+            TaskError::named(
+                "ProgressError",
+                format!("the progress does not encode as JSON: {e}"),
+            )
+        })?;
+        crate::progress::report(
+            &crate::progress::ProgressTarget {
+                app: &self.app,
+                scope: &self.scope,
+                uuid: self.uuid,
+                delivery: &self.delivery,
+            },
+            value,
+        );
+        Ok(())
     }
 
     /// Asks for this task to be run again after `delay` (return it as the error), as Celery's

@@ -236,10 +236,17 @@ impl<T: Send + Sync + 'static> Extract for State<T> {
     }
 }
 
-/// The resources of one run, closed when it ends.
+/// The resources of one run, closed when it ends, and its progress throttle: one allocation
+/// per run, shared by the run's context.
 #[derive(Clone, Default)]
 pub(crate) struct Scope {
-    closers: Arc<Mutex<Vec<Closer>>>,
+    shared: Arc<ScopeShared>,
+}
+
+#[derive(Default)]
+struct ScopeShared {
+    closers: Mutex<Vec<Closer>>,
+    progress: Mutex<crate::progress::Throttle>,
 }
 
 /// One resource's close step.
@@ -247,12 +254,17 @@ pub(crate) type Closer = Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>;
 
 impl Scope {
     pub(crate) fn defer(&self, close: Closer) {
-        self.closers.lock().push(close);
+        self.shared.closers.lock().push(close);
+    }
+
+    /// The run's progress throttle (see `progress`).
+    pub(crate) fn progress(&self) -> &Mutex<crate::progress::Throttle> {
+        &self.shared.progress
     }
 
     /// Runs the closers, last made first; a panicking one is logged.
     pub(crate) async fn close(&self) {
-        let closers: Vec<_> = self.closers.lock().drain(..).rev().collect();
+        let closers: Vec<_> = self.shared.closers.lock().drain(..).rev().collect();
         for close in closers {
             if let Err(panic) = catch_panic(close()).await {
                 tracing::error!("closing a task dependency panicked: {panic}");

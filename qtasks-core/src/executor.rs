@@ -40,8 +40,9 @@ pub struct TaskExecutor {
     dispatch: Arc<Dispatch>,
     span: tracing::Span,
     cancel: watch::Receiver<Option<String>>,
-    /// The receipt of the delivery this run belongs to (its stream items are fenced by it).
-    delivery: String,
+    /// The receipt of the delivery this run belongs to (its stream items and progress are
+    /// fenced by it).
+    delivery: Arc<str>,
     /// The error the run failed with, for the worker's retry decision.
     failure: Mutex<Option<TaskError>>,
 }
@@ -66,7 +67,7 @@ impl TaskExecutor {
         dispatch: Arc<Dispatch>,
         span: tracing::Span,
         cancel: watch::Receiver<Option<String>>,
-        delivery: String,
+        delivery: Arc<str>,
     ) -> Self {
         TaskExecutor {
             app,
@@ -162,6 +163,7 @@ impl TaskExecutor {
             self.task.parts.name,
             self.span.clone(),
             scope.clone(),
+            Arc::clone(&self.delivery),
         );
         chain!(
             dispatch,
@@ -537,7 +539,7 @@ mod detached {
                 Arc::new(Dispatch::build(&[])),
                 tracing::Span::none(),
                 tokio::sync::watch::channel(None).1,
-                String::new(),
+                Arc::from(""),
             )
         }
     }

@@ -107,6 +107,76 @@ impl<T> TaskHandle<T> {
         self.app.get(self.uuid).await
     }
 
+    /// The progress the task last reported (`ctx.set_progress`), read as `P`; `None` before it
+    /// reported any (or for a task that does not exist).
+    ///
+    /// ```rust,standalone_crate
+    /// # use std::time::Duration;
+    /// #[qtasks::task(echo = true)]
+    /// async fn import(ctx: qtasks::TaskContext) -> qtasks::TaskResult<()> {
+    ///     ctx.set_progress(100)?;
+    ///     Ok(())
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> qtasks::Result<()> {
+    /// let app = qtasks::QueueTasks::new();
+    /// app.start().await?;
+    /// let handle = import::add_task(&app).await?;
+    /// handle.wait(Duration::from_secs(5)).await?;
+    /// assert_eq!(handle.progress::<u32>().await?, Some(100));
+    /// # app.stop().await }
+    /// ```
+    pub async fn progress<P: DeserializeOwned>(
+        &self,
+    ) -> std::result::Result<Option<P>, TaskFailure> {
+        let record = self
+            .app
+            .get(self.uuid)
+            .await
+            .map_err(|error| TaskFailure::Backend(Box::new(error)))?;
+        record
+            .and_then(|record| record.progress)
+            .map(|value| decode(self.uuid, value))
+            .transpose()
+    }
+
+    /// The task's progress as it reports it, read as `P`: each new value once stored (a task
+    /// reporting faster than the throttle is seen at its pace), ending when the task ends.
+    pub fn progress_updates<P: DeserializeOwned + 'static>(
+        &self,
+    ) -> impl futures_core::Stream<Item = std::result::Result<P, TaskFailure>> + Send + 'static
+    {
+        let storage = std::sync::Arc::clone(&self.app.components().storage);
+        let uuid = self.uuid;
+        futures_util::stream::unfold(
+            (storage, None::<f64>, false),
+            move |(storage, after, ended)| async move {
+                if ended {
+                    return None;
+                }
+                match storage.wait_progress(uuid, after).await {
+                    Err(error) => Some((
+                        Err(TaskFailure::Backend(Box::new(error.into()))),
+                        (storage, after, true),
+                    )),
+                    Ok(None) => None,
+                    Ok(Some(record)) => {
+                        let ended = record.status.is_final();
+                        let fresh = crate::backend::progress_is_newer(&record, after);
+                        match (fresh, record.progress) {
+                            (true, Some(value)) => {
+                                Some((decode(uuid, value), (storage, record.progress_at, ended)))
+                            }
+                            // Ended with nothing new.
+                            _ => None,
+                        }
+                    }
+                }
+            },
+        )
+    }
+
     /// Cancels the task, as [`QueueTasks::cancel`] does: one still queued never runs, a running
     /// one is stopped, and it ends `cancel` with `reason`. Returns `false` when the task had
     /// ended already.

@@ -37,6 +37,7 @@ pub mod inspect;
 mod middleware;
 mod panic;
 pub mod plugin;
+mod progress;
 pub mod records;
 mod registry;
 pub mod schedule;
@@ -68,6 +69,7 @@ pub use context::TaskContext;
 pub use deps::{DependencyScope, Depends, State};
 pub use group::{Chord, ChordHandle, Group, GroupHandle, chord, group};
 pub use handle::{FromTaskHandle, StreamHandle, TaskFailure, TaskHandle};
+pub use progress::PROGRESS_INTERVAL;
 pub use records::TaskRecord;
 pub use task::{
     Backoff, Outcome, QueuedTask, RetryBackoff, TaskDefinition, TaskParam, TaskStatus,

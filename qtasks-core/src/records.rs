@@ -322,6 +322,12 @@ pub struct TaskRecord {
     /// The worker whose run ended the task (`host:pid:nonce`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<String>,
+    /// The progress the task last reported while it ran (`ctx.set_progress`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Value>,
+    /// When the progress was stored (Unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_at: Option<f64>,
 }
 
 impl TaskRecord {
@@ -352,6 +358,8 @@ impl TaskRecord {
             started_at: None,
             finished_at: None,
             worker: None,
+            progress: None,
+            progress_at: None,
         }
     }
 

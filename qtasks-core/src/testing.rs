@@ -72,7 +72,7 @@ pub async fn run<H>(app: &QueueTasks, call: TaskCall<H>) -> Result<Outcome> {
         app.dispatch(),
         span,
         cancel,
-        receipt.clone(),
+        std::sync::Arc::from(receipt.as_str()),
     );
     let executor = definition.parts.runner.unwrap_or(&*app.components().runner);
     let outcome = catch_panic(executor.execute(&run)).await;

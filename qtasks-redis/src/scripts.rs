@@ -369,6 +369,24 @@ redis.call('PUBLISH', ARGV[2], ARGV[3])
 return 1
 "#;
 
+/// Stores the progress of a running task, under the same fence as a stream item: only while
+/// the task runs and, for a delivery with a lease (a member with `|`), while that lease is held.
+/// KEYS: record, leases. ARGV: the progress (JSON), the done channel, uuid, the delivery.
+/// Returns 1 when stored, 0 when refused.
+pub(super) const SET_PROGRESS: &str = r#"
+if string.find(ARGV[4], '|', 1, true) and not redis.call('ZSCORE', KEYS[2], ARGV[4]) then
+  return 0
+end
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'hash' or redis.call('HGET', KEYS[1], 'status') ~= 'process' then
+  return 0
+end
+local t = redis.call('TIME')
+local now_s = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+redis.call('HSET', KEYS[1], 'progress', ARGV[1], 'progress_at', now_s)
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 1
+"#;
+
 /// Puts the members whose lease has run out back in `ready` at once, marked recovered, and
 /// revokes their tokens; returns how many. Live workers' leases are left alone.
 /// KEYS: ready, leases, recovered.

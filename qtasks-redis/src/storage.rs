@@ -101,6 +101,7 @@ pub(crate) struct RedisStorage {
     /// subscription reconnects; this bounds the delay then.
     fallback_check: Duration,
     append: redis::Script,
+    progress: redis::Script,
     client: redis::Client,
     /// The result subscription, made at the first wait: a worker that never waits gets no
     /// message per finished task.
@@ -142,12 +143,14 @@ impl RedisStorage {
             Arc::downgrade(&waiters),
         ));
         let append = redis::Script::new(super::scripts::APPEND_ITEM);
+        let progress = redis::Script::new(super::scripts::SET_PROGRESS);
         Ok(RedisStorage {
             keys,
             commands,
             waiters,
             fallback_check,
             append,
+            progress,
             client,
             done_subscription: tokio::sync::OnceCell::new(),
             publishers: Mutex::default(),
@@ -462,6 +465,47 @@ impl Storage for RedisStorage {
             tracing::debug!(uuid = %uuid, "an item of task {uuid} was refused: its run no longer holds the task");
         }
         Ok(appended == 1)
+    }
+
+    async fn set_progress(
+        &self,
+        uuid: Uuid,
+        delivery: &str,
+        progress: serde_json::Value,
+    ) -> Result<bool, BackendError> {
+        let mut con = self.commands.clone();
+        let stored: i64 = self
+            .progress
+            .key(self.keys.record(uuid))
+            .key(&self.keys.leases)
+            .arg(progress.to_string())
+            .arg(&self.keys.done_channel)
+            .arg(uuid.to_string())
+            .arg(delivery)
+            .invoke_async(&mut con)
+            .await
+            .map_err(|e| failure(format!("storing the progress of task {uuid} failed"), e))?;
+        Ok(stored == 1)
+    }
+
+    async fn wait_progress(
+        &self,
+        uuid: Uuid,
+        after: Option<f64>,
+    ) -> Result<Option<TaskRecord>, BackendError> {
+        self.wait_for(uuid, |record| async move {
+            match record {
+                None => Some(Ok(None)),
+                Some(record)
+                    if record.status.is_final()
+                        || qtasks_core::backend::progress_is_newer(&record, after) =>
+                {
+                    Some(Ok(Some(record)))
+                }
+                Some(_) => None,
+            }
+        })
+        .await
     }
 
     async fn wait_items(&self, uuid: Uuid, seen: usize) -> Result<ItemsRead, BackendError> {

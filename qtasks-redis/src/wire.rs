@@ -251,6 +251,8 @@ pub(super) fn read_record(uuid: Uuid, fields: &Fields) -> (TaskRecord, Vec<Strin
     let finished_at = read("finished_at", false, &number);
     let worker = read("worker", false, &|_| Ok(()));
     let expires_at = read("expires_at", false, &number);
+    let progress = read("progress", false, &|_| Ok(()));
+    let progress_at = read("progress_at", false, &number);
     let max_time = read("max_time", false, &number);
 
     let mut task = QueuedTask::new(uuid, task_name.unwrap_or_default());
@@ -275,6 +277,8 @@ pub(super) fn read_record(uuid: Uuid, fields: &Fields) -> (TaskRecord, Vec<Strin
     record.started_at = started_at.and_then(|t| t.parse().ok());
     record.finished_at = finished_at.and_then(|t| t.parse().ok());
     record.worker = worker;
+    record.progress = progress.map(|raw| serde_json::from_str(&raw).unwrap_or(Value::String(raw)));
+    record.progress_at = progress_at.and_then(|t| t.parse().ok());
     // A record that cannot say what state it is in is reported as failed.
     record.status = status
         .as_deref()

@@ -738,6 +738,9 @@ pub(crate) fn task_region(record: &TaskRecord) -> Markup {
             @if let Some(worker) = &record.worker {
                 dt { "Worker" } dd.mono { (worker) }
             }
+            @if let Some(progress) = &record.progress {
+                dt { "Progress" } dd.mono { (progress.to_string()) }
+            }
             @if let Some(group) = record.group_uuid {
                 dt { "Group" } dd.mono { (group) }
             }

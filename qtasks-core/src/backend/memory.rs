@@ -775,6 +775,43 @@ impl Storage for MemoryStorage {
         result.map(|()| appended)
     }
 
+    async fn set_progress(
+        &self,
+        uuid: Uuid,
+        delivery: &str,
+        progress: serde_json::Value,
+    ) -> Result<bool, BackendError> {
+        // In one process a task has one delivery at a time: only a running task reports.
+        let _ = delivery;
+        let mut stored = false;
+        // A record deleted meanwhile keeps no progress: nothing to report.
+        let _ = self.change(uuid, |slot| {
+            if slot.record.status == TaskStatus::Process {
+                slot.record.progress = Some(progress);
+                slot.record.progress_at = Some(unix_now());
+                stored = true;
+            }
+        });
+        Ok(stored)
+    }
+
+    async fn wait_progress(
+        &self,
+        uuid: Uuid,
+        after: Option<f64>,
+    ) -> Result<Option<TaskRecord>, BackendError> {
+        loop {
+            let has_news = |record: &TaskRecord| {
+                record.status.is_final() || super::progress_is_newer(record, after)
+            };
+            match self.look(uuid, has_news) {
+                (Some(found), _) => return Ok(found),
+                (None, Some(changed)) => changed.await,
+                (None, None) => unreachable!("look registers when it returns nothing"),
+            }
+        }
+    }
+
     async fn wait_items(&self, uuid: Uuid, seen: usize) -> Result<ItemsRead, BackendError> {
         loop {
             let has_news =

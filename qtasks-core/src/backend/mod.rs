@@ -563,6 +563,39 @@ pub trait Storage: Lifecycle {
     /// Resolves with the record once the task has ended; `None` if there is no such task.
     async fn wait_finished(&self, uuid: Uuid) -> Result<Option<TaskRecord>, BackendError>;
 
+    /// Stores the progress a running task reported (`ctx.set_progress`), in its record's
+    /// `progress`, with `progress_at` (now) and wakes whoever waits on the record. Like an
+    /// item, it is stored only while `delivery` still holds the task (on an engine with leases)
+    /// and the task runs: `Ok(false)` otherwise. The default keeps no progress.
+    async fn set_progress(
+        &self,
+        uuid: Uuid,
+        delivery: &str,
+        progress: serde_json::Value,
+    ) -> Result<bool, BackendError> {
+        let _ = (uuid, delivery, progress);
+        Ok(false)
+    }
+
+    /// Resolves with the record once its progress is newer than `after` (its `progress_at`),
+    /// or it has ended; `None` if there is no such task. The default reads the record every
+    /// [`PROGRESS_INTERVAL`](crate::PROGRESS_INTERVAL).
+    async fn wait_progress(
+        &self,
+        uuid: Uuid,
+        after: Option<f64>,
+    ) -> Result<Option<TaskRecord>, BackendError> {
+        loop {
+            match self.get(uuid).await? {
+                None => return Ok(None),
+                Some(record) if record.status.is_final() || progress_is_newer(&record, after) => {
+                    return Ok(Some(record));
+                }
+                Some(_) => tokio::time::sleep(crate::progress::PROGRESS_INTERVAL).await,
+            }
+        }
+    }
+
     /// Appends one item of a running stream task to the items read live (and wakes whoever
     /// reads them), for the run of the delivery with this receipt ([`Delivery::receipt`]) only:
     /// an engine that can tell refuses the item of a run that lost its task (it returns
@@ -654,4 +687,13 @@ pub trait RecordStoreConnector: Send + Sync + 'static {
         &self,
         config: &QueueConfig,
     ) -> Result<(Arc<dyn RecordStore>, Arc<dyn GlobalConfig>), BackendError>;
+}
+
+/// Whether a record's progress was written after `after` (any progress, when `after` is none).
+pub fn progress_is_newer(record: &TaskRecord, after: Option<f64>) -> bool {
+    match (record.progress_at, after) {
+        (Some(at), Some(after)) => at > after,
+        (Some(_), None) => true,
+        (None, _) => false,
+    }
 }

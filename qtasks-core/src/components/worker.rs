@@ -433,7 +433,7 @@ impl WorkerHost {
             Arc::clone(&dispatch),
             span.clone(),
             cancel,
-            receipt.to_owned(),
+            Arc::from(receipt),
         );
         let outcome = match catch_panic(executor.execute(&run)).instrument(span).await {
             Ok(outcome) => outcome,
