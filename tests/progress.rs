@@ -33,6 +33,33 @@ async fn counts_up(ctx: TaskContext, steps: u64) -> TaskResult<u64> {
     Ok(steps)
 }
 
+/// Reports and ends at once: the last report is held back by the throttle when the task
+/// returns.
+#[qtasks::task(echo = true)]
+async fn reports_and_ends(ctx: TaskContext, steps: u64) -> TaskResult<()> {
+    for done in 1..=steps {
+        ctx.set_progress(Done { done, of: steps })?;
+    }
+    Ok(())
+}
+
+/// The run's last report is stored before its outcome, even when the task returns while the
+/// throttle holds it back.
+async fn the_last_report_is_stored_before_the_outcome(app: &QueueTasks) {
+    for steps in [1, 2, 5_000] {
+        let handle = reports_and_ends::add_task(app, steps).await.unwrap();
+        handle.result(WAIT).await.unwrap();
+        assert_eq!(
+            handle.progress::<Done>().await.unwrap(),
+            Some(Done {
+                done: steps,
+                of: steps
+            }),
+            "{steps} steps"
+        );
+    }
+}
+
 async fn progress_is_throttled_and_the_last_value_is_kept(app: &QueueTasks) {
     let steps = 200_000;
     let handle = counts_up::add_task(app, steps).await.unwrap();
@@ -84,6 +111,7 @@ async fn progress_in_memory() {
     let app = QueueTasks::new();
     app.start().await.unwrap();
     progress_is_throttled_and_the_last_value_is_kept(&app).await;
+    the_last_report_is_stored_before_the_outcome(&app).await;
     // A task that never reports has none.
     let quiet = counts_up::add_task(&app, 0).await.unwrap();
     quiet.wait(WAIT).await.unwrap();
@@ -101,6 +129,7 @@ async fn progress_on_redis() {
     let app = redis_app(&url, &prefix, RedisOptions::default(), 2).await;
     app.start().await.unwrap();
     progress_is_throttled_and_the_last_value_is_kept(&app).await;
+    the_last_report_is_stored_before_the_outcome(&app).await;
     app.stop().await.unwrap();
     app.flush_all().await.unwrap();
 }

@@ -247,6 +247,8 @@ pub(crate) struct Scope {
 struct ScopeShared {
     closers: Mutex<Vec<Closer>>,
     progress: Mutex<crate::progress::Throttle>,
+    /// Held by each progress write, so the end of a run can wait for one under way.
+    progress_writes: tokio::sync::Mutex<()>,
 }
 
 /// One resource's close step.
@@ -260,6 +262,11 @@ impl Scope {
     /// The run's progress throttle (see `progress`).
     pub(crate) fn progress(&self) -> &Mutex<crate::progress::Throttle> {
         &self.shared.progress
+    }
+
+    /// The lock each progress write holds.
+    pub(crate) fn progress_writes(&self) -> &tokio::sync::Mutex<()> {
+        &self.shared.progress_writes
     }
 
     /// Runs the closers, last made first; a panicking one is logged.

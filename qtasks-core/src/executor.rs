@@ -123,6 +123,14 @@ impl TaskExecutor {
             }
             Err(Stopped::Failed(error)) => self.failed(error),
         };
+        // The last progress the task reported is stored before its outcome.
+        crate::progress::settle(&crate::progress::ProgressTarget {
+            app: &self.app,
+            scope: &scope,
+            uuid: self.queued.uuid,
+            delivery: &self.delivery,
+        })
+        .await;
         // Task-scoped dependencies close, and the close trigger fires, whatever the outcome
         // (the original skips both when the task fails).
         scope.close().await;

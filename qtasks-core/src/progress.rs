@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::QueueTasks;
@@ -21,8 +22,10 @@ pub(crate) struct Throttle {
     last_sent: Option<Instant>,
     /// The newest value not written yet.
     pending: Option<Value>,
-    /// Whether a write of `pending` is scheduled.
-    flush_scheduled: bool,
+    /// The scheduled write of `pending`, if any.
+    flush: Option<JoinHandle<()>>,
+    /// The last write sent, awaited before the run's outcome is stored.
+    in_flight: Option<JoinHandle<()>>,
 }
 
 /// Where a run's progress goes.
@@ -41,42 +44,80 @@ pub(crate) fn report(target: &ProgressTarget<'_>, value: Value) {
     let due = throttle
         .last_sent
         .map_or(now, |last| last + PROGRESS_INTERVAL);
-    if due <= now && !throttle.flush_scheduled {
+    if due <= now && throttle.flush.is_none() {
         throttle.last_sent = Some(now);
-        drop(throttle);
-        let (app, uuid, delivery) = (target.app.clone(), target.uuid, Arc::clone(target.delivery));
-        tokio::spawn(async move { write(&app, uuid, &delivery, value).await });
+        let (app, scope, uuid, delivery) = (
+            target.app.clone(),
+            target.scope.clone(),
+            target.uuid,
+            Arc::clone(target.delivery),
+        );
+        throttle.in_flight = Some(tokio::spawn(async move {
+            write(&app, &scope, uuid, &delivery, value).await;
+        }));
         return;
     }
     throttle.pending = Some(value);
-    if throttle.flush_scheduled {
+    if throttle.flush.is_some() {
         return;
     }
-    throttle.flush_scheduled = true;
-    drop(throttle);
     let (app, scope, uuid, delivery) = (
         target.app.clone(),
         target.scope.clone(),
         target.uuid,
         Arc::clone(target.delivery),
     );
-    tokio::spawn(async move {
+    throttle.flush = Some(tokio::spawn(async move {
         tokio::time::sleep_until(due.into()).await;
+        // The write lock first: the end of the run, waiting for it, then finds the value
+        // either written or still pending, never half-way.
+        let _writing = scope.progress_writes().lock().await;
         let value = {
             let mut throttle = scope.progress().lock();
-            throttle.flush_scheduled = false;
+            throttle.flush = None;
             throttle.last_sent = Some(Instant::now());
             throttle.pending.take()
         };
         if let Some(value) = value {
-            write(&app, uuid, &delivery, value).await;
+            store(&app, uuid, &delivery, value).await;
         }
-    });
+    }));
 }
 
-/// One write. Refused (the run lost the task, or it ended) or failed, it is only logged:
+/// Called when the run's task returned, before its outcome is stored: the last write sent is
+/// waited for, and a value still held back by the throttle is written now, so the record keeps
+/// the last progress reported (a write after the outcome would be refused). Nothing to do for
+/// a task that never reported.
+pub(crate) async fn settle(target: &ProgressTarget<'_>) {
+    let (in_flight, pending) = {
+        let mut throttle = target.scope.progress().lock();
+        if throttle.last_sent.is_none() && throttle.pending.is_none() {
+            return;
+        }
+        if let Some(flush) = throttle.flush.take() {
+            flush.abort();
+        }
+        (throttle.in_flight.take(), throttle.pending.take())
+    };
+    if let Some(in_flight) = in_flight {
+        let _ = in_flight.await;
+    }
+    // A scheduled write that had started before the abort holds the lock until it is done.
+    let _writing = target.scope.progress_writes().lock().await;
+    if let Some(value) = pending {
+        store(target.app, target.uuid, target.delivery, value).await;
+    }
+}
+
+/// One write, under the run's write lock.
+async fn write(app: &QueueTasks, scope: &Scope, uuid: Uuid, delivery: &str, value: Value) {
+    let _writing = scope.progress_writes().lock().await;
+    store(app, uuid, delivery, value).await;
+}
+
+/// Stores a value. Refused (the run lost the task, or it ended) or failed, it is only logged:
 /// progress is advice, and the run goes on.
-async fn write(app: &QueueTasks, uuid: Uuid, delivery: &str, value: Value) {
+async fn store(app: &QueueTasks, uuid: Uuid, delivery: &str, value: Value) {
     match app
         .components()
         .storage
