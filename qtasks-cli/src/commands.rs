@@ -231,7 +231,7 @@ fn show_record(record: &TaskRecord) {
         lines.push(("due", due));
     }
     if let Some(worker) = &record.worker {
-        lines.push(("worker", worker.clone()));
+        lines.push(("worker", worker.to_string()));
     }
     if let Some(progress) = &record.progress {
         lines.push(("progress", progress.to_string()));

@@ -319,9 +319,10 @@ pub struct TaskRecord {
     /// When the task ended (Unix seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<f64>,
-    /// The worker whose run ended the task (`host:pid:nonce`).
+    /// The worker whose run ended the task (`host:pid:nonce`); shared, not copied, between
+    /// the records of one worker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub worker: Option<String>,
+    pub worker: Option<std::sync::Arc<str>>,
     /// The progress the task last reported while it ran (`ctx.set_progress`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<Value>,
@@ -367,7 +368,7 @@ impl TaskRecord {
     pub fn run_ended(&mut self, run: &crate::backend::RunInfo, now: f64) {
         self.started_at = run.started_at;
         self.finished_at = Some(now);
-        self.worker = run.worker.as_deref().map(str::to_owned);
+        self.worker.clone_from(&run.worker);
     }
 
     /// How long the run that ended the task took, when both ends are known.

@@ -276,7 +276,7 @@ pub(super) fn read_record(uuid: Uuid, fields: &Fields) -> (TaskRecord, Vec<Strin
     let mut record = TaskRecord::from_task(task);
     record.started_at = started_at.and_then(|t| t.parse().ok());
     record.finished_at = finished_at.and_then(|t| t.parse().ok());
-    record.worker = worker;
+    record.worker = worker.map(std::sync::Arc::from);
     record.progress = progress.map(|raw| serde_json::from_str(&raw).unwrap_or(Value::String(raw)));
     record.progress_at = progress_at.and_then(|t| t.parse().ok());
     // A record that cannot say what state it is in is reported as failed.
