@@ -157,7 +157,11 @@ async fn a_task_asks_for_a_retry_after_a_wait_of_its_choosing() {
         TaskStatus::New,
         "the next attempt waits its hour"
     );
-    assert!(app.cancel(chain[1].uuid, "test over").await.unwrap());
+    // The handle of the first attempt cancels the attempt that lives on.
+    assert!(later.cancel("test over").await.unwrap());
+    let cancelled = app.get(chain[1].uuid).await.unwrap().unwrap();
+    assert_eq!(cancelled.status, TaskStatus::Cancel);
+    assert_eq!(cancelled.cancel_reason.as_deref(), Some("test over"));
 
     // Without retries the task ends `error`, saying a retry was asked.
     let done = asks_without_retries::add_task(&app)
@@ -174,6 +178,32 @@ async fn a_task_asks_for_a_retry_after_a_wait_of_its_choosing() {
              (a retry after 10ms was asked, but the task has no `retry = N`)"
         )
     );
+    app.stop().await.unwrap();
+}
+
+#[qtasks::task(retry = 2, retry_delay = "300ms")]
+async fn fails_then_waits() -> TaskResult<()> {
+    Err(TaskError::msg("the ledger is closed"))
+}
+
+#[tokio::test]
+async fn an_expiry_ends_the_retries_with_the_real_error() {
+    let app = started(QueueConfig::default()).await;
+    let handle = fails_then_waits::call()
+        .expires(Duration::from_millis(150))
+        .add(&app)
+        .await
+        .unwrap();
+    let record = handle.wait(WAIT).await.unwrap();
+    assert_eq!(record.status, TaskStatus::Error, "{record:?}");
+    assert_eq!(
+        record.traceback.as_deref(),
+        Some(
+            "TaskError: the ledger is closed\n\
+             (not retried: the next attempt could not start before the task's expiry)"
+        )
+    );
+    assert_eq!(record.retry_child_uuid, None);
     app.stop().await.unwrap();
 }
 

@@ -256,6 +256,27 @@ async fn a_call_with_options_keeps_its_type() {
         .unwrap();
     assert_eq!(many[2].result(WAIT).await.unwrap().number, 3);
 
+    // A call's expiry counts from each add (a schedule adds one call again and again).
+    let expiring = typed_invoice::call(5)
+        .delay(Duration::from_secs(60))
+        .expires(Duration::from_secs(600));
+    let first = expiring.add(&app).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = expiring
+        .clone()
+        .uuid(qtasks::Uuid::new_v4())
+        .add(&app)
+        .await
+        .unwrap();
+    let expiry = |record: Option<qtasks::TaskRecord>| record.unwrap().expires_at.unwrap();
+    let (a, b) = (
+        expiry(first.get().await.unwrap()),
+        expiry(second.get().await.unwrap()),
+    );
+    assert!(b - a >= 0.2, "each add its own expiry: {a} then {b}");
+    first.cancel("done").await.unwrap();
+    second.cancel("done").await.unwrap();
+
     // Calls of different tasks share a list once untyped.
     let mixed = [
         typed_invoice::call(1).untyped(),

@@ -145,15 +145,15 @@ impl<T> OpaqueOutput for OutputProbe<T> {
 }
 
 /// Not public API. What the task attribute implements on a task's handle type, so that other
-/// generated code (a plugin's `task = ..`) can name the task's definition and result type.
+/// generated code (a plugin's `task = ..`) can name the task's definition and result type `O`
+/// (a stream task's: the `Vec` of its items). The result type is a parameter, not an
+/// associated type: a `pub` task may return a private type.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a task",
     label = "not a fn marked `#[qtasks::task]`",
     note = "`task = ..` names the task whose failure the handler recovers: a fn marked `#[qtasks::task]`, in scope"
 )]
-pub trait TypedTask {
-    /// The task's result type (a stream task's: the `Vec` of its items).
-    type Output;
+pub trait TypedTask<O> {
     /// The task's definition.
     const DEFINITION: &'static TaskDefinition;
 }
@@ -425,25 +425,25 @@ impl<O, E: Display> RecoveredResult<O> for std::result::Result<(), E> {
 }
 
 /// Not public API. Checks, on the span of `task = ..`, that the path names a task.
-pub const fn typed_task<T: TypedTask>() {}
+pub const fn typed_task<T: TypedTask<O>, O>() {}
 
 /// Whether the failed task is `T` (a recovering handler hears only its own task's failures).
-fn recovers<T: TypedTask>(payload: &triggers::TaskExecutorRunTaskTriggerError<'_>) -> bool {
+fn recovers<T: TypedTask<O>, O>(payload: &triggers::TaskExecutorRunTaskTriggerError<'_>) -> bool {
     payload.task.parts.name == T::DEFINITION.parts.name
 }
 
 /// Not public API. Calls a sync handler that recovers the task `T`.
 #[allow(clippy::needless_pass_by_value)] // handlers are fn items: zero-sized, passed by value
-pub fn recover_sync<'a, 'b, T, F, R>(
+pub fn recover_sync<'a, 'b, T, O, F, R>(
     handler: F,
     payload: &triggers::TaskExecutorRunTaskTriggerError<'b>,
 ) -> HandlerCall<'a>
 where
-    T: TypedTask,
+    T: TypedTask<O>,
     F: Fn(&triggers::TaskExecutorRunTaskTriggerError<'b>) -> R,
-    R: RecoveredResult<T::Output>,
+    R: RecoveredResult<O>,
 {
-    if !recovers::<T>(payload) {
+    if !recovers::<T, O>(payload) {
         return HandlerCall::Skip;
     }
     HandlerCall::Ready(handler(payload).into_outcome())
@@ -451,17 +451,17 @@ where
 
 /// Not public API. Calls an async handler that recovers the task `T`.
 #[allow(clippy::needless_pass_by_value)] // handlers are fn items: zero-sized, passed by value
-pub fn recover_async<'a, T, F, Fut>(
+pub fn recover_async<'a, T, O, F, Fut>(
     handler: F,
     payload: &'a triggers::TaskExecutorRunTaskTriggerError<'a>,
 ) -> HandlerCall<'a>
 where
-    T: TypedTask,
+    T: TypedTask<O>,
     F: Fn(&'a triggers::TaskExecutorRunTaskTriggerError<'a>) -> Fut,
     Fut: Future + Send + 'a,
-    Fut::Output: RecoveredResult<T::Output>,
+    Fut::Output: RecoveredResult<O>,
 {
-    if !recovers::<T>(payload) {
+    if !recovers::<T, O>(payload) {
         return HandlerCall::Skip;
     }
     let future = handler(payload);

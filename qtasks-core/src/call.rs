@@ -53,8 +53,9 @@ pub struct TaskCall<H = TaskHandle> {
     pub run_at: Option<std::time::SystemTime>,
     /// The task's id, when the caller chose it ([`uuid`](Self::uuid)).
     pub(crate) uuid: Option<uuid::Uuid>,
-    /// When the task is not started any more ([`expires`](Self::expires)).
-    pub(crate) expires_at: Option<std::time::SystemTime>,
+    /// How long after each add the task is not started any more ([`expires`](Self::expires)):
+    /// kept relative, so a schedule that adds the call again gives each add its own expiry.
+    pub(crate) expires: Option<Duration>,
     /// This call's time limit per run ([`max_time`](Self::max_time)).
     pub(crate) max_time: Option<Duration>,
     pub(crate) definition: Option<&'static TaskDefinition>,
@@ -72,7 +73,7 @@ impl<H> Clone for TaskCall<H> {
             priority: self.priority,
             run_at: self.run_at,
             uuid: self.uuid,
-            expires_at: self.expires_at,
+            expires: self.expires,
             max_time: self.max_time,
             definition: self.definition,
             invalid: self.invalid.clone(),
@@ -90,7 +91,7 @@ impl<H> fmt::Debug for TaskCall<H> {
             .field("priority", &self.priority)
             .field("run_at", &self.run_at)
             .field("uuid", &self.uuid)
-            .field("expires_at", &self.expires_at)
+            .field("expires", &self.expires)
             .field("max_time", &self.max_time)
             .finish_non_exhaustive()
     }
@@ -106,7 +107,7 @@ impl TaskCall {
             priority: None,
             run_at: None,
             uuid: None,
-            expires_at: None,
+            expires: None,
             max_time: None,
             definition: None,
             invalid: None,
@@ -128,7 +129,7 @@ impl<H> TaskCall<H> {
             priority: None,
             run_at: None,
             uuid: None,
-            expires_at: None,
+            expires: None,
             max_time: None,
             definition: Some(definition),
             invalid,
@@ -165,11 +166,11 @@ impl<H> TaskCall<H> {
         self
     }
 
-    /// Drops the task if no worker has started it within `expires` from when the call is
-    /// built; see [`AddOptions::expires`].
+    /// Drops the task if no worker has started it within `expires` from when it is added
+    /// (each add of the call, for a schedule); see [`AddOptions::expires`].
     #[must_use]
     pub fn expires(mut self, expires: Duration) -> Self {
-        self.expires_at = Some(std::time::SystemTime::now() + expires);
+        self.expires = Some(expires);
         self
     }
 
@@ -190,7 +191,7 @@ impl<H> TaskCall<H> {
             priority: self.priority,
             run_at: self.run_at,
             uuid: self.uuid,
-            expires_at: self.expires_at,
+            expires: self.expires,
             max_time: self.max_time,
             definition: self.definition,
             invalid: self.invalid,
@@ -231,7 +232,9 @@ impl<H> TaskCall<H> {
             run_at: self.run_at,
             uuid: uuid.or(self.uuid),
             group,
-            expires_at: self.expires_at,
+            expires_at: self
+                .expires
+                .and_then(|expires| std::time::SystemTime::now().checked_add(expires)),
             max_time: self.max_time,
         };
         app.add_task_with(&self.task_name, &self.args, &self.kwargs, options)

@@ -194,7 +194,15 @@ impl<T> TaskHandle<T> {
     /// # Ok(()) }
     /// ```
     pub async fn cancel(&self, reason: &str) -> Result<bool> {
-        self.app.cancel(self.uuid, reason).await
+        // A retried task lives on in its last attempt: that one is cancelled.
+        let mut uuid = self.uuid;
+        while let Some(record) = self.app.get(uuid).await? {
+            match (record.status, record.retry_child_uuid) {
+                (TaskStatus::Retry, Some(child)) => uuid = child,
+                _ => break,
+            }
+        }
+        self.app.cancel(uuid, reason).await
     }
 
     /// The items of a stream task as JSON, as the worker stores them, while it runs; the

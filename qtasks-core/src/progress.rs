@@ -94,15 +94,14 @@ pub(crate) async fn settle(target: &ProgressTarget<'_>) {
         if throttle.last_sent.is_none() && throttle.pending.is_none() {
             return;
         }
-        if let Some(flush) = throttle.flush.take() {
-            flush.abort();
-        }
+        // A scheduled write that has not taken the pending value yet finds none and writes
+        // nothing; one that has holds the write lock until its write is done (it is never
+        // aborted: a write dropped half-way would lose the value).
         (throttle.in_flight.take(), throttle.pending.take())
     };
     if let Some(in_flight) = in_flight {
         let _ = in_flight.await;
     }
-    // A scheduled write that had started before the abort holds the lock until it is done.
     let _writing = target.scope.progress_writes().lock().await;
     if let Some(value) = pending {
         store(target.app, target.uuid, target.delivery, value).await;

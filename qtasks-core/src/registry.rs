@@ -13,6 +13,9 @@ enum Refused {
     Option(&'static str, String, String),
 }
 
+/// The longest `result_ttl`: 100 years.
+const MAX_RETENTION_SECS: f64 = 100.0 * 365.25 * 86_400.0;
+
 /// Options the macro could not check at compile time (a `const` rather than a literal): a
 /// number of seconds must be finite and not negative.
 fn check_options(definition: &TaskDefinition) -> Result<(), Refused> {
@@ -35,6 +38,17 @@ fn check_options(definition: &TaskDefinition) -> Result<(), Refused> {
                 ),
             ));
         }
+    }
+    // A retention of 0 would keep nothing (a waiter could not read the outcome), and Redis
+    // reads 0 as "keep": neither is meant. The upper bound keeps every engine's clock in range.
+    if let Some(ttl) = definition.parts.result_ttl
+        && !(ttl > 0.0 && ttl <= MAX_RETENTION_SECS)
+    {
+        return Err(Refused::Option(
+            definition.parts.name,
+            definition.location(),
+            format!("`result_ttl` is {ttl} seconds; it must be more than 0 and at most 100 years"),
+        ));
     }
     if let Some(jitter) = backoff.and_then(|b| b.jitter)
         && !(0.0..=1.0).contains(&jitter)
@@ -160,6 +174,29 @@ mod tests {
                     assert!(reason.contains("finite, non-negative"), "{reason}");
                 }
                 _ => panic!("{delay} / {limit:?} was accepted"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_retention_of_zero_or_past_a_century_refuses_the_table() {
+        let with_ttl = |ttl: f64| -> &'static TaskDefinition {
+            let bare = TaskDefinition::bare("kept", never_run);
+            Box::leak(Box::new(TaskDefinition {
+                parts: crate::__private::TaskDefinitionParts {
+                    result_ttl: Some(ttl),
+                    ..bare.parts
+                },
+            }))
+        };
+        assert!(TaskTable::build([with_ttl(0.001)].into_iter()).is_ok());
+        for ttl in [0.0, -1.0, f64::NAN, 1e12] {
+            match TaskTable::build([with_ttl(ttl)].into_iter()) {
+                Err(Refused::Option(task, _, reason)) => {
+                    assert_eq!(task, "kept");
+                    assert!(reason.contains("result_ttl"), "{reason}");
+                }
+                _ => panic!("result_ttl = {ttl} was accepted"),
             }
         }
     }

@@ -169,7 +169,14 @@ impl RetryBackoff {
     }
 
     pub(crate) fn from_parts(parts: &crate::__private::RetryBackoffParts) -> RetryBackoff {
-        let seconds = |value: f64| Duration::try_from_secs_f64(value).unwrap_or(Duration::ZERO);
+        // Past what a duration holds is the longest one; below zero (or no number) is none.
+        let seconds = |value: f64| {
+            Duration::try_from_secs_f64(value).unwrap_or(if value > 0.0 {
+                Duration::MAX
+            } else {
+                Duration::ZERO
+            })
+        };
         let kind = if parts.exponential {
             Backoff::Exponential
         } else {

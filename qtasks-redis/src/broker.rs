@@ -529,10 +529,9 @@ impl RedisBroker {
         let fields = outcome_fields(outcome, &delivery.run, now);
         // The stats bucket of this outcome: this second (the worker's clock; see `scripts`).
         let bucket = format!("t:{}:{}", now as u64, outcome.status().as_str());
+        // At least 1 ms (0 would mean "keep"), at most what PEXPIRE takes.
         let own_ttl = delivery.run.result_ttl.map_or_else(String::new, |ttl| {
-            i64::try_from(ttl.as_millis())
-                .unwrap_or(i64::MAX)
-                .to_string()
+            ttl.as_millis().clamp(1, MAX_TTL_MS).to_string()
         });
         part.arg(&delivery.receipt)
             .arg(delivery.task.uuid.to_string())
@@ -575,6 +574,10 @@ impl RedisBroker {
 }
 
 /// The retention of finished records in ms, as the scripts take it (0: kept for ever).
+/// The longest time to live written: 100 years, in ms (PEXPIRE refuses what overflows its
+/// clock, after the script's other writes).
+pub(crate) const MAX_TTL_MS: u128 = 100 * 36_525 * 864_000;
+
 fn result_ttl_ms(options: &RedisOptions) -> i64 {
     options
         .result_ttl

@@ -584,9 +584,9 @@ impl qtasks_core::backend::RecordStore for RedisStorage {
             RecordChange::Finished(_, run) => run.result_ttl,
             _ => None,
         };
-        let ttl_ms = own_ttl
-            .or(self.result_ttl)
-            .map_or(0, |ttl| u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        let ttl_ms = own_ttl.or(self.result_ttl).map_or(0, |ttl| {
+            ttl.as_millis().clamp(1, super::broker::MAX_TTL_MS) as u64
+        });
         let mut script = TRANSITION.prepare_invoke();
         script
             .key(self.keys.record(uuid))

@@ -540,8 +540,10 @@ impl AddOptions {
     /// # app.stop().await }
     /// ```
     #[must_use]
-    pub fn expires(self, expires: Duration) -> Self {
-        self.expires_at(std::time::SystemTime::now() + expires)
+    pub fn expires(mut self, expires: Duration) -> Self {
+        // Past what a time holds, it never expires.
+        self.expires_at = std::time::SystemTime::now().checked_add(expires);
+        self
     }
 
     /// Drops the task if no worker has started it by `time` (see [`expires`](Self::expires)).

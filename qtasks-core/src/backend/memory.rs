@@ -476,10 +476,12 @@ impl MemoryStorage {
     ) {
         let own_ttl = became_final.and_then(|uuid| slots.get(&uuid)?.result_ttl);
         if let (Some(uuid), Some(ttl)) = (became_final, own_ttl) {
-            let deadline = std::time::Instant::now() + ttl;
-            self.own_expiries
-                .lock()
-                .push(std::cmp::Reverse((deadline, uuid)));
+            // A retention past what the clock holds keeps the record.
+            if let Some(deadline) = std::time::Instant::now().checked_add(ttl) {
+                self.own_expiries
+                    .lock()
+                    .push(std::cmp::Reverse((deadline, uuid)));
+            }
         }
         self.drop_own_expired(slots);
         let Some(ttl) = self.result_ttl else {

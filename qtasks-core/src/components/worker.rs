@@ -228,12 +228,17 @@ impl WorkerHost {
             .filter(|definition| app.runs(definition));
         let max_deliveries = app.config().max_deliveries;
         let now = unix_now();
+        // The worker that ended the task; `started_at` only once a run starts.
         delivery.run = crate::backend::RunInfo::new(now, app.run_state().worker_id.lock().clone());
+        delivery.run.started_at = None;
         delivery.run.result_ttl = definition.and_then(TaskDefinition::result_ttl);
+        // A delivery handed out again started before (its worker died, or stalled): its
+        // expiry is behind it.
+        let started_before = delivery.recovered || delivery.deliveries > 1;
         let expired_ago = delivery
             .task
             .expires_at
-            .filter(|expires_at| *expires_at <= now)
+            .filter(|expires_at| *expires_at <= now && !started_before)
             .map(|expires_at| now - expires_at);
         let mut outcome = match definition {
             // Not started in time: it must not run at all.
@@ -256,6 +261,7 @@ impl WorkerHost {
                 Outcome::Error(reason)
             }
             Some(definition) => {
+                delivery.run.started_at = Some(now);
                 self.run(&mut delivery.task, &delivery.receipt, definition)
                     .await
             }
@@ -512,6 +518,15 @@ impl WorkerHost {
                 .map(|backoff| backoff.delay_for(attempt))
         });
         let run_at = wait.map(|wait| unix_now() + wait.as_secs_f64());
+        // A next attempt that could only start after the call's expiry would be cancelled
+        // unrun, hiding this error: the task ends `error` now instead.
+        if let Some(expires_at) = task.expires_at
+            && run_at.unwrap_or_else(unix_now) >= expires_at
+        {
+            return Outcome::Error(format!(
+                "{traceback}\n(not retried: the next attempt could not start before the task's expiry)"
+            ));
+        }
         tracing::info!(task = definition.parts.name, uuid = %task.uuid, retries_left, "the task failed and will be retried");
         let child = QueuedTask {
             uuid: Uuid::new_v4(),

@@ -95,15 +95,15 @@ fn recover_call(function: &ItemFn, task: &syn::Path) -> TokenStream {
         syn::ReturnType::Type(_, ty) => ty.span(),
     };
     let task_check = quote_spanned! {task.span()=>
-        ::qtasks::__private::typed_task::<#task>()
+        ::qtasks::__private::typed_task::<#task, _>()
     };
     let call = if function.sig.asyncness.is_some() {
         quote_spanned! {returns_span=>
-            ::qtasks::__private::recover_async::<#task, _, _>(#ident, payload)
+            ::qtasks::__private::recover_async::<#task, _, _, _>(#ident, payload)
         }
     } else {
         quote_spanned! {returns_span=>
-            ::qtasks::__private::recover_sync::<#task, _, _>(#ident, payload)
+            ::qtasks::__private::recover_sync::<#task, _, _, _>(#ident, payload)
         }
     };
     quote! {{

@@ -155,11 +155,17 @@ fn emit(task: &Task) -> TokenStream {
         {
             quote! { ::core::option::Option::None }
         }
-        // An exponential backoff without a first wait starts at one second.
+        // An exponential backoff without a first wait starts at one second; a fixed one
+        // (jitter alone) waits none.
         delay => {
+            let default = if exponential {
+                quote! { 1.0 }
+            } else {
+                quote! { 0.0 }
+            };
             let delay = delay
                 .as_ref()
-                .map_or_else(|| quote! { 1.0 }, |delay| quote! { (#delay) as f64 });
+                .map_or(default, |delay| quote! { (#delay) as f64 });
             quote! {
                 ::core::option::Option::Some(::qtasks::__private::RetryBackoffParts {
                     delay: #delay,
@@ -454,8 +460,7 @@ fn emit(task: &Task) -> TokenStream {
 
         #[doc(hidden)]
         #[allow(unused_qualifications)]
-        impl ::qtasks::__private::TypedTask for #ident {
-            type Output = #result_type;
+        impl ::qtasks::__private::TypedTask<#result_type> for #ident {
             const DEFINITION: &'static ::qtasks::__private::TaskDefinition = #ident::DEFINITION;
         }
 

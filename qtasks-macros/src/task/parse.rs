@@ -174,8 +174,14 @@ pub(crate) fn parse_options(args: TokenStream, errors: &mut Errors) -> TaskOptio
                 options.max_time = Some(seconds_of(limit, written, errors));
             }
             "result_ttl" => {
-                let ttl: Expr = meta.value()?.parse()?;
-                options.result_ttl = Some(seconds_of(ttl, "result_ttl", errors));
+                let ttl = seconds_of(meta.value()?.parse()?, "result_ttl", errors);
+                if literal_seconds(&ttl) == Some(0.0) {
+                    errors.spanned(
+                        &ttl,
+                        "`result_ttl` must be more than 0: a record kept for no time could not be read\n= help: give how long to keep it, like `result_ttl = \"1h\"`, or leave the option out for the engine's retention",
+                    );
+                }
+                options.result_ttl = Some(ttl);
             }
             "decode" => options.decode = Some(meta.value()?.parse()?),
             "generate_handler" => options.generate_handler = Some(meta.value()?.parse()?),
@@ -257,6 +263,21 @@ fn seconds_of(value: Expr, option: &str, errors: &mut Errors) -> Expr {
     }
     check_seconds(&value, option, errors);
     value
+}
+
+/// The number a literal (`2.5`, `30`) holds, if the expression is one.
+fn literal_seconds(value: &Expr) -> Option<f64> {
+    match value {
+        Expr::Lit(syn::ExprLit {
+            lit: syn::Lit::Int(int),
+            ..
+        }) => int.base10_parse().ok(),
+        Expr::Lit(syn::ExprLit {
+            lit: syn::Lit::Float(float),
+            ..
+        }) => float.base10_parse().ok(),
+        _ => None,
+    }
 }
 
 /// Seconds in `"1h30m"`: one or more numbers, each followed by a unit (`ms`, `s`, `m`, `h`,

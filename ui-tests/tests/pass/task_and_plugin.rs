@@ -5,6 +5,23 @@
 use qtasks::triggers::{TaskExecutorRunTaskTriggerError, WorkerStart};
 use qtasks::{TaskContext, TaskResult};
 
+/// Private to this crate.
+struct Summary {
+    total: u64,
+}
+
+impl serde::Serialize for Summary {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(self.total)
+    }
+}
+
+/// A public task returning a private type.
+#[qtasks::task]
+pub async fn summarize() -> Summary {
+    Summary { total: 1 }
+}
+
 /// A documented task.
 #[qtasks::task(name = "sum", priority = -1, tags = ["math"], description = "Adds")]
 pub async fn sum(a: i64, b: i64) -> i64 {
