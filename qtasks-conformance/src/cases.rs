@@ -111,6 +111,27 @@ async fn slow() -> u32 {
     1
 }
 
+/// An error a caller matches by type, with its data.
+#[derive(Debug, serde::Serialize, serde::Deserialize, PartialEq)]
+struct Declined {
+    code: u32,
+    reason: String,
+}
+
+impl std::fmt::Display for Declined {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "declined {}: {}", self.code, self.reason)
+    }
+}
+
+#[qtasks_macros::task(name = "conformance_declines")]
+async fn declines(code: u32) -> TaskResult<u32> {
+    Err(TaskError::typed(Declined {
+        code,
+        reason: "insufficient funds".to_owned(),
+    }))
+}
+
 /// Reports its progress, then waits at its gate.
 #[qtasks_macros::task(name = "conformance_reports", echo = true)]
 async fn reports(ctx: TaskContext, label: String) -> TaskResult<String> {
@@ -284,7 +305,29 @@ pub(crate) const ALL: &[(&str, Case)] = cases![
     a_call_time_limit_replaces_the_tasks,
     a_tasks_own_retention_drops_its_record,
     progress_is_read_while_running_and_kept,
+    a_typed_error_keeps_its_type_and_data,
 ];
+
+/// A task that fails with `TaskError::typed` keeps the error's type name and its data: the
+/// caller decodes it back into the error type.
+async fn a_typed_error_keeps_its_type_and_data(c: &Context<'_>) -> Result<(), String> {
+    let app = c.started_app("", 1).await?;
+    let handle = said(declines::add_task(&app, 51).await, "adding")?;
+    let failure = match handle.result(WAIT).await {
+        Ok(value) => return Err(format!("it succeeded with {value}")),
+        Err(failure) => failure,
+    };
+    ensure!(
+        failure.error_type() == Some("Declined"),
+        "the error's type: {failure:?}"
+    );
+    let declined: Option<Result<Declined, _>> = failure.payload();
+    ensure!(
+        matches!(&declined, Some(Ok(d)) if *d == Declined { code: 51, reason: "insufficient funds".to_owned() }),
+        "the error's data: {declined:?}"
+    );
+    Ok(())
+}
 
 /// A running task's progress is read while it runs, woken for, and kept once it ended.
 async fn progress_is_read_while_running_and_kept(c: &Context<'_>) -> Result<(), String> {

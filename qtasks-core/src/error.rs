@@ -147,6 +147,9 @@ pub struct TaskError {
     /// Set by [`TaskError::retry_after`] and [`TaskError::with_retry_after`]: the task asks
     /// to be retried after this wait.
     retry_after: Option<Duration>,
+    /// Data for the caller, stored with the record (`error_payload`) and decoded by
+    /// [`TaskFailure::payload`](crate::TaskFailure::payload).
+    payload: Option<Value>,
 }
 
 enum Repr {
@@ -169,6 +172,7 @@ impl TaskError {
         TaskError {
             repr,
             retry_after: None,
+            payload: None,
         }
     }
 
@@ -179,6 +183,61 @@ impl TaskError {
             type_id: None,
             message: message.to_string(),
         })
+    }
+
+    /// An error a caller can match by its type: its type's name (`PaymentDeclined`), its
+    /// message (`Display`), and the error itself stored as JSON, which the caller decodes back
+    /// with [`TaskFailure::payload`](crate::TaskFailure::payload).
+    ///
+    /// ```rust,standalone_crate
+    /// #[derive(Debug, serde::Serialize, serde::Deserialize)]
+    /// struct PaymentDeclined {
+    ///     code: u32,
+    /// }
+    ///
+    /// impl std::fmt::Display for PaymentDeclined {
+    ///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    ///         write!(f, "the card was declined ({})", self.code)
+    ///     }
+    /// }
+    ///
+    /// #[qtasks::task]
+    /// async fn charge(cents: u64) -> qtasks::TaskResult<u64> {
+    ///     Err(qtasks::TaskError::typed(PaymentDeclined { code: 51 }))
+    /// }
+    ///
+    /// #[tokio::main]
+    /// async fn main() -> qtasks::Result<()> {
+    ///     let app = qtasks::QueueTasks::new();
+    ///     app.start().await?;
+    ///     let failure = charge::add_task(&app, 100).await?
+    ///         .result(std::time::Duration::from_secs(5))
+    ///         .await
+    ///         .unwrap_err();
+    ///     let declined: PaymentDeclined = failure.payload().expect("typed").expect("decodes");
+    ///     assert_eq!(declined.code, 51);
+    ///     assert_eq!(failure.error_type(), Some("PaymentDeclined"));
+    ///     app.stop().await
+    /// }
+    /// ```
+    pub fn typed<E: fmt::Display + serde::Serialize + 'static>(error: E) -> Self {
+        let payload = serde_json::to_value(&error).ok();
+        let mut typed = TaskError::from_display(error);
+        typed.payload = payload;
+        typed
+    }
+
+    /// This error with data for the caller (any serde value), stored with the record and
+    /// decoded by [`TaskFailure::payload`](crate::TaskFailure::payload).
+    #[must_use]
+    pub fn with_payload(mut self, payload: impl serde::Serialize) -> Self {
+        self.payload = serde_json::to_value(payload).ok();
+        self
+    }
+
+    /// The data stored with this error for the caller, if any.
+    pub fn payload(&self) -> Option<&Value> {
+        self.payload.as_ref()
     }
 
     /// Asks for the task to be run again after `delay`, as Celery's `self.retry(countdown=..)`

@@ -292,6 +292,7 @@ pub(crate) fn outcome_of<T: DeserializeOwned>(
                 error_type,
                 message,
                 traceback,
+                payload: record.error_payload,
             })
         }
     }
@@ -350,6 +351,9 @@ pub enum TaskFailure {
         message: String,
         /// The stored traceback as it is (`ErrorType: message`).
         traceback: String,
+        /// The error's data, when the task gave it (`TaskError::typed`, `with_payload`):
+        /// [`payload`](TaskFailure::payload) decodes it.
+        payload: Option<Value>,
     },
     /// The task was cancelled.
     #[error("task {uuid} was cancelled: {reason}")]
@@ -394,6 +398,29 @@ pub enum TaskFailure {
 }
 
 impl TaskFailure {
+    /// For a task that failed, its error's type name as stored (`PaymentDeclined`,
+    /// `TaskError`, `TimeoutError`, ...).
+    pub fn error_type(&self) -> Option<&str> {
+        match self {
+            TaskFailure::Error { error_type, .. } => Some(error_type),
+            _ => None,
+        }
+    }
+
+    /// For a task that failed with data for its caller (`TaskError::typed`, `with_payload`),
+    /// that data read as `E`: `None` when there is none, `Some(Err(..))` (a
+    /// [`TaskFailure::Decode`]) when it is not an `E`.
+    pub fn payload<E: DeserializeOwned>(&self) -> Option<std::result::Result<E, TaskFailure>> {
+        match self {
+            TaskFailure::Error {
+                uuid,
+                payload: Some(payload),
+                ..
+            } => Some(decode(*uuid, payload.clone())),
+            _ => None,
+        }
+    }
+
     /// The id of the task this is about, if the failure names one.
     pub fn uuid(&self) -> Option<Uuid> {
         match self {

@@ -323,6 +323,10 @@ pub struct TaskRecord {
     /// the records of one worker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<std::sync::Arc<str>>,
+    /// The data of the error the task failed with, for its caller (`TaskError::typed`,
+    /// `with_payload`), as JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_payload: Option<Value>,
     /// The progress the task last reported while it ran (`ctx.set_progress`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<Value>,
@@ -359,6 +363,7 @@ impl TaskRecord {
             started_at: None,
             finished_at: None,
             worker: None,
+            error_payload: None,
             progress: None,
             progress_at: None,
         }
@@ -369,6 +374,7 @@ impl TaskRecord {
         self.started_at = run.started_at;
         self.finished_at = Some(now);
         self.worker.clone_from(&run.worker);
+        self.error_payload.clone_from(&run.error_payload);
     }
 
     /// How long the run that ended the task took, when both ends are known.

@@ -98,6 +98,9 @@ pub(super) fn outcome_fields(
     if let Some(worker) = &run.worker {
         fields.push(("worker", worker.to_string()));
     }
+    if let Some(payload) = &run.error_payload {
+        fields.push(("error_payload", payload.to_string()));
+    }
     match outcome {
         Outcome::Success(value) => {
             fields.push(("status", TaskStatus::Success.as_str().to_owned()));
@@ -252,6 +255,11 @@ pub(super) fn read_record(uuid: Uuid, fields: &Fields) -> (TaskRecord, Vec<Strin
     let worker = read("worker", false, &|_| Ok(()));
     let expires_at = read("expires_at", false, &number);
     let progress = read("progress", false, &|_| Ok(()));
+    let error_payload = read("error_payload", false, &|text| {
+        serde_json::from_str::<Value>(text)
+            .map(drop)
+            .map_err(|e| format!("is not JSON: {e}"))
+    });
     let progress_at = read("progress_at", false, &number);
     let max_time = read("max_time", false, &number);
 
@@ -279,6 +287,7 @@ pub(super) fn read_record(uuid: Uuid, fields: &Fields) -> (TaskRecord, Vec<Strin
     record.worker = worker.map(std::sync::Arc::from);
     record.progress = progress.map(|raw| serde_json::from_str(&raw).unwrap_or(Value::String(raw)));
     record.progress_at = progress_at.and_then(|t| t.parse().ok());
+    record.error_payload = error_payload.and_then(|raw| serde_json::from_str(&raw).ok());
     // A record that cannot say what state it is in is reported as failed.
     record.status = status
         .as_deref()

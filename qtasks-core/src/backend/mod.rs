@@ -294,6 +294,9 @@ pub struct RunInfo {
     /// How long the record is kept once final when the task says (`result_ttl`), instead of
     /// the engine's retention.
     pub result_ttl: Option<std::time::Duration>,
+    /// The data of the error the run failed with, for the caller (the record's
+    /// `error_payload`).
+    pub error_payload: Option<serde_json::Value>,
 }
 
 impl RunInfo {
@@ -303,6 +306,7 @@ impl RunInfo {
             started_at: Some(started_at),
             worker,
             result_ttl: None,
+            error_payload: None,
         }
     }
 }

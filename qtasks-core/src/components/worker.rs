@@ -262,8 +262,13 @@ impl WorkerHost {
             }
             Some(definition) => {
                 delivery.run.started_at = Some(now);
-                self.run(&mut delivery.task, &delivery.receipt, definition)
-                    .await
+                self.run(
+                    &mut delivery.task,
+                    &delivery.receipt,
+                    &mut delivery.run,
+                    definition,
+                )
+                .await
             }
             None => {
                 let reason = unknown_task(&delivery.task.task_name, self.inner.tasks);
@@ -356,6 +361,7 @@ impl WorkerHost {
         &self,
         task: &mut QueuedTask,
         receipt: &str,
+        run_info: &mut crate::backend::RunInfo,
         definition: &'static TaskDefinition,
     ) -> Outcome {
         let app = self.app();
@@ -450,6 +456,9 @@ impl WorkerHost {
         };
         app.cancels().unregister(uuid, receipt);
         let failure = run.take_failure();
+        run_info.error_payload = failure
+            .as_ref()
+            .and_then(|failure| failure.payload().cloned());
         *task = run.into_task();
         self.task_event(EventKind::TaskStopping, task, Some(&outcome))
             .await;
