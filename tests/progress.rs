@@ -106,8 +106,33 @@ async fn progress_is_throttled_and_the_last_value_is_kept(app: &QueueTasks) {
     assert!(record.progress_at.is_some(), "{record:?}");
 }
 
+/// A plain fn that reports from a thread of its own (no runtime there).
+#[qtasks::task(echo = true)]
+fn reports_from_its_own_thread(ctx: TaskContext) -> TaskResult<u64> {
+    std::thread::scope(|threads| {
+        threads
+            .spawn(|| ctx.set_progress(Done { done: 1, of: 1 }))
+            .join()
+            .expect("the reporting thread does not panic")
+    })?;
+    Ok(1)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn progress_in_memory() {
+    let app = QueueTasks::new();
+    app.start().await.unwrap();
+    let threaded = reports_from_its_own_thread::add_task(&app).await.unwrap();
+    assert_eq!(threaded.result(WAIT).await.unwrap(), 1);
+    assert_eq!(
+        threaded.progress::<Done>().await.unwrap(),
+        Some(Done { done: 1, of: 1 })
+    );
+    app.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_throttled_in_memory() {
     let app = QueueTasks::new();
     app.start().await.unwrap();
     progress_is_throttled_and_the_last_value_is_kept(&app).await;

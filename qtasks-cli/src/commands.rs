@@ -262,7 +262,7 @@ fn show_record(record: &TaskRecord) {
 
 async fn wait(app: &QueueTasks, uuid: Uuid, timeout: Duration, json: bool) -> Outcome {
     let record = {
-        let _spinner = Spinner::start(&format!("waiting for task {uuid}"));
+        let spinner = Spinner::start(&format!("waiting for task {uuid}"));
         // The task's progress, as it reports it, on stderr (stdout keeps the result alone).
         let handle = app.handle::<Value>(uuid);
         let progress = async {
@@ -270,7 +270,7 @@ async fn wait(app: &QueueTasks, uuid: Uuid, timeout: Duration, json: bool) -> Ou
             let mut updates = std::pin::pin!(handle.progress_updates::<Value>());
             while let Some(Ok(progress)) = updates.next().await {
                 if !json {
-                    eprintln!("progress: {progress}");
+                    spinner.println(&format!("progress: {progress}"));
                 }
             }
             std::future::pending::<()>().await;

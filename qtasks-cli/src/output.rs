@@ -103,6 +103,14 @@ impl Spinner {
         bar.enable_steady_tick(Duration::from_millis(100));
         Spinner(Some(bar))
     }
+
+    /// Prints a line on stderr above the spinner (without garbling its line).
+    pub(crate) fn println(&self, line: &str) {
+        match &self.0 {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
 }
 
 impl Drop for Spinner {

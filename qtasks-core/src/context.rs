@@ -36,6 +36,8 @@ pub struct TaskContext {
     scope: Scope,
     /// The run's delivery receipt: its progress writes are fenced by it.
     delivery: std::sync::Arc<str>,
+    /// The runtime the run belongs to (progress writes go there, whatever thread reports).
+    runtime: tokio::runtime::Handle,
 }
 
 impl TaskContext {
@@ -54,6 +56,7 @@ impl TaskContext {
             span,
             scope,
             delivery,
+            runtime: tokio::runtime::Handle::current(),
         }
     }
 
@@ -141,6 +144,7 @@ impl TaskContext {
                 scope: &self.scope,
                 uuid: self.uuid,
                 delivery: &self.delivery,
+                runtime: &self.runtime,
             },
             value,
         );

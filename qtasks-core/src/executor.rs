@@ -129,6 +129,7 @@ impl TaskExecutor {
             scope: &scope,
             uuid: self.queued.uuid,
             delivery: &self.delivery,
+            runtime: &tokio::runtime::Handle::current(),
         })
         .await;
         // Task-scoped dependencies close, and the close trigger fires, whatever the outcome

@@ -13,6 +13,9 @@ use uuid::Uuid;
 
 use crate::{Error, QueueTasks, Result, TaskRecord, TaskStatus};
 
+/// The most attempts a handle follows along a retry chain.
+const MAX_CHAIN: usize = 10_000;
+
 /// A task that was added: wait for it, read its record, or get its result typed.
 ///
 /// `T` is the task's output: `add::add_task(&app, 2, 3)` gives a `TaskHandle<i64>` when `add`
@@ -194,15 +197,35 @@ impl<T> TaskHandle<T> {
     /// # Ok(()) }
     /// ```
     pub async fn cancel(&self, reason: &str) -> Result<bool> {
-        // A retried task lives on in its last attempt: that one is cancelled.
+        // A retried task lives on in its last attempt: that one is cancelled. An attempt that
+        // ends `retry` just as it is cancelled is followed to its next attempt. (A chain of
+        // records that loops, written by a plugin, stops at the first attempt seen twice.)
         let mut uuid = self.uuid;
-        while let Some(record) = self.app.get(uuid).await? {
-            match (record.status, record.retry_child_uuid) {
-                (TaskStatus::Retry, Some(child)) => uuid = child,
-                _ => break,
+        let mut seen = std::collections::HashSet::new();
+        while seen.insert(uuid) && seen.len() <= MAX_CHAIN {
+            let record = self.app.get(uuid).await?;
+            if let Some(next) = record
+                .filter(|record| record.status == TaskStatus::Retry)
+                .and_then(|record| record.retry_child_uuid)
+            {
+                uuid = next;
+                continue;
+            }
+            if self.app.cancel(uuid, reason).await? {
+                return Ok(true);
+            }
+            // Not cancelled: ended, perhaps as `retry` in the meantime.
+            match self.app.get(uuid).await? {
+                Some(record) if record.status == TaskStatus::Retry => {
+                    match record.retry_child_uuid {
+                        Some(next) => uuid = next,
+                        None => return Ok(false),
+                    }
+                }
+                _ => return Ok(false),
             }
         }
-        self.app.cancel(uuid, reason).await
+        Ok(false)
     }
 
     /// The items of a stream task as JSON, as the worker stores them, while it runs; the

@@ -15,6 +15,9 @@ use crate::deps::Scope;
 /// The shortest time between two progress writes of one run.
 pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
 
+/// The longest the end of a run waits for its last progress write.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// One run's throttle, kept in its scope (no allocation until the task reports).
 #[derive(Default)]
 pub(crate) struct Throttle {
@@ -34,6 +37,9 @@ pub(crate) struct ProgressTarget<'a> {
     pub(crate) scope: &'a Scope,
     pub(crate) uuid: Uuid,
     pub(crate) delivery: &'a Arc<str>,
+    /// The runtime the run belongs to: a report may come from a thread of the task's own
+    /// (a plain `fn` task's rayon pool) that has none.
+    pub(crate) runtime: &'a tokio::runtime::Handle,
 }
 
 /// Reports `value`: written now when the last write is old enough, else kept as the newest and
@@ -44,6 +50,17 @@ pub(crate) fn report(target: &ProgressTarget<'_>, value: Value) {
     let due = throttle
         .last_sent
         .map_or(now, |last| last + PROGRESS_INTERVAL);
+    // A write still under way (a slow storage) holds the next value back too: writes never
+    // pile up behind one another.
+    let writing = throttle
+        .in_flight
+        .as_ref()
+        .is_some_and(|write| !write.is_finished());
+    let due = if writing {
+        due.max(now + PROGRESS_INTERVAL)
+    } else {
+        due
+    };
     if due <= now && throttle.flush.is_none() {
         throttle.last_sent = Some(now);
         let (app, scope, uuid, delivery) = (
@@ -52,7 +69,7 @@ pub(crate) fn report(target: &ProgressTarget<'_>, value: Value) {
             target.uuid,
             Arc::clone(target.delivery),
         );
-        throttle.in_flight = Some(tokio::spawn(async move {
+        throttle.in_flight = Some(target.runtime.spawn(async move {
             write(&app, &scope, uuid, &delivery, value).await;
         }));
         return;
@@ -67,7 +84,7 @@ pub(crate) fn report(target: &ProgressTarget<'_>, value: Value) {
         target.uuid,
         Arc::clone(target.delivery),
     );
-    throttle.flush = Some(tokio::spawn(async move {
+    throttle.flush = Some(target.runtime.spawn(async move {
         tokio::time::sleep_until(due.into()).await;
         // The write lock first: the end of the run, waiting for it, then finds the value
         // either written or still pending, never half-way.
@@ -99,12 +116,21 @@ pub(crate) async fn settle(target: &ProgressTarget<'_>) {
         // aborted: a write dropped half-way would lose the value).
         (throttle.in_flight.take(), throttle.pending.take())
     };
-    if let Some(in_flight) = in_flight {
-        let _ = in_flight.await;
-    }
-    let _writing = target.scope.progress_writes().lock().await;
-    if let Some(value) = pending {
-        store(target.app, target.uuid, target.delivery, value).await;
+    // Bounded: a storage that hangs must not hold the run's outcome back.
+    let finishing = async {
+        if let Some(in_flight) = in_flight {
+            let _ = in_flight.await;
+        }
+        let _writing = target.scope.progress_writes().lock().await;
+        if let Some(value) = pending {
+            store(target.app, target.uuid, target.delivery, value).await;
+        }
+    };
+    if tokio::time::timeout(SETTLE_TIMEOUT, finishing)
+        .await
+        .is_err()
+    {
+        tracing::warn!(uuid = %target.uuid, "the last progress of task {} was not stored within {SETTLE_TIMEOUT:?}", target.uuid);
     }
 }
 

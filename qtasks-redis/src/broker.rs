@@ -388,8 +388,9 @@ impl RedisBroker {
                     ("traceback", traceback),
                 ],
             );
-        if let Some(ttl) = self.options.result_ttl {
-            pipe.pexpire(&key, i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+        let ttl_ms = result_ttl_ms(&self.options);
+        if ttl_ms > 0 {
+            pipe.pexpire(&key, ttl_ms);
         }
         pipe.publish(&self.keys.done_channel, uuid.to_string())
             // Ended: a cancel asked of it has nothing left to stop.
@@ -578,10 +579,12 @@ impl RedisBroker {
 /// clock, after the script's other writes).
 pub(crate) const MAX_TTL_MS: u128 = 100 * 36_525 * 864_000;
 
-fn result_ttl_ms(options: &RedisOptions) -> i64 {
-    options
-        .result_ttl
-        .map_or(0, |ttl| i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX))
+/// The engine's retention in ms, as the scripts take it: 0 keeps (also for a retention under
+/// a millisecond, as before), at most [`MAX_TTL_MS`].
+pub(crate) fn result_ttl_ms(options: &RedisOptions) -> i64 {
+    options.result_ttl.map_or(0, |ttl| {
+        i64::try_from(ttl.as_millis().min(MAX_TTL_MS)).unwrap_or(i64::MAX)
+    })
 }
 
 /// How long from `now` until `task` may run, in whole ms (`None`: at once). It goes to Redis as

@@ -584,9 +584,14 @@ impl qtasks_core::backend::RecordStore for RedisStorage {
             RecordChange::Finished(_, run) => run.result_ttl,
             _ => None,
         };
-        let ttl_ms = own_ttl.or(self.result_ttl).map_or(0, |ttl| {
-            ttl.as_millis().clamp(1, super::broker::MAX_TTL_MS) as u64
-        });
+        // A task's own retention is at least 1 ms (0 would mean "keep"); the storage's keeps
+        // the scripts' meaning of 0.
+        let ttl_ms = match own_ttl {
+            Some(ttl) => ttl.as_millis().clamp(1, super::broker::MAX_TTL_MS) as u64,
+            None => self.result_ttl.map_or(0, |ttl| {
+                ttl.as_millis().min(super::broker::MAX_TTL_MS) as u64
+            }),
+        };
         let mut script = TRANSITION.prepare_invoke();
         script
             .key(self.keys.record(uuid))

@@ -311,6 +311,9 @@ impl WorkerHost {
             },
             |replaced| outcome = replaced
         );
+        if !matches!(outcome, Outcome::Error(_) | Outcome::Retry { .. }) {
+            delivery.run.error_payload = None;
+        }
         if let Err(error) = broker.finish(&delivery, outcome.clone()).await {
             if let Some(reason) = error.cancel_reason() {
                 // Cancelled while it ran (a stored request this run had not seen yet): the
@@ -456,8 +459,11 @@ impl WorkerHost {
         };
         app.cancels().unregister(uuid, receipt);
         let failure = run.take_failure();
+        // The error's data goes with an error (or a retry); a plugin that turns the outcome
+        // into another status drops it below.
         run_info.error_payload = failure
             .as_ref()
+            .filter(|_| matches!(outcome, Outcome::Error(_)))
             .and_then(|failure| failure.payload().cloned());
         *task = run.into_task();
         self.task_event(EventKind::TaskStopping, task, Some(&outcome))
