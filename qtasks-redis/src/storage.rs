@@ -496,10 +496,7 @@ impl Storage for RedisStorage {
         self.wait_for(uuid, |record| async move {
             match record {
                 None => Some(Ok(None)),
-                Some(record)
-                    if record.status.is_final()
-                        || qtasks_core::backend::progress_is_newer(&record, after) =>
-                {
+                Some(record) if qtasks_core::backend::has_progress_news(&record, after) => {
                     Some(Ok(Some(record)))
                 }
                 Some(_) => None,

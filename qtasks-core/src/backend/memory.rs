@@ -803,9 +803,7 @@ impl Storage for MemoryStorage {
         after: Option<f64>,
     ) -> Result<Option<TaskRecord>, BackendError> {
         loop {
-            let has_news = |record: &TaskRecord| {
-                record.status.is_final() || super::progress_is_newer(record, after)
-            };
+            let has_news = |record: &TaskRecord| super::has_progress_news(record, after);
             match self.look(uuid, has_news) {
                 (Some(found), _) => return Ok(found),
                 (None, Some(changed)) => changed.await,

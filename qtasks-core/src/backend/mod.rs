@@ -592,7 +592,7 @@ pub trait Storage: Lifecycle {
         loop {
             match self.get(uuid).await? {
                 None => return Ok(None),
-                Some(record) if record.status.is_final() || progress_is_newer(&record, after) => {
+                Some(record) if has_progress_news(&record, after) => {
                     return Ok(Some(record));
                 }
                 Some(_) => tokio::time::sleep(crate::progress::PROGRESS_INTERVAL).await,
@@ -691,6 +691,11 @@ pub trait RecordStoreConnector: Send + Sync + 'static {
         &self,
         config: &QueueConfig,
     ) -> Result<(Arc<dyn RecordStore>, Arc<dyn GlobalConfig>), BackendError>;
+}
+
+/// What a progress wait waits for: the record ended, or its progress is newer than `after`.
+pub fn has_progress_news(record: &TaskRecord, after: Option<f64>) -> bool {
+    record.status.is_final() || progress_is_newer(record, after)
 }
 
 /// Whether a record's progress was written after `after` (any progress, when `after` is none).
