@@ -71,6 +71,8 @@ pub struct TaskDefinitionParts {
     pub middlewares_after: &'static [&'static dyn Middleware],
     /// The router the task belongs to; an app can run only some routers' tasks.
     pub router: Option<&'static str>,
+    /// The named queue the task's calls wait in (`queue = ".."`); `None`: the default queue.
+    pub queue: Option<&'static str>,
     /// The runner of this task's executor (`executor = ..`), instead of the app's.
     pub runner: Option<&'static dyn TaskRunner>,
     /// The module the task fn is declared in.

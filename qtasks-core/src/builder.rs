@@ -101,9 +101,33 @@ impl AppBuilder {
         self
     }
 
+    /// Serves these queues, with their weights (`"billing:3,default:1"`, as
+    /// [`QueueConfig::queues`] reads it); the rest of the config stays as set.
+    ///
+    /// # Panics
+    ///
+    /// On a selection that does not parse (a literal in the program): parse one read at run
+    /// time with [`QueueSelection`](crate::queues::QueueSelection)'s `FromStr` and set
+    /// [`QueueConfig::queues`] instead.
+    ///
+    /// ```
+    /// let app = qtasks::QueueTasks::builder().queues("billing:3,default").build();
+    /// assert!(app.config().queues.serves("billing"));
+    /// ```
+    pub fn queues(mut self, queues: &str) -> Self {
+        let selection = match queues.parse() {
+            Ok(selection) => selection,
+            Err(error) => panic!("`{queues}` is not a queue selection: {error}"),
+        };
+        self.config.get_or_insert_with(QueueConfig::default).queues = selection;
+        self
+    }
+
     /// Runs only the tasks of these routers (`#[qtasks::task(router = "billing")]`); a task of
-    /// another router that reaches this app's worker ends `error`, named unknown. By default an
-    /// app runs every task. Apps that run different routers should use different names (queues).
+    /// another router that reaches this app's worker is handed back to its queue for a worker
+    /// that runs it (see [`QueueConfig::unknown_task_hand_backs`]). By default an app runs
+    /// every task. To keep a router's tasks away from other workers, give them a queue
+    /// (`#[qtasks::task(queue = "billing")]`) that only its workers serve.
     pub fn routers<I: IntoIterator<Item = S>, S: Into<String>>(mut self, routers: I) -> Self {
         self.routers = Some(routers.into_iter().map(Into::into).collect());
         self

@@ -58,6 +58,8 @@ pub struct TaskCall<H = TaskHandle> {
     pub(crate) expires: Option<Duration>,
     /// This call's time limit per run ([`max_time`](Self::max_time)).
     pub(crate) max_time: Option<Duration>,
+    /// The queue chosen for this call ([`queue`](Self::queue)).
+    pub(crate) queue: Option<String>,
     pub(crate) definition: Option<&'static TaskDefinition>,
     /// An argument that did not encode, reported when the call is sent.
     pub(crate) invalid: Option<String>,
@@ -75,6 +77,7 @@ impl<H> Clone for TaskCall<H> {
             uuid: self.uuid,
             expires: self.expires,
             max_time: self.max_time,
+            queue: self.queue.clone(),
             definition: self.definition,
             invalid: self.invalid.clone(),
             handle: PhantomData,
@@ -93,6 +96,7 @@ impl<H> fmt::Debug for TaskCall<H> {
             .field("uuid", &self.uuid)
             .field("expires", &self.expires)
             .field("max_time", &self.max_time)
+            .field("queue", &self.queue)
             .finish_non_exhaustive()
     }
 }
@@ -109,6 +113,7 @@ impl TaskCall {
             uuid: None,
             expires: None,
             max_time: None,
+            queue: None,
             definition: None,
             invalid: None,
             handle: PhantomData,
@@ -131,6 +136,7 @@ impl<H> TaskCall<H> {
             uuid: None,
             expires: None,
             max_time: None,
+            queue: None,
             definition: Some(definition),
             invalid,
             handle: PhantomData,
@@ -181,6 +187,29 @@ impl<H> TaskCall<H> {
         self
     }
 
+    /// Puts this call in the named queue `queue` instead of the task's (`#[task(queue = ..)]`),
+    /// for workers that serve it. A name that is not a valid queue name fails the add with
+    /// [`Error::InvalidQueue`].
+    ///
+    /// ```rust,standalone_crate
+    /// #[qtasks::task]
+    /// async fn resize(image: String) -> String { image }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> qtasks::Result<()> {
+    /// let app = qtasks::QueueTasks::builder().queues("default,thumbnails").build();
+    /// app.start().await?;
+    /// let handle = resize::call("cat.png".into()).queue("thumbnails").add(&app).await?;
+    /// assert_eq!(handle.get().await?.unwrap().queue.as_deref(), Some("thumbnails"));
+    /// # handle.result(std::time::Duration::from_secs(5)).await.unwrap();
+    /// # app.stop().await }
+    /// ```
+    #[must_use]
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.queue = Some(queue.into());
+        self
+    }
+
     /// The same call, its handle reading the result as JSON (to put calls of different tasks
     /// in one list).
     pub fn untyped(self) -> TaskCall {
@@ -193,6 +222,7 @@ impl<H> TaskCall<H> {
             uuid: self.uuid,
             expires: self.expires,
             max_time: self.max_time,
+            queue: self.queue,
             definition: self.definition,
             invalid: self.invalid,
             handle: PhantomData,
@@ -236,6 +266,7 @@ impl<H> TaskCall<H> {
                 .expires
                 .and_then(|expires| std::time::SystemTime::now().checked_add(expires)),
             max_time: self.max_time,
+            queue: self.queue.clone(),
         };
         app.add_task_with(&self.task_name, &self.args, &self.kwargs, options)
             .await

@@ -84,6 +84,14 @@ pub enum Error {
     /// The configuration cannot work.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
+    /// A queue name that cannot name a queue, or a queue the app's engine cannot keep.
+    #[error("queue `{queue}`: {reason}")]
+    InvalidQueue {
+        /// The queue as given.
+        queue: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A plugin registered for a component asked for another component's trigger.
     #[error(
         "trigger `{trigger}` is fired by the {fired_by:?}, not the {component:?}; register the plugin for that component, or on the app",

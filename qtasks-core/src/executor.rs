@@ -539,6 +539,8 @@ mod detached {
                 group_uuid: None,
                 expires_at: None,
                 max_time: None,
+                queue: None,
+                hand_backs: 0,
                 definition: None,
             };
             TaskExecutor::new(

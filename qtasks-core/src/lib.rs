@@ -38,6 +38,7 @@ mod middleware;
 mod panic;
 pub mod plugin;
 mod progress;
+pub mod queues;
 pub mod records;
 mod registry;
 pub mod schedule;

@@ -333,6 +333,12 @@ pub struct TaskRecord {
     /// When the progress was stored (Unix seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress_at: Option<f64>,
+    /// The named queue the task waits in (absent: the default queue).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// How many times workers that could not run the task handed it back.
+    #[serde(default, skip_serializing_if = "crate::task::is_zero")]
+    pub hand_backs: u32,
 }
 
 impl TaskRecord {
@@ -366,7 +372,16 @@ impl TaskRecord {
             error_payload: None,
             progress: None,
             progress_at: None,
+            queue: queued.queue,
+            hand_backs: queued.hand_backs,
         }
+    }
+
+    /// The queue the task waits in: its `queue`, or the default queue.
+    pub fn queue_name(&self) -> &str {
+        self.queue
+            .as_deref()
+            .unwrap_or(crate::queues::DEFAULT_QUEUE)
     }
 
     /// Writes which run ended the task, and when (`finished_at`).

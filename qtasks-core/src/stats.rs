@@ -55,6 +55,22 @@ pub struct QueueStats {
     pub oldest_waiting_secs: Option<f64>,
     /// Queue entries that could not run and were set aside with their reason.
     pub dead_letters: u64,
+    /// The numbers of each named queue (the default one too), by name: waiting, delayed,
+    /// paused. Empty from a broker that keeps no named queues.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub queues: BTreeMap<String, QueueNumbers>,
+}
+
+/// One named queue's numbers, in [`QueueStats::queues`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct QueueNumbers {
+    /// Its tasks that may run now.
+    pub waiting: u64,
+    /// Its tasks that may run only later.
+    pub delayed: u64,
+    /// Whether it is paused: workers take none of its tasks until it is resumed.
+    pub paused: bool,
 }
 
 impl QueueStats {

@@ -237,6 +237,7 @@ impl TaskDefinition {
                 middlewares_before: &[],
                 middlewares_after: &[],
                 router: None,
+                queue: None,
                 runner: None,
                 module_path: module_path!(),
                 file: file!(),
@@ -330,6 +331,12 @@ impl TaskDefinition {
         self.parts.router
     }
 
+    /// The named queue the task's calls wait in (`queue = ".."`), unless a call chooses
+    /// another: the default queue when `None`.
+    pub fn queue(&self) -> Option<&'static str> {
+        self.parts.queue
+    }
+
     /// The runner of this task's executor (`executor = ..`), instead of the app's.
     pub fn runner(&self) -> Option<&'static dyn crate::components::TaskRunner> {
         self.parts.runner
@@ -421,6 +428,16 @@ pub struct QueuedTask {
     /// ([`AddOptions::max_time`](crate::AddOptions::max_time)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_time: Option<f64>,
+    /// The named queue the task waits in; `None` is the
+    /// [`DEFAULT_QUEUE`](crate::queues::DEFAULT_QUEUE). Stored as the record's `queue` field
+    /// (absent for the default queue, as in the original).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// How many times workers that could not run the task (they do not know its name) handed
+    /// it back ([`QueueConfig::unknown_task_hand_backs`](crate::QueueConfig)). Stored as the
+    /// record's `hand_backs` field.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub hand_backs: u32,
     /// The definition, when the enqueuing process already knew it: saves the worker a lookup
     /// by name. Never sent over the wire.
     #[serde(skip)]
@@ -446,6 +463,8 @@ impl QueuedTask {
             group_uuid: self.group_uuid,
             expires_at: self.expires_at,
             max_time: self.max_time,
+            queue: None,
+            hand_backs: self.hand_backs,
             definition: self.definition,
         };
         std::mem::replace(self, left)
@@ -473,8 +492,17 @@ impl QueuedTask {
             group_uuid: None,
             expires_at: None,
             max_time: None,
+            queue: None,
+            hand_backs: 0,
             definition: None,
         }
+    }
+
+    /// The queue the task waits in: its [`queue`](Self::queue), or the default queue.
+    pub fn queue_name(&self) -> &str {
+        self.queue
+            .as_deref()
+            .unwrap_or(crate::queues::DEFAULT_QUEUE)
     }
 
     /// The task a stored record describes (what a broker that keeps only ids hands out); takes
@@ -494,6 +522,8 @@ impl QueuedTask {
             group_uuid: record.group_uuid,
             expires_at: record.expires_at,
             max_time: record.max_time,
+            queue: record.queue,
+            hand_backs: record.hand_backs,
             definition: None,
         }
     }
@@ -559,6 +589,12 @@ impl Outcome {
             Outcome::Retry { .. } => TaskStatus::Retry,
         }
     }
+}
+
+/// For `skip_serializing_if`: a count of zero is left out of the record.
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde passes a reference
+pub(crate) fn is_zero(count: &u32) -> bool {
+    *count == 0
 }
 
 #[cfg(test)]

@@ -59,6 +59,8 @@ pub async fn run<H>(app: &QueueTasks, call: TaskCall<H>) -> Result<Outcome> {
         run_at: None,
         expires_at: None,
         max_time: call.max_time.map(|limit| limit.as_secs_f64()),
+        queue: call.queue,
+        hand_backs: 0,
         definition: Some(definition),
     };
     let uuid = task.uuid;

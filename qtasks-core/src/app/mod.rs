@@ -33,7 +33,7 @@ use std::sync::atomic::Ordering;
 
 pub(crate) use self::cancel::Cancels;
 pub use self::config::GlobalEntries;
-pub use self::observe::{DeadLetters, WorkerCounters, Workers};
+pub use self::observe::{DeadLetters, NamedQueues, WorkerCounters, Workers};
 pub use self::records::Records;
 pub(crate) use self::running::{Counters, INTERRUPTED, Running};
 pub use self::schedules::Schedules;

@@ -75,6 +75,21 @@ impl QueueTasks {
     pub fn dead_letters(&self) -> DeadLetters<'_> {
         DeadLetters { app: self }
     }
+
+    /// The app's named queues: pause, resume, and their numbers.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> qtasks::Result<()> {
+    /// let app = qtasks::QueueTasks::new();
+    /// app.queues().pause("billing").await?; // no worker takes a billing task now
+    /// assert!(app.queues().list().await?["billing"].paused);
+    /// app.queues().resume("billing").await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn queues(&self) -> NamedQueues<'_> {
+        NamedQueues { app: self }
+    }
 }
 
 /// What this process's worker has counted since the app was built, from
@@ -130,5 +145,60 @@ impl DeadLetters<'_> {
             .broker
             .resolve_dead_letter(letter, requeue)
             .await?)
+    }
+}
+
+/// The named queues of an app, from [`QueueTasks::queues`].
+#[derive(Debug, Clone, Copy)]
+pub struct NamedQueues<'a> {
+    app: &'a QueueTasks,
+}
+
+impl NamedQueues<'_> {
+    /// Pauses `queue` for every worker of the app: its tasks wait (they may still be added and
+    /// cancelled) until [`resume`](Self::resume). Running tasks run on.
+    pub async fn pause(self, queue: &str) -> Result<()> {
+        self.set_paused(queue, true).await
+    }
+
+    /// Resumes a paused queue: workers take its tasks again at once.
+    pub async fn resume(self, queue: &str) -> Result<()> {
+        self.set_paused(queue, false).await
+    }
+
+    async fn set_paused(self, queue: &str, paused: bool) -> Result<()> {
+        crate::queues::check_queue_name(queue).map_err(|reason| crate::Error::InvalidQueue {
+            queue: queue.to_owned(),
+            reason,
+        })?;
+        self.app
+            .components()
+            .broker
+            .pause_queue(queue, paused)
+            .await?;
+        tracing::info!(
+            app = self.app.name(),
+            queue,
+            paused,
+            "queue {}",
+            if paused { "paused" } else { "resumed" }
+        );
+        Ok(())
+    }
+
+    /// Each queue's numbers (waiting, delayed, paused), by name: the queues that hold tasks or
+    /// are paused, and those this app serves.
+    pub async fn list(
+        self,
+    ) -> Result<std::collections::BTreeMap<String, crate::stats::QueueNumbers>> {
+        let stats = self.app.components().broker.stats().await?;
+        let mut queues = stats.map(|stats| stats.queues).unwrap_or_default();
+        for paused in self.app.components().broker.paused_queues().await? {
+            queues.entry(paused).or_default().paused = true;
+        }
+        for served in self.app.config().queues.names() {
+            queues.entry(served.to_owned()).or_default();
+        }
+        Ok(queues)
     }
 }

@@ -130,6 +130,7 @@ impl Records<'_> {
                     retry_parent: Some(uuid),
                     group: record.group_uuid,
                     max_time: record.max_time,
+                    queue: record.queue.clone(),
                     ..Placement::default()
                 },
             )

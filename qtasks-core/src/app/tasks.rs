@@ -149,6 +149,7 @@ impl QueueTasks {
                 retry_parent: None,
                 expires_at: options.expires_at.map(system_secs),
                 max_time: options.max_time.map(|limit| limit.as_secs_f64()),
+                queue: options.queue,
             },
         )
         .await
@@ -232,7 +233,35 @@ impl QueueTasks {
             retry_parent,
             expires_at,
             max_time,
+            queue,
         } = placement;
+        // The call's queue, else the task's; the default queue is stored as none (the
+        // original's records have no queue field).
+        let queue = match queue.or_else(|| {
+            definition
+                .and_then(TaskDefinition::queue)
+                .map(str::to_owned)
+        }) {
+            Some(queue) => {
+                crate::queues::check_queue_name(&queue).map_err(|reason| Error::InvalidQueue {
+                    queue: queue.clone(),
+                    reason,
+                })?;
+                if queue != crate::queues::DEFAULT_QUEUE
+                    && !self.components().broker.supports_queues()
+                {
+                    return Err(Error::InvalidQueue {
+                        reason: format!(
+                            "the {} keeps no named queues; add the task to the default queue, or use an engine that has them (memory, Redis)",
+                            self.components().broker.name()
+                        ),
+                        queue,
+                    });
+                }
+                (queue != crate::queues::DEFAULT_QUEUE).then_some(queue)
+            }
+            None => None,
+        };
         let mut task = QueuedTask {
             uuid: uuid.unwrap_or_else(Uuid::new_v4),
             task_name,
@@ -251,6 +280,8 @@ impl QueueTasks {
             group_uuid: group,
             expires_at,
             max_time,
+            queue,
+            hand_backs: 0,
             definition,
         };
         let dispatch = self.dispatch();
@@ -459,6 +490,8 @@ pub struct AddOptions {
     pub(crate) expires_at: Option<std::time::SystemTime>,
     /// This call's time limit per run ([`AddOptions::max_time`]).
     pub(crate) max_time: Option<Duration>,
+    /// The queue this call waits in ([`AddOptions::queue`]).
+    pub(crate) queue: Option<String>,
 }
 
 impl AddOptions {
@@ -560,6 +593,23 @@ impl AddOptions {
         self.max_time = Some(limit);
         self
     }
+
+    /// Puts the task in the named queue `queue` instead of the task's own
+    /// (`#[task(queue = "..")]`, else [`DEFAULT_QUEUE`](crate::queues::DEFAULT_QUEUE)): only
+    /// workers that serve it take it. The add fails with [`Error::InvalidQueue`] when the name
+    /// is not a queue name (see [`check_queue_name`](crate::queues::check_queue_name)).
+    ///
+    /// ```
+    /// # async fn demo(app: &qtasks::QueueTasks) -> qtasks::Result<()> {
+    /// let billing = qtasks::AddOptions::default().queue("billing");
+    /// app.add_task_with("charge", (42,), (), billing).await?;
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.queue = Some(queue.into());
+        self
+    }
 }
 
 /// Where a new task goes: when it may run (now if `None`) and its id (a new one if `None`).
@@ -574,6 +624,8 @@ pub(super) struct Placement {
     pub(super) expires_at: Option<f64>,
     /// This call's time limit per run, in seconds.
     pub(super) max_time: Option<f64>,
+    /// The queue (`None`: the task's, else the default one).
+    pub(super) queue: Option<String>,
 }
 
 /// A time as Unix seconds (the clock of `run_at` and records).

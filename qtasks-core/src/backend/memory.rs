@@ -14,9 +14,11 @@ use uuid::Uuid;
 
 use super::{BackendError, Broker, Delivery, ItemsRead, RunInfo, Storage, Transition};
 use super::{CancelRequest, CancelState, unix_now};
+use crate::queues::Take;
 use crate::records::RecordChange;
 use crate::records::RecordUpdate;
 use crate::records::{RecordCursor, RecordPage, RecordQuery};
+use crate::stats::DeadLetter;
 use crate::stats::{FinishedCounts, QueueStats, ThroughputWindow};
 use crate::task::Outcome;
 use crate::{QueuedTask, TaskRecord, TaskStatus};
@@ -25,17 +27,61 @@ fn not_stored(uuid: Uuid) -> BackendError {
     BackendError::new("memory", format!("task {uuid} is not stored"))
 }
 
-/// An in-memory priority queue (lowest priority number first, FIFO among equals) writing to a
-/// [`MemoryStorage`].
+/// In-memory priority queues (lowest priority number first, FIFO among equals), one per named
+/// queue, writing to a [`MemoryStorage`].
 pub struct MemoryBroker {
     storage: Arc<MemoryStorage>,
-    queue: Mutex<Queue>,
+    queues: Mutex<Queues>,
+    /// Woken at each push. Every waiting take is woken (not one): takes that serve other
+    /// queues share the broker, and the one woken must not be one that cannot take the task.
     available: Notify,
+    /// Tasks no worker could run, set aside with their reason (`bury`), oldest first.
+    dead: Mutex<VecDeque<(DeadLetter, QueuedTask)>>,
+    /// The ids of dead letters.
+    dead_ids: std::sync::atomic::AtomicU64,
     /// Cancel requests for running tasks, heard by every app on this broker (apps in one
     /// process that share it, as worker processes share a server).
     cancel_requests: tokio::sync::broadcast::Sender<CancelRequest>,
     /// Deliveries handed out, for their receipts.
     deliveries: std::sync::atomic::AtomicU64,
+}
+
+/// The most dead letters kept: past it the oldest go.
+const DEAD_LETTERS_MAX: usize = 10_000;
+
+/// The queues of one broker: the default queue on its own (the hot path finds it without
+/// a lookup), the named ones by name, and which are paused.
+#[derive(Default)]
+struct Queues {
+    default: Queue,
+    named: BTreeMap<String, Queue>,
+    paused: std::collections::BTreeSet<String>,
+}
+
+impl Queues {
+    /// The line of a task's queue, made when it is new.
+    fn of_task(&mut self, queue: Option<&str>) -> &mut Queue {
+        match queue {
+            None | Some(crate::queues::DEFAULT_QUEUE) => &mut self.default,
+            Some(name) => self.named.entry(name.to_owned()).or_default(),
+        }
+    }
+
+    fn get_mut(&mut self, name: &str) -> Option<&mut Queue> {
+        if name == crate::queues::DEFAULT_QUEUE {
+            Some(&mut self.default)
+        } else {
+            self.named.get_mut(name)
+        }
+    }
+
+    fn all(&self) -> impl Iterator<Item = (&str, &Queue)> {
+        std::iter::once((crate::queues::DEFAULT_QUEUE, &self.default)).chain(
+            self.named
+                .iter()
+                .map(|(name, queue)| (name.as_str(), queue)),
+        )
+    }
 }
 
 #[derive(Default)]
@@ -59,6 +105,22 @@ impl Queue {
         let task = self.ready.values_mut().find_map(VecDeque::pop_front)?;
         self.ready_len -= 1;
         Some(task)
+    }
+
+    /// Moves the delayed tasks due by `now` to the ready lines; returns when the next one
+    /// is due.
+    fn promote_due(&mut self, now: f64) -> Option<f64> {
+        while self.delayed.peek().is_some_and(|d| d.run_at <= now) {
+            let due = self.delayed.pop().expect("peeked").task;
+            self.push_ready(due);
+        }
+        self.delayed.peek().map(|d| d.run_at)
+    }
+
+    fn clear(&mut self) {
+        self.ready.clear();
+        self.ready_len = 0;
+        self.delayed.clear();
     }
 }
 
@@ -93,16 +155,22 @@ impl MemoryBroker {
     pub fn new(storage: Arc<MemoryStorage>) -> Self {
         MemoryBroker {
             storage,
-            queue: Mutex::default(),
+            queues: Mutex::default(),
             available: Notify::new(),
+            dead: Mutex::default(),
+            dead_ids: std::sync::atomic::AtomicU64::new(0),
             cancel_requests: tokio::sync::broadcast::channel(1024).0,
             deliveries: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
-    /// How many tasks wait.
+    /// How many tasks wait to run now, in every queue.
     pub fn len(&self) -> usize {
-        self.queue.lock().ready_len
+        self.queues
+            .lock()
+            .all()
+            .map(|(_, queue)| queue.ready_len)
+            .sum()
     }
 
     /// Whether no task waits.
@@ -119,29 +187,39 @@ impl MemoryBroker {
 
     fn enqueue(&self, task: QueuedTask) {
         {
-            let mut queue = self.queue.lock();
+            let mut queues = self.queues.lock();
+            let queue = queues.of_task(task.queue.as_deref());
             match task.run_at {
                 Some(run_at) if run_at > unix_now() => queue.delayed.push(Delayed { run_at, task }),
                 _ => queue.push_ready(task),
             }
         }
-        self.available.notify_one();
+        self.available.notify_waiters();
     }
 
-    /// Up to `max` tasks that may run now, and otherwise when the next delayed one may.
-    fn take(&self, max: usize) -> (Vec<QueuedTask>, Option<f64>) {
-        let mut queue = self.queue.lock();
+    /// Up to `take.max` tasks that may run now, from the queues `take` names in its order
+    /// (paused ones skipped), and otherwise when the next delayed one of them may.
+    fn take_now(&self, take: &Take<'_>) -> (Vec<QueuedTask>, Option<f64>) {
+        let mut queues = self.queues.lock();
         let now = unix_now();
-        while queue.delayed.peek().is_some_and(|d| d.run_at <= now) {
-            let due = queue.delayed.pop().expect("peeked").task;
-            queue.push_ready(due);
-        }
-        let next_due = queue.delayed.peek().map(|d| d.run_at);
-        let mut tasks = Vec::with_capacity(max.min(queue.ready_len));
-        while tasks.len() < max {
-            match queue.pop_ready() {
-                Some(task) => tasks.push(task),
-                None => break,
+        let mut next_due: Option<f64> = None;
+        let mut tasks = Vec::with_capacity(take.max.min(64));
+        for wanted in &take.queues {
+            if !queues.paused.is_empty() && queues.paused.contains(wanted.name) {
+                continue;
+            }
+            let Some(queue) = queues.get_mut(wanted.name) else {
+                continue;
+            };
+            if let Some(due) = queue.promote_due(now) {
+                next_due = Some(next_due.map_or(due, |earlier: f64| earlier.min(due)));
+            }
+            let room = wanted.max.min(take.max.saturating_sub(tasks.len()));
+            for _ in 0..room {
+                match queue.pop_ready() {
+                    Some(task) => tasks.push(task),
+                    None => break,
+                }
             }
         }
         (tasks, next_due)
@@ -157,19 +235,27 @@ impl crate::backend::Lifecycle for MemoryBroker {
 
 #[crate::async_trait]
 impl Broker for MemoryBroker {
+    fn supports_queues(&self) -> bool {
+        true
+    }
+
     async fn add(&self, task: QueuedTask) -> Result<(), BackendError> {
         self.push(task);
         Ok(())
     }
 
     async fn next_batch(&self, max: usize) -> Result<Vec<Delivery>, BackendError> {
+        self.take(&Take::default_queue(max)).await
+    }
+
+    async fn take(&self, take: &Take<'_>) -> Result<Vec<Delivery>, BackendError> {
         loop {
             // Register for a wake-up before looking, so a push between the look and the
             // wait is not missed.
             let notified = self.available.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let (tasks, next_due) = self.take(max.max(1));
+            let (tasks, next_due) = self.take_now(take);
             let any_taken = !tasks.is_empty();
             let deliveries: Vec<Delivery> = self
                 .storage
@@ -290,30 +376,49 @@ impl Broker for MemoryBroker {
         let now = unix_now();
         let mut stats = QueueStats::default();
         {
-            let queue = self.queue.lock();
-            for (priority, line) in &queue.ready {
-                if !line.is_empty() {
-                    stats.waiting.insert(*priority, line.len() as u64);
+            let queues = self.queues.lock();
+            let tally = self.storage.tally.lock();
+            for (name, queue) in queues.all() {
+                let mut numbers = crate::stats::QueueNumbers::default();
+                for (priority, line) in &queue.ready {
+                    // Cancelled while they waited: still in the line (a take drops them), no
+                    // longer waiting.
+                    let key = (
+                        (name != crate::queues::DEFAULT_QUEUE).then(|| name.to_owned()),
+                        *priority,
+                    );
+                    let cancelled = tally.cancelled_in_queue.get(&key).copied().unwrap_or(0);
+                    let waiting = (line.len() as u64).saturating_sub(cancelled);
+                    if waiting > 0 {
+                        *stats.waiting.entry(*priority).or_default() += waiting;
+                        numbers.waiting += waiting;
+                    }
                 }
+                numbers.delayed = queue.delayed.len() as u64;
+                numbers.paused = queues.paused.contains(name);
+                stats.delayed += numbers.delayed;
+                // Each line is FIFO, so the oldest waiting task is at the front of one of them.
+                let oldest = queue
+                    .ready
+                    .values()
+                    .filter_map(|line| line.front())
+                    .map(|task| task.created_at)
+                    .min_by(f64::total_cmp)
+                    .map(|created_at| (now - created_at).max(0.0));
+                stats.oldest_waiting_secs = match (stats.oldest_waiting_secs, oldest) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
+                stats.queues.insert(name.to_owned(), numbers);
             }
-            stats.delayed = queue.delayed.len() as u64;
-            // Each line is FIFO, so the oldest waiting task is at the front of one of them.
-            stats.oldest_waiting_secs = queue
-                .ready
-                .values()
-                .filter_map(|line| line.front())
-                .map(|task| task.created_at)
-                .min_by(f64::total_cmp)
-                .map(|created_at| (now - created_at).max(0.0));
+            // Paused before any task came: listed too.
+            for name in &queues.paused {
+                stats.queues.entry(name.clone()).or_default().paused = true;
+            }
         }
+        stats.dead_letters = self.dead.lock().len() as u64;
         {
             let tally = self.storage.tally.lock();
-            for (priority, cancelled) in &tally.cancelled_in_queue {
-                if let Some(waiting) = stats.waiting.get_mut(priority) {
-                    *waiting = waiting.saturating_sub(*cancelled);
-                }
-            }
-            stats.waiting.retain(|_, waiting| *waiting > 0);
             stats.running = tally.running;
             stats.finished = tally.finished;
             stats.finished_last_minute = tally.throughput.last_minute(now as u64);
@@ -322,12 +427,132 @@ impl Broker for MemoryBroker {
     }
 
     async fn flush_all(&self) -> Result<(), BackendError> {
-        let mut queue = self.queue.lock();
-        queue.ready.clear();
-        queue.ready_len = 0;
-        queue.delayed.clear();
-        drop(queue);
+        let mut queues = self.queues.lock();
+        queues.default.clear();
+        for queue in queues.named.values_mut() {
+            queue.clear();
+        }
+        drop(queues);
+        self.dead.lock().clear();
         Ok(())
+    }
+
+    async fn defer(
+        &self,
+        delivery: &Delivery,
+        delay: std::time::Duration,
+    ) -> Result<(), BackendError> {
+        let uuid = delivery.task.uuid;
+        // Cancelled while it was held: it ends `cancel` rather than waiting to run again.
+        let requested = self
+            .storage
+            .slots
+            .lock()
+            .get_mut(&uuid)
+            .and_then(|slot| slot.cancel_requested.take());
+        if let Some(reason) = requested {
+            return self
+                .storage
+                .finish_as(uuid, Outcome::Cancel(reason), &delivery.run);
+        }
+        let mut hand_backs = 0;
+        self.storage.change(uuid, |slot| {
+            slot.record.status = TaskStatus::New;
+            slot.record.updated_at = unix_now();
+            slot.record.hand_backs = slot.record.hand_backs.saturating_add(1);
+            hand_backs = slot.record.hand_backs;
+        })?;
+        {
+            let mut tally = self.storage.tally.lock();
+            tally.running = tally.running.saturating_sub(1);
+        }
+        let mut task = delivery.task.clone();
+        task.hand_backs = hand_backs;
+        task.run_at = Some(unix_now() + delay.as_secs_f64().min(1e12));
+        self.enqueue(task);
+        Ok(())
+    }
+
+    async fn bury(&self, delivery: &Delivery, reason: &str) -> Result<(), BackendError> {
+        let task = &delivery.task;
+        self.storage
+            .finish(task.uuid, Outcome::Error(reason.to_owned()), &delivery.run)?;
+        let id = self
+            .dead_ids
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let entry = format!("{}:{}:{}", task.task_name, task.uuid, task.priority);
+        let letter = DeadLetter::new(id.to_string(), entry, reason, unix_now());
+        let mut dead = self.dead.lock();
+        if dead.len() >= DEAD_LETTERS_MAX {
+            dead.pop_front();
+        }
+        dead.push_back((letter, task.clone()));
+        Ok(())
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, BackendError> {
+        Ok(self
+            .dead
+            .lock()
+            .iter()
+            .take(limit)
+            .map(|(letter, _)| letter.clone())
+            .collect())
+    }
+
+    async fn resolve_dead_letter(
+        &self,
+        letter: &DeadLetter,
+        requeue: bool,
+    ) -> Result<bool, BackendError> {
+        let taken = {
+            let mut dead = self.dead.lock();
+            let at = dead.iter().position(|(held, _)| held.id == letter.id);
+            at.and_then(|at| dead.remove(at))
+        };
+        let Some((_, mut task)) = taken else {
+            return Ok(false);
+        };
+        if requeue {
+            // Waiting again, from the start: a worker that knows it now runs it.
+            let uuid = task.uuid;
+            let queued = self.storage.change(uuid, |slot| {
+                let record = &mut slot.record;
+                record.status = TaskStatus::New;
+                record.traceback = None;
+                record.finished_at = None;
+                record.started_at = None;
+                record.worker = None;
+                record.hand_backs = 0;
+                record.updated_at = unix_now();
+            });
+            if queued.is_ok() {
+                task.hand_backs = 0;
+                task.run_at = None;
+                self.enqueue(task);
+            } else {
+                tracing::warn!("dead letter of task {uuid}: its record is gone; not queued again");
+            }
+        }
+        Ok(true)
+    }
+
+    async fn pause_queue(&self, queue: &str, paused: bool) -> Result<(), BackendError> {
+        let mut queues = self.queues.lock();
+        if paused {
+            queues.paused.insert(queue.to_owned());
+        } else {
+            queues.paused.remove(queue);
+        }
+        drop(queues);
+        if !paused {
+            self.available.notify_waiters();
+        }
+        Ok(())
+    }
+
+    async fn paused_queues(&self) -> Result<Vec<String>, BackendError> {
+        Ok(self.queues.lock().paused.iter().cloned().collect())
     }
 }
 
@@ -384,7 +609,8 @@ struct Tally {
     running: u64,
     /// Tasks cancelled while they waited, by priority: still in the queue (a take drops them)
     /// but no longer waiting.
-    cancelled_in_queue: BTreeMap<i64, u64>,
+    /// Keyed by queue (`None`: the default one) and priority.
+    cancelled_in_queue: BTreeMap<(Option<String>, i64), u64>,
     finished: FinishedCounts,
     throughput: ThroughputWindow,
 }
@@ -567,7 +793,7 @@ impl MemoryStorage {
             .filter(|task| {
                 let Some(slot) = slots.get_mut(&task.uuid) else {
                     if self.gone.lock().remove(&task.uuid) {
-                        self.uncount_cancelled(task.priority);
+                        self.uncount_cancelled(task.queue.clone(), task.priority);
                     } else {
                         tracing::warn!("task {} has no record any more; not run", task.uuid);
                     }
@@ -576,7 +802,7 @@ impl MemoryStorage {
                 if slot.record.status == TaskStatus::Cancel {
                     if slot.queued_cancel {
                         slot.queued_cancel = false;
-                        self.uncount_cancelled(task.priority);
+                        self.uncount_cancelled(task.queue.clone(), task.priority);
                         dropped.push(task.uuid);
                     }
                     return false;
@@ -595,8 +821,13 @@ impl MemoryStorage {
     }
 
     /// A task cancelled while it waited leaves the counts as its queue entry goes.
-    fn uncount_cancelled(&self, priority: i64) {
-        if let Some(count) = self.tally.lock().cancelled_in_queue.get_mut(&priority) {
+    fn uncount_cancelled(&self, queue: Option<String>, priority: i64) {
+        if let Some(count) = self
+            .tally
+            .lock()
+            .cancelled_in_queue
+            .get_mut(&(queue, priority))
+        {
             *count = count.saturating_sub(1);
         }
     }
@@ -615,10 +846,10 @@ impl MemoryStorage {
                 slot.record.finished_at = Some(slot.record.updated_at);
                 slot.queued_cancel = true;
                 slot.wake_waiters();
-                let priority = slot.record.priority;
+                let key = (slot.record.queue.clone(), slot.record.priority);
                 let mut tally = self.tally.lock();
                 tally.ended(TaskStatus::Cancel);
-                *tally.cancelled_in_queue.entry(priority).or_default() += 1;
+                *tally.cancelled_in_queue.entry(key).or_default() += 1;
                 CancelState::Cancelled
             }
             TaskStatus::Process => {

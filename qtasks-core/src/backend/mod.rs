@@ -24,7 +24,7 @@
 mod memory;
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use uuid::Uuid;
 
@@ -34,6 +34,7 @@ pub use crate::error::ErrorChain;
 
 use crate::components::GlobalConfig;
 use crate::plugin::BoxError;
+use crate::queues::Take;
 
 use crate::records::{RecordChange, RecordUpdate};
 use crate::stats::{DeadLetter, QueueStats};
@@ -293,7 +294,7 @@ pub struct RunInfo {
     pub worker: Option<Arc<str>>,
     /// How long the record is kept once final when the task says (`result_ttl`), instead of
     /// the engine's retention.
-    pub result_ttl: Option<std::time::Duration>,
+    pub result_ttl: Option<Duration>,
     /// The data of the error the run failed with, for the caller (the record's
     /// `error_payload`).
     pub error_payload: Option<serde_json::Value>,
@@ -467,6 +468,33 @@ pub trait Broker: Lifecycle {
     /// again later (a lease that runs out).
     async fn next_batch(&self, max: usize) -> Result<Vec<Delivery>, BackendError>;
 
+    /// Whether this broker keeps [named queues](crate::queues) apart: it implements
+    /// [`take`](Self::take), queues each task in its [`QueuedTask::queue`], and pauses queues.
+    /// A broker that does not (the default) serves the default queue alone, and the app
+    /// refuses both a task for another queue and a worker that serves one.
+    fn supports_queues(&self) -> bool {
+        false
+    }
+
+    /// Takes up to `take.max` tasks from the queues `take` lists, in its order (the first
+    /// queue first, the next ones filling what it leaves, each at most its own `max`),
+    /// skipping paused queues: otherwise as [`next_batch`](Self::next_batch), which is this
+    /// take of the default queue alone. The default serves the default queue alone.
+    async fn take(&self, take: &Take<'_>) -> Result<Vec<Delivery>, BackendError> {
+        if take.is_default_only() {
+            return self.next_batch(take.max).await;
+        }
+        let names: Vec<&str> = take.queues.iter().map(|queue| queue.name).collect();
+        Err(BackendError::new(
+            "broker",
+            format!(
+                "{} keeps no named queues, and a worker asked for {}",
+                self.name(),
+                names.join(", ")
+            ),
+        ))
+    }
+
     /// Takes the next task: [`next_batch`](Self::next_batch) of one. `None` means the broker
     /// will deliver no more tasks.
     async fn next(&self) -> Result<Option<Delivery>, BackendError> {
@@ -488,6 +516,40 @@ pub trait Broker: Lifecycle {
     async fn release(&self, delivery: &Delivery) -> Result<(), BackendError> {
         let _ = delivery;
         Ok(())
+    }
+
+    /// Hands a delivery back unrun to wait `delay` in its queue, counting one more hand-back in
+    /// its record (`hand_backs`): the worker could not run it (it does not know the task: a
+    /// rolling deploy, a worker that runs only some routers), and another worker, or this one
+    /// later, may. Unlike [`release`](Self::release), the delivery does not count as one that
+    /// died with its worker. The default hands it back at once, as `release`.
+    async fn defer(&self, delivery: &Delivery, delay: Duration) -> Result<(), BackendError> {
+        let _ = delay;
+        self.release(delivery).await
+    }
+
+    /// Sets a delivery that cannot run aside in the dead letters with `reason` (after too many
+    /// [`defer`](Self::defer)s): its record ends `error` with the reason. Resolving the letter
+    /// with `requeue` queues the task again, `new`. The default only ends the record `error`.
+    async fn bury(&self, delivery: &Delivery, reason: &str) -> Result<(), BackendError> {
+        self.finish(delivery, Outcome::Error(reason.to_owned()))
+            .await
+    }
+
+    /// Pauses (`true`) or resumes a named queue for every worker of the app: while it is paused
+    /// no worker takes its tasks, which wait (and may still be added and cancelled). The default
+    /// refuses: the broker cannot pause.
+    async fn pause_queue(&self, queue: &str, paused: bool) -> Result<(), BackendError> {
+        let _ = paused;
+        Err(BackendError::new(
+            "broker",
+            format!("{} cannot pause queue `{queue}`", self.name()),
+        ))
+    }
+
+    /// The paused queues. The default: none.
+    async fn paused_queues(&self) -> Result<Vec<String>, BackendError> {
+        Ok(Vec::new())
     }
 
     /// Deletes this app's queued tasks.

@@ -78,6 +78,13 @@ impl StartSteps<'_> {
         let components = app.components();
         let dispatch = app.dispatch();
         let config = app.config();
+        if !config.queues.is_default_only() && !components.broker.supports_queues() {
+            return Err(Error::InvalidConfig(format!(
+                "this worker serves the queues {}, but the {} keeps no named queues: serve `default` alone, or use an engine that has them (memory, Redis)",
+                config.queues,
+                components.broker.name()
+            )));
+        }
         dispatch
             .fire(&StarterStart {
                 starter: self.starter,

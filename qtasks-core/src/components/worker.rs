@@ -16,6 +16,7 @@ use crate::dispatch::chain;
 use crate::events::{Event, EventKind};
 use crate::panic::catch_panic;
 use crate::plugin::BoxFuture;
+use crate::queues::{DEFAULT_QUEUE, QueuePlan};
 use crate::records::RecordUpdate;
 use crate::registry::TaskTable;
 use crate::task::Outcome;
@@ -46,6 +47,8 @@ struct HostInner {
     tasks: &'static TaskTable,
     stop_requested: watch::Receiver<bool>,
     listening: AtomicBool,
+    /// The queues this worker serves: the order of each take, and the caps per queue.
+    queues: QueuePlan,
 }
 
 impl WorkerHost {
@@ -54,12 +57,19 @@ impl WorkerHost {
         tasks: &'static TaskTable,
         stop_requested: watch::Receiver<bool>,
     ) -> Self {
+        let config = app.config();
+        let queues = QueuePlan::new(
+            &config.queues,
+            config.queues_strict,
+            &config.queue_concurrency,
+        );
         WorkerHost {
             inner: Arc::new(HostInner {
                 app,
                 tasks,
                 stop_requested,
                 listening: AtomicBool::new(false),
+                queues,
             }),
         }
     }
@@ -87,7 +97,9 @@ impl WorkerHost {
     }
 
     /// Takes up to `max` tasks at once (call it with the number of tasks the worker can start
-    /// now), waiting while the queue is empty; empty once the app is stopping.
+    /// now) from the queues the app serves ([`QueueConfig::queues`](crate::QueueConfig)),
+    /// waiting while they are empty; empty once the app is stopping. Each delivery must be
+    /// [`execute`](Self::execute)d: a queue's cap counts it until then.
     pub async fn next_batch(&self, max: usize) -> Vec<Delivery> {
         let app = self.app();
         let (broker, worker) = (&*app.components().broker, &*app.components().worker);
@@ -102,10 +114,35 @@ impl WorkerHost {
             if app.run_state().interrupting.load(Ordering::Acquire) {
                 return Vec::new();
             }
-            let next = tokio::select! {
-                biased;
-                () = self.stop_requested() => return Vec::new(),
-                next = broker.next_batch(max.max(1)) => next,
+            let plan = &self.inner.queues;
+            // Registered before the take is planned, so a capped task that ends meanwhile
+            // is not missed.
+            let freed = plan.freed();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            let take = plan.next_take(max.max(1));
+            let next = if take.queues.is_empty() {
+                // Every queue this worker serves is at its cap: wait for room.
+                tokio::select! {
+                    biased;
+                    () = self.stop_requested() => return Vec::new(),
+                    () = freed => continue,
+                }
+            } else if plan.is_capped() {
+                // A capped queue left out of this take may get room while it waits: take
+                // again then (a take is cancel-safe).
+                tokio::select! {
+                    biased;
+                    () = self.stop_requested() => return Vec::new(),
+                    next = broker.take(&take) => next,
+                    () = freed => continue,
+                }
+            } else {
+                tokio::select! {
+                    biased;
+                    () = self.stop_requested() => return Vec::new(),
+                    next = broker.take(&take) => next,
+                }
             };
             match next {
                 Ok(deliveries) if app.run_state().interrupting.load(Ordering::Acquire) => {
@@ -120,6 +157,7 @@ impl WorkerHost {
                 }
                 Ok(mut deliveries) => {
                     for delivery in &mut deliveries {
+                        plan.started(delivery.task.queue_name());
                         self.accept(delivery).await;
                     }
                     return deliveries;
@@ -199,9 +237,20 @@ impl WorkerHost {
                 self.0.processed.fetch_add(1, Ordering::Relaxed);
             }
         }
+        /// Gives the task's room in its queue's cap back, however the run ends.
+        struct Capped<'a>(&'a QueuePlan, Option<String>);
+        impl Drop for Capped<'_> {
+            fn drop(&mut self) {
+                self.0.ended(self.1.as_deref().unwrap_or(DEFAULT_QUEUE));
+            }
+        }
         let counters = &self.app().run_state().counters;
         counters.running.fetch_add(1, Ordering::Relaxed);
         let _counted = Counted(counters);
+        let plan = &self.inner.queues;
+        let _capped = plan
+            .is_capped()
+            .then(|| Capped(plan, delivery.task.queue.clone()));
         self.execute_counted(delivery).await;
     }
 
@@ -218,7 +267,7 @@ impl WorkerHost {
         // connection died): another worker has it now, so it must not start here as well.
         if let Some(reason) = app.cancels().stopped_before_start(&delivery.receipt) {
             tracing::warn!(uuid = %uuid, "task {uuid} is not run here: {reason}");
-            hand_back(self, std::slice::from_ref(&delivery)).await;
+            release_unrun(self, std::slice::from_ref(&delivery)).await;
             return;
         }
         let definition = delivery
@@ -271,9 +320,9 @@ impl WorkerHost {
                 .await
             }
             None => {
-                let reason = unknown_task(&delivery.task.task_name, self.inner.tasks);
-                tracing::warn!(uuid = %uuid, "{reason}");
-                Outcome::Error(reason)
+                // Not a task this worker runs: back to its queue for one that does.
+                self.hand_back_unknown(delivery).await;
+                return;
             }
         };
         if matches!(&outcome, Outcome::Cancel(reason) if reason == crate::app::INTERRUPTED) {
@@ -357,6 +406,50 @@ impl WorkerHost {
             _ => EventKind::TaskError,
         };
         self.task_event(kind, task, Some(&outcome)).await;
+    }
+
+    /// A task this worker does not run (its name is not registered here, or its router is not
+    /// among the app's): handed back to wait in its queue for a worker that does, each time a
+    /// little longer, and after [`QueueConfig::unknown_task_hand_backs`] hand-backs set aside in
+    /// the dead letters, its record `error` with the reason. Never failed on the spot: in a
+    /// rolling deploy another worker knows the task.
+    ///
+    /// [`QueueConfig::unknown_task_hand_backs`]: crate::QueueConfig::unknown_task_hand_backs
+    async fn hand_back_unknown(&self, delivery: Delivery) {
+        let app = self.app();
+        let broker = &*app.components().broker;
+        let uuid = delivery.task.uuid;
+        let name = &delivery.task.task_name;
+        let limit = app.config().unknown_task_hand_backs;
+        let hand_backs = delivery.task.hand_backs;
+        let why = match self.inner.tasks.get(name) {
+            Some(_) => {
+                format!("UnknownTask: task `{name}` belongs to a router this worker does not run")
+            }
+            None => unknown_task(name, self.inner.tasks),
+        };
+        if hand_backs >= limit {
+            let reason = format!(
+                "{why}; handed back {hand_backs} time(s) by workers that do not run it (unknown_task_hand_backs = {limit}), it is set aside in the dead letters"
+            );
+            tracing::error!(uuid = %uuid, queue = delivery.task.queue_name(), "{reason}");
+            match broker.bury(&delivery, &reason).await {
+                Ok(()) => {
+                    let outcome = Outcome::Error(reason);
+                    self.task_event(EventKind::TaskError, &delivery.task, Some(&outcome))
+                        .await;
+                }
+                Err(error) => {
+                    tracing::error!(uuid = %uuid, "setting task {uuid} aside failed: {}", crate::backend::ErrorChain(&error));
+                }
+            }
+            return;
+        }
+        let delay = hand_back_delay(hand_backs);
+        tracing::warn!(uuid = %uuid, queue = delivery.task.queue_name(), "{why}; handing it back to its queue for {delay:?} (hand-back {} of {limit})", hand_backs + 1);
+        if let Err(error) = broker.defer(&delivery, delay).await {
+            tracing::error!(uuid = %uuid, "handing task {uuid} back failed (it is taken again when its lease runs out): {}", crate::backend::ErrorChain(&error));
+        }
     }
 
     /// The running part: the `process` record, the executor, and retries.
@@ -560,6 +653,9 @@ impl WorkerHost {
             // A call's expiry and time limit hold for each of its attempts.
             expires_at: task.expires_at,
             max_time: task.max_time,
+            // And waits in the same queue.
+            queue: task.queue.clone(),
+            hand_backs: 0,
             definition: task.definition,
         };
         Outcome::Retry {
@@ -696,8 +792,17 @@ async fn run_alone(host: &WorkerHost, slots: &Arc<Semaphore>, limit: usize, deli
     });
 }
 
-/// Hands deliveries back to the broker unrun (their lease, if the broker cannot, runs out).
+/// Hands deliveries the worker took but did not execute back to the broker unrun (their lease,
+/// if the broker cannot, runs out), giving their room in their queues' caps back.
 async fn hand_back(host: &WorkerHost, deliveries: &[Delivery]) {
+    for delivery in deliveries {
+        host.inner.queues.ended(delivery.task.queue_name());
+    }
+    release_unrun(host, deliveries).await;
+}
+
+/// Hands deliveries back to the broker unrun (their lease, if the broker cannot, runs out).
+async fn release_unrun(host: &WorkerHost, deliveries: &[Delivery]) {
     for delivery in deliveries {
         if let Err(error) = host.app().components().broker.release(delivery).await {
             tracing::error!(uuid = %delivery.task.uuid, "handing a task back failed (it is taken again when its lease runs out): {}", crate::backend::ErrorChain(&error));
@@ -714,6 +819,12 @@ fn attempt_of(task: &QueuedTask, definition: &TaskDefinition) -> u32 {
         .unwrap_or(retries_left)
         .saturating_sub(retries_left)
         + 1
+}
+
+/// How long an unknown task waits before it is taken again: 1 s after its first hand-back,
+/// doubling, at most a minute.
+fn hand_back_delay(hand_backs: u32) -> Duration {
+    Duration::from_secs(1u64 << hand_backs.min(6)).min(Duration::from_secs(60))
 }
 
 fn unknown_task(name: &str, tasks: &TaskTable) -> String {

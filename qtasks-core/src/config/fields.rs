@@ -175,6 +175,7 @@ field_kinds! {
     integer: i64 = "an integer";
     whole_seconds: u64 = "a whole number of seconds";
     delivery_limit: u32 = "a whole number (0: no limit)";
+    hand_back_limit: u32 = "a whole number";
     boolean: bool = "a boolean";
     positive_seconds: f64 = "a number of seconds"
         unless |seconds: &f64| seconds.is_finite() && *seconds > 0.0

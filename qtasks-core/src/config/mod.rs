@@ -82,6 +82,24 @@ pub struct QueueConfig {
     /// outlive a worker (Redis, RabbitMQ); `0` means no limit. (Not in the original.)
     #[serde(deserialize_with = "fields::delivery_limit::deserialize")]
     pub max_deliveries: u32,
+    /// The queues a worker of this app serves, with their weights: `billing:3,default:1`
+    /// asks `billing` first three takes in four (default: the `default` queue alone). A worker
+    /// never takes a task of a queue it does not serve. See [`crate::queues`].
+    pub queues: crate::queues::QueueSelection,
+    /// Serve [`queues`](Self::queues) in strict order rather than by weight: a queue is asked
+    /// first for as long as it has tasks (a later queue waits while an earlier one is busy).
+    #[serde(deserialize_with = "fields::boolean::deserialize")]
+    pub queues_strict: bool,
+    /// Per-queue caps on how many of a queue's tasks one worker runs at once (`billing:2`),
+    /// within its [`max_tasks_process`](Self::max_tasks_process) slots.
+    pub queue_concurrency: crate::queues::QueueLimits,
+    /// How many times a worker hands back a task it cannot run (its name is not registered in
+    /// this worker: a rolling deploy, a worker that runs only some routers) before the task is
+    /// set aside in the dead letters, its record `error` with the reason. Each hand-back waits
+    /// longer (1 s, doubling, at most a minute): 20, the default, is about 15 minutes. (Not in
+    /// the original, which fails such a task at once.)
+    #[serde(deserialize_with = "fields::hand_back_limit::deserialize")]
+    pub unknown_task_hand_backs: u32,
     /// The prefix of the environment variables [`QueueConfig::from_env`] reads.
     pub environ_prefix: String,
 }
@@ -105,6 +123,10 @@ impl Default for QueueConfig {
             result_statuses_end: vec![TaskStatus::Success, TaskStatus::Error, TaskStatus::Cancel],
             stop_timeout: 30.0,
             max_deliveries: 5,
+            queues: crate::queues::QueueSelection::default(),
+            queues_strict: false,
+            queue_concurrency: crate::queues::QueueLimits::default(),
+            unknown_task_hand_backs: 20,
             environ_prefix: "QTASKS_".to_owned(),
         }
     }
@@ -288,6 +310,33 @@ mod tests {
             QueueConfig::default(),
             "a refused value changes nothing"
         );
+    }
+
+    #[test]
+    fn queues_read_from_the_environment() {
+        let mut config = QueueConfig::default();
+        config
+            .apply_env(vars(&[
+                ("QTASKS_QUEUES", "billing:3, default"),
+                ("QTASKS_QUEUES_STRICT", "true"),
+                ("QTASKS_QUEUE_CONCURRENCY", "billing:2"),
+                ("QTASKS_UNKNOWN_TASK_HAND_BACKS", "4"),
+            ]))
+            .unwrap();
+        assert_eq!(config.queues.to_string(), "billing:3,default:1");
+        assert!(config.queues_strict);
+        assert_eq!(config.queue_concurrency.limit_of("billing"), Some(2));
+        assert_eq!(config.unknown_task_hand_backs, 4);
+        let error = config
+            .apply_env(vars(&[("QTASKS_QUEUES", "billing:x")]))
+            .unwrap_err();
+        assert!(
+            error.to_string().starts_with("QTASKS_QUEUES: `billing:x` is not"),
+            "{error}"
+        );
+        let mut copy = config.clone();
+        copy.set_field("queues", "emails").unwrap();
+        assert_eq!(copy.queues.to_string(), "emails:1");
     }
 
     #[test]

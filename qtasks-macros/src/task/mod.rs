@@ -205,6 +205,10 @@ fn emit(task: &Task) -> TokenStream {
     };
     let middlewares_before = middleware_list(&options.middlewares_before);
     let middlewares_after = middleware_list(&options.middlewares_after);
+    let queue = match &options.queue {
+        Some(queue) => quote! { ::core::option::Option::Some(#queue) },
+        None => quote! { ::core::option::Option::None },
+    };
     let router = match &options.router {
         Some(router) => quote! { ::core::option::Option::Some(#router) },
         None => quote! { ::core::option::Option::None },
@@ -400,6 +404,7 @@ fn emit(task: &Task) -> TokenStream {
                     middlewares_before: &[#(#middlewares_before),*],
                     middlewares_after: &[#(#middlewares_after),*],
                     router: #router,
+                    queue: #queue,
                     runner: #executor,
                     module_path: ::core::module_path!(),
                     file: ::core::file!(),

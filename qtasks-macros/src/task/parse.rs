@@ -27,6 +27,7 @@ const OPTIONS: &[&str] = &[
     "middlewares_before",
     "middlewares_after",
     "router",
+    "queue",
     "executor",
     "cron",
 ];
@@ -54,6 +55,8 @@ pub(crate) struct TaskOptions {
     pub(crate) middlewares_before: Vec<Expr>,
     pub(crate) middlewares_after: Vec<Expr>,
     pub(crate) router: Option<LitStr>,
+    /// The named queue the task's calls wait in, checked here.
+    pub(crate) queue: Option<LitStr>,
     pub(crate) executor: Option<Expr>,
     /// A cron expression, checked here (so a bad one does not compile).
     pub(crate) cron: Option<LitStr>,
@@ -194,6 +197,11 @@ pub(crate) fn parse_options(args: TokenStream, errors: &mut Errors) -> TaskOptio
                 options.middlewares_after = parse_list(&list, "middlewares_after", errors);
             }
             "router" => options.router = Some(meta.value()?.parse()?),
+            "queue" => {
+                let queue: LitStr = meta.value()?.parse()?;
+                check_queue(&queue, errors);
+                options.queue = Some(queue);
+            }
             "executor" => options.executor = Some(meta.value()?.parse()?),
             "cron" => {
                 let expression: LitStr = meta.value()?.parse()?;
@@ -393,6 +401,42 @@ fn check_name(name: &LitStr, errors: &mut Errors) {
                 value.replace(':', ".")
             ),
         );
+    }
+}
+
+/// A queue name: 1 to 64 ASCII letters, digits, `_`, `-` and `.` (the rule of
+/// `qtasks::queues::check_queue_name`, which the macro crate cannot call).
+fn check_queue(queue: &LitStr, errors: &mut Errors) {
+    let value = queue.value();
+    let bad = value
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')));
+    let problem = if value.is_empty() {
+        Some("a queue name cannot be empty".to_owned())
+    } else if value.len() > 64 {
+        Some(format!(
+            "a queue name is at most 64 characters; `{value}` has {}",
+            value.len()
+        ))
+    } else {
+        bad.map(|bad| {
+            let fixed: String = value
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.') {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            format!(
+                "queue `{value}` contains `{bad}`: a queue name takes ASCII letters, digits, `_`, `-` and `.`\n= help: did you mean `{fixed}`?"
+            )
+        })
+    };
+    if let Some(problem) = problem {
+        errors.spanned(queue, problem);
     }
 }
 
