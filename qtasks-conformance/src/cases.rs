@@ -181,11 +181,22 @@ impl<'a> Context<'a> {
     /// A handle on this case's app `suffix` (another handle on the same queue each call), with
     /// this many worker slots.
     async fn app(&self, suffix: &str, concurrency: usize) -> Result<QueueTasks, String> {
-        let config = QueueConfig {
+        self.app_with(suffix, concurrency, |_| {}).await
+    }
+
+    /// [`app`](Self::app), its config changed by `edit` first.
+    async fn app_with(
+        &self,
+        suffix: &str,
+        concurrency: usize,
+        edit: impl FnOnce(&mut QueueConfig),
+    ) -> Result<QueueTasks, String> {
+        let mut config = QueueConfig {
             name: self.name(suffix),
             max_tasks_process: concurrency,
             ..QueueConfig::default()
         };
+        edit(&mut config);
         let app = said(self.backend.connect(config).await, "connecting")?;
         self.apps.lock().push(app.clone());
         Ok(app)
@@ -274,7 +285,9 @@ pub(crate) const ALL: &[(&str, Case)] = cases![
     retries_chain_to_success,
     retries_run_out,
     handed_back_runs_again,
-    unknown_task_fails_alone,
+    unknown_task_is_handed_back_then_set_aside,
+    named_queues_keep_their_tasks_apart,
+    a_paused_queue_waits_for_its_resume,
     undecodable_arguments_fail_alone,
     panic_fails_alone,
     time_limit_ends_error,
@@ -920,10 +933,15 @@ async fn handed_back_runs_again(c: &Context<'_>) -> Result<(), String> {
     Ok(())
 }
 
-async fn unknown_task_fails_alone(c: &Context<'_>) -> Result<(), String> {
-    let app = c.started_app("", 1).await?;
+async fn unknown_task_is_handed_back_then_set_aside(c: &Context<'_>) -> Result<(), String> {
+    // One hand-back allowed: the task goes back to its queue once (a worker that knows it
+    // could take it then), and is set aside the next time.
+    let app = c
+        .app_with("", 1, |config| config.unknown_task_hand_backs = 1)
+        .await?;
+    said(app.start().await, "starting")?;
     // A backend whose workers all live in this process may refuse the name at once (the
-    // in-memory one does); others take it, and the worker fails it.
+    // in-memory one does); others take it, and the worker hands it back.
     let unknown = match app.add_task("conformance_no_such_task", (1,), ()).await {
         Ok(unknown) => Some(unknown),
         Err(error @ Error::UnknownTask { .. }) => {
@@ -936,11 +954,11 @@ async fn unknown_task_fails_alone(c: &Context<'_>) -> Result<(), String> {
         Err(error) => return Err(format!("adding: {error}")),
     };
     let fine = said(echo::add_task(&app, json!(2)).await, "adding")?;
+    ensure!(
+        wait_for(&app, &fine).await?.status == TaskStatus::Success,
+        "the next task did not run"
+    );
     let Some(unknown) = unknown else {
-        ensure!(
-            wait_for(&app, &fine).await?.status == TaskStatus::Success,
-            "the next task did not run"
-        );
         return Ok(());
     };
     let record = wait_for(&app, &unknown).await?;
@@ -951,12 +969,131 @@ async fn unknown_task_fails_alone(c: &Context<'_>) -> Result<(), String> {
     );
     let traceback = record.traceback.unwrap_or_default();
     ensure!(
-        traceback.contains("conformance_no_such_task"),
+        traceback.contains("conformance_no_such_task")
+            && traceback.contains("handed back 1 time(s)")
+            && traceback.contains("dead letters"),
         "traceback {traceback:?}"
     );
     ensure!(
-        wait_for(&app, &fine).await?.status == TaskStatus::Success,
-        "the next task did not run"
+        record.hand_backs == 1,
+        "the record counts {} hand-backs",
+        record.hand_backs
+    );
+    let letters = said(
+        app.dead_letters().list(100).await,
+        "listing the dead letters",
+    )?;
+    ensure!(
+        letters
+            .iter()
+            .any(|letter| letter.entry.contains("conformance_no_such_task")),
+        "no dead letter names the task: {letters:?}"
+    );
+    Ok(())
+}
+
+/// Whether the app's engine keeps named queues (an engine that does not refuses a task for
+/// one, saying so).
+async fn queue_support(app: &QueueTasks) -> Result<bool, String> {
+    match echo::call(json!("probe"))
+        .queue("conformance_probe")
+        .add(app)
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(Error::InvalidQueue { reason, .. }) if reason.contains("keeps no named queues") => {
+            Ok(false)
+        }
+        Err(error) => Err(format!("adding to a named queue: {error}")),
+    }
+}
+
+async fn named_queues_keep_their_tasks_apart(c: &Context<'_>) -> Result<(), String> {
+    let default_worker = c
+        .app_with("", 2, |config| {
+            config.queues = "default".parse().expect("a queue list");
+        })
+        .await?;
+    said(default_worker.start().await, "starting")?;
+    if !queue_support(&default_worker).await? {
+        return Ok(());
+    }
+    let billed = said(
+        echo::call(json!("billed"))
+            .queue("conformance_billing")
+            .add(&default_worker)
+            .await,
+        "adding to a named queue",
+    )?;
+    let plain = said(echo::add_task(&default_worker, json!(1)).await, "adding")?;
+    ensure!(
+        wait_for(&default_worker, &plain).await?.status == TaskStatus::Success,
+        "the default queue's task did not run"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ensure!(
+        status_of(&default_worker, billed.uuid()).await? == Some(TaskStatus::New),
+        "a worker that does not serve the queue took its task"
+    );
+    let billing_worker = c
+        .app_with("", 2, |config| {
+            config.queues = "conformance_billing".parse().expect("a queue list");
+        })
+        .await?;
+    said(billing_worker.start().await, "starting")?;
+    let record = wait_for(&billing_worker, &billed).await?;
+    ensure!(
+        record.status == TaskStatus::Success && record.returning == Some(json!("billed")),
+        "the queue's own worker did not run it: {record:?}"
+    );
+    ensure!(
+        record.queue.as_deref() == Some("conformance_billing"),
+        "the record names queue {:?}",
+        record.queue
+    );
+    Ok(())
+}
+
+async fn a_paused_queue_waits_for_its_resume(c: &Context<'_>) -> Result<(), String> {
+    let app = c
+        .app_with("", 2, |config| {
+            config.queues = "conformance_paused,default".parse().expect("a queue list");
+        })
+        .await?;
+    // Asked before the start: a worker of an engine without named queues would not start.
+    if !queue_support(&app).await? {
+        return Ok(());
+    }
+    said(app.start().await, "starting")?;
+    said(app.queues().pause("conformance_paused").await, "pausing")?;
+    let held = said(
+        echo::call(json!("held"))
+            .queue("conformance_paused")
+            .add(&app)
+            .await,
+        "adding",
+    )?;
+    let other = said(echo::add_task(&app, json!(2)).await, "adding")?;
+    ensure!(
+        wait_for(&app, &other).await?.status == TaskStatus::Success,
+        "the other queue stopped too"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ensure!(
+        status_of(&app, held.uuid()).await? == Some(TaskStatus::New),
+        "a task of a paused queue ran"
+    );
+    let queues = said(app.queues().list().await, "listing the queues")?;
+    ensure!(
+        queues
+            .get("conformance_paused")
+            .is_some_and(|numbers| numbers.paused && numbers.waiting == 1),
+        "the queue's numbers: {queues:?}"
+    );
+    said(app.queues().resume("conformance_paused").await, "resuming")?;
+    ensure!(
+        wait_for(&app, &held).await?.status == TaskStatus::Success,
+        "the resumed queue's task did not run"
     );
     Ok(())
 }

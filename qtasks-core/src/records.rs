@@ -494,6 +494,10 @@ pub enum RecordChange {
     Taken,
     /// A worker handed the task back unfinished: status `new` again.
     Released,
+    /// A worker that could not run the task (it does not know it) handed it back: status `new`
+    /// again, with this many hand-backs in all. `HandedBack(0)` brings a task set aside in the
+    /// dead letters back (`error` → `new`), its error cleared.
+    HandedBack(u32),
     /// The task ended: the outcome's status and its fields (a retry also names its child),
     /// and the run that ended it (none for a task cancelled while it waited).
     Finished(Outcome, crate::backend::RunInfo),
@@ -508,7 +512,7 @@ impl RecordChange {
     pub fn status(&self) -> TaskStatus {
         match self {
             RecordChange::Taken | RecordChange::CancelRequested(_) => TaskStatus::Process,
-            RecordChange::Released => TaskStatus::New,
+            RecordChange::Released | RecordChange::HandedBack(_) => TaskStatus::New,
             RecordChange::Finished(outcome, _) => outcome.status(),
         }
     }
@@ -516,6 +520,15 @@ impl RecordChange {
     /// Writes this change into a record (not `updated_at`; `finished_at` is `now`).
     pub fn apply_to(&self, record: &mut TaskRecord, now: f64) {
         record.status = self.status();
+        if let RecordChange::HandedBack(hand_backs) = self {
+            record.hand_backs = *hand_backs;
+            if *hand_backs == 0 {
+                record.traceback = None;
+                record.finished_at = None;
+                record.started_at = None;
+                record.worker = None;
+            }
+        }
         if let RecordChange::Finished(outcome, run) = self {
             record.run_ended(run, now);
             match outcome {

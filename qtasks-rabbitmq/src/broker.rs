@@ -34,7 +34,7 @@ use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use crate::cancels::{declare_cancel_exchange, listen_for_cancels};
-use crate::dead_letters::{AT_HEADER, REASON_HEADER, letter_of};
+use crate::dead_letters::{AT_HEADER, REASON_HEADER, REVIVE_HEADER, letter_of, revives};
 use crate::held::{self, Held, Let};
 use crate::link::{Link, STEP, best_effort, failure, millis, step};
 use crate::wire::{self, Names};
@@ -488,7 +488,17 @@ impl RabbitMqBroker {
 
     /// Sets a message aside in the dead-letter queue with the reason, confirmed.
     async fn dead_letter(&self, body: &[u8], reason: &str) -> Result<(), BackendError> {
-        let mut headers = FieldTable::default();
+        self.dead_letter_with(body, reason, FieldTable::default())
+            .await
+    }
+
+    /// [`dead_letter`](Self::dead_letter) with more headers.
+    async fn dead_letter_with(
+        &self,
+        body: &[u8],
+        reason: &str,
+        mut headers: FieldTable,
+    ) -> Result<(), BackendError> {
         headers.insert(REASON_HEADER.into(), AMQPValue::LongString(reason.into()));
         headers.insert(AT_HEADER.into(), AMQPValue::Double(unix_now()));
         let properties = BasicProperties::default()
@@ -824,6 +834,69 @@ impl Broker for RabbitMqBroker {
         }
     }
 
+    async fn defer(&self, delivery: &Delivery, delay: Duration) -> Result<(), BackendError> {
+        let uuid = delivery.task.uuid;
+        let Ok(acker) = self.take_acker(delivery) else {
+            // Back in the queue already (its connection died): that delivery counts.
+            return Ok(());
+        };
+        // A copy counting the hand-back waits out the delay first; then the record says `new`
+        // and this message goes (a crash in between leaves two messages: the second finds the
+        // task taken or ended, and is dropped).
+        let hand_backs = delivery.task.hand_backs.saturating_add(1);
+        let mut task = delivery.task.clone();
+        task.hand_backs = hand_backs;
+        task.run_at = None;
+        if let Err(error) = self.publish_counted(&task, 0, delay).await {
+            if let Some(acker) = &acker {
+                nack(acker).await;
+            }
+            return Err(error);
+        }
+        let handed_back = self
+            .storage
+            .transition(
+                uuid,
+                &[TaskStatus::Process],
+                RecordChange::HandedBack(hand_backs),
+            )
+            .await;
+        if let Some(acker) = &acker {
+            ack(acker).await;
+        }
+        handed_back.map(|_| ())
+    }
+
+    async fn bury(&self, delivery: &Delivery, reason: &str) -> Result<(), BackendError> {
+        let Ok(acker) = self.take_acker(delivery) else {
+            return Ok(());
+        };
+        // The letter first (marked to be brought back if it is queued again), then the record.
+        let mut headers = FieldTable::default();
+        headers.insert(REVIVE_HEADER.into(), AMQPValue::Boolean(true));
+        if let Err(error) = self
+            .dead_letter_with(&wire::encode(&delivery.task), reason, headers)
+            .await
+        {
+            if let Some(acker) = &acker {
+                nack(acker).await;
+            }
+            return Err(error);
+        }
+        let failed = self
+            .storage
+            .transition(
+                delivery.task.uuid,
+                &[TaskStatus::Process],
+                RecordChange::Finished(Outcome::Error(reason.to_owned()), delivery.run.clone()),
+            )
+            .await;
+        if let Some(acker) = &acker {
+            ack(acker).await;
+        }
+        failed.map(|_| ())
+    }
+
     async fn release(&self, delivery: &Delivery) -> Result<(), BackendError> {
         let uuid = delivery.task.uuid;
         let Ok(acker) = self.take_acker(delivery) else {
@@ -997,6 +1070,19 @@ impl Broker for RabbitMqBroker {
                 .map_err(|e| failure("reading the dead letters failed", e))?;
             let Some(got) = got else { break };
             if letter_of(&got.delivery).id == letter.id {
+                if requeue && revives(&got.delivery.properties) {
+                    // Set aside by workers that could not run it: its record comes back to
+                    // `new` with it.
+                    if let Ok(task) = wire::decode(&got.delivery.data) {
+                        self.storage
+                            .transition(
+                                task.uuid,
+                                &[TaskStatus::Error],
+                                RecordChange::HandedBack(0),
+                            )
+                            .await?;
+                    }
+                }
                 if requeue {
                     let queue = self.names().queue.clone();
                     let properties = BasicProperties::default().with_delivery_mode(2);

@@ -10,6 +10,20 @@ use qtasks_core::stats::DeadLetter;
 pub(crate) const REASON_HEADER: &str = "x-qtasks-reason";
 /// The header of a dead letter that says when it was set aside (Unix seconds).
 pub(crate) const AT_HEADER: &str = "x-qtasks-at";
+/// The header of a dead letter set aside by workers that could not run its task: queued
+/// again, its record comes back to `new`.
+pub(crate) const REVIVE_HEADER: &str = "x-qtasks-revive";
+
+/// Whether a dead letter's record comes back with it.
+pub(crate) fn revives(properties: &BasicProperties) -> bool {
+    matches!(
+        properties
+            .headers()
+            .as_ref()
+            .and_then(|headers| headers.inner().get(REVIVE_HEADER)),
+        Some(AMQPValue::Boolean(true))
+    )
+}
 
 fn header_text(properties: &BasicProperties, name: &str) -> Option<String> {
     match properties.headers().as_ref()?.inner().get(name)? {

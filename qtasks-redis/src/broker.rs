@@ -17,10 +17,11 @@ use super::wire::{
     TAKEN_FIELDS, decode_record, new_record_fields, outcome_fields, parse_entry, queue_entry,
     taken_fields,
 };
-use super::{Keys, RedisOptions, failure, scripts};
+use super::{Keys, QueueKeys, RedisOptions, failure, scripts};
 use qtasks_core::backend::{
     BackendError, Broker, CancelRequest, CancelState, Delivery, ErrorChain, unix_now,
 };
+use qtasks_core::queues::{DEFAULT_QUEUE, Take};
 use qtasks_core::stats::{DeadLetter, QueueStats};
 use qtasks_core::{Outcome, QueuedTask, TaskStatus};
 
@@ -176,8 +177,12 @@ pub(crate) struct RedisBroker {
     requeue: Script,
     /// The outcomes on their way to Redis, written in batches (`batch`).
     finishes: Batcher,
-    /// The new tasks on their way to Redis, written in batches (`batch`).
+    /// The new tasks of the default queue on their way to Redis, written in batches (`batch`).
     adds: Batcher,
+    /// The same for each named queue, made at its first add.
+    named_adds: Mutex<std::collections::HashMap<String, Arc<Batcher>>>,
+    /// Woken when an entry is pushed to a named queue (the storage's subscription hears it).
+    added: Arc<tokio::sync::Notify>,
     /// The deliveries this process holds (their receipts: token and lease member), renewed
     /// while it lives. Keyed by the whole receipt, not the member: after a stall this process
     /// may hold an old and a new delivery of one task, and each is renewed, ended and stopped
@@ -196,6 +201,7 @@ impl RedisBroker {
         blocking: ConnectionManager,
         options: RedisOptions,
         cancels: broadcast::Sender<CancelRequest>,
+        added: Arc<tokio::sync::Notify>,
         location: String,
     ) -> Self {
         let ttl_ms = result_ttl_ms(&options);
@@ -218,17 +224,9 @@ impl RedisBroker {
                 ScriptPart::with_args(&(ttl_ms, &keys.done_channel)),
                 FINISH_BATCH,
             ),
-            adds: Batcher::new(
-                scripts::ADD,
-                commands,
-                [&keys.stats, &keys.queue, &keys.delayed]
-                    .into_iter()
-                    .chain(&keys.records_index)
-                    .cloned()
-                    .collect(),
-                ScriptPart::with_args(&u8::from(keys.records_index.is_some())),
-                ADD_BATCH,
-            ),
+            adds: add_batcher(&keys, None, commands),
+            named_adds: Mutex::default(),
+            added,
             keys,
             held: Arc::default(),
             renewer: Mutex::default(),
@@ -241,25 +239,41 @@ impl RedisBroker {
         u64::try_from(self.options.lease.as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Takes up to `max` tasks; also returns when the next delayed task may run (ms, Redis
-    /// clock).
-    async fn take_batch(&self, max: usize) -> Result<(Vec<Taken>, Option<i64>), BackendError> {
+    /// Takes up to `take.max` tasks from its queues; also returns when the next delayed task
+    /// of one of them may run (ms, Redis clock).
+    async fn take_batch(&self, take: &Take<'_>) -> Result<(Vec<Taken>, Option<i64>), BackendError> {
         use backon::Retryable;
         let token_prefix = &Uuid::new_v4().simple().to_string()[..TOKEN_LEN - 4];
+        let queues: Vec<(QueueKeys<'_>, usize)> = take
+            .queues
+            .iter()
+            .map(|queue| (self.keys.queue_keys(Some(queue.name)), queue.max))
+            .collect();
         let take = || async {
             let mut con = self.commands.clone();
-            self.take
-                .key(&self.keys.queue)
-                .key(&self.keys.incoming)
-                .key(&self.keys.ready)
-                .key(&self.keys.sequence)
+            let mut invocation = self.take.key(&self.keys.sequence);
+            invocation
                 .key(&self.keys.leases)
                 .key(&self.keys.recovered)
-                .key(&self.keys.delayed)
-                .key(&self.keys.stats)
+                .key(&self.keys.paused);
+            for (keys, _) in &queues {
+                invocation
+                    .key(&*keys.list)
+                    .key(&*keys.incoming)
+                    .key(&*keys.ready)
+                    .key(&*keys.delayed)
+                    .key(&*keys.stats);
+            }
+            invocation
                 .arg(self.lease_ms())
-                .arg(max.max(1))
+                .arg(take.max.max(1))
                 .arg(token_prefix)
+                .arg(&self.keys.prefix)
+                .arg(queues.len());
+            for (keys, max) in &queues {
+                invocation.arg(keys.tag).arg(*max);
+            }
+            invocation
                 .invoke_async::<(Vec<Taken>, Option<f64>)>(&mut con)
                 .await
         };
@@ -408,9 +422,22 @@ impl RedisBroker {
     ) -> Result<(), BackendError> {
         tracing::error!(app = %self.keys.prefix, "moving a queue entry that cannot run to the dead letters: {reason}");
         let dead = serde_json::json!({ "entry": entry, "reason": reason, "at": unix_now() });
+        self.set_aside(leased, &dead.to_string(), names, reason)
+            .await
+    }
+
+    /// Pushes a dead letter (its JSON), releases the lease it was taken under, and fails the
+    /// record it names, if any, with `reason`.
+    async fn set_aside(
+        &self,
+        leased: &[u8],
+        letter: &str,
+        names: Option<Uuid>,
+        reason: &str,
+    ) -> Result<(), BackendError> {
         let mut pipe = redis::pipe();
         pipe.atomic()
-            .rpush(&self.keys.dead, dead.to_string())
+            .rpush(&self.keys.dead, letter)
             .ltrim(
                 &self.keys.dead,
                 -isize::try_from(self.options.dead_letters_max.max(1)).unwrap_or(isize::MAX),
@@ -457,25 +484,29 @@ impl RedisBroker {
             return;
         };
         let script = Script::new(scripts::RELEASE_DELAYED);
+        let keys = self.keys.queue_keys(task.queue.as_deref());
         let (delayed, queue, stats, entry) = (
-            self.keys.delayed.clone(),
-            self.keys.queue.clone(),
-            self.keys.stats.clone(),
+            keys.delayed.into_owned(),
+            keys.list.into_owned(),
+            keys.stats.into_owned(),
             queue_entry(task),
         );
+        let announce = task
+            .queue
+            .as_ref()
+            .map(|name| (self.keys.added_channel.clone(), name.clone()));
         let mut con = self.commands.clone();
         tokio::spawn(async move {
             tokio::time::sleep(
                 Duration::try_from_secs_f64((run_at - unix_now()).max(0.0)).unwrap_or_default(),
             )
             .await;
-            let released: Result<i64, _> = script
-                .key(delayed)
-                .key(queue)
-                .key(stats)
-                .arg(entry)
-                .invoke_async(&mut con)
-                .await;
+            let mut invocation = script.key(delayed);
+            invocation.key(queue).key(stats).arg(entry);
+            if let Some((channel, name)) = &announce {
+                invocation.arg(channel).arg(name);
+            }
+            let released: Result<i64, _> = invocation.invoke_async(&mut con).await;
             if let Err(error) = released {
                 tracing::warn!(
                     "releasing a delayed task failed (a take will): {}",
@@ -483,6 +514,42 @@ impl RedisBroker {
                 );
             }
         });
+    }
+
+    /// The add batcher of a named queue, made at its first add, when the queue also joins
+    /// the app's known queues (for stats and flushes).
+    async fn named_batcher(&self, queue: &str) -> Result<Arc<Batcher>, BackendError> {
+        if let Some(batcher) = self.named_adds.lock().get(queue) {
+            return Ok(Arc::clone(batcher));
+        }
+        let mut con = self.commands.clone();
+        redis::cmd("SADD")
+            .arg(&self.keys.queues)
+            .arg(queue)
+            .exec_async(&mut con)
+            .await
+            .map_err(|e| failure(format!("registering queue `{queue}` failed"), e))?;
+        let batcher = Arc::new(add_batcher(&self.keys, Some(queue), self.commands.clone()));
+        Ok(Arc::clone(
+            self.named_adds
+                .lock()
+                .entry(queue.to_owned())
+                .or_insert(batcher),
+        ))
+    }
+
+    /// The named queues tasks were added to.
+    async fn known_queues(&self) -> Result<Vec<String>, BackendError> {
+        let mut con = self.commands.clone();
+        let mut queues: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(&self.keys.queues)
+            .query_async(&mut con)
+            .await
+            .map_err(|e| failure("reading the app's queues failed".to_owned(), e))?;
+        // Only names a queue may have: a stray member must not name keys.
+        queues.retain(|queue| qtasks_core::queues::check_queue_name(queue).is_ok());
+        queues.sort();
+        Ok(queues)
     }
 
     fn hold(&self, receipt: &str) {
@@ -544,12 +611,15 @@ impl RedisBroker {
             part.arg(0);
             return part;
         };
-        let delay_ms = delay_ms(child, now);
+        // A named queue's next attempt goes through its `delayed` (its counters are the
+        // queue's own, which the finish script does not take); the finish then announces it.
+        let delay_ms = delay_ms(child, now).or(child.queue.as_ref().map(|_| 1));
+        let child_keys = self.keys.queue_keys(child.queue.as_deref());
         part.keys.push(self.keys.record(child.uuid));
         part.keys.push(if delay_ms.is_some() {
-            self.keys.delayed.clone()
+            child_keys.delayed.into_owned()
         } else {
-            self.keys.queue.clone()
+            child_keys.list.into_owned()
         });
         if let Some(index) = &self.keys.records_index {
             part.keys.push(index.clone());
@@ -572,6 +642,30 @@ impl RedisBroker {
             .arg(delay_ms.map_or_else(String::new, |ms| ms.to_string()))
             .arg(qtasks_core::records::secs_to_ms(task.created_at));
     }
+}
+
+/// The add batcher of a queue (`None`: the default one): its keys, and for a named queue the
+/// channel that announces its entries.
+fn add_batcher(keys: &Keys, queue: Option<&str>, commands: ConnectionManager) -> Batcher {
+    let queue_keys = keys.queue_keys(queue);
+    let (channel, name) = match queue {
+        Some(name) if name != DEFAULT_QUEUE => (keys.added_channel.as_str(), name),
+        _ => ("", ""),
+    };
+    Batcher::new(
+        scripts::ADD,
+        commands,
+        [
+            queue_keys.stats.into_owned(),
+            queue_keys.list.into_owned(),
+            queue_keys.delayed.into_owned(),
+        ]
+        .into_iter()
+        .chain(keys.records_index.iter().cloned())
+        .collect(),
+        ScriptPart::with_args(&(u8::from(keys.records_index.is_some()), channel, name)),
+        ADD_BATCH,
+    )
 }
 
 /// The retention of finished records in ms, as the scripts take it (0: kept for ever).
@@ -738,9 +832,36 @@ impl Broker for RedisBroker {
     }
 
     async fn stats(&self) -> Result<Option<QueueStats>, BackendError> {
-        crate::stats::read(&self.keys, &self.commands)
-            .await
-            .map(Some)
+        let mut stats =
+            crate::stats::read(&self.keys, &self.keys.queue_keys(None), &self.commands).await?;
+        let paused = self.paused_queues().await?;
+        let named = self.known_queues().await?;
+        let mut queues = std::collections::BTreeMap::new();
+        queues.insert(DEFAULT_QUEUE.to_owned(), crate::stats::numbers_of(&stats));
+        for queue in &named {
+            let of_queue = crate::stats::read(
+                &self.keys,
+                &self.keys.queue_keys(Some(queue)),
+                &self.commands,
+            )
+            .await?;
+            // Every queue's waiting tasks count in the app's numbers.
+            for (priority, waiting) in &of_queue.waiting {
+                *stats.waiting.entry(*priority).or_default() += waiting;
+            }
+            stats.delayed += of_queue.delayed;
+            stats.oldest_waiting_secs =
+                match (stats.oldest_waiting_secs, of_queue.oldest_waiting_secs) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
+            queues.insert(queue.clone(), crate::stats::numbers_of(&of_queue));
+        }
+        for queue in paused {
+            queues.entry(queue).or_default().paused = true;
+        }
+        stats.queues = queues;
+        Ok(Some(stats))
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, BackendError> {
@@ -764,14 +885,34 @@ impl Broker for RedisBroker {
         letter: &DeadLetter,
         requeue: bool,
     ) -> Result<bool, BackendError> {
+        // A letter of a task no worker could run names the task to bring back and its queue.
+        let parsed: serde_json::Value = serde_json::from_str(&letter.id).unwrap_or_default();
+        let revive = parsed
+            .get("revive")
+            .and_then(serde_json::Value::as_str)
+            .and_then(|uuid| Uuid::parse_str(uuid).ok());
+        let queue = parsed
+            .get("queue")
+            .and_then(serde_json::Value::as_str)
+            .filter(|queue| qtasks_core::queues::check_queue_name(queue).is_ok());
+        let keys = self.keys.queue_keys(queue);
+        let record = revive.map_or_else(|| self.keys.dead.clone(), |uuid| self.keys.record(uuid));
+        let (channel, name) = match queue {
+            Some(name) if name != DEFAULT_QUEUE => (self.keys.added_channel.as_str(), name),
+            _ => ("", ""),
+        };
         let mut con = self.commands.clone();
         let done: i64 = Script::new(scripts::RESOLVE_DEAD)
             .key(&self.keys.dead)
-            .key(&self.keys.queue)
-            .key(&self.keys.stats)
+            .key(&*keys.list)
+            .key(&*keys.stats)
+            .key(record)
             .arg(&letter.id)
             .arg(if requeue { "1" } else { "0" })
             .arg(&letter.entry)
+            .arg(if revive.is_some() { "1" } else { "0" })
+            .arg(channel)
+            .arg(name)
             .invoke_async(&mut con)
             .await
             .map_err(|e| failure("resolving a dead letter failed".to_owned(), e))?;
@@ -783,11 +924,11 @@ impl Broker for RedisBroker {
         let mut part = ScriptPart::default();
         part.keys.push(self.keys.record(task.uuid));
         self.new_task_args(&mut part, &task, delay_ms(&task, unix_now()));
-        let added = self
-            .adds
-            .submit(part)
-            .await
-            .map_err(|e| failure(format!("adding task `{}` failed", task.task_name), e))?;
+        let added = match task.queue.as_deref() {
+            None => self.adds.submit(part).await,
+            Some(queue) => self.named_batcher(queue).await?.submit(part).await,
+        }
+        .map_err(|e| failure(format!("adding task `{}` failed", task.task_name), e))?;
         if matches!(added, redis::Value::Int(0)) {
             // Known already (a slot added again, an add sent twice): nothing changes.
             tracing::debug!(uuid = %task.uuid, "task {} is known already; not added again", task.uuid);
@@ -803,9 +944,21 @@ impl Broker for RedisBroker {
         Ok(self.next_batch(1).await?.into_iter().next())
     }
 
+    fn supports_queues(&self) -> bool {
+        true
+    }
+
     async fn next_batch(&self, max: usize) -> Result<Vec<Delivery>, BackendError> {
+        self.take(&Take::default_queue(max)).await
+    }
+
+    async fn take(&self, take: &Take<'_>) -> Result<Vec<Delivery>, BackendError> {
         loop {
-            let (taken, next_due_ms) = self.take_batch(max).await?;
+            // Registered before the take looks, so an entry announced meanwhile wakes the wait.
+            let announced = self.added.notified();
+            tokio::pin!(announced);
+            announced.as_mut().enable();
+            let (taken, next_due_ms) = self.take_batch(take).await?;
             let any_taken = !taken.is_empty();
             // Held (renewed) from now on; should this call be dropped before it hands the
             // deliveries over, the guard stops holding them and their leases run out, so
@@ -927,95 +1080,46 @@ impl Broker for RedisBroker {
                 );
                 wait = wait.min(until_due).max(Duration::from_millis(10));
             }
-            let mut con = self.blocking.clone();
-            let waited: redis::RedisResult<Option<String>> = redis::cmd("BLMOVE")
-                .arg(&self.keys.queue)
-                .arg(&self.keys.incoming)
-                .arg("LEFT")
-                .arg("RIGHT")
-                .arg(wait.as_secs_f64())
-                .query_async(&mut con)
-                .await;
-            match waited {
-                // A dropped connection only cut the wait short: look again (after a moment,
-                // so a connection that keeps failing does not spin).
-                Err(error) if is_transient(&error) => {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+            if !take.is_default_only() {
+                // Named queues announce their entries; the default queue's list is watched
+                // too when it is served (Python clients push there unannounced).
+                let serves_default = take.queues.iter().any(|q| q.name == DEFAULT_QUEUE);
+                if serves_default {
+                    tokio::select! {
+                        () = &mut announced => {}
+                        waited = self.wait_for_default(wait) => {
+                            waited?;
+                        }
+                    }
+                } else {
+                    tokio::select! {
+                        () = &mut announced => {}
+                        () = tokio::time::sleep(wait) => {}
+                    }
                 }
-                Err(error) => {
-                    return Err(failure("waiting for tasks failed".to_owned(), error));
-                }
-                Ok(_) => {}
+                continue;
             }
+            self.wait_for_default(wait).await?;
         }
     }
 
-    async fn finish(&self, delivery: &Delivery, outcome: Outcome) -> Result<(), BackendError> {
-        let delivery = delivery.clone();
-        // Kept and sent again through an outage: the script is idempotent, so a reply lost
-        // after the write only makes the next attempt answer "stored".
-        use backon::Retryable;
-        let patience = self.options.lease * FINISH_PATIENCE_LEASES;
-        let started = tokio::time::Instant::now();
-        let written = (|| self.write_outcome(&delivery, &outcome))
-            .retry(crate::reconnect_pauses())
-            .when(|_| started.elapsed() < patience)
-            .notify(|error, pause| {
-                tracing::warn!(uuid = %delivery.task.uuid, "storing the result failed (trying again in {pause:?}): {}", ErrorChain(error));
-            })
-            .await;
-        let result = match written {
-            Ok(Written::Stored | Written::Replayed) => {
-                if let Outcome::Retry { child, .. } = &outcome {
-                    self.release_when_due(child);
-                }
-                Ok(())
-            }
-            Ok(Written::Cancelled(reason)) => Err(BackendError::cancelled("redis", reason)),
-            Ok(Written::Unstorable(kind)) => Err(BackendError::new(
-                "redis",
-                format!(
-                    "the outcome of task {} cannot be stored: its record's key holds a {kind}, not a hash (the task is not run again)",
-                    delivery.task.uuid
-                ),
-            )),
-            Ok(Written::Refused) => Err(BackendError::refused(
-                "redis",
-                format!(
-                    "the outcome of task {} was refused: its lease is another worker's now (this worker stalled past it)",
-                    delivery.task.uuid
-                ),
-            )),
-            Err(error) => Err(failure(
-                format!(
-                    "storing the result of task {} failed for {patience:?}; its lease has run out and the task runs again",
-                    delivery.task.uuid
-                ),
-                error,
-            )),
-        };
-        self.unhold(&delivery.receipt);
-        result
-    }
-
-    async fn release(&self, delivery: &Delivery) -> Result<(), BackendError> {
-        let delivery = delivery.clone();
+    async fn defer(&self, delivery: &Delivery, delay: Duration) -> Result<(), BackendError> {
         let member = split_receipt(&delivery.receipt).1;
-        // Stop renewing first: if the script cannot run, the lease runs out instead.
         self.unhold(&delivery.receipt);
-        let priority = member
-            .rsplit_once(':')
-            .and_then(|(_, p)| p.parse::<i64>().ok())
-            .unwrap_or(delivery.task.priority);
+        let keys = self.keys.queue_keys(delivery.task.queue.as_deref());
         let mut con = self.commands.clone();
-        let _handed_back: i64 = Script::new(scripts::RELEASE)
+        let answer: i64 = Script::new(scripts::DEFER)
             .key(&self.keys.leases)
-            .key(&self.keys.ready)
-            .key(&self.keys.recovered)
+            .key(&*keys.delayed)
             .key(self.keys.record(delivery.task.uuid))
+            .key(&self.keys.cancel_requests)
+            .key(&self.keys.stats)
             .arg(&delivery.receipt)
-            .arg(member)
-            .arg(priority)
+            .arg(entry_of(member))
+            .arg(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX).max(1))
+            .arg(delivery.task.uuid.to_string())
+            .arg(result_ttl_ms(&self.options))
+            .arg(&self.keys.done_channel)
             .invoke_async(&mut con)
             .await
             .map_err(|e| {
@@ -1024,28 +1128,66 @@ impl Broker for RedisBroker {
                     e,
                 )
             })?;
+        if answer == 1 {
+            let mut due = delivery.task.clone();
+            due.run_at = Some(unix_now() + delay.as_secs_f64());
+            self.release_when_due(&due);
+        }
         Ok(())
     }
 
-    async fn flush_all(&self) -> Result<(), BackendError> {
-        let keys = &self.keys;
+    async fn bury(&self, delivery: &Delivery, reason: &str) -> Result<(), BackendError> {
+        let member = split_receipt(&delivery.receipt).1;
+        let entry = entry_of(member).to_owned();
+        self.unhold(&delivery.receipt);
+        let mut letter = serde_json::json!({
+            "entry": entry,
+            "reason": reason,
+            "at": unix_now(),
+            "revive": delivery.task.uuid.to_string(),
+        });
+        if let Some(queue) = &delivery.task.queue {
+            letter["queue"] = serde_json::Value::String(queue.clone());
+        }
+        self.set_aside(
+            delivery.receipt.as_bytes(),
+            &letter.to_string(),
+            Some(delivery.task.uuid),
+            reason,
+        )
+        .await
+    }
+
+    async fn pause_queue(&self, queue: &str, paused: bool) -> Result<(), BackendError> {
         let mut con = self.commands.clone();
-        redis::cmd("UNLINK")
-            .arg(&[
-                &keys.queue,
-                &keys.incoming,
-                &keys.ready,
-                &keys.sequence,
-                &keys.leases,
-                &keys.dead,
-                &keys.recovered,
-                &keys.stats,
-                &keys.cancel_requests,
-                &keys.gone,
-            ])
-            .exec_async(&mut con)
+        let mut pipe = redis::pipe();
+        if paused {
+            pipe.sadd(&self.keys.paused, queue);
+        } else {
+            pipe.srem(&self.keys.paused, queue);
+            // Workers waiting on the queue look again at once.
+            pipe.publish(&self.keys.added_channel, queue);
+        }
+        pipe.exec_async(&mut con).await.map_err(|e| {
+            failure(
+                format!(
+                    "{} queue `{queue}` failed",
+                    if paused { "pausing" } else { "resuming" }
+                ),
+                e,
+            )
+        })
+    }
+
+    async fn paused_queues(&self) -> Result<Vec<String>, BackendError> {
+        let mut con = self.commands.clone();
+        let mut paused: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(&self.keys.paused)
+            .query_async(&mut con)
             .await
-            .map_err(|e| failure("deleting the queue failed".to_owned(), e))
+            .map_err(|e| failure("reading the paused queues failed".to_owned(), e))?;
+        paused.sort();
+        Ok(paused)
     }
 
     async fn cancel(&self, uuid: Uuid, reason: &str) -> Result<Option<CancelState>, BackendError> {
@@ -1094,8 +1236,182 @@ impl Broker for RedisBroker {
             .key(&self.keys.ready)
             .key(&self.keys.leases)
             .key(&self.keys.recovered)
+            .arg(&self.keys.prefix)
             .invoke_async(&mut con)
             .await
             .map_err(|e| failure("putting taken tasks back failed".to_owned(), e))
+    }
+
+    async fn finish(&self, delivery: &Delivery, outcome: Outcome) -> Result<(), BackendError> {
+        self.finish_delivery(delivery, outcome).await
+    }
+
+    async fn release(&self, delivery: &Delivery) -> Result<(), BackendError> {
+        self.release_delivery(delivery).await
+    }
+
+    async fn flush_all(&self) -> Result<(), BackendError> {
+        self.flush_queues().await
+    }
+}
+
+impl RedisBroker {
+    /// Waits up to `wait` for an entry of the default queue (parked in `incoming` for the
+    /// next take, so a worker that dies meanwhile loses nothing).
+    async fn wait_for_default(&self, wait: Duration) -> Result<(), BackendError> {
+        {
+            let mut con = self.blocking.clone();
+            let waited: redis::RedisResult<Option<String>> = redis::cmd("BLMOVE")
+                .arg(&self.keys.queue)
+                .arg(&self.keys.incoming)
+                .arg("LEFT")
+                .arg("RIGHT")
+                .arg(wait.as_secs_f64())
+                .query_async(&mut con)
+                .await;
+            match waited {
+                // A dropped connection only cut the wait short: look again (after a moment,
+                // so a connection that keeps failing does not spin).
+                Err(error) if is_transient(&error) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(error) => {
+                    return Err(failure("waiting for tasks failed".to_owned(), error));
+                }
+                Ok(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn finish_delivery(
+        &self,
+        delivery: &Delivery,
+        outcome: Outcome,
+    ) -> Result<(), BackendError> {
+        let delivery = delivery.clone();
+        // Kept and sent again through an outage: the script is idempotent, so a reply lost
+        // after the write only makes the next attempt answer "stored".
+        use backon::Retryable;
+        let patience = self.options.lease * FINISH_PATIENCE_LEASES;
+        let started = tokio::time::Instant::now();
+        let written = (|| self.write_outcome(&delivery, &outcome))
+            .retry(crate::reconnect_pauses())
+            .when(|_| started.elapsed() < patience)
+            .notify(|error, pause| {
+                tracing::warn!(uuid = %delivery.task.uuid, "storing the result failed (trying again in {pause:?}): {}", ErrorChain(error));
+            })
+            .await;
+        let result = match written {
+            Ok(Written::Stored | Written::Replayed) => {
+                if let Outcome::Retry { child, .. } = &outcome {
+                    if child.queue.is_some() && child.run_at.is_none() {
+                        // A named queue's next attempt went through its `delayed` (due in
+                        // 1 ms): moved on, and announced, at once.
+                        let mut due = (**child).clone();
+                        due.run_at = Some(unix_now() + 0.002);
+                        self.release_when_due(&due);
+                    } else {
+                        self.release_when_due(child);
+                    }
+                }
+                Ok(())
+            }
+            Ok(Written::Cancelled(reason)) => Err(BackendError::cancelled("redis", reason)),
+            Ok(Written::Unstorable(kind)) => Err(BackendError::new(
+                "redis",
+                format!(
+                    "the outcome of task {} cannot be stored: its record's key holds a {kind}, not a hash (the task is not run again)",
+                    delivery.task.uuid
+                ),
+            )),
+            Ok(Written::Refused) => Err(BackendError::refused(
+                "redis",
+                format!(
+                    "the outcome of task {} was refused: its lease is another worker's now (this worker stalled past it)",
+                    delivery.task.uuid
+                ),
+            )),
+            Err(error) => Err(failure(
+                format!(
+                    "storing the result of task {} failed for {patience:?}; its lease has run out and the task runs again",
+                    delivery.task.uuid
+                ),
+                error,
+            )),
+        };
+        self.unhold(&delivery.receipt);
+        result
+    }
+
+    async fn release_delivery(&self, delivery: &Delivery) -> Result<(), BackendError> {
+        let delivery = delivery.clone();
+        let member = split_receipt(&delivery.receipt).1;
+        // Stop renewing first: if the script cannot run, the lease runs out instead.
+        self.unhold(&delivery.receipt);
+        let priority = member
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<i64>().ok())
+            .unwrap_or(delivery.task.priority);
+        let mut con = self.commands.clone();
+        let ready = self.keys.queue_keys(delivery.task.queue.as_deref()).ready;
+        let _handed_back: i64 = Script::new(scripts::RELEASE)
+            .key(&self.keys.leases)
+            .key(&*ready)
+            .key(&self.keys.recovered)
+            .key(self.keys.record(delivery.task.uuid))
+            .arg(&delivery.receipt)
+            .arg(member)
+            .arg(priority)
+            .invoke_async(&mut con)
+            .await
+            .map_err(|e| {
+                failure(
+                    format!("handing task {} back failed", delivery.task.uuid),
+                    e,
+                )
+            })?;
+        Ok(())
+    }
+
+    async fn flush_queues(&self) -> Result<(), BackendError> {
+        let keys = &self.keys;
+        let mut doomed: Vec<String> = [
+            &keys.queue,
+            &keys.incoming,
+            &keys.ready,
+            &keys.sequence,
+            &keys.leases,
+            &keys.dead,
+            &keys.recovered,
+            &keys.stats,
+            &keys.cancel_requests,
+            &keys.gone,
+            &keys.queues,
+            &keys.paused,
+        ]
+        .into_iter()
+        .cloned()
+        .collect();
+        for queue in self.known_queues().await? {
+            let named = keys.queue_keys(Some(&queue));
+            doomed.extend(
+                [
+                    named.list,
+                    named.incoming,
+                    named.ready,
+                    named.delayed,
+                    named.stats,
+                ]
+                .map(std::borrow::Cow::into_owned),
+            );
+        }
+        self.named_adds.lock().clear();
+        let mut con = self.commands.clone();
+        redis::cmd("UNLINK")
+            .arg(&doomed)
+            .exec_async(&mut con)
+            .await
+            .map_err(|e| failure("deleting the queue failed".to_owned(), e))
     }
 }

@@ -279,6 +279,27 @@ pub(crate) struct Keys {
     /// Every record's uuid, scored by when it was added (ms): the index pages are read from;
     /// `None` when [`RedisOptions::records_index`] is off.
     records_index: Option<String>,
+    /// The paused queues (SET of names).
+    paused: String,
+    /// The named queues tasks were added to (SET of names), for stats and flushes.
+    queues: String,
+    /// Announces entries pushed to named queues (the queue's name): idle workers that serve
+    /// named queues wait on it (the default queue's list wakes them by itself).
+    added_channel: String,
+}
+
+/// The keys of one named queue: where its entries are pushed, parked, sorted and delayed, and
+/// the counters of its unsorted entries. The default queue's are the app's own (Python QTasks'
+/// `task_queue` among them); another queue `q` has `N:qtasks:q:{q}:*`.
+#[derive(Debug, Clone)]
+pub(crate) struct QueueKeys<'a> {
+    list: std::borrow::Cow<'a, str>,
+    incoming: std::borrow::Cow<'a, str>,
+    ready: std::borrow::Cow<'a, str>,
+    delayed: std::borrow::Cow<'a, str>,
+    stats: std::borrow::Cow<'a, str>,
+    /// The name the take script tags the queue's members with (`` for the default queue).
+    tag: &'a str,
 }
 
 impl Keys {
@@ -304,6 +325,35 @@ impl Keys {
             records_stats: format!("{prefix}:qtasks:records:stats"),
             records_waiting: format!("{prefix}:qtasks:records:waiting"),
             records_index: records_index.then(|| format!("{prefix}:qtasks:records:index")),
+            paused: format!("{prefix}:qtasks:paused"),
+            queues: format!("{prefix}:qtasks:queues"),
+            added_channel: format!("{prefix}:qtasks:added"),
+        }
+    }
+
+    /// The keys of a queue (`None`, or `default`: the default queue).
+    fn queue_keys<'a>(&'a self, queue: Option<&'a str>) -> QueueKeys<'a> {
+        use std::borrow::Cow::{Borrowed, Owned};
+        match queue {
+            None | Some(qtasks_core::queues::DEFAULT_QUEUE) => QueueKeys {
+                list: Borrowed(&self.queue),
+                incoming: Borrowed(&self.incoming),
+                ready: Borrowed(&self.ready),
+                delayed: Borrowed(&self.delayed),
+                stats: Borrowed(&self.stats),
+                tag: "",
+            },
+            Some(name) => {
+                let base = format!("{}:qtasks:q:{name}", self.prefix);
+                QueueKeys {
+                    list: Owned(format!("{base}:list")),
+                    incoming: Owned(format!("{base}:incoming")),
+                    ready: Owned(format!("{base}:ready")),
+                    delayed: Owned(format!("{base}:delayed")),
+                    stats: Owned(format!("{base}:stats")),
+                    tag: name,
+                }
+            }
         }
     }
 
@@ -358,12 +408,15 @@ async fn connect_parts(
     let keys = Keys::new(prefix, options.records_index);
     // Cancel requests from other processes arrive on the storage's subscription.
     let (cancels, _) = tokio::sync::broadcast::channel(4096);
+    // Entries pushed to named queues are announced on the same subscription.
+    let added = Arc::new(tokio::sync::Notify::new());
     let storage = RedisStorage::connect(
         client,
         keys.clone(),
         commands.clone(),
         fallback_check,
         cancels.clone(),
+        Arc::clone(&added),
         options.result_ttl,
     )
     .await?;
@@ -374,6 +427,7 @@ async fn connect_parts(
         blocking,
         options.clone(),
         cancels,
+        added,
         shown.to_string(),
     );
     Ok(Parts {

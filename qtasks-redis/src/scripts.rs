@@ -111,19 +111,26 @@ end
     };
 }
 
-/// Takes up to `ARGV[2]` tasks: the first of the two steps of a take (then [`MARK`]).
+/// Takes up to `ARGV[2]` tasks from the queues a worker serves: the first of the two steps of a
+/// take (then [`MARK`]).
 ///
-/// 1. Expired leases go back to `ready` (their holder died), keeping their place.
-/// 2. Entries in `incoming` and `task_queue` move to `ready`.
-/// 3. The lowest (priority, seq) members are popped and leased, each under a new token.
+/// 1. Expired leases go back to their queue's `ready` (their holder died), keeping their place.
+/// 2. For each served queue that is not paused: due delayed entries and the entries in its
+///    `incoming` and list move to its `ready`.
+/// 3. From each served queue in the order given, the lowest (priority, seq) members are popped
+///    and leased, each under a new token, at most the queue's own count, until `ARGV[2]`.
 ///
-/// KEYS: task_queue, incoming, ready, seq, leases, recovered, delayed, stats. ARGV: lease_ms, count,
-/// token prefix (unique per call, 28 characters).
+/// KEYS: seq, leases, recovered, paused, then per queue: its list (`task_queue` for the
+/// default queue), incoming, ready, delayed, stats. ARGV: lease_ms, count, token prefix (unique
+/// per call, 28 characters), the app's key prefix, the queue count m, then per queue: its tag
+/// (its name; '' for the default queue) and how many of its tasks may be taken.
 /// Returns `{[member, recovered, token]..., next_due_ms}`: `recovered` is 1 for a task taken back
-/// from a dead worker; `next_due_ms` is when the next delayed task may run (or false).
+/// from a dead worker; `next_due_ms` is when the next delayed task of a served queue may run (or
+/// false).
 ///
-/// It touches no task record, so every key it uses is declared; the records are read by
-/// [`MARK`], whose keys the caller knows once it has the members.
+/// A named queue's members carry its name (`{seq:020}@{queue}|{entry}`), so a lease that runs
+/// out goes back to its own queue. That is the one place the script names keys it was not
+/// given: the `ready` of a queue the calling worker does not serve, built from the prefix.
 ///
 /// At most 1,000 pushed entries move to `ready` per call, so one call never holds Redis
 /// for a whole backlog; the rest move on the next calls.
@@ -140,86 +147,129 @@ local function zadd_pairs(key, pairs)
   end
 end
 
+local m = tonumber(ARGV[5])
+local ready_by_tag = {}
+for i = 1, m do ready_by_tag[ARGV[4 + 2 * i]] = KEYS[4 + 5 * (i - 1) + 3] end
+
+-- The `ready` a member goes back to: its queue's (a queue this worker does not serve too).
+local function ready_of(member)
+  local tag = string.match(member, '^%d+@([^|]+)|') or ''
+  local known = ready_by_tag[tag]
+  if known then return known end
+  if tag == '' then return ARGV[4] .. ':qtasks:ready' end
+  return ARGV[4] .. ':qtasks:q:' .. tag .. ':ready'
+end
+
 -- 1. Expired leases: their worker died or stalled; back to `ready`, keeping their place. The
 --    old token goes with the lease member: that worker's renewals and finish are refused.
-local expired = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now_ms)
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now_ms)
 if #expired > 0 then
   local back = {}
   for _, leased in ipairs(expired) do
     local member = string.sub(leased, 33)
-    back[#back + 1] = priority_of(member)
-    back[#back + 1] = member
-    redis.call('SADD', KEYS[6], member)
+    local key = ready_of(member)
+    back[key] = back[key] or {}
+    local pairs_of = back[key]
+    pairs_of[#pairs_of + 1] = priority_of(member)
+    pairs_of[#pairs_of + 1] = member
+    redis.call('SADD', KEYS[3], member)
   end
-  zadd_pairs(KEYS[3], back)
-  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now_ms)
+  for key, members in pairs(back) do zadd_pairs(key, members) end
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now_ms)
 end
 
--- 2. Due delayed entries and pushed entries move to `ready`, numbered in arrival order.
-local entries = redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', now_ms)
-if #entries > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now_ms)
-end
-local from_lists = #entries + 1
-local move_limit = 1000
-for _, list in ipairs({KEYS[2], KEYS[1]}) do
-  while #entries < move_limit do
-    local got = redis.call('LPOP', list, math.min(1000, move_limit - #entries))
-    if not got then break end
-    for _, entry in ipairs(got) do entries[#entries + 1] = entry end
+local paused = {}
+if redis.call('SCARD', KEYS[4]) > 0 then
+  for i = 1, m do
+    local tag = ARGV[4 + 2 * i]
+    if tag == '' then tag = 'default' end
+    paused[i] = redis.call('SISMEMBER', KEYS[4], tag) == 1
   end
-end
--- Sorted entries leave the unsorted counters of their priorities (counted per priority, so a
--- batch costs a few commands, not two per entry; never below zero: Python clients' entries
--- were never counted).
-local priority = {}
-for i, entry in ipairs(entries) do priority[i] = priority_score(entry) end
-local unsorted = {}
-for i = from_lists, #entries do
-  local p = tonumber(priority[i]) or 0
-  unsorted[p] = (unsorted[p] or 0) + 1
-end
-for p, n in pairs(unsorted) do
-  local field = 'queued:' .. p
-  local left = tonumber(redis.call('HGET', KEYS[8], field) or '0')
-  if left > n then
-    redis.call('HINCRBY', KEYS[8], field, -n)
-  elseif left > 0 then
-    redis.call('HDEL', KEYS[8], field)
-  end
-end
-if #entries > 0 then
-  local first = redis.call('INCRBY', KEYS[4], #entries) - #entries + 1
-  local pairs = {}
-  for i, entry in ipairs(entries) do
-    pairs[#pairs + 1] = priority[i]
-    pairs[#pairs + 1] = string.format('%020d', first + i - 1) .. '|' .. entry
-  end
-  zadd_pairs(KEYS[3], pairs)
 end
 
--- 3. The lowest (priority, seq) are popped and leased.
--- (Read and removed by rank rather than with `ZPOPMIN`, whose reply formats every score.)
-local taken = redis.call('ZRANGE', KEYS[3], 0, math.max(1, tonumber(ARGV[2]) or 1) - 1)
-if #taken > 0 then redis.call('ZREMRANGEBYRANK', KEYS[3], 0, #taken - 1) end
+local wanted = math.max(1, tonumber(ARGV[2]) or 1)
 local out = {}
 local leases = {}
 -- As text once: a number would be formatted again for every lease (past what `%d` holds, a
 -- lease of millennia, as the number).
 local lease_end = now_ms + tonumber(ARGV[1])
 if lease_end < 9e15 then lease_end = string.format('%d', lease_end) end
-local any_recovered = redis.call('SCARD', KEYS[6]) > 0
-for i, member in ipairs(taken) do
-  local recovered = 0
-  if any_recovered then recovered = redis.call('SREM', KEYS[6], member) end
-  local token = ARGV[3] .. string.format('%04x', i)
-  leases[#leases + 1] = lease_end
-  leases[#leases + 1] = token .. member
-  out[#out + 1] = {member, recovered, token}
+local any_recovered = redis.call('SCARD', KEYS[3]) > 0
+local next_due = false
+local move_budget = 1000
+
+for i = 1, m do
+  if not paused[i] then
+    local base = 4 + 5 * (i - 1)
+    local list, incoming, ready, delayed, stats = KEYS[base + 1], KEYS[base + 2], KEYS[base + 3], KEYS[base + 4], KEYS[base + 5]
+    local tag = ARGV[4 + 2 * i]
+    local prefix = '|'
+    if tag ~= '' then prefix = '@' .. tag .. '|' end
+
+    -- 2. Due delayed entries and pushed entries move to `ready`, numbered in arrival order.
+    local entries = redis.call('ZRANGEBYSCORE', delayed, '-inf', now_ms)
+    if #entries > 0 then
+      redis.call('ZREMRANGEBYSCORE', delayed, '-inf', now_ms)
+    end
+    local from_lists = #entries + 1
+    for _, from in ipairs({incoming, list}) do
+      while #entries < move_budget do
+        local got = redis.call('LPOP', from, math.min(1000, move_budget - #entries))
+        if not got then break end
+        for _, entry in ipairs(got) do entries[#entries + 1] = entry end
+      end
+    end
+    move_budget = math.max(0, move_budget - (#entries - from_lists + 1))
+    -- Sorted entries leave the unsorted counters of their priorities (counted per priority, so
+    -- a batch costs a few commands, not two per entry; never below zero: Python clients'
+    -- entries were never counted).
+    local priority = {}
+    for j, entry in ipairs(entries) do priority[j] = priority_score(entry) end
+    local unsorted = {}
+    for j = from_lists, #entries do
+      local p = tonumber(priority[j]) or 0
+      unsorted[p] = (unsorted[p] or 0) + 1
+    end
+    for p, n in pairs(unsorted) do
+      local field = 'queued:' .. p
+      local left = tonumber(redis.call('HGET', stats, field) or '0')
+      if left > n then
+        redis.call('HINCRBY', stats, field, -n)
+      elseif left > 0 then
+        redis.call('HDEL', stats, field)
+      end
+    end
+    if #entries > 0 then
+      local first = redis.call('INCRBY', KEYS[1], #entries) - #entries + 1
+      local members = {}
+      for j, entry in ipairs(entries) do
+        members[#members + 1] = priority[j]
+        members[#members + 1] = string.format('%020d', first + j - 1) .. prefix .. entry
+      end
+      zadd_pairs(ready, members)
+    end
+
+    -- 3. The lowest (priority, seq) are popped and leased.
+    -- (Read and removed by rank rather than with `ZPOPMIN`, whose reply formats every score.)
+    local room = math.min(tonumber(ARGV[5 + 2 * i]) or 0, wanted - #out)
+    if room > 0 then
+      local taken = redis.call('ZRANGE', ready, 0, room - 1)
+      if #taken > 0 then redis.call('ZREMRANGEBYRANK', ready, 0, #taken - 1) end
+      for _, member in ipairs(taken) do
+        local recovered = 0
+        if any_recovered then recovered = redis.call('SREM', KEYS[3], member) end
+        local token = ARGV[3] .. string.format('%04x', #out + 1)
+        leases[#leases + 1] = lease_end
+        leases[#leases + 1] = token .. member
+        out[#out + 1] = {member, recovered, token}
+      end
+    end
+    local due = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')
+    if due[2] and (not next_due or tonumber(due[2]) < tonumber(next_due)) then next_due = due[2] end
+  end
 end
-if #leases > 0 then zadd_pairs(KEYS[5], leases) end
-local next_due = redis.call('ZRANGE', KEYS[7], 0, 0, 'WITHSCORES')
-return {out, next_due[2] or false}
+if #leases > 0 then zadd_pairs(KEYS[2], leases) end
+return {out, next_due}
 "#
 );
 
@@ -387,9 +437,10 @@ redis.call('PUBLISH', ARGV[2], ARGV[3])
 return 1
 "#;
 
-/// Puts the members whose lease has run out back in `ready` at once, marked recovered, and
-/// revokes their tokens; returns how many. Live workers' leases are left alone.
-/// KEYS: ready, leases, recovered.
+/// Puts the members whose lease has run out back in their queue's `ready` at once, marked
+/// recovered, and revokes their tokens; returns how many. Live workers' leases are left alone.
+/// KEYS: ready (the default queue's), leases, recovered. ARGV: the app's key prefix (a named
+/// queue's `ready` is built from it, as in [`TAKE`]).
 pub(super) const REQUEUE_EXPIRED: &str = concat!(
     priorities!(),
     r#"
@@ -398,7 +449,10 @@ local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local members = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now_ms)
 for _, leased in ipairs(members) do
   local member = string.sub(leased, 33)
-  redis.call('ZADD', KEYS[1], priority_of(member), member)
+  local tag = string.match(member, '^%d+@([^|]+)|')
+  local ready = KEYS[1]
+  if tag then ready = ARGV[1] .. ':qtasks:q:' .. tag .. ':ready' end
+  redis.call('ZADD', ready, priority_of(member), member)
   redis.call('SADD', KEYS[3], member)
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now_ms)
@@ -603,8 +657,9 @@ end
 return {lost, cancels}
 "#;
 
-/// Moves one delayed entry to `task_queue` if it is still delayed (so only one of the timer
-/// and a take script moves it). KEYS: delayed, task_queue, stats. ARGV: entry.
+/// Moves one delayed entry to its queue's list (`task_queue` for the default queue) if it is
+/// still delayed (so only one of the timer and a take script moves it). KEYS: delayed, list,
+/// stats. ARGV: entry, and for a named queue the channel that announces it and its name.
 pub(super) const RELEASE_DELAYED: &str = concat!(
     priorities!(),
     r#"
@@ -617,6 +672,7 @@ end
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
   redis.call('RPUSH', KEYS[2], ARGV[1])
   redis.call('HINCRBY', KEYS[3], 'queued:' .. priority_of(ARGV[1]), 1)
+  if ARGV[2] and ARGV[2] ~= '' then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
   return 1
 end
 return 0
@@ -633,8 +689,10 @@ return 0
 /// written with one `ZADD`, per batch. The queues' key types are checked first, so a batch
 /// either queues every new task or writes nothing.
 ///
-/// KEYS: stats, `task_queue`, `delayed`, the records' index (when it is kept), then one record
-/// per task. ARGV: `1` when the index is kept (else `0`), the task count, then per task: its
+/// KEYS: stats, the queue's list (`task_queue` for the default queue), `delayed`, the records'
+/// index (when it is kept), then one record per task. ARGV: `1` when the index is kept (else
+/// `0`), the channel that announces a named queue's entries ('' for the default queue, whose
+/// list wakes its workers) and its name, the task count, then per task: its
 /// field count n, n field/value pairs, its queue entry, its delay in ms ('' to queue it now)
 /// and its creation time in ms (for the index). Returns one answer per task: 1 added, 0 known
 /// already.
@@ -642,7 +700,8 @@ pub(super) const ADD: &str = concat!(
     priorities!(),
     r#"
 local indexed = ARGV[1] == '1'
-local count = tonumber(ARGV[2])
+local channel, queue_name = ARGV[2], ARGV[3]
+local count = tonumber(ARGV[4])
 local first_record = indexed and 5 or 4
 -- The queues are checked before anything is written: a queue key of another type fails the
 -- whole batch with nothing written, rather than leaving records whose entries were never
@@ -655,7 +714,7 @@ for _, queue in ipairs({{KEYS[2], 'list'}, {KEYS[3], 'zset'}}) do
 end
 local entries, by_priority, index_pairs, out = {}, {}, {}, {}
 local now_ms
-local a = 3
+local a = 5
 for i = 1, count do
   local record = KEYS[first_record + i - 1]
   local n = tonumber(ARGV[a])
@@ -694,6 +753,7 @@ end
 for i = 1, #index_pairs, 2000 do
   redis.pcall('ZADD', KEYS[4], unpack(index_pairs, i, math.min(i + 1999, #index_pairs)))
 end
+if channel ~= '' and #entries > 0 then redis.call('PUBLISH', channel, queue_name) end
 return out
 "#
 );
@@ -829,15 +889,66 @@ return {
 "#;
 
 /// Takes one dead letter out of the list (by its exact JSON): queued again when ARGV[2] is
-/// `1`, else dropped. KEYS: dead, task_queue, stats. ARGV: the letter's JSON, requeue, the
-/// entry. Returns 1, or 0 when no such letter is there.
+/// `1`, else dropped. A letter of a task set aside by a worker that could not run it (`bury`)
+/// brings its record back to `new` when it is queued again (`revive`). KEYS: dead, the queue's
+/// list, its stats, the record (a letter without one names any key). ARGV: the letter's JSON,
+/// requeue, the entry, revive (`1` or `0`), and the channel that announces a named queue's
+/// entries with the queue's name (or '' '').
+/// Returns 1, or 0 when no such letter is there.
 pub(super) const RESOLVE_DEAD: &str = concat!(
     priorities!(),
     r#"
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
 if ARGV[2] == '1' then
+  if ARGV[4] == '1' then
+    if redis.call('TYPE', KEYS[4])['ok'] ~= 'hash' then return 1 end
+    local t = redis.call('TIME')
+    redis.call('HDEL', KEYS[4], 'traceback', 'finished_at', 'started_at', 'worker', 'finished_by', 'error_payload')
+    redis.call('HSET', KEYS[4], 'status', 'new', 'hand_backs', 0, 'updated_at', t[1] .. '.' .. string.format('%06d', tonumber(t[2])))
+    redis.call('PERSIST', KEYS[4])
+  end
   redis.call('RPUSH', KEYS[2], ARGV[3])
   redis.call('HINCRBY', KEYS[3], 'queued:' .. priority_of(ARGV[3]), 1)
+  if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
+end
+return 1
+"#
+);
+
+/// Hands a delivery the worker cannot run back to its queue's `delayed`, due after a delay by
+/// Redis's clock, if its token still holds the lease: the record goes back to `new`, one more
+/// `hand_backs`, and the take is not counted among its `deliveries` (the task did not die with
+/// a worker). A cancel requested while it was held wins: the record ends `cancel` instead.
+/// KEYS: leases, the queue's delayed, record, cancel requests, stats. ARGV: lease member (token
+/// and member), entry, delay ms, uuid, ttl ms (0: keep), done channel.
+/// Returns 1 handed back, 2 cancelled, 0 when the lease was not this delivery's any more.
+pub(super) const DEFER: &str = concat!(
+    counting!(),
+    r#"
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+local t = redis.call('TIME')
+local now_s = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+local is_hash = redis.call('TYPE', KEYS[3])['ok'] == 'hash'
+local reason = redis.call('HGET', KEYS[4], ARGV[4])
+if reason then
+  redis.call('HDEL', KEYS[4], ARGV[4])
+  if is_hash then
+    redis.call('HSET', KEYS[3], 'status', 'cancel', 'cancel_reason', reason, 'updated_at', now_s, 'finished_at', now_s)
+    local ttl = tonumber(ARGV[5])
+    if ttl > 0 then redis.call('PEXPIRE', KEYS[3], ttl) end
+    count_ended(KEYS[5], bucket_now('cancel'))
+    redis.call('PUBLISH', ARGV[6], ARGV[4])
+  end
+  return 2
+end
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[2], now_ms + tonumber(ARGV[3]), ARGV[2])
+if is_hash then
+  redis.call('HSET', KEYS[3], 'status', 'new', 'updated_at', now_s)
+  redis.call('HINCRBY', KEYS[3], 'hand_backs', 1)
+  if (tonumber(redis.call('HGET', KEYS[3], 'deliveries') or '0') or 0) > 0 then
+    redis.call('HINCRBY', KEYS[3], 'deliveries', -1)
+  end
 end
 return 1
 "#

@@ -8,7 +8,7 @@ use redis::Script;
 use redis::aio::ConnectionManager;
 
 use super::wire::parse_entry;
-use super::{Keys, failure, scripts};
+use super::{Keys, QueueKeys, failure, scripts};
 use qtasks_core::backend::{BackendError, unix_now};
 use qtasks_core::stats::{DeadLetter, QueueStats};
 
@@ -28,21 +28,23 @@ type Raw = (
     Vec<Option<String>>,
 );
 
-/// Reads the queue's numbers.
+/// Reads the numbers of one queue (its waiting and delayed tasks, by its keys) and the app's
+/// (running, finished, dead letters).
 pub(crate) async fn read(
     keys: &Keys,
+    queue: &QueueKeys<'_>,
     commands: &ConnectionManager,
 ) -> Result<QueueStats, BackendError> {
     let mut con = commands.clone();
     let (runs, delayed, running, dead, unsorted, counters, now, heads): Raw =
         Script::new(scripts::STATS)
-            .key(&keys.ready)
-            .key(&keys.queue)
-            .key(&keys.incoming)
-            .key(&keys.delayed)
+            .key(&*queue.ready)
+            .key(&*queue.list)
+            .key(&*queue.incoming)
+            .key(&*queue.delayed)
             .key(&keys.leases)
             .key(&keys.dead)
-            .key(&keys.stats)
+            .key(&*queue.stats)
             .invoke_async(&mut con)
             .await
             .map_err(|e| failure("reading the queue's stats failed".to_owned(), e))?;
@@ -90,6 +92,14 @@ pub(crate) async fn read(
         stats.oldest_waiting_secs = created_at.map(|at| (unix_now() - at).max(0.0));
     }
     Ok(stats)
+}
+
+/// A queue's own numbers, from what [`read`] read of it.
+pub(crate) fn numbers_of(stats: &QueueStats) -> qtasks_core::stats::QueueNumbers {
+    let mut numbers = qtasks_core::stats::QueueNumbers::default();
+    numbers.waiting = stats.waiting_total();
+    numbers.delayed = stats.delayed;
+    numbers
 }
 
 /// The numbers of the records the storage wrote for another broker (`scripts::INSERT` and

@@ -128,12 +128,14 @@ impl RedisStorage {
         commands: ConnectionManager,
         fallback_check: Duration,
         cancels: broadcast::Sender<CancelRequest>,
+        added: Arc<Notify>,
         result_ttl: Option<Duration>,
     ) -> Result<Self, BackendError> {
         let waiters = Arc::new(Waiters::default());
         let channels = Channels {
             done: None,
             cancel: Some((keys.cancel_channel.clone(), cancels)),
+            added: Some((keys.added_channel.clone(), added)),
         };
         let pubsub = subscribe(&client, &channels).await?;
         tokio::spawn(listen(
@@ -166,6 +168,7 @@ impl RedisStorage {
                 let channels = Channels {
                     done: Some(self.keys.done_channel.clone()),
                     cancel: None,
+                    added: None,
                 };
                 match subscribe(&self.client, &channels).await {
                     Ok(pubsub) => {
@@ -570,6 +573,11 @@ impl qtasks_core::backend::RecordStore for RedisStorage {
         let fields = match &change {
             RecordChange::Finished(outcome, run) => outcome_fields(outcome, run, now),
             RecordChange::CancelRequested(reason) => vec![("cancel_requested", reason.clone())],
+            RecordChange::HandedBack(hand_backs) => vec![
+                ("updated_at", now.to_string()),
+                ("status", change.status().as_str().to_owned()),
+                ("hand_backs", hand_backs.to_string()),
+            ],
             other => vec![
                 ("updated_at", now.to_string()),
                 ("status", other.status().as_str().to_owned()),
@@ -688,6 +696,8 @@ struct Channels {
     done: Option<String>,
     /// Cancel requests, and where they are passed on.
     cancel: Option<(String, broadcast::Sender<CancelRequest>)>,
+    /// Entries pushed to named queues, and the idle takes they wake.
+    added: Option<(String, Arc<Notify>)>,
 }
 
 async fn subscribe(
@@ -702,6 +712,7 @@ async fn subscribe(
         .done
         .iter()
         .chain(channels.cancel.as_ref().map(|(name, _)| name))
+        .chain(channels.added.as_ref().map(|(name, _)| name))
         .collect();
     pubsub
         .subscribe(&names)
@@ -730,9 +741,13 @@ async fn listen(
                 Ok(subscribed) => {
                     delay = Duration::from_millis(100);
                     pubsub = Some(subscribed);
-                    // A result published while the subscription was down was missed.
+                    // A result published while the subscription was down was missed, and so
+                    // may an entry announced.
                     if let Some(waiters) = waiters.upgrade() {
                         waiters.wake_all();
+                    }
+                    if let Some((_, added)) = &channels.added {
+                        added.notify_waiters();
                     }
                 }
                 Err(error) => {
@@ -750,6 +765,14 @@ async fn listen(
             let Some(waiters) = waiters.upgrade() else {
                 return;
             };
+            if let Some((_, added)) = channels
+                .added
+                .as_ref()
+                .filter(|(name, _)| name == message.get_channel_name())
+            {
+                added.notify_waiters();
+                continue;
+            }
             let Ok(text) = message.get_payload::<String>() else {
                 continue;
             };

@@ -49,6 +49,9 @@ pub(super) fn new_record_fields(task: &QueuedTask) -> Vec<(&'static str, String)
     if let Some(max_time) = task.max_time {
         fields.push(("max_time", max_time.to_string()));
     }
+    if let Some(queue) = &task.queue {
+        fields.push(("queue", queue.clone()));
+    }
     fields
 }
 
@@ -262,6 +265,14 @@ pub(super) fn read_record(uuid: Uuid, fields: &Fields) -> (TaskRecord, Vec<Strin
     });
     let progress_at = read("progress_at", false, &number);
     let max_time = read("max_time", false, &number);
+    let queue = read("queue", false, &|text| {
+        qtasks_core::queues::check_queue_name(text)
+    });
+    let hand_backs = read("hand_backs", false, &|text| {
+        text.parse::<u32>()
+            .map(drop)
+            .map_err(|e| format!("is not a count: {e}"))
+    });
 
     let mut task = QueuedTask::new(uuid, task_name.unwrap_or_default());
     task.priority = priority.and_then(|p| p.parse().ok()).unwrap_or_default();
@@ -281,6 +292,8 @@ pub(super) fn read_record(uuid: Uuid, fields: &Fields) -> (TaskRecord, Vec<Strin
     task.run_at = run_at.and_then(|t| t.parse().ok());
     task.expires_at = expires_at.and_then(|t| t.parse().ok());
     task.max_time = max_time.and_then(|t| t.parse().ok());
+    task.queue = queue.filter(|queue| queue != qtasks_core::queues::DEFAULT_QUEUE);
+    task.hand_backs = hand_backs.and_then(|n| n.parse().ok()).unwrap_or(0);
     let mut record = TaskRecord::from_task(task);
     record.started_at = started_at.and_then(|t| t.parse().ok());
     record.finished_at = finished_at.and_then(|t| t.parse().ok());
@@ -324,7 +337,7 @@ pub(super) fn decode_record(uuid: Uuid, fields: &Fields) -> Result<TaskRecord, S
 
 /// The record fields the take script returns, in this order. `status` must come first: the
 /// script reads it to skip cancelled tasks.
-pub(super) const TAKEN_FIELDS: [&str; 12] = [
+pub(super) const TAKEN_FIELDS: [&str; 14] = [
     "status",
     "task_name",
     "priority",
@@ -337,6 +350,8 @@ pub(super) const TAKEN_FIELDS: [&str; 12] = [
     "group_uuid",
     "expires_at",
     "max_time",
+    "queue",
+    "hand_backs",
 ];
 
 /// The record fields the take script returned, by name (missing fields left out).

@@ -432,6 +432,7 @@ impl Broker for MemoryBroker {
         for queue in queues.named.values_mut() {
             queue.clear();
         }
+        queues.paused.clear();
         drop(queues);
         self.dead.lock().clear();
         Ok(())

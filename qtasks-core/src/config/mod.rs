@@ -331,7 +331,9 @@ mod tests {
             .apply_env(vars(&[("QTASKS_QUEUES", "billing:x")]))
             .unwrap_err();
         assert!(
-            error.to_string().starts_with("QTASKS_QUEUES: `billing:x` is not"),
+            error
+                .to_string()
+                .starts_with("QTASKS_QUEUES: `billing:x` is not"),
             "{error}"
         );
         let mut copy = config.clone();
