@@ -138,6 +138,12 @@ pub enum SharedCommand {
         #[command(subcommand)]
         action: Option<ScheduleAction>,
     },
+    /// The named queues: their numbers; pause or resume one (for every worker).
+    Queues {
+        /// What to do (default: list).
+        #[command(subcommand)]
+        action: Option<QueueAction>,
+    },
     /// Queue entries that could not run: list them, requeue or drop them.
     Dead {
         /// What to do with them (default: list).
@@ -195,6 +201,9 @@ pub struct AddArgs {
     /// Run the task no sooner than this many seconds from now.
     #[arg(long)]
     pub delay: Option<f64>,
+    /// The named queue to add it to (default: the task's own, else `default`).
+    #[arg(long)]
+    pub queue: Option<String>,
 }
 
 /// `tasks`' filters.
@@ -233,6 +242,24 @@ pub enum ScheduleAction {
     },
 }
 
+/// What to do with named queues.
+#[derive(Debug, Subcommand)]
+#[non_exhaustive]
+pub enum QueueAction {
+    /// Every queue with tasks, paused or served: waiting, delayed, paused.
+    List,
+    /// Stop every worker taking the queue's tasks (they wait) until it is resumed.
+    Pause {
+        /// The queue's name.
+        name: String,
+    },
+    /// Let workers take the queue's tasks again.
+    Resume {
+        /// The queue's name.
+        name: String,
+    },
+}
+
 /// What to do with dead letters.
 #[derive(Debug, Subcommand)]
 #[non_exhaustive]
@@ -267,9 +294,20 @@ pub struct WorkerArgs {
     /// How many tasks run at once (default: the app's `max_tasks_process`).
     #[arg(long)]
     pub concurrency: Option<usize>,
-    /// Run only the tasks of these routers (comma-separated).
+    /// Run only the tasks of these routers (comma-separated); another router's task goes back
+    /// to its queue for a worker that runs it.
     #[arg(long, value_delimiter = ',')]
     pub routers: Vec<String>,
+    /// Serve these queues, with weights: `billing:3,default:1` asks billing first three takes
+    /// in four (default: the app's `queues`, `default` alone unless set).
+    #[arg(long, value_name = "QUEUE[:WEIGHT],..")]
+    pub queues: Option<String>,
+    /// Serve --queues in strict order: an earlier queue first while it has tasks.
+    #[arg(long)]
+    pub strict: bool,
+    /// At most this many tasks of a queue at once in this worker: `billing:2,reports:1`.
+    #[arg(long, value_name = "QUEUE:N,..")]
+    pub queue_concurrency: Option<String>,
     /// Serve Prometheus metrics at http://ADDR/metrics (needs the `metrics` feature).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,

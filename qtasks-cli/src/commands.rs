@@ -7,8 +7,8 @@ use qtasks_core::{AddOptions, QueueTasks, TaskRecord, TaskStatus, Uuid};
 use serde_json::Value;
 use tracing::Instrument;
 
-use crate::args::ScheduleAction;
 use crate::args::{AddArgs, Cli, Command, DeadAction, DeadSelection, InspectArgs, SharedCommand};
+use crate::args::{QueueAction, ScheduleAction};
 use crate::args::{TasksArgs, WorkerArgs};
 use crate::output::{self, Spinner, ago, human_duration};
 use crate::{EXIT_USAGE, Failure};
@@ -48,6 +48,7 @@ pub(crate) async fn run_shared(app: &QueueTasks, command: &SharedCommand, json: 
         SharedCommand::Ping => ping(app, json).await,
         SharedCommand::Flush { yes } => flush(app, *yes).await,
         SharedCommand::Dead { action } => dead(app, action.as_ref(), json).await,
+        SharedCommand::Queues { action } => queues(app, action.as_ref(), json).await,
         SharedCommand::Schedule { action } => schedule(app, action.as_ref(), json).await,
         SharedCommand::Grpc {
             bind,
@@ -171,6 +172,9 @@ async fn add(app: &QueueTasks, args: &AddArgs, json: bool) -> Outcome {
     if let Some(delay) = args.delay {
         options = options.delay(seconds(delay, "--delay")?);
     }
+    if let Some(queue) = &args.queue {
+        options = options.queue(queue.clone());
+    }
     // Under a span of its own: with traces exported, the task's run continues this trace.
     let handle = app
         .add_task_with(&args.name, positional, kwargs, options)
@@ -229,6 +233,18 @@ fn show_record(record: &TaskRecord) {
             ago(run_at)
         };
         lines.push(("due", due));
+    }
+    if let Some(queue) = &record.queue {
+        lines.push(("queue", queue.clone()));
+    }
+    if record.hand_backs > 0 {
+        lines.push((
+            "handed back",
+            format!(
+                "{} time(s) by workers that do not run it",
+                record.hand_backs
+            ),
+        ));
     }
     if let Some(worker) = &record.worker {
         lines.push(("worker", worker.to_string()));
@@ -467,6 +483,18 @@ fn show_stats(stats: &Stats, json: bool) {
                     .map_or("-".to_owned(), |secs| human_duration(output::seconds(secs))),
             ));
             lines.push(("dead letters", queue.dead_letters.to_string()));
+            if queue.queues.len() > 1 || queue.queues.values().any(|q| q.paused) {
+                let shown = queue
+                    .queues
+                    .iter()
+                    .map(|(name, numbers)| {
+                        let paused = if numbers.paused { ", paused" } else { "" };
+                        format!("{name} {}{paused}", numbers.waiting)
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                lines.push(("queues", shown));
+            }
         }
     }
     lines.push(("workers", stats.workers.len().to_string()));
@@ -550,6 +578,45 @@ async fn flush(app: &QueueTasks, yes: bool) -> Outcome {
     }
     app.flush_all().await?;
     println!("flushed app `{}`", app.name());
+    Ok(())
+}
+
+async fn queues(app: &QueueTasks, action: Option<&QueueAction>, json: bool) -> Outcome {
+    let (name, pause) = match action {
+        None | Some(QueueAction::List) => {
+            let queues = app.queues().list().await?;
+            if json {
+                output::json(&queues);
+            } else {
+                let rows: Vec<Vec<String>> = queues
+                    .iter()
+                    .map(|(name, numbers)| {
+                        vec![
+                            name.clone(),
+                            numbers.waiting.to_string(),
+                            numbers.delayed.to_string(),
+                            if numbers.paused { "paused" } else { "-" }.to_owned(),
+                        ]
+                    })
+                    .collect();
+                output::table(&["QUEUE", "WAITING", "DELAYED", "PAUSED"], &rows);
+            }
+            return Ok(());
+        }
+        Some(QueueAction::Pause { name }) => (name, true),
+        Some(QueueAction::Resume { name }) => (name, false),
+    };
+    if pause {
+        app.queues().pause(name).await?;
+    } else {
+        app.queues().resume(name).await?;
+    }
+    let done = if pause { "paused" } else { "resumed" };
+    if json {
+        output::json(&serde_json::json!({ "queue": name, done: true }));
+    } else {
+        println!("queue `{name}` {done}");
+    }
     Ok(())
 }
 
@@ -713,6 +780,25 @@ async fn worker(app: &QueueTasks, args: &WorkerArgs) -> Outcome {
     }
     if !args.routers.is_empty() {
         app.set_routers(args.routers.iter().cloned());
+    }
+    let settings = [
+        ("queues", "--queues", args.queues.clone()),
+        (
+            "queues_strict",
+            "--strict",
+            args.strict.then(|| "true".to_owned()),
+        ),
+        (
+            "queue_concurrency",
+            "--queue-concurrency",
+            args.queue_concurrency.clone(),
+        ),
+    ];
+    for (field, flag, value) in settings {
+        if let Some(value) = value {
+            app.set_config(field, &value)
+                .map_err(|e| Failure::usage(format!("{flag}: {e}")))?;
+        }
     }
     if let Some(address) = args.metrics {
         serve_metrics(app, address).await?;

@@ -442,6 +442,47 @@ fn operate_a_queue_from_the_shell() {
     assert_eq!(listed[0]["paused"], true, "{listed}");
     expect(url, prefix, &["schedule", "resume", "nightly_cleanup"], 0);
     expect(url, prefix, &["schedule", "pause", "no_such_schedule"], 1);
+
+    // Named queues: a task added to a queue this worker does not serve waits there; the
+    // queue is listed, paused and resumed from the shell.
+    let billed = expect(
+        url,
+        prefix,
+        &["add", "add", "[1, 2]", "--queue", "billing"],
+        0,
+    );
+    let billed = billed.trim();
+    expect(url, prefix, &["queues", "pause", "billing"], 0);
+    let listed = json(&expect(url, prefix, &["queues", "--json"], 0));
+    assert_eq!(listed["billing"]["waiting"], 1, "{listed}");
+    assert_eq!(listed["billing"]["paused"], true, "{listed}");
+    assert_eq!(listed["default"]["paused"], false, "{listed}");
+    let table = expect(url, prefix, &["queues"], 0);
+    assert!(
+        table.contains("billing") && table.contains("paused"),
+        "{table}"
+    );
+    expect(url, prefix, &["queues", "resume", "billing"], 0);
+    let listed = json(&expect(url, prefix, &["queues", "list", "--json"], 0));
+    assert_eq!(listed["billing"]["paused"], false, "{listed}");
+    let record = json(&expect(url, prefix, &["get", billed, "--json"], 0));
+    assert_eq!(
+        record["status"], "new",
+        "not served by this worker: {record}"
+    );
+    assert_eq!(record["queue"], "billing", "{record}");
+    let refused = qtasks(
+        url,
+        prefix,
+        &["add", "add", "[1, 2]", "--queue", "bill|ing"],
+    );
+    assert_ne!(refused.status.code(), Some(0));
+    assert!(
+        stderr(&refused).contains("queue `bill|ing`"),
+        "{}",
+        stderr(&refused)
+    );
+
     let stats = json(&expect(url, prefix, &["stats", "--json"], 0));
     assert_eq!(stats["schedules"][0]["name"], "nightly_cleanup", "{stats}");
 
