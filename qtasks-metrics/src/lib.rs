@@ -13,6 +13,7 @@
 //! | `qtasks_lease_losses_total` | counter | |
 //! | `qtasks_tasks_waiting` | gauge | `priority` |
 //! | `qtasks_tasks_delayed`, `qtasks_tasks_running` | gauge | |
+//! | `qtasks_queue_waiting`, `qtasks_queue_delayed`, `qtasks_queue_paused` | gauge | `queue` |
 //! | `qtasks_oldest_waiting_seconds` | gauge | |
 //! | `qtasks_dead_letters` | gauge | |
 //! | `qtasks_workers` | gauge | |
@@ -63,6 +64,11 @@ struct ByPriority {
     priority: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByQueue {
+    queue: String,
+}
+
 /// The metrics of one app.
 pub struct Metrics {
     app: QueueTasks,
@@ -73,6 +79,9 @@ pub struct Metrics {
     lease_losses: Counter,
     lease_losses_seen: AtomicU64,
     waiting: Family<ByPriority, Gauge>,
+    queue_waiting: Family<ByQueue, Gauge>,
+    queue_delayed: Family<ByQueue, Gauge>,
+    queue_paused: Family<ByQueue, Gauge>,
     delayed: Gauge,
     running: Gauge,
     oldest_waiting: Gauge<f64, AtomicU64>,
@@ -129,6 +138,24 @@ impl Metrics {
             "Tasks that may run now, by priority",
             waiting.clone(),
         );
+        let queue_waiting = Family::<ByQueue, Gauge>::default();
+        registry.register(
+            "qtasks_queue_waiting",
+            "Tasks that may run now, by named queue",
+            queue_waiting.clone(),
+        );
+        let queue_delayed = Family::<ByQueue, Gauge>::default();
+        registry.register(
+            "qtasks_queue_delayed",
+            "Tasks that may run only later, by named queue",
+            queue_delayed.clone(),
+        );
+        let queue_paused = Family::<ByQueue, Gauge>::default();
+        registry.register(
+            "qtasks_queue_paused",
+            "1 while a named queue is paused",
+            queue_paused.clone(),
+        );
         let delayed = Gauge::default();
         registry.register(
             "qtasks_tasks_delayed",
@@ -175,6 +202,9 @@ impl Metrics {
             lease_losses,
             lease_losses_seen: AtomicU64::new(0),
             waiting,
+            queue_waiting,
+            queue_delayed,
+            queue_paused,
             delayed,
             running,
             oldest_waiting,
@@ -263,6 +293,23 @@ impl Metrics {
                                 priority: priority.to_string(),
                             })
                             .set(i64::try_from(*count).unwrap_or(i64::MAX));
+                    }
+                    self.queue_waiting.clear();
+                    self.queue_delayed.clear();
+                    self.queue_paused.clear();
+                    for (name, numbers) in &queue.queues {
+                        let label = ByQueue {
+                            queue: name.clone(),
+                        };
+                        self.queue_waiting
+                            .get_or_create(&label)
+                            .set(gauge(numbers.waiting));
+                        self.queue_delayed
+                            .get_or_create(&label)
+                            .set(gauge(numbers.delayed));
+                        self.queue_paused
+                            .get_or_create(&label)
+                            .set(i64::from(numbers.paused));
                     }
                     self.delayed.set(gauge(queue.delayed));
                     self.running.set(gauge(queue.running));

@@ -50,6 +50,11 @@ fn refusal(error: &Error) -> Refusal {
             title: "No such task",
             detail: error.to_string(),
         },
+        Error::InvalidQueue { .. } => Refusal {
+            status: StatusCode::BAD_REQUEST,
+            title: "No such queue",
+            detail: error.to_string(),
+        },
         _ => Refusal {
             status: StatusCode::SERVICE_UNAVAILABLE,
             title: "The backend failed",
@@ -125,6 +130,17 @@ async fn resolve(shared: &Shared, id: &str, requeue: bool) -> Result<bool, Refus
         .map_err(failed)
 }
 
+/// Pauses or resumes the queue `name`.
+async fn set_paused(shared: &Shared, name: &str, pause: bool) -> Result<(), Refusal> {
+    let queues = shared.app.queues();
+    let done = if pause {
+        queues.pause(name).await
+    } else {
+        queues.resume(name).await
+    };
+    done.map_err(|e| refusal(&e))
+}
+
 // ------------------------------------------------------------------------------------------
 // The forms of the pages
 
@@ -141,6 +157,13 @@ pub(crate) struct DeadForm {
     #[serde(default)]
     csrf: String,
     id: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct QueueForm {
+    #[serde(default)]
+    csrf: String,
+    name: String,
 }
 
 /// Who asks for what, for the action's log line: the caller, the action, and the task's uuid
@@ -287,6 +310,46 @@ pub(crate) async fn drop_form(
     dead_form(&shared, caller, &headers, &form, false).await
 }
 
+pub(crate) async fn pause_form(
+    State(shared): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Form(form): Form<QueueForm>,
+) -> Response {
+    queue_form(&shared, caller, &headers, &form, true).await
+}
+
+pub(crate) async fn resume_form(
+    State(shared): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Form(form): Form<QueueForm>,
+) -> Response {
+    queue_form(&shared, caller, &headers, &form, false).await
+}
+
+async fn queue_form(
+    shared: &Shared,
+    caller: Caller,
+    headers: &HeaderMap,
+    form: &QueueForm,
+    pause: bool,
+) -> Response {
+    let action = if pause { "pause" } else { "resume" };
+    form_action(
+        shared,
+        Ask::new(caller, action, &form.name),
+        headers,
+        &form.csrf,
+        || async {
+            set_paused(shared, &form.name, pause).await?;
+            let done = if pause { "paused" } else { "resumed" };
+            Ok(format!("/queues?done={done}"))
+        },
+    )
+    .await
+}
+
 async fn dead_form(
     shared: &Shared,
     caller: Caller,
@@ -419,5 +482,41 @@ pub(crate) async fn drop_api(
     api_action(&shared, Ask::new(caller, "drop", &id), &headers, || async {
         Ok(json!({ "resolved": resolve(&shared, &id, false).await? }))
     })
+    .await
+}
+
+pub(crate) async fn pause_api(
+    State(shared): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    api_action(
+        &shared,
+        Ask::new(caller, "pause", &name),
+        &headers,
+        || async {
+            set_paused(&shared, &name, true).await?;
+            Ok(json!({ "queue": name, "paused": true }))
+        },
+    )
+    .await
+}
+
+pub(crate) async fn resume_api(
+    State(shared): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    api_action(
+        &shared,
+        Ask::new(caller, "resume", &name),
+        &headers,
+        || async {
+            set_paused(&shared, &name, false).await?;
+            Ok(json!({ "queue": name, "paused": false }))
+        },
+    )
     .await
 }

@@ -105,6 +105,14 @@ pub(crate) async fn dead_letters(
     }
 }
 
+/// Each named queue's numbers (waiting, delayed, paused), by name.
+pub(crate) async fn queues(State(shared): State<Shared>) -> Response {
+    match shared.app.queues().list().await {
+        Ok(queues) => Json(queues).into_response(),
+        Err(error) => unavailable(&error),
+    }
+}
+
 /// The CSRF token an API client without the bearer token sends as `X-Qtasks-Csrf` (readable
 /// only by this origin: no other site's script can fetch it).
 pub(crate) async fn csrf(State(shared): State<Shared>) -> Response {

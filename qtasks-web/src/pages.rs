@@ -23,14 +23,16 @@ pub(crate) enum Section {
     Overview,
     Tasks,
     Workers,
+    Queues,
     Dead,
     Login,
 }
 
-const SECTIONS: [(Section, &str, &str); 4] = [
+const SECTIONS: [(Section, &str, &str); 5] = [
     (Section::Overview, "/", "Overview"),
     (Section::Tasks, "/tasks", "Tasks"),
     (Section::Workers, "/workers", "Workers"),
+    (Section::Queues, "/queues", "Queues"),
     (Section::Dead, "/dead", "Dead letters"),
 ];
 
@@ -111,6 +113,8 @@ impl Flash {
             Some("requeued") => "The dead letter was put back in the queue.",
             Some("dropped") => "The dead letter was dropped.",
             Some("gone") => "That dead letter was not there any more.",
+            Some("paused") => "The queue is paused: no worker takes its tasks until it is resumed.",
+            Some("resumed") => "The queue is resumed: workers take its tasks again.",
             _ => return html! {},
         };
         html! { p.notice role="status" { (message) } }
@@ -735,6 +739,12 @@ pub(crate) fn task_region(record: &TaskRecord) -> Markup {
             @if let Some(runtime) = record.runtime() {
                 dt { "Runtime" } dd { (runtime_text(runtime)) }
             }
+            @if let Some(queue) = &record.queue {
+                dt { "Queue" } dd.mono { (queue) }
+            }
+            @if record.hand_backs > 0 {
+                dt { "Handed back" } dd { (record.hand_backs) " time(s) by workers that do not run it" }
+            }
             @if let Some(worker) = &record.worker {
                 dt { "Worker" } dd.mono { (worker) }
             }
@@ -847,6 +857,66 @@ pub(crate) async fn dead(State(shared): State<Shared>, Query(flash): Query<Flash
         }
     };
     page(&shared, Section::Dead, "Dead letters", None, body)
+}
+
+pub(crate) async fn queues(State(shared): State<Shared>, Query(flash): Query<Flash>) -> Response {
+    let queues = shared.app.queues().list().await;
+    let body = html! {
+        h1 { "Queues" }
+        p.quiet {
+            "Each named queue's waiting and delayed tasks. A paused queue keeps its tasks: no "
+            "worker takes one until it is resumed."
+        }
+        (flash.render())
+        @match queues {
+            Ok(queues) => { (queues_table(&shared, &queues)) }
+            Err(error) => { p.problem role="alert" { (ErrorChain(&error).to_string()) } }
+        }
+    };
+    page(&shared, Section::Queues, "Queues", None, body)
+}
+
+fn queues_table(
+    shared: &Shared,
+    queues: &std::collections::BTreeMap<String, qtasks_core::stats::QueueNumbers>,
+) -> Markup {
+    html! {
+        div.scroll {
+            table {
+                thead {
+                    tr {
+                        th scope="col" { "Queue" }
+                        th.n scope="col" { "Waiting" }
+                        th.n scope="col" { "Delayed" }
+                        th scope="col" { "State" }
+                        th scope="col" { "Actions" }
+                    }
+                }
+                tbody {
+                    @for (name, numbers) in queues {
+                        tr {
+                            td.mono { (name) }
+                            td.n { (numbers.waiting) }
+                            td.n { (numbers.delayed) }
+                            td { @if numbers.paused { "paused" } @else { "taking tasks" } }
+                            td.row-actions {
+                                @let (action, label, class) = if numbers.paused {
+                                    ("resume", "Resume", "")
+                                } else {
+                                    ("pause", "Pause", "danger")
+                                };
+                                form method="post" action={ "/queues/" (action) } {
+                                    (csrf_field(shared))
+                                    input type="hidden" name="name" value=(name);
+                                    button type="submit" class=(class) { (label) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn dead_table(shared: &Shared, letters: &[DeadLetter]) -> Markup {

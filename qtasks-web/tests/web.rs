@@ -311,6 +311,72 @@ async fn pages_escape_what_they_show_and_actions_need_the_csrf_token() {
     .unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queues_page_pauses_and_resumes_a_queue() {
+    let app = QueueTasks::new();
+    let billed = web_echo::call("invoice".into())
+        .queue("billing")
+        .add(&app)
+        .await
+        .unwrap();
+    let port = Web::new(app.clone())
+        .routes(qtasks::metrics::Metrics::install(&app).router())
+        .serve("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+        .port();
+    let checks = app.clone();
+    tokio::task::spawn_blocking(move || {
+        let (status, _, body) = get(port, "/queues", None);
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("billing") && body.contains("Pause"), "{body}");
+        let csrf: Value = serde_json::from_str(&get(port, "/api/v1/csrf", None).2).unwrap();
+        let csrf = csrf["token"].as_str().unwrap().to_owned();
+        let origin = format!("http://127.0.0.1:{port}");
+
+        // Without the CSRF token: refused, and nothing changes.
+        let (status, _, _) = post_form(port, "/queues/pause", &origin, "same-origin", "name=billing");
+        assert_eq!(status, 403);
+        let queues = futures_block(checks.queues().list()).unwrap();
+        assert!(!queues["billing"].paused);
+
+        let form = format!("csrf={csrf}&name=billing");
+        let (status, head, _) = post_form(port, "/queues/pause", &origin, "same-origin", &form);
+        assert_eq!(status, 303, "{head}");
+        assert!(head.contains("location: /queues?done=paused"), "{head}");
+        let queues: Value = serde_json::from_str(&get(port, "/api/v1/queues", None).2).unwrap();
+        assert_eq!(queues["billing"]["paused"], true, "{queues}");
+        assert_eq!(queues["billing"]["waiting"], 1, "{queues}");
+        let (_, _, page) = get(port, "/queues?done=paused", None);
+        assert!(page.contains("Resume") && page.contains("The queue is paused"), "{page}");
+        let (_, _, metrics) = get(port, "/metrics", None);
+        assert!(
+            metrics.contains(r#"qtasks_queue_paused{queue="billing"} 1"#)
+                && metrics.contains(r#"qtasks_queue_waiting{queue="billing"} 1"#),
+            "{metrics}"
+        );
+
+        // The JSON API takes the token as a header; a name that is no queue name is refused.
+        let resume = "POST /api/v1/queues/billing/resume HTTP/1.1\r\nHost: localhost\r\n";
+        assert_eq!(request(port, resume, "").0, 403);
+        let (status, _, body) = request(port, &format!("{resume}X-Qtasks-Csrf: {csrf}\r\n"), "");
+        assert_eq!((status, body.as_str()), (200, r#"{"paused":false,"queue":"billing"}"#));
+        let bad = format!("POST /api/v1/queues/bad%7Cname/pause HTTP/1.1\r\nHost: localhost\r\nX-Qtasks-Csrf: {csrf}\r\n");
+        let (status, _, body) = request(port, &bad, "");
+        assert_eq!(status, 400, "{body}");
+        assert!(body.contains("bad|name"), "{body}");
+        let queues = futures_block(checks.queues().list()).unwrap();
+        assert!(!queues["billing"].paused);
+    })
+    .await
+    .unwrap();
+    // Nothing served billing: the task still waits.
+    assert_eq!(
+        billed.get().await.unwrap().unwrap().status,
+        qtasks::TaskStatus::New
+    );
+}
+
 /// Runs a future to its end from a blocking thread of the test's runtime.
 fn futures_block<F: Future>(future: F) -> F::Output {
     tokio::runtime::Handle::current().block_on(future)
