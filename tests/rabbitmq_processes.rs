@@ -243,3 +243,90 @@ async fn rabbitmq_paused_then_killed_and_restarted_loses_nothing() {
     drop(workers);
     client.flush_all().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs RabbitMQ and Redis (QTASKS_TEST_AMQP_URL, QTASKS_TEST_REDIS_URL)"]
+async fn on_rabbitmq_each_worker_process_takes_only_the_queues_it_serves() {
+    let Some((amqp, redis)) = services("on_rabbitmq_each_worker_process_takes_only_its_queues")
+    else {
+        return;
+    };
+    let prefix = unique_prefix("amqp_queues");
+    let client = app(&amqp, &redis, &prefix, 1).await;
+    let billing = WorkerProcess::spawn(
+        &prefix,
+        30_000,
+        4,
+        &[
+            ("QTASKS_TEST_WORKER_AMQP", &amqp),
+            ("QTASKS_QUEUES", "billing"),
+        ],
+    );
+    let default = WorkerProcess::spawn(
+        &prefix,
+        30_000,
+        4,
+        &[
+            ("QTASKS_TEST_WORKER_AMQP", &amqp),
+            ("QTASKS_QUEUES", "default"),
+        ],
+    );
+    let mut handles = Vec::new();
+    for i in 0..30 {
+        let label = format!("b{i}");
+        let billed = client
+            .add_task_with(
+                "record_run",
+                (&label, 5),
+                (),
+                qtasks::AddOptions::default().queue("billing"),
+            )
+            .await
+            .unwrap();
+        handles.push((label, billed));
+        let label = format!("d{i}");
+        let plain = client
+            .add_task("record_run", (&label, 5), ())
+            .await
+            .unwrap();
+        handles.push((label, plain));
+    }
+    for (label, handle) in &handles {
+        let record = handle.wait(WAIT).await.unwrap();
+        assert_eq!(record.status, TaskStatus::Success, "{label}: {record:?}");
+    }
+    let mut con = raw_connection(&redis).await;
+    let pids: HashMap<String, u32> = con.hgetall(format!("{prefix}:test:pid")).await.unwrap();
+    let runs: HashMap<String, u32> = con.hgetall(format!("{prefix}:test:runs")).await.unwrap();
+    for (label, _) in &handles {
+        let expected = if label.starts_with('b') {
+            billing.0.id()
+        } else {
+            default.0.id()
+        };
+        assert_eq!(pids[label], expected, "{label} ran on the wrong worker");
+        assert_eq!(runs[label], 1, "{label} ran once");
+    }
+    // Paused for every process: the billing worker takes none of its tasks until resumed.
+    client.queues().pause("billing").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await; // the workers read pauses each second
+    let held = client
+        .add_task_with(
+            "record_run",
+            ("held", 0),
+            (),
+            qtasks::AddOptions::default().queue("billing"),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(held.get().await.unwrap().unwrap().status, TaskStatus::New);
+    let queues = client.queues().list().await.unwrap();
+    assert!(
+        queues["billing"].paused && queues["billing"].waiting == 1,
+        "{queues:?}"
+    );
+    client.queues().resume("billing").await.unwrap();
+    assert_eq!(held.wait(WAIT).await.unwrap().status, TaskStatus::Success);
+    client.flush_all().await.unwrap();
+}

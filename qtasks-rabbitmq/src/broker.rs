@@ -11,8 +11,9 @@
 //!   worker that dies in between leaves an unacked message, which RabbitMQ delivers again; the
 //!   record says it has ended, so it is dropped, not run twice.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery as AmqpDelivery;
@@ -26,6 +27,8 @@ use qtasks_core::backend::{
     BackendError, Broker, CancelRequest, CancelState, Delivery, RecordStore, RunInfo, Transition,
     unix_now,
 };
+use qtasks_core::components::GlobalConfig;
+use qtasks_core::queues::{DEFAULT_QUEUE, Take};
 use qtasks_core::records::RecordChange;
 use qtasks_core::stats::{DeadLetter, QueueStats};
 use qtasks_core::{Outcome, QueuedTask, TaskStatus};
@@ -46,6 +49,15 @@ const FINISH_PATIENCE: Duration = Duration::from_secs(60);
 pub(crate) struct RabbitMqBroker {
     link: Arc<Link>,
     storage: Arc<dyn RecordStore>,
+    /// Where the paused queues and the named queues in use are kept for every process (the
+    /// storage's engine: Redis, or memory).
+    global_config: Arc<dyn GlobalConfig>,
+    /// The named queues (and their delay queues) declared by this process.
+    declared: parking_lot::Mutex<HashSet<String>>,
+    /// The paused queues, as last read, and when.
+    paused: parking_lot::Mutex<Option<(Instant, HashSet<String>)>>,
+    /// Woken when this process pauses or resumes a queue (a take looks again at once).
+    pauses_changed: tokio::sync::Notify,
     /// How many unacked messages a worker's consumer holds: its concurrency.
     prefetch: u16,
     consuming: tokio::sync::Mutex<Option<Consuming>>,
@@ -59,27 +71,51 @@ pub(crate) struct RabbitMqBroker {
     _listening: tokio::sync::watch::Sender<()>,
 }
 
-/// What one wait on the consumer brought.
+/// What one wait on the consumers brought: each message with the channel it came on.
 struct Received {
-    messages: Vec<AmqpDelivery>,
-    channel: Channel,
+    messages: Vec<(AmqpDelivery, Channel)>,
     connection: Arc<Connection>,
 }
 
+/// The consumers of the queues a worker serves, one channel each (each with the worker's
+/// prefetch: a queue the worker does not take from now, capped or paused, holds at most that
+/// many messages here and never crowds the others out).
 struct Consuming {
+    queues: Vec<QueueConsumer>,
+    /// The connection the consumers live on (a stream does not always end when the connection
+    /// dies: see `receive`).
+    connection: Arc<Connection>,
+}
+
+struct QueueConsumer {
+    /// The qtasks name of the queue (`default` for the task queue).
+    name: String,
     channel: Channel,
     consumer: Consumer,
-    /// The connection the consumer lives on (its stream does not always end when the
-    /// connection dies: see `receive`).
-    connection: Arc<Connection>,
 }
 
 impl Consuming {
-    /// Whether the consumer's channel and connection are still open.
+    /// Whether every consumer's channel and the connection are still open.
     fn alive(&self) -> bool {
-        self.channel.status().connected() && self.connection.status().connected()
+        self.connection.status().connected()
+            && self
+                .queues
+                .iter()
+                .all(|queue| queue.channel.status().connected())
+    }
+
+    fn serves(&self, name: &str) -> bool {
+        self.queues.iter().any(|queue| queue.name == name)
     }
 }
+
+/// How long the paused queues, once read, are taken as they were.
+const PAUSED_FOR: Duration = Duration::from_secs(1);
+
+/// The global config entries: the paused queues, and the named queues in use (key: the
+/// queue, value `1`; a resumed queue is `0`).
+const PAUSED_ENTRY: &str = "qtasks_paused_queues";
+const QUEUES_ENTRY: &str = "qtasks_queues";
 
 /// How long a consumer waits for a delivery before it looks whether its connection still lives.
 const CONSUMER_CHECK: Duration = Duration::from_secs(1);
@@ -90,6 +126,7 @@ impl RabbitMqBroker {
     pub(crate) async fn connect(
         link: Link,
         storage: Arc<dyn RecordStore>,
+        global_config: Arc<dyn GlobalConfig>,
         prefetch: u16,
     ) -> Result<Self, BackendError> {
         let link = Arc::new(link);
@@ -115,6 +152,10 @@ impl RabbitMqBroker {
         Ok(RabbitMqBroker {
             link,
             storage,
+            global_config,
+            declared: parking_lot::Mutex::default(),
+            paused: parking_lot::Mutex::default(),
+            pauses_changed: tokio::sync::Notify::new(),
             prefetch,
             consuming: tokio::sync::Mutex::default(),
             held,
@@ -171,13 +212,14 @@ impl RabbitMqBroker {
             .with_content_type("application/json".into())
             .with_headers(headers);
         let body = wire::encode(task);
+        let named = task.queue.as_deref();
         match tier {
             None => {
-                let queue = self.names().queue.clone();
+                let queue = self.declare_named(named).await?;
                 self.publish_to(&queue, &body, properties).await
             }
             Some(tier) => {
-                let queue = self.declare_delay(tier).await?;
+                let queue = self.declare_delay(tier, named).await?;
                 self.publish_to(&queue, &body, properties).await
             }
         }
@@ -238,10 +280,32 @@ impl RabbitMqBroker {
         }
     }
 
-    /// Declares the delay queue of `tier`: its messages expire after `tier` into the task
-    /// queue.
-    async fn declare_delay(&self, tier: Duration) -> Result<String, BackendError> {
-        let name = self.names().delay(tier);
+    /// The AMQP queue of a named queue, declared (once per process) and made known to every
+    /// process (for stats and flushes) at its first use here. The default queue is the link's.
+    async fn declare_named(&self, queue: Option<&str>) -> Result<String, BackendError> {
+        let name = self.names().queue_of(queue);
+        let Some(queue) = queue.filter(|queue| *queue != DEFAULT_QUEUE) else {
+            return Ok(name);
+        };
+        if self.declared.lock().contains(&name) {
+            return Ok(name);
+        }
+        let live = self.link.live().await?;
+        self.link.declare_named(&live.publish, &name).await?;
+        self.global_config.set(QUEUES_ENTRY, queue, "1").await?;
+        self.declared.lock().insert(name.clone());
+        Ok(name)
+    }
+
+    /// Declares the delay queue of `tier` for the named queue `queue`: its messages expire
+    /// after `tier` into that queue.
+    async fn declare_delay(
+        &self,
+        tier: Duration,
+        queue: Option<&str>,
+    ) -> Result<String, BackendError> {
+        let target = self.declare_named(queue).await?;
+        let name = self.names().delay_of(tier, queue);
         let live = self.link.live().await?;
         // A delay queue with an expiry must outlive the wait of the messages in it.
         let arguments = self.link.queue_arguments(
@@ -251,7 +315,7 @@ impl RabbitMqBroker {
                 ("x-dead-letter-exchange", AMQPValue::LongString("".into())),
                 (
                     "x-dead-letter-routing-key",
-                    AMQPValue::LongString(self.names().queue.as_str().into()),
+                    AMQPValue::LongString(target.as_str().into()),
                 ),
             ],
         );
@@ -269,8 +333,13 @@ impl RabbitMqBroker {
         Ok(name)
     }
 
-    async fn start_consuming(&self) -> Result<Consuming, BackendError> {
-        let live = self.link.live().await?;
+    /// Consumes the queue `name` (a qtasks name) on a channel of its own, on `live`.
+    async fn start_consumer(
+        &self,
+        live: &crate::link::Live,
+        name: &str,
+    ) -> Result<QueueConsumer, BackendError> {
+        let queue = self.declare_named(Some(name)).await?;
         let consuming = async {
             let channel = live.connection.create_channel().await?;
             channel
@@ -278,69 +347,205 @@ impl RabbitMqBroker {
                 .await?;
             let consumer = channel
                 .basic_consume(
-                    self.names().queue.as_str().into(),
-                    format!("qtasks-{}-{}", std::process::id(), live.generation).into(),
+                    queue.as_str().into(),
+                    format!("qtasks-{}-{}-{name}", std::process::id(), live.generation).into(),
                     BasicConsumeOptions::default(),
                     FieldTable::default(),
                 )
                 .await?;
-            Ok(Consuming {
-                channel,
-                consumer,
-                connection: Arc::clone(&live.connection),
-            })
+            Ok((channel, consumer))
         };
-        step(&format!("consuming `{}`", self.names().queue), consuming).await
+        let (channel, consumer) = step(&format!("consuming `{queue}`"), consuming).await?;
+        Ok(QueueConsumer {
+            name: name.to_owned(),
+            channel,
+            consumer,
+        })
     }
 
-    /// Up to `max` messages: waits for the first, then takes what has arrived already; with the
-    /// channel they came on and its connection.
-    async fn receive(&self, max: usize) -> Result<Received, BackendError> {
+    /// Makes `consuming` hold a consumer for each of `names` and none for `paused` queues
+    /// (their held messages go back to RabbitMQ, for when they are resumed): new consumers on
+    /// the live connection (all of them anew when it changed), closed ones in the background.
+    async fn consume(
+        &self,
+        consuming: &mut Option<Consuming>,
+        names: &[&str],
+        paused: &HashSet<String>,
+    ) -> Result<(), BackendError> {
+        let live = self.link.live().await?;
+        if consuming
+            .as_ref()
+            .is_some_and(|open| !Arc::ptr_eq(&open.connection, &live.connection))
+        {
+            close_channels(consuming.take());
+        }
+        let open = consuming.get_or_insert_with(|| Consuming {
+            queues: Vec::new(),
+            connection: Arc::clone(&live.connection),
+        });
+        let (stopped, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut open.queues)
+            .into_iter()
+            .partition(|queue| paused.contains(&queue.name));
+        open.queues = kept;
+        if !stopped.is_empty() {
+            close_channels(Some(Consuming {
+                queues: stopped,
+                connection: Arc::clone(&live.connection),
+            }));
+        }
+        for name in names {
+            if !paused.contains(*name) && !open.serves(name) {
+                let consumer = self.start_consumer(&live, name).await?;
+                open.queues.push(consumer);
+            }
+        }
+        Ok(())
+    }
+
+    /// The paused queues, read at most once a [`PAUSED_FOR`].
+    async fn paused_now(&self) -> HashSet<String> {
+        if let Some((at, paused)) = &*self.paused.lock()
+            && at.elapsed() < PAUSED_FOR
+        {
+            return paused.clone();
+        }
+        let paused: HashSet<String> = match self.global_config.get_all(PAUSED_ENTRY).await {
+            Ok(entries) => entries
+                .into_iter()
+                .filter(|(_, flag)| flag == "1")
+                .map(|(queue, _)| queue)
+                .collect(),
+            Err(error) => {
+                tracing::warn!("reading the paused queues failed (taken as before): {error}");
+                return self
+                    .paused
+                    .lock()
+                    .as_ref()
+                    .map(|(_, paused)| paused.clone())
+                    .unwrap_or_default();
+            }
+        };
+        *self.paused.lock() = Some((Instant::now(), paused.clone()));
+        paused
+    }
+
+    /// Up to `take.max` messages from the queues `take` lists, in its order (each at most its
+    /// own `max`; paused ones left in their consumers): waits for the first, then takes what
+    /// has arrived already; each with the channel it came on, and their connection.
+    async fn receive(&self, take: &Take<'_>) -> Result<Received, BackendError> {
         let mut consuming = self.consuming.lock().await;
         loop {
-            if consuming.is_none() {
-                *consuming = Some(self.start_consuming().await?);
+            // Consumers for every queue a take asked for that is not paused (a queue left
+            // out of this take, at its cap, keeps its consumer: it is only not read).
+            let paused = self.paused_now().await;
+            let names: Vec<&str> = take.queues.iter().map(|queue| queue.name).collect();
+            let stale = consuming.as_ref().is_none_or(|open| {
+                names
+                    .iter()
+                    .any(|name| !paused.contains(*name) && !open.serves(name))
+                    || open.queues.iter().any(|queue| paused.contains(&queue.name))
+            });
+            if stale {
+                self.consume(&mut consuming, &names, &paused).await?;
             }
+            let changed = self.pauses_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
             let open = consuming.as_mut().expect("set above");
-            // A consumer's stream does not always end when its connection dies (seen in the
-            // fault harness: a worker whose connection was cut waited on it for ever, taking
-            // nothing): while no delivery comes, look at the connection every second.
-            let next = tokio::select! {
-                // A delivery ready wins, and its timer is never armed: no cost on a busy queue.
-                biased;
-                next = open.consumer.next() => next,
-                () = tokio::time::sleep(CONSUMER_CHECK) => {
-                    if !open.alive() {
-                        close_channel(consuming.take());
-                        tracing::warn!(queue = %self.names().queue, "the RabbitMQ consumer's connection is gone; consuming again");
+            // The queues to read, in the take's order.
+            let wanted: Vec<(usize, usize)> = take
+                .queues
+                .iter()
+                .filter(|queue| !paused.contains(queue.name))
+                .filter_map(|queue| {
+                    let at = open.queues.iter().position(|q| q.name == queue.name)?;
+                    Some((at, queue.max))
+                })
+                .collect();
+            let mut received: Vec<(AmqpDelivery, Channel)> = Vec::new();
+            let mut failed = None;
+            // What has arrived already, first queue first.
+            for (at, max) in &wanted {
+                let queue = &mut open.queues[*at];
+                let mut taken = 0;
+                while taken < *max && received.len() < take.max {
+                    match queue.consumer.next().now_or_never() {
+                        Some(Some(Ok(message))) => {
+                            received.push((message, queue.channel.clone()));
+                            taken += 1;
+                        }
+                        Some(Some(Err(error))) => {
+                            failed = Some(error);
+                            break;
+                        }
+                        Some(None) => {
+                            failed = None;
+                            break;
+                        }
+                        None => break,
                     }
-                    continue;
+                }
+            }
+            if !received.is_empty() {
+                return Ok(Received {
+                    messages: received,
+                    connection: Arc::clone(&open.connection),
+                });
+            }
+            if let Some(error) = failed {
+                close_channels(consuming.take());
+                return Err(failure("the consumer stopped", error));
+            }
+            // Nothing yet: wait for the first message of a wanted queue. A consumer's stream
+            // does not always end when its connection dies (seen in the fault harness: a
+            // worker whose connection was cut waited on it for ever, taking nothing): while
+            // no delivery comes, look at the connection every second.
+            let next = if wanted.is_empty() {
+                tokio::select! {
+                    () = &mut changed => {}
+                    () = tokio::time::sleep(CONSUMER_CHECK) => {}
+                }
+                None
+            } else {
+                let waits = open
+                    .queues
+                    .iter_mut()
+                    .enumerate()
+                    .filter(|(at, _)| wanted.iter().any(|(wanted, _)| wanted == at))
+                    .map(|(at, queue)| {
+                        let channel = queue.channel.clone();
+                        Box::pin(async move { (queue.consumer.next().await, channel, at) })
+                    });
+                tokio::select! {
+                    biased;
+                    ((next, channel, at), _, _) = futures_util::future::select_all(waits) => Some((next, channel, at)),
+                    () = &mut changed => None,
+                    () = tokio::time::sleep(CONSUMER_CHECK) => None,
                 }
             };
             match next {
-                Some(Ok(first)) => {
-                    let mut received = vec![first];
-                    while received.len() < max {
-                        match open.consumer.next().now_or_never() {
-                            Some(Some(Ok(next))) => received.push(next),
-                            _ => break,
-                        }
+                None => {
+                    if !open.alive() {
+                        close_channels(consuming.take());
+                        tracing::warn!(queue = %self.names().queue, "a RabbitMQ consumer's connection is gone; consuming again");
                     }
+                }
+                Some((Some(Ok(first)), channel, _)) => {
                     return Ok(Received {
-                        messages: received,
-                        channel: open.channel.clone(),
+                        messages: vec![(first, channel)],
                         connection: Arc::clone(&open.connection),
                     });
                 }
-                Some(Err(error)) => {
-                    close_channel(consuming.take());
+                Some((Some(Err(error)), _, _)) => {
+                    close_channels(consuming.take());
                     return Err(failure("the consumer stopped", error));
                 }
-                None => {
-                    // The consumer ended (its channel closed, or RabbitMQ cancelled it):
+                Some((None, _, at)) => {
+                    // A consumer ended (its channel closed, or RabbitMQ cancelled it):
                     // consume again.
-                    close_channel(consuming.take());
-                    tracing::warn!(queue = %self.names().queue, "the RabbitMQ consumer was cancelled; consuming again");
+                    let name = open.queues[at].name.clone();
+                    close_channels(consuming.take());
+                    tracing::warn!(queue = %name, "the RabbitMQ consumer was cancelled; consuming again");
                 }
             }
         }
@@ -551,6 +756,20 @@ impl RabbitMqBroker {
         }
     }
 
+    /// The named queues in use (registered by the processes that published to them).
+    async fn named_queues(&self) -> Result<Vec<String>, BackendError> {
+        let mut names: Vec<String> = self
+            .global_config
+            .get_all(QUEUES_ENTRY)
+            .await?
+            .into_keys()
+            .filter(|name| qtasks_core::queues::check_queue_name(name).is_ok())
+            .filter(|name| name != DEFAULT_QUEUE)
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
     /// A channel for one look at a queue (a passive declare or a get that fails closes its
     /// channel, and the publishing one must stay open).
     async fn scratch_channel(&self) -> Result<Channel, BackendError> {
@@ -591,13 +810,15 @@ fn still_open((channel, connection): (&Channel, &Arc<Connection>)) -> bool {
     channel.status().connected() && connection.status().connected()
 }
 
-/// Closes a consumer's channel that is done with, in the background: a channel dropped
+/// Closes the consumers' channels that are done with, in the background: a channel dropped
 /// without a close stays open on a live connection, and RabbitMQ would hold the messages it
 /// delivered there (unacked, never to be read) until the connection ends.
-fn close_channel(consuming: Option<Consuming>) {
+fn close_channels(consuming: Option<Consuming>) {
     if let Some(consuming) = consuming {
         tokio::spawn(async move {
-            best_effort(consuming.channel.close(200, "consuming again".into())).await;
+            for queue in consuming.queues {
+                best_effort(queue.channel.close(200, "consuming again".into())).await;
+            }
         });
     }
 }
@@ -639,7 +860,9 @@ impl qtasks_core::backend::Lifecycle for RabbitMqBroker {
     async fn stop(&self) -> Result<(), BackendError> {
         // Messages the consumer holds and no task took return to the queue.
         if let Some(consuming) = self.consuming.lock().await.take() {
-            best_effort(consuming.channel.close(200, "worker stopped".into())).await;
+            for queue in consuming.queues {
+                best_effort(queue.channel.close(200, "worker stopped".into())).await;
+            }
         }
         Ok(())
     }
@@ -686,20 +909,28 @@ impl Broker for RabbitMqBroker {
         Ok(self.next_batch(1).await?.into_iter().next())
     }
 
+    fn supports_queues(&self) -> bool {
+        true
+    }
+
     async fn next_batch(&self, max: usize) -> Result<Vec<Delivery>, BackendError> {
+        self.take(&Take::default_queue(max)).await
+    }
+
+    async fn take(&self, take: &Take<'_>) -> Result<Vec<Delivery>, BackendError> {
         loop {
             let mut deliveries = Vec::new();
             let mut failed = None;
-            let received = self.receive(max.max(1)).await?;
-            let on = (&received.channel, &received.connection);
+            let received = self.receive(take).await?;
+            let connection = &received.connection;
             // The storage writes of a batch go out together (one round trip, pipelined).
-            let accepted = futures_util::future::join_all(
-                received
-                    .messages
-                    .into_iter()
-                    .map(|message| self.accept(message, on)),
-            )
-            .await;
+            let accepted =
+                futures_util::future::join_all(received.messages.into_iter().map(
+                    |(message, channel)| async move {
+                        self.accept(message, (&channel, connection)).await
+                    },
+                ))
+                .await;
             for outcome in accepted {
                 match outcome {
                     Ok(Some(delivery)) => deliveries.push(delivery),
@@ -897,6 +1128,29 @@ impl Broker for RabbitMqBroker {
         failed.map(|_| ())
     }
 
+    async fn pause_queue(&self, queue: &str, paused: bool) -> Result<(), BackendError> {
+        self.global_config
+            .set(PAUSED_ENTRY, queue, if paused { "1" } else { "0" })
+            .await?;
+        // This process sees it at once; the others within a second.
+        *self.paused.lock() = None;
+        self.pauses_changed.notify_waiters();
+        Ok(())
+    }
+
+    async fn paused_queues(&self) -> Result<Vec<String>, BackendError> {
+        let mut paused: Vec<String> = self
+            .global_config
+            .get_all(PAUSED_ENTRY)
+            .await?
+            .into_iter()
+            .filter(|(_, flag)| flag == "1")
+            .map(|(queue, _)| queue)
+            .collect();
+        paused.sort();
+        Ok(paused)
+    }
+
     async fn release(&self, delivery: &Delivery) -> Result<(), BackendError> {
         let uuid = delivery.task.uuid;
         let Ok(acker) = self.take_acker(delivery) else {
@@ -921,6 +1175,26 @@ impl Broker for RabbitMqBroker {
                 .queue_purge(queue.as_str().into(), QueuePurgeOptions::default())
                 .await
                 .map_err(|e| failure(format!("purging `{queue}` failed"), e))?;
+        }
+        // The named queues in use (a passive look each: one that expired is skipped).
+        for named in self.named_queues().await? {
+            let queue = self.names().queue_of(Some(&named));
+            let channel = self.scratch_channel().await?;
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            };
+            if channel
+                .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+                .await
+                .is_ok()
+            {
+                channel
+                    .queue_purge(queue.as_str().into(), QueuePurgeOptions::default())
+                    .await
+                    .map_err(|e| failure(format!("purging `{queue}` failed"), e))?;
+                best_effort(channel.close(200, "purged".into())).await;
+            }
         }
         // The delay queues that exist: a passive declare of a missing one closes its
         // channel, so each look gets a channel of its own.
@@ -1031,6 +1305,32 @@ impl Broker for RabbitMqBroker {
             .map_err(|e| failure("reading the dead letters' count failed", e))?;
         stats.dead_letters = u64::from(dead.message_count());
         best_effort(channel.close(200, "read".into())).await;
+        // Each queue's ready messages (a cancelled task's message counts until a take drops
+        // it).
+        let paused = self.paused_queues().await?;
+        let mut names = vec![DEFAULT_QUEUE.to_owned()];
+        names.extend(self.named_queues().await?);
+        for name in names {
+            let queue = self.names().queue_of(Some(&name));
+            let channel = self.scratch_channel().await?;
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            };
+            let mut numbers = qtasks_core::stats::QueueNumbers::default();
+            if let Ok(declared) = channel
+                .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+                .await
+            {
+                numbers.waiting = u64::from(declared.message_count());
+                best_effort(channel.close(200, "read".into())).await;
+            }
+            numbers.paused = paused.contains(&name);
+            stats.queues.insert(name, numbers);
+        }
+        for name in paused {
+            stats.queues.entry(name).or_default().paused = true;
+        }
         Ok(Some(stats))
     }
 
@@ -1084,7 +1384,10 @@ impl Broker for RabbitMqBroker {
                     }
                 }
                 if requeue {
-                    let queue = self.names().queue.clone();
+                    let named = wire::decode(&got.delivery.data)
+                        .ok()
+                        .and_then(|task| task.queue);
+                    let queue = self.declare_named(named.as_deref()).await?;
                     let properties = BasicProperties::default().with_delivery_mode(2);
                     self.publish_to(&queue, &got.delivery.data, properties)
                         .await?;

@@ -218,7 +218,13 @@ impl Connector for RabbitMq {
             .options
             .prefetch
             .unwrap_or_else(|| config.max_tasks_process.clamp(1, usize::from(u16::MAX)) as u16);
-        let broker = RabbitMqBroker::connect(link, Arc::clone(&storage), prefetch).await?;
+        let broker = RabbitMqBroker::connect(
+            link,
+            Arc::clone(&storage),
+            Arc::clone(&global_config),
+            prefetch,
+        )
+        .await?;
         Ok(BackendParts::new(
             Arc::new(broker),
             storage as _,

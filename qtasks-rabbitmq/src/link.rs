@@ -196,6 +196,29 @@ impl Link {
         arguments
     }
 
+    /// A named queue: durable, with priorities, as the task queue.
+    pub(crate) async fn declare_named(
+        &self,
+        channel: &Channel,
+        name: &str,
+    ) -> Result<(), BackendError> {
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        let max_priority = [("x-max-priority", AMQPValue::LongInt(MAX_PRIORITY.into()))];
+        let arguments = if self.priorities {
+            self.queue_arguments(Duration::ZERO, &max_priority)
+        } else {
+            self.queue_arguments(Duration::ZERO, &[])
+        };
+        channel
+            .queue_declare(name.into(), durable, arguments)
+            .await
+            .map_err(|e| failure(format!("declaring the queue `{name}` failed"), e))?;
+        Ok(())
+    }
+
     /// The task queue (durable, with priorities) and the dead-letter queue.
     async fn declare_queues(&self, channel: &Channel) -> Result<(), BackendError> {
         let durable = QueueDeclareOptions {

@@ -39,6 +39,22 @@ impl Names {
     pub(crate) fn delay(&self, tier: Duration) -> String {
         format!("{}:qtasks:delay:{}", self.prefix, tier.as_millis())
     }
+
+    /// The AMQP queue of a named queue (`None`, or `default`: the original's task queue).
+    pub(crate) fn queue_of(&self, queue: Option<&str>) -> String {
+        match queue {
+            None | Some(qtasks_core::queues::DEFAULT_QUEUE) => self.queue.clone(),
+            Some(name) => format!("{}:qtasks:q:{name}", self.prefix),
+        }
+    }
+
+    /// The delay queue of `tier` whose messages return to the named queue `queue`.
+    pub(crate) fn delay_of(&self, tier: Duration, queue: Option<&str>) -> String {
+        match queue {
+            None | Some(qtasks_core::queues::DEFAULT_QUEUE) => self.delay(tier),
+            Some(name) => format!("{}:{name}", self.delay(tier)),
+        }
+    }
 }
 
 /// The AMQP priority of a qtasks priority: lower qtasks numbers run first, higher AMQP
