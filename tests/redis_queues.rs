@@ -276,3 +276,32 @@ async fn an_unknown_task_is_set_aside_and_a_requeue_runs_it() {
     assert_eq!(ran(&url, &prefix).await.0["late"], new.pid());
     old.flush_all().await.unwrap();
 }
+
+#[tokio::test]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
+async fn a_cancel_takes_a_named_queues_delayed_task_out_at_once() {
+    let Some(url) = redis_url("a_cancel_takes_a_named_queues_delayed_task_out_at_once") else {
+        return;
+    };
+    let prefix = unique_prefix("queue-cancel");
+    let client = redis_app(&url, &prefix, RedisOptions::default(), 1).await;
+    let later = client
+        .add_task_with(
+            "record_run",
+            ("later", 0),
+            (),
+            in_queue("reports").delay(Duration::from_secs(3600)),
+        )
+        .await
+        .unwrap();
+    let mut con = raw_connection(&url).await;
+    let delayed = format!("{prefix}:qtasks:q:reports:delayed");
+    let waiting: i64 = con.zcard(&delayed).await.unwrap();
+    assert_eq!(waiting, 1);
+    assert!(later.cancel("not needed").await.unwrap());
+    let left: i64 = con.zcard(&delayed).await.unwrap();
+    assert_eq!(left, 0, "the delayed entry went with the cancel");
+    let stats = client.stats().await.unwrap().queue.unwrap();
+    assert_eq!(stats.queues["reports"].delayed, 0, "{stats:?}");
+    client.flush_all().await.unwrap();
+}

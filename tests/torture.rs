@@ -25,6 +25,9 @@
 //! aborting its process, delayed, cancelled while it waits and while it runs, streams, added
 //! twice under one uuid, chords (members and callback), a schedule's slots, poison entries
 //! (and on Redis poison records). One run in four has a single worker, the others three.
+//! Every worker serves two queues, `default` and a named one (weighted 2 to 1), and about a
+//! third of the tasks go to the named one, so leases and hand-backs cross queues under the
+//! faults too.
 //!
 //! Invariants: every added task reaches a final status, the right one for its kind; no
 //! attempt has two recorded outcomes; two runs of one attempt overlap only when a fault hit a
@@ -32,7 +35,7 @@
 //! task means it never ran, of a running one that it ended `cancel`; waiters return the stored
 //! record; every live worker takes tasks to the end; every slot of the schedule adds its task
 //! once and it runs; a chord's callback runs once with its members' results; the engine's keys
-//! come back to empty.
+//! (both queues') come back to empty.
 
 #![cfg(unix)]
 
@@ -226,6 +229,7 @@ async fn run_in_memory(seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed);
     let app = QueueTasks::with_config(QueueConfig {
         max_tasks_process: CONCURRENCY,
+        queues: SERVED_QUEUES.parse().expect("a queue list"),
         ..Default::default()
     });
     app.start().await.unwrap();
@@ -267,6 +271,7 @@ async fn run_in_memory(seed: u64) {
                 Kind::FailsWithRetries => ("memory_fail", Vec::new(), AddOptions::default()),
                 _ => ("memory_panic", Vec::new(), AddOptions::default()),
             };
+            let options = in_some_queue(options, &mut rng);
             let uuid = app
                 .add_task_with(name, args, (), options)
                 .await
@@ -455,6 +460,7 @@ impl Run {
             ("QTASKS_TEST_SPAN_LOG", &span_log),
             ("QTASKS_MAX_DELIVERIES", &max_deliveries),
             ("QTASKS_STOP_TIMEOUT", "5"),
+            ("QTASKS_QUEUES", SERVED_QUEUES),
             // Warnings too: a lost lease is one, and explains an overlap. More with
             // `QTASKS_TORTURE_LOG` (a `RUST_LOG` filter) when a seed needs explaining.
             ("RUST_LOG", &log_filter),
@@ -946,15 +952,20 @@ async fn run(engine: Engine, seed: u64) {
     // The engine's working keys come back to empty (Redis keeps the queue).
     if engine == Engine::Redis {
         let mut con = raw_connection(&run.url).await;
+        let named = |key: &str| format!("qtasks:q:{NAMED_QUEUE}:{key}");
         for (key, kind) in [
-            ("task_queue", "list"),
-            ("qtasks:incoming", "list"),
-            ("qtasks:ready", "zset"),
-            ("qtasks:leases", "zset"),
-            ("qtasks:delayed", "zset"),
-            ("qtasks:recovered", "set"),
-            ("qtasks:cancel_requests", "hash"),
-            ("qtasks:gone", "set"),
+            ("task_queue".to_owned(), "list"),
+            ("qtasks:incoming".to_owned(), "list"),
+            ("qtasks:ready".to_owned(), "zset"),
+            ("qtasks:leases".to_owned(), "zset"),
+            ("qtasks:delayed".to_owned(), "zset"),
+            ("qtasks:recovered".to_owned(), "set"),
+            ("qtasks:cancel_requests".to_owned(), "hash"),
+            ("qtasks:gone".to_owned(), "set"),
+            (named("list"), "list"),
+            (named("incoming"), "list"),
+            (named("ready"), "zset"),
+            (named("delayed"), "zset"),
         ] {
             let key = format!("{}:{key}", run.prefix);
             let left: i64 = match kind {
@@ -1026,6 +1037,21 @@ fn pick_kind(rng: &mut StdRng, engine: Engine, added: &[Added]) -> Kind {
     }
 }
 
+/// The queues every worker of a run serves: the default one, and a named one.
+const SERVED_QUEUES: &str = "default:2,torture_b:1";
+
+/// The named queue about a third of a run's tasks go to.
+const NAMED_QUEUE: &str = "torture_b";
+
+/// `options` in the named queue, one time in three.
+fn in_some_queue(options: AddOptions, rng: &mut StdRng) -> AddOptions {
+    if rng.random_bool(1.0 / 3.0) {
+        options.queue(NAMED_QUEUE)
+    } else {
+        options
+    }
+}
+
 /// Adds a task of `kind` (a chord: its members and its callback); the second add of a task
 /// added twice is spawned into `second_adds`.
 async fn add(
@@ -1087,6 +1113,7 @@ async fn add(
             return vec![add_poison(run, kind, rng).await];
         }
     };
+    let options = in_some_queue(options, rng);
     let args = args.as_array().cloned().unwrap_or_default();
     let handle = through_faults("adding a task", || {
         app.add_task_with(name, args.clone(), (), options.clone())

@@ -1065,6 +1065,19 @@ async fn a_paused_queue_waits_for_its_resume(c: &Context<'_>) -> Result<(), Stri
         return Ok(());
     }
     said(app.start().await, "starting")?;
+    // A task of the queue running when it is paused runs on, once.
+    let label = c.label("paused-running");
+    let running = said(
+        gated::call(label.clone())
+            .queue("conformance_paused")
+            .add(&app)
+            .await,
+        "adding",
+    )?;
+    eventually("the task starts", || async {
+        Ok(status_of(&app, running.uuid()).await? == Some(TaskStatus::Process))
+    })
+    .await?;
     said(app.queues().pause("conformance_paused").await, "pausing")?;
     let held = said(
         echo::call(json!("held"))
@@ -1090,10 +1103,23 @@ async fn a_paused_queue_waits_for_its_resume(c: &Context<'_>) -> Result<(), Stri
             .is_some_and(|numbers| numbers.paused && numbers.waiting == 1),
         "the queue's numbers: {queues:?}"
     );
+    gate(&label).add_permits(1);
+    let record = wait_for(&app, &running).await?;
+    ensure!(
+        record.status == TaskStatus::Success,
+        "the task running at the pause ended {}: {:?}",
+        record.status,
+        record.traceback
+    );
     said(app.queues().resume("conformance_paused").await, "resuming")?;
     ensure!(
         wait_for(&app, &held).await?.status == TaskStatus::Success,
         "the resumed queue's task did not run"
+    );
+    let started = runs(&format!("{label}:started")).load(Ordering::SeqCst);
+    ensure!(
+        started == 1,
+        "the task running at the pause started {started} times"
     );
     Ok(())
 }

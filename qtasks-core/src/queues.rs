@@ -342,6 +342,10 @@ pub struct Take<'a> {
     pub queues: Vec<QueueTake<'a>>,
     /// At most this many tasks in all.
     pub max: usize,
+    /// How long the broker may wait for a task before it answers with none (the worker then
+    /// plans its take again: a queue left out at its cap may have room by then). `None`: wait
+    /// until a task comes.
+    pub patience: Option<std::time::Duration>,
 }
 
 impl<'a> Take<'a> {
@@ -353,6 +357,7 @@ impl<'a> Take<'a> {
                 max,
             }],
             max,
+            patience: None,
         }
     }
 
@@ -364,6 +369,7 @@ impl<'a> Take<'a> {
                 .map(|name| QueueTake { name, max })
                 .collect(),
             max,
+            patience: None,
         }
     }
 
@@ -372,6 +378,9 @@ impl<'a> Take<'a> {
         matches!(self.queues.as_slice(), [only] if only.name == DEFAULT_QUEUE)
     }
 }
+
+/// How long a take waits while a queue it left out is at its cap: then it is planned again.
+const CAPPED_PATIENCE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// A worker's side of its queues: the order of each take (smooth weighted round robin, or
 /// strict) and the running count of each capped queue.
@@ -436,18 +445,24 @@ impl QueuePlan {
             order.retain(|i| *i != first);
             order.insert(0, first);
         }
+        let mut left_out = false;
         let queues = order
             .into_iter()
             .filter_map(|i| {
                 let running = self.running[i].load(Ordering::Acquire);
                 let room = self.caps[i].saturating_sub(running).min(max);
+                left_out |= room == 0;
                 (room > 0).then(|| QueueTake {
                     name: self.names[i].as_str(),
                     max: room,
                 })
             })
             .collect();
-        Take { queues, max }
+        Take {
+            queues,
+            max,
+            patience: left_out.then_some(CAPPED_PATIENCE),
+        }
     }
 
     /// Counts a task of `queue` as running (for capped queues).
@@ -457,10 +472,13 @@ impl QueuePlan {
         }
     }
 
-    /// Counts a task of `queue` out, and wakes a worker waiting for room.
+    /// Counts a task of `queue` out, and wakes a worker waiting for room. (Never below zero:
+    /// a delivery executed that this plan did not count, one a custom worker built, must not
+    /// stall the queue.)
     pub(crate) fn ended(&self, queue: &str) {
         if let Some(i) = self.capped_index(queue) {
-            self.running[i].fetch_sub(1, Ordering::AcqRel);
+            let _ = self.running[i]
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
             self.freed.notify_waiters();
         }
     }

@@ -90,8 +90,11 @@ struct Consuming {
 struct QueueConsumer {
     /// The qtasks name of the queue (`default` for the task queue).
     name: String,
+    /// Its channel: kept while the queue is paused, since the deliveries running from it are
+    /// acked there.
     channel: Channel,
-    consumer: Consumer,
+    /// `None` while the queue is paused (cancelled, so RabbitMQ sends no more).
+    consumer: Option<Consumer>,
 }
 
 impl Consuming {
@@ -359,13 +362,59 @@ impl RabbitMqBroker {
         Ok(QueueConsumer {
             name: name.to_owned(),
             channel,
-            consumer,
+            consumer: Some(consumer),
         })
     }
 
+    /// Consumes the queue of `queue` again on its channel, after a pause.
+    async fn resume_consumer(
+        &self,
+        live: &crate::link::Live,
+        queue: &mut QueueConsumer,
+    ) -> Result<(), BackendError> {
+        if !queue.channel.status().connected() {
+            *queue = self.start_consumer(live, &queue.name).await?;
+            return Ok(());
+        }
+        let name = self.names().queue_of(Some(&queue.name));
+        let consuming = queue.channel.basic_consume(
+            name.as_str().into(),
+            format!(
+                "qtasks-{}-{}-{}-{}",
+                std::process::id(),
+                live.generation,
+                queue.name,
+                self.receipts.fetch_add(1, Ordering::Relaxed)
+            )
+            .into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        );
+        queue.consumer = Some(step(&format!("consuming `{name}` again"), consuming).await?);
+        Ok(())
+    }
+
+    /// Stops consuming a paused queue: RabbitMQ sends no more of it, and the messages it sent
+    /// that no take read go back to it. Its channel stays open: runs started from it still
+    /// ack there.
+    async fn pause_consumer(queue: &mut QueueConsumer) {
+        let Some(mut consumer) = queue.consumer.take() else {
+            return;
+        };
+        let options = lapin::options::BasicCancelOptions::default();
+        let _ = step(
+            &format!("cancelling the consumer of `{}`", queue.name),
+            queue.channel.basic_cancel(consumer.tag(), options),
+        )
+        .await;
+        while let Some(Some(Ok(message))) = consumer.next().now_or_never() {
+            nack(&message.acker).await;
+        }
+    }
+
     /// Makes `consuming` hold a consumer for each of `names` and none for `paused` queues
-    /// (their held messages go back to RabbitMQ, for when they are resumed): new consumers on
-    /// the live connection (all of them anew when it changed), closed ones in the background.
+    /// (their unread messages go back to RabbitMQ, for when they are resumed): new consumers
+    /// on the live connection (all of them anew when it changed).
     async fn consume(
         &self,
         consuming: &mut Option<Consuming>,
@@ -383,15 +432,12 @@ impl RabbitMqBroker {
             queues: Vec::new(),
             connection: Arc::clone(&live.connection),
         });
-        let (stopped, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut open.queues)
-            .into_iter()
-            .partition(|queue| paused.contains(&queue.name));
-        open.queues = kept;
-        if !stopped.is_empty() {
-            close_channels(Some(Consuming {
-                queues: stopped,
-                connection: Arc::clone(&live.connection),
-            }));
+        for queue in &mut open.queues {
+            if paused.contains(&queue.name) {
+                Self::pause_consumer(queue).await;
+            } else if queue.consumer.is_none() {
+                self.resume_consumer(&live, queue).await?;
+            }
         }
         for name in names {
             if !paused.contains(*name) && !open.serves(name) {
@@ -433,6 +479,9 @@ impl RabbitMqBroker {
     /// own `max`; paused ones left in their consumers): waits for the first, then takes what
     /// has arrived already; each with the channel it came on, and their connection.
     async fn receive(&self, take: &Take<'_>) -> Result<Received, BackendError> {
+        let give_up = take
+            .patience
+            .and_then(|patience| tokio::time::Instant::now().checked_add(patience));
         let mut consuming = self.consuming.lock().await;
         loop {
             // Consumers for every queue a take asked for that is not paused (a queue left
@@ -443,7 +492,10 @@ impl RabbitMqBroker {
                 names
                     .iter()
                     .any(|name| !paused.contains(*name) && !open.serves(name))
-                    || open.queues.iter().any(|queue| paused.contains(&queue.name))
+                    || open
+                        .queues
+                        .iter()
+                        .any(|queue| paused.contains(&queue.name) == queue.consumer.is_some())
             });
             if stale {
                 self.consume(&mut consuming, &names, &paused).await?;
@@ -458,7 +510,10 @@ impl RabbitMqBroker {
                 .iter()
                 .filter(|queue| !paused.contains(queue.name))
                 .filter_map(|queue| {
-                    let at = open.queues.iter().position(|q| q.name == queue.name)?;
+                    let at = open
+                        .queues
+                        .iter()
+                        .position(|q| q.name == queue.name && q.consumer.is_some())?;
                     Some((at, queue.max))
                 })
                 .collect();
@@ -467,9 +522,12 @@ impl RabbitMqBroker {
             // What has arrived already, first queue first.
             for (at, max) in &wanted {
                 let queue = &mut open.queues[*at];
+                let Some(consumer) = queue.consumer.as_mut() else {
+                    continue;
+                };
                 let mut taken = 0;
                 while taken < *max && received.len() < take.max {
-                    match queue.consumer.next().now_or_never() {
+                    match consumer.next().now_or_never() {
                         Some(Some(Ok(message))) => {
                             received.push((message, queue.channel.clone()));
                             taken += 1;
@@ -496,6 +554,20 @@ impl RabbitMqBroker {
                 close_channels(consuming.take());
                 return Err(failure("the consumer stopped", error));
             }
+            // Its patience ran out: none (the worker plans its take again).
+            let check = match give_up {
+                Some(at) => {
+                    let now = tokio::time::Instant::now();
+                    if now >= at {
+                        return Ok(Received {
+                            messages: Vec::new(),
+                            connection: Arc::clone(&open.connection),
+                        });
+                    }
+                    CONSUMER_CHECK.min(at - now)
+                }
+                None => CONSUMER_CHECK,
+            };
             // Nothing yet: wait for the first message of a wanted queue. A consumer's stream
             // does not always end when its connection dies (seen in the fault harness: a
             // worker whose connection was cut waited on it for ever, taking nothing): while
@@ -503,7 +575,7 @@ impl RabbitMqBroker {
             let next = if wanted.is_empty() {
                 tokio::select! {
                     () = &mut changed => {}
-                    () = tokio::time::sleep(CONSUMER_CHECK) => {}
+                    () = tokio::time::sleep(check) => {}
                 }
                 None
             } else {
@@ -512,15 +584,18 @@ impl RabbitMqBroker {
                     .iter_mut()
                     .enumerate()
                     .filter(|(at, _)| wanted.iter().any(|(wanted, _)| wanted == at))
-                    .map(|(at, queue)| {
+                    .filter_map(|(at, queue)| {
                         let channel = queue.channel.clone();
-                        Box::pin(async move { (queue.consumer.next().await, channel, at) })
+                        let consumer = queue.consumer.as_mut()?;
+                        Some(Box::pin(
+                            async move { (consumer.next().await, channel, at) },
+                        ))
                     });
                 tokio::select! {
                     biased;
                     ((next, channel, at), _, _) = futures_util::future::select_all(waits) => Some((next, channel, at)),
                     () = &mut changed => None,
-                    () = tokio::time::sleep(CONSUMER_CHECK) => None,
+                    () = tokio::time::sleep(check) => None,
                 }
             };
             match next {
@@ -922,6 +997,9 @@ impl Broker for RabbitMqBroker {
             let mut deliveries = Vec::new();
             let mut failed = None;
             let received = self.receive(take).await?;
+            if received.messages.is_empty() {
+                return Ok(Vec::new());
+            }
             let connection = &received.connection;
             // The storage writes of a batch go out together (one round trip, pipelined).
             let accepted =
@@ -1078,7 +1156,9 @@ impl Broker for RabbitMqBroker {
         let mut task = delivery.task.clone();
         task.hand_backs = hand_backs;
         task.run_at = None;
-        if let Err(error) = self.publish_counted(&task, 0, delay).await {
+        // The deliveries that died with a worker stay counted in the copy.
+        let ended = delivery.deliveries.saturating_sub(1);
+        if let Err(error) = self.publish_counted(&task, ended, delay).await {
             if let Some(acker) = &acker {
                 nack(acker).await;
             }

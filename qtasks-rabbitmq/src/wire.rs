@@ -88,6 +88,14 @@ pub(crate) fn decode(body: &[u8]) -> Result<QueuedTask, String> {
             shown()
         ));
     }
+    if let Some(queue) = &task.queue
+        && let Err(reason) = qtasks_core::queues::check_queue_name(queue)
+    {
+        return Err(format!(
+            "the message's queue is not one: {reason}: {:?}",
+            shown()
+        ));
+    }
     if let Some(run_at) = task.run_at.filter(|at| !is_time(*at)) {
         return Err(format!(
             "the message's `run_at` ({run_at}) is not a time: {:?}",

@@ -161,6 +161,17 @@ fn entry_uuid(entry: &str) -> Option<Uuid> {
         .and_then(|uuid| Uuid::parse_str(uuid).ok())
 }
 
+/// The named queue a lease member (a token, then `{seq}@{queue}|entry`) was taken from.
+fn leased_queue(leased: &[u8]) -> Option<String> {
+    let member = leased.get(TOKEN_LEN..)?;
+    let bar = member.iter().position(|b| *b == b'|')?;
+    let head = std::str::from_utf8(&member[..bar]).ok()?;
+    let (_, queue) = head.split_once('@')?;
+    qtasks_core::queues::check_queue_name(queue)
+        .is_ok()
+        .then(|| queue.to_owned())
+}
+
 /// The uuid in a lease member (`{seq}|name:uuid:priority`), if it has one.
 fn member_uuid(member: &str) -> Option<Uuid> {
     parse_entry(entry_of(member)).ok().map(|(_, uuid, _)| uuid)
@@ -421,7 +432,11 @@ impl RedisBroker {
         reason: &str,
     ) -> Result<(), BackendError> {
         tracing::error!(app = %self.keys.prefix, "moving a queue entry that cannot run to the dead letters: {reason}");
-        let dead = serde_json::json!({ "entry": entry, "reason": reason, "at": unix_now() });
+        let mut dead = serde_json::json!({ "entry": entry, "reason": reason, "at": unix_now() });
+        // Requeued, it goes back to the queue it was taken from.
+        if let Some(queue) = leased_queue(leased) {
+            dead["queue"] = serde_json::Value::String(queue);
+        }
         self.set_aside(leased, &dead.to_string(), names, reason)
             .await
     }
@@ -491,10 +506,10 @@ impl RedisBroker {
             keys.stats.into_owned(),
             queue_entry(task),
         );
-        let announce = task
-            .queue
-            .as_ref()
-            .map(|name| (self.keys.added_channel.clone(), name.clone()));
+        let announce = Some((
+            self.keys.added_channel.clone(),
+            task.queue_name().to_owned(),
+        ));
         let mut con = self.commands.clone();
         tokio::spawn(async move {
             tokio::time::sleep(
@@ -516,19 +531,12 @@ impl RedisBroker {
         });
     }
 
-    /// The add batcher of a named queue, made at its first add, when the queue also joins
-    /// the app's known queues (for stats and flushes).
+    /// The add batcher of a named queue, made at its first add.
     async fn named_batcher(&self, queue: &str) -> Result<Arc<Batcher>, BackendError> {
         if let Some(batcher) = self.named_adds.lock().get(queue) {
             return Ok(Arc::clone(batcher));
         }
-        let mut con = self.commands.clone();
-        redis::cmd("SADD")
-            .arg(&self.keys.queues)
-            .arg(queue)
-            .exec_async(&mut con)
-            .await
-            .map_err(|e| failure(format!("registering queue `{queue}` failed"), e))?;
+        // (The add script enters the queue among the app's known queues at each add.)
         let batcher = Arc::new(add_batcher(&self.keys, Some(queue), self.commands.clone()));
         Ok(Arc::clone(
             self.named_adds
@@ -550,6 +558,23 @@ impl RedisBroker {
         queues.retain(|queue| qtasks_core::queues::check_queue_name(queue).is_ok());
         queues.sort();
         Ok(queues)
+    }
+
+    /// Tells idle workers that serve named queues that `queue` has a new entry (best effort:
+    /// they look anyway every idle wait).
+    fn announce(&self, queue: &str) {
+        let (mut con, channel, queue) = (
+            self.commands.clone(),
+            self.keys.added_channel.clone(),
+            queue.to_owned(),
+        );
+        tokio::spawn(async move {
+            let _: redis::RedisResult<()> = redis::cmd("PUBLISH")
+                .arg(channel)
+                .arg(queue)
+                .exec_async(&mut con)
+                .await;
+        });
     }
 
     fn hold(&self, receipt: &str) {
@@ -648,10 +673,6 @@ impl RedisBroker {
 /// channel that announces its entries.
 fn add_batcher(keys: &Keys, queue: Option<&str>, commands: ConnectionManager) -> Batcher {
     let queue_keys = keys.queue_keys(queue);
-    let (channel, name) = match queue {
-        Some(name) if name != DEFAULT_QUEUE => (keys.added_channel.as_str(), name),
-        _ => ("", ""),
-    };
     Batcher::new(
         scripts::ADD,
         commands,
@@ -659,11 +680,16 @@ fn add_batcher(keys: &Keys, queue: Option<&str>, commands: ConnectionManager) ->
             queue_keys.stats.into_owned(),
             queue_keys.list.into_owned(),
             queue_keys.delayed.into_owned(),
+            keys.queues.clone(),
         ]
         .into_iter()
         .chain(keys.records_index.iter().cloned())
         .collect(),
-        ScriptPart::with_args(&(u8::from(keys.records_index.is_some()), channel, name)),
+        ScriptPart::with_args(&(
+            u8::from(keys.records_index.is_some()),
+            &keys.added_channel,
+            queue.unwrap_or(DEFAULT_QUEUE),
+        )),
         ADD_BATCH,
     )
 }
@@ -953,6 +979,9 @@ impl Broker for RedisBroker {
     }
 
     async fn take(&self, take: &Take<'_>) -> Result<Vec<Delivery>, BackendError> {
+        let give_up = take
+            .patience
+            .and_then(|patience| tokio::time::Instant::now().checked_add(patience));
         loop {
             // Registered before the take looks, so an entry announced meanwhile wakes the wait.
             let announced = self.added.notified();
@@ -1080,22 +1109,21 @@ impl Broker for RedisBroker {
                 );
                 wait = wait.min(until_due).max(Duration::from_millis(10));
             }
-            if !take.is_default_only() {
-                // Named queues announce their entries; the default queue's list is watched
-                // too when it is served (Python clients push there unannounced).
-                let serves_default = take.queues.iter().any(|q| q.name == DEFAULT_QUEUE);
-                if serves_default {
-                    tokio::select! {
-                        () = &mut announced => {}
-                        waited = self.wait_for_default(wait) => {
-                            waited?;
-                        }
-                    }
-                } else {
-                    tokio::select! {
-                        () = &mut announced => {}
-                        () = tokio::time::sleep(wait) => {}
-                    }
+            if let Some(give_up) = give_up {
+                let now = tokio::time::Instant::now();
+                if now >= give_up {
+                    return Ok(Vec::new());
+                }
+                wait = wait.min(give_up - now);
+            }
+            if !take.is_default_only() || give_up.is_some() {
+                // Every add announces its queue: a worker of several queues waits on that.
+                // (Not on the default list too: a blocking pop cut short by an announcement
+                // would stay blocked on the server, and take the next entry out of sight.)
+                // Python clients' entries, unannounced, are met at the next look.
+                tokio::select! {
+                    () = &mut announced => {}
+                    () = tokio::time::sleep(wait) => {}
                 }
                 continue;
             }
@@ -1194,9 +1222,19 @@ impl Broker for RedisBroker {
         let reason = reason.to_owned();
         let ttl_ms = result_ttl_ms(&self.options);
         let mut con = self.commands.clone();
+        // The task's queue, for its delayed entries (a record's queue never changes).
+        let queue: Option<String> = redis::cmd("HGET")
+            .arg(self.keys.record(uuid))
+            .arg("queue")
+            .query_async(&mut con)
+            .await
+            .ok()
+            .flatten()
+            .filter(|queue: &String| qtasks_core::queues::check_queue_name(queue).is_ok());
+        let delayed = self.keys.queue_keys(queue.as_deref()).delayed;
         let found: String = Script::new(scripts::CANCEL)
             .key(self.keys.record(uuid))
-            .key(&self.keys.delayed)
+            .key(&*delayed)
             .key(&self.keys.stats)
             .key(&self.keys.cancel_requests)
             .arg(&reason)
@@ -1305,14 +1343,19 @@ impl RedisBroker {
         let result = match written {
             Ok(Written::Stored | Written::Replayed) => {
                 if let Outcome::Retry { child, .. } = &outcome {
-                    if child.queue.is_some() && child.run_at.is_none() {
+                    if child.queue.is_some() {
                         // A named queue's next attempt went through its `delayed` (due in
-                        // 1 ms): moved on, and announced, at once.
+                        // 1 ms at the soonest): moved on, and announced, when due.
                         let mut due = (**child).clone();
-                        due.run_at = Some(unix_now() + 0.002);
+                        let soonest = unix_now() + 0.002;
+                        due.run_at = Some(child.run_at.map_or(soonest, |at| at.max(soonest)));
                         self.release_when_due(&due);
-                    } else {
+                    } else if child.run_at.is_some() {
                         self.release_when_due(child);
+                    } else {
+                        // Pushed to `task_queue` by the script: workers that serve named
+                        // queues too wait on the announcements, not on the list.
+                        self.announce(DEFAULT_QUEUE);
                     }
                 }
                 Ok(())

@@ -689,10 +689,11 @@ return 0
 /// written with one `ZADD`, per batch. The queues' key types are checked first, so a batch
 /// either queues every new task or writes nothing.
 ///
-/// KEYS: stats, the queue's list (`task_queue` for the default queue), `delayed`, the records'
-/// index (when it is kept), then one record per task. ARGV: `1` when the index is kept (else
-/// `0`), the channel that announces a named queue's entries ('' for the default queue, whose
-/// list wakes its workers) and its name, the task count, then per task: its
+/// KEYS: stats, the queue's list (`task_queue` for the default queue), `delayed`, the app's
+/// known queues (a named queue enters it), the records' index (when it is kept), then one
+/// record per task. ARGV: `1` when the index is kept (else `0`), the channel that announces
+/// entries and the queue's name (`default` too: a worker of several queues waits on the
+/// announcements), the task count, then per task: its
 /// field count n, n field/value pairs, its queue entry, its delay in ms ('' to queue it now)
 /// and its creation time in ms (for the index). Returns one answer per task: 1 added, 0 known
 /// already.
@@ -702,7 +703,7 @@ pub(super) const ADD: &str = concat!(
 local indexed = ARGV[1] == '1'
 local channel, queue_name = ARGV[2], ARGV[3]
 local count = tonumber(ARGV[4])
-local first_record = indexed and 5 or 4
+local first_record = indexed and 6 or 5
 -- The queues are checked before anything is written: a queue key of another type fails the
 -- whole batch with nothing written, rather than leaving records whose entries were never
 -- queued (and whose uuids a retried add would then find known).
@@ -751,9 +752,10 @@ for p, added in pairs(by_priority) do
   redis.pcall('HINCRBY', KEYS[1], 'queued:' .. p, added)
 end
 for i = 1, #index_pairs, 2000 do
-  redis.pcall('ZADD', KEYS[4], unpack(index_pairs, i, math.min(i + 1999, #index_pairs)))
+  redis.pcall('ZADD', KEYS[5], unpack(index_pairs, i, math.min(i + 1999, #index_pairs)))
 end
-if channel ~= '' and #entries > 0 then redis.call('PUBLISH', channel, queue_name) end
+if queue_name ~= 'default' then redis.pcall('SADD', KEYS[4], queue_name) end
+if #entries > 0 then redis.call('PUBLISH', channel, queue_name) end
 return out
 "#
 );
@@ -904,7 +906,7 @@ if ARGV[2] == '1' then
     if redis.call('TYPE', KEYS[4])['ok'] ~= 'hash' then return 1 end
     local t = redis.call('TIME')
     redis.call('HDEL', KEYS[4], 'traceback', 'finished_at', 'started_at', 'worker', 'finished_by', 'error_payload')
-    redis.call('HSET', KEYS[4], 'status', 'new', 'hand_backs', 0, 'updated_at', t[1] .. '.' .. string.format('%06d', tonumber(t[2])))
+    redis.call('HSET', KEYS[4], 'status', 'new', 'hand_backs', 0, 'deliveries', 0, 'updated_at', t[1] .. '.' .. string.format('%06d', tonumber(t[2])))
     redis.call('PERSIST', KEYS[4])
   end
   redis.call('RPUSH', KEYS[2], ARGV[3])
@@ -1017,6 +1019,11 @@ elseif new == 'success' or new == 'error' or new == 'cancel' or new == 'retry' t
   redis.call('HDEL', KEYS[1], 'cancel_requested')
 end
 if n > 0 then redis.call('HSET', KEYS[1], unpack(ARGV, 7, 6 + 2 * n)) end
+if new == 'new' and (old == 'success' or old == 'error' or old == 'cancel' or old == 'retry') then
+  -- Brought back (a dead letter requeued): its end is undone, and its retention.
+  redis.call('HDEL', KEYS[1], 'traceback', 'finished_at', 'started_at', 'worker', 'error_payload', 'returning')
+  redis.call('PERSIST', KEYS[1])
+end
 local priority = redis.call('HGET', KEYS[1], 'priority') or '0'
 if old == 'new' and new ~= 'new' then
   redis.call('HINCRBY', KEYS[2], 'w:' .. priority, -1)

@@ -249,6 +249,9 @@ impl Broker for MemoryBroker {
     }
 
     async fn take(&self, take: &Take<'_>) -> Result<Vec<Delivery>, BackendError> {
+        let give_up = take
+            .patience
+            .and_then(|patience| tokio::time::Instant::now().checked_add(patience));
         loop {
             // Register for a wake-up before looking, so a push between the look and the
             // wait is not missed.
@@ -284,11 +287,16 @@ impl Broker for MemoryBroker {
                 // leave the tasks behind them waiting for the next add, or for ever.)
                 continue;
             }
-            match next_due {
-                Some(run_at) => {
-                    let wait =
-                        std::time::Duration::try_from_secs_f64((run_at - unix_now()).max(0.0))
-                            .unwrap_or_default();
+            if give_up.is_some_and(|at| tokio::time::Instant::now() >= at) {
+                return Ok(Vec::new());
+            }
+            let until_due = next_due.map(|run_at| {
+                std::time::Duration::try_from_secs_f64((run_at - unix_now()).max(0.0))
+                    .unwrap_or_default()
+            });
+            let until_patience = give_up.map(|at| at - tokio::time::Instant::now());
+            match until_due.into_iter().chain(until_patience).min() {
+                Some(wait) => {
                     tokio::select! {
                         () = notified => {}
                         () = tokio::time::sleep(wait) => {}

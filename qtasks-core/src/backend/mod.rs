@@ -479,7 +479,8 @@ pub trait Broker: Lifecycle {
     /// Takes up to `take.max` tasks from the queues `take` lists, in its order (the first
     /// queue first, the next ones filling what it leaves, each at most its own `max`),
     /// skipping paused queues: otherwise as [`next_batch`](Self::next_batch), which is this
-    /// take of the default queue alone. The default serves the default queue alone.
+    /// take of the default queue alone; with a [`patience`](Take::patience), an empty list
+    /// once it has passed with no task. The default serves the default queue alone.
     async fn take(&self, take: &Take<'_>) -> Result<Vec<Delivery>, BackendError> {
         if take.is_default_only() {
             return self.next_batch(take.max).await;

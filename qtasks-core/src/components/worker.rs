@@ -128,15 +128,6 @@ impl WorkerHost {
                     () = self.stop_requested() => return Vec::new(),
                     () = freed => continue,
                 }
-            } else if plan.is_capped() {
-                // A capped queue left out of this take may get room while it waits: take
-                // again then (a take is cancel-safe).
-                tokio::select! {
-                    biased;
-                    () = self.stop_requested() => return Vec::new(),
-                    next = broker.take(&take) => next,
-                    () = freed => continue,
-                }
             } else {
                 tokio::select! {
                     biased;
@@ -155,6 +146,9 @@ impl WorkerHost {
                     }
                     return Vec::new();
                 }
+                // Its patience ran out (a queue left out at its cap may have room now): the
+                // take is planned again.
+                Ok(deliveries) if deliveries.is_empty() && take.patience.is_some() => continue,
                 Ok(mut deliveries) => {
                     for delivery in &mut deliveries {
                         plan.started(delivery.task.queue_name());
