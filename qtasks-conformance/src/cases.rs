@@ -288,6 +288,7 @@ pub(crate) const ALL: &[(&str, Case)] = cases![
     unknown_task_is_handed_back_then_set_aside,
     named_queues_keep_their_tasks_apart,
     a_paused_queue_waits_for_its_resume,
+    unique_adds_make_one_task,
     undecodable_arguments_fail_alone,
     panic_fails_alone,
     time_limit_ends_error,
@@ -1006,6 +1007,93 @@ async fn queue_support(app: &QueueTasks) -> Result<bool, String> {
         }
         Err(error) => Err(format!("adding to a named queue: {error}")),
     }
+}
+
+async fn unique_adds_make_one_task(c: &Context<'_>) -> Result<(), String> {
+    let app = c.started_app("", 2).await?;
+    let minute = Duration::from_secs(60);
+    // Adds racing with one key make one task; every add returns its handle.
+    let key = c.label("unique");
+    let calls: Vec<_> = (0..10)
+        .map(|_| echo::call(json!("once")).unique(key.clone(), minute))
+        .collect();
+    let adds = calls.iter().map(|call| call.add(&app));
+    let mut uuids = Vec::new();
+    for added in futures_util::future::join_all(adds).await {
+        match added {
+            Ok(handle) => uuids.push(handle.uuid()),
+            Err(error) if error.to_string().contains("keeps no unique keys") => return Ok(()),
+            Err(error) => return Err(format!("adding: {error}")),
+        }
+    }
+    let first = uuids[0];
+    ensure!(
+        uuids.iter().all(|uuid| *uuid == first),
+        "racing adds made several tasks: {uuids:?}"
+    );
+    let handle = app.handle::<Value>(first);
+    ensure!(
+        wait_for(&app, &handle).await?.status == TaskStatus::Success,
+        "the unique task did not run"
+    );
+    // Within the window after its end the key still names it.
+    let again = said(
+        echo::call(json!("again"))
+            .unique(key.clone(), minute)
+            .add(&app)
+            .await,
+        "adding again",
+    )?;
+    ensure!(
+        again.uuid() == first,
+        "an add within the window made another task"
+    );
+
+    // With no window, the key is held while the task waits or runs, and free once it ended.
+    let label = c.label("unique-running");
+    let key = c.label("unique-short");
+    let running = said(
+        gated::call(label.clone())
+            .unique(key.clone(), Duration::ZERO)
+            .add(&app)
+            .await,
+        "adding",
+    )?;
+    eventually("the task starts", || async {
+        Ok(status_of(&app, running.uuid()).await? == Some(TaskStatus::Process))
+    })
+    .await?;
+    let while_running = said(
+        gated::call(label.clone())
+            .unique(key.clone(), Duration::ZERO)
+            .add(&app)
+            .await,
+        "adding while it runs",
+    )?;
+    ensure!(
+        while_running.uuid() == running.uuid(),
+        "an add while the holder ran made another task"
+    );
+    gate(&label).add_permits(1);
+    wait_for(&app, &running).await?;
+    let after = said(
+        echo::call(json!("after"))
+            .unique(key.clone(), Duration::ZERO)
+            .add(&app)
+            .await,
+        "adding after the end",
+    )?;
+    ensure!(
+        after.uuid() != running.uuid(),
+        "the key stayed taken after its task ended"
+    );
+    ensure!(
+        wait_for(&app, &after).await?.status == TaskStatus::Success,
+        "the next unique task did not run"
+    );
+    let started = runs(&format!("{label}:started")).load(Ordering::SeqCst);
+    ensure!(started == 1, "the unique task started {started} times");
+    Ok(())
 }
 
 async fn named_queues_keep_their_tasks_apart(c: &Context<'_>) -> Result<(), String> {

@@ -61,6 +61,9 @@ pub struct TaskDefinitionParts {
     /// How long the task's record is kept once it ended, in seconds (`result_ttl`), instead
     /// of the engine's retention.
     pub result_ttl: Option<f64>,
+    /// How long one call per arguments holds, in seconds (`unique_for`): adds of the same
+    /// arguments meanwhile return the first call's handle.
+    pub unique_for: Option<f64>,
     /// Turns the result into the stored value; `None` stores the JSON result.
     pub decode: Option<fn(Value) -> std::result::Result<Value, String>>,
     /// Maps each item of a stream task before it is stored.

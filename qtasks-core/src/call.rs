@@ -60,6 +60,8 @@ pub struct TaskCall<H = TaskHandle> {
     pub(crate) max_time: Option<Duration>,
     /// The queue chosen for this call ([`queue`](Self::queue)).
     pub(crate) queue: Option<String>,
+    /// The unique key of this call ([`unique`](Self::unique)).
+    pub(crate) unique: Option<crate::unique::UniqueKey>,
     pub(crate) definition: Option<&'static TaskDefinition>,
     /// An argument that did not encode, reported when the call is sent.
     pub(crate) invalid: Option<String>,
@@ -78,6 +80,7 @@ impl<H> Clone for TaskCall<H> {
             expires: self.expires,
             max_time: self.max_time,
             queue: self.queue.clone(),
+            unique: self.unique.clone(),
             definition: self.definition,
             invalid: self.invalid.clone(),
             handle: PhantomData,
@@ -97,6 +100,7 @@ impl<H> fmt::Debug for TaskCall<H> {
             .field("expires", &self.expires)
             .field("max_time", &self.max_time)
             .field("queue", &self.queue)
+            .field("unique", &self.unique)
             .finish_non_exhaustive()
     }
 }
@@ -114,6 +118,7 @@ impl TaskCall {
             expires: None,
             max_time: None,
             queue: None,
+            unique: None,
             definition: None,
             invalid: None,
             handle: PhantomData,
@@ -137,6 +142,7 @@ impl<H> TaskCall<H> {
             expires: None,
             max_time: None,
             queue: None,
+            unique: None,
             definition: Some(definition),
             invalid,
             handle: PhantomData,
@@ -210,6 +216,15 @@ impl<H> TaskCall<H> {
         self
     }
 
+    /// Makes this call unique by `key` for `window` (see
+    /// [`AddOptions::unique`](crate::AddOptions::unique)): an add while the key is held returns
+    /// the holder's handle.
+    #[must_use]
+    pub fn unique(mut self, key: impl Into<String>, window: Duration) -> Self {
+        self.unique = Some(crate::unique::UniqueKey::new(key, window));
+        self
+    }
+
     /// The same call, its handle reading the result as JSON (to put calls of different tasks
     /// in one list).
     pub fn untyped(self) -> TaskCall {
@@ -223,6 +238,7 @@ impl<H> TaskCall<H> {
             expires: self.expires,
             max_time: self.max_time,
             queue: self.queue,
+            unique: self.unique,
             definition: self.definition,
             invalid: self.invalid,
             handle: PhantomData,
@@ -267,6 +283,7 @@ impl<H> TaskCall<H> {
                 .and_then(|expires| std::time::SystemTime::now().checked_add(expires)),
             max_time: self.max_time,
             queue: self.queue.clone(),
+            unique: self.unique.clone(),
         };
         app.add_task_with(&self.task_name, &self.args, &self.kwargs, options)
             .await

@@ -48,6 +48,7 @@ mod task;
 pub mod testing;
 pub mod trace;
 pub mod triggers;
+pub mod unique;
 
 #[doc(hidden)]
 pub mod __private;

@@ -25,6 +25,7 @@ fn check_options(definition: &TaskDefinition) -> Result<(), Refused> {
         ("retry_backoff_max", backoff.and_then(|b| b.max)),
         ("max_time", definition.parts.max_time),
         ("result_ttl", definition.parts.result_ttl),
+        ("unique_for", definition.parts.unique_for),
     ];
     for (option, value) in seconds {
         if let Some(value) = value

@@ -232,6 +232,7 @@ impl TaskDefinition {
                 retry_backoff: None,
                 max_time: None,
                 result_ttl: None,
+                unique_for: None,
                 decode: None,
                 generate_handler: None,
                 middlewares_before: &[],
@@ -308,6 +309,13 @@ impl TaskDefinition {
     pub fn result_ttl(&self) -> Option<Duration> {
         self.parts
             .result_ttl
+            .map(|seconds| Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX))
+    }
+
+    /// How long one call per arguments holds (`unique_for`); `None`: calls are not unique.
+    pub fn unique_for(&self) -> Option<Duration> {
+        self.parts
+            .unique_for
             .map(|seconds| Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX))
     }
 

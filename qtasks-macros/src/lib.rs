@@ -67,6 +67,7 @@ use proc_macro::TokenStream;
 /// | `middlewares_before = [STATIC, ..]` | `qtasks::Middleware` statics run before this task, after the app's |
 /// | `middlewares_after = [STATIC, ..]` | `qtasks::Middleware` statics run after this task, before the app's |
 /// | `router = "..."` | the router the task belongs to (`AppBuilder::routers`) |
+/// | `unique_for = TIME` | one call per arguments at a time: an add of the same task with the same arguments while one waits or runs (or within `TIME` of its add) returns the first one's handle |
 /// | `queue = "..."` | the named queue its calls wait in (default `default`); workers serve the queues `QueueConfig::queues` lists |
 /// | `executor = STATIC` | a `static` implementing `qtasks::components::TaskRunner`, instead of the app's |
 /// | `cron = "..."` | run the task (it takes no arguments) on this cron schedule, in every worker of the app, once per slot; the expression is checked when the task compiles |

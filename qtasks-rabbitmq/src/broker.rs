@@ -980,6 +980,23 @@ impl Broker for RabbitMqBroker {
         Ok(())
     }
 
+    async fn add_unique(
+        &self,
+        task: QueuedTask,
+        unique: &qtasks_core::unique::UniqueKey,
+    ) -> Result<Option<Uuid>, BackendError> {
+        if let Some(holder) = self.storage.insert_unique(&task, unique).await? {
+            return Ok(Some(holder));
+        }
+        if let Err(error) = self.publish(&task).await {
+            // As `add`: no message, no task (its record goes; the key's lock then names a task
+            // that is gone, which holds nothing).
+            let _ = self.storage.delete(task.uuid).await;
+            return Err(error);
+        }
+        Ok(None)
+    }
+
     async fn next(&self) -> Result<Option<Delivery>, BackendError> {
         Ok(self.next_batch(1).await?.into_iter().next())
     }

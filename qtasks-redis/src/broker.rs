@@ -966,6 +966,51 @@ impl Broker for RedisBroker {
         Ok(())
     }
 
+    async fn add_unique(
+        &self,
+        task: QueuedTask,
+        unique: &qtasks_core::unique::UniqueKey,
+    ) -> Result<Option<Uuid>, BackendError> {
+        let queue = self.keys.queue_keys(task.queue.as_deref());
+        let fields = queued_record_fields(&task, self.keys.records_index.is_some());
+        let delay = delay_ms(&task, unix_now());
+        let script = Script::new(scripts::UNIQUE_ADD);
+        let holder = crate::unique_add(&self.keys, &self.commands, unique, |lock, holder| {
+            let mut invocation = script.key(&lock);
+            invocation
+                .key(holder.map_or_else(|| lock.clone(), |holder| self.keys.record(holder)))
+                .key(self.keys.record(task.uuid))
+                .key(&*queue.stats)
+                .key(&*queue.list)
+                .key(&*queue.delayed)
+                .key(&self.keys.queues);
+            if let Some(index) = &self.keys.records_index {
+                invocation.key(index);
+            }
+            invocation
+                .arg(holder.map_or_else(String::new, |holder| holder.to_string()))
+                .arg(unique.window_ms())
+                .arg(&self.keys.prefix)
+                .arg(crate::unique_lock_ttl_ms(unique))
+                .arg(u8::from(self.keys.records_index.is_some()))
+                .arg(&self.keys.added_channel)
+                .arg(task.queue_name())
+                .arg(task.uuid.to_string())
+                .arg(fields.len())
+                .arg(&fields)
+                .arg(queue_entry(&task))
+                .arg(delay.map_or_else(String::new, |ms| ms.to_string()))
+                .arg(qtasks_core::records::secs_to_ms(task.created_at));
+            let mut con = self.commands.clone();
+            async move { invocation.invoke_async::<String>(&mut con).await }
+        })
+        .await?;
+        if holder.is_none() {
+            self.release_when_due(&task);
+        }
+        Ok(holder)
+    }
+
     async fn next(&self) -> Result<Option<Delivery>, BackendError> {
         Ok(self.next_batch(1).await?.into_iter().next())
     }

@@ -365,6 +365,11 @@ impl Keys {
         format!("{}:{uuid}", self.prefix)
     }
 
+    /// The lock of a unique key: which task took it, and when.
+    fn unique(&self, key: &str) -> String {
+        format!("{}:qtasks:unique:{key}", self.prefix)
+    }
+
     /// The live items of a running stream task.
     fn items(&self, uuid: uuid::Uuid) -> String {
         format!("{}:qtasks:items:{uuid}", self.prefix)
@@ -493,6 +498,76 @@ fn reconnect_pauses() -> impl Iterator<Item = Duration> + Send + Sync + Unpin {
 #[allow(clippy::needless_pass_by_value)] // called with `format!` results
 fn failure(message: String, error: redis::RedisError) -> BackendError {
     BackendError::new("redis", message).with_source(error)
+}
+
+/// How long a unique key's lock lives: its window, and at least a week (the lock must outlive
+/// the task that waits or runs under it; a task that waits longer loses its key).
+pub(crate) fn unique_lock_ttl_ms(unique: &qtasks_core::unique::UniqueKey) -> u64 {
+    unique.window_ms().max(7 * 24 * 3600 * 1000)
+}
+
+/// What a unique add's script answered.
+pub(crate) enum UniqueAnswer {
+    Added,
+    Held(uuid::Uuid),
+    Changed,
+}
+
+impl UniqueAnswer {
+    fn read(answer: &str) -> Result<Self, String> {
+        match answer {
+            "added" => Ok(UniqueAnswer::Added),
+            "changed" => Ok(UniqueAnswer::Changed),
+            other => other
+                .strip_prefix("holder:")
+                .and_then(|uuid| uuid::Uuid::parse_str(uuid).ok())
+                .map(UniqueAnswer::Held)
+                .ok_or_else(|| format!("the unique add answered `{other}`")),
+        }
+    }
+}
+
+/// Runs a unique add: reads the key's holder, then the script (`invoke`, given the holder),
+/// again while the lock moved in between (a few times: each move is another add winning).
+pub(crate) async fn unique_add<F, Fut>(
+    keys: &Keys,
+    commands: &ConnectionManager,
+    unique: &qtasks_core::unique::UniqueKey,
+    mut invoke: F,
+) -> Result<Option<uuid::Uuid>, BackendError>
+where
+    F: FnMut(String, Option<uuid::Uuid>) -> Fut,
+    Fut: Future<Output = redis::RedisResult<String>>,
+{
+    let lock = keys.unique(&unique.key);
+    for _ in 0..16 {
+        let mut con = commands.clone();
+        let holder: Option<String> = redis::cmd("HGET")
+            .arg(&lock)
+            .arg("uuid")
+            .query_async(&mut con)
+            .await
+            .map_err(|e| failure(format!("reading unique key `{}` failed", unique.key), e))?;
+        let holder = holder.and_then(|uuid| uuid::Uuid::parse_str(&uuid).ok());
+        let answer = invoke(lock.clone(), holder).await.map_err(|e| {
+            failure(
+                format!("adding under unique key `{}` failed", unique.key),
+                e,
+            )
+        })?;
+        match UniqueAnswer::read(&answer).map_err(|why| BackendError::new("redis", why))? {
+            UniqueAnswer::Added => return Ok(None),
+            UniqueAnswer::Held(holder) => return Ok(Some(holder)),
+            UniqueAnswer::Changed => {}
+        }
+    }
+    Err(BackendError::new(
+        "redis",
+        format!(
+            "unique key `{}` kept changing hands; the add was not made",
+            unique.key
+        ),
+    ))
 }
 
 #[cfg(test)]

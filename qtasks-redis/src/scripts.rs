@@ -760,6 +760,108 @@ return out
 "#
 );
 
+/// The holder check every unique add opens with (see [`UNIQUE_ADD`]): KEYS[1] is the key's
+/// lock (a hash: `uuid`, `added_ms`), KEYS[2] the record of the holder the caller read;
+/// ARGV[1] that holder's uuid ('' for none), ARGV[2] the window in ms, ARGV[3] the app's key
+/// prefix. Returns early with `changed` (the lock moved since the caller read it: read again)
+/// or `holder:{uuid}` (the holder still holds it: its last attempt, a retry followed, waits,
+/// runs or is retried, or it was added less than the window ago). A holder's record that is
+/// gone, or not a hash, holds nothing. Leaves `now_ms` set.
+macro_rules! unique_check {
+    () => {
+        r#"
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local holder = redis.call('HGET', KEYS[1], 'uuid') or ''
+if holder ~= ARGV[1] then return 'changed' end
+if holder ~= '' then
+  local function status_of(key)
+    local ok, status = pcall(redis.call, 'HGET', key, 'status')
+    if ok and status then return status end
+    return nil
+  end
+  local record = KEYS[2]
+  local status = status_of(record)
+  local hops = 0
+  while status == 'retry' and hops < 32 do
+    local ok, child = pcall(redis.call, 'HGET', record, 'retry_child_uuid')
+    if not ok or not child then break end
+    local next_status = status_of(ARGV[3] .. ':' .. child)
+    if not next_status then break end
+    record, status = ARGV[3] .. ':' .. child, next_status
+    hops = hops + 1
+  end
+  if status then
+    local added = tonumber(redis.call('HGET', KEYS[1], 'added_ms') or '0') or 0
+    if status == 'new' or status == 'process' or status == 'retry' or now_ms < added + tonumber(ARGV[2]) then
+      return 'holder:' .. holder
+    end
+  end
+end
+"#
+    };
+}
+
+/// Adds one task that takes a unique key, unless the key's holder still holds it (the
+/// broker's `add_unique`; the check is [`unique_check`]'s). The lock names the new task and
+/// when it was added, and lives ARGV[4] ms (at least the window). KEYS: lock, holder's record
+/// (the lock itself when there is none), the task's record, the queue's stats, list, delayed,
+/// the app's known queues, the records' index (when kept). ARGV: holder, window ms, prefix,
+/// lock ttl ms, `1` when the index is kept, the channel that announces entries, the queue's
+/// name, the task's uuid, then its field count n, n field/value pairs, its queue entry, its
+/// delay in ms ('' for none) and its creation time in ms. Returns `added`, `holder:{uuid}`
+/// (also when the task's own uuid is known: an add again adds nothing) or `changed`.
+pub(super) const UNIQUE_ADD: &str = concat!(
+    priorities!(),
+    unique_check!(),
+    r#"
+if redis.call('EXISTS', KEYS[3]) == 1 then return 'holder:' .. ARGV[8] end
+local n = tonumber(ARGV[9])
+local at = 10 + 2 * n
+local entry, delay, created = ARGV[at], ARGV[at + 1], ARGV[at + 2]
+redis.call('HSET', KEYS[3], unpack(ARGV, 10, 9 + 2 * n))
+if delay == '' then
+  redis.call('RPUSH', KEYS[5], entry)
+  redis.pcall('HINCRBY', KEYS[4], 'queued:' .. priority_of(entry), 1)
+else
+  redis.call('ZADD', KEYS[6], now_ms + tonumber(delay), entry)
+end
+if ARGV[5] == '1' and KEYS[8] then redis.pcall('ZADD', KEYS[8], created, ARGV[8]) end
+if ARGV[7] ~= 'default' then redis.pcall('SADD', KEYS[7], ARGV[7]) end
+if delay == '' then redis.call('PUBLISH', ARGV[6], ARGV[7]) end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'uuid', ARGV[8], 'added_ms', now_ms)
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 'added'
+"#
+);
+
+/// [`INSERT`] of a task that takes a unique key, for a broker that keeps only the queue
+/// (RabbitMQ), unless the key's holder still holds it (the check is [`unique_check`]'s).
+/// KEYS: lock, holder's record, the record, records_stats, records_waiting, gone, the records'
+/// index (when kept). ARGV: holder, window ms, prefix, lock ttl ms, uuid, priority,
+/// created_at, field count n, n field/value pairs. Returns `added`, `holder:{uuid}` or
+/// `changed`.
+pub(super) const UNIQUE_INSERT: &str = concat!(
+    unique_check!(),
+    r#"
+if redis.call('EXISTS', KEYS[3]) == 1 or redis.call('SREM', KEYS[6], ARGV[5]) == 1 then
+  return 'holder:' .. ARGV[5]
+end
+local n = tonumber(ARGV[8])
+redis.call('HSET', KEYS[3], unpack(ARGV, 9, 8 + 2 * n))
+redis.call('HINCRBY', KEYS[4], 'w:' .. ARGV[6], 1)
+redis.call('ZADD', KEYS[5], ARGV[7], ARGV[5])
+if KEYS[7] then
+  redis.call('ZADD', KEYS[7], math.floor(tonumber(ARGV[7]) * 1000 + 0.5), ARGV[5])
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'uuid', ARGV[5], 'added_ms', now_ms)
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 'added'
+"#
+);
+
 /// Cancels a task by its status at this moment, in one step (so no worker takes it in
 /// between): `new` becomes `cancel` (a take drops it; a delayed one leaves `delayed` at once)
 /// and its waiters are told (its time to live starts when a take drops its entry, see

@@ -563,6 +563,42 @@ impl qtasks_core::backend::RecordStore for RedisStorage {
         Ok(written == 1)
     }
 
+    async fn insert_unique(
+        &self,
+        task: &QueuedTask,
+        unique: &qtasks_core::unique::UniqueKey,
+    ) -> Result<Option<Uuid>, BackendError> {
+        let fields = new_record_fields(task);
+        let script = redis::Script::new(super::scripts::UNIQUE_INSERT);
+        super::unique_add(&self.keys, &self.commands, unique, |lock, holder| {
+            let mut invocation = script.key(&lock);
+            invocation
+                .key(holder.map_or_else(|| lock.clone(), |holder| self.keys.record(holder)))
+                .key(self.keys.record(task.uuid))
+                .key(&self.keys.records_stats)
+                .key(&self.keys.records_waiting)
+                .key(&self.keys.gone);
+            if let Some(index) = &self.keys.records_index {
+                invocation.key(index);
+            }
+            invocation
+                .arg(holder.map_or_else(String::new, |holder| holder.to_string()))
+                .arg(unique.window_ms())
+                .arg(&self.keys.prefix)
+                .arg(super::unique_lock_ttl_ms(unique))
+                .arg(task.uuid.to_string())
+                .arg(task.priority)
+                .arg(task.created_at)
+                .arg(fields.len());
+            for (field, value) in &fields {
+                invocation.arg(*field).arg(value);
+            }
+            let mut con = self.commands.clone();
+            async move { invocation.invoke_async::<String>(&mut con).await }
+        })
+        .await
+    }
+
     async fn transition(
         &self,
         uuid: Uuid,

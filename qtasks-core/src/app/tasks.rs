@@ -150,6 +150,7 @@ impl QueueTasks {
                 expires_at: options.expires_at.map(system_secs),
                 max_time: options.max_time.map(|limit| limit.as_secs_f64()),
                 queue: options.queue,
+                unique: options.unique,
             },
         )
         .await
@@ -234,6 +235,7 @@ impl QueueTasks {
             expires_at,
             max_time,
             queue,
+            unique,
         } = placement;
         // The call's queue, else the task's; the default queue is stored as none (the
         // original's records have no queue field).
@@ -324,7 +326,28 @@ impl QueueTasks {
                         .to_owned(),
             });
         }
-        broker.add(task.clone()).await?;
+        // A unique call: by its key, else by its arguments when the task says `unique_for`.
+        let unique = unique.or_else(|| {
+            let window = definition.and_then(TaskDefinition::unique_for)?;
+            Some(crate::unique::UniqueKey::of_call(
+                &task.task_name,
+                &task.args,
+                &task.kwargs,
+                window,
+            ))
+        });
+        if let Some(unique) = unique {
+            unique.check().map_err(|reason| Error::InvalidArguments {
+                task: task.task_name.clone(),
+                reason,
+            })?;
+            if let Some(holder) = broker.add_unique(task.clone(), &unique).await? {
+                tracing::debug!(uuid = %holder, key = %unique.key, "a task holds its unique key already; nothing added");
+                return Ok(TaskHandle::new(holder, self.clone()));
+            }
+        } else {
+            broker.add(task.clone()).await?;
+        }
         dispatch
             .fire(&BrokerAddAfter {
                 broker,
@@ -492,6 +515,8 @@ pub struct AddOptions {
     pub(crate) max_time: Option<Duration>,
     /// The queue this call waits in ([`AddOptions::queue`]).
     pub(crate) queue: Option<String>,
+    /// The key at most one task holds ([`AddOptions::unique`]).
+    pub(crate) unique: Option<crate::unique::UniqueKey>,
 }
 
 impl AddOptions {
@@ -610,6 +635,31 @@ impl AddOptions {
         self.queue = Some(queue.into());
         self
     }
+
+    /// Makes the task unique by `key`: while a task added with `key` waits or runs (a retry of
+    /// it included), or for `window` after its add, this add queues nothing and returns that
+    /// task's handle. Decided by the engine in one step, so adds racing from several processes
+    /// make one task. (Instead of the task's own `unique_for`.)
+    ///
+    /// ```rust,standalone_crate
+    /// # use std::time::Duration;
+    /// #[qtasks::task]
+    /// async fn rebuild_index(shard: u32) -> u32 { shard }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> qtasks::Result<()> {
+    /// let app = qtasks::QueueTasks::new();
+    /// let once = || qtasks::AddOptions::default().unique("index:7", Duration::from_secs(60));
+    /// let first = app.add_task_with("rebuild_index", (7,), (), once()).await?;
+    /// let second = app.add_task_with("rebuild_index", (7,), (), once()).await?;
+    /// assert_eq!(first.uuid(), second.uuid(), "one rebuild of shard 7 at a time");
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn unique(mut self, key: impl Into<String>, window: Duration) -> Self {
+        self.unique = Some(crate::unique::UniqueKey::new(key, window));
+        self
+    }
 }
 
 /// Where a new task goes: when it may run (now if `None`) and its id (a new one if `None`).
@@ -626,6 +676,8 @@ pub(super) struct Placement {
     pub(super) max_time: Option<f64>,
     /// The queue (`None`: the task's, else the default one).
     pub(super) queue: Option<String>,
+    /// The unique key (`None`: the task's `unique_for`, if any, by its arguments).
+    pub(super) unique: Option<crate::unique::UniqueKey>,
 }
 
 /// A time as Unix seconds (the clock of `run_at` and records).

@@ -244,6 +244,20 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
+    async fn add_unique(
+        &self,
+        task: QueuedTask,
+        unique: &crate::unique::UniqueKey,
+    ) -> Result<Option<Uuid>, BackendError> {
+        match self.storage.claim_unique(&task, unique) {
+            Some(holder) => Ok(Some(holder)),
+            None => {
+                self.enqueue(task);
+                Ok(None)
+            }
+        }
+    }
+
     async fn next_batch(&self, max: usize) -> Result<Vec<Delivery>, BackendError> {
         self.take(&Take::default_queue(max)).await
     }
@@ -610,6 +624,9 @@ pub struct MemoryStorage {
     /// their queue entries: the take drops them quietly (no record comes back). Locked after
     /// `slots`.
     gone: Mutex<HashSet<Uuid>>,
+    /// Unique keys: the task that took each, when it was added (Unix seconds) and the key's
+    /// window. Locked before `slots`.
+    unique: Mutex<HashMap<String, (Uuid, f64, std::time::Duration)>>,
 }
 
 /// What the write path counts for [`Broker::stats`].
@@ -697,8 +714,49 @@ impl MemoryStorage {
             expiries: Mutex::default(),
             own_expiries: Mutex::default(),
             gone: Mutex::default(),
+            unique: Mutex::default(),
             tally: Mutex::default(),
         }
+    }
+
+    /// Whether the task that took a unique key still holds it: its last attempt (a retry is
+    /// followed) waits or runs, or it was added less than `window` ago. A holder whose record
+    /// is gone holds nothing.
+    fn holds(&self, holder: Uuid, added_at: f64, window: std::time::Duration) -> bool {
+        let slots = self.slots.lock();
+        let mut current = holder;
+        for _ in 0..32 {
+            let Some(slot) = slots.get(&current) else {
+                return false;
+            };
+            match (slot.record.status, slot.record.retry_child_uuid) {
+                (TaskStatus::Retry, Some(child)) if slots.contains_key(&child) => current = child,
+                (status, _) => {
+                    return crate::unique::still_holds(status, added_at, window, unix_now());
+                }
+            }
+        }
+        true
+    }
+
+    /// Writes `task`'s record and gives it `unique`'s key, unless the key's holder still holds
+    /// it (then its id) or `task`'s id is known (then that id: an add again adds nothing).
+    fn claim_unique(&self, task: &QueuedTask, unique: &crate::unique::UniqueKey) -> Option<Uuid> {
+        let mut keys = self.unique.lock();
+        if let Some(&(holder, added_at, _)) = keys.get(&unique.key)
+            && self.holds(holder, added_at, unique.window)
+        {
+            return Some(holder);
+        }
+        if !self.insert_new_record(TaskRecord::new(task)) {
+            return Some(task.uuid);
+        }
+        keys.insert(unique.key.clone(), (task.uuid, unix_now(), unique.window));
+        // Keys whose holder holds nothing any more go, now and then, so the map stays bounded.
+        if keys.len() >= 1024 && keys.len().is_power_of_two() {
+            keys.retain(|_, (holder, added_at, window)| self.holds(*holder, *added_at, *window));
+        }
+        None
     }
 
     /// Called with the records' lock held, after `uuid`'s record changed: a record that just
@@ -1135,6 +1193,7 @@ impl Storage for MemoryStorage {
         *self.tally.lock() = Tally::default();
         self.gone.lock().clear();
         drop(slots);
+        self.unique.lock().clear();
         Ok(())
     }
 }
@@ -1156,6 +1215,14 @@ impl crate::backend::RecordStore for MemoryStorage {
             }
         };
         Ok(written)
+    }
+
+    async fn insert_unique(
+        &self,
+        task: &QueuedTask,
+        unique: &crate::unique::UniqueKey,
+    ) -> Result<Option<Uuid>, BackendError> {
+        Ok(self.claim_unique(task, unique))
     }
 
     async fn transition(

@@ -496,6 +496,23 @@ pub trait Broker: Lifecycle {
         ))
     }
 
+    /// Adds `task` unless the task that holds `unique.key` still holds it (it waits, runs or
+    /// is retried, or was added less than `unique.window` ago; see
+    /// [`still_holds`](crate::unique::still_holds)): then adds nothing and answers the holder's
+    /// id. Otherwise `task` takes the key. In one atomic step, across every process of the app.
+    /// The default refuses: the broker keeps no unique keys.
+    async fn add_unique(
+        &self,
+        task: QueuedTask,
+        unique: &crate::unique::UniqueKey,
+    ) -> Result<Option<Uuid>, BackendError> {
+        let _ = (task, unique);
+        Err(BackendError::new(
+            "broker",
+            format!("{} keeps no unique keys", self.name()),
+        ))
+    }
+
     /// Takes the next task: [`next_batch`](Self::next_batch) of one. `None` means the broker
     /// will deliver no more tasks.
     async fn next(&self) -> Result<Option<Delivery>, BackendError> {
@@ -737,6 +754,21 @@ pub trait RecordStore: Storage {
         from: &[crate::TaskStatus],
         change: RecordChange,
     ) -> Result<Transition, BackendError>;
+
+    /// [`insert`](Self::insert) of a unique task (see [`Broker::add_unique`]): `Ok(Some(id))`
+    /// when the key's holder still holds it (nothing written), `Ok(None)` when `task` was
+    /// written and took the key. The default refuses.
+    async fn insert_unique(
+        &self,
+        task: &QueuedTask,
+        unique: &crate::unique::UniqueKey,
+    ) -> Result<Option<Uuid>, BackendError> {
+        let _ = (task, unique);
+        Err(BackendError::new(
+            "storage",
+            format!("{} keeps no unique keys", self.name()),
+        ))
+    }
 
     /// The numbers of the tasks written by [`insert`](Self::insert) and
     /// [`transition`](Self::transition): waiting per priority, running, finished, the oldest

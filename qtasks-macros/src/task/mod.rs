@@ -145,6 +145,7 @@ fn emit(task: &Task) -> TokenStream {
     };
     let backoff_max = optional_seconds(&options.retry_backoff_max);
     let result_ttl = optional_seconds(&options.result_ttl);
+    let unique_for = optional_seconds(&options.unique_for);
     let jitter = optional_seconds(&options.retry_jitter);
     let exponential = options.retry_exponential;
     let retry_backoff = match &options.retry_delay {
@@ -399,6 +400,7 @@ fn emit(task: &Task) -> TokenStream {
                     retry_backoff: #retry_backoff,
                     max_time: #max_time,
                     result_ttl: #result_ttl,
+                    unique_for: #unique_for,
                     decode: #decode,
                     generate_handler: #generate_handler,
                     middlewares_before: &[#(#middlewares_before),*],

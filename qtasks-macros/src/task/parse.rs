@@ -22,6 +22,7 @@ const OPTIONS: &[&str] = &[
     "max_time",
     "timeout",
     "result_ttl",
+    "unique_for",
     "decode",
     "generate_handler",
     "middlewares_before",
@@ -50,6 +51,8 @@ pub(crate) struct TaskOptions {
     pub(crate) max_time: Option<Expr>,
     /// `result_ttl`, in seconds.
     pub(crate) result_ttl: Option<Expr>,
+    /// `unique_for`, in seconds.
+    pub(crate) unique_for: Option<Expr>,
     pub(crate) decode: Option<Expr>,
     pub(crate) generate_handler: Option<Expr>,
     pub(crate) middlewares_before: Vec<Expr>,
@@ -185,6 +188,16 @@ pub(crate) fn parse_options(args: TokenStream, errors: &mut Errors) -> TaskOptio
                     );
                 }
                 options.result_ttl = Some(ttl);
+            }
+            "unique_for" => {
+                let window = seconds_of(meta.value()?.parse()?, "unique_for", errors);
+                if literal_seconds(&window) == Some(0.0) {
+                    errors.spanned(
+                        &window,
+                        "`unique_for` must be more than 0: it is how long one call per arguments holds\n= help: give the window, like `unique_for = \"10m\"`, or leave the option out (`AddOptions::unique` takes a key of your own)",
+                    );
+                }
+                options.unique_for = Some(window);
             }
             "decode" => options.decode = Some(meta.value()?.parse()?),
             "generate_handler" => options.generate_handler = Some(meta.value()?.parse()?),

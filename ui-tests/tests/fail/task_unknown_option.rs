@@ -1,7 +1,7 @@
 #[qtasks::task(prority = 1)]
 async fn first() {}
 
-#[qtasks::task(queue = "fast")]
+#[qtasks::task(countdown = 5)]
 async fn second() {}
 
 fn main() {}
