@@ -38,6 +38,8 @@ async fn unique_for_makes_one_call_per_arguments() {
     assert_ne!(keyed.uuid(), first.uuid());
     app.start().await.unwrap();
     assert_eq!(first.result(WAIT).await.unwrap(), 7);
+    assert_eq!(other.result(WAIT).await.unwrap(), 8);
+    assert_eq!(keyed.result(WAIT).await.unwrap(), 7);
     // Within its minute, the ended call still answers for its arguments.
     let later = sync_account::add_task(&app, 7).await.unwrap();
     assert_eq!(later.uuid(), first.uuid());
@@ -133,4 +135,96 @@ async fn adds_racing_from_several_processes_make_one_task() {
     assert_eq!(record.status, TaskStatus::New);
     assert_eq!(record.args, vec![json!("racer"), json!(0)]);
     client.flush_all().await.unwrap();
+}
+
+static FLAKY_RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+#[qtasks::task(retry = 1, retry_delay = "300ms")]
+async fn flaky_once() -> qtasks::TaskResult<u32> {
+    if FLAKY_RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+        return Err(qtasks::TaskError::msg("the first attempt fails"));
+    }
+    Ok(2)
+}
+
+#[qtasks::task(unique_for = "1h")]
+async fn always_fails_unique(n: u32) -> qtasks::TaskResult<u32> {
+    Err(qtasks::TaskError::msg(format!("no {n}")))
+}
+
+#[tokio::test]
+async fn a_key_follows_retries_frees_after_its_window_and_spares_groups_and_hand_retries() {
+    let app = QueueTasks::new();
+    // A waiting holder holds; once it ended and its window passed, the key is free.
+    let window = Duration::from_millis(300);
+    let first = sync_account::call(1)
+        .unique("w", window)
+        .add(&app)
+        .await
+        .unwrap();
+    let again = sync_account::call(1)
+        .unique("w", window)
+        .add(&app)
+        .await
+        .unwrap();
+    assert_eq!(first.uuid(), again.uuid(), "held while it waits");
+    app.start().await.unwrap();
+    first.result(WAIT).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let later = sync_account::call(1)
+        .unique("w", window)
+        .add(&app)
+        .await
+        .unwrap();
+    assert_ne!(later.uuid(), first.uuid(), "free after its window");
+
+    // A holder whose first attempt failed and waits to be retried still holds (no window).
+    let flaky = flaky_once::call()
+        .unique("r", Duration::ZERO)
+        .add(&app)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while flaky.get().await.unwrap().unwrap().status != TaskStatus::Retry {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first attempt never failed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let during = flaky_once::call()
+        .unique("r", Duration::ZERO)
+        .add(&app)
+        .await
+        .unwrap();
+    assert_eq!(during.uuid(), flaky.uuid(), "held while its retry waits");
+    assert_eq!(flaky.result(WAIT).await.unwrap(), 2);
+    let after = flaky_once::call()
+        .unique("r", Duration::ZERO)
+        .add(&app)
+        .await
+        .unwrap();
+    assert_ne!(
+        after.uuid(),
+        flaky.uuid(),
+        "free once the last attempt ended"
+    );
+
+    // Members of a group keep their own ids: a key does not merge them.
+    let group = qtasks::group([
+        sync_account::call(5).unique("g", window),
+        sync_account::call(5).unique("g", window),
+    ])
+    .add(&app)
+    .await
+    .unwrap();
+    assert_eq!(group.results::<u64>(WAIT).await.unwrap(), vec![5, 5]);
+
+    // A retry by hand of a failed `unique_for` task is a new attempt, not the failed one.
+    let failed = always_fails_unique::add_task(&app, 3).await.unwrap();
+    assert_eq!(failed.wait(WAIT).await.unwrap().status, TaskStatus::Error);
+    let retried = app.records().retry(failed.uuid()).await.unwrap();
+    assert_ne!(retried.uuid(), failed.uuid());
+    assert_eq!(retried.wait(WAIT).await.unwrap().status, TaskStatus::Error);
+    app.stop().await.unwrap();
 }

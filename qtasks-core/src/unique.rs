@@ -5,6 +5,9 @@
 //! the task that took the key still waits or runs (a retry of it included), or was added less
 //! than the key's window ago: it returns that task's handle instead. The engine decides in one
 //! atomic step, so adds racing from several processes make one task.
+//!
+//! A call whose id is its own (`.uuid(id)`: the id decides already), a member of a group or
+//! chord, a chord's callback and a retry by hand are not made unique.
 
 use std::time::Duration;
 
@@ -124,14 +127,18 @@ fn write_canonical(value: &Value, out: &mut String) {
     }
 }
 
-/// Whether a task whose record says `status`, added at `added_at` (Unix seconds), still holds
-/// its key at `now`: while it waits, runs or is retried, and within the window of its add.
-pub fn still_holds(status: crate::TaskStatus, added_at: f64, window: Duration, now: f64) -> bool {
+/// Whether a task still holds its key at `now`: while its last attempt (a retry followed to
+/// its next attempt; `status` is that attempt's, `None` when no record is left to read) waits
+/// or runs, and within the window of its add (Unix seconds), whatever its records say.
+pub fn still_holds(
+    status: Option<crate::TaskStatus>,
+    added_at: f64,
+    window: Duration,
+    now: f64,
+) -> bool {
     use crate::TaskStatus;
-    matches!(
-        status,
-        TaskStatus::New | TaskStatus::Process | TaskStatus::Retry
-    ) || now < added_at + window.as_secs_f64()
+    matches!(status, Some(TaskStatus::New | TaskStatus::Process))
+        || now < added_at + window.as_secs_f64()
 }
 
 #[cfg(test)]
@@ -166,16 +173,27 @@ mod tests {
     fn a_key_holds_while_its_task_lives_and_within_its_window() {
         use crate::TaskStatus;
         let window = Duration::from_secs(10);
-        assert!(still_holds(TaskStatus::Process, 0.0, window, 1e9));
-        assert!(still_holds(TaskStatus::Retry, 0.0, window, 1e9));
-        assert!(still_holds(TaskStatus::Success, 100.0, window, 105.0));
-        assert!(!still_holds(TaskStatus::Success, 100.0, window, 111.0));
+        assert!(still_holds(Some(TaskStatus::Process), 0.0, window, 1e9));
+        assert!(still_holds(Some(TaskStatus::New), 0.0, window, 1e9));
+        assert!(still_holds(Some(TaskStatus::Success), 100.0, window, 105.0));
         assert!(!still_holds(
-            TaskStatus::Cancel,
+            Some(TaskStatus::Success),
             100.0,
-            Duration::ZERO,
+            window,
+            111.0
+        ));
+        let no_window = Duration::ZERO;
+        assert!(!still_holds(
+            Some(TaskStatus::Cancel),
+            100.0,
+            no_window,
             100.0
         ));
+        // A retry whose next attempt cannot be followed has ended; a record gone still holds
+        // its window.
+        assert!(!still_holds(Some(TaskStatus::Retry), 0.0, window, 1e9));
+        assert!(still_holds(None, 100.0, window, 105.0));
+        assert!(!still_holds(None, 100.0, window, 111.0));
         assert!(UniqueKey::new("", window).check().is_err());
         assert!(UniqueKey::new("k".repeat(513), window).check().is_err());
     }

@@ -985,16 +985,27 @@ impl Broker for RabbitMqBroker {
         task: QueuedTask,
         unique: &qtasks_core::unique::UniqueKey,
     ) -> Result<Option<Uuid>, BackendError> {
-        if let Some(holder) = self.storage.insert_unique(&task, unique).await? {
-            return Ok(Some(holder));
+        match self.storage.insert_unique(&task, unique).await? {
+            // Its own id, known: as `add`, a task that still waits is published again (an
+            // earlier add may have died between its record and its message).
+            Some(holder) if holder == task.uuid => {
+                self.add(task).await?;
+                Ok(Some(holder))
+            }
+            Some(holder) => Ok(Some(holder)),
+            None => {
+                if let Err(error) = self.publish(&task).await {
+                    // As `add`: no message, no task (its record goes, if it still waits).
+                    if let Ok(Some(record)) = self.storage.get(task.uuid).await
+                        && record.status == TaskStatus::New
+                    {
+                        let _ = self.storage.delete(task.uuid).await;
+                    }
+                    return Err(error);
+                }
+                Ok(None)
+            }
         }
-        if let Err(error) = self.publish(&task).await {
-            // As `add`: no message, no task (its record goes; the key's lock then names a task
-            // that is gone, which holds nothing).
-            let _ = self.storage.delete(task.uuid).await;
-            return Err(error);
-        }
-        Ok(None)
     }
 
     async fn next(&self) -> Result<Option<Delivery>, BackendError> {

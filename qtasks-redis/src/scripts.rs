@@ -765,8 +765,8 @@ return out
 /// ARGV[1] that holder's uuid ('' for none), ARGV[2] the window in ms, ARGV[3] the app's key
 /// prefix. Returns early with `changed` (the lock moved since the caller read it: read again)
 /// or `holder:{uuid}` (the holder still holds it: its last attempt, a retry followed, waits,
-/// runs or is retried, or it was added less than the window ago). A holder's record that is
-/// gone, or not a hash, holds nothing. Leaves `now_ms` set.
+/// runs, or it was added less than the window ago: a holder whose records are gone, or not
+/// hashes, holds its window). Leaves `now_ms` set.
 macro_rules! unique_check {
     () => {
         r#"
@@ -791,11 +791,11 @@ if holder ~= '' then
     record, status = ARGV[3] .. ':' .. child, next_status
     hops = hops + 1
   end
-  if status then
-    local added = tonumber(redis.call('HGET', KEYS[1], 'added_ms') or '0') or 0
-    if status == 'new' or status == 'process' or status == 'retry' or now_ms < added + tonumber(ARGV[2]) then
-      return 'holder:' .. holder
-    end
+  -- Its last attempt waits or runs, or its window is not over (whatever its records say:
+  -- one gone, or a retry that cannot be followed, leaves the window to decide).
+  local added = tonumber(redis.call('HGET', KEYS[1], 'added_ms') or '0') or 0
+  if status == 'new' or status == 'process' or now_ms < added + tonumber(ARGV[2]) then
+    return 'holder:' .. holder
   end
 end
 "#
@@ -816,6 +816,13 @@ pub(super) const UNIQUE_ADD: &str = concat!(
     unique_check!(),
     r#"
 if redis.call('EXISTS', KEYS[3]) == 1 then return 'holder:' .. ARGV[8] end
+-- The queue's keys are checked before anything is written (as `ADD` does).
+for _, queue in ipairs({{KEYS[5], 'list'}, {KEYS[6], 'zset'}}) do
+  local kind = redis.call('TYPE', queue[1])['ok']
+  if kind ~= 'none' and kind ~= queue[2] then
+    return redis.error_reply('the queue key ' .. queue[1] .. ' holds a ' .. kind .. ', not a ' .. queue[2])
+  end
+end
 local n = tonumber(ARGV[9])
 local at = 10 + 2 * n
 local entry, delay, created = ARGV[at], ARGV[at + 1], ARGV[at + 2]

@@ -264,6 +264,7 @@ impl QueueTasks {
             }
             None => None,
         };
+        let uuid_given = uuid.is_some();
         let mut task = QueuedTask {
             uuid: uuid.unwrap_or_else(Uuid::new_v4),
             task_name,
@@ -327,7 +328,13 @@ impl QueueTasks {
             });
         }
         // A unique call: by its key, else by its arguments when the task says `unique_for`.
-        let unique = unique.or_else(|| {
+        // Not a call whose id is given (the id decides: a group's member, a chord's callback,
+        // a schedule's slot) nor a retry by hand (the failed attempt must not answer for it).
+        let own_id = uuid_given || group.is_some() || retry_parent.is_some();
+        let unique = unique.filter(|_| !own_id).or_else(|| {
+            if own_id {
+                return None;
+            }
             let window = definition.and_then(TaskDefinition::unique_for)?;
             Some(crate::unique::UniqueKey::of_call(
                 &task.task_name,

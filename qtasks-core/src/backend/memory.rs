@@ -725,18 +725,20 @@ impl MemoryStorage {
     fn holds(&self, holder: Uuid, added_at: f64, window: std::time::Duration) -> bool {
         let slots = self.slots.lock();
         let mut current = holder;
+        let mut status = None;
+        // At most 32 attempts are followed: past them the window alone decides.
         for _ in 0..32 {
             let Some(slot) = slots.get(&current) else {
-                return false;
+                break;
             };
+            status = Some(slot.record.status);
             match (slot.record.status, slot.record.retry_child_uuid) {
                 (TaskStatus::Retry, Some(child)) if slots.contains_key(&child) => current = child,
-                (status, _) => {
-                    return crate::unique::still_holds(status, added_at, window, unix_now());
-                }
+                _ => break,
             }
         }
-        true
+        let status = status.filter(|status| *status != TaskStatus::Retry);
+        crate::unique::still_holds(status, added_at, window, unix_now())
     }
 
     /// Writes `task`'s record and gives it `unique`'s key, unless the key's holder still holds
