@@ -193,7 +193,7 @@ pub(crate) struct RedisBroker {
     /// The same for each named queue, made at its first add.
     named_adds: Mutex<std::collections::HashMap<String, Arc<Batcher>>>,
     /// Woken when an entry is pushed to a named queue (the storage's subscription hears it).
-    added: Arc<tokio::sync::Notify>,
+    added: Arc<crate::Announcements>,
     /// The deliveries this process holds (their receipts: token and lease member), renewed
     /// while it lives. Keyed by the whole receipt, not the member: after a stall this process
     /// may hold an old and a new delivery of one task, and each is renewed, ended and stopped
@@ -212,7 +212,7 @@ impl RedisBroker {
         blocking: ConnectionManager,
         options: RedisOptions,
         cancels: broadcast::Sender<CancelRequest>,
-        added: Arc<tokio::sync::Notify>,
+        added: Arc<crate::Announcements>,
         location: String,
     ) -> Self {
         let ttl_ms = result_ttl_ms(&options);
@@ -1027,11 +1027,21 @@ impl Broker for RedisBroker {
         let give_up = take
             .patience
             .and_then(|patience| tokio::time::Instant::now().checked_add(patience));
+        // The wake-ups of the queues this take serves (only their adds wake it).
+        let wake_ups: Vec<Arc<tokio::sync::Notify>> = take
+            .queues
+            .iter()
+            .map(|queue| self.added.of(queue.name))
+            .collect();
         loop {
             // Registered before the take looks, so an entry announced meanwhile wakes the wait.
-            let announced = self.added.notified();
-            tokio::pin!(announced);
-            announced.as_mut().enable();
+            let mut announced: Vec<_> = wake_ups
+                .iter()
+                .map(|notify| Box::pin(notify.notified()))
+                .collect();
+            for notified in &mut announced {
+                notified.as_mut().enable();
+            }
             let (taken, next_due_ms) = self.take_batch(take).await?;
             let any_taken = !taken.is_empty();
             // Held (renewed) from now on; should this call be dropped before it hands the
@@ -1166,9 +1176,14 @@ impl Broker for RedisBroker {
                 // (Not on the default list too: a blocking pop cut short by an announcement
                 // would stay blocked on the server, and take the next entry out of sight.)
                 // Python clients' entries, unannounced, are met at the next look.
-                tokio::select! {
-                    () = &mut announced => {}
-                    () = tokio::time::sleep(wait) => {}
+                if announced.is_empty() {
+                    // A take of no queue (a caller's own): nothing to be woken by.
+                    tokio::time::sleep(wait).await;
+                } else {
+                    tokio::select! {
+                        _ = futures_util::future::select_all(announced) => {}
+                        () = tokio::time::sleep(wait) => {}
+                    }
                 }
                 continue;
             }

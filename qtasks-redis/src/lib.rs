@@ -414,7 +414,7 @@ async fn connect_parts(
     // Cancel requests from other processes arrive on the storage's subscription.
     let (cancels, _) = tokio::sync::broadcast::channel(4096);
     // Entries pushed to named queues are announced on the same subscription.
-    let added = Arc::new(tokio::sync::Notify::new());
+    let added = Arc::new(Announcements::default());
     let storage = RedisStorage::connect(
         client,
         keys.clone(),
@@ -498,6 +498,34 @@ fn reconnect_pauses() -> impl Iterator<Item = Duration> + Send + Sync + Unpin {
 #[allow(clippy::needless_pass_by_value)] // called with `format!` results
 fn failure(message: String, error: redis::RedisError) -> BackendError {
     BackendError::new("redis", message).with_source(error)
+}
+
+/// Wake-ups of idle takes, by queue: an add's announcement (its queue's name, on the added
+/// channel) wakes only the takes that serve that queue.
+#[derive(Default)]
+pub(crate) struct Announcements {
+    by_queue: parking_lot::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Notify>>>,
+}
+
+impl Announcements {
+    /// The wake-up of `queue`'s takes.
+    pub(crate) fn of(&self, queue: &str) -> Arc<tokio::sync::Notify> {
+        Arc::clone(self.by_queue.lock().entry(queue.to_owned()).or_default())
+    }
+
+    /// Wakes the takes that serve `queue`.
+    pub(crate) fn announce(&self, queue: &str) {
+        if let Some(notify) = self.by_queue.lock().get(queue) {
+            notify.notify_waiters();
+        }
+    }
+
+    /// Wakes every take (announcements may have been missed).
+    pub(crate) fn announce_all(&self) {
+        for notify in self.by_queue.lock().values() {
+            notify.notify_waiters();
+        }
+    }
 }
 
 /// How long a unique key's lock lives: its window, and at least a week (the lock must outlive

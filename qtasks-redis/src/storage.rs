@@ -128,7 +128,7 @@ impl RedisStorage {
         commands: ConnectionManager,
         fallback_check: Duration,
         cancels: broadcast::Sender<CancelRequest>,
-        added: Arc<Notify>,
+        added: Arc<super::Announcements>,
         result_ttl: Option<Duration>,
     ) -> Result<Self, BackendError> {
         let waiters = Arc::new(Waiters::default());
@@ -733,7 +733,7 @@ struct Channels {
     /// Cancel requests, and where they are passed on.
     cancel: Option<(String, broadcast::Sender<CancelRequest>)>,
     /// Entries pushed to named queues, and the idle takes they wake.
-    added: Option<(String, Arc<Notify>)>,
+    added: Option<(String, Arc<super::Announcements>)>,
 }
 
 async fn subscribe(
@@ -783,7 +783,7 @@ async fn listen(
                         waiters.wake_all();
                     }
                     if let Some((_, added)) = &channels.added {
-                        added.notify_waiters();
+                        added.announce_all();
                     }
                 }
                 Err(error) => {
@@ -806,7 +806,10 @@ async fn listen(
                 .as_ref()
                 .filter(|(name, _)| name == message.get_channel_name())
             {
-                added.notify_waiters();
+                match message.get_payload::<String>() {
+                    Ok(queue) => added.announce(&queue),
+                    Err(_) => added.announce_all(),
+                }
                 continue;
             }
             let Ok(text) = message.get_payload::<String>() else {
