@@ -64,6 +64,10 @@ pub struct TaskDefinitionParts {
     /// How long one call per arguments holds, in seconds (`unique_for`): adds of the same
     /// arguments meanwhile return the first call's handle.
     pub unique_for: Option<f64>,
+    /// At most `.0` starts per `.1` seconds across the app (`rate_limit = "100/s"`).
+    pub rate_limit: Option<(u32, f64)>,
+    /// At most this many runs at once across the app (`max_running`).
+    pub max_running: Option<u32>,
     /// Turns the result into the stored value; `None` stores the JSON result.
     pub decode: Option<fn(Value) -> std::result::Result<Value, String>>,
     /// Maps each item of a stream task before it is stored.

@@ -62,6 +62,8 @@ pub struct TaskCall<H = TaskHandle> {
     pub(crate) queue: Option<String>,
     /// The unique key of this call ([`unique`](Self::unique)).
     pub(crate) unique: Option<crate::unique::UniqueKey>,
+    /// The key this call's rate is kept by ([`rate_key`](Self::rate_key)).
+    pub(crate) rate_key: Option<String>,
     pub(crate) definition: Option<&'static TaskDefinition>,
     /// An argument that did not encode, reported when the call is sent.
     pub(crate) invalid: Option<String>,
@@ -81,6 +83,7 @@ impl<H> Clone for TaskCall<H> {
             max_time: self.max_time,
             queue: self.queue.clone(),
             unique: self.unique.clone(),
+            rate_key: self.rate_key.clone(),
             definition: self.definition,
             invalid: self.invalid.clone(),
             handle: PhantomData,
@@ -101,6 +104,7 @@ impl<H> fmt::Debug for TaskCall<H> {
             .field("max_time", &self.max_time)
             .field("queue", &self.queue)
             .field("unique", &self.unique)
+            .field("rate_key", &self.rate_key)
             .finish_non_exhaustive()
     }
 }
@@ -119,6 +123,7 @@ impl TaskCall {
             max_time: None,
             queue: None,
             unique: None,
+            rate_key: None,
             definition: None,
             invalid: None,
             handle: PhantomData,
@@ -143,6 +148,7 @@ impl<H> TaskCall<H> {
             max_time: None,
             queue: None,
             unique: None,
+            rate_key: None,
             definition: Some(definition),
             invalid,
             handle: PhantomData,
@@ -225,6 +231,14 @@ impl<H> TaskCall<H> {
         self
     }
 
+    /// Keeps the task's rate limit for this key apart (see
+    /// [`AddOptions::rate_key`](crate::AddOptions::rate_key)).
+    #[must_use]
+    pub fn rate_key(mut self, key: impl Into<String>) -> Self {
+        self.rate_key = Some(key.into());
+        self
+    }
+
     /// The same call, its handle reading the result as JSON (to put calls of different tasks
     /// in one list).
     pub fn untyped(self) -> TaskCall {
@@ -239,6 +253,7 @@ impl<H> TaskCall<H> {
             max_time: self.max_time,
             queue: self.queue,
             unique: self.unique,
+            rate_key: self.rate_key,
             definition: self.definition,
             invalid: self.invalid,
             handle: PhantomData,
@@ -284,6 +299,7 @@ impl<H> TaskCall<H> {
             max_time: self.max_time,
             queue: self.queue.clone(),
             unique: self.unique.clone(),
+            rate_key: self.rate_key.clone(),
         };
         app.add_task_with(&self.task_name, &self.args, &self.kwargs, options)
             .await

@@ -541,6 +541,7 @@ mod detached {
                 max_time: None,
                 queue: None,
                 hand_backs: 0,
+                rate_key: None,
                 definition: None,
             };
             TaskExecutor::new(

@@ -34,6 +34,7 @@ mod executor;
 mod group;
 mod handle;
 pub mod inspect;
+pub mod limits;
 mod middleware;
 mod panic;
 pub mod plugin;

@@ -339,6 +339,9 @@ pub struct TaskRecord {
     /// How many times workers that could not run the task handed it back.
     #[serde(default, skip_serializing_if = "crate::task::is_zero")]
     pub hand_backs: u32,
+    /// The key the task's rate limit is kept by (`AddOptions::rate_key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_key: Option<String>,
 }
 
 impl TaskRecord {
@@ -374,6 +377,7 @@ impl TaskRecord {
             progress_at: None,
             queue: queued.queue,
             hand_backs: queued.hand_backs,
+            rate_key: queued.rate_key,
         }
     }
 

@@ -51,6 +51,14 @@ fn check_options(definition: &TaskDefinition) -> Result<(), Refused> {
             format!("`result_ttl` is {ttl} seconds; it must be more than 0 and at most 100 years"),
         ));
     }
+    // A `const` count may be 0: a task that could never start.
+    if definition.parts.max_running == Some(0) {
+        return Err(Refused::Option(
+            definition.parts.name,
+            definition.location(),
+            "`max_running` is 0; it must be at least 1 (a task that may never run?)".to_owned(),
+        ));
+    }
     if let Some(jitter) = backoff.and_then(|b| b.jitter)
         && !(0.0..=1.0).contains(&jitter)
     {

@@ -233,6 +233,8 @@ impl TaskDefinition {
                 max_time: None,
                 result_ttl: None,
                 unique_for: None,
+                rate_limit: None,
+                max_running: None,
                 decode: None,
                 generate_handler: None,
                 middlewares_before: &[],
@@ -317,6 +319,19 @@ impl TaskDefinition {
         self.parts
             .unique_for
             .map(|seconds| Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX))
+    }
+
+    /// How often the task may start across the app (`rate_limit = "100/s"`); see
+    /// [`limits`](crate::limits).
+    pub fn rate_limit(&self) -> Option<crate::limits::RateLimit> {
+        let (count, per) = self.parts.rate_limit?;
+        crate::limits::RateLimit::new(count, Duration::try_from_secs_f64(per).ok()?).ok()
+    }
+
+    /// How many runs of the task may go at once across the app (`max_running`); see
+    /// [`limits`](crate::limits).
+    pub fn max_running(&self) -> Option<u32> {
+        self.parts.max_running.filter(|max| *max > 0)
     }
 
     /// The time limit of one run (`max_time`, alias `timeout`); `None` has none.
@@ -446,6 +461,11 @@ pub struct QueuedTask {
     /// record's `hand_backs` field.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub hand_backs: u32,
+    /// The key this call's rate limit is kept by, with the task's name
+    /// ([`AddOptions::rate_key`](crate::AddOptions::rate_key)); `None`: the task's one rate.
+    /// Stored as the record's `rate_key` field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_key: Option<String>,
     /// The definition, when the enqueuing process already knew it: saves the worker a lookup
     /// by name. Never sent over the wire.
     #[serde(skip)]
@@ -473,6 +493,7 @@ impl QueuedTask {
             max_time: self.max_time,
             queue: None,
             hand_backs: self.hand_backs,
+            rate_key: None,
             definition: self.definition,
         };
         std::mem::replace(self, left)
@@ -502,6 +523,7 @@ impl QueuedTask {
             max_time: None,
             queue: None,
             hand_backs: 0,
+            rate_key: None,
             definition: None,
         }
     }
@@ -532,6 +554,7 @@ impl QueuedTask {
             max_time: record.max_time,
             queue: record.queue,
             hand_backs: record.hand_backs,
+            rate_key: record.rate_key,
             definition: None,
         }
     }

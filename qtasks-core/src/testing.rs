@@ -61,6 +61,7 @@ pub async fn run<H>(app: &QueueTasks, call: TaskCall<H>) -> Result<Outcome> {
         max_time: call.max_time.map(|limit| limit.as_secs_f64()),
         queue: call.queue,
         hand_backs: 0,
+        rate_key: call.rate_key,
         definition: Some(definition),
     };
     let uuid = task.uuid;

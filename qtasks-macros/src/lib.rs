@@ -68,6 +68,8 @@ use proc_macro::TokenStream;
 /// | `middlewares_after = [STATIC, ..]` | `qtasks::Middleware` statics run after this task, before the app's |
 /// | `router = "..."` | the router the task belongs to (`AppBuilder::routers`) |
 /// | `unique_for = TIME` | one call per arguments at a time: an add of the same task with the same arguments while one waits or runs (or within `TIME` of its add) returns the first one's handle |
+/// | `rate_limit = "N/PERIOD"` | at most N starts per period across every worker of the app, spaced evenly (`"100/s"`, `"60/m"`, `"5/10s"`); per key with `AddOptions::rate_key` |
+/// | `max_running = N` | at most N runs of the task at once across every worker of the app |
 /// | `queue = "..."` | the named queue its calls wait in (default `default`); workers serve the queues `QueueConfig::queues` lists |
 /// | `executor = STATIC` | a `static` implementing `qtasks::components::TaskRunner`, instead of the app's |
 /// | `cron = "..."` | run the task (it takes no arguments) on this cron schedule, in every worker of the app, once per slot; the expression is checked when the task compiles |

@@ -96,6 +96,11 @@ pub(crate) fn decode(body: &[u8]) -> Result<QueuedTask, String> {
             shown()
         ));
     }
+    if let Some(key) = &task.rate_key
+        && let Err(reason) = qtasks_core::limits::check_rate_key(key)
+    {
+        return Err(format!("the message's rate key: {reason}: {:?}", shown()));
+    }
     if let Some(run_at) = task.run_at.filter(|at| !is_time(*at)) {
         return Err(format!(
             "the message's `run_at` ({run_at}) is not a time: {:?}",

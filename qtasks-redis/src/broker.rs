@@ -21,6 +21,7 @@ use super::{Keys, QueueKeys, RedisOptions, failure, scripts};
 use qtasks_core::backend::{
     BackendError, Broker, CancelRequest, CancelState, Delivery, ErrorChain, unix_now,
 };
+use qtasks_core::limits::{Admission, PARKED_RECHECK, TaskLimits};
 use qtasks_core::queues::{DEFAULT_QUEUE, Take};
 use qtasks_core::stats::{DeadLetter, QueueStats};
 use qtasks_core::{Outcome, QueuedTask, TaskStatus};
@@ -1224,6 +1225,102 @@ impl Broker for RedisBroker {
         Ok(())
     }
 
+    fn supports_limits(&self) -> bool {
+        true
+    }
+
+    async fn admit(
+        &self,
+        delivery: &Delivery,
+        limits: &TaskLimits,
+    ) -> Result<Admission, BackendError> {
+        let member = split_receipt(&delivery.receipt).1;
+        let keys = self.keys.queue_keys(delivery.task.queue.as_deref());
+        let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1);
+        let ttl_ms = delivery.run.result_ttl.map_or_else(
+            || result_ttl_ms(&self.options),
+            |ttl| i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1),
+        );
+        let mut con = self.commands.clone();
+        let answer: Vec<i64> = Script::new(scripts::ADMIT)
+            .key(&self.keys.leases)
+            .key(&*keys.delayed)
+            .key(self.keys.record(delivery.task.uuid))
+            .key(&self.keys.cancel_requests)
+            .key(&self.keys.stats)
+            .key(self.keys.rate(&limits.rate_key))
+            .key(self.keys.running(&limits.task_name))
+            .key(self.keys.parked(&limits.task_name))
+            .arg(&delivery.receipt)
+            .arg(entry_of(member))
+            .arg(delivery.task.uuid.to_string())
+            .arg(limits.rate.map_or(0, |rate| micros(rate.interval())))
+            .arg(limits.max_running.unwrap_or(0))
+            .arg(u64::try_from(PARKED_RECHECK.as_millis()).unwrap_or(u64::MAX))
+            .arg(ttl_ms)
+            .arg(&self.keys.done_channel)
+            .arg(keys.tag)
+            .invoke_async(&mut con)
+            .await
+            .map_err(|e| {
+                failure(
+                    format!(
+                        "asking whether task {} may start under its limits failed",
+                        delivery.task.uuid
+                    ),
+                    e,
+                )
+            })?;
+        let admission = match answer.as_slice() {
+            [4] => return Ok(Admission::Run),
+            [0] => return Ok(Admission::Lost),
+            [2] => Admission::Parked,
+            [3] => Admission::Cancelled,
+            [1, wait_us] => Admission::Postponed {
+                wait: Duration::from_micros(u64::try_from(*wait_us).unwrap_or(0)),
+            },
+            other => {
+                return Err(BackendError::new(
+                    "redis",
+                    format!("the admission script answered {other:?}"),
+                ));
+            }
+        };
+        // Handed back: this process no longer holds the delivery.
+        self.unhold(&delivery.receipt);
+        if let Admission::Postponed { wait } = admission {
+            let mut due = delivery.task.clone();
+            due.run_at = Some(unix_now() + wait.as_secs_f64());
+            self.release_when_due(&due);
+        }
+        Ok(admission)
+    }
+
+    async fn leave(&self, delivery: &Delivery, limits: &TaskLimits) -> Result<(), BackendError> {
+        if limits.max_running.is_none() {
+            return Ok(());
+        }
+        let mut con = self.commands.clone();
+        let _woke: i64 = Script::new(scripts::LEAVE)
+            .key(self.keys.running(&limits.task_name))
+            .key(self.keys.parked(&limits.task_name))
+            .arg(&delivery.receipt)
+            .arg(&self.keys.prefix)
+            .arg(&self.keys.added_channel)
+            .invoke_async(&mut con)
+            .await
+            .map_err(|e| {
+                failure(
+                    format!(
+                        "giving back the running slot of task {} failed",
+                        delivery.task.uuid
+                    ),
+                    e,
+                )
+            })?;
+        Ok(())
+    }
+
     async fn bury(&self, delivery: &Delivery, reason: &str) -> Result<(), BackendError> {
         let member = split_receipt(&delivery.receipt).1;
         let entry = entry_of(member).to_owned();
@@ -1511,6 +1608,25 @@ impl RedisBroker {
         }
         self.named_adds.lock().clear();
         let mut con = self.commands.clone();
+        // The limits' keys (rates by any key, slots and parked tasks by task) are found by
+        // their prefix.
+        let mut cursor = 0u64;
+        loop {
+            let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(keys.limits_pattern())
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut con)
+                .await
+                .map_err(|e| failure("listing the limits' keys failed".to_owned(), e))?;
+            doomed.extend(found);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
         redis::cmd("UNLINK")
             .arg(&doomed)
             .exec_async(&mut con)

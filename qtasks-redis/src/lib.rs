@@ -370,6 +370,34 @@ impl Keys {
         format!("{}:qtasks:unique:{key}", self.prefix)
     }
 
+    /// The state of a rate limit: the next start and the turns given (`scripts::ADMIT`).
+    fn rate(&self, key: &str) -> String {
+        format!("{}:qtasks:limits:rate:{key}", self.prefix)
+    }
+
+    /// The runs of a task with `max_running` that hold a slot.
+    fn running(&self, task: &str) -> String {
+        format!("{}:qtasks:limits:running:{task}", self.prefix)
+    }
+
+    /// The tasks parked for a slot of a task with `max_running`.
+    fn parked(&self, task: &str) -> String {
+        format!("{}:qtasks:limits:parked:{task}", self.prefix)
+    }
+
+    /// The pattern every limit key matches, for a flush (the prefix's glob characters escaped).
+    fn limits_pattern(&self) -> String {
+        let mut pattern = String::with_capacity(self.prefix.len() + 20);
+        for c in self.prefix.chars() {
+            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                pattern.push('\\');
+            }
+            pattern.push(c);
+        }
+        pattern.push_str(":qtasks:limits:*");
+        pattern
+    }
+
     /// The live items of a running stream task.
     fn items(&self, uuid: uuid::Uuid) -> String {
         format!("{}:qtasks:items:{uuid}", self.prefix)

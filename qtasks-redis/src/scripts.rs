@@ -1177,3 +1177,144 @@ redis.call('ZADD', KEYS[2], now_ms + tonumber(ARGV[2]), ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now_ms)
 return 1
 "#;
+
+/// Decides whether a delivered task of a limited task starts now (see `qtasks::limits`), in
+/// one step across every worker: over `max_running` it is parked, over its rate it is given its
+/// turn; either way it is handed back to its queue's `delayed` as [`DEFER`] does, without a
+/// hand-back counted.
+///
+/// - Running slots: `N:qtasks:limits:running:{task}` (SET) holds the lease members of the runs
+///   that hold one. A member whose lease is gone or ran out (its run ended, its worker died) is
+///   dropped as it is met, so a dead worker's slot frees itself with its lease.
+/// - Parked tasks: `N:qtasks:limits:parked:{task}` (LIST) of `{queue tag}|{entry}`, in the
+///   order they asked; each also waits in `delayed`, due after ARGV[6] in case no leave wakes it.
+/// - Rates: `N:qtasks:limits:rate:{key}` (HASH): `next`, the earliest next start, and per task
+///   handed back until its turn, its uuid → the turn (µs, Redis clock). A task that comes back
+///   at its turn starts without taking another.
+///
+/// KEYS: leases, the queue's delayed, record, cancel requests, stats, rate, running, parked.
+/// ARGV: lease member (token and member), entry, uuid, the rate's interval in µs (0: none),
+/// max_running (0: none), the parked recheck in ms, ttl ms (0: keep), done channel, queue tag.
+/// Returns `{0}` lost (the lease is not this delivery's), `{1, wait_us}` handed back until its
+/// turn, `{2}` parked, `{3}` cancelled while held (the record ends `cancel`), `{4}` run.
+pub(super) const ADMIT: &str = concat!(
+    counting!(),
+    r#"
+local lease = redis.call('ZSCORE', KEYS[1], ARGV[1])
+local t = redis.call('TIME')
+local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now_ms = math.floor(now_us / 1000)
+if not lease or tonumber(lease) <= now_ms then return {0} end
+
+-- Back to `delayed`, due at `due_ms`, as DEFER does but counting no hand-back. True when a
+-- cancel requested while it was held ended it instead.
+local function hand_back(due_ms)
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  local now_s = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+  local is_hash = redis.call('TYPE', KEYS[3])['ok'] == 'hash'
+  local reason = redis.call('HGET', KEYS[4], ARGV[3])
+  if reason then
+    redis.call('HDEL', KEYS[4], ARGV[3])
+    if is_hash then
+      redis.call('HSET', KEYS[3], 'status', 'cancel', 'cancel_reason', reason, 'updated_at', now_s, 'finished_at', now_s)
+      local ttl = tonumber(ARGV[7])
+      if ttl > 0 then redis.call('PEXPIRE', KEYS[3], ttl) end
+      count_ended(KEYS[5], bucket_now('cancel'))
+      redis.call('PUBLISH', ARGV[8], ARGV[3])
+    end
+    return true
+  end
+  redis.call('ZADD', KEYS[2], due_ms, ARGV[2])
+  if is_hash then
+    redis.call('HSET', KEYS[3], 'status', 'new', 'updated_at', now_s)
+    if (tonumber(redis.call('HGET', KEYS[3], 'deliveries') or '0') or 0) > 0 then
+      redis.call('HINCRBY', KEYS[3], 'deliveries', -1)
+    end
+  end
+  return false
+end
+
+local max = tonumber(ARGV[5])
+if max > 0 then
+  local held, mine = 0, false
+  for _, holder in ipairs(redis.call('SMEMBERS', KEYS[7])) do
+    local until_ms = redis.call('ZSCORE', KEYS[1], holder)
+    if until_ms and tonumber(until_ms) > now_ms then
+      held = held + 1
+      if holder == ARGV[1] then mine = true end
+    else
+      redis.call('SREM', KEYS[7], holder)
+    end
+  end
+  if held >= max and not mine then
+    if hand_back(now_ms + tonumber(ARGV[6])) then return {3} end
+    redis.call('RPUSH', KEYS[8], ARGV[9] .. '|' .. ARGV[2])
+    return {2}
+  end
+end
+
+local interval = tonumber(ARGV[4])
+if interval > 0 then
+  local wait_us = 0
+  local turn = tonumber(redis.call('HGET', KEYS[6], ARGV[3]) or '')
+  if turn then
+    if turn <= now_us + 1000 then
+      redis.call('HDEL', KEYS[6], ARGV[3])
+    else
+      wait_us = turn - now_us
+    end
+  else
+    local start = math.max(tonumber(redis.call('HGET', KEYS[6], 'next') or '0') or 0, now_us)
+    redis.call('HSET', KEYS[6], 'next', string.format('%.0f', start + interval))
+    -- Kept a day past the last turn given: tasks cancelled while they waited leave theirs.
+    redis.call('PEXPIRE', KEYS[6], math.floor((start + interval - now_us) / 1000) + 86400000)
+    if start > now_us + 1000 then
+      redis.call('HSET', KEYS[6], ARGV[3], string.format('%.0f', start))
+      wait_us = start - now_us
+    end
+  end
+  if wait_us > 0 then
+    if hand_back(now_ms + math.ceil(wait_us / 1000)) then return {3} end
+    return {1, wait_us}
+  end
+end
+
+if max > 0 then redis.call('SADD', KEYS[7], ARGV[1]) end
+return {4}
+"#
+);
+
+/// Gives back the running slot of an admitted run (see [`ADMIT`]) and wakes the first task
+/// parked for it that still waits: its entry moves from its queue's `delayed` to its list, as
+/// [`RELEASE_DELAYED`] does. Parked items whose task went meanwhile (taken by its recheck,
+/// cancelled) are dropped on the way, at most 100 per call. KEYS: running, parked. ARGV: lease
+/// member, the app's key prefix, the channel that announces a named queue's entries.
+/// Returns 0 when the slot was not held (any more), 1 when no parked task was woken, 2 when one
+/// was.
+pub(super) const LEAVE: &str = concat!(
+    priorities!(),
+    r#"
+if redis.call('SREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+for _ = 1, 100 do
+  local item = redis.call('LPOP', KEYS[2])
+  if not item then return 1 end
+  local tag, entry = string.match(item, '^([^|]*)|(.+)$')
+  if entry then
+    local delayed, list, stats
+    if tag == '' then
+      delayed, list, stats = ARGV[2] .. ':qtasks:delayed', ARGV[2] .. ':task_queue', ARGV[2] .. ':qtasks:stats'
+    else
+      local base = ARGV[2] .. ':qtasks:q:' .. tag
+      delayed, list, stats = base .. ':delayed', base .. ':list', base .. ':stats'
+    end
+    if redis.call('ZREM', delayed, entry) == 1 then
+      redis.call('RPUSH', list, entry)
+      redis.call('HINCRBY', stats, 'queued:' .. priority_of(entry), 1)
+      if tag ~= '' then redis.call('PUBLISH', ARGV[3], tag) end
+      return 2
+    end
+  end
+end
+return 1
+"#
+);

@@ -52,6 +52,9 @@ pub(super) fn new_record_fields(task: &QueuedTask) -> Vec<(&'static str, String)
     if let Some(queue) = &task.queue {
         fields.push(("queue", queue.clone()));
     }
+    if let Some(key) = &task.rate_key {
+        fields.push(("rate_key", key.clone()));
+    }
     fields
 }
 
@@ -268,6 +271,9 @@ pub(super) fn read_record(uuid: Uuid, fields: &Fields) -> (TaskRecord, Vec<Strin
     let queue = read("queue", false, &|text| {
         qtasks_core::queues::check_queue_name(text)
     });
+    let rate_key = read("rate_key", false, &|text| {
+        qtasks_core::limits::check_rate_key(text)
+    });
     let hand_backs = read("hand_backs", false, &|text| {
         text.parse::<u32>()
             .map(drop)
@@ -294,6 +300,7 @@ pub(super) fn read_record(uuid: Uuid, fields: &Fields) -> (TaskRecord, Vec<Strin
     task.max_time = max_time.and_then(|t| t.parse().ok());
     task.queue = queue.filter(|queue| queue != qtasks_core::queues::DEFAULT_QUEUE);
     task.hand_backs = hand_backs.and_then(|n| n.parse().ok()).unwrap_or(0);
+    task.rate_key = rate_key;
     let mut record = TaskRecord::from_task(task);
     record.started_at = started_at.and_then(|t| t.parse().ok());
     record.finished_at = finished_at.and_then(|t| t.parse().ok());
@@ -337,7 +344,7 @@ pub(super) fn decode_record(uuid: Uuid, fields: &Fields) -> Result<TaskRecord, S
 
 /// The record fields the take script returns, in this order. `status` must come first: the
 /// script reads it to skip cancelled tasks.
-pub(super) const TAKEN_FIELDS: [&str; 14] = [
+pub(super) const TAKEN_FIELDS: [&str; 15] = [
     "status",
     "task_name",
     "priority",
@@ -352,6 +359,7 @@ pub(super) const TAKEN_FIELDS: [&str; 14] = [
     "max_time",
     "queue",
     "hand_backs",
+    "rate_key",
 ];
 
 /// The record fields the take script returned, by name (missing fields left out).

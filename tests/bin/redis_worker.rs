@@ -16,7 +16,9 @@
 //! - with `QTASKS_TEST_SPAN_LOG` set, `log_run` also appends `uuid pid start_ms end_ms` to that
 //!   file when it ends (for the harness's overlap check);
 //! - `measure(text)` returns the length of its argument;
-//! - `join_labels(separator, labels)` joins them (a chord's callback).
+//! - `join_labels(separator, labels)` joins them (a chord's callback);
+//! - `paced_run(n)` returns `n`, at most 25 starts a second across the app (`rate_limit`);
+//! - `capped_run(ms)` sleeps `ms`, at most 3 runs at once across the app (`max_running`).
 //!
 //! With `QTASKS_TEST_WORKER_AMQP` (a RabbitMQ URL) the queue is on RabbitMQ and the records on
 //! Redis.
@@ -128,6 +130,17 @@ async fn measure(text: String) -> usize {
 #[qtasks::task]
 async fn join_labels(separator: String, labels: Vec<String>) -> String {
     labels.join(&separator)
+}
+
+#[qtasks::task(rate_limit = "25/s")]
+async fn paced_run(n: u32) -> u32 {
+    n
+}
+
+#[qtasks::task(max_running = 3)]
+async fn capped_run(ms: u64) -> u64 {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    ms
 }
 
 #[tokio::main]

@@ -131,6 +131,7 @@ impl Records<'_> {
                     group: record.group_uuid,
                     max_time: record.max_time,
                     queue: record.queue.clone(),
+                    rate_key: record.rate_key.clone(),
                     ..Placement::default()
                 },
             )

@@ -151,6 +151,7 @@ impl QueueTasks {
                 max_time: options.max_time.map(|limit| limit.as_secs_f64()),
                 queue: options.queue,
                 unique: options.unique,
+                rate_key: options.rate_key,
             },
         )
         .await
@@ -236,7 +237,14 @@ impl QueueTasks {
             max_time,
             queue,
             unique,
+            rate_key,
         } = placement;
+        if let Some(key) = &rate_key {
+            crate::limits::check_rate_key(key).map_err(|reason| Error::InvalidArguments {
+                task: task_name.clone(),
+                reason,
+            })?;
+        }
         // The call's queue, else the task's; the default queue is stored as none (the
         // original's records have no queue field).
         let queue = match queue.or_else(|| {
@@ -285,6 +293,7 @@ impl QueueTasks {
             max_time,
             queue,
             hand_backs: 0,
+            rate_key,
             definition,
         };
         let dispatch = self.dispatch();
@@ -524,6 +533,8 @@ pub struct AddOptions {
     pub(crate) queue: Option<String>,
     /// The key at most one task holds ([`AddOptions::unique`]).
     pub(crate) unique: Option<crate::unique::UniqueKey>,
+    /// The key the task's rate limit is kept by ([`AddOptions::rate_key`]).
+    pub(crate) rate_key: Option<String>,
 }
 
 impl AddOptions {
@@ -667,6 +678,25 @@ impl AddOptions {
         self.unique = Some(crate::unique::UniqueKey::new(key, window));
         self
     }
+
+    /// Keeps the task's rate limit (`#[task(rate_limit = "10/s")]`) for this key apart: each
+    /// key gets the whole rate, so one customer's burst does not slow another's calls. A
+    /// retry keeps its call's key. Without a key, every call of the task shares one rate.
+    /// Without a `rate_limit` on the task, the key does nothing. The add fails with
+    /// [`Error::InvalidArguments`] for an empty key or one over
+    /// [`MAX_RATE_KEY_LEN`](crate::limits::MAX_RATE_KEY_LEN) bytes.
+    ///
+    /// ```
+    /// # async fn demo(app: &qtasks::QueueTasks) -> qtasks::Result<()> {
+    /// let for_acme = qtasks::AddOptions::default().rate_key("customer:acme");
+    /// app.add_task_with("send_webhook", ("order.paid",), (), for_acme).await?;
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn rate_key(mut self, key: impl Into<String>) -> Self {
+        self.rate_key = Some(key.into());
+        self
+    }
 }
 
 /// Where a new task goes: when it may run (now if `None`) and its id (a new one if `None`).
@@ -685,6 +715,8 @@ pub(super) struct Placement {
     pub(super) queue: Option<String>,
     /// The unique key (`None`: the task's `unique_for`, if any, by its arguments).
     pub(super) unique: Option<crate::unique::UniqueKey>,
+    /// The key the task's rate limit is kept by (`None`: the task's one rate).
+    pub(super) rate_key: Option<String>,
 }
 
 /// A time as Unix seconds (the clock of `run_at` and records).

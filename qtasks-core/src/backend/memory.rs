@@ -44,7 +44,31 @@ pub struct MemoryBroker {
     cancel_requests: tokio::sync::broadcast::Sender<CancelRequest>,
     /// Deliveries handed out, for their receipts.
     deliveries: std::sync::atomic::AtomicU64,
+    /// The task limits kept for every app on this broker ([`crate::limits`]).
+    limits: Mutex<Limits>,
 }
+
+/// The rates and running slots of limited tasks. Taken before the records' and the queues'
+/// locks, never after, so an admission and a leave are each one step.
+#[derive(Default)]
+struct Limits {
+    /// By rate key.
+    rates: HashMap<String, crate::limits::RateState>,
+    /// By task name.
+    running: HashMap<String, Running>,
+}
+
+/// The running slots of a task with `max_running`.
+#[derive(Default)]
+struct Running {
+    /// The receipts of the deliveries that hold a slot.
+    holders: HashSet<String>,
+    /// The tasks waiting for a slot, in the order they asked; a leave queues the first.
+    parked: VecDeque<QueuedTask>,
+}
+
+/// Past this many rate keys, the idle ones (no turn reserved, no start due) are forgotten.
+const RATE_KEYS_KEPT: usize = 10_000;
 
 /// The most dead letters kept: past it the oldest go.
 const DEAD_LETTERS_MAX: usize = 10_000;
@@ -161,7 +185,47 @@ impl MemoryBroker {
             dead_ids: std::sync::atomic::AtomicU64::new(0),
             cancel_requests: tokio::sync::broadcast::channel(1024).0,
             deliveries: std::sync::atomic::AtomicU64::new(0),
+            limits: Mutex::default(),
         }
+    }
+
+    /// Hands a delivery back unrun: its record `new` again (one more hand-back when
+    /// `hand_back`), its run counted out. `Ok(false)`: a cancel requested while it was held
+    /// ended it `cancel` instead. The caller queues the returned task (or parks it).
+    fn unrun(
+        &self,
+        delivery: &Delivery,
+        hand_back: bool,
+    ) -> Result<Option<QueuedTask>, BackendError> {
+        let uuid = delivery.task.uuid;
+        // Cancelled while it was held: it ends `cancel` rather than waiting to run again.
+        let requested = self
+            .storage
+            .slots
+            .lock()
+            .get_mut(&uuid)
+            .and_then(|slot| slot.cancel_requested.take());
+        if let Some(reason) = requested {
+            self.storage
+                .finish_as(uuid, Outcome::Cancel(reason), &delivery.run)?;
+            return Ok(None);
+        }
+        let mut hand_backs = delivery.task.hand_backs;
+        self.storage.change(uuid, |slot| {
+            slot.record.status = TaskStatus::New;
+            slot.record.updated_at = unix_now();
+            if hand_back {
+                slot.record.hand_backs = slot.record.hand_backs.saturating_add(1);
+            }
+            hand_backs = slot.record.hand_backs;
+        })?;
+        {
+            let mut tally = self.storage.tally.lock();
+            tally.running = tally.running.saturating_sub(1);
+        }
+        let mut task = delivery.task.clone();
+        task.hand_backs = hand_backs;
+        Ok(Some(task))
     }
 
     /// How many tasks wait to run now, in every queue.
@@ -457,6 +521,7 @@ impl Broker for MemoryBroker {
         queues.paused.clear();
         drop(queues);
         self.dead.lock().clear();
+        *self.limits.lock() = Limits::default();
         Ok(())
     }
 
@@ -465,34 +530,89 @@ impl Broker for MemoryBroker {
         delivery: &Delivery,
         delay: std::time::Duration,
     ) -> Result<(), BackendError> {
-        let uuid = delivery.task.uuid;
-        // Cancelled while it was held: it ends `cancel` rather than waiting to run again.
-        let requested = self
-            .storage
-            .slots
-            .lock()
-            .get_mut(&uuid)
-            .and_then(|slot| slot.cancel_requested.take());
-        if let Some(reason) = requested {
-            return self
-                .storage
-                .finish_as(uuid, Outcome::Cancel(reason), &delivery.run);
+        if let Some(mut task) = self.unrun(delivery, true)? {
+            task.run_at = Some(unix_now() + delay.as_secs_f64().min(1e12));
+            self.enqueue(task);
         }
-        let mut hand_backs = 0;
-        self.storage.change(uuid, |slot| {
-            slot.record.status = TaskStatus::New;
-            slot.record.updated_at = unix_now();
-            slot.record.hand_backs = slot.record.hand_backs.saturating_add(1);
-            hand_backs = slot.record.hand_backs;
-        })?;
+        Ok(())
+    }
+
+    fn supports_limits(&self) -> bool {
+        true
+    }
+
+    async fn admit(
+        &self,
+        delivery: &Delivery,
+        limits: &crate::limits::TaskLimits,
+    ) -> Result<crate::limits::Admission, BackendError> {
+        use crate::limits::Admission;
+        let mut state = self.limits.lock();
+        let now = unix_now();
+        if let Some(max) = limits.max_running {
+            let running = state.running.entry(limits.task_name.clone()).or_default();
+            if running.holders.len() >= max as usize && !running.holders.contains(&delivery.receipt)
+            {
+                // Under the limits' lock: a leave cannot come between this look and the park.
+                return Ok(match self.unrun(delivery, false)? {
+                    Some(mut task) => {
+                        task.run_at = None;
+                        running.parked.push_back(task);
+                        Admission::Parked
+                    }
+                    None => Admission::Cancelled,
+                });
+            }
+        }
+        if let Some(rate) = limits.rate {
+            if state.rates.len() > RATE_KEYS_KEPT {
+                state
+                    .rates
+                    .retain(|_, rate| !rate.reserved.is_empty() || rate.next_start > now);
+            }
+            let turn = state.rates.entry(limits.rate_key.clone()).or_default();
+            if turn.reserved.len() > RATE_KEYS_KEPT {
+                turn.forget_before(now, std::time::Duration::from_secs(3600));
+            }
+            if let Some(wait) = turn.turn(delivery.task.uuid, now, rate.interval()) {
+                return Ok(match self.unrun(delivery, false)? {
+                    Some(mut task) => {
+                        task.run_at = Some(now + wait.as_secs_f64().min(1e12));
+                        self.enqueue(task);
+                        Admission::Postponed { wait }
+                    }
+                    None => Admission::Cancelled,
+                });
+            }
+        }
+        if limits.max_running.is_some() {
+            state
+                .running
+                .entry(limits.task_name.clone())
+                .or_default()
+                .holders
+                .insert(delivery.receipt.clone());
+        }
+        Ok(Admission::Run)
+    }
+
+    async fn leave(
+        &self,
+        delivery: &Delivery,
+        limits: &crate::limits::TaskLimits,
+    ) -> Result<(), BackendError> {
+        let mut state = self.limits.lock();
+        let Some(running) = state.running.get_mut(&limits.task_name) else {
+            return Ok(());
+        };
+        if running.holders.remove(&delivery.receipt)
+            && let Some(parked) = running.parked.pop_front()
         {
-            let mut tally = self.storage.tally.lock();
-            tally.running = tally.running.saturating_sub(1);
+            self.enqueue(parked);
         }
-        let mut task = delivery.task.clone();
-        task.hand_backs = hand_backs;
-        task.run_at = Some(unix_now() + delay.as_secs_f64().min(1e12));
-        self.enqueue(task);
+        if running.holders.is_empty() && running.parked.is_empty() {
+            state.running.remove(&limits.task_name);
+        }
         Ok(())
     }
 

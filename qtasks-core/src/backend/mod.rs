@@ -554,6 +554,62 @@ pub trait Broker: Lifecycle {
             .await
     }
 
+    /// Whether this broker keeps [task limits](crate::limits) (`rate_limit`, `max_running`)
+    /// across every worker of the app: it implements [`admit`](Self::admit) and
+    /// [`leave`](Self::leave). A worker on a broker that does not ends a limited task `error`
+    /// saying so, rather than run it past its limit.
+    fn supports_limits(&self) -> bool {
+        false
+    }
+
+    /// Decides whether a delivered task of a limited task may start now, in one atomic step
+    /// across every worker of the app ([`limits`](crate::limits)):
+    ///
+    /// - [`Admission::Run`](crate::limits::Admission::Run): it starts; with
+    ///   [`max_running`](crate::limits::TaskLimits::max_running) it holds a running slot of its
+    ///   task until [`leave`](Self::leave) (or until its lease runs out, when its worker died);
+    /// - `Postponed { wait }`: over its rate, the delivery was handed back (status `new`, no
+    ///   hand-back counted) to wait for the start time it was given, when it starts without
+    ///   taking another;
+    /// - `Parked`: every slot is held; the delivery was handed back, parked until a run of the
+    ///   task leaves (or [`PARKED_RECHECK`](crate::limits::PARKED_RECHECK) passes);
+    /// - `Cancelled`: a cancel was requested while it was held: its record ends `cancel`;
+    /// - `Lost`: the delivery's lease ran out; nothing was done.
+    ///
+    /// The default refuses: the broker keeps no limits.
+    async fn admit(
+        &self,
+        delivery: &Delivery,
+        limits: &crate::limits::TaskLimits,
+    ) -> Result<crate::limits::Admission, BackendError> {
+        let _ = delivery;
+        Err(BackendError::new(
+            "broker",
+            format!(
+                "the {} keeps no task limits, and task `{}` has {}",
+                self.name(),
+                limits.task_name,
+                match (limits.rate, limits.max_running) {
+                    (Some(rate), _) => format!("`rate_limit = \"{rate}\"`"),
+                    (None, Some(max)) => format!("`max_running = {max}`"),
+                    (None, None) => "no limits".to_owned(),
+                }
+            ),
+        ))
+    }
+
+    /// Gives back the running slot an admitted delivery of a task with `max_running` held, and
+    /// wakes one task parked for it. Called once the run's outcome is stored (or the delivery
+    /// handed back). The default does nothing.
+    async fn leave(
+        &self,
+        delivery: &Delivery,
+        limits: &crate::limits::TaskLimits,
+    ) -> Result<(), BackendError> {
+        let _ = (delivery, limits);
+        Ok(())
+    }
+
     /// Pauses (`true`) or resumes a named queue for every worker of the app: while it is paused
     /// no worker takes its tasks, which wait (and may still be added and cancelled). The default
     /// refuses: the broker cannot pause.

@@ -283,7 +283,28 @@ impl WorkerHost {
             .expires_at
             .filter(|expires_at| *expires_at <= now && !started_before)
             .map(|expires_at| now - expires_at);
+        let over_deliveries = max_deliveries > 0 && delivery.deliveries > max_deliveries;
+        // A limited task that is to run asks the engine first; over a limit it waits in its
+        // queue. The slot it may hold is given back however this ends.
+        let mut _slot = None;
+        let mut unlimitable = None;
+        let mut asked = false;
+        if let Some(limits) = definition
+            .filter(|_| expired_ago.is_none() && !over_deliveries)
+            .and_then(|definition| {
+                crate::limits::TaskLimits::of(definition, delivery.task.rate_key.as_deref())
+            })
+        {
+            asked = true;
+            match self.admit(&delivery, limits).await {
+                Admitted::Run(slot) => _slot = slot,
+                Admitted::Waits => return,
+                Admitted::Refused(reason) => unlimitable = Some(reason),
+            }
+        }
         let mut outcome = match definition {
+            // The broker cannot keep the task's limits: it must not run past them.
+            _ if unlimitable.is_some() => Outcome::Error(unlimitable.take().unwrap_or_default()),
             // Not started in time: it must not run at all.
             _ if expired_ago.is_some() => {
                 let reason = format!(
@@ -295,7 +316,7 @@ impl WorkerHost {
             }
             // Handed out too often: each earlier delivery ended with its worker (an abort, an
             // OOM kill, a stall past the lease), so this one must not run, or it never ends.
-            _ if max_deliveries > 0 && delivery.deliveries > max_deliveries => {
+            _ if over_deliveries => {
                 let reason = format!(
                     "DeliveryLimit: task {uuid} was handed out {} times (max_deliveries = {max_deliveries}) and its worker died or lost the lease every time before it ended (an abort, an OOM kill, a stack overflow?); it is not run again",
                     delivery.deliveries
@@ -304,7 +325,8 @@ impl WorkerHost {
                 Outcome::Error(reason)
             }
             Some(definition) => {
-                delivery.run.started_at = Some(now);
+                // A limited task starts once the engine said so.
+                delivery.run.started_at = Some(if asked { unix_now() } else { now });
                 self.run(
                     &mut delivery.task,
                     &delivery.receipt,
@@ -443,6 +465,56 @@ impl WorkerHost {
         tracing::warn!(uuid = %uuid, queue = delivery.task.queue_name(), "{why}; handing it back to its queue for {delay:?} (hand-back {} of {limit})", hand_backs + 1);
         if let Err(error) = broker.defer(&delivery, delay).await {
             tracing::error!(uuid = %uuid, "handing task {uuid} back failed (it is taken again when its lease runs out): {}", crate::backend::ErrorChain(&error));
+        }
+    }
+
+    /// Asks the engine whether a limited task may start now (see [`crate::limits`]).
+    async fn admit(&self, delivery: &Delivery, limits: crate::limits::TaskLimits) -> Admitted {
+        use crate::limits::Admission;
+        let app = self.app();
+        let broker = &app.components().broker;
+        let uuid = delivery.task.uuid;
+        if !broker.supports_limits() {
+            let reason = match broker.admit(delivery, &limits).await {
+                Err(error) => format!(
+                    "LimitsUnsupported: {}; run it on an engine that keeps limits (memory, Redis), or drop the limit",
+                    error.message()
+                ),
+                Ok(_) => "LimitsUnsupported".to_owned(),
+            };
+            tracing::error!(uuid = %uuid, "{reason}");
+            return Admitted::Refused(reason);
+        }
+        match broker.admit(delivery, &limits).await {
+            Ok(Admission::Run) => Admitted::Run(limits.max_running.map(|_| LeaveOnDrop {
+                app: app.clone(),
+                delivery: Some(delivery.clone()),
+                limits,
+            })),
+            Ok(Admission::Postponed { wait }) => {
+                tracing::debug!(uuid = %uuid, task = %limits.task_name, "task {uuid} is over its rate limit; it starts in {wait:?}");
+                Admitted::Waits
+            }
+            Ok(Admission::Parked) => {
+                tracing::debug!(uuid = %uuid, task = %limits.task_name, "task {uuid} waits for one of the {} running slots of its task", limits.max_running.unwrap_or_default());
+                Admitted::Waits
+            }
+            Ok(Admission::Cancelled) => {
+                tracing::info!(uuid = %uuid, "task {uuid} was cancelled while it was held; it does not run");
+                Admitted::Waits
+            }
+            Ok(Admission::Lost) => {
+                tracing::warn!(uuid = %uuid, "task {uuid} was lost before it could start (its lease ran out); another worker has it");
+                Admitted::Waits
+            }
+            Err(error) => {
+                tracing::error!(uuid = %uuid, "could not ask the broker whether task {uuid} may start under its limits: {}; handing it back", crate::backend::ErrorChain(&error));
+                tokio::time::sleep(BROKER_RETRY_DELAY).await;
+                if let Err(error) = broker.release(delivery).await {
+                    tracing::error!(uuid = %uuid, "handing task {uuid} back failed (it is taken again when its lease runs out): {}", crate::backend::ErrorChain(&error));
+                }
+                Admitted::Waits
+            }
         }
     }
 
@@ -650,6 +722,8 @@ impl WorkerHost {
             // And waits in the same queue.
             queue: task.queue.clone(),
             hand_backs: 0,
+            // And counts against the same rate.
+            rate_key: task.rate_key.clone(),
             definition: task.definition,
         };
         Outcome::Retry {
@@ -835,4 +909,40 @@ fn unknown_task(name: &str, tasks: &TaskTable) -> String {
         }
     }
     reason
+}
+
+/// What the engine said of a limited task, as the worker acts on it.
+enum Admitted {
+    /// It runs, holding a running slot when its task has `max_running`.
+    Run(Option<LeaveOnDrop>),
+    /// It does not run here now: handed back to wait its turn, cancelled, or lost.
+    Waits,
+    /// The broker keeps no limits: the task ends `error` with this reason.
+    Refused(String),
+}
+
+/// A running slot of a task with `max_running`: given back when the run ends, however it ends
+/// (after its outcome is stored, or it was handed back), so a parked task is woken.
+struct LeaveOnDrop {
+    app: QueueTasks,
+    delivery: Option<Delivery>,
+    limits: crate::limits::TaskLimits,
+}
+
+impl Drop for LeaveOnDrop {
+    fn drop(&mut self) {
+        let (Some(delivery), Ok(runtime)) =
+            (self.delivery.take(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        let app = self.app.clone();
+        let limits = self.limits.clone();
+        runtime.spawn(async move {
+            if let Err(error) = app.components().broker.leave(&delivery, &limits).await {
+                // Its slot goes when its lease does; a parked task looks again in time.
+                tracing::warn!(uuid = %delivery.task.uuid, "giving back the running slot of task {} failed: {}", delivery.task.uuid, crate::backend::ErrorChain(&error));
+            }
+        });
+    }
 }

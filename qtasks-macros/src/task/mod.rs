@@ -146,6 +146,14 @@ fn emit(task: &Task) -> TokenStream {
     let backoff_max = optional_seconds(&options.retry_backoff_max);
     let result_ttl = optional_seconds(&options.result_ttl);
     let unique_for = optional_seconds(&options.unique_for);
+    let rate_limit = match options.rate_limit {
+        Some((count, per)) => quote! { ::core::option::Option::Some((#count, #per)) },
+        None => quote! { ::core::option::Option::None },
+    };
+    let max_running = match &options.max_running {
+        Some(max) => quote! { ::core::option::Option::Some((#max) as u32) },
+        None => quote! { ::core::option::Option::None },
+    };
     let jitter = optional_seconds(&options.retry_jitter);
     let exponential = options.retry_exponential;
     let retry_backoff = match &options.retry_delay {
@@ -401,6 +409,8 @@ fn emit(task: &Task) -> TokenStream {
                     max_time: #max_time,
                     result_ttl: #result_ttl,
                     unique_for: #unique_for,
+                    rate_limit: #rate_limit,
+                    max_running: #max_running,
                     decode: #decode,
                     generate_handler: #generate_handler,
                     middlewares_before: &[#(#middlewares_before),*],

@@ -23,6 +23,8 @@ const OPTIONS: &[&str] = &[
     "timeout",
     "result_ttl",
     "unique_for",
+    "rate_limit",
+    "max_running",
     "decode",
     "generate_handler",
     "middlewares_before",
@@ -53,6 +55,10 @@ pub(crate) struct TaskOptions {
     pub(crate) result_ttl: Option<Expr>,
     /// `unique_for`, in seconds.
     pub(crate) unique_for: Option<Expr>,
+    /// `rate_limit`, read here: starts and the period in seconds.
+    pub(crate) rate_limit: Option<(u32, f64)>,
+    /// `max_running`: a count at least 1.
+    pub(crate) max_running: Option<Expr>,
     pub(crate) decode: Option<Expr>,
     pub(crate) generate_handler: Option<Expr>,
     pub(crate) middlewares_before: Vec<Expr>,
@@ -199,6 +205,24 @@ pub(crate) fn parse_options(args: TokenStream, errors: &mut Errors) -> TaskOptio
                 }
                 options.unique_for = Some(window);
             }
+            "rate_limit" => {
+                let rate: LitStr = meta.value()?.parse()?;
+                match parse_rate(&rate.value()) {
+                    Ok(rate) => options.rate_limit = Some(rate),
+                    Err(problem) => errors.spanned(
+                        &rate,
+                        format!(
+                            "`rate_limit = {:?}` is not a rate: {problem}\n= help: write starts per period, like \"100/s\", \"60/m\", \"1000/h\" or \"5/10s\"",
+                            rate.value()
+                        ),
+                    ),
+                }
+            }
+            "max_running" => {
+                let max: Expr = meta.value()?.parse()?;
+                check_max_running(&max, errors);
+                options.max_running = Some(max);
+            }
             "decode" => options.decode = Some(meta.value()?.parse()?),
             "generate_handler" => options.generate_handler = Some(meta.value()?.parse()?),
             "middlewares_before" => {
@@ -298,6 +322,50 @@ fn literal_seconds(value: &Expr) -> Option<f64> {
             ..
         }) => float.base10_parse().ok(),
         _ => None,
+    }
+}
+
+/// A rate `"100/s"`, `"5/10s"`: a whole number of starts (at least 1) per a period (at least
+/// a millisecond); a bare unit is one of it.
+fn parse_rate(text: &str) -> Result<(u32, f64), String> {
+    let Some((count, per)) = text.split_once('/') else {
+        return Err("there is no `/` between the starts and the period".to_owned());
+    };
+    let count: u32 = count
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{}` is not a whole number of starts", count.trim()))?;
+    if count == 0 {
+        return Err("0 starts per period would never start the task".to_owned());
+    }
+    let per = per.trim();
+    let seconds = if per.starts_with(|c: char| c.is_ascii_digit()) {
+        parse_duration(per)?
+    } else {
+        parse_duration(&format!("1{per}"))?
+    };
+    if seconds < 0.001 {
+        return Err("the period is shorter than a millisecond".to_owned());
+    }
+    Ok((count, seconds))
+}
+
+/// `max_running` written as a literal must be a whole number at least 1 (a `const` is
+/// checked when the task is registered).
+fn check_max_running(value: &Expr, errors: &mut Errors) {
+    let fine = match value {
+        Expr::Lit(syn::ExprLit {
+            lit: syn::Lit::Int(int),
+            ..
+        }) => int.base10_parse::<u32>().is_ok_and(|max| max >= 1),
+        Expr::Lit(_) | Expr::Unary(_) => false,
+        _ => true,
+    };
+    if !fine {
+        errors.spanned(
+            value,
+            "`max_running` is how many runs of the task may go at once across the app: a whole number at least 1, like `max_running = 5`",
+        );
     }
 }
 
