@@ -297,3 +297,55 @@ async fn max_running_holds_across_worker_processes_and_parked_tasks_are_woken() 
         "24 runs of 150 ms three at a time took {took:?}"
     );
 }
+
+#[tokio::test]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
+async fn a_killed_workers_running_slots_free_themselves_with_its_leases() {
+    let Some(url) = redis_url("a_killed_workers_running_slots_free_themselves_with_its_leases")
+    else {
+        return;
+    };
+    let prefix = unique_prefix("slots");
+    let client = redis_app(&url, &prefix, RedisOptions::default(), 1).await;
+    // `capped_run` is `max_running = 3`: the first worker holds all three slots and parks one
+    // more task, then dies without giving anything back.
+    let mut handles = Vec::new();
+    for _ in 0..7 {
+        handles.push(client.add_task("capped_run", (1500,), ()).await.unwrap());
+    }
+    let mut doomed = Command::new(env!("CARGO_BIN_EXE_qtasks-test-redis-worker"))
+        .args([prefix.as_str(), "1500", "4"])
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let mut running = 0;
+        for handle in &handles {
+            if handle.get().await.unwrap().unwrap().status == TaskStatus::Process {
+                running += 1;
+            }
+        }
+        assert!(running <= 3, "{running} running with max_running = 3");
+        if running == 3 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slots were never all taken"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    doomed.kill().unwrap();
+    doomed.wait().unwrap();
+    let killed_at = std::time::Instant::now();
+    let _heir = Worker::spawn(&prefix, 4);
+    for handle in &handles {
+        let record = handle.wait(Duration::from_secs(60)).await.unwrap();
+        assert_eq!(record.status, TaskStatus::Success, "{record:?}");
+    }
+    // The dead worker's slots went with its leases (1.5 s), and the parked task was woken by
+    // a run that ended, not by the 30 s recheck: 7 runs of 1.5 s, three at a time.
+    let took = killed_at.elapsed();
+    eprintln!("after the kill, the 7 tasks ended in {took:?}");
+    assert!(took < Duration::from_secs(20), "{took:?}");
+}

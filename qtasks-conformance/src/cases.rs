@@ -142,6 +142,21 @@ async fn reports(ctx: TaskContext, label: String) -> TaskResult<String> {
     Ok(label)
 }
 
+#[qtasks_macros::task(name = "conformance_paced", rate_limit = "20/s")]
+async fn paced(n: u64) -> u64 {
+    n
+}
+
+/// Counts the runs of `label` going at once, and the most there were, as it runs 50 ms.
+#[qtasks_macros::task(name = "conformance_capped", max_running = 2)]
+async fn capped(label: String) -> u64 {
+    let now = runs(&format!("{label}:now")).fetch_add(1, Ordering::SeqCst) + 1;
+    runs(&format!("{label}:most")).fetch_max(now, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    runs(&format!("{label}:now")).fetch_sub(1, Ordering::SeqCst);
+    now
+}
+
 #[qtasks_macros::task(name = "conformance_short_lived", result_ttl = 0.3)]
 async fn short_lived() -> u32 {
     1
@@ -289,6 +304,7 @@ pub(crate) const ALL: &[(&str, Case)] = cases![
     named_queues_keep_their_tasks_apart,
     a_paused_queue_waits_for_its_resume,
     unique_adds_make_one_task,
+    limits_hold_across_workers,
     undecodable_arguments_fail_alone,
     panic_fails_alone,
     time_limit_ends_error,
@@ -1093,6 +1109,81 @@ async fn unique_adds_make_one_task(c: &Context<'_>) -> Result<(), String> {
     );
     let started = runs(&format!("{label}:started")).load(Ordering::SeqCst);
     ensure!(started == 1, "the unique task started {started} times");
+    Ok(())
+}
+
+async fn limits_hold_across_workers(c: &Context<'_>) -> Result<(), String> {
+    // Two workers of one app: the engine keeps the limits, not each worker.
+    let app = c.started_app("", 4).await?;
+    let _other = c.started_app("", 4).await?;
+    let key = c.label("rate");
+    let mut paced_handles = Vec::new();
+    for n in 0..20 {
+        let call = paced::call(n).rate_key(key.clone());
+        paced_handles.push(said(call.add(&app).await, "adding")?);
+    }
+    let label = c.label("capped");
+    let mut capped_handles = Vec::new();
+    for _ in 0..8 {
+        capped_handles.push(said(capped::add_task(&app, label.clone()).await, "adding")?);
+    }
+    let mut starts = Vec::new();
+    let mut unsupported = 0;
+    for handle in &paced_handles {
+        let record = wait_for(&app, handle).await?;
+        match record.status {
+            TaskStatus::Success => {}
+            // An engine without limits must say so, never run past them.
+            TaskStatus::Error
+                if record
+                    .traceback
+                    .as_deref()
+                    .is_some_and(|t| t.contains("LimitsUnsupported")) =>
+            {
+                unsupported += 1;
+                continue;
+            }
+            _ => return Err(format!("a rate-limited task did not succeed: {record:?}")),
+        }
+        ensure!(
+            record.hand_backs == 0,
+            "waiting for its turn counted as a hand-back: {record:?}"
+        );
+        starts.push(record.started_at.ok_or("no `started_at`")?);
+    }
+    if unsupported > 0 {
+        ensure!(
+            unsupported == paced_handles.len(),
+            "some rate-limited tasks ran and some were refused"
+        );
+        return Ok(());
+    }
+    starts.sort_by(f64::total_cmp);
+    let span = starts[starts.len() - 1] - starts[0];
+    let rate = (starts.len() - 1) as f64 / span;
+    if rate > 22.0 {
+        return Err(format!("20/s measured as {rate:.2}/s across two workers"));
+    }
+    // Not only on average: half a second holds its 10 starts and one late one at most.
+    for (first, at) in starts.iter().enumerate() {
+        let within = starts[first..]
+            .iter()
+            .take_while(|s| **s < at + 0.5)
+            .count();
+        ensure!(within <= 11, "{within} starts in half a second at 20/s");
+    }
+    for handle in &capped_handles {
+        let record = wait_for(&app, handle).await?;
+        ensure!(
+            record.status == TaskStatus::Success,
+            "a task with max_running did not succeed: {record:?}"
+        );
+    }
+    let most = runs(&format!("{label}:most")).load(Ordering::SeqCst);
+    ensure!(
+        most == 2,
+        "max_running = 2 across two workers of 4 slots: {most} ran at once"
+    );
     Ok(())
 }
 

@@ -488,7 +488,7 @@ impl WorkerHost {
         match broker.admit(delivery, &limits).await {
             Ok(Admission::Run) => Admitted::Run(limits.max_running.map(|_| LeaveOnDrop {
                 app: app.clone(),
-                delivery: Some(delivery.clone()),
+                delivery: Some(Box::new(delivery.clone())),
                 limits,
             })),
             Ok(Admission::Postponed { wait }) => {
@@ -925,7 +925,7 @@ enum Admitted {
 /// (after its outcome is stored, or it was handed back), so a parked task is woken.
 struct LeaveOnDrop {
     app: QueueTasks,
-    delivery: Option<Delivery>,
+    delivery: Option<Box<Delivery>>,
     limits: crate::limits::TaskLimits,
 }
 

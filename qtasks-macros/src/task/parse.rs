@@ -206,11 +206,22 @@ pub(crate) fn parse_options(args: TokenStream, errors: &mut Errors) -> TaskOptio
                 options.unique_for = Some(window);
             }
             "rate_limit" => {
-                let rate: LitStr = meta.value()?.parse()?;
+                let value: Expr = meta.value()?.parse()?;
+                let Expr::Lit(syn::ExprLit {
+                    lit: syn::Lit::Str(rate),
+                    ..
+                }) = &value
+                else {
+                    errors.spanned(
+                        &value,
+                        "`rate_limit` is a string of starts per period, like `rate_limit = \"100/s\"` or `rate_limit = \"5/10s\"`",
+                    );
+                    return Ok(());
+                };
                 match parse_rate(&rate.value()) {
                     Ok(rate) => options.rate_limit = Some(rate),
                     Err(problem) => errors.spanned(
-                        &rate,
+                        rate,
                         format!(
                             "`rate_limit = {:?}` is not a rate: {problem}\n= help: write starts per period, like \"100/s\", \"60/m\", \"1000/h\" or \"5/10s\"",
                             rate.value()
