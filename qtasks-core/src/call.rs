@@ -300,6 +300,7 @@ impl<H> TaskCall<H> {
             queue: self.queue.clone(),
             unique: self.unique.clone(),
             rate_key: self.rate_key.clone(),
+            workflow: None,
         };
         app.add_task_with(&self.task_name, &self.args, &self.kwargs, options)
             .await

@@ -542,6 +542,7 @@ mod detached {
                 queue: None,
                 hand_backs: 0,
                 rate_key: None,
+                workflow: None,
                 definition: None,
             };
             TaskExecutor::new(

@@ -400,7 +400,7 @@ impl QueueTasks {
     }
 
     /// A task's last attempt: its record, or its retries' last one.
-    async fn last_attempt(&self, uuid: Uuid) -> Result<Option<TaskRecord>> {
+    pub(crate) async fn last_attempt(&self, uuid: Uuid) -> Result<Option<TaskRecord>> {
         let mut current = uuid;
         loop {
             let Some(record) = self.components().storage.get(current).await? else {

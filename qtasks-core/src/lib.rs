@@ -50,6 +50,7 @@ pub mod testing;
 pub mod trace;
 pub mod triggers;
 pub mod unique;
+pub mod workflow;
 
 #[doc(hidden)]
 pub mod __private;

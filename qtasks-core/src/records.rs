@@ -342,6 +342,9 @@ pub struct TaskRecord {
     /// The key the task's rate limit is kept by (`AddOptions::rate_key`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_key: Option<String>,
+    /// The workflow step the task is (`{workflow id}/{step path}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<String>,
 }
 
 impl TaskRecord {
@@ -378,6 +381,7 @@ impl TaskRecord {
             queue: queued.queue,
             hand_backs: queued.hand_backs,
             rate_key: queued.rate_key,
+            workflow: queued.workflow,
         }
     }
 

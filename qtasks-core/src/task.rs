@@ -466,6 +466,10 @@ pub struct QueuedTask {
     /// Stored as the record's `rate_key` field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_key: Option<String>,
+    /// The [workflow](crate::workflow) step this task is, `{workflow id}/{step path}`: the
+    /// worker that ends it moves the workflow on. Stored as the record's `workflow` field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<String>,
     /// The definition, when the enqueuing process already knew it: saves the worker a lookup
     /// by name. Never sent over the wire.
     #[serde(skip)]
@@ -494,6 +498,7 @@ impl QueuedTask {
             queue: None,
             hand_backs: self.hand_backs,
             rate_key: None,
+            workflow: None,
             definition: self.definition,
         };
         std::mem::replace(self, left)
@@ -524,6 +529,7 @@ impl QueuedTask {
             queue: None,
             hand_backs: 0,
             rate_key: None,
+            workflow: None,
             definition: None,
         }
     }
@@ -555,6 +561,7 @@ impl QueuedTask {
             queue: record.queue,
             hand_backs: record.hand_backs,
             rate_key: record.rate_key,
+            workflow: record.workflow,
             definition: None,
         }
     }

@@ -62,6 +62,7 @@ pub async fn run<H>(app: &QueueTasks, call: TaskCall<H>) -> Result<Outcome> {
         queue: call.queue,
         hand_backs: 0,
         rate_key: call.rate_key,
+        workflow: None,
         definition: Some(definition),
     };
     let uuid = task.uuid;

@@ -29,6 +29,38 @@ impl RedisGlobalConfig {
     fn hash(&self, name: &str) -> String {
         format!("{}:GlobalConfig:{name}", self.keys.prefix)
     }
+
+    /// A workflow's state (HASH): its document, end, and the results of its steps.
+    fn workflow(&self, id: &str) -> String {
+        format!("{}:qtasks:workflow:{id}", self.keys.prefix)
+    }
+
+    /// The running workflows (SET of ids).
+    fn running_workflows(&self) -> String {
+        format!("{}:qtasks:workflows", self.keys.prefix)
+    }
+}
+
+/// Writes a workflow's fields (all, or none when ARGV[2] is `1` and the first is there), and
+/// keeps the state ARGV[1] ms. KEYS: the state. ARGV: ttl ms, only-if-absent, then field/value
+/// pairs. Returns 1 when written.
+const WORKFLOW_WRITE: &str = r#"
+if ARGV[2] == '1' and redis.call('HEXISTS', KEYS[1], ARGV[3]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+"#;
+
+/// Adds a member to a workflow's join and answers how many it holds. KEYS: the join (SET).
+/// ARGV: member, ttl ms.
+const WORKFLOW_JOIN: &str = r#"
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return redis.call('SCARD', KEYS[1])
+"#;
+
+fn ttl_ms(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 #[qtasks_core::async_trait]
@@ -154,6 +186,86 @@ impl GlobalConfig for RedisGlobalConfig {
             .await
             .map(drop)
             .map_err(|e| failure("writing the worker's description failed".to_owned(), e))
+    }
+
+    async fn workflow_write(
+        &self,
+        id: &str,
+        fields: &[(&str, &str)],
+        only_if_absent: bool,
+        ttl: Duration,
+    ) -> Result<bool, BackendError> {
+        if fields.is_empty() {
+            return Ok(false);
+        }
+        let mut con = self.commands.clone();
+        let script = redis::Script::new(WORKFLOW_WRITE);
+        let mut invocation = script.key(self.workflow(id));
+        invocation
+            .arg(ttl_ms(ttl))
+            .arg(if only_if_absent { "1" } else { "0" });
+        for (field, value) in fields {
+            invocation.arg(*field).arg(*value);
+        }
+        let written: i64 = invocation
+            .invoke_async(&mut con)
+            .await
+            .map_err(|e| failure(format!("writing workflow {id} failed"), e))?;
+        Ok(written == 1)
+    }
+
+    async fn workflow_read(
+        &self,
+        id: &str,
+        fields: &[&str],
+    ) -> Result<Vec<Option<String>>, BackendError> {
+        if fields.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut con = self.commands.clone();
+        redis::cmd("HMGET")
+            .arg(self.workflow(id))
+            .arg(fields)
+            .query_async(&mut con)
+            .await
+            .map_err(|e| failure(format!("reading workflow {id} failed"), e))
+    }
+
+    async fn workflow_join(
+        &self,
+        id: &str,
+        join: &str,
+        member: &str,
+        ttl: Duration,
+    ) -> Result<u64, BackendError> {
+        let mut con = self.commands.clone();
+        redis::Script::new(WORKFLOW_JOIN)
+            .key(format!("{}:join:{join}", self.workflow(id)))
+            .arg(member)
+            .arg(ttl_ms(ttl))
+            .invoke_async(&mut con)
+            .await
+            .map_err(|e| failure(format!("joining workflow {id} failed"), e))
+    }
+
+    async fn workflow_running(&self, id: &str, running: bool) -> Result<(), BackendError> {
+        let mut con = self.commands.clone();
+        let command = if running { "SADD" } else { "SREM" };
+        redis::cmd(command)
+            .arg(self.running_workflows())
+            .arg(id)
+            .exec_async(&mut con)
+            .await
+            .map_err(|e| failure(format!("listing workflow {id} failed"), e))
+    }
+
+    async fn workflows_running(&self) -> Result<Vec<String>, BackendError> {
+        let mut con = self.commands.clone();
+        redis::cmd("SMEMBERS")
+            .arg(self.running_workflows())
+            .query_async(&mut con)
+            .await
+            .map_err(|e| failure("reading the running workflows failed".to_owned(), e))
     }
 
     async fn claim(&self, key: &str, ttl: Duration) -> Result<bool, BackendError> {

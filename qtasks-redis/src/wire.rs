@@ -55,6 +55,9 @@ pub(super) fn new_record_fields(task: &QueuedTask) -> Vec<(&'static str, String)
     if let Some(key) = &task.rate_key {
         fields.push(("rate_key", key.clone()));
     }
+    if let Some(step) = &task.workflow {
+        fields.push(("workflow", step.clone()));
+    }
     fields
 }
 
@@ -274,6 +277,7 @@ pub(super) fn read_record(uuid: Uuid, fields: &Fields) -> (TaskRecord, Vec<Strin
     let rate_key = read("rate_key", false, &|text| {
         qtasks_core::limits::check_rate_key(text)
     });
+    let workflow = read("workflow", false, &|_| Ok(()));
     let hand_backs = read("hand_backs", false, &|text| {
         text.parse::<u32>()
             .map(drop)
@@ -301,6 +305,7 @@ pub(super) fn read_record(uuid: Uuid, fields: &Fields) -> (TaskRecord, Vec<Strin
     task.queue = queue.filter(|queue| queue != qtasks_core::queues::DEFAULT_QUEUE);
     task.hand_backs = hand_backs.and_then(|n| n.parse().ok()).unwrap_or(0);
     task.rate_key = rate_key;
+    task.workflow = workflow;
     let mut record = TaskRecord::from_task(task);
     record.started_at = started_at.and_then(|t| t.parse().ok());
     record.finished_at = finished_at.and_then(|t| t.parse().ok());
@@ -344,7 +349,7 @@ pub(super) fn decode_record(uuid: Uuid, fields: &Fields) -> Result<TaskRecord, S
 
 /// The record fields the take script returns, in this order. `status` must come first: the
 /// script reads it to skip cancelled tasks.
-pub(super) const TAKEN_FIELDS: [&str; 15] = [
+pub(super) const TAKEN_FIELDS: [&str; 16] = [
     "status",
     "task_name",
     "priority",
@@ -360,6 +365,7 @@ pub(super) const TAKEN_FIELDS: [&str; 15] = [
     "queue",
     "hand_backs",
     "rate_key",
+    "workflow",
 ];
 
 /// The record fields the take script returned, by name (missing fields left out).

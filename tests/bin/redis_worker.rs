@@ -18,7 +18,13 @@
 //! - `measure(text)` returns the length of its argument;
 //! - `join_labels(separator, labels)` joins them (a chord's callback);
 //! - `paced_run(n)` returns `n`, at most 25 starts a second across the app (`rate_limit`);
-//! - `capped_run(ms)` sleeps `ms`, at most 3 runs at once across the app (`max_running`).
+//! - `capped_run(ms)` sleeps `ms`, at most 3 runs at once across the app (`max_running`);
+//! - `flow_step(label, ms, trail)` logs its run as `log_run` does, sleeps `ms` and returns the
+//!   trail with its label; `flow_merge(trails)` logs `merge` and joins them (a workflow's).
+//!
+//! With `QTASKS_TEST_ADD_FLOW` it is a caller, not a worker: it adds a workflow (`start`, then
+//! side by side `slow1` then `after1`, and `slow2`, 2 s each slow step, then the merge), prints
+//! its id on stdout and aborts.
 //!
 //! With `QTASKS_TEST_WORKER_AMQP` (a RabbitMQ URL) the queue is on RabbitMQ and the records on
 //! Redis.
@@ -143,6 +149,29 @@ async fn capped_run(ms: u64) -> u64 {
     ms
 }
 
+#[qtasks::task(echo = true)]
+async fn flow_step(
+    ctx: qtasks::TaskContext,
+    label: String,
+    ms: u64,
+    trail: Vec<String>,
+) -> qtasks::TaskResult<Vec<String>> {
+    log_execution(&ctx, &label)?;
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    let mut trail = trail;
+    trail.push(label);
+    Ok(trail)
+}
+
+#[qtasks::task(echo = true)]
+async fn flow_merge(
+    ctx: qtasks::TaskContext,
+    trails: Vec<Vec<String>>,
+) -> qtasks::TaskResult<Vec<String>> {
+    log_execution(&ctx, "merge")?;
+    Ok(trails.concat())
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
@@ -199,6 +228,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             (schedule, record_run::call("tick".to_owned(), 0))
         };
         app.schedules().add("tick", schedule, call)?;
+    }
+    if std::env::var_os("QTASKS_TEST_ADD_FLOW").is_some() {
+        use qtasks::workflow::{flow, parallel};
+        use std::io::Write;
+        let slow = |label: &str| flow_step::call_with(label.to_owned(), 2000);
+        let handle = flow(flow_step::call("start".to_owned(), 50, Vec::new()))
+            .then(parallel([
+                flow(slow("slow1")).then(flow_step::call_with("after1".to_owned(), 50)),
+                flow(slow("slow2")),
+            ]))
+            .then(flow_merge::call_with())
+            .add(&app)
+            .await?;
+        let mut out = std::io::stdout();
+        writeln!(out, "{}", handle.id())?;
+        out.flush()?;
+        // The caller dies at once: the workers carry the workflow.
+        std::process::abort();
     }
     app.run_forever().await?;
     Ok(())

@@ -132,6 +132,7 @@ impl Records<'_> {
                     max_time: record.max_time,
                     queue: record.queue.clone(),
                     rate_key: record.rate_key.clone(),
+                    workflow: record.workflow.clone(),
                     ..Placement::default()
                 },
             )

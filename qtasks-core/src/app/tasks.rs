@@ -152,6 +152,7 @@ impl QueueTasks {
                 queue: options.queue,
                 unique: options.unique,
                 rate_key: options.rate_key,
+                workflow: options.workflow,
             },
         )
         .await
@@ -238,6 +239,7 @@ impl QueueTasks {
             queue,
             unique,
             rate_key,
+            workflow,
         } = placement;
         if let Some(key) = &rate_key {
             crate::limits::check_rate_key(key).map_err(|reason| Error::InvalidArguments {
@@ -294,6 +296,7 @@ impl QueueTasks {
             queue,
             hand_backs: 0,
             rate_key,
+            workflow,
             definition,
         };
         let dispatch = self.dispatch();
@@ -535,6 +538,8 @@ pub struct AddOptions {
     pub(crate) unique: Option<crate::unique::UniqueKey>,
     /// The key the task's rate limit is kept by ([`AddOptions::rate_key`]).
     pub(crate) rate_key: Option<String>,
+    /// The workflow step the task is (set by the workflow that adds it).
+    pub(crate) workflow: Option<String>,
 }
 
 impl AddOptions {
@@ -717,6 +722,8 @@ pub(super) struct Placement {
     pub(super) unique: Option<crate::unique::UniqueKey>,
     /// The key the task's rate limit is kept by (`None`: the task's one rate).
     pub(super) rate_key: Option<String>,
+    /// The workflow step the task is.
+    pub(crate) workflow: Option<String>,
 }
 
 /// A time as Unix seconds (the clock of `run_at` and records).

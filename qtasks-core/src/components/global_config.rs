@@ -22,6 +22,51 @@ struct State {
     workers: BTreeMap<String, (WorkerInfo, Instant)>,
     /// Claims by key, with when each expires.
     claims: BTreeMap<String, Instant>,
+    /// Workflow states by id.
+    workflows: std::collections::HashMap<String, Workflow>,
+    /// The running workflows.
+    running_workflows: std::collections::BTreeSet<String>,
+    /// When expired workflow states were last dropped.
+    workflows_purged: Option<Instant>,
+}
+
+/// The state of one workflow: its fields, its joins, and when it expires.
+#[derive(Debug)]
+struct Workflow {
+    fields: BTreeMap<String, String>,
+    joins: std::collections::HashMap<String, std::collections::HashSet<String>>,
+    until: Instant,
+}
+
+impl State {
+    /// The live state of workflow `id`, made when `create`; expired states are dropped (all
+    /// of them at most once a second, so a long-lived process keeps only live ones).
+    fn workflow(&mut self, id: &str, create: bool) -> Option<&mut Workflow> {
+        let now = Instant::now();
+        if self
+            .workflows_purged
+            .is_none_or(|at| now.duration_since(at) > Duration::from_secs(1))
+        {
+            self.workflows.retain(|_, workflow| workflow.until > now);
+            self.workflows_purged = Some(now);
+        }
+        if self.workflows.get(id).is_some_and(|w| w.until <= now) {
+            self.workflows.remove(id);
+        }
+        if create {
+            Some(
+                self.workflows
+                    .entry(id.to_owned())
+                    .or_insert_with(|| Workflow {
+                        fields: BTreeMap::new(),
+                        joins: std::collections::HashMap::new(),
+                        until: now,
+                    }),
+            )
+        } else {
+            self.workflows.get_mut(id)
+        }
+    }
 }
 
 impl MemoryGlobalConfig {
@@ -128,6 +173,76 @@ impl GlobalConfig for MemoryGlobalConfig {
             .collect();
         workers.sort_by(|a, b| a.started_at.total_cmp(&b.started_at));
         Ok(workers)
+    }
+
+    async fn workflow_write(
+        &self,
+        id: &str,
+        fields: &[(&str, &str)],
+        only_if_absent: bool,
+        ttl: Duration,
+    ) -> Result<bool, BackendError> {
+        let mut state = self.state();
+        let workflow = state.workflow(id, true).expect("created");
+        if only_if_absent
+            && let Some((first, _)) = fields.first()
+            && workflow.fields.contains_key(*first)
+        {
+            return Ok(false);
+        }
+        for (field, value) in fields {
+            workflow
+                .fields
+                .insert((*field).to_owned(), (*value).to_owned());
+        }
+        workflow.until = Instant::now() + ttl;
+        Ok(true)
+    }
+
+    async fn workflow_read(
+        &self,
+        id: &str,
+        fields: &[&str],
+    ) -> Result<Vec<Option<String>>, BackendError> {
+        let mut state = self.state();
+        let workflow = state.workflow(id, false);
+        Ok(fields
+            .iter()
+            .map(|field| {
+                workflow
+                    .as_ref()
+                    .and_then(|w| w.fields.get(*field).cloned())
+            })
+            .collect())
+    }
+
+    async fn workflow_join(
+        &self,
+        id: &str,
+        join: &str,
+        member: &str,
+        ttl: Duration,
+    ) -> Result<u64, BackendError> {
+        let mut state = self.state();
+        let workflow = state.workflow(id, true).expect("created");
+        workflow.until = workflow.until.max(Instant::now() + ttl);
+        let members = workflow.joins.entry(join.to_owned()).or_default();
+        members.insert(member.to_owned());
+        Ok(members.len() as u64)
+    }
+
+    async fn workflow_running(&self, id: &str, running: bool) -> Result<(), BackendError> {
+        let mut state = self.state();
+        if running {
+            state.running_workflows.insert(id.to_owned());
+        } else {
+            state.running_workflows.remove(id);
+        }
+        Ok(())
+    }
+
+    async fn workflows_running(&self) -> Result<Vec<String>, BackendError> {
+        Ok(self.state().running_workflows.iter().cloned().collect())
     }
 
     async fn status(&self) -> Result<bool, BackendError> {

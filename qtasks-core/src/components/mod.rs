@@ -71,6 +71,69 @@ pub trait GlobalConfig: Lifecycle {
     async fn workers(&self) -> Result<Vec<WorkerInfo>, BackendError> {
         Ok(Vec::new())
     }
+
+    /// Writes fields of the state of [workflow](crate::workflow) `id` in one step, and keeps
+    /// the whole state `ttl` from now. With `only_if_absent`, writes nothing when the first
+    /// field is there already, and answers whether it wrote (a workflow ends once). The
+    /// default refuses: the global config keeps no workflows.
+    async fn workflow_write(
+        &self,
+        id: &str,
+        fields: &[(&str, &str)],
+        only_if_absent: bool,
+        ttl: Duration,
+    ) -> Result<bool, BackendError> {
+        let _ = (id, fields, only_if_absent, ttl);
+        Err(BackendError::new(
+            "global config",
+            format!("the {} keeps no workflows", self.name()),
+        ))
+    }
+
+    /// Reads fields of the state of workflow `id`: `None` for a field not written, and for
+    /// every field once the state expired. The default refuses.
+    async fn workflow_read(
+        &self,
+        id: &str,
+        fields: &[&str],
+    ) -> Result<Vec<Option<String>>, BackendError> {
+        let _ = (id, fields);
+        Err(BackendError::new(
+            "global config",
+            format!("the {} keeps no workflows", self.name()),
+        ))
+    }
+
+    /// Adds `member` to the set `join` of workflow `id` (kept `ttl` from now) and answers how
+    /// many members it holds: a count that adding a member twice does not change, so a
+    /// group's members that end twice (a run repeated after its worker died) count once. The
+    /// default refuses.
+    async fn workflow_join(
+        &self,
+        id: &str,
+        join: &str,
+        member: &str,
+        ttl: Duration,
+    ) -> Result<u64, BackendError> {
+        let _ = (id, join, member, ttl);
+        Err(BackendError::new(
+            "global config",
+            format!("the {} keeps no workflows", self.name()),
+        ))
+    }
+
+    /// Lists workflow `id` among the running ones (`true`) or takes it out: a worker that
+    /// starts resumes the running ones (a step whose worker died before it added the next).
+    /// The default keeps no list.
+    async fn workflow_running(&self, id: &str, running: bool) -> Result<(), BackendError> {
+        let _ = (id, running);
+        Ok(())
+    }
+
+    /// The running workflows' ids. The default keeps no list.
+    async fn workflows_running(&self) -> Result<Vec<String>, BackendError> {
+        Ok(Vec::new())
+    }
 }
 
 /// Takes tasks and runs them. The default is [`ConcurrentWorker`].

@@ -182,7 +182,10 @@ impl StartSteps<'_> {
         // Chords whose last member's worker died before adding the callback.
         {
             let app = app.clone();
-            tokio::spawn(async move { app.complete_pending_chords().await });
+            tokio::spawn(async move {
+                app.complete_pending_chords().await;
+                app.resume_workflows().await;
+            });
         }
         let scheduler = tokio::spawn(crate::schedule::runner::run(
             app.clone(),

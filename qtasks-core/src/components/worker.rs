@@ -402,6 +402,17 @@ impl WorkerHost {
             let app = app.clone();
             tokio::spawn(async move { app.complete_chord_patiently(group).await });
         }
+        // A workflow's step that ended (not for a retry) moves its workflow on.
+        if let Some(step) = &task.workflow
+            && !matches!(outcome, Outcome::Retry { .. })
+        {
+            let (app, step, uuid) = (app.clone(), step.clone(), task.uuid);
+            let (name, ended) = (task.task_name.clone(), outcome.clone());
+            tokio::spawn(async move {
+                app.advance_workflow_patiently(step, uuid, name, ended)
+                    .await;
+            });
+        }
         dispatch
             .fire(&StorageRemoveFinishedTask {
                 storage,
@@ -724,6 +735,8 @@ impl WorkerHost {
             hand_backs: 0,
             // And counts against the same rate.
             rate_key: task.rate_key.clone(),
+            // And is the same workflow step.
+            workflow: task.workflow.clone(),
             definition: task.definition,
         };
         Outcome::Retry {
