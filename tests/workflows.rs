@@ -130,7 +130,7 @@ async fn a_failed_step_ends_the_workflow_and_its_error_callback_runs_once() {
     let failure = handle.result(WAIT).await.unwrap_err();
     match &failure {
         TaskFailure::Error { message, .. } => {
-            assert!(message.contains("no further than"), "{failure}")
+            assert!(message.contains("no further than"), "{failure}");
         }
         other => panic!("{other:?}"),
     }

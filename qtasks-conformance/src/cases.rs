@@ -305,6 +305,7 @@ pub(crate) const ALL: &[(&str, Case)] = cases![
     a_paused_queue_waits_for_its_resume,
     unique_adds_make_one_task,
     limits_hold_across_workers,
+    workflows_run_on_the_workers,
     undecodable_arguments_fail_alone,
     panic_fails_alone,
     time_limit_ends_error,
@@ -1109,6 +1110,69 @@ async fn unique_adds_make_one_task(c: &Context<'_>) -> Result<(), String> {
     );
     let started = runs(&format!("{label}:started")).load(Ordering::SeqCst);
     ensure!(started == 1, "the unique task started {started} times");
+    Ok(())
+}
+
+async fn workflows_run_on_the_workers(c: &Context<'_>) -> Result<(), String> {
+    use qtasks_core::workflow::{flow, parallel};
+    // The adder is not a worker: workers of another handle run every step.
+    let adder = c.app("", 2).await?;
+    let _worker = c.started_app("", 4).await?;
+    let nested = flow(echo::call(json!("a")))
+        .then(parallel([
+            flow(echo::call_with()).then(echo::call_with()),
+            flow(echo::call_with()),
+        ]))
+        .then(echo::call_with());
+    let handle = said(nested.add(&adder).await, "adding a workflow")?;
+    let result = handle
+        .result(WAIT)
+        .await
+        .map_err(|e| format!("the workflow did not succeed: {e}"))?;
+    ensure!(
+        result == json!(["a", "a"]),
+        "the workflow's result is {result}"
+    );
+    // A failed step ends it, with that step's failure.
+    let failing = said(
+        flow(fail::call("step two fails".to_owned()))
+            .then(echo::call_with())
+            .add(&adder)
+            .await,
+        "adding a failing workflow",
+    )?;
+    match failing.result(WAIT).await {
+        Err(qtasks_core::TaskFailure::Error { message, .. })
+            if message.contains("step two fails") => {}
+        other => return Err(format!("a failed step gave {other:?}")),
+    }
+    // Cancelled as a whole while a step runs: the step is cancelled, nothing follows it.
+    let label = c.label("flow-gated");
+    let gated_flow = said(
+        flow(gated::call(label.clone()))
+            .then(count::call_with())
+            .add(&adder)
+            .await,
+        "adding a gated workflow",
+    )?;
+    eventually("the gated step starts", || async {
+        Ok(runs(&format!("{label}:started")).load(Ordering::SeqCst) == 1)
+    })
+    .await?;
+    ensure!(
+        said(gated_flow.cancel("not needed").await, "cancelling")?,
+        "the cancel found the workflow ended"
+    );
+    gate(&label).add_permits(1);
+    match gated_flow.result(WAIT).await {
+        Err(qtasks_core::TaskFailure::Cancelled { .. }) => {}
+        other => return Err(format!("a cancelled workflow gave {other:?}")),
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ensure!(
+        runs(&label).load(Ordering::SeqCst) == 0,
+        "a step after the cancel ran"
+    );
     Ok(())
 }
 

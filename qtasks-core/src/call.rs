@@ -354,14 +354,28 @@ pub struct Chain {
 impl Chain {
     /// Runs the calls, waiting up to `timeout` for each. Stops at the first task that does not
     /// succeed: the records returned end with it.
+    ///
+    /// The chain is added as a [workflow](crate::workflow): the workers add each next step, so
+    /// it goes on if the caller exits (or this wait times out).
     pub async fn run(self, app: &QueueTasks, timeout: Duration) -> Result<Vec<TaskRecord>> {
-        let mut records: Vec<TaskRecord> = Vec::with_capacity(self.calls.len());
-        for mut call in self.calls {
-            if let Some(previous) = records.last() {
-                call.args
-                    .push(previous.returning.clone().unwrap_or(Value::Null));
+        let (flow, steps) = crate::workflow::Flow::of_calls(&self.calls);
+        flow.add(app).await?;
+        let mut records: Vec<TaskRecord> = Vec::with_capacity(steps.len());
+        for step in steps {
+            // A step's record exists once the one before ended and its worker added it.
+            let deadline = tokio::time::Instant::now() + timeout;
+            while app.get(step).await?.is_none() {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(Error::WaitTimeout {
+                        uuid: step,
+                        timeout,
+                        no_worker: !app.ping().await.unwrap_or(true),
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            let record = call.add(app).await?.wait(timeout).await?;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let record = app.handle::<Value>(step).wait(left).await?;
             let succeeded = record.status == TaskStatus::Success;
             records.push(record);
             if !succeeded {
@@ -369,5 +383,14 @@ impl Chain {
             }
         }
         Ok(records)
+    }
+
+    /// Adds the chain as a [workflow](crate::workflow) and returns its handle (its result: the
+    /// last step's, as JSON), without waiting.
+    pub async fn add(self, app: &QueueTasks) -> Result<crate::workflow::WorkflowHandle<Value>> {
+        crate::workflow::Flow::of_calls(&self.calls)
+            .0
+            .add(app)
+            .await
     }
 }

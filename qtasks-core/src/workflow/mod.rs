@@ -105,6 +105,42 @@ impl<T> From<TaskCall<TaskHandle<T>>> for Flow<T> {
     }
 }
 
+impl Flow<Value> {
+    /// A chain of untyped calls (`qtasks::chain`), with the ids its steps will have.
+    pub(crate) fn of_calls(calls: &[TaskCall]) -> (Self, Vec<Uuid>) {
+        let mut invalid = None;
+        let steps: Vec<Node> = calls
+            .iter()
+            .map(|call| {
+                if let Some(reason) = &call.invalid {
+                    invalid = invalid
+                        .take()
+                        .or_else(|| Some((call.task_name.clone(), reason.clone())));
+                }
+                let mut step = step_of(call);
+                if step.uuid.is_nil() {
+                    step.uuid = Uuid::new_v4();
+                }
+                Node::Task(step)
+            })
+            .collect();
+        let ids = steps
+            .iter()
+            .filter_map(|node| match node {
+                Node::Task(step) => Some(step.uuid),
+                _ => None,
+            })
+            .collect();
+        let flow = Flow {
+            node: Node::Chain { steps },
+            on_error: None,
+            invalid,
+            result: PhantomData,
+        };
+        (flow, ids)
+    }
+}
+
 fn step_of(call: &TaskCall) -> Step {
     Step {
         uuid: call.uuid.unwrap_or(Uuid::nil()),
