@@ -109,6 +109,9 @@ enum Kind {
     ChordCallback,
     /// A slot's task of the schedule the workers run.
     Scheduled,
+    /// A task with a rate limit and `max_running` (`paced_log`): it waits for its turn or a
+    /// slot through the faults (on RabbitMQ, which keeps no limits, it ends `error`).
+    Limited,
 }
 
 struct Added {
@@ -821,6 +824,23 @@ async fn run(engine: Engine, seed: u64) {
                     repeated += 1;
                 }
             }
+            Kind::Limited if engine == Engine::RabbitMq => {
+                assert_eq!(record.status, TaskStatus::Error, "{context}");
+                let traceback = record.traceback.as_deref().unwrap_or_default();
+                assert!(traceback.contains("LimitsUnsupported"), "{context}");
+                assert_eq!(ran, 0, "never run past its limits: {context}");
+            }
+            Kind::Limited => {
+                assert_eq!(record.status, TaskStatus::Success, "{context}");
+                assert!(ran >= 1, "{context}");
+                assert_eq!(
+                    record.hand_backs, 0,
+                    "a wait for a turn is no hand-back: {context}"
+                );
+                if ran > 1 {
+                    repeated += 1;
+                }
+            }
             Kind::ChordCallback => {
                 assert_eq!(
                     (record.status, record.returning.clone()),
@@ -1022,7 +1042,8 @@ fn pick_kind(rng: &mut StdRng, engine: Engine, added: &[Added]) -> Kind {
             75..79 => Kind::PoisonEntry,
             79..83 => Kind::PoisonRecord,
             83..88 => Kind::Stream,
-            88..95 => Kind::AddedTwice,
+            88..93 => Kind::AddedTwice,
+            93..96 => Kind::Limited,
             _ => Kind::ChordMember,
         };
         // Poison records are Redis's (RabbitMQ's message carries the task); poison entries
@@ -1077,6 +1098,11 @@ async fn add(
             AddOptions::default().uuid(Uuid::new_v4()),
         ),
         Kind::ChordMember | Kind::ChordCallback => return add_chord(app, &label, rng).await,
+        Kind::Limited => (
+            "paced_log",
+            serde_json::json!([label, rng.random_range(0..300)]),
+            AddOptions::default(),
+        ),
         Kind::Long => (
             "log_run",
             serde_json::json!([label, long_ms]),
@@ -1138,12 +1164,17 @@ async fn add(
     vec![Added::new(uuid, kind)]
 }
 
-/// A chord of two or three short members whose callback joins their labels.
+/// A chord of two or three short members whose callback joins their labels: every other one
+/// a workflow (`parallel(members).then(callback)`, moved on by the workers), the others a
+/// `qtasks::chord`.
 async fn add_chord(app: &QueueTasks, label: &str, rng: &mut StdRng) -> Vec<Added> {
     let labels: Vec<String> = (0..rng.random_range(2..=3))
         .map(|n| format!("{label}m{n}"))
         .collect();
     let ms = rng.random_range(0..100);
+    if rng.random_bool(0.5) {
+        return add_workflow_chord(app, &labels, ms).await;
+    }
     let chord = || {
         let members = labels.iter().map(|label| {
             qtasks::TaskCall::new(
@@ -1166,6 +1197,40 @@ async fn add_chord(app: &QueueTasks, label: &str, rng: &mut StdRng) -> Vec<Added
     callback.returns = Some(labels.join("+").into());
     callback.members = handle.group().members().to_vec();
     added.push(callback);
+    added
+}
+
+/// [`add_chord`] as a workflow. Its ids are fixed before the first try, so an add tried again
+/// through a fault finishes the earlier one rather than starting another.
+async fn add_workflow_chord(app: &QueueTasks, labels: &[String], ms: u64) -> Vec<Added> {
+    let id = Uuid::new_v4();
+    let members: Vec<Uuid> = labels.iter().map(|_| Uuid::new_v4()).collect();
+    let callback = Uuid::new_v4();
+    let flow = || {
+        let calls = labels.iter().zip(&members).map(|(label, uuid)| {
+            qtasks::TaskCall::new(
+                "log_run",
+                vec![label.clone().into(), ms.into()],
+                Default::default(),
+            )
+            .uuid(*uuid)
+        });
+        let join = qtasks::TaskCall::new("join_labels", vec!["+".into()], Default::default())
+            .uuid(callback);
+        qtasks::workflow::parallel(calls)
+            .then(join)
+            .uuid(id)
+            .add(app)
+    };
+    through_faults("adding a workflow", flow).await;
+    let mut added: Vec<Added> = members
+        .iter()
+        .map(|uuid| Added::new(*uuid, Kind::ChordMember))
+        .collect();
+    let mut last = Added::new(callback, Kind::ChordCallback);
+    last.returns = Some(labels.join("+").into());
+    last.members = members;
+    added.push(last);
     added
 }
 

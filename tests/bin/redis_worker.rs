@@ -19,6 +19,8 @@
 //! - `join_labels(separator, labels)` joins them (a chord's callback);
 //! - `paced_run(n)` returns `n`, at most 25 starts a second across the app (`rate_limit`);
 //! - `capped_run(ms)` sleeps `ms`, at most 3 runs at once across the app (`max_running`);
+//! - `paced_log(label, ms)` logs its run as `log_run` does, sleeps `ms` and returns the label,
+//!   at most 40 starts a second and 2 runs at once across the app (the fault harness's);
 //! - `flow_step(label, ms, trail)` logs its run as `log_run` does, sleeps `ms` and returns the
 //!   trail with its label; `flow_merge(trails)` logs `merge` and joins them (a workflow's).
 //!
@@ -147,6 +149,13 @@ async fn paced_run(n: u32) -> u32 {
 async fn capped_run(ms: u64) -> u64 {
     tokio::time::sleep(Duration::from_millis(ms)).await;
     ms
+}
+
+#[qtasks::task(echo = true, rate_limit = "40/s", max_running = 2)]
+async fn paced_log(ctx: qtasks::TaskContext, label: String, ms: u64) -> qtasks::TaskResult<String> {
+    log_execution(&ctx, &label)?;
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    Ok(label)
 }
 
 #[qtasks::task(echo = true)]

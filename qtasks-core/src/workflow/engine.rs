@@ -33,15 +33,30 @@ impl QueueTasks {
         Error::Backend(error)
     }
 
-    /// Stores a new workflow and adds its first tasks.
+    /// Stores a new workflow and adds its first tasks. A workflow stored already under `id`
+    /// (an add tried again after an error that hid whether it landed) is started as stored:
+    /// its first tasks, added under their fixed ids, are added once.
     pub(crate) async fn start_workflow(&self, id: Uuid, doc: &Doc) -> Result<()> {
         let global = &self.components().global_config;
         let json = serde_json::to_string(doc).expect("a workflow always serializes");
         let key = id.to_string();
-        global
-            .workflow_write(&key, &[("doc", &json)], false, RUNNING_TTL)
+        let new = global
+            .workflow_write(&key, &[("doc", &json)], true, RUNNING_TTL)
             .await
             .map_err(Self::workflow_backend_error)?;
+        let stored;
+        let doc = if new {
+            doc
+        } else {
+            match self.live_doc(id).await? {
+                Some(earlier) => {
+                    stored = earlier;
+                    &stored
+                }
+                // Ended already: nothing to start.
+                None => return Ok(()),
+            }
+        };
         global
             .workflow_running(&key, true)
             .await

@@ -64,6 +64,8 @@ use state::{Doc, Node, Step, result_field};
 /// [module](self).
 #[derive(Debug, Clone)]
 pub struct Flow<T> {
+    /// The workflow's id, when the caller chose it ([`uuid`](Flow::uuid)).
+    id: Option<Uuid>,
     node: Node,
     on_error: Option<Step>,
     /// The first call whose arguments did not encode, reported by `add`.
@@ -97,6 +99,7 @@ impl<T> From<TaskCall<TaskHandle<T>>> for Flow<T> {
             .clone()
             .map(|reason| (call.task_name.clone(), reason));
         Flow {
+            id: None,
             node: Node::Task(step_of(&call.untyped())),
             on_error: None,
             invalid,
@@ -132,6 +135,7 @@ impl Flow<Value> {
             })
             .collect();
         let flow = Flow {
+            id: None,
             node: Node::Chain { steps },
             on_error: None,
             invalid,
@@ -173,6 +177,7 @@ pub fn parallel<T, F: Into<Flow<T>>>(flows: impl IntoIterator<Item = F>) -> Flow
         })
         .collect();
     Flow {
+        id: None,
         node: Node::Group { members },
         on_error: None,
         invalid,
@@ -194,11 +199,22 @@ impl<T> Flow<T> {
             other => steps.push(other),
         }
         Flow {
+            id: self.id.or(next.id),
             node: Node::Chain { steps },
             on_error: self.on_error.or(next.on_error),
             invalid: self.invalid.or(next.invalid),
             result: PhantomData,
         }
+    }
+
+    /// Adds the workflow under this id rather than a new one: an add of an id stored already
+    /// adds nothing new, and finishes what an earlier add of it left undone (an add tried
+    /// again after an error that hid whether it landed). Give the steps ids of their own too
+    /// (`call.uuid(..)`), or the second add's steps are the first add's, as stored.
+    #[must_use]
+    pub fn uuid(mut self, id: Uuid) -> Self {
+        self.id = Some(id);
+        self
     }
 
     /// Adds `callback` once, with the [`StepFailure`] as its last argument, when a step fails
@@ -234,7 +250,7 @@ impl<T> Flow<T> {
         {
             callback.uuid = Uuid::new_v4();
         }
-        let id = Uuid::new_v4();
+        let id = self.id.unwrap_or_else(Uuid::new_v4);
         app.start_workflow(id, &doc).await?;
         Ok(app.workflow(id))
     }
