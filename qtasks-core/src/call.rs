@@ -358,6 +358,9 @@ impl Chain {
     /// The chain is added as a [workflow](crate::workflow): the workers add each next step, so
     /// it goes on if the caller exits (or this wait times out).
     pub async fn run(self, app: &QueueTasks, timeout: Duration) -> Result<Vec<TaskRecord>> {
+        if self.calls.is_empty() {
+            return Ok(Vec::new());
+        }
         let (flow, steps) = crate::workflow::Flow::of_calls(&self.calls);
         flow.add(app).await?;
         let mut records: Vec<TaskRecord> = Vec::with_capacity(steps.len());

@@ -13,8 +13,9 @@
 //!
 //! - over its rate, it is given the next free start time and waits until then, and starts
 //!   then without asking again;
-//! - over `max_running`, it is parked, and the run that ends next wakes it (a parked task whose
-//!   waker died with its worker looks again after [`PARKED_RECHECK`]).
+//! - over `max_running`, it is parked (giving up a turn its rate gave it), and a run that ends
+//!   wakes as many parked tasks as there are free slots (on Redis a parked task whose waker
+//!   died with its worker looks again after [`PARKED_RECHECK`]).
 //!
 //! [`Broker::admit`]: crate::backend::Broker::admit
 

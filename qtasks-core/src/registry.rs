@@ -51,6 +51,16 @@ fn check_options(definition: &TaskDefinition) -> Result<(), Refused> {
             format!("`result_ttl` is {ttl} seconds; it must be more than 0 and at most 100 years"),
         ));
     }
+    // Checked by the macro, but a period past what a duration holds reads as none.
+    if let Some((count, per)) = definition.parts.rate_limit
+        && definition.rate_limit().is_none()
+    {
+        return Err(Refused::Option(
+            definition.parts.name,
+            definition.location(),
+            format!("`rate_limit` is {count} per {per} seconds, which is no rate"),
+        ));
+    }
     // A `const` count may be 0: a task that could never start.
     if definition.parts.max_running == Some(0) {
         return Err(Refused::Option(

@@ -1242,6 +1242,9 @@ impl Broker for RedisBroker {
             |ttl| i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1),
         );
         let mut con = self.commands.clone();
+        // Not renewed while it is asked about: a renewal in between would find the lease of a
+        // delivery handed back and report it lost. Held again if it runs.
+        self.unhold(&delivery.receipt);
         let answer: Vec<i64> = Script::new(scripts::ADMIT)
             .key(&self.keys.leases)
             .key(&*keys.delayed)
@@ -1263,6 +1266,8 @@ impl Broker for RedisBroker {
             .invoke_async(&mut con)
             .await
             .map_err(|e| {
+                // Still held: the worker hands it back or its lease runs out.
+                self.hold(&delivery.receipt);
                 failure(
                     format!(
                         "asking whether task {} may start under its limits failed",
@@ -1272,7 +1277,10 @@ impl Broker for RedisBroker {
                 )
             })?;
         let admission = match answer.as_slice() {
-            [4] => return Ok(Admission::Run),
+            [4] => {
+                self.hold(&delivery.receipt);
+                return Ok(Admission::Run);
+            }
             [0] => return Ok(Admission::Lost),
             [2] => Admission::Parked,
             [3] => Admission::Cancelled,
@@ -1286,8 +1294,6 @@ impl Broker for RedisBroker {
                 ));
             }
         };
-        // Handed back: this process no longer holds the delivery.
-        self.unhold(&delivery.receipt);
         if let Admission::Postponed { wait } = admission {
             let mut due = delivery.task.clone();
             due.run_at = Some(unix_now() + wait.as_secs_f64());
@@ -1297,16 +1303,18 @@ impl Broker for RedisBroker {
     }
 
     async fn leave(&self, delivery: &Delivery, limits: &TaskLimits) -> Result<(), BackendError> {
-        if limits.max_running.is_none() {
+        let Some(max) = limits.max_running else {
             return Ok(());
-        }
+        };
         let mut con = self.commands.clone();
         let _woke: i64 = Script::new(scripts::LEAVE)
             .key(self.keys.running(&limits.task_name))
             .key(self.keys.parked(&limits.task_name))
+            .key(&self.keys.leases)
             .arg(&delivery.receipt)
             .arg(&self.keys.prefix)
             .arg(&self.keys.added_channel)
+            .arg(max)
             .invoke_async(&mut con)
             .await
             .map_err(|e| {

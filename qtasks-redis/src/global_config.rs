@@ -51,12 +51,16 @@ redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return 1
 "#;
 
-/// Adds a member to a workflow's join and answers how many it holds. KEYS: the join (SET).
-/// ARGV: member, ttl ms.
+/// Adds a member to a workflow's join and answers how many it holds: a field per member
+/// (`j:{join}:{member}`) and a count (`n:{join}`) raised only for a new one, in the state's
+/// own hash, so the join lives and expires with the state. A state that is gone counts none.
+/// KEYS: the state. ARGV: join, member.
 const WORKFLOW_JOIN: &str = r#"
-redis.call('SADD', KEYS[1], ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return redis.call('SCARD', KEYS[1])
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HSETNX', KEYS[1], 'j:' .. ARGV[1] .. ':' .. ARGV[2], 1) == 1 then
+  return redis.call('HINCRBY', KEYS[1], 'n:' .. ARGV[1], 1)
+end
+return tonumber(redis.call('HGET', KEYS[1], 'n:' .. ARGV[1]) or '0')
 "#;
 
 fn ttl_ms(ttl: Duration) -> u64 {
@@ -238,11 +242,14 @@ impl GlobalConfig for RedisGlobalConfig {
         member: &str,
         ttl: Duration,
     ) -> Result<u64, BackendError> {
+        // The state's time to live covers the join (the step's result, written just before,
+        // renewed it).
+        let _ = ttl;
         let mut con = self.commands.clone();
         redis::Script::new(WORKFLOW_JOIN)
-            .key(format!("{}:join:{join}", self.workflow(id)))
+            .key(self.workflow(id))
+            .arg(join)
             .arg(member)
-            .arg(ttl_ms(ttl))
             .invoke_async(&mut con)
             .await
             .map_err(|e| failure(format!("joining workflow {id} failed"), e))

@@ -1248,7 +1248,12 @@ if max > 0 then
   end
   if held >= max and not mine then
     if hand_back(now_ms + tonumber(ARGV[6])) then return {3} end
-    redis.call('RPUSH', KEYS[8], ARGV[9] .. '|' .. ARGV[2])
+    -- A turn its rate gave it before is given up: woken, it takes a new one.
+    if tonumber(ARGV[4]) > 0 then redis.call('HDEL', KEYS[6], ARGV[3]) end
+    -- Parked once, however often it looks again.
+    local item = ARGV[9] .. '|' .. ARGV[2]
+    redis.call('LREM', KEYS[8], 0, item)
+    redis.call('RPUSH', KEYS[8], item)
     return {2}
   end
 end
@@ -1266,8 +1271,17 @@ if interval > 0 then
   else
     local start = math.max(tonumber(redis.call('HGET', KEYS[6], 'next') or '0') or 0, now_us)
     redis.call('HSET', KEYS[6], 'next', string.format('%.0f', start + interval))
-    -- Kept a day past the last turn given: tasks cancelled while they waited leave theirs.
+    -- Kept a day past the last turn given. The turns of tasks cancelled while they waited
+    -- stay behind: past 10,000 fields, about one admission in 64 drops those an hour old.
     redis.call('PEXPIRE', KEYS[6], math.floor((start + interval - now_us) / 1000) + 86400000)
+    if now_us % 64 == 0 and redis.call('HLEN', KEYS[6]) > 10000 then
+      local fields = redis.call('HGETALL', KEYS[6])
+      for i = 1, #fields, 2 do
+        if fields[i] ~= 'next' and (tonumber(fields[i + 1]) or 0) < now_us - 3600000000 then
+          redis.call('HDEL', KEYS[6], fields[i])
+        end
+      end
+    end
     if start > now_us + 1000 then
       redis.call('HSET', KEYS[6], ARGV[3], string.format('%.0f', start))
       wait_us = start - now_us
@@ -1284,20 +1298,40 @@ return {4}
 "#
 );
 
-/// Gives back the running slot of an admitted run (see [`ADMIT`]) and wakes the first task
-/// parked for it that still waits: its entry moves from its queue's `delayed` to its list, as
-/// [`RELEASE_DELAYED`] does. Parked items whose task went meanwhile (taken by its recheck,
-/// cancelled) are dropped on the way, at most 100 per call. KEYS: running, parked. ARGV: lease
-/// member, the app's key prefix, the channel that announces a named queue's entries.
-/// Returns 0 when the slot was not held (any more), 1 when no parked task was woken, 2 when one
-/// was.
+/// Gives back the running slot of an admitted run (see [`ADMIT`]) and wakes as many tasks
+/// parked for a slot as there are free slots: the holders whose lease is gone or ran out are
+/// dropped first, so a slot freed by a run that ended (its lease released by its finish) and
+/// already cleaned by another admission still wakes a parked task. A woken task's entry moves
+/// from its queue's `delayed` to its list, as [`RELEASE_DELAYED`] does, and is announced.
+/// Parked items whose task went meanwhile (taken by its recheck, cancelled) are dropped on the
+/// way, at most 100 per call.
+///
+/// Like [`TAKE`], it names keys it was not given: the woken task's queue keys, built from the
+/// prefix (its queue is in the parked item).
+///
+/// KEYS: running, parked, leases. ARGV: lease member, the app's key prefix, the channel that
+/// announces a queue's entries, max_running. Returns how many parked tasks were woken.
 pub(super) const LEAVE: &str = concat!(
     priorities!(),
     r#"
-if redis.call('SREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('SREM', KEYS[1], ARGV[1])
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local live = 0
+for _, holder in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local until_ms = redis.call('ZSCORE', KEYS[3], holder)
+  if until_ms and tonumber(until_ms) > now_ms then
+    live = live + 1
+  else
+    redis.call('SREM', KEYS[1], holder)
+  end
+end
+local free = tonumber(ARGV[4]) - live
+local woken = 0
 for _ = 1, 100 do
+  if woken >= free then break end
   local item = redis.call('LPOP', KEYS[2])
-  if not item then return 1 end
+  if not item then break end
   local tag, entry = string.match(item, '^([^|]*)|(.+)$')
   if entry then
     local delayed, list, stats
@@ -1310,11 +1344,11 @@ for _ = 1, 100 do
     if redis.call('ZREM', delayed, entry) == 1 then
       redis.call('RPUSH', list, entry)
       redis.call('HINCRBY', stats, 'queued:' .. priority_of(entry), 1)
-      if tag ~= '' then redis.call('PUBLISH', ARGV[3], tag) end
-      return 2
+      redis.call('PUBLISH', ARGV[3], tag == '' and 'default' or tag)
+      woken = woken + 1
     end
   end
 end
-return 1
+return woken
 "#
 );

@@ -173,6 +173,18 @@ impl QueueTasks {
     /// task becomes `cancel` and never runs; a running one is asked to stop; a finished one
     /// keeps its status (and this returns `false`). No worker can take the task in between.
     pub async fn cancel(&self, uuid: Uuid, reason: &str) -> Result<bool> {
+        let cancelled_waiting = self.cancel_quietly(uuid, reason).await?;
+        if cancelled_waiting == Some(true) {
+            // A workflow's step cancelled while it waited ends here, not in a worker: the
+            // workflow hears of it from here.
+            self.step_cancelled(uuid, reason).await;
+        }
+        Ok(cancelled_waiting.is_some())
+    }
+
+    /// [`cancel`](Self::cancel) without telling the task's workflow: `Some(true)` cancelled
+    /// while it waited, `Some(false)` asked to stop while it runs, `None` ended already.
+    pub(crate) async fn cancel_quietly(&self, uuid: Uuid, reason: &str) -> Result<Option<bool>> {
         // The backend decides first, even for a task running here: its record must say the
         // cancel was asked (a run that ends before it hears of it, or is handed back by a
         // stop, must still end `cancel`), and a run of this process may be a stale one.
@@ -180,20 +192,38 @@ impl QueueTasks {
             Some(state) => state,
             None => {
                 if self.cancels().cancel_running(uuid, reason) {
-                    return Ok(true);
+                    return Ok(Some(false));
                 }
                 self.cancel_by_reading(uuid, reason).await?
             }
         };
         match state {
-            CancelState::Cancelled => Ok(true),
+            CancelState::Cancelled => Ok(Some(true)),
             CancelState::Running => {
                 // Taken by this process's worker and about to start: it stops at once.
                 self.cancels().cancel_here(uuid, reason);
-                Ok(true)
+                Ok(Some(false))
             }
-            CancelState::Ended(_) => Ok(false),
+            CancelState::Ended(_) => Ok(None),
             CancelState::NotFound => Err(Error::TaskNotFound(uuid)),
+        }
+    }
+
+    /// Moves the workflow of a task cancelled while it waited, if it is a workflow's step.
+    async fn step_cancelled(&self, uuid: Uuid, reason: &str) {
+        let record = match self.get(uuid).await {
+            Ok(Some(record)) => record,
+            _ => return,
+        };
+        if let Some(step) = record.workflow {
+            let cancelled = crate::task::Outcome::Cancel(reason.to_owned());
+            // On its own task: moving a workflow may cancel its other steps, which comes back
+            // here.
+            let app = self.clone();
+            tokio::spawn(async move {
+                app.advance_workflow_patiently(step, uuid, record.task_name, cancelled)
+                    .await;
+            });
         }
     }
 

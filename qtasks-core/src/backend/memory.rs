@@ -554,14 +554,20 @@ impl Broker for MemoryBroker {
             if running.holders.len() >= max as usize && !running.holders.contains(&delivery.receipt)
             {
                 // Under the limits' lock: a leave cannot come between this look and the park.
-                return Ok(match self.unrun(delivery, false)? {
+                let parked = match self.unrun(delivery, false)? {
                     Some(mut task) => {
                         task.run_at = None;
                         running.parked.push_back(task);
                         Admission::Parked
                     }
                     None => Admission::Cancelled,
-                });
+                };
+                // A turn its rate gave it before is given up: woken later, it takes a new one
+                // (or the parked tasks would start back to back past their rate).
+                if let Some(turn) = state.rates.get_mut(&limits.rate_key) {
+                    turn.reserved.remove(&delivery.task.uuid);
+                }
+                return Ok(parked);
             }
         }
         if let Some(rate) = limits.rate {
@@ -605,10 +611,24 @@ impl Broker for MemoryBroker {
         let Some(running) = state.running.get_mut(&limits.task_name) else {
             return Ok(());
         };
-        if running.holders.remove(&delivery.receipt)
-            && let Some(parked) = running.parked.pop_front()
-        {
-            self.enqueue(parked);
+        if running.holders.remove(&delivery.receipt) {
+            // Wakes the first parked task that can still run; those cancelled or expired while
+            // parked go to their queue too (the take drops a cancelled one, the worker ends an
+            // expired one) but do not use the wake up.
+            let now = unix_now();
+            while let Some(parked) = running.parked.pop_front() {
+                let live = self
+                    .storage
+                    .slots
+                    .lock()
+                    .get(&parked.uuid)
+                    .is_some_and(|slot| slot.record.status == TaskStatus::New);
+                let expired = parked.expires_at.is_some_and(|at| at <= now);
+                self.enqueue(parked);
+                if live && !expired {
+                    break;
+                }
+            }
         }
         if running.holders.is_empty() && running.parked.is_empty() {
             state.running.remove(&limits.task_name);

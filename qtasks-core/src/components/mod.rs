@@ -104,8 +104,8 @@ pub trait GlobalConfig: Lifecycle {
         ))
     }
 
-    /// Adds `member` to the set `join` of workflow `id` (kept `ttl` from now) and answers how
-    /// many members it holds: a count that adding a member twice does not change, so a
+    /// Adds `member` to the set `join` of workflow `id` (kept with the state, at least `ttl`)
+    /// and answers how many members it holds: a count that adding a member twice does not change, so a
     /// group's members that end twice (a run repeated after its worker died) count once. The
     /// default refuses.
     async fn workflow_join(

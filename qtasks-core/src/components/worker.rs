@@ -463,6 +463,14 @@ impl WorkerHost {
             match broker.bury(&delivery, &reason).await {
                 Ok(()) => {
                     let outcome = Outcome::Error(reason);
+                    if let Some(step) = &delivery.task.workflow {
+                        let (app, step, uuid) = (app.clone(), step.clone(), uuid);
+                        let (name, ended) = (delivery.task.task_name.clone(), outcome.clone());
+                        tokio::spawn(async move {
+                            app.advance_workflow_patiently(step, uuid, name, ended)
+                                .await;
+                        });
+                    }
                     self.task_event(EventKind::TaskError, &delivery.task, Some(&outcome))
                         .await;
                 }

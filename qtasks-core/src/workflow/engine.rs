@@ -40,6 +40,12 @@ impl QueueTasks {
         let global = &self.components().global_config;
         let json = serde_json::to_string(doc).expect("a workflow always serializes");
         let key = id.to_string();
+        // Listed first: an adder that dies before its first tasks are added leaves a workflow
+        // the next worker to start finds (one listed without a state is taken off the list).
+        global
+            .workflow_running(&key, true)
+            .await
+            .map_err(Self::workflow_backend_error)?;
         let new = global
             .workflow_write(&key, &[("doc", &json)], true, RUNNING_TTL)
             .await
@@ -57,10 +63,6 @@ impl QueueTasks {
                 None => return Ok(()),
             }
         };
-        global
-            .workflow_running(&key, true)
-            .await
-            .map_err(Self::workflow_backend_error)?;
         self.start_node(id, &doc.root, &mut Vec::new(), None).await
     }
 
@@ -97,7 +99,11 @@ impl QueueTasks {
         })
     }
 
-    /// Adds one step's task under its fixed id (a second add adds nothing).
+    /// Adds one step's task under its fixed id, once: the state marks the step started
+    /// (`s:{path}`) after the add, and a step marked is not added again, so a move repeated
+    /// long after (the task's record expired, and with it what made a second add a no-op)
+    /// does not run it twice. A mover that dies between the add and the mark leaves it
+    /// unmarked: the next one adds it again under its id, which adds nothing.
     async fn add_step(
         &self,
         id: Uuid,
@@ -105,6 +111,16 @@ impl QueueTasks {
         path: &[usize],
         input: Option<Value>,
     ) -> Result<()> {
+        let global = &self.components().global_config;
+        let key = id.to_string();
+        let marker = format!("s:{}", path_text(path));
+        let marked = global
+            .workflow_read(&key, &[marker.as_str()])
+            .await
+            .map_err(Self::workflow_backend_error)?;
+        if marked.first().is_some_and(Option::is_some) {
+            return Ok(());
+        }
         let mut args = step.args.clone();
         args.extend(input);
         let mut options = AddOptions::default().uuid(step.uuid);
@@ -113,8 +129,12 @@ impl QueueTasks {
         options.rate_key = step.rate_key.clone();
         options.workflow = Some(step_ref(id, path));
         self.add_task_with(&step.task_name, &args, &step.kwargs, options)
+            .await?;
+        global
+            .workflow_write(&key, &[(marker.as_str(), "1")], false, RUNNING_TTL)
             .await
-            .map(drop)
+            .map_err(Self::workflow_backend_error)?;
+        Ok(())
     }
 
     /// Reads a workflow's tree, unless it ended (or expired): then `None`.
@@ -185,6 +205,12 @@ impl QueueTasks {
         let Some(doc) = self.live_doc(id).await? else {
             return Ok(());
         };
+        // Only a task of the tree's step moves it (not a stale task of a reused id, nor a
+        // `workflow` field another producer wrote).
+        if !matches!(doc.root.at(&path), Some(Node::Task(node)) if node.task_name == task_name) {
+            tracing::warn!(workflow = %id, uuid = %uuid, "task {uuid} (`{task_name}`) names step `{}`, which is not one of its tasks; the workflow is not moved", path_text(&path));
+            return Ok(());
+        }
         match outcome {
             Outcome::Success(result) => self.node_done(id, &doc, path, result.clone()).await,
             Outcome::Error(reason) | Outcome::Cancel(reason) => {
@@ -295,6 +321,7 @@ impl QueueTasks {
             let mut options = AddOptions::default().uuid(callback.uuid);
             options.priority = callback.priority;
             options.queue = callback.queue.clone();
+            options.rate_key = callback.rate_key.clone();
             self.add_task_with(&callback.task_name, &args, &callback.kwargs, options)
                 .await?;
         }
@@ -335,8 +362,15 @@ impl QueueTasks {
     /// attempt).
     pub(crate) async fn cancel_steps(&self, doc: &Doc, reason: &str) -> Result<()> {
         for (_, step) in doc.root.tasks() {
-            if self.get(step.uuid).await?.is_some() {
-                self.handle::<Value>(step.uuid).cancel(reason).await?;
+            // Its last attempt (a retried step lives on in it). Quietly: the workflow ended
+            // already, and hearing of these cancels would only come back here.
+            if let Some(last) = self.last_attempt(step.uuid).await?
+                && matches!(last.status, TaskStatus::New | TaskStatus::Process)
+            {
+                match self.cancel_quietly(last.uuid, reason).await {
+                    Ok(_) | Err(Error::TaskNotFound(_)) => {}
+                    Err(error) => return Err(error),
+                }
             }
         }
         Ok(())
@@ -373,7 +407,22 @@ impl QueueTasks {
         };
         self.start_node(id, &doc.root, &mut Vec::new(), None)
             .await?;
-        for (path, step) in doc.root.tasks() {
+        let tasks = doc.root.tasks();
+        let fields: Vec<String> = tasks.iter().map(|(path, _)| result_field(path)).collect();
+        let names: Vec<&str> = fields.iter().map(String::as_str).collect();
+        let results = self
+            .components()
+            .global_config
+            .workflow_read(&id.to_string(), &names)
+            .await
+            .map_err(Self::workflow_backend_error)?;
+        for ((path, step), result) in tasks.into_iter().zip(results) {
+            // Ended and stored: moved on again from its stored result (what came after it is
+            // marked started, so nothing runs twice), whatever became of its record.
+            if let Some(result) = result.and_then(|json| serde_json::from_str(&json).ok()) {
+                self.node_done(id, &doc, path, result).await?;
+                continue;
+            }
             let Some(record) = self.last_attempt(step.uuid).await? else {
                 continue;
             };

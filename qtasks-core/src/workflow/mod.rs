@@ -92,6 +92,30 @@ pub struct StepFailure {
     pub reason: String,
 }
 
+impl From<StepFailure> for TaskFailure {
+    /// The failure of a step whose record is gone (expired, deleted), from what the workflow
+    /// kept of it.
+    fn from(failure: StepFailure) -> Self {
+        if failure.status == TaskStatus::Cancel {
+            return TaskFailure::Cancelled {
+                uuid: failure.uuid,
+                reason: failure.reason,
+            };
+        }
+        let (error_type, message) = match failure.reason.split_once(": ") {
+            Some((kind, message)) => (kind.to_owned(), message.to_owned()),
+            None => (String::new(), failure.reason.clone()),
+        };
+        TaskFailure::Error {
+            uuid: failure.uuid,
+            error_type,
+            message,
+            traceback: failure.reason,
+            payload: None,
+        }
+    }
+}
+
 impl<T> From<TaskCall<TaskHandle<T>>> for Flow<T> {
     fn from(call: TaskCall<TaskHandle<T>>) -> Self {
         let invalid = call
@@ -237,7 +261,7 @@ impl<T> Flow<T> {
         if has_empty_group(&self.node) {
             return Err(Error::InvalidArguments {
                 task: "parallel".to_owned(),
-                reason: "a parallel flow needs at least one member".to_owned(),
+                reason: "a parallel flow, or a chain, needs at least one member".to_owned(),
             });
         }
         let mut doc = Doc {
@@ -250,6 +274,24 @@ impl<T> Flow<T> {
         {
             callback.uuid = Uuid::new_v4();
         }
+        // Two steps under one id would be one task: the second add adds nothing, and the
+        // workflow would wait for it for ever.
+        let mut seen = std::collections::HashSet::new();
+        let steps = doc.root.tasks();
+        let ids = steps
+            .iter()
+            .map(|(_, step)| (step.uuid, step.task_name.as_str()))
+            .chain(doc.on_error.iter().map(|c| (c.uuid, c.task_name.as_str())));
+        for (uuid, task) in ids {
+            if !seen.insert(uuid) {
+                return Err(Error::InvalidArguments {
+                    task: task.to_owned(),
+                    reason: format!(
+                        "two steps of the workflow have the id {uuid}; give each its own (or none)"
+                    ),
+                });
+            }
+        }
         let id = self.id.unwrap_or_else(Uuid::new_v4);
         app.start_workflow(id, &doc).await?;
         Ok(app.workflow(id))
@@ -259,7 +301,7 @@ impl<T> Flow<T> {
 fn has_empty_group(node: &Node) -> bool {
     match node {
         Node::Task(_) => false,
-        Node::Group { members } if members.is_empty() => true,
+        Node::Group { members: nodes } | Node::Chain { steps: nodes } if nodes.is_empty() => true,
         Node::Chain { steps: nodes } | Node::Group { members: nodes } => {
             nodes.iter().any(has_empty_group)
         }
@@ -357,9 +399,14 @@ impl<T: DeserializeOwned> WorkflowHandle<T> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut pause = Duration::from_millis(5);
         let mut resumed = false;
+        let mut looked = false;
         loop {
+            // The tree (large for a large workflow) only at the first look: is there one?
+            let first = if looked { "end" } else { "doc" };
+            let first_look = !looked;
+            looked = true;
             let fields = self
-                .read(&["doc", "end", "failed", "reason", &result_field(&[])])
+                .read(&[first, "end", "failed", "reason", &result_field(&[])])
                 .await
                 .map_err(backend)?;
             let [doc, end, failed, reason, result] =
@@ -385,11 +432,8 @@ impl<T: DeserializeOwned> WorkflowHandle<T> {
                         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                         let step = self.app.handle::<Value>(failure.uuid);
                         return match step.result(left.max(Duration::from_millis(100))).await {
+                            Err(TaskFailure::NotFound { .. }) | Ok(_) => Err(failure.into()),
                             Err(failure) => Err(failure),
-                            Ok(_) => Err(TaskFailure::Cancelled {
-                                uuid: self.id,
-                                reason: failure.reason,
-                            }),
                         };
                     }
                     return Err(TaskFailure::Cancelled {
@@ -397,7 +441,9 @@ impl<T: DeserializeOwned> WorkflowHandle<T> {
                         reason: reason.unwrap_or_else(|| "cancelled".to_owned()),
                     });
                 }
-                None if doc.is_none() => return Err(TaskFailure::NotFound { uuid: self.id }),
+                None if first_look && doc.is_none() => {
+                    return Err(TaskFailure::NotFound { uuid: self.id });
+                }
                 None => {}
             }
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());

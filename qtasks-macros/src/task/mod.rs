@@ -151,7 +151,8 @@ fn emit(task: &Task) -> TokenStream {
         None => quote! { ::core::option::Option::None },
     };
     let max_running = match &options.max_running {
-        Some(max) => quote! { ::core::option::Option::Some((#max) as u32) },
+        // A `u32`, so a `const` of another type (a negative one) does not compile.
+        Some(max) => quote! { ::core::option::Option::Some::<u32>(#max) },
         None => quote! { ::core::option::Option::None },
     };
     let jitter = optional_seconds(&options.retry_jitter);
