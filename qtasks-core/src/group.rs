@@ -2,14 +2,17 @@
 //! ([`group`]), and a callback that runs with those results once every member succeeded
 //! ([`chord`]).
 //!
-//! Their state lives in the backend, not in the caller's memory: the members and the callback
-//! are written to the global config (`qtasks_groups`) before any member is queued, each member
-//! carries its group's id (`group_uuid`), and the worker that finishes a member checks whether
-//! the chord is complete and, if so, adds the callback (under its own id, so however many
-//! workers add it, it is added once), trying again through a backend outage. A worker that
-//! starts looks for complete chords whose callback was never added (its worker died in
-//! between) and adds it. So a chord completes across worker restarts, and a handle can be
-//! made again from the group's id in another process ([`QueueTasks::chord_handle`]).
+//! Each is a [workflow](crate::workflow) (a parallel step; for a chord, then the callback),
+//! so its state lives in the backend, not in the caller's memory: the worker whose member
+//! completes the group's count adds the callback (under its own id, so it is added once),
+//! trying again through a backend outage, and a worker that starts resumes what a dead one
+//! left. So a chord completes across worker restarts, and a handle can be made again from the
+//! group's id in another process ([`QueueTasks::chord_handle`]). The state expires a day
+//! after the chord ended. ([`crate::workflow`] nests them and types their results.)
+//!
+//! With a global config that keeps no workflows (a custom one), they are kept the older way:
+//! the members and callback in the global config's `qtasks_groups`, each member carrying its
+//! group's id (`group_uuid`) and the worker that finishes one checking every member.
 
 use std::time::Duration;
 
@@ -19,6 +22,8 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::handle::outcome_of;
+use crate::workflow::state::{Doc, Node};
+use crate::workflow::step_of;
 
 /// How long a worker keeps checking a chord through backend errors.
 const CHORD_PATIENCE: Duration = Duration::from_secs(300);
@@ -122,25 +127,92 @@ pub(crate) struct Callback {
     pub(crate) priority: Option<i64>,
 }
 
+/// The members of a group as a workflow's parallel node, each under a new id.
+fn members_node(calls: &[TaskCall]) -> Result<(Vec<Uuid>, Node)> {
+    let mut members = Vec::with_capacity(calls.len());
+    let mut nodes = Vec::with_capacity(calls.len());
+    for call in calls {
+        call.check()?;
+        let mut step = step_of(call);
+        step.uuid = Uuid::new_v4();
+        members.push(step.uuid);
+        nodes.push(Node::Task(step));
+    }
+    Ok((members, Node::Group { members: nodes }))
+}
+
+/// Whether an error says the global config keeps no workflows (a custom one with the trait's
+/// defaults): then a group is kept the older way.
+fn keeps_no_workflows(error: &crate::Error) -> bool {
+    matches!(error, crate::Error::Backend(e) if e.message().contains("keeps no workflows"))
+}
+
 impl Group {
-    /// Adds every member; the group's state is stored first, so a member that ends at once
-    /// already finds it.
+    /// Adds every member, as a [workflow](crate::workflow) of one parallel step: its state is
+    /// stored first, so a member that ends at once already finds it.
     pub async fn add(self, app: &QueueTasks) -> Result<GroupHandle> {
         let id = Uuid::new_v4();
-        let state = GroupState {
-            members: self.calls.iter().map(|_| Uuid::new_v4()).collect(),
-            callback: None,
+        let (members, node) = members_node(&self.calls)?;
+        let doc = Doc {
+            root: node,
+            on_error: None,
         };
-        add_group(app, id, state, &self.calls).await
+        match app.start_workflow(id, &doc).await {
+            Ok(()) => Ok(GroupHandle {
+                id,
+                members,
+                app: app.clone(),
+            }),
+            Err(error) if keeps_no_workflows(&error) => {
+                let state = GroupState {
+                    members,
+                    callback: None,
+                };
+                add_group(app, id, state, &self.calls).await
+            }
+            Err(error) => Err(error),
+        }
     }
 }
 
 impl Chord {
-    /// Adds every member of the group; the callback is added by the worker that finishes the
-    /// last member.
+    /// Adds every member of the group, as a [workflow](crate::workflow) (the group, then the
+    /// callback): the worker whose member completes the group's count adds the callback.
     pub async fn add(self, app: &QueueTasks) -> Result<ChordHandle> {
         self.callback.check()?;
         let id = Uuid::new_v4();
+        let (members, group) = members_node(&self.group.calls)?;
+        let mut callback = step_of(&self.callback);
+        callback.uuid = Uuid::new_v4();
+        let callback_uuid = callback.uuid;
+        // An empty group completes at once: the callback runs with no results.
+        let root = if members.is_empty() {
+            callback.args.push(Value::Array(Vec::new()));
+            Node::Task(callback)
+        } else {
+            Node::Chain {
+                steps: vec![group, Node::Task(callback)],
+            }
+        };
+        let doc = Doc {
+            root,
+            on_error: None,
+        };
+        match app.start_workflow(id, &doc).await {
+            Ok(()) => {
+                return Ok(ChordHandle {
+                    group: GroupHandle {
+                        id,
+                        members,
+                        app: app.clone(),
+                    },
+                    callback: callback_uuid,
+                });
+            }
+            Err(error) if keeps_no_workflows(&error) => {}
+            Err(error) => return Err(error),
+        }
+        // The older way, for a global config that keeps no workflows.
         let callback = Callback {
             uuid: Uuid::new_v4(),
             task_name: self.callback.task_name.clone(),
@@ -280,6 +352,9 @@ impl ChordHandle {
             if !nudged && left < timeout / 2 {
                 nudged = true;
                 app.complete_chord(self.group.id).await;
+                if let Err(error) = app.resume_workflow(self.group.id).await {
+                    tracing::debug!(group = %self.group.id, "resuming the chord failed: {error}");
+                }
             }
             tokio::time::sleep(Duration::from_millis(20).min(left)).await;
         }
@@ -290,6 +365,13 @@ impl QueueTasks {
     /// The handle of a group added earlier (here or in another process), from its id; `None`
     /// if the backend has no such group.
     pub async fn group_handle(&self, id: Uuid) -> Result<Option<GroupHandle>> {
+        if let Some((members, _)) = self.workflow_group(id).await? {
+            return Ok(Some(GroupHandle {
+                id,
+                members,
+                app: self.clone(),
+            }));
+        }
         Ok(self.group_state(id).await?.map(|state| GroupHandle {
             id,
             members: state.members,
@@ -300,6 +382,16 @@ impl QueueTasks {
     /// The handle of a chord added earlier (here or in another process), from its group's id;
     /// `None` if the backend has no such chord.
     pub async fn chord_handle(&self, id: Uuid) -> Result<Option<ChordHandle>> {
+        if let Some((members, callback)) = self.workflow_group(id).await? {
+            return Ok(callback.map(|callback| ChordHandle {
+                group: GroupHandle {
+                    id,
+                    members,
+                    app: self.clone(),
+                },
+                callback,
+            }));
+        }
         Ok(self.group_state(id).await?.and_then(|state| {
             let callback = state.callback?.uuid;
             Some(ChordHandle {
@@ -311,6 +403,42 @@ impl QueueTasks {
                 callback,
             })
         }))
+    }
+
+    /// A group or chord added as a workflow: its members, and its callback for a chord.
+    async fn workflow_group(&self, id: Uuid) -> Result<Option<(Vec<Uuid>, Option<Uuid>)>> {
+        let stored = match self
+            .components()
+            .global_config
+            .workflow_read(&id.to_string(), &["doc"])
+            .await
+        {
+            Ok(fields) => fields.into_iter().next().flatten(),
+            Err(_) => None, // a global config without workflows: the older state, if any
+        };
+        let Some(doc) = stored.and_then(|json| serde_json::from_str::<Doc>(&json).ok()) else {
+            return Ok(None);
+        };
+        let members_of = |nodes: &[Node]| -> Option<Vec<Uuid>> {
+            nodes
+                .iter()
+                .map(|node| match node {
+                    Node::Task(step) => Some(step.uuid),
+                    _ => None,
+                })
+                .collect()
+        };
+        Ok(match &doc.root {
+            Node::Group { members } => members_of(members).map(|members| (members, None)),
+            Node::Chain { steps } => match steps.as_slice() {
+                [Node::Group { members }, Node::Task(callback)] => {
+                    members_of(members).map(|members| (members, Some(callback.uuid)))
+                }
+                _ => None,
+            },
+            // A chord of no members: its callback alone.
+            Node::Task(callback) => Some((Vec::new(), Some(callback.uuid))),
+        })
     }
 
     async fn group_state(&self, id: Uuid) -> Result<Option<GroupState>> {

@@ -47,7 +47,7 @@
 //! ```
 
 mod engine;
-mod state;
+pub(crate) mod state;
 
 use std::marker::PhantomData;
 use std::time::Duration;
@@ -169,7 +169,7 @@ impl Flow<Value> {
     }
 }
 
-fn step_of(call: &TaskCall) -> Step {
+pub(crate) fn step_of(call: &TaskCall) -> Step {
     Step {
         uuid: call.uuid.unwrap_or(Uuid::nil()),
         task_name: call.task_name.clone(),
