@@ -144,7 +144,7 @@ fn members_node(calls: &[TaskCall]) -> Result<(Vec<Uuid>, Node)> {
 /// Whether an error says the global config keeps no workflows (a custom one with the trait's
 /// defaults): then a group is kept the older way.
 fn keeps_no_workflows(error: &crate::Error) -> bool {
-    matches!(error, crate::Error::Backend(e) if e.message().contains("keeps no workflows"))
+    matches!(error, crate::Error::Backend(e) if e.message().ends_with(crate::components::NO_WORKFLOWS))
 }
 
 impl Group {
@@ -407,15 +407,8 @@ impl QueueTasks {
 
     /// A group or chord added as a workflow: its members, and its callback for a chord.
     async fn workflow_group(&self, id: Uuid) -> Result<Option<(Vec<Uuid>, Option<Uuid>)>> {
-        let stored = match self
-            .components()
-            .global_config
-            .workflow_read(&id.to_string(), &["doc"])
-            .await
-        {
-            Ok(fields) => fields.into_iter().next().flatten(),
-            Err(_) => None, // a global config without workflows: the older state, if any
-        };
+        // A global config without workflows: the older state, if any.
+        let [stored] = self.workflow_fields(id, ["doc"]).await.unwrap_or_default();
         let Some(doc) = stored.and_then(|json| serde_json::from_str::<Doc>(&json).ok()) else {
             return Ok(None);
         };

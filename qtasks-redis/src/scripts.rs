@@ -87,6 +87,46 @@ end
     };
 }
 
+/// The Lua function that hands a delivery whose lease the caller released back to its
+/// queue's `delayed` (`DEFER`, `ADMIT`): `hand_back(t, entry, uuid, due_ms, ttl_ms, channel,
+/// count)` puts `entry` in `delayed` due at `due_ms`, sets the record `new` again (one more
+/// `hand_backs` when `count`) and takes the take out of its `deliveries` (the task did not die
+/// with a worker). A cancel requested while it was held wins: the record ends `cancel` (kept
+/// `ttl_ms`, 0: kept), its waiters are told on `channel`, and it answers true. `t` is the
+/// script's `TIME`. KEYS[2..5]: the queue's delayed, record, cancel requests, stats. Needs
+/// [`counting!`].
+macro_rules! handing_back {
+    () => {
+        r#"
+local function hand_back(t, entry, uuid, due_ms, ttl_ms, channel, count)
+  local now_s = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+  local is_hash = redis.call('TYPE', KEYS[3])['ok'] == 'hash'
+  local reason = redis.call('HGET', KEYS[4], uuid)
+  if reason then
+    redis.call('HDEL', KEYS[4], uuid)
+    if is_hash then
+      redis.call('HSET', KEYS[3], 'status', 'cancel', 'cancel_reason', reason, 'updated_at', now_s, 'finished_at', now_s)
+      local ttl = tonumber(ttl_ms)
+      if ttl > 0 then redis.call('PEXPIRE', KEYS[3], ttl) end
+      count_ended(KEYS[5], bucket_now('cancel'))
+      redis.call('PUBLISH', channel, uuid)
+    end
+    return true
+  end
+  redis.call('ZADD', KEYS[2], due_ms, entry)
+  if is_hash then
+    redis.call('HSET', KEYS[3], 'status', 'new', 'updated_at', now_s)
+    if count then redis.call('HINCRBY', KEYS[3], 'hand_backs', 1) end
+    if (tonumber(redis.call('HGET', KEYS[3], 'deliveries') or '0') or 0) > 0 then
+      redis.call('HINCRBY', KEYS[3], 'deliveries', -1)
+    end
+  end
+  return false
+end
+"#
+    };
+}
+
 macro_rules! counting {
     () => {
         r#"
@@ -1035,31 +1075,13 @@ return 1
 /// Returns 1 handed back, 2 cancelled, 0 when the lease was not this delivery's any more.
 pub(super) const DEFER: &str = concat!(
     counting!(),
+    handing_back!(),
     r#"
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
 local t = redis.call('TIME')
-local now_s = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
-local is_hash = redis.call('TYPE', KEYS[3])['ok'] == 'hash'
-local reason = redis.call('HGET', KEYS[4], ARGV[4])
-if reason then
-  redis.call('HDEL', KEYS[4], ARGV[4])
-  if is_hash then
-    redis.call('HSET', KEYS[3], 'status', 'cancel', 'cancel_reason', reason, 'updated_at', now_s, 'finished_at', now_s)
-    local ttl = tonumber(ARGV[5])
-    if ttl > 0 then redis.call('PEXPIRE', KEYS[3], ttl) end
-    count_ended(KEYS[5], bucket_now('cancel'))
-    redis.call('PUBLISH', ARGV[6], ARGV[4])
-  end
-  return 2
-end
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZADD', KEYS[2], now_ms + tonumber(ARGV[3]), ARGV[2])
-if is_hash then
-  redis.call('HSET', KEYS[3], 'status', 'new', 'updated_at', now_s)
-  redis.call('HINCRBY', KEYS[3], 'hand_backs', 1)
-  if (tonumber(redis.call('HGET', KEYS[3], 'deliveries') or '0') or 0) > 0 then
-    redis.call('HINCRBY', KEYS[3], 'deliveries', -1)
-  end
+if hand_back(t, ARGV[2], ARGV[4], now_ms + tonumber(ARGV[3]), ARGV[5], ARGV[6], true) then
+  return 2
 end
 return 1
 "#
@@ -1199,6 +1221,7 @@ return 1
 /// turn, `{2}` parked, `{3}` cancelled while held (the record ends `cancel`), `{4}` run.
 pub(super) const ADMIT: &str = concat!(
     counting!(),
+    handing_back!(),
     r#"
 local lease = redis.call('ZSCORE', KEYS[1], ARGV[1])
 local t = redis.call('TIME')
@@ -1206,32 +1229,11 @@ local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local now_ms = math.floor(now_us / 1000)
 if not lease or tonumber(lease) <= now_ms then return {0} end
 
--- Back to `delayed`, due at `due_ms`, as DEFER does but counting no hand-back. True when a
--- cancel requested while it was held ended it instead.
-local function hand_back(due_ms)
+-- Back to `delayed`, due at `due_ms`, counting no hand-back. True when a cancel requested
+-- while it was held ended it instead.
+local function back(due_ms)
   redis.call('ZREM', KEYS[1], ARGV[1])
-  local now_s = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
-  local is_hash = redis.call('TYPE', KEYS[3])['ok'] == 'hash'
-  local reason = redis.call('HGET', KEYS[4], ARGV[3])
-  if reason then
-    redis.call('HDEL', KEYS[4], ARGV[3])
-    if is_hash then
-      redis.call('HSET', KEYS[3], 'status', 'cancel', 'cancel_reason', reason, 'updated_at', now_s, 'finished_at', now_s)
-      local ttl = tonumber(ARGV[7])
-      if ttl > 0 then redis.call('PEXPIRE', KEYS[3], ttl) end
-      count_ended(KEYS[5], bucket_now('cancel'))
-      redis.call('PUBLISH', ARGV[8], ARGV[3])
-    end
-    return true
-  end
-  redis.call('ZADD', KEYS[2], due_ms, ARGV[2])
-  if is_hash then
-    redis.call('HSET', KEYS[3], 'status', 'new', 'updated_at', now_s)
-    if (tonumber(redis.call('HGET', KEYS[3], 'deliveries') or '0') or 0) > 0 then
-      redis.call('HINCRBY', KEYS[3], 'deliveries', -1)
-    end
-  end
-  return false
+  return hand_back(t, ARGV[2], ARGV[3], due_ms, ARGV[7], ARGV[8], false)
 end
 
 local max = tonumber(ARGV[5])
@@ -1247,7 +1249,7 @@ if max > 0 then
     end
   end
   if held >= max and not mine then
-    if hand_back(now_ms + tonumber(ARGV[6])) then return {3} end
+    if back(now_ms + tonumber(ARGV[6])) then return {3} end
     -- A turn its rate gave it before is given up: woken, it takes a new one.
     if tonumber(ARGV[4]) > 0 then redis.call('HDEL', KEYS[6], ARGV[3]) end
     -- Parked once, however often it looks again.
@@ -1288,7 +1290,7 @@ if interval > 0 then
     end
   end
   if wait_us > 0 then
-    if hand_back(now_ms + math.ceil(wait_us / 1000)) then return {3} end
+    if back(now_ms + math.ceil(wait_us / 1000)) then return {3} end
     return {1, wait_us}
   end
 end

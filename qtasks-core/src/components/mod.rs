@@ -84,10 +84,7 @@ pub trait GlobalConfig: Lifecycle {
         ttl: Duration,
     ) -> Result<bool, BackendError> {
         let _ = (id, fields, only_if_absent, ttl);
-        Err(BackendError::new(
-            "global config",
-            format!("the {} keeps no workflows", self.name()),
-        ))
+        Err(keeps_no_workflows(self.name()))
     }
 
     /// Reads fields of the state of workflow `id`: `None` for a field not written, and for
@@ -98,10 +95,7 @@ pub trait GlobalConfig: Lifecycle {
         fields: &[&str],
     ) -> Result<Vec<Option<String>>, BackendError> {
         let _ = (id, fields);
-        Err(BackendError::new(
-            "global config",
-            format!("the {} keeps no workflows", self.name()),
-        ))
+        Err(keeps_no_workflows(self.name()))
     }
 
     /// Adds `member` to the set `join` of workflow `id` (kept with the state, at least `ttl`)
@@ -116,10 +110,7 @@ pub trait GlobalConfig: Lifecycle {
         ttl: Duration,
     ) -> Result<u64, BackendError> {
         let _ = (id, join, member, ttl);
-        Err(BackendError::new(
-            "global config",
-            format!("the {} keeps no workflows", self.name()),
-        ))
+        Err(keeps_no_workflows(self.name()))
     }
 
     /// Lists workflow `id` among the running ones (`true`) or takes it out: a worker that
@@ -135,6 +126,15 @@ pub trait GlobalConfig: Lifecycle {
         Ok(Vec::new())
     }
 }
+
+/// The refusal of a global config that keeps no workflows (the trait's defaults); the app
+/// recognises it to keep groups the older way.
+pub(crate) fn keeps_no_workflows(name: &str) -> BackendError {
+    BackendError::new("global config", format!("the {name} {NO_WORKFLOWS}"))
+}
+
+/// What [`keeps_no_workflows`] says.
+pub(crate) const NO_WORKFLOWS: &str = "keeps no workflows";
 
 /// Takes tasks and runs them. The default is [`ConcurrentWorker`].
 ///

@@ -493,18 +493,16 @@ impl WorkerHost {
         let app = self.app();
         let broker = &app.components().broker;
         let uuid = delivery.task.uuid;
-        if !broker.supports_limits() {
-            let reason = match broker.admit(delivery, &limits).await {
-                Err(error) => format!(
+        match broker.admit(delivery, &limits).await {
+            // The broker keeps no limits (its `admit` refuses): the task must not run past them.
+            Err(error) if !broker.supports_limits() => {
+                let reason = format!(
                     "LimitsUnsupported: {}; run it on an engine that keeps limits (memory, Redis), or drop the limit",
                     error.message()
-                ),
-                Ok(_) => "LimitsUnsupported".to_owned(),
-            };
-            tracing::error!(uuid = %uuid, "{reason}");
-            return Admitted::Refused(reason);
-        }
-        match broker.admit(delivery, &limits).await {
+                );
+                tracing::error!(uuid = %uuid, "{reason}");
+                Admitted::Refused(reason)
+            }
             Ok(Admission::Run) => Admitted::Run(limits.max_running.map(|_| LeaveOnDrop {
                 app: app.clone(),
                 delivery: Some(Box::new(delivery.clone())),

@@ -15,7 +15,6 @@ use uuid::Uuid;
 
 use super::StepFailure;
 use super::state::{Doc, Node, Step, parse_step_ref, path_text, result_field, step_ref};
-use crate::backend::BackendError;
 use crate::task::Outcome;
 use crate::{AddOptions, Error, QueueTasks, Result, TaskStatus};
 
@@ -29,8 +28,34 @@ pub(crate) const ENDED_TTL: Duration = Duration::from_secs(86_400);
 const PATIENCE: Duration = Duration::from_secs(300);
 
 impl QueueTasks {
-    fn workflow_backend_error(error: BackendError) -> Error {
-        Error::Backend(error)
+    /// Fields of workflow `id`'s state, in the order asked (`None` where absent).
+    pub(crate) async fn workflow_fields<const N: usize>(
+        &self,
+        id: Uuid,
+        names: [&str; N],
+    ) -> Result<[Option<String>; N]> {
+        let read = self
+            .components()
+            .global_config
+            .workflow_read(&id.to_string(), &names)
+            .await?;
+        Ok(std::array::from_fn(|i| read.get(i).cloned().flatten()))
+    }
+
+    /// The stored results of the nodes at `paths`, in order (`None` where none is stored, or
+    /// it is not JSON).
+    async fn workflow_results(&self, id: Uuid, paths: &[Vec<usize>]) -> Result<Vec<Option<Value>>> {
+        let fields: Vec<String> = paths.iter().map(|path| result_field(path)).collect();
+        let names: Vec<&str> = fields.iter().map(String::as_str).collect();
+        let read = self
+            .components()
+            .global_config
+            .workflow_read(&id.to_string(), &names)
+            .await?;
+        Ok(read
+            .into_iter()
+            .map(|value| value.and_then(|json| serde_json::from_str(&json).ok()))
+            .collect())
     }
 
     /// Stores a new workflow and adds its first tasks. A workflow stored already under `id`
@@ -42,14 +67,10 @@ impl QueueTasks {
         let key = id.to_string();
         // Listed first: an adder that dies before its first tasks are added leaves a workflow
         // the next worker to start finds (one listed without a state is taken off the list).
-        global
-            .workflow_running(&key, true)
-            .await
-            .map_err(Self::workflow_backend_error)?;
+        global.workflow_running(&key, true).await?;
         let new = global
             .workflow_write(&key, &[("doc", &json)], true, RUNNING_TTL)
-            .await
-            .map_err(Self::workflow_backend_error)?;
+            .await?;
         let stored;
         let doc = if new {
             doc
@@ -114,11 +135,8 @@ impl QueueTasks {
         let global = &self.components().global_config;
         let key = id.to_string();
         let marker = format!("s:{}", path_text(path));
-        let marked = global
-            .workflow_read(&key, &[marker.as_str()])
-            .await
-            .map_err(Self::workflow_backend_error)?;
-        if marked.first().is_some_and(Option::is_some) {
+        let [marked] = self.workflow_fields(id, [marker.as_str()]).await?;
+        if marked.is_some() {
             return Ok(());
         }
         let mut args = step.args.clone();
@@ -132,21 +150,14 @@ impl QueueTasks {
             .await?;
         global
             .workflow_write(&key, &[(marker.as_str(), "1")], false, RUNNING_TTL)
-            .await
-            .map_err(Self::workflow_backend_error)?;
+            .await?;
         Ok(())
     }
 
     /// Reads a workflow's tree, unless it ended (or expired): then `None`.
     async fn live_doc(&self, id: Uuid) -> Result<Option<Doc>> {
-        let fields = self
-            .components()
-            .global_config
-            .workflow_read(&id.to_string(), &["doc", "end"])
-            .await
-            .map_err(Self::workflow_backend_error)?;
-        match (fields.first().cloned().flatten(), fields.get(1).cloned().flatten()) {
-            (Some(doc), None) => Ok(serde_json::from_str(&doc)
+        match self.workflow_fields(id, ["doc", "end"]).await? {
+            [Some(doc), None] => Ok(serde_json::from_str(&doc)
                 .inspect_err(|e| tracing::error!(workflow = %id, "the workflow's state is not one ({e}); it is not moved on"))
                 .ok()),
             _ => Ok(None),
@@ -244,8 +255,7 @@ impl QueueTasks {
             let json = result.to_string();
             global
                 .workflow_write(&key, &[(&result_field(&path), &json)], false, RUNNING_TTL)
-                .await
-                .map_err(Self::workflow_backend_error)?;
+                .await?;
             let Some(index) = path.pop() else {
                 return self.end_workflow(id, TaskStatus::Success).await;
             };
@@ -260,32 +270,19 @@ impl QueueTasks {
                 Some(Node::Group { members }) => {
                     let counted = global
                         .workflow_join(&key, &path_text(&path), &index.to_string(), RUNNING_TTL)
-                        .await
-                        .map_err(Self::workflow_backend_error)?;
+                        .await?;
                     if counted < members.len() as u64 {
                         return Ok(());
                     }
-                    let fields: Vec<String> = (0..members.len())
-                        .map(|i| {
-                            let mut member = path.clone();
-                            member.push(i);
-                            result_field(&member)
-                        })
+                    let member_paths: Vec<Vec<usize>> = (0..members.len())
+                        .map(|i| [path.as_slice(), &[i]].concat())
                         .collect();
-                    let names: Vec<&str> = fields.iter().map(String::as_str).collect();
-                    let stored = global
-                        .workflow_read(&key, &names)
-                        .await
-                        .map_err(Self::workflow_backend_error)?;
-                    let mut results = Vec::with_capacity(stored.len());
-                    for (field, value) in fields.iter().zip(stored) {
-                        let Some(value) = value.and_then(|v| serde_json::from_str(&v).ok()) else {
-                            // Expired meanwhile, or written by another version: not complete.
-                            tracing::warn!(workflow = %id, "the group's result `{field}` is missing; the group does not move on");
-                            return Ok(());
-                        };
-                        results.push(value);
-                    }
+                    let stored = self.workflow_results(id, &member_paths).await?;
+                    let Some(results) = stored.into_iter().collect::<Option<Vec<Value>>>() else {
+                        // Expired meanwhile, or written by another version: not complete.
+                        tracing::warn!(workflow = %id, "a result of group `{}` is missing; the group does not move on", path_text(&path));
+                        return Ok(());
+                    };
                     result = Value::Array(results);
                 }
                 Some(Node::Task(_)) | None => {
@@ -305,12 +302,8 @@ impl QueueTasks {
         let json = serde_json::to_string(&failure).expect("a failure always serializes");
         let first = global
             .workflow_write(&key, &[("end", status), ("failed", &json)], true, ENDED_TTL)
-            .await
-            .map_err(Self::workflow_backend_error)?;
-        global
-            .workflow_running(&key, false)
-            .await
-            .map_err(Self::workflow_backend_error)?;
+            .await?;
+        global.workflow_running(&key, false).await?;
         if first {
             tracing::info!(workflow = %id, task = %failure.uuid, "the workflow ended {status}: step {} ({}) failed", failure.step, failure.task_name);
         }
@@ -334,24 +327,17 @@ impl QueueTasks {
         let key = id.to_string();
         global
             .workflow_write(&key, &[("end", status.as_str())], true, ENDED_TTL)
-            .await
-            .map_err(Self::workflow_backend_error)?;
+            .await?;
         global
             .workflow_running(&key, false)
             .await
-            .map_err(Self::workflow_backend_error)
+            .map_err(Error::from)
     }
 
     /// A cancel that came while the next tasks were added: they are cancelled too.
     async fn undo_if_ended(&self, id: Uuid, doc: &Doc) -> Result<()> {
-        let fields = self
-            .components()
-            .global_config
-            .workflow_read(&id.to_string(), &["end", "reason"])
-            .await
-            .map_err(Self::workflow_backend_error)?;
-        if fields.first().cloned().flatten().as_deref() == Some("cancel")
-            && let Some(reason) = fields.get(1).cloned().flatten()
+        if let [Some(end), Some(reason)] = self.workflow_fields(id, ["end", "reason"]).await?
+            && end == "cancel"
         {
             self.cancel_steps(doc, &reason).await?;
         }
@@ -403,23 +389,17 @@ impl QueueTasks {
                 .global_config
                 .workflow_running(&id.to_string(), false)
                 .await
-                .map_err(Self::workflow_backend_error);
+                .map_err(Error::from);
         };
         self.start_node(id, &doc.root, &mut Vec::new(), None)
             .await?;
         let tasks = doc.root.tasks();
-        let fields: Vec<String> = tasks.iter().map(|(path, _)| result_field(path)).collect();
-        let names: Vec<&str> = fields.iter().map(String::as_str).collect();
-        let results = self
-            .components()
-            .global_config
-            .workflow_read(&id.to_string(), &names)
-            .await
-            .map_err(Self::workflow_backend_error)?;
+        let paths: Vec<Vec<usize>> = tasks.iter().map(|(path, _)| path.clone()).collect();
+        let results = self.workflow_results(id, &paths).await?;
         for ((path, step), result) in tasks.into_iter().zip(results) {
             // Ended and stored: moved on again from its stored result (what came after it is
             // marked started, so nothing runs twice), whatever became of its record.
-            if let Some(result) = result.and_then(|json| serde_json::from_str(&json).ok()) {
+            if let Some(result) = result {
                 self.node_done(id, &doc, path, result).await?;
                 continue;
             }

@@ -336,22 +336,14 @@ impl<T> WorkflowHandle<T> {
 
     /// How the workflow ended (`success`, `error` or `cancel`), `None` while it runs.
     pub async fn status(&self) -> Result<Option<TaskStatus>> {
-        let fields = self.read(&["end"]).await?;
-        Ok(fields
-            .into_iter()
-            .next()
-            .flatten()
-            .and_then(|end| end.parse().ok()))
+        let [end] = self.app.workflow_fields(self.id, ["end"]).await?;
+        Ok(end.and_then(|end| end.parse().ok()))
     }
 
     /// The step that failed for good, if one did.
     pub async fn failed_step(&self) -> Result<Option<StepFailure>> {
-        let fields = self.read(&["failed"]).await?;
-        Ok(fields
-            .into_iter()
-            .next()
-            .flatten()
-            .and_then(|json| serde_json::from_str(&json).ok()))
+        let [failed] = self.app.workflow_fields(self.id, ["failed"]).await?;
+        Ok(failed.and_then(|json| serde_json::from_str(&json).ok()))
     }
 
     /// Cancels the workflow as a whole: it ends `cancel` (unless it ended already), no step
@@ -360,7 +352,7 @@ impl<T> WorkflowHandle<T> {
     pub async fn cancel(&self, reason: &str) -> Result<bool> {
         let global = &self.app.components().global_config;
         let key = self.id.to_string();
-        let doc = self.read(&["doc"]).await?.into_iter().next().flatten();
+        let [doc] = self.app.workflow_fields(self.id, ["doc"]).await?;
         let Some(doc) = doc.and_then(|json| serde_json::from_str::<Doc>(&json).ok()) else {
             return Ok(false);
         };
@@ -377,15 +369,6 @@ impl<T> WorkflowHandle<T> {
             self.app.cancel_steps(&doc, reason).await?;
         }
         Ok(first)
-    }
-
-    async fn read(&self, fields: &[&str]) -> Result<Vec<Option<String>>> {
-        Ok(self
-            .app
-            .components()
-            .global_config
-            .workflow_read(&self.id.to_string(), fields)
-            .await?)
     }
 }
 
@@ -405,12 +388,14 @@ impl<T: DeserializeOwned> WorkflowHandle<T> {
             let first = if looked { "end" } else { "doc" };
             let first_look = !looked;
             looked = true;
-            let fields = self
-                .read(&[first, "end", "failed", "reason", &result_field(&[])])
+            let [doc, end, failed, reason, result] = self
+                .app
+                .workflow_fields(
+                    self.id,
+                    [first, "end", "failed", "reason", &result_field(&[])],
+                )
                 .await
                 .map_err(backend)?;
-            let [doc, end, failed, reason, result] =
-                <[Option<String>; 5]>::try_from(fields).unwrap_or([None, None, None, None, None]);
             match end.as_deref() {
                 Some("success") => {
                     let value: Value = result
