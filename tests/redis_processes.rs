@@ -302,7 +302,8 @@ async fn cancel_reaches_a_task_running_in_another_process() {
     app.flush_all().await.unwrap();
 }
 
-/// Counts the "done" messages per task on the app's channel: one per recorded outcome.
+/// Counts the uuids in the "done" messages per task on the app's channel: one per recorded
+/// outcome.
 async fn count_outcomes(
     url: &str,
     prefix: &str,
@@ -322,8 +323,11 @@ async fn count_outcomes(
     tokio::spawn(async move {
         let mut messages = pubsub.into_on_message();
         while let Some(message) = messages.next().await {
-            let uuid: String = message.get_payload().unwrap();
-            *sink.lock().unwrap().entry(uuid).or_insert(0) += 1;
+            // One uuid, or a finish batch's uuids separated by spaces.
+            let uuids: String = message.get_payload().unwrap();
+            for uuid in uuids.split(' ') {
+                *sink.lock().unwrap().entry(uuid.to_owned()).or_insert(0) += 1;
+            }
         }
     });
     counts

@@ -14,8 +14,7 @@ use uuid::Uuid;
 use super::batch::{Batcher, ScriptPart};
 use super::storage::is_transient;
 use super::wire::{
-    TAKEN_FIELDS, decode_record, new_record_fields, outcome_fields, parse_entry, queue_entry,
-    taken_fields,
+    decode_record, new_record_fields, outcome_fields, parse_entry, queue_entry, taken_fields,
 };
 use super::{Keys, QueueKeys, RedisOptions, failure, scripts};
 use qtasks_core::backend::{
@@ -56,15 +55,16 @@ pub(super) fn idle_wait(options: &RedisOptions) -> Duration {
     (options.lease / 4).clamp(Duration::from_millis(100), Duration::from_secs(5))
 }
 
-/// One task the take script returned: member, recovered (1 or 0), token. The member stays
-/// bytes until it is decoded on its own.
-type Taken = (Vec<u8>, i64, String);
+/// One task the take script returned: member, recovered (1 or 0), token, and its mark (`None`:
+/// not marked, its entry is not in canonical form; see `scripts::TAKE`). The member stays bytes
+/// until it is decoded on its own.
+type Taken = (Vec<u8>, i64, String, Option<Marked>);
 
 /// What the mark script found for one taken task.
 enum Marked {
-    /// Run it: its record's fields (`wire::TAKEN_FIELDS`), now marked `process`, and how many
-    /// times its task has been handed out, this time included.
-    Run(Vec<Option<Vec<u8>>>, u32),
+    /// Run it: its record as read before the mark (flat field and value pairs), now marked
+    /// `process`, and how many times its task has been handed out, this time included.
+    Run(Vec<Vec<u8>>, u32),
     /// Its record cannot be marked (the reason): it ends alone, the rest of the batch runs.
     Bad(String),
     /// It has no record.
@@ -251,8 +251,8 @@ impl RedisBroker {
         u64::try_from(self.options.lease.as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Takes up to `take.max` tasks from its queues; also returns when the next delayed task
-    /// of one of them may run (ms, Redis clock).
+    /// Takes up to `take.max` tasks from its queues, marking those in canonical form; also
+    /// returns when the next delayed task of one of them may run (ms, Redis clock).
     async fn take_batch(&self, take: &Take<'_>) -> Result<(Vec<Taken>, Option<i64>), BackendError> {
         use backon::Retryable;
         let token_prefix = &Uuid::new_v4().simple().to_string()[..TOKEN_LEN - 4];
@@ -276,6 +276,10 @@ impl RedisBroker {
                     .key(&*keys.delayed)
                     .key(&*keys.stats);
             }
+            invocation.key(&self.keys.stats).key(&self.keys.gone);
+            if let Some(index) = &self.keys.records_index {
+                invocation.key(index);
+            }
             invocation
                 .arg(self.lease_ms())
                 .arg(take.max.max(1))
@@ -285,6 +289,7 @@ impl RedisBroker {
             for (keys, max) in &queues {
                 invocation.arg(keys.tag).arg(*max);
             }
+            invocation.arg(unix_now().to_string());
             invocation
                 .invoke_async::<(Vec<Taken>, Option<f64>)>(&mut con)
                 .await
@@ -300,9 +305,9 @@ impl RedisBroker {
         Ok((taken, next_due.map(|ms| ms as i64)))
     }
 
-    /// The second step of a take (`scripts::MARK`): reads the records of the taken tasks, by
+    /// Marks the taken tasks the take left unmarked (`scripts::MARK`): reads their records, by
     /// keys it declares, and marks them `process`.
-    async fn mark(&self, tasks: &[Named]) -> Result<Vec<Marked>, BackendError> {
+    async fn mark(&self, tasks: &[&Named]) -> Result<Vec<Marked>, BackendError> {
         use backon::Retryable;
         let now = unix_now().to_string();
         let mark = || async {
@@ -318,7 +323,6 @@ impl RedisBroker {
             for task in tasks {
                 invocation.arg(task.receipt());
             }
-            invocation.arg(&TAKEN_FIELDS[..]);
             let mut con = self.commands.clone();
             invocation.invoke_async::<Vec<Marked>>(&mut con).await
         };
@@ -350,11 +354,11 @@ impl RedisBroker {
     }
 
     /// Turns a taken task into a delivery, or fails its record (unreadable) and returns `None`.
-    /// `fields` are its record's, as the mark script read them.
+    /// `fields` are its record's, as the mark read them (flat field and value pairs).
     async fn deliver(
         &self,
         task: Named,
-        fields: Vec<Option<Vec<u8>>>,
+        fields: Vec<Vec<u8>>,
         deliveries: u32,
     ) -> Result<Option<Delivery>, BackendError> {
         let receipt = task.receipt();
@@ -1052,11 +1056,12 @@ impl Broker for RedisBroker {
                 held: &self.held,
                 receipts: Vec::with_capacity(taken.len()),
             };
-            // Each entry is decoded once, on its own: those that name a task are held and
-            // have their records read and marked in one more call, by declared keys; the
-            // others are poison and fail alone.
+            // Each entry is decoded once, on its own: those that name a task are held (the
+            // take marked those in canonical form; the others have their records read and
+            // marked in one more call, by declared keys); the rest are poison and fail alone.
             let mut named = Vec::with_capacity(taken.len());
-            for (bytes, recovered, token) in taken {
+            let mut unmarked = Vec::new();
+            for (bytes, recovered, token, marked) in taken {
                 let member = match String::from_utf8(bytes) {
                     Ok(member) => member,
                     Err(error) => {
@@ -1076,7 +1081,10 @@ impl Broker for RedisBroker {
                         let receipt = task.receipt();
                         self.hold(&receipt);
                         guard.receipts.push(receipt);
-                        named.push(task);
+                        if marked.is_none() {
+                            unmarked.push(named.len());
+                        }
+                        named.push((task, marked));
                     }
                     Err(reason) => {
                         self.reject_logged(member.into_bytes(), &token, &reason)
@@ -1084,23 +1092,28 @@ impl Broker for RedisBroker {
                     }
                 }
             }
-            let marked = if named.is_empty() {
-                Vec::new()
-            } else {
-                match self.mark(&named).await {
-                    Ok(marked) => marked,
+            if !unmarked.is_empty() {
+                let tasks: Vec<&Named> = unmarked.iter().map(|&at| &named[at].0).collect();
+                match self.mark(&tasks).await {
+                    Ok(marks) => {
+                        for (&at, marked) in unmarked.iter().zip(marks) {
+                            named[at].1 = Some(marked);
+                        }
+                    }
                     Err(error) => {
                         // Their leases are no longer renewed and run out; a take tries again.
-                        tracing::error!(app = %self.keys.prefix, "reading {} taken task(s) failed; they are taken again when their leases run out: {}", named.len(), ErrorChain(&error));
-                        for task in &named {
+                        tracing::error!(app = %self.keys.prefix, "reading {} taken task(s) failed; they are taken again when their leases run out: {}", tasks.len(), ErrorChain(&error));
+                        for task in &tasks {
                             self.unhold(&task.receipt());
                         }
-                        continue;
+                        named.retain(|(_, marked)| marked.is_some());
                     }
                 }
-            };
+            }
             let mut deliveries = Vec::with_capacity(named.len());
-            for (task, marked) in named.into_iter().zip(marked) {
+            for (task, marked) in named {
+                // (A mark the script answered short of counts as a lost lease.)
+                let marked = marked.unwrap_or(Marked::Lost);
                 let (fields, handed_out) = match marked {
                     Marked::Run(fields, handed_out) => (fields, handed_out),
                     Marked::Ended | Marked::Lost => {

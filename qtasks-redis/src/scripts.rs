@@ -151,31 +151,137 @@ end
     };
 }
 
-/// Takes up to `ARGV[2]` tasks from the queues a worker serves: the first of the two steps of a
-/// take (then [`MARK`]).
+/// The Lua function both take scripts share to mark one taken task (see [`MARK`] for what it
+/// answers): `mark_one(leases, stats, gone, index, leased, key, now, check_lease)` reads the
+/// record at `key` whole (one `HGETALL`: cheaper than naming the fields, and the worker keeps
+/// only those it runs with), and marks it `process` for the delivery `leased` (token and
+/// member). `check_lease` first checks that the lease is still `leased`'s (the separate mark
+/// call; the take that leased it in the same script knows). `index` is the records' index, or
+/// nil when it is not kept. Needs [`priorities!`].
+macro_rules! marking {
+    () => {
+        r#"
+local final_statuses = {success = true, error = true, cancel = true, retry = true}
+
+-- A task cancelled while it waited leaves the waiting tasks' count now that its entry goes.
+local function uncount_cancelled(stats, leased)
+  local field = 'cancelled:' .. priority_of(leased)
+  if tonumber(redis.call('HGET', stats, field) or '0') > 0 then
+    redis.call('HINCRBY', stats, field, -1)
+  end
+end
+
+local function mark_one(leases, stats, gone, index, leased, key, now, check_lease)
+  if check_lease and not redis.call('ZSCORE', leases, leased) then
+    return {'lost'}
+  end
+  -- One read for all it needs; a key that holds no hash fails it, and only then is its type
+  -- read, for the reason.
+  local flat = redis.pcall('HGETALL', key)
+  if flat['err'] then
+    return {'bad', 'its record key holds a ' .. redis.call('TYPE', key)['ok'] .. ', not a hash'}
+  end
+  local status, marked_by, deliveries_text, queued_cancel, created_text
+  for i = 1, #flat, 2 do
+    local name = flat[i]
+    if name == 'status' then status = flat[i + 1]
+    elseif name == 'marked_by' then marked_by = flat[i + 1]
+    elseif name == 'deliveries' then deliveries_text = flat[i + 1]
+    elseif name == 'queued_cancel' then queued_cancel = flat[i + 1]
+    elseif name == 'created_at' then created_text = flat[i + 1]
+    end
+  end
+  if not status then
+    if #flat == 0 and redis.call('SREM', gone, string.sub(key, -36)) == 1 then
+      redis.call('ZREM', leases, leased)
+      uncount_cancelled(stats, leased)
+      return {'ended'}
+    end
+    return {'missing'}
+  elseif final_statuses[status] then
+    redis.call('ZREM', leases, leased)
+    -- Cancelled while it waited: its entry goes now, and its time to live starts.
+    if queued_cancel then
+      redis.call('HDEL', key, 'queued_cancel')
+      uncount_cancelled(stats, leased)
+      if (tonumber(queued_cancel) or 0) > 0 then redis.call('PEXPIRE', key, tonumber(queued_cancel)) end
+    end
+    return {'ended'}
+  end
+  -- Counted once per delivery: a mark sent again (its reply lost) finds its own token.
+  local token = string.sub(leased, 1, 32)
+  local deliveries = tonumber(deliveries_text)
+  if deliveries_text and not (deliveries and deliveries >= 0 and deliveries < 1e15 and deliveries == math.floor(deliveries)) then
+    return {'bad', 'its deliveries field is not a count: ' .. deliveries_text}
+  end
+  if marked_by == token then
+    redis.call('HSET', key, 'status', 'process', 'updated_at', now)
+    deliveries = deliveries or 1
+  else
+    deliveries = (deliveries or 0) + 1
+    redis.call('HSET', key, 'status', 'process', 'updated_at', now, 'marked_by', token, 'deliveries', string.format('%d', deliveries))
+  end
+  -- qtasks's own records carry `deliveries` from their add, and were indexed then; another
+  -- producer's (the Python original's) enter the index at their first mark.
+  local created = tonumber(created_text)
+  -- Not NaN nor infinite (`tonumber('nan')` is NaN, which ZADD refuses): such a record is
+  -- left out of the index, and the worker fails it for its unreadable `created_at`.
+  if index and not deliveries_text and created and created == created and created > -1e15 and created < 1e15 then
+    redis.call('ZADD', index, 'NX', math.floor(created * 1000 + 0.5), string.sub(key, -36))
+  end
+  return {'run', flat, deliveries}
+end
+
+-- `mark_one` in `pcall`: a record that cannot be marked (its key holds no hash, a value the
+-- script cannot handle) answers `{'bad', reason}` for that task alone, and the rest of the
+-- batch runs. (One failing command would otherwise fail the whole batch, which would then be
+-- taken again, and fail again, every lease.)
+local function mark_guarded(leases, stats, gone, index, leased, key, now, check_lease)
+  local ok, answer = pcall(mark_one, leases, stats, gone, index, leased, key, now, check_lease)
+  if ok then return answer end
+  if type(answer) == 'table' then answer = answer['err'] end
+  return {'bad', 'marking its record failed: ' .. tostring(answer)}
+end
+"#
+    };
+}
+
+/// Takes up to `ARGV[2]` tasks from the queues a worker serves, and marks each one whose entry
+/// is in the canonical form (`name:uuid:priority`, a lowercase hyphenated uuid, a priority of
+/// at most 18 digits): one call per take. An entry in another form (a Python client's upper
+/// case uuid, bytes that are not an entry) comes back unmarked, for the worker to parse and
+/// mark with [`MARK`] or reject.
 ///
 /// 1. Expired leases go back to their queue's `ready` (their holder died), keeping their place.
 /// 2. For each served queue that is not paused: due delayed entries and the entries in its
 ///    `incoming` and list move to its `ready`.
 /// 3. From each served queue in the order given, the lowest (priority, seq) members are popped
 ///    and leased, each under a new token, at most the queue's own count, until `ARGV[2]`.
+/// 4. Each leased task in canonical form is marked as [`MARK`] marks it (`marking!`): one
+///    call for the take and the mark saves a round trip, the lease check and sending every
+///    member back.
 ///
 /// KEYS: seq, leases, recovered, paused, then per queue: its list (`task_queue` for the
-/// default queue), incoming, ready, delayed, stats. ARGV: lease_ms, count, token prefix (unique
-/// per call, 28 characters), the app's key prefix, the queue count m, then per queue: its tag
-/// (its name; '' for the default queue) and how many of its tasks may be taken.
-/// Returns `{[member, recovered, token]..., next_due_ms}`: `recovered` is 1 for a task taken back
-/// from a dead worker; `next_due_ms` is when the next delayed task of a served queue may run (or
-/// false).
+/// default queue), incoming, ready, delayed, stats; then the app's stats, gone, and the
+/// records' index (when it is kept). ARGV: lease_ms, count, token prefix (unique per call, 28
+/// characters), the app's key prefix, the queue count m, then per queue: its tag (its name; ''
+/// for the default queue) and how many of its tasks may be taken; then now (Unix seconds, for
+/// `updated_at`).
+/// Returns `{[member, recovered, token, mark]..., next_due_ms}`: `recovered` is 1 for a task
+/// taken back from a dead worker; `mark` is what [`MARK`] answers for it, or false when it was
+/// not marked (not in canonical form); `next_due_ms` is when the next delayed task of a served
+/// queue may run (or false).
 ///
 /// A named queue's members carry its name (`{seq:020}@{queue}|{entry}`), so a lease that runs
-/// out goes back to its own queue. That is the one place the script names keys it was not
-/// given: the `ready` of a queue the calling worker does not serve, built from the prefix.
+/// out goes back to its own queue. Those are the places the script names keys it was not
+/// given: the `ready` of a queue the calling worker does not serve, built from the prefix, and
+/// the records of the tasks it marks (`{prefix}:{uuid}`, from their entries).
 ///
 /// At most 1,000 pushed entries move to `ready` per call, so one call never holds Redis
 /// for a whole backlog; the rest move on the next calls.
 pub(super) const TAKE: &str = concat!(
     priorities!(),
+    marking!(),
     r#"
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -309,12 +415,32 @@ for i = 1, m do
   end
 end
 if #leases > 0 then zadd_pairs(KEYS[2], leases) end
+
+-- 4. The canonical entries are marked (their record keys are built from the prefix, as the
+--    worker builds them); the others are left to the worker.
+local after = 4 + 5 * m
+local stats, gone, index = KEYS[after + 1], KEYS[after + 2], KEYS[after + 3]
+local now = ARGV[6 + 2 * m]
+local hex = '[0-9a-f]'
+local canonical = '^[^:]*:(' .. string.rep(hex, 8) .. '%-' .. string.rep(hex, 4) .. '%-' .. string.rep(hex, 4) .. '%-' .. string.rep(hex, 4) .. '%-' .. string.rep(hex, 12) .. '):(%-?%d+)$'
+for j = 1, #out do
+  local taken = out[j]
+  local entry = string.match(taken[1], '^[^|]*|(.*)$')
+  local uuid, priority
+  if entry then uuid, priority = string.match(entry, canonical) end
+  if uuid and #priority <= 18 then
+    taken[4] = mark_guarded(KEYS[2], stats, gone, index, taken[3] .. taken[1], ARGV[4] .. ':' .. uuid, now, false)
+  else
+    taken[4] = false
+  end
+end
 return {out, next_due}
 "#
 );
 
-/// The second step of a take: for each leased task, reads the record fields the worker needs
-/// and marks it `process`, if the lease is still this take's. A record that is final already
+/// Marks the tasks a [`TAKE`] leased but left unmarked (their entries are not in canonical
+/// form; the worker parsed them): for each, reads its record and marks it `process`, if the
+/// lease is still this take's. The take marks the others the same way (`marking!`). A record that is final already
 /// (cancelled while it waited, or finished by a worker whose lease had run out) is not run: its
 /// lease is dropped here.
 ///
@@ -324,8 +450,8 @@ return {out, next_due}
 /// record added while the index was off has none, and is indexed like another producer's). A
 /// `deliveries` that is not a count makes the record `bad`.
 ///
-/// Per task it costs three commands (`ZSCORE` of the lease, `HMGET`, `HSET`); the rare cases
-/// (a record that is missing, final or not a hash) pay more.
+/// Per task it costs three commands (`ZSCORE` of the lease, `HGETALL`, `HSET`; in the take, the
+/// last two); the rare cases (a record that is missing, final or not a hash) pay more.
 ///
 /// Each record counts the deliveries of its task in its `deliveries` field (one more at each
 /// mark), so a task that kills every worker that runs it can be stopped (`max_deliveries`).
@@ -335,99 +461,25 @@ return {out, next_due}
 /// the rest of the batch runs. (One failing command would otherwise fail the whole batch, which
 /// would then be taken again, and fail again, every lease.)
 ///
-/// A task without a record is `{'gone'}` when its record was deleted after it was cancelled
+/// A task without a record is `{'ended'}` when its record was deleted after it was cancelled
 /// while it waited (`N:qtasks:gone`; its entry is dropped here), else `{'missing'}`.
 ///
 /// KEYS: leases, stats, gone, then one record key per task, then the records' index (when it
-/// is kept). ARGV: now (Unix seconds, for `updated_at`), the
-/// task count `n`, the `n` lease members (token and member), then the record fields to return
-/// (`wire::TAKEN_FIELDS`, `status` first).
-/// Returns one reply per task: `{'run', fields, deliveries}`, `{'missing'}` (no record),
+/// is kept). ARGV: now (Unix seconds, for `updated_at`), the task count `n`, the `n` lease
+/// members (token and member).
+/// Returns one reply per task: `{'run', fields, deliveries}` (`fields`: the record as it was
+/// before the mark, `HGETALL`'s field and value pairs), `{'missing'}` (no record),
 /// `{'ended'}` (final already, or its record deleted after a cancel; not run), `{'lost'}` (the lease is gone already) or
 /// `{'bad', reason}` (the record cannot be marked; its lease is kept for the caller to end).
 pub(super) const MARK: &str = concat!(
     priorities!(),
+    marking!(),
     r#"
 local n = tonumber(ARGV[2])
-local wanted = {unpack(ARGV, 3 + n)}
-local final = {success = true, error = true, cancel = true, retry = true}
 local index = KEYS[4 + n]
-
--- A task cancelled while it waited leaves the waiting tasks' count now that its entry goes.
-local function uncount_cancelled(leased)
-  local field = 'cancelled:' .. priority_of(leased)
-  if tonumber(redis.call('HGET', KEYS[2], field) or '0') > 0 then
-    redis.call('HINCRBY', KEYS[2], field, -1)
-  end
-end
-
--- Read with the fields the worker asked for, after them (the worker ignores the extra ones).
-local marked_by_at, deliveries_at, queued_cancel_at = #wanted + 1, #wanted + 2, #wanted + 3
-wanted[marked_by_at] = 'marked_by'
-wanted[deliveries_at] = 'deliveries'
-wanted[queued_cancel_at] = 'queued_cancel'
-
-local function mark_one(leased, key)
-  if not redis.call('ZSCORE', KEYS[1], leased) then
-    return {'lost'}
-  end
-  -- One read for all it needs; a key that holds no hash fails it, and only then is its type
-  -- read, for the reason.
-  local fields = redis.pcall('HMGET', key, unpack(wanted))
-  if fields['err'] then
-    return {'bad', 'its record key holds a ' .. redis.call('TYPE', key)['ok'] .. ', not a hash'}
-  end
-  if not fields[1] then
-    if redis.call('EXISTS', key) == 0 and redis.call('SREM', KEYS[3], string.sub(key, -36)) == 1 then
-      redis.call('ZREM', KEYS[1], leased)
-      uncount_cancelled(leased)
-      return {'ended'}
-    end
-    return {'missing'}
-  elseif final[fields[1]] then
-    redis.call('ZREM', KEYS[1], leased)
-    -- Cancelled while it waited: its entry goes now, and its time to live starts.
-    local ttl = fields[queued_cancel_at]
-    if ttl then
-      redis.call('HDEL', key, 'queued_cancel')
-      uncount_cancelled(leased)
-      if (tonumber(ttl) or 0) > 0 then redis.call('PEXPIRE', key, tonumber(ttl)) end
-    end
-    return {'ended'}
-  end
-  -- Counted once per delivery: a mark sent again (its reply lost) finds its own token.
-  local token = string.sub(leased, 1, 32)
-  local deliveries = tonumber(fields[deliveries_at])
-  if fields[deliveries_at] and not (deliveries and deliveries >= 0 and deliveries < 1e15 and deliveries == math.floor(deliveries)) then
-    return {'bad', 'its deliveries field is not a count: ' .. fields[deliveries_at]}
-  end
-  if fields[marked_by_at] == token then
-    redis.call('HSET', key, 'status', 'process', 'updated_at', ARGV[1])
-    deliveries = deliveries or 1
-  else
-    deliveries = (deliveries or 0) + 1
-    redis.call('HSET', key, 'status', 'process', 'updated_at', ARGV[1], 'marked_by', token, 'deliveries', string.format('%d', deliveries))
-  end
-  -- qtasks's own records carry `deliveries` from their add, and were indexed then; another
-  -- producer's (the Python original's) enter the index at their first mark.
-  local created = tonumber(fields[6])
-  -- Not NaN nor infinite (`tonumber('nan')` is NaN, which ZADD refuses): such a record is
-  -- left out of the index, and the worker fails it for its unreadable `created_at`.
-  if index and not fields[deliveries_at] and created and created == created and created > -1e15 and created < 1e15 then
-    redis.call('ZADD', index, 'NX', math.floor(created * 1000 + 0.5), string.sub(key, -36))
-  end
-  return {'run', fields, deliveries}
-end
-
 local out = {}
 for i = 1, n do
-  local ok, answer = pcall(mark_one, ARGV[2 + i], KEYS[3 + i])
-  if ok then
-    out[i] = answer
-  else
-    if type(answer) == 'table' then answer = answer['err'] end
-    out[i] = {'bad', 'marking its record failed: ' .. tostring(answer)}
-  end
+  out[i] = mark_guarded(KEYS[1], KEYS[2], KEYS[3], index, ARGV[2 + i], KEYS[3 + i], ARGV[1], true)
 end
 return out
 "#
@@ -517,8 +569,9 @@ return #members
 /// holds them all now.
 ///
 /// What every outcome pays is kept to three commands (`ZREM` of its lease, one `HSET`, one
-/// `PUBLISH`); the counters (one `HINCRBY` per second and status), the items' `DEL` and the
-/// look at the cancel requests are paid once per batch. A record key that holds no hash makes
+/// `PEXPIRE`); the counters (one `HINCRBY` per second and status), the items' `DEL`, the look
+/// at the cancel requests and the message to the waiters (one `PUBLISH` of the batch's uuids,
+/// separated by spaces) are paid once per batch. A record key that holds no hash makes
 /// its `HSET` fail: only then is its type read, for the answer.
 ///
 /// KEYS: leases, stats, cancel requests, then per outcome: the record, the task's items, and
@@ -546,6 +599,7 @@ local any_cancel = redis.call('HLEN', KEYS[3]) > 0
 local ended = {}       -- bucket -> outcomes counted in it
 local buckets = {}     -- the buckets in the order first seen
 local items = {}       -- the items keys of the stored outcomes
+local told = {}        -- the uuids whose waiters are told, in one message at the end
 
 local function count_in(bucket)
   if not ended[bucket] then
@@ -612,7 +666,7 @@ local function finish_one(k, a, n, child, c)
       items[#items + 1] = KEYS[k + 1]
       count_in(bucket_now('cancel'))
       if ttl > 0 then redis.call('PEXPIRE', record, ttl) end
-      redis.call('PUBLISH', channel, uuid)
+      told[#told + 1] = uuid
       return {3, cancel}
     end
   end
@@ -633,7 +687,7 @@ local function finish_one(k, a, n, child, c)
   end
   count_in(bucket)
   if ttl > 0 then redis.call('PEXPIRE', record, ttl) end
-  redis.call('PUBLISH', channel, uuid)
+  told[#told + 1] = uuid
   return {1, false}
 end
 
@@ -663,6 +717,9 @@ for i = 1, count do
 end
 if #items > 0 then redis.call('DEL', unpack(items)) end
 for _, bucket in ipairs(buckets) do count_ended(KEYS[2], bucket, ended[bucket]) end
+-- One message for the batch (uuids separated by spaces): one command rather than one per
+-- outcome, and one message per subscriber.
+if #told > 0 then redis.call('PUBLISH', channel, table.concat(told, ' ')) end
 return out
 "#
 );

@@ -824,8 +824,14 @@ async fn listen(
                 if let Ok(uuid) = Uuid::parse_str(uuid) {
                     let _ = cancels.send(CancelRequest::new(uuid, reason));
                 }
-            } else if let Ok(uuid) = Uuid::parse_str(&text) {
-                waiters.wake(uuid);
+            } else {
+                // One uuid, or a finish batch's uuids separated by spaces.
+                for uuid in text
+                    .split(' ')
+                    .filter_map(|uuid| Uuid::parse_str(uuid).ok())
+                {
+                    waiters.wake(uuid);
+                }
             }
         }
         tracing::warn!("the result subscription dropped; reconnecting");

@@ -347,8 +347,8 @@ pub(super) fn decode_record(uuid: Uuid, fields: &Fields) -> Result<TaskRecord, S
     }
 }
 
-/// The record fields the take script returns, in this order. `status` must come first: the
-/// script reads it to skip cancelled tasks.
+/// The record fields a delivery is made from: of the record the take reads whole, the others
+/// are left out (a field the run does not use cannot fail it).
 pub(super) const TAKEN_FIELDS: [&str; 16] = [
     "status",
     "task_name",
@@ -368,15 +368,16 @@ pub(super) const TAKEN_FIELDS: [&str; 16] = [
     "workflow",
 ];
 
-/// The record fields the take script returned, by name (missing fields left out).
-pub(super) fn taken_fields(values: Vec<Option<Vec<u8>>>) -> Fields {
+/// The [`TAKEN_FIELDS`] of a record the take read whole (a flat `HGETALL` reply: field, value,
+/// ...). `updated_at` is the record's `created_at`: the mark has just moved it on.
+pub(super) fn taken_fields(flat: Vec<Vec<u8>>) -> Fields {
     let mut fields = Fields::default();
-    for (name, value) in TAKEN_FIELDS.iter().zip(values) {
-        if let Some(bytes) = value {
-            fields.insert((*name).to_owned(), bytes);
+    let mut items = flat.into_iter();
+    while let (Some(name), Some(value)) = (items.next(), items.next()) {
+        if let Some(known) = TAKEN_FIELDS.iter().find(|known| known.as_bytes() == name) {
+            fields.insert((*known).to_owned(), value);
         }
     }
-    // The take script does not read `updated_at`; a record always has one.
     if let Some(created) = fields.get("created_at").map(str::to_owned) {
         fields
             .text

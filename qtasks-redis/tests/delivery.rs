@@ -167,6 +167,81 @@ async fn bad_records_fail_alone_and_the_rest_of_their_batch_runs() {
     app.flush_all().await.unwrap();
 }
 
+/// The take marks the entries in canonical form itself and leaves the others (an upper-case
+/// uuid, a priority written `+0`: Python clients may push either) to the separate mark, by the
+/// record key the worker builds. Both kinds in one batch run once each, and their deliveries
+/// are counted.
+#[tokio::test]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
+async fn entries_in_and_out_of_canonical_form_run_once_each_in_one_batch() {
+    let Some(url) = redis_url("entries_in_and_out_of_canonical_form") else {
+        return;
+    };
+    let prefix = unique_prefix("canonical");
+    let mut con = raw_connection(&url).await;
+    let queue = format!("{prefix}:task_queue");
+    let app = redis_app(&url, &prefix, RedisOptions::default(), 16).await;
+    let mut good = Vec::new();
+    for i in 0..4 {
+        good.push(
+            delivery_echo::add_task(&app, format!("g{i}"))
+                .await
+                .unwrap(),
+        );
+    }
+    let mut raw = Vec::new();
+    for (i, entry) in [
+        |uuid: Uuid| format!("delivery_echo:{}:0", uuid.to_string().to_uppercase()),
+        |uuid: Uuid| format!("delivery_echo:{uuid}:+0"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let uuid = Uuid::new_v4();
+        let label = format!(r#"["raw{i}"]"#);
+        let record = [
+            ("task_name", "delivery_echo"),
+            ("priority", "0"),
+            ("args", label.as_str()),
+            ("kwargs", "{}"),
+            ("created_at", "1796395301.5"),
+            ("updated_at", "1796395301.5"),
+            ("status", "new"),
+        ];
+        let _: () = con
+            .hset_multiple(format!("{prefix}:{uuid}"), &record)
+            .await
+            .unwrap();
+        let _: () = con.rpush(&queue, entry(uuid)).await.unwrap();
+        raw.push(uuid);
+    }
+    app.start().await.unwrap();
+
+    for (i, handle) in good.iter().enumerate() {
+        assert_eq!(flow::succeeded(handle).await, json!(format!("g{i}")));
+    }
+    for (i, uuid) in raw.iter().enumerate() {
+        let record = app.wait(*uuid, WAIT).await.unwrap();
+        assert_eq!(record.status, TaskStatus::Success, "{record:?}");
+        assert_eq!(record.returning, Some(json!(format!("raw{i}"))));
+    }
+    for uuid in raw
+        .iter()
+        .copied()
+        .chain(good.iter().map(|handle| handle.uuid()))
+    {
+        let deliveries: String = con
+            .hget(format!("{prefix}:{uuid}"), "deliveries")
+            .await
+            .unwrap();
+        assert_eq!(deliveries, "1", "task {uuid} was handed out once");
+    }
+    let leased: i64 = con.zcard(format!("{prefix}:qtasks:leases")).await.unwrap();
+    assert_eq!(leased, 0);
+    app.stop().await.unwrap();
+    app.flush_all().await.unwrap();
+}
+
 #[tokio::test]
 #[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 async fn a_stale_finisher_is_refused_even_after_the_task_ended_and_a_replay_is_not() {
