@@ -1,6 +1,8 @@
-//! The Lua scripts that make each step of a task atomic. Every key a script touches is passed
-//! in KEYS (a take is two calls for that: [`TAKE`] pops and leases, [`MARK`] reads and marks the
-//! records by their keys).
+//! The Lua scripts that make each step of a task atomic. The keys a script touches are passed
+//! in KEYS, but for two kinds the take builds from the app's prefix (see [`TAKE`]): the records
+//! of the tasks it marks and the `ready` of a queue whose expired lease it reclaims. Every key
+//! of an app starts with its prefix (Redis Cluster, not supported yet, would need the prefix
+//! to be a hash tag for them to share a slot).
 //!
 //! Keys (prefix `N` = the app name):
 //! - `N:task_queue` (LIST): entries `name:uuid:priority`, pushed by Rust and Python clients
