@@ -550,6 +550,22 @@ async fn waiters_do_not_poll_while_the_workers_publish() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let tasks = add_all(&app, (0..300).map(|i| format!("w{i}")), 3000).await;
+    // Barrier: all 300 taken. The take reads each record with `HGETALL` inside its script,
+    // which `INFO commandstats` counts too: only the waiters' reads are counted below.
+    let leases = format!("{prefix}:qtasks:leases");
+    while redis::cmd("ZCARD")
+        .arg(&leases)
+        .query_async::<usize>(&mut con)
+        .await
+        .unwrap()
+        < 300
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the worker never took all 300 tasks"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let before = calls(&url, "hgetall").await;
     let started = Instant::now();
     let lost = wait_all("300 waiters of 3 s tasks", &app, &tasks).await;

@@ -261,7 +261,10 @@ impl RedisBroker {
             .iter()
             .map(|queue| (self.keys.queue_keys(Some(queue.name)), queue.max))
             .collect();
+        // A resend (its first send failed, perhaps after it ran) hands out what the first took.
+        let sends = std::sync::atomic::AtomicUsize::new(0);
         let take = || async {
+            let resent = sends.fetch_add(1, std::sync::atomic::Ordering::Relaxed) > 0;
             let mut con = self.commands.clone();
             let mut invocation = self.take.key(&self.keys.sequence);
             invocation
@@ -289,7 +292,7 @@ impl RedisBroker {
             for (keys, max) in &queues {
                 invocation.arg(keys.tag).arg(*max);
             }
-            invocation.arg(unix_now().to_string());
+            invocation.arg(unix_now().to_string()).arg(u8::from(resent));
             invocation
                 .invoke_async::<(Vec<Taken>, Option<f64>)>(&mut con)
                 .await

@@ -21,9 +21,10 @@
 //!   number first, FIFO among equals, whichever process pushed them.
 //! - **No polling**: idle workers block on Redis (`BLMOVE`); `wait` wakes on a pub/sub message
 //!   sent with the result.
-//! - **Few round trips**: add = 1 (HSET + RPUSH pipelined), take = 2 per batch of tasks (one
-//!   script leases them, one reads and marks their records, by declared keys), finish = 1 (one
-//!   script: the lease released and the outcome written only while the delivery's token holds).
+//! - **Few round trips**: add = 1 (one script: the record and the entry), take = 1 per batch of
+//!   tasks (one script leases them, reads and marks their records; an entry not in canonical
+//!   form costs a second call), finish = 1 (one script: the lease released and the outcome
+//!   written only while the delivery's token holds).
 //!
 //! The key layout is in [`scripts`].
 #![warn(missing_docs)]

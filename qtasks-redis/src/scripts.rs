@@ -250,8 +250,8 @@ end
 
 /// Takes up to `ARGV[2]` tasks from the queues a worker serves, and marks each one whose entry
 /// is in the canonical form (`name:uuid:priority`, a lowercase hyphenated uuid, a priority of
-/// at most 18 digits): one call per take. An entry in another form (a Python client's upper
-/// case uuid, bytes that are not an entry) comes back unmarked, for the worker to parse and
+/// at most 18 characters): one call per take. An entry in another form (an upper-case uuid
+/// another client wrote, bytes that are not an entry) comes back unmarked, for the worker to parse and
 /// mark with [`MARK`] or reject.
 ///
 /// 1. Expired leases go back to their queue's `ready` (their holder died), keeping their place.
@@ -263,12 +263,18 @@ end
 ///    call for the take and the mark saves a round trip, the lease check and sending every
 ///    member back.
 ///
+/// A call sent again (its first send failed, perhaps after running: its reply lost) first
+/// looks for the leases its token prefix holds (0.): found, they are handed out again, marked
+/// by the same tokens (so counted once, as a mark sent again was before); a recovered task
+/// comes back as not recovered then (its `deliveries` still say it ran before).
+///
 /// KEYS: seq, leases, recovered, paused, then per queue: its list (`task_queue` for the
 /// default queue), incoming, ready, delayed, stats; then the app's stats, gone, and the
 /// records' index (when it is kept). ARGV: lease_ms, count, token prefix (unique per call, 28
 /// characters), the app's key prefix, the queue count m, then per queue: its tag (its name; ''
 /// for the default queue) and how many of its tasks may be taken; then now (Unix seconds, for
-/// `updated_at`).
+/// `updated_at`) and `1` when the call is sent again after a failure (its reply may have been
+/// lost: step 0), else `0`.
 /// Returns `{[member, recovered, token, mark]..., next_due_ms}`: `recovered` is 1 for a task
 /// taken back from a dead worker; `mark` is what [`MARK`] answers for it, or false when it was
 /// not marked (not in canonical form); `next_due_ms` is when the next delayed task of a served
@@ -296,6 +302,47 @@ local function zadd_pairs(key, pairs)
 end
 
 local m = tonumber(ARGV[5])
+
+-- 4. (Defined first, run last.) The canonical entries are marked (their record keys are built
+--    from the prefix, as the worker builds them); the others are left to the worker.
+local after = 4 + 5 * m
+local stats, gone, index = KEYS[after + 1], KEYS[after + 2], KEYS[after + 3]
+local now = ARGV[6 + 2 * m]
+local hex = '[0-9a-f]'
+local canonical = '^[^:]*:(' .. string.rep(hex, 8) .. '%-' .. string.rep(hex, 4) .. '%-' .. string.rep(hex, 4) .. '%-' .. string.rep(hex, 4) .. '%-' .. string.rep(hex, 12) .. '):(%-?%d+)$'
+local function mark_taken(out)
+  for j = 1, #out do
+    local taken = out[j]
+    local entry = string.match(taken[1], '^[^|]*|(.*)$')
+    local uuid, priority
+    if entry then uuid, priority = string.match(entry, canonical) end
+    if uuid and #priority <= 18 then
+      taken[4] = mark_guarded(KEYS[2], stats, gone, index, taken[3] .. taken[1], ARGV[4] .. ':' .. uuid, now, false)
+    else
+      taken[4] = false
+    end
+  end
+end
+
+-- 0. Sent again after its reply was lost: the first send's tasks, still leased under this
+--    call's token prefix, are handed out again rather than new ones (their marks find their
+--    own tokens, so their deliveries are counted once). Only a resend pays this scan.
+if ARGV[7 + 2 * m] == '1' then
+  local again = {}
+  local cursor = '0'
+  repeat
+    local page = redis.call('ZSCAN', KEYS[2], cursor, 'MATCH', ARGV[3] .. '*', 'COUNT', 1000)
+    cursor = page[1]
+    for i = 1, #page[2], 2 do
+      local leased = page[2][i]
+      again[#again + 1] = {string.sub(leased, 33), 0, string.sub(leased, 1, 32)}
+    end
+  until cursor == '0'
+  if #again > 0 then
+    mark_taken(again)
+    return {again, false}
+  end
+end
 local ready_by_tag = {}
 for i = 1, m do ready_by_tag[ARGV[4 + 2 * i]] = KEYS[4 + 5 * (i - 1) + 3] end
 
@@ -418,24 +465,7 @@ for i = 1, m do
 end
 if #leases > 0 then zadd_pairs(KEYS[2], leases) end
 
--- 4. The canonical entries are marked (their record keys are built from the prefix, as the
---    worker builds them); the others are left to the worker.
-local after = 4 + 5 * m
-local stats, gone, index = KEYS[after + 1], KEYS[after + 2], KEYS[after + 3]
-local now = ARGV[6 + 2 * m]
-local hex = '[0-9a-f]'
-local canonical = '^[^:]*:(' .. string.rep(hex, 8) .. '%-' .. string.rep(hex, 4) .. '%-' .. string.rep(hex, 4) .. '%-' .. string.rep(hex, 4) .. '%-' .. string.rep(hex, 12) .. '):(%-?%d+)$'
-for j = 1, #out do
-  local taken = out[j]
-  local entry = string.match(taken[1], '^[^|]*|(.*)$')
-  local uuid, priority
-  if entry then uuid, priority = string.match(entry, canonical) end
-  if uuid and #priority <= 18 then
-    taken[4] = mark_guarded(KEYS[2], stats, gone, index, taken[3] .. taken[1], ARGV[4] .. ':' .. uuid, now, false)
-  else
-    taken[4] = false
-  end
-end
+mark_taken(out)
 return {out, next_due}
 "#
 );
@@ -570,10 +600,11 @@ return #members
 /// The live items of a stream task (`N:qtasks:items:{uuid}`) go: the record's `returning`
 /// holds them all now.
 ///
-/// What every outcome pays is kept to three commands (`ZREM` of its lease, one `HSET`, one
-/// `PEXPIRE`); the counters (one `HINCRBY` per second and status), the items' `DEL`, the look
-/// at the cancel requests and the message to the waiters (one `PUBLISH` of the batch's uuids,
-/// separated by spaces) are paid once per batch. A record key that holds no hash makes
+/// What every outcome pays is kept to four commands (`ZREM` of its lease, one `HSET`, one
+/// `PEXPIRE`, one `PUBLISH`); the counters (one `HINCRBY` per second and status), the items'
+/// `DEL` and the look at the cancel requests are paid once per batch. (Waiters since this
+/// release read a message of several uuids separated by spaces, so a later release may tell a
+/// whole batch in one message; older waiters would miss such messages, so it waits a release.) A record key that holds no hash makes
 /// its `HSET` fail: only then is its type read, for the answer.
 ///
 /// KEYS: leases, stats, cancel requests, then per outcome: the record, the task's items, and
@@ -601,7 +632,6 @@ local any_cancel = redis.call('HLEN', KEYS[3]) > 0
 local ended = {}       -- bucket -> outcomes counted in it
 local buckets = {}     -- the buckets in the order first seen
 local items = {}       -- the items keys of the stored outcomes
-local told = {}        -- the uuids whose waiters are told, in one message at the end
 
 local function count_in(bucket)
   if not ended[bucket] then
@@ -668,7 +698,7 @@ local function finish_one(k, a, n, child, c)
       items[#items + 1] = KEYS[k + 1]
       count_in(bucket_now('cancel'))
       if ttl > 0 then redis.call('PEXPIRE', record, ttl) end
-      told[#told + 1] = uuid
+      redis.call('PUBLISH', channel, uuid)
       return {3, cancel}
     end
   end
@@ -689,7 +719,7 @@ local function finish_one(k, a, n, child, c)
   end
   count_in(bucket)
   if ttl > 0 then redis.call('PEXPIRE', record, ttl) end
-  told[#told + 1] = uuid
+  redis.call('PUBLISH', channel, uuid)
   return {1, false}
 end
 
@@ -719,9 +749,6 @@ for i = 1, count do
 end
 if #items > 0 then redis.call('DEL', unpack(items)) end
 for _, bucket in ipairs(buckets) do count_ended(KEYS[2], bucket, ended[bucket]) end
--- One message for the batch (uuids separated by spaces): one command rather than one per
--- outcome, and one message per subscriber.
-if #told > 0 then redis.call('PUBLISH', channel, table.concat(told, ' ')) end
 return out
 "#
 );
@@ -1413,3 +1440,127 @@ end
 return woken
 "#
 );
+
+#[cfg(test)]
+mod tests {
+    use super::TAKE;
+    use qtasks_test_support::redis::raw_connection;
+    use qtasks_test_support::{redis_url, unique_prefix};
+
+    /// A task as the take returns it: member, recovered, token, mark.
+    type Taken = (String, i64, String, Option<redis::Value>);
+
+    /// One take of at most `count` tasks from the default queue under the token `prefix`
+    /// (28 characters); `resent` as a take sent again. Returns (member, token, mark) per task.
+    async fn take(
+        con: &mut redis::aio::MultiplexedConnection,
+        app: &str,
+        prefix: &str,
+        count: usize,
+        resent: bool,
+    ) -> Vec<(String, String, Option<redis::Value>)> {
+        let script = redis::Script::new(TAKE);
+        let mut invocation = script.prepare_invoke();
+        for key in [
+            "qtasks:seq",
+            "qtasks:leases",
+            "qtasks:recovered",
+            "qtasks:paused",
+            "task_queue",
+            "qtasks:incoming",
+            "qtasks:ready",
+            "qtasks:delayed",
+            "qtasks:stats",
+            "qtasks:stats",
+            "qtasks:gone",
+        ] {
+            invocation.key(format!("{app}:{key}"));
+        }
+        invocation
+            .arg(60_000)
+            .arg(count)
+            .arg(prefix)
+            .arg(app)
+            .arg(1)
+            .arg("")
+            .arg(count)
+            .arg("1796395301.5")
+            .arg(u8::from(resent));
+        let (taken, _): (Vec<Taken>, Option<f64>) = invocation.invoke_async(con).await.unwrap();
+        taken
+            .into_iter()
+            .map(|(member, _, token, mark)| (member, token, mark))
+            .collect()
+    }
+
+    /// A take sent again after its reply was lost hands out what its first send leased (marked
+    /// by the same tokens: counted once), not more tasks; a take that never ran takes anew.
+    #[tokio::test]
+    #[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
+    async fn a_take_sent_again_hands_out_what_the_first_send_leased() {
+        let Some(url) = redis_url("a_take_sent_again_hands_out_what_the_first_send_leased") else {
+            return;
+        };
+        let app = unique_prefix("resent");
+        let mut con = raw_connection(&url).await;
+        let uuids = [uuid::Uuid::new_v4(), uuid::Uuid::new_v4()];
+        for uuid in uuids {
+            let _: () = redis::cmd("HSET")
+                .arg(format!("{app}:{uuid}"))
+                .arg(&[
+                    "task_name",
+                    "t",
+                    "priority",
+                    "0",
+                    "args",
+                    "[]",
+                    "kwargs",
+                    "{}",
+                ])
+                .arg(&["created_at", "1", "updated_at", "1", "status", "new"])
+                .arg(&["deliveries", "0"])
+                .query_async(&mut con)
+                .await
+                .unwrap();
+            let _: () = redis::cmd("RPUSH")
+                .arg(format!("{app}:task_queue"))
+                .arg(format!("t:{uuid}:0"))
+                .query_async(&mut con)
+                .await
+                .unwrap();
+        }
+        let first_prefix = "a".repeat(28);
+        let first = take(&mut con, &app, &first_prefix, 1, false).await;
+        assert_eq!(first.len(), 1);
+        assert!(first[0].0.ends_with(&format!("t:{}:0", uuids[0])));
+        // Its reply "lost": the same call sent again gets the same task, marked again by the
+        // same token, and its delivery is counted once.
+        let again = take(&mut con, &app, &first_prefix, 1, true).await;
+        assert_eq!(
+            again.iter().map(|(m, t, _)| (m, t)).collect::<Vec<_>>(),
+            first.iter().map(|(m, t, _)| (m, t)).collect::<Vec<_>>()
+        );
+        assert!(again[0].2.is_some(), "marked again");
+        let deliveries: String = redis::cmd("HGET")
+            .arg(format!("{app}:{}", uuids[0]))
+            .arg("deliveries")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        assert_eq!(deliveries, "1");
+        // A resend whose first send never ran finds no lease of its prefix: it takes anew.
+        let other = take(&mut con, &app, &"b".repeat(28), 1, true).await;
+        assert_eq!(other.len(), 1);
+        assert!(other[0].0.ends_with(&format!("t:{}:0", uuids[1])));
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{app}:*"))
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        let _: () = redis::cmd("DEL")
+            .arg(&keys)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+    }
+}

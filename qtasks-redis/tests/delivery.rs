@@ -168,7 +168,7 @@ async fn bad_records_fail_alone_and_the_rest_of_their_batch_runs() {
 }
 
 /// The take marks the entries in canonical form itself and leaves the others (an upper-case
-/// uuid, a priority written `+0`: Python clients may push either) to the separate mark, by the
+/// uuid, a priority written `+0`, as another client may push them) to the separate mark, by the
 /// record key the worker builds. Both kinds in one batch run once each, and their deliveries
 /// are counted.
 #[tokio::test]
