@@ -45,6 +45,8 @@ pub struct TaskExecutor {
     delivery: Arc<str>,
     /// The error the run failed with, for the worker's retry decision.
     failure: Mutex<Option<TaskError>>,
+    /// The run's task returned a stream (its items may have been stored as they came).
+    streamed: std::sync::atomic::AtomicBool,
 }
 
 /// What made a run stop early.
@@ -78,6 +80,7 @@ impl TaskExecutor {
             cancel,
             delivery,
             failure: Mutex::new(None),
+            streamed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -103,6 +106,11 @@ impl TaskExecutor {
 
     pub(crate) fn take_failure(&self) -> Option<TaskError> {
         self.failure.lock().take()
+    }
+
+    /// Whether the run's task returned a stream (`RunInfo::streamed`).
+    pub(crate) fn streamed(&self) -> bool {
+        self.streamed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The queued task back, once the run has ended (the worker lent it for the run rather
@@ -365,6 +373,8 @@ impl TaskExecutor {
     /// `generate_handler` and storing it as it comes, so callers can read the items while the
     /// task runs and keep them if it fails half-way.
     async fn collect(&self, mut items: ItemStream) -> Result<Vec<Value>, TaskError> {
+        self.streamed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let storage = Arc::clone(&self.app.components().storage);
         let uuid = self.queued.uuid;
         let delivery = self.delivery.clone();

@@ -62,9 +62,10 @@ type Taken = (Vec<u8>, i64, String, Option<Marked>);
 
 /// What the mark script found for one taken task.
 enum Marked {
-    /// Run it: its record as read before the mark (flat field and value pairs), now marked
-    /// `process`, and how many times its task has been handed out, this time included.
-    Run(Vec<Vec<u8>>, u32),
+    /// Run it: its record as read before the mark (flat field and value pairs; `None` when a
+    /// big take left it to the worker to read), now marked `process`, and how many times its
+    /// task has been handed out, this time included.
+    Run(Option<Vec<Vec<u8>>>, u32),
     /// Its record cannot be marked (the reason): it ends alone, the rest of the batch runs.
     Bad(String),
     /// It has no record.
@@ -86,7 +87,7 @@ impl redis::FromRedisValue for Marked {
             "run" => {
                 let fields = match items.next() {
                     Some(fields) => redis::from_redis_value(fields)?,
-                    None => Vec::new(),
+                    None => None,
                 };
                 let deliveries = match items.next() {
                     Some(count) => redis::from_redis_value::<i64>(count)?,
@@ -233,7 +234,7 @@ impl RedisBroker {
                     keys.stats.clone(),
                     keys.cancel_requests.clone(),
                 ],
-                ScriptPart::with_args(&(ttl_ms, &keys.done_channel)),
+                ScriptPart::with_args(&(ttl_ms, &keys.done_channel, &keys.prefix)),
                 FINISH_BATCH,
             ),
             adds: add_batcher(&keys, None, commands),
@@ -334,6 +335,39 @@ impl RedisBroker {
             .when(is_transient)
             .await
             .map_err(|e| failure("reading the taken tasks failed".to_owned(), e))
+    }
+
+    /// Reads the records of taken tasks a big take marked without reading them (flat field and
+    /// value pairs, in the order of `tasks`), in one pipeline: each on its own, so a record
+    /// spoiled since its mark (its key holds no hash now) fails alone, with the reason. Safe to
+    /// send again: it only reads.
+    async fn read_taken(
+        &self,
+        tasks: &[&Named],
+    ) -> Result<Vec<Result<Vec<Vec<u8>>, String>>, BackendError> {
+        use backon::Retryable;
+        let read = || async {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for task in tasks {
+                pipe.cmd("HGETALL").arg(self.keys.record(task.uuid));
+            }
+            let mut con = self.commands.clone();
+            pipe.query_async::<Vec<redis::RedisResult<Vec<Vec<u8>>>>>(&mut con)
+                .await
+                .map(|records| {
+                    records
+                        .into_iter()
+                        .map(|record| {
+                            record.map_err(|error| format!("reading its record failed: {error}"))
+                        })
+                        .collect()
+                })
+        };
+        read.retry(crate::reconnect_pauses().take(TAKE_RETRIES))
+            .when(is_transient)
+            .await
+            .map_err(|e| failure("reading the taken tasks' records failed".to_owned(), e))
     }
 
     /// [`reject`](Self::reject), logging a failure rather than returning it: the entry's lease
@@ -624,8 +658,6 @@ impl RedisBroker {
     /// `scripts::FINISH` for their order).
     fn finish_item(&self, delivery: &Delivery, outcome: &Outcome) -> ScriptPart {
         let mut part = ScriptPart::default();
-        part.keys.push(self.keys.record(delivery.task.uuid));
-        part.keys.push(self.keys.items(delivery.task.uuid));
         let now = unix_now();
         let fields = outcome_fields(outcome, &delivery.run, now);
         // The stats bucket of this outcome: this second (the worker's clock; see `scripts`).
@@ -634,10 +666,13 @@ impl RedisBroker {
         let own_ttl = delivery.run.result_ttl.map_or_else(String::new, |ttl| {
             ttl.as_millis().clamp(1, MAX_TTL_MS).to_string()
         });
+        // Live items can exist only for a run that streamed, or from a delivery before this one.
+        let may_have_items = delivery.run.streamed || delivery.recovered || delivery.deliveries > 1;
         part.arg(&delivery.receipt)
             .arg(delivery.task.uuid.to_string())
             .arg(bucket)
             .arg(own_ttl)
+            .arg(if may_have_items { "1" } else { "" })
             .arg(fields.len())
             .arg(&fields);
         let Outcome::Retry { child, .. } = outcome else {
@@ -741,6 +776,11 @@ fn queued_record_fields(task: &QueuedTask, indexed: bool) -> Vec<(&'static str, 
 /// UTF-8 is read lossily, and an answer of another shape is a script failure, code 5), so
 /// that one odd answer cannot fail the others of its batch.
 fn finish_answer(answer: redis::Value) -> (i64, Option<String>) {
+    // The common answers (stored, replayed, refused) are a bare code; those with a reason are
+    // `{code, reason}`.
+    if let redis::Value::Int(code) = answer {
+        return (code, None);
+    }
     let redis::Value::Array(parts) = answer else {
         return (5, Some(format!("the finish script answered {answer:?}")));
     };
@@ -1113,12 +1153,56 @@ impl Broker for RedisBroker {
                     }
                 }
             }
+            // A big take leaves the records to be read here (`scripts::marking!`): one
+            // pipeline of plain reads, which costs Redis far less than carrying them through
+            // the script.
+            let unread: Vec<usize> = named
+                .iter()
+                .enumerate()
+                .filter(|(_, (_, marked))| matches!(marked, Some(Marked::Run(None, _))))
+                .map(|(at, _)| at)
+                .collect();
+            if !unread.is_empty() {
+                let tasks: Vec<&Named> = unread.iter().map(|&at| &named[at].0).collect();
+                match self.read_taken(&tasks).await {
+                    Ok(records) => {
+                        for (&at, record) in unread.iter().zip(records) {
+                            match record {
+                                // Deleted since its mark: as if it had none.
+                                Ok(record) if record.is_empty() => {
+                                    named[at].1 = Some(Marked::Missing);
+                                }
+                                Ok(record) => {
+                                    if let Some(Marked::Run(fields, _)) = &mut named[at].1 {
+                                        *fields = Some(record);
+                                    }
+                                }
+                                Err(reason) => named[at].1 = Some(Marked::Bad(reason)),
+                            }
+                        }
+                        // (A reply short of records leaves the rest to their leases.)
+                        for &at in &unread {
+                            if matches!(named[at].1, Some(Marked::Run(None, _))) {
+                                named[at].1 = Some(Marked::Lost);
+                            }
+                        }
+                    }
+                    Err(error) => {
+                        // Their leases are no longer renewed and run out; a take tries again.
+                        tracing::error!(app = %self.keys.prefix, "reading {} taken task(s) failed; they are taken again when their leases run out: {}", tasks.len(), ErrorChain(&error));
+                        for task in &tasks {
+                            self.unhold(&task.receipt());
+                        }
+                        named.retain(|(_, marked)| !matches!(marked, Some(Marked::Run(None, _))));
+                    }
+                }
+            }
             let mut deliveries = Vec::with_capacity(named.len());
             for (task, marked) in named {
                 // (A mark the script answered short of counts as a lost lease.)
                 let marked = marked.unwrap_or(Marked::Lost);
                 let (fields, handed_out) = match marked {
-                    Marked::Run(fields, handed_out) => (fields, handed_out),
+                    Marked::Run(fields, handed_out) => (fields.unwrap_or_default(), handed_out),
                     Marked::Ended | Marked::Lost => {
                         self.unhold(&task.receipt());
                         continue;

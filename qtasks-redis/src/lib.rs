@@ -22,8 +22,9 @@
 //! - **No polling**: idle workers block on Redis (`BLMOVE`); `wait` wakes on a pub/sub message
 //!   sent with the result.
 //! - **Few round trips**: add = 1 (one script: the record and the entry), take = 1 per batch of
-//!   tasks (one script leases them, reads and marks their records; an entry not in canonical
-//!   form costs a second call), finish = 1 (one script: the lease released and the outcome
+//!   tasks (one script leases and marks them and, for up to 8, returns their records; a bigger
+//!   batch's records are read with one more pipelined call, and an entry not in canonical form
+//!   costs a mark call of its own), finish = 1 (one script: the lease released and the outcome
 //!   written only while the delivery's token holds).
 //!
 //! The key layout is in [`scripts`].

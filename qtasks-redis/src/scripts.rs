@@ -154,12 +154,15 @@ end
 }
 
 /// The Lua function both take scripts share to mark one taken task (see [`MARK`] for what it
-/// answers): `mark_one(leases, stats, gone, index, leased, key, now, check_lease)` reads the
-/// record at `key` whole (one `HGETALL`: cheaper than naming the fields, and the worker keeps
-/// only those it runs with), and marks it `process` for the delivery `leased` (token and
-/// member). `check_lease` first checks that the lease is still `leased`'s (the separate mark
-/// call; the take that leased it in the same script knows). `index` is the records' index, or
-/// nil when it is not kept. Needs [`priorities!`].
+/// answers): `mark_one(leases, stats, gone, index, leased, key, now, check_lease, with_fields)`
+/// marks the record at `key` `process` for the delivery `leased` (token and member).
+/// `check_lease` first checks that the lease is still `leased`'s (the separate mark call; the
+/// take that leased it in the same script knows). `with_fields` reads the record whole (one
+/// `HGETALL`) and answers it; without, the mark reads only the five fields it decides by
+/// (`HMGET`) and answers `false` for the record, which the worker then reads itself: a record
+/// carried through Lua (into the script, then out in its answer) costs Redis about twice what
+/// the mark itself does, which a big batch pays per task and a lone task pays in a round trip.
+/// `index` is the records' index, or nil when it is not kept. Needs [`priorities!`].
 macro_rules! marking {
     () => {
         r#"
@@ -173,28 +176,37 @@ local function uncount_cancelled(stats, leased)
   end
 end
 
-local function mark_one(leases, stats, gone, index, leased, key, now, check_lease)
+local function mark_one(leases, stats, gone, index, leased, key, now, check_lease, with_fields)
   if check_lease and not redis.call('ZSCORE', leases, leased) then
     return {'lost'}
   end
   -- One read for all it needs; a key that holds no hash fails it, and only then is its type
-  -- read, for the reason.
-  local flat = redis.pcall('HGETALL', key)
-  if flat['err'] then
-    return {'bad', 'its record key holds a ' .. redis.call('TYPE', key)['ok'] .. ', not a hash'}
-  end
+  -- read, for the reason. (An absent field is nil from the first read, false from the second.)
+  local flat = false
   local status, marked_by, deliveries_text, queued_cancel, created_text
-  for i = 1, #flat, 2 do
-    local name = flat[i]
-    if name == 'status' then status = flat[i + 1]
-    elseif name == 'marked_by' then marked_by = flat[i + 1]
-    elseif name == 'deliveries' then deliveries_text = flat[i + 1]
-    elseif name == 'queued_cancel' then queued_cancel = flat[i + 1]
-    elseif name == 'created_at' then created_text = flat[i + 1]
+  if with_fields then
+    flat = redis.pcall('HGETALL', key)
+    if flat['err'] then
+      return {'bad', 'its record key holds a ' .. redis.call('TYPE', key)['ok'] .. ', not a hash'}
     end
+    for i = 1, #flat, 2 do
+      local name = flat[i]
+      if name == 'status' then status = flat[i + 1]
+      elseif name == 'marked_by' then marked_by = flat[i + 1]
+      elseif name == 'deliveries' then deliveries_text = flat[i + 1]
+      elseif name == 'queued_cancel' then queued_cancel = flat[i + 1]
+      elseif name == 'created_at' then created_text = flat[i + 1]
+      end
+    end
+  else
+    local got = redis.pcall('HMGET', key, 'status', 'marked_by', 'deliveries', 'queued_cancel', 'created_at')
+    if got['err'] then
+      return {'bad', 'its record key holds a ' .. redis.call('TYPE', key)['ok'] .. ', not a hash'}
+    end
+    status, marked_by, deliveries_text, queued_cancel, created_text = got[1], got[2], got[3], got[4], got[5]
   end
   if not status then
-    if #flat == 0 and redis.call('SREM', gone, string.sub(key, -36)) == 1 then
+    if redis.call('EXISTS', key) == 0 and redis.call('SREM', gone, string.sub(key, -36)) == 1 then
       redis.call('ZREM', leases, leased)
       uncount_cancelled(stats, leased)
       return {'ended'}
@@ -238,8 +250,8 @@ end
 -- script cannot handle) answers `{'bad', reason}` for that task alone, and the rest of the
 -- batch runs. (One failing command would otherwise fail the whole batch, which would then be
 -- taken again, and fail again, every lease.)
-local function mark_guarded(leases, stats, gone, index, leased, key, now, check_lease)
-  local ok, answer = pcall(mark_one, leases, stats, gone, index, leased, key, now, check_lease)
+local function mark_guarded(leases, stats, gone, index, leased, key, now, check_lease, with_fields)
+  local ok, answer = pcall(mark_one, leases, stats, gone, index, leased, key, now, check_lease, with_fields)
   if ok then return answer end
   if type(answer) == 'table' then answer = answer['err'] end
   return {'bad', 'marking its record failed: ' .. tostring(answer)}
@@ -310,14 +322,18 @@ local stats, gone, index = KEYS[after + 1], KEYS[after + 2], KEYS[after + 3]
 local now = ARGV[6 + 2 * m]
 local hex = '[0-9a-f]'
 local canonical = '^[^:]*:(' .. string.rep(hex, 8) .. '%-' .. string.rep(hex, 4) .. '%-' .. string.rep(hex, 4) .. '%-' .. string.rep(hex, 4) .. '%-' .. string.rep(hex, 12) .. '):(%-?%d+)$'
+-- A small take (a lone task's, say) carries the records in its answer (no second round trip);
+-- a big one leaves them to the worker to read (see `marking!`).
+local INLINE_RECORDS = 8
 local function mark_taken(out)
+  local inline = #out <= INLINE_RECORDS
   for j = 1, #out do
     local taken = out[j]
     local entry = string.match(taken[1], '^[^|]*|(.*)$')
     local uuid, priority
     if entry then uuid, priority = string.match(entry, canonical) end
     if uuid and #priority <= 18 then
-      taken[4] = mark_guarded(KEYS[2], stats, gone, index, taken[3] .. taken[1], ARGV[4] .. ':' .. uuid, now, false)
+      taken[4] = mark_guarded(KEYS[2], stats, gone, index, taken[3] .. taken[1], ARGV[4] .. ':' .. uuid, now, false, inline)
     else
       taken[4] = false
     end
@@ -500,7 +516,8 @@ return {out, next_due}
 /// is kept). ARGV: now (Unix seconds, for `updated_at`), the task count `n`, the `n` lease
 /// members (token and member).
 /// Returns one reply per task: `{'run', fields, deliveries}` (`fields`: the record as it was
-/// before the mark, `HGETALL`'s field and value pairs), `{'missing'}` (no record),
+/// before the mark, `HGETALL`'s field and value pairs; in a big take, false: the worker reads
+/// it), `{'missing'}` (no record),
 /// `{'ended'}` (final already, or its record deleted after a cancel; not run), `{'lost'}` (the lease is gone already) or
 /// `{'bad', reason}` (the record cannot be marked; its lease is kept for the caller to end).
 pub(super) const MARK: &str = concat!(
@@ -511,7 +528,7 @@ local n = tonumber(ARGV[2])
 local index = KEYS[4 + n]
 local out = {}
 for i = 1, n do
-  out[i] = mark_guarded(KEYS[1], KEYS[2], KEYS[3], index, ARGV[2 + i], KEYS[3 + i], ARGV[1], true)
+  out[i] = mark_guarded(KEYS[1], KEYS[2], KEYS[3], index, ARGV[2 + i], KEYS[3 + i], ARGV[1], true, true)
 end
 return out
 "#
@@ -607,18 +624,23 @@ return #members
 /// whole batch in one message; older waiters would miss such messages, so it waits a release.) A record key that holds no hash makes
 /// its `HSET` fail: only then is its type read, for the answer.
 ///
-/// KEYS: leases, stats, cancel requests, then per outcome: the record, the task's items, and
-/// for a retry the child's record, the child's queue (`task_queue`, or `delayed` with a delay)
-/// and the records' index (when it is kept).
-/// ARGV: ttl_ms (0: keep), done channel, the outcome count, then per outcome: its lease member
-/// (token and member), uuid, stats bucket (`t:{second}:{status}`), its own ttl_ms (the task's
-/// `result_ttl`; '' takes the batch's), field count `n`, the fields
-/// and values, and the child's part: `0` for none, else `1` (`2` when the index is kept), the
+/// The record (`{prefix}:{uuid}`) and the live items (`{prefix}:qtasks:items:{uuid}`) of each
+/// outcome are built here from its uuid, not declared: two fewer arguments per outcome, and the
+/// items are deleted only for a delivery that may have any (a run that streamed, or a task
+/// handed out before).
+///
+/// KEYS: leases, stats, cancel requests, then per outcome of a retry: the child's record, the
+/// child's queue (`task_queue`, or `delayed` with a delay) and the records' index (when it is
+/// kept).
+/// ARGV: ttl_ms (0: keep), done channel, the app's key prefix, the outcome count, then per
+/// outcome: its lease member (token and member), uuid, stats bucket (`t:{second}:{status}`),
+/// its own ttl_ms (the task's `result_ttl`; '' takes the batch's), `1` when its live items are
+/// to go (else ''), field count `n`, the fields and values, and the child's part: `0` for none, else `1` (`2` when the index is kept), the
 /// child's field count `c`, its fields and values, its queue entry, its delay in ms by Redis's
 /// clock ('' to queue it now) and its creation time in ms (for the index).
-/// Returns one answer per outcome: `{1, false}` stored, `{2, false}` stored by an earlier send
-/// of this delivery (a replay; nothing written), `{0, false}` refused (the lease is not this
-/// delivery's any more; nothing written), `{3, reason}` cancelled instead (also when a replay
+/// Returns one answer per outcome: `1` stored, `2` stored by an earlier send of this delivery
+/// (a replay; nothing written), `0` refused (the lease is not this delivery's any more; nothing
+/// written), `{3, reason}` cancelled instead (also when a replay
 /// finds the cancel that won), `{4, type}` when the record's key holds no hash (the lease is
 /// dropped), or `{5, message}` when this outcome failed in the script (the others stand).
 pub(super) const FINISH: &str = concat!(
@@ -627,7 +649,8 @@ pub(super) const FINISH: &str = concat!(
     r#"
 local ttl = tonumber(ARGV[1])
 local channel = ARGV[2]
-local count = tonumber(ARGV[3])
+local prefix = ARGV[3]
+local count = tonumber(ARGV[4])
 local any_cancel = redis.call('HLEN', KEYS[3]) > 0
 local ended = {}       -- bucket -> outcomes counted in it
 local buckets = {}     -- the buckets in the order first seen
@@ -657,25 +680,27 @@ end
 local function add_child(k, at, c, indexed)
   local entry, delay = ARGV[at + 2 * c], ARGV[at + 2 * c + 1]
   if delay == '' then
-    redis.call('RPUSH', KEYS[k + 3], entry)
+    redis.call('RPUSH', KEYS[k + 1], entry)
     redis.pcall('HINCRBY', KEYS[2], 'queued:' .. priority_of(entry), 1)
   else
     -- Due by Redis's clock, the one takes compare with (the worker's may be off).
     local t = redis.call('TIME')
     local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-    redis.call('ZADD', KEYS[k + 3], now_ms + tonumber(delay), entry)
+    redis.call('ZADD', KEYS[k + 1], now_ms + tonumber(delay), entry)
   end
-  redis.call('HSET', KEYS[k + 2], unpack(ARGV, at, at + 2 * c - 1))
+  redis.call('HSET', KEYS[k], unpack(ARGV, at, at + 2 * c - 1))
   if indexed then
-    redis.pcall('ZADD', KEYS[k + 4], ARGV[at + 2 * c + 2], string.sub(KEYS[k + 2], -36))
+    redis.pcall('ZADD', KEYS[k + 2], ARGV[at + 2 * c + 2], string.sub(KEYS[k], -36))
   end
 end
 
--- One outcome. k: the index of its record key; a: of its lease member in ARGV; n, c: its
--- field counts; child: its child part's flag.
+-- One outcome. k: the index of its child's keys (a retry's); a: of its lease member in ARGV;
+-- n, c: its field counts; child: its child part's flag.
 local function finish_one(k, a, n, child, c)
-  local record, leased, uuid, bucket = KEYS[k], ARGV[a], ARGV[a + 1], ARGV[a + 2]
+  local leased, uuid, bucket = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+  local record = prefix .. ':' .. uuid
   local ttl = tonumber(ARGV[a + 3]) or ttl
+  local items_key = ARGV[a + 4] == '1' and (prefix .. ':qtasks:items:' .. uuid)
   local token = string.sub(leased, 1, 32)
   if redis.call('ZREM', KEYS[1], leased) == 0 then
     local found = redis.pcall('HMGET', record, 'status', 'finished_by', 'cancel_reason')
@@ -684,9 +709,9 @@ local function finish_one(k, a, n, child, c)
     if found[2] == token and (status == 'success' or status == 'error' or status == 'cancel' or status == 'retry') then
       -- A replay: what the first send stored (a cancel that won says so again).
       if status == 'cancel' then return {3, found[3] or ''} end
-      return {2, false}
+      return 2
     end
-    return {0, false}
+    return 0
   end
   local cancel = any_cancel and redis.call('HGET', KEYS[3], uuid)
   if cancel then
@@ -695,18 +720,18 @@ local function finish_one(k, a, n, child, c)
       local at = now_s()
       local written = redis.pcall('HSET', record, 'status', 'cancel', 'cancel_reason', cancel, 'updated_at', at, 'finished_at', at, 'finished_by', token)
       if type(written) == 'table' and written['err'] then return unstorable(record) end
-      items[#items + 1] = KEYS[k + 1]
+      if items_key then items[#items + 1] = items_key end
       count_in(bucket_now('cancel'))
       if ttl > 0 then redis.call('PEXPIRE', record, ttl) end
       redis.call('PUBLISH', channel, uuid)
       return {3, cancel}
     end
   end
-  local written = redis.pcall('HSET', record, 'finished_by', token, unpack(ARGV, a + 5, a + 4 + 2 * n))
+  local written = redis.pcall('HSET', record, 'finished_by', token, unpack(ARGV, a + 6, a + 5 + 2 * n))
   if type(written) == 'table' and written['err'] then return unstorable(record) end
-  items[#items + 1] = KEYS[k + 1]
+  if items_key then items[#items + 1] = items_key end
   if child > 0 then
-    local queued, failure = pcall(add_child, k, a + 5 + 2 * n + 2, c, child == 2)
+    local queued, failure = pcall(add_child, k, a + 6 + 2 * n + 2, c, child == 2)
     if not queued then
       -- The next attempt cannot be queued (a key of the queue holds another type): this
       -- attempt ends `error` saying so, rather than `retry` with no next attempt.
@@ -720,22 +745,22 @@ local function finish_one(k, a, n, child, c)
   count_in(bucket)
   if ttl > 0 then redis.call('PEXPIRE', record, ttl) end
   redis.call('PUBLISH', channel, uuid)
-  return {1, false}
+  return 1
 end
 
 local out = {}
-local k, a = 4, 4
+local k, a = 4, 5
 for i = 1, count do
   -- Where this outcome's parts are, and where the next one's start (read before it runs, so
   -- an outcome that fails cannot throw the others' places off).
-  local n = tonumber(ARGV[a + 4])
-  local child_at = a + 5 + 2 * n
+  local n = tonumber(ARGV[a + 5])
+  local child_at = a + 6 + 2 * n
   local child = tonumber(ARGV[child_at])
   local c = 0
-  local next_k, next_a = k + 2, child_at + 1
+  local next_k, next_a = k, child_at + 1
   if child > 0 then
     c = tonumber(ARGV[child_at + 1])
-    next_k = k + 4 + (child == 2 and 1 or 0)
+    next_k = k + 2 + (child == 2 and 1 or 0)
     next_a = child_at + 2 + 2 * c + 3
   end
   local ok, answer = pcall(finish_one, k, a, n, child, c)
@@ -1493,18 +1518,15 @@ mod tests {
             .collect()
     }
 
-    /// A take sent again after its reply was lost hands out what its first send leased (marked
-    /// by the same tokens: counted once), not more tasks; a take that never ran takes anew.
-    #[tokio::test]
-    #[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
-    async fn a_take_sent_again_hands_out_what_the_first_send_leased() {
-        let Some(url) = redis_url("a_take_sent_again_hands_out_what_the_first_send_leased") else {
-            return;
-        };
-        let app = unique_prefix("resent");
-        let mut con = raw_connection(&url).await;
-        let uuids = [uuid::Uuid::new_v4(), uuid::Uuid::new_v4()];
-        for uuid in uuids {
+    /// Writes `n` records and their entries under `app`; returns their uuids.
+    async fn queue(
+        con: &mut redis::aio::MultiplexedConnection,
+        app: &str,
+        n: usize,
+    ) -> Vec<uuid::Uuid> {
+        let mut uuids = Vec::new();
+        for _ in 0..n {
+            let uuid = uuid::Uuid::new_v4();
             let _: () = redis::cmd("HSET")
                 .arg(format!("{app}:{uuid}"))
                 .arg(&[
@@ -1519,16 +1541,79 @@ mod tests {
                 ])
                 .arg(&["created_at", "1", "updated_at", "1", "status", "new"])
                 .arg(&["deliveries", "0"])
-                .query_async(&mut con)
+                .query_async(con)
                 .await
                 .unwrap();
             let _: () = redis::cmd("RPUSH")
                 .arg(format!("{app}:task_queue"))
                 .arg(format!("t:{uuid}:0"))
-                .query_async(&mut con)
+                .query_async(con)
                 .await
                 .unwrap();
+            uuids.push(uuid);
         }
+        uuids
+    }
+
+    /// Deletes the keys of `app`.
+    async fn clean(con: &mut redis::aio::MultiplexedConnection, app: &str) {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{app}:*"))
+            .query_async(con)
+            .await
+            .unwrap();
+        let _: () = redis::cmd("DEL").arg(&keys).query_async(con).await.unwrap();
+    }
+
+    /// A big take marks its tasks without carrying their records (the worker reads them
+    /// itself); a small one carries them in its answer.
+    #[tokio::test]
+    #[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
+    async fn a_big_take_leaves_the_records_to_the_worker_and_a_small_one_carries_them() {
+        let Some(url) = redis_url("a_big_take_leaves_the_records_to_the_worker") else {
+            return;
+        };
+        let app = unique_prefix("inline");
+        let mut con = raw_connection(&url).await;
+        queue(&mut con, &app, 12).await;
+        let big = take(&mut con, &app, &"c".repeat(28), 10, false).await;
+        assert_eq!(big.len(), 10);
+        for (_, _, mark) in &big {
+            let Some(redis::Value::Array(mark)) = mark else {
+                panic!("marked: {mark:?}")
+            };
+            assert_eq!(mark[0], redis::Value::BulkString(b"run".to_vec()));
+            assert_eq!(
+                mark[1],
+                redis::Value::Nil,
+                "no record in a big take's answer"
+            );
+        }
+        let small = take(&mut con, &app, &"d".repeat(28), 8, false).await;
+        assert_eq!(small.len(), 2);
+        for (_, _, mark) in &small {
+            let Some(redis::Value::Array(mark)) = mark else {
+                panic!("marked: {mark:?}")
+            };
+            let redis::Value::Array(record) = &mark[1] else {
+                panic!("a small take carries the record: {mark:?}")
+            };
+            assert!(record.contains(&redis::Value::BulkString(b"task_name".to_vec())));
+        }
+        clean(&mut con, &app).await;
+    }
+
+    /// A take sent again after its reply was lost hands out what its first send leased (marked
+    /// by the same tokens: counted once), not more tasks; a take that never ran takes anew.
+    #[tokio::test]
+    #[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
+    async fn a_take_sent_again_hands_out_what_the_first_send_leased() {
+        let Some(url) = redis_url("a_take_sent_again_hands_out_what_the_first_send_leased") else {
+            return;
+        };
+        let app = unique_prefix("resent");
+        let mut con = raw_connection(&url).await;
+        let uuids = queue(&mut con, &app, 2).await;
         let first_prefix = "a".repeat(28);
         let first = take(&mut con, &app, &first_prefix, 1, false).await;
         assert_eq!(first.len(), 1);
@@ -1552,15 +1637,6 @@ mod tests {
         let other = take(&mut con, &app, &"b".repeat(28), 1, true).await;
         assert_eq!(other.len(), 1);
         assert!(other[0].0.ends_with(&format!("t:{}:0", uuids[1])));
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{app}:*"))
-            .query_async(&mut con)
-            .await
-            .unwrap();
-        let _: () = redis::cmd("DEL")
-            .arg(&keys)
-            .query_async(&mut con)
-            .await
-            .unwrap();
+        clean(&mut con, &app).await;
     }
 }

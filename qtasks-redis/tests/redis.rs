@@ -462,6 +462,17 @@ async fn retries_wait_their_backoff_and_stream_items_are_stored_on_redis() {
         stream.wait(WAIT).await.unwrap().returning,
         Some(json!([0, 1, 2]))
     );
+    // Its live items went with its finish (a first delivery that streamed), and the record
+    // holds them.
+    let mut con = raw_connection(&url).await;
+    let live: i64 = con
+        .exists(format!("{prefix}:qtasks:items:{}", stream.uuid()))
+        .await
+        .unwrap();
+    assert_eq!(
+        live, 0,
+        "the live items are deleted when the stream task ends"
+    );
     app.stop().await.unwrap();
     app.flush_all().await.unwrap();
 }

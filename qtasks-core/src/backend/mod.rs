@@ -298,6 +298,10 @@ pub struct RunInfo {
     /// The data of the error the run failed with, for the caller (the record's
     /// `error_payload`).
     pub error_payload: Option<serde_json::Value>,
+    /// The run was a stream task's, which may have stored items as they came
+    /// ([`Storage::append_item`]): an engine that keeps live items apart from the record
+    /// drops them when it records the outcome (and may skip that for a run that did not).
+    pub streamed: bool,
 }
 
 impl RunInfo {
@@ -308,6 +312,7 @@ impl RunInfo {
             worker,
             result_ttl: None,
             error_payload: None,
+            streamed: false,
         }
     }
 }

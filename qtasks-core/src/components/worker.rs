@@ -635,6 +635,7 @@ impl WorkerHost {
         };
         app.cancels().unregister(uuid, receipt);
         let failure = run.take_failure();
+        run_info.streamed = run.streamed();
         // The error's data goes with an error (or a retry); a plugin that turns the outcome
         // into another status drops it below.
         run_info.error_payload = failure

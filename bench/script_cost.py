@@ -1,0 +1,163 @@
+#!/usr/bin/env python3
+"""Redis's instructions per task for the drain path of the Redis engine's scripts, counted by
+callgrind, which repeats exactly where CPU time on a shared machine does not.
+
+    python3 bench/script_cost.py [--scripts qtasks-redis/src/scripts.rs] [--two-call] [--n 1024] [--batch 64]
+
+Starts `redis-server` under `valgrind --tool=callgrind` on its own port (6396), writes N
+records and queue entries as qtasks adds them, then drains them the way a worker does, in fixed
+batches (so the count does not depend on timing): the take script, the plain reads a big take
+leaves to the worker, and the finish script of the batch. Counting starts after the adds
+(`callgrind_control -z`) and ends when the queue is empty. Prints instructions per task.
+
+`--scripts` reads the scripts from another copy of `scripts.rs` (say, `git show
+REV:qtasks-redis/src/scripts.rs > /tmp/old.rs`); `--two-call` drives the protocol of releases
+up to 2026-12-04 (`f6cd7ad`: a take, then a separate mark returning 19 named fields, and a
+finish with the record and items keys declared), for an A/B against them. Needs valgrind and
+redis-server; talks RESP itself (no client library).
+"""
+import argparse, os, re, socket, subprocess, sys, tempfile, time, uuid
+
+class Resp:
+    def __init__(self, port):
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.file = self.sock.makefile("rb")
+
+    @staticmethod
+    def encode(args):
+        out = [f"*{len(args)}\r\n".encode()]
+        for arg in args:
+            data = arg if isinstance(arg, bytes) else str(arg).encode()
+            out.append(f"${len(data)}\r\n".encode() + data + b"\r\n")
+        return b"".join(out)
+
+    def read(self):
+        line = self.file.readline()
+        kind, rest = line[:1], line[1:-2]
+        if kind == b"+": return rest.decode()
+        if kind == b"-": raise RuntimeError(rest.decode())
+        if kind == b":": return int(rest)
+        if kind == b"$":
+            size = int(rest)
+            return None if size < 0 else self.file.read(size + 2)[:-2]
+        if kind == b"*":
+            size = int(rest)
+            return None if size < 0 else [self.read() for _ in range(size)]
+        raise RuntimeError(f"unexpected reply {line!r}")
+
+    def pipe(self, commands):
+        self.sock.sendall(b"".join(self.encode(c) for c in commands))
+        return [self.read() for _ in commands]
+
+    def call(self, *args):
+        return self.pipe([args])[0]
+
+def scripts_of(path):
+    """The scripts' Lua as the Rust `concat!` of macros and raw strings builds them."""
+    source = open(path).read()
+    def macro(name):
+        return re.search(r"macro_rules! %s \{\s*\(\) => \{\s*r#\"(.*?)\"#" % name, source, re.S).group(1)
+    def script(name):
+        found = re.search(r"pub\(super\) const %s: &str = (concat!\((.*?)\n\);|r#\"(.*?)\"#;)" % name, source, re.S)
+        if found.group(3) is not None:
+            return found.group(3)
+        return "".join(macro(part.group(1)) if part.group(1) else part.group(2)
+                       for part in re.finditer(r"(\w+)!\(\)|r#\"(.*?)\"#", found.group(2), re.S))
+    return script
+
+TAKEN_FIELDS = ["status", "task_name", "priority", "args", "kwargs", "created_at", "retry",
+                "retry_parent_uuid", "traceparent", "group_uuid", "expires_at", "max_time",
+                "queue", "hand_backs", "rate_key", "workflow"]
+
+def main():
+    parser = argparse.ArgumentParser()
+    here = os.path.dirname(os.path.abspath(__file__))
+    parser.add_argument("--scripts", default=os.path.join(here, "..", "qtasks-redis", "src", "scripts.rs"))
+    parser.add_argument("--two-call", action="store_true")
+    parser.add_argument("--n", type=int, default=1024)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--port", type=int, default=6396)
+    args = parser.parse_args()
+    script = scripts_of(args.scripts)
+    out = os.path.join(tempfile.mkdtemp(prefix="qtasks-callgrind-"), "callgrind.out")
+    server = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+                               "redis-server", "--port", str(args.port), "--save", "",
+                               "--appendonly", "no"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(300):
+            try:
+                r = Resp(args.port)
+                break
+            except OSError:
+                time.sleep(0.1)
+        app = "QueueTasks"
+        key = lambda name: f"{app}:{name}"
+        take = r.call("SCRIPT", "LOAD", script("TAKE")).decode()
+        finish = r.call("SCRIPT", "LOAD", script("FINISH")).decode()
+        mark = r.call("SCRIPT", "LOAD", script("MARK")).decode() if args.two_call else None
+        adds = []
+        for i in range(args.n):
+            task = str(uuid.uuid4())
+            adds.append(["HSET", key(task), "task_name", "noop", "priority", "0", "args", f"[{i}]",
+                         "kwargs", "{}", "created_at", "1796395301.1409173", "updated_at",
+                         "1796395301.1409173", "status", "new", "deliveries", "0"])
+            adds.append(["RPUSH", key("task_queue"), f"noop:{task}:0"])
+            adds.append(["ZADD", key("qtasks:records:index"), "1796395301140", task])
+        for i in range(0, len(adds), 3000):
+            r.pipe(adds[i:i + 3000])
+        subprocess.run(["callgrind_control", "-z", str(server.pid)], capture_output=True, check=True)
+        drained, call = 0, 0
+        while True:
+            call += 1
+            keys = [key(k) for k in ("qtasks:seq", "qtasks:leases", "qtasks:recovered",
+                                     "qtasks:paused", "task_queue", "qtasks:incoming",
+                                     "qtasks:ready", "qtasks:delayed", "qtasks:stats")]
+            argv = [60000, args.batch, "%028x" % call, app, 1, "", args.batch]
+            if not args.two_call:
+                keys += [key("qtasks:stats"), key("qtasks:gone"), key("qtasks:records:index")]
+                argv += ["1796395301.5", 0]
+            taken = r.call("EVALSHA", take, len(keys), *keys, *argv)[0]
+            if not taken:
+                break
+            receipts = [t[2].decode() + t[0].decode() for t in taken]
+            uuids = [t[0].decode().split(":")[1] for t in taken]
+            if args.two_call:
+                mark_keys = [key("qtasks:leases"), key("qtasks:stats"), key("qtasks:gone")]
+                mark_keys += [key(u) for u in uuids] + [key("qtasks:records:index")]
+                r.call("EVALSHA", mark, len(mark_keys), *mark_keys, "1796395301.5",
+                       len(receipts), *receipts, *TAKEN_FIELDS)
+            else:
+                unread = [key(u) for u, t in zip(uuids, taken) if t[3][1] is None]
+                if unread:
+                    r.pipe([["HGETALL", k] for k in unread])
+            finish_keys = [key("qtasks:leases"), key("qtasks:stats"), key("qtasks:cancel_requests")]
+            finish_argv = ["86400000", key("qtasks:done")]
+            finish_argv += [len(taken)] if args.two_call else [app, len(taken)]
+            for receipt, task in zip(receipts, uuids):
+                fields = ["updated_at", "1796395301.17743", "finished_at", "1796395301.17743",
+                          "started_at", "1796395301.17742", "worker", "vm:9540:f5b01230",
+                          "status", "success", "returning", "1"]
+                if args.two_call:
+                    finish_keys += [key(task), key(f"qtasks:items:{task}")]
+                    finish_argv += [receipt, task, "t:1796395301:success", "", len(fields) // 2, *fields, 0]
+                else:
+                    finish_argv += [receipt, task, "t:1796395301:success", "", "", len(fields) // 2, *fields, 0]
+            answers = r.call("EVALSHA", finish, len(finish_keys), *finish_keys, *finish_argv)
+            if not all(answer in (1, [1, None]) for answer in answers):
+                raise RuntimeError(f"the finish answered {answers[:3]}")
+            drained += len(taken)
+        subprocess.run(["callgrind_control", "-d", str(server.pid)], capture_output=True, check=True)
+        time.sleep(1)
+    finally:
+        server.terminate()
+        server.wait()
+    counted = None
+    for line in open(out + ".1", errors="replace"):
+        if line.startswith(("summary:", "totals:")):
+            counted = int(line.split()[1])
+    print(f"{'two calls' if args.two_call else 'current'}: {drained} tasks drained in batches of "
+          f"{args.batch}: {counted / drained:,.0f} Redis instructions per task")
+
+if __name__ == "__main__":
+    main()
