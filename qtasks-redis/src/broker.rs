@@ -62,9 +62,9 @@ type Taken = (Vec<u8>, i64, String, Option<Marked>);
 
 /// What the mark script found for one taken task.
 enum Marked {
-    /// Run it: its record as read before the mark (flat field and value pairs; `None` when a
-    /// big take left it to the worker to read), now marked `process`, and how many times its
-    /// task has been handed out, this time included.
+    /// Run it: its record (flat field and value pairs, as read just before the mark; `None`
+    /// when a big take left it to the worker, which reads it after the mark), now marked
+    /// `process`, and how many times its task has been handed out, this time included.
     Run(Option<Vec<Vec<u8>>>, u32),
     /// Its record cannot be marked (the reason): it ends alone, the rest of the batch runs.
     Bad(String),
@@ -353,16 +353,23 @@ impl RedisBroker {
                 pipe.cmd("HGETALL").arg(self.keys.record(task.uuid));
             }
             let mut con = self.commands.clone();
-            pipe.query_async::<Vec<redis::RedisResult<Vec<Vec<u8>>>>>(&mut con)
-                .await
-                .map(|records| {
-                    records
-                        .into_iter()
-                        .map(|record| {
-                            record.map_err(|error| format!("reading its record failed: {error}"))
-                        })
-                        .collect()
-                })
+            let records = pipe
+                .query_async::<Vec<redis::RedisResult<Vec<Vec<u8>>>>>(&mut con)
+                .await?;
+            // A server that is busy or loading answers every read so: sent again, as a take
+            // is; only an answer about the record itself (its key holds no hash) is its own.
+            let mut read = Vec::with_capacity(records.len());
+            for record in records {
+                match record {
+                    Err(error) if is_transient(&error) => return Err(error),
+                    record => {
+                        read.push(
+                            record.map_err(|error| format!("reading its record failed: {error}")),
+                        );
+                    }
+                }
+            }
+            Ok(read)
         };
         read.retry(crate::reconnect_pauses().take(TAKE_RETRIES))
             .when(is_transient)
@@ -772,7 +779,7 @@ fn queued_record_fields(task: &QueuedTask, indexed: bool) -> Vec<(&'static str, 
     fields
 }
 
-/// One answer of the finish script, `{code, reason}`, read on its own (a reason that is not
+/// One answer of the finish script, a bare code or `{code, reason}`, read on its own (a reason that is not
 /// UTF-8 is read lossily, and an answer of another shape is a script failure, code 5), so
 /// that one odd answer cannot fail the others of its batch.
 fn finish_answer(answer: redis::Value) -> (i64, Option<String>) {

@@ -22,10 +22,10 @@
 //! - **No polling**: idle workers block on Redis (`BLMOVE`); `wait` wakes on a pub/sub message
 //!   sent with the result.
 //! - **Few round trips**: add = 1 (one script: the record and the entry), take = 1 per batch of
-//!   tasks (one script leases and marks them and, for up to 8, returns their records; a bigger
-//!   batch's records are read with one more pipelined call, and an entry not in canonical form
-//!   costs a mark call of its own), finish = 1 (one script: the lease released and the outcome
-//!   written only while the delivery's token holds).
+//!   up to 8 tasks and 2 for a bigger one (one script leases and marks them and returns the
+//!   records of a small batch; a bigger batch's records are read with one pipelined call; an
+//!   entry not in canonical form costs a mark call of its own), finish = 1 (one script: the
+//!   lease released and the outcome written only while the delivery's token holds).
 //!
 //! The key layout is in [`scripts`].
 #![warn(missing_docs)]

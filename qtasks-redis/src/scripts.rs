@@ -1,6 +1,7 @@
 //! The Lua scripts that make each step of a task atomic. The keys a script touches are passed
-//! in KEYS, but for two kinds the take builds from the app's prefix (see [`TAKE`]): the records
-//! of the tasks it marks and the `ready` of a queue whose expired lease it reclaims. Every key
+//! in KEYS, but for a few the scripts build from the app's prefix: the take the records of the
+//! tasks it marks and the `ready` of a queue whose expired lease it reclaims (see [`TAKE`], and
+//! [`REQUEUE_EXPIRED`]), the finish each outcome's record and live items (see [`FINISH`]). Every key
 //! of an app starts with its prefix (Redis Cluster, not supported yet, would need the prefix
 //! to be a hash tag for them to share a slot).
 //!
@@ -1575,10 +1576,11 @@ mod tests {
         };
         let app = unique_prefix("inline");
         let mut con = raw_connection(&url).await;
-        queue(&mut con, &app, 12).await;
-        let big = take(&mut con, &app, &"c".repeat(28), 10, false).await;
-        assert_eq!(big.len(), 10);
-        for (_, _, mark) in &big {
+        queue(&mut con, &app, 17).await;
+        // Nine: one more than a take carries.
+        let big = take(&mut con, &app, &"c".repeat(28), 9, false).await;
+        assert_eq!(big.len(), 9);
+        for (member, _, mark) in &big {
             let Some(redis::Value::Array(mark)) = mark else {
                 panic!("marked: {mark:?}")
             };
@@ -1588,9 +1590,19 @@ mod tests {
                 redis::Value::Nil,
                 "no record in a big take's answer"
             );
+            assert_eq!(mark[2], redis::Value::Int(1), "its first delivery");
+            let uuid = member.rsplit(':').nth(1).unwrap();
+            let status: String = redis::cmd("HGET")
+                .arg(format!("{app}:{uuid}"))
+                .arg("status")
+                .query_async(&mut con)
+                .await
+                .unwrap();
+            assert_eq!(status, "process", "marked all the same");
         }
+        // Eight: carried.
         let small = take(&mut con, &app, &"d".repeat(28), 8, false).await;
-        assert_eq!(small.len(), 2);
+        assert_eq!(small.len(), 8);
         for (_, _, mark) in &small {
             let Some(redis::Value::Array(mark)) = mark else {
                 panic!("marked: {mark:?}")

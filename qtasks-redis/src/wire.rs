@@ -368,8 +368,9 @@ pub(super) const TAKEN_FIELDS: [&str; 16] = [
     "workflow",
 ];
 
-/// The [`TAKEN_FIELDS`] of a record the take read whole (a flat `HGETALL` reply: field, value,
-/// ...). `updated_at` is the record's `created_at`: the mark has just moved it on.
+/// The [`TAKEN_FIELDS`] of a record read whole (a flat `HGETALL` reply: field, value, ...), by
+/// the take or, after a big take's mark, by the worker. `updated_at` is the record's
+/// `created_at`: the mark has moved it on.
 pub(super) fn taken_fields(flat: Vec<Vec<u8>>) -> Fields {
     let mut fields = Fields::default();
     let mut items = flat.into_iter();

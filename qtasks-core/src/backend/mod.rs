@@ -299,8 +299,9 @@ pub struct RunInfo {
     /// `error_payload`).
     pub error_payload: Option<serde_json::Value>,
     /// The run was a stream task's, which may have stored items as they came
-    /// ([`Storage::append_item`]): an engine that keeps live items apart from the record
-    /// drops them when it records the outcome (and may skip that for a run that did not).
+    /// ([`Storage::append_item`]): an engine that keeps live items apart from the record may
+    /// drop them when it records the outcome, and skip that for a first delivery whose run was
+    /// not a stream task's (the Redis broker does; live items left behind expire anyway).
     pub streamed: bool,
 }
 
