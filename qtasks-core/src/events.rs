@@ -116,7 +116,12 @@ impl Events {
         if callbacks.is_empty() {
             return;
         }
-        let event = build();
+        // Boxed: the event (a whole task) would otherwise sit in the future of every caller,
+        // the worker's per-task future among them, whether anyone listens or not.
+        Box::pin(Self::call_back(kind, callbacks, build())).await;
+    }
+
+    async fn call_back(kind: EventKind, callbacks: Vec<Callback>, event: Event) {
         for callback in callbacks {
             let failed = match callback {
                 Callback::Sync(f) => {

@@ -296,7 +296,7 @@ impl WorkerHost {
             })
         {
             asked = true;
-            match self.admit(&delivery, limits).await {
+            match Box::pin(self.admit(&delivery, limits)).await {
                 Admitted::Run(slot) => _slot = slot,
                 Admitted::Waits => return,
                 Admitted::Refused(reason) => unlimitable = Some(reason),
@@ -337,7 +337,7 @@ impl WorkerHost {
             }
             None => {
                 // Not a task this worker runs: back to its queue for one that does.
-                self.hand_back_unknown(delivery).await;
+                Box::pin(self.hand_back_unknown(delivery)).await;
                 return;
             }
         };
