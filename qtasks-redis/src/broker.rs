@@ -337,6 +337,75 @@ impl RedisBroker {
             .map_err(|e| failure("reading the taken tasks failed".to_owned(), e))
     }
 
+    /// Completes what the take left of its tasks' marks, in place: marks those it left unmarked
+    /// (not in canonical form; `scripts::MARK`), then reads the records a big take left to the
+    /// worker (`scripts::marking!`: one pipeline of plain reads costs Redis far less than
+    /// carrying them through the script). A task either step fails for is dropped: its lease
+    /// is no longer renewed and runs out, and a take meets it again.
+    async fn complete_marks(&self, named: &mut Vec<(Named, Option<Marked>)>) {
+        let unmarked: Vec<usize> = (0..named.len())
+            .filter(|&at| named[at].1.is_none())
+            .collect();
+        if !unmarked.is_empty() {
+            let tasks: Vec<&Named> = unmarked.iter().map(|&at| &named[at].0).collect();
+            match self.mark(&tasks).await {
+                Ok(marks) => {
+                    for (&at, marked) in unmarked.iter().zip(marks) {
+                        named[at].1 = Some(marked);
+                    }
+                }
+                Err(error) => self.drop_to_leases(named, &unmarked, &error),
+            }
+        }
+        let unread: Vec<usize> = (0..named.len())
+            .filter(|&at| matches!(named[at].1, Some(Marked::Run(None, _))))
+            .collect();
+        if unread.is_empty() {
+            return;
+        }
+        let tasks: Vec<&Named> = unread.iter().map(|&at| &named[at].0).collect();
+        match self.read_taken(&tasks).await {
+            Ok(records) => {
+                let mut records = records.into_iter();
+                for &at in &unread {
+                    named[at].1 = Some(match records.next() {
+                        // Deleted since its mark: as if it had none.
+                        Some(Ok(record)) if record.is_empty() => Marked::Missing,
+                        Some(Ok(record)) => match named[at].1.take() {
+                            Some(Marked::Run(_, handed_out)) => {
+                                Marked::Run(Some(record), handed_out)
+                            }
+                            other => other.unwrap_or(Marked::Lost),
+                        },
+                        Some(Err(reason)) => Marked::Bad(reason),
+                        // (A reply short of records leaves the rest to their leases.)
+                        None => Marked::Lost,
+                    });
+                }
+            }
+            Err(error) => self.drop_to_leases(named, &unread, &error),
+        }
+    }
+
+    /// Drops the tasks at `positions` of a take (a step to complete their marks failed with
+    /// `error`): they are no longer held, so their leases run out and a take meets them again.
+    fn drop_to_leases(
+        &self,
+        named: &mut Vec<(Named, Option<Marked>)>,
+        positions: &[usize],
+        error: &BackendError,
+    ) {
+        tracing::error!(app = %self.keys.prefix, "reading {} taken task(s) failed; they are taken again when their leases run out: {}", positions.len(), ErrorChain(error));
+        for &at in positions {
+            self.unhold(&named[at].0.receipt());
+        }
+        let mut at = 0;
+        named.retain(|_| {
+            at += 1;
+            !positions.contains(&(at - 1))
+        });
+    }
+
     /// Reads the records of taken tasks a big take marked without reading them (flat field and
     /// value pairs, in the order of `tasks`), in one pipeline: each on its own, so a record
     /// spoiled since its mark (its key holds no hash now) fails alone, with the reason. Safe to
@@ -779,9 +848,9 @@ fn queued_record_fields(task: &QueuedTask, indexed: bool) -> Vec<(&'static str, 
     fields
 }
 
-/// One answer of the finish script, a bare code or `{code, reason}`, read on its own (a reason that is not
-/// UTF-8 is read lossily, and an answer of another shape is a script failure, code 5), so
-/// that one odd answer cannot fail the others of its batch.
+/// One answer of the finish script, a bare code or `{code, reason}`, read on its own (a reason
+/// that is not UTF-8 is read lossily, and an answer of another shape is a script failure, code
+/// 5), so that one odd answer cannot fail the others of its batch.
 fn finish_answer(answer: redis::Value) -> (i64, Option<String>) {
     // The common answers (stored, replayed, refused) are a bare code; those with a reason are
     // `{code, reason}`.
@@ -1110,7 +1179,6 @@ impl Broker for RedisBroker {
             // take marked those in canonical form; the others have their records read and
             // marked in one more call, by declared keys); the rest are poison and fail alone.
             let mut named = Vec::with_capacity(taken.len());
-            let mut unmarked = Vec::new();
             for (bytes, recovered, token, marked) in taken {
                 let member = match String::from_utf8(bytes) {
                     Ok(member) => member,
@@ -1131,9 +1199,6 @@ impl Broker for RedisBroker {
                         let receipt = task.receipt();
                         self.hold(&receipt);
                         guard.receipts.push(receipt);
-                        if marked.is_none() {
-                            unmarked.push(named.len());
-                        }
                         named.push((task, marked));
                     }
                     Err(reason) => {
@@ -1142,68 +1207,7 @@ impl Broker for RedisBroker {
                     }
                 }
             }
-            if !unmarked.is_empty() {
-                let tasks: Vec<&Named> = unmarked.iter().map(|&at| &named[at].0).collect();
-                match self.mark(&tasks).await {
-                    Ok(marks) => {
-                        for (&at, marked) in unmarked.iter().zip(marks) {
-                            named[at].1 = Some(marked);
-                        }
-                    }
-                    Err(error) => {
-                        // Their leases are no longer renewed and run out; a take tries again.
-                        tracing::error!(app = %self.keys.prefix, "reading {} taken task(s) failed; they are taken again when their leases run out: {}", tasks.len(), ErrorChain(&error));
-                        for task in &tasks {
-                            self.unhold(&task.receipt());
-                        }
-                        named.retain(|(_, marked)| marked.is_some());
-                    }
-                }
-            }
-            // A big take leaves the records to be read here (`scripts::marking!`): one
-            // pipeline of plain reads, which costs Redis far less than carrying them through
-            // the script.
-            let unread: Vec<usize> = named
-                .iter()
-                .enumerate()
-                .filter(|(_, (_, marked))| matches!(marked, Some(Marked::Run(None, _))))
-                .map(|(at, _)| at)
-                .collect();
-            if !unread.is_empty() {
-                let tasks: Vec<&Named> = unread.iter().map(|&at| &named[at].0).collect();
-                match self.read_taken(&tasks).await {
-                    Ok(records) => {
-                        for (&at, record) in unread.iter().zip(records) {
-                            match record {
-                                // Deleted since its mark: as if it had none.
-                                Ok(record) if record.is_empty() => {
-                                    named[at].1 = Some(Marked::Missing);
-                                }
-                                Ok(record) => {
-                                    if let Some(Marked::Run(fields, _)) = &mut named[at].1 {
-                                        *fields = Some(record);
-                                    }
-                                }
-                                Err(reason) => named[at].1 = Some(Marked::Bad(reason)),
-                            }
-                        }
-                        // (A reply short of records leaves the rest to their leases.)
-                        for &at in &unread {
-                            if matches!(named[at].1, Some(Marked::Run(None, _))) {
-                                named[at].1 = Some(Marked::Lost);
-                            }
-                        }
-                    }
-                    Err(error) => {
-                        // Their leases are no longer renewed and run out; a take tries again.
-                        tracing::error!(app = %self.keys.prefix, "reading {} taken task(s) failed; they are taken again when their leases run out: {}", tasks.len(), ErrorChain(&error));
-                        for task in &tasks {
-                            self.unhold(&task.receipt());
-                        }
-                        named.retain(|(_, marked)| !matches!(marked, Some(Marked::Run(None, _))));
-                    }
-                }
-            }
+            self.complete_marks(&mut named).await;
             let mut deliveries = Vec::with_capacity(named.len());
             for (task, marked) in named {
                 // (A mark the script answered short of counts as a lost lease.)
