@@ -5,16 +5,15 @@
 //! cargo run -p qtasks-examples --example worker_cli --features cli -- inspect
 //! ```
 //!
-//! It connects to `--url` / `QTASKS_URL` (default `redis://127.0.0.1:6379/0`) as the app named
-//! `--app` / `QTASKS_NAME`. Every command of the `qtasks` binary works here too (`add`, `stats`,
+//! It connects to `--url` / `QTASKS_URL` (default `redis://127.0.0.1:6379/0`; `memory://` runs
+//! it in this process alone) as the app named `--app` / `QTASKS_NAME`. Every command of the `qtasks` binary works here too (`add`, `stats`,
 //! `workers`, ...); `worker` and `inspect` need the tasks, so only a binary like this has them.
 //! Copy it, replace the tasks with yours.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
-use qtasks::cli::{Cli, Failure};
-use qtasks::{QueueConfig, TaskContext, TaskResult};
+use qtasks::{TaskContext, TaskResult};
 
 /// Adds two numbers.
 #[qtasks::task]
@@ -49,13 +48,7 @@ async fn explode() -> u32 {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::from_args();
-    let config = QueueConfig {
-        name: cli.app.clone(),
-        ..QueueConfig::default()
-    };
-    match qtasks::redis::connect_with(&cli.url, config, Default::default()).await {
-        Ok(app) => qtasks::cli::run_with(app, cli).await,
-        Err(error) => qtasks::cli::finish(Err(Failure::from(error))),
-    }
+    // Settings from QTASKS_* (QTASKS_MAX_TASKS_PROCESS=4, ...), the backend from --url /
+    // QTASKS_URL, logging on stderr, then the command.
+    qtasks::cli::main().await
 }

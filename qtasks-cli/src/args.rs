@@ -8,13 +8,13 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     name = "qtasks",
     version,
     about = "Operate a qtasks queue: add, read, wait for and cancel tasks; stats, workers, dead letters.",
-    after_help = "Exit codes: 0 ok, 1 the task failed, was cancelled or does not exist, 2 usage, 3 the backend is unreachable.\nLogs: RUST_LOG (e.g. RUST_LOG=qtasks=debug) or --log-level."
+    after_help = "Exit codes: 0 ok, 1 the task failed, was cancelled or does not exist, 2 usage, 3 the backend is unreachable, 4 a wait timed out.\nLogs: RUST_LOG (e.g. RUST_LOG=qtasks=debug) or --log-level.\nSettings: every QueueConfig field as QTASKS_<FIELD> (e.g. QTASKS_MAX_TASKS_PROCESS=4)."
 )]
 #[non_exhaustive]
 pub struct Cli {
-    /// The backend's URL (`redis://host:port/db`, or `amqp://user:password@host:port/vhost`
-    /// with `--storage-url`). Used by the `qtasks` binary; a worker
-    /// binary has its app already.
+    /// The backend's URL: `redis://host:port/db`, `amqp://user:password@host:port/vhost` (with
+    /// `--storage-url`), `memory://` (this process alone), or the scheme of any engine compiled
+    /// into the binary.
     #[arg(
         long,
         env = "QTASKS_URL",
@@ -98,7 +98,8 @@ pub enum SharedCommand {
         /// The task's uuid.
         uuid: String,
     },
-    /// Wait until a task ends; prints its result. Exit code 1 when it failed or was cancelled.
+    /// Wait until a task ends; prints its result. Exit code 1 when it failed or was cancelled,
+    /// 4 when it did not end in time.
     Wait {
         /// The task's uuid.
         uuid: String,
@@ -114,8 +115,30 @@ pub enum SharedCommand {
         #[arg(default_value = "cancelled from the command line")]
         reason: String,
     },
-    /// List recent tasks, newest first (reads every record: for a look, not for a loop).
+    /// List recent tasks, newest first, a page at a time from the records' index (a store of
+    /// millions lists as fast as a small one).
     Tasks(TasksArgs),
+    /// Run a task that failed or was cancelled again, as a new attempt (prints its uuid).
+    Retry {
+        /// The task's uuid.
+        uuid: String,
+    },
+    /// Delete a finished task's record (a waiting or running task is refused: cancel it first).
+    Delete {
+        /// The task's uuid.
+        uuid: String,
+    },
+    /// Cancel every task waiting in a queue, delayed ones too (their records stay: `cancel`,
+    /// reason `purged`); tasks running when it starts and other queues are left alone. Asks
+    /// first, unless --yes.
+    Purge {
+        /// The queue.
+        #[arg(long, default_value = "default")]
+        queue: String,
+        /// Do not ask.
+        #[arg(long)]
+        yes: bool,
+    },
     /// The queue's live numbers and the workers.
     Stats {
         /// Refresh every second, in place (until Ctrl-C).
@@ -149,6 +172,12 @@ pub enum SharedCommand {
         /// What to do with them (default: list).
         #[command(subcommand)]
         action: Option<DeadAction>,
+    },
+    /// Print a shell's completion script: `qtasks completions bash > /etc/bash_completion.d/qtasks`,
+    /// `qtasks completions zsh > ~/.zfunc/_qtasks`, `qtasks completions fish > ~/.config/fish/completions/qtasks.fish`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
     },
     /// Serve the gRPC API (Python QTasks' `qtasks.v1`: AddTask, GetTask; health; reflection)
     /// until Ctrl-C or SIGTERM. Anything but loopback needs a token.
@@ -199,8 +228,12 @@ pub struct AddArgs {
     #[arg(long)]
     pub wait: Option<f64>,
     /// Run the task no sooner than this many seconds from now.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "at")]
     pub delay: Option<f64>,
+    /// Run the task no sooner than this time: RFC 3339 (`2026-12-05T04:00:00Z`,
+    /// `2026-12-05T07:00:00+03:00`) or Unix seconds.
+    #[arg(long, value_name = "TIME")]
+    pub at: Option<String>,
     /// The named queue to add it to (default: the task's own, else `default`).
     #[arg(long)]
     pub queue: Option<String>,
@@ -264,15 +297,15 @@ pub enum QueueAction {
 #[derive(Debug, Subcommand)]
 #[non_exhaustive]
 pub enum DeadAction {
-    /// List them, oldest first, numbered.
+    /// List them, oldest first, each with its id.
     List {
         /// At most this many.
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
-    /// Queue entries again as they were (by the numbers `dead list` shows, or --all).
+    /// Queue entries again as they were (by the ids `dead list` shows, or --all).
     Requeue(DeadSelection),
-    /// Delete entries (by the numbers `dead list` shows, or --all).
+    /// Delete entries (by the ids `dead list` shows, or --all).
     Drop(DeadSelection),
 }
 
@@ -280,10 +313,11 @@ pub enum DeadAction {
 #[derive(Debug, Args)]
 #[non_exhaustive]
 pub struct DeadSelection {
-    /// The numbers `dead list` shows.
-    pub numbers: Vec<usize>,
+    /// The ids `dead list` shows (a letter keeps its id while others come and go; a unique
+    /// prefix will do).
+    pub ids: Vec<String>,
     /// All of them.
-    #[arg(long, conflicts_with = "numbers")]
+    #[arg(long, conflicts_with = "ids")]
     pub all: bool,
 }
 

@@ -43,6 +43,13 @@ pub(crate) async fn run_shared(app: &QueueTasks, command: &SharedCommand, json: 
             cancel(app, parse_uuid(uuid)?, reason, json).await
         }
         SharedCommand::Tasks(args) => tasks(app, args, json).await,
+        SharedCommand::Retry { uuid } => retry(app, parse_uuid(uuid)?, json).await,
+        SharedCommand::Delete { uuid } => delete(app, parse_uuid(uuid)?, json).await,
+        SharedCommand::Purge { queue, yes } => purge(app, queue, *yes, json).await,
+        SharedCommand::Completions { shell } => {
+            crate::print_completions(*shell);
+            Ok(())
+        }
         SharedCommand::Stats { watch } => stats(app, *watch, json).await,
         SharedCommand::Workers => workers(app, json).await,
         SharedCommand::Ping => ping(app, json).await,
@@ -148,6 +155,23 @@ fn seconds(value: f64, flag: &str) -> Result<Duration, Failure> {
         .map_err(|_| Failure::usage(format!("{flag} {value} is not a number of seconds")))
 }
 
+/// `--at`: an RFC 3339 time with its offset, or Unix seconds.
+fn parse_time(text: &str) -> Result<std::time::SystemTime, Failure> {
+    let refused = || {
+        Failure::usage(format!(
+            "--at `{text}` is not a time: give RFC 3339 with an offset (2026-12-05T04:00:00Z, 2026-12-05T07:00:00+03:00) or Unix seconds"
+        ))
+    };
+    if let Ok(seconds) = text.parse::<f64>() {
+        let since_epoch = Duration::try_from_secs_f64(seconds).map_err(|_| refused())?;
+        return std::time::SystemTime::UNIX_EPOCH
+            .checked_add(since_epoch)
+            .ok_or_else(refused);
+    }
+    let timestamp: jiff::Timestamp = text.parse().map_err(|_| refused())?;
+    Ok(std::time::SystemTime::from(timestamp))
+}
+
 fn parse_json(text: &str, what: &str) -> Result<Value, Failure> {
     serde_json::from_str(text)
         .map_err(|e| Failure::usage(format!("{what} `{text}` is not valid JSON: {e}")))
@@ -171,6 +195,9 @@ async fn add(app: &QueueTasks, args: &AddArgs, json: bool) -> Outcome {
     }
     if let Some(delay) = args.delay {
         options = options.delay(seconds(delay, "--delay")?);
+    }
+    if let Some(at) = &args.at {
+        options = options.at(parse_time(at)?);
     }
     if let Some(queue) = &args.queue {
         options = options.queue(queue.clone());
@@ -342,6 +369,74 @@ async fn cancel(app: &QueueTasks, uuid: Uuid, reason: &str, json: bool) -> Outco
     } else {
         Err(Failure::task(String::new()))
     }
+}
+
+async fn retry(app: &QueueTasks, uuid: Uuid, json: bool) -> Outcome {
+    let attempt = app.records().retry(uuid).await?.uuid();
+    if json {
+        output::json(&serde_json::json!({ "uuid": attempt, "retry_of": uuid }));
+    } else {
+        println!("{attempt}");
+    }
+    Ok(())
+}
+
+async fn delete(app: &QueueTasks, uuid: Uuid, json: bool) -> Outcome {
+    let deleted = app.records().delete(uuid).await?;
+    if json {
+        output::json(&serde_json::json!({ "deleted": deleted }));
+        return Ok(());
+    }
+    if !deleted {
+        return Err(Failure::task(format!("there is no record of task {uuid}")));
+    }
+    println!("deleted the record of task {uuid}");
+    Ok(())
+}
+
+/// Cancels each task that waits in `queue`, found page by page from the records' index (the
+/// `new` ones: delayed tasks too). Each cancel is atomic, as `qtasks cancel`'s: a task that a
+/// worker took since the listing is asked to stop, one that ended since keeps its status.
+async fn purge(app: &QueueTasks, queue: &str, yes: bool, json: bool) -> Outcome {
+    if !yes
+        && !confirm(&format!(
+            "Cancel every task waiting in the queue `{queue}`?"
+        ))
+        .await
+    {
+        return Err(Failure::usage(
+            "not confirmed; nothing was cancelled (pass --yes to skip the question)",
+        ));
+    }
+    let mut query = qtasks_core::records::RecordQuery::default()
+        .status(TaskStatus::New)
+        .limit(qtasks_core::records::PAGE_MAX);
+    let mut waiting = Vec::new();
+    loop {
+        let page = app.records().list(&query).await?;
+        waiting.extend(
+            page.records
+                .iter()
+                .filter(|record| record.queue.as_deref().unwrap_or("default") == queue)
+                .map(|record| record.uuid),
+        );
+        match page.next {
+            Some(next) => query = query.after(next),
+            None => break,
+        }
+    }
+    let mut purged = 0;
+    for uuid in waiting {
+        if app.cancel(uuid, "purged").await? {
+            purged += 1;
+        }
+    }
+    if json {
+        output::json(&serde_json::json!({ "purged": purged, "queue": queue }));
+    } else {
+        println!("cancelled {purged} waiting task(s) of the queue `{queue}`");
+    }
+    Ok(())
 }
 
 async fn tasks(app: &QueueTasks, args: &TasksArgs, json: bool) -> Outcome {
@@ -560,25 +655,29 @@ async fn ping(app: &QueueTasks, json: bool) -> Outcome {
 }
 
 async fn flush(app: &QueueTasks, yes: bool) -> Outcome {
-    if !yes {
-        use tokio::io::AsyncBufReadExt;
-        eprint!(
-            "Delete every queued task and record of app `{}`? This cannot be undone. [y/N] ",
-            app.name()
-        );
-        let mut answer = String::new();
-        let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
-        let _ = stdin.read_line(&mut answer).await;
-        if !matches!(answer.trim().to_lowercase().as_str(), "y" | "yes") {
-            return Err(Failure::new(
-                EXIT_USAGE,
-                "not confirmed; nothing was deleted (pass --yes to skip the question)",
-            ));
-        }
+    let question = format!(
+        "Delete every queued task and record of app `{}`? This cannot be undone.",
+        app.name()
+    );
+    if !yes && !confirm(&question).await {
+        return Err(Failure::new(
+            EXIT_USAGE,
+            "not confirmed; nothing was deleted (pass --yes to skip the question)",
+        ));
     }
     app.flush_all().await?;
     println!("flushed app `{}`", app.name());
     Ok(())
+}
+
+/// Asks `question` on stderr; true when the answer on stdin is yes.
+async fn confirm(question: &str) -> bool {
+    use tokio::io::AsyncBufReadExt;
+    eprint!("{question} [y/N] ");
+    let mut answer = String::new();
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
+    let _ = stdin.read_line(&mut answer).await;
+    matches!(answer.trim().to_lowercase().as_str(), "y" | "yes")
 }
 
 async fn queues(app: &QueueTasks, action: Option<&QueueAction>, json: bool) -> Outcome {
@@ -706,22 +805,33 @@ async fn dead(app: &QueueTasks, action: Option<&DeadAction>, json: bool) -> Outc
 async fn list_dead(app: &QueueTasks, limit: usize, json: bool) -> Outcome {
     let letters = app.dead_letters().list(limit).await?;
     if json {
-        output::json(&letters);
+        // Each with the short id `dead requeue` and `dead drop` take.
+        let shown: Vec<Value> = letters
+            .iter()
+            .map(|letter| {
+                serde_json::json!({
+                    "id": letter.short_id(),
+                    "entry": letter.entry,
+                    "reason": letter.reason,
+                    "at": letter.at,
+                })
+            })
+            .collect();
+        output::json(&shown);
         return Ok(());
     }
     let rows: Vec<Vec<String>> = letters
         .iter()
-        .enumerate()
-        .map(|(i, letter)| {
+        .map(|letter| {
             vec![
-                (i + 1).to_string(),
+                letter.short_id(),
                 ago(letter.at),
                 letter.entry.clone(),
                 letter.reason.clone(),
             ]
         })
         .collect();
-    output::table(&["#", "SET ASIDE", "ENTRY", "REASON"], &rows);
+    output::table(&["ID", "SET ASIDE", "ENTRY", "REASON"], &rows);
     Ok(())
 }
 
@@ -731,27 +841,37 @@ async fn resolve_dead(
     requeue: bool,
     json: bool,
 ) -> Outcome {
-    if !which.all && which.numbers.is_empty() {
+    if !which.all && which.ids.is_empty() {
         return Err(Failure::usage(
-            "say which: the numbers `qtasks dead list` shows, or --all",
+            "say which: the ids `qtasks dead list` shows, or --all",
         ));
     }
     let letters = app.dead_letters().list(usize::MAX).await?;
     let chosen: Vec<&DeadLetter> = if which.all {
         letters.iter().collect()
     } else {
+        // Every id is checked before anything is done: a typo resolves none of them.
         let mut chosen = Vec::new();
-        for number in &which.numbers {
-            let letter = number
-                .checked_sub(1)
-                .and_then(|i| letters.get(i))
-                .ok_or_else(|| {
-                    Failure::usage(format!(
-                        "there is no dead letter #{number} (there are {})",
-                        letters.len()
-                    ))
-                })?;
-            chosen.push(letter);
+        for id in &which.ids {
+            let id = id.to_ascii_lowercase();
+            let matching: Vec<&DeadLetter> = letters
+                .iter()
+                .filter(|letter| letter.short_id().starts_with(&id))
+                .collect();
+            match matching.as_slice() {
+                [letter] => chosen.push(*letter),
+                [] => {
+                    return Err(Failure::task(format!(
+                        "there is no dead letter `{id}` (`qtasks dead list` shows their ids)"
+                    )));
+                }
+                _ => {
+                    return Err(Failure::usage(format!(
+                        "`{id}` starts the ids of {} dead letters: give more of it",
+                        matching.len()
+                    )));
+                }
+            }
         }
         chosen
     };

@@ -6,9 +6,10 @@
 //! binary does (a test binary has no `main` of its own to give).
 
 use std::io::{BufRead, Read, Write};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use qtasks_test_support::LoggedProcess;
 use qtasks_test_support::amqp_url;
 use qtasks_test_support::free_port;
 use qtasks_test_support::redis_url;
@@ -204,14 +205,13 @@ fn sample(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
         .unwrap_or_else(|| panic!("no sample {name}{labels:?}"))
 }
 
+/// A worker binary (this test binary's `worker_process`) of the app `prefix`.
 struct Worker {
-    child: Child,
-    log: std::path::PathBuf,
+    process: LoggedProcess,
 }
 
 impl Worker {
     fn start(url: &str, prefix: &str, metrics_port: u16) -> Worker {
-        let log = std::env::temp_dir().join(format!("{prefix}.worker.log"));
         let args = serde_json::json!([
             "worker_cli",
             "worker",
@@ -220,35 +220,21 @@ impl Worker {
             "--metrics",
             format!("127.0.0.1:{metrics_port}"),
         ]);
-        let child = Command::new(std::env::current_exe().expect("this test binary"))
+        let mut command = Command::new(std::env::current_exe().expect("this test binary"));
+        command
             .args(["--exact", "worker_process", "--nocapture"])
             .env(WORKER_ARGS, args.to_string())
             .env("QTASKS_URL", url)
             .env("QTASKS_NAME", prefix)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("the worker binary runs");
-        Worker { child, log }
+            .env_remove("RUST_LOG");
+        Worker {
+            process: LoggedProcess::spawn(command, &format!("{prefix}.worker")),
+        }
     }
 
     /// Stops it as a service manager does (SIGTERM) and returns its log.
-    fn stop(mut self) -> String {
-        let pid = self.child.id().to_string();
-        let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(status.success());
-        let exit = self.child.wait().unwrap();
-        let log = std::fs::read_to_string(&self.log).unwrap();
-        assert!(exit.success(), "the worker exited {exit:?}:\n{log}");
-        log
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    fn stop(self) -> String {
+        self.process.terminate()
     }
 }
 
@@ -368,7 +354,7 @@ fn operate_a_queue_from_the_shell() {
         let workers = json(&expect(url, prefix, &["workers", "--json"], 0));
         let workers = workers.as_array().unwrap();
         assert_eq!(workers.len(), 1);
-        assert_eq!(workers[0]["pid"], worker.child.id());
+        assert_eq!(workers[0]["pid"], worker.process.child.id());
         assert_eq!(workers[0]["concurrency"], 2);
         workers[0]["processed"] == 5
     });
@@ -518,6 +504,153 @@ fn operate_a_queue_from_the_shell() {
 
 #[test]
 #[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
+fn retry_delete_purge_at_and_dead_letters_from_the_shell() {
+    let Some(url) = redis_url("retry_delete_purge_at_and_dead_letters_from_the_shell") else {
+        return;
+    };
+    let prefix = unique_prefix("cli-ops");
+    let (url, prefix) = (url.as_str(), prefix.as_str());
+    let worker = Worker::start(url, prefix, free_port());
+    eventually("the worker answers ping", || {
+        qtasks(url, prefix, &["ping"]).status.code() == Some(0)
+    });
+
+    // Retry a failed task: a new attempt, linked both ways; it fails again here.
+    let failing = expect(url, prefix, &["add", "fail", r#"["it broke"]"#], 0);
+    expect(url, prefix, &["wait", &failing], 1);
+    let attempt = expect(url, prefix, &["retry", &failing], 0);
+    assert_ne!(attempt, failing);
+    expect(url, prefix, &["wait", &attempt], 1);
+    let first = json(&expect(url, prefix, &["get", &failing, "--json"], 0));
+    assert_eq!(first["retry_child_uuid"], attempt.as_str(), "{first}");
+    // The first attempt was retried already: refused, saying to retry the latest.
+    let output = qtasks(url, prefix, &["retry", &failing]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("retry its latest attempt"),
+        "{}",
+        stderr(&output)
+    );
+
+    // Delete a finished task's record; then it is gone; a waiting task is refused.
+    assert!(expect(url, prefix, &["delete", &attempt], 0).contains("deleted"));
+    expect(url, prefix, &["get", &attempt], 1);
+    expect(url, prefix, &["delete", &attempt], 1);
+
+    // A wait that gives up is exit code 4, not the failure's 1.
+    let sleeping = expect(url, prefix, &["add", "sleep_for", "[60]"], 0);
+    let output = qtasks(url, prefix, &["wait", &sleeping, "--timeout", "0.3"]);
+    assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
+    expect(url, prefix, &["cancel", &sleeping], 0);
+
+    // `add --at`: a due time in an hour; then `purge` cancels what waits in the queue, the
+    // delayed task included, and leaves other queues alone.
+    let in_an_hour = (qtasks::backend::unix_now() + 3600.0).to_string();
+    let later = expect(
+        url,
+        prefix,
+        &["add", "add", "[1, 2]", "--at", &in_an_hour],
+        0,
+    );
+    let record = json(&expect(url, prefix, &["get", &later, "--json"], 0));
+    assert_eq!(record["status"], "new", "{record}");
+    let due = record["run_at"].as_f64().expect("a due time");
+    assert!(
+        (due - in_an_hour.parse::<f64>().unwrap()).abs() < 1.0,
+        "{record}"
+    );
+    let elsewhere = expect(
+        url,
+        prefix,
+        &["add", "add", "[3, 4]", "--queue", "other"],
+        0,
+    );
+    let at_rfc3339 = "2099-01-01T00:00:00+03:00";
+    let far = expect(
+        url,
+        prefix,
+        &["add", "add", "[5, 6]", "--at", at_rfc3339],
+        0,
+    );
+    let output = qtasks(url, prefix, &["add", "add", "[1]", "--at", "tomorrow"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("RFC 3339"), "{}", stderr(&output));
+    let purged = json(&expect(url, prefix, &["purge", "--yes", "--json"], 0));
+    assert_eq!(purged["purged"], 2, "{purged}");
+    for uuid in [&later, &far] {
+        let record = json(&expect(url, prefix, &["get", uuid, "--json"], 0));
+        assert_eq!(record["status"], "cancel", "{record}");
+        assert_eq!(record["cancel_reason"], "purged", "{record}");
+    }
+    let other = json(&expect(url, prefix, &["get", &elsewhere, "--json"], 0));
+    assert_eq!(other["status"], "new", "{other}");
+    // Unconfirmed: exit code 2, nothing cancelled.
+    let output = qtasks_with_input(url, prefix, &["purge", "--queue", "other"], "n\n");
+    assert_eq!(output.status.code(), Some(2));
+    let other = json(&expect(url, prefix, &["get", &elsewhere, "--json"], 0));
+    assert_eq!(other["status"], "new", "{other}");
+
+    // Dead letters by id: bytes that are no task are set aside with the reason; the id the
+    // list shows acts on that letter, a wrong id on none.
+    let client = redis::Client::open(url).unwrap();
+    let mut connection = client.get_connection().unwrap();
+    redis::cmd("RPUSH")
+        .arg(format!("{prefix}:task_queue"))
+        .arg(b"\xff not a task".as_slice())
+        .exec(&mut connection)
+        .unwrap();
+    redis::cmd("RPUSH")
+        .arg(format!("{prefix}:task_queue"))
+        .arg("neither:is-this")
+        .exec(&mut connection)
+        .unwrap();
+    let mut letters = Vec::new();
+    eventually("both are set aside", || {
+        letters = json(&expect(url, prefix, &["dead", "list", "--json"], 0))
+            .as_array()
+            .unwrap()
+            .clone();
+        letters.len() == 2
+    });
+    let ids: Vec<String> = letters
+        .iter()
+        .map(|l| l["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(ids.iter().all(|id| id.len() == 10), "{ids:?}");
+    let table = expect(url, prefix, &["dead", "list"], 0);
+    assert!(
+        table.starts_with("ID") && table.contains(&ids[0]),
+        "{table}"
+    );
+    let output = qtasks(url, prefix, &["dead", "drop", "0123456789"]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("no dead letter `0123456789`"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(expect(url, prefix, &["dead", "drop", &ids[1][..6]], 0).contains("dropped 1"));
+    let left = json(&expect(url, prefix, &["dead", "list", "--json"], 0));
+    assert_eq!(left.as_array().unwrap().len(), 1, "{left}");
+    assert_eq!(
+        left[0]["id"],
+        ids[0].as_str(),
+        "the other letter keeps its id: {left}"
+    );
+    assert!(expect(url, prefix, &["dead", "drop", "--all"], 0).contains("dropped 1"));
+
+    // Completion scripts need no backend.
+    let output = Command::new(QTASKS)
+        .args(["--url", "nosuch://", "completions", "bash"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    assert!(String::from_utf8_lossy(&output.stdout).contains("_qtasks()"));
+    worker.stop();
+}
+
+#[test]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 fn mistakes_get_their_exit_code_and_a_message_naming_them() {
     // Unreachable: exit code 3, the address named, the password never shown.
     let output = Command::new(QTASKS)
@@ -534,7 +667,7 @@ fn mistakes_get_their_exit_code_and_a_message_naming_them() {
     let mut cases = vec![
         (
             &["--url", "nats://127.0.0.1/", "stats"][..],
-            "not a backend this binary knows",
+            "no engine for `nats://` is compiled into this binary",
         ),
         (&["worker"][..], "compiled into your own binary"),
         (&["timer"][..], "compiled into your own binary"),

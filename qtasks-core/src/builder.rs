@@ -156,6 +156,39 @@ impl AppBuilder {
         Ok(self)
     }
 
+    /// The backend of the engine compiled in for `url`'s scheme (`memory://`, and with the
+    /// `qtasks` features `redis://`, `amqp://`, ...: see [`UrlEngine`](crate::backend::UrlEngine)),
+    /// connected now as [`connect`](Self::connect) does. A scheme no engine of this binary
+    /// serves fails at once, naming the schemes it knows.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> qtasks::Result<()> {
+    /// use qtasks::{QueueConfig, QueueTasks};
+    ///
+    /// let app = QueueTasks::builder()
+    ///     .config(QueueConfig { name: "billing".into(), ..Default::default() })
+    ///     .connect_url("memory://")
+    ///     .await?
+    ///     .build();
+    /// assert_eq!(app.name(), "billing");
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect_url(self, url: &str) -> crate::Result<Self> {
+        self.connect_engine_url(crate::backend::EngineUrl::new(url))
+            .await
+    }
+
+    /// [`connect_url`](Self::connect_url) with a second URL for the records, for an engine
+    /// that keeps only the queue (`amqp://` with the records on `redis://`).
+    pub async fn connect_engine_url(
+        self,
+        url: crate::backend::EngineUrl<'_>,
+    ) -> crate::Result<Self> {
+        let connector = crate::backend::connector_for(url)?;
+        self.connect(connector).await
+    }
+
     /// The app.
     pub fn build(self) -> QueueTasks {
         let (broker, storage) = self.backend.unwrap_or_else(|| {

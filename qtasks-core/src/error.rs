@@ -84,6 +84,10 @@ pub enum Error {
     /// The configuration cannot work.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
+    /// A backend URL that no engine compiled into this binary serves (an unknown scheme, or
+    /// no `scheme://` at all); the message lists the schemes it knows.
+    #[error("{0}")]
+    BackendUrl(String),
     /// A queue name that cannot name a queue, or a queue the app's engine cannot keep.
     #[error("queue `{queue}`: {reason}")]
     InvalidQueue {

@@ -5,6 +5,10 @@ use std::sync::OnceLock;
 use crate::__private::TaskRegistration;
 use crate::{Error, TaskDefinition};
 
+/// The likely cause of a worker that knows none of its queue's tasks, and the fix: said when
+/// it starts with no task, and with each unknown task it hands back.
+pub(crate) const UNLINKED_TASKS_HINT: &str = "if the `#[qtasks::task]` fns live in a library crate, the binary must name that crate (`use my_tasks as _;`), or the linker leaves it out with its tasks";
+
 /// Why the table cannot be built (kept in the `OnceLock`, so it is plain data).
 enum Refused {
     /// Two tasks with one name: the name and both places.

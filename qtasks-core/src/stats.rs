@@ -176,6 +176,25 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
+    /// A short, stable name for this letter (10 hex digits of a hash of its backend id):
+    /// what the command line and the dashboard show, and take back, instead of a position
+    /// that shifts as letters come and go.
+    ///
+    /// ```
+    /// let letter = qtasks::stats::DeadLetter::new("7", "noop:...", "bad bytes", 0.0);
+    /// assert_eq!(letter.short_id().len(), 10);
+    /// assert_eq!(letter.short_id(), letter.clone().short_id());
+    /// ```
+    pub fn short_id(&self) -> String {
+        // FNV-1a: the same in every process and release, unlike std's randomly keyed hasher.
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in self.id.bytes() {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("{:010x}", hash >> 24)
+    }
+
     /// A letter with this backend handle, entry, reason and time.
     pub fn new(
         id: impl Into<String>,

@@ -194,6 +194,22 @@ impl std::fmt::Debug for RabbitMq {
     }
 }
 
+// `amqp://` and `amqps://` reach this engine through `QueueTasks::connect_engine_url` and the
+// command line's `--url`, with the records in the store named by the second URL
+// (`--storage-url`, `QTASKS_STORAGE_URL`).
+fn url_connector(
+    url: &qtasks_core::backend::EngineUrl<'_>,
+) -> Result<Box<dyn Connector>, BackendError> {
+    let records = url.record_store("rabbitmq")?;
+    Ok(Box::new(RabbitMq::new(url.url, records)))
+}
+
+qtasks_core::url_engine!(qtasks_core::backend::UrlEngine::new(
+    "rabbitmq",
+    &["amqp", "amqps"],
+    url_connector
+));
+
 #[qtasks_core::async_trait]
 impl Connector for RabbitMq {
     async fn connect(&self, config: &QueueConfig) -> Result<BackendParts, BackendError> {

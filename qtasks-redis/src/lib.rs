@@ -192,6 +192,28 @@ impl RecordStoreConnector for Redis {
     }
 }
 
+// `redis://`, `rediss://` (with the `tls` feature's rustls), `unix://` and `redis+unix://`
+// reach this engine through `QueueTasks::connect(url)` and the command line's `--url`; Redis
+// keeps another engine's records too (`amqp://` with `QTASKS_STORAGE_URL=redis://...`).
+fn url_connector(
+    url: &qtasks_core::backend::EngineUrl<'_>,
+) -> Result<Box<dyn Connector>, BackendError> {
+    Ok(Box::new(Redis::new(url.url)))
+}
+
+fn url_records(url: &str) -> Arc<dyn RecordStoreConnector> {
+    Arc::new(Redis::new(url))
+}
+
+qtasks_core::url_engine!(
+    qtasks_core::backend::UrlEngine::new(
+        "redis",
+        &["redis", "rediss", "unix", "redis+unix"],
+        url_connector
+    )
+    .records(url_records)
+);
+
 /// The shortest lease [`RedisOptions::lease`] accepts.
 pub const MIN_LEASE: Duration = Duration::from_secs(1);
 

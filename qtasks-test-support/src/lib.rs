@@ -10,7 +10,7 @@
 //!   the services).
 //! - [`flow`]: the add, wait, check chain every suite repeats.
 //! - [`Proxy`], [`OwnRedis`], [`OwnRabbitMq`]: network faults, and servers of a test's own to
-//!   kill and restart (never the shared ones).
+//!   kill and restart (never the shared ones); [`LoggedProcess`], a binary a test starts.
 //! - [`redis`], [`amqp`], [`grpc`]: an engine's or a surface's test helpers.
 
 pub mod amqp;
@@ -18,6 +18,7 @@ pub mod flow;
 pub mod grpc;
 mod own_rabbitmq;
 mod own_redis;
+mod process;
 mod proxy;
 pub mod redis;
 pub mod scratch;
@@ -25,6 +26,7 @@ pub mod services;
 
 pub use own_rabbitmq::OwnRabbitMq;
 pub use own_redis::{OwnRedis, recorded_outcomes, resp_commands};
+pub use process::LoggedProcess;
 pub use proxy::{Proxy, host_port};
 pub use scratch::{free_port, unique_prefix};
 pub use services::{amqp_url, faketime, redis_url};

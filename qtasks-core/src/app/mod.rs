@@ -117,6 +117,24 @@ impl QueueTasks {
         Self::builder().config(config).build()
     }
 
+    /// An app with the default config on the backend at `url`, by the engine compiled in for
+    /// its scheme: `memory://`, and with the `qtasks` features `redis://`, `rediss://`,
+    /// `amqp://` (whose records need a second URL: see
+    /// [`AppBuilder::connect_engine_url`]), or an engine of your own
+    /// ([`UrlEngine`](crate::backend::UrlEngine)).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> qtasks::Result<()> {
+    /// let app = qtasks::QueueTasks::connect("memory://").await?;
+    /// let error = qtasks::QueueTasks::connect("mysql://db/app").await.err().unwrap();
+    /// assert!(error.to_string().contains("no engine for `mysql://`"), "{error}");
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect(url: &str) -> crate::Result<Self> {
+        Ok(Self::builder().connect_url(url).await?.build())
+    }
+
     /// A builder to replace the app's parts: backend, global config, worker, starter,
     /// executor.
     pub fn builder() -> AppBuilder {

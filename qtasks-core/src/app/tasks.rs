@@ -120,7 +120,10 @@ impl QueueTasks {
                 None => {
                     let names: Vec<&str> = table.names().take(10).collect();
                     if names.is_empty() {
-                        "; no tasks are registered".to_owned()
+                        format!(
+                            "; no tasks are registered ({})",
+                            crate::registry::UNLINKED_TASKS_HINT
+                        )
                     } else {
                         format!("; registered: {}", names.join(", "))
                     }

@@ -21,6 +21,7 @@
 //! ([`MemoryBroker`], [`MemoryStorage`]) and the Redis engine (`qtasks-redis`) are written
 //! this way; `docs/writing-an-engine.md` walks through one.
 
+mod by_url;
 mod memory;
 
 use std::sync::Arc;
@@ -28,6 +29,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use uuid::Uuid;
 
+pub use by_url::{
+    EngineUrl, MakeConnector, MakeRecordStore, MemoryEngine, UrlEngine, connector_for,
+    known_schemes, url_engines,
+};
 pub use memory::{MemoryBroker, MemoryStorage};
 
 pub use crate::error::ErrorChain;
@@ -247,6 +252,14 @@ impl std::fmt::Debug for BackendParts {
 pub trait Connector: Send + Sync {
     /// Connects, or says why not (an unreachable server, a config the engine cannot use).
     async fn connect(&self, config: &QueueConfig) -> Result<BackendParts, BackendError>;
+}
+
+/// A boxed connector connects as the one inside (what [`connector_for`] hands out).
+#[async_trait]
+impl<T: Connector + ?Sized> Connector for Box<T> {
+    async fn connect(&self, config: &QueueConfig) -> Result<BackendParts, BackendError> {
+        (**self).connect(config).await
+    }
 }
 
 /// What [`Broker::cancel`] found and did, in one atomic step.
@@ -848,6 +861,18 @@ pub trait RecordStoreConnector: Send + Sync + 'static {
         &self,
         config: &QueueConfig,
     ) -> Result<(Arc<dyn RecordStore>, Arc<dyn GlobalConfig>), BackendError>;
+}
+
+/// A shared record-store connector connects as the one inside (what
+/// [`EngineUrl::record_store`] hands out).
+#[async_trait]
+impl<T: RecordStoreConnector + ?Sized> RecordStoreConnector for Arc<T> {
+    async fn connect_records(
+        &self,
+        config: &QueueConfig,
+    ) -> Result<(Arc<dyn RecordStore>, Arc<dyn GlobalConfig>), BackendError> {
+        (**self).connect_records(config).await
+    }
 }
 
 /// What a progress wait waits for: the record ended, or its progress is newer than `after`.

@@ -151,6 +151,13 @@ impl StartSteps<'_> {
             backend = %components.broker.location().unwrap_or_else(|| components.broker.name().to_owned()),
             "worker starting"
         );
+        if tasks.definitions().is_empty() {
+            tracing::warn!(
+                app = app.name(),
+                "no task is registered in this binary, so every task it takes is handed back as unknown; {}",
+                crate::registry::UNLINKED_TASKS_HINT
+            );
+        }
         let heartbeat = tokio::spawn(heartbeat(app.clone(), identity, stop_requested.clone()));
         dispatch.fire(&WorkerStart { worker }).await;
         if let Some(mut requests) = broker.cancel_requests() {
