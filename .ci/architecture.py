@@ -56,6 +56,9 @@ ALLOWED_QTASKS = {
     # What the tests of every crate share (a dev dependency only).
     "qtasks-test-support": "*",
     "qtasks-examples": "*",
+    # The two-process example (`examples/two-process`): what a user's workspace looks like.
+    "shop-tasks": "*",
+    "shop-app": "*",
     "qtasks-ui-tests": "*",
     "qtasks-bench": "*",
 }

@@ -29,8 +29,44 @@ fn main() {
         .expect("the README is next to the manifest or above it");
     println!("cargo:rerun-if-changed={}", readme.display());
     let text = std::fs::read_to_string(&readme).expect("the README reads");
-    let out = PathBuf::from(std::env::var("OUT_DIR").expect("set by cargo")).join("README.md");
-    std::fs::write(out, for_rustdoc(&text)).expect("OUT_DIR is writable");
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("set by cargo"));
+    std::fs::write(out_dir.join("README.md"), for_rustdoc(&text)).expect("OUT_DIR is writable");
+    write_guide(&manifest, &out_dir);
+}
+
+/// The guide's pages (`docs/guide/*.md`), prepared as the README is, and `guide.rs`: one
+/// doc-test module per page, which `lib.rs` includes under `cfg(doctest)` so that every Rust
+/// block of the guide is compiled (and run, unless `no_run`) by `cargo test`. A published
+/// package has no guide: `guide.rs` is then empty.
+fn write_guide(manifest: &std::path::Path, out_dir: &std::path::Path) {
+    let guide = manifest.join("../docs/guide");
+    let mut modules = String::new();
+    if let Ok(entries) = std::fs::read_dir(&guide) {
+        println!("cargo:rerun-if-changed={}", guide.display());
+        let mut pages: Vec<PathBuf> = entries
+            .flatten()
+            .map(|entry| entry.path())
+            .filter(|path| path.extension().is_some_and(|e| e == "md"))
+            .collect();
+        pages.sort();
+        std::fs::create_dir_all(out_dir.join("guide")).expect("OUT_DIR is writable");
+        for page in pages {
+            println!("cargo:rerun-if-changed={}", page.display());
+            let stem = page
+                .file_stem()
+                .expect("a page has a name")
+                .to_string_lossy();
+            let module = stem.replace('-', "_").to_lowercase();
+            let text = std::fs::read_to_string(&page).expect("the page reads");
+            let prepared = out_dir.join("guide").join(format!("{stem}.md"));
+            std::fs::write(&prepared, for_rustdoc(&text)).expect("OUT_DIR is writable");
+            modules.push_str(&format!(
+                "#[doc = include_str!({:?})]\nmod {module} {{}}\n",
+                prepared.display().to_string()
+            ));
+        }
+    }
+    std::fs::write(out_dir.join("guide.rs"), modules).expect("OUT_DIR is writable");
 }
 
 fn for_rustdoc(readme: &str) -> String {

@@ -1,4 +1,4 @@
-//! The command line's arguments (clap), shared by the `qtasks` binary and `qtasks::cli::run`.
+//! The command line's arguments (clap), shared by the `qtasks` binary and a worker binary's `qtasks::cli::main`.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -79,7 +79,7 @@ pub enum Command {
     /// Commands that need no task code.
     #[command(flatten)]
     Shared(SharedCommand),
-    /// Run a worker (only in a worker binary, `qtasks::cli::run`).
+    /// Run a worker (only in a worker binary, `qtasks::cli::main`).
     Worker(WorkerArgs),
     /// The registered tasks and the app's parts (only in a worker binary).
     Inspect(InspectArgs),

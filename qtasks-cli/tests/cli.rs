@@ -1,5 +1,5 @@
 //! The command line, driven as a user drives it: the real `qtasks` binary and a worker binary
-//! built on `qtasks::cli::run_with` (as examples/worker_cli.rs is), against the machine's Redis.
+//! built on `qtasks::cli::run_with` (as a worker binary is on `qtasks::cli::main`), against the machine's Redis.
 //!
 //! The worker binary is this test binary itself, started again with [`WORKER_ARGS`] set: its
 //! `worker_process` entry then runs the command line over the tasks below, as a user's worker

@@ -48,7 +48,7 @@ pub use qtasks_grpc as grpc;
 #[doc(inline)]
 pub use qtasks_web as web;
 
-/// The command line of a worker binary (feature `cli`): `qtasks::cli::run(app)` as `main`.
+/// The command line of a worker binary (feature `cli`): `qtasks::cli::main()` is a worker binary's whole `main`.
 #[cfg(feature = "cli")]
 #[doc(inline)]
 pub use qtasks_cli as cli;
@@ -75,7 +75,9 @@ pub mod testing {
     pub use qtasks_conformance as conformance;
 }
 
-/// The engine guide's example (`docs/writing-an-engine.md`) compiles and runs as a doc test.
+/// The guide's pages (`docs/guide/*.md`): every Rust block compiles, and runs unless
+/// `no_run`, as a doc test (see `build.rs`).
 #[cfg(doctest)]
-#[doc = include_str!("../../docs/writing-an-engine.md")]
-mod writing_an_engine {}
+mod guide {
+    include!(concat!(env!("OUT_DIR"), "/guide.rs"));
+}

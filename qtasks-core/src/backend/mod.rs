@@ -19,7 +19,7 @@
 //! broker may keep its records in (RabbitMQ's) also implements [`RecordStore`], and its engine
 //! [`RecordStoreConnector`]: the compiler then checks the pairing. The in-memory engine
 //! ([`MemoryBroker`], [`MemoryStorage`]) and the Redis engine (`qtasks-redis`) are written
-//! this way; `docs/writing-an-engine.md` walks through one.
+//! this way; `docs/guide/writing-an-engine.md` walks through one.
 
 mod by_url;
 mod memory;
