@@ -155,7 +155,7 @@ pub enum SharedCommand {
         #[arg(long)]
         yes: bool,
     },
-    /// The schedules the workers run: list them, pause or resume one.
+    /// The schedules the workers run: list them, pause, resume or run one now.
     Schedule {
         /// What to do (default: list).
         #[command(subcommand)]
@@ -270,6 +270,11 @@ pub enum ScheduleAction {
     },
     /// Fire a paused schedule again, from its next slot.
     Resume {
+        /// The schedule's name.
+        name: String,
+    },
+    /// Add the schedule's task once, now (its slots go on as before); prints the task's uuid.
+    Run {
         /// The schedule's name.
         name: String,
     },

@@ -732,6 +732,15 @@ async fn schedule(app: &QueueTasks, action: Option<&ScheduleAction>, json: bool)
         }
         Some(ScheduleAction::Pause { name }) => (name, true),
         Some(ScheduleAction::Resume { name }) => (name, false),
+        Some(ScheduleAction::Run { name }) => {
+            let added = app.schedules().run_now(name).await?.uuid();
+            if json {
+                output::json(&serde_json::json!({ "schedule": name, "uuid": added }));
+            } else {
+                println!("{added}");
+            }
+            return Ok(());
+        }
     };
     let known = app.schedules().recorded().await?;
     if !known.iter().any(|s| &s.name == name) {

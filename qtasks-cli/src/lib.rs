@@ -93,7 +93,9 @@ impl From<qtasks_core::Error> for Failure {
         match error {
             qtasks_core::Error::Backend(_) => Failure::new(EXIT_UNREACHABLE, message),
             qtasks_core::Error::WaitTimeout { .. } => Failure::new(EXIT_TIMEOUT, message),
-            qtasks_core::Error::TaskNotFound(_) => Failure::task(message),
+            qtasks_core::Error::TaskNotFound(_) | qtasks_core::Error::UnknownSchedule(_) => {
+                Failure::task(message)
+            }
             _ => Failure::task(message),
         }
     }

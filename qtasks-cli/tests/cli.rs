@@ -428,6 +428,16 @@ fn operate_a_queue_from_the_shell() {
     assert_eq!(listed[0]["paused"], true, "{listed}");
     expect(url, prefix, &["schedule", "resume", "nightly_cleanup"], 0);
     expect(url, prefix, &["schedule", "pause", "no_such_schedule"], 1);
+    // Run once now, from a process without the schedule's code: the task is added and runs.
+    let ran = expect(url, prefix, &["schedule", "run", "nightly_cleanup"], 0);
+    expect(url, prefix, &["wait", &ran], 0);
+    let output = qtasks(url, prefix, &["schedule", "run", "no_such_schedule"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("no schedule `no_such_schedule`"),
+        "{}",
+        stderr(&output)
+    );
 
     // Named queues: a task added to a queue this worker does not serve waits there; the
     // queue is listed, paused and resumed from the shell.

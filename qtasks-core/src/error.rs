@@ -110,6 +110,9 @@ pub enum Error {
     /// The configuration does not parse.
     #[error(transparent)]
     Config(#[from] crate::ConfigError),
+    /// No schedule of this name is registered here or recorded by a worker.
+    #[error("there is no schedule `{0}` (`qtasks schedule list` shows those the workers run)")]
+    UnknownSchedule(String),
     /// `start` was called on an app that is running.
     #[error("the app is already running; call `stop()` first")]
     AlreadyRunning,

@@ -150,9 +150,18 @@ pub struct WorkerInfo {
     pub heartbeat_at: f64,
     /// The qtasks version it runs.
     pub version: String,
+    /// The names of the tasks registered in it (the ones it can run), sorted.
+    #[serde(default)]
+    pub tasks: Vec<String>,
+    /// The tasks it runs now: up to [`WorkerInfo::RUNNING_SHOWN`] of them.
+    #[serde(default)]
+    pub running_tasks: Vec<uuid::Uuid>,
 }
 
 impl WorkerInfo {
+    /// How many of its running tasks a worker names in its description.
+    pub const RUNNING_SHOWN: usize = 50;
+
     /// How long ago the worker wrote its heartbeat.
     pub fn heartbeat_age(&self) -> Duration {
         Duration::try_from_secs_f64((unix_now() - self.heartbeat_at).max(0.0)).unwrap_or_default()

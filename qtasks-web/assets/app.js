@@ -11,8 +11,10 @@
     var regions = JSON.parse(event.data);
     Object.keys(regions).forEach(function (id) {
       var element = document.getElementById(id);
-      // Keep the keyboard focus where it is: a region that holds it is left alone.
-      if (element && !element.contains(document.activeElement)) {
+      // Keep the keyboard focus where it is, and rows ticked for a bulk action: a region
+      // that holds either is left alone.
+      var ticked = element && element.querySelector("input[type=checkbox]:checked");
+      if (element && !ticked && !element.contains(document.activeElement)) {
         element.innerHTML = regions[id];
       }
     });

@@ -22,10 +22,10 @@ use crate::pages::problem;
 use crate::security::{Caller, refuse_cross_site};
 
 /// Why an action did not happen.
-struct Refusal {
-    status: StatusCode,
-    title: &'static str,
-    detail: String,
+pub(crate) struct Refusal {
+    pub(crate) status: StatusCode,
+    pub(crate) title: &'static str,
+    pub(crate) detail: String,
 }
 
 impl Refusal {
@@ -50,6 +50,16 @@ fn refusal(error: &Error) -> Refusal {
             title: "No such task",
             detail: error.to_string(),
         },
+        Error::UnknownSchedule(_) => Refusal {
+            status: StatusCode::NOT_FOUND,
+            title: "No such schedule",
+            detail: error.to_string(),
+        },
+        Error::UnknownTask { .. } | Error::InvalidArguments { .. } => Refusal {
+            status: StatusCode::BAD_REQUEST,
+            title: "Not added",
+            detail: error.to_string(),
+        },
         Error::InvalidQueue { .. } => Refusal {
             status: StatusCode::BAD_REQUEST,
             title: "No such queue",
@@ -71,7 +81,7 @@ fn parse_uuid(text: &str) -> Result<Uuid, Refusal> {
     })
 }
 
-async fn cancel(
+pub(crate) async fn cancel(
     shared: &Shared,
     uuid: &str,
     reason: Option<&str>,
@@ -89,7 +99,7 @@ async fn cancel(
     Ok((uuid, cancelled))
 }
 
-async fn retry(shared: &Shared, uuid: &str) -> Result<Uuid, Refusal> {
+pub(crate) async fn retry(shared: &Shared, uuid: &str) -> Result<Uuid, Refusal> {
     let uuid = parse_uuid(uuid)?;
     let handle = shared
         .app
@@ -100,7 +110,7 @@ async fn retry(shared: &Shared, uuid: &str) -> Result<Uuid, Refusal> {
     Ok(handle.uuid())
 }
 
-async fn delete(shared: &Shared, uuid: &str) -> Result<bool, Refusal> {
+pub(crate) async fn delete(shared: &Shared, uuid: &str) -> Result<bool, Refusal> {
     let uuid = parse_uuid(uuid)?;
     shared
         .app
@@ -111,7 +121,25 @@ async fn delete(shared: &Shared, uuid: &str) -> Result<bool, Refusal> {
 }
 
 /// Requeues or drops the dead letter `id`; `false` when it is not there any more.
-async fn resolve(shared: &Shared, id: &str, requeue: bool) -> Result<bool, Refusal> {
+pub(crate) async fn resolve(shared: &Shared, id: &str, requeue: bool) -> Result<bool, Refusal> {
+    resolve_where(shared, |letter| letter.id == id, requeue).await
+}
+
+/// [`resolve`] by the short id the pages and the command line show
+/// ([`DeadLetter::short_id`](qtasks_core::stats::DeadLetter::short_id)).
+pub(crate) async fn resolve_short(
+    shared: &Shared,
+    short_id: &str,
+    requeue: bool,
+) -> Result<bool, Refusal> {
+    resolve_where(shared, |letter| letter.short_id() == short_id, requeue).await
+}
+
+async fn resolve_where(
+    shared: &Shared,
+    chosen: impl Fn(&qtasks_core::stats::DeadLetter) -> bool,
+    requeue: bool,
+) -> Result<bool, Refusal> {
     let failed = |e: Error| refusal(&e);
     let letters = shared
         .app
@@ -119,7 +147,7 @@ async fn resolve(shared: &Shared, id: &str, requeue: bool) -> Result<bool, Refus
         .list(crate::DEAD_LETTERS_MAX)
         .await
         .map_err(failed)?;
-    let Some(letter) = letters.iter().find(|letter| letter.id == id) else {
+    let Some(letter) = letters.iter().find(|letter| chosen(letter)) else {
         return Ok(false);
     };
     shared
@@ -131,6 +159,84 @@ async fn resolve(shared: &Shared, id: &str, requeue: bool) -> Result<bool, Refus
 }
 
 /// Pauses or resumes the queue `name`.
+/// A schedule's action: pause, resume, or run its call once now (the added task's uuid).
+async fn schedule_action(
+    shared: &Shared,
+    name: &str,
+    action: &str,
+) -> Result<Option<Uuid>, Refusal> {
+    let schedules = shared.app.schedules();
+    let done = match action {
+        "pause" => schedules.pause(name).await.map(|()| None),
+        "resume" => schedules.resume(name).await.map(|()| None),
+        _ => schedules
+            .run_now(name)
+            .await
+            .map(|added| Some(added.uuid())),
+    };
+    done.map_err(|e| refusal(&e))
+}
+
+/// `POST /schedules/{pause,resume,run}` with the schedule's `name`.
+pub(crate) async fn schedule_form(
+    State(shared): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    Path(action): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<QueueForm>,
+) -> Response {
+    let Some(action) = schedule_verb(&action) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    form_action(
+        &shared,
+        Ask::new(caller, action, &form.name),
+        &headers,
+        &form.csrf,
+        || async {
+            Ok(match schedule_action(&shared, &form.name, action).await? {
+                Some(added) => format!("tasks/{added}?done=schedule-ran"),
+                None => format!("schedules?done=schedule-{action}d"),
+            })
+        },
+    )
+    .await
+}
+
+/// `POST /api/v1/schedules/{name}/{pause,resume,run}`.
+pub(crate) async fn schedule_api(
+    State(shared): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    Path((name, action)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(action) = schedule_verb(&action) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    api_action(
+        &shared,
+        Ask::new(caller, action, &name),
+        &headers,
+        || async {
+            Ok(match schedule_action(&shared, &name, action).await? {
+                Some(added) => json!({ "schedule": name, "uuid": added }),
+                None => json!({ "schedule": name, "paused": action == "pause" }),
+            })
+        },
+    )
+    .await
+}
+
+/// The schedule actions, as the log names them.
+fn schedule_verb(action: &str) -> Option<&'static str> {
+    match action {
+        "pause" => Some("pause"),
+        "resume" => Some("resume"),
+        "run" => Some("run"),
+        _ => None,
+    }
+}
+
 async fn set_paused(shared: &Shared, name: &str, pause: bool) -> Result<(), Refusal> {
     let queues = shared.app.queues();
     let done = if pause {
@@ -169,14 +275,14 @@ pub(crate) struct QueueForm {
 /// Who asks for what, for the action's log line: the caller, the action, and the task's uuid
 /// or the dead letter's id as given.
 #[derive(Clone, Copy)]
-struct Ask<'a> {
+pub(crate) struct Ask<'a> {
     caller: Caller,
     action: &'static str,
     target: &'a str,
 }
 
 impl<'a> Ask<'a> {
-    fn new(caller: Caller, action: &'static str, target: &'a str) -> Self {
+    pub(crate) fn new(caller: Caller, action: &'static str, target: &'a str) -> Self {
         Ask {
             caller,
             action,
@@ -185,7 +291,7 @@ impl<'a> Ask<'a> {
     }
 
     /// Logs who asked for what, and how it ended.
-    fn log(self, outcome: &str) {
+    pub(crate) fn log(self, outcome: &str) {
         tracing::info!(
             who = %self.caller,
             action = self.action,
@@ -215,6 +321,8 @@ where
     }
     match action().await {
         Ok(location) => {
+            // `location` is relative to the dashboard: under its mount point.
+            let location = crate::mount::path(&location);
             ask.log(&format!("done, then {location}"));
             Redirect::to(&location).into_response()
         }
@@ -244,7 +352,7 @@ pub(crate) async fn cancel_form(
             } else {
                 "not-cancelled"
             };
-            Ok(format!("/tasks/{uuid}?done={done}"))
+            Ok(format!("tasks/{uuid}?done={done}"))
         },
     )
     .await
@@ -264,7 +372,7 @@ pub(crate) async fn retry_form(
         &form.csrf,
         || async {
             Ok(format!(
-                "/tasks/{}?done=retried",
+                "tasks/{}?done=retried",
                 retry(&shared, &uuid).await?
             ))
         },
@@ -286,7 +394,7 @@ pub(crate) async fn delete_form(
         &form.csrf,
         || async {
             delete(&shared, &uuid).await?;
-            Ok("/tasks?done=deleted".to_owned())
+            Ok("tasks?done=deleted".to_owned())
         },
     )
     .await
@@ -344,7 +452,7 @@ async fn queue_form(
         || async {
             set_paused(shared, &form.name, pause).await?;
             let done = if pause { "paused" } else { "resumed" };
-            Ok(format!("/queues?done={done}"))
+            Ok(format!("queues?done={done}"))
         },
     )
     .await
@@ -369,7 +477,7 @@ async fn dead_form(
                 true if requeue => "requeued",
                 true => "dropped",
             };
-            Ok(format!("/dead?done={done}"))
+            Ok(format!("dead?done={done}"))
         },
     )
     .await

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::Shared;
-use crate::live::Regions;
+use crate::live::{Regions, serve_events};
 use crate::pages::{BadFilter, TaskFilter};
 
 /// A backend failure as a 503 naming it.
@@ -113,6 +113,13 @@ pub(crate) async fn queues(State(shared): State<Shared>) -> Response {
     }
 }
 
+pub(crate) async fn schedules(State(shared): State<Shared>) -> Response {
+    match shared.app.schedules().recorded().await {
+        Ok(schedules) => Json(schedules).into_response(),
+        Err(error) => unavailable(&error),
+    }
+}
+
 /// The CSRF token an API client without the bearer token sends as `X-Qtasks-Csrf` (readable
 /// only by this origin: no other site's script can fetch it).
 pub(crate) async fn csrf(State(shared): State<Shared>) -> Response {
@@ -142,17 +149,22 @@ pub(crate) async fn events(
     Query(query): Query<EventsQuery>,
 ) -> Response {
     let live = shared.live().await;
+    let closing = shared.closing.clone();
     match query.view.as_str() {
-        "overview" => live
-            .events(|snapshot| async move { crate::pages::overview_regions(&snapshot) })
-            .into_response(),
-        "workers" => live
-            .events(|snapshot| async move {
+        "overview" => serve_events(
+            live.events(|snapshot| async move { crate::pages::overview_regions(&snapshot) }),
+            closing,
+        )
+        .into_response(),
+        "workers" => serve_events(
+            live.events(|snapshot| async move {
                 let regions: Regions =
                     vec![("region-workers", crate::pages::workers_region(&snapshot))];
                 regions
-            })
-            .into_response(),
+            }),
+            closing,
+        )
+        .into_response(),
         "tasks" => {
             let filter = TaskFilter {
                 status: query.status,
@@ -166,22 +178,25 @@ pub(crate) async fn events(
                 Err(BadFilter(why)) => return bad_request(why),
             };
             let app = shared.app.clone();
-            live.events(move |_| {
+            let selectable = !shared.read_only;
+            let rows = live.events(move |_| {
                 let (app, list, filter) = (app.clone(), list.clone(), filter.clone());
                 async move {
                     match app.records().list(&list).await {
                         Ok(page) => {
-                            vec![("region-task-rows", crate::pages::task_rows(&page, &filter))]
+                            let rows = crate::pages::task_rows(&page, &filter, selectable);
+                            vec![("region-task-rows", rows)]
                         }
                         // Keep the rows shown; the next change tries again.
                         Err(_) => Vec::new(),
                     }
                 }
-            })
-            .into_response()
+            });
+            serve_events(rows, closing).into_response()
         }
         "task" => match query.uuid.parse() {
-            Ok(uuid) => crate::live::task_events(shared.app.clone(), uuid).into_response(),
+            Ok(uuid) => serve_events(crate::live::task_events(shared.app.clone(), uuid), closing)
+                .into_response(),
             Err(_) => bad_request(format!("`{}` is not a task uuid", query.uuid)),
         },
         other => bad_request(format!(

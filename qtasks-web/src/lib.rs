@@ -8,11 +8,17 @@
 //! | `GET /tasks` | the records, newest first, filtered by status, name and time, a page at a time; `?uuid=` opens one |
 //! | `GET /tasks/{uuid}` | one task: arguments, result or error or cancel reason, times, its attempts, a stream task's items |
 //! | `GET /workers`, `GET /dead` | the workers with their heartbeat; the dead letters |
+//! | `GET /queues`, `GET /schedules` | the named queues (pause, resume); the schedules: next and last firing (pause, resume, run now) |
 //! | `POST /tasks/{uuid}/cancel`, `.../retry`, `.../delete`, `POST /dead/requeue`, `/dead/drop` | the actions (forms, with a CSRF token) |
+//! | `POST /tasks/bulk`, `POST /dead/bulk` | an action on the ticked rows: a confirmation page first, then each one's outcome |
 //! | `GET /events?view=...` | server-sent events: the parts of a page that changed |
-//! | `GET /api/v1/overview`, `/stats`, `/workers`, `/tasks`, `/tasks/{uuid}`, `/dead`, `/csrf` | the same data as JSON |
-//! | `POST /api/v1/tasks/{uuid}/cancel`, `.../retry`, `.../delete`, `/api/v1/dead/{id}/requeue`, `.../drop` | the actions, JSON |
+//! | `GET /api/v1/overview`, `/stats`, `/workers`, `/tasks`, `/tasks/{uuid}`, `/queues`, `/schedules`, `/dead`, `/csrf` | the same data as JSON |
+//! | `POST /api/v1/tasks/{uuid}/cancel`, `.../retry`, `.../delete`, `/api/v1/queues/{name}/pause`, `.../resume`, `/api/v1/schedules/{name}/pause`, `.../resume`, `.../run`, `/api/v1/dead/{id}/requeue`, `.../drop` | the actions, JSON |
 //! | yours, given with [`Web::routes`] | e.g. `GET /metrics` of `qtasks::metrics` (the `qtasks web` command serves it) |
+//!
+//! Mounted under a prefix (`Router::nest("/admin", web.router())`) the routes are the same under
+//! it: pages link relatively and redirect under the prefix. [`Web::read_only`] shows everything
+//! and changes nothing; [`Web::start`] returns a handle that shuts the server down.
 //!
 //! Security: without a token it listens on loopback only and answers only connections whose
 //! peer address is loopback, addressed to a loopback name, and not forwarded by a proxy; with a
@@ -36,8 +42,10 @@
 mod actions;
 mod api;
 mod assets;
+mod bulk;
 mod html;
 mod live;
+mod mount;
 mod pages;
 mod security;
 
@@ -92,6 +100,10 @@ pub(crate) struct SharedInner {
     pub(crate) csrf: String,
     /// The key of the login cookie's HMAC (the cookie holds the token's HMAC, not the token).
     pub(crate) cookie_key: ring::hmac::Key,
+    /// Pages without actions, and every action refused (see [`Web::read_only`]).
+    pub(crate) read_only: bool,
+    /// Turns true when the server answering shuts down: its event streams end.
+    pub(crate) closing: tokio::sync::watch::Receiver<bool>,
     /// The stats sampler, started at the first request that needs it.
     live: tokio::sync::OnceCell<live::Live>,
 }
@@ -130,6 +142,10 @@ impl Web {
                 token: None,
                 csrf: security::random_secret(),
                 cookie_key: security::cookie_key(),
+                read_only: false,
+                // A server of its own (`start`) replaces it; a router mounted elsewhere ends
+                // its streams when the connection does.
+                closing: tokio::sync::watch::channel(false).1,
                 live: tokio::sync::OnceCell::new(),
             })),
             routes: Router::new(),
@@ -161,7 +177,19 @@ impl Web {
         self
     }
 
-    /// The routes, to serve or to mount in an axum server of your own.
+    /// A dashboard that only shows: its pages have no action (cancel, retry, delete, pause,
+    /// requeue, drop), and every action, by form or by the JSON API, is refused with `403`,
+    /// whoever asks. For an operations team's wall screen, or a token handed to people who
+    /// should see the queue but not change it.
+    #[must_use]
+    pub fn read_only(mut self, read_only: bool) -> Self {
+        Arc::make_mut(&mut self.shared.0).read_only = read_only;
+        self
+    }
+
+    /// The routes, to serve or to mount in an axum server of your own, at the root or under a
+    /// prefix (`Router::nest("/admin", web.router())`: the pages link relatively, so they work
+    /// under any prefix).
     ///
     /// Without a token they answer only connections from a loopback peer, which they read from
     /// axum's `ConnectInfo<SocketAddr>`: serve them with
@@ -182,6 +210,7 @@ impl Web {
             .route("/", get(pages::overview))
             .route("/tasks", get(pages::tasks))
             .route("/tasks/{uuid}", get(pages::task))
+            .route("/tasks/bulk", post(bulk::tasks_form))
             .route("/tasks/{uuid}/cancel", post(actions::cancel_form))
             .route("/tasks/{uuid}/retry", post(actions::retry_form))
             .route("/tasks/{uuid}/delete", post(actions::delete_form))
@@ -189,9 +218,12 @@ impl Web {
             .route("/queues", get(pages::queues))
             .route("/queues/pause", post(actions::pause_form))
             .route("/queues/resume", post(actions::resume_form))
+            .route("/schedules", get(pages::schedules))
+            .route("/schedules/{action}", post(actions::schedule_form))
             .route("/dead", get(pages::dead))
             .route("/dead/requeue", post(actions::requeue_form))
             .route("/dead/drop", post(actions::drop_form))
+            .route("/dead/bulk", post(bulk::dead_form))
             .route("/login", get(pages::login_page).post(pages::login))
             .route("/events", get(api::events))
             .route("/assets/{file}", get(assets::serve));
@@ -207,6 +239,11 @@ impl Web {
             .route("/api/v1/queues", get(api::queues))
             .route("/api/v1/queues/{name}/pause", post(actions::pause_api))
             .route("/api/v1/queues/{name}/resume", post(actions::resume_api))
+            .route("/api/v1/schedules", get(api::schedules))
+            .route(
+                "/api/v1/schedules/{name}/{action}",
+                post(actions::schedule_api),
+            )
             .route("/api/v1/dead", get(api::dead_letters))
             .route("/api/v1/dead/{id}/requeue", post(actions::requeue_api))
             .route("/api/v1/dead/{id}/drop", post(actions::drop_api))
@@ -218,13 +255,34 @@ impl Web {
             .merge(self.routes.clone())
             .layer(axum::middleware::from_fn(move |request, next| {
                 security::guard(shared.clone(), request, next)
-            }));
+            }))
+            // Outermost: the guard's own redirect to the login page needs the mount point.
+            .layer(axum::middleware::from_fn(mount::remember));
         security::headers(guarded)
     }
 
     /// Serves the routes at `address` in the background; returns the bound address (port 0
-    /// picks a free one). Anything but a loopback address needs a token.
+    /// picks a free one). Anything but a loopback address needs a token. It serves until the
+    /// process ends: [`start`](Self::start) returns a handle that stops it.
     pub async fn serve(&self, address: SocketAddr) -> Result<SocketAddr, WebError> {
+        Ok(self.start(address).await?.address())
+    }
+
+    /// Serves the routes at `address` in the background, as [`serve`](Self::serve) does, and
+    /// returns the server's handle: its address, and [`WebServer::shutdown`], which stops it
+    /// gracefully (requests in flight are answered; the live-update streams end).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let web = qtasks::web::Web::new(qtasks::QueueTasks::new());
+    /// let server = web.start("127.0.0.1:0".parse()?).await?;
+    /// let address = server.address();
+    /// server.shutdown().await;
+    /// assert!(std::net::TcpStream::connect(address).is_err());
+    /// # Ok(()) }
+    /// ```
+    pub async fn start(&self, address: SocketAddr) -> Result<WebServer, WebError> {
         if !address.ip().is_loopback() && self.shared.token.is_none() {
             return Err(WebError::TokenRequired(address));
         }
@@ -234,16 +292,53 @@ impl Web {
         let bound = listener
             .local_addr()
             .map_err(|source| WebError::Bind { address, source })?;
-        let router = self.router();
+        // This server's own copy, whose event streams end when it shuts down.
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut server = self.clone();
+        Arc::make_mut(&mut server.shared.0).closing = stopped.clone();
+        let router = server.router();
         tracing::info!(address = %bound, app = %self.shared.app.name(), "serving the dashboard at http://{bound}/");
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             // The peer address reaches the guard through `ConnectInfo`: without a token only
             // loopback peers are answered.
             let service = router.into_make_service_with_connect_info::<SocketAddr>();
-            if let Err(error) = axum::serve(listener, service).await {
+            let mut stopped = stopped;
+            let served = axum::serve(listener, service).with_graceful_shutdown(async move {
+                // A dropped handle leaves the server running, as `serve` does.
+                if stopped.wait_for(|stop| *stop).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            });
+            if let Err(error) = served.await {
                 tracing::error!("the web server stopped: {error}");
             }
         });
-        Ok(bound)
+        Ok(WebServer {
+            address: bound,
+            stop,
+            task,
+        })
+    }
+}
+
+/// A running dashboard server (see [`Web::start`]). Dropping it leaves the server running.
+#[derive(Debug)]
+pub struct WebServer {
+    address: SocketAddr,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl WebServer {
+    /// The address it listens on.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Stops taking connections, lets the requests in flight be answered, and returns once the
+    /// server has stopped (the listening socket is closed then).
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
     }
 }

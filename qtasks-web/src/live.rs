@@ -79,13 +79,13 @@ impl Live {
     pub(crate) fn events<F, Fut>(
         &self,
         render: F,
-    ) -> Sse<impl Stream<Item = Result<Event, Infallible>> + use<F, Fut>>
+    ) -> impl Stream<Item = Result<Event, Infallible>> + use<F, Fut>
     where
         F: Fn(Arc<Snapshot>) -> Fut + Send + 'static,
         Fut: Future<Output = Regions> + Send,
     {
         let latest = self.latest.clone();
-        let stream = futures_util::stream::unfold(
+        futures_util::stream::unfold(
             (latest, render, String::new()),
             |(mut latest, render, mut last)| async move {
                 loop {
@@ -99,8 +99,7 @@ impl Live {
                     }
                 }
             },
-        );
-        Sse::new(stream).keep_alive(KeepAlive::default())
+        )
     }
 }
 
@@ -122,8 +121,8 @@ pub(crate) fn regions_json(regions: &Regions) -> String {
 pub(crate) fn task_events(
     app: QueueTasks,
     uuid: qtasks_core::Uuid,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let stream = futures_util::stream::unfold(
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    futures_util::stream::unfold(
         (app, String::new(), false),
         move |(app, mut last, ended)| async move {
             if ended {
@@ -157,8 +156,27 @@ pub(crate) fn task_events(
                 let _ = app.wait(uuid, SAMPLE_EVERY / 2).await;
             }
         },
-    );
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    )
+}
+
+/// An event stream as the browser gets it: kept alive while idle, and ended when the server
+/// shuts down (`closing` turns true), so that a graceful shutdown does not wait for browsers
+/// that keep a page open.
+pub(crate) fn serve_events(
+    stream: impl Stream<Item = Result<Event, Infallible>> + Send + 'static,
+    mut closing: watch::Receiver<bool>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let closed = async move {
+        // No server handle (a router mounted elsewhere, or `serve`'s, dropped): never.
+        if closing.wait_for(|closing| *closing).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    Sse::new(futures_util::StreamExt::take_until(
+        stream,
+        Box::pin(closed),
+    ))
+    .keep_alive(KeepAlive::default())
 }
 
 /// Total tasks finished, all statuses.

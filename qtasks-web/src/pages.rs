@@ -7,6 +7,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use qtasks_core::backend::{ErrorChain, unix_now};
 use qtasks_core::records::{RecordCursor, RecordPage, RecordQuery};
+use qtasks_core::schedule::ScheduleInfo;
 use qtasks_core::stats::{DeadLetter, Stats, WorkerInfo};
 use qtasks_core::{TaskRecord, TaskStatus, Uuid};
 use serde::Deserialize;
@@ -24,16 +25,18 @@ pub(crate) enum Section {
     Tasks,
     Workers,
     Queues,
+    Schedules,
     Dead,
     Login,
 }
 
-const SECTIONS: [(Section, &str, &str); 5] = [
-    (Section::Overview, "/", "Overview"),
-    (Section::Tasks, "/tasks", "Tasks"),
-    (Section::Workers, "/workers", "Workers"),
-    (Section::Queues, "/queues", "Queues"),
-    (Section::Dead, "/dead", "Dead letters"),
+const SECTIONS: [(Section, &str, &str); 6] = [
+    (Section::Overview, "./", "Overview"),
+    (Section::Tasks, "tasks", "Tasks"),
+    (Section::Workers, "workers", "Workers"),
+    (Section::Queues, "queues", "Queues"),
+    (Section::Schedules, "schedules", "Schedules"),
+    (Section::Dead, "dead", "Dead letters"),
 ];
 
 /// A whole page around `body`.
@@ -52,12 +55,14 @@ pub(crate) fn page(
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 meta name="color-scheme" content="light dark";
                 title { (title) " · qtasks" }
-                link rel="stylesheet" href="/assets/app.css";
-                link rel="icon" href="/assets/icon.svg" type="image/svg+xml";
-                script src="/assets/app.js" defer {}
+                // Every link below is relative to the mount point (see `mount`).
+                base href=(crate::mount::base_href());
+                link rel="stylesheet" href="assets/app.css";
+                link rel="icon" href="assets/icon.svg" type="image/svg+xml";
+                script src="assets/app.js" defer {}
             }
             body data-live=[live] {
-                a.skip href="#main" { "Skip to content" }
+                a.skip href=(crate::mount::on_this_page("main")) { "Skip to content" }
                 header {
                     nav aria-label="Sections" {
                         span.brand { "qtasks " span.app { (shared.app.name()) } }
@@ -90,7 +95,7 @@ pub(crate) fn problem(shared: &Shared, status: StatusCode, title: &str, detail: 
     let body = html! {
         h1 { (title) }
         p.problem role="alert" { (detail) }
-        p { a href="/tasks" { "Back to the tasks" } }
+        p { a href="tasks" { "Back to the tasks" } }
     };
     let mut response = page(shared, Section::Tasks, title, None, body);
     *response.status_mut() = status;
@@ -115,6 +120,11 @@ impl Flash {
             Some("gone") => "That dead letter was not there any more.",
             Some("paused") => "The queue is paused: no worker takes its tasks until it is resumed.",
             Some("resumed") => "The queue is resumed: workers take its tasks again.",
+            Some("schedule-paused") => {
+                "The schedule is paused: its slots pass without firing until it is resumed."
+            }
+            Some("schedule-resumed") => "The schedule is resumed from its next slot.",
+            Some("schedule-ran") => "The schedule's task was added once, now; this is it.",
             _ => return html! {},
         };
         html! { p.notice role="status" { (message) } }
@@ -149,7 +159,7 @@ pub(crate) async fn overview(State(shared): State<Shared>, Query(flash): Query<F
         &shared,
         Section::Overview,
         "Overview",
-        Some("/events?view=overview"),
+        Some("events?view=overview"),
         body,
     )
 }
@@ -187,44 +197,44 @@ fn counts(stats: &Stats) -> Markup {
         (
             "Waiting",
             queue.waiting_total().to_string(),
-            Some("/tasks?status=new"),
+            Some("tasks?status=new"),
             "",
         ),
         ("Delayed", queue.delayed.to_string(), None, ""),
         (
             "Running",
             queue.running.to_string(),
-            Some("/tasks?status=process"),
+            Some("tasks?status=process"),
             "c-process",
         ),
         (
             "Success",
             queue.finished.success.to_string(),
-            Some("/tasks?status=success"),
+            Some("tasks?status=success"),
             "c-success",
         ),
         (
             "Error",
             queue.finished.error.to_string(),
-            Some("/tasks?status=error"),
+            Some("tasks?status=error"),
             "c-error",
         ),
         (
             "Cancelled",
             queue.finished.cancel.to_string(),
-            Some("/tasks?status=cancel"),
+            Some("tasks?status=cancel"),
             "c-cancel",
         ),
         (
             "Retried",
             queue.finished.retry.to_string(),
-            Some("/tasks?status=retry"),
+            Some("tasks?status=retry"),
             "",
         ),
         (
             "Dead letters",
             queue.dead_letters.to_string(),
-            Some("/dead"),
+            Some("dead"),
             "",
         ),
         (
@@ -363,7 +373,37 @@ fn workers_table(workers: &[WorkerInfo], now: f64, heading: bool) -> Markup {
             }
         }
     } else {
-        table
+        // The workers page: what each one runs now, and which tasks it can run.
+        html! {
+            (table)
+            @if !workers.is_empty() {
+                h2 { "Running now" }
+                @if workers.iter().all(|w| w.running_tasks.is_empty()) {
+                    p.quiet { "No task is running." }
+                } @else {
+                    ul.running {
+                        @for worker in workers {
+                            @for uuid in &worker.running_tasks {
+                                li { span.mono { a href={ "tasks/" (uuid) } { (uuid) } } " on " span.mono { (worker.id) } }
+                            }
+                        }
+                    }
+                }
+                h2 { "Registered tasks" }
+                dl.registered {
+                    @for worker in workers {
+                        dt.mono { (worker.id) }
+                        dd {
+                            @if worker.tasks.is_empty() {
+                                span.problem { "none: this worker cannot run any task (a tasks crate its binary never names?)" }
+                            } @else {
+                                span.mono { (worker.tasks.join(", ")) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -380,7 +420,7 @@ pub(crate) async fn workers(State(shared): State<Shared>) -> Response {
         &shared,
         Section::Workers,
         "Workers",
-        Some("/events?view=workers"),
+        Some("events?view=workers"),
         body,
     )
 }
@@ -491,7 +531,7 @@ pub(crate) async fn tasks(
     let wanted = filter.uuid.trim();
     if !wanted.is_empty() {
         return match wanted.parse::<Uuid>() {
-            Ok(uuid) => Redirect::to(&format!("/tasks/{uuid}")).into_response(),
+            Ok(uuid) => Redirect::to(&crate::mount::path(&format!("tasks/{uuid}"))).into_response(),
             Err(_) => problem(
                 &shared,
                 StatusCode::BAD_REQUEST,
@@ -513,7 +553,10 @@ pub(crate) async fn tasks(
         (flash.render())
         (filter_form(&filter))
         @match page_result {
-            Ok(found) => { div #region-task-rows { (task_rows(&found, &filter)) } }
+            Ok(found) => {
+                @if !shared.read_only { (crate::bulk::controls(&shared, true)) }
+                div #region-task-rows { (task_rows(&found, &filter, !shared.read_only)) }
+            }
             Err(error) => {
                 p.problem role="alert" { "Listing failed: " (ErrorChain(&error).to_string()) }
             }
@@ -523,9 +566,9 @@ pub(crate) async fn tasks(
     let live = first_page.then(|| {
         let query = filter.query_string();
         if query.is_empty() {
-            "/events?view=tasks".to_owned()
+            "events?view=tasks".to_owned()
         } else {
-            format!("/events?view=tasks&{query}")
+            format!("events?view=tasks&{query}")
         }
     });
     page(&shared, Section::Tasks, "Tasks", live.as_deref(), body)
@@ -533,7 +576,7 @@ pub(crate) async fn tasks(
 
 fn filter_form(filter: &TaskFilter) -> Markup {
     html! {
-        form.filters method="get" action="/tasks" role="search" {
+        form.filters method="get" action="tasks" role="search" {
             label {
                 "Status "
                 select name="status" {
@@ -548,9 +591,9 @@ fn filter_form(filter: &TaskFilter) -> Markup {
             label { "to " input type="datetime-local" step="1" name="until" value=(filter.until); }
             button type="submit" { "Filter" }
             " "
-            a href="/tasks" { "Clear" }
+            a href="tasks" { "Clear" }
         }
-        form.filters method="get" action="/tasks" role="search" {
+        form.filters method="get" action="tasks" role="search" {
             label { "Find by uuid " input name="uuid" size="38" autocomplete="off" spellcheck="false"; }
             button type="submit" { "Open" }
         }
@@ -571,7 +614,9 @@ fn arguments_line(record: &TaskRecord) -> String {
 }
 
 /// The table of a page of tasks, with its pager: the live region of the tasks page.
-pub(crate) fn task_rows(found: &RecordPage, filter: &TaskFilter) -> Markup {
+/// The tasks table; with `selectable`, each row has the bulk form's checkbox (see `bulk`).
+pub(crate) fn task_rows(found: &RecordPage, filter: &TaskFilter, selectable: bool) -> Markup {
+    let now = unix_now();
     let query = filter.query_string();
     let sep = if query.is_empty() { "" } else { "&" };
     html! {
@@ -585,6 +630,7 @@ pub(crate) fn task_rows(found: &RecordPage, filter: &TaskFilter) -> Markup {
                 table.tasks {
                     thead {
                         tr {
+                            @if selectable { th scope="col" { span.visually-hidden { "Select" } } }
                             th scope="col" { "Task" }
                             th scope="col" { "Name" }
                             th scope="col" { "Status" }
@@ -597,9 +643,18 @@ pub(crate) fn task_rows(found: &RecordPage, filter: &TaskFilter) -> Markup {
                     tbody {
                         @for record in &found.records {
                             tr {
-                                td.mono { a href={ "/tasks/" (record.uuid) } title=(record.uuid) { (short(record.uuid)) } }
+                                @if selectable {
+                                    td { (crate::bulk::checkbox("uuid", &record.uuid.to_string(), &format!("select task {}", record.uuid))) }
+                                }
+                                td.mono { a href={ "tasks/" (record.uuid) } title=(record.uuid) { (short(record.uuid)) } }
                                 td { (record.task_name) }
-                                td { (status_badge(record.status)) }
+                                td {
+                                    (status_badge(record.status))
+                                    // A delayed task: when it is due.
+                                    @if let (TaskStatus::New, Some(due)) = (record.status, record.run_at.filter(|due| *due > now)) {
+                                        " " span.quiet { "due " (time(due)) }
+                                    }
+                                }
                                 td.n { (record.priority) }
                                 td { (time(record.created_at)) }
                                 td { (time(record.updated_at)) }
@@ -612,10 +667,10 @@ pub(crate) fn task_rows(found: &RecordPage, filter: &TaskFilter) -> Markup {
         }
         nav.pager aria-label="Pages" {
             @if !filter.after.is_empty() {
-                (link(&format!("/tasks?{query}"), "« Newest"))
+                (link(&format!("tasks?{query}"), "« Newest"))
             }
             @if let Some(next) = found.next {
-                @let href = format!("/tasks?{query}{sep}after={next}");
+                @let href = format!("tasks?{query}{sep}after={next}");
                 @if found.scan_incomplete {
                     span.quiet { "Looked through " (found.scanned) " records for this page. " }
                     (link(&href, "Keep looking »"))
@@ -676,7 +731,7 @@ pub(crate) async fn task(
                             @if *attempt == uuid {
                                 strong aria-current="true" { (attempt) }
                             } @else {
-                                (link(&format!("/tasks/{attempt}"), &attempt.to_string()))
+                                (link(&format!("tasks/{attempt}"), &attempt.to_string()))
                             }
                             " "
                             @match status {
@@ -690,7 +745,7 @@ pub(crate) async fn task(
         }
         (actions(&shared, &record))
     };
-    let live = (!record.status.is_final()).then(|| format!("/events?view=task&uuid={uuid}"));
+    let live = (!record.status.is_final()).then(|| format!("events?view=task&uuid={uuid}"));
     page(
         &shared,
         Section::Tasks,
@@ -804,14 +859,17 @@ fn csrf_field(shared: &Shared) -> Markup {
 
 fn actions(shared: &Shared, record: &TaskRecord) -> Markup {
     let uuid = record.uuid;
+    let json = format!("api/v1/tasks/{uuid}");
+    if shared.read_only {
+        return html! { p.quiet { "JSON: " (link(&json, &json)) } };
+    }
     let retriable = matches!(record.status, TaskStatus::Error | TaskStatus::Cancel)
         && record.retry_child_uuid.is_none();
-    let json = format!("/api/v1/tasks/{uuid}");
     html! {
         section.actions aria-labelledby="actions-h" {
             h2 #actions-h { "Actions" }
             @if !record.status.is_final() {
-                form method="post" action={ "/tasks/" (uuid) "/cancel" } {
+                form method="post" action={ "tasks/" (uuid) "/cancel" } {
                     (csrf_field(shared))
                     label { "Reason " input name="reason" value="cancelled from the dashboard"; }
                     " "
@@ -819,18 +877,110 @@ fn actions(shared: &Shared, record: &TaskRecord) -> Markup {
                 }
             }
             @if retriable {
-                form method="post" action={ "/tasks/" (uuid) "/retry" } {
+                form method="post" action={ "tasks/" (uuid) "/retry" } {
                     (csrf_field(shared))
                     button #retry type="submit" { "Retry as a new attempt" }
                 }
             }
             @if record.status.is_final() {
-                form method="post" action={ "/tasks/" (uuid) "/delete" } {
+                form method="post" action={ "tasks/" (uuid) "/delete" } {
                     (csrf_field(shared))
                     button.danger #delete type="submit" { "Delete record" }
                 }
             }
             p.quiet { "JSON: " (link(&json, &json)) }
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Schedules
+
+/// The schedules the workers recorded, and those of this process that no worker recorded yet.
+async fn schedule_list(shared: &Shared) -> qtasks_core::Result<Vec<ScheduleInfo>> {
+    let mut schedules = shared.app.schedules().recorded().await?;
+    for registered in shared.app.schedules().registered() {
+        if !schedules.iter().any(|s| s.name == registered.name) {
+            schedules.push(registered);
+        }
+    }
+    schedules.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(schedules)
+}
+
+pub(crate) async fn schedules(
+    State(shared): State<Shared>,
+    Query(flash): Query<Flash>,
+) -> Response {
+    let schedules = schedule_list(&shared).await;
+    let body = html! {
+        h1 { "Schedules" }
+        p.quiet {
+            "What the workers fire, when next, and their last firing. A paused schedule's slots "
+            "pass without firing; running one now adds its task once and leaves its slots as they are."
+        }
+        (flash.render())
+        @match schedules {
+            Ok(schedules) if schedules.is_empty() => {
+                p.quiet { "No schedule: a worker records its schedules when it starts." }
+            }
+            Ok(schedules) => { (schedules_table(&shared, &schedules)) }
+            Err(error) => { p.problem role="alert" { (ErrorChain(&error).to_string()) } }
+        }
+    };
+    page(&shared, Section::Schedules, "Schedules", None, body)
+}
+
+fn schedules_table(shared: &Shared, schedules: &[ScheduleInfo]) -> Markup {
+    html! {
+        div.scroll {
+            table.schedules {
+                thead {
+                    tr {
+                        th scope="col" { "Schedule" }
+                        th scope="col" { "Task" }
+                        th scope="col" { "When" }
+                        th scope="col" { "Next" }
+                        th scope="col" { "Last fired" }
+                        th scope="col" { "State" }
+                        @if !shared.read_only { th scope="col" { "Actions" } }
+                    }
+                }
+                tbody {
+                    @for schedule in schedules {
+                        tr {
+                            td.mono { (schedule.name) }
+                            td.mono { (schedule.task) }
+                            td { (schedule.when) }
+                            td { @match schedule.next_at { Some(at) => (time(at)), None => "-" } }
+                            td {
+                                @match (schedule.last_fired_at, schedule.last_uuid) {
+                                    (Some(at), Some(uuid)) => { a href={ "tasks/" (uuid) } { (time(at)) } }
+                                    (Some(at), None) => { (time(at)) }
+                                    _ => "never"
+                                }
+                            }
+                            td { @if schedule.paused { "paused" } @else { "firing" } }
+                            @if !shared.read_only {
+                                td.row-actions {
+                                    @let (toggle, label, class) = if schedule.paused {
+                                        ("resume", "Resume", "")
+                                    } else {
+                                        ("pause", "Pause", "danger")
+                                    };
+                                    @for (action, label, class) in [(toggle, label, class), ("run", "Run now", "")] {
+                                        form method="post" action={ "schedules/" (action) } {
+                                            (csrf_field(shared))
+                                            input type="hidden" name="name" value=(schedule.name);
+                                            button type="submit" class=(class) { (label) }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
 }
@@ -852,7 +1002,10 @@ pub(crate) async fn dead(State(shared): State<Shared>, Query(flash): Query<Flash
         }
         (flash.render())
         @match letters {
-            Ok(letters) => { (dead_table(&shared, &letters)) }
+            Ok(letters) => {
+                @if !shared.read_only && !letters.is_empty() { (crate::bulk::controls(&shared, false)) }
+                (dead_table(&shared, &letters))
+            }
             Err(error) => { p.problem role="alert" { (ErrorChain(&error).to_string()) } }
         }
     };
@@ -889,7 +1042,7 @@ fn queues_table(
                         th.n scope="col" { "Waiting" }
                         th.n scope="col" { "Delayed" }
                         th scope="col" { "State" }
-                        th scope="col" { "Actions" }
+                        @if !shared.read_only { th scope="col" { "Actions" } }
                     }
                 }
                 tbody {
@@ -899,18 +1052,18 @@ fn queues_table(
                             td.n { (numbers.waiting) }
                             td.n { (numbers.delayed) }
                             td { @if numbers.paused { "paused" } @else { "taking tasks" } }
-                            td.row-actions {
+                            @if !shared.read_only { td.row-actions {
                                 @let (action, label, class) = if numbers.paused {
                                     ("resume", "Resume", "")
                                 } else {
                                     ("pause", "Pause", "danger")
                                 };
-                                form method="post" action={ "/queues/" (action) } {
+                                form method="post" action={ "queues/" (action) } {
                                     (csrf_field(shared))
                                     input type="hidden" name="name" value=(name);
                                     button type="submit" class=(class) { (label) }
                                 }
-                            }
+                            } }
                         }
                     }
                 }
@@ -928,27 +1081,33 @@ fn dead_table(shared: &Shared, letters: &[DeadLetter]) -> Markup {
             table {
                 thead {
                     tr {
+                        @if !shared.read_only { th scope="col" { span.visually-hidden { "Select" } } }
+                        th scope="col" { "Id" }
                         th scope="col" { "When" }
                         th scope="col" { "Reason" }
                         th scope="col" { "Entry" }
-                        th scope="col" { "Actions" }
+                        @if !shared.read_only { th scope="col" { "Actions" } }
                     }
                 }
                 tbody {
                     @for letter in letters {
                         tr {
+                            @if !shared.read_only {
+                                td { (crate::bulk::checkbox("id", &letter.short_id(), &format!("select dead letter {}", letter.short_id()))) }
+                            }
+                            td.mono { (letter.short_id()) }
                             td { (time(letter.at)) }
                             td { (letter.reason) }
                             td.mono.args { (letter.entry) }
-                            td.row-actions {
+                            @if !shared.read_only { td.row-actions {
                                 @for (action, label, class) in [("requeue", "Requeue", ""), ("drop", "Drop", "danger")] {
-                                    form method="post" action={ "/dead/" (action) } {
+                                    form method="post" action={ "dead/" (action) } {
                                         (csrf_field(shared))
                                         input type="hidden" name="id" value=(letter.id);
                                         button type="submit" class=(class) { (label) }
                                     }
                                 }
-                            }
+                            } }
                         }
                     }
                 }
@@ -976,9 +1135,9 @@ fn login_form(shared: &Shared, problem_text: Option<&'static str>) -> Response {
             p.problem role="alert" { (text) }
         }
         @if shared.token.is_none() {
-            p { "This dashboard needs no token: it listens on this machine only. " a href="/" { "Open it" } "." }
+            p { "This dashboard needs no token: it listens on this machine only. " a href="./" { "Open it" } "." }
         } @else {
-            form.login method="post" action="/login" {
+            form.login method="post" action="login" {
                 label { "Token " input type="password" name="token" autocomplete="current-password" required autofocus; }
                 " "
                 button type="submit" { "Sign in" }
@@ -997,7 +1156,7 @@ pub(crate) async fn login(
     axum::Form(form): axum::Form<LoginForm>,
 ) -> Response {
     let Some(expected) = shared.token.as_deref() else {
-        return Redirect::to("/").into_response();
+        return Redirect::to(&crate::mount::path("")).into_response();
     };
     if !crate::security::constant_time_eq(form.token.as_bytes(), expected.as_bytes()) {
         tracing::info!(who = %caller, "dashboard login refused: not the token");
@@ -1009,7 +1168,11 @@ pub(crate) async fn login(
     // The token's HMAC, not the token: see `security`.
     let cookie =
         crate::security::login_cookie(crate::security::cookie_value(&shared.cookie_key, expected));
-    ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
+    (
+        [(header::SET_COOKIE, cookie)],
+        Redirect::to(&crate::mount::path("")),
+    )
+        .into_response()
 }
 
 /// A run's length: milliseconds under a second (`12.3 ms`), else seconds (`4.2 s`).

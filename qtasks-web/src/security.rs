@@ -39,7 +39,7 @@ pub(crate) const TOKEN_COOKIE: &str = "qtasks_token";
 pub(crate) const CSRF_HEADER: &str = "x-qtasks-csrf";
 
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
-                   connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
+                   connect-src 'self'; form-action 'self'; base-uri 'self'; frame-ancestors 'none'";
 
 /// Equal in time whatever the first differing byte: a token is never guessed a byte at a time.
 pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -234,7 +234,7 @@ pub(crate) async fn guard(shared: Shared, mut request: Request, next: Next) -> R
             && path != "/metrics"
             && path != "/events";
         let response = if wants_page {
-            Redirect::to("/login").into_response()
+            Redirect::to(&crate::mount::path("login")).into_response()
         } else {
             let mut response =
                 (StatusCode::UNAUTHORIZED, "a valid token is required\n").into_response();
@@ -244,6 +244,10 @@ pub(crate) async fn guard(shared: Shared, mut request: Request, next: Next) -> R
             response
         };
         return response;
+    }
+    if shared.read_only && request.method() == Method::POST && path != "/login" {
+        tracing::info!(?peer, path, "dashboard action refused: read-only");
+        return (StatusCode::FORBIDDEN, "this dashboard is read-only\n").into_response();
     }
     request.extensions_mut().insert(Caller { peer, by });
     next.run(request).await

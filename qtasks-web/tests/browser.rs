@@ -179,6 +179,17 @@ impl Browser {
         }
     }
 
+    /// Clicks the first element `css` finds.
+    async fn click(&self, css: &str) {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css}: {e}"))
+            .click()
+            .await
+            .unwrap();
+    }
+
     async fn count(&self, css: &str) -> usize {
         self.client.find_all(Locator::Css(css)).await.unwrap().len()
     }
@@ -376,7 +387,7 @@ async fn the_dashboard_works_in_a_real_browser() {
     browser.goto(&format!("{base}/tasks?status=error")).await;
     assert_eq!(browser.count("table.tasks tbody tr").await, 2);
     let names = browser
-        .script("return [...document.querySelectorAll('table.tasks tbody tr td:nth-child(2)')].map(td => td.textContent).sort().join(',')")
+        .script("return [...document.querySelectorAll('table.tasks tbody tr td:nth-child(3)')].map(td => td.textContent).sort().join(',')")
         .await;
     assert_eq!(names, "dash_fail,dash_flaky");
     browser.goto(&format!("{base}/tasks?name=dash_echo")).await;
@@ -437,14 +448,7 @@ async fn the_dashboard_works_in_a_real_browser() {
     browser
         .goto(&format!("{base}/tasks/{}", seeded.failed))
         .await;
-    browser
-        .client
-        .find(Locator::Css("#retry"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.click("#retry").await;
     let url = browser.wait_url("done=retried").await;
     browser.wait_text("#region-task .status", "error").await;
     let retried: Uuid = url
@@ -472,16 +476,30 @@ async fn the_dashboard_works_in_a_real_browser() {
     browser
         .goto(&format!("{base}/tasks/{}", seeded.plain))
         .await;
-    browser
-        .client
-        .find(Locator::Css("#delete"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.click("#delete").await;
     assert!(browser.notice().await.contains("deleted"));
     assert!(app.get(seeded.plain).await.unwrap().is_none());
+
+    // In bulk: tick the succeeded tasks, review, confirm; each one's outcome is shown.
+    browser.goto(&format!("{base}/tasks?status=success")).await;
+    let ticked = browser
+        .script("const boxes = [...document.querySelectorAll('table.tasks tbody input[type=checkbox]')]; boxes.forEach(b => b.click()); return boxes.length")
+        .await;
+    let ticked = ticked.as_u64().unwrap();
+    assert!(ticked >= 2, "{ticked} rows to tick");
+    browser
+        .script("document.querySelector('form#bulk select').value = 'delete'")
+        .await;
+    browser.click("form#bulk button").await;
+    let asked = browser.text_once("h1").await;
+    assert_eq!(asked, format!("Delete the records of {ticked} tasks?"));
+    assert_eq!(browser.count("ul.mono li").await as u64, ticked);
+    browser.click("#confirm").await;
+    browser
+        .wait_text("p.notice", &format!("{ticked} of {ticked} done."))
+        .await;
+    browser.goto(&format!("{base}/tasks?status=success")).await;
+    assert_eq!(browser.count("table.tasks tbody tr").await, 0);
 
     // Workers, and the dead letter: dropped.
     browser.goto(&format!("{base}/workers")).await;
@@ -490,7 +508,7 @@ async fn the_dashboard_works_in_a_real_browser() {
     assert_eq!(browser.count("tbody tr").await, 1);
     assert!(
         browser
-            .text("tbody tr td:nth-child(3)")
+            .text("tbody tr td:nth-child(5)")
             .await
             .contains("garbage")
     );
@@ -569,4 +587,72 @@ async fn the_dashboard_asks_for_the_token_and_follows_dark_mode() {
         .await;
     assert_eq!(background, json!("rgb(17, 20, 24)"));
     browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_works_mounted_under_a_prefix() {
+    let test = "the_dashboard_works_mounted_under_a_prefix";
+    let Some(browser) = Browser::start(test, &[]).await else {
+        return;
+    };
+    let app = QueueTasks::new();
+    app.start().await.unwrap();
+    let failed = dash_fail::add_task(&app, "disk full".into()).await.unwrap();
+    let _ = failed.result(Duration::from_secs(5)).await;
+    // An axum app of the user's own, the dashboard nested under /admin beside its routes.
+    let router = axum::Router::new()
+        .route("/", axum::routing::get(|| async { "the shop" }))
+        .nest("/admin", Web::new(app.clone()).router());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        axum::serve(listener, service).await.unwrap();
+    });
+
+    browser.goto(&format!("{base}/admin")).await;
+    browser.wait_text("h1", "Overview").await;
+    // Its assets came from under the prefix: the stylesheet applies, the script runs.
+    let styled = browser
+        .script("return getComputedStyle(document.querySelector('nav')).display")
+        .await;
+    assert_eq!(
+        styled,
+        json!("flex"),
+        "the stylesheet did not load under /admin"
+    );
+    assert_eq!(browser.text("#live-state").await, "live updates on");
+    // Live updates come through the prefix too.
+    dash_fail::add_task(&app, "again".into()).await.unwrap();
+    browser.wait_text(".c-error dd", "2").await;
+
+    // The navigation, a task's page and an action all stay under /admin.
+    browser.click("nav a[href='tasks']").await;
+    browser.wait_url("/admin/tasks").await;
+    browser
+        .goto(&format!("{base}/admin/tasks?status=error"))
+        .await;
+    browser.click("table.tasks tbody tr a").await;
+    browser.wait_url("/admin/tasks/").await;
+    let skip = browser
+        .script("return document.querySelector('a.skip').href")
+        .await;
+    assert!(
+        skip.as_str().unwrap().contains("/admin/tasks/")
+            && skip.as_str().unwrap().ends_with("#main"),
+        "{skip}"
+    );
+    browser.click("#retry").await;
+    assert!(
+        browser.notice().await.contains("new attempt"),
+        "{}",
+        browser.notice().await
+    );
+    let url = browser.wait_url("done=retried").await;
+    assert!(url.starts_with(&format!("{base}/admin/tasks/")), "{url}");
+    // The user's own route beside it is untouched.
+    browser.goto(&format!("{base}/")).await;
+    assert_eq!(browser.text("body").await, "the shop");
+    browser.close().await;
+    app.stop().await.unwrap();
 }

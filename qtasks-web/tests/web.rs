@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 
-use qtasks::QueueTasks;
 use qtasks::web::{Web, WebError};
+use qtasks::{QueueTasks, Uuid};
 use serde_json::Value;
 
 #[qtasks::task]
@@ -114,11 +114,7 @@ async fn the_api_serves_the_apps_data_to_token_holders_only() {
         assert_eq!(record["status"], "success");
         assert_eq!(record["args"][0], script);
 
-        let (status, _, body) = get(
-            port,
-            &format!("/api/v1/tasks/{}", qtasks::Uuid::new_v4()),
-            token,
-        );
+        let (status, _, body) = get(port, &format!("/api/v1/tasks/{}", Uuid::new_v4()), token);
         assert_eq!(status, 404, "{body}");
         assert!(body.contains("does not exist"), "{body}");
         let (status, _, body) = get(port, "/api/v1/tasks/not-a-uuid", token);
@@ -409,7 +405,7 @@ async fn the_live_stream_sends_the_overview_as_it_changes() {
     let mut seen = String::new();
     let mut buffer = [0u8; 8192];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while !seen.contains("c-success") || !seen.contains(r#"href=\"/tasks?status=success\">1</a>"#) {
+    while !seen.contains("c-success") || !seen.contains(r#"href=\"tasks?status=success\">1</a>"#) {
         let read = tokio::time::timeout_at(deadline, stream.read(&mut buffer))
             .await
             .expect("no event showed the finished task")
@@ -747,4 +743,158 @@ async fn actions_are_logged_with_who_and_what() {
         assert!(refused.contains(part), "{part}: {refused}");
     }
     assert!(!log.contains("t0ken"), "the token was logged: {log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_the_server_even_with_a_live_stream_open() {
+    use tokio::io::AsyncWriteExt;
+    let app = QueueTasks::new();
+    let server = Web::new(app)
+        .start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let address = server.address();
+    // A browser that keeps a page open holds its event stream: it must not hold the shutdown.
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(b"GET /events?view=overview HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    read_until(&mut stream, &mut seen, "event: regions").await;
+    tokio::time::timeout(Duration::from_secs(10), server.shutdown())
+        .await
+        .expect("the shutdown waited for the open event stream");
+    assert!(
+        tokio::net::TcpStream::connect(address).await.is_err(),
+        "still listening after the shutdown"
+    );
+    // The stream ended (the server closed it) rather than hanging.
+    use tokio::io::AsyncReadExt;
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest))
+        .await
+        .expect("the event stream was left open")
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_dashboard_shows_no_action_and_refuses_every_one() {
+    let app = QueueTasks::new();
+    app.start().await.unwrap();
+    let failed = web_fail::add_task(&app, "nope".into()).await.unwrap();
+    let _ = failed.result(Duration::from_secs(5)).await;
+    let uuid = failed.uuid();
+    let port = Web::new(app.clone())
+        .read_only(true)
+        .serve("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+        .port();
+    let (status, _, page) = get(port, &format!("/tasks/{uuid}"), None);
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("nope"),
+        "the page still shows the task: {page}"
+    );
+    assert!(
+        !page.contains("<form method=\"post\""),
+        "an action form: {page}"
+    );
+    // Refused however it is asked: a form with its CSRF token, the JSON API.
+    let (_, _, csrf) = get(port, "/api/v1/csrf", None);
+    let csrf: Value = serde_json::from_str(&csrf).unwrap();
+    let form = format!("csrf={}", csrf["token"].as_str().unwrap());
+    let origin = format!("http://127.0.0.1:{port}");
+    let (status, _, body) = post_form(
+        port,
+        &format!("/tasks/{uuid}/retry"),
+        &origin,
+        "same-origin",
+        &form,
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("read-only"), "{body}");
+    let (status, _, _) = request(
+        port,
+        &format!(
+            "POST /api/v1/tasks/{uuid}/delete HTTP/1.1\r\nHost: localhost\r\nX-Qtasks-Csrf: {}\r\n",
+            csrf["token"].as_str().unwrap()
+        ),
+        "",
+    );
+    assert_eq!(status, 403);
+    assert!(
+        app.get(uuid).await.unwrap().is_some(),
+        "the record is still there"
+    );
+    app.stop().await.unwrap();
+}
+
+#[qtasks::task]
+async fn web_fail(reason: String) -> qtasks::TaskResult<()> {
+    Err(qtasks::TaskError::msg(reason))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_schedules_page_pauses_resumes_and_runs_a_schedule_now() {
+    use qtasks::schedule::Schedule;
+    let app = QueueTasks::new();
+    let call = web_echo::call("rates".into()).untyped();
+    app.schedules()
+        .add("rates", Schedule::every(Duration::from_secs(3600)), call)
+        .unwrap();
+    app.start().await.unwrap();
+    // The dashboard reads what the worker recorded (as `qtasks web` does, without the code).
+    let port = Web::new(app.clone())
+        .serve("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+        .port();
+    let checks = app.clone();
+    tokio::task::spawn_blocking(move || {
+        let (status, _, body) = get(port, "/schedules", None);
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("rates") && body.contains("web_echo") && body.contains("every"), "{body}");
+        assert!(body.contains("Run now") && body.contains("Pause"), "{body}");
+        let csrf: Value = serde_json::from_str(&get(port, "/api/v1/csrf", None).2).unwrap();
+        let csrf = csrf["token"].as_str().unwrap().to_owned();
+        let origin = format!("http://127.0.0.1:{port}");
+
+        // Run now: the task is added once, with the schedule's arguments, and runs.
+        let form = format!("csrf={csrf}&name=rates");
+        let (status, head, _) = post_form(port, "/schedules/run", &origin, "same-origin", &form);
+        assert_eq!(status, 303, "{head}");
+        let location = head.lines().find(|l| l.starts_with("location: /tasks/")).expect("to the added task");
+        let uuid: Uuid = location["location: /tasks/".len()..]
+            .split('?')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let record = futures_block(checks.wait(uuid, Duration::from_secs(10))).unwrap();
+        assert_eq!(record.returning, Some(serde_json::json!("rates")));
+
+        // Pause, as the page and the API show it; then resume by the API.
+        let (status, head, _) = post_form(port, "/schedules/pause", &origin, "same-origin", &form);
+        assert_eq!(status, 303, "{head}");
+        assert!(head.contains("location: /schedules?done=schedule-paused"), "{head}");
+        let schedules: Value = serde_json::from_str(&get(port, "/api/v1/schedules", None).2).unwrap();
+        let rates = schedules.as_array().unwrap().iter().find(|s| s["name"] == "rates").unwrap();
+        assert_eq!(rates["paused"], true, "{schedules}");
+        let (_, _, page) = get(port, "/schedules?done=schedule-paused", None);
+        assert!(page.contains("Resume") && page.contains("The schedule is paused"), "{page}");
+        let resume = format!("POST /api/v1/schedules/rates/resume HTTP/1.1\r\nHost: localhost\r\nX-Qtasks-Csrf: {csrf}\r\n");
+        assert_eq!(request(port, &resume, "").0, 200);
+        // No such schedule, no such action: refused, saying so.
+        let missing = format!("POST /api/v1/schedules/nightly/run HTTP/1.1\r\nHost: localhost\r\nX-Qtasks-Csrf: {csrf}\r\n");
+        let (status, _, body) = request(port, &missing, "");
+        assert_eq!(status, 404, "{body}");
+        assert!(body.contains("no schedule `nightly`"), "{body}");
+        let (status, _, _) = post_form(port, "/schedules/explode", &origin, "same-origin", &form);
+        assert_eq!(status, 404);
+    })
+    .await
+    .unwrap();
+    app.stop().await.unwrap();
 }

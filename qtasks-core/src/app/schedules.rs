@@ -157,6 +157,62 @@ impl Schedules<'_> {
             .await?)
     }
 
+    /// Adds a schedule's call once, now, outside its slots (the slots go on as before): a
+    /// schedule registered in this process, else one a worker recorded on the backend, so that
+    /// the command line and the dashboard can run it without the schedule's code.
+    ///
+    /// ```rust,standalone_crate
+    /// use std::time::Duration;
+    /// use qtasks::schedule::Schedule;
+    ///
+    /// #[qtasks::task]
+    /// async fn refresh_rates(currency: String) -> String {
+    ///     currency
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> qtasks::Result<()> {
+    /// let app = qtasks::QueueTasks::new();
+    /// let call = refresh_rates::call("EUR".into());
+    /// app.schedules().add("rates", Schedule::every(Duration::from_secs(3600)), call).unwrap();
+    /// let added = app.schedules().run_now("rates").await?;
+    /// assert_eq!(app.get(added.uuid()).await?.unwrap().task_name, "refresh_rates");
+    /// assert!(app.schedules().run_now("nightly").await.is_err());
+    /// # Ok(()) }
+    /// ```
+    pub async fn run_now(self, name: &str) -> Result<crate::TaskHandle> {
+        let registered = self
+            .app
+            .schedule_entries()
+            .iter()
+            .find(|entry| entry.name == name)
+            .map(|entry| entry.info(None));
+        let info = match registered {
+            Some(info) => info,
+            None => runner::read_infos(self.app)
+                .await?
+                .into_iter()
+                .find(|info| info.name == name)
+                .ok_or_else(|| crate::Error::UnknownSchedule(name.to_owned()))?,
+        };
+        let mut options = crate::AddOptions::default();
+        if let Some(priority) = info.priority {
+            options = options.priority(priority);
+        }
+        if let Some(queue) = info.queue {
+            options = options.queue(queue);
+        }
+        tracing::info!(app = %self.app.name(), schedule = name, task = %info.task, "running a schedule's call now");
+        self.app
+            .add_task_with(
+                &info.task,
+                info.args,
+                serde_json::Value::Object(info.kwargs),
+                options,
+            )
+            .await
+    }
+
     /// Replaces the clock schedules read (the system's by default): a
     /// [`TokioClock`](crate::schedule::TokioClock) lets tests run hours of schedules with
     /// tokio's paused time. `false` if one was set already.

@@ -220,6 +220,8 @@ struct WorkerIdentity {
     id: String,
     host: String,
     started_at: f64,
+    /// The registered tasks' names, sorted: the same for the worker's whole life.
+    tasks: Vec<String>,
 }
 
 impl WorkerIdentity {
@@ -227,10 +229,15 @@ impl WorkerIdentity {
         let host = host_name();
         let pid = std::process::id();
         let nonce = &uuid::Uuid::new_v4().simple().to_string()[..8];
+        let mut tasks: Vec<String> = TaskTable::global()
+            .map(|table| table.names().map(str::to_owned).collect())
+            .unwrap_or_default();
+        tasks.sort_unstable();
         WorkerIdentity {
             id: format!("{host}:{pid}:{nonce}"),
             host,
             started_at: crate::backend::unix_now(),
+            tasks,
         }
     }
 
@@ -246,6 +253,8 @@ impl WorkerIdentity {
             processed: counters.processed,
             heartbeat_at: crate::backend::unix_now(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            tasks: self.tasks.clone(),
+            running_tasks: app.cancels().running(WorkerInfo::RUNNING_SHOWN),
         }
     }
 }

@@ -921,15 +921,17 @@ fn unknown_task(name: &str, tasks: &TaskTable) -> String {
     let more = tasks.definitions().len().saturating_sub(SHOWN);
     let mut reason = format!("UnknownTask: task `{name}` is not registered in this worker; ");
     if names.is_empty() {
-        reason.push_str("no tasks are registered (");
-        reason.push_str(crate::registry::UNLINKED_TASKS_HINT);
-        reason.push(')');
+        reason.push_str("no tasks are registered");
     } else {
         reason.push_str(&format!("registered tasks: {}", names.join(", ")));
         if more > 0 {
             reason.push_str(&format!(" and {more} more"));
         }
     }
+    // Another worker may run it (a rolling deploy); if none does, this is the likely cause.
+    reason.push_str(" (");
+    reason.push_str(crate::registry::UNLINKED_TASKS_HINT);
+    reason.push(')');
     reason
 }
 

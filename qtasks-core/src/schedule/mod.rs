@@ -430,6 +430,20 @@ pub struct ScheduleInfo {
     /// Whether it is paused (`schedule pause NAME`).
     #[serde(default)]
     pub paused: bool,
+    /// The call it adds, so that any process can run it once now
+    /// (`app.schedules().run_now(name)`): its positional arguments...
+    #[serde(default)]
+    pub args: Vec<serde_json::Value>,
+    /// ... its keyword arguments ...
+    #[serde(default)]
+    pub kwargs: serde_json::Map<String, serde_json::Value>,
+    /// ... its priority, if the call sets one ...
+    #[serde(default)]
+    pub priority: Option<i64>,
+    /// ... and its queue, if the call names one. (Records written before these fields were
+    /// kept read as a call without arguments.)
+    #[serde(default)]
+    pub queue: Option<String>,
 }
 
 #[cfg(test)]

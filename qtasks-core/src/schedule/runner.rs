@@ -121,6 +121,10 @@ impl Entry {
             last_fired_at: None,
             last_uuid: None,
             paused: false,
+            args: self.call.args.clone(),
+            kwargs: self.call.kwargs.clone(),
+            priority: self.call.priority,
+            queue: self.call.queue.clone(),
         }
     }
 

@@ -104,12 +104,20 @@ fn a_worker_that_never_names_its_tasks_crate_says_so() {
     };
     let app = unique_prefix("unlinked");
     let worker = start_worker(UNLINKED_WORKER, &url, &app);
-    worker.wait_for_log("no task is registered in this binary");
-    assert!(
-        worker.log().contains("use my_tasks as _;"),
-        "{}",
-        worker.log()
-    );
+    worker.wait_for_log("worker starting");
+    // None of the example's tasks is registered. (In a workspace build with every feature on,
+    // the conformance suite's tasks are, which is why the start-up warning for a binary with
+    // no task at all is checked only when that is the case.)
+    let log = worker.log();
+    assert!(!log.contains("shop."), "{log}");
+    if log.contains(" tasks=0 ") {
+        worker.wait_for_log("no task is registered in this binary");
+        assert!(
+            worker.log().contains("use my_tasks as _;"),
+            "{}",
+            worker.log()
+        );
+    }
 
     // A task it takes is handed back, not failed, and the hand-back says why.
     let uuid = succeeded(&run(
@@ -118,7 +126,8 @@ fn a_worker_that_never_names_its_tasks_crate_says_so() {
         &app,
         &["add", "shop.total", r#"{"id": 1, "items": []}"#],
     ));
-    worker.wait_for_log("UnknownTask: task `shop.total` is not registered in this worker; no tasks are registered (if the");
+    worker.wait_for_log("UnknownTask: task `shop.total` is not registered in this worker");
+    worker.wait_for_log("the binary must name that crate (`use my_tasks as _;`)");
     let record = succeeded(&run(WORKER, &url, &app, &["--json", "get", uuid.trim()]));
     assert!(
         record.contains(r#""status":"new""#) || record.contains(r#""status": "new""#),
