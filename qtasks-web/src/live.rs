@@ -3,8 +3,10 @@
 //! gets the parts of its page that changed, rendered on the server (so the browser never
 //! polls, and all escaping stays in [`html`](crate::html)).
 //!
-//! The throughput history is kept by this process from the finished counts it reads: a
-//! dashboard started five minutes ago shows five minutes (the chart says so).
+//! The throughput history is counted by the dashboard from the finished counts it reads, and
+//! kept in the engine's global config ([`HISTORY`]: one entry per bar, a ring of 30), so a
+//! dashboard restarted, or a second one, shows what was counted before it; the chart starts
+//! where the oldest kept bar does (and says so). Minutes in which no dashboard ran have no bars.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -25,6 +27,9 @@ pub(crate) const SAMPLE_EVERY: Duration = Duration::from_secs(2);
 pub(crate) const BUCKET_SECS: u64 = 30;
 /// How far back the chart goes, in buckets (15 minutes).
 pub(crate) const BUCKETS: usize = 30;
+/// The global config entries the throughput history is kept in: key `{bucket index % BUCKETS}`,
+/// value `{bucket start}:{finished}`.
+pub(crate) const HISTORY: &str = "qtasks:dashboard:throughput";
 
 /// What the sampler last read.
 #[derive(Debug, Clone)]
@@ -192,9 +197,47 @@ fn finished_total(stats: &Stats) -> Option<u64> {
     )
 }
 
+/// The bars kept in the engine that are still within the chart's 15 minutes, oldest first.
+async fn kept_history(app: &QueueTasks, now: u64) -> VecDeque<(u64, u64)> {
+    let oldest = now.saturating_sub(BUCKET_SECS * BUCKETS as u64);
+    let mut kept: Vec<(u64, u64)> = match app.global_config().get_all(HISTORY).await {
+        Ok(entries) => entries
+            .values()
+            .filter_map(|value| {
+                let (start, count) = value.split_once(':')?;
+                Some((start.parse().ok()?, count.parse().ok()?))
+            })
+            .filter(|(start, _)| *start > oldest && *start <= now)
+            .collect(),
+        Err(error) => {
+            tracing::debug!("no throughput history read: {}", ErrorChain(&error));
+            Vec::new()
+        }
+    };
+    kept.sort_unstable();
+    kept.into()
+}
+
+/// Keeps one bar in the engine (best effort: the chart goes on without it).
+async fn keep_bar(app: &QueueTasks, (start, count): (u64, u64)) {
+    let slot = (start / BUCKET_SECS) % BUCKETS as u64;
+    let kept = app
+        .global_config()
+        .set(HISTORY, &slot.to_string(), &format!("{start}:{count}"))
+        .await;
+    if let Err(error) = kept {
+        tracing::debug!(
+            "the throughput history was not kept: {}",
+            ErrorChain(&error)
+        );
+    }
+}
+
 async fn sample(app: QueueTasks, sender: watch::Sender<Arc<Snapshot>>) {
-    let since = unix_now();
-    let mut buckets: VecDeque<(u64, u64)> = VecDeque::with_capacity(BUCKETS + 1);
+    let mut buckets = kept_history(&app, unix_now() as u64).await;
+    let since = buckets
+        .front()
+        .map_or_else(unix_now, |(start, _)| *start as f64);
     let mut last_total: Option<u64> = None;
     let mut every = tokio::time::interval(SAMPLE_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -221,6 +264,9 @@ async fn sample(app: QueueTasks, sender: watch::Sender<Arc<Snapshot>>) {
                 buckets.push_back((bucket, 0));
             }
             last_total = total.or(last_total);
+            if let Some(bar) = buckets.back() {
+                keep_bar(&app, *bar).await;
+            }
         }
         while buckets
             .front()

@@ -318,7 +318,7 @@ fn chart(snapshot: &Snapshot) -> Markup {
                 figcaption #chart-cap {
                     (total) " tasks finished in 30-second bars; the highest bar is " (highest) "."
                     @if snapshot.since > first as f64 {
-                        " Counted since this dashboard started, " (time(snapshot.since)) "."
+                        " Counted since " (time(snapshot.since)) " (the dashboards keep what they count in the backend)."
                     }
                 }
             }

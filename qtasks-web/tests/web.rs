@@ -898,3 +898,64 @@ async fn the_schedules_page_pauses_resumes_and_runs_a_schedule_now() {
     .unwrap();
     app.stop().await.unwrap();
 }
+
+/// The sum of the overview's throughput bars.
+fn charted(port: u16) -> u64 {
+    let (status, _, body) = get(port, "/api/v1/overview", None);
+    assert_eq!(status, 200, "{body}");
+    let overview: Value = serde_json::from_str(&body).unwrap();
+    overview["throughput"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|bar| bar[1].as_u64().unwrap())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_throughput_history_outlives_the_dashboard_that_counted_it() {
+    let app = QueueTasks::new();
+    app.start().await.unwrap();
+    let first = Web::new(app.clone())
+        .start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let port = first.address().port();
+    // The first dashboard is counting before the tasks finish.
+    tokio::task::spawn_blocking(move || charted(port))
+        .await
+        .unwrap();
+    for word in ["a", "b", "c"] {
+        web_echo::add_task(&app, word.into())
+            .await
+            .unwrap()
+            .result(Duration::from_secs(5))
+            .await
+            .unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while tokio::task::spawn_blocking(move || charted(port))
+        .await
+        .unwrap()
+        < 3
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first dashboard never counted 3"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    first.shutdown().await;
+    // A dashboard started afterwards (a restart) shows them from the backend's global config.
+    let second = Web::new(app.clone())
+        .start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let port = second.address().port();
+    let shown = tokio::task::spawn_blocking(move || charted(port))
+        .await
+        .unwrap();
+    assert_eq!(shown, 3, "the restarted dashboard's chart");
+    second.shutdown().await;
+    app.stop().await.unwrap();
+}
