@@ -129,8 +129,8 @@ pub enum SharedCommand {
         uuid: String,
     },
     /// Cancel every task waiting in a queue, delayed ones too (their records stay: `cancel`,
-    /// reason `purged`); tasks running when it starts and other queues are left alone. Asks
-    /// first, unless --yes.
+    /// reason `purged`); the queue is paused meanwhile, so running tasks and other queues are
+    /// left alone. Asks first, unless --yes.
     Purge {
         /// The queue.
         #[arg(long, default_value = "default")]

@@ -46,10 +46,8 @@ pub(crate) async fn run_shared(app: &QueueTasks, command: &SharedCommand, json: 
         SharedCommand::Retry { uuid } => retry(app, parse_uuid(uuid)?, json).await,
         SharedCommand::Delete { uuid } => delete(app, parse_uuid(uuid)?, json).await,
         SharedCommand::Purge { queue, yes } => purge(app, queue, *yes, json).await,
-        SharedCommand::Completions { shell } => {
-            crate::print_completions(*shell);
-            Ok(())
-        }
+        // Answered before any app is built (`run_offline`): nothing to do here.
+        SharedCommand::Completions { .. } => Ok(()),
         SharedCommand::Stats { watch } => stats(app, *watch, json).await,
         SharedCommand::Workers => workers(app, json).await,
         SharedCommand::Ping => ping(app, json).await,
@@ -385,18 +383,20 @@ async fn delete(app: &QueueTasks, uuid: Uuid, json: bool) -> Outcome {
     let deleted = app.records().delete(uuid).await?;
     if json {
         output::json(&serde_json::json!({ "deleted": deleted }));
-        return Ok(());
     }
     if !deleted {
         return Err(Failure::task(format!("there is no record of task {uuid}")));
     }
-    println!("deleted the record of task {uuid}");
+    if !json {
+        println!("deleted the record of task {uuid}");
+    }
     Ok(())
 }
 
-/// Cancels each task that waits in `queue`, found page by page from the records' index (the
-/// `new` ones: delayed tasks too). Each cancel is atomic, as `qtasks cancel`'s: a task that a
-/// worker took since the listing is asked to stop, one that ended since keeps its status.
+/// Cancels each task that waits in `queue` (the `new` ones, delayed tasks too), found page by
+/// page from the records' index. The queue is paused meanwhile (and resumed after, unless it
+/// was paused already), so no worker takes one of them between the listing and its cancel: a
+/// task running when the purge starts is never touched. A record gone meanwhile is skipped.
 async fn purge(app: &QueueTasks, queue: &str, yes: bool, json: bool) -> Outcome {
     if !yes
         && !confirm(&format!(
@@ -408,35 +408,55 @@ async fn purge(app: &QueueTasks, queue: &str, yes: bool, json: bool) -> Outcome 
             "not confirmed; nothing was cancelled (pass --yes to skip the question)",
         ));
     }
+    let was_paused = app
+        .queues()
+        .list()
+        .await?
+        .get(queue)
+        .is_some_and(|numbers| numbers.paused);
+    if !was_paused {
+        app.queues().pause(queue).await?;
+    }
+    let purged = cancel_waiting(app, queue).await;
+    if !was_paused {
+        app.queues().resume(queue).await?;
+    }
+    let (purged, skipped) = purged?;
+    if json {
+        output::json(&serde_json::json!({ "purged": purged, "skipped": skipped, "queue": queue }));
+    } else {
+        println!("cancelled {purged} waiting task(s) of the queue `{queue}`");
+        if skipped > 0 {
+            println!("({skipped} had ended or were gone by then)");
+        }
+    }
+    Ok(())
+}
+
+/// Cancels the `new` tasks of `queue`, a page at a time: (cancelled, skipped).
+async fn cancel_waiting(app: &QueueTasks, queue: &str) -> Result<(usize, usize), Failure> {
     let mut query = qtasks_core::records::RecordQuery::default()
         .status(TaskStatus::New)
         .limit(qtasks_core::records::PAGE_MAX);
-    let mut waiting = Vec::new();
+    let (mut purged, mut skipped) = (0, 0);
     loop {
         let page = app.records().list(&query).await?;
-        waiting.extend(
-            page.records
-                .iter()
-                .filter(|record| record.queue.as_deref().unwrap_or("default") == queue)
-                .map(|record| record.uuid),
-        );
+        let waiting = page
+            .records
+            .iter()
+            .filter(|record| record.queue.as_deref().unwrap_or("default") == queue);
+        for record in waiting {
+            match app.cancel(record.uuid, "purged").await {
+                Ok(true) => purged += 1,
+                Ok(false) | Err(qtasks_core::Error::TaskNotFound(_)) => skipped += 1,
+                Err(error) => return Err(error.into()),
+            }
+        }
         match page.next {
             Some(next) => query = query.after(next),
-            None => break,
+            None => return Ok((purged, skipped)),
         }
     }
-    let mut purged = 0;
-    for uuid in waiting {
-        if app.cancel(uuid, "purged").await? {
-            purged += 1;
-        }
-    }
-    if json {
-        output::json(&serde_json::json!({ "purged": purged, "queue": queue }));
-    } else {
-        println!("cancelled {purged} waiting task(s) of the queue `{queue}`");
-    }
-    Ok(())
 }
 
 async fn tasks(app: &QueueTasks, args: &TasksArgs, json: bool) -> Outcome {

@@ -144,24 +144,39 @@ pub async fn connect(cli: &Cli) -> Result<QueueTasks, Failure> {
     Ok(app)
 }
 
-/// Runs a command that needs no app (`completions`); `None` for every other.
+/// Runs a command that needs no app (`completions`) of a worker binary; `None` for every
+/// other.
 pub fn run_offline(cli: &Cli) -> Option<ExitCode> {
+    offline(cli, Cli::command())
+}
+
+/// [`run_offline`] for the `qtasks` binary: its completions leave out the worker-only
+/// commands, as its help does.
+pub fn run_offline_standalone(cli: &Cli) -> Option<ExitCode> {
+    offline(cli, standalone_command())
+}
+
+fn offline(cli: &Cli, mut command: clap::Command) -> Option<ExitCode> {
     match &cli.command {
         Command::Shared(SharedCommand::Completions { shell }) => {
-            print_completions(*shell);
+            use std::io::Write;
+            // Written whole, and a closed pipe (`| head`) is not an error worth a panic.
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut command, "qtasks", &mut script);
+            let _ = std::io::stdout().write_all(&script);
             Some(ExitCode::from(EXIT_OK))
         }
         _ => None,
     }
 }
 
-/// Writes `shell`'s completion script for the `qtasks` command to stdout.
-pub(crate) fn print_completions(shell: clap_complete::Shell) {
-    use std::io::Write;
-    // Written whole, and a closed pipe (`| head`) is not an error worth a panic.
-    let mut script = Vec::new();
-    clap_complete::generate(shell, &mut Cli::command(), "qtasks", &mut script);
-    let _ = std::io::stdout().write_all(&script);
+/// The `qtasks` binary's command line: the worker-only commands hidden.
+fn standalone_command() -> clap::Command {
+    let mut command = Cli::command();
+    for worker_only in ["worker", "inspect", "timer"] {
+        command = command.mut_subcommand(worker_only, |sub| sub.hide(true));
+    }
+    command
 }
 
 /// Runs the command line of a worker binary on an app built already: the shared commands plus
@@ -196,11 +211,7 @@ impl Cli {
     /// [`from_args`](Self::from_args) for the `qtasks` binary, which has no tasks: `worker`,
     /// `inspect` and `timer` are left out of its help (and refused, saying why, if given).
     pub fn from_args_standalone() -> Self {
-        let mut command = Cli::command();
-        for worker_only in ["worker", "inspect", "timer"] {
-            command = command.mut_subcommand(worker_only, |sub| sub.hide(true));
-        }
-        let matches = command.get_matches();
+        let matches = standalone_command().get_matches();
         Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit())
     }
 }

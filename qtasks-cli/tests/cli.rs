@@ -655,7 +655,9 @@ fn retry_delete_purge_at_and_dead_letters_from_the_shell() {
         .output()
         .unwrap();
     assert!(output.status.success());
-    assert!(String::from_utf8_lossy(&output.stdout).contains("_qtasks()"));
+    let script = String::from_utf8_lossy(&output.stdout);
+    assert!(script.contains("_qtasks()"), "{script}");
+    assert!(script.contains("purge"), "{script}");
     worker.stop();
 }
 
@@ -1041,4 +1043,29 @@ fn times_out_of_any_range_in_a_record_are_shown_not_a_panic() {
         .arg(format!("{prefix}:{uuid}"))
         .query(&mut con)
         .unwrap();
+}
+
+#[test]
+fn an_environment_that_is_not_utf8_is_no_panic() {
+    use std::os::unix::ffi::OsStrExt;
+    let raw = std::ffi::OsStr::from_bytes(b"\xff\xfe not text");
+    // Someone else's variable: ignored.
+    let output = Command::new(QTASKS)
+        .args(["--url", "memory://", "stats", "--json"])
+        .env("SOMEONE_ELSES", raw)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    // One of ours: a usage error naming it.
+    let output = Command::new(QTASKS)
+        .args(["--url", "memory://", "stats"])
+        .env("QTASKS_MAX_TASKS_PROCESS", raw)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("QTASKS_MAX_TASKS_PROCESS") && stderr(&output).contains("UTF-8"),
+        "{}",
+        stderr(&output)
+    );
 }

@@ -150,7 +150,8 @@ pub struct WorkerInfo {
     pub heartbeat_at: f64,
     /// The qtasks version it runs.
     pub version: String,
-    /// The names of the tasks registered in it (the ones it can run), sorted.
+    /// The names of the tasks registered in its binary, sorted (a worker with routers runs
+    /// those of its routers). Empty from a worker of a qtasks older than this field.
     #[serde(default)]
     pub tasks: Vec<String>,
     /// The tasks it runs now: up to [`WorkerInfo::RUNNING_SHOWN`] of them.

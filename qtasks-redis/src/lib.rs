@@ -205,13 +205,16 @@ fn url_records(url: &str) -> Arc<dyn RecordStoreConnector> {
     Arc::new(Redis::new(url))
 }
 
+/// The schemes this build connects to: `rediss://` only with TLS compiled in (the `tls`
+/// feature), so that a build without it says so instead of failing to connect.
+const URL_SCHEMES: &[&str] = if cfg!(feature = "tls") {
+    &["redis", "rediss", "unix", "redis+unix"]
+} else {
+    &["redis", "unix", "redis+unix"]
+};
+
 qtasks_core::url_engine!(
-    qtasks_core::backend::UrlEngine::new(
-        "redis",
-        &["redis", "rediss", "unix", "redis+unix"],
-        url_connector
-    )
-    .records(url_records)
+    qtasks_core::backend::UrlEngine::new("redis", URL_SCHEMES, url_connector).records(url_records)
 );
 
 /// The shortest lease [`RedisOptions::lease`] accepts.

@@ -122,43 +122,32 @@ pub(crate) async fn delete(shared: &Shared, uuid: &str) -> Result<bool, Refusal>
 
 /// Requeues or drops the dead letter `id`; `false` when it is not there any more.
 pub(crate) async fn resolve(shared: &Shared, id: &str, requeue: bool) -> Result<bool, Refusal> {
-    resolve_where(shared, |letter| letter.id == id, requeue).await
-}
-
-/// [`resolve`] by the short id the pages and the command line show
-/// ([`DeadLetter::short_id`](qtasks_core::stats::DeadLetter::short_id)).
-pub(crate) async fn resolve_short(
-    shared: &Shared,
-    short_id: &str,
-    requeue: bool,
-) -> Result<bool, Refusal> {
-    resolve_where(shared, |letter| letter.short_id() == short_id, requeue).await
-}
-
-async fn resolve_where(
-    shared: &Shared,
-    chosen: impl Fn(&qtasks_core::stats::DeadLetter) -> bool,
-    requeue: bool,
-) -> Result<bool, Refusal> {
-    let failed = |e: Error| refusal(&e);
     let letters = shared
         .app
         .dead_letters()
         .list(crate::DEAD_LETTERS_MAX)
         .await
-        .map_err(failed)?;
-    let Some(letter) = letters.iter().find(|letter| chosen(letter)) else {
+        .map_err(|e| refusal(&e))?;
+    let Some(letter) = letters.iter().find(|letter| letter.id == id) else {
         return Ok(false);
     };
+    resolve_letter(shared, letter, requeue).await
+}
+
+/// Takes one dead letter, listed already, out of the dead letters.
+pub(crate) async fn resolve_letter(
+    shared: &Shared,
+    letter: &qtasks_core::stats::DeadLetter,
+    requeue: bool,
+) -> Result<bool, Refusal> {
     shared
         .app
         .dead_letters()
         .resolve(letter, requeue)
         .await
-        .map_err(failed)
+        .map_err(|e| refusal(&e))
 }
 
-/// Pauses or resumes the queue `name`.
 /// A schedule's action: pause, resume, or run its call once now (the added task's uuid).
 async fn schedule_action(
     shared: &Shared,
@@ -237,6 +226,7 @@ fn schedule_verb(action: &str) -> Option<&'static str> {
     }
 }
 
+/// Pauses or resumes the queue `name`.
 async fn set_paused(shared: &Shared, name: &str, pause: bool) -> Result<(), Refusal> {
     let queues = shared.app.queues();
     let done = if pause {

@@ -10,6 +10,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use maud::{Markup, html};
 
+use qtasks_core::stats::DeadLetter;
+
 use crate::Shared;
 use crate::actions::{self, Ask};
 use crate::pages::{Section, page, problem};
@@ -43,7 +45,9 @@ impl Posted {
                 _ => {}
             }
         }
-        posted.ids.dedup();
+        // A ticked row posted twice counts once (the first place kept).
+        let mut seen = std::collections::HashSet::new();
+        posted.ids.retain(|id| seen.insert(id.clone()));
         posted
     }
 }
@@ -163,9 +167,31 @@ async fn bulk(
     if !posted.confirmed {
         return confirm(shared, kind, action, label, &posted);
     }
+    // Dead letters are found by their short ids in one listing, not one per id.
+    let letters = if kind.id_field == "id" {
+        match shared
+            .app
+            .dead_letters()
+            .list(crate::DEAD_LETTERS_MAX)
+            .await
+        {
+            Ok(letters) => letters,
+            Err(error) => {
+                let detail = qtasks_core::backend::ErrorChain(&error).to_string();
+                return problem(
+                    shared,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "The backend failed",
+                    &detail,
+                );
+            }
+        }
+    } else {
+        Vec::new()
+    };
     let mut outcomes = Vec::with_capacity(posted.ids.len());
     for id in &posted.ids {
-        let done = run(shared, action, id).await;
+        let done = run(shared, action, id, &letters).await;
         let shown = match &done {
             Ok(said) => said.clone(),
             Err(refusal) => format!("not done: {}", refusal.detail),
@@ -224,7 +250,12 @@ fn link_to(kind: &Kind, id: &str) -> Markup {
 }
 
 /// Does `action` to one task or letter; what it did, for the result page.
-async fn run(shared: &Shared, action: &str, id: &str) -> Result<String, actions::Refusal> {
+async fn run(
+    shared: &Shared,
+    action: &str,
+    id: &str,
+    letters: &[DeadLetter],
+) -> Result<String, actions::Refusal> {
     Ok(match action {
         "retry" => format!("retried as {}", actions::retry(shared, id).await?),
         "cancel" => match actions::cancel(shared, id, None).await? {
@@ -236,7 +267,10 @@ async fn run(shared: &Shared, action: &str, id: &str) -> Result<String, actions:
             false => "no record".to_owned(),
         },
         "requeue" | "drop" => {
-            match actions::resolve_short(shared, id, action == "requeue").await? {
+            let Some(letter) = letters.iter().find(|letter| letter.short_id() == id) else {
+                return Ok("not there any more".to_owned());
+            };
+            match actions::resolve_letter(shared, letter, action == "requeue").await? {
                 true if action == "requeue" => "requeued".to_owned(),
                 true => "dropped".to_owned(),
                 false => "not there any more".to_owned(),

@@ -335,10 +335,22 @@ impl WebServer {
         self.address
     }
 
-    /// Stops taking connections, lets the requests in flight be answered, and returns once the
-    /// server has stopped (the listening socket is closed then).
-    pub async fn shutdown(self) {
+    /// Stops taking connections, lets the requests in flight be answered (the pages' live
+    /// streams end at once), and returns once the server has stopped: the listening socket is
+    /// closed then. A connection still open after [`SHUTDOWN_GRACE`](Self::SHUTDOWN_GRACE) (a
+    /// client that stopped reading, a streaming route of yours) is dropped.
+    pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
-        let _ = self.task.await;
+        if tokio::time::timeout(Self::SHUTDOWN_GRACE, &mut self.task)
+            .await
+            .is_err()
+        {
+            tracing::warn!(address = %self.address, "connections still open after the shutdown's grace: dropped");
+            self.task.abort();
+            let _ = self.task.await;
+        }
     }
+
+    /// How long [`shutdown`](Self::shutdown) lets requests in flight finish.
+    pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 }

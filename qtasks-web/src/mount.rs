@@ -16,32 +16,41 @@ tokio::task_local! {
     static MOUNT: Mount;
 }
 
-/// The request being answered: its mount point, and its whole path (with the prefix).
+/// The request being answered: its mount point, and its whole path and query (with the
+/// prefix).
 #[derive(Clone, Default)]
 struct Mount {
     prefix: String,
-    path: String,
+    path_and_query: String,
 }
 
 /// The prefix the request came through (`""` at the root, `/admin` under
-/// `Router::nest("/admin", ..)`), and its whole path.
+/// `Router::nest("/admin", ..)`), and its whole path and query.
 fn mount_of(request: &Request) -> Mount {
     let inner = request.uri().path();
     let Some(OriginalUri(original)) = request.extensions().get::<OriginalUri>() else {
         return Mount {
             prefix: String::new(),
-            path: inner.to_owned(),
+            path_and_query: request.uri().to_string(),
         };
     };
-    let original = original.path();
+    let path = original.path();
     let prefix = if inner == "/" {
-        original
+        path
     } else {
-        original.strip_suffix(inner).unwrap_or("")
+        path.strip_suffix(inner).unwrap_or("")
     };
+    let mut prefix = prefix.trim_end_matches('/').to_owned();
+    // The prefix ends up in links and redirects: one that a browser could read as another
+    // host's (`//evil`, `/\evil`) is not used (defence in depth: routers give none such).
+    if prefix.starts_with("//") || prefix.contains('\\') {
+        prefix.clear();
+    }
     Mount {
-        prefix: prefix.trim_end_matches('/').to_owned(),
-        path: original.to_owned(),
+        prefix,
+        path_and_query: original
+            .path_and_query()
+            .map_or_else(|| path.to_owned(), ToString::to_string),
     }
 }
 
@@ -58,13 +67,24 @@ pub(crate) fn prefix() -> String {
         .unwrap_or_default()
 }
 
-/// A link to `fragment` on the page being answered: with a `<base href>`, a bare `#main`
-/// would lead to the mount point's page instead.
+/// The dashboard's own front page: `/admin` under `Router::nest("/admin", ..)` (axum serves a
+/// nested root there, not at `/admin/`), `/` at the root.
+pub(crate) fn home() -> String {
+    let prefix = prefix();
+    if prefix.is_empty() {
+        "/".to_owned()
+    } else {
+        prefix
+    }
+}
+
+/// A link to `fragment` on the page being answered (its query too): with a `<base href>`, a
+/// bare `#main` would lead to the mount point's page instead.
 pub(crate) fn on_this_page(fragment: &str) -> String {
-    let path = MOUNT
-        .try_with(|mount| mount.path.clone())
+    let here = MOUNT
+        .try_with(|mount| mount.path_and_query.clone())
         .unwrap_or_default();
-    format!("{path}#{fragment}")
+    format!("{here}#{fragment}")
 }
 
 /// `path` (relative: `tasks/42`) under the mount point: `/admin/tasks/42`, for a redirect.

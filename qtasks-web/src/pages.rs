@@ -31,7 +31,7 @@ pub(crate) enum Section {
 }
 
 const SECTIONS: [(Section, &str, &str); 6] = [
-    (Section::Overview, "./", "Overview"),
+    (Section::Overview, "", "Overview"),
     (Section::Tasks, "tasks", "Tasks"),
     (Section::Workers, "workers", "Workers"),
     (Section::Queues, "queues", "Queues"),
@@ -68,6 +68,8 @@ pub(crate) fn page(
                         span.brand { "qtasks " span.app { (shared.app.name()) } }
                         @if section != Section::Login {
                             @for (each, href, label) in SECTIONS {
+                                // The front page is the mount point itself (see `mount::home`).
+                                @let href = if each == Section::Overview { crate::mount::home() } else { href.to_owned() };
                                 a href=(href) aria-current=[(each == section).then_some("page")] { (label) }
                             }
                         }
@@ -395,7 +397,7 @@ fn workers_table(workers: &[WorkerInfo], now: f64, heading: bool) -> Markup {
                         dt.mono { (worker.id) }
                         dd {
                             @if worker.tasks.is_empty() {
-                                span.problem { "none: this worker cannot run any task (a tasks crate its binary never names?)" }
+                                span.problem { "none listed: its binary registers no task (a tasks crate it never names?), or it runs a qtasks older than this list" }
                             } @else {
                                 span.mono { (worker.tasks.join(", ")) }
                             }
@@ -1135,7 +1137,7 @@ fn login_form(shared: &Shared, problem_text: Option<&'static str>) -> Response {
             p.problem role="alert" { (text) }
         }
         @if shared.token.is_none() {
-            p { "This dashboard needs no token: it listens on this machine only. " a href="./" { "Open it" } "." }
+            p { "This dashboard needs no token: it listens on this machine only. " a href=(crate::mount::home()) { "Open it" } "." }
         } @else {
             form.login method="post" action="login" {
                 label { "Token " input type="password" name="token" autocomplete="current-password" required autofocus; }
@@ -1156,7 +1158,7 @@ pub(crate) async fn login(
     axum::Form(form): axum::Form<LoginForm>,
 ) -> Response {
     let Some(expected) = shared.token.as_deref() else {
-        return Redirect::to(&crate::mount::path("")).into_response();
+        return Redirect::to(&crate::mount::home()).into_response();
     };
     if !crate::security::constant_time_eq(form.token.as_bytes(), expected.as_bytes()) {
         tracing::info!(who = %caller, "dashboard login refused: not the token");
@@ -1170,7 +1172,7 @@ pub(crate) async fn login(
         crate::security::login_cookie(crate::security::cookie_value(&shared.cookie_key, expected));
     (
         [(header::SET_COOKIE, cookie)],
-        Redirect::to(&crate::mount::path("")),
+        Redirect::to(&crate::mount::home()),
     )
         .into_response()
 }

@@ -245,7 +245,13 @@ pub(crate) async fn guard(shared: Shared, mut request: Request, next: Next) -> R
         };
         return response;
     }
-    if shared.read_only && request.method() == Method::POST && path != "/login" {
+    // Read-only refuses whatever may change something (a route of the caller's with PUT or
+    // DELETE too); signing in stays open.
+    let safe = matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    );
+    if shared.read_only && !safe && path != "/login" {
         tracing::info!(?peer, path, "dashboard action refused: read-only");
         return (StatusCode::FORBIDDEN, "this dashboard is read-only\n").into_response();
     }

@@ -602,7 +602,11 @@ async fn the_dashboard_works_mounted_under_a_prefix() {
     // An axum app of the user's own, the dashboard nested under /admin beside its routes.
     let router = axum::Router::new()
         .route("/", axum::routing::get(|| async { "the shop" }))
-        .nest("/admin", Web::new(app.clone()).router());
+        .nest("/admin", Web::new(app.clone()).router())
+        .nest(
+            "/secure",
+            Web::new(app.clone()).token(Some("letmein".into())).router(),
+        );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move {
@@ -650,6 +654,35 @@ async fn the_dashboard_works_mounted_under_a_prefix() {
     );
     let url = browser.wait_url("done=retried").await;
     assert!(url.starts_with(&format!("{base}/admin/tasks/")), "{url}");
+    // The front page's link leads back under the prefix (axum serves a nested root at
+    // `/admin`, not `/admin/`).
+    browser
+        .client
+        .find(Locator::XPath("//nav//a[text()='Overview']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser.wait_text("h1", "Overview").await;
+    assert_eq!(browser.wait_url("/admin").await, format!("{base}/admin"));
+
+    // With a token: the login page and the way back after it stay under the prefix.
+    browser.goto(&format!("{base}/secure/tasks")).await;
+    browser.wait_url("/secure/login").await;
+    let field = browser
+        .client
+        .find(Locator::Css("input[name=token]"))
+        .await
+        .unwrap();
+    field.send_keys("letmein").await.unwrap();
+    field
+        .send_keys(&char::from(Key::Enter).to_string())
+        .await
+        .unwrap();
+    browser.wait_text("h1", "Overview").await;
+    assert_eq!(browser.wait_url("/secure").await, format!("{base}/secure"));
+
     // The user's own route beside it is untouched.
     browser.goto(&format!("{base}/")).await;
     assert_eq!(browser.text("body").await, "the shop");

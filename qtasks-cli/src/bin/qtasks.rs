@@ -8,7 +8,7 @@ use qtasks_cli::{Cli, Command, EXIT_USAGE, Failure, finish, init_logging};
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::from_args_standalone();
-    if let Some(code) = qtasks_cli::run_offline(&cli) {
+    if let Some(code) = qtasks_cli::run_offline_standalone(&cli) {
         return code;
     }
     let telemetry = init_logging(cli.log_level.as_deref(), cli.log_format, "qtasks-cli");

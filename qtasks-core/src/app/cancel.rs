@@ -111,9 +111,6 @@ impl Cancels {
         false
     }
 
-    /// Interrupts every task running in this process (a stop that cannot wait any longer), but
-    /// not one cancelled already: its cancel must stand (an interrupt hands the task back to run
-    /// again; a `true` cancel must end it).
     /// Up to `most` of the tasks running in this process, for the worker's description.
     pub(crate) fn running(&self, most: usize) -> Vec<Uuid> {
         let mut running: Vec<Uuid> = self
@@ -128,6 +125,9 @@ impl Cancels {
         running
     }
 
+    /// Interrupts every task running in this process (a stop that cannot wait any longer), but
+    /// not one cancelled already: its cancel must stand (an interrupt hands the task back to run
+    /// again; a `true` cancel must end it).
     pub(crate) fn cancel_all(&self, reason: &str) -> usize {
         let maps = self.maps.lock();
         let mut count = 0;

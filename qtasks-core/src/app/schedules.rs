@@ -181,19 +181,27 @@ impl Schedules<'_> {
     /// # Ok(()) }
     /// ```
     pub async fn run_now(self, name: &str) -> Result<crate::TaskHandle> {
+        // A schedule of this process: its call as it is, every option kept.
         let registered = self
             .app
             .schedule_entries()
             .iter()
             .find(|entry| entry.name == name)
-            .map(|entry| entry.info(None));
-        let info = match registered {
-            Some(info) => info,
-            None => runner::read_infos(self.app)
-                .await?
-                .into_iter()
-                .find(|info| info.name == name)
-                .ok_or_else(|| crate::Error::UnknownSchedule(name.to_owned()))?,
+            .map(|entry| entry.call.clone());
+        if let Some(call) = registered {
+            tracing::info!(app = %self.app.name(), schedule = name, task = %call.task_name, "running a schedule's call now");
+            return call.add(self.app).await;
+        }
+        // A schedule a worker recorded: the call as it recorded it.
+        let info = runner::read_infos(self.app)
+            .await?
+            .into_iter()
+            .find(|info| info.name == name)
+            .ok_or_else(|| crate::Error::UnknownSchedule(name.to_owned()))?;
+        let Some(args) = info.args else {
+            return Err(crate::Error::InvalidConfig(format!(
+                "schedule `{name}` was recorded by a worker of an older qtasks, which does not record its call's arguments: restart that worker, or run the schedule from a process that registers it"
+            )));
         };
         let mut options = crate::AddOptions::default();
         if let Some(priority) = info.priority {
@@ -206,7 +214,7 @@ impl Schedules<'_> {
         self.app
             .add_task_with(
                 &info.task,
-                info.args,
+                args,
                 serde_json::Value::Object(info.kwargs),
                 options,
             )

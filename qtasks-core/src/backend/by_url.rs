@@ -189,14 +189,21 @@ fn engine_for(url: &str) -> Result<&'static UrlEngine, String> {
         ));
     };
     let scheme = scheme.to_ascii_lowercase();
-    url_engines()
-        .find(|engine| engine.schemes.contains(&scheme.as_str()))
-        .ok_or_else(|| {
-            format!(
-                "no engine for `{scheme}://` is compiled into this binary; it knows {} (turn on the `qtasks` feature of the engine you need, e.g. `redis`)",
-                known_schemes()
-            )
-        })
+    let mut serving = url_engines().filter(|engine| engine.schemes.contains(&scheme.as_str()));
+    let engine = serving.next().ok_or_else(|| {
+        format!(
+            "no engine for `{scheme}://` is compiled into this binary; it knows {} (turn on the `qtasks` feature of the engine you need, e.g. `redis`)",
+            known_schemes()
+        )
+    })?;
+    // Two engines claiming one scheme would be picked by link order: refuse, naming both.
+    if let Some(other) = serving.next() {
+        return Err(format!(
+            "`{scheme}://` is claimed by two engines compiled into this binary, {} and {}: build with one of them",
+            engine.name, other.name
+        ));
+    }
+    Ok(engine)
 }
 
 /// The connector for `url`, made by the engine compiled in for its scheme. A scheme that no

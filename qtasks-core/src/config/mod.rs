@@ -151,7 +151,22 @@ impl QueueConfig {
     /// variable.
     pub fn from_env() -> Result<Self, ConfigError> {
         let mut config = QueueConfig::default();
-        config.apply_env(std::env::vars())?;
+        // Read as raw bytes: `std::env::vars` panics on any variable that is not UTF-8, even
+        // one that is none of ours. Ours must be UTF-8, and one that is not is an error.
+        let prefix = config.environ_prefix.clone();
+        let mut ours = Vec::new();
+        for (variable, value) in std::env::vars_os() {
+            let Some(variable) = variable.to_str().filter(|v| v.starts_with(&prefix)) else {
+                continue;
+            };
+            let value = value.into_string().map_err(|raw| ConfigError {
+                source_name: variable.to_owned(),
+                value: raw.to_string_lossy().into_owned(),
+                expected: "UTF-8 text".to_owned(),
+            })?;
+            ours.push((variable.to_owned(), value));
+        }
+        config.apply_env(ours)?;
         Ok(config)
     }
 

@@ -431,17 +431,18 @@ pub struct ScheduleInfo {
     #[serde(default)]
     pub paused: bool,
     /// The call it adds, so that any process can run it once now
-    /// (`app.schedules().run_now(name)`): its positional arguments...
+    /// (`app.schedules().run_now(name)`): its positional arguments (`None` in a record of a
+    /// worker older than this field: such a schedule cannot be run from elsewhere)...
     #[serde(default)]
-    pub args: Vec<serde_json::Value>,
+    pub args: Option<Vec<serde_json::Value>>,
     /// ... its keyword arguments ...
     #[serde(default)]
     pub kwargs: serde_json::Map<String, serde_json::Value>,
-    /// ... its priority, if the call sets one ...
+    /// ... its priority (the call's, else its task's) ...
     #[serde(default)]
     pub priority: Option<i64>,
-    /// ... and its queue, if the call names one. (Records written before these fields were
-    /// kept read as a call without arguments.)
+    /// ... and its queue (the call's, else its task's), so that a process without the task's
+    /// code adds it where the schedule does.
     #[serde(default)]
     pub queue: Option<String>,
 }

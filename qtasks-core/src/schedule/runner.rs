@@ -112,6 +112,10 @@ pub(crate) struct Entry {
 
 impl Entry {
     pub(crate) fn info(&self, next_ms: Option<i64>) -> ScheduleInfo {
+        // The task's own priority and queue, recorded so that a process without its code adds
+        // the call where this one would.
+        let table = crate::registry::TaskTable::global().ok();
+        let definition = table.and_then(|table| table.get(&self.call.task_name));
         ScheduleInfo {
             name: self.name.clone(),
             task: self.call.task_name.clone(),
@@ -121,10 +125,17 @@ impl Entry {
             last_fired_at: None,
             last_uuid: None,
             paused: false,
-            args: self.call.args.clone(),
+            args: Some(self.call.args.clone()),
             kwargs: self.call.kwargs.clone(),
-            priority: self.call.priority,
-            queue: self.call.queue.clone(),
+            priority: self
+                .call
+                .priority
+                .or(definition.and_then(|d| d.parts.priority)),
+            queue: self
+                .call
+                .queue
+                .clone()
+                .or_else(|| definition.and_then(|d| d.parts.queue.map(str::to_owned))),
         }
     }
 
