@@ -153,8 +153,21 @@ pub fn run_offline(cli: &Cli) -> Option<ExitCode> {
 /// [`run_offline`] for the `qtasks` binary: its completions leave out the worker-only
 /// commands, as its help does.
 pub fn run_offline_standalone(cli: &Cli) -> Option<ExitCode> {
-    offline(cli, standalone_command())
+    // clap_complete offers hidden commands too: the completions are made from a command line
+    // without them.
+    let full = Cli::command();
+    let without_workers = clap::Command::new("qtasks")
+        .args(full.get_arguments().cloned())
+        .subcommands(
+            full.get_subcommands()
+                .filter(|sub| !WORKER_ONLY.contains(&sub.get_name()))
+                .cloned(),
+        );
+    offline(cli, without_workers)
 }
+
+/// The commands only a worker binary has (its tasks are compiled in).
+const WORKER_ONLY: [&str; 3] = ["worker", "inspect", "timer"];
 
 fn offline(cli: &Cli, mut command: clap::Command) -> Option<ExitCode> {
     match &cli.command {
@@ -173,7 +186,7 @@ fn offline(cli: &Cli, mut command: clap::Command) -> Option<ExitCode> {
 /// The `qtasks` binary's command line: the worker-only commands hidden.
 fn standalone_command() -> clap::Command {
     let mut command = Cli::command();
-    for worker_only in ["worker", "inspect", "timer"] {
+    for worker_only in WORKER_ONLY {
         command = command.mut_subcommand(worker_only, |sub| sub.hide(true));
     }
     command
