@@ -855,6 +855,24 @@ pub(crate) fn task_region(record: &TaskRecord) -> Markup {
     }
 }
 
+/// One button of a table row's actions: a form posting `field` (the row's name or id) and the
+/// CSRF token to `action`.
+fn row_action(
+    shared: &Shared,
+    action: &str,
+    (field, value): (&str, &str),
+    label: &str,
+    class: &str,
+) -> Markup {
+    html! {
+        form method="post" action=(action) {
+            (csrf_field(shared))
+            input type="hidden" name=(field) value=(value);
+            button type="submit" class=(class) { (label) }
+        }
+    }
+}
+
 fn csrf_field(shared: &Shared) -> Markup {
     html! { input type="hidden" name="csrf" value=(shared.csrf); }
 }
@@ -971,11 +989,7 @@ fn schedules_table(shared: &Shared, schedules: &[ScheduleInfo]) -> Markup {
                                         ("pause", "Pause", "danger")
                                     };
                                     @for (action, label, class) in [(toggle, label, class), ("run", "Run now", "")] {
-                                        form method="post" action={ "schedules/" (action) } {
-                                            (csrf_field(shared))
-                                            input type="hidden" name="name" value=(schedule.name);
-                                            button type="submit" class=(class) { (label) }
-                                        }
+                                        (row_action(shared, &format!("schedules/{action}"), ("name", &schedule.name), label, class))
                                     }
                                 }
                             }
@@ -1060,11 +1074,7 @@ fn queues_table(
                                 } else {
                                     ("pause", "Pause", "danger")
                                 };
-                                form method="post" action={ "queues/" (action) } {
-                                    (csrf_field(shared))
-                                    input type="hidden" name="name" value=(name);
-                                    button type="submit" class=(class) { (label) }
-                                }
+                                (row_action(shared, &format!("queues/{action}"), ("name", name), label, class))
                             } }
                         }
                     }
@@ -1103,11 +1113,7 @@ fn dead_table(shared: &Shared, letters: &[DeadLetter]) -> Markup {
                             td.mono.args { (letter.entry) }
                             @if !shared.read_only { td.row-actions {
                                 @for (action, label, class) in [("requeue", "Requeue", ""), ("drop", "Drop", "danger")] {
-                                    form method="post" action={ "dead/" (action) } {
-                                        (csrf_field(shared))
-                                        input type="hidden" name="id" value=(letter.id);
-                                        button type="submit" class=(class) { (label) }
-                                    }
+                                    (row_action(shared, &format!("dead/{action}"), ("id", &letter.id), label, class))
                                 }
                             } }
                         }
