@@ -29,7 +29,7 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-ENGINES = {"qtasks-redis", "qtasks-rabbitmq"}
+ENGINES = {"qtasks-redis", "qtasks-rabbitmq", "qtasks-postgres"}
 SURFACES = {"qtasks-metrics", "qtasks-grpc", "qtasks-web", "qtasks-otel"}
 
 # crate: the qtasks crates it may depend on ("*": any).
@@ -40,6 +40,7 @@ ALLOWED_QTASKS = {
     # Engines: the core's public API only; never another engine, never a surface.
     "qtasks-redis": {"qtasks-core", "qtasks-triggers"},
     "qtasks-rabbitmq": {"qtasks-core", "qtasks-triggers"},
+    "qtasks-postgres": {"qtasks-core", "qtasks-triggers"},
     # Surfaces: the core's public API only; never an engine, never another surface.
     "qtasks-metrics": {"qtasks-core", "qtasks-triggers"},
     "qtasks-grpc": {"qtasks-core", "qtasks-triggers"},
@@ -65,7 +66,7 @@ ALLOWED_QTASKS = {
 
 ENGINE_CLIENTS = {
     "redis", "fred", "lapin", "amqprs", "sqlx", "tokio-postgres", "postgres", "rdkafka",
-    "async-nats", "deadpool-redis", "bb8-redis",
+    "async-nats", "deadpool-redis", "bb8-redis", "sqlx-core", "sqlx-postgres",
 }
 WEB_SERVERS = {"axum", "hyper", "actix-web", "warp", "tower-http", "fantoccini"}
 RPC = {"tonic", "prost"}
@@ -74,7 +75,11 @@ TELEMETRY = {
     "prometheus-client", "prometheus", "metrics",
 }
 # Which engine client each engine may use (and no other).
-OWN_CLIENT = {"qtasks-redis": {"redis"}, "qtasks-rabbitmq": {"lapin"}}
+OWN_CLIENT = {
+    "qtasks-redis": {"redis"},
+    "qtasks-rabbitmq": {"lapin"},
+    "qtasks-postgres": {"sqlx", "sqlx-core", "sqlx-postgres"},
+}
 
 # crate: the outside crates it must not reach.
 DENIED_OUTSIDE = {

@@ -7,8 +7,9 @@
 use std::path::PathBuf;
 
 /// The optional modules a README block may use, and the features that provide them.
-const OPTIONAL: [(&str, &str); 8] = [
+const OPTIONAL: [(&str, &str); 9] = [
     ("qtasks::redis", "REDIS"),
+    ("qtasks::postgres", "POSTGRES"),
     ("qtasks::rabbitmq", "RABBITMQ"),
     ("qtasks::grpc", "GRPC"),
     ("qtasks::cli", "CLI"),

@@ -293,6 +293,7 @@ fn the_settings_table_is_every_setting_with_its_default() {
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         "QTASKS_TEST_REDIS_URL",
         "QTASKS_TEST_AMQP_URL",
+        "QTASKS_TEST_POSTGRES_URL",
     ];
     for variable in documented {
         assert!(

@@ -288,7 +288,14 @@ impl<H> TaskCall<H> {
         group: Option<uuid::Uuid>,
     ) -> Result<TaskHandle> {
         self.check()?;
-        let options = AddOptions {
+        let options = self.options(uuid, group);
+        app.add_task_with(&self.task_name, &self.args, &self.kwargs, options)
+            .await
+    }
+
+    /// The add options this call makes, as the task `uuid`, a member of `group`.
+    fn options(&self, uuid: Option<uuid::Uuid>, group: Option<uuid::Uuid>) -> AddOptions {
+        AddOptions {
             priority: self.priority,
             run_at: self.run_at,
             uuid: uuid.or(self.uuid),
@@ -301,9 +308,7 @@ impl<H> TaskCall<H> {
             unique: self.unique.clone(),
             rate_key: self.rate_key.clone(),
             workflow: None,
-        };
-        app.add_task_with(&self.task_name, &self.args, &self.kwargs, options)
-            .await
+        }
     }
 }
 
@@ -311,6 +316,22 @@ impl<H: FromTaskHandle> TaskCall<H> {
     /// Sends the call: adds the task to the app's queue. The handle is typed as the call is.
     pub async fn add(&self, app: &QueueTasks) -> Result<H> {
         self.add_as(app, None).await.map(H::from_task_handle)
+    }
+
+    /// [`add`](Self::add), written through `target` instead of the app's broker: the app's
+    /// whole add pipeline runs (defaults, validation, plugin triggers), and `target` stores
+    /// the task (an engine's handle on a transaction of the caller's own, such as PostgreSQL's
+    /// `add_in`). See [`AddTarget`](crate::backend::AddTarget).
+    pub async fn add_via(
+        &self,
+        app: &QueueTasks,
+        target: &mut dyn crate::backend::AddTarget,
+    ) -> Result<H> {
+        self.check()?;
+        let options = self.options(None, None);
+        app.add_task_via(&self.task_name, &self.args, &self.kwargs, options, target)
+            .await
+            .map(H::from_task_handle)
     }
 }
 

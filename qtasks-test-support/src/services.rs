@@ -19,6 +19,32 @@ pub fn amqp_url(test: &str) -> Option<String> {
     service_url("RabbitMQ", "QTASKS_TEST_AMQP_URL", 5672, test)
 }
 
+/// The PostgreSQL URL of the machine (`QTASKS_TEST_POSTGRES_URL`), or `None`: see the module.
+pub fn postgres_url(test: &str) -> Option<String> {
+    service_url("PostgreSQL", "QTASKS_TEST_POSTGRES_URL", 5432, test)
+}
+
+/// A schema name of this test's own: `prefix` and a random suffix, lowercase and short enough
+/// for the PostgreSQL engine (at most 40 characters).
+pub fn pg_schema(prefix: &str) -> String {
+    let mut name: String = prefix
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .take(24)
+        .collect();
+    if name.starts_with(|c: char| c.is_ascii_digit()) {
+        name.insert(0, '_');
+    }
+    let suffix = qtasks::Uuid::new_v4().simple().to_string();
+    format!("t_{name}_{}", &suffix[..12])
+}
+
 /// Debian's libfaketime (package `faketime`), for a worker whose clock is offset: its path,
 /// or `None` (with a line on stderr) where it is not installed. In CI it must be
 /// (`.ci/run` installs it).

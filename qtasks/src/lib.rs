@@ -11,6 +11,7 @@
 //! |---|---|
 //! | `redis` | `qtasks::redis`: the Redis backend, wire-compatible with Python QTasks |
 //! | `redis-tls` | `rediss://` URLs for it |
+//! | `postgres` | `qtasks::postgres`: the PostgreSQL backend, with tasks added in your transaction |
 //! | `rabbitmq` | `qtasks::rabbitmq`: the RabbitMQ broker, with Redis (or any) storage |
 //!
 //! Tasks and `#[qtasks::plugin]` handlers are registered per binary (collected at link time):
@@ -36,6 +37,12 @@ pub use qtasks_redis as redis;
 #[cfg(feature = "rabbitmq")]
 #[doc(inline)]
 pub use qtasks_rabbitmq as rabbitmq;
+
+/// The PostgreSQL backend (feature `postgres`): `qtasks::postgres::connect(url)`, and tasks
+/// added in the caller's own transaction.
+#[cfg(feature = "postgres")]
+#[doc(inline)]
+pub use qtasks_postgres as postgres;
 
 /// The gRPC service (feature `grpc`): `qtasks::grpc::serve(app, address)`, or
 /// `qtasks::grpc::Grpc::new(app).token(..).tls(..)` beyond loopback.

@@ -165,6 +165,13 @@ impl QueueTasks {
         }
     }
 
+    /// The app's broker as the engine type `T`, when it is one (and says so through
+    /// [`Broker::as_any`](crate::backend::Broker::as_any)): what an engine crate's extensions
+    /// use to reach their own broker behind an app.
+    pub fn broker_as<T: 'static>(&self) -> Option<&T> {
+        self.components().broker.as_any()?.downcast_ref::<T>()
+    }
+
     /// The components the app was built from.
     pub(crate) fn components(&self) -> &Components {
         &self.inner.components

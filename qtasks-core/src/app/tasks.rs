@@ -76,6 +76,33 @@ impl QueueTasks {
         kwargs: impl Serialize,
         options: AddOptions,
     ) -> Result<TaskHandle> {
+        self.add_task_to(task_name, args, kwargs, options, None)
+            .await
+    }
+
+    /// [`add_task_with`](Self::add_task_with), written through `target` instead of the app's
+    /// broker (an engine's handle on a transaction of the caller's own; see
+    /// [`AddTarget`](crate::backend::AddTarget)).
+    pub async fn add_task_via(
+        &self,
+        task_name: &str,
+        args: impl Serialize,
+        kwargs: impl Serialize,
+        options: AddOptions,
+        target: &mut dyn crate::backend::AddTarget,
+    ) -> Result<TaskHandle> {
+        self.add_task_to(task_name, args, kwargs, options, Some(target))
+            .await
+    }
+
+    async fn add_task_to(
+        &self,
+        task_name: &str,
+        args: impl Serialize,
+        kwargs: impl Serialize,
+        options: AddOptions,
+        target: Option<&mut dyn crate::backend::AddTarget>,
+    ) -> Result<TaskHandle> {
         let invalid = |reason: String| Error::InvalidArguments {
             task: task_name.to_owned(),
             reason,
@@ -156,6 +183,7 @@ impl QueueTasks {
                 unique: options.unique,
                 rate_key: options.rate_key,
                 workflow: options.workflow,
+                target,
             },
         )
         .await
@@ -230,7 +258,7 @@ impl QueueTasks {
         args: Vec<Value>,
         kwargs: Map<String, Value>,
         definition: Option<&'static TaskDefinition>,
-        placement: Placement,
+        placement: Placement<'_>,
     ) -> Result<TaskHandle> {
         let Placement {
             run_at,
@@ -243,6 +271,7 @@ impl QueueTasks {
             unique,
             rate_key,
             workflow,
+            target,
         } = placement;
         if let Some(key) = &rate_key {
             crate::limits::check_rate_key(key).map_err(|reason| Error::InvalidArguments {
@@ -363,12 +392,19 @@ impl QueueTasks {
                 task: task.task_name.clone(),
                 reason,
             })?;
-            if let Some(holder) = broker.add_unique(task.clone(), &unique).await? {
+            let holder = match target {
+                Some(target) => target.add_unique(&task, &unique).await?,
+                None => broker.add_unique(task.clone(), &unique).await?,
+            };
+            if let Some(holder) = holder {
                 tracing::debug!(uuid = %holder, key = %unique.key, "a task holds its unique key already; nothing added");
                 return Ok(TaskHandle::new(holder, self.clone()));
             }
         } else {
-            broker.add(task.clone()).await?;
+            match target {
+                Some(target) => target.add(&task).await?,
+                None => broker.add(task.clone()).await?,
+            }
         }
         dispatch
             .fire(&BrokerAddAfter {
@@ -709,7 +745,7 @@ impl AddOptions {
 
 /// Where a new task goes: when it may run (now if `None`) and its id (a new one if `None`).
 #[derive(Default)]
-pub(super) struct Placement {
+pub(super) struct Placement<'t> {
     pub(super) run_at: Option<f64>,
     pub(super) uuid: Option<Uuid>,
     pub(super) group: Option<Uuid>,
@@ -727,6 +763,8 @@ pub(super) struct Placement {
     pub(super) rate_key: Option<String>,
     /// The workflow step the task is.
     pub(crate) workflow: Option<String>,
+    /// Where the task is written instead of the app's broker (a caller's transaction).
+    pub(super) target: Option<&'t mut dyn crate::backend::AddTarget>,
 }
 
 /// A time as Unix seconds (the clock of `run_at` and records).

@@ -474,6 +474,12 @@ pub trait Broker: Lifecycle {
         None
     }
 
+    /// The broker as `Any`, for an engine crate that finds its own broker behind an app
+    /// ([`QueueTasks::broker_as`](crate::QueueTasks::broker_as)). The default: `None`.
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
+
     /// Stores the new task's record (status `new`) and queues it.
     async fn add(&self, task: QueuedTask) -> Result<(), BackendError>;
 
@@ -704,6 +710,58 @@ pub trait Broker: Lifecycle {
     ) -> Result<bool, BackendError> {
         let _ = (letter, requeue);
         Ok(false)
+    }
+}
+
+/// Where an add writes the task instead of the app's broker: an engine's handle on a
+/// transaction of the caller's own, so that the task exists exactly when the caller's other
+/// writes do (PostgreSQL's `add_in`). The add runs the app's whole pipeline (defaults,
+/// validation, plugin triggers) and calls this in place of [`Broker::add`].
+///
+/// ```
+/// use qtasks::backend::{AddTarget, BackendError, async_trait};
+/// use qtasks::QueuedTask;
+///
+/// /// Collects the tasks, to queue them later.
+/// #[derive(Default)]
+/// struct Outbox(Vec<QueuedTask>);
+///
+/// #[async_trait]
+/// impl AddTarget for Outbox {
+///     async fn add(&mut self, task: &QueuedTask) -> Result<(), BackendError> {
+///         self.0.push(task.clone());
+///         Ok(())
+///     }
+/// }
+///
+/// #[qtasks::task]
+/// async fn ping() {}
+///
+/// # #[tokio::main] async fn main() -> qtasks::Result<()> {
+/// let app = qtasks::QueueTasks::new();
+/// let mut outbox = Outbox::default();
+/// let handle = ping::call().add_via(&app, &mut outbox).await?;
+/// assert_eq!(outbox.0[0].uuid, handle.uuid());
+/// assert!(app.get(handle.uuid()).await?.is_none(), "the app's broker saw nothing");
+/// # Ok(()) }
+/// ```
+#[async_trait]
+pub trait AddTarget: Send {
+    /// Stores the new task's record (status `new`) and queues it, as [`Broker::add`] does: a
+    /// task whose uuid is known adds nothing.
+    async fn add(&mut self, task: &QueuedTask) -> Result<(), BackendError>;
+
+    /// As [`Broker::add_unique`]. The default refuses: the target keeps no unique keys.
+    async fn add_unique(
+        &mut self,
+        task: &QueuedTask,
+        unique: &crate::unique::UniqueKey,
+    ) -> Result<Option<Uuid>, BackendError> {
+        let _ = (task, unique);
+        Err(BackendError::new(
+            "broker",
+            "this add target keeps no unique keys".to_owned(),
+        ))
     }
 }
 

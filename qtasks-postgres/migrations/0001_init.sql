@@ -1,0 +1,228 @@
+-- qtasks on PostgreSQL, schema version 1. `{schema}` is replaced by the schema's quoted name
+-- before this runs (in one transaction, under an advisory lock). Released migrations are never
+-- edited: a change is a new file.
+--
+-- Every table has `app` (the app's name, `QueueConfig::name`) first in its key: many apps share
+-- one schema. Times the engine schedules by (due times, leases, expiries) are `timestamptz` on
+-- the database's clock, so the workers' clocks never matter; times the core hands in
+-- (`created_at`...) are Unix seconds inside the record.
+
+-- Every record of a task's life. `doc` is the `TaskRecord` as JSON text (stored as written: a
+-- `\u0000` in an argument survives, which `jsonb` refuses); the columns beside it are what SQL
+-- filters, sorts and fences by.
+CREATE TABLE {schema}.records (
+    app text NOT NULL,
+    uuid uuid NOT NULL,
+    status text NOT NULL,
+    task_name text NOT NULL,
+    -- `records::secs_to_ms(created_at)`: the listing's order, as the core computes it.
+    created_ms bigint NOT NULL,
+    -- Unix seconds of the last status change (the record's `updated_at`; `doc` may hold an
+    -- older one: a take marks the status without rewriting the document).
+    updated_at double precision NOT NULL,
+    doc text NOT NULL,
+    -- The reason of a cancel asked while the task runs: its finish ends it `cancel`.
+    cancel_requested text,
+    -- The delivery token that stored the outcome: a finish sent again after a lost reply is
+    -- recognised (and not written twice).
+    finished_by uuid,
+    -- When a final record goes (retention); NULL keeps it. Reads hide records past it.
+    purge_at timestamptz,
+    PRIMARY KEY (app, uuid)
+) WITH (fillfactor = 80);
+CREATE INDEX records_newest ON {schema}.records (app, created_ms, uuid);
+CREATE INDEX records_purge ON {schema}.records (purge_at) WHERE purge_at IS NOT NULL;
+
+-- The live queue: one row per task that waits (`w`), waits for a time (`d`: delayed, due at
+-- `due_at`) or runs under a lease (`r`, until `lease_until`, fenced by `token`). A row leaves
+-- the table when its task ends, so the take's index holds the backlog, never the history.
+CREATE SEQUENCE {schema}.arrival;
+CREATE TABLE {schema}.queue (
+    app text NOT NULL,
+    uuid uuid NOT NULL,
+    queue text NOT NULL,
+    priority bigint NOT NULL,
+    -- FIFO among equal priorities: the order rows became waiting.
+    seq bigint NOT NULL DEFAULT nextval('{schema}.arrival'),
+    state text NOT NULL CHECK (state IN ('w', 'd', 'r')),
+    due_at timestamptz,
+    lease_until timestamptz,
+    token uuid,
+    -- Taken before by a delivery that ended without an outcome (a lease that ran out).
+    recovered boolean NOT NULL DEFAULT false,
+    -- Deliveries of this attempt so far (`QueueConfig::max_deliveries`).
+    deliveries integer NOT NULL DEFAULT 0,
+    -- The task's `created_at`, for the oldest waiting task.
+    created_at double precision NOT NULL,
+    PRIMARY KEY (app, uuid)
+) WITH (fillfactor = 70);
+CREATE INDEX queue_take ON {schema}.queue (app, queue, priority, seq) WHERE state = 'w';
+CREATE INDEX queue_due ON {schema}.queue (app, due_at) WHERE state = 'd';
+CREATE INDEX queue_leases ON {schema}.queue (app, lease_until) WHERE state = 'r';
+CREATE UNIQUE INDEX queue_tokens ON {schema}.queue (token) WHERE token IS NOT NULL;
+
+-- The items a running stream task yielded, for readers that follow it live; the record's
+-- result holds them all once it ends.
+CREATE TABLE {schema}.items (
+    app text NOT NULL,
+    uuid uuid NOT NULL,
+    n bigserial,
+    token uuid NOT NULL,
+    item text NOT NULL,
+    PRIMARY KEY (app, uuid, n)
+);
+
+-- Tasks no worker could run, with the reason, oldest first.
+CREATE TABLE {schema}.dead_letters (
+    app text NOT NULL,
+    id bigserial,
+    uuid uuid NOT NULL,
+    queue text NOT NULL,
+    entry text NOT NULL,
+    reason text NOT NULL,
+    at double precision NOT NULL,
+    PRIMARY KEY (app, id)
+);
+
+-- Stats: every change appends deltas (no row is updated, so writers never wait on a counter);
+-- a read folds them into the totals first. `kind`: a queue state (`w`, `d`, `r`) by queue and
+-- priority, or a final status by the second it was reached (`sec`; older seconds are merged
+-- into 0).
+CREATE TABLE {schema}.stat_deltas (
+    app text NOT NULL,
+    queue text NOT NULL,
+    priority bigint NOT NULL,
+    kind text NOT NULL,
+    sec bigint NOT NULL,
+    n bigint NOT NULL
+);
+CREATE INDEX stat_deltas_app ON {schema}.stat_deltas (app);
+CREATE TABLE {schema}.stat_totals (
+    app text NOT NULL,
+    queue text NOT NULL,
+    priority bigint NOT NULL,
+    kind text NOT NULL,
+    sec bigint NOT NULL,
+    n bigint NOT NULL,
+    PRIMARY KEY (app, queue, priority, kind, sec)
+);
+
+CREATE TABLE {schema}.paused (
+    app text NOT NULL,
+    queue text NOT NULL,
+    PRIMARY KEY (app, queue)
+);
+
+-- The global config: entries, the heartbeat, the workers, claims, workflows.
+CREATE TABLE {schema}.entries (
+    app text NOT NULL,
+    name text NOT NULL,
+    key text NOT NULL,
+    value text NOT NULL,
+    PRIMARY KEY (app, name, key)
+);
+CREATE TABLE {schema}.heartbeats (
+    app text PRIMARY KEY,
+    expires_at timestamptz NOT NULL
+);
+CREATE TABLE {schema}.workers (
+    app text NOT NULL,
+    id text NOT NULL,
+    info text NOT NULL,
+    expires_at timestamptz NOT NULL,
+    PRIMARY KEY (app, id)
+);
+CREATE TABLE {schema}.claims (
+    app text NOT NULL,
+    key text NOT NULL,
+    expires_at timestamptz NOT NULL,
+    PRIMARY KEY (app, key)
+);
+CREATE TABLE {schema}.workflows (
+    app text NOT NULL,
+    id text NOT NULL,
+    expires_at timestamptz NOT NULL,
+    running boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (app, id)
+);
+CREATE TABLE {schema}.workflow_fields (
+    app text NOT NULL,
+    id text NOT NULL,
+    field text NOT NULL,
+    value text NOT NULL,
+    PRIMARY KEY (app, id, field)
+);
+CREATE TABLE {schema}.workflow_joins (
+    app text NOT NULL,
+    id text NOT NULL,
+    join_name text NOT NULL,
+    member text NOT NULL,
+    PRIMARY KEY (app, id, join_name, member)
+);
+
+-- Wake-ups, on one channel per schema (`qtasks_{schema}`), each payload starting with a kind
+-- and the app's hash (`left(md5(app), 16)`): `a` a task waits in a queue, `d` a record became
+-- final, `c` a cancel was asked. Sent by triggers, so a task added in a caller's own
+-- transaction is announced when (and only if) that transaction commits.
+
+-- Queue rows added: counted, and announced per queue (a delayed one too: an idle take then
+-- sleeps until it is due, not until its next safety look).
+CREATE FUNCTION {schema}.queue_added() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO {schema}.stat_deltas (app, queue, priority, kind, sec, n)
+        SELECT app, queue, priority, state, 0, count(*) FROM added
+        GROUP BY app, queue, priority, state;
+    PERFORM pg_notify('qtasks_' || TG_TABLE_SCHEMA, 'a ' || left(md5(app), 16) || ' ' || queue)
+        FROM (SELECT DISTINCT app, queue FROM added) AS announced;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER queue_added AFTER INSERT ON {schema}.queue
+    REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION {schema}.queue_added();
+
+-- Queue rows changed: the states moved between counted, and rows that became waiting or
+-- delayed announced (a hand-back, a lease reclaimed, a delayed task due).
+CREATE FUNCTION {schema}.queue_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO {schema}.stat_deltas (app, queue, priority, kind, sec, n)
+        SELECT app, queue, priority, state, 0, sum(n) FROM (
+            SELECT app, queue, priority, state, -1 AS n FROM old_rows
+            UNION ALL
+            SELECT app, queue, priority, state, 1 AS n FROM new_rows
+        ) AS moved
+        GROUP BY app, queue, priority, state HAVING sum(n) <> 0;
+    PERFORM pg_notify('qtasks_' || TG_TABLE_SCHEMA, 'a ' || left(md5(app), 16) || ' ' || queue)
+        FROM (SELECT DISTINCT a.app, a.queue FROM new_rows a JOIN old_rows b USING (app, uuid)
+              WHERE a.state <> 'r' AND a.state <> b.state) AS announced;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER queue_changed AFTER UPDATE ON {schema}.queue
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION {schema}.queue_changed();
+
+CREATE FUNCTION {schema}.queue_removed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO {schema}.stat_deltas (app, queue, priority, kind, sec, n)
+        SELECT app, queue, priority, state, 0, -count(*) FROM removed
+        GROUP BY app, queue, priority, state;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER queue_removed AFTER DELETE ON {schema}.queue
+    REFERENCING OLD TABLE AS removed FOR EACH STATEMENT EXECUTE FUNCTION {schema}.queue_removed();
+
+-- Records that became final: counted by status and second, and their waiters woken.
+CREATE FUNCTION {schema}.records_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO {schema}.stat_deltas (app, queue, priority, kind, sec, n)
+        SELECT a.app, '', 0, a.status, floor(extract(epoch FROM clock_timestamp()))::bigint, count(*)
+        FROM new_rows a JOIN old_rows b USING (app, uuid)
+        WHERE a.status IN ('success', 'error', 'cancel', 'retry')
+          AND b.status NOT IN ('success', 'error', 'cancel', 'retry')
+        GROUP BY a.app, a.status;
+    PERFORM pg_notify('qtasks_' || TG_TABLE_SCHEMA, 'd ' || left(md5(a.app), 16) || ' ' || a.uuid)
+        FROM new_rows a JOIN old_rows b USING (app, uuid)
+        WHERE a.status IN ('success', 'error', 'cancel', 'retry') AND a.status <> b.status;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER records_changed AFTER UPDATE ON {schema}.records
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION {schema}.records_changed();

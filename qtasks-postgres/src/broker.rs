@@ -1,0 +1,1181 @@
+//! The queue: adds, takes under fenced leases, finishes, hand-backs, cancels, dead letters,
+//! pauses and stats.
+//!
+//! A delivery's receipt is its token (a uuid made by the take). Every write of the holder
+//! names it, and does nothing once it no longer matches: the lease ran out and another take
+//! reclaimed the task. Lock order, everywhere: the `queue` row, then the `records` row.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use sqlx::postgres::PgRow;
+use sqlx::{PgConnection, Row};
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use qtasks_core::backend::{
+    BackendError, Broker, CancelRequest, CancelState, Delivery, ErrorChain, RunInfo, unix_now,
+};
+use qtasks_core::queues::{DEFAULT_QUEUE, Take};
+use qtasks_core::records::{RecordChange, secs_to_ms};
+use qtasks_core::stats::{DeadLetter, QueueNumbers, QueueStats};
+use qtasks_core::{Outcome, QueuedTask, TaskRecord, TaskStatus};
+
+use crate::record::{self, Locked, write_record};
+use crate::{App, failure, is_transient, secs};
+
+/// Why a run stops when its worker lost the lease.
+const LEASE_LOST: &str =
+    "LeaseLost: the task's lease ran out while this worker stalled; another worker runs it";
+
+/// How long an idle take sleeps when nothing wakes it: the slow safety net under the
+/// notifications (a reconnect of the listener wakes everyone anyway).
+const SAFETY_LOOK: Duration = Duration::from_secs(30);
+
+/// How often the maintenance runs (expired records, stats folded, expired claims).
+const MAINTENANCE_EVERY: Duration = Duration::from_secs(10);
+
+pub(crate) struct PgBroker {
+    app: Arc<App>,
+    /// The add statement with the schema's name in it, for a caller's own connection (whose
+    /// search path is not the engine's).
+    add_in_sql: Arc<str>,
+    /// The deliveries this process holds, by token, with their task: renewed until finished.
+    held: Arc<Mutex<HashMap<Uuid, Uuid>>>,
+    renewer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl PgBroker {
+    pub(crate) fn new(app: Arc<App>) -> Self {
+        let schema = format!("\"{}\".", app.shared.schema);
+        let add_in_sql = ADD
+            .replace(
+                "INSERT INTO records",
+                &format!("INSERT INTO {schema}records"),
+            )
+            .replace("INSERT INTO queue", &format!("INSERT INTO {schema}queue"))
+            .into();
+        PgBroker {
+            app,
+            add_in_sql,
+            held: Arc::default(),
+            renewer: Mutex::default(),
+        }
+    }
+
+    pub(crate) fn add_in_sql(&self) -> Arc<str> {
+        Arc::clone(&self.add_in_sql)
+    }
+
+    pub(crate) fn app_name(&self) -> &str {
+        &self.app.name
+    }
+
+    fn lease_secs(&self) -> f64 {
+        secs(self.app.options.lease)
+    }
+
+    fn unhold(&self, receipt: &str) {
+        if let Ok(token) = Uuid::parse_str(receipt) {
+            self.held.lock().remove(&token);
+        }
+    }
+
+    /// One look at the queues: reclaims expired leases, moves due tasks on, and leases up to
+    /// `take.max` waiting tasks. Returns them, and when to look again if none.
+    async fn take_once(
+        &self,
+        take: &Take<'_>,
+    ) -> Result<(Vec<Delivery>, Option<Duration>), BackendError> {
+        let app = &self.app.name;
+        let pool = self.app.pool();
+        let served: Vec<&str> = take.queues.iter().map(|queue| queue.name).collect();
+        let prepared = sqlx::query(PREPARE_TAKE)
+            .bind(app)
+            .bind(&served)
+            .fetch_one(pool)
+            .await
+            .map_err(|e| failure("looking at the queue failed", e))?;
+        let paused: Vec<String> = prepared.try_get(0).unwrap_or_default();
+        let next_wake: Option<f64> = prepared.try_get(1).unwrap_or(None);
+        let mut rows = Vec::new();
+        for (order, wanted) in take.queues.iter().enumerate() {
+            let room = wanted.max.min(take.max.saturating_sub(rows.len()));
+            if room == 0 || paused.iter().any(|name| name == wanted.name) {
+                continue;
+            }
+            let leased = sqlx::query(LEASE)
+                .bind(app)
+                .bind(wanted.name)
+                .bind(i64::try_from(room).unwrap_or(i64::MAX))
+                .bind(self.lease_secs())
+                .fetch_all(pool)
+                .await
+                .map_err(|e| failure("taking tasks failed", e))?;
+            let mut leased: Vec<Leased> = leased.iter().filter_map(Leased::read).collect();
+            leased.sort_by_key(|row| (row.priority, row.seq));
+            rows.extend(leased.into_iter().map(|row| (order, row)));
+        }
+        let mut deliveries = Vec::with_capacity(rows.len());
+        let mut set_aside = Vec::new();
+        {
+            let mut held = self.held.lock();
+            for (_, row) in rows {
+                match row.delivery() {
+                    Ok(delivery) => {
+                        held.insert(row.token, row.uuid);
+                        deliveries.push(delivery);
+                    }
+                    Err(reason) => set_aside.push((row, reason)),
+                }
+            }
+        }
+        for (row, reason) in set_aside {
+            if let Err(error) = self.set_aside(&row, &reason).await {
+                tracing::error!(uuid = %row.uuid, "dropping the queue entry of task {} failed; its lease runs out and it is taken again: {}", row.uuid, ErrorChain(&error));
+            }
+        }
+        let wake = next_wake.map(|secs| Duration::from_secs_f64(secs.clamp(0.01, 1e6)));
+        Ok((deliveries, wake))
+    }
+
+    /// A taken row that cannot run: its record is missing, cannot be read, or ended already.
+    /// The row goes; an unreadable or missing record is set aside in the dead letters.
+    async fn set_aside(&self, row: &Leased, reason: &SetAside) -> Result<(), BackendError> {
+        let app = &self.app.name;
+        let mut tx = self.begin().await?;
+        let gone = sqlx::query(
+            "DELETE FROM queue WHERE app = $1 AND uuid = $2 AND token = $3 RETURNING queue, priority",
+        )
+        .bind(app)
+        .bind(row.uuid)
+        .bind(row.token)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| failure("setting a task aside failed", e))?;
+        self.held.lock().remove(&row.token);
+        let (Some(gone), SetAside::Dead(why)) = (gone, reason) else {
+            return commit(tx).await;
+        };
+        let queue: String = gone.try_get(0).unwrap_or_default();
+        let priority: i64 = gone.try_get(1).unwrap_or_default();
+        if let Some(mut record) = row.record.clone() {
+            RecordChange::Finished(Outcome::Error(why.clone()), RunInfo::default())
+                .apply_to(&mut record, unix_now());
+            record.updated_at = unix_now();
+            write_record(&mut tx, app, &record, self.app.options.result_ttl).await?;
+        }
+        let task_name = row
+            .record
+            .as_ref()
+            .map_or("?", |record| record.task_name.as_str());
+        let entry = format!("{task_name}:{}:{priority}", row.uuid);
+        self.dead_letter(&mut tx, row.uuid, &queue, &entry, why)
+            .await?;
+        tracing::error!(uuid = %row.uuid, "task {} cannot run and was set aside in the dead letters: {why}", row.uuid);
+        commit(tx).await
+    }
+
+    async fn dead_letter(
+        &self,
+        tx: &mut PgConnection,
+        uuid: Uuid,
+        queue: &str,
+        entry: &str,
+        reason: &str,
+    ) -> Result<(), BackendError> {
+        sqlx::query(
+            "WITH added AS (INSERT INTO dead_letters (app, uuid, queue, entry, reason, at)
+                            VALUES ($1, $2, $3, $4, $5, extract(epoch FROM clock_timestamp()))
+                            RETURNING id)
+             DELETE FROM dead_letters WHERE app = $1 AND id <= (
+                 SELECT id FROM dead_letters WHERE app = $1 ORDER BY id DESC OFFSET $6 LIMIT 1)",
+        )
+        .bind(&self.app.name)
+        .bind(uuid)
+        .bind(queue)
+        .bind(entry)
+        .bind(reason)
+        .bind(i64::try_from(self.app.options.dead_letters_max.max(1)).unwrap_or(i64::MAX) - 1)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| failure("writing a dead letter failed", e))?;
+        Ok(())
+    }
+
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, BackendError> {
+        self.app
+            .pool()
+            .begin()
+            .await
+            .map_err(|e| failure("starting a transaction failed", e))
+    }
+
+    /// Stores a delivery's outcome in one transaction, fenced by its token.
+    async fn write_outcome(
+        &self,
+        delivery: &Delivery,
+        outcome: &Outcome,
+    ) -> Result<Written, sqlx::Error> {
+        let app = &self.app.name;
+        let uuid = delivery.task.uuid;
+        let Ok(token) = Uuid::parse_str(&delivery.receipt) else {
+            return Ok(Written::Refused);
+        };
+        let mut tx = self.app.pool().begin().await?;
+        let fenced = sqlx::query(
+            "DELETE FROM queue WHERE app = $1 AND uuid = $2 AND token = $3 AND state = 'r' RETURNING 1",
+        )
+        .bind(app)
+        .bind(uuid)
+        .bind(token)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if fenced.is_none() {
+            let finished_by: Option<Option<Uuid>> =
+                sqlx::query_scalar("SELECT finished_by FROM records WHERE app = $1 AND uuid = $2")
+                    .bind(app)
+                    .bind(uuid)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            return Ok(if finished_by.flatten() == Some(token) {
+                Written::Replayed
+            } else {
+                Written::Refused
+            });
+        }
+        let Some(Locked {
+            mut record,
+            cancel_requested,
+        }) = record::lock(&mut tx, app, uuid).await?
+        else {
+            tx.commit().await?;
+            return Ok(Written::Gone);
+        };
+        let (outcome, cancelled) = match cancel_requested {
+            Some(reason) => (Outcome::Cancel(reason.clone()), Some(reason)),
+            None => (outcome.clone(), None),
+        };
+        let now = unix_now();
+        RecordChange::Finished(outcome.clone(), delivery.run.clone()).apply_to(&mut record, now);
+        record.updated_at = now;
+        let ttl = delivery.run.result_ttl.or(self.app.options.result_ttl);
+        let doc = record::encode(&record).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        sqlx::query(
+            "UPDATE records SET status = $3, doc = $4, updated_at = $5, finished_by = $6,
+                 cancel_requested = NULL,
+                 purge_at = clock_timestamp() + make_interval(secs => $7)
+             WHERE app = $1 AND uuid = $2",
+        )
+        .bind(app)
+        .bind(uuid)
+        .bind(record.status.as_str())
+        .bind(doc)
+        .bind(now)
+        .bind(token)
+        .bind(ttl.map(secs))
+        .execute(&mut *tx)
+        .await?;
+        if let (Outcome::Retry { child, .. }, None) = (&outcome, &cancelled) {
+            insert_task(&mut tx, app, child).await?;
+        }
+        if delivery.run.streamed || delivery.recovered || delivery.deliveries > 1 {
+            sqlx::query("DELETE FROM items WHERE app = $1 AND uuid = $2")
+                .bind(app)
+                .bind(uuid)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(match cancelled {
+            Some(reason) => Written::Cancelled(reason),
+            None => Written::Stored,
+        })
+    }
+
+    /// Hands a delivery back unrun: waiting again at once (`release`), or after `delay` with
+    /// one more hand-back counted (`defer`). A cancel asked while it was held ends it instead.
+    async fn hand_back(
+        &self,
+        delivery: &Delivery,
+        defer: Option<Duration>,
+    ) -> Result<(), BackendError> {
+        self.unhold(&delivery.receipt);
+        let Ok(token) = Uuid::parse_str(&delivery.receipt) else {
+            return Ok(());
+        };
+        let app = &self.app.name;
+        let uuid = delivery.task.uuid;
+        let what = || format!("handing task {uuid} back failed");
+        let mut tx = self.begin().await?;
+        let handed = sqlx::query(
+            "UPDATE queue SET token = NULL, lease_until = NULL,
+                 deliveries = greatest(deliveries - 1, 0),
+                 state = CASE WHEN $4::float8 IS NULL THEN 'w' ELSE 'd' END,
+                 due_at = CASE WHEN $4::float8 IS NULL THEN NULL
+                               ELSE clock_timestamp() + make_interval(secs => $4) END,
+                 recovered = recovered OR $4::float8 IS NULL
+             WHERE app = $1 AND uuid = $2 AND token = $3 AND state = 'r' RETURNING 1",
+        )
+        .bind(app)
+        .bind(uuid)
+        .bind(token)
+        .bind(defer.map(secs))
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| failure(what(), e))?;
+        if handed.is_none() {
+            // Not ours any more: the lease ran out and another delivery has the task.
+            return Ok(());
+        }
+        let Some(Locked {
+            mut record,
+            cancel_requested,
+        }) = record::lock(&mut tx, app, uuid)
+            .await
+            .map_err(|e| failure(what(), e))?
+        else {
+            return commit(tx).await;
+        };
+        let now = unix_now();
+        let ttl = match cancel_requested {
+            Some(reason) => {
+                sqlx::query("DELETE FROM queue WHERE app = $1 AND uuid = $2")
+                    .bind(app)
+                    .bind(uuid)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| failure(what(), e))?;
+                RecordChange::Finished(Outcome::Cancel(reason), delivery.run.clone())
+                    .apply_to(&mut record, now);
+                self.app.options.result_ttl
+            }
+            None => {
+                record.status = TaskStatus::New;
+                record.hand_backs += u32::from(defer.is_some());
+                None
+            }
+        };
+        record.updated_at = now;
+        write_record(&mut tx, app, &record, ttl).await?;
+        commit(tx).await
+    }
+
+    async fn fold_stats(&self) -> Result<(), BackendError> {
+        sqlx::query(FOLD_STATS)
+            .bind(&self.app.name)
+            .bind(i64::try_from(unix_now() as u64).unwrap_or(i64::MAX) - 120)
+            .execute(self.app.pool())
+            .await
+            .map_err(|e| failure("folding the stats failed", e))?;
+        Ok(())
+    }
+
+    /// Deletes what has expired: records past their retention, claims, workers, workflows.
+    async fn maintain(app: &App) -> Result<(), sqlx::Error> {
+        sqlx::query(MAINTAIN)
+            .bind(&app.name)
+            .execute(app.pool())
+            .await?;
+        Ok(())
+    }
+}
+
+/// What storing an outcome found.
+enum Written {
+    Stored,
+    /// Stored before, by this delivery: a reply that was lost.
+    Replayed,
+    /// A cancel asked while the task ran won.
+    Cancelled(String),
+    /// The delivery's lease is another's.
+    Refused,
+    /// The record was deleted meanwhile (a flush).
+    Gone,
+}
+
+/// Why a taken row does not run.
+enum SetAside {
+    /// It ended already (cancelled or changed by hand while it waited): the row just goes.
+    Ended,
+    /// Its record is missing or cannot be read: set aside with this reason.
+    Dead(String),
+}
+
+/// A row a take leased, with its record when it was there.
+struct Leased {
+    uuid: Uuid,
+    token: Uuid,
+    recovered: bool,
+    deliveries: i32,
+    priority: i64,
+    seq: i64,
+    record: Option<TaskRecord>,
+}
+
+impl Leased {
+    fn read(row: &PgRow) -> Option<Self> {
+        let uuid: Uuid = row.try_get("uuid").ok()?;
+        let doc: Option<String> = row.try_get("doc").ok()?;
+        let record = doc.map(|doc| {
+            let task_name: String = row.try_get("task_name").unwrap_or_default();
+            let status: String = row.try_get("status").unwrap_or_default();
+            let mut record = record::decode(uuid, &task_name, &status, &doc);
+            if let Ok(updated_at) = row.try_get::<f64, _>("updated_at") {
+                record.updated_at = updated_at;
+            }
+            record
+        });
+        Some(Leased {
+            uuid,
+            token: row.try_get("token").ok()?,
+            recovered: row.try_get("recovered").unwrap_or(false),
+            deliveries: row.try_get("deliveries").unwrap_or(1),
+            priority: row.try_get("priority").unwrap_or(0),
+            seq: row.try_get("seq").unwrap_or(0),
+            record,
+        })
+    }
+
+    fn delivery(&self) -> Result<Delivery, SetAside> {
+        let Some(record) = &self.record else {
+            return Err(SetAside::Dead(format!(
+                "UnknownTask: the queue entry of task {} has no record (or it ended already)",
+                self.uuid
+            )));
+        };
+        if !record.unreadable.is_empty() {
+            let fields: Vec<&str> = record.unreadable.keys().map(String::as_str).collect();
+            return Err(SetAside::Dead(format!(
+                "UndecodableRecord: the record of task {} cannot be read ({})",
+                self.uuid,
+                fields.join(", ")
+            )));
+        }
+        if record.status.is_final() {
+            return Err(SetAside::Ended);
+        }
+        let task = QueuedTask::from_record(record.clone());
+        Ok(Delivery::new(task, self.token.simple().to_string())
+            .recovered(self.recovered)
+            .deliveries(u32::try_from(self.deliveries).unwrap_or(1)))
+    }
+}
+
+/// Adds a task (its record and its queue row) unless its uuid is known: `true` when added.
+pub(crate) async fn insert_task(
+    conn: &mut PgConnection,
+    app: &str,
+    task: &QueuedTask,
+) -> Result<bool, sqlx::Error> {
+    insert_task_with(ADD, conn, app, task).await
+}
+
+/// [`insert_task`] with the add statement `sql` (the schema named in it, or not).
+pub(crate) async fn insert_task_with(
+    sql: impl sqlx::SqlSafeStr,
+    conn: &mut PgConnection,
+    app: &str,
+    task: &QueuedTask,
+) -> Result<bool, sqlx::Error> {
+    let record = TaskRecord::new(task);
+    let doc = record::encode(&record).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let delay = task
+        .run_at
+        .map(|run_at| run_at - unix_now())
+        .filter(|delay| *delay > 0.0)
+        .map(|delay| delay.min(1e9));
+    let added = sqlx::query(sql)
+        .bind(app)
+        .bind(task.uuid)
+        .bind(&task.task_name)
+        .bind(i64::try_from(secs_to_ms(task.created_at)).unwrap_or(i64::MAX))
+        .bind(record.updated_at)
+        .bind(doc)
+        .bind(task.queue.as_deref().unwrap_or(DEFAULT_QUEUE))
+        .bind(task.priority)
+        .bind(delay)
+        .bind(task.created_at)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(added.is_some())
+}
+
+async fn commit(tx: sqlx::Transaction<'static, sqlx::Postgres>) -> Result<(), BackendError> {
+    tx.commit()
+        .await
+        .map_err(|e| failure("committing a transaction failed", e))
+}
+
+/// The record and the queue row of a new task, in one statement; nothing when the uuid is
+/// known. A task due later waits in state `d`.
+const ADD: &str = "
+WITH added AS (
+    INSERT INTO records (app, uuid, status, task_name, created_ms, updated_at, doc)
+    VALUES ($1, $2, 'new', $3, $4, $5, $6)
+    ON CONFLICT (app, uuid) DO NOTHING
+    RETURNING uuid
+)
+INSERT INTO queue (app, uuid, queue, priority, state, due_at, created_at)
+SELECT $1, uuid, $7, $8,
+       CASE WHEN $9::float8 IS NULL THEN 'w' ELSE 'd' END,
+       CASE WHEN $9::float8 IS NULL THEN NULL ELSE clock_timestamp() + make_interval(secs => $9) END,
+       $10
+FROM added
+RETURNING uuid";
+
+/// Before a take: leases that ran out go back to waiting (at their old place), delayed tasks
+/// that are due wait now; answers the paused queues and, in seconds, when the next delayed
+/// task of the served queues is due or the next lease runs out.
+const PREPARE_TAKE: &str = "
+WITH paused AS (SELECT queue FROM paused WHERE app = $1),
+reclaimed AS (
+    UPDATE queue SET state = 'w', token = NULL, lease_until = NULL, recovered = true
+    WHERE app = $1 AND uuid IN (
+        SELECT uuid FROM queue WHERE app = $1 AND state = 'r' AND lease_until < clock_timestamp()
+        ORDER BY lease_until LIMIT 100 FOR UPDATE SKIP LOCKED)
+    RETURNING 1
+),
+promoted AS (
+    UPDATE queue SET state = 'w', due_at = NULL, seq = nextval('arrival')
+    WHERE app = $1 AND uuid IN (
+        SELECT uuid FROM queue WHERE app = $1 AND state = 'd' AND due_at <= clock_timestamp()
+          AND queue = ANY($2) AND queue NOT IN (SELECT queue FROM paused)
+        ORDER BY due_at LIMIT 1000 FOR UPDATE SKIP LOCKED)
+    RETURNING 1
+)
+SELECT ARRAY(SELECT queue FROM paused),
+       extract(epoch FROM least(
+           (SELECT min(due_at) FROM queue WHERE app = $1 AND state = 'd' AND queue = ANY($2)
+              AND queue NOT IN (SELECT queue FROM paused)),
+           (SELECT min(lease_until) FROM queue WHERE app = $1 AND state = 'r')
+       ) - clock_timestamp())::float8,
+       (SELECT count(*) FROM reclaimed) + (SELECT count(*) FROM promoted)";
+
+/// Leases up to `$3` waiting tasks of queue `$2`, lowest priority number first then FIFO,
+/// skipping rows another take holds, and marks their records `process`: one statement.
+const LEASE: &str = "
+WITH picked AS MATERIALIZED (
+    SELECT uuid FROM queue WHERE app = $1 AND queue = $2 AND state = 'w'
+    ORDER BY priority, seq LIMIT $3 FOR UPDATE SKIP LOCKED
+),
+leased AS (
+    UPDATE queue q SET state = 'r', token = gen_random_uuid(),
+        lease_until = clock_timestamp() + make_interval(secs => $4),
+        deliveries = q.deliveries + 1
+    FROM picked WHERE q.app = $1 AND q.uuid = picked.uuid
+    RETURNING q.uuid, q.token, q.recovered, q.deliveries, q.priority, q.seq
+),
+marked AS (
+    UPDATE records r SET status = 'process', updated_at = extract(epoch FROM clock_timestamp())
+    FROM leased WHERE r.app = $1 AND r.uuid = leased.uuid AND r.status IN ('new', 'process')
+    RETURNING r.uuid, r.task_name, r.status, r.doc, r.updated_at
+)
+SELECT l.uuid, l.token, l.recovered, l.deliveries, l.priority, l.seq,
+       m.task_name, m.status, m.doc, m.updated_at
+FROM leased l LEFT JOIN marked m ON m.uuid = l.uuid";
+
+/// Moves the stat deltas into the totals (one folder at a time per app), and merges the
+/// finished counts of seconds older than `$2` into second 0.
+const FOLD_STATS: &str = "
+WITH lock AS (SELECT pg_advisory_xact_lock(hashtext('qtasks stats ' || $1))),
+moved AS (
+    DELETE FROM stat_deltas WHERE app = $1 AND (SELECT true FROM lock)
+    RETURNING queue, priority, kind, sec, n
+),
+aged AS (
+    DELETE FROM stat_totals WHERE app = $1 AND sec > 0 AND sec < $2 AND (SELECT true FROM lock)
+    RETURNING queue, priority, kind, 0::bigint AS sec, n
+)
+INSERT INTO stat_totals (app, queue, priority, kind, sec, n)
+SELECT $1, queue, priority, kind, CASE WHEN sec > 0 AND sec < $2 THEN 0 ELSE sec END, sum(n)
+FROM (SELECT * FROM moved UNION ALL SELECT * FROM aged) AS d
+GROUP BY 2, 3, 4, 5
+ORDER BY 2, 3, 4, 5
+ON CONFLICT (app, queue, priority, kind, sec) DO UPDATE SET n = stat_totals.n + excluded.n";
+
+/// The maintenance of one app: records past their retention, expired claims, workers and
+/// workflows; at most 5,000 records a time.
+const MAINTAIN: &str = "
+WITH purged AS (
+    DELETE FROM records WHERE app = $1 AND uuid IN (
+        SELECT uuid FROM records WHERE app = $1 AND purge_at < clock_timestamp() LIMIT 5000)
+    RETURNING uuid
+),
+items AS (DELETE FROM items WHERE app = $1 AND uuid IN (SELECT uuid FROM purged) RETURNING 1),
+claims AS (DELETE FROM claims WHERE app = $1 AND expires_at < clock_timestamp() RETURNING 1),
+workers AS (DELETE FROM workers WHERE app = $1 AND expires_at < clock_timestamp() RETURNING 1),
+flows AS (DELETE FROM workflows WHERE app = $1 AND expires_at < clock_timestamp() RETURNING id),
+fields AS (DELETE FROM workflow_fields WHERE app = $1 AND id IN (SELECT id FROM flows) RETURNING 1),
+joins AS (DELETE FROM workflow_joins WHERE app = $1 AND id IN (SELECT id FROM flows) RETURNING 1)
+SELECT (SELECT count(*) FROM purged), (SELECT count(*) FROM items), (SELECT count(*) FROM claims),
+       (SELECT count(*) FROM workers), (SELECT count(*) FROM fields), (SELECT count(*) FROM joins)";
+
+#[qtasks_core::async_trait]
+impl qtasks_core::backend::Lifecycle for PgBroker {
+    fn name(&self) -> &str {
+        "PostgresBroker"
+    }
+
+    async fn start(&self) -> Result<(), BackendError> {
+        let held = Arc::clone(&self.held);
+        let app = Arc::clone(&self.app);
+        let every = self.app.options.lease / 3;
+        let lease = self.lease_secs();
+        let renewer = tokio::spawn(async move {
+            let mut maintained = tokio::time::Instant::now();
+            loop {
+                tokio::time::sleep(every.min(MAINTENANCE_EVERY)).await;
+                if maintained.elapsed() >= MAINTENANCE_EVERY {
+                    maintained = tokio::time::Instant::now();
+                    if let Err(error) = PgBroker::maintain(&app).await {
+                        tracing::warn!(
+                            "the maintenance of app `{}` failed: {}",
+                            app.name,
+                            ErrorChain(&error)
+                        );
+                    }
+                }
+                let tokens: Vec<Uuid> = held.lock().keys().copied().collect();
+                if tokens.is_empty() {
+                    continue;
+                }
+                renew(&app, &held, &tokens, lease).await;
+            }
+        });
+        if let Some(previous) = self.renewer.lock().replace(renewer) {
+            previous.abort();
+        }
+        Ok(())
+    }
+
+    async fn stop(&self) -> Result<(), BackendError> {
+        if let Some(renewer) = self.renewer.lock().take() {
+            renewer.abort();
+        }
+        Ok(())
+    }
+}
+
+/// Renews the leases of `tokens`; stops the runs whose lease was lost, and passes on the
+/// cancels asked of held tasks (stored, so seen here even when their notification was lost).
+async fn renew(app: &App, held: &Mutex<HashMap<Uuid, Uuid>>, tokens: &[Uuid], lease: f64) {
+    use backon::Retryable;
+    let renewed = (|| async {
+        sqlx::query(
+            "UPDATE queue q SET lease_until = clock_timestamp() + make_interval(secs => $2)
+             FROM records r
+             WHERE q.app = $1 AND q.token = ANY($3) AND q.state = 'r'
+               AND r.app = q.app AND r.uuid = q.uuid
+             RETURNING q.token, q.uuid, r.cancel_requested",
+        )
+        .bind(&app.name)
+        .bind(lease)
+        .bind(tokens)
+        .fetch_all(app.pool())
+        .await
+    })
+    .retry(crate::reconnect_pauses().take(6))
+    .when(is_transient)
+    .await;
+    let rows = match renewed {
+        Ok(rows) => rows,
+        Err(error) => {
+            tracing::warn!(
+                "renewing {} task lease(s) failed: {}",
+                tokens.len(),
+                ErrorChain(&error)
+            );
+            return;
+        }
+    };
+    let mut kept = std::collections::HashSet::with_capacity(rows.len());
+    for row in &rows {
+        let (Ok(token), Ok(uuid)) = (row.try_get::<Uuid, _>(0), row.try_get::<Uuid, _>(1)) else {
+            continue;
+        };
+        kept.insert(token);
+        if let Ok(Some(reason)) = row.try_get::<Option<String>, _>(2) {
+            let _ = app.hub.cancels.send(CancelRequest::new(uuid, reason));
+        }
+    }
+    for token in tokens {
+        if kept.contains(token) {
+            continue;
+        }
+        // Stalled past the lease: the task is another worker's now. Stop this run (only this
+        // delivery's); its outcome would be refused.
+        let Some(uuid) = held.lock().remove(token) else {
+            continue; // finished meanwhile
+        };
+        tracing::warn!(uuid = %uuid, "the lease of task {uuid} was lost (this worker stalled past it); stopping this run");
+        let _ = app
+            .hub
+            .cancels
+            .send(CancelRequest::new(uuid, LEASE_LOST).for_delivery(token.simple().to_string()));
+    }
+}
+
+#[qtasks_core::async_trait]
+impl Broker for PgBroker {
+    fn location(&self) -> Option<String> {
+        Some(format!(
+            "{} (schema {})",
+            self.app.shared.shown_url, self.app.shared.schema
+        ))
+    }
+
+    fn supports_queues(&self) -> bool {
+        true
+    }
+
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
+    async fn add(&self, task: QueuedTask) -> Result<(), BackendError> {
+        use backon::Retryable;
+        let uuid = task.uuid;
+        (|| async {
+            let mut conn = self.app.pool().acquire().await?;
+            insert_task(&mut conn, &self.app.name, &task).await
+        })
+        .retry(crate::reconnect_pauses().take(6))
+        .when(is_transient)
+        .await
+        .map_err(|e| failure(format!("adding task {uuid} failed"), e))?;
+        Ok(())
+    }
+
+    async fn next_batch(&self, max: usize) -> Result<Vec<Delivery>, BackendError> {
+        self.take(&Take::default_queue(max)).await
+    }
+
+    async fn take(&self, take: &Take<'_>) -> Result<Vec<Delivery>, BackendError> {
+        let give_up = take
+            .patience
+            .and_then(|patience| tokio::time::Instant::now().checked_add(patience));
+        loop {
+            // Registered before looking: an add between the look and the wait is not missed.
+            let added = self.app.hub.added.notified();
+            tokio::pin!(added);
+            added.as_mut().enable();
+            let (deliveries, next_wake) = self.take_once(take).await?;
+            if !deliveries.is_empty() {
+                return Ok(deliveries);
+            }
+            let now = tokio::time::Instant::now();
+            if give_up.is_some_and(|at| now >= at) {
+                return Ok(Vec::new());
+            }
+            let wait = [
+                Some(SAFETY_LOOK),
+                next_wake,
+                give_up.map(|at| at.saturating_duration_since(now)),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(SAFETY_LOOK);
+            tokio::select! {
+                () = added => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    async fn finish(&self, delivery: &Delivery, outcome: Outcome) -> Result<(), BackendError> {
+        use backon::Retryable;
+        let uuid = delivery.task.uuid;
+        // Kept and sent again through an outage: the write is idempotent (a reply lost after
+        // the commit makes the next try answer "replayed").
+        let patience = self.app.options.lease * 2;
+        let started = tokio::time::Instant::now();
+        let written = (|| self.write_outcome(delivery, &outcome))
+            .retry(crate::reconnect_pauses())
+            .when(|error| is_transient(error) && started.elapsed() < patience)
+            .notify(|error, pause| {
+                tracing::warn!(uuid = %uuid, "storing the result failed (trying again in {pause:?}): {}", ErrorChain(error));
+            })
+            .await;
+        self.unhold(&delivery.receipt);
+        match written {
+            Ok(Written::Stored | Written::Replayed) => Ok(()),
+            Ok(Written::Cancelled(reason)) => Err(BackendError::cancelled("postgres", reason)),
+            Ok(Written::Refused) => Err(BackendError::refused(
+                "postgres",
+                format!(
+                    "the outcome of task {uuid} was refused: its lease is another worker's now (this worker stalled past it)"
+                ),
+            )),
+            Ok(Written::Gone) => Err(BackendError::new(
+                "postgres",
+                format!("the outcome of task {uuid} was not stored: its record was deleted"),
+            )),
+            Err(error) => Err(failure(
+                format!("storing the result of task {uuid} failed"),
+                error,
+            )),
+        }
+    }
+
+    async fn release(&self, delivery: &Delivery) -> Result<(), BackendError> {
+        self.hand_back(delivery, None).await
+    }
+
+    async fn defer(&self, delivery: &Delivery, delay: Duration) -> Result<(), BackendError> {
+        self.hand_back(delivery, Some(delay)).await
+    }
+
+    async fn bury(&self, delivery: &Delivery, reason: &str) -> Result<(), BackendError> {
+        self.unhold(&delivery.receipt);
+        let Ok(token) = Uuid::parse_str(&delivery.receipt) else {
+            return Ok(());
+        };
+        let app = &self.app.name;
+        let uuid = delivery.task.uuid;
+        let mut tx = self.begin().await?;
+        let gone = sqlx::query(
+            "DELETE FROM queue WHERE app = $1 AND uuid = $2 AND token = $3 AND state = 'r'
+             RETURNING queue, priority",
+        )
+        .bind(app)
+        .bind(uuid)
+        .bind(token)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| failure(format!("setting task {uuid} aside failed"), e))?;
+        let Some(gone) = gone else {
+            return Ok(());
+        };
+        let queue: String = gone.try_get(0).unwrap_or_default();
+        let priority: i64 = gone.try_get(1).unwrap_or_default();
+        let locked = record::lock(&mut tx, app, uuid)
+            .await
+            .map_err(|e| failure(format!("setting task {uuid} aside failed"), e))?;
+        if let Some(Locked { mut record, .. }) = locked {
+            let now = unix_now();
+            RecordChange::Finished(Outcome::Error(reason.to_owned()), delivery.run.clone())
+                .apply_to(&mut record, now);
+            record.updated_at = now;
+            write_record(&mut tx, app, &record, self.app.options.result_ttl).await?;
+        }
+        let entry = format!("{}:{uuid}:{priority}", delivery.task.task_name);
+        self.dead_letter(&mut tx, uuid, &queue, &entry, reason)
+            .await?;
+        commit(tx).await
+    }
+
+    async fn pause_queue(&self, queue: &str, paused: bool) -> Result<(), BackendError> {
+        let statement = if paused {
+            "INSERT INTO paused (app, queue) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+        } else {
+            "WITH resumed AS (DELETE FROM paused WHERE app = $1 AND queue = $2 RETURNING 1)
+             SELECT pg_notify('qtasks_' || current_schema(), 'a ' || left(md5($1), 16) || ' ' || $2)"
+        };
+        sqlx::query(statement)
+            .bind(&self.app.name)
+            .bind(queue)
+            .execute(self.app.pool())
+            .await
+            .map_err(|e| failure(format!("pausing queue `{queue}` failed"), e))?;
+        Ok(())
+    }
+
+    async fn paused_queues(&self) -> Result<Vec<String>, BackendError> {
+        sqlx::query_scalar("SELECT queue FROM paused WHERE app = $1 ORDER BY queue")
+            .bind(&self.app.name)
+            .fetch_all(self.app.pool())
+            .await
+            .map_err(|e| failure("reading the paused queues failed", e))
+    }
+
+    async fn flush_all(&self) -> Result<(), BackendError> {
+        let mut tx = self.begin().await?;
+        for statement in [
+            "DELETE FROM queue WHERE app = $1",
+            "DELETE FROM stat_deltas WHERE app = $1",
+            "DELETE FROM stat_totals WHERE app = $1",
+            "DELETE FROM dead_letters WHERE app = $1",
+            "DELETE FROM paused WHERE app = $1",
+        ] {
+            sqlx::query(statement)
+                .bind(&self.app.name)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| failure("flushing the queue failed", e))?;
+        }
+        commit(tx).await
+    }
+
+    async fn cancel(&self, uuid: Uuid, reason: &str) -> Result<Option<CancelState>, BackendError> {
+        let app = &self.app.name;
+        let what = || format!("cancelling task {uuid} failed");
+        let mut tx = self.begin().await?;
+        // The queue row first (the lock order): a take that holds it makes this wait, and then
+        // finds it leased.
+        let waiting = sqlx::query(
+            "DELETE FROM queue WHERE app = $1 AND uuid = $2 AND state <> 'r' RETURNING 1",
+        )
+        .bind(app)
+        .bind(uuid)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| failure(what(), e))?;
+        let locked = record::lock(&mut tx, app, uuid)
+            .await
+            .map_err(|e| failure(what(), e))?;
+        let Some(Locked { mut record, .. }) = locked else {
+            commit(tx).await?;
+            return Ok(Some(if waiting.is_some() {
+                CancelState::Cancelled
+            } else {
+                CancelState::NotFound
+            }));
+        };
+        let state = if waiting.is_some() || record.status == TaskStatus::New {
+            if record.status.is_final() {
+                CancelState::Ended(record.status)
+            } else {
+                let now = unix_now();
+                RecordChange::Finished(Outcome::Cancel(reason.to_owned()), RunInfo::default())
+                    .apply_to(&mut record, now);
+                record.updated_at = now;
+                write_record(&mut tx, app, &record, self.app.options.result_ttl).await?;
+                CancelState::Cancelled
+            }
+        } else if record.status == TaskStatus::Process {
+            sqlx::query(CANCEL_REQUEST)
+                .bind(app)
+                .bind(uuid)
+                .bind(reason)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| failure(what(), e))?;
+            CancelState::Running
+        } else {
+            CancelState::Ended(record.status)
+        };
+        commit(tx).await?;
+        Ok(Some(state))
+    }
+
+    async fn request_cancel(&self, uuid: Uuid, reason: &str) -> Result<(), BackendError> {
+        sqlx::query(CANCEL_REQUEST)
+            .bind(&self.app.name)
+            .bind(uuid)
+            .bind(reason)
+            .execute(self.app.pool())
+            .await
+            .map_err(|e| failure(format!("asking to cancel task {uuid} failed"), e))?;
+        Ok(())
+    }
+
+    fn cancel_requests(&self) -> Option<broadcast::Receiver<CancelRequest>> {
+        Some(self.app.hub.cancels.subscribe())
+    }
+
+    async fn requeue_taken(&self) -> Result<usize, BackendError> {
+        let count: i64 = sqlx::query_scalar(
+            "WITH reclaimed AS (
+                 UPDATE queue SET state = 'w', token = NULL, lease_until = NULL, recovered = true
+                 WHERE app = $1 AND state = 'r' AND lease_until < clock_timestamp()
+                 RETURNING 1)
+             SELECT count(*) FROM reclaimed",
+        )
+        .bind(&self.app.name)
+        .fetch_one(self.app.pool())
+        .await
+        .map_err(|e| failure("putting expired tasks back failed", e))?;
+        Ok(usize::try_from(count).unwrap_or(0))
+    }
+
+    async fn stats(&self) -> Result<Option<QueueStats>, BackendError> {
+        self.fold_stats().await?;
+        let app = &self.app.name;
+        let pool = self.app.pool();
+        let what = |e| failure("reading the stats failed", e);
+        let totals = sqlx::query(
+            "SELECT queue, priority, kind, sec, n FROM stat_totals WHERE app = $1 AND n <> 0",
+        )
+        .bind(app)
+        .fetch_all(pool)
+        .await
+        .map_err(what)?;
+        let now = unix_now();
+        let mut stats = QueueStats::default();
+        for row in &totals {
+            let queue: String = row.try_get(0).unwrap_or_default();
+            let priority: i64 = row.try_get(1).unwrap_or_default();
+            let kind: String = row.try_get(2).unwrap_or_default();
+            let sec: i64 = row.try_get(3).unwrap_or_default();
+            let n = u64::try_from(row.try_get::<i64, _>(4).unwrap_or_default()).unwrap_or(0);
+            match kind.as_str() {
+                "w" => {
+                    *stats.waiting.entry(priority).or_default() += n;
+                    stats.queues.entry(queue).or_default().waiting += n;
+                }
+                "d" => {
+                    stats.delayed += n;
+                    stats.queues.entry(queue).or_default().delayed += n;
+                }
+                "r" => stats.running += n,
+                status => {
+                    if let Ok(status) = status.parse::<TaskStatus>() {
+                        stats.finished.add(status, n);
+                        if sec as f64 >= now - 60.0 {
+                            stats.finished_last_minute += n;
+                        }
+                    }
+                }
+            }
+        }
+        stats.waiting.retain(|_, n| *n > 0);
+        let extra = sqlx::query(
+            "SELECT ARRAY(SELECT queue FROM paused WHERE app = $1),
+                    (SELECT count(*) FROM dead_letters WHERE app = $1),
+                    (SELECT min(created_at) FROM queue WHERE app = $1 AND state = 'w')",
+        )
+        .bind(app)
+        .fetch_one(pool)
+        .await
+        .map_err(what)?;
+        for queue in extra.try_get::<Vec<String>, _>(0).unwrap_or_default() {
+            stats.queues.entry(queue).or_default().paused = true;
+        }
+        stats.dead_letters = u64::try_from(extra.try_get::<i64, _>(1).unwrap_or(0)).unwrap_or(0);
+        stats.oldest_waiting_secs = extra
+            .try_get::<Option<f64>, _>(2)
+            .unwrap_or(None)
+            .map(|created_at| (now - created_at).max(0.0));
+        stats
+            .queues
+            .entry(DEFAULT_QUEUE.to_owned())
+            .or_insert_with(QueueNumbers::default);
+        Ok(Some(stats))
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, BackendError> {
+        let rows = sqlx::query(
+            "SELECT id, entry, reason, at FROM dead_letters WHERE app = $1 ORDER BY id LIMIT $2",
+        )
+        .bind(&self.app.name)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(self.app.pool())
+        .await
+        .map_err(|e| failure("reading the dead letters failed", e))?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                DeadLetter::new(
+                    row.try_get::<i64, _>(0).unwrap_or_default().to_string(),
+                    row.try_get::<String, _>(1).unwrap_or_default(),
+                    row.try_get::<String, _>(2).unwrap_or_default(),
+                    row.try_get::<f64, _>(3).unwrap_or_default(),
+                )
+            })
+            .collect())
+    }
+
+    async fn resolve_dead_letter(
+        &self,
+        letter: &DeadLetter,
+        requeue: bool,
+    ) -> Result<bool, BackendError> {
+        let Ok(id) = letter.id.parse::<i64>() else {
+            return Ok(false);
+        };
+        let app = &self.app.name;
+        let what = || format!("resolving dead letter {} failed", letter.id);
+        let mut tx = self.begin().await?;
+        let taken = sqlx::query(
+            "DELETE FROM dead_letters WHERE app = $1 AND id = $2 RETURNING uuid, queue",
+        )
+        .bind(app)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| failure(what(), e))?;
+        let Some(taken) = taken else {
+            return Ok(false);
+        };
+        if requeue {
+            let uuid: Uuid = taken.try_get(0).unwrap_or_default();
+            let queue: String = taken.try_get(1).unwrap_or_default();
+            let locked = record::lock(&mut tx, app, uuid)
+                .await
+                .map_err(|e| failure(what(), e))?;
+            match locked {
+                Some(Locked { mut record, .. }) => {
+                    // Waiting again, from the start: a worker that knows it now runs it.
+                    let now = unix_now();
+                    RecordChange::HandedBack(0).apply_to(&mut record, now);
+                    record.updated_at = now;
+                    write_record(&mut tx, app, &record, None).await?;
+                    sqlx::query(
+                        "INSERT INTO queue (app, uuid, queue, priority, state, created_at)
+                         VALUES ($1, $2, $3, $4, 'w', $5) ON CONFLICT DO NOTHING",
+                    )
+                    .bind(app)
+                    .bind(uuid)
+                    .bind(queue)
+                    .bind(record.priority)
+                    .bind(record.created_at)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| failure(what(), e))?;
+                }
+                None => tracing::warn!(
+                    "dead letter of task {uuid}: its record is gone; not queued again"
+                ),
+            }
+        }
+        commit(tx).await?;
+        Ok(true)
+    }
+}
+
+/// Keeps a cancel asked of a running task with its record (the run's finish, or a hand-back,
+/// ends it `cancel`; renewals pass it on) and tells the workers.
+const CANCEL_REQUEST: &str = "
+WITH asked AS (
+    UPDATE records SET cancel_requested = $3
+    WHERE app = $1 AND uuid = $2 AND status = 'process'
+    RETURNING uuid
+)
+SELECT pg_notify('qtasks_' || current_schema(),
+                 'c ' || left(md5($1), 16) || ' ' || $2::text || ' ' || left($3, 1900))";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_use_their_parameters_in_order() {
+        // A parameter PostgreSQL cannot type fails at run time only: every one of `$1..$n`
+        // must appear in the text.
+        for (sql, count) in [(ADD, 10), (PREPARE_TAKE, 2), (LEASE, 4), (FOLD_STATS, 2)] {
+            for n in 1..=count {
+                assert!(sql.contains(&format!("${n}")), "${n} missing in {sql}");
+            }
+            assert!(!sql.contains(&format!("${}", count + 1)));
+        }
+    }
+
+    #[test]
+    fn a_row_without_its_record_is_set_aside() {
+        let row = Leased {
+            uuid: Uuid::new_v4(),
+            token: Uuid::new_v4(),
+            recovered: false,
+            deliveries: 1,
+            priority: 0,
+            seq: 0,
+            record: None,
+        };
+        assert!(matches!(row.delivery(), Err(SetAside::Dead(_))));
+    }
+}
