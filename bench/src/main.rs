@@ -13,7 +13,15 @@
 //!                                               # bare tokio channel ceiling measured alongside
 //! ```
 //!
-//! `--amqp URL` puts the queue on RabbitMQ (records stay on the Redis of `--url`).
+//! `--amqp URL` puts the queue on RabbitMQ (records stay on the Redis of `--url`); `--pg URL`
+//! puts the whole app on PostgreSQL instead (`?schema=` in the URL names its tables' schema).
+//!
+//! ```text
+//! qtasks-bench drain --url URL [--pg URL] --n N --server-comm NAME
+//!     # W1 in one program: N tasks added (one add_many), then a worker started in this process
+//!     # drains them; prints the enqueue and drain rates, and the CPU the server's processes
+//!     # (those whose /proc comm is NAME: redis-server, postgres) spent per task meanwhile
+//! ```
 //!
 //! The no-op task takes a small integer and returns it. Everything a real deployment keeps on
 //! stays on: leases (at-least-once), priorities, the plugin triggers and events.
@@ -92,7 +100,12 @@ async fn redis_app(url: &str, concurrency: usize) -> QueueTasks {
         ..Default::default()
     };
     let amqp: String = arg("--amqp", String::new());
-    if amqp.is_empty() {
+    let pg: String = arg("--pg", String::new());
+    if !pg.is_empty() {
+        qtasks::postgres::connect_with(&pg, config, qtasks::postgres::PostgresOptions::default())
+            .await
+            .expect("PostgreSQL is reachable")
+    } else if amqp.is_empty() {
         // QTASKS_BENCH_NO_RECORDS_INDEX=1 measures the hot path without the records' index.
         let options = RedisOptions {
             records_index: std::env::var_os("QTASKS_BENCH_NO_RECORDS_INDEX").is_none(),
@@ -352,6 +365,67 @@ async fn channel_ceiling(n: u64) -> Value {
     json!({"enqueue_rate": n as f64 / enqueue_s, "drain_rate": n as f64 / drain_s})
 }
 
+/// The CPU time (ms) the processes whose `/proc/*/comm` is `comm` have used so far.
+fn server_cpu_ms(comm: &str) -> f64 {
+    let ticks_per_ms = 100.0 / 1000.0; // USER_HZ is 100 on Linux
+    let mut ticks = 0u64;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let path = entry.path();
+        let Ok(name) = std::fs::read_to_string(path.join("comm")) else {
+            continue;
+        };
+        if name.trim() != comm {
+            continue;
+        }
+        let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
+        // Fields after the command's closing parenthesis: utime and stime are the 12th and 13th.
+        let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        for at in [11, 12] {
+            ticks += fields
+                .get(at)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    ticks as f64 / ticks_per_ms
+}
+
+/// W1 in one program (see the module): enqueue `n`, then drain them with a worker of this
+/// process, timing both and the server's CPU.
+async fn drain(url: &str, n: u64) {
+    let comm: String = arg("--server-comm", "redis-server".to_owned());
+    let app = redis_app(url, arg("--concurrency", 64)).await;
+    app.flush_all().await.expect("flushed");
+    let enqueue_started = Instant::now();
+    noop::add_many(&app, (0..n).map(|i| (i,)))
+        .await
+        .expect("the tasks are added");
+    let enqueue_s = enqueue_started.elapsed().as_secs_f64();
+    let cpu_before = server_cpu_ms(&comm);
+    let drain_started = Instant::now();
+    app.start().await.expect("the worker starts");
+    loop {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let stats = app.stats().await.expect("stats read");
+        let queue = stats.queue.expect("the engine keeps stats");
+        if queue.waiting_total() + queue.delayed + queue.running == 0 {
+            break;
+        }
+    }
+    let drain_s = drain_started.elapsed().as_secs_f64();
+    let server_ms = server_cpu_ms(&comm) - cpu_before;
+    app.stop().await.expect("the worker stops");
+    let result = json!({
+        "n": n,
+        "enqueue_rate": n as f64 / enqueue_s,
+        "drain_rate": n as f64 / drain_s,
+        "server_cpu_us_per_task": server_ms * 1000.0 / n as f64,
+        "vmhwm_mb": peak_rss_kb() as f64 / 1024.0,
+    });
+    emit(&result);
+}
+
 fn main() {
     let command = std::env::args().nth(1).unwrap_or_default();
     let url: String = arg("--url", "redis://127.0.0.1:6391/0".to_owned());
@@ -368,6 +442,7 @@ fn main() {
             "w2" => w2(&url, arg("--n", 500), arg("--warmup", 5)).await,
             "stats" => stats(&url, arg("--n", 200)).await,
             "waiters" => waiters(&url, arg("--n", 10_000)).await,
+            "drain" => drain(&url, arg("--n", 20_000)).await,
             "inmem" => {
                 inmem(
                     arg("--n", 200_000),
@@ -378,7 +453,7 @@ fn main() {
             }
             other => {
                 eprintln!(
-                    "unknown command `{other}`: enqueue, worker, w2, waiters, stats or inmem"
+                    "unknown command `{other}`: enqueue, worker, w2, waiters, stats, drain or inmem"
                 );
                 std::process::exit(2);
             }

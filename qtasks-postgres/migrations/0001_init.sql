@@ -31,7 +31,7 @@ CREATE TABLE {schema}.records (
     PRIMARY KEY (app, uuid)
 ) WITH (fillfactor = 80);
 CREATE INDEX records_newest ON {schema}.records (app, created_ms, uuid);
-CREATE INDEX records_purge ON {schema}.records (purge_at) WHERE purge_at IS NOT NULL;
+CREATE INDEX records_purge ON {schema}.records (app, purge_at) WHERE purge_at IS NOT NULL;
 
 -- The live queue: one row per task that waits (`w`), waits for a time (`d`: delayed, due at
 -- `due_at`) or runs under a lease (`r`, until `lease_until`, fenced by `token`). A row leaves
@@ -54,6 +54,9 @@ CREATE TABLE {schema}.queue (
     deliveries integer NOT NULL DEFAULT 0,
     -- The task's `created_at`, for the oldest waiting task.
     created_at double precision NOT NULL,
+    -- The task whose running slot this delayed row waits for (`max_running`): a run of it that
+    -- ends makes the row due at once.
+    parked_for text,
     PRIMARY KEY (app, uuid)
 ) WITH (fillfactor = 70);
 CREATE INDEX queue_take ON {schema}.queue (app, queue, priority, seq) WHERE state = 'w';
@@ -105,6 +108,40 @@ CREATE TABLE {schema}.stat_totals (
     sec bigint NOT NULL,
     n bigint NOT NULL,
     PRIMARY KEY (app, queue, priority, kind, sec)
+);
+
+-- Unique tasks: which task holds each key, since when (Unix seconds, the database's clock).
+-- A key is forgotten once it expires (its window, and at least a week).
+CREATE TABLE {schema}.unique_keys (
+    app text NOT NULL,
+    key text NOT NULL,
+    holder uuid NOT NULL,
+    added_at double precision NOT NULL,
+    expires_at timestamptz NOT NULL,
+    PRIMARY KEY (app, key)
+);
+
+-- Task limits: the next start a rate allows, the starts it reserved for tasks handed back
+-- until their turn, and the running slots of tasks with `max_running` (a slot whose
+-- delivery no longer holds its lease counts for nothing).
+CREATE TABLE {schema}.rate_limits (
+    app text NOT NULL,
+    rate_key text NOT NULL,
+    next_start double precision NOT NULL,
+    PRIMARY KEY (app, rate_key)
+);
+CREATE TABLE {schema}.rate_turns (
+    app text NOT NULL,
+    rate_key text NOT NULL,
+    uuid uuid NOT NULL,
+    turn double precision NOT NULL,
+    PRIMARY KEY (app, rate_key, uuid)
+);
+CREATE TABLE {schema}.running_slots (
+    app text NOT NULL,
+    task_name text NOT NULL,
+    token uuid NOT NULL,
+    PRIMARY KEY (app, task_name, token)
 );
 
 CREATE TABLE {schema}.paused (
@@ -226,3 +263,66 @@ END $$;
 CREATE TRIGGER records_changed AFTER UPDATE ON {schema}.records
     REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION {schema}.records_changed();
+
+-- A delivered task of a rate-limited task asks whether it may start (the counterpart of
+-- `qtasks::limits::RateState::turn`, in one statement). Under the rate's row lock: a task that
+-- comes back at its reserved turn starts; otherwise the next start is taken, and a task whose
+-- start is later is handed back (delayed until then, status `new`, no hand-back counted).
+-- Returns `lost` (the delivery no longer holds the task), `run`, `wait` (handed back: the
+-- seconds to wait), or `cancel` (a cancel was asked while it was held: the caller ends it;
+-- the turn is kept, the row not moved).
+CREATE FUNCTION {schema}.admit_rate(p_app text, p_key text, p_uuid uuid, p_token uuid,
+                                    p_interval double precision, p_slack double precision)
+RETURNS TABLE (answer text, wait double precision) LANGUAGE plpgsql AS $$
+DECLARE
+    v_next double precision;
+    v_now double precision;
+    v_turn double precision;
+    v_start double precision;
+    v_wait double precision;
+BEGIN
+    PERFORM 1 FROM {schema}.queue
+        WHERE app = p_app AND uuid = p_uuid AND token = p_token AND state = 'r' FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT 'lost'::text, NULL::double precision;
+        RETURN;
+    END IF;
+    INSERT INTO {schema}.rate_limits AS r (app, rate_key, next_start) VALUES (p_app, p_key, 0)
+        ON CONFLICT (app, rate_key) DO UPDATE SET next_start = r.next_start
+        RETURNING r.next_start INTO v_next;
+    v_now := extract(epoch FROM clock_timestamp());
+    SELECT turn INTO v_turn FROM {schema}.rate_turns
+        WHERE app = p_app AND rate_key = p_key AND uuid = p_uuid;
+    IF v_turn IS NOT NULL THEN
+        IF v_turn <= v_now + p_slack THEN
+            DELETE FROM {schema}.rate_turns WHERE app = p_app AND rate_key = p_key AND uuid = p_uuid;
+            RETURN QUERY SELECT 'run'::text, NULL::double precision;
+            RETURN;
+        END IF;
+        v_wait := v_turn - v_now;
+    ELSE
+        v_start := greatest(v_next, v_now);
+        UPDATE {schema}.rate_limits SET next_start = v_start + p_interval
+            WHERE app = p_app AND rate_key = p_key;
+        IF v_start <= v_now + p_slack THEN
+            RETURN QUERY SELECT 'run'::text, NULL::double precision;
+            RETURN;
+        END IF;
+        INSERT INTO {schema}.rate_turns (app, rate_key, uuid, turn)
+            VALUES (p_app, p_key, p_uuid, v_start);
+        v_wait := v_start - v_now;
+    END IF;
+    PERFORM 1 FROM {schema}.records
+        WHERE app = p_app AND uuid = p_uuid AND cancel_requested IS NOT NULL;
+    IF FOUND THEN
+        RETURN QUERY SELECT 'cancel'::text, v_wait;
+        RETURN;
+    END IF;
+    UPDATE {schema}.queue SET token = NULL, lease_until = NULL,
+            deliveries = greatest(deliveries - 1, 0), state = 'd',
+            due_at = clock_timestamp() + make_interval(secs => v_wait)
+        WHERE app = p_app AND uuid = p_uuid;
+    UPDATE {schema}.records SET status = 'new', updated_at = extract(epoch FROM clock_timestamp())
+        WHERE app = p_app AND uuid = p_uuid;
+    RETURN QUERY SELECT 'wait'::text, v_wait;
+END $$;

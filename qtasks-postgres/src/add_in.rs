@@ -8,7 +8,7 @@
 
 use std::future::Future;
 
-use sqlx::{AssertSqlSafe, PgConnection};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use qtasks_core::backend::{AddTarget, BackendError};
@@ -92,16 +92,20 @@ impl<'a> InTransaction<'a> {
 #[qtasks_core::async_trait]
 impl AddTarget for InTransaction<'_> {
     async fn add(&mut self, task: &QueuedTask) -> Result<(), BackendError> {
-        let sql = AssertSqlSafe(self.broker.add_in_sql());
-        crate::broker::insert_task_with(sql, self.conn, self.broker.app_name(), task)
-            .await
-            .map(drop)
-            .map_err(|e| {
-                failure(
-                    format!("adding task {} in the transaction failed", task.uuid),
-                    e,
-                )
-            })
+        crate::broker::insert_task(
+            self.conn,
+            self.broker.statements(),
+            self.broker.app_name(),
+            task,
+        )
+        .await
+        .map(drop)
+        .map_err(|e| {
+            failure(
+                format!("adding task {} in the transaction failed", task.uuid),
+                e,
+            )
+        })
     }
 
     async fn add_unique(
@@ -109,13 +113,22 @@ impl AddTarget for InTransaction<'_> {
         task: &QueuedTask,
         unique: &qtasks_core::unique::UniqueKey,
     ) -> Result<Option<Uuid>, BackendError> {
-        let _ = task;
-        Err(BackendError::new(
-            "postgres",
-            format!(
-                "unique key `{}`: the PostgreSQL engine keeps no unique keys yet",
-                unique.key
-            ),
-        ))
+        crate::unique::add_unique(
+            self.conn,
+            self.broker.statements(),
+            self.broker.app_name(),
+            task,
+            unique,
+        )
+        .await
+        .map_err(|e| {
+            failure(
+                format!(
+                    "adding task {} under unique key `{}` in the transaction failed",
+                    task.uuid, unique.key
+                ),
+                e,
+            )
+        })
     }
 }

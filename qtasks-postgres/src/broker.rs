@@ -19,12 +19,13 @@ use uuid::Uuid;
 use qtasks_core::backend::{
     BackendError, Broker, CancelRequest, CancelState, Delivery, ErrorChain, RunInfo, unix_now,
 };
+use qtasks_core::limits::{Admission, TaskLimits};
 use qtasks_core::queues::{DEFAULT_QUEUE, Take};
 use qtasks_core::records::{RecordChange, secs_to_ms};
 use qtasks_core::stats::{DeadLetter, QueueNumbers, QueueStats};
 use qtasks_core::{Outcome, QueuedTask, TaskRecord, TaskStatus};
 
-use crate::record::{self, Locked, write_record};
+use crate::record::{self, Locked, Purge, write_record};
 use crate::{App, failure, is_transient, secs};
 
 /// Why a run stops when its worker lost the lease.
@@ -40,34 +41,24 @@ const MAINTENANCE_EVERY: Duration = Duration::from_secs(10);
 
 pub(crate) struct PgBroker {
     app: Arc<App>,
-    /// The add statement with the schema's name in it, for a caller's own connection (whose
-    /// search path is not the engine's).
-    add_in_sql: Arc<str>,
     /// The deliveries this process holds, by token, with their task: renewed until finished.
     held: Arc<Mutex<HashMap<Uuid, Uuid>>>,
-    renewer: Mutex<Option<JoinHandle<()>>>,
+    /// The renewer and the maintainer, while the broker runs.
+    background: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl PgBroker {
     pub(crate) fn new(app: Arc<App>) -> Self {
-        let schema = format!("\"{}\".", app.shared.schema);
-        let add_in_sql = ADD
-            .replace(
-                "INSERT INTO records",
-                &format!("INSERT INTO {schema}records"),
-            )
-            .replace("INSERT INTO queue", &format!("INSERT INTO {schema}queue"))
-            .into();
         PgBroker {
             app,
-            add_in_sql,
             held: Arc::default(),
-            renewer: Mutex::default(),
+            background: Mutex::default(),
         }
     }
 
-    pub(crate) fn add_in_sql(&self) -> Arc<str> {
-        Arc::clone(&self.add_in_sql)
+    /// The statements of an add, with the schema's name in them.
+    pub(crate) fn statements(&self) -> &crate::unique::Statements {
+        &self.app.shared.statements
     }
 
     pub(crate) fn app_name(&self) -> &str {
@@ -107,30 +98,40 @@ impl PgBroker {
             if room == 0 || paused.iter().any(|name| name == wanted.name) {
                 continue;
             }
-            let leased = sqlx::query(LEASE)
+            let leased = match sqlx::query(LEASE)
                 .bind(app)
                 .bind(wanted.name)
                 .bind(i64::try_from(room).unwrap_or(i64::MAX))
                 .bind(self.lease_secs())
                 .fetch_all(pool)
                 .await
-                .map_err(|e| failure("taking tasks failed", e))?;
+            {
+                Ok(leased) => leased,
+                // What the earlier queues gave is handed out rather than left to its leases.
+                Err(error) if !rows.is_empty() => {
+                    tracing::warn!(
+                        "taking tasks of queue `{}` failed: {}",
+                        wanted.name,
+                        ErrorChain(&error)
+                    );
+                    break;
+                }
+                Err(error) => return Err(failure("taking tasks failed", error)),
+            };
             let mut leased: Vec<Leased> = leased.iter().filter_map(Leased::read).collect();
             leased.sort_by_key(|row| (row.priority, row.seq));
             rows.extend(leased.into_iter().map(|row| (order, row)));
         }
         let mut deliveries = Vec::with_capacity(rows.len());
+        let mut tokens = Vec::with_capacity(rows.len());
         let mut set_aside = Vec::new();
-        {
-            let mut held = self.held.lock();
-            for (_, row) in rows {
-                match row.delivery() {
-                    Ok(delivery) => {
-                        held.insert(row.token, row.uuid);
-                        deliveries.push(delivery);
-                    }
-                    Err(reason) => set_aside.push((row, reason)),
+        for (_, row) in rows {
+            match row.delivery() {
+                Ok(delivery) => {
+                    tokens.push((row.token, row.uuid));
+                    deliveries.push(delivery);
                 }
+                Err(reason) => set_aside.push((row, reason)),
             }
         }
         for (row, reason) in set_aside {
@@ -138,6 +139,9 @@ impl PgBroker {
                 tracing::error!(uuid = %row.uuid, "dropping the queue entry of task {} failed; its lease runs out and it is taken again: {}", row.uuid, ErrorChain(&error));
             }
         }
+        // Held (renewed) only from here, with nothing awaited before the return: a take
+        // dropped earlier leaves its leases to run out, never renewed by nobody's run.
+        self.held.lock().extend(tokens);
         let wake = next_wake.map(|secs| Duration::from_secs_f64(secs.clamp(0.01, 1e6)));
         Ok((deliveries, wake))
     }
@@ -156,9 +160,23 @@ impl PgBroker {
         .fetch_optional(&mut *tx)
         .await
         .map_err(|e| failure("setting a task aside failed", e))?;
-        self.held.lock().remove(&row.token);
-        let (Some(gone), SetAside::Dead(why)) = (gone, reason) else {
+        let Some(gone) = gone else {
             return commit(tx).await;
+        };
+        let why = match reason {
+            SetAside::Ended => return commit(tx).await,
+            SetAside::Cancelled(reason) => {
+                // Cancelled while its worker died: it ends `cancel`, unrun.
+                if let Some(mut record) = row.record.clone() {
+                    RecordChange::Finished(Outcome::Cancel(reason.clone()), RunInfo::default())
+                        .apply_to(&mut record, unix_now());
+                    record.updated_at = unix_now();
+                    let purge = Purge::After(self.app.options.result_ttl);
+                    write_record(&mut tx, app, &record, purge).await?;
+                }
+                return commit(tx).await;
+            }
+            SetAside::Dead(why) => why,
         };
         let queue: String = gone.try_get(0).unwrap_or_default();
         let priority: i64 = gone.try_get(1).unwrap_or_default();
@@ -166,7 +184,7 @@ impl PgBroker {
             RecordChange::Finished(Outcome::Error(why.clone()), RunInfo::default())
                 .apply_to(&mut record, unix_now());
             record.updated_at = unix_now();
-            write_record(&mut tx, app, &record, self.app.options.result_ttl).await?;
+            write_record(&mut tx, app, &record, Purge::After(None)).await?;
         }
         let task_name = row
             .record
@@ -197,8 +215,8 @@ impl PgBroker {
         .bind(&self.app.name)
         .bind(uuid)
         .bind(queue)
-        .bind(entry)
-        .bind(reason)
+        .bind(crate::pg_text(entry))
+        .bind(crate::pg_text(reason))
         .bind(i64::try_from(self.app.options.dead_letters_max.max(1)).unwrap_or(i64::MAX) - 1)
         .execute(&mut *tx)
         .await
@@ -235,16 +253,25 @@ impl PgBroker {
         .fetch_optional(&mut *tx)
         .await?;
         if fenced.is_none() {
-            let finished_by: Option<Option<Uuid>> =
-                sqlx::query_scalar("SELECT finished_by FROM records WHERE app = $1 AND uuid = $2")
-                    .bind(app)
-                    .bind(uuid)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            return Ok(if finished_by.flatten() == Some(token) {
-                Written::Replayed
-            } else {
-                Written::Refused
+            // Stored before by this delivery (a reply lost after the commit) answers as then.
+            let stored = sqlx::query(
+                "SELECT uuid, task_name, status, doc, updated_at FROM records
+                 WHERE app = $1 AND uuid = $2 AND finished_by = $3",
+            )
+            .bind(app)
+            .bind(uuid)
+            .bind(token)
+            .fetch_optional(&mut *tx)
+            .await?;
+            return Ok(match stored.as_ref().map(record::read) {
+                None => Written::Refused,
+                Some(record)
+                    if record.status == TaskStatus::Cancel
+                        && !matches!(outcome, Outcome::Cancel(_)) =>
+                {
+                    Written::Cancelled(record.cancel_reason.unwrap_or_default())
+                }
+                Some(_) => Written::Replayed,
             });
         }
         let Some(Locked {
@@ -280,7 +307,7 @@ impl PgBroker {
         .execute(&mut *tx)
         .await?;
         if let (Outcome::Retry { child, .. }, None) = (&outcome, &cancelled) {
-            insert_task(&mut tx, app, child).await?;
+            insert_task(&mut tx, self.statements(), app, child).await?;
         }
         if delivery.run.streamed || delivery.recovered || delivery.deliveries > 1 {
             sqlx::query("DELETE FROM items WHERE app = $1 AND uuid = $2")
@@ -296,52 +323,71 @@ impl PgBroker {
         })
     }
 
-    /// Hands a delivery back unrun: waiting again at once (`release`), or after `delay` with
-    /// one more hand-back counted (`defer`). A cancel asked while it was held ends it instead.
-    async fn hand_back(
-        &self,
-        delivery: &Delivery,
-        defer: Option<Duration>,
-    ) -> Result<(), BackendError> {
+    /// Hands a delivery back unrun, in its own transaction (see [`Self::hand_back_in`]).
+    async fn hand_back(&self, delivery: &Delivery, how: HandBack) -> Result<(), BackendError> {
         self.unhold(&delivery.receipt);
+        let mut tx = self.begin().await?;
+        self.hand_back_in(&mut tx, delivery, how).await?;
+        commit(tx).await
+    }
+
+    /// Hands a delivery back unrun, fenced by its token: waiting again at once (`release`),
+    /// or delayed (a `defer`, counting one more hand-back; a rate's turn; a parked task). A
+    /// cancel asked while it was held ends it `cancel` instead.
+    async fn hand_back_in(
+        &self,
+        tx: &mut PgConnection,
+        delivery: &Delivery,
+        how: HandBack,
+    ) -> Result<HandedBack, BackendError> {
         let Ok(token) = Uuid::parse_str(&delivery.receipt) else {
-            return Ok(());
+            return Ok(HandedBack::NotHeld);
         };
         let app = &self.app.name;
         let uuid = delivery.task.uuid;
         let what = || format!("handing task {uuid} back failed");
-        let mut tx = self.begin().await?;
-        let handed = sqlx::query(
-            "UPDATE queue SET token = NULL, lease_until = NULL,
-                 deliveries = greatest(deliveries - 1, 0),
-                 state = CASE WHEN $4::float8 IS NULL THEN 'w' ELSE 'd' END,
-                 due_at = CASE WHEN $4::float8 IS NULL THEN NULL
-                               ELSE clock_timestamp() + make_interval(secs => $4) END,
-                 recovered = recovered OR $4::float8 IS NULL
-             WHERE app = $1 AND uuid = $2 AND token = $3 AND state = 'r' RETURNING 1",
-        )
-        .bind(app)
-        .bind(uuid)
-        .bind(token)
-        .bind(defer.map(secs))
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(|e| failure(what(), e))?;
-        if handed.is_none() {
+        let (delay, parked_for) = match &how {
+            HandBack::Release => (None, None),
+            HandBack::Defer(delay) | HandBack::Postpone(delay) => (Some(secs(*delay)), None),
+            HandBack::Park(task_name) => (
+                Some(secs(qtasks_core::limits::PARKED_RECHECK)),
+                Some(task_name.as_str()),
+            ),
+        };
+        // The row back in the queue and, unless a cancel was asked meanwhile, the record
+        // `new` (its status column: the document keeps the rest), in one statement. A defer
+        // counts a hand-back in the document, written below.
+        let counts = matches!(how, HandBack::Defer(_));
+        let row = sqlx::query(HAND_BACK)
+            .bind(app)
+            .bind(uuid)
+            .bind(token)
+            .bind(delay)
+            .bind(parked_for)
+            .bind(!counts)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| failure(what(), e))?;
+        let moved: i64 = row.try_get(0).unwrap_or(0);
+        let marked: i64 = row.try_get(1).unwrap_or(0);
+        if moved == 0 {
             // Not ours any more: the lease ran out and another delivery has the task.
-            return Ok(());
+            return Ok(HandedBack::NotHeld);
+        }
+        if marked > 0 {
+            return Ok(HandedBack::Waiting);
         }
         let Some(Locked {
             mut record,
             cancel_requested,
-        }) = record::lock(&mut tx, app, uuid)
+        }) = record::lock(&mut *tx, app, uuid)
             .await
             .map_err(|e| failure(what(), e))?
         else {
-            return commit(tx).await;
+            return Ok(HandedBack::Waiting);
         };
         let now = unix_now();
-        let ttl = match cancel_requested {
+        let (ttl, handed_back) = match cancel_requested {
             Some(reason) => {
                 sqlx::query("DELETE FROM queue WHERE app = $1 AND uuid = $2")
                     .bind(app)
@@ -351,37 +397,230 @@ impl PgBroker {
                     .map_err(|e| failure(what(), e))?;
                 RecordChange::Finished(Outcome::Cancel(reason), delivery.run.clone())
                     .apply_to(&mut record, now);
-                self.app.options.result_ttl
+                let ttl = delivery.run.result_ttl.or(self.app.options.result_ttl);
+                (ttl, HandedBack::Cancelled)
             }
             None => {
                 record.status = TaskStatus::New;
-                record.hand_backs += u32::from(defer.is_some());
-                None
+                record.hand_backs += u32::from(matches!(how, HandBack::Defer(_)));
+                (None, HandedBack::Waiting)
             }
         };
         record.updated_at = now;
-        write_record(&mut tx, app, &record, ttl).await?;
-        commit(tx).await
+        write_record(&mut *tx, app, &record, Purge::After(ttl)).await?;
+        Ok(handed_back)
     }
 
-    async fn fold_stats(&self) -> Result<(), BackendError> {
-        sqlx::query(FOLD_STATS)
+    /// The rate's decision for a delivery, in one statement (`admit_rate` of the migrations):
+    /// it starts, or it is handed back until its turn. A cancel asked while it was held is
+    /// left to `hand_back_in` (`Cancel`).
+    async fn rate_answer(
+        &self,
+        conn: &mut PgConnection,
+        delivery: &Delivery,
+        limits: &TaskLimits,
+        token: Uuid,
+        interval: Duration,
+    ) -> Result<RateAnswer, BackendError> {
+        let uuid = delivery.task.uuid;
+        let row = sqlx::query("SELECT answer, wait FROM admit_rate($1, $2, $3, $4, $5, $6)")
             .bind(&self.app.name)
-            .bind(i64::try_from(unix_now() as u64).unwrap_or(i64::MAX) - 120)
-            .execute(self.app.pool())
+            .bind(&limits.rate_key)
+            .bind(uuid)
+            .bind(token)
+            .bind(interval.as_secs_f64())
+            .bind(qtasks_core::limits::RESERVATION_SLACK)
+            .fetch_one(&mut *conn)
             .await
-            .map_err(|e| failure("folding the stats failed", e))?;
-        Ok(())
+            .map_err(|e| failure(format!("deciding whether task {uuid} may start failed"), e))?;
+        let answer: String = row.try_get(0).unwrap_or_default();
+        let wait = row
+            .try_get::<Option<f64>, _>(1)
+            .unwrap_or(None)
+            .map(|secs| Duration::try_from_secs_f64(secs.max(0.0)).unwrap_or(Duration::MAX));
+        Ok(match (answer.as_str(), wait) {
+            ("run", _) => RateAnswer::Run,
+            ("wait", Some(wait)) => RateAnswer::Waits(wait),
+            ("cancel", Some(wait)) => RateAnswer::Cancel(wait),
+            _ => RateAnswer::Lost,
+        })
     }
 
-    /// Deletes what has expired: records past their retention, claims, workers, workflows.
-    async fn maintain(app: &App) -> Result<(), sqlx::Error> {
-        sqlx::query(MAINTAIN)
-            .bind(&app.name)
-            .execute(app.pool())
+    /// Locks the running slots of task `task_name` until the transaction ends: admits and
+    /// leaves of one task go one at a time.
+    async fn lock_slots(
+        tx: &mut PgConnection,
+        app: &str,
+        task_name: &str,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('qtasks slots ' || $1 || ' ' || $2))")
+            .bind(app)
+            .bind(task_name)
+            .execute(&mut *tx)
             .await?;
         Ok(())
     }
+
+    /// The decision of [`Broker::admit`], in `tx`.
+    async fn admit_in(
+        &self,
+        tx: &mut PgConnection,
+        delivery: &Delivery,
+        limits: &TaskLimits,
+        token: Uuid,
+    ) -> Result<Admission, BackendError> {
+        let app = &self.app.name;
+        let uuid = delivery.task.uuid;
+        let what = || format!("deciding whether task {uuid} may start failed");
+        let held: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM queue WHERE app = $1 AND uuid = $2 AND token = $3 AND state = 'r' FOR UPDATE",
+        )
+        .bind(app)
+        .bind(uuid)
+        .bind(token)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| failure(what(), e))?;
+        if held.is_none() {
+            return Ok(Admission::Lost);
+        }
+        let parked = |handed: HandedBack, admission: Admission| match handed {
+            HandedBack::Cancelled => Admission::Cancelled,
+            HandedBack::NotHeld => Admission::Lost,
+            HandedBack::Waiting => admission,
+        };
+        if let Some(max) = limits.max_running {
+            Self::lock_slots(tx, app, &limits.task_name)
+                .await
+                .map_err(|e| failure(what(), e))?;
+            // Slots whose delivery no longer holds its lease (its worker died) count for
+            // nothing: they free themselves.
+            let row = sqlx::query(
+                "SELECT count(*) FILTER (WHERE q.token IS NOT NULL),
+                        bool_or(s.token = $3)
+                 FROM running_slots s
+                 LEFT JOIN queue q ON q.app = s.app AND q.token = s.token AND q.state = 'r'
+                 WHERE s.app = $1 AND s.task_name = $2",
+            )
+            .bind(app)
+            .bind(&limits.task_name)
+            .bind(token)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| failure(what(), e))?;
+            let running: i64 = row.try_get(0).unwrap_or(0);
+            let holds: bool = row
+                .try_get::<Option<bool>, _>(1)
+                .unwrap_or(None)
+                .unwrap_or(false);
+            if !holds && running >= i64::from(max) {
+                // A turn its rate gave it is given up: woken later, it takes a new one.
+                sqlx::query(
+                    "DELETE FROM rate_turns WHERE app = $1 AND rate_key = $2 AND uuid = $3",
+                )
+                .bind(app)
+                .bind(&limits.rate_key)
+                .bind(uuid)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| failure(what(), e))?;
+                let handed = self
+                    .hand_back_in(tx, delivery, HandBack::Park(limits.task_name.clone()))
+                    .await?;
+                return Ok(parked(handed, Admission::Parked));
+            }
+        }
+        if let Some(rate) = limits.rate {
+            match self
+                .rate_answer(tx, delivery, limits, token, rate.interval())
+                .await?
+            {
+                RateAnswer::Run => {}
+                RateAnswer::Waits(wait) => return Ok(Admission::Postponed { wait }),
+                RateAnswer::Lost => return Ok(Admission::Lost),
+                RateAnswer::Cancel(wait) => {
+                    let handed = self
+                        .hand_back_in(tx, delivery, HandBack::Postpone(wait))
+                        .await?;
+                    return Ok(parked(handed, Admission::Postponed { wait }));
+                }
+            }
+        }
+        if limits.max_running.is_some() {
+            sqlx::query(
+                "INSERT INTO running_slots (app, task_name, token) VALUES ($1, $2, $3)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(app)
+            .bind(&limits.task_name)
+            .bind(token)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| failure(what(), e))?;
+        }
+        Ok(Admission::Run)
+    }
+}
+
+/// Moves the app's stat deltas into the totals.
+async fn fold_stats(app: &App, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query(FOLD_STATS)
+        .bind(&app.name)
+        .bind(i64::try_from(unix_now() as u64).unwrap_or(i64::MAX) - 120)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Deletes what has expired (records past their retention, claims, workers, workflows, keys)
+/// and folds the stats, so the deltas stay few when nobody reads them. Each statement gives up
+/// after 5 s: the next round goes on.
+async fn maintain(app: &App) -> Result<(), sqlx::Error> {
+    let mut tx = app.pool().begin().await?;
+    sqlx::query("SET LOCAL statement_timeout = '5s'")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(MAINTAIN)
+        .bind(&app.name)
+        .execute(&mut *tx)
+        .await?;
+    fold_stats(app, &mut tx).await?;
+    tx.commit().await
+}
+
+/// How a delivery is handed back.
+enum HandBack {
+    /// Waiting again at once, as a delivery whose worker stopped (`release`).
+    Release,
+    /// Waiting this long, one more hand-back counted (`defer`).
+    Defer(Duration),
+    /// Waiting this long for its rate's turn.
+    Postpone(Duration),
+    /// Waiting for a running slot of this task (or [`PARKED_RECHECK`](qtasks_core::limits::PARKED_RECHECK)).
+    Park(String),
+}
+
+/// What a rate said of a delivery.
+enum RateAnswer {
+    /// It starts now.
+    Run,
+    /// It was handed back until its turn, this far away.
+    Waits(Duration),
+    /// Its turn is this far away, and a cancel was asked while it was held: not handed back.
+    Cancel(Duration),
+    /// The delivery no longer holds its task.
+    Lost,
+}
+
+/// What a hand-back did.
+#[derive(Clone, Copy)]
+enum HandedBack {
+    /// The task waits again.
+    Waiting,
+    /// A cancel asked while it was held ended it.
+    Cancelled,
+    /// The delivery did not hold its task any more: nothing was done.
+    NotHeld,
 }
 
 /// What storing an outcome found.
@@ -401,6 +640,8 @@ enum Written {
 enum SetAside {
     /// It ended already (cancelled or changed by hand while it waited): the row just goes.
     Ended,
+    /// A cancel was asked of a run whose worker died: it ends `cancel` with this reason.
+    Cancelled(String),
     /// Its record is missing or cannot be read: set aside with this reason.
     Dead(String),
 }
@@ -414,6 +655,7 @@ struct Leased {
     priority: i64,
     seq: i64,
     record: Option<TaskRecord>,
+    cancel_requested: Option<String>,
 }
 
 impl Leased {
@@ -437,6 +679,7 @@ impl Leased {
             priority: row.try_get("priority").unwrap_or(0),
             seq: row.try_get("seq").unwrap_or(0),
             record,
+            cancel_requested: row.try_get("cancel_requested").unwrap_or(None),
         })
     }
 
@@ -458,6 +701,9 @@ impl Leased {
         if record.status.is_final() {
             return Err(SetAside::Ended);
         }
+        if let Some(reason) = &self.cancel_requested {
+            return Err(SetAside::Cancelled(reason.clone()));
+        }
         let task = QueuedTask::from_record(record.clone());
         Ok(Delivery::new(task, self.token.simple().to_string())
             .recovered(self.recovered)
@@ -468,13 +714,14 @@ impl Leased {
 /// Adds a task (its record and its queue row) unless its uuid is known: `true` when added.
 pub(crate) async fn insert_task(
     conn: &mut PgConnection,
+    sql: &crate::unique::Statements,
     app: &str,
     task: &QueuedTask,
 ) -> Result<bool, sqlx::Error> {
-    insert_task_with(ADD, conn, app, task).await
+    insert_task_with(sqlx::AssertSqlSafe(Arc::clone(&sql.add)), conn, app, task).await
 }
 
-/// [`insert_task`] with the add statement `sql` (the schema named in it, or not).
+/// [`insert_task`] with the add statement `sql`.
 pub(crate) async fn insert_task_with(
     sql: impl sqlx::SqlSafeStr,
     conn: &mut PgConnection,
@@ -512,20 +759,42 @@ async fn commit(tx: sqlx::Transaction<'static, sqlx::Postgres>) -> Result<(), Ba
 
 /// The record and the queue row of a new task, in one statement; nothing when the uuid is
 /// known. A task due later waits in state `d`.
-const ADD: &str = "
+pub(crate) const ADD: &str = "
 WITH added AS (
-    INSERT INTO records (app, uuid, status, task_name, created_ms, updated_at, doc)
+    INSERT INTO {s}records (app, uuid, status, task_name, created_ms, updated_at, doc)
     VALUES ($1, $2, 'new', $3, $4, $5, $6)
     ON CONFLICT (app, uuid) DO NOTHING
     RETURNING uuid
 )
-INSERT INTO queue (app, uuid, queue, priority, state, due_at, created_at)
+INSERT INTO {s}queue (app, uuid, queue, priority, state, due_at, created_at)
 SELECT $1, uuid, $7, $8,
        CASE WHEN $9::float8 IS NULL THEN 'w' ELSE 'd' END,
        CASE WHEN $9::float8 IS NULL THEN NULL ELSE clock_timestamp() + make_interval(secs => $9) END,
        $10
 FROM added
 RETURNING uuid";
+
+/// Hands a delivery back (see `PgBroker::hand_back_in`): its queue row, fenced by the token,
+/// waits again (`$4` seconds later, parked for task `$5`), and with `$6` its record is `new`
+/// again unless a cancel was asked meanwhile. Answers how many rows of each moved.
+const HAND_BACK: &str = "
+WITH moved AS (
+    UPDATE queue SET token = NULL, lease_until = NULL,
+        deliveries = greatest(deliveries - 1, 0),
+        state = CASE WHEN $4::float8 IS NULL THEN 'w' ELSE 'd' END,
+        due_at = CASE WHEN $4::float8 IS NULL THEN NULL
+                      ELSE clock_timestamp() + make_interval(secs => $4) END,
+        recovered = recovered OR $4::float8 IS NULL,
+        parked_for = $5
+    WHERE app = $1 AND uuid = $2 AND token = $3 AND state = 'r'
+    RETURNING uuid
+),
+marked AS (
+    UPDATE records SET status = 'new', updated_at = extract(epoch FROM clock_timestamp())
+    WHERE app = $1 AND uuid IN (SELECT uuid FROM moved) AND $6 AND cancel_requested IS NULL
+    RETURNING uuid
+)
+SELECT (SELECT count(*) FROM moved), (SELECT count(*) FROM marked)";
 
 /// Before a take: leases that ran out go back to waiting (at their old place), delayed tasks
 /// that are due wait now; answers the paused queues and, in seconds, when the next delayed
@@ -535,14 +804,14 @@ WITH paused AS (SELECT queue FROM paused WHERE app = $1),
 reclaimed AS (
     UPDATE queue SET state = 'w', token = NULL, lease_until = NULL, recovered = true
     WHERE app = $1 AND uuid IN (
-        SELECT uuid FROM queue WHERE app = $1 AND state = 'r' AND lease_until < clock_timestamp()
+        SELECT uuid FROM queue WHERE app = $1 AND state = 'r' AND lease_until < (SELECT clock_timestamp())
         ORDER BY lease_until LIMIT 100 FOR UPDATE SKIP LOCKED)
     RETURNING 1
 ),
 promoted AS (
-    UPDATE queue SET state = 'w', due_at = NULL, seq = nextval('arrival')
+    UPDATE queue SET state = 'w', due_at = NULL, parked_for = NULL, seq = nextval('arrival')
     WHERE app = $1 AND uuid IN (
-        SELECT uuid FROM queue WHERE app = $1 AND state = 'd' AND due_at <= clock_timestamp()
+        SELECT uuid FROM queue WHERE app = $1 AND state = 'd' AND due_at <= (SELECT clock_timestamp())
           AND queue = ANY($2) AND queue NOT IN (SELECT queue FROM paused)
         ORDER BY due_at LIMIT 1000 FOR UPDATE SKIP LOCKED)
     RETURNING 1
@@ -560,6 +829,9 @@ SELECT ARRAY(SELECT queue FROM paused),
 const LEASE: &str = "
 WITH picked AS MATERIALIZED (
     SELECT uuid FROM queue WHERE app = $1 AND queue = $2 AND state = 'w'
+      -- Paused since the take looked: this statement's snapshot has every pause that
+      -- committed before the tasks it can see were added.
+      AND NOT EXISTS (SELECT 1 FROM paused WHERE app = $1 AND queue = $2)
     ORDER BY priority, seq LIMIT $3 FOR UPDATE SKIP LOCKED
 ),
 leased AS (
@@ -572,10 +844,10 @@ leased AS (
 marked AS (
     UPDATE records r SET status = 'process', updated_at = extract(epoch FROM clock_timestamp())
     FROM leased WHERE r.app = $1 AND r.uuid = leased.uuid AND r.status IN ('new', 'process')
-    RETURNING r.uuid, r.task_name, r.status, r.doc, r.updated_at
+    RETURNING r.uuid, r.task_name, r.status, r.doc, r.updated_at, r.cancel_requested
 )
 SELECT l.uuid, l.token, l.recovered, l.deliveries, l.priority, l.seq,
-       m.task_name, m.status, m.doc, m.updated_at
+       m.task_name, m.status, m.doc, m.updated_at, m.cancel_requested
 FROM leased l LEFT JOIN marked m ON m.uuid = l.uuid";
 
 /// Moves the stat deltas into the totals (one folder at a time per app), and merges the
@@ -597,20 +869,31 @@ GROUP BY 2, 3, 4, 5
 ORDER BY 2, 3, 4, 5
 ON CONFLICT (app, queue, priority, kind, sec) DO UPDATE SET n = stat_totals.n + excluded.n";
 
-/// The maintenance of one app: records past their retention, expired claims, workers and
-/// workflows; at most 5,000 records a time.
+/// The maintenance of one app: records past their retention, expired claims, workers,
+/// workflows and unique keys, the running slots of dead deliveries, rate turns an hour old;
+/// at most 5,000 records a time.
 const MAINTAIN: &str = "
 WITH purged AS (
     DELETE FROM records WHERE app = $1 AND uuid IN (
-        SELECT uuid FROM records WHERE app = $1 AND purge_at < clock_timestamp() LIMIT 5000)
+        SELECT uuid FROM records WHERE app = $1 AND purge_at < (SELECT clock_timestamp())
+        LIMIT 5000 FOR UPDATE SKIP LOCKED)
     RETURNING uuid
 ),
 items AS (DELETE FROM items WHERE app = $1 AND uuid IN (SELECT uuid FROM purged) RETURNING 1),
-claims AS (DELETE FROM claims WHERE app = $1 AND expires_at < clock_timestamp() RETURNING 1),
-workers AS (DELETE FROM workers WHERE app = $1 AND expires_at < clock_timestamp() RETURNING 1),
-flows AS (DELETE FROM workflows WHERE app = $1 AND expires_at < clock_timestamp() RETURNING id),
+claims AS (DELETE FROM claims WHERE app = $1 AND expires_at < (SELECT clock_timestamp()) RETURNING 1),
+workers AS (DELETE FROM workers WHERE app = $1 AND expires_at < (SELECT clock_timestamp()) RETURNING 1),
+flows AS (DELETE FROM workflows WHERE app = $1 AND expires_at < (SELECT clock_timestamp()) RETURNING id),
 fields AS (DELETE FROM workflow_fields WHERE app = $1 AND id IN (SELECT id FROM flows) RETURNING 1),
-joins AS (DELETE FROM workflow_joins WHERE app = $1 AND id IN (SELECT id FROM flows) RETURNING 1)
+joins AS (DELETE FROM workflow_joins WHERE app = $1 AND id IN (SELECT id FROM flows) RETURNING 1),
+slots AS (
+    DELETE FROM running_slots s WHERE app = $1 AND NOT EXISTS (
+        SELECT 1 FROM queue q WHERE q.app = s.app AND q.token = s.token AND q.state = 'r')
+    RETURNING 1),
+turns AS (
+    DELETE FROM rate_turns
+    WHERE app = $1 AND turn < extract(epoch FROM clock_timestamp()) - 3600
+    RETURNING 1),
+keys AS (DELETE FROM unique_keys WHERE app = $1 AND expires_at < (SELECT clock_timestamp()) RETURNING 1)
 SELECT (SELECT count(*) FROM purged), (SELECT count(*) FROM items), (SELECT count(*) FROM claims),
        (SELECT count(*) FROM workers), (SELECT count(*) FROM fields), (SELECT count(*) FROM joins)";
 
@@ -625,36 +908,49 @@ impl qtasks_core::backend::Lifecycle for PgBroker {
         let app = Arc::clone(&self.app);
         let every = self.app.options.lease / 3;
         let lease = self.lease_secs();
-        let renewer = tokio::spawn(async move {
-            let mut maintained = tokio::time::Instant::now();
-            loop {
-                tokio::time::sleep(every.min(MAINTENANCE_EVERY)).await;
-                if maintained.elapsed() >= MAINTENANCE_EVERY {
-                    maintained = tokio::time::Instant::now();
-                    if let Err(error) = PgBroker::maintain(&app).await {
+        // Renewals on a task of their own, each bounded by the time to the next one: nothing
+        // else (the maintenance, a slow pool) may hold them up past the lease.
+        let renewer = {
+            let app = Arc::clone(&app);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    let tokens: Vec<Uuid> = held.lock().keys().copied().collect();
+                    if tokens.is_empty() {
+                        continue;
+                    }
+                    let renewal = renew(&app, &held, &tokens, lease);
+                    if tokio::time::timeout(every, renewal).await.is_err() {
                         tracing::warn!(
-                            "the maintenance of app `{}` failed: {}",
-                            app.name,
-                            ErrorChain(&error)
+                            "renewing {} task lease(s) took over {every:?}; trying again",
+                            tokens.len()
                         );
                     }
                 }
-                let tokens: Vec<Uuid> = held.lock().keys().copied().collect();
-                if tokens.is_empty() {
-                    continue;
+            })
+        };
+        let maintainer = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(MAINTENANCE_EVERY).await;
+                if let Err(error) = maintain(&app).await {
+                    tracing::warn!(
+                        "the maintenance of app `{}` failed: {}",
+                        app.name,
+                        ErrorChain(&error)
+                    );
                 }
-                renew(&app, &held, &tokens, lease).await;
             }
         });
-        if let Some(previous) = self.renewer.lock().replace(renewer) {
-            previous.abort();
+        let previous = std::mem::replace(&mut *self.background.lock(), vec![renewer, maintainer]);
+        for task in previous {
+            task.abort();
         }
         Ok(())
     }
 
     async fn stop(&self) -> Result<(), BackendError> {
-        if let Some(renewer) = self.renewer.lock().take() {
-            renewer.abort();
+        for task in self.background.lock().drain(..) {
+            task.abort();
         }
         Ok(())
     }
@@ -741,13 +1037,39 @@ impl Broker for PgBroker {
         let uuid = task.uuid;
         (|| async {
             let mut conn = self.app.pool().acquire().await?;
-            insert_task(&mut conn, &self.app.name, &task).await
+            insert_task(&mut conn, self.statements(), &self.app.name, &task).await
         })
         .retry(crate::reconnect_pauses().take(6))
         .when(is_transient)
         .await
         .map_err(|e| failure(format!("adding task {uuid} failed"), e))?;
         Ok(())
+    }
+
+    async fn add_unique(
+        &self,
+        task: QueuedTask,
+        unique: &qtasks_core::unique::UniqueKey,
+    ) -> Result<Option<Uuid>, BackendError> {
+        use backon::Retryable;
+        let uuid = task.uuid;
+        (|| async {
+            let mut conn = self.app.pool().acquire().await?;
+            crate::unique::add_unique(&mut conn, self.statements(), &self.app.name, &task, unique)
+                .await
+        })
+        .retry(crate::reconnect_pauses().take(6))
+        .when(is_transient)
+        .await
+        .map_err(|e| {
+            failure(
+                format!(
+                    "adding task {uuid} under unique key `{}` failed",
+                    unique.key
+                ),
+                e,
+            )
+        })
     }
 
     async fn next_batch(&self, max: usize) -> Result<Vec<Delivery>, BackendError> {
@@ -792,7 +1114,7 @@ impl Broker for PgBroker {
         let uuid = delivery.task.uuid;
         // Kept and sent again through an outage: the write is idempotent (a reply lost after
         // the commit makes the next try answer "replayed").
-        let patience = self.app.options.lease * 2;
+        let patience = self.app.options.lease.saturating_mul(2);
         let started = tokio::time::Instant::now();
         let written = (|| self.write_outcome(delivery, &outcome))
             .retry(crate::reconnect_pauses())
@@ -823,11 +1145,11 @@ impl Broker for PgBroker {
     }
 
     async fn release(&self, delivery: &Delivery) -> Result<(), BackendError> {
-        self.hand_back(delivery, None).await
+        self.hand_back(delivery, HandBack::Release).await
     }
 
     async fn defer(&self, delivery: &Delivery, delay: Duration) -> Result<(), BackendError> {
-        self.hand_back(delivery, Some(delay)).await
+        self.hand_back(delivery, HandBack::Defer(delay)).await
     }
 
     async fn bury(&self, delivery: &Delivery, reason: &str) -> Result<(), BackendError> {
@@ -861,11 +1183,110 @@ impl Broker for PgBroker {
             RecordChange::Finished(Outcome::Error(reason.to_owned()), delivery.run.clone())
                 .apply_to(&mut record, now);
             record.updated_at = now;
-            write_record(&mut tx, app, &record, self.app.options.result_ttl).await?;
+            write_record(&mut tx, app, &record, Purge::After(None)).await?;
         }
         let entry = format!("{}:{uuid}:{priority}", delivery.task.task_name);
         self.dead_letter(&mut tx, uuid, &queue, &entry, reason)
             .await?;
+        commit(tx).await
+    }
+
+    fn supports_limits(&self) -> bool {
+        true
+    }
+
+    async fn admit(
+        &self,
+        delivery: &Delivery,
+        limits: &TaskLimits,
+    ) -> Result<Admission, BackendError> {
+        let Ok(token) = Uuid::parse_str(&delivery.receipt) else {
+            return Ok(Admission::Lost);
+        };
+        let admission = match (limits.rate, limits.max_running) {
+            // A rate alone: one statement, its own transaction.
+            (Some(rate), None) => {
+                let mut conn = self
+                    .app
+                    .pool()
+                    .acquire()
+                    .await
+                    .map_err(|e| failure("deciding whether a task may start failed", e))?;
+                match self
+                    .rate_answer(&mut conn, delivery, limits, token, rate.interval())
+                    .await?
+                {
+                    RateAnswer::Run => Admission::Run,
+                    RateAnswer::Waits(wait) => Admission::Postponed { wait },
+                    RateAnswer::Lost => Admission::Lost,
+                    RateAnswer::Cancel(wait) => {
+                        let mut tx = self.begin().await?;
+                        let handed = self
+                            .hand_back_in(&mut tx, delivery, HandBack::Postpone(wait))
+                            .await?;
+                        commit(tx).await?;
+                        match handed {
+                            HandedBack::Cancelled => Admission::Cancelled,
+                            HandedBack::NotHeld => Admission::Lost,
+                            HandedBack::Waiting => Admission::Postponed { wait },
+                        }
+                    }
+                }
+            }
+            _ => {
+                let mut tx = self.begin().await?;
+                let admission = self.admit_in(&mut tx, delivery, limits, token).await?;
+                commit(tx).await?;
+                admission
+            }
+        };
+        if !matches!(admission, Admission::Run) {
+            // Handed back (or lost): no longer this worker's to renew.
+            self.unhold(&delivery.receipt);
+        }
+        Ok(admission)
+    }
+
+    async fn leave(&self, delivery: &Delivery, limits: &TaskLimits) -> Result<(), BackendError> {
+        if limits.max_running.is_none() {
+            return Ok(());
+        }
+        let Ok(token) = Uuid::parse_str(&delivery.receipt) else {
+            return Ok(());
+        };
+        let app = &self.app.name;
+        let what = |e| {
+            failure(
+                format!(
+                    "giving back a running slot of `{}` failed",
+                    limits.task_name
+                ),
+                e,
+            )
+        };
+        let mut tx = self.begin().await?;
+        Self::lock_slots(&mut tx, app, &limits.task_name)
+            .await
+            .map_err(what)?;
+        // The slot goes, and the task parked longest for one waits again (announced by the
+        // trigger: the row becomes waiting).
+        sqlx::query(
+            "WITH freed AS (
+                 DELETE FROM running_slots WHERE app = $1 AND task_name = $2 AND token = $3
+                 RETURNING 1),
+             woken AS (
+                 SELECT uuid FROM queue
+                 WHERE app = $1 AND state = 'd' AND parked_for = $2 AND EXISTS (SELECT 1 FROM freed)
+                 ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED)
+             UPDATE queue SET state = 'w', due_at = NULL, parked_for = NULL, seq = nextval('arrival')
+             WHERE app = $1 AND uuid IN (SELECT uuid FROM woken)",
+        )
+        .bind(app)
+        .bind(&limits.task_name)
+        .bind(token)
+        .execute(&mut *tx)
+        .await
+        .map_err(what)?;
         commit(tx).await
     }
 
@@ -901,6 +1322,9 @@ impl Broker for PgBroker {
             "DELETE FROM stat_totals WHERE app = $1",
             "DELETE FROM dead_letters WHERE app = $1",
             "DELETE FROM paused WHERE app = $1",
+            "DELETE FROM rate_limits WHERE app = $1",
+            "DELETE FROM rate_turns WHERE app = $1",
+            "DELETE FROM running_slots WHERE app = $1",
         ] {
             sqlx::query(statement)
                 .bind(&self.app.name)
@@ -916,15 +1340,28 @@ impl Broker for PgBroker {
         let what = || format!("cancelling task {uuid} failed");
         let mut tx = self.begin().await?;
         // The queue row first (the lock order): a take that holds it makes this wait, and then
-        // finds it leased.
-        let waiting = sqlx::query(
-            "DELETE FROM queue WHERE app = $1 AND uuid = $2 AND state <> 'r' RETURNING 1",
+        // finds it leased. A lease that ran out (its worker died or stalled) counts as waiting:
+        // the task must not be taken again and run.
+        let waiting: Option<bool> = sqlx::query_scalar(
+            "DELETE FROM queue WHERE app = $1 AND uuid = $2
+               AND (state <> 'r' OR lease_until < clock_timestamp())
+             RETURNING state = 'r'",
         )
         .bind(app)
         .bind(uuid)
         .fetch_optional(&mut *tx)
         .await
         .map_err(|e| failure(what(), e))?;
+        if waiting == Some(true) {
+            // A stalled holder hears it and stops; its outcome would be refused anyway.
+            sqlx::query(CANCEL_REQUEST)
+                .bind(app)
+                .bind(uuid)
+                .bind(crate::pg_text(reason))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| failure(what(), e))?;
+        }
         let locked = record::lock(&mut tx, app, uuid)
             .await
             .map_err(|e| failure(what(), e))?;
@@ -944,14 +1381,20 @@ impl Broker for PgBroker {
                 RecordChange::Finished(Outcome::Cancel(reason.to_owned()), RunInfo::default())
                     .apply_to(&mut record, now);
                 record.updated_at = now;
-                write_record(&mut tx, app, &record, self.app.options.result_ttl).await?;
+                write_record(
+                    &mut tx,
+                    app,
+                    &record,
+                    Purge::After(self.app.options.result_ttl),
+                )
+                .await?;
                 CancelState::Cancelled
             }
         } else if record.status == TaskStatus::Process {
             sqlx::query(CANCEL_REQUEST)
                 .bind(app)
                 .bind(uuid)
-                .bind(reason)
+                .bind(crate::pg_text(reason))
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| failure(what(), e))?;
@@ -967,7 +1410,7 @@ impl Broker for PgBroker {
         sqlx::query(CANCEL_REQUEST)
             .bind(&self.app.name)
             .bind(uuid)
-            .bind(reason)
+            .bind(crate::pg_text(reason))
             .execute(self.app.pool())
             .await
             .map_err(|e| failure(format!("asking to cancel task {uuid} failed"), e))?;
@@ -982,7 +1425,7 @@ impl Broker for PgBroker {
         let count: i64 = sqlx::query_scalar(
             "WITH reclaimed AS (
                  UPDATE queue SET state = 'w', token = NULL, lease_until = NULL, recovered = true
-                 WHERE app = $1 AND state = 'r' AND lease_until < clock_timestamp()
+                 WHERE app = $1 AND state = 'r' AND lease_until < (SELECT clock_timestamp())
                  RETURNING 1)
              SELECT count(*) FROM reclaimed",
         )
@@ -994,7 +1437,17 @@ impl Broker for PgBroker {
     }
 
     async fn stats(&self) -> Result<Option<QueueStats>, BackendError> {
-        self.fold_stats().await?;
+        {
+            let mut conn = self
+                .app
+                .pool()
+                .acquire()
+                .await
+                .map_err(|e| failure("reading the stats failed", e))?;
+            fold_stats(&self.app, &mut conn)
+                .await
+                .map_err(|e| failure("folding the stats failed", e))?;
+        }
         let app = &self.app.name;
         let pool = self.app.pool();
         let what = |e| failure("reading the stats failed", e);
@@ -1037,7 +1490,13 @@ impl Broker for PgBroker {
         let extra = sqlx::query(
             "SELECT ARRAY(SELECT queue FROM paused WHERE app = $1),
                     (SELECT count(*) FROM dead_letters WHERE app = $1),
-                    (SELECT min(created_at) FROM queue WHERE app = $1 AND state = 'w')",
+                    (SELECT min(head.created_at)
+                     FROM stat_totals line,
+                     LATERAL (SELECT created_at FROM queue
+                              WHERE app = $1 AND queue = line.queue AND priority = line.priority
+                                AND state = 'w'
+                              ORDER BY seq LIMIT 1) head
+                     WHERE line.app = $1 AND line.kind = 'w' AND line.n > 0)",
         )
         .bind(app)
         .fetch_one(pool)
@@ -1102,8 +1561,22 @@ impl Broker for PgBroker {
         let Some(taken) = taken else {
             return Ok(false);
         };
+        let uuid: Uuid = taken.try_get(0).unwrap_or_default();
+        if !requeue {
+            // Its record was kept while the letter was: its retention starts now.
+            sqlx::query(
+                "UPDATE records SET purge_at = clock_timestamp() + make_interval(secs => $3)
+                 WHERE app = $1 AND uuid = $2 AND purge_at IS NULL
+                   AND status IN ('success', 'error', 'cancel', 'retry') AND $3::float8 IS NOT NULL",
+            )
+            .bind(app)
+            .bind(uuid)
+            .bind(self.app.options.result_ttl.map(secs))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| failure(what(), e))?;
+        }
         if requeue {
-            let uuid: Uuid = taken.try_get(0).unwrap_or_default();
             let queue: String = taken.try_get(1).unwrap_or_default();
             let locked = record::lock(&mut tx, app, uuid)
                 .await
@@ -1114,7 +1587,7 @@ impl Broker for PgBroker {
                     let now = unix_now();
                     RecordChange::HandedBack(0).apply_to(&mut record, now);
                     record.updated_at = now;
-                    write_record(&mut tx, app, &record, None).await?;
+                    write_record(&mut tx, app, &record, Purge::After(None)).await?;
                     sqlx::query(
                         "INSERT INTO queue (app, uuid, queue, priority, state, created_at)
                          VALUES ($1, $2, $3, $4, 'w', $5) ON CONFLICT DO NOTHING",
@@ -1128,9 +1601,16 @@ impl Broker for PgBroker {
                     .await
                     .map_err(|e| failure(what(), e))?;
                 }
-                None => tracing::warn!(
-                    "dead letter of task {uuid}: its record is gone; not queued again"
-                ),
+                None => {
+                    // Nothing to queue again: the letter stays, for the operator to drop.
+                    return Err(BackendError::new(
+                        "postgres",
+                        format!(
+                            "dead letter {}: the record of task {uuid} is gone, so it cannot be queued again; drop the letter instead",
+                            letter.id
+                        ),
+                    ));
+                }
             }
         }
         commit(tx).await?;
@@ -1175,6 +1655,7 @@ mod tests {
             priority: 0,
             seq: 0,
             record: None,
+            cancel_requested: None,
         };
         assert!(matches!(row.delivery(), Err(SetAside::Dead(_))));
     }

@@ -51,6 +51,13 @@ impl qtasks_core::backend::Lifecycle for PgGlobalConfig {
 #[qtasks_core::async_trait]
 impl GlobalConfig for PgGlobalConfig {
     async fn set(&self, name: &str, key: &str, value: &str) -> Result<(), BackendError> {
+        for (what, text) in [
+            ("the entry's name", name),
+            ("its key", key),
+            ("its value", value),
+        ] {
+            crate::no_nul(&format!("global config `{name}.{key}`: {what}"), text)?;
+        }
         sqlx::query(
             "INSERT INTO entries (app, name, key, value) VALUES ($1, $2, $3, $4)
              ON CONFLICT (app, name, key) DO UPDATE SET value = excluded.value",
@@ -211,6 +218,10 @@ impl GlobalConfig for PgGlobalConfig {
         let Some((first, _)) = fields.first() else {
             return Ok(false);
         };
+        for (field, value) in fields {
+            crate::no_nul(&format!("workflow {id}: field `{field}`"), field)?;
+            crate::no_nul(&format!("workflow {id}: the value of `{field}`"), value)?;
+        }
         let what = |e| failure(format!("writing workflow {id} failed"), e);
         let app = &self.app.name;
         let mut tx = self.app.pool().begin().await.map_err(what)?;

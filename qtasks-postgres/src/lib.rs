@@ -33,6 +33,7 @@ mod listen;
 mod record;
 mod schema;
 mod storage;
+mod unique;
 
 use std::str::FromStr;
 use std::sync::{Arc, LazyLock, Weak};
@@ -191,7 +192,9 @@ pub const MIN_LEASE: Duration = Duration::from_secs(1);
 
 /// Settings of the PostgreSQL backend.
 ///
-/// See [`connect_with`].
+/// See [`connect_with`]. Apps of one process that connect to the same URL and schema share one
+/// pool and one listening connection: `max_connections`, `connect_timeout` and `migrate` are
+/// those of the first of them to connect.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PostgresOptions {
     /// The schema the tables live in, when the URL has no `schema=` parameter. Default
@@ -262,6 +265,8 @@ pub(crate) struct Shared {
     pub(crate) schema: String,
     /// The URL without its password, for logs and the command line.
     pub(crate) shown_url: String,
+    /// The statements that name the schema.
+    pub(crate) statements: unique::Statements,
     listener: Listener,
 }
 
@@ -303,6 +308,7 @@ impl Shared {
         let listener = Listener::start(&pool, &schema).await?;
         let shared = Arc::new(Shared {
             pool,
+            statements: unique::Statements::new(&schema),
             schema,
             shown_url,
             listener,
@@ -377,6 +383,27 @@ pub(crate) fn reconnect_pauses() -> impl Iterator<Item = Duration> + Send + Sync
         .without_max_times()
         .build()
         .flat_map(|pause| [Duration::ZERO, pause])
+}
+
+/// `text` as a PostgreSQL `text` value holds it: a NUL character (which `text` refuses) as
+/// U+FFFD. For reasons and labels; JSON documents escape NUL themselves.
+pub(crate) fn pg_text(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        text.replace('\0', "\u{FFFD}").into()
+    } else {
+        text.into()
+    }
+}
+
+/// Refuses a value PostgreSQL `text` cannot hold (a NUL character), naming what it was.
+pub(crate) fn no_nul(what: &str, text: &str) -> Result<(), BackendError> {
+    if text.contains('\0') {
+        return Err(BackendError::new(
+            "postgres",
+            format!("{what} contains a NUL character (\\0), which PostgreSQL text cannot hold"),
+        ));
+    }
+    Ok(())
 }
 
 /// Seconds as a PostgreSQL interval's seconds, kept finite and within what an interval holds.

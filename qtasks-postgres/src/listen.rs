@@ -88,15 +88,11 @@ impl Listener {
     /// app connected is missed.
     pub(crate) async fn start(pool: &PgPool, schema: &str) -> Result<Listener, BackendError> {
         let channel = format!("qtasks_{schema}");
-        let mut listener = PgListener::connect_with(pool)
-            .await
-            .map_err(|e| failure("opening the notification connection failed", e))?;
-        listener
-            .listen(&channel)
+        let listener = open(pool, &channel)
             .await
             .map_err(|e| failure(format!("listening on `{channel}` failed"), e))?;
         let hubs = Arc::new(Hubs::default());
-        let task = tokio::spawn(listen(listener, Arc::clone(&hubs)));
+        let task = tokio::spawn(listen(listener, pool.clone(), channel, Arc::clone(&hubs)));
         Ok(Listener { hubs, task })
     }
 
@@ -117,7 +113,14 @@ impl Listener {
     }
 }
 
-async fn listen(mut listener: PgListener, hubs: Arc<Hubs>) {
+/// A connection listening on `channel`.
+async fn open(pool: &PgPool, channel: &str) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(channel).await?;
+    Ok(listener)
+}
+
+async fn listen(mut listener: PgListener, pool: PgPool, channel: String, hubs: Arc<Hubs>) {
     loop {
         match listener.try_recv().await {
             Ok(Some(notification)) => hubs.dispatch(notification.payload()),
@@ -129,11 +132,23 @@ async fn listen(mut listener: PgListener, hubs: Arc<Hubs>) {
             }
             Err(error) => {
                 tracing::warn!(
-                    "listening for notifications failed (trying again): {}",
+                    "listening for notifications failed (opening a new connection): {}",
                     qtasks_core::backend::ErrorChain(&error)
                 );
+                // A new connection, listening before anyone is told to look again: what is
+                // sent from then on is heard.
+                let mut pauses = crate::reconnect_pauses();
+                listener = loop {
+                    tokio::time::sleep(pauses.next().unwrap_or(Duration::from_secs(2))).await;
+                    match open(&pool, &channel).await {
+                        Ok(listener) => break listener,
+                        Err(error) => tracing::debug!(
+                            "listening on `{channel}` failed (trying again): {}",
+                            qtasks_core::backend::ErrorChain(&error)
+                        ),
+                    }
+                };
                 hubs.wake_all();
-                tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
     }

@@ -59,20 +59,34 @@ pub(crate) fn read(row: &PgRow) -> TaskRecord {
     record
 }
 
-/// Writes a whole record back (status, document, time); a final one gets its retention, a
-/// live one none.
+/// When a written record goes.
+#[derive(Clone, Copy)]
+pub(crate) enum Purge {
+    /// As it was set before (an update of a record that was final already).
+    Keep,
+    /// This long after the write, if the record is final (`None`: kept).
+    After(Option<Duration>),
+}
+
+/// Writes a whole record back (status, document, time) with its retention. A record that
+/// ends its run (final, or waiting again) forgets a cancel asked of that run.
 pub(crate) async fn write_record(
     tx: &mut PgConnection,
     app: &str,
     record: &TaskRecord,
-    ttl: Option<Duration>,
+    purge: Purge,
 ) -> Result<(), BackendError> {
     let doc = encode(record)?;
-    let purge = record.status.is_final();
+    let (keep, ttl) = match purge {
+        Purge::Keep => (true, None),
+        Purge::After(ttl) => (false, ttl),
+    };
     sqlx::query(
         "UPDATE records SET status = $3, doc = $4, updated_at = $5,
-             purge_at = CASE WHEN $6 AND $7::float8 IS NOT NULL
-                             THEN clock_timestamp() + make_interval(secs => $7) END
+             purge_at = CASE WHEN $6 THEN purge_at
+                             WHEN $3 IN ('success', 'error', 'cancel', 'retry') AND $7::float8 IS NOT NULL
+                             THEN clock_timestamp() + make_interval(secs => $7) END,
+             cancel_requested = CASE WHEN $3 = 'process' THEN cancel_requested END
          WHERE app = $1 AND uuid = $2",
     )
     .bind(app)
@@ -80,7 +94,7 @@ pub(crate) async fn write_record(
     .bind(record.status.as_str())
     .bind(doc)
     .bind(record.updated_at)
-    .bind(purge)
+    .bind(keep)
     .bind(ttl.map(secs))
     .execute(&mut *tx)
     .await

@@ -10,7 +10,7 @@ use qtasks_core::backend::{BackendError, ItemsRead, Storage, has_progress_news, 
 use qtasks_core::records::{RecordCursor, RecordPage, RecordQuery, RecordUpdate};
 use qtasks_core::{TaskRecord, TaskStatus};
 
-use crate::record::{self, Locked, write_record};
+use crate::record::{self, Locked, Purge, write_record};
 use crate::{App, failure};
 
 /// How long a waiter sleeps when nothing wakes it: the safety net under the notifications.
@@ -118,7 +118,7 @@ impl PgStorage {
                 }
                 record.progress = Some(progress);
                 record.progress_at = Some(unix_now());
-                write_record(&mut tx, app, &record, None).await?;
+                write_record(&mut tx, app, &record, Purge::Keep).await?;
             }
             LiveWrite::Item(item) => {
                 // A newer delivery's items replace an older one's.
@@ -197,6 +197,14 @@ impl Storage for PgStorage {
             .begin()
             .await
             .map_err(|e| failure(what(), e))?;
+        // The queue row first: the lock order of every write (a take locks it, then the
+        // record).
+        sqlx::query("SELECT 1 FROM queue WHERE app = $1 AND uuid = $2 FOR UPDATE")
+            .bind(app)
+            .bind(uuid)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| failure(what(), e))?;
         let locked = record::lock(&mut tx, app, uuid)
             .await
             .map_err(|e| failure(what(), e))?;
@@ -206,9 +214,16 @@ impl Storage for PgStorage {
                 format!("task {uuid} is not stored"),
             ));
         };
+        let was_final = record.status.is_final();
         update.apply_to(&mut record);
         record.updated_at = unix_now();
-        write_record(&mut tx, app, &record, self.app.options.result_ttl).await?;
+        // A record final before and after keeps its retention (a task's own `result_ttl`).
+        let purge = if was_final && record.status.is_final() {
+            Purge::Keep
+        } else {
+            Purge::After(self.app.options.result_ttl)
+        };
+        write_record(&mut tx, app, &record, purge).await?;
         if let Some(priority) = update.priority {
             sqlx::query(
                 "UPDATE queue SET priority = $3 WHERE app = $1 AND uuid = $2 AND state <> 'r'",
@@ -376,6 +391,7 @@ impl Storage for PgStorage {
         for statement in [
             "DELETE FROM items WHERE app = $1",
             "DELETE FROM records WHERE app = $1",
+            "DELETE FROM unique_keys WHERE app = $1",
         ] {
             sqlx::query(statement)
                 .bind(&self.app.name)

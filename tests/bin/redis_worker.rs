@@ -31,6 +31,9 @@
 //! With `QTASKS_TEST_WORKER_AMQP` (a RabbitMQ URL) the queue is on RabbitMQ and the records on
 //! Redis.
 //!
+//! With `QTASKS_TEST_WORKER_POSTGRES` (a PostgreSQL URL with its `?schema=`), the whole app is
+//! on PostgreSQL, and Redis is not needed (`record_run` then fails: use `log_run`).
+//!
 //! With `QTASKS_TEST_SCHEDULE_FROM` (Unix seconds) and `QTASKS_TEST_SCHEDULE_SLOTS`, it also
 //! runs a schedule `tick` that adds `record_run("tick", 0)` every second for that many slots
 //! (`log_run("tick", 0)` with `QTASKS_TEST_SCHEDULE_LOGGED`).
@@ -47,7 +50,9 @@ static RECORDER: OnceLock<(ConnectionManager, String)> = OnceLock::new();
 
 #[qtasks::task]
 async fn record_run(label: String, ms: u64) -> qtasks::TaskResult<String> {
-    let (con, prefix) = RECORDER.get().expect("set in main");
+    let (con, prefix) = RECORDER
+        .get()
+        .expect("record_run needs Redis (QTASKS_TEST_REDIS_URL)");
     let mut con = con.clone();
     let _: i64 = con.hincr(format!("{prefix}:test:runs"), &label, 1).await?;
     let _: i64 = con.rpush(format!("{prefix}:test:order"), &label).await?;
@@ -192,13 +197,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .init();
-    let url = std::env::var("QTASKS_TEST_REDIS_URL")?;
-    let recorder = redis::Client::open(url.as_str())?
-        .get_connection_manager()
-        .await?;
-    RECORDER
-        .set((recorder, prefix.clone()))
-        .map_err(|_| "set once")?;
+    let postgres = std::env::var("QTASKS_TEST_WORKER_POSTGRES").ok();
+    let url = match (std::env::var("QTASKS_TEST_REDIS_URL"), &postgres) {
+        (Ok(url), _) => url,
+        (Err(_), Some(_)) => String::new(),
+        (Err(error), None) => return Err(error.into()),
+    };
+    if !url.is_empty() {
+        let recorder = redis::Client::open(url.as_str())?
+            .get_connection_manager()
+            .await?;
+        RECORDER
+            .set((recorder, prefix.clone()))
+            .map_err(|_| "set once")?;
+    }
 
     // Other settings from `QTASKS_*` variables (a test sets `QTASKS_STOP_TIMEOUT`).
     let config = QueueConfig {
@@ -212,6 +224,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     // `QTASKS_TEST_WORKER_AMQP`: the queue on this RabbitMQ instead, the records on Redis.
     let app = match std::env::var("QTASKS_TEST_WORKER_AMQP") {
+        _ if postgres.is_some() => {
+            let options = qtasks::postgres::PostgresOptions {
+                lease: options.lease,
+                ..Default::default()
+            };
+            let url = postgres.as_deref().unwrap_or_default();
+            qtasks::postgres::connect_with(url, config, options).await?
+        }
         Ok(amqp) => {
             let storage = qtasks::redis::Redis::new(url).options(options);
             let options = qtasks::rabbitmq::RabbitMqOptions::default()
