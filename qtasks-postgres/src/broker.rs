@@ -25,6 +25,7 @@ use qtasks_core::records::{RecordChange, secs_to_ms};
 use qtasks_core::stats::{DeadLetter, QueueNumbers, QueueStats};
 use qtasks_core::{Outcome, QueuedTask, TaskRecord, TaskStatus};
 
+use crate::batch::Batcher;
 use crate::record::{self, Locked, Purge, write_record};
 use crate::{App, failure, is_transient, secs};
 
@@ -45,14 +46,38 @@ pub(crate) struct PgBroker {
     held: Arc<Mutex<HashMap<Uuid, Uuid>>>,
     /// The renewer and the maintainer, while the broker runs.
     background: Mutex<Vec<JoinHandle<()>>>,
+    /// Finishes made at once go out as one transaction.
+    finisher: Batcher<Finishing, Stored>,
+    /// Adds made at once (`add_many`) go out as one statement.
+    adder: Batcher<QueuedTask, Result<(), Arc<sqlx::Error>>>,
 }
+
+/// The most finishes one transaction stores, and the most adds one statement writes.
+const FINISH_BATCH: usize = 256;
+const ADD_BATCH_MAX: usize = 512;
 
 impl PgBroker {
     pub(crate) fn new(app: Arc<App>) -> Self {
+        let finisher = {
+            let app = Arc::clone(&app);
+            Batcher::new(FINISH_BATCH, move |items| {
+                let app = Arc::clone(&app);
+                async move { finish_batch(&app, items).await }
+            })
+        };
+        let adder = {
+            let app = Arc::clone(&app);
+            Batcher::new(ADD_BATCH_MAX, move |tasks| {
+                let app = Arc::clone(&app);
+                async move { add_batch(&app, tasks).await }
+            })
+        };
         PgBroker {
             app,
             held: Arc::default(),
             background: Mutex::default(),
+            finisher,
+            adder,
         }
     }
 
@@ -230,97 +255,6 @@ impl PgBroker {
             .begin()
             .await
             .map_err(|e| failure("starting a transaction failed", e))
-    }
-
-    /// Stores a delivery's outcome in one transaction, fenced by its token.
-    async fn write_outcome(
-        &self,
-        delivery: &Delivery,
-        outcome: &Outcome,
-    ) -> Result<Written, sqlx::Error> {
-        let app = &self.app.name;
-        let uuid = delivery.task.uuid;
-        let Ok(token) = Uuid::parse_str(&delivery.receipt) else {
-            return Ok(Written::Refused);
-        };
-        let mut tx = self.app.pool().begin().await?;
-        let fenced = sqlx::query(
-            "DELETE FROM queue WHERE app = $1 AND uuid = $2 AND token = $3 AND state = 'r' RETURNING 1",
-        )
-        .bind(app)
-        .bind(uuid)
-        .bind(token)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if fenced.is_none() {
-            // Stored before by this delivery (a reply lost after the commit) answers as then.
-            let stored = sqlx::query(
-                "SELECT uuid, task_name, status, doc, updated_at FROM records
-                 WHERE app = $1 AND uuid = $2 AND finished_by = $3",
-            )
-            .bind(app)
-            .bind(uuid)
-            .bind(token)
-            .fetch_optional(&mut *tx)
-            .await?;
-            return Ok(match stored.as_ref().map(record::read) {
-                None => Written::Refused,
-                Some(record)
-                    if record.status == TaskStatus::Cancel
-                        && !matches!(outcome, Outcome::Cancel(_)) =>
-                {
-                    Written::Cancelled(record.cancel_reason.unwrap_or_default())
-                }
-                Some(_) => Written::Replayed,
-            });
-        }
-        let Some(Locked {
-            mut record,
-            cancel_requested,
-        }) = record::lock(&mut tx, app, uuid).await?
-        else {
-            tx.commit().await?;
-            return Ok(Written::Gone);
-        };
-        let (outcome, cancelled) = match cancel_requested {
-            Some(reason) => (Outcome::Cancel(reason.clone()), Some(reason)),
-            None => (outcome.clone(), None),
-        };
-        let now = unix_now();
-        RecordChange::Finished(outcome.clone(), delivery.run.clone()).apply_to(&mut record, now);
-        record.updated_at = now;
-        let ttl = delivery.run.result_ttl.or(self.app.options.result_ttl);
-        let doc = record::encode(&record).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-        sqlx::query(
-            "UPDATE records SET status = $3, doc = $4, updated_at = $5, finished_by = $6,
-                 cancel_requested = NULL,
-                 purge_at = clock_timestamp() + make_interval(secs => $7)
-             WHERE app = $1 AND uuid = $2",
-        )
-        .bind(app)
-        .bind(uuid)
-        .bind(record.status.as_str())
-        .bind(doc)
-        .bind(now)
-        .bind(token)
-        .bind(ttl.map(secs))
-        .execute(&mut *tx)
-        .await?;
-        if let (Outcome::Retry { child, .. }, None) = (&outcome, &cancelled) {
-            insert_task(&mut tx, self.statements(), app, child).await?;
-        }
-        if delivery.run.streamed || delivery.recovered || delivery.deliveries > 1 {
-            sqlx::query("DELETE FROM items WHERE app = $1 AND uuid = $2")
-                .bind(app)
-                .bind(uuid)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(match cancelled {
-            Some(reason) => Written::Cancelled(reason),
-            None => Written::Stored,
-        })
     }
 
     /// Hands a delivery back unrun, in its own transaction (see [`Self::hand_back_in`]).
@@ -562,6 +496,266 @@ impl PgBroker {
     }
 }
 
+/// A finish waiting for its batch.
+pub(crate) struct Finishing {
+    delivery: Delivery,
+    outcome: Outcome,
+}
+
+/// What a batch answers each finish: what storing it found, or the batch's failure.
+type Stored = Result<Written, Arc<sqlx::Error>>;
+
+/// Stores the outcomes of a batch of deliveries in one transaction (see [`finish_batch_in`]).
+async fn finish_batch(app: &App, items: Vec<Finishing>) -> Vec<Stored> {
+    match finish_batch_in(app, &items).await {
+        Ok(written) => written.into_iter().map(Ok).collect(),
+        Err(error) => {
+            let error = Arc::new(error);
+            items.iter().map(|_| Err(Arc::clone(&error))).collect()
+        }
+    }
+}
+
+/// Stores the outcomes of a batch of deliveries, each fenced by its token, in one
+/// transaction of a few statements whatever the batch's size: the queue rows of the deliveries
+/// that still hold their lease deleted, their records locked and written back, retries'
+/// next attempts added, live items dropped. A delivery whose lease is another's writes nothing
+/// (refused); one that stored its outcome before (a lost reply) answers as it did.
+async fn finish_batch_in(app: &App, items: &[Finishing]) -> Result<Vec<Written>, sqlx::Error> {
+    let name = &app.name;
+    let uuids: Vec<Uuid> = items.iter().map(|item| item.delivery.task.uuid).collect();
+    let tokens: Vec<Option<Uuid>> = items
+        .iter()
+        .map(|item| Uuid::parse_str(&item.delivery.receipt).ok())
+        .collect();
+    let mut tx = app.pool().begin().await?;
+    let fenced: std::collections::HashSet<Uuid> = sqlx::query_scalar(
+        "DELETE FROM queue q USING unnest($2::uuid[], $3::uuid[]) AS f(uuid, token)
+         WHERE q.app = $1 AND q.uuid = f.uuid AND q.token = f.token AND q.state = 'r'
+         RETURNING q.token",
+    )
+    .bind(name)
+    .bind(&uuids)
+    .bind(&tokens)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .collect();
+    // Locked in one order (by uuid) by every batch: no two batches wait on each other in turn.
+    let rows = sqlx::query(
+        "SELECT uuid, task_name, status, doc, updated_at, cancel_requested, finished_by
+         FROM records WHERE app = $1 AND uuid = ANY($2) ORDER BY uuid FOR UPDATE",
+    )
+    .bind(name)
+    .bind(&uuids)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut found: HashMap<Uuid, (TaskRecord, Option<String>, Option<Uuid>)> = rows
+        .iter()
+        .map(|row| {
+            let record = record::read(row);
+            let cancel_requested = row.try_get("cancel_requested").unwrap_or(None);
+            let finished_by = row.try_get("finished_by").unwrap_or(None);
+            (record.uuid, (record, cancel_requested, finished_by))
+        })
+        .collect();
+    let now = unix_now();
+    let mut written = Vec::with_capacity(items.len());
+    let mut updates = Updates::default();
+    let mut children = Vec::new();
+    let mut items_dropped = Vec::new();
+    for (item, token) in items.iter().zip(&tokens) {
+        let uuid = item.delivery.task.uuid;
+        let Some(token) = *token else {
+            written.push(Written::Refused);
+            continue;
+        };
+        if !fenced.contains(&token) {
+            written.push(match found.get(&uuid) {
+                Some((record, _, finished_by)) if *finished_by == Some(token) => {
+                    if record.status == TaskStatus::Cancel
+                        && !matches!(item.outcome, Outcome::Cancel(_))
+                    {
+                        Written::Cancelled(record.cancel_reason.clone().unwrap_or_default())
+                    } else {
+                        Written::Replayed
+                    }
+                }
+                _ => Written::Refused,
+            });
+            continue;
+        }
+        let Some((mut record, cancel_requested, _)) = found.remove(&uuid) else {
+            written.push(Written::Gone);
+            continue;
+        };
+        let (outcome, cancelled) = match cancel_requested {
+            Some(reason) => (Outcome::Cancel(reason.clone()), Some(reason)),
+            None => (item.outcome.clone(), None),
+        };
+        RecordChange::Finished(outcome.clone(), item.delivery.run.clone())
+            .apply_to(&mut record, now);
+        record.updated_at = now;
+        let ttl = item.delivery.run.result_ttl.or(app.options.result_ttl);
+        updates.push(&record, token, ttl)?;
+        if let (Outcome::Retry { child, .. }, None) = (outcome, &cancelled) {
+            children.push(child);
+        }
+        let delivery = &item.delivery;
+        if delivery.run.streamed || delivery.recovered || delivery.deliveries > 1 {
+            items_dropped.push(uuid);
+        }
+        written.push(match cancelled {
+            Some(reason) => Written::Cancelled(reason),
+            None => Written::Stored,
+        });
+    }
+    if !updates.uuids.is_empty() {
+        sqlx::query(
+            "UPDATE records r SET status = u.status, doc = u.doc, updated_at = u.updated_at,
+                 finished_by = u.token, cancel_requested = NULL,
+                 purge_at = clock_timestamp() + make_interval(secs => u.ttl)
+             FROM unnest($2::uuid[], $3::text[], $4::text[], $5::float8[], $6::uuid[], $7::float8[])
+                  AS u(uuid, status, doc, updated_at, token, ttl)
+             WHERE r.app = $1 AND r.uuid = u.uuid",
+        )
+        .bind(name)
+        .bind(&updates.uuids)
+        .bind(&updates.statuses)
+        .bind(&updates.docs)
+        .bind(&updates.times)
+        .bind(&updates.tokens)
+        .bind(&updates.ttls)
+        .execute(&mut *tx)
+        .await?;
+    }
+    for child in children {
+        insert_task(&mut tx, &app.shared.statements, name, &child).await?;
+    }
+    if !items_dropped.is_empty() {
+        sqlx::query("DELETE FROM items WHERE app = $1 AND uuid = ANY($2)")
+            .bind(name)
+            .bind(&items_dropped)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(written)
+}
+
+/// The records a finish batch writes back, as the columns of one `UPDATE ... FROM unnest`.
+#[derive(Default)]
+struct Updates {
+    uuids: Vec<Uuid>,
+    statuses: Vec<&'static str>,
+    docs: Vec<String>,
+    times: Vec<f64>,
+    tokens: Vec<Uuid>,
+    ttls: Vec<Option<f64>>,
+}
+
+impl Updates {
+    fn push(
+        &mut self,
+        record: &TaskRecord,
+        token: Uuid,
+        ttl: Option<Duration>,
+    ) -> Result<(), sqlx::Error> {
+        let doc = record::encode(record).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        self.uuids.push(record.uuid);
+        self.statuses.push(record.status.as_str());
+        self.docs.push(doc);
+        self.times.push(record.updated_at);
+        self.tokens.push(token);
+        self.ttls.push(ttl.map(secs));
+        Ok(())
+    }
+}
+
+/// Adds a batch of tasks in one statement (see [`ADD_BATCH`]); each answers alike.
+async fn add_batch(app: &App, tasks: Vec<QueuedTask>) -> Vec<Result<(), Arc<sqlx::Error>>> {
+    let count = tasks.len();
+    match add_batch_in(app, &tasks).await {
+        Ok(()) => (0..count).map(|_| Ok(())).collect(),
+        Err(error) => {
+            let error = Arc::new(error);
+            (0..count).map(|_| Err(Arc::clone(&error))).collect()
+        }
+    }
+}
+
+async fn add_batch_in(app: &App, tasks: &[QueuedTask]) -> Result<(), sqlx::Error> {
+    let now = unix_now();
+    let mut uuids = Vec::with_capacity(tasks.len());
+    let mut names = Vec::with_capacity(tasks.len());
+    let mut created_ms = Vec::with_capacity(tasks.len());
+    let mut times = Vec::with_capacity(tasks.len());
+    let mut docs = Vec::with_capacity(tasks.len());
+    let mut queues = Vec::with_capacity(tasks.len());
+    let mut priorities = Vec::with_capacity(tasks.len());
+    let mut delays = Vec::with_capacity(tasks.len());
+    let mut created_at = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        let record = TaskRecord::new(task);
+        docs.push(record::encode(&record).map_err(|e| sqlx::Error::Encode(Box::new(e)))?);
+        uuids.push(task.uuid);
+        names.push(task.task_name.as_str());
+        created_ms.push(i64::try_from(secs_to_ms(task.created_at)).unwrap_or(i64::MAX));
+        times.push(record.updated_at);
+        queues.push(task.queue.as_deref().unwrap_or(DEFAULT_QUEUE));
+        priorities.push(task.priority);
+        delays.push(delay_of(task, now));
+        created_at.push(task.created_at);
+    }
+    sqlx::query(ADD_BATCH)
+        .bind(&app.name)
+        .bind(&uuids)
+        .bind(&names)
+        .bind(&created_ms)
+        .bind(&times)
+        .bind(&docs)
+        .bind(&queues)
+        .bind(&priorities)
+        .bind(&delays)
+        .bind(&created_at)
+        .execute(app.pool())
+        .await?;
+    Ok(())
+}
+
+/// How long a task waits before it may run (its `run_at` from now), if at all.
+fn delay_of(task: &QueuedTask, now: f64) -> Option<f64> {
+    task.run_at
+        .map(|run_at| run_at - now)
+        .filter(|delay| *delay > 0.0)
+        .map(|delay| delay.min(1e9))
+}
+
+/// The add of many tasks in one statement: their records and queue rows, nothing for a uuid
+/// known already (or given twice), queued in the order given.
+const ADD_BATCH: &str = "
+WITH input AS (
+    SELECT DISTINCT ON (t.uuid) t.*
+    FROM unnest($2::uuid[], $3::text[], $4::bigint[], $5::float8[], $6::text[], $7::text[],
+                $8::bigint[], $9::float8[], $10::float8[])
+         WITH ORDINALITY AS t(uuid, task_name, created_ms, updated_at, doc, queue, priority, delay,
+                              created_at, ord)
+    ORDER BY t.uuid, t.ord
+),
+added AS (
+    INSERT INTO records (app, uuid, status, task_name, created_ms, updated_at, doc)
+    SELECT $1, uuid, 'new', task_name, created_ms, updated_at, doc FROM input
+    ON CONFLICT (app, uuid) DO NOTHING
+    RETURNING uuid
+)
+INSERT INTO queue (app, uuid, queue, priority, state, due_at, created_at)
+SELECT $1, i.uuid, i.queue, i.priority,
+       CASE WHEN i.delay IS NULL THEN 'w' ELSE 'd' END,
+       CASE WHEN i.delay IS NULL THEN NULL ELSE clock_timestamp() + make_interval(secs => i.delay) END,
+       i.created_at
+FROM input i JOIN added a ON a.uuid = i.uuid
+ORDER BY i.ord";
+
 /// Moves the app's stat deltas into the totals.
 async fn fold_stats(app: &App, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
     sqlx::query(FOLD_STATS)
@@ -730,11 +924,7 @@ pub(crate) async fn insert_task_with(
 ) -> Result<bool, sqlx::Error> {
     let record = TaskRecord::new(task);
     let doc = record::encode(&record).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    let delay = task
-        .run_at
-        .map(|run_at| run_at - unix_now())
-        .filter(|delay| *delay > 0.0)
-        .map(|delay| delay.min(1e9));
+    let delay = delay_of(task, unix_now());
     let added = sqlx::query(sql)
         .bind(app)
         .bind(task.uuid)
@@ -1036,14 +1226,17 @@ impl Broker for PgBroker {
         use backon::Retryable;
         let uuid = task.uuid;
         (|| async {
-            let mut conn = self.app.pool().acquire().await?;
-            insert_task(&mut conn, self.statements(), &self.app.name, &task).await
+            self.adder
+                .call(task.clone())
+                .await
+                .unwrap_or_else(|| Err(Arc::new(sqlx::Error::PoolClosed)))
         })
         .retry(crate::reconnect_pauses().take(6))
-        .when(is_transient)
+        .when(|error| is_transient(error))
         .await
-        .map_err(|e| failure(format!("adding task {uuid} failed"), e))?;
-        Ok(())
+        .map_err(|e| {
+            BackendError::new("postgres", format!("adding task {uuid} failed")).with_source(e)
+        })
     }
 
     async fn add_unique(
@@ -1116,9 +1309,18 @@ impl Broker for PgBroker {
         // the commit makes the next try answer "replayed").
         let patience = self.app.options.lease.saturating_mul(2);
         let started = tokio::time::Instant::now();
-        let written = (|| self.write_outcome(delivery, &outcome))
-            .retry(crate::reconnect_pauses())
-            .when(|error| is_transient(error) && started.elapsed() < patience)
+        let written = (|| async {
+            let finishing = Finishing {
+                delivery: delivery.clone(),
+                outcome: outcome.clone(),
+            };
+            self.finisher
+                .call(finishing)
+                .await
+                .unwrap_or_else(|| Err(Arc::new(sqlx::Error::PoolClosed)))
+        })
+        .retry(crate::reconnect_pauses())
+        .when(|error| is_transient(error) && started.elapsed() < patience)
             .notify(|error, pause| {
                 tracing::warn!(uuid = %uuid, "storing the result failed (trying again in {pause:?}): {}", ErrorChain(error));
             })
@@ -1137,10 +1339,11 @@ impl Broker for PgBroker {
                 "postgres",
                 format!("the outcome of task {uuid} was not stored: its record was deleted"),
             )),
-            Err(error) => Err(failure(
+            Err(error) => Err(BackendError::new(
+                "postgres",
                 format!("storing the result of task {uuid} failed"),
-                error,
-            )),
+            )
+            .with_source(error)),
         }
     }
 
@@ -1637,7 +1840,14 @@ mod tests {
     fn statements_use_their_parameters_in_order() {
         // A parameter PostgreSQL cannot type fails at run time only: every one of `$1..$n`
         // must appear in the text.
-        for (sql, count) in [(ADD, 10), (PREPARE_TAKE, 2), (LEASE, 4), (FOLD_STATS, 2)] {
+        for (sql, count) in [
+            (ADD, 10),
+            (ADD_BATCH, 10),
+            (HAND_BACK, 6),
+            (PREPARE_TAKE, 2),
+            (LEASE, 4),
+            (FOLD_STATS, 2),
+        ] {
             for n in 1..=count {
                 assert!(sql.contains(&format!("${n}")), "${n} missing in {sql}");
             }

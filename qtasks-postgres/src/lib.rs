@@ -27,6 +27,7 @@
 #![warn(missing_docs)]
 
 mod add_in;
+mod batch;
 mod broker;
 mod global_config;
 mod listen;
