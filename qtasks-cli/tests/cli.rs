@@ -1073,3 +1073,40 @@ fn an_environment_that_is_not_utf8_is_no_panic() {
         stderr(&output)
     );
 }
+
+#[test]
+#[ignore = "needs PostgreSQL (QTASKS_TEST_POSTGRES_URL)"]
+fn the_command_line_speaks_postgres_urls() {
+    let Some(base) = qtasks_test_support::postgres_url("the_command_line_speaks_postgres_urls")
+    else {
+        return;
+    };
+    let schema = qtasks_test_support::pg_schema("cli");
+    let url = format!("{base}?schema={schema}");
+    let prefix = unique_prefix("cli_pg");
+    let (url, prefix) = (url.as_str(), prefix.as_str());
+    // The binary connects by the URL's scheme, makes the schema, and keeps the task.
+    expect(url, prefix, &["ping"], 1);
+    let added = json(&expect(
+        url,
+        prefix,
+        &["add", "report", "[2026]", "--json"],
+        0,
+    ));
+    let uuid = added["uuid"].as_str().unwrap().to_owned();
+    let record = json(&expect(url, prefix, &["get", &uuid, "--json"], 0));
+    assert_eq!(record["status"], "new");
+    assert_eq!(record["args"], serde_json::json!([2026]));
+    expect(url, prefix, &["cancel", &uuid], 0);
+    let record = json(&expect(url, prefix, &["get", &uuid, "--json"], 0));
+    assert_eq!(record["status"], "cancel");
+    let output = Command::new("psql")
+        .args([
+            base.as_str(),
+            "-qc",
+            &format!("DROP SCHEMA \"{schema}\" CASCADE"),
+        ])
+        .output()
+        .expect("psql runs");
+    assert!(output.status.success(), "{output:?}");
+}

@@ -216,8 +216,10 @@ END $$;
 CREATE TRIGGER queue_added AFTER INSERT ON {schema}.queue
     REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION {schema}.queue_added();
 
--- Queue rows changed: the states moved between counted, and rows that became waiting or
--- delayed announced (a hand-back, a lease reclaimed, a delayed task due).
+-- Queue rows changed: the states moved between counted, and rows that became waiting
+-- announced (a hand-back, a lease reclaimed, a delayed task due). A row handed back to wait
+-- for a time is not: the worker that handed it back looks again itself, and a wake-up of every
+-- idle worker per postponed task would cost more than it gives.
 CREATE FUNCTION {schema}.queue_changed() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO {schema}.stat_deltas (app, queue, priority, kind, sec, n)
@@ -229,7 +231,7 @@ BEGIN
         GROUP BY app, queue, priority, state HAVING sum(n) <> 0;
     PERFORM pg_notify('qtasks_' || TG_TABLE_SCHEMA, 'a ' || left(md5(app), 16) || ' ' || queue)
         FROM (SELECT DISTINCT a.app, a.queue FROM new_rows a JOIN old_rows b USING (app, uuid)
-              WHERE a.state <> 'r' AND a.state <> b.state) AS announced;
+              WHERE a.state = 'w' AND b.state <> 'w') AS announced;
     RETURN NULL;
 END $$;
 CREATE TRIGGER queue_changed AFTER UPDATE ON {schema}.queue
@@ -275,6 +277,7 @@ CREATE FUNCTION {schema}.admit_rate(p_app text, p_key text, p_uuid uuid, p_token
                                     p_interval double precision, p_slack double precision)
 RETURNS TABLE (answer text, wait double precision) LANGUAGE plpgsql AS $$
 DECLARE
+    v_cancel text;
     v_next double precision;
     v_now double precision;
     v_turn double precision;
@@ -282,7 +285,9 @@ DECLARE
     v_wait double precision;
 BEGIN
     PERFORM 1 FROM {schema}.queue
-        WHERE app = p_app AND uuid = p_uuid AND token = p_token AND state = 'r' FOR UPDATE;
+        WHERE app = p_app AND uuid = p_uuid AND token = p_token AND state = 'r'
+          AND lease_until > clock_timestamp()
+        FOR UPDATE;
     IF NOT FOUND THEN
         RETURN QUERY SELECT 'lost'::text, NULL::double precision;
         RETURN;
@@ -312,9 +317,10 @@ BEGIN
             VALUES (p_app, p_key, p_uuid, v_start);
         v_wait := v_start - v_now;
     END IF;
-    PERFORM 1 FROM {schema}.records
-        WHERE app = p_app AND uuid = p_uuid AND cancel_requested IS NOT NULL;
-    IF FOUND THEN
+    -- Locked: a cancel committing meanwhile is seen, not overwritten.
+    SELECT cancel_requested INTO v_cancel FROM {schema}.records
+        WHERE app = p_app AND uuid = p_uuid FOR UPDATE;
+    IF v_cancel IS NOT NULL THEN
         RETURN QUERY SELECT 'cancel'::text, v_wait;
         RETURN;
     END IF;

@@ -41,7 +41,13 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
                         Err(_) => break,
                     }
                 }
-                let results = run(items).await;
+                // A batch that panics fails its callers (they hear `None`), not the loop: the
+                // next calls still go out.
+                let run = std::panic::AssertUnwindSafe(run(items));
+                let Ok(results) = futures_util::FutureExt::catch_unwind(run).await else {
+                    tracing::error!("a batch of {} calls panicked; they failed", answers.len());
+                    continue;
+                };
                 for (answer, result) in answers.into_iter().zip(results) {
                     // A caller that gave up (its future dropped) hears nothing.
                     let _ = answer.send(result);
@@ -51,7 +57,8 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
         Batcher { sender, task }
     }
 
-    /// Runs `item` in the next batch; `None` if the loop is gone (the engine is shutting down).
+    /// Runs `item` in the next batch; `None` if its batch panicked, or the loop is gone (the
+    /// engine is shutting down).
     pub(crate) async fn call(&self, item: T) -> Option<R> {
         let (answer, answered) = oneshot::channel();
         self.sender.send((item, answer)).ok()?;
@@ -82,5 +89,15 @@ mod tests {
         let sizes = sizes.lock().clone();
         assert_eq!(sizes.iter().sum::<usize>(), 7);
         assert!(sizes.iter().all(|size| *size <= 3), "{sizes:?}");
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_panics_fails_its_calls_and_the_next_ones_still_go_out() {
+        let batcher = Batcher::new(1, |items: Vec<u32>| async move {
+            assert!(items[0] != 0, "a batch that panics on purpose");
+            items
+        });
+        assert_eq!(batcher.call(0).await, None);
+        assert_eq!(batcher.call(5).await, Some(5));
     }
 }

@@ -496,6 +496,14 @@ impl PgBroker {
     }
 }
 
+/// The error of a call whose batch failed without an answer (it panicked, or the engine is
+/// shutting down).
+fn batch_failed() -> sqlx::Error {
+    sqlx::Error::Protocol(
+        "the batch this call was in failed without an answer (see the log)".to_owned(),
+    )
+}
+
 /// A finish waiting for its batch.
 pub(crate) struct Finishing {
     delivery: Delivery,
@@ -509,6 +517,17 @@ type Stored = Result<Written, Arc<sqlx::Error>>;
 async fn finish_batch(app: &App, items: Vec<Finishing>) -> Vec<Stored> {
     match finish_batch_in(app, &items).await {
         Ok(written) => written.into_iter().map(Ok).collect(),
+        // One bad item must not fail the others: each goes alone.
+        Err(error) if items.len() > 1 && !is_transient(&error) => {
+            let mut answers = Vec::with_capacity(items.len());
+            for item in items.chunks(1) {
+                answers.push(match finish_batch_in(app, item).await {
+                    Ok(mut written) => Ok(written.remove(0)),
+                    Err(error) => Err(Arc::new(error)),
+                });
+            }
+            answers
+        }
         Err(error) => {
             let error = Arc::new(error);
             items.iter().map(|_| Err(Arc::clone(&error))).collect()
@@ -529,10 +548,16 @@ async fn finish_batch_in(app: &App, items: &[Finishing]) -> Result<Vec<Written>,
         .map(|item| Uuid::parse_str(&item.delivery.receipt).ok())
         .collect();
     let mut tx = app.pool().begin().await?;
+    // Rows locked in one order (by uuid), as the renewer locks them: the two never wait on
+    // each other in turn.
     let fenced: std::collections::HashSet<Uuid> = sqlx::query_scalar(
-        "DELETE FROM queue q USING unnest($2::uuid[], $3::uuid[]) AS f(uuid, token)
-         WHERE q.app = $1 AND q.uuid = f.uuid AND q.token = f.token AND q.state = 'r'
-         RETURNING q.token",
+        "WITH held AS (
+             SELECT q.uuid FROM queue q JOIN unnest($2::uuid[], $3::uuid[]) AS f(uuid, token)
+               ON q.uuid = f.uuid AND q.token = f.token
+             WHERE q.app = $1 AND q.state = 'r'
+             ORDER BY q.uuid FOR UPDATE OF q)
+         DELETE FROM queue WHERE app = $1 AND uuid IN (SELECT uuid FROM held)
+         RETURNING token",
     )
     .bind(name)
     .bind(&uuids)
@@ -541,15 +566,39 @@ async fn finish_batch_in(app: &App, items: &[Finishing]) -> Result<Vec<Written>,
     .await?
     .into_iter()
     .collect();
-    // Locked in one order (by uuid) by every batch: no two batches wait on each other in turn.
-    let rows = sqlx::query(
+    // The records this batch writes are locked, in one order (by uuid); the others (stale or
+    // replayed deliveries) are only read.
+    let mut to_write = Vec::new();
+    let mut to_read = Vec::new();
+    for (item, token) in items.iter().zip(&tokens) {
+        let uuid = item.delivery.task.uuid;
+        if token.is_some_and(|token| fenced.contains(&token)) {
+            to_write.push(uuid);
+        } else {
+            to_read.push(uuid);
+        }
+    }
+    to_read.retain(|uuid| !to_write.contains(uuid));
+    let mut rows = sqlx::query(
         "SELECT uuid, task_name, status, doc, updated_at, cancel_requested, finished_by
          FROM records WHERE app = $1 AND uuid = ANY($2) ORDER BY uuid FOR UPDATE",
     )
     .bind(name)
-    .bind(&uuids)
+    .bind(&to_write)
     .fetch_all(&mut *tx)
     .await?;
+    if !to_read.is_empty() {
+        rows.extend(
+            sqlx::query(
+                "SELECT uuid, task_name, status, doc, updated_at, cancel_requested, finished_by
+                 FROM records WHERE app = $1 AND uuid = ANY($2)",
+            )
+            .bind(name)
+            .bind(&to_read)
+            .fetch_all(&mut *tx)
+            .await?,
+        );
+    }
     let mut found: HashMap<Uuid, (TaskRecord, Option<String>, Option<Uuid>)> = rows
         .iter()
         .map(|row| {
@@ -564,12 +613,19 @@ async fn finish_batch_in(app: &App, items: &[Finishing]) -> Result<Vec<Written>,
     let mut updates = Updates::default();
     let mut children = Vec::new();
     let mut items_dropped = Vec::new();
+    // A delivery given twice in one batch (a caller that tried again while its first try
+    // still waited) answers twice alike.
+    let mut answered: HashMap<Uuid, Written> = HashMap::new();
     for (item, token) in items.iter().zip(&tokens) {
         let uuid = item.delivery.task.uuid;
         let Some(token) = *token else {
             written.push(Written::Refused);
             continue;
         };
+        if let Some(answer) = answered.get(&token) {
+            written.push(answer.clone());
+            continue;
+        }
         if !fenced.contains(&token) {
             written.push(match found.get(&uuid) {
                 Some((record, _, finished_by)) if *finished_by == Some(token) => {
@@ -605,10 +661,12 @@ async fn finish_batch_in(app: &App, items: &[Finishing]) -> Result<Vec<Written>,
         if delivery.run.streamed || delivery.recovered || delivery.deliveries > 1 {
             items_dropped.push(uuid);
         }
-        written.push(match cancelled {
+        let answer = match cancelled {
             Some(reason) => Written::Cancelled(reason),
             None => Written::Stored,
-        });
+        };
+        answered.insert(token, answer.clone());
+        written.push(answer);
     }
     if !updates.uuids.is_empty() {
         sqlx::query(
@@ -677,6 +735,14 @@ async fn add_batch(app: &App, tasks: Vec<QueuedTask>) -> Vec<Result<(), Arc<sqlx
     let count = tasks.len();
     match add_batch_in(app, &tasks).await {
         Ok(()) => (0..count).map(|_| Ok(())).collect(),
+        // One bad task must not fail the others: each goes alone.
+        Err(error) if count > 1 && !is_transient(&error) => {
+            let mut answers = Vec::with_capacity(count);
+            for task in tasks.chunks(1) {
+                answers.push(add_batch_in(app, task).await.map_err(Arc::new));
+            }
+            answers
+        }
         Err(error) => {
             let error = Arc::new(error);
             (0..count).map(|_| Err(Arc::clone(&error))).collect()
@@ -818,6 +884,7 @@ enum HandedBack {
 }
 
 /// What storing an outcome found.
+#[derive(Clone)]
 enum Written {
     Stored,
     /// Stored before, by this delivery: a reply that was lost.
@@ -1152,9 +1219,13 @@ async fn renew(app: &App, held: &Mutex<HashMap<Uuid, Uuid>>, tokens: &[Uuid], le
     use backon::Retryable;
     let renewed = (|| async {
         sqlx::query(
-            "UPDATE queue q SET lease_until = clock_timestamp() + make_interval(secs => $2)
+            // Rows locked in one order (by uuid), as a finish batch locks them.
+            "WITH held AS (
+                 SELECT uuid FROM queue WHERE app = $1 AND token = ANY($3) AND state = 'r'
+                 ORDER BY uuid FOR UPDATE)
+             UPDATE queue q SET lease_until = clock_timestamp() + make_interval(secs => $2)
              FROM records r
-             WHERE q.app = $1 AND q.token = ANY($3) AND q.state = 'r'
+             WHERE q.app = $1 AND q.uuid IN (SELECT uuid FROM held)
                AND r.app = q.app AND r.uuid = q.uuid
              RETURNING q.token, q.uuid, r.cancel_requested",
         )
@@ -1225,11 +1296,15 @@ impl Broker for PgBroker {
     async fn add(&self, task: QueuedTask) -> Result<(), BackendError> {
         use backon::Retryable;
         let uuid = task.uuid;
+        crate::no_nul(&format!("task {uuid}: its name"), &task.task_name)?;
+        if let Some(queue) = &task.queue {
+            crate::no_nul(&format!("task {uuid}: its queue"), queue)?;
+        }
         (|| async {
             self.adder
                 .call(task.clone())
                 .await
-                .unwrap_or_else(|| Err(Arc::new(sqlx::Error::PoolClosed)))
+                .unwrap_or_else(|| Err(Arc::new(batch_failed())))
         })
         .retry(crate::reconnect_pauses().take(6))
         .when(|error| is_transient(error))
@@ -1317,7 +1392,7 @@ impl Broker for PgBroker {
             self.finisher
                 .call(finishing)
                 .await
-                .unwrap_or_else(|| Err(Arc::new(sqlx::Error::PoolClosed)))
+                .unwrap_or_else(|| Err(Arc::new(batch_failed())))
         })
         .retry(crate::reconnect_pauses())
         .when(|error| is_transient(error) && started.elapsed() < patience)
@@ -1545,16 +1620,29 @@ impl Broker for PgBroker {
         // The queue row first (the lock order): a take that holds it makes this wait, and then
         // finds it leased. A lease that ran out (its worker died or stalled) counts as waiting:
         // the task must not be taken again and run.
-        let waiting: Option<bool> = sqlx::query_scalar(
-            "DELETE FROM queue WHERE app = $1 AND uuid = $2
-               AND (state <> 'r' OR lease_until < clock_timestamp())
-             RETURNING state = 'r'",
+        // Locked whatever its state: a hand-back or a take that holds it makes this wait, and
+        // what it then finds decides.
+        let row: Option<(bool, bool)> = sqlx::query_as(
+            "SELECT state = 'r', coalesce(lease_until < clock_timestamp(), false)
+             FROM queue WHERE app = $1 AND uuid = $2 FOR UPDATE",
         )
         .bind(app)
         .bind(uuid)
         .fetch_optional(&mut *tx)
         .await
         .map_err(|e| failure(what(), e))?;
+        let waiting = match row {
+            Some((leased, expired)) if !leased || expired => {
+                sqlx::query("DELETE FROM queue WHERE app = $1 AND uuid = $2")
+                    .bind(app)
+                    .bind(uuid)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| failure(what(), e))?;
+                Some(leased)
+            }
+            _ => None,
+        };
         if waiting == Some(true) {
             // A stalled holder hears it and stops; its outcome would be refused anyway.
             sqlx::query(CANCEL_REQUEST)
