@@ -17,7 +17,7 @@
 //! puts the whole app on PostgreSQL instead (`?schema=` in the URL names its tables' schema).
 //!
 //! ```text
-//! qtasks-bench drain --url URL [--pg URL] --n N --server-comm NAME
+//! qtasks-bench drain --url URL [--pg URL] --n N --server-comm NAME [--keep]
 //!     # W1 in one program: N tasks added (one add_many), then a worker started in this process
 //!     # drains them; prints the enqueue and drain rates, and the CPU the server's processes
 //!     # (those whose /proc comm is NAME: redis-server, postgres) spent per task meanwhile
@@ -396,7 +396,10 @@ fn server_cpu_ms(comm: &str) -> f64 {
 async fn drain(url: &str, n: u64) {
     let comm: String = arg("--server-comm", "redis-server".to_owned());
     let app = redis_app(url, arg("--concurrency", 64)).await;
-    app.flush_all().await.expect("flushed");
+    // `--keep`: the records already there stay (a take beside a million finished records).
+    if !std::env::args().any(|arg| arg == "--keep") {
+        app.flush_all().await.expect("flushed");
+    }
     let enqueue_started = Instant::now();
     noop::add_many(&app, (0..n).map(|i| (i,)))
         .await
