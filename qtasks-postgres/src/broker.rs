@@ -406,16 +406,10 @@ impl PgBroker {
         let app = &self.app.name;
         let uuid = delivery.task.uuid;
         let what = || format!("deciding whether task {uuid} may start failed");
-        let held: Option<i32> = sqlx::query_scalar(
-            "SELECT 1 FROM queue WHERE app = $1 AND uuid = $2 AND token = $3 AND state = 'r' FOR UPDATE",
-        )
-        .bind(app)
-        .bind(uuid)
-        .bind(token)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(|e| failure(what(), e))?;
-        if held.is_none() {
+        let held = record::holds(tx, app, uuid, token, true)
+            .await
+            .map_err(|e| failure(what(), e))?;
+        if !held {
             return Ok(Admission::Lost);
         }
         let parked = |handed: HandedBack, admission: Admission| match handed {
@@ -1645,11 +1639,7 @@ impl Broker for PgBroker {
         };
         if waiting == Some(true) {
             // A stalled holder hears it and stops; its outcome would be refused anyway.
-            sqlx::query(CANCEL_REQUEST)
-                .bind(app)
-                .bind(uuid)
-                .bind(crate::pg_text(reason))
-                .execute(&mut *tx)
+            ask_cancel(&mut *tx, app, uuid, reason)
                 .await
                 .map_err(|e| failure(what(), e))?;
         }
@@ -1682,11 +1672,7 @@ impl Broker for PgBroker {
                 CancelState::Cancelled
             }
         } else if record.status == TaskStatus::Process {
-            sqlx::query(CANCEL_REQUEST)
-                .bind(app)
-                .bind(uuid)
-                .bind(crate::pg_text(reason))
-                .execute(&mut *tx)
+            ask_cancel(&mut *tx, app, uuid, reason)
                 .await
                 .map_err(|e| failure(what(), e))?;
             CancelState::Running
@@ -1698,11 +1684,7 @@ impl Broker for PgBroker {
     }
 
     async fn request_cancel(&self, uuid: Uuid, reason: &str) -> Result<(), BackendError> {
-        sqlx::query(CANCEL_REQUEST)
-            .bind(&self.app.name)
-            .bind(uuid)
-            .bind(crate::pg_text(reason))
-            .execute(self.app.pool())
+        ask_cancel(self.app.pool(), &self.app.name, uuid, reason)
             .await
             .map_err(|e| failure(format!("asking to cancel task {uuid} failed"), e))?;
         Ok(())
@@ -1907,6 +1889,21 @@ impl Broker for PgBroker {
         commit(tx).await?;
         Ok(true)
     }
+}
+
+/// Asks the workers to cancel running task `uuid` (see [`CANCEL_REQUEST`]).
+async fn ask_cancel(
+    conn: impl sqlx::PgExecutor<'_>,
+    app: &str,
+    uuid: Uuid,
+    reason: &str,
+) -> Result<sqlx::postgres::PgQueryResult, sqlx::Error> {
+    sqlx::query(CANCEL_REQUEST)
+        .bind(app)
+        .bind(uuid)
+        .bind(crate::pg_text(reason))
+        .execute(conn)
+        .await
 }
 
 /// Keeps a cancel asked of a running task with its record (the run's finish, or a hand-back,

@@ -107,6 +107,30 @@ pub(crate) async fn write_record(
     Ok(())
 }
 
+/// Whether the delivery with `token` still holds task `uuid` (its queue row is leased to
+/// it), locking the row until the transaction ends: for update (`exclusive`), or shared so
+/// that a reclaim waits while a live write of the holder goes on.
+pub(crate) async fn holds(
+    conn: &mut PgConnection,
+    app: &str,
+    uuid: Uuid,
+    token: Uuid,
+    exclusive: bool,
+) -> Result<bool, sqlx::Error> {
+    let sql = if exclusive {
+        "SELECT 1 FROM queue WHERE app = $1 AND uuid = $2 AND token = $3 AND state = 'r' FOR UPDATE"
+    } else {
+        "SELECT 1 FROM queue WHERE app = $1 AND uuid = $2 AND token = $3 AND state = 'r' FOR SHARE"
+    };
+    let held: Option<i32> = sqlx::query_scalar(sql)
+        .bind(app)
+        .bind(uuid)
+        .bind(token)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(held.is_some())
+}
+
 /// A record read for a change: locked until the transaction ends.
 pub(crate) struct Locked {
     pub(crate) record: TaskRecord,

@@ -93,16 +93,10 @@ impl PgStorage {
             .begin()
             .await
             .map_err(|e| failure(what(), e))?;
-        let held = sqlx::query(
-            "SELECT 1 FROM queue WHERE app = $1 AND uuid = $2 AND token = $3 AND state = 'r' FOR SHARE",
-        )
-        .bind(app)
-        .bind(uuid)
-        .bind(token)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(|e| failure(what(), e))?;
-        if held.is_none() {
+        let held = record::holds(&mut tx, app, uuid, token, false)
+            .await
+            .map_err(|e| failure(what(), e))?;
+        if !held {
             return Ok(false);
         }
         match write {
