@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
 # PostgreSQL beside Redis, alternated round by round in one run: W1 (N tasks enqueued with one
 # add_many, then drained by a worker of the same program, `qtasks-bench drain`), the server's
-# CPU per task while draining, and W2 (sequential add-and-wait round trips against a worker
-# process). Prints medians and PostgreSQL / Redis.
+# CPU per task while draining, W1-live (the worker running first, then N single adds), and W2
+# (sequential add-and-wait round trips against a worker process). When the apalis-postgres
+# peer is built, its W1 on the same PostgreSQL each round too (its README's polling storage,
+# and with its LISTEN/NOTIFY wake-ups). Then, once, the cost of `add_in` against `add`.
+# Prints medians and the ratios.
 #
 #   bash bench/postgres.sh [ROUNDS] [N] [PG_URL] [REDIS_URL]
 #
-# Needs a release build: cargo build --release -p qtasks-bench. The PostgreSQL run uses a
-# schema of its own (`qtasks_bench`, dropped at the start), the Redis run the app prefix
-# `QueueTasks` on the Redis given (flushed by the app, not the whole server).
+# Needs release builds: cargo build --release -p qtasks-bench, and for the peer
+# cargo build --release --manifest-path bench/peers/apalis-postgres/Cargo.toml. The PostgreSQL
+# run uses a schema of its own (`qtasks_bench`, dropped at the start), the peer apalis's own
+# (`apalis`, its queue emptied each run), the Redis run the app prefix `QueueTasks` on the
+# Redis given (flushed by the app, not the whole server).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 bin="${BENCH_BIN:-$here/../target/release/qtasks-bench}"
+peer="${APALIS_PEER_BIN:-$here/peers/apalis-postgres/target/release/apalis-postgres-peer}"
 rounds="${1:-3}" n="${2:-20000}"
 pg="${3:-postgres://postgres@127.0.0.1:5432/test}" redis="${4:-redis://127.0.0.1:6379/0}"
 psql "$pg" -qc 'DROP SCHEMA IF EXISTS qtasks_bench CASCADE' >/dev/null
@@ -20,6 +26,7 @@ out="$(mktemp)"
 run() { # who, then the engine's arguments
   local who=$1; shift
   "$bin" drain --url "$redis" "$@" --n "$n" | sed -n "s/^BENCH_JSON /$who drain /p" >> "$out"
+  "$bin" drain --url "$redis" "$@" --n "$n" --live | sed -n "s/^BENCH_JSON /$who live /p" >> "$out"
   "$bin" worker --url "$redis" "$@" --threads 1 & local worker=$!
   sleep 1
   "$bin" w2 --url "$redis" "$@" --n 500 --warmup 20 2>/dev/null | sed -n "s/^BENCH_JSON /$who w2 /p" >> "$out"
@@ -32,7 +39,15 @@ for round in $(seq 1 "$rounds"); do
     if [[ $who == redis ]]; then run redis --server-comm redis-server
     else run postgres --pg "$pg_app" --server-comm postgres; fi
   done
+  if [[ -x $peer ]]; then
+    echo "postgres.sh: round $round: apalis-postgres" >&2
+    "$peer" --url "$pg" --n "$n" | sed -n "s/^BENCH_JSON /apalis drain /p" >> "$out"
+    "$peer" --url "$pg" --n "$n" --listen | sed -n "s/^BENCH_JSON /apalis_listen drain /p" >> "$out"
+  fi
 done
+echo "postgres.sh: add against add_in" >&2
+"$bin" addin --pg "$pg_app" --n 2000 --rounds "$rounds" | sed -n "s/^BENCH_JSON /postgres addin /p" >> "$out"
+
 python3 - "$out" <<'PY'
 import json, statistics, sys
 rows = {}
@@ -42,10 +57,19 @@ for line in open(sys.argv[1]):
         if key in ("n", "lat_ms", "timeouts", "max_ms"):
             continue
         rows.setdefault(f"{workload} {key}", {}).setdefault(who, []).append(value)
-print("| measure | Redis (median) | PostgreSQL (median) | PostgreSQL / Redis | rounds |")
-print("|---|---|---|---|---|")
+def median(by, who):
+    return statistics.median(by[who]) if by.get(who) else None
+def cell(value):
+    return "-" if value is None else f"{value:,.2f}"
+def ratio(a, b):
+    return f"{a / b:.2f}" if a is not None and b else "-"
+print("| measure | Redis | PostgreSQL | apalis-postgres | apalis-postgres, LISTEN | PostgreSQL / Redis | PostgreSQL / apalis-postgres (best) | rounds |")
+print("|---|---|---|---|---|---|---|---|")
 for measure, by in rows.items():
-    r, p = statistics.median(by.get("redis", [0])), statistics.median(by.get("postgres", [0]))
-    ratio = f"{p / r:.2f}" if r else "-"
-    print(f"| {measure} | {r:,.2f} | {p:,.2f} | {ratio} | {len(by.get('postgres', []))} |")
+    r, p = median(by, "redis"), median(by, "postgres")
+    a, al = median(by, "apalis"), median(by, "apalis_listen")
+    lower_is_better = any(word in measure for word in ("cpu", "vmhwm", "p50", "p99"))
+    pick = min if lower_is_better else max
+    best = pick((x for x in (a, al) if x is not None), default=None)
+    print(f"| {measure} | {cell(r)} | {cell(p)} | {cell(a)} | {cell(al)} | {ratio(p, r)} | {ratio(p, best)} | {len(by.get('postgres', []))} |")
 PY

@@ -8,13 +8,13 @@
 mod support;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use qtasks::postgres::PostgresOptions;
 use qtasks::postgres::sqlx::{self, AssertSqlSafe, Executor, PgPool};
 use qtasks::{QueueConfig, QueueTasks, TaskHandle, TaskStatus};
-use qtasks_test_support::{WAIT, free_port, pg_schema, postgres_url, unique_prefix};
+use qtasks_test_support::{OwnPostgres, WAIT, pg_schema, postgres_url, unique_prefix};
 use support::WorkerProcess;
 
 /// A test's app name, schema, URL (the schema in it) and execution log.
@@ -266,73 +266,6 @@ async fn every_connection_terminated_under_load_loses_no_task() {
         runs.values().filter(|pids| pids.len() > 1).count()
     );
     setup.drop_schema().await;
-}
-
-/// A PostgreSQL server of the test's own (a Debian cluster on a free port), dropped at the
-/// end: a test may restart it without disturbing the machine's.
-struct OwnPostgres {
-    name: String,
-    port: u16,
-}
-
-impl OwnPostgres {
-    fn start() -> Option<OwnPostgres> {
-        let version = std::fs::read_dir("/etc/postgresql")
-            .ok()?
-            .flatten()
-            .filter_map(|entry| entry.file_name().into_string().ok())
-            .max()?;
-        let port = free_port();
-        let name = format!("qt{port}");
-        let created = std::process::Command::new("pg_createcluster")
-            .args([
-                &version,
-                &name,
-                "-p",
-                &port.to_string(),
-                "--start",
-                "--",
-                "--auth=trust",
-            ])
-            .stdout(std::process::Stdio::null())
-            .status()
-            .ok()?;
-        created.success().then_some(OwnPostgres { name, port })
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-
-    fn ctl(&self, args: &[&str]) {
-        let version = self.version();
-        let status = std::process::Command::new("pg_ctlcluster")
-            .args([version.as_str(), self.name.as_str()])
-            .args(args)
-            .status()
-            .expect("pg_ctlcluster runs");
-        assert!(status.success(), "pg_ctlcluster {args:?}");
-    }
-
-    fn version(&self) -> String {
-        std::fs::read_dir("/etc/postgresql")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|entry| Path::new(&entry.path()).join(&self.name).exists())
-            .filter_map(|entry| entry.file_name().into_string().ok())
-            .next()
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for OwnPostgres {
-    fn drop(&mut self) {
-        let version = self.version();
-        let _ = std::process::Command::new("pg_dropcluster")
-            .args([version.as_str(), self.name.as_str(), "--stop"])
-            .status();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -49,10 +49,11 @@ use std::time::{Duration, Instant};
 use qtasks::redis::{Redis, RedisOptions};
 use qtasks::{AddOptions, QueueConfig, QueueTasks, TaskRecord, TaskStatus, Uuid};
 use qtasks_test_support::amqp_url;
+use qtasks_test_support::postgres_url;
 use qtasks_test_support::redis::raw_connection;
 use qtasks_test_support::redis_url;
 use qtasks_test_support::unique_prefix;
-use qtasks_test_support::{OwnRedis, recorded_outcomes};
+use qtasks_test_support::{OwnPostgres, OwnRedis, recorded_outcomes};
 use qtasks_test_support::{Proxy, host_port};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -86,6 +87,18 @@ const MEMORY_DRAIN: Duration = Duration::from_secs(20);
 enum Engine {
     Redis,
     RabbitMq,
+    Postgres,
+}
+
+impl Engine {
+    /// The test that runs it (for the rerun line).
+    fn test_name(self) -> &'static str {
+        match self {
+            Engine::Redis => "redis_engine",
+            Engine::RabbitMq => "rabbitmq_engine_with_redis_records",
+            Engine::Postgres => "postgres_engine",
+        }
+    }
 }
 
 /// What a task is, and so how it must end.
@@ -168,6 +181,19 @@ async fn rabbitmq_engine_with_redis_records() {
     };
     for seed in seeds() {
         run(Engine::RabbitMq, seed).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (QTASKS_TEST_POSTGRES_URL) and its Debian cluster tools"]
+async fn postgres_engine() {
+    // The machine's server must be there (this test's skip rule); its tools make a server of
+    // the run's own, which the faults stop, freeze and cut.
+    let Some(_) = postgres_url("torture postgres_engine") else {
+        return;
+    };
+    for seed in seeds() {
+        run(Engine::Postgres, seed).await;
     }
 }
 
@@ -412,11 +438,49 @@ fn now_ms() -> u128 {
         .as_millis()
 }
 
-/// The run's folder, its Redis, its workers (restarted when they die) and its client.
+/// The engine's server of the run's own, which the faults kill, freeze and cut: a Redis (the
+/// RabbitMQ engine's records are on it) or a PostgreSQL cluster.
+enum Server {
+    Redis(OwnRedis),
+    Postgres(OwnPostgres),
+}
+
+impl Server {
+    fn start(engine: Engine) -> Server {
+        match engine {
+            Engine::Redis | Engine::RabbitMq => Server::Redis(OwnRedis::start("torture", true)),
+            Engine::Postgres => {
+                Server::Postgres(OwnPostgres::start().expect(
+                    "pg_createcluster makes a server of the run's (run as root or postgres)",
+                ))
+            }
+        }
+    }
+
+    /// The engine's URL (PostgreSQL's names the run's schema).
+    fn url(&self) -> String {
+        match self {
+            Server::Redis(redis) => redis.url(),
+            Server::Postgres(postgres) => format!("{}?schema={}", postgres.url(), postgres::SCHEMA),
+        }
+    }
+
+    fn port(&self) -> u16 {
+        match self {
+            Server::Redis(redis) => redis.port,
+            Server::Postgres(postgres) => postgres.port,
+        }
+    }
+}
+
+/// The run's folder, its server, its workers (restarted when they die) and its client.
 struct Run {
     engine: Engine,
     seed: u64,
-    redis: OwnRedis,
+    server: Server,
+    /// The run's folder: the execution and span logs.
+    dir: PathBuf,
+    /// The engine server's URL (PostgreSQL's with the run's `?schema=`).
     url: String,
     amqp: Option<String>,
     prefix: String,
@@ -424,9 +488,9 @@ struct Run {
     span_log: PathBuf,
     /// The workers' standard error (logs, panics), kept when the run fails.
     worker_log: PathBuf,
-    /// The workers reach Redis (and RabbitMQ) through these, for the network faults; the
-    /// harness's own client does not.
-    redis_proxy: Proxy,
+    /// The workers reach the engine's server (and RabbitMQ) through these, for the network
+    /// faults; the harness's own client does not.
+    server_proxy: Proxy,
     amqp_proxy: Option<Proxy>,
     /// The first slot of the schedule the workers run (Unix seconds).
     schedule_from: u64,
@@ -444,9 +508,14 @@ impl Run {
         let exec_log = self.exec_log.to_string_lossy().into_owned();
         let span_log = self.span_log.to_string_lossy().into_owned();
         let max_deliveries = MAX_DELIVERIES.to_string();
-        let redis_url = self
-            .redis_proxy
-            .url_through(&self.url, &format!("127.0.0.1:{}", self.redis.port));
+        let server_url = self
+            .server_proxy
+            .url_through(&self.url, &format!("127.0.0.1:{}", self.server.port()));
+        // A PostgreSQL worker is on PostgreSQL alone (no Redis: an empty URL).
+        let (redis_url, postgres_url) = match &self.server {
+            Server::Redis(_) => (server_url, None),
+            Server::Postgres(_) => (String::new(), Some(server_url)),
+        };
         let amqp_url = match (&self.amqp, &self.amqp_proxy) {
             (Some(amqp), Some(proxy)) => Some(proxy.url_through(amqp, &host_port(amqp))),
             _ => None,
@@ -470,6 +539,9 @@ impl Run {
         ];
         if let Some(amqp) = &amqp_url {
             env.push(("QTASKS_TEST_WORKER_AMQP", amqp));
+        }
+        if let Some(postgres) = &postgres_url {
+            env.push(("QTASKS_TEST_WORKER_POSTGRES", postgres));
         }
         match &self.clock_offset {
             Some((offset_index, offset)) if *offset_index == index => {
@@ -542,6 +614,15 @@ async fn client(engine: Engine, url: &str, amqp: Option<&str>, prefix: &str) -> 
         ..Default::default()
     };
     match (engine, amqp) {
+        (Engine::Postgres, _) => {
+            let options = qtasks::postgres::PostgresOptions {
+                lease: options.lease,
+                ..Default::default()
+            };
+            qtasks::postgres::connect_with(url, config, options)
+                .await
+                .expect("the run's PostgreSQL is up")
+        }
         (Engine::RabbitMq, Some(amqp)) => {
             let rabbit = qtasks::rabbitmq::RabbitMqOptions::default()
                 .queue_expires(Duration::from_secs(600));
@@ -577,21 +658,19 @@ async fn run(engine: Engine, seed: u64) {
     let started = Instant::now();
     eprintln!(
         "torture: engine {engine:?} seed {seed}; the workers' logs in target/tmp/torture-{seed}-{engine:?}.log (rerun: QTASKS_TORTURE_SEEDS={seed} cargo test -p qtasks-tests --test torture -- --include-ignored --nocapture {})",
-        match engine {
-            Engine::Redis => "redis_engine",
-            Engine::RabbitMq => "rabbitmq_engine_with_redis_records",
-        }
+        engine.test_name()
     );
     let mut rng = StdRng::seed_from_u64(seed);
-    let redis = OwnRedis::start("torture", true);
-    let url = redis.url();
+    let server = Server::start(engine);
+    let url = server.url();
     let amqp = match engine {
         Engine::RabbitMq => amqp_url("torture"),
-        Engine::Redis => None,
+        Engine::Redis | Engine::Postgres => None,
     };
     let prefix = unique_prefix(&format!("torture{seed}"));
-    let exec_log = redis.dir.join("executions.log");
-    let span_log = redis.dir.join("spans.log");
+    let dir = qtasks_test_support::scratch::scratch_dir("torture");
+    let exec_log = dir.join("executions.log");
+    let span_log = dir.join("spans.log");
     let worker_log =
         Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("torture-{seed}-{engine:?}.log"));
     let _ = std::fs::remove_file(&worker_log);
@@ -602,7 +681,10 @@ async fn run(engine: Engine, seed: u64) {
         (rng.random_range(0..worker_count), seconds)
     });
     let app = client(engine, &url, amqp.as_deref(), &prefix).await;
-    let redis_proxy = Proxy::start(format!("127.0.0.1:{}", redis.port)).await;
+    if let Server::Postgres(_) = &server {
+        postgres::record_outcomes(&url).await;
+    }
+    let server_proxy = Proxy::start(format!("127.0.0.1:{}", server.port())).await;
     let amqp_proxy = match &amqp {
         Some(amqp) => Some(Proxy::start(host_port(amqp)).await),
         None => None,
@@ -611,14 +693,15 @@ async fn run(engine: Engine, seed: u64) {
     let mut run = Run {
         engine,
         seed,
-        redis,
+        server,
+        dir,
         url,
         amqp,
         prefix,
         exec_log,
         span_log,
         worker_log,
-        redis_proxy,
+        server_proxy,
         amqp_proxy,
         schedule_from,
         workers: Vec::new(),
@@ -876,7 +959,7 @@ async fn run(engine: Engine, seed: u64) {
                 // dropped, so the count can lag (seen: 10 runs under a limit of 6, RabbitMQ
                 // seed 1796289538011). The limit still ends the task; the bound is looser.
                 let bound = match engine {
-                    Engine::Redis => MAX_DELIVERIES,
+                    Engine::Redis | Engine::Postgres => MAX_DELIVERIES,
                     Engine::RabbitMq => MAX_DELIVERIES * 2,
                 };
                 assert!(ran as u32 <= bound, "{context}");
@@ -953,7 +1036,23 @@ async fn run(engine: Engine, seed: u64) {
         );
     }
     // One recorded outcome per attempt (every final write of a record, from the AOF).
-    let outcomes = recorded_outcomes(&run.redis, &run.prefix);
+    let outcomes = match &run.server {
+        Server::Redis(redis) => recorded_outcomes(redis, &run.prefix),
+        Server::Postgres(_) => postgres::recorded_outcomes(&run.url, &run.prefix).await,
+    };
+    // On PostgreSQL every final record was written as one (the trigger sees every write of
+    // the engine's, so the count can fail). The append-only file's count reads `HSET`s only,
+    // and some final records are written otherwise (a handful of a run's).
+    let unseen: Vec<Uuid> = finals
+        .values()
+        .filter(|_| engine == Engine::Postgres)
+        .map(|record| record.uuid)
+        .filter(|uuid| !outcomes.contains_key(uuid))
+        .collect();
+    assert!(
+        unseen.is_empty(),
+        "seed {seed}: final records whose outcome no write recorded: {unseen:?}"
+    );
     let duplicates: Vec<_> = outcomes.iter().filter(|(_, n)| **n > 1).collect();
     assert!(
         duplicates.is_empty(),
@@ -969,6 +1068,14 @@ async fn run(engine: Engine, seed: u64) {
         "seed {seed}: runs of one attempt overlapped with no fault to explain it: {unexplained:?}\nfaults: {:?}",
         run.faults
     );
+    // The engine's working rows come back to empty (PostgreSQL keeps the queue in a table).
+    if engine == Engine::Postgres {
+        let left = postgres::live_rows(&run.url, &run.prefix).await;
+        assert!(
+            left.iter().all(|(_, n)| *n == 0),
+            "seed {seed}: rows left after the drain: {left:?}"
+        );
+    }
     // The engine's working keys come back to empty (Redis keeps the queue).
     if engine == Engine::Redis {
         let mut con = raw_connection(&run.url).await;
@@ -1023,11 +1130,12 @@ async fn run(engine: Engine, seed: u64) {
     if let Some(amqp) = &run.amqp {
         let _ = amqp;
         let _ = app.flush_all().await;
-    }
+    } // (Kept when the run fails, for its logs.)
+    let _ = std::fs::remove_dir_all(&run.dir);
 }
 
 /// A task kind, by weight; the aborting kind at most once a run (each costs a worker
-/// `max_deliveries` times), poison only on Redis (it is written there by hand).
+/// `max_deliveries` times), poison records not on RabbitMQ (its message is the record).
 fn pick_kind(rng: &mut StdRng, engine: Engine, added: &[Added]) -> Kind {
     loop {
         let kind = match rng.random_range(0..100) {
@@ -1046,9 +1154,9 @@ fn pick_kind(rng: &mut StdRng, engine: Engine, added: &[Added]) -> Kind {
             93..96 => Kind::Limited,
             _ => Kind::ChordMember,
         };
-        // Poison records are Redis's (RabbitMQ's message carries the task); poison entries
-        // are written to either engine's queue.
-        if kind == Kind::PoisonRecord && engine != Engine::Redis {
+        // Poison records are written to Redis and PostgreSQL (RabbitMQ's message carries the
+        // task); poison entries to every engine's queue.
+        if kind == Kind::PoisonRecord && engine == Engine::RabbitMq {
             continue;
         }
         if kind == Kind::Aborts && added.iter().any(|task| task.kind == Kind::Aborts) {
@@ -1252,6 +1360,10 @@ async fn add_poison(run: &Run, kind: Kind, rng: &mut StdRng) -> Added {
             .await;
         return Added::new(uuid, kind);
     }
+    if let Server::Postgres(_) = &run.server {
+        postgres::add_poison(&run.url, &run.prefix, uuid, kind, rng).await;
+        return Added::new(uuid, kind);
+    }
     let queue = format!("{}:task_queue", run.prefix);
     let deadline = Instant::now() + DRAIN;
     loop {
@@ -1330,27 +1442,55 @@ async fn inject(run: &mut Run, rng: &mut StdRng, thawing: &mut Vec<(u32, Instant
         }
         65..75 => {
             let ms = rng.random_range(200..1000);
-            run.redis.kill();
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            run.redis.launch();
-            ("Redis SIGKILL and restart", None, ms)
+            match &mut run.server {
+                Server::Redis(redis) => {
+                    redis.kill();
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    redis.launch();
+                    ("Redis SIGKILL and restart", None, ms)
+                }
+                Server::Postgres(postgres) => {
+                    // As a crash: no checkpoint, recovery from the WAL at the start.
+                    postgres.ctl(&["stop", "-m", "immediate"]);
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    postgres.ctl(&["start"]);
+                    let ms = u64::try_from(now_ms() - from).unwrap_or(ms);
+                    ("PostgreSQL stopped (immediate) and started", None, ms)
+                }
+            }
         }
         75..85 => {
             let ms = rng.random_range(200..LEASE_MS * 2);
-            signal(run.redis.pid(), "-STOP");
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            signal(run.redis.pid(), "-CONT");
-            ("Redis SIGSTOP", None, ms)
+            match &run.server {
+                Server::Redis(redis) => {
+                    signal(redis.pid(), "-STOP");
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    signal(redis.pid(), "-CONT");
+                    ("Redis SIGSTOP", None, ms)
+                }
+                Server::Postgres(postgres) => {
+                    postgres.signal_all("-STOP");
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    postgres.signal_all("-CONT");
+                    ("PostgreSQL SIGSTOP (every process)", None, ms)
+                }
+            }
         }
-        85..92 => {
-            cut_every_connection(&run.url);
-            ("CLIENT KILL of every connection", None, 0)
-        }
+        85..92 => match &run.server {
+            Server::Redis(_) => {
+                cut_every_connection(&run.url);
+                ("CLIENT KILL of every connection", None, 0)
+            }
+            Server::Postgres(_) => {
+                postgres::terminate_every_connection(&run.url).await;
+                ("pg_terminate_backend of every connection", None, 0)
+            }
+        },
         92.. => {
             // The workers' network answers nothing for a while (Redis and RabbitMQ alike),
             // then heals, or is cut.
             let ms = rng.random_range(300..LEASE_MS * 3);
-            let proxies = || std::iter::once(&run.redis_proxy).chain(run.amqp_proxy.as_ref());
+            let proxies = || std::iter::once(&run.server_proxy).chain(run.amqp_proxy.as_ref());
             proxies().for_each(|proxy| proxy.blackhole(true));
             tokio::time::sleep(Duration::from_millis(ms)).await;
             let cut = rng.random_bool(0.5);
@@ -1521,4 +1661,154 @@ fn overlaps(
         }
     }
     (explained, unexplained)
+}
+
+/// What the harness reads and writes on PostgreSQL itself (its server is the run's own, its
+/// schema [`SCHEMA`]).
+mod postgres {
+    use std::collections::HashMap;
+    use std::time::{Duration, Instant};
+
+    use qtasks::Uuid;
+    use qtasks::postgres::sqlx::{self, AssertSqlSafe, Connection, Executor, PgConnection, Row};
+    use rand::Rng;
+    use rand::rngs::StdRng;
+
+    use super::{DRAIN, Kind};
+
+    /// The run's schema.
+    pub(super) const SCHEMA: &str = "torture";
+
+    /// A connection to the run's server (`url` without its `?schema=`), tried again through
+    /// the faults.
+    async fn connect(url: &str) -> PgConnection {
+        let base = url.split('?').next().unwrap_or(url);
+        let deadline = Instant::now() + DRAIN;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), PgConnection::connect(base)).await {
+                Ok(Ok(conn)) => return conn,
+                Ok(Err(error)) => assert!(
+                    Instant::now() < deadline,
+                    "connecting to the run's PostgreSQL kept failing: {error}"
+                ),
+                Err(_) => assert!(
+                    Instant::now() < deadline,
+                    "connecting to the run's PostgreSQL kept timing out"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Runs `sql` (statements without parameters) through the faults.
+    async fn execute(url: &str, sql: &str) {
+        let deadline = Instant::now() + DRAIN;
+        loop {
+            let mut conn = connect(url).await;
+            match conn.execute(AssertSqlSafe(sql.to_owned())).await {
+                Ok(_) => return,
+                Err(error) => assert!(Instant::now() < deadline, "{sql} kept failing: {error}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// From now on, every write of a final status to a record (a row added final, a status
+    /// that becomes final, a final record's document written again) is noted in
+    /// `{SCHEMA}.outcomes` by a trigger: the engine's writes, seen from the database.
+    pub(super) async fn record_outcomes(url: &str) {
+        let finals = "('success', 'error', 'cancel', 'retry')";
+        execute(
+            url,
+            &format!(
+                "CREATE TABLE {SCHEMA}.outcomes (app text, uuid uuid, status text);
+                 CREATE FUNCTION {SCHEMA}.note_outcome() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN
+                     INSERT INTO {SCHEMA}.outcomes VALUES (NEW.app, NEW.uuid, NEW.status);
+                     RETURN NULL;
+                 END $$;
+                 CREATE TRIGGER outcome_added AFTER INSERT ON {SCHEMA}.records FOR EACH ROW
+                     WHEN (NEW.status IN {finals}) EXECUTE FUNCTION {SCHEMA}.note_outcome();
+                 CREATE TRIGGER outcome_written AFTER UPDATE ON {SCHEMA}.records FOR EACH ROW
+                     WHEN (NEW.status IN {finals}
+                           AND (OLD.status NOT IN {finals} OR OLD.doc IS DISTINCT FROM NEW.doc))
+                     EXECUTE FUNCTION {SCHEMA}.note_outcome();"
+            ),
+        )
+        .await;
+    }
+
+    /// The outcomes [`record_outcomes`] noted, per task of `app`.
+    pub(super) async fn recorded_outcomes(url: &str, app: &str) -> HashMap<Uuid, usize> {
+        let mut conn = connect(url).await;
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT uuid, count(*) FROM {SCHEMA}.outcomes WHERE app = $1 GROUP BY uuid"
+        )))
+        .bind(app)
+        .fetch_all(&mut conn)
+        .await
+        .expect("reading the outcomes");
+        rows.iter()
+            .map(|row| {
+                let n: i64 = row.get(1);
+                (row.get(0), usize::try_from(n).unwrap_or(0))
+            })
+            .collect()
+    }
+
+    /// The rows of `app` that must be gone once every task ended: queue rows, stream items.
+    pub(super) async fn live_rows(url: &str, app: &str) -> Vec<(&'static str, i64)> {
+        let mut conn = connect(url).await;
+        let mut left = Vec::new();
+        for table in ["queue", "items"] {
+            let n: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+                "SELECT count(*) FROM {SCHEMA}.{table} WHERE app = $1"
+            )))
+            .bind(app)
+            .fetch_one(&mut conn)
+            .await
+            .expect("counting rows");
+            left.push((table, n));
+        }
+        left
+    }
+
+    /// `pg_terminate_backend` of every client connection but the one that asks.
+    pub(super) async fn terminate_every_connection(url: &str) {
+        execute(
+            url,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+        )
+        .await;
+    }
+
+    /// Poison as another writer of the tables could leave it: a queue row with no record, or
+    /// a record whose document cannot be read (no JSON, or a field of the wrong type).
+    pub(super) async fn add_poison(url: &str, app: &str, uuid: Uuid, kind: Kind, rng: &mut StdRng) {
+        let app = app.replace('\'', "''");
+        let row = format!(
+            "INSERT INTO {SCHEMA}.queue (app, uuid, queue, priority, state, created_at)
+             VALUES ('{app}', '{uuid}', 'default', 0, 'w', extract(epoch FROM now()));"
+        );
+        let sql = if kind == Kind::PoisonEntry {
+            row
+        } else {
+            let doc = if rng.random_bool(0.5) {
+                "not json".to_owned()
+            } else {
+                format!(
+                    r#"{{"uuid": "{uuid}", "task_name": "log_run", "created_at": "yesterday"}}"#
+                )
+            };
+            format!(
+                "BEGIN;
+                 INSERT INTO {SCHEMA}.records (app, uuid, status, task_name, created_ms, updated_at, doc)
+                 VALUES ('{app}', '{uuid}', 'new', 'log_run', 0, 0, '{doc}');
+                 {row}
+                 COMMIT;"
+            )
+        };
+        execute(url, &sql).await;
+    }
 }

@@ -21,6 +21,11 @@
 //!     # W1 in one program: N tasks added (one add_many), then a worker started in this process
 //!     # drains them; prints the enqueue and drain rates, and the CPU the server's processes
 //!     # (those whose /proc comm is NAME: redis-server, postgres) spent per task meanwhile
+//! qtasks-bench drain ... --live
+//!     # W1-live: the worker started (and warmed with a task) first, then N single adds
+//! qtasks-bench addin --pg URL --n N [--rounds R]
+//!     # add against add_in (BEGIN, add, COMMIT), and an INSERT alone against an INSERT with
+//!     # the task in its transaction: N one at a time each, alternated R rounds
 //! ```
 //!
 //! The no-op task takes a small integer and returns it. Everything a real deployment keeps on
@@ -400,6 +405,9 @@ async fn drain(url: &str, n: u64) {
     if !std::env::args().any(|arg| arg == "--keep") {
         app.flush_all().await.expect("flushed");
     }
+    if std::env::args().any(|arg| arg == "--live") {
+        return drain_live(&app, n, &comm).await;
+    }
     let enqueue_started = Instant::now();
     noop::add_many(&app, (0..n).map(|i| (i,)))
         .await
@@ -429,6 +437,121 @@ async fn drain(url: &str, n: u64) {
     emit(&result);
 }
 
+/// W1-live in one program: the worker started and warmed with one task, then `n` tasks added
+/// one by one (64 adds in flight) while it runs; the rate is `n` over the time from the first
+/// add to the last task's end.
+async fn drain_live(app: &QueueTasks, n: u64, comm: &str) {
+    app.start().await.expect("the worker starts");
+    let warm = noop::call(0)
+        .add(app)
+        .await
+        .expect("the warm-up task is added");
+    warm.wait(Duration::from_secs(30))
+        .await
+        .expect("the warm-up task ends");
+    let cpu_before = server_cpu_ms(comm);
+    let started = Instant::now();
+    add_many(app, n, 64).await;
+    let enqueue_s = started.elapsed().as_secs_f64();
+    loop {
+        let stats = app.stats().await.expect("stats read");
+        let queue = stats.queue.expect("the engine keeps stats");
+        if queue.waiting_total() + queue.delayed + queue.running == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let live_s = started.elapsed().as_secs_f64();
+    let server_ms = server_cpu_ms(comm) - cpu_before;
+    app.stop().await.expect("the worker stops");
+    emit(&json!({
+        "n": n,
+        "live_enqueue_rate": n as f64 / enqueue_s,
+        "live_rate": n as f64 / live_s,
+        "live_server_cpu_us_per_task": server_ms * 1000.0 / n as f64,
+    }));
+}
+
+/// What a transactional add costs against a plain one, on PostgreSQL (`--pg URL`): `n` adds
+/// each way, one at a time, alternated in `--rounds` rounds: `add` (the engine's own
+/// transaction), `add_in` (`BEGIN`, the add, `COMMIT` on a connection of the caller's pool),
+/// and, as an application would, an `INSERT` of an order row alone and with the task in its
+/// transaction. Prints the median rate of each, and the ratios.
+async fn add_in_cost(n: u64) {
+    use qtasks::postgres::AddInExt;
+    use qtasks::postgres::sqlx::{self, AssertSqlSafe, Executor};
+    let pg: String = arg("--pg", String::new());
+    assert!(!pg.is_empty(), "addin needs --pg URL");
+    let rounds: usize = arg("--rounds", 3);
+    let app = redis_app("", 1).await;
+    app.flush_all().await.expect("flushed");
+    let base = pg.split('?').next().unwrap_or(&pg).to_owned();
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&base)
+        .await
+        .expect("PostgreSQL is reachable");
+    pool.execute(AssertSqlSafe(
+        "DROP TABLE IF EXISTS qtasks_bench_orders;
+         CREATE TABLE qtasks_bench_orders (id bigint PRIMARY KEY)"
+            .to_owned(),
+    ))
+    .await
+    .expect("the orders table");
+    let mut rates: [Vec<f64>; 4] = Default::default();
+    let mut order_id = 0_i64;
+    for _ in 0..rounds {
+        let started = Instant::now();
+        for i in 0..n {
+            noop::call(i).add(&app).await.expect("added");
+        }
+        rates[0].push(n as f64 / started.elapsed().as_secs_f64());
+
+        let started = Instant::now();
+        for i in 0..n {
+            let mut tx = pool.begin().await.expect("begin");
+            noop::call(i).add_in(&app, &mut tx).await.expect("added in");
+            tx.commit().await.expect("commit");
+        }
+        rates[1].push(n as f64 / started.elapsed().as_secs_f64());
+
+        for with_task in [false, true] {
+            let started = Instant::now();
+            for i in 0..n {
+                order_id += 1;
+                let mut tx = pool.begin().await.expect("begin");
+                sqlx::query("INSERT INTO qtasks_bench_orders (id) VALUES ($1)")
+                    .bind(order_id)
+                    .execute(&mut *tx)
+                    .await
+                    .expect("the order");
+                if with_task {
+                    noop::call(i).add_in(&app, &mut tx).await.expect("added in");
+                }
+                tx.commit().await.expect("commit");
+            }
+            rates[2 + usize::from(with_task)].push(n as f64 / started.elapsed().as_secs_f64());
+        }
+        app.flush_all().await.expect("flushed");
+    }
+    let median = |values: &mut Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    let [add, add_in, order, order_and_task] = rates.each_mut().map(median);
+    let _ = pool.execute("DROP TABLE qtasks_bench_orders").await;
+    emit(&json!({
+        "n": n,
+        "rounds": rounds,
+        "add_rate": add,
+        "add_in_rate": add_in,
+        "add_in_over_add": add_in / add,
+        "order_rate": order,
+        "order_and_task_rate": order_and_task,
+        "order_and_task_over_order": order_and_task / order,
+    }));
+}
+
 fn main() {
     let command = std::env::args().nth(1).unwrap_or_default();
     let url: String = arg("--url", "redis://127.0.0.1:6391/0".to_owned());
@@ -446,6 +569,7 @@ fn main() {
             "stats" => stats(&url, arg("--n", 200)).await,
             "waiters" => waiters(&url, arg("--n", 10_000)).await,
             "drain" => drain(&url, arg("--n", 20_000)).await,
+            "addin" => add_in_cost(arg("--n", 2_000)).await,
             "inmem" => {
                 inmem(
                     arg("--n", 200_000),
@@ -456,7 +580,7 @@ fn main() {
             }
             other => {
                 eprintln!(
-                    "unknown command `{other}`: enqueue, worker, w2, waiters, stats, drain or inmem"
+                    "unknown command `{other}`: enqueue, worker, w2, waiters, stats, drain, addin or inmem"
                 );
                 std::process::exit(2);
             }

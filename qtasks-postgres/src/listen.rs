@@ -2,9 +2,9 @@
 //! apps they name.
 //!
 //! The triggers of the schema send, on channel `qtasks_{schema}`: `a {app} {queue}` (a task
-//! waits in a queue), `d {app} {uuid}` (a record became final), and the engine itself sends
-//! `p {app} {uuid}` (new progress or stream items) and `c {app} {uuid} {reason}` (a cancel
-//! asked of a running task). `{app}` is the first 16 hex digits of the md5 of the app's name.
+//! waits in a queue) and `d {app} {uuid} {uuid} ...` (records became final, up to 100 a
+//! message); the engine itself sends `p {app} {uuid}` (new progress or stream items) and
+//! `c {app} {uuid} {reason}` (a cancel asked of a running task). `{app}` is the first 16 hex digits of the md5 of the app's name.
 //!
 //! A notification sent while the connection is down is lost (PostgreSQL keeps none for a
 //! listener that is gone), so a reconnect wakes every take and waiter to look again; and each
@@ -54,8 +54,12 @@ impl Hubs {
         let rest = rest.unwrap_or("");
         match kind {
             "a" => hub.added.notify_waiters(),
+            // Finished tasks (up to 100 a message), or a stream task's new item.
             "d" | "p" => {
-                if let Ok(uuid) = Uuid::parse_str(rest) {
+                for uuid in rest
+                    .split(' ')
+                    .filter_map(|uuid| Uuid::parse_str(uuid).ok())
+                {
                     hub.waiters.wake(uuid);
                 }
             }

@@ -13,11 +13,18 @@ use qtasks_core::backend::BackendError;
 use crate::failure;
 
 /// The migrations, oldest first: (version, what it does, its SQL with `{schema}` to replace).
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "tables, indexes and triggers",
-    include_str!("../migrations/0001_init.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "tables, indexes and triggers",
+        include_str!("../migrations/0001_init.sql"),
+    ),
+    (
+        2,
+        "finished tasks announced in batches",
+        include_str!("../migrations/0002_batched_done_notifications.sql"),
+    ),
+];
 
 /// The newest version this build knows.
 pub(crate) const VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;

@@ -9,13 +9,14 @@
 //! - [`scratch`]: names, ports and folders no other test uses (tests run in parallel and share
 //!   the services).
 //! - [`flow`]: the add, wait, check chain every suite repeats.
-//! - [`Proxy`], [`OwnRedis`], [`OwnRabbitMq`]: network faults, and servers of a test's own to
+//! - [`Proxy`], [`OwnRedis`], [`OwnRabbitMq`], [`OwnPostgres`]: network faults, and servers of a test's own to
 //!   kill and restart (never the shared ones); [`LoggedProcess`], a binary a test starts.
 //! - [`redis`], [`amqp`], [`grpc`]: an engine's or a surface's test helpers.
 
 pub mod amqp;
 pub mod flow;
 pub mod grpc;
+mod own_postgres;
 mod own_rabbitmq;
 mod own_redis;
 mod process;
@@ -24,6 +25,7 @@ pub mod redis;
 pub mod scratch;
 pub mod services;
 
+pub use own_postgres::OwnPostgres;
 pub use own_rabbitmq::OwnRabbitMq;
 pub use own_redis::{OwnRedis, recorded_outcomes, resp_commands};
 pub use process::LoggedProcess;

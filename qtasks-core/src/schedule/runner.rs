@@ -374,8 +374,14 @@ async fn fire_slot(
         Ok(true) => {}
         Ok(false) => return Some(check_later), // another worker fires it
         Err(error) => {
-            tracing::error!(app = %app.name(), schedule = %entry.name, "claiming slot {} failed; not fired here: {}", super::format_ms(slot_ms), crate::backend::ErrorChain(&error));
-            return Some(check_later);
+            // Every worker's claim may have failed alike (the backend restarting), and this
+            // worker may not live ten seconds: the slot is checked again shortly, as one another
+            // worker claimed (its task is added here unless a claimer marked it added).
+            tracing::warn!(app = %app.name(), schedule = %entry.name, "claiming slot {} failed; checking it again shortly: {}", super::format_ms(slot_ms), crate::backend::ErrorChain(&error));
+            return Some(Check {
+                at_ms: now + ADD_AGAIN_FIRST,
+                ..check_later
+            });
         }
     }
     let jitter = entry.schedule.jitter;
