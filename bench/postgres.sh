@@ -4,7 +4,7 @@
 # CPU per task while draining, W1-live (the worker running first, then N single adds), and W2
 # (sequential add-and-wait round trips against a worker process). When the apalis-postgres
 # peer is built, its W1 on the same PostgreSQL each round too (its README's polling storage,
-# and with its LISTEN/NOTIFY wake-ups). Then, once, the cost of `add_in` against `add`.
+# with its LISTEN/NOTIFY wake-ups, and with fetches of 64 instead of 10). Then, once, the cost of `add_in` against `add`.
 # Prints medians and the ratios.
 #
 #   bash bench/postgres.sh [ROUNDS] [N] [PG_URL] [REDIS_URL]
@@ -43,6 +43,7 @@ for round in $(seq 1 "$rounds"); do
     echo "postgres.sh: round $round: apalis-postgres" >&2
     "$peer" --url "$pg" --n "$n" | sed -n "s/^BENCH_JSON /apalis drain /p" >> "$out"
     "$peer" --url "$pg" --n "$n" --listen | sed -n "s/^BENCH_JSON /apalis_listen drain /p" >> "$out"
+    "$peer" --url "$pg" --n "$n" --batch 64 | sed -n "s/^BENCH_JSON /apalis_64 drain /p" >> "$out"
   fi
 done
 echo "postgres.sh: add against add_in" >&2
@@ -63,13 +64,13 @@ def cell(value):
     return "-" if value is None else f"{value:,.2f}"
 def ratio(a, b):
     return f"{a / b:.2f}" if a is not None and b else "-"
-print("| measure | Redis | PostgreSQL | apalis-postgres | apalis-postgres, LISTEN | PostgreSQL / Redis | PostgreSQL / apalis-postgres (best) | rounds |")
-print("|---|---|---|---|---|---|---|---|")
+print("| measure | Redis | PostgreSQL | apalis-postgres | apalis-postgres, LISTEN | apalis-postgres, batch 64 | PostgreSQL / Redis | PostgreSQL / apalis-postgres (best) | rounds |")
+print("|---|---|---|---|---|---|---|---|---|")
 for measure, by in rows.items():
     r, p = median(by, "redis"), median(by, "postgres")
-    a, al = median(by, "apalis"), median(by, "apalis_listen")
+    a, al, a64 = median(by, "apalis"), median(by, "apalis_listen"), median(by, "apalis_64")
     lower_is_better = any(word in measure for word in ("cpu", "vmhwm", "p50", "p99"))
     pick = min if lower_is_better else max
-    best = pick((x for x in (a, al) if x is not None), default=None)
-    print(f"| {measure} | {cell(r)} | {cell(p)} | {cell(a)} | {cell(al)} | {ratio(p, r)} | {ratio(p, best)} | {len(by.get('postgres', []))} |")
+    best = pick((x for x in (a, al, a64) if x is not None), default=None)
+    print(f"| {measure} | {cell(r)} | {cell(p)} | {cell(a)} | {cell(al)} | {cell(a64)} | {ratio(p, r)} | {ratio(p, best)} | {len(by.get('postgres', []))} |")
 PY

@@ -835,6 +835,29 @@ async fn run(engine: Engine, seed: u64) {
                 break;
             }
             if Instant::now() >= deadline {
+                // Each attempt's record as the engine reads it (an error, or none), and on
+                // PostgreSQL its rows as they are.
+                let mut chain = Vec::new();
+                let mut next = Some(task.uuid);
+                while let Some(uuid) = next.take() {
+                    let read = app.get(uuid).await;
+                    next = read
+                        .as_ref()
+                        .ok()
+                        .and_then(|r| r.as_ref()?.retry_child_uuid);
+                    let rows = match &run.server {
+                        Server::Postgres(_) => postgres::rows_of(&run.url, uuid).await,
+                        Server::Redis(_) => String::new(),
+                    };
+                    chain.push(format!(
+                        "{uuid}: {:?} {rows}",
+                        read.map(|r| r.map(|r| r.status))
+                    ));
+                    if chain.len() > 5 {
+                        break;
+                    }
+                }
+                eprintln!("seed {seed}: the attempts of {}: {chain:#?}", task.uuid);
                 let mut members = Vec::new();
                 for member in &task.members {
                     let record = final_attempt(&app, *member).await;
@@ -1771,6 +1794,26 @@ mod postgres {
             left.push((table, n));
         }
         left
+    }
+
+    /// A task's rows in the records and queue tables, as text (for a failure's message).
+    pub(super) async fn rows_of(url: &str, uuid: Uuid) -> String {
+        let mut conn = connect(url).await;
+        let records: Vec<(String, Option<String>)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT status, left(doc, 300) FROM {SCHEMA}.records WHERE uuid = $1"
+        )))
+        .bind(uuid)
+        .fetch_all(&mut conn)
+        .await
+        .unwrap_or_default();
+        let queue: Vec<(String, String, Option<String>)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT state, queue, due_at::text FROM {SCHEMA}.queue WHERE uuid = $1"
+        )))
+        .bind(uuid)
+        .fetch_all(&mut conn)
+        .await
+        .unwrap_or_default();
+        format!("records {records:?} queue {queue:?}")
     }
 
     /// `pg_terminate_backend` of every client connection but the one that asks.

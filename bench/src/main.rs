@@ -38,10 +38,32 @@ use qtasks::redis::RedisOptions;
 use qtasks::{QueueConfig, QueueTasks, TaskStatus};
 use serde_json::{Value, json};
 
-/// The no-op task of every workload.
+/// The no-op task of every workload; it counts its runs in [`RAN`].
 #[qtasks::task]
 async fn noop(i: u64) -> u64 {
+    RAN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     i
+}
+
+/// Runs of [`noop`] in this process: a drain looks at the backend's stats only once its
+/// worker ran them all (as the apalis-postgres peer does), so that its polling does not load
+/// the server while the worker drains.
+static RAN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Waits until this process ran `n` no-op tasks more than `before`, then until the backend
+/// holds none waiting, delayed or running (their outcomes written).
+async fn drained(app: &QueueTasks, before: u64, n: u64) {
+    while RAN.load(std::sync::atomic::Ordering::Relaxed) < before + n {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    loop {
+        let stats = app.stats().await.expect("stats read");
+        let queue = stats.queue.expect("the engine keeps stats");
+        if queue.waiting_total() + queue.delayed + queue.running == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// A task that takes `ms` milliseconds (a sleep, not CPU): the scaling run's work.
@@ -415,15 +437,9 @@ async fn drain(url: &str, n: u64) {
     let enqueue_s = enqueue_started.elapsed().as_secs_f64();
     let cpu_before = server_cpu_ms(&comm);
     let drain_started = Instant::now();
+    let before = RAN.load(std::sync::atomic::Ordering::Relaxed);
     app.start().await.expect("the worker starts");
-    loop {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let stats = app.stats().await.expect("stats read");
-        let queue = stats.queue.expect("the engine keeps stats");
-        if queue.waiting_total() + queue.delayed + queue.running == 0 {
-            break;
-        }
-    }
+    drained(&app, before, n).await;
     let drain_s = drain_started.elapsed().as_secs_f64();
     let server_ms = server_cpu_ms(&comm) - cpu_before;
     app.stop().await.expect("the worker stops");
@@ -451,16 +467,10 @@ async fn drain_live(app: &QueueTasks, n: u64, comm: &str) {
         .expect("the warm-up task ends");
     let cpu_before = server_cpu_ms(comm);
     let started = Instant::now();
+    let before = RAN.load(std::sync::atomic::Ordering::Relaxed);
     add_many(app, n, 64).await;
     let enqueue_s = started.elapsed().as_secs_f64();
-    loop {
-        let stats = app.stats().await.expect("stats read");
-        let queue = stats.queue.expect("the engine keeps stats");
-        if queue.waiting_total() + queue.delayed + queue.running == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    drained(app, before, n).await;
     let live_s = started.elapsed().as_secs_f64();
     let server_ms = server_cpu_ms(comm) - cpu_before;
     app.stop().await.expect("the worker stops");

@@ -50,7 +50,22 @@ pub(crate) struct PgBroker {
     finisher: Batcher<Finishing, Stored>,
     /// Adds made at once (`add_many`) go out as one statement.
     adder: Batcher<QueuedTask, Result<(), Arc<sqlx::Error>>>,
+    /// The last look at due and expired rows (see [`LOOK_EVERY_WHILE_BUSY`]).
+    looked: Mutex<Option<Looked>>,
 }
+
+/// A look at the queue (`PREPARE_TAKE`): when, and the queues it found paused.
+struct Looked {
+    at: std::time::Instant,
+    paused: Vec<String>,
+}
+
+/// While takes find tasks, the look that promotes due rows and reclaims expired leases
+/// (`PREPARE_TAKE`, a statement and a commit of its own) runs at most this often: a busy worker
+/// leases first and looks only when that gave nothing or this long passed. A delayed task due,
+/// or a lease run out, waits at most this much longer under load; a take that finds nothing
+/// looks at once, as before. (It cut a drain's commits by about a quarter.)
+const LOOK_EVERY_WHILE_BUSY: Duration = Duration::from_millis(100);
 
 /// The most finishes one transaction stores, and the most adds one statement writes.
 const FINISH_BATCH: usize = 256;
@@ -78,6 +93,7 @@ impl PgBroker {
             background: Mutex::default(),
             finisher,
             adder,
+            looked: Mutex::default(),
         }
     }
 
@@ -106,50 +122,38 @@ impl PgBroker {
         &self,
         take: &Take<'_>,
     ) -> Result<(Vec<Delivery>, Option<Duration>), BackendError> {
-        let app = &self.app.name;
-        let pool = self.app.pool();
-        let served: Vec<&str> = take.queues.iter().map(|queue| queue.name).collect();
-        let prepared = sqlx::query(PREPARE_TAKE)
-            .bind(app)
-            .bind(&served)
-            .fetch_one(pool)
-            .await
-            .map_err(|e| failure("looking at the queue failed", e))?;
-        let paused: Vec<String> = prepared.try_get(0).unwrap_or_default();
-        let next_wake: Option<f64> = prepared.try_get(1).unwrap_or(None);
         let mut rows = Vec::new();
-        for (order, wanted) in take.queues.iter().enumerate() {
-            let room = wanted.max.min(take.max.saturating_sub(rows.len()));
-            if room == 0 || paused.iter().any(|name| name == wanted.name) {
-                continue;
-            }
-            let leased = match sqlx::query(LEASE)
-                .bind(app)
-                .bind(wanted.name)
-                .bind(i64::try_from(room).unwrap_or(i64::MAX))
-                .bind(self.lease_secs())
-                .fetch_all(pool)
+        // Busy (the last look was recent): lease first, and look only if that gave nothing.
+        let recent = self
+            .looked
+            .lock()
+            .as_ref()
+            .filter(|looked| looked.at.elapsed() < LOOK_EVERY_WHILE_BUSY)
+            .map(|looked| looked.paused.clone());
+        let mut next_wake = None;
+        if let Some(paused) = recent {
+            self.lease_into(take, &paused, &mut rows).await?;
+        }
+        if rows.is_empty() {
+            let served: Vec<&str> = take.queues.iter().map(|queue| queue.name).collect();
+            let prepared = sqlx::query(PREPARE_TAKE)
+                .bind(&self.app.name)
+                .bind(&served)
+                .fetch_one(self.app.pool())
                 .await
-            {
-                Ok(leased) => leased,
-                // What the earlier queues gave is handed out rather than left to its leases.
-                Err(error) if !rows.is_empty() => {
-                    tracing::warn!(
-                        "taking tasks of queue `{}` failed: {}",
-                        wanted.name,
-                        ErrorChain(&error)
-                    );
-                    break;
-                }
-                Err(error) => return Err(failure("taking tasks failed", error)),
-            };
-            let mut leased: Vec<Leased> = leased.iter().filter_map(Leased::read).collect();
-            leased.sort_by_key(|row| (row.priority, row.seq));
-            rows.extend(leased.into_iter().map(|row| (order, row)));
+                .map_err(|e| failure("looking at the queue failed", e))?;
+            let paused: Vec<String> = prepared.try_get(0).unwrap_or_default();
+            next_wake = prepared.try_get::<Option<f64>, _>(1).unwrap_or(None);
+            *self.looked.lock() = Some(Looked {
+                at: std::time::Instant::now(),
+                paused: paused.clone(),
+            });
+            self.lease_into(take, &paused, &mut rows).await?;
         }
         let mut deliveries = Vec::with_capacity(rows.len());
         let mut tokens = Vec::with_capacity(rows.len());
         let mut set_aside = Vec::new();
+        let leased_any = !rows.is_empty();
         for (_, row) in rows {
             match row.delivery() {
                 Ok(delivery) => {
@@ -167,8 +171,58 @@ impl PgBroker {
         // Held (renewed) only from here, with nothing awaited before the return: a take
         // dropped earlier leaves its leases to run out, never renewed by nobody's run.
         self.held.lock().extend(tokens);
-        let wake = next_wake.map(|secs| Duration::from_secs_f64(secs.clamp(0.01, 1e6)));
+        // A take whose every row was set aside (poison, ended, cancelled) looks again at once:
+        // more tasks may wait behind them, and no notification would come for those.
+        let wake = if leased_any && deliveries.is_empty() {
+            Some(Duration::ZERO)
+        } else {
+            next_wake.map(|secs| Duration::from_secs_f64(secs.clamp(0.01, 1e6)))
+        };
         Ok((deliveries, wake))
+    }
+
+    /// Leases waiting rows of the take's queues (not `paused`) into `rows`, each queue up to
+    /// its share less what it gave already, and the take up to its `max`.
+    async fn lease_into(
+        &self,
+        take: &Take<'_>,
+        paused: &[String],
+        rows: &mut Vec<(usize, Leased)>,
+    ) -> Result<(), BackendError> {
+        for (order, wanted) in take.queues.iter().enumerate() {
+            let gave = rows.iter().filter(|(from, _)| *from == order).count();
+            let room = wanted
+                .max
+                .saturating_sub(gave)
+                .min(take.max.saturating_sub(rows.len()));
+            if room == 0 || paused.iter().any(|name| name == wanted.name) {
+                continue;
+            }
+            let leased = match sqlx::query(LEASE)
+                .bind(&self.app.name)
+                .bind(wanted.name)
+                .bind(i64::try_from(room).unwrap_or(i64::MAX))
+                .bind(self.lease_secs())
+                .fetch_all(self.app.pool())
+                .await
+            {
+                Ok(leased) => leased,
+                // What the earlier queues gave is handed out rather than left to its leases.
+                Err(error) if !rows.is_empty() => {
+                    tracing::warn!(
+                        "taking tasks of queue `{}` failed: {}",
+                        wanted.name,
+                        ErrorChain(&error)
+                    );
+                    return Ok(());
+                }
+                Err(error) => return Err(failure("taking tasks failed", error)),
+            };
+            let mut leased: Vec<Leased> = leased.iter().filter_map(Leased::read).collect();
+            leased.sort_by_key(|row| (row.priority, row.seq));
+            rows.extend(leased.into_iter().map(|row| (order, row)));
+        }
+        Ok(())
     }
 
     /// A taken row that cannot run: its record is missing, cannot be read, or ended already.
