@@ -703,7 +703,7 @@ impl qtasks::components::GlobalConfig for ClaimFailsOnce {
 }
 
 /// A lone worker whose claim of a slot fails (every worker's would, with the backend restarting
-/// as the slot comes) adds the slot soon after, not ten seconds later: a worker that died in
+/// as the slot comes) adds the slot two seconds after it, not ten: a worker that died in
 /// between lost the slot for good, since a worker that starts reads a slot nobody claimed as
 /// one not to fire (found by the fault harness on PostgreSQL: seed 1796425969019, a lone worker
 /// killed by the aborting task three seconds after its claim failed on a server stopped
@@ -733,7 +733,7 @@ async fn a_slot_whose_claim_failed_is_added_soon_after() {
         .add("tick", schedule, count_call(label))
         .unwrap();
     app.start().await.unwrap();
-    // Slot 5 (its claim fails) and slot 6, then the worker is gone two seconds on.
+    // Slot 5 (its claim fails) and slot 6, then the worker is gone three seconds after slot 5.
     tokio::time::sleep(Duration::from_millis(7_500)).await;
     app.stop().await.unwrap();
     assert!(

@@ -1830,9 +1830,11 @@ mod postgres {
     /// a record whose document cannot be read (no JSON, or a field of the wrong type).
     pub(super) async fn add_poison(url: &str, app: &str, uuid: Uuid, kind: Kind, rng: &mut StdRng) {
         let app = app.replace('\'', "''");
+        // (Idempotent: a try again after a reply lost past the commit adds nothing.)
         let row = format!(
             "INSERT INTO {SCHEMA}.queue (app, uuid, queue, priority, state, created_at)
-             VALUES ('{app}', '{uuid}', 'default', 0, 'w', extract(epoch FROM now()));"
+             VALUES ('{app}', '{uuid}', 'default', 0, 'w', extract(epoch FROM now()))
+             ON CONFLICT DO NOTHING;"
         );
         let sql = if kind == Kind::PoisonEntry {
             row
@@ -1847,7 +1849,8 @@ mod postgres {
             format!(
                 "BEGIN;
                  INSERT INTO {SCHEMA}.records (app, uuid, status, task_name, created_ms, updated_at, doc)
-                 VALUES ('{app}', '{uuid}', 'new', 'log_run', 0, 0, '{doc}');
+                 VALUES ('{app}', '{uuid}', 'new', 'log_run', 0, 0, '{doc}')
+                 ON CONFLICT DO NOTHING;
                  {row}
                  COMMIT;"
             )

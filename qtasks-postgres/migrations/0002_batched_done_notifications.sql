@@ -4,7 +4,8 @@
 -- And a statement that made no record final (a take marking its records `process`) leaves
 -- at once, without the two joins of the old and new rows.
 -- A binary of 0001 reads a batched message as no task; its waiters then find the end on their
--- own next look (within 30 s), so a rolling deploy slows their wake-ups and loses nothing.
+-- own next look (every 30 s, or the app's result interval if longer), so a rolling deploy
+-- slows their wake-ups and loses nothing.
 CREATE OR REPLACE FUNCTION {schema}.records_changed() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM new_rows WHERE status IN ('success', 'error', 'cancel', 'retry'))

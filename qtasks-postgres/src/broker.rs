@@ -54,17 +54,21 @@ pub(crate) struct PgBroker {
     looked: Mutex<Option<Looked>>,
 }
 
-/// A look at the queue (`PREPARE_TAKE`): when, and the queues it found paused.
+/// A look at the queue (`PREPARE_TAKE`): when, the queues it served (whose due rows it
+/// promoted), and those it found paused.
 struct Looked {
     at: std::time::Instant,
+    served: Vec<String>,
     paused: Vec<String>,
 }
 
 /// While takes find tasks, the look that promotes due rows and reclaims expired leases
 /// (`PREPARE_TAKE`, a statement and a commit of its own) runs at most this often: a busy worker
-/// leases first and looks only when that gave nothing or this long passed. A delayed task due,
-/// or a lease run out, waits at most this much longer under load; a take that finds nothing
-/// looks at once, as before. (It cut a drain's commits by about a quarter.)
+/// leases first and looks only when that gave nothing, this long passed, or the take serves a
+/// queue the last look did not (a queue left out of takes at its cap). A delayed task due, or
+/// a lease run out, waits at most this much longer under load (leases are reclaimed 100 a
+/// look); a take that finds nothing looks at once, as before. (It cut a drain's commits by
+/// about a quarter.)
 const LOOK_EVERY_WHILE_BUSY: Duration = Duration::from_millis(100);
 
 /// The most finishes one transaction stores, and the most adds one statement writes.
@@ -128,7 +132,13 @@ impl PgBroker {
             .looked
             .lock()
             .as_ref()
-            .filter(|looked| looked.at.elapsed() < LOOK_EVERY_WHILE_BUSY)
+            .filter(|looked| {
+                looked.at.elapsed() < LOOK_EVERY_WHILE_BUSY
+                    && take
+                        .queues
+                        .iter()
+                        .all(|queue| looked.served.iter().any(|name| name == queue.name))
+            })
             .map(|looked| looked.paused.clone());
         let mut next_wake = None;
         if let Some(paused) = recent {
@@ -146,6 +156,7 @@ impl PgBroker {
             next_wake = prepared.try_get::<Option<f64>, _>(1).unwrap_or(None);
             *self.looked.lock() = Some(Looked {
                 at: std::time::Instant::now(),
+                served: served.iter().map(|name| (*name).to_owned()).collect(),
                 paused: paused.clone(),
             });
             self.lease_into(take, &paused, &mut rows).await?;

@@ -19,11 +19,15 @@ impl OwnPostgres {
     /// Creates and starts a cluster, or `None` where the Debian tools are missing or fail (they
     /// must run as root or `postgres`).
     pub fn start() -> Option<OwnPostgres> {
+        // The newest installed major version (by number: "16" is newer than "9.6").
         let version = std::fs::read_dir("/etc/postgresql")
             .ok()?
             .flatten()
             .filter_map(|entry| entry.file_name().into_string().ok())
-            .max()?;
+            .max_by(|a, b| {
+                let number = |v: &str| v.parse::<f64>().unwrap_or(0.0);
+                number(a).total_cmp(&number(b))
+            })?;
         let port = free_port();
         let name = format!("qt{port}");
         let created = Command::new("pg_createcluster")
@@ -39,11 +43,13 @@ impl OwnPostgres {
             .stdout(Stdio::null())
             .status()
             .ok()?;
-        created.success().then_some(OwnPostgres {
+        let server = OwnPostgres {
             name,
             version,
             port,
-        })
+        };
+        // A cluster made but not started (its port taken meanwhile) is dropped here.
+        created.success().then_some(server)
     }
 
     /// The URL of its `postgres` database, as the superuser.
@@ -100,20 +106,31 @@ impl OwnPostgres {
     }
 
     /// Sends `signal` (`-STOP`, `-CONT`, ...) to every process of the server: the postmaster
-    /// first on a stop (so it forks no new backend), last on a continue.
+    /// first on a stop (and its children listed after, so none forked meanwhile escapes), last
+    /// on a continue.
     pub fn signal_all(&self, signal: &str) {
         let mut pids = self.pids();
+        if signal == "-STOP" {
+            if let Some(&postmaster) = pids.first() {
+                kill(signal, postmaster);
+            }
+            pids = self.pids().into_iter().skip(1).collect();
+        }
         if signal == "-CONT" {
             pids.reverse();
         }
         for pid in pids {
-            // (A process may have ended since it was listed.)
-            let _ = Command::new("kill")
-                .args([signal, &pid.to_string()])
-                .stderr(Stdio::null())
-                .status();
+            kill(signal, pid);
         }
     }
+}
+
+/// `kill <signal> <pid>`, quietly (a process may have ended since it was listed).
+fn kill(signal: &str, pid: u32) {
+    let _ = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .stderr(Stdio::null())
+        .status();
 }
 
 impl Drop for OwnPostgres {

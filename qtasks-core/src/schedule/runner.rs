@@ -27,6 +27,9 @@ const LOOK_BACK: usize = 100_000;
 /// (a winner that died between its claim and its add would otherwise lose the slot).
 const CHECK_AFTER: i64 = 10_000;
 
+/// How long after a slot (and its jitter) a worker whose claim failed checks it, in ms.
+const CLAIM_FAILED_CHECK: i64 = 2_000;
+
 /// The id of a slot's task: the same in every worker, so a worker that checks a slot knows
 /// which record to look for (FNV-1a, 128 bits, over app, schedule and slot; a version-8 uuid).
 pub(crate) fn slot_uuid(app: &str, schedule: &str, slot_ms: i64) -> uuid::Uuid {
@@ -375,11 +378,15 @@ async fn fire_slot(
         Ok(false) => return Some(check_later), // another worker fires it
         Err(error) => {
             // Every worker's claim may have failed alike (the backend restarting), and this
-            // worker may not live ten seconds: the slot is checked again shortly, as one another
-            // worker claimed (its task is added here unless a claimer marked it added).
-            tracing::warn!(app = %app.name(), schedule = %entry.name, "claiming slot {} failed; checking it again shortly: {}", super::format_ms(slot_ms), crate::backend::ErrorChain(&error));
+            // worker may not live ten seconds: the slot is checked again soon, as one another
+            // worker claimed (its task is added here unless a claimer marked it added). Not
+            // before the claimer's jitter and a while for its add: a check that comes first
+            // adds the task too (under the slot's id: a second add of it queues nothing while
+            // its record lives).
+            tracing::warn!(app = %app.name(), schedule = %entry.name, "claiming slot {} failed; checking it again soon: {}", super::format_ms(slot_ms), crate::backend::ErrorChain(&error));
+            let jitter = entry.schedule.jitter.as_millis() as i64;
             return Some(Check {
-                at_ms: now + ADD_AGAIN_FIRST,
+                at_ms: now.max(slot_ms + jitter) + CLAIM_FAILED_CHECK,
                 ..check_later
             });
         }
