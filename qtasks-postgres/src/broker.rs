@@ -126,7 +126,6 @@ impl PgBroker {
         &self,
         take: &Take<'_>,
     ) -> Result<(Vec<Delivery>, Option<Duration>), BackendError> {
-        let mut rows = Vec::new();
         // Busy (the last look was recent): lease first, and look only if that gave nothing.
         let recent = self
             .looked
@@ -141,9 +140,10 @@ impl PgBroker {
             })
             .map(|looked| looked.paused.clone());
         let mut next_wake = None;
-        if let Some(paused) = recent {
-            self.lease_into(take, &paused, &mut rows).await?;
-        }
+        let mut rows = match recent {
+            Some(paused) => self.lease(take, &paused).await?,
+            None => Vec::new(),
+        };
         if rows.is_empty() {
             let served: Vec<&str> = take.queues.iter().map(|queue| queue.name).collect();
             let prepared = sqlx::query(PREPARE_TAKE)
@@ -159,7 +159,7 @@ impl PgBroker {
                 served: served.iter().map(|name| (*name).to_owned()).collect(),
                 paused: paused.clone(),
             });
-            self.lease_into(take, &paused, &mut rows).await?;
+            rows = self.lease(take, &paused).await?;
         }
         let mut deliveries = Vec::with_capacity(rows.len());
         let mut tokens = Vec::with_capacity(rows.len());
@@ -192,20 +192,16 @@ impl PgBroker {
         Ok((deliveries, wake))
     }
 
-    /// Leases waiting rows of the take's queues (not `paused`) into `rows`, each queue up to
-    /// its share less what it gave already, and the take up to its `max`.
-    async fn lease_into(
+    /// Leases waiting rows of the take's queues (not `paused`), each queue up to its share and
+    /// the take up to its `max`, with the index of the queue each came from.
+    async fn lease(
         &self,
         take: &Take<'_>,
         paused: &[String],
-        rows: &mut Vec<(usize, Leased)>,
-    ) -> Result<(), BackendError> {
+    ) -> Result<Vec<(usize, Leased)>, BackendError> {
+        let mut rows = Vec::new();
         for (order, wanted) in take.queues.iter().enumerate() {
-            let gave = rows.iter().filter(|(from, _)| *from == order).count();
-            let room = wanted
-                .max
-                .saturating_sub(gave)
-                .min(take.max.saturating_sub(rows.len()));
+            let room = wanted.max.min(take.max.saturating_sub(rows.len()));
             if room == 0 || paused.iter().any(|name| name == wanted.name) {
                 continue;
             }
@@ -225,7 +221,7 @@ impl PgBroker {
                         wanted.name,
                         ErrorChain(&error)
                     );
-                    return Ok(());
+                    break;
                 }
                 Err(error) => return Err(failure("taking tasks failed", error)),
             };
@@ -233,7 +229,7 @@ impl PgBroker {
             leased.sort_by_key(|row| (row.priority, row.seq));
             rows.extend(leased.into_iter().map(|row| (order, row)));
         }
-        Ok(())
+        Ok(rows)
     }
 
     /// A taken row that cannot run: its record is missing, cannot be read, or ended already.
