@@ -24,6 +24,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "finished tasks announced in batches",
         include_str!("../migrations/0002_batched_done_notifications.sql"),
     ),
+    (
+        3,
+        "triggers that pair old and new rows by grouping",
+        include_str!("../migrations/0003_linear_triggers.sql"),
+    ),
 ];
 
 /// The newest version this build knows.
