@@ -2,7 +2,8 @@
 # PostgreSQL beside Redis, alternated round by round in one run: W1 (N tasks enqueued with one
 # add_many, then drained by a worker of the same program, `qtasks-bench drain`), the server's
 # CPU per task while draining, W1-live (the worker running first, then N single adds), and W2
-# (sequential add-and-wait round trips against a worker process). When the apalis-postgres
+# (sequential add-and-wait round trips against a worker process), and W1 again with 512 slots
+# on PostgreSQL. When the apalis-postgres
 # peer is built, its W1 on the same PostgreSQL each round too (its README's polling storage,
 # with its LISTEN/NOTIFY wake-ups, and with fetches of 64 instead of 10). Then, once, the cost of `add_in` against `add`.
 # Prints medians and the ratios.
@@ -37,7 +38,12 @@ for round in $(seq 1 "$rounds"); do
   for who in "${order[@]}"; do
     echo "postgres.sh: round $round: $who" >&2
     if [[ $who == redis ]]; then run redis --server-comm redis-server
-    else run postgres --pg "$pg_app" --server-comm postgres; fi
+    else
+      run postgres --pg "$pg_app" --server-comm postgres
+      # W1 again with 512 slots: a take leases as many tasks as there are free slots.
+      "$bin" drain --url "$redis" --pg "$pg_app" --server-comm postgres --n "$n" --concurrency 512 \
+        | sed -n "s/^BENCH_JSON /postgres_512 drain /p" >> "$out"
+    fi
   done
   if [[ -x $peer ]]; then
     echo "postgres.sh: round $round: apalis-postgres" >&2
@@ -64,13 +70,13 @@ def cell(value):
     return "-" if value is None else f"{value:,.2f}"
 def ratio(a, b):
     return f"{a / b:.2f}" if a is not None and b else "-"
-print("| measure | Redis | PostgreSQL | apalis-postgres | apalis-postgres, LISTEN | apalis-postgres, batch 64 | PostgreSQL / Redis | PostgreSQL / apalis-postgres (best) | rounds |")
-print("|---|---|---|---|---|---|---|---|---|")
+print("| measure | Redis | PostgreSQL | PostgreSQL, 512 slots | apalis-postgres | apalis-postgres, LISTEN | apalis-postgres, batch 64 | PostgreSQL / Redis | PostgreSQL / apalis-postgres (best) | PostgreSQL 512 / apalis-postgres (best) | rounds |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
 for measure, by in rows.items():
-    r, p = median(by, "redis"), median(by, "postgres")
+    r, p, p512 = median(by, "redis"), median(by, "postgres"), median(by, "postgres_512")
     a, al, a64 = median(by, "apalis"), median(by, "apalis_listen"), median(by, "apalis_64")
     lower_is_better = any(word in measure for word in ("cpu", "vmhwm", "p50", "p99"))
     pick = min if lower_is_better else max
     best = pick((x for x in (a, al, a64) if x is not None), default=None)
-    print(f"| {measure} | {cell(r)} | {cell(p)} | {cell(a)} | {cell(al)} | {cell(a64)} | {ratio(p, r)} | {ratio(p, best)} | {len(by.get('postgres', []))} |")
+    print(f"| {measure} | {cell(r)} | {cell(p)} | {cell(p512)} | {cell(a)} | {cell(al)} | {cell(a64)} | {ratio(p, r)} | {ratio(p, best)} | {ratio(p512, best)} | {len(by.get('postgres', []))} |")
 PY

@@ -1,10 +1,16 @@
--- The triggers pair a statement's old and new rows by grouping them, not by joining them.
--- A transition table has no index, and PL/pgSQL plans a trigger's statement once per session,
--- so 0001 and 0002's join of `new_rows` to `old_rows` ran as a nested loop whose cost grew
--- with the square of the statement's rows: a finish of 256 tasks spent more time in it than
--- in its update, a promote of 1,000 due tasks compared a million pairs. Grouping on
--- (app, uuid) costs the same per row at any size. What the triggers count and announce is
--- unchanged.
+-- Statements whose cost grows with their rows, not with the square of them.
+--
+-- The triggers no longer join `new_rows` to `old_rows`. A transition table has no index, and
+-- PL/pgSQL plans a trigger's statement once per session, so 0001 and 0002's joins ran as
+-- nested loops: a finish of 256 tasks spent more time in its trigger than in its update, a
+-- promote of 1,000 due tasks compared a million pairs. `records_changed` pairs the rows by
+-- grouping on (app, uuid), which counts and announces exactly what the join did;
+-- `queue_changed` announces the queues of the rows that wait after the change, which needs
+-- no pairing.
+--
+-- And a token names one leased row, as a check: the finish and the renewal find their rows
+-- by token alone, through its unique index, rather than by joining their list to the app's
+-- rows (which the planner may do by reading all of them once per listed row).
 
 -- Records that became final: counted by status and second, and their waiters woken, up to
 -- 100 uuids a notification (as in 0002). Only final rows are paired: an old row that was not
@@ -45,8 +51,9 @@ BEGIN
 END $$;
 
 -- Queue rows changed: the states moved between counted (as in 0001), and the queues of rows
--- that became waiting announced (a hand-back, a lease reclaimed, a delayed task due). A take
--- makes no row waiting, and leaves before the pairing.
+-- that wait after the change announced: a hand-back, a lease reclaimed, a delayed task due, and
+-- (new here) a waiting task whose priority changed, which a take that began before the change
+-- may have skipped. A lease leaves no row waiting and announces nothing.
 CREATE OR REPLACE FUNCTION {schema}.queue_changed() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO {schema}.stat_deltas (app, queue, priority, kind, sec, n)
@@ -56,16 +63,16 @@ BEGIN
             SELECT app, queue, priority, state, 1 AS n FROM new_rows
         ) AS moved
         GROUP BY app, queue, priority, state HAVING sum(n) <> 0;
-    IF NOT EXISTS (SELECT 1 FROM new_rows WHERE state = 'w') THEN
-        RETURN NULL;
-    END IF;
     PERFORM pg_notify('qtasks_' || TG_TABLE_SCHEMA, 'a ' || left(md5(app), 16) || ' ' || queue)
-        FROM (SELECT DISTINCT app, queue
-              FROM (SELECT app, uuid, max(queue) AS queue
-                    FROM (SELECT app, uuid, queue, true AS side FROM new_rows WHERE state = 'w'
-                          UNION ALL
-                          SELECT app, uuid, NULL, false FROM old_rows WHERE state = 'w') AS sides
-                    GROUP BY app, uuid HAVING bool_and(side)) AS became_waiting
-             ) AS announced;
+        FROM (SELECT DISTINCT app, queue FROM new_rows WHERE state = 'w') AS announced;
     RETURN NULL;
 END $$;
+
+-- A token names one leased row. Rows that broke this (none are written so) are mended first:
+-- a stray token is dropped, and a leased row without one, which no delivery could finish,
+-- waits again as a lease that ran out would.
+UPDATE {schema}.queue SET token = NULL WHERE state <> 'r' AND token IS NOT NULL;
+UPDATE {schema}.queue SET state = 'w', lease_until = NULL, recovered = true
+    WHERE state = 'r' AND token IS NULL;
+ALTER TABLE {schema}.queue ADD CONSTRAINT queue_token_while_leased
+    CHECK ((state = 'r') = (token IS NOT NULL));

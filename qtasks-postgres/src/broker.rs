@@ -929,36 +929,87 @@ async fn maintain(app: &App) -> Result<(), sqlx::Error> {
 /// empty, however many rows a burst adds, until the next autovacuum analyzes it (a minute or
 /// more). Every plan then looks as cheap as every other, and a take may sort the whole backlog
 /// to pick its rows (a burst of 20,000 tasks drained at 465 tasks/s instead of 14,000 before
-/// the statements were made to hold without statistics, and at 12,000 since). A look at up to
-/// 1,000 rows every few seconds finds this at once, and an ANALYZE (a sample: milliseconds)
-/// ends it. A role that does not own the tables is skipped by PostgreSQL with a warning, and
-/// autovacuum remains the fallback.
-async fn refresh_statistics(app: &App) -> Result<(), sqlx::Error> {
-    let stale: Vec<String> = sqlx::query_scalar(STALE_TABLES)
-        .fetch_all(app.pool())
-        .await?;
+/// the statements were made to hold without statistics, and at 12,000 since). The live row
+/// counts PostgreSQL keeps per table tell it without reading the table; they are flushed by
+/// the writing sessions within about a second while they are busy, ten when they go idle.
+///
+/// Only tables the connection's role owns are analyzed (others are left to autovacuum), each at
+/// most every 30 s, and an ANALYZE that would wait for a lock (a vacuum running) gives up at
+/// once rather than hold the maintenance up or cancel that vacuum.
+///
+/// The first check of a worker counts the rows itself (up to 1,000 of them) when the
+/// statistics say a table is empty: a worker started for a backlog just added may be ahead
+/// of the counters.
+async fn refresh_statistics(app: &App, watch: &mut StatisticsWatch) -> Result<(), sqlx::Error> {
+    let check = if std::mem::replace(&mut watch.checked, true) {
+        STALE_TABLES
+    } else {
+        STALE_TABLES_COUNTED
+    };
+    let analyzed = &mut watch.analyzed;
+    let stale: Vec<String> = sqlx::query_scalar(check).fetch_all(app.pool()).await?;
     for table in stale {
         let analyze = match table.as_str() {
             "queue" => "ANALYZE queue",
             "records" => "ANALYZE records",
             _ => continue,
         };
+        if analyzed
+            .get(&table)
+            .is_some_and(|at| at.elapsed() < ANALYZE_AT_MOST_EVERY)
+        {
+            continue;
+        }
+        analyzed.insert(table.clone(), std::time::Instant::now());
         tracing::debug!(table = %table, "the planner's statistics say the table is empty; analyzing");
-        sqlx::query(analyze).execute(app.pool()).await?;
+        let mut tx = app.pool().begin().await?;
+        sqlx::query("SET LOCAL lock_timeout = '100ms'")
+            .execute(&mut *tx)
+            .await?;
+        match sqlx::query(analyze).execute(&mut *tx).await {
+            Ok(_) => tx.commit().await?,
+            // 55P03: the lock was not granted in time; the next check tries again.
+            Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some("55P03") => {}
+            Err(error) => return Err(error),
+        }
     }
     Ok(())
 }
 
-/// The engine's tables (of the connection's schema) whose statistics give them under 250 rows
-/// while they hold at least 1,000.
+/// What [`refresh_statistics`] remembers between checks.
+#[derive(Default)]
+struct StatisticsWatch {
+    /// Whether the first check (which counts rows itself) was made.
+    checked: bool,
+    /// When each table was last analyzed.
+    analyzed: HashMap<String, std::time::Instant>,
+}
+
+/// How often one table is analyzed at most by [`refresh_statistics`].
+const ANALYZE_AT_MOST_EVERY: Duration = Duration::from_secs(30);
+
+/// The engine's tables (of the connection's schema, owned by its role) whose statistics give
+/// them under 250 rows while they hold at least 1,000 live ones.
 const STALE_TABLES: &str = "
-SELECT name FROM (VALUES ('queue', 'queue'::regclass), ('records', 'records'::regclass)) AS t(name, oid)
-JOIN pg_class c ON c.oid = t.oid
-WHERE c.reltuples < 250
-  AND CASE t.name
-        WHEN 'queue' THEN (SELECT count(*) FROM (SELECT 1 FROM queue LIMIT 1000) AS q)
-        ELSE (SELECT count(*) FROM (SELECT 1 FROM records LIMIT 1000) AS r)
-      END >= 1000";
+SELECT c.relname::text FROM pg_class c
+WHERE c.oid IN ('queue'::regclass, 'records'::regclass)
+  AND c.reltuples < 250
+  AND pg_stat_get_live_tuples(c.oid) >= 1000
+  AND pg_has_role(c.relowner, 'USAGE')";
+
+/// As [`STALE_TABLES`], counting the rows of a table whose statistics give it none (up to
+/// 1,000: a heap of at most a few thousand pages is read, once per worker).
+const STALE_TABLES_COUNTED: &str = "
+SELECT c.relname::text FROM pg_class c
+WHERE c.oid IN ('queue'::regclass, 'records'::regclass)
+  AND c.reltuples < 250
+  AND pg_has_role(c.relowner, 'USAGE')
+  AND (pg_stat_get_live_tuples(c.oid) >= 1000
+       OR (c.reltuples < 1 AND c.relpages BETWEEN 1 AND 5000
+           AND CASE c.relname
+                 WHEN 'queue' THEN (SELECT count(*) FROM (SELECT 1 FROM queue LIMIT 1000) AS q)
+                 ELSE (SELECT count(*) FROM (SELECT 1 FROM records LIMIT 1000) AS r)
+               END >= 1000))";
 
 /// How a delivery is handed back.
 enum HandBack {
@@ -1202,9 +1253,11 @@ SELECT ARRAY(SELECT queue FROM paused),
 /// is made for a guess of one row, so such a join can run as a nested loop whose cost grows
 /// with the square of the batch (256 rows: 13 ms, against 4 ms for the rest), or with the
 /// backlog times the batch when the queue's statistics say it is empty (1.6 s a take with
-/// 20,000 waiting). The picked rows are updated where they lie (`ctid`, locked by the pick:
-/// a row changed since the statement began is left to the next take), their records by
-/// primary key, and the rows without a record found by a hashed `NOT IN`.
+/// 20,000 waiting). The picked rows are updated where they lie (`ctid`, locked by the pick),
+/// their records by primary key, and the rows without a record found by a hashed `NOT IN`.
+/// A picked row that another transaction changed after this statement began is not visible
+/// to its update and stays waiting: the only such change of a waiting row (its priority)
+/// announces the row's queue when it commits, so an idle take looks again.
 const LEASE: &str = "
 WITH picked AS MATERIALIZED (
     SELECT ctid FROM queue WHERE app = $1 AND queue = $2 AND state = 'w'
@@ -1256,9 +1309,9 @@ ON CONFLICT (app, queue, priority, kind, sec) DO UPDATE SET n = stat_totals.n + 
 /// at most 5,000 records a time.
 const MAINTAIN: &str = "
 WITH purged AS (
-    DELETE FROM records WHERE app = $1 AND uuid IN (
-        SELECT uuid FROM records WHERE app = $1 AND purge_at < (SELECT clock_timestamp())
-        LIMIT 5000 FOR UPDATE SKIP LOCKED)
+    DELETE FROM records WHERE ctid = ANY(ARRAY(
+        SELECT ctid FROM records WHERE app = $1 AND purge_at < (SELECT clock_timestamp())
+        LIMIT 5000 FOR UPDATE SKIP LOCKED))
     RETURNING uuid
 ),
 items AS (DELETE FROM items WHERE app = $1 AND uuid IN (SELECT uuid FROM purged) RETURNING 1),
@@ -1313,10 +1366,11 @@ impl qtasks_core::backend::Lifecycle for PgBroker {
         };
         let maintainer = tokio::spawn(async move {
             let mut last_maintained = std::time::Instant::now();
+            let mut watch = StatisticsWatch::default();
             // The statistics are checked at once (a worker started for a backlog) and then
             // every few seconds; the rest every 10 s.
             loop {
-                if let Err(error) = refresh_statistics(&app).await {
+                if let Err(error) = refresh_statistics(&app, &mut watch).await {
                     tracing::warn!(
                         "checking the table statistics of app `{}` failed: {}",
                         app.name,
@@ -1359,16 +1413,17 @@ async fn renew(app: &App, held: &Mutex<HashMap<Uuid, Uuid>>, tokens: &[Uuid], le
         sqlx::query(
             // Rows locked in one order (by uuid), as a finish batch locks them; found and
             // updated by token (see `finish_batch_in`).
+            // Tokens are unique and held only by leased rows (a check of the table), so
+            // the token alone names the row.
             "WITH held AS (
-                 SELECT token FROM queue WHERE token = ANY($3)
+                 SELECT token FROM queue WHERE token = ANY($2)
                  ORDER BY uuid FOR UPDATE)
-             UPDATE queue q SET lease_until = clock_timestamp() + make_interval(secs => $2)
+             UPDATE queue q SET lease_until = clock_timestamp() + make_interval(secs => $1)
              FROM records r
              WHERE q.token = ANY(ARRAY(SELECT token FROM held))
                AND r.app = q.app AND r.uuid = q.uuid
              RETURNING q.token, q.uuid, r.cancel_requested",
         )
-        .bind(&app.name)
         .bind(lease)
         .bind(tokens)
         .fetch_all(app.pool())

@@ -26,7 +26,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (
         3,
-        "triggers that pair old and new rows by grouping",
+        "triggers linear in their rows; one token per leased row",
         include_str!("../migrations/0003_linear_triggers.sql"),
     ),
 ];
