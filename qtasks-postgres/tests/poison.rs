@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use qtasks::postgres::PostgresOptions;
-use qtasks::{QueueConfig, TaskStatus, Uuid};
-use qtasks_test_support::{pg_schema, postgres_url, unique_prefix};
-use sqlx::{AssertSqlSafe, Executor, PgPool};
+use qtasks::{TaskStatus, Uuid};
+
+mod common;
+use common::TestApp;
 
 #[qtasks::task]
 async fn pg_poison_neighbour(n: i64) -> i64 {
@@ -20,41 +20,22 @@ async fn pg_poison_neighbour(n: i64) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs PostgreSQL (QTASKS_TEST_POSTGRES_URL)"]
 async fn poison_rows_ahead_of_a_task_do_not_hold_it_back() {
-    let Some(url) = postgres_url("pg_poison_ahead") else {
+    let Some(test) = TestApp::new("pg_poison_ahead", 1).await else {
         return;
     };
-    let schema = pg_schema("pg_poison_ahead");
-    let app_name = unique_prefix("pg_poison_ahead");
-    let options = PostgresOptions {
-        schema: schema.clone(),
-        ..PostgresOptions::default()
-    };
-    let config = QueueConfig {
-        name: app_name.clone(),
-        max_tasks_process: 1,
-        ..QueueConfig::default()
-    };
-    let app = qtasks::postgres::connect_with(&url, config, options)
-        .await
-        .expect("connecting");
-    let pool = PgPool::connect(&url)
-        .await
-        .expect("connecting the test's pool");
+    let app = &test.app;
     for _ in 0..5 {
-        sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO \"{schema}\".queue (app, uuid, queue, priority, state, created_at)
-             VALUES ($1, $2, 'default', 0, 'w', 0)"
-        )))
-        .bind(&app_name)
+        sqlx::query(test.sql(
+            "INSERT INTO {schema}.queue (app, uuid, queue, priority, state, created_at)
+             VALUES ($1, $2, 'default', 0, 'w', 0)",
+        ))
+        .bind(&test.app_name)
         .bind(Uuid::new_v4())
-        .execute(&pool)
+        .execute(&test.pool)
         .await
         .expect("a poison row");
     }
-    let good = pg_poison_neighbour::call(7)
-        .add(&app)
-        .await
-        .expect("adding");
+    let good = pg_poison_neighbour::call(7).add(app).await.expect("adding");
     app.start().await.expect("the worker starts");
     let record = good
         .wait(Duration::from_secs(10))
@@ -63,9 +44,5 @@ async fn poison_rows_ahead_of_a_task_do_not_hold_it_back() {
     assert_eq!(record.status, TaskStatus::Success);
     let letters = app.dead_letters().list(10).await.expect("dead letters");
     assert_eq!(letters.len(), 5, "each poison row set aside: {letters:?}");
-    app.stop().await.expect("the worker stops");
-    drop(app);
-    pool.execute(AssertSqlSafe(format!("DROP SCHEMA \"{schema}\" CASCADE")))
-        .await
-        .expect("dropping the test's schema");
+    test.drop_schema().await;
 }

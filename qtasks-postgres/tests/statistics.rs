@@ -8,21 +8,22 @@
 
 use std::time::{Duration, Instant};
 
-use qtasks::postgres::PostgresOptions;
-use qtasks::{QueueConfig, TaskStatus};
-use qtasks_test_support::{pg_schema, postgres_url, unique_prefix};
-use sqlx::{AssertSqlSafe, Executor, PgPool};
+use qtasks::TaskStatus;
+use sqlx::{Executor, PgPool};
+
+mod common;
+use common::TestApp;
 
 #[qtasks::task]
 async fn pg_statistics_echo(n: i64) -> i64 {
     n
 }
 
-/// What `pg_class` says of the schema's queue table: its pages and rows.
-async fn queue_statistics(pool: &PgPool, schema: &str) -> (i32, f32) {
-    sqlx::query_as(AssertSqlSafe(format!(
-        "SELECT relpages, reltuples FROM pg_class WHERE oid = '\"{schema}\".queue'::regclass"
-    )))
+/// What `pg_class` says of the test's queue table: its pages and rows.
+async fn queue_statistics(test: &TestApp, pool: &PgPool) -> (i32, f32) {
+    sqlx::query_as(
+        test.sql("SELECT relpages, reltuples FROM pg_class WHERE oid = '{schema}.queue'::regclass"),
+    )
     .fetch_one(pool)
     .await
     .expect("reading pg_class")
@@ -31,36 +32,18 @@ async fn queue_statistics(pool: &PgPool, schema: &str) -> (i32, f32) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs PostgreSQL (QTASKS_TEST_POSTGRES_URL)"]
 async fn a_burst_after_the_queue_was_analyzed_empty_gets_its_statistics_at_once() {
-    let Some(url) = postgres_url("pg_statistics_burst") else {
+    let Some(test) = TestApp::new("pg_statistics_burst", 64).await else {
         return;
     };
-    let schema = pg_schema("pg_statistics_burst");
-    let app_name = unique_prefix("pg_statistics_burst");
-    let options = PostgresOptions {
-        schema: schema.clone(),
-        ..PostgresOptions::default()
-    };
-    let config = QueueConfig {
-        name: app_name.clone(),
-        max_tasks_process: 64,
-        ..QueueConfig::default()
-    };
-    let app = qtasks::postgres::connect_with(&url, config, options)
-        .await
-        .expect("connecting");
-    let pool = PgPool::connect(&url)
-        .await
-        .expect("connecting the test's pool");
+    let (app, pool) = (&test.app, &test.pool);
 
     // The trap: pages the table once used, analyzed while it was empty. Autovacuum is off for
     // the table, so only the worker can analyze it.
-    pool.execute(AssertSqlSafe(format!(
-        "ALTER TABLE \"{schema}\".queue SET (autovacuum_enabled = false)"
-    )))
-    .await
-    .expect("autovacuum off for the test's table");
+    pool.execute(test.sql("ALTER TABLE {schema}.queue SET (autovacuum_enabled = false)"))
+        .await
+        .expect("autovacuum off for the test's table");
     app.start().await.expect("the worker starts");
-    let first = pg_statistics_echo::add_many(&app, (0..2000).map(|n| (n,)))
+    let first = pg_statistics_echo::add_many(app, (0..2000).map(|n| (n,)))
         .await
         .expect("adding the first tasks");
     for handle in &first {
@@ -70,10 +53,10 @@ async fn a_burst_after_the_queue_was_analyzed_empty_gets_its_statistics_at_once(
             .expect("the first tasks end");
         assert_eq!(record.status, TaskStatus::Success);
     }
-    pool.execute(AssertSqlSafe(format!("ANALYZE \"{schema}\".queue")))
+    pool.execute(test.sql("ANALYZE {schema}.queue"))
         .await
         .expect("analyzing the empty table");
-    let (pages, rows) = queue_statistics(&pool, &schema).await;
+    let (pages, rows) = queue_statistics(&test, pool).await;
     assert!(
         pages > 0 && rows < 1.0,
         "the trap is set: pages kept, no rows ({pages} pages, {rows} rows)"
@@ -81,13 +64,15 @@ async fn a_burst_after_the_queue_was_analyzed_empty_gets_its_statistics_at_once(
 
     // The burst, held in a paused queue so that the worker takes none of it.
     app.queues().pause("default").await.expect("pausing");
-    let burst = pg_statistics_echo::add_many(&app, (0..3000).map(|n| (n,)))
+    let burst = pg_statistics_echo::add_many(app, (0..3000).map(|n| (n,)))
         .await
         .expect("adding the burst");
+    // The live-row counters the check reads are flushed by the adding sessions within about a
+    // second while busy, ten when they go idle; the check runs every two.
     let started = Instant::now();
     let rows = loop {
-        let (_, rows) = queue_statistics(&pool, &schema).await;
-        if rows >= 1000.0 || started.elapsed() > Duration::from_secs(20) {
+        let (_, rows) = queue_statistics(&test, pool).await;
+        if rows >= 1000.0 || started.elapsed() > Duration::from_secs(45) {
             break rows;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -105,9 +90,5 @@ async fn a_burst_after_the_queue_was_analyzed_empty_gets_its_statistics_at_once(
             .expect("the burst drains");
         assert_eq!(record.status, TaskStatus::Success);
     }
-    app.stop().await.expect("the worker stops");
-    drop(app);
-    pool.execute(AssertSqlSafe(format!("DROP SCHEMA \"{schema}\" CASCADE")))
-        .await
-        .expect("dropping the test's schema");
+    test.drop_schema().await;
 }

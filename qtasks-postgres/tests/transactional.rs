@@ -4,10 +4,13 @@
 
 use std::time::Duration;
 
-use qtasks::postgres::{AddInExt, PostgresOptions};
-use qtasks::{QueueConfig, QueueTasks, TaskStatus};
-use qtasks_test_support::{pg_schema, postgres_url, unique_prefix};
+use qtasks::postgres::AddInExt;
+use qtasks::{QueueTasks, TaskStatus};
+use qtasks_test_support::postgres_url;
 use sqlx::{AssertSqlSafe, Executor, PgPool};
+
+mod common;
+use common::TestApp;
 
 #[qtasks::task]
 async fn pg_tx_double(n: i64) -> i64 {
@@ -16,35 +19,25 @@ async fn pg_tx_double(n: i64) -> i64 {
 
 /// An app in a schema of its own, with the orders table its tests insert into.
 struct Setup {
-    app: QueueTasks,
-    pool: PgPool,
-    schema: String,
+    test: TestApp,
+}
+
+impl std::ops::Deref for Setup {
+    type Target = TestApp;
+
+    fn deref(&self) -> &TestApp {
+        &self.test
+    }
 }
 
 impl Setup {
     async fn new(test: &str) -> Option<Setup> {
-        let url = postgres_url(test)?;
-        let schema = pg_schema(test);
-        let options = PostgresOptions {
-            schema: schema.clone(),
-            ..PostgresOptions::default()
-        };
-        let config = QueueConfig {
-            name: unique_prefix(test),
-            ..QueueConfig::default()
-        };
-        let app = qtasks::postgres::connect_with(&url, config, options)
+        let test = TestApp::new(test, 10).await?;
+        test.pool
+            .execute(test.sql("CREATE TABLE {schema}.orders (id bigint PRIMARY KEY)"))
             .await
-            .expect("connecting");
-        let pool = PgPool::connect(&url)
-            .await
-            .expect("connecting the test's pool");
-        pool.execute(AssertSqlSafe(format!(
-            "CREATE TABLE \"{schema}\".orders (id bigint PRIMARY KEY)"
-        )))
-        .await
-        .expect("creating the orders table");
-        Some(Setup { app, pool, schema })
+            .expect("creating the orders table");
+        Some(Setup { test })
     }
 
     async fn orders(&self) -> i64 {
@@ -58,14 +51,7 @@ impl Setup {
     }
 
     async fn drop_schema(self) {
-        let Setup { app, pool, schema } = self;
-        let _ = app.stop().await;
-        drop(app);
-        pool.execute(AssertSqlSafe(format!(
-            "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
-        )))
-        .await
-        .expect("dropping the test's schema");
+        self.test.drop_schema().await;
     }
 
     fn insert_order(&self) -> String {

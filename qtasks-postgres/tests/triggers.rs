@@ -5,11 +5,11 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use qtasks::postgres::PostgresOptions;
-use qtasks::{QueueConfig, Uuid};
-use qtasks_test_support::{pg_schema, postgres_url, unique_prefix};
+use qtasks::Uuid;
 use sqlx::postgres::PgListener;
-use sqlx::{AssertSqlSafe, Executor, PgPool};
+
+mod common;
+use common::TestApp;
 
 /// The notifications of `listener` that arrive within a second of each other, as payloads.
 async fn payloads(listener: &mut PgListener) -> Vec<String> {
@@ -34,32 +34,17 @@ fn named(payloads: &[String], kind: &str, app_hash: &str) -> BTreeSet<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs PostgreSQL (QTASKS_TEST_POSTGRES_URL)"]
 async fn one_statement_of_mixed_changes_is_counted_and_announced_row_by_row() {
-    let Some(url) = postgres_url("pg_triggers_mixed") else {
+    // Connecting makes the schema; no worker runs.
+    let Some(test) = TestApp::new("pg_triggers_mixed", 1).await else {
         return;
     };
-    let schema = pg_schema("pg_triggers_mixed");
-    let app_name = unique_prefix("pg_triggers_mixed");
-    let options = PostgresOptions {
-        schema: schema.clone(),
-        ..PostgresOptions::default()
-    };
-    let config = QueueConfig {
-        name: app_name.clone(),
-        ..QueueConfig::default()
-    };
-    // Connecting makes the schema; no worker runs.
-    let app = qtasks::postgres::connect_with(&url, config, options)
-        .await
-        .expect("connecting");
-    let pool = PgPool::connect(&url)
-        .await
-        .expect("connecting the test's pool");
+    let (pool, app_name, schema) = (&test.pool, &test.app_name, &test.schema);
     let app_hash: String = sqlx::query_scalar("SELECT left(md5($1), 16)")
-        .bind(&app_name)
-        .fetch_one(&pool)
+        .bind(app_name)
+        .fetch_one(pool)
         .await
         .expect("the app's hash");
-    let mut listener = PgListener::connect(&url).await.expect("a listener");
+    let mut listener = PgListener::connect(&test.url).await.expect("a listener");
     listener
         .listen(&format!("qtasks_{schema}"))
         .await
@@ -74,35 +59,35 @@ async fn one_statement_of_mixed_changes_is_counted_and_announced_row_by_row() {
         (changed, "success"),
         (rewritten, "success"),
     ] {
-        sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO \"{schema}\".records (app, uuid, status, task_name, created_ms, updated_at, doc)
-             VALUES ($1, $2, $3, 't', 0, 0, '{{}}')"
-        )))
-        .bind(&app_name)
+        sqlx::query(test.sql(
+            "INSERT INTO {schema}.records (app, uuid, status, task_name, created_ms, updated_at, doc)
+             VALUES ($1, $2, $3, 't', 0, 0, '{}')",
+        ))
+        .bind(app_name)
         .bind(uuid)
         .bind(status)
-        .execute(&pool)
+        .execute(pool)
         .await
         .expect("a record");
     }
-    sqlx::query(AssertSqlSafe(format!(
-        "UPDATE \"{schema}\".records SET status = CASE uuid
+    sqlx::query(test.sql(
+        "UPDATE {schema}.records SET status = CASE uuid
              WHEN $2 THEN 'success' WHEN $3 THEN 'new' WHEN $4 THEN 'error' ELSE status END
-         WHERE app = $1"
-    )))
-    .bind(&app_name)
+         WHERE app = $1",
+    ))
+    .bind(app_name)
     .bind(ended)
     .bind(running)
     .bind(changed)
-    .execute(&pool)
+    .execute(pool)
     .await
     .expect("one statement of mixed changes");
-    let counted: Vec<(String, i64)> = sqlx::query_as(AssertSqlSafe(format!(
-        "SELECT kind, sum(n)::bigint FROM \"{schema}\".stat_deltas
-         WHERE app = $1 AND kind IN ('success', 'error', 'cancel', 'retry') GROUP BY kind"
-    )))
-    .bind(&app_name)
-    .fetch_all(&pool)
+    let counted: Vec<(String, i64)> = sqlx::query_as(test.sql(
+        "SELECT kind, sum(n)::bigint FROM {schema}.stat_deltas
+         WHERE app = $1 AND kind IN ('success', 'error', 'cancel', 'retry') GROUP BY kind",
+    ))
+    .bind(app_name)
+    .fetch_all(pool)
     .await
     .expect("the counts");
     assert_eq!(
@@ -124,30 +109,30 @@ async fn one_statement_of_mixed_changes_is_counted_and_announced_row_by_row() {
         (Uuid::new_v4(), "leased", "w"),
     ];
     for (uuid, queue, state) in rows {
-        sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO \"{schema}\".queue (app, uuid, queue, priority, state, due_at, created_at)
-             VALUES ($1, $2, $3, 0, $4, CASE WHEN $4 = 'd' THEN now() END, 0)"
-        )))
-        .bind(&app_name)
+        sqlx::query(test.sql(
+            "INSERT INTO {schema}.queue (app, uuid, queue, priority, state, due_at, created_at)
+             VALUES ($1, $2, $3, 0, $4, CASE WHEN $4 = 'd' THEN now() END, 0)",
+        ))
+        .bind(app_name)
         .bind(uuid)
         .bind(queue)
         .bind(state)
-        .execute(&pool)
+        .execute(pool)
         .await
         .expect("a queue row");
     }
     let _added = payloads(&mut listener).await;
-    sqlx::query(AssertSqlSafe(format!(
-        "UPDATE \"{schema}\".queue SET
+    sqlx::query(test.sql(
+        "UPDATE {schema}.queue SET
              state = CASE queue WHEN 'due' THEN 'w' WHEN 'leased' THEN 'r' ELSE state END,
              due_at = NULL,
              priority = CASE queue WHEN 'reprioritised' THEN 5 ELSE priority END,
              token = CASE queue WHEN 'leased' THEN gen_random_uuid() END,
              lease_until = CASE queue WHEN 'leased' THEN now() + interval '1 minute' END
-         WHERE app = $1"
-    )))
-    .bind(&app_name)
-    .execute(&pool)
+         WHERE app = $1",
+    ))
+    .bind(app_name)
+    .execute(pool)
     .await
     .expect("one statement of mixed queue changes");
     let seen = payloads(&mut listener).await;
@@ -158,19 +143,16 @@ async fn one_statement_of_mixed_changes_is_counted_and_announced_row_by_row() {
     );
 
     // A leased row without a token (or a token on a row not leased) is refused.
-    let refused = sqlx::query(AssertSqlSafe(format!(
-        "UPDATE \"{schema}\".queue SET token = NULL WHERE app = $1 AND queue = 'leased'"
-    )))
-    .bind(&app_name)
-    .execute(&pool)
+    let refused = sqlx::query(
+        test.sql("UPDATE {schema}.queue SET token = NULL WHERE app = $1 AND queue = 'leased'"),
+    )
+    .bind(app_name)
+    .execute(pool)
     .await;
     assert!(
         refused.is_err(),
         "a leased row keeps its token: {refused:?}"
     );
 
-    drop(app);
-    pool.execute(AssertSqlSafe(format!("DROP SCHEMA \"{schema}\" CASCADE")))
-        .await
-        .expect("dropping the test's schema");
+    test.drop_schema().await;
 }
