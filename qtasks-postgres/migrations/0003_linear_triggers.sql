@@ -71,6 +71,11 @@ END $$;
 -- A token names one leased row. Rows that broke this (none are written so) are mended first:
 -- a stray token is dropped, and a leased row without one, which no delivery could finish,
 -- waits again as a lease that ran out would.
+-- The check locks the table while it reads it (a moment: the table holds the live queue). A
+-- migration stuck behind a long transaction on the table (an `add_in` left open) gives up
+-- after 10 s and fails the worker's start with the reason, rather than stall every worker's
+-- take until that transaction ends.
+SET LOCAL lock_timeout = '10s';
 UPDATE {schema}.queue SET token = NULL WHERE state <> 'r' AND token IS NOT NULL;
 UPDATE {schema}.queue SET state = 'w', lease_until = NULL, recovered = true
     WHERE state = 'r' AND token IS NULL;

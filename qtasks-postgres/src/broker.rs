@@ -929,38 +929,35 @@ async fn maintain(app: &App) -> Result<(), sqlx::Error> {
 /// empty, however many rows a burst adds, until the next autovacuum analyzes it (a minute or
 /// more). Every plan then looks as cheap as every other, and a take may sort the whole backlog
 /// to pick its rows (a burst of 20,000 tasks drained at 465 tasks/s instead of 14,000 before
-/// the statements were made to hold without statistics, and at 12,000 since). The live row
-/// counts PostgreSQL keeps per table tell it without reading the table; they are flushed by
-/// the writing sessions within about a second while they are busy, ten when they go idle.
+/// the statements were made to hold without statistics, and at 12,000 with 512 slots after,
+/// where it drains at 17,500 once analyzed). The live row counts PostgreSQL keeps per table
+/// tell it without reading the table; from PostgreSQL 15 on, the writing sessions flush them
+/// within about a second while they are busy and ten seconds after they go idle (before 15 an
+/// idle session may keep them until its next transaction, and autovacuum is the fallback).
 ///
-/// Only tables the connection's role owns are analyzed (others are left to autovacuum), each at
-/// most every 30 s, and an ANALYZE that would wait for a lock (a vacuum running) gives up at
-/// once rather than hold the maintenance up or cancel that vacuum.
+/// Only tables the connection's role owns are analyzed (others are left to autovacuum), and
+/// not within 3 s of their last ANALYZE by anyone (the counters may still be catching up with
+/// a table that was emptied). An ANALYZE that would wait for a lock (a vacuum running) gives up
+/// after 100 ms, rather than hold the maintenance up or cancel that vacuum; the next check,
+/// 2 s later, tries again.
 ///
 /// The first check of a worker counts the rows itself (up to 1,000 of them) when the
 /// statistics say a table is empty: a worker started for a backlog just added may be ahead
 /// of the counters.
-async fn refresh_statistics(app: &App, watch: &mut StatisticsWatch) -> Result<(), sqlx::Error> {
-    let check = if std::mem::replace(&mut watch.checked, true) {
-        STALE_TABLES
-    } else {
+async fn refresh_statistics(app: &App, first_check: &mut bool) -> Result<(), sqlx::Error> {
+    let check = if *first_check {
         STALE_TABLES_COUNTED
+    } else {
+        STALE_TABLES
     };
-    let analyzed = &mut watch.analyzed;
     let stale: Vec<String> = sqlx::query_scalar(check).fetch_all(app.pool()).await?;
+    *first_check = false;
     for table in stale {
         let analyze = match table.as_str() {
             "queue" => "ANALYZE queue",
             "records" => "ANALYZE records",
             _ => continue,
         };
-        if analyzed
-            .get(&table)
-            .is_some_and(|at| at.elapsed() < ANALYZE_AT_MOST_EVERY)
-        {
-            continue;
-        }
-        analyzed.insert(table.clone(), std::time::Instant::now());
         tracing::debug!(table = %table, "the planner's statistics say the table is empty; analyzing");
         let mut tx = app.pool().begin().await?;
         sqlx::query("SET LOCAL lock_timeout = '100ms'")
@@ -968,7 +965,7 @@ async fn refresh_statistics(app: &App, watch: &mut StatisticsWatch) -> Result<()
             .await?;
         match sqlx::query(analyze).execute(&mut *tx).await {
             Ok(_) => tx.commit().await?,
-            // 55P03: the lock was not granted in time; the next check tries again.
+            // 55P03: the lock was not granted in time (the transaction rolls back as it drops).
             Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some("55P03") => {}
             Err(error) => return Err(error),
         }
@@ -976,26 +973,17 @@ async fn refresh_statistics(app: &App, watch: &mut StatisticsWatch) -> Result<()
     Ok(())
 }
 
-/// What [`refresh_statistics`] remembers between checks.
-#[derive(Default)]
-struct StatisticsWatch {
-    /// Whether the first check (which counts rows itself) was made.
-    checked: bool,
-    /// When each table was last analyzed.
-    analyzed: HashMap<String, std::time::Instant>,
-}
-
-/// How often one table is analyzed at most by [`refresh_statistics`].
-const ANALYZE_AT_MOST_EVERY: Duration = Duration::from_secs(30);
-
-/// The engine's tables (of the connection's schema, owned by its role) whose statistics give
-/// them under 250 rows while they hold at least 1,000 live ones.
+/// The engine's tables (of the connection's schema, owned by its role, not analyzed in the
+/// last 3 s) whose statistics give them under 250 rows while they hold at least 1,000 live ones.
 const STALE_TABLES: &str = "
 SELECT c.relname::text FROM pg_class c
 WHERE c.oid IN ('queue'::regclass, 'records'::regclass)
   AND c.reltuples < 250
   AND pg_stat_get_live_tuples(c.oid) >= 1000
-  AND pg_has_role(c.relowner, 'USAGE')";
+  AND pg_has_role(c.relowner, 'USAGE')
+  AND coalesce(greatest(pg_stat_get_last_analyze_time(c.oid),
+                        pg_stat_get_last_autoanalyze_time(c.oid)), '-infinity')
+      < now() - interval '3 seconds'";
 
 /// As [`STALE_TABLES`], counting the rows of a table whose statistics give it none (up to
 /// 1,000: a heap of at most a few thousand pages is read, once per worker).
@@ -1366,11 +1354,11 @@ impl qtasks_core::backend::Lifecycle for PgBroker {
         };
         let maintainer = tokio::spawn(async move {
             let mut last_maintained = std::time::Instant::now();
-            let mut watch = StatisticsWatch::default();
+            let mut first_check = true;
             // The statistics are checked at once (a worker started for a backlog) and then
             // every few seconds; the rest every 10 s.
             loop {
-                if let Err(error) = refresh_statistics(&app, &mut watch).await {
+                if let Err(error) = refresh_statistics(&app, &mut first_check).await {
                     tracing::warn!(
                         "checking the table statistics of app `{}` failed: {}",
                         app.name,

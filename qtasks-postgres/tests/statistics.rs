@@ -72,7 +72,7 @@ async fn a_burst_after_the_queue_was_analyzed_empty_gets_its_statistics_at_once(
     let started = Instant::now();
     let rows = loop {
         let (_, rows) = queue_statistics(&test, pool).await;
-        if rows >= 1000.0 || started.elapsed() > Duration::from_secs(45) {
+        if rows >= 1000.0 || started.elapsed() > Duration::from_secs(30) {
             break rows;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -142,17 +142,52 @@ async fn one_statement_of_mixed_changes_is_counted_and_announced_row_by_row() {
         "the queues of the rows that wait after the change are announced: {seen:?}"
     );
 
-    // A leased row without a token (or a token on a row not leased) is refused.
-    let refused = sqlx::query(
-        test.sql("UPDATE {schema}.queue SET token = NULL WHERE app = $1 AND queue = 'leased'"),
-    )
+    // What the statement moved between the counted states, by queue, priority and state.
+    let moved: BTreeSet<(String, i64, String, i64)> = sqlx::query_as(test.sql(
+        "SELECT queue, priority, kind, sum(n)::bigint FROM {schema}.stat_deltas
+         WHERE app = $1 AND kind IN ('w', 'd', 'r') GROUP BY 1, 2, 3 HAVING sum(n) <> 0",
+    ))
     .bind(app_name)
-    .execute(pool)
-    .await;
-    assert!(
-        refused.is_err(),
-        "a leased row keeps its token: {refused:?}"
+    .fetch_all(pool)
+    .await
+    .expect("the queue counts")
+    .into_iter()
+    .collect();
+    assert_eq!(
+        moved,
+        [
+            ("due", 0, "w", 1),
+            ("leased", 0, "r", 1),
+            ("reprioritised", 5, "w", 1),
+        ]
+        .map(|(queue, priority, kind, n)| (queue.to_owned(), priority, kind.to_owned(), n))
+        .into(),
+        "each row counted in its state and priority after the statement"
     );
+
+    // A leased row without a token, or a token on a row not leased, is refused by the check.
+    for (what, sql) in [
+        (
+            "a leased row without its token",
+            "UPDATE {schema}.queue SET token = NULL WHERE app = $1 AND queue = 'leased'",
+        ),
+        (
+            "a waiting row with a token",
+            "UPDATE {schema}.queue SET token = gen_random_uuid() WHERE app = $1 AND queue = 'due'",
+        ),
+    ] {
+        let refused = sqlx::query(test.sql(sql))
+            .bind(app_name)
+            .execute(pool)
+            .await
+            .expect_err(what);
+        let refused = refused.as_database_error().expect("a database error");
+        assert_eq!(
+            (refused.code().as_deref(), refused.constraint()),
+            (Some("23514"), Some("queue_token_while_leased")),
+            "{what} breaks the check: {refused}"
+        );
+    }
 
     test.drop_schema().await;
 }

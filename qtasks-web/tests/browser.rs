@@ -128,15 +128,23 @@ impl Browser {
         self.client.goto(url).await.unwrap();
     }
 
-    /// The text of the first element `css` finds.
+    /// The text of the first element `css` finds. The page re-renders parts of itself as its
+    /// live updates come, so an element found may be replaced before its text is read (a
+    /// stale element): it is found again.
     async fn text(&self, css: &str) -> String {
-        self.client
-            .find(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("{css}: {e}"))
-            .text()
-            .await
-            .unwrap()
+        for _ in 0..20 {
+            let element = self
+                .client
+                .find(Locator::Css(css))
+                .await
+                .unwrap_or_else(|e| panic!("{css}: {e}"));
+            match element.text().await {
+                Ok(text) => return text,
+                Err(error) if error.is_stale_element_reference() => continue,
+                Err(error) => panic!("{css}: {error}"),
+            }
+        }
+        panic!("{css}: replaced 20 times in a row while its text was read")
     }
 
     /// The text of the page's notice, once the page an action leads to has loaded (a click
@@ -179,15 +187,22 @@ impl Browser {
         }
     }
 
-    /// Clicks the first element `css` finds.
+    /// Clicks the first element `css` finds (found again if a live update replaced it, as in
+    /// [`text`](Self::text)).
     async fn click(&self, css: &str) {
-        self.client
-            .find(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("{css}: {e}"))
-            .click()
-            .await
-            .unwrap();
+        for _ in 0..20 {
+            let element = self
+                .client
+                .find(Locator::Css(css))
+                .await
+                .unwrap_or_else(|e| panic!("{css}: {e}"));
+            match element.click().await {
+                Ok(_) => return,
+                Err(error) if error.is_stale_element_reference() => continue,
+                Err(error) => panic!("{css}: {error}"),
+            }
+        }
+        panic!("{css}: replaced 20 times in a row while it was clicked")
     }
 
     async fn count(&self, css: &str) -> usize {
