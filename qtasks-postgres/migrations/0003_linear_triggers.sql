@@ -81,3 +81,5 @@ UPDATE {schema}.queue SET state = 'w', lease_until = NULL, recovered = true
     WHERE state = 'r' AND token IS NULL;
 ALTER TABLE {schema}.queue ADD CONSTRAINT queue_token_while_leased
     CHECK ((state = 'r') = (token IS NOT NULL));
+-- Later migrations of the same transaction wait for locks as usual.
+SET LOCAL lock_timeout = DEFAULT;

@@ -140,7 +140,9 @@ impl Browser {
                 .unwrap_or_else(|e| panic!("{css}: {e}"));
             match element.text().await {
                 Ok(text) => return text,
-                Err(error) if error.is_stale_element_reference() => continue,
+                Err(error) if error.is_stale_element_reference() => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
                 Err(error) => panic!("{css}: {error}"),
             }
         }
@@ -198,7 +200,9 @@ impl Browser {
                 .unwrap_or_else(|e| panic!("{css}: {e}"));
             match element.click().await {
                 Ok(_) => return,
-                Err(error) if error.is_stale_element_reference() => continue,
+                Err(error) if error.is_stale_element_reference() => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
                 Err(error) => panic!("{css}: {error}"),
             }
         }
