@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use qtasks_core::backend::{BackendError, ItemsRead, Storage, has_progress_news, unix_now};
+use qtasks_core::backend::{
+    BackendError, ErrorChain, ItemsRead, Storage, has_progress_news, unix_now,
+};
 use qtasks_core::records::{RecordCursor, RecordPage, RecordQuery, RecordUpdate};
 use qtasks_core::{TaskRecord, TaskStatus};
 
@@ -37,11 +39,30 @@ impl PgStorage {
         F: FnMut(Option<TaskRecord>) -> Option<T>,
     {
         let notify = self.app.hub.waiters.register(uuid);
+        // A wait outlives an outage of the server (a restart, a cut connection): a read that
+        // failed on a broken connection is tried again after a pause that grows to 2 s, until
+        // the caller's own timeout ends the wait.
+        let mut pauses = crate::reconnect_pauses();
         loop {
             let woken = notify.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
-            if let Some(answer) = done(self.get(uuid).await?) {
+            let record = match self.read(uuid).await {
+                Ok(record) => record,
+                Err(error) if crate::is_transient(&error) => {
+                    tracing::debug!(%uuid, "reading a waited record failed; trying again: {}", ErrorChain(&error));
+                    tokio::time::sleep(pauses.next().unwrap_or(Duration::from_secs(2))).await;
+                    continue;
+                }
+                Err(error) => {
+                    return Err(failure(
+                        format!("reading the record of task {uuid} failed"),
+                        error,
+                    ));
+                }
+            };
+            pauses = crate::reconnect_pauses();
+            if let Some(answer) = done(record) {
                 return Ok(answer);
             }
             tokio::select! {
@@ -142,6 +163,21 @@ impl PgStorage {
     }
 }
 
+impl PgStorage {
+    /// The record of task `uuid`, unless it is missing or past its retention.
+    async fn read(&self, uuid: Uuid) -> Result<Option<TaskRecord>, sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT uuid, task_name, status, doc, updated_at FROM records
+             WHERE app = $1 AND uuid = $2 AND (purge_at IS NULL OR purge_at > clock_timestamp())",
+        )
+        .bind(&self.app.name)
+        .bind(uuid)
+        .fetch_optional(self.app.pool())
+        .await?;
+        Ok(row.as_ref().map(record::read))
+    }
+}
+
 enum LiveWrite {
     Progress(serde_json::Value),
     Item(serde_json::Value),
@@ -157,16 +193,9 @@ impl qtasks_core::backend::Lifecycle for PgStorage {
 #[qtasks_core::async_trait]
 impl Storage for PgStorage {
     async fn get(&self, uuid: Uuid) -> Result<Option<TaskRecord>, BackendError> {
-        let row = sqlx::query(
-            "SELECT uuid, task_name, status, doc, updated_at FROM records
-             WHERE app = $1 AND uuid = $2 AND (purge_at IS NULL OR purge_at > clock_timestamp())",
-        )
-        .bind(&self.app.name)
-        .bind(uuid)
-        .fetch_optional(self.app.pool())
-        .await
-        .map_err(|e| failure(format!("reading the record of task {uuid} failed"), e))?;
-        Ok(row.as_ref().map(record::read))
+        self.read(uuid)
+            .await
+            .map_err(|e| failure(format!("reading the record of task {uuid} failed"), e))
     }
 
     async fn get_all(&self) -> Result<Vec<TaskRecord>, BackendError> {
