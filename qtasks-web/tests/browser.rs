@@ -10,6 +10,8 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use fantoccini::elements::Element;
+use fantoccini::error::CmdError;
 use fantoccini::key::Key;
 use fantoccini::{Client, ClientBuilder, Locator};
 use qtasks::redis::RedisOptions;
@@ -128,25 +130,35 @@ impl Browser {
         self.client.goto(url).await.unwrap();
     }
 
-    /// The text of the first element `css` finds. The page re-renders parts of itself as its
-    /// live updates come, so an element found may be replaced before its text is read (a
+    /// Does `act` on the first element `css` finds. The page re-renders parts of itself as its
+    /// live updates come, so an element found may be replaced before `act` reaches it (a
     /// stale element): it is found again.
-    async fn text(&self, css: &str) -> String {
+    async fn on_element<T, F, Fut>(&self, css: &str, act: F) -> T
+    where
+        F: Fn(Element) -> Fut,
+        Fut: Future<Output = Result<T, CmdError>>,
+    {
         for _ in 0..20 {
             let element = self
                 .client
                 .find(Locator::Css(css))
                 .await
                 .unwrap_or_else(|e| panic!("{css}: {e}"));
-            match element.text().await {
-                Ok(text) => return text,
+            match act(element).await {
+                Ok(done) => return done,
                 Err(error) if error.is_stale_element_reference() => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Err(error) => panic!("{css}: {error}"),
             }
         }
-        panic!("{css}: replaced 20 times in a row while its text was read")
+        panic!("{css}: replaced 20 times in a row")
+    }
+
+    /// The text of the first element `css` finds.
+    async fn text(&self, css: &str) -> String {
+        self.on_element(css, |element| async move { element.text().await })
+            .await
     }
 
     /// The text of the page's notice, once the page an action leads to has loaded (a click
@@ -189,24 +201,10 @@ impl Browser {
         }
     }
 
-    /// Clicks the first element `css` finds (found again if a live update replaced it, as in
-    /// [`text`](Self::text)).
+    /// Clicks the first element `css` finds.
     async fn click(&self, css: &str) {
-        for _ in 0..20 {
-            let element = self
-                .client
-                .find(Locator::Css(css))
-                .await
-                .unwrap_or_else(|e| panic!("{css}: {e}"));
-            match element.click().await {
-                Ok(_) => return,
-                Err(error) if error.is_stale_element_reference() => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(error) => panic!("{css}: {error}"),
-            }
-        }
-        panic!("{css}: replaced 20 times in a row while it was clicked")
+        self.on_element(css, |element| async move { element.click().await })
+            .await;
     }
 
     async fn count(&self, css: &str) -> usize {
