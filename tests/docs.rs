@@ -170,6 +170,27 @@ fn the_feature_table_of_the_readme_is_the_facades_features() {
         .iter()
         .flat_map(|cell| names(cell))
         .collect();
+    check_feature_table(&documented, "the README's feature table");
+}
+
+#[test]
+fn the_feature_table_of_the_facades_docs_is_its_features() {
+    let lib = std::fs::read_to_string(workspace_root().join("qtasks/src/lib.rs")).unwrap();
+    // The crate docs' lines, without their `//! ` (the table is in them).
+    let docs: String = lib
+        .lines()
+        .filter_map(|line| line.strip_prefix("//!"))
+        .map(|line| format!("{}\n", line.strip_prefix(' ').unwrap_or(line)))
+        .collect();
+    let documented: Vec<String> = first_cells(&docs, "# Engines and surfaces")
+        .iter()
+        .flat_map(|cell| names(cell))
+        .collect();
+    check_feature_table(&documented, "the feature table of qtasks/src/lib.rs");
+}
+
+/// `documented` (the features a table lists) is every feature of the facade, once each.
+fn check_feature_table(documented: &[String], table: &str) {
     let metadata = metadata();
     let facade = metadata["packages"]
         .as_array()
@@ -188,12 +209,12 @@ fn the_feature_table_of_the_readme_is_the_facades_features() {
     let declared_set: BTreeSet<&String> = declared.iter().collect();
     assert_eq!(
         documented_set, declared_set,
-        "the README's feature table and qtasks/Cargo.toml's features differ"
+        "{table} and qtasks/Cargo.toml's features differ"
     );
     assert_eq!(
         documented.len(),
         documented_set.len(),
-        "a feature listed twice"
+        "a feature listed twice in {table}"
     );
 }
 
@@ -254,11 +275,26 @@ fn the_settings_table_is_every_setting_with_its_default() {
     while let Some(command) = commands.pop() {
         for arg in command.get_arguments() {
             if let Some(variable) = arg.get_env() {
-                read.insert(variable.to_string_lossy().into_owned());
+                let variable = variable.to_string_lossy().into_owned();
+                // Its default as the table shows it, when the command line has one.
+                if let Some(default) = arg.get_default_values().first() {
+                    let (_, shown) = table
+                        .iter()
+                        .find(|(names, _)| names.contains(&variable))
+                        .unwrap_or_else(|| panic!("the settings table has no `{variable}`"));
+                    assert_eq!(
+                        shown,
+                        &default.to_string_lossy(),
+                        "the settings table's default of `{variable}`"
+                    );
+                }
+                read.insert(variable);
             }
         }
         commands.extend(command.get_subcommands());
     }
+    // The OTLP endpoint variables the otel crate looks for (a list, not `env::var` calls).
+    read.extend(qtasks::otel::ENDPOINT_VARIABLES.map(str::to_owned));
     // Every variable the published crates read by name.
     for crate_dir in std::fs::read_dir(workspace_root()).unwrap().flatten() {
         let name = crate_dir.file_name().to_string_lossy().into_owned();

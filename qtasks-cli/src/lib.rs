@@ -19,8 +19,8 @@
 //! Both build the app the same way ([`connect`]): the settings from the environment
 //! ([`QueueConfig::from_env`]: `QTASKS_MAX_TASKS_PROCESS=4`, ...), the name from `--app` /
 //! `QTASKS_NAME`, the backend from `--url` / `QTASKS_URL` by the engine compiled in for its
-//! scheme (`redis://`, `amqp://` with `--storage-url`, `memory://`, or an engine of your own:
-//! see `qtasks::backend::UrlEngine`). They install logging ([`init_logging`]) before anything
+//! scheme (`redis://`, `amqp://` with `--storage-url`, `postgres://`, `memory://`, or an engine
+//! of your own: see `qtasks::backend::UrlEngine`). They install logging ([`init_logging`]) before anything
 //! else, so a worker's start and every task it fails are on stderr.
 //!
 //! Every read command takes `--json` for scripts. Exit codes: [`EXIT_OK`] (0),

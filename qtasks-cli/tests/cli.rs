@@ -1110,3 +1110,55 @@ fn the_command_line_speaks_postgres_urls() {
         .expect("psql runs");
     assert!(output.status.success(), "{output:?}");
 }
+
+/// The standalone binary has no worker: its help lists only what it can do, and the completion
+/// scripts of every shell offer the same (no backend is needed for either).
+#[test]
+fn the_standalone_help_and_completions_offer_only_what_it_can_do() {
+    let output = Command::new(QTASKS).arg("--help").output().unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let help = String::from_utf8_lossy(&output.stdout).into_owned();
+    let commands: Vec<&str> = help
+        .split("Commands:")
+        .nth(1)
+        .unwrap_or_else(|| panic!("a list of commands in {help}"))
+        .split("\n\n")
+        .next()
+        .unwrap()
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .collect();
+    for offered in [
+        "add",
+        "get",
+        "wait",
+        "retry",
+        "delete",
+        "purge",
+        "dead",
+        "completions",
+    ] {
+        assert!(commands.contains(&offered), "`{offered}` in {commands:?}");
+    }
+    for hidden in ["worker", "inspect", "timer"] {
+        assert!(!commands.contains(&hidden), "`{hidden}` in {commands:?}");
+    }
+    for (shell, marker) in [
+        ("bash", "_qtasks()"),
+        ("zsh", "#compdef qtasks"),
+        ("fish", "complete -c qtasks"),
+    ] {
+        let output = Command::new(QTASKS)
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{shell}: {}", stderr(&output));
+        let script = String::from_utf8_lossy(&output.stdout);
+        assert!(script.contains(marker), "{shell}: {script}");
+        assert!(script.contains("purge"), "{shell}: {script}");
+        assert!(
+            !script.contains("inspect"),
+            "{shell} offers `inspect`: {script}"
+        );
+    }
+}

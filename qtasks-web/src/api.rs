@@ -59,7 +59,8 @@ pub(crate) async fn workers(State(shared): State<Shared>) -> Response {
     }
 }
 
-/// A page of records: `?status=&name=&since=&until=&after=&limit=` as on the tasks page.
+/// A page of records: `?status=&name=&since=&until=&after=&limit=` as on the tasks page
+/// (`status=delayed`: waiting tasks whose due time is ahead).
 pub(crate) async fn tasks(
     State(shared): State<Shared>,
     Query(filter): Query<TaskFilter>,
@@ -69,7 +70,10 @@ pub(crate) async fn tasks(
         Err(BadFilter(why)) => return bad_request(why),
     };
     match shared.app.records().list(&query).await {
-        Ok(page) => Json(page).into_response(),
+        Ok(mut page) => {
+            filter.narrow(&mut page);
+            Json(page).into_response()
+        }
         Err(error) => unavailable(&error),
     }
 }
@@ -183,7 +187,8 @@ pub(crate) async fn events(
                 let (app, list, filter) = (app.clone(), list.clone(), filter.clone());
                 async move {
                     match app.records().list(&list).await {
-                        Ok(page) => {
+                        Ok(mut page) => {
+                            filter.narrow(&mut page);
                             let rows = crate::pages::task_rows(&page, &filter, selectable);
                             vec![("region-task-rows", rows)]
                         }

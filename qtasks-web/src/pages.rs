@@ -440,6 +440,7 @@ pub(crate) fn workers_region(snapshot: &Snapshot) -> Markup {
 /// The tasks page's filters, as the form sends them.
 #[derive(Debug, Default, Clone, Deserialize)]
 pub(crate) struct TaskFilter {
+    /// A status, `delayed` ([`DELAYED`]), or empty for any.
     #[serde(default)]
     pub(crate) status: String,
     #[serde(default)]
@@ -455,6 +456,9 @@ pub(crate) struct TaskFilter {
     #[serde(default)]
     pub(crate) limit: Option<usize>,
 }
+
+/// The `status` filter's value for waiting tasks whose due time is ahead.
+pub(crate) const DELAYED: &str = "delayed";
 
 /// A filter value the page cannot use, named.
 #[derive(Debug)]
@@ -483,7 +487,10 @@ fn parse_time(field: &str, text: &str) -> Result<Option<f64>, BadFilter> {
 impl TaskFilter {
     pub(crate) fn query(&self) -> Result<RecordQuery, BadFilter> {
         let mut query = RecordQuery::default().limit(self.limit.unwrap_or(50));
-        if !self.status.is_empty() {
+        if self.delayed_only() {
+            // Waiting tasks, narrowed to the delayed ones by `narrow`.
+            query = query.status(TaskStatus::New);
+        } else if !self.status.is_empty() {
             let status = self
                 .status
                 .parse::<TaskStatus>()
@@ -505,6 +512,24 @@ impl TaskFilter {
             query = query.after(cursor);
         }
         Ok(query)
+    }
+
+    /// Whether the filter asks for delayed tasks only (`status=delayed`): waiting tasks whose
+    /// due time is still ahead, a view the storages' queries do not have (see `narrow`).
+    pub(crate) fn delayed_only(&self) -> bool {
+        self.status == DELAYED
+    }
+
+    /// What the storage's page holds that the filter leaves out: for `status=delayed`, the
+    /// waiting tasks that may run now. The page may then be shorter than its limit while
+    /// older pages hold more (the pager goes on), and its total is no longer known.
+    pub(crate) fn narrow(&self, page: &mut RecordPage) {
+        if self.delayed_only() {
+            let now = unix_now();
+            page.records
+                .retain(|record| record.run_at.is_some_and(|due| due > now));
+            page.total = None;
+        }
     }
 
     /// The query string of these filters (no cursor), to link pages and the event stream.
@@ -548,7 +573,10 @@ pub(crate) async fn tasks(
             return problem(&shared, StatusCode::BAD_REQUEST, "Bad filter", &why);
         }
     };
-    let page_result = shared.app.records().list(&query).await;
+    let mut page_result = shared.app.records().list(&query).await;
+    if let Ok(page) = &mut page_result {
+        filter.narrow(page);
+    }
     let first_page = query.after.is_none();
     let body = html! {
         h1 { "Tasks" }
@@ -586,6 +614,7 @@ fn filter_form(filter: &TaskFilter) -> Markup {
                     @for status in TaskStatus::ALL {
                         option selected[filter.status == status.as_str()] { (status.as_str()) }
                     }
+                    option value=(DELAYED) selected[filter.delayed_only()] { "new, due later (delayed)" }
                 }
             }
             label { "Task " input name="name" value=(filter.name) placeholder="any name" autocomplete="off"; }

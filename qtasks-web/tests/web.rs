@@ -177,6 +177,45 @@ async fn a_task_page_shows_its_run_and_a_delayed_task_its_due_time() {
     app.stop().await.unwrap();
 }
 
+/// `status=delayed` lists the waiting tasks whose due time is ahead, and not those that may
+/// run now, on the page and in the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_delayed_filter_lists_only_tasks_due_later() {
+    // Not started: both tasks wait.
+    let app = QueueTasks::new();
+    let now = web_echo::add_task(&app, "now".into()).await.unwrap().uuid();
+    let later = web_echo::call("later".into())
+        .delay(Duration::from_secs(3600))
+        .add(&app)
+        .await
+        .unwrap()
+        .uuid();
+    let port = Web::new(app.clone())
+        .serve("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+        .port();
+    tokio::task::spawn_blocking(move || {
+        for path in ["/tasks?status=delayed", "/api/v1/tasks?status=delayed"] {
+            let (status, _, body) = get(port, path, None);
+            assert_eq!(status, 200, "{path}: {body}");
+            assert!(body.contains(&later.to_string()), "{path}: {body}");
+            assert!(!body.contains(&now.to_string()), "{path}: {body}");
+        }
+        let (_, _, body) = get(port, "/tasks?status=new", None);
+        assert!(
+            body.contains(&later.to_string()) && body.contains(&now.to_string()),
+            "{body}"
+        );
+        assert!(
+            body.contains("due later (delayed)"),
+            "the filter is offered: {body}"
+        );
+    })
+    .await
+    .unwrap();
+}
+
 /// The pages and actions over plain HTTP: what a browser does not show (headers, refusals).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_escape_what_they_show_and_actions_need_the_csrf_token() {
@@ -915,6 +954,31 @@ fn charted(port: u16) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_throughput_history_outlives_the_dashboard_that_counted_it() {
     let app = QueueTasks::new();
+    throughput_outlives_its_dashboard(&app, &app).await;
+}
+
+/// On Redis, the dashboard started again is another app (as a new `qtasks web` process is),
+/// and still shows what the first one counted: the history is kept in Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
+async fn on_redis_the_throughput_history_outlives_the_dashboards_process() {
+    let Some(url) = qtasks_test_support::redis_url("throughput history on Redis") else {
+        return;
+    };
+    let config = qtasks::QueueConfig {
+        name: qtasks_test_support::unique_prefix("web-history"),
+        ..qtasks::QueueConfig::default()
+    };
+    let connect = || qtasks::redis::connect_with(&url, config.clone(), Default::default());
+    let app = connect().await.unwrap();
+    let restarted = connect().await.unwrap();
+    throughput_outlives_its_dashboard(&app, &restarted).await;
+    app.flush_all().await.unwrap();
+}
+
+/// Three tasks counted by a dashboard on `app`, then a new dashboard on `restarted` (the same
+/// app's backend) charts them.
+async fn throughput_outlives_its_dashboard(app: &QueueTasks, restarted: &QueueTasks) {
     app.start().await.unwrap();
     let first = Web::new(app.clone())
         .start("127.0.0.1:0".parse().unwrap())
@@ -926,7 +990,7 @@ async fn the_throughput_history_outlives_the_dashboard_that_counted_it() {
         .await
         .unwrap();
     for word in ["a", "b", "c"] {
-        web_echo::add_task(&app, word.into())
+        web_echo::add_task(app, word.into())
             .await
             .unwrap()
             .result(Duration::from_secs(5))
@@ -947,7 +1011,7 @@ async fn the_throughput_history_outlives_the_dashboard_that_counted_it() {
     }
     first.shutdown().await;
     // A dashboard started afterwards (a restart) shows them from the backend's global config.
-    let second = Web::new(app.clone())
+    let second = Web::new(restarted.clone())
         .start("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
@@ -958,4 +1022,139 @@ async fn the_throughput_history_outlives_the_dashboard_that_counted_it() {
     assert_eq!(shown, 3, "the restarted dashboard's chart");
     second.shutdown().await;
     app.stop().await.unwrap();
+}
+
+/// Bulk actions over HTTP: the first post only asks (nothing is done), the confirmed one does
+/// each, and a task the action cannot apply to is reported, not a failure of the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_retry_and_cancel_ask_first_then_act_on_each() {
+    let app = QueueTasks::new();
+    app.start().await.unwrap();
+    let failed = web_fail::add_task(&app, "broken".into()).await.unwrap();
+    failed.wait(Duration::from_secs(10)).await.unwrap();
+    let failed = failed.uuid();
+    let ok = web_echo::add_task(&app, "fine".into()).await.unwrap();
+    ok.wait(Duration::from_secs(10)).await.unwrap();
+    let ok = ok.uuid();
+    let waiting: Vec<Uuid> = {
+        let mut uuids = Vec::new();
+        for word in ["x", "y"] {
+            let handle = web_echo::call(word.into())
+                .delay(Duration::from_secs(3600))
+                .add(&app)
+                .await
+                .unwrap();
+            uuids.push(handle.uuid());
+        }
+        uuids
+    };
+    let port = Web::new(app.clone())
+        .serve("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+        .port();
+    let checks = app.clone();
+    tokio::task::spawn_blocking(move || {
+        let csrf: Value = serde_json::from_str(&get(port, "/api/v1/csrf", None).2).unwrap();
+        let csrf = csrf["token"].as_str().unwrap().to_owned();
+        let origin = format!("http://127.0.0.1:{port}");
+        let status_of = |uuid: Uuid| futures_block(checks.get(uuid)).unwrap().unwrap().status;
+
+        // Retry the failed task and the succeeded one: asked first, nothing done.
+        let retry = format!("csrf={csrf}&action=retry&uuid={failed}&uuid={ok}");
+        let (status, _, body) = post_form(port, "/tasks/bulk", &origin, "same-origin", &retry);
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            body.contains("Retry 2 tasks?") && body.contains("confirm"),
+            "{body}"
+        );
+        assert!(
+            futures_block(checks.get(failed))
+                .unwrap()
+                .unwrap()
+                .retry_child_uuid
+                .is_none()
+        );
+        // Confirmed: the failed task is retried; the succeeded one is refused, with why.
+        let (status, _, body) = post_form(
+            port,
+            "/tasks/bulk",
+            &origin,
+            "same-origin",
+            &format!("{retry}&confirm=yes"),
+        );
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("1 of 2 done."), "{body}");
+        assert!(body.contains("retried as"), "{body}");
+        assert!(body.contains("not done:"), "{body}");
+        let child = futures_block(checks.get(failed))
+            .unwrap()
+            .unwrap()
+            .retry_child_uuid
+            .expect("the failed task was retried");
+        assert_eq!(
+            futures_block(checks.wait(child, Duration::from_secs(10)))
+                .unwrap()
+                .status,
+            qtasks::TaskStatus::Error,
+            "the retry ran (and failed again, as the task does)"
+        );
+
+        // Cancel both waiting tasks at once.
+        let cancel = format!(
+            "csrf={csrf}&action=cancel&uuid={}&uuid={}&confirm=yes",
+            waiting[0], waiting[1]
+        );
+        let (status, _, body) = post_form(port, "/tasks/bulk", &origin, "same-origin", &cancel);
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("2 of 2 done."), "{body}");
+        for uuid in &waiting {
+            assert_eq!(status_of(*uuid), qtasks::TaskStatus::Cancel);
+        }
+    })
+    .await
+    .unwrap();
+    app.stop().await.unwrap();
+}
+
+#[qtasks::task]
+async fn web_slow() {
+    tokio::time::sleep(Duration::from_secs(30)).await;
+}
+
+/// The workers page shows what each worker runs now and which tasks its binary registers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_workers_page_shows_running_and_registered_tasks() {
+    let app = QueueTasks::new();
+    app.start().await.unwrap();
+    let running = web_slow::add_task(&app).await.unwrap().uuid();
+    let port = Web::new(app.clone())
+        .serve("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+        .port();
+    let body = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let (status, _, body) = get(port, "/workers", None);
+            assert_eq!(status, 200, "{body}");
+            if body.contains(&format!("tasks/{running}")) {
+                return body;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the running task never showed: {body}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    })
+    .await
+    .unwrap();
+    assert!(body.contains("Running now"), "{body}");
+    let registered = &body[body.find("Registered tasks").expect("the list")..];
+    for name in ["web_slow", "web_echo", "web_fail"] {
+        assert!(registered.contains(name), "{name} in {registered}");
+    }
+    assert!(!registered.contains("none listed"), "{registered}");
+    app.stop_now().await.unwrap();
 }

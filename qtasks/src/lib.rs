@@ -11,15 +11,23 @@
 //! |---|---|
 //! | `redis` | `qtasks::redis`: the Redis backend, wire-compatible with Python QTasks |
 //! | `redis-tls` | `rediss://` URLs for it |
-//! | `postgres` | `qtasks::postgres`: the PostgreSQL backend, with tasks added in your transaction |
 //! | `rabbitmq` | `qtasks::rabbitmq`: the RabbitMQ broker, with Redis (or any) storage |
+//! | `postgres` | `qtasks::postgres`: the PostgreSQL backend, with tasks added in your transaction |
+//! | `grpc` | `qtasks::grpc`: the original's gRPC service |
+//! | `web` | `qtasks::web`: the dashboard and its JSON API |
+//! | `cli` | `qtasks::cli::main()`: the whole `main` of a worker binary, with the command line |
+//! | `metrics` | `qtasks::metrics`: Prometheus metrics |
+//! | `otel` | `qtasks::otel`: traces across processes, exported with OTLP |
+//! | `conformance` | `qtasks::testing::conformance`: the suite every backend must pass |
+//!
+//! No feature is on by default: the in-memory backend needs none.
 //!
 //! Tasks and `#[qtasks::plugin]` handlers are registered per binary (collected at link time):
 //! every app in the process knows every task, and two tasks with one name are an error that
 //! names both places. Runtime plugins ([`QueueTasks::add_plugin`]) belong to one app.
 //!
 //! Where this crate differs from the Python original on purpose, the item's docs say so; the
-//! list is above.
+//! list is in the guide's page on migrating (`docs/guide/migrating.md`).
 #![warn(missing_docs)]
 
 #[doc(inline)]

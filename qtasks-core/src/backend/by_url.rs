@@ -4,7 +4,8 @@
 //! Every engine compiled into a binary joins with one [`url_engine!`](crate::url_engine) line
 //! (collected by `inventory`, like tasks), so a binary knows the schemes of exactly the
 //! engines it links: the in-memory engine's `memory://`, and with the `qtasks` features
-//! `redis://`, `rediss://`, `unix://` and `amqp://`, `amqps://`. An engine of your own joins
+//! `redis://`, `rediss://`, `unix://`, `amqp://`, `amqps://`, `postgres://` and
+//! `postgresql://`. An engine of your own joins
 //! the same way:
 //!
 //! ```

@@ -9,6 +9,7 @@ use crate::app::Running;
 use crate::backend::BackendError;
 use crate::dispatch::RuntimePlugin;
 use crate::events::{Event, EventKind};
+use crate::queues::DEFAULT_QUEUE;
 use crate::registry::TaskTable;
 use crate::stats::WorkerInfo;
 use crate::triggers::{
@@ -157,6 +158,9 @@ impl StartSteps<'_> {
                 "no task is registered in this binary, so every task it takes is handed back as unknown; {}",
                 crate::registry::UNLINKED_TASKS_HINT
             );
+        } else {
+            // Before the worker takes anything, while the waiting tasks are still `new`.
+            warn_if_no_waiting_task_runs_here(app, tasks).await;
         }
         let heartbeat = tokio::spawn(heartbeat(app.clone(), identity, stop_requested.clone()));
         dispatch.fire(&WorkerStart { worker }).await;
@@ -465,4 +469,66 @@ async fn stop_plugins(plugins: &[RuntimePlugin]) -> Option<(String, String)> {
         }
     }
     first_failure
+}
+
+/// How many of the newest waiting tasks the start-up check reads.
+const WAITING_LOOKED_AT: usize = 50;
+
+/// At start-up, a look at the newest tasks waiting in the queues this worker serves: when
+/// there are some and this binary registers none of their names, every one of them would be
+/// handed back as unknown, so the worker says so at once, with the likely cause (a tasks crate
+/// the binary never names), rather than only at each hand-back. Some of them unknown is not
+/// reported here: another worker may run those (a rolling deploy, workers per task set).
+/// It never fails the start, nor holds it up for long: a storage that cannot list (or takes
+/// more than 2 s to) says nothing.
+async fn warn_if_no_waiting_task_runs_here(app: &QueueTasks, tasks: &TaskTable) {
+    // An in-process queue only ever holds tasks this binary knows (an unknown name is refused
+    // when it is added), so there is nothing to look for.
+    if app.components().broker.location().is_none() {
+        return;
+    }
+    let query = crate::records::RecordQuery {
+        status: Some(crate::TaskStatus::New),
+        limit: WAITING_LOOKED_AT,
+        ..Default::default()
+    };
+    let listing = app.components().storage.list(&query);
+    let Ok(Ok(page)) = tokio::time::timeout(Duration::from_secs(2), listing).await else {
+        return;
+    };
+    let served = &app.config().queues;
+    let waiting: std::collections::BTreeSet<&str> = page
+        .records
+        .iter()
+        .filter(|record| served.serves(record.queue.as_deref().unwrap_or(DEFAULT_QUEUE)))
+        .map(|record| record.task_name.as_str())
+        .collect();
+    if let Some(message) = none_of_the_waiting_tasks_runs_here(&waiting, tasks) {
+        tracing::warn!(app = app.name(), "{message}");
+    }
+}
+
+/// The warning for waiting tasks of which this binary registers none; `None` when there are no
+/// such tasks or one of them is registered.
+fn none_of_the_waiting_tasks_runs_here(
+    waiting: &std::collections::BTreeSet<&str>,
+    tasks: &TaskTable,
+) -> Option<String> {
+    if waiting.is_empty() || waiting.iter().any(|name| tasks.get(name).is_some()) {
+        return None;
+    }
+    const SHOWN: usize = 10;
+    let mut names: Vec<String> = waiting
+        .iter()
+        .take(SHOWN)
+        .map(|n| format!("`{n}`"))
+        .collect();
+    if waiting.len() > SHOWN {
+        names.push(format!("and {} more", waiting.len() - SHOWN));
+    }
+    Some(format!(
+        "none of the tasks waiting in the queue ({}) is registered in this binary, so this worker hands every one of them back as unknown; {}",
+        names.join(", "),
+        crate::registry::UNLINKED_TASKS_HINT
+    ))
 }

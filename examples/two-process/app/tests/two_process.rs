@@ -16,7 +16,9 @@ const UNLINKED_WORKER: &str = env!("CARGO_BIN_EXE_shop-worker-unlinked");
 fn start_worker(binary: &str, url: &str, app: &str) -> LoggedProcess {
     let mut command = Command::new(binary);
     command
-        .args(["worker", "--concurrency", "4"])
+        .arg("worker")
+        // A setting from the environment (`QueueConfig::from_env`, applied by `cli::main`).
+        .env("QTASKS_MAX_TASKS_PROCESS", "4")
         .env("QTASKS_URL", url)
         .env("QTASKS_NAME", app)
         .env_remove("RUST_LOG");
@@ -54,6 +56,11 @@ fn a_producer_and_a_worker_in_two_processes() {
     let app = unique_prefix("two-process");
     let worker = start_worker(WORKER, &url, &app);
     worker.wait_for_log("worker starting");
+    assert!(
+        worker.log().contains(" concurrency=4 "),
+        "QTASKS_MAX_TASKS_PROCESS is applied: {}",
+        worker.log()
+    );
 
     let said = succeeded(&run(PRODUCER, &url, &app, &[]));
     assert!(said.contains("order 42 totals 1649 cents"), "{said}");
@@ -71,6 +78,20 @@ fn a_producer_and_a_worker_in_two_processes() {
         &["add", "shop.total", order, "--wait", "10"],
     ));
     assert_eq!(said.trim(), "123");
+    // The standalone `qtasks` binary too, as the README runs it (`QTASKS_CLI_BIN`: CI points it
+    // at the workspace's build of `qtasks-cli`).
+    match std::env::var("QTASKS_CLI_BIN") {
+        Ok(qtasks) => {
+            let said = succeeded(&run(
+                &qtasks,
+                &url,
+                &app,
+                &["add", "shop.total", order, "--wait", "10"],
+            ));
+            assert_eq!(said.trim(), "123");
+        }
+        Err(_) => eprintln!("QTASKS_CLI_BIN is not set: the standalone `qtasks add` is not run"),
+    }
     let said = succeeded(&run(WORKER, &url, &app, &["inspect"]));
     assert!(
         said.contains("shop.total") && said.contains("shop.send_receipt"),
@@ -103,29 +124,38 @@ fn a_worker_that_never_names_its_tasks_crate_says_so() {
         return;
     };
     let app = unique_prefix("unlinked");
-    let worker = start_worker(UNLINKED_WORKER, &url, &app);
-    worker.wait_for_log("worker starting");
-    // None of the example's tasks is registered. (In a workspace build with every feature on,
-    // the conformance suite's tasks are, which is why the start-up warning for a binary with
-    // no task at all is checked only when that is the case.)
-    let log = worker.log();
-    assert!(!log.contains("shop."), "{log}");
-    if log.contains(" tasks=0 ") {
-        worker.wait_for_log("no task is registered in this binary");
-        assert!(
-            worker.log().contains("use my_tasks as _;"),
-            "{}",
-            worker.log()
-        );
-    }
-
-    // A task it takes is handed back, not failed, and the hand-back says why.
+    // A task waits before the worker starts.
     let uuid = succeeded(&run(
         WORKER,
         &url,
         &app,
         &["add", "shop.total", r#"{"id": 1, "items": []}"#],
     ));
+    let worker = start_worker(UNLINKED_WORKER, &url, &app);
+    worker.wait_for_log("worker starting");
+    // None of the example's tasks is registered, and the worker says so as it starts. Built
+    // alone (as a user's workspace builds it, and CI's step for this example), the binary
+    // registers no task at all; in a workspace build with every feature on, the conformance
+    // suite's tasks are linked in, and the warning is that none of the waiting tasks is.
+    let log = worker.log();
+    let starting = log
+        .lines()
+        .find(|line| line.contains("worker starting"))
+        .unwrap_or_else(|| panic!("{log}"));
+    if starting.contains(" tasks=0 ") {
+        worker.wait_for_log("no task is registered in this binary");
+    } else {
+        worker.wait_for_log(
+            "none of the tasks waiting in the queue (`shop.total`) is registered in this binary",
+        );
+    }
+    assert!(
+        worker.log().contains("use my_tasks as _;"),
+        "{}",
+        worker.log()
+    );
+
+    // The task it takes is handed back, not failed, and the hand-back says why.
     worker.wait_for_log("UnknownTask: task `shop.total` is not registered in this worker");
     worker.wait_for_log("the binary must name that crate (`use my_tasks as _;`)");
     let record = succeeded(&run(WORKER, &url, &app, &["--json", "get", uuid.trim()]));
