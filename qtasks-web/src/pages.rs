@@ -515,7 +515,8 @@ impl TaskFilter {
     }
 
     /// Whether the filter asks for delayed tasks only (`status=delayed`): waiting tasks whose
-    /// due time is still ahead, a view the storages' queries do not have (see `narrow`).
+    /// due time (set when they were added with a delay or a time to run) is still ahead, a
+    /// view the storages' queries do not have (see `narrow`).
     pub(crate) fn delayed_only(&self) -> bool {
         self.status == DELAYED
     }
@@ -526,9 +527,15 @@ impl TaskFilter {
     pub(crate) fn narrow(&self, page: &mut RecordPage) {
         if self.delayed_only() {
             let now = unix_now();
+            let before = page.records.len();
             page.records
                 .retain(|record| record.run_at.is_some_and(|due| due > now));
             page.total = None;
+            // A page thinned out (perhaps to nothing) with more behind it says so, and the
+            // pager offers to keep looking rather than implying the older pages are all.
+            if page.records.len() < before && page.next.is_some() {
+                page.scan_incomplete = true;
+            }
         }
     }
 

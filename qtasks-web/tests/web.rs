@@ -190,12 +190,25 @@ async fn the_delayed_filter_lists_only_tasks_due_later() {
         .await
         .unwrap()
         .uuid();
+    // The newest waits without a delay: a page of one holds it alone (added a few ms later,
+    // as pages are ordered by the millisecond of the add, then by uuid).
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let newest = web_echo::add_task(&app, "newest".into())
+        .await
+        .unwrap()
+        .uuid();
     let port = Web::new(app.clone())
         .serve("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap()
         .port();
     tokio::task::spawn_blocking(move || {
+        // A page thinned to nothing says more may follow, and the next page has the task.
+        let (status, _, body) = get(port, "/tasks?status=delayed&limit=1", None);
+        assert_eq!(status, 200, "{body}");
+        assert!(!body.contains(&format!("tasks/{newest}\"")), "{body}");
+        assert!(body.contains("No task matches"), "{body}");
+        assert!(body.contains("Keep looking"), "{body}");
         for path in ["/tasks?status=delayed", "/api/v1/tasks?status=delayed"] {
             let (status, _, body) = get(port, path, None);
             assert_eq!(status, 200, "{path}: {body}");
@@ -1065,7 +1078,7 @@ async fn bulk_retry_and_cancel_ask_first_then_act_on_each() {
         let (status, _, body) = post_form(port, "/tasks/bulk", &origin, "same-origin", &retry);
         assert_eq!(status, 200, "{body}");
         assert!(
-            body.contains("Retry 2 tasks?") && body.contains("confirm"),
+            body.contains("Retry 2 tasks?") && body.contains("Back, doing nothing"),
             "{body}"
         );
         assert!(
@@ -1086,7 +1099,10 @@ async fn bulk_retry_and_cancel_ask_first_then_act_on_each() {
         assert_eq!(status, 200, "{body}");
         assert!(body.contains("1 of 2 done."), "{body}");
         assert!(body.contains("retried as"), "{body}");
-        assert!(body.contains("not done:"), "{body}");
+        assert!(
+            body.contains("not done: cannot retry task") && body.contains("it is `success`"),
+            "the succeeded task is the one refused: {body}"
+        );
         let child = futures_block(checks.get(failed))
             .unwrap()
             .unwrap()

@@ -35,8 +35,10 @@ impl Starter for DefaultStarter {
 /// storage (`storage_start`), the global config (`global_config_start`), with
 /// `delete_finished_tasks` the clean-up (`storage_delete_finished_tasks`), with
 /// `running_older_tasks` the recovery of taken tasks, the broker (`broker_start`); the worker
-/// heartbeat (`global_config_set_status` at every refresh); the worker (`worker_start`), which
-/// then runs in the background.
+/// heartbeat (`global_config_set_status` at every refresh); a warning when the binary
+/// registers no task, or none of the newest waiting tasks (an out-of-process queue whose
+/// storage lists cheaply, at most 2 s); the worker (`worker_start`), which then runs in the
+/// background.
 pub struct StartSteps<'a> {
     pub(crate) app: &'a QueueTasks,
     pub(crate) starter: &'a dyn Starter,
@@ -471,8 +473,8 @@ async fn stop_plugins(plugins: &[RuntimePlugin]) -> Option<(String, String)> {
     first_failure
 }
 
-/// How many of the newest waiting tasks the start-up check reads.
-const WAITING_LOOKED_AT: usize = 50;
+/// How many of the newest waiting tasks the start-up look reads.
+const WAITING_SAMPLE: usize = 50;
 
 /// At start-up, a look at the newest tasks waiting in the queues this worker serves: when
 /// there are some and this binary registers none of their names, every one of them would be
@@ -483,16 +485,18 @@ const WAITING_LOOKED_AT: usize = 50;
 /// more than 2 s to) says nothing.
 async fn warn_if_no_waiting_task_runs_here(app: &QueueTasks, tasks: &TaskTable) {
     // An in-process queue only ever holds tasks this binary knows (an unknown name is refused
-    // when it is added), so there is nothing to look for.
-    if app.components().broker.location().is_none() {
+    // when it is added), so there is nothing to look for; and a storage that would scan a large
+    // store to answer is not asked.
+    let components = app.components();
+    if components.broker.location().is_none() || !components.storage.lists_cheaply() {
         return;
     }
     let query = crate::records::RecordQuery {
         status: Some(crate::TaskStatus::New),
-        limit: WAITING_LOOKED_AT,
+        limit: WAITING_SAMPLE,
         ..Default::default()
     };
-    let listing = app.components().storage.list(&query);
+    let listing = components.storage.list(&query);
     let Ok(Ok(page)) = tokio::time::timeout(Duration::from_secs(2), listing).await else {
         return;
     };
@@ -503,7 +507,7 @@ async fn warn_if_no_waiting_task_runs_here(app: &QueueTasks, tasks: &TaskTable) 
         .filter(|record| served.serves(record.queue.as_deref().unwrap_or(DEFAULT_QUEUE)))
         .map(|record| record.task_name.as_str())
         .collect();
-    if let Some(message) = none_of_the_waiting_tasks_runs_here(&waiting, tasks) {
+    if let Some(message) = none_of_the_waiting_tasks_runs_here(&waiting, served, tasks) {
         tracing::warn!(app = app.name(), "{message}");
     }
 }
@@ -512,6 +516,7 @@ async fn warn_if_no_waiting_task_runs_here(app: &QueueTasks, tasks: &TaskTable) 
 /// such tasks or one of them is registered.
 fn none_of_the_waiting_tasks_runs_here(
     waiting: &std::collections::BTreeSet<&str>,
+    served: &crate::queues::QueueSelection,
     tasks: &TaskTable,
 ) -> Option<String> {
     if waiting.is_empty() || waiting.iter().any(|name| tasks.get(name).is_some()) {
@@ -526,9 +531,11 @@ fn none_of_the_waiting_tasks_runs_here(
     if waiting.len() > SHOWN {
         names.push(format!("and {} more", waiting.len() - SHOWN));
     }
+    let queues: Vec<&str> = served.names().collect();
     Some(format!(
-        "none of the tasks waiting in the queue ({}) is registered in this binary, so this worker hands every one of them back as unknown; {}",
+        "none of the tasks waiting in the queue ({}; queues served: {}) is registered in this binary, so this worker hands every one of them back as unknown (another worker may run them); if this binary should: {}",
         names.join(", "),
+        queues.join(", "),
         crate::registry::UNLINKED_TASKS_HINT
     ))
 }

@@ -146,7 +146,7 @@ fn a_worker_that_never_names_its_tasks_crate_says_so() {
         worker.wait_for_log("no task is registered in this binary");
     } else {
         worker.wait_for_log(
-            "none of the tasks waiting in the queue (`shop.total`) is registered in this binary",
+            "none of the tasks waiting in the queue (`shop.total`; queues served: default) is registered in this binary",
         );
     }
     assert!(
