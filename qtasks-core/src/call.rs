@@ -293,6 +293,14 @@ impl<H> TaskCall<H> {
             .await
     }
 
+    /// The call made into the task it adds, ready to store ([`QueueTasks::add_many`]).
+    pub(crate) async fn prepare(&self, app: &QueueTasks) -> Result<crate::app::Prepared> {
+        self.check()?;
+        let options = self.options(None, None);
+        app.prepare_call(&self.task_name, &self.args, &self.kwargs, options)
+            .await
+    }
+
     /// The add options this call makes, as the task `uuid`, a member of `group`.
     fn options(&self, uuid: Option<uuid::Uuid>, group: Option<uuid::Uuid>) -> AddOptions {
         AddOptions {

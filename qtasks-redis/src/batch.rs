@@ -124,6 +124,46 @@ impl Batcher {
         }
     }
 
+    /// Writes `items` now, in their order, as calls of at most `max` items (and
+    /// [`MAX_BATCH_BYTES`]) sent together on the connection (pipelined, not one after the
+    /// other), and returns one answer per item, in order: a bulk add's many tasks need no
+    /// group commit to share calls. A failed call fails the whole; the items of the calls
+    /// that went through stay written (the writes are idempotent, so the caller may send all
+    /// of them again).
+    pub(super) async fn write_now(
+        &self,
+        items: Vec<ScriptPart>,
+    ) -> redis::RedisResult<Vec<redis::Value>> {
+        let mut calls = Vec::new();
+        let mut rest = items.into_iter().peekable();
+        while rest.peek().is_some() {
+            let mut call = Vec::new();
+            let mut bytes = 0;
+            while let Some(next) = rest.peek() {
+                bytes += next.size();
+                if call.len() == self.max || (!call.is_empty() && bytes > MAX_BATCH_BYTES) {
+                    break;
+                }
+                call.extend(rest.next());
+            }
+            let count = call.len();
+            let answers = (self.write)(call);
+            calls.push(async move {
+                let answers = answers.await?;
+                if answers.len() == count {
+                    Ok(answers)
+                } else {
+                    Err(batch_failed(format!(
+                        "the batch script answered {} items for {count}",
+                        answers.len()
+                    )))
+                }
+            });
+        }
+        let answers = futures_util::future::try_join_all(calls).await?;
+        Ok(answers.into_iter().flatten().collect())
+    }
+
     /// The queue's sender, starting the writer if there is none yet or the last one is gone:
     /// on the connection's runtime, or on the caller's if that one has shut down.
     fn sender(&self) -> Option<mpsc::UnboundedSender<Queued>> {

@@ -1090,6 +1090,45 @@ impl Broker for RedisBroker {
         Ok(())
     }
 
+    async fn add_many(&self, tasks: &[QueuedTask]) -> Result<(), BackendError> {
+        // Each run of tasks of one queue goes as that queue's script calls (512 tasks each),
+        // written together, in order.
+        let now = unix_now();
+        for run in tasks.chunk_by(|a, b| a.queue == b.queue) {
+            let parts = run
+                .iter()
+                .map(|task| {
+                    let mut part = ScriptPart::default();
+                    part.keys.push(self.keys.record(task.uuid));
+                    self.new_task_args(&mut part, task, delay_ms(task, now));
+                    part
+                })
+                .collect();
+            let answers = match run[0].queue.as_deref() {
+                None => self.adds.write_now(parts).await,
+                Some(queue) => self.named_batcher(queue).await?.write_now(parts).await,
+            }
+            .map_err(|e| {
+                failure(
+                    format!(
+                        "adding {} tasks (`{}`, ...) failed",
+                        run.len(),
+                        run[0].task_name
+                    ),
+                    e,
+                )
+            })?;
+            for (task, added) in run.iter().zip(answers) {
+                // A task known already changed nothing; a delayed one is moved to the queue
+                // when due (see `add`).
+                if !matches!(added, redis::Value::Int(0)) {
+                    self.release_when_due(task);
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn add_unique(
         &self,
         task: QueuedTask,

@@ -836,9 +836,10 @@ return 0
 /// from now by Redis's clock: a client whose clock is off still delays by what it asked). A
 /// second add of a known uuid (a schedule's slot added again, a retried add) changes nothing.
 ///
-/// Per task it costs two commands (`EXISTS`, `HSET`); the entries are pushed with one `RPUSH`
-/// (in the order asked), the counters raised with one `HINCRBY` per priority and the index
-/// written with one `ZADD`, per batch. The queues' key types are checked first, so a batch
+/// Per task it costs one command (`HSET`), and one `EXISTS` only in a batch where some record
+/// exists already (one `EXISTS` of every record asks first); the entries are pushed with one
+/// `RPUSH` (in the order asked), the counters raised with one `HINCRBY` per priority and the
+/// index written with one `ZADD`, per batch. The queues' key types are checked first, so a batch
 /// either queues every new task or writes nothing.
 ///
 /// KEYS: stats, the queue's list (`task_queue` for the default queue), `delayed`, the app's
@@ -867,14 +868,20 @@ for _, queue in ipairs({{KEYS[2], 'list'}, {KEYS[3], 'zset'}}) do
 end
 local entries, by_priority, index_pairs, out = {}, {}, {}, {}
 local now_ms
+-- Whether any record exists already, asked once for the batch: each `redis.call` costs Redis
+-- about as much as the command it runs, and nearly every batch is of new uuids only. Then a
+-- uuid twice in the batch is told by the table of those written.
+local any_known = redis.call('EXISTS', unpack(KEYS, first_record, first_record + count - 1)) > 0
+local written = {}
 local a = 5
 for i = 1, count do
   local record = KEYS[first_record + i - 1]
   local n = tonumber(ARGV[a])
   local entry, delay, created = ARGV[a + 1 + 2 * n], ARGV[a + 2 + 2 * n], ARGV[a + 3 + 2 * n]
-  if redis.call('EXISTS', record) == 1 then
+  if written[record] or (any_known and redis.call('EXISTS', record) == 1) then
     out[i] = 0
   else
+    written[record] = true
     redis.call('HSET', record, unpack(ARGV, a + 1, a + 2 * n))
     if delay == '' then
       entries[#entries + 1] = entry

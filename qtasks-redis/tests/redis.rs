@@ -892,6 +892,61 @@ async fn a_bulk_add_queues_every_task_once_and_each_runs_once() {
     app.flush_all().await.unwrap();
 }
 
+/// A bulk add names uuids: one known already (added before) and one twice in the same batch.
+/// Each is queued once; the known one keeps its first record. (The add script asks once per
+/// batch whether any record exists, so both kinds of repeat go through their own paths.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
+async fn a_bulk_add_of_known_and_repeated_uuids_queues_each_once() {
+    let Some(url) = redis_url("a_bulk_add_of_known_and_repeated_uuids_queues_each_once") else {
+        return;
+    };
+    let prefix = unique_prefix("bulkrepeat");
+    let app = redis_app(&url, &prefix, RedisOptions::default(), 4).await;
+    let (known, twice, fresh) = (
+        qtasks::Uuid::new_v4(),
+        qtasks::Uuid::new_v4(),
+        qtasks::Uuid::new_v4(),
+    );
+    concat::call("first".into(), "!".into())
+        .uuid(known)
+        .add(&app)
+        .await
+        .unwrap();
+    let call = |uuid: qtasks::Uuid, word: &str| concat::call(word.into(), "!".into()).uuid(uuid);
+    // Repeats only, nothing known: the batch's own table tells the second one.
+    let handles = app
+        .add_many([call(twice, "a"), call(twice, "b")])
+        .await
+        .unwrap();
+    assert!(handles.iter().all(|handle| handle.uuid() == twice));
+    // A known uuid among new ones.
+    app.add_many([call(fresh, "c"), call(known, "second"), call(fresh, "d")])
+        .await
+        .unwrap();
+    let mut con = raw_connection(&url).await;
+    let queue: Vec<String> = con
+        .lrange(format!("{prefix}:task_queue"), 0, -1)
+        .await
+        .unwrap();
+    let expected: Vec<String> = [known, twice, fresh]
+        .iter()
+        .map(|uuid| format!("concat:{uuid}:0"))
+        .collect();
+    assert_eq!(queue, expected);
+    app.start().await.unwrap();
+    for (uuid, expected) in [(known, "first!"), (twice, "a!"), (fresh, "c!")] {
+        let done = app.wait(uuid, Duration::from_secs(10)).await.unwrap();
+        assert_eq!(
+            done.returning,
+            Some(json!(expected)),
+            "the first add's record"
+        );
+    }
+    app.stop().await.unwrap();
+    app.flush_all().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 async fn a_record_spoiled_mid_run_fails_alone_in_its_finish_batch() {

@@ -38,6 +38,7 @@ pub use self::records::Records;
 pub(crate) use self::running::{Counters, INTERRUPTED, Running};
 pub use self::schedules::Schedules;
 pub use self::tasks::AddOptions;
+pub(crate) use self::tasks::Prepared;
 use crate::backend::{Broker, Storage};
 use crate::components::{GlobalConfig, Starter, TaskRunner, Worker};
 use crate::deps::Dependencies;

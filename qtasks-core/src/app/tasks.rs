@@ -19,10 +19,16 @@ use crate::{
     TaskStatus, Trigger, backend::unix_now,
 };
 
-/// How many adds of one [`QueueTasks::add_many`] are under way at once: enough for a broker
-/// to fill its batches (Redis writes up to 512 per script call), few enough to bound the
-/// memory of a long iterator.
-const ADD_MANY_IN_FLIGHT: usize = 1024;
+/// How many calls of one [`QueueTasks::add_many`] are prepared, then stored, together: a
+/// Redis script call's worth (512), while the chunk before is on the wire; few enough to
+/// bound the memory of a long iterator.
+const ADD_MANY_CHUNK: usize = 512;
+
+/// A task made from a call and ready to store: its unique key, if it has one, decided.
+pub(crate) struct Prepared {
+    task: QueuedTask,
+    unique: Option<crate::unique::UniqueKey>,
+}
 
 impl QueueTasks {
     /// Adds a task by name with JSON-serializable arguments (the original's `add_task`).
@@ -103,6 +109,19 @@ impl QueueTasks {
         options: AddOptions,
         target: Option<&mut dyn crate::backend::AddTarget>,
     ) -> Result<TaskHandle> {
+        let prepared = self.prepare_call(task_name, args, kwargs, options).await?;
+        self.store(prepared, target).await
+    }
+
+    /// A call by name made into the task it adds, every step of an add but the store: the
+    /// arguments encoded, the name checked, the defaults applied, the plugin triggers fired.
+    pub(crate) async fn prepare_call(
+        &self,
+        task_name: &str,
+        args: impl Serialize,
+        kwargs: impl Serialize,
+        options: AddOptions,
+    ) -> Result<Prepared> {
         let invalid = |reason: String| Error::InvalidArguments {
             task: task_name.to_owned(),
             reason,
@@ -166,7 +185,7 @@ impl QueueTasks {
             .or_else(|| definition.and_then(|d| d.parts.priority))
             .unwrap_or(self.config().task_default_priority);
         let run_at = options.run_at.map(system_secs);
-        self.enqueue(
+        self.prepare(
             task_name.to_owned(),
             priority,
             args,
@@ -183,7 +202,7 @@ impl QueueTasks {
                 unique: options.unique,
                 rate_key: options.rate_key,
                 workflow: options.workflow,
-                target,
+                target: None,
             },
         )
         .await
@@ -220,12 +239,63 @@ impl QueueTasks {
         &self,
         calls: impl IntoIterator<Item = TaskCall<H>>,
     ) -> Result<Vec<H>> {
-        use futures_util::{StreamExt, TryStreamExt};
-        futures_util::stream::iter(calls)
-            .map(|call| async move { call.add(self).await })
-            .buffered(ADD_MANY_IN_FLIGHT)
-            .try_collect()
-            .await
+        let mut calls = calls.into_iter();
+        let mut handles = Vec::new();
+        let mut prepared = self.prepare_many(&mut calls).await?;
+        // Each chunk is stored while the next one is prepared: the broker's round trip and the
+        // server's work overlap this process's (encoding, triggers) instead of following it.
+        while !prepared.is_empty() {
+            let (stored, next) =
+                tokio::join!(self.store_many(prepared), self.prepare_many(&mut calls));
+            handles.extend(stored?.into_iter().map(H::from_task_handle));
+            prepared = next?;
+        }
+        Ok(handles)
+    }
+
+    /// The next [`ADD_MANY_CHUNK`] calls of `calls`, prepared.
+    async fn prepare_many<H: FromTaskHandle>(
+        &self,
+        calls: &mut impl Iterator<Item = TaskCall<H>>,
+    ) -> Result<Vec<Prepared>> {
+        let mut prepared = Vec::new();
+        for call in calls.take(ADD_MANY_CHUNK) {
+            prepared.push(call.prepare(self).await?);
+        }
+        Ok(prepared)
+    }
+
+    /// Stores prepared tasks in their order: each run of plain ones with one
+    /// [`Broker::add_many`](crate::backend::Broker::add_many), a unique one alone (it may
+    /// find its key held); then each one's after-add triggers.
+    async fn store_many(&self, prepared: Vec<Prepared>) -> Result<Vec<TaskHandle>> {
+        let mut handles = Vec::with_capacity(prepared.len());
+        let mut plain: Vec<QueuedTask> = Vec::new();
+        for Prepared { task, unique } in prepared {
+            if unique.is_none() {
+                plain.push(task);
+                continue;
+            }
+            handles.extend(self.store_plain(std::mem::take(&mut plain)).await?);
+            handles.push(self.store(Prepared { task, unique }, None).await?);
+        }
+        handles.extend(self.store_plain(plain).await?);
+        Ok(handles)
+    }
+
+    /// Adds tasks without a unique key through the broker at once, then fires each one's
+    /// after-add triggers.
+    async fn store_plain(&self, tasks: Vec<QueuedTask>) -> Result<Vec<TaskHandle>> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.components().broker.add_many(&tasks).await?;
+        let mut handles = Vec::with_capacity(tasks.len());
+        for task in &tasks {
+            self.added(task).await;
+            handles.push(TaskHandle::new(task.uuid, self.clone()));
+        }
+        Ok(handles)
     }
 
     pub(crate) async fn enqueue_defined(
@@ -258,8 +328,27 @@ impl QueueTasks {
         args: Vec<Value>,
         kwargs: Map<String, Value>,
         definition: Option<&'static TaskDefinition>,
-        placement: Placement<'_>,
+        mut placement: Placement<'_>,
     ) -> Result<TaskHandle> {
+        let target = placement.target.take();
+        let prepared = self
+            .prepare(task_name, priority, args, kwargs, definition, placement)
+            .await?;
+        self.store(prepared, target).await
+    }
+
+    /// Every step of an add before the store: the task made, checked, and changed by the
+    /// `qtasks_add_task_before_broker`, `broker_add_before` and `storage_add` triggers; its
+    /// unique key decided.
+    async fn prepare(
+        &self,
+        task_name: String,
+        priority: i64,
+        args: Vec<Value>,
+        kwargs: Map<String, Value>,
+        definition: Option<&'static TaskDefinition>,
+        placement: Placement<'_>,
+    ) -> Result<Prepared> {
         let Placement {
             run_at,
             uuid,
@@ -271,7 +360,7 @@ impl QueueTasks {
             unique,
             rate_key,
             workflow,
-            target,
+            target: _,
         } = placement;
         if let Some(key) = &rate_key {
             crate::limits::check_rate_key(key).map_err(|reason| Error::InvalidArguments {
@@ -387,11 +476,26 @@ impl QueueTasks {
                 window,
             ))
         });
-        if let Some(unique) = unique {
+        if let Some(unique) = &unique {
             unique.check().map_err(|reason| Error::InvalidArguments {
                 task: task.task_name.clone(),
                 reason,
             })?;
+        }
+        Ok(Prepared { task, unique })
+    }
+
+    /// Stores a prepared task (through `target` if given, else the broker), then fires the
+    /// after-add triggers. A unique task whose key is held adds nothing and answers the
+    /// holder's handle.
+    async fn store(
+        &self,
+        prepared: Prepared,
+        target: Option<&mut dyn crate::backend::AddTarget>,
+    ) -> Result<TaskHandle> {
+        let Prepared { task, unique } = prepared;
+        let broker = &*self.components().broker;
+        if let Some(unique) = unique {
             let holder = match target {
                 Some(target) => target.add_unique(&task, &unique).await?,
                 None => broker.add_unique(task.clone(), &unique).await?,
@@ -406,21 +510,28 @@ impl QueueTasks {
                 None => broker.add(task.clone()).await?,
             }
         }
+        self.added(&task).await;
+        Ok(TaskHandle::new(task.uuid, self.clone()))
+    }
+
+    /// The triggers of a task just added: `broker_add_after`, `qtasks_add_task_after_broker`.
+    async fn added(&self, task: &QueuedTask) {
+        let dispatch = self.dispatch();
+        let (broker, storage) = (&*self.components().broker, &*self.components().storage);
         dispatch
             .fire(&BrokerAddAfter {
                 broker,
                 storage,
-                task: &task,
+                task,
             })
             .await;
         dispatch
             .fire(&QtasksAddTaskAfterBroker {
                 app: self,
                 broker,
-                task: &task,
+                task,
             })
             .await;
-        Ok(TaskHandle::new(task.uuid, self.clone()))
     }
 
     /// A task's record as it is now; `None` for an unknown id. `storage_get`, `broker_get` and

@@ -483,6 +483,18 @@ pub trait Broker: Lifecycle {
     /// Stores the new task's record (status `new`) and queues it.
     async fn add(&self, task: QueuedTask) -> Result<(), BackendError>;
 
+    /// Adds several new tasks (none with a unique key), queued in their order, as
+    /// [`add`](Self::add) each: [`QueueTasks::add_many`](crate::QueueTasks::add_many) hands a
+    /// chunk of its calls here. An engine that can write a batch in one round trip does so
+    /// (Redis: one script call per 512); the default asks [`add`](Self::add) for each at once,
+    /// in order, so that an engine batching concurrent adds (PostgreSQL) still batches them.
+    /// The first failure fails the call; some of the tasks may have been added by then.
+    async fn add_many(&self, tasks: &[QueuedTask]) -> Result<(), BackendError> {
+        futures_util::future::try_join_all(tasks.iter().map(|task| self.add(task.clone())))
+            .await
+            .map(drop)
+    }
+
     /// Takes up to `max` tasks in one go, the lowest priority number first and FIFO among
     /// equals, and marks them `process` (a worker with `max` free slots asks for that many, and
     /// never takes more than it can start at once, so priorities hold across workers). Waits
@@ -841,6 +853,14 @@ pub trait Storage: Lifecycle {
 
     /// Deletes the records of finished tasks; returns how many.
     async fn delete_finished(&self) -> Result<usize, BackendError>;
+
+    /// Whether a [`list`](Self::list) page filtered by status costs a bounded amount of work
+    /// however many records the store holds (an index read within a time budget): the worker's
+    /// start-up look at the waiting tasks runs only then, so that it never scans a large
+    /// store. The default: `false`.
+    fn lists_cheaply(&self) -> bool {
+        false
+    }
 
     /// One page of records, newest first ([`RecordQuery`](crate::records::RecordQuery) says
     /// which). The default reads every record and filters them here: right for a small
