@@ -3,6 +3,8 @@
 round by round (A B, B A, A B, ...) on one Redis of its own, so that both see the same machine.
 
     python3 bench/ab.py BASELINE_BIN CANDIDATE_BIN [--rounds 3] [--n 20000] [--port 6392]
+    python3 bench/ab.py BIN BIN --replica --candidate-args "--wait-replicas 1" --redis-only
+                                # one binary with and without an option, on a master and a replica
 
 Per round and binary: `inmem` (in-memory drain and end-to-end rates), W1 on Redis (enqueue N
 no-op tasks, start one worker, time until the queue and the leases are empty) and W2 (500
@@ -60,21 +62,21 @@ def commandstats(port, n):
         stats[name] = (int(fields["calls"]) / n, float(fields["usec"]) / n)
     return stats
 
-def bulk_enqueue(binary, url, port, n, costs):
+def bulk_enqueue(binary, url, port, n, costs, extra=()):
     """The rate of one `add_many` of n tasks (`enqueue --bulk`) and Redis's CPU per task."""
     redis_cli(port, "FLUSHALL")
     cpu = redis_cpu_s(port)
     started = time.perf_counter()
-    run([binary, "enqueue", "--url", url, "--n", str(n), "--bulk"])
+    run([binary, "enqueue", "--url", url, "--n", str(n), "--bulk", *extra])
     costs["bulk enqueue tasks/s"] = n / (time.perf_counter() - started)
     costs["redis CPU us/task, bulk enqueue"] = (redis_cpu_s(port) - cpu) * 1e6 / n
 
-def w1(binary, url, port, n, costs):
+def w1(binary, url, port, n, costs, extra=()):
     redis_cli(port, "FLUSHALL")
     redis_cli(port, "CONFIG", "RESETSTAT")
     cpu = redis_cpu_s(port)
     enqueue_started = time.perf_counter()
-    run([binary, "enqueue", "--url", url, "--n", str(n)])
+    run([binary, "enqueue", "--url", url, "--n", str(n), *extra])
     costs["enqueue tasks/s"] = n / (time.perf_counter() - enqueue_started)
     costs["redis CPU us/task, enqueue"] = (redis_cpu_s(port) - cpu) * 1e6 / n
     costs["commands, enqueue"] = commandstats(port, n)
@@ -82,7 +84,7 @@ def w1(binary, url, port, n, costs):
     cpu = redis_cpu_s(port)
     env = dict(os.environ, RUST_LOG="warn")
     started = time.perf_counter()
-    worker = subprocess.Popen([binary, "worker", "--url", url, "--threads", "1"], env=env,
+    worker = subprocess.Popen([binary, "worker", "--url", url, "--threads", "1", *extra], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     poll = Resp(port)
     try:
@@ -111,14 +113,14 @@ def w1(binary, url, port, n, costs):
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=30)
 
-def w2(binary, url, port):
+def w2(binary, url, port, extra=()):
     redis_cli(port, "FLUSHALL")
     env = dict(os.environ, RUST_LOG="warn")
-    worker = subprocess.Popen([binary, "worker", "--url", url, "--threads", "1"], env=env,
+    worker = subprocess.Popen([binary, "worker", "--url", url, "--threads", "1", *extra], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(0.5)
-        answer = bench_json(run([binary, "w2", "--url", url, "--n", "500", "--warmup", "5"]))
+        answer = bench_json(run([binary, "w2", "--url", url, "--n", "500", "--warmup", "5", *extra]))
         return answer["p50_ms"], answer["p99_ms"]
     finally:
         worker.send_signal(signal.SIGTERM)
@@ -135,18 +137,37 @@ def main():
     parser.add_argument("--redis-only", action="store_true", help="skip the in-memory runs")
     parser.add_argument("--bulk", action="store_true",
                         help="also time one add_many of n tasks (`enqueue --bulk`; both binaries must have it)")
+    parser.add_argument("--baseline-args", default="", help="more arguments for every run of the baseline")
+    parser.add_argument("--candidate-args", default="", help="more arguments for every run of the candidate")
+    parser.add_argument("--replica", action="store_true",
+                        help="a replica of the server on the next port (for --wait-replicas)")
     args = parser.parse_args()
+    extra = {"baseline": args.baseline_args.split(), "candidate": args.candidate_args.split()}
     url = f"redis://127.0.0.1:{args.port}/0"
     workdir = tempfile.mkdtemp(prefix="qtasks-ab-")
     server = subprocess.Popen(["redis-server", "--port", str(args.port), "--bind", "127.0.0.1",
                                "--save", "", "--appendonly", "no", "--dir", workdir],
                               stdout=subprocess.DEVNULL)
+    replica = None
     try:
         for _ in range(100):
             try:
                 if redis_cli(args.port, "PING") == "PONG": break
             except subprocess.CalledProcessError: pass
             time.sleep(0.05)
+        if args.replica:
+            replica_dir = tempfile.mkdtemp(prefix="qtasks-ab-replica-")
+            replica = subprocess.Popen(["redis-server", "--port", str(args.port + 1), "--bind", "127.0.0.1",
+                                        "--save", "", "--appendonly", "no", "--dir", replica_dir,
+                                        "--replicaof", "127.0.0.1", str(args.port)],
+                                       stdout=subprocess.DEVNULL)
+            for _ in range(200):
+                try:
+                    if "master_link_status:up" in redis_cli(args.port + 1, "INFO", "replication"): break
+                except subprocess.CalledProcessError: pass
+                time.sleep(0.05)
+            else:
+                raise RuntimeError("the replica never synced")
         results = {"baseline": {}, "candidate": {}}
         commands = {}
         for round_ in range(args.rounds):
@@ -160,13 +181,13 @@ def main():
                     rows["inmem e2e tasks/s"] = inmem["e2e"]["rate"]
                     rows["inmem drain / channel ceiling"] = inmem["drain_vs_ceiling"]
                 costs = {}
-                rows["redis W1 drain tasks/s"] = w1(binary, url, args.port, args.n, costs)
+                rows["redis W1 drain tasks/s"] = w1(binary, url, args.port, args.n, costs, extra[who])
                 commands[who] = {"enqueue": costs.pop("commands, enqueue"),
                                  "drain": costs.pop("commands, drain")}
                 if args.bulk:
-                    bulk_enqueue(binary, url, args.port, args.n, costs)
+                    bulk_enqueue(binary, url, args.port, args.n, costs, extra[who])
                 rows.update(costs)
-                rows["redis W2 p50 ms"], rows["redis W2 p99 ms"] = w2(binary, url, args.port)
+                rows["redis W2 p50 ms"], rows["redis W2 p99 ms"] = w2(binary, url, args.port, extra[who])
                 for key, value in rows.items():
                     results[who].setdefault(key, []).append(value)
                 print(f"round {round_ + 1} {who}: " + ", ".join(f"{k} {v:,.3f}" for k, v in rows.items()), file=sys.stderr)
@@ -187,6 +208,7 @@ def main():
                     cells = [commands[who][phase].get(name) for who in ("baseline", "candidate")]
                     print(f"| {name} | " + " | ".join(f"{c[0]:.3f} / {c[1]:.2f} us" if c else "-" for c in cells) + " |")
     finally:
+        if replica: replica.terminate(); replica.wait()
         server.terminate(); server.wait()
 
 if __name__ == "__main__":

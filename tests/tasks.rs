@@ -545,3 +545,78 @@ async fn stop_lets_running_tasks_finish_and_run_forever_returns() {
     assert_eq!(queued.wait(WAIT).await.unwrap().returning, Some(json!(3)));
     app.stop().await.unwrap();
 }
+
+/// The order the `in_order` tasks ran in.
+static RAN_IN_ORDER: std::sync::Mutex<Vec<u64>> = std::sync::Mutex::new(Vec::new());
+
+#[qtasks::task]
+async fn in_order(i: u64) -> u64 {
+    RAN_IN_ORDER.lock().unwrap().push(i);
+    i
+}
+
+/// Counts the tasks an app added (`qtasks_add_task_after_broker`).
+struct CountAdds(std::sync::Arc<AtomicUsize>);
+
+impl qtasks::Plugin for CountAdds {
+    async fn trigger(
+        &self,
+        _event: qtasks::triggers::TriggerEvent<'_>,
+    ) -> Result<Option<qtasks::triggers::Reply>, qtasks::plugin::BoxError> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Ok(None)
+    }
+}
+
+/// `add_many` over several chunks (it prepares and stores 512 calls at a time), with unique
+/// calls among the plain ones, some keys met twice in one chunk and one across two chunks:
+/// each task is added once and in order, a repeated key answers its first task, and each
+/// added task fires its after-add trigger once.
+#[tokio::test]
+async fn add_many_across_chunks_with_unique_calls_adds_each_once_in_order() {
+    let app = QueueTasks::with_config(QueueConfig {
+        max_tasks_process: 1,
+        ..Default::default()
+    });
+    let added = std::sync::Arc::new(AtomicUsize::new(0));
+    app.add_plugin(
+        CountAdds(std::sync::Arc::clone(&added)),
+        &[qtasks::Trigger::QtasksAddTaskAfterBroker],
+    )
+    .unwrap();
+    let n = 1200u64;
+    // Unique calls at 7, 107, 207, ...: keys k0, k0, k1, k1, ... (1007 and 1107 share k5 and
+    // fall in two chunks).
+    let unique = |i: u64| i % 100 == 7;
+    let calls = (0..n).map(|i| {
+        let call = in_order::call(i);
+        if unique(i) {
+            call.unique(format!("k{}", i / 200), Duration::from_secs(600))
+        } else {
+            call
+        }
+    });
+    let handles = app.add_many(calls).await.unwrap();
+    assert_eq!(handles.len(), n as usize);
+    let repeats: Vec<u64> = (0..n)
+        .filter(|&i| unique(i) && (i / 100) % 2 == 1)
+        .collect();
+    assert_eq!(repeats.len(), 6);
+    for &i in &repeats {
+        assert_eq!(
+            handles[i as usize].uuid(),
+            handles[i as usize - 100].uuid(),
+            "call {i} answers the task its key's first call added"
+        );
+    }
+    assert_eq!(added.load(Ordering::Relaxed), (n as usize) - repeats.len());
+
+    app.start().await.unwrap();
+    for handle in &handles {
+        handle.result(WAIT).await.unwrap();
+    }
+    app.stop().await.unwrap();
+    let ran = RAN_IN_ORDER.lock().unwrap().clone();
+    let expected: Vec<u64> = (0..n).filter(|i| !repeats.contains(i)).collect();
+    assert_eq!(ran, expected, "each once, in the order of the calls");
+}

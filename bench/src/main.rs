@@ -13,6 +13,9 @@
 //!                                               # bare tokio channel ceiling measured alongside
 //! ```
 //!
+//! `--wait-replicas N` (Redis) waits for N replicas after each add and finish
+//! (`RedisOptions::wait_for_replicas`, at most 1 s each).
+//!
 //! `--amqp URL` puts the queue on RabbitMQ (records stay on the Redis of `--url`); `--pg URL`
 //! puts the whole app on PostgreSQL instead (`?schema=` in the URL names its tables' schema).
 //!
@@ -133,9 +136,15 @@ async fn redis_app(url: &str, concurrency: usize) -> QueueTasks {
             .await
             .expect("PostgreSQL is reachable")
     } else if amqp.is_empty() {
-        // QTASKS_BENCH_NO_RECORDS_INDEX=1 measures the hot path without the records' index.
+        // QTASKS_BENCH_NO_RECORDS_INDEX=1 measures the hot path without the records' index;
+        // `--wait-replicas N` waits for N replicas after each add and finish (at most 1 s).
+        let replicas: u32 = arg("--wait-replicas", 0);
         let options = RedisOptions {
             records_index: std::env::var_os("QTASKS_BENCH_NO_RECORDS_INDEX").is_none(),
+            wait_for_replicas: (replicas > 0).then_some(qtasks::redis::WaitForReplicas {
+                replicas,
+                timeout: Duration::from_secs(1),
+            }),
             ..RedisOptions::default()
         };
         qtasks::redis::connect_with(url, config, options)

@@ -1521,6 +1521,42 @@ impl Broker for PgBroker {
         })
     }
 
+    /// One statement per chunk (`app.add_many` hands at most 512), with `add`'s retries: an
+    /// add sent again adds nothing (a known uuid is kept), and a bad task fails alone.
+    async fn add_many(&self, tasks: &[QueuedTask]) -> Result<(), BackendError> {
+        use backon::Retryable;
+        for task in tasks {
+            let uuid = task.uuid;
+            crate::no_nul(&format!("task {uuid}: its name"), &task.task_name)?;
+            if let Some(queue) = &task.queue {
+                crate::no_nul(&format!("task {uuid}: its queue"), queue)?;
+            }
+        }
+        for chunk in tasks.chunks(ADD_BATCH_MAX) {
+            (|| async {
+                add_batch(&self.app, chunk.to_vec())
+                    .await
+                    .into_iter()
+                    .collect::<Result<(), _>>()
+            })
+            .retry(crate::reconnect_pauses().take(6))
+            .when(|error| is_transient(error))
+            .await
+            .map_err(|e| {
+                BackendError::new(
+                    "postgres",
+                    format!(
+                        "adding {} tasks (`{}`, ...) failed",
+                        chunk.len(),
+                        chunk[0].task_name
+                    ),
+                )
+                .with_source(e)
+            })?;
+        }
+        Ok(())
+    }
+
     async fn add_unique(
         &self,
         task: QueuedTask,

@@ -62,6 +62,19 @@ impl ScriptPart {
     }
 }
 
+/// What a batcher does after each call when the app waits for its replicas
+/// ([`RedisOptions::wait_for_replicas`](crate::RedisOptions::wait_for_replicas)).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ReplicaWait {
+    pub(super) wait: crate::WaitForReplicas,
+    /// Late replicas fail the call's writes (adds: the caller is told), else they are logged
+    /// (finishes: the outcome is stored, and failing the worker's finish would not make the
+    /// replicas faster).
+    pub(super) late_fails: bool,
+    /// What the writes are, for the message: "the add", "the finish".
+    pub(super) what: &'static str,
+}
+
 /// Sends one batch; answers one value per item, in the items' order.
 type WriteBatch = Arc<
     dyn Fn(Vec<ScriptPart>) -> BoxFuture<'static, redis::RedisResult<Vec<redis::Value>>>
@@ -92,10 +105,11 @@ impl Batcher {
         fixed_keys: Vec<String>,
         fixed_args: ScriptPart,
         max: usize,
+        replicas: Option<ReplicaWait>,
     ) -> Self {
         Batcher {
             queue: Mutex::new(None),
-            write: writer(code, commands, fixed_keys, fixed_args),
+            write: writer(code, commands, fixed_keys, fixed_args, replicas),
             max: max.max(1),
             runtime: Handle::try_current().ok(),
         }
@@ -246,6 +260,7 @@ fn writer(
     commands: ConnectionManager,
     fixed_keys: Vec<String>,
     fixed_args: ScriptPart,
+    replicas: Option<ReplicaWait>,
 ) -> WriteBatch {
     let hash = Arc::<str>::from(Script::new(code).get_hash());
     let fixed = Arc::new(ScriptPart {
@@ -277,7 +292,7 @@ fn writer(
                     call.arg(arg);
                 }
             }
-            match call.query_async::<Vec<redis::Value>>(&mut con).await {
+            let answers = match call.query_async::<Vec<redis::Value>>(&mut con).await {
                 Err(error)
                     if error.kind()
                         == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
@@ -290,7 +305,17 @@ fn writer(
                     call.query_async(&mut con).await
                 }
                 answer => answer,
+            }?;
+            // On the same connection, so `WAIT` covers this call's writes.
+            if let Some(replicas) = replicas
+                && let Some(late) = replicas.wait.wait(&mut con, replicas.what).await?
+            {
+                if replicas.late_fails {
+                    return Err(batch_failed(late));
+                }
+                tracing::warn!(writes = parts.len(), "{late}");
             }
+            Ok(answers)
         })
     })
 }

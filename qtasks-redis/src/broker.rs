@@ -11,7 +11,7 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use super::batch::{Batcher, ScriptPart};
+use super::batch::{Batcher, ReplicaWait, ScriptPart};
 use super::storage::is_transient;
 use super::wire::{
     decode_record, new_record_fields, outcome_fields, parse_entry, queue_entry, taken_fields,
@@ -218,6 +218,7 @@ impl RedisBroker {
         location: String,
     ) -> Self {
         let ttl_ms = result_ttl_ms(&options);
+        let replicas = options.wait_for_replicas;
         RedisBroker {
             commands: commands.clone(),
             blocking,
@@ -236,8 +237,13 @@ impl RedisBroker {
                 ],
                 ScriptPart::with_args(&(ttl_ms, &keys.done_channel, &keys.prefix)),
                 FINISH_BATCH,
+                replicas.map(|wait| ReplicaWait {
+                    wait,
+                    late_fails: false,
+                    what: "the finish",
+                }),
             ),
-            adds: add_batcher(&keys, None, commands),
+            adds: add_batcher(&keys, None, commands, replicas),
             named_adds: Mutex::default(),
             added,
             keys,
@@ -650,12 +656,58 @@ impl RedisBroker {
     }
 
     /// The add batcher of a named queue, made at its first add.
+    /// Adds tasks of one queue (`None`: the default one) as its add script's calls, written
+    /// together (see `Broker::add_many`).
+    async fn add_to_queue(
+        &self,
+        queue: Option<&str>,
+        tasks: Vec<&QueuedTask>,
+    ) -> Result<(), BackendError> {
+        let now = unix_now();
+        let parts = tasks
+            .iter()
+            .map(|task| {
+                let mut part = ScriptPart::default();
+                part.keys.push(self.keys.record(task.uuid));
+                self.new_task_args(&mut part, task, delay_ms(task, now));
+                part
+            })
+            .collect();
+        let answers = match queue {
+            None => self.adds.write_now(parts).await,
+            Some(queue) => self.named_batcher(queue).await?.write_now(parts).await,
+        }
+        .map_err(|e| {
+            failure(
+                format!(
+                    "adding {} tasks (`{}`, ...) failed",
+                    tasks.len(),
+                    tasks[0].task_name
+                ),
+                e,
+            )
+        })?;
+        for (task, added) in tasks.iter().zip(answers) {
+            // A task known already changed nothing; a delayed one is moved to the queue when
+            // due (see `add`).
+            if !matches!(added, redis::Value::Int(0)) {
+                self.release_when_due(task);
+            }
+        }
+        Ok(())
+    }
+
     async fn named_batcher(&self, queue: &str) -> Result<Arc<Batcher>, BackendError> {
         if let Some(batcher) = self.named_adds.lock().get(queue) {
             return Ok(Arc::clone(batcher));
         }
         // (The add script enters the queue among the app's known queues at each add.)
-        let batcher = Arc::new(add_batcher(&self.keys, Some(queue), self.commands.clone()));
+        let batcher = Arc::new(add_batcher(
+            &self.keys,
+            Some(queue),
+            self.commands.clone(),
+            self.options.wait_for_replicas,
+        ));
         Ok(Arc::clone(
             self.named_adds
                 .lock()
@@ -790,7 +842,12 @@ impl RedisBroker {
 
 /// The add batcher of a queue (`None`: the default one): its keys, and for a named queue the
 /// channel that announces its entries.
-fn add_batcher(keys: &Keys, queue: Option<&str>, commands: ConnectionManager) -> Batcher {
+fn add_batcher(
+    keys: &Keys,
+    queue: Option<&str>,
+    commands: ConnectionManager,
+    replicas: Option<crate::WaitForReplicas>,
+) -> Batcher {
     let queue_keys = keys.queue_keys(queue);
     Batcher::new(
         scripts::ADD,
@@ -810,6 +867,11 @@ fn add_batcher(keys: &Keys, queue: Option<&str>, commands: ConnectionManager) ->
             queue.unwrap_or(DEFAULT_QUEUE),
         )),
         ADD_BATCH,
+        replicas.map(|wait| ReplicaWait {
+            wait,
+            late_fails: true,
+            what: "the add",
+        }),
     )
 }
 
@@ -1091,42 +1153,23 @@ impl Broker for RedisBroker {
     }
 
     async fn add_many(&self, tasks: &[QueuedTask]) -> Result<(), BackendError> {
-        // Each run of tasks of one queue goes as that queue's script calls (512 tasks each),
-        // written together, in order.
-        let now = unix_now();
-        for run in tasks.chunk_by(|a, b| a.queue == b.queue) {
-            let parts = run
-                .iter()
-                .map(|task| {
-                    let mut part = ScriptPart::default();
-                    part.keys.push(self.keys.record(task.uuid));
-                    self.new_task_args(&mut part, task, delay_ms(task, now));
-                    part
-                })
-                .collect();
-            let answers = match run[0].queue.as_deref() {
-                None => self.adds.write_now(parts).await,
-                Some(queue) => self.named_batcher(queue).await?.write_now(parts).await,
-            }
-            .map_err(|e| {
-                failure(
-                    format!(
-                        "adding {} tasks (`{}`, ...) failed",
-                        run.len(),
-                        run[0].task_name
-                    ),
-                    e,
-                )
-            })?;
-            for (task, added) in run.iter().zip(answers) {
-                // A task known already changed nothing; a delayed one is moved to the queue
-                // when due (see `add`).
-                if !matches!(added, redis::Value::Int(0)) {
-                    self.release_when_due(task);
-                }
+        // The tasks of each queue, in their order (the order between two queues' lists means
+        // nothing), go as that queue's script calls (512 tasks each); the queues at once.
+        let mut by_queue: Vec<(Option<&str>, Vec<&QueuedTask>)> = Vec::new();
+        for task in tasks {
+            let queue = task.queue.as_deref();
+            match by_queue.iter_mut().find(|(known, _)| *known == queue) {
+                Some((_, same)) => same.push(task),
+                None => by_queue.push((queue, vec![task])),
             }
         }
-        Ok(())
+        let written = futures_util::future::join_all(
+            by_queue
+                .into_iter()
+                .map(|(queue, tasks)| self.add_to_queue(queue, tasks)),
+        )
+        .await;
+        written.into_iter().collect()
     }
 
     async fn add_unique(
@@ -1170,6 +1213,19 @@ impl Broker for RedisBroker {
         .await?;
         if holder.is_none() {
             self.release_when_due(&task);
+            if let Some(wait) = self.options.wait_for_replicas {
+                let mut con = self.commands.clone();
+                let late = wait
+                    .wait(&mut con, "the add")
+                    .await
+                    .map_err(|e| failure(format!("adding task `{}` failed", task.task_name), e))?;
+                if let Some(late) = late {
+                    return Err(BackendError::new(
+                        "redis",
+                        format!("adding task `{}` failed: {late}", task.task_name),
+                    ));
+                }
+            }
         }
         Ok(holder)
     }

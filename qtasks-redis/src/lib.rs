@@ -148,6 +148,17 @@ impl Redis {
                 ),
             ));
         }
+        if let Some(wait) = self.options.wait_for_replicas
+            && (wait.replicas == 0 || wait.timeout < Duration::from_millis(1))
+        {
+            return Err(BackendError::new(
+                "redis",
+                format!(
+                    "wait_for_replicas asks {} replicas within {:?}: ask at least 1 replica and at least 1 ms (or set it to None)",
+                    wait.replicas, wait.timeout
+                ),
+            ));
+        }
         if config.name.is_empty() || config.name.contains(':') {
             return Err(BackendError::new(
                 "redis",
@@ -257,6 +268,63 @@ pub struct RedisOptions {
     /// the system's roots.
     #[cfg(feature = "tls")]
     pub tls_root_certificate: Option<Vec<u8>>,
+    /// Durability across a failover (Sentinel, or a replica promoted by hand): after each add
+    /// and each finish, wait until this many replicas have the write (`WAIT`). Default `None`:
+    /// Redis replicates asynchronously, so a failover can lose the last writes the master
+    /// acknowledged: a task added then is gone, and a finished one runs again. See
+    /// [`WaitForReplicas`] for what each side is told when the replicas are late.
+    pub wait_for_replicas: Option<WaitForReplicas>,
+}
+
+/// How many replicas must have an add or a finish before it counts as done, and how long to
+/// wait for them ([`RedisOptions::wait_for_replicas`]).
+///
+/// An add whose replicas are late fails (`adding task ... failed: ... reached 0 of 1
+/// replicas`), though the master has it and a worker may run it: add it again under the same
+/// uuid ([`TaskCall::uuid`](qtasks_core::TaskCall::uuid)) to be sure, which adds nothing if it
+/// is there. A finish whose replicas are late is logged as a warning, and the worker goes on:
+/// the outcome is stored on the master, and only a failover before the replicas catch up would
+/// lose it (the task would then run again). `WAIT` holds the connection it is sent on, so every
+/// command of the app's process waits behind it: its cost is measured in BENCHMARKS.md.
+///
+/// ```
+/// use std::time::Duration;
+/// use qtasks::redis::{RedisOptions, WaitForReplicas};
+///
+/// let options = RedisOptions {
+///     wait_for_replicas: Some(WaitForReplicas { replicas: 1, timeout: Duration::from_millis(500) }),
+///     ..Default::default()
+/// };
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitForReplicas {
+    /// How many replicas must acknowledge the write: at least 1.
+    pub replicas: u32,
+    /// How long to wait for them: at least 1 ms (`WAIT`'s 0 would wait for ever).
+    pub timeout: Duration,
+}
+
+impl WaitForReplicas {
+    /// Sends `WAIT` on `con`: the replicas that acknowledged every write sent on it so far.
+    /// `Ok(None)` when enough did; `Ok(Some(why))` says how many did not, for `what`.
+    pub(crate) async fn wait(
+        &self,
+        con: &mut ConnectionManager,
+        what: &str,
+    ) -> redis::RedisResult<Option<String>> {
+        let timeout_ms = self.timeout.as_millis().clamp(1, u128::from(u32::MAX));
+        let acknowledged: i64 = redis::cmd("WAIT")
+            .arg(self.replicas)
+            .arg(timeout_ms.to_string())
+            .query_async(con)
+            .await?;
+        Ok((acknowledged < i64::from(self.replicas)).then(|| {
+            format!(
+                "{what} reached {acknowledged} of {} replicas within {timeout_ms} ms (wait_for_replicas): the master has it, and a failover before the replicas catch up would lose it",
+                self.replicas
+            )
+        }))
+    }
 }
 
 impl RedisOptions {
@@ -276,6 +344,7 @@ impl Default for RedisOptions {
             records_index: true,
             #[cfg(feature = "tls")]
             tls_root_certificate: None,
+            wait_for_replicas: None,
         }
     }
 }
@@ -438,6 +507,31 @@ struct Parts {
     global_config: RedisGlobalConfig,
 }
 
+/// Says so when the server may evict keys under memory pressure: a queued entry, a lease or a
+/// record could then vanish, and a task with it. Only `noeviction` (Redis's default) keeps
+/// them; with it a full Redis refuses writes instead, which qtasks reports and retries. A
+/// server that refuses `CONFIG` (a managed Redis renames it) is not judged.
+async fn warn_if_keys_may_be_evicted(commands: &ConnectionManager, shown: &str) {
+    let mut con = commands.clone();
+    let mut command = redis::cmd("CONFIG");
+    command.arg("GET").arg("maxmemory-policy");
+    let asked = command.query_async::<Vec<String>>(&mut con);
+    match tokio::time::timeout(Duration::from_secs(2), asked).await {
+        Ok(Ok(answer)) => match answer.get(1).map(String::as_str) {
+            Some("noeviction") | None => {}
+            Some(policy) => tracing::warn!(
+                redis = %shown,
+                policy,
+                "Redis at {shown} evicts keys when its memory is full (maxmemory-policy {policy}): a queued task, a lease or a record may vanish with them; set `maxmemory-policy noeviction` (a full Redis then refuses writes, which qtasks reports and retries)"
+            ),
+        },
+        Ok(Err(error)) => {
+            tracing::debug!(redis = %shown, "could not read maxmemory-policy: {error}");
+        }
+        Err(_) => tracing::debug!(redis = %shown, "reading maxmemory-policy timed out"),
+    }
+}
+
 /// Connects the broker, storage and global config of the app named `prefix`.
 /// `fallback_check` is how often a waiter looks at a record that no message announces.
 async fn connect_parts(
@@ -461,6 +555,7 @@ async fn connect_parts(
     let commands = connect(options.response_timeout)
         .await
         .map_err(unreachable)?;
+    warn_if_keys_may_be_evicted(&commands, &shown).await;
     // Blocking waits need a connection of their own, with room for the longest wait.
     let blocking = connect(broker::idle_wait(options) + options.response_timeout)
         .await

@@ -202,7 +202,6 @@ impl QueueTasks {
                 unique: options.unique,
                 rate_key: options.rate_key,
                 workflow: options.workflow,
-                target: None,
             },
         )
         .await
@@ -214,8 +213,8 @@ impl QueueTasks {
     /// `chunks` and Sidekiq's `push_bulk` serve. The task's typed handle has the same with the
     /// argument types checked: `my_task::add_many(&app, [(1,), (2,)])`.
     ///
-    /// The tasks are queued in the order of the calls (unless a plugin hook that runs before
-    /// the broker's add holds some of them back). The first call that cannot be added (an
+    /// The tasks are queued in the order of the calls, within each queue, on an engine that
+    /// keeps an order (memory, Redis, PostgreSQL). The first call that cannot be added (an
     /// argument that does not encode, a broker that cannot be reached) fails the whole call;
     /// some of the others may have been added by then.
     ///
@@ -265,21 +264,39 @@ impl QueueTasks {
         Ok(prepared)
     }
 
-    /// Stores prepared tasks in their order: each run of plain ones with one
-    /// [`Broker::add_many`](crate::backend::Broker::add_many), a unique one alone (it may
-    /// find its key held); then each one's after-add triggers.
+    /// Stores prepared tasks in their order, a run at a time: each run of plain ones with one
+    /// [`Broker::add_many`](crate::backend::Broker::add_many); each run of unique ones with
+    /// different keys at once (each may find its key held), a key met again waiting for the
+    /// run before it; then each one's after-add triggers.
     async fn store_many(&self, prepared: Vec<Prepared>) -> Result<Vec<TaskHandle>> {
         let mut handles = Vec::with_capacity(prepared.len());
-        let mut plain: Vec<QueuedTask> = Vec::new();
-        for Prepared { task, unique } in prepared {
-            if unique.is_none() {
-                plain.push(task);
-                continue;
+        let mut rest = prepared.into_iter().peekable();
+        while let Some(first) = rest.peek() {
+            if first.unique.is_none() {
+                let mut plain = Vec::new();
+                while let Some(next) = rest.next_if(|p| p.unique.is_none()) {
+                    plain.push(next.task);
+                }
+                handles.extend(self.store_plain(plain).await?);
+            } else {
+                let mut keys = std::collections::HashSet::new();
+                let mut run = Vec::new();
+                while let Some(next) = rest.next_if(|p| {
+                    p.unique
+                        .as_ref()
+                        .is_some_and(|unique| keys.insert(unique.key.clone()))
+                }) {
+                    run.push(next);
+                }
+                let stored = futures_util::future::join_all(
+                    run.into_iter().map(|prepared| self.store(prepared, None)),
+                )
+                .await;
+                for handle in stored {
+                    handles.push(handle?);
+                }
             }
-            handles.extend(self.store_plain(std::mem::take(&mut plain)).await?);
-            handles.push(self.store(Prepared { task, unique }, None).await?);
         }
-        handles.extend(self.store_plain(plain).await?);
         Ok(handles)
     }
 
@@ -328,13 +345,12 @@ impl QueueTasks {
         args: Vec<Value>,
         kwargs: Map<String, Value>,
         definition: Option<&'static TaskDefinition>,
-        mut placement: Placement<'_>,
+        placement: Placement,
     ) -> Result<TaskHandle> {
-        let target = placement.target.take();
         let prepared = self
             .prepare(task_name, priority, args, kwargs, definition, placement)
             .await?;
-        self.store(prepared, target).await
+        self.store(prepared, None).await
     }
 
     /// Every step of an add before the store: the task made, checked, and changed by the
@@ -347,7 +363,7 @@ impl QueueTasks {
         args: Vec<Value>,
         kwargs: Map<String, Value>,
         definition: Option<&'static TaskDefinition>,
-        placement: Placement<'_>,
+        placement: Placement,
     ) -> Result<Prepared> {
         let Placement {
             run_at,
@@ -360,7 +376,6 @@ impl QueueTasks {
             unique,
             rate_key,
             workflow,
-            target: _,
         } = placement;
         if let Some(key) = &rate_key {
             crate::limits::check_rate_key(key).map_err(|reason| Error::InvalidArguments {
@@ -856,7 +871,7 @@ impl AddOptions {
 
 /// Where a new task goes: when it may run (now if `None`) and its id (a new one if `None`).
 #[derive(Default)]
-pub(super) struct Placement<'t> {
+pub(super) struct Placement {
     pub(super) run_at: Option<f64>,
     pub(super) uuid: Option<Uuid>,
     pub(super) group: Option<Uuid>,
@@ -874,8 +889,6 @@ pub(super) struct Placement<'t> {
     pub(super) rate_key: Option<String>,
     /// The workflow step the task is.
     pub(crate) workflow: Option<String>,
-    /// Where the task is written instead of the app's broker (a caller's transaction).
-    pub(super) target: Option<&'t mut dyn crate::backend::AddTarget>,
 }
 
 /// A time as Unix seconds (the clock of `run_at` and records).

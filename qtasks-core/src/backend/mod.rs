@@ -483,16 +483,19 @@ pub trait Broker: Lifecycle {
     /// Stores the new task's record (status `new`) and queues it.
     async fn add(&self, task: QueuedTask) -> Result<(), BackendError>;
 
-    /// Adds several new tasks (none with a unique key), queued in their order, as
-    /// [`add`](Self::add) each: [`QueueTasks::add_many`](crate::QueueTasks::add_many) hands a
-    /// chunk of its calls here. An engine that can write a batch in one round trip does so
-    /// (Redis: one script call per 512); the default asks [`add`](Self::add) for each at once,
-    /// in order, so that an engine batching concurrent adds (PostgreSQL) still batches them.
-    /// The first failure fails the call; some of the tasks may have been added by then.
+    /// Adds several new tasks (none with a unique key), as [`add`](Self::add) each, in their
+    /// order within each queue where the engine keeps one:
+    /// [`QueueTasks::add_many`](crate::QueueTasks::add_many) hands a chunk of its calls here.
+    /// An engine that can write a batch in one round trip does so (Redis: one script call per
+    /// 512 tasks of a queue); the default asks [`add`](Self::add) for each at once, in order,
+    /// so that an engine batching concurrent adds (PostgreSQL) still batches them. Every add
+    /// runs to its end (none is dropped half way); the first failure is the answer, and the
+    /// other tasks may have been added.
     async fn add_many(&self, tasks: &[QueuedTask]) -> Result<(), BackendError> {
-        futures_util::future::try_join_all(tasks.iter().map(|task| self.add(task.clone())))
+        futures_util::future::join_all(tasks.iter().map(|task| self.add(task.clone())))
             .await
-            .map(drop)
+            .into_iter()
+            .collect()
     }
 
     /// Takes up to `max` tasks in one go, the lowest priority number first and FIFO among

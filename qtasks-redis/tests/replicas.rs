@@ -1,0 +1,279 @@
+//! Durability across a failover: `RedisOptions::wait_for_replicas` on a master and a replica of
+//! the test's own (their own ports, never the shared Redis), and the warning for a Redis that
+//! may evict keys.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use qtasks::redis::{RedisOptions, WaitForReplicas};
+use qtasks::{QueueConfig, QueueTasks, TaskStatus};
+use qtasks_test_support::scratch::scratch_dir;
+use qtasks_test_support::{OwnRedis, free_port, redis_url, unique_prefix};
+use redis::AsyncCommands;
+
+#[qtasks::task]
+async fn replicated(n: u64) -> u64 {
+    n + 1
+}
+
+/// A replica of `master`, on a port of its own; killed when dropped.
+struct Replica {
+    port: u16,
+    child: Child,
+}
+
+impl Replica {
+    fn start(master: &OwnRedis) -> Replica {
+        let port = free_port();
+        let dir = scratch_dir("replica");
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .args(["--replicaof", "127.0.0.1", &master.port.to_string()])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        Replica { port, child }
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn connection(port: u16) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// Waits until the replica has synced with its master.
+async fn until_in_sync(replica: &Replica) {
+    let started = Instant::now();
+    let client = redis::Client::open(format!("redis://127.0.0.1:{}/", replica.port)).unwrap();
+    loop {
+        // The replica may not listen yet.
+        let info: String = match client.get_multiplexed_async_connection().await {
+            Ok(mut con) => redis::cmd("INFO")
+                .arg("replication")
+                .query_async(&mut con)
+                .await
+                .unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if info.contains("master_link_status:up") {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the replica never synced: {info}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn app_on(master: &OwnRedis, name: &str, wait: Option<WaitForReplicas>) -> QueueTasks {
+    let config = QueueConfig {
+        name: name.to_owned(),
+        max_tasks_process: 4,
+        ..QueueConfig::default()
+    };
+    let options = RedisOptions {
+        wait_for_replicas: wait,
+        ..RedisOptions::default()
+    };
+    qtasks::redis::connect_with(&master.url(), config, options)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
+async fn adds_and_finishes_wait_for_the_replica_and_a_late_one_fails_the_add() {
+    if redis_url("wait_for_replicas").is_none() {
+        return;
+    }
+    let master = OwnRedis::start("replicated-master", false);
+    let replica = Replica::start(&master);
+    until_in_sync(&replica).await;
+    let name = unique_prefix("replicated");
+    let wait = WaitForReplicas {
+        replicas: 1,
+        timeout: Duration::from_millis(300),
+    };
+    let app = app_on(&master, &name, Some(wait)).await;
+    let mut on_replica = connection(replica.port).await;
+
+    // An add that returned is on the replica already, with its queue entry.
+    let handle = replicated::add_task(&app, 1).await.unwrap();
+    let status: Option<String> = on_replica
+        .hget(format!("{name}:{}", handle.uuid()), "status")
+        .await
+        .unwrap();
+    assert_eq!(status.as_deref(), Some("new"));
+    let queued: Vec<String> = on_replica
+        .lrange(format!("{name}:task_queue"), 0, -1)
+        .await
+        .unwrap();
+    assert_eq!(queued.len(), 1, "{queued:?}");
+    // Bulk adds too.
+    let many = replicated::add_many(&app, (10..20).map(|n| (n,)))
+        .await
+        .unwrap();
+    let last: Option<String> = on_replica
+        .hget(format!("{name}:{}", many[9].uuid()), "status")
+        .await
+        .unwrap();
+    assert_eq!(last.as_deref(), Some("new"));
+
+    // A finish the worker made is on the replica once the worker stopped (a stop waits for
+    // the finishes, and each finish for the replica).
+    app.start().await.unwrap();
+    assert_eq!(handle.result(Duration::from_secs(10)).await.unwrap(), 2);
+    for handle in &many {
+        handle.result(Duration::from_secs(10)).await.unwrap();
+    }
+    app.stop().await.unwrap();
+    let status: Option<String> = on_replica
+        .hget(format!("{name}:{}", handle.uuid()), "status")
+        .await
+        .unwrap();
+    assert_eq!(status.as_deref(), Some("success"));
+
+    // The replica stalls: an add fails after the timeout, saying why, though the master has
+    // it; added again under its uuid once the replica is back, it is there once.
+    replica.signal("STOP");
+    let uuid = qtasks::Uuid::new_v4();
+    let started = Instant::now();
+    let error = replicated::call(7)
+        .uuid(uuid)
+        .add(&app)
+        .await
+        .expect_err("no replica acknowledges the add");
+    let message = qtasks::backend::ErrorChain(&error).to_string();
+    assert!(
+        message.contains("reached 0 of 1 replicas within 300 ms"),
+        "{message}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    let on_master = app.get(uuid).await.unwrap().expect("the master has it");
+    assert_eq!(on_master.status, TaskStatus::New);
+    replica.signal("CONT");
+    replicated::call(7).uuid(uuid).add(&app).await.unwrap();
+    let mut master_con = connection(master.port).await;
+    // Queued once: in the list, or moved on by the stopped worker's last blocking read
+    // (`incoming`, which the next take reads first).
+    let mut queued: Vec<String> = master_con
+        .lrange(format!("{name}:task_queue"), 0, -1)
+        .await
+        .unwrap();
+    let parked: Vec<String> = master_con
+        .lrange(format!("{name}:qtasks:incoming"), 0, -1)
+        .await
+        .unwrap();
+    queued.extend(parked);
+    assert_eq!(
+        queued
+            .iter()
+            .filter(|entry| entry.contains(&uuid.to_string()))
+            .count(),
+        1,
+        "{queued:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
+async fn wait_for_replicas_of_zero_is_refused_at_connect() {
+    if redis_url("wait_for_replicas refused").is_none() {
+        return;
+    }
+    let master = OwnRedis::start("replicas-refused", false);
+    let config = QueueConfig {
+        name: unique_prefix("refused"),
+        ..QueueConfig::default()
+    };
+    let options = RedisOptions {
+        wait_for_replicas: Some(WaitForReplicas {
+            replicas: 0,
+            timeout: Duration::from_secs(1),
+        }),
+        ..RedisOptions::default()
+    };
+    let error = qtasks::redis::connect_with(&master.url(), config, options)
+        .await
+        .expect_err("0 replicas is refused");
+    assert!(
+        error.to_string().contains("ask at least 1 replica"),
+        "{error}"
+    );
+}
+
+/// Collects what the `tracing` subscriber writes.
+#[derive(Clone, Default)]
+struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+// Current-thread runtime: the connect runs on this thread, under this thread's subscriber.
+#[tokio::test(flavor = "current_thread")]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
+async fn a_redis_that_may_evict_keys_is_named_at_connect() {
+    if redis_url("maxmemory-policy warning").is_none() {
+        return;
+    }
+    let logs = CapturedLogs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let redis = OwnRedis::start("evicting", false);
+    let _quiet = app_on(&redis, &unique_prefix("noeviction"), None).await;
+    let said = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        !said.contains("maxmemory-policy"),
+        "the default says nothing: {said}"
+    );
+    let mut con = connection(redis.port).await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("allkeys-lru")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let _warned = app_on(&redis, &unique_prefix("evicting"), None).await;
+    let said = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        said.contains("WARN") && said.contains("maxmemory-policy allkeys-lru"),
+        "{said}"
+    );
+    assert!(said.contains("set `maxmemory-policy noeviction`"), "{said}");
+}
