@@ -292,32 +292,78 @@ fn writer(
                     call.arg(arg);
                 }
             }
-            let answers = match call.query_async::<Vec<redis::Value>>(&mut con).await {
-                Err(error)
-                    if error.kind()
-                        == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                {
-                    redis::cmd("SCRIPT")
-                        .arg("LOAD")
-                        .arg(code)
-                        .query_async::<()>(&mut con)
-                        .await?;
-                    call.query_async(&mut con).await
-                }
-                answer => answer,
-            }?;
-            // On the same connection, so `WAIT` covers this call's writes.
-            if let Some(replicas) = replicas
-                && let Some(late) = replicas.wait.wait(&mut con, replicas.what).await?
+            let Some(replicas) = replicas else {
+                return match call.query_async::<Vec<redis::Value>>(&mut con).await {
+                    Err(error) if is_no_script(&error) => {
+                        load(code, &mut con).await?;
+                        call.query_async(&mut con).await
+                    }
+                    answer => answer,
+                };
+            };
+            // The call and its `WAIT` in one pipeline on one connection: a connection that
+            // drops fails both, so a `WAIT` never answers for writes it did not follow.
+            let mut sent = call_then_wait(&call, &replicas.wait, &mut con).await?;
+            if let [redis::Value::ServerError(error), _] = sent.as_slice()
+                && error.kind() == Some(redis::ServerErrorKind::NoScript)
             {
+                load(code, &mut con).await?;
+                sent = call_then_wait(&call, &replicas.wait, &mut con).await?;
+            }
+            let mut sent = sent.into_iter();
+            let (Some(answers), Some(waited)) = (sent.next(), sent.next()) else {
+                return Err(batch_failed(
+                    "the call and its WAIT answered short".to_owned(),
+                ));
+            };
+            let answers = match answers {
+                redis::Value::ServerError(error) => return Err(error.into()),
+                answers => <Vec<redis::Value> as redis::FromRedisValue>::from_redis_value(answers)?,
+            };
+            let late = match waited {
+                redis::Value::Int(acknowledged) => replicas.wait.late(acknowledged, replicas.what),
+                redis::Value::ServerError(error) => Some(format!(
+                    "{} was written, but WAIT failed: {error}",
+                    replicas.what
+                )),
+                other => Some(format!("{}: WAIT answered {other:?}", replicas.what)),
+            };
+            if let Some(late) = late {
                 if replicas.late_fails {
                     return Err(batch_failed(late));
                 }
+                // The outcome is stored; failing the finish would not make the replicas faster.
                 tracing::warn!(writes = parts.len(), "{late}");
             }
             Ok(answers)
         })
     })
+}
+
+fn is_no_script(error: &redis::RedisError) -> bool {
+    error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+}
+
+/// Sends a script to a server that does not know it (restarted, flushed).
+async fn load(code: &str, con: &mut ConnectionManager) -> redis::RedisResult<()> {
+    redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(code)
+        .query_async::<()>(con)
+        .await
+}
+
+/// `call`, then `WAIT` for the replicas, in one pipeline: both answers, errors included.
+async fn call_then_wait(
+    call: &redis::Cmd,
+    wait: &crate::WaitForReplicas,
+    con: &mut ConnectionManager,
+) -> redis::RedisResult<Vec<redis::Value>> {
+    let mut pipeline = redis::pipe();
+    pipeline.ignore_errors();
+    pipeline.add_command(call.clone());
+    pipeline.add_command(wait.command());
+    pipeline.query_async(con).await
 }
 
 fn batch_failed(reason: String) -> redis::RedisError {

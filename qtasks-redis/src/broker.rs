@@ -182,6 +182,8 @@ fn member_uuid(member: &str) -> Option<Uuid> {
 pub(crate) struct RedisBroker {
     keys: Keys,
     commands: ConnectionManager,
+    /// The connection of the writes that wait for replicas (`commands` when none do).
+    writes: ConnectionManager,
     blocking: ConnectionManager,
     options: RedisOptions,
     take: Script,
@@ -207,20 +209,38 @@ pub(crate) struct RedisBroker {
     location: String,
 }
 
+/// The broker's connections to Redis.
+pub(super) struct Connections {
+    /// Every command but the blocking waits (and the waited writes, when there are).
+    pub(super) commands: ConnectionManager,
+    /// The blocking waits of an idle worker, with room for the longest.
+    pub(super) blocking: ConnectionManager,
+    /// The writes that wait for replicas, when `RedisOptions::wait_for_replicas` is set.
+    pub(super) waited: Option<ConnectionManager>,
+}
+
 impl RedisBroker {
     pub(super) fn new(
         keys: Keys,
-        commands: ConnectionManager,
-        blocking: ConnectionManager,
+        connections: Connections,
         options: RedisOptions,
         cancels: broadcast::Sender<CancelRequest>,
         added: Arc<crate::Announcements>,
         location: String,
     ) -> Self {
+        let Connections {
+            commands,
+            blocking,
+            waited,
+        } = connections;
         let ttl_ms = result_ttl_ms(&options);
         let replicas = options.wait_for_replicas;
+        // Writes that wait for replicas go on a connection of their own: a `WAIT` holds its
+        // connection, and renewals and takes must not queue behind it.
+        let writes = waited.unwrap_or_else(|| commands.clone());
         RedisBroker {
-            commands: commands.clone(),
+            writes: writes.clone(),
+            commands,
             blocking,
             options,
             take: Script::new(scripts::TAKE),
@@ -229,7 +249,7 @@ impl RedisBroker {
             requeue: Script::new(scripts::REQUEUE_EXPIRED),
             finishes: Batcher::new(
                 scripts::FINISH,
-                commands.clone(),
+                writes.clone(),
                 vec![
                     keys.leases.clone(),
                     keys.stats.clone(),
@@ -243,7 +263,7 @@ impl RedisBroker {
                     what: "the finish",
                 }),
             ),
-            adds: add_batcher(&keys, None, commands, replicas),
+            adds: add_batcher(&keys, None, writes, replicas),
             named_adds: Mutex::default(),
             added,
             keys,
@@ -705,7 +725,7 @@ impl RedisBroker {
         let batcher = Arc::new(add_batcher(
             &self.keys,
             Some(queue),
-            self.commands.clone(),
+            self.writes.clone(),
             self.options.wait_for_replicas,
         ));
         Ok(Arc::clone(
@@ -1181,7 +1201,7 @@ impl Broker for RedisBroker {
         let fields = queued_record_fields(&task, self.keys.records_index.is_some());
         let delay = delay_ms(&task, unix_now());
         let script = Script::new(scripts::UNIQUE_ADD);
-        let holder = crate::unique_add(&self.keys, &self.commands, unique, |lock, holder| {
+        let holder = crate::unique_add(&self.keys, &self.writes, unique, |lock, holder| {
             let mut invocation = script.key(&lock);
             invocation
                 .key(holder.map_or_else(|| lock.clone(), |holder| self.keys.record(holder)))
@@ -1207,14 +1227,20 @@ impl Broker for RedisBroker {
                 .arg(queue_entry(&task))
                 .arg(delay.map_or_else(String::new, |ms| ms.to_string()))
                 .arg(qtasks_core::records::secs_to_ms(task.created_at));
-            let mut con = self.commands.clone();
+            let mut con = self.writes.clone();
             async move { invocation.invoke_async::<String>(&mut con).await }
         })
         .await?;
         if holder.is_none() {
             self.release_when_due(&task);
+        }
+        // Also when the key's holder answered (perhaps this very task, added before by a call
+        // whose replicas were late): the caller is told the task is safe only once it is.
+        // (A separate command: were the connection to drop between the script and this, the
+        // new connection's `WAIT` would have nothing to wait for; see RELIABILITY.md.)
+        {
             if let Some(wait) = self.options.wait_for_replicas {
-                let mut con = self.commands.clone();
+                let mut con = self.writes.clone();
                 let late = wait
                     .wait(&mut con, "the add")
                     .await

@@ -149,13 +149,15 @@ impl Redis {
             ));
         }
         if let Some(wait) = self.options.wait_for_replicas
-            && (wait.replicas == 0 || wait.timeout < Duration::from_millis(1))
+            && (wait.replicas == 0
+                || wait.timeout < Duration::from_millis(1)
+                || wait.timeout >= self.options.response_timeout)
         {
             return Err(BackendError::new(
                 "redis",
                 format!(
-                    "wait_for_replicas asks {} replicas within {:?}: ask at least 1 replica and at least 1 ms (or set it to None)",
-                    wait.replicas, wait.timeout
+                    "wait_for_replicas asks {} replicas within {:?}: ask at least 1 replica, within at least 1 ms and less than response_timeout ({:?}, or the connection gives up on the WAIT first)",
+                    wait.replicas, wait.timeout, self.options.response_timeout
                 ),
             ));
         }
@@ -198,6 +200,12 @@ impl RecordStoreConnector for Redis {
         &self,
         config: &QueueConfig,
     ) -> Result<(Arc<dyn RecordStore>, Arc<dyn GlobalConfig>), BackendError> {
+        if self.options.wait_for_replicas.is_some() {
+            return Err(BackendError::new(
+                "redis",
+                "wait_for_replicas applies to the writes of the Redis broker; the records Redis keeps for another broker (RabbitMQ) do not wait for replicas yet: leave it None here",
+            ));
+        }
         let parts = self.connect_concrete(config).await?;
         Ok((Arc::new(parts.storage), Arc::new(parts.global_config)))
     }
@@ -300,30 +308,45 @@ pub struct RedisOptions {
 pub struct WaitForReplicas {
     /// How many replicas must acknowledge the write: at least 1.
     pub replicas: u32,
-    /// How long to wait for them: at least 1 ms (`WAIT`'s 0 would wait for ever).
+    /// How long to wait for them: at least 1 ms (`WAIT`'s 0 would wait for ever), and less
+    /// than [`RedisOptions::response_timeout`].
     pub timeout: Duration,
 }
 
 impl WaitForReplicas {
-    /// Sends `WAIT` on `con`: the replicas that acknowledged every write sent on it so far.
-    /// `Ok(None)` when enough did; `Ok(Some(why))` says how many did not, for `what`.
+    /// `WAIT replicas timeout_ms`.
+    pub(crate) fn command(&self) -> redis::Cmd {
+        let mut command = redis::cmd("WAIT");
+        command
+            .arg(self.replicas)
+            .arg(self.timeout_ms().to_string());
+        command
+    }
+
+    fn timeout_ms(&self) -> u128 {
+        self.timeout.as_millis().clamp(1, u128::from(u32::MAX))
+    }
+
+    /// Why `acknowledged` replicas are too few for `what`; `None` when they are enough.
+    pub(crate) fn late(&self, acknowledged: i64, what: &str) -> Option<String> {
+        (acknowledged < i64::from(self.replicas)).then(|| {
+            format!(
+                "{what} reached {acknowledged} of {} replicas within {} ms (wait_for_replicas): the master has it, and a failover before the replicas catch up would lose it",
+                self.replicas,
+                self.timeout_ms()
+            )
+        })
+    }
+
+    /// Sends `WAIT` on `con`: `Ok(None)` when enough replicas acknowledged every write sent on
+    /// it so far, `Ok(Some(why))` when not.
     pub(crate) async fn wait(
         &self,
         con: &mut ConnectionManager,
         what: &str,
     ) -> redis::RedisResult<Option<String>> {
-        let timeout_ms = self.timeout.as_millis().clamp(1, u128::from(u32::MAX));
-        let acknowledged: i64 = redis::cmd("WAIT")
-            .arg(self.replicas)
-            .arg(timeout_ms.to_string())
-            .query_async(con)
-            .await?;
-        Ok((acknowledged < i64::from(self.replicas)).then(|| {
-            format!(
-                "{what} reached {acknowledged} of {} replicas within {timeout_ms} ms (wait_for_replicas): the master has it, and a failover before the replicas catch up would lose it",
-                self.replicas
-            )
-        }))
+        let acknowledged: i64 = self.command().query_async(con).await?;
+        Ok(self.late(acknowledged, what))
     }
 }
 
@@ -514,11 +537,13 @@ struct Parts {
 async fn warn_if_keys_may_be_evicted(commands: &ConnectionManager, shown: &str) {
     let mut con = commands.clone();
     let mut command = redis::cmd("CONFIG");
-    command.arg("GET").arg("maxmemory-policy");
-    let asked = command.query_async::<Vec<String>>(&mut con);
+    command.arg("GET").arg("maxmemory*");
+    let asked = command.query_async::<std::collections::HashMap<String, String>>(&mut con);
     match tokio::time::timeout(Duration::from_secs(2), asked).await {
-        Ok(Ok(answer)) => match answer.get(1).map(String::as_str) {
+        Ok(Ok(answer)) => match answer.get("maxmemory-policy").map(String::as_str) {
             Some("noeviction") | None => {}
+            // No memory limit: nothing is evicted.
+            Some(_) if answer.get("maxmemory").map(String::as_str) == Some("0") => {}
             Some(policy) => tracing::warn!(
                 redis = %shown,
                 policy,
@@ -560,6 +585,15 @@ async fn connect_parts(
     let blocking = connect(broker::idle_wait(options) + options.response_timeout)
         .await
         .map_err(unreachable)?;
+    // The writes that wait for replicas get a connection of their own (see `RedisBroker`).
+    let waited = match options.wait_for_replicas {
+        Some(_) => Some(
+            connect(options.response_timeout)
+                .await
+                .map_err(unreachable)?,
+        ),
+        None => None,
+    };
     let keys = Keys::new(prefix, options.records_index);
     // Cancel requests from other processes arrive on the storage's subscription.
     let (cancels, _) = tokio::sync::broadcast::channel(4096);
@@ -578,8 +612,11 @@ async fn connect_parts(
     let global_config = RedisGlobalConfig::new(keys.clone(), commands.clone());
     let broker = RedisBroker::new(
         keys,
-        commands,
-        blocking,
+        broker::Connections {
+            commands,
+            blocking,
+            waited,
+        },
         options.clone(),
         cancels,
         added,

@@ -156,6 +156,42 @@ async fn adds_and_finishes_wait_for_the_replica_and_a_late_one_fails_the_add() {
         .unwrap();
     assert_eq!(status.as_deref(), Some("success"));
 
+    // An add made while the replica is stopped returns only once it is back and has it.
+    replica.signal("STOP");
+    let waiting = tokio::spawn({
+        let app = app.clone();
+        async move {
+            let started = Instant::now();
+            let handle = replicated::add_task(&app, 3).await;
+            (handle, started.elapsed())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    replica.signal("CONT");
+    let (handle, took) = waiting.await.unwrap();
+    let late = handle.expect("the replica came back within the timeout");
+    assert!(took >= Duration::from_millis(120), "it waited: {took:?}");
+    let status: Option<String> = on_replica
+        .hget(format!("{name}:{}", late.uuid()), "status")
+        .await
+        .unwrap();
+    assert_eq!(status.as_deref(), Some("new"));
+
+    // A unique add waits too, and fails when the replica is late.
+    replica.signal("STOP");
+    let error = replicated::call(8)
+        .unique("only-one", Duration::from_secs(60))
+        .add(&app)
+        .await
+        .expect_err("no replica acknowledges the unique add");
+    assert!(
+        qtasks::backend::ErrorChain(&error)
+            .to_string()
+            .contains("reached 0 of 1 replicas"),
+        "{error}"
+    );
+    replica.signal("CONT");
+
     // The replica stalls: an add fails after the timeout, saying why, though the master has
     // it; added again under its uuid once the replica is back, it is there once.
     replica.signal("STOP");
@@ -200,7 +236,7 @@ async fn adds_and_finishes_wait_for_the_replica_and_a_late_one_fails_the_add() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
-async fn wait_for_replicas_of_zero_is_refused_at_connect() {
+async fn wait_for_replicas_that_cannot_work_is_refused_at_connect() {
     if redis_url("wait_for_replicas refused").is_none() {
         return;
     }
@@ -216,11 +252,43 @@ async fn wait_for_replicas_of_zero_is_refused_at_connect() {
         }),
         ..RedisOptions::default()
     };
-    let error = qtasks::redis::connect_with(&master.url(), config, options)
+    let error = qtasks::redis::connect_with(&master.url(), config.clone(), options)
         .await
         .expect_err("0 replicas is refused");
     assert!(
         error.to_string().contains("ask at least 1 replica"),
+        "{error}"
+    );
+    // A wait the connection would give up on first is refused too.
+    let options = RedisOptions {
+        wait_for_replicas: Some(WaitForReplicas {
+            replicas: 1,
+            timeout: Duration::from_secs(10),
+        }),
+        ..RedisOptions::default()
+    };
+    let error = qtasks::redis::connect_with(&master.url(), config.clone(), options)
+        .await
+        .expect_err("a wait as long as the response timeout is refused");
+    assert!(
+        error.to_string().contains("less than response_timeout"),
+        "{error}"
+    );
+    // Redis keeping the records of another broker (RabbitMQ) does not wait: refused, saying so.
+    let options = RedisOptions {
+        wait_for_replicas: Some(WaitForReplicas {
+            replicas: 1,
+            timeout: Duration::from_secs(1),
+        }),
+        ..RedisOptions::default()
+    };
+    let records = qtasks::redis::Redis::new(master.url()).options(options);
+    let error = qtasks::backend::RecordStoreConnector::connect_records(&records, &config)
+        .await
+        .err()
+        .expect("the pairing is refused");
+    assert!(
+        error.to_string().contains("do not wait for replicas yet"),
         "{error}"
     );
 }
@@ -262,13 +330,23 @@ async fn a_redis_that_may_evict_keys_is_named_at_connect() {
         "the default says nothing: {said}"
     );
     let mut con = connection(redis.port).await;
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory-policy")
-        .arg("allkeys-lru")
+    let set = |name: &str, value: &str| {
+        let mut command = redis::cmd("CONFIG");
+        command.arg("SET").arg(name).arg(value);
+        command
+    };
+    // An evicting policy without a memory limit evicts nothing: still quiet.
+    let _: () = set("maxmemory-policy", "allkeys-lru")
         .query_async(&mut con)
         .await
         .unwrap();
+    let _unlimited = app_on(&redis, &unique_prefix("unlimited"), None).await;
+    let said = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        !said.contains("maxmemory-policy"),
+        "no limit, no eviction: {said}"
+    );
+    let _: () = set("maxmemory", "1gb").query_async(&mut con).await.unwrap();
     let _warned = app_on(&redis, &unique_prefix("evicting"), None).await;
     let said = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
     assert!(

@@ -24,6 +24,11 @@ use crate::{
 /// bound the memory of a long iterator.
 const ADD_MANY_CHUNK: usize = 512;
 
+/// How many unique adds of one [`QueueTasks::add_many`] are under way at once: each is a
+/// round trip or two of its own (a check of the key, then the add), and on PostgreSQL a
+/// transaction that holds a pooled connection.
+const UNIQUE_ADDS_AT_ONCE: usize = 16;
+
 /// A task made from a call and ready to store: its unique key, if it has one, decided.
 pub(crate) struct Prepared {
     task: QueuedTask,
@@ -214,7 +219,8 @@ impl QueueTasks {
     /// argument types checked: `my_task::add_many(&app, [(1,), (2,)])`.
     ///
     /// The tasks are queued in the order of the calls, within each queue, on an engine that
-    /// keeps an order (memory, Redis, PostgreSQL). The first call that cannot be added (an
+    /// keeps an order (memory, Redis, PostgreSQL); unique calls next to each other may be
+    /// queued in another order among themselves (they are added a few at once). The first call that cannot be added (an
     /// argument that does not encode, a broker that cannot be reached) fails the whole call;
     /// some of the others may have been added by then.
     ///
@@ -266,9 +272,12 @@ impl QueueTasks {
 
     /// Stores prepared tasks in their order, a run at a time: each run of plain ones with one
     /// [`Broker::add_many`](crate::backend::Broker::add_many); each run of unique ones with
-    /// different keys at once (each may find its key held), a key met again waiting for the
-    /// run before it; then each one's after-add triggers.
+    /// different keys and uuids [`UNIQUE_ADDS_AT_ONCE`] at a time (each may find its key held),
+    /// a key or uuid met again waiting for the run before it; then each one's after-add
+    /// triggers.
     async fn store_many(&self, prepared: Vec<Prepared>) -> Result<Vec<TaskHandle>> {
+        use futures_util::StreamExt;
+        use std::collections::HashSet;
         let mut handles = Vec::with_capacity(prepared.len());
         let mut rest = prepared.into_iter().peekable();
         while let Some(first) = rest.peek() {
@@ -279,19 +288,25 @@ impl QueueTasks {
                 }
                 handles.extend(self.store_plain(plain).await?);
             } else {
-                let mut keys = std::collections::HashSet::new();
+                // A key or a uuid met again waits for the run before it.
+                let (mut keys, mut uuids) = (HashSet::new(), HashSet::new());
                 let mut run = Vec::new();
                 while let Some(next) = rest.next_if(|p| {
-                    p.unique
-                        .as_ref()
-                        .is_some_and(|unique| keys.insert(unique.key.clone()))
+                    p.unique.as_ref().is_some_and(|unique| {
+                        !keys.contains(&unique.key) && !uuids.contains(&p.task.uuid)
+                    })
                 }) {
+                    if let Some(unique) = &next.unique {
+                        keys.insert(unique.key.clone());
+                    }
+                    uuids.insert(next.task.uuid);
                     run.push(next);
                 }
-                let stored = futures_util::future::join_all(
-                    run.into_iter().map(|prepared| self.store(prepared, None)),
-                )
-                .await;
+                let stored: Vec<Result<TaskHandle>> = futures_util::stream::iter(run)
+                    .map(|prepared| self.store(prepared, None))
+                    .buffered(UNIQUE_ADDS_AT_ONCE)
+                    .collect()
+                    .await;
                 for handle in stored {
                     handles.push(handle?);
                 }
