@@ -4,7 +4,6 @@
 //! answers only for the task it is about and each test uses its own task.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use qtasks::plugin::BoxError;
@@ -241,31 +240,10 @@ fn handler_after_the_panicking_one(event: &TaskExecutorRunTaskTriggerError<'_>) 
     (event.task.name() == "panicky_plugin_task").then(|| json!("still handled"))
 }
 
-/// Collects what the `tracing` subscriber writes.
-#[derive(Clone, Default)]
-struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for CapturedLogs {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 // Current-thread runtime: the worker runs on this thread, under this thread's subscriber.
 #[tokio::test(flavor = "current_thread")]
 async fn a_panicking_handler_is_logged_with_its_name_and_does_not_stop_the_others() {
-    let logs = CapturedLogs::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let logs = qtasks_test_support::CapturedLogs::start();
 
     let app = QueueTasks::new();
     app.start().await.unwrap();
@@ -281,7 +259,7 @@ async fn a_panicking_handler_is_logged_with_its_name_and_does_not_stop_the_other
     }
     app.stop().await.unwrap();
 
-    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let logs = logs.text();
     let reports: Vec<&str> = logs
         .lines()
         .filter(|line| line.contains("plugin handler failed"))

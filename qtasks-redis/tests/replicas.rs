@@ -3,7 +3,6 @@
 //! may evict keys.
 
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use qtasks::redis::{RedisOptions, WaitForReplicas};
@@ -293,21 +292,6 @@ async fn wait_for_replicas_that_cannot_work_is_refused_at_connect() {
     );
 }
 
-/// Collects what the `tracing` subscriber writes.
-#[derive(Clone, Default)]
-struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for CapturedLogs {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 // Current-thread runtime: the connect runs on this thread, under this thread's subscriber.
 #[tokio::test(flavor = "current_thread")]
 #[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
@@ -315,16 +299,10 @@ async fn a_redis_that_may_evict_keys_is_named_at_connect() {
     if redis_url("maxmemory-policy warning").is_none() {
         return;
     }
-    let logs = CapturedLogs::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let logs = qtasks_test_support::CapturedLogs::start();
     let redis = OwnRedis::start("evicting", false);
     let _quiet = app_on(&redis, &unique_prefix("noeviction"), None).await;
-    let said = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let said = logs.text();
     assert!(
         !said.contains("maxmemory-policy"),
         "the default says nothing: {said}"
@@ -341,14 +319,14 @@ async fn a_redis_that_may_evict_keys_is_named_at_connect() {
         .await
         .unwrap();
     let _unlimited = app_on(&redis, &unique_prefix("unlimited"), None).await;
-    let said = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let said = logs.text();
     assert!(
         !said.contains("maxmemory-policy"),
         "no limit, no eviction: {said}"
     );
     let _: () = set("maxmemory", "1gb").query_async(&mut con).await.unwrap();
     let _warned = app_on(&redis, &unique_prefix("evicting"), None).await;
-    let said = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let said = logs.text();
     assert!(
         said.contains("WARN") && said.contains("maxmemory-policy allkeys-lru"),
         "{said}"

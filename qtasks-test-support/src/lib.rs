@@ -16,6 +16,7 @@
 pub mod amqp;
 pub mod flow;
 pub mod grpc;
+pub mod logs;
 mod own_postgres;
 mod own_rabbitmq;
 mod own_redis;
@@ -25,6 +26,7 @@ pub mod redis;
 pub mod scratch;
 pub mod services;
 
+pub use logs::CapturedLogs;
 pub use own_postgres::OwnPostgres;
 pub use own_rabbitmq::OwnRabbitMq;
 pub use own_redis::{OwnRedis, recorded_outcomes, resp_commands};
