@@ -97,14 +97,29 @@ impl Setup {
         }
     }
 
+    /// Drops the test's schema. A connection of a worker that is still going away (or an
+    /// app's maintenance) may hold a lock the drop needs, and PostgreSQL may then pick the drop
+    /// as a deadlock's victim: it is tried again, a few times.
     async fn drop_schema(&self) {
         let pool = PgPool::connect(&self.base_url).await.expect("connecting");
-        pool.execute(AssertSqlSafe(format!(
-            "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
-            self.schema
-        )))
-        .await
-        .expect("dropping the test's schema");
+        let mut tries = 0;
+        loop {
+            let dropped = pool
+                .execute(AssertSqlSafe(format!(
+                    "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
+                    self.schema
+                )))
+                .await;
+            match dropped {
+                Ok(_) => return,
+                Err(error) if tries < 5 => {
+                    tries += 1;
+                    eprintln!("dropping the test's schema failed ({error}); again in a moment");
+                    tokio::time::sleep(Duration::from_millis(200 * tries)).await;
+                }
+                Err(error) => panic!("dropping the test's schema: {error}"),
+            }
+        }
     }
 }
 
