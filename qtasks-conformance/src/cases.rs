@@ -1228,13 +1228,17 @@ async fn limits_hold_across_workers(c: &Context<'_>) -> Result<(), String> {
     if rate > 22.0 {
         return Err(format!("20/s measured as {rate:.2}/s across two workers"));
     }
-    // Not only on average: half a second holds its 10 starts and one late one at most.
+    // Not only on average: half a second holds its 10 starts, and a few more at most. The
+    // starts are the workers' own times, taken after the engine let each task go: a worker
+    // process stalled for a turn or two (a loaded machine, CI on two cores) starts the tasks
+    // of those turns back to back, so up to 3 late ones are allowed here; the average above
+    // stays strict, and a limiter that does not hold starts dozens at once.
     for (first, at) in starts.iter().enumerate() {
         let within = starts[first..]
             .iter()
             .take_while(|s| **s < at + 0.5)
             .count();
-        ensure!(within <= 11, "{within} starts in half a second at 20/s");
+        ensure!(within <= 13, "{within} starts in half a second at 20/s");
     }
     for handle in &capped_handles {
         let record = wait_for(&app, handle).await?;
