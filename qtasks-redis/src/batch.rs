@@ -14,10 +14,10 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use crate::link::Link;
 use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
 use redis::Script;
-use redis::aio::ConnectionManager;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 
@@ -101,7 +101,7 @@ impl Batcher {
     /// `scripts::ADD` share).
     pub(super) fn new(
         code: &'static str,
-        commands: ConnectionManager,
+        commands: Link,
         fixed_keys: Vec<String>,
         fixed_args: ScriptPart,
         max: usize,
@@ -257,7 +257,7 @@ async fn write_batches(mut queue: mpsc::UnboundedReceiver<Queued>, write: WriteB
 /// is sent it.
 fn writer(
     code: &'static str,
-    commands: ConnectionManager,
+    commands: Link,
     fixed_keys: Vec<String>,
     fixed_args: ScriptPart,
     replicas: Option<ReplicaWait>,
@@ -345,7 +345,7 @@ fn is_no_script(error: &redis::RedisError) -> bool {
 }
 
 /// Sends a script to a server that does not know it (restarted, flushed).
-async fn load(code: &str, con: &mut ConnectionManager) -> redis::RedisResult<()> {
+async fn load(code: &str, con: &mut Link) -> redis::RedisResult<()> {
     redis::cmd("SCRIPT")
         .arg("LOAD")
         .arg(code)
@@ -357,7 +357,7 @@ async fn load(code: &str, con: &mut ConnectionManager) -> redis::RedisResult<()>
 async fn call_then_wait(
     call: &redis::Cmd,
     wait: &crate::WaitForReplicas,
-    con: &mut ConnectionManager,
+    con: &mut Link,
 ) -> redis::RedisResult<Vec<redis::Value>> {
     let mut pipeline = redis::pipe();
     pipeline.ignore_errors();

@@ -5,8 +5,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::link::Link;
 use redis::Script;
-use redis::aio::ConnectionManager;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
@@ -181,10 +181,10 @@ fn member_uuid(member: &str) -> Option<Uuid> {
 
 pub(crate) struct RedisBroker {
     keys: Keys,
-    commands: ConnectionManager,
+    commands: Link,
     /// The connection of the writes that wait for replicas (`commands` when none do).
-    writes: ConnectionManager,
-    blocking: ConnectionManager,
+    writes: Link,
+    blocking: Link,
     options: RedisOptions,
     take: Script,
     mark: Script,
@@ -212,11 +212,11 @@ pub(crate) struct RedisBroker {
 /// The broker's connections to Redis.
 pub(super) struct Connections {
     /// Every command but the blocking waits (and the waited writes, when there are).
-    pub(super) commands: ConnectionManager,
+    pub(super) commands: Link,
     /// The blocking waits of an idle worker, with room for the longest.
-    pub(super) blocking: ConnectionManager,
+    pub(super) blocking: Link,
     /// The writes that wait for replicas, when `RedisOptions::wait_for_replicas` is set.
-    pub(super) waited: Option<ConnectionManager>,
+    pub(super) waited: Option<Link>,
 }
 
 impl RedisBroker {
@@ -865,7 +865,7 @@ impl RedisBroker {
 fn add_batcher(
     keys: &Keys,
     queue: Option<&str>,
-    commands: ConnectionManager,
+    commands: Link,
     replicas: Option<crate::WaitForReplicas>,
 ) -> Batcher {
     let queue_keys = keys.queue_keys(queue);

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::link::Link;
 
 use super::storage::{is_transient, scan};
 
@@ -18,11 +18,11 @@ use qtasks_core::stats::WorkerInfo;
 
 pub(crate) struct RedisGlobalConfig {
     keys: Keys,
-    commands: ConnectionManager,
+    commands: Link,
 }
 
 impl RedisGlobalConfig {
-    pub(super) fn new(keys: Keys, commands: ConnectionManager) -> Self {
+    pub(super) fn new(keys: Keys, commands: Link) -> Self {
         RedisGlobalConfig { keys, commands }
     }
 

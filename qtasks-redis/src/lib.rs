@@ -26,6 +26,9 @@
 //!   records of a small batch; a bigger batch's records are read with one pipelined call; an
 //!   entry not in canonical form costs a mark call of its own), finish = 1 (one script: the
 //!   lease released and the outcome written only while the delivery's token holds).
+//! - **Failovers followed**: with a `redis+sentinel://host:port,host:port/master-name/db` URL
+//!   every connection asks the Sentinels for the master again when it loses it, and moves to
+//!   the new one (`link`, `server`).
 //!
 //! The key layout is in [`scripts`].
 #![warn(missing_docs)]
@@ -33,8 +36,10 @@
 mod batch;
 mod broker;
 mod global_config;
+mod link;
 mod listing;
 mod scripts;
+mod server;
 mod stats;
 mod storage;
 mod wire;
@@ -42,7 +47,7 @@ mod wire;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 
 use qtasks_core::backend::{
     BackendError, BackendParts, Connector, RecordStore, RecordStoreConnector,
@@ -53,6 +58,8 @@ use qtasks_core::{QueueConfig, QueueTasks};
 
 use crate::broker::RedisBroker;
 use crate::global_config::RedisGlobalConfig;
+use crate::link::Link;
+use crate::server::{SENTINEL_SCHEME, SentinelUrl, Server};
 use crate::storage::RedisStorage;
 
 /// An app on Redis, named `QueueTasks` (the key prefix), with default options. The queue,
@@ -111,7 +118,9 @@ pub struct Redis {
 
 impl Redis {
     /// The Redis at `url` (`redis://`, `rediss://` with the `redis-tls` feature, `unix://`),
-    /// with default options.
+    /// or the master that Sentinels name and follow through failovers
+    /// (`redis+sentinel://[user:password@]host:port,host:port/master-name/db`), with default
+    /// options.
     pub fn new(url: impl Into<String>) -> Self {
         Redis {
             url: url.into(),
@@ -227,9 +236,9 @@ fn url_records(url: &str) -> Arc<dyn RecordStoreConnector> {
 /// The schemes this build connects to: `rediss://` only with TLS compiled in (the `tls`
 /// feature), so that a build without it says so instead of failing to connect.
 const URL_SCHEMES: &[&str] = if cfg!(feature = "tls") {
-    &["redis", "rediss", "unix", "redis+unix"]
+    &["redis", "rediss", "unix", "redis+unix", "redis+sentinel"]
 } else {
-    &["redis", "unix", "redis+unix"]
+    &["redis", "unix", "redis+unix", "redis+sentinel"]
 };
 
 qtasks_core::url_engine!(
@@ -342,7 +351,7 @@ impl WaitForReplicas {
     /// it so far, `Ok(Some(why))` when not.
     pub(crate) async fn wait(
         &self,
-        con: &mut ConnectionManager,
+        con: &mut Link,
         what: &str,
     ) -> redis::RedisResult<Option<String>> {
         let acknowledged: i64 = self.command().query_async(con).await?;
@@ -534,7 +543,7 @@ struct Parts {
 /// record could then vanish, and a task with it. Only `noeviction` (Redis's default) keeps
 /// them; with it a full Redis refuses writes instead, which qtasks reports and retries. A
 /// server that refuses `CONFIG` (a managed Redis renames it) is not judged.
-async fn warn_if_keys_may_be_evicted(commands: &ConnectionManager, shown: &str) {
+async fn warn_if_keys_may_be_evicted(commands: &Link, shown: &str) {
     let mut con = commands.clone();
     let mut command = redis::cmd("CONFIG");
     command.arg("GET").arg("maxmemory*");
@@ -566,15 +575,14 @@ async fn connect_parts(
     fallback_check: Duration,
 ) -> Result<Parts, BackendError> {
     let shown = redacted(url);
-    let client = open_client(url, options)
-        .map_err(|e| failure(format!("invalid Redis URL `{shown}`"), e))?;
+    let server = open_server(url, options)?;
     let connect = |response_timeout: Duration| {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(options.connect_timeout))
             .set_response_timeout(Some(response_timeout))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(2));
-        ConnectionManager::new_with_config(client.clone(), config)
+        server.link(config)
     };
     let unreachable = |e| failure(format!("cannot connect to Redis at {shown}"), e);
     let commands = connect(options.response_timeout)
@@ -600,7 +608,7 @@ async fn connect_parts(
     // Entries pushed to named queues are announced on the same subscription.
     let added = Arc::new(Announcements::default());
     let storage = RedisStorage::connect(
-        client,
+        server.clone(),
         keys.clone(),
         commands.clone(),
         fallback_check,
@@ -639,6 +647,26 @@ pub(crate) fn glob_escape(text: &str) -> String {
         escaped.push(c);
     }
     escaped
+}
+
+/// The app's Redis as its URL names it: one server, or the master of a Sentinel set.
+fn open_server(url: &str, options: &RedisOptions) -> Result<Server, BackendError> {
+    let shown = redacted(url);
+    if url.starts_with(SENTINEL_SCHEME) {
+        let parsed = SentinelUrl::parse(url).map_err(|why| {
+            BackendError::new(
+                "redis",
+                format!("invalid Redis Sentinel URL `{shown}`: {why}"),
+            )
+        })?;
+        let master = parsed
+            .open(options.connect_timeout)
+            .map_err(|e| failure(format!("invalid Redis Sentinel URL `{shown}`"), e))?;
+        return Ok(Server::Sentinel(Arc::new(master)));
+    }
+    open_client(url, options)
+        .map(|client| Server::Direct(Box::new(client)))
+        .map_err(|e| failure(format!("invalid Redis URL `{shown}`"), e))
 }
 
 #[cfg(feature = "tls")]
@@ -746,7 +774,7 @@ impl UniqueAnswer {
 /// again while the lock moved in between (a few times: each move is another add winning).
 pub(crate) async fn unique_add<F, Fut>(
     keys: &Keys,
-    commands: &ConnectionManager,
+    commands: &Link,
     unique: &qtasks_core::unique::UniqueKey,
     mut invoke: F,
 ) -> Result<Option<uuid::Uuid>, BackendError>

@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
+use crate::link::Link;
 use uuid::Uuid;
 
 use super::{Keys, failure};
@@ -29,7 +29,7 @@ const SCAN_TIME: Duration = Duration::from_millis(250);
 pub(crate) async fn list(
     keys: &Keys,
     index: &str,
-    commands: &ConnectionManager,
+    commands: &Link,
     query: &RecordQuery,
 ) -> Result<RecordPage, BackendError> {
     let mut con = commands.clone();
@@ -157,11 +157,7 @@ pub(crate) async fn list(
 
 /// The rank (newest first) of the first index entry the page may show: just after the cursor,
 /// or the first entry not newer than `until`.
-async fn start_rank(
-    index: &str,
-    con: &mut ConnectionManager,
-    query: &RecordQuery,
-) -> redis::RedisResult<usize> {
+async fn start_rank(index: &str, con: &mut Link, query: &RecordQuery) -> redis::RedisResult<usize> {
     if let Some(after) = query.after {
         let rank: Option<usize> = redis::cmd("ZREVRANK")
             .arg(index)
@@ -181,11 +177,7 @@ async fn start_rank(
 }
 
 /// How many entries were added at `ms` or later.
-async fn newer_than(
-    index: &str,
-    con: &mut ConnectionManager,
-    ms: u64,
-) -> redis::RedisResult<usize> {
+async fn newer_than(index: &str, con: &mut Link, ms: u64) -> redis::RedisResult<usize> {
     redis::cmd("ZCOUNT")
         .arg(index)
         .arg(ms)
@@ -196,7 +188,7 @@ async fn newer_than(
 
 async fn count_in_range(
     index: &str,
-    con: &mut ConnectionManager,
+    con: &mut Link,
     query: &RecordQuery,
 ) -> redis::RedisResult<u64> {
     let low = query
@@ -216,7 +208,7 @@ async fn count_in_range(
 /// The whole records of a page, in its order; one gone meanwhile is left out.
 async fn read_records(
     keys: &Keys,
-    con: &mut ConnectionManager,
+    con: &mut Link,
     positions: &[RecordCursor],
 ) -> redis::RedisResult<Vec<qtasks_core::TaskRecord>> {
     if positions.is_empty() {
@@ -242,7 +234,7 @@ async fn read_records(
 /// (`scripts::DELETE`): a deleted record never comes back.
 pub(crate) async fn delete(
     keys: &Keys,
-    commands: &ConnectionManager,
+    commands: &Link,
     uuids: &[Uuid],
 ) -> Result<usize, BackendError> {
     let mut pipe = redis::pipe();
@@ -276,7 +268,7 @@ const SWEEP_BATCH: usize = 1000;
 pub(crate) async fn sweep(
     keys: &Keys,
     index: &str,
-    commands: &ConnectionManager,
+    commands: &Link,
     rank: usize,
 ) -> redis::RedisResult<usize> {
     let mut con = commands.clone();

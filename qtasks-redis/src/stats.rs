@@ -4,8 +4,8 @@
 
 use std::collections::HashMap;
 
+use crate::link::Link;
 use redis::Script;
-use redis::aio::ConnectionManager;
 
 use super::wire::parse_entry;
 use super::{Keys, QueueKeys, failure, scripts};
@@ -33,7 +33,7 @@ type Raw = (
 pub(crate) async fn read(
     keys: &Keys,
     queue: &QueueKeys<'_>,
-    commands: &ConnectionManager,
+    commands: &Link,
 ) -> Result<QueueStats, BackendError> {
     let mut con = commands.clone();
     let (runs, delayed, running, dead, unsorted, counters, now, heads): Raw =
@@ -104,10 +104,7 @@ pub(crate) fn numbers_of(stats: &QueueStats) -> qtasks_core::stats::QueueNumbers
 
 /// The numbers of the records the storage wrote for another broker (`scripts::INSERT` and
 /// `scripts::TRANSITION` keep them): as cheap as [`read`], whatever the number of records.
-pub(crate) async fn read_records(
-    keys: &Keys,
-    commands: &ConnectionManager,
-) -> Result<QueueStats, BackendError> {
+pub(crate) async fn read_records(keys: &Keys, commands: &Link) -> Result<QueueStats, BackendError> {
     let mut con = commands.clone();
     let (counters, oldest, now): (HashMap<String, String>, Option<f64>, u64) =
         Script::new(scripts::RECORD_STATS)

@@ -5,8 +5,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use crate::link::Link;
+use crate::server::Server;
 use futures_util::StreamExt;
-use redis::aio::ConnectionManager;
 use tokio::sync::{Notify, broadcast};
 use uuid::Uuid;
 
@@ -31,12 +32,14 @@ const READ_RETRIES: usize = 8;
 /// Errors after which the same command may well succeed on a new connection, or a moment
 /// later: a server that restarts answers `LOADING` while it reads its append-only file back
 /// (seen by the fault harness: a waiter's read failed on it), and `TRYAGAIN` / `MASTERDOWN`
-/// are as passing.
+/// are as passing. `READONLY` is a master demoted by a failover: a link that follows Sentinels
+/// moves to the new master after it (`link`), and the next try goes there.
 pub(super) fn is_transient(error: &redis::RedisError) -> bool {
     error.is_io_error()
         || error.is_connection_dropped()
         || error.is_connection_refusal()
         || error.is_timeout()
+        || error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
         || matches!(error.retry_method(), redis::RetryMethod::WaitAndRetry)
 }
 
@@ -94,7 +97,7 @@ static TRANSITION: std::sync::LazyLock<redis::Script> =
 
 pub(crate) struct RedisStorage {
     keys: Keys,
-    commands: ConnectionManager,
+    commands: Link,
     waiters: Arc<Waiters>,
     /// How often a waiter looks at the record anyway (`QueueConfig::result_time_interval`).
     /// Python workers do not publish results, and a message can be missed while the
@@ -102,7 +105,8 @@ pub(crate) struct RedisStorage {
     fallback_check: Duration,
     append: redis::Script,
     progress: redis::Script,
-    client: redis::Client,
+    /// Where subscriptions connect (for Sentinels, the master they name at the time).
+    server: Server,
     /// The result subscription, made at the first wait: a worker that never waits gets no
     /// message per finished task.
     done_subscription: tokio::sync::OnceCell<()>,
@@ -123,9 +127,9 @@ impl RedisStorage {
     /// Subscribes to cancel requests before returning; results are subscribed to at the first
     /// wait.
     pub(super) async fn connect(
-        client: redis::Client,
+        server: Server,
         keys: Keys,
-        commands: ConnectionManager,
+        commands: Link,
         fallback_check: Duration,
         cancels: broadcast::Sender<CancelRequest>,
         added: Arc<super::Announcements>,
@@ -137,9 +141,9 @@ impl RedisStorage {
             cancel: Some((keys.cancel_channel.clone(), cancels)),
             added: Some((keys.added_channel.clone(), added)),
         };
-        let pubsub = subscribe(&client, &channels).await?;
+        let pubsub = subscribe(&server, &channels).await?;
         tokio::spawn(listen(
-            client.clone(),
+            server.clone(),
             channels,
             pubsub,
             Arc::downgrade(&waiters),
@@ -153,7 +157,7 @@ impl RedisStorage {
             fallback_check,
             append,
             progress,
-            client,
+            server,
             done_subscription: tokio::sync::OnceCell::new(),
             publishers: Mutex::default(),
             result_ttl,
@@ -170,10 +174,10 @@ impl RedisStorage {
                     cancel: None,
                     added: None,
                 };
-                match subscribe(&self.client, &channels).await {
+                match subscribe(&self.server, &channels).await {
                     Ok(pubsub) => {
                         tokio::spawn(listen(
-                            self.client.clone(),
+                            self.server.clone(),
                             channels,
                             pubsub,
                             Arc::downgrade(&self.waiters),
@@ -707,10 +711,7 @@ impl RedisStorage {
 }
 
 /// Every key matching a glob pattern (SCAN, so Redis is not blocked).
-pub(super) async fn scan(
-    commands: &ConnectionManager,
-    pattern: &str,
-) -> Result<Vec<String>, BackendError> {
+pub(super) async fn scan(commands: &Link, pattern: &str) -> Result<Vec<String>, BackendError> {
     let mut con = commands.clone();
     let mut keys = Vec::new();
     let mut cursor: u64 = 0;
@@ -743,9 +744,13 @@ struct Channels {
 }
 
 async fn subscribe(
-    client: &redis::Client,
+    server: &Server,
     channels: &Channels,
 ) -> Result<redis::aio::PubSub, BackendError> {
+    let client = server
+        .client()
+        .await
+        .map_err(|e| failure("finding the master to subscribe on failed".to_owned(), e))?;
     let mut pubsub = client
         .get_async_pubsub()
         .await
@@ -766,7 +771,7 @@ async fn subscribe(
 /// Wakes waiters for each published result, and passes cancel requests on; resubscribes with
 /// backoff when the connection drops. Ends when the storage is gone.
 async fn listen(
-    client: redis::Client,
+    server: Server,
     channels: Channels,
     first: redis::aio::PubSub,
     waiters: Weak<Waiters>,
@@ -779,7 +784,7 @@ async fn listen(
                 return;
             }
             tokio::time::sleep(delay).await;
-            match subscribe(&client, &channels).await {
+            match subscribe(&server, &channels).await {
                 Ok(subscribed) => {
                     delay = Duration::from_millis(100);
                     pubsub = Some(subscribed);

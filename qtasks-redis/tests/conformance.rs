@@ -6,13 +6,10 @@ use qtasks::redis::RedisOptions;
 use qtasks::testing::conformance;
 use qtasks_test_support::{redis_url, unique_prefix};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
-async fn redis_passes_the_conformance_suite() {
-    let Some(url) = redis_url("redis_passes_the_conformance_suite") else {
-        return;
-    };
-    let backend = move |config: qtasks::QueueConfig| {
+/// The app the suite asks for, on the Redis at `url` (5 s leases: the suite's dead workers
+/// come back sooner).
+fn backend(url: String) -> impl conformance::Backend {
+    move |config: qtasks::QueueConfig| {
         let url = url.clone();
         async move {
             let options = RedisOptions {
@@ -21,8 +18,36 @@ async fn redis_passes_the_conformance_suite() {
             };
             qtasks::redis::connect_with(&url, config, options).await
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
+async fn redis_passes_the_conformance_suite() {
+    let Some(url) = redis_url("redis_passes_the_conformance_suite") else {
+        return;
     };
+    let backend = backend(url);
     let report = conformance::run(&backend, &unique_prefix("conformance")).await;
+    assert!(report.cases.len() >= 30, "{report}");
+    assert!(report.passed(), "{report}");
+}
+
+/// The same suite through Sentinels: a master, a replica and three Sentinels of the test's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
+async fn redis_through_sentinels_passes_the_conformance_suite() {
+    if redis_url("redis_through_sentinels_passes_the_conformance_suite").is_none() {
+        return;
+    }
+    let master = qtasks_test_support::OwnRedis::start("conformance-sentinel-master", false);
+    let replica = qtasks_test_support::OwnReplica::start(&master);
+    replica.until_in_sync().await;
+    let sentinels = qtasks_test_support::OwnSentinels::start(&master, "conformance");
+    sentinels.until_ready(1).await;
+    let url = sentinels.url();
+    let backend = backend(url);
+    let report = conformance::run(&backend, &unique_prefix("conformance-sentinel")).await;
     assert!(report.cases.len() >= 30, "{report}");
     assert!(report.passed(), "{report}");
 }

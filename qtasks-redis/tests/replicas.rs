@@ -2,13 +2,11 @@
 //! the test's own (their own ports, never the shared Redis), and the warning for a Redis that
 //! may evict keys.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use qtasks::redis::{RedisOptions, WaitForReplicas};
 use qtasks::{QueueConfig, QueueTasks, TaskStatus};
-use qtasks_test_support::scratch::scratch_dir;
-use qtasks_test_support::{OwnRedis, free_port, redis_url, unique_prefix};
+use qtasks_test_support::{OwnRedis, OwnReplica, redis_url, unique_prefix};
 use redis::AsyncCommands;
 
 #[qtasks::task]
@@ -16,75 +14,8 @@ async fn replicated(n: u64) -> u64 {
     n + 1
 }
 
-/// A replica of `master`, on a port of its own; killed when dropped.
-struct Replica {
-    port: u16,
-    child: Child,
-}
-
-impl Replica {
-    fn start(master: &OwnRedis) -> Replica {
-        let port = free_port();
-        let dir = scratch_dir("replica");
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(&dir)
-            .args(["--replicaof", "127.0.0.1", &master.port.to_string()])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server starts");
-        Replica { port, child }
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 async fn connection(port: u16) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(format!("redis://127.0.0.1:{port}/"))
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
-}
-
-/// Waits until the replica has synced with its master.
-async fn until_in_sync(replica: &Replica) {
-    let started = Instant::now();
-    let client = redis::Client::open(format!("redis://127.0.0.1:{}/", replica.port)).unwrap();
-    loop {
-        // The replica may not listen yet.
-        let info: String = match client.get_multiplexed_async_connection().await {
-            Ok(mut con) => redis::cmd("INFO")
-                .arg("replication")
-                .query_async(&mut con)
-                .await
-                .unwrap_or_default(),
-            Err(_) => String::new(),
-        };
-        if info.contains("master_link_status:up") {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "the replica never synced: {info}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    qtasks_test_support::redis::raw_connection(&format!("redis://127.0.0.1:{port}/")).await
 }
 
 async fn app_on(master: &OwnRedis, name: &str, wait: Option<WaitForReplicas>) -> QueueTasks {
@@ -109,8 +40,8 @@ async fn adds_and_finishes_wait_for_the_replica_and_a_late_one_fails_the_add() {
         return;
     }
     let master = OwnRedis::start("replicated-master", false);
-    let replica = Replica::start(&master);
-    until_in_sync(&replica).await;
+    let replica = OwnReplica::start(&master);
+    replica.until_in_sync().await;
     let name = unique_prefix("replicated");
     let wait = WaitForReplicas {
         replicas: 1,

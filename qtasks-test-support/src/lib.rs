@@ -29,7 +29,7 @@ pub mod services;
 pub use logs::CapturedLogs;
 pub use own_postgres::OwnPostgres;
 pub use own_rabbitmq::OwnRabbitMq;
-pub use own_redis::{OwnRedis, recorded_outcomes, resp_commands};
+pub use own_redis::{OwnRedis, OwnReplica, OwnSentinels, recorded_outcomes, resp_commands};
 pub use process::LoggedProcess;
 pub use proxy::{Proxy, host_port};
 pub use scratch::{free_port, unique_prefix};

@@ -90,6 +90,189 @@ impl Drop for OwnRedis {
     }
 }
 
+/// A replica of an [`OwnRedis`], on a port of its own, without persistence; killed when
+/// dropped.
+pub struct OwnReplica {
+    pub port: u16,
+    child: Child,
+}
+
+impl OwnReplica {
+    pub fn start(master: &OwnRedis) -> OwnReplica {
+        let port = crate::free_port();
+        let dir = scratch_dir("replica");
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .args(["--replicaof", "127.0.0.1", &master.port.to_string()])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        OwnReplica { port, child }
+    }
+
+    /// Sends the replica's process a signal (`STOP`, `CONT`, ...).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits until the replica has synced with its master.
+    pub async fn until_in_sync(&self) {
+        let started = Instant::now();
+        let client = redis::Client::open(format!("redis://127.0.0.1:{}/", self.port)).unwrap();
+        loop {
+            // The replica may not listen yet.
+            let info: String = match client.get_multiplexed_async_connection().await {
+                Ok(mut con) => redis::cmd("INFO")
+                    .arg("replication")
+                    .query_async(&mut con)
+                    .await
+                    .unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            if info.contains("master_link_status:up") {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the replica never synced: {info}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for OwnReplica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Three Sentinels of a test's own watching an [`OwnRedis`] as master `name` (quorum 2, down
+/// after 1 s); killed when dropped.
+pub struct OwnSentinels {
+    pub ports: Vec<u16>,
+    pub name: String,
+    children: Vec<Child>,
+    dir: PathBuf,
+}
+
+impl OwnSentinels {
+    pub fn start(master: &OwnRedis, name: &str) -> OwnSentinels {
+        let dir = scratch_dir("sentinels");
+        let mut ports = Vec::new();
+        let mut children = Vec::new();
+        for i in 0..3 {
+            let port = crate::free_port();
+            // A Sentinel rewrites its configuration file: each gets its own.
+            let file = dir.join(format!("sentinel-{i}.conf"));
+            std::fs::write(
+                &file,
+                format!(
+                    "port {port}\nbind 127.0.0.1\ndir {}\n\
+                     sentinel monitor {name} 127.0.0.1 {} 2\n\
+                     sentinel down-after-milliseconds {name} 1000\n\
+                     sentinel failover-timeout {name} 10000\n\
+                     sentinel parallel-syncs {name} 1\n",
+                    dir.display(),
+                    master.port
+                ),
+            )
+            .unwrap();
+            let child = Command::new("redis-server")
+                .arg(&file)
+                .arg("--sentinel")
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("redis-server --sentinel starts");
+            ports.push(port);
+            children.push(child);
+        }
+        OwnSentinels {
+            ports,
+            name: name.to_owned(),
+            children,
+            dir,
+        }
+    }
+
+    /// `redis+sentinel://` for these Sentinels and the master's database 0.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .ports
+            .iter()
+            .map(|port| format!("127.0.0.1:{port}"))
+            .collect();
+        format!("redis+sentinel://{}/{}/0", hosts.join(","), self.name)
+    }
+
+    /// Waits until every Sentinel knows `replicas` replicas and the two other Sentinels, so
+    /// that a failover can be agreed and has somewhere to go.
+    pub async fn until_ready(&self, replicas: usize) {
+        let started = Instant::now();
+        for port in &self.ports {
+            let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+            loop {
+                let known = async {
+                    let mut con = client.get_multiplexed_async_connection().await.ok()?;
+                    let found: Vec<redis::Value> = redis::cmd("SENTINEL")
+                        .arg("REPLICAS")
+                        .arg(&self.name)
+                        .query_async(&mut con)
+                        .await
+                        .ok()?;
+                    let peers: Vec<redis::Value> = redis::cmd("SENTINEL")
+                        .arg("SENTINELS")
+                        .arg(&self.name)
+                        .query_async(&mut con)
+                        .await
+                        .ok()?;
+                    Some((found.len(), peers.len()))
+                }
+                .await;
+                if known.is_some_and(|(found, peers)| found >= replicas && peers >= 2) {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "the Sentinel on {port} never saw {replicas} replicas and 2 peers: {known:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    /// The master's port as the first Sentinel names it.
+    pub async fn master_port(&self) -> Option<u16> {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{}/", self.ports[0])).unwrap();
+        let mut con = client.get_multiplexed_async_connection().await.ok()?;
+        let address: Vec<String> = redis::cmd("SENTINEL")
+            .arg("GET-MASTER-ADDR-BY-NAME")
+            .arg(&self.name)
+            .query_async(&mut con)
+            .await
+            .ok()?;
+        address.get(1)?.parse().ok()
+    }
+}
+
+impl Drop for OwnSentinels {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// Recorded outcomes per task: the writes of a final status to its record, from the
 /// server's append-only files (script effects are logged as the commands they ran).
 pub fn recorded_outcomes(redis: &OwnRedis, prefix: &str) -> HashMap<Uuid, usize> {
