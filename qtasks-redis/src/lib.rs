@@ -47,8 +47,6 @@ mod wire;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManagerConfig;
-
 use qtasks_core::backend::{
     BackendError, BackendParts, Connector, RecordStore, RecordStoreConnector,
     redacted_url as redacted,
@@ -59,7 +57,7 @@ use qtasks_core::{QueueConfig, QueueTasks};
 use crate::broker::RedisBroker;
 use crate::global_config::RedisGlobalConfig;
 use crate::link::Link;
-use crate::server::{SENTINEL_SCHEME, SentinelUrl, Server};
+use crate::server::{CLUSTER_SCHEME, ClusterNodes, SENTINEL_SCHEME, SentinelUrl, Server, Timeouts};
 use crate::storage::RedisStorage;
 
 /// An app on Redis, named `QueueTasks` (the key prefix), with default options. The queue,
@@ -236,9 +234,22 @@ fn url_records(url: &str) -> Arc<dyn RecordStoreConnector> {
 /// The schemes this build connects to: `rediss://` only with TLS compiled in (the `tls`
 /// feature), so that a build without it says so instead of failing to connect.
 const URL_SCHEMES: &[&str] = if cfg!(feature = "tls") {
-    &["redis", "rediss", "unix", "redis+unix", "redis+sentinel"]
+    &[
+        "redis",
+        "rediss",
+        "unix",
+        "redis+unix",
+        "redis+sentinel",
+        "redis+cluster",
+    ]
 } else {
-    &["redis", "unix", "redis+unix", "redis+sentinel"]
+    &[
+        "redis",
+        "unix",
+        "redis+unix",
+        "redis+sentinel",
+        "redis+cluster",
+    ]
 };
 
 qtasks_core::url_engine!(
@@ -576,13 +587,33 @@ async fn connect_parts(
 ) -> Result<Parts, BackendError> {
     let shown = redacted(url);
     let server = open_server(url, options)?;
-    let connect = |response_timeout: Duration| {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(options.connect_timeout))
-            .set_response_timeout(Some(response_timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(2));
-        server.link(config)
+    // On a cluster every key of the app carries the app's name as its hash tag (`{billing}:...`),
+    // so the app lives on one slot and every script's keys share it.
+    let prefix = if server.is_cluster() {
+        if prefix.contains(['{', '}']) {
+            return Err(BackendError::new(
+                "redis",
+                format!(
+                    "the app name `{prefix}` is the hash tag of its keys on a Redis Cluster: it must contain no `{{` or `}}`"
+                ),
+            ));
+        }
+        if options.wait_for_replicas.is_some() {
+            return Err(BackendError::new(
+                "redis",
+                "wait_for_replicas is not supported on a Redis Cluster yet: leave it None there",
+            ));
+        }
+        format!("{{{prefix}}}")
+    } else {
+        prefix.to_owned()
+    };
+    let connect = |response: Duration| {
+        let timeouts = Timeouts {
+            connect: options.connect_timeout,
+            response,
+        };
+        server.link(timeouts, &prefix)
     };
     let unreachable = |e| failure(format!("cannot connect to Redis at {shown}"), e);
     let commands = connect(options.response_timeout)
@@ -602,7 +633,7 @@ async fn connect_parts(
         ),
         None => None,
     };
-    let keys = Keys::new(prefix, options.records_index);
+    let keys = Keys::new(&prefix, options.records_index);
     // Cancel requests from other processes arrive on the storage's subscription.
     let (cancels, _) = tokio::sync::broadcast::channel(4096);
     // Entries pushed to named queues are announced on the same subscription.
@@ -663,6 +694,15 @@ fn open_server(url: &str, options: &RedisOptions) -> Result<Server, BackendError
             .open(options.connect_timeout)
             .map_err(|e| failure(format!("invalid Redis Sentinel URL `{shown}`"), e))?;
         return Ok(Server::Sentinel(Arc::new(master)));
+    }
+    if url.starts_with(CLUSTER_SCHEME) {
+        let nodes = ClusterNodes::parse(url).map_err(|why| {
+            BackendError::new(
+                "redis",
+                format!("invalid Redis Cluster URL `{shown}`: {why}"),
+            )
+        })?;
+        return Ok(Server::Cluster(Arc::new(nodes)));
     }
     open_client(url, options)
         .map(|client| Server::Direct(Box::new(client)))

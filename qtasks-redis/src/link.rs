@@ -1,23 +1,28 @@
-//! A command connection of the engine: Redis's `ConnectionManager`, which reconnects to its
-//! address by itself, and for a Sentinel-monitored master one that also moves to the new master
-//! after a failover.
+//! A command connection of the engine: Redis's `ConnectionManager` for one server (it reconnects
+//! to its address by itself), and for a Sentinel-monitored master or a Redis Cluster one that is
+//! made anew when the servers behind it change.
 //!
 //! A failover shows on a connection as a dropped connection that will not come back (the old
-//! master is gone) or as `READONLY` answers (the old master came back as a replica). After
-//! either, the link asks the Sentinels which server is master now and, when it is another
-//! one, moves every clone of the link to it. The command that met the error still fails: the
-//! engine's callers retry connection errors already, and their next try goes to the new master.
+//! master is gone), as timeouts, or as `READONLY` answers (the old master came back as a
+//! replica). After one of these, a Sentinel link asks the Sentinels which server is master now
+//! and, when it is another one, moves every clone of the link to it; a cluster link connects
+//! anew, learning the cluster's layout from its nodes (the cluster client itself follows
+//! `MOVED` and `ASK`, but keeps sending to a master that died). The command that met the error
+//! still fails: the engine's callers retry connection errors already, and their next try goes
+//! to the new master.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 
-use crate::server::SentinelMaster;
+use crate::server::{ClusterNodes, SentinelMaster, Timeouts};
 
-/// How often a link asks the Sentinels at most, while its master does not answer: they are
-/// asked again on the next error after this.
+/// How often a link looks for new servers at most, while they do not answer: it looks again on
+/// the next error after this.
 const LOOK_AGAIN_AFTER: Duration = Duration::from_millis(200);
 
 /// A command connection; clones share it (and, when followed, its moves).
@@ -25,42 +30,57 @@ const LOOK_AGAIN_AFTER: Duration = Duration::from_millis(200);
 pub(crate) enum Link {
     /// One server's connection.
     Direct(ConnectionManager),
-    /// The connection to a master that Sentinels name, moved when they name another.
+    /// A connection made anew when the servers behind it change.
     Followed(Arc<Followed>),
 }
 
-/// The connection to the master the Sentinels named when it was made, and how to make the next.
-pub(crate) struct Followed {
-    master: Arc<SentinelMaster>,
-    config: ConnectionManagerConfig,
-    db: i64,
-    /// The connection in use, with the master's address and a count of the moves so far.
-    current: parking_lot::Mutex<Current>,
-    /// When the Sentinels were last asked: one question at a time, and not too often.
-    looked: tokio::sync::Mutex<Option<Instant>>,
+/// What a followed link connects to, and how it finds the servers again.
+pub(crate) enum Behind {
+    /// The master Sentinels name.
+    Sentinel {
+        master: Arc<SentinelMaster>,
+        config: ConnectionManagerConfig,
+    },
+    /// A Redis Cluster. Each command goes to its key's slot, and `SCAN` and `SCRIPT LOAD`,
+    /// which name no key, to the node of the app's slot (`home`: every key of an app shares
+    /// its hash tag).
+    Cluster {
+        nodes: Arc<ClusterNodes>,
+        timeouts: Timeouts,
+        home: Route,
+    },
 }
 
+/// A connection of either kind.
+#[derive(Clone)]
+enum Connection {
+    Master(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+/// The connection in use, where it goes (the master's address; empty for a cluster), and a
+/// count of the moves so far.
 #[derive(Clone)]
 struct Current {
-    connection: ConnectionManager,
+    connection: Connection,
     address: String,
     moves: u64,
 }
 
+/// A connection that is made anew when the servers behind it change.
+pub(crate) struct Followed {
+    behind: Behind,
+    current: parking_lot::Mutex<Current>,
+    /// When the servers were last looked for: one look at a time, and not too often.
+    looked: tokio::sync::Mutex<Option<Instant>>,
+}
+
 impl Followed {
-    /// Connects to the master the Sentinels name now.
-    pub(crate) async fn connect(
-        master: Arc<SentinelMaster>,
-        config: ConnectionManagerConfig,
-    ) -> RedisResult<Followed> {
-        let client = master.client().await?;
-        let address = client.get_connection_info().addr().to_string();
-        let db = client.get_connection_info().redis_settings().db();
-        let connection = ConnectionManager::new_with_config(client, config.clone()).await?;
+    /// Connects to what `behind` names now.
+    pub(crate) async fn connect(behind: Behind) -> RedisResult<Followed> {
+        let (connection, address) = behind.connect().await?;
         Ok(Followed {
-            master,
-            config,
-            db,
+            behind,
             current: parking_lot::Mutex::new(Current {
                 connection,
                 address,
@@ -74,63 +94,128 @@ impl Followed {
         self.current.lock().clone()
     }
 
-    /// After `error` on the connection of move `moves`: when it may mean a failover, asks the
-    /// Sentinels for the master and moves to it if it is another server. Errors asking are
-    /// only logged: the master may not be elected yet, and the next error asks again.
+    /// After `error` on the connection of move `moves`: when it may mean the servers changed,
+    /// connects anew (for Sentinels, only when they name another master). Errors doing so are
+    /// only logged: the new master may not be elected yet, and the next error looks again.
     async fn after(&self, error: &redis::RedisError, moves: u64) {
         if !may_mean_failover(error) {
             return;
         }
         let mut looked = self.looked.lock().await;
-        // Another clone moved while this one waited, or asked a moment ago.
+        // Another clone moved while this one waited, or looked a moment ago.
         if self.current.lock().moves != moves
             || looked.is_some_and(|at| at.elapsed() < LOOK_AGAIN_AFTER)
         {
             return;
         }
         *looked = Some(Instant::now());
-        let client = match self.master.client().await {
-            Ok(client) => client,
-            Err(why) => {
-                tracing::debug!(master = %self.master.name, "the Sentinels name no reachable master yet: {why}");
-                return;
-            }
-        };
-        let address = client.get_connection_info().addr().to_string();
-        let before = self.current.lock().address.clone();
-        if address == before {
-            return;
-        }
-        match ConnectionManager::new_with_config(client, self.config.clone()).await {
-            Ok(connection) => {
+        tracing::debug!("looking for the servers again after: {error}");
+        match self.behind.connect_if_moved(&self.current().address).await {
+            Ok(None) => {}
+            Ok(Some((connection, address))) => {
                 let mut current = self.current.lock();
+                let before = std::mem::replace(&mut current.address, address);
                 current.connection = connection;
-                current.address.clone_from(&address);
                 current.moves += 1;
-                tracing::warn!(
-                    master = %self.master.name,
-                    from = %before,
-                    to = %address,
-                    "the Sentinels moved master `{}` from {before} to {address}; following it",
-                    self.master.name
-                );
+                match &self.behind {
+                    Behind::Sentinel { master, .. } => tracing::warn!(
+                        master = %master.name,
+                        from = %before,
+                        to = %current.address,
+                        "the Sentinels moved master `{}` from {before} to {}; following it",
+                        master.name,
+                        current.address
+                    ),
+                    Behind::Cluster { .. } => {
+                        tracing::info!("connected to the Redis Cluster anew after: {error}");
+                    }
+                }
             }
-            Err(why) => {
-                tracing::debug!(master = %self.master.name, "connecting to the new master {address} failed: {why}");
-            }
+            Err(why) => tracing::debug!("looking for the servers again failed: {why}"),
         }
     }
 }
 
-/// Errors after which the server may no longer be the master: the connection dropped or could
-/// not be made, or a write was refused as on a replica.
+impl Behind {
+    /// A connection to what this names now, and the master's address (empty for a cluster).
+    async fn connect(&self) -> RedisResult<(Connection, String)> {
+        match self {
+            Behind::Sentinel { master, config } => {
+                let client = master.client().await?;
+                let address = client.get_connection_info().addr().to_string();
+                let connection = ConnectionManager::new_with_config(client, config.clone()).await?;
+                Ok((Connection::Master(connection), address))
+            }
+            Behind::Cluster {
+                nodes, timeouts, ..
+            } => Ok((
+                Connection::Cluster(nodes.connect(*timeouts).await?),
+                String::new(),
+            )),
+        }
+    }
+
+    /// A new connection, unless the Sentinels still name the master at `address`.
+    async fn connect_if_moved(&self, address: &str) -> RedisResult<Option<(Connection, String)>> {
+        match self {
+            Behind::Sentinel { master, config } => {
+                let client = master.client().await?;
+                let now = client.get_connection_info().addr().to_string();
+                if now == address {
+                    return Ok(None);
+                }
+                let connection = ConnectionManager::new_with_config(client, config.clone()).await?;
+                Ok(Some((Connection::Master(connection), now)))
+            }
+            Behind::Cluster { .. } => self.connect().await.map(Some),
+        }
+    }
+}
+
+/// Errors after which the servers may have changed: the connection dropped, could not be made
+/// or timed out, a write was refused as on a replica, or a cluster has no node for the slot.
 fn may_mean_failover(error: &redis::RedisError) -> bool {
     error.is_io_error()
         || error.is_connection_dropped()
         || error.is_connection_refusal()
         || error.is_timeout()
-        || error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
-        || error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::MasterDown)
+        || matches!(
+            error.kind(),
+            redis::ErrorKind::Server(
+                redis::ServerErrorKind::ReadOnly
+                    | redis::ServerErrorKind::MasterDown
+                    | redis::ServerErrorKind::ClusterDown
+            ) | redis::ErrorKind::ClusterConnectionNotFound
+        )
+}
+
+/// Whether `cmd` names no key but must reach the node of the app's keys on a cluster: `SCAN`
+/// (the cluster client would send it to any node), and `SCRIPT LOAD` (the cluster client
+/// would send it to every node, and wait for a dead one: the script is needed only where the
+/// app's keys are, and a promoted replica does not have it).
+fn goes_home(cmd: &Cmd) -> bool {
+    let mut args = cmd.args_iter().filter_map(|arg| match arg {
+        redis::Arg::Simple(bytes) => Some(bytes),
+        _ => None,
+    });
+    match args.next() {
+        Some(name) if name.eq_ignore_ascii_case(b"SCAN") => true,
+        Some(name) if name.eq_ignore_ascii_case(b"SCRIPT") => args
+            .next()
+            .is_some_and(|sub| sub.eq_ignore_ascii_case(b"LOAD")),
+        _ => false,
+    }
+}
+
+/// The first answer of a pipeline that refuses a write as a replica does: a pipeline's
+/// commands fail one by one, so the refusal comes back as one of its answers.
+fn refused_write(answers: &[Value]) -> Option<redis::RedisError> {
+    answers.iter().find_map(|answer| match answer {
+        Value::ServerError(error) if error.kind() == Some(redis::ServerErrorKind::ReadOnly) => {
+            Some(redis::RedisError::from(error.clone()))
+        }
+        _ => None,
+    })
 }
 
 impl ConnectionLike for Link {
@@ -139,11 +224,19 @@ impl ConnectionLike for Link {
             Link::Direct(connection) => connection.req_packed_command(cmd),
             Link::Followed(followed) => Box::pin(async move {
                 let Current {
-                    mut connection,
-                    moves,
-                    ..
+                    connection, moves, ..
                 } = followed.current();
-                let answer = connection.req_packed_command(cmd).await;
+                let answer = match connection {
+                    Connection::Master(mut connection) => connection.req_packed_command(cmd).await,
+                    Connection::Cluster(mut connection) => match &followed.behind {
+                        Behind::Cluster { home, .. } if goes_home(cmd) => {
+                            let route =
+                                RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(*home));
+                            connection.route_command(cmd.clone(), route).await
+                        }
+                        _ => connection.req_packed_command(cmd).await,
+                    },
+                };
                 if let Err(error) = &answer {
                     followed.after(error, moves).await;
                 }
@@ -162,27 +255,24 @@ impl ConnectionLike for Link {
             Link::Direct(connection) => connection.req_packed_commands(pipeline, offset, count),
             Link::Followed(followed) => Box::pin(async move {
                 let Current {
-                    mut connection,
-                    moves,
-                    ..
+                    connection, moves, ..
                 } = followed.current();
-                let answer = connection
-                    .req_packed_commands(pipeline, offset, count)
-                    .await;
+                let answer = match connection {
+                    Connection::Master(mut connection) => {
+                        connection
+                            .req_packed_commands(pipeline, offset, count)
+                            .await
+                    }
+                    Connection::Cluster(mut connection) => {
+                        connection
+                            .req_packed_commands(pipeline, offset, count)
+                            .await
+                    }
+                };
                 match &answer {
                     Err(error) => followed.after(error, moves).await,
-                    // A pipeline's commands fail one by one: a refused write comes back as
-                    // one of its answers.
                     Ok(answers) => {
-                        let refused = answers.iter().find_map(|answer| match answer {
-                            Value::ServerError(error)
-                                if error.kind() == Some(redis::ServerErrorKind::ReadOnly) =>
-                            {
-                                Some(redis::RedisError::from(error.clone()))
-                            }
-                            _ => None,
-                        });
-                        if let Some(error) = refused {
+                        if let Some(error) = refused_write(answers) {
                             followed.after(&error, moves).await;
                         }
                     }
@@ -195,7 +285,10 @@ impl ConnectionLike for Link {
     fn get_db(&self) -> i64 {
         match self {
             Link::Direct(connection) => connection.get_db(),
-            Link::Followed(followed) => followed.db,
+            Link::Followed(followed) => match &followed.current().connection {
+                Connection::Master(connection) => connection.get_db(),
+                Connection::Cluster(_) => 0,
+            },
         }
     }
 }

@@ -1,19 +1,22 @@
-//! Where the app's Redis is: one server named by its URL, or the master that a set of
-//! Sentinels names, followed through failovers (`redis+sentinel://` URLs).
+//! Where the app's Redis is: one server named by its URL, the master that a set of Sentinels
+//! names, followed through failovers (`redis+sentinel://` URLs), or a Redis Cluster
+//! (`redis+cluster://` URLs).
 //!
 //! Every connection the engine makes goes through a [`Server`]: the command connections as
 //! [`Link`](crate::link::Link)s, and the subscriptions through [`Server::client`], which asks
-//! the Sentinels again each time it is called, so a subscription that dropped with the old
-//! master comes back on the new one.
+//! the Sentinels again each time it is called (so a subscription that dropped with the old
+//! master comes back on the new one), or takes the next of a cluster's nodes (a message
+//! published on any node of a cluster reaches the subscribers of every node).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{ConnectionAddr, RedisError, RedisResult};
 
-use crate::link::{Followed, Link};
+use crate::link::{Behind, Followed, Link};
 
 /// The port a Sentinel listens on when its URL names none.
 pub(crate) const SENTINEL_PORT: u16 = 26379;
@@ -25,6 +28,27 @@ pub(crate) enum Server {
     Direct(Box<redis::Client>),
     /// The master of a Sentinel-monitored set (`redis+sentinel://`).
     Sentinel(Arc<SentinelMaster>),
+    /// The nodes of a Redis Cluster (`redis+cluster://`).
+    Cluster(Arc<ClusterNodes>),
+}
+
+/// How long a command connection waits to connect, and for an answer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timeouts {
+    pub(crate) connect: Duration,
+    pub(crate) response: Duration,
+}
+
+impl Timeouts {
+    /// A connection manager's settings: two quick reconnection tries per failed command, then
+    /// the error (the engine's callers pace their own tries).
+    fn manager(self) -> ConnectionManagerConfig {
+        ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.connect))
+            .set_response_timeout(Some(self.response))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(2))
+    }
 }
 
 impl Server {
@@ -34,20 +58,119 @@ impl Server {
         match self {
             Server::Direct(client) => Ok((**client).clone()),
             Server::Sentinel(master) => master.client().await,
+            Server::Cluster(nodes) => Ok(nodes.next_seed()),
         }
     }
 
-    /// A command connection configured by `config`, reconnecting by itself; for Sentinels, one
-    /// that follows the master through failovers.
-    pub(crate) async fn link(&self, config: ConnectionManagerConfig) -> RedisResult<Link> {
+    /// A command connection, reconnecting by itself; for Sentinels, one that follows the master
+    /// through failovers; for a cluster, one that routes each command to its slot's node, and
+    /// `SCAN` to the node of `home` (the key whose slot holds the app).
+    pub(crate) async fn link(&self, timeouts: Timeouts, home: &str) -> RedisResult<Link> {
         match self {
             Server::Direct(client) => Ok(Link::Direct(
-                ConnectionManager::new_with_config((**client).clone(), config).await?,
+                ConnectionManager::new_with_config((**client).clone(), timeouts.manager()).await?,
             )),
             Server::Sentinel(master) => Ok(Link::Followed(Arc::new(
-                Followed::connect(Arc::clone(master), config).await?,
+                Followed::connect(Behind::Sentinel {
+                    master: Arc::clone(master),
+                    config: timeouts.manager(),
+                })
+                .await?,
+            ))),
+            Server::Cluster(nodes) => Ok(Link::Followed(Arc::new(
+                Followed::connect(Behind::Cluster {
+                    nodes: Arc::clone(nodes),
+                    timeouts,
+                    home: redis::cluster_routing::Route::with_key(
+                        home,
+                        redis::cluster_routing::SlotAddr::Master,
+                    ),
+                })
+                .await?,
             ))),
         }
+    }
+
+    /// Whether this is a Redis Cluster.
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self, Server::Cluster(_))
+    }
+}
+
+/// The nodes a `redis+cluster://` URL names: where the cluster client starts (it learns the
+/// rest from them), and where subscriptions connect.
+pub(crate) struct ClusterNodes {
+    nodes: Vec<redis::ConnectionInfo>,
+    username: Option<String>,
+    password: Option<String>,
+    /// The seed the next subscription tries: a subscription that dropped with its node comes
+    /// back on the next one.
+    next: AtomicUsize,
+}
+
+impl ClusterNodes {
+    fn next_seed(&self) -> redis::Client {
+        let at = self.next.fetch_add(1, Ordering::Relaxed) % self.nodes.len();
+        // `Client::open` of a parsed address only copies it.
+        redis::Client::open(self.nodes[at].clone()).expect("an address already parsed")
+    }
+
+    pub(crate) async fn connect(
+        &self,
+        timeouts: Timeouts,
+    ) -> RedisResult<redis::cluster_async::ClusterConnection> {
+        let mut builder = redis::cluster::ClusterClientBuilder::new(self.nodes.clone())
+            .connection_timeout(timeouts.connect)
+            .response_timeout(timeouts.response)
+            .retries(4);
+        if let Some(username) = &self.username {
+            builder = builder.username(username);
+        }
+        if let Some(password) = &self.password {
+            builder = builder.password(password);
+        }
+        builder.build()?.get_async_connection().await
+    }
+}
+
+/// The scheme of Redis Cluster URLs.
+pub(crate) const CLUSTER_SCHEME: &str = "redis+cluster://";
+
+impl ClusterNodes {
+    /// Reads `redis+cluster://[user[:password]@]host[:port][,host[:port]...][/]`: the port
+    /// defaults to 6379, and a database other than 0 is refused (a cluster has only 0).
+    pub(crate) fn parse(url: &str) -> Result<ClusterNodes, String> {
+        const SHAPE: &str = "redis+cluster://[user[:password]@]host[:port][,host[:port]...]";
+        let parts = HostsUrl::parse(url, CLUSTER_SCHEME, "node", 6379)
+            .map_err(|why| format!("{why} ({SHAPE})"))?;
+        if !matches!(parts.path, "" | "0") {
+            return Err(format!(
+                "a Redis Cluster has only database 0, and the URL names `{}` ({SHAPE})",
+                parts.path
+            ));
+        }
+        let nodes = parts
+            .hosts
+            .into_iter()
+            .map(|(host, port)| {
+                let mut settings = redis::RedisConnectionInfo::default();
+                if let Some(username) = &parts.username {
+                    settings = settings.set_username(username);
+                }
+                if let Some(password) = &parts.password {
+                    settings = settings.set_password(password);
+                }
+                redis::IntoConnectionInfo::into_connection_info(ConnectionAddr::Tcp(host, port))
+                    .map(|info| info.set_redis_settings(settings))
+                    .map_err(|why| format!("{why}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ClusterNodes {
+            nodes,
+            username: parts.username,
+            password: parts.password,
+            next: AtomicUsize::new(0),
+        })
     }
 }
 
@@ -93,63 +216,87 @@ pub(crate) struct SentinelUrl {
 /// The scheme of Sentinel URLs.
 pub(crate) const SENTINEL_SCHEME: &str = "redis+sentinel://";
 
+/// The parts of a URL that names several hosts:
+/// `scheme://[user[:password]@]host[:port][,host[:port]...][/path]`.
+struct HostsUrl<'a> {
+    hosts: Vec<(String, u16)>,
+    /// What follows the hosts' `/`, without a query.
+    path: &'a str,
+    username: Option<String>,
+    password: Option<String>,
+}
+
+impl<'a> HostsUrl<'a> {
+    /// Reads the hosts (`what` names them in errors, `port` is the default port) and the user
+    /// name and password (percent-decoded). The error says what is wrong, without the password.
+    fn parse(url: &'a str, scheme: &str, what: &str, port: u16) -> Result<Self, String> {
+        let rest = url
+            .strip_prefix(scheme)
+            .ok_or_else(|| format!("the URL does not start with `{scheme}`"))?;
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let path = path.split('?').next().unwrap_or_default();
+        let (credentials, hosts) = match authority.rsplit_once('@') {
+            Some((credentials, hosts)) => (Some(credentials), hosts),
+            None => (None, authority),
+        };
+        let (username, password) = match credentials {
+            None => (None, None),
+            Some(credentials) => {
+                let (user, password) = credentials.split_once(':').unwrap_or(("", credentials));
+                (
+                    Some(decode(user)?).filter(|user| !user.is_empty()),
+                    Some(decode(password)?),
+                )
+            }
+        };
+        let mut parsed = Vec::new();
+        for host in hosts.split(',') {
+            if host.is_empty() {
+                return Err(format!("it has an empty {what} address"));
+            }
+            // `[v6]:port`, `[v6]`, `name:port`, `name`.
+            let (name, given) = match host.rsplit_once(':') {
+                Some((name, given)) if !host.ends_with(']') => (name, Some(given)),
+                _ => (host, None),
+            };
+            let port = match given {
+                Some(given) => given
+                    .parse::<u16>()
+                    .map_err(|_| format!("the port of {what} `{host}` is not a port number"))?,
+                None => port,
+            };
+            let name = name.trim_start_matches('[').trim_end_matches(']');
+            if name.is_empty() {
+                return Err(format!("{what} `{host}` has no host name"));
+            }
+            parsed.push((name.to_owned(), port));
+        }
+        Ok(HostsUrl {
+            hosts: parsed,
+            path,
+            username,
+            password,
+        })
+    }
+}
+
+/// Percent-decodes a part of a URL.
+fn decode(text: &str) -> Result<String, String> {
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8()
+        .map(|text| text.into_owned())
+        .map_err(|_| "a user name, password or master name is not UTF-8 once decoded".to_owned())
+}
+
 impl SentinelUrl {
     /// Reads `redis+sentinel://[user[:password]@]host[:port][,host[:port]...]/master[/db]`.
     /// The error says what is wrong, without the password.
     pub(crate) fn parse(url: &str) -> Result<SentinelUrl, String> {
         const SHAPE: &str =
             "redis+sentinel://[user[:password]@]host[:port][,host[:port]...]/master-name[/db]";
-        let rest = url
-            .strip_prefix(SENTINEL_SCHEME)
-            .ok_or_else(|| format!("a Sentinel URL starts with `{SENTINEL_SCHEME}`"))?;
-        let (authority, path) = rest.split_once('/').ok_or_else(|| {
-            format!("it names no master: add `/master-name` after the Sentinels ({SHAPE})")
-        })?;
-        let (credentials, hosts) = match authority.rsplit_once('@') {
-            Some((credentials, hosts)) => (Some(credentials), hosts),
-            None => (None, authority),
-        };
-        let decode = |text: &str| {
-            percent_encoding::percent_decode_str(text)
-                .decode_utf8()
-                .map(|text| text.into_owned())
-                .map_err(|_| "its user name or password is not UTF-8 once decoded".to_owned())
-        };
-        let (username, password) = match credentials {
-            None => (None, None),
-            Some(credentials) => {
-                let (user, password) = match credentials.split_once(':') {
-                    Some((user, password)) => (user, Some(password)),
-                    None => ("", Some(credentials)),
-                };
-                (
-                    Some(decode(user)?).filter(|user| !user.is_empty()),
-                    password.map(decode).transpose()?,
-                )
-            }
-        };
-        let mut sentinels = Vec::new();
-        for host in hosts.split(',') {
-            if host.is_empty() {
-                return Err(format!("it has an empty Sentinel address ({SHAPE})"));
-            }
-            let (name, port) = match host.rsplit_once(':') {
-                Some((name, port)) => (
-                    name,
-                    port.parse::<u16>().map_err(|_| {
-                        format!("the port of Sentinel `{host}` is not a port number")
-                    })?,
-                ),
-                None => (host, SENTINEL_PORT),
-            };
-            let name = name.trim_start_matches('[').trim_end_matches(']');
-            if name.is_empty() {
-                return Err(format!("Sentinel `{host}` has no host name"));
-            }
-            sentinels.push((name.to_owned(), port));
-        }
-        let path = path.split('?').next().unwrap_or_default();
-        let (master, db) = match path.split_once('/') {
+        let parts = HostsUrl::parse(url, SENTINEL_SCHEME, "Sentinel", SENTINEL_PORT)
+            .map_err(|why| format!("{why} ({SHAPE})"))?;
+        let (master, db) = match parts.path.split_once('/') {
             Some((master, "")) => (master, 0),
             Some((master, db)) => (
                 master,
@@ -158,7 +305,7 @@ impl SentinelUrl {
                     .filter(|db| *db >= 0)
                     .ok_or_else(|| format!("the database `{db}` is not a number ({SHAPE})"))?,
             ),
-            None => (path, 0),
+            None => (parts.path, 0),
         };
         if master.is_empty() {
             return Err(format!(
@@ -166,11 +313,11 @@ impl SentinelUrl {
             ));
         }
         Ok(SentinelUrl {
-            sentinels,
+            sentinels: parts.hosts,
             master: decode(master)?,
             db,
-            username,
-            password,
+            username: parts.username,
+            password: parts.password,
         })
     }
 
@@ -225,6 +372,18 @@ mod tests {
             (url.username, url.password.as_deref()),
             (None, Some("secret"))
         );
+    }
+
+    #[test]
+    fn cluster_urls_are_read() {
+        let nodes = ClusterNodes::parse("redis+cluster://:s%40@a:7000,b/").unwrap();
+        let addresses: Vec<String> = nodes.nodes.iter().map(|n| n.addr().to_string()).collect();
+        assert_eq!(addresses, ["a:7000", "b:6379"]);
+        assert_eq!(nodes.password.as_deref(), Some("s@"));
+        assert_eq!(nodes.nodes[1].redis_settings().password(), Some("s@"));
+        let wrong = |url: &str| ClusterNodes::parse(url).err().unwrap();
+        assert!(wrong("redis+cluster://a:7000/3").contains("only database 0"));
+        assert!(wrong("redis+cluster://a:70000").contains("`a:70000` is not a port number"));
     }
 
     #[test]

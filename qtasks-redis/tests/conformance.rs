@@ -51,3 +51,22 @@ async fn redis_through_sentinels_passes_the_conformance_suite() {
     assert!(report.cases.len() >= 30, "{report}");
     assert!(report.passed(), "{report}");
 }
+
+/// The same suite on a Redis Cluster of the test's own (three masters, no replicas): each app
+/// on the slot of its hash tag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
+async fn redis_cluster_passes_the_conformance_suite() {
+    if redis_url("redis_cluster_passes_the_conformance_suite").is_none() {
+        return;
+    }
+    let cluster = qtasks_test_support::OwnCluster::start(3, 0);
+    cluster.until_ok(3).await;
+    let report = conformance::run(
+        &backend(cluster.url()),
+        &unique_prefix("conformance-cluster"),
+    )
+    .await;
+    assert!(report.cases.len() >= 30, "{report}");
+    assert!(report.passed(), "{report}");
+}

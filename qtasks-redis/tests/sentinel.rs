@@ -2,40 +2,21 @@
 //! of the test's own (their own ports, never the shared Redis), the master killed during a
 //! drain with a waiter on every task.
 
-use std::collections::HashMap;
-use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
 use qtasks::redis::{RedisOptions, WaitForReplicas};
 use qtasks::{QueueConfig, TaskStatus};
+use qtasks_test_support::fault_drain::{Figures, drain_through, drained_step, runs_of};
 use qtasks_test_support::{OwnRedis, OwnReplica, OwnSentinels, redis_url, unique_prefix};
-
-/// Runs per task (by its number, per test: each test numbers its tasks from its own base).
-static RUNS: LazyLock<Mutex<HashMap<u64, usize>>> = LazyLock::new(Mutex::default);
-
-#[qtasks::task]
-async fn failover_step(n: u64) -> u64 {
-    *RUNS.lock().entry(n).or_default() += 1;
-    tokio::time::sleep(Duration::from_millis(40)).await;
-    n * 2
-}
 
 async fn connection(port: u16) -> redis::aio::MultiplexedConnection {
     qtasks_test_support::redis::raw_connection(&format!("redis://127.0.0.1:{port}/")).await
 }
 
-/// What a drain through a failover showed.
-struct Figures {
-    /// From the kill to the first result a waiter got after it.
-    resumed_after: Duration,
-    /// Tasks that ran more than once.
-    ran_twice: usize,
-}
-
-/// Adds `count` tasks (numbered from `base`) with a waiter on each, kills the master once a
-/// quarter of them ran, and checks that every waiter gets its result from the new master,
-/// that adds go there too, and that the subscriptions and the heartbeat followed.
+/// Drains `count` tasks (numbered from `base`) with a waiter on each, killing the master once a
+/// quarter of them ran (`drain_through`: every waiter gets its result), and checks that the
+/// replica was promoted, that adds go there too, and that the subscriptions and the heartbeat
+/// followed.
 async fn drain_through_a_failover(
     base: u64,
     count: u64,
@@ -62,55 +43,14 @@ async fn drain_through_a_failover(
     let app = qtasks::redis::connect_with(&sentinels.url(), config, options)
         .await
         .expect("the Sentinels name the master");
-    let handles = failover_step::add_many(&app, (base..base + count).map(|n| (n,)))
-        .await
-        .unwrap();
-    // Every add is on the replica before the drain starts: the adds are not what is tested
-    // here (wait_for_replicas is what keeps them; see replicas.rs).
-    let mut on_master = connection(master.port).await;
-    let _: i64 = redis::cmd("WAIT")
-        .arg(1)
-        .arg(5000)
-        .query_async(&mut on_master)
-        .await
-        .unwrap();
-    let mut waiters = Vec::new();
-    for handle in handles {
-        waiters.push(tokio::spawn(async move {
-            let answer = handle.result(Duration::from_secs(120)).await;
-            (handle.uuid(), answer, Instant::now())
-        }));
-    }
-    app.start().await.unwrap();
-
-    // A quarter done, the master dies.
-    let started = Instant::now();
-    while RUNS
-        .lock()
-        .keys()
-        .filter(|n| (base..base + count).contains(n))
-        .count()
-        < usize::try_from(count / 4).unwrap()
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the drain never got going"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    master.kill();
-    let killed = Instant::now();
-
-    // Every waiter gets its result; none failed.
-    let mut first_after_kill: Option<Instant> = None;
-    for waiter in waiters {
-        let (uuid, answer, at) = waiter.await.unwrap();
-        let value = answer.unwrap_or_else(|failure| panic!("task {uuid} failed: {failure}"));
-        assert_eq!(value % 2, 0);
-        if at > killed {
-            first_after_kill = Some(first_after_kill.map_or(at, |first| first.min(at)));
-        }
-    }
+    // A quarter done, the master dies, once the replica has every write made so far (the adds
+    // are not what is tested here: wait_for_replicas is what keeps them; see replicas.rs).
+    let (dying, promoted) = (&mut master, &replica);
+    let figures = drain_through(&app, base, count, move || async move {
+        promoted.until_caught_up(dying).await;
+        dying.kill();
+    })
+    .await;
     let new_master = sentinels
         .master_port()
         .await
@@ -119,7 +59,7 @@ async fn drain_through_a_failover(
 
     if wait_for_replicas.is_some() {
         // The new master has no replica yet: an add says so.
-        let error = failover_step::add_task(&app, base + count + 100)
+        let error = drained_step::add_task(&app, base + count + 100)
             .await
             .expect_err("no replica acknowledges the add");
         let message = qtasks::backend::ErrorChain(&error).to_string();
@@ -145,7 +85,8 @@ async fn drain_through_a_failover(
     }
 
     // Adds go to the new master, and run.
-    let more = failover_step::add_many(&app, (base + count..base + count + 20).map(|n| (n,)))
+    app.start().await.unwrap();
+    let more = drained_step::add_many(&app, (base + count..base + count + 20).map(|n| (n,)))
         .await
         .unwrap();
     for handle in &more {
@@ -180,15 +121,11 @@ async fn drain_through_a_failover(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     app.stop().await.unwrap();
-
-    let runs = RUNS.lock();
-    let all = base..base + count + 20;
-    let missing: Vec<u64> = all.clone().filter(|n| !runs.contains_key(n)).collect();
+    let missing: Vec<u64> = (base + count..base + count + 20)
+        .filter(|n| runs_of(*n) == 0)
+        .collect();
     assert!(missing.is_empty(), "never ran: {missing:?}");
-    Figures {
-        resumed_after: first_after_kill.map_or(Duration::ZERO, |at| at - killed),
-        ran_twice: all.filter(|n| runs[n] > 1).count(),
-    }
+    figures
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

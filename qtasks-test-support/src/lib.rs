@@ -14,6 +14,7 @@
 //! - [`redis`], [`amqp`], [`grpc`]: an engine's or a surface's test helpers.
 
 pub mod amqp;
+pub mod fault_drain;
 pub mod flow;
 pub mod grpc;
 pub mod logs;
@@ -26,10 +27,12 @@ pub mod redis;
 pub mod scratch;
 pub mod services;
 
-pub use logs::CapturedLogs;
+pub use logs::{CapturedLogs, log_to_stderr};
 pub use own_postgres::OwnPostgres;
 pub use own_rabbitmq::OwnRabbitMq;
-pub use own_redis::{OwnRedis, OwnReplica, OwnSentinels, recorded_outcomes, resp_commands};
+pub use own_redis::{
+    OwnCluster, OwnRedis, OwnReplica, OwnSentinels, recorded_outcomes, resp_commands,
+};
 pub use process::LoggedProcess;
 pub use proxy::{Proxy, host_port};
 pub use scratch::{free_port, unique_prefix};

@@ -47,3 +47,12 @@ impl std::io::Write for Sink {
         Ok(())
     }
 }
+
+/// Writes every `tracing` line at `level` or above to stderr, for the whole test binary (the
+/// first call wins): for reading what a failing service test saw, with `--nocapture`.
+pub fn log_to_stderr(level: tracing::Level) {
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -148,6 +148,33 @@ impl OwnReplica {
     }
 }
 
+impl OwnReplica {
+    /// Waits until the replica has every write `master` made so far (its replication offset).
+    pub async fn until_caught_up(&self, master: &OwnRedis) {
+        let offset = |port: u16, field: &'static str| async move {
+            let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+            let mut con = client.get_multiplexed_async_connection().await.unwrap();
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query_async(&mut con)
+                .await
+                .unwrap();
+            info.lines()
+                .find_map(|line| line.strip_prefix(field)?.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let written = offset(master.port, "master_repl_offset:").await;
+        let started = Instant::now();
+        while offset(self.port, "slave_repl_offset:").await < written {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the replica never caught up"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
 impl Drop for OwnReplica {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -348,4 +375,239 @@ pub fn resp_commands(bytes: &[u8]) -> Vec<Vec<Vec<u8>>> {
         commands.push(command);
     }
     commands
+}
+
+/// A Redis Cluster of a test's own: `masters` masters with `replicas` replicas each, on ports
+/// of their own (each node's cluster bus on its port + 10000), nodes down after 1 s; killed
+/// when dropped.
+pub struct OwnCluster {
+    pub ports: Vec<u16>,
+    children: Vec<Option<Child>>,
+    dir: PathBuf,
+}
+
+impl OwnCluster {
+    pub fn start(masters: usize, replicas: usize) -> OwnCluster {
+        let dir = scratch_dir("cluster");
+        let count = masters * (1 + replicas);
+        let mut ports = Vec::new();
+        while ports.len() < count {
+            let port = cluster_port();
+            if !ports.contains(&port) {
+                ports.push(port);
+            }
+        }
+        let mut cluster = OwnCluster {
+            children: ports.iter().map(|_| None).collect(),
+            ports,
+            dir,
+        };
+        for node in 0..count {
+            cluster.launch(node);
+        }
+        let nodes: Vec<String> = cluster
+            .ports
+            .iter()
+            .map(|port| format!("127.0.0.1:{port}"))
+            .collect();
+        let status = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&nodes)
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("redis-cli runs");
+        assert!(status.success(), "redis-cli --cluster create failed");
+        cluster
+    }
+
+    /// Starts node `node` (again, after a kill: it rejoins with its saved cluster config).
+    pub fn launch(&mut self, node: usize) {
+        let port = self.ports[node];
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
+            // A replica syncs at once, and takes over however long ago it last heard from
+            // its master (a test kills masters seconds after the cluster formed).
+            .args(["--repl-diskless-sync-delay", "0"])
+            .args(["--cluster-replica-validity-factor", "0"])
+            .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        self.children[node] = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server never listened");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILLs node `node`.
+    pub fn kill(&mut self, node: usize) {
+        if let Some(mut child) = self.children[node].take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// `redis+cluster://` naming every node.
+    pub fn url(&self) -> String {
+        let nodes: Vec<String> = self
+            .ports
+            .iter()
+            .map(|port| format!("127.0.0.1:{port}"))
+            .collect();
+        format!("redis+cluster://{}", nodes.join(","))
+    }
+
+    /// Waits until every live node says the cluster is ok and knows `masters` masters that
+    /// serve slots, and every replica has synced with its master.
+    pub async fn until_ok(&self, masters: usize) {
+        let started = Instant::now();
+        for (node, port) in self.ports.iter().enumerate() {
+            if self.children[node].is_none() {
+                continue;
+            }
+            loop {
+                let shards = self.masters_seen_by(*port).await;
+                if shards.as_ref().is_some_and(|found| found.len() == masters) {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "node {port} never saw a healthy cluster of {masters} masters: {shards:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    /// The masters that serve slots, as the node on `port` sees them, when it says the cluster
+    /// is ok (and, for a replica, has synced).
+    async fn masters_seen_by(&self, port: u16) -> Option<Vec<u16>> {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).ok()?;
+        let mut con = client.get_multiplexed_async_connection().await.ok()?;
+        let info: String = redis::cmd("CLUSTER")
+            .arg("INFO")
+            .query_async(&mut con)
+            .await
+            .ok()?;
+        if !info.contains("cluster_state:ok") {
+            return None;
+        }
+        let replication: String = redis::cmd("INFO")
+            .arg("replication")
+            .query_async(&mut con)
+            .await
+            .ok()?;
+        if replication.contains("role:slave") && !replication.contains("master_link_status:up") {
+            return None;
+        }
+        let mut masters: Vec<u16> = self
+            .slots(&mut con)
+            .await?
+            .into_iter()
+            .map(|(_, _, port)| port)
+            .collect();
+        masters.sort_unstable();
+        masters.dedup();
+        Some(masters)
+    }
+
+    /// `CLUSTER SLOTS`: (first slot, last slot, master port) per range.
+    async fn slots(
+        &self,
+        con: &mut redis::aio::MultiplexedConnection,
+    ) -> Option<Vec<(u16, u16, u16)>> {
+        let ranges: Vec<redis::Value> = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(con)
+            .await
+            .ok()?;
+        let mut found = Vec::new();
+        for range in ranges {
+            let redis::Value::Array(parts) = range else {
+                return None;
+            };
+            let number = |value: &redis::Value| match value {
+                redis::Value::Int(n) => u16::try_from(*n).ok(),
+                _ => None,
+            };
+            let redis::Value::Array(master) = parts.get(2)? else {
+                return None;
+            };
+            found.push((
+                number(&parts[0])?,
+                number(&parts[1])?,
+                number(master.get(1)?)?,
+            ));
+        }
+        Some(found)
+    }
+
+    /// The port of the master that serves `key`'s slot, as a live node sees it.
+    pub async fn master_of(&self, key: &str) -> u16 {
+        for (node, port) in self.ports.iter().enumerate() {
+            if self.children[node].is_none() {
+                continue;
+            }
+            let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}/")) else {
+                continue;
+            };
+            let Ok(mut con) = client.get_multiplexed_async_connection().await else {
+                continue;
+            };
+            let Ok(slot) = redis::cmd("CLUSTER")
+                .arg("KEYSLOT")
+                .arg(key)
+                .query_async::<u16>(&mut con)
+                .await
+            else {
+                continue;
+            };
+            if let Some(ranges) = self.slots(&mut con).await
+                && let Some((_, _, master)) = ranges
+                    .into_iter()
+                    .find(|(first, last, _)| (*first..=*last).contains(&slot))
+            {
+                return master;
+            }
+        }
+        panic!("no live node knows who serves `{key}`")
+    }
+
+    /// The index of the node on `port`.
+    pub fn node(&self, port: u16) -> usize {
+        self.ports
+            .iter()
+            .position(|p| *p == port)
+            .expect("a node of this cluster")
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        for node in 0..self.children.len() {
+            self.kill(node);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A port that is free, and whose cluster bus port (+ 10000) is free too.
+fn cluster_port() -> u16 {
+    use std::hash::{BuildHasher, RandomState};
+    loop {
+        let random = RandomState::new().hash_one(Instant::now());
+        let port = 20_000 + u16::try_from(random % 20_000).unwrap();
+        let free = |port: u16| TcpListener::bind(("127.0.0.1", port)).is_ok();
+        if free(port) && free(port + 10_000) {
+            return port;
+        }
+    }
 }

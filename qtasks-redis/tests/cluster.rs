@@ -1,0 +1,276 @@
+//! A Redis Cluster (`redis+cluster://`) of the test's own (its own ports, never the shared
+//! Redis): apps spread over the shards with each app on its slot, a shard's master killed during
+//! a drain with waiters, and the app's slot migrated to another master during a drain.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use qtasks::redis::RedisOptions;
+use qtasks::{QueueConfig, QueueTasks};
+use qtasks_test_support::fault_drain::{drain_through, drained_step};
+use qtasks_test_support::{OwnCluster, redis_url, unique_prefix};
+
+async fn connection(port: u16) -> redis::aio::MultiplexedConnection {
+    qtasks_test_support::redis::raw_connection(&format!("redis://127.0.0.1:{port}/")).await
+}
+
+async fn app_on(cluster: &OwnCluster, name: &str) -> QueueTasks {
+    let config = QueueConfig {
+        name: name.to_owned(),
+        max_tasks_process: 8,
+        queues: qtasks::queues::QueueSelection::new(["default", "emails"]),
+        ..QueueConfig::default()
+    };
+    let options = RedisOptions {
+        // A take that a failover lost is taken again after this.
+        lease: Duration::from_secs(3),
+        // A dead master holds the cluster client's commands until they time out (it asks the
+        // dead node for the new layout first): this bounds how long.
+        response_timeout: Duration::from_secs(2),
+        ..RedisOptions::default()
+    };
+    qtasks::redis::connect_with(&cluster.url(), config, options)
+        .await
+        .expect("the cluster is reachable")
+}
+
+/// The keys of app `name` on the node at `port`.
+async fn keys_on(port: u16, name: &str) -> Vec<String> {
+    let mut con = connection(port).await;
+    let mut keys = Vec::new();
+    let mut cursor = 0_u64;
+    loop {
+        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{{{name}}}:*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        keys.extend(found);
+        if next == 0 {
+            return keys;
+        }
+        cursor = next;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
+async fn apps_spread_over_the_shards_each_on_its_slot() {
+    if redis_url("cluster apps spread").is_none() {
+        return;
+    }
+    let cluster = OwnCluster::start(3, 0);
+    cluster.until_ok(3).await;
+    // One app per master: names whose hash tags land on three different masters.
+    let mut by_master: BTreeMap<u16, String> = BTreeMap::new();
+    for i in 0.. {
+        let name = unique_prefix(&format!("spread{i}"));
+        by_master
+            .entry(cluster.master_of(&format!("{{{name}}}")).await)
+            .or_insert(name);
+        if by_master.len() == 3 {
+            break;
+        }
+    }
+    let mut apps = Vec::new();
+    for (base, name) in (0_u64..).step_by(1000).zip(by_master.values()) {
+        let app = app_on(&cluster, name).await;
+        let handles = drained_step::add_many(&app, (base..base + 50).map(|n| (n,)))
+            .await
+            .unwrap();
+        let named = drained_step::call(base + 999)
+            .queue("emails")
+            .add(&app)
+            .await
+            .unwrap();
+        apps.push((app, handles, named));
+    }
+    for (app, _, _) in &apps {
+        app.start().await.unwrap();
+    }
+    for (app, handles, named) in &apps {
+        for handle in handles {
+            assert_eq!(handle.result(Duration::from_secs(30)).await.unwrap() % 2, 0);
+        }
+        assert_eq!(named.result(Duration::from_secs(30)).await.unwrap() % 2, 0);
+        app.stop().await.unwrap();
+    }
+    // Each app's keys (records, queues, the named queue's, the heartbeat) are all on its
+    // master, none on another.
+    for (master, name) in &by_master {
+        let here = keys_on(*master, name).await;
+        assert!(
+            here.len() > 50,
+            "{name} has {} keys on {master}",
+            here.len()
+        );
+        let named = here.iter().filter(|key| {
+            apps.iter()
+                .any(|(_, _, handle)| key.ends_with(&handle.uuid().to_string()))
+        });
+        assert_eq!(named.count(), 1, "the named queue's record is here");
+        for other in by_master.keys().filter(|other| *other != master) {
+            let elsewhere = keys_on(*other, name).await;
+            assert!(
+                elsewhere.is_empty(),
+                "{name} has keys on {other}: {elsewhere:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
+async fn a_drain_goes_on_when_the_shards_master_dies_and_its_replica_takes_over() {
+    if redis_url("cluster failover").is_none() {
+        return;
+    }
+    let mut cluster = OwnCluster::start(3, 1);
+    cluster.until_ok(3).await;
+    let name = unique_prefix("cluster-failover");
+    let app = app_on(&cluster, &name).await;
+    let master = cluster.master_of(&format!("{{{name}}}")).await;
+    let node = cluster.node(master);
+    let figures = drain_through(&app, 0, 400, || {
+        cluster.kill(node);
+        async {}
+    })
+    .await;
+    let promoted = cluster.master_of(&format!("{{{name}}}")).await;
+    assert_ne!(promoted, master, "the replica took over");
+    eprintln!(
+        "cluster failover: 400 tasks, resumed {:?} after the kill, {} ran twice",
+        figures.resumed_after, figures.ran_twice
+    );
+}
+
+/// Moves `slot` from the master at `from` to the one at `to` as `redis-cli --cluster
+/// reshard` does: importing and migrating marks, the keys moved in batches (`MIGRATE`; a
+/// client that asks meanwhile is sent on with `ASK`), then the slot given to its new owner.
+async fn migrate_slot(cluster: &OwnCluster, slot: u16, from: u16, to: u16) -> usize {
+    let mut source = connection(from).await;
+    let mut target = connection(to).await;
+    let id = |con: &mut redis::aio::MultiplexedConnection| {
+        let mut con = con.clone();
+        async move {
+            redis::cmd("CLUSTER")
+                .arg("MYID")
+                .query_async::<String>(&mut con)
+                .await
+                .unwrap()
+        }
+    };
+    let (source_id, target_id) = (id(&mut source).await, id(&mut target).await);
+    let _: () = redis::cmd("CLUSTER")
+        .arg("SETSLOT")
+        .arg(slot)
+        .arg("IMPORTING")
+        .arg(&source_id)
+        .query_async(&mut target)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("CLUSTER")
+        .arg("SETSLOT")
+        .arg(slot)
+        .arg("MIGRATING")
+        .arg(&target_id)
+        .query_async(&mut source)
+        .await
+        .unwrap();
+    let mut moved = 0;
+    loop {
+        let keys: Vec<String> = redis::cmd("CLUSTER")
+            .arg("GETKEYSINSLOT")
+            .arg(slot)
+            .arg(20)
+            .query_async(&mut source)
+            .await
+            .unwrap();
+        if keys.is_empty() {
+            break;
+        }
+        moved += keys.len();
+        let _: () = redis::cmd("MIGRATE")
+            .arg("127.0.0.1")
+            .arg(to)
+            .arg("")
+            .arg(0)
+            .arg(5000)
+            .arg("KEYS")
+            .arg(&keys)
+            .query_async(&mut source)
+            .await
+            .unwrap();
+        // Slowly, so the drain meets the slot half moved.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for port in &cluster.ports {
+        let _: () = redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg("NODE")
+            .arg(&target_id)
+            .query_async(&mut connection(*port).await)
+            .await
+            .unwrap();
+    }
+    moved
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
+async fn a_drain_goes_on_while_the_apps_slot_migrates_to_another_master() {
+    if redis_url("cluster slot migration").is_none() {
+        return;
+    }
+    let cluster = OwnCluster::start(3, 0);
+    cluster.until_ok(3).await;
+    let name = unique_prefix("cluster-reshard");
+    let app = app_on(&cluster, &name).await;
+    let tag = format!("{{{name}}}");
+    let from = cluster.master_of(&tag).await;
+    let to = *cluster.ports.iter().find(|port| **port != from).unwrap();
+    let slot: u16 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(&tag)
+        .query_async(&mut connection(from).await)
+        .await
+        .unwrap();
+    let moved = std::sync::Arc::new(Mutex::new(0));
+    let figures = drain_through(&app, 100_000, 400, || {
+        let moved = std::sync::Arc::clone(&moved);
+        let cluster = &cluster;
+        async move {
+            *moved.lock() = migrate_slot(cluster, slot, from, to).await;
+        }
+    })
+    .await;
+    assert_eq!(cluster.master_of(&tag).await, to);
+    assert!(
+        *moved.lock() > 100,
+        "the slot held the app's keys: {}",
+        moved.lock()
+    );
+    assert!(keys_on(from, &name).await.is_empty());
+    // The app goes on adding and running on the slot's new master.
+    let more = drained_step::add_many(&app, (200_000..200_020).map(|n| (n,)))
+        .await
+        .unwrap();
+    app.start().await.unwrap();
+    for handle in &more {
+        assert_eq!(handle.result(Duration::from_secs(30)).await.unwrap() % 2, 0);
+    }
+    app.stop().await.unwrap();
+    eprintln!(
+        "cluster slot migration: 400 tasks, {} keys moved, {} results during the move, first result {:?} after it, {} ran twice",
+        moved.lock(),
+        figures.during,
+        figures.resumed_after,
+        figures.ran_twice
+    );
+}
