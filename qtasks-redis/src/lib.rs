@@ -29,6 +29,9 @@
 //! - **Failovers followed**: with a `redis+sentinel://host:port,host:port/master-name/db` URL
 //!   every connection asks the Sentinels for the master again when it loses it, and moves to
 //!   the new one (`link`, `server`).
+//! - **Redis Cluster**: with a `redis+cluster://host:port,host:port` URL every key of an app
+//!   carries the app's name as its hash tag (`{billing}:...`), so each script's keys share one
+//!   slot and apps spread over the shards. Python QTasks cannot read that layout.
 //!
 //! The key layout is in [`scripts`].
 #![warn(missing_docs)]
@@ -116,9 +119,10 @@ pub struct Redis {
 
 impl Redis {
     /// The Redis at `url` (`redis://`, `rediss://` with the `redis-tls` feature, `unix://`),
-    /// or the master that Sentinels name and follow through failovers
-    /// (`redis+sentinel://[user:password@]host:port,host:port/master-name/db`), with default
-    /// options.
+    /// the master that Sentinels name, followed through failovers
+    /// (`redis+sentinel://[user:password@]host:port,host:port/master-name/db`), or a Redis
+    /// Cluster (`redis+cluster://[user:password@]host:port,host:port`: the app's keys then
+    /// share its name as their hash tag), with default options.
     pub fn new(url: impl Into<String>) -> Self {
         Redis {
             url: url.into(),
