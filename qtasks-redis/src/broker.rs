@@ -816,6 +816,8 @@ impl RedisBroker {
         });
         // Live items can exist only for a run that streamed, or from a delivery before this one.
         let may_have_items = delivery.run.streamed || delivery.recovered || delivery.deliveries > 1;
+        part.keys.push(self.keys.record(delivery.task.uuid));
+        part.keys.push(self.keys.items(delivery.task.uuid));
         part.arg(&delivery.receipt)
             .arg(delivery.task.uuid.to_string())
             .arg(bucket)

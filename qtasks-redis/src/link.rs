@@ -16,13 +16,16 @@ use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo};
+use redis::cluster_routing::{
+    MultipleNodeRoutingInfo, ResponsePolicy, Route, RoutingInfo, SingleNodeRoutingInfo,
+};
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 
 use crate::server::{ClusterNodes, SentinelMaster, Timeouts};
 
 /// How often a link looks for new servers at most, while they do not answer: it looks again on
-/// the next error after this.
+/// the next error after this. (A command that began before the last look ended does not look
+/// again either: under a wave of timeouts, that makes one look per response timeout.)
 const LOOK_AGAIN_AFTER: Duration = Duration::from_millis(200);
 
 /// A command connection; clones share it (and, when followed, its moves).
@@ -71,7 +74,7 @@ struct Current {
 pub(crate) struct Followed {
     behind: Behind,
     current: parking_lot::Mutex<Current>,
-    /// When the servers were last looked for: one look at a time, and not too often.
+    /// When the last look for the servers ended: one look at a time, and not too often.
     looked: tokio::sync::Mutex<Option<Instant>>,
 }
 
@@ -94,23 +97,26 @@ impl Followed {
         self.current.lock().clone()
     }
 
-    /// After `error` on the connection of move `moves`: when it may mean the servers changed,
-    /// connects anew (for Sentinels, only when they name another master). Errors doing so are
-    /// only logged: the new master may not be elected yet, and the next error looks again.
-    async fn after(&self, error: &redis::RedisError, moves: u64) {
+    /// After `error` on the connection of move `moves`, in a command sent at `began`: when it
+    /// may mean the servers changed, connects anew (for Sentinels, only when they name another
+    /// master). Errors doing so are only logged: the new master may not be elected yet, and the
+    /// next error looks again.
+    async fn after(&self, error: &redis::RedisError, moves: u64, began: Instant) {
         if !may_mean_failover(error) {
             return;
         }
         let mut looked = self.looked.lock().await;
-        // Another clone moved while this one waited, or looked a moment ago.
+        // Another clone moved while this one waited, or a look ended after this command was
+        // sent (it knew no better), or a moment ago.
         if self.current.lock().moves != moves
-            || looked.is_some_and(|at| at.elapsed() < LOOK_AGAIN_AFTER)
+            || looked.is_some_and(|ended| ended > began || ended.elapsed() < LOOK_AGAIN_AFTER)
         {
             return;
         }
-        *looked = Some(Instant::now());
         tracing::debug!("looking for the servers again after: {error}");
-        match self.behind.connect_if_moved(&self.current().address).await {
+        let found = self.behind.connect_if_moved(&self.current().address).await;
+        *looked = Some(Instant::now());
+        match found {
             Ok(None) => {}
             Ok(Some((connection, address))) => {
                 let mut current = self.current.lock();
@@ -173,75 +179,153 @@ impl Behind {
 }
 
 /// Errors after which the servers may have changed: the connection dropped, could not be made
-/// or timed out, a write was refused as on a replica, or a cluster has no node for the slot.
+/// or timed out, a write was refused as on a replica (also inside an aborted transaction), or a
+/// cluster has no node for the slot.
 fn may_mean_failover(error: &redis::RedisError) -> bool {
     error.is_io_error()
         || error.is_connection_dropped()
         || error.is_connection_refusal()
         || error.is_timeout()
-        || matches!(
-            error.kind(),
-            redis::ErrorKind::Server(
-                redis::ServerErrorKind::ReadOnly
-                    | redis::ServerErrorKind::MasterDown
-                    | redis::ServerErrorKind::ClusterDown
-            ) | redis::ErrorKind::ClusterConnectionNotFound
-        )
+        || error.kind() == redis::ErrorKind::ClusterConnectionNotFound
+        || matches!(error.kind(), redis::ErrorKind::Server(kind)
+            if demoted(kind, error.code().unwrap_or_default()))
+        || error
+            .clone()
+            .into_server_errors()
+            .is_some_and(|errors| errors.iter().any(|(_, error)| server_demoted(error)))
 }
 
-/// Whether `cmd` names no key but must reach the node of the app's keys on a cluster: `SCAN`
-/// (the cluster client would send it to any node), and `SCRIPT LOAD` (the cluster client
-/// would send it to every node, and wait for a dead one: the script is needed only where the
-/// app's keys are, and a promoted replica does not have it).
-fn goes_home(cmd: &Cmd) -> bool {
+/// Whether a server's error says it is no master any more (or the cluster lost the slot's):
+/// `READONLY` (from a script too, whose error may carry it after its own code), `MASTERDOWN`,
+/// `CLUSTERDOWN`.
+fn demoted(kind: redis::ServerErrorKind, code: &str) -> bool {
+    matches!(
+        kind,
+        redis::ServerErrorKind::ReadOnly
+            | redis::ServerErrorKind::MasterDown
+            | redis::ServerErrorKind::ClusterDown
+    ) || code.contains("READONLY")
+}
+
+fn server_demoted(error: &redis::ServerError) -> bool {
+    error.kind().is_some_and(|kind| demoted(kind, error.code()))
+        || error.code().contains("READONLY")
+        || error
+            .details()
+            .is_some_and(|details| details.contains("READONLY"))
+}
+
+/// Where a keyless command must go on a cluster, when not where the cluster client would send
+/// it: `SCAN` and `CONFIG GET` to the node of the app's slot (`home`; the client would pick any
+/// node), and `SCRIPT LOAD` to every master (the client would send it to replicas too, and the
+/// script is needed wherever the app's slot may move: a promoted replica or a migration's
+/// target has none).
+fn routing(cmd: &Cmd, home: Route) -> Option<RoutingInfo> {
     let mut args = cmd.args_iter().filter_map(|arg| match arg {
         redis::Arg::Simple(bytes) => Some(bytes),
         _ => None,
     });
-    match args.next() {
-        Some(name) if name.eq_ignore_ascii_case(b"SCAN") => true,
-        Some(name) if name.eq_ignore_ascii_case(b"SCRIPT") => args
-            .next()
-            .is_some_and(|sub| sub.eq_ignore_ascii_case(b"LOAD")),
-        _ => false,
+    let name = args.next()?;
+    let home = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(home));
+    if name.eq_ignore_ascii_case(b"SCAN") {
+        return Some(home);
     }
+    let sub = args.next()?;
+    if name.eq_ignore_ascii_case(b"CONFIG") && sub.eq_ignore_ascii_case(b"GET") {
+        return Some(home);
+    }
+    (name.eq_ignore_ascii_case(b"SCRIPT") && sub.eq_ignore_ascii_case(b"LOAD")).then_some(
+        RoutingInfo::MultiNode((
+            MultipleNodeRoutingInfo::AllMasters,
+            Some(ResponsePolicy::AllSucceeded),
+        )),
+    )
 }
 
-/// The first answer of a pipeline that refuses a write as a replica does: a pipeline's
-/// commands fail one by one, so the refusal comes back as one of its answers.
-fn refused_write(answers: &[Value]) -> Option<redis::RedisError> {
-    answers.iter().find_map(|answer| match answer {
-        Value::ServerError(error) if error.kind() == Some(redis::ServerErrorKind::ReadOnly) => {
+/// The first answer that says the server is no master any more: a connection hands a
+/// server's error back as an answer (the caller's `query_async` turns it into an error), and a
+/// pipeline's commands fail one by one.
+fn refusal<'a>(answers: impl IntoIterator<Item = &'a Value>) -> Option<redis::RedisError> {
+    answers.into_iter().find_map(|answer| match answer {
+        Value::ServerError(error) if server_demoted(error) => {
             Some(redis::RedisError::from(error.clone()))
         }
         _ => None,
     })
 }
 
+impl Followed {
+    /// Sends a command on the current connection, and looks for the servers again when the
+    /// answer says they may have changed.
+    async fn command(&self, cmd: &Cmd) -> RedisResult<Value> {
+        let Current {
+            connection, moves, ..
+        } = self.current();
+        let began = Instant::now();
+        let answer = match (connection, &self.behind) {
+            (Connection::Master(mut connection), _) => connection.req_packed_command(cmd).await,
+            (Connection::Cluster(mut connection), Behind::Cluster { home, .. }) => {
+                match routing(cmd, *home) {
+                    Some(route) => connection.route_command(cmd.clone(), route).await,
+                    None => connection.req_packed_command(cmd).await,
+                }
+            }
+            (Connection::Cluster(mut connection), Behind::Sentinel { .. }) => {
+                connection.req_packed_command(cmd).await
+            }
+        };
+        match &answer {
+            Err(error) => self.after(error, moves, began).await,
+            Ok(answer) => {
+                if let Some(error) = refusal([answer]) {
+                    self.after(&error, moves, began).await;
+                }
+            }
+        }
+        answer
+    }
+
+    /// Sends a pipeline on the current connection, and looks for the servers again when an
+    /// answer says they may have changed.
+    async fn pipeline(
+        &self,
+        pipeline: &Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisResult<Vec<Value>> {
+        let Current {
+            connection, moves, ..
+        } = self.current();
+        let began = Instant::now();
+        let answer = match connection {
+            Connection::Master(mut connection) => {
+                connection
+                    .req_packed_commands(pipeline, offset, count)
+                    .await
+            }
+            Connection::Cluster(mut connection) => {
+                connection
+                    .req_packed_commands(pipeline, offset, count)
+                    .await
+            }
+        };
+        match &answer {
+            Err(error) => self.after(error, moves, began).await,
+            Ok(answers) => {
+                if let Some(error) = refusal(answers) {
+                    self.after(&error, moves, began).await;
+                }
+            }
+        }
+        answer
+    }
+}
+
 impl ConnectionLike for Link {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Link::Direct(connection) => connection.req_packed_command(cmd),
-            Link::Followed(followed) => Box::pin(async move {
-                let Current {
-                    connection, moves, ..
-                } = followed.current();
-                let answer = match connection {
-                    Connection::Master(mut connection) => connection.req_packed_command(cmd).await,
-                    Connection::Cluster(mut connection) => match &followed.behind {
-                        Behind::Cluster { home, .. } if goes_home(cmd) => {
-                            let route =
-                                RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(*home));
-                            connection.route_command(cmd.clone(), route).await
-                        }
-                        _ => connection.req_packed_command(cmd).await,
-                    },
-                };
-                if let Err(error) = &answer {
-                    followed.after(error, moves).await;
-                }
-                answer
-            }),
+            Link::Followed(followed) => Box::pin(followed.command(cmd)),
         }
     }
 
@@ -253,32 +337,7 @@ impl ConnectionLike for Link {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Link::Direct(connection) => connection.req_packed_commands(pipeline, offset, count),
-            Link::Followed(followed) => Box::pin(async move {
-                let Current {
-                    connection, moves, ..
-                } = followed.current();
-                let answer = match connection {
-                    Connection::Master(mut connection) => {
-                        connection
-                            .req_packed_commands(pipeline, offset, count)
-                            .await
-                    }
-                    Connection::Cluster(mut connection) => {
-                        connection
-                            .req_packed_commands(pipeline, offset, count)
-                            .await
-                    }
-                };
-                match &answer {
-                    Err(error) => followed.after(error, moves).await,
-                    Ok(answers) => {
-                        if let Some(error) = refused_write(answers) {
-                            followed.after(&error, moves).await;
-                        }
-                    }
-                }
-                answer
-            }),
+            Link::Followed(followed) => Box::pin(followed.pipeline(pipeline, offset, count)),
         }
     }
 

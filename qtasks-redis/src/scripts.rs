@@ -1,9 +1,9 @@
 //! The Lua scripts that make each step of a task atomic. The keys a script touches are passed
 //! in KEYS, but for a few the scripts build from the app's prefix: the take the records of the
 //! tasks it marks and the `ready` of a queue whose expired lease it reclaims (see [`TAKE`], and
-//! [`REQUEUE_EXPIRED`]), the finish each outcome's record and live items (see [`FINISH`]). Every key
-//! of an app starts with its prefix (Redis Cluster, not supported yet, would need the prefix
-//! to be a hash tag for them to share a slot).
+//! [`REQUEUE_EXPIRED`]). Every key of an app starts with its prefix; on a Redis Cluster the
+//! prefix is a hash tag (`{app}`), so the keys a script builds share the slot of those it is
+//! given.
 //!
 //! Keys (prefix `N` = the app name):
 //! - `N:task_queue` (LIST): entries `name:uuid:priority`, pushed by Rust and Python clients
@@ -625,15 +625,15 @@ return #members
 /// whole batch in one message; older waiters would miss such messages, so it waits a release.) A record key that holds no hash makes
 /// its `HSET` fail: only then is its type read, for the answer.
 ///
-/// The record (`{prefix}:{uuid}`) and the live items (`{prefix}:qtasks:items:{uuid}`) of each
-/// outcome are built here from its uuid, not declared: two fewer arguments per outcome, and the
-/// items are deleted only for a delivery that may have any (a run that streamed, or a task
-/// handed out before).
+/// The record and the live items of each outcome are declared, so that on a Redis Cluster whose
+/// slot is being migrated the call is sent where all of them are (a key the script built would
+/// be looked up on whichever node holds the declared ones); the items are deleted only for a
+/// delivery that may have any (a run that streamed, or a task handed out before).
 ///
-/// KEYS: leases, stats, cancel requests, then per outcome of a retry: the child's record, the
-/// child's queue (`task_queue`, or `delayed` with a delay) and the records' index (when it is
-/// kept).
-/// ARGV: ttl_ms (0: keep), done channel, the app's key prefix, the outcome count, then per
+/// KEYS: leases, stats, cancel requests, then per outcome: its record, its live items, and for
+/// a retry the child's record, the child's queue (`task_queue`, or `delayed` with a delay) and
+/// the records' index (when it is kept).
+/// ARGV: ttl_ms (0: keep), done channel, the app's key prefix (unused), the outcome count, then per
 /// outcome: its lease member (token and member), uuid, stats bucket (`t:{second}:{status}`),
 /// its own ttl_ms (the task's `result_ttl`; '' takes the batch's), `1` when its live items are
 /// to go (else ''), field count `n`, the fields and values, and the child's part: `0` for none, else `1` (`2` when the index is kept), the
@@ -650,7 +650,6 @@ pub(super) const FINISH: &str = concat!(
     r#"
 local ttl = tonumber(ARGV[1])
 local channel = ARGV[2]
-local prefix = ARGV[3]
 local count = tonumber(ARGV[4])
 local any_cancel = redis.call('HLEN', KEYS[3]) > 0
 local ended = {}       -- bucket -> outcomes counted in it
@@ -695,13 +694,13 @@ local function add_child(k, at, c, indexed)
   end
 end
 
--- One outcome. k: the index of its child's keys (a retry's); a: of its lease member in ARGV;
--- n, c: its field counts; child: its child part's flag.
+-- One outcome. k: the index of its keys (its record, its items, then a retry's child's); a: of
+-- its lease member in ARGV; n, c: its field counts; child: its child part's flag.
 local function finish_one(k, a, n, child, c)
   local leased, uuid, bucket = ARGV[a], ARGV[a + 1], ARGV[a + 2]
-  local record = prefix .. ':' .. uuid
+  local record = KEYS[k]
   local ttl = tonumber(ARGV[a + 3]) or ttl
-  local items_key = ARGV[a + 4] == '1' and (prefix .. ':qtasks:items:' .. uuid)
+  local items_key = ARGV[a + 4] == '1' and KEYS[k + 1]
   local token = string.sub(leased, 1, 32)
   if redis.call('ZREM', KEYS[1], leased) == 0 then
     local found = redis.pcall('HMGET', record, 'status', 'finished_by', 'cancel_reason')
@@ -732,7 +731,7 @@ local function finish_one(k, a, n, child, c)
   if type(written) == 'table' and written['err'] then return unstorable(record) end
   if items_key then items[#items + 1] = items_key end
   if child > 0 then
-    local queued, failure = pcall(add_child, k, a + 6 + 2 * n + 2, c, child == 2)
+    local queued, failure = pcall(add_child, k + 2, a + 6 + 2 * n + 2, c, child == 2)
     if not queued then
       -- The next attempt cannot be queued (a key of the queue holds another type): this
       -- attempt ends `error` saying so, rather than `retry` with no next attempt.
@@ -758,10 +757,10 @@ for i = 1, count do
   local child_at = a + 6 + 2 * n
   local child = tonumber(ARGV[child_at])
   local c = 0
-  local next_k, next_a = k, child_at + 1
+  local next_k, next_a = k + 2, child_at + 1
   if child > 0 then
     c = tonumber(ARGV[child_at + 1])
-    next_k = k + 2 + (child == 2 and 1 or 0)
+    next_k = k + 4 + (child == 2 and 1 or 0)
     next_a = child_at + 2 + 2 * c + 3
   end
   local ok, answer = pcall(finish_one, k, a, n, child, c)

@@ -235,6 +235,14 @@ impl<'a> HostsUrl<'a> {
             .ok_or_else(|| format!("the URL does not start with `{scheme}`"))?;
         let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
         let path = path.split('?').next().unwrap_or_default();
+        // A `/` in a password would end the hosts early, and the rest would be read as hosts:
+        // say so without echoing any of it.
+        if path.contains('@') {
+            return Err(
+                "a `/` in the user name or password, or an `@` in the master name, must be percent-encoded (`%2F`, `%40`)"
+                    .to_owned(),
+            );
+        }
         let (credentials, hosts) = match authority.rsplit_once('@') {
             Some((credentials, hosts)) => (Some(credentials), hosts),
             None => (None, authority),
@@ -395,5 +403,8 @@ mod tests {
         assert!(wrong("redis+sentinel://h,,g/m").contains("empty Sentinel address"));
         assert!(wrong("redis+sentinel://h/m/zero").contains("`zero` is not a number"));
         assert!(!wrong("redis+sentinel://u:secret@h:x/m").contains("secret"));
+        let slashed = wrong("redis+sentinel://u:s3cr/et@h:1/m");
+        assert!(slashed.contains("percent-encoded"), "{slashed}");
+        assert!(!slashed.contains("s3cr"), "{slashed}");
     }
 }

@@ -393,7 +393,11 @@ impl OwnCluster {
         let mut ports = Vec::new();
         while ports.len() < count {
             let port = cluster_port();
-            if !ports.contains(&port) {
+            // No node's port may be another's bus port.
+            let clashes = ports
+                .iter()
+                .any(|other| [*other, other + 10_000].contains(&port) || *other == port + 10_000);
+            if !clashes {
                 ports.push(port);
             }
         }
@@ -599,12 +603,14 @@ impl Drop for OwnCluster {
     }
 }
 
-/// A port that is free, and whose cluster bus port (+ 10000) is free too.
+/// A port that is free, and whose cluster bus port (+ 10000) is free too, below the range the
+/// system hands out for outgoing connections and `bind(0)` (32768 and up), so no other test's
+/// connection takes either meanwhile.
 fn cluster_port() -> u16 {
     use std::hash::{BuildHasher, RandomState};
     loop {
         let random = RandomState::new().hash_one(Instant::now());
-        let port = 20_000 + u16::try_from(random % 20_000).unwrap();
+        let port = 12_000 + u16::try_from(random % 10_000).unwrap();
         let free = |port: u16| TcpListener::bind(("127.0.0.1", port)).is_ok();
         if free(port) && free(port + 10_000) {
             return port;
