@@ -125,7 +125,8 @@ fn peak_rss_kb() -> u64 {
 /// records on the Redis.
 async fn redis_app(url: &str, concurrency: usize) -> QueueTasks {
     let config = QueueConfig {
-        name: APP.to_owned(),
+        // `--app NAME`: several apps on one server or cluster (`bench/cluster.py`).
+        name: arg("--app", APP.to_owned()),
         max_tasks_process: concurrency,
         ..Default::default()
     };
