@@ -882,5 +882,9 @@ mod tests {
             "redis+unix:///run/redis.sock?password=***&db=0"
         );
         assert_eq!(redacted("redis://host:6379"), "redis://host:6379");
+        assert_eq!(
+            redacted("redis+sentinel://:m@a:1,b:2/m/0?sentinel_password=s"),
+            "redis+sentinel://:***@a:1,b:2/m/0?sentinel_password=***"
+        );
     }
 }

@@ -149,6 +149,11 @@ impl ClusterNodes {
                 parts.path
             ));
         }
+        if let Some((name, _)) = parts.query.first() {
+            return Err(format!(
+                "it has an unknown parameter `{name}`: a cluster URL takes none ({SHAPE})"
+            ));
+        }
         let nodes = parts
             .hosts
             .into_iter()
@@ -211,6 +216,10 @@ pub(crate) struct SentinelUrl {
     /// The master's (and its replicas') user name and password, when the URL gives them.
     pub(crate) username: Option<String>,
     pub(crate) password: Option<String>,
+    /// The Sentinels' own user name and password (`?sentinel_username=..&sentinel_password=..`),
+    /// for Sentinels that ask for one (`requirepass` in their configuration).
+    pub(crate) sentinel_username: Option<String>,
+    pub(crate) sentinel_password: Option<String>,
 }
 
 /// The scheme of Sentinel URLs.
@@ -222,6 +231,8 @@ struct HostsUrl<'a> {
     hosts: Vec<(String, u16)>,
     /// What follows the hosts' `/`, without a query.
     path: &'a str,
+    /// The query's `name=value` pairs, values percent-decoded.
+    query: Vec<(&'a str, String)>,
     username: Option<String>,
     password: Option<String>,
 }
@@ -233,8 +244,16 @@ impl<'a> HostsUrl<'a> {
         let rest = url
             .strip_prefix(scheme)
             .ok_or_else(|| format!("the URL does not start with `{scheme}`"))?;
+        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
         let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-        let path = path.split('?').next().unwrap_or_default();
+        let query = query
+            .split('&')
+            .filter(|pair| !pair.is_empty())
+            .map(|pair| {
+                let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+                decode(value).map(|value| (name, value))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         // A `/` in a password would end the hosts early, and the rest would be read as hosts:
         // say so without echoing any of it.
         if path.contains('@') {
@@ -282,6 +301,7 @@ impl<'a> HostsUrl<'a> {
         Ok(HostsUrl {
             hosts: parsed,
             path,
+            query,
             username,
             password,
         })
@@ -297,11 +317,11 @@ fn decode(text: &str) -> Result<String, String> {
 }
 
 impl SentinelUrl {
-    /// Reads `redis+sentinel://[user[:password]@]host[:port][,host[:port]...]/master[/db]`.
-    /// The error says what is wrong, without the password.
+    /// Reads `redis+sentinel://[user[:password]@]host[:port][,host[:port]...]/master[/db]`,
+    /// with `?sentinel_username=..&sentinel_password=..` for the Sentinels' own. The error says
+    /// what is wrong, without the password.
     pub(crate) fn parse(url: &str) -> Result<SentinelUrl, String> {
-        const SHAPE: &str =
-            "redis+sentinel://[user[:password]@]host[:port][,host[:port]...]/master-name[/db]";
+        const SHAPE: &str = "redis+sentinel://[user[:password]@]host[:port][,host[:port]...]/master-name[/db][?sentinel_password=...]";
         let parts = HostsUrl::parse(url, SENTINEL_SCHEME, "Sentinel", SENTINEL_PORT)
             .map_err(|why| format!("{why} ({SHAPE})"))?;
         let (master, db) = match parts.path.split_once('/') {
@@ -320,12 +340,27 @@ impl SentinelUrl {
                 "it names no master: add `/master-name` after the Sentinels ({SHAPE})"
             ));
         }
+        let mut sentinel_username = None;
+        let mut sentinel_password = None;
+        for (name, value) in parts.query {
+            match name {
+                "sentinel_username" => sentinel_username = Some(value),
+                "sentinel_password" => sentinel_password = Some(value),
+                other => {
+                    return Err(format!(
+                        "it has an unknown parameter `{other}`: a Sentinel URL takes `sentinel_username` and `sentinel_password` ({SHAPE})"
+                    ));
+                }
+            }
+        }
         Ok(SentinelUrl {
             sentinels: parts.hosts,
             master: decode(master)?,
             db,
             username: parts.username,
             password: parts.password,
+            sentinel_username,
+            sentinel_password,
         })
     }
 
@@ -343,6 +378,12 @@ impl SentinelUrl {
         }
         if let Some(password) = &self.password {
             builder = builder.set_client_to_redis_password(password);
+        }
+        if let Some(username) = &self.sentinel_username {
+            builder = builder.set_client_to_sentinel_username(username);
+        }
+        if let Some(password) = &self.sentinel_password {
+            builder = builder.set_client_to_sentinel_password(password);
         }
         Ok(SentinelMaster {
             name: self.master,
@@ -380,6 +421,14 @@ mod tests {
             (url.username, url.password.as_deref()),
             (None, Some("secret"))
         );
+
+        let url = SentinelUrl::parse(
+            "redis+sentinel://h/m/1?sentinel_username=s&sentinel_password=p%26q",
+        )
+        .unwrap();
+        assert_eq!(url.db, 1);
+        assert_eq!(url.sentinel_username.as_deref(), Some("s"));
+        assert_eq!(url.sentinel_password.as_deref(), Some("p&q"));
     }
 
     #[test]
@@ -403,6 +452,10 @@ mod tests {
         assert!(wrong("redis+sentinel://h,,g/m").contains("empty Sentinel address"));
         assert!(wrong("redis+sentinel://h/m/zero").contains("`zero` is not a number"));
         assert!(!wrong("redis+sentinel://u:secret@h:x/m").contains("secret"));
+        assert!(
+            wrong("redis+sentinel://h/m?sentinel_pasword=x")
+                .contains("unknown parameter `sentinel_pasword`")
+        );
         let slashed = wrong("redis+sentinel://u:s3cr/et@h:1/m");
         assert!(slashed.contains("percent-encoded"), "{slashed}");
         assert!(!slashed.contains("s3cr"), "{slashed}");

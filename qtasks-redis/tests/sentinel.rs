@@ -169,3 +169,48 @@ async fn a_bad_sentinel_url_says_what_is_wrong() {
     assert!(message.contains("names no master"), "{message}");
     assert!(!message.contains("secret"), "{message}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
+async fn sentinels_that_ask_for_a_password_are_given_it() {
+    if redis_url("sentinel password").is_none() {
+        return;
+    }
+    let master = OwnRedis::start("sentinel-password-master", false);
+    let replica = OwnReplica::start(&master);
+    replica.until_in_sync().await;
+    let sentinels = OwnSentinels::start_with_password(&master, "guarded", "s3ntinel-pw");
+    sentinels.until_ready(1).await;
+    let config = QueueConfig {
+        name: unique_prefix("sentinel-password"),
+        ..QueueConfig::default()
+    };
+
+    // Without the password, or with a wrong one, the Sentinels refuse, and the error says
+    // where it failed without showing a password.
+    let error =
+        qtasks::redis::connect_with(&sentinels.url(), config.clone(), RedisOptions::default())
+            .await
+            .expect_err("the Sentinels ask for their password");
+    let message = qtasks::backend::ErrorChain(&error).to_string();
+    assert!(message.contains("cannot connect to Redis at"), "{message}");
+    let wrong = format!("{}?sentinel_password=wrong-pw", sentinels.url());
+    let error = qtasks::redis::connect_with(&wrong, config.clone(), RedisOptions::default())
+        .await
+        .expect_err("a wrong password is refused");
+    let message = qtasks::backend::ErrorChain(&error).to_string();
+    assert!(message.contains("cannot connect to Redis at"), "{message}");
+    assert!(!message.contains("wrong-pw"), "{message}");
+
+    let url = format!("{}?sentinel_password=s3ntinel-pw", sentinels.url());
+    let app = qtasks::redis::connect_with(&url, config, RedisOptions::default())
+        .await
+        .expect("the Sentinels are given their password");
+    let handle = drained_step::add_task(&app, 7_000_000).await.unwrap();
+    app.start().await.unwrap();
+    assert_eq!(
+        handle.result(Duration::from_secs(30)).await.unwrap(),
+        14_000_000
+    );
+    app.stop().await.unwrap();
+}

@@ -187,12 +187,23 @@ impl Drop for OwnReplica {
 pub struct OwnSentinels {
     pub ports: Vec<u16>,
     pub name: String,
+    /// The Sentinels' own password (`requirepass`), when they ask for one.
+    pub password: Option<String>,
     children: Vec<Child>,
     dir: PathBuf,
 }
 
 impl OwnSentinels {
     pub fn start(master: &OwnRedis, name: &str) -> OwnSentinels {
+        Self::start_with(master, name, None)
+    }
+
+    /// Sentinels that ask their clients (and each other) for `password`.
+    pub fn start_with_password(master: &OwnRedis, name: &str, password: &str) -> OwnSentinels {
+        Self::start_with(master, name, Some(password))
+    }
+
+    fn start_with(master: &OwnRedis, name: &str, password: Option<&str>) -> OwnSentinels {
         let dir = scratch_dir("sentinels");
         let mut ports = Vec::new();
         let mut children = Vec::new();
@@ -200,9 +211,12 @@ impl OwnSentinels {
             let port = crate::free_port();
             // A Sentinel rewrites its configuration file: each gets its own.
             let file = dir.join(format!("sentinel-{i}.conf"));
+            let auth = password.map_or_else(String::new, |password| {
+                format!("requirepass {password}\nsentinel sentinel-pass {password}\n")
+            });
             std::fs::write(
                 &file,
-                format!(
+                auth + &format!(
                     "port {port}\nbind 127.0.0.1\ndir {}\n\
                      sentinel monitor {name} 127.0.0.1 {} 2\n\
                      sentinel down-after-milliseconds {name} 1000\n\
@@ -225,12 +239,22 @@ impl OwnSentinels {
         OwnSentinels {
             ports,
             name: name.to_owned(),
+            password: password.map(str::to_owned),
             children,
             dir,
         }
     }
 
-    /// `redis+sentinel://` for these Sentinels and the master's database 0.
+    /// A plain URL of the Sentinel on `port`, with their password.
+    fn sentinel_url(&self, port: u16) -> String {
+        match &self.password {
+            Some(password) => format!("redis://:{password}@127.0.0.1:{port}/"),
+            None => format!("redis://127.0.0.1:{port}/"),
+        }
+    }
+
+    /// `redis+sentinel://` for these Sentinels and the master's database 0 (without their
+    /// password: add `?sentinel_password=`).
     pub fn url(&self) -> String {
         let hosts: Vec<String> = self
             .ports
@@ -245,7 +269,7 @@ impl OwnSentinels {
     pub async fn until_ready(&self, replicas: usize) {
         let started = Instant::now();
         for port in &self.ports {
-            let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+            let client = redis::Client::open(self.sentinel_url(*port)).unwrap();
             loop {
                 let known = async {
                     let mut con = client.get_multiplexed_async_connection().await.ok()?;
@@ -278,7 +302,7 @@ impl OwnSentinels {
 
     /// The master's port as the first Sentinel names it.
     pub async fn master_port(&self) -> Option<u16> {
-        let client = redis::Client::open(format!("redis://127.0.0.1:{}/", self.ports[0])).unwrap();
+        let client = redis::Client::open(self.sentinel_url(self.ports[0])).unwrap();
         let mut con = client.get_multiplexed_async_connection().await.ok()?;
         let address: Vec<String> = redis::cmd("SENTINEL")
             .arg("GET-MASTER-ADDR-BY-NAME")

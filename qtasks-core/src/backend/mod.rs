@@ -173,7 +173,10 @@ pub fn redacted_url(url: &str) -> String {
         let query = query
             .split('&')
             .map(|pair| match pair.split_once('=') {
-                Some((key, _)) if matches!(key, "pass" | "password") => format!("{key}=***"),
+                // `pass`, `password`, and the like of another server (`sentinel_password`).
+                Some((key, _)) if key == "pass" || key.ends_with("password") => {
+                    format!("{key}=***")
+                }
                 _ => pair.to_owned(),
             })
             .collect::<Vec<_>>()
