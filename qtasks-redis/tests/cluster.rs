@@ -100,6 +100,13 @@ async fn apps_spread_over_the_shards_each_on_its_slot() {
         assert_eq!(named.result(Duration::from_secs(30)).await.unwrap() % 2, 0);
         app.stop().await.unwrap();
     }
+    // The URL alone reaches the cluster too (as the command line's `--url` does), and sees
+    // the default app's stats.
+    let by_url = qtasks::QueueTasks::connect(&cluster.url())
+        .await
+        .expect("a redis+cluster:// URL connects");
+    by_url.stats().await.expect("the default app's stats");
+
     // Each app's keys (records, queues, the named queue's, the heartbeat) are all on its
     // master, none on another.
     for (master, name) in &by_master {
