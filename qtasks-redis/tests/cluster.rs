@@ -102,7 +102,7 @@ async fn apps_spread_over_the_shards_each_on_its_slot() {
     }
     // The URL alone reaches the cluster too (as the command line's `--url` does), and sees
     // the default app's stats.
-    let by_url = qtasks::QueueTasks::connect(&cluster.url())
+    let by_url = QueueTasks::connect(&cluster.url())
         .await
         .expect("a redis+cluster:// URL connects");
     by_url.stats().await.expect("the default app's stats");
