@@ -136,7 +136,7 @@ impl GlobalConfig for RedisGlobalConfig {
             redis::pipe()
                 .hset_multiple(
                     &self.keys.heartbeat,
-                    &[("name", self.keys.prefix.as_str()), ("status", "running")],
+                    &[("name", self.keys.name.as_str()), ("status", "running")],
                 )
                 .expire(
                     &self.keys.heartbeat,

@@ -399,7 +399,10 @@ impl Default for RedisOptions {
 /// The keys of one app (prefix = the app name, as in the original).
 #[derive(Debug, Clone)]
 pub(crate) struct Keys {
+    /// What every key starts with: the app's name, or on a cluster its hash tag `{name}`.
     prefix: String,
+    /// The app's name (the heartbeat shows it).
+    name: String,
     queue: String,
     incoming: String,
     ready: String,
@@ -446,9 +449,10 @@ pub(crate) struct QueueKeys<'a> {
 }
 
 impl Keys {
-    fn new(prefix: &str, records_index: bool) -> Self {
+    fn new(prefix: &str, name: &str, records_index: bool) -> Self {
         Keys {
             prefix: prefix.to_owned(),
+            name: name.to_owned(),
             queue: format!("{prefix}:task_queue"),
             incoming: format!("{prefix}:qtasks:incoming"),
             ready: format!("{prefix}:qtasks:ready"),
@@ -593,7 +597,7 @@ async fn connect_parts(
     let server = open_server(url, options)?;
     // On a cluster every key of the app carries the app's name as its hash tag (`{billing}:...`),
     // so the app lives on one slot and every script's keys share it.
-    let prefix = if server.is_cluster() {
+    let tagged = if server.is_cluster() {
         if prefix.contains(['{', '}']) {
             return Err(BackendError::new(
                 "redis",
@@ -617,7 +621,7 @@ async fn connect_parts(
             connect: options.connect_timeout,
             response,
         };
-        server.link(timeouts, &prefix)
+        server.link(timeouts, &tagged)
     };
     let unreachable = |e| failure(format!("cannot connect to Redis at {shown}"), e);
     let commands = connect(options.response_timeout)
@@ -637,7 +641,7 @@ async fn connect_parts(
         ),
         None => None,
     };
-    let keys = Keys::new(&prefix, options.records_index);
+    let keys = Keys::new(&tagged, prefix, options.records_index);
     // Cancel requests from other processes arrive on the storage's subscription.
     let (cancels, _) = tokio::sync::broadcast::channel(4096);
     // Entries pushed to named queues are announced on the same subscription.
