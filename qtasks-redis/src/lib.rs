@@ -890,5 +890,10 @@ mod tests {
             redacted("redis+sentinel://:m@a:1,b:2/m/0?sentinel_password=s"),
             "redis+sentinel://:***@a:1,b:2/m/0?sentinel_password=***"
         );
+        assert_eq!(
+            redacted("redis+sentinel://:m@a:1/m?sentinel_password=p@ss"),
+            "redis+sentinel://:***@a:1/m?sentinel_password=***"
+        );
+        assert_eq!(redacted("redis://u:pa?ss@h:1/0"), "redis://u:***@h:1/0");
     }
 }

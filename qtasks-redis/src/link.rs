@@ -188,7 +188,7 @@ fn may_mean_failover(error: &redis::RedisError) -> bool {
         || error.is_timeout()
         || error.kind() == redis::ErrorKind::ClusterConnectionNotFound
         || matches!(error.kind(), redis::ErrorKind::Server(kind)
-            if demoted(kind, error.code().unwrap_or_default()))
+            if demoted(kind, error.code().unwrap_or_default(), &error.to_string()))
         || error
             .clone()
             .into_server_errors()
@@ -196,50 +196,87 @@ fn may_mean_failover(error: &redis::RedisError) -> bool {
 }
 
 /// Whether a server's error says it is no master any more (or the cluster lost the slot's):
-/// `READONLY` (from a script too, whose error may carry it after its own code), `MASTERDOWN`,
-/// `CLUSTERDOWN`.
-fn demoted(kind: redis::ServerErrorKind, code: &str) -> bool {
+/// `READONLY`, `MASTERDOWN`, `CLUSTERDOWN`, or a script's error that wraps a refused write
+/// (Redis 6 reports it inside `ERR Error running script`). Exact codes and Redis's own words
+/// only: a script's error that merely names a key containing `READONLY` is no demotion.
+fn demoted(kind: redis::ServerErrorKind, code: &str, text: &str) -> bool {
     matches!(
         kind,
         redis::ServerErrorKind::ReadOnly
             | redis::ServerErrorKind::MasterDown
             | redis::ServerErrorKind::ClusterDown
-    ) || code.contains("READONLY")
+    ) || code == "READONLY"
+        || text.contains(REFUSED_ON_A_REPLICA)
 }
 
+/// What Redis says when a replica refuses a write.
+const REFUSED_ON_A_REPLICA: &str = "You can't write against a read only replica";
+
 fn server_demoted(error: &redis::ServerError) -> bool {
-    error.kind().is_some_and(|kind| demoted(kind, error.code()))
-        || error.code().contains("READONLY")
-        || error
-            .details()
-            .is_some_and(|details| details.contains("READONLY"))
+    let details = error.details().unwrap_or_default();
+    error
+        .kind()
+        .is_some_and(|kind| demoted(kind, error.code(), details))
+        || error.code() == "READONLY"
+        || details.contains(REFUSED_ON_A_REPLICA)
 }
 
 /// Where a keyless command must go on a cluster, when not where the cluster client would send
-/// it: `SCAN` and `CONFIG GET` to the node of the app's slot (`home`; the client would pick any
-/// node), and `SCRIPT LOAD` to every master (the client would send it to replicas too, and the
-/// script is needed wherever the app's slot may move: a promoted replica or a migration's
-/// target has none).
-fn routing(cmd: &Cmd, home: Route) -> Option<RoutingInfo> {
+/// it (to any node, or to every node for `SCRIPT LOAD`).
+enum Keyless {
+    /// `SCAN`, `CONFIG GET`: to the node of the app's slot.
+    Home,
+    /// `SCRIPT LOAD`: to the node of the app's slot, whose answer counts, and then to every
+    /// master in the background, so that wherever the slot moves next (a promoted replica, a
+    /// migration's target) has the script; a master that is down does not hold the load up.
+    Everywhere,
+}
+
+fn keyless(cmd: &Cmd) -> Option<Keyless> {
     let mut args = cmd.args_iter().filter_map(|arg| match arg {
         redis::Arg::Simple(bytes) => Some(bytes),
         _ => None,
     });
     let name = args.next()?;
-    let home = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(home));
     if name.eq_ignore_ascii_case(b"SCAN") {
-        return Some(home);
+        return Some(Keyless::Home);
     }
     let sub = args.next()?;
     if name.eq_ignore_ascii_case(b"CONFIG") && sub.eq_ignore_ascii_case(b"GET") {
-        return Some(home);
+        return Some(Keyless::Home);
     }
-    (name.eq_ignore_ascii_case(b"SCRIPT") && sub.eq_ignore_ascii_case(b"LOAD")).then_some(
-        RoutingInfo::MultiNode((
-            MultipleNodeRoutingInfo::AllMasters,
-            Some(ResponsePolicy::AllSucceeded),
-        )),
-    )
+    (name.eq_ignore_ascii_case(b"SCRIPT") && sub.eq_ignore_ascii_case(b"LOAD"))
+        .then_some(Keyless::Everywhere)
+}
+
+/// Sends `cmd` on a cluster connection, keyless commands where they must go (`home`: the
+/// app's slot).
+async fn on_cluster(
+    mut connection: ClusterConnection,
+    cmd: &Cmd,
+    home: Route,
+) -> RedisResult<Value> {
+    let to_home = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(home));
+    match keyless(cmd) {
+        None => connection.req_packed_command(cmd).await,
+        Some(Keyless::Home) => connection.route_command(cmd.clone(), to_home).await,
+        Some(Keyless::Everywhere) => {
+            let answer = connection.route_command(cmd.clone(), to_home).await;
+            if answer.is_ok() {
+                let (mut connection, cmd) = (connection.clone(), cmd.clone());
+                let everywhere = RoutingInfo::MultiNode((
+                    MultipleNodeRoutingInfo::AllMasters,
+                    Some(ResponsePolicy::AllSucceeded),
+                ));
+                tokio::spawn(async move {
+                    if let Err(error) = connection.route_command(cmd, everywhere).await {
+                        tracing::debug!("loading a script on every master failed: {error}");
+                    }
+                });
+            }
+            answer
+        }
+    }
 }
 
 /// The first answer that says the server is no master any more: a connection hands a
@@ -264,11 +301,8 @@ impl Followed {
         let began = Instant::now();
         let answer = match (connection, &self.behind) {
             (Connection::Master(mut connection), _) => connection.req_packed_command(cmd).await,
-            (Connection::Cluster(mut connection), Behind::Cluster { home, .. }) => {
-                match routing(cmd, *home) {
-                    Some(route) => connection.route_command(cmd.clone(), route).await,
-                    None => connection.req_packed_command(cmd).await,
-                }
+            (Connection::Cluster(connection), Behind::Cluster { home, .. }) => {
+                on_cluster(connection, cmd, *home).await
             }
             (Connection::Cluster(mut connection), Behind::Sentinel { .. }) => {
                 connection.req_packed_command(cmd).await

@@ -245,6 +245,14 @@ impl<'a> HostsUrl<'a> {
             .strip_prefix(scheme)
             .ok_or_else(|| format!("the URL does not start with `{scheme}`"))?;
         let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+        // A `?` in a password would start the query early, and the password's end be read as
+        // a parameter: say so without echoing any of it.
+        if query.contains('@') {
+            return Err(
+                "a `?` in the user name or password, or an `@` in a parameter, must be percent-encoded (`%3F`, `%40`)"
+                    .to_owned(),
+            );
+        }
         let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
         let query = query
             .split('&')
@@ -456,6 +464,9 @@ mod tests {
             wrong("redis+sentinel://h/m?sentinel_pasword=x")
                 .contains("unknown parameter `sentinel_pasword`")
         );
+        let asked = wrong("redis+sentinel://u:s3cr?et@h:1/m");
+        assert!(asked.contains("percent-encoded"), "{asked}");
+        assert!(!asked.contains("s3cr"), "{asked}");
         let slashed = wrong("redis+sentinel://u:s3cr/et@h:1/m");
         assert!(slashed.contains("percent-encoded"), "{slashed}");
         assert!(!slashed.contains("s3cr"), "{slashed}");

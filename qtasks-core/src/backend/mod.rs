@@ -158,16 +158,9 @@ pub fn unix_now() -> f64 {
 /// assert_eq!(redacted_url("amqp://guest:guest@host/%2f"), "amqp://guest:***@host/%2f");
 /// ```
 pub fn redacted_url(url: &str) -> String {
-    // `scheme://user:password@host` (or `scheme://secret@host`): the secret goes.
-    let mut shown = match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let credentials = &url[scheme_end + 3..at];
-            let user = credentials.split_once(':').map_or("", |(user, _)| user);
-            format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..])
-        }
-        _ => url.to_owned(),
-    };
-    // `unix:///path?db=0&pass=secret` and the like: the values of secret parameters go.
+    // `unix:///path?db=0&pass=secret` and the like: the values of secret parameters go first,
+    // so that an `@` in one is not taken for the end of the credentials below.
+    let mut shown = url.to_owned();
     if let Some(query_start) = shown.find('?') {
         let (base, query) = shown.split_at(query_start + 1);
         let query = query
@@ -183,7 +176,15 @@ pub fn redacted_url(url: &str) -> String {
             .join("&");
         shown = format!("{base}{query}");
     }
-    shown
+    // `scheme://user:password@host` (or `scheme://secret@host`): the secret goes.
+    match (shown.find("://"), shown.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &shown[scheme_end + 3..at];
+            let user = credentials.split_once(':').map_or("", |(user, _)| user);
+            format!("{}{user}:***{}", &shown[..scheme_end + 3], &shown[at..])
+        }
+        _ => shown,
+    }
 }
 
 /// The backend parts an engine provides for one app: a broker, the storage it writes to, and
