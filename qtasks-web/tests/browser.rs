@@ -508,8 +508,11 @@ async fn the_dashboard_works_in_a_real_browser() {
         .script("document.querySelector('form#bulk select').value = 'delete'")
         .await;
     browser.click("form#bulk button").await;
-    let asked = browser.text_once("h1").await;
-    assert_eq!(asked, format!("Delete the records of {ticked} tasks?"));
+    // The review page comes after a submit: wait for it (the list's own heading is there
+    // until it loads).
+    browser
+        .wait_text("h1", &format!("Delete the records of {ticked} tasks?"))
+        .await;
     assert_eq!(browser.count("ul.mono li").await as u64, ticked);
     browser.click("#confirm").await;
     browser
