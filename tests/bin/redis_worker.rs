@@ -54,10 +54,17 @@ async fn record_run(label: String, ms: u64) -> qtasks::TaskResult<String> {
         .get()
         .expect("record_run needs Redis (QTASKS_TEST_REDIS_URL)");
     let mut con = con.clone();
-    let _: i64 = con.hincr(format!("{prefix}:test:runs"), &label, 1).await?;
-    let _: i64 = con.rpush(format!("{prefix}:test:order"), &label).await?;
-    let _: i64 = con
+    // In one transaction: a test that sees the run counted reads its process id too (three
+    // separate writes let one read the count before the id was there).
+    let _: () = redis::pipe()
+        .atomic()
+        .hincr(format!("{prefix}:test:runs"), &label, 1)
+        .ignore()
+        .rpush(format!("{prefix}:test:order"), &label)
+        .ignore()
         .hset(format!("{prefix}:test:pid"), &label, std::process::id())
+        .ignore()
+        .query_async(&mut con)
         .await?;
     tokio::time::sleep(Duration::from_millis(ms)).await;
     Ok(label)
