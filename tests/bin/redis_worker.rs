@@ -43,7 +43,6 @@ use std::time::Duration;
 
 use qtasks::QueueConfig;
 use qtasks::redis::RedisOptions;
-use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 
 static RECORDER: OnceLock<(ConnectionManager, String)> = OnceLock::new();
