@@ -63,7 +63,6 @@ enum Connection {
 
 /// The connection in use, where it goes (the master's address; empty for a cluster), and a
 /// count of the moves so far.
-#[derive(Clone)]
 struct Current {
     connection: Connection,
     address: String,
@@ -93,8 +92,11 @@ impl Followed {
         })
     }
 
-    fn current(&self) -> Current {
-        self.current.lock().clone()
+    /// The connection in use and its move's number (the address is read only by a look: no
+    /// copy of it per command).
+    fn current(&self) -> (Connection, u64) {
+        let current = self.current.lock();
+        (current.connection.clone(), current.moves)
     }
 
     /// After `error` on the connection of move `moves`, in a command sent at `began`: when it
@@ -114,7 +116,8 @@ impl Followed {
             return;
         }
         tracing::debug!("looking for the servers again after: {error}");
-        let found = self.behind.connect_if_moved(&self.current().address).await;
+        let address = self.current.lock().address.clone();
+        let found = self.behind.connect_if_moved(&address).await;
         *looked = Some(Instant::now());
         match found {
             Ok(None) => {}
@@ -295,9 +298,7 @@ impl Followed {
     /// Sends a command on the current connection, and looks for the servers again when the
     /// answer says they may have changed.
     async fn command(&self, cmd: &Cmd) -> RedisResult<Value> {
-        let Current {
-            connection, moves, ..
-        } = self.current();
+        let (connection, moves) = self.current();
         let began = Instant::now();
         let answer = match (connection, &self.behind) {
             (Connection::Master(mut connection), _) => connection.req_packed_command(cmd).await,
@@ -327,9 +328,7 @@ impl Followed {
         offset: usize,
         count: usize,
     ) -> RedisResult<Vec<Value>> {
-        let Current {
-            connection, moves, ..
-        } = self.current();
+        let (connection, moves) = self.current();
         let began = Instant::now();
         let answer = match connection {
             Connection::Master(mut connection) => {
@@ -378,7 +377,7 @@ impl ConnectionLike for Link {
     fn get_db(&self) -> i64 {
         match self {
             Link::Direct(connection) => connection.get_db(),
-            Link::Followed(followed) => match &followed.current().connection {
+            Link::Followed(followed) => match &followed.current.lock().connection {
                 Connection::Master(connection) => connection.get_db(),
                 Connection::Cluster(_) => 0,
             },

@@ -58,7 +58,7 @@ impl Server {
         match self {
             Server::Direct(client) => Ok((**client).clone()),
             Server::Sentinel(master) => master.client().await,
-            Server::Cluster(nodes) => Ok(nodes.next_seed()),
+            Server::Cluster(nodes) => nodes.next_seed(),
         }
     }
 
@@ -109,10 +109,9 @@ pub(crate) struct ClusterNodes {
 }
 
 impl ClusterNodes {
-    fn next_seed(&self) -> redis::Client {
+    fn next_seed(&self) -> RedisResult<redis::Client> {
         let at = self.next.fetch_add(1, Ordering::Relaxed) % self.nodes.len();
-        // `Client::open` of a parsed address only copies it.
-        redis::Client::open(self.nodes[at].clone()).expect("an address already parsed")
+        redis::Client::open(self.nodes[at].clone())
     }
 
     pub(crate) async fn connect(
