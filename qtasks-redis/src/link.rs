@@ -4,17 +4,24 @@
 //!
 //! A failover shows on a connection as a dropped connection that will not come back (the old
 //! master is gone), as timeouts, or as `READONLY` answers (the old master came back as a
-//! replica). After one of these, a Sentinel link asks the Sentinels which server is master now
-//! and, when it is another one, moves every clone of the link to it; a cluster link connects
-//! anew, learning the cluster's layout from its nodes (the cluster client itself follows
-//! `MOVED` and `ASK`, but keeps sending to a master that died). The command that met the error
-//! still fails: the engine's callers retry connection errors already, and their next try goes
-//! to the new master.
+//! replica). After one of these, a Sentinel link is broken: its next command first asks the
+//! Sentinels which server is master now and connects there, and every clone of the link moves
+//! with it. A cluster link connects anew, learning the cluster's layout from its nodes (the
+//! cluster client itself follows `MOVED` and `ASK`, but keeps sending to a master that died).
+//! The command that met the error still fails: the engine's callers retry connection errors
+//! already, and their next try goes to the new master.
+//!
+//! A Sentinel link's connection never reconnects by itself (it is a plain multiplexed
+//! connection, not a `ConnectionManager`): it connects only where the Sentinels have just
+//! said. A master that died can come back after the Sentinels promoted its replica, still
+//! calling itself master with the data it had until they tell it to follow the new one (which
+//! takes them up to ten seconds); a connection that reconnected to its old address by itself
+//! would write there, and the writes be lost when it resyncs.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{
     MultipleNodeRoutingInfo, ResponsePolicy, Route, RoutingInfo, SingleNodeRoutingInfo,
@@ -23,9 +30,10 @@ use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 
 use crate::server::{ClusterNodes, SentinelMaster, Timeouts};
 
-/// How often a link looks for new servers at most, while they do not answer: it looks again on
-/// the next error after this. (A command that began before the last look ended does not look
-/// again either: under a wave of timeouts, that makes one look per response timeout.)
+/// How often a link looks for new servers at most, while they do not answer: a cluster link
+/// looks again on the next error after this, a broken Sentinel link on the next command after
+/// this. (A command that began before a cluster link's last look ended does not look again
+/// either: under a wave of timeouts, that makes one look per response timeout.)
 const LOOK_AGAIN_AFTER: Duration = Duration::from_millis(200);
 
 /// A command connection; clones share it (and, when followed, its moves).
@@ -42,7 +50,7 @@ pub(crate) enum Behind {
     /// The master Sentinels name.
     Sentinel {
         master: Arc<SentinelMaster>,
-        config: ConnectionManagerConfig,
+        config: redis::AsyncConnectionConfig,
     },
     /// A Redis Cluster. Each command goes to its key's slot, and `SCAN` and `SCRIPT LOAD`,
     /// which name no key, to the node of the app's slot (`home`: every key of an app shares
@@ -57,7 +65,7 @@ pub(crate) enum Behind {
 /// A connection of either kind.
 #[derive(Clone)]
 enum Connection {
-    Master(ConnectionManager),
+    Master(MultiplexedConnection),
     Cluster(ClusterConnection),
 }
 
@@ -67,6 +75,9 @@ struct Current {
     connection: Connection,
     address: String,
     moves: u64,
+    /// A Sentinel link's connection failed: the next command first asks the Sentinels for the
+    /// master and connects there (see the module's notes).
+    broken: bool,
 }
 
 /// A connection that is made anew when the servers behind it change.
@@ -87,6 +98,7 @@ impl Followed {
                 connection,
                 address,
                 moves: 0,
+                broken: false,
             }),
             looked: tokio::sync::Mutex::new(None),
         })
@@ -99,12 +111,21 @@ impl Followed {
         (current.connection.clone(), current.moves)
     }
 
-    /// After `error` on the connection of move `moves`, in a command sent at `began`: when it
-    /// may mean the servers changed, connects anew (for Sentinels, only when they name another
-    /// master). Errors doing so are only logged: the new master may not be elected yet, and the
-    /// next error looks again.
+    /// After `error` on the connection of move `moves`, in a command sent at `began`, when it
+    /// may mean the servers changed: a Sentinel link is broken (its next command connects
+    /// anew, [`Followed::mend`]); a cluster link connects anew now, unless a look ended after
+    /// the command was sent or a moment ago. Errors connecting are only logged: the new
+    /// master may not be elected yet, and the next error looks again.
     async fn after(&self, error: &redis::RedisError, moves: u64, began: Instant) {
         if !may_mean_failover(error) {
+            return;
+        }
+        if let Behind::Sentinel { .. } = &self.behind {
+            let mut current = self.current.lock();
+            if current.moves == moves && !current.broken {
+                tracing::debug!("the master's connection is broken: {error}");
+                current.broken = true;
+            }
             return;
         }
         let mut looked = self.looked.lock().await;
@@ -116,32 +137,68 @@ impl Followed {
             return;
         }
         tracing::debug!("looking for the servers again after: {error}");
-        let address = self.current.lock().address.clone();
-        let found = self.behind.connect_if_moved(&address).await;
+        let found = self.behind.connect().await;
         *looked = Some(Instant::now());
         match found {
-            Ok(None) => {}
-            Ok(Some((connection, address))) => {
+            Ok((connection, address)) => {
                 let mut current = self.current.lock();
-                let before = std::mem::replace(&mut current.address, address);
+                current.address = address;
                 current.connection = connection;
                 current.moves += 1;
-                match &self.behind {
-                    Behind::Sentinel { master, .. } => tracing::warn!(
-                        master = %master.name,
-                        from = %before,
-                        to = %current.address,
-                        "the Sentinels moved master `{}` from {before} to {}; following it",
-                        master.name,
-                        current.address
-                    ),
-                    Behind::Cluster { .. } => {
-                        tracing::info!("connected to the Redis Cluster anew after: {error}");
-                    }
-                }
+                tracing::info!("connected to the Redis Cluster anew after: {error}");
             }
             Err(why) => tracing::debug!("looking for the servers again failed: {why}"),
         }
+    }
+}
+
+impl Followed {
+    /// Before a command on a broken Sentinel link: asks the Sentinels for the master and
+    /// connects there (one clone at a time; the others use what it made). The error of a
+    /// master not found is the command's.
+    async fn mend(&self) -> RedisResult<()> {
+        let moves = {
+            let current = self.current.lock();
+            if !current.broken {
+                return Ok(());
+            }
+            current.moves
+        };
+        let mut looked = self.looked.lock().await;
+        if self.current.lock().moves != moves {
+            return Ok(());
+        }
+        // A lookup that failed a moment ago is not repeated for every queued command.
+        if looked.is_some_and(|ended| ended.elapsed() < LOOK_AGAIN_AFTER) {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "no master yet",
+                "the Sentinels were asked a moment ago".to_owned(),
+            )));
+        }
+        let found = self.behind.connect().await;
+        *looked = Some(Instant::now());
+        let (connection, address) = found?;
+        let mut current = self.current.lock();
+        let before = std::mem::replace(&mut current.address, address);
+        current.connection = connection;
+        current.moves += 1;
+        current.broken = false;
+        if let Behind::Sentinel { master, .. } = &self.behind {
+            if before == current.address {
+                tracing::debug!(master = %master.name, "connected to the master again");
+            } else {
+                tracing::warn!(
+                    master = %master.name,
+                    from = %before,
+                    to = %current.address,
+                    "the Sentinels moved master `{}` from {before} to {}; following it",
+                    master.name,
+                    current.address
+                );
+            }
+        }
+        Ok(())
     }
 }
 
@@ -152,7 +209,9 @@ impl Behind {
             Behind::Sentinel { master, config } => {
                 let client = master.client().await?;
                 let address = client.get_connection_info().addr().to_string();
-                let connection = ConnectionManager::new_with_config(client, config.clone()).await?;
+                let connection = client
+                    .get_multiplexed_async_connection_with_config(config)
+                    .await?;
                 Ok((Connection::Master(connection), address))
             }
             Behind::Cluster {
@@ -161,22 +220,6 @@ impl Behind {
                 Connection::Cluster(nodes.connect(*timeouts).await?),
                 String::new(),
             )),
-        }
-    }
-
-    /// A new connection, unless the Sentinels still name the master at `address`.
-    async fn connect_if_moved(&self, address: &str) -> RedisResult<Option<(Connection, String)>> {
-        match self {
-            Behind::Sentinel { master, config } => {
-                let client = master.client().await?;
-                let now = client.get_connection_info().addr().to_string();
-                if now == address {
-                    return Ok(None);
-                }
-                let connection = ConnectionManager::new_with_config(client, config.clone()).await?;
-                Ok(Some((Connection::Master(connection), now)))
-            }
-            Behind::Cluster { .. } => self.connect().await.map(Some),
         }
     }
 }
@@ -298,6 +341,7 @@ impl Followed {
     /// Sends a command on the current connection, and looks for the servers again when the
     /// answer says they may have changed.
     async fn command(&self, cmd: &Cmd) -> RedisResult<Value> {
+        self.mend().await?;
         let (connection, moves) = self.current();
         let began = Instant::now();
         let answer = match (connection, &self.behind) {
@@ -328,6 +372,7 @@ impl Followed {
         offset: usize,
         count: usize,
     ) -> RedisResult<Vec<Value>> {
+        self.mend().await?;
         let (connection, moves) = self.current();
         let began = Instant::now();
         let answer = match connection {

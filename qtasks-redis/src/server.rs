@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{ConnectionAddr, RedisError, RedisResult};
 
 use crate::link::{Behind, Followed, Link};
@@ -51,6 +50,15 @@ impl Timeouts {
     }
 }
 
+impl Timeouts {
+    /// A plain connection's settings (a Sentinel link's: it never reconnects by itself).
+    fn multiplexed(self) -> redis::AsyncConnectionConfig {
+        redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connect))
+            .set_response_timeout(Some(self.response))
+    }
+}
+
 impl Server {
     /// A client for the server as it is now: for Sentinels, the master they name now (checked
     /// with `ROLE` to call itself master), within `timeout`.
@@ -73,7 +81,7 @@ impl Server {
             Server::Sentinel(master) => Ok(Link::Followed(Arc::new(
                 Followed::connect(Behind::Sentinel {
                     master: Arc::clone(master),
-                    config: timeouts.manager(),
+                    config: timeouts.multiplexed(),
                 })
                 .await?,
             ))),
@@ -182,17 +190,36 @@ impl ClusterNodes {
 pub(crate) struct SentinelMaster {
     /// The master's name in the Sentinels' configuration (`sentinel monitor NAME ...`).
     pub(crate) name: String,
-    /// One question at a time: the client keeps a connection to each Sentinel.
-    sentinels: tokio::sync::Mutex<SentinelClient>,
+    /// Where the Sentinels are, with their own user name and password.
+    sentinels: Vec<redis::ConnectionInfo>,
+    /// The master's database, user name and password.
+    settings: redis::RedisConnectionInfo,
     /// How long one question may take, the master's `ROLE` check included.
     timeout: Duration,
 }
 
+/// What one Sentinel says of the master: its address, the configuration epoch of that word
+/// (each failover raises it), and whether the master is being replaced (a failover in
+/// progress, or the Sentinels agree it is down).
+struct Named {
+    epoch: u64,
+    host: String,
+    port: u16,
+    replacing: bool,
+}
+
 impl SentinelMaster {
     /// The master the Sentinels name now, checked to call itself master.
+    ///
+    /// Every Sentinel is asked (`SENTINEL MASTER`), and the one that knows the latest failover
+    /// (the highest configuration epoch) is believed; while it says a failover is in progress
+    /// or the master is down (`failover_in_progress`, `o_down`), no master is named yet. The
+    /// old master may be back and still call itself master (with its old data) until the
+    /// Sentinels make it a replica, and a Sentinel names it until the failover ends, or until
+    /// it hears of it: believing the first Sentinel that answers, and checking `ROLE`, could
+    /// lead the app to a server whose writes will be lost.
     pub(crate) async fn client(&self) -> RedisResult<redis::Client> {
-        let asked = async { self.sentinels.lock().await.async_get_client().await };
-        match tokio::time::timeout(self.timeout, asked).await {
+        match tokio::time::timeout(self.timeout, self.find()).await {
             Ok(answer) => answer,
             Err(_) => Err(RedisError::from((
                 redis::ErrorKind::Io,
@@ -200,6 +227,119 @@ impl SentinelMaster {
                 format!("master `{}`, within {:?}", self.name, self.timeout),
             ))),
         }
+    }
+
+    async fn find(&self) -> RedisResult<redis::Client> {
+        // Each Sentinel within the lookup's budget: one that drops packets must not hold the
+        // others' answers past it.
+        let asked = self.sentinels.iter().map(|at| async move {
+            match tokio::time::timeout(self.timeout, self.ask(at)).await {
+                Ok(answer) => answer,
+                Err(_) => Err(RedisError::from((
+                    redis::ErrorKind::Io,
+                    "a Sentinel did not answer in time",
+                    format!("{}", at.addr()),
+                ))),
+            }
+        });
+        let answers = futures_util::future::join_all(asked).await;
+        let mut named = Vec::new();
+        let mut failure: Option<RedisError> = None;
+        for answer in answers {
+            match answer {
+                Ok(one) => named.push(one),
+                // An I/O error is kept over any other: the caller retries those.
+                Err(error) if failure.as_ref().is_none_or(|kept| !kept.is_io_error()) => {
+                    failure = Some(error);
+                }
+                Err(_) => {}
+            }
+        }
+        // A majority must answer: the few that answer may be the ones that have not heard of
+        // the last failover.
+        if named.len() * 2 <= self.sentinels.len() {
+            return Err(failure.unwrap_or_else(|| {
+                RedisError::from((
+                    redis::ErrorKind::Io,
+                    "too few Sentinels answered",
+                    format!("master `{}`", self.name),
+                ))
+            }));
+        }
+        let top = named.iter().map(|one| one.epoch).max().unwrap_or_default();
+        let latest: Vec<&Named> = named.iter().filter(|one| one.epoch == top).collect();
+        // Before the switch every Sentinel reports the same epoch, and only the leader says
+        // it is failing over: any of them saying so, or naming another server, means wait.
+        let first = latest[0];
+        if latest.iter().any(|one| {
+            one.replacing || (one.host.as_str(), one.port) != (first.host.as_str(), first.port)
+        }) {
+            return Err(RedisError::from((
+                redis::ErrorKind::Io,
+                "the Sentinels are replacing the master",
+                format!("master `{}` at {}:{}", self.name, first.host, first.port),
+            )));
+        }
+        let (host, port) = (first.host.clone(), first.port);
+        let address = ConnectionAddr::Tcp(host.clone(), port);
+        let client = redis::Client::open(
+            redis::IntoConnectionInfo::into_connection_info(address)?
+                .set_redis_settings(self.settings.clone()),
+        )?;
+        let mut connection = client.get_multiplexed_async_connection().await?;
+        let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut connection).await?;
+        match role.first() {
+            Some(redis::Value::BulkString(role)) if role == b"master" => Ok(client),
+            _ => Err(RedisError::from((
+                redis::ErrorKind::Io,
+                "the server the Sentinels name master is no master (yet)",
+                format!("master `{}` at {host}:{port}", self.name),
+            ))),
+        }
+    }
+
+    /// One Sentinel's word on the master (`SENTINEL MASTER name`).
+    async fn ask(&self, sentinel: &redis::ConnectionInfo) -> RedisResult<Named> {
+        let client = redis::Client::open(sentinel.clone())?;
+        let mut connection = client.get_multiplexed_async_connection().await?;
+        let fields: std::collections::HashMap<String, String> = redis::cmd("SENTINEL")
+            .arg("MASTER")
+            .arg(&self.name)
+            .query_async(&mut connection)
+            .await?;
+        let field = |name: &str| {
+            fields.get(name).ok_or_else(|| {
+                RedisError::from((
+                    redis::ErrorKind::Io,
+                    "a Sentinel's answer lacks a field",
+                    format!("`{name}` of master `{}`", self.name),
+                ))
+            })
+        };
+        let number = |name: &str| -> RedisResult<u64> {
+            field(name)?.parse().map_err(|_| {
+                RedisError::from((
+                    redis::ErrorKind::Io,
+                    "a Sentinel's answer has a field that is no number",
+                    format!("`{name}` of master `{}`", self.name),
+                ))
+            })
+        };
+        let flags = field("flags")?;
+        Ok(Named {
+            replacing: flags
+                .split(',')
+                .any(|flag| matches!(flag, "failover_in_progress" | "o_down")),
+            epoch: number("config-epoch")?,
+            host: field("ip")?.clone(),
+            port: u16::try_from(number("port")?).map_err(|_| {
+                RedisError::from((
+                    redis::ErrorKind::Io,
+                    "a Sentinel names a port out of range",
+                    format!("master `{}`", self.name),
+                ))
+            })?,
+        })
     }
 }
 
@@ -373,28 +513,32 @@ impl SentinelUrl {
 
     /// The Sentinels' client of this master; `timeout` bounds each question to them.
     pub(crate) fn open(self, timeout: Duration) -> RedisResult<SentinelMaster> {
-        let addresses = self
-            .sentinels
-            .into_iter()
-            .map(|(host, port)| ConnectionAddr::Tcp(host, port));
-        let mut builder =
-            SentinelClientBuilder::new(addresses, &self.master, SentinelServerType::Master)?
-                .set_client_to_redis_db(self.db);
-        if let Some(username) = &self.username {
-            builder = builder.set_client_to_redis_username(username);
-        }
-        if let Some(password) = &self.password {
-            builder = builder.set_client_to_redis_password(password);
-        }
+        let mut sentinel_settings = redis::RedisConnectionInfo::default();
         if let Some(username) = &self.sentinel_username {
-            builder = builder.set_client_to_sentinel_username(username);
+            sentinel_settings = sentinel_settings.set_username(username);
         }
         if let Some(password) = &self.sentinel_password {
-            builder = builder.set_client_to_sentinel_password(password);
+            sentinel_settings = sentinel_settings.set_password(password);
+        }
+        let sentinels = self
+            .sentinels
+            .into_iter()
+            .map(|(host, port)| {
+                redis::IntoConnectionInfo::into_connection_info(ConnectionAddr::Tcp(host, port))
+                    .map(|info| info.set_redis_settings(sentinel_settings.clone()))
+            })
+            .collect::<RedisResult<Vec<_>>>()?;
+        let mut settings = redis::RedisConnectionInfo::default().set_db(self.db);
+        if let Some(username) = &self.username {
+            settings = settings.set_username(username);
+        }
+        if let Some(password) = &self.password {
+            settings = settings.set_password(password);
         }
         Ok(SentinelMaster {
             name: self.master,
-            sentinels: tokio::sync::Mutex::new(builder.build()?),
+            sentinels,
+            settings,
             timeout,
         })
     }

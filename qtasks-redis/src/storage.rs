@@ -40,7 +40,14 @@ pub(super) fn is_transient(error: &redis::RedisError) -> bool {
         || error.is_connection_refusal()
         || error.is_timeout()
         || error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
-        || matches!(error.retry_method(), redis::RetryMethod::WaitAndRetry)
+        || matches!(
+            error.retry_method(),
+            redis::RetryMethod::WaitAndRetry
+                // A redirect the cluster client handed back (it gave up following it while a
+                // slot migrated): the next try finds the key where it went.
+                | redis::RetryMethod::AskRedirect
+                | redis::RetryMethod::MovedRedirect
+        )
 }
 
 /// Waiters by task id; the subscriber wakes them when a result is published.

@@ -156,79 +156,6 @@ async fn a_drain_goes_on_when_the_shards_master_dies_and_its_replica_takes_over(
     );
 }
 
-/// Moves `slot` from the master at `from` to the one at `to` as `redis-cli --cluster
-/// reshard` does: importing and migrating marks, the keys moved in batches (`MIGRATE`; a
-/// client that asks meanwhile is sent on with `ASK`), then the slot given to its new owner.
-async fn migrate_slot(cluster: &OwnCluster, slot: u16, from: u16, to: u16) -> usize {
-    let mut source = connection(from).await;
-    let mut target = connection(to).await;
-    let id = |con: &mut redis::aio::MultiplexedConnection| {
-        let mut con = con.clone();
-        async move {
-            redis::cmd("CLUSTER")
-                .arg("MYID")
-                .query_async::<String>(&mut con)
-                .await
-                .unwrap()
-        }
-    };
-    let (source_id, target_id) = (id(&mut source).await, id(&mut target).await);
-    let _: () = redis::cmd("CLUSTER")
-        .arg("SETSLOT")
-        .arg(slot)
-        .arg("IMPORTING")
-        .arg(&source_id)
-        .query_async(&mut target)
-        .await
-        .unwrap();
-    let _: () = redis::cmd("CLUSTER")
-        .arg("SETSLOT")
-        .arg(slot)
-        .arg("MIGRATING")
-        .arg(&target_id)
-        .query_async(&mut source)
-        .await
-        .unwrap();
-    let mut moved = 0;
-    loop {
-        let keys: Vec<String> = redis::cmd("CLUSTER")
-            .arg("GETKEYSINSLOT")
-            .arg(slot)
-            .arg(20)
-            .query_async(&mut source)
-            .await
-            .unwrap();
-        if keys.is_empty() {
-            break;
-        }
-        moved += keys.len();
-        let _: () = redis::cmd("MIGRATE")
-            .arg("127.0.0.1")
-            .arg(to)
-            .arg("")
-            .arg(0)
-            .arg(5000)
-            .arg("KEYS")
-            .arg(&keys)
-            .query_async(&mut source)
-            .await
-            .unwrap();
-        // Slowly, so the drain meets the slot half moved.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    for port in &cluster.ports {
-        let _: () = redis::cmd("CLUSTER")
-            .arg("SETSLOT")
-            .arg(slot)
-            .arg("NODE")
-            .arg(&target_id)
-            .query_async(&mut connection(*port).await)
-            .await
-            .unwrap();
-    }
-    moved
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 async fn a_drain_goes_on_while_the_apps_slot_migrates_to_another_master() {
@@ -242,18 +169,13 @@ async fn a_drain_goes_on_while_the_apps_slot_migrates_to_another_master() {
     let tag = format!("{{{name}}}");
     let from = cluster.master_of(&tag).await;
     let to = *cluster.ports.iter().find(|port| **port != from).unwrap();
-    let slot: u16 = redis::cmd("CLUSTER")
-        .arg("KEYSLOT")
-        .arg(&tag)
-        .query_async(&mut connection(from).await)
-        .await
-        .unwrap();
+    let slot = cluster.keyslot(&tag).await;
     let moved = std::sync::Arc::new(Mutex::new(0));
     let figures = drain_through(&app, 100_000, 400, || {
         let moved = std::sync::Arc::clone(&moved);
         let cluster = &cluster;
         async move {
-            *moved.lock() = migrate_slot(cluster, slot, from, to).await;
+            *moved.lock() = cluster.migrate_slot(slot, from, to).await;
         }
     })
     .await;

@@ -214,3 +214,105 @@ async fn sentinels_that_ask_for_a_password_are_given_it() {
     );
     app.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
+async fn an_old_master_back_after_the_failover_gets_no_writes() {
+    if redis_url("sentinel, the old master back").is_none() {
+        return;
+    }
+    let mut master = OwnRedis::start("sentinel-old-master", false);
+    let replica = OwnReplica::start(&master);
+    replica.until_in_sync().await;
+    let sentinels = OwnSentinels::start(&master, "qtasks-back");
+    sentinels.until_ready(1).await;
+    let name = unique_prefix("sentinel-back");
+    let config = QueueConfig {
+        name: name.clone(),
+        ..QueueConfig::default()
+    };
+    let app = qtasks::redis::connect_with(&sentinels.url(), config, RedisOptions::default())
+        .await
+        .expect("the Sentinels name the master");
+    // (The app's connections are made and used before the kill.)
+    drained_step::add_task(&app, 1).await.unwrap();
+    replica.until_caught_up(&master).await;
+    master.kill();
+    // The replica is promoted. The Sentinels then stop answering (frozen: a look for the
+    // master fails), and the old master comes back: it calls itself master, with its old
+    // data, until the Sentinels make it a replica.
+    let started = Instant::now();
+    while !failed_over_to(&sentinels, replica.port).await {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "never failed over"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sentinels.signal("STOP");
+    master.launch();
+    let role: String = redis::cmd("INFO")
+        .arg("replication")
+        .query_async(&mut connection(master.port).await)
+        .await
+        .unwrap();
+    assert!(role.contains("role:master"), "{role}");
+    // The Sentinels answer again in 2 s.
+    let thaw = {
+        let pids = sentinels.pids();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            for pid in pids {
+                let _ = std::process::Command::new("kill")
+                    .args(["-CONT", &pid.to_string()])
+                    .status();
+            }
+        })
+    };
+
+    // The next add goes to the new master, not to the old one's address.
+    let started = Instant::now();
+    let second = loop {
+        match drained_step::add_task(&app, 2).await {
+            Ok(handle) => break handle,
+            Err(error) => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "adds kept failing: {error}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let on_new: bool = redis::cmd("EXISTS")
+        .arg(format!("{name}:{}", second.uuid()))
+        .query_async(&mut connection(replica.port).await)
+        .await
+        .unwrap();
+    assert!(
+        on_new,
+        "the add went to the old master, whose writes are lost"
+    );
+    thaw.await.unwrap();
+}
+
+/// Whether every Sentinel has ended the failover to the master on `port` (`SENTINEL MASTER`
+/// names it, with no failover in progress).
+async fn failed_over_to(sentinels: &OwnSentinels, port: u16) -> bool {
+    for sentinel in &sentinels.ports {
+        let master: std::collections::HashMap<String, String> = redis::cmd("SENTINEL")
+            .arg("MASTER")
+            .arg(&sentinels.name)
+            .query_async(&mut connection(*sentinel).await)
+            .await
+            .unwrap_or_default();
+        let done = master.get("port") == Some(&port.to_string())
+            && master
+                .get("flags")
+                .is_some_and(|flags| !flags.contains("failover_in_progress"));
+        if !done {
+            return false;
+        }
+    }
+    true
+}

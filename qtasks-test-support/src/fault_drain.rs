@@ -70,7 +70,7 @@ where
     let mut during = 0;
     for waiter in waiters {
         let (uuid, answer, at) = waiter.await.unwrap();
-        let value = answer.unwrap_or_else(|failure| panic!("task {uuid} failed: {failure}"));
+        let value = answer.unwrap_or_else(|failure| panic!("task {uuid} failed: {failure:?}"));
         assert_eq!(value % 2, 0);
         if at > faulted {
             first_after = Some(first_after.map_or(at, |first| first.min(at)));

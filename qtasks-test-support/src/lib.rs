@@ -31,7 +31,8 @@ pub use logs::{CapturedLogs, log_to_stderr};
 pub use own_postgres::OwnPostgres;
 pub use own_rabbitmq::OwnRabbitMq;
 pub use own_redis::{
-    OwnCluster, OwnRedis, OwnReplica, OwnSentinels, recorded_outcomes, resp_commands,
+    OwnCluster, OwnRedis, OwnReplica, OwnSentinels, recorded_outcomes, recorded_outcomes_in,
+    resp_commands, until_replica_synced,
 };
 pub use process::LoggedProcess;
 pub use proxy::{Proxy, host_port};

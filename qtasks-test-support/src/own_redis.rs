@@ -18,6 +18,8 @@ pub struct OwnRedis {
     pub port: u16,
     pub dir: PathBuf,
     durable: bool,
+    /// The master's port, for a server started as a replica ([`OwnRedis::start_replica`]).
+    replica_of: Option<u16>,
     child: Option<Child>,
 }
 
@@ -33,6 +35,24 @@ impl OwnRedis {
             port,
             dir,
             durable,
+            replica_of: None,
+            child: None,
+        };
+        redis.launch();
+        redis
+    }
+
+    /// A durable server like [`OwnRedis::start`] that starts as a replica of the one on
+    /// `master` (and again so after a kill; a Sentinel may name it master meanwhile). Its
+    /// append-only file holds every write it received from its master and made as a master,
+    /// once its first sync (of an empty master: wait for it) is done.
+    pub fn start_replica(name: &str, master: u16) -> Self {
+        let port = crate::free_port();
+        let mut redis = OwnRedis {
+            port,
+            dir: scratch_dir(name),
+            durable: true,
+            replica_of: Some(master),
             child: None,
         };
         redis.launch();
@@ -57,6 +77,9 @@ impl OwnRedis {
             ]);
         let fsync = if self.durable { "always" } else { "everysec" };
         command.args(["--appendfsync", fsync]);
+        if let Some(master) = self.replica_of {
+            command.args(["--replicaof", "127.0.0.1", &master.to_string()]);
+        }
         self.child = Some(command.spawn().expect("redis-server starts"));
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
@@ -124,27 +147,32 @@ impl OwnReplica {
 
     /// Waits until the replica has synced with its master.
     pub async fn until_in_sync(&self) {
-        let started = Instant::now();
-        let client = redis::Client::open(format!("redis://127.0.0.1:{}/", self.port)).unwrap();
-        loop {
-            // The replica may not listen yet.
-            let info: String = match client.get_multiplexed_async_connection().await {
-                Ok(mut con) => redis::cmd("INFO")
-                    .arg("replication")
-                    .query_async(&mut con)
-                    .await
-                    .unwrap_or_default(),
-                Err(_) => String::new(),
-            };
-            if info.contains("master_link_status:up") {
-                return;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "the replica never synced: {info}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        until_replica_synced(self.port).await;
+    }
+}
+
+/// Waits until the replica on `port` has synced with its master.
+pub async fn until_replica_synced(port: u16) {
+    let started = Instant::now();
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+    loop {
+        // The replica may not listen yet.
+        let info: String = match client.get_multiplexed_async_connection().await {
+            Ok(mut con) => redis::cmd("INFO")
+                .arg("replication")
+                .query_async(&mut con)
+                .await
+                .unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if info.contains("master_link_status:up") {
+            return;
         }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the replica never synced: {info}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -300,6 +328,22 @@ impl OwnSentinels {
         }
     }
 
+    /// The Sentinels' process ids.
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(Child::id).collect()
+    }
+
+    /// Sends every Sentinel's process a signal (`STOP`, `CONT`, ...).
+    pub fn signal(&self, signal: &str) {
+        for child in &self.children {
+            let status = Command::new("kill")
+                .args([&format!("-{signal}"), &child.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+    }
+
     /// The master's port as the first Sentinel names it.
     pub async fn master_port(&self) -> Option<u16> {
         let client = redis::Client::open(self.sentinel_url(self.ports[0])).unwrap();
@@ -327,14 +371,25 @@ impl Drop for OwnSentinels {
 /// Recorded outcomes per task: the writes of a final status to its record, from the
 /// server's append-only files (script effects are logged as the commands they ran).
 pub fn recorded_outcomes(redis: &OwnRedis, prefix: &str) -> HashMap<Uuid, usize> {
+    recorded_outcomes_in(&[redis.dir.join("aof")], prefix)
+}
+
+/// [`recorded_outcomes`] summed over the append-only folders `aof_dirs` (the servers a
+/// task's record lived on in turn), for records under `prefix` (a cluster's hash tag
+/// included).
+pub fn recorded_outcomes_in(aof_dirs: &[PathBuf], prefix: &str) -> HashMap<Uuid, usize> {
     let mut counts = HashMap::new();
     let record_prefix = format!("{prefix}:");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(redis.dir.join("aof"))
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "aof"))
-        .collect();
-    files.sort();
+    let mut files: Vec<PathBuf> = Vec::new();
+    for dir in aof_dirs {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| path.extension().is_some_and(|ext| ext == "aof"))
+            .collect();
+        found.sort();
+        files.extend(found);
+    }
     for file in files {
         for command in resp_commands(&std::fs::read(file).unwrap()) {
             let [name, key, pairs @ ..] = &command[..] else {
@@ -408,10 +463,22 @@ pub struct OwnCluster {
     pub ports: Vec<u16>,
     children: Vec<Option<Child>>,
     dir: PathBuf,
+    /// Whether each node keeps an append-only file ([`OwnCluster::start_with_aof`]).
+    aof: bool,
 }
 
 impl OwnCluster {
     pub fn start(masters: usize, replicas: usize) -> OwnCluster {
+        Self::start_with(masters, replicas, false)
+    }
+
+    /// [`OwnCluster::start`] with an append-only file per node (fsynced always, never
+    /// rewritten: [`OwnCluster::aof_dir`] holds every write the node made or received).
+    pub fn start_with_aof(masters: usize, replicas: usize) -> OwnCluster {
+        Self::start_with(masters, replicas, true)
+    }
+
+    fn start_with(masters: usize, replicas: usize, aof: bool) -> OwnCluster {
         let dir = scratch_dir("cluster");
         let count = masters * (1 + replicas);
         let mut ports = Vec::new();
@@ -429,6 +496,7 @@ impl OwnCluster {
             children: ports.iter().map(|_| None).collect(),
             ports,
             dir,
+            aof,
         };
         for node in 0..count {
             cluster.launch(node);
@@ -453,7 +521,17 @@ impl OwnCluster {
     /// Starts node `node` (again, after a kill: it rejoins with its saved cluster config).
     pub fn launch(&mut self, node: usize) {
         let port = self.ports[node];
-        let child = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        if self.aof {
+            command
+                .args(["--appendonly", "yes", "--appendfsync", "always"])
+                .args(["--appenddirname", &format!("aof-{port}")])
+                .args(["--aof-use-rdb-preamble", "no"])
+                .args(["--auto-aof-rewrite-percentage", "0"]);
+        } else {
+            command.args(["--appendonly", "no"]);
+        }
+        let child = command
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
             // A replica syncs at once, and takes over however long ago it last heard from
@@ -461,7 +539,7 @@ impl OwnCluster {
             .args(["--repl-diskless-sync-delay", "0"])
             .args(["--cluster-replica-validity-factor", "0"])
             .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
-            .args(["--save", "", "--appendonly", "no"])
+            .args(["--save", ""])
             .arg("--dir")
             .arg(&self.dir)
             .stdout(Stdio::null())
@@ -481,6 +559,22 @@ impl OwnCluster {
             child.kill().unwrap();
             child.wait().unwrap();
         }
+    }
+
+    /// Node `node`'s append-only folder (a cluster [started with
+    /// them](OwnCluster::start_with_aof)).
+    pub fn aof_dir(&self, node: usize) -> PathBuf {
+        self.dir.join(format!("aof-{}", self.ports[node]))
+    }
+
+    /// Node `node`'s process id (`None` while it is down).
+    pub fn pid(&self, node: usize) -> Option<u32> {
+        self.children[node].as_ref().map(Child::id)
+    }
+
+    /// Whether node `node` runs.
+    pub fn is_up(&self, node: usize) -> bool {
+        self.children[node].is_some()
     }
 
     /// `redis+cluster://` naming every node.
@@ -578,6 +672,119 @@ impl OwnCluster {
         Some(found)
     }
 
+    /// The masters that serve slots, as a live node that says the cluster is ok sees them.
+    pub async fn masters(&self) -> Vec<u16> {
+        for (node, port) in self.ports.iter().enumerate() {
+            if self.children[node].is_some()
+                && let Some(masters) = self.masters_seen_by(*port).await
+            {
+                return masters;
+            }
+        }
+        panic!("no live node says the cluster is ok")
+    }
+
+    /// `key`'s slot.
+    pub async fn keyslot(&self, key: &str) -> u16 {
+        let port = self.live_port();
+        redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query_async(&mut node_connection(port).await)
+            .await
+            .unwrap()
+    }
+
+    fn live_port(&self) -> u16 {
+        let node = (0..self.ports.len())
+            .find(|node| self.children[*node].is_some())
+            .expect("a live node");
+        self.ports[node]
+    }
+
+    /// Moves `slot` from the master at `from` to the one at `to` as `redis-cli --cluster
+    /// reshard` does: importing and migrating marks, the keys moved in batches of 20
+    /// (`MIGRATE`; a client that asks meanwhile is sent on with `ASK`) with a pause between
+    /// them, so that clients meet the slot half moved, then the slot given to its new owner on
+    /// every live node. Returns how many keys moved.
+    pub async fn migrate_slot(&self, slot: u16, from: u16, to: u16) -> usize {
+        let mut source = node_connection(from).await;
+        let mut target = node_connection(to).await;
+        let id = |con: &mut redis::aio::MultiplexedConnection| {
+            let mut con = con.clone();
+            async move {
+                redis::cmd("CLUSTER")
+                    .arg("MYID")
+                    .query_async::<String>(&mut con)
+                    .await
+                    .unwrap()
+            }
+        };
+        let (source_id, target_id) = (id(&mut source).await, id(&mut target).await);
+        let _: () = redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg("IMPORTING")
+            .arg(&source_id)
+            .query_async(&mut target)
+            .await
+            .unwrap();
+        let _: () = redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg("MIGRATING")
+            .arg(&target_id)
+            .query_async(&mut source)
+            .await
+            .unwrap();
+        let mut moved = 0;
+        loop {
+            let keys: Vec<String> = redis::cmd("CLUSTER")
+                .arg("GETKEYSINSLOT")
+                .arg(slot)
+                .arg(20)
+                .query_async(&mut source)
+                .await
+                .unwrap();
+            if keys.is_empty() {
+                break;
+            }
+            moved += keys.len();
+            let _: () = redis::cmd("MIGRATE")
+                .arg("127.0.0.1")
+                .arg(to)
+                .arg("")
+                .arg(0)
+                .arg(5000)
+                .arg("KEYS")
+                .arg(&keys)
+                .query_async(&mut source)
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The owners first (the target, then the source), then the others; a replica
+        // refuses `SETSLOT` and learns it from its master.
+        let mut order = vec![to, from];
+        order.extend(self.ports.iter().filter(|port| ![to, from].contains(port)));
+        for port in order {
+            if self.children[self.node(port)].is_none() {
+                continue;
+            }
+            let given: redis::RedisResult<()> = redis::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(slot)
+                .arg("NODE")
+                .arg(&target_id)
+                .query_async(&mut node_connection(port).await)
+                .await;
+            if port == to || port == from {
+                given.unwrap_or_else(|error| panic!("the slot's owner {port} refused: {error}"));
+            }
+        }
+        moved
+    }
+
     /// The port of the master that serves `key`'s slot, as a live node sees it.
     pub async fn master_of(&self, key: &str) -> u16 {
         for (node, port) in self.ports.iter().enumerate() {
@@ -625,6 +832,11 @@ impl Drop for OwnCluster {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A connection to the node on `port` alone (no cluster routing).
+async fn node_connection(port: u16) -> redis::aio::MultiplexedConnection {
+    crate::redis::raw_connection(&format!("redis://127.0.0.1:{port}/")).await
 }
 
 /// A port that is free, and whose cluster bus port (+ 10000) is free too, below the range the

@@ -209,7 +209,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         (Err(_), Some(_)) => String::new(),
         (Err(error), None) => return Err(error.into()),
     };
-    if !url.is_empty() {
+    // (`record_run`'s counts are on one server: not through Sentinels or on a cluster.)
+    if url.starts_with("redis://") {
         let recorder = redis::Client::open(url.as_str())?
             .get_connection_manager()
             .await?;
@@ -224,10 +225,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         max_tasks_process: concurrency.parse()?,
         ..QueueConfig::from_env()?
     };
-    let options = RedisOptions {
+    let mut options = RedisOptions {
         lease: Duration::from_millis(lease_ms.parse()?),
         ..Default::default()
     };
+    // `QTASKS_TEST_RESPONSE_TIMEOUT_MS`: how long a command may wait for Redis's answer (a
+    // cluster client waits out a dead master's before it looks for the new one).
+    if let Ok(ms) = std::env::var("QTASKS_TEST_RESPONSE_TIMEOUT_MS") {
+        options.response_timeout = Duration::from_millis(ms.parse()?);
+    }
     // `QTASKS_TEST_WORKER_AMQP`: the queue on this RabbitMQ instead, the records on Redis.
     let app = match std::env::var("QTASKS_TEST_WORKER_AMQP") {
         _ if postgres.is_some() => {
