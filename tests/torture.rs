@@ -191,13 +191,13 @@ async fn redis_sentinel_engine() {
     let Some(_) = redis_url("torture redis_sentinel_engine") else {
         return;
     };
-    // Opt-in for now: about one seed in five still fails (a task lost or a lease left after a
-    // failover; RELIABILITY.md's open points), so CI does not run it until that is mended.
-    if std::env::var_os("QTASKS_TORTURE_SENTINEL").is_none() {
+    // Short freezes of the master are opt-in (`QTASKS_TORTURE_SENTINEL_FREEZE=1`): with them
+    // about one seed in five still fails (a task lost or a lease left after a failover the
+    // harness did not cause; RELIABILITY.md's open points).
+    if std::env::var_os("QTASKS_TORTURE_SENTINEL_FREEZE").is_none() {
         eprintln!(
-            "skipped: torture redis_sentinel_engine runs with QTASKS_TORTURE_SENTINEL=1 (open points in RELIABILITY.md)"
+            "torture redis_sentinel_engine: no freezes of the master (QTASKS_TORTURE_SENTINEL_FREEZE=1 adds them; open points in RELIABILITY.md)"
         );
-        return;
     }
     for seed in seeds() {
         run(Engine::RedisSentinel, seed).await;
@@ -1978,6 +1978,10 @@ mod replicated {
                     )
                 }
                 90.. => {
+                    cut_every_connection(&format!("redis://127.0.0.1:{master}/"));
+                    ("CLIENT KILL of every connection to the master", 0)
+                }
+                _ if std::env::var_os("QTASKS_TORTURE_SENTINEL_FREEZE").is_none() => {
                     cut_every_connection(&format!("redis://127.0.0.1:{master}/"));
                     ("CLIENT KILL of every connection to the master", 0)
                 }
