@@ -9,6 +9,17 @@ use qtasks::{QueueConfig, TaskStatus};
 use qtasks_test_support::fault_drain::{Figures, drain_through, drained_step, runs_of};
 use qtasks_test_support::{OwnRedis, OwnReplica, OwnSentinels, redis_url, unique_prefix};
 
+/// A master, its replica (synced) and three Sentinels that watch it as `name` (ready to fail
+/// over).
+async fn watched_master(name: &str) -> (OwnRedis, OwnReplica, OwnSentinels) {
+    let master = OwnRedis::start("sentinel-master", false);
+    let replica = OwnReplica::start(&master);
+    replica.until_in_sync().await;
+    let sentinels = OwnSentinels::start(&master, name);
+    sentinels.until_ready(1).await;
+    (master, replica, sentinels)
+}
+
 async fn connection(port: u16) -> redis::aio::MultiplexedConnection {
     qtasks_test_support::redis::raw_connection(&format!("redis://127.0.0.1:{port}/")).await
 }
@@ -22,11 +33,7 @@ async fn drain_through_a_failover(
     count: u64,
     wait_for_replicas: Option<WaitForReplicas>,
 ) -> Figures {
-    let mut master = OwnRedis::start("sentinel-master", false);
-    let replica = OwnReplica::start(&master);
-    replica.until_in_sync().await;
-    let sentinels = OwnSentinels::start(&master, "qtasks-test");
-    sentinels.until_ready(1).await;
+    let (mut master, replica, sentinels) = watched_master("qtasks-test").await;
 
     let name = unique_prefix("sentinel");
     let config = QueueConfig {
@@ -221,11 +228,7 @@ async fn an_old_master_back_after_the_failover_gets_no_writes() {
     if redis_url("sentinel, the old master back").is_none() {
         return;
     }
-    let mut master = OwnRedis::start("sentinel-old-master", false);
-    let replica = OwnReplica::start(&master);
-    replica.until_in_sync().await;
-    let sentinels = OwnSentinels::start(&master, "qtasks-back");
-    sentinels.until_ready(1).await;
+    let (mut master, replica, sentinels) = watched_master("qtasks-back").await;
     let name = unique_prefix("sentinel-back");
     let config = QueueConfig {
         name: name.clone(),
