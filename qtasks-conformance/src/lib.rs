@@ -123,10 +123,15 @@ impl fmt::Display for Report {
             self.cases.len() - failed,
             self.cases.len()
         )?;
+        // The failures first: a long report cut short in a log still shows what broke.
         for case in &self.cases {
-            match &case.outcome {
-                Ok(()) => writeln!(f, "  ok    {} ({:?})", case.name, case.took)?,
-                Err(why) => writeln!(f, "  FAIL  {}: {why}", case.name)?,
+            if let Err(why) = &case.outcome {
+                writeln!(f, "  FAIL  {}: {why}", case.name)?;
+            }
+        }
+        for case in &self.cases {
+            if case.outcome.is_ok() {
+                writeln!(f, "  ok    {} ({:?})", case.name, case.took)?;
             }
         }
         Ok(())

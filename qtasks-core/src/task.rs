@@ -18,7 +18,8 @@ use crate::records::TaskRecord;
 pub enum TaskStatus {
     /// Waiting in the queue.
     New,
-    /// Taken by a worker and running.
+    /// Taken by a worker and running (a task with limits reads so, too, for the moment
+    /// between its delivery and the check that may park it or give it a later turn).
     Process,
     /// Finished; `returning` holds the result.
     Success,
