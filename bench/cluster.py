@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Apps spread over a Redis Cluster's shards (#26): the drain of one app on one Redis, of one
 app on a three-master cluster, and of three apps at once, one per master, with each server's
-CPU time per task (`INFO cpu`).
+CPU time per task (`INFO cpu`), and of one app spread over three partitions
+(`RedisOptions::partitions`, one per master).
 
     python3 bench/cluster.py BIN [--n 20000] [--rounds 3] [--base-port 17100]
 
@@ -52,19 +53,48 @@ def left(poll, prefix):
             + poll.command("ZCARD", f"{prefix}:qtasks:ready")
             + poll.command("ZCARD", f"{prefix}:qtasks:leases"))
 
+def crc16(data):
+    """The cluster's key hash (CRC16 XMODEM), to name partitions as qtasks does."""
+    crc = 0
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else (crc << 1)
+            crc &= 0xFFFF
+    return crc
+
+def partition_names(name, count):
+    """`RedisOptions::partitions`' names: partition i's hash tag in the i-th of count equal
+    slot ranges (`qtasks_redis::partitions::partition_names`)."""
+    names = []
+    for i in range(count):
+        low, high = i * 16384 // count, (i + 1) * 16384 // count
+        for tag in [f"{name}~{i}"] + [f"{name}~{i}.{n}" for n in range(1, 100000)]:
+            if low <= crc16(tag.encode()) % 16384 < high:
+                names.append(tag)
+                break
+    return names
+
 def drain(binary, url, apps, n):
-    """apps: [(name, key prefix, port)]. Adds n tasks per app, drains them with a worker each
-    at once; returns ({name: tasks/s}, all tasks/s, {port: CPU µs per task drained there})."""
-    for name, _, _ in apps:
-        run([binary, "enqueue", "--url", url, "--app", name, "--n", str(n), "--bulk"])
-    ports = sorted({port for _, _, port in apps})
+    """apps: [(name, [(key prefix, port)], partitions, workers)]. Adds n tasks per app, drains
+    them with its workers, every app at once; returns ({name: tasks/s}, all tasks/s, {port: CPU
+    µs per task drained there}, {port: tasks drained there})."""
+    for name, _, partitions, _ in apps:
+        run([binary, "enqueue", "--url", url, "--app", name, "--n", str(n), "--bulk",
+             "--partitions", str(partitions)])
+    places = [(prefix, port) for _, where, _, _ in apps for prefix, port in where]
+    ports = sorted({port for _, port in places})
+    tasks_on = {port: 0 for port in ports}
+    for prefix, port in places:
+        tasks_on[port] += Resp(port).command("LLEN", f"{prefix}:task_queue")
     cpu = {port: redis_cpu_s(port) for port in ports}
-    tasks_on = {port: n * sum(1 for _, _, p in apps if p == port) for port in ports}
     env = dict(os.environ, RUST_LOG="warn")
-    workers = [subprocess.Popen([binary, "worker", "--url", url, "--app", name, "--threads", "1"],
+    workers = [subprocess.Popen([binary, "worker", "--url", url, "--app", name, "--threads", "1",
+                                 "--partitions", str(partitions)],
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-               for name, _, _ in apps]
-    polls = [(name, prefix, Resp(port)) for name, prefix, port in apps]
+               for name, _, partitions, count in apps for _ in range(count)]
+    polls = [(name, [(prefix, Resp(port)) for prefix, port in where])
+             for name, where, _, _ in apps]
     try:
         deadline = time.perf_counter() + 180
         started = {}
@@ -72,19 +102,20 @@ def drain(binary, url, apps, n):
         while len(ended) < len(apps):
             if time.perf_counter() > deadline:
                 raise RuntimeError("the drains did not finish in 180 s")
-            for name, prefix, poll in polls:
+            for name, where in polls:
                 if name in ended:
                     continue
-                remaining = left(poll, prefix)
-                if name not in started and poll.command("LLEN", f"{prefix}:task_queue") < n:
+                remaining = sum(left(poll, prefix) for prefix, poll in where)
+                waiting = sum(poll.command("LLEN", f"{prefix}:task_queue") for prefix, poll in where)
+                if name not in started and waiting < n:
                     started[name] = time.perf_counter()
                 if name in started and remaining == 0:
                     ended[name] = time.perf_counter()
             time.sleep(0.002)
-        rates = {name: n / (ended[name] - started[name]) for name, _, _ in apps}
+        rates = {name: n / (ended[name] - started[name]) for name, _, _, _ in apps}
         overall = n * len(apps) / (max(ended.values()) - min(started.values()))
         per_task = {port: (redis_cpu_s(port) - cpu[port]) * 1e6 / tasks_on[port] for port in ports}
-        return rates, overall, per_task
+        return rates, overall, per_task, tasks_on
     finally:
         for worker in workers:
             worker.send_signal(signal.SIGTERM)
@@ -120,28 +151,42 @@ def main():
             names.setdefault(master_of(shards[0], "{" + name + "}"), name)
             i += 1
         cluster_url = "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in shards)
-        results = {"one app, one Redis": [], "one app, cluster": [], "three apps, three shards": []}
+        # One app over three partitions: where each partition's hash tag lives.
+        spread = "spread"
+        parts = [("{" + tag + "}", master_of(shards[0], "{" + tag + "}"))
+                 for tag in partition_names(spread, len(shards))]
+        assert sorted(port for _, port in parts) == shards, f"partitions not one per shard: {parts}"
+        results = {"one app, one Redis": [], "one app, cluster": [],
+                   "three apps, three shards (a worker each)": [],
+                   "one app in three partitions, three shards (three workers)": []}
         for round_ in range(args.rounds):
             redis_cli(single, "FLUSHALL")
             for port in shards:
                 redis_cli(port, "FLUSHALL")
             first_port, first = next(iter(sorted(names.items())))
-            results["one app, one Redis"].append(
-                drain(args.binary, f"redis://127.0.0.1:{single}/0", [(first, first, single)], args.n))
-            results["one app, cluster"].append(
-                drain(args.binary, cluster_url, [(first, "{" + first + "}", first_port)], args.n))
-            apps = [(name, "{" + name + "}", port) for port, name in sorted(names.items())]
-            results["three apps, three shards"].append(
+            results["one app, one Redis"].append(drain(
+                args.binary, f"redis://127.0.0.1:{single}/0", [(first, [(first, single)], 1, 1)],
+                args.n))
+            results["one app, cluster"].append(drain(
+                args.binary, cluster_url, [(first, [("{" + first + "}", first_port)], 1, 1)],
+                args.n))
+            apps = [(name, [("{" + name + "}", port)], 1, 1) for port, name in sorted(names.items())]
+            results["three apps, three shards (a worker each)"].append(
                 drain(args.binary, cluster_url, apps, args.n))
+            results["one app in three partitions, three shards (three workers)"].append(drain(
+                args.binary, cluster_url, [(spread, parts, len(shards), len(shards))],
+                args.n * len(shards)))
             print(f"round {round_ + 1} done", file=sys.stderr)
-        print(f"| setup | drain, all tasks/s | per app tasks/s | Redis CPU µs per task, per server |")
-        print("|---|---|---|---|")
+        print("| setup | drain, all tasks/s | per app tasks/s | Redis CPU µs per task, per server "
+              "| tasks per server |")
+        print("|---|---|---|---|---|")
         for setup, runs in results.items():
             overall = statistics.median(r[1] for r in runs)
             per_app = statistics.median(statistics.mean(r[0].values()) for r in runs)
             ports = sorted(runs[0][2])
             cpu = ", ".join(f"{statistics.median(r[2][p] for r in runs):.1f}" for p in ports)
-            print(f"| {setup} | {overall:,.0f} | {per_app:,.0f} | {cpu} |")
+            tasks = ", ".join(f"{statistics.median(r[3][p] for r in runs):,.0f}" for p in ports)
+            print(f"| {setup} | {overall:,.0f} | {per_app:,.0f} | {cpu} | {tasks} |")
     finally:
         for port in shards + [single]:
             try:

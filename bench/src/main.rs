@@ -13,6 +13,8 @@
 //!                                               # bare tokio channel ceiling measured alongside
 //! ```
 //!
+//! `--partitions K` (Redis) spreads the app over K partitions (`RedisOptions::partitions`).
+//!
 //! `--wait-replicas N` (Redis) waits for N replicas after each add and finish
 //! (`RedisOptions::wait_for_replicas`, at most 1 s each).
 //!
@@ -146,6 +148,8 @@ async fn redis_app(url: &str, concurrency: usize) -> QueueTasks {
                 replicas,
                 timeout: Duration::from_secs(1),
             }),
+            // `--partitions K`: the app spread over K partitions (`bench/cluster.py`).
+            partitions: arg("--partitions", 1),
             ..RedisOptions::default()
         };
         qtasks::redis::connect_with(url, config, options)

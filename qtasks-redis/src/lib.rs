@@ -41,6 +41,7 @@ mod broker;
 mod global_config;
 mod link;
 mod listing;
+pub mod partitions;
 mod scripts;
 mod server;
 mod stats;
@@ -150,6 +151,28 @@ impl std::fmt::Debug for Redis {
 impl Redis {
     /// The broker, storage and global config for the app's config, after checking the options.
     async fn connect_concrete(&self, config: &QueueConfig) -> Result<Parts, BackendError> {
+        self.check(config)?;
+        connect_parts(
+            &self.url,
+            &config.name,
+            &self.options,
+            config.result_interval(),
+        )
+        .await
+    }
+
+    /// Refuses options and app names this engine cannot work with, saying why.
+    fn check(&self, config: &QueueConfig) -> Result<(), BackendError> {
+        if !(1..=partitions::MAX_PARTITIONS).contains(&self.options.partitions) {
+            return Err(BackendError::new(
+                "redis",
+                format!(
+                    "partitions = {}: use 1 (the default, one partition) to {}",
+                    self.options.partitions,
+                    partitions::MAX_PARTITIONS
+                ),
+            ));
+        }
         if self.options.lease < MIN_LEASE {
             return Err(BackendError::new(
                 "redis",
@@ -181,19 +204,17 @@ impl Redis {
                 ),
             ));
         }
-        connect_parts(
-            &self.url,
-            &config.name,
-            &self.options,
-            config.result_interval(),
-        )
-        .await
+        Ok(())
     }
 }
 
 #[qtasks_core::async_trait]
 impl Connector for Redis {
     async fn connect(&self, config: &QueueConfig) -> Result<BackendParts, BackendError> {
+        if self.options.partitions > 1 {
+            self.check(config)?;
+            return partitions::connect(&self.url, &config.name, &self.options, config).await;
+        }
         let parts = self.connect_concrete(config).await?;
         Ok(BackendParts::new(
             Arc::new(parts.broker),
@@ -215,6 +236,12 @@ impl RecordStoreConnector for Redis {
             return Err(BackendError::new(
                 "redis",
                 "wait_for_replicas applies to the writes of the Redis broker; the records Redis keeps for another broker (RabbitMQ) do not wait for replicas yet: leave it None here",
+            ));
+        }
+        if self.options.partitions != 1 {
+            return Err(BackendError::new(
+                "redis",
+                "partitions spread the Redis broker's queues; the records Redis keeps for another broker (RabbitMQ) live in one partition: leave partitions at 1 here",
             ));
         }
         let parts = self.connect_concrete(config).await?;
@@ -306,6 +333,12 @@ pub struct RedisOptions {
     /// acknowledged: a task added then is gone, and a finished one runs again. See
     /// [`WaitForReplicas`] for what each side is told when the replicas are late.
     pub wait_for_replicas: Option<WaitForReplicas>,
+    /// Spreads the app over this many partitions, each with its own hash tag on a Redis
+    /// Cluster, so its drain rate grows with the shards (see [`partitions`](crate::partitions)).
+    /// Default 1: one partition, the keys Python QTasks reads. Each task lives in one
+    /// partition, with its record and its attempts; workers take from the partitions in turn.
+    /// Unique tasks and task limits need one partition. Every process of an app must agree.
+    pub partitions: u16,
 }
 
 /// How many replicas must have an add or a finish before it counts as done, and how long to
@@ -392,6 +425,7 @@ impl Default for RedisOptions {
             #[cfg(feature = "tls")]
             tls_root_certificate: None,
             wait_for_replicas: None,
+            partitions: 1,
         }
     }
 }
@@ -593,8 +627,44 @@ async fn connect_parts(
     options: &RedisOptions,
     fallback_check: Duration,
 ) -> Result<Parts, BackendError> {
-    let shown = redacted(url);
     let server = open_server(url, options)?;
+    connect_parts_on(
+        &server,
+        &redacted(url),
+        prefix,
+        options,
+        fallback_check,
+        &Shared::new(),
+    )
+    .await
+}
+
+/// What the parts of one process's app share, across its partitions too: the cancel requests
+/// from other processes, and the wake-ups of idle takes.
+struct Shared {
+    cancels: tokio::sync::broadcast::Sender<qtasks_core::backend::CancelRequest>,
+    added: Arc<Announcements>,
+}
+
+impl Shared {
+    fn new() -> Self {
+        let (cancels, _) = tokio::sync::broadcast::channel(4096);
+        Shared {
+            cancels,
+            added: Arc::new(Announcements::default()),
+        }
+    }
+}
+
+/// [`connect_parts`] on a server opened already; `shown` is its URL without a password.
+async fn connect_parts_on(
+    server: &Server,
+    shown: &str,
+    prefix: &str,
+    options: &RedisOptions,
+    fallback_check: Duration,
+    shared: &Shared,
+) -> Result<Parts, BackendError> {
     // On a cluster every key of the app carries the app's name as its hash tag (`{billing}:...`),
     // so the app lives on one slot and every script's keys share it.
     let tagged = if server.is_cluster() {
@@ -627,7 +697,7 @@ async fn connect_parts(
     let commands = connect(options.response_timeout)
         .await
         .map_err(unreachable)?;
-    warn_if_keys_may_be_evicted(&commands, &shown).await;
+    warn_if_keys_may_be_evicted(&commands, shown).await;
     // Blocking waits need a connection of their own, with room for the longest wait.
     let blocking = connect(broker::idle_wait(options) + options.response_timeout)
         .await
@@ -642,10 +712,9 @@ async fn connect_parts(
         None => None,
     };
     let keys = Keys::new(&tagged, prefix, options.records_index);
-    // Cancel requests from other processes arrive on the storage's subscription.
-    let (cancels, _) = tokio::sync::broadcast::channel(4096);
-    // Entries pushed to named queues are announced on the same subscription.
-    let added = Arc::new(Announcements::default());
+    // Cancel requests from other processes arrive on the storage's subscription, and so do
+    // the announcements of entries pushed to queues.
+    let (cancels, added) = (shared.cancels.clone(), Arc::clone(&shared.added));
     let storage = RedisStorage::connect(
         server.clone(),
         keys.clone(),

@@ -173,6 +173,19 @@ impl QueueTasks {
         self.components().broker.as_any()?.downcast_ref::<T>()
     }
 
+    /// The partition of its broker that the task `uuid` lives in: 0, unless the broker spreads
+    /// the app over several (Redis's `partitions`). Priority order, and first in first out
+    /// among equals, hold among the tasks of one partition; between two partitions a worker
+    /// serves whichever one's turn it is.
+    ///
+    /// ```
+    /// let app = qtasks::QueueTasks::new();
+    /// assert_eq!(app.partition_of(qtasks::Uuid::new_v4()), 0);
+    /// ```
+    pub fn partition_of(&self, uuid: uuid::Uuid) -> usize {
+        self.components().broker.partition_of(uuid)
+    }
+
     /// The components the app was built from.
     pub(crate) fn components(&self) -> &Components {
         &self.inner.components

@@ -520,6 +520,14 @@ pub trait Broker: Lifecycle {
         false
     }
 
+    /// The partition the task `uuid` lives in, for a broker that spreads one queue over
+    /// several (each with its own order): priority order, and first in first out among
+    /// equals, hold among the tasks of one partition. The default: 0, one partition.
+    fn partition_of(&self, uuid: Uuid) -> usize {
+        let _ = uuid;
+        0
+    }
+
     /// Takes up to `take.max` tasks from the queues `take` lists, in its order (the first
     /// queue first, the next ones filling what it leaves, each at most its own `max`),
     /// skipping paused queues: otherwise as [`next_batch`](Self::next_batch), which is this
