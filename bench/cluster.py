@@ -17,7 +17,7 @@ the rate grows with a core per shard.
 import argparse, os, shutil, signal, statistics, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from ab import Resp, redis_cli, redis_cpu_s, run  # noqa: E402
+from ab import Resp, commandstats, redis_cli, redis_cpu_s, run  # noqa: E402
 
 def start_server(port, folder, cluster):
     args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
@@ -88,6 +88,8 @@ def drain(binary, url, apps, n):
     for prefix, port in places:
         tasks_on[port] += Resp(port).command("LLEN", f"{prefix}:task_queue")
     cpu = {port: redis_cpu_s(port) for port in ports}
+    for port in ports:
+        redis_cli(port, "CONFIG", "RESETSTAT")
     env = dict(os.environ, RUST_LOG="warn")
     workers = [subprocess.Popen([binary, "worker", "--url", url, "--app", name, "--threads", "1",
                                  "--partitions", str(partitions)],
@@ -115,6 +117,12 @@ def drain(binary, url, apps, n):
         rates = {name: n / (ended[name] - started[name]) for name, _, _, _ in apps}
         overall = n * len(apps) / (max(ended.values()) - min(started.values()))
         per_task = {port: (redis_cpu_s(port) - cpu[port]) * 1e6 / tasks_on[port] for port in ports}
+        if os.environ.get("QTASKS_BENCH_COMMANDS"):
+            # Per server, the commands per task drained there (calls, µs), busiest first.
+            for port in ports:
+                stats = sorted(commandstats(port, tasks_on[port]).items(), key=lambda kv: -kv[1][1])
+                shown = ", ".join(f"{name} {calls:.2f}x {usec:.1f}µs" for name, (calls, usec) in stats[:6])
+                print(f"  {[name for name, _, _, _ in apps]} {port}: {shown}", file=sys.stderr)
         return rates, overall, per_task, tasks_on
     finally:
         for worker in workers:
@@ -158,6 +166,7 @@ def main():
         assert sorted(port for _, port in parts) == shards, f"partitions not one per shard: {parts}"
         results = {"one app, one Redis": [], "one app, cluster": [],
                    "three apps, three shards (a worker each)": [],
+                   "one app in three partitions, three shards (one worker)": [],
                    "one app in three partitions, three shards (three workers)": []}
         for round_ in range(args.rounds):
             redis_cli(single, "FLUSHALL")
@@ -173,6 +182,8 @@ def main():
             apps = [(name, [("{" + name + "}", port)], 1, 1) for port, name in sorted(names.items())]
             results["three apps, three shards (a worker each)"].append(
                 drain(args.binary, cluster_url, apps, args.n))
+            results["one app in three partitions, three shards (one worker)"].append(drain(
+                args.binary, cluster_url, [(spread, parts, len(shards), 1)], args.n * len(shards)))
             results["one app in three partitions, three shards (three workers)"].append(drain(
                 args.binary, cluster_url, [(spread, parts, len(shards), len(shards))],
                 args.n * len(shards)))

@@ -136,6 +136,9 @@ pub(crate) async fn connect(
             added: Arc::clone(&shared.added),
             idle: crate::broker::idle_wait(options),
             turn: AtomicUsize::new(0),
+            resting: (0..options.partitions)
+                .map(|_| parking_lot::Mutex::new(None))
+                .collect(),
             shown,
         }),
         Arc::new(PartitionedStorage { parts: storages }),
@@ -162,8 +165,14 @@ pub(crate) struct PartitionedBroker {
     idle: Duration,
     /// Turns the partition a take asks first, so each is served in turn.
     turn: AtomicUsize,
+    /// Per partition, until when takes pass it by after a failed take (its shard failing
+    /// over): asking it each turn would hold the other partitions' tasks behind its timeout.
+    resting: Vec<parking_lot::Mutex<Option<tokio::time::Instant>>>,
     shown: String,
 }
+
+/// How long takes pass a partition by after a take from it failed.
+const REST_AFTER_FAILURE: Duration = Duration::from_millis(500);
 
 impl PartitionedBroker {
     fn part(&self, uuid: Uuid) -> &RedisBroker {
@@ -253,26 +262,31 @@ impl Broker for PartitionedBroker {
                 notified.as_mut().enable();
             }
             let first = self.turn.fetch_add(1, Ordering::Relaxed);
-            let mut failed = None;
+            let mut wait = self.idle;
             for step in 0..self.parts.len() {
-                let part = &self.parts[(first + step) % self.parts.len()];
-                match part.take(&look).await {
+                let index = (first + step) % self.parts.len();
+                let now = tokio::time::Instant::now();
+                if let Some(until) = *self.resting[index].lock()
+                    && until > now
+                {
+                    wait = wait.min(until - now);
+                    continue;
+                }
+                match self.parts[index].take(&look).await {
                     Ok(taken) if !taken.is_empty() => return Ok(taken),
                     Ok(_) => {}
                     // One partition out (its shard failing over) does not stop the others.
                     Err(error) => {
                         tracing::warn!(
-                            "taking from one partition failed (the others are served): {}",
+                            "taking from partition {index} failed (the others are served; it is asked again in {REST_AFTER_FAILURE:?}): {}",
                             qtasks_core::backend::ErrorChain(&error)
                         );
-                        failed.get_or_insert(error);
+                        *self.resting[index].lock() =
+                            Some(tokio::time::Instant::now() + REST_AFTER_FAILURE);
+                        wait = wait.min(REST_AFTER_FAILURE);
                     }
                 }
             }
-            if let Some(error) = failed.filter(|_| self.parts.len() == 1) {
-                return Err(error);
-            }
-            let mut wait = self.idle;
             if let Some(give_up) = give_up {
                 let now = tokio::time::Instant::now();
                 if now >= give_up {
