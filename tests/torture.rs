@@ -17,7 +17,10 @@
 //! machine's RabbitMQ, under a queue name of the run's own) with its records on such a Redis,
 //! and memory (where only the faults a process does to itself apply: `stop_now` and a start
 //! again, cancels at random moments), and Redis through Sentinels and on a Redis Cluster (the
-//! run's own servers; their faults are in `mod replicated`). A new engine adds a variant here. Faults: worker SIGKILL (the supervisor restarts it), SIGSTOP/SIGCONT for less and
+//! run's own servers; their faults are in `mod replicated`), there also with the app spread
+//! over three partitions, one per master (the faults hit partition 0's master; poison goes
+//! to partition 0; the keys and the outcomes are read from every partition; task limits are
+//! refused there, as on RabbitMQ). A new engine adds a variant here. Faults: worker SIGKILL (the supervisor restarts it), SIGSTOP/SIGCONT for less and
 //! for more than the lease, the Redis server SIGKILLed and restarted from its append-only
 //! file, paused with SIGSTOP, every client connection cut (pub/sub too), and the workers'
 //! network held silent (a blackhole, through a proxy of the run's, for Redis and RabbitMQ
@@ -91,6 +94,8 @@ enum Engine {
     RedisSentinel,
     /// A Redis Cluster of three masters with a replica each.
     RedisCluster,
+    /// The same cluster, the app spread over three partitions (`RedisOptions::partitions`).
+    RedisPartitions,
     RabbitMq,
     Postgres,
 }
@@ -101,8 +106,22 @@ impl Engine {
     fn on_redis(self) -> bool {
         matches!(
             self,
-            Engine::Redis | Engine::RedisSentinel | Engine::RedisCluster
+            Engine::Redis | Engine::RedisSentinel | Engine::RedisCluster | Engine::RedisPartitions
         )
+    }
+
+    /// Whether it keeps task limits (RabbitMQ does not; an app in partitions refuses them).
+    fn keeps_limits(self) -> bool {
+        !matches!(self, Engine::RabbitMq | Engine::RedisPartitions)
+    }
+
+    /// How many partitions the app is spread over.
+    fn partitions(self) -> u16 {
+        if self == Engine::RedisPartitions {
+            PARTITIONS
+        } else {
+            1
+        }
     }
 
     fn test_name(self) -> &'static str {
@@ -110,6 +129,7 @@ impl Engine {
             Engine::Redis => "redis_engine",
             Engine::RedisSentinel => "redis_sentinel_engine",
             Engine::RedisCluster => "redis_cluster_engine",
+            Engine::RedisPartitions => "redis_partitions_engine",
             Engine::RabbitMq => "rabbitmq_engine_with_redis_records",
             Engine::Postgres => "postgres_engine",
         }
@@ -212,6 +232,20 @@ async fn redis_cluster_engine() {
     };
     for seed in seeds() {
         run(Engine::RedisCluster, seed).await;
+    }
+}
+
+/// How many partitions the partitioned engine spreads its app over: one per master.
+const PARTITIONS: u16 = 3;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL: its tools start the run's servers)"]
+async fn redis_partitions_engine() {
+    let Some(_) = redis_url("torture redis_partitions_engine") else {
+        return;
+    };
+    for seed in seeds() {
+        run(Engine::RedisPartitions, seed).await;
     }
 }
 
@@ -498,7 +532,9 @@ impl Server {
         match engine {
             Engine::Redis | Engine::RabbitMq => Server::Redis(OwnRedis::start("torture", true)),
             Engine::RedisSentinel => Server::Sentinel(replicated::Sentinel::start().await),
-            Engine::RedisCluster => Server::Cluster(replicated::Cluster::start().await),
+            Engine::RedisCluster | Engine::RedisPartitions => {
+                Server::Cluster(replicated::Cluster::start(engine.partitions()).await)
+            }
             Engine::Postgres => {
                 Server::Postgres(OwnPostgres::start().expect(
                     "pg_createcluster makes a server of the run's (run as root or postgres)",
@@ -538,11 +574,35 @@ impl Server {
         }
     }
 
-    /// What the app's Redis keys start with: its name, or on a cluster its hash tag.
+    /// What the app's Redis keys start with: its name, or on a cluster its hash tag (its
+    /// first partition's, when it is spread over several).
     fn key_prefix(&self, app: &str) -> String {
         match self {
-            Server::Cluster(_) => format!("{{{app}}}"),
+            Server::Cluster(cluster) => cluster.tag(app, 0),
             _ => app.to_owned(),
+        }
+    }
+
+    /// Where the app's keys are, each key prefix with the URL of the server that holds it now:
+    /// one place, or one per partition.
+    async fn key_places(&self, app: &str) -> Vec<(String, String)> {
+        match self {
+            Server::Cluster(cluster) => cluster.places(app).await,
+            _ => vec![(self.key_prefix(app), self.direct_redis_url(app).await)],
+        }
+    }
+
+    /// A new task's uuid in the app's first partition (where `key_prefix` points).
+    fn uuid_in_first_partition(&self) -> Uuid {
+        let partitions = match self {
+            Server::Cluster(cluster) => cluster.partitions,
+            _ => 1,
+        };
+        loop {
+            let uuid = Uuid::new_v4();
+            if qtasks::redis::partitions::partition_of(uuid, partitions) == 0 {
+                return uuid;
+            }
         }
     }
 }
@@ -618,11 +678,14 @@ impl Run {
         if let Some(postgres) = &postgres_url {
             env.push(("QTASKS_TEST_WORKER_POSTGRES", postgres));
         }
-        if let Server::Cluster(_) = &self.server {
+        let partitions;
+        if let Server::Cluster(cluster) = &self.server {
             env.push((
                 "QTASKS_TEST_RESPONSE_TIMEOUT_MS",
                 replicated::CLUSTER_RESPONSE_TIMEOUT_MS,
             ));
+            partitions = cluster.partitions.to_string();
+            env.push(("QTASKS_TEST_PARTITIONS", &partitions));
         }
         match &self.clock_offset {
             Some((offset_index, offset)) if *offset_index == index => {
@@ -694,7 +757,8 @@ async fn client(engine: Engine, url: &str, amqp: Option<&str>, prefix: &str) -> 
         lease: Duration::from_millis(LEASE_MS),
         ..Default::default()
     };
-    if engine == Engine::RedisCluster {
+    options.partitions = engine.partitions();
+    if matches!(engine, Engine::RedisCluster | Engine::RedisPartitions) {
         options.response_timeout =
             Duration::from_millis(replicated::CLUSTER_RESPONSE_TIMEOUT_MS.parse().unwrap());
     }
@@ -1018,7 +1082,7 @@ async fn run(engine: Engine, seed: u64) {
                     repeated += 1;
                 }
             }
-            Kind::Limited if engine == Engine::RabbitMq => {
+            Kind::Limited if !engine.keeps_limits() => {
                 assert_eq!(record.status, TaskStatus::Error, "{context}");
                 let traceback = record.traceback.as_deref().unwrap_or_default();
                 assert!(traceback.contains("LimitsUnsupported"), "{context}");
@@ -1205,9 +1269,12 @@ async fn run(engine: Engine, seed: u64) {
         );
     }
     // The engine's working keys come back to empty (Redis keeps the queue).
-    if engine.on_redis() {
-        let mut con = raw_connection(&run.server.direct_redis_url(&run.prefix).await).await;
-        let key_prefix = run.server.key_prefix(&run.prefix);
+    for (key_prefix, url) in if engine.on_redis() {
+        run.server.key_places(&run.prefix).await
+    } else {
+        Vec::new()
+    } {
+        let mut con = raw_connection(&url).await;
         let named = |key: &str| format!("qtasks:q:{NAMED_QUEUE}:{key}");
         for (key, kind) in [
             ("task_queue".to_owned(), "list"),
@@ -1474,7 +1541,8 @@ async fn add_workflow_chord(app: &QueueTasks, labels: &[String], ms: u64) -> Vec
 /// Poison written as another producer could: an entry that names no task, or a task whose
 /// record cannot run (its `created_at` is `nan`, or its arguments are no JSON).
 async fn add_poison(run: &Run, kind: Kind, rng: &mut StdRng) -> Added {
-    let uuid = Uuid::new_v4();
+    // (Written where the app looks for it: in its first partition, when it has several.)
+    let uuid = run.server.uuid_in_first_partition();
     if let Some(amqp) = &run.amqp {
         // A message that is no task, or names a time that is none.
         let body: Vec<u8> = match rng.random_range(0..3) {
@@ -1997,6 +2065,8 @@ mod replicated {
     /// Three masters with a replica each, every node with its append-only file.
     pub(super) struct Cluster {
         cluster: OwnCluster,
+        /// How many partitions the app is spread over (1: one hash tag, its name).
+        pub(super) partitions: u16,
         /// The masters the harness expects at the end.
         expected_masters: HashSet<u16>,
         killed: bool,
@@ -2004,12 +2074,13 @@ mod replicated {
     }
 
     impl Cluster {
-        pub(super) async fn start() -> Cluster {
+        pub(super) async fn start(partitions: u16) -> Cluster {
             let cluster = OwnCluster::start_with_aof(3, 1);
             cluster.until_ok(3).await;
             Cluster {
                 expected_masters: cluster.masters().await.into_iter().collect(),
                 cluster,
+                partitions,
                 killed: false,
                 migrated: false,
             }
@@ -2020,8 +2091,30 @@ mod replicated {
         }
 
         /// The port of the master that serves app `app`'s slot.
+        /// The hash tag of app `app`'s partition `index` (`{app}` when it has one).
+        pub(super) fn tag(&self, app: &str, index: usize) -> String {
+            if self.partitions == 1 {
+                return format!("{{{app}}}");
+            }
+            let names = qtasks::redis::partitions::partition_names(app, self.partitions);
+            format!("{{{}}}", names[index])
+        }
+
+        /// Each partition's key prefix, with the URL of its master now.
+        pub(super) async fn places(&self, app: &str) -> Vec<(String, String)> {
+            let mut places = Vec::new();
+            for index in 0..usize::from(self.partitions) {
+                let tag = self.tag(app, index);
+                let port = self.cluster.master_of(&tag).await;
+                places.push((tag, format!("redis://127.0.0.1:{port}/")));
+            }
+            places
+        }
+
+        /// The port of the master that serves app `app`'s slot (its first partition's): the
+        /// one the faults kill and migrate.
         async fn master_of(&self, app: &str) -> u16 {
-            self.cluster.master_of(&format!("{{{app}}}")).await
+            self.cluster.master_of(&self.tag(app, 0)).await
         }
 
         pub(super) async fn master_url(&self, app: &str) -> String {
@@ -2041,7 +2134,13 @@ mod replicated {
                 .iter()
                 .map(|port| self.cluster.aof_dir(self.cluster.node(*port)))
                 .collect();
-            Some(recorded_outcomes_in(&dirs, &format!("{{{prefix}}}")))
+            let mut outcomes: HashMap<Uuid, usize> = HashMap::new();
+            for index in 0..usize::from(self.partitions) {
+                for (uuid, count) in recorded_outcomes_in(&dirs, &self.tag(prefix, index)) {
+                    *outcomes.entry(uuid).or_default() += count;
+                }
+            }
+            Some(outcomes)
         }
 
         pub(super) async fn inject(
@@ -2083,7 +2182,7 @@ mod replicated {
                     let others: Vec<u16> =
                         masters.into_iter().filter(|port| *port != master).collect();
                     let to = others[rng.random_range(0..others.len())];
-                    let slot = self.cluster.keyslot(&format!("{{{app}}}")).await;
+                    let slot = self.cluster.keyslot(&self.tag(app, 0)).await;
                     let moved = self.cluster.migrate_slot(slot, master, to).await;
                     eprintln!(
                         "torture: the app's slot {slot} moved from {master} to {to} ({moved} keys)"

@@ -180,6 +180,9 @@ fn member_uuid(member: &str) -> Option<Uuid> {
 }
 
 pub(crate) struct RedisBroker {
+    /// When the next delayed task of the last take's queues may run (ms, Redis clock;
+    /// `i64::MAX`: none known): a partitioned app's take waits until then at most.
+    next_due_ms: std::sync::atomic::AtomicI64,
     keys: Keys,
     commands: Link,
     /// The connection of the writes that wait for replicas (`commands` when none do).
@@ -271,7 +274,14 @@ impl RedisBroker {
             renewer: Mutex::default(),
             cancels,
             location,
+            next_due_ms: std::sync::atomic::AtomicI64::new(i64::MAX),
         }
+    }
+
+    /// When the next delayed task of the last take's queues may run (ms, Redis clock).
+    pub(crate) fn next_due_ms(&self) -> Option<i64> {
+        Some(self.next_due_ms.load(std::sync::atomic::Ordering::Relaxed))
+            .filter(|ms| *ms != i64::MAX)
     }
 
     fn lease_ms(&self) -> u64 {
@@ -1290,6 +1300,10 @@ impl Broker for RedisBroker {
                 notified.as_mut().enable();
             }
             let (taken, next_due_ms) = self.take_batch(take).await?;
+            self.next_due_ms.store(
+                next_due_ms.unwrap_or(i64::MAX),
+                std::sync::atomic::Ordering::Relaxed,
+            );
             let any_taken = !taken.is_empty();
             // Held (renewed) from now on; should this call be dropped before it hands the
             // deliveries over, the guard stops holding them and their leases run out, so

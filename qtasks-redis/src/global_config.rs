@@ -26,6 +26,12 @@ impl RedisGlobalConfig {
         RedisGlobalConfig { keys, commands }
     }
 
+    /// The key whose presence says the app's workers publish their results (the heartbeat
+    /// keeps it).
+    pub(crate) fn publishing_key(&self) -> &str {
+        &self.keys.publishing
+    }
+
     fn hash(&self, name: &str) -> String {
         format!("{}:GlobalConfig:{name}", self.keys.prefix)
     }

@@ -644,6 +644,9 @@ async fn connect_parts(
 struct Shared {
     cancels: tokio::sync::broadcast::Sender<qtasks_core::backend::CancelRequest>,
     added: Arc<Announcements>,
+    /// The key the heartbeat keeps to say the workers publish their results, when it is not
+    /// the app's own: a partitioned app's heartbeat is in its first partition.
+    publishing: Option<String>,
 }
 
 impl Shared {
@@ -652,6 +655,7 @@ impl Shared {
         Shared {
             cancels,
             added: Arc::new(Announcements::default()),
+            publishing: None,
         }
     }
 }
@@ -711,7 +715,10 @@ async fn connect_parts_on(
         ),
         None => None,
     };
-    let keys = Keys::new(&tagged, prefix, options.records_index);
+    let mut keys = Keys::new(&tagged, prefix, options.records_index);
+    if let Some(publishing) = &shared.publishing {
+        keys.publishing.clone_from(publishing);
+    }
     // Cancel requests from other processes arrive on the storage's subscription, and so do
     // the announcements of entries pushed to queues.
     let (cancels, added) = (shared.cancels.clone(), Arc::clone(&shared.added));

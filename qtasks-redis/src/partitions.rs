@@ -12,7 +12,10 @@
 //!
 //! - An add goes to its task's partition; `add_many` sends each partition its share at once.
 //! - A take asks the partitions in turn, starting one further each time, so none starves;
-//!   when all are empty it waits for any partition's announcement of a new entry.
+//!   when all are empty it waits for any partition's announcement of a new entry. Each
+//!   partition's take runs on a task of its own and is never dropped half way: a partition
+//!   that does not answer within 50 ms (its shard failing over) is passed by, and what its
+//!   take brings later is kept, its leases renewed, for the next take.
 //! - Everything about one task (finish, cancel, its record, its waiters) goes to its
 //!   partition; listings, counters and dead letters are read from every partition and merged.
 //! - The global config (workers' heartbeats, groups, schedules) lives in partition 0.
@@ -24,6 +27,7 @@
 //!
 //! [`RedisOptions::partitions`]: crate::RedisOptions::partitions
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -113,7 +117,7 @@ pub(crate) async fn connect(
 ) -> Result<BackendParts, BackendError> {
     let server = open_server(url, options)?;
     let shown = redacted(url).to_string();
-    let shared = Shared::new();
+    let mut shared = Shared::new();
     let (mut brokers, mut storages, mut global_config) = (Vec::new(), Vec::new(), None);
     for partition in partition_names(name, options.partitions) {
         let parts = connect_parts_on(
@@ -125,9 +129,13 @@ pub(crate) async fn connect(
             &shared,
         )
         .await?;
-        brokers.push(parts.broker);
+        brokers.push(Arc::new(parts.broker));
         storages.push(parts.storage);
-        global_config.get_or_insert(parts.global_config);
+        if global_config.is_none() {
+            // Every partition's waiters read the first one's sign that workers publish.
+            shared.publishing = Some(parts.global_config.publishing_key().to_owned());
+            global_config = Some(parts.global_config);
+        }
     }
     let global_config = global_config.expect("at least one partition");
     Ok(BackendParts::new(
@@ -136,9 +144,13 @@ pub(crate) async fn connect(
             added: Arc::clone(&shared.added),
             idle: crate::broker::idle_wait(options),
             turn: AtomicUsize::new(0),
-            resting: (0..options.partitions)
-                .map(|_| parking_lot::Mutex::new(None))
+            outstanding: (0..options.partitions)
+                .map(|_| Default::default())
                 .collect(),
+            answered: (0..options.partitions)
+                .map(|_| Default::default())
+                .collect(),
+            landed: Arc::default(),
             shown,
         }),
         Arc::new(PartitionedStorage { parts: storages }),
@@ -158,18 +170,41 @@ fn crosses_partitions(what: &str, count: usize) -> BackendError {
 
 /// The broker of a partitioned app: the partitions' brokers, and which one a take asks first.
 pub(crate) struct PartitionedBroker {
-    parts: Vec<RedisBroker>,
+    parts: Vec<Arc<RedisBroker>>,
+    /// Per partition, its take under way and what it brought (see [`Outstanding`]).
+    outstanding: Arc<[parking_lot::Mutex<Outstanding>]>,
+    /// Per partition, rung when a take from it answers.
+    answered: Arc<[tokio::sync::Notify]>,
+    /// Rung when a take's answer brought tasks that no take was waiting for.
+    landed: Arc<tokio::sync::Notify>,
     /// The announcements of every partition's new entries (one subscription each).
     added: Arc<Announcements>,
     /// How long an idle take waits between looks when nothing is announced.
     idle: Duration,
     /// Turns the partition a take asks first, so each is served in turn.
     turn: AtomicUsize,
-    /// Per partition, until when takes pass it by after a failed take (its shard failing
-    /// over): asking it each turn would hold the other partitions' tasks behind its timeout.
-    resting: Vec<parking_lot::Mutex<Option<tokio::time::Instant>>>,
     shown: String,
 }
+
+/// One partition's take, which runs to its end on a task of its own: a take is never dropped
+/// half way (its tasks would wait for their leases), and one slow partition (its shard failing
+/// over, a command waiting for `response_timeout`) holds up only itself. What a take brings
+/// that the worker cannot use yet is kept, its leases renewed, for the next take.
+#[derive(Default)]
+struct Outstanding {
+    /// A take from the partition is under way.
+    asking: bool,
+    /// Deliveries taken and held, not handed to a worker yet.
+    kept: VecDeque<Delivery>,
+    /// After a failed take: not asked again before this.
+    resting_until: Option<tokio::time::Instant>,
+    /// Why the last take failed; `None` once one answers.
+    failure: Option<String>,
+}
+
+/// How long a take waits for one partition's answer before it asks the next (the answer,
+/// when it comes, is kept for a later take).
+const ANSWER_WITHIN: Duration = Duration::from_millis(50);
 
 /// How long takes pass a partition by after a take from it failed.
 const REST_AFTER_FAILURE: Duration = Duration::from_millis(500);
@@ -177,6 +212,119 @@ const REST_AFTER_FAILURE: Duration = Duration::from_millis(500);
 impl PartitionedBroker {
     fn part(&self, uuid: Uuid) -> &RedisBroker {
         &self.parts[partition_of(uuid, self.parts.len() as u16)]
+    }
+
+    /// The deliveries kept for partition `index`, as many as `take` has room for (in all,
+    /// and per queue).
+    fn kept_for(&self, index: usize, take: &Take<'_>) -> Vec<Delivery> {
+        let mut outstanding = self.outstanding[index].lock();
+        if outstanding.kept.is_empty() {
+            return Vec::new();
+        }
+        let mut handed: Vec<Delivery> = Vec::new();
+        let mut left = VecDeque::new();
+        while let Some(delivery) = outstanding.kept.pop_front() {
+            let queue = delivery.task.queue_name();
+            let room = handed.len() < take.max
+                && take.queues.iter().any(|asked| {
+                    asked.name == queue
+                        && handed
+                            .iter()
+                            .filter(|d| d.task.queue_name() == queue)
+                            .count()
+                            < asked.max
+                });
+            if room {
+                handed.push(delivery);
+            } else {
+                left.push_back(delivery);
+            }
+        }
+        outstanding.kept = left;
+        handed
+    }
+
+    /// Sends partition `index` a take of `take`'s numbers, unless one is under way or the
+    /// partition rests after a failure (then `false`); its answer lands in `outstanding`.
+    fn ask(&self, index: usize, take: &Take<'_>) -> bool {
+        {
+            let mut outstanding = self.outstanding[index].lock();
+            if outstanding.asking
+                || outstanding
+                    .resting_until
+                    .is_some_and(|until| until > tokio::time::Instant::now())
+            {
+                return false;
+            }
+            outstanding.asking = true;
+        }
+        let queues: Vec<(String, usize)> = take
+            .queues
+            .iter()
+            .map(|queue| (queue.name.to_owned(), queue.max))
+            .collect();
+        let max = take.max;
+        let part = Arc::clone(&self.parts[index]);
+        let outstanding = Arc::clone(&self.outstanding);
+        let answered = Arc::clone(&self.answered);
+        let landed = Arc::clone(&self.landed);
+        tokio::spawn(async move {
+            let mut look = Take::from_queues(queues.iter().map(|(name, _)| name.as_str()), max);
+            for (queue, (_, most)) in look.queues.iter_mut().zip(&queues) {
+                queue.max = *most;
+            }
+            // Asked once, without waiting: the wait is for all the partitions.
+            look.patience = Some(Duration::ZERO);
+            let taken = part.take(&look).await;
+            let brought = matches!(&taken, Ok(taken) if !taken.is_empty());
+            {
+                let mut outstanding = outstanding[index].lock();
+                outstanding.asking = false;
+                match taken {
+                    Ok(taken) => {
+                        outstanding.failure = None;
+                        outstanding.kept.extend(taken);
+                    }
+                    // One partition out (its shard failing over) does not stop the others.
+                    Err(error) => {
+                        tracing::warn!(
+                            "taking from partition {index} failed (the others are served; it is asked again in {REST_AFTER_FAILURE:?}): {}",
+                            qtasks_core::backend::ErrorChain(&error)
+                        );
+                        outstanding.resting_until =
+                            Some(tokio::time::Instant::now() + REST_AFTER_FAILURE);
+                        outstanding.failure =
+                            Some(qtasks_core::backend::ErrorChain(&error).to_string());
+                    }
+                }
+            }
+            answered[index].notify_waiters();
+            // (An idle take wakes for tasks only: an empty answer waking it would ask again
+            // at once, and again.)
+            if brought {
+                landed.notify_waiters();
+            }
+        });
+        true
+    }
+
+    /// Hands back what the partitions' takes brought and no worker took, once the takes under
+    /// way have answered (or after `within`), so other workers run those tasks at once.
+    async fn hand_back_kept(&self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.outstanding.iter().any(|o| o.lock().asking)
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for (index, part) in self.parts.iter().enumerate() {
+            let kept: Vec<Delivery> = self.outstanding[index].lock().kept.drain(..).collect();
+            for delivery in kept {
+                if let Err(error) = part.release(&delivery).await {
+                    tracing::warn!(uuid = %delivery.task.uuid, "handing back a task taken and not run failed (it runs when its lease ends): {}", qtasks_core::backend::ErrorChain(&error));
+                }
+            }
+        }
     }
 }
 
@@ -194,6 +342,7 @@ impl Lifecycle for PartitionedBroker {
     }
 
     async fn stop(&self) -> Result<(), BackendError> {
+        self.hand_back_kept(Duration::from_secs(5)).await;
         for part in &self.parts {
             part.stop().await?;
         }
@@ -244,63 +393,86 @@ impl Broker for PartitionedBroker {
         let give_up = take
             .patience
             .and_then(|patience| tokio::time::Instant::now().checked_add(patience));
-        // Each partition is asked once, without waiting; the wait is for all of them.
-        let mut look = take.clone();
-        look.patience = Some(Duration::ZERO);
         let wake_ups: Vec<Arc<tokio::sync::Notify>> = take
             .queues
             .iter()
             .map(|queue| self.added.of(queue.name))
             .collect();
         loop {
-            // Registered before the looks, so an entry announced meanwhile wakes the wait.
-            let mut announced: Vec<_> = wake_ups
+            // Registered before the looks, so an entry announced (or tasks a take brought
+            // late) meanwhile wakes the wait.
+            let mut woken: Vec<_> = wake_ups
                 .iter()
                 .map(|notify| Box::pin(notify.notified()))
+                .chain(std::iter::once(Box::pin(self.landed.notified())))
                 .collect();
-            for notified in &mut announced {
+            for notified in &mut woken {
                 notified.as_mut().enable();
             }
             let first = self.turn.fetch_add(1, Ordering::Relaxed);
-            let mut wait = self.idle;
-            for step in 0..self.parts.len() {
-                let index = (first + step) % self.parts.len();
-                let now = tokio::time::Instant::now();
-                if let Some(until) = *self.resting[index].lock()
-                    && until > now
-                {
-                    wait = wait.min(until - now);
-                    continue;
+            let order = (0..self.parts.len()).map(|step| (first + step) % self.parts.len());
+            // What earlier takes brought first, then a new look at each partition.
+            for index in order.clone() {
+                let kept = self.kept_for(index, take);
+                if !kept.is_empty() {
+                    return Ok(kept);
                 }
-                match self.parts[index].take(&look).await {
-                    Ok(taken) if !taken.is_empty() => return Ok(taken),
-                    Ok(_) => {}
-                    // One partition out (its shard failing over) does not stop the others.
-                    Err(error) => {
-                        tracing::warn!(
-                            "taking from partition {index} failed (the others are served; it is asked again in {REST_AFTER_FAILURE:?}): {}",
-                            qtasks_core::backend::ErrorChain(&error)
-                        );
-                        *self.resting[index].lock() =
-                            Some(tokio::time::Instant::now() + REST_AFTER_FAILURE);
-                        wait = wait.min(REST_AFTER_FAILURE);
+            }
+            for index in order {
+                let answer = self.answered[index].notified();
+                tokio::pin!(answer);
+                answer.as_mut().enable();
+                if self.ask(index, take) {
+                    // Dropped here, the take goes on and its answer is kept.
+                    let _ = tokio::time::timeout(ANSWER_WITHIN, answer).await;
+                    let kept = self.kept_for(index, take);
+                    if !kept.is_empty() {
+                        return Ok(kept);
                     }
                 }
             }
+            // Every partition failing is the broker failing: the worker hears of it.
+            let failures: Vec<String> = self
+                .outstanding
+                .iter()
+                .filter_map(|outstanding| outstanding.lock().failure.clone())
+                .collect();
+            if failures.len() == self.parts.len() {
+                return Err(BackendError::new(
+                    "redis",
+                    format!(
+                        "taking tasks failed in every partition; the first: {}",
+                        failures[0]
+                    ),
+                ));
+            }
+            let now = tokio::time::Instant::now();
+            let mut wait = self.idle;
+            for outstanding in self.outstanding.iter() {
+                if let Some(until) = outstanding.lock().resting_until
+                    && until > now
+                {
+                    wait = wait.min(until - now);
+                }
+            }
+            // Until the soonest delayed task of any partition may run.
+            let now_ms = (qtasks_core::backend::unix_now() * 1000.0) as i64;
+            for part in &self.parts {
+                if let Some(due_ms) = part.next_due_ms() {
+                    let until_due =
+                        Duration::from_millis(u64::try_from(due_ms - now_ms).unwrap_or(0));
+                    wait = wait.min(until_due.max(Duration::from_millis(10)));
+                }
+            }
             if let Some(give_up) = give_up {
-                let now = tokio::time::Instant::now();
                 if now >= give_up {
                     return Ok(Vec::new());
                 }
                 wait = wait.min(give_up - now);
             }
-            if announced.is_empty() {
-                tokio::time::sleep(wait).await;
-            } else {
-                tokio::select! {
-                    _ = futures_util::future::select_all(announced) => {}
-                    () = tokio::time::sleep(wait) => {}
-                }
+            tokio::select! {
+                _ = futures_util::future::select_all(woken) => {}
+                () = tokio::time::sleep(wait) => {}
             }
         }
     }
@@ -315,6 +487,20 @@ impl Broker for PartitionedBroker {
     }
 
     async fn finish(&self, delivery: &Delivery, outcome: Outcome) -> Result<(), BackendError> {
+        let mut outcome = outcome;
+        // The next attempt is written by the finish, in its task's partition: it gets a uuid
+        // that places it there, as the worker's own retries have (a plugin may have made one
+        // that does not).
+        if let Outcome::Retry { child, .. } = &mut outcome {
+            let count = self.parts.len() as u16;
+            let partition = partition_of(delivery.task.uuid, count);
+            if partition_of(child.uuid, count) != partition {
+                let mut bytes = *child.uuid.as_bytes();
+                bytes[8..].copy_from_slice(&delivery.task.uuid.as_bytes()[8..]);
+                tracing::debug!(uuid = %delivery.task.uuid, "the next attempt {} is renamed {} to live in its task's partition", child.uuid, Uuid::from_bytes(bytes));
+                child.uuid = Uuid::from_bytes(bytes);
+            }
+        }
         self.part(delivery.task.uuid)
             .finish(delivery, outcome)
             .await
@@ -408,7 +594,8 @@ impl Broker for PartitionedBroker {
                 letters.push(letter);
             }
         }
-        letters.sort_by(|a, b| b.at.total_cmp(&a.at));
+        // Oldest first, as each partition lists them.
+        letters.sort_by(|a, b| a.at.total_cmp(&b.at));
         letters.truncate(limit);
         Ok(letters)
     }
@@ -499,6 +686,8 @@ impl Storage for PartitionedStorage {
         for part in &self.parts {
             all.extend(part.get_all().await?);
         }
+        // Oldest first, as one store lists them.
+        all.sort_by_key(RecordCursor::of);
         Ok(all)
     }
 
@@ -557,7 +746,7 @@ impl Storage for PartitionedStorage {
         for part in &self.parts {
             pages.push(part.list(query).await?);
         }
-        Ok(merge_pages(pages, query.limit))
+        Ok(merge_pages(pages, query.page_size()))
     }
 
     async fn delete(&self, uuid: Uuid) -> Result<bool, BackendError> {
@@ -576,7 +765,6 @@ impl Storage for PartitionedStorage {
 /// goes on (`next`) vouches only for the records down to where it stopped: the merged page
 /// keeps only what every such partition vouches for, so the next page misses nothing.
 fn merge_pages(pages: Vec<RecordPage>, limit: usize) -> RecordPage {
-    let limit = limit.max(1);
     let floor: Option<RecordCursor> = pages.iter().filter_map(|page| page.next).max();
     let scanned = pages.iter().map(|page| page.scanned).sum();
     let scan_incomplete = pages.iter().any(|page| page.scan_incomplete);

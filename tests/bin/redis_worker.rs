@@ -234,6 +234,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Ok(ms) = std::env::var("QTASKS_TEST_RESPONSE_TIMEOUT_MS") {
         options.response_timeout = Duration::from_millis(ms.parse()?);
     }
+    // `QTASKS_TEST_PARTITIONS`: the app spread over this many partitions.
+    if let Ok(partitions) = std::env::var("QTASKS_TEST_PARTITIONS") {
+        options.partitions = partitions.parse()?;
+    }
     // `QTASKS_TEST_WORKER_AMQP`: the queue on this RabbitMQ instead, the records on Redis.
     let app = match std::env::var("QTASKS_TEST_WORKER_AMQP") {
         _ if postgres.is_some() => {
