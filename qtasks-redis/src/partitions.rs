@@ -14,7 +14,7 @@
 //! - A take asks the partitions in turn, starting one further each time, so none starves;
 //!   when all are empty it waits for any partition's announcement of a new entry. Each
 //!   partition's take runs on a task of its own and is never dropped half way: a partition
-//!   that does not answer within 50 ms (its shard failing over) is passed by, and what its
+//!   that does not answer within 250 ms (its shard failing over) is passed by, and what its
 //!   take brings later is kept, its leases renewed, for the next take.
 //! - Everything about one task (finish, cancel, its record, its waiters) goes to its
 //!   partition; listings, counters and dead letters are read from every partition and merged.
@@ -204,7 +204,7 @@ struct Outstanding {
 
 /// How long a take waits for one partition's answer before it asks the next (the answer,
 /// when it comes, is kept for a later take).
-const ANSWER_WITHIN: Duration = Duration::from_millis(50);
+const ANSWER_WITHIN: Duration = Duration::from_millis(250);
 
 /// How long takes pass a partition by after a take from it failed.
 const REST_AFTER_FAILURE: Duration = Duration::from_millis(500);
