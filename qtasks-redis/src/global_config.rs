@@ -26,6 +26,50 @@ impl RedisGlobalConfig {
         RedisGlobalConfig { keys, commands }
     }
 
+    /// Checks that the app is spread over `count` partitions, as every process that spread it
+    /// said in `marker` (the app's own key by default; a partitioned app passes its unspread
+    /// name's), and says so there when `count` is more than one and no process did yet.
+    pub(crate) async fn agree_on_partitions(
+        &self,
+        marker: Option<&str>,
+        count: u16,
+    ) -> Result<(), BackendError> {
+        let marker = marker.unwrap_or(&self.keys.partitions);
+        let mut con = self.commands.clone();
+        let read = |e| failure(format!("reading `{marker}` failed"), e);
+        let mut found: Option<String> = redis::cmd("GET")
+            .arg(marker)
+            .query_async(&mut con)
+            .await
+            .map_err(read)?;
+        if found.is_none() && count > 1 {
+            let set: Option<String> = redis::cmd("SET")
+                .arg(marker)
+                .arg(count)
+                .arg("NX")
+                .query_async(&mut con)
+                .await
+                .map_err(read)?;
+            if set.is_none() {
+                // Another process said it first: its number counts.
+                found = redis::cmd("GET")
+                    .arg(marker)
+                    .query_async(&mut con)
+                    .await
+                    .map_err(read)?;
+            }
+        }
+        match found {
+            Some(said) if said.trim() != count.to_string() => Err(BackendError::new(
+                "redis",
+                format!(
+                    "the app is spread over {said} partitions (`{marker}` says so, written by a process with `RedisOptions::partitions = {said}`), and this process asks for {count}: its tasks would go where no worker looks. Use partitions = {said}; to change the number, drain the app's tasks first and delete `{marker}`"
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// The key whose presence says the app's workers publish their results (the heartbeat
     /// keeps it).
     pub(crate) fn publishing_key(&self) -> &str {

@@ -152,13 +152,15 @@ impl Redis {
     /// The broker, storage and global config for the app's config, after checking the options.
     async fn connect_concrete(&self, config: &QueueConfig) -> Result<Parts, BackendError> {
         self.check(config)?;
-        connect_parts(
+        let parts = connect_parts(
             &self.url,
             &config.name,
             &self.options,
             config.result_interval(),
         )
-        .await
+        .await?;
+        parts.global_config.agree_on_partitions(None, 1).await?;
+        Ok(parts)
     }
 
     /// Refuses options and app names this engine cannot work with, saying why.
@@ -451,6 +453,9 @@ pub(crate) struct Keys {
     /// Deleted records of cancelled tasks whose entries still wait (see `scripts::DELETE`).
     gone: String,
     publishing: String,
+    /// How many partitions the app is spread over, once a process spread it (see
+    /// [`partitions`]): a process with another number refuses to connect.
+    partitions: String,
     heartbeat: String,
     stats: String,
     workers: String,
@@ -501,6 +506,7 @@ impl Keys {
             gone: format!("{prefix}:qtasks:gone"),
             heartbeat: format!("{prefix}:GlobalConfig:main"),
             publishing: format!("{prefix}:qtasks:publishing"),
+            partitions: format!("{prefix}:qtasks:partitions"),
             stats: format!("{prefix}:qtasks:stats"),
             workers: format!("{prefix}:qtasks:workers"),
             records_stats: format!("{prefix}:qtasks:records:stats"),
@@ -639,6 +645,24 @@ async fn connect_parts(
     .await
 }
 
+/// What the keys of the app named `prefix` start with on `server`: its name, or on a cluster
+/// its name as their hash tag (`{billing}`), so the app lives on one slot and every script's
+/// keys share it.
+fn key_prefix_on(server: &Server, prefix: &str) -> Result<String, BackendError> {
+    if !server.is_cluster() {
+        return Ok(prefix.to_owned());
+    }
+    if prefix.contains(['{', '}']) {
+        return Err(BackendError::new(
+            "redis",
+            format!(
+                "the app name `{prefix}` is the hash tag of its keys on a Redis Cluster: it must contain no `{{` or `}}`"
+            ),
+        ));
+    }
+    Ok(format!("{{{prefix}}}"))
+}
+
 /// What the parts of one process's app share, across its partitions too: the cancel requests
 /// from other processes, and the wake-ups of idle takes.
 struct Shared {
@@ -669,27 +693,13 @@ async fn connect_parts_on(
     fallback_check: Duration,
     shared: &Shared,
 ) -> Result<Parts, BackendError> {
-    // On a cluster every key of the app carries the app's name as its hash tag (`{billing}:...`),
-    // so the app lives on one slot and every script's keys share it.
-    let tagged = if server.is_cluster() {
-        if prefix.contains(['{', '}']) {
-            return Err(BackendError::new(
-                "redis",
-                format!(
-                    "the app name `{prefix}` is the hash tag of its keys on a Redis Cluster: it must contain no `{{` or `}}`"
-                ),
-            ));
-        }
-        if options.wait_for_replicas.is_some() {
-            return Err(BackendError::new(
-                "redis",
-                "wait_for_replicas is not supported on a Redis Cluster yet: leave it None there",
-            ));
-        }
-        format!("{{{prefix}}}")
-    } else {
-        prefix.to_owned()
-    };
+    if server.is_cluster() && options.wait_for_replicas.is_some() {
+        return Err(BackendError::new(
+            "redis",
+            "wait_for_replicas is not supported on a Redis Cluster yet: leave it None there",
+        ));
+    }
+    let tagged = key_prefix_on(server, prefix)?;
     let connect = |response: Duration| {
         let timeouts = Timeouts {
             connect: options.connect_timeout,

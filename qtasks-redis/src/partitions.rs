@@ -43,7 +43,9 @@ use qtasks_core::{Outcome, QueueConfig, Uuid};
 
 use crate::broker::RedisBroker;
 use crate::storage::RedisStorage;
-use crate::{Announcements, RedisOptions, Shared, connect_parts_on, open_server, redacted};
+use crate::{
+    Announcements, RedisOptions, Shared, connect_parts_on, key_prefix_on, open_server, redacted,
+};
 
 /// The most partitions an app may have.
 pub const MAX_PARTITIONS: u16 = 64;
@@ -138,6 +140,12 @@ pub(crate) async fn connect(
         }
     }
     let global_config = global_config.expect("at least one partition");
+    // Every process of the app must spread it alike: the number is kept under the app's
+    // own name.
+    let marker = format!("{}:qtasks:partitions", key_prefix_on(&server, name)?);
+    global_config
+        .agree_on_partitions(Some(&marker), options.partitions)
+        .await?;
     Ok(BackendParts::new(
         Arc::new(PartitionedBroker {
             parts: brokers,
