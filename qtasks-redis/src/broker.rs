@@ -1800,7 +1800,32 @@ impl RedisBroker {
         result
     }
 
+    /// Whether this process still holds (renews) the lease of the delivery `receipt`: not once
+    /// it finished, was handed back, or its lease was found lost.
+    pub(crate) fn holds(&self, receipt: &str) -> bool {
+        self.held.lock().contains(receipt)
+    }
+
+    /// Hands back a delivery no worker started (a partitioned app's take brought it and no
+    /// slot took it): as [`Broker::release`], but not marked recovered unless its take found it
+    /// so, and announced, so any worker takes it at once.
+    pub(crate) async fn release_unstarted(&self, delivery: &Delivery) -> Result<(), BackendError> {
+        self.release_delivery_marked(delivery, delivery.recovered)
+            .await?;
+        self.announce(delivery.task.queue_name());
+        Ok(())
+    }
+
     async fn release_delivery(&self, delivery: &Delivery) -> Result<(), BackendError> {
+        self.release_delivery_marked(delivery, true).await
+    }
+
+    /// Hands a delivery back; `suspect`: its member is marked recovered (it may have started).
+    async fn release_delivery_marked(
+        &self,
+        delivery: &Delivery,
+        suspect: bool,
+    ) -> Result<(), BackendError> {
         let delivery = delivery.clone();
         let member = split_receipt(&delivery.receipt).1;
         // Stop renewing first: if the script cannot run, the lease runs out instead.
@@ -1819,6 +1844,7 @@ impl RedisBroker {
             .arg(&delivery.receipt)
             .arg(member)
             .arg(priority)
+            .arg(if suspect { "0" } else { "1" })
             .invoke_async(&mut con)
             .await
             .map_err(|e| {

@@ -43,13 +43,38 @@ impl RedisGlobalConfig {
             .await
             .map_err(read)?;
         if found.is_none() && count > 1 {
+            // The first to spread the app: refused while it has tasks or workers in one
+            // partition (they would be stranded there).
+            let prefix = marker.strip_suffix(":qtasks:partitions").unwrap_or(marker);
+            let unspread = [
+                "task_queue",
+                "qtasks:ready",
+                "qtasks:incoming",
+                "qtasks:leases",
+                "qtasks:delayed",
+                "GlobalConfig:main",
+            ]
+            .map(|key| format!("{prefix}:{key}"));
+            let live: i64 = redis::cmd("EXISTS")
+                .arg(&unspread)
+                .query_async(&mut con)
+                .await
+                .map_err(read)?;
+            if live > 0 {
+                return Err(BackendError::new(
+                    "redis",
+                    format!(
+                        "the app has tasks waiting or running, or workers, in one partition (under `{prefix}`), and this process asks for {count} partitions: they would be stranded there. Drain the app and stop its workers first, or keep partitions = 1"
+                    ),
+                ));
+            }
             let set: Option<String> = redis::cmd("SET")
                 .arg(marker)
                 .arg(count)
                 .arg("NX")
                 .query_async(&mut con)
                 .await
-                .map_err(read)?;
+                .map_err(|e| failure(format!("writing `{marker}` failed"), e))?;
             if set.is_none() {
                 // Another process said it first: its number counts.
                 found = redis::cmd("GET")

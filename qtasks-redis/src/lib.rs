@@ -123,7 +123,8 @@ impl Redis {
     /// the master that Sentinels name, followed through failovers
     /// (`redis+sentinel://[user:password@]host:port,host:port/master-name/db`), or a Redis
     /// Cluster (`redis+cluster://[user:password@]host:port,host:port`: the app's keys then
-    /// share its name as their hash tag), with default options.
+    /// share its name as their hash tag), with default options. Any of them takes
+    /// `?partitions=k` ([`RedisOptions::partitions`]).
     pub fn new(url: impl Into<String>) -> Self {
         Redis {
             url: url.into(),
@@ -161,6 +162,34 @@ impl Redis {
         .await?;
         parts.global_config.agree_on_partitions(None, 1).await?;
         Ok(parts)
+    }
+
+    /// This engine with the URL's `partitions=k` parameter, if it has one, moved into the
+    /// options (so the command line and `QueueTasks::connect(url)` reach a partitioned app).
+    fn with_url_partitions(&self) -> Result<Redis, BackendError> {
+        let (url, from_url) = partitions::split_url(&self.url).map_err(|why| {
+            BackendError::new(
+                "redis",
+                format!("invalid Redis URL `{}`: {why}", redacted(&self.url)),
+            )
+        })?;
+        let mut options = self.options.clone();
+        match from_url {
+            None => {}
+            Some(count) if options.partitions == 1 || options.partitions == count => {
+                options.partitions = count;
+            }
+            Some(count) => {
+                return Err(BackendError::new(
+                    "redis",
+                    format!(
+                        "the URL says partitions={count} and the options {}: say it once",
+                        options.partitions
+                    ),
+                ));
+            }
+        }
+        Ok(Redis { url, options })
     }
 
     /// Refuses options and app names this engine cannot work with, saying why.
@@ -213,11 +242,12 @@ impl Redis {
 #[qtasks_core::async_trait]
 impl Connector for Redis {
     async fn connect(&self, config: &QueueConfig) -> Result<BackendParts, BackendError> {
-        if self.options.partitions > 1 {
-            self.check(config)?;
-            return partitions::connect(&self.url, &config.name, &self.options, config).await;
+        let this = self.with_url_partitions()?;
+        if this.options.partitions > 1 {
+            this.check(config)?;
+            return partitions::connect(&this.url, &config.name, &this.options, config).await;
         }
-        let parts = self.connect_concrete(config).await?;
+        let parts = this.connect_concrete(config).await?;
         Ok(BackendParts::new(
             Arc::new(parts.broker),
             Arc::new(parts.storage),
@@ -234,19 +264,20 @@ impl RecordStoreConnector for Redis {
         &self,
         config: &QueueConfig,
     ) -> Result<(Arc<dyn RecordStore>, Arc<dyn GlobalConfig>), BackendError> {
-        if self.options.wait_for_replicas.is_some() {
+        let this = self.with_url_partitions()?;
+        if this.options.wait_for_replicas.is_some() {
             return Err(BackendError::new(
                 "redis",
                 "wait_for_replicas applies to the writes of the Redis broker; the records Redis keeps for another broker (RabbitMQ) do not wait for replicas yet: leave it None here",
             ));
         }
-        if self.options.partitions != 1 {
+        if this.options.partitions != 1 {
             return Err(BackendError::new(
                 "redis",
                 "partitions spread the Redis broker's queues; the records Redis keeps for another broker (RabbitMQ) live in one partition: leave partitions at 1 here",
             ));
         }
-        let parts = self.connect_concrete(config).await?;
+        let parts = this.connect_concrete(config).await?;
         Ok((Arc::new(parts.storage), Arc::new(parts.global_config)))
     }
 }

@@ -15,7 +15,8 @@
 //!   when all are empty it waits for any partition's announcement of a new entry. Each
 //!   partition's take runs on a task of its own and is never dropped half way: a partition
 //!   that does not answer within 250 ms (its shard failing over) is passed by, and what its
-//!   take brings later is kept, its leases renewed, for the next take.
+//!   take brings later is kept, its leases renewed, for the next take (at most 1 s: then it is
+//!   handed back unstarted, so another worker runs it).
 //! - Everything about one task (finish, cancel, its record, its waiters) goes to its
 //!   partition; listings, counters and dead letters are read from every partition and merged.
 //! - The global config (workers' heartbeats, groups, schedules) lives in partition 0.
@@ -110,6 +111,33 @@ fn key_slot(tag: &str) -> u16 {
     crc % SLOTS as u16
 }
 
+/// `url` without its `partitions=k` query parameter, and `k` when it has one.
+pub(crate) fn split_url(url: &str) -> Result<(String, Option<u16>), String> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_owned(), None));
+    };
+    let mut count = None;
+    let mut kept = Vec::new();
+    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+        match pair.split_once('=') {
+            Some(("partitions", value)) => {
+                count = Some(value.parse::<u16>().map_err(|_| {
+                    format!(
+                        "`partitions={value}` is not a number of partitions (1 to {MAX_PARTITIONS})"
+                    )
+                })?);
+            }
+            _ => kept.push(pair),
+        }
+    }
+    let url = if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok((url, count))
+}
+
 /// Connects every partition of the app named `name` (its options checked already).
 pub(crate) async fn connect(
     url: &str,
@@ -152,6 +180,7 @@ pub(crate) async fn connect(
             added: Arc::clone(&shared.added),
             idle: crate::broker::idle_wait(options),
             turn: AtomicUsize::new(0),
+            stopping: Arc::default(),
             outstanding: (0..options.partitions)
                 .map(|_| Default::default())
                 .collect(),
@@ -191,6 +220,8 @@ pub(crate) struct PartitionedBroker {
     idle: Duration,
     /// Turns the partition a take asks first, so each is served in turn.
     turn: AtomicUsize,
+    /// Set by `stop` (cleared by `start`): what a take brings then is handed back at once.
+    stopping: Arc<std::sync::atomic::AtomicBool>,
     shown: String,
 }
 
@@ -210,12 +241,41 @@ struct Outstanding {
     failure: Option<String>,
 }
 
+/// Hands back deliveries that no worker started, those whose lease this process still holds.
+async fn hand_back(part: &RedisBroker, deliveries: &[Delivery]) {
+    for delivery in deliveries {
+        if !part.holds(&delivery.receipt) {
+            continue;
+        }
+        if let Err(error) = part.release_unstarted(delivery).await {
+            tracing::warn!(uuid = %delivery.task.uuid, "handing back a task taken and not started failed (it runs when its lease ends): {}", qtasks_core::backend::ErrorChain(&error));
+        }
+    }
+}
+
 /// How long a take waits for one partition's answer before it asks the next (the answer,
 /// when it comes, is kept for a later take).
 const ANSWER_WITHIN: Duration = Duration::from_millis(250);
 
 /// How long takes pass a partition by after a take from it failed.
 const REST_AFTER_FAILURE: Duration = Duration::from_millis(500);
+
+/// How long what a take brought late waits for a take of this process: then it is handed
+/// back, so that another worker with free slots runs it (a task waiting here reads `process`).
+const KEEP_AT_MOST: Duration = Duration::from_secs(1);
+
+/// Clears a partition's `asking` when its take ends, however it ends (a panic, its runtime
+/// shutting down): a partition left `asking` would never be asked again.
+struct AskingGuard {
+    outstanding: Arc<[parking_lot::Mutex<Outstanding>]>,
+    index: usize,
+}
+
+impl Drop for AskingGuard {
+    fn drop(&mut self) {
+        self.outstanding[self.index].lock().asking = false;
+    }
+}
 
 impl PartitionedBroker {
     fn part(&self, uuid: Uuid) -> &RedisBroker {
@@ -232,6 +292,10 @@ impl PartitionedBroker {
         let mut handed: Vec<Delivery> = Vec::new();
         let mut left = VecDeque::new();
         while let Some(delivery) = outstanding.kept.pop_front() {
+            // Its lease was found lost while it waited here: another worker may run it.
+            if !self.parts[index].holds(&delivery.receipt) {
+                continue;
+            }
             let queue = delivery.task.queue_name();
             let room = handed.len() < take.max
                 && take.queues.iter().any(|asked| {
@@ -276,6 +340,11 @@ impl PartitionedBroker {
         let outstanding = Arc::clone(&self.outstanding);
         let answered = Arc::clone(&self.answered);
         let landed = Arc::clone(&self.landed);
+        let stopping = Arc::clone(&self.stopping);
+        let guard = AskingGuard {
+            outstanding: Arc::clone(&outstanding),
+            index,
+        };
         tokio::spawn(async move {
             let mut look = Take::from_queues(queues.iter().map(|(name, _)| name.as_str()), max);
             for (queue, (_, most)) in look.queues.iter_mut().zip(&queues) {
@@ -284,10 +353,21 @@ impl PartitionedBroker {
             // Asked once, without waiting: the wait is for all the partitions.
             look.patience = Some(Duration::ZERO);
             let taken = part.take(&look).await;
+            drop(guard);
             let brought = matches!(&taken, Ok(taken) if !taken.is_empty());
+            if stopping.load(Ordering::Acquire)
+                && let Ok(taken) = &taken
+            {
+                // The worker stops: no take will come for these.
+                hand_back(&part, taken).await;
+                return;
+            }
+            let receipts: Vec<String> = match &taken {
+                Ok(taken) => taken.iter().map(|d| d.receipt.clone()).collect(),
+                Err(_) => Vec::new(),
+            };
             {
                 let mut outstanding = outstanding[index].lock();
-                outstanding.asking = false;
                 match taken {
                     Ok(taken) => {
                         outstanding.failure = None;
@@ -311,27 +391,30 @@ impl PartitionedBroker {
             // at once, and again.)
             if brought {
                 landed.notify_waiters();
+                // Those no take of this process claims soon go back to the partition.
+                tokio::time::sleep(KEEP_AT_MOST).await;
+                let unclaimed: Vec<Delivery> = {
+                    let mut outstanding = outstanding[index].lock();
+                    let (unclaimed, kept): (Vec<Delivery>, Vec<Delivery>) =
+                        std::mem::take(&mut outstanding.kept)
+                            .into_iter()
+                            .partition(|d| receipts.contains(&d.receipt));
+                    outstanding.kept = kept.into();
+                    unclaimed
+                };
+                hand_back(&part, &unclaimed).await;
             }
         });
         true
     }
 
-    /// Hands back what the partitions' takes brought and no worker took, once the takes under
-    /// way have answered (or after `within`), so other workers run those tasks at once.
-    async fn hand_back_kept(&self, within: Duration) {
-        let deadline = tokio::time::Instant::now() + within;
-        while self.outstanding.iter().any(|o| o.lock().asking)
-            && tokio::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+    /// Hands back what the partitions' takes brought and no worker took, so other workers run
+    /// those tasks at once; takes still under way hand theirs back when they answer.
+    async fn hand_back_kept(&self) {
+        self.stopping.store(true, Ordering::Release);
         for (index, part) in self.parts.iter().enumerate() {
             let kept: Vec<Delivery> = self.outstanding[index].lock().kept.drain(..).collect();
-            for delivery in kept {
-                if let Err(error) = part.release(&delivery).await {
-                    tracing::warn!(uuid = %delivery.task.uuid, "handing back a task taken and not run failed (it runs when its lease ends): {}", qtasks_core::backend::ErrorChain(&error));
-                }
-            }
+            hand_back(part, &kept).await;
         }
     }
 }
@@ -343,6 +426,7 @@ impl Lifecycle for PartitionedBroker {
     }
 
     async fn start(&self) -> Result<(), BackendError> {
+        self.stopping.store(false, Ordering::Release);
         for part in &self.parts {
             part.start().await?;
         }
@@ -350,7 +434,7 @@ impl Lifecycle for PartitionedBroker {
     }
 
     async fn stop(&self) -> Result<(), BackendError> {
-        self.hand_back_kept(Duration::from_secs(5)).await;
+        self.hand_back_kept().await;
         for part in &self.parts {
             part.stop().await?;
         }
@@ -432,7 +516,11 @@ impl Broker for PartitionedBroker {
                 answer.as_mut().enable();
                 if self.ask(index, take) {
                     // Dropped here, the take goes on and its answer is kept.
-                    let _ = tokio::time::timeout(ANSWER_WITHIN, answer).await;
+                    let within = give_up.map_or(ANSWER_WITHIN, |give_up| {
+                        ANSWER_WITHIN
+                            .min(give_up.saturating_duration_since(tokio::time::Instant::now()))
+                    });
+                    let _ = tokio::time::timeout(within, answer).await;
                     let kept = self.kept_for(index, take);
                     if !kept.is_empty() {
                         return Ok(kept);
@@ -465,7 +553,14 @@ impl Broker for PartitionedBroker {
             }
             // Until the soonest delayed task of any partition may run.
             let now_ms = (qtasks_core::backend::unix_now() * 1000.0) as i64;
-            for part in &self.parts {
+            for (part, outstanding) in self.parts.iter().zip(self.outstanding.iter()) {
+                // (Not from a partition failing or still asked: its look is stale.)
+                {
+                    let outstanding = outstanding.lock();
+                    if outstanding.asking || outstanding.failure.is_some() {
+                        continue;
+                    }
+                }
                 if let Some(due_ms) = part.next_due_ms() {
                     let until_due =
                         Duration::from_millis(u64::try_from(due_ms - now_ms).unwrap_or(0));
@@ -822,6 +917,27 @@ mod tests {
             }
         }
         assert_eq!(partition_names("billing", 3), partition_names("billing", 3));
+    }
+
+    #[test]
+    fn a_urls_partitions_parameter_is_taken_out_of_it() {
+        assert_eq!(
+            split_url("redis://h:6379/0").unwrap(),
+            ("redis://h:6379/0".to_owned(), None)
+        );
+        assert_eq!(
+            split_url("redis+cluster://a:7000,b:7001?partitions=3").unwrap(),
+            ("redis+cluster://a:7000,b:7001".to_owned(), Some(3))
+        );
+        assert_eq!(
+            split_url("redis+sentinel://s:26379/m/0?sentinel_password=x&partitions=2").unwrap(),
+            (
+                "redis+sentinel://s:26379/m/0?sentinel_password=x".to_owned(),
+                Some(2)
+            )
+        );
+        let refused = split_url("redis://h/0?partitions=many").unwrap_err();
+        assert!(refused.contains("`partitions=many`"), "{refused}");
     }
 
     #[test]

@@ -1106,15 +1106,16 @@ return 1
 );
 
 /// Hands a delivery back without an outcome, if its token still holds the lease: the member
-/// returns to `ready` at its place (marked recovered) and the record to `new`, so any worker
-/// takes it at once. A delivery handed back did not die with its worker: it is not counted
-/// among the task's `deliveries`. KEYS: leases, ready, recovered, record. ARGV: lease member
-/// (token and member), member, priority. Returns 1, or 0 when the lease was not this delivery's
-/// any more.
+/// returns to `ready` at its place (marked recovered, as it may have started, unless ARGV[4]
+/// says it never did) and the record to `new`, so any worker takes it at once. A delivery
+/// handed back did not die with its worker: it is not counted among the task's `deliveries`.
+/// KEYS: leases, ready, recovered, record. ARGV: lease member (token and member), member,
+/// priority, `1` when it never started (optional). Returns 1, or 0 when the lease was not this
+/// delivery's any more.
 pub(super) const RELEASE: &str = r#"
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('ZADD', KEYS[2], tonumber(ARGV[3]), ARGV[2])
-redis.call('SADD', KEYS[3], ARGV[2])
+if ARGV[4] ~= '1' then redis.call('SADD', KEYS[3], ARGV[2]) end
 if redis.call('TYPE', KEYS[4])['ok'] == 'hash' then
   local t = redis.call('TIME')
   redis.call('HSET', KEYS[4], 'status', 'new', 'updated_at', t[1] .. '.' .. string.format('%06d', tonumber(t[2])))

@@ -122,8 +122,14 @@ async fn a_process_with_another_number_of_partitions_is_refused() {
             "{said}"
         );
     }
-    // The same number connects, and a task one adds the other runs.
-    let again = app(&url, &name, 3).await.unwrap();
+    // The same number connects (also said by the URL, as the command line would), and a task
+    // one adds the other runs.
+    let again = app(&format!("{url}?partitions=3"), &name, 1).await.unwrap();
+    let twice = app(&format!("{url}?partitions=3"), &name, 2)
+        .await
+        .err()
+        .unwrap();
+    assert!(twice.to_string().contains("say it once"), "{twice}");
     let handle = spread_double::add_task(&again, 21).await.unwrap();
     spread.start().await.unwrap();
     assert_eq!(handle.result(Duration::from_secs(10)).await.unwrap(), 42);
@@ -131,4 +137,28 @@ async fn a_process_with_another_number_of_partitions_is_refused() {
     spread.flush_all().await.unwrap();
     let mut con = raw_connection(&url).await;
     let _: () = con.del(format!("{name}:qtasks:partitions")).await.unwrap();
+}
+
+#[tokio::test]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
+async fn spreading_an_app_whose_tasks_wait_in_one_partition_is_refused() {
+    let Some(url) = redis_url("partitions stranded") else {
+        return;
+    };
+    let name = unique_prefix("partitions-stranded");
+    let single = app(&url, &name, 1).await.unwrap();
+    let waiting = spread_double::add_task(&single, 1).await.unwrap();
+    let refused = app(&url, &name, 3).await.expect_err("refused");
+    assert!(
+        refused.to_string().contains("would be stranded"),
+        "{refused}"
+    );
+    // Nothing was written: the app's own workers still see one partition, and run the task.
+    single.start().await.unwrap();
+    assert_eq!(waiting.result(WAIT).await.unwrap(), 2);
+    single.stop().await.unwrap();
+    single.flush_all().await.unwrap();
+    let mut con = raw_connection(&url).await;
+    let marker: Option<String> = con.get(format!("{name}:qtasks:partitions")).await.unwrap();
+    assert_eq!(marker, None);
 }
