@@ -51,6 +51,14 @@ const LEASE_LOST: &str =
 const TOKEN_LEN: usize = 32;
 
 /// How long an idle worker blocks waiting for a new entry before it looks for expired leases.
+/// How long until a delayed task due at `due_ms` (ms, Redis clock) may run, by this process's
+/// clock: at least 10 ms, so a wait for one already due does not spin.
+pub(crate) fn until_due(due_ms: i64) -> Duration {
+    let now_ms = (unix_now() * 1000.0) as i64;
+    Duration::from_millis(u64::try_from(due_ms - now_ms).unwrap_or(0))
+        .max(Duration::from_millis(10))
+}
+
 pub(super) fn idle_wait(options: &RedisOptions) -> Duration {
     (options.lease / 4).clamp(Duration::from_millis(100), Duration::from_secs(5))
 }
@@ -1285,11 +1293,7 @@ impl Broker for RedisBroker {
             .patience
             .and_then(|patience| tokio::time::Instant::now().checked_add(patience));
         // The wake-ups of the queues this take serves (only their adds wake it).
-        let wake_ups: Vec<Arc<tokio::sync::Notify>> = take
-            .queues
-            .iter()
-            .map(|queue| self.added.of(queue.name))
-            .collect();
+        let wake_ups = self.added.of_take(take);
         loop {
             // Registered before the take looks, so an entry announced meanwhile wakes the wait.
             let mut announced: Vec<_> = wake_ups
@@ -1408,10 +1412,7 @@ impl Broker for RedisBroker {
             // run, or until it is time to look for expired leases.
             let mut wait = idle_wait(&self.options);
             if let Some(due_ms) = next_due_ms {
-                let until_due = Duration::from_millis(
-                    u64::try_from(due_ms - (unix_now() * 1000.0) as i64).unwrap_or(0),
-                );
-                wait = wait.min(until_due).max(Duration::from_millis(10));
+                wait = wait.min(until_due(due_ms));
             }
             if let Some(give_up) = give_up {
                 let now = tokio::time::Instant::now();

@@ -893,6 +893,17 @@ impl Announcements {
         Arc::clone(self.by_queue.lock().entry(queue.to_owned()).or_default())
     }
 
+    /// The wake-ups of the queues `take` serves.
+    pub(crate) fn of_take(
+        &self,
+        take: &qtasks_core::queues::Take<'_>,
+    ) -> Vec<Arc<tokio::sync::Notify>> {
+        take.queues
+            .iter()
+            .map(|queue| self.of(queue.name))
+            .collect()
+    }
+
     /// Wakes the takes that serve `queue`.
     pub(crate) fn announce(&self, queue: &str) {
         if let Some(notify) = self.by_queue.lock().get(queue) {

@@ -485,11 +485,7 @@ impl Broker for PartitionedBroker {
         let give_up = take
             .patience
             .and_then(|patience| tokio::time::Instant::now().checked_add(patience));
-        let wake_ups: Vec<Arc<tokio::sync::Notify>> = take
-            .queues
-            .iter()
-            .map(|queue| self.added.of(queue.name))
-            .collect();
+        let wake_ups = self.added.of_take(take);
         loop {
             // Registered before the looks, so an entry announced (or tasks a take brought
             // late) meanwhile wakes the wait.
@@ -543,28 +539,22 @@ impl Broker for PartitionedBroker {
                 ));
             }
             let now = tokio::time::Instant::now();
+            // Until a resting partition may be asked again, or the soonest delayed task of a
+            // partition may run (not of one failing or still asked: its look is stale).
             let mut wait = self.idle;
-            for outstanding in self.outstanding.iter() {
-                if let Some(until) = outstanding.lock().resting_until
-                    && until > now
-                {
+            for (part, outstanding) in self.parts.iter().zip(self.outstanding.iter()) {
+                let (resting_until, stale) = {
+                    let outstanding = outstanding.lock();
+                    (
+                        outstanding.resting_until,
+                        outstanding.asking || outstanding.failure.is_some(),
+                    )
+                };
+                if let Some(until) = resting_until.filter(|until| *until > now) {
                     wait = wait.min(until - now);
                 }
-            }
-            // Until the soonest delayed task of any partition may run.
-            let now_ms = (qtasks_core::backend::unix_now() * 1000.0) as i64;
-            for (part, outstanding) in self.parts.iter().zip(self.outstanding.iter()) {
-                // (Not from a partition failing or still asked: its look is stale.)
-                {
-                    let outstanding = outstanding.lock();
-                    if outstanding.asking || outstanding.failure.is_some() {
-                        continue;
-                    }
-                }
-                if let Some(due_ms) = part.next_due_ms() {
-                    let until_due =
-                        Duration::from_millis(u64::try_from(due_ms - now_ms).unwrap_or(0));
-                    wait = wait.min(until_due.max(Duration::from_millis(10)));
+                if let Some(due_ms) = part.next_due_ms().filter(|_| !stale) {
+                    wait = wait.min(crate::broker::until_due(due_ms));
                 }
             }
             if let Some(give_up) = give_up {
