@@ -37,7 +37,7 @@ pub use own_redis::{
 pub use process::LoggedProcess;
 pub use proxy::{Proxy, host_port};
 pub use scratch::{free_port, unique_prefix};
-pub use services::{amqp_url, faketime, pg_schema, postgres_url, redis_url};
+pub use services::{amqp_url, faketime, kafka_url, pg_schema, postgres_url, redis_url};
 
 /// How long a test waits for a task to end before it fails.
 pub const WAIT: std::time::Duration = std::time::Duration::from_secs(30);

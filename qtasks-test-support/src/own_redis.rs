@@ -245,13 +245,13 @@ impl OwnSentinels {
             std::fs::write(
                 &file,
                 auth + &format!(
-                    "port {port}\nbind 127.0.0.1\ndir {}\n\
+                    "port {port}\nbind 127.0.0.1\ndir {dir}\nlogfile {dir}/sentinel-{i}.log\n\
                      sentinel monitor {name} 127.0.0.1 {} 2\n\
                      sentinel down-after-milliseconds {name} 1000\n\
                      sentinel failover-timeout {name} 10000\n\
                      sentinel parallel-syncs {name} 1\n",
-                    dir.display(),
-                    master.port
+                    master.port,
+                    dir = dir.display(),
                 ),
             )
             .unwrap();
@@ -363,6 +363,31 @@ impl Drop for OwnSentinels {
         for child in &mut self.children {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            // What the Sentinels saw and did (every failover, every server they called down),
+            // for the test that failed: their folder goes next.
+            for i in 0..self.children.len() {
+                let log = std::fs::read_to_string(self.dir.join(format!("sentinel-{i}.log")))
+                    .unwrap_or_default();
+                for line in log.lines().filter(|line| {
+                    [
+                        "+switch-master",
+                        "+sdown",
+                        "-sdown",
+                        "+odown",
+                        "+try-failover",
+                        "+failover-end",
+                        "+convert-to-slave",
+                        "+promoted-slave",
+                        "+elected-leader",
+                    ]
+                    .iter()
+                    .any(|event| line.contains(event))
+                }) {
+                    eprintln!("sentinel {i}: {line}");
+                }
+            }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }

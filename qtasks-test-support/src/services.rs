@@ -24,6 +24,12 @@ pub fn postgres_url(test: &str) -> Option<String> {
     service_url("PostgreSQL", "QTASKS_TEST_POSTGRES_URL", 5432, test)
 }
 
+/// The Kafka servers of the machine (`QTASKS_TEST_KAFKA_URL`, `host:port`; `.ci/run` starts
+/// tansu there), or `None`: see the module.
+pub fn kafka_url(test: &str) -> Option<String> {
+    service_url("Kafka", "QTASKS_TEST_KAFKA_URL", 9092, test)
+}
+
 /// A schema name of this test's own: `prefix` and a random suffix, lowercase and short enough
 /// for the PostgreSQL engine (at most 40 characters).
 pub fn pg_schema(prefix: &str) -> String {

@@ -13,6 +13,7 @@
 //! | `redis-tls` | `rediss://` URLs for it |
 //! | `rabbitmq` | `qtasks::rabbitmq`: the RabbitMQ broker, with Redis (or any) storage |
 //! | `postgres` | `qtasks::postgres`: the PostgreSQL backend, with tasks added in your transaction |
+//! | `kafka` | `qtasks::kafka`: the Kafka broker, with Redis (or any) storage |
 //! | `grpc` | `qtasks::grpc`: the original's gRPC service |
 //! | `web` | `qtasks::web`: the dashboard and its JSON API |
 //! | `cli` | `qtasks::cli::main()`: the whole `main` of a worker binary, with the command line |
@@ -51,6 +52,11 @@ pub use qtasks_rabbitmq as rabbitmq;
 #[cfg(feature = "postgres")]
 #[doc(inline)]
 pub use qtasks_postgres as postgres;
+
+/// The Kafka broker (feature `kafka`): `qtasks::kafka::connect(servers, storage)`.
+#[cfg(feature = "kafka")]
+#[doc(inline)]
+pub use qtasks_kafka as kafka;
 
 /// The gRPC service (feature `grpc`): `qtasks::grpc::serve(app, address)`, or
 /// `qtasks::grpc::Grpc::new(app).token(..).tls(..)` beyond loopback.
