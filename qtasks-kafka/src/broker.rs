@@ -12,7 +12,7 @@
 //!   that dies in between leaves the offset before the message; the partition's next owner
 //!   reads it again, and the record says it has ended, so it is dropped, not run twice.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -24,7 +24,7 @@ use qtasks_core::backend::{
 use qtasks_core::components::GlobalConfig;
 use qtasks_core::queues::Take;
 use qtasks_core::records::RecordChange;
-use qtasks_core::stats::QueueStats;
+use qtasks_core::stats::{DeadLetter, QueueStats};
 use qtasks_core::{Outcome, QueuedTask, TaskStatus};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -32,12 +32,17 @@ use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use crate::consumer::{GroupConsumer, GroupSetup};
+use crate::dead_letters::{self, Letter, RESOLVED_ENTRY};
 use crate::offsets::{Received, Tracker};
 use crate::wire::{self, Names};
 
 /// How long a finished task's outcome is tried again through a storage outage before its
 /// message is taken again (and the task runs again).
 const FINISH_PATIENCE: Duration = Duration::from_secs(60);
+
+/// How long the claim on resolving a dead letter holds (the entry that keeps it resolved is
+/// written before it ends).
+const RESOLVE_CLAIM: Duration = Duration::from_secs(60);
 
 /// How long a send waits for Kafka's acknowledgement.
 pub(crate) const SEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -137,10 +142,15 @@ impl KafkaBroker {
             BackendError::new("kafka", format!("encoding task {} failed", task.uuid)).with_source(e)
         })?;
         let count = ended.to_string();
-        let mut headers = OwnedHeaders::new().insert(Header {
-            key: wire::TASK_HEADER,
-            value: Some(&json),
-        });
+        // A large task travels without its copy in the header (Kafka bounds a message's
+        // size, a megabyte by default): the take reads its record instead.
+        let mut headers = OwnedHeaders::new();
+        if json.len() <= wire::LARGEST_TASK_HEADER {
+            headers = headers.insert(Header {
+                key: wire::TASK_HEADER,
+                value: Some(&json),
+            });
+        }
         if ended > 0 {
             headers = headers.insert(Header {
                 key: wire::DELIVERIES_HEADER,
@@ -170,12 +180,24 @@ impl KafkaBroker {
             })
     }
 
-    /// Sets a message that is not a task aside in the dead-letter topic, with the reason.
-    async fn dead_letter(&self, received: &Received, reason: &str) -> Result<(), BackendError> {
+    /// Sets a message aside in the dead-letter topic, with the reason (and, for a task the
+    /// workers set aside, the mark that brings its record back with it).
+    async fn dead_letter(
+        &self,
+        received: &Received,
+        reason: &str,
+        revives: bool,
+    ) -> Result<(), BackendError> {
         let mut headers = OwnedHeaders::new().insert(Header {
             key: wire::REASON_HEADER,
             value: Some(reason),
         });
+        if revives {
+            headers = headers.insert(Header {
+                key: wire::REVIVE_HEADER,
+                value: Some("1"),
+            });
+        }
         for (key, value) in &received.headers {
             headers = headers.insert(Header {
                 key: key.as_str(),
@@ -205,7 +227,7 @@ impl KafkaBroker {
             Ok(message) => message,
             Err(reason) => {
                 tracing::error!(topic = %self.names().topic, partition = received.partition, offset = received.offset, "{reason}; set aside as a dead letter");
-                if let Err(error) = self.dead_letter(&received, &reason).await {
+                if let Err(error) = self.dead_letter(&received, &reason, false).await {
                     return Err((received, error));
                 }
                 self.done(&received);
@@ -313,6 +335,55 @@ impl KafkaBroker {
         self.held.lock().remove(&delivery.receipt)
     }
 
+    /// Queues a dead letter again: a task (its record back to `new` when the workers had set
+    /// it aside), or the bytes as they were, which a worker sets aside again if they are still
+    /// not a task.
+    async fn requeue_letter(&self, letter: &Letter) -> Result<(), BackendError> {
+        let revives = letter
+            .headers
+            .iter()
+            .any(|(key, _)| key == wire::REVIVE_HEADER);
+        if let Ok(message) = wire::decode(&letter.value, &letter.headers) {
+            let task = match message.task {
+                Some(task) => Some(task),
+                None => self
+                    .storage
+                    .get(message.uuid)
+                    .await?
+                    .map(QueuedTask::from_record),
+            };
+            if let Some(mut task) = task {
+                if revives {
+                    self.storage
+                        .transition(task.uuid, &[TaskStatus::Error], RecordChange::HandedBack(0))
+                        .await?;
+                }
+                task.hand_backs = 0;
+                task.run_at = None;
+                return self.send(&task, 0).await;
+            }
+        }
+        let mut headers = OwnedHeaders::new();
+        for (key, value) in &letter.headers {
+            if key != wire::REASON_HEADER && key != wire::REVIVE_HEADER {
+                headers = headers.insert(Header {
+                    key: key.as_str(),
+                    value: Some(value.as_slice()),
+                });
+            }
+        }
+        let record = FutureRecord::<(), _>::to(&self.names().topic)
+            .payload(&letter.value)
+            .headers(headers);
+        self.producer
+            .send(record, SEND_TIMEOUT)
+            .await
+            .map(|_| ())
+            .map_err(|(error, _)| {
+                BackendError::new("kafka", "queueing a dead letter again failed").with_source(error)
+            })
+    }
+
     async fn requeue_next_attempt(&self, uuid: Uuid) -> Result<(), BackendError> {
         let Some(child) = self
             .storage
@@ -412,6 +483,10 @@ impl Broker for KafkaBroker {
 
     fn partition_of(&self, uuid: Uuid) -> usize {
         wire::partition_of(uuid, self.setup.partitions)
+    }
+
+    fn keeps_priorities(&self) -> bool {
+        false
     }
 
     async fn add(&self, task: QueuedTask) -> Result<(), BackendError> {
@@ -730,7 +805,7 @@ impl Broker for KafkaBroker {
             return Ok(());
         };
         let buried = async {
-            self.dead_letter(&received, reason).await?;
+            self.dead_letter(&received, reason, true).await?;
             self.storage
                 .transition(
                     delivery.task.uuid,
@@ -817,6 +892,71 @@ impl Broker for KafkaBroker {
     }
 
     async fn stats(&self) -> Result<Option<QueueStats>, BackendError> {
-        Ok(Some(self.storage.stats().await?))
+        let mut stats = self.storage.stats().await?;
+        let letters = dead_letters::count(&self.setup.servers, &self.names().dead).await?;
+        let resolved = self.global_config.get_all(RESOLVED_ENTRY).await?.len() as u64;
+        stats.dead_letters = letters.saturating_sub(resolved);
+        Ok(Some(stats))
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, BackendError> {
+        let resolved: HashSet<i64> = self
+            .global_config
+            .get_all(RESOLVED_ENTRY)
+            .await?
+            .keys()
+            .filter_map(|offset| offset.parse().ok())
+            .collect();
+        let letters = dead_letters::read(
+            &self.setup.servers,
+            &self.names().dead,
+            None,
+            limit,
+            move |offset| !resolved.contains(&offset),
+        )
+        .await?;
+        Ok(letters.iter().map(Letter::shown).collect())
+    }
+
+    async fn resolve_dead_letter(
+        &self,
+        letter: &DeadLetter,
+        requeue: bool,
+    ) -> Result<bool, BackendError> {
+        let Ok(offset) = letter.id.parse::<i64>() else {
+            return Ok(false);
+        };
+        let found = dead_letters::read(
+            &self.setup.servers,
+            &self.names().dead,
+            Some(offset),
+            1,
+            |_| true,
+        )
+        .await?;
+        let Some(found) = found.into_iter().find(|found| found.offset == offset) else {
+            return Ok(false);
+        };
+        // Resolved once, by one operator: the claim decides between two at once, the entry
+        // keeps it resolved after the claim's time.
+        if self
+            .global_config
+            .get(RESOLVED_ENTRY, &letter.id)
+            .await?
+            .is_some()
+            || !self
+                .global_config
+                .claim(&format!("{RESOLVED_ENTRY}:{offset}"), RESOLVE_CLAIM)
+                .await?
+        {
+            return Ok(false);
+        }
+        if requeue {
+            self.requeue_letter(&found).await?;
+        }
+        self.global_config
+            .set(RESOLVED_ENTRY, &letter.id, &unix_now().to_string())
+            .await?;
+        Ok(true)
     }
 }

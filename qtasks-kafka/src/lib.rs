@@ -34,6 +34,7 @@
 
 mod broker;
 mod consumer;
+mod dead_letters;
 mod offsets;
 mod wire;
 

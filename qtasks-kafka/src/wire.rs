@@ -9,12 +9,20 @@ use uuid::Uuid;
 /// from the record.
 pub(crate) const TASK_HEADER: &str = "qtasks-task";
 
+/// The largest task (as JSON) sent in its [`TASK_HEADER`]; a larger one's message is the
+/// original's value alone.
+pub(crate) const LARGEST_TASK_HEADER: usize = 64 * 1024;
+
 /// The header that counts the deliveries of the attempt that ended with their worker: a copy
 /// of the message carries it, since Kafka never changes a message it has stored.
 pub(crate) const DELIVERIES_HEADER: &str = "qtasks-deliveries";
 
 /// The header of a dead letter that says why it could not run.
 pub(crate) const REASON_HEADER: &str = "qtasks-reason";
+
+/// The header of a dead letter set aside by the workers (a task none of them knows), whose
+/// record ended `error` with it: queued again, the record comes back `new`.
+pub(crate) const REVIVE_HEADER: &str = "qtasks-revive";
 
 /// The topic and group names of one app (`N` = the app name).
 #[derive(Debug, Clone)]

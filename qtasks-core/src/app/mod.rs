@@ -186,6 +186,16 @@ impl QueueTasks {
         self.components().broker.partition_of(uuid)
     }
 
+    /// Whether the app's broker takes lower priority numbers first (every engine but Kafka,
+    /// whose partitions keep the order tasks were added in).
+    ///
+    /// ```
+    /// assert!(qtasks::QueueTasks::new().keeps_priorities());
+    /// ```
+    pub fn keeps_priorities(&self) -> bool {
+        self.components().broker.keeps_priorities()
+    }
+
     /// The components the app was built from.
     pub(crate) fn components(&self) -> &Components {
         &self.inner.components

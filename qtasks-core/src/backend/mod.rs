@@ -528,6 +528,13 @@ pub trait Broker: Lifecycle {
         0
     }
 
+    /// Whether lower priority numbers are taken first (the default). A broker whose queue
+    /// keeps the order tasks were added in, whatever their priority (Kafka's partitions), says
+    /// `false`: its tasks start first in, first out within each partition.
+    fn keeps_priorities(&self) -> bool {
+        true
+    }
+
     /// Takes up to `take.max` tasks from the queues `take` lists, in its order (the first
     /// queue first, the next ones filling what it leaves, each at most its own `max`),
     /// skipping paused queues: otherwise as [`next_batch`](Self::next_batch), which is this
