@@ -31,6 +31,9 @@
 //! With `QTASKS_TEST_WORKER_AMQP` (a RabbitMQ URL) the queue is on RabbitMQ and the records on
 //! Redis.
 //!
+//! With `QTASKS_TEST_WORKER_KAFKA` (Kafka servers, `host:port`) the queue is on Kafka and the
+//! records on Redis.
+//!
 //! With `QTASKS_TEST_WORKER_POSTGRES` (a PostgreSQL URL with its `?schema=`), the whole app is
 //! on PostgreSQL, and Redis is not needed (`record_run` then fails: use `log_run`).
 //!
@@ -247,6 +250,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             };
             let url = postgres.as_deref().unwrap_or_default();
             qtasks::postgres::connect_with(url, config, options).await?
+        }
+        _ if std::env::var("QTASKS_TEST_WORKER_KAFKA").is_ok() => {
+            // `QTASKS_TEST_WORKER_KAFKA`: the queue on these Kafka servers, the records on
+            // Redis; `QTASKS_TEST_KAFKA_SESSION_MS`, the group's session timeout.
+            let servers = std::env::var("QTASKS_TEST_WORKER_KAFKA")?;
+            let storage = qtasks::redis::Redis::new(url).options(options);
+            let mut kafka = qtasks::kafka::KafkaOptions::default();
+            if let Ok(ms) = std::env::var("QTASKS_TEST_KAFKA_SESSION_MS") {
+                kafka = kafka.session_timeout(Duration::from_millis(ms.parse()?));
+            }
+            qtasks::kafka::connect_with(&servers, storage, config, kafka).await?
         }
         Ok(amqp) => {
             let storage = qtasks::redis::Redis::new(url).options(options);
