@@ -29,7 +29,7 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-ENGINES = {"qtasks-redis", "qtasks-rabbitmq", "qtasks-postgres"}
+ENGINES = {"qtasks-redis", "qtasks-rabbitmq", "qtasks-postgres", "qtasks-kafka"}
 SURFACES = {"qtasks-metrics", "qtasks-grpc", "qtasks-web", "qtasks-otel"}
 
 # crate: the qtasks crates it may depend on ("*": any).
@@ -41,6 +41,7 @@ ALLOWED_QTASKS = {
     "qtasks-redis": {"qtasks-core", "qtasks-triggers"},
     "qtasks-rabbitmq": {"qtasks-core", "qtasks-triggers"},
     "qtasks-postgres": {"qtasks-core", "qtasks-triggers"},
+    "qtasks-kafka": {"qtasks-core", "qtasks-triggers"},
     # Surfaces: the core's public API only; never an engine, never another surface.
     "qtasks-metrics": {"qtasks-core", "qtasks-triggers"},
     "qtasks-grpc": {"qtasks-core", "qtasks-triggers"},
@@ -79,6 +80,7 @@ OWN_CLIENT = {
     "qtasks-redis": {"redis"},
     "qtasks-rabbitmq": {"lapin"},
     "qtasks-postgres": {"sqlx", "sqlx-core", "sqlx-postgres"},
+    "qtasks-kafka": {"rdkafka", "rdkafka-sys"},
 }
 
 # crate: the outside crates it must not reach.

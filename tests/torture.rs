@@ -53,6 +53,7 @@ use std::time::{Duration, Instant};
 use qtasks::redis::{Redis, RedisOptions};
 use qtasks::{AddOptions, QueueConfig, QueueTasks, TaskRecord, TaskStatus, Uuid};
 use qtasks_test_support::amqp_url;
+use qtasks_test_support::kafka_url;
 use qtasks_test_support::postgres_url;
 use qtasks_test_support::redis::raw_connection;
 use qtasks_test_support::redis_url;
@@ -97,6 +98,9 @@ enum Engine {
     /// The same cluster, the app spread over three partitions (`RedisOptions::partitions`).
     RedisPartitions,
     RabbitMq,
+    /// Kafka (the machine's tansu, under topic and group names of the run's own) with its
+    /// records on a Redis of the run's own.
+    Kafka,
     Postgres,
 }
 
@@ -112,7 +116,21 @@ impl Engine {
 
     /// Whether it keeps task limits (RabbitMQ does not; an app in partitions refuses them).
     fn keeps_limits(self) -> bool {
-        !matches!(self, Engine::RabbitMq | Engine::RedisPartitions)
+        !matches!(
+            self,
+            Engine::RabbitMq | Engine::Kafka | Engine::RedisPartitions
+        )
+    }
+
+    /// Whether it keeps named queues (Kafka does not: its workers serve the default one).
+    fn keeps_queues(self) -> bool {
+        self != Engine::Kafka
+    }
+
+    /// Whether a delivery's count of deaths travels in a copy of its message (RabbitMQ and
+    /// Kafka never change a message): the count can lag (see the aborting task's check).
+    fn counts_in_copies(self) -> bool {
+        matches!(self, Engine::RabbitMq | Engine::Kafka)
     }
 
     /// How many partitions the app is spread over.
@@ -132,6 +150,7 @@ impl Engine {
             Engine::RedisPartitions => "redis_partitions_engine",
             Engine::RabbitMq => "rabbitmq_engine_with_redis_records",
             Engine::Postgres => "postgres_engine",
+            Engine::Kafka => "kafka_engine_with_redis_records",
         }
     }
 }
@@ -260,6 +279,20 @@ async fn rabbitmq_engine_with_redis_records() {
     };
     for seed in seeds() {
         run(Engine::RabbitMq, seed).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Kafka and Redis (QTASKS_TEST_KAFKA_URL, QTASKS_TEST_REDIS_URL)"]
+async fn kafka_engine_with_redis_records() {
+    let (Some(_), Some(_)) = (
+        redis_url("torture kafka_engine_with_redis_records"),
+        kafka_url("torture kafka_engine_with_redis_records"),
+    ) else {
+        return;
+    };
+    for seed in seeds() {
+        run(Engine::Kafka, seed).await;
     }
 }
 
@@ -530,7 +563,9 @@ enum Server {
 impl Server {
     async fn start(engine: Engine) -> Server {
         match engine {
-            Engine::Redis | Engine::RabbitMq => Server::Redis(OwnRedis::start("torture", true)),
+            Engine::Redis | Engine::RabbitMq | Engine::Kafka => {
+                Server::Redis(OwnRedis::start("torture", true))
+            }
             Engine::RedisSentinel => Server::Sentinel(replicated::Sentinel::start().await),
             Engine::RedisCluster | Engine::RedisPartitions => {
                 Server::Cluster(replicated::Cluster::start(engine.partitions()).await)
@@ -617,6 +652,9 @@ struct Run {
     /// The engine server's URL (PostgreSQL's with the run's `?schema=`).
     url: String,
     amqp: Option<String>,
+    /// The Kafka servers (the Kafka engine's queue), reached directly: its clients connect
+    /// where the servers advertise, past any proxy.
+    kafka: Option<String>,
     prefix: String,
     exec_log: PathBuf,
     span_log: PathBuf,
@@ -667,13 +705,25 @@ impl Run {
             ("QTASKS_TEST_SPAN_LOG", &span_log),
             ("QTASKS_MAX_DELIVERIES", &max_deliveries),
             ("QTASKS_STOP_TIMEOUT", "5"),
-            ("QTASKS_QUEUES", SERVED_QUEUES),
+            (
+                "QTASKS_QUEUES",
+                if self.engine.keeps_queues() {
+                    SERVED_QUEUES
+                } else {
+                    "default"
+                },
+            ),
             // Warnings too: a lost lease is one, and explains an overlap. More with
             // `QTASKS_TORTURE_LOG` (a `RUST_LOG` filter) when a seed needs explaining.
             ("RUST_LOG", &log_filter),
         ];
         if let Some(amqp) = &amqp_url {
             env.push(("QTASKS_TEST_WORKER_AMQP", amqp));
+        }
+        if let Some(kafka) = &self.kafka {
+            env.push(("QTASKS_TEST_WORKER_KAFKA", kafka));
+            // The group hands a dead worker's partitions on after this (10 s by default).
+            env.push(("QTASKS_TEST_KAFKA_SESSION_MS", KAFKA_SESSION_MS));
         }
         if let Some(postgres) = &postgres_url {
             env.push(("QTASKS_TEST_WORKER_POSTGRES", postgres));
@@ -748,7 +798,13 @@ fn signal(pid: u32, name: &str) {
     let _ = Command::new("kill").args([name, &pid.to_string()]).status();
 }
 
-async fn client(engine: Engine, url: &str, amqp: Option<&str>, prefix: &str) -> QueueTasks {
+/// How long the Kafka group waits to hear from a worker before it hands the worker's
+/// partitions on.
+const KAFKA_SESSION_MS: &str = "6000";
+
+/// The harness's own app: `queue_url` is the queue's server when it is not the records' (the
+/// RabbitMQ URL, the Kafka servers).
+async fn client(engine: Engine, url: &str, queue_url: Option<&str>, prefix: &str) -> QueueTasks {
     let config = QueueConfig {
         name: prefix.to_owned(),
         ..Default::default()
@@ -762,7 +818,7 @@ async fn client(engine: Engine, url: &str, amqp: Option<&str>, prefix: &str) -> 
         options.response_timeout =
             Duration::from_millis(replicated::CLUSTER_RESPONSE_TIMEOUT_MS.parse().unwrap());
     }
-    match (engine, amqp) {
+    match (engine, queue_url) {
         (Engine::Postgres, _) => {
             let options = qtasks::postgres::PostgresOptions {
                 lease: options.lease,
@@ -771,6 +827,13 @@ async fn client(engine: Engine, url: &str, amqp: Option<&str>, prefix: &str) -> 
             qtasks::postgres::connect_with(url, config, options)
                 .await
                 .expect("the run's PostgreSQL is up")
+        }
+        (Engine::Kafka, Some(servers)) => {
+            let kafka = qtasks::kafka::KafkaOptions::default()
+                .session_timeout(Duration::from_millis(KAFKA_SESSION_MS.parse().unwrap()));
+            qtasks::kafka::connect_with(servers, Redis::new(url).options(options), config, kafka)
+                .await
+                .expect("Kafka and the run's Redis are up")
         }
         (Engine::RabbitMq, Some(amqp)) => {
             let rabbit = qtasks::rabbitmq::RabbitMqOptions::default()
@@ -841,7 +904,11 @@ async fn run(engine: Engine, seed: u64) {
         let seconds: i32 = rng.random_range(1..=5) * if rng.random_bool(0.5) { 1 } else { -1 };
         (rng.random_range(0..worker_count), seconds)
     });
-    let app = client(engine, &url, amqp.as_deref(), &prefix).await;
+    let kafka = match engine {
+        Engine::Kafka => kafka_url("torture"),
+        _ => None,
+    };
+    let app = client(engine, &url, amqp.as_deref().or(kafka.as_deref()), &prefix).await;
     if let Server::Postgres(_) = &server {
         postgres::record_outcomes(&url).await;
     }
@@ -861,6 +928,7 @@ async fn run(engine: Engine, seed: u64) {
         dir,
         url,
         amqp,
+        kafka,
         prefix,
         exec_log,
         span_log,
@@ -1145,9 +1213,10 @@ async fn run(engine: Engine, seed: u64) {
                 // original comes back with the older count and runs while the copy is
                 // dropped, so the count can lag (seen: 10 runs under a limit of 6, RabbitMQ
                 // seed 1796289538011). The limit still ends the task; the bound is looser.
-                let bound = match engine {
-                    Engine::RabbitMq => MAX_DELIVERIES * 2,
-                    _ => MAX_DELIVERIES,
+                let bound = if engine.counts_in_copies() {
+                    MAX_DELIVERIES * 2
+                } else {
+                    MAX_DELIVERIES
                 };
                 assert!(ran as u32 <= bound, "{context}");
             }
@@ -1231,7 +1300,7 @@ async fn run(engine: Engine, seed: u64) {
     };
     // (Counted from the right files: most final records are there.)
     if let Some(outcomes) = &outcomes
-        && engine != Engine::RabbitMq
+        && !matches!(engine, Engine::RabbitMq | Engine::Kafka)
     {
         let seen = finals
             .keys()
@@ -1335,8 +1404,7 @@ async fn run(engine: Engine, seed: u64) {
         signal(worker.0.id(), "-TERM");
         drop(worker);
     }
-    if let Some(amqp) = &run.amqp {
-        let _ = amqp;
+    if run.amqp.is_some() || run.kafka.is_some() {
         let _ = app.flush_all().await;
     } // (Kept when the run fails, for its logs.)
     let _ = std::fs::remove_dir_all(&run.dir);
@@ -1455,7 +1523,11 @@ async fn add(
             return vec![add_poison(run, kind, rng).await];
         }
     };
-    let options = in_some_queue(options, rng);
+    let options = if run.engine.keeps_queues() {
+        in_some_queue(options, rng)
+    } else {
+        options
+    };
     let args = args.as_array().cloned().unwrap_or_default();
     let handle = through_faults("adding a task", || {
         app.add_task_with(name, args.clone(), (), options.clone())
@@ -1573,6 +1645,25 @@ async fn add_poison(run: &Run, kind: Kind, rng: &mut StdRng) -> Added {
         postgres::add_poison(&run.url, &run.prefix, uuid, kind, rng).await;
         return Added::new(uuid, kind);
     }
+    if let (Some(kafka), Kind::PoisonEntry) = (&run.kafka, kind) {
+        // A value that is not `name:uuid:priority`, or a task header that is no task.
+        let value: Vec<u8> = match rng.random_range(0..4) {
+            0 => b"no colons at all".to_vec(),
+            1 => format!("log_run:{uuid}:high").into_bytes(),
+            2 => b"log_run:\xff\xfe:0".to_vec(),
+            _ => format!("log_run:{uuid}:0").into_bytes(),
+        };
+        let header: &[(&str, &[u8])] = &[("qtasks-task", b"{\"uuid\": 7")];
+        qtasks_test_support::kafka::send_raw(
+            kafka,
+            &format!("{}_task_queue", run.prefix),
+            0,
+            &value,
+            if value.ends_with(b":0") { header } else { &[] },
+        )
+        .await;
+        return Added::new(uuid, kind);
+    }
     let key_prefix = run.server.key_prefix(&run.prefix);
     let queue = format!("{key_prefix}:task_queue");
     let deadline = Instant::now() + DRAIN;
@@ -1607,8 +1698,12 @@ async fn add_poison(run: &Run, kind: Kind, rng: &mut StdRng) -> Added {
                 ];
                 con.hset_multiple::<_, _, _, ()>(format!("{key_prefix}:{uuid}"), &record)
                     .await?;
-                con.rpush::<_, _, ()>(&queue, format!("log_run:{uuid}:0"))
-                    .await?;
+                // (On Kafka the message comes next, as the original's producer sends it: the
+                // three fields alone, the rest read from the record.)
+                if run.kafka.is_none() {
+                    con.rpush::<_, _, ()>(&queue, format!("log_run:{uuid}:0"))
+                        .await?;
+                }
             }
             Ok(())
         }
@@ -1623,6 +1718,16 @@ async fn add_poison(run: &Run, kind: Kind, rng: &mut StdRng) -> Added {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+    }
+    if let Some(kafka) = &run.kafka {
+        qtasks_test_support::kafka::send_raw(
+            kafka,
+            &format!("{}_task_queue", run.prefix),
+            0,
+            format!("log_run:{uuid}:0").as_bytes(),
+            &[],
+        )
+        .await;
     }
     Added::new(uuid, kind)
 }

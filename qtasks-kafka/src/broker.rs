@@ -44,6 +44,12 @@ const FINISH_PATIENCE: Duration = Duration::from_secs(60);
 /// written before it ends).
 const RESOLVE_CLAIM: Duration = Duration::from_secs(60);
 
+/// The global config's entry of the tasks whose deliveries ended with their worker, and how
+/// many did: the messages carry the count too, but a partition read again from its committed
+/// offset meets the older copies first, with lower counts, and a task that kills its worker
+/// each time must still reach its `max_deliveries`.
+const DEATHS_ENTRY: &str = "qtasks_kafka_deaths";
+
 /// How long a send waits for Kafka's acknowledgement.
 pub(crate) const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -239,6 +245,24 @@ impl KafkaBroker {
             Some(task) => task,
             // The original's producer sends the three fields alone; the record has the rest.
             None => match self.storage.get(uuid).await {
+                Ok(Some(record)) if !record.unreadable.is_empty() => {
+                    // A record that cannot be read back cannot run: it ends `error`, saying
+                    // which fields, and the worker goes on.
+                    let fields: Vec<&str> = record.unreadable.keys().map(String::as_str).collect();
+                    let traceback = format!(
+                        "RecordError: task {uuid}'s record has fields that cannot be read: {}",
+                        fields.join(", ")
+                    );
+                    tracing::error!(uuid = %uuid, "failing a task that cannot run: {traceback}");
+                    let failed =
+                        RecordChange::Finished(Outcome::Error(traceback), RunInfo::default());
+                    let from = [TaskStatus::New, TaskStatus::Process];
+                    if let Err(error) = self.storage.transition(uuid, &from, failed).await {
+                        return Err((received, error));
+                    }
+                    self.done(&received);
+                    return Ok(None);
+                }
                 Ok(Some(record)) => QueuedTask::from_record(record),
                 Ok(None) => {
                     tracing::debug!(uuid = %uuid, "task {} {uuid} has no record (flushed or deleted); its message is dropped", message.task_name);
@@ -263,17 +287,32 @@ impl KafkaBroker {
         } else {
             &[TaskStatus::New]
         };
+        // The deliveries of the task that ended with their worker: the message's count, or the
+        // count kept beside the records, which is ahead of it when this message is an older
+        // copy read again. (A first delivery has none: no read of the count.)
+        let ended = if message.ended > 0 || received.seen_before {
+            match self.deaths_of(uuid).await {
+                Ok(known) => known.max(message.ended),
+                Err(error) => return Err((received, error)),
+            }
+        } else {
+            0
+        };
         let taken = self
             .storage
             .transition(uuid, from, RecordChange::Taken)
             .await;
         match taken {
             Ok(Transition::Applied(TaskStatus::Process)) => {
-                // Its last delivery ended with its worker: counted in a copy of the message
-                // (Kafka never changes one it has stored), and this one done with.
-                let ended = message.ended.saturating_add(1);
+                // Its last delivery ended with its worker: counted beside the records and in
+                // a copy of the message (Kafka never changes one it has stored), and this one
+                // done with.
+                let ended = ended.saturating_add(1);
                 tracing::warn!(uuid = %uuid, ended, "task {uuid} was taken before and its worker died; counting it and queueing it again");
                 let handed_back = async {
+                    self.global_config
+                        .set(DEATHS_ENTRY, &uuid.to_string(), &ended.to_string())
+                        .await?;
                     self.storage
                         .transition(uuid, &[TaskStatus::Process], RecordChange::Released)
                         .await?;
@@ -299,8 +338,8 @@ impl KafkaBroker {
                 task.run_at = None;
                 Ok(Some(
                     Delivery::new(task, receipt)
-                        .recovered(message.ended > 0)
-                        .deliveries(message.ended.saturating_add(1)),
+                        .recovered(ended > 0)
+                        .deliveries(ended.saturating_add(1)),
                 ))
             }
             Ok(Transition::Kept(status)) => {
@@ -322,6 +361,17 @@ impl KafkaBroker {
             }
             Err(error) => Err((received, error)),
         }
+    }
+
+    /// How many deliveries of task `uuid` ended with their worker, as counted beside the
+    /// records (0 when none did).
+    async fn deaths_of(&self, uuid: Uuid) -> Result<u32, BackendError> {
+        Ok(self
+            .global_config
+            .get(DEATHS_ENTRY, &uuid.to_string())
+            .await?
+            .and_then(|count| count.parse().ok())
+            .unwrap_or(0))
     }
 
     fn done(&self, received: &Received) {

@@ -19,9 +19,9 @@ use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
 use crate::offsets::{Received, Tracker};
 
-/// How far ahead of what it reads a consumer sets its partition's read mark: one write of the
-/// global config per this many messages.
-const MARK_STRIDE: i64 = 1024;
+/// How many messages one batch of the consumer reads at most: each batch writes each of its
+/// partitions' read marks once, before any of its messages is handed out.
+const BATCH: usize = 256;
 
 /// The global config's entry of the read marks, one key per partition.
 const MARKS_ENTRY: &str = "qtasks_kafka_read";
@@ -29,11 +29,13 @@ const MARKS_ENTRY: &str = "qtasks_kafka_read";
 /// How long a poll waits for a message: the longest a stop or a commit waits for the loop.
 const POLL: Duration = Duration::from_millis(100);
 
-/// Read marks: for each partition, an offset below which a worker of the group may have
-/// taken a message (kept in the global config, so it outlives the worker). A message read
-/// below the mark its partition had when it was assigned may be one a dead worker held, and
-/// a record it finds `process` is then that dead worker's; past it, a record found `process`
-/// belongs to a live run (the message is a second copy of a task's message).
+/// Read marks: for each partition, the offset past the last message a worker of the group
+/// handed out (kept in the global config, so it outlives the worker). A message read below
+/// the mark its partition had when it was assigned was handed out before, perhaps to a worker
+/// that died while it ran it: a record it finds `process` is then that worker's, dead. Past the
+/// mark, a record found `process` belongs to a live run (the message is a second copy of a
+/// task's message), and the message is dropped. The mark is exact, not rounded up: a message
+/// counted as handed out that never was would make a live run look dead.
 struct Marks {
     global_config: Arc<dyn GlobalConfig>,
     runtime: tokio::runtime::Handle,
@@ -72,13 +74,26 @@ impl Marks {
         }
     }
 
-    /// Whether `offset` of `partition` lies below the mark it had when it was assigned; and,
-    /// first, moves the written mark past `offset`, so that a later owner knows it was read.
-    /// `None` while the mark cannot be written (the message must not be handed out yet).
-    fn note(&self, partition: i32, offset: i64) -> Option<bool> {
-        let (at_assign, written) = *self.partitions.lock().get(&partition)?;
-        if offset >= written {
-            let mark = offset.saturating_add(MARK_STRIDE);
+    /// Whether `offset` of `partition` lies below the mark it had when it was assigned
+    /// (`None`: the partition is not assigned here).
+    fn seen_before(&self, partition: i32, offset: i64) -> Option<bool> {
+        let (at_assign, _) = *self.partitions.lock().get(&partition)?;
+        Some(offset < at_assign)
+    }
+
+    /// Moves each partition's mark past `offsets` (the last offset of a batch, per
+    /// partition), so that a later owner knows they were handed out. `false` while a mark
+    /// cannot be written: the batch must not be handed out yet.
+    fn advance(&self, offsets: &HashMap<i32, i64>) -> bool {
+        for (partition, offset) in offsets {
+            let written = match self.partitions.lock().get(partition) {
+                Some((_, written)) => *written,
+                None => continue,
+            };
+            if *offset < written {
+                continue;
+            }
+            let mark = offset.saturating_add(1);
             let set = self.runtime.block_on(self.global_config.set(
                 MARKS_ENTRY,
                 &partition.to_string(),
@@ -90,13 +105,13 @@ impl Marks {
                     "writing partition {partition}'s read mark failed; its messages wait: {}",
                     qtasks_core::backend::ErrorChain(&error)
                 );
-                return None;
+                return false;
             }
-            if let Some(held) = self.partitions.lock().get_mut(&partition) {
+            if let Some(held) = self.partitions.lock().get_mut(partition) {
                 held.1 = mark;
             }
         }
-        Some(offset < at_assign)
+        true
     }
 
     fn forget(&self, partitions: &[i32]) {
@@ -254,6 +269,59 @@ impl Drop for GroupConsumer {
     }
 }
 
+/// Up to [`BATCH`] messages: what one poll waits for, then what is read already. A failed
+/// read is logged (the broker down: librdkafka reconnects by itself).
+fn read_batch(
+    consumer: &BaseConsumer<GroupContext>,
+    topic: &str,
+    tracker: &Tracker,
+) -> Vec<Received> {
+    let mut batch = Vec::new();
+    let mut wait = POLL;
+    while batch.len() < BATCH {
+        match consumer.poll(wait) {
+            Some(Ok(message)) => {
+                // The assignment it was read in, now: a rebalance runs inside a later poll,
+                // and a message of the assignment before it is then no longer this worker's.
+                let Some(generation) = tracker.generation_of(message.partition()) else {
+                    continue;
+                };
+                let headers = message
+                    .headers()
+                    .map(|headers| {
+                        headers
+                            .iter()
+                            .map(|header| {
+                                (
+                                    header.key.to_owned(),
+                                    header.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                batch.push(Received {
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    generation,
+                    // (Set from the marks when the batch is handed out.)
+                    seen_before: false,
+                    value: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                    headers,
+                });
+                wait = Duration::ZERO;
+            }
+            Some(Err(error)) => {
+                tracing::warn!("reading `{topic}` failed: {error}");
+                std::thread::sleep(POLL);
+                break;
+            }
+            None => break,
+        }
+    }
+    batch
+}
+
 /// The consumer thread's loop.
 fn consume(
     consumer: &BaseConsumer<GroupContext>,
@@ -278,54 +346,37 @@ fn consume(
                 paused = full;
             }
         }
-        match consumer.poll(POLL) {
-            Some(Ok(message)) => {
-                let partition = message.partition();
-                let offset = message.offset();
-                let Some(generation) = tracker.generation_of(partition) else {
+        let batch = read_batch(consumer, &setup.topic, tracker);
+        if !batch.is_empty() {
+            // Handed out only once every partition's read mark is past its messages.
+            let mut last: HashMap<i32, i64> = HashMap::new();
+            for message in &batch {
+                let offset = last.entry(message.partition).or_insert(message.offset);
+                *offset = (*offset).max(message.offset);
+            }
+            while !consumer.context().marks.advance(&last) {
+                if stopping.load(Ordering::Acquire) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            if stopping.load(Ordering::Acquire) {
+                break;
+            }
+            for message in batch {
+                let Some(seen_before) = consumer
+                    .context()
+                    .marks
+                    .seen_before(message.partition, message.offset)
+                else {
                     continue;
                 };
-                // Handed out only once the read mark is past it.
-                let seen_before = loop {
-                    if let Some(seen) = consumer.context().marks.note(partition, offset) {
-                        break Some(seen);
-                    }
-                    if stopping.load(Ordering::Acquire) {
-                        break None;
-                    }
-                    std::thread::sleep(Duration::from_millis(500));
-                };
-                let Some(seen_before) = seen_before else {
-                    break;
-                };
-                let headers = message
-                    .headers()
-                    .map(|headers| {
-                        headers
-                            .iter()
-                            .map(|header| {
-                                (
-                                    header.key.to_owned(),
-                                    header.value.map(<[u8]>::to_vec).unwrap_or_default(),
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                // (A message of an assignment revoked since is dropped there.)
                 tracker.read(Received {
-                    partition,
-                    offset,
-                    generation,
                     seen_before,
-                    value: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                    headers,
+                    ..message
                 });
             }
-            Some(Err(error)) => {
-                tracing::warn!("reading `{}` failed: {error}", setup.topic);
-                std::thread::sleep(POLL);
-            }
-            None => {}
         }
         commit(
             consumer,

@@ -165,7 +165,11 @@ impl Tracker {
         let Some(track) = state.current_mut(received.partition, received.generation) else {
             return;
         };
-        track.outstanding.insert(received.offset);
+        if !track.outstanding.insert(received.offset) {
+            // Read twice in one assignment (never expected): one copy is enough, and a second
+            // one's end must not count the first one's run as done.
+            return;
+        }
         track.read_to = Some(
             track
                 .read_to

@@ -180,7 +180,7 @@ fn check_times(task: &QueuedTask) -> Result<(), String> {
         }
     }
     if let Some(max_time) = task.max_time
-        && !(max_time.is_finite() && max_time >= 0.0 && max_time < LATEST_TIME)
+        && !(max_time.is_finite() && (0.0..LATEST_TIME).contains(&max_time))
     {
         return Err(format!(
             "task {}'s `max_time` is not a duration: {max_time}",
@@ -234,7 +234,8 @@ mod tests {
     #[test]
     fn bad_messages_say_what_is_wrong() {
         let uuid = Uuid::new_v4();
-        let cases: Vec<(Vec<u8>, Vec<(String, Vec<u8>)>, &str)> = vec![
+        type Headers = Vec<(String, Vec<u8>)>;
+        let cases: Vec<(Vec<u8>, Headers, &str)> = vec![
             (vec![0xff, 0xfe], vec![], "not UTF-8"),
             (
                 b"just-a-name".to_vec(),

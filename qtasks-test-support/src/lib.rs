@@ -17,6 +17,7 @@ pub mod amqp;
 pub mod fault_drain;
 pub mod flow;
 pub mod grpc;
+pub mod kafka;
 pub mod logs;
 mod own_postgres;
 mod own_rabbitmq;
