@@ -330,6 +330,7 @@ fn the_settings_table_is_every_setting_with_its_default() {
         "QTASKS_TEST_REDIS_URL",
         "QTASKS_TEST_AMQP_URL",
         "QTASKS_TEST_POSTGRES_URL",
+        "QTASKS_TEST_KAFKA_URL",
     ];
     for variable in documented {
         assert!(

@@ -44,6 +44,8 @@ pub use args::{Cli, Command, LogFormat, SharedCommand};
 // The engines compiled in, named so that the linker keeps them, and with them their
 // `url_engine!` registrations, which `connect` finds by the URL's scheme.
 pub use logging::{Telemetry, init_logging};
+#[cfg(feature = "kafka")]
+use qtasks_kafka as _;
 #[cfg(feature = "postgres")]
 use qtasks_postgres as _;
 #[cfg(feature = "rabbitmq")]

@@ -75,7 +75,10 @@ pub(crate) struct KafkaBroker {
     /// joins the group (it would be handed partitions it never reads).
     consumer: parking_lot::Mutex<Option<GroupConsumer>>,
     /// The messages of the running deliveries, by receipt.
-    held: parking_lot::Mutex<HashMap<String, Received>>,
+    held: parking_lot::Mutex<HashMap<String, (Received, Uuid)>>,
+    /// The tasks whose messages are being accepted now, with how many: two copies of one
+    /// task's message in one batch must not take each other's run for a dead worker's.
+    accepting: parking_lot::Mutex<HashMap<Uuid, u32>>,
     receipts: AtomicU64,
     instance: String,
     cancels: broadcast::Sender<CancelRequest>,
@@ -101,6 +104,7 @@ impl KafkaBroker {
             tracker: Arc::default(),
             consumer: parking_lot::Mutex::default(),
             held: parking_lot::Mutex::default(),
+            accepting: parking_lot::Mutex::default(),
             receipts: AtomicU64::new(0),
             instance: Uuid::new_v4().simple().to_string(),
             cancels,
@@ -246,22 +250,25 @@ impl KafkaBroker {
             // The original's producer sends the three fields alone; the record has the rest.
             None => match self.storage.get(uuid).await {
                 Ok(Some(record)) if !record.unreadable.is_empty() => {
-                    // A record that cannot be read back cannot run: it ends `error`, saying
-                    // which fields, and the worker goes on.
-                    let fields: Vec<&str> = record.unreadable.keys().map(String::as_str).collect();
-                    let traceback = format!(
-                        "RecordError: task {uuid}'s record has fields that cannot be read: {}",
-                        fields.join(", ")
-                    );
-                    tracing::error!(uuid = %uuid, "failing a task that cannot run: {traceback}");
-                    let failed =
-                        RecordChange::Finished(Outcome::Error(traceback), RunInfo::default());
-                    let from = [TaskStatus::New, TaskStatus::Process];
-                    if let Err(error) = self.storage.transition(uuid, &from, failed).await {
-                        return Err((received, error));
+                    match from_the_originals(record) {
+                        Ok(task) => task,
+                        Err(reason) => {
+                            // A record that cannot be read back cannot run: it ends `error`, saying
+                            // why, and the worker goes on.
+                            let traceback = format!("RecordError: task {uuid}'s record: {reason}");
+                            tracing::error!(uuid = %uuid, "failing a task that cannot run: {traceback}");
+                            let failed = RecordChange::Finished(
+                                Outcome::Error(traceback),
+                                RunInfo::default(),
+                            );
+                            let from = [TaskStatus::New, TaskStatus::Process];
+                            if let Err(error) = self.storage.transition(uuid, &from, failed).await {
+                                return Err((received, error));
+                            }
+                            self.done(&received);
+                            return Ok(None);
+                        }
                     }
-                    self.done(&received);
-                    return Ok(None);
                 }
                 Ok(Some(record)) => QueuedTask::from_record(record),
                 Ok(None) => {
@@ -281,8 +288,16 @@ impl KafkaBroker {
             }
         }
         // A message a worker of the group may have taken before may be one whose worker died
-        // while it ran.
-        let from: &[TaskStatus] = if received.seen_before {
+        // while it ran; unless this worker runs the task now, from another copy of its message
+        // (a partition's tasks run only on its owner: the last one let its runs end first).
+        let _accepting = Accepting::new(&self.accepting, uuid);
+        let running_here = _accepting.with_another
+            || self
+                .held
+                .lock()
+                .values()
+                .any(|(_, running)| *running == uuid);
+        let from: &[TaskStatus] = if received.seen_before && !running_here {
             &[TaskStatus::New, TaskStatus::Process]
         } else {
             &[TaskStatus::New]
@@ -333,7 +348,7 @@ impl KafkaBroker {
                     self.instance,
                     self.receipts.fetch_add(1, Ordering::Relaxed)
                 );
-                self.held.lock().insert(receipt.clone(), received);
+                self.held.lock().insert(receipt.clone(), (received, uuid));
                 let mut task = task;
                 task.run_at = None;
                 Ok(Some(
@@ -382,7 +397,10 @@ impl KafkaBroker {
     /// The message of a running delivery, no longer held (`None` for one this worker does
     /// not hold: a finish sent twice).
     fn release_held(&self, delivery: &Delivery) -> Option<Received> {
-        self.held.lock().remove(&delivery.receipt)
+        self.held
+            .lock()
+            .remove(&delivery.receipt)
+            .map(|(received, _)| received)
     }
 
     /// Queues a dead letter again: a task (its record back to `new` when the workers had set
@@ -465,6 +483,23 @@ impl KafkaBroker {
     }
 }
 
+/// The task of a record the original's producer wrote: its `args` and `kwargs` are Python
+/// reprs (`(2,)`, `{'b': 5}`), which the storage could not read as JSON. Any other field that
+/// cannot be read makes it a record that cannot run.
+fn from_the_originals(mut record: qtasks_core::TaskRecord) -> Result<QueuedTask, String> {
+    let unreadable = std::mem::take(&mut record.unreadable);
+    for (field, text) in &unreadable {
+        let parsed = crate::python_repr::parse(text)
+            .map_err(|why| format!("`{field}` is neither JSON nor a Python literal ({why})"));
+        match (field.as_str(), parsed?) {
+            ("args", serde_json::Value::Array(args)) => record.args = args,
+            ("kwargs", serde_json::Value::Object(kwargs)) => record.kwargs = kwargs,
+            (field, _) => return Err(format!("`{field}` cannot be read: {text:?}")),
+        }
+    }
+    Ok(QueuedTask::from_record(record))
+}
+
 /// Whether `record` holds `outcome`, result and all.
 fn holds_outcome(record: &qtasks_core::TaskRecord, outcome: &Outcome) -> bool {
     match outcome {
@@ -484,6 +519,40 @@ fn holds_outcome(record: &qtasks_core::TaskRecord, outcome: &Outcome) -> bool {
         }
         Outcome::Retry { child, .. } => {
             record.status == TaskStatus::Retry && record.retry_child_uuid == Some(child.uuid)
+        }
+    }
+}
+
+/// One message of task `uuid` being accepted, counted while it lives.
+struct Accepting<'a> {
+    accepting: &'a parking_lot::Mutex<HashMap<Uuid, u32>>,
+    uuid: Uuid,
+    /// Another message of the task was being accepted when this one began.
+    with_another: bool,
+}
+
+impl<'a> Accepting<'a> {
+    fn new(accepting: &'a parking_lot::Mutex<HashMap<Uuid, u32>>, uuid: Uuid) -> Self {
+        let mut counts = accepting.lock();
+        let count = counts.entry(uuid).or_default();
+        let with_another = *count > 0;
+        *count += 1;
+        Accepting {
+            accepting,
+            uuid,
+            with_another,
+        }
+    }
+}
+
+impl Drop for Accepting<'_> {
+    fn drop(&mut self) {
+        let mut counts = self.accepting.lock();
+        if let Some(count) = counts.get_mut(&self.uuid) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.uuid);
+            }
         }
     }
 }

@@ -36,6 +36,7 @@ mod broker;
 mod consumer;
 mod dead_letters;
 mod offsets;
+mod python_repr;
 mod wire;
 
 use std::sync::Arc;
@@ -442,6 +443,13 @@ impl KafkaOptions {
     #[must_use]
     pub fn partitions(mut self, partitions: u16) -> Self {
         self.partitions = partitions;
+        self
+    }
+
+    /// Sets [`replication`](Self::replication).
+    #[must_use]
+    pub fn replication(mut self, copies: i32) -> Self {
+        self.replication = copies;
         self
     }
 
