@@ -11,6 +11,7 @@ use std::time::Duration;
 use qtasks::redis::RedisOptions;
 use qtasks::{TaskContext, TaskResult, TaskStatus};
 use qtasks_test_support::amqp_url;
+use qtasks_test_support::kafka_url;
 use qtasks_test_support::redis::redis_app;
 use qtasks_test_support::redis_url;
 use qtasks_test_support::unique_prefix;
@@ -20,7 +21,7 @@ use serde_json::{Value, json};
 /// for the gRPC one (the marker names them so an older environment is made again).
 const PYTHON_QTASKS: &str = "qtasks[rabbitmq]==1.7.3";
 const PYTHON_MARKER: &str =
-    "qtasks[rabbitmq]==1.7.3 grpcio grpcio-health-checking grpcio-reflection protobuf";
+    "qtasks[rabbitmq]==1.7.3 grpcio grpcio-health-checking grpcio-reflection protobuf aiokafka";
 
 /// The Python of a virtual environment with QTasks 1.7.3, made on first use.
 fn python() -> &'static Path {
@@ -47,6 +48,8 @@ fn python() -> &'static Path {
                 "grpcio-health-checking>=1.76",
                 "grpcio-reflection>=1.76",
                 "protobuf>=6.31",
+                // The original's Kafka broker imports it; it does not declare it either.
+                "aiokafka>=0.11",
             ]));
             std::fs::write(&ready, PYTHON_MARKER).unwrap();
         }
@@ -234,6 +237,62 @@ async fn a_python_rabbitmq_producer_reaches_a_rust_worker() {
         ],
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Kafka and Redis (QTASKS_TEST_KAFKA_URL, QTASKS_TEST_REDIS_URL)"]
+async fn a_python_kafka_producer_reaches_a_rust_worker() {
+    let test = "a_python_kafka_producer_reaches_a_rust_worker";
+    let (Some(kafka), Some(redis)) = (kafka_url(test), redis_url(test)) else {
+        return;
+    };
+    let prefix = unique_prefix("py_kafka");
+    let python = tokio::task::spawn_blocking(python).await.unwrap();
+    let config = qtasks::QueueConfig {
+        name: prefix.clone(),
+        ..qtasks::QueueConfig::default()
+    };
+    // The Rust side makes the topic (the original's producer would leave it to the server).
+    let app = qtasks::kafka::connect_with(
+        &kafka,
+        qtasks::redis::Redis::new(&redis),
+        config,
+        qtasks::kafka::KafkaOptions::default(),
+    )
+    .await
+    .unwrap();
+    app.start().await.unwrap();
+
+    let output = tokio::process::Command::new(python)
+        .arg(script("kafka_client.py"))
+        .args([&kafka, &redis, &prefix])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "kafka_client.py failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let got: Value = serde_json::from_slice(&output.stdout).expect("kafka_client.py prints JSON");
+    assert_eq!(
+        got["topic"],
+        format!("{prefix}_task_queue"),
+        "the original's topic"
+    );
+    let uuid: qtasks::Uuid = got["uuid"].as_str().unwrap().parse().unwrap();
+    // The original's message is `name:uuid:priority` alone; the arguments are in the record it
+    // wrote first, as Python reprs (`(2,)`, `{'b': 5}`), which the worker reads as literals.
+    let record = app
+        .wait(uuid, qtasks_test_support::WAIT)
+        .await
+        .expect("the Rust worker ran the Python producer's task");
+    assert_eq!(
+        (record.status, record.returning),
+        (TaskStatus::Success, Some(json!(7)))
+    );
+    app.stop().await.unwrap();
+    app.flush_all().await.unwrap();
 }
 
 async fn delete_queues(amqp: &str, queues: &[&str]) {

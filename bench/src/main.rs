@@ -18,7 +18,8 @@
 //! `--wait-replicas N` (Redis) waits for N replicas after each add and finish
 //! (`RedisOptions::wait_for_replicas`, at most 1 s each).
 //!
-//! `--amqp URL` puts the queue on RabbitMQ (records stay on the Redis of `--url`); `--pg URL`
+//! `--amqp URL` puts the queue on RabbitMQ, `--kafka HOST:PORT` on Kafka (records stay on the
+//! Redis of `--url` either way); `--pg URL`
 //! puts the whole app on PostgreSQL instead (`?schema=` in the URL names its tables' schema).
 //!
 //! ```text
@@ -133,8 +134,15 @@ async fn redis_app(url: &str, concurrency: usize) -> QueueTasks {
         ..Default::default()
     };
     let amqp: String = arg("--amqp", String::new());
+    let kafka: String = arg("--kafka", String::new());
     let pg: String = arg("--pg", String::new());
-    if !pg.is_empty() {
+    if !kafka.is_empty() {
+        let storage = qtasks::redis::Redis::new(url);
+        let options = qtasks::kafka::KafkaOptions::default();
+        qtasks::kafka::connect_with(&kafka, storage, config, options)
+            .await
+            .expect("Kafka and Redis are reachable")
+    } else if !pg.is_empty() {
         qtasks::postgres::connect_with(&pg, config, qtasks::postgres::PostgresOptions::default())
             .await
             .expect("PostgreSQL is reachable")
