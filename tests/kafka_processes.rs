@@ -141,7 +141,10 @@ async fn a_second_worker_joining_shares_the_partitions_and_no_task_runs_twice() 
 
     let mut workers = HashSet::new();
     for handle in &handles {
-        let record = handle.wait(WAIT).await.unwrap();
+        let record = match handle.wait(WAIT).await {
+            Ok(record) => record,
+            Err(error) => panic!("{error}; its record: {:?}", client.get(handle.uuid()).await),
+        };
         assert_eq!(record.status, TaskStatus::Success, "{record:?}");
         workers.extend(record.worker.clone());
     }
@@ -155,5 +158,55 @@ async fn a_second_worker_joining_shares_the_partitions_and_no_task_runs_twice() 
     );
     assert!(twice.is_empty(), "a rebalance ran tasks again: {twice:?}");
     assert_eq!(workers.len(), 2, "the second worker took no partition");
+    client.flush_all().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Kafka and Redis (QTASKS_TEST_KAFKA_URL, QTASKS_TEST_REDIS_URL)"]
+async fn a_delayed_task_outlives_the_worker_that_held_it_and_runs_once_when_due() {
+    let Some((kafka, redis)) = services("a_delayed_task_outlives_the_worker_that_held_it") else {
+        return;
+    };
+    let prefix = unique_prefix("kafka_delay");
+    let client = client(&kafka, &redis, &prefix).await;
+    let added = std::time::Instant::now();
+    // Waits in the delay topic's tiers (2 s, then 1 s), not in a worker's memory.
+    let delayed = qtasks::AddOptions::default().delay(Duration::from_secs(5));
+    let handles = vec![
+        client
+            .add_task_with("record_run", ("late", 0), (), delayed.clone())
+            .await
+            .unwrap(),
+        client
+            .add_task_with("record_run", ("later", 0), (), delayed)
+            .await
+            .unwrap(),
+    ];
+    let mut first = kafka_worker(&prefix, &kafka, 2);
+    // Killed while the tasks wait (the worker's delay group holds them).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    let _second = kafka_worker(&prefix, &kafka, 2);
+    for handle in &handles {
+        let record = handle.wait(WAIT).await.unwrap();
+        assert_eq!(record.status, TaskStatus::Success, "{record:?}");
+    }
+    assert!(
+        added.elapsed() >= Duration::from_secs(5),
+        "ran before their delay: {:?}",
+        added.elapsed()
+    );
+    let mut con = raw_connection(&redis).await;
+    let runs: HashMap<String, u32> = con.hgetall(format!("{prefix}:test:runs")).await.unwrap();
+    assert_eq!(
+        runs,
+        HashMap::from([("late".to_owned(), 1), ("later".to_owned(), 1)]),
+        "each ran once"
+    );
+    eprintln!(
+        "kafka delay: 2 tasks delayed 5 s, their holder killed at 2 s, both ran once after {:.1?}",
+        added.elapsed()
+    );
     client.flush_all().await.unwrap();
 }

@@ -33,6 +33,7 @@ use uuid::Uuid;
 
 use crate::consumer::{GroupConsumer, GroupSetup};
 use crate::dead_letters::{self, Letter, RESOLVED_ENTRY};
+use crate::delays::{self, DELAY_THRESHOLD, DelayConsumer, Forward};
 use crate::offsets::{Received, Tracker};
 use crate::wire::{self, Names};
 
@@ -60,6 +61,8 @@ pub(crate) struct Setup {
     pub(crate) servers: String,
     /// The task topic's partition count.
     pub(crate) partitions: usize,
+    /// The delay topic's partition count (its tiers).
+    pub(crate) delay_tiers: i32,
     pub(crate) session_timeout: Duration,
     pub(crate) revoke_patience: Duration,
     pub(crate) buffer: usize,
@@ -74,6 +77,8 @@ pub(crate) struct KafkaBroker {
     /// The group consumer, joined at the first take: a process that only adds tasks never
     /// joins the group (it would be handed partitions it never reads).
     consumer: parking_lot::Mutex<Option<GroupConsumer>>,
+    /// The delay group's consumer, joined with the task group.
+    delays: parking_lot::Mutex<Option<DelayConsumer>>,
     /// The messages of the running deliveries, by receipt.
     held: parking_lot::Mutex<HashMap<String, (Received, Uuid)>>,
     /// The tasks whose messages are being accepted now, with how many: two copies of one
@@ -103,6 +108,7 @@ impl KafkaBroker {
             global_config,
             tracker: Arc::default(),
             consumer: parking_lot::Mutex::default(),
+            delays: parking_lot::Mutex::default(),
             held: parking_lot::Mutex::default(),
             accepting: parking_lot::Mutex::default(),
             receipts: AtomicU64::new(0),
@@ -140,6 +146,28 @@ impl KafkaBroker {
                 })?,
             );
         }
+        let mut delays = self.delays.lock();
+        if delays.is_none() {
+            let forward = Forward {
+                producer: self.producer.clone(),
+                runtime: tokio::runtime::Handle::current(),
+                delay_topic: self.names().delay.clone(),
+                tiers: self.setup.delay_tiers,
+                task_topic: self.names().topic.clone(),
+                task_partitions: self.setup.partitions,
+            };
+            *delays = Some(
+                DelayConsumer::start(
+                    &self.setup.servers,
+                    &self.names().delay_group,
+                    self.setup.session_timeout,
+                    forward,
+                )
+                .map_err(|e| {
+                    BackendError::new("kafka", "joining the delay group failed").with_source(e)
+                })?,
+            );
+        }
         Ok(())
     }
 
@@ -167,9 +195,28 @@ impl KafkaBroker {
                 value: Some(&count),
             });
         }
-        let partition = wire::partition_of(task.uuid, self.setup.partitions);
-        let record = FutureRecord::to(&self.names().topic)
-            .partition(i32::try_from(partition).unwrap_or(0))
+        // A task due later than a moment waits in the delay topic's tier for its wait; one due
+        // sooner goes to its partition of the task topic.
+        let wait = task
+            .run_at
+            .map(|at| Duration::from_secs_f64((at - unix_now()).clamp(0.0, 1e9)))
+            .unwrap_or_default();
+        let due = task.run_at.map(|at| ((at * 1000.0) as i64).to_string());
+        let (topic, partition) = if wait >= DELAY_THRESHOLD {
+            headers = headers.insert(Header {
+                key: delays::DUE_HEADER,
+                value: due.as_deref(),
+            });
+            (
+                &self.names().delay,
+                delays::tier_for(wait, self.setup.delay_tiers),
+            )
+        } else {
+            let partition = wire::partition_of(task.uuid, self.setup.partitions);
+            (&self.names().topic, i32::try_from(partition).unwrap_or(0))
+        };
+        let record = FutureRecord::to(topic)
+            .partition(partition)
             .key(&key)
             .payload(&value)
             .headers(headers);
@@ -180,11 +227,7 @@ impl KafkaBroker {
             .map_err(|(error, _)| {
                 BackendError::new(
                     "kafka",
-                    format!(
-                        "sending task {} to `{}` failed",
-                        task.uuid,
-                        self.names().topic
-                    ),
+                    format!("sending task {} to `{topic}` failed", task.uuid),
                 )
                 .with_source(error)
             })
@@ -245,6 +288,7 @@ impl KafkaBroker {
             }
         };
         let uuid = message.uuid;
+        tracing::trace!(uuid = %uuid, partition = received.partition, offset = received.offset, seen_before = received.seen_before, "accepting task {uuid}");
         let task = match message.task {
             Some(task) => task,
             // The original's producer sends the three fields alone; the record has the rest.
@@ -585,6 +629,10 @@ impl qtasks_core::backend::Lifecycle for KafkaBroker {
         if let Some(mut consumer) = consumer {
             // The thread commits what is done and leaves the group.
             let _ = tokio::task::spawn_blocking(move || consumer.stop()).await;
+        }
+        let delays = self.delays.lock().take();
+        if let Some(mut delays) = delays {
+            let _ = tokio::task::spawn_blocking(move || delays.stop()).await;
         }
         Ok(())
     }

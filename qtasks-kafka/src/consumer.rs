@@ -284,8 +284,19 @@ fn read_batch(
                 // The assignment it was read in, now: a rebalance runs inside a later poll,
                 // and a message of the assignment before it is then no longer this worker's.
                 let Some(generation) = tracker.generation_of(message.partition()) else {
+                    tracing::trace!(
+                        partition = message.partition(),
+                        offset = message.offset(),
+                        "read a message of a partition not assigned here"
+                    );
                     continue;
                 };
+                tracing::trace!(
+                    partition = message.partition(),
+                    offset = message.offset(),
+                    generation,
+                    "read"
+                );
                 let headers = message
                     .headers()
                     .map(|headers| {
@@ -330,12 +341,23 @@ fn consume(
     stopping: &AtomicBool,
 ) {
     let mut paused = false;
+    let mut assigned: Vec<i32> = Vec::new();
     while !stopping.load(Ordering::Acquire) {
         // Read no further while the takes have plenty: the partitions stay this worker's,
-        // and what it has not read waits in Kafka for whichever worker owns them next.
+        // and what it has not read waits in Kafka for whichever worker owns them next. A new
+        // assignment is paused or resumed as a whole (librdkafka keeps a partition paused
+        // through a revoke and its assignment again: seen, a worker given back the
+        // partitions it had paused read nothing more).
         let full = tracker.buffered() >= setup.buffer;
-        if full != paused
-            && let Ok(assignment) = consumer.assignment()
+        let assignment = consumer.assignment().ok();
+        let now_assigned: Vec<i32> = assignment
+            .as_ref()
+            .map(|list| list.elements().iter().map(|e| e.partition()).collect())
+            .unwrap_or_default();
+        let reassigned = now_assigned != assigned;
+        assigned = now_assigned;
+        if (full != paused || reassigned)
+            && let Some(assignment) = assignment
         {
             let changed = if full {
                 consumer.pause(&assignment)

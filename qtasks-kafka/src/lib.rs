@@ -24,9 +24,10 @@
 //!   Tasks of one partition run at once, up to the worker's slots.
 //! - Priorities do not reorder the topic: Kafka keeps a partition in the order it was written,
 //!   and that is the order its tasks start in.
-//! - A delayed task (or a retry's backoff) waits in the memory of the worker that read it, and
-//!   holds its partition's committed offset until it runs: a worker that restarts reads the
-//!   partition again from there (the tasks that ended meanwhile are dropped).
+//! - A delayed task (or a retry's backoff) due later than a second waits in the topic
+//!   `N_qtasks_delay`, one partition per tier of wait (250 ms times a power of two), read by the
+//!   group `N_group_delay` and moved on when due; what is due sooner waits in the memory of the
+//!   worker that read it.
 //! - Cancel requests for running tasks travel on the topic `N_qtasks_cancel`, and messages that
 //!   are not tasks are set aside in `N_qtasks_dead` with the reason in a header.
 //! - Named queues and task limits are not kept (a worker that asks for them is told so).
@@ -35,6 +36,7 @@
 mod broker;
 mod consumer;
 mod dead_letters;
+mod delays;
 mod offsets;
 mod python_repr;
 mod wire;
@@ -236,7 +238,7 @@ impl Connector for Kafka {
                 (Arc::clone(storage), Arc::clone(global_config))
             }
         };
-        let partitions = ensure_topics(&servers, &names, &self.options).await?;
+        let (partitions, delay_tiers) = ensure_topics(&servers, &names, &self.options).await?;
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", &servers)
             .set("acks", "all")
@@ -258,6 +260,7 @@ impl Connector for Kafka {
                 names,
                 servers,
                 partitions,
+                delay_tiers: i32::try_from(delay_tiers).unwrap_or(1),
                 session_timeout: self.options.session_timeout,
                 revoke_patience: self.options.revoke_patience,
                 buffer: concurrency.saturating_mul(4).max(64),
@@ -276,13 +279,13 @@ impl Connector for Kafka {
     }
 }
 
-/// Creates the app's topics where they are missing, and returns the task topic's partition
-/// count (a topic that exists keeps its own).
+/// Creates the app's topics where they are missing, and returns the partition counts of the
+/// task topic and the delay topic (a topic that exists keeps its own).
 async fn ensure_topics(
     servers: &str,
     names: &Names,
     options: &KafkaOptions,
-) -> Result<usize, BackendError> {
+) -> Result<(usize, usize), BackendError> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", servers)
         .create()
@@ -295,6 +298,7 @@ async fn ensure_topics(
         NewTopic::new(&names.topic, partitions, replication()),
         NewTopic::new(&names.cancel, 1, replication()),
         NewTopic::new(&names.dead, 1, replication()),
+        NewTopic::new(&names.delay, delays::DELAY_TIERS, replication()),
     ];
     let created = admin
         .create_topics(
@@ -316,35 +320,38 @@ async fn ensure_topics(
             }
         }
     }
-    // The partition count, read back (the topic may have been made by another process).
-    let topic = names.topic.clone();
+    // The partition counts, read back (a topic may have been made by another process).
+    let topics = [names.topic.clone(), names.delay.clone()];
     let servers = servers.to_owned();
-    tokio::task::spawn_blocking(move || -> Result<usize, BackendError> {
+    tokio::task::spawn_blocking(move || -> Result<(usize, usize), BackendError> {
         let reader: rdkafka::consumer::BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &servers)
             .create()
             .map_err(|e| BackendError::new("kafka", "creating a client failed").with_source(e))?;
-        let metadata = reader
-            .fetch_metadata(Some(&topic), broker::SEND_TIMEOUT)
-            .map_err(|e| {
-                BackendError::new("kafka", format!("reading the topic `{topic}` failed"))
-                    .with_source(e)
-            })?;
-        let count = metadata
-            .topics()
-            .iter()
-            .find(|found| found.name() == topic)
-            .map_or(0, |found| found.partitions().len());
-        if count == 0 {
-            return Err(BackendError::new(
-                "kafka",
-                format!("the topic `{topic}` has no partitions"),
-            ));
+        let mut counts = [0; 2];
+        for (topic, count) in topics.iter().zip(&mut counts) {
+            let metadata = reader
+                .fetch_metadata(Some(topic), broker::SEND_TIMEOUT)
+                .map_err(|e| {
+                    BackendError::new("kafka", format!("reading the topic `{topic}` failed"))
+                        .with_source(e)
+                })?;
+            *count = metadata
+                .topics()
+                .iter()
+                .find(|found| found.name() == topic)
+                .map_or(0, |found| found.partitions().len());
+            if *count == 0 {
+                return Err(BackendError::new(
+                    "kafka",
+                    format!("the topic `{topic}` has no partitions"),
+                ));
+            }
         }
-        Ok(count)
+        Ok((counts[0], counts[1]))
     })
     .await
-    .map_err(|e| BackendError::new("kafka", "reading the topic failed").with_source(e))?
+    .map_err(|e| BackendError::new("kafka", "reading the topics failed").with_source(e))?
 }
 
 /// Reads the cancel topic from its end, in the background, for as long as the broker lives.

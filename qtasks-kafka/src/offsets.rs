@@ -163,6 +163,11 @@ impl Tracker {
     pub(crate) fn read(&self, received: Received) {
         let mut state = self.state.lock();
         let Some(track) = state.current_mut(received.partition, received.generation) else {
+            tracing::trace!(
+                partition = received.partition,
+                offset = received.offset,
+                "a message of an assignment revoked since"
+            );
             return;
         };
         if !track.outstanding.insert(received.offset) {

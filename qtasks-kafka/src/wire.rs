@@ -35,6 +35,10 @@ pub(crate) struct Names {
     pub(crate) cancel: String,
     /// `N_qtasks_dead`: messages that are not tasks, with the reason in a header.
     pub(crate) dead: String,
+    /// `N_qtasks_delay`: delayed tasks, one partition per tier of wait.
+    pub(crate) delay: String,
+    /// `N_group_delay`: the group that moves delayed tasks on when due.
+    pub(crate) delay_group: String,
 }
 
 impl Names {
@@ -46,6 +50,8 @@ impl Names {
             group: format!("{app}_group"),
             cancel: format!("{app}_qtasks_cancel"),
             dead: format!("{app}_qtasks_dead"),
+            delay: format!("{app}_qtasks_delay"),
+            delay_group: format!("{app}_group_delay"),
         })
     }
 }
