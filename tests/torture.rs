@@ -134,6 +134,16 @@ impl Engine {
         }
     }
 
+    /// How long the drain may take: on Kafka a minute more, for the aborting task's deaths
+    /// (each waits out the group's session, a restart and a join: up to 20 s with one worker).
+    fn drain(self) -> Duration {
+        if self == Engine::Kafka {
+            DRAIN + Duration::from_secs(60)
+        } else {
+            DRAIN
+        }
+    }
+
     /// Whether it keeps named queues (Kafka does not: its workers serve the default one).
     fn keeps_queues(self) -> bool {
         self != Engine::Kafka
@@ -1011,9 +1021,9 @@ async fn run(engine: Engine, seed: u64) {
                     // (A chord's callback has no record to wait on before its members end.)
                     let waitable = !matches!(task.kind, Kind::PoisonEntry | Kind::ChordCallback);
                     if waitable && rng.random_bool(0.2) {
-                        let (app, uuid) = (app.clone(), task.uuid);
+                        let (app, uuid, drain) = (app.clone(), task.uuid, engine.drain());
                         waiters.push(tokio::spawn(
-                            async move { (uuid, app.wait(uuid, DRAIN).await) },
+                            async move { (uuid, app.wait(uuid, drain).await) },
                         ));
                     }
                     added.push(task);
@@ -1085,7 +1095,7 @@ async fn run(engine: Engine, seed: u64) {
 
     // -- Drain: every task reaches its final status ------------------------------------------
     let mut finals: HashMap<Uuid, TaskRecord> = HashMap::new();
-    let deadline = Instant::now() + DRAIN;
+    let deadline = Instant::now() + engine.drain();
     for task in added.iter().filter(|task| task.kind != Kind::PoisonEntry) {
         loop {
             run.supervise();

@@ -81,9 +81,11 @@ pub(crate) struct KafkaBroker {
     delays: parking_lot::Mutex<Option<DelayConsumer>>,
     /// The messages of the running deliveries, by receipt.
     held: parking_lot::Mutex<HashMap<String, (Received, Uuid)>>,
-    /// The tasks whose messages are being accepted now, with how many: two copies of one
-    /// task's message in one batch must not take each other's run for a dead worker's.
-    accepting: parking_lot::Mutex<HashMap<Uuid, u32>>,
+    /// One message of a task accepted at a time: two copies of one task's message in one
+    /// batch must not take each other's run for a dead worker's.
+    accepting: KeyedLock,
+    /// What accepts finished after their take was dropped: the next take hands it out.
+    stash: parking_lot::Mutex<Vec<Accepted>>,
     receipts: AtomicU64,
     instance: String,
     cancels: broadcast::Sender<CancelRequest>,
@@ -110,7 +112,8 @@ impl KafkaBroker {
             consumer: parking_lot::Mutex::default(),
             delays: parking_lot::Mutex::default(),
             held: parking_lot::Mutex::default(),
-            accepting: parking_lot::Mutex::default(),
+            accepting: KeyedLock::default(),
+            stash: parking_lot::Mutex::default(),
             receipts: AtomicU64::new(0),
             instance: Uuid::new_v4().simple().to_string(),
             cancels,
@@ -334,13 +337,14 @@ impl KafkaBroker {
         // A message a worker of the group may have taken before may be one whose worker died
         // while it ran; unless this worker runs the task now, from another copy of its message
         // (a partition's tasks run only on its owner: the last one let its runs end first).
-        let _accepting = Accepting::new(&self.accepting, uuid);
-        let running_here = _accepting.with_another
-            || self
-                .held
-                .lock()
-                .values()
-                .any(|(_, running)| *running == uuid);
+        // One message of a task at a time (two copies in one batch must not take each other's
+        // run for a dead worker's).
+        let _one_at_a_time = self.accepting.lock(uuid).await;
+        let running_here = self
+            .held
+            .lock()
+            .values()
+            .any(|(_, running)| *running == uuid);
         let from: &[TaskStatus] = if received.seen_before && !running_here {
             &[TaskStatus::New, TaskStatus::Process]
         } else {
@@ -400,6 +404,25 @@ impl KafkaBroker {
                         .recovered(ended > 0)
                         .deliveries(ended.saturating_add(1)),
                 ))
+            }
+            Ok(Transition::Kept(TaskStatus::Process)) if running_here => {
+                // A copy of the message of a task this worker runs. If that run's message
+                // belongs to an assignment revoked since (a rebalance that did not wait for it
+                // to end, and gave the partition back), this copy takes its place: the run's
+                // finish marks this one done, so the offset is not committed past a running
+                // task.
+                let mut held = self.held.lock();
+                if let Some((running, _)) = held.values_mut().find(|(_, held)| *held == uuid)
+                    && !self
+                        .tracker
+                        .is_current(running.partition, running.generation)
+                {
+                    *running = received;
+                } else {
+                    drop(held);
+                    self.done(&received);
+                }
+                Ok(None)
             }
             Ok(Transition::Kept(status)) => {
                 if status == TaskStatus::Retry {
@@ -567,36 +590,44 @@ fn holds_outcome(record: &qtasks_core::TaskRecord, outcome: &Outcome) -> bool {
     }
 }
 
-/// One message of task `uuid` being accepted, counted while it lives.
-struct Accepting<'a> {
-    accepting: &'a parking_lot::Mutex<HashMap<Uuid, u32>>,
-    uuid: Uuid,
-    /// Another message of the task was being accepted when this one began.
-    with_another: bool,
+/// What an accept came to: a delivery, nothing (done with, or waiting for its time), or an
+/// error that leaves its message to be taken again.
+type Accepted = Result<Option<Delivery>, (Received, BackendError)>;
+
+/// A lock per task id, held across an accept's awaits; the map keeps only ids in use.
+#[derive(Default)]
+struct KeyedLock {
+    locks: parking_lot::Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-impl<'a> Accepting<'a> {
-    fn new(accepting: &'a parking_lot::Mutex<HashMap<Uuid, u32>>, uuid: Uuid) -> Self {
-        let mut counts = accepting.lock();
-        let count = counts.entry(uuid).or_default();
-        let with_another = *count > 0;
-        *count += 1;
-        Accepting {
-            accepting,
+/// A [`KeyedLock`]'s lock on one id, given up when dropped.
+struct KeyedGuard<'a> {
+    owner: &'a KeyedLock,
+    uuid: Uuid,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl KeyedLock {
+    async fn lock(&self, uuid: Uuid) -> KeyedGuard<'_> {
+        let lock = Arc::clone(self.locks.lock().entry(uuid).or_default());
+        let guard = Arc::clone(&lock).lock_owned().await;
+        KeyedGuard {
+            owner: self,
             uuid,
-            with_another,
+            lock,
+            guard: Some(guard),
         }
     }
 }
 
-impl Drop for Accepting<'_> {
+impl Drop for KeyedGuard<'_> {
     fn drop(&mut self) {
-        let mut counts = self.accepting.lock();
-        if let Some(count) = counts.get_mut(&self.uuid) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&self.uuid);
-            }
+        self.guard.take();
+        let mut locks = self.owner.locks.lock();
+        // Only the map and this guard know it: nobody waits for it.
+        if Arc::strong_count(&self.lock) == 2 {
+            locks.remove(&self.uuid);
         }
     }
 }
@@ -605,12 +636,26 @@ impl Drop for Accepting<'_> {
 /// back, to be taken again first.
 struct InHand<'a> {
     tracker: &'a Tracker,
-    messages: Vec<Received>,
+    /// The messages whose accepts have not ended.
+    unsettled: parking_lot::Mutex<Vec<Received>>,
+}
+
+impl InHand<'_> {
+    /// The accept of the message at (partition, offset, generation) has ended.
+    fn settle(&self, (partition, offset, generation): (i32, i64, u64)) {
+        self.unsettled.lock().retain(|received| {
+            (received.partition, received.offset, received.generation)
+                != (partition, offset, generation)
+        });
+    }
 }
 
 impl Drop for InHand<'_> {
     fn drop(&mut self) {
-        for received in self.messages.drain(..).rev() {
+        for mut received in self.unsettled.get_mut().drain(..).rev() {
+            // An accept cut half way may have taken the task: a record found `process` then
+            // is a run that never started, counted as a death and run again.
+            received.seen_before = true;
             self.tracker.put_back(received);
         }
     }
@@ -724,6 +769,10 @@ impl Broker for KafkaBroker {
                 ),
             ));
         }
+        if self.stopped.load(Ordering::Acquire) {
+            // A stopped broker joins no group again (nobody would leave it).
+            return Ok(Vec::new());
+        }
         self.join_group()?;
         let deadline = take
             .patience
@@ -733,20 +782,30 @@ impl Broker for KafkaBroker {
             tokio::pin!(arrived);
             arrived.as_mut().enable();
             let now_ms = (unix_now() * 1000.0) as u64;
-            let taken = self.tracker.take(take.max.max(1), now_ms);
+            // What the accepts of a take dropped half way came to, first.
+            let stashed = std::mem::take(&mut *self.stash.lock());
+            let taken = if stashed.is_empty() {
+                self.tracker.take(take.max.max(1), now_ms)
+            } else {
+                Vec::new()
+            };
             if !taken.is_empty() {
-                let mut in_hand = InHand {
+                let in_hand = InHand {
                     tracker: &self.tracker,
-                    messages: taken,
+                    unsettled: parking_lot::Mutex::new(taken.clone()),
                 };
-                let messages: Vec<Received> = in_hand.messages.clone();
-                // The storage writes of a batch go out together.
-                let accepted = futures_util::future::join_all(
-                    messages.into_iter().map(|received| self.accept(received)),
-                )
+                // The storage writes of a batch go out together. Each accept's end goes to the
+                // stash, so that one this take's caller drops is not lost.
+                futures_util::future::join_all(taken.into_iter().map(|received| async {
+                    let at = (received.partition, received.offset, received.generation);
+                    let accepted = self.accept(received).await;
+                    self.stash.lock().push(accepted);
+                    in_hand.settle(at);
+                }))
                 .await;
-                in_hand.messages.clear();
-                drop(in_hand);
+            }
+            let accepted = std::mem::take(&mut *self.stash.lock());
+            if !accepted.is_empty() {
                 let mut deliveries = Vec::new();
                 let mut failed = None;
                 for outcome in accepted {
@@ -891,7 +950,13 @@ impl Broker for KafkaBroker {
             }
             Err(error) => {
                 // Not stored: the message is taken again, and the record (`process`, its run
-                // gone) makes that take count this delivery as one that died.
+                // gone) makes that take count this delivery as one that died. A retry's next
+                // attempt written meanwhile would wait forever (no message): superseded.
+                self.supersede(
+                    child,
+                    format!("superseded: task {uuid}'s outcome was not stored"),
+                )
+                .await;
                 if let Some(mut received) = held {
                     received.seen_before = true;
                     self.tracker.put_back(received);

@@ -39,65 +39,119 @@ const POLL: Duration = Duration::from_millis(100);
 struct Marks {
     global_config: Arc<dyn GlobalConfig>,
     runtime: tokio::runtime::Handle,
-    /// Per partition: the mark when it was assigned, and the mark written since.
-    partitions: Mutex<HashMap<i32, (i64, i64)>>,
+    partitions: Mutex<HashMap<i32, Mark>>,
+}
+
+/// One assigned partition's read mark.
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    /// The mark when the partition was assigned here (`i64::MAX` when it could not be read:
+    /// every message then counts as taken before, which errs on the side of running again).
+    at_assign: i64,
+    /// The mark as stored now, when known: a mark that could not be read is read again before
+    /// the first write, so that a write never lowers it.
+    stored: Option<i64>,
 }
 
 impl Marks {
-    /// Reads the marks of newly assigned partitions. A mark that cannot be read counts as
-    /// "everything may have been taken before", which errs on the side of running again.
+    /// Reads the marks of newly assigned partitions.
     fn load(&self, partitions: &[i32]) {
         let read = self
             .runtime
             .block_on(self.global_config.get_all(MARKS_ENTRY));
-        let marks = match read {
-            Ok(marks) => marks,
+        let mut held = self.partitions.lock();
+        match read {
+            Ok(marks) => {
+                for partition in partitions {
+                    let mark = match marks.get(&partition.to_string()) {
+                        None => Mark {
+                            at_assign: 0,
+                            stored: Some(0),
+                        },
+                        Some(text) => match text.parse::<i64>() {
+                            Ok(mark) => Mark {
+                                at_assign: mark,
+                                stored: Some(mark),
+                            },
+                            Err(_) => {
+                                // Overwritten by the next batch's write.
+                                tracing::error!(
+                                    partition,
+                                    "partition {partition}'s read mark `{text}` is no offset; its messages count as taken before"
+                                );
+                                Mark {
+                                    at_assign: i64::MAX,
+                                    stored: Some(0),
+                                }
+                            }
+                        },
+                    };
+                    held.insert(*partition, mark);
+                }
+            }
             Err(error) => {
                 tracing::warn!(
                     "reading the partitions' read marks failed; their messages count as taken before: {}",
                     qtasks_core::backend::ErrorChain(&error)
                 );
-                let mut held = self.partitions.lock();
                 for partition in partitions {
-                    held.insert(*partition, (i64::MAX, i64::MAX));
+                    held.insert(
+                        *partition,
+                        Mark {
+                            at_assign: i64::MAX,
+                            stored: None,
+                        },
+                    );
                 }
-                return;
             }
-        };
-        let mut held = self.partitions.lock();
-        for partition in partitions {
-            let mark = marks
-                .get(&partition.to_string())
-                .and_then(|mark| mark.parse().ok())
-                .unwrap_or(0);
-            held.insert(*partition, (mark, mark));
         }
     }
 
     /// Whether `offset` of `partition` lies below the mark it had when it was assigned
     /// (`None`: the partition is not assigned here).
     fn seen_before(&self, partition: i32, offset: i64) -> Option<bool> {
-        let (at_assign, _) = *self.partitions.lock().get(&partition)?;
-        Some(offset < at_assign)
+        let mark = *self.partitions.lock().get(&partition)?;
+        Some(offset < mark.at_assign)
     }
 
     /// Moves each partition's mark past `offsets` (the last offset of a batch, per
     /// partition), so that a later owner knows they were handed out. `false` while a mark
-    /// cannot be written: the batch must not be handed out yet.
+    /// cannot be read or written: the batch must not be handed out yet.
     fn advance(&self, offsets: &HashMap<i32, i64>) -> bool {
         for (partition, offset) in offsets {
-            let written = match self.partitions.lock().get(partition) {
-                Some((_, written)) => *written,
-                None => continue,
+            let Some(mark) = self.partitions.lock().get(partition).copied() else {
+                continue;
             };
-            if *offset < written {
+            let stored = match mark.stored {
+                Some(stored) => stored,
+                None => {
+                    let read = self
+                        .runtime
+                        .block_on(self.global_config.get(MARKS_ENTRY, &partition.to_string()));
+                    match read {
+                        Ok(text) => text.and_then(|text| text.parse().ok()).unwrap_or(0),
+                        Err(error) => {
+                            tracing::warn!(
+                                partition,
+                                "reading partition {partition}'s read mark failed; its messages wait: {}",
+                                qtasks_core::backend::ErrorChain(&error)
+                            );
+                            return false;
+                        }
+                    }
+                }
+            };
+            if *offset < stored {
+                if let Some(held) = self.partitions.lock().get_mut(partition) {
+                    held.stored = Some(stored);
+                }
                 continue;
             }
-            let mark = offset.saturating_add(1);
+            let next = offset.saturating_add(1);
             let set = self.runtime.block_on(self.global_config.set(
                 MARKS_ENTRY,
                 &partition.to_string(),
-                &mark.to_string(),
+                &next.to_string(),
             ));
             if let Err(error) = set {
                 tracing::warn!(
@@ -108,7 +162,7 @@ impl Marks {
                 return false;
             }
             if let Some(held) = self.partitions.lock().get_mut(partition) {
-                held.1 = mark;
+                held.stored = Some(next);
             }
         }
         true
@@ -411,7 +465,7 @@ fn consume(
     commit(
         consumer,
         &setup.topic,
-        &tracker.commits_due(),
+        &tracker.all_points(),
         CommitMode::Sync,
     );
     consumer.unsubscribe();

@@ -120,6 +120,14 @@ struct Waiting {
     headers: Vec<(String, Vec<u8>)>,
 }
 
+/// The due time a message's [`DUE_HEADER`] names (Unix milliseconds); a message with none, or
+/// with one that is no number, is due now.
+fn due_of(header: Option<Vec<u8>>) -> i64 {
+    header
+        .and_then(|due| std::str::from_utf8(&due).ok()?.trim().parse::<i64>().ok())
+        .unwrap_or_else(now_ms)
+}
+
 fn now_ms() -> i64 {
     (qtasks_core::backend::unix_now() * 1000.0) as i64
 }
@@ -128,13 +136,27 @@ fn run(consumer: &BaseConsumer, forward: &Forward, stopping: &AtomicBool) {
     // Per tier, its messages read and not forwarded yet, in order.
     let mut waiting: HashMap<i32, VecDeque<Waiting>> = HashMap::new();
     let mut paused: Vec<i32> = Vec::new();
+    let mut last_assigned: Vec<i32> = Vec::new();
     while !stopping.load(Ordering::Acquire) {
         match consumer.poll(POLL) {
             Some(Ok(message)) => {
                 let tier = message.partition();
+                // It leaves its tier after the tier's wait from when it was written, and no
+                // later than it is due, nor than the tier's wait from now (a producer whose
+                // clock runs ahead must not hold the tier behind it).
+                let wait = i64::try_from(tier_wait(tier).as_millis()).unwrap_or(i64::MAX);
                 let written = message.timestamp().to_millis().unwrap_or_else(now_ms);
+                let due = due_of(message.headers().and_then(|headers| {
+                    headers
+                        .iter()
+                        .find(|header| header.key == DUE_HEADER)
+                        .and_then(|header| header.value)
+                        .map(<[u8]>::to_vec)
+                }));
                 let leaves_at_ms = written
-                    .saturating_add(i64::try_from(tier_wait(tier).as_millis()).unwrap_or(i64::MAX));
+                    .saturating_add(wait)
+                    .min(due)
+                    .min(now_ms().saturating_add(wait));
                 let headers = message
                     .headers()
                     .map(|headers| {
@@ -168,7 +190,17 @@ fn run(consumer: &BaseConsumer, forward: &Forward, stopping: &AtomicBool) {
             .map(|list| list.elements().iter().map(|e| e.partition()).collect())
             .unwrap_or_default();
         waiting.retain(|tier, _| assigned.contains(tier));
-        paused.retain(|tier| assigned.contains(tier));
+        if assigned != last_assigned {
+            // librdkafka keeps a partition paused through a revoke and its assignment again:
+            // a new assignment is paused or resumed whole, below.
+            paused = assigned.clone();
+            let mut every = TopicPartitionList::new();
+            for tier in &assigned {
+                let _ = every.add_partition(&forward.delay_topic, *tier);
+            }
+            let _ = consumer.pause(&every);
+            last_assigned = assigned.clone();
+        }
         // Each tier's due messages go on, in order; the tier's offset follows them.
         let now = now_ms();
         let mut commits = TopicPartitionList::new();
@@ -233,13 +265,15 @@ impl Forward {
     /// Sends a message whose tier's wait has passed on: to the tier of the time it has left,
     /// or to its task's partition of the task topic.
     fn send_on(&self, message: &Waiting) -> Result<(), rdkafka::error::KafkaError> {
-        let due_ms = message
-            .headers
-            .iter()
-            .find(|(key, _)| key == DUE_HEADER)
-            .and_then(|(_, due)| std::str::from_utf8(due).ok()?.parse::<i64>().ok())
-            .unwrap_or(0);
-        let left = Duration::from_millis(u64::try_from(due_ms - now_ms()).unwrap_or(0));
+        let due_ms = due_of(
+            message
+                .headers
+                .iter()
+                .find(|(key, _)| key == DUE_HEADER)
+                .map(|(_, due)| due.clone()),
+        );
+        let left =
+            Duration::from_millis(u64::try_from(due_ms.saturating_sub(now_ms())).unwrap_or(0));
         let mut headers = OwnedHeaders::new();
         for (key, value) in &message.headers {
             headers = headers.insert(Header {

@@ -146,9 +146,10 @@ impl Tracker {
         }
         let mut points = Vec::new();
         for partition in partitions {
+            // Committed again even where nothing moved: an asynchronous commit may have
+            // failed.
             if let Some(track) = state.partitions.remove(partition)
                 && let Some(point) = track.commit_point()
-                && track.committed.is_none_or(|committed| point > committed)
             {
                 points.push((*partition, point));
             }
@@ -249,6 +250,26 @@ impl Tracker {
         }
         drop(state);
         self.done.notify_all();
+    }
+
+    /// Whether the message read in `generation` of `partition` belongs to its assignment now.
+    pub(crate) fn is_current(&self, partition: i32, generation: u64) -> bool {
+        self.state
+            .lock()
+            .partitions
+            .get(&partition)
+            .is_some_and(|track| track.generation == generation)
+    }
+
+    /// Every assigned partition's commit point (a stop commits them all, whatever was sent
+    /// before: an asynchronous commit may have failed).
+    pub(crate) fn all_points(&self) -> Vec<(i32, i64)> {
+        let state = self.state.lock();
+        state
+            .partitions
+            .iter()
+            .filter_map(|(partition, track)| Some((*partition, track.commit_point()?)))
+            .collect()
     }
 
     /// The partitions whose commit point moved since their last commit, with the point
