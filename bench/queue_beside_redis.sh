@@ -21,6 +21,10 @@ case "$engine" in
   kafka) queue_args="\"--kafka\", \"${3:-127.0.0.1:19092}\"";;
   *) echo "queue_beside_redis.sh: rabbitmq or kafka, not $engine" >&2; exit 2;;
 esac
+# The other engine's app has a name of this run's own: a Kafka topic keeps its messages after
+# the harness flushes Redis, and a run stopped half way would leave them to the next one.
+app="QueueTasks_$(date +%s)"
+queue_args="$queue_args, \"--app\", \"$app\""
 results="${BENCH_RESULTS:-/tmp/bench-$engine}/$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$results"
 export BENCH_RESULTS="$results"
@@ -39,8 +43,8 @@ JSON
 cat > "$other_cfg" <<JSON
 {"enqueue_cmd": ["$bin", "enqueue", "--url", "{url}", $queue_args, "--n", "{n}"],
  "worker_cmd": ["$bin", "worker", "--url", "{url}", $queue_args, "--threads", "1"],
- "started": {"kind": "below", "db": 0, "cmds": [["HGET", "QueueTasks:qtasks:records:stats", "w:0"]]},
- "done": {"kind": "empty", "db": 0, "cmds": [["HGET", "QueueTasks:qtasks:records:stats", "w:0"], ["HGET", "QueueTasks:qtasks:records:stats", "running"]]},
+ "started": {"kind": "below", "db": 0, "cmds": [["HGET", "$app:qtasks:records:stats", "w:0"]]},
+ "done": {"kind": "empty", "db": 0, "cmds": [["HGET", "$app:qtasks:records:stats", "w:0"], ["HGET", "$app:qtasks:records:stats", "running"]]},
  "w2": [{"label": "default", "n": 500, "warmup": 5,
          "client_cmd": ["$bin", "w2", "--url", "{url}", $queue_args, "--n", "{n}", "--warmup", "{warmup}"]}],
  "env": {"RUST_LOG": "warn"}}

@@ -66,6 +66,7 @@ pub(crate) struct Setup {
     pub(crate) session_timeout: Duration,
     pub(crate) revoke_patience: Duration,
     pub(crate) buffer: usize,
+    pub(crate) fetch_wait: Duration,
 }
 
 pub(crate) struct KafkaBroker {
@@ -137,6 +138,7 @@ impl KafkaBroker {
                 session_timeout: self.setup.session_timeout,
                 revoke_patience: self.setup.revoke_patience,
                 buffer: self.setup.buffer,
+                fetch_wait: self.setup.fetch_wait,
             };
             *consumer = Some(
                 GroupConsumer::start(

@@ -262,6 +262,8 @@ pub(crate) struct GroupSetup {
     pub(crate) revoke_patience: Duration,
     /// How many read messages may wait for a take before the consumer pauses its partitions.
     pub(crate) buffer: usize,
+    /// How long a fetch waits on the server for messages (`fetch.wait.max.ms`).
+    pub(crate) fetch_wait: Duration,
 }
 
 impl GroupConsumer {
@@ -289,6 +291,10 @@ impl GroupConsumer {
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
             .set("session.timeout.ms", session_ms.to_string())
+            .set(
+                "fetch.wait.max.ms",
+                setup.fetch_wait.as_millis().clamp(1, 10_000).to_string(),
+            )
             .set("heartbeat.interval.ms", (session_ms / 4).to_string())
             .create_with_context(context)?;
         consumer.subscribe(&[&setup.topic])?;

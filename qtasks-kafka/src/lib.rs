@@ -264,6 +264,7 @@ impl Connector for Kafka {
                 session_timeout: self.options.session_timeout,
                 revoke_patience: self.options.revoke_patience,
                 buffer: concurrency.saturating_mul(4).max(64),
+                fetch_wait: self.options.fetch_wait,
             },
             producer,
             Arc::clone(&storage),
@@ -432,6 +433,11 @@ pub struct KafkaOptions {
     /// waits for the running tasks of those partitions to end before it lets them go; a task
     /// still running then may run again on the partition's next owner. Default 30 s.
     pub revoke_patience: Duration,
+    /// How long a worker's fetch waits on the server for messages (`fetch.wait.max.ms`): the
+    /// longest an idle worker takes to see a new task on a server that answers a fetch only
+    /// when its wait ends (tansu does; Apache Kafka answers as soon as a message comes).
+    /// Default 100 ms: an idle worker sends ten fetches a second.
+    pub fetch_wait: Duration,
 }
 
 impl Default for KafkaOptions {
@@ -441,6 +447,7 @@ impl Default for KafkaOptions {
             replication: 1,
             session_timeout: Duration::from_secs(10),
             revoke_patience: Duration::from_secs(30),
+            fetch_wait: Duration::from_millis(100),
         }
     }
 }
@@ -464,6 +471,13 @@ impl KafkaOptions {
     #[must_use]
     pub fn session_timeout(mut self, timeout: Duration) -> Self {
         self.session_timeout = timeout;
+        self
+    }
+
+    /// Sets [`fetch_wait`](Self::fetch_wait).
+    #[must_use]
+    pub fn fetch_wait(mut self, wait: Duration) -> Self {
+        self.fetch_wait = wait;
         self
     }
 
