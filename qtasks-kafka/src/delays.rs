@@ -288,7 +288,7 @@ impl Forward {
             // to partition 0, where a worker sets it aside as a dead letter).
             let uuid = std::str::from_utf8(&message.value)
                 .ok()
-                .and_then(|value| value.rsplitn(3, ':').nth(1)?.parse().ok());
+                .and_then(|value| value.rsplit(':').nth(1)?.parse().ok());
             let partition = uuid.map_or(0, |uuid| wire::partition_of(uuid, self.task_partitions));
             (&self.task_topic, i32::try_from(partition).unwrap_or(0))
         };
