@@ -309,8 +309,8 @@ def self_test(metadata):
 
     def new_member(meta):
         fake = copy.deepcopy(next(p for p in meta["packages"] if p["name"] == "qtasks-redis"))
-        fake["name"] = "qtasks-kafka"
-        fake["id"] = "path+file:///fake/qtasks-kafka#0.1.0"
+        fake["name"] = "qtasks-nats"
+        fake["id"] = "path+file:///fake/qtasks-nats#0.1.0"
         meta["packages"].append(fake)
         meta["workspace_members"].append(fake["id"])
         meta["resolve"]["nodes"].append({"id": fake["id"], "deps": [], "dependencies": [], "features": []})
@@ -348,7 +348,7 @@ def self_test(metadata):
         ("a surface depends on an engine",
          mutated(lambda m: add_edge(m, "qtasks-grpc", "qtasks-redis")),
          empty_tree, "qtasks-grpc depends on qtasks-redis"),
-        ("a crate with no rule", mutated(new_member), empty_tree, "qtasks-kafka has no rule"),
+        ("a crate with no rule", mutated(new_member), empty_tree, "qtasks-nats has no rule"),
         ("an engine feature forces another engine on",
          mutated(lambda m: feature(m, "qtasks", "rabbitmq", ["dep:qtasks-rabbitmq", "redis"])),
          empty_tree, "feature `rabbitmq` turns on qtasks-rabbitmq, qtasks-redis"),
