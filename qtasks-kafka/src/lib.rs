@@ -375,8 +375,27 @@ async fn listen_for_cancels(
         .map_err(|e| {
             BackendError::new("kafka", "creating the cancel listener failed").with_source(e)
         })?;
+    // From the topic's end as it is now, read before connect returns: a logical "end" is
+    // resolved later, when the consumer first fetches, and a cancel sent in between (a client
+    // that cancels a task this worker runs, on a loaded machine) would be skipped. Seen once
+    // in CI.
+    let end = {
+        let (servers, name) = (servers.to_owned(), topic.to_owned());
+        tokio::task::spawn_blocking(move || -> Result<i64, rdkafka::error::KafkaError> {
+            let reader: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &servers)
+                .create()?;
+            Ok(reader.fetch_watermarks(&name, 0, broker::SEND_TIMEOUT)?.1)
+        })
+        .await
+        .map_err(|e| BackendError::new("kafka", "reading the cancel topic failed").with_source(e))?
+        .map_err(|e| {
+            BackendError::new("kafka", format!("reading the end of `{topic}` failed"))
+                .with_source(e)
+        })?
+    };
     let mut list = rdkafka::TopicPartitionList::new();
-    list.add_partition_offset(topic, 0, rdkafka::Offset::End)
+    list.add_partition_offset(topic, 0, rdkafka::Offset::Offset(end))
         .and_then(|()| consumer.assign(&list))
         .map_err(|e| {
             BackendError::new("kafka", format!("reading the topic `{topic}` failed")).with_source(e)
