@@ -2110,7 +2110,11 @@ mod replicated {
             let master = OwnRedis::start("torture-sentinel-master", true);
             let replica = OwnRedis::start_replica("torture-sentinel-replica", master.port);
             qtasks_test_support::until_replica_synced(replica.port).await;
-            let sentinels = OwnSentinels::start(&master, "torture");
+            // Down after 3 s, not 1 s: on two busy cores a promoted master starved for a second
+            // was called down again, and the Sentinels failed back over to the killed master
+            // (relaunched with its stale data), losing what the new one had taken (CI, seed
+            // 20261204; the Sentinels' logs showed the second failover).
+            let sentinels = OwnSentinels::start_with_down_after(&master, "torture", 3000);
             sentinels.until_ready(1).await;
             Sentinel {
                 expected_master: master.port,
@@ -2207,8 +2211,11 @@ mod replicated {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                     self.expected_master = self.master_port().await;
-                    // Back, as the new master's replica (the Sentinels tell it so).
-                    self.nodes[index].launch();
+                    // Back, as the new master's replica at once (the Sentinels would make it one
+                    // only seconds later: meanwhile a master with stale data, which a failover
+                    // of their own could promote).
+                    let new_master = self.expected_master;
+                    self.nodes[index].launch_as_replica_of(new_master);
                     (
                         "master SIGKILLed, its replica promoted",
                         elapsed_ms(started),

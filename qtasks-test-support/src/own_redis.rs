@@ -88,6 +88,14 @@ impl OwnRedis {
         }
     }
 
+    /// Starts the server again as a replica of the one on `master` (a master that died, back
+    /// after its replica was promoted: as the Sentinels would make it, but at once, so that it
+    /// never serves its stale data as a master meanwhile).
+    pub fn launch_as_replica_of(&mut self, master: u16) {
+        self.replica_of = Some(master);
+        self.launch();
+    }
+
     /// SIGKILL: no goodbye, nothing flushed but what the append-only file already holds.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -223,15 +231,30 @@ pub struct OwnSentinels {
 
 impl OwnSentinels {
     pub fn start(master: &OwnRedis, name: &str) -> OwnSentinels {
-        Self::start_with(master, name, None)
+        Self::start_with(master, name, None, 1000)
+    }
+
+    /// Sentinels that call a master down after `down_after_ms` of silence (1,000 for
+    /// [`start`](Self::start)): a busy machine can starve a server for a second.
+    pub fn start_with_down_after(
+        master: &OwnRedis,
+        name: &str,
+        down_after_ms: u64,
+    ) -> OwnSentinels {
+        Self::start_with(master, name, None, down_after_ms)
     }
 
     /// Sentinels that ask their clients (and each other) for `password`.
     pub fn start_with_password(master: &OwnRedis, name: &str, password: &str) -> OwnSentinels {
-        Self::start_with(master, name, Some(password))
+        Self::start_with(master, name, Some(password), 1000)
     }
 
-    fn start_with(master: &OwnRedis, name: &str, password: Option<&str>) -> OwnSentinels {
+    fn start_with(
+        master: &OwnRedis,
+        name: &str,
+        password: Option<&str>,
+        down_after_ms: u64,
+    ) -> OwnSentinels {
         let dir = scratch_dir("sentinels");
         let mut ports = Vec::new();
         let mut children = Vec::new();
@@ -247,7 +270,7 @@ impl OwnSentinels {
                 auth + &format!(
                     "port {port}\nbind 127.0.0.1\ndir {dir}\nlogfile {dir}/sentinel-{i}.log\n\
                      sentinel monitor {name} 127.0.0.1 {} 2\n\
-                     sentinel down-after-milliseconds {name} 1000\n\
+                     sentinel down-after-milliseconds {name} {down_after_ms}\n\
                      sentinel failover-timeout {name} 10000\n\
                      sentinel parallel-syncs {name} 1\n",
                     master.port,
