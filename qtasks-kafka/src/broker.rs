@@ -246,7 +246,7 @@ impl KafkaBroker {
         reason: &str,
         revives: bool,
     ) -> Result<(), BackendError> {
-        let mut headers = OwnedHeaders::new().insert(Header {
+        let mut headers = wire::to_send(&received.headers, &[]).insert(Header {
             key: wire::REASON_HEADER,
             value: Some(reason),
         });
@@ -254,12 +254,6 @@ impl KafkaBroker {
             headers = headers.insert(Header {
                 key: wire::REVIVE_HEADER,
                 value: Some("1"),
-            });
-        }
-        for (key, value) in &received.headers {
-            headers = headers.insert(Header {
-                key: key.as_str(),
-                value: Some(value.as_slice()),
             });
         }
         let record = FutureRecord::<(), _>::to(&self.names().dead)
@@ -476,10 +470,7 @@ impl KafkaBroker {
     /// it aside), or the bytes as they were, which a worker sets aside again if they are still
     /// not a task.
     async fn requeue_letter(&self, letter: &Letter) -> Result<(), BackendError> {
-        let revives = letter
-            .headers
-            .iter()
-            .any(|(key, _)| key == wire::REVIVE_HEADER);
+        let revives = wire::header(&letter.headers, wire::REVIVE_HEADER).is_some();
         if let Ok(message) = wire::decode(&letter.value, &letter.headers) {
             let task = match message.task {
                 Some(task) => Some(task),
@@ -500,15 +491,7 @@ impl KafkaBroker {
                 return self.send(&task, 0).await;
             }
         }
-        let mut headers = OwnedHeaders::new();
-        for (key, value) in &letter.headers {
-            if key != wire::REASON_HEADER && key != wire::REVIVE_HEADER {
-                headers = headers.insert(Header {
-                    key: key.as_str(),
-                    value: Some(value.as_slice()),
-                });
-            }
-        }
+        let headers = wire::to_send(&letter.headers, &[wire::REASON_HEADER, wire::REVIVE_HEADER]);
         let record = FutureRecord::<(), _>::to(&self.names().topic)
             .payload(&letter.value)
             .headers(headers);

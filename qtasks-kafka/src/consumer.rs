@@ -14,10 +14,11 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use qtasks_core::components::GlobalConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
 use crate::offsets::{Received, Tracker};
+use crate::wire;
 
 /// How many messages one batch of the consumer reads at most: each batch writes each of its
 /// partitions' read marks once, before any of its messages is handed out.
@@ -357,20 +358,7 @@ fn read_batch(
                     generation,
                     "read"
                 );
-                let headers = message
-                    .headers()
-                    .map(|headers| {
-                        headers
-                            .iter()
-                            .map(|header| {
-                                (
-                                    header.key.to_owned(),
-                                    header.value.map(<[u8]>::to_vec).unwrap_or_default(),
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let headers = wire::headers_of(&message);
                 batch.push(Received {
                     partition: message.partition(),
                     offset: message.offset(),

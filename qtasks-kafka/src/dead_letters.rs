@@ -7,7 +7,7 @@ use std::time::Duration;
 use qtasks_core::backend::BackendError;
 use qtasks_core::stats::DeadLetter;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::wire;
@@ -29,11 +29,8 @@ pub(crate) struct Letter {
 impl Letter {
     /// The letter as the app shows it.
     pub(crate) fn shown(&self) -> DeadLetter {
-        let reason = self
-            .headers
-            .iter()
-            .find(|(key, _)| key == wire::REASON_HEADER)
-            .map(|(_, reason)| String::from_utf8_lossy(reason).into_owned())
+        let reason = wire::header(&self.headers, wire::REASON_HEADER)
+            .map(|reason| String::from_utf8_lossy(reason).into_owned())
             .unwrap_or_default();
         DeadLetter::new(
             self.offset.to_string(),
@@ -107,20 +104,7 @@ fn read_blocking(
             letters.push(Letter {
                 offset,
                 value: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                headers: message
-                    .headers()
-                    .map(|headers| {
-                        headers
-                            .iter()
-                            .map(|header| {
-                                (
-                                    header.key.to_owned(),
-                                    header.value.map(<[u8]>::to_vec).unwrap_or_default(),
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default(),
+                headers: wire::headers_of(&message),
                 at: message.timestamp().to_millis().unwrap_or(0) as f64 / 1000.0,
             });
         }

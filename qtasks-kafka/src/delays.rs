@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
@@ -122,9 +122,9 @@ struct Waiting {
 
 /// The due time a message's [`DUE_HEADER`] names (Unix milliseconds); a message with none, or
 /// with one that is no number, is due now.
-fn due_of(header: Option<Vec<u8>>) -> i64 {
-    header
-        .and_then(|due| std::str::from_utf8(&due).ok()?.trim().parse::<i64>().ok())
+fn due_of(headers: &[(String, Vec<u8>)]) -> i64 {
+    wire::header(headers, DUE_HEADER)
+        .and_then(|due| std::str::from_utf8(due).ok()?.trim().parse::<i64>().ok())
         .unwrap_or_else(now_ms)
 }
 
@@ -146,31 +146,11 @@ fn run(consumer: &BaseConsumer, forward: &Forward, stopping: &AtomicBool) {
                 // clock runs ahead must not hold the tier behind it).
                 let wait = i64::try_from(tier_wait(tier).as_millis()).unwrap_or(i64::MAX);
                 let written = message.timestamp().to_millis().unwrap_or_else(now_ms);
-                let due = due_of(message.headers().and_then(|headers| {
-                    headers
-                        .iter()
-                        .find(|header| header.key == DUE_HEADER)
-                        .and_then(|header| header.value)
-                        .map(<[u8]>::to_vec)
-                }));
+                let headers = wire::headers_of(&message);
                 let leaves_at_ms = written
                     .saturating_add(wait)
-                    .min(due)
+                    .min(due_of(&headers))
                     .min(now_ms().saturating_add(wait));
-                let headers = message
-                    .headers()
-                    .map(|headers| {
-                        headers
-                            .iter()
-                            .map(|header| {
-                                (
-                                    header.key.to_owned(),
-                                    header.value.map(<[u8]>::to_vec).unwrap_or_default(),
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
                 waiting.entry(tier).or_default().push_back(Waiting {
                     offset: message.offset(),
                     leaves_at_ms,
@@ -265,22 +245,10 @@ impl Forward {
     /// Sends a message whose tier's wait has passed on: to the tier of the time it has left,
     /// or to its task's partition of the task topic.
     fn send_on(&self, message: &Waiting) -> Result<(), rdkafka::error::KafkaError> {
-        let due_ms = due_of(
-            message
-                .headers
-                .iter()
-                .find(|(key, _)| key == DUE_HEADER)
-                .map(|(_, due)| due.clone()),
-        );
+        let due_ms = due_of(&message.headers);
         let left =
             Duration::from_millis(u64::try_from(due_ms.saturating_sub(now_ms())).unwrap_or(0));
-        let mut headers = OwnedHeaders::new();
-        for (key, value) in &message.headers {
-            headers = headers.insert(Header {
-                key: key.as_str(),
-                value: Some(value.as_slice()),
-            });
-        }
+        let headers = wire::to_send(&message.headers, &[]);
         let (topic, partition) = if left >= DELAY_THRESHOLD {
             (&self.delay_topic, tier_for(left, self.tiers))
         } else {

@@ -81,6 +81,51 @@ fn check_app_name(app: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A message's headers, owned (a header with no value reads as empty).
+pub(crate) fn headers_of(message: &impl rdkafka::Message) -> Vec<(String, Vec<u8>)> {
+    use rdkafka::message::Headers;
+    message
+        .headers()
+        .map(|headers| {
+            headers
+                .iter()
+                .map(|header| {
+                    (
+                        header.key.to_owned(),
+                        header.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The value of header `name` among `headers`.
+pub(crate) fn header<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a [u8]> {
+    headers
+        .iter()
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.as_slice())
+}
+
+/// Owned headers to send again, but those `skip` names.
+pub(crate) fn to_send(
+    headers: &[(String, Vec<u8>)],
+    skip: &[&str],
+) -> rdkafka::message::OwnedHeaders {
+    let mut sent = rdkafka::message::OwnedHeaders::new();
+    for (key, value) in headers
+        .iter()
+        .filter(|(key, _)| !skip.contains(&key.as_str()))
+    {
+        sent = sent.insert(rdkafka::message::Header {
+            key: key.as_str(),
+            value: Some(value.as_slice()),
+        });
+    }
+    sent
+}
+
 /// The original's message value: `task_name:uuid:priority`.
 pub(crate) fn value_of(task: &QueuedTask) -> String {
     format!("{}:{}:{}", task.task_name, task.uuid, task.priority)
@@ -130,12 +175,7 @@ pub(crate) fn decode(value: &[u8], headers: &[(String, Vec<u8>)]) -> Result<Mess
     if task_name.is_empty() {
         return Err(format!("the message `{}` names no task", shown()));
     }
-    let header = |name: &str| {
-        headers
-            .iter()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.as_slice())
-    };
+    let header = |name: &str| header(headers, name);
     let task = match header(TASK_HEADER) {
         None => None,
         Some(json) => {
