@@ -13,8 +13,10 @@ root="$(cd "$here/.." && pwd)"
 harness="${BENCH_HARNESS:-$root/../shared/bench}"
 [ -d "$harness" ] || { echo "the harness is not at $harness (set BENCH_HARNESS)"; exit 2; }
 
-cargo build --release -p qtasks-bench --manifest-path "$root/Cargo.toml"
-bin="$root/target/release/qtasks-bench"
+# Without the other engines' features, and optimised as one program (the workspace's
+# `release-lto` profile): the worker measured is the binary a Redis user deploys.
+cargo build --profile release-lto -p qtasks-bench --no-default-features --manifest-path "$root/Cargo.toml"
+bin="$root/target/release-lto/qtasks-bench"
 results="${BENCH_RESULTS:-/tmp/bench-results}"
 mkdir -p "$results"
 export BENCH_RESULTS="$results"

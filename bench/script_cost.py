@@ -138,8 +138,9 @@ def main():
                 fields = ["updated_at", "1796395301.17743", "finished_at", "1796395301.17743",
                           "started_at", "1796395301.17742", "worker", "vm:9540:f5b01230",
                           "status", "success", "returning", "1"]
+                # Both protocols declare each outcome's record and live items.
+                finish_keys += [key(task), key(f"qtasks:items:{task}")]
                 if args.two_call:
-                    finish_keys += [key(task), key(f"qtasks:items:{task}")]
                     finish_argv += [receipt, task, "t:1796395301:success", "", len(fields) // 2, *fields, 0]
                 else:
                     finish_argv += [receipt, task, "t:1796395301:success", "", "", len(fields) // 2, *fields, 0]

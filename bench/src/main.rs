@@ -137,38 +137,86 @@ async fn redis_app(url: &str, concurrency: usize) -> QueueTasks {
     let kafka: String = arg("--kafka", String::new());
     let pg: String = arg("--pg", String::new());
     if !kafka.is_empty() {
+        return other_engines::kafka_app(url, &kafka, config).await;
+    }
+    if !pg.is_empty() {
+        return other_engines::postgres_app(&pg, config).await;
+    }
+    if !amqp.is_empty() {
+        return other_engines::rabbitmq_app(url, &amqp, config).await;
+    }
+    // QTASKS_BENCH_NO_RECORDS_INDEX=1 measures the hot path without the records' index;
+    // `--wait-replicas N` waits for N replicas after each add and finish (at most 1 s).
+    let replicas: u32 = arg("--wait-replicas", 0);
+    let options = RedisOptions {
+        records_index: std::env::var_os("QTASKS_BENCH_NO_RECORDS_INDEX").is_none(),
+        wait_for_replicas: (replicas > 0).then_some(qtasks::redis::WaitForReplicas {
+            replicas,
+            timeout: Duration::from_secs(1),
+        }),
+        // `--partitions K`: the app spread over K partitions (`bench/cluster.py`).
+        partitions: arg("--partitions", 1),
+        ..RedisOptions::default()
+    };
+    qtasks::redis::connect_with(url, config, options)
+        .await
+        .expect("Redis is reachable")
+}
+
+/// The engines beside Redis, each behind the bench's cargo feature of its name (all on by
+/// default): `bench/compare.sh` builds without them, so that the worker it measures is the
+/// binary a user of the Redis engine builds (its peak RSS counts the code it maps).
+mod other_engines {
+    use qtasks::{QueueConfig, QueueTasks};
+
+    /// The queue on Kafka at `kafka`, the records on the Redis at `url`.
+    #[cfg(feature = "kafka")]
+    pub(super) async fn kafka_app(url: &str, kafka: &str, config: QueueConfig) -> QueueTasks {
         let storage = qtasks::redis::Redis::new(url);
         let options = qtasks::kafka::KafkaOptions::default();
-        qtasks::kafka::connect_with(&kafka, storage, config, options)
+        qtasks::kafka::connect_with(kafka, storage, config, options)
             .await
             .expect("Kafka and Redis are reachable")
-    } else if !pg.is_empty() {
-        qtasks::postgres::connect_with(&pg, config, qtasks::postgres::PostgresOptions::default())
+    }
+
+    /// The whole app on PostgreSQL at `pg`.
+    #[cfg(feature = "postgres")]
+    pub(super) async fn postgres_app(pg: &str, config: QueueConfig) -> QueueTasks {
+        qtasks::postgres::connect_with(pg, config, qtasks::postgres::PostgresOptions::default())
             .await
             .expect("PostgreSQL is reachable")
-    } else if amqp.is_empty() {
-        // QTASKS_BENCH_NO_RECORDS_INDEX=1 measures the hot path without the records' index;
-        // `--wait-replicas N` waits for N replicas after each add and finish (at most 1 s).
-        let replicas: u32 = arg("--wait-replicas", 0);
-        let options = RedisOptions {
-            records_index: std::env::var_os("QTASKS_BENCH_NO_RECORDS_INDEX").is_none(),
-            wait_for_replicas: (replicas > 0).then_some(qtasks::redis::WaitForReplicas {
-                replicas,
-                timeout: Duration::from_secs(1),
-            }),
-            // `--partitions K`: the app spread over K partitions (`bench/cluster.py`).
-            partitions: arg("--partitions", 1),
-            ..RedisOptions::default()
-        };
-        qtasks::redis::connect_with(url, config, options)
-            .await
-            .expect("Redis is reachable")
-    } else {
+    }
+
+    /// The queue on RabbitMQ at `amqp`, the records on the Redis at `url`.
+    #[cfg(feature = "rabbitmq")]
+    pub(super) async fn rabbitmq_app(url: &str, amqp: &str, config: QueueConfig) -> QueueTasks {
         let storage = qtasks::redis::Redis::new(url);
         let options = qtasks::rabbitmq::RabbitMqOptions::default();
-        qtasks::rabbitmq::connect_with(&amqp, storage, config, options)
+        qtasks::rabbitmq::connect_with(amqp, storage, config, options)
             .await
             .expect("RabbitMQ and Redis are reachable")
+    }
+
+    #[cfg(not(feature = "kafka"))]
+    pub(super) async fn kafka_app(_: &str, _: &str, _: QueueConfig) -> QueueTasks {
+        missing("kafka")
+    }
+
+    #[cfg(not(feature = "postgres"))]
+    pub(super) async fn postgres_app(_: &str, _: QueueConfig) -> QueueTasks {
+        missing("postgres")
+    }
+
+    #[cfg(not(feature = "rabbitmq"))]
+    pub(super) async fn rabbitmq_app(_: &str, _: &str, _: QueueConfig) -> QueueTasks {
+        missing("rabbitmq")
+    }
+
+    #[cfg(not(all(feature = "kafka", feature = "postgres", feature = "rabbitmq")))]
+    fn missing(feature: &str) -> ! {
+        panic!(
+            "this qtasks-bench was built without its `{feature}` feature: build it with the default features (`cargo build --release -p qtasks-bench`)"
+        )
     }
 }
 
@@ -509,6 +557,7 @@ async fn drain_live(app: &QueueTasks, n: u64, comm: &str) {
 /// transaction), `add_in` (`BEGIN`, the add, `COMMIT` on a connection of the caller's pool),
 /// and, as an application would, an `INSERT` of an order row alone and with the task in its
 /// transaction. Prints the median rate of each, and the ratios.
+#[cfg(feature = "postgres")]
 async fn add_in_cost(n: u64) {
     use qtasks::postgres::AddInExt;
     use qtasks::postgres::sqlx::{self, AssertSqlSafe, Executor};
@@ -601,6 +650,7 @@ fn main() {
             "stats" => stats(&url, arg("--n", 200)).await,
             "waiters" => waiters(&url, arg("--n", 10_000)).await,
             "drain" => drain(&url, arg("--n", 20_000)).await,
+            #[cfg(feature = "postgres")]
             "addin" => add_in_cost(arg("--n", 2_000)).await,
             "inmem" => {
                 inmem(

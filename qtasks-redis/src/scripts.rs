@@ -155,12 +155,14 @@ end
 }
 
 /// The Lua function both take scripts share to mark one taken task (see [`MARK`] for what it
-/// answers): `mark_one(leases, stats, gone, index, leased, key, now, check_lease, with_fields)`
-/// marks the record at `key` `process` for the delivery `leased` (token and member).
+/// answers): `mark_one(leases, stats, gone, index, leased, key, now, check_lease, with_fields,
+/// fresh)` marks the record at `key` `process` for the delivery `leased` (token and member).
 /// `check_lease` first checks that the lease is still `leased`'s (the separate mark call; the
-/// take that leased it in the same script knows). `with_fields` reads the record whole (one
-/// `HGETALL`) and answers it; without, the mark reads only the five fields it decides by
-/// (`HMGET`) and answers `false` for the record, which the worker then reads itself: a record
+/// take that leased it in the same script knows). `fresh` says the token is new to this call
+/// (a take's first send), so the record cannot carry it yet. `with_fields` reads the record
+/// whole (one `HGETALL`) and answers it; without, the mark reads only the fields it decides by
+/// (`HMGET` of `status` and `deliveries`, and `marked_by` unless `fresh`; the rarer fields only
+/// where they matter) and answers `false` for the record, which the worker then reads itself: a record
 /// carried through Lua (into the script, then out in its answer) costs Redis about twice what
 /// the mark itself does, which a big batch pays per task and a lone task pays in a round trip.
 /// `index` is the records' index, or nil when it is not kept. Needs [`priorities!`].
@@ -177,7 +179,7 @@ local function uncount_cancelled(stats, leased)
   end
 end
 
-local function mark_one(leases, stats, gone, index, leased, key, now, check_lease, with_fields)
+local function mark_one(leases, stats, gone, index, leased, key, now, check_lease, with_fields, fresh)
   if check_lease and not redis.call('ZSCORE', leases, leased) then
     return {'lost'}
   end
@@ -200,11 +202,22 @@ local function mark_one(leases, stats, gone, index, leased, key, now, check_leas
       end
     end
   else
-    local got = redis.pcall('HMGET', key, 'status', 'marked_by', 'deliveries', 'queued_cancel', 'created_at')
+    -- Each field looked up scans the record, so only what decides this mark is read:
+    -- `marked_by` only where this delivery may have marked it before (`fresh`: its token is new
+    -- to this call), `queued_cancel` only in a final record, and `created_at` only in a record
+    -- another producer wrote (no `deliveries`: it is indexed here).
+    local got
+    if fresh then
+      got = redis.pcall('HMGET', key, 'status', 'deliveries')
+    else
+      got = redis.pcall('HMGET', key, 'status', 'deliveries', 'marked_by')
+    end
     if got['err'] then
       return {'bad', 'its record key holds a ' .. redis.call('TYPE', key)['ok'] .. ', not a hash'}
     end
-    status, marked_by, deliveries_text, queued_cancel, created_text = got[1], got[2], got[3], got[4], got[5]
+    status, deliveries_text, marked_by = got[1], got[2], got[3]
+    if status and final_statuses[status] then queued_cancel = redis.call('HGET', key, 'queued_cancel') end
+    if index and not deliveries_text then created_text = redis.call('HGET', key, 'created_at') end
   end
   if not status then
     if redis.call('EXISTS', key) == 0 and redis.call('SREM', gone, string.sub(key, -36)) == 1 then
@@ -251,8 +264,8 @@ end
 -- script cannot handle) answers `{'bad', reason}` for that task alone, and the rest of the
 -- batch runs. (One failing command would otherwise fail the whole batch, which would then be
 -- taken again, and fail again, every lease.)
-local function mark_guarded(leases, stats, gone, index, leased, key, now, check_lease, with_fields)
-  local ok, answer = pcall(mark_one, leases, stats, gone, index, leased, key, now, check_lease, with_fields)
+local function mark_guarded(leases, stats, gone, index, leased, key, now, check_lease, with_fields, fresh)
+  local ok, answer = pcall(mark_one, leases, stats, gone, index, leased, key, now, check_lease, with_fields, fresh)
   if ok then return answer end
   if type(answer) == 'table' then answer = answer['err'] end
   return {'bad', 'marking its record failed: ' .. tostring(answer)}
@@ -326,7 +339,7 @@ local canonical = '^[^:]*:(' .. string.rep(hex, 8) .. '%-' .. string.rep(hex, 4)
 -- A small take (a lone task's, say) carries the records in its answer (no second round trip);
 -- a big one leaves them to the worker to read (see `marking!`).
 local INLINE_RECORDS = 8
-local function mark_taken(out)
+local function mark_taken(out, fresh)
   local inline = #out <= INLINE_RECORDS
   for j = 1, #out do
     local taken = out[j]
@@ -334,7 +347,7 @@ local function mark_taken(out)
     local uuid, priority
     if entry then uuid, priority = string.match(entry, canonical) end
     if uuid and #priority <= 18 then
-      taken[4] = mark_guarded(KEYS[2], stats, gone, index, taken[3] .. taken[1], ARGV[4] .. ':' .. uuid, now, false, inline)
+      taken[4] = mark_guarded(KEYS[2], stats, gone, index, taken[3] .. taken[1], ARGV[4] .. ':' .. uuid, now, false, inline, fresh)
     else
       taken[4] = false
     end
@@ -356,7 +369,7 @@ if ARGV[7 + 2 * m] == '1' then
     end
   until cursor == '0'
   if #again > 0 then
-    mark_taken(again)
+    mark_taken(again, false)
     return {again, false}
   end
 end
@@ -482,7 +495,7 @@ for i = 1, m do
 end
 if #leases > 0 then zadd_pairs(KEYS[2], leases) end
 
-mark_taken(out)
+mark_taken(out, true)
 return {out, next_due}
 "#
 );
@@ -529,7 +542,7 @@ local n = tonumber(ARGV[2])
 local index = KEYS[4 + n]
 local out = {}
 for i = 1, n do
-  out[i] = mark_guarded(KEYS[1], KEYS[2], KEYS[3], index, ARGV[2 + i], KEYS[3 + i], ARGV[1], true, true)
+  out[i] = mark_guarded(KEYS[1], KEYS[2], KEYS[3], index, ARGV[2 + i], KEYS[3 + i], ARGV[1], true, true, false)
 end
 return out
 "#
@@ -618,12 +631,12 @@ return #members
 /// The live items of a stream task (`N:qtasks:items:{uuid}`) go: the record's `returning`
 /// holds them all now.
 ///
-/// What every outcome pays is kept to four commands (`ZREM` of its lease, one `HSET`, one
-/// `PEXPIRE`, one `PUBLISH`); the counters (one `HINCRBY` per second and status), the items'
-/// `DEL` and the look at the cancel requests are paid once per batch. (Waiters since this
-/// release read a message of several uuids separated by spaces, so a later release may tell a
-/// whole batch in one message; older waiters would miss such messages, so it waits a release.) A record key that holds no hash makes
-/// its `HSET` fail: only then is its type read, for the answer.
+/// What every outcome pays is kept to three commands (`ZREM` of its lease, one `HSET`, one
+/// `PEXPIRE`); the counters (one `HINCRBY` per second and status), the items' `DEL`, the look
+/// at the cancel requests and the message to the waiters (one `PUBLISH` of the batch's uuids
+/// separated by spaces, which waiters read since 2026-12-04; an older waiter finds its result
+/// at its next safety look instead) are paid once per batch. A record key that holds no hash
+/// makes its `HSET` fail: only then is its type read, for the answer.
 ///
 /// The record and the live items of each outcome are declared, so that on a Redis Cluster whose
 /// slot is being migrated the call is sent where all of them are (a key the script built would
@@ -655,6 +668,7 @@ local any_cancel = redis.call('HLEN', KEYS[3]) > 0
 local ended = {}       -- bucket -> outcomes counted in it
 local buckets = {}     -- the buckets in the order first seen
 local items = {}       -- the items keys of the stored outcomes
+local told = {}        -- the uuids whose waiters are told, in one message at the end
 
 local function count_in(bucket)
   if not ended[bucket] then
@@ -723,7 +737,7 @@ local function finish_one(k, a, n, child, c)
       if items_key then items[#items + 1] = items_key end
       count_in(bucket_now('cancel'))
       if ttl > 0 then redis.call('PEXPIRE', record, ttl) end
-      redis.call('PUBLISH', channel, uuid)
+      told[#told + 1] = uuid
       return {3, cancel}
     end
   end
@@ -744,7 +758,7 @@ local function finish_one(k, a, n, child, c)
   end
   count_in(bucket)
   if ttl > 0 then redis.call('PEXPIRE', record, ttl) end
-  redis.call('PUBLISH', channel, uuid)
+  told[#told + 1] = uuid
   return 1
 end
 
@@ -774,6 +788,8 @@ for i = 1, count do
 end
 if #items > 0 then redis.call('DEL', unpack(items)) end
 for _, bucket in ipairs(buckets) do count_ended(KEYS[2], bucket, ended[bucket]) end
+-- The waiters of the whole batch in one message (uuids separated by spaces).
+if #told > 0 then redis.call('PUBLISH', channel, table.concat(told, ' ')) end
 return out
 "#
 );
