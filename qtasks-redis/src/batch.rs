@@ -42,6 +42,15 @@ impl ScriptPart {
         part
     }
 
+    /// A part with room for `args` arguments of `bytes` bytes in all (one allocation each,
+    /// where growing one argument at a time reallocates several times per task).
+    pub(super) fn with_capacity(args: usize, bytes: usize) -> Self {
+        ScriptPart {
+            keys: Vec::with_capacity(1),
+            args: redis::Cmd::with_capacity(args, bytes),
+        }
+    }
+
     pub(super) fn arg(&mut self, value: impl redis::ToRedisArgs) -> &mut Self {
         self.args.arg(value);
         self

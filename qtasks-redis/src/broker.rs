@@ -704,12 +704,7 @@ impl RedisBroker {
         let now = unix_now();
         let parts = tasks
             .iter()
-            .map(|task| {
-                let mut part = ScriptPart::default();
-                part.keys.push(self.keys.record(task.uuid));
-                self.new_task_args(&mut part, task, delay_ms(task, now));
-                part
-            })
+            .map(|task| self.new_task_part(task, delay_ms(task, now)))
             .collect();
         let answers = match queue {
             None => self.adds.write_now(parts).await,
@@ -872,12 +867,42 @@ impl RedisBroker {
     /// creation time in ms (for the index).
     fn new_task_args(&self, part: &mut ScriptPart, task: &QueuedTask, delay_ms: Option<i64>) {
         let fields = queued_record_fields(task, self.keys.records_index.is_some());
-        part.arg(fields.len())
-            .arg(&fields)
-            .arg(queue_entry(task))
-            .arg(delay_ms.map_or_else(String::new, |ms| ms.to_string()))
-            .arg(qtasks_core::records::secs_to_ms(task.created_at));
+        push_task_args(part, task, &fields, queue_entry(task), delay_ms);
     }
+
+    /// A new task's part of an add call: its record key, then the arguments
+    /// [`new_task_args`](Self::new_task_args) gives, in a part sized for them at once (an
+    /// add's hot path: growing it one argument at a time reallocated several times per task).
+    fn new_task_part(&self, task: &QueuedTask, delay_ms: Option<i64>) -> ScriptPart {
+        let fields = queued_record_fields(task, self.keys.records_index.is_some());
+        let entry = queue_entry(task);
+        let bytes = fields
+            .iter()
+            .map(|(name, value)| name.len() + value.len())
+            .sum::<usize>()
+            + entry.len()
+            + 48;
+        let mut part = ScriptPart::with_capacity(2 * fields.len() + 4, bytes);
+        part.keys.push(self.keys.record(task.uuid));
+        push_task_args(&mut part, task, &fields, entry, delay_ms);
+        part
+    }
+}
+
+/// A new task's arguments of an add call (see `scripts::ADD`): its field count, its fields,
+/// its queue entry, its delay ('' for none) and its creation time in ms.
+fn push_task_args(
+    part: &mut ScriptPart,
+    task: &QueuedTask,
+    fields: &[(&'static str, String)],
+    entry: String,
+    delay_ms: Option<i64>,
+) {
+    part.arg(fields.len())
+        .arg(fields)
+        .arg(entry)
+        .arg(delay_ms.map_or_else(String::new, |ms| ms.to_string()))
+        .arg(qtasks_core::records::secs_to_ms(task.created_at));
 }
 
 /// The add batcher of a queue (`None`: the default one): its keys, and for a named queue the
@@ -1173,9 +1198,7 @@ impl Broker for RedisBroker {
 
     async fn add(&self, task: QueuedTask) -> Result<(), BackendError> {
         // How long from now, by this process's clock; when, by Redis's (`scripts::ADD`).
-        let mut part = ScriptPart::default();
-        part.keys.push(self.keys.record(task.uuid));
-        self.new_task_args(&mut part, &task, delay_ms(&task, unix_now()));
+        let part = self.new_task_part(&task, delay_ms(&task, unix_now()));
         let added = match task.queue.as_deref() {
             None => self.adds.submit(part).await,
             Some(queue) => self.named_batcher(queue).await?.submit(part).await,
@@ -1282,6 +1305,12 @@ impl Broker for RedisBroker {
 
     fn supports_queues(&self) -> bool {
         true
+    }
+
+    /// Two: each chunk's script calls are sent on the commands connection at their first
+    /// poll, and Redis runs them in the order it reads them.
+    fn add_many_chunks_at_once(&self) -> usize {
+        2
     }
 
     async fn next_batch(&self, max: usize) -> Result<Vec<Delivery>, BackendError> {

@@ -477,6 +477,11 @@ impl Broker for PartitionedBroker {
         true
     }
 
+    /// As each partition's broker: its share of a chunk goes out at the first poll.
+    fn add_many_chunks_at_once(&self) -> usize {
+        2
+    }
+
     fn partition_of(&self, uuid: Uuid) -> usize {
         partition_of(uuid, self.parts.len() as u16)
     }

@@ -19,15 +19,27 @@ use qtasks_core::{QueuedTask, TaskRecord, TaskStatus};
 /// The fields written when a task is added (the original's `TaskStatusNewSchema`, in its
 /// order).
 pub(super) fn new_record_fields(task: &QueuedTask) -> Vec<(&'static str, String)> {
-    let mut fields = vec![
+    // Sized for every field at once (an add's hot path: no regrowth), the arguments encoded
+    // where they are (as `Value::Array` and `Value::Object` print them, without a copy), and
+    // the creation time formatted once for both times.
+    let mut fields = Vec::with_capacity(16);
+    let created_at = task.created_at.to_string();
+    fields.extend([
         ("task_name", task.task_name.clone()),
         ("priority", task.priority.to_string()),
-        ("args", Value::Array(task.args.clone()).to_string()),
-        ("kwargs", Value::Object(task.kwargs.clone()).to_string()),
-        ("created_at", task.created_at.to_string()),
-        ("updated_at", task.created_at.to_string()),
+        // Encoding a list of values, or a map of them by string keys, cannot fail.
+        (
+            "args",
+            serde_json::to_string(&task.args).unwrap_or_default(),
+        ),
+        (
+            "kwargs",
+            serde_json::to_string(&task.kwargs).unwrap_or_default(),
+        ),
+        ("created_at", created_at.clone()),
+        ("updated_at", created_at),
         ("status", TaskStatus::New.as_str().to_owned()),
-    ];
+    ]);
     if let Some(retry) = task.retry {
         fields.push(("retry", retry.to_string()));
     }

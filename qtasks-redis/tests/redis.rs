@@ -892,6 +892,50 @@ async fn a_bulk_add_queues_every_task_once_and_each_runs_once() {
     app.flush_all().await.unwrap();
 }
 
+/// `add_many` sends its chunks two at a time on Redis, and still queues the calls in their
+/// order: with unique calls among the plain ones (a chunk that has any is stored whole before
+/// the next one goes out, since its adds after the first leave later).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
+async fn a_bulk_add_with_unique_calls_keeps_the_order_across_chunks() {
+    let Some(url) = redis_url("a_bulk_add_with_unique_calls_keeps_the_order_across_chunks") else {
+        return;
+    };
+    let prefix = unique_prefix("bulkorder");
+    let app = redis_app(&url, &prefix, RedisOptions::default(), 64).await;
+    let n = 2600;
+    // Unique calls at 650, 1350 and 2050: in the second, third and fifth chunks of 512.
+    let calls = (0..n).map(|i| {
+        let call = concat::call(format!("t{i}"), "!".to_owned());
+        if i % 700 == 650 {
+            call.unique(format!("key{i}"), Duration::from_secs(600))
+        } else {
+            call
+        }
+    });
+    let handles = app.add_many(calls).await.unwrap();
+    assert_eq!(handles.len(), n);
+    let mut con = raw_connection(&url).await;
+    let queue: Vec<String> = con
+        .lrange(format!("{prefix}:task_queue"), 0, -1)
+        .await
+        .unwrap();
+    let expected: Vec<String> = handles
+        .iter()
+        .map(|handle| format!("concat:{}:0", handle.uuid()))
+        .collect();
+    assert_eq!(queue.len(), n);
+    let first_out_of_place = queue
+        .iter()
+        .zip(&expected)
+        .position(|(got, want)| got != want);
+    assert_eq!(
+        first_out_of_place, None,
+        "the queue is not in the calls' order"
+    );
+    app.flush_all().await.unwrap();
+}
+
 /// A bulk add names uuids: one known already (added before) and one twice in the same batch.
 /// Each is queued once; the known one keeps its first record. (The add script asks once per
 /// batch whether any record exists, so both kinds of repeat go through their own paths.)

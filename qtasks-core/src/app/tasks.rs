@@ -20,8 +20,7 @@ use crate::{
 };
 
 /// How many calls of one [`QueueTasks::add_many`] are prepared, then stored, together: a
-/// Redis script call's worth (512), while the chunk before is on the wire; few enough to
-/// bound the memory of a long iterator.
+/// Redis script call's worth (512); few enough to bound the memory of a long iterator.
 const ADD_MANY_CHUNK: usize = 512;
 
 /// How many unique adds of one [`QueueTasks::add_many`] are under way at once: each is a
@@ -244,16 +243,50 @@ impl QueueTasks {
         &self,
         calls: impl IntoIterator<Item = TaskCall<H>>,
     ) -> Result<Vec<H>> {
+        use futures_util::StreamExt;
         let mut calls = calls.into_iter();
         let mut handles = Vec::new();
-        let mut prepared = self.prepare_many(&mut calls).await?;
-        // Each chunk is stored while the next one is prepared: the broker's round trip and the
-        // server's work overlap this process's (encoding, triggers) instead of following it.
-        while !prepared.is_empty() {
-            let (stored, next) =
-                tokio::join!(self.store_many(prepared), self.prepare_many(&mut calls));
+        // The chunks being stored, in their order; the next chunk is prepared while they are
+        // (the server's work overlaps this process's: encoding, triggers, the request). As many
+        // at once as the broker keeps in order (Redis: two, so that it writes one while this
+        // process builds and sends the next).
+        let at_once = self.components().broker.add_many_chunks_at_once().max(1);
+        let mut storing = futures_util::stream::FuturesOrdered::new();
+        let mut before_all_plain = true;
+        loop {
+            let prepared = {
+                let prepare = self.prepare_many(&mut calls);
+                tokio::pin!(prepare);
+                loop {
+                    tokio::select! {
+                        biased;
+                        Some(stored) = storing.next(), if !storing.is_empty() => {
+                            let stored: Vec<TaskHandle> = stored?;
+                            handles.extend(stored.into_iter().map(H::from_task_handle));
+                        }
+                        prepared = &mut prepare => break prepared?,
+                    }
+                }
+            };
+            if prepared.is_empty() {
+                break;
+            }
+            // Room first: a chunk is handed over (and first polled) only once fewer than
+            // `at_once` are being stored, and only once the chunk before is stored whole if it
+            // had unique calls (its adds after the first go out later, so the next chunk's
+            // must wait for them to keep the calls' order).
+            let room = if before_all_plain { at_once } else { 1 };
+            before_all_plain = prepared.iter().all(|call| call.unique.is_none());
+            while storing.len() >= room {
+                if let Some(stored) = storing.next().await {
+                    let stored: Vec<TaskHandle> = stored?;
+                    handles.extend(stored.into_iter().map(H::from_task_handle));
+                }
+            }
+            storing.push_back(self.store_many(prepared));
+        }
+        while let Some(stored) = storing.next().await {
             handles.extend(stored?.into_iter().map(H::from_task_handle));
-            prepared = next?;
         }
         Ok(handles)
     }

@@ -528,6 +528,16 @@ pub trait Broker: Lifecycle {
         0
     }
 
+    /// How many of [`QueueTasks::add_many`](crate::QueueTasks::add_many)'s chunks may be
+    /// handed to [`add_many`](Self::add_many) at once: 1 (the default) hands the next chunk
+    /// over once the one before is stored. A broker that sends each call's request before its
+    /// first poll returns, on one connection that the server reads in order (Redis), says 2:
+    /// the next chunk's request is then built and sent while the server writes the one
+    /// before, and the order of the calls still holds.
+    fn add_many_chunks_at_once(&self) -> usize {
+        1
+    }
+
     /// Whether lower priority numbers are taken first (the default). A broker whose queue
     /// keeps the order tasks were added in, whatever their priority (Kafka's partitions), says
     /// `false`: its tasks start first in, first out within each partition.
