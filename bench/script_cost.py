@@ -69,6 +69,56 @@ TAKEN_FIELDS = ["status", "task_name", "priority", "args", "kwargs", "created_at
                 "retry_parent_uuid", "traceparent", "group_uuid", "expires_at", "max_time",
                 "queue", "hand_backs", "rate_key", "workflow"]
 
+def start_counted(port):
+    """redis-server under callgrind on `port`, and a client to it."""
+    out = os.path.join(tempfile.mkdtemp(prefix="qtasks-callgrind-"), "callgrind.out")
+    server = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+                               "redis-server", "--port", str(port), "--save", "",
+                               "--appendonly", "no"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(300):
+        try:
+            return server, out, Resp(port)
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("redis-server under callgrind did not start")
+
+def counted_total(server, out):
+    subprocess.run(["callgrind_control", "-d", str(server.pid)], capture_output=True, check=True)
+    time.sleep(1)
+    server.terminate()
+    server.wait()
+    for line in open(out + ".1", errors="replace"):
+        if line.startswith(("summary:", "totals:")):
+            return int(line.split()[1])
+    raise RuntimeError("callgrind wrote no total")
+
+def count_adds(script, args):
+    """Redis's instructions per task added by the add script, in calls of 512 tasks laid out
+    as `RedisBroker::add_many` sends them (the records' index kept)."""
+    server, out, r = start_counted(args.port)
+    try:
+        app = "QueueTasks"
+        key = lambda name: f"{app}:{name}"
+        add = r.call("SCRIPT", "LOAD", script("ADD")).decode()
+        subprocess.run(["callgrind_control", "-z", str(server.pid)], capture_output=True, check=True)
+        for start in range(0, args.n, 512):
+            tasks = [str(uuid.uuid4()) for _ in range(start, min(start + 512, args.n))]
+            keys = [key("qtasks:stats"), key("task_queue"), key("qtasks:delayed"),
+                    key("qtasks:queues"), key("qtasks:records:index")] + [key(t) for t in tasks]
+            argv = ["1", key("qtasks:added"), "default", len(tasks)]
+            for i, task in enumerate(tasks):
+                fields = ["task_name", "noop", "priority", "0", "args", f"[{start + i}]",
+                          "kwargs", "{}", "created_at", "1796395301.1409173", "updated_at",
+                          "1796395301.1409173", "status", "new", "deliveries", "0"]
+                argv += [len(fields) // 2, *fields, f"noop:{task}:0", "", "1796395301140"]
+            answers = r.call("EVALSHA", add, len(keys), *keys, *argv)
+            if answers != [1] * len(tasks):
+                raise RuntimeError(f"the add answered {answers[:3]}")
+    finally:
+        total = counted_total(server, out)
+    print(f"add: {args.n} tasks added in calls of 512: {total / args.n:,.0f} Redis instructions per task")
+
 def main():
     parser = argparse.ArgumentParser()
     here = os.path.dirname(os.path.abspath(__file__))
@@ -77,8 +127,12 @@ def main():
     parser.add_argument("--n", type=int, default=1024)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--port", type=int, default=6396)
+    parser.add_argument("--add", action="store_true",
+                        help="count the add script instead: N tasks added in calls of 512")
     args = parser.parse_args()
     script = scripts_of(args.scripts)
+    if args.add:
+        return count_adds(script, args)
     out = os.path.join(tempfile.mkdtemp(prefix="qtasks-callgrind-"), "callgrind.out")
     server = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
                                "redis-server", "--port", str(args.port), "--save", "",
