@@ -263,7 +263,9 @@ async fn write_batches(mut queue: mpsc::UnboundedReceiver<Queued>, write: WriteB
 
 /// The writer of one kind of batch: one call of the script per batch. The call is built in one
 /// buffer of the right size; a server that does not know the script yet (restarted, flushed)
-/// is sent it.
+/// gets the same call again as `EVAL`, with the script's text: one command that runs it and
+/// teaches it the script, so that a call sent after this one (the next chunk of an
+/// `add_many`, sent while this one was on the wire) cannot run before it does.
 fn writer(
     code: &'static str,
     commands: Link,
@@ -284,28 +286,32 @@ fn writer(
             let arg_count: usize = all()
                 .map(|part| part.keys.len() + part.args().count())
                 .sum();
-            let size: usize = all().map(ScriptPart::size).sum::<usize>() + hash.len() + 40;
-            let mut call = redis::Cmd::with_capacity(arg_count + 4, size);
-            call.arg("EVALSHA").arg(&*hash).arg(key_count);
-            for part in all() {
-                for key in &part.keys {
-                    call.arg(key);
+            // `EVALSHA hash` or `EVAL code`, then the same keys and arguments.
+            let build = |command: &str, script: &str| {
+                let size = all().map(ScriptPart::size).sum::<usize>() + script.len() + 40;
+                let mut call = redis::Cmd::with_capacity(arg_count + 4, size);
+                call.arg(command).arg(script).arg(key_count);
+                for part in all() {
+                    for key in &part.keys {
+                        call.arg(key);
+                    }
                 }
-            }
-            for arg in fixed.args() {
-                call.arg(arg);
-            }
-            call.arg(parts.len());
-            for part in &parts {
-                for arg in part.args() {
+                for arg in fixed.args() {
                     call.arg(arg);
                 }
-            }
+                call.arg(parts.len());
+                for part in &parts {
+                    for arg in part.args() {
+                        call.arg(arg);
+                    }
+                }
+                call
+            };
+            let call = build("EVALSHA", &hash);
             let Some(replicas) = replicas else {
                 return match call.query_async::<Vec<redis::Value>>(&mut con).await {
                     Err(error) if is_no_script(&error) => {
-                        load(code, &mut con).await?;
-                        call.query_async(&mut con).await
+                        build("EVAL", code).query_async(&mut con).await
                     }
                     answer => answer,
                 };
@@ -316,8 +322,7 @@ fn writer(
             if let [redis::Value::ServerError(error), _] = sent.as_slice()
                 && error.kind() == Some(redis::ServerErrorKind::NoScript)
             {
-                load(code, &mut con).await?;
-                sent = call_then_wait(&call, &replicas.wait, &mut con).await?;
+                sent = call_then_wait(&build("EVAL", code), &replicas.wait, &mut con).await?;
             }
             let mut sent = sent.into_iter();
             let (Some(answers), Some(waited)) = (sent.next(), sent.next()) else {
@@ -351,15 +356,6 @@ fn writer(
 
 fn is_no_script(error: &redis::RedisError) -> bool {
     error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
-}
-
-/// Sends a script to a server that does not know it (restarted, flushed).
-async fn load(code: &str, con: &mut Link) -> redis::RedisResult<()> {
-    redis::cmd("SCRIPT")
-        .arg("LOAD")
-        .arg(code)
-        .query_async::<()>(con)
-        .await
 }
 
 /// `call`, then `WAIT` for the replicas, in one pipeline: both answers, errors included.

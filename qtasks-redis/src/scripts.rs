@@ -495,7 +495,10 @@ for i = 1, m do
 end
 if #leases > 0 then zadd_pairs(KEYS[2], leases) end
 
-mark_taken(out, true)
+-- Fresh tokens only on a first send: a call sent again that found none of its first send's
+-- leases (they ran out, and may be taken back right here by the same tokens) reads
+-- `marked_by`, so a task its first send marked is not counted twice.
+mark_taken(out, ARGV[7 + 2 * m] ~= '1')
 return {out, next_due}
 "#
 );
@@ -786,10 +789,11 @@ for i = 1, count do
   end
   k, a = next_k, next_a
 end
+-- The waiters of the whole batch in one message (uuids separated by spaces), before anything
+-- that may fail (a counter's key of another type): the outcomes are written by now.
+if #told > 0 then redis.call('PUBLISH', channel, table.concat(told, ' ')) end
 if #items > 0 then redis.call('DEL', unpack(items)) end
 for _, bucket in ipairs(buckets) do count_ended(KEYS[2], bucket, ended[bucket]) end
--- The waiters of the whole batch in one message (uuids separated by spaces).
-if #told > 0 then redis.call('PUBLISH', channel, table.concat(told, ' ')) end
 return out
 "#
 );

@@ -936,6 +936,117 @@ async fn a_bulk_add_with_unique_calls_keeps_the_order_across_chunks() {
     app.flush_all().await.unwrap();
 }
 
+/// The chunks of an `add_many` sent two at a time keep their order when the server does not
+/// know the add script (a fresh server, then one whose scripts were flushed): the chunk that
+/// meets the unknown script is sent again as one command that also teaches it the script, so
+/// the chunk sent behind it cannot run first. On a Redis of its own (it flushes the scripts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
+async fn a_bulk_add_keeps_its_order_on_a_server_that_does_not_know_the_script() {
+    if redis_url("a_bulk_add_keeps_its_order_on_a_server_that_does_not_know_the_script").is_none() {
+        return;
+    }
+    let server = qtasks_test_support::OwnRedis::start("bulk-noscript", false);
+    let url = format!("redis://127.0.0.1:{}/", server.port);
+    let prefix = unique_prefix("bulknoscript");
+    let app = redis_app(&url, &prefix, RedisOptions::default(), 64).await;
+    let mut con = raw_connection(&url).await;
+    for round in 0..2 {
+        if round == 1 {
+            let _: () = redis::cmd("SCRIPT")
+                .arg("FLUSH")
+                .query_async(&mut con)
+                .await
+                .unwrap();
+        }
+        let n = 3000;
+        let handles = concat::add_many(
+            &app,
+            (0..n).map(|i| (format!("r{round}t{i}"), "!".to_owned())),
+        )
+        .await
+        .unwrap();
+        let queue: Vec<String> = con
+            .lrange(format!("{prefix}:task_queue"), 0, -1)
+            .await
+            .unwrap();
+        let expected: Vec<String> = handles
+            .iter()
+            .map(|handle| format!("concat:{}:0", handle.uuid()))
+            .collect();
+        assert_eq!(queue.len(), n, "round {round}");
+        let first_out_of_place = queue
+            .iter()
+            .zip(&expected)
+            .position(|(got, want)| got != want);
+        assert_eq!(
+            first_out_of_place, None,
+            "round {round}: not in the calls' order"
+        );
+        let _: () = con.del(format!("{prefix}:task_queue")).await.unwrap();
+    }
+}
+
+/// Takes a map whose keys JSON cannot hold, so a call of it fails to encode.
+#[qtasks::task]
+async fn pairs(map: HashMap<(u8, u8), u8>) -> usize {
+    map.len()
+}
+
+struct CountAdds(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl qtasks::Plugin for CountAdds {
+    async fn trigger(
+        &self,
+        _event: qtasks::triggers::TriggerEvent<'_>,
+    ) -> Result<Option<qtasks::triggers::Reply>, qtasks::plugin::BoxError> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(None)
+    }
+}
+
+/// A call that cannot be added fails the whole `add_many`, and the chunks already handed over
+/// still run to their end: every task added fires its after-add trigger, and none after the
+/// failed call is added. (The failing call is prepared while the chunk before it is stored.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
+async fn a_bulk_add_that_meets_a_bad_call_finishes_what_it_handed_over() {
+    let Some(url) = redis_url("a_bulk_add_that_meets_a_bad_call_finishes_what_it_handed_over")
+    else {
+        return;
+    };
+    let prefix = unique_prefix("bulkbad");
+    let app = redis_app(&url, &prefix, RedisOptions::default(), 64).await;
+    let added = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    app.add_plugin(
+        CountAdds(std::sync::Arc::clone(&added)),
+        &[qtasks::Trigger::QtasksAddTaskAfterBroker],
+    )
+    .unwrap();
+    // Calls 0..=1100 are good, 1101 cannot encode: chunks 0 and 1 (0..1024) are handed over.
+    let calls = (0..1200u32).map(|i| {
+        let mut map = HashMap::new();
+        if i == 1101 {
+            map.insert((1, 2), 3);
+        }
+        pairs::call(map)
+    });
+    let error = app.add_many(calls).await.unwrap_err();
+    assert!(
+        matches!(error, qtasks::Error::InvalidArguments { .. }),
+        "{error}"
+    );
+    let mut con = raw_connection(&url).await;
+    let queued: usize = con.llen(format!("{prefix}:task_queue")).await.unwrap();
+    assert_eq!(queued, 1024, "the chunks handed over, and none after them");
+    assert_eq!(
+        added.load(std::sync::atomic::Ordering::Relaxed),
+        queued,
+        "every task added fired its after-add trigger"
+    );
+    app.flush_all().await.unwrap();
+}
+
 /// A bulk add names uuids: one known already (added before) and one twice in the same batch.
 /// Each is queued once; the known one keeps its first record. (The add script asks once per
 /// batch whether any record exists, so both kinds of repeat go through their own paths.)

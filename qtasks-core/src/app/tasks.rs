@@ -253,7 +253,10 @@ impl QueueTasks {
         let at_once = self.components().broker.add_many_chunks_at_once().max(1);
         let mut storing = futures_util::stream::FuturesOrdered::new();
         let mut before_all_plain = true;
-        loop {
+        // The first failure in the calls' order, and whether it is a chunk's preparation (the
+        // chunks being stored then come before it in that order).
+        let mut failed: Option<(Error, bool)> = None;
+        'chunks: loop {
             let prepared = {
                 let prepare = self.prepare_many(&mut calls);
                 tokio::pin!(prepare);
@@ -261,10 +264,24 @@ impl QueueTasks {
                     tokio::select! {
                         biased;
                         Some(stored) = storing.next(), if !storing.is_empty() => {
-                            let stored: Vec<TaskHandle> = stored?;
-                            handles.extend(stored.into_iter().map(H::from_task_handle));
+                            let stored: Result<Vec<TaskHandle>> = stored;
+                            match stored {
+                                Ok(stored) => {
+                                    handles.extend(stored.into_iter().map(H::from_task_handle));
+                                }
+                                Err(error) => {
+                                    failed = Some((error, false));
+                                    break 'chunks;
+                                }
+                            }
                         }
-                        prepared = &mut prepare => break prepared?,
+                        prepared = &mut prepare => match prepared {
+                            Ok(prepared) => break prepared,
+                            Err(error) => {
+                                failed = Some((error, true));
+                                break 'chunks;
+                            }
+                        },
                     }
                 }
             };
@@ -278,17 +295,32 @@ impl QueueTasks {
             let room = if before_all_plain { at_once } else { 1 };
             before_all_plain = prepared.iter().all(|call| call.unique.is_none());
             while storing.len() >= room {
-                if let Some(stored) = storing.next().await {
-                    let stored: Vec<TaskHandle> = stored?;
-                    handles.extend(stored.into_iter().map(H::from_task_handle));
+                match storing.next().await {
+                    Some(Ok(stored)) => handles.extend(stored.into_iter().map(H::from_task_handle)),
+                    Some(Err(error)) => {
+                        failed = Some((error, false));
+                        break 'chunks;
+                    }
+                    None => break,
                 }
             }
             storing.push_back(self.store_many(prepared));
         }
+        // Every chunk handed over runs to its end (its adds and their after-add triggers),
+        // even after a failure; the first failure in the calls' order is the answer.
         while let Some(stored) = storing.next().await {
-            handles.extend(stored?.into_iter().map(H::from_task_handle));
+            match (stored, &failed) {
+                (Ok(stored), None) => {
+                    handles.extend(stored.into_iter().map(H::from_task_handle));
+                }
+                (Err(error), None | Some((_, true))) => failed = Some((error, false)),
+                _ => {}
+            }
         }
-        Ok(handles)
+        match failed {
+            Some((error, _)) => Err(error),
+            None => Ok(handles),
+        }
     }
 
     /// The next [`ADD_MANY_CHUNK`] calls of `calls`, prepared.

@@ -531,9 +531,12 @@ pub trait Broker: Lifecycle {
     /// How many of [`QueueTasks::add_many`](crate::QueueTasks::add_many)'s chunks may be
     /// handed to [`add_many`](Self::add_many) at once: 1 (the default) hands the next chunk
     /// over once the one before is stored. A broker that sends each call's request before its
-    /// first poll returns, on one connection that the server reads in order (Redis), says 2:
-    /// the next chunk's request is then built and sent while the server writes the one
-    /// before, and the order of the calls still holds.
+    /// first poll returns, on one connection that the server reads in order, and whose retries
+    /// cannot be overtaken by a request sent after them (Redis: a call that meets a server
+    /// without its script is sent again as one `EVAL`), says 2: the next chunk's request is
+    /// then built and sent while the server writes the one before, and the order of the calls
+    /// still holds. [`QueueTasks::add_many`](crate::QueueTasks::add_many) hands a chunk with
+    /// unique calls over alone (its unique adds leave after its plain ones).
     fn add_many_chunks_at_once(&self) -> usize {
         1
     }
