@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use qtasks::{Error, QueueConfig, QueueTasks, TaskContext, TaskResult, TaskStatus};
+use qtasks_test_support::counting::CountFirings;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -555,19 +556,6 @@ async fn in_order(i: u64) -> u64 {
     i
 }
 
-/// Counts the tasks an app added (`qtasks_add_task_after_broker`).
-struct CountAdds(std::sync::Arc<AtomicUsize>);
-
-impl qtasks::Plugin for CountAdds {
-    async fn trigger(
-        &self,
-        _event: qtasks::triggers::TriggerEvent<'_>,
-    ) -> Result<Option<qtasks::triggers::Reply>, qtasks::plugin::BoxError> {
-        self.0.fetch_add(1, Ordering::Relaxed);
-        Ok(None)
-    }
-}
-
 /// `add_many` over several chunks (it prepares and stores 512 calls at a time), with unique
 /// calls among the plain ones, some keys met twice in one chunk and one across two chunks:
 /// each task is added once and in order, a repeated key answers its first task, and each
@@ -578,12 +566,9 @@ async fn add_many_across_chunks_with_unique_calls_adds_each_once_in_order() {
         max_tasks_process: 1,
         ..Default::default()
     });
-    let added = std::sync::Arc::new(AtomicUsize::new(0));
-    app.add_plugin(
-        CountAdds(std::sync::Arc::clone(&added)),
-        &[qtasks::Trigger::QtasksAddTaskAfterBroker],
-    )
-    .unwrap();
+    let added = CountFirings::default();
+    app.add_plugin(added.clone(), &[qtasks::Trigger::QtasksAddTaskAfterBroker])
+        .unwrap();
     let n = 1200u64;
     // Unique calls at 7, 107, 207, ...: keys k0, k0, k1, k1, ... (1007 and 1107 share k5 and
     // fall in two chunks).
@@ -609,7 +594,7 @@ async fn add_many_across_chunks_with_unique_calls_adds_each_once_in_order() {
             "call {i} answers the task its key's first call added"
         );
     }
-    assert_eq!(added.load(Ordering::Relaxed), (n as usize) - repeats.len());
+    assert_eq!(added.count(), (n as usize) - repeats.len());
 
     app.start().await.unwrap();
     for handle in &handles {

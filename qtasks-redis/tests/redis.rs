@@ -8,6 +8,7 @@ use std::time::Duration;
 use qtasks::redis::RedisOptions;
 use qtasks::{TaskContext, TaskResult, TaskStatus};
 use qtasks_test_support::WAIT;
+use qtasks_test_support::counting::CountFirings;
 use qtasks_test_support::flow;
 use qtasks_test_support::redis::raw_connection;
 use qtasks_test_support::redis::redis_app;
@@ -993,18 +994,6 @@ async fn pairs(map: HashMap<(u8, u8), u8>) -> usize {
     map.len()
 }
 
-struct CountAdds(std::sync::Arc<std::sync::atomic::AtomicUsize>);
-
-impl qtasks::Plugin for CountAdds {
-    async fn trigger(
-        &self,
-        _event: qtasks::triggers::TriggerEvent<'_>,
-    ) -> Result<Option<qtasks::triggers::Reply>, qtasks::plugin::BoxError> {
-        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok(None)
-    }
-}
-
 /// A call that cannot be added fails the whole `add_many`, and the chunks already handed over
 /// still run to their end: every task added fires its after-add trigger, and none after the
 /// failed call is added. (The failing call is prepared while the chunk before it is stored.)
@@ -1017,12 +1006,9 @@ async fn a_bulk_add_that_meets_a_bad_call_finishes_what_it_handed_over() {
     };
     let prefix = unique_prefix("bulkbad");
     let app = redis_app(&url, &prefix, RedisOptions::default(), 64).await;
-    let added = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    app.add_plugin(
-        CountAdds(std::sync::Arc::clone(&added)),
-        &[qtasks::Trigger::QtasksAddTaskAfterBroker],
-    )
-    .unwrap();
+    let added = CountFirings::default();
+    app.add_plugin(added.clone(), &[qtasks::Trigger::QtasksAddTaskAfterBroker])
+        .unwrap();
     // Calls 0..=1100 are good, 1101 cannot encode: chunks 0 and 1 (0..1024) are handed over.
     let calls = (0..1200u32).map(|i| {
         let mut map = HashMap::new();
@@ -1040,7 +1026,7 @@ async fn a_bulk_add_that_meets_a_bad_call_finishes_what_it_handed_over() {
     let queued: usize = con.llen(format!("{prefix}:task_queue")).await.unwrap();
     assert_eq!(queued, 1024, "the chunks handed over, and none after them");
     assert_eq!(
-        added.load(std::sync::atomic::Ordering::Relaxed),
+        added.count(),
         queued,
         "every task added fired its after-add trigger"
     );

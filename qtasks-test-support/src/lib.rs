@@ -14,6 +14,7 @@
 //! - [`redis`], [`amqp`], [`grpc`]: an engine's or a surface's test helpers.
 
 pub mod amqp;
+pub mod counting;
 pub mod fault_drain;
 pub mod flow;
 pub mod grpc;
