@@ -253,6 +253,7 @@ impl QueueTasks {
         let at_once = self.components().broker.add_many_chunks_at_once().max(1);
         let mut storing = futures_util::stream::FuturesOrdered::new();
         let mut before_all_plain = true;
+        let mut stored_one = false;
         // The first failure in the calls' order, and whether it is a chunk's preparation (the
         // chunks being stored then come before it in that order).
         let mut failed: Option<(Error, bool)> = None;
@@ -267,6 +268,7 @@ impl QueueTasks {
                             let stored: Result<Vec<TaskHandle>> = stored;
                             match stored {
                                 Ok(stored) => {
+                                    stored_one = true;
                                     handles.extend(stored.into_iter().map(H::from_task_handle));
                                 }
                                 Err(error) => {
@@ -289,14 +291,23 @@ impl QueueTasks {
                 break;
             }
             // Room first: a chunk is handed over (and first polled) only once fewer than
-            // `at_once` are being stored, and only once the chunk before is stored whole if it
+            // `at_once` are being stored; only once the chunk before is stored whole if it
             // had unique calls (its adds after the first go out later, so the next chunk's
-            // must wait for them to keep the calls' order).
-            let room = if before_all_plain { at_once } else { 1 };
+            // must wait for them to keep the calls' order); and never beside the first chunk
+            // (a server that lost its scripts learns them from it, before a second chunk could
+            // meet the same unknown script and be sent again behind the one after it).
+            let room = if before_all_plain && stored_one {
+                at_once
+            } else {
+                1
+            };
             before_all_plain = prepared.iter().all(|call| call.unique.is_none());
             while storing.len() >= room {
                 match storing.next().await {
-                    Some(Ok(stored)) => handles.extend(stored.into_iter().map(H::from_task_handle)),
+                    Some(Ok(stored)) => {
+                        stored_one = true;
+                        handles.extend(stored.into_iter().map(H::from_task_handle));
+                    }
                     Some(Err(error)) => {
                         failed = Some((error, false));
                         break 'chunks;

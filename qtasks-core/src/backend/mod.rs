@@ -535,8 +535,11 @@ pub trait Broker: Lifecycle {
     /// cannot be overtaken by a request sent after them (Redis: a call that meets a server
     /// without its script is sent again as one `EVAL`), says 2: the next chunk's request is
     /// then built and sent while the server writes the one before, and the order of the calls
-    /// still holds. [`QueueTasks::add_many`](crate::QueueTasks::add_many) hands a chunk with
-    /// unique calls over alone (its unique adds leave after its plain ones).
+    /// still holds. [`QueueTasks::add_many`](crate::QueueTasks::add_many) hands its first
+    /// chunk over alone (a server that lost its scripts learns them from it), and a chunk with
+    /// unique calls too (its unique adds leave after its plain ones). A server that loses its
+    /// scripts in the middle of a call (a restart, a failover) may still run two of its chunks
+    /// out of order.
     fn add_many_chunks_at_once(&self) -> usize {
         1
     }
