@@ -831,6 +831,24 @@ async fn without_the_records_index_listing_reads_every_record() {
     app.flush_all().await.unwrap();
 }
 
+/// The app's default queue as it stands, and the entries the `concat` tasks of `handles`
+/// have there when they are queued in the calls' order.
+async fn queue_and_calls<T>(
+    con: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+    handles: &[qtasks::TaskHandle<T>],
+) -> (Vec<String>, Vec<String>) {
+    let queue: Vec<String> = con
+        .lrange(format!("{prefix}:task_queue"), 0, -1)
+        .await
+        .unwrap();
+    let expected = handles
+        .iter()
+        .map(|handle| format!("concat:{}:0", handle.uuid()))
+        .collect();
+    (queue, expected)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
 async fn a_bulk_add_queues_every_task_once_and_each_runs_once() {
@@ -846,14 +864,7 @@ async fn a_bulk_add_queues_every_task_once_and_each_runs_once() {
     assert_eq!(handles.len(), n);
     // Queued once each, in the order asked, indexed, counted, before any worker runs.
     let mut con = raw_connection(&url).await;
-    let queue: Vec<String> = con
-        .lrange(format!("{prefix}:task_queue"), 0, -1)
-        .await
-        .unwrap();
-    let expected: Vec<String> = handles
-        .iter()
-        .map(|handle| format!("concat:{}:0", handle.uuid()))
-        .collect();
+    let (queue, expected) = queue_and_calls(&mut con, &prefix, &handles).await;
     assert_eq!(queue, expected);
     let indexed: usize = con
         .zcard(format!("{prefix}:qtasks:records:index"))
@@ -917,14 +928,7 @@ async fn a_bulk_add_with_unique_calls_keeps_the_order_across_chunks() {
     let handles = app.add_many(calls).await.unwrap();
     assert_eq!(handles.len(), n);
     let mut con = raw_connection(&url).await;
-    let queue: Vec<String> = con
-        .lrange(format!("{prefix}:task_queue"), 0, -1)
-        .await
-        .unwrap();
-    let expected: Vec<String> = handles
-        .iter()
-        .map(|handle| format!("concat:{}:0", handle.uuid()))
-        .collect();
+    let (queue, expected) = queue_and_calls(&mut con, &prefix, &handles).await;
     assert_eq!(queue.len(), n);
     let first_out_of_place = queue
         .iter()
@@ -967,14 +971,7 @@ async fn a_bulk_add_keeps_its_order_on_a_server_that_does_not_know_the_script() 
         )
         .await
         .unwrap();
-        let queue: Vec<String> = con
-            .lrange(format!("{prefix}:task_queue"), 0, -1)
-            .await
-            .unwrap();
-        let expected: Vec<String> = handles
-            .iter()
-            .map(|handle| format!("concat:{}:0", handle.uuid()))
-            .collect();
+        let (queue, expected) = queue_and_calls(&mut con, &prefix, &handles).await;
         assert_eq!(queue.len(), n, "round {round}");
         let first_out_of_place = queue
             .iter()
