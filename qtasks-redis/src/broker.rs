@@ -970,7 +970,9 @@ fn delay_ms(task: &QueuedTask, now: f64) -> Option<i64> {
 fn queued_record_fields(task: &QueuedTask, indexed: bool) -> Vec<(&'static str, String)> {
     let mut fields = new_record_fields(task);
     if indexed {
-        fields.push(("deliveries", "0".to_owned()));
+        // Beside `status` and `updated_at`, which lead (see `new_record_fields`): each take
+        // reads and rewrites it.
+        fields.insert(2, ("deliveries", "0".to_owned()));
     }
     fields
 }

@@ -170,6 +170,8 @@ macro_rules! marking {
     () => {
         r#"
 local final_statuses = {success = true, error = true, cancel = true, retry = true}
+-- The first counts as text: `string.format` per mark cost more than a field of the record.
+local count_texts = {'1', '2', '3', '4'}
 
 -- A task cancelled while it waited leaves the waiting tasks' count now that its entry goes.
 local function uncount_cancelled(stats, leased)
@@ -247,7 +249,7 @@ local function mark_one(leases, stats, gone, index, leased, key, now, check_leas
     deliveries = deliveries or 1
   else
     deliveries = (deliveries or 0) + 1
-    redis.call('HSET', key, 'status', 'process', 'updated_at', now, 'marked_by', token, 'deliveries', string.format('%d', deliveries))
+    redis.call('HSET', key, 'status', 'process', 'updated_at', now, 'marked_by', token, 'deliveries', count_texts[deliveries] or string.format('%d', deliveries))
   end
   -- qtasks's own records carry `deliveries` from their add, and were indexed then; another
   -- producer's (the Python original's) enter the index at their first mark.
@@ -335,7 +337,9 @@ local after = 4 + 5 * m
 local stats, gone, index = KEYS[after + 1], KEYS[after + 2], KEYS[after + 3]
 local now = ARGV[6 + 2 * m]
 local hex = '[0-9a-f]'
-local canonical = '^[^:]*:(' .. string.rep(hex, 8) .. '%-' .. string.rep(hex, 4) .. '%-' .. string.rep(hex, 4) .. '%-' .. string.rep(hex, 4) .. '%-' .. string.rep(hex, 12) .. '):(%-?%d+)$'
+-- Matched against the whole member (`{seq:020}|entry`, or `{seq:020}@{queue}|entry`): one match
+-- and no copy of the entry.
+local canonical = '^[^|]*|[^:]*:(' .. string.rep(hex, 8) .. '%-' .. string.rep(hex, 4) .. '%-' .. string.rep(hex, 4) .. '%-' .. string.rep(hex, 4) .. '%-' .. string.rep(hex, 12) .. '):(%-?%d+)$'
 -- A small take (a lone task's, say) carries the records in its answer (no second round trip);
 -- a big one leaves them to the worker to read (see `marking!`).
 local INLINE_RECORDS = 8
@@ -343,9 +347,7 @@ local function mark_taken(out, fresh)
   local inline = #out <= INLINE_RECORDS
   for j = 1, #out do
     local taken = out[j]
-    local entry = string.match(taken[1], '^[^|]*|(.*)$')
-    local uuid, priority
-    if entry then uuid, priority = string.match(entry, canonical) end
+    local uuid, priority = string.match(taken[1], canonical)
     if uuid and #priority <= 18 then
       taken[4] = mark_guarded(KEYS[2], stats, gone, index, taken[3] .. taken[1], ARGV[4] .. ':' .. uuid, now, false, inline, fresh)
     else
@@ -403,8 +405,11 @@ if #expired > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now_ms)
 end
 
+-- The recovered and paused sets are usually both absent (Redis deletes an empty set): one
+-- look for the two.
+local flagged = redis.call('EXISTS', KEYS[3], KEYS[4]) > 0
 local paused = {}
-if redis.call('SCARD', KEYS[4]) > 0 then
+if flagged and redis.call('SCARD', KEYS[4]) > 0 then
   for i = 1, m do
     local tag = ARGV[4 + 2 * i]
     if tag == '' then tag = 'default' end
@@ -419,7 +424,7 @@ local leases = {}
 -- lease of millennia, as the number).
 local lease_end = now_ms + tonumber(ARGV[1])
 if lease_end < 9e15 then lease_end = string.format('%d', lease_end) end
-local any_recovered = redis.call('SCARD', KEYS[3]) > 0
+local any_recovered = flagged and redis.call('SCARD', KEYS[3]) > 0
 local next_due = false
 local move_budget = 1000
 
@@ -432,9 +437,14 @@ for i = 1, m do
     if tag ~= '' then prefix = '@' .. tag .. '|' end
 
     -- 2. Due delayed entries and pushed entries move to `ready`, numbered in arrival order.
-    local entries = redis.call('ZRANGEBYSCORE', delayed, '-inf', now_ms)
-    if #entries > 0 then
+    --    The earliest delayed entry is read first, and the due ones only when it is due: most
+    --    takes find none due, or no delayed entry at all. (`head` then tells the next due.)
+    local entries = {}
+    local head = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')
+    if head[2] and tonumber(head[2]) <= now_ms then
+      entries = redis.call('ZRANGEBYSCORE', delayed, '-inf', now_ms)
       redis.call('ZREMRANGEBYSCORE', delayed, '-inf', now_ms)
+      head = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')
     end
     local from_lists = #entries + 1
     for _, from in ipairs({incoming, list}) do
@@ -489,8 +499,7 @@ for i = 1, m do
         out[#out + 1] = {member, recovered, token}
       end
     end
-    local due = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')
-    if due[2] and (not next_due or tonumber(due[2]) < tonumber(next_due)) then next_due = due[2] end
+    if head[2] and (not next_due or tonumber(head[2]) < tonumber(next_due)) then next_due = head[2] end
   end
 end
 if #leases > 0 then zadd_pairs(KEYS[2], leases) end
@@ -664,7 +673,6 @@ pub(super) const FINISH: &str = concat!(
     priorities!(),
     counting!(),
     r#"
-local ttl = tonumber(ARGV[1])
 local channel = ARGV[2]
 local count = tonumber(ARGV[4])
 local any_cancel = redis.call('HLEN', KEYS[3]) > 0
@@ -716,7 +724,11 @@ end
 local function finish_one(k, a, n, child, c)
   local leased, uuid, bucket = ARGV[a], ARGV[a + 1], ARGV[a + 2]
   local record = KEYS[k]
-  local ttl = tonumber(ARGV[a + 3]) or ttl
+  -- The time to live stays text (the worker writes whole ms): a Lua number handed to `PEXPIRE`
+  -- would be formatted again, with `%.17g`, for every outcome.
+  local ttl = ARGV[a + 3]
+  if ttl == '' then ttl = ARGV[1] end
+  local expires = ttl ~= '0' and (tonumber(ttl) or 0) > 0
   local items_key = ARGV[a + 4] == '1' and KEYS[k + 1]
   local token = string.sub(leased, 1, 32)
   if redis.call('ZREM', KEYS[1], leased) == 0 then
@@ -739,7 +751,7 @@ local function finish_one(k, a, n, child, c)
       if type(written) == 'table' and written['err'] then return unstorable(record) end
       if items_key then items[#items + 1] = items_key end
       count_in(bucket_now('cancel'))
-      if ttl > 0 then redis.call('PEXPIRE', record, ttl) end
+      if expires then redis.call('PEXPIRE', record, ttl) end
       told[#told + 1] = uuid
       return {3, cancel}
     end
@@ -760,7 +772,7 @@ local function finish_one(k, a, n, child, c)
     end
   end
   count_in(bucket)
-  if ttl > 0 then redis.call('PEXPIRE', record, ttl) end
+  if expires then redis.call('PEXPIRE', record, ttl) end
   told[#told + 1] = uuid
   return 1
 end

@@ -25,6 +25,10 @@ pub(super) fn new_record_fields(task: &QueuedTask) -> Vec<(&'static str, String)
     let mut fields = Vec::with_capacity(16);
     let created_at = task.created_at.to_string();
     fields.extend([
+        // First the fields every take and finish reads or rewrites: Redis keeps a small hash as
+        // one list of fields and values, which each of those lookups scans from its start.
+        ("status", TaskStatus::New.as_str().to_owned()),
+        ("updated_at", created_at.clone()),
         ("task_name", task.task_name.clone()),
         ("priority", task.priority.to_string()),
         // Encoding a list of values, or a map of them by string keys, cannot fail.
@@ -36,9 +40,7 @@ pub(super) fn new_record_fields(task: &QueuedTask) -> Vec<(&'static str, String)
             "kwargs",
             serde_json::to_string(&task.kwargs).unwrap_or_default(),
         ),
-        ("created_at", created_at.clone()),
-        ("updated_at", created_at),
-        ("status", TaskStatus::New.as_str().to_owned()),
+        ("created_at", created_at),
     ]);
     if let Some(retry) = task.retry {
         fields.push(("retry", retry.to_string()));
