@@ -68,15 +68,22 @@
 /// entry `name:uuid:priority` and the members that end with it carry it; `priority_score(entry)`,
 /// the same for a score, as it is written when it is short (a Lua number handed to Redis is
 /// formatted with `%.17g` each time, which cost more than the sorted-set insert it feeds).
+/// Also `number_of(text)`, `tonumber` with the one-digit texts looked up: Lua reads a number
+/// with `strtod`, which cost more per task than a command (a field count, a delivery count,
+/// a priority: nearly always one digit).
 macro_rules! priorities {
     () => {
         r#"
+local one_digit = {['0'] = 0, ['1'] = 1, ['2'] = 2, ['3'] = 3, ['4'] = 4, ['5'] = 5, ['6'] = 6, ['7'] = 7, ['8'] = 8, ['9'] = 9}
+local function number_of(text)
+  return one_digit[text] or tonumber(text)
+end
 local function priority_digits(entry)
   -- Anchored, so the match starts once (not at every character) and backs off to the last `:`.
   return string.match(entry, '^.*:(%-?%d+)$')
 end
 local function priority_of(entry)
-  return tonumber(priority_digits(entry)) or 0
+  return number_of(priority_digits(entry)) or 0
 end
 -- For a score: the digits as written when they are few (Redis reads them exactly as the
 -- number); a longer priority goes through the number (`inf` past a double's range, a score
@@ -240,7 +247,7 @@ local function mark_one(leases, stats, gone, index, leased, key, now, check_leas
   end
   -- Counted once per delivery: a mark sent again (its reply lost) finds its own token.
   local token = string.sub(leased, 1, 32)
-  local deliveries = tonumber(deliveries_text)
+  local deliveries = number_of(deliveries_text)
   if deliveries_text and not (deliveries and deliveries >= 0 and deliveries < 1e15 and deliveries == math.floor(deliveries)) then
     return {'bad', 'its deliveries field is not a count: ' .. deliveries_text}
   end
@@ -405,9 +412,15 @@ if #expired > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now_ms)
 end
 
--- The recovered and paused sets are usually both absent (Redis deletes an empty set): one
--- look for the two.
-local flagged = redis.call('EXISTS', KEYS[3], KEYS[4]) > 0
+-- The recovered and paused sets, and each queue's `incoming` and `delayed`, are usually all
+-- absent (Redis deletes an empty set, list or sorted set): one look for them all, and each is
+-- read only when one of them is there.
+local rare = {KEYS[3], KEYS[4]}
+for i = 1, m do
+  rare[#rare + 1] = KEYS[4 + 5 * (i - 1) + 2]
+  rare[#rare + 1] = KEYS[4 + 5 * (i - 1) + 4]
+end
+local flagged = redis.call('EXISTS', unpack(rare)) > 0
 local paused = {}
 if flagged and redis.call('SCARD', KEYS[4]) > 0 then
   for i = 1, m do
@@ -440,14 +453,14 @@ for i = 1, m do
     --    The earliest delayed entry is read first, and the due ones only when it is due: most
     --    takes find none due, or no delayed entry at all. (`head` then tells the next due.)
     local entries = {}
-    local head = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')
+    local head = flagged and redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES') or {}
     if head[2] and tonumber(head[2]) <= now_ms then
       entries = redis.call('ZRANGEBYSCORE', delayed, '-inf', now_ms)
       redis.call('ZREMRANGEBYSCORE', delayed, '-inf', now_ms)
       head = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')
     end
     local from_lists = #entries + 1
-    for _, from in ipairs({incoming, list}) do
+    for _, from in ipairs(flagged and {incoming, list} or {list}) do
       while #entries < move_budget do
         local got = redis.call('LPOP', from, math.min(1000, move_budget - #entries))
         if not got then break end
@@ -462,7 +475,7 @@ for i = 1, m do
     for j, entry in ipairs(entries) do priority[j] = priority_score(entry) end
     local unsorted = {}
     for j = from_lists, #entries do
-      local p = tonumber(priority[j]) or 0
+      local p = number_of(priority[j]) or 0
       unsorted[p] = (unsorted[p] or 0) + 1
     end
     for p, n in pairs(unsorted) do
@@ -680,6 +693,7 @@ local ended = {}       -- bucket -> outcomes counted in it
 local buckets = {}     -- the buckets in the order first seen
 local items = {}       -- the items keys of the stored outcomes
 local told = {}        -- the uuids whose waiters are told, in one message at the end
+local expiring = {}    -- time to live (text) -> whether it sets one: read once per batch
 
 local function count_in(bucket)
   if not ended[bucket] then
@@ -728,7 +742,11 @@ local function finish_one(k, a, n, child, c)
   -- would be formatted again, with `%.17g`, for every outcome.
   local ttl = ARGV[a + 3]
   if ttl == '' then ttl = ARGV[1] end
-  local expires = ttl ~= '0' and (tonumber(ttl) or 0) > 0
+  local expires = expiring[ttl]
+  if expires == nil then
+    expires = (tonumber(ttl) or 0) > 0
+    expiring[ttl] = expires
+  end
   local items_key = ARGV[a + 4] == '1' and KEYS[k + 1]
   local token = string.sub(leased, 1, 32)
   if redis.call('ZREM', KEYS[1], leased) == 0 then
@@ -782,9 +800,9 @@ local k, a = 4, 5
 for i = 1, count do
   -- Where this outcome's parts are, and where the next one's start (read before it runs, so
   -- an outcome that fails cannot throw the others' places off).
-  local n = tonumber(ARGV[a + 5])
+  local n = number_of(ARGV[a + 5])
   local child_at = a + 6 + 2 * n
-  local child = tonumber(ARGV[child_at])
+  local child = number_of(ARGV[child_at])
   local c = 0
   local next_k, next_a = k + 2, child_at + 1
   if child > 0 then
@@ -907,7 +925,7 @@ local written = {}
 local a = 5
 for i = 1, count do
   local record = KEYS[first_record + i - 1]
-  local n = tonumber(ARGV[a])
+  local n = number_of(ARGV[a])
   local entry, delay, created = ARGV[a + 1 + 2 * n], ARGV[a + 2 + 2 * n], ARGV[a + 3 + 2 * n]
   if written[record] or (any_known and redis.call('EXISTS', record) == 1) then
     out[i] = 0
