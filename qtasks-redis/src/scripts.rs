@@ -897,8 +897,10 @@ return 0
 /// entries and the queue's name (`default` too: a worker of several queues waits on the
 /// announcements), the task count, then per task: its
 /// field count n, n field/value pairs, its queue entry, its delay in ms ('' to queue it now)
-/// and its creation time in ms (for the index). Returns one answer per task: 1 added, 0 known
-/// already.
+/// and its creation time in ms (for the index). A field count of 0 stands for the standard
+/// record (the broker's `STANDARD_ADD_FIELDS`: `status`, `updated_at`, `deliveries`,
+/// `task_name`, `priority`, `args`, `kwargs`, `created_at`), whose eight values follow without
+/// their names. Returns one answer per task: 1 added, 0 known already.
 pub(super) const ADD: &str = concat!(
     priorities!(),
     r#"
@@ -926,15 +928,24 @@ local a = 5
 for i = 1, count do
   local record = KEYS[first_record + i - 1]
   local n = number_of(ARGV[a])
-  local entry, delay, created = ARGV[a + 1 + 2 * n], ARGV[a + 2 + 2 * n], ARGV[a + 3 + 2 * n]
+  -- A field count of 0: the standard record, its eight values alone (see below).
+  local standard = n == 0
+  local width = 2 * n
+  if standard then width = 8 end
+  local entry, delay, created = ARGV[a + 1 + width], ARGV[a + 2 + width], ARGV[a + 3 + width]
   if written[record] or (any_known and redis.call('EXISTS', record) == 1) then
     out[i] = 0
   else
     written[record] = true
-    redis.call('HSET', record, unpack(ARGV, a + 1, a + 2 * n))
+    if standard then
+      redis.call('HSET', record, 'status', ARGV[a + 1], 'updated_at', ARGV[a + 2], 'deliveries', ARGV[a + 3], 'task_name', ARGV[a + 4], 'priority', ARGV[a + 5], 'args', ARGV[a + 6], 'kwargs', ARGV[a + 7], 'created_at', ARGV[a + 8])
+    else
+      redis.call('HSET', record, unpack(ARGV, a + 1, a + 2 * n))
+    end
     if delay == '' then
       entries[#entries + 1] = entry
-      local p = priority_of(entry)
+      -- The standard record carries the priority as a value of its own: no match of the entry.
+      local p = standard and number_of(ARGV[a + 5]) or priority_of(entry)
       by_priority[p] = (by_priority[p] or 0) + 1
     else
       if not now_ms then
@@ -949,7 +960,7 @@ for i = 1, count do
     end
     out[i] = 1
   end
-  a = a + 4 + 2 * n
+  a = a + 4 + width
 end
 -- Lua passes at most a few thousand values per call: in chunks.
 for i = 1, #entries, 1000 do

@@ -1030,6 +1030,75 @@ async fn a_bulk_add_that_meets_a_bad_call_finishes_what_it_handed_over() {
     app.flush_all().await.unwrap();
 }
 
+/// One bulk add whose calls alternate between the standard record (sent as its values alone)
+/// and records with fields of their own (sent named), at priorities of one and several digits:
+/// every record is written whole, every entry queued once in order, every priority counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis (QTASKS_TEST_REDIS_URL)"]
+async fn a_bulk_add_of_standard_and_other_records_writes_each_whole() {
+    let Some(url) = redis_url("a_bulk_add_of_standard_and_other_records_writes_each_whole") else {
+        return;
+    };
+    let prefix = unique_prefix("bulkmixed");
+    let app = redis_app(&url, &prefix, RedisOptions::default(), 4).await;
+    let priority = |i: usize| [0, 7, -3, 12, 1_000_000_007][i % 5];
+    let calls: Vec<_> = (0..40)
+        .map(|i| {
+            let call = concat::call(format!("w{i}"), "!".into()).priority(priority(i));
+            match i % 4 {
+                0 => call.expires(Duration::from_secs(3600)),
+                1 => call
+                    .max_time(Duration::from_secs(60))
+                    .rate_key(format!("k{i}")),
+                _ => call,
+            }
+        })
+        .collect();
+    let handles = app.add_many(calls).await.unwrap();
+    let mut con = raw_connection(&url).await;
+    let queue: Vec<String> = con
+        .lrange(format!("{prefix}:task_queue"), 0, -1)
+        .await
+        .unwrap();
+    let expected: Vec<String> = handles
+        .iter()
+        .enumerate()
+        .map(|(i, handle)| format!("concat:{}:{}", handle.uuid(), priority(i)))
+        .collect();
+    assert_eq!(queue, expected);
+    for (i, handle) in handles.iter().enumerate() {
+        let record: HashMap<String, String> = con
+            .hgetall(format!("{prefix}:{}", handle.uuid()))
+            .await
+            .unwrap();
+        assert_eq!(record["status"], "new", "task {i}: {record:?}");
+        assert_eq!(record["task_name"], "concat", "task {i}");
+        assert_eq!(record["args"], format!("[\"w{i}\",\"!\"]"), "task {i}");
+        assert_eq!(record["kwargs"], "{}", "task {i}");
+        assert_eq!(record["priority"], priority(i).to_string(), "task {i}");
+        assert_eq!(record["deliveries"], "0", "task {i}");
+        assert_eq!(record["created_at"], record["updated_at"], "task {i}");
+        assert_eq!(record.contains_key("expires_at"), i % 4 == 0, "task {i}");
+        assert_eq!(record.contains_key("max_time"), i % 4 == 1, "task {i}");
+        assert_eq!(
+            record.get("rate_key"),
+            (i % 4 == 1).then(|| format!("k{i}")).as_ref()
+        );
+    }
+    let waiting = app.stats().await.unwrap().queue.unwrap().waiting;
+    let mut expected_waiting = std::collections::BTreeMap::new();
+    for i in 0..40 {
+        *expected_waiting.entry(priority(i)).or_insert(0u64) += 1;
+    }
+    assert_eq!(waiting, expected_waiting);
+    app.start().await.unwrap();
+    for (i, handle) in handles.iter().enumerate() {
+        assert_eq!(flow::succeeded(handle).await, json!(format!("w{i}!")));
+    }
+    app.stop().await.unwrap();
+    app.flush_all().await.unwrap();
+}
+
 /// A bulk add names uuids: one known already (added before) and one twice in the same batch.
 /// Each is queued once; the known one keeps its first record. (The add script asks once per
 /// batch whether any record exists, so both kinds of repeat go through their own paths.)
