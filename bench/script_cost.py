@@ -2,13 +2,20 @@
 """Redis's instructions per task for the drain path of the Redis engine's scripts, counted by
 callgrind, which repeats exactly where CPU time on a shared machine does not.
 
-    python3 bench/script_cost.py [--scripts qtasks-redis/src/scripts.rs] [--two-call] [--n 1024] [--batch 64]
+    python3 bench/script_cost.py [--scripts qtasks-redis/src/scripts.rs] [--two-call | --floor | --add] [--n 1024] [--batch 64]
 
 Starts `redis-server` under `valgrind --tool=callgrind` on its own port (6396), writes N
 records and queue entries as qtasks adds them, then drains them the way a worker does, in fixed
 batches (so the count does not depend on timing): the take script, the plain reads a big take
 leaves to the worker, and the finish script of the batch. Counting starts after the adds
 (`callgrind_control -z`) and ends when the queue is empty. Prints instructions per task.
+
+`--floor` drains with two minimal scripts instead, which keep only what no design that leases,
+fences and keeps Python QTasks' records can leave out: a take that pops entries from the list,
+leases them (one `ZADD`) and marks each record (`HMGET` of `status` and `deliveries`, `HSET` of
+four fields), and a finish that releases each lease (`ZREM`), writes the outcome (`HSET`) and its
+time to live (`PEXPIRE`), with one `PUBLISH` per batch; no priorities, counters, delays, pauses,
+cancels, recoveries or replays. It measures the floor under the real scripts' cost.
 
 `--scripts` reads the scripts from another copy of `scripts.rs` (say, `git show
 REV:qtasks-redis/src/scripts.rs > /tmp/old.rs`); `--two-call` drives the protocol of releases
@@ -64,6 +71,43 @@ def scripts_of(path):
         return "".join(macro(part.group(1)) if part.group(1) else part.group(2)
                        for part in re.finditer(r"(\w+)!\(\)|r#\"(.*?)\"#", found.group(2), re.S))
     return script
+
+# The floor's scripts (`--floor`): see the module's docs.
+FLOOR_TAKE = r"""
+local taken = redis.call('LPOP', KEYS[1], ARGV[1]) or {}
+local leases, out = {}, {}
+for j, entry in ipairs(taken) do
+  local token = ARGV[2] .. string.format('%04x', j)
+  leases[#leases + 1] = ARGV[3]
+  leases[#leases + 1] = token .. entry
+  local uuid = string.match(entry, ':(........%-....%-....%-....%-............):')
+  local key = ARGV[5] .. ':' .. uuid
+  local got = redis.call('HMGET', key, 'status', 'deliveries')
+  local deliveries = (tonumber(got[2]) or 0) + 1
+  redis.call('HSET', key, 'status', 'process', 'updated_at', ARGV[4], 'marked_by', token, 'deliveries', deliveries)
+  out[j] = {entry, token, deliveries}
+end
+if #leases > 0 then redis.call('ZADD', KEYS[2], unpack(leases)) end
+return out
+"""
+FLOOR_FINISH = r"""
+local out, told = {}, {}
+local a = 3
+for i = 2, #KEYS do
+  local leased = ARGV[a]
+  if redis.call('ZREM', KEYS[1], leased) == 1 then
+    redis.call('HSET', KEYS[i], 'finished_by', string.sub(leased, 1, 32), 'updated_at', ARGV[a + 2], 'finished_at', ARGV[a + 3], 'started_at', ARGV[a + 4], 'worker', ARGV[a + 5], 'status', ARGV[a + 6], 'returning', ARGV[a + 7])
+    redis.call('PEXPIRE', KEYS[i], ARGV[1])
+    told[#told + 1] = ARGV[a + 1]
+    out[i - 1] = 1
+  else
+    out[i - 1] = 0
+  end
+  a = a + 8
+end
+if #told > 0 then redis.call('PUBLISH', ARGV[2], table.concat(told, ' ')) end
+return out
+"""
 
 TAKEN_FIELDS = ["status", "task_name", "priority", "args", "kwargs", "created_at", "retry",
                 "retry_parent_uuid", "traceparent", "group_uuid", "expires_at", "max_time",
@@ -129,6 +173,8 @@ def main():
     parser.add_argument("--n", type=int, default=1024)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--port", type=int, default=6396)
+    parser.add_argument("--floor", action="store_true",
+                        help="drain with the minimal take and finish instead (see the module's docs)")
     parser.add_argument("--add", action="store_true",
                         help="count the add script instead: N tasks added in calls of 512")
     args = parser.parse_args()
@@ -150,6 +196,8 @@ def main():
         app = "QueueTasks"
         key = lambda name: f"{app}:{name}"
         take = r.call("SCRIPT", "LOAD", script("TAKE")).decode()
+        floor_take = r.call("SCRIPT", "LOAD", FLOOR_TAKE).decode()
+        floor_finish = r.call("SCRIPT", "LOAD", FLOOR_FINISH).decode()
         finish = r.call("SCRIPT", "LOAD", script("FINISH")).decode()
         mark = r.call("SCRIPT", "LOAD", script("MARK")).decode() if args.two_call else None
         adds = []
@@ -175,7 +223,12 @@ def main():
             if not args.two_call:
                 keys += [key("qtasks:stats"), key("qtasks:gone"), key("qtasks:records:index")]
                 argv += ["1796395301.5", 0]
-            taken = r.call("EVALSHA", take, len(keys), *keys, *argv)[0]
+            if args.floor:
+                floor = r.call("EVALSHA", floor_take, 2, key("task_queue"), key("qtasks:leases"),
+                               args.batch, "%028x" % call, "99999999999999", "1796395301.5", app)
+                taken = [[entry, 0, token, [b"run", None, deliveries]] for entry, token, deliveries in floor]
+            else:
+                taken = r.call("EVALSHA", take, len(keys), *keys, *argv)[0]
             if not taken:
                 break
             receipts = [t[2].decode() + t[0].decode() for t in taken]
@@ -202,7 +255,15 @@ def main():
                     finish_argv += [receipt, task, "t:1796395301:success", "", len(fields) // 2, *fields, 0]
                 else:
                     finish_argv += [receipt, task, "t:1796395301:success", "", "", len(fields) // 2, *fields, 0]
-            answers = r.call("EVALSHA", finish, len(finish_keys), *finish_keys, *finish_argv)
+            if args.floor:
+                floor_keys = [key("qtasks:leases")] + [key(u) for u in uuids]
+                floor_argv = ["86400000", key("qtasks:done")]
+                for receipt, task in zip(receipts, uuids):
+                    floor_argv += [receipt, task, "1796395301.17743", "1796395301.17743",
+                                   "1796395301.17742", "vm:9540:f5b01230", "success", "1"]
+                answers = r.call("EVALSHA", floor_finish, len(floor_keys), *floor_keys, *floor_argv)
+            else:
+                answers = r.call("EVALSHA", finish, len(finish_keys), *finish_keys, *finish_argv)
             if not all(answer in (1, [1, None]) for answer in answers):
                 raise RuntimeError(f"the finish answered {answers[:3]}")
             drained += len(taken)
@@ -215,7 +276,7 @@ def main():
     for line in open(out + ".1", errors="replace"):
         if line.startswith(("summary:", "totals:")):
             counted = int(line.split()[1])
-    print(f"{'two calls' if args.two_call else 'current'}: {drained} tasks drained in batches of "
+    print(f"{'floor' if args.floor else 'two calls' if args.two_call else 'current'}: {drained} tasks drained in batches of "
           f"{args.batch}: {counted / drained:,.0f} Redis instructions per task")
 
 if __name__ == "__main__":
