@@ -923,6 +923,9 @@ fn push_task_args(
     entry: String,
     delay_ms: Option<i64>,
 ) {
+    // A count of 0 stands for the standard record (`STANDARD_ADD_FIELDS`); every record has
+    // fields, so no other task can send one.
+    debug_assert!(!fields.is_empty(), "a new record has its fields");
     part.arg(fields.len()).arg(fields);
     push_task_tail(part, task, entry, delay_ms);
 }

@@ -693,7 +693,7 @@ local ended = {}       -- bucket -> outcomes counted in it
 local buckets = {}     -- the buckets in the order first seen
 local items = {}       -- the items keys of the stored outcomes
 local told = {}        -- the uuids whose waiters are told, in one message at the end
-local expiring = {}    -- time to live (text) -> whether it sets one: read once per batch
+local expiring = {}    -- time to live (text) -> what `PEXPIRE` gets, or false: once per batch
 
 local function count_in(bucket)
   if not ended[bucket] then
@@ -738,15 +738,18 @@ end
 local function finish_one(k, a, n, child, c)
   local leased, uuid, bucket = ARGV[a], ARGV[a + 1], ARGV[a + 2]
   local record = KEYS[k]
-  -- The time to live stays text (the worker writes whole ms): a Lua number handed to `PEXPIRE`
-  -- would be formatted again, with `%.17g`, for every outcome.
-  local ttl = ARGV[a + 3]
-  if ttl == '' then ttl = ARGV[1] end
-  local expires = expiring[ttl]
-  if expires == nil then
-    expires = (tonumber(ttl) or 0) > 0
-    expiring[ttl] = expires
+  -- The time to live as `PEXPIRE` takes it (whole ms, as text), or false to keep the record:
+  -- worked out once per distinct value in the batch, since a Lua number handed to `PEXPIRE`
+  -- would be formatted again, with `%.17g`, for every outcome. '' (or a value that is not a
+  -- number) takes the batch's.
+  local ttl_text = ARGV[a + 3] or ''
+  local ttl = expiring[ttl_text]
+  if ttl == nil then
+    local ms = tonumber(ttl_text) or tonumber(ARGV[1]) or 0
+    ttl = ms > 0 and string.format('%d', math.min(ms, 9e15))
+    expiring[ttl_text] = ttl
   end
+  local expires = ttl ~= false
   local items_key = ARGV[a + 4] == '1' and KEYS[k + 1]
   local token = string.sub(leased, 1, 32)
   if redis.call('ZREM', KEYS[1], leased) == 0 then

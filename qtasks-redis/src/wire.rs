@@ -16,8 +16,8 @@ use qtasks_core::backend::RunInfo;
 use qtasks_core::records::RecordUpdate;
 use qtasks_core::{QueuedTask, TaskRecord, TaskStatus};
 
-/// The fields written when a task is added (the original's `TaskStatusNewSchema`, in its
-/// order).
+/// The fields written when a task is added (the original's `TaskStatusNewSchema`; `status` and
+/// `updated_at` lead, for the reason below).
 pub(super) fn new_record_fields(task: &QueuedTask) -> Vec<(&'static str, String)> {
     // Sized for every field at once (an add's hot path: no regrowth), the arguments encoded
     // where they are (as `Value::Array` and `Value::Object` print them, without a copy), and
