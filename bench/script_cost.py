@@ -239,7 +239,8 @@ def main():
                 r.call("EVALSHA", mark, len(mark_keys), *mark_keys, "1796395301.5",
                        len(receipts), *receipts, *TAKEN_FIELDS)
             else:
-                unread = [key(u) for u, t in zip(uuids, taken) if t[3][1] is None]
+                # A task to run whose record the take left to the worker: its count alone.
+                unread = [key(u) for u, t in zip(uuids, taken) if isinstance(t[3], int) or t[3][1] is None]
                 if unread:
                     r.pipe([["HGETALL", k] for k in unread])
             finish_keys = [key("qtasks:leases"), key("qtasks:stats"), key("qtasks:cancel_requests")]

@@ -86,6 +86,14 @@ enum Marked {
 
 impl redis::FromRedisValue for Marked {
     fn from_redis_value(value: redis::Value) -> Result<Self, redis::ParsingError> {
+        // A big take's mark of a task to run is its delivery count alone (the record is read
+        // next, outside the script).
+        if let redis::Value::Int(deliveries) = value {
+            return Ok(Marked::Run(
+                None,
+                u32::try_from(deliveries.max(1)).unwrap_or(u32::MAX),
+            ));
+        }
         let mut items = redis::from_redis_value::<Vec<redis::Value>>(value)?.into_iter();
         let kind: String = match items.next() {
             Some(kind) => redis::from_redis_value(kind)?,
