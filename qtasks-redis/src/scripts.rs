@@ -560,8 +560,8 @@ return {out, next_due}
 /// is kept). ARGV: now (Unix seconds, for `updated_at`), the task count `n`, the `n` lease
 /// members (token and member).
 /// Returns one reply per task: `{'run', fields, deliveries}` (`fields`: the record as it was
-/// before the mark, `HGETALL`'s field and value pairs; in a big take, false: the worker reads
-/// it), `{'missing'}` (no record),
+/// before the mark, `HGETALL`'s field and value pairs; a big take's mark answers the delivery
+/// count alone instead, and the worker reads the record), `{'missing'}` (no record),
 /// `{'ended'}` (final already, or its record deleted after a cancel; not run), `{'lost'}` (the lease is gone already) or
 /// `{'bad', reason}` (the record cannot be marked; its lease is kept for the caller to end).
 pub(super) const MARK: &str = concat!(
