@@ -47,6 +47,11 @@ async fn client(kafka: &str, redis: &str, prefix: &str) -> qtasks::QueueTasks {
     .expect("connects to Kafka and Redis")
 }
 
+/// One test of this file at a time: each starts worker processes and waits on the group's
+/// rebalances, and run together on two cores their workers starved each other past tansu's
+/// heartbeats (the joining worker of the rebalance test then got no partition in CI).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn services(test: &str) -> Option<(String, String)> {
     Some((kafka_url(test)?, redis_url(test)?))
 }
@@ -70,6 +75,7 @@ async fn the_unfinished_tasks_of_a_killed_worker_run_on_another_and_none_is_lost
     else {
         return;
     };
+    let _alone = ONE_AT_A_TIME.lock().await;
     let prefix = unique_prefix("kafka_sigkill");
     let client = client(&kafka, &redis, &prefix).await;
     let started = std::time::Instant::now();
@@ -121,13 +127,17 @@ async fn a_second_worker_joining_shares_the_partitions_and_no_task_runs_twice() 
     let Some((kafka, redis)) = services("a_second_worker_joining_shares_the_partitions") else {
         return;
     };
+    let _alone = ONE_AT_A_TIME.lock().await;
     let prefix = unique_prefix("kafka_rebalance");
     let client = client(&kafka, &redis, &prefix).await;
     let mut handles = Vec::new();
+    // Half a second each, two at a time: the first worker alone would take 20 s, which leaves
+    // the group time to take the second in (a heartbeat, a rejoin: seconds on a loaded
+    // machine; with 200 ms tasks the first worker sometimes finished alone under load).
     for i in 0..80 {
         handles.push(
             client
-                .add_task("record_run", (format!("t{i}"), 200), ())
+                .add_task("record_run", (format!("t{i}"), 500), ())
                 .await
                 .unwrap(),
         );
@@ -167,6 +177,7 @@ async fn a_delayed_task_outlives_the_worker_that_held_it_and_runs_once_when_due(
     let Some((kafka, redis)) = services("a_delayed_task_outlives_the_worker_that_held_it") else {
         return;
     };
+    let _alone = ONE_AT_A_TIME.lock().await;
     let prefix = unique_prefix("kafka_delay");
     let client = client(&kafka, &redis, &prefix).await;
     let added = std::time::Instant::now();
