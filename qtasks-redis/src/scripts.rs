@@ -754,7 +754,6 @@ local function finish_one(k, a, n, child, c)
     ttl = ms > 0 and string.format('%d', math.min(ms, 9e15))
     expiring[ttl_text] = ttl
   end
-  local expires = ttl ~= false
   local items_key = ARGV[a + 4] == '1' and KEYS[k + 1]
   local token = string.sub(leased, 1, 32)
   if redis.call('ZREM', KEYS[1], leased) == 0 then
@@ -777,7 +776,7 @@ local function finish_one(k, a, n, child, c)
       if type(written) == 'table' and written['err'] then return unstorable(record) end
       if items_key then items[#items + 1] = items_key end
       count_in(bucket_now('cancel'))
-      if expires then redis.call('PEXPIRE', record, ttl) end
+      if ttl then redis.call('PEXPIRE', record, ttl) end
       told[#told + 1] = uuid
       return {3, cancel}
     end
@@ -798,7 +797,7 @@ local function finish_one(k, a, n, child, c)
     end
   end
   count_in(bucket)
-  if expires then redis.call('PEXPIRE', record, ttl) end
+  if ttl then redis.call('PEXPIRE', record, ttl) end
   told[#told + 1] = uuid
   return 1
 end
